@@ -1,0 +1,1 @@
+"""The ``xnat-flows`` command line. Heavy imports (prefect) happen inside commands."""

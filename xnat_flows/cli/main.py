@@ -1,0 +1,30 @@
+"""Entry point of the ``xnat-flows`` command.
+
+Sub-command groups live in their own modules; each exports a ``typer.Typer`` named ``app`` (or a
+command function) and keeps heavy imports (prefect, pynetdicom) inside the command bodies so that
+``xnat-flows --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from xnat_flows.cli import demo_cmd, emulator_cmd, synth_cmd
+
+app = typer.Typer(
+    name="xnat-flows",
+    help="Move imaging data into XNAT: uploads, prearchive, resources, and an XNAT emulator.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(emulator_cmd.app, name="emulator")
+app.command("synth")(synth_cmd.synth)
+app.command("demo")(demo_cmd.demo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
