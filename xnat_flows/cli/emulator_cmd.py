@@ -2,6 +2,57 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 app = typer.Typer(help="Run the bundled XNAT emulator (HTTP + DICOM receiver).", no_args_is_help=True)
+
+
+def _parse_codes(values: list[str]) -> dict[str, int]:
+    codes = {}
+    for value in values:
+        project, _, code = value.partition("=")
+        if not project or not code.strip().lstrip("-").isdigit():
+            raise typer.BadParameter(f"expected PROJECT=CODE, got {value!r}")
+        codes[project] = int(code)
+    return codes
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8080, help="HTTP port (0 = any free port)."),
+    data_dir: Optional[Path] = typer.Option(None, help="State directory (kept across restarts); temp dir if omitted."),
+    user: str = typer.Option("admin", help="The one user's name."),
+    password: str = typer.Option("admin", help="The one user's password."),
+    project: list[str] = typer.Option(["TEST"], "--project", help="Project to create at start (repeatable)."),
+    prearchive_code: list[str] = typer.Option([], "--prearchive-code", help="PROJECT=CODE (0 manual, 4 auto, 5 overwrite)."),
+    scp_port: Optional[int] = typer.Option(None, help="Start the DICOM receiver on this port (0 = free port)."),
+    scp_aet: str = typer.Option("XNAT", help="AE title of the DICOM receiver."),
+    latency_ms: int = typer.Option(0, help="Added latency per HTTP response."),
+    rebuild_idle_seconds: float = typer.Option(60.0, help="Idle time before a RECEIVING session is built/archived."),
+    session_idle_timeout: float = typer.Option(900.0, help="JSESSION idle expiry in seconds."),
+) -> None:
+    """Serve the emulator until SIGINT/SIGTERM."""
+    from xnat_flows.testing.emulator import XnatEmulator
+
+    emulator = XnatEmulator(
+        data_dir, host=host, port=port, user=user, password=password, projects=tuple(project),
+        scp_port=scp_port, scp_aet=scp_aet, latency_ms=latency_ms, rebuild_idle_seconds=rebuild_idle_seconds,
+        session_idle_timeout=session_idle_timeout, prearchive_codes=_parse_codes(prearchive_code),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    emulator.start()
+    try:
+        scp = f" (DICOM receiver {scp_aet}@{host}:{emulator.scp_port})" if emulator.scp_port is not None else ""
+        typer.echo(f"XNAT emulator ready at {emulator.url}{scp}", err=False)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        emulator.stop()

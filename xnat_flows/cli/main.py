@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from xnat_flows.cli import demo_cmd, emulator_cmd, synth_cmd
+from xnat_flows.cli import auth_cmd, demo_cmd, emulator_cmd, prearchive_cmd, resource_cmd, session_cmd, synth_cmd
 
 app = typer.Typer(
     name="xnat-flows",
@@ -18,6 +18,11 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(emulator_cmd.app, name="emulator")
+app.add_typer(session_cmd.app, name="session")
+app.add_typer(prearchive_cmd.app, name="prearchive", help="List, archive, delete and move prearchive sessions.")
+app.add_typer(resource_cmd.app, name="resource", help="Upload non-DICOM files and directories to session or scan resources.")
+app.add_typer(auth_cmd.app, name="auth")
+app.command("whoami")(auth_cmd.whoami)
 app.command("synth")(synth_cmd.synth)
 app.command("demo")(demo_cmd.demo)
 

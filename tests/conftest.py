@@ -1,0 +1,83 @@
+"""Suite-wide fixtures: an isolated profile directory, Prefect's test harness, a real Prefect server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_profile(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own xnat-flows profile dir and no XNAT_* variables from the caller's shell."""
+    home = tmp_path_factory.mktemp("xnat-flows-home")
+    monkeypatch.setenv("XNAT_FLOWS_HOME", str(home))
+    for name in ("XNAT_URL", "XNAT_USER", "XNAT_PASS", "XNAT_TOKEN", "XNAT_PROFILE", "XNAT_VERIFY_SSL", "XNAT_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's temporary API and database, once per test session (it costs ~10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``prefect server start`` on loopback (SQLite).
+
+    CI starts one and passes it in ``XNAT_FLOWS_TEST_PREFECT_API_URL``; elsewhere this fixture
+    starts its own and stops it at the end.
+    """
+    given = os.environ.get("XNAT_FLOWS_TEST_PREFECT_API_URL")
+    if given:
+        yield given
+        return
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None:
+                raise RuntimeError(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("prefect server did not become healthy within 120 s")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

@@ -1,0 +1,260 @@
+"""POST /data/services/import: body rules, parameters, responses and grouping (spec §3.1-§3.5, §3.8, §3.9)."""
+
+from __future__ import annotations
+
+import gzip
+import zipfile
+
+import pytest
+
+from conftest import make_instance, make_study, members, tar_bytes, wait_for, zip_bytes
+
+IMPORT = "/data/services/import"
+
+
+def dicom_zip(client, body: bytes, content_type: str = "application/zip", **params):
+    query = {"import-handler": "DICOM-zip", **params}
+    return client.post(IMPORT, params=query, content=body, headers={"Content-Type": content_type})
+
+
+def gradual(client, data: bytes, **params):
+    query = {"import-handler": "gradual-DICOM", "inbody": "true", **params}
+    return client.post(IMPORT, params=query, content=data, headers={"Content-Type": "application/dicom"})
+
+
+@pytest.fixture
+def manual(emulator):
+    """A project whose sessions stay in the prearchive (code 0)."""
+    emulator.set_prearchive_code("MAN", 0)
+    return "MAN"
+
+
+def test_gradual_returns_prearchive_uri_with_crlf_and_same_uri_per_study(client, manual):
+    study = make_study(series=1, instances=3)
+    answers = [gradual(client, i.data, PROJECT_ID=manual, SUBJECT_ID="S1", EXPT_LABEL="E1") for i in study]
+    assert {a.status_code for a in answers} == {200}
+    assert answers[0].text.endswith("\r\n")
+    assert answers[0].text.startswith(f"/data/prearchive/projects/{manual}/")
+    assert len({a.text for a in answers}) == 1
+    assert answers[0].text.strip().endswith("/E1")
+
+
+def test_gradual_ignores_lowercase_project(client, manual):
+    instance = make_study(series=1, instances=1)[0]
+    response = gradual(client, instance.data, project=manual, subject="S", session="E")
+    assert response.text.startswith("/data/prearchive/projects/Unassigned/")
+    assert response.text.strip().endswith("/PAT01")  # session label from PatientID
+
+
+def test_gradual_routes_by_headers(client, manual):
+    instance = make_study(series=1, instances=1, patient_comments=f"Project:{manual} Subject:SUBJ9 Session:SESS9")[0]
+    uri = gradual(client, instance.data).text.strip()
+    assert uri.startswith(f"/data/prearchive/projects/{manual}/") and uri.endswith("/SESS9")
+    row = client.get(uri).json()["ResultSet"]["Result"][0]
+    assert row["subject"] == "SUBJ9"
+
+
+def test_gradual_rejects_non_dicom(client):
+    response = gradual(client, b"not dicom at all" * 20, PROJECT_ID="TEST")
+    assert response.status_code == 400
+    assert "unable to read DICOM object upload.dcm" in response.text
+
+
+def test_default_handler_for_application_dicom_is_gradual(client, manual):
+    instance = make_study(series=1, instances=1)[0]
+    response = client.post(IMPORT, params={"PROJECT_ID": manual, "inbody": "true"}, content=instance.data,
+                           headers={"Content-Type": "application/dicom"})
+    assert response.status_code == 200 and f"/projects/{manual}/" in response.text
+
+
+def test_unknown_handler_is_404(client):
+    assert client.post(IMPORT, params={"import-handler": "nope"}, content=b"x",
+                       headers={"Content-Type": "application/zip"}).status_code == 404
+
+
+@pytest.mark.parametrize("fmt", ["zip", "zip-deflated", "tar", "tgz"])
+def test_dicom_zip_formats(client, manual, fmt):
+    study = make_study(series=2, instances=2)
+    if fmt == "zip":
+        body, ctype = zip_bytes(members(study)), "application/zip"
+    elif fmt == "zip-deflated":
+        body, ctype = zip_bytes(members(study), zipfile.ZIP_DEFLATED), "application/zip"
+    elif fmt == "tar":
+        body, ctype = tar_bytes(members(study)), "application/x-tar"
+    else:
+        body, ctype = tar_bytes(members(study), "w:gz"), "application/x-gtar"
+    response = dicom_zip(client, body, ctype, project=manual, subject="S", session="E")
+    assert response.status_code == 200, response.text
+    uri = response.text.strip()
+    scans = client.get(f"{uri}/scans").json()["ResultSet"]["Result"]
+    assert sorted(s["ID"] for s in scans) == ["1", "2"]
+
+
+def test_dicom_zip_streamed_chunked_zip_with_data_descriptors(client, manual):
+    study = make_study(series=1, instances=3)
+
+    class Unseekable:  # makes zipfile write data descriptors, as a streaming zipper does
+        def __init__(self):
+            self.parts = []
+
+        def write(self, data):
+            self.parts.append(bytes(data))
+            return len(data)
+
+        def flush(self):
+            pass
+
+    sink = Unseekable()
+    with zipfile.ZipFile(sink, "w") as archive:
+        for name, data in members(study):
+            with archive.open(name, "w") as entry:
+                entry.write(data)
+    body = b"".join(sink.parts)
+
+    def chunks():
+        for start in range(0, len(body), 10_000):
+            yield body[start:start + 10_000]
+
+    response = dicom_zip(client, chunks(), project=manual, subject="S", session="E")  # type: ignore[arg-type]
+    assert response.status_code == 200, response.text
+    files = client.get(f"{response.text.strip()}/scans/1/resources/DICOM/files").json()["ResultSet"]["Result"]
+    assert len(files) == 3
+
+
+def test_octet_stream_is_unsupported_format(client):
+    response = dicom_zip(client, zip_bytes(members(make_study(1, 1))), "application/octet-stream", project="TEST")
+    assert response.status_code == 400 and "Unsupported format" in response.text
+
+
+def test_body_rules(client):
+    study = make_study(1, 1)
+    multipart = client.post(IMPORT, params={"import-handler": "DICOM-zip", "inbody": "true"},
+                            files={"file": ("a.zip", zip_bytes(members(study)), "application/zip")})
+    assert multipart.status_code == 406 and "not as part of multi-part form data" in multipart.text
+    empty = client.post(IMPORT, params={"import-handler": "gradual-DICOM", "inbody": "true"}, content=b"",
+                        headers={"Content-Type": "application/dicom"})
+    assert empty.status_code == 400 and "In-body File posts must include the file directly" in empty.text
+    nothing = client.post(IMPORT, params={"import-handler": "DICOM-zip"})
+    assert nothing.status_code == 400 and "Unable to identify upload format." in nothing.text
+    two = client.post(IMPORT, params={"import-handler": "DICOM-zip"},
+                      files=[("a", ("a.zip", b"1", "application/zip")), ("b", ("b.zip", b"2", "application/zip"))])
+    assert two.status_code == 400 and "limited to one uploaded resource" in two.text
+
+
+def test_multipart_upload_with_form_fields(client, manual):
+    study = make_study(1, 2)
+    response = client.post(IMPORT, data={"import-handler": "DICOM-zip", "PROJECT_ID": manual, "EXPT_LABEL": "MP"},
+                           files={"file": ("study.zip", zip_bytes(members(study)), "application/zip")})
+    assert response.status_code == 200, response.text
+    assert response.text.strip().endswith("/MP")
+
+
+def test_unparsable_entry_fails_but_keeps_earlier_entries(client, manual):
+    study = make_study(1, 2)
+    body = zip_bytes(members(study) + [("zz_notes.txt", b"hello")])
+    response = dicom_zip(client, body, project=manual, subject="S", session="PART")
+    assert response.status_code == 400 and "unable to read DICOM object zz_notes.txt" in response.text
+    rows = client.get(f"/data/prearchive/projects/{manual}").json()["ResultSet"]["Result"]
+    assert [r["name"] for r in rows] == ["PART"]
+
+
+def test_ignore_unparsable_skips_junk(client, manual):
+    body = zip_bytes(members(make_study(1, 2)) + [("junk.bin", b"\x00" * 300)])
+    response = dicom_zip(client, body, **{"project": manual, "session": "OK", "Ignore-Unparsable": "true"})
+    assert response.status_code == 200
+
+
+def test_zip_slip_members_are_refused(client, manual):
+    instance = make_study(1, 1)[0]
+    response = dicom_zip(client, zip_bytes([("../evil.dcm", instance.data)]), project=manual)
+    assert response.status_code == 400 and "Invalid archive entry" in response.text
+    response = dicom_zip(client, tar_bytes([("/abs.dcm", instance.data)]), "application/x-tar", project=manual)
+    assert response.status_code == 400
+
+
+def test_resending_same_instance_replaces_its_file(client, manual):
+    study = make_study(1, 2)
+    first = dicom_zip(client, zip_bytes(members(study)), project=manual, session="R").text.strip()
+    second = dicom_zip(client, zip_bytes(members(study)), project=manual, session="R").text.strip()
+    assert first == second
+    files = client.get(f"{first}/scans/1/resources/DICOM/files").json()["ResultSet"]["Result"]
+    assert len(files) == 2
+    assert all(f["Name"].startswith(study[0].study_uid + "-1-") for f in files)
+
+
+def test_same_series_number_different_uid_becomes_n_mod1(client, manual):
+    from pydicom.uid import generate_uid
+
+    study_uid = generate_uid()
+    a = make_instance(study_uid, generate_uid(), 1, 1)
+    b = make_instance(study_uid, generate_uid(), 1, 1)
+    uri = dicom_zip(client, zip_bytes([("a.dcm", a.data), ("b.dcm", b.data)]), project=manual, session="M").text.strip()
+    scans = client.get(f"{uri}/scans").json()["ResultSet"]["Result"]
+    assert sorted(s["ID"] for s in scans) == ["1", "1-CT1"]
+
+
+def test_two_studies_give_two_uris(client, manual):
+    second = [(f"b/{name}", data) for name, data in members(make_study(1, 1, patient_id="P2"))]
+    body = zip_bytes(members(make_study(1, 1, patient_id="P1")) + second)
+    response = dicom_zip(client, body, project=manual)
+    lines = response.text.split("\r\n")
+    assert lines[-1] == "" and len(lines) == 3
+
+
+def test_dest_archive_is_synchronous(client):
+    response = dicom_zip(client, zip_bytes(members(make_study(2, 2))), project="TEST", subject="S1", session="SYNC",
+                         dest="/archive/projects/TEST")
+    assert response.status_code == 200, response.text
+    uri = response.text.strip()
+    assert uri.startswith("/data/archive/projects/TEST/subjects/")
+    experiment = client.get(uri).json()["items"][0]["data_fields"]
+    assert experiment["label"] == "SYNC"
+    again = dicom_zip(client, zip_bytes(members(make_study(1, 1))), project="TEST", subject="S1", session="SYNC",
+                      dest="/archive/projects/TEST")
+    assert again.status_code == 400 and "Failed to archive 1 of 1 session(s)" in again.text
+
+
+def test_bad_dest_is_400(client):
+    response = dicom_zip(client, zip_bytes(members(make_study(1, 1))), dest="/nowhere/x")
+    assert response.status_code == 400 and "Parameter dest format error" in response.text
+
+
+def test_direct_archive_returns_xapi_uri_then_archives(emulator, client):
+    study = make_study(1, 2)
+    response = dicom_zip(client, zip_bytes(members(study)), **{"project": "TEST", "subject": "S", "session": "DA",
+                                                               "Direct-Archive": "true"})
+    assert response.text == f"/xapi/direct-archive/TEST/{study[0].study_uid}/DA\r\n"
+    assert client.get("/data/prearchive").json()["ResultSet"]["Result"] == []
+    wait_for(lambda: client.get("/data/projects/TEST/experiments/DA").status_code == 200)
+
+
+def test_gradual_direct_archive(emulator, client):
+    study = make_study(1, 2)
+    uris = {gradual(client, i.data, **{"PROJECT_ID": "TEST", "SUBJECT_ID": "S", "EXPT_LABEL": "GDA",
+                                       "Direct-Archive": "true"}).text for i in study}
+    assert uris == {f"/xapi/direct-archive/TEST/{study[0].study_uid}/GDA\r\n"}
+    wait_for(lambda: emulator.archived_experiments("TEST"))
+    assert emulator.archived_experiments("TEST")[0]["scans"] == {"1": 2}
+
+
+def test_peak_concurrency_is_recorded(emulator, client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    emulator.faults.add(path="/data/services/import", delay_ms=300, times=4)
+    study = make_study(1, 4)
+
+    def send(instance):
+        with httpx.Client(base_url=emulator.url, auth=("admin", "admin")) as http:
+            return gradual(http, instance.data, PROJECT_ID="TEST", EXPT_LABEL="C").status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(send, study)) == {200}
+    assert emulator.peak_concurrent_uploads >= 2
+
+
+def test_gzip_body_sent_as_plain_tar_is_refused(client):
+    body = gzip.compress(tar_bytes(members(make_study(1, 1))))
+    response = dicom_zip(client, body, "application/x-tar", project="TEST")
+    assert response.status_code == 400

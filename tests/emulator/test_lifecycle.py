@@ -1,0 +1,105 @@
+"""Session lifecycle: RECEIVING -> idle rebuild -> READY / auto-archive, fallbacks, persistence (spec §3.6, §3.7)."""
+
+from __future__ import annotations
+
+import httpx
+
+from conftest import make_study, members, wait_for, zip_bytes
+from xnat_flows.testing import XnatEmulator
+
+
+def upload(client, instances, **params):
+    query = {"import-handler": "DICOM-zip", **params}
+    response = client.post("/data/services/import", params=query, content=zip_bytes(members(instances)),
+                           headers={"Content-Type": "application/zip"})
+    assert response.status_code == 200, response.text
+    return response.text.strip()
+
+
+def status_of(client, uri):
+    response = client.get(uri)
+    return response.json()["ResultSet"]["Result"][0]["status"] if response.status_code == 200 else None
+
+
+def test_manual_project_goes_receiving_then_ready(emulator, client):
+    emulator.set_prearchive_code("TEST", 0)
+    uri = upload(client, make_study(1, 2), project="TEST", subject="S", session="E")
+    assert status_of(client, uri) == "RECEIVING"
+    wait_for(lambda: status_of(client, uri) == "READY")
+    assert emulator.archived_experiments() == []
+
+
+def test_auto_archive_project_archives_after_idle(emulator, client):
+    uri = upload(client, make_study(2, 2), project="TEST", subject="S", session="AUTO")
+    assert uri.startswith("/data/prearchive/projects/TEST/")
+    wait_for(lambda: emulator.archived_experiments("TEST"))
+    assert client.get(uri).status_code == 404
+    [experiment] = emulator.archived_experiments("TEST")
+    assert experiment["label"] == "AUTO" and experiment["subject"] == "S"
+    assert experiment["scans"] == {"1": 2, "2": 2}
+
+
+def test_auto_archive_conflict_leaves_row_in_conflict(emulator, client):
+    study = make_study(1, 2)
+    upload(client, study, project="TEST", subject="S", session="DUP")
+    wait_for(lambda: emulator.archived_experiments("TEST"))
+    # Same files again: append (code 4) refuses identical files -> CONFLICT in the prearchive.
+    uri = upload(client, study, project="TEST", subject="S", session="DUP")
+    wait_for(lambda: status_of(client, uri) == "CONFLICT")
+
+
+def test_code_5_overwrites(emulator, client):
+    emulator.set_prearchive_code("TEST", 5)
+    study = make_study(1, 2)
+    upload(client, study, project="TEST", subject="S", session="OW")
+    wait_for(lambda: emulator.archived_experiments("TEST"))
+    uri = upload(client, study, project="TEST", subject="S", session="OW")
+    wait_for(lambda: client.get(uri).status_code == 404)
+    assert emulator.archived_experiments("TEST")[0]["scans"] == {"1": 2}
+
+
+def test_direct_archive_conflict_falls_back_to_prearchive(emulator, client):
+    study = make_study(1, 1)
+    upload(client, study, project="TEST", subject="S", session="DAC", dest="/archive/projects/TEST")
+    upload(client, make_study(1, 1), **{"project": "TEST", "subject": "S", "session": "DAC", "Direct-Archive": "true"})
+    rows = wait_for(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
+    assert rows[0]["status"] == "CONFLICT"
+
+
+def test_forced_error_for_next_session(emulator, client):
+    emulator.faults.force_next_session("ERROR")
+    uri = upload(client, make_study(1, 1), **{"project": "TEST", "subject": "S", "session": "ERR",
+                                              "Direct-Archive": "true"})
+    assert uri.startswith("/xapi/direct-archive/")
+    rows = wait_for(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
+    assert rows[0]["status"] == "ERROR"
+    log = client.get(f"/data{rows[0]['url']}/logs").json()["ResultSet"]["Result"]
+    assert "Attempt to direct-archive failed" in log[-1]["entry"]
+
+
+def test_prevent_auto_commit_keeps_receiving(emulator, client):
+    uri = upload(client, make_study(1, 1), project="TEST", session="HOLD", prevent_auto_commit="true")
+    emulator.rebuild_now()
+    import time
+
+    time.sleep(0.5)
+    emulator.rebuild_now()
+    assert status_of(client, uri) == "RECEIVING"
+
+
+def test_state_survives_restart(tmp_path):
+    data_dir = tmp_path / "state"
+    with XnatEmulator(data_dir, rebuild_idle_seconds=0.2) as xnat:
+        with httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http:
+            upload(http, make_study(1, 3), project="TEST", subject="S", session="KEEP", dest="/archive/projects/TEST")
+            xnat.set_prearchive_code("TEST", 0)
+            pending = upload(http, make_study(1, 1), project="TEST", subject="S", session="PENDING")
+    with XnatEmulator(data_dir, rebuild_idle_seconds=0.2) as xnat:
+        with httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http:
+            [experiment] = xnat.archived_experiments("TEST")
+            assert experiment["label"] == "KEEP" and experiment["scans"] == {"1": 3}
+            files = http.get(f"/data/experiments/{experiment['ID']}/scans/1/resources/DICOM/files").json()
+            first = files["ResultSet"]["Result"][0]
+            assert len(http.get(first["URI"]).content) == int(first["Size"])
+            wait_for(lambda: status_of(http, pending) == "READY")
+            assert http.get("/data/projects/TEST/prearchive_code").text == "0"

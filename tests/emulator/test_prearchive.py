@@ -1,0 +1,155 @@
+"""Prearchive listing/actions and the archive service with XNAT's merge rules (spec §3.6, §4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_instance, make_study, members, zip_bytes
+
+
+@pytest.fixture
+def manual(emulator, client):
+    emulator.set_prearchive_code("TEST", 0)
+    emulator.set_prearchive_code("OTHER", 0)
+    return "TEST"
+
+
+def upload(client, instances, **params):
+    query = {"import-handler": "DICOM-zip", "project": "TEST", "subject": "S", **params}
+    response = client.post("/data/services/import", params=query, content=zip_bytes(members(instances)),
+                           headers={"Content-Type": "application/zip"})
+    assert response.status_code == 200, response.text
+    return response.text.strip()
+
+
+def ready(client, uri):
+    assert client.post(uri, params={"action": "build"}).status_code == 200
+    return uri[len("/data"):]
+
+
+def archive(client, src, **params):
+    return client.post("/data/services/archive", data={"src": src, **params})
+
+
+def test_listings(client, manual):
+    uri = upload(client, make_study(2, 2), session="L1")
+    upload(client, make_study(1, 1), session="L2", project="OTHER")
+    everything = client.get("/data/prearchive", params={"format": "json"}).json()["ResultSet"]
+    assert everything["totalRecords"] == "2"
+    assert len(client.get("/data/prearchive/projects").json()["ResultSet"]["Result"]) == 2
+    assert len(client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"]) == 1
+    assert len(client.get("/data/prearchive/projects/TEST,OTHER").json()["ResultSet"]["Result"]) == 2
+    row = client.get(uri).json()["ResultSet"]["Result"][0]
+    assert row["url"] == uri[len("/data"):] and row["folderName"] == "L1" and row["autoarchive"] == "Manual"
+    assert all(isinstance(v, str) for v in row.values())
+    scans = client.get(f"{uri}/scans").json()["ResultSet"]["Result"]
+    assert [s["ID"] for s in scans] == ["1", "2"]
+    resources = client.get(f"{uri}/scans/1/resources").json()["ResultSet"]["Result"]
+    assert resources[0]["label"] == "DICOM" and resources[0]["file_count"] == "2"
+    files = client.get(f"{uri}/scans/1/resources/DICOM/files").json()["ResultSet"]["Result"]
+    assert client.get(files[0]["URI"]).content[128:132] == b"DICM"
+
+
+def test_delete_and_move(client, manual):
+    uri = upload(client, make_study(1, 1), session="D")
+    assert client.delete(uri).status_code == 200
+    assert client.get(uri).status_code == 404
+    uri = upload(client, make_study(1, 1), session="MV")
+    moved = client.post(uri, params={"action": "move", "newProject": "OTHER"})
+    assert moved.status_code == 301 and moved.text.startswith("/data/prearchive/projects/OTHER/")
+    assert client.get(moved.text).status_code == 200
+    assert client.post(moved.text, params={"action": "move", "newProject": "NOPE"}).status_code == 403
+
+
+def test_actions_build_commit_and_unknown(emulator, client, manual):
+    uri = upload(client, make_study(1, 1), session="B")
+    assert client.post(uri, params={"action": "build"}).text == uri
+    assert client.get(uri).json()["ResultSet"]["Result"][0]["status"] == "READY"
+    assert client.post(uri).status_code == 400
+    assert "unsupported action" in client.post(uri, params={"action": "dance"}).text
+    emulator.set_prearchive_code("TEST", 4)
+    committed = client.post(uri, params={"action": "commit"})
+    assert committed.status_code == 301 and committed.text.startswith("/data/archive/projects/TEST/")
+
+
+def test_archive_service_success_and_already_archived(client, manual):
+    src = ready(client, upload(client, make_study(1, 2), session="A1"))
+    response = archive(client, src)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/uri-list")
+    assert response.text.startswith("/data/archive/projects/TEST/subjects/") and response.text.endswith("\r\n")
+    again = archive(client, src)
+    assert again.status_code == 404
+    assert client.get("/data/projects/TEST/experiments/A1").status_code == 200
+
+
+def test_archive_service_refusals(client, manual, emulator):
+    src = ready(client, upload(client, make_study(1, 1), session="R1"))
+    assert archive(client, src, dest="/prearchive/projects/TEST").status_code == 400
+    mismatch = archive(client, src, dest="/archive/projects/OTHER")
+    assert mismatch.status_code == 400 and "Project mismatch" in mismatch.text
+    assert archive(client, "/prearchive/projects/Unassigned/1/2").status_code == 400
+    assert archive(client, "/prearchive/projects/TEST/20000101_000000000/NOPE").status_code == 404
+
+
+def test_existing_session_needs_overwrite(client, manual):
+    archive(client, ready(client, upload(client, make_study(1, 1), session="X")))
+    src = ready(client, upload(client, make_study(1, 1), session="X"))
+    conflict = archive(client, src)
+    assert conflict.status_code == 409 and "Session already exists, retry with overwrite enabled" in conflict.text
+
+
+def test_append_merges_disjoint_halves_and_refuses_identical(client, manual, emulator):
+    study = make_study(1, 4)
+    archive(client, ready(client, upload(client, study[:2], session="H")))
+    assert archive(client, ready(client, upload(client, study[2:], session="H")), overwrite="append").status_code == 200
+    assert emulator.archived_experiments("TEST")[0]["scans"] == {"1": 4}
+    src = ready(client, upload(client, study[:2], session="H"))
+    refused = archive(client, src, overwrite="append")
+    assert refused.status_code == 409
+    assert archive(client, src, overwrite="append", overwrite_files="true").status_code == 200
+    assert emulator.archived_experiments("TEST")[0]["scans"] == {"1": 4}
+
+
+def test_delete_overwrite_replaces(client, manual, emulator):
+    study = make_study(1, 2)
+    archive(client, ready(client, upload(client, study, session="O")))
+    assert archive(client, ready(client, upload(client, study, session="O")), overwrite="delete").status_code == 200
+
+
+def test_append_renames_scan_with_different_uid(client, manual, emulator):
+    from pydicom.uid import generate_uid
+
+    study_uid = generate_uid()
+    first = make_instance(study_uid, generate_uid(), 3, 1)
+    second = make_instance(study_uid, generate_uid(), 3, 1)
+    archive(client, ready(client, upload(client, [first], session="N")))
+    archive(client, ready(client, upload(client, [second], session="N")), overwrite="append")
+    assert emulator.archived_experiments("TEST")[0]["scans"] == {"3": 1, "3-CT1": 1}
+
+
+def test_uid_change_needs_override(client, manual):
+    archive(client, ready(client, upload(client, make_study(1, 1), session="U")))
+    src = ready(client, upload(client, make_study(1, 1), session="U"))
+    refused = archive(client, src, overwrite="append")
+    assert refused.status_code == 409 and "Invalid modification of session UID" in refused.text
+    assert archive(client, src, overwrite="delete").status_code == 200
+
+
+def test_archive_dest_sets_subject_and_label(client, manual):
+    src = ready(client, upload(client, make_study(1, 1), session="ORIG"))
+    response = archive(client, src, dest="/archive/projects/TEST/subjects/NEWSUBJ/experiments/NEWLABEL")
+    assert response.status_code == 200
+    experiment = client.get("/data/projects/TEST/experiments/NEWLABEL").json()["items"][0]["data_fields"]
+    subjects = client.get("/data/projects/TEST/subjects").json()["ResultSet"]["Result"]
+    assert experiment["subject_ID"] == next(s["ID"] for s in subjects if s["label"] == "NEWSUBJ")
+
+
+def test_batch_prearchive_services(client, manual):
+    first = upload(client, make_study(1, 1), session="S1")[len("/data"):]
+    second = upload(client, make_study(1, 1), session="S2")[len("/data"):]
+    rebuilt = client.post("/data/services/prearchive/rebuild", data={"src": first}).json()
+    assert rebuilt["ResultSet"]["Result"][0]["status"] == "READY"
+    moved = client.post("/data/services/prearchive/move", data={"src": second, "newProject": "OTHER"})
+    assert moved.json()["ResultSet"]["Result"][0]["project"] == "OTHER"
+    assert client.post("/data/services/prearchive/delete", data={"src": first}).status_code == 200
+    assert client.get(f"/data{first}").status_code == 404

@@ -1,0 +1,205 @@
+"""End to end over real sockets: the library uploads into the XNAT emulator and reads back."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from transfer_helpers import write_study, write_studies
+from xnat_flows.client.client import XnatClient
+from xnat_flows.client.credentials import Credentials, TokenCache
+from xnat_flows.client.errors import AuthenticationError, InputError, PermanentUploadError
+from xnat_flows.client.retry import RetryPolicy
+from xnat_flows.testing import XnatEmulator
+from xnat_flows.transfer import (
+    UploadJournal,
+    UploadTarget,
+    partition_by_bytes,
+    scan_directory,
+    upload_archive_batch,
+    upload_session,
+)
+
+pytestmark = pytest.mark.e2e
+
+FAST = {"verify_timeout": 30.0, "poll_interval": 0.1}
+
+
+def connect(emulator: XnatEmulator, tmp_path: Path, password: str = "admin") -> XnatClient:
+    creds = Credentials(url=emulator.url, username=emulator.user, password=SecretStr(password))
+    # Real backoff, shortened: tests stay fast but retries still go through the policy.
+    policy = RetryPolicy(sleep=lambda seconds: time.sleep(min(seconds, 0.05)))
+    return XnatClient(creds, token_cache=TokenCache(tmp_path / "profile"), retry=policy)
+
+
+@pytest.fixture
+def client(xnat_emulator: XnatEmulator, tmp_path: Path):
+    with connect(xnat_emulator, tmp_path) as xnat:
+        yield xnat
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Path:
+    root = tmp_path / "export"
+    write_study(root, series=3, instances=4)
+    return root
+
+
+def archived(emulator: XnatEmulator, label: str) -> dict:
+    (experiment,) = [e for e in emulator.archived_experiments("TEST") if e["label"] == label]
+    return experiment
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+def test_dicom_zip_direct_archive_lands_and_verifies(xnat_emulator, client, export, fmt) -> None:
+    target = UploadTarget("TEST", "SUBJ01", f"SESS_{fmt}")
+    result = upload_session(client, export, target, workers=2, fmt=fmt, **FAST)
+    assert result.ok, result
+    (study,) = result.sessions
+    assert len(study.batches) == 2 and all(b.ok for b in study.batches)
+    assert all(uri.startswith("/xapi/direct-archive/TEST/") for uri in study.uris)
+    assert study.verify.ok and study.verify.found_count == 12
+    assert study.verify.scans == {"1": (4, 4), "2": (4, 4), "3": (4, 4)}
+    experiment = archived(xnat_emulator, f"SESS_{fmt}")
+    assert experiment["subject"] == "SUBJ01" and experiment["scans"] == {"1": 4, "2": 4, "3": 4}
+    assert result.files_sent == 12
+
+
+def test_gradual_direct_archive(xnat_emulator, client, export) -> None:
+    seen = []
+    result = upload_session(client, export, UploadTarget("TEST", "SUBJ01", "GRAD"), gradual=True, workers=4,
+                            progress=seen.append, **FAST)
+    assert result.ok, result
+    (study,) = result.sessions
+    assert study.gradual.sent_count == 12 and not study.gradual.failures
+    assert seen[-1].done == 12 and seen[-1].bytes_done == seen[-1].bytes_total
+    assert archived(xnat_emulator, "GRAD")["scans"] == {"1": 4, "2": 4, "3": 4}
+
+
+def test_prearchive_destination_held_by_a_manual_project(tmp_path, export) -> None:
+    with XnatEmulator(tmp_path / "xnat", rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0}) as emulator:
+        with connect(emulator, tmp_path) as xnat:
+            target = UploadTarget("TEST", "SUBJ01", "STAGED", direct_archive=False)
+            result = upload_session(xnat, export, target, workers=2, **FAST)
+            assert result.ok, result
+            (study,) = result.sessions
+            assert all(uri.startswith("/data/prearchive/projects/TEST/") for uri in study.uris)
+            assert study.verify.experiment_id is None and study.verify.uri.startswith("/data/prearchive/")
+            assert emulator.archived_experiments("TEST") == []
+            (row,) = emulator.prearchive_sessions()
+            assert row["status"] == "READY" and row["file_count"] == 12
+
+
+def test_prearchive_destination_on_an_auto_archive_project_ends_in_the_archive(xnat_emulator, client, export) -> None:
+    result = upload_session(client, export, UploadTarget("TEST", "SUBJ01", "AUTO", direct_archive=False), **FAST)
+    assert result.ok, result
+    assert archived(xnat_emulator, "AUTO")["scans"] == {"1": 4, "2": 4, "3": 4}
+
+
+def test_resume_after_a_failure_halfway_sends_only_what_did_not_land(xnat_emulator, client, export, tmp_path) -> None:
+    journal = UploadJournal(tmp_path / "journal")
+    target = UploadTarget("TEST", "SUBJ01", "RESUME")
+    xnat_emulator.faults.add(path="/data/services/import", method="POST", after=2, times=None,
+                             status=400, message="Unable to identify subject.")
+    first = upload_session(client, export, target, workers=4, journal=journal, **FAST)
+    assert not first.ok
+    (study,) = first.sessions
+    assert sorted(b.ok for b in study.batches) == [False, False, True, True]
+    failed = [b for b in study.batches if not b.ok]
+    assert all("Unable to identify subject." in b.error for b in failed)
+    assert study.verify is None  # nothing to verify while batches are missing
+
+    xnat_emulator.faults.clear()
+    second = upload_session(client, export, target, workers=4, journal=journal, **FAST)
+    assert second.ok, second
+    (study,) = second.sessions
+    assert sorted(b.resumed for b in study.batches) == [False, False, True, True]
+    assert second.files_sent == sum(len(b.files) for b in failed)
+    assert archived(xnat_emulator, "RESUME")["scans"] == {"1": 4, "2": 4, "3": 4}
+    assert journal.done(target.key) == set()  # complete: the journal starts afresh
+
+
+def test_gradual_resume_skips_instances_that_landed(xnat_emulator, client, export, tmp_path) -> None:
+    journal = UploadJournal(tmp_path / "journal")
+    target = UploadTarget("TEST", "SUBJ01", "GRESUME")
+    xnat_emulator.faults.add(path="/data/services/import", method="POST", after=7, times=None,
+                             status=400, message="Unable to identify subject.")
+    first = upload_session(client, export, target, gradual=True, workers=2, journal=journal, **FAST)
+    assert not first.ok and len(first.sessions[0].failed_files) == 5
+    xnat_emulator.faults.clear()
+    second = upload_session(client, export, target, gradual=True, workers=2, journal=journal, **FAST)
+    assert second.ok, second
+    assert second.files_sent == 5 and second.sessions[0].gradual.resumed_count == 7
+    assert archived(xnat_emulator, "GRESUME")["scans"] == {"1": 4, "2": 4, "3": 4}
+
+
+def test_multi_study_input_needs_per_study(xnat_emulator, client, tmp_path) -> None:
+    root = tmp_path / "two"
+    uids = write_studies(root, studies=2, series=2, instances=2)
+    with pytest.raises(InputError) as info:
+        upload_session(client, root, UploadTarget("TEST", "SUBJ01", "MULTI"), **FAST)
+    assert all(uid in str(info.value) for uid in uids)
+    assert "per_study" in info.value.hint
+
+    result = upload_session(client, root, UploadTarget("TEST", "SUBJ01", "MULTI"), per_study=True, **FAST)
+    assert result.ok, result
+    assert [s.target.session for s in result.sessions] == ["MULTI_1", "MULTI_2"]
+    assert {e["label"]: e["UID"] for e in xnat_emulator.archived_experiments("TEST")} == {
+        "MULTI_1": result.sessions[0].study_uid,
+        "MULTI_2": result.sessions[1].study_uid,
+    }
+
+
+def test_token_expiry_mid_upload_with_8_workers_causes_one_relogin(xnat_emulator, client, tmp_path) -> None:
+    root = tmp_path / "many"
+    write_study(root, series=4, instances=12)
+    xnat_emulator.faults.add(path="/data/services/import", method="POST", after=12, evict_token=True, delay_ms=50)
+    result = upload_session(client, root, UploadTarget("TEST", "SUBJ01", "EXPIRY"), gradual=True, workers=8, **FAST)
+    assert result.ok, result
+    assert client.login_count == 2  # the first login and exactly one re-login
+
+
+def test_transient_failures_are_retried_over_the_wire(xnat_emulator, client, export) -> None:
+    xnat_emulator.faults.add(path="/data/services/import", method="POST", times=1, status=503, retry_after=0.01)
+    xnat_emulator.faults.add(path="/data/services/import", method="POST", times=1, status=400,
+                             message="Session processing in progress")
+    xnat_emulator.faults.add(path="/data/services/import", method="POST", times=1, drop=True)
+    result = upload_session(client, export, UploadTarget("TEST", "SUBJ01", "FLAKY"), workers=2, **FAST)
+    assert result.ok, result
+
+
+def test_permanent_rejection_raises_with_the_server_message(xnat_emulator, client, export) -> None:
+    rule = xnat_emulator.faults.add(path="/data/services/import", method="POST", times=None, status=400,
+                                    message="Unable to identify destination project")
+    batch = scan_directory(export).files
+    with pytest.raises(PermanentUploadError, match="Unable to identify destination project"):
+        upload_archive_batch(client, batch, UploadTarget("TEST", "SUBJ01", "NOPE"))
+    assert rule.fired == 1  # no retry of a permanent rejection
+
+
+def test_html_login_page_means_wrong_password(tmp_path) -> None:
+    with XnatEmulator(tmp_path / "xnat", login_failure_mode="html200") as emulator:
+        with connect(emulator, tmp_path, password="wrong") as xnat:
+            with pytest.raises(AuthenticationError, match="web page"):
+                xnat.whoami()
+
+
+def test_single_batch_upload_api(xnat_emulator, client, export) -> None:
+    files = scan_directory(export).files
+    batches = partition_by_bytes(files, 3)
+    results = [upload_archive_batch(client, b, UploadTarget("TEST", "SUBJ01", "BATCHED"), "zip", index=i)
+               for i, b in enumerate(batches)]
+    assert [r.index for r in results] == [0, 1, 2] and all(r.ok for r in results)
+    assert sum(len(r.files) for r in results) == 12
+
+
+def test_token_expiry_during_dicom_zip_batches(xnat_emulator, client, tmp_path) -> None:
+    root = tmp_path / "zip"
+    write_study(root, series=4, instances=10)
+    xnat_emulator.faults.add(path="/data/services/import", method="POST", after=1, evict_token=True)
+    result = upload_session(client, root, UploadTarget("TEST", "SUBJ01", "ZIPEXPIRY"), workers=4, **FAST)
+    assert result.ok, result
+    assert client.login_count == 2

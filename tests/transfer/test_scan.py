@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from transfer_helpers import write_study
+from xnat_flows.client.errors import InputError
+from xnat_flows.transfer.scan import scan_directory
+
+
+def reasons(result) -> dict[str, str]:
+    return {s.path.name: s.reason for s in result.skipped}
+
+
+def test_finds_extensionless_files_recursively_sorted(study_dir: Path) -> None:
+    result = scan_directory(study_dir)
+    assert [f.relpath for f in result.files] == sorted(f.relpath for f in result.files)
+    assert len(result.files) == 6
+    assert result.files[0].relpath == "series1/IM0001"
+    assert len(result.study_uids) == 1
+    assert {f.series_number for f in result.files} == {1, 2}
+    first = result.files[0]
+    assert first.size == first.path.stat().st_size
+    assert first.transfer_syntax and first.sop_class_uid and first.sop_instance_uid
+    assert result.total_bytes == sum(f.size for f in result.files)
+    assert list(result.by_study()) == result.study_uids
+
+
+def test_reports_every_skipped_file_with_a_reason(study_dir: Path) -> None:
+    (study_dir / ".DS_Store").write_bytes(b"junk")
+    (study_dir / ".hidden_dir").mkdir()
+    (study_dir / ".hidden_dir" / "IM1").write_bytes(b"x")
+    (study_dir / "notes.txt").write_text("not dicom, but 200 bytes long " * 10)
+    (study_dir / "ps").write_bytes(b"%!PS")  # the file named ps that xnatctl once uploaded
+    good = study_dir / "series1" / "IM0001"
+    data = good.read_bytes()
+    (study_dir / "truncated_header").write_bytes(data[:200])
+    (study_dir / "truncated_pixels").write_bytes(data[: len(data) - 5000])
+    os.symlink(study_dir / "missing", study_dir / "dangling")
+
+    result = scan_directory(study_dir)
+    got = reasons(result)
+    assert len(result.files) == 6
+    assert got[".DS_Store"] == "hidden file"
+    assert got[".hidden_dir"] == "hidden directory"
+    assert got["notes.txt"].startswith("not DICOM")
+    assert got["ps"].startswith("not DICOM")
+    assert "truncated" in got["truncated_header"]
+    assert got["truncated_pixels"].startswith("truncated")
+    assert got["dangling"] == "broken symlink"
+
+
+def test_dicomdir_is_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    write_study(root, series=1, instances=2)
+    dicomdir = pydicom.dcmread(get_testdata_file("DICOMDIR"))
+    dicomdir.save_as(root / "DICOMDIR", enforce_file_format=True)
+    result = scan_directory(root)
+    assert len(result.files) == 2
+    assert reasons(result)["DICOMDIR"].startswith("DICOMDIR")
+
+
+def test_survives_symlink_loops_and_duplicate_links(study_dir: Path) -> None:
+    os.symlink(study_dir, study_dir / "series1" / "loop")
+    os.symlink(study_dir / "series2" / "IM0001", study_dir / "alias_of_im1")
+    result = scan_directory(study_dir)
+    assert len(result.files) == 6  # nothing twice
+    got = reasons(result)
+    assert "symlink loop" in got["loop"]
+    assert "same file as" in got["alias_of_im1"]
+    assert all(not f.relpath.startswith("alias") for f in result.files)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
+def test_unreadable_file_and_directory_are_reported(study_dir: Path) -> None:
+    locked = study_dir / "series1" / "IM0002"
+    locked.chmod(0)
+    closed = study_dir / "closed"
+    closed.mkdir()
+    closed.chmod(0)
+    try:
+        result = scan_directory(study_dir)
+    finally:
+        locked.chmod(0o644)
+        closed.chmod(0o755)
+    got = reasons(result)
+    assert got["IM0002"] == "unreadable: permission denied"
+    assert got["closed"].startswith("unreadable directory")
+    assert len(result.files) == 5
+
+
+def test_unreadable_file_as_root_is_reported(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import xnat_flows.transfer.scan as scan
+
+    real = scan.is_dicom_part10
+
+    def flaky(path: Path) -> bool:
+        if path.name == "IM0003":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(scan, "is_dicom_part10", flaky)
+    result = scan_directory(study_dir)
+    assert sum(1 for s in result.skipped if s.reason == "unreadable: permission denied") == 2
+
+
+def test_bad_roots_raise_input_error_saying_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        scan_directory(tmp_path / "nope")
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(InputError, match="not a directory"):
+        scan_directory(tmp_path / "file")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="No DICOM files") as info:
+        scan_directory(tmp_path / "empty")
+    assert "DICM" in info.value.hint

@@ -1,0 +1,208 @@
+"""Upload requests on a scripted transport: exact parameters, content types, failure handling."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from xnat_flows.client.client import XnatClient
+from xnat_flows.client.credentials import Credentials
+from xnat_flows.client.errors import InputError, PermanentUploadError, PermissionDeniedError
+from xnat_flows.client.retry import RetryPolicy
+from xnat_flows.transfer.scan import scan_directory
+from xnat_flows.transfer.upload import UploadTarget, parse_uris, upload_archive_batch, upload_gradual
+
+TARGET = UploadTarget("PROJ", "SUBJ", "SESS")
+
+
+def client_for(handler) -> XnatClient:
+    creds = Credentials(url="http://xnat.test", username="u", token=SecretStr("TOKEN0000001"))
+    return XnatClient(creds, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None))
+
+
+def test_labels_are_validated_naming_the_bad_one() -> None:
+    with pytest.raises(InputError, match="subject label 'bad name'"):
+        UploadTarget("P", "bad name", "S")
+    with pytest.raises(InputError, match="session"):
+        UploadTarget("P", "S", "a/b")
+    with pytest.raises(InputError, match="overwrite"):
+        UploadTarget("P", "S", "E", overwrite="merge")  # type: ignore[arg-type]
+
+
+def test_dicom_zip_request_shape_direct_archive(study_dir: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        request.read()
+        return httpx.Response(200, text="/xapi/direct-archive/PROJ/1.2.3/SESS\r\n")
+
+    files = scan_directory(study_dir).files
+    with client_for(handler) as client:
+        result = upload_archive_batch(client, files, TARGET, "tar", index=3)
+    (request,) = seen
+    assert request.method == "POST" and request.url.path == "/data/services/import"
+    assert dict(request.url.params) == {
+        "import-handler": "DICOM-zip", "inbody": "true", "project": "PROJ", "subject": "SUBJ", "session": "SESS",
+        "overwrite": "delete", "overwrite_files": "true", "Ignore-Unparsable": "true", "quarantine": "false",
+        "triggerPipelines": "true", "rename": "false", "Direct-Archive": "true",
+    }
+    assert request.headers["Content-Type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(request.content)) as tf:
+        assert tf.getnames() == [f.relpath for f in files]
+    assert result.ok and result.index == 3 and result.uris == ("/xapi/direct-archive/PROJ/1.2.3/SESS",)
+    assert result.files == tuple(f.relpath for f in files) and result.bytes == sum(f.size for f in files)
+
+
+def test_prearchive_destination_and_zip_content_type(study_dir: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        request.read()
+        return httpx.Response(200, text="/data/prearchive/projects/PROJ/20240101_120000000/SESS\r\n")
+
+    target = UploadTarget("PROJ", "SUBJ", "SESS", direct_archive=False, overwrite="append")
+    with client_for(handler) as client:
+        upload_archive_batch(client, scan_directory(study_dir).files, target, "zip")
+    params = seen[0].url.params
+    assert params["dest"] == "/prearchive/projects/PROJ" and "Direct-Archive" not in params
+    assert params["overwrite"] == "append"
+    assert seen[0].headers["Content-Type"] == "application/zip"
+
+
+def test_batch_failure_raises_or_is_reported(study_dir: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        return httpx.Response(400, text="Unable to identify subject.")
+
+    files = scan_directory(study_dir).files
+    with client_for(handler) as client:
+        with pytest.raises(PermanentUploadError, match="Unable to identify subject"):
+            upload_archive_batch(client, files, TARGET)
+        result = upload_archive_batch(client, files, TARGET, raise_on_error=False)
+    assert not result.ok and "Unable to identify subject." in result.error and result.uris == ()
+
+
+def test_parse_uris_handles_crlf_and_blank_lines() -> None:
+    assert parse_uris("/data/a\r\n/data/b\r\n\r\n") == ["/data/a", "/data/b"]
+    assert parse_uris("") == []
+
+
+def test_gradual_uses_upper_case_keys_and_application_dicom(study_dir: Path) -> None:
+    seen: list[httpx.Request] = []
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        with lock:
+            seen.append(request)
+        request.read()
+        return httpx.Response(200, text="/xapi/direct-archive/PROJ/1.2.3/SESS\r\n")
+
+    files = scan_directory(study_dir).files
+    with client_for(handler) as client:
+        result = upload_gradual(client, files, TARGET, workers=3)
+    assert result.ok and result.sent_count == 6 and result.bytes_sent == sum(f.size for f in files)
+    assert result.uris == ["/xapi/direct-archive/PROJ/1.2.3/SESS"]
+    params = dict(seen[0].url.params)
+    assert params == {"import-handler": "gradual-DICOM", "inbody": "true", "PROJECT_ID": "PROJ",
+                      "SUBJECT_ID": "SUBJ", "EXPT_LABEL": "SESS", "Direct-Archive": "true"}
+    assert {r.headers["Content-Type"] for r in seen} == {"application/dicom"}
+    assert sorted(r.content for r in seen) == sorted(f.path.read_bytes() for f in files)
+    # warm-up: the first instance of each series went first, one at a time
+    first_two = {r.content for r in seen[:2]}
+    assert first_two == {files[0].path.read_bytes(), files[3].path.read_bytes()}
+
+
+def test_gradual_collects_per_file_failures_with_the_server_message(study_dir: Path) -> None:
+    files = scan_directory(study_dir).files
+    bad = files[4].path.read_bytes()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.read() == bad:
+            return httpx.Response(400, text="unable to read DICOM object upload.dcm")
+        return httpx.Response(200, text="/data/x\r\n")
+
+    with client_for(handler) as client:
+        result = upload_gradual(client, files, TARGET, workers=2)
+    assert not result.ok and result.sent_count == 5
+    (failure,) = result.failures
+    assert failure.relpath == files[4].relpath and "unable to read DICOM object" in failure.error and failure.status == 400
+
+
+def test_gradual_stops_when_every_first_instance_fails_alike(study_dir: Path) -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.read())
+        return httpx.Response(400, text="Unable to identify destination project")
+
+    with client_for(handler) as client:
+        with pytest.raises(PermanentUploadError, match="destination project"):
+            upload_gradual(client, scan_directory(study_dir).files, TARGET, workers=2)
+    assert len(calls) == 2  # one per series, then stop
+
+
+def test_gradual_aborts_on_an_error_every_request_would_hit(study_dir: Path) -> None:
+    count = {"n": 0}
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        with lock:
+            count["n"] += 1
+            n = count["n"]
+        return httpx.Response(200, text="/data/x") if n <= 2 else httpx.Response(403, text="no access")
+
+    with client_for(handler) as client:
+        with pytest.raises(PermissionDeniedError):
+            upload_gradual(client, scan_directory(study_dir).files, TARGET, workers=1, window=1)
+    assert count["n"] == 3
+
+
+def test_gradual_in_flight_requests_stay_within_the_window(tmp_path: Path) -> None:
+    from transfer_helpers import write_study
+
+    write_study(tmp_path, series=1, instances=25)
+    files = scan_directory(tmp_path).files
+    active = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        with lock:
+            active["now"] += 1
+            active["peak"] = max(active["peak"], active["now"])
+        time.sleep(0.01)
+        with lock:
+            active["now"] -= 1
+        return httpx.Response(200, text="/data/x")
+
+    with client_for(handler) as client:
+        result = upload_gradual(client, files, TARGET, workers=4)
+    assert result.ok
+    assert 2 <= active["peak"] <= 4
+
+
+def test_gradual_salvages_transient_failures(study_dir: Path) -> None:
+    files = scan_directory(study_dir).files
+    flaky = files[5].path.read_bytes()
+    seen = {"flaky": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.read() == flaky:
+            seen["flaky"] += 1
+            if seen["flaky"] <= 6:  # exhausts the client's 6 attempts once
+                return httpx.Response(503, text="busy")
+        return httpx.Response(200, text="/data/x")
+
+    with client_for(handler) as client:
+        result = upload_gradual(client, files, TARGET, workers=2)
+    assert result.ok and seen["flaky"] == 7

@@ -1,0 +1,111 @@
+"""verify_session against scripted read-back answers; the resume journal on disk."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import httpx
+from pydantic import SecretStr
+
+from xnat_flows.client.client import XnatClient
+from xnat_flows.client.credentials import Credentials
+from xnat_flows.client.retry import RetryPolicy
+from xnat_flows.transfer.journal import UploadJournal, content_digest
+from xnat_flows.transfer.scan import DicomFile
+from xnat_flows.transfer.upload import UploadTarget
+from xnat_flows.transfer.verify import verify_session
+
+TARGET = UploadTarget("P", "S", "E")
+
+
+def instance(series_uid: str, number: int | None, sop: str, relpath: str = "") -> DicomFile:
+    return DicomFile(Path(relpath or sop), relpath or sop, 10, "1.2.3", series_uid, number, sop, "1.2", "1.2.840.10008.1.2.1")
+
+
+def rows(*items: dict) -> dict:
+    return {"ResultSet": {"Result": list(items), "totalRecords": str(len(items))}}
+
+
+def client_for(routes: dict[str, object], hits: list[str] | None = None) -> XnatClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if hits is not None:
+            hits.append(request.url.path)
+        answer = routes.get(request.url.path)
+        if callable(answer):
+            answer = answer()
+        if answer is None:
+            return httpx.Response(404, text="not found")
+        return httpx.Response(200, json=answer)
+
+    creds = Credentials(url="http://xnat.test", username="u", token=SecretStr("TOKEN0000001"))
+    return XnatClient(creds, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None))
+
+
+EXPERIMENT = {"items": [{"data_fields": {"ID": "XNAT_E00007", "label": "E"}}]}
+
+
+def test_waits_for_the_session_then_compares_per_scan_counts() -> None:
+    appearances = iter([None, None, EXPERIMENT])
+    hits: list[str] = []
+    routes = {
+        "/data/projects/P/experiments/E": lambda: next(appearances, EXPERIMENT),
+        # series 1.1 is matched by UID even though XNAT renamed its scan; 1.2 by SeriesNumber
+        "/data/experiments/XNAT_E00007/scans": rows({"ID": "4-MR1", "UID": "1.1"}, {"ID": "5", "UID": ""}),
+        "/data/experiments/XNAT_E00007/scans/4-MR1/resources": rows({"label": "DICOM", "file_count": "2"}),
+        "/data/experiments/XNAT_E00007/scans/5/resources": rows({"label": "DICOM", "file_count": "1"}),
+    }
+    expected = [instance("1.1", 4, "a"), instance("1.1", 4, "b"), instance("1.2", 5, "c"), instance("1.2", 5, "c", "dup")]
+    with client_for(routes, hits) as client:
+        result = verify_session(client, TARGET, expected, wait_timeout=5, poll_interval=0.01)
+    assert result.ok and result.experiment_id == "XNAT_E00007" and result.uri == "/data/experiments/XNAT_E00007"
+    assert result.scans == {"4-MR1": (2, 2), "5": (1, 1)}  # the duplicate SOP counts once
+    assert result.expected_count == result.found_count == 3
+    assert hits.count("/data/projects/P/experiments/E") == 3
+    assert "3/3 files" in result.summary()
+
+
+def test_reports_short_scans_when_the_wait_runs_out() -> None:
+    routes = {
+        "/data/projects/P/experiments/E": EXPERIMENT,
+        "/data/experiments/XNAT_E00007/scans": rows({"ID": "1"}),
+        "/data/experiments/XNAT_E00007/scans/1/resources": rows({"label": "DICOM", "file_count": "1"}),
+    }
+    expected = [instance("1.1", 1, "a"), instance("1.1", 1, "b"), instance("1.2", 2, "c")]
+    with client_for(routes) as client:
+        result = verify_session(client, TARGET, expected, wait_timeout=0.05, poll_interval=0.01)
+    assert not result.ok
+    assert result.scans == {"1": (2, 1), "2": (1, 0)}
+    assert result.missing == ["1", "2"]
+    assert "short: scan 1: 1/2, scan 2: 0/1" in result.summary()
+
+
+def test_a_session_that_never_appears() -> None:
+    with client_for({}) as client:
+        result = verify_session(client, TARGET, [instance("1.1", 1, "a")], wait_timeout=0.02, poll_interval=0.01)
+    assert not result.ok and result.uri is None and result.missing == ["1"]
+    assert "did not appear" in result.summary()
+
+
+def test_journal_records_per_destination_privately(tmp_path: Path) -> None:
+    journal = UploadJournal(tmp_path / "journal")
+    files = [instance("1.1", 1, "a"), instance("1.1", 1, "b")]
+    digest = content_digest(files)
+    journal.record("P/S/E/archive", digest)
+    assert journal.done("P/S/E/archive") == {digest}
+    assert journal.done("P/S/OTHER/archive") == set()
+    (path,) = journal.directory.iterdir()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(journal.directory.stat().st_mode) == 0o700
+    with path.open("a") as handle:
+        handle.write("deadbeef")  # a crash mid-line
+    assert journal.done("P/S/E/archive") == {digest}
+    journal.clear("P/S/E/archive")
+    assert journal.done("P/S/E/archive") == set()
+
+
+def test_digest_changes_when_a_file_changes() -> None:
+    a = instance("1.1", 1, "a")
+    changed = DicomFile(a.path, a.relpath, a.size, a.study_uid, a.series_uid, 1, "a", a.sop_class_uid, a.transfer_syntax, 99)
+    assert content_digest([a]) != content_digest([changed])
+    assert content_digest([a]) == content_digest([instance("1.1", 1, "a")])

@@ -1,0 +1,137 @@
+"""``xnat-flows session upload`` (REST Import API) and ``session upload-dicom`` (C-STORE)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from xnat_flows.cli.options import (
+    EXIT_FAILURE,
+    PasswordOption,
+    ProfileOption,
+    UrlOption,
+    UserOption,
+    exit_code_for,
+    xnat_session,
+)
+
+app = typer.Typer(help="Upload DICOM sessions (REST Import API or DICOM C-STORE).", no_args_is_help=True)
+
+EXIT_PARTIAL = 6  # some files did not land; re-running the same command sends only those
+
+
+@app.command("upload")
+def upload(
+    source: Annotated[Path, typer.Argument(help="Directory of DICOM files (scanned recursively, extensionless files included).")],
+    project: Annotated[str, typer.Option("--project", "-P", help="XNAT project ID.")],
+    subject: Annotated[str, typer.Option("--subject", "-S", help="Subject label.")],
+    session: Annotated[str, typer.Option("--session", "-E", help="Session (experiment) label.")],
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Parallel uploads (DICOM-zip: number of batches).")] = 4,
+    archive_format: Annotated[Literal["tar", "zip"], typer.Option("--archive-format", help="Archive format of each batch.")] = "tar",
+    direct_archive: Annotated[
+        bool, typer.Option("--direct-archive/--prearchive", help="Direct-Archive (default, XNAT 1.8.3+) or stage in the prearchive.")
+    ] = True,
+    gradual: Annotated[bool, typer.Option("--gradual", help="gradual-DICOM: one instance per request.")] = False,
+    per_study: Annotated[bool, typer.Option("--per-study", help="Upload each study found as its own session (_1, _2, ...).")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare with what was sent.")] = True,
+    flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow `upload-dicom-session` (recorded in Prefect).")] = False,
+    url: UrlOption = None,
+    username: UserOption = None,
+    password: PasswordOption = None,
+    profile: ProfileOption = None,
+) -> None:
+    """Upload a directory to XNAT through the REST Import API (DICOM-zip by default)."""
+    if flow:
+        _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile)
+        return
+    from xnat_flows.client.errors import XnatError
+    from xnat_flows.transfer.journal import UploadJournal
+    from xnat_flows.transfer.session import upload_session
+    from xnat_flows.transfer.upload import UploadTarget
+
+    try:
+        target = UploadTarget(project=project, subject=subject, session=session, direct_archive=direct_archive)
+    except XnatError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(exit_code_for(exc)) from None
+    with xnat_session(url, username, password, profile) as client, _progress_bar("gradual-DICOM" if gradual else "DICOM-zip") as progress:
+        result = upload_session(
+            client, source, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
+            journal=UploadJournal(), progress=progress, verify=verify,
+        )
+    _report(result)
+    if not result.ok:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile) -> None:  # noqa: ANN001, PLR0913
+    import os
+
+    from xnat_flows.client.errors import XnatError
+    from xnat_flows.flows.upload import upload_dicom_session
+    from xnat_flows.models import UploadRequest, XnatConnection
+
+    if password:
+        # The flow reads it from the environment of this process: never a flow-run parameter.
+        os.environ["XNAT_PASS"] = password
+    request = UploadRequest(
+        source_dir=str(source), project=project, subject=subject, session=session, workers=workers,
+        archive_format=archive_format, direct_archive=direct_archive, per_study=per_study, verify=verify,
+        transport="gradual-dicom" if gradual else "dicom-zip",
+    )
+    try:
+        result = upload_dicom_session(request, XnatConnection(url=url, username=username, profile=profile))
+    except XnatError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(exit_code_for(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a failed flow run; its message says what failed
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(EXIT_FAILURE) from None
+    for s in result.sessions:
+        typer.echo(f"{s.project}/{s.subject}/{s.session}: {s.files_sent} files -> {s.session_uri or '?'} (experiment {s.experiment_id or '?'})")
+    typer.echo(f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB in {result.seconds:.1f} s ({result.throughput_mb_s:.1f} MB/s)")
+
+
+class _progress_bar:  # noqa: N801 - used as a context manager like a function
+    """A rich progress bar fed by the library's thread-safe progress callback."""
+
+    def __init__(self, label: str) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        self._progress = Progress(
+            TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.fields[files]}"),
+            DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), transient=False,
+        )
+        self._task = None
+
+    def __enter__(self):  # noqa: ANN204
+        self._progress.start()
+        return self._update
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def _update(self, snapshot) -> None:  # noqa: ANN001
+        if self._task is None:
+            self._task = self._progress.add_task("upload", total=snapshot.bytes_total, files="")
+        files = f"{snapshot.done}/{snapshot.total} files" + (f", {snapshot.failed} failed" if snapshot.failed else "")
+        self._progress.update(self._task, completed=snapshot.bytes_done, total=snapshot.bytes_total, files=files)
+
+
+def _report(result) -> None:  # noqa: ANN001
+    for skipped in result.skipped:
+        typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    for study in result.sessions:
+        t = study.target
+        where = study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else "?")
+        typer.echo(f"{t.project}/{t.subject}/{t.session}: {study.files_sent}/{study.files} files -> {where}")
+        if study.verify is not None:
+            typer.echo(f"  verify: {study.verify.summary()}")
+        for failed in study.failed_files[:20]:
+            typer.echo(f"  not sent: {failed}", err=True)
+    typer.echo(
+        f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB in {result.seconds:.1f} s "
+        f"({result.throughput_mb_s:.1f} MB/s)"
+    )

@@ -1,0 +1,389 @@
+"""A thread-safe XNAT REST client on httpx: JSESSION auth, one shared re-login, retries.
+
+One ``XnatClient`` is meant to be shared by all upload threads of a process: it keeps a
+connection pool, and when XNAT expires the session (idle timeout, concurrent-session
+eviction) the first thread to see the 401 logs in again while the others wait and reuse the
+new token — eight threads seeing 401 cause one login, not eight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import ssl
+import threading
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from xnat_flows import __version__
+from xnat_flows.client.credentials import Credentials, TokenCache
+from xnat_flows.client.errors import (
+    AuthenticationError,
+    InputError,
+    UnsupportedServerError,
+    XnatConnectionError,
+    XnatError,
+    error_for_response,
+)
+from xnat_flows.client.retry import NO_RETRY, RetryPolicy, parse_retry_after
+from xnat_flows.client.version import DIRECT_ARCHIVE_MIN_VERSION, at_least, parse_version
+
+log = logging.getLogger("xnat_flows.client")
+
+# A request body: bytes, or a zero-argument callable returning a fresh iterable of bytes for
+# every attempt (so a streamed upload can be sent again after a retry or a re-login).
+Content = bytes | str | Callable[[], Iterable[bytes]] | None
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{8,512}")
+_DEFAULT = object()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. Connect is short so an unreachable host fails fast; read/write are long
+    because XNAT answers a big DICOM-zip only after it has stored every file."""
+
+    connect: float = 10.0
+    read: float = 21600.0
+    write: float = 21600.0
+    pool: float = 30.0
+
+    def to_httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+
+
+def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
+    if isinstance(verify, str):
+        try:
+            return ssl.create_default_context(cafile=verify)
+        except (OSError, ssl.SSLError) as exc:
+            raise InputError(f"Cannot load the CA bundle {verify}: {exc}", hint="Point XNAT_CA_BUNDLE at a PEM file") from None
+    return verify
+
+
+class XnatClient:
+    """``with XnatClient(creds) as xnat: xnat.get_rows("/data/projects")``."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        timeouts: Timeouts = Timeouts(),
+        max_connections: int = 16,
+        token_cache: TokenCache | None = _DEFAULT,  # type: ignore[assignment]
+        retry: RetryPolicy = RetryPolicy(),
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.timeouts = timeouts
+        self.retry = retry
+        self.token_cache: TokenCache | None = TokenCache() if token_cache is _DEFAULT else token_cache
+        if transport is None:
+            # httpx retries failed connection attempts itself; everything else is our policy.
+            transport = httpx.HTTPTransport(
+                verify=_ssl_context(credentials.verify),
+                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+                retries=2,
+            )
+        self._http = httpx.Client(
+            base_url=credentials.url,
+            transport=transport,
+            timeout=timeouts.to_httpx(),
+            headers={"User-Agent": f"xnat-flows/{__version__}"},
+            # The token travels in an explicit Cookie header; a jar would keep stale ones.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            follow_redirects=False,
+        )
+        self._auth_lock = threading.Lock()
+        self._auth_state: tuple[int, str | None] = (0, None)  # (generation, JSESSIONID)
+        self._auth_loaded = False
+        self.login_count = 0
+        self._version: str | None | object = _DEFAULT
+        self._secrets = [s.get_secret_value() for s in (credentials.password, credentials.token) if s]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> XnatClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close connections; the session stays valid (and cached) for the next process."""
+        token = self._auth_state[1]
+        if token and self.token_cache is not None:
+            try:
+                self.token_cache.touch(self.credentials.url, self.credentials.username)
+            except OSError as exc:
+                log.warning("could not update the token cache: %s", exc)
+        self._http.close()
+
+    @property
+    def base_url(self) -> str:
+        return self.credentials.url
+
+    # -- authentication ----------------------------------------------------------------------
+
+    def login(self) -> None:
+        """Open a new JSESSION with HTTP Basic (username:password or alias:secret)."""
+        with self._auth_lock:
+            self._login_locked()
+
+    def logout(self) -> None:
+        """End the JSESSION on the server and forget it locally."""
+        with self._auth_lock:
+            token = self._auth_state[1]
+            self._auth_state = (self._auth_state[0] + 1, None)
+            self._auth_loaded = True
+        if self.token_cache is not None:
+            self.token_cache.delete(self.credentials.url, self.credentials.username)
+        if token:
+            try:
+                self._http.request("DELETE", "/data/JSESSION", headers={"Cookie": f"JSESSIONID={token}"})
+            except httpx.HTTPError as exc:  # the session dies on its own after the idle timeout
+                log.info("logout request failed: %s", exc)
+
+    def _login_locked(self) -> None:
+        creds = self.credentials
+        if not creds.username or creds.password is None:
+            raise AuthenticationError(
+                f"No valid XNAT session for {creds.url} and no password to log in",
+                hint="Set XNAT_USER and XNAT_PASS, pass --username/--password, or run `xnat-flows auth login`",
+            )
+        try:
+            response = self._http.post(
+                "/data/JSESSION",
+                auth=httpx.BasicAuth(creds.username, creds.password.get_secret_value()),
+                timeout=httpx.Timeout(60.0, connect=self.timeouts.connect),
+            )
+        except httpx.HTTPError as exc:
+            raise self._connection_error(exc) from None
+        if response.status_code in (401, 403):
+            raise AuthenticationError(
+                f"XNAT at {creds.url} refused the login for user {creds.username!r} (HTTP {response.status_code})",
+                status=response.status_code,
+            )
+        if response.status_code != 200:
+            raise self._scrub(error_for_response(response, parse_retry_after(response.headers.get("Retry-After"))))
+        token = response.text.strip()
+        if "<html" in token[:1000].lower() or not _TOKEN_RE.fullmatch(token):
+            # Old or proxied XNATs answer a failed login with their HTML login page and 200.
+            raise AuthenticationError(
+                f"XNAT at {creds.url} answered the login for {creds.username!r} with a web page instead of a session id",
+                status=200,
+                hint="The user name or password is probably wrong; also check that the URL is XNAT's base URL",
+            )
+        self._auth_state = (self._auth_state[0] + 1, token)
+        self._auth_loaded = True
+        self.login_count += 1
+        log.info("logged in to %s as %s", creds.url, creds.username)
+        if self.token_cache is not None:
+            try:
+                self.token_cache.put(creds.url, creds.username, token)
+            except OSError as exc:
+                log.warning("could not write the token cache: %s", exc)
+
+    def _session(self) -> tuple[int, str | None]:
+        """The current (generation, token), logging in first if there is nothing to reuse."""
+        if not self._auth_loaded:
+            with self._auth_lock:
+                if not self._auth_loaded:
+                    creds = self.credentials
+                    token = creds.token.get_secret_value() if creds.token else None
+                    if token is None and self.token_cache is not None:
+                        token = self.token_cache.get(creds.url, creds.username)
+                    if token is not None:
+                        self._auth_state = (self._auth_state[0] + 1, token)
+                        self._auth_loaded = True
+                    else:
+                        self._login_locked()
+        return self._auth_state
+
+    def _relogin(self, seen_generation: int) -> None:
+        """Replace the token that just got a 401, unless another thread already did."""
+        with self._auth_lock:
+            if self._auth_state[0] != seen_generation:
+                return
+            if self.token_cache is not None:
+                self.token_cache.delete(self.credentials.url, self.credentials.username)
+            self._login_locked()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        content: Content = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        retry: bool = True,
+    ) -> httpx.Response:
+        """Send a request; return the response (status < 400) or raise the classified XnatError.
+
+        A 401 causes one shared re-login and a resend. Transient failures are retried per
+        ``self.retry``; a body given as a plain iterator cannot be resent and is tried once.
+        """
+        policy = self.retry if retry else NO_RETRY
+        single_use = content is not None and not isinstance(content, (bytes, str)) and not callable(content)
+        relogged = False
+        attempt = 0
+        slept = 0.0
+        generation = self._auth_state[0]
+        while True:
+            try:
+                generation, token = self._session()  # a login that meets a busy server is retried too
+                response = self._send(method, path, params, content, headers, timeout, token)
+                if response.status_code == 401 and not relogged and self.credentials.password is not None and not single_use:
+                    relogged = True
+                    log.info("%s %s: session expired (401); logging in again", method, path)
+                    self._relogin(generation)
+                    continue
+            except XnatError as exc:
+                error = exc
+            else:
+                if response.status_code < 400:
+                    return response
+                error = self._scrub(error_for_response(response, parse_retry_after(response.headers.get("Retry-After"))))
+            attempt += 1
+            if single_use or attempt >= policy.attempts or not policy.should_retry(error, method, path):
+                raise error
+            if isinstance(error, XnatConnectionError) and content is not None and not relogged:
+                relogged = self._revalidate(generation)
+            wait = policy.delay(attempt - 1, error.retry_after)
+            if slept + wait > policy.budget_seconds:
+                raise error
+            log.warning("%s %s: %s; retry %d/%d in %.1f s", method, path, error.message, attempt, policy.attempts - 1, wait)
+            policy.sleep(wait)
+            slept += wait
+
+    def _revalidate(self, generation: int) -> bool:
+        """After a connection lost mid-body: was it an expired session? Then log in again.
+
+        Servers may refuse a request with a dead session by closing the connection while the
+        body is still being sent, so the client sees a broken pipe instead of the 401.
+        """
+        token = self._auth_state[1]
+        if token is None or self.credentials.password is None:
+            return False
+        try:
+            probe = self._http.get("/data/JSESSION", headers={"Cookie": f"JSESSIONID={token}"}, timeout=30.0)
+        except httpx.HTTPError:
+            return False
+        if probe.status_code != 401:
+            return False
+        log.info("session expired during an upload; logging in again")
+        self._relogin(generation)
+        return True
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        content: Content,
+        headers: Mapping[str, str] | None,
+        timeout: float | httpx.Timeout | None,
+        token: str | None,
+    ) -> httpx.Response:
+        merged = dict(headers or {})
+        if token:
+            merged["Cookie"] = f"JSESSIONID={token}"
+        body = content() if callable(content) else content
+        try:
+            return self._http.request(
+                method,
+                path,
+                params=params,
+                content=body,
+                headers=merged,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as exc:
+            raise self._connection_error(exc, f"{method} {path}") from None
+        finally:
+            close = getattr(body, "close", None)
+            if callable(close):  # stop a streaming generator (closes the open file)
+                close()
+
+    def _connection_error(self, exc: Exception, where: str | None = None) -> XnatConnectionError:
+        where = where or self.credentials.url
+        # A refused or timed-out connection after httpx's own connect retries means the host
+        # is down or unreachable: fail fast. A connection lost mid-request is worth a retry.
+        reachable = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol))
+        kind = type(exc).__name__
+        return self._scrub(XnatConnectionError(f"{where}: {kind}: {exc}", retryable=reachable))
+
+    def _scrub(self, error: XnatError) -> XnatError:
+        """Belt and braces: no password or token text in an error, whatever the server echoed."""
+        for secret in self._secrets + [self._auth_state[1] or ""]:
+            if secret and len(secret) >= 4:
+                error.message = error.message.replace(secret, "***")
+                error.server_message = error.server_message.replace(secret, "***")
+        error.args = (error.message,)
+        return error
+
+    # -- conveniences ------------------------------------------------------------------------
+
+    def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        response = self.request("GET", path, params={"format": "json", **(params or {})})
+        try:
+            return response.json()
+        except json.JSONDecodeError:
+            raise XnatError(
+                f"GET {path}: expected JSON, got {response.headers.get('Content-Type', 'no content type')}",
+                status=response.status_code,
+                hint="Check that the URL is XNAT's base URL (not a login page or a proxy)",
+            ) from None
+
+    def get_rows(self, path: str, params: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
+        """Rows of an XNAT ResultSet listing, every value as a string ("" for null)."""
+        data = self.get_json(path, params)
+        try:
+            rows = data["ResultSet"]["Result"]
+        except (KeyError, TypeError):
+            raise XnatError(f"GET {path}: the answer is not an XNAT ResultSet", hint="") from None
+        return [{str(k): _cell(v) for k, v in row.items()} for row in rows]
+
+    def whoami(self) -> str:
+        return self.request("GET", "/xapi/users/username").text.strip()
+
+    def server_version(self) -> str | None:
+        """XNAT's version string, read once; ``None`` when the server does not say."""
+        if self._version is _DEFAULT:
+            version: str | None = None
+            try:
+                text = self.request("GET", "/xapi/siteConfig/buildInfo/version", timeout=15.0, retry=False).text.strip()
+                if text.startswith("{"):
+                    text = str(json.loads(text).get("version", ""))
+                version = text if parse_version(text) else None
+            except AuthenticationError:
+                raise
+            except (XnatError, ValueError) as exc:
+                log.info("server version unknown: %s", exc)
+            self._version = version
+        return self._version  # type: ignore[return-value]
+
+    def require_direct_archive(self) -> None:
+        """Raise ``UnsupportedServerError`` on XNAT older than 1.8.3; proceed when unknown."""
+        version = self.server_version()
+        if version and at_least(version, DIRECT_ARCHIVE_MIN_VERSION) is False:
+            raise UnsupportedServerError(
+                f"Direct-Archive needs XNAT {DIRECT_ARCHIVE_MIN_VERSION} or newer; {self.base_url} runs {version}"
+            )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,205 @@
+"""The exceptions every XNAT call raises, and the mapping from an HTTP answer to one of them.
+
+Each error carries the HTTP status, the server's own message (XNAT explains most import
+problems in the body of a 400) and a ``hint`` telling the user what to do next. Messages are
+built from the URL path, the status and the server's text only: never from request headers,
+so a password or JSESSIONID cannot leak into a log or a Prefect UI.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+_MAX_SERVER_MESSAGE = 500
+
+# 400 answers of the import service that clear up on their own (XNAT is busy with the same
+# session); harvested from the messages compiled into XNAT 1.9.2.1 (see docs/library.md).
+TRANSIENT_400_FRAGMENTS = (
+    "session processing in progress",
+    "concurrent modification is discouraged",
+    "duplicate archive attempt",
+    "destination session in use",
+    "concurrent file sends of the same data",
+)
+
+# 400 answers that will never succeed on a retry: the request itself is wrong.
+PERMANENT_400_FRAGMENTS = (
+    "unable to deduce session label",
+    "unable to identify subject",
+    "unable to identify destination project",
+    "not allowed to create new subjects",
+    "unable to create new subject id",
+    "unable to create new session id",
+    "session already exists, retry with overwrite enabled",
+    "via archive process",
+    "session already contains a scan",
+    "already exists for another subject",
+    "src uri is invalid",
+    "expected a catalog file, however it was missing",
+    "non-standard prearchive structure",
+    "non-dicom (or non-parsable dicom) files",
+    "is required when requesting",
+    "unable to read dicom object",
+    "contains no sop class uid",
+    "contains no sop instance uid",
+    "unsupported format",
+    "unable to identify upload format",
+    "importer is limited to one uploaded resource",
+    "in-body file posts must include the file",
+    "parameter dest format error",
+    "failed to archive",
+)
+
+
+class XnatError(Exception):
+    """Base class: something went wrong talking to XNAT.
+
+    ``status`` is the HTTP status (``None`` when no answer arrived), ``server_message`` the
+    server's text (trimmed), ``hint`` what the user can do about it, ``retryable`` whether the
+    same request may succeed later.
+    """
+
+    default_hint = "Check the XNAT server log, or retry with --verbose for the request details."
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        server_message: str = "",
+        hint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = message
+        self.status = status
+        self.server_message = server_message
+        self.hint = hint if hint is not None else self.default_hint
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.server_message and self.server_message not in text:
+            text += f" — XNAT said: {self.server_message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    def __reduce__(self):  # picklable across Prefect/process boundaries despite keyword-only args
+        return (_rebuild, (type(self), self.message), dict(self.__dict__))
+
+
+def _rebuild(cls: type[XnatError], message: str) -> XnatError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    return error  # pickle then restores the attributes from the state dict
+
+
+class AuthenticationError(XnatError):
+    default_hint = (
+        "Check the user name and password (XNAT_USER/XNAT_PASS or your profile); "
+        "if the account has too many open sessions, ask an admin to end them"
+    )
+
+
+class PermissionDeniedError(XnatError):
+    default_hint = "The account is logged in but lacks rights on this project; ask the project owner for member access"
+
+
+class NotFoundError(XnatError):
+    default_hint = "Check the project, subject and session identifiers (labels are case-sensitive)"
+
+
+class ConflictError(XnatError):
+    default_hint = "The object already exists; upload with overwrite=append or overwrite=delete to merge into it"
+
+
+class TransientError(XnatError):
+    """XNAT is busy, overloaded or unreachable for a moment: the same request may work later."""
+
+    default_hint = "XNAT is busy or temporarily unavailable; retry later (resuming sends only what did not land)"
+    retryable = True
+
+
+class XnatConnectionError(TransientError):
+    """No HTTP answer: DNS, refused connection, TLS failure, dropped connection, timeout."""
+
+    default_hint = "Check the XNAT URL, your network and (for TLS errors) the CA bundle"
+
+    def __init__(self, message: str, *, retryable: bool = True, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retryable = retryable
+
+
+class PermanentUploadError(XnatError):
+    """XNAT rejected the upload for a reason a retry will not fix (its message says which)."""
+
+    default_hint = "Fix the input or the destination named in XNAT's message; retrying will not help"
+
+
+class UnsupportedServerError(XnatError):
+    default_hint = "Upgrade XNAT, or upload through the prearchive instead (--prearchive)"
+
+
+class InputError(XnatError):
+    """Bad local input (paths, labels, options): raised before anything is sent."""
+
+    default_hint = ""
+
+
+def server_message(response: httpx.Response) -> str:
+    """The useful part of an error body: plain text, or the <title>/<h1> of a Tomcat error page."""
+    try:
+        text = response.text
+    except Exception:  # undecodable or unread streaming body: the status alone must do
+        return ""
+    text = text.strip()
+    if "<html" in text[:500].lower():
+        match = re.search(r"<(?:h1|title)[^>]*>(.*?)</", text, re.IGNORECASE | re.DOTALL)
+        text = match.group(1).strip() if match else ""
+    text = re.sub(r"\s+", " ", text)
+    return text[:_MAX_SERVER_MESSAGE]
+
+
+def _matches(message: str, fragments: tuple[str, ...]) -> bool:
+    lowered = message.lower()
+    return any(fragment in lowered for fragment in fragments)
+
+
+def is_transient_400(message: str) -> bool:
+    return _matches(message, TRANSIENT_400_FRAGMENTS)
+
+
+def is_permanent_400(message: str) -> bool:
+    return _matches(message, PERMANENT_400_FRAGMENTS)
+
+
+def error_for_response(response: httpx.Response, retry_after: float | None = None) -> XnatError:
+    """Classify a non-success answer into the exception a caller can act on."""
+    status = response.status_code
+    text = server_message(response)
+    where = f"{response.request.method} {response.request.url.path}"
+    summary = f"{where} failed with HTTP {status}"
+    kwargs = {"status": status, "server_message": text, "retry_after": retry_after}
+    if status == 401:
+        return AuthenticationError(f"{where}: XNAT did not accept the credentials (HTTP 401)", **kwargs)
+    if status == 403:
+        return PermissionDeniedError(f"{where}: permission denied (HTTP 403)", **kwargs)
+    if status == 404:
+        return NotFoundError(f"{where}: not found (HTTP 404)", **kwargs)
+    if status == 409:
+        return ConflictError(f"{where}: conflict (HTTP 409)", **kwargs)
+    if status in (423, 429) or status >= 500:
+        return TransientError(summary, **kwargs)
+    if status == 400:
+        if is_permanent_400(text):
+            return PermanentUploadError(summary, **kwargs)
+        if is_transient_400(text) or response.request.url.path.endswith("/services/import"):
+            # The import service answers 400 for passing concurrency trouble too, and not
+            # every such message is known: an unrecognised import 400 gets the (bounded)
+            # retries; the known permanent ones above fail at once.
+            return TransientError(summary, **kwargs)
+    return XnatError(summary, **kwargs)

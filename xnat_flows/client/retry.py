@@ -1,0 +1,70 @@
+"""When to retry a failed request, and how long to wait first."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+from xnat_flows.client.errors import XnatConnectionError, XnatError
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+# POSTs that may be sent again: the import service names files after their UIDs and the
+# uploads use overwrite semantics, so a resent batch or instance replaces itself.
+RESENDABLE_POST_PATHS = ("/data/services/import", "/REST/services/import")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with jittered exponential backoff (a random wait in [d/2, d], d doubling).
+
+    ``attempts`` counts the first try (6 = 5 retries, as xnatctl). ``budget_seconds`` caps the
+    total time spent sleeping for one request. ``sleep`` is injectable for tests.
+    """
+
+    attempts: int = 6
+    backoff_base: float = 2.0
+    backoff_max: float = 32.0
+    retry_after_max: float = 300.0
+    budget_seconds: float = 900.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+
+    def should_retry(self, error: XnatError, method: str, path: str) -> bool:
+        if not error.retryable:
+            return False
+        if method.upper() in IDEMPOTENT_METHODS or path.rstrip("/").endswith(RESENDABLE_POST_PATHS):
+            return True
+        # Other POSTs: only when the server certainly did not act on them.
+        if isinstance(error, XnatConnectionError):
+            return False
+        return error.status in (429, 503)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_after_max)
+        ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+NO_RETRY = RetryPolicy(attempts=1)

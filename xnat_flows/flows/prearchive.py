@@ -1,0 +1,94 @@
+"""Flows ``archive-prearchive-session`` and ``delete-prearchive-session``.
+
+Parameters are pydantic models (rendered as forms in the Prefect UI); the connection names a
+Block, a profile or a user, never a password.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, tags
+from prefect.context import FlowRunContext
+from pydantic import BaseModel, Field
+
+from xnat_flows.manage.prearchive import ArchiveOutcome, Overwrite, prearchive_src
+from xnat_flows.models import XnatConnection
+from xnat_flows.tasks.prearchive import archive_session_task, delete_session_task, xnat_tag
+
+
+class PrearchiveSessionRef(BaseModel):
+    """One prearchive session, as ``xnat-flows prearchive list`` shows it."""
+
+    project: str = Field(description="Project ID whose prearchive holds the session.")
+    timestamp: str = Field(description="Prearchive timestamp, e.g. 20240115_120000123.")
+    folder: str = Field(description="The session's folder name in the prearchive (usually its label).")
+
+
+class ArchiveRequest(PrearchiveSessionRef):
+    """Archive a prearchive session, optionally under another subject and label."""
+
+    subject: str | None = Field(default=None, description="Subject label in the archive (default: the one XNAT found).")
+    label: str | None = Field(default=None, description="Session label in the archive (default: the prearchive name).")
+    overwrite: Overwrite | None = Field(
+        default=None,
+        description=(
+            "When the session already exists in the archive: append (add scans/files) or delete "
+            "(replace overlapping files). Unset: fail on such a conflict."
+        ),
+    )
+    wait_seconds: float = Field(
+        default=300.0, ge=0, description="How long to wait while XNAT is still receiving or building the session."
+    )
+    poll_seconds: float = Field(default=5.0, gt=0, description="Interval between status checks while waiting.")
+
+
+class DeleteOutcome(BaseModel):
+    project: str
+    timestamp: str
+    folder: str
+    deleted: bool = True
+
+
+@flow(name="archive-prearchive-session", validate_parameters=True)
+def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnection = XnatConnection()) -> ArchiveOutcome:
+    """Move a session from the prearchive into the archive (idempotent: already archived is success)."""
+    with tags(xnat_tag(connection)):
+        # The task may legitimately wait wait_seconds before archiving; its timeout must allow that.
+        outcome = archive_session_task.with_options(timeout_seconds=request.wait_seconds + 3600)(
+            connection,
+            request.project,
+            request.timestamp,
+            request.folder,
+            subject=request.subject,
+            label=request.label,
+            overwrite=request.overwrite,
+            wait_seconds=request.wait_seconds,
+            poll_seconds=request.poll_seconds,
+        )
+    verb = "was already archived" if outcome.already_archived else "archived"
+    publish_markdown(
+        f"**{request.project}/{request.timestamp}/{request.folder}** {verb}: `{outcome.archive_uri}` "
+        f"(label `{outcome.label}`, overwrite `{outcome.overwrite}`)",
+        description="Prearchive archive outcome",
+    )
+    return outcome
+
+
+@flow(name="delete-prearchive-session", validate_parameters=True)
+def delete_prearchive_session(session: PrearchiveSessionRef, connection: XnatConnection = XnatConnection()) -> DeleteOutcome:
+    """Delete a session from the prearchive (its files are removed by XNAT)."""
+    with tags(xnat_tag(connection)):
+        delete_session_task(connection, session.project, session.timestamp, session.folder)
+    publish_markdown(
+        f"Deleted prearchive session `{prearchive_src(session.project, session.timestamp, session.folder)}`",
+        description="Prearchive delete outcome",
+    )
+    return DeleteOutcome(project=session.project, timestamp=session.timestamp, folder=session.folder)
+
+
+def publish_markdown(markdown: str, description: str) -> None:
+    """A markdown artifact on the current flow run; nothing when the flow body runs bare (``.fn()``)."""
+    if FlowRunContext.get() is None:
+        return
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown=markdown, description=description)

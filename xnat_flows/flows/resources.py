@@ -1,0 +1,57 @@
+"""Flow ``attach-resource``: upload a file or a directory to a session or scan resource.
+
+Chains after an upload: with ``wait_for_archive`` it first waits until the session is in the
+archive (uploads and archiving are asynchronous in XNAT), then attaches the files.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, tags
+from pydantic import BaseModel, Field
+
+from xnat_flows.client.errors import InputError
+from xnat_flows.flows.prearchive import publish_markdown
+from xnat_flows.manage.resources import ResourceTarget, ResourceUploadResult
+from xnat_flows.models import XnatConnection
+from xnat_flows.tasks.prearchive import wait_for_archive_task, xnat_tag
+from xnat_flows.tasks.resources import upload_resource_task
+
+
+class AttachResourceRequest(BaseModel):
+    """What to attach, and where."""
+
+    session: str = Field(description="Experiment accession ID (XNAT_E00001), or its label when `project` is given.")
+    project: str | None = Field(default=None, description="Project ID (needed when `session` is a label).")
+    subject: str | None = Field(default=None, description="Subject label (optional).")
+    scan: str | None = Field(default=None, description="Scan ID: attach to the scan's resource instead of the session's.")
+    label: str = Field(description="Resource label, e.g. BIDS, NIFTI, SNAPSHOTS.")
+    path: str = Field(description="File, or directory (zipped on the fly and extracted by XNAT with its sub-folders).")
+    overwrite: bool = Field(default=False, description="Replace files XNAT already has; off: they are kept and reported as duplicates.")
+    wait_for_archive: bool = Field(
+        default=False, description="First wait until the session (project + label) appears in the archive, e.g. right after an upload."
+    )
+    wait_timeout_seconds: float = Field(default=600.0, gt=0, description="How long to wait for the session in the archive.")
+
+
+@flow(name="attach-resource", validate_parameters=True)
+def attach_resource(request: AttachResourceRequest, connection: XnatConnection = XnatConnection()) -> ResourceUploadResult:
+    """Attach non-DICOM files to a session or scan resource (the resource is created when missing)."""
+    target = ResourceTarget(session=request.session, project=request.project, subject=request.subject, scan=request.scan)
+    with tags(xnat_tag(connection)):
+        if request.wait_for_archive:
+            if not request.project:
+                raise InputError("wait_for_archive needs the project (and the session label) to look the session up.")
+            archived = wait_for_archive_task(
+                connection, request.project, request.session, subject=request.subject, timeout_seconds=request.wait_timeout_seconds
+            )
+            if archived.experiment_id:  # the accession ID is unambiguous and spares a label look-up
+                target = ResourceTarget(session=archived.experiment_id, scan=request.scan)
+        result = upload_resource_task(connection, target, request.label, request.path, overwrite=request.overwrite)
+    lines = [f"Sent {len(result.files)} file(s), {result.bytes_sent / 1e6:.1f} MB, to `{result.resource_uri}`."]
+    if result.duplicates:
+        kept = ", ".join(f"`{d}`" for d in result.duplicates[:50])
+        lines.append(f"XNAT kept {len(result.duplicates)} existing file(s) (overwrite off): {kept}")
+    if result.skipped:
+        lines.append("Not sent: " + ", ".join(f"`{s.path}` ({s.reason})" for s in result.skipped[:50]))
+    publish_markdown("\n\n".join(lines), description="Resource upload outcome")
+    return result

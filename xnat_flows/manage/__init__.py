@@ -1,0 +1,1 @@
+"""Server-side data management (prearchive, resources): plain Python on the XNAT client, no Prefect."""

@@ -1,0 +1,1 @@
+"""Prefect tasks composed from the library layer (``xnat_flows.client``, ``transfer``, ``manage``)."""

@@ -1,0 +1,72 @@
+"""Retry and concurrency policy shared by every XNAT task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
+from prefect.concurrency.sync import concurrency
+
+from xnat_flows.client.errors import TransientError, XnatConnectionError
+
+
+def retry_unless_permanent(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry only failures that a later attempt can fix.
+
+    The library already retries each request with backoff; a task retry covers a longer outage.
+    Permanent answers (bad labels, 403, 404, XNAT's permanent 400 messages, bad local input) fail
+    at once with the server's message instead of burning retries.
+    """
+    try:
+        state.result()
+    except (TransientError, XnatConnectionError):
+        return True
+    except Exception:  # noqa: BLE001 - anything else is permanent for this task
+        return False
+    return False
+
+
+def server_key(url: str) -> str:
+    """A stable, secret-free name for one XNAT server (host[:port])."""
+    parts = urlsplit(url)
+    return parts.netloc.rsplit("@", 1)[-1] or url
+
+
+def upload_limit_name(url: str) -> str:
+    """Global concurrency limit that caps concurrent uploads to one XNAT server across all runs."""
+    return f"xnat-uploads:{server_key(url)}"
+
+
+class ServerCheck(NamedTuple):
+    version: str | None
+    concurrency_limit: str | None  # the global limit to hold while uploading, when the site has one
+
+
+def existing_upload_limit(url: str) -> str | None:
+    """The name of the server's upload limit if it exists (so tasks do not warn on every call)."""
+    name = upload_limit_name(url)
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        return None
+    return name
+
+
+@contextmanager
+def upload_slot(limit_name: str | None) -> Iterator[None]:
+    """Hold one slot of the XNAT server's global concurrency limit while an upload runs.
+
+    Sites cap a server with ``prefect gcl create xnat-uploads:HOST:PORT --limit 4``; every flow
+    run on every worker then shares those slots. Without such a limit uploads are not throttled.
+    """
+    if limit_name is None:
+        yield
+        return
+    with concurrency(limit_name, occupy=1, strict=True):
+        yield

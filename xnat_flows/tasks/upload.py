@@ -1,0 +1,104 @@
+"""Prefect tasks of the REST upload: scan, partition, upload a DICOM-zip batch, upload instances
+(gradual-DICOM), verify. Each wraps one library call; the flow composes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from xnat_flows.models import XnatConnection
+from xnat_flows.tasks.connection import open_client
+from xnat_flows.tasks.policies import ServerCheck, existing_upload_limit, retry_unless_permanent, upload_slot
+from xnat_flows.transfer.archive import ArchiveFormat
+from xnat_flows.transfer.partition import partition_by_bytes
+from xnat_flows.transfer.scan import DicomFile, ScanResult, scan_directory
+from xnat_flows.transfer.journal import UploadJournal
+from xnat_flows.transfer.session import send_batch
+from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
+from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget
+from xnat_flows.transfer.verify import VerifyResult, verify_session
+
+# Inputs hold file lists and clients are built inside: hashing them for a cache buys nothing.
+_COMMON = dict(cache_policy=NO_CACHE, persist_result=False)
+_RETRYING = dict(
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_unless_permanent,
+)
+
+
+@task(name="check-server", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
+def check_server(connection: XnatConnection, direct_archive: bool) -> ServerCheck:
+    """Log in once (the token is cached for the upload tasks), refuse Direct-Archive below 1.8.3,
+    and find the server's upload concurrency limit if the site defined one."""
+    with open_client(connection) as client:
+        client.login()
+        if direct_archive:
+            client.require_direct_archive()
+        return ServerCheck(version=client.server_version(), concurrency_limit=existing_upload_limit(client.base_url))
+
+
+@task(name="scan-dicom-directory", **_COMMON)
+def scan_dicom_directory(source_dir: str) -> ScanResult:
+    """Find every DICOM file under ``source_dir`` (by content, extensionless included)."""
+    return scan_directory(Path(source_dir))
+
+
+@task(name="partition-batches", **_COMMON)
+def partition_batches(files: list[DicomFile], workers: int) -> list[list[DicomFile]]:
+    """Split into ``workers`` batches balanced by bytes, so no worker idles while another works."""
+    return partition_by_bytes(files, workers)
+
+
+@task(name="upload-archive-batch", **_COMMON, **_RETRYING)
+def upload_batch(
+    connection: XnatConnection,
+    batch: list[DicomFile],
+    target: UploadTarget,
+    archive_format: ArchiveFormat,
+    index: int,
+    concurrency_limit: str | None = None,
+) -> BatchResult:
+    """Stream one batch as a zip or tar archive into one DICOM-zip import request.
+
+    A batch that an earlier run already delivered (the upload journal knows its content digest)
+    is not sent again, so re-running a failed flow sends only what did not land.
+    """
+    with upload_slot(concurrency_limit), open_client(connection) as client:
+        return send_batch(client, batch, target, archive_format, index=index, journal=UploadJournal())
+
+
+@task(name="upload-instances", **_COMMON)
+def upload_instances(
+    connection: XnatConnection,
+    files: list[DicomFile],
+    target: UploadTarget,
+    workers: int,
+    concurrency_limit: str | None = None,
+) -> GradualResult:
+    """gradual-DICOM: one instance per request over ``workers`` keep-alive connections.
+
+    One task for the whole set (a task per instance would cost more than the request itself);
+    failed instances are listed in the result, and re-running sends only those.
+    """
+    with upload_slot(concurrency_limit), open_client(connection) as client:
+        return upload_instances_resumable(client, files, target, workers=workers, journal=UploadJournal())
+
+
+@task(name="finish-session", **_COMMON)
+def forget_delivered(target: UploadTarget) -> None:
+    """Everything of this session was accepted: a later, deliberate re-upload sends it all again."""
+    UploadJournal().clear(target.key)
+
+
+@task(name="verify-session", **_COMMON, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent)
+def verify_uploaded_session(
+    connection: XnatConnection, target: UploadTarget, expected: list[DicomFile], timeout_seconds: float
+) -> VerifyResult:
+    """Wait for the session in the archive and compare scans and file counts with what was sent."""
+    with open_client(connection) as client:
+        return verify_session(client, target, expected, wait_timeout=timeout_seconds)

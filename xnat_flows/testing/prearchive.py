@@ -1,0 +1,384 @@
+"""Prearchive sessions: placing instances (spec §3.5), the idle rebuilder (§3.7) and archiving (§3.6, §4.5)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from xnat_flows.testing.dicomhdr import InstanceHeader, xnat_file_name
+from xnat_flows.testing.faults import Faults
+from xnat_flows.testing.state import (
+    ARCHIVING, CONFLICT, ERROR, QUEUED_ARCHIVING, READY, RECEIVING, PrearcRow, Store, now_text, scan_xsi_type,
+    session_xsi_type, write_stream_to,
+)
+
+log = logging.getLogger(__name__)
+
+UNASSIGNED = "Unassigned"
+# Row parameters remembered from the import request (used later by the rebuilder / archiver).
+REMEMBERED_PARAMS = (
+    "overwrite", "overwrite_files", "SOURCE", "prevent_auto_commit", "prevent_anon", "VISIT", "PROTOCOL",
+    "TIMEZONE", "Sender-AE-Title",
+)
+
+
+class XnatRefusal(Exception):
+    """A refusal with the HTTP status and message XNAT would send."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Placement:
+    """Where an instance goes: resolved project/subject/label plus prearchive options."""
+
+    project: str
+    subject: str
+    label: str
+    direct_archive: bool = False
+    timestamp: str | None = None
+    folder: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def is_true(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+def archive_uri(project: str, subject_id: str, experiment_id: str) -> str:
+    return f"/data/archive/projects/{project}/subjects/{subject_id}/experiments/{experiment_id}"
+
+
+def prearchive_uri(row: PrearcRow) -> str:
+    return "/data" + row.url
+
+
+def direct_archive_uri(row: PrearcRow) -> str:
+    return f"/xapi/direct-archive/{row.project}/{row.tag}/{row.name}"
+
+
+def _format_date(value: str) -> str:
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) >= 8 and value[:8].isdigit() else ""
+
+
+def _format_time(value: str) -> str:
+    if len(value) >= 6 and value[:6].isdigit():
+        return f"{value[:2]}:{value[2:4]}:{value[4:6]}" + (value[6:10] if value[6:7] == "." else "")
+    return ""
+
+
+def _overwrite_mode(value: str | None) -> str | None:
+    """None (fail if exists), 'append' or 'override' (spec §3.6: any unknown value acts as append)."""
+    if value is None or value == "":
+        return None
+    return "override" if value.lower() in {"delete", "override"} else "append"
+
+
+class Prearchive:
+    def __init__(self, store: Store, faults: Faults, rebuild_idle_seconds: float) -> None:
+        self.store = store
+        self.faults = faults
+        self.rebuild_idle_seconds = rebuild_idle_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- placing instances -----------------------------------------------------------------------
+    def place_instance(self, header: InstanceHeader, data: bytes, where: Placement) -> PrearcRow:
+        """Store one instance in its prearchive session, creating session and scan as needed."""
+        store = self.store
+        name = xnat_file_name(header)
+        resource = "secondary" if header.derived_secondary else "DICOM"
+        # Write the bytes before taking the lock; the rename into place happens under it.
+        tmp_path = store.tmp_dir / f"inst-{threading.get_ident()}-{time.monotonic_ns()}"
+        size, md5 = write_stream_to(tmp_path, data, store.tmp_dir)
+        try:
+            with store.lock:
+                row = self._open_row(header, where)
+                scan_id = self._scan_for(row.id, header)
+                final = store.prearc_file_path(row.id, scan_id, resource, name)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp_path, final)
+                with store.transaction() as db:
+                    db.execute(
+                        "INSERT OR REPLACE INTO prearc_files(row_id, scan_id, resource, name, size, md5, sop_uid) "
+                        "VALUES (?,?,?,?,?,?,?)",
+                        (row.id, scan_id, resource, name, size, md5, header.sop_instance_uid),
+                    )
+                    db.execute(
+                        "UPDATE prearc SET lastmod = ?, status = CASE WHEN status = ? THEN ? ELSE status END WHERE id = ?",
+                        (time.time(), READY, RECEIVING, row.id),
+                    )
+                return row
+        finally:
+            tmp_path.unlink(missing_ok=True)
+
+    def _open_row(self, header: InstanceHeader, where: Placement) -> PrearcRow:
+        store = self.store
+        row = store.find_open_row(where.project, header.study_uid, where.label, where.direct_archive,
+                                  where.timestamp, where.folder)
+        if row is not None:
+            return row
+        if where.timestamp and where.folder:
+            clash = store.prearc_by_url(where.project, where.timestamp, where.folder)
+            if clash is not None:
+                raise XnatRefusal(400, "Session processing in progress: the destination prearchive session "
+                                        f"{clash.url} holds a different StudyInstanceUID.")
+        remembered = {k: v for k, v in where.params.items() if k in REMEMBERED_PARAMS}
+        return store.insert_prearc_row(
+            project=where.project, timestamp=where.timestamp or store.new_timestamp(),
+            folder=where.folder or where.label, name=where.label, subject=where.subject, tag=header.study_uid,
+            status=RECEIVING, scan_date=_format_date(header.study_date), scan_time=_format_time(header.study_time),
+            modality=header.modality, direct_archive=where.direct_archive, params=remembered,
+        )
+
+    def _scan_for(self, row_id: int, header: InstanceHeader) -> str:
+        """Scan ID from SeriesNumber, `N-MODn` when another series already owns that number."""
+        scans = self.store.prearc_scans(row_id)
+        for scan in scans:
+            if scan["series_uid"] == header.series_uid:
+                return str(scan["scan_id"])
+        taken = {str(s["scan_id"]) for s in scans}
+        scan_id = next_free_scan_id(header.series_number or "0", header.modality, taken)
+        with self.store.transaction() as db:
+            db.execute(
+                "INSERT INTO prearc_scans(row_id, scan_id, series_uid, series_number, modality, series_description) "
+                "VALUES (?,?,?,?,?,?)",
+                (row_id, scan_id, header.series_uid, header.series_number, header.modality, header.series_description),
+            )
+        return scan_id
+
+    # -- building and archiving ------------------------------------------------------------------
+    def build(self, row_id: int) -> PrearcRow:
+        """Rebuild the session document; the emulator's build only applies forced failures."""
+        row = self._require(row_id)
+        forced = self.faults.take_forced_outcome()
+        if forced is not None:
+            self._fail(row, forced, "forced by fault injection")
+            raise XnatRefusal(409 if forced == CONFLICT else 500, f"Session build ended in {forced}")
+        if row.status != READY:
+            self.store.update_prearc(row_id, status=READY)
+        return self._require(row_id)
+
+    def archive(self, row_id: int, *, overwrite: str | None = None, overwrite_files: bool = False,
+                project: str | None = None, subject: str | None = None, label: str | None = None) -> str:
+        """Move a prearchive session into the archive, applying XNAT's merge rules (spec §3.6)."""
+        store = self.store
+        with store.lock:
+            row = store.prearc_row(row_id)
+            if row is None:
+                raise XnatRefusal(404, "Unknown prearchive session.")
+            if row.status == ARCHIVING:
+                raise XnatRefusal(403, "Operation already in progress on this prearchive entry.")
+            if row.project == UNASSIGNED:
+                raise XnatRefusal(400, "Cannot archive sessions from the Unassigned folder.")
+            if project and project != row.project:
+                raise XnatRefusal(400, "Project mismatch: source and destination must refer to the same project. "
+                                        "You should change the project in the Prearchive prior to running this "
+                                        "Archive operation.")
+            subject_label = subject or row.subject
+            session_label = label or row.name
+            if not subject_label:
+                raise XnatRefusal(400, "Unable to identify subject.")
+            if not session_label:
+                raise XnatRefusal(400, "unable to deduce session label")
+            files = store.prearc_files(row_id)
+            if not files:
+                self._fail(row, ERROR, "Empty sessions cannot be archived.")
+                raise XnatRefusal(500, "Empty sessions cannot be archived.")
+            mode = _overwrite_mode(overwrite)
+            existing = store.experiment(session_label, row.project)
+            scan_targets = self._plan_scans(row, existing, mode, overwrite_files, subject_label)
+            store.update_prearc(row_id, status=ARCHIVING)
+            try:
+                return self._move_into_archive(row, existing, subject_label, session_label, scan_targets, files)
+            except Exception as exc:  # disk or database trouble: XNAT marks the row ERROR
+                self._fail(row, ERROR, f"archive failed: {exc}")
+                raise XnatRefusal(500, f"The session {row.url} did not return a valid data URI.") from exc
+
+    def _plan_scans(self, row: PrearcRow, existing, mode: str | None, overwrite_files: bool,
+                    subject_label: str) -> dict[str, str]:
+        """Map each prearchive scan to its archive scan ID, or raise the archiver's 409."""
+        store = self.store
+        incoming = store.prearc_scans(row.id)
+        if existing is None:
+            return {str(s["scan_id"]): str(s["scan_id"]) for s in incoming}
+        if mode is None:
+            raise XnatRefusal(409, "Session already exists, retry with overwrite enabled")
+        override = mode == "override"
+        if not override:
+            archived_subject = store.subject(existing["subject_id"])
+            for what, old, new in (
+                ("UID", existing["uid"], row.tag),
+                ("subject", archived_subject["label"] if archived_subject else "", subject_label),
+                ("modality", existing["modality"], row.modality),
+            ):
+                if old and new and old != new:
+                    raise XnatRefusal(409, f"Invalid modification of session {what} via archive process.")
+        archived = {str(s["scan_id"]): s for s in store.query(
+            "SELECT * FROM scans WHERE experiment_id = ?", (existing["id"],))}
+        taken = set(archived)
+        targets: dict[str, str] = {}
+        for scan in incoming:
+            scan_id = str(scan["scan_id"])
+            same_uid = [s for s in archived.values() if s["series_uid"] == scan["series_uid"]]
+            if same_uid:
+                target = str(same_uid[0]["scan_id"])
+                if target != scan_id and not override:
+                    raise XnatRefusal(409, f"Session already contains a scan ({target}) with the same UID, "
+                                            f"but a different number ({scan_id}).")
+                if not (override or overwrite_files) and self._has_duplicate_files(row.id, scan_id, existing["id"], target):
+                    raise XnatRefusal(409, f"Session already contains a scan ({target}) with the same UID and number.")
+            elif scan_id in taken:
+                target = next_free_scan_id(scan["series_number"] or scan_id, scan["modality"] or "", taken)
+            else:
+                target = scan_id
+            taken.add(target)
+            targets[scan_id] = target
+        return targets
+
+    def _has_duplicate_files(self, row_id: int, scan_id: str, experiment_id: str, target: str) -> bool:
+        for prearc_file in self.store.prearc_files(row_id, scan_id):
+            resource = self.store.resource(experiment_id, target, prearc_file["resource"])
+            if resource is not None and self.store.query_one(
+                "SELECT 1 FROM files WHERE resource_id = ? AND path = ?", (resource["id"], prearc_file["name"])
+            ):
+                return True
+        return False
+
+    def _move_into_archive(self, row: PrearcRow, existing, subject_label: str, session_label: str,
+                           scan_targets: dict[str, str], files) -> str:
+        store = self.store
+        subject_row = store.ensure_subject(row.project, subject_label)
+        if existing is None:
+            experiment_id = store.next_accession("E")
+            with store.transaction() as db:
+                db.execute(
+                    "INSERT INTO experiments(id, project, subject_id, label, xsi_type, uid, date, time, modality, "
+                    "insert_date) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (experiment_id, row.project, subject_row["id"], session_label, session_xsi_type(row.modality),
+                     row.tag, row.scan_date, row.scan_time, row.modality, now_text()),
+                )
+        else:
+            experiment_id = existing["id"]
+            if existing["subject_id"] != subject_row["id"]:
+                with store.transaction() as db:
+                    db.execute("UPDATE experiments SET subject_id = ? WHERE id = ?", (subject_row["id"], experiment_id))
+        scans = {str(s["scan_id"]): s for s in store.prearc_scans(row.id)}
+        with store.transaction() as db:
+            for source_id, target_id in scan_targets.items():
+                scan = scans[source_id]
+                db.execute(
+                    "INSERT OR REPLACE INTO scans(experiment_id, scan_id, series_uid, series_number, xsi_type, type, "
+                    "series_description, modality) VALUES (?,?,?,?,?,?,?,?)",
+                    (experiment_id, target_id, scan["series_uid"], scan["series_number"],
+                     scan_xsi_type(scan["modality"] or row.modality), scan["series_description"] or "",
+                     scan["series_description"] or "", scan["modality"] or ""),
+                )
+        resource_ids: dict[tuple[str, str], int] = {}
+        for key in {(scan_targets[str(f["scan_id"])], f["resource"]) for f in files}:
+            resource, _ = store.ensure_resource(experiment_id, key[0], key[1], "DICOM", "RAW")
+            resource_ids[key] = resource["id"]
+            store.resource_dir(resource["id"]).mkdir(parents=True, exist_ok=True)
+        records = []
+        for prearc_file in files:
+            resource_id = resource_ids[(scan_targets[str(prearc_file["scan_id"])], prearc_file["resource"])]
+            os.replace(store.prearc_file_path(row.id, prearc_file["scan_id"], prearc_file["resource"],
+                                              prearc_file["name"]), store.resource_dir(resource_id) / prearc_file["name"])
+            records.append((resource_id, prearc_file["name"], prearc_file["size"], prearc_file["md5"]))
+        with store.transaction() as db:  # one commit for the whole session
+            db.executemany("INSERT OR REPLACE INTO files(resource_id, path, size, md5) VALUES (?, ?, ?, ?)", records)
+        store.delete_prearc_row(row.id)
+        return archive_uri(row.project, subject_row["id"], experiment_id)
+
+    def _fail(self, row: PrearcRow, status: str, reason: str) -> None:
+        entry = f"Attempt to direct-archive failed: {reason}" if row.direct_archive else reason
+        self.store.update_prearc(row.id, status=status, direct_archive=False)
+        self.store.append_prearc_log(row.id, entry)
+
+    def _require(self, row_id: int) -> PrearcRow:
+        row = self.store.prearc_row(row_id)
+        if row is None:
+            raise XnatRefusal(404, "Unknown prearchive session.")
+        return row
+
+    def auto_archive_overwrite(self, row: PrearcRow) -> str:
+        """Request's overwrite if given, else the project code's default (4 append, 5 delete)."""
+        if row.params.get("overwrite"):
+            return row.params["overwrite"]
+        project = self.store.project(row.project)
+        return "delete" if project is not None and project["prearchive_code"] == 5 else "append"
+
+    def archive_with_fallback(self, row: PrearcRow, overwrite: str | None) -> str | None:
+        """Archive; on failure leave the row in CONFLICT (409s) or ERROR and return None."""
+        try:
+            return self.archive(row.id, overwrite=overwrite, overwrite_files=is_true(row.params.get("overwrite_files")))
+        except XnatRefusal as exc:
+            if exc.status != 404:
+                current = self.store.prearc_row(row.id)
+                if current is not None and current.status not in (ERROR,):
+                    self._fail(current, CONFLICT if exc.status == 409 else ERROR, exc.message)
+            return None
+
+    # -- the idle rebuilder (XNAT's SessionXMLRebuilder) -----------------------------------------
+    def finish_receiving(self, row: PrearcRow) -> None:
+        forced = self.faults.take_forced_outcome()
+        if forced is not None:
+            self._fail(row, forced, "forced by fault injection")
+            return
+        if row.direct_archive:
+            self.archive_with_fallback(row, row.params.get("overwrite") or None)
+            return
+        project = self.store.project(row.project)
+        if project is not None and project["prearchive_code"] in (4, 5):
+            self.archive_with_fallback(row, self.auto_archive_overwrite(row))
+        else:
+            self.store.update_prearc(row.id, status=READY)
+
+    def tick(self) -> None:
+        for candidate in self.store.prearc_rows(include_direct=True):
+            if candidate.status not in (QUEUED_ARCHIVING, RECEIVING):
+                continue
+            try:
+                with self.store.lock:  # re-read under the lock: an instance may just have arrived
+                    row = self.store.prearc_row(candidate.id)
+                    if row is None:
+                        continue
+                    if row.status == QUEUED_ARCHIVING:
+                        self.archive_with_fallback(row, self.auto_archive_overwrite(row))
+                    elif (row.status == RECEIVING and time.time() - row.lastmod >= self.rebuild_idle_seconds
+                          and not is_true(row.params.get("prevent_auto_commit"))
+                          and row.params.get("SOURCE", "").lower() != "uploader"):
+                        self.finish_receiving(row)
+            except Exception:  # keep the rebuilder alive whatever one session does
+                log.exception("rebuilder failed on prearchive row %s", candidate.id)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="xnat-emulator-rebuilder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        interval = max(0.02, min(0.5, self.rebuild_idle_seconds / 5))
+        while not self._stop.wait(interval):
+            self.tick()
+
+
+def next_free_scan_id(series_number: str, modality: str, taken: set[str]) -> str:
+    if series_number not in taken:
+        return series_number
+    index = 1
+    while f"{series_number}-{modality}{index}" in taken:
+        index += 1
+    return f"{series_number}-{modality}{index}"

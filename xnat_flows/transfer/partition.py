@@ -1,0 +1,30 @@
+"""Split files into N upload batches of similar byte size (N = workers)."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+from xnat_flows.transfer.scan import DicomFile
+
+
+def partition_by_bytes(files: Sequence[DicomFile], n: int) -> list[list[DicomFile]]:
+    """``min(n, len(files))`` non-empty batches, balanced by bytes.
+
+    Greedy: largest file first into the currently lightest batch, so the slowest batch (which
+    decides when the upload ends) is as small as possible. Within a batch the files keep
+    their path order, and batch order is deterministic for the same input.
+    """
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    count = min(n, len(files))
+    if count == 0:
+        return []
+    heap = [(0, index) for index in range(count)]  # (bytes, batch index): ties go to the lower index
+    members: list[list[int]] = [[] for _ in range(count)]
+    order = sorted(range(len(files)), key=lambda i: (-files[i].size, files[i].relpath))
+    for i in order:
+        load, index = heapq.heappop(heap)
+        members[index].append(i)
+        heapq.heappush(heap, (load + files[i].size, index))
+    return [sorted((files[i] for i in batch), key=lambda f: f.relpath) for batch in members]

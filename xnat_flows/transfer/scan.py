@@ -1,0 +1,244 @@
+"""Find the DICOM instances under a directory, reading only their headers.
+
+Scanner exports are messy: extensionless files, DICOMDIRs, hidden junk, symlink loops,
+unreadable and truncated files. A file counts as DICOM by content (the 128-byte preamble
+followed by ``DICM``), never by name. Every file that is not uploaded is reported with the
+reason, so "why did only 2,998 of 3,000 files arrive?" has an answer before the upload.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from xnat_flows.client.errors import InputError
+
+DICM_OFFSET = 128
+MEDIA_STORAGE_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "PixelData",  # deferred: only its position and length are read
+]
+PIXEL_DATA_TAG = 0x7FE00010
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class DicomFile:
+    path: Path
+    relpath: str  # POSIX path relative to the scanned root: the member name in archives
+    size: int
+    study_uid: str
+    series_uid: str
+    series_number: int | None
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    mtime_ns: int = 0  # for the resume digest: a changed file is sent again
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: Path
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    root: Path
+    files: list[DicomFile] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def study_uids(self) -> list[str]:
+        """Distinct StudyInstanceUIDs, in the order they first appear."""
+        return list(dict.fromkeys(f.study_uid for f in self.files))
+
+    def by_study(self) -> dict[str, list[DicomFile]]:
+        groups: dict[str, list[DicomFile]] = {}
+        for f in self.files:
+            groups.setdefault(f.study_uid, []).append(f)
+        return groups
+
+
+def is_dicom_part10(path: Path) -> bool:
+    """True when the file has the Part 10 preamble and ``DICM`` marker."""
+    with open(path, "rb") as handle:
+        head = handle.read(DICM_OFFSET + 4)
+    return len(head) == DICM_OFFSET + 4 and head[DICM_OFFSET:] == b"DICM"
+
+
+def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """The file's bytes in chunks; fails if it is no longer the size the scan saw (an archive
+    header already announced that size, and a half-written file is not worth uploading)."""
+    remaining = item.size
+    try:
+        with open(item.path, "rb") as handle:
+            while remaining:
+                piece = handle.read(min(chunk_size, remaining))
+                if not piece:
+                    break
+                remaining -= len(piece)
+                yield piece
+            grew = handle.read(1)
+    except OSError as exc:
+        raise InputError(f"Cannot read {item.path}: {exc.strerror or exc}", hint="Check the file and re-run") from None
+    if remaining or grew:
+        raise InputError(
+            f"{item.path} changed size while being uploaded (scanned {item.size} bytes)",
+            hint="Wait until the export has finished writing, then re-run",
+        )
+
+
+def _walk(root: Path, skipped: list[SkippedFile]) -> list[tuple[Path, os.stat_result]]:
+    """Regular files under ``root``, following symlinks without looping or listing a file twice.
+
+    When two paths lead to the same file, the one reached without a symlink is kept.
+    """
+    seen_dirs = {(root.stat().st_dev, root.stat().st_ino)}
+    found: dict[tuple[int, int], tuple[Path, os.stat_result, bool]] = {}
+    stack: list[tuple[Path, bool]] = [(root, False)]
+    while stack:
+        directory, via_link = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append(SkippedFile(directory, f"unreadable directory: {exc.strerror or exc}"))
+            continue
+        subdirs: list[tuple[Path, bool]] = []
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                skipped.append(SkippedFile(path, "hidden " + ("directory" if entry.is_dir() else "file")))
+                continue
+            linked = via_link or entry.is_symlink()
+            try:
+                st = os.stat(path)  # follows symlinks
+            except OSError as exc:
+                reason = "broken symlink" if entry.is_symlink() else f"cannot stat: {exc.strerror or exc}"
+                skipped.append(SkippedFile(path, reason))
+                continue
+            key = (st.st_dev, st.st_ino)
+            if stat.S_ISDIR(st.st_mode):
+                if key in seen_dirs:
+                    skipped.append(SkippedFile(path, "directory already scanned (symlink loop or duplicate link)"))
+                else:
+                    seen_dirs.add(key)
+                    subdirs.append((path, linked))
+            elif stat.S_ISREG(st.st_mode):
+                if key in found:
+                    kept, _, kept_linked = found[key]
+                    if kept_linked and not linked:
+                        found[key] = (path, st, linked)
+                        path, kept = kept, path
+                    skipped.append(SkippedFile(path, f"same file as {kept} (link)"))
+                else:
+                    found[key] = (path, st, linked)
+            else:
+                skipped.append(SkippedFile(path, "not a regular file"))
+        stack.extend(reversed(subdirs))  # depth-first, alphabetical
+    return [(path, st) for path, st, _ in found.values()]
+
+
+def _truncated_pixel_data(ds: pydicom.Dataset, file_size: int) -> str | None:
+    """Why the pixel data is cut short, or None (pydicom itself reads such files silently)."""
+    raw = ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
+    if raw is None or getattr(raw, "value_tell", None) is None:
+        return None
+    length = int(raw.length)
+    if length == UNDEFINED_LENGTH:  # encapsulated (compressed) frames: no fixed size to check
+        return None
+    end = int(raw.value_tell) + length
+    if end > file_size:
+        return f"truncated: pixel data needs {end} bytes, the file has {file_size}"
+    return None
+
+
+def read_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
+    """Classify one file: a ``DicomFile`` to upload or a ``SkippedFile`` saying why not."""
+    try:
+        if not is_dicom_part10(path):
+            return SkippedFile(path, "not DICOM (no DICM marker at byte 128)")
+        # defer_size: large values (the pixel data) are skipped, not read
+        ds = pydicom.dcmread(path, defer_size=1024, specific_tags=_HEADER_TAGS)
+    except PermissionError:
+        return SkippedFile(path, "unreadable: permission denied")
+    except OSError as exc:
+        return SkippedFile(path, f"unreadable: {exc.strerror or exc}")
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
+        return SkippedFile(path, f"unreadable DICOM header (truncated or corrupt): {exc}")
+
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+    if sop_class == MEDIA_STORAGE_DIRECTORY_SOP_CLASS or path.name.upper() == "DICOMDIR":
+        return SkippedFile(path, "DICOMDIR (a media index, not an image)")
+    if len(ds) == 0:
+        return SkippedFile(path, "truncated: nothing after the DICOM file meta header")
+    sop_instance = str(ds.get("SOPInstanceUID", "") or (meta.get("MediaStorageSOPInstanceUID", "") if meta else ""))
+    study = str(ds.get("StudyInstanceUID", "") or "")
+    series = str(ds.get("SeriesInstanceUID", "") or "")
+    for name, value in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop_instance)):
+        if not value:
+            return SkippedFile(path, f"DICOM without {name}: XNAT cannot place it")
+    transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta else ""
+    truncated = _truncated_pixel_data(ds, st.st_size)
+    if truncated:
+        return SkippedFile(path, truncated)
+    try:
+        series_number = int(ds.get("SeriesNumber")) if ds.get("SeriesNumber") not in (None, "") else None
+    except (TypeError, ValueError):
+        series_number = None
+    return DicomFile(
+        path=path,
+        relpath=path.relative_to(root).as_posix(),
+        size=st.st_size,
+        study_uid=study,
+        series_uid=series,
+        series_number=series_number,
+        sop_instance_uid=sop_instance,
+        sop_class_uid=sop_class,
+        transfer_syntax=transfer_syntax,
+        mtime_ns=st.st_mtime_ns,
+    )
+
+
+def scan_directory(root: str | os.PathLike[str]) -> ScanResult:
+    """Every DICOM instance under ``root`` (recursive, sorted by relative path) and every skip."""
+    root_path = Path(root).expanduser()
+    if not root_path.exists():
+        raise InputError(f"{root_path} does not exist", hint="Pass the directory that holds the DICOM files")
+    if not root_path.is_dir():
+        raise InputError(
+            f"{root_path} is not a directory",
+            hint="Pass the directory that holds the DICOM files (a single archive is not scanned)",
+        )
+    root_path = root_path.absolute()
+    result = ScanResult(root=root_path)
+    for path, st in _walk(root_path, result.skipped):
+        outcome = read_header(path, root_path, st)
+        (result.files if isinstance(outcome, DicomFile) else result.skipped).append(outcome)
+    result.files.sort(key=lambda f: f.relpath)
+    result.skipped.sort(key=lambda s: str(s.path))
+    if not result.files:
+        reasons = sorted({s.reason.split(":")[0] for s in result.skipped})
+        raise InputError(
+            f"No DICOM files found under {root_path}"
+            + (f" ({len(result.skipped)} files skipped: {', '.join(reasons)})" if result.skipped else " (it is empty)"),
+            hint="Point at the directory of a DICOM export; files are recognised by content (DICM at byte 128)",
+        )
+    return result

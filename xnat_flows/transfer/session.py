@@ -1,0 +1,239 @@
+"""Upload a directory of DICOM as XNAT session(s): scan, plan, send, verify, resume.
+
+This is the library-level orchestration (no Prefect): the CLI calls ``upload_session``
+directly, and the Prefect flow runs the same steps (``plan_sessions``, ``partition_by_bytes``,
+``upload_archive_batch`` / ``upload_gradual``, ``verify_session``) as tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xnat_flows.client.client import XnatClient
+from xnat_flows.client.errors import InputError
+from xnat_flows.transfer.archive import ArchiveFormat
+from xnat_flows.transfer.journal import UploadJournal, content_digest
+from xnat_flows.transfer.partition import partition_by_bytes
+from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, scan_directory
+from xnat_flows.transfer.upload import (
+    BatchResult,
+    GradualResult,
+    Progress,
+    ProgressCallback,
+    UploadTarget,
+    upload_archive_batch,
+    upload_gradual,
+)
+from xnat_flows.transfer.verify import VerifyResult, verify_session
+
+
+@dataclass
+class StudyUploadResult:
+    study_uid: str
+    target: UploadTarget
+    files: int
+    bytes: int
+    batches: list[BatchResult] = field(default_factory=list)
+    gradual: GradualResult | None = None
+    verify: VerifyResult | None = None
+
+    @property
+    def uris(self) -> list[str]:
+        found = [uri for b in self.batches for uri in b.uris] + (self.gradual.uris if self.gradual else [])
+        return list(dict.fromkeys(found))
+
+    @property
+    def failed_files(self) -> list[str]:
+        if self.gradual is not None:
+            return [f.relpath for f in self.gradual.failures]
+        return []
+
+    @property
+    def files_sent(self) -> int:
+        if self.gradual is not None:
+            return self.gradual.sent_count
+        return sum(len(b.files) for b in self.batches if b.ok and not b.resumed)
+
+    @property
+    def bytes_sent(self) -> int:
+        if self.gradual is not None:
+            return self.gradual.bytes_sent
+        return sum(b.bytes for b in self.batches if b.ok and not b.resumed)
+
+    @property
+    def uploaded(self) -> bool:
+        """Everything reached XNAT (in this run or, per the journal, an earlier one)."""
+        if self.gradual is not None:
+            return self.gradual.ok
+        return bool(self.batches) and all(b.ok for b in self.batches)
+
+    @property
+    def ok(self) -> bool:
+        return self.uploaded and (self.verify is None or self.verify.ok)
+
+
+@dataclass
+class SessionUploadResult:
+    sessions: list[StudyUploadResult]
+    skipped: list[SkippedFile]
+    seconds: float
+
+    @property
+    def files_sent(self) -> int:
+        return sum(s.files_sent for s in self.sessions)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(s.bytes_sent for s in self.sessions)
+
+    @property
+    def throughput_mb_s(self) -> float:
+        return self.bytes_sent / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.sessions)
+
+
+def plan_sessions(
+    scan: ScanResult, target: UploadTarget, *, per_study: bool = False
+) -> list[tuple[UploadTarget, list[DicomFile]]]:
+    """(target, files) per session: one per StudyInstanceUID. Several studies need ``per_study``
+    (each becomes its own session, labels suffixed _1, _2, ... in order of appearance)."""
+    groups = scan.by_study()
+    if len(groups) == 1:
+        return [(target, next(iter(groups.values())))]
+    if not per_study:
+        listed = ", ".join(f"{uid} ({len(files)} files)" for uid, files in groups.items())
+        raise InputError(
+            f"{scan.root} holds {len(groups)} studies but one session label ({target.session}) was given; "
+            f"StudyInstanceUIDs: {listed}",
+            hint="Upload each study as its own session with per_study=True (--per-study; labels get _1, _2, ...), "
+            "or point at one study's directory",
+        )
+    return [(target.with_session(f"{target.session}_{n}"), files) for n, files in enumerate(groups.values(), start=1)]
+
+
+def send_batch(
+    client: XnatClient,
+    batch: list[DicomFile],
+    target: UploadTarget,
+    fmt: ArchiveFormat = "tar",
+    *,
+    index: int = 0,
+    journal: UploadJournal | None = None,
+    done: set[str] | None = None,
+    raise_on_error: bool = True,
+) -> BatchResult:
+    """One DICOM-zip batch with resume: a batch whose content digest the journal holds for this
+    destination was delivered by an earlier run and is not sent again."""
+    digest = content_digest(batch)
+    if done is None:
+        done = journal.done(target.key) if journal is not None else set()
+    if digest in done:
+        relpaths = tuple(f.relpath for f in batch)
+        return BatchResult(index, relpaths, sum(f.size for f in batch), 0.0, (), True, resumed=True)
+    result = upload_archive_batch(client, batch, target, fmt, index=index, raise_on_error=raise_on_error)
+    if result.ok and journal is not None:
+        journal.record(target.key, digest)
+    return result
+
+
+def upload_batches(
+    client: XnatClient,
+    files: list[DicomFile],
+    target: UploadTarget,
+    *,
+    workers: int = 4,
+    fmt: ArchiveFormat = "tar",
+    journal: UploadJournal | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[BatchResult]:
+    """DICOM-zip: ``workers`` byte-balanced batches sent in parallel; journaled batches are skipped."""
+    batches = partition_by_bytes(files, workers)
+    done = journal.done(target.key) if journal is not None else set()
+    total_bytes = sum(f.size for f in files)
+    lock = threading.Lock()
+    counters = {"files": 0, "bytes": 0, "failed": 0}
+
+    def run(index: int, batch: list[DicomFile]) -> BatchResult:
+        result = send_batch(client, batch, target, fmt, index=index, journal=journal, done=done, raise_on_error=False)
+        with lock:
+            counters["files"] += len(result.files)
+            counters["bytes"] += result.bytes if result.ok else 0
+            counters["failed"] += 0 if result.ok else len(result.files)
+            snapshot = Progress(counters["files"], len(files), counters["bytes"], total_bytes, counters["failed"])
+        if progress is not None:
+            progress(snapshot)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, len(batches)), thread_name_prefix="dicom-zip") as pool:
+        return list(pool.map(run, range(len(batches)), batches))
+
+
+def upload_instances(
+    client: XnatClient,
+    files: list[DicomFile],
+    target: UploadTarget,
+    *,
+    workers: int = 4,
+    journal: UploadJournal | None = None,
+    progress: ProgressCallback | None = None,
+) -> GradualResult:
+    """gradual-DICOM with resume: instances journaled by an earlier run are not sent again."""
+    done = journal.done(target.key) if journal is not None else set()
+    digests = {f.relpath: content_digest([f]) for f in files}
+    pending = [f for f in files if digests[f.relpath] not in done]
+    on_sent = (lambda f: journal.record(target.key, digests[f.relpath])) if journal is not None else None
+    result = upload_gradual(client, pending, target, workers=workers, progress=progress, on_sent=on_sent)
+    result.resumed_count = len(files) - len(pending)
+    result.total += result.resumed_count
+    return result
+
+
+def upload_session(
+    client: XnatClient,
+    root_or_scan: str | os.PathLike[str] | ScanResult,
+    target: UploadTarget,
+    *,
+    workers: int = 4,
+    fmt: ArchiveFormat = "tar",
+    gradual: bool = False,
+    per_study: bool = False,
+    journal: UploadJournal | None = None,
+    progress: ProgressCallback | None = None,
+    verify: bool = True,
+    verify_timeout: float = 600.0,
+    poll_interval: float = 2.0,
+) -> SessionUploadResult:
+    """Scan (unless given a ``ScanResult``), upload every planned session, verify each."""
+    if workers < 1:
+        raise InputError(f"workers must be at least 1 (got {workers})")
+    started = time.monotonic()
+    scan = root_or_scan if isinstance(root_or_scan, ScanResult) else scan_directory(Path(root_or_scan))
+    plan = plan_sessions(scan, target, per_study=per_study)
+    if target.direct_archive:
+        client.require_direct_archive()
+
+    results = []
+    for session_target, files in plan:
+        study = StudyUploadResult(files[0].study_uid, session_target, len(files), sum(f.size for f in files))
+        if gradual:
+            study.gradual = upload_instances(client, files, session_target, workers=workers, journal=journal, progress=progress)
+        else:
+            study.batches = upload_batches(
+                client, files, session_target, workers=workers, fmt=fmt, journal=journal, progress=progress
+            )
+        if verify and study.uploaded:
+            study.verify = verify_session(client, session_target, files, wait_timeout=verify_timeout, poll_interval=poll_interval)
+        if journal is not None and study.uploaded:
+            # Everything was accepted: a later run starts afresh. (If verification then found
+            # files missing, re-sending all of them is what the next run should do anyway.)
+            journal.clear(session_target.key)
+        results.append(study)
+    return SessionUploadResult(results, list(scan.skipped), time.monotonic() - started)

@@ -1,0 +1,325 @@
+"""REST uploads through XNAT's import service: DICOM-zip batches and gradual-DICOM instances.
+
+DICOM-zip sends one archive per batch (N batches = N workers); gradual-DICOM sends one
+instance per request over keep-alive connections. Both resend safely: XNAT names stored files
+after their UIDs and the uploads ask for overwrite semantics, so a retried batch or instance
+replaces itself instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from xnat_flows.client.client import XnatClient
+from xnat_flows.client.errors import (
+    AuthenticationError,
+    InputError,
+    PermissionDeniedError,
+    UnsupportedServerError,
+    XnatError,
+)
+from xnat_flows.transfer.archive import ArchiveFormat, content_type_for, iter_archive
+from xnat_flows.transfer.scan import DicomFile, read_exactly
+
+IMPORT_PATH = "/data/services/import"
+GRADUAL_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+Overwrite = Literal["none", "append", "delete"]
+
+_LABEL_RE = re.compile(r"[A-Za-z0-9_-]+")
+# Errors that every further request would hit too: stop instead of failing 100k files one by one.
+_FATAL = (AuthenticationError, PermissionDeniedError, UnsupportedServerError)
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where a session goes. XNAT labels allow only letters, digits, ``_`` and ``-``."""
+
+    project: str
+    subject: str
+    session: str
+    direct_archive: bool = True  # False: stage in the prearchive (dest=/prearchive/projects/P)
+    overwrite: Overwrite = "delete"
+
+    def __post_init__(self) -> None:
+        for name in ("project", "subject", "session"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
+                raise InputError(
+                    f"Invalid XNAT {name} label {value!r}",
+                    hint="Use only letters, digits, '_' and '-' (XNAT would silently rewrite anything else)",
+                )
+        if self.overwrite not in ("none", "append", "delete"):
+            raise InputError(f"Invalid overwrite mode {self.overwrite!r}", hint="Use none, append or delete")
+
+    def with_session(self, session: str) -> UploadTarget:
+        return dataclasses.replace(self, session=session)
+
+    @property
+    def key(self) -> str:
+        """A stable name for the destination (used by the resume journal)."""
+        mode = "archive" if self.direct_archive else "prearchive"
+        return f"{self.project}/{self.subject}/{self.session}/{mode}"
+
+    def _destination(self) -> dict[str, str]:
+        if self.direct_archive:
+            return {"Direct-Archive": "true"}
+        return {"dest": f"/prearchive/projects/{self.project}"}
+
+    def dicom_zip_params(self) -> dict[str, str]:
+        return {
+            "import-handler": "DICOM-zip",
+            "inbody": "true",
+            "project": self.project,
+            "subject": self.subject,
+            "session": self.session,
+            "overwrite": self.overwrite,
+            "overwrite_files": "true",
+            "Ignore-Unparsable": "true",
+            "quarantine": "false",
+            "triggerPipelines": "true",
+            "rename": "false",
+            **self._destination(),
+        }
+
+    def gradual_params(self) -> dict[str, str]:
+        # gradual-DICOM reads only the upper-case keys; lower-case project/subject/session
+        # would be ignored and the data routed from the DICOM headers instead.
+        return {
+            "import-handler": "gradual-DICOM",
+            "inbody": "true",
+            "PROJECT_ID": self.project,
+            "SUBJECT_ID": self.subject,
+            "EXPT_LABEL": self.session,
+            **self._destination(),
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every batch (DICOM-zip) or instance (gradual); called from worker threads."""
+
+    done: int
+    total: int
+    bytes_done: int
+    bytes_total: int
+    failed: int = 0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    index: int
+    files: tuple[str, ...]  # relpaths of the batch's members
+    bytes: int
+    seconds: float
+    uris: tuple[str, ...]
+    ok: bool
+    error: str | None = None
+    resumed: bool = False  # already uploaded by an earlier run (journal), not sent again
+
+
+def parse_uris(text: str) -> list[str]:
+    """Session URIs from an import answer: one per line, CRLF-terminated."""
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("/")]
+
+
+def upload_archive_batch(
+    client: XnatClient,
+    batch: Sequence[DicomFile],
+    target: UploadTarget,
+    fmt: ArchiveFormat = "tar",
+    *,
+    index: int = 0,
+    raise_on_error: bool = True,
+) -> BatchResult:
+    """POST one batch as a streamed DICOM-zip archive (tar or zip).
+
+    Transient failures are retried by the client (the archive is rebuilt for every attempt);
+    a permanent rejection raises at once with XNAT's message, or, with
+    ``raise_on_error=False``, comes back as ``ok=False`` with the message in ``error``.
+    """
+    if not batch:
+        raise InputError("Cannot upload an empty batch")
+    size = sum(f.size for f in batch)
+    relpaths = tuple(f.relpath for f in batch)
+    started = time.monotonic()
+    try:
+        response = client.request(
+            "POST",
+            IMPORT_PATH,
+            params=target.dicom_zip_params(),
+            content=lambda: iter_archive(batch, fmt),
+            headers={"Content-Type": content_type_for(fmt)},
+        )
+    except XnatError as exc:
+        if raise_on_error:
+            raise
+        return BatchResult(index, relpaths, size, time.monotonic() - started, (), False, str(exc))
+    return BatchResult(index, relpaths, size, time.monotonic() - started, tuple(parse_uris(response.text)), True)
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    relpath: str
+    path: Path
+    error: str
+    status: int | None = None
+    retryable: bool = False
+
+
+@dataclass
+class GradualResult:
+    total: int
+    sent_count: int = 0
+    bytes_sent: int = 0
+    resumed_count: int = 0  # delivered by an earlier run (journal), not sent again
+    seconds: float = 0.0
+    uris: list[str] = field(default_factory=list)
+    failures: list[FileFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.sent_count + self.resumed_count == self.total
+
+
+def _warmup_order(files: Sequence[DicomFile]) -> tuple[list[DicomFile], list[DicomFile]]:
+    """The first instance of every series, then the rest interleaved across series.
+
+    Many parallel first requests for a new session race XNAT's creation of the session and
+    scan rows (transient 400s); creating each scan once, sequentially, avoids the race.
+    """
+    by_series: dict[str, list[DicomFile]] = {}
+    for f in files:
+        by_series.setdefault(f.series_uid, []).append(f)
+    firsts = [group[0] for group in by_series.values()]
+    queues = [group[1:] for group in by_series.values()]
+    rest: list[DicomFile] = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        rest.extend(q[i] for q in queues if i < len(q))
+    return firsts, rest
+
+
+def upload_gradual(
+    client: XnatClient,
+    files: Iterable[DicomFile],
+    target: UploadTarget,
+    *,
+    workers: int = 4,
+    window: int | None = None,
+    progress: ProgressCallback | None = None,
+    on_sent: Callable[[DicomFile], None] | None = None,
+) -> GradualResult:
+    """Send each instance in its own gradual-DICOM request, ``workers`` at a time.
+
+    At most ``window`` (default ``2 * workers``) requests are queued or in flight, so memory
+    stays bounded for any number of files. Per-file failures are collected with XNAT's
+    message; errors every request would hit (401 after re-login, 403, ...) stop the upload.
+    ``on_sent`` is called (from worker threads) for every instance XNAT accepted.
+    """
+    items = list(files)
+    window = window or 2 * workers
+    result = GradualResult(total=len(items))
+    bytes_total = sum(f.size for f in items)
+    lock = threading.Lock()
+    uris: dict[str, None] = {}
+    params = target.gradual_params()
+    started = time.monotonic()
+
+    def send(item: DicomFile) -> None:
+        response = client.request(
+            "POST",
+            IMPORT_PATH,
+            params=params,
+            content=lambda: read_exactly(item),
+            headers={"Content-Type": "application/dicom"},
+            timeout=GRADUAL_TIMEOUT,
+        )
+        with lock:
+            uris.update(dict.fromkeys(parse_uris(response.text)))
+
+    def record(item: DicomFile, error: XnatError | None) -> None:
+        with lock:
+            if error is None:
+                result.sent_count += 1
+                result.bytes_sent += item.size
+            else:
+                result.failures.append(FileFailure(item.relpath, item.path, str(error), error.status, error.retryable))
+            snapshot = Progress(
+                result.sent_count + len(result.failures), result.total, result.bytes_sent, bytes_total, len(result.failures)
+            )
+        if error is None and on_sent is not None:
+            on_sent(item)
+        if progress is not None:
+            progress(snapshot)
+
+    def attempt(item: DicomFile) -> XnatError | None:
+        try:
+            send(item)
+        except _FATAL:
+            raise
+        except XnatError as exc:
+            return exc
+        return None
+
+    firsts, rest = _warmup_order(items)
+    warmup_errors = []
+    for item in firsts:
+        error = attempt(item)
+        record(item, error)
+        if error is not None:
+            warmup_errors.append(error)
+    if firsts and len(warmup_errors) == len(firsts) and len({e.message + e.server_message for e in warmup_errors}) == 1:
+        # Every scan's first instance failed the same way: the rest would too.
+        raise warmup_errors[0]
+
+    fatal: list[BaseException] = []
+    slots = threading.BoundedSemaphore(window)
+
+    def done(item: DicomFile, future: Future) -> None:
+        slots.release()
+        exc = future.exception()
+        if exc is not None and not isinstance(exc, XnatError) or isinstance(exc, _FATAL):
+            fatal.append(exc)
+            return
+        record(item, future.result())
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradual") as pool:
+        for item in rest:
+            slots.acquire()
+            if fatal:
+                slots.release()
+                break
+            future = pool.submit(attempt, item)
+            future.add_done_callback(lambda fut, item=item: done(item, fut))
+    if fatal:
+        raise fatal[0]
+
+    # Salvage: instances that failed for passing reasons get one more, sequential, chance.
+    retryable = [f for f in result.failures if f.retryable]
+    if retryable and len(retryable) <= 50:
+        by_path = {f.relpath: f for f in items}
+        for failure in retryable:
+            item = by_path[failure.relpath]
+            if attempt(item) is None:
+                with lock:
+                    result.failures.remove(failure)
+                    result.sent_count += 1
+                    result.bytes_sent += item.size
+                if on_sent is not None:
+                    on_sent(item)
+
+    result.uris = list(uris)
+    result.seconds = time.monotonic() - started
+    return result
