@@ -81,8 +81,9 @@ class UploadSessionResult(BaseModel):
     skipped: list[SkippedInput] = Field(default_factory=list)
     files_sent: int
     bytes_sent: int
-    seconds: float
-    throughput_mb_s: float
+    seconds: float  # the whole run: scan, upload, verify
+    upload_seconds: float  # the transfer itself
+    throughput_mb_s: float  # bytes sent / upload_seconds
 
     @property
     def ok(self) -> bool:

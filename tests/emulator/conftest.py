@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import tarfile
 import zipfile
@@ -38,7 +39,7 @@ def make_instance(study_uid: str, series_uid: str, series_number: int, instance_
                   patient_comments: str = "", study_description: str = "", sop_uid: str | None = None) -> Instance:
     from pydicom.uid import generate_uid
 
-    ds = _template().copy()
+    ds = copy.deepcopy(_template())  # Dataset.copy() is shallow: it would share elements
     sop = sop_uid or generate_uid()
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid

@@ -103,3 +103,13 @@ def test_state_survives_restart(tmp_path):
             assert len(http.get(first["URI"]).content) == int(first["Size"])
             wait_for(lambda: status_of(http, pending) == "READY")
             assert http.get("/data/projects/TEST/prearchive_code").text == "0"
+
+
+def test_stop_cuts_keep_alive_connections_and_restart_on_same_port(tmp_path):
+    with XnatEmulator(tmp_path / "s") as xnat:
+        port = xnat.port
+        http = httpx.Client(base_url=xnat.url, auth=("admin", "admin"))
+        assert http.get("/data/projects").status_code == 200
+    with XnatEmulator(tmp_path / "s", port=port) as xnat:
+        assert http.get("/data/projects").status_code == 200  # the pooled connection was closed cleanly
+    http.close()

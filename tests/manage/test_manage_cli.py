@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from manage_helpers import archive_directly, stage_session
+from manage_helpers import archive_directly, emulator_client, stage_session
 from xnat_flows.cli.main import app
 from xnat_flows.cli.options import exit_code_for
 from xnat_flows.client import errors
@@ -124,3 +124,17 @@ def test_resource_upload_to_missing_scan_is_not_found(client, tmp_path):
     note.write_text("x")
     result = run("resource", "upload", experiment, "MISC", str(note), "--scan", "999")
     assert result.exit_code == 4, result.output
+
+
+def test_archive_says_it_waits_for_a_receiving_session(monkeypatch):
+    from xnat_flows.testing import XnatEmulator
+
+    with XnatEmulator(rebuild_idle_seconds=1.5) as xnat, emulator_client(xnat) as client:
+        client.request("PUT", "/data/projects/TEST/prearchive_code/0")
+        staged = stage_session(client, "TEST", "S1", commit=False)
+        monkeypatch.setenv("XNAT_URL", xnat.url)
+        monkeypatch.setenv("XNAT_USER", "admin")
+        monkeypatch.setenv("XNAT_PASS", "admin")
+        result = run("prearchive", "archive", "TEST", staged.timestamp, "S1", "--wait-seconds", "30")
+    assert result.exit_code == 0, result.output
+    assert "is RECEIVING; waiting" in result.stderr and result.stdout.startswith("Archived: ")

@@ -91,7 +91,7 @@ def _upload_with_flow(source, project, subject, session, workers, archive_format
         raise typer.Exit(EXIT_FAILURE) from None
     for s in result.sessions:
         typer.echo(f"{s.project}/{s.subject}/{s.session}: {s.files_sent} files -> {s.session_uri or '?'} (experiment {s.experiment_id or '?'})")
-    typer.echo(f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB in {result.seconds:.1f} s ({result.throughput_mb_s:.1f} MB/s)")
+    typer.echo(f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB in {result.upload_seconds:.1f} s ({result.throughput_mb_s:.1f} MB/s)")
 
 
 class _progress_bar:  # noqa: N801 - used as a context manager like a function

@@ -49,7 +49,6 @@ PERMANENT_400_FRAGMENTS = (
     "importer is limited to one uploaded resource",
     "in-body file posts must include the file",
     "parameter dest format error",
-    "failed to archive",
 )
 
 

@@ -1,5 +1,7 @@
 """The package's Prefect flows (import from here; each module can also be imported on its own)."""
 
+from xnat_flows.flows.prearchive import archive_prearchive_session, delete_prearchive_session
+from xnat_flows.flows.resources import attach_resource
 from xnat_flows.flows.upload import upload_dicom_session
 
-__all__ = ["upload_dicom_session"]
+__all__ = ["archive_prearchive_session", "attach_resource", "delete_prearchive_session", "upload_dicom_session"]

@@ -283,20 +283,8 @@ def archive_session(
             session = get_session(client, project, timestamp, folder)
         except NotFoundError:
             return _already_archived(client, project, timestamp, folder, label or folder, subject, started)
+        _raise_if_blocked(client, session, overwrite)
         status = session.status
-        if status == ERROR:
-            logs = session_logs(client, project, timestamp, folder)
-            raise PrearchiveSessionFailed(
-                f"Prearchive session {session.src} is in status ERROR" + ("" if logs else " (XNAT logged no reason)"),
-                logs=logs,
-            )
-        if status == CONFLICT and overwrite is None:
-            raise ConflictError(
-                f"Prearchive session {session.src} conflicts with a session already in the archive.",
-                status=409,
-                hint="Choose how to merge it: overwrite 'append' adds scans and files, 'delete' also replaces "
-                "overlapping files (CLI: --overwrite append|delete)",
-            )
         if status in (READY, CONFLICT):
             try:
                 uri = _post_archive(client, session, subject=subject or None, label=label or None, overwrite=overwrite)
@@ -333,19 +321,37 @@ def archive_session(
                     status_before=status,
                     waited_seconds=round(time.monotonic() - started, 3),
                 )
-        elif not is_transient_status(status):
-            raise XnatError(f"Prearchive session {session.src} has status {status!r}, which cannot be archived.")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise WaitTimeoutError(
                 f"Prearchive session {session.src} is still {status} after {wait_seconds:g} s.",
                 hint="XNAT builds a session once no file has arrived for a while; wait longer (--wait-seconds) or check the upload.",
             )
-        if (status, int((time.monotonic() - started) // _NOTIFY_EVERY_SECONDS)) != last_notice:
-            # Say so when the status changes, and every half minute while it does not.
-            last_notice = (status, int((time.monotonic() - started) // _NOTIFY_EVERY_SECONDS))
+        notice = (status, int((time.monotonic() - started) // _NOTIFY_EVERY_SECONDS))
+        if notice != last_notice:  # say so when the status changes, and every half minute while it does not
+            last_notice = notice
             notify(f"Prearchive session {session.src} is {status}; waiting ({remaining:.0f} s left)")
         time.sleep(min(poll_seconds, remaining))
+
+
+def _raise_if_blocked(client: XnatClient, session: PrearchiveSession, overwrite: Overwrite | None) -> None:
+    """Raise for a session that waiting will not make archivable: ERROR, CONFLICT without a merge choice, unknown."""
+    status = session.status
+    if status == ERROR:
+        logs = session_logs(client, session.project, session.timestamp, session.folder_name)
+        raise PrearchiveSessionFailed(
+            f"Prearchive session {session.src} is in status ERROR" + ("" if logs else " (XNAT logged no reason)"),
+            logs=logs,
+        )
+    if status == CONFLICT and overwrite is None:
+        raise ConflictError(
+            f"Prearchive session {session.src} conflicts with a session already in the archive.",
+            status=409,
+            hint="Choose how to merge it: overwrite 'append' adds scans and files, 'delete' also replaces "
+            "overlapping files (CLI: --overwrite append|delete)",
+        )
+    if status not in (READY, CONFLICT) and not is_transient_status(status):
+        raise XnatError(f"Prearchive session {session.src} has status {status!r}, which cannot be archived.")
 
 
 def _post_archive(

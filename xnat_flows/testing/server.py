@@ -11,6 +11,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
@@ -545,11 +546,20 @@ class Api:
         return [Upload(path_name or f"upload{suffix}", req.body)]
 
     # -- import service ----------------------------------------------------------------------------
-    def services_import(self, req: Request, m: re.Match[str]) -> Response:
+    @contextmanager
+    def counting_import(self) -> Iterator[None]:
+        """Track import requests in flight, from request line to answer (body upload included)."""
         with self._counter_lock:
             self.active_imports += 1
             self.import_count += 1
             self.peak_concurrent_uploads = max(self.peak_concurrent_uploads, self.active_imports)
+        try:
+            yield
+        finally:
+            with self._counter_lock:
+                self.active_imports -= 1
+
+    def services_import(self, req: Request, m: re.Match[str]) -> Response:
         try:
             uploads = self.uploads_of(req, None)
             if len(uploads) > 1:
@@ -559,8 +569,6 @@ class Api:
         finally:
             if req.form is not None:
                 req.form.cleanup()
-            with self._counter_lock:
-                self.active_imports -= 1
         if req.param("format") in ("txt", "text") or "text/plain" == (req.headers.get("Accept") or "").strip():
             return text(200, uris[0] if uris else "")
         return Response(200, "".join(f"{u}\r\n" for u in uris).encode(), "text/uri-list")
@@ -836,6 +844,13 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         handler, match, needs_auth = routed
         if req.path.startswith("/_emulator/"):
             return handler(req, match)
+        if handler == api.services_import:
+            with api.counting_import():
+                return self._handle_routed(req, handler, match, needs_auth)
+        return self._handle_routed(req, handler, match, needs_auth)
+
+    def _handle_routed(self, req: Request, handler: Handler, match: re.Match[str], needs_auth: bool) -> Response | None:
+        api = self.api
         if req.content_type == "application/x-www-form-urlencoded" and not is_true(req.param("inbody")):
             req.add_fields(parse_qs(req.body.read(10 * 1024 * 1024).decode("utf-8", "replace"), keep_blank_values=True))
         rule = api.emu.faults.match(req.method, req.path, req.param("import-handler") or None)
@@ -903,6 +918,32 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Cut keep-alive connections too, so a stopped emulator looks like a stopped XNAT to clients."""
+        with self._connections_lock:
+            connections = list(self._connections)
+            self._connections.clear()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def make_server(api: Api, host: str, port: int) -> EmulatorHTTPServer:

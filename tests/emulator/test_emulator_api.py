@@ -1,0 +1,50 @@
+"""The Python-side API other modules use: import_instance, SCP wiring, introspection."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import make_study, wait_for
+from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.prearchive import XnatRefusal
+
+
+def test_import_instance_routes_by_headers(emulator):
+    emulator.set_prearchive_code("ROUTED", 0)
+    study = make_study(1, 2, patient_comments="Project:ROUTED Subject:SUB Session:SES")
+    uris = {emulator.import_instance(i.data) for i in study}
+    [uri] = uris
+    assert uri.startswith("/data/prearchive/projects/ROUTED/") and uri.endswith("/SES")
+    [row] = emulator.prearchive_sessions()
+    assert row["subject"] == "SUB" and row["file_count"] == 2
+
+
+def test_import_instance_with_params_and_direct_archive(emulator):
+    study = make_study(1, 2)
+    params = {"PROJECT_ID": "TEST", "SUBJECT_ID": "S", "EXPT_LABEL": "PY"}
+    uris = {emulator.import_instance(i.data, params, direct_archive=True) for i in study}
+    assert uris == {f"/xapi/direct-archive/TEST/{study[0].study_uid}/PY"}
+    [experiment] = wait_for(lambda: emulator.archived_experiments("TEST"))
+    files = emulator.archived_files("PY")
+    assert len(files) == 2 and all(path.read_bytes()[128:132] == b"DICM" for path in files.values())
+    assert experiment["scans"] == {"1": 2}
+
+
+def test_import_instance_refuses_garbage(emulator):
+    with pytest.raises(XnatRefusal) as refused:
+        emulator.import_instance(b"garbage" * 50)
+    assert refused.value.status == 400
+    assert emulator.import_instance_for_scp(b"garbage" * 50, "SENDER") is None
+
+
+def test_scp_port_without_receiver_module_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "xnat_flows.testing.scp", None)  # makes the import fail
+    with pytest.raises(RuntimeError, match="DicomReceiver"):
+        XnatEmulator(tmp_path, scp_port=0).start()
+
+
+def test_pytest_plugin_fixture(xnat_emulator):
+    assert xnat_emulator.url.startswith("http://127.0.0.1:")
+    assert xnat_emulator.stats()["experiments"] == 0

@@ -1,0 +1,115 @@
+"""The ``upload-dicom-session`` flow, run for real on Prefect's test harness against the emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from xnat_flows.client.errors import InputError
+from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
+from xnat_flows.models import UploadRequest, XnatConnection
+from xnat_flows.testing.synth import write_studies
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
+
+PASSWORD = "flow-test-password-7f3a"
+
+
+@pytest.fixture
+def xnat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from xnat_flows.testing import XnatEmulator
+
+    with XnatEmulator(tmp_path / "xnat", projects=("FLOWS",), password=PASSWORD, rebuild_idle_seconds=0.3) as emulator:
+        monkeypatch.setenv("XNAT_PASS", PASSWORD)
+        yield emulator
+
+
+def _request(source: Path, **overrides) -> UploadRequest:
+    fields = dict(source_dir=str(source), project="FLOWS", subject="SUBJ01", session="SESS01", verify_timeout_seconds=30)
+    return UploadRequest(**{**fields, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("transport", "archive_format", "workers"),
+    [("dicom-zip", "tar", 4), ("dicom-zip", "zip", 2), ("gradual-dicom", "tar", 4)],
+)
+def test_upload_lands_verified(xnat, tmp_path: Path, transport: str, archive_format: str, workers: int) -> None:
+    manifest = write_studies(tmp_path / "export", series=3, instances=24, instance_kb=8, seed=3)
+    request = _request(tmp_path / "export", transport=transport, archive_format=archive_format, workers=workers)
+
+    result = upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))
+
+    (session,) = result.sessions
+    assert session.verified is True and session.missing == []
+    assert session.files_sent == len(manifest.files)
+    assert session.experiment_id and session.experiment_id.startswith("XNAT_E")
+    if transport == "dicom-zip":
+        assert len(session.batches) == workers and all(b.ok for b in session.batches)
+    (experiment,) = xnat.archived_experiments("FLOWS")
+    assert experiment["label"] == "SESS01"
+    assert len(xnat.archived_files(session.experiment_id)) == len(manifest.files)
+
+
+def test_prearchive_destination_keeps_the_session_out_of_the_archive(xnat, tmp_path: Path) -> None:
+    xnat.set_prearchive_code("FLOWS", 0)  # manual: XNAT holds uploads in the prearchive only then
+    write_studies(tmp_path / "export", series=2, instances=6, instance_kb=4, seed=4)
+    request = _request(tmp_path / "export", direct_archive=False, verify=False)
+
+    result = upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))
+
+    assert result.sessions[0].session_uri.startswith("/data/prearchive/projects/FLOWS/")
+    assert xnat.archived_experiments("FLOWS") == []
+
+
+def test_multi_study_input_needs_per_study(xnat, tmp_path: Path) -> None:
+    manifest = write_studies(tmp_path / "export", studies=2, series=1, instances=4, instance_kb=4, seed=5)
+    request = _request(tmp_path / "export")
+
+    with pytest.raises(InputError) as raised:
+        upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))
+    for uid in manifest.study_uids:
+        assert uid in str(raised.value)
+
+    result = upload_dicom_session(request.model_copy(update={"per_study": True}), XnatConnection(url=xnat.url, username="admin"))
+    assert sorted(s.session for s in result.sessions) == ["SESS01_1", "SESS01_2"]
+    assert all(s.verified for s in result.sessions)
+
+
+def test_failed_batch_fails_the_run_and_a_rerun_sends_only_the_rest(xnat, tmp_path: Path) -> None:
+    manifest = write_studies(tmp_path / "export", series=2, instances=16, instance_kb=4, seed=6)
+    request = _request(tmp_path / "export", workers=4)
+    # Every import after the first two answers with a permanent XNAT error.
+    xnat.faults.add(method="POST", path=r"/data/services/import", status=400,
+                    message="Unable to identify subject.", after=2, times=100)
+
+    with pytest.raises(UploadIncompleteError) as raised:
+        upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))
+    assert "re-run" in str(raised.value)
+
+    xnat.faults.clear()
+    imports_before = xnat.stats()["imports"]
+    result = upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))
+    assert sum(1 for b in result.sessions[0].batches if b.resumed) == 2
+    assert xnat.stats()["imports"] - imports_before == 2
+    assert result.sessions[0].verified is True
+    assert result.sessions[0].files_sent == len(manifest.files)
+
+
+def test_no_password_in_flow_run_parameters_logs_or_artifacts(xnat, tmp_path: Path) -> None:
+    write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=8)
+    result = upload_dicom_session(_request(tmp_path / "export"), XnatConnection(url=xnat.url, username="admin"))
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        logs = client.read_logs()
+        artifacts = client.read_artifacts()
+    assert result.sessions[0].verified
+    haystack = " ".join(
+        [str(run.parameters) for run in runs]
+        + [log.message for log in logs]
+        + [str(a.data) + str(a.description) for a in artifacts]
+    )
+    assert runs and logs and artifacts
+    assert PASSWORD not in haystack

@@ -1,0 +1,164 @@
+"""Prefect events about XNAT sessions, for automations and deployment triggers to react to.
+
+Event names:
+
+* ``xnat.session.uploaded``: a session's files were sent and (when verified) found on the server.
+* ``xnat.session.archived``: a session is in the archive (Direct-Archive upload, or archived
+  from the prearchive). Processing triggers on this one: it fires once whichever path the data took.
+* ``xnat.upload.failed``: a session could not be uploaded (the payload says why).
+
+The resource names the session on its server, so triggers can match one project or server::
+
+    {"prefect.resource.id": "xnat.session.<host:port>.<project>.<experiment ID or label>",
+     "xnat.server": ..., "xnat.project": ..., "xnat.subject": ..., "xnat.experiment_id": ...,
+     "xnat.session_label": ..., "xnat.uri": ...}
+
+Nothing secret goes into an event: URLs lose any user-info and query, error texts are redacted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # keep importing this module cheap and free of the lead's models at run time
+    from prefect.events import Event
+
+    from xnat_flows.models import SessionOutcome
+
+SESSION_UPLOADED = "xnat.session.uploaded"
+SESSION_ARCHIVED = "xnat.session.archived"
+UPLOAD_FAILED = "xnat.upload.failed"
+RESOURCE_PREFIX = "xnat.session"
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_SECRET_PAIR = re.compile(r"(?i)\b(password|passwd|pass|token|secret|jsessionid|authorization)\b(\s*[=:]\s*)(\S+)")
+_MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    """Which session an event is about."""
+
+    server_url: str
+    project: str
+    subject: str | None = None
+    session_label: str | None = None
+    experiment_id: str | None = None
+    uri: str | None = None  # a path (/data/experiments/XNAT_E00001) or a full URL
+
+
+def public_base_url(url: str) -> str:
+    """``scheme://host[:port][/path]`` with user-info, query and fragment removed."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}" if parts.scheme else url.split("?", 1)[0]
+
+
+def server_host(url: str) -> str:
+    """``host[:port]`` of a server URL, secret-free (same key as the upload concurrency limit)."""
+    return urlsplit(url).netloc.rsplit("@", 1)[-1] or url
+
+
+def absolute_uri(server_url: str, uri: str | None) -> str | None:
+    if not uri:
+        return None
+    if "://" in uri:
+        return public_base_url(uri)
+    return public_base_url(server_url) + "/" + uri.lstrip("/")
+
+
+def redact(text: str) -> str:
+    """Remove credentials a message might quote (URL user-info, ``password=...``), and cap its size."""
+    text = _USERINFO.sub("***@", text)
+    text = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "..."
+
+
+def session_resource(ref: SessionRef) -> dict[str, str]:
+    """The event resource for a session (labels only; Prefect resources hold strings, so unset fields are left out)."""
+    name = ref.experiment_id or ref.session_label or "unknown"
+    resource = {
+        "prefect.resource.id": f"{RESOURCE_PREFIX}.{server_host(ref.server_url)}.{ref.project}.{name}",
+        "prefect.resource.name": f"{ref.project}/{ref.subject or '?'}/{ref.session_label or name}",
+        "xnat.server": public_base_url(ref.server_url),
+        "xnat.project": ref.project,
+        "xnat.subject": ref.subject,
+        "xnat.experiment_id": ref.experiment_id,
+        "xnat.session_label": ref.session_label,
+        "xnat.uri": absolute_uri(ref.server_url, ref.uri),
+    }
+    return {key: value for key, value in resource.items() if value}
+
+
+def emit_session_event(event: str, ref: SessionRef, payload: Mapping[str, Any] | None = None, follows: Event | None = None) -> Event | None:
+    """Emit one session event; returns it, or None where events are off (no API, or a bare ``.fn()`` call)."""
+    from prefect.events import emit_event
+
+    return emit_event(event=event, resource=session_resource(ref), payload=dict(payload or {}), follows=follows)
+
+
+def outcome_ref(outcome: SessionOutcome, server_url: str) -> SessionRef:
+    return SessionRef(
+        server_url=server_url,
+        project=outcome.project,
+        subject=outcome.subject,
+        session_label=outcome.session,
+        experiment_id=outcome.experiment_id,
+        uri=outcome.session_uri,
+    )
+
+
+def emit_session_uploaded(outcome: SessionOutcome, server_url: str, *, direct_archive: bool = True, transport: str | None = None) -> list[Event]:
+    """After one session of an upload succeeded: ``xnat.session.uploaded``, and also
+    ``xnat.session.archived`` when it went straight to the archive (Direct-Archive) and verification
+    found it there with an experiment ID, so archive-triggered processing needs no second path."""
+    ref = outcome_ref(outcome, server_url)
+    payload = {
+        "files_sent": outcome.files_sent,
+        "bytes_sent": outcome.bytes_sent,
+        "verified": outcome.verified,
+        "study_uid": outcome.study_uid,
+        "direct_archive": direct_archive,
+        "transport": transport,
+    }
+    emitted = [e for e in [emit_session_event(SESSION_UPLOADED, ref, payload)] if e is not None]
+    if direct_archive and outcome.verified and outcome.experiment_id:
+        archived = emit_session_event(SESSION_ARCHIVED, ref, {"via": "direct-archive"}, follows=emitted[0] if emitted else None)
+        if archived is not None:
+            emitted.append(archived)
+    return emitted
+
+
+def emit_session_archived(
+    server_url: str,
+    project: str,
+    subject: str | None,
+    session_label: str | None,
+    experiment_id: str | None = None,
+    uri: str | None = None,
+    via: str = "prearchive",
+) -> Event | None:
+    """A session reached the archive (e.g. the ``archive-prearchive-session`` flow's outcome)."""
+    ref = SessionRef(server_url, project, subject, session_label, experiment_id, uri)
+    return emit_session_event(SESSION_ARCHIVED, ref, {"via": via})
+
+
+def emit_upload_failed(
+    server_url: str,
+    project: str,
+    subject: str | None,
+    session_label: str | None,
+    error: BaseException | str,
+    *,
+    source: str | None = None,
+    files_failed: int | None = None,
+) -> Event | None:
+    """An upload did not complete; the payload carries the (redacted) error and where the data is."""
+    message = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    payload = {"error": redact(message), "source": source, "files_failed": files_failed}
+    ref = SessionRef(server_url, project, subject, session_label)
+    return emit_session_event(UPLOAD_FAILED, ref, {k: v for k, v in payload.items() if v is not None})

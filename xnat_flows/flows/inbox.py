@@ -1,0 +1,220 @@
+"""Flow ``ingest-inbox``: upload every completed session folder dropped into an inbox directory.
+
+Meant for a scheduled deployment (see prefect.yaml). Each run:
+
+1. takes back folders that a crashed run left in ``processing/`` (nothing is lost by a crash);
+2. claims each dropped folder that has been quiet for ``quiet_seconds`` (an atomic lock + rename,
+   so two runs never take the same folder);
+3. routes it to project/subject/session (sidecar JSON, else templates over the DICOM header);
+4. uploads it with the ``upload-dicom-session`` flow as a subflow (which verifies and emits the
+   ``xnat.session.*`` events);
+5. moves it to ``done/`` or ``failed/`` with a report JSON beside it. A connection failure leaves
+   the folder in ``processing/`` so the next run tries again.
+
+Re-running is safe: finished folders have left the inbox, and a re-sent upload replaces itself on
+the server (XNAT names files from their UIDs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from pydantic import BaseModel, Field
+
+from xnat_flows.client.errors import TransientError
+from xnat_flows.events import emit_upload_failed, public_base_url, redact
+from xnat_flows.flows.upload import upload_dicom_session
+from xnat_flows.inbox import (
+    FolderClaim,
+    InboxLayout,
+    candidate_folders,
+    claim_new,
+    claim_orphan,
+    is_quiet,
+    orphaned_folders,
+    utc_now,
+    write_json_atomic,
+)
+from xnat_flows.models import UploadRequest, UploadSessionResult, XnatConnection
+from xnat_flows.routing import Route, RoutingError, route_folder
+from xnat_flows.tasks.connection import credentials_for
+
+Status = Literal["done", "failed", "retry"]
+
+
+class InboxItem(BaseModel):
+    """What happened to one session folder."""
+
+    folder: str = Field(description="Folder name as dropped in the inbox.")
+    status: Status
+    location: str = Field(description="Where the folder is now (done/, failed/ or still processing/).")
+    report: str | None = None
+    project: str | None = None
+    subject: str | None = None
+    session: str | None = None
+    experiment_id: str | None = None
+    files_sent: int = 0
+    recovered: bool = Field(default=False, description="Taken over from a run that stopped in the middle.")
+    error: str | None = None
+
+
+class InboxRunResult(BaseModel):
+    items: list[InboxItem] = Field(default_factory=list)
+    waiting: list[str] = Field(default_factory=list, description="Folders still changing (inside the quiet period).")
+    busy: list[str] = Field(default_factory=list, description="Folders held by another live run.")
+
+    @property
+    def failed(self) -> list[InboxItem]:
+        return [item for item in self.items if item.status == "failed"]
+
+
+class InboxFolderFailed(Exception):
+    """Raised at the end of a run in which folders went to failed/, so the run shows as Failed."""
+
+
+@flow(name="ingest-inbox", validate_parameters=True)
+def ingest_inbox(
+    inbox_dir: str,
+    project: str,
+    subject_template: str = "{PatientID}",
+    session_template: str = "{PatientID}_{StudyDate}",
+    quiet_seconds: float = 60.0,
+    transport: Literal["dicom-zip", "gradual-dicom"] = "dicom-zip",
+    workers: int = 4,
+    connection: XnatConnection = XnatConnection(),
+    sidecar_name: str = "xnat.json",
+    direct_archive: bool = True,
+) -> InboxRunResult:
+    """Upload each completed session folder of ``inbox_dir`` and file it under done/ or failed/.
+
+    Templates are Python format strings over DICOM keywords of the folder's first DICOM file, plus
+    ``{folder}``; a ``sidecar_name`` JSON file in a folder (project/subject/session) overrides them.
+    """
+    logger = get_run_logger()
+    layout = InboxLayout(Path(inbox_dir).expanduser().resolve())
+    layout.ensure()
+    # Resolve the server once up front: a missing URL or Block fails the run before any folder moves.
+    server_url = credentials_for(connection).url
+    result = InboxRunResult()
+
+    for folder in orphaned_folders(layout):
+        claim = claim_orphan(folder)
+        if claim is None:
+            result.busy.append(folder.name)
+            continue
+        logger.warning("%s was left in processing/ by a run that stopped; uploading it again", folder.name)
+        result.items.append(_ingest(claim, layout, project, subject_template, session_template, transport, workers,
+                                    connection, sidecar_name, direct_archive, server_url))
+
+    for folder in candidate_folders(layout):
+        if not is_quiet(folder, quiet_seconds):
+            result.waiting.append(folder.name)
+            continue
+        claim = claim_new(layout, folder)
+        if claim is None:
+            result.busy.append(folder.name)
+            continue
+        result.items.append(_ingest(claim, layout, project, subject_template, session_template, transport, workers,
+                                    connection, sidecar_name, direct_archive, server_url))
+
+    _publish_summary(result)
+    if result.waiting:
+        logger.info("still within the %.0f s quiet period: %s", quiet_seconds, ", ".join(result.waiting))
+    if result.failed:
+        raise InboxFolderFailed(
+            f"{len(result.failed)} folder(s) moved to {layout.failed}: "
+            + "; ".join(f"{item.folder}: {item.error}" for item in result.failed)
+        )
+    return result
+
+
+def _ingest(
+    claim: FolderClaim,
+    layout: InboxLayout,
+    project: str,
+    subject_template: str,
+    session_template: str,
+    transport: Literal["dicom-zip", "gradual-dicom"],
+    workers: int,
+    connection: XnatConnection,
+    sidecar_name: str,
+    direct_archive: bool,
+    server_url: str,
+) -> InboxItem:
+    """Route, upload and file one claimed folder; never raises for a problem of this folder alone."""
+    logger = get_run_logger()
+    report: dict[str, Any] = {
+        "folder": claim.original_name,
+        "claimed_at": utc_now(),
+        "recovered_after_crash": claim.recovered,
+        "flow_run_id": _flow_run_id(),
+        "xnat_server": public_base_url(server_url),
+        "transport": transport,
+    }
+    item = InboxItem(folder=claim.original_name, status="failed", location=str(claim.path), recovered=claim.recovered)
+    route: Route | None = None
+    last_attempt = claim.path.with_name(claim.path.name + ".last-attempt.json")  # survives a retry, read by people
+    try:
+        route = route_folder(claim.path, project, subject_template, session_template, sidecar_name)
+        report["route"] = {"project": route.project, "subject": route.subject, "session": route.session,
+                           "sources": route.sources, "dicom_file": route.dicom_file}
+        item.project, item.subject, item.session = route.project, route.subject, route.session
+        request = UploadRequest(
+            source_dir=str(claim.path), project=route.project, subject=route.subject, session=route.session,
+            transport=transport, workers=workers, direct_archive=direct_archive, verify=True,
+        )
+        upload = upload_dicom_session.with_options(flow_run_name=f"inbox-{route.project}-{route.session}")
+        uploaded: UploadSessionResult = upload(request=request, connection=connection)
+    except TransientError as exc:
+        # The server is away (connection refused, 5xx after retries): keep the folder for the next run.
+        item.status, item.error = "retry", redact(f"{type(exc).__name__}: {exc}")
+        report.update(status="retry", error=item.error, finished_at=utc_now())
+        write_json_atomic(last_attempt, report)
+        claim.release()
+        logger.warning("%s stays in processing/ for the next run: %s", claim.original_name, item.error)
+        return item
+    except Exception as exc:  # noqa: BLE001 - any other failure is this folder's, reported and filed
+        item.error = redact(f"{type(exc).__name__}: {exc}")
+        report.update(status="failed", error=item.error, hint=getattr(exc, "hint", None) or None, finished_at=utc_now())
+        moved, report_path = claim.finish(layout.failed, report)
+        last_attempt.unlink(missing_ok=True)
+        item.location, item.report = str(moved), str(report_path)
+        if isinstance(exc, RoutingError) or route is None:
+            # The upload flow never ran, so nobody else reports this failure.
+            emit_upload_failed(server_url, project, None, None, item.error, source=str(moved))
+        logger.error("%s moved to failed/: %s", claim.original_name, item.error)
+        return item
+
+    sessions = [s.model_dump(mode="json") for s in uploaded.sessions]
+    report.update(status="done", finished_at=utc_now(), sessions=sessions, files_sent=uploaded.files_sent,
+                  bytes_sent=uploaded.bytes_sent, seconds=uploaded.seconds,
+                  skipped=[s.model_dump(mode="json") for s in uploaded.skipped])
+    moved, report_path = claim.finish(layout.done, report)
+    last_attempt.unlink(missing_ok=True)
+    item.status, item.location, item.report = "done", str(moved), str(report_path)
+    item.files_sent = uploaded.files_sent
+    item.experiment_id = next((s.experiment_id for s in uploaded.sessions if s.experiment_id), None)
+    logger.info("%s -> %s/%s/%s (%s), moved to done/", claim.original_name, item.project, item.subject,
+                item.session, item.experiment_id or "not verified")
+    return item
+
+
+def _flow_run_id() -> str | None:
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else None
+
+
+def _publish_summary(result: InboxRunResult) -> None:
+    if FlowRunContext.get() is None or not (result.items or result.waiting):
+        return
+    from prefect.artifacts import create_table_artifact
+
+    rows = [
+        {"folder": i.folder, "status": i.status, "session": f"{i.project}/{i.subject}/{i.session}",
+         "experiment": i.experiment_id, "files": i.files_sent, "error": i.error}
+        for i in result.items
+    ] + [{"folder": name, "status": "waiting (quiet period)"} for name in result.waiting]
+    create_table_artifact(table=rows, key="ingest-inbox", description="Inbox folders handled by this run")
