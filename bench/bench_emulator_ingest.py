@@ -11,6 +11,7 @@ number includes parsing, placing and archiving every instance). Not a test; run 
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import tarfile
 import tempfile
@@ -52,7 +53,7 @@ def _write_padded_ct(out_dir: Path, instances: int, series: int, instance_kb: in
     pad = max(0, instance_kb * 1024 - 40 * 1024)
     paths = []
     for index in range(instances):
-        ds = template.copy()
+        ds = copy.deepcopy(template)
         ds.StudyInstanceUID = study_uid
         number = index % series
         ds.SeriesInstanceUID = series_uids[number]

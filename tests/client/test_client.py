@@ -17,6 +17,7 @@ from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.errors import (
     AuthenticationError,
+    ConflictError,
     NotFoundError,
     PermanentUploadError,
     PermissionDeniedError,
@@ -409,3 +410,34 @@ def test_expired_session_seen_as_a_dropped_upload_leads_to_one_relogin(make_clie
     client = make_client(handler, token="OLDTOKEN0000")
     assert client.request("POST", IMPORT, content=lambda: iter([b"tar"])).text == "/data/x\r\n"
     assert client.login_count == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (400, "Failed to archive 1 of 2 session(s): Unknown prearchive session.", TransientError),  # a race between batches
+        (400, "Failed to archive 1 of 1 session(s): Session already exists, retry with overwrite enabled", PermanentUploadError),
+        (400, "Duplicate archive attempt. Prearchive session already archiving.", TransientError),
+        (400, "Scan 4 has 2 non-DICOM (or non-parsable DICOM) files", PermanentUploadError),
+        (423, "Destination session in use.", TransientError),
+        (409, "Session already exists", ConflictError),
+    ],
+)
+def test_import_answers_are_classified(status, body, expected) -> None:
+    from xnat_flows.client.errors import error_for_response
+
+    request = httpx.Request("POST", "https://xnat.test/data/services/import")
+    error = error_for_response(httpx.Response(status, text=body, request=request))
+    assert type(error) is expected
+    assert error.server_message == body
+
+
+def test_nothing_secret_is_logged_even_at_debug_level(make_client, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    xnat = Recorder({("GET", "/x"): [httpx.Response(401), httpx.Response(503, text="busy"), httpx.Response(200)]})
+    make_client(xnat, token="OLDTOKEN0000").request("GET", "/x")
+    assert "session expired" in caplog.text and "retry 1/5" in caplog.text
+    for secret in (PASSWORD, TOKEN, "OLDTOKEN0000"):
+        assert secret not in caplog.text

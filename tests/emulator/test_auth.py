@@ -77,3 +77,20 @@ def test_kill_active_sessions(emulator, client):
     token = httpx.post(f"{emulator.url}/data/JSESSION", auth=("admin", "admin")).text
     assert client.delete("/xapi/users/active/admin").status_code == 200
     assert httpx.get(f"{emulator.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 401
+
+
+def test_alias_tokens(emulator, client):
+    token = client.get("/data/services/tokens/issue").json()
+    alias, secret = token["alias"], token["secret"]
+    assert httpx.get(f"{emulator.url}/data/projects", auth=(alias, secret)).status_code == 200
+    assert re.fullmatch(r"[0-9A-F]{32}", httpx.post(f"{emulator.url}/data/JSESSION", auth=(alias, secret)).text)
+    assert client.get(f"/data/services/tokens/validate/{alias}/{secret}").json() == {"valid": "admin"}
+    assert client.get(f"/data/services/tokens/invalidate/{alias}/{secret}").status_code == 200
+    assert httpx.get(f"{emulator.url}/data/projects", auth=(alias, secret)).status_code == 401
+    assert client.get(f"/data/services/tokens/validate/{alias}/{secret}").status_code == 404
+
+
+def test_site_config_and_receivers(emulator, client):
+    assert client.post("/xapi/siteConfig", json={"sessionXmlRebuilderInterval": 0.2}).status_code == 200
+    assert client.get("/xapi/siteConfig").json()["sessionXmlRebuilderInterval"] == 0.2
+    assert client.get("/xapi/dicomscp").json() == []  # no DICOM receiver running

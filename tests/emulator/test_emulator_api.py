@@ -48,3 +48,21 @@ def test_scp_port_without_receiver_module_is_a_clear_error(tmp_path, monkeypatch
 def test_pytest_plugin_fixture(xnat_emulator):
     assert xnat_emulator.url.startswith("http://127.0.0.1:")
     assert xnat_emulator.stats()["experiments"] == 0
+
+
+def test_anonymize_changes_headers_not_pixels(tmp_path):
+    import io
+
+    import pydicom
+
+    study = make_study(1, 2)
+    with XnatEmulator(tmp_path, anonymize=True) as xnat:
+        params = {"PROJECT_ID": "TEST", "SUBJECT_ID": "S", "EXPT_LABEL": "ANON"}
+        xnat.import_instance(study[0].data, params, direct_archive=True)
+        xnat.import_instance(study[1].data, {**params, "prevent_anon": "true"}, direct_archive=True)
+        wait_for(lambda: xnat.archived_experiments("TEST"))
+        stored = {pydicom.dcmread(p).SOPInstanceUID: p.read_bytes() for p in xnat.archived_files("ANON").values()}
+    anonymized = stored[study[0].sop_instance_uid]
+    assert anonymized != study[0].data
+    assert pydicom.dcmread(io.BytesIO(anonymized)).PixelData == pydicom.dcmread(io.BytesIO(study[0].data)).PixelData
+    assert stored[study[1].sop_instance_uid] == study[1].data

@@ -258,3 +258,11 @@ def test_gzip_body_sent_as_plain_tar_is_refused(client):
     body = gzip.compress(tar_bytes(members(make_study(1, 1))))
     response = dicom_zip(client, body, "application/x-tar", project="TEST")
     assert response.status_code == 400
+
+
+def test_accept_text_plain_gives_single_uri_without_crlf(client, manual):
+    response = client.post(IMPORT, params={"import-handler": "DICOM-zip", "project": manual, "session": "TXT"},
+                           content=zip_bytes(members(make_study(1, 1))),
+                           headers={"Content-Type": "application/zip", "Accept": "text/plain"})
+    assert response.status_code == 200 and not response.text.endswith("\r\n")
+    assert response.text.startswith(f"/data/prearchive/projects/{manual}/")

@@ -153,3 +153,9 @@ def test_batch_prearchive_services(client, manual):
     assert moved.json()["ResultSet"]["Result"][0]["project"] == "OTHER"
     assert client.post("/data/services/prearchive/delete", data={"src": first}).status_code == 200
     assert client.get(f"/data{first}").status_code == 404
+
+
+def test_archive_redirect_true_is_303(client, manual):
+    src = ready(client, upload(client, make_study(1, 1), session="RD"))
+    response = archive(client, src, redirect="true")
+    assert response.status_code == 303 and response.headers["Location"].startswith("/data/archive/projects/TEST/")

@@ -113,3 +113,9 @@ def test_delete_file_and_resource(client, experiment):
 
 def test_unknown_experiment_is_404(client):
     assert client.get("/data/experiments/XNAT_E99999/scans").status_code == 404
+
+
+def test_delete_experiment(client, experiment, emulator):
+    assert client.delete(f"/data/experiments/{experiment}").status_code == 200
+    assert client.get(f"/data/experiments/{experiment}").status_code == 404
+    assert emulator.archived_experiments() == []

@@ -11,7 +11,7 @@ import pytest
 
 import xnat_flows.transfer.archive as archive
 from xnat_flows.client.errors import InputError
-from xnat_flows.transfer.archive import content_type_for, iter_archive
+from xnat_flows.transfer.archive import archive_size, content_type_for, iter_archive
 from xnat_flows.transfer.scan import DicomFile, scan_directory
 
 
@@ -108,3 +108,15 @@ def test_content_types() -> None:
     assert content_type_for("tar") == "application/x-tar"
     with pytest.raises(InputError):
         content_type_for("rar")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+def test_archive_size_is_exact_without_reading(tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = random_files(tmp_path, [0, 7, 512, 40_000])
+    long_name = tmp_path / "long"
+    long_name.write_bytes(b"x" * 99)
+    files.append(entry(long_name, "d/" + "n" * 150 + "/é-ü"))  # PAX header in tar, UTF-8 in zip
+    assert archive_size(files, fmt) == len(b"".join(iter_archive(files, fmt)))
+    monkeypatch.setattr(archive, "ZIP64_LIMIT", 600)
+    monkeypatch.setattr(archive, "ZIP_MAX_ENTRIES", 2)
+    assert archive_size(files, fmt) == len(b"".join(iter_archive(files, fmt)))

@@ -118,3 +118,23 @@ def test_bad_roots_raise_input_error_saying_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="No DICOM files") as info:
         scan_directory(tmp_path / "empty")
     assert "DICM" in info.value.hint
+
+
+def test_synthetic_export_with_junk(tmp_path: Path) -> None:
+    synth = pytest.importorskip("xnat_flows.testing.synth")
+    manifest = synth.write_studies(tmp_path, studies=2, series=2, instances=3, instance_kb=8, seed=3, junk=True)
+    result = scan_directory(tmp_path)
+    assert sorted(f.sop_instance_uid for f in result.files) == sorted(f.sop_instance_uid for f in manifest.files)
+    assert sorted(result.study_uids) == sorted(manifest.study_uids)
+    skipped = {s.path for s in result.skipped}
+    assert {p.absolute() for p in manifest.junk} <= skipped
+    assert all(s.reason for s in result.skipped)
+
+
+def test_a_copy_of_an_instance_is_skipped(study_dir: Path) -> None:
+    import shutil
+
+    shutil.copy(study_dir / "series1" / "IM0001", study_dir / "series1" / "IM0001.copy")
+    result = scan_directory(study_dir)
+    assert len(result.files) == 6
+    assert reasons(result)["IM0001.copy"] == "same SOP Instance UID as series1/IM0001"

@@ -55,6 +55,8 @@ def test_dicom_zip_request_shape_direct_archive(study_dir: Path) -> None:
         "triggerPipelines": "true", "rename": "false", "Direct-Archive": "true",
     }
     assert request.headers["Content-Type"] == "application/x-tar"
+    assert int(request.headers["Content-Length"]) == len(request.content)
+    assert "Transfer-Encoding" not in request.headers
     with tarfile.open(fileobj=io.BytesIO(request.content)) as tf:
         assert tf.getnames() == [f.relpath for f in files]
     assert result.ok and result.index == 3 and result.uris == ("/xapi/direct-archive/PROJ/1.2.3/SESS",)
@@ -115,6 +117,7 @@ def test_gradual_uses_upper_case_keys_and_application_dicom(study_dir: Path) -> 
     assert params == {"import-handler": "gradual-DICOM", "inbody": "true", "PROJECT_ID": "PROJ",
                       "SUBJECT_ID": "SUBJ", "EXPT_LABEL": "SESS", "Direct-Archive": "true"}
     assert {r.headers["Content-Type"] for r in seen} == {"application/dicom"}
+    assert all(int(r.headers["Content-Length"]) == len(r.content) for r in seen)
     assert sorted(r.content for r in seen) == sorted(f.path.read_bytes() for f in files)
     # warm-up: the first instance of each series went first, one at a time
     first_two = {r.content for r in seen[:2]}
@@ -206,3 +209,42 @@ def test_gradual_salvages_transient_failures(study_dir: Path) -> None:
     with client_for(handler) as client:
         result = upload_gradual(client, files, TARGET, workers=2)
     assert result.ok and seen["flaky"] == 7
+
+
+def test_send_batch_skips_what_the_journal_holds(study_dir: Path, tmp_path: Path) -> None:
+    from xnat_flows.transfer.journal import UploadJournal
+    from xnat_flows.transfer.session import send_batch
+
+    posts = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(request.read())
+        return httpx.Response(200, text="/data/x\r\n")
+
+    journal = UploadJournal(tmp_path / "journal")
+    batch = scan_directory(study_dir).files
+    with client_for(handler) as client:
+        first = send_batch(client, batch, TARGET, journal=journal)
+        again = send_batch(client, batch, TARGET, journal=journal)
+        elsewhere = send_batch(client, batch, TARGET.with_session("OTHER"), journal=journal)
+    assert first.ok and not first.resumed
+    assert again.ok and again.resumed and again.uris == ()
+    assert not elsewhere.resumed
+    assert len(posts) == 2
+
+
+def test_one_bad_first_instance_of_a_single_series_does_not_stop_the_upload(tmp_path: Path) -> None:
+    from transfer_helpers import write_study
+
+    write_study(tmp_path, series=1, instances=4)
+    files = scan_directory(tmp_path).files
+    bad = files[0].path.read_bytes()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.read() == bad:
+            return httpx.Response(400, text="object upload.dcm contains no SOP Instance UID")
+        return httpx.Response(200, text="/data/x")
+
+    with client_for(handler) as client:
+        result = upload_gradual(client, files, TARGET, workers=2)
+    assert result.sent_count == 3 and [f.relpath for f in result.failures] == [files[0].relpath]

@@ -38,7 +38,8 @@ def demo(
             f"Synthetic scanner export: {len(manifest.files)} instances, {manifest.total_bytes / 1e6:.1f} MB in {export}"
         )
         with XnatEmulator(data_dir=work / "xnat", projects=("DEMO",), password="demo-password") as xnat:
-            typer.echo(f"XNAT emulator (XNAT 1.9 REST API) at {xnat.url}, project DEMO")
+            url = xnat.url
+            typer.echo(f"XNAT emulator (XNAT 1.9 REST API) at {url}, project DEMO")
             # The password reaches the flow through the environment, never as a flow-run parameter.
             os.environ["XNAT_PASS"] = "demo-password"
 
@@ -54,7 +55,7 @@ def demo(
         typer.echo("")
         for session in result.sessions:
             typer.echo(f"Session {session.project}/{session.subject}/{session.session}")
-            typer.echo(f"  landed at   {xnat.url}{session.session_uri} (experiment {session.experiment_id})")
+            typer.echo(f"  landed at   {url}{session.session_uri} (experiment {session.experiment_id})")
             typer.echo(f"  verified    {session.verified} ({session.files_sent} files sent; missing: {session.missing or 'none'})")
         typer.echo(
             f"  throughput  {result.bytes_sent / 1e6:.1f} MB in {result.upload_seconds:.2f} s = {result.throughput_mb_s:.1f} MB/s "

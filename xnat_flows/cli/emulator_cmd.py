@@ -36,6 +36,7 @@ def serve(
     latency_ms: int = typer.Option(0, help="Added latency per HTTP response."),
     rebuild_idle_seconds: float = typer.Option(60.0, help="Idle time before a RECEIVING session is built/archived."),
     session_idle_timeout: float = typer.Option(900.0, help="JSESSION idle expiry in seconds."),
+    anonymize: bool = typer.Option(False, help="Rewrite DICOM headers on import, like XNAT's default anonymization."),
 ) -> None:
     """Serve the emulator until SIGINT/SIGTERM."""
     from xnat_flows.testing.emulator import XnatEmulator
@@ -44,6 +45,7 @@ def serve(
         data_dir, host=host, port=port, user=user, password=password, projects=tuple(project),
         scp_port=scp_port, scp_aet=scp_aet, latency_ms=latency_ms, rebuild_idle_seconds=rebuild_idle_seconds,
         session_idle_timeout=session_idle_timeout, prearchive_codes=_parse_codes(prearchive_code),
+        anonymize=anonymize,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

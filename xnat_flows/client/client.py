@@ -333,8 +333,13 @@ class XnatClient:
 
     # -- conveniences ------------------------------------------------------------------------
 
+    def _query_timeout(self) -> httpx.Timeout:
+        # Read-backs get minutes, not the six hours an upload may need: a stalled server
+        # should fail a listing (and let the retries work) rather than hang it.
+        return httpx.Timeout(min(self.timeouts.read, 300.0), connect=self.timeouts.connect, pool=self.timeouts.pool)
+
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        response = self.request("GET", path, params={"format": "json", **(params or {})})
+        response = self.request("GET", path, params={"format": "json", **(params or {})}, timeout=self._query_timeout())
         try:
             return response.json()
         except json.JSONDecodeError:
@@ -353,8 +358,12 @@ class XnatClient:
             raise XnatError(f"GET {path}: the answer is not an XNAT ResultSet", hint="") from None
         return [{str(k): _cell(v) for k, v in row.items()} for row in rows]
 
+    def get_text(self, path: str, params: Mapping[str, Any] | None = None) -> str:
+        """A plain-text answer (e.g. a prearchive code, a version), stripped."""
+        return self.request("GET", path, params=params, timeout=self._query_timeout()).text.strip()
+
     def whoami(self) -> str:
-        return self.request("GET", "/xapi/users/username").text.strip()
+        return self.get_text("/xapi/users/username")
 
     def server_version(self) -> str | None:
         """XNAT's version string, read once; ``None`` when the server does not say."""

@@ -70,6 +70,7 @@ def process_xnat_session(
     connection: XnatConnection = XnatConnection(),
 ) -> ProcessedSession:
     """Read an archived session back from XNAT and publish what it holds (the place to start a pipeline)."""
+    subject = subject or None  # a trigger renders a missing event field as ""
     session = read_session(connection, project, subject, experiment_id)
     get_run_logger().info(
         "%s/%s/%s (%s): %d scans, %d files",

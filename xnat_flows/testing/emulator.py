@@ -42,6 +42,7 @@ class XnatEmulator:
         max_sessions_per_user: int | None = None,
         login_failure_mode: str = "401",
         prearchive_codes: dict[str, int] | None = None,
+        anonymize: bool = False,
     ) -> None:
         self._owns_data_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="xnat-emulator-"))
@@ -60,6 +61,7 @@ class XnatEmulator:
         self.max_sessions_per_user = max_sessions_per_user
         self.login_failure_mode = login_failure_mode  # "401" or "html200" (older/proxied XNATs)
         self.prearchive_codes = dict(prearchive_codes or {})
+        self.anonymize = anonymize  # rewrite headers on import like XNAT's default anonymization script
         self.faults = Faults()
         self.store: Store | None = None  # type: ignore[assignment]
         self._server: EmulatorHTTPServer | None = None
@@ -78,7 +80,7 @@ class XnatEmulator:
             self.store.ensure_project(project)
             self.store.set_prearchive_code(project, code)
         self.sessions = Sessions(self.store, self.session_idle_timeout, self.max_sessions_per_user)
-        self.prearchive = Prearchive(self.store, self.faults, self.rebuild_idle_seconds)
+        self.prearchive = Prearchive(self.store, self.faults, self.rebuild_idle_seconds, self.anonymize)
         self.importer = Importer(self.prearchive)
         self.api = Api(self)
         self._server = make_server(self.api, self.host, self._requested_port)

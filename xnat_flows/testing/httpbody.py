@@ -68,15 +68,13 @@ class RequestBody:
 
     def read(self, size: int = -1) -> bytes:
         if self._pushback:
-            head, self._pushback = self._pushback, b""
+            if size is None or size < 0:
+                head, self._pushback = self._pushback, b""
+                self.bytes_read += len(head)
+                return head + self.read(-1)
+            head, self._pushback = self._pushback[:size], self._pushback[size:]
             self.bytes_read += len(head)
-            if size is not None and 0 <= size <= len(head):
-                if size < len(head):
-                    self._pushback = head[size:]
-                    self.bytes_read -= len(head) - size
-                    return head[:size]
-                return head
-            return head + self.read(-1 if size is None or size < 0 else size - len(head))
+            return head
         if size is None or size < 0:
             parts = []
             while True:
@@ -84,27 +82,27 @@ class RequestBody:
                 if not part:
                     return b"".join(parts)
                 parts.append(part)
-        out = bytearray()
-        while len(out) < size and not self._done:
-            if self._remaining == 0:
-                if not self._chunked:
-                    self._done = True
-                    break
-                self._next_chunk_size()
-                if self._done:
-                    break
-            data = self._rfile.read(min(size - len(out), self._remaining))
-            if not data:
-                raise BodyError("connection closed inside body")
-            out += data
-            self._remaining -= len(data)
-            if self._remaining == 0:
-                if self._chunked:
-                    self._rfile.readline(3)  # CRLF after the chunk data
-                else:
-                    self._done = True
-        self.bytes_read += len(out)
-        return bytes(out)
+        # One framed read per call (short reads allowed, like a socket): avoids re-buffering copies.
+        if self._done or size == 0:
+            return b""
+        if self._remaining == 0:
+            if not self._chunked:
+                self._done = True
+                return b""
+            self._next_chunk_size()
+            if self._done:
+                return b""
+        data = self._rfile.read(min(size, self._remaining))
+        if not data:
+            raise BodyError("connection closed inside body")
+        self._remaining -= len(data)
+        if self._remaining == 0:
+            if self._chunked:
+                self._rfile.readline(3)  # CRLF after the chunk data
+            else:
+                self._done = True
+        self.bytes_read += len(data)
+        return data
 
     def drain(self) -> None:
         while self.read(_CHUNK):

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from xnat_flows.testing.dicomhdr import InstanceHeader, xnat_file_name
+from xnat_flows.testing.dicomhdr import InstanceHeader, anonymize_instance, xnat_file_name
 from xnat_flows.testing.faults import Faults
 from xnat_flows.testing.state import (
     ARCHIVING, CONFLICT, ERROR, QUEUED_ARCHIVING, READY, RECEIVING, PrearcRow, Store, now_text, scan_xsi_type,
@@ -81,10 +81,11 @@ def _overwrite_mode(value: str | None) -> str | None:
 
 
 class Prearchive:
-    def __init__(self, store: Store, faults: Faults, rebuild_idle_seconds: float) -> None:
+    def __init__(self, store: Store, faults: Faults, rebuild_idle_seconds: float, anonymize: bool = False) -> None:
         self.store = store
         self.faults = faults
         self.rebuild_idle_seconds = rebuild_idle_seconds
+        self.anonymize = anonymize
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -94,9 +95,11 @@ class Prearchive:
         store = self.store
         name = xnat_file_name(header)
         resource = "secondary" if header.derived_secondary else "DICOM"
+        if self.anonymize and not is_true(where.params.get("prevent_anon")):
+            data = anonymize_instance(data)
         # Write the bytes before taking the lock; the rename into place happens under it.
         tmp_path = store.tmp_dir / f"inst-{threading.get_ident()}-{time.monotonic_ns()}"
-        size, md5 = write_stream_to(tmp_path, data, store.tmp_dir)
+        size, md5 = write_stream_to(tmp_path, data, store.tmp_dir)  # temp name, then renamed under the lock
         try:
             with store.lock:
                 row = self._open_row(header, where)

@@ -130,6 +130,13 @@ class Api:
             ("DELETE", re.compile(r"/xapi/users/active/(?P<user>[^/]+)"), self.kill_sessions, True),
             ("GET", re.compile(r"/xapi/schemas"), self.schema_list, True),
             ("GET", re.compile(r"/xapi/schemas/(?P<schema>.+)"), self.schema, True),
+            ("GET", re.compile(r"/data/services/tokens/issue(?:/user/(?P<user>[^/]+))?"), self.issue_token, True),
+            ("GET", re.compile(r"/data/services/tokens/validate/(?P<alias>[^/]+)/(?P<secret>[^/]+)"),
+             self.validate_token, True),
+            ("GET", re.compile(r"/data/services/tokens/invalidate/(?P<alias>[^/]+)(?:/(?P<secret>[^/]+))?"),
+             self.invalidate_token, True),
+            ("GET POST", re.compile(r"/xapi/siteConfig"), self.site_config, True),
+            ("GET", re.compile(r"/xapi/dicomscp"), self.dicom_receivers, True),
             ("GET", re.compile(r"/data/search/elements(?:/[^/]+)?"), self.search_elements, True),
             ("GET", re.compile(r"/data(?:/archive)?/projects"), self.list_projects, True),
             ("GET PUT", re.compile(r"/data(?:/archive)?/projects/(?P<project>[^/]+)"), self.project, True),
@@ -180,8 +187,9 @@ class Api:
                 req.user, req.token = user, token
                 return True
         basic = parse_basic(req.headers.get("Authorization"))
-        if basic and self.store.check_password(*basic):
-            req.user = basic[0]
+        user = self.store.user_for_credentials(*basic) if basic else None
+        if user is not None:
+            req.user = user
             return True
         return False
 
@@ -215,13 +223,14 @@ class Api:
             if token and self.emu.sessions.user_for(token):
                 return text(200, token)
         basic = parse_basic(req.headers.get("Authorization"))
-        if basic is None or not self.store.check_password(*basic):
+        user = self.store.user_for_credentials(*basic) if basic else None
+        if user is None:
             return self._login_failed()
-        return self._new_session_response(basic[0])
+        return self._new_session_response(user)
 
     def services_auth(self, req: Request, m: re.Match[str]) -> Response:
-        user, password = req.param("username"), req.param("password")
-        if not user or not self.store.check_password(user, password):
+        user = self.store.user_for_credentials(req.param("username"), req.param("password"))
+        if user is None:
             return self._login_failed()
         return self._new_session_response(user)
 
@@ -259,6 +268,49 @@ class Api:
         if m["schema"] != "xnat" or not path.is_file():
             return text(404, f"Schema {m['schema']} not found")
         return Response(200, path.read_bytes(), "application/xml")
+
+    def issue_token(self, req: Request, m: re.Match[str]) -> Response:
+        username = m["user"] or req.user or ""
+        if self.store.query_one("SELECT 1 FROM users WHERE username = ?", (username,)) is None:
+            return text(404, f"User {username} not found")
+        token = self.store.issue_alias_token(username)
+        body = {"alias": token["alias"], "secret": token["secret"], "xdatUserId": username, "singleUse": False,
+                "estimatedExpirationTime": int(token["expires"] * 1000), "timestamp": int(token["created"] * 1000),
+                "enabled": True, "created": int(token["created"] * 1000), "id": token["alias"], "disabled": 0}
+        return json_response(json.dumps(body).encode())
+
+    def validate_token(self, req: Request, m: re.Match[str]) -> Response:
+        user = self.store.user_for_credentials(m["alias"], m["secret"])
+        if user is None or user == m["alias"]:
+            return text(404, "Invalid alias token")
+        return json_response(json.dumps({"valid": user}).encode())
+
+    def invalidate_token(self, req: Request, m: re.Match[str]) -> Response:
+        self.store.invalidate_alias_token(m["alias"])
+        return text(200, "")
+
+    def site_config(self, req: Request, m: re.Match[str]) -> Response:
+        """Accepted so set-up code that tunes a real XNAT runs unchanged; only the rebuilder interval is used."""
+        if req.method == "POST":
+            settings = json.loads(req.body.read() or b"{}")
+            if "sessionXmlRebuilderInterval" in settings:  # minutes on XNAT; kept as seconds here for speed
+                self.emu.prearchive.rebuild_idle_seconds = float(settings["sessionXmlRebuilderInterval"])
+            return text(200, "")
+        config = {"siteId": self.emu.site_id, "initialized": True, "enableCsrfToken": False,
+                  "sessionXmlRebuilderInterval": self.emu.prearchive.rebuild_idle_seconds,
+                  "sessionXmlRebuilderRepeat": 60000}
+        return json_response(json.dumps(config).encode())
+
+    def dicom_receivers(self, req: Request, m: re.Match[str]) -> Response:
+        """The one receiver (when the emulator runs its DICOM receiver), shaped like XNAT's (spec §7.1)."""
+        port = self.emu.scp_port
+        if port is None:
+            return json_response(b"[]")
+        receiver = {"id": 1, "identifier": "dicomObjectIdentifier", "label": "XNAT emulator", "port": port,
+                    "aeTitle": self.emu.scp_aet, "enabled": True, "disabled": False, "customProcessing": False,
+                    "directArchive": False, "anonymizationEnabled": self.emu.anonymize, "whitelistEnabled": False,
+                    "routingExpressionsEnabled": False, "whitelist": [], "created": 0, "timestamp": 0}
+        return json_response(json.dumps([receiver]).encode())
 
     def search_elements(self, req: Request, m: re.Match[str]) -> Response:
         """The search-element catalogue xnatpy reads at connect; the emulator offers no search fields."""
@@ -369,7 +421,14 @@ class Api:
                 return json_response(readback.experiment_items(self.store, experiment))
             if req.method == "PUT":  # pullDataFromHeaders / fixScanTypes / triggerPipelines: accepted no-ops
                 return text(200, "")
-            return text(405, "Deleting experiments is not supported by the emulator")
+            if req.method == "DELETE":
+                for resource in self.store.query("SELECT * FROM resources WHERE experiment_id = ?", (experiment["id"],)):
+                    self._delete_resource(resource)
+                with self.store.transaction() as db:
+                    db.execute("DELETE FROM scans WHERE experiment_id = ?", (experiment["id"],))
+                    db.execute("DELETE FROM experiments WHERE id = ?", (experiment["id"],))
+                return text(200, "")
+            return text(405, f"Method {req.method} not allowed")
         scan_id = ""
         if parts[0] == "scans":
             if len(parts) == 1:

@@ -27,6 +27,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS users(username TEXT PRIMARY KEY, password TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jsessions(token TEXT PRIMARY KEY, username TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS alias_tokens(alias TEXT PRIMARY KEY, secret TEXT NOT NULL, username TEXT NOT NULL,
+    created REAL NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS projects(id TEXT PRIMARY KEY, name TEXT, description TEXT,
     prearchive_code INTEGER NOT NULL DEFAULT 4, insert_date TEXT);
 CREATE TABLE IF NOT EXISTS subjects(id TEXT PRIMARY KEY, project TEXT NOT NULL, label TEXT NOT NULL,
@@ -204,6 +206,30 @@ class Store:
     def check_password(self, username: str, password: str) -> bool:
         row = self.query_one("SELECT password FROM users WHERE username = ?", (username,))
         return row is not None and secrets.compare_digest(row["password"], password)
+
+    def user_for_credentials(self, name: str, secret: str) -> str | None:
+        """The user behind username:password or alias:secret (spec §2.1), or None."""
+        if self.check_password(name, secret):
+            return name
+        token = self.query_one("SELECT * FROM alias_tokens WHERE alias = ?", (name,))
+        if token is not None and secrets.compare_digest(token["secret"], secret) and token["expires"] > time.time():
+            return str(token["username"])
+        return None
+
+    def issue_alias_token(self, username: str, lifetime: float = 2 * 24 * 3600) -> sqlite3.Row:
+        import uuid
+
+        alias, secret, now = str(uuid.uuid4()), secrets.token_urlsafe(48), time.time()
+        with self.transaction() as db:
+            db.execute("INSERT INTO alias_tokens(alias, secret, username, created, expires) VALUES (?,?,?,?,?)",
+                       (alias, secret, username, now, now + lifetime))
+        found = self.query_one("SELECT * FROM alias_tokens WHERE alias = ?", (alias,))
+        assert found is not None
+        return found
+
+    def invalidate_alias_token(self, alias: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM alias_tokens WHERE alias = ?", (alias,))
 
     def create_jsession(self, username: str) -> str:
         token = secrets.token_hex(16).upper()

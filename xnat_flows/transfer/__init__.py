@@ -3,7 +3,7 @@
 Plain Python on ``xnat_flows.client`` (no Prefect). C-STORE lives in ``dicom_send``.
 """
 
-from xnat_flows.transfer.archive import ArchiveFormat, content_type_for, iter_archive
+from xnat_flows.transfer.archive import ArchiveFormat, archive_size, content_type_for, iter_archive
 from xnat_flows.transfer.journal import UploadJournal, content_digest
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, scan_directory
@@ -11,6 +11,7 @@ from xnat_flows.transfer.session import (
     SessionUploadResult,
     StudyUploadResult,
     plan_sessions,
+    send_batch,
     upload_batches,
     upload_instances,
     upload_session,
@@ -28,6 +29,7 @@ from xnat_flows.transfer.verify import VerifyResult, verify_session
 
 __all__ = [
     "ArchiveFormat",
+    "archive_size",
     "BatchResult",
     "DicomFile",
     "FileFailure",
@@ -46,6 +48,7 @@ __all__ = [
     "partition_by_bytes",
     "plan_sessions",
     "scan_directory",
+    "send_batch",
     "upload_archive_batch",
     "upload_batches",
     "upload_gradual",

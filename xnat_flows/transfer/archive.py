@@ -59,13 +59,34 @@ def iter_archive(files: Iterable[DicomFile], fmt: ArchiveFormat, *, chunk_size: 
         yield bytes(buffer)
 
 
+def archive_size(files: Iterable[DicomFile], fmt: ArchiveFormat) -> int:
+    """The exact byte length ``iter_archive`` will produce, computed without reading the files.
+
+    Sent as Content-Length: some proxies in front of XNAT refuse chunked request bodies.
+    """
+    content_type_for(fmt)
+    if fmt == "tar":
+        return sum(len(_tar_header(f)) + f.size + (-f.size % _TAR_BLOCK) for f in files) + 2 * _TAR_BLOCK
+    offset = cd_size = entries = 0
+    for item in files:
+        local, central = _zip_records(item, 0, offset)
+        offset += len(local) + item.size
+        cd_size += len(central)
+        entries += 1
+    return offset + cd_size + len(_zip_end(entries, offset, cd_size))
+
+
+def _tar_header(item: DicomFile) -> bytes:
+    info = tarfile.TarInfo(item.relpath)
+    info.size = item.size
+    info.mtime = item.mtime_ns // 1_000_000_000
+    info.mode = 0o644
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
 def _tar_pieces(files: Iterable[DicomFile], chunk_size: int) -> Iterator[bytes]:
     for item in files:
-        info = tarfile.TarInfo(item.relpath)
-        info.size = item.size
-        info.mtime = item.mtime_ns // 1_000_000_000 if item.mtime_ns else int(time.time())
-        info.mode = 0o644
-        yield info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+        yield _tar_header(item)
         yield from read_exactly(item, chunk_size)
         padding = -item.size % _TAR_BLOCK
         if padding:
@@ -74,7 +95,7 @@ def _tar_pieces(files: Iterable[DicomFile], chunk_size: int) -> Iterator[bytes]:
 
 
 def _dos_datetime(mtime_ns: int) -> tuple[int, int]:
-    t = time.localtime(mtime_ns / 1e9 if mtime_ns else time.time())
+    t = time.localtime(mtime_ns / 1e9)
     if t.tm_year < 1980:
         return 0, (0 << 9) | (1 << 5) | 1
     return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
@@ -87,71 +108,69 @@ def _crc32(item: DicomFile, chunk_size: int) -> int:
     return crc
 
 
+def _zip_records(item: DicomFile, crc: int, offset: int) -> tuple[bytes, bytes]:
+    """The local header (with name and extra field) and the central-directory record of one entry."""
+    name = item.relpath.encode("utf-8")
+    dos_time, dos_date = _dos_datetime(item.mtime_ns)
+    big = item.size >= ZIP64_LIMIT
+    far = offset >= ZIP64_LIMIT
+    needed = 45 if big or far else 20
+    size32 = _MARK32 if big else item.size
+    local_extra = struct.pack("<HHQQ", 0x0001, 16, item.size, item.size) if big else b""
+    local = struct.pack(
+        "<IHHHHHIIIHH", 0x04034B50, needed, _UTF8_FLAG, 0, dos_time, dos_date, crc, size32, size32, len(name), len(local_extra)
+    )
+    zip64_fields = ([item.size, item.size] if big else []) + ([offset] if far else [])
+    central_extra = struct.pack(f"<HH{len(zip64_fields)}Q", 0x0001, 8 * len(zip64_fields), *zip64_fields) if zip64_fields else b""
+    central = struct.pack(
+        "<IHHHHHHIIIHHHHHII",
+        0x02014B50,
+        (3 << 8) | 45,  # made by: UNIX, spec 4.5
+        needed,
+        _UTF8_FLAG,
+        0,  # stored
+        dos_time,
+        dos_date,
+        crc,
+        size32,
+        size32,
+        len(name),
+        len(central_extra),
+        0,  # comment length
+        0,  # disk number
+        0,  # internal attributes
+        0o100644 << 16,  # external attributes: a regular file, rw-r--r--
+        _MARK32 if far else offset,
+    )
+    return local + name + local_extra, central + name + central_extra
+
+
+def _zip_end(entries: int, cd_offset: int, cd_size: int) -> bytes:
+    if entries >= ZIP_MAX_ENTRIES or cd_offset >= ZIP64_LIMIT or cd_size >= ZIP64_LIMIT:
+        eocd64_offset = cd_offset + cd_size
+        return (
+            struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, (3 << 8) | 45, 45, 0, 0, entries, entries, cd_size, cd_offset)
+            + struct.pack("<IIQI", 0x07064B50, 0, eocd64_offset, 1)
+            + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, _MARK16, _MARK16, _MARK32, _MARK32, 0)
+        )
+    return struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, entries, entries, cd_size, cd_offset, 0)
+
+
 def _zip_pieces(files: Iterable[DicomFile], chunk_size: int) -> Iterator[bytes]:
     central: list[bytes] = []
     offset = 0
     for item in files:
-        name = item.relpath.encode("utf-8")
         crc = _crc32(item, chunk_size)
-        dos_time, dos_date = _dos_datetime(item.mtime_ns)
-        big = item.size >= ZIP64_LIMIT
-        needed = 45 if big or offset >= ZIP64_LIMIT else 20
-        local_extra = struct.pack("<HHQQ", 0x0001, 16, item.size, item.size) if big else b""
-        size32 = _MARK32 if big else item.size
-        header = struct.pack(
-            "<IHHHHHIIIHH", 0x04034B50, needed, _UTF8_FLAG, 0, dos_time, dos_date, crc, size32, size32, len(name), len(local_extra)
-        )
-        yield header + name + local_extra
+        local, record = _zip_records(item, crc, offset)
+        yield local
         check = 0
         for piece in read_exactly(item, chunk_size):
             check = zlib.crc32(piece, check)
             yield piece
         if check != crc:
             raise InputError(f"{item.path} changed while being uploaded", hint="Wait until the export is complete, then re-run")
-
-        zip64_fields = []
-        if big:
-            zip64_fields += [item.size, item.size]
-        if offset >= ZIP64_LIMIT:
-            zip64_fields.append(offset)
-        central_extra = struct.pack(f"<HH{len(zip64_fields)}Q", 0x0001, 8 * len(zip64_fields), *zip64_fields) if zip64_fields else b""
-        central.append(
-            struct.pack(
-                "<IHHHHHHIIIHHHHHII",
-                0x02014B50,
-                (3 << 8) | 45,  # made by: UNIX, spec 4.5
-                needed,
-                _UTF8_FLAG,
-                0,
-                dos_time,
-                dos_date,
-                crc,
-                size32,
-                size32,
-                len(name),
-                len(central_extra),
-                0,
-                0,
-                0,
-                (0o100644 << 16),
-                _MARK32 if offset >= ZIP64_LIMIT else offset,
-            )
-            + name
-            + central_extra
-        )
-        offset += len(header) + len(name) + len(local_extra) + item.size
-
-    cd_offset = offset
-    cd_size = 0
-    for record in central:
-        cd_size += len(record)
-        yield record
-    entries = len(central)
-    central.clear()
-    if entries >= ZIP_MAX_ENTRIES or cd_offset >= ZIP64_LIMIT or cd_size >= ZIP64_LIMIT:
-        eocd64_offset = cd_offset + cd_size
-        yield struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, (3 << 8) | 45, 45, 0, 0, entries, entries, cd_size, cd_offset)
-        yield struct.pack("<IIQI", 0x07064B50, 0, eocd64_offset, 1)
-        yield struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, _MARK16, _MARK16, _MARK32, _MARK32, 0)
-    else:
-        yield struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, entries, entries, cd_size, cd_offset, 0)
+        central.append(record)
+        offset += len(local) + item.size
+    cd_size = sum(len(record) for record in central)
+    yield from central
+    yield _zip_end(len(central), offset, cd_size)

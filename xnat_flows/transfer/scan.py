@@ -233,6 +233,17 @@ def scan_directory(root: str | os.PathLike[str]) -> ScanResult:
         outcome = read_header(path, root_path, st)
         (result.files if isinstance(outcome, DicomFile) else result.skipped).append(outcome)
     result.files.sort(key=lambda f: f.relpath)
+    # XNAT stores one file per SOP Instance UID; sending a copy twice (possibly in two parallel
+    # batches) only invites "Concurrent file sends of the same data" refusals.
+    first_seen: dict[str, DicomFile] = {}
+    unique = []
+    for f in result.files:
+        if f.sop_instance_uid in first_seen:
+            result.skipped.append(SkippedFile(f.path, f"same SOP Instance UID as {first_seen[f.sop_instance_uid].relpath}"))
+        else:
+            first_seen[f.sop_instance_uid] = f
+            unique.append(f)
+    result.files = unique
     result.skipped.sort(key=lambda s: str(s.path))
     if not result.files:
         reasons = sorted({s.reason.split(":")[0] for s in result.skipped})

@@ -28,7 +28,7 @@ from xnat_flows.client.errors import (
     UnsupportedServerError,
     XnatError,
 )
-from xnat_flows.transfer.archive import ArchiveFormat, content_type_for, iter_archive
+from xnat_flows.transfer.archive import ArchiveFormat, archive_size, content_type_for, iter_archive
 from xnat_flows.transfer.scan import DicomFile, read_exactly
 
 IMPORT_PATH = "/data/services/import"
@@ -161,7 +161,7 @@ def upload_archive_batch(
             IMPORT_PATH,
             params=target.dicom_zip_params(),
             content=lambda: iter_archive(batch, fmt),
-            headers={"Content-Type": content_type_for(fmt)},
+            headers={"Content-Type": content_type_for(fmt), "Content-Length": str(archive_size(batch, fmt))},
         )
     except XnatError as exc:
         if raise_on_error:
@@ -203,8 +203,10 @@ def _warmup_order(files: Sequence[DicomFile]) -> tuple[list[DicomFile], list[Dic
     by_series: dict[str, list[DicomFile]] = {}
     for f in files:
         by_series.setdefault(f.series_uid, []).append(f)
-    firsts = [group[0] for group in by_series.values()]
-    queues = [group[1:] for group in by_series.values()]
+    # With a single series take two, so one bad file cannot pass for "everything fails".
+    lead = 2 if len(by_series) == 1 else 1
+    firsts = [f for group in by_series.values() for f in group[:lead]]
+    queues = [group[lead:] for group in by_series.values()]
     rest: list[DicomFile] = []
     for i in range(max((len(q) for q in queues), default=0)):
         rest.extend(q[i] for q in queues if i < len(q))
@@ -243,7 +245,7 @@ def upload_gradual(
             IMPORT_PATH,
             params=params,
             content=lambda: read_exactly(item),
-            headers={"Content-Type": "application/dicom"},
+            headers={"Content-Type": "application/dicom", "Content-Length": str(item.size)},
             timeout=GRADUAL_TIMEOUT,
         )
         with lock:

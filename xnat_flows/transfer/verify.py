@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from xnat_flows.client.client import XnatClient
-from xnat_flows.client.errors import NotFoundError
+from xnat_flows.client.errors import NotFoundError, PermissionDeniedError
 from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.upload import UploadTarget
 
@@ -113,8 +113,8 @@ def _holds_in_prearchive(client: XnatClient, target: UploadTarget) -> bool:
     if target.direct_archive:
         return False
     try:
-        return client.request("GET", f"/data/projects/{target.project}/prearchive_code").text.strip() == "0"
-    except NotFoundError:
+        return client.get_text(f"/data/projects/{target.project}/prearchive_code") == "0"
+    except (NotFoundError, PermissionDeniedError):  # not readable by this user: look in the archive
         return False
 
 

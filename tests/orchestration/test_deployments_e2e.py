@@ -1,0 +1,203 @@
+"""Deploy prefect.yaml to a real Prefect server, run flows through a process worker, follow the events.
+
+Real pieces only: ``prefect server start`` (the ``prefect_server_url`` fixture, or the one
+.ci/run starts), ``prefect deploy`` from the repository root, ``prefect worker start`` pulling
+from the ``xnat-process`` pool, and the XNAT emulator over HTTP. Credentials reach the worker
+through XNAT_USER/XNAT_PASS in its environment, never through parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from dicom_helpers import write_session
+from prefect_api import REPO_ROOT, PrefectApi, prefect_cli, run_cli, start_group, stop_group
+from xnat_flows.testing import XnatEmulator
+
+pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
+
+POOL = "xnat-process"
+PRESENT_FLOWS = {  # deployment name -> entry point file
+    entry["name"]: entry["entrypoint"].split(":")[0]
+    for entry in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]
+}
+
+
+def _secret_fields(schema: object) -> list[str]:
+    """Names of any form field, at any depth, that would take a secret."""
+    found: list[str] = []
+    if isinstance(schema, dict):
+        for name in schema.get("properties", {}):
+            if any(word in name.lower() for word in ("password", "secret", "token")):
+                found.append(name)
+        for value in schema.values():
+            found += _secret_fields(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            found += _secret_fields(value)
+    return found
+
+
+def _missing_entry_points() -> list[str]:
+    return sorted(path for path in PRESENT_FLOWS.values() if not (REPO_ROOT / path).is_file())
+
+
+@pytest.fixture(scope="module")
+def cli_env(prefect_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment of every subprocess: the real server, a private PREFECT_HOME, no XNAT_* of the caller."""
+    home = tmp_path_factory.mktemp("prefect-cli-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
+    env.update(
+        PREFECT_API_URL=prefect_server_url,
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        XNAT_FLOWS_HOME=str(tmp_path_factory.mktemp("xnat-flows-home")),
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def api(prefect_server_url: str) -> Iterator[PrefectApi]:
+    client = PrefectApi(prefect_server_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def deployed(cli_env: dict[str, str], api: PrefectApi) -> dict[str, dict]:
+    """The pool and every deployment whose flow exists, from prefect.yaml at the repository root."""
+    if not api.work_pool_exists(POOL):
+        created = run_cli(["work-pool", "create", POOL, "--type", "process"], cli_env)
+        assert created.returncode == 0, created.stdout + created.stderr
+    missing = _missing_entry_points()
+    if missing:  # flows other sessions have not written yet; deploy the rest by name
+        names = [name for name, path in PRESENT_FLOWS.items() if path not in missing]
+        args = ["--no-prompt", "deploy", *[arg for name in names for arg in ("-n", name)]]
+    else:
+        args = ["--no-prompt", "deploy", "--all"]
+    result = run_cli(args, cli_env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    flows = {
+        "upload-session": "upload-dicom-session",
+        "inbox-ingest": "ingest-inbox",
+        "process-session": "process-xnat-session",
+    }
+    found = {name: api.deployment(flow, name) for name, flow in flows.items()}
+    # The schedule would start inbox runs on /srv/xnat-inbox during the test: off, and its queued runs gone.
+    api.deactivate_schedules(found["inbox-ingest"])
+    return found
+
+
+def test_deploy_all_from_the_repository_root(deployed: dict[str, dict], api: PrefectApi) -> None:
+    missing = _missing_entry_points()
+    inbox = deployed["inbox-ingest"]
+    assert inbox["work_pool_name"] == POOL
+    assert inbox["parameters"]["inbox_dir"] == "/srv/xnat-inbox"
+    assert inbox["schedules"][0]["schedule"]["interval"] == 300
+    form = inbox["parameter_openapi_schema"]["properties"]
+    assert {"inbox_dir", "project", "subject_template", "quiet_seconds", "transport", "connection"} <= set(form)
+    assert not _secret_fields(inbox["parameter_openapi_schema"])
+    upload_form = deployed["upload-session"]["parameter_openapi_schema"]
+    assert "UploadRequest" in json.dumps(upload_form)  # the request renders as a form, not a JSON blob
+    for deployment in deployed.values():
+        assert not _secret_fields(deployment["parameter_openapi_schema"]), deployment["name"]
+    triggers = [a for a in api.automations() if a["name"] == "process-archived-xnat-sessions"]
+    assert triggers and triggers[0]["trigger"]["expect"] == ["xnat.session.archived"]
+    assert triggers[0]["actions"][0]["parameters"]["project"] == "{{ event.resource['xnat.project'] }}"
+    if missing:
+        pytest.skip(f"deployed all but the flows not written yet: {', '.join(missing)} (prefect deploy --all needs them)")
+
+
+@pytest.fixture(scope="module")
+def xnat() -> Iterator[XnatEmulator]:
+    with XnatEmulator(projects=("TEST",), rebuild_idle_seconds=0.5) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def worker(deployed: dict[str, dict], cli_env: dict[str, str], xnat: XnatEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {**cli_env, "XNAT_USER": "admin", "XNAT_PASS": "admin", "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    process = start_group([prefect_cli(), "worker", "start", "--pool", POOL, "--limit", "4"], env, log)
+    try:
+        yield log
+    finally:
+        stop_group(process)
+
+
+def _wait_completed(api: PrefectApi, run_id: str, log: Path, timeout: float = 240) -> dict:
+    run = api.wait_for(run_id, timeout)
+    assert run["state_type"] == "COMPLETED", f"{run['state_type']}: {run['state']}\n--- worker log ---\n{log.read_text()[-6000:]}"
+    return run
+
+
+def _experiments(xnat: XnatEmulator) -> dict[str, dict]:
+    rows = httpx.get(f"{xnat.url}/data/projects/TEST/experiments", params={"format": "json"}, auth=("admin", "admin"), timeout=30)
+    rows.raise_for_status()
+    return {row["label"]: row for row in rows.json()["ResultSet"]["Result"]}
+
+
+def _processing_runs(api: PrefectApi, deployment: dict, experiment_id: str, timeout: float) -> list[dict]:
+    """Completed runs of the processing deployment started for this experiment (the trigger's work)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [r for r in api.flow_runs(deployment["id"]) if r["parameters"].get("experiment_id") == experiment_id]
+        if any(r["state_type"] == "COMPLETED" for r in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(2)
+
+
+def test_upload_and_inbox_deployments_land_sessions_and_chain_processing(
+    deployed: dict[str, dict], api: PrefectApi, worker: Path, xnat: XnatEmulator, tmp_path: Path
+) -> None:
+    connection = {"url": xnat.url}  # the URL is no secret; user and password come from the worker's env
+
+    source = tmp_path / "export"
+    write_session(source, patient_id="P001", study_date="20240115")
+    upload_run = api.run_deployment(
+        deployed["upload-session"]["id"],
+        {"request": {"source_dir": str(source), "project": "TEST", "subject": "P001", "session": "P001_MR1", "workers": 2},
+         "connection": connection},
+    )
+
+    inbox = tmp_path / "inbox"
+    write_session(inbox / "scan-0002", patient_id="P002", study_date="20240301")
+    (inbox / "scan-0002" / "xnat.json").write_text(json.dumps({"subject": "SUBJ002"}))
+    inbox_parameters = {"inbox_dir": str(inbox), "project": "TEST", "quiet_seconds": 0, "workers": 2, "connection": connection}
+    inbox_run = api.run_deployment(deployed["inbox-ingest"]["id"], inbox_parameters)
+
+    _wait_completed(api, upload_run, worker)
+    _wait_completed(api, inbox_run, worker)
+
+    experiments = _experiments(xnat)
+    assert experiments["P001_MR1"]["subject_label"] == "P001"
+    assert experiments["P002_20240301"]["subject_label"] == "SUBJ002"  # sidecar over template
+    assert (inbox / "done" / "scan-0002" / "series1" / "IM0001").is_file()
+    report = json.loads((inbox / "done" / "scan-0002.report.json").read_text())
+    assert report["status"] == "done" and report["sessions"][0]["experiment_id"] == experiments["P002_20240301"]["ID"]
+    assert "admin" not in json.dumps(report)
+
+    # A second run over the same inbox sends nothing.
+    imports_before = xnat.stats()["imports"]
+    _wait_completed(api, api.run_deployment(deployed["inbox-ingest"]["id"], inbox_parameters), worker)
+    assert xnat.stats()["imports"] == imports_before
+    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["scan-0002", "scan-0002.report.json"]
+
+    # Each archived session started the processing deployment through the event trigger.
+    for label in ("P001_MR1", "P002_20240301"):
+        experiment_id = experiments[label]["ID"]
+        runs = _processing_runs(api, deployed["process-session"], experiment_id, timeout=120)
+        assert any(r["state_type"] == "COMPLETED" for r in runs), (
+            f"no completed process-session run for {label} ({experiment_id}); runs: {[(r['parameters'], r['state_type']) for r in runs]}"
+        )
+        assert runs[0]["parameters"]["project"] == "TEST"

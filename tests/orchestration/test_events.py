@@ -1,0 +1,109 @@
+"""Event names, resources and payloads; nothing secret ever leaves in an event."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from prefect.events.clients import AssertingEventsClient
+from prefect.events.worker import EventsWorker
+
+from xnat_flows.events import (
+    SESSION_ARCHIVED,
+    SESSION_UPLOADED,
+    UPLOAD_FAILED,
+    SessionRef,
+    emit_session_archived,
+    emit_session_uploaded,
+    emit_upload_failed,
+    redact,
+    session_resource,
+)
+from xnat_flows.models import SessionOutcome
+
+SERVER = "https://svc:hunter2@xnat.example.org:8443/xnat/?token=abc"
+
+
+@pytest.fixture
+def events_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsWorker]:
+    """Events go to Prefect's asserting client (kept in memory) instead of an API."""
+    monkeypatch.delenv("PREFECT_API_KEY", raising=False)
+    worker = EventsWorker.instance(AssertingEventsClient)
+    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
+    try:
+        yield worker
+    finally:
+        worker.drain()
+
+
+def _outcome(**changes) -> SessionOutcome:
+    fields = dict(
+        project="TEST", subject="P001", session="P001_20240115", study_uid="1.2.3",
+        session_uri="/data/experiments/XNAT_E00001", experiment_id="XNAT_E00001",
+        files_sent=4, bytes_sent=1000, verified=True,
+    )
+    return SessionOutcome(**{**fields, **changes})
+
+
+def test_session_resource_names_the_session_on_its_server_without_credentials() -> None:
+    resource = session_resource(SessionRef(SERVER, "TEST", "P001", "P001_MR", "XNAT_E00001", "/data/experiments/XNAT_E00001"))
+    assert resource == {
+        "prefect.resource.id": "xnat.session.xnat.example.org:8443.TEST.XNAT_E00001",
+        "prefect.resource.name": "TEST/P001/P001_MR",
+        "xnat.server": "https://xnat.example.org:8443/xnat",
+        "xnat.project": "TEST",
+        "xnat.subject": "P001",
+        "xnat.experiment_id": "XNAT_E00001",
+        "xnat.session_label": "P001_MR",
+        "xnat.uri": "https://xnat.example.org:8443/xnat/data/experiments/XNAT_E00001",
+    }
+
+
+def test_resource_falls_back_to_the_label_and_omits_unknown_fields() -> None:
+    resource = session_resource(SessionRef("http://127.0.0.1:8080", "TEST", None, "S1_MR"))
+    assert resource["prefect.resource.id"] == "xnat.session.127.0.0.1:8080.TEST.S1_MR"
+    assert "xnat.experiment_id" not in resource and "xnat.subject" not in resource
+
+
+def test_redact_removes_credentials_from_messages() -> None:
+    text = redact("login failed for https://svc:hunter2@xnat/ password=hunter2 token: abc")
+    assert "hunter2" not in text and "abc" not in text
+    assert "https://***@xnat/" in text
+    assert len(redact("x" * 10_000)) < 2100
+
+
+def test_direct_archive_upload_emits_uploaded_then_archived(events_worker: EventsWorker) -> None:
+    emitted = emit_session_uploaded(_outcome(), SERVER, direct_archive=True, transport="dicom-zip")
+    assert [e.event for e in emitted] == [SESSION_UPLOADED, SESSION_ARCHIVED]
+    uploaded, archived = emitted
+    assert uploaded.payload["files_sent"] == 4 and uploaded.payload["verified"] is True
+    assert archived.follows == uploaded.id
+    assert archived.resource["xnat.experiment_id"] == "XNAT_E00001"
+
+
+def test_prearchive_upload_is_not_announced_as_archived(events_worker: EventsWorker) -> None:
+    emitted = emit_session_uploaded(_outcome(), SERVER, direct_archive=False)
+    assert [e.event for e in emitted] == [SESSION_UPLOADED]
+    unverified = emit_session_uploaded(_outcome(verified=None, experiment_id=None), SERVER, direct_archive=True)
+    assert [e.event for e in unverified] == [SESSION_UPLOADED]
+
+
+def test_archived_and_failed_helpers_take_plain_fields(events_worker: EventsWorker) -> None:
+    archived = emit_session_archived(SERVER, "TEST", "P001", "P001_MR", uri="/data/archive/projects/TEST/subjects/P001/experiments/P001_MR")
+    failed = emit_upload_failed(SERVER, "TEST", None, "P001_MR", RuntimeError("HTTP 401 for https://svc:hunter2@xnat"), source="/inbox/failed/x")
+    assert archived is not None and archived.event == SESSION_ARCHIVED and archived.payload == {"via": "prearchive"}
+    assert failed is not None and failed.event == UPLOAD_FAILED
+    assert failed.payload["error"].startswith("RuntimeError: HTTP 401")
+
+
+def test_no_secret_in_any_emitted_event(events_worker: EventsWorker) -> None:
+    emit_session_uploaded(_outcome(), SERVER)
+    emit_upload_failed(SERVER, "TEST", "P001", "S", "password=hunter2 rejected")
+    emit_session_archived(SERVER, "TEST", "P001", "S")
+    events_worker.drain()
+    events = events_worker._client.events
+    assert len(events) == 4
+    for event in events:
+        text = json.dumps(event.model_dump(mode="json"))
+        assert "hunter2" not in text and "token=abc" not in text and "svc:" not in text

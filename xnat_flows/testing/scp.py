@@ -1,0 +1,160 @@
+"""The emulator's DICOM receiver: a pynetdicom C-STORE SCP that hands each instance to an ingest callback.
+
+Like XNAT's receiver it accepts Verification and the storage SOP classes, rejects an association
+whose *called* AE title is not its own, and answers every C-STORE with the outcome of the import.
+The received dataset is never decoded: the Part-10 bytes handed to ``ingest`` are the peer's
+encoded dataset behind a file meta header, so a test can compare them with what was sent.
+
+``ScpFaults`` reproduces what a sender must survive: an association aborted mid-transfer, a
+receiver that stops replying (pynetdicom's own mid-message stall, field notes), and refusal.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+
+log = logging.getLogger(__name__)
+
+Ingest = Callable[[bytes, str], "str | None"]
+
+STATUS_SUCCESS = 0x0000
+STATUS_CANNOT_UNDERSTAND = 0xC000  # ingest refused the object (XNAT: unparsable / not importable)
+STATUS_OUT_OF_RESOURCES = 0xA700  # ingest failed with an error on our side
+_NOBODY = "NO-SUCH-CALLER"  # a calling AE title no peer uses: makes pynetdicom reject everybody
+
+
+@dataclass
+class ScpFaults:
+    """Fault injection; each store fault fires once and then disarms, so a retry can complete.
+
+    ``abort_after_stores``: the first N C-STOREs (counted over all associations) succeed, the
+    next one aborts its association instead of being stored.
+    ``stall_after_stores``: likewise, but the next one is never answered (for ``stall_seconds``).
+    ``refuse_associations``: reject every association request while set.
+    """
+
+    abort_after_stores: int | None = None
+    stall_after_stores: int | None = None
+    stall_seconds: float = 120.0
+    refuse_associations: bool = False
+
+
+class DicomReceiver:
+    """``DicomReceiver(ingest, port=0).start()``; ``.port`` is the bound port; ``.stop()`` ends it."""
+
+    def __init__(self, ingest: Ingest, *, host: str = "127.0.0.1", port: int = 0, ae_title: str = "XNAT",
+                 max_pdu: int = 131072, faults: ScpFaults | None = None) -> None:
+        self.ingest = ingest
+        self.host = host
+        self.requested_port = port
+        self.ae_title = ae_title
+        self.max_pdu = max_pdu
+        self.faults = faults or ScpFaults()
+        self.stores_seen = 0  # C-STORE requests received (including faulted ones)
+        self._lock = threading.Lock()
+        self._stop_stalls = threading.Event()
+        self._ae: AE | None = None
+        self._server = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> DicomReceiver:
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = self.max_pdu
+        ae.require_called_aet = True  # XNAT rejects an association addressed to another AE title
+        ae.maximum_associations = 32
+        ae.network_timeout = 60
+        ae.dimse_timeout = 60
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self._ae = ae
+        self._apply_refusal()
+        handlers = [(evt.EVT_CONN_OPEN, self._on_connection_open), (evt.EVT_C_ECHO, self._on_echo),
+                    (evt.EVT_C_STORE, self._on_store)]
+        self._stop_stalls.clear()
+        self._server = ae.start_server((self.host, self.requested_port), block=False, evt_handlers=handlers)
+        return self
+
+    def stop(self) -> None:
+        self._stop_stalls.set()  # release handlers stuck in a stall so the server can shut down
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._ae is not None:
+            self._ae.shutdown()
+            self._ae = None
+
+    def __enter__(self) -> DicomReceiver:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("DICOM receiver is not running")
+        return int(self._server.server_address[1])
+
+    def set_faults(self, faults: ScpFaults) -> None:
+        """Replace the fault plan while running (refusal takes effect for the next association)."""
+        with self._lock:
+            self.faults = faults
+        self._apply_refusal()
+
+    def _apply_refusal(self) -> None:
+        if self._ae is not None:
+            # pynetdicom reads this list for every association request
+            self._ae.require_calling_aet = [_NOBODY] if self.faults.refuse_associations else []
+
+    # -- event handlers --------------------------------------------------------------------------
+    @staticmethod
+    def _on_connection_open(event: Event) -> None:
+        # Without TCP_NODELAY every response waits ~40 ms for Nagle (field notes).
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @staticmethod
+    def _on_echo(event: Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: Event) -> int:
+        action = self._store_fault()
+        if action == "abort":
+            log.info("fault: aborting association from %s", event.assoc.requestor.ae_title)
+            event.assoc.abort()
+            return STATUS_OUT_OF_RESOURCES  # never sent: the association is gone
+        if action == "stall":
+            log.info("fault: not answering a C-STORE from %s", event.assoc.requestor.ae_title)
+            self._stop_stalls.wait(self.faults.stall_seconds)
+            return STATUS_OUT_OF_RESOURCES
+        calling_aet = event.assoc.requestor.ae_title.strip()
+        try:
+            outcome = self.ingest(event.encoded_dataset(include_meta=True), calling_aet)
+        except Exception:  # the receiver must answer every request; the failure goes into the status
+            log.exception("ingest failed for %s", event.request.AffectedSOPInstanceUID)
+            return STATUS_OUT_OF_RESOURCES
+        return STATUS_SUCCESS if outcome is not None else STATUS_CANNOT_UNDERSTAND
+
+    def _store_fault(self) -> str | None:
+        """Count this C-STORE and decide whether a one-shot fault fires on it."""
+        with self._lock:
+            seen = self.stores_seen
+            self.stores_seen += 1
+            faults = self.faults
+            if faults.abort_after_stores is not None and seen >= faults.abort_after_stores:
+                faults.abort_after_stores = None
+                return "abort"
+            if faults.stall_after_stores is not None and seen >= faults.stall_after_stores:
+                faults.stall_after_stores = None
+                return "stall"
+        return None

@@ -1,0 +1,350 @@
+"""Synthetic DICOM studies that look like a scanner export, written fast and deterministically.
+
+Speed comes from encoding one header per series with pydicom and then, per instance, only
+patching fixed-width placeholders (SOP Instance UID, Instance Number, slice position) in those
+bytes and appending seeded random pixel bytes. Every UID is a ``2.25.`` UID derived from a
+seeded RNG, always 38 digits long, so patching never changes any element length.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SOP_CLASS_BY_MODALITY = {"MR": MR_IMAGE_STORAGE, "CT": CT_IMAGE_STORAGE}
+
+# Fixed-width placeholders patched per instance. Each is unique in an encoded header.
+_UID_DIGITS = 38  # 10**37 <= n < 10**38 < 2**128: a valid 2.25 UID of constant length
+_SOP_PLACEHOLDER = "2.25." + "9" * _UID_DIGITS
+_INSTANCE_NUMBER_PLACEHOLDER = "99999998"  # IS, 8 characters
+_POSITION_PLACEHOLDER = "-77777.7777"  # DS, 11 characters (used in ImagePositionPatient and SliceLocation)
+_PIXEL_HEADER_EXPLICIT_OW = b"\xe0\x7f\x10\x00OW\x00\x00"  # (7FE0,0010) OW + reserved; 4-byte length follows
+_HEADER_ALLOWANCE = 2048  # rough size of the non-pixel part, so files land near ``instance_kb``
+
+
+@dataclass(frozen=True)
+class SynthInstance:
+    path: Path
+    study_uid: str
+    series_uid: str
+    series_number: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    size: int
+
+
+@dataclass
+class SynthManifest:
+    root: Path
+    files: list[SynthInstance] = field(default_factory=list)
+    junk: list[Path] = field(default_factory=list)
+
+    @property
+    def study_uids(self) -> list[str]:
+        return list(dict.fromkeys(f.study_uid for f in self.files))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class SynthRouting:
+    """What to write into PatientComments so XNAT routes the study (xnat-api.md §7.3)."""
+
+    project: str
+    subject: str | None = None
+    session: str | None = None
+
+    def comment(self, study_index: int) -> str:
+        parts = [f"Project:{self.project}"]
+        if self.subject:
+            parts.append(f"Subject:{self.subject}")
+        if self.session:
+            # Distinct studies must not merge into one session.
+            parts.append(f"Session:{self.session}" + (f"_{study_index + 1}" if study_index else ""))
+        return " ".join(parts)
+
+
+RoutingSpec = SynthRouting | Mapping[str, str] | str | None
+
+
+def _as_routing(routing: RoutingSpec) -> SynthRouting | None:
+    if routing is None or isinstance(routing, SynthRouting):
+        return routing
+    if isinstance(routing, str):
+        return SynthRouting(project=routing)
+    return SynthRouting(project=routing["project"], subject=routing.get("subject"), session=routing.get("session"))
+
+
+class _UidSource:
+    """Deterministic 2.25 UIDs of constant length from a seeded RNG."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def __call__(self) -> str:
+        return f"2.25.{self._rng.randrange(10 ** (_UID_DIGITS - 1), 10**_UID_DIGITS)}"
+
+
+def _image_shape(instance_kb: int) -> tuple[int, int]:
+    """Rows and columns of a 16-bit image whose file is close to ``instance_kb`` KiB."""
+    pixels = max(64, (instance_kb * 1024 - _HEADER_ALLOWANCE) // 2)
+    columns = max(8, 1 << int(math.log2(math.isqrt(pixels))))
+    rows = max(1, pixels // columns)
+    return rows, columns
+
+
+def _series_template(*, modality: str, patient_id: str, patient_name: str, study_uid: str, study_date: str,
+                     study_id: str, series_uid: str, series_number: int, frame_uid: str, rows: int, columns: int,
+                     patient_comments: str | None) -> Dataset:
+    sop_class = SOP_CLASS_BY_MODALITY[modality]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = _SOP_PLACEHOLDER
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "XNATFLOWS_SYNTH"
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = _SOP_PLACEHOLDER
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date
+    ds.StudyTime = "093000"
+    ds.SeriesTime = f"09{30 + series_number % 30:02d}00"
+    ds.ContentTime = ds.SeriesTime
+    ds.AccessionNumber = f"ACC{study_id}"
+    ds.Modality = modality
+    ds.Manufacturer = "XNATFLOWS"
+    ds.InstitutionName = "Synthetic Imaging Centre"
+    ds.ReferringPhysicianName = "Ref^Doctor"
+    ds.StationName = "SYNTH01"
+    ds.StudyDescription = f"Synthetic {modality} study"
+    ds.SeriesDescription = f"{'T1_MPRAGE' if modality == 'MR' else 'HEAD_AXIAL'}_{series_number}"
+    ds.ManufacturerModelName = "Synthesizer"
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    if patient_comments:
+        ds.PatientComments = patient_comments
+    ds.BodyPartExamined = "HEAD"
+    ds.SliceThickness = "1.0"
+    if modality == "MR":
+        ds.ScanningSequence = "GR"
+        ds.SequenceVariant = "SP"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = "3D"
+        ds.RepetitionTime = "2300"
+        ds.EchoTime = "2.98"
+        ds.MagneticFieldStrength = "3"
+        ds.FlipAngle = "9"
+    else:
+        ds.KVP = "120"
+        ds.ConvolutionKernel = "STANDARD"
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = study_id
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = _INSTANCE_NUMBER_PLACEHOLDER
+    ds.ImagePositionPatient = ["-120.0", "-120.0", _POSITION_PLACEHOLDER]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = ""
+    ds.SliceLocation = _POSITION_PLACEHOLDER
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.PixelSpacing = ["0.9375", "0.9375"]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    if modality == "CT":
+        ds.RescaleIntercept = "-1024"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "HU"
+    ds.WindowCenter = "40"
+    ds.WindowWidth = "400"
+    return ds
+
+
+def _encode_header(ds: Dataset) -> bytes:
+    """Preamble + file meta + dataset (without PixelData) as bytes; checks every placeholder is present."""
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    header = buffer.getvalue()
+    expected = {_SOP_PLACEHOLDER: 2, _INSTANCE_NUMBER_PLACEHOLDER: 1, _POSITION_PLACEHOLDER: 2}
+    for placeholder, count in expected.items():
+        found = header.count(placeholder.encode())
+        if found != count:  # pragma: no cover - guards the patching scheme
+            raise AssertionError(f"placeholder {placeholder!r} found {found} times, expected {count}")
+    return header
+
+
+def _patch_header(header: bytes, sop_uid: str, instance_number: int, position: float) -> bytes:
+    return (
+        header.replace(_SOP_PLACEHOLDER.encode(), sop_uid.encode())
+        .replace(_INSTANCE_NUMBER_PLACEHOLDER.encode(), f"{instance_number:<8d}".encode())
+        .replace(_POSITION_PLACEHOLDER.encode(), f"{position:<11.4f}"[:11].encode())
+    )
+
+
+def _split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if index < extra else 0) for index in range(parts)]
+
+
+def write_studies(
+    out_dir: str | Path,
+    *,
+    studies: int = 1,
+    series: int = 3,
+    instances: int = 30,
+    instance_kb: int = 64,
+    seed: int = 0,
+    junk: bool = False,
+    modality: str = "MR",
+    patient_id: str | None = None,
+    routing: RoutingSpec = None,
+) -> SynthManifest:
+    """Write ``studies`` studies, each with ``instances`` instances spread over ``series`` series.
+
+    Layout: ``OUT/PATIENT/STUDY/SERIES_n/IM000123`` (the last series of each study uses ``.dcm``
+    names). The same arguments always produce the same bytes.
+    """
+    modality = modality.upper()
+    if modality not in SOP_CLASS_BY_MODALITY:
+        raise ValueError(f"modality must be one of {sorted(SOP_CLASS_BY_MODALITY)}, not {modality!r}")
+    if studies < 1 or series < 1 or instances < 1 or instance_kb < 1:
+        raise ValueError("studies, series, instances and instance_kb must all be at least 1")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    new_uid = _UidSource(rng)
+    pixels = np.random.default_rng(seed)
+    route = _as_routing(routing)
+    rows, columns = _image_shape(instance_kb)
+    pixel_length = rows * columns * 2
+    pixel_element_header = _PIXEL_HEADER_EXPLICIT_OW + pixel_length.to_bytes(4, "little")
+    manifest = SynthManifest(root=root)
+
+    for study_index in range(studies):
+        pid = patient_id or f"SYN{seed:04d}P{study_index + 1:03d}"
+        study_uid = new_uid()
+        frame_uid = new_uid()
+        study_date = f"2024{1 + study_index % 12:02d}{1 + seed % 28:02d}"
+        study_dir = root / _safe_component(pid) / f"STUDY_{study_date}_{study_index + 1:03d}"
+        series_counts = [n for n in _split(instances, min(series, instances)) if n]
+        for series_index, count in enumerate(series_counts):
+            series_number = series_index + 1
+            series_uid = new_uid()
+            template = _series_template(
+                modality=modality, patient_id=pid, patient_name=f"Synthetic^{pid}", study_uid=study_uid,
+                study_date=study_date, study_id=f"{study_index + 1}", series_uid=series_uid,
+                series_number=series_number, frame_uid=frame_uid, rows=rows, columns=columns,
+                patient_comments=route.comment(study_index) if route else None,
+            )
+            header = _encode_header(template)
+            series_dir = study_dir / f"SERIES_{series_number}"
+            series_dir.mkdir(parents=True, exist_ok=True)
+            suffix = ".dcm" if series_index == len(series_counts) - 1 and len(series_counts) > 1 else ""
+            for instance_index in range(count):
+                sop_uid = new_uid()
+                body = _patch_header(header, sop_uid, instance_index + 1, -80.0 + instance_index * 1.0)
+                path = series_dir / f"IM{instance_index + 1:06d}{suffix}"
+                with open(path, "wb") as handle:
+                    handle.write(body)
+                    handle.write(pixel_element_header)
+                    handle.write(pixels.bytes(pixel_length))
+                manifest.files.append(SynthInstance(
+                    path=path, study_uid=study_uid, series_uid=series_uid, series_number=series_number,
+                    sop_instance_uid=sop_uid, sop_class_uid=SOP_CLASS_BY_MODALITY[modality],
+                    size=len(body) + len(pixel_element_header) + pixel_length,
+                ))
+    if junk:
+        manifest.junk = _write_junk(root, manifest, new_uid)
+    return manifest
+
+
+def _safe_component(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text) or "PATIENT"
+
+
+# A minimal, well-formed one-page PDF: the kind of report scanners drop next to the images.
+_PDF_BYTES = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+    b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\n"
+    b"trailer<</Root 1 0 R>>\n%%EOF\n"
+)
+
+DICOMDIR_MAX_FILES = 500  # pydicom's DICOMDIR build grows superlinearly (field notes: 66 s for 10k files)
+
+
+def _write_junk(root: Path, manifest: SynthManifest, new_uid: _UidSource) -> list[Path]:
+    """The clutter of a real export: DICOMDIR, hidden files, side files and truncated instances."""
+    junk: list[Path] = []
+    first = manifest.files[0]
+    series_dir = first.path.parent
+
+    def put(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        junk.append(path)
+
+    put(root / ".DS_Store", b"\x00\x00\x00\x01Bud1" + bytes(1024))
+    put(series_dir / f"._{first.path.name}", b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64))
+    put(root / "README.txt", b"Exported by the synthetic scanner console.\nDo not edit.\n")
+    put(first.path.parent.parent / "report.pdf", _PDF_BYTES)
+
+    # Truncated copies of real instances under fresh UIDs: one cut in the pixel data (pydicom
+    # still reads it, only the size check notices), one cut inside the header.
+    template = first.path.read_bytes()
+    sop = new_uid()
+    renamed = template.replace(first.sop_instance_uid.encode(), sop.encode())
+    put(series_dir / "IM900001", renamed[: len(renamed) - max(2, (len(renamed) - 2048) // 2)])
+    put(series_dir / "IM900002", renamed[:300])
+
+    if len(manifest.files) <= DICOMDIR_MAX_FILES:
+        put(root / "DICOMDIR", _dicomdir_bytes(manifest, file_set_uid=new_uid()))
+    return junk
+
+
+def _dicomdir_bytes(manifest: SynthManifest, *, file_set_uid: str) -> bytes:
+    """A DICOMDIR built by pydicom's FileSet over the written instances.
+
+    pydicom assigns its own file IDs (PT000000/ST000000/...), so the records name paths of
+    pydicom's layout rather than ours; for an uploader it is the file a scanner export contains
+    and must be skipped (Media Storage SOP Class 1.2.840.10008.1.3.10).
+    """
+    from pydicom.fileset import FileSet
+
+    fileset = FileSet()
+    fileset.ID = "SYNTH"
+    fileset.UID = file_set_uid  # pydicom would draw a random one: keep the output deterministic
+    for item in manifest.files:
+        fileset.add(str(item.path))
+    with tempfile.TemporaryDirectory(prefix="synth-dicomdir-") as scratch:
+        fileset.write(scratch)
+        data = (Path(scratch) / "DICOMDIR").read_bytes()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return data
