@@ -36,7 +36,7 @@ def write_session(out_dir: Path, total_mb: int, instance_kb: int) -> list[Path]:
         from xnat_flows.testing.synth import write_studies
     except ImportError:
         return _write_padded_ct(out_dir, instances, series, instance_kb)
-    manifest = write_studies(out_dir, studies=1, series=series, instances=instances // series, instance_kb=instance_kb)
+    manifest = write_studies(out_dir, studies=1, series=series, instances=instances, instance_kb=instance_kb)
     return [Path(item.path) for item in manifest.files]
 
 
@@ -123,7 +123,7 @@ def main() -> None:
     data_dir = args.keep or work / "dicom"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        paths = sorted(data_dir.rglob("*.dcm")) or write_session(data_dir, args.mb, args.instance_kb)
+        paths = sorted(p for p in data_dir.rglob("*") if p.is_file()) or write_session(data_dir, args.mb, args.instance_kb)
         total = sum(p.stat().st_size for p in paths)
         print(f"session: {len(paths)} instances, {total / 1e6:.0f} MB")
 

@@ -88,3 +88,48 @@ class UploadSessionResult(BaseModel):
     @property
     def ok(self) -> bool:
         return all(not s.failed_files and s.verified is not False and all(b.ok for b in s.batches) for s in self.sessions)
+
+
+class DicomReceiverTarget(BaseModel):
+    """Where to C-STORE: an XNAT DICOM receiver (or a ``xnat-dicom-receiver`` Block by name)."""
+
+    receiver_block: str | None = Field(default=None, description="Name of an `xnat-dicom-receiver` Block; fields below override it.")
+    host: str | None = Field(default=None, description="Receiver host.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="Receiver port (XNAT's standard receiver: 8104).")
+    called_aet: str | None = Field(default=None, max_length=16, description="The receiver's AE title (default XNAT).")
+    calling_aet: str | None = Field(default=None, max_length=16, description="Our AE title (default XNATFLOWS).")
+
+
+class SendDicomRequest(BaseModel):
+    """What to send by C-STORE: the form of the ``send-dicom`` deployment."""
+
+    source_dir: str = Field(description="Directory holding the DICOM files (scanned recursively, same scanner as REST uploads).")
+    workers: int = Field(default=4, ge=1, le=32, description="Parallel associations.")
+    routing_project: str | None = Field(
+        default=None, description="Set `Project:` routing in PatientComments on the sent copy (your files are not changed)."
+    )
+    routing_subject: str | None = Field(default=None, description="With routing_project: `Subject:` routing.")
+    routing_session: str | None = Field(default=None, description="With routing_project: `Session:` routing.")
+
+
+class InstanceFailure(BaseModel):
+    path: str
+    status: str
+    meaning: str
+
+
+class SendDicomResult(BaseModel):
+    """What the ``send-dicom`` flow returns."""
+
+    sent: int
+    resumed: int
+    failed: list[InstanceFailure]
+    skipped: list[SkippedInput]
+    bytes_sent: int
+    seconds: float
+    instances_per_second: float
+    associations: list[dict]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed

@@ -441,3 +441,12 @@ def test_nothing_secret_is_logged_even_at_debug_level(make_client, caplog) -> No
     assert "session expired" in caplog.text and "retry 1/5" in caplog.text
     for secret in (PASSWORD, TOKEN, "OLDTOKEN0000"):
         assert secret not in caplog.text
+
+
+def test_login_token_from_the_cookie_when_the_body_is_empty(make_client) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/data/JSESSION":
+            return httpx.Response(200, headers={"Set-Cookie": f"JSESSIONID={TOKEN}; Path=/; HttpOnly"})
+        return httpx.Response(200, text=request.headers.get("Cookie", ""))
+
+    assert make_client(handler).request("GET", "/x").text == f"JSESSIONID={TOKEN}"

@@ -56,7 +56,7 @@ def test_anonymize_changes_headers_not_pixels(tmp_path):
     import pydicom
 
     study = make_study(1, 2)
-    with XnatEmulator(tmp_path, anonymize=True) as xnat:
+    with XnatEmulator(tmp_path, anonymize=True, rebuild_idle_seconds=0.2) as xnat:
         params = {"PROJECT_ID": "TEST", "SUBJECT_ID": "S", "EXPT_LABEL": "ANON"}
         xnat.import_instance(study[0].data, params, direct_archive=True)
         xnat.import_instance(study[1].data, {**params, "prevent_anon": "true"}, direct_archive=True)

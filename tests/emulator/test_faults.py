@@ -104,3 +104,11 @@ def test_forced_conflict_over_http(emulator, client):
     rows = wait_for(lambda: [r for r in client.get("/data/prearchive").json()["ResultSet"]["Result"]
                              if r["status"] == "CONFLICT"])
     assert rows[0]["name"] == "FC"
+
+
+def test_throttled_response(emulator, client):
+    projects_body = client.get("/data/projects").content
+    emulator.faults.add(method="GET", path="/data/projects$", bytes_per_second=len(projects_body) * 2)
+    started = time.monotonic()
+    assert client.get("/data/projects").content == projects_body
+    assert time.monotonic() - started >= 0.4

@@ -113,3 +113,22 @@ def test_stop_cuts_keep_alive_connections_and_restart_on_same_port(tmp_path):
     with XnatEmulator(tmp_path / "s", port=port) as xnat:
         assert http.get("/data/projects").status_code == 200  # the pooled connection was closed cleanly
     http.close()
+
+
+def test_parallel_gradual_uploads_of_one_study_make_one_session(emulator):
+    from concurrent.futures import ThreadPoolExecutor
+
+    study = make_study(series=3, instances=20)
+
+    def send(instances):
+        with httpx.Client(base_url=emulator.url, auth=("admin", "admin")) as http:
+            return {http.post("/data/services/import",
+                              params={"import-handler": "gradual-DICOM", "inbody": "true", "PROJECT_ID": "TEST",
+                                      "SUBJECT_ID": "S", "EXPT_LABEL": "PAR"},
+                              content=i.data, headers={"Content-Type": "application/dicom"}).text for i in instances}
+
+    with ThreadPoolExecutor(6) as pool:
+        uris = set().union(*pool.map(send, [study[k::6] for k in range(6)]))
+    assert len(uris) == 1
+    [experiment] = wait_for(lambda: emulator.archived_experiments("TEST"))
+    assert experiment["scans"] == {"1": 20, "2": 20, "3": 20}

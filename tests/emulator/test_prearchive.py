@@ -92,10 +92,13 @@ def test_archive_service_refusals(client, manual, emulator):
 
 
 def test_existing_session_needs_overwrite(client, manual):
-    archive(client, ready(client, upload(client, make_study(1, 1), session="X")))
-    src = ready(client, upload(client, make_study(1, 1), session="X"))
+    study = make_study(1, 2)
+    archive(client, ready(client, upload(client, study[:1], session="X")))
+    src = ready(client, upload(client, study[1:], session="X"))
     conflict = archive(client, src)
     assert conflict.status_code == 409 and "Session already exists, retry with overwrite enabled" in conflict.text
+    assert client.get(f"/data{src}").json()["ResultSet"]["Result"][0]["status"] == "CONFLICT"
+    assert archive(client, src, overwrite="append").status_code == 200  # what clients do with CONFLICT rows
 
 
 def test_append_merges_disjoint_halves_and_refuses_identical(client, manual, emulator):
@@ -159,3 +162,38 @@ def test_archive_redirect_true_is_303(client, manual):
     src = ready(client, upload(client, make_study(1, 1), session="RD"))
     response = archive(client, src, redirect="true")
     assert response.status_code == 303 and response.headers["Location"].startswith("/data/archive/projects/TEST/")
+
+
+def test_session_zip_and_xml(client, manual):
+    import io
+    import zipfile
+
+    uri = upload(client, make_study(1, 2), session="Z")
+    assert client.get(uri, params={"format": "xml"}).status_code == 404  # not built yet
+    client.post(uri, params={"action": "build"})
+    assert 'label="Z"' in client.get(uri, params={"format": "xml"}).text
+    names = zipfile.ZipFile(io.BytesIO(client.get(uri, params={"format": "zip"}).content)).namelist()
+    assert len(names) == 2 and all(n.startswith("1/DICOM/") for n in names)
+
+
+def test_dicom_zip_into_prearchive_folder_of_another_study_is_400(client, manual):
+    uri = upload(client, make_study(1, 1), session="F")
+    dest = uri[len("/data"):]
+    other = client.post("/data/services/import", params={"import-handler": "DICOM-zip", "dest": dest},
+                        content=zip_bytes(members(make_study(1, 1))), headers={"Content-Type": "application/zip"})
+    assert other.status_code == 400 and "different StudyInstanceUID" in other.text
+
+
+def test_direct_archive_listing_and_commit(emulator, client):
+    emulator.prearchive.rebuild_idle_seconds = 3600  # hold the session in the direct-archive table
+    study = make_study(1, 1)
+    response = client.post("/data/services/import",
+                           params={"import-handler": "DICOM-zip", "project": "TEST", "subject": "S", "session": "DAL",
+                                   "Direct-Archive": "true"},
+                           content=zip_bytes(members(study)), headers={"Content-Type": "application/zip"})
+    uri = response.text.strip()
+    listed = client.post("/xapi/direct-archive", json={"filters": {"project": {"operator": "EQ", "value": "TEST"}}})
+    assert [s["uri"] for s in listed.json()] == [uri]
+    committed = client.post(uri)
+    assert committed.status_code == 200 and committed.text.startswith("/data/archive/projects/TEST/")
+    assert emulator.archived_experiments("TEST")[0]["label"] == "DAL"

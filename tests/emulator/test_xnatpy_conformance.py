@@ -48,9 +48,12 @@ def test_import_archive_and_read_back(session, tmp_path):
     files[0].download(target, verbose=False)
     assert target.read_bytes()[128:132] == b"DICM"
 
+    assert experiment.subject.label == "SUBJ"
     project = session.projects["TEST"]
     assert [s.label for s in project.subjects.values()] == ["SUBJ"]
     assert [e.label for e in project.experiments.values()] == ["EXP"]
+    assert [e.label for e in project.subjects["SUBJ"].experiments.values()] == ["EXP"]
+    assert [e.label for e in session.experiments.values()] == ["EXP"]
 
 
 def test_import_straight_to_archive(session, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -147,11 +148,16 @@ def _experiments(xnat: XnatEmulator) -> dict[str, dict]:
     return {row["label"]: row for row in rows.json()["ResultSet"]["Result"]}
 
 
-def _processing_runs(api: PrefectApi, deployment: dict, experiment_id: str, timeout: float) -> list[dict]:
-    """Completed runs of the processing deployment started for this experiment (the trigger's work)."""
+def _processing_runs(api: PrefectApi, deployment: dict, xnat: XnatEmulator, experiment_id: str, timeout: float) -> list[dict]:
+    """Runs of the processing deployment that the trigger started for this experiment on this emulator
+    (a shared server keeps runs of earlier emulators, whose experiment IDs repeat)."""
     deadline = time.monotonic() + timeout
     while True:
-        runs = [r for r in api.flow_runs(deployment["id"]) if r["parameters"].get("experiment_id") == experiment_id]
+        runs = [
+            r for r in api.flow_runs(deployment["id"])
+            if r["parameters"].get("experiment_id") == experiment_id
+            and r["parameters"].get("connection", {}).get("url") == xnat.url
+        ]
         if any(r["state_type"] == "COMPLETED" for r in runs) or time.monotonic() > deadline:
             return runs
         time.sleep(2)
@@ -196,8 +202,61 @@ def test_upload_and_inbox_deployments_land_sessions_and_chain_processing(
     # Each archived session started the processing deployment through the event trigger.
     for label in ("P001_MR1", "P002_20240301"):
         experiment_id = experiments[label]["ID"]
-        runs = _processing_runs(api, deployed["process-session"], experiment_id, timeout=120)
+        runs = _processing_runs(api, deployed["process-session"], xnat, experiment_id, timeout=120)
         assert any(r["state_type"] == "COMPLETED" for r in runs), (
             f"no completed process-session run for {label} ({experiment_id}); runs: {[(r['parameters'], r['state_type']) for r in runs]}"
         )
         assert runs[0]["parameters"]["project"] == "TEST"
+
+
+def test_archived_event_alone_triggers_processing(
+    deployed: dict[str, dict], api: PrefectApi, worker: Path, xnat: XnatEmulator, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Any ``xnat.session.archived`` event (here: what the prearchive flow emits) starts processing
+    with the ids from its resource, and the processing flow reads the session back from XNAT."""
+    from xnat_flows.client.client import XnatClient
+    from xnat_flows.client.credentials import resolve_credentials
+    from xnat_flows.transfer.scan import scan_directory
+    from xnat_flows.transfer.session import upload_session
+    from xnat_flows.transfer.upload import UploadTarget
+
+    source = tmp_path / "export"
+    write_session(source, patient_id="P003", series=1, instances=2)
+    credentials = resolve_credentials(url=xnat.url, username="admin", password="admin", prompt=False)
+    with XnatClient(credentials) as client:
+        assert upload_session(client, scan_directory(source), UploadTarget("TEST", "P003", "P003_PRE")).ok
+    experiment_id = _experiments(xnat)["P003_PRE"]["ID"]
+
+    emit = (
+        "import sys; from xnat_flows.events import emit_session_archived;"
+        "from prefect.events.worker import EventsWorker;"
+        "assert emit_session_archived(sys.argv[1], 'TEST', 'P003', 'P003_PRE', experiment_id=sys.argv[2]) is not None;"
+        "EventsWorker.drain_all()"
+    )
+    result = subprocess.run([sys.executable, "-c", emit, xnat.url, experiment_id], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    runs = _processing_runs(api, deployed["process-session"], xnat, experiment_id, timeout=120)
+    assert [r["state_type"] for r in runs] == ["COMPLETED"], (
+        f"{[(r['parameters'], r['state']) for r in runs]}\n--- worker log ---\n{worker.read_text()[-4000:]}"
+    )
+    assert runs[0]["parameters"] == {
+        "project": "TEST", "subject": "P003", "experiment_id": experiment_id, "connection": {"url": xnat.url}
+    }
+
+
+def test_blocks_register_and_keep_the_password_secret(cli_env: dict[str, str], api: PrefectApi) -> None:
+    registered = run_cli(["block", "register", "-m", "xnat_flows.blocks"], cli_env)
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    save = (
+        "from pydantic import SecretStr; from xnat_flows.blocks import XnatCredentials;"
+        "XnatCredentials(url='https://xnat.example.org', username='svc', password=SecretStr('s3cret-e2e'))"
+        ".save('e2e-xnat', overwrite=True);"
+        "assert XnatCredentials.load('e2e-xnat').to_credentials().password.get_secret_value() == 's3cret-e2e'"
+    )
+    saved = subprocess.run([sys.executable, "-c", save], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    document = api.http.get("block_types/slug/xnat-credentials/block_documents/name/e2e-xnat")
+    document.raise_for_status()
+    assert document.json()["data"]["username"] == "svc"
+    assert "s3cret-e2e" not in document.text  # the API shows the secret obfuscated

@@ -56,8 +56,11 @@ def archived(emulator: XnatEmulator, label: str) -> dict:
 @pytest.mark.parametrize("fmt", ["tar", "zip"])
 def test_dicom_zip_direct_archive_lands_and_verifies(xnat_emulator, client, export, fmt) -> None:
     target = UploadTarget("TEST", "SUBJ01", f"SESS_{fmt}")
-    result = upload_session(client, export, target, workers=2, fmt=fmt, **FAST)
+    seen = []
+    result = upload_session(client, export, target, workers=2, fmt=fmt, progress=seen.append, **FAST)
     assert result.ok, result
+    assert seen[-1].done == 12 and seen[-1].bytes_done == seen[-1].bytes_total == result.bytes_sent
+    assert all(a.bytes_done <= b.bytes_done for a, b in zip(seen, seen[1:]))
     (study,) = result.sessions
     assert len(study.batches) == 2 and all(b.ok for b in study.batches)
     assert all(uri.startswith("/xapi/direct-archive/TEST/") for uri in study.uris)
@@ -153,13 +156,18 @@ def test_multi_study_input_needs_per_study(xnat_emulator, client, tmp_path) -> N
     }
 
 
-def test_token_expiry_mid_upload_with_8_workers_causes_one_relogin(xnat_emulator, client, tmp_path) -> None:
+def test_token_expiry_mid_upload_with_8_workers_causes_one_relogin(xnat_emulator, client, tmp_path, caplog) -> None:
     root = tmp_path / "many"
     write_study(root, series=4, instances=12)
-    xnat_emulator.faults.add(path="/data/services/import", method="POST", after=12, evict_token=True, delay_ms=50)
-    result = upload_session(client, root, UploadTarget("TEST", "SUBJ01", "EXPIRY"), gradual=True, workers=8, **FAST)
+    xnat_emulator.faults.add(path="/data/services/import", method="POST", after=12, evict_token=True)
+    # A slow second login: meanwhile every other worker meets the dead session too.
+    xnat_emulator.faults.add(path="/data/JSESSION", method="POST", after=1, delay_ms=300)
+    with caplog.at_level("INFO", logger="xnat_flows.client"):
+        result = upload_session(client, root, UploadTarget("TEST", "SUBJ01", "EXPIRY"), gradual=True, workers=8, **FAST)
     assert result.ok, result
-    assert client.login_count == 2  # the first login and exactly one re-login
+    assert caplog.text.count("session expired (401)") >= 2  # several threads saw the 401...
+    assert client.login_count == 2  # ...and there was the first login and exactly one re-login
+    assert archived(xnat_emulator, "EXPIRY")["scans"] == {"1": 12, "2": 12, "3": 12, "4": 12}
 
 
 def test_transient_failures_are_retried_over_the_wire(xnat_emulator, client, export) -> None:

@@ -248,3 +248,19 @@ def test_one_bad_first_instance_of_a_single_series_does_not_stop_the_upload(tmp_
     with client_for(handler) as client:
         result = upload_gradual(client, files, TARGET, workers=2)
     assert result.sent_count == 3 and [f.relpath for f in result.failures] == [files[0].relpath]
+
+
+def test_batch_reports_streamed_bytes_and_restarts_on_a_retry(study_dir: Path) -> None:
+    answers = [httpx.Response(502), httpx.Response(200, text="/data/x")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        return answers.pop(0)
+
+    files = scan_directory(study_dir).files
+    size = sum(f.size for f in files)
+    seen: list[int] = []
+    with client_for(handler) as client:
+        assert upload_archive_batch(client, files, TARGET, on_streamed=seen.append).ok
+    assert seen[0] == 0 and seen[-1] == size
+    assert seen.count(size) == 2  # streamed twice: the 502 and the resend

@@ -34,7 +34,7 @@ def serve(
     scp_port: Optional[int] = typer.Option(None, help="Start the DICOM receiver on this port (0 = free port)."),
     scp_aet: str = typer.Option("XNAT", help="AE title of the DICOM receiver."),
     latency_ms: int = typer.Option(0, help="Added latency per HTTP response."),
-    rebuild_idle_seconds: float = typer.Option(60.0, help="Idle time before a RECEIVING session is built/archived."),
+    rebuild_idle_seconds: float = typer.Option(1.0, help="Idle seconds before a RECEIVING session is built/archived."),
     session_idle_timeout: float = typer.Option(900.0, help="JSESSION idle expiry in seconds."),
     anonymize: bool = typer.Option(False, help="Rewrite DICOM headers on import, like XNAT's default anonymization."),
 ) -> None:
@@ -52,8 +52,9 @@ def serve(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     emulator.start()
     try:
-        scp = f" (DICOM receiver {scp_aet}@{host}:{emulator.scp_port})" if emulator.scp_port is not None else ""
-        typer.echo(f"XNAT emulator ready at {emulator.url}{scp}", err=False)
+        typer.echo(f"XNAT emulator ready at {emulator.url}")  # exactly this line: scripts parse it
+        if emulator.scp_port is not None:
+            typer.echo(f"DICOM receiver {scp_aet} listening on {host}:{emulator.scp_port}")
         while not stop.wait(0.5):
             pass
     finally:

@@ -135,3 +135,49 @@ def _report(result) -> None:  # noqa: ANN001
         f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB in {result.seconds:.1f} s "
         f"({result.throughput_mb_s:.1f} MB/s)"
     )
+
+
+@app.command("upload-dicom")
+def upload_dicom(
+    source: Annotated[Path, typer.Argument(help="Directory of DICOM files (scanned recursively, extensionless files included).")],
+    host: Annotated[str, typer.Option("--host", envvar="XNAT_DICOM_HOST", help="DICOM receiver host.")],
+    port: Annotated[int, typer.Option("--port", envvar="XNAT_DICOM_PORT", min=1, max=65535, help="Receiver port (XNAT: often 8104).")] = 104,
+    called_aet: Annotated[str, typer.Option("--called-aet", envvar="XNAT_DICOM_CALLED_AET", help="The receiver's AE title.")] = "XNAT",
+    calling_aet: Annotated[str, typer.Option("--calling-aet", envvar="XNAT_DICOM_CALLING_AET", help="Our AE title.")] = "XNATFLOWS",
+    workers: Annotated[int, typer.Option("--workers", min=1, max=32, help="Parallel associations.")] = 4,
+    project: Annotated[str | None, typer.Option("--project", "-P", help="Route to this project (sets `Project:` in PatientComments of the sent copy).")] = None,
+    subject: Annotated[str | None, typer.Option("--subject", "-S", help="With --project: route to this subject.")] = None,
+    session: Annotated[str | None, typer.Option("--session", "-E", help="With --project: route to this session label.")] = None,
+) -> None:
+    """Send a directory to an XNAT DICOM receiver by C-STORE over parallel associations."""
+    from xnat_flows.client.errors import InputError, XnatError
+    from xnat_flows.transfer.dicom_send import RoutingOverride, echo, send_dicom
+    from xnat_flows.transfer.scan import scan_directory
+    from xnat_flows.transfer.upload import Progress
+
+    try:
+        if (subject or session) and not project:
+            raise InputError("--subject and --session route only together with --project")
+        routing = RoutingOverride(project, subject, session) if project else None
+        echo(host, port, called_aet, calling_aet)
+        scan = scan_directory(source)
+        if not scan.files:
+            raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
+        with _progress_bar("C-STORE") as progress:
+            total_bytes = scan.total_bytes
+            result = send_dicom(
+                scan, host=host, port=port, called_aet=called_aet, calling_aet=calling_aet, workers=workers,
+                routing=routing, preflight=False,
+                progress=lambda done, total: progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes)),
+            )
+    except XnatError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(exit_code_for(exc)) from None
+    for skipped in scan.skipped:
+        typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    for failed in result.failed + result.skipped:
+        typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
+    typer.echo(result.summary())
+    if not result.ok:
+        raise typer.Exit(EXIT_PARTIAL)
+

@@ -83,16 +83,16 @@ class XnatClient:
         self.timeouts = timeouts
         self.retry = retry
         self.token_cache: TokenCache | None = TokenCache() if token_cache is _DEFAULT else token_cache
+        verify = _ssl_context(credentials.verify)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         if transport is None:
             # httpx retries failed connection attempts itself; everything else is our policy.
-            transport = httpx.HTTPTransport(
-                verify=_ssl_context(credentials.verify),
-                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-                retries=2,
-            )
+            transport = httpx.HTTPTransport(verify=verify, limits=limits, retries=2)
         self._http = httpx.Client(
             base_url=credentials.url,
             transport=transport,
+            verify=verify,  # also used for proxies taken from HTTPS_PROXY & co.
+            limits=limits,
             timeout=timeouts.to_httpx(),
             headers={"User-Agent": f"xnat-flows/{__version__}"},
             # The token travels in an explicit Cookie header; a jar would keep stale ones.
@@ -171,7 +171,8 @@ class XnatClient:
             )
         if response.status_code != 200:
             raise self._scrub(error_for_response(response, parse_retry_after(response.headers.get("Retry-After"))))
-        token = response.text.strip()
+        # The body is the session id; a proxy that strips bodies still passes the cookie.
+        token = response.text.strip() or response.cookies.get("JSESSIONID") or ""
         if "<html" in token[:1000].lower() or not _TOKEN_RE.fullmatch(token):
             # Old or proxied XNATs answer a failed login with their HTML login page and 200.
             raise AuthenticationError(

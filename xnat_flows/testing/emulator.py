@@ -145,6 +145,11 @@ class XnatEmulator:
     def scp_port(self) -> int | None:
         return None if self._scp is None else int(self._scp.port)
 
+    @property
+    def dicom_receiver(self) -> Any:
+        """The running ``xnat_flows.testing.scp.DicomReceiver`` (for its own fault knobs), or None."""
+        return self._scp
+
     # -- ingest from Python / the DICOM receiver ---------------------------------------------------
     def import_instance(self, part10_bytes: bytes, params: dict[str, str] | None = None, source: str = "scp",
                         direct_archive: bool = False) -> str | None:

@@ -17,7 +17,7 @@ PERMANENT_400 = "Unable to identify subject."
 
 _RULE_KEYS = {
     "method", "path", "handler", "times", "after", "status", "message", "retry_after", "delay_ms",
-    "drop", "evict_token", "error_body", "headers",
+    "drop", "evict_token", "error_body", "headers", "bytes_per_second",
 }
 
 
@@ -29,7 +29,8 @@ class FaultRule:
     (None = forever). Effects, combinable: ``delay_ms`` (slow response), ``drop`` (close the
     connection after reading part of the body, no response), ``evict_token`` (invalidate the
     caller's JSESSION, then answer 401), ``status``+``message`` (+``retry_after`` seconds),
-    ``error_body`` (answer 200 with this body, as XNAT's prearchive services do on failure).
+    ``error_body`` (answer 200 with this body, as XNAT's prearchive services do on failure),
+    ``bytes_per_second`` (handle normally, then send the response body at this rate).
     """
 
     path: str = ".*"
@@ -44,6 +45,7 @@ class FaultRule:
     drop: bool = False
     evict_token: bool = False
     error_body: str | None = None
+    bytes_per_second: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     id: int = 0
     seen: int = 0

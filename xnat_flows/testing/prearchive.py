@@ -130,8 +130,8 @@ class Prearchive:
         if where.timestamp and where.folder:
             clash = store.prearc_by_url(where.project, where.timestamp, where.folder)
             if clash is not None:
-                raise XnatRefusal(400, "Session processing in progress: the destination prearchive session "
-                                        f"{clash.url} holds a different StudyInstanceUID.")
+                raise XnatRefusal(400, f"The destination prearchive session {clash.url} holds a different "
+                                        "StudyInstanceUID; cannot merge this upload into it.")
         remembered = {k: v for k, v in where.params.items() if k in REMEMBERED_PARAMS}
         return store.insert_prearc_row(
             project=where.project, timestamp=where.timestamp or store.new_timestamp(),
@@ -196,7 +196,11 @@ class Prearchive:
                 raise XnatRefusal(500, "Empty sessions cannot be archived.")
             mode = _overwrite_mode(overwrite)
             existing = store.experiment(session_label, row.project)
-            scan_targets = self._plan_scans(row, existing, mode, overwrite_files, subject_label)
+            try:
+                scan_targets = self._plan_scans(row, existing, mode, overwrite_files, subject_label)
+            except XnatRefusal as refusal:  # XNAT leaves a refused merge in CONFLICT
+                self._fail(row, CONFLICT, refusal.message)
+                raise
             store.update_prearc(row_id, status=ARCHIVING)
             try:
                 return self._move_into_archive(row, existing, subject_label, session_label, scan_targets, files)
@@ -324,7 +328,7 @@ class Prearchive:
         except XnatRefusal as exc:
             if exc.status != 404:
                 current = self.store.prearc_row(row.id)
-                if current is not None and current.status not in (ERROR,):
+                if current is not None and current.status not in (ERROR, CONFLICT):
                     self._fail(current, CONFLICT if exc.status == 409 else ERROR, exc.message)
             return None
 

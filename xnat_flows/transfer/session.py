@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,7 @@ def send_batch(
     journal: UploadJournal | None = None,
     done: set[str] | None = None,
     raise_on_error: bool = True,
+    on_streamed: Callable[[int], None] | None = None,
 ) -> BatchResult:
     """One DICOM-zip batch with resume: a batch whose content digest the journal holds for this
     destination was delivered by an earlier run and is not sent again."""
@@ -138,7 +140,9 @@ def send_batch(
     if digest in done:
         relpaths = tuple(f.relpath for f in batch)
         return BatchResult(index, relpaths, sum(f.size for f in batch), 0.0, (), True, resumed=True)
-    result = upload_archive_batch(client, batch, target, fmt, index=index, raise_on_error=raise_on_error)
+    result = upload_archive_batch(
+        client, batch, target, fmt, index=index, raise_on_error=raise_on_error, on_streamed=on_streamed
+    )
     if result.ok and journal is not None:
         journal.record(target.key, digest)
     return result
@@ -160,16 +164,29 @@ def upload_batches(
     total_bytes = sum(f.size for f in files)
     lock = threading.Lock()
     counters = {"files": 0, "bytes": 0, "failed": 0}
+    streaming = [0] * len(batches)  # file bytes of each batch's current attempt, while in flight
+
+    def report() -> None:
+        with lock:  # one report at a time, so the callback sees progress in order
+            if progress is not None:
+                bytes_done = counters["bytes"] + sum(streaming)
+                progress(Progress(counters["files"], len(files), bytes_done, total_bytes, counters["failed"]))
 
     def run(index: int, batch: list[DicomFile]) -> BatchResult:
-        result = send_batch(client, batch, target, fmt, index=index, journal=journal, done=done, raise_on_error=False)
+        def streamed(n: int) -> None:
+            streaming[index] = n
+            report()
+
+        result = send_batch(
+            client, batch, target, fmt, index=index, journal=journal, done=done, raise_on_error=False,
+            on_streamed=streamed if progress is not None else None,
+        )
         with lock:
+            streaming[index] = 0
             counters["files"] += len(result.files)
             counters["bytes"] += result.bytes if result.ok else 0
             counters["failed"] += 0 if result.ok else len(result.files)
-            snapshot = Progress(counters["files"], len(files), counters["bytes"], total_bytes, counters["failed"])
-        if progress is not None:
-            progress(snapshot)
+        report()
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, len(batches)), thread_name_prefix="dicom-zip") as pool:

@@ -12,7 +12,7 @@ import dataclasses
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +106,10 @@ class UploadTarget:
 
 @dataclass(frozen=True)
 class Progress:
-    """Reported after every batch (DICOM-zip) or instance (gradual); called from worker threads."""
+    """Reported as DICOM-zip batches stream and finish, or after every gradual instance.
+
+    The callback runs in worker threads, one call at a time and in order: keep it quick.
+    """
 
     done: int
     total: int
@@ -143,25 +146,40 @@ def upload_archive_batch(
     *,
     index: int = 0,
     raise_on_error: bool = True,
+    on_streamed: Callable[[int], None] | None = None,
 ) -> BatchResult:
     """POST one batch as a streamed DICOM-zip archive (tar or zip).
 
     Transient failures are retried by the client (the archive is rebuilt for every attempt);
     a permanent rejection raises at once with XNAT's message, or, with
     ``raise_on_error=False``, comes back as ``ok=False`` with the message in ``error``.
+    ``on_streamed(n)`` reports the file bytes streamed so far in the current attempt (it
+    restarts at 0 when a retry starts), for byte-level progress.
     """
     if not batch:
         raise InputError("Cannot upload an empty batch")
     size = sum(f.size for f in batch)
     relpaths = tuple(f.relpath for f in batch)
+    length = archive_size(batch, fmt)
+
+    def body() -> Iterator[bytes]:
+        streamed = 0
+        for chunk in iter_archive(batch, fmt):
+            yield chunk
+            if on_streamed is not None:
+                streamed += len(chunk)
+                on_streamed(min(streamed, size))  # archive headers are not file bytes
+
+    if on_streamed is not None:
+        on_streamed(0)
     started = time.monotonic()
     try:
         response = client.request(
             "POST",
             IMPORT_PATH,
             params=target.dicom_zip_params(),
-            content=lambda: iter_archive(batch, fmt),
-            headers={"Content-Type": content_type_for(fmt), "Content-Length": str(archive_size(batch, fmt))},
+            content=body,
+            headers={"Content-Type": content_type_for(fmt), "Content-Length": str(length)},
         )
     except XnatError as exc:
         if raise_on_error:
@@ -258,13 +276,11 @@ def upload_gradual(
                 result.bytes_sent += item.size
             else:
                 result.failures.append(FileFailure(item.relpath, item.path, str(error), error.status, error.retryable))
-            snapshot = Progress(
-                result.sent_count + len(result.failures), result.total, result.bytes_sent, bytes_total, len(result.failures)
-            )
+            if progress is not None:  # under the lock: the callback sees progress in order
+                done = result.sent_count + len(result.failures)
+                progress(Progress(done, result.total, result.bytes_sent, bytes_total, len(result.failures)))
         if error is None and on_sent is not None:
             on_sent(item)
-        if progress is not None:
-            progress(snapshot)
 
     def attempt(item: DicomFile) -> XnatError | None:
         try:

@@ -35,7 +35,8 @@ class VerifyResult:
 
     def summary(self) -> str:
         if self.ok:
-            return f"{self.found_count}/{self.expected_count} files in {len(self.scans)} scans ({self.experiment_id or self.uri})"
+            where = self.experiment_id or self.uri
+            return f"{self.found_count}/{self.expected_count} files in {len(self.scans)} scans ({where})"
         if self.uri is None:
             return "the session did not appear in XNAT before the wait ran out"
         short = ", ".join(f"scan {s}: {self.scans[s][1]}/{self.scans[s][0]}" for s in self.missing)
@@ -132,7 +133,8 @@ def verify_session(
     expected_total = sum(s.count for s in expected)
     in_prearchive = _holds_in_prearchive(client, target)
     started = time.monotonic()
-    result = VerifyResult(False, None, None, expected_total, 0, {s.scan_id: (s.count, 0) for s in expected}, [s.scan_id for s in expected])
+    nothing_found = {s.scan_id: (s.count, 0) for s in expected}
+    result = VerifyResult(False, None, None, expected_total, 0, nothing_found, list(nothing_found))
     while True:
         if in_prearchive:
             located = _locate_prearchived(client, target, {f.study_uid for f in files})

@@ -1,0 +1,72 @@
+"""End to end: synthetic studies over C-STORE into the emulator's receiver, checked through its REST API."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.synth import SynthRouting, write_studies
+from xnat_flows.transfer.dicom_send import CalledAETitleRejectedError, RoutingOverride, echo, send_dicom
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for(fetch, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fetch()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def _results(http: httpx.Client, path: str) -> list[dict]:
+    response = http.get(path, params={"format": "json"})
+    return response.json()["ResultSet"]["Result"] if response.status_code == 200 else []
+
+
+@pytest.fixture
+def xnat() -> XnatEmulator:
+    with XnatEmulator(scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3, projects=("TEST", "MANUAL"),
+                      prearchive_codes={"MANUAL": 0}) as emulator:
+        yield emulator
+
+
+def test_routed_study_is_archived_with_every_instance(xnat: XnatEmulator, tmp_path: Path) -> None:
+    manifest = write_studies(tmp_path / "a", series=3, instances=12, instance_kb=8, junk=True,
+                             routing=SynthRouting("TEST", "SUBJ1", "SESS1"))
+    assert echo("127.0.0.1", xnat.scp_port, "XNAT").port == xnat.scp_port
+    result = send_dicom(tmp_path / "a", host="127.0.0.1", port=xnat.scp_port, workers=2, calling_aet="SCANNER")
+    assert len(result.sent) == 12 and result.ok
+    with httpx.Client(base_url=xnat.url, auth=(xnat.user, xnat.password)) as http:
+        [experiment] = _wait_for(lambda: _results(http, "/data/projects/TEST/experiments"))
+        assert (experiment["label"], experiment["subject_label"]) == ("SESS1", "SUBJ1")
+        assert experiment["UID"] == manifest.study_uids[0]
+        expected = Counter(f.series_number for f in manifest.files)
+        for scan in _results(http, f"/data/experiments/{experiment['ID']}/scans"):
+            files = _results(http, f"/data/experiments/{experiment['ID']}/scans/{scan['ID']}/resources/DICOM/files")
+            assert len(files) == expected[int(scan["ID"])]
+        assert sorted(int(s["ID"]) for s in _results(http, f"/data/experiments/{experiment['ID']}/scans")) == [1, 2, 3]
+
+
+def test_routing_override_sends_an_unrouted_study_to_the_chosen_project(xnat: XnatEmulator, tmp_path: Path) -> None:
+    write_studies(tmp_path / "b", series=2, instances=4, instance_kb=8, seed=5)
+    result = send_dicom(tmp_path / "b", host="127.0.0.1", port=xnat.scp_port, workers=1,
+                        routing=RoutingOverride("MANUAL", "S2", "SESS2"))
+    assert len(result.sent) == 4
+    with httpx.Client(base_url=xnat.url, auth=(xnat.user, xnat.password)) as http:
+        [row] = _wait_for(lambda: [r for r in _results(http, "/data/prearchive/projects/MANUAL")
+                                   if r["status"] == "READY"])
+        assert (row["subject"], row["name"]) == ("S2", "SESS2")
+        assert _results(http, "/data/projects/MANUAL/experiments") == []
+
+
+def test_the_emulator_receiver_rejects_a_wrong_ae_title(xnat: XnatEmulator) -> None:
+    with pytest.raises(CalledAETitleRejectedError):
+        echo("127.0.0.1", xnat.scp_port, called_aet="OTHER", timeout=5)

@@ -1,0 +1,86 @@
+"""The ``send-dicom`` flow and ``session upload-dicom`` against the emulator's DICOM receiver."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xnat_flows.cli.main import app
+from xnat_flows.client.errors import XnatError
+from xnat_flows.flows.cstore import send_dicom
+from xnat_flows.models import DicomReceiverTarget, SendDicomRequest
+from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.synth import write_studies
+
+pytestmark = [pytest.mark.e2e]
+
+
+@pytest.fixture
+def xnat(tmp_path: Path):
+    with XnatEmulator(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3) as emulator:
+        yield emulator
+
+
+def _wait_archived(xnat: XnatEmulator, project: str, timeout: float = 20.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        experiments = xnat.archived_experiments(project)
+        if experiments:
+            return experiments
+        time.sleep(0.2)
+    raise AssertionError(f"nothing archived in {project}: prearchive={xnat.prearchive_sessions()}")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_send_dicom_flow_routes_to_project_and_archives_every_instance(xnat, tmp_path: Path) -> None:
+    manifest = write_studies(tmp_path / "export", series=2, instances=20, instance_kb=8, seed=11)
+    result = send_dicom(
+        SendDicomRequest(source_dir=str(tmp_path / "export"), workers=2, routing_project="CSTORE",
+                         routing_subject="SUBJ_C", routing_session="SESS_C"),
+        DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT"),
+    )
+    assert result.sent == len(manifest.files) and result.failed == []
+    (experiment,) = _wait_archived(xnat, "CSTORE")
+    assert experiment["label"] == "SESS_C"
+    assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files)
+    # The user's files were not touched by the routing override.
+    assert all("Project:" not in path.path.read_bytes()[:4096].decode("latin-1") for path in manifest.files)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_send_dicom_flow_fails_clearly_on_wrong_called_aet(xnat, tmp_path: Path) -> None:
+    write_studies(tmp_path / "export", series=1, instances=2, instance_kb=4, seed=12)
+    with pytest.raises(XnatError) as raised:
+        send_dicom(
+            SendDicomRequest(source_dir=str(tmp_path / "export")),
+            DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="WRONGAET"),
+        )
+    assert "WRONGAET" in str(raised.value)
+
+
+def test_cli_upload_dicom(xnat, tmp_path: Path) -> None:
+    manifest = write_studies(tmp_path / "export", series=2, instances=6, instance_kb=4, seed=13)
+    outcome = CliRunner().invoke(app, [
+        "session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1", "--port", str(xnat.scp_port),
+        "--called-aet", "XNAT", "--workers", "2", "-P", "CSTORE", "-S", "SUBJ_CLI", "-E", "SESS_CLI",
+    ])
+    assert outcome.exit_code == 0, outcome.output
+    assert f"{len(manifest.files)} sent, 0 failed" in outcome.output
+    (experiment,) = _wait_archived(xnat, "CSTORE")
+    assert experiment["label"] == "SESS_CLI"
+
+
+def test_cli_upload_dicom_wrong_port_says_what_to_check(tmp_path: Path) -> None:
+    write_studies(tmp_path / "export", series=1, instances=1, instance_kb=4, seed=14)
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    outcome = CliRunner().invoke(app, ["session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1",
+                                       "--port", str(closed_port)])
+    assert outcome.exit_code not in (0, 6)
+    assert "port" in outcome.output.lower()

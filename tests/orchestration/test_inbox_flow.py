@@ -1,0 +1,94 @@
+"""The ``ingest-inbox`` flow against the emulator (Prefect's test harness, in-process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dicom_helpers import write_session
+from xnat_flows.client.errors import XnatConnectionError
+from xnat_flows.flows import inbox as inbox_flow
+from xnat_flows.flows.inbox import InboxRunResult, ingest_inbox
+from xnat_flows.models import XnatConnection
+from xnat_flows.testing import XnatEmulator
+
+
+@pytest.fixture
+def inbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XNAT_USER", "admin")
+    monkeypatch.setenv("XNAT_PASS", "admin")
+    root = tmp_path / "inbox"
+    root.mkdir()
+    return root
+
+
+def _experiments(xnat: XnatEmulator) -> dict[str, str]:
+    """label -> subject label of the sessions in the emulator's archive."""
+    rows = httpx.get(f"{xnat.url}/data/projects/TEST/experiments", params={"format": "json"}, auth=("admin", "admin")).json()
+    return {row["label"]: row["subject_label"] for row in rows["ResultSet"]["Result"]}
+
+
+def test_quiet_period_then_upload_then_nothing_twice(
+    prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path
+) -> None:
+    write_session(inbox / "good", patient_id="P010", study_date="20240102")
+    write_session(inbox / "anonymised", patient_id="")
+    connection = XnatConnection(url=xnat_emulator.url)
+
+    waiting = ingest_inbox(str(inbox), "TEST", quiet_seconds=3600, connection=connection, workers=2)
+    assert isinstance(waiting, InboxRunResult)
+    assert waiting.items == [] and sorted(waiting.waiting) == ["anonymised", "good"]
+    assert xnat_emulator.stats()["imports"] == 0
+
+    state = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=connection, workers=2, return_state=True)
+    assert state.is_failed() and "anonymised: RoutingError" in state.message
+    assert _experiments(xnat_emulator) == {"P010_20240102": "P010"}
+    done = json.loads((inbox / "done" / "good.report.json").read_text())
+    assert done["status"] == "done" and done["route"]["sources"]["session"] == "template"
+    assert done["sessions"][0]["verified"] is True and done["files_sent"] == 4
+    failed = json.loads((inbox / "failed" / "anonymised.report.json").read_text())
+    assert failed["status"] == "failed" and "PatientID is empty" in failed["error"] and failed["hint"]
+    assert (inbox / "failed" / "anonymised" / "series1" / "IM0001").is_file()  # nothing lost
+
+    imports = xnat_emulator.stats()["imports"]
+    again = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=connection)
+    assert again.items == [] and xnat_emulator.stats()["imports"] == imports
+
+
+def test_folder_left_in_processing_by_a_crash_is_uploaded_by_the_next_run(
+    prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path
+) -> None:
+    # What a run that died mid-upload leaves: the claimed folder in processing/, nobody holding it.
+    write_session(inbox / "processing" / "crashed", patient_id="P011", study_date="20240103")
+    result = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url=xnat_emulator.url))
+    assert [(i.folder, i.status, i.recovered) for i in result.items] == [("crashed", "done", True)]
+    assert _experiments(xnat_emulator) == {"P011_20240103": "P011"}
+    assert json.loads((inbox / "done" / "crashed.report.json").read_text())["recovered_after_crash"] is True
+    assert list((inbox / "processing").iterdir()) == []
+
+
+def test_server_unreachable_keeps_the_folder_for_the_next_run(
+    prefect_harness: None, inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Unreachable:
+        """Stands in for the upload subflow: the server refuses connections (after the library's retries)."""
+
+        def with_options(self, **_: object) -> Unreachable:
+            return self
+
+        def __call__(self, **_: object) -> None:
+            raise XnatConnectionError("Cannot connect to http://127.0.0.1:9: Connection refused")
+
+    monkeypatch.setattr(inbox_flow, "upload_dicom_session", Unreachable())
+    write_session(inbox / "later", patient_id="P012")
+    result = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url="http://127.0.0.1:9"))
+    assert [(i.folder, i.status) for i in result.items] == [("later", "retry")]
+    assert (inbox / "processing" / "later" / "series1" / "IM0001").is_file()
+    note = json.loads((inbox / "processing" / "later.last-attempt.json").read_text())
+    assert note["status"] == "retry" and "Connection refused" in note["error"]
+    # The claim was released: the next run takes the folder up again.
+    retried = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url="http://127.0.0.1:9"))
+    assert [(i.folder, i.status, i.recovered) for i in retried.items] == [("later", "retry", True)]

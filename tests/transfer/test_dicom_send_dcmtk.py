@@ -1,0 +1,179 @@
+"""C-STORE sender against dcmtk's storescp, an independent receiver.
+
+storescp writes its own file meta header, so received files are compared with the sent ones by
+SOP Instance UID and a hash of the pixel data (field notes). storescp cannot bind to 127.0.0.1
+only; on loopback in a test that is acceptable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import threading
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from xnat_flows.testing.synth import write_studies
+from xnat_flows.transfer.dicom_send import PeerUnreachableError, echo, send_dicom
+from xnat_flows.transfer.scan import scan_directory
+
+pytestmark = [
+    pytest.mark.dcmtk,
+    pytest.mark.skipif(shutil.which("storescp") is None,
+                       reason="dcmtk's storescp is not installed (apt-get install dcmtk)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class StoreScp:
+    def __init__(self, out_dir: Path, port: int, aet: str) -> None:
+        self.out_dir, self.port, self.aet = out_dir, port, aet
+        env = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk reads it from the environment (field notes)
+        self.process = subprocess.Popen(  # own session: kill() can take the forked children down too
+            ["storescp", "--fork", "-od", str(out_dir), "+xa", "-pm", "-aet", aet, "-pdu", "131072", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("storescp did not start listening")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill_all(self) -> None:
+        """SIGKILL storescp and its per-association children, as a crash would."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def received(self) -> dict[str, str]:
+        """SOP Instance UID -> sha256 of the pixel data, for every file storescp wrote."""
+        found = {}
+        for path in self.out_dir.iterdir():
+            ds = pydicom.dcmread(path)
+            if len(ds.PixelData) == ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8 or \
+                    ds.file_meta.TransferSyntaxUID.is_compressed:  # a file cut short by a crash did not arrive
+                found[ds.SOPInstanceUID] = hashlib.sha256(ds.PixelData).hexdigest()
+        return found
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[StoreScp]:
+    out = tmp_path / "received"
+    out.mkdir()
+    server = StoreScp(out, _free_port(), "XNAT")
+    yield server
+    server.stop()
+
+
+def _sent(paths: list[Path]) -> dict[str, str]:
+    sent = {}
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        sent[ds.SOPInstanceUID] = hashlib.sha256(ds.PixelData).hexdigest()
+    return sent
+
+
+def test_echo_to_storescp(storescp: StoreScp) -> None:
+    assert echo("127.0.0.1", storescp.port, called_aet="XNAT", timeout=5).seconds < 5
+
+
+def test_synthetic_study_arrives_complete(storescp: StoreScp, tmp_path: Path) -> None:
+    write_studies(tmp_path / "study", studies=2, series=3, instances=60, instance_kb=32, junk=True)
+    scan = scan_directory(tmp_path / "study")
+    result = send_dicom(scan, host="127.0.0.1", port=storescp.port, workers=2, dimse_timeout=10)
+    assert len(result.sent) == 120 and result.ok
+    deadline = time.monotonic() + 10  # forked children may still be closing their last file
+    while len(list(storescp.out_dir.iterdir())) < 120 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert storescp.received() == _sent([f.path for f in scan.files])
+
+
+def test_compressed_and_implicit_syntaxes_arrive_unchanged(storescp: StoreScp, tmp_path: Path) -> None:
+    root = tmp_path / "mixed"
+    root.mkdir()
+    for name in ("CT_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "MR_small_implicit.dcm"):
+        shutil.copy(get_testdata_file(name), root / name)
+    scan = scan_directory(root)
+    result = send_dicom(scan, host="127.0.0.1", port=storescp.port, workers=1, dimse_timeout=10)
+    assert len(result.sent) == 4 and result.ok
+    time.sleep(0.3)
+    assert storescp.received() == _sent([f.path for f in scan.files])
+
+
+def test_receiver_down_then_back_a_rerun_completes(storescp: StoreScp, tmp_path: Path) -> None:
+    write_studies(tmp_path / "study", series=2, instances=40, instance_kb=16)
+    scan = scan_directory(tmp_path / "study")
+    storescp.stop()
+    with pytest.raises(PeerUnreachableError):
+        echo("127.0.0.1", storescp.port, timeout=2)
+    result = send_dicom(scan, host="127.0.0.1", port=storescp.port, workers=2, preflight=False, max_attempts=2,
+                        acse_timeout=2)
+    assert not result.sent and len(result.failed) == 40
+    assert all("Connection refused" in o.reason for o in result.failed)
+
+    restarted = StoreScp(storescp.out_dir, storescp.port, "XNAT")
+    try:
+        second = send_dicom([f for f in scan.files if f.path in set(result.unsent_paths)],
+                            host="127.0.0.1", port=restarted.port, workers=2)
+        assert len(second.sent) == 40 and second.ok
+        time.sleep(0.3)
+        assert restarted.received() == _sent([f.path for f in scan.files])
+    finally:
+        restarted.stop()
+
+
+def test_receiver_killed_mid_send_nothing_reported_sent_that_did_not_arrive(storescp: StoreScp,
+                                                                            tmp_path: Path) -> None:
+    write_studies(tmp_path / "study", series=2, instances=1500, instance_kb=16)
+    scan = scan_directory(tmp_path / "study")
+    outcome: dict = {}
+    sender = threading.Thread(target=lambda: outcome.update(result=send_dicom(
+        scan, host="127.0.0.1", port=storescp.port, workers=2, max_attempts=2, acse_timeout=2, dimse_timeout=5)))
+    sender.start()
+    deadline = time.monotonic() + 20
+    while len(list(storescp.out_dir.iterdir())) < 100 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    storescp.kill_all()
+    sender.join(timeout=60)
+    first = outcome["result"]
+    arrived = storescp.received()
+    assert first.failed, "the receiver was killed while instances were still being sent"
+    assert {o.sop_instance_uid for o in first.sent} <= set(arrived)
+    assert len(first.sent) + len(first.failed) == 1500
+
+    restarted = StoreScp(storescp.out_dir, storescp.port, "XNAT")
+    try:
+        second = send_dicom([f for f in scan.files if f.path in set(first.unsent_paths)],
+                            host="127.0.0.1", port=restarted.port, workers=2)
+        assert second.ok
+        time.sleep(0.5)
+        assert restarted.received() == _sent([f.path for f in scan.files])
+    finally:
+        restarted.stop()
