@@ -450,3 +450,22 @@ def test_login_token_from_the_cookie_when_the_body_is_empty(make_client) -> None
         return httpx.Response(200, text=request.headers.get("Cookie", ""))
 
     assert make_client(handler).request("GET", "/x").text == f"JSESSIONID={TOKEN}"
+
+
+def test_cancel_cuts_a_backoff_short() -> None:
+    from xnat_flows.client.errors import CancelledError
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, headers={"Retry-After": "120"})
+
+    creds = Credentials(url="https://xnat.test", username="alice", token=SecretStr(TOKEN))
+    client = XnatClient(creds, transport=httpx.MockTransport(handler), token_cache=None)  # real (event) sleeps
+    outcome: list[BaseException] = []
+    worker = threading.Thread(target=lambda: outcome.append(pytest.raises(CancelledError, client.request, "GET", "/x").value))
+    started = time.monotonic()
+    worker.start()
+    time.sleep(0.2)
+    client.cancel()
+    worker.join(5)
+    assert not worker.is_alive() and time.monotonic() - started < 3
+    assert isinstance(outcome[0], CancelledError) and client.cancelled

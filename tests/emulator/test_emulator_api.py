@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import make_study, wait_for
+from emulator_helpers import make_study, wait_for
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.prearchive import XnatRefusal
 

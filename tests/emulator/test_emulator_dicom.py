@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import make_study, wait_for
+from emulator_helpers import make_study, wait_for
 from xnat_flows.testing import XnatEmulator
 
 pynetdicom = pytest.importorskip("pynetdicom")

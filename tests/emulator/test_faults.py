@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from conftest import make_study, members, zip_bytes
+from emulator_helpers import make_study, members, zip_bytes
 from xnat_flows.testing.faults import PERMANENT_400, TRANSIENT_400
 
 
@@ -96,7 +96,7 @@ def test_control_endpoints_over_http(emulator):
 
 
 def test_forced_conflict_over_http(emulator, client):
-    from conftest import wait_for
+    from emulator_helpers import wait_for
 
     httpx.post(f"{emulator.url}/_emulator/faults", json={"next_session": "CONFLICT"})
     client.post("/data/services/import", params={"import-handler": "DICOM-zip", "project": "TEST", "session": "FC"},

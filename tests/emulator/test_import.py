@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from conftest import make_instance, make_study, members, tar_bytes, wait_for, zip_bytes
+from emulator_helpers import make_instance, make_study, members, tar_bytes, wait_for, zip_bytes
 
 IMPORT = "/data/services/import"
 

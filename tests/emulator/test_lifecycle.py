@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from conftest import make_study, members, wait_for, zip_bytes
+from emulator_helpers import make_study, members, wait_for, zip_bytes
 from xnat_flows.testing import XnatEmulator
 
 

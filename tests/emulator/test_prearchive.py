@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_instance, make_study, members, zip_bytes
+from emulator_helpers import make_instance, make_study, members, zip_bytes
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from conftest import make_study, members, tar_bytes, zip_bytes
+from emulator_helpers import make_study, members, tar_bytes, zip_bytes
 
 
 @pytest.fixture

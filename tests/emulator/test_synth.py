@@ -114,3 +114,12 @@ def test_cli_writes_and_summarises(tmp_path: Path) -> None:
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert len(files) == 8
     assert pydicom.dcmread(files[0]).PatientComments == "Project:TEST"
+
+
+def test_big_sets_get_their_junk_without_a_dicomdir(tmp_path: Path) -> None:
+    from xnat_flows.testing.synth import DICOMDIR_MAX_FILES
+
+    manifest = write_studies(tmp_path, series=2, instances=DICOMDIR_MAX_FILES + 1, instance_kb=1, junk=True)
+    names = {p.name for p in manifest.junk}
+    assert "DICOMDIR" not in names and not (tmp_path / "DICOMDIR").exists()
+    assert {"README.txt", "report.pdf", "IM900001"} <= names

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_study, members, wait_for, zip_bytes
+from emulator_helpers import make_study, members, wait_for, zip_bytes
 
 xnat = pytest.importorskip("xnat")
 

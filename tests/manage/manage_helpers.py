@@ -65,7 +65,8 @@ def import_study(client, project: str, label: str, *, subject: str = "SUB1", com
         params["dest"] = f"/prearchive/projects/{project}"
     try:
         client.request(
-            "POST", "/data/services/import", params=params, content=body or dicom_zip(), headers={"Content-Type": "application/zip"}
+            "POST", "/data/services/import", params=params, content=body or dicom_zip(), headers={"Content-Type": "application/zip"},
+            retry=False,  # a forced failure must not be re-sent: the retry would stage a second row
         )
     except XnatError:
         pass  # a forced CONFLICT/ERROR build answers 400, but the session is in the prearchive

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dicom_helpers import write_session
+from orchestration_helpers import write_session
 from xnat_flows.testing import XnatEmulator
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]

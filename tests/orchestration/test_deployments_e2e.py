@@ -20,8 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from dicom_helpers import write_session
-from prefect_api import REPO_ROOT, PrefectApi, prefect_cli, run_cli, start_group, stop_group
+from orchestration_helpers import REPO_ROOT, PrefectApi, prefect_cli, run_cli, start_group, stop_group, write_session
 from xnat_flows.testing import XnatEmulator
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
@@ -200,9 +199,10 @@ def test_upload_and_inbox_deployments_land_sessions_and_chain_processing(
     assert sorted(p.name for p in (inbox / "done").iterdir()) == ["scan-0002", "scan-0002.report.json"]
 
     # Each archived session started the processing deployment through the event trigger.
+    deadline = time.monotonic() + 120
     for label in ("P001_MR1", "P002_20240301"):
         experiment_id = experiments[label]["ID"]
-        runs = _processing_runs(api, deployed["process-session"], xnat, experiment_id, timeout=120)
+        runs = _processing_runs(api, deployed["process-session"], xnat, experiment_id, timeout=deadline - time.monotonic())
         assert any(r["state_type"] == "COMPLETED" for r in runs), (
             f"no completed process-session run for {label} ({experiment_id}); runs: {[(r['parameters'], r['state_type']) for r in runs]}"
         )
@@ -260,3 +260,31 @@ def test_blocks_register_and_keep_the_password_secret(cli_env: dict[str, str], a
     document.raise_for_status()
     assert document.json()["data"]["username"] == "svc"
     assert "s3cret-e2e" not in document.text  # the API shows the secret obfuscated
+
+
+@pytest.mark.parametrize(
+    ("flavour", "pool_type", "pool", "suffix", "variable"),
+    [("docker", "docker", "xnat-docker", "docker", "volumes"), ("kubernetes", "kubernetes", "xnat-k8s", "k8s", "namespace")],
+)
+def test_docker_and_kubernetes_files_deploy(
+    flavour: str, pool_type: str, pool: str, suffix: str, variable: str, cli_env: dict[str, str], api: PrefectApi
+) -> None:
+    """The container flavours deploy as they are (running them needs Docker or a cluster, not tested here)."""
+    if not api.work_pool_exists(pool):
+        created = run_cli(["work-pool", "create", pool, "--type", pool_type], cli_env)
+        assert created.returncode == 0, created.stdout + created.stderr
+    prefect_file = REPO_ROOT / "deployments" / flavour / "prefect.yaml"
+    entries = yaml.safe_load(prefect_file.read_text())["deployments"]
+    names = [e["name"] for e in entries if (REPO_ROOT / e["entrypoint"].split(":")[0]).is_file()]
+    result = run_cli(["--no-prompt", "deploy", "--prefect-file", str(prefect_file), *[a for n in names for a in ("-n", n)]], cli_env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    upload = api.deployment("upload-dicom-session", f"upload-session-{suffix}")
+    inbox = api.deployment("ingest-inbox", f"inbox-ingest-{suffix}")
+    try:
+        assert upload["work_pool_name"] == pool and variable in upload["job_variables"]
+        assert upload["parameters"]["connection"] == {"credentials_block": "xnat"}
+        assert upload["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/xnat-flows"}}]
+        assert inbox["schedules"] and inbox["parameters"]["connection"] == {"credentials_block": "xnat"}
+    finally:
+        # Leave only the process flavour on the server, so its trigger is the one that reacts to events.
+        api.delete_deployments(names)

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dicom_helpers import write_session
+from orchestration_helpers import write_session
 from xnat_flows.client.errors import XnatConnectionError
 from xnat_flows.flows import inbox as inbox_flow
 from xnat_flows.flows.inbox import InboxRunResult, ingest_inbox

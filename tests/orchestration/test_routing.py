@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_helpers import write_session
+from orchestration_helpers import write_session
 from xnat_flows.routing import RoutingError, clean_label, first_dicom_file, route_folder, template_fields
 
 

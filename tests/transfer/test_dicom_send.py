@@ -331,3 +331,22 @@ def test_no_accepted_context_error_is_raised_by_echo_to_a_store_only_peer() -> N
             echo("127.0.0.1", server.server_address[1], called_aet="STOREONLY", timeout=5)
     finally:
         server.shutdown()
+
+
+def test_a_warning_status_counts_as_sent_and_keeps_its_code(study_root: Path) -> None:
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="COERCE")
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax)
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, lambda event: 0xB000)])
+    try:
+        result = send_dicom(study_root, host="127.0.0.1", port=server.server_address[1], called_aet="COERCE",
+                            workers=1, **FAST)
+    finally:
+        server.shutdown()
+    assert len(result.sent) == 24 and not result.failed
+    assert {(o.status_hex, o.meaning) for o in result.sent} == {("0xB000", "Warning: Coercion of Data Elements")}

@@ -149,6 +149,7 @@ def test_receiver_down_then_back_a_rerun_completes(storescp: StoreScp, tmp_path:
         restarted.stop()
 
 
+@pytest.mark.slow
 def test_receiver_killed_mid_send_nothing_reported_sent_that_did_not_arrive(storescp: StoreScp,
                                                                             tmp_path: Path) -> None:
     write_studies(tmp_path / "study", series=2, instances=1500, instance_kb=16)

@@ -138,3 +138,14 @@ def test_a_copy_of_an_instance_is_skipped(study_dir: Path) -> None:
     result = scan_directory(study_dir)
     assert len(result.files) == 6
     assert reasons(result)["IM0001.copy"] == "same SOP Instance UID as series1/IM0001"
+
+
+def test_garbage_after_the_dicm_marker_is_skipped_not_fatal(study_dir: Path) -> None:
+    import os as _os
+
+    (study_dir / "garbage").write_bytes(b"\0" * 128 + b"DICM" + _os.urandom(4000))
+    (study_dir / "meta_only").write_bytes(b"\0" * 128 + b"DICM")
+    result = scan_directory(study_dir)
+    assert len(result.files) == 6
+    got = reasons(result)
+    assert {"garbage", "meta_only"} <= set(got)

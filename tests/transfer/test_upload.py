@@ -264,3 +264,75 @@ def test_batch_reports_streamed_bytes_and_restarts_on_a_retry(study_dir: Path) -
         assert upload_archive_batch(client, files, TARGET, on_streamed=seen.append).ok
     assert seen[0] == 0 and seen[-1] == size
     assert seen.count(size) == 2  # streamed twice: the 502 and the resend
+
+
+def test_cancel_stops_a_streaming_batch_at_the_next_chunk(tmp_path: Path) -> None:
+    import os
+
+    from xnat_flows.client.errors import CancelledError
+    from xnat_flows.transfer.scan import DicomFile
+    from xnat_flows.transfer.session import upload_batches
+
+    files = []
+    for i in range(8):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(os.urandom(1 << 20))
+        files.append(DicomFile(path, path.name, 1 << 20, "1.2", "1.2.3", 1, f"1.2.3.{i}", "1.2", "1.2.840.10008.1.2.1"))
+    chunks_read = []
+
+    class SlowNetwork(httpx.BaseTransport):  # MockTransport would read the whole body first
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            for chunk in request.stream:
+                chunks_read.append(len(chunk))
+                time.sleep(0.05)
+            return httpx.Response(200, text="/data/x")
+
+    creds = Credentials(url="http://xnat.test", username="u", token=SecretStr("TOKEN0000001"))
+    client = XnatClient(creds, transport=SlowNetwork(), token_cache=None)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            upload_batches(client, files, TARGET, workers=1)
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(0.15)
+    client.cancel()
+    worker.join(5)
+    assert not worker.is_alive()
+    assert isinstance(errors[0], CancelledError)
+    assert len(chunks_read) < 8  # stopped well before the 8 MiB body was sent
+
+
+def test_ctrl_c_during_batches_stops_the_streams(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from xnat_flows.transfer.scan import DicomFile
+    from xnat_flows.transfer.session import upload_batches
+
+    files = []
+    for i in range(8):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(os.urandom(1 << 20))
+        files.append(DicomFile(path, path.name, 1 << 20, "1.2", "1.2.3", 1, f"1.2.3.{i}", "1.2", "1.2.840.10008.1.2.1"))
+
+    class SlowNetwork(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            for _ in request.stream:
+                time.sleep(0.4)
+            return httpx.Response(200, text="/data/x")
+
+    creds = Credentials(url="http://xnat.test", username="u", token=SecretStr("TOKEN0000001"))
+    client = XnatClient(creds, transport=SlowNetwork(), token_cache=None)
+    timer = threading.Timer(0.15, os.kill, (os.getpid(), signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        upload_batches(client, files, TARGET, workers=2)  # would take 1.6 s per batch
+    timer.join()
+    assert client.cancelled
+    assert time.monotonic() - started < 1.2

@@ -7,6 +7,7 @@ from xnat_flows.client.client import Timeouts, XnatClient
 from xnat_flows.client.credentials import Credentials, TokenCache, resolve_credentials
 from xnat_flows.client.errors import (
     AuthenticationError,
+    CancelledError,
     ConflictError,
     InputError,
     NotFoundError,
@@ -21,6 +22,7 @@ from xnat_flows.client.retry import RetryPolicy
 
 __all__ = [
     "AuthenticationError",
+    "CancelledError",
     "ConflictError",
     "Credentials",
     "InputError",

@@ -24,6 +24,7 @@ from xnat_flows import __version__
 from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.errors import (
     AuthenticationError,
+    CancelledError,
     InputError,
     UnsupportedServerError,
     XnatConnectionError,
@@ -105,6 +106,7 @@ class XnatClient:
         self.login_count = 0
         self._version: str | None | object = _DEFAULT
         self._secrets = [s.get_secret_value() for s in (credentials.password, credentials.token) if s]
+        self._cancelled = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -127,6 +129,25 @@ class XnatClient:
     @property
     def base_url(self) -> str:
         return self.credentials.url
+
+    def cancel(self) -> None:
+        """Stop every request of this client now, from any thread (e.g. on Ctrl-C).
+
+        Backoffs end, streamed bodies stop at the next chunk and open connections are closed,
+        so worker threads finish within moments with ``CancelledError``. The client cannot be
+        used afterwards.
+        """
+        self._cancelled.set()
+        self._http.close()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise ``CancelledError`` if ``cancel()`` was called (for long loops and body generators)."""
+        if self._cancelled.is_set():
+            raise CancelledError("Cancelled", hint=CancelledError.default_hint)
 
     # -- authentication ----------------------------------------------------------------------
 
@@ -241,6 +262,7 @@ class XnatClient:
         generation = self._auth_state[0]
         while True:
             try:
+                self.check_cancelled()
                 generation, token = self._session()  # a login that meets a busy server is retried too
                 response = self._send(method, path, params, content, headers, timeout, token)
                 if response.status_code == 401 and not relogged and self.credentials.password is not None and not single_use:
@@ -249,6 +271,8 @@ class XnatClient:
                     self._relogin(generation)
                     continue
             except XnatError as exc:
+                if self.cancelled:  # whatever broke, the reason is the cancel
+                    raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
                 error = exc
             else:
                 if response.status_code < 400:
@@ -263,7 +287,10 @@ class XnatClient:
             if slept + wait > policy.budget_seconds:
                 raise error
             log.warning("%s %s: %s; retry %d/%d in %.1f s", method, path, error.message, attempt, policy.attempts - 1, wait)
-            policy.sleep(wait)
+            if policy.sleep is not None:
+                policy.sleep(wait)
+            elif self._cancelled.wait(wait):
+                self.check_cancelled()
             slept += wait
 
     def _revalidate(self, generation: int) -> bool:
@@ -310,6 +337,10 @@ class XnatClient:
             )
         except httpx.HTTPError as exc:
             raise self._connection_error(exc, f"{method} {path}") from None
+        except RuntimeError:
+            if self.cancelled:  # the pool was closed under this request by cancel()
+                raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
+            raise
         finally:
             close = getattr(body, "close", None)
             if callable(close):  # stop a streaming generator (closes the open file)

@@ -143,6 +143,12 @@ class UnsupportedServerError(XnatError):
     default_hint = "Upgrade XNAT, or upload through the prearchive instead (--prearchive)"
 
 
+class CancelledError(XnatError):
+    """The operation was stopped by ``XnatClient.cancel()`` (e.g. on Ctrl-C)."""
+
+    default_hint = "Re-run to resume: only what did not reach XNAT is sent again"
+
+
 class InputError(XnatError):
     """Bad local input (paths, labels, options): raised before anything is sent."""
 

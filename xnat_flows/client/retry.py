@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,7 +38,8 @@ class RetryPolicy:
     """Bounded retries with jittered exponential backoff (a random wait in [d/2, d], d doubling).
 
     ``attempts`` counts the first try (6 = 5 retries, as xnatctl). ``budget_seconds`` caps the
-    total time spent sleeping for one request. ``sleep`` is injectable for tests.
+    total time spent sleeping for one request. ``sleep`` is injectable for tests; by default
+    the client waits on its cancel event, so ``XnatClient.cancel()`` cuts a backoff short.
     """
 
     attempts: int = 6
@@ -47,7 +47,7 @@ class RetryPolicy:
     backoff_max: float = 32.0
     retry_after_max: float = 300.0
     budget_seconds: float = 900.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+    sleep: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
 
     def should_retry(self, error: XnatError, method: str, path: str) -> bool:
         if not error.retryable:

@@ -84,7 +84,7 @@ class XnatEmulator:
         self.importer = Importer(self.prearchive)
         self.api = Api(self)
         self._server = make_server(self.api, self.host, self._requested_port)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
                                         name="xnat-emulator-http", daemon=True)
         self._thread.start()
         self.prearchive.start()

@@ -28,6 +28,7 @@ Ingest = Callable[[bytes, str], "str | None"]
 STATUS_SUCCESS = 0x0000
 STATUS_CANNOT_UNDERSTAND = 0xC000  # ingest refused the object (XNAT: unparsable / not importable)
 STATUS_OUT_OF_RESOURCES = 0xA700  # ingest failed with an error on our side
+SIEMENS_CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"  # private class scanners send; XNAT stores it
 _NOBODY = "NO-SUCH-CALLER"  # a calling AE title no peer uses: makes pynetdicom reject everybody
 
 
@@ -73,8 +74,8 @@ class DicomReceiver:
         ae.network_timeout = 60
         ae.dimse_timeout = 60
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for sop_class in [c.abstract_syntax for c in AllStoragePresentationContexts] + [SIEMENS_CSA_NON_IMAGE]:
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         self._ae = ae
         self._apply_refusal()
         handlers = [(evt.EVT_CONN_OPEN, self._on_connection_open), (evt.EVT_C_ECHO, self._on_echo),

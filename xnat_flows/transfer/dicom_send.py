@@ -4,8 +4,9 @@ Design (measured facts in /work/shared/spec/field-notes.md):
 
 * ``workers`` long-lived associations in threads. With the lean SCU below a message costs little
   Python CPU and the sockets release the GIL, so threads scale as well as processes did with
-  pynetdicom, without the ~0.5 s spawn per process (``processes=True`` is kept for peers that
-  make per-message CPU matter again, e.g. routing overrides). Measurements: docs/cstore.md.
+  pynetdicom, without the ~0.5 s spawn per process. ``processes=True`` is kept for machines
+  with spare cores where a routing override (a pydicom decode + encode per instance) makes the
+  sender CPU-bound; on the 2-core test machine it did not help. Measurements: docs/cstore.md.
 * TCP_NODELAY on every association socket (Nagle otherwise adds ~40 ms per instance).
 * The sending association is ``dicom_association.StorageAssociation``, a lean blocking SCU, not
   pynetdicom's: pynetdicom costs ~4 ms CPU per message and sometimes stalls mid-message under
@@ -40,7 +41,6 @@ from xnat_flows.client.errors import InputError, XnatError
 from xnat_flows.transfer.dicom_association import (
     VERIFICATION_SOP_CLASS,
     AssociationRejected,
-    NoResponse,
     StorageAssociation,
     UpperLayerError,
     dataset_offset,
@@ -201,8 +201,7 @@ class _Link:
     called_aet: str
     calling_aet: str
     acse_timeout: float
-    dimse_timeout: float
-    network_timeout: float
+    dimse_timeout: float  # also bounds a send the peer stops reading
     max_pdu: int
 
 
@@ -294,7 +293,7 @@ def echo(host: str, port: int, called_aet: str = "XNAT", calling_aet: str = "XNA
          timeout: float = 10.0) -> EchoResult:
     """Pre-flight C-ECHO; raises a ``DicomNetworkError`` subclass that says what to fix."""
     link = _Link(host, int(port), validate_ae_title(called_aet, "called"), validate_ae_title(calling_aet, "calling"),
-                 acse_timeout=timeout, dimse_timeout=timeout, network_timeout=timeout, max_pdu=16384)
+                 acse_timeout=timeout, dimse_timeout=timeout, max_pdu=16384)
     started = time.perf_counter()
     try:
         assoc = _open_association(link, [(VERIFICATION_SOP_CLASS, IMPLICIT_VR_LITTLE_ENDIAN)])
@@ -338,6 +337,16 @@ def _dataset_bytes(item: _Item, routing_comment: str | None) -> memoryview:
 def _worker(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair, ...]], tasks: Any, results: Any,
             max_attempts: int, routing_comment: str | None) -> None:
     """Take chunks ``(group, [items])`` from ``tasks`` until ``None``; report every instance."""
+    try:
+        _send_chunks(worker_id, link, groups, tasks, results, max_attempts, routing_comment)
+    except Exception:  # a bug must not hang the caller: unreported instances are recorded as failed
+        log.exception("C-STORE worker %d stopped", worker_id)
+    finally:
+        results.put(("done", worker_id))
+
+
+def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair, ...]], tasks: Any,
+                 results: Any, max_attempts: int, routing_comment: str | None) -> None:
     from pynetdicom.status import code_to_category
 
     assoc: StorageAssociation | None = None
@@ -417,7 +426,6 @@ def _worker(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair, ...
                 reason = f"{status_meaning(status)} ({error})" if error else status_meaning(status)
                 results.put(("outcome", _FAILED, item.index, status, attempts[item.index], reason))
     close("released")
-    results.put(("done", worker_id))
 
 
 # -- the public entry point ---------------------------------------------------------------------
@@ -440,7 +448,6 @@ def send_dicom(
     processes: bool = False,
     dimse_timeout: float = 30.0,
     acse_timeout: float = 30.0,
-    network_timeout: float = 60.0,
     max_pdu: int = 131072,
     max_attempts: int = 3,
     max_contexts: int = 128,
@@ -457,8 +464,7 @@ def send_dicom(
     ``processes=True`` runs each association in its own (spawned) process instead of a thread.
     """
     link = _Link(host, int(port), validate_ae_title(called_aet, "called"), validate_ae_title(calling_aet, "calling"),
-                 acse_timeout=acse_timeout, dimse_timeout=dimse_timeout, network_timeout=network_timeout,
-                 max_pdu=max_pdu)
+                 acse_timeout=acse_timeout, dimse_timeout=dimse_timeout, max_pdu=max_pdu)
     if workers < 1 or max_attempts < 1 or chunk_size < 1:
         raise InputError("workers, max_attempts and chunk_size must be at least 1")
     dicom_files = _as_dicom_files(files)

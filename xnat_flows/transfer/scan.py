@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from xnat_flows.client.errors import InputError
 
@@ -180,9 +179,15 @@ def read_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | Skipp
         return SkippedFile(path, "unreadable: permission denied")
     except OSError as exc:
         return SkippedFile(path, f"unreadable: {exc.strerror or exc}")
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
-        return SkippedFile(path, f"unreadable DICOM header (truncated or corrupt): {exc}")
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types; one bad file must not stop a scan
+        return SkippedFile(path, f"unreadable DICOM header (truncated or corrupt): {type(exc).__name__}: {exc}")
+    try:
+        return _classify(path, root, st, ds)
+    except Exception as exc:  # noqa: BLE001 - values are decoded lazily, so corrupt ones surface here
+        return SkippedFile(path, f"corrupt DICOM header: {type(exc).__name__}: {exc}")
 
+
+def _classify(path: Path, root: Path, st: os.stat_result, ds: pydicom.Dataset) -> DicomFile | SkippedFile:
     meta = getattr(ds, "file_meta", None)
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
     if sop_class == MEDIA_STORAGE_DIRECTORY_SOP_CLASS or path.name.upper() == "DICOMDIR":

@@ -189,8 +189,18 @@ def upload_batches(
         report()
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, len(batches)), thread_name_prefix="dicom-zip") as pool:
-        return list(pool.map(run, range(len(batches)), batches))
+    pool = ThreadPoolExecutor(max_workers=max(1, len(batches)), thread_name_prefix="dicom-zip")
+    try:
+        results = list(pool.map(run, range(len(batches)), batches))
+    except BaseException as exc:
+        # Ctrl-C, SystemExit, a cancelled run: stop the streams instead of waiting for every batch
+        if not isinstance(exc, Exception):
+            client.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    client.check_cancelled()  # cancelled batches are not failures to report, but a stop
+    return results
 
 
 def upload_instances(

@@ -23,6 +23,7 @@ import httpx
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import (
     AuthenticationError,
+    CancelledError,
     InputError,
     PermissionDeniedError,
     UnsupportedServerError,
@@ -37,7 +38,7 @@ Overwrite = Literal["none", "append", "delete"]
 
 _LABEL_RE = re.compile(r"[A-Za-z0-9_-]+")
 # Errors that every further request would hit too: stop instead of failing 100k files one by one.
-_FATAL = (AuthenticationError, PermissionDeniedError, UnsupportedServerError)
+_FATAL = (AuthenticationError, PermissionDeniedError, UnsupportedServerError, CancelledError)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def upload_archive_batch(
     def body() -> Iterator[bytes]:
         streamed = 0
         for chunk in iter_archive(batch, fmt):
+            client.check_cancelled()
             yield chunk
             if on_streamed is not None:
                 streamed += len(chunk)
@@ -307,13 +309,16 @@ def upload_gradual(
 
     def done(item: DicomFile, future: Future) -> None:
         slots.release()
+        if future.cancelled():  # dropped by a cancel: neither sent nor failed
+            return
         exc = future.exception()
         if exc is not None and not isinstance(exc, XnatError) or isinstance(exc, _FATAL):
             fatal.append(exc)
             return
         record(item, future.result())
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradual") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradual")
+    try:
         for item in rest:
             slots.acquire()
             if fatal:
@@ -321,6 +326,13 @@ def upload_gradual(
                 break
             future = pool.submit(attempt, item)
             future.add_done_callback(lambda fut, item=item: done(item, fut))
+        pool.shutdown(wait=True)
+    except BaseException as exc:
+        # Ctrl-C, SystemExit, a cancelled run: stop the workers instead of waiting for every instance
+        if not isinstance(exc, Exception):
+            client.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
     if fatal:
         raise fatal[0]
 

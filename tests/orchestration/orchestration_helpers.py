@@ -1,7 +1,9 @@
-"""A few Prefect REST calls for the end-to-end tests.
+"""Helpers of the orchestration tests: small DICOM sessions with chosen routing fields, and a few
+Prefect REST calls plus subprocess handling for the end-to-end tests.
 
-Plain HTTP rather than Prefect's client: the test process may also hold the session's test
-harness, whose settings must not be switched to the real server in the middle of a run.
+Prefect is reached over plain HTTP rather than through its client: the test process may also
+hold the session's test harness, whose settings must not be switched to the real server in the
+middle of a run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -39,6 +44,12 @@ class PrefectApi:
 
     def deployment(self, flow_name: str, deployment_name: str) -> dict[str, Any]:
         return self._json("GET", f"deployments/name/{flow_name}/{deployment_name}")
+
+    def delete_deployments(self, names: list[str]) -> None:
+        """Delete deployments by name, and the automations their triggers created (not deleted with them)."""
+        for deployment in self._json("POST", "deployments/filter", json={"deployments": {"name": {"any_": names}}}):
+            self.http.delete(f"automations/owned-by/prefect.deployment.{deployment['id']}")
+            self.http.delete(f"deployments/{deployment['id']}")
 
     def work_pool_exists(self, name: str) -> bool:
         return self.http.get(f"work_pools/{name}").status_code == 200
@@ -102,3 +113,29 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
     return subprocess.run(
         [prefect_cli(), *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+def write_session(
+    folder: Path, *, patient_id: str = "P001", study_date: str = "20240115", series: int = 2, instances: int = 2
+) -> list[Path]:
+    """One study (``series`` x ``instances`` extensionless files) under ``folder``, from pydicom's CT_small."""
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    study_uid = generate_uid()
+    paths = []
+    for s in range(1, series + 1):
+        series_uid = generate_uid()
+        for i in range(1, instances + 1):
+            ds = template.copy()
+            ds.PatientID = patient_id
+            ds.StudyDate = study_date
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.SeriesNumber = s
+            ds.InstanceNumber = i
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            path = folder / f"series{s}" / f"IM{i:04d}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return paths

@@ -1,0 +1,385 @@
+"""The fault catalogue: every fault tried against every transport, run twice (the faulty run and a
+clean re-run), with the invariants the suite demands.
+
+Shared by ``tests/reliability/test_faults.py`` (one test per case) and ``bench/fault_table.py``
+(prints the table that docs/reliability.md shows), so the table is always what the tests check.
+
+A case passes when
+* run 1 either completes with every instance landed exactly once, or stops and *lists* (failed
+  batches' files, failed instances, unsent paths) at least every instance that did not land;
+* the re-run, with the fault gone and the same resume journal, completes;
+* afterwards every expected instance is in XNAT's archive exactly once (counted by reading the
+  SOP Instance UID of every archived file of the project), nothing is left in the prearchive and
+  no second session was created.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pydicom
+
+from xnat_flows.client.client import Timeouts, XnatClient
+from xnat_flows.client.credentials import Credentials
+from xnat_flows.client.errors import XnatError
+from xnat_flows.client.retry import RetryPolicy
+from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.faults import TRANSIENT_400
+from xnat_flows.testing.synth import write_studies
+from xnat_flows.transfer.journal import UploadJournal
+from xnat_flows.transfer.scan import ScanResult, scan_directory
+from xnat_flows.transfer.session import upload_session
+from xnat_flows.transfer.upload import UploadTarget
+
+Transport = Literal["dicom-zip", "gradual-dicom", "c-store"]
+PROJECT, SUBJECT, SESSION = "REL", "REL_S01", "REL_E01"
+PASSWORD = "reliability-pw-5d1e"
+IMPORT = r"/data/services/import"
+READ_TIMEOUT = 1.5  # seconds; "slow response" faults delay longer than this
+FAST_RETRY = RetryPolicy(attempts=6, backoff_base=0.05, backoff_max=0.3, retry_after_max=5.0, budget_seconds=30.0)
+
+
+class Harness:
+    """One emulator (restartable on the same data dir and ports), one synthetic study, one journal."""
+
+    def __init__(self, workdir: Path, *, scp: bool = False, series: int = 2, instances: int = 16, seed: int = 11) -> None:
+        self.workdir = workdir
+        self.source = workdir / "export"
+        self.manifest = write_studies(self.source, series=series, instances=instances, instance_kb=4, seed=seed)
+        self.uid_of = {f.path.relative_to(self.source).as_posix(): f.sop_instance_uid for f in self.manifest.files}
+        self.expected_uids = set(self.uid_of.values())
+        self._scp = scp
+        self.emulator = self._new_emulator(port=0, scp_port=0 if scp else None)
+        self.clients: list[XnatClient] = []
+
+    def _new_emulator(self, port: int, scp_port: int | None) -> XnatEmulator:
+        return XnatEmulator(
+            self.workdir / "xnat", port=port, projects=(PROJECT,), password=PASSWORD,
+            scp_port=scp_port, rebuild_idle_seconds=0.3,
+        ).start()
+
+    def restart(self, down_seconds: float = 0.3) -> None:
+        """Stop the server (cutting open connections) and start it again on the same state and ports."""
+        port, scp_port = self.emulator.port, self.emulator.scp_port
+        self.emulator.stop()
+        time.sleep(down_seconds)
+        self.emulator = self._new_emulator(port=port, scp_port=scp_port)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.emulator.stop()
+
+    def client(self, read_timeout: float = 30.0) -> XnatClient:
+        creds = Credentials(url=self.emulator.url, username="admin", password=PASSWORD)
+        timeouts = Timeouts(connect=2.0, read=read_timeout, write=read_timeout, pool=10.0)
+        client = XnatClient(creds, timeouts=timeouts, retry=FAST_RETRY)
+        self.clients.append(client)
+        return client
+
+    def settle(self) -> None:
+        """Let the idle rebuilder archive whatever is complete (XNAT would, minutes later)."""
+        deadline = time.monotonic() + 15
+        # Requests the client gave up on (timeouts) may still be running on the server: wait them out.
+        while self.emulator.stats()["active_imports"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.4)
+        self.emulator.rebuild_now()
+        while self.leftovers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+            self.emulator.rebuild_now()
+
+    def archived_uids(self) -> list[str]:
+        """The SOP Instance UID of every archived file of the project (repeats = duplicates)."""
+        uids = []
+        for experiment in self.emulator.archived_experiments(PROJECT):
+            for path in self.emulator.archived_files(experiment["ID"]).values():
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+                uids.append(str(ds.SOPInstanceUID))
+        return uids
+
+    def leftovers(self) -> int:
+        """Prearchive rows (including Direct-Archive ones) still not archived."""
+        return len(self.emulator.prearchive_sessions(include_direct_archive=True))
+
+
+@dataclass
+class RunOutcome:
+    ok: bool
+    listed: set[str]  # relpaths the run reported as not delivered
+    error: str = ""
+    seconds: float = 0.0
+    logins: int = 0
+
+    def describe(self) -> str:
+        if self.ok:
+            return "complete"
+        if self.error and not self.listed:
+            return f"stopped: {self.error[:60]}"
+        return f"stopped, {len(self.listed)} listed"
+
+
+@dataclass
+class FaultCase:
+    id: str
+    transport: Transport
+    fault: str  # words for the table
+    inject: Callable[[Harness], None] | None = None  # before run 1
+    during: Callable[[Harness], None] | None = None  # in a thread while run 1 is going
+    after_scan: Callable[[Harness, ScanResult], None] | None = None  # between scan and send
+    workers: int = 4
+    read_timeout: float = 30.0
+    check_run1: Callable[[Harness, RunOutcome], None] | None = None  # extra assertions
+    known_bug: str | None = None  # "<what>: <owner module>" -> strict xfail in the tests
+    scp: bool = False
+
+
+@dataclass
+class CaseResult:
+    case: FaultCase
+    run1: RunOutcome
+    rerun: RunOutcome
+    expected: int
+    landed: int
+    duplicates: int
+    leftovers: int
+    sessions: int
+    missing_after_run1: set[str]
+    unlisted_after_run1: set[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return (
+            (self.run1.ok and not self.missing_after_run1 or not self.run1.ok and not self.unlisted_after_run1)
+            and self.rerun.ok and self.landed == self.expected and self.duplicates == 0
+            and self.leftovers == 0 and self.sessions == 1
+        )
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "fault": self.case.fault,
+            "transport": self.case.transport,
+            "run 1": self.run1.describe() + (f" (UNLISTED {len(self.unlisted_after_run1)})" if self.unlisted_after_run1 else ""),
+            "re-run": self.rerun.describe(),
+            "landed/expected": f"{self.landed}/{self.expected}",
+            "duplicates": self.duplicates,
+            "verdict": "ok" if self.passed else "FAIL",
+        }
+
+
+# -- running one upload ----------------------------------------------------------------------------
+
+
+def _run_rest(h: Harness, case: FaultCase, client: XnatClient) -> RunOutcome:
+    scan = scan_directory(h.source)
+    if case.after_scan is not None:
+        case.after_scan(h, scan)
+    started = time.monotonic()
+    try:
+        result = upload_session(
+            client, scan, UploadTarget(PROJECT, SUBJECT, SESSION), workers=case.workers,
+            gradual=case.transport == "gradual-dicom", journal=UploadJournal(), verify=True,
+            verify_timeout=20.0, poll_interval=0.2,
+        )
+    except XnatError as exc:
+        return RunOutcome(False, set(), str(exc), time.monotonic() - started, client.login_count)
+    listed: set[str] = set()
+    for study in result.sessions:
+        listed.update(study.failed_files)
+        listed.update(name for b in study.batches if not b.ok for name in b.files)
+        if study.verify is not None and not study.verify.ok:
+            listed.add(f"<verify: {study.verify.summary()}>")
+    return RunOutcome(result.ok, listed, "", time.monotonic() - started, client.login_count)
+
+
+def _run_cstore(h: Harness, case: FaultCase) -> RunOutcome:
+    from xnat_flows.models import DicomReceiverTarget
+    from xnat_flows.tasks.cstore import send_instances
+    from xnat_flows.transfer.dicom_send import RoutingOverride
+
+    scan = scan_directory(h.source)
+    if case.after_scan is not None:
+        case.after_scan(h, scan)
+    receiver = DicomReceiverTarget(host="127.0.0.1", port=h.emulator.scp_port, called_aet="XNAT", calling_aet="RELTEST")
+    started = time.monotonic()
+    try:
+        result, _resumed = send_instances.fn(
+            receiver, scan.files, case.workers, RoutingOverride(PROJECT, SUBJECT, SESSION),
+            **({"dimse_timeout": 2.0} if _accepts_dimse_timeout() else {}),
+        )
+    except XnatError as exc:
+        return RunOutcome(False, set(), str(exc), time.monotonic() - started)
+    listed = {Path(p).relative_to(h.source).as_posix() for p in result.unsent_paths}
+    return RunOutcome(result.ok, listed, "", time.monotonic() - started)
+
+
+def _accepts_dimse_timeout() -> bool:
+    import inspect
+
+    from xnat_flows.tasks.cstore import send_instances
+
+    return "dimse_timeout" in inspect.signature(send_instances.fn).parameters
+
+
+def _run(h: Harness, case: FaultCase, read_timeout: float) -> RunOutcome:
+    if case.transport == "c-store":
+        return _run_cstore(h, case)
+    return _run_rest(h, case, h.client(read_timeout))
+
+
+def run_case(case: FaultCase, workdir: Path) -> CaseResult:
+    """Run 1 with the fault, then a clean re-run; count what landed."""
+    h = Harness(workdir, scp=case.transport == "c-store")
+    try:
+        if case.inject is not None:
+            case.inject(h)
+        worker = threading.Thread(target=case.during, args=(h,), daemon=True) if case.during else None
+        if worker is not None:
+            worker.start()
+        run1 = _run(h, case, case.read_timeout)
+        if worker is not None:
+            worker.join(timeout=30)
+        h.emulator.faults.clear()
+        if h.emulator.dicom_receiver is not None:
+            from xnat_flows.testing.scp import ScpFaults
+
+            h.emulator.dicom_receiver.set_faults(ScpFaults())
+        h.settle()
+        landed_after_run1 = set(h.archived_uids())
+        expected_now = {h.uid_of[rel] for rel in _existing(h)}
+        missing = {rel for rel, uid in h.uid_of.items() if uid in expected_now and uid not in landed_after_run1}
+        # A file deleted before the send cannot land, and must be listed too.
+        missing |= {rel for rel in h.uid_of if rel not in _existing(h)}
+        # A run that stopped as a whole (an exception) lists no files: it claims nothing landed.
+        unlisted = set() if run1.error and not run1.listed else missing - run1.listed
+        notes = []
+        if case.check_run1 is not None:
+            case.check_run1(h, run1)
+
+        rerun_case = FaultCase(case.id, case.transport, case.fault, workers=case.workers)
+        rerun = _run(h, rerun_case, 30.0)
+        h.settle()
+        uids = h.archived_uids()
+        experiments = h.emulator.archived_experiments(PROJECT)
+        return CaseResult(
+            case=case, run1=run1, rerun=rerun, expected=len(expected_now), landed=len(set(uids) & expected_now),
+            duplicates=len(uids) - len(set(uids)) + len(set(uids) - expected_now), leftovers=h.leftovers(),
+            sessions=len(experiments), missing_after_run1=missing, unlisted_after_run1=unlisted, notes=notes,
+        )
+    finally:
+        h.close()
+
+
+def _existing(h: Harness) -> list[str]:
+    return [rel for rel in h.uid_of if (h.source / rel).exists()]
+
+
+# -- the faults --------------------------------------------------------------------------------------
+
+
+def _http(**rule: Any) -> Callable[[Harness], None]:
+    def inject(h: Harness) -> None:
+        h.emulator.faults.add(**{"method": "POST", "path": IMPORT, **rule})
+
+    return inject
+
+
+def _waited_at_least(seconds: float) -> Callable[[Harness, RunOutcome], None]:
+    def check(h: Harness, run: RunOutcome) -> None:
+        assert run.seconds >= seconds, f"Retry-After {seconds} s not honoured: run took {run.seconds:.2f} s"
+
+    return check
+
+
+def _one_relogin(h: Harness, run: RunOutcome) -> None:
+    assert run.logins == 2, f"expected the first login and exactly one shared re-login, got {run.logins} logins"
+
+
+def _restart_mid_upload(delay: float) -> Callable[[Harness], None]:
+    def during(h: Harness) -> None:
+        time.sleep(delay)
+        h.restart()
+
+    return during
+
+
+def _delete_one(h: Harness, scan: ScanResult) -> None:
+    scan.files[len(scan.files) // 2].path.unlink()
+
+
+def _rewrite_one(h: Harness, scan: ScanResult) -> None:
+    """Rewrite one file after the scan (an export still being written): new content, new size."""
+    victim = scan.files[len(scan.files) // 2].path
+    ds = pydicom.dcmread(victim)
+    ds.ImageComments = "rewritten after the scan"
+    ds.save_as(victim, enforce_file_format=True)
+
+
+def _scp_faults(**knobs: Any) -> Callable[[Harness], None]:
+    def inject(h: Harness) -> None:
+        from xnat_flows.testing.scp import ScpFaults
+
+        h.emulator.dicom_receiver.set_faults(ScpFaults(**knobs))
+
+    return inject
+
+
+def _rest_cases(transport: Transport) -> list[FaultCase]:
+    # Faults fire after the first request(s) so gradual's warm-up (first instance of each series)
+    # passes and the fault hits the parallel phase too.
+    after = 0 if transport == "dicom-zip" else 3
+    return [
+        FaultCase("http500", transport, "HTTP 500 x2", _http(status=500, message="Internal Server Error", times=2, after=after)),
+        FaultCase("http502", transport, "HTTP 502 x3", _http(status=502, message="Bad Gateway", times=3, after=after)),
+        FaultCase("http429", transport, "HTTP 429 Retry-After: 1", _http(status=429, retry_after=1, times=1, after=after),
+                  check_run1=_waited_at_least(1.0)),
+        FaultCase("http503", transport, "HTTP 503 Retry-After: 1", _http(status=503, retry_after=1, times=2, after=after),
+                  check_run1=_waited_at_least(1.0)),
+        FaultCase("transient400", transport, f"HTTP 400 '{TRANSIENT_400}' x3", _http(status=400, message=TRANSIENT_400, times=3, after=after)),
+        FaultCase("drop", transport, "connection dropped mid-body x2", _http(drop=True, times=2, after=after)),
+        FaultCase("slow", transport, f"response 3 s late, client read timeout {READ_TIMEOUT} s",
+                  _http(delay_ms=3000, times=1, after=after), read_timeout=READ_TIMEOUT),
+        FaultCase("evict8", transport, "token evicted mid-run, 8 workers", _http(evict_token=True, times=1, after=after + 2),
+                  workers=8, check_run1=_one_relogin),
+        FaultCase("restart", transport, "server restarted mid-upload",
+                  _http(delay_ms=400, times=None), during=_restart_mid_upload(0.2)),
+        FaultCase("deleted", transport, "file deleted between scan and send", after_scan=_delete_one),
+        FaultCase("changed", transport, "file rewritten between scan and send", after_scan=_rewrite_one),
+    ]
+
+
+def _cstore_cases() -> list[FaultCase]:
+    return [
+        FaultCase("abort", "c-store", "association aborted after 10 stores", _scp_faults(abort_after_stores=10)),
+        FaultCase("stall", "c-store", "receiver stops answering after 10 stores",
+                  _scp_faults(stall_after_stores=10, stall_seconds=5.0)),
+        FaultCase("refuse", "c-store", "receiver refuses associations", _scp_faults(refuse_associations=True)),
+        FaultCase("restart", "c-store", "receiver restarted mid-send", during=_restart_mid_upload(0.05)),
+        FaultCase("deleted", "c-store", "file deleted between scan and send", after_scan=_delete_one),
+        FaultCase("changed", "c-store", "file rewritten between scan and send", after_scan=_rewrite_one),
+    ]
+
+
+CATALOGUE: list[FaultCase] = _rest_cases("dicom-zip") + _rest_cases("gradual-dicom") + _cstore_cases()
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def ensure_private_profile(directory: Path) -> None:
+    """Journals and token caches go to ``directory`` (the bench has no pytest fixture for it)."""
+    os.environ["XNAT_FLOWS_HOME"] = str(directory)

@@ -1,0 +1,36 @@
+"""Every fault of the catalogue, on every transport: nothing lost, nothing duplicated, a re-run finishes.
+
+The catalogue (``reliability_catalogue.py``) is shared with ``bench/fault_table.py``; each case
+is one test here. See docs/reliability.md for the table of outcomes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reliability_catalogue import CATALOGUE, FaultCase, run_case
+
+pytestmark = pytest.mark.e2e
+
+
+def _param(case: FaultCase):
+    marks = [pytest.mark.xfail(strict=True, reason=case.known_bug)] if case.known_bug else []
+    return pytest.param(case, id=f"{case.transport}-{case.id}", marks=marks)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CATALOGUE])
+def test_fault_loses_and_duplicates_nothing(case: FaultCase, tmp_path: Path) -> None:
+    result = run_case(case, tmp_path)
+
+    assert not result.unlisted_after_run1, (
+        f"run 1 ({result.run1.describe()}) did not land and did not list: {sorted(result.unlisted_after_run1)}"
+    )
+    if result.run1.ok:
+        assert not result.missing_after_run1, f"run 1 claimed success but these did not land: {sorted(result.missing_after_run1)}"
+    assert result.rerun.ok, f"the re-run did not complete: {result.rerun.error or sorted(result.rerun.listed)}"
+    assert result.landed == result.expected, f"{result.landed} of {result.expected} instances in the archive"
+    assert result.duplicates == 0, f"{result.duplicates} duplicate or stray files in the archive"
+    assert result.sessions == 1, f"{result.sessions} sessions instead of one"
+    assert result.leftovers == 0, f"{result.leftovers} prearchive rows left behind"
