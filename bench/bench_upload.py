@@ -221,6 +221,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,4,8")
     parser.add_argument("--grow", action="store_true", help="also measure RSS at 1, 2 and 4 GB")
     parser.add_argument("--flow-overhead", action="store_true", help="also measure the Prefect flow overhead")
+    parser.add_argument("--flow-overhead-only", action="store_true", help="measure only the Prefect flow overhead")
     parser.add_argument("--scratch", default=str(REPO / ".bench-data"))
     args = parser.parse_args()
 
@@ -235,6 +236,12 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-upload-", dir=scratch))
     workers_list = [int(w) for w in args.workers.split(",")]
+    if args.flow_overhead_only:
+        try:
+            flow_overhead(work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         source = work / "study"
         started = time.perf_counter()

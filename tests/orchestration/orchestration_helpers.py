@@ -32,7 +32,11 @@ def prefect_cli() -> str:
 
 class PrefectApi:
     def __init__(self, api_url: str) -> None:
-        self.http = httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=30)
+        # No keep-alive: the server drops idle connections after a few seconds, and the tests pause
+        # longer than that (deploys, flow runs) between calls.
+        self.http = httpx.Client(
+            base_url=api_url.rstrip("/") + "/", timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     def close(self) -> None:
         self.http.close()

@@ -92,3 +92,19 @@ def test_server_unreachable_keeps_the_folder_for_the_next_run(
     # The claim was released: the next run takes the folder up again.
     retried = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url="http://127.0.0.1:9"))
     assert [(i.folder, i.status, i.recovered) for i in retried.items] == [("later", "retry", True)]
+
+
+def test_upload_refused_by_the_server_files_the_folder_under_failed(
+    prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path
+) -> None:
+    write_session(inbox / "wrong-project", patient_id="P013")
+    (inbox / "wrong-project" / "xnat.json").write_text(json.dumps({"project": "NOSUCHPROJECT"}))
+    state = ingest_inbox(
+        str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url=xnat_emulator.url), return_state=True
+    )
+    assert state.is_failed()
+    report = json.loads((inbox / "failed" / "wrong-project.report.json").read_text())
+    assert report["status"] == "failed" and report["route"]["project"] == "NOSUCHPROJECT"
+    assert report["error"]  # the server's reason, as the upload flow raised it
+    assert (inbox / "failed" / "wrong-project" / "xnat.json").is_file()
+    assert _experiments(xnat_emulator) == {}

@@ -129,12 +129,20 @@ def _report(result) -> None:  # noqa: ANN001
         typer.echo(f"{t.project}/{t.subject}/{t.session}: {study.files_sent}/{study.files} files -> {where}")
         if study.verify is not None:
             typer.echo(f"  verify: {study.verify.summary()}")
-        for failed in study.failed_files[:20]:
-            typer.echo(f"  not sent: {failed}", err=True)
+        for batch in study.batches:
+            if not batch.ok:
+                typer.echo(f"  batch {batch.index} ({len(batch.files)} files) failed: {batch.error}", err=True)
+        errors = {f.relpath: f.error for f in study.gradual.failures} if study.gradual is not None else {}
+        for relpath in study.failed_files[:20]:
+            typer.echo(f"  not sent: {relpath}" + (f": {errors[relpath]}" if relpath in errors else ""), err=True)
+        if len(study.failed_files) > 20:
+            typer.echo(f"  ... and {len(study.failed_files) - 20} more", err=True)
     typer.echo(
         f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB in {result.seconds:.1f} s "
         f"({result.throughput_mb_s:.1f} MB/s)"
     )
+    if not result.ok:
+        typer.echo("Upload incomplete: run the same command again to send only what did not land.", err=True)
 
 
 @app.command("upload-dicom")

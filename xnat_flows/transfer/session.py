@@ -52,7 +52,7 @@ class StudyUploadResult:
     def failed_files(self) -> list[str]:
         if self.gradual is not None:
             return [f.relpath for f in self.gradual.failures]
-        return []
+        return [relpath for b in self.batches if not b.ok for relpath in b.files]
 
     @property
     def files_sent(self) -> int:

@@ -1,0 +1,96 @@
+"""``xnat-flows session upload``, ``auth login|logout`` and ``whoami`` against the emulator."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xnat_flows.cli.main import app
+from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.synth import write_studies
+
+pytestmark = pytest.mark.e2e
+PASSWORD = "cli-test-password-19d2"
+
+
+@pytest.fixture
+def xnat(tmp_path: Path):
+    with XnatEmulator(tmp_path / "xnat", projects=("CLI",), password=PASSWORD, rebuild_idle_seconds=0.3) as emulator:
+        yield emulator
+
+
+def run(*args: str, env: dict[str, str] | None = None, input: str | None = None):
+    return CliRunner().invoke(app, list(args), env=env, input=input)
+
+
+def upload_args(xnat: XnatEmulator, source: Path, *extra: str) -> list[str]:
+    return ["session", "upload", str(source), "-P", "CLI", "-S", "SUBJ", "-E", "SESS", "--url", xnat.url,
+            "--username", "admin", *extra]
+
+
+@pytest.mark.parametrize("extra", [[], ["--archive-format", "zip", "--workers", "2"], ["--gradual", "--workers", "3"]])
+def test_upload_succeeds_and_reports_where_it_landed(xnat, tmp_path: Path, extra: list[str]) -> None:
+    manifest = write_studies(tmp_path / "export", series=2, instances=10, instance_kb=4, seed=21, junk=True)
+    result = run(*upload_args(xnat, tmp_path / "export", *extra), env={"XNAT_PASS": PASSWORD})
+    assert result.exit_code == 0, result.output
+    assert f"{len(manifest.files)}/{len(manifest.files)} files" in result.output
+    assert "verify: " in result.output and "/data/experiments/XNAT_E" in result.output
+    assert "skipped" in result.output  # the junk files are named, with their reason
+    (experiment,) = xnat.archived_experiments("CLI")
+    assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files)
+
+
+def test_partial_upload_exits_6_and_rerun_completes(xnat, tmp_path: Path) -> None:
+    manifest = write_studies(tmp_path / "export", series=2, instances=12, instance_kb=4, seed=22)
+    xnat.faults.add(method="POST", path=r"/data/services/import", status=400, message="Unable to identify subject.",
+                    after=1, times=50)
+    first = run(*upload_args(xnat, tmp_path / "export"), env={"XNAT_PASS": PASSWORD})
+    assert first.exit_code == 6, first.output
+    assert "not sent" in first.stderr and "Unable to identify subject." in first.stderr
+    assert "run the same command again" in first.stderr
+    xnat.faults.clear()
+    imports_before = xnat.stats()["imports"]
+    second = run(*upload_args(xnat, tmp_path / "export"), env={"XNAT_PASS": PASSWORD})
+    assert second.exit_code == 0, second.output
+    assert xnat.stats()["imports"] - imports_before == 3  # the one batch that landed is not re-sent
+    (experiment,) = xnat.archived_experiments("CLI")
+    assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files)
+
+
+def test_bad_label_is_a_usage_error(xnat, tmp_path: Path) -> None:
+    write_studies(tmp_path / "export", series=1, instances=2, instance_kb=4, seed=23)
+    result = run("session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "bad subject!", "-E", "SESS",
+                 "--url", xnat.url, "--username", "admin", env={"XNAT_PASS": PASSWORD})
+    assert result.exit_code == 2
+    assert "bad subject!" in result.output
+
+
+def test_wrong_password_is_an_auth_error_and_the_password_option_warns(xnat, tmp_path: Path) -> None:
+    write_studies(tmp_path / "export", series=1, instances=2, instance_kb=4, seed=24)
+    result = run(*upload_args(xnat, tmp_path / "export", "--password", "not-the-password"))
+    assert result.exit_code == 3
+    assert "visible to other users" in result.output
+    assert "not-the-password" not in result.output
+
+
+def test_login_caches_a_private_token_then_whoami_and_logout(xnat, isolated_profile: Path) -> None:
+    login = run("auth", "login", "--url", xnat.url, "--username", "admin", env={"XNAT_PASS": PASSWORD})
+    assert login.exit_code == 0, login.output
+    token_files = [p for p in isolated_profile.rglob("*") if p.is_file()]
+    assert token_files, "login cached no token"
+    for path in token_files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert PASSWORD not in path.read_text()
+
+    # No password anywhere now: the cached session token is enough.
+    whoami = run("whoami", "--url", xnat.url, "--username", "admin", env={"XNAT_PASS": ""})
+    assert whoami.exit_code == 0, whoami.output
+    assert whoami.output.strip() == "admin"
+
+    logout = run("auth", "logout", "--url", xnat.url, "--username", "admin", env={"XNAT_PASS": ""})
+    assert logout.exit_code == 0, logout.output
+    after = run("whoami", "--url", xnat.url, "--username", "admin", env={"XNAT_PASS": ""})
+    assert after.exit_code == 3
