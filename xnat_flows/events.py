@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:  # keep importing this module cheap and free of the lead's models at run time
+if TYPE_CHECKING:  # keep importing this module cheap: models are only needed for annotations
     from prefect.events import Event
 
-    from xnat_flows.models import SessionOutcome
+    from xnat_flows.manage.prearchive import ArchiveOutcome
+    from xnat_flows.models import SessionOutcome, UploadSessionResult
 
 SESSION_UPLOADED = "xnat.session.uploaded"
 SESSION_ARCHIVED = "xnat.session.archived"
@@ -162,3 +163,31 @@ def emit_upload_failed(
     payload = {"error": redact(message), "source": source, "files_failed": files_failed}
     ref = SessionRef(server_url, project, subject, session_label)
     return emit_session_event(UPLOAD_FAILED, ref, {k: v for k, v in payload.items() if v is not None})
+
+
+def emit_upload_result(
+    result: UploadSessionResult, server_url: str, *, direct_archive: bool, transport: str | None = None, source: str | None = None
+) -> list[Event]:
+    """All events of one ``upload-dicom-session`` run: per session, uploaded (+ archived), or failed
+    when files did not land or verification found some missing."""
+    emitted: list[Event] = []
+    for outcome in result.sessions:
+        if outcome.failed_files or outcome.verified is False:
+            missing = len(outcome.failed_files) or len(outcome.missing)
+            reason = f"{missing} file(s) not in XNAT after the upload" + (
+                f", e.g. {outcome.failed_files[:3]}" if outcome.failed_files else f" (verification: {outcome.missing[:3]})"
+            )
+            event = emit_upload_failed(
+                server_url, outcome.project, outcome.subject, outcome.session, reason, source=source, files_failed=missing
+            )
+            emitted += [event] if event is not None else []
+        else:
+            emitted += emit_session_uploaded(outcome, server_url, direct_archive=direct_archive, transport=transport)
+    return emitted
+
+
+def emit_archive_outcome(outcome: ArchiveOutcome, server_url: str) -> Event | None:
+    """``xnat.session.archived`` for what the ``archive-prearchive-session`` flow archived."""
+    return emit_session_archived(
+        server_url, outcome.project, outcome.subject, outcome.label, uri=outcome.archive_uri, via="prearchive"
+    )

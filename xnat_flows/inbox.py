@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 PROCESSING, DONE, FAILED = "processing", "done", "failed"
 RESERVED = frozenset({PROCESSING, DONE, FAILED})
@@ -115,7 +115,7 @@ class FolderClaim:
         self.recovered = recovered  # True: picked up from processing/ after a crashed run
         self._fd: int | None = fd
 
-    def __enter__(self) -> FolderClaim:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -199,4 +199,4 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -76,6 +76,10 @@ class PrefectApi:
     def flow_runs(self, deployment_id: str) -> list[dict[str, Any]]:
         return self._json("POST", "flow_runs/filter", json={"deployments": {"id": {"any_": [deployment_id]}}, "limit": 200})
 
+    def events(self, name_prefix: str, resource_id_prefix: str) -> list[dict[str, Any]]:
+        body = {"filter": {"event": {"prefix": [name_prefix]}, "resource": {"id_prefix": [resource_id_prefix]}}, "limit": 50}
+        return self._json("POST", "events/filter", json=body)["events"]
+
     def automations(self) -> list[dict[str, Any]]:
         return self._json("POST", "automations/filter", json={})
 
@@ -115,7 +119,7 @@ def stop_group(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [prefect_cli(), *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+        [prefect_cli(), *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 

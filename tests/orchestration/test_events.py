@@ -14,13 +14,16 @@ from xnat_flows.events import (
     SESSION_UPLOADED,
     UPLOAD_FAILED,
     SessionRef,
+    emit_archive_outcome,
     emit_session_archived,
     emit_session_uploaded,
     emit_upload_failed,
+    emit_upload_result,
     redact,
     session_resource,
 )
-from xnat_flows.models import SessionOutcome
+from xnat_flows.manage.prearchive import ArchiveOutcome
+from xnat_flows.models import SessionOutcome, UploadSessionResult
 
 SERVER = "https://svc:hunter2@xnat.example.org:8443/xnat/?token=abc"
 
@@ -38,11 +41,11 @@ def events_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsWorker]:
 
 
 def _outcome(**changes) -> SessionOutcome:
-    fields = dict(
-        project="TEST", subject="P001", session="P001_20240115", study_uid="1.2.3",
-        session_uri="/data/experiments/XNAT_E00001", experiment_id="XNAT_E00001",
-        files_sent=4, bytes_sent=1000, verified=True,
-    )
+    fields = {
+        "project": "TEST", "subject": "P001", "session": "P001_20240115", "study_uid": "1.2.3",
+        "session_uri": "/data/experiments/XNAT_E00001", "experiment_id": "XNAT_E00001",
+        "files_sent": 4, "bytes_sent": 1000, "verified": True,
+    }
     return SessionOutcome(**{**fields, **changes})
 
 
@@ -107,3 +110,25 @@ def test_no_secret_in_any_emitted_event(events_worker: EventsWorker) -> None:
     for event in events:
         text = json.dumps(event.model_dump(mode="json"))
         assert "hunter2" not in text and "token=abc" not in text and "svc:" not in text
+
+
+def test_upload_result_reports_each_session_by_its_outcome(events_worker: EventsWorker) -> None:
+    good = _outcome()
+    partial = _outcome(session="P001_2", experiment_id=None, verified=None, failed_files=["s1/IM1", "s1/IM2"])
+    result = UploadSessionResult(sessions=[good, partial], files_sent=6, bytes_sent=10, seconds=1.0, upload_seconds=1.0, throughput_mb_s=0.0)
+    emitted = emit_upload_result(result, SERVER, direct_archive=True, transport="dicom-zip", source="/data/x")
+    assert [(e.event, e.resource["xnat.session_label"]) for e in emitted] == [
+        (SESSION_UPLOADED, "P001_20240115"), (SESSION_ARCHIVED, "P001_20240115"), (UPLOAD_FAILED, "P001_2"),
+    ]
+    assert emitted[2].payload["files_failed"] == 2 and "s1/IM1" in emitted[2].payload["error"]
+
+
+def test_archive_outcome_of_the_prearchive_flow(events_worker: EventsWorker) -> None:
+    outcome = ArchiveOutcome(
+        project="TEST", timestamp="20240115_120000", folder_name="S1_MR", label="S1_MR", subject="S1",
+        archive_uri="/data/archive/projects/TEST/subjects/S1/experiments/S1_MR",
+    )
+    event = emit_archive_outcome(outcome, "http://127.0.0.1:8080")
+    assert event is not None and event.event == SESSION_ARCHIVED
+    assert event.resource["prefect.resource.id"] == "xnat.session.127.0.0.1:8080.TEST.S1_MR"
+    assert event.resource["xnat.uri"] == "http://127.0.0.1:8080/data/archive/projects/TEST/subjects/S1/experiments/S1_MR"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from orchestration_helpers import write_session
+
 from xnat_flows.client.errors import XnatConnectionError
 from xnat_flows.flows import inbox as inbox_flow
 from xnat_flows.flows.inbox import InboxRunResult, ingest_inbox
@@ -73,16 +73,11 @@ def test_folder_left_in_processing_by_a_crash_is_uploaded_by_the_next_run(
 def test_server_unreachable_keeps_the_folder_for_the_next_run(
     prefect_harness: None, inbox: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class Unreachable:
-        """Stands in for the upload subflow: the server refuses connections (after the library's retries)."""
+    def unreachable(connection: XnatConnection, project: str) -> None:
+        """The run's first call to the server, failing as it does once the client's retries are spent."""
+        raise XnatConnectionError("Cannot connect to http://127.0.0.1:9: Connection refused")
 
-        def with_options(self, **_: object) -> Unreachable:
-            return self
-
-        def __call__(self, **_: object) -> None:
-            raise XnatConnectionError("Cannot connect to http://127.0.0.1:9: Connection refused")
-
-    monkeypatch.setattr(inbox_flow, "upload_dicom_session", Unreachable())
+    monkeypatch.setattr(inbox_flow, "check_project", unreachable)
     write_session(inbox / "later", patient_id="P012")
     result = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url="http://127.0.0.1:9"))
     assert [(i.folder, i.status) for i in result.items] == [("later", "retry")]
@@ -94,7 +89,7 @@ def test_server_unreachable_keeps_the_folder_for_the_next_run(
     assert [(i.folder, i.status, i.recovered) for i in retried.items] == [("later", "retry", True)]
 
 
-def test_upload_refused_by_the_server_files_the_folder_under_failed(
+def test_unknown_project_is_refused_before_anything_is_sent(
     prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path
 ) -> None:
     write_session(inbox / "wrong-project", patient_id="P013")
@@ -105,6 +100,6 @@ def test_upload_refused_by_the_server_files_the_folder_under_failed(
     assert state.is_failed()
     report = json.loads((inbox / "failed" / "wrong-project.report.json").read_text())
     assert report["status"] == "failed" and report["route"]["project"] == "NOSUCHPROJECT"
-    assert report["error"]  # the server's reason, as the upload flow raised it
+    assert "does not exist" in report["error"]  # checked first: XNAT would file it under Unassigned
     assert (inbox / "failed" / "wrong-project" / "xnat.json").is_file()
-    assert _experiments(xnat_emulator) == {}
+    assert xnat_emulator.stats()["imports"] == 0

@@ -95,7 +95,7 @@ def test_claim_is_exclusive_across_processes(layout: InboxLayout) -> None:
         "import sys; from pathlib import Path; from xnat_flows.inbox import claim_orphan;"
         "sys.exit(0 if claim_orphan(Path(sys.argv[1])) is None else 1)"
     )
-    assert subprocess.run([sys.executable, "-c", code, str(claim.path)], timeout=60).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code, str(claim.path)], timeout=60, check=False).returncode == 0
     claim.release()
 
 
@@ -106,7 +106,7 @@ def test_a_crashed_holder_releases_its_claim(layout: InboxLayout) -> None:
         "import os, sys; from pathlib import Path; from xnat_flows.inbox import InboxLayout, claim_new;"
         "c = claim_new(InboxLayout(Path(sys.argv[1])), Path(sys.argv[2])); assert c is not None; os._exit(9)"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(layout.root), str(folder)], timeout=60)
+    result = subprocess.run([sys.executable, "-c", code, str(layout.root), str(folder)], timeout=60, check=False)
     assert result.returncode == 9
     assert [p.name for p in orphaned_folders(layout)] == ["crash"]
     claim = claim_orphan(layout.processing / "crash")

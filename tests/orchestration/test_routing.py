@@ -6,9 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-
 from orchestration_helpers import write_session
-from xnat_flows.routing import RoutingError, clean_label, first_dicom_file, route_folder, template_fields
+
+from xnat_flows.routing import (
+    RoutingError,
+    clean_label,
+    first_dicom_file,
+    route_folder,
+    template_fields,
+)
 
 
 @pytest.fixture

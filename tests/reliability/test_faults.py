@@ -33,4 +33,5 @@ def test_fault_loses_and_duplicates_nothing(case: FaultCase, tmp_path: Path) -> 
     assert result.landed == result.expected, f"{result.landed} of {result.expected} instances in the archive"
     assert result.duplicates == 0, f"{result.duplicates} duplicate or stray files in the archive"
     assert result.sessions == 1, f"{result.sessions} sessions instead of one"
+    assert result.corrupt == 0, f"{result.corrupt} archived files match no version of their source file"
     assert result.leftovers == 0, f"{result.leftovers} prearchive rows left behind"

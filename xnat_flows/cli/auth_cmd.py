@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from xnat_flows.cli.options import PasswordOption, ProfileOption, UrlOption, UserOption, xnat_session
+from xnat_flows.cli.options import PasswordOption, PasswordStdinOption, ProfileOption, UrlOption, UserOption, xnat_session
 
 app = typer.Typer(help="Log in to XNAT (caches a session token) or log out.", no_args_is_help=True)
 
 
 @app.command("login")
-def login(url: UrlOption = None, username: UserOption = None, password: PasswordOption = None, profile: ProfileOption = None) -> None:
+def login(url: UrlOption = None, username: UserOption = None, password: PasswordOption = None, profile: ProfileOption = None, password_stdin: PasswordStdinOption = False) -> None:
     """Open a session and cache its token (mode 0600) so later commands need no password."""
-    with xnat_session(url, username, password, profile) as client:
+    with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
         client.login()
         typer.echo(f"Logged in to {client.base_url} as {client.credentials.username}.")
 
@@ -25,7 +25,7 @@ def logout(url: UrlOption = None, username: UserOption = None, profile: ProfileO
         typer.echo(f"Logged out of {client.base_url}.")
 
 
-def whoami(url: UrlOption = None, username: UserOption = None, password: PasswordOption = None, profile: ProfileOption = None) -> None:
+def whoami(url: UrlOption = None, username: UserOption = None, password: PasswordOption = None, profile: ProfileOption = None, password_stdin: PasswordStdinOption = False) -> None:
     """Print the user XNAT sees for the current credentials or cached session."""
-    with xnat_session(url, username, password, profile) as client:
+    with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
         typer.echo(client.whoami())

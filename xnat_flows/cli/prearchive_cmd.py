@@ -14,6 +14,7 @@ import typer
 from xnat_flows.cli.options import (
     JsonOption,
     PasswordOption,
+    PasswordStdinOption,
     ProfileOption,
     UrlOption,
     UserOption,
@@ -42,12 +43,13 @@ def list_command(
     url: UrlOption = None,
     username: UserOption = None,
     password: PasswordOption = None,
+    password_stdin: PasswordStdinOption = False,
     profile: ProfileOption = None,
 ) -> None:
     """List prearchive sessions (all projects you can see, or one)."""
     from xnat_flows.manage.prearchive import list_sessions
 
-    with xnat_session(url, username, password, profile) as client:
+    with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
         sessions = list_sessions(client, project)
     rows = [s.model_dump(by_alias=True) for s in sessions]
     if as_json:
@@ -76,6 +78,7 @@ def archive_command(
     url: UrlOption = None,
     username: UserOption = None,
     password: PasswordOption = None,
+    password_stdin: PasswordStdinOption = False,
     profile: ProfileOption = None,
 ) -> None:
     """Archive a prearchive session, optionally under another subject and label."""
@@ -84,7 +87,7 @@ def archive_command(
     def say_waiting(message: str) -> None:
         typer.echo(message, err=True)
 
-    with xnat_session(url, username, password, profile) as client:
+    with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
         outcome = archive_session(
             client,
             project,
@@ -113,6 +116,7 @@ def delete_command(
     url: UrlOption = None,
     username: UserOption = None,
     password: PasswordOption = None,
+    password_stdin: PasswordStdinOption = False,
     profile: ProfileOption = None,
 ) -> None:
     """Delete a prearchive session and its files."""
@@ -121,7 +125,7 @@ def delete_command(
     src = prearchive_src(project, timestamp, name)
     if not yes:
         typer.confirm(f"Delete prearchive session {src} and its files?", abort=True)
-    with xnat_session(url, username, password, profile) as client:
+    with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
         delete_session(client, project, timestamp, name)
     typer.echo(f"Deleted {src}.")
 
@@ -135,11 +139,12 @@ def move_command(
     url: UrlOption = None,
     username: UserOption = None,
     password: PasswordOption = None,
+    password_stdin: PasswordStdinOption = False,
     profile: ProfileOption = None,
 ) -> None:
     """Move a prearchive session to another project's prearchive."""
     from xnat_flows.manage.prearchive import move_session
 
-    with xnat_session(url, username, password, profile) as client:
+    with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
         uri = move_session(client, project, timestamp, name, new_project)
     typer.echo(f"Moved to {uri}")

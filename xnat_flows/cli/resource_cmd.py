@@ -15,6 +15,7 @@ from xnat_flows.cli.options import (
     EXIT_CONFLICT,
     JsonOption,
     PasswordOption,
+    PasswordStdinOption,
     ProfileOption,
     UrlOption,
     UserOption,
@@ -37,6 +38,7 @@ def upload_command(
     url: UrlOption = None,
     username: UserOption = None,
     password: PasswordOption = None,
+    password_stdin: PasswordStdinOption = False,
     profile: ProfileOption = None,
 ) -> None:
     """Upload PATH to resource LABEL of SESSION (or of one of its scans)."""
@@ -45,7 +47,7 @@ def upload_command(
     if subject and not project:
         raise typer.BadParameter("--subject needs --project.", param_hint="--subject")
     target = ResourceTarget(session=session, project=project, subject=subject, scan=scan)
-    with xnat_session(url, username, password, profile) as client:
+    with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
         result = upload_resource(client, target, label, path, overwrite=overwrite)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))

@@ -9,11 +9,15 @@ import typer
 
 from xnat_flows.cli.options import (
     EXIT_FAILURE,
+    EXIT_USAGE,
     PasswordOption,
+    PasswordStdinOption,
     ProfileOption,
     UrlOption,
     UserOption,
     exit_code_for,
+    read_password_stdin,
+    warn_password_on_command_line,
     xnat_session,
 )
 
@@ -40,30 +44,71 @@ def upload(
     url: UrlOption = None,
     username: UserOption = None,
     password: PasswordOption = None,
+    password_stdin: PasswordStdinOption = False,
     profile: ProfileOption = None,
 ) -> None:
     """Upload a directory to XNAT through the REST Import API (DICOM-zip by default)."""
     if flow:
+        from xnat_flows.client.errors import XnatError as XnatErrorBase
+
+        if password and password_stdin:
+            typer.secho("error: give either --password or --password-stdin, not both", err=True, fg=typer.colors.RED)
+            raise typer.Exit(EXIT_USAGE)
+        if password:
+            warn_password_on_command_line()
+        try:
+            password = read_password_stdin() if password_stdin else password
+        except XnatErrorBase as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(exit_code_for(exc)) from None
         _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile)
         return
     from xnat_flows.client.errors import XnatError
     from xnat_flows.transfer.journal import UploadJournal
-    from xnat_flows.transfer.session import upload_session
+    from xnat_flows.transfer.scan import scan_directory
+    from xnat_flows.transfer.session import plan_sessions, upload_session
     from xnat_flows.transfer.upload import UploadTarget
 
     try:
+        # Local input first: a bad label, path or study mix fails before anything is sent.
         target = UploadTarget(project=project, subject=subject, session=session, direct_archive=direct_archive)
+        scan = scan_directory(source)
+        plan_sessions(scan, target, per_study=per_study)
     except XnatError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(exit_code_for(exc)) from None
-    with xnat_session(url, username, password, profile) as client, _progress_bar("gradual-DICOM" if gradual else "DICOM-zip") as progress:
-        result = upload_session(
-            client, source, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
-            journal=UploadJournal(), progress=progress, verify=verify,
-        )
+    with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
+        preflight(client, project)
+        with _progress_bar("gradual-DICOM" if gradual else "DICOM-zip") as progress:
+            result = upload_session(
+                client, scan, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
+                journal=UploadJournal(), progress=progress, verify=verify,
+            )
     _report(result)
     if not result.ok:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def require_project(client, project: str) -> None:  # noqa: ANN001
+    """Raise ``NotFoundError`` with advice when ``project`` is not on the server."""
+    from xnat_flows.client.errors import NotFoundError
+
+    try:
+        client.get_json(f"/data/projects/{project}")
+    except NotFoundError:
+        raise NotFoundError(
+            f"Project {project!r} does not exist on {client.base_url} (or this account cannot see it)",
+            status=404,
+            hint="Check the project ID (case-sensitive), or ask an XNAT admin to create it",
+        ) from None
+
+
+def preflight(client, project: str) -> None:  # noqa: ANN001
+    """Log in and check the project before sending: an unreachable server, refused credentials or an
+    unknown project fail here with one message, instead of every batch failing (or, for an unknown
+    project, the data silently going to XNAT's Unassigned prearchive)."""
+    client.login()
+    require_project(client, project)
 
 
 def _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile) -> None:  # noqa: ANN001, PLR0913

@@ -17,14 +17,20 @@ the server (XNAT names files from their UIDs).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
-from xnat_flows.client.errors import TransientError
+from xnat_flows.client.errors import (
+    NotFoundError,
+    PermissionDeniedError,
+    TransientError,
+)
 from xnat_flows.events import emit_upload_failed, public_base_url, redact
 from xnat_flows.flows.upload import upload_dicom_session
 from xnat_flows.inbox import (
@@ -40,7 +46,8 @@ from xnat_flows.inbox import (
 )
 from xnat_flows.models import UploadRequest, UploadSessionResult, XnatConnection
 from xnat_flows.routing import Route, RoutingError, route_folder
-from xnat_flows.tasks.connection import credentials_for
+from xnat_flows.tasks.connection import credentials_for, open_client
+from xnat_flows.tasks.policies import retry_unless_permanent
 
 Status = Literal["done", "failed", "retry"]
 
@@ -75,6 +82,47 @@ class InboxFolderFailed(Exception):
     """Raised at the end of a run in which folders went to failed/, so the run shows as Failed."""
 
 
+@task(name="check-project", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=10,
+      retry_condition_fn=retry_unless_permanent)
+def check_project(connection: XnatConnection, project: str) -> str | None:
+    """None when the project exists and is readable; else why not.
+
+    Checked before uploading because XNAT files a session for an unknown project under
+    "Unassigned" in the prearchive instead of refusing it.
+    """
+    with open_client(connection) as client:
+        try:
+            client.request("GET", f"/data/projects/{project}", params={"format": "json"})
+        except NotFoundError:
+            return f"project {project!r} does not exist on the server (XNAT would file the session under Unassigned)"
+        except PermissionDeniedError:
+            return f"the account may not read project {project!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class _InboxRun:
+    """What every folder of one run shares: the parameters, the server, the project check."""
+
+    layout: InboxLayout
+    project: str
+    subject_template: str
+    session_template: str
+    sidecar_name: str
+    transport: Literal["dicom-zip", "gradual-dicom"]
+    workers: int
+    direct_archive: bool
+    per_study: bool
+    connection: XnatConnection
+    server_url: str
+    project_problems: dict[str, str | None] = field(default_factory=dict)  # one look-up per project and run
+
+    def project_problem(self, project: str) -> str | None:
+        if project not in self.project_problems:
+            self.project_problems[project] = check_project(self.connection, project)
+        return self.project_problems[project]
+
+
 @flow(name="ingest-inbox", validate_parameters=True)
 def ingest_inbox(
     inbox_dir: str,
@@ -87,17 +135,24 @@ def ingest_inbox(
     connection: XnatConnection = XnatConnection(),
     sidecar_name: str = "xnat.json",
     direct_archive: bool = True,
+    per_study: bool = False,
 ) -> InboxRunResult:
     """Upload each completed session folder of ``inbox_dir`` and file it under done/ or failed/.
 
     Templates are Python format strings over DICOM keywords of the folder's first DICOM file, plus
     ``{folder}``; a ``sidecar_name`` JSON file in a folder (project/subject/session) overrides them.
+    ``per_study`` uploads a folder holding several studies as one session per study (_1, _2, ...).
     """
     logger = get_run_logger()
     layout = InboxLayout(Path(inbox_dir).expanduser().resolve())
     layout.ensure()
-    # Resolve the server once up front: a missing URL or Block fails the run before any folder moves.
-    server_url = credentials_for(connection).url
+    run = _InboxRun(
+        layout=layout, project=project, subject_template=subject_template, session_template=session_template,
+        sidecar_name=sidecar_name, transport=transport, workers=workers, direct_archive=direct_archive,
+        per_study=per_study, connection=connection,
+        # Resolved once up front: a missing URL or Block fails the run before any folder moves.
+        server_url=credentials_for(connection).url,
+    )
     result = InboxRunResult()
 
     for folder in orphaned_folders(layout):
@@ -106,8 +161,7 @@ def ingest_inbox(
             result.busy.append(folder.name)
             continue
         logger.warning("%s was left in processing/ by a run that stopped; uploading it again", folder.name)
-        result.items.append(_ingest(claim, layout, project, subject_template, session_template, transport, workers,
-                                    connection, sidecar_name, direct_archive, server_url))
+        result.items.append(_ingest(run, claim))
 
     for folder in candidate_folders(layout):
         if not is_quiet(folder, quiet_seconds):
@@ -117,8 +171,7 @@ def ingest_inbox(
         if claim is None:
             result.busy.append(folder.name)
             continue
-        result.items.append(_ingest(claim, layout, project, subject_template, session_template, transport, workers,
-                                    connection, sidecar_name, direct_archive, server_url))
+        result.items.append(_ingest(run, claim))
 
     _publish_summary(result)
     if result.waiting:
@@ -131,19 +184,7 @@ def ingest_inbox(
     return result
 
 
-def _ingest(
-    claim: FolderClaim,
-    layout: InboxLayout,
-    project: str,
-    subject_template: str,
-    session_template: str,
-    transport: Literal["dicom-zip", "gradual-dicom"],
-    workers: int,
-    connection: XnatConnection,
-    sidecar_name: str,
-    direct_archive: bool,
-    server_url: str,
-) -> InboxItem:
+def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
     """Route, upload and file one claimed folder; never raises for a problem of this folder alone."""
     logger = get_run_logger()
     report: dict[str, Any] = {
@@ -151,23 +192,26 @@ def _ingest(
         "claimed_at": utc_now(),
         "recovered_after_crash": claim.recovered,
         "flow_run_id": _flow_run_id(),
-        "xnat_server": public_base_url(server_url),
-        "transport": transport,
+        "xnat_server": public_base_url(run.server_url),
+        "transport": run.transport,
     }
     item = InboxItem(folder=claim.original_name, status="failed", location=str(claim.path), recovered=claim.recovered)
     route: Route | None = None
     last_attempt = claim.path.with_name(claim.path.name + ".last-attempt.json")  # survives a retry, read by people
     try:
-        route = route_folder(claim.path, project, subject_template, session_template, sidecar_name)
+        route = route_folder(claim.path, run.project, run.subject_template, run.session_template, run.sidecar_name)
         report["route"] = {"project": route.project, "subject": route.subject, "session": route.session,
                            "sources": route.sources, "dicom_file": route.dicom_file}
         item.project, item.subject, item.session = route.project, route.subject, route.session
+        if problem := run.project_problem(route.project):
+            raise RoutingError(f"{claim.original_name}: {problem}", hint="Fix the project in the sidecar or the deployment's parameters")
         request = UploadRequest(
             source_dir=str(claim.path), project=route.project, subject=route.subject, session=route.session,
-            transport=transport, workers=workers, direct_archive=direct_archive, verify=True,
+            transport=run.transport, workers=run.workers, direct_archive=run.direct_archive, per_study=run.per_study,
+            verify=True,
         )
         upload = upload_dicom_session.with_options(flow_run_name=f"inbox-{route.project}-{route.session}")
-        uploaded: UploadSessionResult = upload(request=request, connection=connection)
+        uploaded: UploadSessionResult = upload(request=request, connection=run.connection)
     except TransientError as exc:
         # The server is away (connection refused, 5xx after retries): keep the folder for the next run.
         item.status, item.error = "retry", redact(f"{type(exc).__name__}: {exc}")
@@ -179,12 +223,13 @@ def _ingest(
     except Exception as exc:  # noqa: BLE001 - any other failure is this folder's, reported and filed
         item.error = redact(f"{type(exc).__name__}: {exc}")
         report.update(status="failed", error=item.error, hint=getattr(exc, "hint", None) or None, finished_at=utc_now())
-        moved, report_path = claim.finish(layout.failed, report)
+        moved, report_path = claim.finish(run.layout.failed, report)
         last_attempt.unlink(missing_ok=True)
         item.location, item.report = str(moved), str(report_path)
         if isinstance(exc, RoutingError) or route is None:
             # The upload flow never ran, so nobody else reports this failure.
-            emit_upload_failed(server_url, project, None, None, item.error, source=str(moved))
+            emit_upload_failed(run.server_url, route.project if route else run.project, route.subject if route else None,
+                               route.session if route else None, item.error, source=str(moved))
         logger.error("%s moved to failed/: %s", claim.original_name, item.error)
         return item
 
@@ -192,7 +237,7 @@ def _ingest(
     report.update(status="done", finished_at=utc_now(), sessions=sessions, files_sent=uploaded.files_sent,
                   bytes_sent=uploaded.bytes_sent, seconds=uploaded.seconds,
                   skipped=[s.model_dump(mode="json") for s in uploaded.skipped])
-    moved, report_path = claim.finish(layout.done, report)
+    moved, report_path = claim.finish(run.layout.done, report)
     last_attempt.unlink(missing_ok=True)
     item.status, item.location, item.report = "done", str(moved), str(report_path)
     item.files_sent = uploaded.files_sent

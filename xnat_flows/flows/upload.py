@@ -42,7 +42,8 @@ def upload_dicom_session(
     """Upload a directory of DICOM files to one XNAT session through the REST Import API."""
     logger = get_run_logger()
     started = time.perf_counter()
-    server = check_server(connection, request.direct_archive)
+    _target(request)  # bad labels fail before anything else, with their own message
+    server = check_server(connection, request.direct_archive, request.project)
     logger.info(
         "XNAT %s; uploading %s%s", server.version or "(version unknown)", request.source_dir,
         f" (holding slots of concurrency limit {server.concurrency_limit})" if server.concurrency_limit else "",

@@ -24,8 +24,10 @@ def retry_unless_permanent(task, task_run, state) -> bool:
     """
     try:
         state.result()
-    except (TransientError, XnatConnectionError):
-        return True
+    except (TransientError, XnatConnectionError) as exc:
+        # A refused connection or an unknown host (the client marks them not retryable) will
+        # not heal in the seconds a task retry waits: fail at once with the advice instead.
+        return bool(getattr(exc, "retryable", True))
     except Exception:  # noqa: BLE001 - anything else is permanent for this task
         return False
     return False

@@ -32,14 +32,31 @@ _RETRYING = dict(
 
 
 @task(name="check-server", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
-def check_server(connection: XnatConnection, direct_archive: bool) -> ServerCheck:
+def check_server(connection: XnatConnection, direct_archive: bool, project: str | None = None) -> ServerCheck:
     """Log in once (the token is cached for the upload tasks), refuse Direct-Archive below 1.8.3,
-    and find the server's upload concurrency limit if the site defined one."""
+    check that the project exists (XNAT would otherwise file the data under Unassigned), and find
+    the server's upload concurrency limit if the site defined one."""
     with open_client(connection) as client:
         client.login()
+        if project is not None:
+            require_project(client, project)
         if direct_archive:
             client.require_direct_archive()
         return ServerCheck(version=client.server_version(), concurrency_limit=existing_upload_limit(client.base_url))
+
+
+def require_project(client, project: str) -> None:  # noqa: ANN001
+    """Raise ``NotFoundError`` with advice when ``project`` is not on the server."""
+    from xnat_flows.client.errors import NotFoundError
+
+    try:
+        client.get_json(f"/data/projects/{project}")
+    except NotFoundError:
+        raise NotFoundError(
+            f"Project {project!r} does not exist on {client.base_url} (or this account cannot see it)",
+            status=404,
+            hint="Check the project ID (case-sensitive), or ask an XNAT admin to create it",
+        ) from None
 
 
 @task(name="scan-dicom-directory", **_COMMON)
