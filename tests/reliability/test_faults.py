@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability_catalogue import CATALOGUE, FaultCase, run_case
+from reliability_catalogue import CATALOGUE, GRADUAL_RESUME_CONFLICT, PROJECT, FaultCase, Harness, run_case, run_upload
 
 pytestmark = pytest.mark.e2e
 
@@ -35,3 +35,36 @@ def test_fault_loses_and_duplicates_nothing(case: FaultCase, tmp_path: Path) -> 
     assert result.sessions == 1, f"{result.sessions} sessions instead of one"
     assert result.corrupt == 0, f"{result.corrupt} archived files match no version of their source file"
     assert result.leftovers == 0, f"{result.leftovers} prearchive rows left behind"
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [
+        "dicom-zip",
+        pytest.param("gradual-dicom", marks=pytest.mark.xfail(strict=True, reason=GRADUAL_RESUME_CONFLICT)),
+        "c-store",
+    ],
+)
+def test_repeating_a_completed_upload_duplicates_nothing(transport: str, tmp_path: Path) -> None:
+    """The same upload run twice (a user unsure whether it worked): still one copy of everything.
+
+    C-STORE cannot ask XNAT to overwrite: the repeated instances end in a CONFLICT prearchive row
+    (XNAT's own behaviour, left for an admin); the archive itself must hold no duplicate.
+    """
+    case = FaultCase("repeat", transport, "completed upload run again")
+    harness = Harness(tmp_path, scp=transport == "c-store")
+    try:
+        first = run_upload(harness, case, 30.0)
+        harness.settle()
+        second = run_upload(harness, case, 30.0)
+        harness.settle()
+        uids = harness.archived_uids()
+
+        assert first.ok and second.ok, (first, second)
+        assert set(uids) == harness.expected_uids
+        assert len(uids) == len(set(uids)), "duplicate instances in the archive"
+        assert len(harness.emulator.archived_experiments(PROJECT)) == 1
+        if transport != "c-store":
+            assert harness.leftovers() == 0, harness.emulator.prearchive_sessions(include_direct_archive=True)
+    finally:
+        harness.close()

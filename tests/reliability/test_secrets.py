@@ -271,6 +271,7 @@ def _sweep(xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path, monkeypat
     scanned = [p for root in {work, *prefect_dirs} if root.exists() for p in _files_under(root)]
     scanned += [p for p in _files_under(tmp_path) if server_dir not in p.resolve().parents]
     assert len(scanned) > 10
+    assert any(p.suffix in (".db", ".sqlite3", ".sqlite") for p in scanned), f"Prefect's database not scanned: {prefect_dirs}"
     for path in scanned:
         for secret in secrets:
             assert not _holds(path, secret.encode()), f"secret found in {path}"

@@ -6,7 +6,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from xnat_flows.client.errors import InputError, XnatError
-from xnat_flows.models import DicomReceiverTarget, InstanceFailure, SendDicomRequest, SendDicomResult, SkippedInput
+from xnat_flows.models import (
+    DicomReceiverTarget,
+    InstanceFailure,
+    SendDicomRequest,
+    SendDicomResult,
+    SkippedInput,
+)
 from xnat_flows.tasks.cstore import echo_receiver, resolve_receiver, send_instances
 from xnat_flows.tasks.upload import scan_dicom_directory
 from xnat_flows.transfer.dicom_send import RoutingOverride

@@ -10,9 +10,15 @@ from prefect import flow, tags
 from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
+from xnat_flows.events import emit_archive_outcome
 from xnat_flows.manage.prearchive import ArchiveOutcome, Overwrite, prearchive_src
 from xnat_flows.models import XnatConnection
-from xnat_flows.tasks.prearchive import archive_session_task, delete_session_task, xnat_tag
+from xnat_flows.tasks.connection import credentials_for
+from xnat_flows.tasks.prearchive import (
+    archive_session_task,
+    delete_session_task,
+    xnat_tag,
+)
 
 
 class PrearchiveSessionRef(BaseModel):
@@ -64,6 +70,9 @@ def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnecti
             wait_seconds=request.wait_seconds,
             poll_seconds=request.poll_seconds,
         )
+    if not outcome.already_archived and FlowRunContext.get() is not None:
+        # Chained processing deployments trigger on this event (see prefect.yaml).
+        emit_archive_outcome(outcome, credentials_for(connection).url)
     verb = "was already archived" if outcome.already_archived else "archived"
     publish_markdown(
         f"**{request.project}/{request.timestamp}/{request.folder}** {verb}: `{outcome.archive_uri}` "

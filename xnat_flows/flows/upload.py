@@ -5,10 +5,15 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import as_completed
 
 from xnat_flows.client.errors import InputError, XnatError
+from xnat_flows.events import emit_upload_result
 from xnat_flows.models import (
     BatchOutcome,
     SessionOutcome,
@@ -121,6 +126,9 @@ def upload_dicom_session(
         throughput_mb_s=round(bytes_sent / 1e6 / upload_seconds, 2) if upload_seconds else 0.0,
     )
     _publish_batch_table(result)
+    # Events carry project, subject, experiment ID and URI so deployments can chain processing.
+    emit_upload_result(result, server.url, direct_archive=request.direct_archive, transport=request.transport,
+                       source=request.source_dir)
     if not result.ok:
         raise UploadIncompleteError(_incomplete_message(result))
     logger.info(

@@ -6,6 +6,11 @@ Prefect's input hashing cannot serialise, and each task may run on another worke
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials, resolve_credentials
 from xnat_flows.models import XnatConnection
@@ -27,3 +32,27 @@ def credentials_for(connection: XnatConnection) -> Credentials:
 
 def open_client(connection: XnatConnection, credentials: Credentials | None = None) -> XnatClient:
     return XnatClient(credentials or credentials_for(connection))
+
+
+_shared_clients: dict[tuple[str, str | None, str], XnatClient] = {}
+_shared_lock = threading.Lock()
+
+
+@contextmanager
+def shared_client(connection: XnatConnection) -> Iterator[XnatClient]:
+    """One ``XnatClient`` per server, user and secret for all tasks running in this process.
+
+    Concurrent upload tasks must share a client: when XNAT expires or evicts the session, the
+    client's single re-login is shared by all its threads. With a client per task, eight
+    batches seeing the same 401 logged in eight times, and on a server with a concurrent-session
+    limit those logins evict one another. The client is kept open for later tasks (it holds
+    only a connection pool and the session token).
+    """
+    credentials = credentials_for(connection)
+    secret = "\0".join(s.get_secret_value() for s in (credentials.password, credentials.token) if s)
+    key = (credentials.url, credentials.username, hashlib.sha256(f"{secret}\0{credentials.verify}".encode()).hexdigest())
+    with _shared_lock:
+        client = _shared_clients.get(key)
+        if client is None:
+            client = _shared_clients[key] = XnatClient(credentials)
+    yield client

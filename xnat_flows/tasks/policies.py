@@ -45,6 +45,7 @@ def upload_limit_name(url: str) -> str:
 
 
 class ServerCheck(NamedTuple):
+    url: str  # the server's base URL as resolved (argument, Block, environment or profile)
     version: str | None
     concurrency_limit: str | None  # the global limit to hold while uploading, when the site has one
 

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from xnat_flows.models import XnatConnection
-from xnat_flows.tasks.connection import open_client
+from xnat_flows.tasks.connection import open_client, shared_client
 from xnat_flows.tasks.policies import ServerCheck, existing_upload_limit, retry_unless_permanent, upload_slot
 from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.partition import partition_by_bytes
@@ -42,7 +42,9 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
             require_project(client, project)
         if direct_archive:
             client.require_direct_archive()
-        return ServerCheck(version=client.server_version(), concurrency_limit=existing_upload_limit(client.base_url))
+        return ServerCheck(
+            url=client.base_url, version=client.server_version(), concurrency_limit=existing_upload_limit(client.base_url)
+        )
 
 
 def require_project(client, project: str) -> None:  # noqa: ANN001
@@ -85,7 +87,7 @@ def upload_batch(
     A batch that an earlier run already delivered (the upload journal knows its content digest)
     is not sent again, so re-running a failed flow sends only what did not land.
     """
-    with upload_slot(concurrency_limit), open_client(connection) as client:
+    with upload_slot(concurrency_limit), shared_client(connection) as client:
         return send_batch(client, batch, target, archive_format, index=index, journal=UploadJournal())
 
 
