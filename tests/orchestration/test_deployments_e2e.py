@@ -219,9 +219,9 @@ def test_upload_and_inbox_deployments_land_sessions_and_chain_processing(
 
     # The upload flow announces each session; without those events there is nothing to chain on.
     archived = _wait_for_events(api, "xnat.session.archived", xnat, count=2, timeout=30)
-    if not archived:
-        pytest.xfail("upload-dicom-session emits no xnat.session.* events yet (it should call xnat_flows.events.emit_upload_result)")
     assert {e["resource"]["xnat.session_label"] for e in archived} == {"P001_MR1", "P002_20240301"}
+    uploaded = _wait_for_events(api, "xnat.session.uploaded", xnat, count=2, timeout=10)
+    assert all(e["payload"]["verified"] is True for e in uploaded)
 
     # Each archived session started the processing deployment through the event trigger.
     deadline = time.monotonic() + 120

@@ -41,21 +41,16 @@ Transport = Literal["dicom-zip", "gradual-dicom", "c-store"]
 PROJECT, SUBJECT, SESSION = "REL", "REL_S01", "REL_E01"
 PASSWORD = "reliability-pw-5d1e"
 IMPORT = r"/data/services/import"
-GRADUAL_RESUME_CONFLICT = (
-    "gradual-DICOM resume into a session that run 1 already archived: XNAT (and the emulator) move the "
-    "re-sent instances to the prearchive in CONFLICT (Direct-Archive into an existing session, spec §3.7), "
-    "the library never archives that row with overwrite, so they never land and every re-run fails "
-    "verification: xnat_flows/transfer/session.py upload_instances / transfer/upload.py upload_gradual"
+GRADUAL_REPEAT_CONFLICT = (
+    "gradual-DICOM run again after it completed: the re-sent instances reach a session XNAT has archived, "
+    "so XNAT (and the emulator) park them in the prearchive as CONFLICT after the idle interval (spec §3.7). "
+    "Verification already passes (the archive is complete, no duplicate), so nothing waits to merge that "
+    "row and it is left for an admin: xnat_flows/transfer/verify.py merges CONFLICT rows only while "
+    "files are still missing"
 )
 # XNAT archives a session once no instance arrived for this long (5 min on a real server). The
 # faults' waits stay below it, except where a case is about a retry arriving after it.
 REBUILD_IDLE = 1.5
-TORN_GRADUAL_SEND = (
-    "a file rewritten (new size) between scan and send is sent by gradual-DICOM as the first <scanned size> "
-    "bytes of the new content: read_exactly only raises after yielding the last chunk, when httpx has already "
-    "sent Content-Length bytes, so XNAT stores a torn instance (and the re-run's good copy then lands in "
-    "CONFLICT): xnat_flows/transfer/scan.py read_exactly (hold back the final chunk until EOF/size is confirmed)"
-)
 READ_TIMEOUT = 0.4  # seconds; "slow response" faults delay longer than this
 FAST_RETRY = RetryPolicy(attempts=6, backoff_base=0.05, backoff_max=0.3, retry_after_max=5.0, budget_seconds=30.0)
 
@@ -405,13 +400,13 @@ def _rest_cases(transport: Transport) -> list[FaultCase]:
                   _http(delay_ms=300, times=None), during=_restart_after(2 if transport == "dicom-zip" else 6)),
         FaultCase("permanent400", transport, f"HTTP 400 '{PERMANENT_400}' x3 (a bad batch/instance)",
                   _http(status=400, message=PERMANENT_400, times=3, after=after + 2),
-                  known_bug=None if transport == "dicom-zip" else GRADUAL_RESUME_CONFLICT),
+                  known_bug=None),
         FaultCase("late-retry", transport, f"HTTP 503 Retry-After: 2 (retry after XNAT archived the session)",
                   _http(status=503, retry_after=2, times=1, after=after + 4),
-                  known_bug=None if transport == "dicom-zip" else GRADUAL_RESUME_CONFLICT),
+                  known_bug=None),
         FaultCase("deleted", transport, "file deleted between scan and send", after_scan=_delete_one),
         FaultCase("changed", transport, "file rewritten between scan and send", after_scan=_rewrite_one,
-                  known_bug=None if transport == "dicom-zip" else TORN_GRADUAL_SEND),
+                  known_bug=None),
     ]
 
 

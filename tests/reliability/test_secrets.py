@@ -140,10 +140,6 @@ def test_no_password_or_token_leaks_anywhere(xnat: XnatEmulator, tmp_path: Path,
 
 
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.xfail(strict=True, reason=(
-    "httpcore's DEBUG trace logs the raw request/response headers: the JSESSIONID cookie XnatClient sends "
-    "and XNAT's Set-Cookie reach any DEBUG log handler (e.g. PREFECT_LOGGING_EXTRA_LOGGERS=httpcore): "
-    "xnat_flows/client/client.py should install a redacting filter on the httpcore/httpx loggers"))
 def test_no_token_in_debug_logs_of_the_http_stack(xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     _sweep(xnat, tmp_path, isolated_profile, monkeypatch, logging.DEBUG, quick=True)

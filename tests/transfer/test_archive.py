@@ -99,7 +99,7 @@ def test_memory_stays_flat_for_hundreds_of_megabytes(tmp_path: Path, fmt: str) -
 def test_a_file_that_changed_since_the_scan_fails_the_stream(tmp_path: Path, fmt: str) -> None:
     files = random_files(tmp_path, [1000])
     files[0].path.write_bytes(b"short")
-    with pytest.raises(InputError, match="changed size"):
+    with pytest.raises(InputError, match="changed while being uploaded"):
         b"".join(iter_archive(files, fmt))
 
 

@@ -36,6 +36,34 @@ from xnat_flows.client.version import DIRECT_ARCHIVE_MIN_VERSION, at_least, pars
 
 log = logging.getLogger("xnat_flows.client")
 
+
+class _RedactSecrets(logging.Filter):
+    """Blank session tokens and Basic credentials in the HTTP stack's DEBUG trace.
+
+    httpcore logs raw request and response headers (our ``Cookie: JSESSIONID=...``, XNAT's
+    ``Set-Cookie`` and ``Authorization``) at DEBUG; a worker configured to log it must not store them.
+    """
+
+    _PATTERNS = (
+        (re.compile(r"(JSESSIONID=)[^;'\"\s,)]+", re.IGNORECASE), r"\1<redacted>"),
+        (re.compile(r"((?:b')?authorization'?,\s*b?')[^']*", re.IGNORECASE), r"\1<redacted>"),
+        (re.compile(r"(authorization:\s*\w+\s+)\S+", re.IGNORECASE), r"\1<redacted>"),
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for pattern, replacement in self._PATTERNS:
+            redacted = pattern.sub(replacement, redacted)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+# Filters act on the logger a record is created on, so each of the HTTP stack's loggers gets one.
+for _name in ("httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy"):
+    logging.getLogger(_name).addFilter(_RedactSecrets())
+
 # A request body: bytes, or a zero-argument callable returning a fresh iterable of bytes for
 # every attempt (so a streamed upload can be sent again after a retry or a re-login).
 Content = bytes | str | Callable[[], Iterable[bytes]] | None

@@ -83,9 +83,14 @@ def is_dicom_part10(path: Path) -> bool:
 
 
 def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """The file's bytes in chunks; fails if it is no longer the size the scan saw (an archive
-    header already announced that size, and a half-written file is not worth uploading)."""
+    """The file's bytes in chunks; fails if it changed since the scan (size or modification time).
+
+    The last chunk is held back until that check has passed: a request whose header already
+    announced the scanned size is then cut short and refused by the server, instead of
+    delivering a torn or mixed instance.
+    """
     remaining = item.size
+    held: bytes = b""
     try:
         with open(item.path, "rb") as handle:
             while remaining:
@@ -93,15 +98,20 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
                 if not piece:
                     break
                 remaining -= len(piece)
-                yield piece
+                if held:
+                    yield held
+                held = piece
             grew = handle.read(1)
+            rewritten = bool(item.mtime_ns) and os.fstat(handle.fileno()).st_mtime_ns != item.mtime_ns
     except OSError as exc:
         raise InputError(f"Cannot read {item.path}: {exc.strerror or exc}", hint="Check the file and re-run") from None
-    if remaining or grew:
+    if remaining or grew or rewritten:
         raise InputError(
-            f"{item.path} changed size while being uploaded (scanned {item.size} bytes)",
+            f"{item.path} changed while being uploaded (scanned {item.size} bytes)",
             hint="Wait until the export has finished writing, then re-run",
         )
+    if held:
+        yield held
 
 
 def _walk(root: Path, skipped: list[SkippedFile]) -> list[tuple[Path, os.stat_result]]:

@@ -10,6 +10,7 @@ one file per instance whatever the upload contained.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.upload import UploadTarget
 
 _DICOM_RESOURCES = ("DICOM", "secondary")
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,35 @@ def verify_session(
             result = _compare(client, expected, experiment_id, base)
             if result.ok:
                 break
+            if target.direct_archive:
+                _merge_conflicts(client, target, {f.study_uid for f in files})
         if time.monotonic() - started >= wait_timeout:
             break
         time.sleep(poll_interval)
     return dataclasses.replace(result, waited_seconds=time.monotonic() - started)
+
+
+def _merge_conflicts(client: XnatClient, target: UploadTarget, study_uids: set[str]) -> None:
+    """Archive what XNAT parked in the prearchive as CONFLICT for this session, with the target's
+    overwrite policy.
+
+    Instances re-sent by Direct-Archive to a session that XNAT has archived meanwhile (a resumed
+    gradual-DICOM upload) do not merge on their own: XNAT falls back to the prearchive and marks
+    the row CONFLICT (xnat-api.md §3.7). Archiving it with ``overwrite`` is what completes them.
+    """
+    from xnat_flows.manage.prearchive import archive_session
+
+    try:
+        rows = client.get_rows(f"/data/prearchive/projects/{target.project}")
+    except (NotFoundError, PermissionDeniedError):  # no prearchive this user may read: nothing to merge
+        return
+    for row in rows:
+        if row.get("status") != "CONFLICT" or row.get("tag") not in study_uids:
+            continue
+        log.info("merging prearchive CONFLICT %s into %s/%s (overwrite=%s)", row.get("url"), target.subject,
+                 target.session, target.overwrite)
+        archive_session(client, target.project, row["timestamp"], row.get("folderName") or row["name"],
+                        subject=target.subject, label=target.session, overwrite=target.overwrite, wait_seconds=0)
 
 
 def _compare(client: XnatClient, expected: list[_Series], experiment_id: str | None, base: str) -> VerifyResult:
