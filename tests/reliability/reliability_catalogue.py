@@ -401,7 +401,7 @@ def _rest_cases(transport: Transport) -> list[FaultCase]:
         FaultCase("permanent400", transport, f"HTTP 400 '{PERMANENT_400}' x3 (a bad batch/instance)",
                   _http(status=400, message=PERMANENT_400, times=3, after=after + 2),
                   known_bug=None),
-        FaultCase("late-retry", transport, f"HTTP 503 Retry-After: 2 (retry after XNAT archived the session)",
+        FaultCase("late-retry", transport, "HTTP 503 Retry-After: 2 (retry after XNAT archived the session)",
                   _http(status=503, retry_after=2, times=1, after=after + 4),
                   known_bug=None),
         FaultCase("deleted", transport, "file deleted between scan and send", after_scan=_delete_one),

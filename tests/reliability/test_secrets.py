@@ -4,7 +4,6 @@ token ends up anywhere but the user's profile (tokens.json, mode 0600)."""
 from __future__ import annotations
 
 import logging
-import os
 import stat
 from pathlib import Path
 
