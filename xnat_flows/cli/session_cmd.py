@@ -89,26 +89,12 @@ def upload(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def require_project(client, project: str) -> None:  # noqa: ANN001
-    """Raise ``NotFoundError`` with advice when ``project`` is not on the server."""
-    from xnat_flows.client.errors import NotFoundError
-
-    try:
-        client.get_json(f"/data/projects/{project}")
-    except NotFoundError:
-        raise NotFoundError(
-            f"Project {project!r} does not exist on {client.base_url} (or this account cannot see it)",
-            status=404,
-            hint="Check the project ID (case-sensitive), or ask an XNAT admin to create it",
-        ) from None
-
-
 def preflight(client, project: str) -> None:  # noqa: ANN001
     """Log in and check the project before sending: an unreachable server, refused credentials or an
     unknown project fail here with one message, instead of every batch failing (or, for an unknown
     project, the data silently going to XNAT's Unassigned prearchive)."""
     client.login()
-    require_project(client, project)
+    client.require_project(project)
 
 
 def _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile) -> None:  # noqa: ANN001, PLR0913

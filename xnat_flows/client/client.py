@@ -26,6 +26,7 @@ from xnat_flows.client.errors import (
     AuthenticationError,
     CancelledError,
     InputError,
+    NotFoundError,
     UnsupportedServerError,
     XnatConnectionError,
     XnatError,
@@ -440,6 +441,21 @@ class XnatClient:
                 log.info("server version unknown: %s", exc)
             self._version = version
         return self._version  # type: ignore[return-value]
+
+    def require_project(self, project: str) -> None:
+        """Raise ``NotFoundError`` with advice when ``project`` is not on the server.
+
+        Checked before uploading: XNAT files data for an unknown project under *Unassigned* in the
+        prearchive instead of refusing it.
+        """
+        try:
+            self.get_json(f"/data/projects/{project}")
+        except NotFoundError:
+            raise NotFoundError(
+                f"Project {project!r} does not exist on {self.base_url} (or this account cannot see it)",
+                status=404,
+                hint="Check the project ID (case-sensitive), or ask an XNAT admin to create it",
+            ) from None
 
     def require_direct_archive(self) -> None:
         """Raise ``UnsupportedServerError`` on XNAT older than 1.8.3; proceed when unknown."""

@@ -92,7 +92,7 @@ def check_project(connection: XnatConnection, project: str) -> str | None:
     """
     with open_client(connection) as client:
         try:
-            client.request("GET", f"/data/projects/{project}", params={"format": "json"})
+            client.require_project(project)
         except NotFoundError:
             return f"project {project!r} does not exist on the server (XNAT would file the session under Unassigned)"
         except PermissionDeniedError:

@@ -39,26 +39,12 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
     with open_client(connection) as client:
         client.login()
         if project is not None:
-            require_project(client, project)
+            client.require_project(project)
         if direct_archive:
             client.require_direct_archive()
         return ServerCheck(
             url=client.base_url, version=client.server_version(), concurrency_limit=existing_upload_limit(client.base_url)
         )
-
-
-def require_project(client, project: str) -> None:  # noqa: ANN001
-    """Raise ``NotFoundError`` with advice when ``project`` is not on the server."""
-    from xnat_flows.client.errors import NotFoundError
-
-    try:
-        client.get_json(f"/data/projects/{project}")
-    except NotFoundError:
-        raise NotFoundError(
-            f"Project {project!r} does not exist on {client.base_url} (or this account cannot see it)",
-            status=404,
-            hint="Check the project ID (case-sensitive), or ask an XNAT admin to create it",
-        ) from None
 
 
 @task(name="scan-dicom-directory", **_COMMON)
