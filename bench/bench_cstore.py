@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/bench_cstore.py [--instances 2000] [--instance-kb 64] [--processes]
 
-Every sender runs as its own child process so its peak RSS (``wait4``) is its own, and its
-wall time includes start-up and scanning the directory, as a user would see it. TCP_NODELAY=1
+Every sender runs as its own child process, so its wall time includes start-up and scanning the
+directory, as a user would see it. Peak RSS is the child's ``VmHWM`` polled from /proc while it
+runs: ``wait4``'s ``ru_maxrss`` would report at least this script's own RSS, which Linux carries
+across the child's exec. TCP_NODELAY=1
 is set for dcmtk on both ends (field notes: without it dcmtk waits ~40 ms per object); our
 sender sets it on its sockets. Each run gets a fresh storescp output directory, and the number
 of files storescp wrote is checked against the number sent.
@@ -29,10 +31,12 @@ import json, sys, time
 from xnat_flows.transfer.dicom_send import send_dicom
 from xnat_flows.transfer.scan import scan_directory
 if __name__ == "__main__":
-    scan = scan_directory(sys.argv[1])
+    scan = scan_directory(sys.argv[1], headers="file-meta")
     result = send_dicom(scan, host="127.0.0.1", port=int(sys.argv[2]), called_aet="XNAT",
                         workers=int(sys.argv[3]), processes=sys.argv[4] == "1")
-    print(json.dumps({"sent": len(result.sent), "failed": len(result.failed), "send_rate": result.instances_per_second}))
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"sent": len(result.sent), "failed": len(result.failed), "send_rate": result.instances_per_second,
+                      "peak_kb": hwm}))
 """
 
 
@@ -57,19 +61,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _high_water_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None  # gone, or a zombie (no memory lines)
+
+
 def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MB and stdout of one child process."""
-    started = time.perf_counter()
+    peak_kb = 0
     with tempfile.TemporaryFile() as out:
+        started = time.perf_counter()
         child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(child.pid, 0)
+        while True:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+            if pid:
+                break
+            peak_kb = max(peak_kb, _high_water_kb(child.pid) or 0)
+            time.sleep(0.002)
         wall = time.perf_counter() - started
         child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode()
     if child.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited with {child.returncode}")
-    return wall, usage.ru_maxrss / 1024, text
+    return wall, peak_kb / 1024, text
 
 
 class StoreScp:
@@ -111,7 +132,10 @@ def measure(label: str, template: list[str], work: Path, env: dict[str, str], co
         received = scp.count(count)
     finally:
         scp.stop()
-    send_rate = json.loads(text.strip().splitlines()[-1])["send_rate"] if label.startswith("xnat") else None
+    send_rate = None
+    if label.startswith("xnat"):  # our sender also reports its own high-water mark, read as it ends
+        report = json.loads(text.strip().splitlines()[-1])
+        send_rate, peak = report["send_rate"], max(peak, report["peak_kb"] / 1024)
     return Run(label, count, wall, peak, received, send_rate)
 
 
@@ -152,17 +176,18 @@ def main() -> None:
                 plans.append((f"xnat_flows, {workers} assoc (procs)",
                               [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "1"]))
         print(f"{'sender':<28} {'inst/s':>10} {'send/s':>8} {'wall s':>8} {'peak MB':>9} {'received':>9}")
-        best: dict[str, Run] = {}
+        runs: dict[str, list[Run]] = {label: [] for label, _ in plans}
         for _ in range(args.repeat):  # interleaved rounds: load from other processes hits every sender alike
             for label, template in plans:
                 run = measure(label, template, work, env, count)
                 print(run.line(), flush=True)
-                if label not in best or run.wall < best[label].wall:
-                    best[label] = run
+                runs[label].append(run)
         if args.repeat > 1:
-            print("\nbest of each:")
-            for run in best.values():
-                print(run.line())
+            for title, pick in (("median", lambda rs: sorted(rs, key=lambda r: r.wall)[(len(rs) - 1) // 2]),
+                                ("best", lambda rs: min(rs, key=lambda r: r.wall))):
+                print(f"\n{title} of each ({args.repeat} runs):")
+                for label_runs in runs.values():
+                    print(pick(label_runs).line())
         print("\ninst/s: instances / child wall time (start-up + scan + send); "
               "send/s: our sender's own rate after scanning; peak MB: the sender process's max RSS "
               "(with --processes the worker processes are not included)")

@@ -16,7 +16,6 @@ from pydicom.data import get_testdata_file
 from xnat_flows.client.errors import InputError
 from xnat_flows.testing.scp import DicomReceiver, ScpFaults
 from xnat_flows.testing.synth import write_studies
-from xnat_flows.transfer.dicom_association import dataset_offset
 from xnat_flows.transfer.dicom_send import (
     AssociationRejectedError,
     CalledAETitleRejectedError,
@@ -29,6 +28,7 @@ from xnat_flows.transfer.dicom_send import (
     status_meaning,
     validate_ae_title,
 )
+from xnat_flows.transfer.part10 import dataset_offset
 from xnat_flows.transfer.scan import scan_directory
 
 FAST = {"dimse_timeout": 5.0, "acse_timeout": 5.0}
@@ -277,6 +277,28 @@ def test_a_failure_status_is_recorded_with_its_meaning(scp: DicomReceiver, recei
     assert (failure.status, failure.status_hex, failure.attempts) == (0xA700, "0xA700", 2)
     assert failure.meaning == "Failure: Refused: Out of Resources"
     assert status_meaning(0x0000) == "Success"
+
+
+def test_a_file_the_receiver_cannot_place_fails_once_with_the_reason(tmp_path: Path) -> None:
+    """The file-meta scan does not read Study Instance UIDs; XNAT refuses an instance without one
+    (0xC000), and the sender then reads the file to say why instead of retrying it."""
+    manifest = write_studies(tmp_path / "study", series=1, instances=3, instance_kb=8)
+    orphan = pydicom.dcmread(manifest.files[0].path)
+    del orphan.StudyInstanceUID
+    orphan.save_as(manifest.files[0].path, enforce_file_format=True)
+
+    def importer(part10: bytes, calling_aet: str) -> str | None:  # XNAT: "unable to read DICOM object"
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(part10), stop_before_pixels=True)
+        return "/prearchive/x" if "StudyInstanceUID" in ds else None
+
+    with DicomReceiver(importer, ae_title="XNAT") as receiver:
+        result = send_dicom(tmp_path / "study", host="127.0.0.1", port=receiver.port, workers=1, **FAST)
+    assert len(result.sent) == 2
+    [failure] = result.failed
+    assert failure.path == manifest.files[0].path.absolute() and failure.attempts == 1
+    assert failure.status_hex == "0xC000"
+    assert failure.reason == ("DICOM without StudyInstanceUID: XNAT cannot place it "
+                              "(found after the receiver refused it)")
 
 
 def test_receiver_down_fails_fast_in_preflight_and_records_failures_without_it(study_root: Path) -> None:

@@ -7,20 +7,20 @@ import struct
 import threading
 from io import BytesIO
 
-import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.filereader import read_dataset
 
 from xnat_flows.transfer.dicom_association import (
     AssociationRejected,
     Rejection,
     StorageAssociation,
-    dataset_offset,
     decode_command,
     encode_command,
 )
-from xnat_flows.transfer.dicom_contexts import MAX_CONTEXTS_PER_ASSOCIATION, plan_association_groups
+from xnat_flows.transfer.dicom_contexts import (
+    MAX_CONTEXTS_PER_ASSOCIATION,
+    plan_association_groups,
+)
 from xnat_flows.transfer.dicom_send import status_meaning
 
 MR, CT = "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.2"
@@ -45,22 +45,6 @@ def test_command_sets_round_trip_with_group_length_and_even_uids() -> None:
     assert list(fields) == [0x0000, 0x0002, 0x0100, 0x1000]  # ascending element order
     decoded = read_dataset(BytesIO(encoded), is_implicit_VR=True, is_little_endian=True)  # pydicom agrees
     assert decoded.CommandField == 1 and decoded.AffectedSOPInstanceUID == "1.2.3"
-
-
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"])
-def test_dataset_offset_points_after_the_file_meta(name: str) -> None:
-    data = open(get_testdata_file(name), "rb").read()
-    offset = dataset_offset(data)
-    assert struct.unpack_from("<H", data, offset)[0] != 0x0002
-    meta = pydicom.filereader.read_file_meta_info(get_testdata_file(name))
-    assert offset == 132 + 12 + meta.FileMetaInformationGroupLength
-
-
-def test_dataset_offset_refuses_non_dicom() -> None:
-    with pytest.raises(ValueError, match="DICM"):
-        dataset_offset(b"x" * 200)
-    with pytest.raises(ValueError, match="meta"):
-        dataset_offset(bytes(128) + b"DICM" + b"\x02\x00\x10\x00UI\x40\x00")
 
 
 def test_status_meanings_name_the_category_and_the_text() -> None:

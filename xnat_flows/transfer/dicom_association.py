@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from xnat_flows.transfer.part10 import dataset_offset
+
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 IMPLEMENTATION_CLASS_UID = "2.25.62405182542291675675188163381205211581"  # uuid5 of this SCU's name
 IMPLEMENTATION_VERSION = "XNATFLOWS_01"
@@ -24,7 +26,6 @@ _P_DATA, _RELEASE_RQ, _RELEASE_RP, _ABORT = 0x04, 0x05, 0x06, 0x07
 _COMMAND, _LAST = 0x01, 0x02  # message control header bits of a PDV
 _C_STORE_RQ, _C_ECHO_RQ = 0x0001, 0x0030
 _NO_DATASET, _DATASET_PRESENT = 0x0101, 0x0000
-_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
 class UpperLayerError(Exception):
@@ -92,23 +93,6 @@ def decode_command(data: bytes) -> dict[int, bytes]:
         fields[element] = data[offset + 8: offset + 8 + length]
         offset += 8 + length
     return fields
-
-
-def dataset_offset(part10: bytes | memoryview) -> int:
-    """Where the dataset starts in a Part-10 file: after preamble, ``DICM`` and the group-0002 elements."""
-    if bytes(part10[128:132]) != b"DICM":
-        raise ValueError("not a DICOM Part-10 file (no DICM marker)")
-    offset = 132
-    while offset + 8 <= len(part10):
-        group = struct.unpack_from("<H", part10, offset)[0]
-        if group != 0x0002:
-            return offset
-        vr = bytes(part10[offset + 4: offset + 6])
-        if vr in _LONG_LENGTH_VRS:
-            offset += 12 + struct.unpack_from("<I", part10, offset + 8)[0]
-        else:
-            offset += 8 + struct.unpack_from("<H", part10, offset + 6)[0]
-    raise ValueError("file ends inside the file meta header")
 
 
 # -- the association -------------------------------------------------------------------------------
@@ -225,7 +209,7 @@ class StorageAssociation:
         while True:
             try:
                 pdu_type, body = _read_pdu(self._sock)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 raise NoResponse(f"no response within {self.dimse_timeout:g} s") from None
             except OSError as exc:
                 raise NoResponse(f"connection lost while waiting for a response: {exc}") from None

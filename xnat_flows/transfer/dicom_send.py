@@ -43,10 +43,10 @@ from xnat_flows.transfer.dicom_association import (
     AssociationRejected,
     StorageAssociation,
     UpperLayerError,
-    dataset_offset,
 )
+from xnat_flows.transfer.part10 import dataset_offset
 from xnat_flows.transfer.dicom_contexts import SyntaxPair, plan_association_groups
-from xnat_flows.transfer.scan import DicomFile, ScanResult, scan_directory
+from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, read_header, scan_directory
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,16 @@ class RoutingOverride:
 
 
 # -- results -------------------------------------------------------------------------------------
+def is_stored(status: int) -> bool:
+    """Success or Warning (PS3.4 Annex B: the instance was stored); checked per instance, so the
+    common 0x0000 is answered without importing pynetdicom."""
+    if status == 0x0000:
+        return True
+    from pynetdicom.status import code_to_category
+
+    return code_to_category(status) in ("Success", "Warning")
+
+
 def status_meaning(status: int | None) -> str:
     """Category and text of a C-STORE status (PS3.4 Annex B), or why there was none."""
     if status is None:
@@ -334,6 +344,20 @@ def _dataset_bytes(item: _Item, routing_comment: str | None) -> memoryview:
     return memoryview(encoded)[dataset_offset(encoded):]
 
 
+def _why_unsendable(item: _Item) -> str:
+    """Why the receiver cannot take this file (truncated, corrupt header...), or "" if it looks fine.
+
+    The file-meta scan does not read datasets; when a receiver refuses an instance or drops the
+    association over it, the full header check tells a corrupt file from a receiver problem.
+    """
+    path = Path(item.path)
+    try:
+        outcome = read_header(path, path.parent, path.stat())
+    except OSError as exc:
+        return f"cannot read the file: {exc.strerror or exc}"
+    return f"{outcome.reason} (found after the receiver refused it)" if isinstance(outcome, SkippedFile) else ""
+
+
 def _worker(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair, ...]], tasks: Any, results: Any,
             max_attempts: int, routing_comment: str | None) -> None:
     """Take chunks ``(group, [items])`` from ``tasks`` until ``None``; report every instance."""
@@ -347,8 +371,6 @@ def _worker(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair, ...
 
 def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair, ...]], tasks: Any,
                  results: Any, max_attempts: int, routing_comment: str | None) -> None:
-    from pynetdicom.status import code_to_category
-
     assoc: StorageAssociation | None = None
     assoc_group = -1
     failures_in_a_row = 0  # association attempts that failed, across chunks
@@ -411,7 +433,7 @@ def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair
                 status = assoc.store(item.sop_class, item.transfer_syntax, item.sop_instance_uid, dataset)
             except UpperLayerError as exc:  # NoResponse: stalled, aborted or dropped
                 error = str(exc)
-            if status is not None and code_to_category(status) in ("Success", "Warning"):
+            if status is not None and is_stored(status):
                 counts["sent"] += 1
                 results.put(("outcome", _SENT, item.index, status, attempts[item.index], ""))
                 continue
@@ -420,6 +442,10 @@ def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair
                 close(f"aborted: {error}", abort=True)  # a stalled association is not reused
             else:
                 close(f"released after status 0x{status:04X}")  # retry on a fresh association
+            broken = _why_unsendable(item)
+            if broken:  # a corrupt file fails the same way every time: say why, do not retry
+                results.put(("outcome", _FAILED, item.index, status, attempts[item.index], broken))
+                continue
             if attempts[item.index] < max_attempts:
                 pending.appendleft(item)
             else:
@@ -433,7 +459,7 @@ def _as_dicom_files(files: ScanResult | Iterable[DicomFile] | str | os.PathLike[
     if isinstance(files, ScanResult):
         return list(files.files)
     if isinstance(files, (str, os.PathLike)):
-        return list(scan_directory(files).files)
+        return list(scan_directory(files, headers="file-meta").files)
     return list(files)
 
 

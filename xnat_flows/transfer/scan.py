@@ -4,6 +4,19 @@ Scanner exports are messy: extensionless files, DICOMDIRs, hidden junk, symlink 
 unreadable and truncated files. A file counts as DICOM by content (the 128-byte preamble
 followed by ``DICM``), never by name. Every file that is not uploaded is reported with the
 reason, so "why did only 2,998 of 3,000 files arrive?" has an answer before the upload.
+
+Two depths of reading, one walk and one set of skip reasons:
+
+* ``headers="full"`` (the REST path): pydicom reads each header up to the pixel data, giving
+  the study and series UIDs that decide how an upload is grouped, and catching files whose
+  pixel data is cut short (~2,300 files/s).
+* ``headers="file-meta"`` (the C-STORE path): the Part-10 file meta group, which holds all a
+  C-STORE needs, and a quick check that the Pixel Data element ends exactly at the end of the
+  file (``part10``; ~50,000 files/s, no pydicom import). Whatever that cannot confirm (no pixel
+  data, elements after it, big-endian or deflated data, a file cut short) is read by pydicom as
+  in "full", so the same files are skipped for the same reasons. Study and series UIDs stay
+  empty for the confirmed files. A file without a Study Instance UID is the one thing not
+  caught before sending: the receiver refuses it, and ``dicom_send`` then reads it to say why.
 """
 
 from __future__ import annotations
@@ -13,12 +26,23 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pydicom
+from typing import TYPE_CHECKING, Literal
 
 from xnat_flows.client.errors import InputError
+from xnat_flows.transfer.part10 import (
+    HEAD_BYTES,
+    META_START,
+    MetaTooShort,
+    has_magic,
+    pixel_data_reaches_end,
+    read_file_meta,
+)
 
-DICM_OFFSET = 128
+if TYPE_CHECKING:
+    import pydicom
+
+ScanHeaders = Literal["full", "file-meta"]
+_FILE_META_HEAD_BYTES = 16384  # the file meta group and, in most files, the Pixel Data element header
 MEDIA_STORAGE_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 _HEADER_TAGS = [
@@ -58,6 +82,7 @@ class ScanResult:
     root: Path
     files: list[DicomFile] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
+    headers: ScanHeaders = "full"  # with "file-meta", study and series UIDs are not read (empty)
 
     @property
     def total_bytes(self) -> int:
@@ -78,8 +103,7 @@ class ScanResult:
 def is_dicom_part10(path: Path) -> bool:
     """True when the file has the Part 10 preamble and ``DICM`` marker."""
     with open(path, "rb") as handle:
-        head = handle.read(DICM_OFFSET + 4)
-    return len(head) == DICM_OFFSET + 4 and head[DICM_OFFSET:] == b"DICM"
+        return has_magic(handle.read(META_START))
 
 
 def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -178,11 +202,22 @@ def _truncated_pixel_data(ds: pydicom.Dataset, file_size: int) -> str | None:
     return None
 
 
+_NOT_DICOM = "not DICOM (no DICM marker at byte 128)"
+_DICOMDIR = "DICOMDIR (a media index, not an image)"
+_NOTHING_AFTER_META = "truncated: nothing after the DICOM file meta header"
+
+
+def _is_dicomdir(path: Path, sop_class: str) -> bool:
+    return sop_class == MEDIA_STORAGE_DIRECTORY_SOP_CLASS or path.name.upper() == "DICOMDIR"
+
+
 def read_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
     """Classify one file: a ``DicomFile`` to upload or a ``SkippedFile`` saying why not."""
+    import pydicom  # here, not at module level: the file-meta path does without its ~0.2 s import
+
     try:
         if not is_dicom_part10(path):
-            return SkippedFile(path, "not DICOM (no DICM marker at byte 128)")
+            return SkippedFile(path, _NOT_DICOM)
         # defer_size: large values (the pixel data) are skipped, not read
         ds = pydicom.dcmread(path, defer_size=1024, specific_tags=_HEADER_TAGS)
     except PermissionError:
@@ -200,10 +235,10 @@ def read_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | Skipp
 def _classify(path: Path, root: Path, st: os.stat_result, ds: pydicom.Dataset) -> DicomFile | SkippedFile:
     meta = getattr(ds, "file_meta", None)
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
-    if sop_class == MEDIA_STORAGE_DIRECTORY_SOP_CLASS or path.name.upper() == "DICOMDIR":
-        return SkippedFile(path, "DICOMDIR (a media index, not an image)")
+    if _is_dicomdir(path, sop_class):
+        return SkippedFile(path, _DICOMDIR)
     if len(ds) == 0:
-        return SkippedFile(path, "truncated: nothing after the DICOM file meta header")
+        return SkippedFile(path, _NOTHING_AFTER_META)
     sop_instance = str(ds.get("SOPInstanceUID", "") or (meta.get("MediaStorageSOPInstanceUID", "") if meta else ""))
     study = str(ds.get("StudyInstanceUID", "") or "")
     series = str(ds.get("SeriesInstanceUID", "") or "")
@@ -232,8 +267,57 @@ def _classify(path: Path, root: Path, st: os.stat_result, ds: pydicom.Dataset) -
     )
 
 
-def scan_directory(root: str | os.PathLike[str]) -> ScanResult:
-    """Every DICOM instance under ``root`` (recursive, sorted by relative path) and every skip."""
+def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
+    """Classify one file from its file meta group, confirming its pixel data reaches the end of
+    the file; anything this cannot confirm is classified by ``read_header`` (pydicom) instead."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_FILE_META_HEAD_BYTES)
+            if not has_magic(head):
+                return SkippedFile(path, _NOT_DICOM)
+            try:
+                meta = read_file_meta(head, file_size=st.st_size)
+            except MetaTooShort as short:  # an unusually long meta group
+                head += handle.read(short.needed - len(head) + HEAD_BYTES)
+                meta = read_file_meta(head, file_size=st.st_size)
+            if len(head) < st.st_size:
+                handle.seek(-8, os.SEEK_END)
+                tail = handle.read(8)
+            else:
+                tail = head[-8:]
+    except PermissionError:
+        return SkippedFile(path, "unreadable: permission denied")
+    except OSError as exc:
+        return SkippedFile(path, f"unreadable: {exc.strerror or exc}")
+    except ValueError:  # implicit-VR meta, missing UIDs, cut short: pydicom reads it and says why
+        return read_header(path, root, st)
+    if _is_dicomdir(path, meta.sop_class_uid):
+        return SkippedFile(path, _DICOMDIR)
+    if meta.dataset_offset >= st.st_size:
+        return SkippedFile(path, _NOTHING_AFTER_META)
+    if not pixel_data_reaches_end(head, tail, meta, st.st_size):
+        return read_header(path, root, st)  # no image, trailing elements, or cut short: pydicom decides
+    return DicomFile(
+        path=path,
+        relpath=path.relative_to(root).as_posix(),
+        size=st.st_size,
+        study_uid="",
+        series_uid="",
+        series_number=None,
+        sop_instance_uid=meta.sop_instance_uid,
+        sop_class_uid=meta.sop_class_uid,
+        transfer_syntax=meta.transfer_syntax,
+        mtime_ns=st.st_mtime_ns,
+    )
+
+
+def scan_directory(root: str | os.PathLike[str], headers: ScanHeaders = "full") -> ScanResult:
+    """Every DICOM instance under ``root`` (recursive, sorted by relative path) and every skip.
+
+    ``headers``: how much of each file to read, ``"full"`` or ``"file-meta"`` (module docstring).
+    """
+    if headers not in ("full", "file-meta"):
+        raise InputError(f"Unknown header depth {headers!r}", hint="Use 'full' or 'file-meta'")
     root_path = Path(root).expanduser()
     if not root_path.exists():
         raise InputError(f"{root_path} does not exist", hint="Pass the directory that holds the DICOM files")
@@ -243,9 +327,10 @@ def scan_directory(root: str | os.PathLike[str]) -> ScanResult:
             hint="Pass the directory that holds the DICOM files (a single archive is not scanned)",
         )
     root_path = root_path.absolute()
-    result = ScanResult(root=root_path)
+    result = ScanResult(root=root_path, headers=headers)
+    classify = read_header if headers == "full" else read_file_meta_header
     for path, st in _walk(root_path, result.skipped):
-        outcome = read_header(path, root_path, st)
+        outcome = classify(path, root_path, st)
         (result.files if isinstance(outcome, DicomFile) else result.skipped).append(outcome)
     result.files.sort(key=lambda f: f.relpath)
     # XNAT stores one file per SOP Instance UID; sending a copy twice (possibly in two parallel

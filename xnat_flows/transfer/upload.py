@@ -30,6 +30,7 @@ from xnat_flows.client.errors import (
     XnatError,
 )
 from xnat_flows.transfer.archive import ArchiveFormat, archive_size, content_type_for, iter_archive
+from xnat_flows.transfer.progress import Progress, ProgressCallback
 from xnat_flows.transfer.scan import DicomFile, read_exactly
 
 IMPORT_PATH = "/data/services/import"
@@ -105,21 +106,6 @@ class UploadTarget:
         }
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Reported as DICOM-zip batches stream and finish, or after every gradual instance.
-
-    The callback runs in worker threads, one call at a time and in order: keep it quick.
-    """
-
-    done: int
-    total: int
-    bytes_done: int
-    bytes_total: int
-    failed: int = 0
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass(frozen=True)

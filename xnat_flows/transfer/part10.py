@@ -1,0 +1,142 @@
+"""The DICOM Part-10 file meta group (PS3.10 §7.1), read without decoding the dataset.
+
+The group is a fixed structure: 128-byte preamble, ``DICM``, then group-0002 elements in
+Explicit VR Little Endian. It holds everything a C-STORE needs (SOP class, SOP instance,
+transfer syntax) and tells where the dataset starts, which the sender needs to send the
+dataset exactly as encoded. Reading it here costs ~12 µs per file against ~70 µs for
+``pydicom.filereader.read_file_meta_info`` and ~430 µs for the scanner's full header read
+(docs/cstore.md), and needs no pydicom import (~0.2 s). Anything unusual (a meta group
+in Implicit VR, a missing element) raises ``ValueError``: callers fall back to pydicom.
+
+``pixel_data_reaches_end`` is the matching quick check that a file is not cut short: it only
+ever confirms, and a file it cannot confirm is read by pydicom, which decides.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+PREAMBLE_LENGTH = 128
+MAGIC = b"DICM"
+META_START = PREAMBLE_LENGTH + len(MAGIC)
+# enough for any ordinary meta group; a longer one is read in full by the caller
+HEAD_BYTES = 4096
+
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_SOP_CLASS, _SOP_INSTANCE, _TRANSFER_SYNTAX = 0x0002, 0x0003, 0x0010
+_PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"  # (7FE0,0010) in little-endian byte order
+_PIXEL_DATA_VRS = {b"OB", b"OW", b"OD", b"OF", b"UN"}
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # ends encapsulated pixel data
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+_ENCAPSULATED_PREFIXES = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5")  # JPEG family, MPEG, HTJ2K; RLE
+
+
+class MetaTooShort(ValueError):
+    """The bytes given end inside the file meta group; ``needed`` says how many to read."""
+
+    def __init__(self, needed: int) -> None:
+        self.needed = needed
+        super().__init__("file ends inside the file meta header")
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    dataset_offset: int  # where the dataset (group 0008 onwards) starts in the file
+
+
+def has_magic(head: bytes | memoryview) -> bool:
+    """True when ``head`` starts with a preamble followed by ``DICM``."""
+    return len(head) >= META_START and bytes(head[PREAMBLE_LENGTH:META_START]) == MAGIC
+
+
+def _uid(value: bytes | memoryview) -> str:
+    return bytes(value).rstrip(b"\x00 ").decode("ascii")
+
+
+def read_file_meta(part10: bytes | memoryview, file_size: int | None = None) -> FileMeta:
+    """The file meta of a Part-10 file from its first bytes (``HEAD_BYTES`` are usually enough).
+
+    Raises ``MetaTooShort`` when ``part10`` stops inside the group and the file (``file_size``,
+    if given) is longer, ``ValueError`` when the bytes are not a well-formed meta group.
+    """
+    if not has_magic(part10):
+        raise ValueError("not a DICOM Part-10 file (no DICM marker)")
+    size = len(part10)
+    total = size if file_size is None else file_size
+    values: dict[int, bytes] = {}
+    offset = META_START
+    while True:
+        if offset + 8 > size:
+            if offset == total:
+                break  # the file holds nothing but its meta group
+            raise MetaTooShort(offset + 8) if total > size else ValueError("file ends inside the file meta header")
+        group, element = struct.unpack_from("<HH", part10, offset)
+        if group != 0x0002:
+            break
+        vr = bytes(part10[offset + 4: offset + 6])
+        if not (vr.isalpha() and vr.isupper()):
+            raise ValueError("file meta header is not in Explicit VR Little Endian")
+        if vr in _LONG_LENGTH_VRS:
+            if offset + 12 > size:
+                raise MetaTooShort(offset + 12) if total > size else ValueError("file ends inside the file meta header")
+            start = offset + 12
+            length = struct.unpack_from("<I", part10, offset + 8)[0]
+        else:
+            start = offset + 8
+            length = struct.unpack_from("<H", part10, offset + 6)[0]
+        end = start + length
+        if end > size:
+            raise MetaTooShort(end + 8) if total > size else ValueError("file ends inside the file meta header")
+        if element in (_SOP_CLASS, _SOP_INSTANCE, _TRANSFER_SYNTAX):
+            values[element] = bytes(part10[start:end])
+        offset = end
+    missing = [name for element, name in ((_SOP_CLASS, "MediaStorageSOPClassUID"),
+                                          (_SOP_INSTANCE, "MediaStorageSOPInstanceUID"),
+                                          (_TRANSFER_SYNTAX, "TransferSyntaxUID")) if not values.get(element)]
+    if missing:
+        raise ValueError(f"file meta header lacks {', '.join(missing)}")
+    try:
+        uids = [_uid(values[element]) for element in (_SOP_CLASS, _SOP_INSTANCE, _TRANSFER_SYNTAX)]
+    except UnicodeDecodeError:
+        raise ValueError("file meta header holds a UID that is not ASCII") from None
+    return FileMeta(*uids, dataset_offset=offset)
+
+
+def dataset_offset(part10: bytes | memoryview) -> int:
+    """Where the dataset starts in a whole Part-10 file held in memory."""
+    return read_file_meta(part10).dataset_offset
+
+
+def pixel_data_reaches_end(head: bytes | memoryview, tail: bytes, meta: FileMeta, file_size: int) -> bool:
+    """True when ``head`` (the first bytes of the file) shows a Pixel Data element that ends
+    exactly at the end of the file, so the file is whole. ``tail``: the file's last 8 bytes,
+    where encapsulated (compressed) pixel data ends with a sequence delimiter.
+
+    False means "not confirmed" (pixel data starts beyond ``head``, elements follow it, a
+    big-endian or deflated dataset, or a file really cut short): read it with pydicom then.
+    Bytes inside another value that merely look like a Pixel Data header do not confirm a file:
+    their declared length would have to land exactly on the file's last byte.
+    """
+    syntax = meta.transfer_syntax
+    implicit = syntax == _IMPLICIT_VR_LITTLE_ENDIAN
+    if not (implicit or syntax == _EXPLICIT_VR_LITTLE_ENDIAN or syntax.startswith(_ENCAPSULATED_PREFIXES)):
+        return False
+    data = bytes(head)
+    header = 8 if implicit else 12
+    position = data.find(_PIXEL_DATA_TAG_LE, meta.dataset_offset)
+    while position != -1 and position + header <= len(data):
+        if implicit or (data[position + 4:position + 6] in _PIXEL_DATA_VRS and data[position + 6:position + 8] == b"\0\0"):
+            length = struct.unpack_from("<I", data, position + header - 4)[0]
+            if length == _UNDEFINED_LENGTH:  # encapsulated: items, then a sequence delimiter at the very end
+                if tail == _SEQUENCE_DELIMITER:
+                    return True
+            elif position + header + length == file_size:
+                return True
+        position = data.find(_PIXEL_DATA_TAG_LE, position + 1)
+    return False

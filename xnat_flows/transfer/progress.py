@@ -1,0 +1,27 @@
+"""The progress snapshot every transfer reports (REST batches, gradual instances, C-STORE).
+
+Its own module so that the C-STORE path and the CLI can use it without importing the HTTP
+upload code (httpx and the REST client cost ~0.1 s of start-up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported as DICOM-zip batches stream and finish, or after every gradual instance.
+
+    The callback runs in worker threads, one call at a time and in order: keep it quick.
+    """
+
+    done: int
+    total: int
+    bytes_done: int
+    bytes_total: int
+    failed: int = 0
+
+
+ProgressCallback = Callable[[Progress], None]
