@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,11 @@ def main() -> None:
         for workers in args.workers:
             plans.append((f"xnat_flows, {workers} assoc (threads)",
                           [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "0"]))
+            if workers == max(args.workers):  # what a user types: the CLI, with its progress bar
+                plans.append((f"CLI upload-dicom, {workers} assoc",
+                              [str(Path(sys.executable).with_name("xnat-flows")), "session", "upload-dicom", str(study),
+                               "--host", "127.0.0.1", "--port", "{port}", "--called-aet", "XNAT",
+                               "--workers", str(workers)]))
             if args.processes and workers > 1:
                 plans.append((f"xnat_flows, {workers} assoc (procs)",
                               [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "1"]))
@@ -188,6 +194,12 @@ def main() -> None:
                 print(f"\n{title} of each ({args.repeat} runs):")
                 for label_runs in runs.values():
                     print(pick(label_runs).line())
+            # the machine's speed drifts between rounds (shared host): compare within a round
+            reference = runs[plans[0][0]]
+            print(f"\nspeed relative to storescu in the same round (storescu wall / sender wall), {args.repeat} rounds:")
+            for label, label_runs in list(runs.items())[1:]:
+                ratios = sorted(ref.wall / run.wall for ref, run in zip(reference, label_runs))
+                print(f"{label:<28} median {statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x")
         print("\ninst/s: instances / child wall time (start-up + scan + send); "
               "send/s: our sender's own rate after scanning; peak MB: the sender process's max RSS "
               "(with --processes the worker processes are not included)")

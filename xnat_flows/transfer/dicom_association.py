@@ -252,6 +252,12 @@ class StorageAssociation:
 
         Raises ``KeyError`` if the pair was not accepted, ``NoResponse`` when no answer came.
         """
+        return self.await_status(self.send_store(sop_class, transfer_syntax, sop_instance_uid, dataset))
+
+    def send_store(self, sop_class: str, transfer_syntax: str, sop_instance_uid: str,
+                   dataset: bytes | memoryview) -> int:
+        """The request half of ``store``: sends the C-STORE-RQ and returns its message ID, so the
+        caller can prepare the next instance while the peer stores this one."""
         context_id = self.accepted[(sop_class, transfer_syntax)]
         message_id = self._next_message_id()
         command = encode_command([(0x0002, _uid_bytes(sop_class)),
@@ -261,6 +267,10 @@ class StorageAssociation:
                                   (0x0800, struct.pack("<H", _DATASET_PRESENT)),
                                   (0x1000, _uid_bytes(sop_instance_uid))])
         self._guarded_send(context_id, command, dataset)
+        return message_id
+
+    def await_status(self, message_id: int) -> int:
+        """The response half of ``store``: the DIMSE status for ``message_id``."""
         return self._await_status(message_id)
 
     def store_file(self, path: str | Path, sop_class: str, transfer_syntax: str, sop_instance_uid: str) -> int:

@@ -344,6 +344,15 @@ def _dataset_bytes(item: _Item, routing_comment: str | None) -> memoryview:
     return memoryview(encoded)[dataset_offset(encoded):]
 
 
+def _read_ahead(item: _Item, ready: dict[int, memoryview]) -> None:
+    """Put ``item``'s dataset in ``ready``; a file that cannot be read is left for the normal
+    path, which reports it."""
+    try:
+        ready[item.index] = _dataset_bytes(item, None)
+    except (OSError, ValueError):
+        pass
+
+
 def _why_unsendable(item: _Item) -> str:
     """Why the receiver cannot take this file (truncated, corrupt header...), or "" if it looks fine.
 
@@ -397,6 +406,7 @@ def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair
             close("released")
         assoc_group = group
         pending = deque(items)
+        ready: dict[int, memoryview] = {}  # at most one file, read ahead
         attempts: dict[int, int] = {}
         chunk_open_failures = 0
         while pending:
@@ -418,11 +428,12 @@ def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair
                 counts.update(sent=0, failed=0, opened=time.perf_counter())
             item = pending.popleft()
             if item.pair not in assoc.accepted:
+                ready.pop(item.index, None)
                 results.put(("outcome", _SKIPPED, item.index, None, 0,
                              f"the peer did not accept {_uid_name(item.sop_class)} in {_uid_name(item.transfer_syntax)}"))
                 continue
             try:
-                dataset = _dataset_bytes(item, routing_comment)
+                dataset = ready.pop(item.index) if item.index in ready else _dataset_bytes(item, routing_comment)
             except (OSError, ValueError) as exc:  # vanished, unreadable or no longer DICOM: retrying will not help
                 results.put(("outcome", _FAILED, item.index, None, 0, f"cannot read the file: {exc}"))
                 continue
@@ -430,7 +441,11 @@ def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair
             status: int | None = None
             error = ""
             try:
-                status = assoc.store(item.sop_class, item.transfer_syntax, item.sop_instance_uid, dataset)
+                message_id = assoc.send_store(item.sop_class, item.transfer_syntax, item.sop_instance_uid, dataset)
+                if pending and routing_comment is None:
+                    # read the next file while the receiver stores this one (one request in flight)
+                    _read_ahead(pending[0], ready)
+                status = assoc.await_status(message_id)
             except UpperLayerError as exc:  # NoResponse: stalled, aborted or dropped
                 error = str(exc)
             if status is not None and is_stored(status):
