@@ -29,12 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = """
 import json, sys, time
-from xnat_flows.transfer.dicom_send import send_dicom
+from xnat_flows.transfer.dicom_send import RoutingOverride, send_dicom
 from xnat_flows.transfer.scan import scan_directory
 if __name__ == "__main__":
     scan = scan_directory(sys.argv[1], headers="file-meta")
+    routing = RoutingOverride("BENCH", "S01", "S01_MR1") if sys.argv[5:] == ["routing"] else None
     result = send_dicom(scan, host="127.0.0.1", port=int(sys.argv[2]), called_aet="XNAT",
-                        workers=int(sys.argv[3]), processes=sys.argv[4] == "1")
+                        workers=int(sys.argv[3]), processes=sys.argv[4] == "1", routing=routing)
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     print(json.dumps({"sent": len(result.sent), "failed": len(result.failed), "send_rate": result.instances_per_second,
                       "peak_kb": hwm}))
@@ -148,6 +149,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all senders (interleaved); every run printed")
     parser.add_argument("--processes", action="store_true", help="also run our sender with one process per association")
+    parser.add_argument("--routing", action="store_true",
+                        help="also run our sender with a routing override (PatientComments set on a copy of each instance)")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
     for tool in ("storescp", "storescu"):
@@ -178,6 +181,9 @@ def main() -> None:
                               [str(Path(sys.executable).with_name("xnat-flows")), "session", "upload-dicom", str(study),
                                "--host", "127.0.0.1", "--port", "{port}", "--called-aet", "XNAT",
                                "--workers", str(workers)]))
+            if args.routing:
+                plans.append((f"xnat_flows, {workers} assoc +routing",
+                              [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "0", "routing"]))
             if args.processes and workers > 1:
                 plans.append((f"xnat_flows, {workers} assoc (procs)",
                               [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "1"]))

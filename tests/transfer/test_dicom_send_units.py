@@ -7,7 +7,9 @@ import struct
 import threading
 from io import BytesIO
 
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.filereader import read_dataset
 
 from xnat_flows.transfer.dicom_association import (
@@ -105,3 +107,21 @@ def test_only_contexts_accepted_in_the_proposed_syntax_count() -> None:
     assert assoc.peer_max_pdu == 16384
     assoc.abort()
     assert not assoc.is_open
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm",
+                                  "MR_small_bigendian.dcm", "image_dfl.dcm"])
+def test_routing_copy_changes_patient_comments_only_in_every_transfer_syntax(name: str) -> None:
+    from pathlib import Path
+
+    from xnat_flows.transfer.dicom_send import _with_patient_comments
+    from xnat_flows.transfer.part10 import dataset_offset
+
+    data = Path(get_testdata_file(name)).read_bytes()
+    sent = _with_patient_comments(data, "Project:P1 Subject:S1")
+    received = pydicom.dcmread(BytesIO(data[:dataset_offset(data)] + sent))  # the file's meta + what was sent
+    original = pydicom.dcmread(BytesIO(data))
+    assert received.PatientComments == "Project:P1 Subject:S1"
+    original.PatientComments = "Project:P1 Subject:S1"
+    assert received == original
+    assert received.PixelData == original.PixelData

@@ -44,7 +44,7 @@ from xnat_flows.transfer.dicom_association import (
     StorageAssociation,
     UpperLayerError,
 )
-from xnat_flows.transfer.part10 import dataset_offset
+from xnat_flows.transfer.part10 import dataset_offset, little_endian_vr, read_file_meta
 from xnat_flows.transfer.dicom_contexts import SyntaxPair, plan_association_groups
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, read_header, scan_directory
 
@@ -332,16 +332,40 @@ def _dataset_bytes(item: _Item, routing_comment: str | None) -> memoryview:
     data = Path(item.path).read_bytes()
     if routing_comment is None:
         return memoryview(data)[dataset_offset(data):]  # sent as encoded, never decoded
+    return memoryview(_with_patient_comments(data, routing_comment))
+
+
+def _with_patient_comments(part10: bytes, comment: str) -> bytes:
+    """The file's dataset, re-encoded in its own transfer syntax with PatientComments set.
+
+    Little-endian, non-deflated datasets (nearly all) are read and written as a bare dataset:
+    pydicom keeps untouched elements as raw bytes, so only PatientComments changes, at twice
+    the speed of a whole-file round trip. Deflated and big-endian data take that round trip.
+    """
     import io
 
     import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_dataset
 
-    dataset = pydicom.dcmread(io.BytesIO(data))  # an in-memory copy: the user's file stays untouched
-    dataset.PatientComments = routing_comment
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)  # same transfer syntax as the file
-    encoded = buffer.getvalue()
-    return memoryview(encoded)[dataset_offset(encoded):]
+    meta = read_file_meta(part10)
+    encoding = little_endian_vr(meta.transfer_syntax)
+    if encoding is not None:
+        implicit = encoding == "implicit"
+        dataset = read_dataset(io.BytesIO(memoryview(part10)[meta.dataset_offset:]), is_implicit_VR=implicit,
+                               is_little_endian=True)
+        dataset.PatientComments = comment
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+        write_dataset(buffer, dataset)
+        return buffer.getvalue()
+    dataset = pydicom.dcmread(io.BytesIO(part10))
+    dataset.PatientComments = comment
+    whole = io.BytesIO()
+    dataset.save_as(whole, enforce_file_format=True)  # same transfer syntax as the file
+    encoded = whole.getvalue()
+    return encoded[dataset_offset(encoded):]
 
 
 def _read_ahead(item: _Item, ready: dict[int, memoryview]) -> None:

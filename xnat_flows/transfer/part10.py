@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Literal
 
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
@@ -113,6 +114,17 @@ def dataset_offset(part10: bytes | memoryview) -> int:
     return read_file_meta(part10).dataset_offset
 
 
+def little_endian_vr(transfer_syntax: str) -> Literal["implicit", "explicit"] | None:
+    """How a dataset in this syntax is encoded when it is plain little-endian bytes: Implicit or
+    Explicit VR Little Endian, and every encapsulated syntax (its dataset is Explicit VR LE).
+    None for deflated, big-endian and unknown (private) syntaxes: leave those to pydicom."""
+    if transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN:
+        return "implicit"
+    if transfer_syntax == _EXPLICIT_VR_LITTLE_ENDIAN or transfer_syntax.startswith(_ENCAPSULATED_PREFIXES):
+        return "explicit"
+    return None
+
+
 def pixel_data_reaches_end(head: bytes | memoryview, tail: bytes, meta: FileMeta, file_size: int) -> bool:
     """True when ``head`` (the first bytes of the file) shows a Pixel Data element that ends
     exactly at the end of the file, so the file is whole. ``tail``: the file's last 8 bytes,
@@ -123,10 +135,10 @@ def pixel_data_reaches_end(head: bytes | memoryview, tail: bytes, meta: FileMeta
     Bytes inside another value that merely look like a Pixel Data header do not confirm a file:
     their declared length would have to land exactly on the file's last byte.
     """
-    syntax = meta.transfer_syntax
-    implicit = syntax == _IMPLICIT_VR_LITTLE_ENDIAN
-    if not (implicit or syntax == _EXPLICIT_VR_LITTLE_ENDIAN or syntax.startswith(_ENCAPSULATED_PREFIXES)):
+    encoding = little_endian_vr(meta.transfer_syntax)
+    if encoding is None:
         return False
+    implicit = encoding == "implicit"
     data = bytes(head)
     header = 8 if implicit else 12
     position = data.find(_PIXEL_DATA_TAG_LE, meta.dataset_offset)
