@@ -15,16 +15,7 @@ __version__ = "0.1.0"
 
 # The Blocks are reachable from the package itself, so `prefect block register -m xnat_flows`
 # works, without importing Prefect for users of the emulator or the plain library (PEP 562).
-_LAZY_BLOCKS = ("XnatCredentials", "DicomReceiver")
+from xnat_flows._lazy import lazy_exports  # noqa: E402
 
-
-def __getattr__(name: str):  # noqa: ANN202
-    if name in _LAZY_BLOCKS:
-        from xnat_flows import blocks
-
-        return getattr(blocks, name)
-    raise AttributeError(f"module 'xnat_flows' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY_BLOCKS])
+__getattr__, __dir__ = lazy_exports(globals(), {"XnatCredentials": "xnat_flows.blocks",
+                                               "DicomReceiver": "xnat_flows.blocks"})

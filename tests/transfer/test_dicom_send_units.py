@@ -125,3 +125,18 @@ def test_routing_copy_changes_patient_comments_only_in_every_transfer_syntax(nam
     original.PatientComments = "Project:P1 Subject:S1"
     assert received == original
     assert received.PixelData == original.PixelData
+
+
+def test_the_send_path_imports_no_heavy_library() -> None:
+    """Start-up is part of C-STORE throughput (docs/cstore.md): scanning and sending a directory
+    must not import pydicom, pynetdicom or httpx (0.2-0.3 s each with their dependencies)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from xnat_flows.transfer.dicom_send import send_dicom\n"
+            "from xnat_flows.transfer.scan import scan_directory\n"
+            "from xnat_flows.transfer.progress import Progress\n"
+            "print(sorted(m for m in ('pydicom', 'pynetdicom', 'httpx', 'prefect') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -5,8 +5,9 @@ No Prefect import here or below: the CLI and any script can use it directly.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from xnat_flows._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from xnat_flows.client.client import (
@@ -79,14 +80,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # noqa: ANN202
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -5,8 +5,9 @@ Plain Python on ``xnat_flows.client`` (no Prefect). C-STORE lives in ``dicom_sen
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from xnat_flows._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from xnat_flows.transfer.archive import (
@@ -115,14 +116,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # noqa: ANN202
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
