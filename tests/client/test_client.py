@@ -343,6 +343,20 @@ def test_token_cache_is_private_and_reused(tmp_path: Path, make_client) -> None:
     assert second.requests[0].headers["Cookie"] == f"JSESSIONID={TOKEN}"
 
 
+def test_a_cached_session_is_not_reused_with_another_password(tmp_path: Path, make_client) -> None:
+    cache = TokenCache(tmp_path / "profile")
+    make_client(Recorder(), cache=cache).request("GET", "/x")
+    assert PASSWORD not in cache.path.read_text()  # only a salted PBKDF2 check of it
+
+    other = Recorder()
+    make_client(other, cache=cache, password="not-the-password").request("GET", "/x")
+    assert other.calls("/data/JSESSION") == 1  # a fresh login, where a wrong password fails as such
+
+    no_password = Recorder()  # a caller with only the cached session (no password anywhere) reuses it
+    make_client(no_password, cache=cache, password=None).request("GET", "/x")
+    assert no_password.calls("/data/JSESSION") == 0
+
+
 def test_token_cache_forgets_idle_tokens(tmp_path: Path) -> None:
     cache = TokenCache(tmp_path, max_idle_seconds=0.0)
     cache.put("https://a", "u", "TOKEN")

@@ -69,6 +69,15 @@ def test_password_from_the_environment_is_quiet(xnat: XnatEmulator) -> None:
     assert WARNING not in outcome.output
 
 
+def test_a_wrong_password_fails_even_with_a_cached_session(xnat: XnatEmulator) -> None:
+    assert _whoami(xnat, env={"XNAT_PASS": SENTINEL_PASSWORD}).exit_code == 0  # caches a session
+
+    outcome = _whoami(xnat, env={"XNAT_PASS": "not-the-password"})
+
+    assert outcome.exit_code == 3, outcome.output  # authentication failed, not "admin"
+    assert _whoami(xnat).exit_code == 0  # no password given: the cached session still serves
+
+
 def test_password_from_the_prompt_is_quiet(xnat: XnatEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     from xnat_flows.client import credentials
 

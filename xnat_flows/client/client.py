@@ -236,7 +236,8 @@ class XnatClient:
         log.info("logged in to %s as %s", creds.url, creds.username)
         if self.token_cache is not None:
             try:
-                self.token_cache.put(creds.url, creds.username, token)
+                self.token_cache.put(creds.url, creds.username, token,
+                                     creds.password.get_secret_value() if creds.password else None)
             except OSError as exc:
                 log.warning("could not write the token cache: %s", exc)
 
@@ -248,7 +249,8 @@ class XnatClient:
                     creds = self.credentials
                     token = creds.token.get_secret_value() if creds.token else None
                     if token is None and self.token_cache is not None:
-                        token = self.token_cache.get(creds.url, creds.username)
+                        token = self.token_cache.get(creds.url, creds.username,
+                                                     creds.password.get_secret_value() if creds.password else None)
                     if token is not None:
                         self._auth_state = (self._auth_state[0] + 1, token)
                         self._auth_loaded = True

@@ -8,6 +8,8 @@ command at another server never sends it a password meant for a different one.
 from __future__ import annotations
 
 import getpass
+import hashlib
+import hmac
 import json
 import os
 import sys
@@ -114,12 +116,20 @@ def resolve_credentials(
         raise InputError(message, hint="Use the full URL, e.g. https://xnat.example.org") from None
 
 
+def _password_check(token: str, password: str) -> str:
+    """Ties a cached session to the password it was opened with, without storing the password:
+    a slow salted hash (PBKDF2, ~40 ms), salted with the session id itself."""
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), token.encode(), 100_000).hex()
+
+
 class TokenCache:
     """JSESSIONIDs per (URL, user) in ``tokens.json`` of the profile directory.
 
     The file is mode 0600 in a 0700 directory and replaced atomically (temp file + rename),
     so a crash or a concurrent writer never leaves half a file. XNAT expires sessions after
     15 idle minutes by default; older entries are not offered (they would cost a 401).
+    A session opened with a password is offered again only to a caller with the same password
+    (or none): a wrong password must fail as a wrong password, not ride on an old session.
     """
 
     FILE_NAME = "tokens.json"
@@ -154,18 +164,26 @@ class TokenCache:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def get(self, url: str, username: str | None) -> str | None:
+    def get(self, url: str, username: str | None, password: str | None = None) -> str | None:
+        """The cached session, if fresh and, when ``password`` is given, opened with it."""
         entry = self._read().get(self._key(url, username))
         if not isinstance(entry, dict) or not entry.get("token"):
             return None
         if time.time() - float(entry.get("last_used", 0)) > self.max_idle_seconds:
             return None
-        return str(entry["token"])
+        token = str(entry["token"])
+        if password is not None and not hmac.compare_digest(str(entry.get("password_check", "")),
+                                                            _password_check(token, password)):
+            return None
+        return token
 
-    def put(self, url: str, username: str | None, token: str) -> None:
+    def put(self, url: str, username: str | None, token: str, password: str | None = None) -> None:
+        entry: dict[str, object] = {"token": token, "last_used": time.time()}
+        if password is not None:
+            entry["password_check"] = _password_check(token, password)
         with self._lock:
             data = self._read()
-            data[self._key(url, username)] = {"token": token, "last_used": time.time()}
+            data[self._key(url, username)] = entry
             self._write(data)
 
     def touch(self, url: str, username: str | None) -> None:
