@@ -132,3 +132,40 @@ def test_parallel_gradual_uploads_of_one_study_make_one_session(emulator):
     assert len(uris) == 1
     [experiment] = wait_for(lambda: emulator.archived_experiments("TEST"))
     assert experiment["scans"] == {"1": 20, "2": 20, "3": 20}
+
+
+def test_stopping_with_requests_in_flight_is_quiet_and_waits_for_them(tmp_path, capfd):
+    """stop() cuts connections like a stopped XNAT, but no handler may touch the closed state
+    afterwards and nothing is printed (it once printed 'closed database' tracebacks)."""
+    import threading
+
+    from xnat_flows.testing.synth import write_studies
+
+    manifest = write_studies(tmp_path / "study", series=1, instances=400, instance_kb=32)
+    xnat = XnatEmulator(tmp_path / "xnat", projects=("P",)).start()
+    answered = threading.Semaphore(0)
+    outcomes: list[str] = []
+
+    def send(part: int) -> None:
+        with httpx.Client(base_url=xnat.url, auth=("admin", "admin"), timeout=10) as http:
+            for item in manifest.files[part::4]:
+                try:
+                    http.post("/data/services/import", content=item.path.read_bytes(),
+                              params={"import-handler": "gradual-DICOM", "PROJECT_ID": "P", "SUBJECT_ID": "S",
+                                      "EXPT_LABEL": "E"}, headers={"Content-Type": "application/dicom"})
+                    answered.release()
+                except httpx.HTTPError as exc:  # the emulator went away, as XNAT would
+                    outcomes.append(type(exc).__name__)
+                    return
+
+    senders = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+    for sender in senders:
+        sender.start()
+    for _ in range(40):  # stop in the middle of the stream
+        assert answered.acquire(timeout=30)
+    xnat.stop()
+    for sender in senders:
+        sender.join(timeout=30)
+    assert outcomes, "the senders should have been cut off"
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "closed database" not in err

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +26,8 @@ from xnat_flows.testing.web import STREAM_CHUNK, Handler, Request, Response, tex
 
 if TYPE_CHECKING:
     from xnat_flows.testing.emulator import XnatEmulator
+
+log = logging.getLogger(__name__)
 
 
 class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
@@ -279,6 +283,8 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         super().__init__(*args, **kwargs)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self._all_done = threading.Condition(self._connections_lock)  # no connection being served
+        self._stopping = False
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
@@ -288,18 +294,33 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:
             self._connections.discard(request)
+            if not self._connections:
+                self._all_done.notify_all()
         super().shutdown_request(request)
 
-    def close_connections(self) -> None:
-        """Cut keep-alive connections too, so a stopped emulator looks like a stopped XNAT to clients."""
+    def close_connections(self, wait_seconds: float = 10.0) -> None:
+        """Cut keep-alive connections too, so a stopped emulator looks like a stopped XNAT to
+        clients, then wait (bounded) for the handlers still running, so that none of them
+        touches the state after the emulator has closed it."""
         with self._connections_lock:
+            self._stopping = True
             connections = list(self._connections)
-            self._connections.clear()
         for connection in connections:
             try:
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        with self._connections_lock:
+            self._all_done.wait_for(lambda: not self._connections, timeout=wait_seconds)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up, or a request cut off by stop(), is routine for a server: XNAT
+        # logs nothing on the console for it, and neither should a test run.
+        error = sys.exc_info()[1]
+        if self._stopping or isinstance(error, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            log.debug("request from %s ended: %r", client_address, error)
+            return
+        super().handle_error(request, client_address)
 
 
 def make_server(api: Api, host: str, port: int) -> EmulatorHTTPServer:
