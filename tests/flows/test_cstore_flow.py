@@ -84,3 +84,54 @@ def test_cli_upload_dicom_wrong_port_says_what_to_check(tmp_path: Path) -> None:
                                        "--port", str(closed_port)])
     assert outcome.exit_code not in (0, 6)
     assert "port" in outcome.output.lower()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_receiver_that_recovers_is_completed_by_a_task_retry(xnat, tmp_path: Path, monkeypatch) -> None:
+    """The receiver refuses every attempt of the first task run (0xA700, out of resources): the
+    task raises, Prefect retries it, and the retry sends what is missing."""
+    from xnat_flows.flows import cstore as cstore_flow
+
+    manifest = write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=15)
+    real_ingest = xnat._scp.ingest
+    calls: list[bool] = []
+
+    def busy_for_one_task_run(part10: bytes, calling_aet: str):
+        calls.append(len(calls) >= 12)  # 4 instances x 3 attempts inside the first task run
+        if not calls[-1]:
+            raise RuntimeError("importer busy")
+        return real_ingest(part10, calling_aet)
+
+    monkeypatch.setattr(xnat._scp, "ingest", busy_for_one_task_run)
+    monkeypatch.setattr(cstore_flow, "send_instances", cstore_flow.send_instances.with_options(retry_delay_seconds=0))
+    result = send_dicom(
+        SendDicomRequest(source_dir=str(tmp_path / "export"), workers=1, routing_project="CSTORE"),
+        DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT"),
+    )
+    assert result.failed == [] and result.sent == len(manifest.files) and result.resumed == 0
+    assert calls.count(False) == 12 and calls.count(True) == len(manifest.files)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_associations_hold_slots_of_the_receivers_concurrency_limit(xnat, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from xnat_flows.tasks.policies import receiver_limit_name
+
+    name = receiver_limit_name("127.0.0.1", xnat.scp_port)
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=2))
+    try:
+        manifest = write_studies(tmp_path / "export", series=2, instances=40, instance_kb=4, seed=16)
+        result = send_dicom(
+            SendDicomRequest(source_dir=str(tmp_path / "export"), workers=4, routing_project="CSTORE"),
+            DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT"),
+        )
+        assert result.sent == len(manifest.files)
+        assert {a["worker"] for a in result.associations} <= {0, 1}  # 4 asked, the limit holds 2
+        with get_client(sync_client=True) as client:
+            assert client.read_global_concurrency_limit_by_name(name).active_slots == 0  # all released
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(name)

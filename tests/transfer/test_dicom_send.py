@@ -276,6 +276,7 @@ def test_a_failure_status_is_recorded_with_its_meaning(scp: DicomReceiver, recei
     failure = result.failed[0]
     assert (failure.status, failure.status_hex, failure.attempts) == (0xA700, "0xA700", 2)
     assert failure.meaning == "Failure: Refused: Out of Resources"
+    assert failure.retryable and result.retryable_failures == result.failed  # a busy receiver may recover
     assert status_meaning(0x0000) == "Success"
 
 
@@ -296,7 +297,7 @@ def test_a_file_the_receiver_cannot_place_fails_once_with_the_reason(tmp_path: P
     assert len(result.sent) == 2
     [failure] = result.failed
     assert failure.path == manifest.files[0].path.absolute() and failure.attempts == 1
-    assert failure.status_hex == "0xC000"
+    assert failure.status_hex == "0xC000" and not failure.retryable and not result.retryable_failures
     assert failure.reason == ("DICOM without StudyInstanceUID: XNAT cannot place it "
                               "(found after the receiver refused it)")
 
@@ -308,6 +309,7 @@ def test_receiver_down_fails_fast_in_preflight_and_records_failures_without_it(s
     result = send_dicom(study_root, host="127.0.0.1", port=port, workers=2, preflight=False, max_attempts=1, **FAST)
     assert not result.sent and len(result.failed) == 24
     assert all("refused" in o.reason for o in result.failed)
+    assert all(o.retryable for o in result.failed)  # the receiver may come back
 
 
 def test_wrong_called_ae_title_fails_before_sending(scp: DicomReceiver, received: Received, study_root: Path) -> None:

@@ -13,7 +13,7 @@ from xnat_flows.models import (
     SendDicomResult,
     SkippedInput,
 )
-from xnat_flows.tasks.cstore import echo_receiver, resolve_receiver, send_instances
+from xnat_flows.tasks.cstore import check_receiver_limit, echo_receiver, resolve_receiver, send_instances
 from xnat_flows.tasks.upload import scan_dicom_directory
 from xnat_flows.transfer.dicom_send import RoutingOverride
 
@@ -35,7 +35,10 @@ def send_dicom(request: SendDicomRequest, receiver: DicomReceiverTarget) -> Send
         RoutingOverride(request.routing_project, request.routing_subject, request.routing_session)
         if request.routing_project else None
     )
-    sent, resumed = send_instances(receiver, scan.files, request.workers, routing)
+    limit = check_receiver_limit(receiver)
+    if limit is not None:
+        logger.info("each association holds a slot of the concurrency limit %s (%d slots)", limit.name, limit.slots)
+    sent, resumed = send_instances(receiver, scan.files, request.workers, routing, limit)
     result = SendDicomResult(
         sent=len(sent.sent),
         resumed=resumed,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 
 from xnat_flows.models import DicomReceiverTarget
-from xnat_flows.tasks.policies import retry_unless_permanent
+from xnat_flows.client.errors import TransientError
+from xnat_flows.tasks.policies import ReceiverLimit, association_slots, existing_receiver_limit, retry_unless_permanent
 from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, SendResult, echo, send_dicom
 from xnat_flows.transfer.journal import UploadJournal, content_digest
 from xnat_flows.transfer.scan import DicomFile
@@ -41,23 +43,53 @@ def echo_receiver(receiver: DicomReceiverTarget) -> EchoResult:
     return echo(receiver.host, receiver.port, receiver.called_aet, receiver.calling_aet)
 
 
-@task(name="send-instances", cache_policy=NO_CACHE)
+SEND_RETRIES = 2
+
+
+class ReceiverInterrupted(TransientError):
+    """Some instances were not stored for a reason that may heal (receiver down, busy, dropped
+    associations); Prefect retries the task, which sends only what is still missing."""
+
+
+@task(name="check-receiver", cache_policy=NO_CACHE)
+def check_receiver_limit(receiver: DicomReceiverTarget) -> ReceiverLimit | None:
+    """The receiver's global concurrency limit ``xnat-cstore:HOST:PORT``, if the site created one."""
+    return existing_receiver_limit(receiver.host, receiver.port)
+
+
+@task(name="send-instances", cache_policy=NO_CACHE, retries=SEND_RETRIES, retry_delay_seconds=10,
+      retry_condition_fn=retry_unless_permanent)
 def send_instances(
-    receiver: DicomReceiverTarget, files: list[DicomFile], workers: int, routing: RoutingOverride | None
+    receiver: DicomReceiverTarget, files: list[DicomFile], workers: int, routing: RoutingOverride | None,
+    limit: ReceiverLimit | None = None,
 ) -> tuple[SendResult, int]:
     """C-STORE over ``workers`` long-lived associations; returns the result and how many instances
-    an earlier run had already delivered (recorded in the upload journal, not sent again)."""
+    an earlier run or attempt had already delivered (recorded in the upload journal, not sent again).
+
+    Each association holds a slot of the receiver's limit. When instances fail for a reason that
+    may heal, the task raises so Prefect retries it; the last attempt returns what it has.
+    """
+    logger = get_run_logger()
     journal = UploadJournal()
     key = receiver_key(receiver) + (f"#{routing.comment()}" if routing else "")
     digests = {f.path: content_digest([f]) for f in files}
     done = journal.done(key)
     pending = [f for f in files if digests[f.path] not in done]
-    result = send_dicom(
-        pending, host=receiver.host, port=receiver.port, called_aet=receiver.called_aet,
-        calling_aet=receiver.calling_aet, workers=workers, routing=routing, preflight=False,
-    )
+    with association_slots(limit, workers) as associations:
+        if associations < workers:
+            logger.info("the receiver's limit %s has %d slots: sending over %d associations", limit.name,
+                        limit.slots, associations)
+        result = send_dicom(
+            pending, host=receiver.host, port=receiver.port, called_aet=receiver.called_aet,
+            calling_aet=receiver.calling_aet, workers=associations, routing=routing, preflight=False,
+        )
     for outcome in result.sent:
         journal.record(key, digests[outcome.path])
     if result.ok:
         journal.clear(key)
+    retryable = result.retryable_failures
+    if retryable and task_run.run_count <= SEND_RETRIES:
+        raise ReceiverInterrupted(
+            f"{len(retryable)} of {len(pending)} instances not stored yet ({retryable[0].reason or retryable[0].meaning}); "
+            "retrying the rest", hint="A receiver that stays down fails the run after the retries")
     return result, len(files) - len(pending)

@@ -50,15 +50,35 @@ class ServerCheck(NamedTuple):
     concurrency_limit: str | None  # the global limit to hold while uploading, when the site has one
 
 
+def _existing_limit(name: str) -> int | None:
+    """The slot count of a global concurrency limit, or None when the site has not created it."""
+    try:
+        with get_client(sync_client=True) as client:
+            return int(client.read_global_concurrency_limit_by_name(name).limit)
+    except ObjectNotFound:
+        return None
+
+
 def existing_upload_limit(url: str) -> str | None:
     """The name of the server's upload limit if it exists (so tasks do not warn on every call)."""
     name = upload_limit_name(url)
-    try:
-        with get_client(sync_client=True) as client:
-            client.read_global_concurrency_limit_by_name(name)
-    except ObjectNotFound:
-        return None
-    return name
+    return name if _existing_limit(name) is not None else None
+
+
+def receiver_limit_name(host: str, port: int) -> str:
+    """Global concurrency limit that caps concurrent C-STORE associations to one DICOM receiver."""
+    return f"xnat-cstore:{host}:{port}"
+
+
+class ReceiverLimit(NamedTuple):
+    name: str
+    slots: int  # the limit's size: no run may hold more associations than this
+
+
+def existing_receiver_limit(host: str, port: int) -> ReceiverLimit | None:
+    name = receiver_limit_name(host, port)
+    slots = _existing_limit(name)
+    return ReceiverLimit(name, slots) if slots is not None else None
 
 
 @contextmanager
@@ -73,3 +93,18 @@ def upload_slot(limit_name: str | None) -> Iterator[None]:
         return
     with concurrency(limit_name, occupy=1, strict=True):
         yield
+
+
+@contextmanager
+def association_slots(limit: ReceiverLimit | None, workers: int) -> Iterator[int]:
+    """Hold one slot of the receiver's limit per association; yields how many associations to open.
+
+    Sites cap a receiver with ``prefect gcl create xnat-cstore:HOST:PORT --limit 8``; a run asking
+    for more associations than the whole limit is given the whole limit instead of waiting forever.
+    """
+    if limit is None:
+        yield workers
+        return
+    occupy = max(1, min(workers, limit.slots))
+    with concurrency(limit.name, occupy=occupy, strict=True):
+        yield occupy

@@ -147,6 +147,7 @@ class InstanceOutcome:
     status: int | None  # the DIMSE status of the last attempt; None when no response came
     attempts: int
     reason: str = ""  # for skipped/failed: what went wrong, in words
+    retryable: bool = False  # failed for a reason that may heal (receiver down, busy, dropped association)
 
     @property
     def status_hex(self) -> str:
@@ -188,6 +189,13 @@ class SendResult:
     @property
     def ok(self) -> bool:
         return not self.failed and not self.skipped
+
+    @property
+    def retryable_failures(self) -> list[InstanceOutcome]:
+        """Failed instances a later attempt may deliver (the receiver was down, busy or dropped
+        the association); the others fail the same way until the file or the receiver's
+        configuration changes."""
+        return [o for o in self.failed if o.retryable]
 
     @property
     def unsent_paths(self) -> list[Path]:
@@ -322,7 +330,7 @@ def echo(host: str, port: int, called_aet: str = "XNAT", calling_aet: str = "XNA
 
 
 # -- the worker ------------------------------------------------------------------------------------
-# Messages from a worker: ("outcome", kind, item_index, status, attempts, reason),
+# Messages from a worker: ("outcome", kind, item_index, status, attempts, reason, retryable),
 # ("association", AssociationSummary), ("done", worker_id).
 _SENT, _FAILED, _SKIPPED = "sent", "failed", "skipped"
 
@@ -375,6 +383,15 @@ def _read_ahead(item: _Item, ready: dict[int, memoryview]) -> None:
         ready[item.index] = _dataset_bytes(item, None)
     except (OSError, ValueError):
         pass
+
+
+_RECEIVER_BUSY_STATUSES = (0xA700, 0xA7FF)  # Refused: Out of Resources (PS3.4 Annex B)
+
+
+def _heals_with_time(exc: DicomNetworkError) -> bool:
+    """An association that could not be opened: worth another try later unless the receiver
+    refused who we are or what we offer."""
+    return not isinstance(exc, (AssociationRejectedError, NoAcceptedContextError))
 
 
 def _why_unsendable(item: _Item) -> str:
@@ -443,7 +460,8 @@ def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair
                     # once the peer has failed max_attempts times in a row, later chunks get one try each
                     if chunk_open_failures >= max_attempts or failures_in_a_row > max_attempts:
                         for item in pending:
-                            results.put(("outcome", _FAILED, item.index, None, attempts.get(item.index, 0), str(exc)))
+                            results.put(("outcome", _FAILED, item.index, None, attempts.get(item.index, 0), str(exc),
+                                         _heals_with_time(exc)))
                         pending.clear()
                     else:
                         time.sleep(0.5 * chunk_open_failures)
@@ -454,12 +472,13 @@ def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair
             if item.pair not in assoc.accepted:
                 ready.pop(item.index, None)
                 results.put(("outcome", _SKIPPED, item.index, None, 0,
-                             f"the peer did not accept {_uid_name(item.sop_class)} in {_uid_name(item.transfer_syntax)}"))
+                             f"the peer did not accept {_uid_name(item.sop_class)} in {_uid_name(item.transfer_syntax)}",
+                             False))
                 continue
             try:
                 dataset = ready.pop(item.index) if item.index in ready else _dataset_bytes(item, routing_comment)
             except (OSError, ValueError) as exc:  # vanished, unreadable or no longer DICOM: retrying will not help
-                results.put(("outcome", _FAILED, item.index, None, 0, f"cannot read the file: {exc}"))
+                results.put(("outcome", _FAILED, item.index, None, 0, f"cannot read the file: {exc}", False))
                 continue
             attempts[item.index] = attempts.get(item.index, 0) + 1
             status: int | None = None
@@ -474,7 +493,7 @@ def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair
                 error = str(exc)
             if status is not None and is_stored(status):
                 counts["sent"] += 1
-                results.put(("outcome", _SENT, item.index, status, attempts[item.index], ""))
+                results.put(("outcome", _SENT, item.index, status, attempts[item.index], "", False))
                 continue
             counts["failed"] += 1
             if status is None:
@@ -483,13 +502,14 @@ def _send_chunks(worker_id: int, link: _Link, groups: dict[int, tuple[SyntaxPair
                 close(f"released after status 0x{status:04X}")  # retry on a fresh association
             broken = _why_unsendable(item)
             if broken:  # a corrupt file fails the same way every time: say why, do not retry
-                results.put(("outcome", _FAILED, item.index, status, attempts[item.index], broken))
+                results.put(("outcome", _FAILED, item.index, status, attempts[item.index], broken, False))
                 continue
             if attempts[item.index] < max_attempts:
                 pending.appendleft(item)
             else:
                 reason = f"{status_meaning(status)} ({error})" if error else status_meaning(status)
-                results.put(("outcome", _FAILED, item.index, status, attempts[item.index], reason))
+                results.put(("outcome", _FAILED, item.index, status, attempts[item.index], reason,
+                             status is None or _RECEIVER_BUSY_STATUSES[0] <= status <= _RECEIVER_BUSY_STATUSES[1]))
     close("released")
 
 
@@ -557,9 +577,10 @@ def send_dicom(
         if message[0] == "association":
             result.associations.append(message[1])
             return
-        _, kind, index, status, attempts, reason = message
+        _, kind, index, status, attempts, reason, retryable = message
         item = items[index]
-        outcomes[index] = InstanceOutcome(Path(item.path), item.sop_instance_uid, item.size, status, attempts, reason)
+        outcomes[index] = InstanceOutcome(Path(item.path), item.sop_instance_uid, item.size, status, attempts, reason,
+                                          retryable)
         kinds[index] = kind
         if progress is not None:
             progress(len(outcomes), len(items))
