@@ -41,13 +41,6 @@ Transport = Literal["dicom-zip", "gradual-dicom", "c-store"]
 PROJECT, SUBJECT, SESSION = "REL", "REL_S01", "REL_E01"
 PASSWORD = "reliability-pw-5d1e"
 IMPORT = r"/data/services/import"
-GRADUAL_REPEAT_CONFLICT = (
-    "gradual-DICOM run again after it completed: the re-sent instances reach a session XNAT has archived, "
-    "so XNAT (and the emulator) park them in the prearchive as CONFLICT after the idle interval (spec §3.7). "
-    "Verification already passes (the archive is complete, no duplicate), so nothing waits to merge that "
-    "row and it is left for an admin: xnat_flows/transfer/verify.py merges CONFLICT rows only while "
-    "files are still missing"
-)
 # XNAT archives a session once no instance arrived for this long (5 min on a real server). The
 # faults' waits stay below it, except where a case is about a retry arriving after it.
 REBUILD_IDLE = 1.5

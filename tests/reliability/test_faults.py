@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability_catalogue import CATALOGUE, GRADUAL_REPEAT_CONFLICT, PROJECT, FaultCase, Harness, run_case, run_upload
+from reliability_catalogue import CATALOGUE, PROJECT, FaultCase, Harness, run_case, run_upload
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def test_fault_loses_and_duplicates_nothing(case: FaultCase, tmp_path: Path) -> 
     "transport",
     [
         "dicom-zip",
-        pytest.param("gradual-dicom", marks=pytest.mark.xfail(strict=True, reason=GRADUAL_REPEAT_CONFLICT)),
+        "gradual-dicom",
         "c-store",
     ],
 )

@@ -82,6 +82,24 @@ def test_gradual_direct_archive(xnat_emulator, client, export) -> None:
     assert archived(xnat_emulator, "GRAD")["scans"] == {"1": 4, "2": 4, "3": 4}
 
 
+def test_repeating_a_completed_gradual_upload_sends_nothing(xnat_emulator, client, export, tmp_path) -> None:
+    target = UploadTarget("TEST", "SUBJ01", "AGAIN")
+    assert upload_session(client, export, target, gradual=True, **FAST).ok
+    again = upload_session(client, export, target, gradual=True, **FAST)
+    (study,) = again.sessions
+    assert again.ok and study.gradual.already_archived and study.gradual.sent_count == 0
+    assert study.verify.ok
+    assert xnat_emulator.prearchive_sessions(include_direct_archive=True) == []  # no CONFLICT copy parked
+
+    # Another study under the same label, with the same scan numbers and counts, is not "complete":
+    # scans are matched by SeriesInstanceUID, so it is sent (and XNAT decides what to do with it).
+    other = tmp_path / "other"
+    write_study(other, series=3, instances=4)
+    different = upload_session(client, other, target, gradual=True, verify=False)
+    assert not different.sessions[0].gradual.already_archived
+    assert different.sessions[0].gradual.sent_count == 12
+
+
 def test_prearchive_destination_held_by_a_manual_project(tmp_path, export) -> None:
     with XnatEmulator(tmp_path / "xnat", rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0}) as emulator:
         with connect(emulator, tmp_path) as xnat:

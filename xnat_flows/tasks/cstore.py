@@ -69,7 +69,6 @@ def send_instances(
     Each association holds a slot of the receiver's limit. When instances fail for a reason that
     may heal, the task raises so Prefect retries it; the last attempt returns what it has.
     """
-    logger = get_run_logger()
     journal = UploadJournal()
     key = receiver_key(receiver) + (f"#{routing.comment()}" if routing else "")
     digests = {f.path: content_digest([f]) for f in files}
@@ -77,7 +76,7 @@ def send_instances(
     pending = [f for f in files if digests[f.path] not in done]
     with association_slots(limit, workers) as associations:
         if associations < workers:
-            logger.info("the receiver's limit %s has %d slots: sending over %d associations", limit.name,
+            get_run_logger().info("the receiver's limit %s has %d slots: sending over %d associations", limit.name,
                         limit.slots, associations)
         result = send_dicom(
             pending, host=receiver.host, port=receiver.port, called_aet=receiver.called_aet,
@@ -88,7 +87,7 @@ def send_instances(
     if result.ok:
         journal.clear(key)
     retryable = result.retryable_failures
-    if retryable and task_run.run_count <= SEND_RETRIES:
+    if retryable and 1 <= task_run.run_count <= SEND_RETRIES:  # 0: called as a plain function (.fn)
         raise ReceiverInterrupted(
             f"{len(retryable)} of {len(pending)} instances not stored yet ({retryable[0].reason or retryable[0].meaning}); "
             "retrying the rest", hint="A receiver that stays down fails the run after the retries")

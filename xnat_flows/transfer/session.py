@@ -7,6 +7,7 @@ directly, and the Prefect flow runs the same steps (``plan_sessions``, ``partiti
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,7 +31,9 @@ from xnat_flows.transfer.upload import (
     upload_archive_batch,
     upload_gradual,
 )
-from xnat_flows.transfer.verify import VerifyResult, verify_session
+from xnat_flows.transfer.verify import VerifyResult, archived_complete, verify_session
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -212,8 +215,17 @@ def upload_instances(
     journal: UploadJournal | None = None,
     progress: ProgressCallback | None = None,
 ) -> GradualResult:
-    """gradual-DICOM with resume: instances journaled by an earlier run are not sent again."""
+    """gradual-DICOM with resume: instances journaled by an earlier run are not sent again.
+
+    A fresh run whose session XNAT has already archived complete sends nothing: gradual-DICOM
+    cannot replace archived instances, so re-sending them would only park a CONFLICT copy in
+    the prearchive (xnat-api.md §3.7). DICOM-zip with an overwrite policy replaces them.
+    """
     done = journal.done(target.key) if journal is not None else set()
+    if not done and archived_complete(client, target, files):
+        log.info("%s/%s/%s already holds all %d instances in the archive: nothing sent", target.project,
+                 target.subject, target.session, len(files))
+        return GradualResult(total=len(files), resumed_count=len(files), already_archived=True)
     digests = {f.relpath: content_digest([f]) for f in files}
     pending = [f for f in files if digests[f.relpath] not in done]
     on_sent = (lambda f: journal.record(target.key, digests[f.relpath])) if journal is not None else None

@@ -194,6 +194,7 @@ class GradualResult:
     seconds: float = 0.0
     uris: list[str] = field(default_factory=list)
     failures: list[FileFailure] = field(default_factory=list)
+    already_archived: bool = False  # nothing sent: XNAT's archive held every instance already
 
     @property
     def ok(self) -> bool:

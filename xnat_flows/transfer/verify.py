@@ -158,6 +158,24 @@ def verify_session(
     return dataclasses.replace(result, waited_seconds=time.monotonic() - started)
 
 
+def archived_complete(client: XnatClient, target: UploadTarget, files: Iterable[DicomFile]) -> bool:
+    """True when the archived target session already holds every series of ``files`` with at
+    least as many instances, each series matched by its SeriesInstanceUID (never by number
+    alone, so another study under the same label cannot pass). Checked once, without waiting.
+    """
+    if _holds_in_prearchive(client, target):
+        return False
+    found = _locate_archived(client, target)
+    if found is None:
+        return False
+    experiment_id, base = found
+    expected = _expected_series(files)
+    by_uid = {row.get("UID", ""): row["ID"] for row in client.get_rows(f"{base}/scans") if row.get("UID")}
+    if any(series.uid not in by_uid for series in expected):
+        return False
+    return all(_file_count(client, base, by_uid[series.uid]) >= series.count for series in expected)
+
+
 def _merge_conflicts(client: XnatClient, target: UploadTarget, study_uids: set[str]) -> None:
     """Archive what XNAT parked in the prearchive as CONFLICT for this session, with the target's
     overwrite policy.
