@@ -43,6 +43,17 @@ def test_upload_succeeds_and_reports_where_it_landed(xnat, tmp_path: Path, extra
     assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files)
 
 
+def test_repeating_a_gradual_upload_says_nothing_was_sent(xnat, tmp_path: Path) -> None:
+    write_studies(tmp_path / "export", series=2, instances=6, instance_kb=4, seed=24)
+    args = upload_args(xnat, tmp_path / "export", "--gradual")
+    assert run(*args, env={"XNAT_PASS": PASSWORD}).exit_code == 0
+    imports_before = xnat.stats()["imports"]
+    again = run(*args, env={"XNAT_PASS": PASSWORD})
+    assert again.exit_code == 0, again.output
+    assert "already complete in XNAT's archive: nothing sent" in again.output
+    assert xnat.stats()["imports"] == imports_before
+
+
 def test_partial_upload_exits_6_and_rerun_completes(xnat, tmp_path: Path) -> None:
     manifest = write_studies(tmp_path / "export", series=2, instances=12, instance_kb=4, seed=22)
     xnat.faults.add(method="POST", path=r"/data/services/import", status=400, message="Unable to identify subject.",

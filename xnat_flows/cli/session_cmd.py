@@ -158,6 +158,9 @@ def _report(result) -> None:  # noqa: ANN001
         t = study.target
         where = study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else "?")
         typer.echo(f"{t.project}/{t.subject}/{t.session}: {study.files_sent}/{study.files} files -> {where}")
+        if study.gradual is not None and study.gradual.already_archived:
+            typer.echo("  already complete in XNAT's archive: nothing sent (gradual-DICOM cannot replace "
+                       "archived instances; DICOM-zip, the default transport, can)")
         if study.verify is not None:
             typer.echo(f"  verify: {study.verify.summary()}")
         for batch in study.batches:
