@@ -302,6 +302,23 @@ def test_a_file_the_receiver_cannot_place_fails_once_with_the_reason(tmp_path: P
                               "(found after the receiver refused it)")
 
 
+def test_a_file_changed_after_the_scan_is_not_sent(scp: DicomReceiver, received: Received, tmp_path: Path) -> None:
+    import os
+
+    manifest = write_studies(tmp_path / "study", series=1, instances=4, instance_kb=8)
+    scan = scan_directory(tmp_path / "study", headers="file-meta")
+    grown, touched = manifest.files[0].path, manifest.files[1].path
+    with open(grown, "ab") as handle:  # still being written by the export
+        handle.write(b"\0" * 16)
+    stat = touched.stat()  # rewritten with the same size
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+
+    result = send_dicom(scan, host="127.0.0.1", port=scp.port, workers=1, **FAST)
+    assert len(result.sent) == 2 and len(received.datasets) == 2
+    assert {o.path.name for o in result.failed} == {grown.name, touched.name}
+    assert all("changed since the scan" in o.reason and not o.retryable for o in result.failed)
+
+
 def test_receiver_down_fails_fast_in_preflight_and_records_failures_without_it(study_root: Path) -> None:
     port = _free_port()
     with pytest.raises(PeerUnreachableError, match="refused"):

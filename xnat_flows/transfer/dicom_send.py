@@ -231,6 +231,7 @@ class _Item:
     transfer_syntax: str
     sop_instance_uid: str
     size: int
+    mtime_ns: int = 0  # as scanned; 0: not known, only the size is checked
 
     @property
     def pair(self) -> SyntaxPair:
@@ -336,8 +337,20 @@ _SENT, _FAILED, _SKIPPED = "sent", "failed", "skipped"
 
 
 def _dataset_bytes(item: _Item, routing_comment: str | None) -> memoryview:
-    """The dataset to send: the file's own encoded bytes, or an edited in-memory copy."""
-    data = Path(item.path).read_bytes()
+    """The dataset to send: the file's own encoded bytes, or an edited in-memory copy.
+
+    Raises ``ValueError`` when the file is not the one scanned (size or modification time
+    changed, also while it was being read): an export still being written must not be sent
+    half-done, and what the scan listed is what the result reports.
+    """
+    with open(item.path, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        data = handle.read()
+        after = os.fstat(handle.fileno())
+    if len(data) != item.size or after.st_mtime_ns != before.st_mtime_ns or (
+            item.mtime_ns and before.st_mtime_ns != item.mtime_ns):
+        raise ValueError(f"it changed since the scan ({item.size} bytes then, {len(data)} now); "
+                         "wait until the export has finished writing, then re-run")
     if routing_comment is None:
         return memoryview(data)[dataset_offset(data):]  # sent as encoded, never decoded
     return memoryview(_with_patient_comments(data, routing_comment))
@@ -553,7 +566,7 @@ def send_dicom(
     if workers < 1 or max_attempts < 1 or chunk_size < 1:
         raise InputError("workers, max_attempts and chunk_size must be at least 1")
     dicom_files = _as_dicom_files(files)
-    items = [_Item(i, str(f.path), f.sop_class_uid, f.transfer_syntax, f.sop_instance_uid, f.size)
+    items = [_Item(i, str(f.path), f.sop_class_uid, f.transfer_syntax, f.sop_instance_uid, f.size, f.mtime_ns)
              for i, f in enumerate(dicom_files)]
     use_processes = processes and workers > 1
     result = SendResult(workers=workers, mode="processes" if use_processes else
