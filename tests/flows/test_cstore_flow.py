@@ -135,3 +135,34 @@ def test_associations_hold_slots_of_the_receivers_concurrency_limit(xnat, tmp_pa
     finally:
         with get_client(sync_client=True) as client:
             client.delete_global_concurrency_limit_by_name(name)
+
+
+def test_cli_upload_dicom_rerun_sends_only_what_was_not_stored(xnat, tmp_path: Path, monkeypatch) -> None:
+    manifest = write_studies(tmp_path / "export", series=1, instances=8, instance_kb=4, seed=17)
+    real_ingest = xnat._scp.ingest
+    refused = {f.sop_instance_uid for f in manifest.files[:3]}
+    stored: list[str] = []
+    refusing = True
+
+    def ingest(part10: bytes, calling_aet: str):
+        import pydicom
+
+        uid = pydicom.dcmread(pydicom.filebase.DicomBytesIO(part10), stop_before_pixels=True).SOPInstanceUID
+        if refusing and uid in refused:
+            raise RuntimeError("importer out of resources")  # -> 0xA700
+        stored.append(uid)
+        return real_ingest(part10, calling_aet)
+
+    monkeypatch.setattr(xnat._scp, "ingest", ingest)
+    args = ["session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1", "--port", str(xnat.scp_port),
+            "--workers", "2", "-P", "CSTORE", "-S", "SUBJ_R", "-E", "SESS_R"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 6, first.output
+    assert "0xA700" in first.output and "run the same command again" in first.output
+    assert len(stored) == len(manifest.files) - 3
+
+    refusing = False
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert f"{len(manifest.files) - 3} instances were delivered by an earlier run" in second.output
+    assert sorted(stored[len(manifest.files) - 3:]) == sorted(refused)  # only those were sent again

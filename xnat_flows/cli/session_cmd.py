@@ -193,7 +193,8 @@ def upload_dicom(
 ) -> None:
     """Send a directory to an XNAT DICOM receiver by C-STORE over parallel associations."""
     from xnat_flows.client.errors import InputError, XnatError
-    from xnat_flows.transfer.dicom_send import RoutingOverride, echo, send_dicom
+    from xnat_flows.transfer.dicom_send import RoutingOverride, echo, send_dicom_resumable
+    from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.scan import scan_directory
     from xnat_flows.transfer.progress import Progress
 
@@ -207,9 +208,10 @@ def upload_dicom(
             raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
         with _progress_bar("C-STORE") as progress:
             total_bytes = scan.total_bytes
-            result = send_dicom(
-                scan, host=host, port=port, called_aet=called_aet, calling_aet=calling_aet, workers=workers,
-                routing=routing, preflight=False,
+            # instances an interrupted earlier run delivered to this receiver are not sent again
+            result, resumed = send_dicom_resumable(
+                scan.files, UploadJournal(), host=host, port=port, called_aet=called_aet, calling_aet=calling_aet,
+                workers=workers, routing=routing, preflight=False,
                 progress=lambda done, total: progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes)),
             )
     except XnatError as exc:
@@ -219,7 +221,10 @@ def upload_dicom(
         typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
     for failed in result.failed + result.skipped:
         typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
+    if resumed:
+        typer.echo(f"{resumed} instances were delivered by an earlier run and not sent again")
     typer.echo(result.summary())
     if not result.ok:
+        typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
         raise typer.Exit(EXIT_PARTIAL)
 

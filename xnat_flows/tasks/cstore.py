@@ -9,8 +9,8 @@ from prefect.runtime import task_run
 from xnat_flows.models import DicomReceiverTarget
 from xnat_flows.client.errors import TransientError
 from xnat_flows.tasks.policies import ReceiverLimit, association_slots, existing_receiver_limit, retry_unless_permanent
-from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, SendResult, echo, send_dicom
-from xnat_flows.transfer.journal import UploadJournal, content_digest
+from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, SendResult, echo, send_dicom_resumable
+from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.scan import DicomFile
 
 
@@ -31,10 +31,6 @@ def resolve_receiver(target: DicomReceiverTarget) -> DicomReceiverTarget:
 
         raise InputError("No DICOM receiver host given", hint="Pass host=... or receiver_block=<Block name>")
     return DicomReceiverTarget(**values)
-
-
-def receiver_key(receiver: DicomReceiverTarget) -> str:
-    return f"dicom://{receiver.called_aet}@{receiver.host}:{receiver.port}"
 
 
 @task(name="echo-receiver", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
@@ -69,26 +65,17 @@ def send_instances(
     Each association holds a slot of the receiver's limit. When instances fail for a reason that
     may heal, the task raises so Prefect retries it; the last attempt returns what it has.
     """
-    journal = UploadJournal()
-    key = receiver_key(receiver) + (f"#{routing.comment()}" if routing else "")
-    digests = {f.path: content_digest([f]) for f in files}
-    done = journal.done(key)
-    pending = [f for f in files if digests[f.path] not in done]
     with association_slots(limit, workers) as associations:
         if associations < workers:
             get_run_logger().info("the receiver's limit %s has %d slots: sending over %d associations", limit.name,
-                        limit.slots, associations)
-        result = send_dicom(
-            pending, host=receiver.host, port=receiver.port, called_aet=receiver.called_aet,
+                                  limit.slots, associations)
+        result, resumed = send_dicom_resumable(
+            files, UploadJournal(), host=receiver.host, port=receiver.port, called_aet=receiver.called_aet,
             calling_aet=receiver.calling_aet, workers=associations, routing=routing, preflight=False,
         )
-    for outcome in result.sent:
-        journal.record(key, digests[outcome.path])
-    if result.ok:
-        journal.clear(key)
     retryable = result.retryable_failures
     if retryable and 1 <= task_run.run_count <= SEND_RETRIES:  # 0: called as a plain function (.fn)
         raise ReceiverInterrupted(
-            f"{len(retryable)} of {len(pending)} instances not stored yet ({retryable[0].reason or retryable[0].meaning}); "
+            f"{len(retryable)} of {len(files) - resumed} instances not stored yet ({retryable[0].reason or retryable[0].meaning}); "
             "retrying the rest", hint="A receiver that stays down fails the run after the retries")
-    return result, len(files) - len(pending)
+    return result, resumed

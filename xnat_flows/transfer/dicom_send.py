@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xnat_flows.client.errors import InputError, XnatError
 from xnat_flows.transfer.dicom_association import (
@@ -47,6 +47,9 @@ from xnat_flows.transfer.dicom_association import (
 from xnat_flows.transfer.part10 import dataset_offset, little_endian_vr, read_file_meta
 from xnat_flows.transfer.dicom_contexts import SyntaxPair, plan_association_groups
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, read_header, scan_directory
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.journal import UploadJournal
 
 log = logging.getLogger(__name__)
 
@@ -699,3 +702,32 @@ def _run_in_processes(count: int, chunks: list, args: tuple, record: Callable[[t
                 child.terminate()
         tasks.close()
         results.close()
+
+
+# -- resuming ----------------------------------------------------------------------------------------
+def journal_key(host: str, port: int, called_aet: str, routing: RoutingOverride | None = None) -> str:
+    """Where a send goes, for the upload journal: the receiver, and the routing if any (the same
+    files routed elsewhere are a different delivery)."""
+    return f"dicom://{called_aet}@{host}:{port}" + (f"#{routing.comment()}" if routing else "")
+
+
+def send_dicom_resumable(
+    files: Sequence[DicomFile], journal: UploadJournal, *, host: str, port: int, called_aet: str = "XNAT",
+    routing: RoutingOverride | None = None, **options: Any,
+) -> tuple[SendResult, int]:
+    """``send_dicom`` that skips the instances an earlier run already delivered to the same
+    receiver (as recorded in ``journal``) and records each one it delivers; forgets them once
+    everything is stored. Returns the result and how many instances were skipped as delivered.
+    """
+    from xnat_flows.transfer.journal import content_digest  # here: its profile settings cost ~0.08 s to import
+
+    key = journal_key(host, port, called_aet, routing)
+    digests = {f.path: content_digest([f]) for f in files}
+    done = journal.done(key)
+    pending = [f for f in files if digests[f.path] not in done]
+    result = send_dicom(pending, host=host, port=port, called_aet=called_aet, routing=routing, **options)
+    for outcome in result.sent:
+        journal.record(key, digests[outcome.path])
+    if result.ok:
+        journal.clear(key)
+    return result, len(files) - len(pending)
