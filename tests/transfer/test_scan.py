@@ -233,3 +233,15 @@ def test_file_meta_scan_imports_no_pydicom(tmp_path: Path) -> None:
 def test_unknown_header_depth_is_refused(study_dir: Path) -> None:
     with pytest.raises(InputError, match="header depth"):
         scan_directory(study_dir, headers="some")  # type: ignore[arg-type]
+
+
+def test_file_meta_scan_equals_the_full_scan_on_a_real_export_tree() -> None:
+    """pydicom's dicomdirtests: a scanner export with a DICOMDIR, CT/MR/CR/PT in several syntaxes."""
+    import pydicom.data
+
+    root = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
+    full, meta = scan_directory(root), scan_directory(root, headers="file-meta")
+    assert len(full.files) == 81
+    assert _comparable(meta) == _comparable(full)
+    assert reasons(meta) == reasons(full)
+    assert sum(1 for f in meta.files if not f.study_uid) > 20  # most confirmed without pydicom
