@@ -129,7 +129,7 @@ def test_routing_copy_changes_patient_comments_only_in_every_transfer_syntax(nam
 
 def test_the_send_path_imports_no_heavy_library() -> None:
     """Start-up is part of C-STORE throughput (docs/cstore.md): scanning and sending a directory
-    must not import pydicom, pynetdicom, httpx or pydantic-settings (0.08-0.3 s each)."""
+    must not import pydicom, pynetdicom, httpx, prefect or pydantic (0.03-0.3 s each)."""
     import subprocess
     import sys
 
@@ -137,7 +137,7 @@ def test_the_send_path_imports_no_heavy_library() -> None:
             "from xnat_flows.transfer.dicom_send import send_dicom\n"
             "from xnat_flows.transfer.scan import scan_directory\n"
             "from xnat_flows.transfer.progress import Progress\n"
-            "print(sorted(m for m in ('pydicom', 'pynetdicom', 'httpx', 'prefect', 'pydantic_settings')"
+            "print(sorted(m for m in ('pydicom', 'pynetdicom', 'httpx', 'prefect', 'pydantic')"
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

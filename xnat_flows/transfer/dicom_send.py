@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xnat_flows.client.errors import InputError, XnatError
 from xnat_flows.transfer.dicom_association import (
@@ -46,10 +46,8 @@ from xnat_flows.transfer.dicom_association import (
 )
 from xnat_flows.transfer.part10 import dataset_offset, little_endian_vr, read_file_meta
 from xnat_flows.transfer.dicom_contexts import SyntaxPair, plan_association_groups
+from xnat_flows.transfer.journal import UploadJournal, content_digest
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, read_header, scan_directory
-
-if TYPE_CHECKING:
-    from xnat_flows.transfer.journal import UploadJournal
 
 log = logging.getLogger(__name__)
 
@@ -719,8 +717,6 @@ def send_dicom_resumable(
     receiver (as recorded in ``journal``) and records each one it delivers; forgets them once
     everything is stored. Returns the result and how many instances were skipped as delivered.
     """
-    from xnat_flows.transfer.journal import content_digest  # here: its profile settings cost ~0.08 s to import
-
     key = journal_key(host, port, called_aet, routing)
     digests = {f.path: content_digest([f]) for f in files}
     done = journal.done(key)

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from xnat_flows.client.settings import ensure_private_dir, profile_dir
 from xnat_flows.transfer.scan import DicomFile
 
 
@@ -28,6 +27,10 @@ def content_digest(files: Iterable[DicomFile]) -> str:
 
 class UploadJournal:
     def __init__(self, directory: Path | None = None) -> None:
+        # the settings module (pydantic) is imported here, not at module level: the C-STORE
+        # sender imports this module, and its start-up time is part of its throughput
+        from xnat_flows.client.settings import profile_dir
+
         self.directory = Path(directory) if directory is not None else profile_dir() / "journal"
         self._lock = threading.Lock()
 
@@ -43,6 +46,8 @@ class UploadJournal:
         return {line for line in lines if len(line) == 64}
 
     def record(self, destination: str, digest: str) -> None:
+        from xnat_flows.client.settings import ensure_private_dir
+
         with self._lock:
             ensure_private_dir(self.directory)
             fd = os.open(self._path(destination), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
