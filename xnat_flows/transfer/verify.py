@@ -65,15 +65,15 @@ def _expected_series(files: Iterable[DicomFile]) -> list[_Series]:
     ]
 
 
-def _match(expected: list[_Series], scan_rows: list[dict[str, str]]) -> dict[str, str]:
-    """series UID -> XNAT scan ID."""
+def _match(expected: list[_Series], scan_rows: list[dict[str, str]], by_number: bool = True) -> dict[str, str]:
+    """series UID -> XNAT scan ID; by SeriesInstanceUID, else (``by_number``) by scan ID."""
     by_uid = {row.get("UID", ""): row["ID"] for row in scan_rows if row.get("UID")}
     ids = {row["ID"] for row in scan_rows}
     mapping = {}
     for series in expected:
         if series.uid in by_uid:
             mapping[series.uid] = by_uid[series.uid]
-        elif series.scan_id in ids:
+        elif by_number and series.scan_id in ids:
             mapping[series.uid] = series.scan_id
     return mapping
 
@@ -166,14 +166,7 @@ def archived_complete(client: XnatClient, target: UploadTarget, files: Iterable[
     if _holds_in_prearchive(client, target):
         return False
     found = _locate_archived(client, target)
-    if found is None:
-        return False
-    experiment_id, base = found
-    expected = _expected_series(files)
-    by_uid = {row.get("UID", ""): row["ID"] for row in client.get_rows(f"{base}/scans") if row.get("UID")}
-    if any(series.uid not in by_uid for series in expected):
-        return False
-    return all(_file_count(client, base, by_uid[series.uid]) >= series.count for series in expected)
+    return found is not None and _compare(client, _expected_series(files), *found, by_number=False).ok
 
 
 def _merge_conflicts(client: XnatClient, target: UploadTarget, study_uids: set[str]) -> None:
@@ -199,9 +192,10 @@ def _merge_conflicts(client: XnatClient, target: UploadTarget, study_uids: set[s
                         subject=target.subject, label=target.session, overwrite=target.overwrite, wait_seconds=0)
 
 
-def _compare(client: XnatClient, expected: list[_Series], experiment_id: str | None, base: str) -> VerifyResult:
+def _compare(client: XnatClient, expected: list[_Series], experiment_id: str | None, base: str,
+             by_number: bool = True) -> VerifyResult:
     scan_rows = client.get_rows(f"{base}/scans")
-    mapping = _match(expected, scan_rows)
+    mapping = _match(expected, scan_rows, by_number)
     scans: dict[str, tuple[int, int]] = {}
     missing: list[str] = []
     for series in expected:
