@@ -70,13 +70,18 @@ def read_file_meta(part10: bytes | memoryview, file_size: int | None = None) -> 
         raise ValueError("not a DICOM Part-10 file (no DICM marker)")
     size = len(part10)
     total = size if file_size is None else file_size
+
+    def cut_short(needed: int) -> ValueError:
+        # more of the file exists: the caller reads on; otherwise the file itself ends here
+        return MetaTooShort(needed) if total > size else ValueError("file ends inside the file meta header")
+
     values: dict[int, bytes] = {}
     offset = META_START
     while True:
         if offset + 8 > size:
             if offset == total:
                 break  # the file holds nothing but its meta group
-            raise MetaTooShort(offset + 8) if total > size else ValueError("file ends inside the file meta header")
+            raise cut_short(offset + 8)
         group, element = struct.unpack_from("<HH", part10, offset)
         if group != 0x0002:
             break
@@ -85,7 +90,7 @@ def read_file_meta(part10: bytes | memoryview, file_size: int | None = None) -> 
             raise ValueError("file meta header is not in Explicit VR Little Endian")
         if vr in _LONG_LENGTH_VRS:
             if offset + 12 > size:
-                raise MetaTooShort(offset + 12) if total > size else ValueError("file ends inside the file meta header")
+                raise cut_short(offset + 12)
             start = offset + 12
             length = struct.unpack_from("<I", part10, offset + 8)[0]
         else:
@@ -93,7 +98,7 @@ def read_file_meta(part10: bytes | memoryview, file_size: int | None = None) -> 
             length = struct.unpack_from("<H", part10, offset + 6)[0]
         end = start + length
         if end > size:
-            raise MetaTooShort(end + 8) if total > size else ValueError("file ends inside the file meta header")
+            raise cut_short(end + 8)
         if element in (_SOP_CLASS, _SOP_INSTANCE, _TRANSFER_SYNTAX):
             values[element] = bytes(part10[start:end])
         offset = end

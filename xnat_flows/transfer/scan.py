@@ -12,7 +12,7 @@ Two depths of reading, one walk and one set of skip reasons:
   pixel data is cut short (~2,300 files/s).
 * ``headers="file-meta"`` (the C-STORE path): the Part-10 file meta group, which holds all a
   C-STORE needs, and a quick check that the Pixel Data element ends exactly at the end of the
-  file (``part10``; ~50,000 files/s, no pydicom import). Whatever that cannot confirm (no pixel
+  file (``part10``; ~25,000 files/s here, no pydicom import). Whatever that cannot confirm (no pixel
   data, elements after it, big-endian or deflated data, a file cut short) is read by pydicom as
   in "full", so the same files are skipped for the same reasons. Study and series UIDs stay
   empty for the confirmed files. A file without a Study Instance UID is the one thing not
