@@ -9,7 +9,9 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Run the bundled XNAT emulator (HTTP + DICOM receiver).", no_args_is_help=True)
+from xnat_flows.cli.options import command_group
+
+app = command_group(help="Run the bundled XNAT emulator (HTTP + DICOM receiver).")
 
 
 def _parse_codes(values: list[str]) -> dict[str, int]:
@@ -50,7 +52,14 @@ def serve(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    emulator.start()
+    try:
+        emulator.start()
+    except OSError as exc:  # e.g. the port is taken: one line, not a traceback
+        emulator.stop()
+        where = f"{host}:{port}" + (f" or DICOM port {scp_port}" if scp_port else "")
+        typer.secho(f"error: cannot listen on {where}: {exc.strerror or exc}", err=True, fg=typer.colors.RED)
+        typer.echo("hint: pick another --port (0 = any free port), or stop what is using it", err=True)
+        raise typer.Exit(1) from None
     try:
         typer.echo(f"XNAT emulator ready at {emulator.url}")  # exactly this line: scripts parse it
         if emulator.scp_port is not None:

@@ -4,6 +4,36 @@ Each error carries the HTTP status, the server's own message (XNAT explains most
 problems in the body of a 400) and a ``hint`` telling the user what to do next. Messages are
 built from the URL path, the status and the server's text only: never from request headers,
 so a password or JSESSIONID cannot leak into a log or a Prefect UI.
+
+Whether an error is worth retrying is decided by one attribute, ``retryable``: the client's
+request retries (``client.retry``) and the Prefect task retries (``tasks.policies``) both read it.
+
+The tree (classes defined elsewhere are listed with their module)::
+
+    XnatError                          retryable=False
+    ├── AuthenticationError            401, refused login, no session and no password
+    ├── PermissionDeniedError          403
+    ├── NotFoundError                  404, unknown project
+    ├── ConflictError                  409
+    ├── PermanentUploadError           XNAT's permanent 400 import messages
+    ├── UnsupportedServerError         XNAT too old for the feature
+    ├── CancelledError                 XnatClient.cancel() (Ctrl-C)
+    ├── InputError                     bad local input, raised before anything is sent
+    │   └── routing.RoutingError
+    ├── UnreachableError               nothing answered: check host, port, network, TLS
+    │   └── transfer.dicom_send.PeerUnreachableError          retryable=True
+    ├── transfer.dicom_send.DicomNetworkError
+    │   ├── transfer.dicom_send.PeerUnreachableError
+    │   ├── transfer.dicom_send.AssociationRejectedError
+    │   │   └── transfer.dicom_send.CalledAETitleRejectedError
+    │   └── transfer.dicom_send.NoAcceptedContextError
+    ├── flows.upload.UploadIncompleteError
+    ├── flows.cstore.SendIncompleteError
+    └── TransientError                 retryable=True: 423, 429, 5xx, XNAT's passing 400s
+        ├── XnatConnectionError        no HTTP answer; retryable=False when the host refused
+        │                              or is unknown (status None: unreachable)
+        ├── manage.prearchive.WaitTimeoutError
+        └── tasks.cstore.ReceiverInterrupted
 """
 
 from __future__ import annotations
@@ -62,7 +92,7 @@ class XnatError(Exception):
     same request may succeed later.
     """
 
-    default_hint = "Check the XNAT server log, or retry with --verbose for the request details."
+    default_hint = "Check the XNAT server's log (Administer > Site Administration > Logging) for the request"
     retryable = False
 
     def __init__(
@@ -115,7 +145,7 @@ class NotFoundError(XnatError):
 
 
 class ConflictError(XnatError):
-    default_hint = "The object already exists; upload with overwrite=append or overwrite=delete to merge into it"
+    default_hint = "It already exists in XNAT: choose how to merge into it (overwrite), or use another label"
 
 
 class TransientError(XnatError):
@@ -133,6 +163,12 @@ class XnatConnectionError(TransientError):
     def __init__(self, message: str, *, retryable: bool = True, **kwargs) -> None:
         super().__init__(message, **kwargs)
         self.retryable = retryable
+
+
+class UnreachableError(XnatError):
+    """Nothing answered at the given address (refused connection, unknown host, firewall): no data was sent."""
+
+    default_hint = "Check the host name, the port, your network and (for TLS errors) the CA bundle"
 
 
 class PermanentUploadError(XnatError):
@@ -196,6 +232,15 @@ def error_for_response(response: httpx.Response, retry_after: float | None = Non
     if status == 403:
         return PermissionDeniedError(f"{where}: permission denied (HTTP 403)", **kwargs)
     if status == 404:
+        path = response.request.url.path
+        if path.endswith("/data/JSESSION"):
+            # Every XNAT answers /data/JSESSION: a 404 here means the base path of the URL is wrong.
+            base = str(response.request.url).split("/data/JSESSION", 1)[0]
+            return NotFoundError(
+                f"{base} is not an XNAT base URL: {where} answered HTTP 404", **kwargs,
+                hint="Use the address of XNAT's start page without a trailing path "
+                "(e.g. https://xnat.example.org, or https://host/xnat where XNAT is deployed under /xnat)",
+            )
         return NotFoundError(f"{where}: not found (HTTP 404)", **kwargs)
     if status == 409:
         return ConflictError(f"{where}: conflict (HTTP 409)", **kwargs)

@@ -12,22 +12,22 @@ from prefect.exceptions import ObjectNotFound
 
 from prefect.concurrency.sync import concurrency
 
-from xnat_flows.client.errors import TransientError, XnatConnectionError
+from xnat_flows.client.errors import XnatError
 
 
 def retry_unless_permanent(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry only failures that a later attempt can fix.
 
-    The library already retries each request with backoff; a task retry covers a longer outage.
-    Permanent answers (bad labels, 403, 404, XNAT's permanent 400 messages, bad local input) fail
+    The error decides, through its ``retryable`` attribute (the same one the client's request
+    retries read; see the tree in ``client/errors.py``). The library already retries each request
+    with backoff; a task retry covers a longer outage. Permanent answers (bad labels, 403, 404,
+    XNAT's permanent 400 messages, bad local input, a refused connection or an unknown host) fail
     at once with the server's message instead of burning retries.
     """
     try:
         state.result()
-    except (TransientError, XnatConnectionError) as exc:
-        # A refused connection or an unknown host (the client marks them not retryable) will
-        # not heal in the seconds a task retry waits: fail at once with the advice instead.
-        return bool(getattr(exc, "retryable", True))
+    except XnatError as exc:
+        return exc.retryable
     except Exception:  # noqa: BLE001 - anything else is permanent for this task
         return False
     return False

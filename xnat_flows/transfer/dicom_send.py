@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xnat_flows.client.errors import InputError, XnatError
+from xnat_flows.client.errors import InputError, UnreachableError, XnatError
 from xnat_flows.transfer.dicom_association import (
     VERIFICATION_SOP_CLASS,
     AssociationRejected,
@@ -65,7 +65,7 @@ class DicomNetworkError(XnatError):
     default_hint = "Check the receiver's host, port and AE title (XNAT: Administer > Site Administration > DICOM SCP)"
 
 
-class PeerUnreachableError(DicomNetworkError):
+class PeerUnreachableError(DicomNetworkError, UnreachableError):
     """No TCP connection: wrong host or port, receiver down, or a firewall."""
 
     retryable = True
@@ -278,7 +278,8 @@ def _open_association(link: _Link, pairs: Sequence[SyntaxPair]) -> StorageAssoci
     except (TimeoutError, socket.timeout):
         raise DicomNetworkError(
             f"{where} did not answer the association request within {link.acse_timeout:g} s",
-            hint="Is this a DICOM port? (an HTTP port such as 8080 is not) Or raise the ACSE timeout") from None
+            hint="Check that the port is the DICOM receiver's (XNAT's is often 8104), not a web port such as 8080 "
+                 "(XNAT: Administer > Site Administration > DICOM SCP lists its receivers)") from None
     except OSError as exc:
         raise _explain_connect_failure(link, exc) from None
     except UpperLayerError as exc:
