@@ -26,7 +26,7 @@ def login(connection: Connection) -> None:
     from xnat_flows.client.errors import InputError
     from xnat_flows.client.settings import profile_dir, save_profile
 
-    credentials = connection.credentials(password=connection.password_given())
+    credentials = connection.credentials(password=connection.password_given(), new_profile=True)
     if not credentials.username:
         raise InputError("No XNAT user given", hint="Pass --username, or set XNAT_USER")
     if credentials.password is None:  # a cached session does not count: login means a new one

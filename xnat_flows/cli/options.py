@@ -128,10 +128,11 @@ class Connection:
             return self.password
         return read_password_stdin() if self.password_stdin else None
 
-    def credentials(self, *, prompt: bool = True, password: str | None = None) -> Credentials:
+    def credentials(self, *, prompt: bool = True, password: str | None = None, new_profile: bool = False) -> Credentials:
         from xnat_flows.client.credentials import resolve_credentials
 
-        return resolve_credentials(self.url, self.username, password, profile=self.profile, prompt=prompt)
+        return resolve_credentials(self.url, self.username, password, profile=self.profile, prompt=prompt,
+                                   new_profile=new_profile)
 
     @contextmanager
     def client(self) -> Iterator[XnatClient]:

@@ -90,15 +90,17 @@ def resolve_credentials(
     profile: str | None = None,
     prompt: bool = True,
     environ: Mapping[str, str] | None = None,
+    new_profile: bool = False,
 ) -> Credentials:
     """Merge arguments, ``XNAT_*`` variables, the profile file and (if allowed) a prompt.
 
     A missing password is not an error here: the client may still hold a cached session
     token for this URL and user, and reports a clear ``AuthenticationError`` otherwise.
+    ``new_profile``: an unknown ``profile`` is one about to be written (``auth login``), not an error.
     """
     environ = os.environ if environ is None else environ
     env = EnvSettings.from_environ(environ)
-    chosen = ProfileConfig.load(profile_dir(environ)).select(profile or env.profile)
+    chosen = ProfileConfig.load(profile_dir(environ)).select(profile or env.profile, missing_ok=new_profile)
 
     resolved_url = url or env.url or (chosen.url if chosen else None)
     if not resolved_url and prompt and _is_interactive():

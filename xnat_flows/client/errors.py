@@ -238,8 +238,8 @@ def error_for_response(response: httpx.Response, retry_after: float | None = Non
             base = str(response.request.url).split("/data/JSESSION", 1)[0]
             return NotFoundError(
                 f"{base} is not an XNAT base URL: {where} answered HTTP 404", **kwargs,
-                hint="Use the address of XNAT's start page without a trailing path "
-                "(e.g. https://xnat.example.org, or https://host/xnat where XNAT is deployed under /xnat)",
+                hint="Use the address of XNAT's start page, e.g. https://xnat.example.org "
+                "(with a path such as /xnat only where XNAT is deployed under one)",
             )
         return NotFoundError(f"{where}: not found (HTTP 404)", **kwargs)
     if status == 409:

@@ -126,9 +126,12 @@ class ProfileConfig(BaseModel):
                 hint="Fix the TOML syntax, or move the file away to start without profiles",
             ) from None
 
-    def select(self, name: str | None) -> Profile | None:
-        """The named profile (an unknown explicit name is an error), else the default one."""
+    def select(self, name: str | None, *, missing_ok: bool = False) -> Profile | None:
+        """The named profile (an unknown explicit name is an error unless ``missing_ok``: a login
+        creating it), else the default one."""
         if name:
+            if name not in self.profiles and missing_ok:
+                return None
             if name not in self.profiles:
                 known = ", ".join(sorted(self.profiles)) or "none"
                 raise InputError(
