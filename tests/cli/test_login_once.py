@@ -318,3 +318,58 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path, home: Path) -> None:
         assert process.returncode == 130, stderr
         assert "interrupted: re-run the same command to send the rest" in stderr
         assert "Traceback" not in stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
+def test_flow_password_stays_out_of_prefects_server_and_the_server_dies_with_the_cli(tmp_path: Path, home: Path) -> None:
+    """`--flow --password-stdin` without a Prefect server: Prefect starts a temporary API server
+    child. The password must not be in its environment, and killing the CLI must not leave it running."""
+    with XnatEmulator(tmp_path / "slow", projects=("CLI",), password=PASSWORD, latency_ms=300) as xnat:
+        write_studies(tmp_path / "export", series=2, instances=30, instance_kb=4, seed=47)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
+        env |= {"HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect")}
+        process = subprocess.Popen(
+            CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "K", "-E", "K_MR1", "--flow",
+                   "--gradual", "--workers", "1", "--url", xnat.url, "-u", "admin", "--password-stdin"],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        process.stdin.write(PASSWORD.encode() + b"\n")
+        process.stdin.close()
+        try:
+            deadline, server = time.monotonic() + 120, None
+            while server is None and time.monotonic() < deadline and process.poll() is None:
+                server = next((c for c in _children(process.pid)
+                               if b"uvicorn" in Path(f"/proc/{c}/cmdline").read_bytes()), None)
+                time.sleep(0.2)
+            assert server is not None, "no Prefect API server child appeared"
+            assert PASSWORD.encode() not in Path(f"/proc/{server}/environ").read_bytes()
+            process.kill()  # SIGKILL: no atexit, no signal handler
+            process.wait(timeout=30)
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{server}").exists() and time.monotonic() < deadline:
+                stat_fields = Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()
+                if stat_fields[0] == "Z":  # ended; only waiting to be reaped by init
+                    break
+                time.sleep(0.2)
+            assert not Path(f"/proc/{server}").exists() or stat_fields[0] == "Z", "the Prefect server outlived the CLI"
+        finally:
+            if process.poll() is None:
+                process.kill()
+            if server is not None and Path(f"/proc/{server}").exists():
+                os.kill(server, 9)  # never leave it behind, even when the test fails
+            stderr = process.stderr.read().decode(errors="replace")
+        assert "telemetry" not in stderr.lower()
+        assert_no_password_under(home)
