@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from xnat_flows.cli.options import command_group, EXIT_AUTH, RELOGIN_HINT, Connection, is_interactive, with_connection
+from xnat_flows.cli.options import EXIT_AUTH, RELOGIN_HINT, Connection, command_group, is_interactive, with_connection
 
 app = command_group(help="Log in once (caches a session token), show the login, or log out.")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -28,12 +27,12 @@ def _parse_codes(values: list[str]) -> dict[str, int]:
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(8080, help="HTTP port (0 = any free port)."),
-    data_dir: Optional[Path] = typer.Option(None, help="State directory (kept across restarts); temp dir if omitted."),
+    data_dir: Path | None = typer.Option(None, help="State directory (kept across restarts); temp dir if omitted."),
     user: str = typer.Option("admin", help="The one user's name."),
     password: str = typer.Option("admin", help="The one user's password."),
     project: list[str] = typer.Option(["TEST"], "--project", help="Project to create at start (repeatable)."),
     prearchive_code: list[str] = typer.Option([], "--prearchive-code", help="PROJECT=CODE (0 manual, 4 auto, 5 overwrite)."),
-    scp_port: Optional[int] = typer.Option(None, help="Start the DICOM receiver on this port (0 = free port)."),
+    scp_port: int | None = typer.Option(None, help="Start the DICOM receiver on this port (0 = free port)."),
     scp_aet: str = typer.Option("XNAT", help="AE title of the DICOM receiver."),
     latency_ms: int = typer.Option(0, help="Added latency per HTTP response."),
     rebuild_idle_seconds: float = typer.Option(1.0, help="Idle seconds before a RECEIVING session is built/archived."),

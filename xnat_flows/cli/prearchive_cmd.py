@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
-from xnat_flows.cli.options import command_group, Connection, JsonOption, print_table, with_connection
+from xnat_flows.cli.options import Connection, JsonOption, command_group, print_table, with_connection
 
 app = command_group(help="List, archive, delete and move prearchive sessions.")
 
@@ -24,7 +24,7 @@ NameArg = Annotated[str, typer.Argument(help="Session folder name, as listed.")]
 _LIST_COLUMNS = ["project", "timestamp", "folderName", "name", "subject", "status", "scan_date"]
 
 
-class OverwriteChoice(str, Enum):
+class OverwriteChoice(StrEnum):
     append = "append"
     delete = "delete"
 

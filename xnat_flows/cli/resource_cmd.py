@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from xnat_flows.cli.options import command_group, Connection, EXIT_CONFLICT, JsonOption, with_connection
+from xnat_flows.cli.options import EXIT_CONFLICT, Connection, JsonOption, command_group, with_connection
 
 app = command_group(help="Upload non-DICOM files and directories to session or scan resources.")
 
@@ -31,9 +31,8 @@ def upload_command(
     connection: Connection,
 ) -> None:
     """Upload PATH to resource LABEL of SESSION (or of one of its scans)."""
-    from xnat_flows.manage.resources import ResourceTarget, upload_resource
-
     from xnat_flows.client.errors import InputError
+    from xnat_flows.manage.resources import ResourceTarget, upload_resource
     from xnat_flows.transfer.upload import _LABEL_RE as XNAT_LABEL  # the rule session labels follow
 
     if subject and not project:

@@ -9,10 +9,18 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from xnat_flows.cli.options import command_group, EXIT_PARTIAL, Connection, JsonOption, prove_session, warn, with_connection
+from xnat_flows.cli.options import (
+    EXIT_PARTIAL,
+    Connection,
+    JsonOption,
+    command_group,
+    prove_session,
+    warn,
+    with_connection,
+)
 
 if TYPE_CHECKING:
-    from xnat_flows.client.client import XnatClient
+    pass
 
 app = command_group(help="Upload DICOM sessions (REST Import API or DICOM C-STORE).")
 
@@ -69,7 +77,7 @@ def upload(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials, profile, as_json) -> None:  # noqa: ANN001, PLR0913
+def _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials, profile, as_json) -> None:
     import os
 
     from xnat_flows.client.credentials import keep_password_in_process
@@ -98,7 +106,7 @@ def _upload_with_flow(source, target, workers, archive_format, gradual, per_stud
             )
         except XnatError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a failed flow run; its message says what failed
+        except Exception as exc:
             raise XnatError(f"the flow run failed: {exc}", hint="See the flow run's logs in Prefect") from None
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
@@ -112,7 +120,7 @@ def _upload_with_flow(source, target, workers, archive_format, gradual, per_stud
         raise typer.Exit(EXIT_PARTIAL)
 
 
-class _progress_bar:  # noqa: N801 - used as a context manager like a function
+class _progress_bar:
     """A rich progress bar fed by the library's thread-safe progress callback; nothing at all when
     stdout is not a terminal (a pipe or a log gets the per-session lines of the report instead)."""
 
@@ -121,14 +129,21 @@ class _progress_bar:  # noqa: N801 - used as a context manager like a function
         self._task = None
         if not (enabled and sys.stdout.isatty()):
             return
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self._progress = Progress(
             TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.fields[files]}"),
             DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), transient=False,
         )
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         if self._progress is None:
             return None
         self._progress.start()
@@ -138,20 +153,20 @@ class _progress_bar:  # noqa: N801 - used as a context manager like a function
         if self._progress is not None:
             self._progress.stop()
 
-    def _update(self, snapshot) -> None:  # noqa: ANN001
+    def _update(self, snapshot) -> None:
         if self._task is None:
             self._task = self._progress.add_task("upload", total=snapshot.bytes_total, files="")
         files = f"{snapshot.done}/{snapshot.total} files" + (f", {snapshot.failed} failed" if snapshot.failed else "")
         self._progress.update(self._task, completed=snapshot.bytes_done, total=snapshot.bytes_total, files=files)
 
 
-def _timing(result) -> tuple[float, float]:  # noqa: ANN001
+def _timing(result) -> tuple[float, float]:
     """(transfer seconds, verification seconds): throughput is over the transfer only."""
     verify_seconds = sum(s.verify.waited_seconds for s in result.sessions if s.verify is not None)
     return max(result.seconds - verify_seconds, 0.0), verify_seconds
 
 
-def _summary(result) -> dict:  # noqa: ANN001
+def _summary(result) -> dict:
     """The --json form of an upload's result (what a script needs to act on it)."""
     transfer_seconds, verify_seconds = _timing(result)
     return {
@@ -178,7 +193,7 @@ def _summary(result) -> dict:  # noqa: ANN001
     }
 
 
-def _report(result) -> None:  # noqa: ANN001
+def _report(result) -> None:
     for skipped in result.skipped:
         typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
     for study in result.sessions:

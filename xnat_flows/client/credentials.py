@@ -124,9 +124,9 @@ def resolve_credentials(
     token = env.token or (from_profile.token if from_profile else None)
     if not resolved_user and not token and prompt and _is_interactive():
         resolved_user = input(f"XNAT user for {resolved_url}: ").strip() or None
-    if resolved_user and secret is None and token is None and prompt and _is_interactive():
-        if not TokenCache(profile_dir(environ)).get(resolved_url, resolved_user):
-            secret = SecretStr(getpass.getpass(f"Password for {resolved_user}@{resolved_url}: "))
+    if (resolved_user and secret is None and token is None and prompt and _is_interactive()
+            and not TokenCache(profile_dir(environ)).get(resolved_url, resolved_user)):
+        secret = SecretStr(getpass.getpass(f"Password for {resolved_user}@{resolved_url}: "))
 
     verify: bool | str = True
     if env.ca_bundle:

@@ -19,6 +19,7 @@ workers can resolve settings without touching the process environment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import tomllib
@@ -46,10 +47,8 @@ def profile_dir(environ: Mapping[str, str] | None = None) -> Path:
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (mode 0700): it holds session tokens."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
+    with contextlib.suppress(OSError):  # not ours (e.g. a shared mount): the files inside are still 0600
         path.chmod(0o700)
-    except OSError:  # not ours (e.g. a shared mount): the files inside are still 0600
-        pass
     return path
 
 

@@ -8,9 +8,8 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
-
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
 
 from xnat_flows.client.errors import XnatError
 
@@ -28,7 +27,7 @@ def retry_unless_permanent(task, task_run, state) -> bool:
         state.result()
     except XnatError as exc:
         return exc.retryable
-    except Exception:  # noqa: BLE001 - anything else is permanent for this task
+    except Exception:
         return False
     return False
 
