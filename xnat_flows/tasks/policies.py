@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
 from xnat_flows.client.errors import XnatError
+from xnat_flows.client.urls import server_host
 
 
 def retry_unless_permanent(task, task_run, state) -> bool:
@@ -32,15 +32,9 @@ def retry_unless_permanent(task, task_run, state) -> bool:
     return False
 
 
-def server_key(url: str) -> str:
-    """A stable, secret-free name for one XNAT server (host[:port])."""
-    parts = urlsplit(url)
-    return parts.netloc.rsplit("@", 1)[-1] or url
-
-
 def upload_limit_name(url: str) -> str:
     """Global concurrency limit that caps concurrent uploads to one XNAT server across all runs."""
-    return f"xnat-uploads:{server_key(url)}"
+    return f"xnat-uploads:{server_host(url)}"
 
 
 class ServerCheck(NamedTuple):
