@@ -21,6 +21,15 @@ from unittest import mock
 SECRET_VARIABLES = ("XNAT_PASS", "XNAT_PASSWORD", "XNAT_TOKEN")
 
 
+def quiet_prefect_for_cli_runs() -> None:
+    """Settings for flow runs the CLI starts itself, set before Prefect reads its settings (the
+    user's own settings win): no telemetry, and a temporary server given time to start on a busy
+    machine (Prefect's default of 20 s is not enough on 2 loaded cores)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     import ctypes
 

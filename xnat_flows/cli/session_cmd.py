@@ -78,15 +78,11 @@ def upload(
 
 
 def _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials, profile, as_json) -> None:
-    import os
-
+    from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
     from xnat_flows.client.errors import XnatError
 
-    # Before Prefect is imported: its settings are read once. The CLI's runs send no telemetry.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process
+    quiet_prefect_for_cli_runs()
     from xnat_flows.flows.upload import upload_dicom_session
     from xnat_flows.models import UploadRequest, XnatConnection
 
