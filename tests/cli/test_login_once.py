@@ -234,11 +234,20 @@ def test_cstore_project_routing_warns_or_checks(xnat, home: Path, tmp_path: Path
     assert " sent, " not in unknown.output  # refused before anything was sent
 
 
-def test_unknown_project_is_reported_by_prearchive_list(xnat, home: Path) -> None:
+def test_unknown_project_is_reported_wherever_a_command_takes_one(xnat, home: Path, tmp_path: Path) -> None:
     login(xnat)
     result = run("prearchive", "list", "--project", "NOPE")
     assert result.exit_code == 4, result.output
-    assert "does not exist" in result.stderr and "empty" not in result.output
+    assert "Project 'NOPE' does not exist" in result.stderr and "empty" not in result.output
+    (tmp_path / "notes.txt").write_text("x")
+    for args in (
+        ["prearchive", "move", "CLI", "20240101_000000000", "S", "NOPE"],
+        ["prearchive", "archive", "NOPE", "20240101_000000000", "S"],
+        ["resource", "upload", "S1_MR1", "NOTES", str(tmp_path / "notes.txt"), "-P", "NOPE"],
+    ):
+        other = run(*args)
+        assert other.exit_code == 4, (args, other.output)
+        assert "Project 'NOPE' does not exist" in other.stderr, args
 
 
 def test_resource_label_is_validated_like_other_labels(xnat, home: Path, tmp_path: Path) -> None:

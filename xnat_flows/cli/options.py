@@ -135,11 +135,13 @@ class Connection:
                                    new_profile=new_profile)
 
     @contextmanager
-    def client(self) -> Iterator[XnatClient]:
+    def client(self, *, projects: tuple[str | None, ...] = ()) -> Iterator[XnatClient]:
         """A client with a working session: the cached one, or a login with the password given.
 
         One cheap request (who am I) proves the session before the command starts; an expired or
         revoked cached session asks for the password on a terminal, and otherwise fails with advice.
+        Each of ``projects`` (None skipped) must exist: XNAT answers an unknown project with an
+        empty listing or files data for it under Unassigned, so it is reported as unknown here.
         """
         from xnat_flows.client.client import XnatClient
         from xnat_flows.client.errors import AuthenticationError
@@ -159,6 +161,9 @@ class Connection:
                 client.close()
                 raise
         with client:
+            for project in projects:
+                if project:
+                    client.require_project(project)
             yield client
 
 

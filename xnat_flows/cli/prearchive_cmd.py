@@ -40,9 +40,7 @@ def list_command(
     """List prearchive sessions (all projects you can see, or one)."""
     from xnat_flows.manage.prearchive import list_sessions
 
-    with connection.client() as client:
-        if project:
-            client.require_project(project)  # XNAT lists an unknown project's prearchive as empty
+    with connection.client(projects=(project,)) as client:
         sessions = list_sessions(client, project)
     rows = [s.model_dump(by_alias=True) for s in sessions]
     if as_json:
@@ -98,7 +96,7 @@ def archive_command(
     def say_waiting(message: str) -> None:
         typer.echo(message, err=True)
 
-    with connection.client() as client, conflict_advice(overwrite.value if overwrite else None):
+    with connection.client(projects=(project,)) as client, conflict_advice(overwrite.value if overwrite else None):
         outcome = archive_session(
             client,
             project,
@@ -134,7 +132,7 @@ def delete_command(
     src = prearchive_src(project, timestamp, name)
     if not yes:
         typer.confirm(f"Delete prearchive session {src} and its files?", abort=True)
-    with connection.client() as client:
+    with connection.client(projects=(project,)) as client:
         delete_session(client, project, timestamp, name)
     typer.echo(f"Deleted {src}.")
 
@@ -152,6 +150,6 @@ def move_command(
     """Move a prearchive session to another project's prearchive."""
     from xnat_flows.manage.prearchive import move_session
 
-    with connection.client() as client:
+    with connection.client(projects=(project, new_project)) as client:
         uri = move_session(client, project, timestamp, name, new_project)
     typer.echo(f"Moved to {uri}")

@@ -43,7 +43,7 @@ def upload_command(
             hint="XNAT labels allow only letters, digits, '_' and '-' (e.g. BIDS, NIFTI, SNAPSHOTS)",
         )
     target = ResourceTarget(session=session, project=project, subject=subject, scan=scan)
-    with connection.client() as client:
+    with connection.client(projects=(project,)) as client:
         result = upload_resource(client, target, label, path, overwrite=overwrite)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))

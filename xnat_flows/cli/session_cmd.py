@@ -54,21 +54,19 @@ def upload(
     # Local input first: a bad label, path or study mix fails before anything is sent.
     target = UploadTarget(project=project, subject=subject, session=session, direct_archive=direct_archive)
     if flow:
-        with connection.client() as client:
-            client.require_project(project)
+        with connection.client(projects=(project,)) as client:
             credentials = client.credentials
         _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials,
                           connection.profile, as_json)
         return
     scan = scan_directory(source)
     plan_sessions(scan, target, per_study=per_study)
-    with connection.client() as client:
-        client.require_project(project)
-        with _progress_bar("gradual-DICOM" if gradual else "DICOM-zip", enabled=not as_json) as progress:
-            result = upload_session(
-                client, scan, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
-                journal=UploadJournal(), progress=progress, verify=verify,
-            )
+    label = "gradual-DICOM" if gradual else "DICOM-zip"
+    with connection.client(projects=(project,)) as client, _progress_bar(label, enabled=not as_json) as progress:
+        result = upload_session(
+            client, scan, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
+            journal=UploadJournal(), progress=progress, verify=verify,
+        )
     if as_json:
         typer.echo(json.dumps(_summary(result), indent=2))
     else:
