@@ -216,7 +216,7 @@ def test_http_port_for_cstore_names_the_port_not_a_timeout(xnat, home: Path, tmp
     result = run("session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1", "--port", str(xnat.port),
                  "-P", "CLI")
     assert result.exit_code != 0
-    assert "not a web port" in result.stderr and "timeout" not in result.stderr.split("(", 1)[1].lower()
+    assert "DICOM port" in result.stderr and "web port such as 8080" in result.stderr and "timeout" not in result.stderr.split("(", 1)[1].lower()
 
 
 def test_cstore_project_routing_warns_or_checks(xnat, home: Path, tmp_path: Path) -> None:

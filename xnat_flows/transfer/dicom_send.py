@@ -278,8 +278,8 @@ def _open_association(link: _Link, pairs: Sequence[SyntaxPair]) -> StorageAssoci
     except (TimeoutError, socket.timeout):
         raise DicomNetworkError(
             f"{where} did not answer the association request within {link.acse_timeout:g} s",
-            hint="Check that the port is the DICOM receiver's (XNAT's is often 8104), not a web port such as 8080 "
-                 "(XNAT: Administer > Site Administration > DICOM SCP lists its receivers)") from None
+            hint="Is this the receiver's DICOM port? XNAT's is often 8104; a web port such as 8080 does not speak "
+                 "DICOM (XNAT: Administer > Site Administration > DICOM SCP lists its receivers)") from None
     except OSError as exc:
         raise _explain_connect_failure(link, exc) from None
     except UpperLayerError as exc:
