@@ -382,3 +382,20 @@ def test_flow_password_stays_out_of_prefects_server_and_the_server_dies_with_the
             stderr = process.stderr.read().decode(errors="replace")
         assert "telemetry" not in stderr.lower()
         assert_no_password_under(home)
+
+
+@pytest.mark.slow
+def test_flow_run_without_a_prefect_server_sends_no_telemetry(xnat, tmp_path: Path, home: Path) -> None:
+    """Prefect's temporary server reports telemetry by default and logs an ERROR when that fails
+    (no network): a `--flow` run started by the CLI turns it off."""
+    login(xnat)
+    write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=48)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
+    env |= {"HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect")}
+    done = subprocess.run(
+        CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "T", "-E", "T_MR1", "--flow"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "verified: True" in done.stdout
+    assert "telemetry" not in (done.stdout + done.stderr).lower()
