@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -84,7 +83,7 @@ class XnatCommandGroup(TyperGroup):
     """The root command: turns library errors and Ctrl-C into one line and an exit code, for
     every sub-command (so commands raise ``XnatError`` instead of catching it)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's own click Context
         from xnat_flows.client.errors import CancelledError, XnatError
 
         try:

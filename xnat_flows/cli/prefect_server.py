@@ -68,7 +68,7 @@ def ephemeral_server_dies_with_this_process() -> Iterator[None]:
                 return super()._run_uvicorn_command()
 
     TiedServer()  # Prefect's server is one instance per port: this one is what Prefect starts
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGHUP):
             previous[signum] = signal.signal(signum, _exit_on_signal)

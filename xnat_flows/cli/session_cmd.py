@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -119,8 +119,8 @@ class _progress_bar:
     stdout is not a terminal (a pipe or a log gets the per-session lines of the report instead)."""
 
     def __init__(self, label: str, *, enabled: bool = True) -> None:
-        self._progress = None
-        self._task = None
+        self._progress: Any = None  # a rich Progress when stdout is a terminal
+        self._task: Any = None
         if not (enabled and sys.stdout.isatty()):
             return
         from rich.progress import (

@@ -39,7 +39,7 @@ The tree (classes defined elsewhere are listed with their module)::
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the scanner and the C-STORE sender import these errors
     import httpx
@@ -226,7 +226,7 @@ def error_for_response(response: httpx.Response, retry_after: float | None = Non
     text = server_message(response)
     where = f"{response.request.method} {response.request.url.path}"
     summary = f"{where} failed with HTTP {status}"
-    kwargs = {"status": status, "server_message": text, "retry_after": retry_after}
+    kwargs: dict[str, Any] = {"status": status, "server_message": text, "retry_after": retry_after}
     if status == 401:
         return AuthenticationError(f"{where}: XNAT did not accept the credentials (HTTP 401)", **kwargs)
     if status == 403:

@@ -72,7 +72,7 @@ class EnvSettings(BaseSettings):
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> EnvSettings:
         try:
             if environ is None or environ is os.environ:
-                return cls()
+                return cls()  # type: ignore[call-arg]  # every field has a default; mypy sees the aliases
             return cls.model_validate(_MappingEnvSource(cls, environ)())
         except ValidationError as exc:  # names the variable, never echoes its value (it may be a secret)
             problem = exc.errors()[0]
