@@ -257,7 +257,7 @@ class ArchiveHandlers(HandlerBase):
             if exists and not overwrite:
                 duplicates.append(clean.as_posix())
                 return
-            size, md5 = write_stream_to(store.resource_dir(resource["id"]) / clean, chunks, store.tmp_dir)
+            size, md5 = write_stream_to(store.resource_dir(resource["id"]) / clean, chunks, store.tmp_dir, store.check_space)
             store.record_file(resource["id"], clean.as_posix(), size, md5)
 
         try:

@@ -9,7 +9,7 @@ from urllib.parse import unquote
 from xnat_flows.testing import readback
 from xnat_flows.testing.prearchive import UNASSIGNED, XnatRefusal, is_true
 from xnat_flows.testing.state import READY, RECEIVING, scan_xsi_type, session_xsi_type
-from xnat_flows.testing.web import HandlerBase, Request, Response, json_response, request_uploads, text
+from xnat_flows.testing.web import HandlerBase, Request, Response, json_body, json_response, request_uploads, text
 
 
 class PrearchiveHandlers(HandlerBase):
@@ -90,7 +90,7 @@ class PrearchiveHandlers(HandlerBase):
             return text(200, "")
         if req.method == "POST":
             if req.content_type == "application/json":
-                payload = json.loads(req.body.read() or b"{}")
+                payload = json_body(req)
                 req.add_fields({k: [str(v)] for k, v in payload.items()})
             return self._prearchive_action(req, row)
         if not rest:
@@ -197,11 +197,11 @@ class PrearchiveHandlers(HandlerBase):
 
     def direct_archive_list(self, req: Request, m: re.Match[str]) -> Response:
         """Direct-Archive sessions not yet built (body shape uncertain, spec §3.7): a JSON array."""
-        try:
-            filters = (json.loads(req.body.read() or b"{}") or {}).get("filters", {})
-        except ValueError:
-            return text(400, "Malformed paginated request")
-        project = (filters.get("project") or {}).get("value")
+        filters = json_body(req).get("filters") or {}
+        project_filter = filters.get("project") if isinstance(filters, dict) else None
+        if not isinstance(filters, dict) or not isinstance(project_filter or {}, dict):
+            return text(400, 'Malformed paginated request: "filters" must be {"project": {"operator": "EQ", "value": "P"}}')
+        project = (project_filter or {}).get("value")
         rows = [r for r in self.store.prearc_rows([project] if project else None, include_direct=True) if r.direct_archive]
         sessions = [{"project": r.project, "subject": r.subject, "label": r.name, "tag": r.tag, "status": r.status,
                      "modality": r.modality, "scan_date": r.scan_date, "timestamp": r.timestamp,

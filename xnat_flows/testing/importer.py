@@ -95,6 +95,9 @@ class Importer:
         subject = params.get("SUBJECT_ID") or dest.subject or route_subject(header)
         label = params.get("EXPT_LABEL") or dest.label or route_session(header) or "dicom_upload"
         direct = is_true(params.get("Direct-Archive")) and project is not None
+        routed_auto_archive = header.assignment("AA").lower()
+        if routed_auto_archive in ("true", "false") and "AA" not in params:
+            params = {**params, "AA": routed_auto_archive}
         return Placement(
             project=project or UNASSIGNED, subject=clean_label(subject), label=clean_label(label) or "dicom_upload",
             direct_archive=direct, timestamp=params.get("PREARC_TIMESTAMP") or dest.timestamp or None,

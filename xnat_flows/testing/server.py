@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from xnat_flows.testing.auth import parse_basic
+from xnat_flows.testing.bandwidth import ThrottledReader, ThrottledWriter
 from xnat_flows.testing.handlers_archive import ArchiveHandlers
 from xnat_flows.testing.handlers_prearchive import PrearchiveHandlers
 from xnat_flows.testing.handlers_site import SiteHandlers
 from xnat_flows.testing.httpbody import BodyError, RequestBody
 from xnat_flows.testing.prearchive import XnatRefusal, is_true
+from xnat_flows.testing.state import is_disk_full
 from xnat_flows.testing.web import STREAM_CHUNK, Handler, Request, Response, text
 
 if TYPE_CHECKING:
@@ -148,6 +150,13 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests run many requests
         return
 
+    def setup(self) -> None:
+        super().setup()
+        bucket = self.api.emu.bandwidth
+        if bucket is not None:  # --bandwidth-mbit: one link shared by every connection
+            self.rfile = ThrottledReader(self.rfile, bucket)  # type: ignore[assignment]
+            self.wfile = ThrottledWriter(self.wfile, bucket)  # type: ignore[assignment]
+
     def do_GET(self) -> None:
         self._dispatch()
 
@@ -174,11 +183,15 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except (ConnectionError, socket.timeout):
             self.close_connection = True
             return
-        except Exception as exc:  # an emulator bug: answer like Tomcat's 500 page
-            import traceback
+        except Exception as exc:
+            if is_disk_full(exc):  # XNAT answers each request 500 and carries on when space returns
+                log.warning("%s %s: no space left on device", req.method, req.path)
+                response = text(500, f"Internal Server Error: no space left on device ({exc})")
+            else:  # an emulator bug: answer like Tomcat's 500 page
+                import traceback
 
-            traceback.print_exc()
-            response = text(500, f"Internal Server Error: {exc}")
+                traceback.print_exc()
+                response = text(500, f"Internal Server Error: {exc}")
         if response is None:  # a dropped connection fault
             self.close_connection = True
             return

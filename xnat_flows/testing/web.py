@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import zipfile
@@ -45,6 +46,31 @@ class Response:
 
 def text(status: int, message: str, **headers: str) -> Response:
     return Response(status, message.encode(), headers=dict(headers))
+
+
+def json_body(req: Request, expected: type | tuple[type, ...] = dict, limit: int = 1024 * 1024) -> Any:
+    """The request's JSON body (empty → an empty ``expected``); 400 when it is not JSON of that shape.
+
+    XNAT's Spring controllers answer a body they cannot bind with 400 Bad Request, never a 500."""
+    raw = req.body.read(limit + 1)
+    if len(raw) > limit:
+        raise XnatRefusal(413, f"Request body larger than {limit} bytes")
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    if not raw.strip():
+        return kinds[0]()
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise XnatRefusal(400, f"Malformed JSON in the request body: {exc}") from exc
+    if not isinstance(value, expected):
+        wanted = " or ".join(_JSON_NAMES.get(kind, kind.__name__) for kind in kinds)
+        raise XnatRefusal(400, f"Malformed request body: expected a JSON {wanted}, "
+                               f"got {_JSON_NAMES.get(type(value), type(value).__name__)}")
+    return value
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
 
 
 def json_response(body: bytes, status: int = 200) -> Response:
@@ -104,6 +130,8 @@ class HandlerBase:
     store: Store
 
     def _zip_response(self, entries: list[tuple[str, Path]], name: str) -> Response:
+        if self.store.check_space is not None:
+            self.store.check_space()
         handle, tmp_name = tempfile.mkstemp(dir=self.store.tmp_dir, prefix="dl-", suffix=".zip")
         with open(handle, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for arcname, path in entries:
