@@ -43,7 +43,6 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
         self.peak_concurrent_uploads = 0
         self.request_count = 0
         self.import_count = 0
-        expt = r"/data(?:/archive)?(?:/projects/(?P<project>[^/]+)(?:/subjects/(?P<subject>[^/]+))?)?/experiments/(?P<expt>[^/]+)"
         self.routes: list[tuple[str, re.Pattern[str], Handler, bool]] = [
             # (methods, path, handler, needs authentication)
             ("GET", re.compile(r"/"), self.root, False),
@@ -65,18 +64,16 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
             ("GET POST", re.compile(r"/xapi/siteConfig"), self.site_config, True),
             ("GET", re.compile(r"/xapi/dicomscp"), self.dicom_receivers, True),
             ("GET", re.compile(r"/data/search/elements(?:/[^/]+)?"), self.search_elements, True),
-            ("GET", re.compile(r"/data(?:/archive)?/projects"), self.list_projects, True),
-            ("GET PUT", re.compile(r"/data(?:/archive)?/projects/(?P<project>[^/]+)"), self.project, True),
             ("GET", re.compile(r"/data/projects/(?P<project>[^/]+)/prearchive_code"), self.get_prearchive_code, True),
             ("PUT POST", re.compile(r"/data/projects/(?P<project>[^/]+)/prearchive_code/(?P<code>[^/]+)"),
              self.put_prearchive_code, True),
-            ("GET", re.compile(r"/data(?:/archive)?/projects/(?P<project>[^/]+)/subjects"), self.list_subjects, True),
-            ("GET", re.compile(r"/data(?:/archive)?/subjects/(?P<subject>[^/]+)"), self.subject, True),
-            ("GET PUT", re.compile(r"/data(?:/archive)?/projects/(?P<project>[^/]+)/subjects/(?P<subject>[^/]+)"),
-             self.subject, True),
-            ("GET", re.compile(r"/data(?:/archive)?(?:/projects/(?P<project>[^/]+)(?:/subjects/(?P<subject>[^/]+))?)?/experiments"),
-             self.list_experiments, True),
-            ("GET PUT POST DELETE", re.compile(expt + r"(?P<rest>/.*)?"), self.experiment_tree, True),
+            # The whole archive (projects → subjects → experiments → scans/assessors/reconstructions →
+            # resources → files) is one walk through the object model.
+            ("GET PUT POST DELETE", re.compile(r"/data(?:/archive)?(?P<tree>/(?:projects|subjects|experiments)(?:/.*)?)"),
+             self.archive_tree, True),
+            ("GET", re.compile(r"/data(?:/archive)?/users"), self.list_users, True),
+            ("POST", re.compile(r"/data(?:/archive)?/search"), self.search, True),
+            ("POST PUT", re.compile(r"/data/services/refresh/catalog"), self.refresh_catalog, True),
             ("POST", re.compile(r"/data/services/import"), self.services_import, True),
             ("POST", re.compile(r"/data/services/archive"), self.services_archive, True),
             ("POST", re.compile(r"/data/services/prearchive/(?P<action>delete|move|rebuild)"),
@@ -96,12 +93,13 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
     # -- dispatch ----------------------------------------------------------------------------------
     def find_route(self, req: Request) -> tuple[Handler, re.Match[str], bool] | Response:
         path_matched = False
+        method = "GET" if req.method == "HEAD" else req.method  # HEAD: a GET without the body (see _send)
         for methods, pattern, handler, needs_auth in self.routes:
             match = pattern.fullmatch(req.path)
             if match is None:
                 continue
             path_matched = True
-            if req.method in methods.split():
+            if method in methods.split():
                 return handler, match, needs_auth
         if path_matched:
             return text(405, f"Method {req.method} not allowed")

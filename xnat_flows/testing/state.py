@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS resources(id INTEGER PRIMARY KEY AUTOINCREMENT, exper
     UNIQUE(experiment_id, scan_id, label));
 CREATE TABLE IF NOT EXISTS files(resource_id INTEGER NOT NULL, path TEXT NOT NULL, size INTEGER, md5 TEXT,
     PRIMARY KEY(resource_id, path));
+CREATE TABLE IF NOT EXISTS attrs(owner TEXT NOT NULL, path TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY(owner, path));
+CREATE TABLE IF NOT EXISTS shares(owner TEXT NOT NULL, project TEXT NOT NULL, label TEXT NOT NULL,
+    PRIMARY KEY(owner, project));
+CREATE TABLE IF NOT EXISTS reconstructions(experiment_id TEXT NOT NULL, recon_id TEXT NOT NULL, type TEXT,
+    PRIMARY KEY(experiment_id, recon_id));
 CREATE TABLE IF NOT EXISTS prearc(id INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL,
     timestamp TEXT NOT NULL, folder TEXT NOT NULL, name TEXT, subject TEXT, tag TEXT, status TEXT,
     scan_date TEXT, scan_time TEXT, uploaded TEXT, lastmod REAL, modality TEXT,
@@ -182,8 +188,15 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._last_stamp = ""
         self.check_space: Callable[[], None] | None = None  # the emulator's simulated-disk-full check
+
+    def _migrate(self) -> None:
+        """Columns added after the first release, for data dirs made by an older emulator."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(experiments)")}
+        if "session_id" not in columns:  # assessors: the image session they assess
+            self._db.execute("ALTER TABLE experiments ADD COLUMN session_id TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self.lock:
