@@ -634,7 +634,8 @@ class ArchiveHandlers(HandlerBase):
             path = name.strip()
             path = path[len("/archive"):] if path.startswith("/archive/") else path
             path = path[len("/data"):] if path.startswith("/data/") else path
-            if self.archive.resolve([s for s in path.split("/") if s]) in (None,):
+            target = self.archive.resolve([s for s in path.split("/") if s])
+            if target is None or target.name is not None or target.obj is None:
                 return text(404, f"Unknown resource {name}")
         return text(200, "")
 

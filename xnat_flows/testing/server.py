@@ -93,13 +93,12 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
     # -- dispatch ----------------------------------------------------------------------------------
     def find_route(self, req: Request) -> tuple[Handler, re.Match[str], bool] | Response:
         path_matched = False
-        method = "GET" if req.method == "HEAD" else req.method  # HEAD: a GET without the body (see _send)
         for methods, pattern, handler, needs_auth in self.routes:
             match = pattern.fullmatch(req.path)
             if match is None:
                 continue
             path_matched = True
-            if method in methods.split():
+            if req.method in methods.split():
                 return handler, match, needs_auth
         if path_matched:
             return text(405, f"Method {req.method} not allowed")
@@ -170,7 +169,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except ValueError:
             content_length = 0
         body = RequestBody(self.rfile, content_length, chunked)
-        req = Request(self.command, self.path, self.headers, body)
+        # HEAD is a GET whose body _send leaves out (it looks at self.command).
+        req = Request("GET" if self.command == "HEAD" else self.command, self.path, self.headers, body)
         try:
             response = self._handle(req)
         except XnatRefusal as exc:
