@@ -13,7 +13,6 @@ import zipfile
 from xml.etree import ElementTree
 
 import pytest
-
 from emulator_helpers import make_study, members, wait_for, zip_bytes
 
 
@@ -139,7 +138,7 @@ def test_put_creates_experiment_subject_and_scan(client):
     experiment = created.text
     subjects = results(client.get("/data/projects/TEST/subjects"))
     assert [s["label"] for s in subjects] == ["NEWSUBJ"]
-    again = client.put(f"/data/projects/TEST/subjects/NEWSUBJ/experiments/NEW", params={"xsiType": "xnat:mrSessionData"})
+    again = client.put("/data/projects/TEST/subjects/NEWSUBJ/experiments/NEW", params={"xsiType": "xnat:mrSessionData"})
     assert (again.status_code, again.text) == (200, experiment)
 
     scan = client.put(f"/data/experiments/{experiment}/scans/7", params={"xsiType": "xnat:mrScanData", "type": "T2"})
@@ -223,7 +222,7 @@ def test_sharing_a_subject_and_session_into_another_project(client):
     client.put("/data/projects/SHARED")
     experiment = archive_session(client, subject="SH", label="SHSESS")
     assert client.put("/data/projects/TEST/subjects/SH/projects/SHARED", params={"label": "SH_IN_SHARED"}).status_code == 200
-    assert client.put(f"/data/projects/TEST/subjects/SH/experiments/SHSESS/projects/SHARED").status_code == 200
+    assert client.put("/data/projects/TEST/subjects/SH/experiments/SHSESS/projects/SHARED").status_code == 200
     assert [s["label"] for s in results(client.get("/data/projects/SHARED/subjects"))] == ["SH_IN_SHARED"]
     assert [e["ID"] for e in results(client.get("/data/projects/SHARED/experiments"))] == [experiment]
     shared = client.get("/data/projects/SHARED/subjects/SH_IN_SHARED/experiments/SHSESS").json()["items"][0]

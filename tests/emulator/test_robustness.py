@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
-
 from emulator_helpers import make_study, members, wait_for, zip_bytes
+
 from xnat_flows.testing.bandwidth import ThrottledReader, ThrottledWriter, TokenBucket
 
 MALFORMED_BODIES = [b"not json", b"{", b"[1, 2]", b'"text"', b"42", b"null", b"\xff\xfe"]

@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from xnat_flows.testing import readback
 from xnat_flows.testing.auth import parse_basic
+from xnat_flows.testing.render import table
 from xnat_flows.testing.web import HandlerBase, Request, Response, json_body, json_response, text
 
 
@@ -134,7 +134,7 @@ class SiteHandlers(HandlerBase):
 
     def search_elements(self, req: Request, m: re.Match[str]) -> Response:
         """The search-element catalogue xnatpy reads at connect; the emulator offers no search fields."""
-        return json_response(readback.result_set([], "Elements"))
+        return table(req, [], "Elements")
 
     # -- control endpoints (unauthenticated; tests drive faults from another process) --------------
     def control_stats(self, req: Request, m: re.Match[str]) -> Response:

@@ -23,8 +23,8 @@ _ABSTRACT = {
     "xnat:experimentdata": lambda t: True,
     "xnat:subjectassessordata": lambda t: t.endswith("sessiondata") or t == "xnat:subjectvariablesdata",
     "xnat:imagesessiondata": lambda t: t.endswith("sessiondata"),
-    "xnat:imageassessordata": lambda t: t.endswith("assessordata") or t.endswith("assessmentdata"),
-    "xnat:derivedata": lambda t: t.endswith("assessordata") or t.endswith("assessmentdata"),
+    "xnat:imageassessordata": lambda t: t.endswith(("assessordata", "assessmentdata")),
+    "xnat:deriveddata": lambda t: t.endswith(("assessordata", "assessmentdata")),
     "xnat:imagescandata": lambda t: t.endswith("scandata"),
     "xnat:abstractresource": lambda t: t.startswith("xnat:resource"),
 }
