@@ -141,3 +141,54 @@ def test_emulator_applies_the_cap(tmp_path):
         assert xnat.bandwidth._tokens < before  # the answer's bytes went through the bucket
     with XnatEmulator(tmp_path / "y") as xnat:
         assert xnat.bandwidth is None
+
+
+GARBAGE = [
+    ("application/json", b"{not json"),
+    ("application/json", b"[1, {\"a\": }"),
+    ("application/xml", b"<unclosed"),
+    ("text/xml", b"\xff\xfe\x00\x01"),
+    ("multipart/form-data; boundary=XYZ", b"--XYZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\nno end"),
+    ("multipart/form-data", b"no boundary at all"),
+    ("application/x-www-form-urlencoded", b"%zz&&==&a=%"),
+    ("application/zip", b"PK\x03\x04 not really a zip"),
+    ("application/octet-stream", b"\x00" * 10),
+]
+
+
+def _write_urls(emulator, client) -> list[tuple[str, str]]:
+    """One URL for every route that takes a body, with real objects behind the path parameters."""
+    prearchive_url = _prearchive_url(emulator, client)
+    archived = client.post("/data/services/import", params={"import-handler": "DICOM-zip",
+                                                            "dest": "/archive/projects/TEST/subjects/S/experiments/A"},
+                           content=zip_bytes(members(make_study(1, 1))), headers={"Content-Type": "application/zip"})
+    experiment = archived.text.strip().rsplit("/", 1)[-1]
+    return [
+        ("POST", "/data/JSESSION"), ("POST", "/data/services/auth"), ("PUT", "/data/services/auth"),
+        ("POST", "/xapi/siteConfig"), ("PUT", "/data/projects/TEST/prearchive_code/4"),
+        ("POST", "/data/projects/TEST/prearchive_code/4"),
+        ("PUT", "/data/projects/NEWP"), ("PUT", "/data/projects/TEST/subjects/NS"),
+        ("PUT", f"/data/projects/TEST/experiments/{experiment}"), ("PUT", f"/data/experiments/{experiment}/scans/9"),
+        ("PUT", f"/data/experiments/{experiment}/resources/R/files/x.bin"),
+        ("POST", f"/data/experiments/{experiment}/resources/R/files"),
+        ("PUT", f"/data/experiments/{experiment}/assessors/A1"),
+        ("POST", "/data/search"), ("POST", "/data/services/refresh/catalog"), ("PUT", "/data/services/refresh/catalog"),
+        ("POST", "/data/services/import"), ("POST", "/data/services/archive"),
+        ("POST", "/data/services/prearchive/delete"), ("POST", "/data/services/prearchive/move"),
+        ("POST", "/data/services/prearchive/rebuild"), ("POST", f"{prearchive_url}?action=build"),
+        ("POST", "/xapi/direct-archive"), ("POST", "/xapi/direct-archive/TEST/1.2.3/L"),
+        ("POST", "/_emulator/faults"), ("POST", "/_emulator/rebuild"),
+    ]
+
+
+def test_every_handler_that_takes_a_body_answers_malformed_ones_without_a_500(emulator, client):
+    urls = _write_urls(emulator, client)
+    # Every route that accepts PUT or POST is exercised by at least one of these URLs.
+    for methods, pattern, _handler, _auth in emulator.api.routes:
+        for method in {"PUT", "POST"} & set(methods.split()):
+            assert any(m == method and pattern.fullmatch(u.split("?")[0]) for m, u in urls), (method, pattern.pattern)
+    for method, url in urls:
+        for content_type, body in GARBAGE:
+            answer = client.request(method, url, content=body, headers={"Content-Type": content_type})
+            assert answer.status_code < 500, (method, url, content_type, answer.status_code, answer.text)
+    assert client.get("/data/projects").status_code == 200  # and the emulator still serves

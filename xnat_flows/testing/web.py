@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from xnat_flows.testing.httpbody import MultipartForm, RequestBody, parse_multipart
+from xnat_flows.testing.httpbody import MalformedMultipart, MultipartForm, RequestBody, parse_multipart
 from xnat_flows.testing.importer import Upload
 from xnat_flows.testing.prearchive import XnatRefusal, is_true
 
@@ -150,7 +150,10 @@ def request_uploads(req: Request, path_name: str | None, tmp_dir: Path) -> list[
         boundary = re.search(r'boundary="?([^";]+)"?', req.headers.get("Content-Type") or "")
         if boundary is None:
             raise XnatRefusal(400, "Malformed multipart/form-data request: no boundary")
-        req.form = parse_multipart(req.body, boundary.group(1), tmp_dir)
+        try:
+            req.form = parse_multipart(req.body, boundary.group(1), tmp_dir)
+        except MalformedMultipart as exc:  # Tomcat/commons-fileupload: the request is refused, 400
+            raise XnatRefusal(400, f"Malformed multipart/form-data request: {exc}") from exc
         req.add_fields(req.form.fields)
         return [Upload(p.filename, p.path.open("rb")) for p in req.form.files]
     raw = inbody or ctype in _RAW_TYPES or ctype.startswith(("image/", "video/"))
