@@ -67,7 +67,7 @@ def test_listings_render_as_csv_xml_and_html(client):
     ns = {"x": "http://nrg.wustl.edu/xe"}
     columns = [c.text for c in root.findall("x:results/x:columns/x:column", ns)]
     cells = [[c.text or "" for c in row.findall("x:cell", ns)] for row in root.findall("x:results/x:rows/x:row", ns)]
-    assert [dict(zip(columns, row))["ID"] for row in cells] == ["1", "2"]
+    assert [dict(zip(columns, row, strict=True))["ID"] for row in cells] == ["1", "2"]
 
     as_html = client.get("/data/projects", params={"format": "html"})
     assert as_html.headers["content-type"].startswith("text/html")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from emulator_helpers import make_study, members, wait_for, zip_bytes
 
 xnat = pytest.importorskip("xnat")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 
 class TokenBucket:
@@ -50,7 +50,7 @@ _PIECE = 16 * 1024  # bytes booked per step, so concurrent connections interleav
 class ThrottledReader:
     """A socket file whose reads are paced by a shared bucket (what ``http.server`` and the body reader use)."""
 
-    def __init__(self, raw: BinaryIO, bucket: TokenBucket, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, raw: Any, bucket: TokenBucket, sleep: Callable[[float], None] = time.sleep) -> None:
         self._raw = raw
         self._bucket = bucket
         self._sleep = sleep
@@ -87,7 +87,7 @@ class ThrottledReader:
 class ThrottledWriter:
     """A socket file whose writes are paced by a shared bucket."""
 
-    def __init__(self, raw: BinaryIO, bucket: TokenBucket, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, raw: Any, bucket: TokenBucket, sleep: Callable[[float], None] = time.sleep) -> None:
         self._raw = raw
         self._bucket = bucket
         self._sleep = sleep

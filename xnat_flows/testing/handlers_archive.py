@@ -14,6 +14,7 @@ import json
 import re
 import tarfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 from xml.etree import ElementTree
@@ -164,28 +165,29 @@ class ArchiveHandlers(HandlerBase):
                 shared = store.query("SELECT t.* FROM experiments t JOIN shares s ON s.owner = t.id "
                                      "WHERE s.project = ? ORDER BY t.id", (parent.id,))
                 return self._experiments(req, [*own, *shared], parent.id)
-            rows = store.query("SELECT * FROM experiments WHERE subject_id = ? ORDER BY id", (parent.id,))
-            return self._experiments(req, rows, parent.project)
+            return self._experiments(req, store.query("SELECT * FROM experiments WHERE subject_id = ? ORDER BY id",
+                                                      (parent.id,)), parent.project)
         if collection == "scans":
             scans = only if only is not None else store.query(
                 "SELECT * FROM scans WHERE experiment_id = ? ORDER BY rowid", (parent.id,))
             return table(req, [readback.scan_row(parent.id, s) for s in scans], "Scans")
         if collection == "assessors":
-            rows = store.query("SELECT * FROM experiments WHERE session_id = ? ORDER BY id", (parent.id,))
-            return self._experiments(req, rows, parent.project, assessors=True)
+            return self._experiments(req, store.query("SELECT * FROM experiments WHERE session_id = ? ORDER BY id",
+                                                      (parent.id,)), parent.project, assessors=True)
         if collection == "reconstructions":
-            rows = store.query("SELECT * FROM reconstructions WHERE experiment_id = ? ORDER BY rowid", (parent.id,))
+            recons = store.query("SELECT * FROM reconstructions WHERE experiment_id = ? ORDER BY rowid", (parent.id,))
             return table(req, [{"ID": r["recon_id"], "type": r["type"] or "", "xsiType": "xnat:reconstructedImageData",
-                                "URI": f"{self.uri(parent)}/reconstructions/{r['recon_id']}"} for r in rows],
+                                "URI": f"{self.uri(parent)}/reconstructions/{r['recon_id']}"} for r in recons],
                          "Reconstructions")
         if collection == "resources":
             return table(req, [self.resource_row(r) for r in self.archive.resources_of(parent)], "Resources",
                          fixed_columns=True)
         if collection == "projects":
-            shares = [{"ID": s["project"], "label": s["label"], "URI": f"/data/projects/{s['project']}"}
-                      for s in self.archive.shares(parent.owner)]
-            own = {"ID": parent.row["project"], "label": parent.label, "URI": f"/data/projects/{parent.row['project']}"}
-            return table(req, [own, *shares], "Projects")
+            projects = [{"ID": parent.row["project"], "label": parent.label,
+                         "URI": f"/data/projects/{parent.row['project']}"}]
+            projects += [{"ID": s["project"], "label": s["label"], "URI": f"/data/projects/{s['project']}"}
+                         for s in self.archive.shares(parent.owner)]
+            return table(req, projects, "Projects")
         return text(404, f"The requested resource {req.path} was not found.")
 
     def _experiments(self, req: Request, rows: list[Any], project: str, assessors: bool = False) -> Response:
@@ -332,20 +334,20 @@ class ArchiveHandlers(HandlerBase):
                                              (obj.row["project"], values["label"], obj.id))
                 if clash:
                     raise XnatRefusal(409, f"An experiment labelled {values['label']} already exists.")
-            table_name, where, args = "experiments", "id = ?", (obj.id,)
+            table_name, where, args = "experiments", "id = ?", [obj.id]
         elif obj.kind == "scan":
             names = {"UID": "series_uid"}
-            table_name, where, args = "scans", "experiment_id = ? AND scan_id = ?", (obj.row["experiment_id"], obj.id)
+            table_name, where, args = "scans", "experiment_id = ? AND scan_id = ?", [obj.row["experiment_id"], obj.id]
         elif obj.kind == "subject":
             names = {}
-            table_name, where, args = "subjects", "id = ?", (obj.id,)
+            table_name, where, args = "subjects", "id = ?", [obj.id]
         elif obj.kind == "project":
             names = {}
-            table_name, where, args = "projects", "id = ?", (obj.id,)
+            table_name, where, args = "projects", "id = ?", [obj.id]
         else:
             names = {}
-            table_name, where, args = "reconstructions", "experiment_id = ? AND recon_id = ?", (
-                obj.row["experiment_id"], obj.id)
+            table_name, where, args = "reconstructions", "experiment_id = ? AND recon_id = ?", [
+                obj.row["experiment_id"], obj.id]
         assignments = ", ".join(f"{names.get(k, k)} = ?" for k in values)
         with self.store.transaction() as db:
             db.execute(f"UPDATE {table_name} SET {assignments} WHERE {where}", (*values.values(), *args))
@@ -536,8 +538,7 @@ class ArchiveHandlers(HandlerBase):
         if self.store.check_space is not None:
             self.store.check_space()
         handle, tmp_name = tempfile.mkstemp(dir=self.store.tmp_dir, prefix="dl-", suffix=".tar")
-        mode = "w:gz" if kind == "tar.gz" else "w"
-        with open(handle, "wb") as raw, tarfile.open(fileobj=raw, mode=mode) as archive:
+        with open(handle, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz" if kind == "tar.gz" else "w") as archive:
             for arcname, path in entries:
                 archive.add(path, arcname)
         content_type = "application/x-gzip" if kind == "tar.gz" else "application/x-tar"
@@ -609,7 +610,7 @@ class ArchiveHandlers(HandlerBase):
                         save(f"{base_dir}/{member}" if base_dir and base_dir != "." else member, data)
                 else:
                     target = file_path if (file_path and len(uploads) == 1) else upload.name
-                    save(target, iter(lambda s=upload.stream: s.read(STREAM_CHUNK), b""))
+                    save(target, iter(partial(upload.stream.read, STREAM_CHUNK), b""))
         finally:
             if req.form is not None:
                 req.form.cleanup()

@@ -175,7 +175,7 @@ class Archive:
         kind = parent.kind
         if collection == "projects":  # the projects an object is shared into
             share = store.query_one("SELECT * FROM shares WHERE owner = ? AND project = ?", (parent.owner, name))
-            return Obj("share", dict(share), parent, name) if share else None  # type: ignore[arg-type]
+            return Obj("share", dict(share), parent, name) if share else None
         if collection == "subjects" and kind == "project":
             row = self._in_project("subjects", name, project)
             return Obj("subject", row, parent, project) if row else None
@@ -261,7 +261,7 @@ class Archive:
             return existing, False
         return self.store.ensure_subject(project, label), True
 
-    def create_experiment(self, project: str, subject: sqlite3.Row, label: str, xsi_type: str,
+    def create_experiment(self, project: str, subject: Any, label: str, xsi_type: str,
                           session_id: str = "") -> sqlite3.Row:
         store = self.store
         experiment_id = store.next_accession("E")
