@@ -24,7 +24,7 @@ from xnat_flows.testing.importer import archive_format, iter_members
 from xnat_flows.testing.model import Archive, Obj, ScanSet, Target, is_a
 from xnat_flows.testing.prearchive import XnatRefusal, is_true
 from xnat_flows.testing.render import item, listing_format, object_response, table
-from xnat_flows.testing.state import session_xsi_type, write_stream_to
+from xnat_flows.testing.state import write_stream_to
 from xnat_flows.testing.web import STREAM_CHUNK, HandlerBase, Request, Response, request_uploads, text
 
 FILE_COLUMNS = readback.FILE_COLUMNS
@@ -259,11 +259,15 @@ class ArchiveHandlers(HandlerBase):
             row = archive.create_experiment(parent.row["project"], subject, label, xsi_type, session_id=parent.id)
             self._apply_fields(req, Obj("assessor", row, parent, parent.project))
             return text(201, row["id"])
-        if collection == "scans" and parent.kind == "experiment":
-            scan_type = xsi_type or session_xsi_type(parent.row["modality"] or "").replace("Session", "Scan")
-            row = archive.create_scan(parent, name, scan_type)
+        if collection == "scans" and parent.kind == "experiment":  # xnat-web ScanResource.handlePut
+            if not xsi_type:
+                return text(417, "Need PUT Contents")
+            if xsi_type.lower() == "xnat:imagescandata" or not is_a(xsi_type, "xnat:imageScanData"):
+                return text(400, "Multiple scan modalities can be associated here.  Please retry with the "
+                                 "specification of a particular modality (i.e. ?xsiType=xnat:mrScanData).")
+            row = archive.create_scan(parent, name, xsi_type)
             self._apply_fields(req, Obj("scan", row, parent, parent.project))
-            return text(201, name)
+            return text(200, "")
         if collection == "reconstructions" and parent.kind == "experiment":
             row = archive.create_reconstruction(parent, name, req.param("type"))
             self._apply_fields(req, Obj("reconstruction", row, parent, parent.project))
