@@ -280,7 +280,7 @@ def test_single_objects_as_xml(client):
     assert project.tag == "{http://nrg.wustl.edu/xnat}Project" and project.get("ID") == "TEST"
 
 
-def test_assessors_and_reconstructions(client):
+def test_assessors_and_reconstructions(client, emulator):
     experiment = archive_session(client)
     made = client.put(f"/data/experiments/{experiment}/assessors/QC1", params={"xsiType": "xnat:qcManualAssessorData"})
     assert made.status_code == 201
@@ -290,6 +290,9 @@ def test_assessors_and_reconstructions(client):
     assert [(r["ID"], r["label"], r["xsiType"]) for r in rows] == [(assessor_id, "QC1", "xnat:qcManualAssessorData")]
     assert [f["Name"] for f in results(client.get(f"/data/experiments/{experiment}/assessors/{assessor_id}/files"))] == ["r.txt"]
     assert [e["ID"] for e in results(client.get("/data/experiments"))] == [experiment]  # sessions only
+    assert [e["ID"] for e in emulator.archived_experiments()] == [experiment]
+    assessors = results(client.get("/data/experiments", params={"xsiType": "xnat:imageAssessorData"}))
+    assert [a["ID"] for a in assessors] == [assessor_id]
 
     assert client.put(f"/data/experiments/{experiment}/reconstructions/R1", params={"type": "MPR"}).status_code == 201
     assert put_text(client, f"/data/experiments/{experiment}/reconstructions/R1/resources/NIFTI/files/r.nii").status_code == 200

@@ -222,7 +222,8 @@ class XnatEmulator:
     def archived_experiments(self, project: str | None = None) -> list[dict[str, Any]]:
         """Archived experiments: ID, label, project, subject (label), UID, modality, scans {id: file count}."""
         store = self._require_store()
-        sql = "SELECT * FROM experiments" + (" WHERE project = ?" if project else "") + " ORDER BY id"
+        # Image sessions only: assessors live in the same table, tied to their session by session_id.
+        sql = "SELECT * FROM experiments WHERE session_id = ''" + (" AND project = ?" if project else "") + " ORDER BY id"
         out = []
         for experiment in store.query(sql, (project,) if project else ()):
             subject = store.subject(experiment["subject_id"])
