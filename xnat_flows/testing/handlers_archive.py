@@ -84,7 +84,9 @@ class ArchiveHandlers(HandlerBase):
 
     # -- entry point -------------------------------------------------------------------------------
     def archive_tree(self, req: Request, m: re.Match[str]) -> Response:
-        segments = [s for s in m["tree"].split("/") if s]
+        return self._walk(req, [s for s in m["tree"].split("/") if s])
+
+    def _walk(self, req: Request, segments: list[str]) -> Response:
         target = self.archive.resolve(segments)
         if target is None:
             return text(404, f"The requested resource {req.path} was not found.")
@@ -221,7 +223,7 @@ class ArchiveHandlers(HandlerBase):
                 owner, scan_id = parent.resource_parent()
                 self.store.ensure_resource(owner, scan_id, name, req.param("format"), req.param("content"),
                                            req.param("tags"))
-            return self.archive_tree(req, re.fullmatch(r"(?P<tree>.*)", "/" + "/".join(segments)))  # type: ignore[arg-type]
+            return self._walk(req, segments)
         if req.method != "PUT":
             return text(405, f"Method {req.method} not allowed")
         return self._create(req, parent, collection or "", name)
