@@ -47,60 +47,63 @@ class TokenBucket:
 _PIECE = 16 * 1024  # bytes booked per step, so concurrent connections interleave smoothly
 
 
-class ThrottledReader:
-    """A socket file whose reads are paced by a shared bucket (what ``http.server`` and the body reader use)."""
+class _Paced:
+    """A wrapped socket file that books every byte in a shared bucket and waits its turn."""
 
     def __init__(self, raw: Any, bucket: TokenBucket, sleep: Callable[[float], None] = time.sleep) -> None:
         self._raw = raw
         self._bucket = bucket
         self._sleep = sleep
 
-    def _paced(self, data: bytes) -> bytes:
-        if data:
-            wait = self._bucket.take(len(data))
-            if wait > 0:
-                self._sleep(wait)
-        return data
-
-    def read(self, size: int = -1) -> bytes:
-        return self._paced(self._raw.read(_PIECE if size is None or size < 0 or size > _PIECE else size))
-
-    def read1(self, size: int = -1) -> bytes:
-        return self._paced(self._raw.read1(_PIECE if size is None or size < 0 or size > _PIECE else size))
-
-    def readline(self, size: int = -1) -> bytes:
-        return self._paced(self._raw.readline(size))
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer)[:_PIECE]
-        count = self._raw.readinto(view)
+    def _pace(self, count: int) -> None:
         if count:
             wait = self._bucket.take(count)
             if wait > 0:
                 self._sleep(wait)
-        return count or 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._raw, name)
 
 
-class ThrottledWriter:
-    """A socket file whose writes are paced by a shared bucket."""
+class ThrottledReader(_Paced):
+    """Reads paced by the bucket (what ``http.server`` and the body reader use); same results as the raw file."""
 
-    def __init__(self, raw: Any, bucket: TokenBucket, sleep: Callable[[float], None] = time.sleep) -> None:
-        self._raw = raw
-        self._bucket = bucket
-        self._sleep = sleep
+    def read(self, size: int | None = -1) -> bytes:
+        wanted = None if size is None or size < 0 else size
+        parts: list[bytes] = []
+        got = 0
+        while wanted is None or got < wanted:
+            piece = self._raw.read(_PIECE if wanted is None else min(_PIECE, wanted - got))
+            if not piece:
+                break
+            self._pace(len(piece))
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
+
+    def read1(self, size: int = -1) -> bytes:
+        data = self._raw.read1(_PIECE if size is None or size < 0 else min(size, _PIECE))
+        self._pace(len(data))
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self._raw.readline(size)
+        self._pace(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._raw.readinto(memoryview(buffer)[:_PIECE]) or 0
+        self._pace(count)
+        return count
+
+
+class ThrottledWriter(_Paced):
+    """Writes paced by the bucket, in pieces so that concurrent connections interleave."""
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
         for start in range(0, len(view), _PIECE):
             piece = view[start:start + _PIECE]
-            wait = self._bucket.take(len(piece))
-            if wait > 0:
-                self._sleep(wait)
+            self._pace(len(piece))
             self._raw.write(piece)
         return len(view)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
