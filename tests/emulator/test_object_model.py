@@ -63,11 +63,17 @@ def test_listings_render_as_csv_xml_and_html(client):
     assert [r["ID"] for r in rows] == [r["ID"] for r in as_json] == ["1", "2"]
 
     as_xml = client.get(f"/data/experiments/{experiment}/scans", params={"format": "xml"})
-    root = ElementTree.fromstring(as_xml.content)
-    ns = {"x": "http://nrg.wustl.edu/xe"}
-    columns = [c.text for c in root.findall("x:results/x:columns/x:column", ns)]
-    cells = [[c.text or "" for c in row.findall("x:cell", ns)] for row in root.findall("x:results/x:rows/x:row", ns)]
+    root = ElementTree.fromstring(as_xml.content)  # xnat-web XMLTableRepresentation's shape
+    assert (root.tag, root.get("title")) == ("ResultSet", "Scans")
+    columns = [c.text for c in root.findall("results/columns/column")]
+    cells = [[c.text or "" for c in row.findall("cell")] for row in root.findall("results/rows/row")]
     assert [dict(zip(columns, row, strict=True))["ID"] for row in cells] == ["1", "2"]
+
+    files = ElementTree.fromstring(client.get(f"/data/experiments/{experiment}/scans/1/files",
+                                              params={"format": "xml"}).content)
+    uri_column = [c for c in files.findall("results/columns/column") if c.text == "URI"]
+    assert uri_column[0].get("serverRoot") == ""
+    assert len(files.findall("results/rows/row")) == 2
 
     as_html = client.get("/data/projects", params={"format": "html"})
     assert as_html.headers["content-type"].startswith("text/html")

@@ -24,7 +24,6 @@ from xnat_flows.testing.web import Request, Response
 
 XNAT_NS = "http://nrg.wustl.edu/xnat"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
-XFT_TABLE_NS = "http://nrg.wustl.edu/xe"
 
 # Query parameters that steer a request rather than filter a listing's rows.
 _NOT_FILTERS = {
@@ -56,7 +55,7 @@ def table(req: Request, rows: list[dict[str, Any]], title: str,
     if fmt == "csv":
         return Response(200, to_csv(cleaned).encode(), "text/csv")
     if fmt == "xml":
-        return Response(200, to_xml_table(cleaned), "text/xml")
+        return Response(200, to_xml_table(cleaned, title, columns), "text/xml")
     if fmt == "html":
         return Response(200, to_html_table(cleaned, title).encode(), "text/html")
     if fmt in ("json", "jsonp"):
@@ -154,20 +153,23 @@ def to_csv(rows: list[dict[str, str]]) -> str:
     return buffer.getvalue()
 
 
-def to_xml_table(rows: list[dict[str, str]]) -> bytes:
-    """XFTTable's XML: <ResultSet><results><columns><column/>…</columns><rows><row><cell/>…"""
+def to_xml_table(rows: list[dict[str, str]], title: str = "", columns: list[dict[str, str]] | None = None) -> bytes:
+    """XNAT's XMLTableRepresentation: ``<ResultSet title=…><results><columns><column>…</columns>
+    <rows><row><cell>…</cell></row></rows></results></ResultSet>`` (no namespace), column properties
+    such as ``serverRoot`` as attributes of their ``column``."""
     headers = _headers(rows)
-    root = ElementTree.Element("ResultSet", {"xmlns": XFT_TABLE_NS, "totalRecords": str(len(rows))})
+    properties = {c["key"]: {k: v for k, v in c.items() if k != "key"} for c in columns or []}
+    root = ElementTree.Element("ResultSet", {"title": title} if title else {})
     results = ElementTree.SubElement(root, "results")
-    columns = ElementTree.SubElement(results, "columns")
+    column_list = ElementTree.SubElement(results, "columns")
     for name in headers:
-        ElementTree.SubElement(columns, "column").text = name
+        ElementTree.SubElement(column_list, "column", properties.get(name, {})).text = name
     body = ElementTree.SubElement(results, "rows")
     for row in rows:
         element = ElementTree.SubElement(body, "row")
         for name in headers:
             ElementTree.SubElement(element, "cell").text = row.get(name, "")
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root)
+    return ElementTree.tostring(root)
 
 
 def to_html_table(rows: list[dict[str, str]], title: str) -> str:
