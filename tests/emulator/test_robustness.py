@@ -56,7 +56,10 @@ def test_full_disk_answers_500_per_request_then_recovers(emulator, client):
     headers = {"Content-Type": "application/dicom"}
     emulator.faults.set_disk_full(True)
     refused = [client.post("/data/services/import", params=params, content=i.data, headers=headers) for i in data]
-    assert [a.status_code for a in refused] == [500, 500]
+    zipped = client.post("/data/services/import", params={"import-handler": "DICOM-zip", "project": "TEST"},
+                         content=zip_bytes(members(data)), headers={"Content-Type": "application/zip"})
+    refused.append(zipped)
+    assert [a.status_code for a in refused] == [500, 500, 500]
     assert all("no space left on device" in a.text for a in refused)
     # Reading still works on a full disk, and nothing half-written is left behind.
     assert client.get("/data/projects").status_code == 200

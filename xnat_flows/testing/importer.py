@@ -292,7 +292,11 @@ def _iter_zip(stream: BinaryIO, tmp_dir: Path) -> Iterator[tuple[str, bytes]]:
     if not seekable:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         spool = tempfile.TemporaryFile(dir=tmp_dir, prefix="zip-")
-        shutil.copyfileobj(stream, spool, 1024 * 1024)
+        try:
+            shutil.copyfileobj(stream, spool, 1024 * 1024)
+        except BaseException:  # a full disk: give the space back at once
+            spool.close()
+            raise
         spool.seek(0)
     try:
         with zipfile.ZipFile(spool or stream) as archive:
