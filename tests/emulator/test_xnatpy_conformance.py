@@ -173,3 +173,33 @@ def test_create_subject_and_session_set_fields_add_scan_and_delete(session, emul
     project.subjects["NEWSUBJ"].delete()
     project.clearcache()
     assert "NEWSUBJ" not in project.subjects
+
+
+def test_assessor_demographics_sharing_and_project_resources(session, emulator, tmp_path):
+    emulator.store.ensure_project("OTHER")
+    project = session.projects["TEST"]
+    subject = session.classes.SubjectData(parent=project, label="DEMO")
+    subject.demographics.gender = "female"
+    subject.clearcache()
+    assert subject.demographics.gender == "female"
+
+    experiment = session.classes.MrSessionData(parent=subject, label="DEMOSESS")
+    assessor = session.classes.QcAssessmentData(parent=experiment, label="QC1")
+    experiment.clearcache()
+    assert [a.label for a in experiment.assessors.values()] == ["QC1"]
+    assessor.create_resource("OUT")
+    assert [r.label for r in assessor.resources.values()] == ["OUT"]
+
+    subject.share("OTHER", label="DEMO_IN_OTHER")
+    experiment.share("OTHER")
+    other = session.projects["OTHER"]
+    assert [s.label for s in other.subjects.values()] == ["DEMO_IN_OTHER"]
+    assert [e.id for e in other.experiments.values()] == [experiment.id]
+
+    notes = tmp_path / "protocol.txt"
+    notes.write_text("protocol v1")
+    resource = project.create_resource("PROTOCOL")
+    resource.upload(notes, "protocol.txt")
+    project.clearcache()
+    assert [r.label for r in project.resources.values()] == ["PROTOCOL"]
+    assert int(list(project.resources.values())[0].files["protocol.txt"].size) == len("protocol v1")
