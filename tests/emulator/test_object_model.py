@@ -133,6 +133,13 @@ def test_scan_downloads_by_id_list_type_and_format(client):
     assert {n.split("/")[2] for n in names("1,3")} == {"1", "3"}
     assert {n.split("/")[2] for n in names("T1w")} == {"2"}
     assert names("1,2", "tar.gz") == names("1,2")
+    # One resource of every scan, and several resources at once ("How To Download Files via the XNAT REST API")
+    put_text(client, f"/data/experiments/{experiment}/scans/1/resources/SNAPSHOTS/files/snap.jpg")
+    every_dicom = client.get(f"/data/experiments/{experiment}/scans/ALL/resources/DICOM/files", params={"format": "zip"})
+    assert {n.split("/")[2] for n in zipfile.ZipFile(io.BytesIO(every_dicom.content)).namelist()} == {"1", "2", "3"}
+    both = results(client.get(f"/data/experiments/{experiment}/scans/1/resources/DICOM,SNAPSHOTS/files"))
+    assert sorted(r["collection"] for r in both) == ["DICOM", "DICOM", "SNAPSHOTS"]
+    assert client.get(f"/data/experiments/{experiment}/scans/ALL/resources/NOPE/files").status_code == 404
     assert client.get(f"/data/experiments/{experiment}/scans/NOPE/files").status_code == 404
 
 

@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 
 from xnat_flows.testing import readback
 from xnat_flows.testing.importer import archive_format, iter_members
-from xnat_flows.testing.model import Archive, Obj, ScanSet, Target, is_a
+from xnat_flows.testing.model import Archive, Obj, ResourceSet, ScanSet, Target, is_a
 from xnat_flows.testing.prearchive import XnatRefusal, is_true
 from xnat_flows.testing.render import item, listing_format, object_response, table
 from xnat_flows.testing.state import write_stream_to
@@ -100,7 +100,15 @@ class ArchiveHandlers(HandlerBase):
         return self._collection(req, target.obj, target.collection or "")
 
     # -- one object --------------------------------------------------------------------------------
-    def _object(self, req: Request, obj: Obj | ScanSet) -> Response:
+    def _object(self, req: Request, obj: Obj | ScanSet | ResourceSet) -> Response:
+        if isinstance(obj, ResourceSet):
+            if req.method == "DELETE":
+                for resource in obj.resources:
+                    self.archive.delete(resource)
+                return text(200, "")
+            if req.method != "GET":
+                return text(405, f"Method {req.method} not allowed")
+            return table(req, [self.resource_row(r) for r in obj.resources], "Resources", fixed_columns=True)
         if isinstance(obj, ScanSet):
             if req.method == "DELETE":
                 for scan in obj.scans:
@@ -131,7 +139,7 @@ class ArchiveHandlers(HandlerBase):
         return text(405, f"Method {req.method} not allowed")
 
     # -- collections -------------------------------------------------------------------------------
-    def _collection(self, req: Request, parent: Obj | ScanSet | None, collection: str,
+    def _collection(self, req: Request, parent: Obj | ScanSet | ResourceSet | None, collection: str,
                     only: list[Any] | None = None) -> Response:
         if collection == "files":
             if req.method in ("PUT", "POST"):
@@ -155,6 +163,8 @@ class ArchiveHandlers(HandlerBase):
         if isinstance(parent, ScanSet):
             return table(req, [self.resource_row(r) for r in self.archive.resources_of(parent)], "Resources",
                          fixed_columns=True)
+        if isinstance(parent, ResourceSet):
+            return text(404, f"The requested resource {req.path} was not found.")
         kind = parent.kind
         if collection == "subjects":
             own = store.query("SELECT * FROM subjects WHERE project = ? ORDER BY id", (parent.id,))
@@ -209,8 +219,8 @@ class ArchiveHandlers(HandlerBase):
         parent, collection, name, rest = target.obj, target.collection, target.name or "", target.rest
         if req.method not in ("PUT", "POST"):
             return text(404, f"{_SINGULAR.get(collection or '', 'Object')} {name} not found")
-        if isinstance(parent, ScanSet):
-            return text(404, f"Scans {parent.ref} not found")
+        if isinstance(parent, (ScanSet, ResourceSet)):
+            return text(404, f"{_SINGULAR.get(collection or '', 'Object')} {name} not found in {parent.ref}")
         if rest:
             # Parents made on the way, as XNAT does: a subject for a new session, a resource for new files.
             creatable = (collection == "subjects" and rest[0] == "experiments") or (
@@ -496,18 +506,23 @@ class ArchiveHandlers(HandlerBase):
         return f"{self.uri(obj.parent)}/resources/{obj.label}"
 
     # -- files -------------------------------------------------------------------------------------
-    def _file_entries(self, parent: Obj | ScanSet | None) -> list[tuple[Obj, Any]]:
-        """(resource, file row) of every file below ``parent``: one resource, or all of an object's."""
+    def _file_entries(self, parent: Obj | ScanSet | ResourceSet | None) -> list[tuple[Obj, Any]]:
+        """(resource, file row) of every file below ``parent``: one resource, a set, or all of an object's."""
         if parent is None:
             return []
-        resources = [parent] if isinstance(parent, Obj) and parent.kind == "resource" else self.archive.resources_of(parent)
+        if isinstance(parent, ResourceSet):
+            resources = parent.resources
+        elif isinstance(parent, Obj) and parent.kind == "resource":
+            resources = [parent]
+        else:
+            resources = self.archive.resources_of(parent)
         return [(resource, f) for resource in resources for f in self.store.files(resource.row["id"])]
 
-    def _files(self, req: Request, parent: Obj | ScanSet | None) -> Response:
+    def _files(self, req: Request, parent: Obj | ScanSet | ResourceSet | None) -> Response:
         entries = self._file_entries(parent)
         fmt = listing_format(req)
         if fmt in _ARCHIVE_SUFFIXES:
-            name = (parent.experiment.label if isinstance(parent, ScanSet) else _top_label(parent)) or "download"
+            name = _top_label(parent) or "download"
             return self._archive_response([(self.zip_path(resource, f["path"]), self.store.resource_dir(resource.row["id"])
                                             / f["path"]) for resource, f in entries],
                                           f"{name}.{_ARCHIVE_SUFFIXES[fmt]}", _ARCHIVE_SUFFIXES[fmt])
@@ -551,7 +566,7 @@ class ArchiveHandlers(HandlerBase):
         return Response(200, content_type=content_type, file=Path(tmp_name), delete_file=True,
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
-    def _file(self, req: Request, parent: Obj | ScanSet | None, file_path: str) -> Response:
+    def _file(self, req: Request, parent: Obj | ScanSet | ResourceSet | None, file_path: str) -> Response:
         if not isinstance(parent, Obj) or parent.kind != "resource":
             return text(404, f"The requested resource {req.path} was not found.")
         if req.method in ("PUT", "POST"):
@@ -723,10 +738,18 @@ def _split_attrs(attrs: dict[str, str]) -> tuple[dict[str, str], list[dict[str, 
     return fields, children
 
 
-def _top_label(obj: Obj | None) -> str:
-    while obj is not None and obj.kind in ("resource", "scan", "reconstruction"):
-        obj = obj.parent
-    return obj.label if obj is not None else ""
+def _top_label(obj: Obj | ScanSet | ResourceSet | None) -> str:
+    """The label a download is named after: the session (or project/subject) above what was asked for."""
+    while obj is not None:
+        if isinstance(obj, ResourceSet):
+            obj = obj.parent
+        elif isinstance(obj, ScanSet):
+            obj = obj.experiment
+        elif obj.kind in ("resource", "scan", "reconstruction"):
+            obj = obj.parent
+        else:
+            return obj.label
+    return ""
 
 
 def _lookup_field(row: dict[str, Any], field: str) -> str | None:
