@@ -9,6 +9,7 @@ Listing Options", "XNAT REST XML Path Shortcuts") and xnat-web's restlet resourc
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import json
 import re
@@ -243,33 +244,37 @@ class ArchiveHandlers(HandlerBase):
         xsi_type = req.param("xsiType")
         if parent is None:
             if collection == "projects":
+                fields = self._parse_fields(req, "project")
                 self.store.ensure_project(name)
                 project = archive.child(None, "projects", name)
                 assert isinstance(project, Obj)
-                self._apply_fields(req, project)
+                self._store_fields(project, fields)
                 return text(201, name)
             return text(404, f"{_SINGULAR[collection]} {name} not found")  # new subjects/experiments need a project
         if collection == "subjects" and parent.kind == "project":
+            fields = self._parse_fields(req, "subject")
             row, created = archive.create_subject(parent.id, self._new_label(req, "xnat:subjectData", name))
-            self._apply_fields(req, Obj("subject", row, parent, parent.id))
+            self._store_fields(Obj("subject", row, parent, parent.id), fields)
             return text(201 if created else 200, row["id"])
         if collection == "experiments" and parent.kind in ("project", "subject"):
             if not xsi_type:
                 return text(400, "A new experiment needs its data type: add ?xsiType=xnat:mrSessionData (or another).")
-            subject = parent.row if parent.kind == "subject" else self._subject_for(req, parent, xsi_type)
+            fields = self._parse_fields(req, "experiment")
             label = self._new_label(req, xsi_type, name)
             if self.store.query_one("SELECT 1 FROM experiments WHERE project = ? AND label = ?", (parent.project, label)):
                 return text(409, f"An experiment labelled {label} already exists in project {parent.project}.")
+            subject = parent.row if parent.kind == "subject" else self._subject_for(req, parent, xsi_type)
             row = archive.create_experiment(parent.project, subject, label, xsi_type)
-            self._apply_fields(req, Obj("experiment", row, parent, parent.project))
+            self._store_fields(Obj("experiment", row, parent, parent.project), fields)
             return text(201, row["id"])
         if collection == "assessors" and parent.kind == "experiment":
             if not xsi_type:
                 return text(400, "A new assessor needs its data type: add ?xsiType=xnat:qcAssessmentData (or another).")
+            fields = self._parse_fields(req, "assessor")
             label = self._new_label(req, xsi_type, name)
             subject = archive.subject_row(parent.row["subject_id"])
             row = archive.create_experiment(parent.row["project"], subject, label, xsi_type, session_id=parent.id)
-            self._apply_fields(req, Obj("assessor", row, parent, parent.project))
+            self._store_fields(Obj("assessor", row, parent, parent.project), fields)
             return text(201, row["id"])
         if collection == "scans" and parent.kind == "experiment":  # xnat-web ScanResource.handlePut
             if not xsi_type:
@@ -277,12 +282,14 @@ class ArchiveHandlers(HandlerBase):
             if xsi_type.lower() == "xnat:imagescandata" or not is_a(xsi_type, "xnat:imageScanData"):
                 return text(400, "Multiple scan modalities can be associated here.  Please retry with the "
                                  "specification of a particular modality (i.e. ?xsiType=xnat:mrScanData).")
+            fields = self._parse_fields(req, "scan")
             row = archive.create_scan(parent, name, xsi_type)
-            self._apply_fields(req, Obj("scan", row, parent, parent.project))
+            self._store_fields(Obj("scan", row, parent, parent.project), fields)
             return text(200, "")
         if collection == "reconstructions" and parent.kind == "experiment":
+            fields = self._parse_fields(req, "reconstruction")
             row = archive.create_reconstruction(parent, name, req.param("type"))
-            self._apply_fields(req, Obj("reconstruction", row, parent, parent.project))
+            self._store_fields(Obj("reconstruction", row, parent, parent.project), fields)
             return text(201, name)
         if collection == "resources" and parent.kind != "resource":
             owner, scan_id = parent.resource_parent()
@@ -312,10 +319,13 @@ class ArchiveHandlers(HandlerBase):
 
     # -- metadata through the query string ---------------------------------------------------------
     def _apply_fields(self, req: Request, obj: Obj) -> None:
-        """PUT ``?xnat:mrSessionData/date=…``, ``?date=…`` (shortcuts), ``…/fields/field[name=x]/field=…``.
+        self._store_fields(obj, self._parse_fields(req, obj.kind))
 
-        Every field named is stored and read back; nothing is acknowledged and dropped."""
-        shortcuts = _SHORTCUTS.get(obj.kind, {})
+    def _parse_fields(self, req: Request, kind: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The fields a PUT sets, checked before anything is written: ``?xnat:mrSessionData/date=…``,
+        XNAT's shortcuts (``?date=…``), ``…/fields/field[name=x]/field=…``. Returns (columns, attributes);
+        every field named is stored and read back, nothing is acknowledged and dropped."""
+        shortcuts = _SHORTCUTS.get(kind, {})
         values: dict[str, str] = {}
         for key, value in req.params.items():
             match = _XPATH.match(key)
@@ -327,22 +337,29 @@ class ArchiveHandlers(HandlerBase):
                 continue
             if path:
                 values[path] = value
-        if not values:
-            return
-        columns = {k: v for k, v in values.items() if k in _COLUMNS.get(obj.kind, set())}
-        attrs = {k: v for k, v in values.items() if k not in columns and k != "ID"}
-        for path in attrs:
-            field = _FIELD.match(path)
-            if "[" in path and not field:
+        columns = {k: ("" if v == "NULL" else v) for k, v in values.items() if k in _COLUMNS.get(kind, set())}
+        if columns.get("date"):
+            columns["date"] = _xs_date(columns["date"])
+        if columns.get("time"):
+            columns["time"] = _xs_time(columns["time"])
+        attrs = {}
+        for path, value in values.items():
+            if path in columns or path == "ID":
+                continue
+            custom = _FIELD.match(path)
+            if "[" in path and not custom:
                 raise XnatRefusal(400, f"Unsupported field path {path!r}")
-        self._set_columns(obj, columns)
-        self.archive.set_attrs(obj.owner, {(f"fields/{_FIELD.match(k)['name']}" if _FIELD.match(k) else k): v  # type: ignore[index]
-                                           for k, v in attrs.items()})
+            attrs[f"fields/{custom['name']}" if custom else path] = value
+        return columns, attrs
 
-    def _set_columns(self, obj: Obj, columns: dict[str, str]) -> None:
-        if not columns:
-            return
-        values = {k: ("" if v == "NULL" else v) for k, v in columns.items()}
+    def _store_fields(self, obj: Obj, fields: tuple[dict[str, str], dict[str, str]]) -> None:
+        columns, attrs = fields
+        if columns:
+            self._set_columns(obj, columns)
+        if attrs:
+            self.archive.set_attrs(obj.owner, attrs)
+
+    def _set_columns(self, obj: Obj, values: dict[str, str]) -> None:
         if obj.kind in ("experiment", "assessor"):
             names = {"UID": "uid"}
             if "label" in values:
@@ -715,6 +732,25 @@ class ArchiveHandlers(HandlerBase):
 
 _SINGULAR = {"projects": "Project", "subjects": "Subject", "experiments": "Experiment", "scans": "Scan",
              "assessors": "Assessor", "reconstructions": "Reconstruction", "resources": "Resource"}
+
+
+def _xs_date(value: str) -> str:
+    """A date as XNAT stores it (xs:date, YYYY-MM-DD) from the spellings it accepts; 400 for anything else."""
+    for spelling in ("%Y-%m-%d", "%m/%d/%Y", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(value.strip(), spelling).date().isoformat()
+        except ValueError:
+            continue
+    raise XnatRefusal(400, f"Invalid date {value!r}: use YYYY-MM-DD")
+
+
+def _xs_time(value: str) -> str:
+    for spelling in ("%H:%M:%S", "%H:%M", "%H%M%S", "%H:%M:%S.%f"):
+        try:
+            return dt.datetime.strptime(value.strip(), spelling).time().isoformat(timespec="seconds")
+        except ValueError:
+            continue
+    raise XnatRefusal(400, f"Invalid time {value!r}: use HH:MM:SS")
 
 
 def _split_attrs(attrs: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
