@@ -165,6 +165,7 @@ def test_put_creates_experiment_subject_and_scan(client):
     assert document["meta"]["xsi:type"] == "xnat:mrSessionData"
     assert document["data_fields"]["date"] == "2024-03-04"
     assert client.put("/data/projects/TEST/subjects/X/experiments/NOTYPE").status_code == 400
+    assert client.get("/data/projects/TEST/subjects/X").status_code == 404  # no subject left behind
     refused = client.put("/data/projects/TEST/subjects/NEWSUBJ/experiments/BADDATE",
                          params={"xsiType": "xnat:mrSessionData", "xnat:mrSessionData/date": "yesterday"})
     assert refused.status_code == 400  # checked before anything is created

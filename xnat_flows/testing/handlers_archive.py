@@ -229,6 +229,8 @@ class ArchiveHandlers(HandlerBase):
             if not creatable or parent is None:
                 return text(404, f"{_SINGULAR.get(collection or '', 'Object')} {name} not found")
             if collection == "subjects":
+                if len(rest) == 2 and req.method == "PUT" and not req.param("xsiType"):
+                    return text(400, _NEEDS_XSI_TYPE)  # refused before the subject is made
                 self.archive.create_subject(parent.id, name)
             else:
                 owner, scan_id = parent.resource_parent()
@@ -258,7 +260,7 @@ class ArchiveHandlers(HandlerBase):
             return text(201 if created else 200, row["id"])
         if collection == "experiments" and parent.kind in ("project", "subject"):
             if not xsi_type:
-                return text(400, "A new experiment needs its data type: add ?xsiType=xnat:mrSessionData (or another).")
+                return text(400, _NEEDS_XSI_TYPE)
             fields = self._parse_fields(req, "experiment")
             label = self._new_label(req, xsi_type, name)
             if self.store.query_one("SELECT 1 FROM experiments WHERE project = ? AND label = ?", (parent.project, label)):
@@ -730,6 +732,7 @@ class ArchiveHandlers(HandlerBase):
                 if is_a(e["xsi_type"], element)]
 
 
+_NEEDS_XSI_TYPE = "A new experiment needs its data type: add ?xsiType=xnat:mrSessionData (or another)."
 _SINGULAR = {"projects": "Project", "subjects": "Subject", "experiments": "Experiment", "scans": "Scan",
              "assessors": "Assessor", "reconstructions": "Reconstruction", "resources": "Resource"}
 
