@@ -174,3 +174,26 @@ def test_a_resent_instance_xnat_had_archived_is_not_a_silent_conflict(xnat: Xnat
                               input="admin\n")
     assert done.exit_code == 0, done.output
     assert _archived_count(xnat) == total
+
+
+def test_ctrl_c_finishes_the_instances_in_flight_and_leaves_none_in_doubt(xnat: XnatEmulator, tmp_path: Path) -> None:
+    manifest = write_studies(tmp_path / "export", series=4, instances=150, instance_kb=4, seed=24)
+    total = len(manifest.files)
+    journal, key = _journal(xnat)
+    sender = _start_sender(_command(xnat, tmp_path / "export", workers=4))
+    _wait_for(lambda: len(journal.done(key)) >= total // 3, "a third of the instances confirmed")
+    sender.send_signal(signal.SIGINT)
+    output = sender.communicate(timeout=60)[0].decode()
+    assert sender.returncode == 130, output
+    assert "run the same command again" in output
+    confirmed = journal.done(key)
+    assert len(confirmed) < total and journal.in_flight(key) == set()  # each answer was awaited and recorded
+    assert xnat.dicom_receiver.stores_seen == len(confirmed)  # nothing the receiver got is unrecorded
+    _wait_settled(xnat, len(confirmed))
+
+    rerun = CliRunner().invoke(app, _command(xnat, tmp_path / "export", workers=4))
+    assert rerun.exit_code == 0, rerun.output
+    assert f"{total - len(confirmed)} sent, 0 failed" in rerun.output and "in flight" not in rerun.output
+    _wait_settled(xnat, total)
+    assert _archived_count(xnat) == total
+    assert not [row for row in xnat.prearchive_sessions() if row["status"] == "CONFLICT"]
