@@ -65,7 +65,7 @@ def dcmtk(tool: str) -> str:
     for candidate in (f"/usr/bin/{tool}", shutil.which(tool)):
         if candidate and os.path.exists(candidate):
             version = subprocess.run([candidate, "--version"], capture_output=True, text=True).stdout
-            if "DCMTK" in version or "OFFIS" in version:
+            if "dcmtk" in version.lower() or "OFFIS" in version:
                 return candidate
     sys.exit(f"dcmtk's {tool} not found: install dcmtk (Debian: apt-get install dcmtk)")
 
