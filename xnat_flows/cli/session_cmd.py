@@ -192,6 +192,10 @@ def upload_dicom(
     session: Annotated[str | None, typer.Option("--session", "-E", help="With --project: route to this session label.")] = None,
 ) -> None:
     """Send a directory to an XNAT DICOM receiver by C-STORE over parallel associations."""
+    import contextlib
+    import sys
+    import time
+
     from xnat_flows.client.errors import InputError, XnatError
     from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
     from xnat_flows.transfer.dicom_send import RoutingOverride, echo
@@ -207,13 +211,25 @@ def upload_dicom(
         scan = scan_directory(source, headers="file-meta")  # all a C-STORE needs, ~35x faster
         if not scan.files:
             raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
-        with _progress_bar("C-STORE") as progress:
+        # a progress bar only on a terminal: into a pipe or a log rich draws nothing useful, and its
+        # import and refresh thread cost CPU a receiver on the same host would use (docs/cstore.md)
+        with _progress_bar("C-STORE") if sys.stdout.isatty() else contextlib.nullcontext(None) as progress:
             total_bytes = scan.total_bytes
+            shown_at = [0.0]
+
+            def show(done: int, total: int) -> None:
+                # the bar redraws 10 times a second: one update per instance (called with the
+                # sender's lock held) would cost more CPU than the instance's C-STORE
+                now = time.monotonic()
+                if done < total and now - shown_at[0] < 0.1:
+                    return
+                shown_at[0] = now
+                progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes))
+
             # every instance is journaled as the receiver confirms it: a re-run sends only the rest
             send = store_instances_resumable(
                 scan.files, UploadJournal(), host=host, port=port, called_aet=called_aet, calling_aet=calling_aet,
-                workers=workers, routing=routing, preflight=False,
-                progress=lambda done, total: progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes)),
+                workers=workers, routing=routing, preflight=False, progress=show if progress else None,
             )
     except XnatError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
