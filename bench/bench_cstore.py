@@ -214,7 +214,7 @@ def main() -> None:
             reference = runs[plans[0][0]]
             print(f"\nspeed relative to storescu in the same round (storescu wall / sender wall), {args.repeat} rounds:")
             for label, label_runs in list(runs.items())[1:]:
-                ratios = sorted(ref.wall / run.wall for ref, run in zip(reference, label_runs))
+                ratios = sorted(ref.wall / run.wall for ref, run in zip(reference, label_runs, strict=False))
                 print(f"{label:<28} median {statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x")
         print("\ninst/s: instances / child wall time (start-up + scan + send); "
               "send/s: our sender's own rate after scanning; peak MB: the sender process's max RSS "

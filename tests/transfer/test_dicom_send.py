@@ -24,8 +24,8 @@ from xnat_flows.transfer.dicom_send import (
     PeerUnreachableError,
     RoutingOverride,
     echo,
-    store_instances,
     status_meaning,
+    store_instances,
     validate_ae_title,
 )
 from xnat_flows.transfer.part10 import dataset_offset

@@ -7,21 +7,22 @@ only; on loopback in a test that is acceptable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import signal
 import socket
-import threading
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.errors import InvalidDicomError
 
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.dicom_send import PeerUnreachableError, echo, store_instances
@@ -67,10 +68,8 @@ class StoreScp:
 
     def kill_all(self) -> None:
         """SIGKILL storescp and its per-association children, as a crash would."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait()
 
     def received(self) -> dict[str, str]:

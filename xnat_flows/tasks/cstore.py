@@ -6,8 +6,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from xnat_flows.models import DicomReceiverTarget
 from xnat_flows.client.errors import TransientError
+from xnat_flows.models import DicomReceiverTarget
 from xnat_flows.tasks.policies import ReceiverLimit, association_slots, existing_receiver_limit, retry_unless_permanent
 from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
 from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, SendResult, echo

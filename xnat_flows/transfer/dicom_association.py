@@ -9,6 +9,7 @@ It does only what a storage SCU needs: associate, C-ECHO, C-STORE, release, abor
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from dataclasses import dataclass
@@ -316,10 +317,8 @@ class StorageAssociation:
 
     def _close(self) -> None:
         self.is_open = False
-        try:
+        with contextlib.suppress(OSError):
             self._sock.close()
-        except OSError:
-            pass
 
 
 def _read_exact(sock: socket.socket, count: int) -> bytes:

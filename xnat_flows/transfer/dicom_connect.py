@@ -78,7 +78,7 @@ def open_association(link: ReceiverLink, pairs: Sequence[SyntaxPair]) -> Storage
                 f"{where} rejected the association: our calling AE title {link.calling_aet!r} is not allowed",
                 hint="Ask the receiver's administrator to allow this AE title, or use an allowed one") from None
         raise AssociationRejectedError(f"{where} rejected the association ({rejection.describe()})") from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise DicomNetworkError(
             f"{where} did not answer the association request within {link.acse_timeout:g} s",
             hint="Is this a DICOM port? (an HTTP port such as 8080 is not) Or raise the ACSE timeout") from None

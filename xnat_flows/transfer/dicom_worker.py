@@ -8,6 +8,7 @@ the receiver answered Success or Warning.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -98,10 +99,8 @@ def run_worker(worker_id: int, setup: WorkerSetup, chunks: queue.SimpleQueue[Chu
 def _read_ahead(item: SendItem, ready: dict[int, memoryview]) -> None:
     """Put ``item``'s dataset in ``ready``; a file that cannot be read is left for the normal
     path, which reports it."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         ready[item.index] = dataset_to_send(item.path, item.size, item.mtime_ns, None)
-    except (OSError, ValueError):
-        pass
 
 
 def _why_unsendable(item: SendItem) -> str:
