@@ -52,11 +52,12 @@ class Run:
     wall: float
     peak_rss_mb: float
     received: int
+    cpu: float = 0.0  # user + system seconds of the sender process
     send_rate: float | None = None
 
     def line(self) -> str:
         send = f"{self.send_rate:8.0f}" if self.send_rate is not None else "       -"
-        return (f"{self.label:<28} {self.instances / self.wall:10.0f} {send} {self.wall:8.2f} "
+        return (f"{self.label:<28} {self.instances / self.wall:10.0f} {send} {self.wall:8.2f} {self.cpu:6.2f} "
                 f"{self.peak_rss_mb:9.1f} {self.received:9d}")
 
 
@@ -87,14 +88,14 @@ def _high_water_kb(pid: int) -> int | None:
     return None  # gone, or a zombie (no memory lines)
 
 
-def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MB and stdout of one child process."""
+def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds (user + system), peak RSS in MB and stdout of one child process."""
     peak_kb = 0
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
         child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.DEVNULL)
         while True:
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
             if pid:
                 break
             peak_kb = max(peak_kb, _high_water_kb(child.pid) or 0)
@@ -105,7 +106,7 @@ def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
         text = out.read().decode()
     if child.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited with {child.returncode}")
-    return wall, peak_kb / 1024, text
+    return wall, usage.ru_utime + usage.ru_stime, peak_kb / 1024, text
 
 
 class StoreScp:
@@ -145,7 +146,7 @@ def measure(label: str, template: list[str], work: Path, env: dict[str, str], co
         argv = [part.replace("{port}", str(scp.port)) for part in template]
         home = work / "profile"
         shutil.rmtree(home, ignore_errors=True)
-        wall, peak, text = run_child(argv, {**env, "XNAT_FLOWS_HOME": str(home)})
+        wall, cpu, peak, text = run_child(argv, {**env, "XNAT_FLOWS_HOME": str(home)})
         received = scp.count(count)
     finally:
         scp.stop()
@@ -153,7 +154,7 @@ def measure(label: str, template: list[str], work: Path, env: dict[str, str], co
     if label.startswith("xnat"):  # our sender also reports its own high-water mark, read as it ends
         report = json.loads(text.strip().splitlines()[-1])
         send_rate, peak = report["send_rate"], max(peak, report["peak_kb"] / 1024)
-    return Run(label, count, wall, peak, received, send_rate)
+    return Run(label, count, wall, peak, received, cpu, send_rate)
 
 
 def main() -> None:
@@ -197,7 +198,7 @@ def main() -> None:
             if args.routing:
                 plans.append((f"xnat_flows, {workers} assoc +routing",
                               [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "routing"]))
-        print(f"{'sender':<28} {'inst/s':>10} {'send/s':>8} {'wall s':>8} {'peak MB':>9} {'received':>9}")
+        print(f"{'sender':<28} {'inst/s':>10} {'send/s':>8} {'wall s':>8} {'cpu s':>6} {'peak MB':>9} {'received':>9}")
         runs: dict[str, list[Run]] = {label: [] for label, _ in plans}
         for _ in range(args.repeat):  # interleaved rounds: load from other processes hits every sender alike
             for label, template in plans:
@@ -216,8 +217,13 @@ def main() -> None:
             for label, label_runs in list(runs.items())[1:]:
                 ratios = sorted(ref.wall / run.wall for ref, run in zip(reference, label_runs, strict=False))
                 print(f"{label:<28} median {statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x")
+            print(f"\nCPU relative to storescu in the same round (sender CPU / storescu CPU), {args.repeat} rounds:")
+            for label, label_runs in list(runs.items())[1:]:
+                ratios = sorted(run.cpu / ref.cpu for ref, run in zip(reference, label_runs, strict=True))
+                print(f"{label:<28} median {statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x")
         print("\ninst/s: instances / child wall time (start-up + scan + send); "
-              "send/s: our sender's own rate after scanning; peak MB: the sender process's max RSS "
+              "send/s: our sender's own rate after scanning; cpu s: the sender process's user + system CPU; "
+              "peak MB: the sender process's max RSS "
               "")
     finally:
         if args.work_dir is None:

@@ -392,3 +392,31 @@ def test_a_warning_status_counts_as_sent_and_keeps_its_code(study_root: Path) ->
         server.shutdown()
     assert len(result.sent) == 24 and not result.failed
     assert {(o.status_hex, o.meaning) for o in result.sent} == {("0xB000", "Warning: Coercion of Data Elements")}
+
+
+def test_the_upload_dicom_command_imports_no_heavy_library(scp: DicomReceiver, received: Received,
+                                                           tmp_path: Path) -> None:
+    """The whole ``session upload-dicom`` run (argument parsing, echo, scan, send, journal) does
+    without pydantic, pydicom, pynetdicom, httpx and prefect: start-up is part of its throughput
+    (docs/performance.md)."""
+    import os
+    import subprocess
+    import sys
+
+    export = tmp_path / "export"  # no junk files: those the scanner hands to pydicom to say why they are skipped
+    write_studies(export, series=2, instances=12, instance_kb=8, seed=31)
+    code = ("import sys\n"
+            "from xnat_flows.cli.main import app\n"
+            "code = 0\n"
+            "try:\n"
+            "    app(sys.argv[1:], standalone_mode=False)\n"
+            "except SystemExit as exit:\n"
+            "    code = exit.code\n"
+            "heavy = ('pydantic', 'pydicom', 'pynetdicom', 'httpx', 'prefect', 'rich')\n"
+            "print('LOADED', code, sorted(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, "session", "upload-dicom", str(export), "--host", "127.0.0.1",
+                          "--port", str(scp.port)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "XNAT_FLOWS_HOME": str(tmp_path / "home")}).stdout
+    assert "12 sent, 0 failed" in out
+    assert out.strip().splitlines()[-1] == "LOADED 0 []"
+    assert len(received.datasets) == 12

@@ -29,9 +29,7 @@ def content_digest(files: Iterable[DicomFile]) -> str:
 
 class UploadJournal:
     def __init__(self, directory: Path | None = None) -> None:
-        # the settings module (pydantic) is imported here, not at module level: the C-STORE
-        # sender imports this module, and its start-up time is part of its throughput
-        from xnat_flows.client.settings import profile_dir
+        from xnat_flows.client.paths import profile_dir  # not client.settings: no pydantic on the C-STORE path
 
         self.directory = Path(directory) if directory is not None else profile_dir() / "journal"
         self._lock = threading.Lock()
@@ -70,13 +68,13 @@ class UploadJournal:
 
     def open_log(self, destination: str) -> InstanceLog:
         """An append-only log of instances going out to ``destination`` and being confirmed."""
-        from xnat_flows.client.settings import ensure_private_dir
+        from xnat_flows.client.paths import ensure_private_dir
 
         ensure_private_dir(self.directory)
         return InstanceLog(self._path(destination))
 
     def record(self, destination: str, digest: str) -> None:
-        from xnat_flows.client.settings import ensure_private_dir
+        from xnat_flows.client.paths import ensure_private_dir
 
         with self._lock:
             ensure_private_dir(self.directory)
