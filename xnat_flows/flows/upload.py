@@ -104,7 +104,7 @@ def upload_dicom_session(
             outcome.session_uri = uris[0] if uris else None
         upload_seconds += time.perf_counter() - upload_started
         if not outcome.failed_files:
-            forget_delivered(target)
+            forget_delivered(target, server.url)
         if request.verify and not outcome.failed_files:
             verified = verify_uploaded_session(connection, target, files, request.verify_timeout_seconds)
             outcome.verified = verified.ok

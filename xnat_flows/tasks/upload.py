@@ -15,7 +15,7 @@ from xnat_flows.tasks.policies import ServerCheck, existing_upload_limit, retry_
 from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, ScanHeaders, ScanResult, scan_directory
-from xnat_flows.transfer.journal import UploadJournal
+from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.session import send_batch
 from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
 from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget
@@ -98,9 +98,9 @@ def upload_instances(
 
 
 @task(name="finish-session", **_COMMON)
-def forget_delivered(target: UploadTarget) -> None:
+def forget_delivered(target: UploadTarget, server_url: str) -> None:
     """Everything of this session was accepted: a later, deliberate re-upload sends it all again."""
-    UploadJournal().clear(target.key)
+    UploadJournal().clear(resume_key(server_url, target.key))
 
 
 @task(name="verify-session", **_COMMON, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent)
