@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from xnat_flows.client.archive import ArchivedScan, find_archived
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import NotFoundError, PermissionDeniedError
-from xnat_flows.client.prearchive import CONFLICT, ERROR, READY, PrearchiveSession, archive_session, list_sessions
+from xnat_flows.client.prearchive import (
+    CONFLICT,
+    ERROR,
+    READY,
+    PrearchiveSession,
+    archive_session,
+    direct_archive_sessions,
+    is_transient_status,
+    list_sessions,
+)
 from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.upload import UploadTarget
 
@@ -42,8 +51,12 @@ class VerifyResult:
     missing: list[str] = field(default_factory=list)  # scan IDs with fewer files than sent
     waited_seconds: float = 0.0
     parked: list[str] = field(default_factory=list)  # prearchive rows of this upload XNAT did not archive
+    processing: bool = False  # XNAT was still receiving or building this upload when the wait ran out
 
     def summary(self) -> str:
+        if self.processing:
+            return ("XNAT was still processing this upload when the wait ran out; the files counted may be an "
+                    "earlier copy: check again later (xnat-flows prearchive list shows the session's status)")
         if self.parked:
             return (f"XNAT did not archive this upload: it parked it in the prearchive ({'; '.join(self.parked)}); "
                     "what the archive holds is not this upload")
@@ -146,6 +159,15 @@ def prearchive_snapshot(client: XnatClient, project: str) -> frozenset[str]:
     return frozenset(row.url for row in _prearchive_rows(client, project))
 
 
+def _processing(client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]) -> bool:
+    """XNAT is still receiving or building this upload (Direct-Archive table or a new prearchive row)."""
+    if any(row.get("tag") in study_uids and row.get("label") == target.session
+           for row in direct_archive_sessions(client, target.project)):
+        return True
+    return any(row.tag in study_uids and row.url not in before and is_transient_status(row.status)
+               for row in _prearchive_rows(client, target.project))
+
+
 def _parked(client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]) -> list[str]:
     """This upload's prearchive rows that XNAT put in ERROR (or CONFLICT, after a merge was tried)."""
     return [
@@ -190,8 +212,11 @@ def verify_session(
                 # Another study under this label (a merge the user forced): its scans prove nothing.
                 same_study = not session.uid or session.uid in study_uids
                 result = _compare(client, expected, session.experiment_id, session.uri, session.scans, by_number=same_study)
+        processing = False
         if result.ok and prearchive_before is not None and not in_prearchive:
-            parked = _parked(client, target, study_uids, prearchive_before)
+            # The counts may be an earlier copy's: done only once XNAT has finished with this upload.
+            processing = _processing(client, target, study_uids, prearchive_before)
+            parked = [] if processing else _parked(client, target, study_uids, prearchive_before)
             if parked and not merge_tried and target.direct_archive:
                 merge_tried = True
                 if _merge_conflicts(client, target, study_uids):
@@ -199,11 +224,13 @@ def verify_session(
             if parked:
                 result = dataclasses.replace(result, ok=False, parked=parked)
                 break
-        if result.ok:
+        if result.ok and not processing:
             break
         if result.uri is not None and target.direct_archive:
             _merge_conflicts(client, target, study_uids)
         if time.monotonic() - started >= wait_timeout:
+            if processing:
+                result = dataclasses.replace(result, ok=False, processing=True)
             break
         time.sleep(poll_interval)
     return dataclasses.replace(result, waited_seconds=time.monotonic() - started)
