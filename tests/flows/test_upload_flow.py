@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
+from xnat_flows.transfer.session import study_label
 from xnat_flows.client.errors import InputError
 from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
 from xnat_flows.models import UploadRequest, XnatConnection
@@ -73,7 +74,7 @@ def test_multi_study_input_needs_per_study(xnat, tmp_path: Path) -> None:
         assert uid in str(raised.value)
 
     result = upload_dicom_session(request.model_copy(update={"per_study": True}), XnatConnection(url=xnat.url, username="admin"))
-    assert sorted(s.session for s in result.sessions) == ["SESS01_1", "SESS01_2"]
+    assert sorted(s.session for s in result.sessions) == sorted(study_label("SESS01", uid) for uid in manifest.study_uids)
     assert all(s.verified for s in result.sessions)
 
 

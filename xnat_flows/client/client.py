@@ -95,7 +95,7 @@ class Timeouts:
     def to_httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
 
-    def upload(self, size: int, store_rate: float = 5e6) -> httpx.Timeout:
+    def upload(self, size: int, store_rate: float = 2e6) -> httpx.Timeout:
         """For one upload of ``size`` bytes: no byte moved for ``stall`` seconds ends it, and the answer
         may take ``stall`` plus the time XNAT needs to store the files at ``store_rate`` bytes/s."""
         read = min(self.read, self.stall + size / store_rate)

@@ -141,8 +141,8 @@ def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str
     if response.is_redirect:
         location = response.headers.get("Location", "(no Location)")
         raise AuthenticationError(
-            f"{where} answered HTTP {response.status_code}, a redirect to {location}, instead of accepting the upload: "
-            "nothing was stored",
+            f"The import endpoint answered HTTP {response.status_code}, a redirect to {location}, instead of accepting "
+            f"the upload: nothing was stored ({where})",
             status=response.status_code,
             hint="An authentication or proxy problem (a login page or single sign-on in front of XNAT): check the URL "
             "is XNAT's base URL and log in again (xnat-flows auth login)",
@@ -152,9 +152,9 @@ def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str
         return uris
     page = "<html" in response.text[:2000].lower()
     raise (AuthenticationError if page else XnatError)(
-        f"{where} answered HTTP {response.status_code} with "
+        f"The import endpoint answered HTTP {response.status_code} with "
         + ("a web page (probably a login page)" if page else f"{response.text.strip()[:80]!r}")
-        + " instead of a session URI: nothing counts as stored",
+        + f" instead of a session URI: nothing counts as stored ({where})",
         status=response.status_code,
         hint="An authentication or proxy problem: check the URL is XNAT's base URL (not a portal or login page) "
         "and that the account is logged in",
@@ -321,6 +321,10 @@ def upload_gradual(
     params = target.gradual_params()
     started = time.monotonic()
     breaker = _Breaker(workers)
+    # One instance: the client's stall allowance, at most GRADUAL_TIMEOUT for the answer.
+    limits = client.timeouts.upload(max((f.size for f in items), default=0))
+    gradual_timeout = httpx.Timeout(connect=limits.connect, read=min(GRADUAL_TIMEOUT.read, limits.read),
+                                    write=limits.write, pool=limits.pool)
 
     def send(item: DicomFile) -> None:
         response = client.request(
@@ -329,7 +333,7 @@ def upload_gradual(
             params=params,
             content=lambda: read_exactly(item),
             headers={"Content-Type": "application/dicom", "Content-Length": str(item.size)},
-            timeout=GRADUAL_TIMEOUT,
+            timeout=gradual_timeout,
             retry=not breaker.open_soon,
         )
         answered = import_answer_uris(client, response)
