@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +169,7 @@ def route_folder(
             )
         try:
             values.update(read_header_values(dicom_file, keywords))
-        except Exception as exc:  # noqa: BLE001 - any unreadable header is a routing failure with its cause
+        except Exception as exc:
             raise RoutingError(f"{folder.name}: cannot read the DICOM header of {dicom_file.name}: {exc}") from None
 
     labels: dict[str, str] = {}

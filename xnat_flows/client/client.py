@@ -8,6 +8,7 @@ new token — eight threads seeing 401 cause one login, not eight.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -16,9 +17,9 @@ import ssl
 import threading
 import time
 import weakref
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpcore
@@ -126,10 +127,8 @@ class _ShutdownOnCancel(httpcore.SyncBackend):
         with self._lock:
             sockets = list(self._sockets)
         for sock in sockets:
-            try:
+            with contextlib.suppress(OSError):  # already closed
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:  # already closed
-                pass
 
 
 def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:

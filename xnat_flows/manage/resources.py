@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from xnat_flows.client.archive import experiment_id
 from xnat_flows.client.client import XnatClient
-from xnat_flows.client.errors import ConflictError, InputError, NotFoundError
+from xnat_flows.client.errors import ConflictError, InputError
 
 log = logging.getLogger(__name__)
 
