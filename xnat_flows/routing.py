@@ -169,7 +169,7 @@ def route_folder(
             )
         try:
             values.update(read_header_values(dicom_file, keywords))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any unreadable header is a routing failure with its cause
             raise RoutingError(f"{folder.name}: cannot read the DICOM header of {dicom_file.name}: {exc}") from None
 
     labels: dict[str, str] = {}
