@@ -149,7 +149,7 @@ def test_cancel_stops_an_upload_blocked_in_send_within_seconds(xnat_emulator, tm
             try:
                 upload_archive_batch(xnat, files, UploadTarget("TEST", "S", "CANCEL"))
                 outcome.append(None)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 outcome.append(exc)
 
         worker = threading.Thread(target=run, daemon=True)
