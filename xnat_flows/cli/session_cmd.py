@@ -62,7 +62,7 @@ def upload(
         except XnatErrorBase as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(exit_code_for(exc)) from None
-        _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile)
+        _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile, into_other_study)
         return
     from xnat_flows.client.errors import XnatError
     from xnat_flows.transfer.journal import UploadJournal
@@ -98,7 +98,7 @@ def preflight(client, project: str) -> None:  # noqa: ANN001
     client.require_project(project)
 
 
-def _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile) -> None:  # noqa: ANN001, PLR0913
+def _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile, into_other_study=False) -> None:  # noqa: ANN001, PLR0913
     import os
 
     from xnat_flows.client.errors import XnatError
@@ -111,7 +111,7 @@ def _upload_with_flow(source, project, subject, session, workers, archive_format
     request = UploadRequest(
         source_dir=str(source), project=project, subject=subject, session=session, workers=workers,
         archive_format=archive_format, direct_archive=direct_archive, per_study=per_study, verify=verify,
-        transport="gradual-dicom" if gradual else "dicom-zip",
+        transport="gradual-dicom" if gradual else "dicom-zip", allow_other_study=into_other_study,
     )
     try:
         result = upload_dicom_session(request, XnatConnection(url=url, username=username, profile=profile))
