@@ -20,6 +20,7 @@ from xnat_flows.cli.main import app
 from xnat_flows.cli.options import EXIT_AUTH, EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.synth import write_studies
+from xnat_flows.transfer.session import study_label
 
 pytestmark = pytest.mark.e2e
 
@@ -126,7 +127,7 @@ def _label_holds_another_study(xnat: XnatEmulator, label: str, tmp: Path) -> Non
     from xnat_flows.transfer.session import upload_session
     from xnat_flows.transfer.upload import UploadTarget
 
-    write_studies(tmp / "other", series=1, instances=2, instance_kb=2, seed=23)
+    write_studies(tmp / "other", series=1, instances=2, instance_kb=2, seed=27)
     creds = Credentials(url=xnat.url, username="admin", password=SecretStr(PASSWORD))
     with XnatClient(creds, token_cache=None) as client:
         assert upload_session(client, tmp / "other", UploadTarget(PROJECT, label, label), verify_timeout=20,
@@ -303,7 +304,7 @@ def test_mixed_studies_rerun_with_per_study_finishes(xnat: XnatEmulator, tmp_pat
 
     assert refused.exit_code == EXIT_USAGE and accepted.exit_code == EXIT_OK, accepted.output
     labels = sorted(e["label"] for e in xnat.archived_experiments(PROJECT) if e["label"].startswith("MIX"))
-    assert labels == ["MIX_1", "MIX_2"]
+    assert labels == sorted(study_label("MIX", uid) for uid in manifest.study_uids)
     assert sum(sum(e["scans"].values()) for e in xnat.archived_experiments(PROJECT) if e["label"].startswith("MIX")) == len(manifest.files)
 
 
