@@ -28,7 +28,7 @@ from xnat_flows.client.urls import public_base_url, server_host
 if TYPE_CHECKING:  # keep importing this module cheap: models are only needed for annotations
     from prefect.events import Event
 
-    from xnat_flows.manage.prearchive import ArchiveOutcome
+    from xnat_flows.client.prearchive import ArchiveOutcome
     from xnat_flows.models import SessionOutcome, UploadSessionResult
 
 SESSION_UPLOADED = "xnat.session.uploaded"

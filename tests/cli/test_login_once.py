@@ -198,7 +198,7 @@ def test_conflict_advice_matches_the_overwrite_chosen(xnat, home: Path, tmp_path
     write_studies(tmp_path / "second", series=1, instances=3, instance_kb=4, seed=42)  # another study
     assert run("session", "upload", str(tmp_path / "first"), "-P", "CLI", "-S", "S", "-E", "E").exit_code == 0
     staged = run("session", "upload", str(tmp_path / "second"), "-P", "CLI", "-S", "S", "-E", "E", "--prearchive",
-                 "--no-verify")
+                 "--no-verify", "--into-other-study")
     assert staged.exit_code == 0, staged.output
     (row,) = json.loads(run("prearchive", "list", "-P", "CLI", "--json").output)
     args = ["prearchive", "archive", "CLI", row["timestamp"], row["folderName"], "--wait-seconds", "30"]

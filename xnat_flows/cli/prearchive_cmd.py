@@ -38,7 +38,7 @@ def list_command(
     connection: Connection,
 ) -> None:
     """List prearchive sessions (all projects you can see, or one)."""
-    from xnat_flows.manage.prearchive import list_sessions
+    from xnat_flows.client.prearchive import list_sessions
 
     with connection.client(projects=(project,)) as client:
         sessions = list_sessions(client, project)
@@ -91,7 +91,7 @@ def archive_command(
     connection: Connection,
 ) -> None:
     """Archive a prearchive session, optionally under another subject and label."""
-    from xnat_flows.manage.prearchive import archive_session
+    from xnat_flows.client.prearchive import archive_session
 
     def say_waiting(message: str) -> None:
         typer.echo(message, err=True)

@@ -31,13 +31,13 @@ def upload_command(
     connection: Connection,
 ) -> None:
     """Upload PATH to resource LABEL of SESSION (or of one of its scans)."""
+    from xnat_flows.client.archive import is_valid_label  # the rule session labels follow
     from xnat_flows.client.errors import InputError
     from xnat_flows.manage.resources import ResourceTarget, upload_resource
-    from xnat_flows.transfer.upload import _LABEL_RE as XNAT_LABEL  # the rule session labels follow
 
     if subject and not project:
         raise typer.BadParameter("--subject needs --project.", param_hint="--subject")
-    if not XNAT_LABEL.fullmatch(label):
+    if not is_valid_label(label):
         raise InputError(
             f"Invalid resource label {label!r}",
             hint="XNAT labels allow only letters, digits, '_' and '-' (e.g. BIDS, NIFTI, SNAPSHOTS)",

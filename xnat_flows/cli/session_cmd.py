@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -38,7 +39,12 @@ def upload(
         bool, typer.Option("--direct-archive/--prearchive", help="Archive directly (XNAT 1.8.3+) or stage.")
     ] = True,
     gradual: Annotated[bool, typer.Option("--gradual", help="gradual-DICOM: one instance per request.")] = False,
-    per_study: Annotated[bool, typer.Option("--per-study", help="One session per study found (_1, _2, ...).")] = False,
+    per_study: Annotated[
+        bool, typer.Option("--per-study", help="One session per study found (SESSION_ + 8 hex digits of its UID).")
+    ] = False,
+    into_other_study: Annotated[
+        bool, typer.Option("--into-other-study", help="Upload even into a session holding another study.")
+    ] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare.")] = True,
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
     as_json: JsonOption = False,
@@ -57,7 +63,7 @@ def upload(
         with connection.client(projects=(project,)) as client:
             credentials = client.credentials
         _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials,
-                          connection.profile, as_json)
+                          connection.profile, as_json, into_other_study)
         return
     scan = scan_directory(source)
     plan_sessions(scan, target, per_study=per_study)
@@ -65,7 +71,7 @@ def upload(
     with connection.client(projects=(project,)) as client, _progress_bar(label, enabled=not as_json) as progress:
         result = upload_session(
             client, scan, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
-            journal=UploadJournal(), progress=progress, verify=verify,
+            journal=UploadJournal(), progress=progress, verify=verify, allow_other_study=into_other_study,
         )
     if as_json:
         typer.echo(json.dumps(_summary(result), indent=2))
@@ -75,7 +81,8 @@ def upload(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials, profile, as_json) -> None:
+def _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials, profile, as_json,
+                      into_other_study) -> None:
     from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
     from xnat_flows.client.errors import XnatError
@@ -91,7 +98,7 @@ def _upload_with_flow(source, target, workers, archive_format, gradual, per_stud
     request = UploadRequest(
         source_dir=str(source), project=target.project, subject=target.subject, session=target.session,
         workers=workers, archive_format=archive_format, direct_archive=target.direct_archive, per_study=per_study,
-        verify=verify, transport="gradual-dicom" if gradual else "dicom-zip",
+        verify=verify, transport="gradual-dicom" if gradual else "dicom-zip", allow_other_study=into_other_study,
     )
     with ephemeral_server_dies_with_this_process():
         try:
@@ -194,6 +201,8 @@ def _report(result) -> None:
         t = study.target
         where = study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else "?")
         typer.echo(f"{t.project}/{t.subject}/{t.session}: {study.files_sent}/{study.files} files -> {where}")
+        if study.gradual is not None and study.gradual.stopped:
+            typer.echo(f"  {study.gradual.stopped}", err=True)
         if study.gradual is not None and study.gradual.already_archived:
             typer.echo("  already complete in XNAT's archive: nothing sent (gradual-DICOM cannot replace "
                        "archived instances; DICOM-zip, the default transport, can)")
@@ -238,7 +247,8 @@ def upload_dicom(
     No login is needed; with one (`xnat-flows auth login`) --project is checked first.
     """
     from xnat_flows.client.errors import InputError
-    from xnat_flows.transfer.dicom_send import RoutingOverride, echo, send_dicom_resumable
+    from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
+    from xnat_flows.transfer.dicom_send import RoutingOverride, echo
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.progress import Progress
     from xnat_flows.transfer.scan import scan_directory
@@ -255,20 +265,37 @@ def upload_dicom(
     scan = scan_directory(source, headers="file-meta")  # all a C-STORE needs, ~35x faster
     if not scan.files:
         raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
+    # a progress bar only on a terminal: into a pipe or a log rich draws nothing useful, and its
+    # import and refresh thread cost CPU a receiver on the same host would use (docs/cstore.md)
     with _progress_bar("C-STORE", enabled=not as_json) as progress:
         total_bytes = scan.total_bytes
-        report = None if progress is None else (
-            lambda done, total: progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes))
-        )
-        # instances an interrupted earlier run delivered to this receiver are not sent again
-        result, resumed = send_dicom_resumable(
-            scan.files, UploadJournal(), host=host, port=port, called_aet=called_aet, calling_aet=calling_aet,
-            workers=workers, routing=routing, preflight=False, progress=report,
-        )
+        shown_at = [0.0]
+
+        def show(done: int, total: int) -> None:
+            # the bar redraws 10 times a second: one update per instance (called with the
+            # sender's lock held) would cost more CPU than the instance's C-STORE
+            now = time.monotonic()
+            if done < total and now - shown_at[0] < 0.1:
+                return
+            shown_at[0] = now
+            progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes))
+
+        try:
+            # every instance is journaled as the receiver confirms it: a re-run sends only the rest
+            send = store_instances_resumable(
+                scan.files, UploadJournal(), host=host, port=port, called_aet=called_aet, calling_aet=calling_aet,
+                workers=workers, routing=routing, preflight=False, progress=show if progress else None,
+            )
+        except KeyboardInterrupt:
+            typer.echo("Every instance the receiver confirmed is recorded: run the same command again to send "
+                       "the rest.", err=True)
+            raise  # the root command prints the interruption line and exits 130
+    result = send.result
     if as_json:
         typer.echo(json.dumps({
-            "ok": result.ok, "sent": len(result.sent), "failed": len(result.failed), "skipped": len(result.skipped),
-            "resumed": resumed, "bytes_sent": result.bytes_sent, "seconds": round(result.seconds, 3),
+            "ok": result.ok and not send.in_doubt, "sent": len(result.sent), "failed": len(result.failed),
+            "skipped": len(result.skipped), "resumed": send.resumed, "in_doubt": len(send.in_doubt),
+            "bytes_sent": result.bytes_sent, "seconds": round(result.seconds, 3),
             "instances_per_second": round(result.instances_per_second, 1),
             "not_stored": [{"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
                            for o in result.failed + result.skipped],
@@ -279,11 +306,17 @@ def upload_dicom(
             typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
         for failed in result.failed + result.skipped:
             typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
-        if resumed:
-            typer.echo(f"{resumed} instances were delivered by an earlier run and not sent again")
+        if send.resumed:
+            typer.echo(f"{send.resumed} instances were delivered by an earlier run and not sent again"
+                       + ("" if result.sent or result.failed or result.skipped else
+                          f" (nothing left to send; to send them again anyway, delete {send.journal_path})"))
         typer.echo(result.summary())
+    if send.in_doubt:
+        typer.echo(f"warning: {in_doubt_warning(send.in_doubt)}", err=True)
     if not result.ok:
         typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
+        raise typer.Exit(EXIT_PARTIAL)
+    if send.in_doubt:
         raise typer.Exit(EXIT_PARTIAL)
 
 
