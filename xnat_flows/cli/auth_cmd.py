@@ -10,13 +10,17 @@ import typer
 
 from xnat_flows.cli.options import EXIT_AUTH, RELOGIN_HINT, Connection, command_group, is_interactive, with_connection
 
-app = command_group(help="Log in once (caches a session token), show the login, or log out.")
+app = command_group(help="Log in once, show the login, or log out.")
 
 
 @app.command("login")
 @with_connection
 def login(connection: Connection) -> None:
-    """Log in, save URL and user as the profile, cache the session token (0600)."""
+    """Log in; save URL and user; cache the session.
+
+    The URL and user become the default profile (or --profile NAME); the session token is cached
+    with mode 0600. The password is never written to disk.
+    """
     import getpass
 
     from pydantic import SecretStr
@@ -75,7 +79,10 @@ def logout(connection: Connection) -> None:
 @app.command("status")
 @with_connection
 def status(connection: Connection) -> None:
-    """Show which server and user commands use, and whether the cached session is valid."""
+    """Show the server, user and session commands use.
+
+    Exit 0 when the cached session is valid, 3 otherwise.
+    """
     from pydantic import SecretStr
 
     from xnat_flows.client.client import XnatClient
@@ -104,7 +111,7 @@ def status(connection: Connection) -> None:
 
 @with_connection
 def whoami(connection: Connection) -> None:
-    """Print the user XNAT sees for the current credentials or cached session."""
+    """Print the user XNAT sees for this login."""
     from xnat_flows.cli.options import prove_session
 
     with connection.client() as client:

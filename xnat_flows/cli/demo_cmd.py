@@ -22,7 +22,10 @@ def demo(
     transport: Annotated[Literal["dicom-zip", "gradual-dicom"], typer.Option(help="REST import handler.")] = "dicom-zip",
     archive_format: Annotated[Literal["tar", "zip"], typer.Option(help="Archive format of each batch.")] = "tar",
 ) -> None:
-    """Start the emulator, upload a synthetic study through the Prefect flow, verify it."""
+    """Upload a synthetic study to the emulator via Prefect.
+
+    Starts the bundled emulator, uploads through the upload-dicom-session flow and verifies it.
+    """
     with tempfile.TemporaryDirectory(prefix="xnat-flows-demo-") as tmp:
         work = Path(tmp)
         # A private profile: the demo's token must not land in (or come from) the user's own.

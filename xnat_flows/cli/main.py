@@ -24,7 +24,7 @@ app = typer.Typer(
 app.add_typer(emulator_cmd.app, name="emulator")
 app.add_typer(session_cmd.app, name="session")
 app.add_typer(prearchive_cmd.app, name="prearchive", help="List, archive, delete and move prearchive sessions.")
-app.add_typer(resource_cmd.app, name="resource", help="Upload non-DICOM files and directories to session or scan resources.")
+app.add_typer(resource_cmd.app, name="resource", help="Upload non-DICOM files to session or scan resources.")
 app.add_typer(auth_cmd.app, name="auth")
 app.command("whoami")(auth_cmd.whoami)
 app.command("synth")(synth_cmd.synth)

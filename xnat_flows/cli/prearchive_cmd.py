@@ -90,7 +90,7 @@ def archive_command(
     *,
     connection: Connection,
 ) -> None:
-    """Archive a prearchive session, optionally under another subject and label."""
+    """Archive a prearchive session (optionally relabelled)."""
     from xnat_flows.client.prearchive import archive_session
 
     def say_waiting(message: str) -> None:

@@ -51,7 +51,11 @@ def upload(
     *,
     connection: Connection,
 ) -> None:
-    """Upload a directory to XNAT through the REST Import API (DICOM-zip by default)."""
+    """Upload a directory through the REST Import API.
+
+    DICOM-zip by default (--gradual: gradual-DICOM). Needs no connection options after
+    `xnat-flows auth login`.
+    """
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.scan import scan_directory
     from xnat_flows.transfer.session import plan_sessions, upload_session
@@ -242,9 +246,9 @@ def upload_dicom(
     *,
     connection: Connection,
 ) -> None:
-    """Send a directory to an XNAT DICOM receiver by C-STORE (parallel associations).
+    """Send a directory to a DICOM receiver (C-STORE).
 
-    No login is needed; with one (`xnat-flows auth login`) --project is checked first.
+    Parallel associations. No login is needed; with one (`xnat-flows auth login`) --project is checked first.
     """
     from xnat_flows.client.errors import InputError
     from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
