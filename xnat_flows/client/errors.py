@@ -17,6 +17,7 @@ The tree (classes defined elsewhere are listed with their module)::
     ├── ConflictError                  409
     ├── PermanentUploadError           XNAT's permanent 400 import messages
     ├── UnsupportedServerError         XNAT too old for the feature
+    ├── StorageFullError               XNAT's disk or quota is full
     ├── CancelledError                 XnatClient.cancel() (Ctrl-C)
     ├── InputError                     bad local input, raised before anything is sent
     │   └── routing.RoutingError
@@ -32,7 +33,8 @@ The tree (classes defined elsewhere are listed with their module)::
     ├── flows.cstore.SendIncompleteError
     └── TransientError                 retryable=True: 423, 429, 5xx, XNAT's passing 400s
         ├── XnatConnectionError        no HTTP answer; retryable=False when the host refused
-        │                              or is unknown (status None: unreachable)
+        │   │                          or is unknown (status None: unreachable)
+        │   └── NoAnswerError          connections taken, never answered: the wait is over
         ├── client.archive.WaitTimeoutError
         └── tasks.cstore.ReceiverInterrupted
 """
