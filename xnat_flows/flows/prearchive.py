@@ -17,6 +17,7 @@ from xnat_flows.tasks.connection import credentials_for
 from xnat_flows.tasks.prearchive import (
     archive_session_task,
     delete_session_task,
+    wait_for_archive_task,
     xnat_tag,
 )
 
@@ -54,7 +55,8 @@ class DeleteOutcome(BaseModel):
     deleted: bool = True
 
 
-@flow(name="archive-prearchive-session", validate_parameters=True)
+@flow(name="archive-prearchive-session", validate_parameters=True,
+      flow_run_name="archive {request.project}/{request.timestamp}/{request.folder}")
 def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnection = XnatConnection()) -> ArchiveOutcome:
     """Move a session from the prearchive into the archive (idempotent: already archived is success)."""
     with tags(xnat_tag(connection)):
@@ -71,8 +73,11 @@ def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnecti
             poll_seconds=request.poll_seconds,
         )
     if not outcome.already_archived and FlowRunContext.get() is not None:
-        # Chained processing deployments trigger on this event (see prefect.yaml).
-        emit_archive_outcome(outcome, credentials_for(connection).url)
+        # Chained processing deployments trigger on this event (see prefect.yaml); it names the
+        # experiment ID (looked up, bounded) so processing addresses the session unambiguously.
+        archived = wait_for_archive_task(connection, request.project, outcome.label, subject=outcome.subject,
+                                         timeout_seconds=min(request.wait_seconds, 120.0) or 10.0)
+        emit_archive_outcome(outcome, credentials_for(connection).url, experiment_id=archived.experiment_id or None)
     verb = "was already archived" if outcome.already_archived else "archived"
     publish_markdown(
         f"**{request.project}/{request.timestamp}/{request.folder}** {verb}: `{outcome.archive_uri}` "
@@ -82,7 +87,8 @@ def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnecti
     return outcome
 
 
-@flow(name="delete-prearchive-session", validate_parameters=True)
+@flow(name="delete-prearchive-session", validate_parameters=True,
+      flow_run_name="delete prearchive {session.project}/{session.timestamp}/{session.folder}")
 def delete_prearchive_session(session: PrearchiveSessionRef, connection: XnatConnection = XnatConnection()) -> DeleteOutcome:
     """Delete a session from the prearchive (its files are removed by XNAT)."""
     with tags(xnat_tag(connection)):
