@@ -145,36 +145,65 @@ def deployed(cli_env: dict[str, str], api: PrefectApi, xnat: XnatEmulator, site_
     return found
 
 
-def test_deploy_all_from_the_repository_root(deployed: dict[str, dict], api: PrefectApi) -> None:
+def _form_fields_without_description(schema: dict) -> list[str]:
+    """Parameters, and fields of the parameter models, that the UI form would show without a description."""
+    found = [f"{name}" for name, field in schema.get("properties", {}).items() if not field.get("description")]
+    for model, definition in schema.get("definitions", {}).items():
+        if "block_type_slug" in definition:
+            continue
+        found += [f"{model}.{name}" for name, field in definition.get("properties", {}).items() if not field.get("description")]
+    return found
+
+
+def test_deploy_all_from_the_repository_root(
+    deployed: dict[str, dict], api: PrefectApi, cli_env: dict[str, str], site_inbox: Path
+) -> None:
     missing = _missing_entry_points()
     inbox = deployed["inbox-ingest"]
     assert inbox["work_pool_name"] == POOL
-    assert inbox["parameters"]["inbox_dir"] == "/srv/xnat-inbox"
+    assert inbox["parameters"]["inbox_dir"] == str(site_inbox)
     assert inbox["schedules"][0]["schedule"]["interval"] == 300
     form = inbox["parameter_openapi_schema"]["properties"]
     assert {"inbox_dir", "project", "subject_template", "quiet_seconds", "transport", "connection"} <= set(form)
-    assert not _secret_fields(inbox["parameter_openapi_schema"])
+    assert form["transport"]["enum"] == ["dicom-zip", "gradual-dicom"]  # a dropdown
+    assert form["project"]["pattern"]  # validated when the run is created
     upload_form = deployed["upload-session"]["parameter_openapi_schema"]
     assert "UploadRequest" in json.dumps(upload_form)  # the request renders as a form, not a JSON blob
     for deployment in deployed.values():
-        assert not _secret_fields(deployment["parameter_openapi_schema"]), deployment["name"]
+        schema = deployment["parameter_openapi_schema"]
+        # Only a Block's own form has a password field; no run parameter does.
+        models = {k: v for k, v in schema.get("definitions", {}).items() if "block_type_slug" not in v}
+        assert not _secret_fields({**schema, "definitions": models}), deployment["name"]
+        assert not _form_fields_without_description(schema), deployment["name"]
+        # The credentials field is a Block picker, and the deployment references the site's Block.
+        assert schema["definitions"]["XnatCredentials"]["block_type_slug"] == "xnat-credentials"
+        assert deployment["parameters"]["connection"] == _block_ref(), deployment["name"]
     triggers = [a for a in api.automations() if a["name"] == "process-archived-xnat-sessions"]
     assert triggers and triggers[0]["trigger"]["expect"] == ["xnat.session.archived"]
     assert triggers[0]["actions"][0]["parameters"]["project"] == "{{ event.resource['xnat.project'] }}"
+    assert json.dumps(_block_ref()["credentials"]) in json.dumps(triggers[0]["actions"][0]["parameters"])
     if missing:
         pytest.skip(f"deployed all but the flows not written yet: {', '.join(missing)} (prefect deploy --all needs them)")
 
 
-@pytest.fixture(scope="module")
-def worker(deployed: dict[str, dict], cli_env: dict[str, str], xnat: XnatEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
-    assert not [name for name in env if name.startswith("XNAT_") and name != "XNAT_FLOWS_HOME"]  # Block-only worker
-    process = start_group([prefect_cli(), "worker", "start", "--pool", POOL, "--limit", "4"], env, log)
-    try:
-        yield log
-    finally:
-        stop_group(process)
+def test_deploy_without_site_values_says_what_is_missing(deployed: dict[str, dict], api: PrefectApi,
+                                                         cli_env: dict[str, str], site_inbox: Path) -> None:
+    no_block = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], cli_env)
+    assert no_block.returncode != 0 and "XNAT_CREDENTIALS_BLOCK is not set" in no_block.stdout + no_block.stderr
+    unknown = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, "XNAT_CREDENTIALS_BLOCK": "no-such-block"})
+    assert unknown.returncode != 0 and "no xnat-credentials Block of that name" in unknown.stdout + unknown.stderr
+
+    # Block named, inbox values not: deployed, with the schedule inactive (it would fail every 5 minutes).
+    without_inbox = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, "XNAT_CREDENTIALS_BLOCK": BLOCK})
+    assert without_inbox.returncode == 0, (without_inbox.stdout + without_inbox.stderr)[-3000:]
+    assert "schedule is created INACTIVE" in without_inbox.stdout + without_inbox.stderr
+    inbox = api.deployment("ingest-inbox", "inbox-ingest")
+    assert [s["active"] for s in inbox["schedules"]] == [False]
+    assert not api.flow_runs(inbox["id"]) or all(r["state_type"] != "SCHEDULED" for r in api.flow_runs(inbox["id"]))
+    site = {"XNAT_CREDENTIALS_BLOCK": BLOCK, "XNAT_INBOX_DIR": str(site_inbox), "XNAT_INBOX_PROJECT": "TEST"}
+    restored = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, **site})
+    assert restored.returncode == 0
+    api.deactivate_schedules(api.deployment("ingest-inbox", "inbox-ingest"))
 
 
 def _wait_completed(api: PrefectApi, run_id: str, log: Path, timeout: float = 240) -> dict:

@@ -48,7 +48,14 @@ def send_dicom(
     request: SendDicomRequest, receiver: DicomReceiverTarget, connection: XnatConnection = XnatConnection()
 ) -> SendDicomResult:
     """Send every DICOM instance under a directory to a DICOM receiver over parallel associations;
-    with ``request.verify``, wait until XNAT has archived what was sent and announce each session."""
+    with ``request.verify``, wait until XNAT has archived what was sent and announce each session.
+
+    Args:
+        request: What to send (source directory), routing, parallelism, and whether to wait for the archive.
+        receiver: The DICOM receiver: an xnat-dicom-receiver Block, or host, port and AE titles.
+        connection: With verify: the xnat-credentials Block of the XNAT behind the receiver (the deployment's
+            default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+    """
     try:
         return _send(request, receiver, connection)
     except Exception as exc:

@@ -58,7 +58,12 @@ class DeleteOutcome(BaseModel):
 @flow(name="archive-prearchive-session", validate_parameters=True,
       flow_run_name="archive {request.project}/{request.timestamp}/{request.folder}")
 def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnection = XnatConnection()) -> ArchiveOutcome:
-    """Move a session from the prearchive into the archive (idempotent: already archived is success)."""
+    """Move a session from the prearchive into the archive (idempotent: already archived is success).
+
+    Args:
+        request: The prearchive session (project, timestamp, folder) and how to archive it.
+        connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+    """
     with tags(xnat_tag(connection)):
         # The task may legitimately wait wait_seconds before archiving; its timeout must allow that.
         outcome = archive_session_task.with_options(timeout_seconds=request.wait_seconds + 3600)(
@@ -90,7 +95,12 @@ def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnecti
 @flow(name="delete-prearchive-session", validate_parameters=True,
       flow_run_name="delete prearchive {session.project}/{session.timestamp}/{session.folder}")
 def delete_prearchive_session(session: PrearchiveSessionRef, connection: XnatConnection = XnatConnection()) -> DeleteOutcome:
-    """Delete a session from the prearchive (its files are removed by XNAT)."""
+    """Delete a session from the prearchive (its files are removed by XNAT).
+
+    Args:
+        session: The prearchive session (project, timestamp, folder), as `xnat-flows prearchive list` shows it.
+        connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+    """
     with tags(xnat_tag(connection)):
         delete_session_task(connection, session.project, session.timestamp, session.folder)
     publish_markdown(

@@ -48,7 +48,12 @@ class UploadIncompleteError(XnatError):
 def upload_dicom_session(
     request: UploadRequest, connection: XnatConnection = XnatConnection()
 ) -> UploadSessionResult:
-    """Upload a directory of DICOM files to one XNAT session through the REST Import API."""
+    """Upload a directory of DICOM files to one XNAT session through the REST Import API.
+
+    Args:
+        request: What to upload (source directory) and where (project, subject, session), and how.
+        connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+    """
     server_url: str | None = None
     try:
         _target(request)  # bad labels fail before anything else, with their own message
