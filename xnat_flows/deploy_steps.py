@@ -7,7 +7,8 @@
 then ``{{ site.credentials_block }}``, ``{{ site.inbox_dir }}``, ``{{ site.inbox_project }}`` and
 ``{{ site.inbox_active }}`` in the deployments. ``XNAT_CREDENTIALS_BLOCK`` is required (and must
 name a saved ``xnat-credentials`` Block); without ``XNAT_INBOX_DIR``/``XNAT_INBOX_PROJECT`` the inbox
-schedule is created inactive instead of failing every few minutes.
+schedule is created inactive instead of failing every few minutes, and the missing parameters are
+left out of the deployment (a run started by hand asks for them).
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ def site_values() -> dict[str, Any]:
         missing = [name for name, value in (("XNAT_INBOX_DIR", inbox_dir), ("XNAT_INBOX_PROJECT", inbox_project)) if not value]
         print(f"xnat-flows: {' and '.join(missing)} not set: the inbox-ingest schedule is created INACTIVE; "
               "set them and deploy again to switch it on", file=sys.stderr)
-    return {
-        "credentials_block": block,
-        "inbox_dir": inbox_dir,
-        "inbox_project": inbox_project,
-        "inbox_active": active,
-    }
+    values: dict[str, Any] = {"credentials_block": block, "inbox_active": active}
+    # A value not given is left out: Prefect then drops the parameter (the run form asks for it)
+    # instead of deploying an empty string that fails validation.
+    if inbox_dir:
+        values["inbox_dir"] = inbox_dir
+    if inbox_project:
+        values["inbox_project"] = inbox_project
+    return values
 
 
 def _require_block(name: str) -> None:

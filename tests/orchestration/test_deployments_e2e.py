@@ -206,6 +206,19 @@ def test_deploy_without_site_values_says_what_is_missing(deployed: dict[str, dic
     api.deactivate_schedules(api.deployment("ingest-inbox", "inbox-ingest"))
 
 
+@pytest.fixture(scope="module")
+def worker(deployed: dict[str, dict], cli_env: dict[str, str], xnat: XnatEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A process worker whose environment holds no XNAT_* credentials: the Block is all it has."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    assert not [name for name in env if name.startswith("XNAT_") and name != "XNAT_FLOWS_HOME"]
+    process = start_group([prefect_cli(), "worker", "start", "--pool", POOL, "--limit", "4"], env, log)
+    try:
+        yield log
+    finally:
+        stop_group(process)
+
+
 def _wait_completed(api: PrefectApi, run_id: str, log: Path, timeout: float = 240) -> dict:
     run = api.wait_for(run_id, timeout)
     assert run["state_type"] == "COMPLETED", f"{run['state_type']}: {run['state']}\n--- worker log ---\n{log.read_text()[-6000:]}"
