@@ -231,9 +231,9 @@ def _experiments(xnat: XnatEmulator) -> dict[str, dict]:
     return {row["label"]: row for row in rows.json()["ResultSet"]["Result"]}
 
 
-def _wait_for_events(api: PrefectApi, name: str, xnat: XnatEmulator, count: int, timeout: float) -> list[dict]:
+def _wait_for_events(api: PrefectApi, name: str, xnat: XnatEmulator | str, count: int, timeout: float) -> list[dict]:
     """Events of this emulator's sessions (the resource id names its host:port), once ``count`` arrived."""
-    host = xnat.url.split("://", 1)[1].rstrip("/")
+    host = (xnat if isinstance(xnat, str) else xnat.url).split("://", 1)[1].rstrip("/")
     deadline = time.monotonic() + timeout
     while True:
         found = api.events(name, f"xnat.session.{host}.")
@@ -303,13 +303,14 @@ def test_unattended_inbox_and_send_dicom_chain_processing_with_a_block_only_work
     assert [e["resource"]["xnat.session_label"] for e in archived].count("P001_20240115") == 1  # exactly once
 
     # XNAT down: the run is Failed (an automation on failed runs fires), the folder waits, the event is out.
+    url = xnat.url
     xnat.stop()
     try:
         write_session(site_inbox / "scan-0002", patient_id="P002", study_date="20240301")
         _wait_state(api, api.run_deployment(inbox["id"], {"quiet_seconds": 0}), "FAILED", worker)
         assert (site_inbox / "processing" / "scan-0002" / "series1" / "IM0001").is_file()
         assert not (site_inbox / "failed").exists() or not list((site_inbox / "failed").iterdir())
-        failed = _wait_for_events(api, "xnat.upload.failed", xnat, count=1, timeout=30)
+        failed = _wait_for_events(api, "xnat.upload.failed", url, count=1, timeout=30)
         assert failed and failed[0]["resource"]["xnat.project"] == "TEST"
         assert "admin" not in json.dumps(failed[0]["payload"])
     finally:

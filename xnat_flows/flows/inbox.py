@@ -280,7 +280,7 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
     report.update(status="done", finished_at=utc_now(), sessions=sessions, files_delivered=uploaded.files_delivered,
                   files_sent=uploaded.files_sent,
                   bytes_sent=uploaded.bytes_sent, seconds=uploaded.seconds,
-                  skipped=[s.model_dump(mode="json") for s in uploaded.skipped])
+                  skipped=uploaded.model_dump(mode="json", include={"skipped"})["skipped"])
     moved, report_path = claim.finish(run.layout.done, report)
     last_attempt.unlink(missing_ok=True)
     item.status, item.location, item.report = "done", str(moved), str(report_path)
