@@ -405,15 +405,18 @@ def test_docker_and_kubernetes_files_deploy(
     prefect_file = REPO_ROOT / "deployments" / flavour / "prefect.yaml"
     entries = yaml.safe_load(prefect_file.read_text())["deployments"]
     names = [e["name"] for e in entries if (REPO_ROOT / e["entrypoint"].split(":")[0]).is_file()]
-    result = run_cli(["--no-prompt", "deploy", "--prefect-file", str(prefect_file), *[a for n in names for a in ("-n", n)]], cli_env)
+    # The Block named, the inbox values not: the inbox schedule is created inactive.
+    result = run_cli(["--no-prompt", "deploy", "--prefect-file", str(prefect_file), *[a for n in names for a in ("-n", n)]],
+                     {**cli_env, "XNAT_CREDENTIALS_BLOCK": BLOCK})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     upload = api.deployment("upload-dicom-session", f"upload-session-{suffix}")
     inbox = api.deployment("ingest-inbox", f"inbox-ingest-{suffix}")
     try:
         assert upload["work_pool_name"] == pool and variable in upload["job_variables"]
-        assert upload["parameters"]["connection"] == _block_ref("xnat")
+        assert upload["parameters"]["connection"] == _block_ref()
         assert upload["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/xnat-flows"}}]
-        assert inbox["schedules"] and inbox["parameters"]["connection"] == _block_ref("xnat")
+        assert inbox["parameters"]["connection"] == _block_ref()
+        assert [s["active"] for s in inbox["schedules"]] == [False] and "inbox_dir" not in inbox["parameters"]
     finally:
         # Leave only the process flavour on the server, so its trigger is the one that reacts to events.
         api.delete_deployments(names)
