@@ -26,7 +26,7 @@ from xnat_flows.tasks.cstore import (
     wait_for_archived_studies,
 )
 from xnat_flows.tasks.upload import scan_dicom_directory
-from xnat_flows.transfer.dicom_send import RoutingOverride
+from xnat_flows.transfer.dicom_inputs import RoutingOverride
 
 
 class SendIncompleteError(XnatError):
