@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, computed_field, model_validator
+from pydantic import BaseModel, Field, computed_field, field_validator, model_validator
 
 from xnat_flows.blocks import DicomReceiver, XnatCredentials
 from xnat_flows.transfer.scan import SkippedFile
@@ -28,14 +28,20 @@ class XnatConnection(BaseModel):
         title="XNAT credentials Block",
         description="The `xnat-credentials` Block (URL, user, password) to use. Empty: the worker's XNAT_URL/XNAT_USER/XNAT_PASS or profile.",
     )
-    url: str | None = Field(
-        default=None, title="XNAT URL",
+    # Plain strings ("" = not given), so the run form offers a text box, not a type choice.
+    url: str = Field(
+        default="", title="XNAT URL",
         description="Only to name the server without a Block (or to check that the Block is for this server); e.g. https://xnat.example.org.",
     )
-    username: str | None = Field(
-        default=None, title="User", description="Without a Block: the user; the password comes from $XNAT_PASS or the profile."
+    username: str = Field(
+        default="", title="User", description="Without a Block: the user; the password comes from $XNAT_PASS or the profile."
     )
-    profile: str | None = Field(default=None, title="Profile", description="Without a Block: a profile of the worker's xnat-flows config file.")
+    profile: str = Field(default="", title="Profile", description="Without a Block: a profile of the worker's xnat-flows config file.")
+
+    @field_validator("url", "username", "profile", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
 
     @model_validator(mode="before")
     @classmethod
@@ -193,11 +199,12 @@ class SendDicomRequest(BaseModel):
 
     source_dir: str = Field(description="Directory holding the DICOM files (scanned recursively, same scanner as REST uploads).")
     workers: int = Field(default=4, ge=1, le=32, description="Parallel associations.")
-    routing_project: str | None = Field(
-        default=None, pattern=PROJECT_ID_PATTERN, description="Set `Project:` routing in PatientComments on the sent copy (your files are not changed)."
+    routing_project: str = Field(
+        default="", pattern=r"^([A-Za-z0-9_-]+)?$",
+        description="Set `Project:` routing in PatientComments on the sent copy (your files are not changed). Empty: XNAT's own routing.",
     )
-    routing_subject: str | None = Field(default=None, description="With routing_project: `Subject:` routing.")
-    routing_session: str | None = Field(default=None, description="With routing_project: `Session:` routing.")
+    routing_subject: str = Field(default="", description="With routing_project: `Subject:` routing.")
+    routing_session: str = Field(default="", description="With routing_project: `Session:` routing.")
     verify: bool = Field(
         default=False, title="Wait and verify",
         description="After sending, wait until XNAT has archived the session(s) the instances went to (found by "

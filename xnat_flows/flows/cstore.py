@@ -61,8 +61,8 @@ def send_dicom(
     except Exception as exc:
         # Every failure, before the first instance too (receiver down, no files), is announced.
         project = request.routing_project or "unknown"
-        emit_upload_failed(_server_url(connection, request.verify), project, request.routing_subject,
-                           request.routing_session, exc, source=request.source_dir)
+        emit_upload_failed(_server_url(connection, request.verify), project, request.routing_subject or None,
+                           request.routing_session or None, exc, source=request.source_dir)
         raise
 
 
@@ -84,7 +84,7 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
         raise InputError(f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
                          "point the request's source_dir at the folder that holds the DICOM export")
     routing = (
-        RoutingOverride(request.routing_project, request.routing_subject, request.routing_session)
+        RoutingOverride(request.routing_project, request.routing_subject or None, request.routing_session or None)
         if request.routing_project else None
     )
     limit = check_receiver_limit(receiver)
@@ -114,7 +114,7 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
         )
     if request.verify and server_url is not None:
         instances = Counter(f.study_uid for f in scan.files)
-        result.archived = wait_for_archived_studies(connection, dict(instances), request.routing_project,
+        result.archived = wait_for_archived_studies(connection, dict(instances), request.routing_project or None,
                                                     request.verify_timeout_seconds)
         lines = ["| study | session | experiment | files | URI |", "|---|---|---|---|---|"]
         for study in result.archived:

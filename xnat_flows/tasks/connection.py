@@ -33,7 +33,8 @@ def credentials_for(connection: XnatConnection) -> Credentials:
                 hint="Pick the xnat-credentials Block of that server in the run's connection, or leave the URL empty",
             )
         return credentials
-    return resolve_credentials(url=connection.url, username=connection.username, profile=connection.profile, prompt=False)
+    return resolve_credentials(url=connection.url or None, username=connection.username or None,
+                               profile=connection.profile or None, prompt=False)
 
 
 def open_client(connection: XnatConnection, credentials: Credentials | None = None) -> XnatClient:
