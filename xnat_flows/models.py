@@ -70,7 +70,12 @@ class UploadRequest(BaseModel):
     archive_format: Literal["tar", "zip"] = Field(default="tar", description="Archive format of each DICOM-zip batch.")
     direct_archive: bool = Field(default=True, description="Direct-Archive (XNAT 1.8.3+); off stages into the prearchive.")
     per_study: bool = Field(
-        default=False, description="Upload each StudyInstanceUID found as its own session (label suffixed with _1, _2, ...)."
+        default=False,
+        description="Upload each StudyInstanceUID found as its own session (label suffixed with 8 hex digits of the study's UID).",
+    )
+    allow_other_study: bool = Field(
+        default=False,
+        description="Upload even into an existing session that holds another StudyInstanceUID (refused otherwise).",
     )
     verify: bool = Field(default=True, description="Read back the session and compare scans and file counts with what was sent.")
     verify_timeout_seconds: float = Field(default=600.0, gt=0, description="How long to wait for the session to appear in the archive.")

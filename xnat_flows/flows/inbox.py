@@ -162,7 +162,7 @@ def ingest_inbox(
         connection: The xnat-credentials Block to use (set at deploy time from XNAT_CREDENTIALS_BLOCK).
         sidecar_name: Name of a JSON file in a folder ({"project", "subject", "session"}) whose keys win over the templates.
         direct_archive: Straight into the archive (XNAT 1.8.3+); off: into the prearchive.
-        per_study: A folder holding several studies becomes one session per study (labels _1, _2, ...).
+        per_study: A folder holding several studies becomes one session per study (label + 8 hex digits of its StudyInstanceUID).
     """
     logger = get_run_logger()
     if not inbox_dir.strip() or not project.strip():

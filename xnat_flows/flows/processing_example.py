@@ -15,6 +15,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
+from xnat_flows.client.archive import item_fields
 from xnat_flows.models import PROJECT_ID_PATTERN, XnatConnection
 from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.policies import retry_unless_permanent
@@ -46,7 +47,7 @@ def read_session(connection: XnatConnection, project: str, subject: str | None, 
     with open_client(connection) as client:
         base = f"/data/projects/{project}/experiments/{experiment_id}"
         document = client.get_json(base, params={"format": "json"})
-        fields = (document.get("items") or [{}])[0].get("data_fields", {})
+        fields = item_fields(document)
         scans = []
         for row in client.get_rows(f"{base}/scans"):
             scan_id = row.get("ID") or row.get("id") or ""

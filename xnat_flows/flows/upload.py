@@ -23,6 +23,7 @@ from xnat_flows.models import (
     XnatConnection,
 )
 from xnat_flows.tasks.upload import (
+    check_destination_task,
     check_server,
     forget_delivered,
     partition_batches,
@@ -87,6 +88,11 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     for skipped in scan.skipped:
         logger.info("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
+    # Every session is checked before anything is sent: none may hold another study (unless asked).
+    checked = [check_destination_task(connection, target, files[0].study_uid, request.allow_other_study)
+               for target, files in plans]
+    plans = [(target, files) for (target, _), (_, files) in zip(checked, plans, strict=True)]
+    prearchive_before = [before for _, before in checked]
 
     progress_id = create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)")
     total_files = len(scan.files)
@@ -94,7 +100,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
 
     outcomes: list[SessionOutcome] = []
     upload_seconds = 0.0
-    for target, files in plans:
+    for (target, files), before in zip(plans, prearchive_before, strict=True):
         upload_started = time.perf_counter()
         study = StudyUploadResult(files[0].study_uid, target, len(files), sum(f.size for f in files))
         if request.transport == "gradual-dicom":
@@ -115,9 +121,9 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
             study.batches.sort(key=lambda b: b.index)
         upload_seconds += time.perf_counter() - upload_started
         if study.uploaded:
-            forget_delivered(target)
+            forget_delivered(target, server.url)
             if request.verify:
-                study.verify = verify_uploaded_session(connection, target, files, request.verify_timeout_seconds)
+                study.verify = verify_uploaded_session(connection, target, files, request.verify_timeout_seconds, before)
         outcomes.append(SessionOutcome.from_study(study))
 
     result = UploadSessionResult(
