@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -87,17 +86,11 @@ def api(prefect_server_url: str) -> Iterator[PrefectApi]:
 BLOCK = "e2e-site-xnat"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def xnat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XnatEmulator]:
+def xnat(tmp_path_factory: pytest.TempPathFactory, free_tcp_port_factory: Callable[[], int]) -> Iterator[XnatEmulator]:
     """Fixed ports and a kept data directory, so the test can stop XNAT and start it again as it was."""
     emulator = XnatEmulator(tmp_path_factory.mktemp("xnat-data"), projects=("TEST",), rebuild_idle_seconds=0.5,
-                            port=_free_port(), scp_port=_free_port())
+                            port=free_tcp_port_factory(), scp_port=free_tcp_port_factory())
     with emulator:
         yield emulator
 

@@ -17,7 +17,7 @@ from xnat_flows.models import (
     SendDicomResult,
     XnatConnection,
 )
-from xnat_flows.tasks.connection import credentials_for
+from xnat_flows.tasks.connection import credentials_for, server_url_for_report
 from xnat_flows.tasks.cstore import (
     check_receiver_limit,
     echo_receiver,
@@ -61,16 +61,9 @@ def send_dicom(
     except Exception as exc:
         # Every failure, before the first instance too (receiver down, no files), is announced.
         project = request.routing_project or "unknown"
-        emit_upload_failed(_server_url(connection, request.verify), project, request.routing_subject or None,
+        emit_upload_failed(server_url_for_report(connection), project, request.routing_subject or None,
                            request.routing_session or None, exc, source=request.source_dir)
         raise
-
-
-def _server_url(connection: XnatConnection, needed: bool) -> str:
-    try:
-        return credentials_for(connection).url
-    except Exception:  # noqa: BLE001 - C-STORE without verify needs no XNAT credentials at all
-        return connection.url or "unknown"
 
 
 def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: XnatConnection) -> SendDicomResult:

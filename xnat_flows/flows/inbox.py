@@ -47,7 +47,7 @@ from xnat_flows.inbox import (
 )
 from xnat_flows.models import PROJECT_ID_PATTERN, UploadRequest, UploadSessionResult, XnatConnection
 from xnat_flows.routing import Route, RoutingError, route_folder
-from xnat_flows.tasks.connection import credentials_for, open_client
+from xnat_flows.tasks.connection import credentials_for, open_client, server_url_for_report
 from xnat_flows.tasks.policies import retry_unless_permanent
 
 Status = Literal["done", "failed", "retry"]
@@ -175,7 +175,7 @@ def ingest_inbox(
         server_url = credentials_for(connection).url
     except Exception as exc:
         # No Block, unknown Block, no credentials on the worker: nothing can be uploaded; say so as an upload failure.
-        emit_upload_failed(connection.url or "unknown", project, None, None, exc, source=inbox_dir)
+        emit_upload_failed(server_url_for_report(connection), project, None, None, exc, source=inbox_dir)
         raise
     layout = InboxLayout(Path(inbox_dir).expanduser().resolve())
     layout.ensure()

@@ -33,7 +33,7 @@ from xnat_flows.tasks.upload import (
     verify_uploaded_session,
 )
 from xnat_flows.transfer.scan import DicomFile
-from xnat_flows.tasks.connection import credentials_for
+from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.transfer.session import StudyUploadResult, plan_sessions
 from xnat_flows.transfer.upload import BatchResult, UploadTarget
 
@@ -66,7 +66,7 @@ def upload_dicom_session(
     except Exception as exc:
         # Failed before or while sending (server down, unknown project or Block, no DICOM files):
         # an automation on xnat.upload.failed hears of it as of any other failed upload.
-        emit_upload_failed(server_url or _server_url_if_known(connection), request.project, request.subject,
+        emit_upload_failed(server_url or server_url_for_report(connection), request.project, request.subject,
                            request.session, exc, source=request.source_dir)
         raise
     return result
@@ -143,13 +143,6 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         result.throughput_mb_s, result.seconds,
     )
     return result
-
-
-def _server_url_if_known(connection: XnatConnection) -> str:
-    try:
-        return credentials_for(connection).url
-    except Exception:  # noqa: BLE001 - the failure being reported may be exactly this one
-        return connection.url or "unknown"
 
 
 def landing(outcome: SessionOutcome, server_url: str) -> dict[str, str | None]:
