@@ -51,6 +51,10 @@ def open_client(connection: XnatConnection, credentials: Credentials | None = No
 
 
 _shared_clients: dict[tuple[str, str | None, str], XnatClient] = {}
+# Every upload task of a run shares the client: its pool must hold as many connections as a run may
+# have batches in flight (UploadRequest.workers is at most 64), or the batches beyond the pool's size
+# fail on the pool timeout although XNAT is healthy. httpx opens connections only when needed.
+_SHARED_POOL = 64 + 1
 _shared_lock = threading.Lock()
 
 
@@ -68,7 +72,7 @@ def cached_client(credentials: Credentials) -> XnatClient:
     with _shared_lock:
         client = _shared_clients.get(key)
         if client is None:
-            client = _shared_clients[key] = XnatClient(credentials)
+            client = _shared_clients[key] = XnatClient(credentials, max_connections=_SHARED_POOL)
     return client
 
 
