@@ -245,3 +245,99 @@ def test_file_meta_scan_equals_the_full_scan_on_a_real_export_tree() -> None:
     assert _comparable(meta) == _comparable(full)
     assert reasons(meta) == reasons(full)
     assert sum(1 for f in meta.files if not f.study_uid) > 20  # most confirmed without pydicom
+
+
+# -- headers="full": UIDs read by the Part-10 walker, pydicom only for what it cannot confirm ----------
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_quick_full_read_equals_pydicom_on_its_whole_test_corpus(tmp_path: Path) -> None:
+    """Every file pydicom ships (all syntaxes, sequences, odd encodings) is classified exactly as
+    the pydicom read classifies it, and most ordinary images without pydicom."""
+    import pydicom.data
+
+    from xnat_flows.transfer import scan
+
+    root = Path(pydicom.data.__file__).parent / "test_files"
+    quick = 0
+    calls: list[Path] = []
+    real = scan.read_header
+
+    def counting(path: Path, root_: Path, st: os.stat_result):  # noqa: ANN202
+        calls.append(path)
+        return real(path, root_, st)
+
+    compared = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = path.stat()
+        expected = real(path, root, st)
+        calls.clear()
+        scan.read_header = counting
+        try:
+            got = scan.read_file_header(path, root, st)
+        finally:
+            scan.read_header = real
+        assert got == expected, path
+        compared += 1
+        quick += not calls and isinstance(got, scan.DicomFile)
+    assert compared > 150
+    assert quick > 60  # confirmed by the walker alone
+
+
+def test_full_scan_of_a_synthetic_session_needs_no_pydicom(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from xnat_flows.testing.synth import write_studies
+
+    manifest = write_studies(tmp_path, studies=2, series=2, instances=6, instance_kb=8)
+    code = ("import sys; from xnat_flows.transfer.scan import scan_directory; "
+            f"r = scan_directory({str(tmp_path)!r}); "
+            "print(len(r.files), len(r.study_uids), 'pydicom' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(len(manifest.files)), "2", "False"]
+    result = scan_directory(tmp_path)
+    assert {(f.sop_instance_uid, f.study_uid, f.series_uid, f.series_number) for f in result.files} == {
+        (f.sop_instance_uid, f.study_uid, f.series_uid, f.series_number) for f in manifest.files}
+
+
+def test_quick_read_skips_sequences_of_undefined_length(tmp_path: Path) -> None:
+    """Nested sequences (both VR encodings) and a sequence of undefined length before the study UID."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from xnat_flows.transfer.scan import read_file_header, read_header
+
+    for syntax in ("1.2.840.10008.1.2.1", ImplicitVRLittleEndian):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        inner = Dataset()
+        inner.ReferencedSOPInstanceUID = "1.2.3"
+        inner.ReferencedImageSequence = [Dataset()]
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedImageSequence = [inner]
+        ds.ReferencedImageSequence = [item, item]
+        ds.file_meta.TransferSyntaxUID = syntax
+        path = tmp_path / f"seq_{syntax}"
+        ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True)
+        assert read_file_header(path, tmp_path, path.stat()) == read_header(path, tmp_path, path.stat())
+    # pydicom writes defined lengths: rewrite one sequence and its item with undefined lengths
+    from xnat_flows.transfer.part10 import read_file_meta, read_series_keys
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.ReferencedImageSequence = [Dataset()]
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3"
+    path = tmp_path / "undefined"
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    meta = read_file_meta(raw)
+    # (0008,1140) SQ with a defined length -> undefined length + item/sequence delimiters
+    tag = b"\x08\x00\x40\x11SQ\x00\x00"
+    at = raw.index(tag)
+    seq_len = int.from_bytes(raw[at + 8:at + 12], "little")
+    body = raw[at + 12:at + 12 + seq_len]
+    item_len = int.from_bytes(body[4:8], "little")
+    item = body[:4] + b"\xff\xff\xff\xff" + body[8:8 + item_len] + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+    undefined = raw[:at] + tag + b"\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" + raw[at + 12 + seq_len:]
+    path.write_bytes(undefined)
+    keys = read_series_keys(undefined, meta)
+    assert keys is not None and keys.study_uid == ds.StudyInstanceUID and keys.series_number == ds.SeriesNumber
+    assert read_file_header(path, tmp_path, path.stat()) == read_header(path, tmp_path, path.stat())

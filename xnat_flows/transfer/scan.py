@@ -32,10 +32,12 @@ from xnat_flows.client.errors import InputError
 from xnat_flows.transfer.part10 import (
     HEAD_BYTES,
     META_START,
+    FileMeta,
     MetaTooShort,
     has_magic,
     pixel_data_reaches_end,
     read_file_meta,
+    read_series_keys,
 )
 
 if TYPE_CHECKING:
@@ -202,6 +204,8 @@ def _truncated_pixel_data(ds: pydicom.Dataset, file_size: int) -> str | None:
     return None
 
 
+UNREADABLE = "unreadable"
+UNREADABLE_PERMISSION = f"{UNREADABLE}: permission denied"
 _NOT_DICOM = "not DICOM (no DICM marker at byte 128)"
 _DICOMDIR = "DICOMDIR (a media index, not an image)"
 _NOTHING_AFTER_META = "truncated: nothing after the DICOM file meta header"
@@ -221,9 +225,9 @@ def read_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | Skipp
         # defer_size: large values (the pixel data) are skipped, not read
         ds = pydicom.dcmread(path, defer_size=1024, specific_tags=_HEADER_TAGS)
     except PermissionError:
-        return SkippedFile(path, "unreadable: permission denied")
+        return SkippedFile(path, UNREADABLE_PERMISSION)
     except OSError as exc:
-        return SkippedFile(path, f"unreadable: {exc.strerror or exc}")
+        return SkippedFile(path, f"{UNREADABLE}: {exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; one bad file must not stop a scan
         return SkippedFile(path, f"unreadable DICOM header (truncated or corrupt): {type(exc).__name__}: {exc}")
     try:
@@ -267,9 +271,9 @@ def _classify(path: Path, root: Path, st: os.stat_result, ds: pydicom.Dataset) -
     )
 
 
-def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
-    """Classify one file from its file meta group, confirming its pixel data reaches the end of
-    the file; anything this cannot confirm is classified by ``read_header`` (pydicom) instead."""
+def _read_head(path: Path, st: os.stat_result) -> tuple[bytes, bytes, FileMeta] | SkippedFile | None:
+    """The file's first bytes, last 8 bytes and file meta; a ``SkippedFile`` for junk and
+    unreadable files; None when the meta group is unusual (pydicom reads it and says why)."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(_FILE_META_HEAD_BYTES)
@@ -286,15 +290,54 @@ def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFi
             else:
                 tail = head[-8:]
     except PermissionError:
-        return SkippedFile(path, "unreadable: permission denied")
+        return SkippedFile(path, UNREADABLE_PERMISSION)
     except OSError as exc:
-        return SkippedFile(path, f"unreadable: {exc.strerror or exc}")
-    except ValueError:  # implicit-VR meta, missing UIDs, cut short: pydicom reads it and says why
-        return read_header(path, root, st)
+        return SkippedFile(path, f"{UNREADABLE}: {exc.strerror or exc}")
+    except ValueError:  # implicit-VR meta, missing UIDs, cut short
+        return None
     if _is_dicomdir(path, meta.sop_class_uid):
         return SkippedFile(path, _DICOMDIR)
     if meta.dataset_offset >= st.st_size:
         return SkippedFile(path, _NOTHING_AFTER_META)
+    return head, tail, meta
+
+
+def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
+    """``read_header``'s result, ~10x faster for the ordinary file: the UIDs are read from the
+    dataset's first bytes (``part10.read_series_keys``) and the file is confirmed whole by its
+    pixel data reaching the end. Anything this cannot confirm is read by pydicom."""
+    read = _read_head(path, st)
+    if read is None:
+        return read_header(path, root, st)
+    if isinstance(read, SkippedFile):
+        return read
+    head, tail, meta = read
+    keys = read_series_keys(head, meta)
+    if keys is None or not pixel_data_reaches_end(head, tail, meta, st.st_size):
+        return read_header(path, root, st)
+    return DicomFile(
+        path=path,
+        relpath=path.relative_to(root).as_posix(),
+        size=st.st_size,
+        study_uid=keys.study_uid,
+        series_uid=keys.series_uid,
+        series_number=keys.series_number,
+        sop_instance_uid=keys.sop_instance_uid,
+        sop_class_uid=keys.sop_class_uid,
+        transfer_syntax=meta.transfer_syntax,
+        mtime_ns=st.st_mtime_ns,
+    )
+
+
+def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
+    """Classify one file from its file meta group, confirming its pixel data reaches the end of
+    the file; anything this cannot confirm is classified by ``read_header`` (pydicom) instead."""
+    read = _read_head(path, st)
+    if read is None:
+        return read_header(path, root, st)
+    if isinstance(read, SkippedFile):
+        return read
+    head, tail, meta = read
     if not pixel_data_reaches_end(head, tail, meta, st.st_size):
         return read_header(path, root, st)  # no image, trailing elements, or cut short: pydicom decides
     return DicomFile(
@@ -328,7 +371,7 @@ def scan_directory(root: str | os.PathLike[str], headers: ScanHeaders = "full") 
         )
     root_path = root_path.absolute()
     result = ScanResult(root=root_path, headers=headers)
-    classify = read_header if headers == "full" else read_file_meta_header
+    classify = read_file_header if headers == "full" else read_file_meta_header
     for path, st in _walk(root_path, result.skipped):
         outcome = classify(path, root_path, st)
         (result.files if isinstance(outcome, DicomFile) else result.skipped).append(outcome)
