@@ -341,3 +341,16 @@ def test_quick_read_skips_sequences_of_undefined_length(tmp_path: Path) -> None:
     keys = read_series_keys(undefined, meta)
     assert keys is not None and keys.study_uid == ds.StudyInstanceUID and keys.series_number == ds.SeriesNumber
     assert read_file_header(path, tmp_path, path.stat()) == read_header(path, tmp_path, path.stat())
+
+
+@pytest.mark.parametrize("headers", ["full", "file-meta"])
+def test_deflated_files_are_found_and_a_cut_one_is_skipped(tmp_path: Path, headers: str) -> None:
+    """Deflated Explicit VR Little Endian: the pixel data's end is an offset in the inflated
+    stream, so it is checked against the inflated length, not the file's size."""
+    data = Path(get_testdata_file("image_dfl.dcm")).read_bytes()
+    (tmp_path / "image_dfl.dcm").write_bytes(data)
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 600])
+    result = scan_directory(tmp_path, headers=headers)
+    assert [f.relpath for f in result.files] == ["image_dfl.dcm"]
+    assert result.files[0].transfer_syntax == "1.2.840.10008.1.2.1.99"
+    assert "truncated" in reasons(result)["cut.dcm"]

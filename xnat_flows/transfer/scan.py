@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import stat
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 ScanHeaders = Literal["full", "file-meta"]
 _FILE_META_HEAD_BYTES = 16384  # the file meta group and, in most files, the Pixel Data element header
 MEDIA_STORAGE_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 
 _HEADER_TAGS = [
     "SOPClassUID",
@@ -190,7 +192,7 @@ def _walk(root: Path, skipped: list[SkippedFile]) -> list[tuple[Path, os.stat_re
     return [(path, st) for path, st, _ in found.values()]
 
 
-def _truncated_pixel_data(ds: pydicom.Dataset, file_size: int) -> str | None:
+def _truncated_pixel_data(ds: pydicom.Dataset, path: Path, file_size: int, transfer_syntax: str) -> str | None:
     """Why the pixel data is cut short, or None (pydicom itself reads such files silently)."""
     raw = ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
     if raw is None or getattr(raw, "value_tell", None) is None:
@@ -199,9 +201,31 @@ def _truncated_pixel_data(ds: pydicom.Dataset, file_size: int) -> str | None:
     if length == UNDEFINED_LENGTH:  # encapsulated (compressed) frames: no fixed size to check
         return None
     end = int(raw.value_tell) + length
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        # pydicom reads the inflated dataset: its offsets count from the dataset's start there
+        inflated = _inflated_length(path)
+        if inflated is None:
+            return "truncated: the deflated dataset ends before its compressed stream does"
+        if end > inflated:
+            return f"truncated: pixel data needs {end} bytes, the inflated dataset has {inflated}"
+        return None
     if end > file_size:
         return f"truncated: pixel data needs {end} bytes, the file has {file_size}"
     return None
+
+
+def _inflated_length(path: Path) -> int | None:
+    """Length of a deflated file's dataset once inflated; None when the stream is cut short."""
+    with open(path, "rb") as handle:
+        head = handle.read(_FILE_META_HEAD_BYTES)
+        handle.seek(read_file_meta(head).dataset_offset)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        length = 0
+        while not inflater.eof and (chunk := handle.read(1 << 20)):
+            while chunk and not inflater.eof:  # bounded output per step: a bomb cannot fill memory
+                length += len(inflater.decompress(chunk, 1 << 20))
+                chunk = inflater.unconsumed_tail
+    return length if inflater.eof else None
 
 
 UNREADABLE = "unreadable"
@@ -250,7 +274,7 @@ def _classify(path: Path, root: Path, st: os.stat_result, ds: pydicom.Dataset) -
         if not value:
             return SkippedFile(path, f"DICOM without {name}: XNAT cannot place it")
     transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta else ""
-    truncated = _truncated_pixel_data(ds, st.st_size)
+    truncated = _truncated_pixel_data(ds, path, st.st_size, transfer_syntax)
     if truncated:
         return SkippedFile(path, truncated)
     try:
