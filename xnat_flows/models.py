@@ -79,6 +79,9 @@ class UploadSessionResult(BaseModel):
 
     sessions: list[SessionOutcome]
     skipped: list[SkippedInput] = Field(default_factory=list)
+    unreadable: list[SkippedInput] = Field(
+        default_factory=list, description="Files or folders that could not be read (also in skipped): not sent, a failure."
+    )
     files_sent: int
     bytes_sent: int
     seconds: float  # the whole run: scan, upload, verify
@@ -87,7 +90,9 @@ class UploadSessionResult(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return all(not s.failed_files and s.verified is not False and all(b.ok for b in s.batches) for s in self.sessions)
+        return not self.unreadable and all(
+            not s.failed_files and s.verified is not False and all(b.ok for b in s.batches) for s in self.sessions
+        )
 
 
 class DicomReceiverTarget(BaseModel):
@@ -125,6 +130,9 @@ class SendDicomResult(BaseModel):
     resumed: int
     failed: list[InstanceFailure]
     skipped: list[SkippedInput]
+    unreadable: list[SkippedInput] = Field(
+        default_factory=list, description="Files or folders that could not be read (also in skipped): not sent, a failure."
+    )
     bytes_sent: int
     seconds: float
     instances_per_second: float
@@ -132,4 +140,4 @@ class SendDicomResult(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.unreadable

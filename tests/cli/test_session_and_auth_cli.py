@@ -105,3 +105,26 @@ def test_login_caches_a_private_token_then_whoami_and_logout(xnat, isolated_prof
     assert logout.exit_code == 0, logout.output
     after = run("whoami", "--url", xnat.url, "--username", "admin", env={"XNAT_PASS": ""})
     assert after.exit_code == 3
+
+
+def test_an_unreadable_file_makes_the_upload_partial_and_is_listed_apart(xnat, tmp_path: Path, monkeypatch) -> None:
+    import builtins
+
+    import xnat_flows.transfer.scan as scan
+
+    manifest = write_studies(tmp_path / "export", series=2, instances=6, instance_kb=4, seed=25, junk=True)
+    locked = manifest.files[3].path
+    real_open = builtins.open
+
+    def refusing_open(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - tests run as root: chmod 0 is no bar
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(scan, "open", refusing_open, raising=False)
+    result = run(*upload_args(xnat, tmp_path / "export"), env={"XNAT_PASS": PASSWORD})
+    assert result.exit_code == 6, result.output
+    assert f"not read, not sent: {locked}: unreadable: permission denied" in result.stderr
+    assert "could not be read" in result.stderr and "README.txt" in result.stderr  # junk still listed as skipped
+    (experiment,) = xnat.archived_experiments("CLI")
+    assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files) - 1

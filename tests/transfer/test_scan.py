@@ -354,3 +354,29 @@ def test_deflated_files_are_found_and_a_cut_one_is_skipped(tmp_path: Path, heade
     assert [f.relpath for f in result.files] == ["image_dfl.dcm"]
     assert result.files[0].transfer_syntax == "1.2.840.10008.1.2.1.99"
     assert "truncated" in reasons(result)["cut.dcm"]
+
+
+def test_unreadable_files_and_folders_are_failures_and_junk_is_not(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    import xnat_flows.transfer.scan as scan
+
+    (study_dir / "notes.txt").write_text("junk")
+    (study_dir / "closed").mkdir()
+    real_open, real_scandir = builtins.open, os.scandir
+
+    def flaky_open(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - root reads everything, so refuse here
+        if Path(path).match("series1/IM0002"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    def flaky_scandir(path):  # noqa: ANN001, ANN202
+        if Path(path).name == "closed":
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(scan, "open", flaky_open, raising=False)
+    monkeypatch.setattr(scan.os, "scandir", flaky_scandir)
+    result = scan_directory(study_dir)
+    assert sorted(s.path.relative_to(study_dir).as_posix() for s in result.unreadable) == ["closed", "series1/IM0002"]
+    assert not [s for s in result.skipped if s.path.name == "notes.txt"][0].unreadable

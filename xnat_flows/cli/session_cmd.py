@@ -151,9 +151,21 @@ class _progress_bar:  # noqa: N801 - used as a context manager like a function
         self._progress.update(self._task, completed=snapshot.bytes_done, total=snapshot.bytes_total, files=files)
 
 
+def _report_skipped(skipped: list) -> None:
+    """Junk first, then what could not be read: a failure of the upload, listed apart."""
+    for item in skipped:
+        if not item.unreadable:
+            typer.echo(f"skipped {item.path}: {item.reason}", err=True)
+    unreadable = [item for item in skipped if item.unreadable]
+    for item in unreadable:
+        typer.echo(f"not read, not sent: {item.path}: {item.reason}", err=True)
+    if unreadable:
+        typer.echo(f"{len(unreadable)} files or folders could not be read: make them readable and run the same "
+                   "command again to send them.", err=True)
+
+
 def _report(result) -> None:  # noqa: ANN001
-    for skipped in result.skipped:
-        typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    _report_skipped(result.skipped)
     for study in result.sessions:
         t = study.target
         where = study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else "?")
@@ -217,14 +229,13 @@ def upload_dicom(
     except XnatError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(exit_code_for(exc)) from None
-    for skipped in scan.skipped:
-        typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    _report_skipped(scan.skipped)
     for failed in result.failed + result.skipped:
         typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
     if resumed:
         typer.echo(f"{resumed} instances were delivered by an earlier run and not sent again")
     typer.echo(result.summary())
-    if not result.ok:
+    if not result.ok or scan.unreadable:
         typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
         raise typer.Exit(EXIT_PARTIAL)
 

@@ -44,6 +44,7 @@ def send_dicom(request: SendDicomRequest, receiver: DicomReceiverTarget) -> Send
         resumed=resumed,
         failed=[InstanceFailure(path=str(o.path), status=o.status_hex, meaning=o.reason or o.meaning) for o in sent.failed + sent.skipped],
         skipped=[SkippedInput(path=str(s.path), reason=s.reason) for s in scan.skipped],
+        unreadable=[SkippedInput(path=str(s.path), reason=s.reason) for s in scan.unreadable],
         bytes_sent=sent.bytes_sent,
         seconds=round(sent.seconds, 3),
         instances_per_second=round(sent.instances_per_second, 1),
@@ -55,9 +56,10 @@ def send_dicom(request: SendDicomRequest, receiver: DicomReceiverTarget) -> Send
     )
     logger.info("%s (%d delivered by an earlier run)", sent.summary(), resumed)
     if not result.ok:
-        examples = "; ".join(f"{f.path}: {f.status} {f.meaning}" for f in result.failed[:5])
+        examples = "; ".join([f"{f.path}: {f.status} {f.meaning}" for f in result.failed[:5]]
+                             + [f"{u.path}: {u.reason}" for u in result.unreadable[:5]])
         raise SendIncompleteError(
-            f"{len(result.failed)} of {len(scan.files)} instances were not stored ({examples}); "
-            "re-run the same flow to send only those"
+            f"{len(result.failed)} of {len(scan.files)} instances were not stored and {len(result.unreadable)} files or "
+            f"folders could not be read ({examples}); re-run the same flow to send only those"
         )
     return result

@@ -60,7 +60,7 @@ def upload_dicom_session(
             "point source_dir at the folder that holds the scanner export"
         )
     for skipped in scan.skipped:
-        logger.info("skipped %s: %s", skipped.path, skipped.reason)
+        (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
 
     progress_id = create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)")
@@ -119,6 +119,7 @@ def upload_dicom_session(
     result = UploadSessionResult(
         sessions=outcomes,
         skipped=[SkippedInput(path=str(s.path), reason=s.reason) for s in scan.skipped],
+        unreadable=[SkippedInput(path=str(s.path), reason=s.reason) for s in scan.unreadable],
         files_sent=sum(o.files_sent for o in outcomes),
         bytes_sent=bytes_sent,
         seconds=round(seconds, 3),
@@ -186,6 +187,9 @@ def _publish_batch_table(result: UploadSessionResult) -> None:
 
 def _incomplete_message(result: UploadSessionResult) -> str:
     lines = ["upload incomplete; re-run the same upload to send what did not land:"]
+    if result.unreadable:
+        lines.append(f"  {len(result.unreadable)} files or folders could not be read (make them readable), e.g. "
+                     + "; ".join(f"{u.path}: {u.reason}" for u in result.unreadable[:3]))
     for s in result.sessions:
         if s.failed_files:
             lines.append(f"  {s.project}/{s.subject}/{s.session}: {len(s.failed_files)} files not sent, e.g. {s.failed_files[:3]}")

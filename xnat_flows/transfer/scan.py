@@ -57,6 +57,11 @@ _HEADER_TAGS = [
     "SeriesNumber",
     "PixelData",  # deferred: only its position and length are read
 ]
+UNREADABLE = "unreadable"
+UNREADABLE_PERMISSION = f"{UNREADABLE}: permission denied"
+UNREADABLE_DIRECTORY = "unreadable directory"
+CANNOT_STAT = "cannot stat"
+_UNREADABLE_PREFIXES = (f"{UNREADABLE}:", UNREADABLE_DIRECTORY, CANNOT_STAT)
 PIXEL_DATA_TAG = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
@@ -80,6 +85,12 @@ class SkippedFile:
     path: Path
     reason: str
 
+    @property
+    def unreadable(self) -> bool:
+        """A file or folder that could not be read, so may hold DICOM that is not sent: a failure
+        of the upload (a re-run after fixing it completes it), not junk."""
+        return self.reason.startswith(_UNREADABLE_PREFIXES)
+
 
 @dataclass
 class ScanResult:
@@ -96,6 +107,11 @@ class ScanResult:
     def study_uids(self) -> list[str]:
         """Distinct StudyInstanceUIDs, in the order they first appear."""
         return list(dict.fromkeys(f.study_uid for f in self.files))
+
+    @property
+    def unreadable(self) -> list[SkippedFile]:
+        """Skips that are failures (``SkippedFile.unreadable``); the rest is junk."""
+        return [s for s in self.skipped if s.unreadable]
 
     def by_study(self) -> dict[str, list[DicomFile]]:
         groups: dict[str, list[DicomFile]] = {}
@@ -155,7 +171,7 @@ def _walk(root: Path, skipped: list[SkippedFile]) -> list[tuple[Path, os.stat_re
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
-            skipped.append(SkippedFile(directory, f"unreadable directory: {exc.strerror or exc}"))
+            skipped.append(SkippedFile(directory, f"{UNREADABLE_DIRECTORY}: {exc.strerror or exc}"))
             continue
         subdirs: list[tuple[Path, bool]] = []
         for entry in entries:
@@ -167,7 +183,7 @@ def _walk(root: Path, skipped: list[SkippedFile]) -> list[tuple[Path, os.stat_re
             try:
                 st = os.stat(path)  # follows symlinks
             except OSError as exc:
-                reason = "broken symlink" if entry.is_symlink() else f"cannot stat: {exc.strerror or exc}"
+                reason = "broken symlink" if entry.is_symlink() else f"{CANNOT_STAT}: {exc.strerror or exc}"
                 skipped.append(SkippedFile(path, reason))
                 continue
             key = (st.st_dev, st.st_ino)
@@ -228,8 +244,6 @@ def _inflated_length(path: Path) -> int | None:
     return length if inflater.eof else None
 
 
-UNREADABLE = "unreadable"
-UNREADABLE_PERMISSION = f"{UNREADABLE}: permission denied"
 _NOT_DICOM = "not DICOM (no DICM marker at byte 128)"
 _DICOMDIR = "DICOMDIR (a media index, not an image)"
 _NOTHING_AFTER_META = "truncated: nothing after the DICOM file meta header"
