@@ -40,6 +40,10 @@ class UploadRequest(BaseModel):
     per_study: bool = Field(
         default=False, description="Upload each StudyInstanceUID found as its own session (label suffixed with _1, _2, ...)."
     )
+    duplicates: Literal["newest", "oldest", "stop"] = Field(
+        default="newest",
+        description="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.",
+    )
     verify: bool = Field(default=True, description="Read back the session and compare scans and file counts with what was sent.")
     verify_timeout_seconds: float = Field(default=600.0, gt=0, description="How long to wait for the session to appear in the archive.")
 

@@ -128,3 +128,30 @@ def test_an_unreadable_file_makes_the_upload_partial_and_is_listed_apart(xnat, t
     assert "could not be read" in result.stderr and "README.txt" in result.stderr  # junk still listed as skipped
     (experiment,) = xnat.archived_experiments("CLI")
     assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files) - 1
+
+
+def test_a_corrected_copy_of_an_instance_is_sent_and_the_conflict_is_said(xnat, tmp_path: Path) -> None:
+    import os
+
+    import pydicom
+
+    manifest = write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=26)
+    original = manifest.files[2].path
+    corrected = tmp_path / "export" / "zz_corrected" / "IM1"  # sorts after the original: it lost before
+    corrected.parent.mkdir()
+    ds = pydicom.dcmread(original)
+    ds.PatientComments = "corrected re-export"
+    ds.save_as(corrected, enforce_file_format=True)
+    stamp = original.stat().st_mtime_ns + 10**9
+    os.utime(corrected, ns=(stamp, stamp))
+    result = run(*upload_args(xnat, tmp_path / "export"), env={"XNAT_PASS": PASSWORD})
+    assert result.exit_code == 0, result.output
+    assert "1 SOP Instance UIDs are held by different files" in result.stderr
+    assert "sent the newest" in result.stderr and "conflicting copy" in result.stderr
+    (experiment,) = xnat.archived_experiments("CLI")
+    files = xnat.archived_files(experiment["ID"])
+    assert len(files) == len(manifest.files)
+    comments = {str(pydicom.dcmread(p, stop_before_pixels=True).get("PatientComments", "")) for p in files.values()}
+    assert "corrected re-export" in comments
+    stopped = run(*upload_args(xnat, tmp_path / "export", "--duplicates", "stop"), env={"XNAT_PASS": PASSWORD})
+    assert stopped.exit_code != 0 and " and zz_corrected/IM1" in stopped.output

@@ -380,3 +380,34 @@ def test_unreadable_files_and_folders_are_failures_and_junk_is_not(study_dir: Pa
     result = scan_directory(study_dir)
     assert sorted(s.path.relative_to(study_dir).as_posix() for s in result.unreadable) == ["closed", "series1/IM0002"]
     assert not [s for s in result.skipped if s.path.name == "notes.txt"][0].unreadable
+
+
+def _rewrite_with(path: Path, target: Path, mtime_ns: int, **changes: object) -> None:
+    ds = pydicom.dcmread(path)
+    for name, value in changes.items():
+        setattr(ds, name, value)
+    ds.save_as(target, enforce_file_format=True)
+    os.utime(target, ns=(mtime_ns, mtime_ns))
+
+
+def test_two_different_files_for_one_instance_send_the_newest_and_say_so(study_dir: Path) -> None:
+    """A corrected re-export beside the original: the newer file is sent, whatever its path."""
+    original = study_dir / "series2" / "IM0001"
+    corrected = study_dir / "a_corrected" / "IM0001"  # sorts first by path
+    corrected.parent.mkdir()
+    base = original.stat().st_mtime_ns
+    _rewrite_with(original, corrected, base - 10**9, PatientComments="corrected")
+    os.utime(original, ns=(base, base))
+    # the first by path is the older: before, the first by path won silently
+    result = scan_directory(study_dir)
+    [sent] = [f for f in result.files if f.sop_instance_uid == pydicom.dcmread(original).SOPInstanceUID]
+    assert sent.path == original
+    assert reasons(result)["IM0001"].startswith("conflicting copy: same SOP Instance UID as series2/IM0001")
+    assert [[v.relpath for v in c] for c in result.conflicts] == [["a_corrected/IM0001", "series2/IM0001"]]
+    oldest = scan_directory(study_dir, duplicates="oldest")
+    assert corrected in {f.path for f in oldest.files} and original not in {f.path for f in oldest.files}
+    with pytest.raises(InputError, match="held by different files") as info:
+        scan_directory(study_dir, duplicates="stop")
+    assert "a_corrected/IM0001 and series2/IM0001" in str(info.value)
+    meta = scan_directory(study_dir, headers="file-meta")
+    assert sent.path in {f.path for f in meta.files} and len(meta.conflicts) == 1

@@ -53,7 +53,10 @@ def upload_dicom_session(
         "XNAT %s; uploading %s%s", server.version or "(version unknown)", request.source_dir,
         f" (holding slots of concurrency limit {server.concurrency_limit})" if server.concurrency_limit else "",
     )
-    scan = scan_dicom_directory(request.source_dir)
+    scan = scan_dicom_directory(request.source_dir, duplicates=request.duplicates)
+    if scan.conflicts:
+        logger.warning("%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
+                       "(the others are listed as skipped, 'conflicting copy')", len(scan.conflicts), request.duplicates)
     if not scan.files:
         raise InputError(
             f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "

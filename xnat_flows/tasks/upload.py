@@ -14,7 +14,7 @@ from xnat_flows.tasks.connection import open_client, shared_client
 from xnat_flows.tasks.policies import ServerCheck, existing_upload_limit, retry_unless_permanent, upload_slot
 from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.partition import partition_by_bytes
-from xnat_flows.transfer.scan import DicomFile, ScanHeaders, ScanResult, scan_directory
+from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory
 from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.session import send_batch
 from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
@@ -48,12 +48,13 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
 
 
 @task(name="scan-dicom-directory", **_COMMON)
-def scan_dicom_directory(source_dir: str, headers: ScanHeaders = "full") -> ScanResult:
+def scan_dicom_directory(source_dir: str, headers: ScanHeaders = "full", duplicates: Duplicates = "newest") -> ScanResult:
     """Find every DICOM file under ``source_dir`` (by content, extensionless included).
 
-    ``headers="file-meta"`` reads only what a C-STORE needs (see ``transfer.scan``).
+    ``headers="file-meta"`` reads only what a C-STORE needs; ``duplicates``: which of two
+    different files with one SOP Instance UID to send (see ``transfer.scan``).
     """
-    return scan_directory(Path(source_dir), headers=headers)
+    return scan_directory(Path(source_dir), headers=headers, duplicates=duplicates)
 
 
 @task(name="partition-batches", **_COMMON)

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     import pydicom
 
 ScanHeaders = Literal["full", "file-meta"]
+Duplicates = Literal["newest", "oldest", "stop"]
+CONFLICT = "conflicting copy"
 _FILE_META_HEAD_BYTES = 16384  # the file meta group and, in most files, the Pixel Data element header
 MEDIA_STORAGE_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
@@ -98,6 +100,8 @@ class ScanResult:
     files: list[DicomFile] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     headers: ScanHeaders = "full"  # with "file-meta", study and series UIDs are not read (empty)
+    # the versions (in path order) of each SOP Instance UID held by different files
+    conflicts: list[list[DicomFile]] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -392,13 +396,75 @@ def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFi
     )
 
 
-def scan_directory(root: str | os.PathLike[str], headers: ScanHeaders = "full") -> ScanResult:
+def _same_content(a: DicomFile, b: DicomFile) -> bool:
+    if a.size != b.size:
+        return False
+    try:
+        with open(a.path, "rb") as first, open(b.path, "rb") as second:
+            while True:
+                chunk = first.read(1 << 20)
+                if chunk != second.read(1 << 20):
+                    return False
+                if not chunk:
+                    return True
+    except OSError:
+        return False
+
+
+def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[DicomFile]:
+    """XNAT stores one file per SOP Instance UID; sending a copy twice (possibly in two parallel
+    batches) only invites "Concurrent file sends of the same data" refusals. Identical copies are
+    junk; different files claiming one instance (a corrected re-export beside the original) are a
+    conflict, resolved by ``duplicates`` and recorded in ``result.conflicts``."""
+    groups: dict[str, list[DicomFile]] = {}
+    for f in result.files:  # sorted by path
+        groups.setdefault(f.sop_instance_uid, []).append(f)
+    kept: list[DicomFile] = []
+    unresolved: list[str] = []
+    for group in groups.values():
+        versions = [group[0]]
+        for f in group[1:]:
+            same = next((v for v in versions if _same_content(v, f)), None)
+            if same is not None:
+                result.skipped.append(SkippedFile(f.path, f"same SOP Instance UID as {same.relpath}"))
+            else:
+                versions.append(f)
+        if len(versions) == 1:
+            kept.append(versions[0])
+            continue
+        result.conflicts.append(versions)
+        if duplicates == "stop":
+            unresolved.append(" and ".join(v.relpath for v in versions))
+            continue
+        # ties go to the first by path (max and min return the first extreme)
+        chosen = (max if duplicates == "newest" else min)(versions, key=lambda v: v.mtime_ns)
+        kept.append(chosen)
+        for v in versions:
+            if v is not chosen:
+                result.skipped.append(SkippedFile(v.path, (
+                    f"{CONFLICT}: same SOP Instance UID as {chosen.relpath}, different content; "
+                    f"sent the {'newer' if duplicates == 'newest' else 'older'} file by modification time")))
+    if unresolved:
+        raise InputError(
+            f"{len(unresolved)} SOP Instance UIDs are each held by different files, e.g. {unresolved[0]}",
+            hint="Remove the wrong copies, or choose which to send: newest or oldest by modification time",
+        )
+    return sorted(kept, key=lambda f: f.relpath)
+
+
+def scan_directory(
+    root: str | os.PathLike[str], headers: ScanHeaders = "full", duplicates: Duplicates = "newest"
+) -> ScanResult:
     """Every DICOM instance under ``root`` (recursive, sorted by relative path) and every skip.
 
     ``headers``: how much of each file to read, ``"full"`` or ``"file-meta"`` (module docstring).
+    ``duplicates``: which file to send when two different files hold one SOP Instance UID:
+    ``"newest"`` or ``"oldest"`` by modification time, or ``"stop"`` (``InputError``).
     """
     if headers not in ("full", "file-meta"):
         raise InputError(f"Unknown header depth {headers!r}", hint="Use 'full' or 'file-meta'")
+    if duplicates not in ("newest", "oldest", "stop"):
+        raise InputError(f"Unknown duplicates choice {duplicates!r}", hint="Use 'newest', 'oldest' or 'stop'")
     root_path = Path(root).expanduser()
     if not root_path.exists():
         raise InputError(f"{root_path} does not exist", hint="Pass the directory that holds the DICOM files")
@@ -414,17 +480,7 @@ def scan_directory(root: str | os.PathLike[str], headers: ScanHeaders = "full") 
         outcome = classify(path, root_path, st)
         (result.files if isinstance(outcome, DicomFile) else result.skipped).append(outcome)
     result.files.sort(key=lambda f: f.relpath)
-    # XNAT stores one file per SOP Instance UID; sending a copy twice (possibly in two parallel
-    # batches) only invites "Concurrent file sends of the same data" refusals.
-    first_seen: dict[str, DicomFile] = {}
-    unique = []
-    for f in result.files:
-        if f.sop_instance_uid in first_seen:
-            result.skipped.append(SkippedFile(f.path, f"same SOP Instance UID as {first_seen[f.sop_instance_uid].relpath}"))
-        else:
-            first_seen[f.sop_instance_uid] = f
-            unique.append(f)
-    result.files = unique
+    result.files = _one_file_per_instance(result, duplicates)
     result.skipped.sort(key=lambda s: str(s.path))
     if not result.files:
         reasons = sorted({s.reason.split(":")[0] for s in result.skipped})
