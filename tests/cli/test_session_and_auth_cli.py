@@ -155,3 +155,21 @@ def test_a_corrected_copy_of_an_instance_is_sent_and_the_conflict_is_said(xnat, 
     assert "corrected re-export" in comments
     stopped = run(*upload_args(xnat, tmp_path / "export", "--duplicates", "stop"), env={"XNAT_PASS": PASSWORD})
     assert stopped.exit_code != 0 and " and zz_corrected/IM1" in stopped.output
+
+
+@pytest.mark.parametrize("extra", [[], ["--archive-format", "zip"], ["--gradual"]])
+def test_file_names_that_are_not_utf8_upload(xnat, tmp_path: Path, extra: list[str]) -> None:
+    """An export written under another locale: names whose bytes are not UTF-8 (before: a
+    UnicodeEncodeError in every transport, DICOM-zip leaving a partial session)."""
+    import os
+
+    manifest = write_studies(tmp_path / "export", series=2, instances=4, instance_kb=4, seed=27)
+    for index, item in enumerate(manifest.files[:2]):
+        os.rename(item.path, os.fsdecode(os.fsencode(item.path.parent) + b"/IM\xe9\xff" + bytes([48 + index])))
+    (tmp_path / "export" / os.fsdecode(b"notes-\xe9.txt")).write_bytes(b"not DICOM")
+    result = run(*upload_args(xnat, tmp_path / "export", *extra), env={"XNAT_PASS": PASSWORD})
+    assert result.exit_code == 0, result.output
+    assert f"{len(manifest.files)}/{len(manifest.files)} files" in result.output
+    assert "notes-" in result.stderr  # the junk file is named, undecodable bytes escaped
+    (experiment,) = xnat.archived_experiments("CLI")
+    assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files)

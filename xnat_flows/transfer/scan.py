@@ -124,6 +124,14 @@ class ScanResult:
         return groups
 
 
+def portable_relpath(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as valid UTF-8 text: bytes of a name that are not UTF-8
+    (an export from another locale) are written as ``\\xNN``, so archive member names, resume
+    digests and reports never meet an undecodable name. ``DicomFile.path`` keeps the real name."""
+    relative = path.relative_to(root).as_posix()
+    return os.fsencode(relative).decode("utf-8", "backslashreplace")
+
+
 def is_dicom_part10(path: Path) -> bool:
     """True when the file has the Part 10 preamble and ``DICM`` marker."""
     with open(path, "rb") as handle:
@@ -301,7 +309,7 @@ def _classify(path: Path, root: Path, st: os.stat_result, ds: pydicom.Dataset) -
         series_number = None
     return DicomFile(
         path=path,
-        relpath=path.relative_to(root).as_posix(),
+        relpath=portable_relpath(path, root),
         size=st.st_size,
         study_uid=study,
         series_uid=series,
@@ -359,7 +367,7 @@ def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | 
         return read_header(path, root, st)
     return DicomFile(
         path=path,
-        relpath=path.relative_to(root).as_posix(),
+        relpath=portable_relpath(path, root),
         size=st.st_size,
         study_uid=keys.study_uid,
         series_uid=keys.series_uid,
@@ -384,7 +392,7 @@ def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFi
         return read_header(path, root, st)  # no image, trailing elements, or cut short: pydicom decides
     return DicomFile(
         path=path,
-        relpath=path.relative_to(root).as_posix(),
+        relpath=portable_relpath(path, root),
         size=st.st_size,
         study_uid="",
         series_uid="",
