@@ -139,6 +139,7 @@ def verify_session(
     started = time.monotonic()
     nothing_found = {s.scan_id: (s.count, 0) for s in expected}
     result = VerifyResult(False, None, None, expected_total, 0, nothing_found, list(nothing_found))
+    polls = 0
     while True:
         if in_prearchive:
             located = _locate_prearchived(client, target, {f.study_uid for f in files})
@@ -154,7 +155,10 @@ def verify_session(
                 _merge_conflicts(client, target, {f.study_uid for f in files})
         if time.monotonic() - started >= wait_timeout:
             break
-        time.sleep(poll_interval)
+        # quick first looks (XNAT often archives within a second of the last request), then
+        # every poll_interval: the wait ends soon after the session is complete, not up to 2 s later
+        time.sleep(min(poll_interval, 0.1 * 2 ** polls))
+        polls += 1
     return dataclasses.replace(result, waited_seconds=time.monotonic() - started)
 
 
