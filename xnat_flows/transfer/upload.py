@@ -135,7 +135,7 @@ def upload_archive_batch(
     raise_on_error: bool = True,
     on_streamed: Callable[[int], None] | None = None,
 ) -> BatchResult:
-    """POST one batch as a streamed DICOM-zip archive (tar or zip).
+    """POST one batch as a streamed DICOM-zip archive (tar, tgz or zip).
 
     Transient failures are retried by the client (the archive is rebuilt for every attempt);
     a permanent rejection raises at once with XNAT's message, or, with
@@ -167,7 +167,7 @@ def upload_archive_batch(
             IMPORT_PATH,
             params=target.dicom_zip_params(),
             content=body,
-            headers={"Content-Type": content_type_for(fmt), "Content-Length": str(length)},
+            headers={"Content-Type": content_type_for(fmt)} | ({"Content-Length": str(length)} if length is not None else {}),
         )
     except XnatError as exc:
         if raise_on_error:
