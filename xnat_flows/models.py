@@ -35,7 +35,10 @@ class UploadRequest(BaseModel):
         default="dicom-zip", description="DICOM-zip: one archive per batch. gradual-DICOM: one instance per request."
     )
     workers: int = Field(default=4, ge=1, le=64, description="Parallel uploads; DICOM-zip sends this many batches.")
-    archive_format: Literal["tar", "zip"] = Field(default="tar", description="Archive format of each DICOM-zip batch.")
+    archive_format: Literal["auto", "tar", "tgz", "zip"] = Field(
+        default="auto",
+        description="Archive format of each DICOM-zip batch; auto: tgz over a slow (remote) link to XNAT >= 1.8.3, else tar.",
+    )
     direct_archive: bool = Field(default=True, description="Direct-Archive (XNAT 1.8.3+); off stages into the prearchive.")
     per_study: bool = Field(
         default=False, description="Upload each StudyInstanceUID found as its own session (label suffixed with _1, _2, ...)."

@@ -33,7 +33,9 @@ def upload(
     subject: Annotated[str, typer.Option("--subject", "-S", help="Subject label.")],
     session: Annotated[str, typer.Option("--session", "-E", help="Session (experiment) label.")],
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Parallel uploads (DICOM-zip: number of batches).")] = 4,
-    archive_format: Annotated[Literal["tar", "zip"], typer.Option("--archive-format", help="Archive format of each batch.")] = "tar",
+    archive_format: Annotated[Literal["auto", "tar", "tgz", "zip"], typer.Option(
+        "--archive-format", help="Archive format of each batch. auto: tgz (gzipped tar, XNAT 1.8.3+) when the link is "
+        "slow (round trip >= 5 ms), else tar.")] = "auto",
     direct_archive: Annotated[
         bool, typer.Option("--direct-archive/--prearchive", help="Direct-Archive (default, XNAT 1.8.3+) or stage in the prearchive.")
     ] = True,
@@ -69,7 +71,7 @@ def upload(
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.scan import scan_directory
     from xnat_flows.transfer.session import plan_sessions, upload_session
-    from xnat_flows.transfer.upload import UploadTarget
+    from xnat_flows.transfer.upload import UploadTarget, choose_archive_format
 
     try:
         # Local input first: a bad label, path or study mix fails before anything is sent.
@@ -81,6 +83,9 @@ def upload(
         raise typer.Exit(exit_code_for(exc)) from None
     with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
         preflight(client, project)
+        if archive_format == "auto" and not gradual:
+            archive_format, why = choose_archive_format(client)
+            typer.echo(f"archive format: {archive_format} ({why})")
         with _progress_bar("gradual-DICOM" if gradual else "DICOM-zip") as progress:
             result = upload_session(
                 client, scan, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,

@@ -24,6 +24,7 @@ from xnat_flows.models import (
 )
 from xnat_flows.tasks.upload import (
     check_server,
+    choose_format,
     forget_delivered,
     partition_batches,
     scan_dicom_directory,
@@ -65,6 +66,10 @@ def upload_dicom_session(
     for skipped in scan.skipped:
         (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
+    archive_format = request.archive_format
+    if request.transport == "dicom-zip" and archive_format == "auto":
+        archive_format, why = choose_format(connection)
+        logger.info("archive format %s (%s)", archive_format, why)
 
     progress_id = create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)")
     total_files = len(scan.files)
@@ -88,7 +93,7 @@ def upload_dicom_session(
         else:
             batches = partition_batches(files, request.workers)
             futures = {
-                upload_batch.submit(connection, batch, target, request.archive_format, index, server.concurrency_limit): (index, batch)
+                upload_batch.submit(connection, batch, target, archive_format, index, server.concurrency_limit): (index, batch)
                 for index, batch in enumerate(batches)
             }
             for future in as_completed(list(futures)):

@@ -18,7 +18,7 @@ from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanRes
 from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.session import send_batch
 from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
-from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget
+from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget, choose_archive_format
 from xnat_flows.transfer.verify import VerifyResult, verify_session
 
 # Inputs hold file lists and clients are built inside: hashing them for a cache buys nothing.
@@ -45,6 +45,13 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
         return ServerCheck(
             url=client.base_url, version=client.server_version(), concurrency_limit=existing_upload_limit(client.base_url)
         )
+
+
+@task(name="choose-archive-format", **_COMMON)
+def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
+    """tgz over a slow (remote) link to XNAT >= 1.8.3, tar otherwise, with the reason."""
+    with open_client(connection) as client:
+        return choose_archive_format(client)
 
 
 @task(name="scan-dicom-directory", **_COMMON)
