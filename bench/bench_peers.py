@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -118,23 +119,38 @@ class ThrottlingProxy:
             threading.Thread(target=self._pump, args=(upstream, client, "down"), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
+        """Read chunks, give each its arrival time on the shared link (serialisation + latency),
+        and hand them to a writer that delivers them then: a pipelined delay line, so latency
+        does not cut a connection's throughput."""
+        line: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+
+        def deliver() -> None:
+            try:
+                while (item := line.get()) is not None:
+                    due, chunk = item
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    sink.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                try:
+                    sink.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        writer = threading.Thread(target=deliver, daemon=True)
+        writer.start()
         try:
             while chunk := source.recv(65536):
                 with self._lock[direction]:  # one shared link per direction: reserve its time slot
-                    now = time.monotonic()
-                    start = max(now, self._next_free[direction])
+                    start = max(time.monotonic(), self._next_free[direction])
                     self._next_free[direction] = start + len(chunk) / self.bytes_per_second
-                    done = self._next_free[direction]
-                time.sleep(max(0.0, done - time.monotonic()) + self.latency)
-                sink.sendall(chunk)
+                    due = self._next_free[direction] + self.latency
+                line.put((due, chunk))
         except OSError:
             pass
         finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            line.put(None)
 
     def close(self) -> None:
         self.server.close()
