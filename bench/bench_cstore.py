@@ -1,6 +1,6 @@
 """C-STORE throughput: xnat_flows' sender (1, 2, 4 associations) next to dcmtk's storescu, into storescp.
 
-    .venv/bin/python bench/bench_cstore.py [--instances 2000] [--instance-kb 64] [--processes]
+    .venv/bin/python bench/bench_cstore.py [--instances 2000] [--instance-kb 64] [--workers 1 2 4] [--repeat 7]
 
 Every sender runs as its own child process, so its wall time includes start-up and scanning the
 directory, as a user would see it. Peak RSS is the child's ``VmHWM`` polled from /proc while it
@@ -8,7 +8,10 @@ runs: ``wait4``'s ``ru_maxrss`` would report at least this script's own RSS, whi
 across the child's exec. TCP_NODELAY=1
 is set for dcmtk on both ends (field notes: without it dcmtk waits ~40 ms per object); our
 sender sets it on its sockets. Each run gets a fresh storescp output directory, and the number
-of files storescp wrote is checked against the number sent.
+of files storescp wrote is checked against the number sent. Each CLI run gets a fresh profile
+directory (``XNAT_FLOWS_HOME``): its upload journal would otherwise remember the instances as
+delivered and a later round would send nothing. dcmtk is called by its full path: pynetdicom
+installs its own ``storescp``/``storescu`` scripts into the virtual environment.
 """
 
 from __future__ import annotations
@@ -29,13 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = """
 import json, sys, time
-from xnat_flows.transfer.dicom_send import RoutingOverride, send_dicom
+from xnat_flows.transfer.dicom_send import RoutingOverride, store_instances
 from xnat_flows.transfer.scan import scan_directory
 if __name__ == "__main__":
     scan = scan_directory(sys.argv[1], headers="file-meta")
-    routing = RoutingOverride("BENCH", "S01", "S01_MR1") if sys.argv[5:] == ["routing"] else None
-    result = send_dicom(scan, host="127.0.0.1", port=int(sys.argv[2]), called_aet="XNAT",
-                        workers=int(sys.argv[3]), processes=sys.argv[4] == "1", routing=routing)
+    routing = RoutingOverride("BENCH", "S01", "S01_MR1") if sys.argv[4:] == ["routing"] else None
+    result = store_instances(scan, host="127.0.0.1", port=int(sys.argv[2]), called_aet="XNAT",
+                        workers=int(sys.argv[3]), routing=routing)
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     print(json.dumps({"sent": len(result.sent), "failed": len(result.failed), "send_rate": result.instances_per_second,
                       "peak_kb": hwm}))
@@ -49,12 +52,23 @@ class Run:
     wall: float
     peak_rss_mb: float
     received: int
+    cpu: float = 0.0  # user + system seconds of the sender process
     send_rate: float | None = None
 
     def line(self) -> str:
         send = f"{self.send_rate:8.0f}" if self.send_rate is not None else "       -"
-        return (f"{self.label:<28} {self.instances / self.wall:10.0f} {send} {self.wall:8.2f} "
+        return (f"{self.label:<28} {self.instances / self.wall:10.0f} {send} {self.wall:8.2f} {self.cpu:6.2f} "
                 f"{self.peak_rss_mb:9.1f} {self.received:9d}")
+
+
+def dcmtk(tool: str) -> str:
+    """dcmtk's ``tool`` (not pynetdicom's script of the same name), or exit saying what to install."""
+    for candidate in (f"/usr/bin/{tool}", shutil.which(tool)):
+        if candidate and os.path.exists(candidate):
+            version = subprocess.run([candidate, "--version"], capture_output=True, text=True).stdout
+            if "dcmtk" in version.lower() or "OFFIS" in version:
+                return candidate
+    sys.exit(f"dcmtk's {tool} not found: install dcmtk (Debian: apt-get install dcmtk)")
 
 
 def free_port() -> int:
@@ -74,14 +88,14 @@ def _high_water_kb(pid: int) -> int | None:
     return None  # gone, or a zombie (no memory lines)
 
 
-def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MB and stdout of one child process."""
+def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds (user + system), peak RSS in MB and stdout of one child process."""
     peak_kb = 0
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
         child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.DEVNULL)
         while True:
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
             if pid:
                 break
             peak_kb = max(peak_kb, _high_water_kb(child.pid) or 0)
@@ -92,7 +106,7 @@ def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
         text = out.read().decode()
     if child.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited with {child.returncode}")
-    return wall, peak_kb / 1024, text
+    return wall, usage.ru_utime + usage.ru_stime, peak_kb / 1024, text
 
 
 class StoreScp:
@@ -100,7 +114,7 @@ class StoreScp:
         self.port = free_port()
         self.out_dir = out_dir
         self.process = subprocess.Popen(
-            ["storescp", "--fork", "-od", str(out_dir), "+xa", "-pm", "-aet", "XNAT", "-pdu", "131072",
+            [dcmtk("storescp"), "--fork", "-od", str(out_dir), "+xa", "-pm", "-aet", "XNAT", "-pdu", "131072",
              str(self.port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         for _ in range(200):
             try:
@@ -130,7 +144,9 @@ def measure(label: str, template: list[str], work: Path, env: dict[str, str], co
     scp = StoreScp(out_dir, env)
     try:
         argv = [part.replace("{port}", str(scp.port)) for part in template]
-        wall, peak, text = run_child(argv, env)
+        home = work / "profile"
+        shutil.rmtree(home, ignore_errors=True)
+        wall, cpu, peak, text = run_child(argv, {**env, "XNAT_FLOWS_HOME": str(home)})
         received = scp.count(count)
     finally:
         scp.stop()
@@ -138,7 +154,7 @@ def measure(label: str, template: list[str], work: Path, env: dict[str, str], co
     if label.startswith("xnat"):  # our sender also reports its own high-water mark, read as it ends
         report = json.loads(text.strip().splitlines()[-1])
         send_rate, peak = report["send_rate"], max(peak, report["peak_kb"] / 1024)
-    return Run(label, count, wall, peak, received, send_rate)
+    return Run(label, count, wall, peak, received, cpu, send_rate)
 
 
 def main() -> None:
@@ -148,14 +164,12 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all senders (interleaved); every run printed")
-    parser.add_argument("--processes", action="store_true", help="also run our sender with one process per association")
     parser.add_argument("--routing", action="store_true",
                         help="also run our sender with a routing override (PatientComments set on a copy of each instance)")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
     for tool in ("storescp", "storescu"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found: install dcmtk")
+        dcmtk(tool)
 
     sys.path.insert(0, str(ROOT))
     from xnat_flows.testing.synth import write_studies
@@ -170,12 +184,12 @@ def main() -> None:
         print(f"study: {count} instances, {manifest.total_bytes / 1e6:.0f} MB "
               f"(written in {time.perf_counter() - started:.1f} s); {os.cpu_count()} CPUs\n")
         plans: list[tuple[str, list[str]]] = [
-            ("dcmtk storescu +sd +r -nh", ["storescu", "+sd", "+r", "-nh", "-aec", "XNAT", "127.0.0.1", "{port}",
+            ("dcmtk storescu +sd +r -nh", [dcmtk("storescu"), "+sd", "+r", "-nh", "-aec", "XNAT", "127.0.0.1", "{port}",
                                            str(study)]),
         ]
         for workers in args.workers:
             plans.append((f"xnat_flows, {workers} assoc (threads)",
-                          [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "0"]))
+                          [sys.executable, "-c", SENDER, str(study), "{port}", str(workers)]))
             if workers == max(args.workers):  # what a user types: the CLI, with its progress bar
                 plans.append((f"CLI upload-dicom, {workers} assoc",
                               [str(Path(sys.executable).with_name("xnat-flows")), "session", "upload-dicom", str(study),
@@ -183,11 +197,8 @@ def main() -> None:
                                "--workers", str(workers)]))
             if args.routing:
                 plans.append((f"xnat_flows, {workers} assoc +routing",
-                              [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "0", "routing"]))
-            if args.processes and workers > 1:
-                plans.append((f"xnat_flows, {workers} assoc (procs)",
-                              [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "1"]))
-        print(f"{'sender':<28} {'inst/s':>10} {'send/s':>8} {'wall s':>8} {'peak MB':>9} {'received':>9}")
+                              [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "routing"]))
+        print(f"{'sender':<28} {'inst/s':>10} {'send/s':>8} {'wall s':>8} {'cpu s':>6} {'peak MB':>9} {'received':>9}")
         runs: dict[str, list[Run]] = {label: [] for label, _ in plans}
         for _ in range(args.repeat):  # interleaved rounds: load from other processes hits every sender alike
             for label, template in plans:
@@ -204,11 +215,16 @@ def main() -> None:
             reference = runs[plans[0][0]]
             print(f"\nspeed relative to storescu in the same round (storescu wall / sender wall), {args.repeat} rounds:")
             for label, label_runs in list(runs.items())[1:]:
-                ratios = sorted(ref.wall / run.wall for ref, run in zip(reference, label_runs))
+                ratios = sorted(ref.wall / run.wall for ref, run in zip(reference, label_runs, strict=False))
+                print(f"{label:<28} median {statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x")
+            print(f"\nCPU relative to storescu in the same round (sender CPU / storescu CPU), {args.repeat} rounds:")
+            for label, label_runs in list(runs.items())[1:]:
+                ratios = sorted(run.cpu / ref.cpu for ref, run in zip(reference, label_runs, strict=True))
                 print(f"{label:<28} median {statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x")
         print("\ninst/s: instances / child wall time (start-up + scan + send); "
-              "send/s: our sender's own rate after scanning; peak MB: the sender process's max RSS "
-              "(with --processes the worker processes are not included)")
+              "send/s: our sender's own rate after scanning; cpu s: the sender process's user + system CPU; "
+              "peak MB: the sender process's max RSS "
+              "")
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

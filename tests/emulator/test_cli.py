@@ -25,3 +25,27 @@ def test_serve_prints_url_and_stops_on_sigterm(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+def test_serve_passes_the_bandwidth_cap_to_the_emulator(monkeypatch):
+    from typer.testing import CliRunner
+
+    import xnat_flows.testing.emulator as emulator_module
+    from xnat_flows.cli.main import app
+
+    seen: dict = {}
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+
+        def start(self):
+            raise RuntimeError("recorded, not started")
+
+        def stop(self):
+            seen["stopped"] = True
+
+    monkeypatch.setattr(emulator_module, "XnatEmulator", Recorder)
+    result = CliRunner().invoke(app, ["emulator", "serve", "--port", "0", "--bandwidth-mbit", "2.5", "--latency-ms", "7"])
+    assert isinstance(result.exception, RuntimeError)
+    assert seen["bandwidth_mbit"] == 2.5 and seen["latency_ms"] == 7

@@ -21,9 +21,12 @@ def test_unknown_project_is_404(client):
     assert client.get("/data/projects/NOPE/prearchive_code").status_code == 404
 
 
-def test_subject_put_is_201_and_listed(client):
-    assert client.put("/data/projects/TEST/subjects/SUBJ1").status_code == 201
-    assert client.put("/data/projects/TEST/subjects/SUBJ1").status_code == 201
+def test_subject_put_is_201_new_200_existing_with_the_id_as_body(client):
+    # xnat-web SubjectResource.handlePut: returnString(sub.getId(), existing == null ? 201 : 200)
+    created = client.put("/data/projects/TEST/subjects/SUBJ1")
+    again = client.put("/data/projects/TEST/subjects/SUBJ1")
+    assert (created.status_code, again.status_code) == (201, 200)
     rows = client.get("/data/projects/TEST/subjects").json()["ResultSet"]["Result"]
     assert [r["label"] for r in rows] == ["SUBJ1"]
     assert rows[0]["ID"].startswith("XNAT_S")
+    assert created.text == again.text == rows[0]["ID"]

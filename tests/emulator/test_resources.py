@@ -90,7 +90,9 @@ def test_multipart_upload_and_zip_download(client, experiment):
     import io
     import zipfile
 
-    assert sorted(zipfile.ZipFile(io.BytesIO(download.content)).namelist()) == ["a.txt", "b.txt"]
+    # XNAT's layout in every download zip: {session}/resources/{label}/files/{path}
+    assert sorted(zipfile.ZipFile(io.BytesIO(download.content)).namelist()) == [
+        "RES/resources/MP/files/a.txt", "RES/resources/MP/files/b.txt"]
 
 
 def test_scans_all_files_zip(client, experiment):

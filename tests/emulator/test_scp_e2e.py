@@ -11,7 +11,7 @@ import pytest
 
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.synth import SynthRouting, write_studies
-from xnat_flows.transfer.dicom_send import CalledAETitleRejectedError, RoutingOverride, echo, send_dicom
+from xnat_flows.transfer.dicom_send import CalledAETitleRejectedError, RoutingOverride, echo, store_instances
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,7 @@ def test_routed_study_is_archived_with_every_instance(xnat: XnatEmulator, tmp_pa
     manifest = write_studies(tmp_path / "a", series=3, instances=12, instance_kb=8, junk=True,
                              routing=SynthRouting("TEST", "SUBJ1", "SESS1"))
     assert echo("127.0.0.1", xnat.scp_port, "XNAT").port == xnat.scp_port
-    result = send_dicom(tmp_path / "a", host="127.0.0.1", port=xnat.scp_port, workers=2, calling_aet="SCANNER")
+    result = store_instances(tmp_path / "a", host="127.0.0.1", port=xnat.scp_port, workers=2, calling_aet="SCANNER")
     assert len(result.sent) == 12 and result.ok
     with httpx.Client(base_url=xnat.url, auth=(xnat.user, xnat.password)) as http:
         [experiment] = _wait_for(lambda: _results(http, "/data/projects/TEST/experiments"))
@@ -57,7 +57,7 @@ def test_routed_study_is_archived_with_every_instance(xnat: XnatEmulator, tmp_pa
 
 def test_routing_override_sends_an_unrouted_study_to_the_chosen_project(xnat: XnatEmulator, tmp_path: Path) -> None:
     write_studies(tmp_path / "b", series=2, instances=4, instance_kb=8, seed=5)
-    result = send_dicom(tmp_path / "b", host="127.0.0.1", port=xnat.scp_port, workers=1,
+    result = store_instances(tmp_path / "b", host="127.0.0.1", port=xnat.scp_port, workers=1,
                         routing=RoutingOverride("MANUAL", "S2", "SESS2"))
     assert len(result.sent) == 4
     with httpx.Client(base_url=xnat.url, auth=(xnat.user, xnat.password)) as http:

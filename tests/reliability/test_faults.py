@@ -48,8 +48,8 @@ def test_fault_loses_and_duplicates_nothing(case: FaultCase, tmp_path: Path) -> 
 def test_repeating_a_completed_upload_duplicates_nothing(transport: str, tmp_path: Path) -> None:
     """The same upload run twice (a user unsure whether it worked): still one copy of everything.
 
-    C-STORE cannot ask XNAT to overwrite: the repeated instances end in a CONFLICT prearchive row
-    (XNAT's own behaviour, left for an admin); the archive itself must hold no duplicate.
+    C-STORE cannot ask XNAT to overwrite, and a repeated instance would park the repeat in a
+    CONFLICT prearchive row: its journal keeps every confirmed instance, so the repeat sends none.
     """
     case = FaultCase("repeat", transport, "completed upload run again")
     harness = Harness(tmp_path, scp=transport == "c-store")
@@ -64,7 +64,6 @@ def test_repeating_a_completed_upload_duplicates_nothing(transport: str, tmp_pat
         assert set(uids) == harness.expected_uids
         assert len(uids) == len(set(uids)), "duplicate instances in the archive"
         assert len(harness.emulator.archived_experiments(PROJECT)) == 1
-        if transport != "c-store":
-            assert harness.leftovers() == 0, harness.emulator.prearchive_sessions(include_direct_archive=True)
+        assert harness.leftovers() == 0, harness.emulator.prearchive_sessions(include_direct_archive=True)
     finally:
         harness.close()

@@ -24,8 +24,8 @@ from xnat_flows.transfer.dicom_send import (
     PeerUnreachableError,
     RoutingOverride,
     echo,
-    send_dicom,
     status_meaning,
+    store_instances,
     validate_ae_title,
 )
 from xnat_flows.transfer.part10 import dataset_offset
@@ -131,7 +131,7 @@ def test_ae_title_padding_is_insignificant() -> None:
 def test_every_instance_arrives_byte_identical(scp: DicomReceiver, received: Received, study_root: Path) -> None:
     scan = scan_directory(study_root)
     seen: list[tuple[int, int]] = []
-    result = send_dicom(scan, host="127.0.0.1", port=scp.port, workers=3, calling_aet="SCANNER1",
+    result = store_instances(scan, host="127.0.0.1", port=scp.port, workers=3, calling_aet="SCANNER1",
                         progress=lambda done, total: seen.append((done, total)), **FAST)
     assert result.ok, result.failed + result.skipped
     assert len(result.sent) == len(scan.files) == 24
@@ -147,14 +147,15 @@ def test_every_instance_arrives_byte_identical(scp: DicomReceiver, received: Rec
 
 def test_a_directory_is_scanned_and_junk_is_not_sent(scp: DicomReceiver, received: Received,
                                                      study_root: Path) -> None:
-    result = send_dicom(study_root, host="127.0.0.1", port=scp.port, workers=1, **FAST)
+    result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=1, **FAST)
     assert len(result.sent) == 24 and not result.failed
     assert len(received.datasets) == 24
 
 
-def test_processes_mode_delivers_everything(scp: DicomReceiver, received: Received, study_root: Path) -> None:
-    result = send_dicom(study_root, host="127.0.0.1", port=scp.port, workers=2, processes=True, **FAST)
-    assert result.mode == "processes"
+def test_two_associations_in_threads_deliver_everything(scp: DicomReceiver, received: Received,
+                                                        study_root: Path) -> None:
+    result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=2, **FAST)
+    assert result.mode == "threads" and {a.worker for a in result.associations} == {0, 1}
     assert len(result.sent) == 24 and not result.failed
     assert len(received.datasets) == 24
 
@@ -177,7 +178,7 @@ def test_contexts_come_from_the_files_and_split_into_groups(scp: DicomReceiver, 
     scan = scan_directory(_mixed_files(tmp_path))
     pairs = {(f.sop_class_uid, f.transfer_syntax) for f in scan.files}
     assert len(pairs) == 5
-    result = send_dicom(scan, host="127.0.0.1", port=scp.port, workers=1, max_contexts=2, **FAST)
+    result = store_instances(scan, host="127.0.0.1", port=scp.port, workers=1, max_contexts=2, **FAST)
     assert len(result.sent) == 5 and result.ok
     assert sorted({a.group for a in result.associations}) == [0, 1, 2]  # 5 pairs in groups of <= 2
     assert received.datasets == {f.sop_instance_uid: _dataset_of(f.path) for f in scan.files}
@@ -200,7 +201,7 @@ def test_instances_in_a_refused_syntax_are_skipped_with_the_reason(tmp_path: Pat
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
     try:
         scan = scan_directory(_mixed_files(tmp_path))
-        result = send_dicom(scan, host="127.0.0.1", port=server.server_address[1], called_aet="PICKY", workers=1,
+        result = store_instances(scan, host="127.0.0.1", port=server.server_address[1], called_aet="PICKY", workers=1,
                             **FAST)
     finally:
         server.shutdown()
@@ -222,7 +223,7 @@ def test_no_accepted_context_is_an_actionable_error(tmp_path: Path) -> None:
     server = ae.start_server(("127.0.0.1", 0), block=False)
     try:
         scan = scan_directory(_mixed_files(tmp_path))
-        result = send_dicom(scan, host="127.0.0.1", port=server.server_address[1], called_aet="ECHOONLY",
+        result = store_instances(scan, host="127.0.0.1", port=server.server_address[1], called_aet="ECHOONLY",
                             workers=1, max_attempts=1, **FAST)
     finally:
         server.shutdown()
@@ -234,7 +235,7 @@ def test_no_accepted_context_is_an_actionable_error(tmp_path: Path) -> None:
 def test_an_aborted_association_is_retried_on_a_fresh_one(scp: DicomReceiver, received: Received,
                                                           study_root: Path) -> None:
     scp.set_faults(ScpFaults(abort_after_stores=5))
-    result = send_dicom(study_root, host="127.0.0.1", port=scp.port, workers=2, **FAST)
+    result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=2, **FAST)
     assert len(result.sent) == 24 and not result.failed
     assert len(received.datasets) == 24
     assert any(a.ended.startswith("aborted") for a in result.associations)
@@ -244,7 +245,7 @@ def test_an_aborted_association_is_retried_on_a_fresh_one(scp: DicomReceiver, re
 def test_a_stalled_association_is_abandoned_after_the_dimse_timeout(scp: DicomReceiver, received: Received,
                                                                     study_root: Path) -> None:
     scp.set_faults(ScpFaults(stall_after_stores=3, stall_seconds=30))
-    result = send_dicom(study_root, host="127.0.0.1", port=scp.port, workers=1, dimse_timeout=1, acse_timeout=5)
+    result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=1, dimse_timeout=1, acse_timeout=5)
     assert len(result.sent) == 24 and not result.failed
     assert len(received.datasets) == 24
     assert [a.ended for a in result.associations if a.ended != "released"] == [
@@ -254,7 +255,7 @@ def test_a_stalled_association_is_abandoned_after_the_dimse_timeout(scp: DicomRe
 def test_without_retries_nothing_is_reported_sent_that_did_not_arrive_and_a_rerun_completes(
         scp: DicomReceiver, received: Received, study_root: Path) -> None:
     scp.set_faults(ScpFaults(abort_after_stores=7))
-    first = send_dicom(study_root, host="127.0.0.1", port=scp.port, workers=1, max_attempts=1, **FAST)
+    first = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=1, max_attempts=1, **FAST)
     assert len(first.failed) == 1
     assert first.failed[0].status is None and first.failed[0].status_hex == "none"
     assert "no response" in first.failed[0].meaning
@@ -262,7 +263,7 @@ def test_without_retries_nothing_is_reported_sent_that_did_not_arrive_and_a_reru
     assert len(first.sent) == 23
 
     rerun = [f for f in scan_directory(study_root).files if f.path in set(first.unsent_paths)]
-    second = send_dicom(rerun, host="127.0.0.1", port=scp.port, workers=1, **FAST)
+    second = store_instances(rerun, host="127.0.0.1", port=scp.port, workers=1, **FAST)
     assert len(second.sent) == 1 and second.ok
     assert len(received.datasets) == 24
 
@@ -271,7 +272,7 @@ def test_a_failure_status_is_recorded_with_its_meaning(scp: DicomReceiver, recei
                                                        study_root: Path) -> None:
     received.fail = True
     files = scan_directory(study_root).files[:2]
-    result = send_dicom(files, host="127.0.0.1", port=scp.port, workers=1, max_attempts=2, **FAST)
+    result = store_instances(files, host="127.0.0.1", port=scp.port, workers=1, max_attempts=2, **FAST)
     assert not result.sent and len(result.failed) == 2
     failure = result.failed[0]
     assert (failure.status, failure.status_hex, failure.attempts) == (0xA700, "0xA700", 2)
@@ -293,7 +294,7 @@ def test_a_file_the_receiver_cannot_place_fails_once_with_the_reason(tmp_path: P
         return "/prearchive/x" if "StudyInstanceUID" in ds else None
 
     with DicomReceiver(importer, ae_title="XNAT") as receiver:
-        result = send_dicom(tmp_path / "study", host="127.0.0.1", port=receiver.port, workers=1, **FAST)
+        result = store_instances(tmp_path / "study", host="127.0.0.1", port=receiver.port, workers=1, **FAST)
     assert len(result.sent) == 2
     [failure] = result.failed
     assert failure.path == manifest.files[0].path.absolute() and failure.attempts == 1
@@ -313,7 +314,7 @@ def test_a_file_changed_after_the_scan_is_not_sent(scp: DicomReceiver, received:
     stat = touched.stat()  # rewritten with the same size
     os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
 
-    result = send_dicom(scan, host="127.0.0.1", port=scp.port, workers=1, **FAST)
+    result = store_instances(scan, host="127.0.0.1", port=scp.port, workers=1, **FAST)
     assert len(result.sent) == 2 and len(received.datasets) == 2
     assert {o.path.name for o in result.failed} == {grown.name, touched.name}
     assert all("changed since the scan" in o.reason and not o.retryable for o in result.failed)
@@ -322,8 +323,8 @@ def test_a_file_changed_after_the_scan_is_not_sent(scp: DicomReceiver, received:
 def test_receiver_down_fails_fast_in_preflight_and_records_failures_without_it(study_root: Path) -> None:
     port = _free_port()
     with pytest.raises(PeerUnreachableError, match="refused"):
-        send_dicom(study_root, host="127.0.0.1", port=port, workers=1, **FAST)
-    result = send_dicom(study_root, host="127.0.0.1", port=port, workers=2, preflight=False, max_attempts=1, **FAST)
+        store_instances(study_root, host="127.0.0.1", port=port, workers=1, **FAST)
+    result = store_instances(study_root, host="127.0.0.1", port=port, workers=2, preflight=False, max_attempts=1, **FAST)
     assert not result.sent and len(result.failed) == 24
     assert all("refused" in o.reason for o in result.failed)
     assert all(o.retryable for o in result.failed)  # the receiver may come back
@@ -331,14 +332,14 @@ def test_receiver_down_fails_fast_in_preflight_and_records_failures_without_it(s
 
 def test_wrong_called_ae_title_fails_before_sending(scp: DicomReceiver, received: Received, study_root: Path) -> None:
     with pytest.raises(CalledAETitleRejectedError):
-        send_dicom(study_root, host="127.0.0.1", port=scp.port, called_aet="NOTXNAT", **FAST)
+        store_instances(study_root, host="127.0.0.1", port=scp.port, called_aet="NOTXNAT", **FAST)
     assert not received.datasets
 
 
 def test_routing_override_changes_the_sent_copy_only(scp: DicomReceiver, received: Received, tmp_path: Path) -> None:
     manifest = write_studies(tmp_path / "routed", series=1, instances=3, instance_kb=8)
     before = {f.path: hashlib.sha256(f.path.read_bytes()).hexdigest() for f in manifest.files}
-    result = send_dicom(tmp_path / "routed", host="127.0.0.1", port=scp.port, workers=1,
+    result = store_instances(tmp_path / "routed", host="127.0.0.1", port=scp.port, workers=1,
                         routing=RoutingOverride("TEST", "SUBJ_1", "SESS-1"), **FAST)
     assert len(result.sent) == 3
     for item in manifest.files:
@@ -356,7 +357,7 @@ def test_routing_values_xnat_cannot_parse_are_refused() -> None:
 
 
 def test_no_files_means_nothing_to_do(scp: DicomReceiver) -> None:
-    result = send_dicom([], host="127.0.0.1", port=scp.port)
+    result = store_instances([], host="127.0.0.1", port=scp.port)
     assert (result.sent, result.failed, result.skipped) == ([], [], [])
 
 
@@ -385,9 +386,37 @@ def test_a_warning_status_counts_as_sent_and_keeps_its_code(study_root: Path) ->
     server = ae.start_server(("127.0.0.1", 0), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, lambda event: 0xB000)])
     try:
-        result = send_dicom(study_root, host="127.0.0.1", port=server.server_address[1], called_aet="COERCE",
+        result = store_instances(study_root, host="127.0.0.1", port=server.server_address[1], called_aet="COERCE",
                             workers=1, **FAST)
     finally:
         server.shutdown()
     assert len(result.sent) == 24 and not result.failed
     assert {(o.status_hex, o.meaning) for o in result.sent} == {("0xB000", "Warning: Coercion of Data Elements")}
+
+
+def test_the_upload_dicom_command_imports_no_heavy_library(scp: DicomReceiver, received: Received,
+                                                           tmp_path: Path) -> None:
+    """The whole ``session upload-dicom`` run (argument parsing, echo, scan, send, journal) does
+    without pydantic, pydicom, pynetdicom, httpx and prefect: start-up is part of its throughput
+    (docs/performance.md)."""
+    import os
+    import subprocess
+    import sys
+
+    export = tmp_path / "export"  # no junk files: those the scanner hands to pydicom to say why they are skipped
+    write_studies(export, series=2, instances=12, instance_kb=8, seed=31)
+    code = ("import sys\n"
+            "from xnat_flows.cli.main import app\n"
+            "code = 0\n"
+            "try:\n"
+            "    app(sys.argv[1:], standalone_mode=False)\n"
+            "except SystemExit as exit:\n"
+            "    code = exit.code\n"
+            "heavy = ('pydantic', 'pydicom', 'pynetdicom', 'httpx', 'prefect', 'rich')\n"
+            "print('LOADED', code, sorted(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, "session", "upload-dicom", str(export), "--host", "127.0.0.1",
+                          "--port", str(scp.port)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "XNAT_FLOWS_HOME": str(tmp_path / "home")}).stdout
+    assert "12 sent, 0 failed" in out
+    assert out.strip().splitlines()[-1] == "LOADED 0 []"
+    assert len(received.datasets) == 12

@@ -7,24 +7,25 @@ only; on loopback in a test that is acceptable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import signal
 import socket
-import threading
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.errors import InvalidDicomError
 
 from xnat_flows.testing.synth import write_studies
-from xnat_flows.transfer.dicom_send import PeerUnreachableError, echo, send_dicom
+from xnat_flows.transfer.dicom_send import PeerUnreachableError, echo, store_instances
 from xnat_flows.transfer.scan import scan_directory
 
 pytestmark = [
@@ -67,10 +68,8 @@ class StoreScp:
 
     def kill_all(self) -> None:
         """SIGKILL storescp and its per-association children, as a crash would."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait()
 
     def received(self) -> dict[str, str]:
@@ -112,7 +111,7 @@ def test_echo_to_storescp(storescp: StoreScp) -> None:
 def test_synthetic_study_arrives_complete(storescp: StoreScp, tmp_path: Path) -> None:
     write_studies(tmp_path / "study", studies=2, series=3, instances=60, instance_kb=32, junk=True)
     scan = scan_directory(tmp_path / "study")
-    result = send_dicom(scan, host="127.0.0.1", port=storescp.port, workers=2, dimse_timeout=10)
+    result = store_instances(scan, host="127.0.0.1", port=storescp.port, workers=2, dimse_timeout=10)
     assert len(result.sent) == 120 and result.ok
     deadline = time.monotonic() + 10  # forked children may still be closing their last file
     while len(list(storescp.out_dir.iterdir())) < 120 and time.monotonic() < deadline:
@@ -126,7 +125,7 @@ def test_compressed_and_implicit_syntaxes_arrive_unchanged(storescp: StoreScp, t
     for name in ("CT_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "MR_small_implicit.dcm"):
         shutil.copy(get_testdata_file(name), root / name)
     scan = scan_directory(root)
-    result = send_dicom(scan, host="127.0.0.1", port=storescp.port, workers=1, dimse_timeout=10)
+    result = store_instances(scan, host="127.0.0.1", port=storescp.port, workers=1, dimse_timeout=10)
     assert len(result.sent) == 4 and result.ok
     time.sleep(0.3)
     assert storescp.received() == _sent([f.path for f in scan.files])
@@ -138,14 +137,14 @@ def test_receiver_down_then_back_a_rerun_completes(storescp: StoreScp, tmp_path:
     storescp.stop()
     with pytest.raises(PeerUnreachableError):
         echo("127.0.0.1", storescp.port, timeout=2)
-    result = send_dicom(scan, host="127.0.0.1", port=storescp.port, workers=2, preflight=False, max_attempts=2,
+    result = store_instances(scan, host="127.0.0.1", port=storescp.port, workers=2, preflight=False, max_attempts=2,
                         acse_timeout=2)
     assert not result.sent and len(result.failed) == 40
     assert all("Connection refused" in o.reason for o in result.failed)
 
     restarted = StoreScp(storescp.out_dir, storescp.port, "XNAT")
     try:
-        second = send_dicom([f for f in scan.files if f.path in set(result.unsent_paths)],
+        second = store_instances([f for f in scan.files if f.path in set(result.unsent_paths)],
                             host="127.0.0.1", port=restarted.port, workers=2)
         assert len(second.sent) == 40 and second.ok
         time.sleep(0.3)
@@ -160,7 +159,7 @@ def test_receiver_killed_mid_send_nothing_reported_sent_that_did_not_arrive(stor
     write_studies(tmp_path / "study", series=2, instances=1500, instance_kb=16)
     scan = scan_directory(tmp_path / "study")
     outcome: dict = {}
-    sender = threading.Thread(target=lambda: outcome.update(result=send_dicom(
+    sender = threading.Thread(target=lambda: outcome.update(result=store_instances(
         scan, host="127.0.0.1", port=storescp.port, workers=2, max_attempts=2, acse_timeout=2, dimse_timeout=5)))
     sender.start()
     deadline = time.monotonic() + 20
@@ -176,7 +175,7 @@ def test_receiver_killed_mid_send_nothing_reported_sent_that_did_not_arrive(stor
 
     restarted = StoreScp(storescp.out_dir, storescp.port, "XNAT")
     try:
-        second = send_dicom([f for f in scan.files if f.path in set(first.unsent_paths)],
+        second = store_instances([f for f in scan.files if f.path in set(first.unsent_paths)],
                             host="127.0.0.1", port=restarted.port, workers=2)
         assert second.ok
         time.sleep(0.5)

@@ -114,11 +114,11 @@ def test_only_contexts_accepted_in_the_proposed_syntax_count() -> None:
 def test_routing_copy_changes_patient_comments_only_in_every_transfer_syntax(name: str) -> None:
     from pathlib import Path
 
-    from xnat_flows.transfer.dicom_send import _with_patient_comments
+    from xnat_flows.transfer.dicom_dataset import with_patient_comments
     from xnat_flows.transfer.part10 import dataset_offset
 
     data = Path(get_testdata_file(name)).read_bytes()
-    sent = _with_patient_comments(data, "Project:P1 Subject:S1")
+    sent = with_patient_comments(data, "Project:P1 Subject:S1")
     received = pydicom.dcmread(BytesIO(data[:dataset_offset(data)] + sent))  # the file's meta + what was sent
     original = pydicom.dcmread(BytesIO(data))
     assert received.PatientComments == "Project:P1 Subject:S1"
@@ -134,7 +134,8 @@ def test_the_send_path_imports_no_heavy_library() -> None:
     import sys
 
     code = ("import sys\n"
-            "from xnat_flows.transfer.dicom_send import send_dicom\n"
+            "from xnat_flows.transfer.dicom_send import store_instances\n"
+            "from xnat_flows.transfer.dicom_resume import store_instances_resumable\n"
             "from xnat_flows.transfer.scan import scan_directory\n"
             "from xnat_flows.transfer.progress import Progress\n"
             "print(sorted(m for m in ('pydicom', 'pynetdicom', 'httpx', 'prefect', 'pydantic')"

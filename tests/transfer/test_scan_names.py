@@ -37,7 +37,7 @@ def test_undecodable_names_get_an_escaped_relpath_and_a_real_path(tmp_path: Path
 
 
 def test_undecodable_names_are_sent_by_c_store(tmp_path: Path) -> None:
-    from xnat_flows.transfer.dicom_send import send_dicom_resumable
+    from xnat_flows.transfer.dicom_resume import store_instances_resumable
 
     count = _export_with_latin1_names(tmp_path / "export")
     stored: list[str] = []
@@ -48,7 +48,7 @@ def test_undecodable_names_are_sent_by_c_store(tmp_path: Path) -> None:
 
     scan = scan_directory(tmp_path / "export", headers="file-meta")
     with DicomReceiver(importer, ae_title="XNAT") as receiver:
-        result, resumed = send_dicom_resumable(scan.files, UploadJournal(tmp_path / "journal"), host="127.0.0.1",
-                                               port=receiver.port, called_aet="XNAT", workers=2)
-    assert result.ok and resumed == 0
+        send = store_instances_resumable(scan.files, UploadJournal(tmp_path / "journal"), host="127.0.0.1",
+                                         port=receiver.port, called_aet="XNAT", workers=2)
+    assert send.result.ok and send.resumed == 0
     assert sorted(stored) == sorted(f.sop_instance_uid for f in scan.files) and len(stored) == count

@@ -220,11 +220,16 @@ def upload_dicom(
         "--duplicates", help="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.")] = "newest",
 ) -> None:
     """Send a directory to an XNAT DICOM receiver by C-STORE over parallel associations."""
+    import contextlib
+    import sys
+    import time
+
     from xnat_flows.client.errors import InputError, XnatError
-    from xnat_flows.transfer.dicom_send import RoutingOverride, echo, send_dicom_resumable
+    from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
+    from xnat_flows.transfer.dicom_send import RoutingOverride, echo
     from xnat_flows.transfer.journal import UploadJournal
-    from xnat_flows.transfer.scan import scan_directory
     from xnat_flows.transfer.progress import Progress
+    from xnat_flows.transfer.scan import scan_directory
 
     try:
         if (subject or session) and not project:
@@ -234,25 +239,47 @@ def upload_dicom(
         scan = scan_directory(source, headers="file-meta", duplicates=duplicates)  # all a C-STORE needs
         if not scan.files:
             raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
-        with _progress_bar("C-STORE") as progress:
+        # a progress bar only on a terminal: into a pipe or a log rich draws nothing useful, and its
+        # import and refresh thread cost CPU a receiver on the same host would use (docs/cstore.md)
+        with _progress_bar("C-STORE") if sys.stdout.isatty() else contextlib.nullcontext(None) as progress:
             total_bytes = scan.total_bytes
-            # instances an interrupted earlier run delivered to this receiver are not sent again
-            result, resumed = send_dicom_resumable(
+            shown_at = [0.0]
+
+            def show(done: int, total: int) -> None:
+                # the bar redraws 10 times a second: one update per instance (called with the
+                # sender's lock held) would cost more CPU than the instance's C-STORE
+                now = time.monotonic()
+                if done < total and now - shown_at[0] < 0.1:
+                    return
+                shown_at[0] = now
+                progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes))
+
+            # every instance is journaled as the receiver confirms it: a re-run sends only the rest
+            send = store_instances_resumable(
                 scan.files, UploadJournal(), host=host, port=port, called_aet=called_aet, calling_aet=calling_aet,
-                workers=workers, routing=routing, preflight=False,
-                progress=lambda done, total: progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes)),
+                workers=workers, routing=routing, preflight=False, progress=show if progress else None,
             )
     except XnatError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(exit_code_for(exc)) from None
+    except KeyboardInterrupt:
+        typer.echo("Interrupted: every instance the receiver confirmed is recorded; run the same command again "
+                   "to send the rest.", err=True)
+        raise typer.Exit(130) from None
+    result = send.result
     _report_skipped(scan.skipped)
     _report_conflicts(scan, duplicates)
     for failed in result.failed + result.skipped:
         typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
-    if resumed:
-        typer.echo(f"{resumed} instances were delivered by an earlier run and not sent again")
+    if send.resumed:
+        typer.echo(f"{send.resumed} instances were delivered by an earlier run and not sent again"
+                   + ("" if result.sent or result.failed or result.skipped else
+                      f" (nothing left to send; to send them again anyway, delete {send.journal_path})"))
     typer.echo(result.summary())
+    if send.in_doubt:
+        typer.echo(f"warning: {in_doubt_warning(send.in_doubt)}", err=True)
     if not result.ok or scan.unreadable:
         typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
         raise typer.Exit(EXIT_PARTIAL)
-
+    if send.in_doubt:
+        raise typer.Exit(EXIT_PARTIAL)

@@ -26,26 +26,10 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from xnat_flows.client.errors import InputError
+from xnat_flows.client.paths import ensure_private_dir as ensure_private_dir  # re-exported (home: client.paths)
+from xnat_flows.client.paths import profile_dir as profile_dir
 
 CONFIG_FILE_NAME = "config.toml"
-
-
-def profile_dir(environ: Mapping[str, str] | None = None) -> Path:
-    environ = os.environ if environ is None else environ
-    home = environ.get("XNAT_FLOWS_HOME")
-    if home:
-        return Path(home).expanduser()
-    return Path(environ.get("HOME") or Path.home()).expanduser() / ".config" / "xnat-flows"
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (mode 0700): it holds session tokens."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        path.chmod(0o700)
-    except OSError:  # not ours (e.g. a shared mount): the files inside are still 0600
-        pass
-    return path
 
 
 def parse_bool(text: str) -> bool:

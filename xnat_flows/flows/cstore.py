@@ -15,7 +15,7 @@ from xnat_flows.models import (
 )
 from xnat_flows.tasks.cstore import check_receiver_limit, echo_receiver, resolve_receiver, send_instances
 from xnat_flows.tasks.upload import scan_dicom_directory
-from xnat_flows.transfer.dicom_send import RoutingOverride
+from xnat_flows.transfer.dicom_inputs import RoutingOverride
 
 
 class SendIncompleteError(XnatError):

@@ -6,10 +6,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from xnat_flows.models import DicomReceiverTarget
 from xnat_flows.client.errors import TransientError
+from xnat_flows.models import DicomReceiverTarget
 from xnat_flows.tasks.policies import ReceiverLimit, association_slots, existing_receiver_limit, retry_unless_permanent
-from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, SendResult, echo, send_dicom_resumable
+from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
+from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, SendResult, echo
 from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.scan import DicomFile
 
@@ -42,6 +43,8 @@ def echo_receiver(receiver: DicomReceiverTarget) -> EchoResult:
 SEND_RETRIES = 2
 
 
+
+
 class ReceiverInterrupted(TransientError):
     """Some instances were not stored for a reason that may heal (receiver down, busy, dropped
     associations); Prefect retries the task, which sends only what is still missing."""
@@ -69,10 +72,13 @@ def send_instances(
         if associations < workers:
             get_run_logger().info("the receiver's limit %s has %d slots: sending over %d associations", limit.name,
                                   limit.slots, associations)
-        result, resumed = send_dicom_resumable(
+        send = store_instances_resumable(
             files, UploadJournal(), host=receiver.host, port=receiver.port, called_aet=receiver.called_aet,
             calling_aet=receiver.calling_aet, workers=associations, routing=routing, preflight=False,
         )
+    result, resumed = send.result, send.resumed
+    if send.in_doubt:
+        get_run_logger().warning(in_doubt_warning(send.in_doubt))
     retryable = result.retryable_failures
     if retryable and 1 <= task_run.run_count <= SEND_RETRIES:  # 0: called as a plain function (.fn)
         raise ReceiverInterrupted(

@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from xnat_flows.testing.auth import Sessions
+from xnat_flows.testing.bandwidth import TokenBucket
 from xnat_flows.testing.faults import Faults
 from xnat_flows.testing.importer import Importer
 from xnat_flows.testing.prearchive import Prearchive, XnatRefusal
@@ -37,6 +38,7 @@ class XnatEmulator:
         rebuild_idle_seconds: float = 1.0,
         session_idle_timeout: float = 900.0,
         latency_ms: int = 0,
+        bandwidth_mbit: float | None = None,
         version: str = "1.9.2.1",
         site_id: str = "XNAT",
         max_sessions_per_user: int | None = None,
@@ -56,6 +58,9 @@ class XnatEmulator:
         self.rebuild_idle_seconds = rebuild_idle_seconds
         self.session_idle_timeout = session_idle_timeout
         self.latency_ms = latency_ms
+        self.bandwidth_mbit = bandwidth_mbit
+        # One bucket for all connections: request bodies received and responses sent share the cap.
+        self.bandwidth = TokenBucket.from_mbit(bandwidth_mbit) if bandwidth_mbit else None
         self.version = version
         self.site_id = site_id
         self.max_sessions_per_user = max_sessions_per_user
@@ -73,6 +78,7 @@ class XnatEmulator:
     def start(self) -> XnatEmulator:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.data_dir, self.site_id)
+        self.store.check_space = self.faults.check_disk_space
         self.store.ensure_user(self.user, self.password)
         for project in self.projects:
             self.store.ensure_project(project)
@@ -216,7 +222,8 @@ class XnatEmulator:
     def archived_experiments(self, project: str | None = None) -> list[dict[str, Any]]:
         """Archived experiments: ID, label, project, subject (label), UID, modality, scans {id: file count}."""
         store = self._require_store()
-        sql = "SELECT * FROM experiments" + (" WHERE project = ?" if project else "") + " ORDER BY id"
+        # Image sessions only: assessors live in the same table, tied to their session by session_id.
+        sql = "SELECT * FROM experiments WHERE session_id = ''" + (" AND project = ?" if project else "") + " ORDER BY id"
         out = []
         for experiment in store.query(sql, (project,) if project else ()):
             subject = store.subject(experiment["subject_id"])

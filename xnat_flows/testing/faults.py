@@ -6,6 +6,8 @@ test can drive an emulator that runs in another process.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import threading
 from dataclasses import asdict, dataclass, field
@@ -67,6 +69,7 @@ class Faults:
         self._rules: list[FaultRule] = []
         self._next_id = 1
         self._forced_outcomes: list[str] = []
+        self._disk_full = False
 
     def add(self, path: str = ".*", method: str = "*", **options: Any) -> FaultRule:
         unknown = set(options) - _RULE_KEYS
@@ -80,6 +83,9 @@ class Faults:
         return rule
 
     def add_from_json(self, spec: dict[str, Any]) -> FaultRule:
+        if "disk_full" in spec:
+            self.set_disk_full(bool(spec["disk_full"]))
+            return FaultRule(path="", times=0)
         if "next_session" in spec:
             self.force_next_session(str(spec["next_session"]))
             return FaultRule(path="", times=0)
@@ -93,6 +99,7 @@ class Faults:
         with self._lock:
             self._rules.clear()
             self._forced_outcomes.clear()
+            self._disk_full = False
 
     def rules(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -124,3 +131,17 @@ class Faults:
     def take_forced_outcome(self) -> str | None:
         with self._lock:
             return self._forced_outcomes.pop(0) if self._forced_outcomes else None
+
+    # -- a full disk --------------------------------------------------------------------------------
+    def set_disk_full(self, full: bool = True) -> None:
+        """While set, every file the emulator writes fails with ENOSPC, as on a full disk."""
+        with self._lock:
+            self._disk_full = full
+
+    @property
+    def disk_full(self) -> bool:
+        return self._disk_full
+
+    def check_disk_space(self) -> None:
+        if self._disk_full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -8,8 +8,9 @@ from urllib.parse import unquote
 
 from xnat_flows.testing import readback
 from xnat_flows.testing.prearchive import UNASSIGNED, XnatRefusal, is_true
+from xnat_flows.testing.render import table
 from xnat_flows.testing.state import READY, RECEIVING, scan_xsi_type, session_xsi_type
-from xnat_flows.testing.web import HandlerBase, Request, Response, json_response, request_uploads, text
+from xnat_flows.testing.web import HandlerBase, Request, Response, json_body, json_response, request_uploads, text
 
 
 class PrearchiveHandlers(HandlerBase):
@@ -31,7 +32,7 @@ class PrearchiveHandlers(HandlerBase):
     def list_prearchive(self, req: Request, m: re.Match[str]) -> Response:
         projects = m["projects"].split(",") if m.groupdict().get("projects") else None
         rows = self.store.prearc_rows(projects)
-        return json_response(readback.result_set([readback.prearchive_row(self.store, r) for r in rows], "Prearchive"))
+        return table(req, [readback.prearchive_row(self.store, r) for r in rows], "Prearchive")
 
     def _row_from_src(self, src: str):
         path = src.strip()
@@ -90,7 +91,7 @@ class PrearchiveHandlers(HandlerBase):
             return text(200, "")
         if req.method == "POST":
             if req.content_type == "application/json":
-                payload = json.loads(req.body.read() or b"{}")
+                payload = json_body(req)
                 req.add_fields({k: [str(v)] for k, v in payload.items()})
             return self._prearchive_action(req, row)
         if not rest:
@@ -107,23 +108,23 @@ class PrearchiveHandlers(HandlerBase):
                        f'xmlns:xnat="http://nrg.wustl.edu/xnat" label="{row.name}" project="{row.project}" '
                        f'UID="{row.tag}"><xnat:subject_ID>{row.subject}</xnat:subject_ID></xnat:{_xml_name(row.modality)}>')
                 return Response(200, xml.encode(), "text/xml")
-            return json_response(readback.result_set([readback.prearchive_row(self.store, row)], "Prearchive"))
-        return self._prearchive_contents(row, rest)
+            return table(req, [readback.prearchive_row(self.store, row)], "Prearchive")
+        return self._prearchive_contents(req, row, rest)
 
-    def _prearchive_contents(self, row, rest: list[str]) -> Response:
+    def _prearchive_contents(self, req: Request, row, rest: list[str]) -> Response:
         if rest[0] == "logs":
             entries = [{"id": str(i), "date": e[:23], "entry": e[24:]} for i, e in enumerate(row.log)]
             if len(rest) > 1:
                 pick = entries[-1:] if rest[1] == "last" else [e for e in entries if e["id"] == rest[1]]
                 return text(200, pick[0]["entry"] if pick else "")
-            return json_response(readback.result_set(entries, "Logs"))
+            return table(req, entries, "Logs")
         if rest[0] != "scans":
             return text(404, "Not found")
         scans = self.store.prearc_scans(row.id)
         if len(rest) == 1:
             rows = [{"ID": s["scan_id"], "series_description": s["series_description"] or "",
                      "xsiType": scan_xsi_type(s["modality"] or row.modality)} for s in scans]
-            return json_response(readback.result_set(rows, "Scans"))
+            return table(req, rows, "Scans")
         scan_id = rest[1]
         files = self.store.prearc_files(row.id, scan_id)
         if len(rest) == 2 or rest[2] != "resources":
@@ -132,13 +133,13 @@ class PrearchiveHandlers(HandlerBase):
             labels = sorted({f["resource"] for f in files})
             rows = [{"label": lab, "file_count": sum(1 for f in files if f["resource"] == lab),
                      "file_size": sum(f["size"] for f in files if f["resource"] == lab)} for lab in labels]
-            return json_response(readback.result_set(rows, "Resources"))
+            return table(req, rows, "Resources")
         label = rest[3]
         base = f"/data{row.url}/scans/{scan_id}/resources/{label}/files"
         chosen = [f for f in files if f["resource"] == label]
         if len(rest) == 4 or (len(rest) == 5 and rest[4] == "files"):
             rows = [{"Name": f["name"], "Size": f["size"], "URI": f"{base}/{f['name']}", "digest": f["md5"]} for f in chosen]
-            return json_response(readback.result_set(rows, "Files"))
+            return table(req, rows, "Files")
         name = "/".join(rest[5:])
         if not any(f["name"] == name for f in chosen):
             return text(404, f"File {name} not found")
@@ -197,11 +198,11 @@ class PrearchiveHandlers(HandlerBase):
 
     def direct_archive_list(self, req: Request, m: re.Match[str]) -> Response:
         """Direct-Archive sessions not yet built (body shape uncertain, spec §3.7): a JSON array."""
-        try:
-            filters = (json.loads(req.body.read() or b"{}") or {}).get("filters", {})
-        except ValueError:
-            return text(400, "Malformed paginated request")
-        project = (filters.get("project") or {}).get("value")
+        filters = json_body(req).get("filters") or {}
+        project_filter = filters.get("project") if isinstance(filters, dict) else None
+        if not isinstance(filters, dict) or not isinstance(project_filter or {}, dict):
+            return text(400, 'Malformed paginated request: "filters" must be {"project": {"operator": "EQ", "value": "P"}}')
+        project = (project_filter or {}).get("value")
         rows = [r for r in self.store.prearc_rows([project] if project else None, include_direct=True) if r.direct_archive]
         sessions = [{"project": r.project, "subject": r.subject, "label": r.name, "tag": r.tag, "status": r.status,
                      "modality": r.modality, "scan_date": r.scan_date, "timestamp": r.timestamp,

@@ -6,9 +6,9 @@ import json
 import re
 from pathlib import Path
 
-from xnat_flows.testing import readback
 from xnat_flows.testing.auth import parse_basic
-from xnat_flows.testing.web import HandlerBase, Request, Response, json_response, text
+from xnat_flows.testing.render import table
+from xnat_flows.testing.web import HandlerBase, Request, Response, json_body, json_response, text
 
 
 class SiteHandlers(HandlerBase):
@@ -106,9 +106,15 @@ class SiteHandlers(HandlerBase):
     def site_config(self, req: Request, m: re.Match[str]) -> Response:
         """Accepted so set-up code that tunes a real XNAT runs unchanged; only the rebuilder interval is used."""
         if req.method == "POST":
-            settings = json.loads(req.body.read() or b"{}")
+            settings = json_body(req)
             if "sessionXmlRebuilderInterval" in settings:  # minutes on XNAT; kept as seconds here for speed
-                self.emu.prearchive.rebuild_idle_seconds = float(settings["sessionXmlRebuilderInterval"])
+                interval = settings["sessionXmlRebuilderInterval"]
+                if isinstance(interval, bool) or not isinstance(interval, (int, float, str)):
+                    return text(400, "sessionXmlRebuilderInterval must be a number")
+                try:
+                    self.emu.prearchive.rebuild_idle_seconds = float(interval)
+                except ValueError:
+                    return text(400, f"sessionXmlRebuilderInterval must be a number, not {interval!r}")
             return text(200, "")
         config = {"siteId": self.emu.site_id, "initialized": True, "enableCsrfToken": False,
                   "sessionXmlRebuilderInterval": self.emu.prearchive.rebuild_idle_seconds,
@@ -128,7 +134,7 @@ class SiteHandlers(HandlerBase):
 
     def search_elements(self, req: Request, m: re.Match[str]) -> Response:
         """The search-element catalogue xnatpy reads at connect; the emulator offers no search fields."""
-        return json_response(readback.result_set([], "Elements"))
+        return table(req, [], "Elements")
 
     # -- control endpoints (unauthenticated; tests drive faults from another process) --------------
     def control_stats(self, req: Request, m: re.Match[str]) -> Response:
@@ -140,8 +146,10 @@ class SiteHandlers(HandlerBase):
             faults.clear()
             return text(200, "")
         if req.method == "POST":
-            spec = json.loads(req.body.read() or b"{}")
+            spec = json_body(req, (dict, list))
             specs = spec if isinstance(spec, list) else [spec]
+            if not all(isinstance(s, dict) for s in specs):
+                return text(400, "Each fault rule must be a JSON object")
             try:
                 added = [faults.add_from_json(s).id for s in specs]
             except (TypeError, ValueError) as exc:

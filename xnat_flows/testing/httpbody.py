@@ -19,6 +19,10 @@ class BodyError(Exception):
     """Malformed framing: the connection cannot be reused."""
 
 
+class MalformedMultipart(ValueError):
+    """A complete body that is not valid multipart/form-data (XNAT answers 400)."""
+
+
 class RequestBody:
     """A readable view of one request body, honouring Content-Length or chunked framing."""
 
@@ -143,14 +147,26 @@ def _parse_headers(raw: bytes) -> tuple[str, dict[str, str], str]:
 
 
 def parse_multipart(body: RequestBody, boundary: str, tmp_dir: Path) -> MultipartForm:
-    """Stream a multipart/form-data body: fields into memory, files into temp files under tmp_dir."""
+    """Stream a multipart/form-data body: fields into memory, files into temp files under tmp_dir.
+
+    A body that ends cleanly but is not valid multipart raises MalformedMultipart (nothing is left
+    behind); a connection cut inside the body raises BodyError from the reads."""
     form = MultipartForm()
+    try:
+        _parse_parts(body, boundary, tmp_dir, form)
+    except BaseException:
+        form.cleanup()
+        raise
+    return form
+
+
+def _parse_parts(body: RequestBody, boundary: str, tmp_dir: Path, form: MultipartForm) -> None:
     delimiter = b"\r\n--" + boundary.encode("latin-1")
     buffer = b"\r\n"  # lets the first delimiter match the same pattern as the rest
     while delimiter not in buffer:
         more = body.read(_CHUNK)
         if not more:
-            raise BodyError("multipart body without boundary")
+            raise MalformedMultipart("multipart body without its boundary")
         buffer += more
     buffer = buffer[buffer.index(delimiter) + len(delimiter):]
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -158,34 +174,37 @@ def parse_multipart(body: RequestBody, boundary: str, tmp_dir: Path) -> Multipar
         while len(buffer) < 2:
             buffer += body.read(_CHUNK) or b"--"
         if buffer.startswith(b"--"):
-            return form
+            return
         while b"\r\n\r\n" not in buffer:
             more = body.read(_CHUNK)
             if not more:
-                raise BodyError("truncated multipart headers")
+                raise MalformedMultipart("multipart part without the end of its headers")
             buffer += more
         header_blob, buffer = buffer[2:].split(b"\r\n\r\n", 1)
         _, params, ctype = _parse_headers(header_blob)
         is_file = "filename" in params
         sink = tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="mp-", delete=False) if is_file else None
-        value = bytearray()
-        while True:
-            index = buffer.find(delimiter)
-            if index >= 0:
-                content, buffer = buffer[:index], buffer[index + len(delimiter):]
-                (sink.write(content) if sink else value.extend(content))
-                break
-            keep = len(delimiter)
-            if len(buffer) > keep:
-                content, buffer = buffer[:-keep], buffer[-keep:]
-                (sink.write(content) if sink else value.extend(content))
-            more = body.read(_CHUNK)
-            if not more:
-                raise BodyError("truncated multipart body")
-            buffer += more
-        if sink is not None:
-            sink.close()
+        if sink is not None:  # registered at once, so that cleanup() removes it whatever happens next
             form.files.append(FilePart(params.get("name", ""), params.get("filename") or "upload", ctype,
                                        Path(sink.name)))
-        else:
+        value = bytearray()
+        try:
+            while True:
+                index = buffer.find(delimiter)
+                if index >= 0:
+                    content, buffer = buffer[:index], buffer[index + len(delimiter):]
+                    (sink.write(content) if sink else value.extend(content))
+                    break
+                keep = len(delimiter)
+                if len(buffer) > keep:
+                    content, buffer = buffer[:-keep], buffer[-keep:]
+                    (sink.write(content) if sink else value.extend(content))
+                more = body.read(_CHUNK)
+                if not more:
+                    raise MalformedMultipart("multipart part without its closing boundary")
+                buffer += more
+        finally:
+            if sink is not None:
+                sink.close()
+        if sink is None:
             form.fields.setdefault(params.get("name", ""), []).append(value.decode("utf-8", "replace"))

@@ -95,6 +95,9 @@ class Importer:
         subject = params.get("SUBJECT_ID") or dest.subject or route_subject(header)
         label = params.get("EXPT_LABEL") or dest.label or route_session(header) or "dicom_upload"
         direct = is_true(params.get("Direct-Archive")) and project is not None
+        routed_auto_archive = header.assignment("AA").lower()
+        if routed_auto_archive in ("true", "false") and "AA" not in params:
+            params = {**params, "AA": routed_auto_archive}
         return Placement(
             project=project or UNASSIGNED, subject=clean_label(subject), label=clean_label(label) or "dicom_upload",
             direct_archive=direct, timestamp=params.get("PREARC_TIMESTAMP") or dest.timestamp or None,
@@ -289,7 +292,11 @@ def _iter_zip(stream: BinaryIO, tmp_dir: Path) -> Iterator[tuple[str, bytes]]:
     if not seekable:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         spool = tempfile.TemporaryFile(dir=tmp_dir, prefix="zip-")
-        shutil.copyfileobj(stream, spool, 1024 * 1024)
+        try:
+            shutil.copyfileobj(stream, spool, 1024 * 1024)
+        except BaseException:  # a full disk: give the space back at once
+            spool.close()
+            raise
         spool.seek(0)
     try:
         with zipfile.ZipFile(spool or stream) as archive:

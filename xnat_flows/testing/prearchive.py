@@ -21,7 +21,7 @@ UNASSIGNED = "Unassigned"
 # Row parameters remembered from the import request (used later by the rebuilder / archiver).
 REMEMBERED_PARAMS = (
     "overwrite", "overwrite_files", "SOURCE", "prevent_auto_commit", "prevent_anon", "VISIT", "PROTOCOL",
-    "TIMEZONE", "Sender-AE-Title",
+    "TIMEZONE", "Sender-AE-Title", "AA",
 )
 
 
@@ -99,7 +99,7 @@ class Prearchive:
             data = anonymize_instance(data)
         # Write the bytes before taking the lock; the rename into place happens under it.
         tmp_path = store.tmp_dir / f"inst-{threading.get_ident()}-{time.monotonic_ns()}"
-        size, md5 = write_stream_to(tmp_path, data, store.tmp_dir)  # temp name, then renamed under the lock
+        size, md5 = write_stream_to(tmp_path, data, store.tmp_dir, store.check_space)  # temp name, then renamed under the lock
         try:
             with store.lock:
                 row = self._open_row(header, where)
@@ -342,7 +342,11 @@ class Prearchive:
             self.archive_with_fallback(row, row.params.get("overwrite") or None)
             return
         project = self.store.project(row.project)
-        if project is not None and project["prearchive_code"] in (4, 5):
+        auto_archive = project is not None and project["prearchive_code"] in (4, 5)
+        routed = row.params.get("AA", "").lower()  # `AA:true|false` in the routing comment wins (XNAT 1.7+)
+        if routed in ("true", "false"):
+            auto_archive = routed == "true"
+        if auto_archive:
             self.archive_with_fallback(row, self.auto_archive_overwrite(row))
         else:
             self.store.update_prearc(row.id, status=READY)

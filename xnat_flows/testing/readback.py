@@ -1,4 +1,4 @@
-"""JSON representations XNAT uses for listings (ResultSet, all values strings) and single objects (items)."""
+"""Rows of XNAT's listings (ResultSet JSON, every value a string) shared by the archive and prearchive handlers."""
 
 from __future__ import annotations
 
@@ -29,24 +29,6 @@ def project_row(project: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def subject_row(subject: sqlite3.Row) -> dict[str, Any]:
-    return {
-        "ID": subject["id"], "label": subject["label"], "project": subject["project"],
-        "URI": f"/data/subjects/{subject['id']}", "insert_date": subject["insert_date"], "insert_user": "admin",
-    }
-
-
-def experiment_row(store: Store, experiment: sqlite3.Row) -> dict[str, Any]:
-    subject = store.subject(experiment["subject_id"])
-    return {
-        "ID": experiment["id"], "URI": f"/data/experiments/{experiment['id']}", "date": experiment["date"],
-        "insert_date": experiment["insert_date"], "label": experiment["label"], "project": experiment["project"],
-        "xsiType": experiment["xsi_type"], "subject_ID": experiment["subject_id"],
-        "subject_label": subject["label"] if subject else "", "UID": experiment["uid"],
-        "modality": experiment["modality"],
-    }
-
-
 def scan_row(experiment_id: str, scan: sqlite3.Row) -> dict[str, Any]:
     return {
         "ID": scan["scan_id"], "type": scan["type"], "series_description": scan["series_description"],
@@ -55,94 +37,7 @@ def scan_row(experiment_id: str, scan: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def resource_row(store: Store, resource: sqlite3.Row) -> dict[str, Any]:
-    files = store.files(resource["id"])
-    scan_id = resource["scan_id"]
-    return {
-        "xnat_abstractresource_id": resource["id"], "label": resource["label"],
-        "element_name": "xnat:resourceCatalog", "category": "scans" if scan_id else "resources",
-        "cat_id": scan_id or resource["experiment_id"], "cat_desc": "", "format": resource["format"] or "",
-        "content": resource["content"] or "", "tags": resource["tags"] or "", "file_count": len(files),
-        "file_size": sum(f["size"] or 0 for f in files),
-    }
-
-
-def resource_base_uri(resource: sqlite3.Row) -> str:
-    scan_part = f"/scans/{resource['scan_id']}" if resource["scan_id"] else ""
-    return f"/data/experiments/{resource['experiment_id']}{scan_part}/resources/{resource['label']}"
-
-
-def file_rows(store: Store, resource: sqlite3.Row) -> list[dict[str, Any]]:
-    base = resource_base_uri(resource)
-    return [
-        {
-            "Name": f["path"].rsplit("/", 1)[-1], "Size": f["size"], "URI": f"{base}/files/{f['path']}",
-            "collection": resource["label"], "file_tags": "", "file_format": resource["format"] or "",
-            "file_content": resource["content"] or "", "cat_ID": resource["id"], "digest": f["md5"],
-            "path": f["path"],
-        }
-        for f in store.files(resource["id"])
-    ]
-
-
 FILE_COLUMNS = [{"key": "URI", "serverRoot": ""}]
-
-
-def experiment_items(store: Store, experiment: sqlite3.Row) -> bytes:
-    """The `items` document of one experiment, with scans and their resources as children (spec §1.2)."""
-    scans = store.query("SELECT * FROM scans WHERE experiment_id = ? ORDER BY rowid", (experiment["id"],))
-    scan_items = []
-    for scan in scans:
-        resources = store.query(
-            "SELECT * FROM resources WHERE experiment_id = ? AND scan_id = ? ORDER BY id", (experiment["id"], scan["scan_id"])
-        )
-        scan_items.append({
-            "meta": {"xsi:type": scan["xsi_type"], "isHistory": False},
-            "data_fields": {"ID": scan["scan_id"], "type": scan["type"], "UID": scan["series_uid"],
-                            "series_description": scan["series_description"], "quality": "usable",
-                            "image_session_ID": experiment["id"], "modality": scan["modality"],
-                            "xnat_imagescandata_id": f"{experiment['id']}:{scan['scan_id']}"},
-            "children": [{"field": "file", "items": [_resource_item(store, r) for r in resources]}] if resources else [],
-        })
-    session_resources = store.query(
-        "SELECT * FROM resources WHERE experiment_id = ? AND scan_id = '' ORDER BY id", (experiment["id"],)
-    )
-    children = []
-    if scan_items:
-        children.append({"field": "scans/scan", "items": scan_items})
-    if session_resources:
-        children.append({"field": "resources/resource", "items": [_resource_item(store, r) for r in session_resources]})
-    item = {
-        "meta": {"create_event_id": 1, "xsi:type": experiment["xsi_type"], "isHistory": False,
-                 "start_date": experiment["insert_date"]},
-        "data_fields": {"ID": experiment["id"], "label": experiment["label"], "project": experiment["project"],
-                        "subject_ID": experiment["subject_id"], "UID": experiment["uid"],
-                        "date": experiment["date"], "time": experiment["time"], "modality": experiment["modality"],
-                        "id": experiment["id"]},
-        "children": children,
-    }
-    return json.dumps({"items": [item]}).encode()
-
-
-def resource_items(store: Store, resource: sqlite3.Row) -> bytes:
-    return json.dumps({"items": [_resource_item(store, resource)]}).encode()
-
-
-def _resource_item(store: Store, resource: sqlite3.Row) -> dict[str, Any]:
-    files = store.files(resource["id"])
-    return {
-        "meta": {"xsi:type": "xnat:resourceCatalog", "isHistory": False},
-        "data_fields": {"label": resource["label"], "format": resource["format"] or "",
-                        "content": resource["content"] or "", "file_count": len(files),
-                        "file_size": sum(f["size"] or 0 for f in files),
-                        "xnat_abstractresource_id": resource["id"]},
-        "children": [],
-    }
-
-
-def simple_items(xsi_type: str, fields: dict[str, Any]) -> bytes:
-    return json.dumps({"items": [{"meta": {"xsi:type": xsi_type, "isHistory": False},
-                                  "data_fields": fields, "children": []}]}).encode()
 
 
 def prearchive_row(store: Store, row: PrearcRow) -> dict[str, Any]:

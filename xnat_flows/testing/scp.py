@@ -11,6 +11,8 @@ receiver that stops replying (pynetdicom's own mid-message stall, field notes), 
 
 from __future__ import annotations
 
+import errno
+
 import logging
 import socket
 import threading
@@ -141,8 +143,11 @@ class DicomReceiver:
         calling_aet = event.assoc.requestor.ae_title.strip()
         try:
             outcome = self.ingest(event.encoded_dataset(include_meta=True), calling_aet)
-        except Exception:  # the receiver must answer every request; the failure goes into the status
-            log.exception("ingest failed for %s", event.request.AffectedSOPInstanceUID)
+        except Exception as exc:  # the receiver must answer every request; the failure goes into the status
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.warning("ingest failed for %s: no space left on device", event.request.AffectedSOPInstanceUID)
+            else:
+                log.exception("ingest failed for %s", event.request.AffectedSOPInstanceUID)
             return STATUS_OUT_OF_RESOURCES
         return STATUS_SUCCESS if outcome is not None else STATUS_CANNOT_UNDERSTAND
 

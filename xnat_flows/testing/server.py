@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from xnat_flows.testing.auth import parse_basic
+from xnat_flows.testing.bandwidth import ThrottledReader, ThrottledWriter
 from xnat_flows.testing.handlers_archive import ArchiveHandlers
 from xnat_flows.testing.handlers_prearchive import PrearchiveHandlers
 from xnat_flows.testing.handlers_site import SiteHandlers
 from xnat_flows.testing.httpbody import BodyError, RequestBody
 from xnat_flows.testing.prearchive import XnatRefusal, is_true
+from xnat_flows.testing.state import is_disk_full
 from xnat_flows.testing.web import STREAM_CHUNK, Handler, Request, Response, text
 
 if TYPE_CHECKING:
@@ -41,7 +43,6 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
         self.peak_concurrent_uploads = 0
         self.request_count = 0
         self.import_count = 0
-        expt = r"/data(?:/archive)?(?:/projects/(?P<project>[^/]+)(?:/subjects/(?P<subject>[^/]+))?)?/experiments/(?P<expt>[^/]+)"
         self.routes: list[tuple[str, re.Pattern[str], Handler, bool]] = [
             # (methods, path, handler, needs authentication)
             ("GET", re.compile(r"/"), self.root, False),
@@ -63,18 +64,16 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
             ("GET POST", re.compile(r"/xapi/siteConfig"), self.site_config, True),
             ("GET", re.compile(r"/xapi/dicomscp"), self.dicom_receivers, True),
             ("GET", re.compile(r"/data/search/elements(?:/[^/]+)?"), self.search_elements, True),
-            ("GET", re.compile(r"/data(?:/archive)?/projects"), self.list_projects, True),
-            ("GET PUT", re.compile(r"/data(?:/archive)?/projects/(?P<project>[^/]+)"), self.project, True),
             ("GET", re.compile(r"/data/projects/(?P<project>[^/]+)/prearchive_code"), self.get_prearchive_code, True),
             ("PUT POST", re.compile(r"/data/projects/(?P<project>[^/]+)/prearchive_code/(?P<code>[^/]+)"),
              self.put_prearchive_code, True),
-            ("GET", re.compile(r"/data(?:/archive)?/projects/(?P<project>[^/]+)/subjects"), self.list_subjects, True),
-            ("GET", re.compile(r"/data(?:/archive)?/subjects/(?P<subject>[^/]+)"), self.subject, True),
-            ("GET PUT", re.compile(r"/data(?:/archive)?/projects/(?P<project>[^/]+)/subjects/(?P<subject>[^/]+)"),
-             self.subject, True),
-            ("GET", re.compile(r"/data(?:/archive)?(?:/projects/(?P<project>[^/]+)(?:/subjects/(?P<subject>[^/]+))?)?/experiments"),
-             self.list_experiments, True),
-            ("GET PUT POST DELETE", re.compile(expt + r"(?P<rest>/.*)?"), self.experiment_tree, True),
+            # The whole archive (projects → subjects → experiments → scans/assessors/reconstructions →
+            # resources → files) is one walk through the object model.
+            ("GET PUT POST DELETE", re.compile(r"/data(?:/archive)?(?P<tree>/(?:projects|subjects|experiments)(?:/.*)?)"),
+             self.archive_tree, True),
+            ("GET", re.compile(r"/data(?:/archive)?/users"), self.list_users, True),
+            ("POST", re.compile(r"/data(?:/archive)?/search"), self.search, True),
+            ("POST PUT", re.compile(r"/data/services/refresh/catalog"), self.refresh_catalog, True),
             ("POST", re.compile(r"/data/services/import"), self.services_import, True),
             ("POST", re.compile(r"/data/services/archive"), self.services_archive, True),
             ("POST", re.compile(r"/data/services/prearchive/(?P<action>delete|move|rebuild)"),
@@ -148,6 +147,13 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests run many requests
         return
 
+    def setup(self) -> None:
+        super().setup()
+        bucket = self.api.emu.bandwidth
+        if bucket is not None:  # --bandwidth-mbit: one link shared by every connection
+            self.rfile = ThrottledReader(self.rfile, bucket)  # type: ignore[assignment]
+            self.wfile = ThrottledWriter(self.wfile, bucket)  # type: ignore[assignment]
+
     def do_GET(self) -> None:
         self._dispatch()
 
@@ -163,7 +169,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except ValueError:
             content_length = 0
         body = RequestBody(self.rfile, content_length, chunked)
-        req = Request(self.command, self.path, self.headers, body)
+        # HEAD is a GET whose body _send leaves out (it looks at self.command).
+        req = Request("GET" if self.command == "HEAD" else self.command, self.path, self.headers, body)
         try:
             response = self._handle(req)
         except XnatRefusal as exc:
@@ -174,11 +181,15 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except (ConnectionError, socket.timeout):
             self.close_connection = True
             return
-        except Exception as exc:  # an emulator bug: answer like Tomcat's 500 page
-            import traceback
+        except Exception as exc:
+            if is_disk_full(exc):  # XNAT answers each request 500 and carries on when space returns
+                log.warning("%s %s: no space left on device", req.method, req.path)
+                response = text(500, f"Internal Server Error: no space left on device ({exc})")
+            else:  # an emulator bug: answer like Tomcat's 500 page
+                import traceback
 
-            traceback.print_exc()
-            response = text(500, f"Internal Server Error: {exc}")
+                traceback.print_exc()
+                response = text(500, f"Internal Server Error: {exc}")
         if response is None:  # a dropped connection fault
             self.close_connection = True
             return

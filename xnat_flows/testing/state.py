@@ -8,6 +8,7 @@ the bytes themselves move outside the lock (written to a temp file, then renamed
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import itertools
 import json
@@ -17,7 +18,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,12 @@ CREATE TABLE IF NOT EXISTS resources(id INTEGER PRIMARY KEY AUTOINCREMENT, exper
     UNIQUE(experiment_id, scan_id, label));
 CREATE TABLE IF NOT EXISTS files(resource_id INTEGER NOT NULL, path TEXT NOT NULL, size INTEGER, md5 TEXT,
     PRIMARY KEY(resource_id, path));
+CREATE TABLE IF NOT EXISTS attrs(owner TEXT NOT NULL, path TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY(owner, path));
+CREATE TABLE IF NOT EXISTS shares(owner TEXT NOT NULL, project TEXT NOT NULL, label TEXT NOT NULL,
+    PRIMARY KEY(owner, project));
+CREATE TABLE IF NOT EXISTS reconstructions(experiment_id TEXT NOT NULL, recon_id TEXT NOT NULL, type TEXT,
+    PRIMARY KEY(experiment_id, recon_id));
 CREATE TABLE IF NOT EXISTS prearc(id INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL,
     timestamp TEXT NOT NULL, folder TEXT NOT NULL, name TEXT, subject TEXT, tag TEXT, status TEXT,
     scan_date TEXT, scan_time TEXT, uploaded TEXT, lastmod REAL, modality TEXT,
@@ -119,19 +126,36 @@ def _row(record: sqlite3.Row) -> PrearcRow:
     )
 
 
-def write_stream_to(path: Path, chunks: Iterator[bytes] | bytes, tmp_dir: Path) -> tuple[int, str]:
-    """Write bytes atomically (temp file + rename) and return (size, md5)."""
+def write_stream_to(path: Path, chunks: Iterator[bytes] | bytes, tmp_dir: Path,
+                    check_space: Callable[[], None] | None = None) -> tuple[int, str]:
+    """Write bytes atomically (temp file + rename) and return (size, md5).
+
+    ``check_space`` raises ENOSPC while a test simulates a full disk. A failed write removes its
+    temp file, so the space comes back when the disk does."""
+    if check_space is not None:
+        check_space()
     path.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.md5()
     size = 0
     fd, tmp_name = _tempfile(tmp_dir)
-    with os.fdopen(fd, "wb") as out:
-        for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
-            digest.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-    os.replace(tmp_name, path)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     return size, digest.hexdigest()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write failed for want of space: ENOSPC/EDQUOT, or SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
 
 
 _temp_counter = itertools.count()
@@ -164,7 +188,15 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._last_stamp = ""
+        self.check_space: Callable[[], None] | None = None  # the emulator's simulated-disk-full check
+
+    def _migrate(self) -> None:
+        """Columns added after the first release, for data dirs made by an older emulator."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(experiments)")}
+        if "session_id" not in columns:  # assessors: the image session they assess
+            self._db.execute("ALTER TABLE experiments ADD COLUMN session_id TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self.lock:

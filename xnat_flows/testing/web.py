@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import zipfile
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from xnat_flows.testing.httpbody import MultipartForm, RequestBody, parse_multipart
+from xnat_flows.testing.httpbody import MalformedMultipart, MultipartForm, RequestBody, parse_multipart
 from xnat_flows.testing.importer import Upload
 from xnat_flows.testing.prearchive import XnatRefusal, is_true
 
@@ -45,6 +46,31 @@ class Response:
 
 def text(status: int, message: str, **headers: str) -> Response:
     return Response(status, message.encode(), headers=dict(headers))
+
+
+def json_body(req: Request, expected: type | tuple[type, ...] = dict, limit: int = 1024 * 1024) -> Any:
+    """The request's JSON body (empty → an empty ``expected``); 400 when it is not JSON of that shape.
+
+    XNAT's Spring controllers answer a body they cannot bind with 400 Bad Request, never a 500."""
+    raw = req.body.read(limit + 1)
+    if len(raw) > limit:
+        raise XnatRefusal(413, f"Request body larger than {limit} bytes")
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    if not raw.strip():
+        return kinds[0]()
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise XnatRefusal(400, f"Malformed JSON in the request body: {exc}") from exc
+    if not isinstance(value, expected):
+        wanted = " or ".join(_JSON_NAMES.get(kind, kind.__name__) for kind in kinds)
+        raise XnatRefusal(400, f"Malformed request body: expected a JSON {wanted}, "
+                               f"got {_JSON_NAMES.get(type(value), type(value).__name__)}")
+    return value
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
 
 
 def json_response(body: bytes, status: int = 200) -> Response:
@@ -104,6 +130,8 @@ class HandlerBase:
     store: Store
 
     def _zip_response(self, entries: list[tuple[str, Path]], name: str) -> Response:
+        if self.store.check_space is not None:
+            self.store.check_space()
         handle, tmp_name = tempfile.mkstemp(dir=self.store.tmp_dir, prefix="dl-", suffix=".zip")
         with open(handle, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for arcname, path in entries:
@@ -122,7 +150,10 @@ def request_uploads(req: Request, path_name: str | None, tmp_dir: Path) -> list[
         boundary = re.search(r'boundary="?([^";]+)"?', req.headers.get("Content-Type") or "")
         if boundary is None:
             raise XnatRefusal(400, "Malformed multipart/form-data request: no boundary")
-        req.form = parse_multipart(req.body, boundary.group(1), tmp_dir)
+        try:
+            req.form = parse_multipart(req.body, boundary.group(1), tmp_dir)
+        except MalformedMultipart as exc:  # Tomcat/commons-fileupload: the request is refused, 400
+            raise XnatRefusal(400, f"Malformed multipart/form-data request: {exc}") from exc
         req.add_fields(req.form.fields)
         return [Upload(p.filename, p.path.open("rb")) for p in req.form.files]
     raw = inbody or ctype in _RAW_TYPES or ctype.startswith(("image/", "video/"))

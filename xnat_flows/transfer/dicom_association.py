@@ -9,6 +9,7 @@ It does only what a storage SCU needs: associate, C-ECHO, C-STORE, release, abor
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from dataclasses import dataclass
@@ -119,7 +120,9 @@ class StorageAssociation:
         """
         if not 1 <= len(pairs) <= 128:
             raise ValueError("an association carries 1..128 presentation contexts")
-        sock = socket.create_connection((host, port), timeout=connect_timeout)
+        # an ASCII host as bytes: a str makes getaddrinfo import the idna codec (~10 ms of start-up)
+        address = host.encode("ascii") if host.isascii() else host
+        sock = socket.create_connection((address, port), timeout=connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Nagle costs ~40 ms per message
             sock.settimeout(acse_timeout)
@@ -316,10 +319,8 @@ class StorageAssociation:
 
     def _close(self) -> None:
         self.is_open = False
-        try:
+        with contextlib.suppress(OSError):
             self._sock.close()
-        except OSError:
-            pass
 
 
 def _read_exact(sock: socket.socket, count: int) -> bytes:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
 
 from xnat_flows.transfer.scan import DicomFile
 
@@ -27,15 +29,17 @@ def content_digest(files: Iterable[DicomFile]) -> str:
 
 class UploadJournal:
     def __init__(self, directory: Path | None = None) -> None:
-        # the settings module (pydantic) is imported here, not at module level: the C-STORE
-        # sender imports this module, and its start-up time is part of its throughput
-        from xnat_flows.client.settings import profile_dir
+        from xnat_flows.client.paths import profile_dir  # not client.settings: no pydantic on the C-STORE path
 
         self.directory = Path(directory) if directory is not None else profile_dir() / "journal"
         self._lock = threading.Lock()
 
     def _path(self, destination: str) -> Path:
         return self.directory / f"{hashlib.sha256(destination.encode()).hexdigest()[:32]}.log"
+
+    def path_for(self, destination: str) -> Path:
+        """The file holding ``destination``'s records (deleting it forgets every delivery there)."""
+        return self._path(destination)
 
     def done(self, destination: str) -> set[str]:
         """Digests recorded for ``destination`` (a partly written last line is ignored)."""
@@ -45,8 +49,32 @@ class UploadJournal:
             return set()
         return {line for line in lines if len(line) == 64}
 
+    def in_flight(self, destination: str) -> set[str]:
+        """Digests that went out to ``destination`` without an answer (``InstanceLog.sending`` with
+        neither ``stored`` nor ``refused`` after it): the receiver may or may not hold them."""
+        try:
+            lines = self._path(destination).read_text(encoding="ascii").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return set()
+        pending: set[str] = set()
+        for line in lines:
+            if len(line) == 65 and line[0] == _SENDING:
+                pending.add(line[1:])
+            elif len(line) == 65 and line[0] == _REFUSED:
+                pending.discard(line[1:])
+            elif len(line) == 64:
+                pending.discard(line)
+        return pending
+
+    def open_log(self, destination: str) -> InstanceLog:
+        """An append-only log of instances going out to ``destination`` and being confirmed."""
+        from xnat_flows.client.paths import ensure_private_dir
+
+        ensure_private_dir(self.directory)
+        return InstanceLog(self._path(destination))
+
     def record(self, destination: str, digest: str) -> None:
-        from xnat_flows.client.settings import ensure_private_dir
+        from xnat_flows.client.paths import ensure_private_dir
 
         with self._lock:
             ensure_private_dir(self.directory)
@@ -57,3 +85,60 @@ class UploadJournal:
     def clear(self, destination: str) -> None:
         with self._lock:
             self._path(destination).unlink(missing_ok=True)
+
+
+_SENDING, _REFUSED = ">", "x"  # line prefixes of InstanceLog; a bare digest is a delivery
+
+
+class InstanceLog:
+    """Per-instance records, written as they happen: ``sending`` before an instance goes out,
+    ``stored`` once the receiver confirmed it, ``refused`` when it answered a failure.
+
+    Each record is one ``write`` to the file (O_APPEND), so it is in the kernel's hands at once:
+    killing the process (kill -9, Ctrl-C) loses nothing written. ``fsync`` runs at most every
+    ``fsync_seconds`` and on close, so a power cut loses at most that tail, which the next run
+    sends again. Safe to call from several threads.
+    """
+
+    def __init__(self, path: Path, fsync_seconds: float = 1.0) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fsync_seconds = fsync_seconds
+        self._last_fsync = time.monotonic()
+        self._lock = threading.Lock()
+
+    def sending(self, digest: str) -> None:
+        self._write(f"{_SENDING}{digest}\n")
+
+    def stored(self, digest: str) -> None:
+        self._write(f"{digest}\n")
+
+    def refused(self, digest: str) -> None:
+        self._write(f"{_REFUSED}{digest}\n")
+
+    def _write(self, line: str) -> None:
+        os.write(self._fd, line.encode("ascii"))  # one small O_APPEND write: atomic, never interleaved
+        now = time.monotonic()
+        if now - self._last_fsync >= self._fsync_seconds:
+            with self._lock:
+                if now - self._last_fsync < self._fsync_seconds:
+                    return
+                self._last_fsync = now
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd < 0:
+                return
+            fd, self._fd = self._fd, -1
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> InstanceLog:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,25 @@
+"""Where the profile lives on disk (no pydantic here: the C-STORE command's upload journal needs
+only these paths, and its start-up time is part of its throughput, docs/cstore.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def profile_dir(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    home = environ.get("XNAT_FLOWS_HOME")
+    if home:
+        return Path(home).expanduser()
+    return Path(environ.get("HOME") or Path.home()).expanduser() / ".config" / "xnat-flows"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (mode 0700): it holds session tokens."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):  # not ours (e.g. a shared mount): the files inside are still 0600
+        path.chmod(0o700)
+    return path

@@ -1,0 +1,62 @@
+"""The bytes a C-STORE sends for one file: its dataset exactly as encoded on disk, or (with a
+routing override) an in-memory copy with PatientComments set. The user's files are never written."""
+
+from __future__ import annotations
+
+import os
+
+from xnat_flows.transfer.part10 import dataset_offset, little_endian_vr, read_file_meta
+
+
+def dataset_to_send(path: str, size: int, mtime_ns: int, routing_comment: str | None) -> memoryview:
+    """The dataset to send: the file's own encoded bytes, or an edited in-memory copy.
+
+    Raises ``ValueError`` when the file is not the one scanned (size or modification time
+    changed, also while it was being read): an export still being written must not be sent
+    half-done, and what the scan listed is what the result reports. ``mtime_ns`` 0: not known,
+    only the size is checked.
+    """
+    with open(path, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        data = handle.read()
+        after = os.fstat(handle.fileno())
+    if len(data) != size or after.st_mtime_ns != before.st_mtime_ns or (
+            mtime_ns and before.st_mtime_ns != mtime_ns):
+        raise ValueError(f"it changed since the scan ({size} bytes then, {len(data)} now); "
+                         "wait until the export has finished writing, then re-run")
+    if routing_comment is None:
+        return memoryview(data)[dataset_offset(data):]  # sent as encoded, never decoded
+    return memoryview(with_patient_comments(data, routing_comment))
+
+
+def with_patient_comments(part10: bytes, comment: str) -> bytes:
+    """The file's dataset, re-encoded in its own transfer syntax with PatientComments set.
+
+    Little-endian, non-deflated datasets (nearly all) are read and written as a bare dataset:
+    pydicom keeps untouched elements as raw bytes, so only PatientComments changes, at twice
+    the speed of a whole-file round trip. Deflated and big-endian data take that round trip.
+    """
+    import io
+
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_dataset
+
+    meta = read_file_meta(part10)
+    encoding = little_endian_vr(meta.transfer_syntax)
+    if encoding is not None:
+        implicit = encoding == "implicit"
+        dataset = read_dataset(io.BytesIO(memoryview(part10)[meta.dataset_offset:]), is_implicit_VR=implicit,
+                               is_little_endian=True)
+        dataset.PatientComments = comment
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+        write_dataset(buffer, dataset)
+        return buffer.getvalue()
+    dataset = pydicom.dcmread(io.BytesIO(part10))
+    dataset.PatientComments = comment
+    whole = io.BytesIO()
+    dataset.save_as(whole, enforce_file_format=True)  # same transfer syntax as the file
+    encoded = whole.getvalue()
+    return encoded[dataset_offset(encoded):]

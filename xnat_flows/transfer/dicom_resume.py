@@ -1,0 +1,86 @@
+"""C-STORE with resume: each instance is recorded in the upload journal as the receiver
+confirms it, so an interrupted send (Ctrl-C, kill -9, a crash) is completed by running it again,
+which sends only what was not confirmed.
+
+Why this matters with XNAT: instances that reached XNAT may already be archived when the re-run
+comes. Sending one of them again puts the whole re-run into a new prearchive entry that XNAT
+refuses to merge ("Session already contains a scan ... with the same UID and number") and
+leaves in CONFLICT. So confirmed instances are never sent again, also after a complete send (the
+journal keeps them), and instances that were in flight when a run died (at most one per
+association: sent, not confirmed) are reported as *in doubt* when a re-run sends them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xnat_flows.transfer.dicom_inputs import RoutingOverride
+from xnat_flows.transfer.dicom_results import SendResult
+from xnat_flows.transfer.dicom_send import store_instances
+from xnat_flows.transfer.journal import UploadJournal, content_digest
+from xnat_flows.transfer.scan import DicomFile
+
+
+def journal_key(host: str, port: int, called_aet: str, routing: RoutingOverride | None = None) -> str:
+    """Where a send goes, for the upload journal: the receiver, and the routing if any (the same
+    files routed elsewhere are a different delivery)."""
+    return f"dicom://{called_aet}@{host}:{port}" + (f"#{routing.comment()}" if routing else "")
+
+
+@dataclass
+class ResumedSend:
+    """A resumable send: this run's result, what earlier runs had delivered, and what is in doubt."""
+
+    result: SendResult
+    resumed: int  # instances an earlier run delivered (confirmed by the receiver): not sent again
+    in_doubt: list[Path] = field(default_factory=list)  # sent again although an earlier run may have stored them
+    journal_path: Path | None = None
+
+
+class _JournalDeliveryLog:
+    """``DeliveryLog`` onto an upload-journal log: digests of the files, written as they happen."""
+
+    def __init__(self, log: Any, digests: dict[Path, str]) -> None:
+        self._log = log
+        self._digests = digests
+
+    def sending(self, file: DicomFile) -> None:
+        self._log.sending(self._digests[file.path])
+
+    def stored(self, file: DicomFile) -> None:
+        self._log.stored(self._digests[file.path])
+
+    def refused(self, file: DicomFile) -> None:
+        self._log.refused(self._digests[file.path])
+
+
+def store_instances_resumable(
+    files: list[DicomFile], journal: UploadJournal, *, host: str, port: int, called_aet: str = "XNAT",
+    routing: RoutingOverride | None = None, **options: Any,
+) -> ResumedSend:
+    """``store_instances`` that skips the instances an earlier run delivered to the same receiver
+    (and routing), and records each instance in ``journal`` as it goes out and as it is confirmed.
+    """
+    key = journal_key(host, port, called_aet, routing)
+    digests = {f.path: content_digest([f]) for f in files}
+    done = journal.done(key)
+    in_flight = journal.in_flight(key)
+    pending = [f for f in files if digests[f.path] not in done]
+    in_doubt = [f.path for f in pending if digests[f.path] in in_flight]
+    with journal.open_log(key) as log:
+        result = store_instances(pending, host=host, port=port, called_aet=called_aet, routing=routing,
+                                 delivery_log=_JournalDeliveryLog(log, digests), **options)
+    return ResumedSend(result, len(files) - len(pending), in_doubt, journal.path_for(key))
+
+
+def in_doubt_warning(in_doubt: list[Path]) -> str:
+    """What to check, and do, when instances an interrupted run may have delivered were sent again."""
+    examples = ", ".join(str(path) for path in in_doubt[:5]) + (", ..." if len(in_doubt) > 5 else "")
+    return (f"{len(in_doubt)} instance(s) were in flight when an earlier run stopped, so the receiver may already "
+            f"have held them; they were sent again ({examples}). If XNAT had archived that session before this "
+            "run, this run's instances wait in a prearchive entry in CONFLICT (\"Session already contains a scan "
+            "... with the same UID\"): find it with `xnat-flows prearchive list -P PROJECT` and archive it with "
+            "`xnat-flows prearchive archive PROJECT TIMESTAMP NAME --overwrite delete` (the copies are identical). "
+            "Otherwise there is nothing to do.")
