@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -86,7 +88,10 @@ def upload(
         if archive_format == "auto" and not gradual:
             archive_format, why = choose_archive_format(client)
             typer.echo(f"archive format: {archive_format} ({why})")
-        with _progress_bar("gradual-DICOM" if gradual else "DICOM-zip") as progress:
+        # a bar only on a terminal, as for C-STORE: into a pipe or a log it draws nothing useful
+        # and its refresh thread costs CPU (docs/performance.md)
+        bar = _progress_bar("gradual-DICOM" if gradual else "DICOM-zip") if sys.stdout.isatty() else contextlib.nullcontext()
+        with bar as progress:
             result = upload_session(
                 client, scan, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
                 journal=UploadJournal(), progress=progress, verify=verify,
