@@ -7,16 +7,26 @@ reason, so "why did only 2,998 of 3,000 files arrive?" has an answer before the 
 
 Two depths of reading, one walk and one set of skip reasons:
 
-* ``headers="full"`` (the REST path): pydicom reads each header up to the pixel data, giving
-  the study and series UIDs that decide how an upload is grouped, and catching files whose
-  pixel data is cut short (~2,300 files/s).
+* ``headers="full"`` (the REST path): the study and series UIDs (and SOP UIDs, Series
+  Number) that decide how an upload is grouped. The Part-10 walker (``part10.read_series_keys``)
+  reads them from the file's first 16 KB, and the file is confirmed whole when its Pixel Data
+  element ends exactly at the end of the file (~14,000 files/s warm here, against ~2,300 with
+  pydicom). Whatever that cannot confirm (no pixel data, elements after it, big-endian or
+  deflated data, a UID beyond the first bytes, an odd encoding, a file cut short) is read by
+  pydicom up to the pixel data, which decides: the same files are skipped for the same reasons.
 * ``headers="file-meta"`` (the C-STORE path): the Part-10 file meta group, which holds all a
-  C-STORE needs, and a quick check that the Pixel Data element ends exactly at the end of the
-  file (``part10``; ~25,000 files/s here, no pydicom import). Whatever that cannot confirm (no pixel
-  data, elements after it, big-endian or deflated data, a file cut short) is read by pydicom as
-  in "full", so the same files are skipped for the same reasons. Study and series UIDs stay
-  empty for the confirmed files. A file without a Study Instance UID is the one thing not
-  caught before sending: the receiver refuses it, and ``dicom_send`` then reads it to say why.
+  C-STORE needs, and the same pixel-data check (~25,000 files/s, no pydicom import); study
+  and series UIDs stay empty for the confirmed files. A file without a Study Instance UID is
+  the one thing not caught before sending: the receiver refuses it, and ``dicom_send`` then
+  reads it to say why.
+
+What is not sent is either junk (not DICOM, hidden, DICOMDIR, a copy, a corrupt or truncated
+file) or unreadable (a file or folder the OS would not let us read: ``SkippedFile.unreadable``,
+``ScanResult.unreadable``), which may hold DICOM and is a failure of the upload. Two different
+files holding one SOP Instance UID (a corrected re-export beside the original) are a conflict:
+the newest by modification time is sent by default (``duplicates``), and ``ScanResult.conflicts``
+lists them. ``DicomFile.relpath`` is always valid UTF-8 (``portable_relpath``); ``path`` is the
+real name.
 """
 
 from __future__ import annotations
