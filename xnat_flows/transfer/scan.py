@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ PIXEL_DATA_TAG = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: ~100k of them in a big session
 class DicomFile:
     path: Path
     relpath: str  # POSIX path relative to the scanned root: the member name in archives
@@ -90,6 +91,11 @@ class DicomFile:
     sop_class_uid: str
     transfer_syntax: str
     mtime_ns: int = 0  # for the resume digest: a changed file is sent again
+
+    def __post_init__(self) -> None:
+        # study, series, class and syntax UIDs repeat across a session's files: keep one copy each
+        for name in ("study_uid", "series_uid", "sop_class_uid", "transfer_syntax"):
+            object.__setattr__(self, name, sys.intern(getattr(self, name)))
 
 
 @dataclass(frozen=True)
