@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:  # keep importing this module cheap: models are only needed for annotations
     from prefect.events import Event
 
-    from xnat_flows.manage.prearchive import ArchiveOutcome
+    from xnat_flows.client.prearchive import ArchiveOutcome
     from xnat_flows.models import SessionOutcome, UploadSessionResult
 
 SESSION_UPLOADED = "xnat.session.uploaded"

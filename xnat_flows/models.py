@@ -41,7 +41,12 @@ class UploadRequest(BaseModel):
     )
     direct_archive: bool = Field(default=True, description="Direct-Archive (XNAT 1.8.3+); off stages into the prearchive.")
     per_study: bool = Field(
-        default=False, description="Upload each StudyInstanceUID found as its own session (label suffixed with _1, _2, ...)."
+        default=False,
+        description="Upload each StudyInstanceUID found as its own session (label suffixed with 8 hex digits of the study's UID).",
+    )
+    allow_other_study: bool = Field(
+        default=False,
+        description="Upload even into an existing session that holds another StudyInstanceUID (refused otherwise).",
     )
     duplicates: Literal["newest", "oldest", "stop"] = Field(
         default="newest",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,11 @@ import pydicom
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydicom.datadict import tag_for_keyword
 
+from xnat_flows.client.archive import LABEL_RE, clean_label
 from xnat_flows.client.errors import InputError
 from xnat_flows.transfer.scan import is_dicom_part10
 
 FOLDER_FIELD = "folder"
-_LABEL_RE = re.compile(r"[A-Za-z0-9_-]+")
-_NOT_LABEL_CHAR = re.compile(r"[^A-Za-z0-9_-]")
 
 Source = Literal["sidecar", "template", "parameter"]
 
@@ -52,11 +50,6 @@ class Route:
     session: str
     sources: dict[str, Source] = field(default_factory=dict)  # where each label came from (for the report)
     dicom_file: str | None = None  # the header the templates were filled from
-
-
-def clean_label(value: str) -> str:
-    """XNAT's own rewriting of labels: every character outside ``[A-Za-z0-9_-]`` becomes ``_``."""
-    return _NOT_LABEL_CHAR.sub("_", value.strip())
 
 
 def template_fields(template: str) -> list[str]:
@@ -138,7 +131,7 @@ def render_label(template: str, values: dict[str, str], what: str, folder: Path)
 
 
 def validate_project(project: str, folder: Path) -> str:
-    if not _LABEL_RE.fullmatch(project or ""):
+    if not LABEL_RE.fullmatch(project or ""):
         raise RoutingError(
             f"{folder.name}: invalid XNAT project ID {project!r}",
             hint="A project ID holds only letters, digits, '_' and '-', and must name an existing project",

@@ -483,3 +483,50 @@ def test_cancel_cuts_a_backoff_short() -> None:
     worker.join(5)
     assert not worker.is_alive() and time.monotonic() - started < 3
     assert isinstance(outcome[0], CancelledError) and client.cancelled
+
+
+# -- issue 11.16: hints match the cause; only passing conditions are retried ---------------------------
+
+
+def test_an_unrecognised_import_400_is_not_retried_as_busy(make_client, sleeps) -> None:
+    xnat = Recorder({("POST", IMPORT): [httpx.Response(400, text="Something XNAT has never said before")]})
+    with pytest.raises(XnatError) as info:
+        make_client(xnat).request("POST", IMPORT, content=b"x")
+    assert xnat.calls(IMPORT) == 1 and sleeps == []
+    assert not isinstance(info.value, TransientError) and not info.value.retryable
+    assert "busy" not in info.value.hint and "does not know" in info.value.hint
+
+
+def test_a_full_disk_is_said_as_such_and_not_retried(make_client, sleeps) -> None:
+    from xnat_flows.client.errors import StorageFullError
+
+    full = httpx.Response(500, text="java.io.IOException: No space left on device")
+    xnat = Recorder({("POST", IMPORT): [full]})
+    with pytest.raises(StorageFullError) as info:
+        make_client(xnat).request("POST", IMPORT, content=b"x")
+    assert xnat.calls(IMPORT) == 1 and sleeps == []
+    assert "storage is full" in str(info.value) and "busy" not in info.value.hint
+
+
+def test_a_500_is_retried_with_an_internal_error_hint_and_a_503_as_busy(make_client) -> None:
+    xnat = Recorder({("GET", "/x"): [httpx.Response(500, text="NullPointerException")],
+                     ("GET", "/y"): [httpx.Response(503, text="Service Unavailable")]})
+    client = make_client(xnat)
+    with pytest.raises(TransientError) as internal:
+        client.request("GET", "/x")
+    with pytest.raises(TransientError) as busy:
+        client.request("GET", "/y")
+    assert xnat.calls("/x") == 6 and "internal error" in internal.value.hint and "busy" not in internal.value.hint
+    assert "busy" in busy.value.hint
+
+
+def test_reserve_connections_sizes_the_pool_to_the_workers() -> None:
+    creds = Credentials(url="https://xnat.test", username="alice", password=SecretStr(PASSWORD))
+    with XnatClient(creds, token_cache=None) as client:
+        assert client.max_connections == 16
+        client.reserve_connections(8)
+        assert client.max_connections == 16
+        client.reserve_connections(40)
+        assert client.max_connections == 41
+        pool = client._http._transport._pool  # noqa: SLF001 - the pool httpx really uses
+        assert pool._max_connections == 41  # noqa: SLF001

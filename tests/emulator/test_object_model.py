@@ -133,6 +133,13 @@ def test_scan_downloads_by_id_list_type_and_format(client):
     assert {n.split("/")[2] for n in names("1,3")} == {"1", "3"}
     assert {n.split("/")[2] for n in names("T1w")} == {"2"}
     assert names("1,2", "tar.gz") == names("1,2")
+    # One resource of every scan, and several resources at once ("How To Download Files via the XNAT REST API")
+    put_text(client, f"/data/experiments/{experiment}/scans/1/resources/SNAPSHOTS/files/snap.jpg")
+    every_dicom = client.get(f"/data/experiments/{experiment}/scans/ALL/resources/DICOM/files", params={"format": "zip"})
+    assert {n.split("/")[2] for n in zipfile.ZipFile(io.BytesIO(every_dicom.content)).namelist()} == {"1", "2", "3"}
+    both = results(client.get(f"/data/experiments/{experiment}/scans/1/resources/DICOM,SNAPSHOTS/files"))
+    assert sorted(r["collection"] for r in both) == ["DICOM", "DICOM", "SNAPSHOTS"]
+    assert client.get(f"/data/experiments/{experiment}/scans/ALL/resources/NOPE/files").status_code == 404
     assert client.get(f"/data/experiments/{experiment}/scans/NOPE/files").status_code == 404
 
 
@@ -158,6 +165,11 @@ def test_put_creates_experiment_subject_and_scan(client):
     assert document["meta"]["xsi:type"] == "xnat:mrSessionData"
     assert document["data_fields"]["date"] == "2024-03-04"
     assert client.put("/data/projects/TEST/subjects/X/experiments/NOTYPE").status_code == 400
+    assert client.get("/data/projects/TEST/subjects/X").status_code == 404  # no subject left behind
+    refused = client.put("/data/projects/TEST/subjects/NEWSUBJ/experiments/BADDATE",
+                         params={"xsiType": "xnat:mrSessionData", "xnat:mrSessionData/date": "yesterday"})
+    assert refused.status_code == 400  # checked before anything is created
+    assert [e["label"] for e in results(client.get("/data/projects/TEST/experiments"))] == ["NEW"]
 
 
 # 7. filters on /data/experiments --------------------------------------------------------------------
@@ -194,6 +206,10 @@ def test_put_metadata_persists_and_delete_scan_deletes(client, emulator):
     assert item["data_fields"]["date"] == "2023-01-02" and item["data_fields"]["note"] == "checked"
     fields = next(c for c in item["children"] if c["field"] == "fields/field")["items"]
     assert [(f["data_fields"]["name"], f["data_fields"]["field"]) for f in fields] == [("visit", "baseline")]
+    bad_date = client.put(f"/data/experiments/{experiment}", params={"xnat:ctSessionData/date": "soon"})
+    assert bad_date.status_code == 400  # refused, not stored
+    client.put(f"/data/experiments/{experiment}", params={"date": "03/04/2022"})  # XNAT's REST shortcut
+    assert client.get(f"/data/experiments/{experiment}").json()["items"][0]["data_fields"]["date"] == "2022-03-04"
     client.put(f"/data/experiments/{experiment}", params={"xnat:ctSessionData/note": "NULL"})
     assert "note" not in client.get(f"/data/experiments/{experiment}").json()["items"][0]["data_fields"]
 

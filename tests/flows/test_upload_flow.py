@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from xnat_flows.client.errors import InputError
+from xnat_flows.client.errors import ConflictError, InputError
 from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
 from xnat_flows.models import UploadRequest, XnatConnection
 from xnat_flows.testing.synth import write_studies
+from xnat_flows.transfer.session import study_label
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
@@ -73,7 +74,7 @@ def test_multi_study_input_needs_per_study(xnat, tmp_path: Path) -> None:
         assert uid in str(raised.value)
 
     result = upload_dicom_session(request.model_copy(update={"per_study": True}), XnatConnection(url=xnat.url, username="admin"))
-    assert sorted(s.session for s in result.sessions) == ["SESS01_1", "SESS01_2"]
+    assert sorted(s.session for s in result.sessions) == sorted(study_label("SESS01", uid) for uid in manifest.study_uids)
     assert all(s.verified for s in result.sessions)
 
 
@@ -113,3 +114,19 @@ def test_no_password_in_flow_run_parameters_logs_or_artifacts(xnat, tmp_path: Pa
     )
     assert runs and logs and artifacts
     assert PASSWORD not in haystack
+
+
+def test_a_session_label_holding_another_study_fails_the_run_before_sending(xnat, tmp_path: Path) -> None:
+    """Issue 11.1 in the flow: no upload into a session of another study unless asked for."""
+    write_studies(tmp_path / "first", series=1, instances=3, instance_kb=4, seed=41)
+    write_studies(tmp_path / "second", series=1, instances=3, instance_kb=4, seed=42)
+    connection = XnatConnection(url=xnat.url, username="admin")
+    upload_dicom_session(_request(tmp_path / "first"), connection)
+    imports = xnat.stats()["imports"]
+
+    with pytest.raises(ConflictError, match="already holds another study"):
+        upload_dicom_session(_request(tmp_path / "second"), connection)
+    assert xnat.stats()["imports"] == imports
+
+    result = upload_dicom_session(_request(tmp_path / "second", allow_other_study=True), connection)
+    assert result.sessions[0].verified is True

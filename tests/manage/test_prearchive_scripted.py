@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from manage_helpers import experiment_document, prearchive_row, result_set
+from xnat_flows.client import archive as client_archive
 from xnat_flows.client.errors import ConflictError, NotFoundError, XnatError
 from xnat_flows.manage import prearchive
 
@@ -153,7 +154,7 @@ def test_move_refusal_inside_a_200_body_raises(scripted_client):
 def test_wait_for_archive_backs_off_until_the_session_appears(scripted_client, monkeypatch):
     answers = iter([404, 404, 200])
     sleeps: list[float] = []
-    monkeypatch.setattr(prearchive.time, "sleep", sleeps.append)
+    monkeypatch.setattr(client_archive.time, "sleep", sleeps.append)  # wait_for_archive lives in client.archive
 
     def handler(request: httpx.Request) -> httpx.Response:
         status = next(answers)

@@ -45,6 +45,7 @@ IMPORT = r"/data/services/import"
 # faults' waits stay below it, except where a case is about a retry arriving after it.
 REBUILD_IDLE = 1.5
 READ_TIMEOUT = 0.4  # seconds; "slow response" faults delay longer than this
+LOGIN_PAGE = "<html><head><title>XNAT - Login</title></head><body><form action='/login'></form></body></html>"
 FAST_RETRY = RetryPolicy(attempts=6, backoff_base=0.05, backoff_max=0.3, retry_after_max=5.0, budget_seconds=30.0)
 
 
@@ -400,6 +401,19 @@ def _rest_cases(transport: Transport) -> list[FaultCase]:
         FaultCase("deleted", transport, "file deleted between scan and send", after_scan=_delete_one),
         FaultCase("changed", transport, "file rewritten between scan and send", after_scan=_rewrite_one,
                   known_bug=None),
+        # Issue 11: answers that are not XNAT's import service, servers that never answer or fail everything.
+        FaultCase("login302", transport, "HTTP 302 to a login page (every import)",
+                  _http(status=302, headers={"Location": "/app/template/Login.vm"}, times=None)),
+        FaultCase("loginhtml", transport, "HTTP 200 with an HTML login page (every import)",
+                  _http(error_body=LOGIN_PAGE, times=None)),
+        FaultCase("noanswer", transport, f"import never answers (stall timeout {READ_TIMEOUT} s)",
+                  _http(delay_ms=2000, times=None, after=after), read_timeout=READ_TIMEOUT),
+        FaultCase("unknown400", transport, "HTTP 400 with a message XNAT's known ones do not include x2",
+                  _http(status=400, message="Unexpected condition 42", times=2, after=after + 2)),
+        FaultCase("persistent500", transport, "HTTP 500 for every import (persistent)",
+                  _http(status=500, message="Internal Server Error", times=None, after=after + 2)),
+        FaultCase("diskfull", transport, "HTTP 500 'No space left on device' (persistent)",
+                  _http(status=500, message="java.io.IOException: No space left on device", times=None, after=after + 2)),
     ]
 
 

@@ -17,9 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from xnat_flows.cli.main import app
-from xnat_flows.cli.options import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from xnat_flows.cli.options import EXIT_AUTH, EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.synth import write_studies
+from xnat_flows.transfer.session import study_label
 
 pytestmark = pytest.mark.e2e
 
@@ -114,6 +115,23 @@ class Case:
     exit_code: int = EXIT_USAGE
     words: tuple[str, ...] = ()
     flow: dict | None = None  # UploadRequest overrides for the flow variant (None: no flow variant)
+    prepare: Callable[[XnatEmulator, str, Path], None] | None = None  # server state the case needs (xnat, label, tmp)
+
+
+def _label_holds_another_study(xnat: XnatEmulator, label: str, tmp: Path) -> None:
+    """An archived session under the label the upload names, holding another study."""
+    from pydantic import SecretStr
+
+    from xnat_flows.client.client import XnatClient
+    from xnat_flows.client.credentials import Credentials
+    from xnat_flows.transfer.session import upload_session
+    from xnat_flows.transfer.upload import UploadTarget
+
+    write_studies(tmp / "other", series=1, instances=2, instance_kb=2, seed=27)
+    creds = Credentials(url=xnat.url, username="admin", password=SecretStr(PASSWORD))
+    with XnatClient(creds, token_cache=None) as client:
+        assert upload_session(client, tmp / "other", UploadTarget(PROJECT, label, label), verify_timeout=20,
+                              poll_interval=0.1).ok
 
 
 CASES = [
@@ -150,6 +168,8 @@ CASES = [
     Case("unknown-archive-format", options=["--archive-format", "rar"], words=("Invalid value for '--archive-format'", "rar"),
          flow={"archive_format": "rar"}),
     Case("unknown-profile", options=["--profile", "nosuch"], connection="no-url", words=("No profile named 'nosuch'",)),
+    Case("label-holds-another-study", exit_code=EXIT_CONFLICT, prepare=_label_holds_another_study,
+         words=("already holds another study", "nothing was sent", "--into-other-study")),
 ]
 
 
@@ -196,6 +216,8 @@ def test_cli_rejects_bad_input(case: Case, xnat: XnatEmulator, one_study: Path, 
     args, env = _connection_args(case.connection, xnat, tmp_path)
     label = f"S_{case.id.replace('-', '_')}"
     command = ["session", "upload", str(source), "-P", PROJECT, "-S", label, "-E", label, *args, *case.options]
+    if case.prepare is not None:
+        case.prepare(xnat, label, tmp_path)
     before = _server_state(xnat)
 
     started = time.monotonic()
@@ -282,7 +304,7 @@ def test_mixed_studies_rerun_with_per_study_finishes(xnat: XnatEmulator, tmp_pat
 
     assert refused.exit_code == EXIT_USAGE and accepted.exit_code == EXIT_OK, accepted.output
     labels = sorted(e["label"] for e in xnat.archived_experiments(PROJECT) if e["label"].startswith("MIX"))
-    assert labels == ["MIX_1", "MIX_2"]
+    assert labels == sorted(study_label("MIX", uid) for uid in manifest.study_uids)
     assert sum(sum(e["scans"].values()) for e in xnat.archived_experiments(PROJECT) if e["label"].startswith("MIX")) == len(manifest.files)
 
 

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from pydicom.uid import generate_uid
 
 from transfer_helpers import write_study, write_studies
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials, TokenCache
-from xnat_flows.client.errors import AuthenticationError, InputError, PermanentUploadError
+from xnat_flows.client.errors import AuthenticationError, ConflictError, InputError, PermanentUploadError
 from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.testing import XnatEmulator
+from xnat_flows.transfer.session import study_label
 from xnat_flows.transfer import (
     UploadJournal,
     UploadTarget,
@@ -92,10 +94,12 @@ def test_repeating_a_completed_gradual_upload_sends_nothing(xnat_emulator, clien
     assert xnat_emulator.prearchive_sessions(include_direct_archive=True) == []  # no CONFLICT copy parked
 
     # Another study under the same label, with the same scan numbers and counts, is not "complete":
-    # scans are matched by SeriesInstanceUID, so it is sent (and XNAT decides what to do with it).
+    # scans are matched by SeriesInstanceUID. It is refused unless asked for explicitly, then sent.
     other = tmp_path / "other"
     write_study(other, series=3, instances=4)
-    different = upload_session(client, other, target, gradual=True, verify=False)
+    with pytest.raises(ConflictError, match="already holds another study"):
+        upload_session(client, other, target, gradual=True, verify=False)
+    different = upload_session(client, other, target, gradual=True, verify=False, allow_other_study=True)
     assert not different.sessions[0].gradual.already_archived
     assert different.sessions[0].gradual.sent_count == 12
 
@@ -167,11 +171,44 @@ def test_multi_study_input_needs_per_study(xnat_emulator, client, tmp_path) -> N
 
     result = upload_session(client, root, UploadTarget("TEST", "SUBJ01", "MULTI"), per_study=True, **FAST)
     assert result.ok, result
-    assert [s.target.session for s in result.sessions] == ["MULTI_1", "MULTI_2"]
+    assert [s.target.session for s in result.sessions] == [study_label("MULTI", uid) for uid in uids]
     assert {e["label"]: e["UID"] for e in xnat_emulator.archived_experiments("TEST")} == {
-        "MULTI_1": result.sessions[0].study_uid,
-        "MULTI_2": result.sessions[1].study_uid,
+        study_label("MULTI", s.study_uid): s.study_uid for s in result.sessions
     }
+
+
+def test_adding_a_study_that_sorts_first_keeps_every_label_on_its_study(xnat_emulator, client, tmp_path) -> None:
+    """Issue 11.1: --per-study labels followed path order, so a new study sorting first shifted every
+    label and each re-run merged one study into another's session (exit 0, "verified")."""
+    root = tmp_path / "export"
+    b_uid, a_uid = generate_uid(), generate_uid()
+    write_study(root / "b", series=2, instances=3, study_uid=b_uid)
+    first = upload_session(client, root, UploadTarget("TEST", "SUBJ01", "PS"), per_study=True, **FAST)
+    assert first.ok
+    write_study(root / "a", series=2, instances=3, study_uid=a_uid)  # sorts before b
+    again = upload_session(client, root, UploadTarget("TEST", "SUBJ01", "PS"), per_study=True, **FAST)
+    assert again.ok, again
+    labels = {e["label"]: e["UID"] for e in xnat_emulator.archived_experiments("TEST")}
+    assert labels == {study_label("PS", b_uid): b_uid, study_label("PS", a_uid): a_uid}
+    counts = {label: archived(xnat_emulator, label)["scans"] for label in labels}
+    assert counts == {label: {"1": 3, "2": 3} for label in labels}  # nothing merged: 6 files each
+
+
+def test_an_existing_session_of_another_study_is_refused_before_anything_is_sent(xnat_emulator, client, tmp_path) -> None:
+    """Issue 11.1: uploading into a label that holds another study merged the two (overwrite=delete
+    skips XNAT's UID check). Now refused with the reason unless asked for, and the default overwrite
+    (append) lets XNAT refuse it too."""
+    write_study(tmp_path / "one", series=1, instances=2)
+    write_study(tmp_path / "two", series=1, instances=2)
+    target = UploadTarget("TEST", "SUBJ01", "TAKEN")
+    assert target.overwrite == "append"
+    assert upload_session(client, tmp_path / "one", target, **FAST).ok
+    imports = xnat_emulator.stats()["imports"]
+    with pytest.raises(ConflictError, match="already holds another study") as info:
+        upload_session(client, tmp_path / "two", target, **FAST)
+    assert "--into-other-study" in info.value.hint
+    assert xnat_emulator.stats()["imports"] == imports  # nothing sent
+    assert archived(xnat_emulator, "TAKEN")["scans"] == {"1": 2}
 
 
 def test_token_expiry_mid_upload_with_8_workers_causes_one_relogin(xnat_emulator, client, tmp_path, caplog) -> None:

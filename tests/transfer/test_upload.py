@@ -51,7 +51,7 @@ def test_dicom_zip_request_shape_direct_archive(study_dir: Path) -> None:
     assert request.method == "POST" and request.url.path == "/data/services/import"
     assert dict(request.url.params) == {
         "import-handler": "DICOM-zip", "inbody": "true", "project": "PROJ", "subject": "SUBJ", "session": "SESS",
-        "overwrite": "delete", "overwrite_files": "true", "Ignore-Unparsable": "true", "quarantine": "false",
+        "overwrite": "append", "overwrite_files": "true", "Ignore-Unparsable": "true", "quarantine": "false",
         "triggerPipelines": "true", "rename": "false", "Direct-Archive": "true",
     }
     assert request.headers["Content-Type"] == "application/x-tar"
@@ -216,13 +216,16 @@ def test_send_batch_skips_what_the_journal_holds(study_dir: Path, tmp_path: Path
     from xnat_flows.transfer.session import send_batch
 
     posts = []
+    batch = scan_directory(study_dir).files
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":  # the session the journal's entries went to is still there
+            fields = {"ID": "XNAT_E00001", "label": "SESS", "UID": batch[0].study_uid}
+            return httpx.Response(200, json={"items": [{"data_fields": fields}]})
         posts.append(request.read())
         return httpx.Response(200, text="/data/x\r\n")
 
     journal = UploadJournal(tmp_path / "journal")
-    batch = scan_directory(study_dir).files
     with client_for(handler) as client:
         first = send_batch(client, batch, TARGET, journal=journal)
         again = send_batch(client, batch, TARGET, journal=journal)
@@ -231,6 +234,43 @@ def test_send_batch_skips_what_the_journal_holds(study_dir: Path, tmp_path: Path
     assert again.ok and again.resumed and again.uris == ()
     assert not elsewhere.resumed
     assert len(posts) == 2
+
+
+def test_the_journal_is_per_server_and_checked_against_what_xnat_still_holds(study_dir: Path, tmp_path: Path) -> None:
+    """Issue 11.4: a batch delivered to server X is not skipped on server Y, nor on X once the session is gone."""
+    from xnat_flows.transfer.journal import UploadJournal
+    from xnat_flows.transfer.session import send_batch
+
+    batch = scan_directory(study_dir).files
+    present = {"http://x.test": True, "http://y.test": True}
+    posts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        server = f"{request.url.scheme}://{request.url.host}"
+        if request.url.path == "/xapi/direct-archive":  # nothing being received
+            return httpx.Response(200, json=[])
+        if request.method == "GET":
+            if request.url.path.startswith("/data/prearchive"):
+                return httpx.Response(200, json={"ResultSet": {"Result": []}})
+            if not present[server]:
+                return httpx.Response(404, text="not found")
+            fields = {"ID": "XNAT_E00001", "label": "SESS", "UID": batch[0].study_uid}
+            return httpx.Response(200, json={"items": [{"data_fields": fields}]})
+        posts.append(server)
+        return httpx.Response(200, text="/data/x\r\n")
+
+    def client(url: str) -> XnatClient:
+        creds = Credentials(url=url, username="u", token=SecretStr("TOKEN0000001"))
+        return XnatClient(creds, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None))
+
+    journal = UploadJournal(tmp_path / "journal")
+    with client("http://x.test") as x, client("http://y.test") as y:
+        assert not send_batch(x, batch, TARGET, journal=journal).resumed
+        assert not send_batch(y, batch, TARGET, journal=journal).resumed  # same labels, another server
+        assert send_batch(x, batch, TARGET, journal=journal).resumed
+        present["http://x.test"] = False  # the session was deleted on X meanwhile
+        assert not send_batch(x, batch, TARGET, journal=journal).resumed
+    assert posts == ["http://x.test", "http://y.test", "http://x.test"]
 
 
 def test_one_bad_first_instance_of_a_single_series_does_not_stop_the_upload(tmp_path: Path) -> None:

@@ -42,7 +42,13 @@ def client_for(routes: dict[str, object], hits: list[str] | None = None) -> Xnat
     return XnatClient(creds, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None))
 
 
-EXPERIMENT = {"items": [{"data_fields": {"ID": "XNAT_E00007", "label": "E"}}]}
+def experiment(*scans: dict) -> dict:
+    """XNAT's session document: the scans (with their UIDs) are children of the session item."""
+    children = [{"field": "scans/scan", "items": [{"data_fields": scan} for scan in scans]}] if scans else []
+    return {"items": [{"data_fields": {"ID": "XNAT_E00007", "label": "E"}, "children": children}]}
+
+
+EXPERIMENT = experiment({"ID": "4-MR1", "UID": "1.1"}, {"ID": "5", "UID": ""})
 
 
 def test_waits_for_the_session_then_compares_per_scan_counts() -> None:
@@ -50,8 +56,7 @@ def test_waits_for_the_session_then_compares_per_scan_counts() -> None:
     hits: list[str] = []
     routes = {
         "/data/projects/P/experiments/E": lambda: next(appearances, EXPERIMENT),
-        # series 1.1 is matched by UID even though XNAT renamed its scan; 1.2 by SeriesNumber
-        "/data/experiments/XNAT_E00007/scans": rows({"ID": "4-MR1", "UID": "1.1"}, {"ID": "5", "UID": ""}),
+        # series 1.1 is matched by UID even though XNAT renamed its scan; 1.2 (no UID recorded) by SeriesNumber
         "/data/experiments/XNAT_E00007/scans/4-MR1/resources": rows({"label": "DICOM", "file_count": "2"}),
         "/data/experiments/XNAT_E00007/scans/5/resources": rows({"label": "DICOM", "file_count": "1"}),
     }
@@ -67,8 +72,7 @@ def test_waits_for_the_session_then_compares_per_scan_counts() -> None:
 
 def test_reports_short_scans_when_the_wait_runs_out() -> None:
     routes = {
-        "/data/projects/P/experiments/E": EXPERIMENT,
-        "/data/experiments/XNAT_E00007/scans": rows({"ID": "1"}),
+        "/data/projects/P/experiments/E": experiment({"ID": "1"}),
         "/data/experiments/XNAT_E00007/scans/1/resources": rows({"label": "DICOM", "file_count": "1"}),
     }
     expected = [instance("1.1", 1, "a"), instance("1.1", 1, "b"), instance("1.2", 2, "c")]

@@ -47,7 +47,7 @@ def list_command(
     profile: ProfileOption = None,
 ) -> None:
     """List prearchive sessions (all projects you can see, or one)."""
-    from xnat_flows.manage.prearchive import list_sessions
+    from xnat_flows.client.prearchive import list_sessions
 
     with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
         sessions = list_sessions(client, project)
@@ -82,7 +82,7 @@ def archive_command(
     profile: ProfileOption = None,
 ) -> None:
     """Archive a prearchive session, optionally under another subject and label."""
-    from xnat_flows.manage.prearchive import archive_session
+    from xnat_flows.client.prearchive import archive_session
 
     def say_waiting(message: str) -> None:
         typer.echo(message, err=True)

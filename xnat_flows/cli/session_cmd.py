@@ -42,7 +42,8 @@ def upload(
         bool, typer.Option("--direct-archive/--prearchive", help="Direct-Archive (default, XNAT 1.8.3+) or stage in the prearchive.")
     ] = True,
     gradual: Annotated[bool, typer.Option("--gradual", help="gradual-DICOM: one instance per request.")] = False,
-    per_study: Annotated[bool, typer.Option("--per-study", help="Upload each study found as its own session (_1, _2, ...).")] = False,
+    per_study: Annotated[bool, typer.Option("--per-study", help="Upload each study found as its own session (SESSION_ and 8 hex digits of its StudyInstanceUID).")] = False,
+    into_other_study: Annotated[bool, typer.Option("--into-other-study", help="Upload even into an existing session that holds another study (refused otherwise).")] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare with what was sent.")] = True,
     duplicates: Annotated[Literal["newest", "oldest", "stop"], typer.Option(
         "--duplicates", help="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.")] = "newest",
@@ -67,7 +68,7 @@ def upload(
         except XnatErrorBase as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(exit_code_for(exc)) from None
-        _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile, duplicates)
+        _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile, duplicates, into_other_study)
         return
     from xnat_flows.client.errors import XnatError
     from xnat_flows.transfer.journal import UploadJournal
@@ -94,7 +95,7 @@ def upload(
         with bar as progress:
             result = upload_session(
                 client, scan, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
-                journal=UploadJournal(), progress=progress, verify=verify,
+                journal=UploadJournal(), progress=progress, verify=verify, allow_other_study=into_other_study,
             )
     _report(result)
     _report_conflicts(scan, duplicates)
@@ -110,7 +111,7 @@ def preflight(client, project: str) -> None:  # noqa: ANN001
     client.require_project(project)
 
 
-def _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile, duplicates) -> None:  # noqa: ANN001, PLR0913
+def _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile, duplicates="newest", into_other_study=False) -> None:  # noqa: ANN001, PLR0913
     import os
 
     from xnat_flows.client.errors import XnatError
@@ -123,7 +124,7 @@ def _upload_with_flow(source, project, subject, session, workers, archive_format
     request = UploadRequest(
         source_dir=str(source), project=project, subject=subject, session=session, workers=workers,
         archive_format=archive_format, direct_archive=direct_archive, per_study=per_study, verify=verify,
-        transport="gradual-dicom" if gradual else "dicom-zip", duplicates=duplicates,
+        transport="gradual-dicom" if gradual else "dicom-zip", duplicates=duplicates, allow_other_study=into_other_study,
     )
     try:
         result = upload_dicom_session(request, XnatConnection(url=url, username=username, profile=profile))
@@ -189,6 +190,8 @@ def _report(result) -> None:  # noqa: ANN001
         t = study.target
         where = study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else "?")
         typer.echo(f"{t.project}/{t.subject}/{t.session}: {study.files_sent}/{study.files} files -> {where}")
+        if study.gradual is not None and study.gradual.stopped:
+            typer.echo(f"  {study.gradual.stopped}", err=True)
         if study.gradual is not None and study.gradual.already_archived:
             typer.echo("  already complete in XNAT's archive: nothing sent (gradual-DICOM cannot replace "
                        "archived instances; DICOM-zip, the default transport, can)")

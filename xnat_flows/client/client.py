@@ -8,16 +8,21 @@ new token — eight threads seeing 401 cause one login, not eight.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
-from http.cookiejar import CookieJar, DefaultCookiePolicy
+import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
+import httpcore
 import httpx
 
 from xnat_flows import __version__
@@ -26,6 +31,7 @@ from xnat_flows.client.errors import (
     AuthenticationError,
     CancelledError,
     InputError,
+    NoAnswerError,
     NotFoundError,
     UnsupportedServerError,
     XnatConnectionError,
@@ -75,16 +81,54 @@ _DEFAULT = object()
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. Connect is short so an unreachable host fails fast; read/write are long
-    because XNAT answers a big DICOM-zip only after it has stored every file."""
+    """Seconds. Connect is short so an unreachable host fails fast. ``stall`` bounds an upload by
+    progress, not by size: no byte accepted by XNAT for that long (write), or no answer that long
+    after the body plus the time XNAT needs to store it (read), ends the attempt. ``answer`` is the
+    wait for a query's or a login's answer. ``pool`` is the wait for a free connection."""
 
     connect: float = 10.0
-    read: float = 21600.0
-    write: float = 21600.0
+    read: float = 21600.0  # the upper bound for an upload's answer, whatever its size
+    write: float = 300.0
     pool: float = 30.0
+    stall: float = 300.0
+    answer: float = 60.0
 
     def to_httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+
+    def upload(self, size: int, store_rate: float = 2e6) -> httpx.Timeout:
+        """For one upload of ``size`` bytes: no byte moved for ``stall`` seconds ends it, and the answer
+        may take ``stall`` plus the time XNAT needs to store the files at ``store_rate`` bytes/s."""
+        read = min(self.read, self.stall + size / store_rate)
+        return httpx.Timeout(connect=self.connect, read=read, write=min(self.write, self.stall), pool=self.pool)
+
+
+class _ShutdownOnCancel(httpcore.SyncBackend):
+    """httpcore's socket backend, remembering its sockets so ``cancel()`` can shut them down.
+
+    Closing a socket from another thread does not wake a thread blocked in ``send`` on it (a
+    stalled upload); ``shutdown`` does, so Ctrl-C stops an upload within moments, not after the
+    write timeout.
+    """
+
+    def __init__(self) -> None:
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        stream = super().connect_tcp(*args, **kwargs)
+        sock = stream.get_extra_info("socket")
+        if sock is not None:
+            with self._lock:
+                self._sockets.add(sock)
+        return stream
+
+    def shutdown_all(self) -> None:
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
@@ -113,22 +157,11 @@ class XnatClient:
         self.timeouts = timeouts
         self.retry = retry
         self.token_cache: TokenCache | None = TokenCache() if token_cache is _DEFAULT else token_cache
-        verify = _ssl_context(credentials.verify)
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        if transport is None:
-            # httpx retries failed connection attempts itself; everything else is our policy.
-            transport = httpx.HTTPTransport(verify=verify, limits=limits, retries=2)
-        self._http = httpx.Client(
-            base_url=credentials.url,
-            transport=transport,
-            verify=verify,  # also used for proxies taken from HTTPS_PROXY & co.
-            limits=limits,
-            timeout=timeouts.to_httpx(),
-            headers={"User-Agent": f"xnat-flows/{__version__}"},
-            # The token travels in an explicit Cookie header; a jar would keep stale ones.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-            follow_redirects=False,
-        )
+        self._verify = _ssl_context(credentials.verify)
+        self._custom_transport = transport
+        self._backend = _ShutdownOnCancel()
+        self.max_connections = max_connections
+        self._http = self._new_http(max_connections)
         self._auth_lock = threading.Lock()
         self._auth_state: tuple[int, str | None] = (0, None)  # (generation, JSESSIONID)
         self._auth_loaded = False
@@ -136,6 +169,40 @@ class XnatClient:
         self._version: str | None | object = _DEFAULT
         self._secrets = [s.get_secret_value() for s in (credentials.password, credentials.token) if s]
         self._cancelled = threading.Event()
+
+    def _new_http(self, max_connections: int) -> httpx.Client:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        transport = self._custom_transport
+        if transport is None:
+            # httpx retries failed connection attempts itself; everything else is our policy.
+            transport = httpx.HTTPTransport(verify=self._verify, limits=limits, retries=2)
+            pool = getattr(transport, "_pool", None)
+            if isinstance(pool, httpcore.ConnectionPool):  # not through a proxy: our socket backend
+                pool._network_backend = self._backend
+        return httpx.Client(
+            base_url=self.credentials.url,
+            transport=transport,
+            verify=self._verify,  # also used for proxies taken from HTTPS_PROXY & co.
+            limits=limits,
+            timeout=self.timeouts.to_httpx(),
+            headers={"User-Agent": f"xnat-flows/{__version__}"},
+            # The token travels in an explicit Cookie header; a jar would keep stale ones.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            follow_redirects=False,
+        )
+
+    def reserve_connections(self, workers: int) -> None:
+        """Size the connection pool for ``workers`` parallel requests (plus one for read-backs).
+
+        Call before starting the workers: with fewer connections than workers the extra
+        requests wait for a free one and fail on the pool timeout although XNAT is healthy.
+        """
+        wanted = workers + 1
+        if wanted <= self.max_connections or self._custom_transport is not None:
+            return
+        old, self._http = self._http, self._new_http(wanted)
+        self.max_connections = wanted
+        old.close()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -167,6 +234,7 @@ class XnatClient:
         used afterwards.
         """
         self._cancelled.set()
+        self._backend.shutdown_all()
         self._http.close()
 
     @property
@@ -210,7 +278,7 @@ class XnatClient:
             response = self._http.post(
                 "/data/JSESSION",
                 auth=httpx.BasicAuth(creds.username, creds.password.get_secret_value()),
-                timeout=httpx.Timeout(60.0, connect=self.timeouts.connect),
+                timeout=httpx.Timeout(self.timeouts.answer, connect=self.timeouts.connect, pool=self.timeouts.pool),
             )
         except httpx.HTTPError as exc:
             raise self._connection_error(exc) from None
@@ -290,6 +358,8 @@ class XnatClient:
         relogged = False
         attempt = 0
         slept = 0.0
+        unanswered = 0
+        started = time.monotonic()
         generation = self._auth_state[0]
         while True:
             try:
@@ -310,6 +380,15 @@ class XnatClient:
                     return response
                 error = self._scrub(error_for_response(response, parse_retry_after(response.headers.get("Retry-After"))))
             attempt += 1
+            if isinstance(error, XnatConnectionError) and error.timed_out:
+                unanswered += 1
+                if unanswered >= policy.unanswered_attempts:
+                    # A server that swallowed the request this often will not answer the next one either.
+                    raise self._scrub(NoAnswerError(
+                        f"{method} {path}: {self.base_url} took the connection but sent no answer "
+                        f"({unanswered} attempts, {time.monotonic() - started:.0f} s in all)",
+                        retryable=False, timed_out=True,
+                    ))
             if single_use or attempt >= policy.attempts or not policy.should_retry(error, method, path):
                 raise error
             if isinstance(error, XnatConnectionError) and content is not None and not relogged:
@@ -383,7 +462,9 @@ class XnatClient:
         # is down or unreachable: fail fast. A connection lost mid-request is worth a retry.
         reachable = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol))
         kind = type(exc).__name__
-        return self._scrub(XnatConnectionError(f"{where}: {kind}: {exc}", retryable=reachable))
+        unanswered = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
+        detail = f"no byte moved for the timeout ({exc})" if unanswered else str(exc)
+        return self._scrub(XnatConnectionError(f"{where}: {kind}: {detail}", retryable=reachable, timed_out=unanswered))
 
     def _scrub(self, error: XnatError) -> XnatError:
         """Belt and braces: no password or token text in an error, whatever the server echoed."""
@@ -397,9 +478,10 @@ class XnatClient:
     # -- conveniences ------------------------------------------------------------------------
 
     def _query_timeout(self) -> httpx.Timeout:
-        # Read-backs get minutes, not the six hours an upload may need: a stalled server
-        # should fail a listing (and let the retries work) rather than hang it.
-        return httpx.Timeout(min(self.timeouts.read, 300.0), connect=self.timeouts.connect, pool=self.timeouts.pool)
+        # Read-backs get a minute, not the hours an upload may need: a stalled server should
+        # fail a listing (and let the retries work) rather than hang it.
+        return httpx.Timeout(min(self.timeouts.read, self.timeouts.answer), connect=self.timeouts.connect,
+                             pool=self.timeouts.pool)
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         response = self.request("GET", path, params={"format": "json", **(params or {})}, timeout=self._query_timeout())

@@ -24,6 +24,7 @@ TRANSIENT_400_FRAGMENTS = (
     "duplicate archive attempt",
     "destination session in use",
     "concurrent file sends of the same data",
+    "unknown prearchive session",  # two batches of one session archiving at once
 )
 
 # 400 answers that will never succeed on a retry: the request itself is wrong.
@@ -130,9 +131,25 @@ class XnatConnectionError(TransientError):
 
     default_hint = "Check the XNAT URL, your network and (for TLS errors) the CA bundle"
 
-    def __init__(self, message: str, *, retryable: bool = True, **kwargs) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, timed_out: bool = False, **kwargs) -> None:
         super().__init__(message, **kwargs)
         self.retryable = retryable
+        self.timed_out = timed_out  # connected (or connecting), but no answer came in time
+
+
+class NoAnswerError(XnatConnectionError):
+    """The server took the connection but did not answer, attempt after attempt: the wait is over."""
+
+    default_hint = (
+        "XNAT (or a proxy in front of it) accepts connections but does not answer: check that the "
+        "server is up and not overloaded, and that the URL is XNAT's (not a port that swallows requests)"
+    )
+
+
+class StorageFullError(XnatError):
+    """XNAT cannot store anything: its disk (or quota) is full. Retrying will not help until space is freed."""
+
+    default_hint = "XNAT's storage is full: ask the XNAT administrator to free space, then re-run (only what did not land is sent)"
 
 
 class PermanentUploadError(XnatError):
@@ -155,6 +172,19 @@ class InputError(XnatError):
     """Bad local input (paths, labels, options): raised before anything is sent."""
 
     default_hint = ""
+
+
+# Server messages that say the disk is full (Java's IOException text, Tomcat's 507).
+STORAGE_FULL_FRAGMENTS = ("no space left on device", "disk full", "insufficient storage", "disk quota exceeded")
+
+_SERVER_FAULT_HINT = (
+    "XNAT failed with an internal error; it was retried. If it persists, the cause is in XNAT's log "
+    "(ask the XNAT administrator); re-running sends only what did not land"
+)
+_UNRECOGNISED_400_HINT = (
+    "XNAT refused the request for the reason in its message, which this tool does not know as a "
+    "passing condition: fix what it names, then re-run (only what did not land is sent)"
+)
 
 
 def server_message(response: httpx.Response) -> str:
@@ -199,14 +229,16 @@ def error_for_response(response: httpx.Response, retry_after: float | None = Non
         return NotFoundError(f"{where}: not found (HTTP 404)", **kwargs)
     if status == 409:
         return ConflictError(f"{where}: conflict (HTTP 409)", **kwargs)
-    if status in (423, 429) or status >= 500:
+    if status == 507 or _matches(text, STORAGE_FULL_FRAGMENTS):
+        return StorageFullError(f"{where}: XNAT's storage is full (HTTP {status})", **kwargs)
+    if status in (423, 429, 503):
         return TransientError(summary, **kwargs)
+    if status >= 500:
+        return TransientError(summary, hint=_SERVER_FAULT_HINT, **kwargs)
     if status == 400:
         if is_permanent_400(text):
             return PermanentUploadError(summary, **kwargs)
-        if is_transient_400(text) or response.request.url.path.endswith("/services/import"):
-            # The import service answers 400 for passing concurrency trouble too, and not
-            # every such message is known: an unrecognised import 400 gets the (bounded)
-            # retries; the known permanent ones above fail at once.
+        if is_transient_400(text):
             return TransientError(summary, **kwargs)
+        return XnatError(summary, hint=_UNRECOGNISED_400_HINT, **kwargs)
     return XnatError(summary, **kwargs)

@@ -38,7 +38,9 @@ class RetryPolicy:
     """Bounded retries with jittered exponential backoff (a random wait in [d/2, d], d doubling).
 
     ``attempts`` counts the first try (6 = 5 retries, as xnatctl). ``budget_seconds`` caps the
-    total time spent sleeping for one request. ``sleep`` is injectable for tests; by default
+    total time spent sleeping for one request; ``unanswered_attempts`` the attempts that time out
+    waiting for an answer, so a server that takes connections and never answers fails a command
+    after about that many timeouts instead of six. ``sleep`` is injectable for tests; by default
     the client waits on its cancel event, so ``XnatClient.cancel()`` cuts a backoff short.
     """
 
@@ -47,6 +49,7 @@ class RetryPolicy:
     backoff_max: float = 32.0
     retry_after_max: float = 300.0
     budget_seconds: float = 900.0
+    unanswered_attempts: int = 2  # timed-out attempts (connected, no answer) before giving up
     sleep: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
 
     def should_retry(self, error: XnatError, method: str, path: str) -> bool:

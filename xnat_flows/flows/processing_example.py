@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
+from xnat_flows.client.archive import item_fields
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.policies import retry_unless_permanent
@@ -44,7 +45,7 @@ def read_session(connection: XnatConnection, project: str, subject: str | None, 
     with open_client(connection) as client:
         base = f"/data/projects/{project}/experiments/{experiment_id}"
         document = client.get_json(base, params={"format": "json"})
-        fields = (document.get("items") or [{}])[0].get("data_fields", {})
+        fields = item_fields(document)
         scans = []
         for row in client.get_rows(f"{base}/scans"):
             scan_id = row.get("ID") or row.get("id") or ""

@@ -23,6 +23,7 @@ from xnat_flows.models import (
     XnatConnection,
 )
 from xnat_flows.tasks.upload import (
+    check_destination_task,
     check_server,
     choose_format,
     forget_delivered,
@@ -66,6 +67,11 @@ def upload_dicom_session(
     for skipped in scan.skipped:
         (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
+    # Every session is checked before anything is sent: none may hold another study (unless asked).
+    checked = [check_destination_task(connection, target, files[0].study_uid, request.allow_other_study)
+               for target, files in plans]
+    plans = [(target, files) for (target, _), (_, files) in zip(checked, plans, strict=True)]
+    prearchive_before = [before for _, before in checked]
     archive_format = request.archive_format
     if request.transport == "dicom-zip" and archive_format == "auto":
         archive_format, why = choose_format(connection)
@@ -77,7 +83,7 @@ def upload_dicom_session(
 
     outcomes: list[SessionOutcome] = []
     upload_seconds = 0.0
-    for target, files in plans:
+    for (target, files), before in zip(plans, prearchive_before, strict=True):
         upload_started = time.perf_counter()
         outcome = SessionOutcome(
             project=target.project, subject=target.subject, session=target.session, study_uid=files[0].study_uid
@@ -112,9 +118,9 @@ def upload_dicom_session(
             outcome.session_uri = uris[0] if uris else None
         upload_seconds += time.perf_counter() - upload_started
         if not outcome.failed_files:
-            forget_delivered(target)
+            forget_delivered(target, server.url)
         if request.verify and not outcome.failed_files:
-            verified = verify_uploaded_session(connection, target, files, request.verify_timeout_seconds)
+            verified = verify_uploaded_session(connection, target, files, request.verify_timeout_seconds, before)
             outcome.verified = verified.ok
             outcome.experiment_id = verified.experiment_id
             outcome.missing = list(verified.missing)

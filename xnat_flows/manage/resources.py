@@ -19,8 +19,9 @@ from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, Field
 
+from xnat_flows.client.archive import experiment_id
 from xnat_flows.client.client import XnatClient
-from xnat_flows.client.errors import ConflictError, InputError, NotFoundError
+from xnat_flows.client.errors import ConflictError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +95,12 @@ def resource_parent(client: XnatClient, target: ResourceTarget) -> str:
         )
     elif target.project:
         # XNAT ignores sub-resources under /data/projects/P/experiments/E for some URLs: use the ID.
-        parent = f"/data/experiments/{quote(_experiment_id(client, target.project, target.session), safe='')}"
+        parent = f"/data/experiments/{quote(experiment_id(client, target.project, target.session), safe='')}"
     else:
         parent = f"/data/experiments/{quote(target.session, safe='')}"
     if target.scan:
         parent += f"/scans/{quote(target.scan, safe='')}"
     return parent
-
-
-def _experiment_id(client: XnatClient, project: str, label: str) -> str:
-    document = client.get_json(f"/data/projects/{quote(project, safe='')}/experiments/{quote(label, safe='')}")
-    try:
-        return str(document["items"][0]["data_fields"]["ID"])
-    except (KeyError, IndexError, TypeError):
-        raise NotFoundError(f"Project {project!r} has no session {label!r}.", status=404) from None
 
 
 def ensure_resource(client: XnatClient, parent: str, label: str) -> bool:

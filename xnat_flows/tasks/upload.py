@@ -15,11 +15,11 @@ from xnat_flows.tasks.policies import ServerCheck, existing_upload_limit, retry_
 from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory
-from xnat_flows.transfer.journal import UploadJournal
-from xnat_flows.transfer.session import send_batch
+from xnat_flows.transfer.journal import UploadJournal, resume_key
+from xnat_flows.transfer.session import check_destination, send_batch
 from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
 from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget, choose_archive_format
-from xnat_flows.transfer.verify import VerifyResult, verify_session
+from xnat_flows.transfer.verify import VerifyResult, prearchive_snapshot, verify_session
 
 # Inputs hold file lists and clients are built inside: hashing them for a cache buys nothing.
 _COMMON = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -52,6 +52,17 @@ def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
     """tgz over a slow (remote) link to XNAT >= 1.8.3, tar otherwise, with the reason."""
     with open_client(connection) as client:
         return choose_archive_format(client)
+
+
+@task(name="check-destination", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
+def check_destination_task(
+    connection: XnatConnection, target: UploadTarget, study_uid: str, allow_other_study: bool
+) -> tuple[UploadTarget, frozenset[str]]:
+    """Refuse a session label that holds another study (unless allowed); note the prearchive's rows
+    before the upload, so verification can tell this upload's outcome from older rows."""
+    with open_client(connection) as client:
+        checked = check_destination(client, target, study_uid, allow_other_study=allow_other_study)
+        return checked, prearchive_snapshot(client, target.project)
 
 
 @task(name="scan-dicom-directory", **_COMMON)
@@ -106,15 +117,16 @@ def upload_instances(
 
 
 @task(name="finish-session", **_COMMON)
-def forget_delivered(target: UploadTarget) -> None:
+def forget_delivered(target: UploadTarget, server_url: str) -> None:
     """Everything of this session was accepted: a later, deliberate re-upload sends it all again."""
-    UploadJournal().clear(target.key)
+    UploadJournal().clear(resume_key(server_url, target.key))
 
 
 @task(name="verify-session", **_COMMON, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent)
 def verify_uploaded_session(
-    connection: XnatConnection, target: UploadTarget, expected: list[DicomFile], timeout_seconds: float
+    connection: XnatConnection, target: UploadTarget, expected: list[DicomFile], timeout_seconds: float,
+    prearchive_before: frozenset[str] | None = None,
 ) -> VerifyResult:
     """Wait for the session in the archive and compare scans and file counts with what was sent."""
     with open_client(connection) as client:
-        return verify_session(client, target, expected, wait_timeout=timeout_seconds)
+        return verify_session(client, target, expected, wait_timeout=timeout_seconds, prearchive_before=prearchive_before)

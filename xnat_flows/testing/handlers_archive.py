@@ -9,6 +9,7 @@ Listing Options", "XNAT REST XML Path Shortcuts") and xnat-web's restlet resourc
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import json
 import re
@@ -21,7 +22,7 @@ from xml.etree import ElementTree
 
 from xnat_flows.testing import readback
 from xnat_flows.testing.importer import archive_format, iter_members
-from xnat_flows.testing.model import Archive, Obj, ScanSet, Target, is_a
+from xnat_flows.testing.model import Archive, Obj, ResourceSet, ScanSet, Target, is_a
 from xnat_flows.testing.prearchive import XnatRefusal, is_true
 from xnat_flows.testing.render import item, listing_format, object_response, table
 from xnat_flows.testing.state import write_stream_to
@@ -100,7 +101,15 @@ class ArchiveHandlers(HandlerBase):
         return self._collection(req, target.obj, target.collection or "")
 
     # -- one object --------------------------------------------------------------------------------
-    def _object(self, req: Request, obj: Obj | ScanSet) -> Response:
+    def _object(self, req: Request, obj: Obj | ScanSet | ResourceSet) -> Response:
+        if isinstance(obj, ResourceSet):
+            if req.method == "DELETE":
+                for resource in obj.resources:
+                    self.archive.delete(resource)
+                return text(200, "")
+            if req.method != "GET":
+                return text(405, f"Method {req.method} not allowed")
+            return table(req, [self.resource_row(r) for r in obj.resources], "Resources", fixed_columns=True)
         if isinstance(obj, ScanSet):
             if req.method == "DELETE":
                 for scan in obj.scans:
@@ -131,7 +140,7 @@ class ArchiveHandlers(HandlerBase):
         return text(405, f"Method {req.method} not allowed")
 
     # -- collections -------------------------------------------------------------------------------
-    def _collection(self, req: Request, parent: Obj | ScanSet | None, collection: str,
+    def _collection(self, req: Request, parent: Obj | ScanSet | ResourceSet | None, collection: str,
                     only: list[Any] | None = None) -> Response:
         if collection == "files":
             if req.method in ("PUT", "POST"):
@@ -155,6 +164,8 @@ class ArchiveHandlers(HandlerBase):
         if isinstance(parent, ScanSet):
             return table(req, [self.resource_row(r) for r in self.archive.resources_of(parent)], "Resources",
                          fixed_columns=True)
+        if isinstance(parent, ResourceSet):
+            return text(404, f"The requested resource {req.path} was not found.")
         kind = parent.kind
         if collection == "subjects":
             own = store.query("SELECT * FROM subjects WHERE project = ? ORDER BY id", (parent.id,))
@@ -209,8 +220,8 @@ class ArchiveHandlers(HandlerBase):
         parent, collection, name, rest = target.obj, target.collection, target.name or "", target.rest
         if req.method not in ("PUT", "POST"):
             return text(404, f"{_SINGULAR.get(collection or '', 'Object')} {name} not found")
-        if isinstance(parent, ScanSet):
-            return text(404, f"Scans {parent.ref} not found")
+        if isinstance(parent, (ScanSet, ResourceSet)):
+            return text(404, f"{_SINGULAR.get(collection or '', 'Object')} {name} not found in {parent.ref}")
         if rest:
             # Parents made on the way, as XNAT does: a subject for a new session, a resource for new files.
             creatable = (collection == "subjects" and rest[0] == "experiments") or (
@@ -218,6 +229,8 @@ class ArchiveHandlers(HandlerBase):
             if not creatable or parent is None:
                 return text(404, f"{_SINGULAR.get(collection or '', 'Object')} {name} not found")
             if collection == "subjects":
+                if len(rest) == 2 and req.method == "PUT" and not req.param("xsiType"):
+                    return text(400, _NEEDS_XSI_TYPE)  # refused before the subject is made
                 self.archive.create_subject(parent.id, name)
             else:
                 owner, scan_id = parent.resource_parent()
@@ -233,33 +246,37 @@ class ArchiveHandlers(HandlerBase):
         xsi_type = req.param("xsiType")
         if parent is None:
             if collection == "projects":
+                fields = self._parse_fields(req, "project")
                 self.store.ensure_project(name)
                 project = archive.child(None, "projects", name)
                 assert isinstance(project, Obj)
-                self._apply_fields(req, project)
+                self._store_fields(project, fields)
                 return text(201, name)
             return text(404, f"{_SINGULAR[collection]} {name} not found")  # new subjects/experiments need a project
         if collection == "subjects" and parent.kind == "project":
+            fields = self._parse_fields(req, "subject")
             row, created = archive.create_subject(parent.id, self._new_label(req, "xnat:subjectData", name))
-            self._apply_fields(req, Obj("subject", row, parent, parent.id))
+            self._store_fields(Obj("subject", row, parent, parent.id), fields)
             return text(201 if created else 200, row["id"])
         if collection == "experiments" and parent.kind in ("project", "subject"):
             if not xsi_type:
-                return text(400, "A new experiment needs its data type: add ?xsiType=xnat:mrSessionData (or another).")
-            subject = parent.row if parent.kind == "subject" else self._subject_for(req, parent, xsi_type)
+                return text(400, _NEEDS_XSI_TYPE)
+            fields = self._parse_fields(req, "experiment")
             label = self._new_label(req, xsi_type, name)
             if self.store.query_one("SELECT 1 FROM experiments WHERE project = ? AND label = ?", (parent.project, label)):
                 return text(409, f"An experiment labelled {label} already exists in project {parent.project}.")
+            subject = parent.row if parent.kind == "subject" else self._subject_for(req, parent, xsi_type)
             row = archive.create_experiment(parent.project, subject, label, xsi_type)
-            self._apply_fields(req, Obj("experiment", row, parent, parent.project))
+            self._store_fields(Obj("experiment", row, parent, parent.project), fields)
             return text(201, row["id"])
         if collection == "assessors" and parent.kind == "experiment":
             if not xsi_type:
                 return text(400, "A new assessor needs its data type: add ?xsiType=xnat:qcAssessmentData (or another).")
+            fields = self._parse_fields(req, "assessor")
             label = self._new_label(req, xsi_type, name)
             subject = archive.subject_row(parent.row["subject_id"])
             row = archive.create_experiment(parent.row["project"], subject, label, xsi_type, session_id=parent.id)
-            self._apply_fields(req, Obj("assessor", row, parent, parent.project))
+            self._store_fields(Obj("assessor", row, parent, parent.project), fields)
             return text(201, row["id"])
         if collection == "scans" and parent.kind == "experiment":  # xnat-web ScanResource.handlePut
             if not xsi_type:
@@ -267,12 +284,14 @@ class ArchiveHandlers(HandlerBase):
             if xsi_type.lower() == "xnat:imagescandata" or not is_a(xsi_type, "xnat:imageScanData"):
                 return text(400, "Multiple scan modalities can be associated here.  Please retry with the "
                                  "specification of a particular modality (i.e. ?xsiType=xnat:mrScanData).")
+            fields = self._parse_fields(req, "scan")
             row = archive.create_scan(parent, name, xsi_type)
-            self._apply_fields(req, Obj("scan", row, parent, parent.project))
+            self._store_fields(Obj("scan", row, parent, parent.project), fields)
             return text(200, "")
         if collection == "reconstructions" and parent.kind == "experiment":
+            fields = self._parse_fields(req, "reconstruction")
             row = archive.create_reconstruction(parent, name, req.param("type"))
-            self._apply_fields(req, Obj("reconstruction", row, parent, parent.project))
+            self._store_fields(Obj("reconstruction", row, parent, parent.project), fields)
             return text(201, name)
         if collection == "resources" and parent.kind != "resource":
             owner, scan_id = parent.resource_parent()
@@ -302,10 +321,13 @@ class ArchiveHandlers(HandlerBase):
 
     # -- metadata through the query string ---------------------------------------------------------
     def _apply_fields(self, req: Request, obj: Obj) -> None:
-        """PUT ``?xnat:mrSessionData/date=…``, ``?date=…`` (shortcuts), ``…/fields/field[name=x]/field=…``.
+        self._store_fields(obj, self._parse_fields(req, obj.kind))
 
-        Every field named is stored and read back; nothing is acknowledged and dropped."""
-        shortcuts = _SHORTCUTS.get(obj.kind, {})
+    def _parse_fields(self, req: Request, kind: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The fields a PUT sets, checked before anything is written: ``?xnat:mrSessionData/date=…``,
+        XNAT's shortcuts (``?date=…``), ``…/fields/field[name=x]/field=…``. Returns (columns, attributes);
+        every field named is stored and read back, nothing is acknowledged and dropped."""
+        shortcuts = _SHORTCUTS.get(kind, {})
         values: dict[str, str] = {}
         for key, value in req.params.items():
             match = _XPATH.match(key)
@@ -317,22 +339,29 @@ class ArchiveHandlers(HandlerBase):
                 continue
             if path:
                 values[path] = value
-        if not values:
-            return
-        columns = {k: v for k, v in values.items() if k in _COLUMNS.get(obj.kind, set())}
-        attrs = {k: v for k, v in values.items() if k not in columns and k != "ID"}
-        for path in attrs:
-            field = _FIELD.match(path)
-            if "[" in path and not field:
+        columns = {k: ("" if v == "NULL" else v) for k, v in values.items() if k in _COLUMNS.get(kind, set())}
+        if columns.get("date"):
+            columns["date"] = _xs_date(columns["date"])
+        if columns.get("time"):
+            columns["time"] = _xs_time(columns["time"])
+        attrs = {}
+        for path, value in values.items():
+            if path in columns or path == "ID":
+                continue
+            custom = _FIELD.match(path)
+            if "[" in path and not custom:
                 raise XnatRefusal(400, f"Unsupported field path {path!r}")
-        self._set_columns(obj, columns)
-        self.archive.set_attrs(obj.owner, {(f"fields/{_FIELD.match(k)['name']}" if _FIELD.match(k) else k): v  # type: ignore[index]
-                                           for k, v in attrs.items()})
+            attrs[f"fields/{custom['name']}" if custom else path] = value
+        return columns, attrs
 
-    def _set_columns(self, obj: Obj, columns: dict[str, str]) -> None:
-        if not columns:
-            return
-        values = {k: ("" if v == "NULL" else v) for k, v in columns.items()}
+    def _store_fields(self, obj: Obj, fields: tuple[dict[str, str], dict[str, str]]) -> None:
+        columns, attrs = fields
+        if columns:
+            self._set_columns(obj, columns)
+        if attrs:
+            self.archive.set_attrs(obj.owner, attrs)
+
+    def _set_columns(self, obj: Obj, values: dict[str, str]) -> None:
         if obj.kind in ("experiment", "assessor"):
             names = {"UID": "uid"}
             if "label" in values:
@@ -496,18 +525,23 @@ class ArchiveHandlers(HandlerBase):
         return f"{self.uri(obj.parent)}/resources/{obj.label}"
 
     # -- files -------------------------------------------------------------------------------------
-    def _file_entries(self, parent: Obj | ScanSet | None) -> list[tuple[Obj, Any]]:
-        """(resource, file row) of every file below ``parent``: one resource, or all of an object's."""
+    def _file_entries(self, parent: Obj | ScanSet | ResourceSet | None) -> list[tuple[Obj, Any]]:
+        """(resource, file row) of every file below ``parent``: one resource, a set, or all of an object's."""
         if parent is None:
             return []
-        resources = [parent] if isinstance(parent, Obj) and parent.kind == "resource" else self.archive.resources_of(parent)
+        if isinstance(parent, ResourceSet):
+            resources = parent.resources
+        elif isinstance(parent, Obj) and parent.kind == "resource":
+            resources = [parent]
+        else:
+            resources = self.archive.resources_of(parent)
         return [(resource, f) for resource in resources for f in self.store.files(resource.row["id"])]
 
-    def _files(self, req: Request, parent: Obj | ScanSet | None) -> Response:
+    def _files(self, req: Request, parent: Obj | ScanSet | ResourceSet | None) -> Response:
         entries = self._file_entries(parent)
         fmt = listing_format(req)
         if fmt in _ARCHIVE_SUFFIXES:
-            name = (parent.experiment.label if isinstance(parent, ScanSet) else _top_label(parent)) or "download"
+            name = _top_label(parent) or "download"
             return self._archive_response([(self.zip_path(resource, f["path"]), self.store.resource_dir(resource.row["id"])
                                             / f["path"]) for resource, f in entries],
                                           f"{name}.{_ARCHIVE_SUFFIXES[fmt]}", _ARCHIVE_SUFFIXES[fmt])
@@ -551,7 +585,7 @@ class ArchiveHandlers(HandlerBase):
         return Response(200, content_type=content_type, file=Path(tmp_name), delete_file=True,
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
-    def _file(self, req: Request, parent: Obj | ScanSet | None, file_path: str) -> Response:
+    def _file(self, req: Request, parent: Obj | ScanSet | ResourceSet | None, file_path: str) -> Response:
         if not isinstance(parent, Obj) or parent.kind != "resource":
             return text(404, f"The requested resource {req.path} was not found.")
         if req.method in ("PUT", "POST"):
@@ -698,8 +732,28 @@ class ArchiveHandlers(HandlerBase):
                 if is_a(e["xsi_type"], element)]
 
 
+_NEEDS_XSI_TYPE = "A new experiment needs its data type: add ?xsiType=xnat:mrSessionData (or another)."
 _SINGULAR = {"projects": "Project", "subjects": "Subject", "experiments": "Experiment", "scans": "Scan",
              "assessors": "Assessor", "reconstructions": "Reconstruction", "resources": "Resource"}
+
+
+def _xs_date(value: str) -> str:
+    """A date as XNAT stores it (xs:date, YYYY-MM-DD) from the spellings it accepts; 400 for anything else."""
+    for spelling in ("%Y-%m-%d", "%m/%d/%Y", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(value.strip(), spelling).date().isoformat()
+        except ValueError:
+            continue
+    raise XnatRefusal(400, f"Invalid date {value!r}: use YYYY-MM-DD")
+
+
+def _xs_time(value: str) -> str:
+    for spelling in ("%H:%M:%S", "%H:%M", "%H%M%S", "%H:%M:%S.%f"):
+        try:
+            return dt.datetime.strptime(value.strip(), spelling).time().isoformat(timespec="seconds")
+        except ValueError:
+            continue
+    raise XnatRefusal(400, f"Invalid time {value!r}: use HH:MM:SS")
 
 
 def _split_attrs(attrs: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
@@ -723,10 +777,18 @@ def _split_attrs(attrs: dict[str, str]) -> tuple[dict[str, str], list[dict[str, 
     return fields, children
 
 
-def _top_label(obj: Obj | None) -> str:
-    while obj is not None and obj.kind in ("resource", "scan", "reconstruction"):
-        obj = obj.parent
-    return obj.label if obj is not None else ""
+def _top_label(obj: Obj | ScanSet | ResourceSet | None) -> str:
+    """The label a download is named after: the session (or project/subject) above what was asked for."""
+    while obj is not None:
+        if isinstance(obj, ResourceSet):
+            obj = obj.parent
+        elif isinstance(obj, ScanSet):
+            obj = obj.experiment
+        elif obj.kind in ("resource", "scan", "reconstruction"):
+            obj = obj.parent
+        else:
+            return obj.label
+    return ""
 
 
 def _lookup_field(row: dict[str, Any], field: str) -> str | None:

@@ -99,10 +99,19 @@ class ScanSet:
 
 
 @dataclass
+class ResourceSet:
+    """``resources/DICOM,SNAPSHOTS`` or resources of a scan set (``scans/ALL/resources/DICOM``)."""
+
+    parent: Obj | ScanSet
+    resources: list[Obj]
+    ref: str
+
+
+@dataclass
 class Target:
     """Where a path leads: ``obj`` (or a scan set), then maybe a collection and an unresolved name."""
 
-    obj: Obj | ScanSet | None
+    obj: Obj | ScanSet | ResourceSet | None
     collection: str | None = None  # "subjects", "resources", "files", ... below obj
     name: str | None = None  # an unresolved member of the collection (e.g. for creation)
     rest: list[str] = field(default_factory=list)  # segments after an unresolved name / the file path
@@ -122,6 +131,7 @@ _CHILDREN = {
     "reconstruction": ("resources", "files", "out", "in"),
     "scanset": ("resources", "files"),
     "resource": ("files",),
+    "resourceset": ("files",),
 }
 
 
@@ -135,10 +145,13 @@ class Archive:
     def resolve(self, segments: list[str]) -> Target | None:
         """Walk ``segments`` (the path after ``/data`` or ``/data/archive``); None when the path names
         no collection XNAT has (404)."""
-        current: Obj | ScanSet | None = None
+        current: Obj | ScanSet | ResourceSet | None = None
         index = 0
         while index < len(segments):
-            kind = "scanset" if isinstance(current, ScanSet) else (current.kind if current else None)
+            if isinstance(current, (ScanSet, ResourceSet)):
+                kind: str | None = "scanset" if isinstance(current, ScanSet) else "resourceset"
+            else:
+                kind = current.kind if current else None
             collection = segments[index]
             if collection in ("out", "in") and kind in ("assessor", "reconstruction"):
                 index += 1  # the in/out taxonomy of derived resources: one set of resources here
@@ -158,10 +171,17 @@ class Archive:
             index += 1
         return Target(current)
 
-    def child(self, parent: Obj | ScanSet | None, collection: str, name: str) -> Obj | ScanSet | None:
+    def child(self, parent: Obj | ScanSet | ResourceSet | None, collection: str,
+              name: str) -> Obj | ScanSet | ResourceSet | None:
         store = self.store
+        if isinstance(parent, ResourceSet):
+            return None
+        if collection == "resources" and parent is not None and (isinstance(parent, ScanSet) or "," in name):
+            wanted = [part for part in name.split(",") if part]
+            chosen = [r for r in self.resources_of(parent) if r.label in wanted or str(r.row["id"]) in wanted]
+            return ResourceSet(parent, chosen, name) if chosen else None
         if isinstance(parent, ScanSet):
-            return None  # resources of a scan set are gathered by the handlers
+            return None
         project = parent.project if parent is not None else ""
         if parent is None:
             if collection == "projects":

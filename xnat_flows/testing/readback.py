@@ -33,7 +33,8 @@ def scan_row(experiment_id: str, scan: sqlite3.Row) -> dict[str, Any]:
     return {
         "ID": scan["scan_id"], "type": scan["type"], "series_description": scan["series_description"],
         "quality": "usable", "xsiType": scan["xsi_type"], "xnat_imagescandata_id": f"{experiment_id}:{scan['scan_id']}",
-        "note": "", "UID": scan["series_uid"], "URI": f"/data/experiments/{experiment_id}/scans/{scan['scan_id']}",
+        # No UID column: XNAT's scan listing has none (the session document carries each scan's UID).
+        "note": "", "URI": f"/data/experiments/{experiment_id}/scans/{scan['scan_id']}",
     }
 
 

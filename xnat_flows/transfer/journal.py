@@ -1,6 +1,6 @@
 """Resume support: remember which batches (or instances) already reached a destination.
 
-An entry is keyed by the destination and a content digest of what was sent (relative paths,
+An entry is keyed by the destination (server URL and session, ``resume_key``) and a content digest of what was sent (relative paths,
 sizes, modification times, SOP Instance UIDs: cheap, no file reads), so a re-run after a
 failure sends only what did not land, and a file changed since then is sent again. The
 journal lives in the profile directory (``journal/``, mode 0600) and is cleared once a
@@ -25,6 +25,12 @@ def content_digest(files: Iterable[DicomFile]) -> str:
     for f in files:
         digest.update(f"{f.relpath}\0{f.size}\0{f.mtime_ns}\0{f.sop_instance_uid}\n".encode())
     return digest.hexdigest()
+
+
+def resume_key(server_url: str, destination: str) -> str:
+    """The journal's name for a destination on one server: the same labels on another XNAT are
+    another destination, and what was delivered to one was not delivered to the other."""
+    return f"{server_url.rstrip('/')}|{destination}"
 
 
 class UploadJournal:

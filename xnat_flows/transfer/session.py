@@ -7,6 +7,8 @@ directly, and the Prefect flow runs the same steps (``plan_sessions``, ``partiti
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -16,10 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xnat_flows.client.archive import find_archived
 from xnat_flows.client.client import XnatClient
-from xnat_flows.client.errors import InputError
+from xnat_flows.client.errors import ConflictError, InputError, XnatError
+from xnat_flows.client.prearchive import ERROR, direct_archive_sessions, list_sessions
 from xnat_flows.transfer.archive import ArchiveFormat
-from xnat_flows.transfer.journal import UploadJournal, content_digest
+from xnat_flows.transfer.journal import UploadJournal, content_digest, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, scan_directory
 from xnat_flows.transfer.upload import (
@@ -31,7 +35,7 @@ from xnat_flows.transfer.upload import (
     upload_archive_batch,
     upload_gradual,
 )
-from xnat_flows.transfer.verify import VerifyResult, archived_complete, verify_session
+from xnat_flows.transfer.verify import VerifyResult, archived_complete, prearchive_snapshot, verify_session
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +113,86 @@ class SessionUploadResult:
         return all(s.ok for s in self.sessions) and not self.unreadable
 
 
+def study_label(session: str, study_uid: str) -> str:
+    """The session label of one study of a ``--per-study`` upload: ``SESSION_`` and 8 hex digits
+    derived from the StudyInstanceUID, so a study keeps its label whatever else the folder holds."""
+    return f"{session}_{hashlib.sha256(study_uid.encode()).hexdigest()[:8]}"
+
+
 def plan_sessions(
     scan: ScanResult, target: UploadTarget, *, per_study: bool = False
 ) -> list[tuple[UploadTarget, list[DicomFile]]]:
     """(target, files) per session: one per StudyInstanceUID. Several studies need ``per_study``
-    (each becomes its own session, labels suffixed _1, _2, ... in order of appearance)."""
+    (each becomes its own session, labelled by ``study_label`` — even when the folder holds one study
+    today — so a study keeps its label whatever is added or removed beside it)."""
     groups = scan.by_study()
+    if per_study:
+        return [(target.with_session(study_label(target.session, uid)), files) for uid, files in groups.items()]
     if len(groups) == 1:
         return [(target, next(iter(groups.values())))]
-    if not per_study:
-        listed = ", ".join(f"{uid} ({len(files)} files)" for uid, files in groups.items())
-        raise InputError(
-            f"{scan.root} holds {len(groups)} studies but one session label ({target.session}) was given; "
-            f"StudyInstanceUIDs: {listed}",
-            hint="Upload each study as its own session with per_study=True (--per-study; labels get _1, _2, ...), "
-            "or point at one study's directory",
+    listed = ", ".join(f"{uid} ({len(files)} files)" for uid, files in groups.items())
+    raise InputError(
+        f"{scan.root} holds {len(groups)} studies but one session label ({target.session}) was given; "
+        f"StudyInstanceUIDs: {listed}",
+        hint=f"Upload each study as its own session with per_study=True (--per-study; labels get "
+        f"{target.session}_ and 8 hex digits of the study's UID), or point at one study's directory",
+    )
+
+
+def check_destination(client: XnatClient, target: UploadTarget, study_uid: str, *, allow_other_study: bool = False) -> UploadTarget:
+    """Refuse to upload into an archived session that holds another study, unless ``allow_other_study``.
+
+    XNAT merges an upload into an existing session of the same label; with ``overwrite=delete`` it
+    does not even compare the StudyInstanceUIDs, so two patients could end up in one session.
+    Returns the target to use: with ``allow_other_study`` its overwrite becomes ``delete`` (XNAT
+    refuses a change of study UID under ``append``).
+    """
+    existing = find_archived(client, target.project, target.session)
+    if existing is None or not existing.uid or existing.uid == study_uid:
+        return target
+    if not allow_other_study:
+        raise ConflictError(
+            f"Session {target.project}/{target.session} ({existing.experiment_id}) already holds another study "
+            f"(StudyInstanceUID {existing.uid}); this upload is study {study_uid}: nothing was sent",
+            status=409,
+            hint="Choose a session label of its own (-E/--session, or --per-study), or, if the two studies must share "
+            "one session, ask for it explicitly (allow_other_study=True; CLI --into-other-study)",
         )
-    return [(target.with_session(f"{target.session}_{n}"), files) for n, files in enumerate(groups.values(), start=1)]
+    log.warning("adding study %s to %s/%s, which holds study %s (asked for explicitly)", study_uid,
+                target.project, target.session, existing.uid)
+    return dataclasses.replace(target, overwrite="delete")
+
+
+def delivered(client: XnatClient, journal: UploadJournal | None, target: UploadTarget, study_uid: str) -> set[str]:
+    """What the journal says an earlier run delivered to this server's ``target``, if XNAT still has
+    the session; else nothing (the entries are dropped): skipping must never rest on a stale record."""
+    if journal is None:
+        return set()
+    key = resume_key(client.base_url, target.key)
+    done = journal.done(key)
+    if done and not _session_present(client, target, study_uid):
+        log.warning("the resume journal lists %d deliveries to %s/%s on %s, but XNAT has no such session "
+                    "(deleted, or never archived): sending everything again", len(done), target.project,
+                    target.session, client.base_url)
+        journal.clear(key)
+        return set()
+    return done
+
+
+def _session_present(client: XnatClient, target: UploadTarget, study_uid: str) -> bool:
+    """The target session of this study is archived, being received by Direct-Archive, or held in
+    the prearchive (not in ERROR)."""
+    found = find_archived(client, target.project, target.session)
+    if found is not None and (not found.uid or found.uid == study_uid):
+        return True
+    if any(row.get("tag") == study_uid and row.get("label") == target.session
+           for row in direct_archive_sessions(client, target.project)):
+        return True
+    try:
+        rows = list_sessions(client, target.project)
+    except XnatError:  # a prearchive this account cannot read: only the archive tells
+        return False
+    return any(row.tag == study_uid and row.status != ERROR for row in rows)
 
 
 def send_batch(
@@ -144,7 +211,7 @@ def send_batch(
     destination was delivered by an earlier run and is not sent again."""
     digest = content_digest(batch)
     if done is None:
-        done = journal.done(target.key) if journal is not None else set()
+        done = delivered(client, journal, target, batch[0].study_uid) if batch else set()
     if digest in done:
         relpaths = tuple(f.relpath for f in batch)
         return BatchResult(index, relpaths, sum(f.size for f in batch), 0.0, (), True, resumed=True)
@@ -152,7 +219,7 @@ def send_batch(
         client, batch, target, fmt, index=index, raise_on_error=raise_on_error, on_streamed=on_streamed
     )
     if result.ok and journal is not None:
-        journal.record(target.key, digest)
+        journal.record(resume_key(client.base_url, target.key), digest)
     return result
 
 
@@ -168,7 +235,7 @@ def upload_batches(
 ) -> list[BatchResult]:
     """DICOM-zip: ``workers`` byte-balanced batches sent in parallel; journaled batches are skipped."""
     batches = partition_by_bytes(files, workers)
-    done = journal.done(target.key) if journal is not None else set()
+    done = delivered(client, journal, target, files[0].study_uid) if files else set()
     total_bytes = sum(f.size for f in files)
     lock = threading.Lock()
     counters = {"files": 0, "bytes": 0, "failed": 0}
@@ -226,14 +293,15 @@ def upload_instances(
     cannot replace archived instances, so re-sending them would only park a CONFLICT copy in
     the prearchive (xnat-api.md §3.7). DICOM-zip with an overwrite policy replaces them.
     """
-    done = journal.done(target.key) if journal is not None else set()
+    done = delivered(client, journal, target, files[0].study_uid) if files else set()
     if not done and archived_complete(client, target, files):
         log.info("%s/%s/%s already holds all %d instances in the archive: nothing sent", target.project,
                  target.subject, target.session, len(files))
         return GradualResult(total=len(files), resumed_count=len(files), already_archived=True)
     digests = {f.relpath: content_digest([f]) for f in files}
     pending = [f for f in files if digests[f.relpath] not in done]
-    on_sent = (lambda f: journal.record(target.key, digests[f.relpath])) if journal is not None else None
+    key = resume_key(client.base_url, target.key)
+    on_sent = (lambda f: journal.record(key, digests[f.relpath])) if journal is not None else None
     result = upload_gradual(client, pending, target, workers=workers, progress=progress, on_sent=on_sent)
     result.resumed_count = len(files) - len(pending)
     result.total += result.resumed_count
@@ -254,8 +322,13 @@ def upload_session(
     verify: bool = True,
     verify_timeout: float = 600.0,
     poll_interval: float = 2.0,
+    allow_other_study: bool = False,
 ) -> SessionUploadResult:
-    """Scan (unless given a ``ScanResult``), upload every planned session, verify each."""
+    """Scan (unless given a ``ScanResult``), upload every planned session, verify each.
+
+    Before anything is sent every planned session is checked: one that XNAT already holds with
+    another StudyInstanceUID stops the upload (``ConflictError``) unless ``allow_other_study``.
+    """
     if workers < 1:
         raise InputError(f"workers must be at least 1 (got {workers})")
     started = time.monotonic()
@@ -263,9 +336,13 @@ def upload_session(
     plan = plan_sessions(scan, target, per_study=per_study)
     if target.direct_archive:
         client.require_direct_archive()
+    plan = [(check_destination(client, t, files[0].study_uid, allow_other_study=allow_other_study), files)
+             for t, files in plan]
+    client.reserve_connections(workers)
 
     results = []
     for session_target, files in plan:
+        before = prearchive_snapshot(client, session_target.project) if verify else None
         study = StudyUploadResult(files[0].study_uid, session_target, len(files), sum(f.size for f in files))
         if gradual:
             study.gradual = upload_instances(client, files, session_target, workers=workers, journal=journal, progress=progress)
@@ -274,10 +351,11 @@ def upload_session(
                 client, files, session_target, workers=workers, fmt=fmt, journal=journal, progress=progress
             )
         if verify and study.uploaded:
-            study.verify = verify_session(client, session_target, files, wait_timeout=verify_timeout, poll_interval=poll_interval)
+            study.verify = verify_session(client, session_target, files, wait_timeout=verify_timeout,
+                                          poll_interval=poll_interval, prearchive_before=before)
         if journal is not None and study.uploaded:
             # Everything was accepted: a later run starts afresh. (If verification then found
             # files missing, re-sending all of them is what the next run should do anyway.)
-            journal.clear(session_target.key)
+            journal.clear(resume_key(client.base_url, session_target.key))
         results.append(study)
     return SessionUploadResult(results, list(scan.skipped), time.monotonic() - started)

@@ -20,12 +20,15 @@ from typing import Literal
 
 import httpx
 
+from xnat_flows.client.archive import is_valid_label
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import (
     AuthenticationError,
     CancelledError,
     InputError,
     PermissionDeniedError,
+    StorageFullError,
+    TransientError,
     UnsupportedServerError,
     XnatError,
 )
@@ -37,7 +40,6 @@ IMPORT_PATH = "/data/services/import"
 GRADUAL_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 Overwrite = Literal["none", "append", "delete"]
 
-_LABEL_RE = re.compile(r"[A-Za-z0-9_-]+")
 # Errors that every further request would hit too: stop instead of failing 100k files one by one.
 _FATAL = (AuthenticationError, PermissionDeniedError, UnsupportedServerError, CancelledError)
 
@@ -50,12 +52,14 @@ class UploadTarget:
     subject: str
     session: str
     direct_archive: bool = True  # False: stage in the prearchive (dest=/prearchive/projects/P)
-    overwrite: Overwrite = "delete"
+    # "append": XNAT merges into an existing session of the same study and refuses another study's
+    # ("invalid modification of session UID"); "delete" skips that check, so it is never the default.
+    overwrite: Overwrite = "append"
 
     def __post_init__(self) -> None:
         for name in ("project", "subject", "session"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
+            if not is_valid_label(value):
                 raise InputError(
                     f"Invalid XNAT {name} label {value!r}",
                     hint="Use only letters, digits, '_' and '-' (XNAT would silently rewrite anything else)",
@@ -122,7 +126,39 @@ class BatchResult:
 
 def parse_uris(text: str) -> list[str]:
     """Session URIs from an import answer: one per line, CRLF-terminated."""
-    return [line.strip() for line in text.splitlines() if line.strip().startswith("/")]
+    return [line.strip() for line in text.splitlines() if _SESSION_URI.fullmatch(line.strip())]
+
+
+# What XNAT's import service answers on success: the session's URI (prearchive, archive or
+# Direct-Archive), one per line (XNAT's ImporterHandlerA / import resource).
+_SESSION_URI = re.compile(r"/(?:data|REST|xapi)/[^\s<>\"']+")
+
+
+def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str]:
+    """The session URIs of an import answer; any other answer raises, because it is not XNAT's import
+    service that answered (a login page, a proxy, a redirect) and nothing may count as delivered."""
+    where = f"{client.base_url}{IMPORT_PATH}"
+    if response.is_redirect:
+        location = response.headers.get("Location", "(no Location)")
+        raise AuthenticationError(
+            f"The import endpoint answered HTTP {response.status_code}, a redirect to {location}, instead of accepting "
+            f"the upload: nothing was stored ({where})",
+            status=response.status_code,
+            hint="An authentication or proxy problem (a login page or single sign-on in front of XNAT): check the URL "
+            "is XNAT's base URL and log in again (xnat-flows auth login)",
+        )
+    uris = parse_uris(response.text)
+    if uris:
+        return uris
+    page = "<html" in response.text[:2000].lower()
+    raise (AuthenticationError if page else XnatError)(
+        f"The import endpoint answered HTTP {response.status_code} with "
+        + ("a web page (probably a login page)" if page else f"{response.text.strip()[:80]!r}")
+        + f" instead of a session URI: nothing counts as stored ({where})",
+        status=response.status_code,
+        hint="An authentication or proxy problem: check the URL is XNAT's base URL (not a portal or login page) "
+        "and that the account is logged in",
+    )
 
 
 def upload_archive_batch(
@@ -168,12 +204,14 @@ def upload_archive_batch(
             params=target.dicom_zip_params(),
             content=body,
             headers={"Content-Type": content_type_for(fmt)} | ({"Content-Length": str(length)} if length is not None else {}),
+            timeout=client.timeouts.upload(length if length is not None else size),
         )
+        uris = import_answer_uris(client, response)
     except XnatError as exc:
         if raise_on_error:
             raise
         return BatchResult(index, relpaths, size, time.monotonic() - started, (), False, str(exc))
-    return BatchResult(index, relpaths, size, time.monotonic() - started, tuple(parse_uris(response.text)), True)
+    return BatchResult(index, relpaths, size, time.monotonic() - started, tuple(uris), True)
 
 
 @dataclass(frozen=True)
@@ -195,10 +233,47 @@ class GradualResult:
     uris: list[str] = field(default_factory=list)
     failures: list[FileFailure] = field(default_factory=list)
     already_archived: bool = False  # nothing sent: XNAT's archive held every instance already
+    stopped: str | None = None  # why the upload stopped early (circuit breaker); the unsent are in failures
 
     @property
     def ok(self) -> bool:
         return not self.failures and self.sent_count + self.resumed_count == self.total
+
+
+class _Breaker:
+    """Counts instances failing in a row on the server's side (5xx, no answer, storage full).
+
+    After ``workers`` such failures in a row the remaining requests are sent without retries (one
+    probe each: a single success closes the breaker again); after ``2 * workers`` (at least 6) the
+    upload stops, so a server failing everything costs about one retry cycle, not one per instance.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.degrade_after = max(2, workers)
+        self.stop_after = max(6, 2 * workers)
+        self.in_a_row = 0
+        self.last: XnatError | None = None
+        self._lock = threading.Lock()
+
+    def record(self, error: XnatError | None) -> None:
+        with self._lock:
+            if error is None:
+                self.in_a_row = 0
+            elif isinstance(error, (TransientError, StorageFullError)):  # not a per-file refusal
+                self.in_a_row += 1
+                self.last = error
+
+    @property
+    def open_soon(self) -> bool:
+        return self.in_a_row >= self.degrade_after
+
+    @property
+    def tripped(self) -> bool:
+        return self.in_a_row >= self.stop_after
+
+    def reason(self) -> str:
+        return (f"stopped after {self.in_a_row} instances in a row failed on XNAT's side "
+                f"(last: {self.last}); not sent")
 
 
 def _warmup_order(files: Sequence[DicomFile]) -> tuple[list[DicomFile], list[DicomFile]]:
@@ -245,6 +320,11 @@ def upload_gradual(
     uris: dict[str, None] = {}
     params = target.gradual_params()
     started = time.monotonic()
+    breaker = _Breaker(workers)
+    # One instance: the client's stall allowance, at most GRADUAL_TIMEOUT for the answer.
+    limits = client.timeouts.upload(max((f.size for f in items), default=0))
+    gradual_timeout = httpx.Timeout(connect=limits.connect, read=min(GRADUAL_TIMEOUT.read, limits.read),
+                                    write=limits.write, pool=limits.pool)
 
     def send(item: DicomFile) -> None:
         response = client.request(
@@ -253,12 +333,15 @@ def upload_gradual(
             params=params,
             content=lambda: read_exactly(item),
             headers={"Content-Type": "application/dicom", "Content-Length": str(item.size)},
-            timeout=GRADUAL_TIMEOUT,
+            timeout=gradual_timeout,
+            retry=not breaker.open_soon,
         )
+        answered = import_answer_uris(client, response)
         with lock:
-            uris.update(dict.fromkeys(parse_uris(response.text)))
+            uris.update(dict.fromkeys(answered))
 
     def record(item: DicomFile, error: XnatError | None) -> None:
+        breaker.record(error)
         with lock:
             if error is None:
                 result.sent_count += 1
@@ -293,6 +376,7 @@ def upload_gradual(
 
     fatal: list[BaseException] = []
     slots = threading.BoundedSemaphore(window)
+    stopped_at: int | None = None
 
     def done(item: DicomFile, future: Future) -> None:
         slots.release()
@@ -306,10 +390,12 @@ def upload_gradual(
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradual")
     try:
-        for item in rest:
+        for position, item in enumerate(rest):
             slots.acquire()
-            if fatal:
+            if fatal or breaker.tripped:
                 slots.release()
+                if breaker.tripped:
+                    stopped_at = position
                 break
             future = pool.submit(attempt, item)
             future.add_done_callback(lambda fut, item=item: done(item, fut))
@@ -322,6 +408,13 @@ def upload_gradual(
         raise
     if fatal:
         raise fatal[0]
+    if stopped_at is not None:
+        result.stopped = breaker.reason()
+        for item in rest[stopped_at:]:
+            result.failures.append(FileFailure(item.relpath, item.path, result.stopped, None, True))
+        result.uris = list(uris)
+        result.seconds = time.monotonic() - started
+        return result
 
     # Salvage: instances that failed for passing reasons get one more, sequential, chance.
     retryable = [f for f in result.failures if f.retryable]

@@ -2,9 +2,12 @@
 
 Archiving is asynchronous (Direct-Archive and the prearchive both build the session after an
 idle interval), so verification polls until the session appears and its per-scan file counts
-match, or the wait runs out. Scans are matched by SeriesInstanceUID when XNAT lists it, else
-by SeriesNumber (XNAT's scan ID); counts are distinct SOP Instance UIDs, because XNAT stores
-one file per instance whatever the upload contained.
+match, or the wait runs out. Scans are matched by SeriesInstanceUID, read from the session's
+own document (XNAT's scan *listing* has no UID column); only a scan XNAT recorded without a UID
+is matched by SeriesNumber (XNAT's scan ID, ``5`` or ``5-MR1`` for a second series numbered 5).
+Counts are distinct SOP Instance UIDs, because XNAT stores one file per instance whatever the
+upload contained. An upload that XNAT parked in the prearchive (ERROR, or CONFLICT it could not
+merge) fails verification even when an older copy of the same series already fills the counts.
 """
 
 from __future__ import annotations
@@ -15,8 +18,19 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from xnat_flows.client.archive import ArchivedScan, find_archived
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import NotFoundError, PermissionDeniedError
+from xnat_flows.client.prearchive import (
+    CONFLICT,
+    ERROR,
+    READY,
+    PrearchiveSession,
+    archive_session,
+    direct_archive_sessions,
+    is_transient_status,
+    list_sessions,
+)
 from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.upload import UploadTarget
 
@@ -36,8 +50,16 @@ class VerifyResult:
     scans: dict[str, tuple[int, int]] = field(default_factory=dict)  # scan ID -> (expected, found)
     missing: list[str] = field(default_factory=list)  # scan IDs with fewer files than sent
     waited_seconds: float = 0.0
+    parked: list[str] = field(default_factory=list)  # prearchive rows of this upload XNAT did not archive
+    processing: bool = False  # XNAT was still receiving or building this upload when the wait ran out
 
     def summary(self) -> str:
+        if self.processing:
+            return ("XNAT was still processing this upload when the wait ran out; the files counted may be an "
+                    "earlier copy: check again later (xnat-flows prearchive list shows the session's status)")
+        if self.parked:
+            return (f"XNAT did not archive this upload: it parked it in the prearchive ({'; '.join(self.parked)}); "
+                    "what the archive holds is not this upload")
         if self.ok:
             where = self.experiment_id or self.uri
             return f"{self.found_count}/{self.expected_count} files in {len(self.scans)} scans ({where})"
@@ -50,8 +72,12 @@ class VerifyResult:
 @dataclass(frozen=True)
 class _Series:
     uid: str
-    scan_id: str  # what XNAT derives from SeriesNumber
+    number: str  # SeriesNumber as XNAT's scan ID starts with it ("" when the series has none)
     count: int
+
+    @property
+    def label(self) -> str:
+        return self.number or self.uid
 
 
 def _expected_series(files: Iterable[DicomFile]) -> list[_Series]:
@@ -61,20 +87,29 @@ def _expected_series(files: Iterable[DicomFile]) -> list[_Series]:
         instances.setdefault(f.series_uid, set()).add(f.sop_instance_uid)
         numbers[f.series_uid] = f.series_number
     return [
-        _Series(uid, str(numbers[uid]) if numbers[uid] is not None else uid, len(sops)) for uid, sops in instances.items()
+        _Series(uid, str(numbers[uid]) if numbers[uid] is not None else "", len(sops)) for uid, sops in instances.items()
     ]
 
 
-def _match(expected: list[_Series], scan_rows: list[dict[str, str]], by_number: bool = True) -> dict[str, str]:
-    """series UID -> XNAT scan ID; by SeriesInstanceUID, else (``by_number``) by scan ID."""
-    by_uid = {row.get("UID", ""): row["ID"] for row in scan_rows if row.get("UID")}
-    ids = {row["ID"] for row in scan_rows}
+def _numbered(scan_id: str, number: str) -> bool:
+    """XNAT's scan ID for SeriesNumber ``number``: ``5``, or ``5-MR1``, ``5-MR2`` for further series numbered 5."""
+    return bool(number) and (scan_id == number or scan_id.startswith(f"{number}-"))
+
+
+def _match(expected: list[_Series], scans: list[ArchivedScan], by_number: bool = True) -> dict[str, str]:
+    """series UID -> XNAT scan ID: by SeriesInstanceUID; a scan XNAT recorded without a UID may be
+    matched by number (``by_number``), each such scan to one series at most."""
+    by_uid = {scan.uid: scan.id for scan in scans if scan.uid}
+    uid_less = [scan.id for scan in scans if not scan.uid]
     mapping = {}
     for series in expected:
         if series.uid in by_uid:
             mapping[series.uid] = by_uid[series.uid]
-        elif by_number and series.scan_id in ids:
-            mapping[series.uid] = series.scan_id
+        elif by_number:
+            candidate = next((scan_id for scan_id in uid_less if _numbered(scan_id, series.number)), None)
+            if candidate is not None:
+                uid_less.remove(candidate)
+                mapping[series.uid] = candidate
     return mapping
 
 
@@ -92,24 +127,19 @@ def _file_count(client: XnatClient, base: str, scan_id: str) -> int:
     return total
 
 
-def _locate_archived(client: XnatClient, target: UploadTarget) -> tuple[str, str] | None:
+def _prearchive_rows(client: XnatClient, project: str) -> list[PrearchiveSession]:
     try:
-        document = client.get_json(f"/data/projects/{target.project}/experiments/{target.session}")
-    except NotFoundError:
-        return None
-    try:
-        experiment_id = document["items"][0]["data_fields"]["ID"]
-    except (KeyError, IndexError, TypeError):
-        return None
-    return experiment_id, f"/data/experiments/{experiment_id}"
+        return list_sessions(client, project)
+    except (NotFoundError, PermissionDeniedError):  # no prearchive this user may read
+        return []
 
 
 def _locate_prearchived(client: XnatClient, target: UploadTarget, study_uids: set[str]) -> str | None:
-    for row in client.get_rows(f"/data/prearchive/projects/{target.project}"):
-        if row.get("status") != "READY":
+    for row in _prearchive_rows(client, target.project):
+        if row.status != READY:
             continue
-        if row.get("tag") in study_uids or row.get("name") == target.session or row.get("folderName") == target.session:
-            return "/data" + row["url"] if not row["url"].startswith("/data") else row["url"]
+        if row.tag in study_uids or target.session in (row.name, row.folder_name):
+            return row.url if row.url.startswith("/data") else "/data" + row.url
     return None
 
 
@@ -123,6 +153,29 @@ def _holds_in_prearchive(client: XnatClient, target: UploadTarget) -> bool:
         return False
 
 
+def prearchive_snapshot(client: XnatClient, project: str) -> frozenset[str]:
+    """The prearchive rows of ``project`` (by URL) before an upload: rows that were there already are
+    not this upload's."""
+    return frozenset(row.url for row in _prearchive_rows(client, project))
+
+
+def _processing(client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]) -> bool:
+    """XNAT is still receiving or building this upload (Direct-Archive table or a new prearchive row)."""
+    if any(row.get("tag") in study_uids and row.get("label") == target.session
+           for row in direct_archive_sessions(client, target.project)):
+        return True
+    return any(row.tag in study_uids and row.url not in before and is_transient_status(row.status)
+               for row in _prearchive_rows(client, target.project))
+
+
+def _parked(client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]) -> list[str]:
+    """This upload's prearchive rows that XNAT put in ERROR (or CONFLICT, after a merge was tried)."""
+    return [
+        f"{row.url}: {row.status}" for row in _prearchive_rows(client, target.project)
+        if row.tag in study_uids and row.status in (ERROR, CONFLICT) and row.url not in before
+    ]
+
+
 def verify_session(
     client: XnatClient,
     target: UploadTarget,
@@ -130,30 +183,55 @@ def verify_session(
     *,
     wait_timeout: float = 600.0,
     poll_interval: float = 2.0,
+    prearchive_before: frozenset[str] | None = None,
 ) -> VerifyResult:
-    """Wait for the session and compare per-scan file counts with ``expected_files``."""
+    """Wait for the session and compare per-scan file counts with ``expected_files``.
+
+    ``prearchive_before`` (``prearchive_snapshot`` taken before the upload) lets verification tell
+    this upload's prearchive rows from older ones: a row of this study that XNAT parked in ERROR,
+    or in CONFLICT that merging could not clear, fails the verification whatever the archive holds.
+    """
     files = list(expected_files)
+    study_uids = {f.study_uid for f in files}
     expected = _expected_series(files)
     expected_total = sum(s.count for s in expected)
     in_prearchive = _holds_in_prearchive(client, target)
     started = time.monotonic()
-    nothing_found = {s.scan_id: (s.count, 0) for s in expected}
+    nothing_found = {s.label: (s.count, 0) for s in expected}
     result = VerifyResult(False, None, None, expected_total, 0, nothing_found, list(nothing_found))
     polls = 0
+    merge_tried = False
     while True:
         if in_prearchive:
-            located = _locate_prearchived(client, target, {f.study_uid for f in files})
-            found = (None, located) if located else None
+            base = _locate_prearchived(client, target, study_uids)
+            if base is not None:
+                scans = [ArchivedScan(id=r["ID"], uid=r.get("UID", "")) for r in client.get_rows(f"{base}/scans")]
+                result = _compare(client, expected, None, base, scans)
         else:
-            found = _locate_archived(client, target)
-        if found is not None:
-            experiment_id, base = found
-            result = _compare(client, expected, experiment_id, base)
-            if result.ok:
+            session = find_archived(client, target.project, target.session)
+            if session is not None:
+                # Another study under this label (a merge the user forced): its scans prove nothing.
+                same_study = not session.uid or session.uid in study_uids
+                result = _compare(client, expected, session.experiment_id, session.uri, session.scans, by_number=same_study)
+        processing = False
+        if result.ok and prearchive_before is not None and not in_prearchive:
+            # The counts may be an earlier copy's: done only once XNAT has finished with this upload.
+            processing = _processing(client, target, study_uids, prearchive_before)
+            parked = [] if processing else _parked(client, target, study_uids, prearchive_before)
+            if parked and not merge_tried and target.direct_archive:
+                merge_tried = True
+                if _merge_conflicts(client, target, study_uids):
+                    continue
+            if parked:
+                result = dataclasses.replace(result, ok=False, parked=parked)
                 break
-            if target.direct_archive:
-                _merge_conflicts(client, target, {f.study_uid for f in files})
+        if result.ok and not processing:
+            break
+        if result.uri is not None and target.direct_archive:
+            _merge_conflicts(client, target, study_uids)
         if time.monotonic() - started >= wait_timeout:
+            if processing:
+                result = dataclasses.replace(result, ok=False, processing=True)
             break
         # quick first looks (XNAT often archives within a second of the last request), then
         # every poll_interval: the wait ends soon after the session is complete, not up to 2 s later
@@ -169,46 +247,45 @@ def archived_complete(client: XnatClient, target: UploadTarget, files: Iterable[
     """
     if _holds_in_prearchive(client, target):
         return False
-    found = _locate_archived(client, target)
-    return found is not None and _compare(client, _expected_series(files), *found, by_number=False).ok
+    session = find_archived(client, target.project, target.session)
+    if session is None:
+        return False
+    return _compare(client, _expected_series(files), session.experiment_id, session.uri, session.scans, by_number=False).ok
 
 
-def _merge_conflicts(client: XnatClient, target: UploadTarget, study_uids: set[str]) -> None:
-    """Archive what XNAT parked in the prearchive as CONFLICT for this session, with the target's
-    overwrite policy.
+def _merge_conflicts(client: XnatClient, target: UploadTarget, study_uids: set[str]) -> bool:
+    """Archive what XNAT parked in the prearchive as CONFLICT for this session and study; True if any.
 
     Instances re-sent by Direct-Archive to a session that XNAT has archived meanwhile (a resumed
     gradual-DICOM upload) do not merge on their own: XNAT falls back to the prearchive and marks
-    the row CONFLICT (xnat-api.md §3.7). Archiving it with ``overwrite`` is what completes them.
+    the row CONFLICT (docs/reliability.md). Only rows of the upload's own StudyInstanceUID are
+    merged, so ``delete`` (replace the overlapping files) cannot mix two studies.
     """
-    from xnat_flows.manage.prearchive import archive_session
-
-    try:
-        rows = client.get_rows(f"/data/prearchive/projects/{target.project}")
-    except (NotFoundError, PermissionDeniedError):  # no prearchive this user may read: nothing to merge
-        return
-    for row in rows:
-        if row.get("status") != "CONFLICT" or row.get("tag") not in study_uids:
+    merged = False
+    for row in _prearchive_rows(client, target.project):
+        if row.status != CONFLICT or row.tag not in study_uids:
             continue
-        log.info("merging prearchive CONFLICT %s into %s/%s (overwrite=%s)", row.get("url"), target.subject,
-                 target.session, target.overwrite)
-        archive_session(client, target.project, row["timestamp"], row.get("folderName") or row["name"],
-                        subject=target.subject, label=target.session, overwrite=target.overwrite, wait_seconds=0)
+        log.info("merging prearchive CONFLICT %s into %s/%s", row.url, target.subject, target.session)
+        archive_session(client, target.project, row.timestamp, row.folder_name,
+                        subject=target.subject, label=target.session, overwrite="delete", wait_seconds=0)
+        merged = True
+    return merged
 
 
 def _compare(client: XnatClient, expected: list[_Series], experiment_id: str | None, base: str,
-             by_number: bool = True) -> VerifyResult:
-    scan_rows = client.get_rows(f"{base}/scans")
-    mapping = _match(expected, scan_rows, by_number)
-    scans: dict[str, tuple[int, int]] = {}
+             scans: list[ArchivedScan], by_number: bool = True) -> VerifyResult:
+    mapping = _match(expected, scans, by_number)
+    counts: dict[str, tuple[int, int]] = {}
     missing: list[str] = []
     for series in expected:
         scan_id = mapping.get(series.uid)
         found = _file_count(client, base, scan_id) if scan_id is not None else 0
-        key = scan_id or series.scan_id
-        scans[key] = (series.count, found)
+        key = scan_id or series.label
+        if key in counts:  # two unmatched series with one number
+            key = f"{key} ({series.uid})"
+        counts[key] = (series.count, found)
         if found < series.count:
             missing.append(key)
-    found_total = sum(found for _, found in scans.values())
+    found_total = sum(found for _, found in counts.values())
     expected_total = sum(s.count for s in expected)
-    return VerifyResult(not missing, experiment_id, base, expected_total, found_total, scans, missing)
+    return VerifyResult(not missing, experiment_id, base, expected_total, found_total, counts, missing)

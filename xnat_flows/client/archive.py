@@ -1,0 +1,161 @@
+"""XNAT's archive, read side: labels, the single-object session document, finding a session.
+
+The read model every layer above shares (transfer's verifier and resume check, manage, the
+flows and the CLI), so the document shape ``{"items": [{"data_fields": {...}, "children": [...]}]}``
+(XNAT's ``format=json`` for one object) and the label rule are parsed in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field
+
+from xnat_flows.client.errors import NotFoundError, TransientError
+
+if TYPE_CHECKING:  # the label rule is used by layers that never open a connection (routing)
+    from xnat_flows.client.client import XnatClient
+
+log = logging.getLogger(__name__)
+
+# XNAT labels (project, subject, session) may hold only these characters; XNAT silently
+# rewrites anything else to "_" (XNAT's XnatExperimentdata label validation).
+LABEL_RE = re.compile(r"[A-Za-z0-9_-]+")
+NOT_LABEL_CHAR = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def is_valid_label(value: object) -> bool:
+    return isinstance(value, str) and LABEL_RE.fullmatch(value) is not None
+
+
+def clean_label(value: str) -> str:
+    """XNAT's own rewriting of labels: every character outside ``[A-Za-z0-9_-]`` becomes ``_``."""
+    return NOT_LABEL_CHAR.sub("_", value.strip())
+
+
+class WaitTimeoutError(TransientError):
+    """A bounded wait ran out (the session kept receiving/building, or never reached the archive)."""
+
+
+def item_fields(document: object) -> dict[str, str]:
+    """``data_fields`` of XNAT's ``{"items": [{"data_fields": {...}}]}`` single-object shape ({} if absent)."""
+    try:
+        return {str(k): "" if v is None else str(v) for k, v in document["items"][0]["data_fields"].items()}  # type: ignore[index]
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return {}
+
+
+def _children(item: object, field_name: str) -> list[dict]:
+    try:
+        for child in item.get("children") or []:  # type: ignore[union-attr]
+            if child.get("field") == field_name:
+                return list(child.get("items") or [])
+    except AttributeError:
+        pass
+    return []
+
+
+class ArchivedScan(BaseModel):
+    """One scan of an archived session, as XNAT's session document lists it."""
+
+    id: str = Field(description="XNAT's scan ID: the SeriesNumber, or e.g. '5-MR1' for a second series numbered 5")
+    uid: str = Field(default="", description="SeriesInstanceUID ('' when XNAT did not record one)")
+    type: str = ""
+
+
+class ArchivedSession(BaseModel):
+    """A session found in the archive."""
+
+    project: str
+    label: str
+    experiment_id: str = ""
+    subject_id: str = ""
+    uid: str = Field(default="", description="StudyInstanceUID")
+    uri: str = ""
+    scans: list[ArchivedScan] = Field(default_factory=list)
+
+
+def experiment_path(project: str, label: str, subject: str | None = None) -> str:
+    base = f"/data/projects/{quote(project, safe='')}"
+    if subject:
+        base += f"/subjects/{quote(subject, safe='')}"
+    return f"{base}/experiments/{quote(label, safe='')}"
+
+
+def parse_session_document(document: object, project: str, label: str) -> ArchivedSession | None:
+    """The session (with its scans and their SeriesInstanceUIDs) from XNAT's document, or None."""
+    fields = item_fields(document)
+    experiment_id = fields.get("ID", "")
+    if not experiment_id:
+        return None
+    item = document["items"][0]  # type: ignore[index]
+    scans = [
+        ArchivedScan(id=str(f.get("ID", "")), uid=str(f.get("UID") or ""), type=str(f.get("type") or ""))
+        for f in (s.get("data_fields") or {} for s in _children(item, "scans/scan"))
+        if f.get("ID") not in (None, "")
+    ]
+    return ArchivedSession(
+        project=fields.get("project") or project,
+        label=fields.get("label") or label,
+        experiment_id=experiment_id,
+        subject_id=fields.get("subject_ID", ""),
+        uid=fields.get("UID", ""),
+        uri=f"/data/experiments/{experiment_id}",
+        scans=scans,
+    )
+
+
+def find_archived(client: XnatClient, project: str, label: str, subject: str | None = None) -> ArchivedSession | None:
+    """The archived session labelled ``label`` in ``project`` (and ``subject`` if given), or None."""
+    try:
+        document = client.get_json(experiment_path(project, label, subject))
+    except NotFoundError:
+        return None
+    return parse_session_document(document, project, label)
+
+
+def experiment_id(client: XnatClient, project: str, label: str) -> str:
+    """The accession ID (``XNAT_E00001``) of session ``label``; ``NotFoundError`` if there is none."""
+    found = find_archived(client, project, label)
+    if found is None:
+        raise NotFoundError(f"Project {project!r} has no session {label!r}.", status=404)
+    return found.experiment_id
+
+
+def wait_for_archive(
+    client: XnatClient,
+    project: str,
+    label: str,
+    *,
+    subject: str | None = None,
+    timeout: float = 600.0,
+    poll: float = 2.0,
+    max_poll: float = 30.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> ArchivedSession:
+    """Poll until ``label`` appears in the archive of ``project``, backing off from ``poll`` to ``max_poll``.
+
+    Imports and archiving are asynchronous in XNAT (the upload answers before the session is
+    queryable), so anything that follows an upload should wait here first.
+    """
+    notify = on_wait or log.info
+    deadline = time.monotonic() + timeout
+    interval = poll
+    while True:
+        found = find_archived(client, project, label, subject)
+        if found is not None:
+            return found
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeoutError(
+                f"Session {label!r} did not appear in the archive of project {project!r} within {timeout:g} s.",
+                hint="Check the prearchive (xnat-flows prearchive list) for a session stuck in RECEIVING, CONFLICT or ERROR.",
+            )
+        notify(f"Waiting for {project}/{label} to appear in the archive ({remaining:.0f} s left)")
+        time.sleep(min(interval, remaining))
+        interval = min(interval * 1.5, max_poll)
