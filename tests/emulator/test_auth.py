@@ -38,11 +38,21 @@ def test_basic_auth_on_every_request_and_rest_alias(client):
     assert [row["ID"] for row in data["ResultSet"]["Result"]] == ["TEST"]
 
 
-def test_idle_expiry(tmp_path):
-    with XnatEmulator(tmp_path, session_idle_timeout=0.3) as xnat:
+def test_idle_expiry(tmp_path, monkeypatch):
+    import types
+
+    from xnat_flows.testing import auth
+
+    clock = types.SimpleNamespace(now=time.time())
+    # The JSESSION clock is moved by the test, not by sleeping: no race with a slow machine.
+    monkeypatch.setattr(auth, "time", types.SimpleNamespace(time=lambda: clock.now))
+    with XnatEmulator(tmp_path, session_idle_timeout=60) as xnat:
         token = httpx.post(f"{xnat.url}/data/JSESSION", auth=("admin", "admin")).text
+        clock.now += 59
         assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 200
-        time.sleep(0.5)
+        clock.now += 59  # idle time counts from the last use
+        assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 200
+        clock.now += 61
         assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 401
 
 

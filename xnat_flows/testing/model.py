@@ -16,6 +16,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from xnat_flows.testing.prearchive import XnatRefusal
 from xnat_flows.testing.state import Store, now_text
 
 # Abstract types a listing's xsiType filter may name, and what they contain (XNAT's xnat.xsd).
@@ -286,10 +287,13 @@ class Archive:
         store = self.store
         experiment_id = store.next_accession("E")
         modality = _modality_of(xsi_type)
-        with store.transaction() as db:
-            db.execute("INSERT INTO experiments(id, project, subject_id, label, xsi_type, uid, date, time, modality, "
-                       "insert_date, session_id) VALUES (?, ?, ?, ?, ?, '', '', '', ?, ?, ?)",
-                       (experiment_id, project, subject["id"], label, xsi_type, modality, now_text(), session_id))
+        try:
+            with store.transaction() as db:
+                db.execute("INSERT INTO experiments(id, project, subject_id, label, xsi_type, uid, date, time, "
+                           "modality, insert_date, session_id) VALUES (?, ?, ?, ?, ?, '', '', '', ?, ?, ?)",
+                           (experiment_id, project, subject["id"], label, xsi_type, modality, now_text(), session_id))
+        except sqlite3.IntegrityError as exc:  # two requests creating the same label at once
+            raise XnatRefusal(409, f"An experiment labelled {label} already exists in project {project}.") from exc
         row = store.query_one("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
         assert row is not None
         return row
@@ -297,7 +301,7 @@ class Archive:
     def create_scan(self, experiment: Obj, scan_id: str, xsi_type: str) -> sqlite3.Row:
         modality = _modality_of(xsi_type)
         with self.store.transaction() as db:
-            db.execute("INSERT INTO scans(experiment_id, scan_id, series_uid, series_number, xsi_type, type, "
+            db.execute("INSERT OR IGNORE INTO scans(experiment_id, scan_id, series_uid, series_number, xsi_type, type, "
                        "series_description, modality) VALUES (?, ?, '', ?, ?, '', '', ?)",
                        (experiment.id, scan_id, scan_id, xsi_type, modality))
         row = self.store.query_one("SELECT * FROM scans WHERE experiment_id = ? AND scan_id = ?", (experiment.id, scan_id))
