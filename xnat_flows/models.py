@@ -67,7 +67,10 @@ class UploadRequest(BaseModel):
         default="dicom-zip", description="DICOM-zip: one archive per batch. gradual-DICOM: one instance per request."
     )
     workers: int = Field(default=4, ge=1, le=64, description="Parallel uploads; DICOM-zip sends this many batches.")
-    archive_format: Literal["tar", "zip"] = Field(default="tar", description="Archive format of each DICOM-zip batch.")
+    archive_format: Literal["auto", "tar", "tgz", "zip"] = Field(
+        default="auto",
+        description="Archive format of each DICOM-zip batch; auto: tgz over a slow (remote) link to XNAT >= 1.8.3, else tar.",
+    )
     direct_archive: bool = Field(default=True, description="Direct-Archive (XNAT 1.8.3+); off stages into the prearchive.")
     per_study: bool = Field(
         default=False,
@@ -76,6 +79,10 @@ class UploadRequest(BaseModel):
     allow_other_study: bool = Field(
         default=False,
         description="Upload even into an existing session that holds another StudyInstanceUID (refused otherwise).",
+    )
+    duplicates: Literal["newest", "oldest", "stop"] = Field(
+        default="newest",
+        description="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.",
     )
     verify: bool = Field(default=True, description="Read back the session and compare scans and file counts with what was sent.")
     verify_timeout_seconds: float = Field(default=600.0, gt=0, description="How long to wait for the session to appear in the archive.")
@@ -138,6 +145,9 @@ class UploadSessionResult(BaseModel):
 
     sessions: list[SessionOutcome]
     skipped: list[SkippedFile] = Field(default_factory=list)
+    unreadable: list[SkippedFile] = Field(
+        default_factory=list, description="Files or folders that could not be read (also in skipped): not sent, a failure."
+    )
     seconds: float  # the whole run: scan, upload, verify
     upload_seconds: float  # the transfer itself
 
@@ -164,7 +174,9 @@ class UploadSessionResult(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return all(not s.failed_files and s.verified is not False and all(b.ok for b in s.batches) for s in self.sessions)
+        return not self.unreadable and all(
+            not s.failed_files and s.verified is not False and all(b.ok for b in s.batches) for s in self.sessions
+        )
 
 
 class DicomReceiverTarget(BaseModel):
@@ -247,6 +259,9 @@ class SendDicomResult(BaseModel):
     resumed: int
     failed: list[InstanceFailure]
     skipped: list[SkippedFile]
+    unreadable: list[SkippedFile] = Field(
+        default_factory=list, description="Files or folders that could not be read (also in skipped): not sent, a failure."
+    )
     bytes_sent: int
     seconds: float
     instances_per_second: float
@@ -255,4 +270,4 @@ class SendDicomResult(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.unreadable

@@ -89,6 +89,7 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
         resumed=resumed,
         failed=[InstanceFailure(path=str(o.path), status=o.status_hex, meaning=o.reason or o.meaning) for o in sent.failed + sent.skipped],
         skipped=list(scan.skipped),
+        unreadable=list(scan.unreadable),
         bytes_sent=sent.bytes_sent,
         seconds=round(sent.seconds, 3),
         instances_per_second=round(sent.instances_per_second, 1),
@@ -100,10 +101,11 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     )
     logger.info("%s (%d delivered by an earlier run)", sent.summary(), resumed)
     if not result.ok:
-        examples = "; ".join(f"{f.path}: {f.status} {f.meaning}" for f in result.failed[:5])
+        examples = "; ".join([f"{f.path}: {f.status} {f.meaning}" for f in result.failed[:5]]
+                             + [f"{u.path}: {u.reason}" for u in result.unreadable[:5]])
         raise SendIncompleteError(
-            f"{len(result.failed)} of {len(scan.files)} instances were not stored ({examples}); "
-            "re-run the same flow to send only those"
+            f"{len(result.failed)} of {len(scan.files)} instances were not stored and {len(result.unreadable)} files or "
+            f"folders could not be read ({examples}); re-run the same flow to send only those"
         )
     if request.verify and server_url is not None:
         instances = Counter(f.study_uid for f in scan.files)

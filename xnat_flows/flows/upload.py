@@ -25,6 +25,7 @@ from xnat_flows.models import (
 from xnat_flows.tasks.upload import (
     check_destination_task,
     check_server,
+    choose_format,
     forget_delivered,
     partition_batches,
     scan_dicom_directory,
@@ -79,20 +80,27 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         "XNAT %s; uploading %s%s", server.version or "(version unknown)", request.source_dir,
         f" (holding slots of concurrency limit {server.concurrency_limit})" if server.concurrency_limit else "",
     )
-    scan = scan_dicom_directory(request.source_dir)
+    scan = scan_dicom_directory(request.source_dir, duplicates=request.duplicates)
+    if scan.conflicts:
+        logger.warning("%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
+                       "(the others are listed as skipped, 'conflicting copy')", len(scan.conflicts), request.duplicates)
     if not scan.files:
         raise InputError(
             f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
             "point the request's source_dir at the folder that holds the scanner export"
         )
     for skipped in scan.skipped:
-        logger.info("skipped %s: %s", skipped.path, skipped.reason)
+        (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
     # Every session is checked before anything is sent: none may hold another study (unless asked).
     checked = [check_destination_task(connection, target, files[0].study_uid, request.allow_other_study)
                for target, files in plans]
     plans = [(target, files) for (target, _), (_, files) in zip(checked, plans, strict=True)]
     prearchive_before = [before for _, before in checked]
+    archive_format = request.archive_format
+    if request.transport == "dicom-zip" and archive_format == "auto":
+        archive_format, why = choose_format(connection)
+        logger.info("archive format %s (%s)", archive_format, why)
 
     progress_id = create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)")
     total_files = len(scan.files)
@@ -110,7 +118,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         else:
             batches = partition_batches(files, request.workers)
             futures = {
-                upload_batch.submit(connection, batch, target, request.archive_format, index, server.concurrency_limit): (index, batch)
+                upload_batch.submit(connection, batch, target, archive_format, index, server.concurrency_limit): (index, batch)
                 for index, batch in enumerate(batches)
             }
             for future in as_completed(list(futures)):
@@ -127,7 +135,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         outcomes.append(SessionOutcome.from_study(study))
 
     result = UploadSessionResult(
-        sessions=outcomes, skipped=list(scan.skipped),
+        sessions=outcomes, skipped=list(scan.skipped), unreadable=list(scan.unreadable),
         seconds=round(time.perf_counter() - started, 3), upload_seconds=round(upload_seconds, 3),
     )
     _publish_batch_table(result)
@@ -223,6 +231,9 @@ def _publish_batch_table(result: UploadSessionResult) -> None:
 
 def _incomplete_message(result: UploadSessionResult) -> str:
     lines = ["upload incomplete; re-run the same upload to send what did not land:"]
+    if result.unreadable:
+        lines.append(f"  {len(result.unreadable)} files or folders could not be read (make them readable), e.g. "
+                     + "; ".join(f"{u.path}: {u.reason}" for u in result.unreadable[:3]))
     for s in result.sessions:
         if s.failed_files:
             lines.append(f"  {s.project}/{s.subject}/{s.session}: {len(s.failed_files)} files not sent, e.g. {s.failed_files[:3]}")
