@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups from the markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests on the real Prefect server share its work pools, limits and SQLite database: under
     # xdist (make test uses --dist loadgroup) they run one after another on one worker.

@@ -113,9 +113,8 @@ def deployed(cli_env: dict[str, str], api: PrefectApi, xnat: XnatEmulator, site_
     saved = subprocess.run([sys.executable, "-c", save, xnat.url, BLOCK], env=cli_env, capture_output=True, text=True,
                            timeout=120, check=False)
     assert saved.returncode == 0, saved.stderr[-3000:]
-    if not api.work_pool_exists(POOL):
-        created = run_cli(["work-pool", "create", POOL, "--type", "process"], cli_env)
-        assert created.returncode == 0, created.stdout + created.stderr
+    created = run_cli(["work-pool", "create", POOL, "--type", "process", "--overwrite"], cli_env)
+    assert created.returncode == 0, created.stdout + created.stderr
     missing = _missing_entry_points()
     if missing:  # flows other sessions have not written yet; deploy the rest by name
         names = [name for name, path in PRESENT_FLOWS.items() if path not in missing]
@@ -369,9 +368,8 @@ def test_docker_and_kubernetes_files_deploy(
     flavour: str, pool_type: str, pool: str, suffix: str, variable: str, cli_env: dict[str, str], api: PrefectApi
 ) -> None:
     """The container flavours deploy as they are (running them needs Docker or a cluster, not tested here)."""
-    if not api.work_pool_exists(pool):
-        created = run_cli(["work-pool", "create", pool, "--type", pool_type], cli_env)
-        assert created.returncode == 0, created.stdout + created.stderr
+    created = run_cli(["work-pool", "create", pool, "--type", pool_type, "--overwrite"], cli_env)
+    assert created.returncode == 0, created.stdout + created.stderr
     prefect_file = REPO_ROOT / "deployments" / flavour / "prefect.yaml"
     entries = yaml.safe_load(prefect_file.read_text())["deployments"]
     names = [e["name"] for e in entries if (REPO_ROOT / e["entrypoint"].split(":")[0]).is_file()]
