@@ -1,4 +1,4 @@
-"""Authentication, JSESSION lifecycle and site endpoints (spec §2)."""
+"""Authentication, JSESSION lifecycle and site endpoints (XNAT wiki: User Session Management API, User Alias Token API)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The emulator with its DICOM receiver: C-STORE lands in the same importer as HTTP (spec §7.2)."""
+"""The emulator with its DICOM receiver: C-STORE lands in the same importer as HTTP (xnat-web `GradualDicomImporter.java`)."""
 
 from __future__ import annotations
 

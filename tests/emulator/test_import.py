@@ -1,4 +1,7 @@
-"""POST /data/services/import: body rules, parameters, responses and grouping (spec §3.1-§3.5, §3.8, §3.9)."""
+"""POST /data/services/import: body rules, parameters, responses and grouping
+(XNAT wiki: Image Session Import Service API; xnat-web `Importer.java`, `SecureResource.java`,
+`DicomZipImporter.java`, `GradualDicomImporter.java`).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Session lifecycle: RECEIVING -> idle rebuild -> READY / auto-archive, fallbacks, persistence (spec §3.6, §3.7)."""
+"""Session lifecycle: RECEIVING -> idle rebuild -> READY / auto-archive, fallbacks, persistence
+(xnat-web `SessionXMLRebuilder.java`, `PrearcSessionArchiver.java`; XNAT wiki: Using Direct-to-Archive Uploading).
+"""
 
 from __future__ import annotations
 
