@@ -7,7 +7,6 @@ from __future__ import annotations
 import httpx
 
 from emulator_helpers import make_study, members, wait_for, zip_bytes
-from xnat_flows.testing import XnatEmulator
 
 
 def upload(client, instances, **params):
@@ -89,31 +88,33 @@ def test_prevent_auto_commit_keeps_receiving(emulator, client):
     assert status_of(client, uri) == "RECEIVING"
 
 
-def test_state_survives_restart(tmp_path):
+def test_state_survives_restart(tmp_path, xnat_emulator_factory):
     data_dir = tmp_path / "state"
-    with XnatEmulator(data_dir, rebuild_idle_seconds=0.2) as xnat:
-        with httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http:
-            upload(http, make_study(1, 3), project="TEST", subject="S", session="KEEP", dest="/archive/projects/TEST")
-            xnat.set_prearchive_code("TEST", 0)
-            pending = upload(http, make_study(1, 1), project="TEST", subject="S", session="PENDING")
-    with XnatEmulator(data_dir, rebuild_idle_seconds=0.2) as xnat:
-        with httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http:
-            [experiment] = xnat.archived_experiments("TEST")
-            assert experiment["label"] == "KEEP" and experiment["scans"] == {"1": 3}
-            files = http.get(f"/data/experiments/{experiment['ID']}/scans/1/resources/DICOM/files").json()
-            first = files["ResultSet"]["Result"][0]
-            assert len(http.get(first["URI"]).content) == int(first["Size"])
-            wait_for(lambda: status_of(http, pending) == "READY")
-            assert http.get("/data/projects/TEST/prearchive_code").text == "0"
+    xnat = xnat_emulator_factory(data_dir, rebuild_idle_seconds=0.2)
+    with httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http:
+        upload(http, make_study(1, 3), project="TEST", subject="S", session="KEEP", dest="/archive/projects/TEST")
+        xnat.set_prearchive_code("TEST", 0)
+        pending = upload(http, make_study(1, 1), project="TEST", subject="S", session="PENDING")
+    xnat.stop()
+    xnat = xnat_emulator_factory(data_dir, rebuild_idle_seconds=0.2)
+    with httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http:
+        [experiment] = xnat.archived_experiments("TEST")
+        assert experiment["label"] == "KEEP" and experiment["scans"] == {"1": 3}
+        files = http.get(f"/data/experiments/{experiment['ID']}/scans/1/resources/DICOM/files").json()
+        first = files["ResultSet"]["Result"][0]
+        assert len(http.get(first["URI"]).content) == int(first["Size"])
+        wait_for(lambda: status_of(http, pending) == "READY")
+        assert http.get("/data/projects/TEST/prearchive_code").text == "0"
 
 
-def test_stop_cuts_keep_alive_connections_and_restart_on_same_port(tmp_path):
-    with XnatEmulator(tmp_path / "s") as xnat:
-        port = xnat.port
-        http = httpx.Client(base_url=xnat.url, auth=("admin", "admin"))
-        assert http.get("/data/projects").status_code == 200
-    with XnatEmulator(tmp_path / "s", port=port) as xnat:
-        assert http.get("/data/projects").status_code == 200  # the pooled connection was closed cleanly
+def test_stop_cuts_keep_alive_connections_and_restart_on_same_port(tmp_path, xnat_emulator_factory):
+    xnat = xnat_emulator_factory(tmp_path / "s")
+    port = xnat.port
+    http = httpx.Client(base_url=xnat.url, auth=("admin", "admin"))
+    assert http.get("/data/projects").status_code == 200
+    xnat.stop()
+    xnat = xnat_emulator_factory(tmp_path / "s", port=port)
+    assert http.get("/data/projects").status_code == 200  # the pooled connection was closed cleanly
     http.close()
 
 
@@ -136,7 +137,7 @@ def test_parallel_gradual_uploads_of_one_study_make_one_session(emulator):
     assert experiment["scans"] == {"1": 20, "2": 20, "3": 20}
 
 
-def test_stopping_with_requests_in_flight_is_quiet_and_waits_for_them(tmp_path, capfd):
+def test_stopping_with_requests_in_flight_is_quiet_and_waits_for_them(tmp_path, capfd, xnat_emulator_factory):
     """stop() cuts connections like a stopped XNAT, but no handler may touch the closed state
     afterwards and nothing is printed (it once printed 'closed database' tracebacks)."""
     import threading
@@ -144,7 +145,7 @@ def test_stopping_with_requests_in_flight_is_quiet_and_waits_for_them(tmp_path, 
     from xnat_flows.testing.synth import write_studies
 
     manifest = write_studies(tmp_path / "study", series=1, instances=400, instance_kb=32)
-    xnat = XnatEmulator(tmp_path / "xnat", projects=("P",)).start()
+    xnat = xnat_emulator_factory(tmp_path / "xnat", projects=("P",), rebuild_idle_seconds=1.0)
     answered = threading.Semaphore(0)
     outcomes: list[str] = []
 

@@ -131,19 +131,17 @@ def test_reads_and_writes_share_one_bucket():
     assert clock.now - 100.0 == pytest.approx(8.0, abs=0.01)
 
 
-def test_emulator_applies_the_cap(tmp_path):
-    from xnat_flows.testing import XnatEmulator
+def test_emulator_applies_the_cap(tmp_path, xnat_emulator_factory):
+    xnat = xnat_emulator_factory(tmp_path / "x", bandwidth_mbit=80)
+    assert xnat.bandwidth is not None and xnat.bandwidth.rate == 10_000_000
+    import httpx
 
-    with XnatEmulator(tmp_path / "x", bandwidth_mbit=80) as xnat:
-        assert xnat.bandwidth is not None and xnat.bandwidth.rate == 10_000_000
-        import httpx
-
-        before = xnat.bandwidth._tokens
-        answer = httpx.get(f"{xnat.url}/", timeout=10)
-        assert answer.status_code == 200
-        assert xnat.bandwidth._tokens < before  # the answer's bytes went through the bucket
-    with XnatEmulator(tmp_path / "y") as xnat:
-        assert xnat.bandwidth is None
+    before = xnat.bandwidth._tokens
+    answer = httpx.get(f"{xnat.url}/", timeout=10)
+    assert answer.status_code == 200
+    assert xnat.bandwidth._tokens < before  # the answer's bytes went through the bucket
+    xnat = xnat_emulator_factory(tmp_path / "y")
+    assert xnat.bandwidth is None
 
 
 GARBAGE = [

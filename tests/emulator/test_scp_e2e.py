@@ -32,10 +32,9 @@ def _results(http: httpx.Client, path: str) -> list[dict]:
 
 
 @pytest.fixture
-def xnat() -> XnatEmulator:
-    with XnatEmulator(scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3, projects=("TEST", "MANUAL"),
-                      prearchive_codes={"MANUAL": 0}) as emulator:
-        yield emulator
+def xnat(xnat_emulator_factory) -> XnatEmulator:
+    return xnat_emulator_factory(scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3, projects=("TEST", "MANUAL"),
+                                 prearchive_codes={"MANUAL": 0})
 
 
 def test_routed_study_is_archived_with_every_instance(xnat: XnatEmulator, tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture
-def xnat(tmp_path: Path):
-    with XnatEmulator(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3) as emulator:
-        yield emulator
+def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
+    return xnat_emulator_factory(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT",
+                                 rebuild_idle_seconds=0.3)
 
 
 def _wait_archived(xnat: XnatEmulator, project: str, timeout: float = 20.0) -> list[dict]:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,10 +35,9 @@ ROUTE = ["-P", "CSTORE", "-S", "SUBJ_K", "-E", "SESS_K"]
 
 
 @pytest.fixture
-def xnat(tmp_path: Path) -> Iterator[XnatEmulator]:
-    with XnatEmulator(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT",
-                      rebuild_idle_seconds=0.3) as emulator:
-        yield emulator
+def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
+    return xnat_emulator_factory(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT",
+                      rebuild_idle_seconds=0.3)
 
 
 def _command(xnat: XnatEmulator, export: Path, workers: int) -> list[str]:
