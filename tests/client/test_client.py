@@ -360,7 +360,7 @@ def test_a_cached_session_is_not_reused_with_another_password(tmp_path: Path, ma
 def test_token_cache_forgets_idle_tokens(tmp_path: Path) -> None:
     cache = TokenCache(tmp_path, max_idle_seconds=0.0)
     cache.put("https://a", "u", "TOKEN")
-    time.sleep(0.01)
+    time.sleep(0.01)  # the point: some idle time passes, more than max_idle_seconds=0
     assert cache.get("https://a", "u") is None
     fresh = TokenCache(tmp_path)
     assert fresh.get("https://a", "u") == "TOKEN"
@@ -469,7 +469,10 @@ def test_login_token_from_the_cookie_when_the_body_is_empty(make_client) -> None
 def test_cancel_cuts_a_backoff_short() -> None:
     from xnat_flows.client.errors import CancelledError
 
+    answered = threading.Event()
+
     def handler(request: httpx.Request) -> httpx.Response:
+        answered.set()
         return httpx.Response(503, headers={"Retry-After": "120"})
 
     creds = Credentials(url="https://xnat.test", username="alice", token=SecretStr(TOKEN))
@@ -478,7 +481,7 @@ def test_cancel_cuts_a_backoff_short() -> None:
     worker = threading.Thread(target=lambda: outcome.append(pytest.raises(CancelledError, client.request, "GET", "/x").value))
     started = time.monotonic()
     worker.start()
-    time.sleep(0.2)
+    assert answered.wait(5)  # the 503 is in: the client is (about to be) in its 120 s backoff
     client.cancel()
     worker.join(5)
     assert not worker.is_alive() and time.monotonic() - started < 3

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from emulator_helpers import make_study, wait_for
+from emulator_helpers import make_study
+from xnat_flows.testing.pytest_plugin import wait_until
 
 pynetdicom = pytest.importorskip("pynetdicom")
 
@@ -30,7 +31,7 @@ def test_c_store_routes_by_headers_into_prearchive(tmp_path, xnat_emulator_facto
             assert status.Status == 0x0000
     finally:
         assoc.release()
-    rows = wait_for(lambda: [r for r in xnat.prearchive_sessions() if r["status"] == "READY"])
+    rows = wait_until(lambda: [r for r in xnat.prearchive_sessions() if r["status"] == "READY"])
     assert rows[0]["name"] == "SCPSESS" and rows[0]["subject"] == "SCPSUBJ" and rows[0]["file_count"] == 3
     receivers = httpx.get(f"{xnat.url}/xapi/dicomscp", auth=("admin", "admin")).json()
     assert receivers[0]["port"] == xnat.scp_port and receivers[0]["aeTitle"] == "XNAT"

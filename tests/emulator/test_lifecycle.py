@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import httpx
 
-from emulator_helpers import make_study, members, wait_for, zip_bytes
+from emulator_helpers import make_study, members, zip_bytes
+from xnat_flows.testing.pytest_plugin import wait_until
 
 
 def upload(client, instances, **params):
@@ -26,14 +27,14 @@ def test_manual_project_goes_receiving_then_ready(emulator, client):
     emulator.set_prearchive_code("TEST", 0)
     uri = upload(client, make_study(1, 2), project="TEST", subject="S", session="E")
     assert status_of(client, uri) == "RECEIVING"
-    wait_for(lambda: status_of(client, uri) == "READY")
+    wait_until(lambda: status_of(client, uri) == "READY")
     assert emulator.archived_experiments() == []
 
 
 def test_auto_archive_project_archives_after_idle(emulator, client):
     uri = upload(client, make_study(2, 2), project="TEST", subject="S", session="AUTO")
     assert uri.startswith("/data/prearchive/projects/TEST/")
-    wait_for(lambda: emulator.archived_experiments("TEST"))
+    wait_until(lambda: emulator.archived_experiments("TEST"))
     assert client.get(uri).status_code == 404
     [experiment] = emulator.archived_experiments("TEST")
     assert experiment["label"] == "AUTO" and experiment["subject"] == "S"
@@ -43,19 +44,19 @@ def test_auto_archive_project_archives_after_idle(emulator, client):
 def test_auto_archive_conflict_leaves_row_in_conflict(emulator, client):
     study = make_study(1, 2)
     upload(client, study, project="TEST", subject="S", session="DUP")
-    wait_for(lambda: emulator.archived_experiments("TEST"))
+    wait_until(lambda: emulator.archived_experiments("TEST"))
     # Same files again: append (code 4) refuses identical files -> CONFLICT in the prearchive.
     uri = upload(client, study, project="TEST", subject="S", session="DUP")
-    wait_for(lambda: status_of(client, uri) == "CONFLICT")
+    wait_until(lambda: status_of(client, uri) == "CONFLICT")
 
 
 def test_code_5_overwrites(emulator, client):
     emulator.set_prearchive_code("TEST", 5)
     study = make_study(1, 2)
     upload(client, study, project="TEST", subject="S", session="OW")
-    wait_for(lambda: emulator.archived_experiments("TEST"))
+    wait_until(lambda: emulator.archived_experiments("TEST"))
     uri = upload(client, study, project="TEST", subject="S", session="OW")
-    wait_for(lambda: client.get(uri).status_code == 404)
+    wait_until(lambda: client.get(uri).status_code == 404)
     assert emulator.archived_experiments("TEST")[0]["scans"] == {"1": 2}
 
 
@@ -63,7 +64,7 @@ def test_direct_archive_conflict_falls_back_to_prearchive(emulator, client):
     study = make_study(1, 1)
     upload(client, study, project="TEST", subject="S", session="DAC", dest="/archive/projects/TEST")
     upload(client, make_study(1, 1), **{"project": "TEST", "subject": "S", "session": "DAC", "Direct-Archive": "true"})
-    rows = wait_for(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
+    rows = wait_until(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
     assert rows[0]["status"] == "CONFLICT"
 
 
@@ -72,7 +73,7 @@ def test_forced_error_for_next_session(emulator, client):
     uri = upload(client, make_study(1, 1), **{"project": "TEST", "subject": "S", "session": "ERR",
                                               "Direct-Archive": "true"})
     assert uri.startswith("/xapi/direct-archive/")
-    rows = wait_for(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
+    rows = wait_until(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
     assert rows[0]["status"] == "ERROR"
     log = client.get(f"/data{rows[0]['url']}/logs").json()["ResultSet"]["Result"]
     assert "Attempt to direct-archive failed" in log[-1]["entry"]
@@ -83,7 +84,7 @@ def test_prevent_auto_commit_keeps_receiving(emulator, client):
     emulator.rebuild_now()
     import time
 
-    time.sleep(0.5)
+    time.sleep(0.5)  # the point: the idle interval (0.3 s) passes, and still no auto-build
     emulator.rebuild_now()
     assert status_of(client, uri) == "RECEIVING"
 
@@ -103,7 +104,7 @@ def test_state_survives_restart(tmp_path, xnat_emulator_factory):
         files = http.get(f"/data/experiments/{experiment['ID']}/scans/1/resources/DICOM/files").json()
         first = files["ResultSet"]["Result"][0]
         assert len(http.get(first["URI"]).content) == int(first["Size"])
-        wait_for(lambda: status_of(http, pending) == "READY")
+        wait_until(lambda: status_of(http, pending) == "READY")
         assert http.get("/data/projects/TEST/prearchive_code").text == "0"
 
 
@@ -133,7 +134,7 @@ def test_parallel_gradual_uploads_of_one_study_make_one_session(emulator):
     with ThreadPoolExecutor(6) as pool:
         uris = set().union(*pool.map(send, [study[k::6] for k in range(6)]))
     assert len(uris) == 1
-    [experiment] = wait_for(lambda: emulator.archived_experiments("TEST"))
+    [experiment] = wait_until(lambda: emulator.archived_experiments("TEST"))
     assert experiment["scans"] == {"1": 20, "2": 20, "3": 20}
 
 

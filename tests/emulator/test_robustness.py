@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
-from emulator_helpers import make_study, members, wait_for, zip_bytes
+from emulator_helpers import make_study, members, zip_bytes
+from xnat_flows.testing.pytest_plugin import wait_until
 
 from xnat_flows.testing.bandwidth import ThrottledReader, ThrottledWriter, TokenBucket
 
@@ -69,7 +70,7 @@ def test_full_disk_answers_500_per_request_then_recovers(emulator, client):
     client.post("/_emulator/faults", json={"disk_full": False})  # over HTTP too
     accepted = [client.post("/data/services/import", params=params, content=i.data, headers=headers) for i in data]
     assert [a.status_code for a in accepted] == [200, 200]
-    archived = wait_for(lambda: emulator.archived_experiments())
+    archived = wait_until(lambda: emulator.archived_experiments())
     assert list(archived[0]["scans"].values()) == [2]
 
 
