@@ -1,4 +1,10 @@
-"""Small DICOM datasets and archive builders for the emulator tests (pydicom's CT_small with fresh UIDs)."""
+"""Small DICOM datasets and archive builders for the emulator tests.
+
+Instances are pydicom's CT_small re-stamped in memory rather than ``xnat_flows.testing.synth``
+files: these tests set header fields synth does not (PatientName, Modality, StudyDescription,
+PatientComments per instance, a chosen SOP Instance UID, two series sharing a number) to exercise
+XNAT's routing and merge rules, and want the bytes without touching the disk.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,6 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
-
-
 
 
 @lru_cache(maxsize=1)
