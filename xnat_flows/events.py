@@ -22,7 +22,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+
+from xnat_flows.client.urls import public_base_url, server_host
 
 if TYPE_CHECKING:  # keep importing this module cheap: models are only needed for annotations
     from prefect.events import Event
@@ -50,18 +51,6 @@ class SessionRef:
     session_label: str | None = None
     experiment_id: str | None = None
     uri: str | None = None  # a path (/data/experiments/XNAT_E00001) or a full URL
-
-
-def public_base_url(url: str) -> str:
-    """``scheme://host[:port][/path]`` with user-info, query and fragment removed."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}" if parts.scheme else url.split("?", 1)[0]
-
-
-def server_host(url: str) -> str:
-    """``host[:port]`` of a server URL, secret-free (same key as the upload concurrency limit)."""
-    return urlsplit(url).netloc.rsplit("@", 1)[-1] or url
 
 
 def absolute_uri(server_url: str, uri: str | None) -> str | None:

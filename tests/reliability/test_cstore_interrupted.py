@@ -95,15 +95,21 @@ def test_kill_9_mid_send_then_rerun_after_archiving_completes_the_session(xnat: 
     assert _archived_count(xnat) == total
 
 
+def _signal_after_a_third(xnat: XnatEmulator, export: Path, signum: int, seed: int) -> tuple[int, subprocess.Popen]:
+    """Send 150 instances over 4 associations; signal the sender once a third are confirmed."""
+    total = len(write_studies(export, series=4, instances=150, instance_kb=4, seed=seed).files)
+    journal, key = _journal(xnat)
+    sender = _start_sender(_command(xnat, export, workers=4))
+    wait_until(lambda: len(journal.done(key)) >= total // 3, 60, interval=0.01, what="a third of the instances confirmed")
+    sender.send_signal(signum)
+    return total, sender
+
+
 def test_kill_9_with_four_associations_loses_nothing_the_receiver_confirmed(xnat: XnatEmulator,
                                                                               tmp_path: Path) -> None:
-    manifest = write_studies(tmp_path / "export", series=4, instances=150, instance_kb=4, seed=22)
-    total = len(manifest.files)
-    journal, key = _journal(xnat)
-    sender = _start_sender(_command(xnat, tmp_path / "export", workers=4))
-    wait_until(lambda: len(journal.done(key)) >= total // 3, 60, interval=0.01, what="a third of the instances confirmed")
-    sender.send_signal(signal.SIGKILL)
+    total, sender = _signal_after_a_third(xnat, tmp_path / "export", signal.SIGKILL, seed=22)
     sender.wait(10)
+    journal, key = _journal(xnat)
     confirmed = journal.done(key)
     in_doubt = journal.in_flight(key)
     assert len(in_doubt) <= 4  # at most one instance in flight per association
@@ -167,12 +173,8 @@ def test_a_resent_instance_xnat_had_archived_is_not_a_silent_conflict(xnat: Xnat
 
 
 def test_ctrl_c_finishes_the_instances_in_flight_and_leaves_none_in_doubt(xnat: XnatEmulator, tmp_path: Path) -> None:
-    manifest = write_studies(tmp_path / "export", series=4, instances=150, instance_kb=4, seed=24)
-    total = len(manifest.files)
+    total, sender = _signal_after_a_third(xnat, tmp_path / "export", signal.SIGINT, seed=24)
     journal, key = _journal(xnat)
-    sender = _start_sender(_command(xnat, tmp_path / "export", workers=4))
-    wait_until(lambda: len(journal.done(key)) >= total // 3, 60, interval=0.01, what="a third of the instances confirmed")
-    sender.send_signal(signal.SIGINT)
     output = sender.communicate(timeout=60)[0].decode()
     assert sender.returncode == 130, output
     assert "run the same command again" in output

@@ -15,6 +15,7 @@ from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.errors import AuthenticationError, ConflictError, InputError, PermanentUploadError
 from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.testing import XnatEmulator
+from xnat_flows.transfer.journal import resume_key
 from xnat_flows.transfer.session import study_label
 from xnat_flows.transfer import (
     UploadJournal,
@@ -136,6 +137,8 @@ def test_resume_after_a_failure_halfway_sends_only_what_did_not_land(xnat_emulat
     failed = [b for b in study.batches if not b.ok]
     assert all("Unable to identify subject." in b.error for b in failed)
     assert study.verify is None  # nothing to verify while batches are missing
+    key = resume_key(client.base_url, target.key)
+    assert len(journal.done(key)) == 2
 
     xnat_emulator.faults.clear()
     second = upload_session(client, export, target, workers=4, journal=journal, **FAST)
@@ -144,7 +147,7 @@ def test_resume_after_a_failure_halfway_sends_only_what_did_not_land(xnat_emulat
     assert sorted(b.resumed for b in study.batches) == [False, False, True, True]
     assert second.files_sent == sum(len(b.files) for b in failed)
     assert archived(xnat_emulator, "RESUME")["scans"] == {"1": 4, "2": 4, "3": 4}
-    assert journal.done(target.key) == set()  # complete: the journal starts afresh
+    assert journal.done(key) == set()  # complete: the journal starts afresh
 
 
 def test_gradual_resume_skips_instances_that_landed(xnat_emulator, client, export, tmp_path) -> None:

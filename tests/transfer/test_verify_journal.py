@@ -113,3 +113,30 @@ def test_digest_changes_when_a_file_changes() -> None:
     changed = DicomFile(a.path, a.relpath, a.size, a.study_uid, a.series_uid, 1, "a", a.sop_class_uid, a.transfer_syntax, 99)
     assert content_digest([a]) != content_digest([changed])
     assert content_digest([a]) == content_digest([instance("1.1", 1, "a")])
+
+
+def test_two_series_sharing_a_number_match_5_and_5_mr1_without_uids() -> None:
+    """Issue 11.8: XNAT names the second series numbered 5 '5-MR1'; without UIDs in the document each
+    of the two series takes one of those scans instead of both claiming scan 5."""
+    routes = {
+        "/data/projects/P/experiments/E": experiment({"ID": "5"}, {"ID": "5-MR1"}),
+        "/data/experiments/XNAT_E00007/scans/5/resources": rows({"label": "DICOM", "file_count": "2"}),
+        "/data/experiments/XNAT_E00007/scans/5-MR1/resources": rows({"label": "DICOM", "file_count": "1"}),
+    }
+    expected = [instance("1.1", 5, "a"), instance("1.1", 5, "b"), instance("1.2", 5, "c")]
+    with client_for(routes) as client:
+        result = verify_session(client, TARGET, expected, wait_timeout=0.05, poll_interval=0.01)
+    assert result.ok and result.scans == {"5": (2, 2), "5-MR1": (1, 1)}
+
+
+def test_a_session_of_another_study_is_never_matched_by_number() -> None:
+    """Issue 11.7: the label holds another study whose scans carry no UIDs: numbers prove nothing."""
+    document = experiment({"ID": "1"})
+    document["items"][0]["data_fields"]["UID"] = "9.9.9"  # the archived session's StudyInstanceUID
+    routes = {
+        "/data/projects/P/experiments/E": document,
+        "/data/experiments/XNAT_E00007/scans/1/resources": rows({"label": "DICOM", "file_count": "5"}),
+    }
+    with client_for(routes) as client:
+        result = verify_session(client, TARGET, [instance("1.1", 1, "a")], wait_timeout=0.05, poll_interval=0.01)
+    assert not result.ok and result.found_count == 0

@@ -22,13 +22,21 @@ def demo(
     transport: Annotated[Literal["dicom-zip", "gradual-dicom"], typer.Option(help="REST import handler.")] = "dicom-zip",
     archive_format: Annotated[Literal["tar", "zip"], typer.Option(help="Archive format of each batch.")] = "tar",
 ) -> None:
-    """Start the emulator, upload a synthetic study through the Prefect flow, verify it."""
+    """Upload a synthetic study to the emulator via Prefect.
+
+    Starts the bundled emulator, uploads through the upload-dicom-session flow and verifies it.
+    """
     with tempfile.TemporaryDirectory(prefix="xnat-flows-demo-") as tmp:
         work = Path(tmp)
         # A private profile: the demo's token must not land in (or come from) the user's own.
         os.environ["XNAT_FLOWS_HOME"] = str(work / "profile")
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        from xnat_flows.cli.prefect_server import quiet_prefect_for_cli_runs
 
+        quiet_prefect_for_cli_runs()
+
+        from pydantic import SecretStr
+
+        from xnat_flows.client.credentials import keep_password_in_process
         from xnat_flows.testing import XnatEmulator
         from xnat_flows.testing.synth import write_studies
 
@@ -40,9 +48,11 @@ def demo(
         with XnatEmulator(data_dir=work / "xnat", projects=("DEMO",), password="demo-password") as xnat:
             url = xnat.url
             typer.echo(f"XNAT emulator (XNAT 1.9 REST API) at {url}, project DEMO")
-            # The password reaches the flow through the environment, never as a flow-run parameter.
-            os.environ["XNAT_PASS"] = "demo-password"
+            # The password reaches the flow in this process's memory: never a flow-run parameter,
+            # never the environment (Prefect's temporary server child would inherit it).
+            keep_password_in_process(url, "admin", SecretStr("demo-password"))
 
+            from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process
             from xnat_flows.flows.upload import upload_dicom_session
             from xnat_flows.models import UploadRequest, XnatConnection
 
@@ -50,7 +60,8 @@ def demo(
                 source_dir=str(export), project="DEMO", subject="DEMO_S01", session="DEMO_S01_MR1",
                 transport=transport, workers=workers, archive_format=archive_format,
             )
-            result = upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))
+            with ephemeral_server_dies_with_this_process():
+                result = upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))
 
         typer.echo("")
         for session in result.sessions:

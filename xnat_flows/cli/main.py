@@ -10,17 +10,21 @@ from __future__ import annotations
 import typer
 
 from xnat_flows.cli import auth_cmd, demo_cmd, emulator_cmd, prearchive_cmd, resource_cmd, session_cmd, synth_cmd
+from xnat_flows.cli.options import XnatCommandGroup
 
 app = typer.Typer(
     name="xnat-flows",
-    help="Move imaging data into XNAT: uploads, prearchive, resources, and an XNAT emulator.",
+    cls=XnatCommandGroup,  # library errors and Ctrl-C -> one message and an exit code, for every command
+    help="Move imaging data into XNAT: uploads, prearchive, resources, and an XNAT emulator. "
+    "Start with `xnat-flows auth login`; later commands need no URL, user or password.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: readable at 80 columns (see options.command_group)
 )
 app.add_typer(emulator_cmd.app, name="emulator")
 app.add_typer(session_cmd.app, name="session")
 app.add_typer(prearchive_cmd.app, name="prearchive", help="List, archive, delete and move prearchive sessions.")
-app.add_typer(resource_cmd.app, name="resource", help="Upload non-DICOM files and directories to session or scan resources.")
+app.add_typer(resource_cmd.app, name="resource", help="Upload non-DICOM files to session or scan resources.")
 app.add_typer(auth_cmd.app, name="auth")
 app.command("whoami")(auth_cmd.whoami)
 app.command("synth")(synth_cmd.synth)

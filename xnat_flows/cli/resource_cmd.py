@@ -11,21 +11,13 @@ from typing import Annotated
 
 import typer
 
-from xnat_flows.cli.options import (
-    EXIT_CONFLICT,
-    JsonOption,
-    PasswordOption,
-    PasswordStdinOption,
-    ProfileOption,
-    UrlOption,
-    UserOption,
-    xnat_session,
-)
+from xnat_flows.cli.options import EXIT_CONFLICT, Connection, JsonOption, command_group, with_connection
 
-app = typer.Typer(no_args_is_help=True, help="Upload non-DICOM files and directories to session or scan resources.")
+app = command_group(help="Upload non-DICOM files and directories to session or scan resources.")
 
 
 @app.command("upload")
+@with_connection
 def upload_command(
     session: Annotated[str, typer.Argument(help="Experiment ID (XNAT_E00001), or the session label with --project.")],
     label: Annotated[str, typer.Argument(help="Resource label, e.g. BIDS, NIFTI, SNAPSHOTS (created when missing).")],
@@ -35,19 +27,23 @@ def upload_command(
     subject: Annotated[str | None, typer.Option("--subject", "-S", help="Subject label (optional with --project).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files XNAT already has.")] = False,
     as_json: JsonOption = False,
-    url: UrlOption = None,
-    username: UserOption = None,
-    password: PasswordOption = None,
-    password_stdin: PasswordStdinOption = False,
-    profile: ProfileOption = None,
+    *,
+    connection: Connection,
 ) -> None:
     """Upload PATH to resource LABEL of SESSION (or of one of its scans)."""
+    from xnat_flows.client.archive import is_valid_label  # the rule session labels follow
+    from xnat_flows.client.errors import InputError
     from xnat_flows.manage.resources import ResourceTarget, upload_resource
 
     if subject and not project:
         raise typer.BadParameter("--subject needs --project.", param_hint="--subject")
+    if not is_valid_label(label):
+        raise InputError(
+            f"Invalid resource label {label!r}",
+            hint="XNAT labels allow only letters, digits, '_' and '-' (e.g. BIDS, NIFTI, SNAPSHOTS)",
+        )
     target = ResourceTarget(session=session, project=project, subject=subject, scan=scan)
-    with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
+    with connection.client(projects=(project,)) as client:
         result = upload_resource(client, target, label, path, overwrite=overwrite)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))

@@ -2,157 +2,203 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from xnat_flows.cli.options import (
-    EXIT_FAILURE,
-    EXIT_USAGE,
-    PasswordOption,
-    PasswordStdinOption,
-    ProfileOption,
-    UrlOption,
-    UserOption,
-    exit_code_for,
-    read_password_stdin,
-    warn_password_on_command_line,
-    xnat_session,
+    EXIT_PARTIAL,
+    Connection,
+    JsonOption,
+    command_group,
+    prove_session,
+    warn,
+    with_connection,
 )
 
-app = typer.Typer(help="Upload DICOM sessions (REST Import API or DICOM C-STORE).", no_args_is_help=True)
+if TYPE_CHECKING:
+    pass
 
-EXIT_PARTIAL = 6  # some files did not land; re-running the same command sends only those
+app = command_group(help="Upload DICOM sessions (REST Import API or DICOM C-STORE).")
 
 
 @app.command("upload")
+@with_connection
 def upload(
-    source: Annotated[Path, typer.Argument(help="Directory of DICOM files (scanned recursively, extensionless files included).")],
+    source: Annotated[Path, typer.Argument(help="Directory of DICOM files (scanned recursively).")],
     project: Annotated[str, typer.Option("--project", "-P", help="XNAT project ID.")],
     subject: Annotated[str, typer.Option("--subject", "-S", help="Subject label.")],
     session: Annotated[str, typer.Option("--session", "-E", help="Session (experiment) label.")],
-    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Parallel uploads (DICOM-zip: number of batches).")] = 4,
-    archive_format: Annotated[Literal["tar", "zip"], typer.Option("--archive-format", help="Archive format of each batch.")] = "tar",
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Parallel uploads (DICOM-zip: batches).")] = 4,
+    archive_format: Annotated[Literal["tar", "zip"], typer.Option("--archive-format", help="Format of each batch.")] = "tar",
     direct_archive: Annotated[
-        bool, typer.Option("--direct-archive/--prearchive", help="Direct-Archive (default, XNAT 1.8.3+) or stage in the prearchive.")
+        bool, typer.Option("--direct-archive/--prearchive", help="Archive directly (XNAT 1.8.3+) or stage.")
     ] = True,
     gradual: Annotated[bool, typer.Option("--gradual", help="gradual-DICOM: one instance per request.")] = False,
-    per_study: Annotated[bool, typer.Option("--per-study", help="Upload each study found as its own session (SESSION_ and 8 hex digits of its StudyInstanceUID).")] = False,
-    into_other_study: Annotated[bool, typer.Option("--into-other-study", help="Upload even into an existing session that holds another study (refused otherwise).")] = False,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare with what was sent.")] = True,
-    flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow `upload-dicom-session` (recorded in Prefect).")] = False,
-    url: UrlOption = None,
-    username: UserOption = None,
-    password: PasswordOption = None,
-    password_stdin: PasswordStdinOption = False,
-    profile: ProfileOption = None,
+    per_study: Annotated[
+        bool, typer.Option("--per-study", help="One session per study found (SESSION_ + 8 hex digits of its UID).")
+    ] = False,
+    into_other_study: Annotated[
+        bool, typer.Option("--into-other-study", help="Upload even into a session holding another study.")
+    ] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare.")] = True,
+    flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
+    as_json: JsonOption = False,
+    *,
+    connection: Connection,
 ) -> None:
-    """Upload a directory to XNAT through the REST Import API (DICOM-zip by default)."""
-    if flow:
-        from xnat_flows.client.errors import XnatError as XnatErrorBase
+    """Upload a directory through the REST Import API.
 
-        if password and password_stdin:
-            typer.secho("error: give either --password or --password-stdin, not both", err=True, fg=typer.colors.RED)
-            raise typer.Exit(EXIT_USAGE)
-        if password:
-            warn_password_on_command_line()
-        try:
-            password = read_password_stdin() if password_stdin else password
-        except XnatErrorBase as exc:
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(exit_code_for(exc)) from None
-        _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile, into_other_study)
-        return
-    from xnat_flows.client.errors import XnatError
+    DICOM-zip by default (--gradual: gradual-DICOM). Needs no connection options after
+    `xnat-flows auth login`.
+    """
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.scan import scan_directory
     from xnat_flows.transfer.session import plan_sessions, upload_session
     from xnat_flows.transfer.upload import UploadTarget
 
-    try:
-        # Local input first: a bad label, path or study mix fails before anything is sent.
-        target = UploadTarget(project=project, subject=subject, session=session, direct_archive=direct_archive)
-        scan = scan_directory(source)
-        plan_sessions(scan, target, per_study=per_study)
-    except XnatError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(exit_code_for(exc)) from None
-    with xnat_session(url, username, password, profile, password_stdin=password_stdin) as client:
-        preflight(client, project)
-        with _progress_bar("gradual-DICOM" if gradual else "DICOM-zip") as progress:
-            result = upload_session(
-                client, scan, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
-                journal=UploadJournal(), progress=progress, verify=verify, allow_other_study=into_other_study,
-            )
-    _report(result)
+    # Local input first: a bad label, path or study mix fails before anything is sent.
+    target = UploadTarget(project=project, subject=subject, session=session, direct_archive=direct_archive)
+    if flow:
+        with connection.client(projects=(project,)) as client:
+            credentials = client.credentials
+        _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials,
+                          connection.profile, as_json, into_other_study)
+        return
+    scan = scan_directory(source)
+    plan_sessions(scan, target, per_study=per_study)
+    label = "gradual-DICOM" if gradual else "DICOM-zip"
+    with connection.client(projects=(project,)) as client, _progress_bar(label, enabled=not as_json) as progress:
+        result = upload_session(
+            client, scan, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
+            journal=UploadJournal(), progress=progress, verify=verify, allow_other_study=into_other_study,
+        )
+    if as_json:
+        typer.echo(json.dumps(_summary(result), indent=2))
+    else:
+        _report(result)
     if not result.ok:
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def preflight(client, project: str) -> None:  # noqa: ANN001
-    """Log in and check the project before sending: an unreachable server, refused credentials or an
-    unknown project fail here with one message, instead of every batch failing (or, for an unknown
-    project, the data silently going to XNAT's Unassigned prearchive)."""
-    client.login()
-    client.require_project(project)
-
-
-def _upload_with_flow(source, project, subject, session, workers, archive_format, direct_archive, gradual, per_study, verify, url, username, password, profile, into_other_study=False) -> None:  # noqa: ANN001, PLR0913
-    import os
-
+def _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials, profile, as_json,
+                      into_other_study) -> None:
+    from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
+    from xnat_flows.client.credentials import keep_password_in_process
     from xnat_flows.client.errors import XnatError
+
+    quiet_prefect_for_cli_runs()
     from xnat_flows.flows.upload import upload_dicom_session
     from xnat_flows.models import UploadRequest, XnatConnection
 
-    if password:
-        # The flow reads it from the environment of this process: never a flow-run parameter.
-        os.environ["XNAT_PASS"] = password
+    if credentials.password is not None:
+        # The flow runs in this process: it finds the password here (for a re-login when the
+        # session expires mid-run). Never the environment, which Prefect's server child inherits.
+        keep_password_in_process(credentials.url, credentials.username, credentials.password)
     request = UploadRequest(
-        source_dir=str(source), project=project, subject=subject, session=session, workers=workers,
-        archive_format=archive_format, direct_archive=direct_archive, per_study=per_study, verify=verify,
-        transport="gradual-dicom" if gradual else "dicom-zip", allow_other_study=into_other_study,
+        source_dir=str(source), project=target.project, subject=target.subject, session=target.session,
+        workers=workers, archive_format=archive_format, direct_archive=target.direct_archive, per_study=per_study,
+        verify=verify, transport="gradual-dicom" if gradual else "dicom-zip", allow_other_study=into_other_study,
     )
-    try:
-        result = upload_dicom_session(request, XnatConnection(url=url, username=username, profile=profile))
-    except XnatError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(exit_code_for(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - a failed flow run; its message says what failed
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(EXIT_FAILURE) from None
-    for s in result.sessions:
-        typer.echo(f"{s.project}/{s.subject}/{s.session}: {s.files_sent} files -> {s.session_uri or '?'} (experiment {s.experiment_id or '?'})")
-    typer.echo(f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB in {result.upload_seconds:.1f} s ({result.throughput_mb_s:.1f} MB/s)")
+    with ephemeral_server_dies_with_this_process():
+        try:
+            result = upload_dicom_session(
+                request, XnatConnection(url=credentials.url, username=credentials.username, profile=profile)
+            )
+        except XnatError:
+            raise
+        except Exception as exc:
+            raise XnatError(f"the flow run failed: {exc}", hint="See the flow run's logs in Prefect") from None
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        for s in result.sessions:
+            typer.echo(f"{s.project}/{s.subject}/{s.session}: {s.files_sent} files -> {s.session_uri or '?'} "
+                       f"(experiment {s.experiment_id or '?'}), verified: {s.verified}")
+        typer.echo(f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB sent in {result.upload_seconds:.1f} s "
+                   f"({result.throughput_mb_s:.1f} MB/s); whole run {result.seconds:.1f} s")
+    if not result.ok:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
-class _progress_bar:  # noqa: N801 - used as a context manager like a function
-    """A rich progress bar fed by the library's thread-safe progress callback."""
+class _progress_bar:
+    """A rich progress bar fed by the library's thread-safe progress callback; nothing at all when
+    stdout is not a terminal (a pipe or a log gets the per-session lines of the report instead)."""
 
-    def __init__(self, label: str) -> None:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    def __init__(self, label: str, *, enabled: bool = True) -> None:
+        self._progress: Any = None  # a rich Progress when stdout is a terminal
+        self._task: Any = None
+        if not (enabled and sys.stdout.isatty()):
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self._progress = Progress(
             TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.fields[files]}"),
             DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), transient=False,
         )
-        self._task = None
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
+        if self._progress is None:
+            return None
         self._progress.start()
         return self._update
 
     def __exit__(self, *exc_info: object) -> None:
-        self._progress.stop()
+        if self._progress is not None:
+            self._progress.stop()
 
-    def _update(self, snapshot) -> None:  # noqa: ANN001
+    def _update(self, snapshot) -> None:
         if self._task is None:
             self._task = self._progress.add_task("upload", total=snapshot.bytes_total, files="")
         files = f"{snapshot.done}/{snapshot.total} files" + (f", {snapshot.failed} failed" if snapshot.failed else "")
         self._progress.update(self._task, completed=snapshot.bytes_done, total=snapshot.bytes_total, files=files)
 
 
-def _report(result) -> None:  # noqa: ANN001
+def _timing(result) -> tuple[float, float]:
+    """(transfer seconds, verification seconds): throughput is over the transfer only."""
+    verify_seconds = sum(s.verify.waited_seconds for s in result.sessions if s.verify is not None)
+    return max(result.seconds - verify_seconds, 0.0), verify_seconds
+
+
+def _summary(result) -> dict:
+    """The --json form of an upload's result (what a script needs to act on it)."""
+    transfer_seconds, verify_seconds = _timing(result)
+    return {
+        "ok": result.ok,
+        "files_sent": result.files_sent,
+        "bytes_sent": result.bytes_sent,
+        "transfer_seconds": round(transfer_seconds, 3),
+        "verify_seconds": round(verify_seconds, 3),
+        "throughput_mb_s": round(result.bytes_sent / 1e6 / transfer_seconds, 3) if transfer_seconds > 0 else 0.0,
+        "sessions": [
+            {
+                "project": study.target.project, "subject": study.target.subject, "session": study.target.session,
+                "study_uid": study.study_uid, "files": study.files, "files_sent": study.files_sent,
+                "uri": study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else None),
+                "experiment_id": study.verify.experiment_id if study.verify else None,
+                "verified": study.verify.ok if study.verify else None,
+                "verify_summary": study.verify.summary() if study.verify else None,
+                "failed_files": study.failed_files,
+                "ok": study.ok,
+            }
+            for study in result.sessions
+        ],
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped],
+    }
+
+
+def _report(result) -> None:
     for skipped in result.skipped:
         typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
     for study in result.sessions:
@@ -174,83 +220,101 @@ def _report(result) -> None:  # noqa: ANN001
             typer.echo(f"  not sent: {relpath}" + (f": {errors[relpath]}" if relpath in errors else ""), err=True)
         if len(study.failed_files) > 20:
             typer.echo(f"  ... and {len(study.failed_files) - 20} more", err=True)
+    transfer_seconds, verify_seconds = _timing(result)
+    rate = result.bytes_sent / 1e6 / transfer_seconds if transfer_seconds > 0 else 0.0
     typer.echo(
-        f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB in {result.seconds:.1f} s "
-        f"({result.throughput_mb_s:.1f} MB/s)"
+        f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB sent in {transfer_seconds:.1f} s ({rate:.1f} MB/s)"
+        + (f"; verified in {verify_seconds:.1f} s" if verify_seconds else "")
     )
     if not result.ok:
         typer.echo("Upload incomplete: run the same command again to send only what did not land.", err=True)
 
 
 @app.command("upload-dicom")
+@with_connection
 def upload_dicom(
-    source: Annotated[Path, typer.Argument(help="Directory of DICOM files (scanned recursively, extensionless files included).")],
+    source: Annotated[Path, typer.Argument(help="Directory of DICOM files (scanned recursively).")],
     host: Annotated[str, typer.Option("--host", envvar="XNAT_DICOM_HOST", help="DICOM receiver host.")],
     port: Annotated[int, typer.Option("--port", envvar="XNAT_DICOM_PORT", min=1, max=65535, help="Receiver port (XNAT: often 8104).")] = 104,
     called_aet: Annotated[str, typer.Option("--called-aet", envvar="XNAT_DICOM_CALLED_AET", help="The receiver's AE title.")] = "XNAT",
     calling_aet: Annotated[str, typer.Option("--calling-aet", envvar="XNAT_DICOM_CALLING_AET", help="Our AE title.")] = "XNATFLOWS",
     workers: Annotated[int, typer.Option("--workers", min=1, max=32, help="Parallel associations.")] = 4,
-    project: Annotated[str | None, typer.Option("--project", "-P", help="Route to this project (sets `Project:` in PatientComments of the sent copy).")] = None,
+    project: Annotated[str | None, typer.Option("--project", "-P", help="Route to this project (PatientComments of the sent copy).")] = None,
     subject: Annotated[str | None, typer.Option("--subject", "-S", help="With --project: route to this subject.")] = None,
     session: Annotated[str | None, typer.Option("--session", "-E", help="With --project: route to this session label.")] = None,
+    as_json: JsonOption = False,
+    *,
+    connection: Connection,
 ) -> None:
-    """Send a directory to an XNAT DICOM receiver by C-STORE over parallel associations."""
-    import contextlib
-    import sys
-    import time
+    """Send a directory to a DICOM receiver (C-STORE).
 
-    from xnat_flows.client.errors import InputError, XnatError
+    Parallel associations. No login is needed; with one (`xnat-flows auth login`) --project is checked first.
+    """
+    from xnat_flows.client.errors import InputError
     from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
     from xnat_flows.transfer.dicom_send import RoutingOverride, echo
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.progress import Progress
     from xnat_flows.transfer.scan import scan_directory
 
-    try:
-        if (subject or session) and not project:
-            raise InputError("--subject and --session route only together with --project")
-        routing = RoutingOverride(project, subject, session) if project else None
-        echo(host, port, called_aet, calling_aet)
-        scan = scan_directory(source, headers="file-meta")  # all a C-STORE needs, ~35x faster
-        if not scan.files:
-            raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
-        # a progress bar only on a terminal: into a pipe or a log rich draws nothing useful, and its
-        # import and refresh thread cost CPU a receiver on the same host would use (docs/cstore.md)
-        with _progress_bar("C-STORE") if sys.stdout.isatty() else contextlib.nullcontext(None) as progress:
-            total_bytes = scan.total_bytes
-            shown_at = [0.0]
+    if (subject or session) and not project:
+        raise InputError("--subject and --session route only together with --project")
+    routing = RoutingOverride(project, subject, session) if project else None
+    if project is None:
+        warn("no --project: XNAT routes by the DICOM headers (e.g. `Project:` in PatientComments); "
+             "what it cannot route is filed under Unassigned in the prearchive")
+    else:
+        _check_project_if_logged_in(connection, project)
+    echo(host, port, called_aet, calling_aet)
+    scan = scan_directory(source, headers="file-meta")  # all a C-STORE needs, ~35x faster
+    if not scan.files:
+        raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
+    # a progress bar only on a terminal: into a pipe or a log rich draws nothing useful, and its
+    # import and refresh thread cost CPU a receiver on the same host would use (docs/cstore.md)
+    with _progress_bar("C-STORE", enabled=not as_json) as progress:
+        total_bytes = scan.total_bytes
+        shown_at = [0.0]
 
-            def show(done: int, total: int) -> None:
-                # the bar redraws 10 times a second: one update per instance (called with the
-                # sender's lock held) would cost more CPU than the instance's C-STORE
-                now = time.monotonic()
-                if done < total and now - shown_at[0] < 0.1:
-                    return
-                shown_at[0] = now
-                progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes))
+        def show(done: int, total: int) -> None:
+            # the bar redraws 10 times a second: one update per instance (called with the
+            # sender's lock held) would cost more CPU than the instance's C-STORE
+            now = time.monotonic()
+            if done < total and now - shown_at[0] < 0.1:
+                return
+            shown_at[0] = now
+            progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes))
 
+        try:
             # every instance is journaled as the receiver confirms it: a re-run sends only the rest
             send = store_instances_resumable(
                 scan.files, UploadJournal(), host=host, port=port, called_aet=called_aet, calling_aet=calling_aet,
                 workers=workers, routing=routing, preflight=False, progress=show if progress else None,
             )
-    except XnatError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(exit_code_for(exc)) from None
-    except KeyboardInterrupt:
-        typer.echo("Interrupted: every instance the receiver confirmed is recorded; run the same command again "
-                   "to send the rest.", err=True)
-        raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            typer.echo("Every instance the receiver confirmed is recorded: run the same command again to send "
+                       "the rest.", err=True)
+            raise  # the root command prints the interruption line and exits 130
     result = send.result
-    for skipped in scan.skipped:
-        typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
-    for failed in result.failed + result.skipped:
-        typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
-    if send.resumed:
-        typer.echo(f"{send.resumed} instances were delivered by an earlier run and not sent again"
-                   + ("" if result.sent or result.failed or result.skipped else
-                      f" (nothing left to send; to send them again anyway, delete {send.journal_path})"))
-    typer.echo(result.summary())
+    if as_json:
+        typer.echo(json.dumps({
+            "ok": result.ok and not send.in_doubt, "sent": len(result.sent), "failed": len(result.failed),
+            "skipped": len(result.skipped), "resumed": send.resumed, "in_doubt": len(send.in_doubt),
+            "bytes_sent": result.bytes_sent, "seconds": round(result.seconds, 3),
+            "instances_per_second": round(result.instances_per_second, 1),
+            "not_stored": [{"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
+                           for o in result.failed + result.skipped],
+            "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped],
+        }, indent=2))
+    else:
+        for skipped in scan.skipped:
+            typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+        for failed in result.failed + result.skipped:
+            typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
+        if send.resumed:
+            typer.echo(f"{send.resumed} instances were delivered by an earlier run and not sent again"
+                       + ("" if result.sent or result.failed or result.skipped else
+                          f" (nothing left to send; to send them again anyway, delete {send.journal_path})"))
+        typer.echo(result.summary())
     if send.in_doubt:
         typer.echo(f"warning: {in_doubt_warning(send.in_doubt)}", err=True)
     if not result.ok:
@@ -258,3 +322,22 @@ def upload_dicom(
         raise typer.Exit(EXIT_PARTIAL)
     if send.in_doubt:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _check_project_if_logged_in(connection: Connection, project: str) -> None:
+    """An unknown --project is an error (XNAT would file the data under Unassigned); without a
+    login to ask XNAT, a warning says so instead."""
+    from xnat_flows.client.client import XnatClient
+    from xnat_flows.client.errors import AuthenticationError, InputError, NotFoundError, XnatError
+
+    try:
+        credentials = connection.credentials(prompt=False, password=connection.password_given())
+        with XnatClient(credentials) as client:
+            prove_session(client)
+            client.require_project(project)
+    except NotFoundError:
+        raise
+    except (InputError, AuthenticationError, XnatError) as exc:
+        reason = "not logged in: `xnat-flows auth login`" if isinstance(exc, (InputError, AuthenticationError)) else str(exc)
+        warn(f"could not check that project {project} exists ({reason}); "
+             "XNAT files data for an unknown project under Unassigned in the prearchive")

@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 
 from xnat_flows.client.errors import InputError
-from xnat_flows.client.settings import EnvSettings, ProfileConfig, ensure_private_dir, parse_bool, profile_dir
+from xnat_flows.client.settings import EnvSettings, ProfileConfig, ensure_private_dir, profile_dir
 
 
 class Credentials(BaseModel):
@@ -55,6 +55,33 @@ def _is_interactive() -> bool:
         return False
 
 
+# Passwords handed over inside this process (``keep_password_in_process``): a flow run started
+# by the CLI finds them here. The environment would do too, but every child process inherits it.
+_process_passwords: dict[str, SecretStr] = {}
+_process_passwords_lock = threading.Lock()
+
+
+def keep_password_in_process(url: str, username: str | None, password: SecretStr) -> None:
+    """Offer ``password`` to later resolutions for this URL and user in this process only."""
+    with _process_passwords_lock:
+        _process_passwords[TokenCache._key(url, username)] = password
+
+
+def _process_password(url: str, username: str | None) -> SecretStr | None:
+    with _process_passwords_lock:
+        return _process_passwords.get(TokenCache._key(url, username))
+
+
+def chosen_profile_name(profile: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The profile a command uses: ``--profile``, else ``$XNAT_PROFILE``, else the file's
+    ``default_profile``, else ``default`` (the one ``xnat-flows auth login`` writes)."""
+    environ = os.environ if environ is None else environ
+    if profile:
+        return profile
+    env = EnvSettings.from_environ(environ)
+    return env.profile or ProfileConfig.load(profile_dir(environ)).default_profile or "default"
+
+
 def resolve_credentials(
     url: str | None = None,
     username: str | None = None,
@@ -63,15 +90,17 @@ def resolve_credentials(
     profile: str | None = None,
     prompt: bool = True,
     environ: Mapping[str, str] | None = None,
+    new_profile: bool = False,
 ) -> Credentials:
     """Merge arguments, ``XNAT_*`` variables, the profile file and (if allowed) a prompt.
 
     A missing password is not an error here: the client may still hold a cached session
     token for this URL and user, and reports a clear ``AuthenticationError`` otherwise.
+    ``new_profile``: an unknown ``profile`` is one about to be written (``auth login``), not an error.
     """
     environ = os.environ if environ is None else environ
     env = EnvSettings.from_environ(environ)
-    chosen = ProfileConfig.load(profile_dir(environ)).select(profile or env.profile)
+    chosen = ProfileConfig.load(profile_dir(environ)).select(profile or env.profile, missing_ok=new_profile)
 
     resolved_url = url or env.url or (chosen.url if chosen else None)
     if not resolved_url and prompt and _is_interactive():
@@ -88,20 +117,22 @@ def resolve_credentials(
     resolved_user = username or env.username or (from_profile.username if from_profile else None)
     secret = (
         SecretStr(password) if password
-        else env.password or (from_profile.password if from_profile else None)
+        else env.password
+        or (_process_password(resolved_url, resolved_user) if resolved_user else None)
+        or (from_profile.password if from_profile else None)
     )
     token = env.token or (from_profile.token if from_profile else None)
     if not resolved_user and not token and prompt and _is_interactive():
         resolved_user = input(f"XNAT user for {resolved_url}: ").strip() or None
-    if resolved_user and secret is None and token is None and prompt and _is_interactive():
-        if not TokenCache(profile_dir(environ)).get(resolved_url, resolved_user):
-            secret = SecretStr(getpass.getpass(f"Password for {resolved_user}@{resolved_url}: "))
+    if (resolved_user and secret is None and token is None and prompt and _is_interactive()
+            and not TokenCache(profile_dir(environ)).get(resolved_url, resolved_user)):
+        secret = SecretStr(getpass.getpass(f"Password for {resolved_user}@{resolved_url}: "))
 
     verify: bool | str = True
     if env.ca_bundle:
         verify = env.ca_bundle
     elif env.verify_ssl is not None:
-        verify = parse_bool(env.verify_ssl)
+        verify = env.verify_ssl
     elif from_profile and from_profile.ca_bundle:
         verify = from_profile.ca_bundle
     elif from_profile and from_profile.verify_ssl is not None:
@@ -164,12 +195,12 @@ class TokenCache:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def get(self, url: str, username: str | None, password: str | None = None) -> str | None:
-        """The cached session, if fresh and, when ``password`` is given, opened with it."""
+    def get(self, url: str, username: str | None, password: str | None = None, *, any_age: bool = False) -> str | None:
+        """The cached session, if fresh (or ``any_age``) and, when ``password`` is given, opened with it."""
         entry = self._read().get(self._key(url, username))
         if not isinstance(entry, dict) or not entry.get("token"):
             return None
-        if time.time() - float(entry.get("last_used", 0)) > self.max_idle_seconds:
+        if not any_age and time.time() - float(entry.get("last_used", 0)) > self.max_idle_seconds:
             return None
         token = str(entry["token"])
         if password is not None and not hmac.compare_digest(str(entry.get("password_check", "")),

@@ -4,12 +4,45 @@ Each error carries the HTTP status, the server's own message (XNAT explains most
 problems in the body of a 400) and a ``hint`` telling the user what to do next. Messages are
 built from the URL path, the status and the server's text only: never from request headers,
 so a password or JSESSIONID cannot leak into a log or a Prefect UI.
+
+Whether an error is worth retrying is decided by one attribute, ``retryable``: the client's
+request retries (``client.retry``) and the Prefect task retries (``tasks.policies``) both read it.
+
+The tree (classes defined elsewhere are listed with their module)::
+
+    XnatError                          retryable=False
+    ├── AuthenticationError            401, refused login, no session and no password
+    ├── PermissionDeniedError          403
+    ├── NotFoundError                  404, unknown project, a URL that is not XNAT's base URL
+    ├── ConflictError                  409
+    ├── PermanentUploadError           XNAT's permanent 400 import messages
+    ├── UnsupportedServerError         XNAT too old for the feature
+    ├── StorageFullError               XNAT's disk or quota is full
+    ├── CancelledError                 XnatClient.cancel() (Ctrl-C)
+    ├── InputError                     bad local input, raised before anything is sent
+    │   └── routing.RoutingError
+    ├── UnreachableError               nothing answered: check host, port, network, TLS
+    │   └── transfer.dicom_errors.PeerUnreachableError        retryable=True
+    ├── transfer.dicom_errors.DicomNetworkError
+    │   ├── transfer.dicom_errors.PeerUnreachableError
+    │   ├── transfer.dicom_errors.AssociationRejectedError
+    │   │   └── transfer.dicom_errors.CalledAETitleRejectedError
+    │   └── transfer.dicom_errors.NoAcceptedContextError
+    ├── client.prearchive.PrearchiveSessionFailed
+    ├── flows.upload.UploadIncompleteError
+    ├── flows.cstore.SendIncompleteError
+    └── TransientError                 retryable=True: 423, 429, 5xx, XNAT's passing 400s
+        ├── XnatConnectionError        no HTTP answer; retryable=False when the host refused
+        │   │                          or is unknown (status None: unreachable)
+        │   └── NoAnswerError          connections taken, never answered: the wait is over
+        ├── client.archive.WaitTimeoutError
+        └── tasks.cstore.ReceiverInterrupted
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the scanner and the C-STORE sender import these errors
     import httpx
@@ -63,7 +96,7 @@ class XnatError(Exception):
     same request may succeed later.
     """
 
-    default_hint = "Check the XNAT server log, or retry with --verbose for the request details."
+    default_hint = "Check the XNAT server's log (Administer > Site Administration > Logging) for the request"
     retryable = False
 
     def __init__(
@@ -116,7 +149,7 @@ class NotFoundError(XnatError):
 
 
 class ConflictError(XnatError):
-    default_hint = "The object already exists; upload with overwrite=append or overwrite=delete to merge into it"
+    default_hint = "It already exists in XNAT: choose how to merge into it (overwrite), or use another label"
 
 
 class TransientError(XnatError):
@@ -150,6 +183,12 @@ class StorageFullError(XnatError):
     """XNAT cannot store anything: its disk (or quota) is full. Retrying will not help until space is freed."""
 
     default_hint = "XNAT's storage is full: ask the XNAT administrator to free space, then re-run (only what did not land is sent)"
+
+
+class UnreachableError(XnatError):
+    """Nothing answered at the given address (refused connection, unknown host, firewall): no data was sent."""
+
+    default_hint = "Check the host name, the port, your network and (for TLS errors) the CA bundle"
 
 
 class PermanentUploadError(XnatError):
@@ -220,12 +259,21 @@ def error_for_response(response: httpx.Response, retry_after: float | None = Non
     text = server_message(response)
     where = f"{response.request.method} {response.request.url.path}"
     summary = f"{where} failed with HTTP {status}"
-    kwargs = {"status": status, "server_message": text, "retry_after": retry_after}
+    kwargs: dict[str, Any] = {"status": status, "server_message": text, "retry_after": retry_after}
     if status == 401:
         return AuthenticationError(f"{where}: XNAT did not accept the credentials (HTTP 401)", **kwargs)
     if status == 403:
         return PermissionDeniedError(f"{where}: permission denied (HTTP 403)", **kwargs)
     if status == 404:
+        path = response.request.url.path
+        if path.endswith("/data/JSESSION"):
+            # Every XNAT answers /data/JSESSION: a 404 here means the base path of the URL is wrong.
+            base = str(response.request.url).split("/data/JSESSION", 1)[0]
+            return NotFoundError(
+                f"{base} is not an XNAT base URL: {where} answered HTTP 404", **kwargs,
+                hint="Use the address of XNAT's start page, e.g. https://xnat.example.org "
+                "(with a path such as /xnat only where XNAT is deployed under one)",
+            )
         return NotFoundError(f"{where}: not found (HTTP 404)", **kwargs)
     if status == 409:
         return ConflictError(f"{where}: conflict (HTTP 409)", **kwargs)

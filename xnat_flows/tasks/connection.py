@@ -35,6 +35,10 @@ def open_client(connection: XnatConnection, credentials: Credentials | None = No
 
 
 _shared_clients: dict[tuple[str, str | None, str], XnatClient] = {}
+# Every upload task of a run shares the client: its pool must hold as many connections as a run may
+# have batches in flight (UploadRequest.workers is at most 64), or the batches beyond the pool's size
+# fail on the pool timeout although XNAT is healthy. httpx opens connections only when needed.
+_SHARED_POOL = 64 + 1
 _shared_lock = threading.Lock()
 
 
@@ -54,5 +58,5 @@ def shared_client(connection: XnatConnection) -> Iterator[XnatClient]:
     with _shared_lock:
         client = _shared_clients.get(key)
         if client is None:
-            client = _shared_clients[key] = XnatClient(credentials)
+            client = _shared_clients[key] = XnatClient(credentials, max_connections=_SHARED_POOL)
     yield client

@@ -5,43 +5,36 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
 from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
-from prefect.concurrency.sync import concurrency
-
-from xnat_flows.client.errors import TransientError, XnatConnectionError
+from xnat_flows.client.errors import XnatError
+from xnat_flows.client.urls import server_host
 
 
 def retry_unless_permanent(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry only failures that a later attempt can fix.
 
-    The library already retries each request with backoff; a task retry covers a longer outage.
-    Permanent answers (bad labels, 403, 404, XNAT's permanent 400 messages, bad local input) fail
+    The error decides, through its ``retryable`` attribute (the same one the client's request
+    retries read; see the tree in ``client/errors.py``). The library already retries each request
+    with backoff; a task retry covers a longer outage. Permanent answers (bad labels, 403, 404,
+    XNAT's permanent 400 messages, bad local input, a refused connection or an unknown host) fail
     at once with the server's message instead of burning retries.
     """
     try:
         state.result()
-    except (TransientError, XnatConnectionError) as exc:
-        # A refused connection or an unknown host (the client marks them not retryable) will
-        # not heal in the seconds a task retry waits: fail at once with the advice instead.
-        return bool(getattr(exc, "retryable", True))
-    except Exception:  # noqa: BLE001 - anything else is permanent for this task
+    except XnatError as exc:
+        return exc.retryable
+    except Exception:
         return False
     return False
 
 
-def server_key(url: str) -> str:
-    """A stable, secret-free name for one XNAT server (host[:port])."""
-    parts = urlsplit(url)
-    return parts.netloc.rsplit("@", 1)[-1] or url
-
-
 def upload_limit_name(url: str) -> str:
     """Global concurrency limit that caps concurrent uploads to one XNAT server across all runs."""
-    return f"xnat-uploads:{server_key(url)}"
+    return f"xnat-uploads:{server_host(url)}"
 
 
 class ServerCheck(NamedTuple):

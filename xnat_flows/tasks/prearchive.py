@@ -11,10 +11,11 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from xnat_flows.client.urls import server_host
 from xnat_flows.manage import prearchive as lib
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import credentials_for, open_client
-from xnat_flows.tasks.policies import retry_unless_permanent, server_key
+from xnat_flows.tasks.policies import retry_unless_permanent
 
 # Side effects on the server: never answer from a cache.
 _COMMON = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -23,7 +24,7 @@ _RETRYING = dict(retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.
 
 def xnat_tag(connection: XnatConnection) -> str:
     """``xnat:<host[:port]>`` — the tag that groups every task talking to one XNAT server."""
-    return f"xnat:{server_key(credentials_for(connection).url)}"
+    return f"xnat:{server_host(credentials_for(connection).url)}"
 
 
 @task(name="list-prearchive", timeout_seconds=300, **_COMMON, **_RETRYING)

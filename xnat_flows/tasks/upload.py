@@ -33,11 +33,12 @@ _RETRYING = dict(
 
 @task(name="check-server", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 def check_server(connection: XnatConnection, direct_archive: bool, project: str | None = None) -> ServerCheck:
-    """Log in once (the token is cached for the upload tasks), refuse Direct-Archive below 1.8.3,
-    check that the project exists (XNAT would otherwise file the data under Unassigned), and find
-    the server's upload concurrency limit if the site defined one."""
+    """Prove the session once (the cached one from ``xnat-flows auth login``, else a login whose
+    token is cached for the upload tasks), refuse Direct-Archive below 1.8.3, check that the
+    project exists (XNAT would otherwise file the data under Unassigned), and find the server's
+    upload concurrency limit if the site defined one."""
     with open_client(connection) as client:
-        client.login()
+        client.whoami()
         if project is not None:
             client.require_project(project)
         if direct_archive:

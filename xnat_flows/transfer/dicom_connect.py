@@ -81,7 +81,8 @@ def open_association(link: ReceiverLink, pairs: Sequence[SyntaxPair]) -> Storage
     except TimeoutError:
         raise DicomNetworkError(
             f"{where} did not answer the association request within {link.acse_timeout:g} s",
-            hint="Is this a DICOM port? (an HTTP port such as 8080 is not) Or raise the ACSE timeout") from None
+            hint="Is this the receiver's DICOM port? XNAT's is often 8104; a web port such as 8080 does not speak "
+                 "DICOM (XNAT: Administer > Site Administration > DICOM SCP lists its receivers)") from None
     except OSError as exc:
         raise _explain_connect_failure(link, exc) from None
     except UpperLayerError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xnat_flows.client.errors import XnatError
+from xnat_flows.client.errors import UnreachableError, XnatError
 
 
 class DicomNetworkError(XnatError):
@@ -11,7 +11,7 @@ class DicomNetworkError(XnatError):
     default_hint = "Check the receiver's host, port and AE title (XNAT: Administer > Site Administration > DICOM SCP)"
 
 
-class PeerUnreachableError(DicomNetworkError):
+class PeerUnreachableError(DicomNetworkError, UnreachableError):
     """No TCP connection: wrong host or port, receiver down, or a firewall."""
 
     retryable = True

@@ -33,7 +33,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Protocol
 
 from xnat_flows.client.errors import InputError
@@ -178,8 +177,8 @@ def store_instances(
         report = collector.reports.get(item.index)
         if report is None:  # a worker died before reporting it: it may or may not have arrived
             report = InstanceReport("failed", item, None, 0, "the sending worker ended before reporting this instance")
-        buckets[report.kind].append(InstanceOutcome(Path(item.path), item.sop_instance_uid, item.size, report.status,
-                                                    report.attempts, report.reason, report.retryable))
+        buckets[report.kind].append(InstanceOutcome(dicom_files[item.index].path, item.sop_instance_uid, item.size,
+                                                    report.status, report.attempts, report.reason, report.retryable))
     log.info("C-STORE to %s:%s %s: %s", host, port, called_aet, result.summary())
     return result
 

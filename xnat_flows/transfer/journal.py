@@ -4,7 +4,8 @@ An entry is keyed by the destination (server URL and session, ``resume_key``) an
 sizes, modification times, SOP Instance UIDs: cheap, no file reads), so a re-run after a
 failure sends only what did not land, and a file changed since then is sent again. The
 journal lives in the profile directory (``journal/``, mode 0600) and is cleared once a
-session has been uploaded (and verified) completely.
+session has been uploaded (and verified) completely. C-STORE writes per-instance records as
+they happen (``InstanceLog``) and keeps them (``dicom_resume`` says why).
 """
 
 from __future__ import annotations
