@@ -105,7 +105,8 @@ def prefect_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         return
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_DATABASE_TIMEOUT": "60"}
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(

@@ -104,10 +104,13 @@ def outcome_ref(outcome: SessionOutcome, server_url: str) -> SessionRef:
 
 def emit_session_uploaded(outcome: SessionOutcome, server_url: str, *, direct_archive: bool = True, transport: str | None = None) -> list[Event]:
     """After one session of an upload succeeded: ``xnat.session.uploaded``, and also
-    ``xnat.session.archived`` when it went straight to the archive (Direct-Archive) and verification
-    found it there with an experiment ID, so archive-triggered processing needs no second path."""
+    ``xnat.session.archived`` when verification found it in the archive with an experiment ID
+    (Direct-Archive, or a prearchive upload that the project's auto-archive took in), so
+    archive-triggered processing needs no second path. A session verification found only in the
+    prearchive gets its ``archived`` event from whatever archives it later."""
     ref = outcome_ref(outcome, server_url)
     payload = {
+        "files_delivered": outcome.files_delivered,
         "files_sent": outcome.files_sent,
         "bytes_sent": outcome.bytes_sent,
         "verified": outcome.verified,
@@ -116,8 +119,9 @@ def emit_session_uploaded(outcome: SessionOutcome, server_url: str, *, direct_ar
         "transport": transport,
     }
     emitted = [e for e in [emit_session_event(SESSION_UPLOADED, ref, payload)] if e is not None]
-    if direct_archive and outcome.verified and outcome.experiment_id:
-        archived = emit_session_event(SESSION_ARCHIVED, ref, {"via": "direct-archive"}, follows=emitted[0] if emitted else None)
+    if outcome.verified and outcome.experiment_id:
+        via = "direct-archive" if direct_archive else "auto-archive"
+        archived = emit_session_event(SESSION_ARCHIVED, ref, {"via": via}, follows=emitted[0] if emitted else None)
         if archived is not None:
             emitted.append(archived)
     return emitted
@@ -175,8 +179,10 @@ def emit_upload_result(
     return emitted
 
 
-def emit_archive_outcome(outcome: ArchiveOutcome, server_url: str) -> Event | None:
-    """``xnat.session.archived`` for what the ``archive-prearchive-session`` flow archived."""
+def emit_archive_outcome(outcome: ArchiveOutcome, server_url: str, experiment_id: str | None = None) -> Event | None:
+    """``xnat.session.archived`` for what the ``archive-prearchive-session`` flow archived (with the
+    experiment ID the flow looked up, so processing can address the session unambiguously)."""
     return emit_session_archived(
-        server_url, outcome.project, outcome.subject, outcome.label, uri=outcome.archive_uri, via="prearchive"
+        server_url, outcome.project, outcome.subject, outcome.label, experiment_id=experiment_id,
+        uri=outcome.archive_uri, via="prearchive",
     )

@@ -6,36 +6,71 @@ environment (``XNAT_USER``/``XNAT_PASS``) or the user's profile, never from flow
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field, field_validator, model_validator
+
+from xnat_flows.blocks import DicomReceiver, XnatCredentials
+from xnat_flows.transfer.scan import SkippedFile
+from xnat_flows.transfer.session import StudyUploadResult
+
+
+# XNAT project IDs: letters, digits, underscore and hyphen (XNAT refuses others when a project is created).
+PROJECT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 
 class XnatConnection(BaseModel):
-    """Where XNAT is and which credentials to use (resolved at run time, never stored in a run)."""
+    """Which XNAT and which credentials: an ``xnat-credentials`` Block (picked in the UI), else
+    the worker's environment or profile (resolved at run time, never stored in a run)."""
 
-    url: str | None = Field(
-        default=None, description="XNAT base URL, e.g. https://xnat.example.org. Default: the Block, $XNAT_URL or the profile."
+    credentials: XnatCredentials | None = Field(
+        default=None,
+        title="XNAT credentials Block",
+        description="The `xnat-credentials` Block (URL, user, password) to use. Empty: the worker's XNAT_URL/XNAT_USER/XNAT_PASS or profile.",
     )
-    credentials_block: str | None = Field(
-        default=None, description="Name of an `xnat-credentials` Block holding URL, user and password/token."
+    # Plain strings ("" = not given), so the run form offers a text box, not a type choice.
+    url: str = Field(
+        default="", title="XNAT URL",
+        description="Only to name the server without a Block (or to check that the Block is for this server); e.g. https://xnat.example.org.",
     )
-    username: str | None = Field(default=None, description="User name; the password comes from the Block, $XNAT_PASS or the profile.")
-    profile: str | None = Field(default=None, description="Profile name in the xnat-flows config file.")
+    username: str = Field(
+        default="", title="User", description="Without a Block: the user; the password comes from $XNAT_PASS or the profile."
+    )
+    profile: str = Field(default="", title="Profile", description="Without a Block: a profile of the worker's xnat-flows config file.")
+
+    @field_validator("url", "username", "profile", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _block_by_name(cls, values: Any) -> Any:
+        """``credentials_block="name"`` (Python callers, older deployments): load that Block."""
+        if isinstance(values, dict) and values.get("credentials_block"):
+            values = dict(values)
+            name = values.pop("credentials_block")
+            values.setdefault("credentials", XnatCredentials.load(name))
+        elif isinstance(values, dict) and "credentials_block" in values:
+            values = {k: v for k, v in values.items() if k != "credentials_block"}
+        return values
 
 
 class UploadRequest(BaseModel):
     """What to upload and where: the form of the ``upload-dicom-session`` deployment."""
 
     source_dir: str = Field(description="Directory holding the DICOM files (scanned recursively; extensionless files included).")
-    project: str = Field(description="XNAT project ID.")
+    project: str = Field(pattern=PROJECT_ID_PATTERN, description="XNAT project ID.")
     subject: str = Field(description="Subject label.")
     session: str = Field(description="Session (experiment) label.")
     transport: Literal["dicom-zip", "gradual-dicom"] = Field(
         default="dicom-zip", description="DICOM-zip: one archive per batch. gradual-DICOM: one instance per request."
     )
     workers: int = Field(default=4, ge=1, le=64, description="Parallel uploads; DICOM-zip sends this many batches.")
-    archive_format: Literal["tar", "zip"] = Field(default="tar", description="Archive format of each DICOM-zip batch.")
+    archive_format: Literal["auto", "tar", "tgz", "zip"] = Field(
+        default="auto",
+        description="Archive format of each DICOM-zip batch; auto: tgz over a slow (remote) link to XNAT >= 1.8.3, else tar.",
+    )
     direct_archive: bool = Field(default=True, description="Direct-Archive (XNAT 1.8.3+); off stages into the prearchive.")
     per_study: bool = Field(
         default=False,
@@ -44,6 +79,10 @@ class UploadRequest(BaseModel):
     allow_other_study: bool = Field(
         default=False,
         description="Upload even into an existing session that holds another StudyInstanceUID (refused otherwise).",
+    )
+    duplicates: Literal["newest", "oldest", "stop"] = Field(
+        default="newest",
+        description="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.",
     )
     verify: bool = Field(default=True, description="Read back the session and compare scans and file counts with what was sent.")
     verify_timeout_seconds: float = Field(default=600.0, gt=0, description="How long to wait for the session to appear in the archive.")
@@ -59,50 +98,117 @@ class BatchOutcome(BaseModel):
     error: str | None = None
 
 
-class SkippedInput(BaseModel):
-    path: str
-    reason: str
-
-
 class SessionOutcome(BaseModel):
+    """One session of an upload. Two counts, two meanings: ``files_delivered`` are in XNAT after
+    this run (sent now, or by an earlier run per the resume journal); ``files_sent``/``bytes_sent``
+    went over the wire in this run (what throughput is computed from)."""
+
     project: str
     subject: str
     session: str
     study_uid: str
+    files: int = Field(default=0, description="DICOM files of this session in the source directory.")
+    files_delivered: int = Field(default=0, description="Files XNAT accepted, in this run or an earlier one (resume).")
+    files_sent: int = Field(default=0, description="Files sent by this run (resumed files excluded).")
+    bytes_sent: int = Field(default=0, description="Bytes sent by this run.")
     session_uri: str | None = None
     experiment_id: str | None = None
-    files_sent: int = 0
-    bytes_sent: int = 0
     failed_files: list[str] = Field(default_factory=list)
     batches: list[BatchOutcome] = Field(default_factory=list)
     verified: bool | None = None
     missing: list[str] = Field(default_factory=list)
 
+    @classmethod
+    def from_study(cls, study: StudyUploadResult) -> SessionOutcome:
+        """The library's result (``transfer.session.StudyUploadResult``) is the one place the
+        counts are derived; this only copies them into a form Prefect can persist and show."""
+        failed = study.failed_files
+        verify = study.verify
+        uri = verify.uri if verify is not None and verify.uri else (study.uris[0] if study.uris else None)
+        return cls(
+            project=study.target.project, subject=study.target.subject, session=study.target.session,
+            study_uid=study.study_uid, files=study.files, files_delivered=study.files - len(failed),
+            files_sent=study.files_sent, bytes_sent=study.bytes_sent, session_uri=uri,
+            experiment_id=verify.experiment_id if verify is not None else None, failed_files=failed,
+            batches=[
+                BatchOutcome(index=b.index, files=len(b.files), bytes=b.bytes, seconds=round(b.seconds, 3), ok=b.ok,
+                             resumed=b.resumed, error=b.error)
+                for b in study.batches
+            ],
+            verified=verify.ok if verify is not None else None,
+            missing=list(verify.missing) if verify is not None else [],
+        )
+
 
 class UploadSessionResult(BaseModel):
-    """What the ``upload-dicom-session`` flow returns (and the CLI prints)."""
+    """What the ``upload-dicom-session`` flow returns (and the CLI prints); totals are derived."""
 
     sessions: list[SessionOutcome]
-    skipped: list[SkippedInput] = Field(default_factory=list)
-    files_sent: int
-    bytes_sent: int
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    unreadable: list[SkippedFile] = Field(
+        default_factory=list, description="Files or folders that could not be read (also in skipped): not sent, a failure."
+    )
     seconds: float  # the whole run: scan, upload, verify
     upload_seconds: float  # the transfer itself
-    throughput_mb_s: float  # bytes sent / upload_seconds
+
+    @computed_field
+    @property
+    def files_delivered(self) -> int:
+        return sum(s.files_delivered for s in self.sessions)
+
+    @computed_field
+    @property
+    def files_sent(self) -> int:
+        return sum(s.files_sent for s in self.sessions)
+
+    @computed_field
+    @property
+    def bytes_sent(self) -> int:
+        return sum(s.bytes_sent for s in self.sessions)
+
+    @computed_field
+    @property
+    def throughput_mb_s(self) -> float:
+        """Bytes sent by this run / upload time (resumed files moved no bytes and take no time)."""
+        return round(self.bytes_sent / 1e6 / self.upload_seconds, 2) if self.upload_seconds else 0.0
 
     @property
     def ok(self) -> bool:
-        return all(not s.failed_files and s.verified is not False and all(b.ok for b in s.batches) for s in self.sessions)
+        return not self.unreadable and all(
+            not s.failed_files and s.verified is not False and all(b.ok for b in s.batches) for s in self.sessions
+        )
 
 
 class DicomReceiverTarget(BaseModel):
-    """Where to C-STORE: an XNAT DICOM receiver (or a ``xnat-dicom-receiver`` Block by name)."""
+    """Where to C-STORE: an ``xnat-dicom-receiver`` Block (picked in the UI), fields below override it."""
 
-    receiver_block: str | None = Field(default=None, description="Name of an `xnat-dicom-receiver` Block; fields below override it.")
-    host: str | None = Field(default=None, description="Receiver host.")
-    port: int | None = Field(default=None, ge=1, le=65535, description="Receiver port (XNAT's standard receiver: 8104).")
-    called_aet: str | None = Field(default=None, max_length=16, description="The receiver's AE title (default XNAT).")
-    calling_aet: str | None = Field(default=None, max_length=16, description="Our AE title (default XNATFLOWS).")
+    block: DicomReceiver | None = Field(
+        default=None, title="DICOM receiver Block", description="An `xnat-dicom-receiver` Block; the fields below override it."
+    )
+    host: str | None = Field(
+        default=None, title="Host", pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$",
+        description="Receiver host name or IP address (no scheme, no port).",
+    )
+    port: int | None = Field(default=None, ge=1, le=65535, title="Port", description="Receiver port (XNAT's standard receiver: 8104).")
+    called_aet: str | None = Field(
+        default=None, min_length=1, max_length=16, pattern=r"^[^\\]*\S[^\\]*$", title="Called AE title",
+        description="The receiver's AE title (default XNAT); up to 16 characters, no backslash.",
+    )
+    calling_aet: str | None = Field(
+        default=None, min_length=1, max_length=16, pattern=r"^[^\\]*\S[^\\]*$", title="Calling AE title",
+        description="Our AE title (default XNATFLOWS).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _block_by_name(cls, values: Any) -> Any:
+        """``receiver_block="name"`` (Python callers, older deployments): load that Block."""
+        if isinstance(values, dict) and "receiver_block" in values:
+            values = dict(values)
+            name = values.pop("receiver_block")
+            if name:
+                values.setdefault("block", DicomReceiver.load(name))
+        return values
 
 
 class SendDicomRequest(BaseModel):
@@ -110,11 +216,34 @@ class SendDicomRequest(BaseModel):
 
     source_dir: str = Field(description="Directory holding the DICOM files (scanned recursively, same scanner as REST uploads).")
     workers: int = Field(default=4, ge=1, le=32, description="Parallel associations.")
-    routing_project: str | None = Field(
-        default=None, description="Set `Project:` routing in PatientComments on the sent copy (your files are not changed)."
+    routing_project: str = Field(
+        default="", pattern=r"^([A-Za-z0-9_-]+)?$",
+        description="Set `Project:` routing in PatientComments on the sent copy (your files are not changed). Empty: XNAT's own routing.",
     )
-    routing_subject: str | None = Field(default=None, description="With routing_project: `Subject:` routing.")
-    routing_session: str | None = Field(default=None, description="With routing_project: `Session:` routing.")
+    routing_subject: str = Field(default="", description="With routing_project: `Subject:` routing.")
+    routing_session: str = Field(default="", description="With routing_project: `Session:` routing.")
+    verify: bool = Field(
+        default=False, title="Wait and verify",
+        description="After sending, wait until XNAT has archived the session(s) the instances went to (found by "
+        "StudyInstanceUID, all instances counted), then emit xnat.session.archived for each. Needs the connection.",
+    )
+    verify_timeout_seconds: float = Field(
+        default=600.0, gt=0, le=86400, title="Verify timeout (s)",
+        description="How long to wait for the archive (XNAT archives C-STORE sessions after its session-idle interval).",
+    )
+
+
+class ArchivedStudy(BaseModel):
+    """A session in the archive that holds the instances of one sent study."""
+
+    study_uid: str
+    project: str
+    subject: str | None = None
+    label: str
+    experiment_id: str
+    uri: str
+    instances_sent: int
+    files_found: int
 
 
 class InstanceFailure(BaseModel):
@@ -129,12 +258,16 @@ class SendDicomResult(BaseModel):
     sent: int
     resumed: int
     failed: list[InstanceFailure]
-    skipped: list[SkippedInput]
+    skipped: list[SkippedFile]
+    unreadable: list[SkippedFile] = Field(
+        default_factory=list, description="Files or folders that could not be read (also in skipped): not sent, a failure."
+    )
     bytes_sent: int
     seconds: float
     instances_per_second: float
     associations: list[dict]
+    archived: list[ArchivedStudy] = Field(default_factory=list, description="With verify: where each study landed.")
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.unreadable

@@ -104,3 +104,71 @@ def test_login_caches_a_private_token_then_whoami_and_logout(xnat, isolated_prof
     assert logout.exit_code == 0, logout.output
     after = run("whoami", "--url", xnat.url, "--username", "admin", env={"XNAT_PASS": ""})
     assert after.exit_code == 3
+
+
+def test_an_unreadable_file_makes_the_upload_partial_and_is_listed_apart(xnat, tmp_path: Path, monkeypatch) -> None:
+    import builtins
+
+    import xnat_flows.transfer.scan as scan
+
+    manifest = write_studies(tmp_path / "export", series=2, instances=6, instance_kb=4, seed=25, junk=True)
+    locked = manifest.files[3].path
+    real_open = builtins.open
+
+    def refusing_open(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - tests run as root: chmod 0 is no bar
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(scan, "open", refusing_open, raising=False)
+    result = run(*upload_args(xnat, tmp_path / "export"), env={"XNAT_PASS": PASSWORD})
+    assert result.exit_code == 6, result.output
+    assert f"not read, not sent: {locked}: unreadable: permission denied" in result.stderr
+    assert "could not be read" in result.stderr and "README.txt" in result.stderr  # junk still listed as skipped
+    (experiment,) = xnat.archived_experiments("CLI")
+    assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files) - 1
+
+
+def test_a_corrected_copy_of_an_instance_is_sent_and_the_conflict_is_said(xnat, tmp_path: Path) -> None:
+    import os
+
+    import pydicom
+
+    manifest = write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=26)
+    original = manifest.files[2].path
+    corrected = tmp_path / "export" / "zz_corrected" / "IM1"  # sorts after the original: it lost before
+    corrected.parent.mkdir()
+    ds = pydicom.dcmread(original)
+    ds.PatientComments = "corrected re-export"
+    ds.save_as(corrected, enforce_file_format=True)
+    stamp = original.stat().st_mtime_ns + 10**9
+    os.utime(corrected, ns=(stamp, stamp))
+    result = run(*upload_args(xnat, tmp_path / "export"), env={"XNAT_PASS": PASSWORD})
+    assert result.exit_code == 0, result.output
+    assert "1 SOP Instance UIDs are held by different files" in result.stderr
+    assert "sent the newest" in result.stderr and "conflicting copy" in result.stderr
+    (experiment,) = xnat.archived_experiments("CLI")
+    files = xnat.archived_files(experiment["ID"])
+    assert len(files) == len(manifest.files)
+    comments = {str(pydicom.dcmread(p, stop_before_pixels=True).get("PatientComments", "")) for p in files.values()}
+    assert "corrected re-export" in comments
+    stopped = run(*upload_args(xnat, tmp_path / "export", "--duplicates", "stop"), env={"XNAT_PASS": PASSWORD})
+    assert stopped.exit_code != 0 and " and zz_corrected/IM1" in stopped.output
+
+
+@pytest.mark.parametrize("extra", [[], ["--archive-format", "zip"], ["--gradual"]])
+def test_file_names_that_are_not_utf8_upload(xnat, tmp_path: Path, extra: list[str]) -> None:
+    """An export written under another locale: names whose bytes are not UTF-8 (before: a
+    UnicodeEncodeError in every transport, DICOM-zip leaving a partial session)."""
+    import os
+
+    manifest = write_studies(tmp_path / "export", series=2, instances=4, instance_kb=4, seed=27)
+    for index, item in enumerate(manifest.files[:2]):
+        os.rename(item.path, os.fsdecode(os.fsencode(item.path.parent) + b"/IM\xe9\xff" + bytes([48 + index])))
+    (tmp_path / "export" / os.fsdecode(b"notes-\xe9.txt")).write_bytes(b"not DICOM")
+    result = run(*upload_args(xnat, tmp_path / "export", *extra), env={"XNAT_PASS": PASSWORD})
+    assert result.exit_code == 0, result.output
+    assert f"{len(manifest.files)}/{len(manifest.files)} files" in result.output
+    assert "notes-" in result.stderr  # the junk file is named, undecodable bytes escaped
+    (experiment,) = xnat.archived_experiments("CLI")
+    assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files)

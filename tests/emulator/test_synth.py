@@ -123,3 +123,24 @@ def test_big_sets_get_their_junk_without_a_dicomdir(tmp_path: Path) -> None:
     names = {p.name for p in manifest.junk}
     assert "DICOMDIR" not in names and not (tmp_path / "DICOMDIR").exists()
     assert {"README.txt", "report.pdf", "IM900001"} <= names
+
+
+def test_phantom_pixels_compress_as_real_images_and_random_ones_do_not(tmp_path: Path) -> None:
+    """Compression figures (tgz over slow links) are honest only if the pixels compress as real
+    MR/CT does (~1.5-3x with gzip); random bytes stay available and do not compress."""
+    import zlib
+
+    import pydicom
+
+    def ratio(kind: str) -> float:
+        manifest = write_studies(tmp_path / kind, series=1, instances=20, instance_kb=64, seed=5, pixels=kind)
+        pixel_data = b"".join(pydicom.dcmread(f.path).PixelData for f in manifest.files)
+        return len(pixel_data) / len(zlib.compress(pixel_data, 1))
+
+    assert 1.5 < ratio("phantom") < 3.0
+    assert ratio("random") < 1.01
+    first, middle = (pydicom.dcmread(f.path) for f in write_studies(tmp_path / "p", series=1, instances=9, instance_kb=64).files[::4][:2])
+    assert first.PixelData != middle.PixelData  # the head's extent follows the slice position
+    assert first.pixel_array.max() <= 4095 and first.pixel_array[0, 0] < 200  # background: a noise floor, not tissue
+    with pytest.raises(ValueError, match="pixels"):
+        write_studies(tmp_path / "bad", instances=1, pixels="noise")  # type: ignore[arg-type]

@@ -38,3 +38,48 @@ def test_credentials_block_round_trip_keeps_the_password_secret() -> None:
     assert credentials.username == "svc"
     assert credentials.password.get_secret_value() == "block-secret-42"
     assert credentials.url == "https://xnat.example.org"
+
+
+def test_block_is_a_credentials_block_with_a_cached_client() -> None:
+    from prefect.blocks.abstract import CredentialsBlock
+
+    from xnat_flows.blocks import XnatCredentials
+
+    block = XnatCredentials(url="https://xnat.example.org", username="svc", password="block-secret-43")
+    assert isinstance(block, CredentialsBlock)
+    client = block.get_client()
+    assert client is block.get_client()  # one client (one login, one pool) per process and credentials
+    assert client is not XnatCredentials(url="https://xnat.example.org", username="other", password="x").get_client()
+
+
+def test_a_blocks_password_goes_only_to_its_own_server() -> None:
+    """An event-started run names the event's server; a Block must not send its password elsewhere."""
+    from xnat_flows.blocks import XnatCredentials
+    from xnat_flows.client.errors import InputError
+    from xnat_flows.models import XnatConnection
+    from xnat_flows.tasks.connection import credentials_for
+
+    block = XnatCredentials(url="https://xnat.example.org/", username="svc", password="block-secret-44")
+    assert credentials_for(XnatConnection(credentials=block, url="https://xnat.example.org")).username == "svc"
+    with pytest.raises(InputError, match="only to its own server") as refused:
+        credentials_for(XnatConnection(credentials=block, url="https://evil.example.net"))
+    assert "block-secret-44" not in str(refused.value)
+
+
+def test_deploy_step_requires_the_block_and_leaves_unset_inbox_values_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xnat_flows import deploy_steps
+    from xnat_flows.blocks import XnatCredentials
+
+    monkeypatch.delenv("XNAT_CREDENTIALS_BLOCK", raising=False)
+    with pytest.raises(deploy_steps.MissingSiteValue, match="XNAT_CREDENTIALS_BLOCK is not set"):
+        deploy_steps.site_values()
+    monkeypatch.setenv("XNAT_CREDENTIALS_BLOCK", "no-such-block-here")
+    with pytest.raises(deploy_steps.MissingSiteValue, match="no xnat-credentials Block of that name"):
+        deploy_steps.site_values()
+    XnatCredentials(url="https://xnat.example.org", username="svc", password="p").save("site-step", overwrite=True)
+    monkeypatch.setenv("XNAT_CREDENTIALS_BLOCK", "site-step")
+    monkeypatch.delenv("XNAT_INBOX_DIR", raising=False)
+    monkeypatch.setenv("XNAT_INBOX_PROJECT", "STUDY1")
+    assert deploy_steps.site_values() == {"credentials_block": "site-step", "inbox_active": False, "inbox_project": "STUDY1"}
+    monkeypatch.setenv("XNAT_INBOX_DIR", "/srv/inbox")
+    assert deploy_steps.site_values()["inbox_active"] is True

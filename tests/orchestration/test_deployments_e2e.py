@@ -1,9 +1,11 @@
 """Deploy prefect.yaml to a real Prefect server, run flows through a process worker, follow the events.
 
 Real pieces only: ``prefect server start`` (the ``prefect_server_url`` fixture, or the one
-.ci/run starts), ``prefect deploy`` from the repository root, ``prefect worker start`` pulling
-from the ``xnat-process`` pool, and the XNAT emulator over HTTP. Credentials reach the worker
-through XNAT_USER/XNAT_PASS in its environment, never through parameters.
+.ci/run starts), ``prefect block register`` and a saved ``xnat-credentials`` Block, ``prefect deploy
+--all`` from the repository root with the site values in the environment (XNAT_CREDENTIALS_BLOCK,
+XNAT_INBOX_DIR, XNAT_INBOX_PROJECT), ``prefect worker start`` pulling from the ``xnat-process``
+pool with no XNAT_* variable in its environment, and the XNAT emulator over HTTP. Credentials
+reach the flows only through the Block, never through parameters or the worker's environment.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -81,9 +83,36 @@ def api(prefect_server_url: str) -> Iterator[PrefectApi]:
     client.close()
 
 
+BLOCK = "e2e-site-xnat"
+
+
 @pytest.fixture(scope="module")
-def deployed(cli_env: dict[str, str], api: PrefectApi) -> dict[str, dict]:
-    """The pool and every deployment whose flow exists, from prefect.yaml at the repository root."""
+def xnat(tmp_path_factory: pytest.TempPathFactory, free_tcp_port_factory: Callable[[], int]) -> Iterator[XnatEmulator]:
+    """Fixed ports and a kept data directory, so the test can stop XNAT and start it again as it was."""
+    emulator = XnatEmulator(tmp_path_factory.mktemp("xnat-data"), projects=("TEST",), rebuild_idle_seconds=0.5,
+                            port=free_tcp_port_factory(), scp_port=free_tcp_port_factory())
+    with emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def site_inbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("site") / "inbox"
+
+
+@pytest.fixture(scope="module")
+def deployed(cli_env: dict[str, str], api: PrefectApi, xnat: XnatEmulator, site_inbox: Path) -> dict[str, dict]:
+    """Blocks registered, the site's credentials Block saved, the pool, and every deployment of
+    prefect.yaml deployed with the three site values from the deploying shell's environment."""
+    registered = run_cli(["block", "register", "-m", "xnat_flows.blocks"], cli_env)
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    save = (
+        "import sys; from pydantic import SecretStr; from xnat_flows.blocks import XnatCredentials;"
+        "XnatCredentials(url=sys.argv[1], username='admin', password=SecretStr('admin')).save(sys.argv[2], overwrite=True)"
+    )
+    saved = subprocess.run([sys.executable, "-c", save, xnat.url, BLOCK], env=cli_env, capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert saved.returncode == 0, saved.stderr[-3000:]
     if not api.work_pool_exists(POOL):
         created = run_cli(["work-pool", "create", POOL, "--type", "process"], cli_env)
         assert created.returncode == 0, created.stdout + created.stderr
@@ -93,49 +122,69 @@ def deployed(cli_env: dict[str, str], api: PrefectApi) -> dict[str, dict]:
         args = ["--no-prompt", "deploy", *[arg for name in names for arg in ("-n", name)]]
     else:
         args = ["--no-prompt", "deploy", "--all"]
-    result = run_cli(args, cli_env)
+    site = {"XNAT_CREDENTIALS_BLOCK": BLOCK, "XNAT_INBOX_DIR": str(site_inbox), "XNAT_INBOX_PROJECT": "TEST"}
+    result = run_cli(args, {**cli_env, **site})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     flows = {
         "upload-session": "upload-dicom-session",
         "inbox-ingest": "ingest-inbox",
         "process-session": "process-xnat-session",
+        "send-dicom": "send-dicom",
     }
     found = {name: api.deployment(flow, name) for name, flow in flows.items()}
-    # The schedule would start inbox runs on /srv/xnat-inbox during the test: off, and its queued runs gone.
+    assert found["inbox-ingest"]["schedules"][0]["active"] is True  # all three values given
+    # The test starts inbox runs itself: the schedule off, and its queued runs gone.
     api.deactivate_schedules(found["inbox-ingest"])
     return found
 
 
-def test_deploy_all_from_the_repository_root(deployed: dict[str, dict], api: PrefectApi) -> None:
+def _form_fields_without_description(schema: dict) -> list[str]:
+    """Parameters, and fields of the parameter models, that the UI form would show without a description."""
+    found = [f"{name}" for name, field in schema.get("properties", {}).items() if not field.get("description")]
+    for model, definition in schema.get("definitions", {}).items():
+        if "block_type_slug" in definition:
+            continue
+        found += [f"{model}.{name}" for name, field in definition.get("properties", {}).items() if not field.get("description")]
+    return found
+
+
+def test_deploy_all_from_the_repository_root(
+    deployed: dict[str, dict], api: PrefectApi, cli_env: dict[str, str], site_inbox: Path
+) -> None:
     missing = _missing_entry_points()
     inbox = deployed["inbox-ingest"]
     assert inbox["work_pool_name"] == POOL
-    assert inbox["parameters"]["inbox_dir"] == "/srv/xnat-inbox"
+    assert inbox["parameters"]["inbox_dir"] == str(site_inbox)
     assert inbox["schedules"][0]["schedule"]["interval"] == 300
     form = inbox["parameter_openapi_schema"]["properties"]
     assert {"inbox_dir", "project", "subject_template", "quiet_seconds", "transport", "connection"} <= set(form)
-    assert not _secret_fields(inbox["parameter_openapi_schema"])
+    assert form["transport"]["enum"] == ["dicom-zip", "gradual-dicom"]  # a dropdown
+    assert form["project"]["pattern"]  # validated when the run is created
     upload_form = deployed["upload-session"]["parameter_openapi_schema"]
     assert "UploadRequest" in json.dumps(upload_form)  # the request renders as a form, not a JSON blob
     for deployment in deployed.values():
-        assert not _secret_fields(deployment["parameter_openapi_schema"]), deployment["name"]
+        schema = deployment["parameter_openapi_schema"]
+        # Only a Block's own form has a password field; no run parameter does.
+        models = {k: v for k, v in schema.get("definitions", {}).items() if "block_type_slug" not in v}
+        assert not _secret_fields({**schema, "definitions": models}), deployment["name"]
+        assert not _form_fields_without_description(schema), deployment["name"]
+        # The credentials field is a Block picker, and the deployment references the site's Block.
+        assert schema["definitions"]["XnatCredentials"]["block_type_slug"] == "xnat-credentials"
+        assert deployment["parameters"]["connection"] == _block_ref(), deployment["name"]
     triggers = [a for a in api.automations() if a["name"] == "process-archived-xnat-sessions"]
     assert triggers and triggers[0]["trigger"]["expect"] == ["xnat.session.archived"]
     assert triggers[0]["actions"][0]["parameters"]["project"] == "{{ event.resource['xnat.project'] }}"
+    assert json.dumps(_block_ref()["credentials"]) in json.dumps(triggers[0]["actions"][0]["parameters"])
     if missing:
         pytest.skip(f"deployed all but the flows not written yet: {', '.join(missing)} (prefect deploy --all needs them)")
 
 
 @pytest.fixture(scope="module")
-def xnat() -> Iterator[XnatEmulator]:
-    with XnatEmulator(projects=("TEST",), rebuild_idle_seconds=0.5) as emulator:
-        yield emulator
-
-
-@pytest.fixture(scope="module")
 def worker(deployed: dict[str, dict], cli_env: dict[str, str], xnat: XnatEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A process worker whose environment holds no XNAT_* credentials: the Block is all it has."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {**cli_env, "XNAT_USER": "admin", "XNAT_PASS": "admin", "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    env = {**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    assert not [name for name in env if name.startswith("XNAT_") and name != "XNAT_FLOWS_HOME"]
     process = start_group([prefect_cli(), "worker", "start", "--pool", POOL, "--limit", "4"], env, log)
     try:
         yield log
@@ -155,9 +204,9 @@ def _experiments(xnat: XnatEmulator) -> dict[str, dict]:
     return {row["label"]: row for row in rows.json()["ResultSet"]["Result"]}
 
 
-def _wait_for_events(api: PrefectApi, name: str, xnat: XnatEmulator, count: int, timeout: float) -> list[dict]:
+def _wait_for_events(api: PrefectApi, name: str, xnat: XnatEmulator | str, count: int, timeout: float) -> list[dict]:
     """Events of this emulator's sessions (the resource id names its host:port), once ``count`` arrived."""
-    host = xnat.url.split("://", 1)[1].rstrip("/")
+    host = (xnat if isinstance(xnat, str) else xnat.url).split("://", 1)[1].rstrip("/")
     deadline = time.monotonic() + timeout
     while True:
         found = api.events(name, f"xnat.session.{host}.")
@@ -181,57 +230,78 @@ def _processing_runs(api: PrefectApi, deployment: dict, xnat: XnatEmulator, expe
         time.sleep(2)
 
 
-def test_upload_and_inbox_deployments_land_sessions_and_chain_processing(
-    deployed: dict[str, dict], api: PrefectApi, worker: Path, xnat: XnatEmulator, tmp_path: Path
-) -> None:
-    connection = {"url": xnat.url}  # the URL is no secret; user and password come from the worker's env
+def _block_ref(name: str = BLOCK) -> dict:
+    return {"credentials": {"$ref": {"block_document_slug": f"xnat-credentials/{name}"}}}
 
-    source = tmp_path / "export"
-    write_session(source, patient_id="P001", study_date="20240115")
-    upload_run = api.run_deployment(
-        deployed["upload-session"]["id"],
-        {"request": {"source_dir": str(source), "project": "TEST", "subject": "P001", "session": "P001_MR1", "workers": 2},
-         "connection": connection},
+
+def _save_block(cli_env: dict[str, str], name: str, url: str) -> None:
+    save = (
+        "import sys; from pydantic import SecretStr; from xnat_flows.blocks import XnatCredentials;"
+        "XnatCredentials(url=sys.argv[1], username='admin', password=SecretStr('admin')).save(sys.argv[2], overwrite=True)"
     )
+    saved = subprocess.run([sys.executable, "-c", save, url, name], env=cli_env, capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert saved.returncode == 0, saved.stderr[-3000:]
 
-    inbox = tmp_path / "inbox"
-    write_session(inbox / "scan-0002", patient_id="P002", study_date="20240301")
-    (inbox / "scan-0002" / "xnat.json").write_text(json.dumps({"subject": "SUBJ002"}))
-    inbox_parameters = {"inbox_dir": str(inbox), "project": "TEST", "quiet_seconds": 0, "workers": 2, "connection": connection}
-    inbox_run = api.run_deployment(deployed["inbox-ingest"]["id"], inbox_parameters)
 
-    _wait_completed(api, upload_run, worker)
-    _wait_completed(api, inbox_run, worker)
+def _wait_state(api: PrefectApi, run_id: str, state: str, log: Path, timeout: float = 240) -> dict:
+    run = api.wait_for(run_id, timeout)
+    assert run["state_type"] == state, f"{run['state_type']}: {run['state']}\n--- worker log ---\n{log.read_text()[-6000:]}"
+    return run
 
+
+def test_unattended_inbox_and_send_dicom_chain_processing_with_a_block_only_worker(
+    deployed: dict[str, dict], api: PrefectApi, worker: Path, xnat: XnatEmulator, site_inbox: Path, tmp_path: Path
+) -> None:
+    """The issue's walk-through: the inbox deployment as deployed (its parameters from the deploy-time
+    environment, credentials from the Block), the processing deployment started by the event; then
+    XNAT down -> the inbox run Failed, the folder kept, xnat.upload.failed; then send-dicom with
+    verify -> xnat.session.archived -> processing."""
+    inbox = deployed["inbox-ingest"]
+    assert inbox["parameters"]["inbox_dir"] == str(site_inbox) and inbox["parameters"]["project"] == "TEST"
+    assert inbox["parameters"]["connection"] == _block_ref()
+
+    write_session(site_inbox / "scan-0001", patient_id="P001", study_date="20240115")
+    (site_inbox / "scan-0001" / "xnat.json").write_text(json.dumps({"subject": "SUBJ001"}))
+    run = _wait_state(api, api.run_deployment(inbox["id"], {"quiet_seconds": 0}), "COMPLETED", worker)
+    assert run["name"] == f"inbox {site_inbox} -> TEST"
     experiments = _experiments(xnat)
-    assert experiments["P001_MR1"]["subject_label"] == "P001"
-    assert experiments["P002_20240301"]["subject_label"] == "SUBJ002"  # sidecar over template
-    assert (inbox / "done" / "scan-0002" / "series1" / "IM0001").is_file()
-    report = json.loads((inbox / "done" / "scan-0002.report.json").read_text())
-    assert report["status"] == "done" and report["sessions"][0]["experiment_id"] == experiments["P002_20240301"]["ID"]
-    assert "admin" not in json.dumps(report)
+    assert experiments["P001_20240115"]["subject_label"] == "SUBJ001"
+    report = json.loads((site_inbox / "done" / "scan-0001.report.json").read_text())
+    assert report["status"] == "done" and report["recovered_after_crash"] is False
+    assert report["sessions"][0]["experiment_id"] == experiments["P001_20240115"]["ID"]
+    runs = _processing_runs(api, deployed["process-session"], xnat, experiments["P001_20240115"]["ID"], timeout=120)
+    assert any(r["state_type"] == "COMPLETED" for r in runs), [(r["parameters"], r["state"]) for r in runs]
+    archived = _wait_for_events(api, "xnat.session.archived", xnat, count=1, timeout=30)
+    assert [e["resource"]["xnat.session_label"] for e in archived].count("P001_20240115") == 1  # exactly once
 
-    # A second run over the same inbox sends nothing.
-    imports_before = xnat.stats()["imports"]
-    _wait_completed(api, api.run_deployment(deployed["inbox-ingest"]["id"], inbox_parameters), worker)
-    assert xnat.stats()["imports"] == imports_before
-    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["scan-0002", "scan-0002.report.json"]
+    # XNAT down: the run is Failed (an automation on failed runs fires), the folder waits, the event is out.
+    url = xnat.url
+    xnat.stop()
+    try:
+        write_session(site_inbox / "scan-0002", patient_id="P002", study_date="20240301")
+        _wait_state(api, api.run_deployment(inbox["id"], {"quiet_seconds": 0}), "FAILED", worker)
+        assert (site_inbox / "processing" / "scan-0002" / "series1" / "IM0001").is_file()
+        assert not (site_inbox / "failed").exists() or not list((site_inbox / "failed").iterdir())
+        failed = _wait_for_events(api, "xnat.upload.failed", url, count=1, timeout=30)
+        assert failed and failed[0]["resource"]["xnat.project"] == "TEST"
+        assert "admin" not in json.dumps(failed[0]["payload"])
+    finally:
+        xnat.start()
+    # (The next run uploads the kept folder and does not call it a crash: test_inbox_flow.py, in-process.)
 
-    # The upload flow announces each session; without those events there is nothing to chain on.
-    archived = _wait_for_events(api, "xnat.session.archived", xnat, count=2, timeout=30)
-    assert {e["resource"]["xnat.session_label"] for e in archived} == {"P001_MR1", "P002_20240301"}
-    uploaded = _wait_for_events(api, "xnat.session.uploaded", xnat, count=2, timeout=10)
-    assert all(e["payload"]["verified"] is True for e in uploaded)
-
-    # Each archived session started the processing deployment through the event trigger.
-    deadline = time.monotonic() + 120
-    for label in ("P001_MR1", "P002_20240301"):
-        experiment_id = experiments[label]["ID"]
-        runs = _processing_runs(api, deployed["process-session"], xnat, experiment_id, timeout=deadline - time.monotonic())
-        assert any(r["state_type"] == "COMPLETED" for r in runs), (
-            f"no completed process-session run for {label} ({experiment_id}); runs: {[(r['parameters'], r['state_type']) for r in runs]}"
-        )
-        assert runs[0]["parameters"]["project"] == "TEST"
+    # C-STORE with wait-and-verify: the archived session is announced and processing chained.
+    source = tmp_path / "cstore"
+    write_session(source, patient_id="P003", study_date="20240401")
+    request = {"source_dir": str(source), "workers": 1, "routing_project": "TEST", "routing_subject": "P003",
+               "routing_session": "P003_CS", "verify": True, "verify_timeout_seconds": 90}
+    receiver = {"host": "127.0.0.1", "port": xnat.scp_port, "called_aet": "XNAT"}
+    sent = _wait_state(api, api.run_deployment(deployed["send-dicom"]["id"], {"request": request, "receiver": receiver}),
+                       "COMPLETED", worker)
+    assert sent["name"] == f"send-dicom 127.0.0.1:{xnat.scp_port}"
+    experiment_id = _experiments(xnat)["P003_CS"]["ID"]
+    runs = _processing_runs(api, deployed["process-session"], xnat, experiment_id, timeout=120)
+    assert any(r["state_type"] == "COMPLETED" for r in runs), [(r["parameters"], r["state"]) for r in runs]
 
 
 def test_archived_event_alone_triggers_processing(
@@ -246,16 +316,16 @@ def test_archived_event_alone_triggers_processing(
     from xnat_flows.transfer.upload import UploadTarget
 
     source = tmp_path / "export"
-    write_session(source, patient_id="P003", series=1, instances=2)
+    write_session(source, patient_id="P004", series=1, instances=2)
     credentials = resolve_credentials(url=xnat.url, username="admin", password="admin", prompt=False)
     with XnatClient(credentials) as client:
-        assert upload_session(client, scan_directory(source), UploadTarget("TEST", "P003", "P003_PRE")).ok
-    experiment_id = _experiments(xnat)["P003_PRE"]["ID"]
+        assert upload_session(client, scan_directory(source), UploadTarget("TEST", "P003", "P004_PRE")).ok
+    experiment_id = _experiments(xnat)["P004_PRE"]["ID"]
 
     emit = (
         "import sys; from xnat_flows.events import emit_session_archived;"
         "from prefect.events.worker import EventsWorker;"
-        "assert emit_session_archived(sys.argv[1], 'TEST', 'P003', 'P003_PRE', experiment_id=sys.argv[2]) is not None;"
+        "assert emit_session_archived(sys.argv[1], 'TEST', 'P004', 'P004_PRE', experiment_id=sys.argv[2]) is not None;"
         "EventsWorker.drain_all()"
     )
     result = subprocess.run(
@@ -268,7 +338,7 @@ def test_archived_event_alone_triggers_processing(
         f"{[(r['parameters'], r['state']) for r in runs]}\n--- worker log ---\n{worker.read_text()[-4000:]}"
     )
     assert runs[0]["parameters"] == {
-        "project": "TEST", "subject": "P003", "experiment_id": experiment_id, "connection": {"url": xnat.url}
+        "project": "TEST", "subject": "P004", "experiment_id": experiment_id, "connection": {"url": xnat.url, **_block_ref()}
     }
 
 
@@ -305,15 +375,18 @@ def test_docker_and_kubernetes_files_deploy(
     prefect_file = REPO_ROOT / "deployments" / flavour / "prefect.yaml"
     entries = yaml.safe_load(prefect_file.read_text())["deployments"]
     names = [e["name"] for e in entries if (REPO_ROOT / e["entrypoint"].split(":")[0]).is_file()]
-    result = run_cli(["--no-prompt", "deploy", "--prefect-file", str(prefect_file), *[a for n in names for a in ("-n", n)]], cli_env)
+    # The Block named, the inbox values not: the inbox schedule is created inactive.
+    result = run_cli(["--no-prompt", "deploy", "--prefect-file", str(prefect_file), *[a for n in names for a in ("-n", n)]],
+                     {**cli_env, "XNAT_CREDENTIALS_BLOCK": BLOCK})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     upload = api.deployment("upload-dicom-session", f"upload-session-{suffix}")
     inbox = api.deployment("ingest-inbox", f"inbox-ingest-{suffix}")
     try:
         assert upload["work_pool_name"] == pool and variable in upload["job_variables"]
-        assert upload["parameters"]["connection"] == {"credentials_block": "xnat"}
+        assert upload["parameters"]["connection"] == _block_ref()
         assert upload["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/xnat-flows"}}]
-        assert inbox["schedules"] and inbox["parameters"]["connection"] == {"credentials_block": "xnat"}
+        assert inbox["parameters"]["connection"] == _block_ref()
+        assert [s["active"] for s in inbox["schedules"]] == [False] and "inbox_dir" not in inbox["parameters"]
     finally:
         # Leave only the process flavour on the server, so its trigger is the one that reacts to events.
         api.delete_deployments(names)
@@ -327,13 +400,14 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
     the server never sees two imports at once."""
     second_worker = start_group(
         [prefect_cli(), "worker", "start", "--pool", POOL, "--limit", "4"],
-        {**cli_env, "XNAT_USER": "admin", "XNAT_PASS": "admin", "PREFECT_WORKER_QUERY_SECONDS": "2"},
+        {**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "2"},
         tmp_path / "second-worker.log",
     )
     try:
         xnat = xnat_emulator_factory(projects=("TEST",), rebuild_idle_seconds=0.5)
         xnat.faults.add(path="/data/services/import", delay_ms=1000, times=None)  # imports take a second
         limit = "xnat-uploads:" + xnat.url.split("://", 1)[1]
+        _save_block(cli_env, "e2e-gcl", xnat.url)
         created = run_cli(["gcl", "create", limit, "--limit", "1"], cli_env)
         assert created.returncode == 0, created.stdout + created.stderr
         try:
@@ -342,7 +416,7 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
                 source = tmp_path / f"export{n}"
                 write_session(source, patient_id=f"GCL{n}", series=2, instances=1)
                 request = {"source_dir": str(source), "project": "TEST", "subject": f"GCL{n}", "session": f"GCL{n}_MR", "workers": 2}
-                runs.append(api.run_deployment(deployed["upload-session"]["id"], {"request": request, "connection": {"url": xnat.url}}))
+                runs.append(api.run_deployment(deployed["upload-session"]["id"], {"request": request, "connection": _block_ref("e2e-gcl")}))
             for run_id in runs:
                 _wait_completed(api, run_id, worker)
             assert xnat.stats()["imports"] == 6
@@ -351,3 +425,20 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
             api.http.delete(f"v2/concurrency_limits/{limit}")
     finally:
         stop_group(second_worker)
+
+
+def test_deploy_without_site_values_says_what_is_missing(deployed: dict[str, dict], api: PrefectApi,
+                                                         cli_env: dict[str, str], site_inbox: Path) -> None:
+    no_block = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], cli_env)
+    assert no_block.returncode != 0 and "XNAT_CREDENTIALS_BLOCK is not set" in no_block.stdout + no_block.stderr
+    unknown = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, "XNAT_CREDENTIALS_BLOCK": "no-such-block"})
+    assert unknown.returncode != 0 and "no xnat-credentials Block of that name" in unknown.stdout + unknown.stderr
+
+    # Block named, inbox values not: deployed, with the schedule inactive (it would fail every 5 minutes).
+    without_inbox = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, "XNAT_CREDENTIALS_BLOCK": BLOCK})
+    assert without_inbox.returncode == 0, (without_inbox.stdout + without_inbox.stderr)[-3000:]
+    assert "schedule is created INACTIVE" in without_inbox.stdout + without_inbox.stderr
+    inbox = api.deployment("ingest-inbox", "inbox-ingest")
+    assert [s["active"] for s in inbox["schedules"]] == [False]
+    assert not api.flow_runs(inbox["id"]) or all(r["state_type"] != "SCHEDULED" for r in api.flow_runs(inbox["id"]))
+    # Last in this module: the inbox deployment now lacks the values the tests above relied on.

@@ -86,10 +86,19 @@ def test_direct_archive_upload_emits_uploaded_then_archived(events_worker: Event
 
 
 def test_prearchive_upload_is_not_announced_as_archived(events_worker: EventsWorker) -> None:
-    emitted = emit_session_uploaded(_outcome(), SERVER, direct_archive=False)
+    # Verified in the prearchive (a project that holds uploads): no experiment ID, not archived yet.
+    held = _outcome(experiment_id=None, session_uri="/data/prearchive/projects/TEST/20240115_120000123/P001_20240115")
+    emitted = emit_session_uploaded(held, SERVER, direct_archive=False)
     assert [e.event for e in emitted] == [SESSION_UPLOADED]
     unverified = emit_session_uploaded(_outcome(verified=None, experiment_id=None), SERVER, direct_archive=True)
     assert [e.event for e in unverified] == [SESSION_UPLOADED]
+
+
+def test_prearchive_upload_that_auto_archive_took_in_is_announced_as_archived(events_worker: EventsWorker) -> None:
+    """direct_archive=False into an auto-archive project: verification found it archived, so processing chains."""
+    emitted = emit_session_uploaded(_outcome(), SERVER, direct_archive=False)
+    assert [e.event for e in emitted] == [SESSION_UPLOADED, SESSION_ARCHIVED]
+    assert emitted[1].payload == {"via": "auto-archive"}
 
 
 def test_archived_and_failed_helpers_take_plain_fields(events_worker: EventsWorker) -> None:

@@ -245,3 +245,169 @@ def test_file_meta_scan_equals_the_full_scan_on_a_real_export_tree() -> None:
     assert _comparable(meta) == _comparable(full)
     assert reasons(meta) == reasons(full)
     assert sum(1 for f in meta.files if not f.study_uid) > 20  # most confirmed without pydicom
+
+
+# -- headers="full": UIDs read by the Part-10 walker, pydicom only for what it cannot confirm ----------
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_quick_full_read_equals_pydicom_on_its_whole_test_corpus(tmp_path: Path) -> None:
+    """Every file pydicom ships (all syntaxes, sequences, odd encodings) is classified exactly as
+    the pydicom read classifies it, and most ordinary images without pydicom."""
+    import pydicom.data
+
+    from xnat_flows.transfer import scan
+
+    root = Path(pydicom.data.__file__).parent / "test_files"
+    quick = 0
+    calls: list[Path] = []
+    real = scan.read_header
+
+    def counting(path: Path, root_: Path, st: os.stat_result):  # noqa: ANN202
+        calls.append(path)
+        return real(path, root_, st)
+
+    compared = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = path.stat()
+        expected = real(path, root, st)
+        calls.clear()
+        scan.read_header = counting
+        try:
+            got = scan.read_file_header(path, root, st)
+        finally:
+            scan.read_header = real
+        assert got == expected, path
+        compared += 1
+        quick += not calls and isinstance(got, scan.DicomFile)
+    assert compared > 150
+    assert quick > 60  # confirmed by the walker alone
+
+
+def test_full_scan_of_a_synthetic_session_needs_no_pydicom(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from xnat_flows.testing.synth import write_studies
+
+    manifest = write_studies(tmp_path, studies=2, series=2, instances=6, instance_kb=8)
+    code = ("import sys; from xnat_flows.transfer.scan import scan_directory; "
+            f"r = scan_directory({str(tmp_path)!r}); "
+            "print(len(r.files), len(r.study_uids), 'pydicom' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(len(manifest.files)), "2", "False"]
+    result = scan_directory(tmp_path)
+    assert {(f.sop_instance_uid, f.study_uid, f.series_uid, f.series_number) for f in result.files} == {
+        (f.sop_instance_uid, f.study_uid, f.series_uid, f.series_number) for f in manifest.files}
+
+
+def test_quick_read_skips_sequences_of_undefined_length(tmp_path: Path) -> None:
+    """Nested sequences (both VR encodings) and a sequence of undefined length before the study UID."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from xnat_flows.transfer.scan import read_file_header, read_header
+
+    for syntax in ("1.2.840.10008.1.2.1", ImplicitVRLittleEndian):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        inner = Dataset()
+        inner.ReferencedSOPInstanceUID = "1.2.3"
+        inner.ReferencedImageSequence = [Dataset()]
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedImageSequence = [inner]
+        ds.ReferencedImageSequence = [item, item]
+        ds.file_meta.TransferSyntaxUID = syntax
+        path = tmp_path / f"seq_{syntax}"
+        ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True)
+        assert read_file_header(path, tmp_path, path.stat()) == read_header(path, tmp_path, path.stat())
+    # pydicom writes defined lengths: rewrite one sequence and its item with undefined lengths
+    from xnat_flows.transfer.part10 import read_file_meta, read_series_keys
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.ReferencedImageSequence = [Dataset()]
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3"
+    path = tmp_path / "undefined"
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    meta = read_file_meta(raw)
+    # (0008,1140) SQ with a defined length -> undefined length + item/sequence delimiters
+    tag = b"\x08\x00\x40\x11SQ\x00\x00"
+    at = raw.index(tag)
+    seq_len = int.from_bytes(raw[at + 8:at + 12], "little")
+    body = raw[at + 12:at + 12 + seq_len]
+    item_len = int.from_bytes(body[4:8], "little")
+    item = body[:4] + b"\xff\xff\xff\xff" + body[8:8 + item_len] + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+    undefined = raw[:at] + tag + b"\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" + raw[at + 12 + seq_len:]
+    path.write_bytes(undefined)
+    keys = read_series_keys(undefined, meta)
+    assert keys is not None and keys.study_uid == ds.StudyInstanceUID and keys.series_number == ds.SeriesNumber
+    assert read_file_header(path, tmp_path, path.stat()) == read_header(path, tmp_path, path.stat())
+
+
+@pytest.mark.parametrize("headers", ["full", "file-meta"])
+def test_deflated_files_are_found_and_a_cut_one_is_skipped(tmp_path: Path, headers: str) -> None:
+    """Deflated Explicit VR Little Endian: the pixel data's end is an offset in the inflated
+    stream, so it is checked against the inflated length, not the file's size."""
+    data = Path(get_testdata_file("image_dfl.dcm")).read_bytes()
+    (tmp_path / "image_dfl.dcm").write_bytes(data)
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 600])
+    result = scan_directory(tmp_path, headers=headers)
+    assert [f.relpath for f in result.files] == ["image_dfl.dcm"]
+    assert result.files[0].transfer_syntax == "1.2.840.10008.1.2.1.99"
+    assert "truncated" in reasons(result)["cut.dcm"]
+
+
+def test_unreadable_files_and_folders_are_failures_and_junk_is_not(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    import xnat_flows.transfer.scan as scan
+
+    (study_dir / "notes.txt").write_text("junk")
+    (study_dir / "closed").mkdir()
+    real_open, real_scandir = builtins.open, os.scandir
+
+    def flaky_open(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - root reads everything, so refuse here
+        if Path(path).match("series1/IM0002"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    def flaky_scandir(path):  # noqa: ANN001, ANN202
+        if Path(path).name == "closed":
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(scan, "open", flaky_open, raising=False)
+    monkeypatch.setattr(scan.os, "scandir", flaky_scandir)
+    result = scan_directory(study_dir)
+    assert sorted(s.path.relative_to(study_dir).as_posix() for s in result.unreadable) == ["closed", "series1/IM0002"]
+    assert not [s for s in result.skipped if s.path.name == "notes.txt"][0].unreadable
+
+
+def _rewrite_with(path: Path, target: Path, mtime_ns: int, **changes: object) -> None:
+    ds = pydicom.dcmread(path)
+    for name, value in changes.items():
+        setattr(ds, name, value)
+    ds.save_as(target, enforce_file_format=True)
+    os.utime(target, ns=(mtime_ns, mtime_ns))
+
+
+def test_two_different_files_for_one_instance_send_the_newest_and_say_so(study_dir: Path) -> None:
+    """A corrected re-export beside the original: the newer file is sent, whatever its path."""
+    original = study_dir / "series2" / "IM0001"
+    corrected = study_dir / "a_corrected" / "IM0001"  # sorts first by path
+    corrected.parent.mkdir()
+    base = original.stat().st_mtime_ns
+    _rewrite_with(original, corrected, base - 10**9, PatientComments="corrected")
+    os.utime(original, ns=(base, base))
+    # the first by path is the older: before, the first by path won silently
+    result = scan_directory(study_dir)
+    [sent] = [f for f in result.files if f.sop_instance_uid == pydicom.dcmread(original).SOPInstanceUID]
+    assert sent.path == original
+    assert reasons(result)["IM0001"].startswith("conflicting copy: same SOP Instance UID as series2/IM0001")
+    assert [[v.relpath for v in c] for c in result.conflicts] == [["a_corrected/IM0001", "series2/IM0001"]]
+    oldest = scan_directory(study_dir, duplicates="oldest")
+    assert corrected in {f.path for f in oldest.files} and original not in {f.path for f in oldest.files}
+    with pytest.raises(InputError, match="held by different files") as info:
+        scan_directory(study_dir, duplicates="stop")
+    assert "a_corrected/IM0001 and series2/IM0001" in str(info.value)
+    meta = scan_directory(study_dir, headers="file-meta")
+    assert sent.path in {f.path for f in meta.files} and len(meta.conflicts) == 1

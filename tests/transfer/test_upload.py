@@ -369,10 +369,15 @@ def test_ctrl_c_during_batches_stops_the_streams(tmp_path: Path) -> None:
     creds = Credentials(url="http://xnat.test", username="u", token=SecretStr("TOKEN0000001"))
     client = XnatClient(creds, transport=SlowNetwork(), token_cache=None)
     timer = threading.Timer(0.15, os.kill, (os.getpid(), signal.SIGINT))
+    # pytest-xdist workers ignore SIGINT; Python's own handler turns it into KeyboardInterrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        upload_batches(client, files, TARGET, workers=2)  # would take 1.6 s per batch
-    timer.join()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            upload_batches(client, files, TARGET, workers=2)  # would take 1.6 s per batch
+    finally:
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
     assert client.cancelled
     assert time.monotonic() - started < 1.2

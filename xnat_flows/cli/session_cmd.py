@@ -34,7 +34,8 @@ def upload(
     subject: Annotated[str, typer.Option("--subject", "-S", help="Subject label.")],
     session: Annotated[str, typer.Option("--session", "-E", help="Session (experiment) label.")],
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Parallel uploads (DICOM-zip: batches).")] = 4,
-    archive_format: Annotated[Literal["tar", "zip"], typer.Option("--archive-format", help="Format of each batch.")] = "tar",
+    archive_format: Annotated[Literal["auto", "tar", "tgz", "zip"], typer.Option(
+        "--archive-format", help="Format of each batch; auto: tgz on a slow link (round trip >= 5 ms), else tar.")] = "auto",
     direct_archive: Annotated[
         bool, typer.Option("--direct-archive/--prearchive", help="Archive directly (XNAT 1.8.3+) or stage.")
     ] = True,
@@ -46,6 +47,8 @@ def upload(
         bool, typer.Option("--into-other-study", help="Upload even into a session holding another study.")
     ] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare.")] = True,
+    duplicates: Annotated[Literal["newest", "oldest", "stop"], typer.Option(
+        "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop.")] = "newest",
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
     as_json: JsonOption = False,
     *,
@@ -59,7 +62,7 @@ def upload(
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.scan import scan_directory
     from xnat_flows.transfer.session import plan_sessions, upload_session
-    from xnat_flows.transfer.upload import UploadTarget
+    from xnat_flows.transfer.upload import UploadTarget, choose_archive_format
 
     # Local input first: a bad label, path or study mix fails before anything is sent.
     target = UploadTarget(project=project, subject=subject, session=session, direct_archive=direct_archive)
@@ -67,26 +70,35 @@ def upload(
         with connection.client(projects=(project,)) as client:
             credentials = client.credentials
         _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials,
-                          connection.profile, as_json, into_other_study)
+                          connection.profile, as_json, into_other_study, duplicates)
         return
-    scan = scan_directory(source)
+    scan = scan_directory(source, duplicates=duplicates)
     plan_sessions(scan, target, per_study=per_study)
     label = "gradual-DICOM" if gradual else "DICOM-zip"
-    with connection.client(projects=(project,)) as client, _progress_bar(label, enabled=not as_json) as progress:
-        result = upload_session(
-            client, scan, target, workers=workers, fmt=archive_format, gradual=gradual, per_study=per_study,
-            journal=UploadJournal(), progress=progress, verify=verify, allow_other_study=into_other_study,
-        )
+    with connection.client(projects=(project,)) as client:
+        if archive_format == "auto" and not gradual:
+            archive_format, why = choose_archive_format(client)
+            if not as_json:
+                typer.echo(f"archive format: {archive_format} ({why})")
+        with _progress_bar(label, enabled=not as_json) as progress:
+            result = upload_session(
+                client, scan, target, workers=workers, fmt=archive_format if archive_format != "auto" else "tar",
+                gradual=gradual, per_study=per_study, journal=UploadJournal(), progress=progress, verify=verify,
+                allow_other_study=into_other_study,
+            )
     if as_json:
-        typer.echo(json.dumps(_summary(result), indent=2))
+        summary = _summary(result)
+        summary["conflicts"] = [[v.relpath for v in versions] for versions in scan.conflicts]
+        typer.echo(json.dumps(summary, indent=2))
     else:
         _report(result)
+        _report_conflicts(scan, duplicates)
     if not result.ok:
         raise typer.Exit(EXIT_PARTIAL)
 
 
 def _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials, profile, as_json,
-                      into_other_study) -> None:
+                      into_other_study, duplicates="newest") -> None:
     from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
     from xnat_flows.client.errors import XnatError
@@ -103,6 +115,7 @@ def _upload_with_flow(source, target, workers, archive_format, gradual, per_stud
         source_dir=str(source), project=target.project, subject=target.subject, session=target.session,
         workers=workers, archive_format=archive_format, direct_archive=target.direct_archive, per_study=per_study,
         verify=verify, transport="gradual-dicom" if gradual else "dicom-zip", allow_other_study=into_other_study,
+        duplicates=duplicates,
     )
     with ephemeral_server_dies_with_this_process():
         try:
@@ -194,13 +207,32 @@ def _summary(result) -> dict:
             }
             for study in result.sessions
         ],
-        "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped],
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped if not s.unreadable],
+        "unreadable": [{"path": str(s.path), "reason": s.reason} for s in result.skipped if s.unreadable],
     }
 
 
+def _report_skipped(skipped: list) -> None:
+    """Junk first, then what could not be read: a failure of the upload, listed apart."""
+    for item in skipped:
+        if not item.unreadable:
+            typer.echo(f"skipped {item.path}: {item.reason}", err=True)
+    unreadable = [item for item in skipped if item.unreadable]
+    for item in unreadable:
+        typer.echo(f"not read, not sent: {item.path}: {item.reason}", err=True)
+    if unreadable:
+        typer.echo(f"{len(unreadable)} files or folders could not be read: make them readable and run the same "
+                   "command again to send them.", err=True)
+
+
+def _report_conflicts(scan, duplicates: str) -> None:
+    if scan.conflicts:
+        typer.echo(f"{len(scan.conflicts)} SOP Instance UIDs are held by different files (listed as conflicting copy): "
+                   f"sent the {duplicates} of each by modification time; --duplicates newest|oldest|stop to choose.", err=True)
+
+
 def _report(result) -> None:
-    for skipped in result.skipped:
-        typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    _report_skipped(result.skipped)
     for study in result.sessions:
         t = study.target
         where = study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else "?")
@@ -242,6 +274,8 @@ def upload_dicom(
     project: Annotated[str | None, typer.Option("--project", "-P", help="Route to this project (PatientComments of the sent copy).")] = None,
     subject: Annotated[str | None, typer.Option("--subject", "-S", help="With --project: route to this subject.")] = None,
     session: Annotated[str | None, typer.Option("--session", "-E", help="With --project: route to this session label.")] = None,
+    duplicates: Annotated[Literal["newest", "oldest", "stop"], typer.Option(
+        "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop.")] = "newest",
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -266,7 +300,7 @@ def upload_dicom(
     else:
         _check_project_if_logged_in(connection, project)
     echo(host, port, called_aet, calling_aet)
-    scan = scan_directory(source, headers="file-meta")  # all a C-STORE needs, ~35x faster
+    scan = scan_directory(source, headers="file-meta", duplicates=duplicates)  # all a C-STORE needs
     if not scan.files:
         raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
     # a progress bar only on a terminal: into a pipe or a log rich draws nothing useful, and its
@@ -297,17 +331,19 @@ def upload_dicom(
     result = send.result
     if as_json:
         typer.echo(json.dumps({
-            "ok": result.ok and not send.in_doubt, "sent": len(result.sent), "failed": len(result.failed),
+            "ok": result.ok and not send.in_doubt and not scan.unreadable, "sent": len(result.sent), "failed": len(result.failed),
             "skipped": len(result.skipped), "resumed": send.resumed, "in_doubt": len(send.in_doubt),
             "bytes_sent": result.bytes_sent, "seconds": round(result.seconds, 3),
             "instances_per_second": round(result.instances_per_second, 1),
             "not_stored": [{"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
                            for o in result.failed + result.skipped],
-            "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped],
+            "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped if not s.unreadable],
+            "unreadable": [{"path": str(s.path), "reason": s.reason} for s in scan.unreadable],
+            "conflicts": [[v.relpath for v in versions] for versions in scan.conflicts],
         }, indent=2))
     else:
-        for skipped in scan.skipped:
-            typer.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+        _report_skipped(scan.skipped)
+        _report_conflicts(scan, duplicates)
         for failed in result.failed + result.skipped:
             typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
         if send.resumed:
@@ -317,7 +353,7 @@ def upload_dicom(
         typer.echo(result.summary())
     if send.in_doubt:
         typer.echo(f"warning: {in_doubt_warning(send.in_doubt)}", err=True)
-    if not result.ok:
+    if not result.ok or scan.unreadable:
         typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
         raise typer.Exit(EXIT_PARTIAL)
     if send.in_doubt:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -24,6 +24,8 @@ def synth(
     subject: Annotated[str | None, typer.Option(help="With --project: also 'Subject:Y'.")] = None,
     session: Annotated[str | None, typer.Option(help="With --project: also 'Session:Z'.")] = None,
     junk: Annotated[bool, typer.Option("--junk", help="Add DICOMDIR, hidden, text/PDF and truncated files.")] = False,
+    pixels: Annotated[Literal["phantom", "random"], typer.Option(
+        help="Pixel data: a noisy head phantom that compresses as real MR/CT does (~2x gzip), or random bytes.")] = "phantom",
 ) -> None:
     """Write synthetic DICOM studies laid out like a scanner export."""
     from xnat_flows.testing.synth import SOP_CLASS_BY_MODALITY, SynthRouting, write_studies
@@ -36,7 +38,7 @@ def synth(
     started = time.perf_counter()
     manifest = write_studies(
         out_dir, studies=studies, series=series, instances=instances, instance_kb=instance_kb, seed=seed,
-        junk=junk, modality=modality, patient_id=patient_id, routing=routing,
+        junk=junk, modality=modality, patient_id=patient_id, routing=routing, pixels=pixels,
     )
     seconds = time.perf_counter() - started
     typer.echo(

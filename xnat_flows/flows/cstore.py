@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
 
 from xnat_flows.client.errors import InputError, XnatError
+from xnat_flows.events import SessionRef, absolute_uri, emit_session_event, SESSION_ARCHIVED, emit_upload_failed, public_base_url
 from xnat_flows.models import (
     DicomReceiverTarget,
     InstanceFailure,
     SendDicomRequest,
     SendDicomResult,
-    SkippedInput,
+    XnatConnection,
 )
-from xnat_flows.tasks.cstore import check_receiver_limit, echo_receiver, resolve_receiver, send_instances
+from xnat_flows.tasks.connection import credentials_for, server_url_for_report
+from xnat_flows.tasks.cstore import (
+    check_receiver_limit,
+    echo_receiver,
+    resolve_receiver,
+    send_instances,
+    wait_for_archived_studies,
+)
 from xnat_flows.tasks.upload import scan_dicom_directory
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 
@@ -22,17 +33,51 @@ class SendIncompleteError(XnatError):
     """Some instances were not stored; the message lists them and a re-run sends only those."""
 
 
-@flow(name="send-dicom", validate_parameters=True)
-def send_dicom(request: SendDicomRequest, receiver: DicomReceiverTarget) -> SendDicomResult:
-    """Send every DICOM instance under a directory to a DICOM receiver over parallel associations."""
+def _run_name() -> str:
+    receiver = flow_run.parameters.get("receiver") or {}
+    if not isinstance(receiver, dict):
+        receiver = receiver.model_dump()
+    block = receiver.get("block")
+    host = receiver.get("host") or (getattr(block, "host", None) if block is not None else None) or "receiver"
+    port = receiver.get("port") or (getattr(block, "port", None) if block is not None else None) or 8104
+    return f"send-dicom {host}:{port}"
+
+
+@flow(name="send-dicom", validate_parameters=True, flow_run_name=_run_name)
+def send_dicom(
+    request: SendDicomRequest, receiver: DicomReceiverTarget, connection: XnatConnection = XnatConnection()
+) -> SendDicomResult:
+    """Send every DICOM instance under a directory to a DICOM receiver over parallel associations;
+    with ``request.verify``, wait until XNAT has archived what was sent and announce each session.
+
+    Args:
+        request: What to send (source directory), routing, parallelism, and whether to wait for the archive.
+        receiver: The DICOM receiver: an xnat-dicom-receiver Block, or host, port and AE titles.
+        connection: With verify: the xnat-credentials Block of the XNAT behind the receiver (the deployment's
+            default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+    """
+    try:
+        return _send(request, receiver, connection)
+    except Exception as exc:
+        # Every failure, before the first instance too (receiver down, no files), is announced.
+        project = request.routing_project or "unknown"
+        emit_upload_failed(server_url_for_report(connection), project, request.routing_subject or None,
+                           request.routing_session or None, exc, source=request.source_dir)
+        raise
+
+
+def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: XnatConnection) -> SendDicomResult:
     logger = get_run_logger()
     receiver = resolve_receiver(receiver)
+    server_url = credentials_for(connection).url if request.verify else None  # no Block/credentials: fail now
     echo_receiver(receiver)
-    scan = scan_dicom_directory(request.source_dir, headers="file-meta")
+    # Verifying needs each file's StudyInstanceUID (in the dataset, not the file meta).
+    scan = scan_dicom_directory(request.source_dir, headers="full" if request.verify else "file-meta")
     if not scan.files:
-        raise InputError(f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped)")
+        raise InputError(f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
+                         "point the request's source_dir at the folder that holds the DICOM export")
     routing = (
-        RoutingOverride(request.routing_project, request.routing_subject, request.routing_session)
+        RoutingOverride(request.routing_project, request.routing_subject or None, request.routing_session or None)
         if request.routing_project else None
     )
     limit = check_receiver_limit(receiver)
@@ -43,7 +88,8 @@ def send_dicom(request: SendDicomRequest, receiver: DicomReceiverTarget) -> Send
         sent=len(sent.sent),
         resumed=resumed,
         failed=[InstanceFailure(path=str(o.path), status=o.status_hex, meaning=o.reason or o.meaning) for o in sent.failed + sent.skipped],
-        skipped=[SkippedInput(path=str(s.path), reason=s.reason) for s in scan.skipped],
+        skipped=list(scan.skipped),
+        unreadable=list(scan.unreadable),
         bytes_sent=sent.bytes_sent,
         seconds=round(sent.seconds, 3),
         instances_per_second=round(sent.instances_per_second, 1),
@@ -55,9 +101,26 @@ def send_dicom(request: SendDicomRequest, receiver: DicomReceiverTarget) -> Send
     )
     logger.info("%s (%d delivered by an earlier run)", sent.summary(), resumed)
     if not result.ok:
-        examples = "; ".join(f"{f.path}: {f.status} {f.meaning}" for f in result.failed[:5])
+        examples = "; ".join([f"{f.path}: {f.status} {f.meaning}" for f in result.failed[:5]]
+                             + [f"{u.path}: {u.reason}" for u in result.unreadable[:5]])
         raise SendIncompleteError(
-            f"{len(result.failed)} of {len(scan.files)} instances were not stored ({examples}); "
-            "re-run the same flow to send only those"
+            f"{len(result.failed)} of {len(scan.files)} instances were not stored and {len(result.unreadable)} files or "
+            f"folders could not be read ({examples}); re-run the same flow to send only those"
         )
+    if request.verify and server_url is not None:
+        instances = Counter(f.study_uid for f in scan.files)
+        result.archived = wait_for_archived_studies(connection, dict(instances), request.routing_project or None,
+                                                    request.verify_timeout_seconds)
+        lines = ["| study | session | experiment | files | URI |", "|---|---|---|---|---|"]
+        for study in result.archived:
+            web = f"{public_base_url(server_url)}/data/experiments/{study.experiment_id}?format=html"
+            logger.info("study %s archived as %s/%s/%s (%s, %d files): %s", study.study_uid, study.project,
+                        study.subject, study.label, study.experiment_id, study.files_found, web)
+            lines.append(f"| {study.study_uid} | {study.project}/{study.subject}/{study.label} | "
+                         f"[{study.experiment_id}]({web}) | {study.files_found} | {absolute_uri(server_url, study.uri)} |")
+            ref = SessionRef(server_url, study.project, study.subject, study.label, study.experiment_id, study.uri)
+            emit_session_event(SESSION_ARCHIVED, ref, {"via": "c-store", "study_uid": study.study_uid,
+                                                      "files": study.files_found})
+        create_markdown_artifact(markdown="\n".join(lines), key="xnat-cstore-landing",
+                                 description="Where the C-STORE'd studies landed in XNAT")
     return result

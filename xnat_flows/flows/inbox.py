@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -27,12 +27,13 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
 from xnat_flows.client.errors import (
+    InputError,
     NotFoundError,
     PermissionDeniedError,
     TransientError,
 )
 from xnat_flows.events import emit_upload_failed, public_base_url, redact
-from xnat_flows.flows.upload import upload_dicom_session
+from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
 from xnat_flows.inbox import (
     FolderClaim,
     InboxLayout,
@@ -44,9 +45,9 @@ from xnat_flows.inbox import (
     utc_now,
     write_json_atomic,
 )
-from xnat_flows.models import UploadRequest, UploadSessionResult, XnatConnection
+from xnat_flows.models import PROJECT_ID_PATTERN, UploadRequest, UploadSessionResult, XnatConnection
 from xnat_flows.routing import Route, RoutingError, route_folder
-from xnat_flows.tasks.connection import credentials_for, open_client
+from xnat_flows.tasks.connection import credentials_for, open_client, server_url_for_report
 from xnat_flows.tasks.policies import retry_unless_permanent
 
 Status = Literal["done", "failed", "retry"]
@@ -63,6 +64,7 @@ class InboxItem(BaseModel):
     subject: str | None = None
     session: str | None = None
     experiment_id: str | None = None
+    files_delivered: int = 0
     files_sent: int = 0
     recovered: bool = Field(default=False, description="Taken over from a run that stopped in the middle.")
     error: str | None = None
@@ -77,9 +79,14 @@ class InboxRunResult(BaseModel):
     def failed(self) -> list[InboxItem]:
         return [item for item in self.items if item.status == "failed"]
 
+    @property
+    def retrying(self) -> list[InboxItem]:
+        return [item for item in self.items if item.status == "retry"]
+
 
 class InboxFolderFailed(Exception):
-    """Raised at the end of a run in which folders went to failed/, so the run shows as Failed."""
+    """Raised at the end of a run in which folders went to failed/ or could not be uploaded (kept
+    for the next run), so the run shows as Failed and alerting on failed runs fires."""
 
 
 @task(name="check-project", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=10,
@@ -123,15 +130,15 @@ class _InboxRun:
         return self.project_problems[project]
 
 
-@flow(name="ingest-inbox", validate_parameters=True)
+@flow(name="ingest-inbox", validate_parameters=True, flow_run_name="inbox {inbox_dir} -> {project}")
 def ingest_inbox(
     inbox_dir: str,
-    project: str,
+    project: Annotated[str, Field(pattern=PROJECT_ID_PATTERN)],
     subject_template: str = "{PatientID}",
     session_template: str = "{PatientID}_{StudyDate}",
-    quiet_seconds: float = 60.0,
+    quiet_seconds: Annotated[float, Field(ge=0, le=86400)] = 60.0,
     transport: Literal["dicom-zip", "gradual-dicom"] = "dicom-zip",
-    workers: int = 4,
+    workers: Annotated[int, Field(ge=1, le=64)] = 4,
     connection: XnatConnection = XnatConnection(),
     sidecar_name: str = "xnat.json",
     direct_archive: bool = True,
@@ -139,19 +146,43 @@ def ingest_inbox(
 ) -> InboxRunResult:
     """Upload each completed session folder of ``inbox_dir`` and file it under done/ or failed/.
 
-    Templates are Python format strings over DICOM keywords of the folder's first DICOM file, plus
-    ``{folder}``; a ``sidecar_name`` JSON file in a folder (project/subject/session) overrides them.
-    ``per_study`` uploads a folder holding several studies as one session per study (_1, _2, ...).
+    A folder the server could not take (unreachable, refused, incomplete upload) stays in
+    processing/ for the next run, and the run ends Failed so that alerting on failed runs fires.
+
+    Args:
+        inbox_dir: Directory on the worker host where session folders are dropped (done/, failed/ and
+            processing/ are made inside). Set at deploy time from XNAT_INBOX_DIR.
+        project: XNAT project ID for folders whose sidecar names none. Set at deploy time from XNAT_INBOX_PROJECT.
+        subject_template: Subject label: a Python format string over DICOM keywords of the folder's first
+            DICOM file, plus {folder}, e.g. {PatientID}.
+        session_template: Session label, same form, e.g. {PatientID}_{StudyDate}.
+        quiet_seconds: A folder is complete once nothing in it changed for this many seconds.
+        transport: dicom-zip (one archive per batch) or gradual-dicom (one instance per request).
+        workers: Parallel uploads per folder (batches, or connections for gradual-dicom).
+        connection: The xnat-credentials Block to use (set at deploy time from XNAT_CREDENTIALS_BLOCK).
+        sidecar_name: Name of a JSON file in a folder ({"project", "subject", "session"}) whose keys win over the templates.
+        direct_archive: Straight into the archive (XNAT 1.8.3+); off: into the prearchive.
+        per_study: A folder holding several studies becomes one session per study (label + 8 hex digits of its StudyInstanceUID).
     """
     logger = get_run_logger()
+    if not inbox_dir.strip() or not project.strip():
+        raise InputError(
+            "the inbox deployment has no inbox directory or project",
+            hint="Redeploy with XNAT_INBOX_DIR and XNAT_INBOX_PROJECT set (docs/deployments.md), or give inbox_dir "
+            "and project in this run's parameters",
+        )
+    try:
+        server_url = credentials_for(connection).url
+    except Exception as exc:
+        # No Block, unknown Block, no credentials on the worker: nothing can be uploaded; say so as an upload failure.
+        emit_upload_failed(server_url_for_report(connection), project, None, None, exc, source=inbox_dir)
+        raise
     layout = InboxLayout(Path(inbox_dir).expanduser().resolve())
     layout.ensure()
     run = _InboxRun(
         layout=layout, project=project, subject_template=subject_template, session_template=session_template,
         sidecar_name=sidecar_name, transport=transport, workers=workers, direct_archive=direct_archive,
-        per_study=per_study, connection=connection,
-        # Resolved once up front: a missing URL or Block fails the run before any folder moves.
-        server_url=credentials_for(connection).url,
+        per_study=per_study, connection=connection, server_url=server_url,
     )
     result = InboxRunResult()
 
@@ -160,7 +191,11 @@ def ingest_inbox(
         if claim is None:
             result.busy.append(folder.name)
             continue
-        logger.warning("%s was left in processing/ by a run that stopped; uploading it again", folder.name)
+        if _last_attempt(claim.path).is_file():
+            claim.recovered = False  # released by a run that could not reach XNAT, not left by a crash
+            logger.info("%s waited in processing/ for XNAT; uploading it again", folder.name)
+        else:
+            logger.warning("%s was left in processing/ by a run that stopped; uploading it again", folder.name)
         result.items.append(_ingest(run, claim))
 
     for folder in candidate_folders(layout):
@@ -176,12 +211,15 @@ def ingest_inbox(
     _publish_summary(result)
     if result.waiting:
         logger.info("still within the %.0f s quiet period: %s", quiet_seconds, ", ".join(result.waiting))
-    if result.failed:
-        raise InboxFolderFailed(
-            f"{len(result.failed)} folder(s) moved to {layout.failed}: "
-            + "; ".join(f"{item.folder}: {item.error}" for item in result.failed)
-        )
+    problems = [f"{item.folder} moved to {layout.failed}: {item.error}" for item in result.failed]
+    problems += [f"{item.folder} kept in {layout.processing} for the next run: {item.error}" for item in result.retrying]
+    if problems:
+        raise InboxFolderFailed(f"{len(problems)} folder(s) not uploaded: " + "; ".join(problems))
     return result
+
+
+def _last_attempt(path: Path) -> Path:
+    return path.with_name(path.name + ".last-attempt.json")
 
 
 def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
@@ -197,7 +235,8 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
     }
     item = InboxItem(folder=claim.original_name, status="failed", location=str(claim.path), recovered=claim.recovered)
     route: Route | None = None
-    last_attempt = claim.path.with_name(claim.path.name + ".last-attempt.json")  # survives a retry, read by people
+    last_attempt = _last_attempt(claim.path)  # survives a retry, read by people (and tells a release from a crash)
+    uploading = False
     try:
         route = route_folder(claim.path, run.project, run.subject_template, run.session_template, run.sidecar_name)
         report["route"] = {"project": route.project, "subject": route.subject, "session": route.session,
@@ -210,11 +249,15 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
             transport=run.transport, workers=run.workers, direct_archive=run.direct_archive, per_study=run.per_study,
             verify=True,
         )
-        upload = upload_dicom_session.with_options(flow_run_name=f"inbox-{route.project}-{route.session}")
-        uploaded: UploadSessionResult = upload(request=request, connection=run.connection)
-    except TransientError as exc:
-        # The server is away (connection refused, 5xx after retries): keep the folder for the next run.
+        uploading = True  # from here on the upload flow announces its own failures
+        uploaded: UploadSessionResult = upload_dicom_session(request=request, connection=run.connection)
+    except (TransientError, UploadIncompleteError) as exc:
+        # The server is away or refused part of it (connection refused, 5xx after retries, batches
+        # that did not land): keep the folder for the next run, which sends only what is missing.
         item.status, item.error = "retry", redact(f"{type(exc).__name__}: {exc}")
+        if not uploading:
+            emit_upload_failed(run.server_url, route.project if route else run.project, route.subject if route else None,
+                               route.session if route else None, item.error, source=str(claim.path))
         report.update(status="retry", error=item.error, finished_at=utc_now())
         write_json_atomic(last_attempt, report)
         claim.release()
@@ -226,7 +269,7 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
         moved, report_path = claim.finish(run.layout.failed, report)
         last_attempt.unlink(missing_ok=True)
         item.location, item.report = str(moved), str(report_path)
-        if isinstance(exc, RoutingError) or route is None:
+        if not uploading:
             # The upload flow never ran, so nobody else reports this failure.
             emit_upload_failed(run.server_url, route.project if route else run.project, route.subject if route else None,
                                route.session if route else None, item.error, source=str(moved))
@@ -234,13 +277,14 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
         return item
 
     sessions = [s.model_dump(mode="json") for s in uploaded.sessions]
-    report.update(status="done", finished_at=utc_now(), sessions=sessions, files_sent=uploaded.files_sent,
+    report.update(status="done", finished_at=utc_now(), sessions=sessions, files_delivered=uploaded.files_delivered,
+                  files_sent=uploaded.files_sent,
                   bytes_sent=uploaded.bytes_sent, seconds=uploaded.seconds,
-                  skipped=[s.model_dump(mode="json") for s in uploaded.skipped])
+                  skipped=uploaded.model_dump(mode="json", include={"skipped"})["skipped"])
     moved, report_path = claim.finish(run.layout.done, report)
     last_attempt.unlink(missing_ok=True)
     item.status, item.location, item.report = "done", str(moved), str(report_path)
-    item.files_sent = uploaded.files_sent
+    item.files_delivered, item.files_sent = uploaded.files_delivered, uploaded.files_sent
     item.experiment_id = next((s.experiment_id for s in uploaded.sessions if s.experiment_id), None)
     logger.info("%s -> %s/%s/%s (%s), moved to done/", claim.original_name, item.project, item.subject,
                 item.session, item.experiment_id or "not verified")

@@ -17,6 +17,7 @@ from xnat_flows.tasks.connection import credentials_for
 from xnat_flows.tasks.prearchive import (
     archive_session_task,
     delete_session_task,
+    wait_for_archive_task,
     xnat_tag,
 )
 
@@ -54,9 +55,15 @@ class DeleteOutcome(BaseModel):
     deleted: bool = True
 
 
-@flow(name="archive-prearchive-session", validate_parameters=True)
+@flow(name="archive-prearchive-session", validate_parameters=True,
+      flow_run_name="archive {request.project}/{request.timestamp}/{request.folder}")
 def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnection = XnatConnection()) -> ArchiveOutcome:
-    """Move a session from the prearchive into the archive (idempotent: already archived is success)."""
+    """Move a session from the prearchive into the archive (idempotent: already archived is success).
+
+    Args:
+        request: The prearchive session (project, timestamp, folder) and how to archive it.
+        connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+    """
     with tags(xnat_tag(connection)):
         # The task may legitimately wait wait_seconds before archiving; its timeout must allow that.
         outcome = archive_session_task.with_options(timeout_seconds=request.wait_seconds + 3600)(
@@ -71,8 +78,11 @@ def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnecti
             poll_seconds=request.poll_seconds,
         )
     if not outcome.already_archived and FlowRunContext.get() is not None:
-        # Chained processing deployments trigger on this event (see prefect.yaml).
-        emit_archive_outcome(outcome, credentials_for(connection).url)
+        # Chained processing deployments trigger on this event (see prefect.yaml); it names the
+        # experiment ID (looked up, bounded) so processing addresses the session unambiguously.
+        archived = wait_for_archive_task(connection, request.project, outcome.label, subject=outcome.subject,
+                                         timeout_seconds=min(request.wait_seconds, 120.0) or 10.0)
+        emit_archive_outcome(outcome, credentials_for(connection).url, experiment_id=archived.experiment_id or None)
     verb = "was already archived" if outcome.already_archived else "archived"
     publish_markdown(
         f"**{request.project}/{request.timestamp}/{request.folder}** {verb}: `{outcome.archive_uri}` "
@@ -82,9 +92,15 @@ def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnecti
     return outcome
 
 
-@flow(name="delete-prearchive-session", validate_parameters=True)
+@flow(name="delete-prearchive-session", validate_parameters=True,
+      flow_run_name="delete prearchive {session.project}/{session.timestamp}/{session.folder}")
 def delete_prearchive_session(session: PrearchiveSessionRef, connection: XnatConnection = XnatConnection()) -> DeleteOutcome:
-    """Delete a session from the prearchive (its files are removed by XNAT)."""
+    """Delete a session from the prearchive (its files are removed by XNAT).
+
+    Args:
+        session: The prearchive session (project, timestamp, folder), as `xnat-flows prearchive list` shows it.
+        connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+    """
     with tags(xnat_tag(connection)):
         delete_session_task(connection, session.project, session.timestamp, session.folder)
     publish_markdown(

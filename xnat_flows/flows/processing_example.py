@@ -11,10 +11,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 from xnat_flows.client.archive import item_fields
-from xnat_flows.models import XnatConnection
+from xnat_flows.models import PROJECT_ID_PATTERN, XnatConnection
 from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.policies import retry_unless_permanent
 
@@ -63,14 +65,21 @@ def read_session(connection: XnatConnection, project: str, subject: str | None, 
     )
 
 
-@flow(name="process-xnat-session", validate_parameters=True)
+@flow(name="process-xnat-session", validate_parameters=True, flow_run_name="process {project}/{experiment_id}")
 def process_xnat_session(
-    project: str,
-    experiment_id: str,
+    project: Annotated[str, Field(pattern=PROJECT_ID_PATTERN)],
+    experiment_id: Annotated[str, Field(min_length=1)],
     subject: str | None = None,
     connection: XnatConnection = XnatConnection(),
 ) -> ProcessedSession:
-    """Read an archived session back from XNAT and publish what it holds (the place to start a pipeline)."""
+    """Read an archived session back from XNAT and publish what it holds (the place to start a pipeline).
+
+    Args:
+        project: XNAT project ID of the session.
+        experiment_id: Experiment accession ID (XNAT_E00001), or the session label.
+        subject: Subject label (optional).
+        connection: The xnat-credentials Block (the trigger passes the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+    """
     subject = subject or None  # a trigger renders a missing event field as ""
     session = read_session(connection, project, subject, experiment_id)
     get_run_logger().info(

@@ -33,9 +33,14 @@ class AttachResourceRequest(BaseModel):
     wait_timeout_seconds: float = Field(default=600.0, gt=0, description="How long to wait for the session in the archive.")
 
 
-@flow(name="attach-resource", validate_parameters=True)
+@flow(name="attach-resource", validate_parameters=True, flow_run_name="attach {request.label} to {request.session}")
 def attach_resource(request: AttachResourceRequest, connection: XnatConnection = XnatConnection()) -> ResourceUploadResult:
-    """Attach non-DICOM files to a session or scan resource (the resource is created when missing)."""
+    """Attach non-DICOM files to a session or scan resource (the resource is created when missing).
+
+    Args:
+        request: What to attach (file or directory) and where (session or scan, resource label).
+        connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+    """
     target = ResourceTarget(session=request.session, project=request.project, subject=request.subject, scan=request.scan)
     with tags(xnat_tag(connection)):
         if request.wait_for_archive:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
+    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
@@ -13,11 +15,9 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 
 from xnat_flows.client.errors import InputError, XnatError
-from xnat_flows.events import emit_upload_result
+from xnat_flows.events import absolute_uri, emit_upload_failed, emit_upload_result, public_base_url
 from xnat_flows.models import (
-    BatchOutcome,
     SessionOutcome,
-    SkippedInput,
     UploadRequest,
     UploadSessionResult,
     XnatConnection,
@@ -25,6 +25,7 @@ from xnat_flows.models import (
 from xnat_flows.tasks.upload import (
     check_destination_task,
     check_server,
+    choose_format,
     forget_delivered,
     partition_batches,
     scan_dicom_directory,
@@ -33,41 +34,73 @@ from xnat_flows.tasks.upload import (
     verify_uploaded_session,
 )
 from xnat_flows.transfer.scan import DicomFile
-from xnat_flows.transfer.session import plan_sessions
-from xnat_flows.transfer.upload import UploadTarget
+from xnat_flows.tasks.connection import server_url_for_report
+from xnat_flows.transfer.session import StudyUploadResult, plan_sessions
+from xnat_flows.transfer.upload import BatchResult, UploadTarget
 
 
 class UploadIncompleteError(XnatError):
     """Some files did not land; the message lists them and a re-run sends only those."""
 
 
-@flow(name="upload-dicom-session", log_prints=False, validate_parameters=True)
+@flow(
+    name="upload-dicom-session", log_prints=False, validate_parameters=True,
+    flow_run_name="upload {request.project}/{request.subject}/{request.session}",
+)
 def upload_dicom_session(
     request: UploadRequest, connection: XnatConnection = XnatConnection()
 ) -> UploadSessionResult:
-    """Upload a directory of DICOM files to one XNAT session through the REST Import API."""
+    """Upload a directory of DICOM files to one XNAT session through the REST Import API.
+
+    Args:
+        request: What to upload (source directory) and where (project, subject, session), and how.
+        connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+    """
+    server_url: str | None = None
+    try:
+        _target(request)  # bad labels fail before anything else, with their own message
+        server = check_server(connection, request.direct_archive, request.project)
+        server_url = server.url
+        result = _upload(request, connection, server)
+    except UploadIncompleteError:
+        raise  # its xnat.upload.failed events are out, one per session that did not land
+    except Exception as exc:
+        # Failed before or while sending (server down, unknown project or Block, no DICOM files):
+        # an automation on xnat.upload.failed hears of it as of any other failed upload.
+        emit_upload_failed(server_url or server_url_for_report(connection), request.project, request.subject,
+                           request.session, exc, source=request.source_dir)
+        raise
+    return result
+
+
+def _upload(request: UploadRequest, connection: XnatConnection, server) -> UploadSessionResult:
     logger = get_run_logger()
     started = time.perf_counter()
-    _target(request)  # bad labels fail before anything else, with their own message
-    server = check_server(connection, request.direct_archive, request.project)
     logger.info(
         "XNAT %s; uploading %s%s", server.version or "(version unknown)", request.source_dir,
         f" (holding slots of concurrency limit {server.concurrency_limit})" if server.concurrency_limit else "",
     )
-    scan = scan_dicom_directory(request.source_dir)
+    scan = scan_dicom_directory(request.source_dir, duplicates=request.duplicates)
+    if scan.conflicts:
+        logger.warning("%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
+                       "(the others are listed as skipped, 'conflicting copy')", len(scan.conflicts), request.duplicates)
     if not scan.files:
         raise InputError(
             f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
-            "point source_dir at the folder that holds the scanner export"
+            "point the request's source_dir at the folder that holds the scanner export"
         )
     for skipped in scan.skipped:
-        logger.info("skipped %s: %s", skipped.path, skipped.reason)
+        (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
     # Every session is checked before anything is sent: none may hold another study (unless asked).
     checked = [check_destination_task(connection, target, files[0].study_uid, request.allow_other_study)
                for target, files in plans]
     plans = [(target, files) for (target, _), (_, files) in zip(checked, plans, strict=True)]
     prearchive_before = [before for _, before in checked]
+    archive_format = request.archive_format
+    if request.transport == "dicom-zip" and archive_format == "auto":
+        archive_format, why = choose_format(connection)
+        logger.info("archive format %s (%s)", archive_format, why)
 
     progress_id = create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)")
     total_files = len(scan.files)
@@ -77,71 +110,82 @@ def upload_dicom_session(
     upload_seconds = 0.0
     for (target, files), before in zip(plans, prearchive_before, strict=True):
         upload_started = time.perf_counter()
-        outcome = SessionOutcome(
-            project=target.project, subject=target.subject, session=target.session, study_uid=files[0].study_uid
-        )
+        study = StudyUploadResult(files[0].study_uid, target, len(files), sum(f.size for f in files))
         if request.transport == "gradual-dicom":
-            gradual = upload_instances(connection, files, target, request.workers, server.concurrency_limit)
-            outcome.files_sent = gradual.sent_count + gradual.resumed_count
-            outcome.bytes_sent = gradual.bytes_sent
-            outcome.failed_files = [f"{failure.relpath}: {failure.error}" for failure in gradual.failures]
-            outcome.session_uri = gradual.uris[0] if gradual.uris else None
+            study.gradual = upload_instances(connection, files, target, request.workers, server.concurrency_limit)
             done_files += len(files)
             update_progress_artifact(progress_id, 100.0 * done_files / total_files)
         else:
             batches = partition_batches(files, request.workers)
             futures = {
-                upload_batch.submit(connection, batch, target, request.archive_format, index, server.concurrency_limit): (index, batch)
+                upload_batch.submit(connection, batch, target, archive_format, index, server.concurrency_limit): (index, batch)
                 for index, batch in enumerate(batches)
             }
             for future in as_completed(list(futures)):
                 index, batch = futures[future]
-                outcome.batches.append(_batch_outcome(future, index, batch))
+                study.batches.append(_batch_result(future, index, batch))
                 done_files += len(batch)
                 update_progress_artifact(progress_id, 100.0 * done_files / total_files)
-            outcome.batches.sort(key=lambda b: b.index)
-            sent = [b for b in outcome.batches if b.ok]
-            outcome.files_sent = sum(b.files for b in sent)
-            outcome.bytes_sent = sum(b.bytes for b in sent)
-            outcome.failed_files = [
-                file.relpath for b in outcome.batches if not b.ok for file in batches[b.index]
-            ]
-            uris = [uri for future in futures if future.state.is_completed() for uri in future.result().uris]
-            outcome.session_uri = uris[0] if uris else None
+            study.batches.sort(key=lambda b: b.index)
         upload_seconds += time.perf_counter() - upload_started
-        if not outcome.failed_files:
+        if study.uploaded:
             forget_delivered(target, server.url)
-        if request.verify and not outcome.failed_files:
-            verified = verify_uploaded_session(connection, target, files, request.verify_timeout_seconds, before)
-            outcome.verified = verified.ok
-            outcome.experiment_id = verified.experiment_id
-            outcome.missing = list(verified.missing)
-            if verified.uri:
-                outcome.session_uri = verified.uri
-        outcomes.append(outcome)
+            if request.verify:
+                study.verify = verify_uploaded_session(connection, target, files, request.verify_timeout_seconds, before)
+        outcomes.append(SessionOutcome.from_study(study))
 
-    seconds = time.perf_counter() - started
-    bytes_sent = sum(o.bytes_sent for o in outcomes)
     result = UploadSessionResult(
-        sessions=outcomes,
-        skipped=[SkippedInput(path=str(s.path), reason=s.reason) for s in scan.skipped],
-        files_sent=sum(o.files_sent for o in outcomes),
-        bytes_sent=bytes_sent,
-        seconds=round(seconds, 3),
-        upload_seconds=round(upload_seconds, 3),
-        throughput_mb_s=round(bytes_sent / 1e6 / upload_seconds, 2) if upload_seconds else 0.0,
+        sessions=outcomes, skipped=list(scan.skipped), unreadable=list(scan.unreadable),
+        seconds=round(time.perf_counter() - started, 3), upload_seconds=round(upload_seconds, 3),
     )
     _publish_batch_table(result)
+    _publish_landing(result, server.url)
     # Events carry project, subject, experiment ID and URI so deployments can chain processing.
     emit_upload_result(result, server.url, direct_archive=request.direct_archive, transport=request.transport,
                        source=request.source_dir)
     if not result.ok:
         raise UploadIncompleteError(_incomplete_message(result))
     logger.info(
-        "uploaded %d files (%.1f MB) in %.1f s (%.1f MB/s); whole run %.1f s",
-        result.files_sent, result.bytes_sent / 1e6, result.upload_seconds, result.throughput_mb_s, result.seconds,
+        "uploaded %d files (%d sent by this run, %.1f MB) in %.1f s (%.1f MB/s); whole run %.1f s",
+        result.files_delivered, result.files_sent, result.bytes_sent / 1e6, result.upload_seconds,
+        result.throughput_mb_s, result.seconds,
     )
     return result
+
+
+def landing(outcome: SessionOutcome, server_url: str) -> dict[str, str | None]:
+    """Where a session landed: experiment ID, archive or prearchive URI, the session's XNAT web page,
+    and for a prearchive landing the timestamp folder (what archiving it needs)."""
+    base = public_base_url(server_url)
+    uri = absolute_uri(server_url, outcome.session_uri)
+    match = _PREARCHIVE_URI.search(outcome.session_uri or "")
+    return {
+        "experiment_id": outcome.experiment_id,
+        "uri": uri,
+        # XNAT answers a session's REST URI with format=html with its report page.
+        "web_url": f"{base}/data/experiments/{outcome.experiment_id}?format=html" if outcome.experiment_id else None,
+        "prearchive_timestamp": match["timestamp"] if match else None,
+        "where": "archive" if outcome.experiment_id else ("prearchive" if match else "unknown"),
+    }
+
+
+_PREARCHIVE_URI = re.compile(r"/prearchive/projects/[^/]+/(?P<timestamp>[^/]+)/")
+
+
+def _publish_landing(result: UploadSessionResult, server_url: str) -> None:
+    logger = get_run_logger()
+    lines = ["| session | where | experiment | URI | timestamp (prearchive) |", "|---|---|---|---|---|"]
+    for s in result.sessions:
+        where = landing(s, server_url)
+        page = f"[{where['experiment_id']}]({where['web_url']})" if where["web_url"] else ""
+        lines.append(f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {where['uri'] or ''} "
+                     f"| {where['prearchive_timestamp'] or ''} |")
+        logger.info("%s/%s/%s landed in the %s: experiment %s, %s%s%s", s.project, s.subject, s.session, where["where"],
+                    where["experiment_id"] or "-", where["uri"] or "no URI",
+                    f", web page {where['web_url']}" if where["web_url"] else "",
+                    f", prearchive timestamp {where['prearchive_timestamp']}" if where["prearchive_timestamp"] else "")
+    create_markdown_artifact(markdown="\n".join(lines), key="xnat-upload-landing",
+                             description="Where the uploaded data landed in XNAT")
 
 
 def _target(request: UploadRequest) -> UploadTarget:
@@ -153,17 +197,11 @@ def _target(request: UploadRequest) -> UploadTarget:
     )
 
 
-def _batch_outcome(future, index: int, batch: list[DicomFile]) -> BatchOutcome:
+def _batch_result(future, index: int, batch: list[DicomFile]) -> BatchResult:
     try:
-        result = future.result()
+        return future.result()
     except Exception as exc:  # noqa: BLE001 - the batch failed for good; report, do not hide it
-        return BatchOutcome(
-            index=index, files=len(batch), bytes=sum(f.size for f in batch), seconds=0.0, ok=False, error=str(exc)
-        )
-    return BatchOutcome(
-        index=index, files=len(result.files), bytes=result.bytes, seconds=round(result.seconds, 3), ok=True,
-        resumed=result.resumed,
-    )
+        return BatchResult(index, tuple(f.relpath for f in batch), sum(f.size for f in batch), 0.0, (), False, error=str(exc))
 
 
 def _publish_batch_table(result: UploadSessionResult) -> None:
@@ -181,7 +219,8 @@ def _publish_batch_table(result: UploadSessionResult) -> None:
     ] or [
         {
             "session": f"{s.project}/{s.subject}/{s.session}",
-            "files sent": s.files_sent,
+            "files delivered": s.files_delivered,
+            "files sent by this run": s.files_sent,
             "failed": len(s.failed_files),
             "verified": s.verified,
         }
@@ -192,6 +231,9 @@ def _publish_batch_table(result: UploadSessionResult) -> None:
 
 def _incomplete_message(result: UploadSessionResult) -> str:
     lines = ["upload incomplete; re-run the same upload to send what did not land:"]
+    if result.unreadable:
+        lines.append(f"  {len(result.unreadable)} files or folders could not be read (make them readable), e.g. "
+                     + "; ".join(f"{u.path}: {u.reason}" for u in result.unreadable[:3]))
     for s in result.sessions:
         if s.failed_files:
             lines.append(f"  {s.project}/{s.subject}/{s.session}: {len(s.failed_files)} files not sent, e.g. {s.failed_files[:3]}")

@@ -13,21 +13,37 @@ from contextlib import contextmanager
 
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials, resolve_credentials
+from xnat_flows.client.errors import InputError
+from xnat_flows.events import public_base_url
 from xnat_flows.models import XnatConnection
 
 
 def credentials_for(connection: XnatConnection) -> Credentials:
-    """Resolve credentials: a named Block, else explicit fields > environment > profile.
+    """Resolve credentials: the connection's Block, else explicit fields > environment > profile.
 
-    Never prompts: a flow run has no terminal.
+    Never prompts: a flow run has no terminal. A Block's password goes only to the Block's own
+    server: a run (or an event-started run) naming another URL is refused.
     """
-    if connection.credentials_block:
-        from xnat_flows.blocks import XnatCredentials
+    if connection.credentials is not None:
+        credentials = connection.credentials.to_credentials()
+        if connection.url and public_base_url(connection.url) != public_base_url(credentials.url):
+            raise InputError(
+                f"this run names the server {public_base_url(connection.url)} but its credentials Block is for "
+                f"{public_base_url(credentials.url)}; the Block's password is sent only to its own server",
+                hint="Pick the xnat-credentials Block of that server in the run's connection, or leave the URL empty",
+            )
+        return credentials
+    return resolve_credentials(url=connection.url or None, username=connection.username or None,
+                               profile=connection.profile or None, prompt=False)
 
-        credentials = XnatCredentials.load(connection.credentials_block).to_credentials()
-        overrides = {"url": connection.url, "username": connection.username}
-        return credentials.model_copy(update={k: v for k, v in overrides.items() if v})
-    return resolve_credentials(url=connection.url, username=connection.username, profile=connection.profile, prompt=False)
+
+def server_url_for_report(connection: XnatConnection) -> str:
+    """The server to name in an ``xnat.upload.failed`` event, even when resolving the credentials
+    is what failed (no Block, no credentials on the worker): then the URL given, or "unknown"."""
+    try:
+        return credentials_for(connection).url
+    except Exception:  # noqa: BLE001 - the failure being reported may be exactly this one
+        return connection.url or "unknown"
 
 
 def open_client(connection: XnatConnection, credentials: Credentials | None = None) -> XnatClient:
@@ -42,9 +58,8 @@ _SHARED_POOL = 64 + 1
 _shared_lock = threading.Lock()
 
 
-@contextmanager
-def shared_client(connection: XnatConnection) -> Iterator[XnatClient]:
-    """One ``XnatClient`` per server, user and secret for all tasks running in this process.
+def cached_client(credentials: Credentials) -> XnatClient:
+    """One ``XnatClient`` per server, user and secret for everything running in this process.
 
     Concurrent upload tasks must share a client: when XNAT expires or evicts the session, the
     client's single re-login is shared by all its threads. With a client per task, eight
@@ -52,11 +67,16 @@ def shared_client(connection: XnatConnection) -> Iterator[XnatClient]:
     limit those logins evict one another. The client is kept open for later tasks (it holds
     only a connection pool and the session token).
     """
-    credentials = credentials_for(connection)
     secret = "\0".join(s.get_secret_value() for s in (credentials.password, credentials.token) if s)
     key = (credentials.url, credentials.username, hashlib.sha256(f"{secret}\0{credentials.verify}".encode()).hexdigest())
     with _shared_lock:
         client = _shared_clients.get(key)
         if client is None:
             client = _shared_clients[key] = XnatClient(credentials, max_connections=_SHARED_POOL)
-    yield client
+    return client
+
+
+@contextmanager
+def shared_client(connection: XnatConnection) -> Iterator[XnatClient]:
+    """The cached client of this connection's credentials (see ``cached_client``)."""
+    yield cached_client(credentials_for(connection))

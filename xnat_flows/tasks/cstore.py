@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from urllib.parse import quote
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from xnat_flows.client.errors import TransientError
-from xnat_flows.models import DicomReceiverTarget
+from xnat_flows.client.errors import TransientError, XnatError
+from xnat_flows.models import ArchivedStudy, DicomReceiverTarget, XnatConnection
+from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.policies import ReceiverLimit, association_slots, existing_receiver_limit, retry_unless_permanent
 from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
 from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, SendResult, echo
@@ -16,21 +20,18 @@ from xnat_flows.transfer.scan import DicomFile
 
 
 def resolve_receiver(target: DicomReceiverTarget) -> DicomReceiverTarget:
-    """Fill the fields not given from the named Block, then from the defaults XNAT ships with."""
-    values = target.model_dump()
-    if target.receiver_block:
-        from xnat_flows.blocks import DicomReceiver
-
-        block = DicomReceiver.load(target.receiver_block)
+    """Fill the fields not given from the Block, then from the defaults XNAT ships with."""
+    values = target.model_dump(exclude={"block"})
+    if target.block is not None:
         for name in ("host", "port", "called_aet", "calling_aet"):
-            values[name] = values[name] or getattr(block, name)
+            values[name] = values[name] or getattr(target.block, name)
     values["port"] = values["port"] or 8104
     values["called_aet"] = values["called_aet"] or "XNAT"
     values["calling_aet"] = values["calling_aet"] or "XNATFLOWS"
     if not values["host"]:
         from xnat_flows.client.errors import InputError
 
-        raise InputError("No DICOM receiver host given", hint="Pass host=... or receiver_block=<Block name>")
+        raise InputError("No DICOM receiver host given", hint="Pick an xnat-dicom-receiver Block in the receiver parameter, or fill its host")
     return DicomReceiverTarget(**values)
 
 
@@ -85,3 +86,63 @@ def send_instances(
             f"{len(retryable)} of {len(files) - resumed} instances not stored yet ({retryable[0].reason or retryable[0].meaning}); "
             "retrying the rest", hint="A receiver that stays down fails the run after the retries")
     return result, resumed
+
+
+@task(name="wait-for-archived-studies", cache_policy=NO_CACHE, persist_result=False)
+def wait_for_archived_studies(
+    connection: XnatConnection, instances: dict[str, int], project: str | None, timeout_seconds: float,
+    poll_seconds: float = 2.0,
+) -> list[ArchivedStudy]:
+    """Wait (bounded) until every sent study is an archived session holding at least as many files
+    as instances were sent, found by StudyInstanceUID (a C-STORE names no session: XNAT's routing
+    rules decide the project and labels). ``project``: look only there (the routing project)."""
+    logger = get_run_logger()
+    path = f"/data/projects/{quote(project, safe='')}/experiments" if project else "/data/experiments"
+    deadline = time.monotonic() + timeout_seconds
+    with open_client(connection) as client:
+        while True:
+            found = _archived_studies(client, path, instances)
+            complete = [s for s in found.values() if s.files_found >= s.instances_sent]
+            if len(complete) == len(instances):
+                return sorted(complete, key=lambda s: s.label)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = {uid: n for uid, n in instances.items() if uid not in {s.study_uid for s in complete}}
+                shown = "; ".join(
+                    f"{uid}: {found[uid].files_found}/{n} files in {found[uid].experiment_id}" if uid in found
+                    else f"{uid}: no archived session" for uid, n in list(missing.items())[:5]
+                )
+                raise ArchiveWaitTimeout(
+                    f"{len(missing)} of {len(instances)} sent studies not complete in the archive after "
+                    f"{timeout_seconds:g} s ({shown})",
+                    hint="Look in the prearchive for the session (CONFLICT or ERROR), or raise verify_timeout_seconds",
+                )
+            logger.info("%d of %d studies archived; waiting (%.0f s left)", len(complete), len(instances), remaining)
+            time.sleep(min(poll_seconds, remaining))
+
+
+class ArchiveWaitTimeout(XnatError):
+    """The sent studies did not all reach the archive in time."""
+
+
+def _archived_studies(client, path: str, instances: dict[str, int]) -> dict[str, ArchivedStudy]:
+    found: dict[str, ArchivedStudy] = {}
+    for row in client.get_rows(path, params={"columns": "ID,label,project,subject_label,UID,URI"}):
+        uid = row.get("UID")
+        if uid is None:  # a listing without the UID column: the session document has it
+            document = client.get_json(f"/data/experiments/{row.get('ID')}", params={"format": "json"})
+            uid = ((document.get("items") or [{}])[0].get("data_fields") or {}).get("UID")
+        if uid not in instances:
+            continue
+        experiment_id = row.get("ID") or ""
+        files = sum(
+            int(resource.get("file_count") or 0)
+            for scan in client.get_rows(f"/data/experiments/{experiment_id}/scans")
+            for resource in client.get_rows(f"/data/experiments/{experiment_id}/scans/{scan.get('ID')}/resources")
+        )
+        found[uid] = ArchivedStudy(
+            study_uid=uid, project=row.get("project") or "", subject=row.get("subject_label") or None,
+            label=row.get("label") or experiment_id, experiment_id=experiment_id,
+            uri=f"/data/experiments/{experiment_id}", instances_sent=instances[uid], files_found=files,
+        )
+    return found

@@ -14,11 +14,11 @@ from xnat_flows.tasks.connection import open_client, shared_client
 from xnat_flows.tasks.policies import ServerCheck, existing_upload_limit, retry_unless_permanent, upload_slot
 from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.partition import partition_by_bytes
-from xnat_flows.transfer.scan import DicomFile, ScanHeaders, ScanResult, scan_directory
+from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory
 from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.session import check_destination, send_batch
 from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
-from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget
+from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget, choose_archive_format
 from xnat_flows.transfer.verify import VerifyResult, prearchive_snapshot, verify_session
 
 # Inputs hold file lists and clients are built inside: hashing them for a cache buys nothing.
@@ -48,6 +48,13 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
         )
 
 
+@task(name="choose-archive-format", **_COMMON)
+def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
+    """tgz over a slow (remote) link to XNAT >= 1.8.3, tar otherwise, with the reason."""
+    with open_client(connection) as client:
+        return choose_archive_format(client)
+
+
 @task(name="check-destination", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 def check_destination_task(
     connection: XnatConnection, target: UploadTarget, study_uid: str, allow_other_study: bool
@@ -60,12 +67,13 @@ def check_destination_task(
 
 
 @task(name="scan-dicom-directory", **_COMMON)
-def scan_dicom_directory(source_dir: str, headers: ScanHeaders = "full") -> ScanResult:
+def scan_dicom_directory(source_dir: str, headers: ScanHeaders = "full", duplicates: Duplicates = "newest") -> ScanResult:
     """Find every DICOM file under ``source_dir`` (by content, extensionless included).
 
-    ``headers="file-meta"`` reads only what a C-STORE needs (see ``transfer.scan``).
+    ``headers="file-meta"`` reads only what a C-STORE needs; ``duplicates``: which of two
+    different files with one SOP Instance UID to send (see ``transfer.scan``).
     """
-    return scan_directory(Path(source_dir), headers=headers)
+    return scan_directory(Path(source_dir), headers=headers, duplicates=duplicates)
 
 
 @task(name="partition-batches", **_COMMON)

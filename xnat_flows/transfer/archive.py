@@ -1,4 +1,4 @@
-"""Stream a tar or a stored zip of DICOM files straight into a request body.
+"""Stream a tar, a gzipped tar or a stored zip of DICOM files straight into a request body.
 
 No temporary archive and no whole file in memory: the archive is produced chunk by chunk
 while httpx sends it, so memory stays flat and the disk is read once (tar) whatever the
@@ -9,6 +9,12 @@ data descriptor, and Java's ``ZipInputStream`` — which XNAT's DICOM-zip import
 refuses STORED entries with data descriptors. Here each file's CRC is computed first (a
 cheap read that warms the page cache), so every local header carries the real CRC and
 sizes; ZIP64 records are added when a size, an offset or the entry count needs them.
+
+``tgz`` (XNAT >= 1.8.3 reads gzipped tar in DICOM-zip) is the tar stream through ISA-L's gzip
+(python-isal) at level 1: ~1.9x smaller for MR/CT-like pixel data at ~85-130 MB/s per core
+(zlib level 1: ~1.96x at ~25-70 MB/s; zlib-ng level 1: ~1.4x), so it pays on links slower than
+the compressor, not on loopback. Its length is not known before it is built: it is sent
+chunked, without Content-Length.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Literal
 from xnat_flows.client.errors import InputError
 from xnat_flows.transfer.scan import DicomFile, read_exactly
 
-ArchiveFormat = Literal["zip", "tar"]
+ArchiveFormat = Literal["zip", "tar", "tgz"]
+GZIP_LEVEL = 1  # ISA-L levels 0-3; level 1 gave the best size for its speed on MR/CT-like data
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 _TAR_BLOCK = 512
@@ -42,13 +49,17 @@ def content_type_for(fmt: ArchiveFormat) -> str:
         return "application/zip"
     if fmt == "tar":
         return "application/x-tar"
-    raise InputError(f"Unknown archive format {fmt!r}", hint="Use 'tar' or 'zip'")
+    if fmt == "tgz":
+        return "application/x-gtar"  # XNAT names the upload upload.tar.gz: read as TGZ
+    raise InputError(f"Unknown archive format {fmt!r}", hint="Use 'tar', 'tgz' or 'zip'")
 
 
 def iter_archive(files: Iterable[DicomFile], fmt: ArchiveFormat, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
-    """The bytes of a tar or stored zip holding ``files``, in chunks of about ``chunk_size``."""
+    """The bytes of a tar, tgz or stored zip holding ``files``, in chunks of about ``chunk_size``."""
     content_type_for(fmt)  # validates fmt before anything is read
-    writer = _tar_pieces(files, chunk_size) if fmt == "tar" else _zip_pieces(files, chunk_size)
+    writer = _zip_pieces(files, chunk_size) if fmt == "zip" else _tar_pieces(files, chunk_size)
+    if fmt == "tgz":
+        writer = _gzipped(writer)
     buffer = bytearray()
     for piece in writer:
         buffer += piece
@@ -59,12 +70,26 @@ def iter_archive(files: Iterable[DicomFile], fmt: ArchiveFormat, *, chunk_size: 
         yield bytes(buffer)
 
 
-def archive_size(files: Iterable[DicomFile], fmt: ArchiveFormat) -> int:
-    """The exact byte length ``iter_archive`` will produce, computed without reading the files.
+def _gzipped(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    from isal import isal_zlib  # ISA-L's deflate releases the GIL: parallel batches compress in parallel
+
+    compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)  # gzip wrapper
+    for piece in pieces:
+        out = compressor.compress(piece)
+        if out:
+            yield out
+    yield compressor.flush()
+
+
+def archive_size(files: Iterable[DicomFile], fmt: ArchiveFormat) -> int | None:
+    """The exact byte length ``iter_archive`` will produce, computed without reading the files;
+    None for ``tgz``, whose length is known only once it is compressed.
 
     Sent as Content-Length: some proxies in front of XNAT refuse chunked request bodies.
     """
     content_type_for(fmt)
+    if fmt == "tgz":
+        return None
     if fmt == "tar":
         return sum(len(_tar_header(f)) + f.size + (-f.size % _TAR_BLOCK) for f in files) + 2 * _TAR_BLOCK
     offset = cd_size = entries = 0

@@ -157,3 +157,116 @@ def pixel_data_reaches_end(head: bytes | memoryview, tail: bytes, meta: FileMeta
                 return True
         position = data.find(_PIXEL_DATA_TAG_LE, position + 1)
     return False
+
+
+@dataclass(frozen=True)
+class SeriesKeys:
+    """What the REST upload groups by, read from the top level of the dataset."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    series_number: int | None
+
+
+_SOP_CLASS_TAG, _SOP_INSTANCE_TAG = 0x00080016, 0x00080018
+_STUDY_TAG, _SERIES_TAG, _SERIES_NUMBER_TAG = 0x0020000D, 0x0020000E, 0x00200011
+_KEY_TAGS = {_SOP_CLASS_TAG, _SOP_INSTANCE_TAG, _STUDY_TAG, _SERIES_TAG, _SERIES_NUMBER_TAG}
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+
+
+class _NotConfirmed(Exception):
+    """The walk met something it leaves to pydicom."""
+
+
+def _skip_undefined(data: bytes, offset: int, implicit: bool, depth: int) -> int:
+    """Offset just past the sequence delimiter of an undefined-length sequence starting at ``offset``."""
+    if depth > 8:
+        raise _NotConfirmed
+    size = len(data)
+    while offset + 8 <= size:
+        group, element, length = struct.unpack_from("<HHI", data, offset)
+        tag = group << 16 | element
+        offset += 8
+        if tag == _SEQUENCE_END:
+            return offset
+        if tag != _ITEM:
+            raise _NotConfirmed
+        if length != _UNDEFINED_LENGTH:
+            offset += length
+            continue
+        offset = _walk(data, offset, implicit, depth + 1, None, until_item_end=True)
+    raise _NotConfirmed  # the sequence runs beyond the bytes read
+
+
+def _walk(data: bytes, offset: int, implicit: bool, depth: int, found: dict[int, bytes] | None,
+          until_item_end: bool = False) -> int:
+    """Walk elements from ``offset``; at the top level (``found`` given) collect the key tags and
+    stop past the Series Number. Returns the offset reached."""
+    size = len(data)
+    unpack = struct.unpack_from
+    while offset + 8 <= size:
+        group, element = unpack("<HH", data, offset)
+        tag = group << 16 | element
+        if until_item_end and tag == _ITEM_END:
+            return offset + 8
+        if found is not None and tag > _SERIES_NUMBER_TAG:
+            return offset
+        if implicit or group == 0xFFFE:
+            vr = b""
+            length = unpack("<I", data, offset + 4)[0]
+            start = offset + 8
+        else:
+            vr = data[offset + 4:offset + 6]
+            if vr in _LONG_LENGTH_VRS:
+                length = unpack("<I", data, offset + 8)[0]
+                start = offset + 12
+            elif vr.isalpha() and vr.isupper():
+                length = unpack("<H", data, offset + 6)[0]
+                start = offset + 8
+            else:
+                raise _NotConfirmed
+        if length == _UNDEFINED_LENGTH:
+            if not (implicit or vr == b"SQ"):  # UN with undefined length, encapsulated data: pydicom's job
+                raise _NotConfirmed
+            offset = _skip_undefined(data, start, implicit, depth)
+            continue
+        end = start + length
+        if end > size:
+            raise _NotConfirmed
+        if found is not None and tag in _KEY_TAGS:
+            found[tag] = data[start:end]
+        offset = end
+    if found is not None:
+        return offset
+    raise _NotConfirmed
+
+
+def read_series_keys(head: bytes | memoryview, meta: FileMeta) -> SeriesKeys | None:
+    """SOP, study and series UIDs and the Series Number from the first bytes of a Part-10 file
+    whose dataset is little-endian (Implicit/Explicit VR or encapsulated; see
+    ``little_endian_vr``). None when they cannot be confirmed from these bytes (a key missing or
+    beyond ``head``, another syntax, an odd encoding): read the file with pydicom then.
+    """
+    encoding = little_endian_vr(meta.transfer_syntax)
+    if encoding is None:
+        return None
+    data = bytes(head)
+    found: dict[int, bytes] = {}
+    try:
+        reached = _walk(data, meta.dataset_offset, encoding == "implicit", 0, found)
+    except (_NotConfirmed, struct.error):
+        return None
+    if reached + 8 > len(data) and _SERIES_NUMBER_TAG not in found:
+        return None  # the head ended before the Series Number's place: it may come later
+    try:
+        uids = [_uid(found[tag]) for tag in (_SOP_CLASS_TAG, _SOP_INSTANCE_TAG, _STUDY_TAG, _SERIES_TAG)]
+        number_text = found[_SERIES_NUMBER_TAG].strip(b"\x00 ").decode("ascii") if _SERIES_NUMBER_TAG in found else ""
+    except (KeyError, UnicodeDecodeError):
+        return None
+    if not all(uids):
+        return None
+    if number_text and not number_text.lstrip("+-").isdigit():
+        return None  # an odd Series Number: pydicom decides what it means
+    return SeriesKeys(*uids, series_number=int(number_text) if number_text else None)

@@ -104,8 +104,13 @@ class SessionUploadResult:
         return self.bytes_sent / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def unreadable(self) -> list[SkippedFile]:
+        """Files and folders that could not be read: what they hold was not sent."""
+        return [s for s in self.skipped if s.unreadable]
+
+    @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.sessions)
+        return all(s.ok for s in self.sessions) and not self.unreadable
 
 
 def study_label(session: str, study_uid: str) -> str:

@@ -199,6 +199,7 @@ def verify_session(
     started = time.monotonic()
     nothing_found = {s.label: (s.count, 0) for s in expected}
     result = VerifyResult(False, None, None, expected_total, 0, nothing_found, list(nothing_found))
+    polls = 0
     merge_tried = False
     while True:
         if in_prearchive:
@@ -232,7 +233,10 @@ def verify_session(
             if processing:
                 result = dataclasses.replace(result, ok=False, processing=True)
             break
-        time.sleep(poll_interval)
+        # quick first looks (XNAT often archives within a second of the last request), then
+        # every poll_interval: the wait ends soon after the session is complete, not up to 2 s later
+        time.sleep(min(poll_interval, 0.1 * 2 ** polls))
+        polls += 1
     return dataclasses.replace(result, waited_seconds=time.monotonic() - started)
 
 

@@ -1,0 +1,62 @@
+"""A ``prefect deploy`` build step: the site values of prefect.yaml, read from the deploying shell.
+
+    build:
+      - xnat_flows.deploy_steps.site_values:
+          id: site
+
+then ``{{ site.credentials_block }}``, ``{{ site.inbox_dir }}``, ``{{ site.inbox_project }}`` and
+``{{ site.inbox_active }}`` in the deployments. ``XNAT_CREDENTIALS_BLOCK`` is required (and must
+name a saved ``xnat-credentials`` Block); without ``XNAT_INBOX_DIR``/``XNAT_INBOX_PROJECT`` the inbox
+schedule is created inactive instead of failing every few minutes, and the missing parameters are
+left out of the deployment (a run started by hand asks for them).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+class MissingSiteValue(ValueError):
+    pass
+
+
+def site_values() -> dict[str, Any]:
+    block = os.environ.get("XNAT_CREDENTIALS_BLOCK", "").strip()
+    if not block:
+        raise MissingSiteValue(
+            "XNAT_CREDENTIALS_BLOCK is not set: export the name of the xnat-credentials Block the deployments "
+            "use (create it first, docs/deployments.md section 2), then run prefect deploy again"
+        )
+    _require_block(block)
+    inbox_dir = os.environ.get("XNAT_INBOX_DIR", "").strip()
+    inbox_project = os.environ.get("XNAT_INBOX_PROJECT", "").strip()
+    active = bool(inbox_dir and inbox_project)
+    if not active:
+        missing = [name for name, value in (("XNAT_INBOX_DIR", inbox_dir), ("XNAT_INBOX_PROJECT", inbox_project)) if not value]
+        print(f"xnat-flows: {' and '.join(missing)} not set: the inbox-ingest schedule is created INACTIVE; "
+              "set them and deploy again to switch it on", file=sys.stderr)
+    values: dict[str, Any] = {"credentials_block": block, "inbox_active": active}
+    # A value not given is left out: Prefect then drops the parameter (the run form asks for it)
+    # instead of deploying an empty string that fails validation.
+    if inbox_dir:
+        values["inbox_dir"] = inbox_dir
+    if inbox_project:
+        values["inbox_project"] = inbox_project
+    return values
+
+
+def _require_block(name: str) -> None:
+    """Fail the deploy now, not every run later, when the named Block does not exist."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_block_document_by_name(name, block_type_slug="xnat-credentials", include_secrets=False)
+        except ObjectNotFound:
+            raise MissingSiteValue(
+                f"XNAT_CREDENTIALS_BLOCK={name}: no xnat-credentials Block of that name on this Prefect server; "
+                "create it (prefect block register -m xnat_flows.blocks, then the UI or docs/deployments.md section 2)"
+            ) from None
