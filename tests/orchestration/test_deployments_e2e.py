@@ -391,7 +391,8 @@ def test_docker_and_kubernetes_files_deploy(
 
 
 def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
-    deployed: dict[str, dict], api: PrefectApi, worker: Path, cli_env: dict[str, str], tmp_path: Path
+    deployed: dict[str, dict], api: PrefectApi, worker: Path, cli_env: dict[str, str], tmp_path: Path,
+    xnat_emulator_factory,
 ) -> None:
     """Two workers, three upload runs of two batches each, and `xnat-uploads:<host:port>` at 1:
     the server never sees two imports at once."""
@@ -401,25 +402,25 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
         tmp_path / "second-worker.log",
     )
     try:
-        with XnatEmulator(projects=("TEST",), rebuild_idle_seconds=0.5) as xnat:
-            xnat.faults.add(path="/data/services/import", delay_ms=1000, times=None)  # imports take a second
-            limit = "xnat-uploads:" + xnat.url.split("://", 1)[1]
-            _save_block(cli_env, "e2e-gcl", xnat.url)
-            created = run_cli(["gcl", "create", limit, "--limit", "1"], cli_env)
-            assert created.returncode == 0, created.stdout + created.stderr
-            try:
-                runs = []
-                for n in range(3):
-                    source = tmp_path / f"export{n}"
-                    write_session(source, patient_id=f"GCL{n}", series=2, instances=1)
-                    request = {"source_dir": str(source), "project": "TEST", "subject": f"GCL{n}", "session": f"GCL{n}_MR", "workers": 2}
-                    runs.append(api.run_deployment(deployed["upload-session"]["id"], {"request": request, "connection": _block_ref("e2e-gcl")}))
-                for run_id in runs:
-                    _wait_completed(api, run_id, worker)
-                assert xnat.stats()["imports"] == 6
-                assert xnat.peak_concurrent_uploads == 1
-            finally:
-                api.http.delete(f"v2/concurrency_limits/{limit}")
+        xnat = xnat_emulator_factory(projects=("TEST",), rebuild_idle_seconds=0.5)
+        xnat.faults.add(path="/data/services/import", delay_ms=1000, times=None)  # imports take a second
+        limit = "xnat-uploads:" + xnat.url.split("://", 1)[1]
+        _save_block(cli_env, "e2e-gcl", xnat.url)
+        created = run_cli(["gcl", "create", limit, "--limit", "1"], cli_env)
+        assert created.returncode == 0, created.stdout + created.stderr
+        try:
+            runs = []
+            for n in range(3):
+                source = tmp_path / f"export{n}"
+                write_session(source, patient_id=f"GCL{n}", series=2, instances=1)
+                request = {"source_dir": str(source), "project": "TEST", "subject": f"GCL{n}", "session": f"GCL{n}_MR", "workers": 2}
+                runs.append(api.run_deployment(deployed["upload-session"]["id"], {"request": request, "connection": _block_ref("e2e-gcl")}))
+            for run_id in runs:
+                _wait_completed(api, run_id, worker)
+            assert xnat.stats()["imports"] == 6
+            assert xnat.peak_concurrent_uploads == 1
+        finally:
+            api.http.delete(f"v2/concurrency_limits/{limit}")
     finally:
         stop_group(second_worker)
 
