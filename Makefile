@@ -5,6 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The suite waits on sockets and subprocesses far more than it computes: more workers than cores pay.
+# loadfile: a module's tests share its module-scoped fixtures (an emulator, deployments on the
+# real Prefect server), so each module runs whole on one worker.
 TEST_WORKERS ?= 4
 
 .PHONY: demo test clean
@@ -19,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/xnat-flows demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -16,15 +16,6 @@ import httpx
 import pytest
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups from the markers
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Tests on the real Prefect server share its work pools, limits and SQLite database: under
-    # xdist (make test uses --dist loadgroup) they run one after another on one worker.
-    for item in items:
-        if item.get_closest_marker("prefect_server"):
-            item.add_marker(pytest.mark.xdist_group("prefect_server"))
-
-
 def pytest_configure(config: pytest.Config) -> None:
     # CI installs dcmtk and sets this, so the C-STORE tests against a peer nobody here wrote
     # cannot silently skip there; elsewhere they skip with a reason when dcmtk is missing.

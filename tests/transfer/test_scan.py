@@ -94,16 +94,18 @@ def test_unreadable_file_and_directory_are_reported(study_dir: Path) -> None:
 
 
 def test_unreadable_file_as_root_is_reported(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
     import xnat_flows.transfer.scan as scan
 
-    real = scan.is_dicom_part10
+    real_open = builtins.open
 
-    def flaky(path: Path) -> bool:
-        if path.name == "IM0003":
+    def flaky(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - the scanner's reads go through open()
+        if Path(path).name == "IM0003":
             raise PermissionError(13, "Permission denied")
-        return real(path)
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(scan, "is_dicom_part10", flaky)
+    monkeypatch.setattr(scan, "open", flaky, raising=False)
     result = scan_directory(study_dir)
     assert sum(1 for s in result.skipped if s.reason == "unreadable: permission denied") == 2
 
