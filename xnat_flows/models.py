@@ -14,7 +14,6 @@ from xnat_flows.blocks import DicomReceiver, XnatCredentials
 from xnat_flows.transfer.scan import SkippedFile
 from xnat_flows.transfer.session import StudyUploadResult
 
-
 # XNAT project IDs: letters, digits, underscore and hyphen (XNAT refuses others when a project is created).
 PROJECT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 

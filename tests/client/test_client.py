@@ -528,5 +528,5 @@ def test_reserve_connections_sizes_the_pool_to_the_workers() -> None:
         assert client.max_connections == 16
         client.reserve_connections(40)
         assert client.max_connections == 41
-        pool = client._http._transport._pool  # noqa: SLF001 - the pool httpx really uses
-        assert pool._max_connections == 41  # noqa: SLF001
+        pool = client._http._transport._pool
+        assert pool._max_connections == 41

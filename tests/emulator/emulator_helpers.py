@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 
-
-
 @lru_cache(maxsize=1)
 def _template():
     import pydicom

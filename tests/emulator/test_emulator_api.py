@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from emulator_helpers import make_study, wait_for
+
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.prearchive import XnatRefusal
 

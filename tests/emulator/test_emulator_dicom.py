@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from emulator_helpers import make_study, wait_for
+
 from xnat_flows.testing import XnatEmulator
 
 pynetdicom = pytest.importorskip("pynetdicom")

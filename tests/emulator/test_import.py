@@ -6,7 +6,6 @@ import gzip
 import zipfile
 
 import pytest
-
 from emulator_helpers import make_instance, make_study, members, tar_bytes, wait_for, zip_bytes
 
 IMPORT = "/data/services/import"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import httpx
-
 from emulator_helpers import make_study, members, wait_for, zip_bytes
+
 from xnat_flows.testing import XnatEmulator
 
 

@@ -6,13 +6,12 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from manage_helpers import emulator_client
 from pydantic import SecretStr
 
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.retry import RetryPolicy
-
-from manage_helpers import emulator_client
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -8,8 +8,8 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-
 from manage_helpers import experiment_document, prearchive_row, result_set
+
 from xnat_flows.client import archive as client_archive
 from xnat_flows.client.errors import ConflictError, NotFoundError, XnatError
 from xnat_flows.manage import prearchive

@@ -8,15 +8,13 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 from pydicom.uid import generate_uid
+from transfer_helpers import write_studies, write_study
 
-from transfer_helpers import write_study, write_studies
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.errors import AuthenticationError, ConflictError, InputError, PermanentUploadError
 from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.testing import XnatEmulator
-from xnat_flows.transfer.journal import resume_key
-from xnat_flows.transfer.session import study_label
 from xnat_flows.transfer import (
     UploadJournal,
     UploadTarget,
@@ -25,6 +23,8 @@ from xnat_flows.transfer import (
     upload_archive_batch,
     upload_session,
 )
+from xnat_flows.transfer.journal import resume_key
+from xnat_flows.transfer.session import study_label
 
 pytestmark = pytest.mark.e2e
 

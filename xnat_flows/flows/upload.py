@@ -22,6 +22,7 @@ from xnat_flows.models import (
     UploadSessionResult,
     XnatConnection,
 )
+from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.tasks.upload import (
     check_destination_task,
     check_server,
@@ -34,7 +35,6 @@ from xnat_flows.tasks.upload import (
     verify_uploaded_session,
 )
 from xnat_flows.transfer.scan import DicomFile
-from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.transfer.session import StudyUploadResult, plan_sessions
 from xnat_flows.transfer.upload import BatchResult, UploadTarget
 

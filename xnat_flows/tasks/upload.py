@@ -13,9 +13,9 @@ from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import open_client, shared_client
 from xnat_flows.tasks.policies import ServerCheck, existing_upload_limit, retry_unless_permanent, upload_slot
 from xnat_flows.transfer.archive import ArchiveFormat
+from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory
-from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.session import check_destination, send_batch
 from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
 from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget, choose_archive_format

@@ -16,10 +16,22 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from xnat_flows.testing.dicomhdr import (
-    InstanceHeader, UnparsableDicom, clean_label, read_header, route_project, route_session, route_subject,
+    InstanceHeader,
+    UnparsableDicom,
+    clean_label,
+    read_header,
+    route_project,
+    route_session,
+    route_subject,
 )
 from xnat_flows.testing.prearchive import (
-    UNASSIGNED, Placement, Prearchive, XnatRefusal, direct_archive_uri, is_true, prearchive_uri,
+    UNASSIGNED,
+    Placement,
+    Prearchive,
+    XnatRefusal,
+    direct_archive_uri,
+    is_true,
+    prearchive_uri,
 )
 from xnat_flows.testing.state import QUEUED_ARCHIVING, PrearcRow
 
@@ -298,7 +310,7 @@ class _ReadInto:
     def __init__(self, stream: BinaryIO) -> None:
         self.read = stream.read
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
+    def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)

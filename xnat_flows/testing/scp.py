@@ -12,7 +12,6 @@ receiver that stops replying (pynetdicom's own mid-message stall, field notes), 
 from __future__ import annotations
 
 import errno
-
 import logging
 import socket
 import threading

@@ -178,7 +178,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except BodyError:
             self.close_connection = True
             return
-        except (ConnectionError, socket.timeout):
+        except (TimeoutError, ConnectionError):
             self.close_connection = True
             return
         except Exception as exc:
@@ -196,7 +196,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         try:
             if not body.exhausted:
                 body.drain()  # keep the connection reusable
-        except (BodyError, ConnectionError, socket.timeout):
+        except (TimeoutError, BodyError, ConnectionError):
             self.close_connection = True
         self._send(response, req.throttle_bytes_per_s)
 
@@ -278,7 +278,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
                         time.sleep(len(block) / throttle_bytes_per_s)
                 else:
                     shutil.copyfileobj(source, self.wfile, STREAM_CHUNK)
-        except (ConnectionError, socket.timeout):
+        except (TimeoutError, ConnectionError):
             self.close_connection = True
         finally:
             if response.delete_file and response.file is not None:
