@@ -182,7 +182,7 @@ def test_streamed_body_is_rebuilt_for_the_resend_after_401(make_client) -> None:
     client = make_client(xnat, token="OLDTOKEN0000")
     response = client.request("POST", IMPORT, content=lambda: iter([b"abc", b"def"]))
     assert response.text.strip() == "/data/prearchive/x"
-    sent = [body for r, body in zip(xnat.requests, xnat.bodies) if r.url.path == IMPORT]
+    sent = [body for r, body in zip(xnat.requests, xnat.bodies, strict=True) if r.url.path == IMPORT]
     assert sent == [b"abcdef", b"abcdef"]
 
 

@@ -85,8 +85,10 @@ def test_ca_bundle_is_honoured_and_verification_is_on_by_default(https_server) -
         assert client.whoami() == "alice"
 
     default = Credentials(url=url, username="alice", password=SecretStr("pw"))
-    with XnatClient(default, token_cache=None) as client:
-        with pytest.raises(XnatConnectionError, match="CERTIFICATE_VERIFY_FAILED") as info:
-            client.whoami()
+    with (
+        XnatClient(default, token_cache=None) as client,
+        pytest.raises(XnatConnectionError, match="CERTIFICATE_VERIFY_FAILED") as info,
+    ):
+        client.whoami()
     assert not info.value.retryable
     assert "CA bundle" in info.value.hint

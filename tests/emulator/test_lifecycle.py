@@ -89,20 +89,24 @@ def test_prevent_auto_commit_keeps_receiving(emulator, client):
 
 def test_state_survives_restart(tmp_path):
     data_dir = tmp_path / "state"
-    with XnatEmulator(data_dir, rebuild_idle_seconds=0.2) as xnat:
-        with httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http:
-            upload(http, make_study(1, 3), project="TEST", subject="S", session="KEEP", dest="/archive/projects/TEST")
-            xnat.set_prearchive_code("TEST", 0)
-            pending = upload(http, make_study(1, 1), project="TEST", subject="S", session="PENDING")
-    with XnatEmulator(data_dir, rebuild_idle_seconds=0.2) as xnat:
-        with httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http:
-            [experiment] = xnat.archived_experiments("TEST")
-            assert experiment["label"] == "KEEP" and experiment["scans"] == {"1": 3}
-            files = http.get(f"/data/experiments/{experiment['ID']}/scans/1/resources/DICOM/files").json()
-            first = files["ResultSet"]["Result"][0]
-            assert len(http.get(first["URI"]).content) == int(first["Size"])
-            wait_for(lambda: status_of(http, pending) == "READY")
-            assert http.get("/data/projects/TEST/prearchive_code").text == "0"
+    with (
+        XnatEmulator(data_dir, rebuild_idle_seconds=0.2) as xnat,
+        httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http,
+    ):
+        upload(http, make_study(1, 3), project="TEST", subject="S", session="KEEP", dest="/archive/projects/TEST")
+        xnat.set_prearchive_code("TEST", 0)
+        pending = upload(http, make_study(1, 1), project="TEST", subject="S", session="PENDING")
+    with (
+        XnatEmulator(data_dir, rebuild_idle_seconds=0.2) as xnat,
+        httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http,
+    ):
+        [experiment] = xnat.archived_experiments("TEST")
+        assert experiment["label"] == "KEEP" and experiment["scans"] == {"1": 3}
+        files = http.get(f"/data/experiments/{experiment['ID']}/scans/1/resources/DICOM/files").json()
+        first = files["ResultSet"]["Result"][0]
+        assert len(http.get(first["URI"]).content) == int(first["Size"])
+        wait_for(lambda: status_of(http, pending) == "READY")
+        assert http.get("/data/projects/TEST/prearchive_code").text == "0"
 
 
 def test_stop_cuts_keep_alive_connections_and_restart_on_same_port(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def test_dicom_zip_direct_archive_lands_and_verifies(xnat_emulator, client, expo
     result = upload_session(client, export, target, workers=2, fmt=fmt, progress=seen.append, **FAST)
     assert result.ok, result
     assert seen[-1].done == 12 and seen[-1].bytes_done == seen[-1].bytes_total == result.bytes_sent
-    assert all(a.bytes_done <= b.bytes_done for a, b in zip(seen, seen[1:]))
+    assert all(a.bytes_done <= b.bytes_done for a, b in itertools.pairwise(seen))
     (study,) = result.sessions
     assert len(study.batches) == 2 and all(b.ok for b in study.batches)
     assert all(uri.startswith("/xapi/direct-archive/TEST/") for uri in study.uris)
@@ -106,17 +107,19 @@ def test_repeating_a_completed_gradual_upload_sends_nothing(xnat_emulator, clien
 
 
 def test_prearchive_destination_held_by_a_manual_project(tmp_path, export) -> None:
-    with XnatEmulator(tmp_path / "xnat", rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0}) as emulator:
-        with connect(emulator, tmp_path) as xnat:
-            target = UploadTarget("TEST", "SUBJ01", "STAGED", direct_archive=False)
-            result = upload_session(xnat, export, target, workers=2, **FAST)
-            assert result.ok, result
-            (study,) = result.sessions
-            assert all(uri.startswith("/data/prearchive/projects/TEST/") for uri in study.uris)
-            assert study.verify.experiment_id is None and study.verify.uri.startswith("/data/prearchive/")
-            assert emulator.archived_experiments("TEST") == []
-            (row,) = emulator.prearchive_sessions()
-            assert row["status"] == "READY" and row["file_count"] == 12
+    with (
+        XnatEmulator(tmp_path / "xnat", rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0}) as emulator,
+        connect(emulator, tmp_path) as xnat,
+    ):
+        target = UploadTarget("TEST", "SUBJ01", "STAGED", direct_archive=False)
+        result = upload_session(xnat, export, target, workers=2, **FAST)
+        assert result.ok, result
+        (study,) = result.sessions
+        assert all(uri.startswith("/data/prearchive/projects/TEST/") for uri in study.uris)
+        assert study.verify.experiment_id is None and study.verify.uri.startswith("/data/prearchive/")
+        assert emulator.archived_experiments("TEST") == []
+        (row,) = emulator.prearchive_sessions()
+        assert row["status"] == "READY" and row["file_count"] == 12
 
 
 def test_prearchive_destination_on_an_auto_archive_project_ends_in_the_archive(xnat_emulator, client, export) -> None:
@@ -247,10 +250,11 @@ def test_permanent_rejection_raises_with_the_server_message(xnat_emulator, clien
 
 
 def test_html_login_page_means_wrong_password(tmp_path) -> None:
-    with XnatEmulator(tmp_path / "xnat", login_failure_mode="html200") as emulator:
-        with connect(emulator, tmp_path, password="wrong") as xnat:
-            with pytest.raises(AuthenticationError, match="web page"):
-                xnat.whoami()
+    with (
+        XnatEmulator(tmp_path / "xnat", login_failure_mode="html200") as emulator,
+        connect(emulator, tmp_path, password="wrong") as xnat,pytest.raises(AuthenticationError, match="web page")
+    ):
+        xnat.whoami()
 
 
 def test_single_batch_upload_api(xnat_emulator, client, export) -> None:

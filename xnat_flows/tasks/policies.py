@@ -27,7 +27,7 @@ def retry_unless_permanent(task, task_run, state) -> bool:
         state.result()
     except XnatError as exc:
         return exc.retryable
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure is not worth a retry
         return False
     return False
 

@@ -183,7 +183,7 @@ def _parse_parts(body: RequestBody, boundary: str, tmp_dir: Path, form: Multipar
         header_blob, buffer = buffer[2:].split(b"\r\n\r\n", 1)
         _, params, ctype = _parse_headers(header_blob)
         is_file = "filename" in params
-        sink = tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="mp-", delete=False) if is_file else None
+        sink = tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="mp-", delete=False) if is_file else None  # noqa: SIM115 - closed below
         if sink is not None:  # registered at once, so that cleanup() removes it whatever happens next
             form.files.append(FilePart(params.get("name", ""), params.get("filename") or "upload", ctype,
                                        Path(sink.name)))

@@ -230,7 +230,7 @@ class _PlacementPipeline:
             try:
                 row = self._prearchive.place_instance(*item)
                 self._rows.setdefault(row.id, row)
-            except BaseException as exc:  # surfaced to the request thread by finish()/submit()
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the request thread by finish()/submit()
                 self._error = exc
 
     def submit(self, header: InstanceHeader, data: bytes, where: Placement) -> None:
@@ -321,7 +321,7 @@ def _iter_zip(stream: BinaryIO, tmp_dir: Path) -> Iterator[tuple[str, bytes]]:
     spool = None
     if not seekable:
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        spool = tempfile.TemporaryFile(dir=tmp_dir, prefix="zip-")
+        spool = tempfile.TemporaryFile(dir=tmp_dir, prefix="zip-")  # noqa: SIM115 - closed in the finally below
         try:
             shutil.copyfileobj(stream, spool, 1024 * 1024)
         except BaseException:  # a full disk: give the space back at once

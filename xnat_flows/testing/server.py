@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -181,7 +181,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except (TimeoutError, ConnectionError):
             self.close_connection = True
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure answers 500, as Tomcat does
             if is_disk_full(exc):  # XNAT answers each request 500 and carries on when space returns
                 log.warning("%s %s: no space left on device", req.method, req.path)
                 response = text(500, f"Internal Server Error: no space left on device ({exc})")
@@ -236,10 +236,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             req.throttle_bytes_per_s = int(rule.bytes_per_second)
         if rule.drop:
             req.body.read(64 * 1024)  # take part of the body, then vanish without an answer
-            try:
+            with suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return None
         if rule.evict_token:
             token = req.cookie("JSESSIONID")
@@ -317,10 +315,8 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
             self._stopping = True
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         with self._connections_lock:
             self._all_done.wait_for(lambda: not self._connections, timeout=wait_seconds)
 
