@@ -288,7 +288,7 @@ def iter_members(upload: Upload, tmp_dir: Path) -> Iterator[tuple[str, bytes]]:
             # tgz is inflated by ISA-L (as XNAT's Java inflater, native code): Python's zlib took
             # 2.5x the CPU. 64 KB reads: tarfile's stream mode pulls 10 KB at a time by default,
             # and with 1 MB it copies the rest of its buffer on every small read (8x the CPU).
-            source = upload.stream
+            source: BinaryIO | io.BufferedIOBase = upload.stream
             if kind == "tgz":
                 from isal import igzip
 

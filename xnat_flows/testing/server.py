@@ -23,7 +23,7 @@ from xnat_flows.testing.handlers_prearchive import PrearchiveHandlers
 from xnat_flows.testing.handlers_site import SiteHandlers
 from xnat_flows.testing.httpbody import BodyError, RequestBody
 from xnat_flows.testing.prearchive import XnatRefusal, is_true
-from xnat_flows.testing.state import is_disk_full
+from xnat_flows.testing.state import Store, is_disk_full
 from xnat_flows.testing.web import STREAM_CHUNK, Handler, Request, Response, text
 
 if TYPE_CHECKING:
@@ -37,7 +37,9 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
 
     def __init__(self, emulator: XnatEmulator) -> None:
         self.emu = emulator
-        self.store = emulator.store
+        if emulator.store is None:
+            raise RuntimeError("the emulator's routes need its store open (start the emulator first)")
+        self.store: Store = emulator.store
         self._counter_lock = threading.Lock()
         self.active_imports = 0
         self.peak_concurrent_uploads = 0
