@@ -6,7 +6,7 @@ Every sender runs as its own child process, so its wall time includes start-up a
 directory, as a user would see it. Peak RSS is the child's ``VmHWM`` polled from /proc while it
 runs: ``wait4``'s ``ru_maxrss`` would report at least this script's own RSS, which Linux carries
 across the child's exec. TCP_NODELAY=1
-is set for dcmtk on both ends (field notes: without it dcmtk waits ~40 ms per object); our
+is set for dcmtk on both ends (without it dcmtk waits ~40 ms per object); our
 sender sets it on its sockets. Each run gets a fresh storescp output directory, and the number
 of files storescp wrote is checked against the number sent. Each CLI run gets a fresh profile
 directory (``XNAT_FLOWS_HOME``): its upload journal would otherwise remember the instances as

@@ -8,13 +8,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups from the markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests on the real Prefect server share its work pools, limits and SQLite database: under
     # xdist (make test uses --dist loadgroup) they run one after another on one worker.
@@ -38,6 +40,42 @@ def isolated_profile(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     for name in ("XNAT_URL", "XNAT_USER", "XNAT_PASS", "XNAT_TOKEN", "XNAT_PROFILE", "XNAT_VERIFY_SSL", "XNAT_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+@pytest.fixture
+def retry_sleeps() -> list[float]:
+    """The backoffs ``scripted_client`` clients asked for, recorded instead of slept."""
+    return []
+
+
+@pytest.fixture
+def scripted_client(retry_sleeps: list[float]) -> Iterator[Callable[..., Any]]:
+    """``scripted_client(handler, ...)``: an ``XnatClient`` whose requests ``handler`` answers (httpx.MockTransport).
+
+    Retries do not sleep: their backoffs land in ``retry_sleeps``. Keyword options: ``token``,
+    ``password``, ``cache`` (a ``TokenCache``), ``url``, ``username``.
+    """
+    from pydantic import SecretStr
+
+    from xnat_flows.client.client import XnatClient
+    from xnat_flows.client.credentials import Credentials
+    from xnat_flows.client.retry import RetryPolicy
+
+    clients: list[XnatClient] = []
+
+    def make(handler: Callable[[httpx.Request], httpx.Response], *, token: str | None = "TESTTOKEN0001",
+             password: str | None = None, cache: Any = None, url: str = "http://xnat.test",
+             username: str = "u") -> XnatClient:
+        credentials = Credentials(url=url, username=username, password=SecretStr(password) if password else None,
+                                  token=SecretStr(token) if token else None)
+        client = XnatClient(credentials, transport=httpx.MockTransport(handler), token_cache=cache,
+                            retry=RetryPolicy(sleep=retry_sleeps.append))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, computed_field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, computed_field, field_validator, model_validator
 
 from xnat_flows.blocks import DicomReceiver, XnatCredentials
+from xnat_flows.client.archive import is_valid_label
 from xnat_flows.transfer.scan import SkippedFile
 from xnat_flows.transfer.session import StudyUploadResult
 
@@ -59,9 +60,11 @@ class UploadRequest(BaseModel):
     """What to upload and where: the form of the ``upload-dicom-session`` deployment."""
 
     source_dir: str = Field(description="Directory holding the DICOM files (scanned recursively; extensionless files included).")
-    project: str = Field(pattern=PROJECT_ID_PATTERN, description="XNAT project ID.")
-    subject: str = Field(description="Subject label.")
-    session: str = Field(description="Session (experiment) label.")
+    # The pattern goes to the form (the UI checks it as the operator types); the validator below
+    # gives the run's error the words of the CLI's.
+    project: str = Field(json_schema_extra={"pattern": PROJECT_ID_PATTERN}, description="XNAT project ID.")
+    subject: str = Field(json_schema_extra={"pattern": PROJECT_ID_PATTERN}, description="Subject label.")
+    session: str = Field(json_schema_extra={"pattern": PROJECT_ID_PATTERN}, description="Session (experiment) label.")
     transport: Literal["dicom-zip", "gradual-dicom"] = Field(
         default="dicom-zip", description="DICOM-zip: one archive per batch. gradual-DICOM: one instance per request."
     )
@@ -85,6 +88,13 @@ class UploadRequest(BaseModel):
     )
     verify: bool = Field(default=True, description="Read back the session and compare scans and file counts with what was sent.")
     verify_timeout_seconds: float = Field(default=600.0, gt=0, description="How long to wait for the session to appear in the archive.")
+
+    @field_validator("project", "subject", "session")
+    @classmethod
+    def _xnat_label(cls, value: str, info: ValidationInfo) -> str:
+        if not is_valid_label(value):
+            raise ValueError(f"Invalid XNAT {info.field_name} label {value!r}: use only letters, digits, '_' and '-'")
+        return value
 
 
 class BatchOutcome(BaseModel):

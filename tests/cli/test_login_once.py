@@ -39,10 +39,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def xnat(tmp_path: Path):
-    with XnatEmulator(tmp_path / "xnat", projects=("CLI",), password=PASSWORD, rebuild_idle_seconds=0.3,
-                      scp_port=0, prearchive_codes={"CLI": 0}) as emulator:  # staged sessions stay staged
-        yield emulator
+def xnat(tmp_path: Path, xnat_emulator_factory):
+    return xnat_emulator_factory(tmp_path / "xnat", projects=("CLI",), password=PASSWORD, rebuild_idle_seconds=0.3,
+                                 scp_port=0, prearchive_codes={"CLI": 0})  # staged sessions stay staged
 
 
 def run(*args: str, input: str | None = None):
@@ -315,23 +314,23 @@ def test_help_is_readable_at_80_columns(home: Path) -> None:
         assert "--password-stdin" in result.output
 
 
-def test_ctrl_c_says_how_to_resume(tmp_path: Path, home: Path) -> None:
-    with XnatEmulator(tmp_path / "slow", projects=("CLI",), password=PASSWORD, latency_ms=400) as xnat:
-        login(xnat)
-        write_studies(tmp_path / "export", series=2, instances=40, instance_kb=4, seed=46)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("XNAT_")} | {"HOME": str(home)}
-        process = subprocess.Popen(
-            CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "C", "-E", "C_MR1", "--gradual"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        deadline = time.monotonic() + 60
-        while xnat.stats()["imports"] < 2 and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.1)
-        process.send_signal(2)  # SIGINT, as Ctrl-C
-        _, stderr = process.communicate(timeout=60)
-        assert process.returncode == 130, stderr
-        assert "interrupted: re-run the same command to send the rest" in stderr
-        assert "Traceback" not in stderr
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, home: Path, xnat_emulator_factory) -> None:
+    xnat = xnat_emulator_factory(tmp_path / "slow", projects=("CLI",), password=PASSWORD, latency_ms=400)
+    login(xnat)
+    write_studies(tmp_path / "export", series=2, instances=40, instance_kb=4, seed=46)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XNAT_")} | {"HOME": str(home)}
+    process = subprocess.Popen(
+        CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "C", "-E", "C_MR1", "--gradual"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while xnat.stats()["imports"] < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(2)  # SIGINT, as Ctrl-C
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted: re-run the same command to send the rest" in stderr
+    assert "Traceback" not in stderr
 
 
 def _children(pid: int) -> list[int]:
@@ -348,45 +347,45 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
-def test_flow_password_stays_out_of_prefects_server_and_the_server_dies_with_the_cli(tmp_path: Path, home: Path) -> None:
+def test_flow_password_stays_out_of_prefects_server_and_the_server_dies_with_the_cli(tmp_path: Path, home: Path, xnat_emulator_factory) -> None:
     """`--flow --password-stdin` without a Prefect server: Prefect starts a temporary API server
     child. The password must not be in its environment, and killing the CLI must not leave it running."""
-    with XnatEmulator(tmp_path / "slow", projects=("CLI",), password=PASSWORD, latency_ms=300) as xnat:
-        write_studies(tmp_path / "export", series=2, instances=30, instance_kb=4, seed=47)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
-        env |= {"HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect")}
-        process = subprocess.Popen(
-            CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "K", "-E", "K_MR1", "--flow",
-                   "--gradual", "--workers", "1", "--url", xnat.url, "-u", "admin", "--password-stdin"],
-            env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        process.stdin.write(PASSWORD.encode() + b"\n")
-        process.stdin.close()
-        try:
-            deadline, server = time.monotonic() + 120, None
-            while server is None and time.monotonic() < deadline and process.poll() is None:
-                server = next((c for c in _children(process.pid)
-                               if b"uvicorn" in Path(f"/proc/{c}/cmdline").read_bytes()), None)
-                time.sleep(0.2)
-            assert server is not None, "no Prefect API server child appeared"
-            assert PASSWORD.encode() not in Path(f"/proc/{server}/environ").read_bytes()
-            process.kill()  # SIGKILL: no atexit, no signal handler
-            process.wait(timeout=30)
-            deadline = time.monotonic() + 30
-            while Path(f"/proc/{server}").exists() and time.monotonic() < deadline:
-                stat_fields = Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()
-                if stat_fields[0] == "Z":  # ended; only waiting to be reaped by init
-                    break
-                time.sleep(0.2)
-            assert not Path(f"/proc/{server}").exists() or stat_fields[0] == "Z", "the Prefect server outlived the CLI"
-        finally:
-            if process.poll() is None:
-                process.kill()
-            if server is not None and Path(f"/proc/{server}").exists():
-                os.kill(server, 9)  # never leave it behind, even when the test fails
-            stderr = process.stderr.read().decode(errors="replace")
-        assert "telemetry" not in stderr.lower()
-        assert_no_password_under(home)
+    xnat = xnat_emulator_factory(tmp_path / "slow", projects=("CLI",), password=PASSWORD, latency_ms=300)
+    write_studies(tmp_path / "export", series=2, instances=30, instance_kb=4, seed=47)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
+    env |= {"HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect")}
+    process = subprocess.Popen(
+        CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "K", "-E", "K_MR1", "--flow",
+               "--gradual", "--workers", "1", "--url", xnat.url, "-u", "admin", "--password-stdin"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    process.stdin.write(PASSWORD.encode() + b"\n")
+    process.stdin.close()
+    try:
+        deadline, server = time.monotonic() + 120, None
+        while server is None and time.monotonic() < deadline and process.poll() is None:
+            server = next((c for c in _children(process.pid)
+                           if b"uvicorn" in Path(f"/proc/{c}/cmdline").read_bytes()), None)
+            time.sleep(0.2)
+        assert server is not None, "no Prefect API server child appeared"
+        assert PASSWORD.encode() not in Path(f"/proc/{server}/environ").read_bytes()
+        process.kill()  # SIGKILL: no atexit, no signal handler
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{server}").exists() and time.monotonic() < deadline:
+            stat_fields = Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()
+            if stat_fields[0] == "Z":  # ended; only waiting to be reaped by init
+                break
+            time.sleep(0.2)
+        assert not Path(f"/proc/{server}").exists() or stat_fields[0] == "Z", "the Prefect server outlived the CLI"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if server is not None and Path(f"/proc/{server}").exists():
+            os.kill(server, 9)  # never leave it behind, even when the test fails
+        stderr = process.stderr.read().decode(errors="replace")
+    assert "telemetry" not in stderr.lower()
+    assert_no_password_under(home)
 
 
 @pytest.mark.slow

@@ -17,9 +17,8 @@ PASSWORD = "cli-test-password-19d2"
 
 
 @pytest.fixture
-def xnat(tmp_path: Path):
-    with XnatEmulator(tmp_path / "xnat", projects=("CLI",), password=PASSWORD, rebuild_idle_seconds=0.3) as emulator:
-        yield emulator
+def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
+    return xnat_emulator_factory(tmp_path / "xnat", projects=("CLI",), password=PASSWORD, rebuild_idle_seconds=0.3)
 
 
 def run(*args: str, env: dict[str, str] | None = None, input: str | None = None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 import stat
 import threading
@@ -26,7 +27,6 @@ from xnat_flows.client.errors import (
     XnatConnectionError,
     XnatError,
 )
-from xnat_flows.client.retry import RetryPolicy
 
 PASSWORD = "s3cret-Pa55word"
 TOKEN = "0123456789ABCDEF0123456789ABCDEF"
@@ -59,30 +59,9 @@ class Recorder:
 
 
 @pytest.fixture
-def sleeps() -> list[float]:
-    return []
-
-
-@pytest.fixture
-def make_client(sleeps: list[float]) -> Callable[..., XnatClient]:
-    clients: list[XnatClient] = []
-
-    def make(handler, *, token: str | None = None, password: str | None = PASSWORD, cache: TokenCache | None = None) -> XnatClient:
-        creds = Credentials(
-            url="https://xnat.test",
-            username="alice",
-            password=SecretStr(password) if password else None,
-            token=SecretStr(token) if token else None,
-        )
-        client = XnatClient(
-            creds, transport=httpx.MockTransport(handler), token_cache=cache, retry=RetryPolicy(sleep=sleeps.append)
-        )
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+def make_client(scripted_client) -> Callable[..., XnatClient]:
+    """``scripted_client`` as alice with a password and no token, unless a test says otherwise."""
+    return functools.partial(scripted_client, url="https://xnat.test", username="alice", token=None, password=PASSWORD)
 
 
 def test_logs_in_once_and_sends_the_session_cookie(make_client) -> None:
@@ -187,18 +166,18 @@ def test_streamed_body_is_rebuilt_for_the_resend_after_401(make_client) -> None:
 
 
 @pytest.mark.parametrize("status", [500, 502, 504])
-def test_server_errors_on_idempotent_requests_are_retried(make_client, sleeps, status) -> None:
+def test_server_errors_on_idempotent_requests_are_retried(make_client, retry_sleeps, status) -> None:
     xnat = Recorder({("GET", "/data/x"): [httpx.Response(status), httpx.Response(status), httpx.Response(200, text="fine")]})
     assert make_client(xnat).request("GET", "/data/x").text == "fine"
-    assert len(sleeps) == 2
-    assert 1.0 <= sleeps[0] <= 2.0 and 2.0 <= sleeps[1] <= 4.0  # jittered exponential backoff
+    assert len(retry_sleeps) == 2
+    assert 1.0 <= retry_sleeps[0] <= 2.0 and 2.0 <= retry_sleeps[1] <= 4.0  # jittered exponential backoff
 
 
-def test_server_error_on_a_plain_post_is_not_resent(make_client, sleeps) -> None:
+def test_server_error_on_a_plain_post_is_not_resent(make_client, retry_sleeps) -> None:
     xnat = Recorder({("POST", "/data/services/archive"): [httpx.Response(500, text="boom")]})
     with pytest.raises(TransientError):
         make_client(xnat).request("POST", "/data/services/archive")
-    assert xnat.calls("/data/services/archive") == 1 and sleeps == []
+    assert xnat.calls("/data/services/archive") == 1 and retry_sleeps == []
 
 
 def test_upload_post_is_resent_on_server_error(make_client) -> None:
@@ -207,7 +186,7 @@ def test_upload_post_is_resent_on_server_error(make_client) -> None:
     assert xnat.calls(IMPORT) == 2
 
 
-def test_retry_after_is_honoured_and_capped(make_client, sleeps) -> None:
+def test_retry_after_is_honoured_and_capped(make_client, retry_sleeps) -> None:
     xnat = Recorder(
         {
             ("POST", "/data/anything"): [
@@ -218,29 +197,29 @@ def test_retry_after_is_honoured_and_capped(make_client, sleeps) -> None:
         }
     )
     make_client(xnat).request("POST", "/data/anything")  # 429/503: the server did not act, so even POST retries
-    assert sleeps == [7.0, 300.0]
+    assert retry_sleeps == [7.0, 300.0]
 
 
-def test_retry_after_as_http_date(make_client, sleeps) -> None:
+def test_retry_after_as_http_date(make_client, retry_sleeps) -> None:
     when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
     xnat = Recorder({("GET", "/x"): [httpx.Response(503, headers={"Retry-After": when}), httpx.Response(200)]})
     make_client(xnat).request("GET", "/x")
-    assert 25 <= sleeps[0] <= 31
+    assert 25 <= retry_sleeps[0] <= 31
 
 
-def test_attempts_are_capped(make_client, sleeps) -> None:
+def test_attempts_are_capped(make_client, retry_sleeps) -> None:
     xnat = Recorder({("GET", "/x"): [httpx.Response(503, text="busy")]})
     with pytest.raises(TransientError) as info:
         make_client(xnat).request("GET", "/x")
-    assert xnat.calls("/x") == 6 and len(sleeps) == 5
+    assert xnat.calls("/x") == 6 and len(retry_sleeps) == 5
     assert info.value.status == 503
 
 
-def test_permanent_import_400_fails_at_once_with_the_server_message(make_client, sleeps) -> None:
+def test_permanent_import_400_fails_at_once_with_the_server_message(make_client, retry_sleeps) -> None:
     xnat = Recorder({("POST", IMPORT): [httpx.Response(400, text="Unable to identify destination project: NOPE")]})
     with pytest.raises(PermanentUploadError) as info:
         make_client(xnat).request("POST", IMPORT, content=b"x")
-    assert xnat.calls(IMPORT) == 1 and sleeps == []
+    assert xnat.calls(IMPORT) == 1 and retry_sleeps == []
     assert info.value.server_message == "Unable to identify destination project: NOPE"
     assert "NOPE" in str(info.value)
 
@@ -260,14 +239,14 @@ def test_tomcat_html_error_page_is_reduced_to_its_message(make_client) -> None:
     assert info.value.server_message == "HTTP Status 404 – Not Found"
 
 
-def test_403_is_permission_denied_and_not_retried(make_client, sleeps) -> None:
+def test_403_is_permission_denied_and_not_retried(make_client, retry_sleeps) -> None:
     xnat = Recorder({("GET", "/x"): [httpx.Response(403)]})
     with pytest.raises(PermissionDeniedError):
         make_client(xnat).request("GET", "/x")
-    assert sleeps == []
+    assert retry_sleeps == []
 
 
-def test_refused_connection_fails_fast_but_a_dropped_one_is_retried(make_client, sleeps) -> None:
+def test_refused_connection_fails_fast_but_a_dropped_one_is_retried(make_client, retry_sleeps) -> None:
     refused = Recorder({("GET", "/x"): [httpx.ConnectError("Connection refused")]})
     with pytest.raises(XnatConnectionError) as info:
         make_client(refused, token=TOKEN).request("GET", "/x")
@@ -360,7 +339,7 @@ def test_a_cached_session_is_not_reused_with_another_password(tmp_path: Path, ma
 def test_token_cache_forgets_idle_tokens(tmp_path: Path) -> None:
     cache = TokenCache(tmp_path, max_idle_seconds=0.0)
     cache.put("https://a", "u", "TOKEN")
-    time.sleep(0.01)
+    time.sleep(0.01)  # the point: some idle time passes, more than max_idle_seconds=0
     assert cache.get("https://a", "u") is None
     fresh = TokenCache(tmp_path)
     assert fresh.get("https://a", "u") == "TOKEN"
@@ -384,7 +363,7 @@ def test_whoami(make_client) -> None:
     assert make_client(xnat).whoami() == "alice"
 
 
-def test_a_busy_server_at_login_is_retried(make_client, sleeps) -> None:
+def test_a_busy_server_at_login_is_retried(make_client, retry_sleeps) -> None:
     answers = [httpx.Response(503, headers={"Retry-After": "1"}), httpx.Response(200, text=TOKEN)]
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -393,7 +372,7 @@ def test_a_busy_server_at_login_is_retried(make_client, sleeps) -> None:
         return httpx.Response(200, text="ok")
 
     assert make_client(handler).request("GET", "/x").text == "ok"
-    assert sleeps == [1.0]
+    assert retry_sleeps == [1.0]
 
 
 def test_connection_error_keeps_its_retryable_flag_through_pickle() -> None:
@@ -469,7 +448,10 @@ def test_login_token_from_the_cookie_when_the_body_is_empty(make_client) -> None
 def test_cancel_cuts_a_backoff_short() -> None:
     from xnat_flows.client.errors import CancelledError
 
+    answered = threading.Event()
+
     def handler(request: httpx.Request) -> httpx.Response:
+        answered.set()
         return httpx.Response(503, headers={"Retry-After": "120"})
 
     creds = Credentials(url="https://xnat.test", username="alice", token=SecretStr(TOKEN))
@@ -478,7 +460,7 @@ def test_cancel_cuts_a_backoff_short() -> None:
     worker = threading.Thread(target=lambda: outcome.append(pytest.raises(CancelledError, client.request, "GET", "/x").value))
     started = time.monotonic()
     worker.start()
-    time.sleep(0.2)
+    assert answered.wait(5)  # the 503 is in: the client is (about to be) in its 120 s backoff
     client.cancel()
     worker.join(5)
     assert not worker.is_alive() and time.monotonic() - started < 3
@@ -488,23 +470,23 @@ def test_cancel_cuts_a_backoff_short() -> None:
 # -- issue 11.16: hints match the cause; only passing conditions are retried ---------------------------
 
 
-def test_an_unrecognised_import_400_is_not_retried_as_busy(make_client, sleeps) -> None:
+def test_an_unrecognised_import_400_is_not_retried_as_busy(make_client, retry_sleeps) -> None:
     xnat = Recorder({("POST", IMPORT): [httpx.Response(400, text="Something XNAT has never said before")]})
     with pytest.raises(XnatError) as info:
         make_client(xnat).request("POST", IMPORT, content=b"x")
-    assert xnat.calls(IMPORT) == 1 and sleeps == []
+    assert xnat.calls(IMPORT) == 1 and retry_sleeps == []
     assert not isinstance(info.value, TransientError) and not info.value.retryable
     assert "busy" not in info.value.hint and "does not know" in info.value.hint
 
 
-def test_a_full_disk_is_said_as_such_and_not_retried(make_client, sleeps) -> None:
+def test_a_full_disk_is_said_as_such_and_not_retried(make_client, retry_sleeps) -> None:
     from xnat_flows.client.errors import StorageFullError
 
     full = httpx.Response(500, text="java.io.IOException: No space left on device")
     xnat = Recorder({("POST", IMPORT): [full]})
     with pytest.raises(StorageFullError) as info:
         make_client(xnat).request("POST", IMPORT, content=b"x")
-    assert xnat.calls(IMPORT) == 1 and sleeps == []
+    assert xnat.calls(IMPORT) == 1 and retry_sleeps == []
     assert "storage is full" in str(info.value) and "busy" not in info.value.hint
 
 

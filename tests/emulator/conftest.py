@@ -11,9 +11,8 @@ from xnat_flows.testing import XnatEmulator
 
 
 @pytest.fixture
-def emulator(tmp_path) -> Iterator[XnatEmulator]:
-    with XnatEmulator(tmp_path / "xnat", rebuild_idle_seconds=0.3) as xnat:
-        yield xnat
+def emulator(tmp_path, xnat_emulator_factory) -> XnatEmulator:
+    return xnat_emulator_factory(tmp_path / "xnat", rebuild_idle_seconds=0.3)
 
 
 @pytest.fixture

@@ -1,4 +1,10 @@
-"""Small DICOM datasets, archive builders and polling for the emulator tests (pydicom's CT_small with fresh UIDs)."""
+"""Small DICOM datasets and archive builders for the emulator tests.
+
+Instances are pydicom's CT_small re-stamped in memory rather than ``xnat_flows.testing.synth``
+files: these tests set header fields synth does not (PatientName, Modality, StudyDescription,
+PatientComments per instance, a chosen SOP Instance UID, two series sharing a number) to exercise
+XNAT's routing and merge rules, and want the bytes without touching the disk.
+"""
 
 from __future__ import annotations
 
@@ -87,17 +93,3 @@ def tar_bytes(members: list[tuple[str, bytes]], mode: str = "w") -> bytes:
 
 def members(instances: list[Instance]) -> list[tuple[str, bytes]]:
     return [(i.name, i.data) for i in instances]
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    """Poll until predicate() is truthy; return its value (fails the test on timeout)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)

@@ -1,4 +1,4 @@
-"""Authentication, JSESSION lifecycle and site endpoints (spec §2)."""
+"""Authentication, JSESSION lifecycle and site endpoints (XNAT wiki: User Session Management API, User Alias Token API)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import re
 import time
 
 import httpx
-
-from xnat_flows.testing import XnatEmulator
 
 
 def test_jsession_login_returns_32_hex_token_and_cookie(emulator):
@@ -38,7 +36,7 @@ def test_basic_auth_on_every_request_and_rest_alias(client):
     assert [row["ID"] for row in data["ResultSet"]["Result"]] == ["TEST"]
 
 
-def test_idle_expiry(tmp_path, monkeypatch):
+def test_idle_expiry(tmp_path, monkeypatch, xnat_emulator_factory):
     import types
 
     from xnat_flows.testing import auth
@@ -46,34 +44,35 @@ def test_idle_expiry(tmp_path, monkeypatch):
     clock = types.SimpleNamespace(now=time.time())
     # The JSESSION clock is moved by the test, not by sleeping: no race with a slow machine.
     monkeypatch.setattr(auth, "time", types.SimpleNamespace(time=lambda: clock.now))
-    with XnatEmulator(tmp_path, session_idle_timeout=60) as xnat:
-        token = httpx.post(f"{xnat.url}/data/JSESSION", auth=("admin", "admin")).text
-        clock.now += 59
-        assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 200
-        clock.now += 59  # idle time counts from the last use
-        assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 200
-        clock.now += 61
-        assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 401
+    xnat = xnat_emulator_factory(tmp_path, session_idle_timeout=60)
+    token = httpx.post(f"{xnat.url}/data/JSESSION", auth=("admin", "admin")).text
+    clock.now += 59
+    assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 200
+    clock.now += 59  # idle time counts from the last use
+    assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 200
+    clock.now += 61
+    assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 401
 
 
-def test_max_sessions_per_user_evicts_oldest(tmp_path):
-    with XnatEmulator(tmp_path, max_sessions_per_user=2) as xnat:
-        tokens = [httpx.post(f"{xnat.url}/data/JSESSION", auth=("admin", "admin")).text for _ in range(3)]
-        statuses = [httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": t}).status_code for t in tokens]
-        assert statuses == [401, 200, 200]
+def test_max_sessions_per_user_evicts_oldest(tmp_path, xnat_emulator_factory):
+    xnat = xnat_emulator_factory(tmp_path, max_sessions_per_user=2)
+    tokens = [httpx.post(f"{xnat.url}/data/JSESSION", auth=("admin", "admin")).text for _ in range(3)]
+    statuses = [httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": t}).status_code for t in tokens]
+    assert statuses == [401, 200, 200]
 
 
-def test_html200_login_failure_mode(tmp_path):
-    with XnatEmulator(tmp_path, login_failure_mode="html200") as xnat:
-        response = httpx.post(f"{xnat.url}/data/JSESSION", auth=("admin", "nope"))
-        assert response.status_code == 200 and "<html" in response.text
+def test_html200_login_failure_mode(tmp_path, xnat_emulator_factory):
+    xnat = xnat_emulator_factory(tmp_path, login_failure_mode="html200")
+    response = httpx.post(f"{xnat.url}/data/JSESSION", auth=("admin", "nope"))
+    assert response.status_code == 200 and "<html" in response.text
 
 
-def test_tokens_survive_restart(tmp_path):
-    with XnatEmulator(tmp_path / "d") as xnat:
-        token = httpx.post(f"{xnat.url}/data/JSESSION", auth=("admin", "admin")).text
-    with XnatEmulator(tmp_path / "d") as xnat:
-        assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 200
+def test_tokens_survive_restart(tmp_path, xnat_emulator_factory):
+    xnat = xnat_emulator_factory(tmp_path / "d")
+    token = httpx.post(f"{xnat.url}/data/JSESSION", auth=("admin", "admin")).text
+    xnat.stop()
+    xnat = xnat_emulator_factory(tmp_path / "d")
+    assert httpx.get(f"{xnat.url}/data/projects", cookies={"JSESSIONID": token}).status_code == 200
 
 
 def test_version_build_info_and_username(client):

@@ -96,12 +96,12 @@ def test_control_endpoints_over_http(emulator):
 
 
 def test_forced_conflict_over_http(emulator, client):
-    from emulator_helpers import wait_for
+    from xnat_flows.testing.pytest_plugin import wait_until
 
     httpx.post(f"{emulator.url}/_emulator/faults", json={"next_session": "CONFLICT"})
     client.post("/data/services/import", params={"import-handler": "DICOM-zip", "project": "TEST", "session": "FC"},
                 content=zip_bytes(members(make_study(1, 1))), headers={"Content-Type": "application/zip"})
-    rows = wait_for(lambda: [r for r in client.get("/data/prearchive").json()["ResultSet"]["Result"]
+    rows = wait_until(lambda: [r for r in client.get("/data/prearchive").json()["ResultSet"]["Result"]
                              if r["status"] == "CONFLICT"])
     assert rows[0]["name"] == "FC"
 

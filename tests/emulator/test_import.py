@@ -1,4 +1,7 @@
-"""POST /data/services/import: body rules, parameters, responses and grouping (spec §3.1-§3.5, §3.8, §3.9)."""
+"""POST /data/services/import: body rules, parameters, responses and grouping
+(XNAT wiki: Image Session Import Service API; xnat-web `Importer.java`, `SecureResource.java`,
+`DicomZipImporter.java`, `GradualDicomImporter.java`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,9 @@ import gzip
 import zipfile
 
 import pytest
-from emulator_helpers import make_instance, make_study, members, tar_bytes, wait_for, zip_bytes
+from emulator_helpers import make_instance, make_study, members, tar_bytes, zip_bytes
+
+from xnat_flows.testing.pytest_plugin import wait_until
 
 IMPORT = "/data/services/import"
 
@@ -224,7 +229,7 @@ def test_direct_archive_returns_xapi_uri_then_archives(emulator, client):
                                                                "Direct-Archive": "true"})
     assert response.text == f"/xapi/direct-archive/TEST/{study[0].study_uid}/DA\r\n"
     assert client.get("/data/prearchive").json()["ResultSet"]["Result"] == []
-    wait_for(lambda: client.get("/data/projects/TEST/experiments/DA").status_code == 200)
+    wait_until(lambda: client.get("/data/projects/TEST/experiments/DA").status_code == 200)
 
 
 def test_gradual_direct_archive(emulator, client):
@@ -232,7 +237,7 @@ def test_gradual_direct_archive(emulator, client):
     uris = {gradual(client, i.data, **{"PROJECT_ID": "TEST", "SUBJECT_ID": "S", "EXPT_LABEL": "GDA",
                                        "Direct-Archive": "true"}).text for i in study}
     assert uris == {f"/xapi/direct-archive/TEST/{study[0].study_uid}/GDA\r\n"}
-    wait_for(lambda: emulator.archived_experiments("TEST"))
+    wait_until(lambda: emulator.archived_experiments("TEST"))
     assert emulator.archived_experiments("TEST")[0]["scans"] == {"1": 2}
 
 

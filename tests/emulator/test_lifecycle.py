@@ -1,11 +1,13 @@
-"""Session lifecycle: RECEIVING -> idle rebuild -> READY / auto-archive, fallbacks, persistence (spec §3.6, §3.7)."""
+"""Session lifecycle: RECEIVING -> idle rebuild -> READY / auto-archive, fallbacks, persistence
+(xnat-web `SessionXMLRebuilder.java`, `PrearcSessionArchiver.java`; XNAT wiki: Using Direct-to-Archive Uploading).
+"""
 
 from __future__ import annotations
 
 import httpx
-from emulator_helpers import make_study, members, wait_for, zip_bytes
+from emulator_helpers import make_study, members, zip_bytes
 
-from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.pytest_plugin import wait_until
 
 
 def upload(client, instances, **params):
@@ -25,14 +27,14 @@ def test_manual_project_goes_receiving_then_ready(emulator, client):
     emulator.set_prearchive_code("TEST", 0)
     uri = upload(client, make_study(1, 2), project="TEST", subject="S", session="E")
     assert status_of(client, uri) == "RECEIVING"
-    wait_for(lambda: status_of(client, uri) == "READY")
+    wait_until(lambda: status_of(client, uri) == "READY")
     assert emulator.archived_experiments() == []
 
 
 def test_auto_archive_project_archives_after_idle(emulator, client):
     uri = upload(client, make_study(2, 2), project="TEST", subject="S", session="AUTO")
     assert uri.startswith("/data/prearchive/projects/TEST/")
-    wait_for(lambda: emulator.archived_experiments("TEST"))
+    wait_until(lambda: emulator.archived_experiments("TEST"))
     assert client.get(uri).status_code == 404
     [experiment] = emulator.archived_experiments("TEST")
     assert experiment["label"] == "AUTO" and experiment["subject"] == "S"
@@ -42,19 +44,19 @@ def test_auto_archive_project_archives_after_idle(emulator, client):
 def test_auto_archive_conflict_leaves_row_in_conflict(emulator, client):
     study = make_study(1, 2)
     upload(client, study, project="TEST", subject="S", session="DUP")
-    wait_for(lambda: emulator.archived_experiments("TEST"))
+    wait_until(lambda: emulator.archived_experiments("TEST"))
     # Same files again: append (code 4) refuses identical files -> CONFLICT in the prearchive.
     uri = upload(client, study, project="TEST", subject="S", session="DUP")
-    wait_for(lambda: status_of(client, uri) == "CONFLICT")
+    wait_until(lambda: status_of(client, uri) == "CONFLICT")
 
 
 def test_code_5_overwrites(emulator, client):
     emulator.set_prearchive_code("TEST", 5)
     study = make_study(1, 2)
     upload(client, study, project="TEST", subject="S", session="OW")
-    wait_for(lambda: emulator.archived_experiments("TEST"))
+    wait_until(lambda: emulator.archived_experiments("TEST"))
     uri = upload(client, study, project="TEST", subject="S", session="OW")
-    wait_for(lambda: client.get(uri).status_code == 404)
+    wait_until(lambda: client.get(uri).status_code == 404)
     assert emulator.archived_experiments("TEST")[0]["scans"] == {"1": 2}
 
 
@@ -62,7 +64,7 @@ def test_direct_archive_conflict_falls_back_to_prearchive(emulator, client):
     study = make_study(1, 1)
     upload(client, study, project="TEST", subject="S", session="DAC", dest="/archive/projects/TEST")
     upload(client, make_study(1, 1), **{"project": "TEST", "subject": "S", "session": "DAC", "Direct-Archive": "true"})
-    rows = wait_for(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
+    rows = wait_until(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
     assert rows[0]["status"] == "CONFLICT"
 
 
@@ -71,7 +73,7 @@ def test_forced_error_for_next_session(emulator, client):
     uri = upload(client, make_study(1, 1), **{"project": "TEST", "subject": "S", "session": "ERR",
                                               "Direct-Archive": "true"})
     assert uri.startswith("/xapi/direct-archive/")
-    rows = wait_for(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
+    rows = wait_until(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
     assert rows[0]["status"] == "ERROR"
     log = client.get(f"/data{rows[0]['url']}/logs").json()["ResultSet"]["Result"]
     assert "Attempt to direct-archive failed" in log[-1]["entry"]
@@ -82,40 +84,38 @@ def test_prevent_auto_commit_keeps_receiving(emulator, client):
     emulator.rebuild_now()
     import time
 
-    time.sleep(0.5)
+    time.sleep(0.5)  # the point: the idle interval (0.3 s) passes, and still no auto-build
     emulator.rebuild_now()
     assert status_of(client, uri) == "RECEIVING"
 
 
-def test_state_survives_restart(tmp_path):
+def test_state_survives_restart(tmp_path, xnat_emulator_factory):
     data_dir = tmp_path / "state"
-    with (
-        XnatEmulator(data_dir, rebuild_idle_seconds=0.2) as xnat,
-        httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http,
-    ):
+    xnat = xnat_emulator_factory(data_dir, rebuild_idle_seconds=0.2)
+    with httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http:
         upload(http, make_study(1, 3), project="TEST", subject="S", session="KEEP", dest="/archive/projects/TEST")
         xnat.set_prearchive_code("TEST", 0)
         pending = upload(http, make_study(1, 1), project="TEST", subject="S", session="PENDING")
-    with (
-        XnatEmulator(data_dir, rebuild_idle_seconds=0.2) as xnat,
-        httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http,
-    ):
+    xnat.stop()
+    xnat = xnat_emulator_factory(data_dir, rebuild_idle_seconds=0.2)
+    with httpx.Client(base_url=xnat.url, auth=("admin", "admin")) as http:
         [experiment] = xnat.archived_experiments("TEST")
         assert experiment["label"] == "KEEP" and experiment["scans"] == {"1": 3}
         files = http.get(f"/data/experiments/{experiment['ID']}/scans/1/resources/DICOM/files").json()
         first = files["ResultSet"]["Result"][0]
         assert len(http.get(first["URI"]).content) == int(first["Size"])
-        wait_for(lambda: status_of(http, pending) == "READY")
+        wait_until(lambda: status_of(http, pending) == "READY")
         assert http.get("/data/projects/TEST/prearchive_code").text == "0"
 
 
-def test_stop_cuts_keep_alive_connections_and_restart_on_same_port(tmp_path):
-    with XnatEmulator(tmp_path / "s") as xnat:
-        port = xnat.port
-        http = httpx.Client(base_url=xnat.url, auth=("admin", "admin"))
-        assert http.get("/data/projects").status_code == 200
-    with XnatEmulator(tmp_path / "s", port=port) as xnat:
-        assert http.get("/data/projects").status_code == 200  # the pooled connection was closed cleanly
+def test_stop_cuts_keep_alive_connections_and_restart_on_same_port(tmp_path, xnat_emulator_factory):
+    xnat = xnat_emulator_factory(tmp_path / "s")
+    port = xnat.port
+    http = httpx.Client(base_url=xnat.url, auth=("admin", "admin"))
+    assert http.get("/data/projects").status_code == 200
+    xnat.stop()
+    xnat = xnat_emulator_factory(tmp_path / "s", port=port)
+    assert http.get("/data/projects").status_code == 200  # the pooled connection was closed cleanly
     http.close()
 
 
@@ -134,11 +134,11 @@ def test_parallel_gradual_uploads_of_one_study_make_one_session(emulator):
     with ThreadPoolExecutor(6) as pool:
         uris = set().union(*pool.map(send, [study[k::6] for k in range(6)]))
     assert len(uris) == 1
-    [experiment] = wait_for(lambda: emulator.archived_experiments("TEST"))
+    [experiment] = wait_until(lambda: emulator.archived_experiments("TEST"))
     assert experiment["scans"] == {"1": 20, "2": 20, "3": 20}
 
 
-def test_stopping_with_requests_in_flight_is_quiet_and_waits_for_them(tmp_path, capfd):
+def test_stopping_with_requests_in_flight_is_quiet_and_waits_for_them(tmp_path, capfd, xnat_emulator_factory):
     """stop() cuts connections like a stopped XNAT, but no handler may touch the closed state
     afterwards and nothing is printed (it once printed 'closed database' tracebacks)."""
     import threading
@@ -146,7 +146,7 @@ def test_stopping_with_requests_in_flight_is_quiet_and_waits_for_them(tmp_path, 
     from xnat_flows.testing.synth import write_studies
 
     manifest = write_studies(tmp_path / "study", series=1, instances=400, instance_kb=32)
-    xnat = XnatEmulator(tmp_path / "xnat", projects=("P",)).start()
+    xnat = xnat_emulator_factory(tmp_path / "xnat", projects=("P",), rebuild_idle_seconds=1.0)
     answered = threading.Semaphore(0)
     outcomes: list[str] = []
 

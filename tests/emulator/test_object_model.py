@@ -13,7 +13,9 @@ import zipfile
 from xml.etree import ElementTree
 
 import pytest
-from emulator_helpers import make_study, members, wait_for, zip_bytes
+from emulator_helpers import make_study, members, zip_bytes
+
+from xnat_flows.testing.pytest_plugin import wait_until
 
 
 def archive_session(client, subject="SUBJ", label="SESS", series=2, instances=2, project="TEST", **kwargs) -> str:
@@ -371,9 +373,9 @@ def test_routing_comment_auto_archive_flag_overrides_the_project(client, emulato
                              content=instance.data, headers={"Content-Type": "application/dicom"})
         assert answer.status_code == 200, answer.text
     if archived:
-        wait_for(lambda: emulator.archived_experiments())
+        wait_until(lambda: emulator.archived_experiments())
         assert emulator.prearchive_sessions() == []
     else:
-        rows = wait_for(lambda: [r for r in emulator.prearchive_sessions() if r["status"] == "READY"])
+        rows = wait_until(lambda: [r for r in emulator.prearchive_sessions() if r["status"] == "READY"])
         assert [r["name"] for r in rows] == ["ROUTED"]
         assert emulator.archived_experiments() == []

@@ -1,4 +1,6 @@
-"""Prearchive listing/actions and the archive service with XNAT's merge rules (spec §3.6, §4)."""
+"""Prearchive listing/actions and the archive service with XNAT's merge rules
+(XNAT wiki: Image Session Archive Service API; xnat-web `PrearcSessionResource.java`, `PrearcSessionArchiver.java`).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Projects, prearchive codes and subjects (spec §3.7, §5)."""
+"""Projects, prearchive codes and subjects (xnat-web `ProjectResource`, `PrearcUtils`; XNAT wiki: Get All Experiments)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Resource folders and file uploads on experiments and scans (spec §6)."""
+"""Resource folders and file uploads on experiments and scans (XNAT wiki: Experiment/Subject/Scan Resource API; xnat-web `FileList.java`)."""
 
 from __future__ import annotations
 

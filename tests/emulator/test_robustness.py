@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 
 import pytest
-from emulator_helpers import make_study, members, wait_for, zip_bytes
+from emulator_helpers import make_study, members, zip_bytes
 
 from xnat_flows.testing.bandwidth import ThrottledReader, ThrottledWriter, TokenBucket
+from xnat_flows.testing.pytest_plugin import wait_until
 
 MALFORMED_BODIES = [b"not json", b"{", b"[1, 2]", b'"text"', b"42", b"null", b"\xff\xfe"]
 
@@ -69,7 +70,7 @@ def test_full_disk_answers_500_per_request_then_recovers(emulator, client):
     client.post("/_emulator/faults", json={"disk_full": False})  # over HTTP too
     accepted = [client.post("/data/services/import", params=params, content=i.data, headers=headers) for i in data]
     assert [a.status_code for a in accepted] == [200, 200]
-    archived = wait_for(lambda: emulator.archived_experiments())
+    archived = wait_until(lambda: emulator.archived_experiments())
     assert list(archived[0]["scans"].values()) == [2]
 
 
@@ -131,19 +132,17 @@ def test_reads_and_writes_share_one_bucket():
     assert clock.now - 100.0 == pytest.approx(8.0, abs=0.01)
 
 
-def test_emulator_applies_the_cap(tmp_path):
-    from xnat_flows.testing import XnatEmulator
+def test_emulator_applies_the_cap(tmp_path, xnat_emulator_factory):
+    xnat = xnat_emulator_factory(tmp_path / "x", bandwidth_mbit=80)
+    assert xnat.bandwidth is not None and xnat.bandwidth.rate == 10_000_000
+    import httpx
 
-    with XnatEmulator(tmp_path / "x", bandwidth_mbit=80) as xnat:
-        assert xnat.bandwidth is not None and xnat.bandwidth.rate == 10_000_000
-        import httpx
-
-        before = xnat.bandwidth._tokens
-        answer = httpx.get(f"{xnat.url}/", timeout=10)
-        assert answer.status_code == 200
-        assert xnat.bandwidth._tokens < before  # the answer's bytes went through the bucket
-    with XnatEmulator(tmp_path / "y") as xnat:
-        assert xnat.bandwidth is None
+    before = xnat.bandwidth._tokens
+    answer = httpx.get(f"{xnat.url}/", timeout=10)
+    assert answer.status_code == 200
+    assert xnat.bandwidth._tokens < before  # the answer's bytes went through the bucket
+    xnat = xnat_emulator_factory(tmp_path / "y")
+    assert xnat.bandwidth is None
 
 
 GARBAGE = [

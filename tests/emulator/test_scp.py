@@ -11,6 +11,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, DicomReceiver, ScpFaults
 from xnat_flows.testing.synth import write_studies
 
@@ -113,9 +114,7 @@ def test_abort_fault_aborts_once_then_the_receiver_serves_again(receiver: DicomR
     statuses = [assoc.send_c_store(str(item.path)) for item in study.files[:3]]
     assert [s.Status for s in statuses[:2]] == [0, 0]
     assert not statuses[2]  # no response: an empty Dataset
-    deadline = time.monotonic() + 5
-    while assoc.is_established and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not assoc.is_established, 5, interval=0.01, what="the association to end")
     assert assoc.is_aborted
     assert len(ingest.received) == 2
     again = _associate(receiver.port)

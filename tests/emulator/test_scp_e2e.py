@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -10,20 +9,11 @@ import httpx
 import pytest
 
 from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import SynthRouting, write_studies
 from xnat_flows.transfer.dicom_send import CalledAETitleRejectedError, RoutingOverride, echo, store_instances
 
 pytestmark = pytest.mark.e2e
-
-
-def _wait_for(fetch, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fetch()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def _results(http: httpx.Client, path: str) -> list[dict]:
@@ -32,10 +22,9 @@ def _results(http: httpx.Client, path: str) -> list[dict]:
 
 
 @pytest.fixture
-def xnat() -> XnatEmulator:
-    with XnatEmulator(scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3, projects=("TEST", "MANUAL"),
-                      prearchive_codes={"MANUAL": 0}) as emulator:
-        yield emulator
+def xnat(xnat_emulator_factory) -> XnatEmulator:
+    return xnat_emulator_factory(scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3, projects=("TEST", "MANUAL"),
+                                 prearchive_codes={"MANUAL": 0})
 
 
 def test_routed_study_is_archived_with_every_instance(xnat: XnatEmulator, tmp_path: Path) -> None:
@@ -45,7 +34,7 @@ def test_routed_study_is_archived_with_every_instance(xnat: XnatEmulator, tmp_pa
     result = store_instances(tmp_path / "a", host="127.0.0.1", port=xnat.scp_port, workers=2, calling_aet="SCANNER")
     assert len(result.sent) == 12 and result.ok
     with httpx.Client(base_url=xnat.url, auth=(xnat.user, xnat.password)) as http:
-        [experiment] = _wait_for(lambda: _results(http, "/data/projects/TEST/experiments"))
+        [experiment] = wait_until(lambda: _results(http, "/data/projects/TEST/experiments"))
         assert (experiment["label"], experiment["subject_label"]) == ("SESS1", "SUBJ1")
         assert experiment["UID"] == manifest.study_uids[0]
         expected = Counter(f.series_number for f in manifest.files)
@@ -61,7 +50,7 @@ def test_routing_override_sends_an_unrouted_study_to_the_chosen_project(xnat: Xn
                         routing=RoutingOverride("MANUAL", "S2", "SESS2"))
     assert len(result.sent) == 4
     with httpx.Client(base_url=xnat.url, auth=(xnat.user, xnat.password)) as http:
-        [row] = _wait_for(lambda: [r for r in _results(http, "/data/prearchive/projects/MANUAL")
+        [row] = wait_until(lambda: [r for r in _results(http, "/data/prearchive/projects/MANUAL")
                                    if r["status"] == "READY"])
         assert (row["subject"], row["name"]) == ("S2", "SESS2")
         assert _results(http, "/data/projects/MANUAL/experiments") == []

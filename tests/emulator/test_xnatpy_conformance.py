@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from emulator_helpers import make_study, members, wait_for, zip_bytes
+from emulator_helpers import make_study, members, zip_bytes
+
+from xnat_flows.testing.pytest_plugin import wait_until
 
 xnat = pytest.importorskip("xnat")
 
@@ -32,7 +34,7 @@ def test_import_archive_and_read_back(session, tmp_path):
 
     prearchive_session = session.services.import_(archive_path, project="TEST", subject="SUBJ", experiment="EXP")
     assert prearchive_session.project == "TEST"
-    listed = wait_for(lambda: [s for s in session.prearchive.sessions() if s.status == "READY"])
+    listed = wait_until(lambda: [s for s in session.prearchive.sessions() if s.status == "READY"])
     assert [s.label for s in listed] == ["EXP"]
     assert sorted(scan.id for scan in listed[0].scans) == ["1", "2"]
 

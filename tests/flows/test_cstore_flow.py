@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -13,25 +12,21 @@ from xnat_flows.client.errors import XnatError
 from xnat_flows.flows.cstore import send_dicom
 from xnat_flows.models import DicomReceiverTarget, SendDicomRequest
 from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
 
 pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture
-def xnat(tmp_path: Path):
-    with XnatEmulator(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3) as emulator:
-        yield emulator
+def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
+    return xnat_emulator_factory(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT",
+                                 rebuild_idle_seconds=0.3)
 
 
 def _wait_archived(xnat: XnatEmulator, project: str, timeout: float = 20.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        experiments = xnat.archived_experiments(project)
-        if experiments:
-            return experiments
-        time.sleep(0.2)
-    raise AssertionError(f"nothing archived in {project}: prearchive={xnat.prearchive_sessions()}")
+    return wait_until(lambda: xnat.archived_experiments(project), timeout, interval=0.2,
+                      what=lambda: f"an archived session in {project}: prearchive={xnat.prearchive_sessions()}")
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -19,12 +19,9 @@ PASSWORD = "flow-test-password-7f3a"
 
 
 @pytest.fixture
-def xnat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from xnat_flows.testing import XnatEmulator
-
-    with XnatEmulator(tmp_path / "xnat", projects=("FLOWS",), password=PASSWORD, rebuild_idle_seconds=0.3) as emulator:
-        monkeypatch.setenv("XNAT_PASS", PASSWORD)
-        yield emulator
+def xnat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, xnat_emulator_factory):
+    monkeypatch.setenv("XNAT_PASS", PASSWORD)
+    return xnat_emulator_factory(tmp_path / "xnat", projects=("FLOWS",), password=PASSWORD, rebuild_idle_seconds=0.3)
 
 
 def _request(source: Path, **overrides) -> UploadRequest:

@@ -1,37 +1,13 @@
-"""Fixtures for the prearchive/resource tests: a client on a scripted transport, and one on the emulator."""
+"""Fixtures for the prearchive/resource tests: a client on the emulator (``scripted_client`` is suite-wide)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import httpx
 import pytest
 from manage_helpers import emulator_client
-from pydantic import SecretStr
 
 from xnat_flows.client.client import XnatClient
-from xnat_flows.client.credentials import Credentials
-from xnat_flows.client.retry import RetryPolicy
-
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-@pytest.fixture
-def scripted_client() -> Iterator[Callable[[Handler], XnatClient]]:
-    """``scripted_client(handler)``: an XnatClient whose requests are answered by ``handler``."""
-    clients: list[XnatClient] = []
-
-    def make(handler: Handler) -> XnatClient:
-        credentials = Credentials(url="http://xnat.test", username="u", token=SecretStr("TESTTOKEN0001"))
-        client = XnatClient(
-            credentials, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None)
-        )
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
 
 
 @pytest.fixture

@@ -27,29 +27,22 @@ def experiment_document(experiment_id: str = "XNAT_E00001", label: str = "S1", u
 # ------------------------------------------------------------------------- data for the emulator
 
 
-def dicom_zip(*, series: int = 2, instances: int = 2, study_uid: str | None = None) -> bytes:
-    """An in-memory zip of one small CT study (pydicom's CT_small re-stamped with fresh UIDs)."""
+def dicom_zip(*, series: int = 2, instances: int = 2) -> bytes:
+    """An in-memory zip of one small CT study with fresh UIDs (``xnat_flows.testing.synth``)."""
     import io
+    import secrets
+    import tempfile
     import zipfile
+    from pathlib import Path
 
-    import pydicom
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
+    from xnat_flows.testing.synth import write_studies
 
-    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    study_uid = study_uid or generate_uid()
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for s in range(1, series + 1):
-            series_uid = generate_uid()
-            for i in range(1, instances + 1):
-                ds = template.copy()
-                ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = study_uid, series_uid, s, i
-                ds.SOPInstanceUID = generate_uid()
-                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-                member = io.BytesIO()
-                ds.save_as(member, enforce_file_format=True)
-                archive.writestr(f"series{s}/IM{i:04d}", member.getvalue())
+    with tempfile.TemporaryDirectory() as folder, zipfile.ZipFile(buffer, "w") as archive:
+        manifest = write_studies(Path(folder), series=series, instances=series * instances, instance_kb=4,
+                                 modality="CT", seed=secrets.randbelow(1 << 30))
+        for item in manifest.files:
+            archive.write(item.path, item.path.relative_to(folder).as_posix())
     return buffer.getvalue()
 
 

@@ -126,10 +126,9 @@ def test_resource_upload_to_missing_scan_is_not_found(client, tmp_path):
     assert result.exit_code == 4, result.output
 
 
-def test_archive_says_it_waits_for_a_receiving_session(monkeypatch):
-    from xnat_flows.testing import XnatEmulator
-
-    with XnatEmulator(rebuild_idle_seconds=1.5) as xnat, emulator_client(xnat) as client:
+def test_archive_says_it_waits_for_a_receiving_session(monkeypatch, xnat_emulator_factory):
+    xnat = xnat_emulator_factory(rebuild_idle_seconds=1.5)
+    with emulator_client(xnat) as client:
         client.request("PUT", "/data/projects/TEST/prearchive_code/0")
         staged = stage_session(client, "TEST", "S1", commit=False)
         monkeypatch.setenv("XNAT_URL", xnat.url)

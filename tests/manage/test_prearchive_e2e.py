@@ -38,11 +38,10 @@ def test_unknown_session_not_in_archive_is_not_found(client):
         prearchive.archive_session(client, "TEST", "20000101_000000000", "NOPE")
 
 
-def test_receiving_session_is_waited_for_then_archived():
-    from xnat_flows.testing import XnatEmulator
-
+def test_receiving_session_is_waited_for_then_archived(xnat_emulator_factory):
     # A 2 s idle interval: long enough to see RECEIVING even on a busy machine, short for a test.
-    with XnatEmulator(rebuild_idle_seconds=2.0) as xnat, emulator_client(xnat) as client:
+    xnat = xnat_emulator_factory(rebuild_idle_seconds=2.0)
+    with emulator_client(xnat) as client:
         client.request("PUT", "/data/projects/TEST/prearchive_code/0")
         staged = stage_session(client, "TEST", "S1", commit=False)
         assert staged.status == "RECEIVING"
@@ -54,10 +53,9 @@ def test_receiving_session_is_waited_for_then_archived():
     assert notices and "RECEIVING" in notices[0]
 
 
-def test_receiving_wait_is_bounded():
-    from xnat_flows.testing import XnatEmulator
-
-    with XnatEmulator(rebuild_idle_seconds=600) as xnat, emulator_client(xnat) as client:
+def test_receiving_wait_is_bounded(xnat_emulator_factory):
+    xnat = xnat_emulator_factory(rebuild_idle_seconds=600)
+    with emulator_client(xnat) as client:
         client.request("PUT", "/data/projects/TEST/prearchive_code/0")
         staged = stage_session(client, "TEST", "S1", commit=False)
         with pytest.raises(prearchive.WaitTimeoutError, match="still RECEIVING") as raised:

@@ -129,7 +129,11 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
 def write_session(
     folder: Path, *, patient_id: str = "P001", study_date: str = "20240115", series: int = 2, instances: int = 2
 ) -> list[Path]:
-    """One study (``series`` x ``instances`` extensionless files) under ``folder``, from pydicom's CT_small."""
+    """One study (``series`` x ``instances`` extensionless files) under ``folder``, from pydicom's CT_small.
+
+    Not ``xnat_flows.testing.synth``: the routing tests need a chosen StudyDate and PatientIDs synth
+    does not write (empty, or with ``^`` and spaces), since the session label is built from them.
+    """
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     study_uid = generate_uid()
     paths = []

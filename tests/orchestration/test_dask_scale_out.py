@@ -13,8 +13,6 @@ import httpx
 import pytest
 from orchestration_helpers import write_session
 
-from xnat_flows.testing import XnatEmulator
-
 pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
 # Skip at collection, before the session's Prefect server is started for nothing.
 pytest.importorskip("prefect_dask", reason="prefect-dask not installed (pip install 'xnat-flows[dask]')")
@@ -48,7 +46,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_upload_flow_runs_on_a_local_dask_cluster(prefect_server_url: str, tmp_path: Path) -> None:
+def test_upload_flow_runs_on_a_local_dask_cluster(
+    prefect_server_url: str, tmp_path: Path, xnat_emulator_factory
+) -> None:
     source = tmp_path / "export"
     write_session(source, patient_id="DASK01", series=4, instances=3)
     script = tmp_path / "dask_upload.py"
@@ -61,15 +61,15 @@ def test_upload_flow_runs_on_a_local_dask_cluster(prefect_server_url: str, tmp_p
         XNAT_USER="admin",
         XNAT_PASS="admin",
     )
-    with XnatEmulator(projects=("TEST",)) as xnat:
-        done = subprocess.run(
-            [sys.executable, str(script), str(source), xnat.url],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False,
-        )
-        assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
-        line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-        result = json.loads(line.removeprefix("RESULT "))
-        rows = httpx.get(f"{xnat.url}/data/projects/TEST/experiments", params={"format": "json"}, auth=("admin", "admin")).json()
+    xnat = xnat_emulator_factory(projects=("TEST",))
+    done = subprocess.run(
+        [sys.executable, str(script), str(source), xnat.url],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    rows = httpx.get(f"{xnat.url}/data/projects/TEST/experiments", params={"format": "json"}, auth=("admin", "admin")).json()
     assert result["files_sent"] == 12
     session = result["sessions"][0]
     assert session["verified"] is True and len(session["batches"]) == 4 and all(b["ok"] for b in session["batches"])

@@ -113,9 +113,8 @@ def deployed(cli_env: dict[str, str], api: PrefectApi, xnat: XnatEmulator, site_
     saved = subprocess.run([sys.executable, "-c", save, xnat.url, BLOCK], env=cli_env, capture_output=True, text=True,
                            timeout=120, check=False)
     assert saved.returncode == 0, saved.stderr[-3000:]
-    if not api.work_pool_exists(POOL):
-        created = run_cli(["work-pool", "create", POOL, "--type", "process"], cli_env)
-        assert created.returncode == 0, created.stdout + created.stderr
+    created = run_cli(["work-pool", "create", POOL, "--type", "process", "--overwrite"], cli_env)
+    assert created.returncode == 0, created.stdout + created.stderr
     missing = _missing_entry_points()
     if missing:  # flows other sessions have not written yet; deploy the rest by name
         names = [name for name, path in PRESENT_FLOWS.items() if path not in missing]
@@ -369,9 +368,8 @@ def test_docker_and_kubernetes_files_deploy(
     flavour: str, pool_type: str, pool: str, suffix: str, variable: str, cli_env: dict[str, str], api: PrefectApi
 ) -> None:
     """The container flavours deploy as they are (running them needs Docker or a cluster, not tested here)."""
-    if not api.work_pool_exists(pool):
-        created = run_cli(["work-pool", "create", pool, "--type", pool_type], cli_env)
-        assert created.returncode == 0, created.stdout + created.stderr
+    created = run_cli(["work-pool", "create", pool, "--type", pool_type, "--overwrite"], cli_env)
+    assert created.returncode == 0, created.stdout + created.stderr
     prefect_file = REPO_ROOT / "deployments" / flavour / "prefect.yaml"
     entries = yaml.safe_load(prefect_file.read_text())["deployments"]
     names = [e["name"] for e in entries if (REPO_ROOT / e["entrypoint"].split(":")[0]).is_file()]
@@ -393,7 +391,8 @@ def test_docker_and_kubernetes_files_deploy(
 
 
 def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
-    deployed: dict[str, dict], api: PrefectApi, worker: Path, cli_env: dict[str, str], tmp_path: Path
+    deployed: dict[str, dict], api: PrefectApi, worker: Path, cli_env: dict[str, str], tmp_path: Path,
+    xnat_emulator_factory,
 ) -> None:
     """Two workers, three upload runs of two batches each, and `xnat-uploads:<host:port>` at 1:
     the server never sees two imports at once."""
@@ -403,25 +402,25 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
         tmp_path / "second-worker.log",
     )
     try:
-        with XnatEmulator(projects=("TEST",), rebuild_idle_seconds=0.5) as xnat:
-            xnat.faults.add(path="/data/services/import", delay_ms=1000, times=None)  # imports take a second
-            limit = "xnat-uploads:" + xnat.url.split("://", 1)[1]
-            _save_block(cli_env, "e2e-gcl", xnat.url)
-            created = run_cli(["gcl", "create", limit, "--limit", "1"], cli_env)
-            assert created.returncode == 0, created.stdout + created.stderr
-            try:
-                runs = []
-                for n in range(3):
-                    source = tmp_path / f"export{n}"
-                    write_session(source, patient_id=f"GCL{n}", series=2, instances=1)
-                    request = {"source_dir": str(source), "project": "TEST", "subject": f"GCL{n}", "session": f"GCL{n}_MR", "workers": 2}
-                    runs.append(api.run_deployment(deployed["upload-session"]["id"], {"request": request, "connection": _block_ref("e2e-gcl")}))
-                for run_id in runs:
-                    _wait_completed(api, run_id, worker)
-                assert xnat.stats()["imports"] == 6
-                assert xnat.peak_concurrent_uploads == 1
-            finally:
-                api.http.delete(f"v2/concurrency_limits/{limit}")
+        xnat = xnat_emulator_factory(projects=("TEST",), rebuild_idle_seconds=0.5)
+        xnat.faults.add(path="/data/services/import", delay_ms=1000, times=None)  # imports take a second
+        limit = "xnat-uploads:" + xnat.url.split("://", 1)[1]
+        _save_block(cli_env, "e2e-gcl", xnat.url)
+        created = run_cli(["gcl", "create", limit, "--limit", "1"], cli_env)
+        assert created.returncode == 0, created.stdout + created.stderr
+        try:
+            runs = []
+            for n in range(3):
+                source = tmp_path / f"export{n}"
+                write_session(source, patient_id=f"GCL{n}", series=2, instances=1)
+                request = {"source_dir": str(source), "project": "TEST", "subject": f"GCL{n}", "session": f"GCL{n}_MR", "workers": 2}
+                runs.append(api.run_deployment(deployed["upload-session"]["id"], {"request": request, "connection": _block_ref("e2e-gcl")}))
+            for run_id in runs:
+                _wait_completed(api, run_id, worker)
+            assert xnat.stats()["imports"] == 6
+            assert xnat.peak_concurrent_uploads == 1
+        finally:
+            api.http.delete(f"v2/concurrency_limits/{limit}")
     finally:
         stop_group(second_worker)
 

@@ -14,8 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from typer.testing import CliRunner
 
 from xnat_flows.cli.main import app
 from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.scp import ScpFaults
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.dicom_resume import journal_key
@@ -35,10 +34,9 @@ ROUTE = ["-P", "CSTORE", "-S", "SUBJ_K", "-E", "SESS_K"]
 
 
 @pytest.fixture
-def xnat(tmp_path: Path) -> Iterator[XnatEmulator]:
-    with XnatEmulator(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT",
-                      rebuild_idle_seconds=0.3) as emulator:
-        yield emulator
+def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
+    return xnat_emulator_factory(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT",
+                      rebuild_idle_seconds=0.3)
 
 
 def _command(xnat: XnatEmulator, export: Path, workers: int) -> list[str]:
@@ -50,14 +48,6 @@ def _start_sender(args: list[str]) -> subprocess.Popen:
     code = "import sys\nfrom xnat_flows.cli.main import app\nsys.argv = ['xnat-flows', *sys.argv[1:]]\napp()"
     return subprocess.Popen([sys.executable, "-c", code, *args], env=dict(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def _journal(xnat: XnatEmulator) -> tuple[UploadJournal, str]:
@@ -72,9 +62,9 @@ def _archived_count(xnat: XnatEmulator) -> int:
 
 def _wait_settled(xnat: XnatEmulator, expected_archived: int) -> None:
     """Until the idle rebuilder archived ``expected_archived`` files or left a row it cannot archive."""
-    _wait_for(lambda: _archived_count(xnat) >= expected_archived
-              or any(row["status"] in ("CONFLICT", "ERROR") for row in xnat.prearchive_sessions()),
-              f"{expected_archived} archived files")
+    wait_until(lambda: _archived_count(xnat) >= expected_archived
+               or any(row["status"] in ("CONFLICT", "ERROR") for row in xnat.prearchive_sessions()),
+               60, interval=0.01, what=f"{expected_archived} archived files")
 
 
 def test_kill_9_mid_send_then_rerun_after_archiving_completes_the_session(xnat: XnatEmulator, tmp_path: Path) -> None:
@@ -110,7 +100,7 @@ def _signal_after_a_third(xnat: XnatEmulator, export: Path, signum: int, seed: i
     total = len(write_studies(export, series=4, instances=150, instance_kb=4, seed=seed).files)
     journal, key = _journal(xnat)
     sender = _start_sender(_command(xnat, export, workers=4))
-    _wait_for(lambda: len(journal.done(key)) >= total // 3, "a third of the instances confirmed")
+    wait_until(lambda: len(journal.done(key)) >= total // 3, 60, interval=0.01, what="a third of the instances confirmed")
     sender.send_signal(signum)
     return total, sender
 
@@ -144,7 +134,7 @@ def _kill_after_stores(xnat: XnatEmulator, export: Path, stored: int) -> None:
     instances, then kill -9 it while it waits for that answer."""
     xnat.dicom_receiver.set_faults(ScpFaults(stall_after_stores=stored, stall_seconds=20))
     sender = _start_sender(_command(xnat, export, workers=1))
-    _wait_for(lambda: xnat.dicom_receiver.stores_seen >= stored + 1, f"C-STORE number {stored + 1}")
+    wait_until(lambda: xnat.dicom_receiver.stores_seen >= stored + 1, 60, interval=0.01, what=f"C-STORE number {stored + 1}")
     sender.send_signal(signal.SIGKILL)
     sender.wait(10)
 

@@ -21,10 +21,9 @@ WARNING = "visible to other users of this machine"
 
 
 @pytest.fixture
-def xnat(tmp_path: Path):
-    with XnatEmulator(tmp_path / "server", projects=("SEC",), password=SENTINEL_PASSWORD, scp_port=0,
-                      rebuild_idle_seconds=0.3, prearchive_codes={"HOLD": 0}) as emulator:
-        yield emulator
+def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
+    return xnat_emulator_factory(tmp_path / "server", projects=("SEC",), password=SENTINEL_PASSWORD, scp_port=0,
+                      rebuild_idle_seconds=0.3, prearchive_codes={"HOLD": 0})
 
 
 def _whoami(xnat: XnatEmulator, *args: str, env: dict[str, str] | None = None, stdin: str | None = None):

@@ -27,8 +27,9 @@ def test_loopback_is_fast_and_gets_tar(xnat_emulator: XnatEmulator) -> None:
     assert fmt == "tar" and "local link" in why
 
 
-def test_a_slow_link_gets_tgz(tmp_path: Path) -> None:
-    with XnatEmulator(tmp_path / "x", latency_ms=20) as slow, _client(slow) as client:
+def test_a_slow_link_gets_tgz(tmp_path: Path, xnat_emulator_factory) -> None:
+    slow = xnat_emulator_factory(tmp_path / "x", latency_ms=20)
+    with _client(slow) as client:
         client.login()
         started = time.perf_counter()
         fmt, why = choose_archive_format(client)
@@ -36,24 +37,25 @@ def test_a_slow_link_gets_tgz(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 5  # three tiny round trips
 
 
-def test_a_server_older_than_1_8_3_gets_tar_even_over_a_slow_link(tmp_path: Path) -> None:
-    with XnatEmulator(tmp_path / "x", latency_ms=20, version="1.8.2") as old, _client(old) as client:
+def test_a_server_older_than_1_8_3_gets_tar_even_over_a_slow_link(tmp_path: Path, xnat_emulator_factory) -> None:
+    old = xnat_emulator_factory(tmp_path / "x", latency_ms=20, version="1.8.2")
+    with _client(old) as client:
         client.login()
         fmt, why = choose_archive_format(client)
     assert fmt == "tar" and "1.8.2" in why
 
 
-def test_the_cli_picks_tgz_over_a_slow_link_and_the_session_lands(tmp_path: Path) -> None:
+def test_the_cli_picks_tgz_over_a_slow_link_and_the_session_lands(tmp_path: Path, xnat_emulator_factory) -> None:
     from typer.testing import CliRunner
 
     from xnat_flows.cli.main import app
     from xnat_flows.testing.synth import write_studies
 
     manifest = write_studies(tmp_path / "export", series=2, instances=8, instance_kb=16, seed=41)
-    with XnatEmulator(tmp_path / "x", latency_ms=20, projects=("P",), password="pw", rebuild_idle_seconds=0.3) as slow:
-        result = CliRunner().invoke(app, ["session", "upload", str(tmp_path / "export"), "-P", "P", "-S", "S", "-E", "E",
-                                          "--url", slow.url, "--username", "admin"], env={"XNAT_PASS": "pw"})
-        assert result.exit_code == 0, result.output
-        assert "archive format: tgz (round trip" in result.output
-        (experiment,) = slow.archived_experiments("P")
-        assert len(slow.archived_files(experiment["ID"])) == len(manifest.files)
+    slow = xnat_emulator_factory(tmp_path / "x", latency_ms=20, projects=("P",), password="pw", rebuild_idle_seconds=0.3)
+    result = CliRunner().invoke(app, ["session", "upload", str(tmp_path / "export"), "-P", "P", "-S", "S", "-E", "E",
+                                      "--url", slow.url, "--username", "admin"], env={"XNAT_PASS": "pw"})
+    assert result.exit_code == 0, result.output
+    assert "archive format: tgz (round trip" in result.output
+    (experiment,) = slow.archived_experiments("P")
+    assert len(slow.archived_files(experiment["ID"])) == len(manifest.files)

@@ -1,7 +1,7 @@
 """C-STORE sender against dcmtk's storescp, an independent receiver.
 
 storescp writes its own file meta header, so received files are compared with the sent ones by
-SOP Instance UID and a hash of the pixel data (field notes). storescp cannot bind to 127.0.0.1
+SOP Instance UID and a hash of the pixel data. storescp cannot bind to 127.0.0.1
 only; on loopback in a test that is acceptable.
 """
 
@@ -24,6 +24,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.errors import InvalidDicomError
 
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.dicom_send import PeerUnreachableError, echo, store_instances
 from xnat_flows.transfer.scan import scan_directory
@@ -44,7 +45,7 @@ def _free_port() -> int:
 class StoreScp:
     def __init__(self, out_dir: Path, port: int, aet: str) -> None:
         self.out_dir, self.port, self.aet = out_dir, port, aet
-        env = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk reads it from the environment (field notes)
+        env = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk reads it from the environment; without it ~40 ms/object
         self.process = subprocess.Popen(  # own session: kill() can take the forked children down too
             ["storescp", "--fork", "-od", str(out_dir), "+xa", "-pm", "-aet", aet, "-pdu", "131072", str(port)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -113,10 +114,10 @@ def test_synthetic_study_arrives_complete(storescp: StoreScp, tmp_path: Path) ->
     scan = scan_directory(tmp_path / "study")
     result = store_instances(scan, host="127.0.0.1", port=storescp.port, workers=2, dimse_timeout=10)
     assert len(result.sent) == 120 and result.ok
-    deadline = time.monotonic() + 10  # forked children may still be closing their last file
-    while len(list(storescp.out_dir.iterdir())) < 120 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert storescp.received() == _sent([f.path for f in scan.files])
+    expected = _sent([f.path for f in scan.files])
+    # forked children may still be closing their last file
+    wait_until(lambda: storescp.received() == expected, 10, what="storescp to write every instance")
+    assert storescp.received() == expected
 
 
 def test_compressed_and_implicit_syntaxes_arrive_unchanged(storescp: StoreScp, tmp_path: Path) -> None:
@@ -127,8 +128,9 @@ def test_compressed_and_implicit_syntaxes_arrive_unchanged(storescp: StoreScp, t
     scan = scan_directory(root)
     result = store_instances(scan, host="127.0.0.1", port=storescp.port, workers=1, dimse_timeout=10)
     assert len(result.sent) == 4 and result.ok
-    time.sleep(0.3)
-    assert storescp.received() == _sent([f.path for f in scan.files])
+    expected = _sent([f.path for f in scan.files])
+    wait_until(lambda: storescp.received() == expected, 10, what="storescp to write every instance")
+    assert storescp.received() == expected
 
 
 def test_receiver_down_then_back_a_rerun_completes(storescp: StoreScp, tmp_path: Path) -> None:
@@ -147,8 +149,9 @@ def test_receiver_down_then_back_a_rerun_completes(storescp: StoreScp, tmp_path:
         second = store_instances([f for f in scan.files if f.path in set(result.unsent_paths)],
                             host="127.0.0.1", port=restarted.port, workers=2)
         assert len(second.sent) == 40 and second.ok
-        time.sleep(0.3)
-        assert restarted.received() == _sent([f.path for f in scan.files])
+        expected = _sent([f.path for f in scan.files])
+        wait_until(lambda: restarted.received() == expected, 10, what="storescp to write every instance")
+        assert restarted.received() == expected
     finally:
         restarted.stop()
 
@@ -162,9 +165,8 @@ def test_receiver_killed_mid_send_nothing_reported_sent_that_did_not_arrive(stor
     sender = threading.Thread(target=lambda: outcome.update(result=store_instances(
         scan, host="127.0.0.1", port=storescp.port, workers=2, max_attempts=2, acse_timeout=2, dimse_timeout=5)))
     sender.start()
-    deadline = time.monotonic() + 20
-    while len(list(storescp.out_dir.iterdir())) < 100 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: len(list(storescp.out_dir.iterdir())) >= 100, 20, interval=0.005,
+               what="100 instances to arrive before the receiver is killed")
     storescp.kill_all()
     sender.join(timeout=60)
     first = outcome["result"]
@@ -178,7 +180,8 @@ def test_receiver_killed_mid_send_nothing_reported_sent_that_did_not_arrive(stor
         second = store_instances([f for f in scan.files if f.path in set(first.unsent_paths)],
                             host="127.0.0.1", port=restarted.port, workers=2)
         assert second.ok
-        time.sleep(0.5)
-        assert restarted.received() == _sent([f.path for f in scan.files])
+        expected = _sent([f.path for f in scan.files])
+        wait_until(lambda: restarted.received() == expected, 10, what="storescp to write every instance")
+        assert restarted.received() == expected
     finally:
         restarted.stop()

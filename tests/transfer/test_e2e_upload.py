@@ -106,11 +106,9 @@ def test_repeating_a_completed_gradual_upload_sends_nothing(xnat_emulator, clien
     assert different.sessions[0].gradual.sent_count == 12
 
 
-def test_prearchive_destination_held_by_a_manual_project(tmp_path, export) -> None:
-    with (
-        XnatEmulator(tmp_path / "xnat", rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0}) as emulator,
-        connect(emulator, tmp_path) as xnat,
-    ):
+def test_prearchive_destination_held_by_a_manual_project(tmp_path, export, xnat_emulator_factory) -> None:
+    emulator = xnat_emulator_factory(tmp_path / "xnat", rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0})
+    with connect(emulator, tmp_path) as xnat:
         target = UploadTarget("TEST", "SUBJ01", "STAGED", direct_archive=False)
         result = upload_session(xnat, export, target, workers=2, **FAST)
         assert result.ok, result
@@ -249,11 +247,9 @@ def test_permanent_rejection_raises_with_the_server_message(xnat_emulator, clien
     assert rule.fired == 1  # no retry of a permanent rejection
 
 
-def test_html_login_page_means_wrong_password(tmp_path) -> None:
-    with (
-        XnatEmulator(tmp_path / "xnat", login_failure_mode="html200") as emulator,
-        connect(emulator, tmp_path, password="wrong") as xnat,pytest.raises(AuthenticationError, match="web page")
-    ):
+def test_html_login_page_means_wrong_password(tmp_path, xnat_emulator_factory) -> None:
+    emulator = xnat_emulator_factory(tmp_path / "xnat", login_failure_mode="html200")
+    with connect(emulator, tmp_path, password="wrong") as xnat, pytest.raises(AuthenticationError, match="web page"):
         xnat.whoami()
 
 

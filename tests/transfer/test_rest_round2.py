@@ -19,6 +19,7 @@ from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.errors import AuthenticationError, CancelledError, NoAnswerError
 from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer import UploadTarget, scan_directory, upload_archive_batch, upload_session
 
@@ -154,10 +155,10 @@ def test_cancel_stops_an_upload_blocked_in_send_within_seconds(xnat_emulator, tm
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        deadline = time.monotonic() + 10
-        while xnat_emulator.stats()["active_imports"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.5)  # the client is now blocked sending into full socket buffers
+        wait_until(lambda: xnat_emulator.stats()["active_imports"], 10, interval=0.02, what="the import to start")
+        # The point: give the client time to fill the socket buffers (the server reads nothing for
+        # 8 s), so cancel() has to end a send that is blocked, not one about to start.
+        time.sleep(0.5)
         cancelled_at = time.monotonic()
         xnat.cancel()
         worker.join(timeout=5)

@@ -1,49 +1,48 @@
-"""Synthetic DICOM for the transfer tests: the project's synth module when present, else
-pydicom's CT_small test file re-stamped with fresh UIDs."""
+"""Synthetic DICOM for the transfer tests, written by ``xnat_flows.testing.synth``."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import shutil
 from pathlib import Path
 
 import pydicom
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+
+from xnat_flows.testing.synth import write_studies as synth_write_studies
+
+# synth writes the same bytes for the same seed: a fresh seed per call gives fresh UIDs, as a new
+# export from a scanner would have (pytest-xdist workers are separate processes, hence the pid).
+_seeds = itertools.count(os.getpid() * 1000)
 
 
-def write_study(
-    out_dir: Path, *, series: int = 2, instances: int = 3, study_uid: str | None = None, prefix: str = "", extension: str = ""
-) -> list[Path]:
-    """Write one study (``series`` x ``instances`` files) under ``out_dir``; return the paths."""
-    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    study_uid = study_uid or generate_uid()
+def write_study(out_dir: Path, *, series: int = 2, instances: int = 3, study_uid: str | None = None) -> list[Path]:
+    """Write one CT study (``series`` x ``instances`` files) under ``out_dir``; return the paths.
+
+    ``study_uid`` re-stamps the StudyInstanceUID, to split one study over several folders.
+    """
+    staging = Path(out_dir) / ".synth"
+    manifest = synth_write_studies(staging, series=series, instances=series * instances, instance_kb=4,
+                                   modality="CT", seed=next(_seeds))
+    # The tests name files as a scanner export might: series<n>/IM<nnnn>, no extension.
     paths = []
-    for s in range(1, series + 1):
-        series_uid = generate_uid()
-        for i in range(1, instances + 1):
-            ds = template.copy()
+    for f in manifest.files:
+        number = sum(1 for p in paths if p.parent.name == f"series{f.series_number}") + 1
+        path = Path(out_dir) / f"series{f.series_number}" / f"IM{number:04d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f.path.rename(path)
+        paths.append(path)
+    shutil.rmtree(staging)
+    if study_uid:
+        for path in paths:
+            ds = pydicom.dcmread(path)
             ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.SeriesNumber = s
-            ds.InstanceNumber = i
-            ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            path = out_dir / f"{prefix}series{s}" / f"IM{i:04d}{extension}"
-            path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
-            paths.append(path)
     return paths
 
 
 def write_studies(out_dir: Path, *, studies: int = 1, series: int = 2, instances: int = 3) -> list[str]:
-    """Several studies; returns their StudyInstanceUIDs. Uses xnat_flows.testing.synth if available."""
-    try:
-        from xnat_flows.testing.synth import write_studies as synth_write
-    except ImportError:
-        uids = []
-        for n in range(studies):
-            uid = generate_uid()
-            write_study(out_dir, series=series, instances=instances, study_uid=uid, prefix=f"study{n}/")
-            uids.append(uid)
-        return uids
-    manifest = synth_write(out_dir, studies=studies, series=series, instances=instances, instance_kb=16, seed=0)
+    """Several studies; returns their StudyInstanceUIDs."""
+    manifest = synth_write_studies(out_dir, studies=studies, series=series, instances=series * instances,
+                                   instance_kb=16, seed=next(_seeds))
     return list(manifest.study_uids)

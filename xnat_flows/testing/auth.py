@@ -1,4 +1,4 @@
-"""Users and JSESSIONs (spec §2): idle expiry, optional per-user session cap, token eviction."""
+"""Users and JSESSIONs (XNAT wiki: User Session Management API): idle expiry, optional per-user session cap, token eviction."""
 
 from __future__ import annotations
 

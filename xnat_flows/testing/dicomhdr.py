@@ -1,4 +1,4 @@
-"""Read the few DICOM header fields XNAT's gradual importer uses (spec §3.5, §7.3)."""
+"""Read the few DICOM header fields XNAT's gradual importer uses (xnat-web `GradualDicomImporter`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 import re
 from dataclasses import dataclass
 
-# XNAT's ContainedAssignmentExtractor pattern (spec §7.3): values are [A-Za-z0-9_-] only.
+# XNAT's ContainedAssignmentExtractor pattern (dicom-xnat-util): values are [A-Za-z0-9_-] only.
 _ASSIGNMENT = r"(?:\A|.*[\s,;]){key}\s*:\s*([\w\-]*)(?:[\s,;].*\Z|\Z)"
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _HEADER_KEYWORDS = (
@@ -50,7 +50,7 @@ class InstanceHeader:
 
 
 def clean_label(value: str) -> str:
-    """XNAT replaces characters outside [A-Za-z0-9_-] in labels (exact rule uncertain, spec §1.3)."""
+    """XNAT replaces characters outside [A-Za-z0-9_-] in labels (`XnatImagesessiondata.cleanValue`; exact rule uncertain)."""
     return _LABEL_UNSAFE.sub("_", value.strip())
 
 
@@ -105,7 +105,7 @@ def read_header(data: bytes, name: str = "upload.dcm") -> InstanceHeader:
 
 
 def route_project(header: InstanceHeader, known_projects: set[str]) -> str | None:
-    """XNAT's default DICOM object identifier, project part (spec §7.3, fixed extractors only)."""
+    """XNAT's default DICOM object identifier, project part (`XnatDefaultDicomObjectIdentifier`, fixed extractors only)."""
     candidates = [header.assignment("Project"), header.study_description, header.accession_number]
     for candidate in candidates:
         if candidate and candidate in known_projects:
@@ -125,7 +125,8 @@ def anonymize_instance(data: bytes) -> bytes:
     """Stand-in for XNAT's default site anonymization: header bytes change, pixel data does not.
 
     Sets PatientIdentityRemoved / DeidentificationMethod and drops PatientBirthDate, so that
-    byte-equality checks fail exactly as they do against a real XNAT (spec §3.5.8).
+    byte-equality checks fail exactly as they do against a real XNAT, whose site anonymization
+    script is on by default.
     """
     import pydicom
 

@@ -159,10 +159,10 @@ class XnatEmulator:
     # -- ingest from Python / the DICOM receiver ---------------------------------------------------
     def import_instance(self, part10_bytes: bytes, params: dict[str, str] | None = None, source: str = "scp",
                         direct_archive: bool = False) -> str | None:
-        """Place one instance as gradual-DICOM would (spec §3.5); return its session URI.
+        """Place one instance as gradual-DICOM would (xnat-web `GradualDicomImporter.call`); return its session URI.
 
         Without PROJECT_ID in ``params`` the project/subject/session come from the DICOM headers
-        (spec §7.3). Raises ``XnatRefusal`` (status 400 + XNAT's message) for unparsable objects.
+        (xnat-web `XnatDefaultDicomObjectIdentifier`). Raises ``XnatRefusal`` (status 400 + XNAT's message) for unparsable objects.
         """
         merged = dict(params or {})
         merged.setdefault("SOURCE", source if source != "scp" else "")
@@ -207,7 +207,7 @@ class XnatEmulator:
         return self.store
 
     def prearchive_sessions(self, include_direct_archive: bool = False) -> list[dict[str, Any]]:
-        """Prearchive rows (spec §4.1 fields) plus ``file_count``."""
+        """Prearchive rows (the fields of xnat-web's `DatabaseSession`) plus ``file_count``."""
         store = self._require_store()
         from xnat_flows.testing.readback import prearchive_row
 

@@ -13,7 +13,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Messages XNAT really sends (spec §3.4), handy for tests of a retry classifier.
+# Messages XNAT really sends (xnat-web `Importer`, `GradualDicomImporter`), handy for tests of a retry classifier.
 TRANSIENT_400 = "Session processing in progress"
 PERMANENT_400 = "Unable to identify subject."
 
@@ -121,7 +121,7 @@ class Faults:
         return None
 
     def force_next_session(self, outcome: str) -> None:
-        """Make the next session build end in ``CONFLICT`` or ``ERROR`` (spec §3.7 fallbacks)."""
+        """Make the next session build end in ``CONFLICT`` or ``ERROR`` (XNAT wiki: Using Direct-to-Archive Uploading)."""
         outcome = outcome.upper()
         if outcome not in {"CONFLICT", "ERROR"}:
             raise ValueError("outcome must be CONFLICT or ERROR")

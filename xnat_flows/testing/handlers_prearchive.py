@@ -1,4 +1,7 @@
-"""Handlers for the import service, the prearchive, the archive service and Direct-Archive (spec §3, §4)."""
+"""Handlers for the import service, the prearchive, the archive service and Direct-Archive.
+
+As xnat-web's `Importer`, `PrearcSessionResource` and `Archiver` answer them.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ class PrearchiveHandlers(HandlerBase):
             return text(200, uris[0] if uris else "")
         return Response(200, "".join(f"{u}\r\n" for u in uris).encode(), "text/uri-list")
 
-    # -- prearchive (spec §4) ----------------------------------------------------------------------
+    # -- prearchive (XNAT wiki) --------------------------------------------------------------------
     def list_prearchive(self, req: Request, m: re.Match[str]) -> Response:
         projects = m["projects"].split(",") if m.groupdict().get("projects") else None
         rows = self.store.prearc_rows(projects)
@@ -197,7 +200,7 @@ class PrearchiveHandlers(HandlerBase):
         return json_response(readback.result_set(rows, "Prearchive"))
 
     def direct_archive_list(self, req: Request, m: re.Match[str]) -> Response:
-        """Direct-Archive sessions not yet built (body shape uncertain, spec §3.7): a JSON array."""
+        """Direct-Archive sessions not yet built (XNAT's row shape is uncertain): a JSON array."""
         filters = json_body(req).get("filters") or {}
         project_filter = filters.get("project") if isinstance(filters, dict) else None
         if not isinstance(filters, dict) or not isinstance(project_filter or {}, dict):

@@ -1,4 +1,7 @@
-"""Handlers for login/JSESSION, alias tokens, site information and the /_emulator control endpoints (spec §2)."""
+"""Handlers for login/JSESSION, alias tokens, site information and the /_emulator control endpoints.
+
+As XNAT wiki: User Session Management API and User Alias Token API describe them.
+"""
 
 from __future__ import annotations
 
@@ -122,7 +125,7 @@ class SiteHandlers(HandlerBase):
         return json_response(json.dumps(config).encode())
 
     def dicom_receivers(self, req: Request, m: re.Match[str]) -> Response:
-        """The one receiver (when the emulator runs its DICOM receiver), shaped like XNAT's (spec §7.1)."""
+        """The one receiver (when the emulator runs its DICOM receiver), shaped like XNAT's `/xapi/dicomscp`."""
         port = self.emu.scp_port
         if port is None:
             return json_response(b"[]")

@@ -1,4 +1,4 @@
-"""``POST /data/services/import``: the gradual-DICOM and DICOM-zip handlers (spec §3)."""
+"""``POST /data/services/import``: the gradual-DICOM and DICOM-zip handlers (xnat-web `Importer.java`)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,10 @@ class Importer:
 
     # -- placement --------------------------------------------------------------------------------
     def placement_for(self, header: InstanceHeader, params: dict[str, str]) -> Placement:
-        """Project/subject/label for an instance: request params, then `dest`, then DICOM headers (§3.5, §7.3)."""
+        """Project/subject/label for an instance: request params, then `dest`, then DICOM headers.
+
+        As xnat-web's `PrearcUtils.identifyProject` and `XnatDefaultDicomObjectIdentifier` decide.
+        """
         projects = self.store.project_ids()
         dest = parse_dest(params.get("dest"))
         project = params.get("PROJECT_ID") if params.get("PROJECT_ID") in projects else None
@@ -134,7 +137,7 @@ class Importer:
         if upload is None:
             raise XnatRefusal(400, "Unable to identify upload format.")
         if handler == GRADUAL:
-            # gradual-DICOM reads only the upper-case keys (spec §3.2).
+            # gradual-DICOM reads only the upper-case keys (xnat-web `PrearcUtils.identifyProject`).
             data = upload.stream.read()
             return [self.session_uri(self.import_one(data, params, upload.name))]
         return self.dicom_zip(params, upload)
@@ -155,7 +158,8 @@ class Importer:
                 except UnparsableDicom as exc:
                     if ignore_unparsable:
                         continue
-                    # Entries already imported stay where they are (partial session, spec §3.7).
+                    # Entries already imported stay where they are (partial session; XNAT wiki: Image
+                    # Session Import Service API, `Ignore-Unparsable`).
                     pipeline.finish()
                     raise XnatRefusal(400, str(exc)) from exc
                 pipeline.submit(header, data, self.placement_for(header, params))
@@ -167,7 +171,7 @@ class Importer:
         return self._commit(list(rows.values()), dest, params)
 
     def _commit(self, rows: list[PrearcRow], dest: Destination, params: dict[str, str]) -> list[str]:
-        """DICOM-zip with `dest` / action=commit: build synchronously, archive if asked (§3.7)."""
+        """DICOM-zip with `dest` / action=commit: build synchronously, archive if asked (xnat-web `DicomZipImporter`)."""
         uris: list[str] = []
         failures: list[str] = []
         archive_now = dest.kind == "archive" or (not dest.kind and is_true(params.get("AA") or params.get("auto-archive")))

@@ -1,4 +1,7 @@
-"""Prearchive sessions: placing instances (spec §3.5), the idle rebuilder (§3.7) and archiving (§3.6, §4.5)."""
+"""Prearchive sessions: placing instances, the idle rebuilder and archiving.
+
+As xnat-web's `GradualDicomImporter`, `SessionXMLRebuilder`, `PrearcSessionArchiver` and `Archiver` do.
+"""
 
 from __future__ import annotations
 
@@ -84,7 +87,8 @@ def _format_time(value: str) -> str:
 
 
 def _overwrite_mode(value: str | None) -> str | None:
-    """None (fail if exists), 'append' or 'override' (spec §3.6: any unknown value acts as append)."""
+    """None (fail if exists), 'append' or 'override' (xnat-web
+    `Importer.parseOverrideValue`: any unknown value acts as append)."""
     if value is None or value == "":
         return None
     return "override" if value.lower() in {"delete", "override"} else "append"
@@ -180,7 +184,7 @@ class Prearchive:
 
     def archive(self, row_id: int, *, overwrite: str | None = None, overwrite_files: bool = False,
                 project: str | None = None, subject: str | None = None, label: str | None = None) -> str:
-        """Move a prearchive session into the archive, applying XNAT's merge rules (spec §3.6)."""
+        """Move a prearchive session into the archive, applying XNAT's merge rules (xnat-web `PrearcSessionArchiver`)."""
         store = self.store
         with store.lock:
             row = store.prearc_row(row_id)

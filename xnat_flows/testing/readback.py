@@ -10,7 +10,7 @@ from xnat_flows.testing.state import AUTOARCHIVE_NAMES, PrearcRow, Store
 
 
 def result_set(rows: list[dict[str, Any]], title: str = "", columns: list[dict[str, str]] | None = None) -> bytes:
-    """XFTTable JSON: every cell a string, null as "" (spec §1.2)."""
+    """XFTTable JSON: every cell a string, null as "" (xnat-web's XFTTable JSON representation)."""
     cleaned = [{k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in r.items()}
                for r in rows]
     body: dict[str, Any] = {"Result": cleaned, "totalRecords": str(len(cleaned))}

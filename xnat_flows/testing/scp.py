@@ -6,7 +6,8 @@ The received dataset is never decoded: the Part-10 bytes handed to ``ingest`` ar
 encoded dataset behind a file meta header, so a test can compare them with what was sent.
 
 ``ScpFaults`` reproduces what a sender must survive: an association aborted mid-transfer, a
-receiver that stops replying (pynetdicom's own mid-message stall, field notes), and refusal.
+receiver that stops replying (pynetdicom's own mid-message stall under CPU
+contention, docs/cstore.md), and refusal.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class DicomReceiver:
     # -- event handlers --------------------------------------------------------------------------
     @staticmethod
     def _on_connection_open(event: Event) -> None:
-        # Without TCP_NODELAY every response waits ~40 ms for Nagle (field notes).
+        # Without TCP_NODELAY every response waits ~40 ms for Nagle's algorithm (docs/cstore.md).
         sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -143,7 +143,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "XNAT-emulator"
     sys_version = ""
-    disable_nagle_algorithm = True  # one file per request: 23 -> ~1000 requests/s (field notes)
+    disable_nagle_algorithm = True  # one file per request: 23 -> ~1000 requests/s (docs/performance.md)
     api: Api  # set on the subclass made per server
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests run many requests

@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS prearc_files(row_id INTEGER NOT NULL, scan_id TEXT NO
     name TEXT NOT NULL, size INTEGER, md5 TEXT, sop_uid TEXT, PRIMARY KEY(row_id, scan_id, resource, name));
 """
 
-# Prearchive statuses (spec §4.2) the emulator produces.
+# Prearchive statuses (xnat-web `PrearcUtils.PrearcStatus`) the emulator produces.
 RECEIVING, READY, ARCHIVING, CONFLICT, ERROR, QUEUED_ARCHIVING = (
     "RECEIVING", "READY", "ARCHIVING", "CONFLICT", "ERROR", "QUEUED_ARCHIVING",
 )
@@ -223,7 +223,7 @@ class Store:
         return rows[0] if rows else None
 
     def next_accession(self, kind: str) -> str:
-        """Site-wide accession IDs: {SITE}_E00001 / {SITE}_S00001 (spec §1.3)."""
+        """Site-wide accession IDs: {SITE}_E00001 / {SITE}_S00001 (xnat-web `XnatExperimentdata.CreateNewID`)."""
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (kind,))
             db.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (kind,))
@@ -240,7 +240,7 @@ class Store:
         return row is not None and secrets.compare_digest(row["password"], password)
 
     def user_for_credentials(self, name: str, secret: str) -> str | None:
-        """The user behind username:password or alias:secret (spec §2.1), or None."""
+        """The user behind username:password or alias:secret (XNAT wiki: User Alias Token API), or None."""
         if self.check_password(name, secret):
             return name
         token = self.query_one("SELECT * FROM alias_tokens WHERE alias = ?", (name,))
@@ -329,7 +329,8 @@ class Store:
 
     def find_open_row(self, project: str, tag: str, label: str, direct_archive: bool, timestamp: str | None,
                       folder: str | None) -> PrearcRow | None:
-        """The session an instance appends to: same project + StudyInstanceUID (spec §3.5.2)."""
+        """The session an instance appends to: same project + StudyInstanceUID
+        (xnat-web `PrearcDatabase.eitherGetOrCreateSession`)."""
         sql = "SELECT * FROM prearc WHERE project = ? AND tag = ? AND direct_archive = ? AND status IN (?, ?, ?)"
         args: list[Any] = [project, tag, int(direct_archive), RECEIVING, READY, QUEUED_ARCHIVING]
         if timestamp:

@@ -67,7 +67,7 @@ class SynthManifest:
 
 @dataclass(frozen=True)
 class SynthRouting:
-    """What to write into PatientComments so XNAT routes the study (xnat-api.md §7.3)."""
+    """What to write into PatientComments so XNAT routes the study (xnat-web `XnatDefaultDicomObjectIdentifier`)."""
 
     project: str
     subject: str | None = None

@@ -1,4 +1,4 @@
-"""Request/response plumbing shared by the emulator's HTTP handlers (spec §3.1 body rules)."""
+"""Request/response plumbing shared by the emulator's HTTP handlers (xnat-web `SecureResource.getFileWritersAndLoadParams`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from xnat_flows.testing.state import Store
 
 STREAM_CHUNK = 1024 * 1024
-# Content types XNAT treats as a raw in-body file, and the file-name suffix it derives (spec §3.1).
+# Content types XNAT treats as a raw in-body file, and the file-name suffix it derives
+# (xnat-web `SecureResource.getFileWritersAndLoadParams`).
 _RAW_TYPES = {
     "application/octet-stream": "", "application/zip": ".zip", "application/x-tar": ".tar",
     "application/x-gtar": ".tar.gz", "application/x-gzip": ".gz", "application/dicom": ".dcm",

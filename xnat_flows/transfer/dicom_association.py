@@ -2,7 +2,7 @@
 
 Why not pynetdicom's ``Association`` here: its reactor thread costs ~4 ms of CPU per message
 and, under CPU contention, sometimes never sends the last PDU of a message (the SCU then waits
-for a response the SCP never gets; field notes). This SCU is a plain blocking socket in the
+for a response the SCP never gets; docs/cstore.md). This SCU is a plain blocking socket in the
 calling thread: one ``sendall`` per PDU, one ``recv`` loop per response, nothing else running.
 It does only what a storage SCU needs: associate, C-ECHO, C-STORE, release, abort.
 """

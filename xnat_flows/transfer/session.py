@@ -291,7 +291,7 @@ def upload_instances(
 
     A fresh run whose session XNAT has already archived complete sends nothing: gradual-DICOM
     cannot replace archived instances, so re-sending them would only park a CONFLICT copy in
-    the prearchive (xnat-api.md §3.7). DICOM-zip with an overwrite policy replaces them.
+    the prearchive (XNAT wiki: Using Direct-to-Archive Uploading). DICOM-zip with an overwrite policy replaces them.
     """
     done = delivered(client, journal, target, files[0].study_uid) if files else set()
     if not done and archived_complete(client, target, files):
