@@ -23,6 +23,7 @@ by the latency, in both directions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -133,10 +134,8 @@ class ThrottlingProxy:
             except OSError:
                 pass
             finally:
-                try:
+                with contextlib.suppress(OSError):
                     sink.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
 
         writer = threading.Thread(target=deliver, daemon=True)
         writer.start()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reliability"))
 
-from reliability_catalogue import CATALOGUE, ensure_private_profile, format_table, run_case  # noqa: E402
+from reliability_catalogue import CATALOGUE, ensure_private_profile, format_table, run_case
 
 
 def main() -> int:

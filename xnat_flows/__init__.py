@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 # The Blocks are reachable from the package itself, so `prefect block register -m xnat_flows`
 # works, without importing Prefect for users of the emulator or the plain library (PEP 562).
-from xnat_flows._lazy import lazy_exports  # noqa: E402
+from xnat_flows._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(globals(), {"XnatCredentials": "xnat_flows.blocks",
                                                "DicomReceiver": "xnat_flows.blocks"})

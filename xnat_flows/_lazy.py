@@ -12,7 +12,7 @@ from typing import Any
 def lazy_exports(namespace: dict[str, Any], exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` for a package whose ``exports`` map names to modules."""
 
-    def __getattr__(name: str) -> Any:  # noqa: N807 - the module hook's name
+    def __getattr__(name: str) -> Any:
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
@@ -20,7 +20,7 @@ def lazy_exports(namespace: dict[str, Any], exports: dict[str, str]) -> tuple[Ca
         namespace[name] = value  # later lookups skip this hook
         return value
 
-    def __dir__() -> list[str]:  # noqa: N807
+    def __dir__() -> list[str]:
         return sorted({*namespace, *exports})
 
     return __getattr__, __dir__

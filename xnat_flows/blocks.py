@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, HttpUrl, SecretStr
 
 from xnat_flows.client.credentials import Credentials
 
@@ -27,7 +27,7 @@ class XnatCredentials(CredentialsBlock):
     _block_type_name = "XNAT Credentials"
     _block_type_slug = "xnat-credentials"
     _description = "URL, user and password (or alias token) of an XNAT server."
-    _documentation_url = "https://github.com/xnat-flows/xnat-flows/blob/main/docs/deployments.md"
+    _documentation_url = HttpUrl("https://github.com/xnat-flows/xnat-flows/blob/main/docs/deployments.md")
 
     url: str = Field(title="XNAT URL", description="XNAT base URL, e.g. https://xnat.example.org")
     username: str | None = Field(default=None, title="User", description="User name, or an alias token's alias.")

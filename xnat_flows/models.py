@@ -15,7 +15,6 @@ from xnat_flows.client.archive import is_valid_label
 from xnat_flows.transfer.scan import SkippedFile
 from xnat_flows.transfer.session import StudyUploadResult
 
-
 # XNAT project IDs: letters, digits, underscore and hyphen (XNAT refuses others when a project is created).
 PROJECT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 
@@ -161,22 +160,22 @@ class UploadSessionResult(BaseModel):
     seconds: float  # the whole run: scan, upload, verify
     upload_seconds: float  # the transfer itself
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
     @property
     def files_delivered(self) -> int:
         return sum(s.files_delivered for s in self.sessions)
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
     @property
     def files_sent(self) -> int:
         return sum(s.files_sent for s in self.sessions)
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
     @property
     def bytes_sent(self) -> int:
         return sum(s.bytes_sent for s in self.sessions)
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
     @property
     def throughput_mb_s(self) -> float:
         """Bytes sent by this run / upload time (resumed files moved no bytes and take no time)."""

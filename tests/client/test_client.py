@@ -161,7 +161,7 @@ def test_streamed_body_is_rebuilt_for_the_resend_after_401(make_client) -> None:
     client = make_client(xnat, token="OLDTOKEN0000")
     response = client.request("POST", IMPORT, content=lambda: iter([b"abc", b"def"]))
     assert response.text.strip() == "/data/prearchive/x"
-    sent = [body for r, body in zip(xnat.requests, xnat.bodies) if r.url.path == IMPORT]
+    sent = [body for r, body in zip(xnat.requests, xnat.bodies, strict=True) if r.url.path == IMPORT]
     assert sent == [b"abcdef", b"abcdef"]
 
 
@@ -510,5 +510,5 @@ def test_reserve_connections_sizes_the_pool_to_the_workers() -> None:
         assert client.max_connections == 16
         client.reserve_connections(40)
         assert client.max_connections == 41
-        pool = client._http._transport._pool  # noqa: SLF001 - the pool httpx really uses
-        assert pool._max_connections == 41  # noqa: SLF001
+        pool = client._http._transport._pool
+        assert pool._max_connections == 41

@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 def self_signed(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -85,8 +85,10 @@ def test_ca_bundle_is_honoured_and_verification_is_on_by_default(https_server) -
         assert client.whoami() == "alice"
 
     default = Credentials(url=url, username="alice", password=SecretStr("pw"))
-    with XnatClient(default, token_cache=None) as client:
-        with pytest.raises(XnatConnectionError, match="CERTIFICATE_VERIFY_FAILED") as info:
-            client.whoami()
+    with (
+        XnatClient(default, token_cache=None) as client,
+        pytest.raises(XnatConnectionError, match="CERTIFICATE_VERIFY_FAILED") as info,
+    ):
+        client.whoami()
     assert not info.value.retryable
     assert "CA bundle" in info.value.hint

@@ -8,7 +8,6 @@ import time
 import httpx
 
 
-
 def test_jsession_login_returns_32_hex_token_and_cookie(emulator):
     response = httpx.post(f"{emulator.url}/data/JSESSION", auth=("admin", "admin"))
     assert response.status_code == 200

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from emulator_helpers import make_study
-from xnat_flows.testing.pytest_plugin import wait_until
+
 from xnat_flows.testing.prearchive import XnatRefusal
+from xnat_flows.testing.pytest_plugin import wait_until
 
 
 def test_import_instance_routes_by_headers(emulator):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from emulator_helpers import make_study
+
 from xnat_flows.testing.pytest_plugin import wait_until
 
 pynetdicom = pytest.importorskip("pynetdicom")

@@ -6,8 +6,8 @@ import time
 
 import httpx
 import pytest
-
 from emulator_helpers import make_study, members, zip_bytes
+
 from xnat_flows.testing.faults import PERMANENT_400, TRANSIENT_400
 
 

@@ -9,8 +9,8 @@ import gzip
 import zipfile
 
 import pytest
-
 from emulator_helpers import make_instance, make_study, members, tar_bytes, zip_bytes
+
 from xnat_flows.testing.pytest_plugin import wait_until
 
 IMPORT = "/data/services/import"

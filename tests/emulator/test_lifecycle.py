@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import httpx
-
 from emulator_helpers import make_study, members, zip_bytes
+
 from xnat_flows.testing.pytest_plugin import wait_until
 
 

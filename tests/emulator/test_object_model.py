@@ -14,6 +14,7 @@ from xml.etree import ElementTree
 
 import pytest
 from emulator_helpers import make_study, members, zip_bytes
+
 from xnat_flows.testing.pytest_plugin import wait_until
 
 

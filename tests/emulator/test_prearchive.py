@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import pytest
-
 from emulator_helpers import make_instance, make_study, members, zip_bytes
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
 from emulator_helpers import make_study, members, tar_bytes, zip_bytes
 
 

@@ -6,9 +6,9 @@ import io
 
 import pytest
 from emulator_helpers import make_study, members, zip_bytes
-from xnat_flows.testing.pytest_plugin import wait_until
 
 from xnat_flows.testing.bandwidth import ThrottledReader, ThrottledWriter, TokenBucket
+from xnat_flows.testing.pytest_plugin import wait_until
 
 MALFORMED_BODIES = [b"not json", b"{", b"[1, 2]", b'"text"', b"42", b"null", b"\xff\xfe"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from emulator_helpers import make_study, members, zip_bytes
+
 from xnat_flows.testing.pytest_plugin import wait_until
 
 xnat = pytest.importorskip("xnat")

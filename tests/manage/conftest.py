@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from manage_helpers import emulator_client
 
 from xnat_flows.client.client import XnatClient
 
-from manage_helpers import emulator_client
 
 @pytest.fixture
 def manual_xnat(xnat_emulator, monkeypatch):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from manage_helpers import archive_directly, emulator_client, stage_session
 from typer.testing import CliRunner
 
-from manage_helpers import archive_directly, emulator_client, stage_session
 from xnat_flows.cli.main import app
 from xnat_flows.cli.options import exit_code_for
 from xnat_flows.client import errors

@@ -7,9 +7,9 @@ flow bodies and the task bodies run in-process, so the tests stay fast.
 from __future__ import annotations
 
 import pytest
+from manage_helpers import archive_directly, import_study, stage_session
 from prefect.logging import disable_run_logger
 
-from manage_helpers import archive_directly, import_study, stage_session
 from xnat_flows.client.errors import ConflictError, NotFoundError
 from xnat_flows.flows import prearchive as prearchive_flows
 from xnat_flows.flows import resources as resource_flows

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from manage_helpers import dicom_zip, emulator_client, import_study, stage_session
+
 from xnat_flows.client.errors import ConflictError, NotFoundError, XnatError
 from xnat_flows.manage import prearchive
 

@@ -8,8 +8,8 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-
 from manage_helpers import experiment_document, prearchive_row, result_set
+
 from xnat_flows.client import archive as client_archive
 from xnat_flows.client.errors import ConflictError, NotFoundError, XnatError
 from xnat_flows.manage import prearchive
@@ -167,9 +167,11 @@ def test_wait_for_archive_backs_off_until_the_session_appears(scripted_client, m
 
 
 def test_wait_for_archive_times_out_with_a_retryable_error(scripted_client):
-    with scripted_client(lambda request: httpx.Response(404)) as client:
-        with pytest.raises(prearchive.WaitTimeoutError) as raised:
-            prearchive.wait_for_archive(client, "P", "S1", timeout=0.05, poll=0.01)
+    with (
+        scripted_client(lambda request: httpx.Response(404)) as client,
+        pytest.raises(prearchive.WaitTimeoutError) as raised,
+    ):
+        prearchive.wait_for_archive(client, "P", "S1", timeout=0.05, poll=0.01)
     assert raised.value.retryable
 
 

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from manage_helpers import archive_directly
+
 from xnat_flows.client.errors import NotFoundError
 from xnat_flows.manage.resources import ResourceTarget, list_resource_files, upload_resource
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from manage_helpers import experiment_document
+
 from xnat_flows.client.errors import InputError
 from xnat_flows.manage import resources
 from xnat_flows.manage.resources import ResourceTarget

@@ -13,7 +13,6 @@ import httpx
 import pytest
 from orchestration_helpers import write_session
 
-
 pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
 # Skip at collection, before the session's Prefect server is started for nothing.
 pytest.importorskip("prefect_dask", reason="prefect-dask not installed (pip install 'xnat-flows[dask]')")

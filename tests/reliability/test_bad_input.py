@@ -384,7 +384,7 @@ def test_cstore_flow_fails_on_bad_receiver(receiver: dict, words: str, xnat: Xna
     state = send_dicom({"source_dir": str(one_study)}, target, return_state=True)
 
     assert state.is_failed()
-    with pytest.raises(Exception) as raised:  # noqa: PT011 - validation or InputError
+    with pytest.raises(Exception) as raised:
         state.result()
     assert words in " ".join(str(raised.value).split())
 

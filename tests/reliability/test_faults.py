@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from reliability_catalogue import CATALOGUE, PROJECT, FaultCase, Harness, run_case, run_upload
 
 pytestmark = pytest.mark.e2e

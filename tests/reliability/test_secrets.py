@@ -94,9 +94,9 @@ def test_password_from_the_prompt_is_quiet(xnat: XnatEmulator, monkeypatch: pyte
 @pytest.mark.usefixtures("prefect_harness")
 def test_password_from_a_block_is_quiet_and_stored_encrypted(xnat: XnatEmulator) -> None:
     from xnat_flows.blocks import XnatCredentials
-    from xnat_flows.tasks.connection import credentials_for
-    from xnat_flows.models import XnatConnection
     from xnat_flows.client import XnatClient
+    from xnat_flows.models import XnatConnection
+    from xnat_flows.tasks.connection import credentials_for
 
     XnatCredentials(url=xnat.url, username="admin", password=SENTINEL_PASSWORD).save("sec-block", overwrite=True)
 
@@ -237,7 +237,7 @@ def _sweep(xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path, monkeypat
         except UploadIncompleteError as exc:
             errors.append(str(exc) + repr(exc) + repr(exc.__dict__))
         xnat.faults.clear()
-        with pytest.raises(Exception) as bad_project:  # noqa: PT011
+        with pytest.raises(Exception) as bad_project:
             upload_dicom_session(UploadRequest(source_dir=str(export), project="NOPE", subject="F5", session="F5"), by_block)
         errors.append(str(bad_project.value) + repr(bad_project.value))
         outputs.extend(repr(r) for r in results)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 from pydicom.uid import generate_uid
+from transfer_helpers import write_studies, write_study
 
-from transfer_helpers import write_study, write_studies
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.errors import AuthenticationError, ConflictError, InputError, PermanentUploadError
 from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.testing import XnatEmulator
-from xnat_flows.transfer.journal import resume_key
-from xnat_flows.transfer.session import study_label
 from xnat_flows.transfer import (
     UploadJournal,
     UploadTarget,
@@ -25,6 +24,8 @@ from xnat_flows.transfer import (
     upload_archive_batch,
     upload_session,
 )
+from xnat_flows.transfer.journal import resume_key
+from xnat_flows.transfer.session import study_label
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +64,7 @@ def test_dicom_zip_direct_archive_lands_and_verifies(xnat_emulator, client, expo
     result = upload_session(client, export, target, workers=2, fmt=fmt, progress=seen.append, **FAST)
     assert result.ok, result
     assert seen[-1].done == 12 and seen[-1].bytes_done == seen[-1].bytes_total == result.bytes_sent
-    assert all(a.bytes_done <= b.bytes_done for a, b in zip(seen, seen[1:]))
+    assert all(a.bytes_done <= b.bytes_done for a, b in itertools.pairwise(seen))
     (study,) = result.sessions
     assert len(study.batches) == 2 and all(b.ok for b in study.batches)
     assert all(uri.startswith("/xapi/direct-archive/TEST/") for uri in study.uris)
@@ -248,9 +249,8 @@ def test_permanent_rejection_raises_with_the_server_message(xnat_emulator, clien
 
 def test_html_login_page_means_wrong_password(tmp_path, xnat_emulator_factory) -> None:
     emulator = xnat_emulator_factory(tmp_path / "xnat", login_failure_mode="html200")
-    with connect(emulator, tmp_path, password="wrong") as xnat:
-        with pytest.raises(AuthenticationError, match="web page"):
-            xnat.whoami()
+    with connect(emulator, tmp_path, password="wrong") as xnat, pytest.raises(AuthenticationError, match="web page"):
+        xnat.whoami()
 
 
 def test_single_batch_upload_api(xnat_emulator, client, export) -> None:

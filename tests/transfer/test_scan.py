@@ -6,8 +6,8 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-
 from transfer_helpers import write_study
+
 from xnat_flows.client.errors import InputError
 from xnat_flows.transfer.scan import scan_directory
 
@@ -263,7 +263,7 @@ def test_quick_full_read_equals_pydicom_on_its_whole_test_corpus(tmp_path: Path)
     calls: list[Path] = []
     real = scan.read_header
 
-    def counting(path: Path, root_: Path, st: os.stat_result):  # noqa: ANN202
+    def counting(path: Path, root_: Path, st: os.stat_result):
         calls.append(path)
         return real(path, root_, st)
 
@@ -367,12 +367,12 @@ def test_unreadable_files_and_folders_are_failures_and_junk_is_not(study_dir: Pa
     (study_dir / "closed").mkdir()
     real_open, real_scandir = builtins.open, os.scandir
 
-    def flaky_open(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - root reads everything, so refuse here
+    def flaky_open(path, *args, **kwargs):
         if Path(path).match("series1/IM0002"):
             raise PermissionError(13, "Permission denied")
         return real_open(path, *args, **kwargs)
 
-    def flaky_scandir(path):  # noqa: ANN001, ANN202
+    def flaky_scandir(path):
         if Path(path).name == "closed":
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)

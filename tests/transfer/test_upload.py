@@ -147,9 +147,8 @@ def test_gradual_stops_when_every_first_instance_fails_alike(study_dir: Path) ->
         calls.append(request.read())
         return httpx.Response(400, text="Unable to identify destination project")
 
-    with client_for(handler) as client:
-        with pytest.raises(PermanentUploadError, match="destination project"):
-            upload_gradual(client, scan_directory(study_dir).files, TARGET, workers=2)
+    with client_for(handler) as client, pytest.raises(PermanentUploadError, match="destination project"):
+        upload_gradual(client, scan_directory(study_dir).files, TARGET, workers=2)
     assert len(calls) == 2  # one per series, then stop
 
 
@@ -164,9 +163,8 @@ def test_gradual_aborts_on_an_error_every_request_would_hit(study_dir: Path) -> 
             n = count["n"]
         return httpx.Response(200, text="/data/x") if n <= 2 else httpx.Response(403, text="no access")
 
-    with client_for(handler) as client:
-        with pytest.raises(PermissionDeniedError):
-            upload_gradual(client, scan_directory(study_dir).files, TARGET, workers=1, window=1)
+    with client_for(handler) as client, pytest.raises(PermissionDeniedError):
+        upload_gradual(client, scan_directory(study_dir).files, TARGET, workers=1, window=1)
     assert count["n"] == 3
 
 

@@ -124,7 +124,7 @@ def _upload_with_flow(source, target, workers, archive_format, gradual, per_stud
             )
         except XnatError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any flow failure becomes one CLI error
             raise XnatError(f"the flow run failed: {exc}", hint="See the flow run's logs in Prefect") from None
     if as_json:
         typer.echo(result.model_dump_json(indent=2))

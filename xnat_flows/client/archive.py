@@ -51,12 +51,10 @@ def item_fields(document: object) -> dict[str, str]:
 
 
 def _children(item: object, field_name: str) -> list[dict]:
-    try:
-        for child in item.get("children") or []:  # type: ignore[union-attr]
-            if child.get("field") == field_name:
-                return list(child.get("items") or [])
-    except AttributeError:
-        pass
+    children = item.get("children") if isinstance(item, dict) else None
+    for child in children or []:
+        if isinstance(child, dict) and child.get("field") == field_name:
+            return list(child.get("items") or [])
     return []
 
 

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from typing import Any, TypeVar
 
 import httpcore
 import httpx
@@ -77,6 +77,7 @@ Content = bytes | str | Callable[[], Iterable[bytes]] | None
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{8,512}")
 _DEFAULT = object()
+_Error = TypeVar("_Error", bound=XnatError)  # _scrub hands back the error it was given
 
 
 @dataclass(frozen=True)
@@ -466,7 +467,7 @@ class XnatClient:
         detail = f"no byte moved for the timeout ({exc})" if unanswered else str(exc)
         return self._scrub(XnatConnectionError(f"{where}: {kind}: {detail}", retryable=reachable, timed_out=unanswered))
 
-    def _scrub(self, error: XnatError) -> XnatError:
+    def _scrub(self, error: _Error) -> _Error:
         """Belt and braces: no password or token text in an error, whatever the server echoed."""
         for secret in self._secrets + [self._auth_state[1] or ""]:
             if secret and len(secret) >= 4:

@@ -230,7 +230,7 @@ def server_message(response: httpx.Response) -> str:
     """The useful part of an error body: plain text, or the <title>/<h1> of a Tomcat error page."""
     try:
         text = response.text
-    except Exception:  # undecodable or unread streaming body: the status alone must do
+    except Exception:  # noqa: BLE001 - undecodable or unread streaming body: the status alone must do
         return ""
     text = text.strip()
     if "<html" in text[:500].lower():

@@ -9,7 +9,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from xnat_flows.client.errors import InputError, XnatError
-from xnat_flows.events import SessionRef, absolute_uri, emit_session_event, SESSION_ARCHIVED, emit_upload_failed, public_base_url
+from xnat_flows.events import (
+    SESSION_ARCHIVED,
+    SessionRef,
+    absolute_uri,
+    emit_session_event,
+    emit_upload_failed,
+    public_base_url,
+)
 from xnat_flows.models import (
     DicomReceiverTarget,
     InstanceFailure,

@@ -10,8 +10,8 @@ from prefect import flow, tags
 from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
-from xnat_flows.events import emit_archive_outcome
 from xnat_flows.client.prearchive import ArchiveOutcome, Overwrite, prearchive_src
+from xnat_flows.events import emit_archive_outcome
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import credentials_for
 from xnat_flows.tasks.prearchive import (

@@ -8,11 +8,11 @@ with the ``attach-resource`` flow.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
-from typing import Annotated
-
 from pydantic import BaseModel, Field
 
 from xnat_flows.client.archive import item_fields

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import time
+from typing import cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -22,6 +24,7 @@ from xnat_flows.models import (
     UploadSessionResult,
     XnatConnection,
 )
+from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.tasks.upload import (
     check_destination_task,
     check_server,
@@ -33,8 +36,8 @@ from xnat_flows.tasks.upload import (
     upload_instances,
     verify_uploaded_session,
 )
+from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.scan import DicomFile
-from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.transfer.session import StudyUploadResult, plan_sessions
 from xnat_flows.transfer.upload import BatchResult, UploadTarget
 
@@ -97,12 +100,16 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
                for target, files in plans]
     plans = [(target, files) for (target, _), (_, files) in zip(checked, plans, strict=True)]
     prearchive_before = [before for _, before in checked]
-    archive_format = request.archive_format
-    if request.transport == "dicom-zip" and archive_format == "auto":
-        archive_format, why = choose_format(connection)
-        logger.info("archive format %s (%s)", archive_format, why)
+    archive_format: ArchiveFormat = "zip"  # gradual-DICOM sends no archive
+    if request.transport == "dicom-zip":
+        if request.archive_format == "auto":
+            archive_format, why = choose_format(connection)
+            logger.info("archive format %s (%s)", archive_format, why)
+        else:
+            archive_format = request.archive_format
 
-    progress_id = create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)")
+    # A sync flow gets the UUID itself; async_dispatch types the call as "UUID or its coroutine".
+    progress_id = cast(UUID, create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)"))
     total_files = len(scan.files)
     done_files = 0
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from xnat_flows.client.errors import TransientError, XnatError
+from xnat_flows.client.errors import InputError, TransientError, XnatError
 from xnat_flows.models import ArchivedStudy, DicomReceiverTarget, XnatConnection
 from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.policies import ReceiverLimit, association_slots, existing_receiver_limit, retry_unless_permanent
@@ -19,26 +20,37 @@ from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.scan import DicomFile
 
 
-def resolve_receiver(target: DicomReceiverTarget) -> DicomReceiverTarget:
-    """Fill the fields not given from the Block, then from the defaults XNAT ships with."""
-    values = target.model_dump(exclude={"block"})
-    if target.block is not None:
-        for name in ("host", "port", "called_aet", "calling_aet"):
-            values[name] = values[name] or getattr(target.block, name)
-    values["port"] = values["port"] or 8104
-    values["called_aet"] = values["called_aet"] or "XNAT"
-    values["calling_aet"] = values["calling_aet"] or "XNATFLOWS"
-    if not values["host"]:
-        from xnat_flows.client.errors import InputError
+class ReceiverAddress(NamedTuple):
+    host: str
+    port: int
+    called_aet: str
+    calling_aet: str
 
+
+def receiver_address(target: DicomReceiverTarget) -> ReceiverAddress:
+    """The receiver's fields: those not given from the Block, then the defaults XNAT ships with."""
+
+    def given(name: str) -> Any:
+        value = getattr(target, name)
+        return value or (getattr(target.block, name) if target.block is not None else None)
+
+    host = given("host")
+    if not host:
         raise InputError("No DICOM receiver host given", hint="Pick an xnat-dicom-receiver Block in the receiver parameter, or fill its host")
-    return DicomReceiverTarget(**values)
+    return ReceiverAddress(
+        host=host, port=given("port") or 8104, called_aet=given("called_aet") or "XNAT", calling_aet=given("calling_aet") or "XNATFLOWS"
+    )
+
+
+def resolve_receiver(target: DicomReceiverTarget) -> DicomReceiverTarget:
+    """The target with every field filled (see ``receiver_address``) and the Block dropped."""
+    return DicomReceiverTarget(**receiver_address(target)._asdict())
 
 
 @task(name="echo-receiver", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 def echo_receiver(receiver: DicomReceiverTarget) -> EchoResult:
     """C-ECHO pre-flight: wrong host/port, wrong AE title and firewalls fail here, with advice."""
-    return echo(receiver.host, receiver.port, receiver.called_aet, receiver.calling_aet)
+    return echo(*receiver_address(receiver))
 
 
 SEND_RETRIES = 2
@@ -54,7 +66,8 @@ class ReceiverInterrupted(TransientError):
 @task(name="check-receiver", cache_policy=NO_CACHE)
 def check_receiver_limit(receiver: DicomReceiverTarget) -> ReceiverLimit | None:
     """The receiver's global concurrency limit ``xnat-cstore:HOST:PORT``, if the site created one."""
-    return existing_receiver_limit(receiver.host, receiver.port)
+    address = receiver_address(receiver)
+    return existing_receiver_limit(address.host, address.port)
 
 
 @task(name="send-instances", cache_policy=NO_CACHE, retries=SEND_RETRIES, retry_delay_seconds=10,
@@ -69,13 +82,14 @@ def send_instances(
     Each association holds a slot of the receiver's limit. When instances fail for a reason that
     may heal, the task raises so Prefect retries it; the last attempt returns what it has.
     """
+    address = receiver_address(receiver)
     with association_slots(limit, workers) as associations:
-        if associations < workers:
+        if limit is not None and associations < workers:
             get_run_logger().info("the receiver's limit %s has %d slots: sending over %d associations", limit.name,
                                   limit.slots, associations)
         send = store_instances_resumable(
-            files, UploadJournal(), host=receiver.host, port=receiver.port, called_aet=receiver.called_aet,
-            calling_aet=receiver.calling_aet, workers=associations, routing=routing, preflight=False,
+            files, UploadJournal(), host=address.host, port=address.port, called_aet=address.called_aet,
+            calling_aet=address.calling_aet, workers=associations, routing=routing, preflight=False,
         )
     result, resumed = send.result, send.resumed
     if send.in_doubt:

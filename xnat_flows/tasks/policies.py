@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
+from prefect import Task
+from prefect.cache_policies import CachePolicy
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
@@ -14,7 +17,24 @@ from xnat_flows.client.errors import XnatError
 from xnat_flows.client.urls import server_host
 
 
-def retry_unless_permanent(task, task_run, state) -> bool:
+class ResultOptions(TypedDict):
+    """``@task`` options on caching and results, typed so that ``@task(**options)`` matches
+    Prefect's signature (kept apart from ``RetryOptions`` so that the two combine)."""
+
+    cache_policy: CachePolicy
+    persist_result: bool
+
+
+class RetryOptions(TypedDict):
+    """``@task`` options on retries, typed like ``ResultOptions``."""
+
+    retries: int
+    retry_delay_seconds: float | list[float] | Callable[[int], list[float]]
+    retry_jitter_factor: float
+    retry_condition_fn: Callable[[Task[..., Any], TaskRun, State[Any]], bool]
+
+
+def retry_unless_permanent(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry only failures that a later attempt can fix.
 
     The error decides, through its ``retryable`` attribute (the same one the client's request
@@ -27,7 +47,7 @@ def retry_unless_permanent(task, task_run, state) -> bool:
         state.result()
     except XnatError as exc:
         return exc.retryable
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure is not worth a retry
         return False
     return False
 

@@ -15,11 +15,16 @@ from xnat_flows.client.urls import server_host
 from xnat_flows.manage import prearchive as lib
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import credentials_for, open_client
-from xnat_flows.tasks.policies import retry_unless_permanent
+from xnat_flows.tasks.policies import ResultOptions, RetryOptions, retry_unless_permanent
 
 # Side effects on the server: never answer from a cache.
-_COMMON = dict(cache_policy=NO_CACHE, persist_result=False)
-_RETRYING = dict(retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.5, retry_condition_fn=retry_unless_permanent)
+_COMMON: ResultOptions = {"cache_policy": NO_CACHE, "persist_result": False}
+_RETRYING: RetryOptions = {
+    "retries": 2,
+    "retry_delay_seconds": [10, 60],
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_unless_permanent,
+}
 
 
 def xnat_tag(connection: XnatConnection) -> str:

@@ -11,24 +11,31 @@ from prefect.tasks import exponential_backoff
 
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import open_client, shared_client
-from xnat_flows.tasks.policies import ServerCheck, existing_upload_limit, retry_unless_permanent, upload_slot
+from xnat_flows.tasks.policies import (
+    ResultOptions,
+    RetryOptions,
+    ServerCheck,
+    existing_upload_limit,
+    retry_unless_permanent,
+    upload_slot,
+)
 from xnat_flows.transfer.archive import ArchiveFormat
+from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory
-from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.session import check_destination, send_batch
 from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
 from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget, choose_archive_format
 from xnat_flows.transfer.verify import VerifyResult, prearchive_snapshot, verify_session
 
 # Inputs hold file lists and clients are built inside: hashing them for a cache buys nothing.
-_COMMON = dict(cache_policy=NO_CACHE, persist_result=False)
-_RETRYING = dict(
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_unless_permanent,
-)
+_COMMON: ResultOptions = {"cache_policy": NO_CACHE, "persist_result": False}
+_RETRYING: RetryOptions = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_unless_permanent,
+}
 
 
 @task(name="check-server", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)

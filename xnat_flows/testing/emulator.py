@@ -68,7 +68,7 @@ class XnatEmulator:
         self.prearchive_codes = dict(prearchive_codes or {})
         self.anonymize = anonymize  # rewrite headers on import like XNAT's default anonymization script
         self.faults = Faults()
-        self.store: Store | None = None  # type: ignore[assignment]
+        self.store: Store | None = None
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._scp: Any = None
@@ -95,10 +95,10 @@ class XnatEmulator:
         self._thread.start()
         self.prearchive.start()
         if self._requested_scp_port is not None:
-            self._start_scp()
+            self._start_scp(self._requested_scp_port)
         return self
 
-    def _start_scp(self) -> None:
+    def _start_scp(self, port: int) -> None:
         try:
             from xnat_flows.testing.scp import DicomReceiver
         except ImportError as exc:
@@ -106,7 +106,7 @@ class XnatEmulator:
             raise RuntimeError("scp_port was given but xnat_flows.testing.scp (DicomReceiver) is not available: "
                                f"{exc}") from exc
         self._scp = DicomReceiver(ingest=self.import_instance_for_scp, host=self.host,
-                                  port=self._requested_scp_port, ae_title=self.scp_aet)
+                                  port=port, ae_title=self.scp_aet)
         self._scp.start()
 
     def stop(self) -> None:

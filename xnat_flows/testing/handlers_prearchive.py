@@ -27,7 +27,7 @@ class PrearchiveHandlers(HandlerBase):
         finally:
             if req.form is not None:
                 req.form.cleanup()
-        if req.param("format") in ("txt", "text") or "text/plain" == (req.headers.get("Accept") or "").strip():
+        if req.param("format") in ("txt", "text") or (req.headers.get("Accept") or "").strip() == "text/plain":
             return text(200, uris[0] if uris else "")
         return Response(200, "".join(f"{u}\r\n" for u in uris).encode(), "text/uri-list")
 

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 _CHUNK = 1024 * 1024
 
@@ -23,10 +23,18 @@ class MalformedMultipart(ValueError):
     """A complete body that is not valid multipart/form-data (XNAT answers 400)."""
 
 
+class LineReader(Protocol):
+    """What a request body is read from: the connection's ``rfile`` (or its throttled wrapper)."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def readline(self, size: int, /) -> bytes: ...
+
+
 class RequestBody:
     """A readable view of one request body, honouring Content-Length or chunked framing."""
 
-    def __init__(self, rfile: BinaryIO, content_length: int | None, chunked: bool) -> None:
+    def __init__(self, rfile: LineReader, content_length: int | None, chunked: bool) -> None:
         self._rfile = rfile
         self._chunked = chunked
         self._remaining = content_length or 0  # bytes left in the body (or current chunk)
@@ -80,7 +88,7 @@ class RequestBody:
             self.bytes_read += len(head)
             return head
         if size is None or size < 0:
-            parts = []
+            parts: list[bytes] = []
             while True:
                 part = self.read(_CHUNK)
                 if not part:
@@ -183,7 +191,7 @@ def _parse_parts(body: RequestBody, boundary: str, tmp_dir: Path, form: Multipar
         header_blob, buffer = buffer[2:].split(b"\r\n\r\n", 1)
         _, params, ctype = _parse_headers(header_blob)
         is_file = "filename" in params
-        sink = tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="mp-", delete=False) if is_file else None
+        sink = tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="mp-", delete=False) if is_file else None  # noqa: SIM115 - closed below
         if sink is not None:  # registered at once, so that cleanup() removes it whatever happens next
             form.files.append(FilePart(params.get("name", ""), params.get("filename") or "upload", ctype,
                                        Path(sink.name)))

@@ -16,10 +16,22 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from xnat_flows.testing.dicomhdr import (
-    InstanceHeader, UnparsableDicom, clean_label, read_header, route_project, route_session, route_subject,
+    InstanceHeader,
+    UnparsableDicom,
+    clean_label,
+    read_header,
+    route_project,
+    route_session,
+    route_subject,
 )
 from xnat_flows.testing.prearchive import (
-    UNASSIGNED, Placement, Prearchive, XnatRefusal, direct_archive_uri, is_true, prearchive_uri,
+    UNASSIGNED,
+    Placement,
+    Prearchive,
+    XnatRefusal,
+    direct_archive_uri,
+    is_true,
+    prearchive_uri,
 )
 from xnat_flows.testing.state import QUEUED_ARCHIVING, PrearcRow
 
@@ -222,7 +234,7 @@ class _PlacementPipeline:
             try:
                 row = self._prearchive.place_instance(*item)
                 self._rows.setdefault(row.id, row)
-            except BaseException as exc:  # surfaced to the request thread by finish()/submit()
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the request thread by finish()/submit()
                 self._error = exc
 
     def submit(self, header: InstanceHeader, data: bytes, where: Placement) -> None:
@@ -280,7 +292,7 @@ def iter_members(upload: Upload, tmp_dir: Path) -> Iterator[tuple[str, bytes]]:
             # tgz is inflated by ISA-L (as XNAT's Java inflater, native code): Python's zlib took
             # 2.5x the CPU. 64 KB reads: tarfile's stream mode pulls 10 KB at a time by default,
             # and with 1 MB it copies the rest of its buffer on every small read (8x the CPU).
-            source = upload.stream
+            source: BinaryIO | io.BufferedIOBase = upload.stream
             if kind == "tgz":
                 from isal import igzip
 
@@ -302,7 +314,7 @@ class _ReadInto:
     def __init__(self, stream: BinaryIO) -> None:
         self.read = stream.read
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
+    def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -313,7 +325,7 @@ def _iter_zip(stream: BinaryIO, tmp_dir: Path) -> Iterator[tuple[str, bytes]]:
     spool = None
     if not seekable:
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        spool = tempfile.TemporaryFile(dir=tmp_dir, prefix="zip-")
+        spool = tempfile.TemporaryFile(dir=tmp_dir, prefix="zip-")  # noqa: SIM115 - closed in the finally below
         try:
             shutil.copyfileobj(stream, spool, 1024 * 1024)
         except BaseException:  # a full disk: give the space back at once

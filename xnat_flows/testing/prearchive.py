@@ -14,8 +14,18 @@ from dataclasses import dataclass, field
 from xnat_flows.testing.dicomhdr import InstanceHeader, anonymize_instance, xnat_file_name
 from xnat_flows.testing.faults import Faults
 from xnat_flows.testing.state import (
-    ARCHIVING, CONFLICT, ERROR, QUEUED_ARCHIVING, READY, RECEIVING, PrearcRow, Store, now_text, scan_xsi_type,
-    session_xsi_type, write_stream_to,
+    ARCHIVING,
+    CONFLICT,
+    ERROR,
+    QUEUED_ARCHIVING,
+    READY,
+    RECEIVING,
+    PrearcRow,
+    Store,
+    now_text,
+    scan_xsi_type,
+    session_xsi_type,
+    write_stream_to,
 )
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ contention, docs/cstore.md), and refusal.
 from __future__ import annotations
 
 import errno
-
 import logging
 import socket
 import threading
@@ -21,10 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
+
+# pynetdicom builds its SOP class names at import time, out of a type checker's sight.
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"  # DICOM PS3.4 A.4
 
 Ingest = Callable[[bytes, str], "str | None"]
 
@@ -66,7 +69,7 @@ class DicomReceiver:
         self._lock = threading.Lock()
         self._stop_stalls = threading.Event()
         self._ae: AE | None = None
-        self._server = None
+        self._server: ThreadedAssociationServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> DicomReceiver:
@@ -76,12 +79,13 @@ class DicomReceiver:
         ae.maximum_associations = 32
         ae.network_timeout = 60
         ae.dimse_timeout = 60
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        for sop_class in [c.abstract_syntax for c in AllStoragePresentationContexts] + [SIEMENS_CSA_NON_IMAGE]:
+        ae.add_supported_context(VERIFICATION_SOP_CLASS, ALL_TRANSFER_SYNTAXES)
+        storage = [c.abstract_syntax for c in AllStoragePresentationContexts if c.abstract_syntax is not None]
+        for sop_class in [*storage, SIEMENS_CSA_NON_IMAGE]:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         self._ae = ae
         self._apply_refusal()
-        handlers = [(evt.EVT_CONN_OPEN, self._on_connection_open), (evt.EVT_C_ECHO, self._on_echo),
+        handlers: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, self._on_connection_open), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_C_STORE, self._on_store)]
         self._stop_stalls.clear()
         self._server = ae.start_server((self.host, self.requested_port), block=False, evt_handlers=handlers)
@@ -142,13 +146,14 @@ class DicomReceiver:
             self._stop_stalls.wait(self.faults.stall_seconds)
             return STATUS_OUT_OF_RESOURCES
         calling_aet = event.assoc.requestor.ae_title.strip()
+        sop_instance = event.request.AffectedSOPInstanceUID if isinstance(event.request, C_STORE) else None
         try:
             outcome = self.ingest(event.encoded_dataset(include_meta=True), calling_aet)
         except Exception as exc:  # the receiver must answer every request; the failure goes into the status
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.warning("ingest failed for %s: no space left on device", event.request.AffectedSOPInstanceUID)
+                log.warning("ingest failed for %s: no space left on device", sop_instance)
             else:
-                log.exception("ingest failed for %s", event.request.AffectedSOPInstanceUID)
+                log.exception("ingest failed for %s", sop_instance)
             return STATUS_OUT_OF_RESOURCES
         return STATUS_SUCCESS if outcome is not None else STATUS_CANNOT_UNDERSTAND
 

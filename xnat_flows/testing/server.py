@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -23,7 +23,7 @@ from xnat_flows.testing.handlers_prearchive import PrearchiveHandlers
 from xnat_flows.testing.handlers_site import SiteHandlers
 from xnat_flows.testing.httpbody import BodyError, RequestBody
 from xnat_flows.testing.prearchive import XnatRefusal, is_true
-from xnat_flows.testing.state import is_disk_full
+from xnat_flows.testing.state import Store, is_disk_full
 from xnat_flows.testing.web import STREAM_CHUNK, Handler, Request, Response, text
 
 if TYPE_CHECKING:
@@ -37,7 +37,9 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
 
     def __init__(self, emulator: XnatEmulator) -> None:
         self.emu = emulator
-        self.store = emulator.store
+        if emulator.store is None:
+            raise RuntimeError("the emulator's routes need its store open (start the emulator first)")
+        self.store: Store = emulator.store
         self._counter_lock = threading.Lock()
         self.active_imports = 0
         self.peak_concurrent_uploads = 0
@@ -178,10 +180,10 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except BodyError:
             self.close_connection = True
             return
-        except (ConnectionError, socket.timeout):
+        except (TimeoutError, ConnectionError):
             self.close_connection = True
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure answers 500, as Tomcat does
             if is_disk_full(exc):  # XNAT answers each request 500 and carries on when space returns
                 log.warning("%s %s: no space left on device", req.method, req.path)
                 response = text(500, f"Internal Server Error: no space left on device ({exc})")
@@ -196,7 +198,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         try:
             if not body.exhausted:
                 body.drain()  # keep the connection reusable
-        except (BodyError, ConnectionError, socket.timeout):
+        except (TimeoutError, BodyError, ConnectionError):
             self.close_connection = True
         self._send(response, req.throttle_bytes_per_s)
 
@@ -236,10 +238,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             req.throttle_bytes_per_s = int(rule.bytes_per_second)
         if rule.drop:
             req.body.read(64 * 1024)  # take part of the body, then vanish without an answer
-            try:
+            with suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return None
         if rule.evict_token:
             token = req.cookie("JSESSIONID")
@@ -278,7 +278,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
                         time.sleep(len(block) / throttle_bytes_per_s)
                 else:
                     shutil.copyfileobj(source, self.wfile, STREAM_CHUNK)
-        except (ConnectionError, socket.timeout):
+        except (TimeoutError, ConnectionError):
             self.close_connection = True
         finally:
             if response.delete_file and response.file is not None:
@@ -317,10 +317,8 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
             self._stopping = True
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         with self._connections_lock:
             self._all_done.wait_for(lambda: not self._connections, timeout=wait_seconds)
 

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -117,8 +117,8 @@ def _series_template(*, modality: str, patient_id: str, patient_name: str, study
                      patient_comments: str | None) -> Dataset:
     sop_class = SOP_CLASS_BY_MODALITY[modality]
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = _SOP_PLACEHOLDER
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(_SOP_PLACEHOLDER)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "XNATFLOWS_SYNTH"
@@ -387,7 +387,7 @@ def _dicomdir_bytes(manifest: SynthManifest, *, file_set_uid: str) -> bytes:
 
     fileset = FileSet()
     fileset.ID = "SYNTH"
-    fileset.UID = file_set_uid  # pydicom would draw a random one: keep the output deterministic
+    fileset.UID = UID(file_set_uid)  # pydicom would draw a random one: keep the output deterministic
     for item in manifest.files:
         fileset.add(str(item.path))
     with tempfile.TemporaryDirectory(prefix="synth-dicomdir-") as scratch:

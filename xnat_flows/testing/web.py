@@ -9,7 +9,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from xnat_flows.testing.httpbody import MalformedMultipart, MultipartForm, RequestBody, parse_multipart
@@ -163,4 +163,4 @@ def request_uploads(req: Request, path_name: str | None, tmp_dir: Path) -> list[
     if req.body.is_empty() and ctype != "application/zip":
         raise XnatRefusal(400, _INBODY_EMPTY)
     suffix = _RAW_TYPES.get(ctype, ".unsupported")
-    return [Upload(path_name or f"upload{suffix}", req.body)]
+    return [Upload(path_name or f"upload{suffix}", cast(BinaryIO, req.body))]  # file-like: read, read(n)

@@ -122,7 +122,7 @@ class StorageAssociation:
             raise ValueError("an association carries 1..128 presentation contexts")
         # an ASCII host as bytes: a str makes getaddrinfo import the idna codec (~10 ms of start-up)
         address = host.encode("ascii") if host.isascii() else host
-        sock = socket.create_connection((address, port), timeout=connect_timeout)
+        sock = socket.create_connection((address, port), timeout=connect_timeout)  # type: ignore[arg-type]  # bytes work too
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Nagle costs ~40 ms per message
             sock.settimeout(acse_timeout)

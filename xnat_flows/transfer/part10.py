@@ -111,7 +111,8 @@ def read_file_meta(part10: bytes | memoryview, file_size: int | None = None) -> 
         uids = [_uid(values[element]) for element in (_SOP_CLASS, _SOP_INSTANCE, _TRANSFER_SYNTAX)]
     except UnicodeDecodeError:
         raise ValueError("file meta header holds a UID that is not ASCII") from None
-    return FileMeta(*uids, dataset_offset=offset)
+    sop_class, sop_instance, transfer_syntax = uids
+    return FileMeta(sop_class, sop_instance, transfer_syntax, dataset_offset=offset)
 
 
 def dataset_offset(part10: bytes | memoryview) -> int:
@@ -269,4 +270,5 @@ def read_series_keys(head: bytes | memoryview, meta: FileMeta) -> SeriesKeys | N
         return None
     if number_text and not number_text.lstrip("+-").isdigit():
         return None  # an odd Series Number: pydicom decides what it means
-    return SeriesKeys(*uids, series_number=int(number_text) if number_text else None)
+    sop_class, sop_instance, study, series = uids
+    return SeriesKeys(sop_class, sop_instance, study, series, series_number=int(number_text) if number_text else None)

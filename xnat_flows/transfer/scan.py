@@ -238,8 +238,11 @@ def _walk(root: Path, skipped: list[SkippedFile]) -> list[tuple[Path, os.stat_re
 
 def _truncated_pixel_data(ds: pydicom.Dataset, path: Path, file_size: int, transfer_syntax: str) -> str | None:
     """Why the pixel data is cut short, or None (pydicom itself reads such files silently)."""
+    from pydicom.dataelem import RawDataElement  # loaded with the dataset already
+
     raw = ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
-    if raw is None or getattr(raw, "value_tell", None) is None:
+    # A deferred (not yet read) element comes back raw, with its place in the file.
+    if not isinstance(raw, RawDataElement) or raw.value_tell is None:
         return None
     length = int(raw.length)
     if length == UNDEFINED_LENGTH:  # encapsulated (compressed) frames: no fixed size to check
@@ -502,7 +505,10 @@ def scan_directory(
     classify = read_file_header if headers == "full" else read_file_meta_header
     for path, st in _walk(root_path, result.skipped):
         outcome = classify(path, root_path, st)
-        (result.files if isinstance(outcome, DicomFile) else result.skipped).append(outcome)
+        if isinstance(outcome, DicomFile):
+            result.files.append(outcome)
+        else:
+            result.skipped.append(outcome)
     result.files.sort(key=lambda f: f.relpath)
     result.files = _one_file_per_instance(result, duplicates)
     result.skipped.sort(key=lambda s: str(s.path))

@@ -9,6 +9,7 @@ replaces itself instead of duplicating.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import threading
 import time
@@ -323,7 +324,7 @@ def upload_gradual(
     breaker = _Breaker(workers)
     # One instance: the client's stall allowance, at most GRADUAL_TIMEOUT for the answer.
     limits = client.timeouts.upload(max((f.size for f in items), default=0))
-    gradual_timeout = httpx.Timeout(connect=limits.connect, read=min(GRADUAL_TIMEOUT.read, limits.read),
+    gradual_timeout = httpx.Timeout(connect=limits.connect, read=min(t for t in (GRADUAL_TIMEOUT.read, limits.read) if t is not None),
                                     write=limits.write, pool=limits.pool)
 
     def send(item: DicomFile) -> None:
@@ -398,7 +399,7 @@ def upload_gradual(
                     stopped_at = position
                 break
             future = pool.submit(attempt, item)
-            future.add_done_callback(lambda fut, item=item: done(item, fut))
+            future.add_done_callback(functools.partial(done, item))
         pool.shutdown(wait=True)
     except BaseException as exc:
         # Ctrl-C, SystemExit, a cancelled run: stop the workers instead of waiting for every instance

@@ -12,6 +12,7 @@ merge) fails verification even when an older copy of the same series already fil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -120,10 +121,8 @@ def _file_count(client: XnatClient, base: str, scan_id: str) -> int:
         return sum(counts)
     total = 0
     for label in _DICOM_RESOURCES:  # file_count may be empty: count the files themselves
-        try:
+        with contextlib.suppress(NotFoundError):
             total += len(client.get_rows(f"{base}/scans/{scan_id}/resources/{label}/files"))
-        except NotFoundError:
-            pass
     return total
 
 
