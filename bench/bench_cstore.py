@@ -57,8 +57,10 @@ class Run:
 
     def line(self) -> str:
         send = f"{self.send_rate:8.0f}" if self.send_rate is not None else "       -"
-        return (f"{self.label:<28} {self.instances / self.wall:10.0f} {send} {self.wall:8.2f} {self.cpu:6.2f} "
-                f"{self.peak_rss_mb:9.1f} {self.received:9d}")
+        return (
+            f"{self.label:<28} {self.instances / self.wall:10.0f} {send} {self.wall:8.2f} {self.cpu:6.2f} "
+            f"{self.peak_rss_mb:9.1f} {self.received:9d}"
+        )
 
 
 def dcmtk(tool: str) -> str:
@@ -114,8 +116,24 @@ class StoreScp:
         self.port = free_port()
         self.out_dir = out_dir
         self.process = subprocess.Popen(
-            [dcmtk("storescp"), "--fork", "-od", str(out_dir), "+xa", "-pm", "-aet", "XNAT", "-pdu", "131072",
-             str(self.port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                dcmtk("storescp"),
+                "--fork",
+                "-od",
+                str(out_dir),
+                "+xa",
+                "-pm",
+                "-aet",
+                "XNAT",
+                "-pdu",
+                "131072",
+                str(self.port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         for _ in range(200):
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
@@ -163,9 +181,14 @@ def main() -> None:
     parser.add_argument("--instance-kb", type=int, default=64)
     parser.add_argument("--series", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--repeat", type=int, default=1, help="rounds over all senders (interleaved); every run printed")
-    parser.add_argument("--routing", action="store_true",
-                        help="also run our sender with a routing override (PatientComments set on a copy of each instance)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds over all senders (interleaved); every run printed"
+    )
+    parser.add_argument(
+        "--routing",
+        action="store_true",
+        help="also run our sender with a routing override (PatientComments set on a copy of each instance)",
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
     for tool in ("storescp", "storescu"):
@@ -181,23 +204,50 @@ def main() -> None:
         started = time.perf_counter()
         manifest = write_studies(study, series=args.series, instances=args.instances, instance_kb=args.instance_kb)
         count = len(manifest.files)
-        print(f"study: {count} instances, {manifest.total_bytes / 1e6:.0f} MB "
-              f"(written in {time.perf_counter() - started:.1f} s); {os.cpu_count()} CPUs\n")
+        print(
+            f"study: {count} instances, {manifest.total_bytes / 1e6:.0f} MB "
+            f"(written in {time.perf_counter() - started:.1f} s); {os.cpu_count()} CPUs\n"
+        )
         plans: list[tuple[str, list[str]]] = [
-            ("dcmtk storescu +sd +r -nh", [dcmtk("storescu"), "+sd", "+r", "-nh", "-aec", "XNAT", "127.0.0.1", "{port}",
-                                           str(study)]),
+            (
+                "dcmtk storescu +sd +r -nh",
+                [dcmtk("storescu"), "+sd", "+r", "-nh", "-aec", "XNAT", "127.0.0.1", "{port}", str(study)],
+            ),
         ]
         for workers in args.workers:
-            plans.append((f"xnat_flows, {workers} assoc (threads)",
-                          [sys.executable, "-c", SENDER, str(study), "{port}", str(workers)]))
+            plans.append(
+                (
+                    f"xnat_flows, {workers} assoc (threads)",
+                    [sys.executable, "-c", SENDER, str(study), "{port}", str(workers)],
+                )
+            )
             if workers == max(args.workers):  # what a user types: the CLI, with its progress bar
-                plans.append((f"CLI upload-dicom, {workers} assoc",
-                              [str(Path(sys.executable).with_name("xnat-flows")), "session", "upload-dicom", str(study),
-                               "--host", "127.0.0.1", "--port", "{port}", "--called-aet", "XNAT",
-                               "--workers", str(workers)]))
+                plans.append(
+                    (
+                        f"CLI upload-dicom, {workers} assoc",
+                        [
+                            str(Path(sys.executable).with_name("xnat-flows")),
+                            "session",
+                            "upload-dicom",
+                            str(study),
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            "{port}",
+                            "--called-aet",
+                            "XNAT",
+                            "--workers",
+                            str(workers),
+                        ],
+                    )
+                )
             if args.routing:
-                plans.append((f"xnat_flows, {workers} assoc +routing",
-                              [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "routing"]))
+                plans.append(
+                    (
+                        f"xnat_flows, {workers} assoc +routing",
+                        [sys.executable, "-c", SENDER, str(study), "{port}", str(workers), "routing"],
+                    )
+                )
         print(f"{'sender':<28} {'inst/s':>10} {'send/s':>8} {'wall s':>8} {'cpu s':>6} {'peak MB':>9} {'received':>9}")
         runs: dict[str, list[Run]] = {label: [] for label, _ in plans}
         for _ in range(args.repeat):  # interleaved rounds: load from other processes hits every sender alike
@@ -206,25 +256,35 @@ def main() -> None:
                 print(run.line(), flush=True)
                 runs[label].append(run)
         if args.repeat > 1:
-            for title, pick in (("median", lambda rs: sorted(rs, key=lambda r: r.wall)[(len(rs) - 1) // 2]),
-                                ("best", lambda rs: min(rs, key=lambda r: r.wall))):
+            for title, pick in (
+                ("median", lambda rs: sorted(rs, key=lambda r: r.wall)[(len(rs) - 1) // 2]),
+                ("best", lambda rs: min(rs, key=lambda r: r.wall)),
+            ):
                 print(f"\n{title} of each ({args.repeat} runs):")
                 for label_runs in runs.values():
                     print(pick(label_runs).line())
             # the machine's speed drifts between rounds (shared host): compare within a round
             reference = runs[plans[0][0]]
-            print(f"\nspeed relative to storescu in the same round (storescu wall / sender wall), {args.repeat} rounds:")
+            print(
+                f"\nspeed relative to storescu in the same round (storescu wall / sender wall), {args.repeat} rounds:"
+            )
             for label, label_runs in list(runs.items())[1:]:
                 ratios = sorted(ref.wall / run.wall for ref, run in zip(reference, label_runs, strict=False))
-                print(f"{label:<28} median {statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x")
+                print(
+                    f"{label:<28} median {statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x"
+                )
             print(f"\nCPU relative to storescu in the same round (sender CPU / storescu CPU), {args.repeat} rounds:")
             for label, label_runs in list(runs.items())[1:]:
                 ratios = sorted(run.cpu / ref.cpu for ref, run in zip(reference, label_runs, strict=True))
-                print(f"{label:<28} median {statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x")
-        print("\ninst/s: instances / child wall time (start-up + scan + send); "
-              "send/s: our sender's own rate after scanning; cpu s: the sender process's user + system CPU; "
-              "peak MB: the sender process's max RSS "
-              "")
+                print(
+                    f"{label:<28} median {statistics.median(ratios):.2f}x  min {ratios[0]:.2f}x  max {ratios[-1]:.2f}x"
+                )
+        print(
+            "\ninst/s: instances / child wall time (start-up + scan + send); "
+            "send/s: our sender's own rate after scanning; cpu s: the sender process's user + system CPU; "
+            "peak MB: the sender process's max RSS "
+            ""
+        )
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -123,7 +123,9 @@ def main() -> None:
     data_dir = args.keep or work / "dicom"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        paths = sorted(p for p in data_dir.rglob("*") if p.is_file()) or write_session(data_dir, args.mb, args.instance_kb)
+        paths = sorted(p for p in data_dir.rglob("*") if p.is_file()) or write_session(
+            data_dir, args.mb, args.instance_kb
+        )
         total = sum(p.stat().st_size for p in paths)
         print(f"session: {len(paths)} instances, {total / 1e6:.0f} MB")
 
@@ -134,16 +136,29 @@ def main() -> None:
         print(f"raw loopback (httpx tar stream -> stdlib discard): {total / 1e6 / seconds:7.0f} MB/s ({seconds:.1f} s)")
 
         with XnatEmulator(work / "xnat", rebuild_idle_seconds=3600) as xnat:
-            params = {"import-handler": "DICOM-zip", "project": "TEST", "subject": "BENCH", "session": "BENCH",
-                      "dest": "/archive/projects/TEST", "overwrite": "delete", "inbody": "true"}
-            seconds, response = time_post(f"{xnat.url}/data/services/import", stream_tar(paths, data_dir),
-                                          params=params, auth=(xnat.user, xnat.password),
-                                          headers={"Content-Type": "application/x-tar"})
+            params = {
+                "import-handler": "DICOM-zip",
+                "project": "TEST",
+                "subject": "BENCH",
+                "session": "BENCH",
+                "dest": "/archive/projects/TEST",
+                "overwrite": "delete",
+                "inbody": "true",
+            }
+            seconds, response = time_post(
+                f"{xnat.url}/data/services/import",
+                stream_tar(paths, data_dir),
+                params=params,
+                auth=(xnat.user, xnat.password),
+                headers={"Content-Type": "application/x-tar"},
+            )
             assert response.status_code == 200, response.text
             archived = sum(xnat.archived_experiments("TEST")[0]["scans"].values())
             assert archived == len(paths), (archived, len(paths))
-        print(f"emulator DICOM-zip (tar, dest=/archive):           {total / 1e6 / seconds:7.0f} MB/s "
-              f"({seconds:.1f} s, {len(paths) / seconds:.0f} instances/s)")
+        print(
+            f"emulator DICOM-zip (tar, dest=/archive):           {total / 1e6 / seconds:7.0f} MB/s "
+            f"({seconds:.1f} s, {len(paths) / seconds:.0f} instances/s)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -59,9 +59,27 @@ class Emulator:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [PYTHON, "-m", "xnat_flows.cli.main", "emulator", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(data_dir), "--user", "admin", "--password", PASSWORD, "--project", PROJECT,
-               "--rebuild-idle-seconds", str(idle_seconds)]
+        cmd = [
+            PYTHON,
+            "-m",
+            "xnat_flows.cli.main",
+            "emulator",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            "--user",
+            "admin",
+            "--password",
+            PASSWORD,
+            "--project",
+            PROJECT,
+            "--rebuild-idle-seconds",
+            str(idle_seconds),
+        ]
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.process.stdout.readline()
         if "ready" not in line:
@@ -69,8 +87,9 @@ class Emulator:
         threading.Thread(target=self.process.stdout.read, daemon=True).start()
 
     def _get(self, path: str) -> dict:
-        request = urllib.request.Request(self.url + path, headers={
-            "Authorization": "Basic " + b64encode(f"admin:{PASSWORD}".encode()).decode()})
+        request = urllib.request.Request(
+            self.url + path, headers={"Authorization": "Basic " + b64encode(f"admin:{PASSWORD}".encode()).decode()}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 
@@ -80,8 +99,14 @@ class Emulator:
         if not found:
             return 0
         scans = self._get(f"/data/experiments/{found[0]}/scans?format=json")["ResultSet"]["Result"]
-        return sum(int(self._get(f"/data/experiments/{found[0]}/scans/{s['ID']}/files?format=json")
-                       ["ResultSet"]["totalRecords"]) for s in scans)
+        return sum(
+            int(
+                self._get(f"/data/experiments/{found[0]}/scans/{s['ID']}/files?format=json")["ResultSet"][
+                    "totalRecords"
+                ]
+            )
+            for s in scans
+        )
 
     def close(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -165,7 +190,12 @@ def run_tool(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, st
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     reader.join()
-    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime, process.returncode, output.decode(errors="replace")[-1500:]
+    return (
+        time.perf_counter() - started,
+        usage.ru_utime + usage.ru_stime,
+        process.returncode,
+        output.decode(errors="replace")[-1500:],
+    )
 
 
 def one_run(tool: str, mode: str, source: Path, count: int, work: Path, args: argparse.Namespace, label: str) -> dict:
@@ -174,15 +204,53 @@ def one_run(tool: str, mode: str, source: Path, count: int, work: Path, args: ar
     url = proxy.url if proxy else emulator.url
     home = work / f"home-{label}"
     home.mkdir()
-    env = {**os.environ, "HOME": str(home), "XNAT_FLOWS_HOME": str(home / "xnat-flows"), "XNAT_URL": url,
-           "XNAT_USER": "admin", "XNAT_PASS": PASSWORD, "NO_COLOR": "1", "TERM": "dumb"}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XNAT_FLOWS_HOME": str(home / "xnat-flows"),
+        "XNAT_URL": url,
+        "XNAT_USER": "admin",
+        "XNAT_PASS": PASSWORD,
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+    }
     if tool == "ours":
-        cmd = [str(Path(PYTHON).parent / "xnat-flows"), "session", "upload", str(source), "-P", PROJECT, "-S", "SUBJ",
-               "-E", label, "--url", url, "--username", "admin", "--workers", str(args.workers)]
+        cmd = [
+            str(Path(PYTHON).parent / "xnat-flows"),
+            "session",
+            "upload",
+            str(source),
+            "-P",
+            PROJECT,
+            "-S",
+            "SUBJ",
+            "-E",
+            label,
+            "--url",
+            url,
+            "--username",
+            "admin",
+            "--workers",
+            str(args.workers),
+        ]
         cmd += ["--gradual"] if mode == "gradual" else ["--archive-format", mode]
     else:
-        cmd = [args.xnatctl, "session", "upload", str(source), "-P", PROJECT, "-S", "SUBJ", "-E", label,
-               "--mode", mode, "-w", str(args.workers)]
+        cmd = [
+            args.xnatctl,
+            "session",
+            "upload",
+            str(source),
+            "-P",
+            PROJECT,
+            "-S",
+            "SUBJ",
+            "-E",
+            label,
+            "--mode",
+            mode,
+            "-w",
+            str(args.workers),
+        ]
     try:
         started = time.perf_counter()
         wall, cpu, code, tail = run_tool(cmd, env)
@@ -197,12 +265,20 @@ def one_run(tool: str, mode: str, source: Path, count: int, work: Path, args: ar
         shutil.rmtree(home, ignore_errors=True)
     if code != 0 or archived < count:
         print(f"  ! {tool} {mode}: exit {code}, {archived}/{count} archived\n{tail}", flush=True)
-    return {"tool": tool, "mode": mode, "seconds": to_archived, "process_seconds": wall, "cpu": cpu,
-            "exit": code, "archived": archived}
+    return {
+        "tool": tool,
+        "mode": mode,
+        "seconds": to_archived,
+        "process_seconds": wall,
+        "cpu": cpu,
+        "exit": code,
+        "archived": archived,
+    }
 
 
-def compare(pairs: list[tuple[str, str]], names: tuple[str, str], source: Path, count: int, work: Path,
-            args: argparse.Namespace) -> None:
+def compare(
+    pairs: list[tuple[str, str]], names: tuple[str, str], source: Path, count: int, work: Path, args: argparse.Namespace
+) -> None:
     """Interleaved rounds of (tool, mode) pairs; prints each run and the per-round ratios."""
     counter = iter(range(10**6))
     ratios: dict[str, list[tuple[float, float]]] = {}
@@ -213,20 +289,27 @@ def compare(pairs: list[tuple[str, str]], names: tuple[str, str], source: Path, 
             for tool, mode in (spec.split(":") for spec in order):
                 result = one_run(tool, mode, source, count, work, args, f"R{next(counter)}")
                 results[f"{tool}:{mode}"] = result
-                print(f"round {round_index + 1} {tool:8} {mode:8} to archived {result['seconds']:7.2f} s "
-                      f"(process {result['process_seconds']:6.2f} s)  client CPU {result['cpu']:6.2f} s  "
-                      f"exit {result['exit']}  archived {result['archived']}", flush=True)
+                print(
+                    f"round {round_index + 1} {tool:8} {mode:8} to archived {result['seconds']:7.2f} s "
+                    f"(process {result['process_seconds']:6.2f} s)  client CPU {result['cpu']:6.2f} s  "
+                    f"exit {result['exit']}  archived {result['archived']}",
+                    flush=True,
+                )
             a, b = results[first], results[second]
             key = f"{first} / {second}"
             ratios.setdefault(key, []).append((a["seconds"] / b["seconds"], a["cpu"] / b["cpu"]))
-            print(f"round {round_index + 1} {key}: time {a['seconds'] / b['seconds']:.2f}x, CPU {a['cpu'] / b['cpu']:.2f}x",
-                  flush=True)
+            print(
+                f"round {round_index + 1} {key}: time {a['seconds'] / b['seconds']:.2f}x, CPU {a['cpu'] / b['cpu']:.2f}x",
+                flush=True,
+            )
     print(f"\nsummary ({names[0]} / {names[1]}), per-round ratios and their median:")
     for key, values in ratios.items():
         times = [t for t, _ in values]
         cpus = [c for _, c in values]
-        print(f"  {key:28} time {', '.join(f'{t:.2f}' for t in times)} (median {statistics.median(times):.2f}x); "
-              f"CPU {', '.join(f'{c:.2f}' for c in cpus)} (median {statistics.median(cpus):.2f}x)")
+        print(
+            f"  {key:28} time {', '.join(f'{t:.2f}' for t in times)} (median {statistics.median(times):.2f}x); "
+            f"CPU {', '.join(f'{c:.2f}' for c in cpus)} (median {statistics.median(cpus):.2f}x)"
+        )
 
 
 def main() -> None:
@@ -241,8 +324,12 @@ def main() -> None:
     parser.add_argument("--formats", help="compare our own formats instead, e.g. tar,tgz")
     parser.add_argument("--link-mbit", type=float, default=0.0, help="throttle through a proxy (0: loopback)")
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--idle-seconds", type=float, default=1.0,
-                        help="emulator's session idle time before a gradual upload is archived (same for both)")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=1.0,
+        help="emulator's session idle time before a gradual upload is archived (same for both)",
+    )
     parser.add_argument("--scratch", default=str(REPO / ".bench-data"))
     args = parser.parse_args()
 
@@ -253,13 +340,27 @@ def main() -> None:
         from xnat_flows.testing.synth import write_studies
 
         source = work / "study"
-        manifest = write_studies(source, studies=1, series=8, instances=args.instances, instance_kb=args.instance_kb,
-                                 seed=42, pixels=args.pixels)
+        manifest = write_studies(
+            source,
+            studies=1,
+            series=8,
+            instances=args.instances,
+            instance_kb=args.instance_kb,
+            seed=42,
+            pixels=args.pixels,
+        )
         count = len(manifest.files)
-        print(f"session: {count} instances x {args.instance_kb} KB ({manifest.total_bytes / 1e6:.0f} MB, {args.pixels} pixels); "
-              f"{args.workers} workers; link: "
-              + (f"{args.link_mbit:g} Mbit/s, {args.latency_ms:g} ms (throttling proxy)" if args.link_mbit else "loopback")
-              + f"; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"session: {count} instances x {args.instance_kb} KB ({manifest.total_bytes / 1e6:.0f} MB, {args.pixels} pixels); "
+            f"{args.workers} workers; link: "
+            + (
+                f"{args.link_mbit:g} Mbit/s, {args.latency_ms:g} ms (throttling proxy)"
+                if args.link_mbit
+                else "loopback"
+            )
+            + f"; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
         if args.formats:
             first, second = args.formats.split(",")
             compare([(f"ours:{first}", f"ours:{second}")], (first, second), source, count, work, args)

@@ -28,8 +28,11 @@ def _proc_figures(pid: int) -> tuple[float, float]:
     """CPU seconds and peak RSS (MB) of a running process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    peak = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith("VmHWM:"))
+    peak = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
     return cpu, peak / 1024
 
 
@@ -37,8 +40,24 @@ def one_run(source: Path, count: int, mode: str, work: Path, workers: int, label
     emulator = Emulator(work / f"xnat-{label}", idle_seconds=1.0)
     home = work / f"home-{label}"
     env = {**os.environ, "HOME": str(home), "XNAT_FLOWS_HOME": str(home), "XNAT_PASS": PASSWORD, "TERM": "dumb"}
-    cmd = [str(Path(PYTHON).parent / "xnat-flows"), "session", "upload", str(source), "-P", PROJECT, "-S", "SUBJ",
-           "-E", label, "--url", emulator.url, "--username", "admin", "--workers", str(workers)]
+    cmd = [
+        str(Path(PYTHON).parent / "xnat-flows"),
+        "session",
+        "upload",
+        str(source),
+        "-P",
+        PROJECT,
+        "-S",
+        "SUBJ",
+        "-E",
+        label,
+        "--url",
+        emulator.url,
+        "--username",
+        "admin",
+        "--workers",
+        str(workers),
+    ]
     cmd += ["--gradual"] if mode == "gradual" else ["--archive-format", mode]
     try:
         server_cpu_before, _ = _proc_figures(emulator.process.pid)
@@ -55,8 +74,15 @@ def one_run(source: Path, count: int, mode: str, work: Path, workers: int, label
     code = os.waitstatus_to_exitcode(status)
     if code != 0 or archived != count:
         print(f"  ! exit {code}, {archived}/{count} archived\n{output.decode(errors='replace')[-1500:]}", flush=True)
-    return {"seconds": seconds, "client_cpu": usage.ru_utime + usage.ru_stime, "client_rss": usage.ru_maxrss / 1024,
-            "server_cpu": server_cpu - server_cpu_before, "server_rss": server_rss, "archived": archived, "exit": code}
+    return {
+        "seconds": seconds,
+        "client_cpu": usage.ru_utime + usage.ru_stime,
+        "client_rss": usage.ru_maxrss / 1024,
+        "server_cpu": server_cpu - server_cpu_before,
+        "server_rss": server_rss,
+        "archived": archived,
+        "exit": code,
+    }
 
 
 def main() -> None:
@@ -71,9 +97,14 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     from xnat_flows.testing.synth import write_studies
 
-    print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.instance_kb} KB instances, {args.workers} workers")
-    print(f"{'files':>7} {'mode':8} {'seconds':>8} {'files/s':>8} {'client CPU s':>12} {'client RSS MB':>13} "
-          f"{'server CPU s':>12} {'server RSS MB':>13} {'archived':>8}", flush=True)
+    print(
+        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.instance_kb} KB instances, {args.workers} workers"
+    )
+    print(
+        f"{'files':>7} {'mode':8} {'seconds':>8} {'files/s':>8} {'client CPU s':>12} {'client RSS MB':>13} "
+        f"{'server CPU s':>12} {'server RSS MB':>13} {'archived':>8}",
+        flush=True,
+    )
     for size in (int(s) for s in args.sizes.split(",")):
         work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=scratch))
         try:
@@ -83,9 +114,12 @@ def main() -> None:
             written = time.perf_counter() - started
             for mode in args.modes.split(","):
                 r = one_run(source, len(manifest.files), mode, work, args.workers, f"S{size}{mode}")
-                print(f"{size:7d} {mode:8} {r['seconds']:8.1f} {size / r['seconds']:8.0f} {r['client_cpu']:12.1f} "
-                      f"{r['client_rss']:13.0f} {r['server_cpu']:12.1f} {r['server_rss']:13.0f} {r['archived']:8d}"
-                      + (f"  exit {r['exit']}" if r["exit"] else ""), flush=True)
+                print(
+                    f"{size:7d} {mode:8} {r['seconds']:8.1f} {size / r['seconds']:8.0f} {r['client_cpu']:12.1f} "
+                    f"{r['client_rss']:13.0f} {r['server_cpu']:12.1f} {r['server_rss']:13.0f} {r['archived']:8d}"
+                    + (f"  exit {r['exit']}" if r["exit"] else ""),
+                    flush=True,
+                )
             print(f"        (session written in {written:.0f} s)", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)

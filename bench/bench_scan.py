@@ -47,14 +47,20 @@ def main() -> None:
         for case in cases.values():  # warm the page cache and the imports
             case()
         rates: dict[str, list[float]] = {name: [] for name in cases}
-        print(f"{args.files} files x {args.instance_kb} KB, warm; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+        print(
+            f"{args.files} files x {args.instance_kb} KB, warm; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+        )
         for round_index in range(args.rounds):
             for name, case in cases.items():
                 started = time.perf_counter()
                 found = case()
                 rates[name].append(found / (time.perf_counter() - started))
-            print(f"round {round_index + 1}: " + ", ".join(f"{name} {rates[name][-1]:,.0f}/s" for name in cases)
-                  + f"; full / pydicom {rates['full (walker)'][-1] / rates['pydicom per file'][-1]:.1f}x", flush=True)
+            print(
+                f"round {round_index + 1}: "
+                + ", ".join(f"{name} {rates[name][-1]:,.0f}/s" for name in cases)
+                + f"; full / pydicom {rates['full (walker)'][-1] / rates['pydicom per file'][-1]:.1f}x",
+                flush=True,
+            )
         print("median files/s: " + ", ".join(f"{name} {statistics.median(r):,.0f}" for name, r in rates.items()))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -54,9 +54,27 @@ class Emulator:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
-            PYTHON, "-m", "xnat_flows.cli.main", "emulator", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-            "--data-dir", str(data_dir), "--user", "admin", "--password", PASSWORD, "--project", "BENCH",
-            "--latency-ms", str(latency_ms), "--rebuild-idle-seconds", "3600",
+            PYTHON,
+            "-m",
+            "xnat_flows.cli.main",
+            "emulator",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            "--user",
+            "admin",
+            "--password",
+            PASSWORD,
+            "--project",
+            "BENCH",
+            "--latency-ms",
+            str(latency_ms),
+            "--rebuild-idle-seconds",
+            "3600",
         ]
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.process.stdout.readline()
@@ -139,7 +157,9 @@ def case_dicom_zip_floor(case: dict) -> dict:
 
     def post(path: Path) -> None:
         with httpx.Client(timeout=None, auth=("admin", PASSWORD)) as http, open(path, "rb") as body:
-            response = http.post(f"{case['url']}/data/services/import", params=params, content=_stream(body), headers=headers)
+            response = http.post(
+                f"{case['url']}/data/services/import", params=params, content=_stream(body), headers=headers
+            )
             response.raise_for_status()
 
     started = time.perf_counter()
@@ -181,9 +201,13 @@ def case_gradual_floor(case: dict) -> dict:
     workers = case["workers"]
 
     def loop(worker: int) -> None:
-        with httpx.Client(timeout=None, headers={"Cookie": f"JSESSIONID={token}", "Content-Type": "application/dicom"}) as http:
+        with httpx.Client(
+            timeout=None, headers={"Cookie": f"JSESSIONID={token}", "Content-Type": "application/dicom"}
+        ) as http:
             for item in files[worker::workers]:
-                http.post(f"{case['url']}/data/services/import", params=params, content=item.path.read_bytes()).raise_for_status()
+                http.post(
+                    f"{case['url']}/data/services/import", params=params, content=item.path.read_bytes()
+                ).raise_for_status()
 
     started = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
@@ -246,27 +270,39 @@ def main() -> None:
         source = work / "study"
         started = time.perf_counter()
         count, total = make_study(source, args.gb, args.instances)
-        print(f"synthetic session: {count} instances, {total / 1e6:.0f} MB (written in {time.perf_counter() - started:.1f} s)")
+        print(
+            f"synthetic session: {count} instances, {total / 1e6:.0f} MB (written in {time.perf_counter() - started:.1f} s)"
+        )
         print(f"machine: {os.cpu_count()} cores; client and emulator in separate processes on loopback\n")
 
         label_counter = iter(range(10**6))
 
         def run(kind: str, url: str, **extra) -> dict:
-            case = {"kind": kind, "url": url, "source": str(source), "scratch": str(work),
-                    "label": f"S{next(label_counter)}", **extra}
+            case = {
+                "kind": kind,
+                "url": url,
+                "source": str(source),
+                "scratch": str(work),
+                "label": f"S{next(label_counter)}",
+                **extra,
+            }
             return run_case(case)
 
         emulator = Emulator(work / "xnat")
         try:
             print("DICOM-zip (Direct-Archive), wall time")
-            print(f"{'format':6} {'workers':>7} {'ours s':>8} {'floor s':>8} {'ratio':>6} {'MB/s':>7} {'peak RSS MB':>12}")
+            print(
+                f"{'format':6} {'workers':>7} {'ours s':>8} {'floor s':>8} {'ratio':>6} {'MB/s':>7} {'peak RSS MB':>12}"
+            )
             for fmt in ("tar", "zip"):
                 for workers in workers_list:
                     ours = run("dicom_zip", emulator.url, fmt=fmt, workers=workers)
                     floor = run("dicom_zip_floor", emulator.url, fmt=fmt, workers=workers)
-                    print(f"{fmt:6} {workers:7d} {ours['seconds']:8.2f} {floor['seconds']:8.2f} "
-                          f"{ours['seconds'] / floor['seconds']:6.2f} {ours['bytes'] / 1e6 / ours['seconds']:7.0f} "
-                          f"{ours['peak_rss_mb']:12.0f}")
+                    print(
+                        f"{fmt:6} {workers:7d} {ours['seconds']:8.2f} {floor['seconds']:8.2f} "
+                        f"{ours['seconds'] / floor['seconds']:6.2f} {ours['bytes'] / 1e6 / ours['seconds']:7.0f} "
+                        f"{ours['peak_rss_mb']:12.0f}"
+                    )
                     _reset_store(emulator)
 
             print("\ngradual-DICOM, files/s")
@@ -274,8 +310,10 @@ def main() -> None:
             for workers in workers_list:
                 ours = run("gradual", emulator.url, workers=workers, limit=args.gradual_limit)
                 floor = run("gradual_floor", emulator.url, workers=workers, limit=args.gradual_limit)
-                print(f"{workers:7d} {ours['files'] / ours['seconds']:8.0f} {floor['files'] / floor['seconds']:10.0f} "
-                      f"{(ours['files'] / ours['seconds']) / (floor['files'] / floor['seconds']):6.2f} {ours['peak_rss_mb']:12.0f}")
+                print(
+                    f"{workers:7d} {ours['files'] / ours['seconds']:8.0f} {floor['files'] / floor['seconds']:10.0f} "
+                    f"{(ours['files'] / ours['seconds']) / (floor['files'] / floor['seconds']):6.2f} {ours['peak_rss_mb']:12.0f}"
+                )
         finally:
             emulator.close()
 
@@ -298,8 +336,17 @@ def main() -> None:
                 make_study(grown, gb, args.instances * gb)
                 emulator = Emulator(work / f"xnat-grow{gb}")
                 try:
-                    ours = run_case({"kind": "dicom_zip", "url": emulator.url, "source": str(grown), "fmt": "tar",
-                                     "workers": 4, "label": f"G{gb}", "scratch": str(work)})
+                    ours = run_case(
+                        {
+                            "kind": "dicom_zip",
+                            "url": emulator.url,
+                            "source": str(grown),
+                            "fmt": "tar",
+                            "workers": 4,
+                            "label": f"G{gb}",
+                            "scratch": str(work),
+                        }
+                    )
                 finally:
                     emulator.close()
                 shutil.rmtree(grown)
@@ -323,8 +370,12 @@ def flow_overhead(work: Path) -> None:
     port = free_port()
     home = work / "prefect-home"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    server = subprocess.Popen([str(Path(PYTHON).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(PYTHON).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     api = f"http://127.0.0.1:{port}/api"
     try:
         for _ in range(240):
@@ -360,8 +411,13 @@ def flow_overhead(work: Path) -> None:
                 "print(flow_times, lib_times)\n"
             )
             env_flow = {**env, "PREFECT_API_URL": api, "XNAT_PASS": PASSWORD, "XNAT_FLOWS_HOME": str(work / "profile")}
-            out = subprocess.run([PYTHON, "-c", script, emulator.url, str(small)], env=env_flow, capture_output=True,
-                                 text=True, check=True)
+            out = subprocess.run(
+                [PYTHON, "-c", script, emulator.url, str(small)],
+                env=env_flow,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             flow_times, lib_times = json.loads("[" + out.stdout.strip().splitlines()[-1].replace("] [", "],[") + "]")
             overhead = statistics.median(flow_times) - statistics.median(lib_times)
             print("\nPrefect flow overhead (200 instances, 4 workers, real Prefect server, warm process)")

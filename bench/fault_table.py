@@ -41,8 +41,10 @@ def main() -> int:
             rows.append(row)
             print(f"{case.transport:14} {case.id:14} {row['verdict']}", file=sys.stderr)
     print(format_table(rows))
-    print(f"\n{len(rows)} cases in {time.monotonic() - started:.0f} s; "
-          f"{sum(r['verdict'] == 'ok' for r in rows)} ok", file=sys.stderr)
+    print(
+        f"\n{len(rows)} cases in {time.monotonic() - started:.0f} s; {sum(r['verdict'] == 'ok' for r in rows)} ok",
+        file=sys.stderr,
+    )
     return 0 if all(r["verdict"].startswith("ok") or "known bug" in r["verdict"] for r in rows) else 1
 
 

@@ -30,27 +30,36 @@ def main(notification_block: str) -> None:
             trigger=EventTrigger(
                 expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
                 match_related={"prefect.resource.id": "prefect.tag.xnat"},
-                posture=Posture.Reactive, threshold=1, within=0,
+                posture=Posture.Reactive,
+                threshold=1,
+                within=0,
             ),
-            actions=[SendNotification(
-                block_document_id=block_id,
-                subject="XNAT: {{ flow.name }} run {{ flow_run.name }} {{ flow_run.state.name }}",
-                body="{{ flow_run.state.message }}\n{{ flow_run|ui_url }}",
-            )],
+            actions=[
+                SendNotification(
+                    block_document_id=block_id,
+                    subject="XNAT: {{ flow.name }} run {{ flow_run.name }} {{ flow_run.state.name }}",
+                    body="{{ flow_run.state.message }}\n{{ flow_run|ui_url }}",
+                )
+            ],
         ),
         Automation(
             name="xnat: upload failed",
             description="An upload did not land in XNAT (xnat.upload.failed).",
             trigger=EventTrigger(
-                expect={"xnat.upload.failed"}, match={"prefect.resource.id": "xnat.session.*"},
-                posture=Posture.Reactive, threshold=1, within=0,
+                expect={"xnat.upload.failed"},
+                match={"prefect.resource.id": "xnat.session.*"},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=0,
             ),
-            actions=[SendNotification(
-                block_document_id=block_id,
-                subject="XNAT upload failed: {{ event.resource['prefect.resource.name'] }}",
-                body="{{ event.payload.error }}\nserver: {{ event.resource['xnat.server'] }}\n"
-                     "data: {{ event.payload.source }}",
-            )],
+            actions=[
+                SendNotification(
+                    block_document_id=block_id,
+                    subject="XNAT upload failed: {{ event.resource['prefect.resource.name'] }}",
+                    body="{{ event.payload.error }}\nserver: {{ event.resource['xnat.server'] }}\n"
+                    "data: {{ event.payload.source }}",
+                )
+            ],
         ),
     ]
     for automation in automations:

@@ -28,7 +28,15 @@ def isolated_profile(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     """Every test gets its own xnat-flows profile dir and no XNAT_* variables from the caller's shell."""
     home = tmp_path_factory.mktemp("xnat-flows-home")
     monkeypatch.setenv("XNAT_FLOWS_HOME", str(home))
-    for name in ("XNAT_URL", "XNAT_USER", "XNAT_PASS", "XNAT_TOKEN", "XNAT_PROFILE", "XNAT_VERIFY_SSL", "XNAT_CA_BUNDLE"):
+    for name in (
+        "XNAT_URL",
+        "XNAT_USER",
+        "XNAT_PASS",
+        "XNAT_TOKEN",
+        "XNAT_PROFILE",
+        "XNAT_VERIFY_SSL",
+        "XNAT_CA_BUNDLE",
+    ):
         monkeypatch.delenv(name, raising=False)
     return home
 
@@ -54,13 +62,27 @@ def scripted_client(retry_sleeps: list[float]) -> Iterator[Callable[..., Any]]:
 
     clients: list[XnatClient] = []
 
-    def make(handler: Callable[[httpx.Request], httpx.Response], *, token: str | None = "TESTTOKEN0001",
-             password: str | None = None, cache: Any = None, url: str = "http://xnat.test",
-             username: str = "u") -> XnatClient:
-        credentials = Credentials(url=url, username=username, password=SecretStr(password) if password else None,
-                                  token=SecretStr(token) if token else None)
-        client = XnatClient(credentials, transport=httpx.MockTransport(handler), token_cache=cache,
-                            retry=RetryPolicy(sleep=retry_sleeps.append))
+    def make(
+        handler: Callable[[httpx.Request], httpx.Response],
+        *,
+        token: str | None = "TESTTOKEN0001",
+        password: str | None = None,
+        cache: Any = None,
+        url: str = "http://xnat.test",
+        username: str = "u",
+    ) -> XnatClient:
+        credentials = Credentials(
+            url=url,
+            username=username,
+            password=SecretStr(password) if password else None,
+            token=SecretStr(token) if token else None,
+        )
+        client = XnatClient(
+            credentials,
+            transport=httpx.MockTransport(handler),
+            token_cache=cache,
+            retry=RetryPolicy(sleep=retry_sleeps.append),
+        )
         clients.append(client)
         return client
 
@@ -97,8 +119,12 @@ def prefect_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         return
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_DATABASE_TIMEOUT": "60"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
+    }
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(

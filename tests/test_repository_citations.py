@@ -46,26 +46,32 @@ def test_no_tracked_file_refers_to_documents_outside_the_repository() -> None:
                 offenders.append(f"{name}:{number}: {line.strip()}")
     assert files, "git ls-files listed nothing"
     assert not offenders, (
-        "cite XNAT's documentation or source, the DICOM standard or docs/*.md instead of:\n"
-        + "\n".join(offenders))
+        "cite XNAT's documentation or source, the DICOM standard or docs/*.md instead of:\n" + "\n".join(offenders)
+    )
 
 
-@pytest.mark.parametrize("line", [
-    "see ../shared/spec for the rules",
-    "as measured in /work/shared/spec/field-notes.md",
-    "Nagle costs 40 ms (field notes)",
-    "grouping (spec §3.5)",
-    "routing (xnat-api.md §7.3)",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "see ../shared/spec for the rules",
+        "as measured in /work/shared/spec/field-notes.md",
+        "Nagle costs 40 ms (field notes)",
+        "grouping (spec §3.5)",
+        "routing (xnat-api.md §7.3)",
+    ],
+)
 def test_the_check_recognises_outside_references(line: str) -> None:
     assert OUTSIDE_REFERENCES.search(line)
 
 
-@pytest.mark.parametrize("line", [
-    "The DICOM Part-10 file meta group (PS3.10 §7.1)",
-    "XNAT wiki: Image Session Import Service API",
-    "xnat-web `SecureResource.getFileWritersAndLoadParams`",
-    "see docs/cstore.md",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "The DICOM Part-10 file meta group (PS3.10 §7.1)",
+        "XNAT wiki: Image Session Import Service API",
+        "xnat-web `SecureResource.getFileWritersAndLoadParams`",
+        "see docs/cstore.md",
+    ],
+)
 def test_the_check_lets_real_citations_pass(line: str) -> None:
     assert not OUTSIDE_REFERENCES.search(line)

@@ -17,5 +17,6 @@ __version__ = "0.1.0"
 # works, without importing Prefect for users of the emulator or the plain library (PEP 562).
 from xnat_flows._lazy import lazy_exports
 
-__getattr__, __dir__ = lazy_exports(globals(), {"XnatCredentials": "xnat_flows.blocks",
-                                               "DicomReceiver": "xnat_flows.blocks"})
+__getattr__, __dir__ = lazy_exports(
+    globals(), {"XnatCredentials": "xnat_flows.blocks", "DicomReceiver": "xnat_flows.blocks"}
+)

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def lazy_exports(namespace: dict[str, Any], exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_exports(
+    namespace: dict[str, Any], exports: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` for a package whose ``exports`` map names to modules."""
 
     def __getattr__(name: str) -> Any:

@@ -31,9 +31,13 @@ class XnatCredentials(CredentialsBlock):
 
     url: str = Field(title="XNAT URL", description="XNAT base URL, e.g. https://xnat.example.org")
     username: str | None = Field(default=None, title="User", description="User name, or an alias token's alias.")
-    password: SecretStr | None = Field(default=None, title="Password", description="Password, or an alias token's secret.")
+    password: SecretStr | None = Field(
+        default=None, title="Password", description="Password, or an alias token's secret."
+    )
     verify_tls: bool = Field(default=True, title="Verify TLS", description="Verify the server's TLS certificate.")
-    ca_bundle: str | None = Field(default=None, title="CA bundle", description="Path of a PEM CA bundle on the worker host.")
+    ca_bundle: str | None = Field(
+        default=None, title="CA bundle", description="Path of a PEM CA bundle on the worker host."
+    )
 
     def to_credentials(self) -> Credentials:
         verify: bool | str = self.ca_bundle if self.ca_bundle else self.verify_tls

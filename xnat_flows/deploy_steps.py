@@ -34,9 +34,14 @@ def site_values() -> dict[str, Any]:
     inbox_project = os.environ.get("XNAT_INBOX_PROJECT", "").strip()
     active = bool(inbox_dir and inbox_project)
     if not active:
-        missing = [name for name, value in (("XNAT_INBOX_DIR", inbox_dir), ("XNAT_INBOX_PROJECT", inbox_project)) if not value]
-        print(f"xnat-flows: {' and '.join(missing)} not set: the inbox-ingest schedule is created INACTIVE; "
-              "set them and deploy again to switch it on", file=sys.stderr)
+        missing = [
+            name for name, value in (("XNAT_INBOX_DIR", inbox_dir), ("XNAT_INBOX_PROJECT", inbox_project)) if not value
+        ]
+        print(
+            f"xnat-flows: {' and '.join(missing)} not set: the inbox-ingest schedule is created INACTIVE; "
+            "set them and deploy again to switch it on",
+            file=sys.stderr,
+        )
     values: dict[str, Any] = {"credentials_block": block, "inbox_active": active}
     # A value not given is left out: Prefect then drops the parameter (the run form asks for it)
     # instead of deploying an empty string that fails validation.

@@ -84,7 +84,9 @@ def session_resource(ref: SessionRef) -> dict[str, str]:
     return {key: value for key, value in resource.items() if value}
 
 
-def emit_session_event(event: str, ref: SessionRef, payload: Mapping[str, Any] | None = None, follows: Event | None = None) -> Event | None:
+def emit_session_event(
+    event: str, ref: SessionRef, payload: Mapping[str, Any] | None = None, follows: Event | None = None
+) -> Event | None:
     """Emit one session event; returns it, or None where events are off (no API, or a bare ``.fn()`` call)."""
     from prefect.events import emit_event
 
@@ -102,7 +104,9 @@ def outcome_ref(outcome: SessionOutcome, server_url: str) -> SessionRef:
     )
 
 
-def emit_session_uploaded(outcome: SessionOutcome, server_url: str, *, direct_archive: bool = True, transport: str | None = None) -> list[Event]:
+def emit_session_uploaded(
+    outcome: SessionOutcome, server_url: str, *, direct_archive: bool = True, transport: str | None = None
+) -> list[Event]:
     """After one session of an upload succeeded: ``xnat.session.uploaded``, and also
     ``xnat.session.archived`` when verification found it in the archive with an experiment ID
     (Direct-Archive, or a prearchive upload that the project's auto-archive took in), so
@@ -159,7 +163,12 @@ def emit_upload_failed(
 
 
 def emit_upload_result(
-    result: UploadSessionResult, server_url: str, *, direct_archive: bool, transport: str | None = None, source: str | None = None
+    result: UploadSessionResult,
+    server_url: str,
+    *,
+    direct_archive: bool,
+    transport: str | None = None,
+    source: str | None = None,
 ) -> list[Event]:
     """All events of one ``upload-dicom-session`` run: per session, uploaded (+ archived), or failed
     when files did not land or verification found some missing."""
@@ -168,10 +177,18 @@ def emit_upload_result(
         if outcome.failed_files or outcome.verified is False:
             missing = len(outcome.failed_files) or len(outcome.missing)
             reason = f"{missing} file(s) not in XNAT after the upload" + (
-                f", e.g. {outcome.failed_files[:3]}" if outcome.failed_files else f" (verification: {outcome.missing[:3]})"
+                f", e.g. {outcome.failed_files[:3]}"
+                if outcome.failed_files
+                else f" (verification: {outcome.missing[:3]})"
             )
             event = emit_upload_failed(
-                server_url, outcome.project, outcome.subject, outcome.session, reason, source=source, files_failed=missing
+                server_url,
+                outcome.project,
+                outcome.subject,
+                outcome.session,
+                reason,
+                source=source,
+                files_failed=missing,
             )
             emitted += [event] if event is not None else []
         else:
@@ -183,6 +200,11 @@ def emit_archive_outcome(outcome: ArchiveOutcome, server_url: str, experiment_id
     """``xnat.session.archived`` for what the ``archive-prearchive-session`` flow archived (with the
     experiment ID the flow looked up, so processing can address the session unambiguously)."""
     return emit_session_archived(
-        server_url, outcome.project, outcome.subject, outcome.label, experiment_id=experiment_id,
-        uri=outcome.archive_uri, via="prearchive",
+        server_url,
+        outcome.project,
+        outcome.subject,
+        outcome.label,
+        experiment_id=experiment_id,
+        uri=outcome.archive_uri,
+        via="prearchive",
     )

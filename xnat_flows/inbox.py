@@ -60,7 +60,11 @@ def _session_dirs(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(
-        (Path(entry.path) for entry in os.scandir(directory) if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")),
+        (
+            Path(entry.path)
+            for entry in os.scandir(directory)
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
+        ),
         key=lambda p: p.name,
     )
 

@@ -30,13 +30,18 @@ class XnatConnection(BaseModel):
     )
     # Plain strings ("" = not given), so the run form offers a text box, not a type choice.
     url: str = Field(
-        default="", title="XNAT URL",
+        default="",
+        title="XNAT URL",
         description="Only to name the server without a Block (or to check that the Block is for this server); e.g. https://xnat.example.org.",
     )
     username: str = Field(
-        default="", title="User", description="Without a Block: the user; the password comes from $XNAT_PASS or the profile."
+        default="",
+        title="User",
+        description="Without a Block: the user; the password comes from $XNAT_PASS or the profile.",
     )
-    profile: str = Field(default="", title="Profile", description="Without a Block: a profile of the worker's xnat-flows config file.")
+    profile: str = Field(
+        default="", title="Profile", description="Without a Block: a profile of the worker's xnat-flows config file."
+    )
 
     @field_validator("url", "username", "profile", mode="before")
     @classmethod
@@ -59,7 +64,9 @@ class XnatConnection(BaseModel):
 class UploadRequest(BaseModel):
     """What to upload and where: the form of the ``upload-dicom-session`` deployment."""
 
-    source_dir: str = Field(description="Directory holding the DICOM files (scanned recursively; extensionless files included).")
+    source_dir: str = Field(
+        description="Directory holding the DICOM files (scanned recursively; extensionless files included)."
+    )
     # The pattern goes to the form (the UI checks it as the operator types); the validator below
     # gives the run's error the words of the CLI's.
     project: str = Field(json_schema_extra={"pattern": PROJECT_ID_PATTERN}, description="XNAT project ID.")
@@ -73,7 +80,9 @@ class UploadRequest(BaseModel):
         default="auto",
         description="Archive format of each DICOM-zip batch; auto: tgz over a slow (remote) link to XNAT >= 1.8.3, else tar.",
     )
-    direct_archive: bool = Field(default=True, description="Direct-Archive (XNAT 1.8.3+); off stages into the prearchive.")
+    direct_archive: bool = Field(
+        default=True, description="Direct-Archive (XNAT 1.8.3+); off stages into the prearchive."
+    )
     per_study: bool = Field(
         default=False,
         description="Upload each StudyInstanceUID found as its own session (label suffixed with 8 hex digits of the study's UID).",
@@ -86,8 +95,12 @@ class UploadRequest(BaseModel):
         default="newest",
         description="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.",
     )
-    verify: bool = Field(default=True, description="Read back the session and compare scans and file counts with what was sent.")
-    verify_timeout_seconds: float = Field(default=600.0, gt=0, description="How long to wait for the session to appear in the archive.")
+    verify: bool = Field(
+        default=True, description="Read back the session and compare scans and file counts with what was sent."
+    )
+    verify_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="How long to wait for the session to appear in the archive."
+    )
 
     @field_validator("project", "subject", "session")
     @classmethod
@@ -135,13 +148,27 @@ class SessionOutcome(BaseModel):
         verify = study.verify
         uri = verify.uri if verify is not None and verify.uri else (study.uris[0] if study.uris else None)
         return cls(
-            project=study.target.project, subject=study.target.subject, session=study.target.session,
-            study_uid=study.study_uid, files=study.files, files_delivered=study.files - len(failed),
-            files_sent=study.files_sent, bytes_sent=study.bytes_sent, session_uri=uri,
-            experiment_id=verify.experiment_id if verify is not None else None, failed_files=failed,
+            project=study.target.project,
+            subject=study.target.subject,
+            session=study.target.session,
+            study_uid=study.study_uid,
+            files=study.files,
+            files_delivered=study.files - len(failed),
+            files_sent=study.files_sent,
+            bytes_sent=study.bytes_sent,
+            session_uri=uri,
+            experiment_id=verify.experiment_id if verify is not None else None,
+            failed_files=failed,
             batches=[
-                BatchOutcome(index=b.index, files=len(b.files), bytes=b.bytes, seconds=round(b.seconds, 3), ok=b.ok,
-                             resumed=b.resumed, error=b.error)
+                BatchOutcome(
+                    index=b.index,
+                    files=len(b.files),
+                    bytes=b.bytes,
+                    seconds=round(b.seconds, 3),
+                    ok=b.ok,
+                    resumed=b.resumed,
+                    error=b.error,
+                )
                 for b in study.batches
             ],
             verified=verify.ok if verify is not None else None,
@@ -155,7 +182,8 @@ class UploadSessionResult(BaseModel):
     sessions: list[SessionOutcome]
     skipped: list[SkippedFile] = Field(default_factory=list)
     unreadable: list[SkippedFile] = Field(
-        default_factory=list, description="Files or folders that could not be read (also in skipped): not sent, a failure."
+        default_factory=list,
+        description="Files or folders that could not be read (also in skipped): not sent, a failure.",
     )
     seconds: float  # the whole run: scan, upload, verify
     upload_seconds: float  # the transfer itself
@@ -192,19 +220,33 @@ class DicomReceiverTarget(BaseModel):
     """Where to C-STORE: an ``xnat-dicom-receiver`` Block (picked in the UI), fields below override it."""
 
     block: DicomReceiver | None = Field(
-        default=None, title="DICOM receiver Block", description="An `xnat-dicom-receiver` Block; the fields below override it."
+        default=None,
+        title="DICOM receiver Block",
+        description="An `xnat-dicom-receiver` Block; the fields below override it.",
     )
     host: str | None = Field(
-        default=None, title="Host", pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$",
+        default=None,
+        title="Host",
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$",
         description="Receiver host name or IP address (no scheme, no port).",
     )
-    port: int | None = Field(default=None, ge=1, le=65535, title="Port", description="Receiver port (XNAT's standard receiver: 8104).")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, title="Port", description="Receiver port (XNAT's standard receiver: 8104)."
+    )
     called_aet: str | None = Field(
-        default=None, min_length=1, max_length=16, pattern=r"^[^\\]*\S[^\\]*$", title="Called AE title",
+        default=None,
+        min_length=1,
+        max_length=16,
+        pattern=r"^[^\\]*\S[^\\]*$",
+        title="Called AE title",
         description="The receiver's AE title (default XNAT); up to 16 characters, no backslash.",
     )
     calling_aet: str | None = Field(
-        default=None, min_length=1, max_length=16, pattern=r"^[^\\]*\S[^\\]*$", title="Calling AE title",
+        default=None,
+        min_length=1,
+        max_length=16,
+        pattern=r"^[^\\]*\S[^\\]*$",
+        title="Calling AE title",
         description="Our AE title (default XNATFLOWS).",
     )
 
@@ -223,21 +265,28 @@ class DicomReceiverTarget(BaseModel):
 class SendDicomRequest(BaseModel):
     """What to send by C-STORE: the form of the ``send-dicom`` deployment."""
 
-    source_dir: str = Field(description="Directory holding the DICOM files (scanned recursively, same scanner as REST uploads).")
+    source_dir: str = Field(
+        description="Directory holding the DICOM files (scanned recursively, same scanner as REST uploads)."
+    )
     workers: int = Field(default=4, ge=1, le=32, description="Parallel associations.")
     routing_project: str = Field(
-        default="", pattern=r"^([A-Za-z0-9_-]+)?$",
+        default="",
+        pattern=r"^([A-Za-z0-9_-]+)?$",
         description="Set `Project:` routing in PatientComments on the sent copy (your files are not changed). Empty: XNAT's own routing.",
     )
     routing_subject: str = Field(default="", description="With routing_project: `Subject:` routing.")
     routing_session: str = Field(default="", description="With routing_project: `Session:` routing.")
     verify: bool = Field(
-        default=False, title="Wait and verify",
+        default=False,
+        title="Wait and verify",
         description="After sending, wait until XNAT has archived the session(s) the instances went to (found by "
         "StudyInstanceUID, all instances counted), then emit xnat.session.archived for each. Needs the connection.",
     )
     verify_timeout_seconds: float = Field(
-        default=600.0, gt=0, le=86400, title="Verify timeout (s)",
+        default=600.0,
+        gt=0,
+        le=86400,
+        title="Verify timeout (s)",
         description="How long to wait for the archive (XNAT archives C-STORE sessions after its session-idle interval).",
     )
 
@@ -269,7 +318,8 @@ class SendDicomResult(BaseModel):
     failed: list[InstanceFailure]
     skipped: list[SkippedFile]
     unreadable: list[SkippedFile] = Field(
-        default_factory=list, description="Files or folders that could not be read (also in skipped): not sent, a failure."
+        default_factory=list,
+        description="Files or folders that could not be read (also in skipped): not sent, a failure.",
     )
     bytes_sent: int
     seconds: float

@@ -60,7 +60,9 @@ def template_fields(template: str) -> list[str]:
         raise RoutingError(f"Invalid label template {template!r}: {exc}", hint="Write fields as {PatientID}") from None
     for name in names:
         if not name:
-            raise RoutingError(f"Template {template!r} has an empty field {{}}", hint="Name a DICOM keyword, e.g. {PatientID}")
+            raise RoutingError(
+                f"Template {template!r} has an empty field {{}}", hint="Name a DICOM keyword, e.g. {PatientID}"
+            )
         if name != FOLDER_FIELD and tag_for_keyword(name) is None:
             raise RoutingError(
                 f"Template {template!r} names {{{name}}}, which is not a DICOM keyword",
@@ -109,7 +111,9 @@ def read_sidecar(folder: Path, sidecar_name: str) -> Sidecar | None:
     try:
         return Sidecar.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as exc:
-        raise RoutingError(f"{path} is not valid JSON: {exc}", hint='Write e.g. {"subject": "S01", "session": "S01_MR1"}') from None
+        raise RoutingError(
+            f"{path} is not valid JSON: {exc}", hint='Write e.g. {"subject": "S01", "session": "S01_MR1"}'
+        ) from None
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in exc.errors())
         raise RoutingError(f"{path}: {problems}", hint="Allowed keys: project, subject, session (strings)") from None
@@ -178,7 +182,9 @@ def route_folder(
             labels[what] = clean_label(given)
             sources[what] = "sidecar"
             if not labels[what].strip("_"):
-                raise RoutingError(f"{folder.name}: the {what} label {given!r} in {sidecar_name} has no letter or digit")
+                raise RoutingError(
+                    f"{folder.name}: the {what} label {given!r} in {sidecar_name} has no letter or digit"
+                )
         else:
             labels[what] = render_label(needed[what], values, what, folder)
             sources[what] = "template"

@@ -40,8 +40,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def xnat(tmp_path: Path, xnat_emulator_factory):
-    return xnat_emulator_factory(tmp_path / "xnat", projects=("CLI",), password=PASSWORD, rebuild_idle_seconds=0.3,
-                                 scp_port=0, prearchive_codes={"CLI": 0})  # staged sessions stay staged
+    return xnat_emulator_factory(
+        tmp_path / "xnat",
+        projects=("CLI",),
+        password=PASSWORD,
+        rebuild_idle_seconds=0.3,
+        scp_port=0,
+        prearchive_codes={"CLI": 0},
+    )  # staged sessions stay staged
 
 
 def run(*args: str, input: str | None = None):
@@ -49,8 +55,9 @@ def run(*args: str, input: str | None = None):
 
 
 def login(xnat: XnatEmulator, *extra: str):
-    result = run("auth", "login", "--url", xnat.url, "--username", "admin", "--password-stdin", *extra,
-                 input=PASSWORD + "\n")
+    result = run(
+        "auth", "login", "--url", xnat.url, "--username", "admin", "--password-stdin", *extra, input=PASSWORD + "\n"
+    )
     assert result.exit_code == 0, result.output
     return result
 
@@ -81,8 +88,19 @@ def test_login_once_then_every_command_needs_nothing(xnat, home: Path, tmp_path:
     (experiment,) = xnat.archived_experiments("CLI")
 
     write_studies(tmp_path / "staged", series=1, instances=3, instance_kb=4, seed=33)
-    staged = run("session", "upload", str(tmp_path / "staged"), "-P", "CLI", "-S", "S2", "-E", "S2_MR1",
-                 "--prearchive", "--no-verify")
+    staged = run(
+        "session",
+        "upload",
+        str(tmp_path / "staged"),
+        "-P",
+        "CLI",
+        "-S",
+        "S2",
+        "-E",
+        "S2_MR1",
+        "--prearchive",
+        "--no-verify",
+    )
     assert staged.exit_code == 0, staged.output
     listing = run("prearchive", "list", "--json")
     assert listing.exit_code == 0, listing.output
@@ -196,8 +214,20 @@ def test_conflict_advice_matches_the_overwrite_chosen(xnat, home: Path, tmp_path
     write_studies(tmp_path / "first", series=1, instances=3, instance_kb=4, seed=41)
     write_studies(tmp_path / "second", series=1, instances=3, instance_kb=4, seed=42)  # another study
     assert run("session", "upload", str(tmp_path / "first"), "-P", "CLI", "-S", "S", "-E", "E").exit_code == 0
-    staged = run("session", "upload", str(tmp_path / "second"), "-P", "CLI", "-S", "S", "-E", "E", "--prearchive",
-                 "--no-verify", "--into-other-study")
+    staged = run(
+        "session",
+        "upload",
+        str(tmp_path / "second"),
+        "-P",
+        "CLI",
+        "-S",
+        "S",
+        "-E",
+        "E",
+        "--prearchive",
+        "--no-verify",
+        "--into-other-study",
+    )
     assert staged.exit_code == 0, staged.output
     (row,) = json.loads(run("prearchive", "list", "-P", "CLI", "--json").output)
     args = ["prearchive", "archive", "CLI", row["timestamp"], row["folderName"], "--wait-seconds", "30"]
@@ -212,10 +242,23 @@ def test_conflict_advice_matches_the_overwrite_chosen(xnat, home: Path, tmp_path
 
 def test_http_port_for_cstore_names_the_port_not_a_timeout(xnat, home: Path, tmp_path: Path) -> None:
     write_studies(tmp_path / "export", series=1, instances=1, instance_kb=4, seed=43)
-    result = run("session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1", "--port", str(xnat.port),
-                 "-P", "CLI")
+    result = run(
+        "session",
+        "upload-dicom",
+        str(tmp_path / "export"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(xnat.port),
+        "-P",
+        "CLI",
+    )
     assert result.exit_code != 0
-    assert "DICOM port" in result.stderr and "web port such as 8080" in result.stderr and "timeout" not in result.stderr.split("(", 1)[1].lower()
+    assert (
+        "DICOM port" in result.stderr
+        and "web port such as 8080" in result.stderr
+        and "timeout" not in result.stderr.split("(", 1)[1].lower()
+    )
 
 
 def test_cstore_project_routing_warns_or_checks(xnat, home: Path, tmp_path: Path) -> None:
@@ -293,8 +336,22 @@ def test_json_summary_and_no_progress_bar_into_a_pipe(xnat, home: Path, tmp_path
     assert "━" not in text.output  # no bar drawn into a pipe
     assert "verified in" in text.output  # the verification time shown apart from the throughput
 
-    cstore = run("session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1", "--port",
-                 str(xnat.scp_port), "-P", "CLI", "-S", "J", "-E", "J_C1", "--json")
+    cstore = run(
+        "session",
+        "upload-dicom",
+        str(tmp_path / "export"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(xnat.scp_port),
+        "-P",
+        "CLI",
+        "-S",
+        "J",
+        "-E",
+        "J_C1",
+        "--json",
+    )
     assert cstore.exit_code == 0, cstore.output
     sent = json.loads(cstore.stdout)
     assert sent["ok"] is True and sent["sent"] == len(manifest.files)
@@ -321,7 +378,10 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path, home: Path, xnat_emulator_fac
     env = {k: v for k, v in os.environ.items() if not k.startswith("XNAT_")} | {"HOME": str(home)}
     process = subprocess.Popen(
         CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "C", "-E", "C_MR1", "--gradual"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 60
     while xnat.stats()["imports"] < 2 and time.monotonic() < deadline and process.poll() is None:
@@ -347,7 +407,9 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
-def test_flow_password_stays_out_of_prefects_server_and_the_server_dies_with_the_cli(tmp_path: Path, home: Path, xnat_emulator_factory) -> None:
+def test_flow_password_stays_out_of_prefects_server_and_the_server_dies_with_the_cli(
+    tmp_path: Path, home: Path, xnat_emulator_factory
+) -> None:
     """`--flow --password-stdin` without a Prefect server: Prefect starts a temporary API server
     child. The password must not be in its environment, and killing the CLI must not leave it running."""
     xnat = xnat_emulator_factory(tmp_path / "slow", projects=("CLI",), password=PASSWORD, latency_ms=300)
@@ -355,17 +417,40 @@ def test_flow_password_stays_out_of_prefects_server_and_the_server_dies_with_the
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
     env |= {"HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect")}
     process = subprocess.Popen(
-        CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "K", "-E", "K_MR1", "--flow",
-               "--gradual", "--workers", "1", "--url", xnat.url, "-u", "admin", "--password-stdin"],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        CLI
+        + [
+            "session",
+            "upload",
+            str(tmp_path / "export"),
+            "-P",
+            "CLI",
+            "-S",
+            "K",
+            "-E",
+            "K_MR1",
+            "--flow",
+            "--gradual",
+            "--workers",
+            "1",
+            "--url",
+            xnat.url,
+            "-u",
+            "admin",
+            "--password-stdin",
+        ],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     process.stdin.write(PASSWORD.encode() + b"\n")
     process.stdin.close()
     try:
         deadline, server = time.monotonic() + 120, None
         while server is None and time.monotonic() < deadline and process.poll() is None:
-            server = next((c for c in _children(process.pid)
-                           if b"uvicorn" in Path(f"/proc/{c}/cmdline").read_bytes()), None)
+            server = next(
+                (c for c in _children(process.pid) if b"uvicorn" in Path(f"/proc/{c}/cmdline").read_bytes()), None
+            )
             time.sleep(0.2)
         assert server is not None, "no Prefect API server child appeared"
         assert PASSWORD.encode() not in Path(f"/proc/{server}/environ").read_bytes()
@@ -398,7 +483,10 @@ def test_flow_run_without_a_prefect_server_sends_no_telemetry(xnat, tmp_path: Pa
     env |= {"HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect")}
     done = subprocess.run(
         CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "T", "-E", "T_MR1", "--flow"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verified: True" in done.stdout

@@ -26,8 +26,22 @@ def run(*args: str, env: dict[str, str] | None = None, input: str | None = None)
 
 
 def upload_args(xnat: XnatEmulator, source: Path, *extra: str) -> list[str]:
-    return ["session", "upload", str(source), "-P", "CLI", "-S", "SUBJ", "-E", "SESS", "--url", xnat.url,
-            "--username", "admin", *extra]
+    return [
+        "session",
+        "upload",
+        str(source),
+        "-P",
+        "CLI",
+        "-S",
+        "SUBJ",
+        "-E",
+        "SESS",
+        "--url",
+        xnat.url,
+        "--username",
+        "admin",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("extra", [[], ["--archive-format", "zip", "--workers", "2"], ["--gradual", "--workers", "3"]])
@@ -55,8 +69,14 @@ def test_repeating_a_gradual_upload_says_nothing_was_sent(xnat, tmp_path: Path) 
 
 def test_partial_upload_exits_6_and_rerun_completes(xnat, tmp_path: Path) -> None:
     manifest = write_studies(tmp_path / "export", series=2, instances=12, instance_kb=4, seed=22)
-    xnat.faults.add(method="POST", path=r"/data/services/import", status=400, message="Unable to identify subject.",
-                    after=1, times=50)
+    xnat.faults.add(
+        method="POST",
+        path=r"/data/services/import",
+        status=400,
+        message="Unable to identify subject.",
+        after=1,
+        times=50,
+    )
     first = run(*upload_args(xnat, tmp_path / "export"), env={"XNAT_PASS": PASSWORD})
     assert first.exit_code == 6, first.output
     assert "not sent" in first.stderr and "Unable to identify subject." in first.stderr
@@ -72,8 +92,22 @@ def test_partial_upload_exits_6_and_rerun_completes(xnat, tmp_path: Path) -> Non
 
 def test_bad_label_is_a_usage_error(xnat, tmp_path: Path) -> None:
     write_studies(tmp_path / "export", series=1, instances=2, instance_kb=4, seed=23)
-    result = run("session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "bad subject!", "-E", "SESS",
-                 "--url", xnat.url, "--username", "admin", env={"XNAT_PASS": PASSWORD})
+    result = run(
+        "session",
+        "upload",
+        str(tmp_path / "export"),
+        "-P",
+        "CLI",
+        "-S",
+        "bad subject!",
+        "-E",
+        "SESS",
+        "--url",
+        xnat.url,
+        "--username",
+        "admin",
+        env={"XNAT_PASS": PASSWORD},
+    )
     assert result.exit_code == 2
     assert "bad subject!" in result.output
 

@@ -167,7 +167,9 @@ def test_streamed_body_is_rebuilt_for_the_resend_after_401(make_client) -> None:
 
 @pytest.mark.parametrize("status", [500, 502, 504])
 def test_server_errors_on_idempotent_requests_are_retried(make_client, retry_sleeps, status) -> None:
-    xnat = Recorder({("GET", "/data/x"): [httpx.Response(status), httpx.Response(status), httpx.Response(200, text="fine")]})
+    xnat = Recorder(
+        {("GET", "/data/x"): [httpx.Response(status), httpx.Response(status), httpx.Response(200, text="fine")]}
+    )
     assert make_client(xnat).request("GET", "/data/x").text == "fine"
     assert len(retry_sleeps) == 2
     assert 1.0 <= retry_sleeps[0] <= 2.0 and 2.0 <= retry_sleeps[1] <= 4.0  # jittered exponential backoff
@@ -252,7 +254,9 @@ def test_refused_connection_fails_fast_but_a_dropped_one_is_retried(make_client,
         make_client(refused, token=TOKEN).request("GET", "/x")
     assert not info.value.retryable and refused.calls("/x") == 1
 
-    dropped = Recorder({("GET", "/y"): [httpx.RemoteProtocolError("peer closed connection"), httpx.Response(200, text="ok")]})
+    dropped = Recorder(
+        {("GET", "/y"): [httpx.RemoteProtocolError("peer closed connection"), httpx.Response(200, text="ok")]}
+    )
     assert make_client(dropped, token=TOKEN).request("GET", "/y").text == "ok"
 
 
@@ -408,8 +412,16 @@ def test_expired_session_seen_as_a_dropped_upload_leads_to_one_relogin(make_clie
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
-        (400, "Failed to archive 1 of 2 session(s): Unknown prearchive session.", TransientError),  # a race between batches
-        (400, "Failed to archive 1 of 1 session(s): Session already exists, retry with overwrite enabled", PermanentUploadError),
+        (
+            400,
+            "Failed to archive 1 of 2 session(s): Unknown prearchive session.",
+            TransientError,
+        ),  # a race between batches
+        (
+            400,
+            "Failed to archive 1 of 1 session(s): Session already exists, retry with overwrite enabled",
+            PermanentUploadError,
+        ),
         (400, "Duplicate archive attempt. Prearchive session already archiving.", TransientError),
         (400, "Scan 4 has 2 non-DICOM (or non-parsable DICOM) files", PermanentUploadError),
         (423, "Destination session in use.", TransientError),
@@ -457,7 +469,9 @@ def test_cancel_cuts_a_backoff_short() -> None:
     creds = Credentials(url="https://xnat.test", username="alice", token=SecretStr(TOKEN))
     client = XnatClient(creds, transport=httpx.MockTransport(handler), token_cache=None)  # real (event) sleeps
     outcome: list[BaseException] = []
-    worker = threading.Thread(target=lambda: outcome.append(pytest.raises(CancelledError, client.request, "GET", "/x").value))
+    worker = threading.Thread(
+        target=lambda: outcome.append(pytest.raises(CancelledError, client.request, "GET", "/x").value)
+    )
     started = time.monotonic()
     worker.start()
     assert answered.wait(5)  # the 503 is in: the client is (about to be) in its 120 s backoff
@@ -491,8 +505,12 @@ def test_a_full_disk_is_said_as_such_and_not_retried(make_client, retry_sleeps) 
 
 
 def test_a_500_is_retried_with_an_internal_error_hint_and_a_503_as_busy(make_client) -> None:
-    xnat = Recorder({("GET", "/x"): [httpx.Response(500, text="NullPointerException")],
-                     ("GET", "/y"): [httpx.Response(503, text="Service Unavailable")]})
+    xnat = Recorder(
+        {
+            ("GET", "/x"): [httpx.Response(500, text="NullPointerException")],
+            ("GET", "/y"): [httpx.Response(503, text="Service Unavailable")],
+        }
+    )
     client = make_client(xnat)
     with pytest.raises(TransientError) as internal:
         client.request("GET", "/x")

@@ -75,7 +75,12 @@ def test_missing_url_says_where_to_put_one(tmp_path: Path) -> None:
 
 
 def test_token_from_environment_and_secrets_never_printed(tmp_path: Path) -> None:
-    env = {"XNAT_FLOWS_HOME": str(tmp_path), "XNAT_URL": "https://x.org", "XNAT_TOKEN": "ABCDEF123456", "XNAT_PASS": "pw"}
+    env = {
+        "XNAT_FLOWS_HOME": str(tmp_path),
+        "XNAT_URL": "https://x.org",
+        "XNAT_TOKEN": "ABCDEF123456",
+        "XNAT_PASS": "pw",
+    }
     creds = resolve_credentials(environ=env, prompt=False)
     assert creds.token.get_secret_value() == "ABCDEF123456"
     assert "ABCDEF123456" not in repr(creds) and "pw'" not in repr(creds)

@@ -9,8 +9,9 @@ from xnat_flows.client.settings import EnvSettings
 
 
 def test_a_given_mapping_is_read_with_aliases_and_empty_values_unset() -> None:
-    env = EnvSettings.from_environ({"XNAT_URL": "https://x.example", "XNAT_USERNAME": "me", "XNAT_PASS": "",
-                                    "XNAT_VERIFY_SSL": "no", "HOME": "/h"})
+    env = EnvSettings.from_environ(
+        {"XNAT_URL": "https://x.example", "XNAT_USERNAME": "me", "XNAT_PASS": "", "XNAT_VERIFY_SSL": "no", "HOME": "/h"}
+    )
     assert (env.url, env.username, env.password, env.verify_ssl) == ("https://x.example", "me", None, False)
 
 

@@ -34,9 +34,19 @@ class Instance:
     sop_instance_uid: str
 
 
-def make_instance(study_uid: str, series_uid: str, series_number: int, instance_number: int, *,
-                  patient_id: str = "PAT01", patient_name: str = "Doe^Jane", modality: str = "CT",
-                  patient_comments: str = "", study_description: str = "", sop_uid: str | None = None) -> Instance:
+def make_instance(
+    study_uid: str,
+    series_uid: str,
+    series_number: int,
+    instance_number: int,
+    *,
+    patient_id: str = "PAT01",
+    patient_name: str = "Doe^Jane",
+    modality: str = "CT",
+    patient_comments: str = "",
+    study_description: str = "",
+    sop_uid: str | None = None,
+) -> Instance:
     from pydicom.uid import generate_uid
 
     ds = copy.deepcopy(_template())  # Dataset.copy() is shallow: it would share elements
@@ -58,8 +68,9 @@ def make_instance(study_uid: str, series_uid: str, series_number: int, instance_
         ds.PatientComments = patient_comments
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return Instance(f"s{series_number}/i{instance_number:04d}.dcm", buffer.getvalue(), study_uid, series_uid,
-                    series_number, sop)
+    return Instance(
+        f"s{series_number}/i{instance_number:04d}.dcm", buffer.getvalue(), study_uid, series_uid, series_number, sop
+    )
 
 
 def make_study(series: int = 2, instances: int = 3, **kwargs) -> list[Instance]:

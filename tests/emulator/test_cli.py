@@ -10,9 +10,29 @@ import httpx
 
 
 def test_serve_prints_url_and_stops_on_sigterm(tmp_path):
-    command = [sys.executable, "-m", "xnat_flows.cli.main", "emulator", "serve", "--port", "0",
-               "--data-dir", str(tmp_path / "d"), "--user", "u", "--password", "p", "--project", "A",
-               "--project", "B", "--prearchive-code", "A=0", "--scp-port", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "xnat_flows.cli.main",
+        "emulator",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--user",
+        "u",
+        "--password",
+        "p",
+        "--project",
+        "A",
+        "--project",
+        "B",
+        "--prearchive-code",
+        "A=0",
+        "--scp-port",
+        "0",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -46,6 +66,8 @@ def test_serve_passes_the_bandwidth_cap_to_the_emulator(monkeypatch):
             seen["stopped"] = True
 
     monkeypatch.setattr(emulator_module, "XnatEmulator", Recorder)
-    result = CliRunner().invoke(app, ["emulator", "serve", "--port", "0", "--bandwidth-mbit", "2.5", "--latency-ms", "7"])
+    result = CliRunner().invoke(
+        app, ["emulator", "serve", "--port", "0", "--bandwidth-mbit", "2.5", "--latency-ms", "7"]
+    )
     assert isinstance(result.exception, RuntimeError)
     assert seen["bandwidth_mbit"] == 2.5 and seen["latency_ms"] == 7

@@ -12,9 +12,12 @@ from xnat_flows.testing.faults import PERMANENT_400, TRANSIENT_400
 
 
 def gradual(client, data):
-    return client.post("/data/services/import",
-                       params={"import-handler": "gradual-DICOM", "inbody": "true", "PROJECT_ID": "TEST"},
-                       content=data, headers={"Content-Type": "application/dicom"})
+    return client.post(
+        "/data/services/import",
+        params={"import-handler": "gradual-DICOM", "inbody": "true", "PROJECT_ID": "TEST"},
+        content=data,
+        headers={"Content-Type": "application/dicom"},
+    )
 
 
 def test_transient_400_applies_n_times(emulator, client):
@@ -26,13 +29,18 @@ def test_transient_400_applies_n_times(emulator, client):
 
 
 def test_after_n_requests_and_handler_filter(emulator, client):
-    emulator.faults.add(path="/data/services/import", handler="gradual-DICOM", status=400, message=PERMANENT_400,
-                        after=1, times=None)
+    emulator.faults.add(
+        path="/data/services/import", handler="gradual-DICOM", status=400, message=PERMANENT_400, after=1, times=None
+    )
     data = make_study(1, 1)[0].data
     assert gradual(client, data).status_code == 200
     assert gradual(client, data).text == PERMANENT_400
-    zipped = client.post("/data/services/import", params={"import-handler": "DICOM-zip", "project": "TEST"},
-                         content=zip_bytes(members(make_study(1, 1))), headers={"Content-Type": "application/zip"})
+    zipped = client.post(
+        "/data/services/import",
+        params={"import-handler": "DICOM-zip", "project": "TEST"},
+        content=zip_bytes(members(make_study(1, 1))),
+        headers={"Content-Type": "application/zip"},
+    )
     assert zipped.status_code == 200
 
 
@@ -69,8 +77,12 @@ def test_drop_connection_mid_body(emulator, client):
     emulator.faults.add(path="/data/services/import", drop=True)
     body = zip_bytes(members(make_study(1, 3)))
     with pytest.raises(httpx.TransportError):
-        client.post("/data/services/import", params={"import-handler": "DICOM-zip", "project": "TEST"},
-                    content=body, headers={"Content-Type": "application/zip"})
+        client.post(
+            "/data/services/import",
+            params={"import-handler": "DICOM-zip", "project": "TEST"},
+            content=body,
+            headers={"Content-Type": "application/zip"},
+        )
     assert client.get("/data/projects").status_code == 200
 
 
@@ -82,8 +94,10 @@ def test_error_body_on_prearchive_service(emulator, client):
 
 def test_control_endpoints_over_http(emulator):
     control = f"{emulator.url}/_emulator"
-    added = httpx.post(f"{control}/faults", json={"method": "GET", "path": "/data/projects", "status": 503,
-                                                  "retry_after": 1, "times": 1})
+    added = httpx.post(
+        f"{control}/faults",
+        json={"method": "GET", "path": "/data/projects", "status": 503, "retry_after": 1, "times": 1},
+    )
     assert added.status_code == 200 and added.json()["ids"]
     assert len(httpx.get(f"{control}/faults").json()) == 1
     assert httpx.get(f"{emulator.url}/data/projects", auth=("admin", "admin")).status_code == 503
@@ -99,10 +113,15 @@ def test_forced_conflict_over_http(emulator, client):
     from xnat_flows.testing.pytest_plugin import wait_until
 
     httpx.post(f"{emulator.url}/_emulator/faults", json={"next_session": "CONFLICT"})
-    client.post("/data/services/import", params={"import-handler": "DICOM-zip", "project": "TEST", "session": "FC"},
-                content=zip_bytes(members(make_study(1, 1))), headers={"Content-Type": "application/zip"})
-    rows = wait_until(lambda: [r for r in client.get("/data/prearchive").json()["ResultSet"]["Result"]
-                             if r["status"] == "CONFLICT"])
+    client.post(
+        "/data/services/import",
+        params={"import-handler": "DICOM-zip", "project": "TEST", "session": "FC"},
+        content=zip_bytes(members(make_study(1, 1))),
+        headers={"Content-Type": "application/zip"},
+    )
+    rows = wait_until(
+        lambda: [r for r in client.get("/data/prearchive").json()["ResultSet"]["Result"] if r["status"] == "CONFLICT"]
+    )
     assert rows[0]["name"] == "FC"
 
 

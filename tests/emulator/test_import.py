@@ -66,14 +66,22 @@ def test_gradual_rejects_non_dicom(client):
 
 def test_default_handler_for_application_dicom_is_gradual(client, manual):
     instance = make_study(series=1, instances=1)[0]
-    response = client.post(IMPORT, params={"PROJECT_ID": manual, "inbody": "true"}, content=instance.data,
-                           headers={"Content-Type": "application/dicom"})
+    response = client.post(
+        IMPORT,
+        params={"PROJECT_ID": manual, "inbody": "true"},
+        content=instance.data,
+        headers={"Content-Type": "application/dicom"},
+    )
     assert response.status_code == 200 and f"/projects/{manual}/" in response.text
 
 
 def test_unknown_handler_is_404(client):
-    assert client.post(IMPORT, params={"import-handler": "nope"}, content=b"x",
-                       headers={"Content-Type": "application/zip"}).status_code == 404
+    assert (
+        client.post(
+            IMPORT, params={"import-handler": "nope"}, content=b"x", headers={"Content-Type": "application/zip"}
+        ).status_code
+        == 404
+    )
 
 
 @pytest.mark.parametrize("fmt", ["zip", "zip-deflated", "tar", "tgz"])
@@ -117,7 +125,7 @@ def test_dicom_zip_streamed_chunked_zip_with_data_descriptors(client, manual):
 
     def chunks():
         for start in range(0, len(body), 10_000):
-            yield body[start:start + 10_000]
+            yield body[start : start + 10_000]
 
     response = dicom_zip(client, chunks(), project=manual, subject="S", session="E")  # type: ignore[arg-type]
     assert response.status_code == 200, response.text
@@ -132,23 +140,36 @@ def test_octet_stream_is_unsupported_format(client):
 
 def test_body_rules(client):
     study = make_study(1, 1)
-    multipart = client.post(IMPORT, params={"import-handler": "DICOM-zip", "inbody": "true"},
-                            files={"file": ("a.zip", zip_bytes(members(study)), "application/zip")})
+    multipart = client.post(
+        IMPORT,
+        params={"import-handler": "DICOM-zip", "inbody": "true"},
+        files={"file": ("a.zip", zip_bytes(members(study)), "application/zip")},
+    )
     assert multipart.status_code == 406 and "not as part of multi-part form data" in multipart.text
-    empty = client.post(IMPORT, params={"import-handler": "gradual-DICOM", "inbody": "true"}, content=b"",
-                        headers={"Content-Type": "application/dicom"})
+    empty = client.post(
+        IMPORT,
+        params={"import-handler": "gradual-DICOM", "inbody": "true"},
+        content=b"",
+        headers={"Content-Type": "application/dicom"},
+    )
     assert empty.status_code == 400 and "In-body File posts must include the file directly" in empty.text
     nothing = client.post(IMPORT, params={"import-handler": "DICOM-zip"})
     assert nothing.status_code == 400 and "Unable to identify upload format." in nothing.text
-    two = client.post(IMPORT, params={"import-handler": "DICOM-zip"},
-                      files=[("a", ("a.zip", b"1", "application/zip")), ("b", ("b.zip", b"2", "application/zip"))])
+    two = client.post(
+        IMPORT,
+        params={"import-handler": "DICOM-zip"},
+        files=[("a", ("a.zip", b"1", "application/zip")), ("b", ("b.zip", b"2", "application/zip"))],
+    )
     assert two.status_code == 400 and "limited to one uploaded resource" in two.text
 
 
 def test_multipart_upload_with_form_fields(client, manual):
     study = make_study(1, 2)
-    response = client.post(IMPORT, data={"import-handler": "DICOM-zip", "PROJECT_ID": manual, "EXPT_LABEL": "MP"},
-                           files={"file": ("study.zip", zip_bytes(members(study)), "application/zip")})
+    response = client.post(
+        IMPORT,
+        data={"import-handler": "DICOM-zip", "PROJECT_ID": manual, "EXPT_LABEL": "MP"},
+        files={"file": ("study.zip", zip_bytes(members(study)), "application/zip")},
+    )
     assert response.status_code == 200, response.text
     assert response.text.strip().endswith("/MP")
 
@@ -206,15 +227,27 @@ def test_two_studies_give_two_uris(client, manual):
 
 
 def test_dest_archive_is_synchronous(client):
-    response = dicom_zip(client, zip_bytes(members(make_study(2, 2))), project="TEST", subject="S1", session="SYNC",
-                         dest="/archive/projects/TEST")
+    response = dicom_zip(
+        client,
+        zip_bytes(members(make_study(2, 2))),
+        project="TEST",
+        subject="S1",
+        session="SYNC",
+        dest="/archive/projects/TEST",
+    )
     assert response.status_code == 200, response.text
     uri = response.text.strip()
     assert uri.startswith("/data/archive/projects/TEST/subjects/")
     experiment = client.get(uri).json()["items"][0]["data_fields"]
     assert experiment["label"] == "SYNC"
-    again = dicom_zip(client, zip_bytes(members(make_study(1, 1))), project="TEST", subject="S1", session="SYNC",
-                      dest="/archive/projects/TEST")
+    again = dicom_zip(
+        client,
+        zip_bytes(members(make_study(1, 1))),
+        project="TEST",
+        subject="S1",
+        session="SYNC",
+        dest="/archive/projects/TEST",
+    )
     assert again.status_code == 400 and "Failed to archive 1 of 1 session(s)" in again.text
 
 
@@ -225,8 +258,11 @@ def test_bad_dest_is_400(client):
 
 def test_direct_archive_returns_xapi_uri_then_archives(emulator, client):
     study = make_study(1, 2)
-    response = dicom_zip(client, zip_bytes(members(study)), **{"project": "TEST", "subject": "S", "session": "DA",
-                                                               "Direct-Archive": "true"})
+    response = dicom_zip(
+        client,
+        zip_bytes(members(study)),
+        **{"project": "TEST", "subject": "S", "session": "DA", "Direct-Archive": "true"},
+    )
     assert response.text == f"/xapi/direct-archive/TEST/{study[0].study_uid}/DA\r\n"
     assert client.get("/data/prearchive").json()["ResultSet"]["Result"] == []
     wait_until(lambda: client.get("/data/projects/TEST/experiments/DA").status_code == 200)
@@ -234,8 +270,12 @@ def test_direct_archive_returns_xapi_uri_then_archives(emulator, client):
 
 def test_gradual_direct_archive(emulator, client):
     study = make_study(1, 2)
-    uris = {gradual(client, i.data, **{"PROJECT_ID": "TEST", "SUBJECT_ID": "S", "EXPT_LABEL": "GDA",
-                                       "Direct-Archive": "true"}).text for i in study}
+    uris = {
+        gradual(
+            client, i.data, **{"PROJECT_ID": "TEST", "SUBJECT_ID": "S", "EXPT_LABEL": "GDA", "Direct-Archive": "true"}
+        ).text
+        for i in study
+    }
     assert uris == {f"/xapi/direct-archive/TEST/{study[0].study_uid}/GDA\r\n"}
     wait_until(lambda: emulator.archived_experiments("TEST"))
     assert emulator.archived_experiments("TEST")[0]["scans"] == {"1": 2}
@@ -265,9 +305,12 @@ def test_gzip_body_sent_as_plain_tar_is_refused(client):
 
 
 def test_accept_text_plain_gives_single_uri_without_crlf(client, manual):
-    response = client.post(IMPORT, params={"import-handler": "DICOM-zip", "project": manual, "session": "TXT"},
-                           content=zip_bytes(members(make_study(1, 1))),
-                           headers={"Content-Type": "application/zip", "Accept": "text/plain"})
+    response = client.post(
+        IMPORT,
+        params={"import-handler": "DICOM-zip", "project": manual, "session": "TXT"},
+        content=zip_bytes(members(make_study(1, 1))),
+        headers={"Content-Type": "application/zip", "Accept": "text/plain"},
+    )
     assert response.status_code == 200 and not response.text.endswith("\r\n")
     assert response.text.startswith(f"/data/prearchive/projects/{manual}/")
 
@@ -279,11 +322,21 @@ def test_synthetic_studies_with_junk_via_tar(client, emulator, tmp_path):
     from xnat_flows.testing.synth import write_studies
 
     manifest = write_studies(tmp_path / "src", studies=2, series=2, instances=6, instance_kb=8, junk=True)
-    entries = [(str(p.relative_to(manifest.root)), p.read_bytes())
-               for p in sorted(manifest.root.rglob("*")) if p.is_file()]
-    response = client.post(IMPORT, params={"import-handler": "DICOM-zip", "project": "TEST", "subject": "SYN",
-                                           "dest": "/archive/projects/TEST", "Ignore-Unparsable": "true"},
-                           content=tar_bytes(entries), headers={"Content-Type": "application/x-tar"})
+    entries = [
+        (str(p.relative_to(manifest.root)), p.read_bytes()) for p in sorted(manifest.root.rglob("*")) if p.is_file()
+    ]
+    response = client.post(
+        IMPORT,
+        params={
+            "import-handler": "DICOM-zip",
+            "project": "TEST",
+            "subject": "SYN",
+            "dest": "/archive/projects/TEST",
+            "Ignore-Unparsable": "true",
+        },
+        content=tar_bytes(entries),
+        headers={"Content-Type": "application/x-tar"},
+    )
     assert response.status_code == 200, response.text
     assert len(response.text.strip().split("\r\n")) == 2
     expected = Counter((f.study_uid, str(f.series_number)) for f in manifest.files)

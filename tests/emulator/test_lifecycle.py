@@ -12,8 +12,12 @@ from xnat_flows.testing.pytest_plugin import wait_until
 
 def upload(client, instances, **params):
     query = {"import-handler": "DICOM-zip", **params}
-    response = client.post("/data/services/import", params=query, content=zip_bytes(members(instances)),
-                           headers={"Content-Type": "application/zip"})
+    response = client.post(
+        "/data/services/import",
+        params=query,
+        content=zip_bytes(members(instances)),
+        headers={"Content-Type": "application/zip"},
+    )
     assert response.status_code == 200, response.text
     return response.text.strip()
 
@@ -70,8 +74,9 @@ def test_direct_archive_conflict_falls_back_to_prearchive(emulator, client):
 
 def test_forced_error_for_next_session(emulator, client):
     emulator.faults.force_next_session("ERROR")
-    uri = upload(client, make_study(1, 1), **{"project": "TEST", "subject": "S", "session": "ERR",
-                                              "Direct-Archive": "true"})
+    uri = upload(
+        client, make_study(1, 1), **{"project": "TEST", "subject": "S", "session": "ERR", "Direct-Archive": "true"}
+    )
     assert uri.startswith("/xapi/direct-archive/")
     rows = wait_until(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
     assert rows[0]["status"] == "ERROR"
@@ -126,10 +131,21 @@ def test_parallel_gradual_uploads_of_one_study_make_one_session(emulator):
 
     def send(instances):
         with httpx.Client(base_url=emulator.url, auth=("admin", "admin")) as http:
-            return {http.post("/data/services/import",
-                              params={"import-handler": "gradual-DICOM", "inbody": "true", "PROJECT_ID": "TEST",
-                                      "SUBJECT_ID": "S", "EXPT_LABEL": "PAR"},
-                              content=i.data, headers={"Content-Type": "application/dicom"}).text for i in instances}
+            return {
+                http.post(
+                    "/data/services/import",
+                    params={
+                        "import-handler": "gradual-DICOM",
+                        "inbody": "true",
+                        "PROJECT_ID": "TEST",
+                        "SUBJECT_ID": "S",
+                        "EXPT_LABEL": "PAR",
+                    },
+                    content=i.data,
+                    headers={"Content-Type": "application/dicom"},
+                ).text
+                for i in instances
+            }
 
     with ThreadPoolExecutor(6) as pool:
         uris = set().union(*pool.map(send, [study[k::6] for k in range(6)]))
@@ -154,9 +170,17 @@ def test_stopping_with_requests_in_flight_is_quiet_and_waits_for_them(tmp_path, 
         with httpx.Client(base_url=xnat.url, auth=("admin", "admin"), timeout=10) as http:
             for item in manifest.files[part::4]:
                 try:
-                    http.post("/data/services/import", content=item.path.read_bytes(),
-                              params={"import-handler": "gradual-DICOM", "PROJECT_ID": "P", "SUBJECT_ID": "S",
-                                      "EXPT_LABEL": "E"}, headers={"Content-Type": "application/dicom"})
+                    http.post(
+                        "/data/services/import",
+                        content=item.path.read_bytes(),
+                        params={
+                            "import-handler": "gradual-DICOM",
+                            "PROJECT_ID": "P",
+                            "SUBJECT_ID": "S",
+                            "EXPT_LABEL": "E",
+                        },
+                        headers={"Content-Type": "application/dicom"},
+                    )
                     answered.release()
                 except httpx.HTTPError as exc:  # the emulator went away, as XNAT would
                     outcomes.append(type(exc).__name__)

@@ -19,11 +19,15 @@ from xnat_flows.testing.pytest_plugin import wait_until
 
 
 def archive_session(client, subject="SUBJ", label="SESS", series=2, instances=2, project="TEST", **kwargs) -> str:
-    answer = client.post("/data/services/import",
-                         params={"import-handler": "DICOM-zip", "dest": f"/archive/projects/{project}/subjects/{subject}"
-                                                                     f"/experiments/{label}"},
-                         content=zip_bytes(members(make_study(series, instances, **kwargs))),
-                         headers={"Content-Type": "application/zip"})
+    answer = client.post(
+        "/data/services/import",
+        params={
+            "import-handler": "DICOM-zip",
+            "dest": f"/archive/projects/{project}/subjects/{subject}/experiments/{label}",
+        },
+        content=zip_bytes(members(make_study(series, instances, **kwargs))),
+        headers={"Content-Type": "application/zip"},
+    )
     assert answer.status_code == 200, answer.text
     rows = client.get(f"/data/projects/{project}/experiments", params={"label": label}).json()["ResultSet"]["Result"]
     return rows[0]["ID"]
@@ -46,7 +50,9 @@ def test_resources_are_addressed_by_id_or_label(client):
     by_id = results(client.get(f"/data/experiments/{experiment}/resources/{resource_id}/files"))
     assert [f["Name"] for f in by_id] == ["a.txt"]
     # A PUT through the ID files into that resource, never into a new one labelled with the number.
-    assert put_text(client, f"/data/experiments/{experiment}/resources/{resource_id}/files/b.txt", b"B").status_code == 200
+    assert (
+        put_text(client, f"/data/experiments/{experiment}/resources/{resource_id}/files/b.txt", b"B").status_code == 200
+    )
     labels = [r["label"] for r in results(client.get(f"/data/experiments/{experiment}/resources"))]
     assert labels == ["NOTES"]
     assert client.get(f"/data/experiments/{experiment}/resources/NOTES/files/b.txt").content == b"B"
@@ -71,8 +77,9 @@ def test_listings_render_as_csv_xml_and_html(client):
     cells = [[c.text or "" for c in row.findall("cell")] for row in root.findall("results/rows/row")]
     assert [dict(zip(columns, row, strict=True))["ID"] for row in cells] == ["1", "2"]
 
-    files = ElementTree.fromstring(client.get(f"/data/experiments/{experiment}/scans/1/files",
-                                              params={"format": "xml"}).content)
+    files = ElementTree.fromstring(
+        client.get(f"/data/experiments/{experiment}/scans/1/files", params={"format": "xml"}).content
+    )
     uri_column = [c for c in files.findall("results/columns/column") if c.text == "URI"]
     assert uri_column[0].get("serverRoot") == ""
     assert len(files.findall("results/rows/row")) == 2
@@ -84,9 +91,12 @@ def test_listings_render_as_csv_xml_and_html(client):
 
 def test_columns_select_names_and_xpaths(client):
     archive_session(client, label="S1")
-    rows = results(client.get("/data/experiments", params={"columns": "label,xnat:imageSessionData/modality,subject_label"}))
-    assert rows == [{"label": "S1", "xnat:imageSessionData/modality": "CT", "subject_label": "SUBJ",
-                     "URI": rows[0]["URI"]}]
+    rows = results(
+        client.get("/data/experiments", params={"columns": "label,xnat:imageSessionData/modality,subject_label"})
+    )
+    assert rows == [
+        {"label": "S1", "xnat:imageSessionData/modality": "CT", "subject_label": "SUBJ", "URI": rows[0]["URI"]}
+    ]
     as_csv = client.get("/data/projects/TEST/experiments", params={"format": "csv", "columns": "ID,label"})
     assert next(csv.reader(io.StringIO(as_csv.text))) == ["ID", "label", "URI"]
 
@@ -112,8 +122,10 @@ def test_every_download_zip_uses_xnats_layout(client):
         "scan": f"/data/experiments/{experiment}/scans/1/files",
         "session resource": f"/data/experiments/{experiment}/resources/NOTES/files",
     }
-    listing = {key: zipfile.ZipFile(io.BytesIO(client.get(url, params={"format": "zip"}).content)).namelist()
-               for key, url in names.items()}
+    listing = {
+        key: zipfile.ZipFile(io.BytesIO(client.get(url, params={"format": "zip"}).content)).namelist()
+        for key, url in names.items()
+    }
     assert all(n.startswith("LAYOUT/scans/1/resources/DICOM/files/") for n in listing["scan resource"])
     assert sorted(listing["scan"]) == sorted(listing["scan resource"]) and len(listing["scan"]) == 2
     assert listing["session resource"] == ["LAYOUT/resources/NOTES/files/sub/n.txt"]
@@ -137,7 +149,9 @@ def test_scan_downloads_by_id_list_type_and_format(client):
     assert names("1,2", "tar.gz") == names("1,2")
     # One resource of every scan, and several resources at once ("How To Download Files via the XNAT REST API")
     put_text(client, f"/data/experiments/{experiment}/scans/1/resources/SNAPSHOTS/files/snap.jpg")
-    every_dicom = client.get(f"/data/experiments/{experiment}/scans/ALL/resources/DICOM/files", params={"format": "zip"})
+    every_dicom = client.get(
+        f"/data/experiments/{experiment}/scans/ALL/resources/DICOM/files", params={"format": "zip"}
+    )
     assert {n.split("/")[2] for n in zipfile.ZipFile(io.BytesIO(every_dicom.content)).namelist()} == {"1", "2", "3"}
     both = results(client.get(f"/data/experiments/{experiment}/scans/1/resources/DICOM,SNAPSHOTS/files"))
     assert sorted(r["collection"] for r in both) == ["DICOM", "DICOM", "SNAPSHOTS"]
@@ -147,8 +161,10 @@ def test_scan_downloads_by_id_list_type_and_format(client):
 
 # 6. creation with PUT -------------------------------------------------------------------------------
 def test_put_creates_experiment_subject_and_scan(client):
-    created = client.put("/data/projects/TEST/subjects/NEWSUBJ/experiments/NEW",
-                         params={"xsiType": "xnat:mrSessionData", "xnat:mrSessionData/date": "2024-03-04"})
+    created = client.put(
+        "/data/projects/TEST/subjects/NEWSUBJ/experiments/NEW",
+        params={"xsiType": "xnat:mrSessionData", "xnat:mrSessionData/date": "2024-03-04"},
+    )
     assert created.status_code == 201 and created.text.startswith("XNAT_E")
     experiment = created.text
     subjects = results(client.get("/data/projects/TEST/subjects"))
@@ -158,7 +174,10 @@ def test_put_creates_experiment_subject_and_scan(client):
 
     # xnat-web ScanResource.handlePut: 200, and a new scan needs its modality's xsiType
     assert client.put(f"/data/experiments/{experiment}/scans/8").status_code == 417
-    assert client.put(f"/data/experiments/{experiment}/scans/8", params={"xsiType": "xnat:imageScanData"}).status_code == 400
+    assert (
+        client.put(f"/data/experiments/{experiment}/scans/8", params={"xsiType": "xnat:imageScanData"}).status_code
+        == 400
+    )
     scan = client.put(f"/data/experiments/{experiment}/scans/7", params={"xsiType": "xnat:mrScanData", "type": "T2"})
     assert scan.status_code == 200
     rows = results(client.get(f"/data/experiments/{experiment}/scans"))
@@ -168,8 +187,10 @@ def test_put_creates_experiment_subject_and_scan(client):
     assert document["data_fields"]["date"] == "2024-03-04"
     assert client.put("/data/projects/TEST/subjects/X/experiments/NOTYPE").status_code == 400
     assert client.get("/data/projects/TEST/subjects/X").status_code == 404  # no subject left behind
-    refused = client.put("/data/projects/TEST/subjects/NEWSUBJ/experiments/BADDATE",
-                         params={"xsiType": "xnat:mrSessionData", "xnat:mrSessionData/date": "yesterday"})
+    refused = client.put(
+        "/data/projects/TEST/subjects/NEWSUBJ/experiments/BADDATE",
+        params={"xsiType": "xnat:mrSessionData", "xnat:mrSessionData/date": "yesterday"},
+    )
     assert refused.status_code == 400  # checked before anything is created
     assert [e["label"] for e in results(client.get("/data/projects/TEST/experiments"))] == ["NEW"]
 
@@ -200,9 +221,14 @@ def test_experiment_filters_return_the_right_rows(client):
 # 8. writes do what they say -------------------------------------------------------------------------
 def test_put_metadata_persists_and_delete_scan_deletes(client, emulator):
     experiment = archive_session(client)
-    answer = client.put(f"/data/experiments/{experiment}",
-                        params={"xnat:ctSessionData/date": "2023-01-02", "xnat:ctSessionData/note": "checked",
-                                "xnat:ctSessionData/fields/field[name=visit]/field": "baseline"})
+    answer = client.put(
+        f"/data/experiments/{experiment}",
+        params={
+            "xnat:ctSessionData/date": "2023-01-02",
+            "xnat:ctSessionData/note": "checked",
+            "xnat:ctSessionData/fields/field[name=visit]/field": "baseline",
+        },
+    )
     assert answer.status_code == 200
     item = client.get(f"/data/experiments/{experiment}").json()["items"][0]
     assert item["data_fields"]["date"] == "2023-01-02" and item["data_fields"]["note"] == "checked"
@@ -248,7 +274,10 @@ def test_project_and_subject_resources(client):
 def test_sharing_a_subject_and_session_into_another_project(client):
     client.put("/data/projects/SHARED")
     experiment = archive_session(client, subject="SH", label="SHSESS")
-    assert client.put("/data/projects/TEST/subjects/SH/projects/SHARED", params={"label": "SH_IN_SHARED"}).status_code == 200
+    assert (
+        client.put("/data/projects/TEST/subjects/SH/projects/SHARED", params={"label": "SH_IN_SHARED"}).status_code
+        == 200
+    )
     assert client.put("/data/projects/TEST/subjects/SH/experiments/SHSESS/projects/SHARED").status_code == 200
     assert [s["label"] for s in results(client.get("/data/projects/SHARED/subjects"))] == ["SH_IN_SHARED"]
     assert [e["ID"] for e in results(client.get("/data/projects/SHARED/experiments"))] == [experiment]
@@ -262,10 +291,15 @@ def test_sharing_a_subject_and_session_into_another_project(client):
 
 def test_refresh_catalog_service(client):
     experiment = archive_session(client)
-    answer = client.post("/data/services/refresh/catalog", params={"resource": f"/archive/experiments/{experiment}",
-                                                                   "options": "populateStats"})
+    answer = client.post(
+        "/data/services/refresh/catalog",
+        params={"resource": f"/archive/experiments/{experiment}", "options": "populateStats"},
+    )
     assert answer.status_code == 200
-    assert client.post("/data/services/refresh/catalog", params={"resource": "/archive/experiments/NOPE"}).status_code == 404
+    assert (
+        client.post("/data/services/refresh/catalog", params={"resource": "/archive/experiments/NOPE"}).status_code
+        == 404
+    )
     assert client.post("/data/services/refresh/catalog").status_code == 400
 
 
@@ -274,9 +308,22 @@ def test_schema_declares_xnats_model(client):
     schema = ElementTree.fromstring(client.get("/xapi/schemas/xnat").content)
     xs = "{http://www.w3.org/2001/XMLSchema}"
     types = {t.get("name"): t for t in schema.iter(f"{xs}complexType") if t.get("name")}
-    for name in ("projectData", "investigatorData", "subjectData", "demographicData", "projectParticipant",
-                 "experimentData", "imageSessionData", "mrSessionData", "imageScanData", "mrScanData",
-                 "imageAssessorData", "qcAssessmentData", "reconstructedImageData", "resourceCatalog"):
+    for name in (
+        "projectData",
+        "investigatorData",
+        "subjectData",
+        "demographicData",
+        "projectParticipant",
+        "experimentData",
+        "imageSessionData",
+        "mrSessionData",
+        "imageScanData",
+        "mrScanData",
+        "imageAssessorData",
+        "qcAssessmentData",
+        "reconstructedImageData",
+        "resourceCatalog",
+    ):
         assert name in types, name
 
     def element_names(type_name):
@@ -309,18 +356,28 @@ def test_assessors_and_reconstructions(client, emulator):
     made = client.put(f"/data/experiments/{experiment}/assessors/QC1", params={"xsiType": "xnat:qcManualAssessorData"})
     assert made.status_code == 201
     assessor_id = made.text
-    assert put_text(client, f"/data/experiments/{experiment}/assessors/QC1/out/resources/QC/files/r.txt").status_code == 200
+    assert (
+        put_text(client, f"/data/experiments/{experiment}/assessors/QC1/out/resources/QC/files/r.txt").status_code
+        == 200
+    )
     rows = results(client.get(f"/data/experiments/{experiment}/assessors"))
     assert [(r["ID"], r["label"], r["xsiType"]) for r in rows] == [(assessor_id, "QC1", "xnat:qcManualAssessorData")]
-    assert [f["Name"] for f in results(client.get(f"/data/experiments/{experiment}/assessors/{assessor_id}/files"))] == ["r.txt"]
+    assert [
+        f["Name"] for f in results(client.get(f"/data/experiments/{experiment}/assessors/{assessor_id}/files"))
+    ] == ["r.txt"]
     assert [e["ID"] for e in results(client.get("/data/experiments"))] == [experiment]  # sessions only
     assert [e["ID"] for e in emulator.archived_experiments()] == [experiment]
     assessors = results(client.get("/data/experiments", params={"xsiType": "xnat:imageAssessorData"}))
     assert [a["ID"] for a in assessors] == [assessor_id]
 
     assert client.put(f"/data/experiments/{experiment}/reconstructions/R1", params={"type": "MPR"}).status_code == 201
-    assert put_text(client, f"/data/experiments/{experiment}/reconstructions/R1/resources/NIFTI/files/r.nii").status_code == 200
-    assert [(r["ID"], r["type"]) for r in results(client.get(f"/data/experiments/{experiment}/reconstructions"))] == [("R1", "MPR")]
+    assert (
+        put_text(client, f"/data/experiments/{experiment}/reconstructions/R1/resources/NIFTI/files/r.nii").status_code
+        == 200
+    )
+    assert [(r["ID"], r["type"]) for r in results(client.get(f"/data/experiments/{experiment}/reconstructions"))] == [
+        ("R1", "MPR")
+    ]
     document = client.get(f"/data/experiments/{experiment}").json()["items"][0]
     fields = {c["field"] for c in document["children"]}
     assert {"scans/scan", "assessors/assessor", "reconstructions/reconstructedImage"} <= fields
@@ -369,8 +426,12 @@ def test_head_and_last_modified(client):
 def test_routing_comment_auto_archive_flag_overrides_the_project(client, emulator, code, flag, archived):
     emulator.set_prearchive_code("TEST", code)
     for instance in make_study(1, 2, patient_comments=f"Project:TEST Subject:R1 Session:ROUTED {flag}"):
-        answer = client.post("/data/services/import", params={"import-handler": "gradual-DICOM", "inbody": "true"},
-                             content=instance.data, headers={"Content-Type": "application/dicom"})
+        answer = client.post(
+            "/data/services/import",
+            params={"import-handler": "gradual-DICOM", "inbody": "true"},
+            content=instance.data,
+            headers={"Content-Type": "application/dicom"},
+        )
         assert answer.status_code == 200, answer.text
     if archived:
         wait_until(lambda: emulator.archived_experiments())

@@ -17,15 +17,19 @@ def manual(emulator, client):
 
 def upload(client, instances, **params):
     query = {"import-handler": "DICOM-zip", "project": "TEST", "subject": "S", **params}
-    response = client.post("/data/services/import", params=query, content=zip_bytes(members(instances)),
-                           headers={"Content-Type": "application/zip"})
+    response = client.post(
+        "/data/services/import",
+        params=query,
+        content=zip_bytes(members(instances)),
+        headers={"Content-Type": "application/zip"},
+    )
     assert response.status_code == 200, response.text
     return response.text.strip()
 
 
 def ready(client, uri):
     assert client.post(uri, params={"action": "build"}).status_code == 200
-    return uri[len("/data"):]
+    return uri[len("/data") :]
 
 
 def archive(client, src, **params):
@@ -41,7 +45,7 @@ def test_listings(client, manual):
     assert len(client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"]) == 1
     assert len(client.get("/data/prearchive/projects/TEST,OTHER").json()["ResultSet"]["Result"]) == 2
     row = client.get(uri).json()["ResultSet"]["Result"][0]
-    assert row["url"] == uri[len("/data"):] and row["folderName"] == "L1" and row["autoarchive"] == "Manual"
+    assert row["url"] == uri[len("/data") :] and row["folderName"] == "L1" and row["autoarchive"] == "Manual"
     assert all(isinstance(v, str) for v in row.values())
     scans = client.get(f"{uri}/scans").json()["ResultSet"]["Result"]
     assert [s["ID"] for s in scans] == ["1", "2"]
@@ -149,8 +153,8 @@ def test_archive_dest_sets_subject_and_label(client, manual):
 
 
 def test_batch_prearchive_services(client, manual):
-    first = upload(client, make_study(1, 1), session="S1")[len("/data"):]
-    second = upload(client, make_study(1, 1), session="S2")[len("/data"):]
+    first = upload(client, make_study(1, 1), session="S1")[len("/data") :]
+    second = upload(client, make_study(1, 1), session="S2")[len("/data") :]
     rebuilt = client.post("/data/services/prearchive/rebuild", data={"src": first}).json()
     assert rebuilt["ResultSet"]["Result"][0]["status"] == "READY"
     moved = client.post("/data/services/prearchive/move", data={"src": second, "newProject": "OTHER"})
@@ -179,19 +183,31 @@ def test_session_zip_and_xml(client, manual):
 
 def test_dicom_zip_into_prearchive_folder_of_another_study_is_400(client, manual):
     uri = upload(client, make_study(1, 1), session="F")
-    dest = uri[len("/data"):]
-    other = client.post("/data/services/import", params={"import-handler": "DICOM-zip", "dest": dest},
-                        content=zip_bytes(members(make_study(1, 1))), headers={"Content-Type": "application/zip"})
+    dest = uri[len("/data") :]
+    other = client.post(
+        "/data/services/import",
+        params={"import-handler": "DICOM-zip", "dest": dest},
+        content=zip_bytes(members(make_study(1, 1))),
+        headers={"Content-Type": "application/zip"},
+    )
     assert other.status_code == 400 and "different StudyInstanceUID" in other.text
 
 
 def test_direct_archive_listing_and_commit(emulator, client):
     emulator.prearchive.rebuild_idle_seconds = 3600  # hold the session in the direct-archive table
     study = make_study(1, 1)
-    response = client.post("/data/services/import",
-                           params={"import-handler": "DICOM-zip", "project": "TEST", "subject": "S", "session": "DAL",
-                                   "Direct-Archive": "true"},
-                           content=zip_bytes(members(study)), headers={"Content-Type": "application/zip"})
+    response = client.post(
+        "/data/services/import",
+        params={
+            "import-handler": "DICOM-zip",
+            "project": "TEST",
+            "subject": "S",
+            "session": "DAL",
+            "Direct-Archive": "true",
+        },
+        content=zip_bytes(members(study)),
+        headers={"Content-Type": "application/zip"},
+    )
     uri = response.text.strip()
     listed = client.post("/xapi/direct-archive", json={"filters": {"project": {"operator": "EQ", "value": "TEST"}}})
     assert [s["uri"] for s in listed.json()] == [uri]

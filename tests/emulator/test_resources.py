@@ -10,16 +10,26 @@ from emulator_helpers import make_study, members, tar_bytes, zip_bytes
 
 @pytest.fixture
 def experiment(client):
-    response = client.post("/data/services/import",
-                           params={"import-handler": "DICOM-zip", "project": "TEST", "subject": "S", "session": "RES",
-                                   "dest": "/archive/projects/TEST"},
-                           content=zip_bytes(members(make_study(1, 1))), headers={"Content-Type": "application/zip"})
+    response = client.post(
+        "/data/services/import",
+        params={
+            "import-handler": "DICOM-zip",
+            "project": "TEST",
+            "subject": "S",
+            "session": "RES",
+            "dest": "/archive/projects/TEST",
+        },
+        content=zip_bytes(members(make_study(1, 1))),
+        headers={"Content-Type": "application/zip"},
+    )
     assert response.status_code == 200, response.text
     return client.get(response.text.strip()).json()["items"][0]["data_fields"]["ID"]
 
 
-@pytest.mark.parametrize("parent", ["/data/experiments/{e}", "/data/experiments/{e}/scans/1",
-                                    "/data/projects/TEST/subjects/S/experiments/RES"])
+@pytest.mark.parametrize(
+    "parent",
+    ["/data/experiments/{e}", "/data/experiments/{e}/scans/1", "/data/projects/TEST/subjects/S/experiments/RES"],
+)
 def test_create_resource_then_conflict(client, experiment, parent):
     base = parent.format(e=experiment)
     assert client.put(f"{base}/resources/NOTES", params={"format": "TXT"}).status_code == 200
@@ -91,7 +101,9 @@ def test_multipart_upload_and_zip_download(client, experiment):
 
     # XNAT's layout in every download zip: {session}/resources/{label}/files/{path}
     assert sorted(zipfile.ZipFile(io.BytesIO(download.content)).namelist()) == [
-        "RES/resources/MP/files/a.txt", "RES/resources/MP/files/b.txt"]
+        "RES/resources/MP/files/a.txt",
+        "RES/resources/MP/files/b.txt",
+    ]
 
 
 def test_scans_all_files_zip(client, experiment):

@@ -15,9 +15,12 @@ MALFORMED_BODIES = [b"not json", b"{", b"[1, 2]", b'"text"', b"42", b"null", b"\
 
 def _prearchive_url(emulator, client) -> str:
     emulator.set_prearchive_code("TEST", 0)
-    answer = client.post("/data/services/import", params={"import-handler": "DICOM-zip", "project": "TEST",
-                                                          "subject": "S", "session": "E"},
-                         content=zip_bytes(members(make_study(1, 1))), headers={"Content-Type": "application/zip"})
+    answer = client.post(
+        "/data/services/import",
+        params={"import-handler": "DICOM-zip", "project": "TEST", "subject": "S", "session": "E"},
+        content=zip_bytes(members(make_study(1, 1))),
+        headers={"Content-Type": "application/zip"},
+    )
     assert answer.status_code == 200, answer.text
     return answer.text.strip()
 
@@ -57,8 +60,12 @@ def test_full_disk_answers_500_per_request_then_recovers(emulator, client):
     headers = {"Content-Type": "application/dicom"}
     emulator.faults.set_disk_full(True)
     refused = [client.post("/data/services/import", params=params, content=i.data, headers=headers) for i in data]
-    zipped = client.post("/data/services/import", params={"import-handler": "DICOM-zip", "project": "TEST"},
-                         content=zip_bytes(members(data)), headers={"Content-Type": "application/zip"})
+    zipped = client.post(
+        "/data/services/import",
+        params={"import-handler": "DICOM-zip", "project": "TEST"},
+        content=zip_bytes(members(data)),
+        headers={"Content-Type": "application/zip"},
+    )
     refused.append(zipped)
     assert [a.status_code for a in refused] == [500, 500, 500]
     assert all("no space left on device" in a.text for a in refused)
@@ -78,12 +85,14 @@ def test_full_disk_refuses_resource_uploads(emulator, client):
     client.post("/_emulator/faults", json={"disk_full": True})
     assert emulator.faults.disk_full
     emulator.set_prearchive_code("TEST", 4)
-    answer = client.put("/data/projects/TEST/resources/NOTES/files/a.txt", content=b"x",
-                        headers={"Content-Type": "text/plain"})
+    answer = client.put(
+        "/data/projects/TEST/resources/NOTES/files/a.txt", content=b"x", headers={"Content-Type": "text/plain"}
+    )
     assert answer.status_code == 500 and "no space left" in answer.text
     emulator.faults.clear()  # clearing the faults frees the disk
-    answer = client.put("/data/projects/TEST/resources/NOTES/files/a.txt", content=b"x",
-                        headers={"Content-Type": "text/plain"})
+    answer = client.put(
+        "/data/projects/TEST/resources/NOTES/files/a.txt", content=b"x", headers={"Content-Type": "text/plain"}
+    )
     assert answer.status_code == 200
 
 
@@ -147,10 +156,13 @@ def test_emulator_applies_the_cap(tmp_path, xnat_emulator_factory):
 
 GARBAGE = [
     ("application/json", b"{not json"),
-    ("application/json", b"[1, {\"a\": }"),
+    ("application/json", b'[1, {"a": }'),
     ("application/xml", b"<unclosed"),
     ("text/xml", b"\xff\xfe\x00\x01"),
-    ("multipart/form-data; boundary=XYZ", b"--XYZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\nno end"),
+    (
+        "multipart/form-data; boundary=XYZ",
+        b'--XYZ\r\nContent-Disposition: form-data; name="f"; filename="a"\r\n\r\nno end',
+    ),
     ("multipart/form-data", b"no boundary at all"),
     ("application/x-www-form-urlencoded", b"%zz&&==&a=%"),
     ("application/zip", b"PK\x03\x04 not really a zip"),
@@ -161,25 +173,40 @@ GARBAGE = [
 def _write_urls(emulator, client) -> list[tuple[str, str]]:
     """One URL for every route that takes a body, with real objects behind the path parameters."""
     prearchive_url = _prearchive_url(emulator, client)
-    archived = client.post("/data/services/import", params={"import-handler": "DICOM-zip",
-                                                            "dest": "/archive/projects/TEST/subjects/S/experiments/A"},
-                           content=zip_bytes(members(make_study(1, 1))), headers={"Content-Type": "application/zip"})
+    archived = client.post(
+        "/data/services/import",
+        params={"import-handler": "DICOM-zip", "dest": "/archive/projects/TEST/subjects/S/experiments/A"},
+        content=zip_bytes(members(make_study(1, 1))),
+        headers={"Content-Type": "application/zip"},
+    )
     experiment = archived.text.strip().rsplit("/", 1)[-1]
     return [
-        ("POST", "/data/JSESSION"), ("POST", "/data/services/auth"), ("PUT", "/data/services/auth"),
-        ("POST", "/xapi/siteConfig"), ("PUT", "/data/projects/TEST/prearchive_code/4"),
+        ("POST", "/data/JSESSION"),
+        ("POST", "/data/services/auth"),
+        ("PUT", "/data/services/auth"),
+        ("POST", "/xapi/siteConfig"),
+        ("PUT", "/data/projects/TEST/prearchive_code/4"),
         ("POST", "/data/projects/TEST/prearchive_code/4"),
-        ("PUT", "/data/projects/NEWP"), ("PUT", "/data/projects/TEST/subjects/NS"),
-        ("PUT", f"/data/projects/TEST/experiments/{experiment}"), ("PUT", f"/data/experiments/{experiment}/scans/9"),
+        ("PUT", "/data/projects/NEWP"),
+        ("PUT", "/data/projects/TEST/subjects/NS"),
+        ("PUT", f"/data/projects/TEST/experiments/{experiment}"),
+        ("PUT", f"/data/experiments/{experiment}/scans/9"),
         ("PUT", f"/data/experiments/{experiment}/resources/R/files/x.bin"),
         ("POST", f"/data/experiments/{experiment}/resources/R/files"),
         ("PUT", f"/data/experiments/{experiment}/assessors/A1"),
-        ("POST", "/data/search"), ("POST", "/data/services/refresh/catalog"), ("PUT", "/data/services/refresh/catalog"),
-        ("POST", "/data/services/import"), ("POST", "/data/services/archive"),
-        ("POST", "/data/services/prearchive/delete"), ("POST", "/data/services/prearchive/move"),
-        ("POST", "/data/services/prearchive/rebuild"), ("POST", f"{prearchive_url}?action=build"),
-        ("POST", "/xapi/direct-archive"), ("POST", "/xapi/direct-archive/TEST/1.2.3/L"),
-        ("POST", "/_emulator/faults"), ("POST", "/_emulator/rebuild"),
+        ("POST", "/data/search"),
+        ("POST", "/data/services/refresh/catalog"),
+        ("PUT", "/data/services/refresh/catalog"),
+        ("POST", "/data/services/import"),
+        ("POST", "/data/services/archive"),
+        ("POST", "/data/services/prearchive/delete"),
+        ("POST", "/data/services/prearchive/move"),
+        ("POST", "/data/services/prearchive/rebuild"),
+        ("POST", f"{prearchive_url}?action=build"),
+        ("POST", "/xapi/direct-archive"),
+        ("POST", "/xapi/direct-archive/TEST/1.2.3/L"),
+        ("POST", "/_emulator/faults"),
+        ("POST", "/_emulator/rebuild"),
     ]
 
 

@@ -64,7 +64,7 @@ def _associate(port: int, called: str = "XNAT", calling: str = "TESTSCU"):
 def _dataset_bytes(part10: bytes) -> bytes:
     """Everything after the file meta group (a receiver may write its own meta header)."""
     group_length = int.from_bytes(part10[140:144], "little")  # (0002,0000) UL value after preamble+DICM
-    return part10[144 + group_length:]
+    return part10[144 + group_length :]
 
 
 def test_echo_succeeds_and_binds_the_requested_host(receiver: DicomReceiver) -> None:
@@ -96,8 +96,9 @@ def test_c_store_delivers_the_sent_dataset_bytes(receiver: DicomReceiver, ingest
         assert meta.MediaStorageSOPInstanceUID == item.sop_instance_uid
 
 
-def test_ingest_refusal_and_error_become_failure_statuses(receiver: DicomReceiver, ingest: RecordingIngest,
-                                                           study) -> None:
+def test_ingest_refusal_and_error_become_failure_statuses(
+    receiver: DicomReceiver, ingest: RecordingIngest, study
+) -> None:
     assoc = _associate(receiver.port)
     ingest.refuse = True
     assert assoc.send_c_store(str(study.files[0].path)).Status == STATUS_CANNOT_UNDERSTAND
@@ -107,8 +108,9 @@ def test_ingest_refusal_and_error_become_failure_statuses(receiver: DicomReceive
     assert ingest.received == []
 
 
-def test_abort_fault_aborts_once_then_the_receiver_serves_again(receiver: DicomReceiver, ingest: RecordingIngest,
-                                                                study) -> None:
+def test_abort_fault_aborts_once_then_the_receiver_serves_again(
+    receiver: DicomReceiver, ingest: RecordingIngest, study
+) -> None:
     receiver.set_faults(ScpFaults(abort_after_stores=2))
     assoc = _associate(receiver.port)
     statuses = [assoc.send_c_store(str(item.path)) for item in study.files[:3]]

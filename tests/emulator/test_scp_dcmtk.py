@@ -15,7 +15,9 @@ from xnat_flows.testing.synth import write_studies
 
 pytestmark = [
     pytest.mark.dcmtk,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk's storescu is not installed (apt-get install dcmtk)"),
+    pytest.mark.skipif(
+        shutil.which("storescu") is None, reason="dcmtk's storescu is not installed (apt-get install dcmtk)"
+    ),
 ]
 
 
@@ -37,16 +39,22 @@ def test_storescu_delivers_a_study_with_junk_and_echoscu_checks_the_ae_title(tmp
         port = str(scp.port)
         ok = subprocess.run(["echoscu", "-aec", "XNAT", "127.0.0.1", port], env=env, capture_output=True, timeout=30)
         assert ok.returncode == 0, ok.stderr
-        wrong = subprocess.run(["echoscu", "-aec", "WRONG", "127.0.0.1", port], env=env, capture_output=True,
-                               timeout=30)
+        wrong = subprocess.run(
+            ["echoscu", "-aec", "WRONG", "127.0.0.1", port], env=env, capture_output=True, timeout=30
+        )
         assert wrong.returncode != 0
         assert b"Called AE Title Not Recognized" in wrong.stderr + wrong.stdout
-        sent = subprocess.run(["storescu", "+sd", "+r", "-nh", "-aec", "XNAT", "127.0.0.1", port,
-                               str(tmp_path / "study")], env=env, capture_output=True, timeout=120)
+        sent = subprocess.run(
+            ["storescu", "+sd", "+r", "-nh", "-aec", "XNAT", "127.0.0.1", port, str(tmp_path / "study")],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
     assert set(received) == {f.sop_instance_uid for f in manifest.files}, sent.stderr[-2000:]
     import pydicom
 
     # storescu may re-encode (e.g. to Implicit VR) when the SCP accepts that first: compare decoded datasets
     for item in manifest.files:
-        assert pydicom.dcmread(pydicom.filebase.DicomBytesIO(received[item.sop_instance_uid])) == \
-            pydicom.dcmread(item.path)
+        assert pydicom.dcmread(pydicom.filebase.DicomBytesIO(received[item.sop_instance_uid])) == pydicom.dcmread(
+            item.path
+        )

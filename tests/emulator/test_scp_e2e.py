@@ -23,13 +23,19 @@ def _results(http: httpx.Client, path: str) -> list[dict]:
 
 @pytest.fixture
 def xnat(xnat_emulator_factory) -> XnatEmulator:
-    return xnat_emulator_factory(scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3, projects=("TEST", "MANUAL"),
-                                 prearchive_codes={"MANUAL": 0})
+    return xnat_emulator_factory(
+        scp_port=0,
+        scp_aet="XNAT",
+        rebuild_idle_seconds=0.3,
+        projects=("TEST", "MANUAL"),
+        prearchive_codes={"MANUAL": 0},
+    )
 
 
 def test_routed_study_is_archived_with_every_instance(xnat: XnatEmulator, tmp_path: Path) -> None:
-    manifest = write_studies(tmp_path / "a", series=3, instances=12, instance_kb=8, junk=True,
-                             routing=SynthRouting("TEST", "SUBJ1", "SESS1"))
+    manifest = write_studies(
+        tmp_path / "a", series=3, instances=12, instance_kb=8, junk=True, routing=SynthRouting("TEST", "SUBJ1", "SESS1")
+    )
     assert echo("127.0.0.1", xnat.scp_port, "XNAT").port == xnat.scp_port
     result = store_instances(tmp_path / "a", host="127.0.0.1", port=xnat.scp_port, workers=2, calling_aet="SCANNER")
     assert len(result.sent) == 12 and result.ok
@@ -46,12 +52,18 @@ def test_routed_study_is_archived_with_every_instance(xnat: XnatEmulator, tmp_pa
 
 def test_routing_override_sends_an_unrouted_study_to_the_chosen_project(xnat: XnatEmulator, tmp_path: Path) -> None:
     write_studies(tmp_path / "b", series=2, instances=4, instance_kb=8, seed=5)
-    result = store_instances(tmp_path / "b", host="127.0.0.1", port=xnat.scp_port, workers=1,
-                        routing=RoutingOverride("MANUAL", "S2", "SESS2"))
+    result = store_instances(
+        tmp_path / "b",
+        host="127.0.0.1",
+        port=xnat.scp_port,
+        workers=1,
+        routing=RoutingOverride("MANUAL", "S2", "SESS2"),
+    )
     assert len(result.sent) == 4
     with httpx.Client(base_url=xnat.url, auth=(xnat.user, xnat.password)) as http:
-        [row] = wait_until(lambda: [r for r in _results(http, "/data/prearchive/projects/MANUAL")
-                                   if r["status"] == "READY"])
+        [row] = wait_until(
+            lambda: [r for r in _results(http, "/data/prearchive/projects/MANUAL") if r["status"] == "READY"]
+        )
         assert (row["subject"], row["name"]) == ("S2", "SESS2")
         assert _results(http, "/data/projects/MANUAL/experiments") == []
 

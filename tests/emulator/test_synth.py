@@ -13,7 +13,9 @@ from xnat_flows.testing.synth import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, SynthRo
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
 
 
 def test_same_seed_writes_same_bytes_and_other_seed_differs(tmp_path: Path) -> None:
@@ -39,7 +41,10 @@ def test_every_instance_is_valid_dicom_matching_the_manifest(tmp_path: Path, mod
         assert ds.SOPClassUID == item.sop_class_uid == sop_class
         assert ds.Modality == modality
         assert (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber) == (
-            item.study_uid, item.series_uid, item.series_number)
+            item.study_uid,
+            item.series_uid,
+            item.series_number,
+        )
         assert len(ds.PixelData) == ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8
         assert ds.pixel_array.shape == (ds.Rows, ds.Columns)
         assert pydicom.uid.UID(ds.SOPInstanceUID).is_valid and ds.SOPInstanceUID.startswith("2.25.")
@@ -73,8 +78,9 @@ def test_instance_size_follows_instance_kb(tmp_path: Path) -> None:
 
 
 def test_routing_comment_is_written_per_study(tmp_path: Path) -> None:
-    manifest = write_studies(tmp_path, studies=2, series=1, instances=2, instance_kb=4,
-                             routing=SynthRouting("PROJ1", "SUBJ1", "SESS"))
+    manifest = write_studies(
+        tmp_path, studies=2, series=1, instances=2, instance_kb=4, routing=SynthRouting("PROJ1", "SUBJ1", "SESS")
+    )
     comments = {pydicom.dcmread(f.path, stop_before_pixels=True).PatientComments for f in manifest.files}
     assert comments == {"Project:PROJ1 Subject:SUBJ1 Session:SESS", "Project:PROJ1 Subject:SUBJ1 Session:SESS_2"}
 
@@ -107,8 +113,23 @@ def test_invalid_arguments_are_refused(tmp_path: Path) -> None:
 def test_cli_writes_and_summarises(tmp_path: Path) -> None:
     from xnat_flows.cli.main import app
 
-    result = CliRunner().invoke(app, ["synth", str(tmp_path / "out"), "--studies", "2", "--instances", "4",
-                                      "--instance-kb", "4", "--modality", "CT", "--project", "TEST"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "synth",
+            str(tmp_path / "out"),
+            "--studies",
+            "2",
+            "--instances",
+            "4",
+            "--instance-kb",
+            "4",
+            "--modality",
+            "CT",
+            "--project",
+            "TEST",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "wrote 8 instances in 2 studies" in result.output
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
@@ -139,7 +160,10 @@ def test_phantom_pixels_compress_as_real_images_and_random_ones_do_not(tmp_path:
 
     assert 1.5 < ratio("phantom") < 3.0
     assert ratio("random") < 1.01
-    first, middle = (pydicom.dcmread(f.path) for f in write_studies(tmp_path / "p", series=1, instances=9, instance_kb=64).files[::4][:2])
+    first, middle = (
+        pydicom.dcmread(f.path)
+        for f in write_studies(tmp_path / "p", series=1, instances=9, instance_kb=64).files[::4][:2]
+    )
     assert first.PixelData != middle.PixelData  # the head's extent follows the slice position
     assert first.pixel_array.max() <= 4095 and first.pixel_array[0, 0] < 200  # background: a noise floor, not tissue
     with pytest.raises(ValueError, match="pixels"):

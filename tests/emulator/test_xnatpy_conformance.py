@@ -60,8 +60,9 @@ def test_import_archive_and_read_back(session, tmp_path):
 def test_import_straight_to_archive(session, tmp_path):
     archive_path = tmp_path / "study.zip"
     archive_path.write_bytes(zip_bytes(members(make_study(1, 2))))
-    experiment = session.services.import_(archive_path, project="TEST", subject="S2", experiment="DIRECT",
-                                          destination="/archive")
+    experiment = session.services.import_(
+        archive_path, project="TEST", subject="S2", experiment="DIRECT", destination="/archive"
+    )
     assert experiment.label == "DIRECT"
     assert list(experiment.scans.keys()) == ["1"]
 
@@ -69,8 +70,9 @@ def test_import_straight_to_archive(session, tmp_path):
 def test_resource_upload_and_download(session, emulator, tmp_path):
     archive_path = tmp_path / "study.zip"
     archive_path.write_bytes(zip_bytes(members(make_study(1, 1))))
-    experiment = session.services.import_(archive_path, project="TEST", subject="S3", experiment="RES",
-                                          destination="/archive")
+    experiment = session.services.import_(
+        archive_path, project="TEST", subject="S3", experiment="RES", destination="/archive"
+    )
     resource = experiment.create_resource("NOTES")
     notes = tmp_path / "notes.txt"
     notes.write_text("hello from xnatpy\n")
@@ -83,13 +85,15 @@ def test_resource_upload_and_download(session, emulator, tmp_path):
 
 # -- the object API round trip (issue: clients read and write through the emulator unchanged) ----------
 
+
 @pytest.fixture
 def archived(session, tmp_path):
     """A two-scan session in the archive, read through xnatpy."""
     archive_path = tmp_path / "study.zip"
     archive_path.write_bytes(zip_bytes(members(make_study(series=2, instances=2))))
-    return session.services.import_(archive_path, project="TEST", subject="RT", experiment="RTSESS",
-                                    destination="/archive")
+    return session.services.import_(
+        archive_path, project="TEST", subject="RT", experiment="RTSESS", destination="/archive"
+    )
 
 
 def test_list_files_of_every_scan(archived):

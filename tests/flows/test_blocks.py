@@ -19,8 +19,9 @@ def test_prefect_block_register_finds_both_blocks_in_the_package() -> None:
     assert api, "the harness provides an API"
     prefect = str(Path(sys.executable).parent / "prefect")
     env = {**os.environ, "PREFECT_API_URL": api}
-    out = subprocess.run([prefect, "block", "register", "-m", "xnat_flows"], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [prefect, "block", "register", "-m", "xnat_flows"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "XNAT Credentials" in out.stdout and "XNAT DICOM Receiver" in out.stdout
 
@@ -30,7 +31,9 @@ def test_credentials_block_round_trip_keeps_the_password_secret() -> None:
     from xnat_flows.models import XnatConnection
     from xnat_flows.tasks.connection import credentials_for
 
-    XnatCredentials(url="https://xnat.example.org/", username="svc", password="block-secret-42").save("site-a", overwrite=True)
+    XnatCredentials(url="https://xnat.example.org/", username="svc", password="block-secret-42").save(
+        "site-a", overwrite=True
+    )
     loaded = XnatCredentials.load("site-a")
     assert "block-secret-42" not in repr(loaded)
 
@@ -80,6 +83,10 @@ def test_deploy_step_requires_the_block_and_leaves_unset_inbox_values_out(monkey
     monkeypatch.setenv("XNAT_CREDENTIALS_BLOCK", "site-step")
     monkeypatch.delenv("XNAT_INBOX_DIR", raising=False)
     monkeypatch.setenv("XNAT_INBOX_PROJECT", "STUDY1")
-    assert deploy_steps.site_values() == {"credentials_block": "site-step", "inbox_active": False, "inbox_project": "STUDY1"}
+    assert deploy_steps.site_values() == {
+        "credentials_block": "site-step",
+        "inbox_active": False,
+        "inbox_project": "STUDY1",
+    }
     monkeypatch.setenv("XNAT_INBOX_DIR", "/srv/inbox")
     assert deploy_steps.site_values()["inbox_active"] is True

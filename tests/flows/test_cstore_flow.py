@@ -20,21 +20,31 @@ pytestmark = [pytest.mark.e2e]
 
 @pytest.fixture
 def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
-    return xnat_emulator_factory(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT",
-                                 rebuild_idle_seconds=0.3)
+    return xnat_emulator_factory(
+        tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3
+    )
 
 
 def _wait_archived(xnat: XnatEmulator, project: str, timeout: float = 20.0) -> list[dict]:
-    return wait_until(lambda: xnat.archived_experiments(project), timeout, interval=0.2,
-                      what=lambda: f"an archived session in {project}: prearchive={xnat.prearchive_sessions()}")
+    return wait_until(
+        lambda: xnat.archived_experiments(project),
+        timeout,
+        interval=0.2,
+        what=lambda: f"an archived session in {project}: prearchive={xnat.prearchive_sessions()}",
+    )
 
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_send_dicom_flow_routes_to_project_and_archives_every_instance(xnat, tmp_path: Path) -> None:
     manifest = write_studies(tmp_path / "export", series=2, instances=20, instance_kb=8, seed=11)
     result = send_dicom(
-        SendDicomRequest(source_dir=str(tmp_path / "export"), workers=2, routing_project="CSTORE",
-                         routing_subject="SUBJ_C", routing_session="SESS_C"),
+        SendDicomRequest(
+            source_dir=str(tmp_path / "export"),
+            workers=2,
+            routing_project="CSTORE",
+            routing_subject="SUBJ_C",
+            routing_session="SESS_C",
+        ),
         DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT"),
     )
     assert result.sent == len(manifest.files) and result.failed == []
@@ -58,10 +68,28 @@ def test_send_dicom_flow_fails_clearly_on_wrong_called_aet(xnat, tmp_path: Path)
 
 def test_cli_upload_dicom(xnat, tmp_path: Path) -> None:
     manifest = write_studies(tmp_path / "export", series=2, instances=6, instance_kb=4, seed=13)
-    outcome = CliRunner().invoke(app, [
-        "session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1", "--port", str(xnat.scp_port),
-        "--called-aet", "XNAT", "--workers", "2", "-P", "CSTORE", "-S", "SUBJ_CLI", "-E", "SESS_CLI",
-    ])
+    outcome = CliRunner().invoke(
+        app,
+        [
+            "session",
+            "upload-dicom",
+            str(tmp_path / "export"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(xnat.scp_port),
+            "--called-aet",
+            "XNAT",
+            "--workers",
+            "2",
+            "-P",
+            "CSTORE",
+            "-S",
+            "SUBJ_CLI",
+            "-E",
+            "SESS_CLI",
+        ],
+    )
     assert outcome.exit_code == 0, outcome.output
     assert f"{len(manifest.files)} sent, 0 failed" in outcome.output
     (experiment,) = _wait_archived(xnat, "CSTORE")
@@ -75,8 +103,9 @@ def test_cli_upload_dicom_wrong_port_says_what_to_check(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
-    outcome = CliRunner().invoke(app, ["session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1",
-                                       "--port", str(closed_port)])
+    outcome = CliRunner().invoke(
+        app, ["session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1", "--port", str(closed_port)]
+    )
     assert outcome.exit_code not in (0, 6)
     assert "port" in outcome.output.lower()
 
@@ -149,8 +178,23 @@ def test_cli_upload_dicom_rerun_sends_only_what_was_not_stored(xnat, tmp_path: P
         return real_ingest(part10, calling_aet)
 
     monkeypatch.setattr(xnat._scp, "ingest", ingest)
-    args = ["session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1", "--port", str(xnat.scp_port),
-            "--workers", "2", "-P", "CSTORE", "-S", "SUBJ_R", "-E", "SESS_R"]
+    args = [
+        "session",
+        "upload-dicom",
+        str(tmp_path / "export"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(xnat.scp_port),
+        "--workers",
+        "2",
+        "-P",
+        "CSTORE",
+        "-S",
+        "SUBJ_R",
+        "-E",
+        "SESS_R",
+    ]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 6, first.output
     assert "0xA700" in first.output and "run the same command again" in first.output
@@ -160,4 +204,4 @@ def test_cli_upload_dicom_rerun_sends_only_what_was_not_stored(xnat, tmp_path: P
     second = CliRunner().invoke(app, args)
     assert second.exit_code == 0, second.output
     assert f"{len(manifest.files) - 3} instances were delivered by an earlier run" in second.output
-    assert sorted(stored[len(manifest.files) - 3:]) == sorted(refused)  # only those were sent again
+    assert sorted(stored[len(manifest.files) - 3 :]) == sorted(refused)  # only those were sent again

@@ -25,7 +25,9 @@ def xnat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, xnat_emulator_factory)
 
 
 def _request(source: Path, **overrides) -> UploadRequest:
-    fields = dict(source_dir=str(source), project="FLOWS", subject="SUBJ01", session="SESS01", verify_timeout_seconds=30)
+    fields = dict(
+        source_dir=str(source), project="FLOWS", subject="SUBJ01", session="SESS01", verify_timeout_seconds=30
+    )
     return UploadRequest(**{**fields, **overrides})
 
 
@@ -70,8 +72,12 @@ def test_multi_study_input_needs_per_study(xnat, tmp_path: Path) -> None:
     for uid in manifest.study_uids:
         assert uid in str(raised.value)
 
-    result = upload_dicom_session(request.model_copy(update={"per_study": True}), XnatConnection(url=xnat.url, username="admin"))
-    assert sorted(s.session for s in result.sessions) == sorted(study_label("SESS01", uid) for uid in manifest.study_uids)
+    result = upload_dicom_session(
+        request.model_copy(update={"per_study": True}), XnatConnection(url=xnat.url, username="admin")
+    )
+    assert sorted(s.session for s in result.sessions) == sorted(
+        study_label("SESS01", uid) for uid in manifest.study_uids
+    )
     assert all(s.verified for s in result.sessions)
 
 
@@ -79,8 +85,14 @@ def test_failed_batch_fails_the_run_and_a_rerun_sends_only_the_rest(xnat, tmp_pa
     manifest = write_studies(tmp_path / "export", series=2, instances=16, instance_kb=4, seed=6)
     request = _request(tmp_path / "export", workers=4)
     # Every import after the first two answers with a permanent XNAT error.
-    xnat.faults.add(method="POST", path=r"/data/services/import", status=400,
-                    message="Unable to identify subject.", after=2, times=100)
+    xnat.faults.add(
+        method="POST",
+        path=r"/data/services/import",
+        status=400,
+        message="Unable to identify subject.",
+        after=2,
+        times=100,
+    )
 
     with pytest.raises(UploadIncompleteError) as raised:
         upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))

@@ -28,5 +28,3 @@ def manual_xnat(xnat_emulator, monkeypatch):
 def client(manual_xnat) -> Iterator[XnatClient]:
     with emulator_client(manual_xnat) as client:
         yield client
-
-

@@ -11,9 +11,16 @@ def result_set(*rows: dict[str, str]) -> dict:
 
 def prearchive_row(status: str = "READY", **overrides: str) -> dict[str, str]:
     row = {
-        "project": "P", "timestamp": "20240115_120000123", "name": "S1", "folderName": "S1", "subject": "SUB1",
-        "status": status, "scan_date": "2024-01-15", "url": "/prearchive/projects/P/20240115_120000123/S1",
-        "tag": "1.2.3", "lastmod": "2024-01-15 12:00:00.0",
+        "project": "P",
+        "timestamp": "20240115_120000123",
+        "name": "S1",
+        "folderName": "S1",
+        "subject": "SUB1",
+        "status": status,
+        "scan_date": "2024-01-15",
+        "url": "/prearchive/projects/P/20240115_120000123/S1",
+        "tag": "1.2.3",
+        "lastmod": "2024-01-15 12:00:00.0",
     }
     row.update(overrides)
     return row
@@ -39,14 +46,22 @@ def dicom_zip(*, series: int = 2, instances: int = 2) -> bytes:
 
     buffer = io.BytesIO()
     with tempfile.TemporaryDirectory() as folder, zipfile.ZipFile(buffer, "w") as archive:
-        manifest = write_studies(Path(folder), series=series, instances=series * instances, instance_kb=4,
-                                 modality="CT", seed=secrets.randbelow(1 << 30))
+        manifest = write_studies(
+            Path(folder),
+            series=series,
+            instances=series * instances,
+            instance_kb=4,
+            modality="CT",
+            seed=secrets.randbelow(1 << 30),
+        )
         for item in manifest.files:
             archive.write(item.path, item.path.relative_to(folder).as_posix())
     return buffer.getvalue()
 
 
-def import_study(client, project: str, label: str, *, subject: str = "SUB1", commit: bool = True, body: bytes | None = None) -> None:
+def import_study(
+    client, project: str, label: str, *, subject: str = "SUB1", commit: bool = True, body: bytes | None = None
+) -> None:
     """Import a study into ``project``'s prearchive.
 
     ``commit`` builds it at once (status READY, or a forced CONFLICT/ERROR); without it the
@@ -55,13 +70,23 @@ def import_study(client, project: str, label: str, *, subject: str = "SUB1", com
     """
     from xnat_flows.client.errors import XnatError
 
-    params = {"import-handler": "DICOM-zip", "inbody": "true", "PROJECT_ID": project, "SUBJECT_ID": subject, "EXPT_LABEL": label}
+    params = {
+        "import-handler": "DICOM-zip",
+        "inbody": "true",
+        "PROJECT_ID": project,
+        "SUBJECT_ID": subject,
+        "EXPT_LABEL": label,
+    }
     if commit:
         params["dest"] = f"/prearchive/projects/{project}"
     # A forced CONFLICT/ERROR build answers 400, but the session is in the prearchive.
     with contextlib.suppress(XnatError):
         client.request(
-            "POST", "/data/services/import", params=params, content=body or dicom_zip(), headers={"Content-Type": "application/zip"},
+            "POST",
+            "/data/services/import",
+            params=params,
+            content=body or dicom_zip(),
+            headers={"Content-Type": "application/zip"},
             retry=False,  # a forced failure must not be re-sent: the retry would stage a second row
         )
 

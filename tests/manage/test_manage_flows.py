@@ -81,7 +81,12 @@ def _property_names(schema: object) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "flow", [prearchive_flows.archive_prearchive_session, prearchive_flows.delete_prearchive_session, resource_flows.attach_resource]
+    "flow",
+    [
+        prearchive_flows.archive_prearchive_session,
+        prearchive_flows.delete_prearchive_session,
+        resource_flows.attach_resource,
+    ],
 )
 def test_flow_forms_have_no_secret_field(flow):
     schema = flow.parameters.model_dump()
@@ -104,7 +109,12 @@ def test_attach_resource_waits_for_the_archive_first(client, connection, tmp_pat
 
     result = resource_flows.attach_resource.fn(
         AttachResourceRequest(
-            session="LATE", project="TEST", label="NIFTI", path=str(tmp_path / "nifti"), wait_for_archive=True, wait_timeout_seconds=30
+            session="LATE",
+            project="TEST",
+            label="NIFTI",
+            path=str(tmp_path / "nifti"),
+            wait_for_archive=True,
+            wait_timeout_seconds=30,
         ),
         connection,
     )

@@ -97,7 +97,9 @@ def test_error_status_reports_the_session_log(client, manual_xnat):
 
 def test_failure_inside_a_200_body_is_detected(client, manual_xnat):
     staged = stage_session(client, "TEST", "S1")
-    manual_xnat.faults.add(path="/data/services/archive", method="POST", error_body="Error: the archive operation failed (disk full)")
+    manual_xnat.faults.add(
+        path="/data/services/archive", method="POST", error_body="Error: the archive operation failed (disk full)"
+    )
     with pytest.raises(XnatError, match="disk full") as raised:
         prearchive.archive_session(client, "TEST", staged.timestamp, "S1")
     assert raised.value.status == 200
@@ -115,7 +117,9 @@ def test_a_lost_or_busy_archive_answer_is_rechecked_not_reported(client, manual_
 
 def test_delete_failure_inside_a_200_body_is_detected(client, manual_xnat):
     staged = stage_session(client, "TEST", "S1")
-    manual_xnat.faults.add(path="/data/prearchive/projects/TEST", method="DELETE", error_body="Deletion failed: session locked")
+    manual_xnat.faults.add(
+        path="/data/prearchive/projects/TEST", method="DELETE", error_body="Deletion failed: session locked"
+    )
     with pytest.raises(XnatError, match="session locked"):
         prearchive.delete_session(client, "TEST", staged.timestamp, "S1")
 

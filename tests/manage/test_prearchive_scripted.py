@@ -127,7 +127,9 @@ def test_archive_waits_out_an_operation_in_progress(scripted_client):
 
     waits: list[str] = []
     with scripted_client(handler) as client:
-        outcome = prearchive.archive_session(client, "P", "20240115_120000123", "S1", poll_seconds=0.01, on_wait=waits.append)
+        outcome = prearchive.archive_session(
+            client, "P", "20240115_120000123", "S1", poll_seconds=0.01, on_wait=waits.append
+        )
     assert outcome.archive_uri == ARCHIVE_URI
     assert len(waits) == 1 and "in progress" in waits[0]
 
@@ -205,7 +207,9 @@ def test_queued_and_building_statuses_are_waited_for(scripted_client):
 
     notices: list[str] = []
     with scripted_client(handler) as client:
-        outcome = prearchive.archive_session(client, "P", "20240115_120000123", "S1", poll_seconds=0.01, on_wait=notices.append)
+        outcome = prearchive.archive_session(
+            client, "P", "20240115_120000123", "S1", poll_seconds=0.01, on_wait=notices.append
+        )
     assert seen == ["QUEUED_BUILDING", "_BUILDING", "BUILDING", "READY"]
     assert [n.split(" is ")[1].split(";")[0] for n in notices] == ["QUEUED_BUILDING", "_BUILDING", "BUILDING"]
     assert outcome.archive_uri == ARCHIVE_URI

@@ -60,7 +60,11 @@ def test_directory_upload_streams_one_zip_with_inner_paths(scripted_client, tmp_
 
     (create, upload) = requests
     assert create[:2] == ("PUT", "/data/experiments/XNAT_E00001/resources/BIDS")
-    assert upload[:3] == ("PUT", "/data/experiments/XNAT_E00001/resources/BIDS/files/bids.zip", {"inbody": "true", "extract": "true"})
+    assert upload[:3] == (
+        "PUT",
+        "/data/experiments/XNAT_E00001/resources/BIDS/files/bids.zip",
+        {"inbody": "true", "extract": "true"},
+    )
     with zipfile.ZipFile(io.BytesIO(upload[3])) as archive:
         assert archive.namelist() == result.files
         assert archive.read("sub-01/anat/T1w.nii.gz") == (data / "sub-01" / "anat" / "T1w.nii.gz").read_bytes()
@@ -117,7 +121,10 @@ def test_overwrite_and_full_project_path(scripted_client, tmp_path):
 def test_directory_without_sendable_files_is_an_input_error(scripted_client, tmp_path):
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / ".hidden").write_text("x")
-    with scripted_client(lambda request: httpx.Response(200)) as client, pytest.raises(InputError, match="no file to upload"):
+    with (
+        scripted_client(lambda request: httpx.Response(200)) as client,
+        pytest.raises(InputError, match="no file to upload"),
+    ):
         resources.upload_resource(client, ResourceTarget(session="XNAT_E00001"), "X", tmp_path / "only")
 
 

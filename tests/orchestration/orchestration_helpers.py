@@ -81,10 +81,15 @@ class PrefectApi:
         return self._json("GET", f"flow_runs/{run_id}")
 
     def flow_runs(self, deployment_id: str) -> list[dict[str, Any]]:
-        return self._json("POST", "flow_runs/filter", json={"deployments": {"id": {"any_": [deployment_id]}}, "limit": 200})
+        return self._json(
+            "POST", "flow_runs/filter", json={"deployments": {"id": {"any_": [deployment_id]}}, "limit": 200}
+        )
 
     def events(self, name_prefix: str, resource_id_prefix: str) -> list[dict[str, Any]]:
-        body = {"filter": {"event": {"prefix": [name_prefix]}, "resource": {"id_prefix": [resource_id_prefix]}}, "limit": 50}
+        body = {
+            "filter": {"event": {"prefix": [name_prefix]}, "resource": {"id_prefix": [resource_id_prefix]}},
+            "limit": 50,
+        }
         return self._json("POST", "events/filter", json=body)["events"]
 
     def automations(self) -> list[dict[str, Any]]:
@@ -97,7 +102,9 @@ class PrefectApi:
             if run["state_type"] in TERMINAL:
                 return run
             time.sleep(1)
-        raise TimeoutError(f"flow run {run_id} not finished after {timeout:.0f} s: {self.flow_run(run_id)['state_type']}")
+        raise TimeoutError(
+            f"flow run {run_id} not finished after {timeout:.0f} s: {self.flow_run(run_id)['state_type']}"
+        )
 
 
 def start_group(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO_ROOT) -> subprocess.Popen[bytes]:

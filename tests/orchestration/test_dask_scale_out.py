@@ -64,15 +64,24 @@ def test_upload_flow_runs_on_a_local_dask_cluster(
     xnat = xnat_emulator_factory(projects=("TEST",))
     done = subprocess.run(
         [sys.executable, str(script), str(source), xnat.url],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
-    rows = httpx.get(f"{xnat.url}/data/projects/TEST/experiments", params={"format": "json"}, auth=("admin", "admin")).json()
+    rows = httpx.get(
+        f"{xnat.url}/data/projects/TEST/experiments", params={"format": "json"}, auth=("admin", "admin")
+    ).json()
     assert result["files_sent"] == 12
     session = result["sessions"][0]
     assert session["verified"] is True and len(session["batches"]) == 4 and all(b["ok"] for b in session["batches"])
     assert [r["label"] for r in rows["ResultSet"]["Result"]] == ["DASK01_MR"]
     dask = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("DASK ")).removeprefix("DASK "))
-    assert len(dask) == 2 and sum(len(keys) for keys in dask.values()) == 4  # the 4 batches ran in Dask's worker processes
+    assert (
+        len(dask) == 2 and sum(len(keys) for keys in dask.values()) == 4
+    )  # the 4 batches ran in Dask's worker processes

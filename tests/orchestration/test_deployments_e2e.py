@@ -89,8 +89,13 @@ BLOCK = "e2e-site-xnat"
 @pytest.fixture(scope="module")
 def xnat(tmp_path_factory: pytest.TempPathFactory, free_tcp_port_factory: Callable[[], int]) -> Iterator[XnatEmulator]:
     """Fixed ports and a kept data directory, so the test can stop XNAT and start it again as it was."""
-    emulator = XnatEmulator(tmp_path_factory.mktemp("xnat-data"), projects=("TEST",), rebuild_idle_seconds=0.5,
-                            port=free_tcp_port_factory(), scp_port=free_tcp_port_factory())
+    emulator = XnatEmulator(
+        tmp_path_factory.mktemp("xnat-data"),
+        projects=("TEST",),
+        rebuild_idle_seconds=0.5,
+        port=free_tcp_port_factory(),
+        scp_port=free_tcp_port_factory(),
+    )
     with emulator:
         yield emulator
 
@@ -110,8 +115,14 @@ def deployed(cli_env: dict[str, str], api: PrefectApi, xnat: XnatEmulator, site_
         "import sys; from pydantic import SecretStr; from xnat_flows.blocks import XnatCredentials;"
         "XnatCredentials(url=sys.argv[1], username='admin', password=SecretStr('admin')).save(sys.argv[2], overwrite=True)"
     )
-    saved = subprocess.run([sys.executable, "-c", save, xnat.url, BLOCK], env=cli_env, capture_output=True, text=True,
-                           timeout=120, check=False)
+    saved = subprocess.run(
+        [sys.executable, "-c", save, xnat.url, BLOCK],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert saved.returncode == 0, saved.stderr[-3000:]
     created = run_cli(["work-pool", "create", POOL, "--type", "process", "--overwrite"], cli_env)
     assert created.returncode == 0, created.stdout + created.stderr
@@ -143,7 +154,11 @@ def _form_fields_without_description(schema: dict) -> list[str]:
     for model, definition in schema.get("definitions", {}).items():
         if "block_type_slug" in definition:
             continue
-        found += [f"{model}.{name}" for name, field in definition.get("properties", {}).items() if not field.get("description")]
+        found += [
+            f"{model}.{name}"
+            for name, field in definition.get("properties", {}).items()
+            if not field.get("description")
+        ]
     return found
 
 
@@ -175,11 +190,15 @@ def test_deploy_all_from_the_repository_root(
     assert triggers[0]["actions"][0]["parameters"]["project"] == "{{ event.resource['xnat.project'] }}"
     assert json.dumps(_block_ref()["credentials"]) in json.dumps(triggers[0]["actions"][0]["parameters"])
     if missing:
-        pytest.skip(f"deployed all but the flows not written yet: {', '.join(missing)} (prefect deploy --all needs them)")
+        pytest.skip(
+            f"deployed all but the flows not written yet: {', '.join(missing)} (prefect deploy --all needs them)"
+        )
 
 
 @pytest.fixture(scope="module")
-def worker(deployed: dict[str, dict], cli_env: dict[str, str], xnat: XnatEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def worker(
+    deployed: dict[str, dict], cli_env: dict[str, str], xnat: XnatEmulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
     """A process worker whose environment holds no XNAT_* credentials: the Block is all it has."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
@@ -193,12 +212,16 @@ def worker(deployed: dict[str, dict], cli_env: dict[str, str], xnat: XnatEmulato
 
 def _wait_completed(api: PrefectApi, run_id: str, log: Path, timeout: float = 240) -> dict:
     run = api.wait_for(run_id, timeout)
-    assert run["state_type"] == "COMPLETED", f"{run['state_type']}: {run['state']}\n--- worker log ---\n{log.read_text()[-6000:]}"
+    assert run["state_type"] == "COMPLETED", (
+        f"{run['state_type']}: {run['state']}\n--- worker log ---\n{log.read_text()[-6000:]}"
+    )
     return run
 
 
 def _experiments(xnat: XnatEmulator) -> dict[str, dict]:
-    rows = httpx.get(f"{xnat.url}/data/projects/TEST/experiments", params={"format": "json"}, auth=("admin", "admin"), timeout=30)
+    rows = httpx.get(
+        f"{xnat.url}/data/projects/TEST/experiments", params={"format": "json"}, auth=("admin", "admin"), timeout=30
+    )
     rows.raise_for_status()
     return {row["label"]: row for row in rows.json()["ResultSet"]["Result"]}
 
@@ -214,13 +237,16 @@ def _wait_for_events(api: PrefectApi, name: str, xnat: XnatEmulator | str, count
         time.sleep(1)
 
 
-def _processing_runs(api: PrefectApi, deployment: dict, xnat: XnatEmulator, experiment_id: str, timeout: float) -> list[dict]:
+def _processing_runs(
+    api: PrefectApi, deployment: dict, xnat: XnatEmulator, experiment_id: str, timeout: float
+) -> list[dict]:
     """Runs of the processing deployment that the trigger started for this experiment on this emulator
     (a shared server keeps runs of earlier emulators, whose experiment IDs repeat)."""
     deadline = time.monotonic() + timeout
     while True:
         runs = [
-            r for r in api.flow_runs(deployment["id"])
+            r
+            for r in api.flow_runs(deployment["id"])
             if r["parameters"].get("experiment_id") == experiment_id
             and r["parameters"].get("connection", {}).get("url") == xnat.url
         ]
@@ -238,14 +264,17 @@ def _save_block(cli_env: dict[str, str], name: str, url: str) -> None:
         "import sys; from pydantic import SecretStr; from xnat_flows.blocks import XnatCredentials;"
         "XnatCredentials(url=sys.argv[1], username='admin', password=SecretStr('admin')).save(sys.argv[2], overwrite=True)"
     )
-    saved = subprocess.run([sys.executable, "-c", save, url, name], env=cli_env, capture_output=True, text=True,
-                           timeout=120, check=False)
+    saved = subprocess.run(
+        [sys.executable, "-c", save, url, name], env=cli_env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert saved.returncode == 0, saved.stderr[-3000:]
 
 
 def _wait_state(api: PrefectApi, run_id: str, state: str, log: Path, timeout: float = 240) -> dict:
     run = api.wait_for(run_id, timeout)
-    assert run["state_type"] == state, f"{run['state_type']}: {run['state']}\n--- worker log ---\n{log.read_text()[-6000:]}"
+    assert run["state_type"] == state, (
+        f"{run['state_type']}: {run['state']}\n--- worker log ---\n{log.read_text()[-6000:]}"
+    )
     return run
 
 
@@ -292,11 +321,22 @@ def test_unattended_inbox_and_send_dicom_chain_processing_with_a_block_only_work
     # C-STORE with wait-and-verify: the archived session is announced and processing chained.
     source = tmp_path / "cstore"
     write_session(source, patient_id="P003", study_date="20240401")
-    request = {"source_dir": str(source), "workers": 1, "routing_project": "TEST", "routing_subject": "P003",
-               "routing_session": "P003_CS", "verify": True, "verify_timeout_seconds": 90}
+    request = {
+        "source_dir": str(source),
+        "workers": 1,
+        "routing_project": "TEST",
+        "routing_subject": "P003",
+        "routing_session": "P003_CS",
+        "verify": True,
+        "verify_timeout_seconds": 90,
+    }
     receiver = {"host": "127.0.0.1", "port": xnat.scp_port, "called_aet": "XNAT"}
-    sent = _wait_state(api, api.run_deployment(deployed["send-dicom"]["id"], {"request": request, "receiver": receiver}),
-                       "COMPLETED", worker)
+    sent = _wait_state(
+        api,
+        api.run_deployment(deployed["send-dicom"]["id"], {"request": request, "receiver": receiver}),
+        "COMPLETED",
+        worker,
+    )
     assert sent["name"] == f"send-dicom 127.0.0.1:{xnat.scp_port}"
     experiment_id = _experiments(xnat)["P003_CS"]["ID"]
     runs = _processing_runs(api, deployed["process-session"], xnat, experiment_id, timeout=120)
@@ -304,7 +344,12 @@ def test_unattended_inbox_and_send_dicom_chain_processing_with_a_block_only_work
 
 
 def test_archived_event_alone_triggers_processing(
-    deployed: dict[str, dict], api: PrefectApi, worker: Path, xnat: XnatEmulator, cli_env: dict[str, str], tmp_path: Path
+    deployed: dict[str, dict],
+    api: PrefectApi,
+    worker: Path,
+    xnat: XnatEmulator,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     """Any ``xnat.session.archived`` event (here: what the prearchive flow emits) starts processing
     with the ids from its resource, and the processing flow reads the session back from XNAT."""
@@ -328,7 +373,12 @@ def test_archived_event_alone_triggers_processing(
         "EventsWorker.drain_all()"
     )
     result = subprocess.run(
-        [sys.executable, "-c", emit, xnat.url, experiment_id], env=cli_env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", emit, xnat.url, experiment_id],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -337,7 +387,10 @@ def test_archived_event_alone_triggers_processing(
         f"{[(r['parameters'], r['state']) for r in runs]}\n--- worker log ---\n{worker.read_text()[-4000:]}"
     )
     assert runs[0]["parameters"] == {
-        "project": "TEST", "subject": "P004", "experiment_id": experiment_id, "connection": {"url": xnat.url, **_block_ref()}
+        "project": "TEST",
+        "subject": "P004",
+        "experiment_id": experiment_id,
+        "connection": {"url": xnat.url, **_block_ref()},
     }
 
 
@@ -362,7 +415,10 @@ def test_blocks_register_and_keep_the_password_secret(cli_env: dict[str, str], a
 
 @pytest.mark.parametrize(
     ("flavour", "pool_type", "pool", "suffix", "variable"),
-    [("docker", "docker", "xnat-docker", "docker", "volumes"), ("kubernetes", "kubernetes", "xnat-k8s", "k8s", "namespace")],
+    [
+        ("docker", "docker", "xnat-docker", "docker", "volumes"),
+        ("kubernetes", "kubernetes", "xnat-k8s", "k8s", "namespace"),
+    ],
 )
 def test_docker_and_kubernetes_files_deploy(
     flavour: str, pool_type: str, pool: str, suffix: str, variable: str, cli_env: dict[str, str], api: PrefectApi
@@ -374,15 +430,19 @@ def test_docker_and_kubernetes_files_deploy(
     entries = yaml.safe_load(prefect_file.read_text())["deployments"]
     names = [e["name"] for e in entries if (REPO_ROOT / e["entrypoint"].split(":")[0]).is_file()]
     # The Block named, the inbox values not: the inbox schedule is created inactive.
-    result = run_cli(["--no-prompt", "deploy", "--prefect-file", str(prefect_file), *[a for n in names for a in ("-n", n)]],
-                     {**cli_env, "XNAT_CREDENTIALS_BLOCK": BLOCK})
+    result = run_cli(
+        ["--no-prompt", "deploy", "--prefect-file", str(prefect_file), *[a for n in names for a in ("-n", n)]],
+        {**cli_env, "XNAT_CREDENTIALS_BLOCK": BLOCK},
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     upload = api.deployment("upload-dicom-session", f"upload-session-{suffix}")
     inbox = api.deployment("ingest-inbox", f"inbox-ingest-{suffix}")
     try:
         assert upload["work_pool_name"] == pool and variable in upload["job_variables"]
         assert upload["parameters"]["connection"] == _block_ref()
-        assert upload["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/xnat-flows"}}]
+        assert upload["pull_steps"] == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/xnat-flows"}}
+        ]
         assert inbox["parameters"]["connection"] == _block_ref()
         assert [s["active"] for s in inbox["schedules"]] == [False] and "inbox_dir" not in inbox["parameters"]
     finally:
@@ -391,7 +451,11 @@ def test_docker_and_kubernetes_files_deploy(
 
 
 def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
-    deployed: dict[str, dict], api: PrefectApi, worker: Path, cli_env: dict[str, str], tmp_path: Path,
+    deployed: dict[str, dict],
+    api: PrefectApi,
+    worker: Path,
+    cli_env: dict[str, str],
+    tmp_path: Path,
     xnat_emulator_factory,
 ) -> None:
     """Two workers, three upload runs of two batches each, and `xnat-uploads:<host:port>` at 1:
@@ -413,8 +477,18 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
             for n in range(3):
                 source = tmp_path / f"export{n}"
                 write_session(source, patient_id=f"GCL{n}", series=2, instances=1)
-                request = {"source_dir": str(source), "project": "TEST", "subject": f"GCL{n}", "session": f"GCL{n}_MR", "workers": 2}
-                runs.append(api.run_deployment(deployed["upload-session"]["id"], {"request": request, "connection": _block_ref("e2e-gcl")}))
+                request = {
+                    "source_dir": str(source),
+                    "project": "TEST",
+                    "subject": f"GCL{n}",
+                    "session": f"GCL{n}_MR",
+                    "workers": 2,
+                }
+                runs.append(
+                    api.run_deployment(
+                        deployed["upload-session"]["id"], {"request": request, "connection": _block_ref("e2e-gcl")}
+                    )
+                )
             for run_id in runs:
                 _wait_completed(api, run_id, worker)
             assert xnat.stats()["imports"] == 6
@@ -425,15 +499,20 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
         stop_group(second_worker)
 
 
-def test_deploy_without_site_values_says_what_is_missing(deployed: dict[str, dict], api: PrefectApi,
-                                                         cli_env: dict[str, str], site_inbox: Path) -> None:
+def test_deploy_without_site_values_says_what_is_missing(
+    deployed: dict[str, dict], api: PrefectApi, cli_env: dict[str, str], site_inbox: Path
+) -> None:
     no_block = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], cli_env)
     assert no_block.returncode != 0 and "XNAT_CREDENTIALS_BLOCK is not set" in no_block.stdout + no_block.stderr
-    unknown = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, "XNAT_CREDENTIALS_BLOCK": "no-such-block"})
+    unknown = run_cli(
+        ["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, "XNAT_CREDENTIALS_BLOCK": "no-such-block"}
+    )
     assert unknown.returncode != 0 and "no xnat-credentials Block of that name" in unknown.stdout + unknown.stderr
 
     # Block named, inbox values not: deployed, with the schedule inactive (it would fail every 5 minutes).
-    without_inbox = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, "XNAT_CREDENTIALS_BLOCK": BLOCK})
+    without_inbox = run_cli(
+        ["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, "XNAT_CREDENTIALS_BLOCK": BLOCK}
+    )
     assert without_inbox.returncode == 0, (without_inbox.stdout + without_inbox.stderr)[-3000:]
     assert "schedule is created INACTIVE" in without_inbox.stdout + without_inbox.stderr
     inbox = api.deployment("ingest-inbox", "inbox-ingest")

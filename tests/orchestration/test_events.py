@@ -42,15 +42,23 @@ def events_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsWorker]:
 
 def _outcome(**changes) -> SessionOutcome:
     fields = {
-        "project": "TEST", "subject": "P001", "session": "P001_20240115", "study_uid": "1.2.3",
-        "session_uri": "/data/experiments/XNAT_E00001", "experiment_id": "XNAT_E00001",
-        "files_sent": 4, "bytes_sent": 1000, "verified": True,
+        "project": "TEST",
+        "subject": "P001",
+        "session": "P001_20240115",
+        "study_uid": "1.2.3",
+        "session_uri": "/data/experiments/XNAT_E00001",
+        "experiment_id": "XNAT_E00001",
+        "files_sent": 4,
+        "bytes_sent": 1000,
+        "verified": True,
     }
     return SessionOutcome(**{**fields, **changes})
 
 
 def test_session_resource_names_the_session_on_its_server_without_credentials() -> None:
-    resource = session_resource(SessionRef(SERVER, "TEST", "P001", "P001_MR", "XNAT_E00001", "/data/experiments/XNAT_E00001"))
+    resource = session_resource(
+        SessionRef(SERVER, "TEST", "P001", "P001_MR", "XNAT_E00001", "/data/experiments/XNAT_E00001")
+    )
     assert resource == {
         "prefect.resource.id": "xnat.session.xnat.example.org:8443.TEST.XNAT_E00001",
         "prefect.resource.name": "TEST/P001/P001_MR",
@@ -102,8 +110,12 @@ def test_prearchive_upload_that_auto_archive_took_in_is_announced_as_archived(ev
 
 
 def test_archived_and_failed_helpers_take_plain_fields(events_worker: EventsWorker) -> None:
-    archived = emit_session_archived(SERVER, "TEST", "P001", "P001_MR", uri="/data/archive/projects/TEST/subjects/P001/experiments/P001_MR")
-    failed = emit_upload_failed(SERVER, "TEST", None, "P001_MR", RuntimeError("HTTP 401 for https://svc:hunter2@xnat"), source="/inbox/failed/x")
+    archived = emit_session_archived(
+        SERVER, "TEST", "P001", "P001_MR", uri="/data/archive/projects/TEST/subjects/P001/experiments/P001_MR"
+    )
+    failed = emit_upload_failed(
+        SERVER, "TEST", None, "P001_MR", RuntimeError("HTTP 401 for https://svc:hunter2@xnat"), source="/inbox/failed/x"
+    )
     assert archived is not None and archived.event == SESSION_ARCHIVED and archived.payload == {"via": "prearchive"}
     assert failed is not None and failed.event == UPLOAD_FAILED
     assert failed.payload["error"].startswith("RuntimeError: HTTP 401")
@@ -124,20 +136,30 @@ def test_no_secret_in_any_emitted_event(events_worker: EventsWorker) -> None:
 def test_upload_result_reports_each_session_by_its_outcome(events_worker: EventsWorker) -> None:
     good = _outcome()
     partial = _outcome(session="P001_2", experiment_id=None, verified=None, failed_files=["s1/IM1", "s1/IM2"])
-    result = UploadSessionResult(sessions=[good, partial], files_sent=6, bytes_sent=10, seconds=1.0, upload_seconds=1.0, throughput_mb_s=0.0)
+    result = UploadSessionResult(
+        sessions=[good, partial], files_sent=6, bytes_sent=10, seconds=1.0, upload_seconds=1.0, throughput_mb_s=0.0
+    )
     emitted = emit_upload_result(result, SERVER, direct_archive=True, transport="dicom-zip", source="/data/x")
     assert [(e.event, e.resource["xnat.session_label"]) for e in emitted] == [
-        (SESSION_UPLOADED, "P001_20240115"), (SESSION_ARCHIVED, "P001_20240115"), (UPLOAD_FAILED, "P001_2"),
+        (SESSION_UPLOADED, "P001_20240115"),
+        (SESSION_ARCHIVED, "P001_20240115"),
+        (UPLOAD_FAILED, "P001_2"),
     ]
     assert emitted[2].payload["files_failed"] == 2 and "s1/IM1" in emitted[2].payload["error"]
 
 
 def test_archive_outcome_of_the_prearchive_flow(events_worker: EventsWorker) -> None:
     outcome = ArchiveOutcome(
-        project="TEST", timestamp="20240115_120000", folder_name="S1_MR", label="S1_MR", subject="S1",
+        project="TEST",
+        timestamp="20240115_120000",
+        folder_name="S1_MR",
+        label="S1_MR",
+        subject="S1",
         archive_uri="/data/archive/projects/TEST/subjects/S1/experiments/S1_MR",
     )
     event = emit_archive_outcome(outcome, "http://127.0.0.1:8080")
     assert event is not None and event.event == SESSION_ARCHIVED
     assert event.resource["prefect.resource.id"] == "xnat.session.127.0.0.1:8080.TEST.S1_MR"
-    assert event.resource["xnat.uri"] == "http://127.0.0.1:8080/data/archive/projects/TEST/subjects/S1/experiments/S1_MR"
+    assert (
+        event.resource["xnat.uri"] == "http://127.0.0.1:8080/data/archive/projects/TEST/subjects/S1/experiments/S1_MR"
+    )

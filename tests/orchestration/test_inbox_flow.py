@@ -27,7 +27,9 @@ def inbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _experiments(xnat: XnatEmulator) -> dict[str, str]:
     """label -> subject label of the sessions in the emulator's archive."""
-    rows = httpx.get(f"{xnat.url}/data/projects/TEST/experiments", params={"format": "json"}, auth=("admin", "admin")).json()
+    rows = httpx.get(
+        f"{xnat.url}/data/projects/TEST/experiments", params={"format": "json"}, auth=("admin", "admin")
+    ).json()
     return {row["label"]: row["subject_label"] for row in rows["ResultSet"]["Result"]}
 
 
@@ -79,16 +81,18 @@ def test_server_unreachable_keeps_the_folder_for_the_next_run(
 
     monkeypatch.setattr(inbox_flow, "check_project", unreachable)
     write_session(inbox / "later", patient_id="P012")
-    state = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url="http://127.0.0.1:9"),
-                         return_state=True)
+    state = ingest_inbox(
+        str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url="http://127.0.0.1:9"), return_state=True
+    )
     assert state.is_failed() and "later kept in" in state.message  # an outage is a failed run, so alerts fire
     assert not (inbox / "failed").exists() or list((inbox / "failed").iterdir()) == []
     assert (inbox / "processing" / "later" / "series1" / "IM0001").is_file()
     note = json.loads((inbox / "processing" / "later.last-attempt.json").read_text())
     assert note["status"] == "retry" and "Connection refused" in note["error"]
     # The claim was released: the next run takes the folder up again.
-    retried = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url="http://127.0.0.1:9"),
-                           return_state=True)
+    retried = ingest_inbox(
+        str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url="http://127.0.0.1:9"), return_state=True
+    )
     assert retried.is_failed()
     note = json.loads((inbox / "processing" / "later.last-attempt.json").read_text())
     assert note["recovered_after_crash"] is False  # released for the outage, not left by a crash
@@ -101,14 +105,23 @@ def test_incomplete_upload_during_an_outage_keeps_the_folder(
     that outlasts the retries ends the same way) used to move the folder to failed/, although a
     re-run sends only what is missing."""
     write_session(inbox / "brief-outage", patient_id="P014", series=2, instances=2)
-    xnat_emulator.faults.add(method="POST", path=r"/data/services/import", status=400,
-                             message="Unable to identify subject.", times=100)
-    state = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url=xnat_emulator.url),
-                         workers=2, return_state=True)
+    xnat_emulator.faults.add(
+        method="POST", path=r"/data/services/import", status=400, message="Unable to identify subject.", times=100
+    )
+    state = ingest_inbox(
+        str(inbox),
+        "TEST",
+        quiet_seconds=0,
+        connection=XnatConnection(url=xnat_emulator.url),
+        workers=2,
+        return_state=True,
+    )
     assert state.is_failed() and "brief-outage kept in" in state.message
     assert (inbox / "processing" / "brief-outage" / "series1" / "IM0001").is_file()
     xnat_emulator.faults.clear()
-    result = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url=xnat_emulator.url), workers=2)
+    result = ingest_inbox(
+        str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url=xnat_emulator.url), workers=2
+    )
     assert [(i.folder, i.status, i.recovered) for i in result.items] == [("brief-outage", "done", False)]
     assert "P014_20240115" in _experiments(xnat_emulator)
 

@@ -69,7 +69,11 @@ def test_sidecar_name_is_configurable(folder: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "not valid JSON"), (json.dumps({"subjekt": "x"}), "subjekt"), (json.dumps({"subject": 5}), "subject")],
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"subjekt": "x"}), "subjekt"),
+        (json.dumps({"subject": 5}), "subject"),
+    ],
 )
 def test_bad_sidecar_is_a_clear_error(folder: Path, content: str, message: str) -> None:
     (folder / "xnat.json").write_text(content)

@@ -25,8 +25,14 @@ def main() -> None:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=upload_limit_name(url), limit=limit))
 
     def one(index: int) -> tuple[int, str | None]:
-        request = UploadRequest(source_dir=f"{sources}/s{index:02d}", project="LOAD", subject=f"L{index:02d}",
-                                session=f"L{index:02d}", workers=2, verify_timeout_seconds=120)
+        request = UploadRequest(
+            source_dir=f"{sources}/s{index:02d}",
+            project="LOAD",
+            subject=f"L{index:02d}",
+            session=f"L{index:02d}",
+            workers=2,
+            verify_timeout_seconds=120,
+        )
         try:
             result = upload_dicom_session(request, XnatConnection(url=url, username="admin"))
         except Exception as exc:  # noqa: BLE001 - reported to the test

@@ -52,7 +52,9 @@ FAST_RETRY = RetryPolicy(attempts=6, backoff_base=0.05, backoff_max=0.3, retry_a
 class Harness:
     """One emulator (restartable on the same data dir and ports), one synthetic study, one journal."""
 
-    def __init__(self, workdir: Path, *, scp: bool = False, series: int = 2, instances: int = 16, seed: int = 11) -> None:
+    def __init__(
+        self, workdir: Path, *, scp: bool = False, series: int = 2, instances: int = 16, seed: int = 11
+    ) -> None:
         self.workdir = workdir
         self.source = workdir / "export"
         self.manifest = write_studies(self.source, series=series, instances=instances, instance_kb=4, seed=seed)
@@ -66,8 +68,12 @@ class Harness:
 
     def _new_emulator(self, port: int, scp_port: int | None) -> XnatEmulator:
         return XnatEmulator(
-            self.workdir / "xnat", port=port, projects=(PROJECT,), password=PASSWORD,
-            scp_port=scp_port, rebuild_idle_seconds=REBUILD_IDLE,
+            self.workdir / "xnat",
+            port=port,
+            projects=(PROJECT,),
+            password=PASSWORD,
+            scp_port=scp_port,
+            rebuild_idle_seconds=REBUILD_IDLE,
         ).start()
 
     def restart(self, down_seconds: float = 0.3) -> None:
@@ -184,15 +190,20 @@ class CaseResult:
     def passed(self) -> bool:
         return (
             (self.run1.ok and not self.missing_after_run1 or not self.run1.ok and not self.unlisted_after_run1)
-            and self.rerun.ok and self.landed == self.expected and self.duplicates == 0
-            and self.leftovers == 0 and self.sessions == 1 and self.corrupt == 0
+            and self.rerun.ok
+            and self.landed == self.expected
+            and self.duplicates == 0
+            and self.leftovers == 0
+            and self.sessions == 1
+            and self.corrupt == 0
         )
 
     def row(self) -> dict[str, Any]:
         return {
             "fault": self.case.fault,
             "transport": self.case.transport,
-            "run 1": self.run1.describe() + (f" (UNLISTED {len(self.unlisted_after_run1)})" if self.unlisted_after_run1 else ""),
+            "run 1": self.run1.describe()
+            + (f" (UNLISTED {len(self.unlisted_after_run1)})" if self.unlisted_after_run1 else ""),
             "re-run": self.rerun.describe(),
             "landed/expected": f"{self.landed}/{self.expected}",
             "duplicates": self.duplicates,
@@ -212,9 +223,15 @@ def _run_rest(h: Harness, case: FaultCase, client: XnatClient) -> RunOutcome:
     started = time.monotonic()
     try:
         result = upload_session(
-            client, scan, UploadTarget(PROJECT, SUBJECT, SESSION), workers=case.workers,
-            gradual=case.transport == "gradual-dicom", journal=UploadJournal(), verify=True,
-            verify_timeout=4.0, poll_interval=0.2,
+            client,
+            scan,
+            UploadTarget(PROJECT, SUBJECT, SESSION),
+            workers=case.workers,
+            gradual=case.transport == "gradual-dicom",
+            journal=UploadJournal(),
+            verify=True,
+            verify_timeout=4.0,
+            poll_interval=0.2,
         )
     except XnatError as exc:
         return RunOutcome(False, set(), str(exc), time.monotonic() - started, client.login_count)
@@ -239,7 +256,9 @@ def _run_cstore(h: Harness, case: FaultCase) -> RunOutcome:
     started = time.monotonic()
     try:
         # The task's own code (journal included), without a Prefect run around it.
-        result, _resumed = send_instances.fn(receiver, scan.files, case.workers, RoutingOverride(PROJECT, SUBJECT, SESSION))
+        result, _resumed = send_instances.fn(
+            receiver, scan.files, case.workers, RoutingOverride(PROJECT, SUBJECT, SESSION)
+        )
     except XnatError as exc:
         return RunOutcome(False, set(), str(exc), time.monotonic() - started)
     listed = {Path(p).relative_to(h.source).as_posix() for p in result.unsent_paths}
@@ -288,9 +307,17 @@ def run_case(case: FaultCase, workdir: Path) -> CaseResult:
         uids = h.archived_uids()
         experiments = h.emulator.archived_experiments(PROJECT)
         return CaseResult(
-            case=case, run1=run1, rerun=rerun, expected=len(expected_now), landed=len(set(uids) & expected_now),
-            duplicates=len(uids) - len(set(uids)) + len(set(uids) - expected_now), leftovers=h.leftovers(),
-            sessions=len(experiments), corrupt=h.corrupt_files(), missing_after_run1=missing, unlisted_after_run1=unlisted,
+            case=case,
+            run1=run1,
+            rerun=rerun,
+            expected=len(expected_now),
+            landed=len(set(uids) & expected_now),
+            duplicates=len(uids) - len(set(uids)) + len(set(uids) - expected_now),
+            leftovers=h.leftovers(),
+            sessions=len(experiments),
+            corrupt=h.corrupt_files(),
+            missing_after_run1=missing,
+            unlisted_after_run1=unlisted,
         )
     finally:
         h.close()
@@ -378,50 +405,124 @@ def _rest_cases(transport: Transport) -> list[FaultCase]:
     # passes and the fault hits the parallel phase too.
     after = 0 if transport == "dicom-zip" else 3
     return [
-        FaultCase("http500", transport, "HTTP 500 x2", _http(status=500, message="Internal Server Error", times=2, after=after)),
+        FaultCase(
+            "http500",
+            transport,
+            "HTTP 500 x2",
+            _http(status=500, message="Internal Server Error", times=2, after=after),
+        ),
         FaultCase("http502", transport, "HTTP 502 x3", _http(status=502, message="Bad Gateway", times=3, after=after)),
-        FaultCase("http429", transport, "HTTP 429 Retry-After: 1", _http(status=429, retry_after=1, times=1, after=after),
-                  check_run1=_waited_at_least(1.0)),
-        FaultCase("http503", transport, "HTTP 503 Retry-After: 1", _http(status=503, retry_after=1, times=2, after=after),
-                  check_run1=_waited_at_least(1.0)),
-        FaultCase("transient400", transport, f"HTTP 400 '{TRANSIENT_400}' x3", _http(status=400, message=TRANSIENT_400, times=3, after=after)),
+        FaultCase(
+            "http429",
+            transport,
+            "HTTP 429 Retry-After: 1",
+            _http(status=429, retry_after=1, times=1, after=after),
+            check_run1=_waited_at_least(1.0),
+        ),
+        FaultCase(
+            "http503",
+            transport,
+            "HTTP 503 Retry-After: 1",
+            _http(status=503, retry_after=1, times=2, after=after),
+            check_run1=_waited_at_least(1.0),
+        ),
+        FaultCase(
+            "transient400",
+            transport,
+            f"HTTP 400 '{TRANSIENT_400}' x3",
+            _http(status=400, message=TRANSIENT_400, times=3, after=after),
+        ),
         FaultCase("drop", transport, "connection dropped mid-body x2", _http(drop=True, times=2, after=after)),
-        FaultCase("slow", transport, f"response 1 s late, client read timeout {READ_TIMEOUT} s",
-                  _http(delay_ms=1000, times=1, after=after), read_timeout=READ_TIMEOUT),
-        FaultCase("evict8", transport, "token evicted mid-run, 8 workers", _http(evict_token=True, times=1, after=after + 2),
-                  workers=8, check_run1=_one_relogin),
-        FaultCase("restart", transport, "server restarted mid-upload",
-                  _http(delay_ms=300, times=None), during=_restart_after(2 if transport == "dicom-zip" else 6)),
-        FaultCase("permanent400", transport, f"HTTP 400 '{PERMANENT_400}' x3 (a bad batch/instance)",
-                  _http(status=400, message=PERMANENT_400, times=3, after=after + 2),
-                  known_bug=None),
-        FaultCase("late-retry", transport, "HTTP 503 Retry-After: 2 (retry after XNAT archived the session)",
-                  _http(status=503, retry_after=2, times=1, after=after + 4),
-                  known_bug=None),
+        FaultCase(
+            "slow",
+            transport,
+            f"response 1 s late, client read timeout {READ_TIMEOUT} s",
+            _http(delay_ms=1000, times=1, after=after),
+            read_timeout=READ_TIMEOUT,
+        ),
+        FaultCase(
+            "evict8",
+            transport,
+            "token evicted mid-run, 8 workers",
+            _http(evict_token=True, times=1, after=after + 2),
+            workers=8,
+            check_run1=_one_relogin,
+        ),
+        FaultCase(
+            "restart",
+            transport,
+            "server restarted mid-upload",
+            _http(delay_ms=300, times=None),
+            during=_restart_after(2 if transport == "dicom-zip" else 6),
+        ),
+        FaultCase(
+            "permanent400",
+            transport,
+            f"HTTP 400 '{PERMANENT_400}' x3 (a bad batch/instance)",
+            _http(status=400, message=PERMANENT_400, times=3, after=after + 2),
+            known_bug=None,
+        ),
+        FaultCase(
+            "late-retry",
+            transport,
+            "HTTP 503 Retry-After: 2 (retry after XNAT archived the session)",
+            _http(status=503, retry_after=2, times=1, after=after + 4),
+            known_bug=None,
+        ),
         FaultCase("deleted", transport, "file deleted between scan and send", after_scan=_delete_one),
-        FaultCase("changed", transport, "file rewritten between scan and send", after_scan=_rewrite_one,
-                  known_bug=None),
+        FaultCase(
+            "changed", transport, "file rewritten between scan and send", after_scan=_rewrite_one, known_bug=None
+        ),
         # Issue 11: answers that are not XNAT's import service, servers that never answer or fail everything.
-        FaultCase("login302", transport, "HTTP 302 to a login page (every import)",
-                  _http(status=302, headers={"Location": "/app/template/Login.vm"}, times=None)),
-        FaultCase("loginhtml", transport, "HTTP 200 with an HTML login page (every import)",
-                  _http(error_body=LOGIN_PAGE, times=None)),
-        FaultCase("noanswer", transport, f"import never answers (stall timeout {READ_TIMEOUT} s)",
-                  _http(delay_ms=2000, times=None, after=after), read_timeout=READ_TIMEOUT),
-        FaultCase("unknown400", transport, "HTTP 400 with a message XNAT's known ones do not include x2",
-                  _http(status=400, message="Unexpected condition 42", times=2, after=after + 2)),
-        FaultCase("persistent500", transport, "HTTP 500 for every import (persistent)",
-                  _http(status=500, message="Internal Server Error", times=None, after=after + 2)),
-        FaultCase("diskfull", transport, "HTTP 500 'No space left on device' (persistent)",
-                  _http(status=500, message="java.io.IOException: No space left on device", times=None, after=after + 2)),
+        FaultCase(
+            "login302",
+            transport,
+            "HTTP 302 to a login page (every import)",
+            _http(status=302, headers={"Location": "/app/template/Login.vm"}, times=None),
+        ),
+        FaultCase(
+            "loginhtml",
+            transport,
+            "HTTP 200 with an HTML login page (every import)",
+            _http(error_body=LOGIN_PAGE, times=None),
+        ),
+        FaultCase(
+            "noanswer",
+            transport,
+            f"import never answers (stall timeout {READ_TIMEOUT} s)",
+            _http(delay_ms=2000, times=None, after=after),
+            read_timeout=READ_TIMEOUT,
+        ),
+        FaultCase(
+            "unknown400",
+            transport,
+            "HTTP 400 with a message XNAT's known ones do not include x2",
+            _http(status=400, message="Unexpected condition 42", times=2, after=after + 2),
+        ),
+        FaultCase(
+            "persistent500",
+            transport,
+            "HTTP 500 for every import (persistent)",
+            _http(status=500, message="Internal Server Error", times=None, after=after + 2),
+        ),
+        FaultCase(
+            "diskfull",
+            transport,
+            "HTTP 500 'No space left on device' (persistent)",
+            _http(status=500, message="java.io.IOException: No space left on device", times=None, after=after + 2),
+        ),
     ]
 
 
 def _cstore_cases() -> list[FaultCase]:
     return [
         FaultCase("abort", "c-store", "association aborted after 10 stores", _scp_faults(abort_after_stores=10)),
-        FaultCase("stall", "c-store", "receiver stops answering after 10 stores",
-                  _scp_faults(stall_after_stores=10, stall_seconds=2.0)),
+        FaultCase(
+            "stall",
+            "c-store",
+            "receiver stops answering after 10 stores",
+            _scp_faults(stall_after_stores=10, stall_seconds=2.0),
+        ),
         FaultCase("refuse", "c-store", "receiver refuses associations", _scp_faults(refuse_associations=True)),
         FaultCase("restart", "c-store", "receiver restarted mid-send", during=_restart_after(6)),
         FaultCase("deleted", "c-store", "file deleted between scan and send", after_scan=_delete_one),

@@ -30,8 +30,9 @@ PROJECT = "BADIN"
 
 @pytest.fixture(scope="module")
 def xnat(tmp_path_factory: pytest.TempPathFactory):
-    with XnatEmulator(tmp_path_factory.mktemp("xnat"), projects=(PROJECT,), password=PASSWORD,
-                      scp_port=0, rebuild_idle_seconds=0.3) as emulator:
+    with XnatEmulator(
+        tmp_path_factory.mktemp("xnat"), projects=(PROJECT,), password=PASSWORD, scp_port=0, rebuild_idle_seconds=0.3
+    ) as emulator:
         yield emulator
 
 
@@ -130,8 +131,9 @@ def _label_holds_another_study(xnat: XnatEmulator, label: str, tmp: Path) -> Non
     write_studies(tmp / "other", series=1, instances=2, instance_kb=2, seed=27)
     creds = Credentials(url=xnat.url, username="admin", password=SecretStr(PASSWORD))
     with XnatClient(creds, token_cache=None) as client:
-        assert upload_session(client, tmp / "other", UploadTarget(PROJECT, label, label), verify_timeout=20,
-                              poll_interval=0.1).ok
+        assert upload_session(
+            client, tmp / "other", UploadTarget(PROJECT, label, label), verify_timeout=20, poll_interval=0.1
+        ).ok
 
 
 CASES = [
@@ -143,33 +145,70 @@ CASES = [
     Case("only-a-fifo", _fifo_only, words=("No DICOM files found", "not a regular file")),
     Case("only-symlink-loops", _symlink_loop_only, words=("No DICOM files found", "broken symlink")),
     Case("mixed-studies", _mixed_studies, words=("holds 2 studies", "--per-study"), flow={}),
-    Case("project-label-space", options=["-P", "MY PROJECT"], words=("Invalid XNAT project label", "letters, digits"),
-         flow={"project": "MY PROJECT"}),
-    Case("subject-label-slash", options=["-S", "sub/01"], words=("Invalid XNAT subject label", "letters, digits"),
-         flow={"subject": "sub/01"}),
-    Case("session-label-dot", options=["-E", "ses.01"], words=("Invalid XNAT session label", "letters, digits"),
-         flow={"session": "ses.01"}),
+    Case(
+        "project-label-space",
+        options=["-P", "MY PROJECT"],
+        words=("Invalid XNAT project label", "letters, digits"),
+        flow={"project": "MY PROJECT"},
+    ),
+    Case(
+        "subject-label-slash",
+        options=["-S", "sub/01"],
+        words=("Invalid XNAT subject label", "letters, digits"),
+        flow={"subject": "sub/01"},
+    ),
+    Case(
+        "session-label-dot",
+        options=["-E", "ses.01"],
+        words=("Invalid XNAT session label", "letters, digits"),
+        flow={"session": "ses.01"},
+    ),
     Case("session-label-empty", options=["-E", ""], words=("Invalid XNAT session label",), flow={"session": ""}),
     Case("session-label-non-ascii", options=["-E", "séance"], words=("Invalid XNAT session label",)),
-    Case("unknown-project", options=["-P", "NOPE"], exit_code=EXIT_NOT_FOUND,
-         words=("Project 'NOPE' does not exist", "ask an XNAT admin"), flow={"project": "NOPE"}),
+    Case(
+        "unknown-project",
+        options=["-P", "NOPE"],
+        exit_code=EXIT_NOT_FOUND,
+        words=("Project 'NOPE' does not exist", "ask an XNAT admin"),
+        flow={"project": "NOPE"},
+    ),
     Case("wrong-password", connection="badpw", exit_code=EXIT_AUTH, words=("refused the login", "password"), flow={}),
     Case("https-to-plain-http", connection="https", exit_code=EXIT_UNREACHABLE, words=("SSL", "CA bundle"), flow={}),
-    Case("wrong-port", connection="closed-port", exit_code=EXIT_UNREACHABLE, words=("Connection refused", "Check the XNAT URL"),
-         flow={}),
-    Case("unreachable-host", connection="unresolvable", exit_code=EXIT_UNREACHABLE,
-         words=("Name or service not known", "Check the XNAT URL"), flow={}),
+    Case(
+        "wrong-port",
+        connection="closed-port",
+        exit_code=EXIT_UNREACHABLE,
+        words=("Connection refused", "Check the XNAT URL"),
+        flow={},
+    ),
+    Case(
+        "unreachable-host",
+        connection="unresolvable",
+        exit_code=EXIT_UNREACHABLE,
+        words=("Name or service not known", "Check the XNAT URL"),
+        flow={},
+    ),
     Case("no-url", connection="no-url", words=("No XNAT URL given", "XNAT_URL")),
     Case("url-without-scheme", connection="no-scheme", words=("must start with http://",)),
     Case("url-with-credentials", connection="url-creds", words=("must not contain credentials",)),
     Case("bad-ca-bundle", connection="bad-ca", words=("CA bundle", "does not exist", "PEM")),
     Case("workers-zero", options=["--workers", "0"], words=("Invalid value for '--workers'",), flow={"workers": 0}),
-    Case("workers-negative", options=["--workers", "-3"], words=("Invalid value for '--workers'",), flow={"workers": -3}),
-    Case("unknown-archive-format", options=["--archive-format", "rar"], words=("Invalid value for '--archive-format'", "rar"),
-         flow={"archive_format": "rar"}),
+    Case(
+        "workers-negative", options=["--workers", "-3"], words=("Invalid value for '--workers'",), flow={"workers": -3}
+    ),
+    Case(
+        "unknown-archive-format",
+        options=["--archive-format", "rar"],
+        words=("Invalid value for '--archive-format'", "rar"),
+        flow={"archive_format": "rar"},
+    ),
     Case("unknown-profile", options=["--profile", "nosuch"], connection="no-url", words=("No profile named 'nosuch'",)),
-    Case("label-holds-another-study", exit_code=EXIT_CONFLICT, prepare=_label_holds_another_study,
-         words=("already holds another study", "nothing was sent", "--into-other-study")),
+    Case(
+        "label-holds-another-study",
+        exit_code=EXIT_CONFLICT,
+        prepare=_label_holds_another_study,
+        words=("already holds another study", "nothing was sent", "--into-other-study"),
+    ),
 ]
 
 
@@ -197,7 +236,10 @@ def _connection_args(kind: str, xnat: XnatEmulator, tmp: Path) -> tuple[list[str
     if kind == "url-creds":
         return ["--url", f"http://admin:{PASSWORD}@127.0.0.1:{xnat.port}"], env
     if kind == "bad-ca":
-        return ["--url", xnat.url.replace("http://", "https://")], {**env, "XNAT_CA_BUNDLE": str(tmp / "missing-ca.pem")}
+        return ["--url", xnat.url.replace("http://", "https://")], {
+            **env,
+            "XNAT_CA_BUNDLE": str(tmp / "missing-ca.pem"),
+        }
     raise AssertionError(kind)
 
 
@@ -233,15 +275,24 @@ def test_cli_rejects_bad_input(case: Case, xnat: XnatEmulator, one_study: Path, 
 
 
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.parametrize("case", [c for c in CASES if c.flow is not None], ids=[c.id for c in CASES if c.flow is not None])
-def test_flow_run_fails_on_bad_input(case: Case, xnat: XnatEmulator, one_study: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.flow is not None], ids=[c.id for c in CASES if c.flow is not None]
+)
+def test_flow_run_fails_on_bad_input(
+    case: Case, xnat: XnatEmulator, one_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from xnat_flows.flows.upload import upload_dicom_session
 
     source = case.source(tmp_path, one_study)
     label = f"F_{case.id.replace('-', '_')}"
-    request = {"source_dir": str(source), "project": PROJECT, "subject": label, "session": label,
-               "verify_timeout_seconds": 10, **case.flow}
+    request = {
+        "source_dir": str(source),
+        "project": PROJECT,
+        "subject": label,
+        "session": label,
+        "verify_timeout_seconds": 10,
+        **case.flow,
+    }
     before = _server_state(xnat)
 
     state = upload_dicom_session(request, _flow_connection(case.connection, xnat, monkeypatch), return_state=True)
@@ -274,16 +325,34 @@ def test_flow_run_fails_on_bad_input(case: Case, xnat: XnatEmulator, one_study: 
         ("directory-named-like-a-file", lambda d: (d / "IM9999.dcm").mkdir(), None),
         ("symlink-loop", lambda d: (d / "loop").symlink_to(d, target_is_directory=True), "symlink loop"),
         ("broken-symlink", lambda d: (d / "dangling").symlink_to(d / "gone"), "broken symlink"),
-        ("truncated-copy", lambda d: (d / "IM_HALF").write_bytes(next(p for p in sorted(d.rglob("IM*")) if p.is_file()).read_bytes()[:300]),
-         "truncated"),
+        (
+            "truncated-copy",
+            lambda d: (d / "IM_HALF").write_bytes(
+                next(p for p in sorted(d.rglob("IM*")) if p.is_file()).read_bytes()[:300]
+            ),
+            "truncated",
+        ),
     ],
 )
-def test_upload_skips_what_it_cannot_read_and_says_why(name: str, make, reason: str | None, xnat: XnatEmulator,
-                                                        tmp_path: Path) -> None:
+def test_upload_skips_what_it_cannot_read_and_says_why(
+    name: str, make, reason: str | None, xnat: XnatEmulator, tmp_path: Path
+) -> None:
     manifest = write_studies(tmp_path / "export", series=1, instances=3, instance_kb=2, seed=30)
     make(tmp_path / "export")
     label = f"SK_{name.replace('-', '_')}"
-    command = ["session", "upload", str(tmp_path / "export"), "-P", PROJECT, "-S", label, "-E", label, "--url", xnat.url]
+    command = [
+        "session",
+        "upload",
+        str(tmp_path / "export"),
+        "-P",
+        PROJECT,
+        "-S",
+        label,
+        "-E",
+        label,
+        "--url",
+        xnat.url,
+    ]
 
     outcome = CliRunner().invoke(app, command, env={"XNAT_USER": "admin", "XNAT_PASS": PASSWORD})
 
@@ -305,7 +374,9 @@ def test_mixed_studies_rerun_with_per_study_finishes(xnat: XnatEmulator, tmp_pat
     assert refused.exit_code == EXIT_USAGE and accepted.exit_code == EXIT_OK, accepted.output
     labels = sorted(e["label"] for e in xnat.archived_experiments(PROJECT) if e["label"].startswith("MIX"))
     assert labels == sorted(study_label("MIX", uid) for uid in manifest.study_uids)
-    assert sum(sum(e["scans"].values()) for e in xnat.archived_experiments(PROJECT) if e["label"].startswith("MIX")) == len(manifest.files)
+    assert sum(
+        sum(e["scans"].values()) for e in xnat.archived_experiments(PROJECT) if e["label"].startswith("MIX")
+    ) == len(manifest.files)
 
 
 @pytest.mark.slow
@@ -348,11 +419,20 @@ def test_twenty_thousand_tiny_files_scan_fast_and_bounded(tmp_path: Path) -> Non
         (["--port", "CLOSED"], EXIT_UNREACHABLE, ("Connection refused", "nothing is listening")),
         (["--workers", "0"], EXIT_USAGE, ("Invalid value for '--workers'",)),
     ],
-    ids=["aet-17-chars", "aet-backslash", "aet-blank", "subject-without-project", "routing-label-space",
-         "wrong-called-aet", "closed-port", "workers-zero"],
+    ids=[
+        "aet-17-chars",
+        "aet-backslash",
+        "aet-blank",
+        "subject-without-project",
+        "routing-label-space",
+        "wrong-called-aet",
+        "closed-port",
+        "workers-zero",
+    ],
 )
-def test_cstore_cli_rejects_bad_input(options: list[str], exit_code: int, words: tuple[str, ...], xnat: XnatEmulator,
-                                      one_study: Path) -> None:
+def test_cstore_cli_rejects_bad_input(
+    options: list[str], exit_code: int, words: tuple[str, ...], xnat: XnatEmulator, one_study: Path
+) -> None:
     import socket
 
     if options[:2] == ["--port", "CLOSED"]:
@@ -374,7 +454,11 @@ def test_cstore_cli_rejects_bad_input(options: list[str], exit_code: int, words:
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize(
     ("receiver", "words"),
-    [({"called_aet": "A" * 17}, "at most 16"), ({"calling_aet": "BAD\\AET"}, "backslash"), ({"port": 0}, "greater than or equal to 1")],
+    [
+        ({"called_aet": "A" * 17}, "at most 16"),
+        ({"calling_aet": "BAD\\AET"}, "backslash"),
+        ({"port": 0}, "greater than or equal to 1"),
+    ],
     ids=["aet-17-chars", "aet-backslash", "port-zero"],
 )
 def test_cstore_flow_fails_on_bad_receiver(receiver: dict, words: str, xnat: XnatEmulator, one_study: Path) -> None:
@@ -400,11 +484,16 @@ def test_resource_upload_never_sends_files_outside_the_directory(xnat: XnatEmula
     manifest = write_studies(tmp_path / "export", series=1, instances=2, instance_kb=2, seed=25)
     env = {"XNAT_USER": "admin", "XNAT_PASS": PASSWORD}
     runner = CliRunner()
-    landed = runner.invoke(app, ["session", "upload", str(tmp_path / "export"), "-P", PROJECT, "-S", "RES", "-E", "RES",
-                                 "--url", xnat.url], env=env)
+    landed = runner.invoke(
+        app,
+        ["session", "upload", str(tmp_path / "export"), "-P", PROJECT, "-S", "RES", "-E", "RES", "--url", xnat.url],
+        env=env,
+    )
     assert landed.exit_code == 0, landed.output
 
-    outcome = runner.invoke(app, ["resource", "upload", "RES", "NOTES", str(folder), "-P", PROJECT, "--url", xnat.url], env=env)
+    outcome = runner.invoke(
+        app, ["resource", "upload", "RES", "NOTES", str(folder), "-P", PROJECT, "--url", xnat.url], env=env
+    )
 
     assert outcome.exit_code == 0, outcome.output
     assert "escape.txt" in outcome.output and "not sent" in outcome.output

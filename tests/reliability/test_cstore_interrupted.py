@@ -35,25 +35,39 @@ ROUTE = ["-P", "CSTORE", "-S", "SUBJ_K", "-E", "SESS_K"]
 
 @pytest.fixture
 def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
-    return xnat_emulator_factory(tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT",
-                      rebuild_idle_seconds=0.3)
+    return xnat_emulator_factory(
+        tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3
+    )
 
 
 def _command(xnat: XnatEmulator, export: Path, workers: int) -> list[str]:
-    return ["session", "upload-dicom", str(export), "--host", "127.0.0.1", "--port", str(xnat.scp_port),
-            "--workers", str(workers), *ROUTE]
+    return [
+        "session",
+        "upload-dicom",
+        str(export),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(xnat.scp_port),
+        "--workers",
+        str(workers),
+        *ROUTE,
+    ]
 
 
 def _start_sender(args: list[str]) -> subprocess.Popen:
     code = "import sys\nfrom xnat_flows.cli.main import app\nsys.argv = ['xnat-flows', *sys.argv[1:]]\napp()"
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def _journal(xnat: XnatEmulator) -> tuple[UploadJournal, str]:
     from xnat_flows.transfer.dicom_inputs import RoutingOverride
 
-    return UploadJournal(), journal_key("127.0.0.1", xnat.scp_port, "XNAT", RoutingOverride("CSTORE", "SUBJ_K", "SESS_K"))
+    return UploadJournal(), journal_key(
+        "127.0.0.1", xnat.scp_port, "XNAT", RoutingOverride("CSTORE", "SUBJ_K", "SESS_K")
+    )
 
 
 def _archived_count(xnat: XnatEmulator) -> int:
@@ -62,9 +76,15 @@ def _archived_count(xnat: XnatEmulator) -> int:
 
 def _wait_settled(xnat: XnatEmulator, expected_archived: int) -> None:
     """Until the idle rebuilder archived ``expected_archived`` files or left a row it cannot archive."""
-    wait_until(lambda: _archived_count(xnat) >= expected_archived
-               or any(row["status"] in ("CONFLICT", "ERROR") for row in xnat.prearchive_sessions()),
-               60, interval=0.01, what=f"{expected_archived} archived files")
+    wait_until(
+        lambda: (
+            _archived_count(xnat) >= expected_archived
+            or any(row["status"] in ("CONFLICT", "ERROR") for row in xnat.prearchive_sessions())
+        ),
+        60,
+        interval=0.01,
+        what=f"{expected_archived} archived files",
+    )
 
 
 def test_kill_9_mid_send_then_rerun_after_archiving_completes_the_session(xnat: XnatEmulator, tmp_path: Path) -> None:
@@ -100,13 +120,14 @@ def _signal_after_a_third(xnat: XnatEmulator, export: Path, signum: int, seed: i
     total = len(write_studies(export, series=4, instances=150, instance_kb=4, seed=seed).files)
     journal, key = _journal(xnat)
     sender = _start_sender(_command(xnat, export, workers=4))
-    wait_until(lambda: len(journal.done(key)) >= total // 3, 60, interval=0.01, what="a third of the instances confirmed")
+    wait_until(
+        lambda: len(journal.done(key)) >= total // 3, 60, interval=0.01, what="a third of the instances confirmed"
+    )
     sender.send_signal(signum)
     return total, sender
 
 
-def test_kill_9_with_four_associations_loses_nothing_the_receiver_confirmed(xnat: XnatEmulator,
-                                                                              tmp_path: Path) -> None:
+def test_kill_9_with_four_associations_loses_nothing_the_receiver_confirmed(xnat: XnatEmulator, tmp_path: Path) -> None:
     total, sender = _signal_after_a_third(xnat, tmp_path / "export", signal.SIGKILL, seed=22)
     sender.wait(10)
     journal, key = _journal(xnat)
@@ -134,7 +155,9 @@ def _kill_after_stores(xnat: XnatEmulator, export: Path, stored: int) -> None:
     instances, then kill -9 it while it waits for that answer."""
     xnat.dicom_receiver.set_faults(ScpFaults(stall_after_stores=stored, stall_seconds=20))
     sender = _start_sender(_command(xnat, export, workers=1))
-    wait_until(lambda: xnat.dicom_receiver.stores_seen >= stored + 1, 60, interval=0.01, what=f"C-STORE number {stored + 1}")
+    wait_until(
+        lambda: xnat.dicom_receiver.stores_seen >= stored + 1, 60, interval=0.01, what=f"C-STORE number {stored + 1}"
+    )
     sender.send_signal(signal.SIGKILL)
     sender.wait(10)
 
@@ -165,9 +188,24 @@ def test_a_resent_instance_xnat_had_archived_is_not_a_silent_conflict(xnat: Xnat
     (row,) = [row for row in xnat.prearchive_sessions() if row["status"] == "CONFLICT"]
     assert _archived_count(xnat) == 12  # what XNAT did: the re-run waits in CONFLICT
 
-    done = CliRunner().invoke(app, ["prearchive", "archive", "CSTORE", row["timestamp"], row["name"], "--overwrite",
-                                    "delete", "--url", xnat.url, "--username", "admin", "--password-stdin"],
-                              input="admin\n")
+    done = CliRunner().invoke(
+        app,
+        [
+            "prearchive",
+            "archive",
+            "CSTORE",
+            row["timestamp"],
+            row["name"],
+            "--overwrite",
+            "delete",
+            "--url",
+            xnat.url,
+            "--username",
+            "admin",
+            "--password-stdin",
+        ],
+        input="admin\n",
+    )
     assert done.exit_code == 0, done.output
     assert _archived_count(xnat) == total
 

@@ -27,7 +27,9 @@ def test_fault_loses_and_duplicates_nothing(case: FaultCase, tmp_path: Path) -> 
         f"run 1 ({result.run1.describe()}) did not land and did not list: {sorted(result.unlisted_after_run1)}"
     )
     if result.run1.ok:
-        assert not result.missing_after_run1, f"run 1 claimed success but these did not land: {sorted(result.missing_after_run1)}"
+        assert not result.missing_after_run1, (
+            f"run 1 claimed success but these did not land: {sorted(result.missing_after_run1)}"
+        )
     assert result.rerun.ok, f"the re-run did not complete: {result.rerun.error or sorted(result.rerun.listed)}"
     assert result.landed == result.expected, f"{result.landed} of {result.expected} instances in the archive"
     assert result.duplicates == 0, f"{result.duplicates} duplicate or stray files in the archive"

@@ -30,8 +30,14 @@ def test_token_evicted_mid_flow_with_eight_batches_costs_one_relogin(
     xnat.faults.add(method="POST", path=r"/data/services/import", delay_ms=400, times=7)
 
     result = upload_dicom_session(
-        UploadRequest(source_dir=str(tmp_path / "export"), project="FF", subject="S", session="E", workers=8,
-                      verify_timeout_seconds=30),
+        UploadRequest(
+            source_dir=str(tmp_path / "export"),
+            project="FF",
+            subject="S",
+            session="E",
+            workers=8,
+            verify_timeout_seconds=30,
+        ),
         XnatConnection(url=xnat.url, username="admin"),
     )
 

@@ -22,12 +22,20 @@ WARNING = "visible to other users of this machine"
 
 @pytest.fixture
 def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
-    return xnat_emulator_factory(tmp_path / "server", projects=("SEC",), password=SENTINEL_PASSWORD, scp_port=0,
-                      rebuild_idle_seconds=0.3, prearchive_codes={"HOLD": 0})
+    return xnat_emulator_factory(
+        tmp_path / "server",
+        projects=("SEC",),
+        password=SENTINEL_PASSWORD,
+        scp_port=0,
+        rebuild_idle_seconds=0.3,
+        prearchive_codes={"HOLD": 0},
+    )
 
 
 def _whoami(xnat: XnatEmulator, *args: str, env: dict[str, str] | None = None, stdin: str | None = None):
-    return CliRunner().invoke(app, ["whoami", "--url", xnat.url, "--username", "admin", *args], env=env or {}, input=stdin)
+    return CliRunner().invoke(
+        app, ["whoami", "--url", xnat.url, "--username", "admin", *args], env=env or {}, input=stdin
+    )
 
 
 # -- the ways in ---------------------------------------------------------------------------------------------
@@ -140,20 +148,28 @@ def _holds(path: Path, needle: bytes) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
-def test_no_password_or_token_leaks_anywhere(xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_password_or_token_leaks_anywhere(
+    xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every CLI command and flow, logging at INFO for every logger (what a worker runs with)."""
     _sweep(xnat, tmp_path, isolated_profile, monkeypatch, logging.INFO)
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_no_token_in_debug_logs_of_the_http_stack(xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_token_in_debug_logs_of_the_http_stack(
+    xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _sweep(xnat, tmp_path, isolated_profile, monkeypatch, logging.DEBUG, quick=True)
 
 
-def _sweep(xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path, monkeypatch: pytest.MonkeyPatch,
-           level: int, quick: bool = False) -> None:
+def _sweep(
+    xnat: XnatEmulator,
+    tmp_path: Path,
+    isolated_profile: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    level: int,
+    quick: bool = False,
+) -> None:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_HOME, get_current_settings
 
@@ -191,16 +207,78 @@ def _sweep(xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path, monkeypat
             (["auth", "login", *url, "--password-stdin"], stdin, {}),
             (["whoami", *url], None, {}),
             (["whoami", *url, "--password", SENTINEL_PASSWORD], None, {}),
-            (["session", "upload", str(export), "-P", "SEC", "-S", "S1", "-E", "E1", *url, "--password-stdin"], stdin, {}),
-            (["session", "upload", str(export), "-P", "SEC", "-S", "S2", "-E", "E2", "--gradual", *url], None,
-             {"XNAT_PASS": SENTINEL_PASSWORD}),
-            (["session", "upload", str(export), "-P", "SEC", "-S", "S3", "-E", "E3", "--flow", *url, "--password-stdin"], stdin, {}),
-            (["session", "upload", str(held), "-P", "HOLD", "-S", "S4", "-E", "E4", "--prearchive", "--no-verify", *url], None, {}),
+            (
+                ["session", "upload", str(export), "-P", "SEC", "-S", "S1", "-E", "E1", *url, "--password-stdin"],
+                stdin,
+                {},
+            ),
+            (
+                ["session", "upload", str(export), "-P", "SEC", "-S", "S2", "-E", "E2", "--gradual", *url],
+                None,
+                {"XNAT_PASS": SENTINEL_PASSWORD},
+            ),
+            (
+                [
+                    "session",
+                    "upload",
+                    str(export),
+                    "-P",
+                    "SEC",
+                    "-S",
+                    "S3",
+                    "-E",
+                    "E3",
+                    "--flow",
+                    *url,
+                    "--password-stdin",
+                ],
+                stdin,
+                {},
+            ),
+            (
+                [
+                    "session",
+                    "upload",
+                    str(held),
+                    "-P",
+                    "HOLD",
+                    "-S",
+                    "S4",
+                    "-E",
+                    "E4",
+                    "--prearchive",
+                    "--no-verify",
+                    *url,
+                ],
+                None,
+                {},
+            ),
             (["session", "upload", str(export), "-P", "NOPE", "-S", "S5", "-E", "E5", *url], None, {}),  # fails
-            (["session", "upload-dicom", str(export), "--host", "127.0.0.1", "--port", str(xnat.scp_port), "-P", "SEC",
-              "-S", "S6", "-E", "E6"], None, {}),
+            (
+                [
+                    "session",
+                    "upload-dicom",
+                    str(export),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(xnat.scp_port),
+                    "-P",
+                    "SEC",
+                    "-S",
+                    "S6",
+                    "-E",
+                    "E6",
+                ],
+                None,
+                {},
+            ),
             (["prearchive", "list", "--project", "HOLD", *url, "--password-stdin"], stdin, {}),
-            (["resource", "upload", "E1", "NOTES", str(work / "notes"), "-P", "SEC", *url, "--password-stdin"], stdin, {}),
+            (
+                ["resource", "upload", "E1", "NOTES", str(work / "notes"), "-P", "SEC", *url, "--password-stdin"],
+                stdin,
+                {},
+            ),
             (["whoami", *url, "--password", "a-wrong-password"], None, {}),  # fails
             (["auth", "logout", *url], None, {}),
         ]
@@ -219,26 +297,58 @@ def _sweep(xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path, monkeypat
         by_env = XnatConnection(url=xnat.url, username="admin")
         by_block = XnatConnection(credentials_block="sweep")
         results = [
-            upload_dicom_session(UploadRequest(source_dir=str(export), project="SEC", subject="F1", session="F1",
-                                               verify_timeout_seconds=20), by_block),
-            upload_dicom_session(UploadRequest(source_dir=str(export), project="SEC", subject="F2", session="F2",
-                                               transport="gradual-dicom", verify_timeout_seconds=20), by_env),
-            send_dicom(SendDicomRequest(source_dir=str(export), routing_project="SEC", routing_subject="F3", routing_session="F3"),
-                       DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port)),
-            attach_resource({"session": "F1", "project": "SEC", "label": "NOTES", "path": str(work / "notes")}, by_block),
+            upload_dicom_session(
+                UploadRequest(
+                    source_dir=str(export), project="SEC", subject="F1", session="F1", verify_timeout_seconds=20
+                ),
+                by_block,
+            ),
+            upload_dicom_session(
+                UploadRequest(
+                    source_dir=str(export),
+                    project="SEC",
+                    subject="F2",
+                    session="F2",
+                    transport="gradual-dicom",
+                    verify_timeout_seconds=20,
+                ),
+                by_env,
+            ),
+            send_dicom(
+                SendDicomRequest(
+                    source_dir=str(export), routing_project="SEC", routing_subject="F3", routing_session="F3"
+                ),
+                DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port),
+            ),
+            attach_resource(
+                {"session": "F1", "project": "SEC", "label": "NOTES", "path": str(work / "notes")}, by_block
+            ),
         ]
         (row,) = [r for r in xnat.prearchive_sessions() if r["project"] == "HOLD"]
-        results.append(archive_prearchive_session(
-            {"project": "HOLD", "timestamp": row["timestamp"], "folder": row["folder"] if "folder" in row else row["folderName"]},
-            by_env))
-        xnat.faults.add(method="POST", path="/data/services/import", status=400, message="Unable to identify subject.", times=None)
+        results.append(
+            archive_prearchive_session(
+                {
+                    "project": "HOLD",
+                    "timestamp": row["timestamp"],
+                    "folder": row["folder"] if "folder" in row else row["folderName"],
+                },
+                by_env,
+            )
+        )
+        xnat.faults.add(
+            method="POST", path="/data/services/import", status=400, message="Unable to identify subject.", times=None
+        )
         try:
-            upload_dicom_session(UploadRequest(source_dir=str(export), project="SEC", subject="F4", session="F4"), by_env)
+            upload_dicom_session(
+                UploadRequest(source_dir=str(export), project="SEC", subject="F4", session="F4"), by_env
+            )
         except UploadIncompleteError as exc:
             errors.append(str(exc) + repr(exc) + repr(exc.__dict__))
         xnat.faults.clear()
         with pytest.raises(Exception) as bad_project:
-            upload_dicom_session(UploadRequest(source_dir=str(export), project="NOPE", subject="F5", session="F5"), by_block)
+            upload_dicom_session(
+                UploadRequest(source_dir=str(export), project="NOPE", subject="F5", session="F5"), by_block
+            )
         errors.append(str(bad_project.value) + repr(bad_project.value))
         outputs.extend(repr(r) for r in results)
 
@@ -255,7 +365,11 @@ def _sweep(xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path, monkeypat
         )
         settings = get_current_settings()
         prefect_dirs = {Path(PREFECT_HOME.value()).expanduser()}
-        db_url = str(settings.server.database.connection_url.get_secret_value() if hasattr(settings.server.database.connection_url, "get_secret_value") else settings.server.database.connection_url or "")
+        db_url = str(
+            settings.server.database.connection_url.get_secret_value()
+            if hasattr(settings.server.database.connection_url, "get_secret_value")
+            else settings.server.database.connection_url or ""
+        )
         if "sqlite" in db_url:
             prefect_dirs.add(Path(db_url.split(":///", 1)[-1]).parent)
     finally:
@@ -267,14 +381,18 @@ def _sweep(xnat: XnatEmulator, tmp_path: Path, isolated_profile: Path, monkeypat
     assert codes == [0]
     assert len(runs) >= 8 and logs and artifacts
     secrets = [SENTINEL_PASSWORD, *tokens]
-    _check_texts(secrets, {"log record": handler.texts, "CLI output": outputs, "exception": errors, "Prefect API": prefect_texts})
+    _check_texts(
+        secrets, {"log record": handler.texts, "CLI output": outputs, "exception": errors, "Prefect API": prefect_texts}
+    )
 
     # Files: nothing outside the profile holds a secret; inside, only tokens.json (0600) holds tokens.
     server_dir = xnat.data_dir.resolve()
     scanned = [p for root in {work, *prefect_dirs} if root.exists() for p in _files_under(root)]
     scanned += [p for p in _files_under(tmp_path) if server_dir not in p.resolve().parents]
     assert len(scanned) > 10
-    assert any(p.suffix in (".db", ".sqlite3", ".sqlite") for p in scanned), f"Prefect's database not scanned: {prefect_dirs}"
+    assert any(p.suffix in (".db", ".sqlite3", ".sqlite") for p in scanned), (
+        f"Prefect's database not scanned: {prefect_dirs}"
+    )
     for path in scanned:
         for secret in secrets:
             assert not _holds(path, secret.encode()), f"secret found in {path}"

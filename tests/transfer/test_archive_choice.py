@@ -52,9 +52,28 @@ def test_the_cli_picks_tgz_over_a_slow_link_and_the_session_lands(tmp_path: Path
     from xnat_flows.testing.synth import write_studies
 
     manifest = write_studies(tmp_path / "export", series=2, instances=8, instance_kb=16, seed=41)
-    slow = xnat_emulator_factory(tmp_path / "x", latency_ms=20, projects=("P",), password="pw", rebuild_idle_seconds=0.3)
-    result = CliRunner().invoke(app, ["session", "upload", str(tmp_path / "export"), "-P", "P", "-S", "S", "-E", "E",
-                                      "--url", slow.url, "--username", "admin"], env={"XNAT_PASS": "pw"})
+    slow = xnat_emulator_factory(
+        tmp_path / "x", latency_ms=20, projects=("P",), password="pw", rebuild_idle_seconds=0.3
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "session",
+            "upload",
+            str(tmp_path / "export"),
+            "-P",
+            "P",
+            "-S",
+            "S",
+            "-E",
+            "E",
+            "--url",
+            slow.url,
+            "--username",
+            "admin",
+        ],
+        env={"XNAT_PASS": "pw"},
+    )
     assert result.exit_code == 0, result.output
     assert "archive format: tgz (round trip" in result.output
     (experiment,) = slow.archived_experiments("P")

@@ -48,7 +48,7 @@ class Received:
             raise RuntimeError("importer broke")
         sop = pydicom.dcmread(pydicom.filebase.DicomBytesIO(part10), stop_before_pixels=True).SOPInstanceUID
         with self.lock:
-            self.datasets[sop] = part10[dataset_offset(part10):]
+            self.datasets[sop] = part10[dataset_offset(part10) :]
             self.callers.add(calling_aet)
         return "/prearchive/x"
 
@@ -73,7 +73,7 @@ def study_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _dataset_of(path: Path) -> bytes:
     data = path.read_bytes()
-    return data[dataset_offset(data):]
+    return data[dataset_offset(data) :]
 
 
 def _free_port() -> int:
@@ -114,9 +114,16 @@ def test_echo_to_a_silent_port_times_out_with_a_hint() -> None:
     assert "DICOM port" in info.value.hint
 
 
-@pytest.mark.parametrize(("title", "problem"), [
-    ("", "empty"), ("    ", "empty"), ("A" * 17, "maximum is 16"), ("BAD\\AE", "backslash"), ("TAB\tAE", "backslash"),
-])
+@pytest.mark.parametrize(
+    ("title", "problem"),
+    [
+        ("", "empty"),
+        ("    ", "empty"),
+        ("A" * 17, "maximum is 16"),
+        ("BAD\\AE", "backslash"),
+        ("TAB\tAE", "backslash"),
+    ],
+)
 def test_invalid_ae_titles_are_refused_before_connecting(title: str, problem: str) -> None:
     with pytest.raises(InputError, match=problem):
         validate_ae_title(title, "called")
@@ -131,8 +138,15 @@ def test_ae_title_padding_is_insignificant() -> None:
 def test_every_instance_arrives_byte_identical(scp: DicomReceiver, received: Received, study_root: Path) -> None:
     scan = scan_directory(study_root)
     seen: list[tuple[int, int]] = []
-    result = store_instances(scan, host="127.0.0.1", port=scp.port, workers=3, calling_aet="SCANNER1",
-                        progress=lambda done, total: seen.append((done, total)), **FAST)
+    result = store_instances(
+        scan,
+        host="127.0.0.1",
+        port=scp.port,
+        workers=3,
+        calling_aet="SCANNER1",
+        progress=lambda done, total: seen.append((done, total)),
+        **FAST,
+    )
     assert result.ok, result.failed + result.skipped
     assert len(result.sent) == len(scan.files) == 24
     assert {o.status for o in result.sent} == {0x0000}
@@ -145,15 +159,15 @@ def test_every_instance_arrives_byte_identical(scp: DicomReceiver, received: Rec
     assert all(a.ended == "released" for a in result.associations)
 
 
-def test_a_directory_is_scanned_and_junk_is_not_sent(scp: DicomReceiver, received: Received,
-                                                     study_root: Path) -> None:
+def test_a_directory_is_scanned_and_junk_is_not_sent(scp: DicomReceiver, received: Received, study_root: Path) -> None:
     result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=1, **FAST)
     assert len(result.sent) == 24 and not result.failed
     assert len(received.datasets) == 24
 
 
-def test_two_associations_in_threads_deliver_everything(scp: DicomReceiver, received: Received,
-                                                        study_root: Path) -> None:
+def test_two_associations_in_threads_deliver_everything(
+    scp: DicomReceiver, received: Received, study_root: Path
+) -> None:
     result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=2, **FAST)
     assert result.mode == "threads" and {a.worker for a in result.associations} == {0, 1}
     assert len(result.sent) == 24 and not result.failed
@@ -173,8 +187,9 @@ def _mixed_files(tmp_path: Path) -> Path:
     return root
 
 
-def test_contexts_come_from_the_files_and_split_into_groups(scp: DicomReceiver, received: Received,
-                                                            tmp_path: Path) -> None:
+def test_contexts_come_from_the_files_and_split_into_groups(
+    scp: DicomReceiver, received: Received, tmp_path: Path
+) -> None:
     scan = scan_directory(_mixed_files(tmp_path))
     pairs = {(f.sop_class_uid, f.transfer_syntax) for f in scan.files}
     assert len(pairs) == 5
@@ -201,14 +216,19 @@ def test_instances_in_a_refused_syntax_are_skipped_with_the_reason(tmp_path: Pat
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
     try:
         scan = scan_directory(_mixed_files(tmp_path))
-        result = store_instances(scan, host="127.0.0.1", port=server.server_address[1], called_aet="PICKY", workers=1,
-                            **FAST)
+        result = store_instances(
+            scan, host="127.0.0.1", port=server.server_address[1], called_aet="PICKY", workers=1, **FAST
+        )
     finally:
         server.shutdown()
     assert [o.path.name for o in result.sent] == ["MR_small.dcm"]
     assert arrived == [o.sop_instance_uid for o in result.sent]
     assert sorted(o.path.name for o in result.skipped) == [
-        "CT_small.dcm", "JPEG2000.dcm", "MR_small_implicit.dcm", "SC_rgb_rle.dcm"]
+        "CT_small.dcm",
+        "JPEG2000.dcm",
+        "MR_small_implicit.dcm",
+        "SC_rgb_rle.dcm",
+    ]
     implicit = next(o for o in result.skipped if o.path.name == "MR_small_implicit.dcm")
     assert implicit.reason == "the peer did not accept MR Image Storage in Implicit VR Little Endian"
     assert not result.failed and not result.ok
@@ -223,8 +243,15 @@ def test_no_accepted_context_is_an_actionable_error(tmp_path: Path) -> None:
     server = ae.start_server(("127.0.0.1", 0), block=False)
     try:
         scan = scan_directory(_mixed_files(tmp_path))
-        result = store_instances(scan, host="127.0.0.1", port=server.server_address[1], called_aet="ECHOONLY",
-                            workers=1, max_attempts=1, **FAST)
+        result = store_instances(
+            scan,
+            host="127.0.0.1",
+            port=server.server_address[1],
+            called_aet="ECHOONLY",
+            workers=1,
+            max_attempts=1,
+            **FAST,
+        )
     finally:
         server.shutdown()
     assert not result.sent
@@ -232,8 +259,9 @@ def test_no_accepted_context_is_an_actionable_error(tmp_path: Path) -> None:
     assert all("none of the presentation contexts" in o.reason for o in result.failed)
 
 
-def test_an_aborted_association_is_retried_on_a_fresh_one(scp: DicomReceiver, received: Received,
-                                                          study_root: Path) -> None:
+def test_an_aborted_association_is_retried_on_a_fresh_one(
+    scp: DicomReceiver, received: Received, study_root: Path
+) -> None:
     scp.set_faults(ScpFaults(abort_after_stores=5))
     result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=2, **FAST)
     assert len(result.sent) == 24 and not result.failed
@@ -242,18 +270,19 @@ def test_an_aborted_association_is_retried_on_a_fresh_one(scp: DicomReceiver, re
     assert max(o.attempts for o in result.sent) == 2
 
 
-def test_a_stalled_association_is_abandoned_after_the_dimse_timeout(scp: DicomReceiver, received: Received,
-                                                                    study_root: Path) -> None:
+def test_a_stalled_association_is_abandoned_after_the_dimse_timeout(
+    scp: DicomReceiver, received: Received, study_root: Path
+) -> None:
     scp.set_faults(ScpFaults(stall_after_stores=3, stall_seconds=30))
     result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=1, dimse_timeout=1, acse_timeout=5)
     assert len(result.sent) == 24 and not result.failed
     assert len(received.datasets) == 24
-    assert [a.ended for a in result.associations if a.ended != "released"] == [
-        "aborted: no response within 1 s"]
+    assert [a.ended for a in result.associations if a.ended != "released"] == ["aborted: no response within 1 s"]
 
 
 def test_without_retries_nothing_is_reported_sent_that_did_not_arrive_and_a_rerun_completes(
-        scp: DicomReceiver, received: Received, study_root: Path) -> None:
+    scp: DicomReceiver, received: Received, study_root: Path
+) -> None:
     scp.set_faults(ScpFaults(abort_after_stores=7))
     first = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=1, max_attempts=1, **FAST)
     assert len(first.failed) == 1
@@ -268,8 +297,9 @@ def test_without_retries_nothing_is_reported_sent_that_did_not_arrive_and_a_reru
     assert len(received.datasets) == 24
 
 
-def test_a_failure_status_is_recorded_with_its_meaning(scp: DicomReceiver, received: Received,
-                                                       study_root: Path) -> None:
+def test_a_failure_status_is_recorded_with_its_meaning(
+    scp: DicomReceiver, received: Received, study_root: Path
+) -> None:
     received.fail = True
     files = scan_directory(study_root).files[:2]
     result = store_instances(files, host="127.0.0.1", port=scp.port, workers=1, max_attempts=2, **FAST)
@@ -299,8 +329,9 @@ def test_a_file_the_receiver_cannot_place_fails_once_with_the_reason(tmp_path: P
     [failure] = result.failed
     assert failure.path == manifest.files[0].path.absolute() and failure.attempts == 1
     assert failure.status_hex == "0xC000" and not failure.retryable and not result.retryable_failures
-    assert failure.reason == ("DICOM without StudyInstanceUID: XNAT cannot place it "
-                              "(found after the receiver refused it)")
+    assert failure.reason == (
+        "DICOM without StudyInstanceUID: XNAT cannot place it (found after the receiver refused it)"
+    )
 
 
 def test_a_file_changed_after_the_scan_is_not_sent(scp: DicomReceiver, received: Received, tmp_path: Path) -> None:
@@ -324,7 +355,9 @@ def test_receiver_down_fails_fast_in_preflight_and_records_failures_without_it(s
     port = _free_port()
     with pytest.raises(PeerUnreachableError, match="refused"):
         store_instances(study_root, host="127.0.0.1", port=port, workers=1, **FAST)
-    result = store_instances(study_root, host="127.0.0.1", port=port, workers=2, preflight=False, max_attempts=1, **FAST)
+    result = store_instances(
+        study_root, host="127.0.0.1", port=port, workers=2, preflight=False, max_attempts=1, **FAST
+    )
     assert not result.sent and len(result.failed) == 24
     assert all("refused" in o.reason for o in result.failed)
     assert all(o.retryable for o in result.failed)  # the receiver may come back
@@ -339,12 +372,22 @@ def test_wrong_called_ae_title_fails_before_sending(scp: DicomReceiver, received
 def test_routing_override_changes_the_sent_copy_only(scp: DicomReceiver, received: Received, tmp_path: Path) -> None:
     manifest = write_studies(tmp_path / "routed", series=1, instances=3, instance_kb=8)
     before = {f.path: hashlib.sha256(f.path.read_bytes()).hexdigest() for f in manifest.files}
-    result = store_instances(tmp_path / "routed", host="127.0.0.1", port=scp.port, workers=1,
-                        routing=RoutingOverride("TEST", "SUBJ_1", "SESS-1"), **FAST)
+    result = store_instances(
+        tmp_path / "routed",
+        host="127.0.0.1",
+        port=scp.port,
+        workers=1,
+        routing=RoutingOverride("TEST", "SUBJ_1", "SESS-1"),
+        **FAST,
+    )
     assert len(result.sent) == 3
     for item in manifest.files:
-        sent = pydicom.dcmread(pydicom.filebase.DicomBytesIO(
-            item.path.read_bytes()[:dataset_offset(item.path.read_bytes())] + received.datasets[item.sop_instance_uid]))
+        sent = pydicom.dcmread(
+            pydicom.filebase.DicomBytesIO(
+                item.path.read_bytes()[: dataset_offset(item.path.read_bytes())]
+                + received.datasets[item.sop_instance_uid]
+            )
+        )
         assert sent.PatientComments == "Project:TEST Subject:SUBJ_1 Session:SESS-1"
         assert sent.PixelData == pydicom.dcmread(item.path).PixelData
     assert before == {f.path: hashlib.sha256(f.path.read_bytes()).hexdigest() for f in manifest.files}
@@ -383,19 +426,20 @@ def test_a_warning_status_counts_as_sent_and_keeps_its_code(study_root: Path) ->
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax)
-    server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, lambda event: 0xB000)])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0xB000)])
     try:
-        result = store_instances(study_root, host="127.0.0.1", port=server.server_address[1], called_aet="COERCE",
-                            workers=1, **FAST)
+        result = store_instances(
+            study_root, host="127.0.0.1", port=server.server_address[1], called_aet="COERCE", workers=1, **FAST
+        )
     finally:
         server.shutdown()
     assert len(result.sent) == 24 and not result.failed
     assert {(o.status_hex, o.meaning) for o in result.sent} == {("0xB000", "Warning: Coercion of Data Elements")}
 
 
-def test_the_upload_dicom_command_imports_no_heavy_library(scp: DicomReceiver, received: Received,
-                                                           tmp_path: Path) -> None:
+def test_the_upload_dicom_command_imports_no_heavy_library(
+    scp: DicomReceiver, received: Received, tmp_path: Path
+) -> None:
     """The whole ``session upload-dicom`` run (argument parsing, echo, scan, send, journal) does
     without pydantic, pydicom, pynetdicom, httpx and prefect: start-up is part of its throughput
     (docs/performance.md)."""
@@ -405,18 +449,35 @@ def test_the_upload_dicom_command_imports_no_heavy_library(scp: DicomReceiver, r
 
     export = tmp_path / "export"  # no junk files: those the scanner hands to pydicom to say why they are skipped
     write_studies(export, series=2, instances=12, instance_kb=8, seed=31)
-    code = ("import sys\n"
-            "from xnat_flows.cli.main import app\n"
-            "code = 0\n"
-            "try:\n"
-            "    app(sys.argv[1:], standalone_mode=False)\n"
-            "except SystemExit as exit:\n"
-            "    code = exit.code\n"
-            "heavy = ('pydantic', 'pydicom', 'pynetdicom', 'httpx', 'prefect', 'rich')\n"
-            "print('LOADED', code, sorted(m for m in heavy if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, "session", "upload-dicom", str(export), "--host", "127.0.0.1",
-                          "--port", str(scp.port)], capture_output=True, text=True, check=True,
-                         env={**os.environ, "XNAT_FLOWS_HOME": str(tmp_path / "home")}).stdout
+    code = (
+        "import sys\n"
+        "from xnat_flows.cli.main import app\n"
+        "code = 0\n"
+        "try:\n"
+        "    app(sys.argv[1:], standalone_mode=False)\n"
+        "except SystemExit as exit:\n"
+        "    code = exit.code\n"
+        "heavy = ('pydantic', 'pydicom', 'pynetdicom', 'httpx', 'prefect', 'rich')\n"
+        "print('LOADED', code, sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "session",
+            "upload-dicom",
+            str(export),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(scp.port),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "XNAT_FLOWS_HOME": str(tmp_path / "home")},
+    ).stdout
     assert "12 sent, 0 failed" in out
     assert out.strip().splitlines()[-1] == "LOADED 0 []"
     assert len(received.datasets) == 12

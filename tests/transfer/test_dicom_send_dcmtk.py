@@ -31,8 +31,9 @@ from xnat_flows.transfer.scan import scan_directory
 
 pytestmark = [
     pytest.mark.dcmtk,
-    pytest.mark.skipif(shutil.which("storescp") is None,
-                       reason="dcmtk's storescp is not installed (apt-get install dcmtk)"),
+    pytest.mark.skipif(
+        shutil.which("storescp") is None, reason="dcmtk's storescp is not installed (apt-get install dcmtk)"
+    ),
 ]
 
 
@@ -48,7 +49,11 @@ class StoreScp:
         env = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk reads it from the environment; without it ~40 ms/object
         self.process = subprocess.Popen(  # own session: kill() can take the forked children down too
             ["storescp", "--fork", "-od", str(out_dir), "+xa", "-pm", "-aet", aet, "-pdu", "131072", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -82,8 +87,9 @@ class StoreScp:
                 complete_pixels = len(ds.PixelData) == ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated // 8
             except (InvalidDicomError, EOFError, OSError, AttributeError, KeyError, ValueError):
                 continue  # a file storescp was still writing when it was killed did not arrive
-            if complete_pixels or \
-                    ds.file_meta.TransferSyntaxUID.is_compressed:  # a file cut short by a crash did not arrive
+            if (
+                complete_pixels or ds.file_meta.TransferSyntaxUID.is_compressed
+            ):  # a file cut short by a crash did not arrive
                 found[ds.SOPInstanceUID] = hashlib.sha256(ds.PixelData).hexdigest()
         return found
 
@@ -139,15 +145,20 @@ def test_receiver_down_then_back_a_rerun_completes(storescp: StoreScp, tmp_path:
     storescp.stop()
     with pytest.raises(PeerUnreachableError):
         echo("127.0.0.1", storescp.port, timeout=2)
-    result = store_instances(scan, host="127.0.0.1", port=storescp.port, workers=2, preflight=False, max_attempts=2,
-                        acse_timeout=2)
+    result = store_instances(
+        scan, host="127.0.0.1", port=storescp.port, workers=2, preflight=False, max_attempts=2, acse_timeout=2
+    )
     assert not result.sent and len(result.failed) == 40
     assert all("Connection refused" in o.reason for o in result.failed)
 
     restarted = StoreScp(storescp.out_dir, storescp.port, "XNAT")
     try:
-        second = store_instances([f for f in scan.files if f.path in set(result.unsent_paths)],
-                            host="127.0.0.1", port=restarted.port, workers=2)
+        second = store_instances(
+            [f for f in scan.files if f.path in set(result.unsent_paths)],
+            host="127.0.0.1",
+            port=restarted.port,
+            workers=2,
+        )
         assert len(second.sent) == 40 and second.ok
         expected = _sent([f.path for f in scan.files])
         wait_until(lambda: restarted.received() == expected, 10, what="storescp to write every instance")
@@ -157,16 +168,24 @@ def test_receiver_down_then_back_a_rerun_completes(storescp: StoreScp, tmp_path:
 
 
 @pytest.mark.slow
-def test_receiver_killed_mid_send_nothing_reported_sent_that_did_not_arrive(storescp: StoreScp,
-                                                                            tmp_path: Path) -> None:
+def test_receiver_killed_mid_send_nothing_reported_sent_that_did_not_arrive(storescp: StoreScp, tmp_path: Path) -> None:
     write_studies(tmp_path / "study", series=2, instances=1500, instance_kb=16)
     scan = scan_directory(tmp_path / "study")
     outcome: dict = {}
-    sender = threading.Thread(target=lambda: outcome.update(result=store_instances(
-        scan, host="127.0.0.1", port=storescp.port, workers=2, max_attempts=2, acse_timeout=2, dimse_timeout=5)))
+    sender = threading.Thread(
+        target=lambda: outcome.update(
+            result=store_instances(
+                scan, host="127.0.0.1", port=storescp.port, workers=2, max_attempts=2, acse_timeout=2, dimse_timeout=5
+            )
+        )
+    )
     sender.start()
-    wait_until(lambda: len(list(storescp.out_dir.iterdir())) >= 100, 20, interval=0.005,
-               what="100 instances to arrive before the receiver is killed")
+    wait_until(
+        lambda: len(list(storescp.out_dir.iterdir())) >= 100,
+        20,
+        interval=0.005,
+        what="100 instances to arrive before the receiver is killed",
+    )
     storescp.kill_all()
     sender.join(timeout=60)
     first = outcome["result"]
@@ -177,8 +196,12 @@ def test_receiver_killed_mid_send_nothing_reported_sent_that_did_not_arrive(stor
 
     restarted = StoreScp(storescp.out_dir, storescp.port, "XNAT")
     try:
-        second = store_instances([f for f in scan.files if f.path in set(first.unsent_paths)],
-                            host="127.0.0.1", port=restarted.port, workers=2)
+        second = store_instances(
+            [f for f in scan.files if f.path in set(first.unsent_paths)],
+            host="127.0.0.1",
+            port=restarted.port,
+            workers=2,
+        )
         assert second.ok
         expected = _sent([f.path for f in scan.files])
         wait_until(lambda: restarted.received() == expected, 10, what="storescp to write every instance")

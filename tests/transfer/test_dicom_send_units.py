@@ -81,8 +81,9 @@ def _one_shot_server(answer: bytes) -> tuple[int, threading.Thread]:
 def test_a_rejection_is_decoded() -> None:
     port, thread = _one_shot_server(struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 1, 1, 7))
     with pytest.raises(AssociationRejected) as info:
-        StorageAssociation.open("127.0.0.1", port, called_aet="X", calling_aet="Y", pairs=[(MR, EXPLICIT)],
-                                acse_timeout=5)
+        StorageAssociation.open(
+            "127.0.0.1", port, called_aet="X", calling_aet="Y", pairs=[(MR, EXPLICIT)], acse_timeout=5
+        )
     thread.join(5)
     assert info.value.rejection == Rejection(1, 1, 7)
     assert "called AE title not recognised" in str(info.value)
@@ -96,12 +97,23 @@ def test_only_contexts_accepted_in_the_proposed_syntax_count() -> None:
         return struct.pack(">BBH", 0x21, 0, len(body)) + body
 
     user = struct.pack(">BBH", 0x51, 0, 4) + struct.pack(">I", 16384)
-    items = (context(1, 0, EXPLICIT) + context(3, 0, EXPLICIT)  # 3 was proposed as implicit: not usable
-             + context(5, 4, EXPLICIT) + struct.pack(">BBH", 0x50, 0, len(user)) + user)
+    items = (
+        context(1, 0, EXPLICIT)
+        + context(3, 0, EXPLICIT)  # 3 was proposed as implicit: not usable
+        + context(5, 4, EXPLICIT)
+        + struct.pack(">BBH", 0x50, 0, len(user))
+        + user
+    )
     body = struct.pack(">HH", 1, 0) + b"X".ljust(16) + b"Y".ljust(16) + bytes(32) + items
     port, thread = _one_shot_server(struct.pack(">BBI", 0x02, 0, len(body)) + body)
-    assoc = StorageAssociation.open("127.0.0.1", port, called_aet="X", calling_aet="Y",
-                                    pairs=[(MR, EXPLICIT), (MR, IMPLICIT), (CT, EXPLICIT)], acse_timeout=5)
+    assoc = StorageAssociation.open(
+        "127.0.0.1",
+        port,
+        called_aet="X",
+        calling_aet="Y",
+        pairs=[(MR, EXPLICIT), (MR, IMPLICIT), (CT, EXPLICIT)],
+        acse_timeout=5,
+    )
     thread.join(5)
     assert assoc.accepted == {(MR, EXPLICIT): 1}
     assert assoc.peer_max_pdu == 16384
@@ -109,8 +121,17 @@ def test_only_contexts_accepted_in_the_proposed_syntax_count() -> None:
     assert not assoc.is_open
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm",
-                                  "MR_small_bigendian.dcm", "image_dfl.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_RLE.dcm",
+        "JPEG2000.dcm",
+        "MR_small_bigendian.dcm",
+        "image_dfl.dcm",
+    ],
+)
 def test_routing_copy_changes_patient_comments_only_in_every_transfer_syntax(name: str) -> None:
     from pathlib import Path
 
@@ -119,7 +140,7 @@ def test_routing_copy_changes_patient_comments_only_in_every_transfer_syntax(nam
 
     data = Path(get_testdata_file(name)).read_bytes()
     sent = with_patient_comments(data, "Project:P1 Subject:S1")
-    received = pydicom.dcmread(BytesIO(data[:dataset_offset(data)] + sent))  # the file's meta + what was sent
+    received = pydicom.dcmread(BytesIO(data[: dataset_offset(data)] + sent))  # the file's meta + what was sent
     original = pydicom.dcmread(BytesIO(data))
     assert received.PatientComments == "Project:P1 Subject:S1"
     original.PatientComments = "Project:P1 Subject:S1"
@@ -133,12 +154,14 @@ def test_the_send_path_imports_no_heavy_library() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "from xnat_flows.transfer.dicom_send import store_instances\n"
-            "from xnat_flows.transfer.dicom_resume import store_instances_resumable\n"
-            "from xnat_flows.transfer.scan import scan_directory\n"
-            "from xnat_flows.transfer.progress import Progress\n"
-            "print(sorted(m for m in ('pydicom', 'pynetdicom', 'httpx', 'prefect', 'pydantic')"
-            " if m in sys.modules))")
+    code = (
+        "import sys\n"
+        "from xnat_flows.transfer.dicom_send import store_instances\n"
+        "from xnat_flows.transfer.dicom_resume import store_instances_resumable\n"
+        "from xnat_flows.transfer.scan import scan_directory\n"
+        "from xnat_flows.transfer.progress import Progress\n"
+        "print(sorted(m for m in ('pydicom', 'pynetdicom', 'httpx', 'prefect', 'pydantic')"
+        " if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

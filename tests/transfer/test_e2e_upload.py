@@ -77,8 +77,9 @@ def test_dicom_zip_direct_archive_lands_and_verifies(xnat_emulator, client, expo
 
 def test_gradual_direct_archive(xnat_emulator, client, export) -> None:
     seen = []
-    result = upload_session(client, export, UploadTarget("TEST", "SUBJ01", "GRAD"), gradual=True, workers=4,
-                            progress=seen.append, **FAST)
+    result = upload_session(
+        client, export, UploadTarget("TEST", "SUBJ01", "GRAD"), gradual=True, workers=4, progress=seen.append, **FAST
+    )
     assert result.ok, result
     (study,) = result.sessions
     assert study.gradual.sent_count == 12 and not study.gradual.failures
@@ -129,8 +130,14 @@ def test_prearchive_destination_on_an_auto_archive_project_ends_in_the_archive(x
 def test_resume_after_a_failure_halfway_sends_only_what_did_not_land(xnat_emulator, client, export, tmp_path) -> None:
     journal = UploadJournal(tmp_path / "journal")
     target = UploadTarget("TEST", "SUBJ01", "RESUME")
-    xnat_emulator.faults.add(path="/data/services/import", method="POST", after=2, times=None,
-                             status=400, message="Unable to identify subject.")
+    xnat_emulator.faults.add(
+        path="/data/services/import",
+        method="POST",
+        after=2,
+        times=None,
+        status=400,
+        message="Unable to identify subject.",
+    )
     first = upload_session(client, export, target, workers=4, journal=journal, **FAST)
     assert not first.ok
     (study,) = first.sessions
@@ -154,8 +161,14 @@ def test_resume_after_a_failure_halfway_sends_only_what_did_not_land(xnat_emulat
 def test_gradual_resume_skips_instances_that_landed(xnat_emulator, client, export, tmp_path) -> None:
     journal = UploadJournal(tmp_path / "journal")
     target = UploadTarget("TEST", "SUBJ01", "GRESUME")
-    xnat_emulator.faults.add(path="/data/services/import", method="POST", after=7, times=None,
-                             status=400, message="Unable to identify subject.")
+    xnat_emulator.faults.add(
+        path="/data/services/import",
+        method="POST",
+        after=7,
+        times=None,
+        status=400,
+        message="Unable to identify subject.",
+    )
     first = upload_session(client, export, target, gradual=True, workers=2, journal=journal, **FAST)
     assert not first.ok and len(first.sessions[0].failed_files) == 5
     xnat_emulator.faults.clear()
@@ -198,7 +211,9 @@ def test_adding_a_study_that_sorts_first_keeps_every_label_on_its_study(xnat_emu
     assert counts == {label: {"1": 3, "2": 3} for label in labels}  # nothing merged: 6 files each
 
 
-def test_an_existing_session_of_another_study_is_refused_before_anything_is_sent(xnat_emulator, client, tmp_path) -> None:
+def test_an_existing_session_of_another_study_is_refused_before_anything_is_sent(
+    xnat_emulator, client, tmp_path
+) -> None:
     """Issue 11.1: uploading into a label that holds another study merged the two (overwrite=delete
     skips XNAT's UID check). Now refused with the reason unless asked for, and the default overwrite
     (append) lets XNAT refuse it too."""
@@ -231,16 +246,22 @@ def test_token_expiry_mid_upload_with_8_workers_causes_one_relogin(xnat_emulator
 
 def test_transient_failures_are_retried_over_the_wire(xnat_emulator, client, export) -> None:
     xnat_emulator.faults.add(path="/data/services/import", method="POST", times=1, status=503, retry_after=0.01)
-    xnat_emulator.faults.add(path="/data/services/import", method="POST", times=1, status=400,
-                             message="Session processing in progress")
+    xnat_emulator.faults.add(
+        path="/data/services/import", method="POST", times=1, status=400, message="Session processing in progress"
+    )
     xnat_emulator.faults.add(path="/data/services/import", method="POST", times=1, drop=True)
     result = upload_session(client, export, UploadTarget("TEST", "SUBJ01", "FLAKY"), workers=2, **FAST)
     assert result.ok, result
 
 
 def test_permanent_rejection_raises_with_the_server_message(xnat_emulator, client, export) -> None:
-    rule = xnat_emulator.faults.add(path="/data/services/import", method="POST", times=None, status=400,
-                                    message="Unable to identify destination project")
+    rule = xnat_emulator.faults.add(
+        path="/data/services/import",
+        method="POST",
+        times=None,
+        status=400,
+        message="Unable to identify destination project",
+    )
     batch = scan_directory(export).files
     with pytest.raises(PermanentUploadError, match="Unable to identify destination project"):
         upload_archive_batch(client, batch, UploadTarget("TEST", "SUBJ01", "NOPE"))
@@ -256,8 +277,10 @@ def test_html_login_page_means_wrong_password(tmp_path, xnat_emulator_factory) -
 def test_single_batch_upload_api(xnat_emulator, client, export) -> None:
     files = scan_directory(export).files
     batches = partition_by_bytes(files, 3)
-    results = [upload_archive_batch(client, b, UploadTarget("TEST", "SUBJ01", "BATCHED"), "zip", index=i)
-               for i, b in enumerate(batches)]
+    results = [
+        upload_archive_batch(client, b, UploadTarget("TEST", "SUBJ01", "BATCHED"), "zip", index=i)
+        for i, b in enumerate(batches)
+    ]
     assert [r.index for r in results] == [0, 1, 2] and all(r.ok for r in results)
     assert sum(len(r.files) for r in results) == 12
 

@@ -54,7 +54,7 @@ def test_agrees_with_pydicom_on_its_whole_test_corpus() -> None:
         assert meta.transfer_syntax == expected.TransferSyntaxUID
         if "FileMetaInformationGroupLength" in expected:
             assert meta.dataset_offset == 132 + 12 + expected.FileMetaInformationGroupLength
-        assert data[meta.dataset_offset:meta.dataset_offset + 2] != b"\x02\x00"
+        assert data[meta.dataset_offset : meta.dataset_offset + 2] != b"\x02\x00"
         compared += 1
     assert compared > 150 and refused < 30
 
@@ -65,7 +65,7 @@ def test_a_head_that_stops_inside_the_group_says_how_much_to_read() -> None:
     with pytest.raises(MetaTooShort) as short:
         read_file_meta(data[:200], file_size=len(data))
     assert short.value.needed > 200
-    assert read_file_meta(data[:max(short.value.needed, full.dataset_offset + 8)], file_size=len(data)) == full
+    assert read_file_meta(data[: max(short.value.needed, full.dataset_offset + 8)], file_size=len(data)) == full
 
 
 def test_malformed_meta_groups_are_refused_with_a_reason() -> None:
@@ -84,7 +84,7 @@ def test_malformed_meta_groups_are_refused_with_a_reason() -> None:
 def test_a_file_of_nothing_but_meta_ends_at_its_size() -> None:
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     meta = read_file_meta(data)
-    assert read_file_meta(data[:meta.dataset_offset]).dataset_offset == meta.dataset_offset
+    assert read_file_meta(data[: meta.dataset_offset]).dataset_offset == meta.dataset_offset
 
 
 def _quick_whole(data: bytes) -> bool:
@@ -103,7 +103,7 @@ def test_pixel_data_check_confirms_only_whole_files() -> None:
             continue
         confirmed += whole
         for cut in (1, 2, 100, len(data) // 2):
-            piece = data[:len(data) - cut]
+            piece = data[: len(data) - cut]
             with contextlib.suppress(ValueError):  # cut inside the meta group: refused outright
                 assert not _quick_whole(piece), f"{path} cut by {cut} bytes was confirmed whole"
     assert confirmed > 40  # native and encapsulated images across the corpus

@@ -10,7 +10,9 @@ from xnat_flows.transfer.scan import DicomFile
 
 
 def fake(name: str, size: int) -> DicomFile:
-    return DicomFile(Path(name), name, size, "1.2", "1.2.3", 1, f"1.2.3.{name}", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    return DicomFile(
+        Path(name), name, size, "1.2", "1.2.3", 1, f"1.2.3.{name}", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1"
+    )
 
 
 def test_batches_are_balanced_by_bytes_and_keep_every_file() -> None:

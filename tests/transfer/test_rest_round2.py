@@ -140,7 +140,9 @@ def test_a_stalled_dicom_zip_upload_ends_on_the_stall_timeout(xnat_emulator, tmp
 
 def test_cancel_stops_an_upload_blocked_in_send_within_seconds(xnat_emulator, tmp_path) -> None:
     root = tmp_path / "big"
-    write_studies(root, studies=1, series=1, instances=48, instance_kb=512, seed=3)  # ~24 MB: more than the socket buffers
+    write_studies(
+        root, studies=1, series=1, instances=48, instance_kb=512, seed=3
+    )  # ~24 MB: more than the socket buffers
     files = scan_directory(root).files
     xnat_emulator.faults.add(path=IMPORT, method="POST", times=None, delay_ms=8000)  # takes no byte for 8 s
     outcome: list[BaseException | None] = []
@@ -173,7 +175,9 @@ def test_cancel_stops_an_upload_blocked_in_send_within_seconds(xnat_emulator, tm
 def test_gradual_stops_when_the_server_fails_persistently(xnat_emulator, client, tmp_path) -> None:
     root = tmp_path / "export"
     write_study(root, series=2, instances=20)
-    xnat_emulator.faults.add(path=IMPORT, method="POST", after=6, times=None, status=500, message="Internal Server Error")
+    xnat_emulator.faults.add(
+        path=IMPORT, method="POST", after=6, times=None, status=500, message="Internal Server Error"
+    )
     result = upload_session(client, root, UploadTarget("TEST", "S", "BREAK"), gradual=True, workers=2, verify=False)
     (study,) = result.sessions
     assert not result.ok and study.gradual.stopped and "in a row failed on XNAT's side" in study.gradual.stopped

@@ -100,7 +100,7 @@ def test_unreadable_file_as_root_is_reported(study_dir: Path, monkeypatch: pytes
 
     real_open = builtins.open
 
-    def flaky(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - the scanner's reads go through open()
+    def flaky(path, *args, **kwargs):
         if Path(path).name == "IM0003":
             raise PermissionError(13, "Permission denied")
         return real_open(path, *args, **kwargs)
@@ -155,8 +155,9 @@ def test_garbage_after_the_dicm_marker_is_skipped_not_fatal(study_dir: Path) -> 
 
 # -- headers="file-meta": the C-STORE path's reading depth ------------------------------------------
 def _comparable(result) -> list[tuple]:
-    return [(f.relpath, f.size, f.sop_instance_uid, f.sop_class_uid, f.transfer_syntax, f.mtime_ns)
-            for f in result.files]
+    return [
+        (f.relpath, f.size, f.sop_instance_uid, f.sop_class_uid, f.transfer_syntax, f.mtime_ns) for f in result.files
+    ]
 
 
 def test_file_meta_scan_finds_what_the_full_scan_finds(tmp_path: Path) -> None:
@@ -212,7 +213,7 @@ def test_file_meta_scan_hands_an_implicit_vr_meta_group_to_pydicom(tmp_path: Pat
     buffer.is_little_endian, buffer.is_implicit_VR = True, True
     write_dataset(buffer, meta_ds)
     offset = pydicom.filereader.read_file_meta_info(get_testdata_file("CT_small.dcm")).FileMetaInformationGroupLength
-    (tmp_path / "implicit_meta").write_bytes(data[:132] + buffer.getvalue() + data[132 + 12 + offset:])
+    (tmp_path / "implicit_meta").write_bytes(data[:132] + buffer.getvalue() + data[132 + 12 + offset :])
     [found] = scan_directory(tmp_path, headers="file-meta").files
     assert found.sop_instance_uid == ds.SOPInstanceUID
     assert found.study_uid == ds.StudyInstanceUID  # read by pydicom, so the study is known too
@@ -225,9 +226,11 @@ def test_file_meta_scan_imports_no_pydicom(tmp_path: Path) -> None:
     from xnat_flows.testing.synth import write_studies
 
     manifest = write_studies(tmp_path, series=2, instances=6, instance_kb=8)
-    code = ("import sys; from xnat_flows.transfer.scan import scan_directory; "
-            f"r = scan_directory({str(tmp_path)!r}, headers='file-meta'); "
-            "print(len(r.files), 'pydicom' in sys.modules)")
+    code = (
+        "import sys; from xnat_flows.transfer.scan import scan_directory; "
+        f"r = scan_directory({str(tmp_path)!r}, headers='file-meta'); "
+        "print(len(r.files), 'pydicom' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(len(manifest.files)), "False"]
 
@@ -291,14 +294,17 @@ def test_full_scan_of_a_synthetic_session_needs_no_pydicom(tmp_path: Path) -> No
     from xnat_flows.testing.synth import write_studies
 
     manifest = write_studies(tmp_path, studies=2, series=2, instances=6, instance_kb=8)
-    code = ("import sys; from xnat_flows.transfer.scan import scan_directory; "
-            f"r = scan_directory({str(tmp_path)!r}); "
-            "print(len(r.files), len(r.study_uids), 'pydicom' in sys.modules)")
+    code = (
+        "import sys; from xnat_flows.transfer.scan import scan_directory; "
+        f"r = scan_directory({str(tmp_path)!r}); "
+        "print(len(r.files), len(r.study_uids), 'pydicom' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(len(manifest.files)), "2", "False"]
     result = scan_directory(tmp_path)
     assert {(f.sop_instance_uid, f.study_uid, f.series_uid, f.series_number) for f in result.files} == {
-        (f.sop_instance_uid, f.study_uid, f.series_uid, f.series_number) for f in manifest.files}
+        (f.sop_instance_uid, f.study_uid, f.series_uid, f.series_number) for f in manifest.files
+    }
 
 
 def test_quick_read_skips_sequences_of_undefined_length(tmp_path: Path) -> None:
@@ -334,11 +340,13 @@ def test_quick_read_skips_sequences_of_undefined_length(tmp_path: Path) -> None:
     # (0008,1140) SQ with a defined length -> undefined length + item/sequence delimiters
     tag = b"\x08\x00\x40\x11SQ\x00\x00"
     at = raw.index(tag)
-    seq_len = int.from_bytes(raw[at + 8:at + 12], "little")
-    body = raw[at + 12:at + 12 + seq_len]
+    seq_len = int.from_bytes(raw[at + 8 : at + 12], "little")
+    body = raw[at + 12 : at + 12 + seq_len]
     item_len = int.from_bytes(body[4:8], "little")
-    item = body[:4] + b"\xff\xff\xff\xff" + body[8:8 + item_len] + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
-    undefined = raw[:at] + tag + b"\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" + raw[at + 12 + seq_len:]
+    item = body[:4] + b"\xff\xff\xff\xff" + body[8 : 8 + item_len] + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+    undefined = (
+        raw[:at] + tag + b"\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" + raw[at + 12 + seq_len :]
+    )
     path.write_bytes(undefined)
     keys = read_series_keys(undefined, meta)
     assert keys is not None and keys.study_uid == ds.StudyInstanceUID and keys.series_number == ds.SeriesNumber
@@ -358,7 +366,9 @@ def test_deflated_files_are_found_and_a_cut_one_is_skipped(tmp_path: Path, heade
     assert "truncated" in reasons(result)["cut.dcm"]
 
 
-def test_unreadable_files_and_folders_are_failures_and_junk_is_not(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_files_and_folders_are_failures_and_junk_is_not(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import builtins
 
     import xnat_flows.transfer.scan as scan

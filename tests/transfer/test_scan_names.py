@@ -48,7 +48,13 @@ def test_undecodable_names_are_sent_by_c_store(tmp_path: Path) -> None:
 
     scan = scan_directory(tmp_path / "export", headers="file-meta")
     with DicomReceiver(importer, ae_title="XNAT") as receiver:
-        send = store_instances_resumable(scan.files, UploadJournal(tmp_path / "journal"), host="127.0.0.1",
-                                         port=receiver.port, called_aet="XNAT", workers=2)
+        send = store_instances_resumable(
+            scan.files,
+            UploadJournal(tmp_path / "journal"),
+            host="127.0.0.1",
+            port=receiver.port,
+            called_aet="XNAT",
+            workers=2,
+        )
     assert send.result.ok and send.resumed == 0
     assert sorted(stored) == sorted(f.sop_instance_uid for f in scan.files) and len(stored) == count

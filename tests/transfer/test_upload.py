@@ -24,7 +24,9 @@ TARGET = UploadTarget("PROJ", "SUBJ", "SESS")
 
 def client_for(handler) -> XnatClient:
     creds = Credentials(url="http://xnat.test", username="u", token=SecretStr("TOKEN0000001"))
-    return XnatClient(creds, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None))
+    return XnatClient(
+        creds, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None)
+    )
 
 
 def test_labels_are_validated_naming_the_bad_one() -> None:
@@ -50,9 +52,18 @@ def test_dicom_zip_request_shape_direct_archive(study_dir: Path) -> None:
     (request,) = seen
     assert request.method == "POST" and request.url.path == "/data/services/import"
     assert dict(request.url.params) == {
-        "import-handler": "DICOM-zip", "inbody": "true", "project": "PROJ", "subject": "SUBJ", "session": "SESS",
-        "overwrite": "append", "overwrite_files": "true", "Ignore-Unparsable": "true", "quarantine": "false",
-        "triggerPipelines": "true", "rename": "false", "Direct-Archive": "true",
+        "import-handler": "DICOM-zip",
+        "inbody": "true",
+        "project": "PROJ",
+        "subject": "SUBJ",
+        "session": "SESS",
+        "overwrite": "append",
+        "overwrite_files": "true",
+        "Ignore-Unparsable": "true",
+        "quarantine": "false",
+        "triggerPipelines": "true",
+        "rename": "false",
+        "Direct-Archive": "true",
     }
     assert request.headers["Content-Type"] == "application/x-tar"
     assert int(request.headers["Content-Length"]) == len(request.content)
@@ -114,8 +125,14 @@ def test_gradual_uses_upper_case_keys_and_application_dicom(study_dir: Path) -> 
     assert result.ok and result.sent_count == 6 and result.bytes_sent == sum(f.size for f in files)
     assert result.uris == ["/xapi/direct-archive/PROJ/1.2.3/SESS"]
     params = dict(seen[0].url.params)
-    assert params == {"import-handler": "gradual-DICOM", "inbody": "true", "PROJECT_ID": "PROJ",
-                      "SUBJECT_ID": "SUBJ", "EXPT_LABEL": "SESS", "Direct-Archive": "true"}
+    assert params == {
+        "import-handler": "gradual-DICOM",
+        "inbody": "true",
+        "PROJECT_ID": "PROJ",
+        "SUBJECT_ID": "SUBJ",
+        "EXPT_LABEL": "SESS",
+        "Direct-Archive": "true",
+    }
     assert {r.headers["Content-Type"] for r in seen} == {"application/dicom"}
     assert all(int(r.headers["Content-Length"]) == len(r.content) for r in seen)
     assert sorted(r.content for r in seen) == sorted(f.path.read_bytes() for f in files)
@@ -137,7 +154,9 @@ def test_gradual_collects_per_file_failures_with_the_server_message(study_dir: P
         result = upload_gradual(client, files, TARGET, workers=2)
     assert not result.ok and result.sent_count == 5
     (failure,) = result.failures
-    assert failure.relpath == files[4].relpath and "unable to read DICOM object" in failure.error and failure.status == 400
+    assert (
+        failure.relpath == files[4].relpath and "unable to read DICOM object" in failure.error and failure.status == 400
+    )
 
 
 def test_gradual_stops_when_every_first_instance_fails_alike(study_dir: Path) -> None:
@@ -259,7 +278,9 @@ def test_the_journal_is_per_server_and_checked_against_what_xnat_still_holds(stu
 
     def client(url: str) -> XnatClient:
         creds = Credentials(url=url, username="u", token=SecretStr("TOKEN0000001"))
-        return XnatClient(creds, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None))
+        return XnatClient(
+            creds, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None)
+        )
 
     journal = UploadJournal(tmp_path / "journal")
     with client("http://x.test") as x, client("http://y.test") as y:

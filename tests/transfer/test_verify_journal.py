@@ -20,7 +20,9 @@ TARGET = UploadTarget("P", "S", "E")
 
 
 def instance(series_uid: str, number: int | None, sop: str, relpath: str = "") -> DicomFile:
-    return DicomFile(Path(relpath or sop), relpath or sop, 10, "1.2.3", series_uid, number, sop, "1.2", "1.2.840.10008.1.2.1")
+    return DicomFile(
+        Path(relpath or sop), relpath or sop, 10, "1.2.3", series_uid, number, sop, "1.2", "1.2.840.10008.1.2.1"
+    )
 
 
 def rows(*items: dict) -> dict:
@@ -39,7 +41,9 @@ def client_for(routes: dict[str, object], hits: list[str] | None = None) -> Xnat
         return httpx.Response(200, json=answer)
 
     creds = Credentials(url="http://xnat.test", username="u", token=SecretStr("TOKEN0000001"))
-    return XnatClient(creds, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None))
+    return XnatClient(
+        creds, transport=httpx.MockTransport(handler), token_cache=None, retry=RetryPolicy(sleep=lambda s: None)
+    )
 
 
 def experiment(*scans: dict) -> dict:
@@ -60,7 +64,12 @@ def test_waits_for_the_session_then_compares_per_scan_counts() -> None:
         "/data/experiments/XNAT_E00007/scans/4-MR1/resources": rows({"label": "DICOM", "file_count": "2"}),
         "/data/experiments/XNAT_E00007/scans/5/resources": rows({"label": "DICOM", "file_count": "1"}),
     }
-    expected = [instance("1.1", 4, "a"), instance("1.1", 4, "b"), instance("1.2", 5, "c"), instance("1.2", 5, "c", "dup")]
+    expected = [
+        instance("1.1", 4, "a"),
+        instance("1.1", 4, "b"),
+        instance("1.2", 5, "c"),
+        instance("1.2", 5, "c", "dup"),
+    ]
     with client_for(routes, hits) as client:
         result = verify_session(client, TARGET, expected, wait_timeout=5, poll_interval=0.01)
     assert result.ok and result.experiment_id == "XNAT_E00007" and result.uri == "/data/experiments/XNAT_E00007"
@@ -110,7 +119,9 @@ def test_journal_records_per_destination_privately(tmp_path: Path) -> None:
 
 def test_digest_changes_when_a_file_changes() -> None:
     a = instance("1.1", 1, "a")
-    changed = DicomFile(a.path, a.relpath, a.size, a.study_uid, a.series_uid, 1, "a", a.sop_class_uid, a.transfer_syntax, 99)
+    changed = DicomFile(
+        a.path, a.relpath, a.size, a.study_uid, a.series_uid, 1, "a", a.sop_class_uid, a.transfer_syntax, 99
+    )
     assert content_digest([a]) != content_digest([changed])
     assert content_digest([a]) == content_digest([instance("1.1", 1, "a")])
 

@@ -22,8 +22,9 @@ def write_study(out_dir: Path, *, series: int = 2, instances: int = 3, study_uid
     ``study_uid`` re-stamps the StudyInstanceUID, to split one study over several folders.
     """
     staging = Path(out_dir) / ".synth"
-    manifest = synth_write_studies(staging, series=series, instances=series * instances, instance_kb=4,
-                                   modality="CT", seed=next(_seeds))
+    manifest = synth_write_studies(
+        staging, series=series, instances=series * instances, instance_kb=4, modality="CT", seed=next(_seeds)
+    )
     # The tests name files as a scanner export might: series<n>/IM<nnnn>, no extension.
     paths = []
     for f in manifest.files:
@@ -43,6 +44,7 @@ def write_study(out_dir: Path, *, series: int = 2, instances: int = 3, study_uid
 
 def write_studies(out_dir: Path, *, studies: int = 1, series: int = 2, instances: int = 3) -> list[str]:
     """Several studies; returns their StudyInstanceUIDs."""
-    manifest = synth_write_studies(out_dir, studies=studies, series=series, instances=series * instances,
-                                   instance_kb=16, seed=next(_seeds))
+    manifest = synth_write_studies(
+        out_dir, studies=studies, series=series, instances=series * instances, instance_kb=16, seed=next(_seeds)
+    )
     return list(manifest.study_uids)

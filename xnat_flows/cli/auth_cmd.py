@@ -93,8 +93,10 @@ def status(connection: Connection) -> None:
     typer.echo(f"profile  {chosen_profile_name(connection.profile)}")
     typer.echo(f"server   {credentials.url}")
     typer.echo(f"user     {credentials.username or '(none)'}")
-    token = credentials.token.get_secret_value() if credentials.token else TokenCache().get(
-        credentials.url, credentials.username, any_age=True
+    token = (
+        credentials.token.get_secret_value()
+        if credentials.token
+        else TokenCache().get(credentials.url, credentials.username, any_age=True)
     )
     if token is None:
         typer.echo("session  none cached: run `xnat-flows auth login`")

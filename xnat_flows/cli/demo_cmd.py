@@ -19,7 +19,9 @@ def demo(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Parallel uploads (batches).")] = 4,
     instances: Annotated[int, typer.Option(min=1, help="DICOM instances in the synthetic study.")] = 600,
     instance_kb: Annotated[int, typer.Option(min=1, help="Approximate size of each instance (KiB).")] = 128,
-    transport: Annotated[Literal["dicom-zip", "gradual-dicom"], typer.Option(help="REST import handler.")] = "dicom-zip",
+    transport: Annotated[
+        Literal["dicom-zip", "gradual-dicom"], typer.Option(help="REST import handler.")
+    ] = "dicom-zip",
     archive_format: Annotated[Literal["tar", "zip"], typer.Option(help="Archive format of each batch.")] = "tar",
 ) -> None:
     """Upload a synthetic study to the emulator via Prefect.
@@ -57,8 +59,13 @@ def demo(
             from xnat_flows.models import UploadRequest, XnatConnection
 
             request = UploadRequest(
-                source_dir=str(export), project="DEMO", subject="DEMO_S01", session="DEMO_S01_MR1",
-                transport=transport, workers=workers, archive_format=archive_format,
+                source_dir=str(export),
+                project="DEMO",
+                subject="DEMO_S01",
+                session="DEMO_S01_MR1",
+                transport=transport,
+                workers=workers,
+                archive_format=archive_format,
             )
             with ephemeral_server_dies_with_this_process():
                 result = upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))
@@ -67,7 +74,9 @@ def demo(
         for session in result.sessions:
             typer.echo(f"Session {session.project}/{session.subject}/{session.session}")
             typer.echo(f"  landed at   {url}{session.session_uri} (experiment {session.experiment_id})")
-            typer.echo(f"  verified    {session.verified} ({session.files_sent} files sent; missing: {session.missing or 'none'})")
+            typer.echo(
+                f"  verified    {session.verified} ({session.files_sent} files sent; missing: {session.missing or 'none'})"
+            )
         typer.echo(
             f"  throughput  {result.bytes_sent / 1e6:.1f} MB in {result.upload_seconds:.2f} s = {result.throughput_mb_s:.1f} MB/s "
             f"({transport}, {workers} workers, {archive_format}); whole flow run {result.seconds:.1f} s"

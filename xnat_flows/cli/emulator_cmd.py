@@ -31,12 +31,15 @@ def serve(
     user: str = typer.Option("admin", help="The one user's name."),
     password: str = typer.Option("admin", help="The one user's password."),
     project: list[str] = typer.Option(["TEST"], "--project", help="Project to create at start (repeatable)."),
-    prearchive_code: list[str] = typer.Option([], "--prearchive-code", help="PROJECT=CODE (0 manual, 4 auto, 5 overwrite)."),
+    prearchive_code: list[str] = typer.Option(
+        [], "--prearchive-code", help="PROJECT=CODE (0 manual, 4 auto, 5 overwrite)."
+    ),
     scp_port: int | None = typer.Option(None, help="Start the DICOM receiver on this port (0 = free port)."),
     scp_aet: str = typer.Option("XNAT", help="AE title of the DICOM receiver."),
     latency_ms: int = typer.Option(0, help="Added latency per HTTP response."),
     bandwidth_mbit: float | None = typer.Option(
-        None, help="Cap on bytes received and sent, in Mbit/s, shared by all connections (default: no cap)."),
+        None, help="Cap on bytes received and sent, in Mbit/s, shared by all connections (default: no cap)."
+    ),
     rebuild_idle_seconds: float = typer.Option(1.0, help="Idle seconds before a RECEIVING session is built/archived."),
     session_idle_timeout: float = typer.Option(900.0, help="JSESSION idle expiry in seconds."),
     anonymize: bool = typer.Option(False, help="Rewrite DICOM headers on import, like XNAT's default anonymization."),
@@ -45,9 +48,19 @@ def serve(
     from xnat_flows.testing.emulator import XnatEmulator
 
     emulator = XnatEmulator(
-        data_dir, host=host, port=port, user=user, password=password, projects=tuple(project),
-        scp_port=scp_port, scp_aet=scp_aet, latency_ms=latency_ms, bandwidth_mbit=bandwidth_mbit, rebuild_idle_seconds=rebuild_idle_seconds,
-        session_idle_timeout=session_idle_timeout, prearchive_codes=_parse_codes(prearchive_code),
+        data_dir,
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        projects=tuple(project),
+        scp_port=scp_port,
+        scp_aet=scp_aet,
+        latency_ms=latency_ms,
+        bandwidth_mbit=bandwidth_mbit,
+        rebuild_idle_seconds=rebuild_idle_seconds,
+        session_idle_timeout=session_idle_timeout,
+        prearchive_codes=_parse_codes(prearchive_code),
         anonymize=anonymize,
     )
     stop = threading.Event()

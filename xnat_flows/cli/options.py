@@ -30,9 +30,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 
 INTERRUPTED_MESSAGE = "interrupted: re-run the same command to send the rest"
 RELOGIN_HINT = (
-    "Run `xnat-flows auth login` (in a script: `... | xnat-flows auth login --password-stdin`), "
-    "or set XNAT_PASS"
+    "Run `xnat-flows auth login` (in a script: `... | xnat-flows auth login --password-stdin`), or set XNAT_PASS"
 )
+
 
 def command_group(**settings: Any) -> typer.Typer:
     """A sub-command group with plain help (click's): flags without ``<bool>``, nothing truncated
@@ -127,11 +127,14 @@ class Connection:
             return self.password
         return read_password_stdin() if self.password_stdin else None
 
-    def credentials(self, *, prompt: bool = True, password: str | None = None, new_profile: bool = False) -> Credentials:
+    def credentials(
+        self, *, prompt: bool = True, password: str | None = None, new_profile: bool = False
+    ) -> Credentials:
         from xnat_flows.client.credentials import resolve_credentials
 
-        return resolve_credentials(self.url, self.username, password, profile=self.profile, prompt=prompt,
-                                   new_profile=new_profile)
+        return resolve_credentials(
+            self.url, self.username, password, profile=self.profile, prompt=prompt, new_profile=new_profile
+        )
 
     @contextmanager
     def client(self, *, projects: tuple[str | None, ...] = ()) -> Iterator[XnatClient]:
@@ -218,24 +221,59 @@ def read_password_stdin() -> str:
 
 _CONNECTION_PARAMETERS = [
     inspect.Parameter(
-        "url", inspect.Parameter.KEYWORD_ONLY, default=None,
-        annotation=Annotated[str | None, typer.Option("--url", help="XNAT base URL [default: $XNAT_URL or the profile]", rich_help_panel="Connection")],
+        "url",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option(
+                "--url", help="XNAT base URL [default: $XNAT_URL or the profile]", rich_help_panel="Connection"
+            ),
+        ],
     ),
     inspect.Parameter(
-        "username", inspect.Parameter.KEYWORD_ONLY, default=None,
-        annotation=Annotated[str | None, typer.Option("--username", "-u", help="XNAT user [default: $XNAT_USER or the profile]", rich_help_panel="Connection")],
+        "username",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option(
+                "--username", "-u", help="XNAT user [default: $XNAT_USER or the profile]", rich_help_panel="Connection"
+            ),
+        ],
     ),
     inspect.Parameter(
-        "password", inspect.Parameter.KEYWORD_ONLY, default=None,
-        annotation=Annotated[str | None, typer.Option("--password", help="Visible to other users: prefer --password-stdin", rich_help_panel="Connection")],
+        "password",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option(
+                "--password", help="Visible to other users: prefer --password-stdin", rich_help_panel="Connection"
+            ),
+        ],
     ),
     inspect.Parameter(
-        "password_stdin", inspect.Parameter.KEYWORD_ONLY, default=False,
-        annotation=Annotated[bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin", rich_help_panel="Connection")],
+        "password_stdin",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool,
+            typer.Option(
+                "--password-stdin", help="Read the password from the first line of stdin", rich_help_panel="Connection"
+            ),
+        ],
     ),
     inspect.Parameter(
-        "profile", inspect.Parameter.KEYWORD_ONLY, default=None,
-        annotation=Annotated[str | None, typer.Option("--profile", help="Profile name [default: $XNAT_PROFILE or 'default']", rich_help_panel="Connection")],
+        "profile",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option(
+                "--profile", help="Profile name [default: $XNAT_PROFILE or 'default']", rich_help_panel="Connection"
+            ),
+        ],
     ),
 ]
 _CONNECTION_NAMES = [p.name for p in _CONNECTION_PARAMETERS]

@@ -60,14 +60,20 @@ def conflict_advice(overwrite: str | None) -> Iterator[None]:
         yield
     except ConflictError as exc:
         if overwrite is None:
-            exc.hint = ("The session already exists in the archive: re-run with --overwrite append (adds scans and "
-                        "files) or --overwrite delete (also replaces overlapping files), or give another label with -E")
+            exc.hint = (
+                "The session already exists in the archive: re-run with --overwrite append (adds scans and "
+                "files) or --overwrite delete (also replaces overlapping files), or give another label with -E"
+            )
         elif overwrite == "append":
-            exc.hint = ("XNAT refused to append (its message says why): re-run with --overwrite delete to replace "
-                        "the overlapping files, or archive under another label with -E")
+            exc.hint = (
+                "XNAT refused to append (its message says why): re-run with --overwrite delete to replace "
+                "the overlapping files, or archive under another label with -E"
+            )
         else:
-            exc.hint = ("XNAT refused even --overwrite delete (its message says why, e.g. another subject or study): "
-                        "archive under another label with -E, or under the right subject with -S")
+            exc.hint = (
+                "XNAT refused even --overwrite delete (its message says why, e.g. another subject or study): "
+                "archive under another label with -E, or under the right subject with -S"
+            )
         raise
 
 
@@ -81,10 +87,15 @@ def archive_command(
     label: Annotated[str | None, typer.Option("--label", "-E", help="Session label in the archive.")] = None,
     overwrite: Annotated[
         OverwriteChoice | None,
-        typer.Option("--overwrite", help="If the session already exists: append (merge) or delete (replace overlapping files)."),
+        typer.Option(
+            "--overwrite", help="If the session already exists: append (merge) or delete (replace overlapping files)."
+        ),
     ] = None,
     wait_seconds: Annotated[
-        float, typer.Option("--wait-seconds", min=0, help="Wait this long while XNAT is still receiving/building the session.")
+        float,
+        typer.Option(
+            "--wait-seconds", min=0, help="Wait this long while XNAT is still receiving/building the session."
+        ),
     ] = 300.0,
     as_json: JsonOption = False,
     *,

@@ -21,10 +21,16 @@ app = command_group(help="Upload non-DICOM files and directories to session or s
 def upload_command(
     session: Annotated[str, typer.Argument(help="Experiment ID (XNAT_E00001), or the session label with --project.")],
     label: Annotated[str, typer.Argument(help="Resource label, e.g. BIDS, NIFTI, SNAPSHOTS (created when missing).")],
-    path: Annotated[Path, typer.Argument(exists=True, help="File, or directory (zipped on the fly, extracted by XNAT).")],
-    scan: Annotated[str | None, typer.Option("--scan", help="Attach to this scan's resource instead of the session's.")] = None,
+    path: Annotated[
+        Path, typer.Argument(exists=True, help="File, or directory (zipped on the fly, extracted by XNAT).")
+    ],
+    scan: Annotated[
+        str | None, typer.Option("--scan", help="Attach to this scan's resource instead of the session's.")
+    ] = None,
     project: Annotated[str | None, typer.Option("--project", "-P", help="Project ID, when SESSION is a label.")] = None,
-    subject: Annotated[str | None, typer.Option("--subject", "-S", help="Subject label (optional with --project).")] = None,
+    subject: Annotated[
+        str | None, typer.Option("--subject", "-S", help="Subject label (optional with --project).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files XNAT already has.")] = False,
     as_json: JsonOption = False,
     *,
@@ -49,7 +55,9 @@ def upload_command(
         typer.echo(result.model_dump_json(indent=2))
     else:
         how = "zipped and extracted by XNAT" if result.extracted else "as is"
-        typer.echo(f"Sent {len(result.files)} file(s), {result.bytes_sent / 1e6:.2f} MB ({how}), to {result.resource_uri}")
+        typer.echo(
+            f"Sent {len(result.files)} file(s), {result.bytes_sent / 1e6:.2f} MB ({how}), to {result.resource_uri}"
+        )
         for item in result.skipped:
             typer.echo(f"  not sent: {item.path} ({item.reason})", err=True)
     if result.duplicates:

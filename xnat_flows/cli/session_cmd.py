@@ -33,9 +33,15 @@ def upload(
     project: Annotated[str, typer.Option("--project", "-P", help="XNAT project ID.")],
     subject: Annotated[str, typer.Option("--subject", "-S", help="Subject label.")],
     session: Annotated[str, typer.Option("--session", "-E", help="Session (experiment) label.")],
-    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Parallel uploads (DICOM-zip: batches).")] = 4,
-    archive_format: Annotated[Literal["auto", "tar", "tgz", "zip"], typer.Option(
-        "--archive-format", help="Format of each batch; auto: tgz on a slow link (round trip >= 5 ms), else tar.")] = "auto",
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="Parallel uploads (DICOM-zip: batches).")
+    ] = 4,
+    archive_format: Annotated[
+        Literal["auto", "tar", "tgz", "zip"],
+        typer.Option(
+            "--archive-format", help="Format of each batch; auto: tgz on a slow link (round trip >= 5 ms), else tar."
+        ),
+    ] = "auto",
     direct_archive: Annotated[
         bool, typer.Option("--direct-archive/--prearchive", help="Archive directly (XNAT 1.8.3+) or stage.")
     ] = True,
@@ -47,8 +53,12 @@ def upload(
         bool, typer.Option("--into-other-study", help="Upload even into a session holding another study.")
     ] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare.")] = True,
-    duplicates: Annotated[Literal["newest", "oldest", "stop"], typer.Option(
-        "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop.")] = "newest",
+    duplicates: Annotated[
+        Literal["newest", "oldest", "stop"],
+        typer.Option(
+            "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
+        ),
+    ] = "newest",
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
     as_json: JsonOption = False,
     *,
@@ -69,8 +79,20 @@ def upload(
     if flow:
         with connection.client(projects=(project,)) as client:
             credentials = client.credentials
-        _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials,
-                          connection.profile, as_json, into_other_study, duplicates)
+        _upload_with_flow(
+            source,
+            target,
+            workers,
+            archive_format,
+            gradual,
+            per_study,
+            verify,
+            credentials,
+            connection.profile,
+            as_json,
+            into_other_study,
+            duplicates,
+        )
         return
     scan = scan_directory(source, duplicates=duplicates)
     plan_sessions(scan, target, per_study=per_study)
@@ -82,8 +104,16 @@ def upload(
                 typer.echo(f"archive format: {archive_format} ({why})")
         with _progress_bar(label, enabled=not as_json) as progress:
             result = upload_session(
-                client, scan, target, workers=workers, fmt=archive_format if archive_format != "auto" else "tar",
-                gradual=gradual, per_study=per_study, journal=UploadJournal(), progress=progress, verify=verify,
+                client,
+                scan,
+                target,
+                workers=workers,
+                fmt=archive_format if archive_format != "auto" else "tar",
+                gradual=gradual,
+                per_study=per_study,
+                journal=UploadJournal(),
+                progress=progress,
+                verify=verify,
                 allow_other_study=into_other_study,
             )
     if as_json:
@@ -97,8 +127,20 @@ def upload(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _upload_with_flow(source, target, workers, archive_format, gradual, per_study, verify, credentials, profile, as_json,
-                      into_other_study, duplicates="newest") -> None:
+def _upload_with_flow(
+    source,
+    target,
+    workers,
+    archive_format,
+    gradual,
+    per_study,
+    verify,
+    credentials,
+    profile,
+    as_json,
+    into_other_study,
+    duplicates="newest",
+) -> None:
     from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
     from xnat_flows.client.errors import XnatError
@@ -112,9 +154,17 @@ def _upload_with_flow(source, target, workers, archive_format, gradual, per_stud
         # session expires mid-run). Never the environment, which Prefect's server child inherits.
         keep_password_in_process(credentials.url, credentials.username, credentials.password)
     request = UploadRequest(
-        source_dir=str(source), project=target.project, subject=target.subject, session=target.session,
-        workers=workers, archive_format=archive_format, direct_archive=target.direct_archive, per_study=per_study,
-        verify=verify, transport="gradual-dicom" if gradual else "dicom-zip", allow_other_study=into_other_study,
+        source_dir=str(source),
+        project=target.project,
+        subject=target.subject,
+        session=target.session,
+        workers=workers,
+        archive_format=archive_format,
+        direct_archive=target.direct_archive,
+        per_study=per_study,
+        verify=verify,
+        transport="gradual-dicom" if gradual else "dicom-zip",
+        allow_other_study=into_other_study,
         duplicates=duplicates,
     )
     with ephemeral_server_dies_with_this_process():
@@ -130,10 +180,14 @@ def _upload_with_flow(source, target, workers, archive_format, gradual, per_stud
         typer.echo(result.model_dump_json(indent=2))
     else:
         for s in result.sessions:
-            typer.echo(f"{s.project}/{s.subject}/{s.session}: {s.files_sent} files -> {s.session_uri or '?'} "
-                       f"(experiment {s.experiment_id or '?'}), verified: {s.verified}")
-        typer.echo(f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB sent in {result.upload_seconds:.1f} s "
-                   f"({result.throughput_mb_s:.1f} MB/s); whole run {result.seconds:.1f} s")
+            typer.echo(
+                f"{s.project}/{s.subject}/{s.session}: {s.files_sent} files -> {s.session_uri or '?'} "
+                f"(experiment {s.experiment_id or '?'}), verified: {s.verified}"
+            )
+        typer.echo(
+            f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB sent in {result.upload_seconds:.1f} s "
+            f"({result.throughput_mb_s:.1f} MB/s); whole run {result.seconds:.1f} s"
+        )
     if not result.ok:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -157,8 +211,13 @@ class _progress_bar:
         )
 
         self._progress = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.fields[files]}"),
-            DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), transient=False,
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            TextColumn("{task.fields[files]}"),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
         )
 
     def __enter__(self):
@@ -196,9 +255,15 @@ def _summary(result) -> dict:
         "throughput_mb_s": round(result.bytes_sent / 1e6 / transfer_seconds, 3) if transfer_seconds > 0 else 0.0,
         "sessions": [
             {
-                "project": study.target.project, "subject": study.target.subject, "session": study.target.session,
-                "study_uid": study.study_uid, "files": study.files, "files_sent": study.files_sent,
-                "uri": study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else None),
+                "project": study.target.project,
+                "subject": study.target.subject,
+                "session": study.target.session,
+                "study_uid": study.study_uid,
+                "files": study.files,
+                "files_sent": study.files_sent,
+                "uri": study.verify.uri
+                if study.verify and study.verify.uri
+                else (study.uris[0] if study.uris else None),
                 "experiment_id": study.verify.experiment_id if study.verify else None,
                 "verified": study.verify.ok if study.verify else None,
                 "verify_summary": study.verify.summary() if study.verify else None,
@@ -221,14 +286,20 @@ def _report_skipped(skipped: list) -> None:
     for item in unreadable:
         typer.echo(f"not read, not sent: {item.path}: {item.reason}", err=True)
     if unreadable:
-        typer.echo(f"{len(unreadable)} files or folders could not be read: make them readable and run the same "
-                   "command again to send them.", err=True)
+        typer.echo(
+            f"{len(unreadable)} files or folders could not be read: make them readable and run the same "
+            "command again to send them.",
+            err=True,
+        )
 
 
 def _report_conflicts(scan, duplicates: str) -> None:
     if scan.conflicts:
-        typer.echo(f"{len(scan.conflicts)} SOP Instance UIDs are held by different files (listed as conflicting copy): "
-                   f"sent the {duplicates} of each by modification time; --duplicates newest|oldest|stop to choose.", err=True)
+        typer.echo(
+            f"{len(scan.conflicts)} SOP Instance UIDs are held by different files (listed as conflicting copy): "
+            f"sent the {duplicates} of each by modification time; --duplicates newest|oldest|stop to choose.",
+            err=True,
+        )
 
 
 def _report(result) -> None:
@@ -240,8 +311,10 @@ def _report(result) -> None:
         if study.gradual is not None and study.gradual.stopped:
             typer.echo(f"  {study.gradual.stopped}", err=True)
         if study.gradual is not None and study.gradual.already_archived:
-            typer.echo("  already complete in XNAT's archive: nothing sent (gradual-DICOM cannot replace "
-                       "archived instances; DICOM-zip, the default transport, can)")
+            typer.echo(
+                "  already complete in XNAT's archive: nothing sent (gradual-DICOM cannot replace "
+                "archived instances; DICOM-zip, the default transport, can)"
+            )
         if study.verify is not None:
             typer.echo(f"  verify: {study.verify.summary()}")
         for batch in study.batches:
@@ -267,15 +340,32 @@ def _report(result) -> None:
 def upload_dicom(
     source: Annotated[Path, typer.Argument(help="Directory of DICOM files (scanned recursively).")],
     host: Annotated[str, typer.Option("--host", envvar="XNAT_DICOM_HOST", help="DICOM receiver host.")],
-    port: Annotated[int, typer.Option("--port", envvar="XNAT_DICOM_PORT", min=1, max=65535, help="Receiver port (XNAT: often 8104).")] = 104,
-    called_aet: Annotated[str, typer.Option("--called-aet", envvar="XNAT_DICOM_CALLED_AET", help="The receiver's AE title.")] = "XNAT",
-    calling_aet: Annotated[str, typer.Option("--calling-aet", envvar="XNAT_DICOM_CALLING_AET", help="Our AE title.")] = "XNATFLOWS",
+    port: Annotated[
+        int,
+        typer.Option("--port", envvar="XNAT_DICOM_PORT", min=1, max=65535, help="Receiver port (XNAT: often 8104)."),
+    ] = 104,
+    called_aet: Annotated[
+        str, typer.Option("--called-aet", envvar="XNAT_DICOM_CALLED_AET", help="The receiver's AE title.")
+    ] = "XNAT",
+    calling_aet: Annotated[
+        str, typer.Option("--calling-aet", envvar="XNAT_DICOM_CALLING_AET", help="Our AE title.")
+    ] = "XNATFLOWS",
     workers: Annotated[int, typer.Option("--workers", min=1, max=32, help="Parallel associations.")] = 4,
-    project: Annotated[str | None, typer.Option("--project", "-P", help="Route to this project (PatientComments of the sent copy).")] = None,
-    subject: Annotated[str | None, typer.Option("--subject", "-S", help="With --project: route to this subject.")] = None,
-    session: Annotated[str | None, typer.Option("--session", "-E", help="With --project: route to this session label.")] = None,
-    duplicates: Annotated[Literal["newest", "oldest", "stop"], typer.Option(
-        "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop.")] = "newest",
+    project: Annotated[
+        str | None, typer.Option("--project", "-P", help="Route to this project (PatientComments of the sent copy).")
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option("--subject", "-S", help="With --project: route to this subject.")
+    ] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", "-E", help="With --project: route to this session label.")
+    ] = None,
+    duplicates: Annotated[
+        Literal["newest", "oldest", "stop"],
+        typer.Option(
+            "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
+        ),
+    ] = "newest",
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -295,8 +385,10 @@ def upload_dicom(
         raise InputError("--subject and --session route only together with --project")
     routing = RoutingOverride(project, subject, session) if project else None
     if project is None:
-        warn("no --project: XNAT routes by the DICOM headers (e.g. `Project:` in PatientComments); "
-             "what it cannot route is filed under Unassigned in the prearchive")
+        warn(
+            "no --project: XNAT routes by the DICOM headers (e.g. `Project:` in PatientComments); "
+            "what it cannot route is filed under Unassigned in the prearchive"
+        )
     else:
         _check_project_if_logged_in(connection, project)
     echo(host, port, called_aet, calling_aet)
@@ -321,35 +413,62 @@ def upload_dicom(
         try:
             # every instance is journaled as the receiver confirms it: a re-run sends only the rest
             send = store_instances_resumable(
-                scan.files, UploadJournal(), host=host, port=port, called_aet=called_aet, calling_aet=calling_aet,
-                workers=workers, routing=routing, preflight=False, progress=show if progress else None,
+                scan.files,
+                UploadJournal(),
+                host=host,
+                port=port,
+                called_aet=called_aet,
+                calling_aet=calling_aet,
+                workers=workers,
+                routing=routing,
+                preflight=False,
+                progress=show if progress else None,
             )
         except KeyboardInterrupt:
-            typer.echo("Every instance the receiver confirmed is recorded: run the same command again to send "
-                       "the rest.", err=True)
+            typer.echo(
+                "Every instance the receiver confirmed is recorded: run the same command again to send the rest.",
+                err=True,
+            )
             raise  # the root command prints the interruption line and exits 130
     result = send.result
     if as_json:
-        typer.echo(json.dumps({
-            "ok": result.ok and not send.in_doubt and not scan.unreadable, "sent": len(result.sent), "failed": len(result.failed),
-            "skipped": len(result.skipped), "resumed": send.resumed, "in_doubt": len(send.in_doubt),
-            "bytes_sent": result.bytes_sent, "seconds": round(result.seconds, 3),
-            "instances_per_second": round(result.instances_per_second, 1),
-            "not_stored": [{"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
-                           for o in result.failed + result.skipped],
-            "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped if not s.unreadable],
-            "unreadable": [{"path": str(s.path), "reason": s.reason} for s in scan.unreadable],
-            "conflicts": [[v.relpath for v in versions] for versions in scan.conflicts],
-        }, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": result.ok and not send.in_doubt and not scan.unreadable,
+                    "sent": len(result.sent),
+                    "failed": len(result.failed),
+                    "skipped": len(result.skipped),
+                    "resumed": send.resumed,
+                    "in_doubt": len(send.in_doubt),
+                    "bytes_sent": result.bytes_sent,
+                    "seconds": round(result.seconds, 3),
+                    "instances_per_second": round(result.instances_per_second, 1),
+                    "not_stored": [
+                        {"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
+                        for o in result.failed + result.skipped
+                    ],
+                    "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped if not s.unreadable],
+                    "unreadable": [{"path": str(s.path), "reason": s.reason} for s in scan.unreadable],
+                    "conflicts": [[v.relpath for v in versions] for versions in scan.conflicts],
+                },
+                indent=2,
+            )
+        )
     else:
         _report_skipped(scan.skipped)
         _report_conflicts(scan, duplicates)
         for failed in result.failed + result.skipped:
             typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
         if send.resumed:
-            typer.echo(f"{send.resumed} instances were delivered by an earlier run and not sent again"
-                       + ("" if result.sent or result.failed or result.skipped else
-                          f" (nothing left to send; to send them again anyway, delete {send.journal_path})"))
+            typer.echo(
+                f"{send.resumed} instances were delivered by an earlier run and not sent again"
+                + (
+                    ""
+                    if result.sent or result.failed or result.skipped
+                    else f" (nothing left to send; to send them again anyway, delete {send.journal_path})"
+                )
+            )
         typer.echo(result.summary())
     if send.in_doubt:
         typer.echo(f"warning: {in_doubt_warning(send.in_doubt)}", err=True)
@@ -374,6 +493,10 @@ def _check_project_if_logged_in(connection: Connection, project: str) -> None:
     except NotFoundError:
         raise
     except (InputError, AuthenticationError, XnatError) as exc:
-        reason = "not logged in: `xnat-flows auth login`" if isinstance(exc, (InputError, AuthenticationError)) else str(exc)
-        warn(f"could not check that project {project} exists ({reason}); "
-             "XNAT files data for an unknown project under Unassigned in the prearchive")
+        reason = (
+            "not logged in: `xnat-flows auth login`" if isinstance(exc, (InputError, AuthenticationError)) else str(exc)
+        )
+        warn(
+            f"could not check that project {project} exists ({reason}); "
+            "XNAT files data for an unknown project under Unassigned in the prearchive"
+        )

@@ -17,15 +17,21 @@ def synth(
     instance_kb: Annotated[int, typer.Option(min=1, help="Approximate size of each instance in KiB.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same bytes.")] = 0,
     modality: Annotated[str, typer.Option(help="MR or CT.")] = "MR",
-    patient_id: Annotated[str | None, typer.Option(help="One PatientID for all studies (default: one per study).")] = None,
+    patient_id: Annotated[
+        str | None, typer.Option(help="One PatientID for all studies (default: one per study).")
+    ] = None,
     project: Annotated[
         str | None, typer.Option(help="Write 'Project:X' into PatientComments so XNAT routes the data (C-STORE).")
     ] = None,
     subject: Annotated[str | None, typer.Option(help="With --project: also 'Subject:Y'.")] = None,
     session: Annotated[str | None, typer.Option(help="With --project: also 'Session:Z'.")] = None,
     junk: Annotated[bool, typer.Option("--junk", help="Add DICOMDIR, hidden, text/PDF and truncated files.")] = False,
-    pixels: Annotated[Literal["phantom", "random"], typer.Option(
-        help="Pixel data: a noisy head phantom that compresses as real MR/CT does (~2x gzip), or random bytes.")] = "phantom",
+    pixels: Annotated[
+        Literal["phantom", "random"],
+        typer.Option(
+            help="Pixel data: a noisy head phantom that compresses as real MR/CT does (~2x gzip), or random bytes."
+        ),
+    ] = "phantom",
 ) -> None:
     """Write synthetic DICOM studies laid out like a scanner export."""
     from xnat_flows.testing.synth import SOP_CLASS_BY_MODALITY, SynthRouting, write_studies
@@ -37,8 +43,17 @@ def synth(
     routing = SynthRouting(project, subject, session) if project else None
     started = time.perf_counter()
     manifest = write_studies(
-        out_dir, studies=studies, series=series, instances=instances, instance_kb=instance_kb, seed=seed,
-        junk=junk, modality=modality, patient_id=patient_id, routing=routing, pixels=pixels,
+        out_dir,
+        studies=studies,
+        series=series,
+        instances=instances,
+        instance_kb=instance_kb,
+        seed=seed,
+        junk=junk,
+        modality=modality,
+        patient_id=patient_id,
+        routing=routing,
+        pixels=pixels,
     )
     seconds = time.perf_counter() - started
     typer.echo(

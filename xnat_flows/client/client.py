@@ -137,7 +137,9 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
         try:
             return ssl.create_default_context(cafile=verify)
         except (OSError, ssl.SSLError) as exc:
-            raise InputError(f"Cannot load the CA bundle {verify}: {exc}", hint="Point XNAT_CA_BUNDLE at a PEM file") from None
+            raise InputError(
+                f"Cannot load the CA bundle {verify}: {exc}", hint="Point XNAT_CA_BUNDLE at a PEM file"
+            ) from None
     return verify
 
 
@@ -305,8 +307,9 @@ class XnatClient:
         log.info("logged in to %s as %s", creds.url, creds.username)
         if self.token_cache is not None:
             try:
-                self.token_cache.put(creds.url, creds.username, token,
-                                     creds.password.get_secret_value() if creds.password else None)
+                self.token_cache.put(
+                    creds.url, creds.username, token, creds.password.get_secret_value() if creds.password else None
+                )
             except OSError as exc:
                 log.warning("could not write the token cache: %s", exc)
 
@@ -318,8 +321,9 @@ class XnatClient:
                     creds = self.credentials
                     token = creds.token.get_secret_value() if creds.token else None
                     if token is None and self.token_cache is not None:
-                        token = self.token_cache.get(creds.url, creds.username,
-                                                     creds.password.get_secret_value() if creds.password else None)
+                        token = self.token_cache.get(
+                            creds.url, creds.username, creds.password.get_secret_value() if creds.password else None
+                        )
                     if token is not None:
                         self._auth_state = (self._auth_state[0] + 1, token)
                         self._auth_loaded = True
@@ -367,7 +371,12 @@ class XnatClient:
                 self.check_cancelled()
                 generation, token = self._session()  # a login that meets a busy server is retried too
                 response = self._send(method, path, params, content, headers, timeout, token)
-                if response.status_code == 401 and not relogged and self.credentials.password is not None and not single_use:
+                if (
+                    response.status_code == 401
+                    and not relogged
+                    and self.credentials.password is not None
+                    and not single_use
+                ):
                     relogged = True
                     log.info("%s %s: session expired (401); logging in again", method, path)
                     self._relogin(generation)
@@ -379,17 +388,22 @@ class XnatClient:
             else:
                 if response.status_code < 400:
                     return response
-                error = self._scrub(error_for_response(response, parse_retry_after(response.headers.get("Retry-After"))))
+                error = self._scrub(
+                    error_for_response(response, parse_retry_after(response.headers.get("Retry-After")))
+                )
             attempt += 1
             if isinstance(error, XnatConnectionError) and error.timed_out:
                 unanswered += 1
                 if unanswered >= policy.unanswered_attempts:
                     # A server that swallowed the request this often will not answer the next one either.
-                    raise self._scrub(NoAnswerError(
-                        f"{method} {path}: {self.base_url} took the connection but sent no answer "
-                        f"({unanswered} attempts, {time.monotonic() - started:.0f} s in all)",
-                        retryable=False, timed_out=True,
-                    ))
+                    raise self._scrub(
+                        NoAnswerError(
+                            f"{method} {path}: {self.base_url} took the connection but sent no answer "
+                            f"({unanswered} attempts, {time.monotonic() - started:.0f} s in all)",
+                            retryable=False,
+                            timed_out=True,
+                        )
+                    )
             if single_use or attempt >= policy.attempts or not policy.should_retry(error, method, path):
                 raise error
             if isinstance(error, XnatConnectionError) and content is not None and not relogged:
@@ -397,7 +411,9 @@ class XnatClient:
             wait = policy.delay(attempt - 1, error.retry_after)
             if slept + wait > policy.budget_seconds:
                 raise error
-            log.warning("%s %s: %s; retry %d/%d in %.1f s", method, path, error.message, attempt, policy.attempts - 1, wait)
+            log.warning(
+                "%s %s: %s; retry %d/%d in %.1f s", method, path, error.message, attempt, policy.attempts - 1, wait
+            )
             if policy.sleep is not None:
                 policy.sleep(wait)
             elif self._cancelled.wait(wait):
@@ -481,8 +497,9 @@ class XnatClient:
     def _query_timeout(self) -> httpx.Timeout:
         # Read-backs get a minute, not the hours an upload may need: a stalled server should
         # fail a listing (and let the retries work) rather than hang it.
-        return httpx.Timeout(min(self.timeouts.read, self.timeouts.answer), connect=self.timeouts.connect,
-                             pool=self.timeouts.pool)
+        return httpx.Timeout(
+            min(self.timeouts.read, self.timeouts.answer), connect=self.timeouts.connect, pool=self.timeouts.pool
+        )
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         response = self.request("GET", path, params={"format": "json", **(params or {})}, timeout=self._query_timeout())

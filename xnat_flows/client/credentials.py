@@ -108,15 +108,15 @@ def resolve_credentials(
     if not resolved_url:
         raise InputError(
             "No XNAT URL given",
-            hint="Pass --url, set XNAT_URL, or add a profile with a url to config.toml in "
-            f"{profile_dir(environ)}",
+            hint=f"Pass --url, set XNAT_URL, or add a profile with a url to config.toml in {profile_dir(environ)}",
         )
     same_server = chosen is not None and chosen.url is not None and chosen.url.rstrip("/") == resolved_url.rstrip("/")
     from_profile = chosen if (chosen is not None and (same_server or chosen.url is None)) else None
 
     resolved_user = username or env.username or (from_profile.username if from_profile else None)
     secret = (
-        SecretStr(password) if password
+        SecretStr(password)
+        if password
         else env.password
         or (_process_password(resolved_url, resolved_user) if resolved_user else None)
         or (from_profile.password if from_profile else None)
@@ -124,8 +124,14 @@ def resolve_credentials(
     token = env.token or (from_profile.token if from_profile else None)
     if not resolved_user and not token and prompt and _is_interactive():
         resolved_user = input(f"XNAT user for {resolved_url}: ").strip() or None
-    if (resolved_user and secret is None and token is None and prompt and _is_interactive()
-            and not TokenCache(profile_dir(environ)).get(resolved_url, resolved_user)):
+    if (
+        resolved_user
+        and secret is None
+        and token is None
+        and prompt
+        and _is_interactive()
+        and not TokenCache(profile_dir(environ)).get(resolved_url, resolved_user)
+    ):
         secret = SecretStr(getpass.getpass(f"Password for {resolved_user}@{resolved_url}: "))
 
     verify: bool | str = True
@@ -203,8 +209,9 @@ class TokenCache:
         if not any_age and time.time() - float(entry.get("last_used", 0)) > self.max_idle_seconds:
             return None
         token = str(entry["token"])
-        if password is not None and not hmac.compare_digest(str(entry.get("password_check", "")),
-                                                            _password_check(token, password)):
+        if password is not None and not hmac.compare_digest(
+            str(entry.get("password_check", "")), _password_check(token, password)
+        ):
             return None
         return token
 

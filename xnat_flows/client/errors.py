@@ -182,7 +182,9 @@ class NoAnswerError(XnatConnectionError):
 class StorageFullError(XnatError):
     """XNAT cannot store anything: its disk (or quota) is full. Retrying will not help until space is freed."""
 
-    default_hint = "XNAT's storage is full: ask the XNAT administrator to free space, then re-run (only what did not land is sent)"
+    default_hint = (
+        "XNAT's storage is full: ask the XNAT administrator to free space, then re-run (only what did not land is sent)"
+    )
 
 
 class UnreachableError(XnatError):
@@ -270,7 +272,8 @@ def error_for_response(response: httpx.Response, retry_after: float | None = Non
             # Every XNAT answers /data/JSESSION: a 404 here means the base path of the URL is wrong.
             base = str(response.request.url).split("/data/JSESSION", 1)[0]
             return NotFoundError(
-                f"{base} is not an XNAT base URL: {where} answered HTTP 404", **kwargs,
+                f"{base} is not an XNAT base URL: {where} answered HTTP 404",
+                **kwargs,
                 hint="Use the address of XNAT's start page, e.g. https://xnat.example.org "
                 "(with a path such as /xnat only where XNAT is deployed under one)",
             )

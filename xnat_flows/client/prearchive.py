@@ -88,7 +88,9 @@ class ArchiveOutcome(BaseModel):
     label: str = Field(description="Session label checked in (or found in) the archive.")
     subject: str | None = Field(default=None, description="Subject label, when known.")
     archive_uri: str | None = Field(default=None, description="e.g. /data/archive/projects/P/subjects/S/experiments/E")
-    already_archived: bool = Field(default=False, description="The session was not in the prearchive but is in the archive.")
+    already_archived: bool = Field(
+        default=False, description="The session was not in the prearchive but is in the archive."
+    )
     overwrite: Overwrite | None = None
     status_before: str | None = Field(default=None, description="Prearchive status when the archive request was sent.")
     waited_seconds: float = 0.0
@@ -142,8 +144,9 @@ def direct_archive_sessions(client: XnatClient, project: str) -> list[dict[str, 
     [] when the server has no such table or refuses the listing (older XNAT, another body shape)."""
     body = json.dumps({"filters": {"project": {"operator": "EQ", "value": project}}}).encode()
     try:
-        response = client.request("POST", "/xapi/direct-archive", content=body,
-                                  headers={"Content-Type": "application/json"}, retry=False)
+        response = client.request(
+            "POST", "/xapi/direct-archive", content=body, headers={"Content-Type": "application/json"}, retry=False
+        )
         rows = response.json()
     except (XnatError, ValueError):
         return []
@@ -181,7 +184,9 @@ def uri_from_success_body(body: str, action: str, success_uri: re.Pattern[str] |
     if match:
         return match.group(0)
     if _CONFLICT_WORDS.search(text):
-        raise ConflictError(f"XNAT refused to {action} (HTTP 200 with an error body)", status=200, server_message=text[:500])
+        raise ConflictError(
+            f"XNAT refused to {action} (HTTP 200 with an error body)", status=200, server_message=text[:500]
+        )
     if _FAILURE_WORDS.search(text):
         raise XnatError(f"XNAT failed to {action} (HTTP 200 with an error body)", status=200, server_message=text[:500])
     return None
@@ -240,7 +245,14 @@ def archive_session(
                 status = f"{status} (archive request failed: {exc.message})"
             except NotFoundError:
                 return _already_archived(
-                    client, project, timestamp, folder, label or session.name or folder, subject, started, expected_uid=session.tag
+                    client,
+                    project,
+                    timestamp,
+                    folder,
+                    label or session.name or folder,
+                    subject,
+                    started,
+                    expected_uid=session.tag,
                 )
             else:
                 final_label = label or session.name or folder
@@ -365,10 +377,25 @@ def _already_archived(
     )
 
 
-
 __all__ = [
-    "CONFLICT", "ERROR", "READY", "ArchiveOutcome", "ArchivedSession", "Overwrite", "PrearchiveSession",
-    "PrearchiveSessionFailed", "WaitCallback", "WaitTimeoutError", "archive_session", "direct_archive_sessions", "find_archived",
-    "get_session", "is_transient_status", "list_sessions", "prearchive_src", "session_logs", "session_path",
+    "CONFLICT",
+    "ERROR",
+    "READY",
+    "ArchiveOutcome",
+    "ArchivedSession",
+    "Overwrite",
+    "PrearchiveSession",
+    "PrearchiveSessionFailed",
+    "WaitCallback",
+    "WaitTimeoutError",
+    "archive_session",
+    "direct_archive_sessions",
+    "find_archived",
+    "get_session",
+    "is_transient_status",
+    "list_sessions",
+    "prearchive_src",
+    "session_logs",
+    "session_path",
     "uri_from_success_body",
 ]

@@ -135,7 +135,9 @@ def save_profile(directory: Path, name: str, *, url: str, username: str | None) 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (tomllib.TOMLDecodeError, OSError) as exc:
-        raise InputError(f"Cannot read the profile file {path}: {exc}", hint="Fix the TOML syntax or move the file away") from None
+        raise InputError(
+            f"Cannot read the profile file {path}: {exc}", hint="Fix the TOML syntax or move the file away"
+        ) from None
     profile = data.setdefault("profiles", {}).setdefault(name, {})
     profile["url"] = url
     profile.pop("user", None)

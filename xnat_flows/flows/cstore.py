@@ -68,8 +68,14 @@ def send_dicom(
     except Exception as exc:
         # Every failure, before the first instance too (receiver down, no files), is announced.
         project = request.routing_project or "unknown"
-        emit_upload_failed(server_url_for_report(connection), project, request.routing_subject or None,
-                           request.routing_session or None, exc, source=request.source_dir)
+        emit_upload_failed(
+            server_url_for_report(connection),
+            project,
+            request.routing_subject or None,
+            request.routing_session or None,
+            exc,
+            source=request.source_dir,
+        )
         raise
 
 
@@ -81,11 +87,14 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     # Verifying needs each file's StudyInstanceUID (in the dataset, not the file meta).
     scan = scan_dicom_directory(request.source_dir, headers="full" if request.verify else "file-meta")
     if not scan.files:
-        raise InputError(f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
-                         "point the request's source_dir at the folder that holds the DICOM export")
+        raise InputError(
+            f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
+            "point the request's source_dir at the folder that holds the DICOM export"
+        )
     routing = (
         RoutingOverride(request.routing_project, request.routing_subject or None, request.routing_session or None)
-        if request.routing_project else None
+        if request.routing_project
+        else None
     )
     limit = check_receiver_limit(receiver)
     if limit is not None:
@@ -94,7 +103,10 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     result = SendDicomResult(
         sent=len(sent.sent),
         resumed=resumed,
-        failed=[InstanceFailure(path=str(o.path), status=o.status_hex, meaning=o.reason or o.meaning) for o in sent.failed + sent.skipped],
+        failed=[
+            InstanceFailure(path=str(o.path), status=o.status_hex, meaning=o.reason or o.meaning)
+            for o in sent.failed + sent.skipped
+        ],
         skipped=list(scan.skipped),
         unreadable=list(scan.unreadable),
         bytes_sent=sent.bytes_sent,
@@ -108,26 +120,43 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     )
     logger.info("%s (%d delivered by an earlier run)", sent.summary(), resumed)
     if not result.ok:
-        examples = "; ".join([f"{f.path}: {f.status} {f.meaning}" for f in result.failed[:5]]
-                             + [f"{u.path}: {u.reason}" for u in result.unreadable[:5]])
+        examples = "; ".join(
+            [f"{f.path}: {f.status} {f.meaning}" for f in result.failed[:5]]
+            + [f"{u.path}: {u.reason}" for u in result.unreadable[:5]]
+        )
         raise SendIncompleteError(
             f"{len(result.failed)} of {len(scan.files)} instances were not stored and {len(result.unreadable)} files or "
             f"folders could not be read ({examples}); re-run the same flow to send only those"
         )
     if request.verify and server_url is not None:
         instances = Counter(f.study_uid for f in scan.files)
-        result.archived = wait_for_archived_studies(connection, dict(instances), request.routing_project or None,
-                                                    request.verify_timeout_seconds)
+        result.archived = wait_for_archived_studies(
+            connection, dict(instances), request.routing_project or None, request.verify_timeout_seconds
+        )
         lines = ["| study | session | experiment | files | URI |", "|---|---|---|---|---|"]
         for study in result.archived:
             web = f"{public_base_url(server_url)}/data/experiments/{study.experiment_id}?format=html"
-            logger.info("study %s archived as %s/%s/%s (%s, %d files): %s", study.study_uid, study.project,
-                        study.subject, study.label, study.experiment_id, study.files_found, web)
-            lines.append(f"| {study.study_uid} | {study.project}/{study.subject}/{study.label} | "
-                         f"[{study.experiment_id}]({web}) | {study.files_found} | {absolute_uri(server_url, study.uri)} |")
+            logger.info(
+                "study %s archived as %s/%s/%s (%s, %d files): %s",
+                study.study_uid,
+                study.project,
+                study.subject,
+                study.label,
+                study.experiment_id,
+                study.files_found,
+                web,
+            )
+            lines.append(
+                f"| {study.study_uid} | {study.project}/{study.subject}/{study.label} | "
+                f"[{study.experiment_id}]({web}) | {study.files_found} | {absolute_uri(server_url, study.uri)} |"
+            )
             ref = SessionRef(server_url, study.project, study.subject, study.label, study.experiment_id, study.uri)
-            emit_session_event(SESSION_ARCHIVED, ref, {"via": "c-store", "study_uid": study.study_uid,
-                                                      "files": study.files_found})
-        create_markdown_artifact(markdown="\n".join(lines), key="xnat-cstore-landing",
-                                 description="Where the C-STORE'd studies landed in XNAT")
+            emit_session_event(
+                SESSION_ARCHIVED, ref, {"via": "c-store", "study_uid": study.study_uid, "files": study.files_found}
+            )
+        create_markdown_artifact(
+            markdown="\n".join(lines),
+            key="xnat-cstore-landing",
+            description="Where the C-STORE'd studies landed in XNAT",
+        )
     return result

@@ -89,8 +89,14 @@ class InboxFolderFailed(Exception):
     for the next run), so the run shows as Failed and alerting on failed runs fires."""
 
 
-@task(name="check-project", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=10,
-      retry_condition_fn=retry_unless_permanent)
+@task(
+    name="check-project",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_permanent,
+)
 def check_project(connection: XnatConnection, project: str) -> str | None:
     """None when the project exists and is readable; else why not.
 
@@ -180,9 +186,17 @@ def ingest_inbox(
     layout = InboxLayout(Path(inbox_dir).expanduser().resolve())
     layout.ensure()
     run = _InboxRun(
-        layout=layout, project=project, subject_template=subject_template, session_template=session_template,
-        sidecar_name=sidecar_name, transport=transport, workers=workers, direct_archive=direct_archive,
-        per_study=per_study, connection=connection, server_url=server_url,
+        layout=layout,
+        project=project,
+        subject_template=subject_template,
+        session_template=session_template,
+        sidecar_name=sidecar_name,
+        transport=transport,
+        workers=workers,
+        direct_archive=direct_archive,
+        per_study=per_study,
+        connection=connection,
+        server_url=server_url,
     )
     result = InboxRunResult()
 
@@ -212,7 +226,9 @@ def ingest_inbox(
     if result.waiting:
         logger.info("still within the %.0f s quiet period: %s", quiet_seconds, ", ".join(result.waiting))
     problems = [f"{item.folder} moved to {layout.failed}: {item.error}" for item in result.failed]
-    problems += [f"{item.folder} kept in {layout.processing} for the next run: {item.error}" for item in result.retrying]
+    problems += [
+        f"{item.folder} kept in {layout.processing} for the next run: {item.error}" for item in result.retrying
+    ]
     if problems:
         raise InboxFolderFailed(f"{len(problems)} folder(s) not uploaded: " + "; ".join(problems))
     return result
@@ -239,14 +255,28 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
     uploading = False
     try:
         route = route_folder(claim.path, run.project, run.subject_template, run.session_template, run.sidecar_name)
-        report["route"] = {"project": route.project, "subject": route.subject, "session": route.session,
-                           "sources": route.sources, "dicom_file": route.dicom_file}
+        report["route"] = {
+            "project": route.project,
+            "subject": route.subject,
+            "session": route.session,
+            "sources": route.sources,
+            "dicom_file": route.dicom_file,
+        }
         item.project, item.subject, item.session = route.project, route.subject, route.session
         if problem := run.project_problem(route.project):
-            raise RoutingError(f"{claim.original_name}: {problem}", hint="Fix the project in the sidecar or the deployment's parameters")
+            raise RoutingError(
+                f"{claim.original_name}: {problem}",
+                hint="Fix the project in the sidecar or the deployment's parameters",
+            )
         request = UploadRequest(
-            source_dir=str(claim.path), project=route.project, subject=route.subject, session=route.session,
-            transport=run.transport, workers=run.workers, direct_archive=run.direct_archive, per_study=run.per_study,
+            source_dir=str(claim.path),
+            project=route.project,
+            subject=route.subject,
+            session=route.session,
+            transport=run.transport,
+            workers=run.workers,
+            direct_archive=run.direct_archive,
+            per_study=run.per_study,
             verify=True,
         )
         uploading = True  # from here on the upload flow announces its own failures
@@ -256,8 +286,14 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
         # that did not land): keep the folder for the next run, which sends only what is missing.
         item.status, item.error = "retry", redact(f"{type(exc).__name__}: {exc}")
         if not uploading:
-            emit_upload_failed(run.server_url, route.project if route else run.project, route.subject if route else None,
-                               route.session if route else None, item.error, source=str(claim.path))
+            emit_upload_failed(
+                run.server_url,
+                route.project if route else run.project,
+                route.subject if route else None,
+                route.session if route else None,
+                item.error,
+                source=str(claim.path),
+            )
         report.update(status="retry", error=item.error, finished_at=utc_now())
         write_json_atomic(last_attempt, report)
         claim.release()
@@ -271,23 +307,41 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
         item.location, item.report = str(moved), str(report_path)
         if not uploading:
             # The upload flow never ran, so nobody else reports this failure.
-            emit_upload_failed(run.server_url, route.project if route else run.project, route.subject if route else None,
-                               route.session if route else None, item.error, source=str(moved))
+            emit_upload_failed(
+                run.server_url,
+                route.project if route else run.project,
+                route.subject if route else None,
+                route.session if route else None,
+                item.error,
+                source=str(moved),
+            )
         logger.error("%s moved to failed/: %s", claim.original_name, item.error)
         return item
 
     sessions = [s.model_dump(mode="json") for s in uploaded.sessions]
-    report.update(status="done", finished_at=utc_now(), sessions=sessions, files_delivered=uploaded.files_delivered,
-                  files_sent=uploaded.files_sent,
-                  bytes_sent=uploaded.bytes_sent, seconds=uploaded.seconds,
-                  skipped=uploaded.model_dump(mode="json", include={"skipped"})["skipped"])
+    report.update(
+        status="done",
+        finished_at=utc_now(),
+        sessions=sessions,
+        files_delivered=uploaded.files_delivered,
+        files_sent=uploaded.files_sent,
+        bytes_sent=uploaded.bytes_sent,
+        seconds=uploaded.seconds,
+        skipped=uploaded.model_dump(mode="json", include={"skipped"})["skipped"],
+    )
     moved, report_path = claim.finish(run.layout.done, report)
     last_attempt.unlink(missing_ok=True)
     item.status, item.location, item.report = "done", str(moved), str(report_path)
     item.files_delivered, item.files_sent = uploaded.files_delivered, uploaded.files_sent
     item.experiment_id = next((s.experiment_id for s in uploaded.sessions if s.experiment_id), None)
-    logger.info("%s -> %s/%s/%s (%s), moved to done/", claim.original_name, item.project, item.subject,
-                item.session, item.experiment_id or "not verified")
+    logger.info(
+        "%s -> %s/%s/%s (%s), moved to done/",
+        claim.original_name,
+        item.project,
+        item.subject,
+        item.session,
+        item.experiment_id or "not verified",
+    )
     return item
 
 
@@ -302,8 +356,14 @@ def _publish_summary(result: InboxRunResult) -> None:
     from prefect.artifacts import create_table_artifact
 
     rows = [
-        {"folder": i.folder, "status": i.status, "session": f"{i.project}/{i.subject}/{i.session}",
-         "experiment": i.experiment_id, "files": i.files_sent, "error": i.error}
+        {
+            "folder": i.folder,
+            "status": i.status,
+            "session": f"{i.project}/{i.subject}/{i.session}",
+            "experiment": i.experiment_id,
+            "files": i.files_sent,
+            "error": i.error,
+        }
         for i in result.items
     ] + [{"folder": name, "status": "waiting (quiet period)"} for name in result.waiting]
     create_table_artifact(table=rows, key="ingest-inbox", description="Inbox folders handled by this run")

@@ -55,9 +55,14 @@ class DeleteOutcome(BaseModel):
     deleted: bool = True
 
 
-@flow(name="archive-prearchive-session", validate_parameters=True,
-      flow_run_name="archive {request.project}/{request.timestamp}/{request.folder}")
-def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnection = XnatConnection()) -> ArchiveOutcome:
+@flow(
+    name="archive-prearchive-session",
+    validate_parameters=True,
+    flow_run_name="archive {request.project}/{request.timestamp}/{request.folder}",
+)
+def archive_prearchive_session(
+    request: ArchiveRequest, connection: XnatConnection = XnatConnection()
+) -> ArchiveOutcome:
     """Move a session from the prearchive into the archive (idempotent: already archived is success).
 
     Args:
@@ -80,8 +85,13 @@ def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnecti
     if not outcome.already_archived and FlowRunContext.get() is not None:
         # Chained processing deployments trigger on this event (see prefect.yaml); it names the
         # experiment ID (looked up, bounded) so processing addresses the session unambiguously.
-        archived = wait_for_archive_task(connection, request.project, outcome.label, subject=outcome.subject,
-                                         timeout_seconds=min(request.wait_seconds, 120.0) or 10.0)
+        archived = wait_for_archive_task(
+            connection,
+            request.project,
+            outcome.label,
+            subject=outcome.subject,
+            timeout_seconds=min(request.wait_seconds, 120.0) or 10.0,
+        )
         emit_archive_outcome(outcome, credentials_for(connection).url, experiment_id=archived.experiment_id or None)
     verb = "was already archived" if outcome.already_archived else "archived"
     publish_markdown(
@@ -92,9 +102,14 @@ def archive_prearchive_session(request: ArchiveRequest, connection: XnatConnecti
     return outcome
 
 
-@flow(name="delete-prearchive-session", validate_parameters=True,
-      flow_run_name="delete prearchive {session.project}/{session.timestamp}/{session.folder}")
-def delete_prearchive_session(session: PrearchiveSessionRef, connection: XnatConnection = XnatConnection()) -> DeleteOutcome:
+@flow(
+    name="delete-prearchive-session",
+    validate_parameters=True,
+    flow_run_name="delete prearchive {session.project}/{session.timestamp}/{session.folder}",
+)
+def delete_prearchive_session(
+    session: PrearchiveSessionRef, connection: XnatConnection = XnatConnection()
+) -> DeleteOutcome:
     """Delete a session from the prearchive (its files are removed by XNAT).
 
     Args:

@@ -40,8 +40,14 @@ class ProcessedSession(BaseModel):
         return sum(scan.files for scan in self.scans)
 
 
-@task(name="read-session", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=10,
-      retry_condition_fn=retry_unless_permanent)
+@task(
+    name="read-session",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_permanent,
+)
 def read_session(connection: XnatConnection, project: str, subject: str | None, experiment_id: str) -> ProcessedSession:
     """The session's label and, per scan, its type, description and number of files."""
     with open_client(connection) as client:
@@ -61,7 +67,11 @@ def read_session(connection: XnatConnection, project: str, subject: str | None, 
                 )
             )
     return ProcessedSession(
-        project=project, subject=subject, experiment_id=fields.get("ID") or experiment_id, label=fields.get("label"), scans=scans
+        project=project,
+        subject=subject,
+        experiment_id=fields.get("ID") or experiment_id,
+        label=fields.get("label"),
+        scans=scans,
     )
 
 
@@ -84,13 +94,22 @@ def process_xnat_session(
     session = read_session(connection, project, subject, experiment_id)
     get_run_logger().info(
         "%s/%s/%s (%s): %d scans, %d files",
-        project, subject, session.label, session.experiment_id, len(session.scans), session.file_count,
+        project,
+        subject,
+        session.label,
+        session.experiment_id,
+        len(session.scans),
+        session.file_count,
     )
     if FlowRunContext.get() is not None:
         from prefect.artifacts import create_markdown_artifact
 
-        lines = [f"**{project}/{subject or '?'}/{session.label}** (`{session.experiment_id}`)", "",
-                 "| scan | type | description | files |", "|---|---|---|---|"]
+        lines = [
+            f"**{project}/{subject or '?'}/{session.label}** (`{session.experiment_id}`)",
+            "",
+            "| scan | type | description | files |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {s.id} | {s.type or ''} | {s.series_description or ''} | {s.files} |" for s in session.scans]
         create_markdown_artifact(markdown="\n".join(lines), description="Session read back by the processing example")
     return session

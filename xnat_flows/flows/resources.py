@@ -23,31 +23,46 @@ class AttachResourceRequest(BaseModel):
     session: str = Field(description="Experiment accession ID (XNAT_E00001), or its label when `project` is given.")
     project: str | None = Field(default=None, description="Project ID (needed when `session` is a label).")
     subject: str | None = Field(default=None, description="Subject label (optional).")
-    scan: str | None = Field(default=None, description="Scan ID: attach to the scan's resource instead of the session's.")
+    scan: str | None = Field(
+        default=None, description="Scan ID: attach to the scan's resource instead of the session's."
+    )
     label: str = Field(description="Resource label, e.g. BIDS, NIFTI, SNAPSHOTS.")
     path: str = Field(description="File, or directory (zipped on the fly and extracted by XNAT with its sub-folders).")
-    overwrite: bool = Field(default=False, description="Replace files XNAT already has; off: they are kept and reported as duplicates.")
-    wait_for_archive: bool = Field(
-        default=False, description="First wait until the session (project + label) appears in the archive, e.g. right after an upload."
+    overwrite: bool = Field(
+        default=False, description="Replace files XNAT already has; off: they are kept and reported as duplicates."
     )
-    wait_timeout_seconds: float = Field(default=600.0, gt=0, description="How long to wait for the session in the archive.")
+    wait_for_archive: bool = Field(
+        default=False,
+        description="First wait until the session (project + label) appears in the archive, e.g. right after an upload.",
+    )
+    wait_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="How long to wait for the session in the archive."
+    )
 
 
 @flow(name="attach-resource", validate_parameters=True, flow_run_name="attach {request.label} to {request.session}")
-def attach_resource(request: AttachResourceRequest, connection: XnatConnection = XnatConnection()) -> ResourceUploadResult:
+def attach_resource(
+    request: AttachResourceRequest, connection: XnatConnection = XnatConnection()
+) -> ResourceUploadResult:
     """Attach non-DICOM files to a session or scan resource (the resource is created when missing).
 
     Args:
         request: What to attach (file or directory) and where (session or scan, resource label).
         connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
     """
-    target = ResourceTarget(session=request.session, project=request.project, subject=request.subject, scan=request.scan)
+    target = ResourceTarget(
+        session=request.session, project=request.project, subject=request.subject, scan=request.scan
+    )
     with tags(xnat_tag(connection)):
         if request.wait_for_archive:
             if not request.project:
                 raise InputError("wait_for_archive needs the project (and the session label) to look the session up.")
             archived = wait_for_archive_task(
-                connection, request.project, request.session, subject=request.subject, timeout_seconds=request.wait_timeout_seconds
+                connection,
+                request.project,
+                request.session,
+                subject=request.subject,
+                timeout_seconds=request.wait_timeout_seconds,
             )
             if archived.experiment_id:  # the accession ID is unambiguous and spares a label look-up
                 target = ResourceTarget(session=archived.experiment_id, scan=request.scan)

@@ -47,12 +47,12 @@ class UploadIncompleteError(XnatError):
 
 
 @flow(
-    name="upload-dicom-session", log_prints=False, validate_parameters=True,
+    name="upload-dicom-session",
+    log_prints=False,
+    validate_parameters=True,
     flow_run_name="upload {request.project}/{request.subject}/{request.session}",
 )
-def upload_dicom_session(
-    request: UploadRequest, connection: XnatConnection = XnatConnection()
-) -> UploadSessionResult:
+def upload_dicom_session(request: UploadRequest, connection: XnatConnection = XnatConnection()) -> UploadSessionResult:
     """Upload a directory of DICOM files to one XNAT session through the REST Import API.
 
     Args:
@@ -70,8 +70,14 @@ def upload_dicom_session(
     except Exception as exc:
         # Failed before or while sending (server down, unknown project or Block, no DICOM files):
         # an automation on xnat.upload.failed hears of it as of any other failed upload.
-        emit_upload_failed(server_url or server_url_for_report(connection), request.project, request.subject,
-                           request.session, exc, source=request.source_dir)
+        emit_upload_failed(
+            server_url or server_url_for_report(connection),
+            request.project,
+            request.subject,
+            request.session,
+            exc,
+            source=request.source_dir,
+        )
         raise
     return result
 
@@ -80,13 +86,19 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     logger = get_run_logger()
     started = time.perf_counter()
     logger.info(
-        "XNAT %s; uploading %s%s", server.version or "(version unknown)", request.source_dir,
+        "XNAT %s; uploading %s%s",
+        server.version or "(version unknown)",
+        request.source_dir,
         f" (holding slots of concurrency limit {server.concurrency_limit})" if server.concurrency_limit else "",
     )
     scan = scan_dicom_directory(request.source_dir, duplicates=request.duplicates)
     if scan.conflicts:
-        logger.warning("%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
-                       "(the others are listed as skipped, 'conflicting copy')", len(scan.conflicts), request.duplicates)
+        logger.warning(
+            "%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
+            "(the others are listed as skipped, 'conflicting copy')",
+            len(scan.conflicts),
+            request.duplicates,
+        )
     if not scan.files:
         raise InputError(
             f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
@@ -96,8 +108,10 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
     # Every session is checked before anything is sent: none may hold another study (unless asked).
-    checked = [check_destination_task(connection, target, files[0].study_uid, request.allow_other_study)
-               for target, files in plans]
+    checked = [
+        check_destination_task(connection, target, files[0].study_uid, request.allow_other_study)
+        for target, files in plans
+    ]
     plans = [(target, files) for (target, _), (_, files) in zip(checked, plans, strict=True)]
     prearchive_before = [before for _, before in checked]
     archive_format: ArchiveFormat = "zip"  # gradual-DICOM sends no archive
@@ -125,7 +139,10 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         else:
             batches = partition_batches(files, request.workers)
             futures = {
-                upload_batch.submit(connection, batch, target, archive_format, index, server.concurrency_limit): (index, batch)
+                upload_batch.submit(connection, batch, target, archive_format, index, server.concurrency_limit): (
+                    index,
+                    batch,
+                )
                 for index, batch in enumerate(batches)
             }
             for future in as_completed(list(futures)):
@@ -138,24 +155,38 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         if study.uploaded:
             forget_delivered(target, server.url)
             if request.verify:
-                study.verify = verify_uploaded_session(connection, target, files, request.verify_timeout_seconds, before)
+                study.verify = verify_uploaded_session(
+                    connection, target, files, request.verify_timeout_seconds, before
+                )
         outcomes.append(SessionOutcome.from_study(study))
 
     result = UploadSessionResult(
-        sessions=outcomes, skipped=list(scan.skipped), unreadable=list(scan.unreadable),
-        seconds=round(time.perf_counter() - started, 3), upload_seconds=round(upload_seconds, 3),
+        sessions=outcomes,
+        skipped=list(scan.skipped),
+        unreadable=list(scan.unreadable),
+        seconds=round(time.perf_counter() - started, 3),
+        upload_seconds=round(upload_seconds, 3),
     )
     _publish_batch_table(result)
     _publish_landing(result, server.url)
     # Events carry project, subject, experiment ID and URI so deployments can chain processing.
-    emit_upload_result(result, server.url, direct_archive=request.direct_archive, transport=request.transport,
-                       source=request.source_dir)
+    emit_upload_result(
+        result,
+        server.url,
+        direct_archive=request.direct_archive,
+        transport=request.transport,
+        source=request.source_dir,
+    )
     if not result.ok:
         raise UploadIncompleteError(_incomplete_message(result))
     logger.info(
         "uploaded %d files (%d sent by this run, %.1f MB) in %.1f s (%.1f MB/s); whole run %.1f s",
-        result.files_delivered, result.files_sent, result.bytes_sent / 1e6, result.upload_seconds,
-        result.throughput_mb_s, result.seconds,
+        result.files_delivered,
+        result.files_sent,
+        result.bytes_sent / 1e6,
+        result.upload_seconds,
+        result.throughput_mb_s,
+        result.seconds,
     )
     return result
 
@@ -185,14 +216,24 @@ def _publish_landing(result: UploadSessionResult, server_url: str) -> None:
     for s in result.sessions:
         where = landing(s, server_url)
         page = f"[{where['experiment_id']}]({where['web_url']})" if where["web_url"] else ""
-        lines.append(f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {where['uri'] or ''} "
-                     f"| {where['prearchive_timestamp'] or ''} |")
-        logger.info("%s/%s/%s landed in the %s: experiment %s, %s%s%s", s.project, s.subject, s.session, where["where"],
-                    where["experiment_id"] or "-", where["uri"] or "no URI",
-                    f", web page {where['web_url']}" if where["web_url"] else "",
-                    f", prearchive timestamp {where['prearchive_timestamp']}" if where["prearchive_timestamp"] else "")
-    create_markdown_artifact(markdown="\n".join(lines), key="xnat-upload-landing",
-                             description="Where the uploaded data landed in XNAT")
+        lines.append(
+            f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {where['uri'] or ''} "
+            f"| {where['prearchive_timestamp'] or ''} |"
+        )
+        logger.info(
+            "%s/%s/%s landed in the %s: experiment %s, %s%s%s",
+            s.project,
+            s.subject,
+            s.session,
+            where["where"],
+            where["experiment_id"] or "-",
+            where["uri"] or "no URI",
+            f", web page {where['web_url']}" if where["web_url"] else "",
+            f", prearchive timestamp {where['prearchive_timestamp']}" if where["prearchive_timestamp"] else "",
+        )
+    create_markdown_artifact(
+        markdown="\n".join(lines), key="xnat-upload-landing", description="Where the uploaded data landed in XNAT"
+    )
 
 
 def _target(request: UploadRequest) -> UploadTarget:
@@ -208,7 +249,9 @@ def _batch_result(future, index: int, batch: list[DicomFile]) -> BatchResult:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - the batch failed for good; report, do not hide it
-        return BatchResult(index, tuple(f.relpath for f in batch), sum(f.size for f in batch), 0.0, (), False, error=str(exc))
+        return BatchResult(
+            index, tuple(f.relpath for f in batch), sum(f.size for f in batch), 0.0, (), False, error=str(exc)
+        )
 
 
 def _publish_batch_table(result: UploadSessionResult) -> None:
@@ -239,11 +282,15 @@ def _publish_batch_table(result: UploadSessionResult) -> None:
 def _incomplete_message(result: UploadSessionResult) -> str:
     lines = ["upload incomplete; re-run the same upload to send what did not land:"]
     if result.unreadable:
-        lines.append(f"  {len(result.unreadable)} files or folders could not be read (make them readable), e.g. "
-                     + "; ".join(f"{u.path}: {u.reason}" for u in result.unreadable[:3]))
+        lines.append(
+            f"  {len(result.unreadable)} files or folders could not be read (make them readable), e.g. "
+            + "; ".join(f"{u.path}: {u.reason}" for u in result.unreadable[:3])
+        )
     for s in result.sessions:
         if s.failed_files:
-            lines.append(f"  {s.project}/{s.subject}/{s.session}: {len(s.failed_files)} files not sent, e.g. {s.failed_files[:3]}")
+            lines.append(
+                f"  {s.project}/{s.subject}/{s.session}: {len(s.failed_files)} files not sent, e.g. {s.failed_files[:3]}"
+            )
         if s.verified is False:
             lines.append(f"  {s.project}/{s.subject}/{s.session}: verification found missing {s.missing[:5]}")
     return "\n".join(lines)

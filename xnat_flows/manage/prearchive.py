@@ -31,10 +31,26 @@ from xnat_flows.client.prearchive import (
 )
 
 __all__ = [
-    "CONFLICT", "ERROR", "READY", "ArchiveOutcome", "ArchivedSession", "Overwrite", "PrearchiveSession",
-    "PrearchiveSessionFailed", "WaitCallback", "WaitTimeoutError", "archive_session", "delete_session",
-    "find_archived", "get_session", "is_transient_status", "list_sessions", "move_session", "prearchive_src",
-    "session_logs", "wait_for_archive",
+    "CONFLICT",
+    "ERROR",
+    "READY",
+    "ArchiveOutcome",
+    "ArchivedSession",
+    "Overwrite",
+    "PrearchiveSession",
+    "PrearchiveSessionFailed",
+    "WaitCallback",
+    "WaitTimeoutError",
+    "archive_session",
+    "delete_session",
+    "find_archived",
+    "get_session",
+    "is_transient_status",
+    "list_sessions",
+    "move_session",
+    "prearchive_src",
+    "session_logs",
+    "wait_for_archive",
 ]
 
 
@@ -58,6 +74,7 @@ def move_session(client: XnatClient, project: str, timestamp: str, folder: str, 
         params={"action": "move", "newProject": new_project},
     )
     moved_uri = re.compile(r"(?:/data)?/prearchive/projects/" + re.escape(quote(new_project, safe="")) + r"/\S+")
-    uri = uri_from_success_body(response.text, f"move {prearchive_src(project, timestamp, folder)} to {new_project}", moved_uri)
+    uri = uri_from_success_body(
+        response.text, f"move {prearchive_src(project, timestamp, folder)} to {new_project}", moved_uri
+    )
     return uri or response.headers.get("Location") or "/data" + prearchive_src(new_project, timestamp, folder)
-

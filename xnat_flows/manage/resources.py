@@ -31,10 +31,14 @@ _CHUNK = 1024 * 1024
 class ResourceTarget(BaseModel):
     """The session (or one of its scans) that owns the resource."""
 
-    session: str = Field(description="Experiment accession ID (e.g. XNAT_E00001), or its label when `project` is given.")
+    session: str = Field(
+        description="Experiment accession ID (e.g. XNAT_E00001), or its label when `project` is given."
+    )
     project: str | None = Field(default=None, description="Project ID; needed when `session` is a label.")
     subject: str | None = Field(default=None, description="Subject label (optional with a project; saves a look-up).")
-    scan: str | None = Field(default=None, description="Scan ID: attach to this scan's resource instead of the session's.")
+    scan: str | None = Field(
+        default=None, description="Scan ID: attach to this scan's resource instead of the session's."
+    )
 
 
 class SkippedPath(BaseModel):
@@ -158,7 +162,9 @@ def collect_directory(root: Path) -> tuple[list[DirectoryMember], list[SkippedPa
                 continue
             stat = path.stat()
             members.append(
-                DirectoryMember(path=path, relpath=path.relative_to(root).as_posix(), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+                DirectoryMember(
+                    path=path, relpath=path.relative_to(root).as_posix(), size=stat.st_size, mtime_ns=stat.st_mtime_ns
+                )
             )
     return members, skipped
 
@@ -209,7 +215,9 @@ def upload_resource(
         for item in skipped:  # info, not warning: the result lists them and callers present them
             log.info("not sending %s: %s", item.path, item.reason)
         if not members:
-            raise InputError(f"{source} holds no file to upload.", hint="Hidden files and outside symlinks are never sent.")
+            raise InputError(
+                f"{source} holds no file to upload.", hint="Hidden files and outside symlinks are never sent."
+            )
         created = ensure_resource(client, parent, label)
         files = [m.relpath for m in members]
         size = sum(m.size for m in members)
@@ -238,7 +246,9 @@ def upload_resource(
 
     duplicates = duplicates_in(response.text)
     if duplicates:
-        log.info("XNAT kept %d existing file(s) in %s (overwrite is off): %s", len(duplicates), resource_uri, duplicates[:20])
+        log.info(
+            "XNAT kept %d existing file(s) in %s (overwrite is off): %s", len(duplicates), resource_uri, duplicates[:20]
+        )
     return ResourceUploadResult(
         resource_uri=resource_uri,
         label=label,

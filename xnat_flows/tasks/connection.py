@@ -33,8 +33,12 @@ def credentials_for(connection: XnatConnection) -> Credentials:
                 hint="Pick the xnat-credentials Block of that server in the run's connection, or leave the URL empty",
             )
         return credentials
-    return resolve_credentials(url=connection.url or None, username=connection.username or None,
-                               profile=connection.profile or None, prompt=False)
+    return resolve_credentials(
+        url=connection.url or None,
+        username=connection.username or None,
+        profile=connection.profile or None,
+        prompt=False,
+    )
 
 
 def server_url_for_report(connection: XnatConnection) -> str:
@@ -68,7 +72,11 @@ def cached_client(credentials: Credentials) -> XnatClient:
     only a connection pool and the session token).
     """
     secret = "\0".join(s.get_secret_value() for s in (credentials.password, credentials.token) if s)
-    key = (credentials.url, credentials.username, hashlib.sha256(f"{secret}\0{credentials.verify}".encode()).hexdigest())
+    key = (
+        credentials.url,
+        credentials.username,
+        hashlib.sha256(f"{secret}\0{credentials.verify}".encode()).hexdigest(),
+    )
     with _shared_lock:
         client = _shared_clients.get(key)
         if client is None:

@@ -36,9 +36,15 @@ def receiver_address(target: DicomReceiverTarget) -> ReceiverAddress:
 
     host = given("host")
     if not host:
-        raise InputError("No DICOM receiver host given", hint="Pick an xnat-dicom-receiver Block in the receiver parameter, or fill its host")
+        raise InputError(
+            "No DICOM receiver host given",
+            hint="Pick an xnat-dicom-receiver Block in the receiver parameter, or fill its host",
+        )
     return ReceiverAddress(
-        host=host, port=given("port") or 8104, called_aet=given("called_aet") or "XNAT", calling_aet=given("calling_aet") or "XNATFLOWS"
+        host=host,
+        port=given("port") or 8104,
+        called_aet=given("called_aet") or "XNAT",
+        calling_aet=given("calling_aet") or "XNATFLOWS",
     )
 
 
@@ -47,15 +53,19 @@ def resolve_receiver(target: DicomReceiverTarget) -> DicomReceiverTarget:
     return DicomReceiverTarget(**receiver_address(target)._asdict())
 
 
-@task(name="echo-receiver", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
+@task(
+    name="echo-receiver",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_permanent,
+)
 def echo_receiver(receiver: DicomReceiverTarget) -> EchoResult:
     """C-ECHO pre-flight: wrong host/port, wrong AE title and firewalls fail here, with advice."""
     return echo(*receiver_address(receiver))
 
 
 SEND_RETRIES = 2
-
-
 
 
 class ReceiverInterrupted(TransientError):
@@ -70,10 +80,18 @@ def check_receiver_limit(receiver: DicomReceiverTarget) -> ReceiverLimit | None:
     return existing_receiver_limit(address.host, address.port)
 
 
-@task(name="send-instances", cache_policy=NO_CACHE, retries=SEND_RETRIES, retry_delay_seconds=10,
-      retry_condition_fn=retry_unless_permanent)
+@task(
+    name="send-instances",
+    cache_policy=NO_CACHE,
+    retries=SEND_RETRIES,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_permanent,
+)
 def send_instances(
-    receiver: DicomReceiverTarget, files: list[DicomFile], workers: int, routing: RoutingOverride | None,
+    receiver: DicomReceiverTarget,
+    files: list[DicomFile],
+    workers: int,
+    routing: RoutingOverride | None,
     limit: ReceiverLimit | None = None,
 ) -> tuple[SendResult, int]:
     """C-STORE over ``workers`` long-lived associations; returns the result and how many instances
@@ -85,11 +103,22 @@ def send_instances(
     address = receiver_address(receiver)
     with association_slots(limit, workers) as associations:
         if limit is not None and associations < workers:
-            get_run_logger().info("the receiver's limit %s has %d slots: sending over %d associations", limit.name,
-                                  limit.slots, associations)
+            get_run_logger().info(
+                "the receiver's limit %s has %d slots: sending over %d associations",
+                limit.name,
+                limit.slots,
+                associations,
+            )
         send = store_instances_resumable(
-            files, UploadJournal(), host=address.host, port=address.port, called_aet=address.called_aet,
-            calling_aet=address.calling_aet, workers=associations, routing=routing, preflight=False,
+            files,
+            UploadJournal(),
+            host=address.host,
+            port=address.port,
+            called_aet=address.called_aet,
+            calling_aet=address.calling_aet,
+            workers=associations,
+            routing=routing,
+            preflight=False,
         )
     result, resumed = send.result, send.resumed
     if send.in_doubt:
@@ -98,13 +127,18 @@ def send_instances(
     if retryable and 1 <= task_run.run_count <= SEND_RETRIES:  # 0: called as a plain function (.fn)
         raise ReceiverInterrupted(
             f"{len(retryable)} of {len(files) - resumed} instances not stored yet ({retryable[0].reason or retryable[0].meaning}); "
-            "retrying the rest", hint="A receiver that stays down fails the run after the retries")
+            "retrying the rest",
+            hint="A receiver that stays down fails the run after the retries",
+        )
     return result, resumed
 
 
 @task(name="wait-for-archived-studies", cache_policy=NO_CACHE, persist_result=False)
 def wait_for_archived_studies(
-    connection: XnatConnection, instances: dict[str, int], project: str | None, timeout_seconds: float,
+    connection: XnatConnection,
+    instances: dict[str, int],
+    project: str | None,
+    timeout_seconds: float,
     poll_seconds: float = 2.0,
 ) -> list[ArchivedStudy]:
     """Wait (bounded) until every sent study is an archived session holding at least as many files
@@ -123,8 +157,10 @@ def wait_for_archived_studies(
             if remaining <= 0:
                 missing = {uid: n for uid, n in instances.items() if uid not in {s.study_uid for s in complete}}
                 shown = "; ".join(
-                    f"{uid}: {found[uid].files_found}/{n} files in {found[uid].experiment_id}" if uid in found
-                    else f"{uid}: no archived session" for uid, n in list(missing.items())[:5]
+                    f"{uid}: {found[uid].files_found}/{n} files in {found[uid].experiment_id}"
+                    if uid in found
+                    else f"{uid}: no archived session"
+                    for uid, n in list(missing.items())[:5]
                 )
                 raise ArchiveWaitTimeout(
                     f"{len(missing)} of {len(instances)} sent studies not complete in the archive after "
@@ -155,8 +191,13 @@ def _archived_studies(client, path: str, instances: dict[str, int]) -> dict[str,
             for resource in client.get_rows(f"/data/experiments/{experiment_id}/scans/{scan.get('ID')}/resources")
         )
         found[uid] = ArchivedStudy(
-            study_uid=uid, project=row.get("project") or "", subject=row.get("subject_label") or None,
-            label=row.get("label") or experiment_id, experiment_id=experiment_id,
-            uri=f"/data/experiments/{experiment_id}", instances_sent=instances[uid], files_found=files,
+            study_uid=uid,
+            project=row.get("project") or "",
+            subject=row.get("subject_label") or None,
+            label=row.get("label") or experiment_id,
+            experiment_id=experiment_id,
+            uri=f"/data/experiments/{experiment_id}",
+            instances_sent=instances[uid],
+            files_found=files,
         )
     return found

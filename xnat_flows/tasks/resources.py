@@ -32,7 +32,9 @@ def upload_resource_task(
         logger.warning("not sent: %s (%s)", item.path, item.reason)
     if result.duplicates:
         logger.warning(
-            "XNAT already had %d file(s) and kept them (overwrite is off): %s", len(result.duplicates), result.duplicates[:20]
+            "XNAT already had %d file(s) and kept them (overwrite is off): %s",
+            len(result.duplicates),
+            result.duplicates[:20],
         )
     logger.info("sent %d file(s), %.1f MB, to %s", len(result.files), result.bytes_sent / 1e6, result.resource_uri)
     return result

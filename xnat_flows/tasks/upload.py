@@ -51,7 +51,9 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
         if direct_archive:
             client.require_direct_archive()
         return ServerCheck(
-            url=client.base_url, version=client.server_version(), concurrency_limit=existing_upload_limit(client.base_url)
+            url=client.base_url,
+            version=client.server_version(),
+            concurrency_limit=existing_upload_limit(client.base_url),
         )
 
 
@@ -74,7 +76,9 @@ def check_destination_task(
 
 
 @task(name="scan-dicom-directory", **_COMMON)
-def scan_dicom_directory(source_dir: str, headers: ScanHeaders = "full", duplicates: Duplicates = "newest") -> ScanResult:
+def scan_dicom_directory(
+    source_dir: str, headers: ScanHeaders = "full", duplicates: Duplicates = "newest"
+) -> ScanResult:
     """Find every DICOM file under ``source_dir`` (by content, extensionless included).
 
     ``headers="file-meta"`` reads only what a C-STORE needs; ``duplicates``: which of two
@@ -132,9 +136,14 @@ def forget_delivered(target: UploadTarget, server_url: str) -> None:
 
 @task(name="verify-session", **_COMMON, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent)
 def verify_uploaded_session(
-    connection: XnatConnection, target: UploadTarget, expected: list[DicomFile], timeout_seconds: float,
+    connection: XnatConnection,
+    target: UploadTarget,
+    expected: list[DicomFile],
+    timeout_seconds: float,
     prearchive_before: frozenset[str] | None = None,
 ) -> VerifyResult:
     """Wait for the session in the archive and compare scans and file counts with what was sent."""
     with open_client(connection) as client:
-        return verify_session(client, target, expected, wait_timeout=timeout_seconds, prearchive_before=prearchive_before)
+        return verify_session(
+            client, target, expected, wait_timeout=timeout_seconds, prearchive_before=prearchive_before
+        )

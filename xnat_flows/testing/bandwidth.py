@@ -103,7 +103,7 @@ class ThrottledWriter(_Paced):
     def write(self, data: bytes) -> int:
         view = memoryview(data)
         for start in range(0, len(view), _PIECE):
-            piece = view[start:start + _PIECE]
+            piece = view[start : start + _PIECE]
             self._pace(len(piece))
             self._raw.write(piece)
         return len(view)

@@ -10,9 +10,24 @@ from dataclasses import dataclass
 _ASSIGNMENT = r"(?:\A|.*[\s,;]){key}\s*:\s*([\w\-]*)(?:[\s,;].*\Z|\Z)"
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _HEADER_KEYWORDS = (
-    "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "InstanceNumber", "SOPClassUID", "SOPInstanceUID",
-    "Modality", "PatientName", "PatientID", "StudyDate", "StudyTime", "SeriesDescription", "StudyDescription",
-    "AccessionNumber", "PatientComments", "StudyComments", "AdditionalPatientHistory", "ImageType",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "InstanceNumber",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+    "PatientName",
+    "PatientID",
+    "StudyDate",
+    "StudyTime",
+    "SeriesDescription",
+    "StudyDescription",
+    "AccessionNumber",
+    "PatientComments",
+    "StudyComments",
+    "AdditionalPatientHistory",
+    "ImageType",
 )
 
 
@@ -61,8 +76,9 @@ def read_header(data: bytes, name: str = "upload.dcm") -> InstanceHeader:
 
     try:
         # specific_tags + defer_size: skip converting (and copying) everything the importer ignores.
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_HEADER_KEYWORDS),
-                             defer_size=4096)
+        ds = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_HEADER_KEYWORDS), defer_size=4096
+        )
         study_uid = str(ds.get("StudyInstanceUID", "") or "")
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UnparsableDicom(f"unable to read DICOM object {name}") from exc

@@ -90,8 +90,9 @@ class XnatEmulator:
         self.importer = Importer(self.prearchive)
         self.api = Api(self)
         self._server = make_server(self.api, self.host, self._requested_port)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="xnat-emulator-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="xnat-emulator-http", daemon=True
+        )
         self._thread.start()
         self.prearchive.start()
         if self._requested_scp_port is not None:
@@ -103,10 +104,10 @@ class XnatEmulator:
             from xnat_flows.testing.scp import DicomReceiver
         except ImportError as exc:
             self.stop()
-            raise RuntimeError("scp_port was given but xnat_flows.testing.scp (DicomReceiver) is not available: "
-                               f"{exc}") from exc
-        self._scp = DicomReceiver(ingest=self.import_instance_for_scp, host=self.host,
-                                  port=port, ae_title=self.scp_aet)
+            raise RuntimeError(
+                f"scp_port was given but xnat_flows.testing.scp (DicomReceiver) is not available: {exc}"
+            ) from exc
+        self._scp = DicomReceiver(ingest=self.import_instance_for_scp, host=self.host, port=port, ae_title=self.scp_aet)
         self._scp.start()
 
     def stop(self) -> None:
@@ -132,8 +133,9 @@ class XnatEmulator:
     def __enter__(self) -> XnatEmulator:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- addresses -----------------------------------------------------------------------------------
@@ -157,8 +159,13 @@ class XnatEmulator:
         return self._scp
 
     # -- ingest from Python / the DICOM receiver ---------------------------------------------------
-    def import_instance(self, part10_bytes: bytes, params: dict[str, str] | None = None, source: str = "scp",
-                        direct_archive: bool = False) -> str | None:
+    def import_instance(
+        self,
+        part10_bytes: bytes,
+        params: dict[str, str] | None = None,
+        source: str = "scp",
+        direct_archive: bool = False,
+    ) -> str | None:
         """Place one instance as gradual-DICOM would (xnat-web `GradualDicomImporter.call`); return its session URI.
 
         Without PROJECT_ID in ``params`` the project/subject/session come from the DICOM headers
@@ -223,32 +230,51 @@ class XnatEmulator:
         """Archived experiments: ID, label, project, subject (label), UID, modality, scans {id: file count}."""
         store = self._require_store()
         # Image sessions only: assessors live in the same table, tied to their session by session_id.
-        sql = "SELECT * FROM experiments WHERE session_id = ''" + (" AND project = ?" if project else "") + " ORDER BY id"
+        sql = (
+            "SELECT * FROM experiments WHERE session_id = ''" + (" AND project = ?" if project else "") + " ORDER BY id"
+        )
         out = []
         for experiment in store.query(sql, (project,) if project else ()):
             subject = store.subject(experiment["subject_id"])
             scans = {}
-            for scan in store.query("SELECT scan_id FROM scans WHERE experiment_id = ? ORDER BY rowid", (experiment["id"],)):
+            for scan in store.query(
+                "SELECT scan_id FROM scans WHERE experiment_id = ? ORDER BY rowid", (experiment["id"],)
+            ):
                 count = store.query_one(
                     "SELECT COUNT(*) AS n FROM files f JOIN resources r ON f.resource_id = r.id "
-                    "WHERE r.experiment_id = ? AND r.scan_id = ?", (experiment["id"], scan["scan_id"]))
+                    "WHERE r.experiment_id = ? AND r.scan_id = ?",
+                    (experiment["id"], scan["scan_id"]),
+                )
                 scans[scan["scan_id"]] = count["n"] if count else 0
-            out.append({"ID": experiment["id"], "label": experiment["label"], "project": experiment["project"],
-                        "subject": subject["label"] if subject else "", "UID": experiment["uid"],
-                        "modality": experiment["modality"], "xsiType": experiment["xsi_type"], "scans": scans})
+            out.append(
+                {
+                    "ID": experiment["id"],
+                    "label": experiment["label"],
+                    "project": experiment["project"],
+                    "subject": subject["label"] if subject else "",
+                    "UID": experiment["uid"],
+                    "modality": experiment["modality"],
+                    "xsiType": experiment["xsi_type"],
+                    "scans": scans,
+                }
+            )
         return out
 
     def archived_files(self, experiment: str) -> dict[str, Path]:
         """Archive files of one experiment (ID or label) as {"scans/1/resources/DICOM/files/x.dcm": path}."""
         store = self._require_store()
-        row = store.experiment(experiment) or store.query_one("SELECT * FROM experiments WHERE label = ?", (experiment,))
+        row = store.experiment(experiment) or store.query_one(
+            "SELECT * FROM experiments WHERE label = ?", (experiment,)
+        )
         if row is None:
             raise KeyError(experiment)
         out = {}
         for resource in store.query("SELECT * FROM resources WHERE experiment_id = ? ORDER BY id", (row["id"],)):
             prefix = f"scans/{resource['scan_id']}/" if resource["scan_id"] else ""
             for f in store.files(resource["id"]):
-                out[f"{prefix}resources/{resource['label']}/files/{f['path']}"] = store.resource_dir(resource["id"]) / f["path"]
+                out[f"{prefix}resources/{resource['label']}/files/{f['path']}"] = (
+                    store.resource_dir(resource["id"]) / f["path"]
+                )
         return out
 
     def set_prearchive_code(self, project: str, code: int) -> None:

@@ -18,8 +18,20 @@ TRANSIENT_400 = "Session processing in progress"
 PERMANENT_400 = "Unable to identify subject."
 
 _RULE_KEYS = {
-    "method", "path", "handler", "times", "after", "status", "message", "retry_after", "delay_ms",
-    "drop", "evict_token", "error_body", "headers", "bytes_per_second",
+    "method",
+    "path",
+    "handler",
+    "times",
+    "after",
+    "status",
+    "message",
+    "retry_after",
+    "delay_ms",
+    "drop",
+    "evict_token",
+    "error_body",
+    "headers",
+    "bytes_per_second",
 }
 
 

@@ -32,22 +32,58 @@ FILE_COLUMNS = readback.FILE_COLUMNS
 
 # XNAT REST XML path shortcuts (wiki "XNAT REST XML Path Shortcuts"): query names → field paths.
 _SHORTCUTS = {
-    "subject": {"gender": "demographics/gender", "handedness": "demographics/handedness",
-                "dob": "demographics/dob", "yob": "demographics/yob", "age": "demographics/age",
-                "education": "demographics/education", "race": "demographics/race",
-                "ethnicity": "demographics/ethnicity", "weight": "demographics/weight",
-                "height": "demographics/height", "group": "group", "src": "src", "pi_firstname": "",
-                "label": "label"},
-    "experiment": {"date": "date", "time": "time", "visit_id": "visit_id", "note": "note", "label": "label",
-                   "acquisition_site": "acquisition_site", "scanner": "scanner", "operator": "operator",
-                   "dcmaccessionnumber": "dcmAccessionNumber", "dcmpatientid": "dcmPatientId",
-                   "dcmpatientname": "dcmPatientName", "session_type": "session_type", "modality": "modality"},
-    "scan": {"type": "type", "quality": "quality", "note": "note", "series_description": "series_description",
-             "condition": "condition", "documentation": "documentation", "scanner": "scanner",
-             "modality": "modality", "frames": "frames", "uid": "UID"},
-    "project": {"name": "name", "description": "description", "keywords": "keywords",
-                "secondary_id": "secondary_ID", "alias": "aliases/alias", "pi_firstname": "PI/firstname",
-                "pi_lastname": "PI/lastname"},
+    "subject": {
+        "gender": "demographics/gender",
+        "handedness": "demographics/handedness",
+        "dob": "demographics/dob",
+        "yob": "demographics/yob",
+        "age": "demographics/age",
+        "education": "demographics/education",
+        "race": "demographics/race",
+        "ethnicity": "demographics/ethnicity",
+        "weight": "demographics/weight",
+        "height": "demographics/height",
+        "group": "group",
+        "src": "src",
+        "pi_firstname": "",
+        "label": "label",
+    },
+    "experiment": {
+        "date": "date",
+        "time": "time",
+        "visit_id": "visit_id",
+        "note": "note",
+        "label": "label",
+        "acquisition_site": "acquisition_site",
+        "scanner": "scanner",
+        "operator": "operator",
+        "dcmaccessionnumber": "dcmAccessionNumber",
+        "dcmpatientid": "dcmPatientId",
+        "dcmpatientname": "dcmPatientName",
+        "session_type": "session_type",
+        "modality": "modality",
+    },
+    "scan": {
+        "type": "type",
+        "quality": "quality",
+        "note": "note",
+        "series_description": "series_description",
+        "condition": "condition",
+        "documentation": "documentation",
+        "scanner": "scanner",
+        "modality": "modality",
+        "frames": "frames",
+        "uid": "UID",
+    },
+    "project": {
+        "name": "name",
+        "description": "description",
+        "keywords": "keywords",
+        "secondary_id": "secondary_ID",
+        "alias": "aliases/alias",
+        "pi_firstname": "PI/firstname",
+        "pi_lastname": "PI/lastname",
+    },
 }
 _SHORTCUTS["assessor"] = _SHORTCUTS["experiment"]
 _SHORTCUTS["reconstruction"] = {"type": "type", "baseScanType": "baseScanType"}
@@ -56,9 +92,14 @@ _XPATH = re.compile(r"^(?P<type>[A-Za-z][\w-]*:[A-Za-z]\w*)/(?P<path>.+)$")
 _FIELD = re.compile(r"^fields/field\[name=(?P<name>[^\]]+)\]/field$")
 _TYPED_STEP = re.compile(r"\[@xsi:type=[^\]]*\]")
 # Fields kept in table columns rather than as attributes.
-_COLUMNS = {"experiment": {"date", "time", "label", "modality", "UID"}, "assessor": {"date", "time", "label"},
-            "scan": {"type", "series_description", "UID", "modality"}, "subject": {"label"},
-            "project": {"name", "description"}, "reconstruction": {"type"}}
+_COLUMNS = {
+    "experiment": {"date", "time", "label", "modality", "UID"},
+    "assessor": {"date", "time", "label"},
+    "scan": {"type", "series_description", "UID", "modality"},
+    "subject": {"label"},
+    "project": {"name", "description"},
+    "reconstruction": {"type"},
+}
 _ARCHIVE_SUFFIXES = {"zip": "zip", "tar.gz": "tar.gz", "tgz": "tar.gz", "tar": "tar"}
 
 
@@ -120,8 +161,9 @@ class ArchiveHandlers(HandlerBase):
             return self._collection(req, obj.experiment, "scans", [s.row for s in obj.scans])
         if req.method == "GET":
             if obj.kind == "share":
-                return object_response(req, item("xnat:projectParticipant", {"project": obj.project,
-                                                                             "label": obj.row["label"]}))
+                return object_response(
+                    req, item("xnat:projectParticipant", {"project": obj.project, "label": obj.row["label"]})
+                )
             return object_response(req, self.document(obj))
         if req.method == "DELETE":
             if obj.kind == "share":
@@ -140,8 +182,9 @@ class ArchiveHandlers(HandlerBase):
         return text(405, f"Method {req.method} not allowed")
 
     # -- collections -------------------------------------------------------------------------------
-    def _collection(self, req: Request, parent: Obj | ScanSet | ResourceSet | None, collection: str,
-                    only: list[Any] | None = None) -> Response:
+    def _collection(
+        self, req: Request, parent: Obj | ScanSet | ResourceSet | None, collection: str, only: list[Any] | None = None
+    ) -> Response:
         if collection == "files":
             if req.method in ("PUT", "POST"):
                 if isinstance(parent, Obj) and parent.kind == "resource":
@@ -162,44 +205,73 @@ class ArchiveHandlers(HandlerBase):
                 return table(req, [self.subject_row(s, s["project"]) for s in subjects], "Subjects")
             return self._experiments(req, store.query("SELECT * FROM experiments ORDER BY id"), "")
         if isinstance(parent, ScanSet):
-            return table(req, [self.resource_row(r) for r in self.archive.resources_of(parent)], "Resources",
-                         fixed_columns=True)
+            return table(
+                req, [self.resource_row(r) for r in self.archive.resources_of(parent)], "Resources", fixed_columns=True
+            )
         if isinstance(parent, ResourceSet):
             return text(404, f"The requested resource {req.path} was not found.")
         kind = parent.kind
         if collection == "subjects":
             own = store.query("SELECT * FROM subjects WHERE project = ? ORDER BY id", (parent.id,))
-            shared = store.query("SELECT t.* FROM subjects t JOIN shares s ON s.owner = t.id WHERE s.project = ? "
-                                 "ORDER BY t.id", (parent.id,))
+            shared = store.query(
+                "SELECT t.* FROM subjects t JOIN shares s ON s.owner = t.id WHERE s.project = ? ORDER BY t.id",
+                (parent.id,),
+            )
             return table(req, [self.subject_row(s, parent.id) for s in [*own, *shared]], "Subjects")
         if collection == "experiments":
             if kind == "project":
                 own = store.query("SELECT * FROM experiments WHERE project = ? ORDER BY id", (parent.id,))
-                shared = store.query("SELECT t.* FROM experiments t JOIN shares s ON s.owner = t.id "
-                                     "WHERE s.project = ? ORDER BY t.id", (parent.id,))
+                shared = store.query(
+                    "SELECT t.* FROM experiments t JOIN shares s ON s.owner = t.id WHERE s.project = ? ORDER BY t.id",
+                    (parent.id,),
+                )
                 return self._experiments(req, [*own, *shared], parent.id)
-            return self._experiments(req, store.query("SELECT * FROM experiments WHERE subject_id = ? ORDER BY id",
-                                                      (parent.id,)), parent.project)
+            return self._experiments(
+                req,
+                store.query("SELECT * FROM experiments WHERE subject_id = ? ORDER BY id", (parent.id,)),
+                parent.project,
+            )
         if collection == "scans":
-            scans = only if only is not None else store.query(
-                "SELECT * FROM scans WHERE experiment_id = ? ORDER BY rowid", (parent.id,))
+            scans = (
+                only
+                if only is not None
+                else store.query("SELECT * FROM scans WHERE experiment_id = ? ORDER BY rowid", (parent.id,))
+            )
             return table(req, [readback.scan_row(parent.id, s) for s in scans], "Scans")
         if collection == "assessors":
-            return self._experiments(req, store.query("SELECT * FROM experiments WHERE session_id = ? ORDER BY id",
-                                                      (parent.id,)), parent.project, assessors=True)
+            return self._experiments(
+                req,
+                store.query("SELECT * FROM experiments WHERE session_id = ? ORDER BY id", (parent.id,)),
+                parent.project,
+                assessors=True,
+            )
         if collection == "reconstructions":
             recons = store.query("SELECT * FROM reconstructions WHERE experiment_id = ? ORDER BY rowid", (parent.id,))
-            return table(req, [{"ID": r["recon_id"], "type": r["type"] or "", "xsiType": "xnat:reconstructedImageData",
-                                "URI": f"{self.uri(parent)}/reconstructions/{r['recon_id']}"} for r in recons],
-                         "Reconstructions")
+            return table(
+                req,
+                [
+                    {
+                        "ID": r["recon_id"],
+                        "type": r["type"] or "",
+                        "xsiType": "xnat:reconstructedImageData",
+                        "URI": f"{self.uri(parent)}/reconstructions/{r['recon_id']}",
+                    }
+                    for r in recons
+                ],
+                "Reconstructions",
+            )
         if collection == "resources":
-            return table(req, [self.resource_row(r) for r in self.archive.resources_of(parent)], "Resources",
-                         fixed_columns=True)
+            return table(
+                req, [self.resource_row(r) for r in self.archive.resources_of(parent)], "Resources", fixed_columns=True
+            )
         if collection == "projects":
-            projects = [{"ID": parent.row["project"], "label": parent.label,
-                         "URI": f"/data/projects/{parent.row['project']}"}]
-            projects += [{"ID": s["project"], "label": s["label"], "URI": f"/data/projects/{s['project']}"}
-                         for s in self.archive.shares(parent.owner)]
+            projects = [
+                {"ID": parent.row["project"], "label": parent.label, "URI": f"/data/projects/{parent.row['project']}"}
+            ]
+            projects += [
+                {"ID": s["project"], "label": s["label"], "URI": f"/data/projects/{s['project']}"}
+                for s in self.archive.shares(parent.owner)
+            ]
             return table(req, projects, "Projects")
         return text(404, f"The requested resource {req.path} was not found.")
 
@@ -225,7 +297,8 @@ class ArchiveHandlers(HandlerBase):
         if rest:
             # Parents made on the way, as XNAT does: a subject for a new session, a resource for new files.
             creatable = (collection == "subjects" and rest[0] == "experiments") or (
-                collection == "resources" and rest[0] == "files")
+                collection == "resources" and rest[0] == "files"
+            )
             if not creatable or parent is None:
                 return text(404, f"{_SINGULAR.get(collection or '', 'Object')} {name} not found")
             if collection == "subjects":
@@ -234,8 +307,9 @@ class ArchiveHandlers(HandlerBase):
                 self.archive.create_subject(parent.id, name)
             else:
                 owner, scan_id = parent.resource_parent()
-                self.store.ensure_resource(owner, scan_id, name, req.param("format"), req.param("content"),
-                                           req.param("tags"))
+                self.store.ensure_resource(
+                    owner, scan_id, name, req.param("format"), req.param("content"), req.param("tags")
+                )
             return self._walk(req, segments)
         if req.method != "PUT":
             return text(405, f"Method {req.method} not allowed")
@@ -263,7 +337,9 @@ class ArchiveHandlers(HandlerBase):
                 return text(400, _NEEDS_XSI_TYPE)
             fields = self._parse_fields(req, "experiment")
             label = self._new_label(req, xsi_type, name)
-            if self.store.query_one("SELECT 1 FROM experiments WHERE project = ? AND label = ?", (parent.project, label)):
+            if self.store.query_one(
+                "SELECT 1 FROM experiments WHERE project = ? AND label = ?", (parent.project, label)
+            ):
                 return text(409, f"An experiment labelled {label} already exists in project {parent.project}.")
             subject = parent.row if parent.kind == "subject" else self._subject_for(req, parent, xsi_type)
             row = archive.create_experiment(parent.project, subject, label, xsi_type)
@@ -282,8 +358,11 @@ class ArchiveHandlers(HandlerBase):
             if not xsi_type:
                 return text(417, "Need PUT Contents")
             if xsi_type.lower() == "xnat:imagescandata" or not is_a(xsi_type, "xnat:imageScanData"):
-                return text(400, "Multiple scan modalities can be associated here.  Please retry with the "
-                                 "specification of a particular modality (i.e. ?xsiType=xnat:mrScanData).")
+                return text(
+                    400,
+                    "Multiple scan modalities can be associated here.  Please retry with the "
+                    "specification of a particular modality (i.e. ?xsiType=xnat:mrScanData).",
+                )
             fields = self._parse_fields(req, "scan")
             row = archive.create_scan(parent, name, xsi_type)
             self._store_fields(Obj("scan", row, parent, parent.project), fields)
@@ -295,8 +374,9 @@ class ArchiveHandlers(HandlerBase):
             return text(201, name)
         if collection == "resources" and parent.kind != "resource":
             owner, scan_id = parent.resource_parent()
-            self.store.ensure_resource(owner, scan_id, name, req.param("format"), req.param("content"),
-                                       req.param("tags"))
+            self.store.ensure_resource(
+                owner, scan_id, name, req.param("format"), req.param("content"), req.param("tags")
+            )
             return text(200, "")
         if collection == "projects" and parent.kind in ("subject", "experiment", "assessor"):
             if self.store.project(name) is None:
@@ -308,10 +388,16 @@ class ArchiveHandlers(HandlerBase):
         return text(404, f"The requested resource {req.path} was not found.")
 
     def _subject_for(self, req: Request, project: Obj, xsi_type: str):
-        ref = req.param(f"{xsi_type}/subject_ID") or req.param("subject_ID") or req.param("xnat:subjectAssessorData/subject_ID")
+        ref = (
+            req.param(f"{xsi_type}/subject_ID")
+            or req.param("subject_ID")
+            or req.param("xnat:subjectAssessorData/subject_ID")
+        )
         if not ref:
-            raise XnatRefusal(400, "A new experiment needs a subject: create it under /subjects/{subject}/experiments "
-                                   "or pass subject_ID.")
+            raise XnatRefusal(
+                400,
+                "A new experiment needs a subject: create it under /subjects/{subject}/experiments or pass subject_ID.",
+            )
         row, _ = self.archive.create_subject(project.id, ref)
         return row
 
@@ -365,8 +451,10 @@ class ArchiveHandlers(HandlerBase):
         if obj.kind in ("experiment", "assessor"):
             names = {"UID": "uid"}
             if "label" in values:
-                clash = self.store.query_one("SELECT 1 FROM experiments WHERE project = ? AND label = ? AND id != ?",
-                                             (obj.row["project"], values["label"], obj.id))
+                clash = self.store.query_one(
+                    "SELECT 1 FROM experiments WHERE project = ? AND label = ? AND id != ?",
+                    (obj.row["project"], values["label"], obj.id),
+                )
                 if clash:
                     raise XnatRefusal(409, f"An experiment labelled {values['label']} already exists.")
             table_name, where, args = "experiments", "id = ?", [obj.id]
@@ -381,8 +469,11 @@ class ArchiveHandlers(HandlerBase):
             table_name, where, args = "projects", "id = ?", [obj.id]
         else:
             names = {}
-            table_name, where, args = "reconstructions", "experiment_id = ? AND recon_id = ?", [
-                obj.row["experiment_id"], obj.id]
+            table_name, where, args = (
+                "reconstructions",
+                "experiment_id = ? AND recon_id = ?",
+                [obj.row["experiment_id"], obj.id],
+            )
         assignments = ", ".join(f"{names.get(k, k)} = ?" for k in values)
         with self.store.transaction() as db:
             db.execute(f"UPDATE {table_name} SET {assignments} WHERE {where}", (*values.values(), *args))
@@ -394,51 +485,92 @@ class ArchiveHandlers(HandlerBase):
         fields, children = _split_attrs(attrs)
         row = obj.row
         if obj.kind == "project":
-            base = {"ID": obj.id, "secondary_ID": obj.id, "name": row["name"] or obj.id,
-                    "description": row["description"] or "", "active": "true"}
-            return item("xnat:projectData", {**base, **fields},
-                        children + self._resource_children(obj, "resources/resource"))
+            base = {
+                "ID": obj.id,
+                "secondary_ID": obj.id,
+                "name": row["name"] or obj.id,
+                "description": row["description"] or "",
+                "active": "true",
+            }
+            return item(
+                "xnat:projectData", {**base, **fields}, children + self._resource_children(obj, "resources/resource")
+            )
         if obj.kind == "subject":
             label = self._label_in(obj)
             base = {"ID": obj.id, "project": row["project"], "label": label, "id": obj.id}
-            return item("xnat:subjectData", {**base, **fields},
-                        children + self._resource_children(obj, "resources/resource") + self._sharing(obj),
-                        {"start_date": row["insert_date"]})
+            return item(
+                "xnat:subjectData",
+                {**base, **fields},
+                children + self._resource_children(obj, "resources/resource") + self._sharing(obj),
+                {"start_date": row["insert_date"]},
+            )
         if obj.kind in ("experiment", "assessor"):
             return self._experiment_document(obj, fields, children)
         if obj.kind == "scan":
-            base = {"ID": obj.id, "type": row["type"], "UID": row["series_uid"],
-                    "series_description": row["series_description"], "quality": "usable",
-                    "image_session_ID": row["experiment_id"], "modality": row["modality"],
-                    "xnat_imagescandata_id": f"{row['experiment_id']}:{obj.id}"}
+            base = {
+                "ID": obj.id,
+                "type": row["type"],
+                "UID": row["series_uid"],
+                "series_description": row["series_description"],
+                "quality": "usable",
+                "image_session_ID": row["experiment_id"],
+                "modality": row["modality"],
+                "xnat_imagescandata_id": f"{row['experiment_id']}:{obj.id}",
+            }
             return item(row["xsi_type"], {**base, **fields}, children + self._resource_children(obj, "file"))
         if obj.kind == "reconstruction":
             base = {"ID": obj.id, "type": row["type"] or ""}
-            return item("xnat:reconstructedImageData", {**base, **fields},
-                        children + self._resource_children(obj, "out/file"))
+            return item(
+                "xnat:reconstructedImageData", {**base, **fields}, children + self._resource_children(obj, "out/file")
+            )
         return self._resource_item(obj)
 
     def _experiment_document(self, obj: Obj, fields: dict[str, str], children: list[dict[str, Any]]) -> dict[str, Any]:
         row = obj.row
-        base = {"ID": obj.id, "label": self._label_in(obj), "project": row["project"],
-                "subject_ID": row["subject_id"], "UID": row["uid"], "date": row["date"], "time": row["time"],
-                "modality": row["modality"], "id": obj.id}
+        base = {
+            "ID": obj.id,
+            "label": self._label_in(obj),
+            "project": row["project"],
+            "subject_ID": row["subject_id"],
+            "UID": row["uid"],
+            "date": row["date"],
+            "time": row["time"],
+            "modality": row["modality"],
+            "id": obj.id,
+        }
         if obj.kind == "assessor":
-            base = {"ID": obj.id, "label": row["label"], "project": row["project"], "date": row["date"],
-                    "imageSession_ID": row["session_id"], "id": obj.id}
-            return item(row["xsi_type"], {**base, **fields},
-                        children + self._resource_children(obj, "out/file") + self._sharing(obj),
-                        {"start_date": row["insert_date"]})
-        scans = [Obj("scan", s, obj, obj.project) for s in self.store.query(
-            "SELECT * FROM scans WHERE experiment_id = ? ORDER BY rowid", (obj.id,))]
+            base = {
+                "ID": obj.id,
+                "label": row["label"],
+                "project": row["project"],
+                "date": row["date"],
+                "imageSession_ID": row["session_id"],
+                "id": obj.id,
+            }
+            return item(
+                row["xsi_type"],
+                {**base, **fields},
+                children + self._resource_children(obj, "out/file") + self._sharing(obj),
+                {"start_date": row["insert_date"]},
+            )
+        scans = [
+            Obj("scan", s, obj, obj.project)
+            for s in self.store.query("SELECT * FROM scans WHERE experiment_id = ? ORDER BY rowid", (obj.id,))
+        ]
         if scans:
             children.append({"field": "scans/scan", "items": [self.document(s) for s in scans]})
-        recons = [Obj("reconstruction", r, obj, obj.project) for r in self.store.query(
-            "SELECT * FROM reconstructions WHERE experiment_id = ? ORDER BY rowid", (obj.id,))]
+        recons = [
+            Obj("reconstruction", r, obj, obj.project)
+            for r in self.store.query("SELECT * FROM reconstructions WHERE experiment_id = ? ORDER BY rowid", (obj.id,))
+        ]
         if recons:
-            children.append({"field": "reconstructions/reconstructedImage", "items": [self.document(r) for r in recons]})
-        assessors = [Obj("assessor", a, obj, obj.project) for a in self.store.query(
-            "SELECT * FROM experiments WHERE session_id = ? ORDER BY id", (obj.id,))]
+            children.append(
+                {"field": "reconstructions/reconstructedImage", "items": [self.document(r) for r in recons]}
+            )
+        assessors = [
+            Obj("assessor", a, obj, obj.project)
+            for a in self.store.query("SELECT * FROM experiments WHERE session_id = ? ORDER BY id", (obj.id,))
+        ]
         if assessors:
             children.append({"field": "assessors/assessor", "items": [self.document(a) for a in assessors]})
         children += self._resource_children(obj, "resources/resource") + self._sharing(obj)
@@ -447,8 +579,9 @@ class ArchiveHandlers(HandlerBase):
     def _label_in(self, obj: Obj) -> str:
         """An object's label as seen from the project it was addressed through (a share may rename it)."""
         if obj.project and obj.project != obj.row["project"]:
-            share = self.store.query_one("SELECT label FROM shares WHERE owner = ? AND project = ?",
-                                         (obj.owner, obj.project))
+            share = self.store.query_one(
+                "SELECT label FROM shares WHERE owner = ? AND project = ?", (obj.owner, obj.project)
+            )
             if share is not None:
                 return share["label"]
         return obj.row["label"]
@@ -458,8 +591,12 @@ class ArchiveHandlers(HandlerBase):
         if not shares:
             return []
         share_type = "xnat:projectParticipant" if obj.kind == "subject" else "xnat:experimentData_share"
-        return [{"field": "sharing/share", "items": [item(share_type, {"project": s["project"], "label": s["label"]})
-                                                     for s in shares]}]
+        return [
+            {
+                "field": "sharing/share",
+                "items": [item(share_type, {"project": s["project"], "label": s["label"]}) for s in shares],
+            }
+        ]
 
     def _resource_children(self, obj: Obj, field: str) -> list[dict[str, Any]]:
         resources = self.archive.resources_of(obj)
@@ -467,31 +604,55 @@ class ArchiveHandlers(HandlerBase):
 
     def _resource_item(self, resource: Obj) -> dict[str, Any]:
         files = self.store.files(resource.row["id"])
-        return item("xnat:resourceCatalog", {
-            "label": resource.row["label"], "format": resource.row["format"] or "",
-            "content": resource.row["content"] or "", "tags": resource.row["tags"] or "",
-            "file_count": len(files), "file_size": sum(f["size"] or 0 for f in files),
-            "xnat_abstractresource_id": resource.row["id"]})
+        return item(
+            "xnat:resourceCatalog",
+            {
+                "label": resource.row["label"],
+                "format": resource.row["format"] or "",
+                "content": resource.row["content"] or "",
+                "tags": resource.row["tags"] or "",
+                "file_count": len(files),
+                "file_size": sum(f["size"] or 0 for f in files),
+                "xnat_abstractresource_id": resource.row["id"],
+            },
+        )
 
     # -- listing rows ----------------------------------------------------------------------------
     def subject_row(self, subject: Any, project: str) -> dict[str, Any]:
         obj = Obj("subject", subject, None, project)
         attrs = self.archive.attrs(subject["id"])
-        return {"ID": subject["id"], "label": self._label_in(obj), "project": subject["project"],
-                "URI": f"/data/subjects/{subject['id']}", "insert_date": subject["insert_date"],
-                "insert_user": "admin", "xsiType": "xnat:subjectData",
-                **{k.rsplit("/", 1)[-1]: v for k, v in attrs.items() if k.startswith("demographics/")}}
+        return {
+            "ID": subject["id"],
+            "label": self._label_in(obj),
+            "project": subject["project"],
+            "URI": f"/data/subjects/{subject['id']}",
+            "insert_date": subject["insert_date"],
+            "insert_user": "admin",
+            "xsiType": "xnat:subjectData",
+            **{k.rsplit("/", 1)[-1]: v for k, v in attrs.items() if k.startswith("demographics/")},
+        }
 
     def experiment_row(self, experiment: Any, project: str) -> dict[str, Any]:
         obj = Obj("assessor" if experiment["session_id"] else "experiment", experiment, None, project)
         subject = self.archive.subject_row(experiment["subject_id"])
-        uri = (f"/data/experiments/{experiment['session_id']}/assessors/{experiment['id']}" if experiment["session_id"]
-               else f"/data/experiments/{experiment['id']}")
-        row = {"ID": experiment["id"], "URI": uri, "date": experiment["date"],
-               "insert_date": experiment["insert_date"], "label": self._label_in(obj), "project": experiment["project"],
-               "xsiType": experiment["xsi_type"], "subject_ID": experiment["subject_id"],
-               "subject_label": subject["label"] if subject else "", "UID": experiment["uid"],
-               "modality": experiment["modality"]}
+        uri = (
+            f"/data/experiments/{experiment['session_id']}/assessors/{experiment['id']}"
+            if experiment["session_id"]
+            else f"/data/experiments/{experiment['id']}"
+        )
+        row = {
+            "ID": experiment["id"],
+            "URI": uri,
+            "date": experiment["date"],
+            "insert_date": experiment["insert_date"],
+            "label": self._label_in(obj),
+            "project": experiment["project"],
+            "xsiType": experiment["xsi_type"],
+            "subject_ID": experiment["subject_id"],
+            "subject_label": subject["label"] if subject else "",
+            "UID": experiment["uid"],
+            "modality": experiment["modality"],
+        }
         if experiment["session_id"]:
             row["session_ID"] = experiment["session_id"]
         return row
@@ -501,12 +662,21 @@ class ArchiveHandlers(HandlerBase):
         parent = resource.parent
         assert parent is not None
         category = {"scan": "scans", "reconstruction": "reconstructions", "assessor": "assessors"}.get(
-            parent.kind, "resources")
-        return {"xnat_abstractresource_id": resource.row["id"], "label": resource.row["label"],
-                "element_name": "xnat:resourceCatalog", "category": category, "cat_id": parent.id,
-                "cat_desc": "", "format": resource.row["format"] or "", "content": resource.row["content"] or "",
-                "tags": resource.row["tags"] or "", "file_count": len(files),
-                "file_size": sum(f["size"] or 0 for f in files)}
+            parent.kind, "resources"
+        )
+        return {
+            "xnat_abstractresource_id": resource.row["id"],
+            "label": resource.row["label"],
+            "element_name": "xnat:resourceCatalog",
+            "category": category,
+            "cat_id": parent.id,
+            "cat_desc": "",
+            "format": resource.row["format"] or "",
+            "content": resource.row["content"] or "",
+            "tags": resource.row["tags"] or "",
+            "file_count": len(files),
+            "file_size": sum(f["size"] or 0 for f in files),
+        }
 
     def uri(self, obj: Obj) -> str:
         if obj.kind == "project":
@@ -542,16 +712,31 @@ class ArchiveHandlers(HandlerBase):
         fmt = listing_format(req)
         if fmt in _ARCHIVE_SUFFIXES:
             name = _top_label(parent) or "download"
-            return self._archive_response([(self.zip_path(resource, f["path"]), self.store.resource_dir(resource.row["id"])
-                                            / f["path"]) for resource, f in entries],
-                                          f"{name}.{_ARCHIVE_SUFFIXES[fmt]}", _ARCHIVE_SUFFIXES[fmt])
+            return self._archive_response(
+                [
+                    (self.zip_path(resource, f["path"]), self.store.resource_dir(resource.row["id"]) / f["path"])
+                    for resource, f in entries
+                ],
+                f"{name}.{_ARCHIVE_SUFFIXES[fmt]}",
+                _ARCHIVE_SUFFIXES[fmt],
+            )
         rows = []
         for resource, f in entries:
             base = f"{self.uri(resource.parent)}/resources/{resource.label}" if resource.parent else ""
-            rows.append({"Name": f["path"].rsplit("/", 1)[-1], "Size": f["size"], "URI": f"{base}/files/{f['path']}",
-                         "collection": resource.label, "file_tags": "", "file_format": resource.row["format"] or "",
-                         "file_content": resource.row["content"] or "", "cat_ID": resource.row["id"],
-                         "digest": f["md5"], "path": f["path"]})
+            rows.append(
+                {
+                    "Name": f["path"].rsplit("/", 1)[-1],
+                    "Size": f["size"],
+                    "URI": f"{base}/files/{f['path']}",
+                    "collection": resource.label,
+                    "file_tags": "",
+                    "file_format": resource.row["format"] or "",
+                    "file_content": resource.row["content"] or "",
+                    "cat_ID": resource.row["id"],
+                    "digest": f["md5"],
+                    "path": f["path"],
+                }
+            )
         return table(req, rows, "Files", FILE_COLUMNS, fixed_columns=True)
 
     def zip_path(self, resource: Obj, path: str) -> str:
@@ -582,8 +767,13 @@ class ArchiveHandlers(HandlerBase):
             for arcname, path in entries:
                 archive.add(path, arcname)
         content_type = "application/x-gzip" if kind == "tar.gz" else "application/x-tar"
-        return Response(200, content_type=content_type, file=Path(tmp_name), delete_file=True,
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            200,
+            content_type=content_type,
+            file=Path(tmp_name),
+            delete_file=True,
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     def _file(self, req: Request, parent: Obj | ScanSet | ResourceSet | None, file_path: str) -> Response:
         if not isinstance(parent, Obj) or parent.kind != "resource":
@@ -595,7 +785,10 @@ class ArchiveHandlers(HandlerBase):
         if req.method != "GET":
             return text(405, f"Method {req.method} not allowed")
         store = self.store
-        if store.query_one("SELECT 1 FROM files WHERE resource_id = ? AND path = ?", (parent.row["id"], file_path)) is None:
+        if (
+            store.query_one("SELECT 1 FROM files WHERE resource_id = ? AND path = ?", (parent.row["id"], file_path))
+            is None
+        ):
             return text(404, f"File {file_path} not found")
         path = store.resource_dir(parent.row["id"]) / file_path
         modified = email.utils.formatdate(path.stat().st_mtime, usegmt=True)
@@ -603,8 +796,9 @@ class ArchiveHandlers(HandlerBase):
 
     def _delete_file(self, resource: Obj, file_path: str) -> Response:
         with self.store.transaction() as db:
-            gone = db.execute("DELETE FROM files WHERE resource_id = ? AND path = ?",
-                              (resource.row["id"], file_path)).rowcount
+            gone = db.execute(
+                "DELETE FROM files WHERE resource_id = ? AND path = ?", (resource.row["id"], file_path)
+            ).rowcount
         if not gone:
             return text(404, f"File {file_path} not found")
         (self.store.resource_dir(resource.row["id"]) / file_path).unlink(missing_ok=True)
@@ -615,14 +809,20 @@ class ArchiveHandlers(HandlerBase):
         if not uploads:
             size = req.body.bytes_read + len(req.body.read())
             if size == 0:
-                return text(400, f"You tried to {req.method} to this service, but didn't provide any data (found "
-                                 "request entity size of 0). If you think you sent data to upload, you can try to "
-                                 f"{req.method} with the query-string parameter inbody=true or use "
-                                 "multipart/form-data encoding.")
-            return text(400, f"You tried to {req.method} a payload of {size} bytes to this service, but didn't "
-                             "provide any data. If you think you sent data to upload, you can try to "
-                             f"{req.method} with the query-string parameter inbody=true or use multipart/form-data "
-                             "encoding.")
+                return text(
+                    400,
+                    f"You tried to {req.method} to this service, but didn't provide any data (found "
+                    "request entity size of 0). If you think you sent data to upload, you can try to "
+                    f"{req.method} with the query-string parameter inbody=true or use "
+                    "multipart/form-data encoding.",
+                )
+            return text(
+                400,
+                f"You tried to {req.method} a payload of {size} bytes to this service, but didn't "
+                "provide any data. If you think you sent data to upload, you can try to "
+                f"{req.method} with the query-string parameter inbody=true or use multipart/form-data "
+                "encoding.",
+            )
         store = self.store
         resource_id = resource.row["id"]
         overwrite = is_true(req.param("overwrite"))
@@ -634,13 +834,15 @@ class ArchiveHandlers(HandlerBase):
             clean = PurePosixPath(target)
             if clean.is_absolute() or ".." in clean.parts:
                 raise XnatRefusal(400, f"Invalid file path {target}")
-            exists = store.query_one("SELECT 1 FROM files WHERE resource_id = ? AND path = ?",
-                                     (resource_id, clean.as_posix()))
+            exists = store.query_one(
+                "SELECT 1 FROM files WHERE resource_id = ? AND path = ?", (resource_id, clean.as_posix())
+            )
             if exists and not overwrite:
                 duplicates.append(clean.as_posix())
                 return
-            size, md5 = write_stream_to(store.resource_dir(resource_id) / clean, chunks, store.tmp_dir,
-                                        store.check_space)
+            size, md5 = write_stream_to(
+                store.resource_dir(resource_id) / clean, chunks, store.tmp_dir, store.check_space
+            )
             store.record_file(resource_id, clean.as_posix(), size, md5)
 
         try:
@@ -660,9 +862,17 @@ class ArchiveHandlers(HandlerBase):
 
     # -- site-wide listings and services -----------------------------------------------------------
     def list_users(self, req: Request, m: re.Match[str]) -> Response:
-        rows = [{"login": u["username"], "firstname": u["username"], "lastname": "", "email": f"{u['username']}@example.org",
-                 "xdat_user_id": index, "enabled": "1"}
-                for index, u in enumerate(self.store.query("SELECT username FROM users ORDER BY username"), start=1)]
+        rows = [
+            {
+                "login": u["username"],
+                "firstname": u["username"],
+                "lastname": "",
+                "email": f"{u['username']}@example.org",
+                "xdat_user_id": index,
+                "enabled": "1",
+            }
+            for index, u in enumerate(self.store.query("SELECT username FROM users ORDER BY username"), start=1)
+        ]
         return table(req, rows, "Users")
 
     def refresh_catalog(self, req: Request, m: re.Match[str]) -> Response:
@@ -673,8 +883,8 @@ class ArchiveHandlers(HandlerBase):
             return text(400, "Specify the resources to refresh: ?resource=/archive/experiments/{ID}")
         for name in names:
             path = name.strip()
-            path = path[len("/archive"):] if path.startswith("/archive/") else path
-            path = path[len("/data"):] if path.startswith("/data/") else path
+            path = path[len("/archive") :] if path.startswith("/archive/") else path
+            path = path[len("/data") :] if path.startswith("/data/") else path
             target = self.archive.resolve([s for s in path.split("/") if s])
             if target is None or target.name is not None or target.obj is None:
                 return text(404, f"Unknown resource {name}")
@@ -707,8 +917,11 @@ class ArchiveHandlers(HandlerBase):
             for row in rows:
                 out = {}
                 for element, field_id in fields:
-                    key = field_id.lower() if element.lower() == root_element.lower() else (
-                        f"{element.replace(':', '_')}_{field_id}".lower())
+                    key = (
+                        field_id.lower()
+                        if element.lower() == root_element.lower()
+                        else (f"{element.replace(':', '_')}_{field_id}".lower())
+                    )
                     out[key] = _lookup_field(row, field_id) or ""
                 picked.append(out)
             rows = picked
@@ -725,16 +938,27 @@ class ArchiveHandlers(HandlerBase):
             rows = []
             for scan in store.query("SELECT * FROM scans ORDER BY experiment_id, rowid"):
                 if is_a(scan["xsi_type"], element):
-                    rows.append({**readback.scan_row(scan["experiment_id"], scan),
-                                 "image_session_ID": scan["experiment_id"]})
+                    rows.append(
+                        {**readback.scan_row(scan["experiment_id"], scan), "image_session_ID": scan["experiment_id"]}
+                    )
             return rows
-        return [self.experiment_row(e, e["project"]) for e in store.query("SELECT * FROM experiments ORDER BY id")
-                if is_a(e["xsi_type"], element)]
+        return [
+            self.experiment_row(e, e["project"])
+            for e in store.query("SELECT * FROM experiments ORDER BY id")
+            if is_a(e["xsi_type"], element)
+        ]
 
 
 _NEEDS_XSI_TYPE = "A new experiment needs its data type: add ?xsiType=xnat:mrSessionData (or another)."
-_SINGULAR = {"projects": "Project", "subjects": "Subject", "experiments": "Experiment", "scans": "Scan",
-             "assessors": "Assessor", "reconstructions": "Reconstruction", "resources": "Resource"}
+_SINGULAR = {
+    "projects": "Project",
+    "subjects": "Subject",
+    "experiments": "Experiment",
+    "scans": "Scan",
+    "assessors": "Assessor",
+    "reconstructions": "Reconstruction",
+    "resources": "Resource",
+}
 
 
 def _xs_date(value: str) -> str:
@@ -763,15 +987,18 @@ def _split_attrs(attrs: dict[str, str]) -> tuple[dict[str, str], list[dict[str, 
     nested: dict[str, dict[str, str]] = {}
     for path, value in attrs.items():
         if path.startswith("fields/"):
-            custom.append(item("xnat:fieldDefinitionGroup_field", {"name": path[len("fields/"):], "field": value}))
+            custom.append(item("xnat:fieldDefinitionGroup_field", {"name": path[len("fields/") :], "field": value}))
         elif "/" in path:
             head, tail = path.split("/", 1)
             nested.setdefault(head, {})[tail.replace("/", "_")] = value
         else:
             fields[path] = value
     children = [{"field": "fields/field", "items": custom}] if custom else []
-    child_types = {"demographics": "xnat:demographicData", "PI": "xnat:investigatorData",
-                   "investigator": "xnat:investigatorData"}
+    child_types = {
+        "demographics": "xnat:demographicData",
+        "PI": "xnat:investigatorData",
+        "investigator": "xnat:investigatorData",
+    }
     for head, values in nested.items():
         children.append({"field": head, "items": [item(child_types.get(head, "xnat:" + head), values)]})
     return fields, children
@@ -825,4 +1052,3 @@ def _is_archive_name(name: str) -> bool:
     except XnatRefusal:
         return False
     return True
-

@@ -22,8 +22,9 @@ class PrearchiveHandlers(HandlerBase):
             uploads = request_uploads(req, None, self.store.tmp_dir)
             if len(uploads) > 1:
                 raise XnatRefusal(400, "Importer is limited to one uploaded resource at a time.")
-            uris = self.emu.importer.handle(req.params, uploads[0] if uploads else None,
-                                            req.headers.get("Content-Type") or "")
+            uris = self.emu.importer.handle(
+                req.params, uploads[0] if uploads else None, req.headers.get("Content-Type") or ""
+            )
         finally:
             if req.form is not None:
                 req.form.cleanup()
@@ -40,7 +41,7 @@ class PrearchiveHandlers(HandlerBase):
     def _row_from_src(self, src: str):
         path = src.strip()
         if path.startswith("/data/"):
-            path = path[len("/data"):]
+            path = path[len("/data") :]
         parts = [unquote(p) for p in path.split("/") if p]
         if len(parts) != 5 or parts[:2] != ["prearchive", "projects"]:
             raise XnatRefusal(400, f"Invalid src URI ({src})")
@@ -53,9 +54,16 @@ class PrearchiveHandlers(HandlerBase):
 
     def services_archive(self, req: Request, m: re.Match[str]) -> Response:
         sources = req.multi.get("src", [])
-        if not sources and req.param("project") and req.param("PREARC_TIMESTAMP") and req.param("PREARC_SESSION_FOLDER"):
-            sources = [f"/prearchive/projects/{req.param('project')}/{req.param('PREARC_TIMESTAMP')}/"
-                       f"{req.param('PREARC_SESSION_FOLDER')}"]
+        if (
+            not sources
+            and req.param("project")
+            and req.param("PREARC_TIMESTAMP")
+            and req.param("PREARC_SESSION_FOLDER")
+        ):
+            sources = [
+                f"/prearchive/projects/{req.param('project')}/{req.param('PREARC_TIMESTAMP')}/"
+                f"{req.param('PREARC_SESSION_FOLDER')}"
+            ]
         if not sources:
             return text(404, "Unknown prearchive session.")
         dest_project = dest_subject = dest_label = None
@@ -74,10 +82,16 @@ class PrearchiveHandlers(HandlerBase):
         uris = []
         for src in sources:
             row = self._row_from_src(src)
-            uris.append(self.emu.prearchive.archive(
-                row.id, overwrite=req.param("overwrite") or None, overwrite_files=is_true(req.param("overwrite_files")),
-                project=dest_project, subject=dest_subject, label=dest_label,
-            ))
+            uris.append(
+                self.emu.prearchive.archive(
+                    row.id,
+                    overwrite=req.param("overwrite") or None,
+                    overwrite_files=is_true(req.param("overwrite_files")),
+                    project=dest_project,
+                    subject=dest_subject,
+                    label=dest_label,
+                )
+            )
         if is_true(req.param("redirect")) and len(uris) == 1:
             return Response(303, uris[0].encode(), "text/plain", {"Location": uris[0]})
         return Response(200, "".join(f"{u}\r\n" for u in uris).encode(), "text/uri-list")
@@ -100,16 +114,22 @@ class PrearchiveHandlers(HandlerBase):
         if not rest:
             fmt = req.param("format", "json")
             if fmt == "zip":
-                entries = [(f"{f['scan_id']}/{f['resource']}/{f['name']}",
-                            self.store.prearc_file_path(row.id, f["scan_id"], f["resource"], f["name"]))
-                           for f in self.store.prearc_files(row.id)]
+                entries = [
+                    (
+                        f"{f['scan_id']}/{f['resource']}/{f['name']}",
+                        self.store.prearc_file_path(row.id, f["scan_id"], f["resource"], f["name"]),
+                    )
+                    for f in self.store.prearc_files(row.id)
+                ]
                 return self._zip_response(entries, f"{row.folder}.zip")
             if fmt == "xml":
                 if row.status == RECEIVING:
                     return text(404, "The XNAT session document is not available for this prearchive session yet.")
-                xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<xnat:{_xml_name(row.modality)} '
-                       f'xmlns:xnat="http://nrg.wustl.edu/xnat" label="{row.name}" project="{row.project}" '
-                       f'UID="{row.tag}"><xnat:subject_ID>{row.subject}</xnat:subject_ID></xnat:{_xml_name(row.modality)}>')
+                xml = (
+                    f'<?xml version="1.0" encoding="UTF-8"?>\n<xnat:{_xml_name(row.modality)} '
+                    f'xmlns:xnat="http://nrg.wustl.edu/xnat" label="{row.name}" project="{row.project}" '
+                    f'UID="{row.tag}"><xnat:subject_ID>{row.subject}</xnat:subject_ID></xnat:{_xml_name(row.modality)}>'
+                )
                 return Response(200, xml.encode(), "text/xml")
             return table(req, [readback.prearchive_row(self.store, row)], "Prearchive")
         return self._prearchive_contents(req, row, rest)
@@ -125,8 +145,14 @@ class PrearchiveHandlers(HandlerBase):
             return text(404, "Not found")
         scans = self.store.prearc_scans(row.id)
         if len(rest) == 1:
-            rows = [{"ID": s["scan_id"], "series_description": s["series_description"] or "",
-                     "xsiType": scan_xsi_type(s["modality"] or row.modality)} for s in scans]
+            rows = [
+                {
+                    "ID": s["scan_id"],
+                    "series_description": s["series_description"] or "",
+                    "xsiType": scan_xsi_type(s["modality"] or row.modality),
+                }
+                for s in scans
+            ]
             return table(req, rows, "Scans")
         scan_id = rest[1]
         files = self.store.prearc_files(row.id, scan_id)
@@ -134,27 +160,38 @@ class PrearchiveHandlers(HandlerBase):
             return text(404, "Not found")
         if len(rest) == 3:
             labels = sorted({f["resource"] for f in files})
-            rows = [{"label": lab, "file_count": sum(1 for f in files if f["resource"] == lab),
-                     "file_size": sum(f["size"] for f in files if f["resource"] == lab)} for lab in labels]
+            rows = [
+                {
+                    "label": lab,
+                    "file_count": sum(1 for f in files if f["resource"] == lab),
+                    "file_size": sum(f["size"] for f in files if f["resource"] == lab),
+                }
+                for lab in labels
+            ]
             return table(req, rows, "Resources")
         label = rest[3]
         base = f"/data{row.url}/scans/{scan_id}/resources/{label}/files"
         chosen = [f for f in files if f["resource"] == label]
         if len(rest) == 4 or (len(rest) == 5 and rest[4] == "files"):
-            rows = [{"Name": f["name"], "Size": f["size"], "URI": f"{base}/{f['name']}", "digest": f["md5"]} for f in chosen]
+            rows = [
+                {"Name": f["name"], "Size": f["size"], "URI": f"{base}/{f['name']}", "digest": f["md5"]} for f in chosen
+            ]
             return table(req, rows, "Files")
         name = "/".join(rest[5:])
         if not any(f["name"] == name for f in chosen):
             return text(404, f"File {name} not found")
-        return Response(200, content_type="application/octet-stream",
-                        file=self.store.prearc_file_path(row.id, scan_id, label, name))
+        return Response(
+            200, content_type="application/octet-stream", file=self.store.prearc_file_path(row.id, scan_id, label, name)
+        )
 
     def _prearchive_action(self, req: Request, row) -> Response:
         action = req.param("action")
         prearchive = self.emu.prearchive
         if not action:
-            return text(400, "No action parameter was specified. Supported actions: build, commit, move, "
-                             "reset-status, set-status.")
+            return text(
+                400,
+                "No action parameter was specified. Supported actions: build, commit, move, reset-status, set-status.",
+            )
         if action in ("build", "rebuild", "reset-status"):
             prearchive.build(row.id)
             return Response(200, f"/data{row.url}".encode(), "text/uri-list")
@@ -170,8 +207,9 @@ class PrearchiveHandlers(HandlerBase):
             if not new_project or self.store.project(new_project) is None:
                 return text(403, "Unable to modify session data for destination project.")
             self.store.update_prearc(row.id, project=new_project)
-            return Response(301, f"/data/prearchive/projects/{new_project}/{row.timestamp}/{row.folder}".encode(),
-                            "text/plain")
+            return Response(
+                301, f"/data/prearchive/projects/{new_project}/{row.timestamp}/{row.folder}".encode(), "text/plain"
+            )
         if action == "set-status":
             self.store.update_prearc(row.id, status=req.param("status", READY))
             return text(200, f"/data{row.url}")
@@ -204,12 +242,27 @@ class PrearchiveHandlers(HandlerBase):
         filters = json_body(req).get("filters") or {}
         project_filter = filters.get("project") if isinstance(filters, dict) else None
         if not isinstance(filters, dict) or not isinstance(project_filter or {}, dict):
-            return text(400, 'Malformed paginated request: "filters" must be {"project": {"operator": "EQ", "value": "P"}}')
+            return text(
+                400, 'Malformed paginated request: "filters" must be {"project": {"operator": "EQ", "value": "P"}}'
+            )
         project = (project_filter or {}).get("value")
-        rows = [r for r in self.store.prearc_rows([project] if project else None, include_direct=True) if r.direct_archive]
-        sessions = [{"project": r.project, "subject": r.subject, "label": r.name, "tag": r.tag, "status": r.status,
-                     "modality": r.modality, "scan_date": r.scan_date, "timestamp": r.timestamp,
-                     "uri": f"/xapi/direct-archive/{r.project}/{r.tag}/{r.name}"} for r in rows]
+        rows = [
+            r for r in self.store.prearc_rows([project] if project else None, include_direct=True) if r.direct_archive
+        ]
+        sessions = [
+            {
+                "project": r.project,
+                "subject": r.subject,
+                "label": r.name,
+                "tag": r.tag,
+                "status": r.status,
+                "modality": r.modality,
+                "scan_date": r.scan_date,
+                "timestamp": r.timestamp,
+                "uri": f"/xapi/direct-archive/{r.project}/{r.tag}/{r.name}",
+            }
+            for r in rows
+        ]
         return json_response(json.dumps(sessions).encode())
 
     def direct_archive_commit(self, req: Request, m: re.Match[str]) -> Response:

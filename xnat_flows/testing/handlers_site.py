@@ -16,13 +16,18 @@ from xnat_flows.testing.web import HandlerBase, Request, Response, json_body, js
 
 class SiteHandlers(HandlerBase):
     def root(self, req: Request, m: re.Match[str]) -> Response:
-        return Response(200, b"<html><head><title>XNAT emulator</title></head><body>XNAT emulator</body></html>",
-                        "text/html")
+        return Response(
+            200, b"<html><head><title>XNAT emulator</title></head><body>XNAT emulator</body></html>", "text/html"
+        )
 
     def _login_failed(self) -> Response:
         if self.emu.login_failure_mode == "html200":
-            return Response(200, b"<html><body><form name=\"form1\" method=\"post\" action=\"/xnat/login\">"
-                                 b"Login attempt failed. Please try again.</form></body></html>", "text/html")
+            return Response(
+                200,
+                b'<html><body><form name="form1" method="post" action="/xnat/login">'
+                b"Login attempt failed. Please try again.</form></body></html>",
+                "text/html",
+            )
         return text(401, "Login attempt failed. Please try again.")
 
     def _new_session_response(self, user: str) -> Response:
@@ -58,8 +63,13 @@ class SiteHandlers(HandlerBase):
         return text(200, self.emu.version)
 
     def build_info(self, req: Request, m: re.Match[str]) -> Response:
-        info = {"version": self.emu.version, "buildNumber": "emulator", "commit": "emulator",
-                "buildDate": "2026-01-01", "sha": "emulator"}
+        info = {
+            "version": self.emu.version,
+            "buildNumber": "emulator",
+            "commit": "emulator",
+            "buildDate": "2026-01-01",
+            "sha": "emulator",
+        }
         return json_response(json.dumps(info).encode())
 
     def username(self, req: Request, m: re.Match[str]) -> Response:
@@ -69,8 +79,14 @@ class SiteHandlers(HandlerBase):
         name = m["user"]
         if self.store.query_one("SELECT 1 FROM users WHERE username = ?", (name,)) is None:
             return text(404, f"User {name} not found")
-        user = {"username": name, "firstName": name, "lastName": "", "email": f"{name}@example.org",
-                "enabled": True, "verified": True}
+        user = {
+            "username": name,
+            "firstName": name,
+            "lastName": "",
+            "email": f"{name}@example.org",
+            "enabled": True,
+            "verified": True,
+        }
         return json_response(json.dumps(user).encode())
 
     def kill_sessions(self, req: Request, m: re.Match[str]) -> Response:
@@ -91,9 +107,18 @@ class SiteHandlers(HandlerBase):
         if self.store.query_one("SELECT 1 FROM users WHERE username = ?", (username,)) is None:
             return text(404, f"User {username} not found")
         token = self.store.issue_alias_token(username)
-        body = {"alias": token["alias"], "secret": token["secret"], "xdatUserId": username, "singleUse": False,
-                "estimatedExpirationTime": int(token["expires"] * 1000), "timestamp": int(token["created"] * 1000),
-                "enabled": True, "created": int(token["created"] * 1000), "id": token["alias"], "disabled": 0}
+        body = {
+            "alias": token["alias"],
+            "secret": token["secret"],
+            "xdatUserId": username,
+            "singleUse": False,
+            "estimatedExpirationTime": int(token["expires"] * 1000),
+            "timestamp": int(token["created"] * 1000),
+            "enabled": True,
+            "created": int(token["created"] * 1000),
+            "id": token["alias"],
+            "disabled": 0,
+        }
         return json_response(json.dumps(body).encode())
 
     def validate_token(self, req: Request, m: re.Match[str]) -> Response:
@@ -119,9 +144,13 @@ class SiteHandlers(HandlerBase):
                 except ValueError:
                     return text(400, f"sessionXmlRebuilderInterval must be a number, not {interval!r}")
             return text(200, "")
-        config = {"siteId": self.emu.site_id, "initialized": True, "enableCsrfToken": False,
-                  "sessionXmlRebuilderInterval": self.emu.prearchive.rebuild_idle_seconds,
-                  "sessionXmlRebuilderRepeat": 60000}
+        config = {
+            "siteId": self.emu.site_id,
+            "initialized": True,
+            "enableCsrfToken": False,
+            "sessionXmlRebuilderInterval": self.emu.prearchive.rebuild_idle_seconds,
+            "sessionXmlRebuilderRepeat": 60000,
+        }
         return json_response(json.dumps(config).encode())
 
     def dicom_receivers(self, req: Request, m: re.Match[str]) -> Response:
@@ -129,10 +158,23 @@ class SiteHandlers(HandlerBase):
         port = self.emu.scp_port
         if port is None:
             return json_response(b"[]")
-        receiver = {"id": 1, "identifier": "dicomObjectIdentifier", "label": "XNAT emulator", "port": port,
-                    "aeTitle": self.emu.scp_aet, "enabled": True, "disabled": False, "customProcessing": False,
-                    "directArchive": False, "anonymizationEnabled": self.emu.anonymize, "whitelistEnabled": False,
-                    "routingExpressionsEnabled": False, "whitelist": [], "created": 0, "timestamp": 0}
+        receiver = {
+            "id": 1,
+            "identifier": "dicomObjectIdentifier",
+            "label": "XNAT emulator",
+            "port": port,
+            "aeTitle": self.emu.scp_aet,
+            "enabled": True,
+            "disabled": False,
+            "customProcessing": False,
+            "directArchive": False,
+            "anonymizationEnabled": self.emu.anonymize,
+            "whitelistEnabled": False,
+            "routingExpressionsEnabled": False,
+            "whitelist": [],
+            "created": 0,
+            "timestamp": 0,
+        }
         return json_response(json.dumps([receiver]).encode())
 
     def search_elements(self, req: Request, m: re.Match[str]) -> Response:

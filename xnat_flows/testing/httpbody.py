@@ -176,7 +176,7 @@ def _parse_parts(body: RequestBody, boundary: str, tmp_dir: Path, form: Multipar
         if not more:
             raise MalformedMultipart("multipart body without its boundary")
         buffer += more
-    buffer = buffer[buffer.index(delimiter) + len(delimiter):]
+    buffer = buffer[buffer.index(delimiter) + len(delimiter) :]
     tmp_dir.mkdir(parents=True, exist_ok=True)
     while True:
         while len(buffer) < 2:
@@ -193,14 +193,15 @@ def _parse_parts(body: RequestBody, boundary: str, tmp_dir: Path, form: Multipar
         is_file = "filename" in params
         sink = tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="mp-", delete=False) if is_file else None  # noqa: SIM115 - closed below
         if sink is not None:  # registered at once, so that cleanup() removes it whatever happens next
-            form.files.append(FilePart(params.get("name", ""), params.get("filename") or "upload", ctype,
-                                       Path(sink.name)))
+            form.files.append(
+                FilePart(params.get("name", ""), params.get("filename") or "upload", ctype, Path(sink.name))
+            )
         value = bytearray()
         try:
             while True:
                 index = buffer.find(delimiter)
                 if index >= 0:
-                    content, buffer = buffer[:index], buffer[index + len(delimiter):]
+                    content, buffer = buffer[:index], buffer[index + len(delimiter) :]
                     (sink.write(content) if sink else value.extend(content))
                     break
                 keep = len(delimiter)

@@ -63,7 +63,7 @@ def parse_dest(value: str | None) -> Destination:
         return Destination("")
     path = value.strip()
     if path.startswith("/data/"):
-        path = path[len("/data"):]
+        path = path[len("/data") :]
     parts = [p for p in path.split("/") if p]
     if parts == ["prearchive"] or parts == ["archive"]:
         return Destination(parts[0])
@@ -72,8 +72,12 @@ def parse_dest(value: str | None) -> Destination:
     if len(parts) >= 3 and parts[0] == "archive" and parts[1] == "projects":
         rest = parts[3:]
         if len(rest) in (0, 2, 4) and rest[0:1] in ([], ["subjects"]) and rest[2:3] in ([], ["experiments"]):
-            return Destination("archive", parts[2], subject=(rest[1] if len(rest) > 1 else ""),
-                               label=(rest[3] if len(rest) > 3 else ""))
+            return Destination(
+                "archive",
+                parts[2],
+                subject=(rest[1] if len(rest) > 1 else ""),
+                label=(rest[3] if len(rest) > 3 else ""),
+            )
     raise XnatRefusal(400, "Parameter dest format error")
 
 
@@ -114,9 +118,13 @@ class Importer:
         if routed_auto_archive in ("true", "false") and "AA" not in params:
             params = {**params, "AA": routed_auto_archive}
         return Placement(
-            project=project or UNASSIGNED, subject=clean_label(subject), label=clean_label(label) or "dicom_upload",
-            direct_archive=direct, timestamp=params.get("PREARC_TIMESTAMP") or dest.timestamp or None,
-            folder=params.get("PREARC_SESSION_FOLDER") or dest.folder or None, params=params,
+            project=project or UNASSIGNED,
+            subject=clean_label(subject),
+            label=clean_label(label) or "dicom_upload",
+            direct_archive=direct,
+            timestamp=params.get("PREARC_TIMESTAMP") or dest.timestamp or None,
+            folder=params.get("PREARC_SESSION_FOLDER") or dest.folder or None,
+            params=params,
         )
 
     def import_one(self, data: bytes, params: dict[str, str], name: str) -> PrearcRow:
@@ -149,8 +157,11 @@ class Importer:
                 params[upper] = params[lower]
         dest = parse_dest(params.get("dest"))
         commit = bool(dest.kind) or params.get("action", "").lower() == "commit"
-        ignore_unparsable = (is_true(params["Ignore-Unparsable"]) if "Ignore-Unparsable" in params
-                             else params.get("action", "").lower() == "commit")
+        ignore_unparsable = (
+            is_true(params["Ignore-Unparsable"])
+            if "Ignore-Unparsable" in params
+            else params.get("action", "").lower() == "commit"
+        )
         with _PlacementPipeline(self.prearchive) as pipeline:
             for entry_name, data in iter_archive(upload, self.store.tmp_dir):
                 try:
@@ -174,7 +185,9 @@ class Importer:
         """DICOM-zip with `dest` / action=commit: build synchronously, archive if asked (xnat-web `DicomZipImporter`)."""
         uris: list[str] = []
         failures: list[str] = []
-        archive_now = dest.kind == "archive" or (not dest.kind and is_true(params.get("AA") or params.get("auto-archive")))
+        archive_now = dest.kind == "archive" or (
+            not dest.kind and is_true(params.get("AA") or params.get("auto-archive"))
+        )
         for row in rows:
             try:
                 built = self.prearchive.build(row.id)
@@ -186,10 +199,15 @@ class Importer:
             if archive_now or (auto and not dest.kind):
                 overwrite = params.get("overwrite") or (self.prearchive.auto_archive_overwrite(built) if auto else None)
                 try:
-                    uris.append(self.prearchive.archive(
-                        built.id, overwrite=overwrite, overwrite_files=is_true(params.get("overwrite_files")),
-                        subject=dest.subject or None, label=dest.label or None,
-                    ))
+                    uris.append(
+                        self.prearchive.archive(
+                            built.id,
+                            overwrite=overwrite,
+                            overwrite_files=is_true(params.get("overwrite_files")),
+                            subject=dest.subject or None,
+                            label=dest.label or None,
+                        )
+                    )
                 except XnatRefusal as exc:
                     failures.append(exc.message)
             else:

@@ -167,13 +167,14 @@ class Archive:
             name = segments[index]
             child = self.child(current, collection, name)
             if child is None:
-                return Target(current, collection, name, segments[index + 1:])
+                return Target(current, collection, name, segments[index + 1 :])
             current = child
             index += 1
         return Target(current)
 
-    def child(self, parent: Obj | ScanSet | ResourceSet | None, collection: str,
-              name: str) -> Obj | ScanSet | ResourceSet | None:
+    def child(
+        self, parent: Obj | ScanSet | ResourceSet | None, collection: str, name: str
+    ) -> Obj | ScanSet | ResourceSet | None:
         store = self.store
         if isinstance(parent, ResourceSet):
             return None
@@ -208,20 +209,25 @@ class Archive:
                 row = None
             return self._experiment_obj(row, parent, project)
         if collection == "assessors" and kind == "experiment":
-            row = store.query_one("SELECT * FROM experiments WHERE session_id = ? AND (id = ? OR label = ?) "
-                                  "ORDER BY id = ? DESC", (parent.id, name, name, name))
+            row = store.query_one(
+                "SELECT * FROM experiments WHERE session_id = ? AND (id = ? OR label = ?) ORDER BY id = ? DESC",
+                (parent.id, name, name, name),
+            )
             return Obj("assessor", row, parent, project) if row else None
         if collection == "scans" and kind == "experiment":
             return self._scans(parent, name)
         if collection == "reconstructions" and kind == "experiment":
-            row = store.query_one("SELECT * FROM reconstructions WHERE experiment_id = ? AND recon_id = ?",
-                                  (parent.id, name))
+            row = store.query_one(
+                "SELECT * FROM reconstructions WHERE experiment_id = ? AND recon_id = ?", (parent.id, name)
+            )
             return Obj("reconstruction", row, parent, project) if row else None
         if collection == "resources":
             owner, scan_id = parent.resource_parent()
             row = store.query_one(
                 "SELECT * FROM resources WHERE experiment_id = ? AND scan_id = ? AND (label = ? OR CAST(id AS TEXT) = ?) "
-                "ORDER BY label = ? DESC", (owner, scan_id, name, name, name))
+                "ORDER BY label = ? DESC",
+                (owner, scan_id, name, name, name),
+            )
             return Obj("resource", row, parent, project) if row else None
         return None
 
@@ -233,13 +239,16 @@ class Archive:
     def _in_project(self, table: str, ref: str, project: str) -> sqlite3.Row | None:
         """A subject or experiment of ``project`` by ID or label, its own or shared into it."""
         store = self.store
-        row = store.query_one(f"SELECT * FROM {table} WHERE project = ? AND (id = ? OR label = ?) ORDER BY id = ? DESC",
-                              (project, ref, ref, ref))
+        row = store.query_one(
+            f"SELECT * FROM {table} WHERE project = ? AND (id = ? OR label = ?) ORDER BY id = ? DESC",
+            (project, ref, ref, ref),
+        )
         if row is not None:
             return row
         share = store.query_one(
             f"SELECT t.* FROM {table} t JOIN shares s ON s.owner = t.id WHERE s.project = ? AND (t.id = ? OR s.label = ?)",
-            (project, ref, ref))
+            (project, ref, ref),
+        )
         return share
 
     def _scans(self, experiment: Obj, ref: str) -> Obj | ScanSet | None:
@@ -261,13 +270,16 @@ class Archive:
         if isinstance(parent, ScanSet):
             return [r for scan in parent.scans for r in self.resources_of(scan)]
         owner, scan_id = parent.resource_parent()
-        rows = self.store.query("SELECT * FROM resources WHERE experiment_id = ? AND scan_id = ? ORDER BY id",
-                                (owner, scan_id))
+        rows = self.store.query(
+            "SELECT * FROM resources WHERE experiment_id = ? AND scan_id = ? ORDER BY id", (owner, scan_id)
+        )
         return [Obj("resource", r, parent, parent.project) for r in rows]
 
     def attrs(self, owner: str) -> dict[str, str]:
-        return {r["path"]: r["value"] for r in self.store.query("SELECT path, value FROM attrs WHERE owner = ? "
-                                                                "ORDER BY rowid", (owner,))}
+        return {
+            r["path"]: r["value"]
+            for r in self.store.query("SELECT path, value FROM attrs WHERE owner = ? ORDER BY rowid", (owner,))
+        }
 
     def shares(self, owner: str) -> list[sqlite3.Row]:
         return self.store.query("SELECT * FROM shares WHERE owner = ? ORDER BY project", (owner,))
@@ -282,16 +294,19 @@ class Archive:
             return existing, False
         return self.store.ensure_subject(project, label), True
 
-    def create_experiment(self, project: str, subject: Any, label: str, xsi_type: str,
-                          session_id: str = "") -> sqlite3.Row:
+    def create_experiment(
+        self, project: str, subject: Any, label: str, xsi_type: str, session_id: str = ""
+    ) -> sqlite3.Row:
         store = self.store
         experiment_id = store.next_accession("E")
         modality = _modality_of(xsi_type)
         try:
             with store.transaction() as db:
-                db.execute("INSERT INTO experiments(id, project, subject_id, label, xsi_type, uid, date, time, "
-                           "modality, insert_date, session_id) VALUES (?, ?, ?, ?, ?, '', '', '', ?, ?, ?)",
-                           (experiment_id, project, subject["id"], label, xsi_type, modality, now_text(), session_id))
+                db.execute(
+                    "INSERT INTO experiments(id, project, subject_id, label, xsi_type, uid, date, time, "
+                    "modality, insert_date, session_id) VALUES (?, ?, ?, ?, ?, '', '', '', ?, ?, ?)",
+                    (experiment_id, project, subject["id"], label, xsi_type, modality, now_text(), session_id),
+                )
         except sqlite3.IntegrityError as exc:  # two requests creating the same label at once
             raise XnatRefusal(409, f"An experiment labelled {label} already exists in project {project}.") from exc
         row = store.query_one("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
@@ -301,26 +316,37 @@ class Archive:
     def create_scan(self, experiment: Obj, scan_id: str, xsi_type: str) -> sqlite3.Row:
         modality = _modality_of(xsi_type)
         with self.store.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO scans(experiment_id, scan_id, series_uid, series_number, xsi_type, type, "
-                       "series_description, modality) VALUES (?, ?, '', ?, ?, '', '', ?)",
-                       (experiment.id, scan_id, scan_id, xsi_type, modality))
-        row = self.store.query_one("SELECT * FROM scans WHERE experiment_id = ? AND scan_id = ?", (experiment.id, scan_id))
+            db.execute(
+                "INSERT OR IGNORE INTO scans(experiment_id, scan_id, series_uid, series_number, xsi_type, type, "
+                "series_description, modality) VALUES (?, ?, '', ?, ?, '', '', ?)",
+                (experiment.id, scan_id, scan_id, xsi_type, modality),
+            )
+        row = self.store.query_one(
+            "SELECT * FROM scans WHERE experiment_id = ? AND scan_id = ?", (experiment.id, scan_id)
+        )
         assert row is not None
         return row
 
     def create_reconstruction(self, experiment: Obj, recon_id: str, recon_type: str) -> sqlite3.Row:
         with self.store.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO reconstructions(experiment_id, recon_id, type) VALUES (?, ?, ?)",
-                       (experiment.id, recon_id, recon_type))
-        row = self.store.query_one("SELECT * FROM reconstructions WHERE experiment_id = ? AND recon_id = ?",
-                                   (experiment.id, recon_id))
+            db.execute(
+                "INSERT OR IGNORE INTO reconstructions(experiment_id, recon_id, type) VALUES (?, ?, ?)",
+                (experiment.id, recon_id, recon_type),
+            )
+        row = self.store.query_one(
+            "SELECT * FROM reconstructions WHERE experiment_id = ? AND recon_id = ?", (experiment.id, recon_id)
+        )
         assert row is not None
         return row
 
     def share(self, obj: Obj, project: str, label: str) -> bool:
         with self.store.transaction() as db:
-            created = db.execute("INSERT OR IGNORE INTO shares(owner, project, label) VALUES (?, ?, ?)",
-                                 (obj.owner, project, label)).rowcount == 1
+            created = (
+                db.execute(
+                    "INSERT OR IGNORE INTO shares(owner, project, label) VALUES (?, ?, ?)", (obj.owner, project, label)
+                ).rowcount
+                == 1
+            )
             if not created:
                 db.execute("UPDATE shares SET label = ? WHERE owner = ? AND project = ?", (label, obj.owner, project))
         return created
@@ -335,7 +361,9 @@ class Archive:
                 if value == "NULL":  # XNAT's way of clearing a field through the query string
                     db.execute("DELETE FROM attrs WHERE owner = ? AND path = ?", (owner, path))
                 else:
-                    db.execute("INSERT OR REPLACE INTO attrs(owner, path, value) VALUES (?, ?, ?)", (owner, path, value))
+                    db.execute(
+                        "INSERT OR REPLACE INTO attrs(owner, path, value) VALUES (?, ?, ?)", (owner, path, value)
+                    )
 
     def delete(self, obj: Obj) -> None:
         """Delete an object with everything below it (files included, as with XNAT's removeFiles=true)."""
@@ -344,8 +372,9 @@ class Archive:
             for subject in store.query("SELECT * FROM subjects WHERE project = ?", (obj.id,)):
                 self.delete(Obj("subject", subject, obj, obj.id))
         elif obj.kind == "subject":
-            for experiment in store.query("SELECT * FROM experiments WHERE subject_id = ? AND session_id = ''",
-                                          (obj.id,)):
+            for experiment in store.query(
+                "SELECT * FROM experiments WHERE subject_id = ? AND session_id = ''", (obj.id,)
+            ):
                 self.delete(Obj("experiment", experiment, obj, obj.project))
         elif obj.kind == "experiment":
             for assessor in store.query("SELECT * FROM experiments WHERE session_id = ?", (obj.id,)):
@@ -362,10 +391,14 @@ class Archive:
                 db.execute("DELETE FROM files WHERE resource_id = ?", (obj.row["id"],))
                 db.execute("DELETE FROM resources WHERE id = ?", (obj.row["id"],))
             elif obj.kind == "scan":
-                db.execute("DELETE FROM scans WHERE experiment_id = ? AND scan_id = ?", (obj.row["experiment_id"], obj.id))
+                db.execute(
+                    "DELETE FROM scans WHERE experiment_id = ? AND scan_id = ?", (obj.row["experiment_id"], obj.id)
+                )
             elif obj.kind == "reconstruction":
-                db.execute("DELETE FROM reconstructions WHERE experiment_id = ? AND recon_id = ?",
-                           (obj.row["experiment_id"], obj.id))
+                db.execute(
+                    "DELETE FROM reconstructions WHERE experiment_id = ? AND recon_id = ?",
+                    (obj.row["experiment_id"], obj.id),
+                )
             elif obj.kind in ("experiment", "assessor"):
                 db.execute("DELETE FROM experiments WHERE id = ?", (obj.id,))
             elif obj.kind == "subject":

@@ -33,8 +33,16 @@ log = logging.getLogger(__name__)
 UNASSIGNED = "Unassigned"
 # Row parameters remembered from the import request (used later by the rebuilder / archiver).
 REMEMBERED_PARAMS = (
-    "overwrite", "overwrite_files", "SOURCE", "prevent_auto_commit", "prevent_anon", "VISIT", "PROTOCOL",
-    "TIMEZONE", "Sender-AE-Title", "AA",
+    "overwrite",
+    "overwrite_files",
+    "SOURCE",
+    "prevent_auto_commit",
+    "prevent_anon",
+    "VISIT",
+    "PROTOCOL",
+    "TIMEZONE",
+    "Sender-AE-Title",
+    "AA",
 )
 
 
@@ -113,7 +121,9 @@ class Prearchive:
             data = anonymize_instance(data)
         # Write the bytes before taking the lock; the rename into place happens under it.
         tmp_path = store.tmp_dir / f"inst-{threading.get_ident()}-{time.monotonic_ns()}"
-        size, md5 = write_stream_to(tmp_path, data, store.tmp_dir, store.check_space)  # temp name, then renamed under the lock
+        size, md5 = write_stream_to(
+            tmp_path, data, store.tmp_dir, store.check_space
+        )  # temp name, then renamed under the lock
         try:
             with store.lock:
                 row = self._open_row(header, where)
@@ -137,21 +147,33 @@ class Prearchive:
 
     def _open_row(self, header: InstanceHeader, where: Placement) -> PrearcRow:
         store = self.store
-        row = store.find_open_row(where.project, header.study_uid, where.label, where.direct_archive,
-                                  where.timestamp, where.folder)
+        row = store.find_open_row(
+            where.project, header.study_uid, where.label, where.direct_archive, where.timestamp, where.folder
+        )
         if row is not None:
             return row
         if where.timestamp and where.folder:
             clash = store.prearc_by_url(where.project, where.timestamp, where.folder)
             if clash is not None:
-                raise XnatRefusal(400, f"The destination prearchive session {clash.url} holds a different "
-                                        "StudyInstanceUID; cannot merge this upload into it.")
+                raise XnatRefusal(
+                    400,
+                    f"The destination prearchive session {clash.url} holds a different "
+                    "StudyInstanceUID; cannot merge this upload into it.",
+                )
         remembered = {k: v for k, v in where.params.items() if k in REMEMBERED_PARAMS}
         return store.insert_prearc_row(
-            project=where.project, timestamp=where.timestamp or store.new_timestamp(),
-            folder=where.folder or where.label, name=where.label, subject=where.subject, tag=header.study_uid,
-            status=RECEIVING, scan_date=_format_date(header.study_date), scan_time=_format_time(header.study_time),
-            modality=header.modality, direct_archive=where.direct_archive, params=remembered,
+            project=where.project,
+            timestamp=where.timestamp or store.new_timestamp(),
+            folder=where.folder or where.label,
+            name=where.label,
+            subject=where.subject,
+            tag=header.study_uid,
+            status=RECEIVING,
+            scan_date=_format_date(header.study_date),
+            scan_time=_format_time(header.study_time),
+            modality=header.modality,
+            direct_archive=where.direct_archive,
+            params=remembered,
         )
 
     def _scan_for(self, row_id: int, header: InstanceHeader) -> str:
@@ -182,8 +204,16 @@ class Prearchive:
             self.store.update_prearc(row_id, status=READY)
         return self._require(row_id)
 
-    def archive(self, row_id: int, *, overwrite: str | None = None, overwrite_files: bool = False,
-                project: str | None = None, subject: str | None = None, label: str | None = None) -> str:
+    def archive(
+        self,
+        row_id: int,
+        *,
+        overwrite: str | None = None,
+        overwrite_files: bool = False,
+        project: str | None = None,
+        subject: str | None = None,
+        label: str | None = None,
+    ) -> str:
         """Move a prearchive session into the archive, applying XNAT's merge rules (xnat-web `PrearcSessionArchiver`)."""
         store = self.store
         with store.lock:
@@ -195,9 +225,12 @@ class Prearchive:
             if row.project == UNASSIGNED:
                 raise XnatRefusal(400, "Cannot archive sessions from the Unassigned folder.")
             if project and project != row.project:
-                raise XnatRefusal(400, "Project mismatch: source and destination must refer to the same project. "
-                                        "You should change the project in the Prearchive prior to running this "
-                                        "Archive operation.")
+                raise XnatRefusal(
+                    400,
+                    "Project mismatch: source and destination must refer to the same project. "
+                    "You should change the project in the Prearchive prior to running this "
+                    "Archive operation.",
+                )
             subject_label = subject or row.subject
             session_label = label or row.name
             if not subject_label:
@@ -222,8 +255,9 @@ class Prearchive:
                 self._fail(row, ERROR, f"archive failed: {exc}")
                 raise XnatRefusal(500, f"The session {row.url} did not return a valid data URI.") from exc
 
-    def _plan_scans(self, row: PrearcRow, existing, mode: str | None, overwrite_files: bool,
-                    subject_label: str) -> dict[str, str]:
+    def _plan_scans(
+        self, row: PrearcRow, existing, mode: str | None, overwrite_files: bool, subject_label: str
+    ) -> dict[str, str]:
         """Map each prearchive scan to its archive scan ID, or raise the archiver's 409."""
         store = self.store
         incoming = store.prearc_scans(row.id)
@@ -241,8 +275,9 @@ class Prearchive:
             ):
                 if old and new and old != new:
                     raise XnatRefusal(409, f"Invalid modification of session {what} via archive process.")
-        archived = {str(s["scan_id"]): s for s in store.query(
-            "SELECT * FROM scans WHERE experiment_id = ?", (existing["id"],))}
+        archived = {
+            str(s["scan_id"]): s for s in store.query("SELECT * FROM scans WHERE experiment_id = ?", (existing["id"],))
+        }
         taken = set(archived)
         targets: dict[str, str] = {}
         for scan in incoming:
@@ -251,9 +286,14 @@ class Prearchive:
             if same_uid:
                 target = str(same_uid[0]["scan_id"])
                 if target != scan_id and not override:
-                    raise XnatRefusal(409, f"Session already contains a scan ({target}) with the same UID, "
-                                            f"but a different number ({scan_id}).")
-                if not (override or overwrite_files) and self._has_duplicate_files(row.id, scan_id, existing["id"], target):
+                    raise XnatRefusal(
+                        409,
+                        f"Session already contains a scan ({target}) with the same UID, "
+                        f"but a different number ({scan_id}).",
+                    )
+                if not (override or overwrite_files) and self._has_duplicate_files(
+                    row.id, scan_id, existing["id"], target
+                ):
                     raise XnatRefusal(409, f"Session already contains a scan ({target}) with the same UID and number.")
             elif scan_id in taken:
                 target = next_free_scan_id(scan["series_number"] or scan_id, scan["modality"] or "", taken)
@@ -272,8 +312,9 @@ class Prearchive:
                 return True
         return False
 
-    def _move_into_archive(self, row: PrearcRow, existing, subject_label: str, session_label: str,
-                           scan_targets: dict[str, str], files) -> str:
+    def _move_into_archive(
+        self, row: PrearcRow, existing, subject_label: str, session_label: str, scan_targets: dict[str, str], files
+    ) -> str:
         store = self.store
         subject_row = store.ensure_subject(row.project, subject_label)
         if existing is None:
@@ -282,8 +323,18 @@ class Prearchive:
                 db.execute(
                     "INSERT INTO experiments(id, project, subject_id, label, xsi_type, uid, date, time, modality, "
                     "insert_date) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (experiment_id, row.project, subject_row["id"], session_label, session_xsi_type(row.modality),
-                     row.tag, row.scan_date, row.scan_time, row.modality, now_text()),
+                    (
+                        experiment_id,
+                        row.project,
+                        subject_row["id"],
+                        session_label,
+                        session_xsi_type(row.modality),
+                        row.tag,
+                        row.scan_date,
+                        row.scan_time,
+                        row.modality,
+                        now_text(),
+                    ),
                 )
         else:
             experiment_id = existing["id"]
@@ -297,9 +348,16 @@ class Prearchive:
                 db.execute(
                     "INSERT OR REPLACE INTO scans(experiment_id, scan_id, series_uid, series_number, xsi_type, type, "
                     "series_description, modality) VALUES (?,?,?,?,?,?,?,?)",
-                    (experiment_id, target_id, scan["series_uid"], scan["series_number"],
-                     scan_xsi_type(scan["modality"] or row.modality), scan["series_description"] or "",
-                     scan["series_description"] or "", scan["modality"] or ""),
+                    (
+                        experiment_id,
+                        target_id,
+                        scan["series_uid"],
+                        scan["series_number"],
+                        scan_xsi_type(scan["modality"] or row.modality),
+                        scan["series_description"] or "",
+                        scan["series_description"] or "",
+                        scan["modality"] or "",
+                    ),
                 )
         resource_ids: dict[tuple[str, str], int] = {}
         for key in {(scan_targets[str(f["scan_id"])], f["resource"]) for f in files}:
@@ -309,8 +367,10 @@ class Prearchive:
         records = []
         for prearc_file in files:
             resource_id = resource_ids[(scan_targets[str(prearc_file["scan_id"])], prearc_file["resource"])]
-            os.replace(store.prearc_file_path(row.id, prearc_file["scan_id"], prearc_file["resource"],
-                                              prearc_file["name"]), store.resource_dir(resource_id) / prearc_file["name"])
+            os.replace(
+                store.prearc_file_path(row.id, prearc_file["scan_id"], prearc_file["resource"], prearc_file["name"]),
+                store.resource_dir(resource_id) / prearc_file["name"],
+            )
             records.append((resource_id, prearc_file["name"], prearc_file["size"], prearc_file["md5"]))
         with store.transaction() as db:  # one commit for the whole session
             db.executemany("INSERT OR REPLACE INTO files(resource_id, path, size, md5) VALUES (?, ?, ?, ?)", records)
@@ -376,9 +436,12 @@ class Prearchive:
                         continue
                     if row.status == QUEUED_ARCHIVING:
                         self.archive_with_fallback(row, self.auto_archive_overwrite(row))
-                    elif (row.status == RECEIVING and time.time() - row.lastmod >= self.rebuild_idle_seconds
-                          and not is_true(row.params.get("prevent_auto_commit"))
-                          and row.params.get("SOURCE", "").lower() != "uploader"):
+                    elif (
+                        row.status == RECEIVING
+                        and time.time() - row.lastmod >= self.rebuild_idle_seconds
+                        and not is_true(row.params.get("prevent_auto_commit"))
+                        and row.params.get("SOURCE", "").lower() != "uploader"
+                    ):
                         self.finish_receiving(row)
             except Exception:  # keep the rebuilder alive whatever one session does
                 log.exception("rebuilder failed on prearchive row %s", candidate.id)

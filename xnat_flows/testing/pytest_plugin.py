@@ -25,8 +25,13 @@ class XnatEmulatorFactory(Protocol):
     def __call__(self, data_dir: str | Path | None = None, **options: Any) -> XnatEmulator: ...
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, *, interval: float = 0.05,
-               what: str | Callable[[], str] = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "condition",
+) -> T:
     """Poll ``predicate`` until it returns something truthy and return that; fail the test after ``timeout`` s.
 
     ``what`` (a text, or a callable for a description built at the moment of failure) names what
@@ -74,6 +79,7 @@ def xnat_emulator(xnat_emulator_factory: XnatEmulatorFactory) -> XnatEmulator:
 @pytest.fixture(scope="session")
 def xnat_emulator_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XnatEmulator]:
     """One emulator shared by the whole test session (state accumulates; use unique labels)."""
-    with XnatEmulator(tmp_path_factory.mktemp("xnat-emulator-session"),
-                      rebuild_idle_seconds=TEST_REBUILD_IDLE_SECONDS) as emulator:
+    with XnatEmulator(
+        tmp_path_factory.mktemp("xnat-emulator-session"), rebuild_idle_seconds=TEST_REBUILD_IDLE_SECONDS
+    ) as emulator:
         yield emulator

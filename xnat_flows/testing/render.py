@@ -27,10 +27,37 @@ XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 
 # Query parameters that steer a request rather than filter a listing's rows.
 _NOT_FILTERS = {
-    "format", "columns", "sortby", "sortorder", "limit", "offset", "xsitype", "req_format", "project_id",
-    "inbody", "overwrite", "extract", "content", "tags", "event_reason", "event_type", "event_action",
-    "event_comment", "removefiles", "recursive", "all", "file_format", "file_content", "file_tags", "locator",
-    "structure", "accept-not-found", "xnat_xsd", "sessionid", "jsessionid", "_",
+    "format",
+    "columns",
+    "sortby",
+    "sortorder",
+    "limit",
+    "offset",
+    "xsitype",
+    "req_format",
+    "project_id",
+    "inbody",
+    "overwrite",
+    "extract",
+    "content",
+    "tags",
+    "event_reason",
+    "event_type",
+    "event_action",
+    "event_comment",
+    "removefiles",
+    "recursive",
+    "all",
+    "file_format",
+    "file_content",
+    "file_tags",
+    "locator",
+    "structure",
+    "accept-not-found",
+    "xnat_xsd",
+    "sessionid",
+    "jsessionid",
+    "_",
 }
 
 
@@ -38,13 +65,21 @@ def listing_format(req: Request) -> str:
     return (req.param("format") or "json").lower()
 
 
-def table(req: Request, rows: list[dict[str, Any]], title: str,
-          columns: list[dict[str, str]] | None = None, filter_rows: bool = True, fixed_columns: bool = False) -> Response:
+def table(
+    req: Request,
+    rows: list[dict[str, Any]],
+    title: str,
+    columns: list[dict[str, str]] | None = None,
+    filter_rows: bool = True,
+    fixed_columns: bool = False,
+) -> Response:
     """A listing in the requested format, after XNAT's generic filter/sort/page/columns options.
 
     ``fixed_columns``: the listing ignores ``columns=`` (XNAT's resource and file listings do)."""
-    cleaned = [{k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in r.items()}
-               for r in rows]
+    cleaned = [
+        {k: "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in r.items()}
+        for r in rows
+    ]
     if filter_rows:
         cleaned = _filter(req, cleaned)
     cleaned = _sort(req, cleaned)
@@ -87,8 +122,11 @@ def _filter(req: Request, rows: list[dict[str, str]]) -> list[dict[str, str]]:
         patterns = [p.strip() for value in values for p in value.split(",") if p.strip()]
         if not patterns:
             continue
-        rows = [row for row in rows
-                if any(fnmatch.fnmatchcase((_lookup(row, name) or "").lower(), p.lower()) for p in patterns)]
+        rows = [
+            row
+            for row in rows
+            if any(fnmatch.fnmatchcase((_lookup(row, name) or "").lower(), p.lower()) for p in patterns)
+        ]
     return rows
 
 
@@ -119,7 +157,7 @@ def _page(req: Request, rows: list[dict[str, str]]) -> list[dict[str, str]]:
         raise XnatRefusal(400, f"limit and offset must be whole numbers: {exc}") from exc
     if offset < 0 or (limit is not None and limit < 0):
         raise XnatRefusal(400, "limit and offset must not be negative")
-    return rows[offset:] if limit is None else rows[offset:offset + limit]
+    return rows[offset:] if limit is None else rows[offset : offset + limit]
 
 
 def _select(req: Request, rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -175,18 +213,28 @@ def to_xml_table(rows: list[dict[str, str]], title: str = "", columns: list[dict
 def to_html_table(rows: list[dict[str, str]], title: str) -> str:
     headers = _headers(rows)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(row.get(h, ''))}</td>" for h in headers) + "</tr>"
-                   for row in rows)
-    return (f"<html><head><title>{html.escape(title)}</title></head><body>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(row.get(h, ''))}</td>" for h in headers) + "</tr>" for row in rows
+    )
+    return (
+        f"<html><head><title>{html.escape(title)}</title></head><body>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>"
+    )
 
 
 # -- single objects ----------------------------------------------------------------------------------
-def item(xsi_type: str, fields: dict[str, Any], children: list[dict[str, Any]] | None = None,
-         meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def item(
+    xsi_type: str,
+    fields: dict[str, Any],
+    children: list[dict[str, Any]] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One entry of XNAT's ``items`` JSON: meta, data_fields, children [{field, items}]."""
-    return {"meta": {"xsi:type": xsi_type, "isHistory": False, **(meta or {})},
-            "data_fields": {k: v for k, v in fields.items() if v not in (None, "")}, "children": children or []}
+    return {
+        "meta": {"xsi:type": xsi_type, "isHistory": False, **(meta or {})},
+        "data_fields": {k: v for k, v in fields.items() if v not in (None, "")},
+        "children": children or [],
+    }
 
 
 def object_response(req: Request, entry: dict[str, Any]) -> Response:
@@ -194,19 +242,41 @@ def object_response(req: Request, entry: dict[str, Any]) -> Response:
     if fmt == "xml":
         return Response(200, to_xml_document(entry), "text/xml")
     if fmt == "html":
-        return Response(200, to_html_table([{k: str(v) for k, v in entry["data_fields"].items()}],
-                                           entry["meta"]["xsi:type"]).encode(), "text/html")
+        return Response(
+            200,
+            to_html_table([{k: str(v) for k, v in entry["data_fields"].items()}], entry["meta"]["xsi:type"]).encode(),
+            "text/html",
+        )
     if fmt == "json":
         return Response(200, json.dumps({"items": [entry]}).encode(), "application/json")
     raise XnatRefusal(400, f"Unsupported format {fmt!r} for this object: use json, xml or html")
 
 
 # Data fields written as XML attributes (xnat.xsd declares them as attributes), the rest as elements.
-_ATTRIBUTES = {"ID", "project", "label", "type", "UID", "secondary_ID", "version", "original", "format", "content",
-               "tags", "name", "group", "src", "initials", "active", "image_session_ID", "imageSession_ID",
-               "xnat_abstractresource_id"}
+_ATTRIBUTES = {
+    "ID",
+    "project",
+    "label",
+    "type",
+    "UID",
+    "secondary_ID",
+    "version",
+    "original",
+    "format",
+    "content",
+    "tags",
+    "name",
+    "group",
+    "src",
+    "initials",
+    "active",
+    "image_session_ID",
+    "imageSession_ID",
+    "xnat_abstractresource_id",
+}
 _ELEMENT_ATTRIBUTES = {  # attributes only on some types (UID is an element of sessions)
-    "UID": ("scandata",), "type": ("scandata", "reconstructedimagedata"),
+    "UID": ("scandata",),
+    "type": ("scandata", "reconstructedimagedata"),
 }
 
 

@@ -57,8 +57,16 @@ class ScpFaults:
 class DicomReceiver:
     """``DicomReceiver(ingest, port=0).start()``; ``.port`` is the bound port; ``.stop()`` ends it."""
 
-    def __init__(self, ingest: Ingest, *, host: str = "127.0.0.1", port: int = 0, ae_title: str = "XNAT",
-                 max_pdu: int = 131072, faults: ScpFaults | None = None) -> None:
+    def __init__(
+        self,
+        ingest: Ingest,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ae_title: str = "XNAT",
+        max_pdu: int = 131072,
+        faults: ScpFaults | None = None,
+    ) -> None:
         self.ingest = ingest
         self.host = host
         self.requested_port = port
@@ -85,8 +93,11 @@ class DicomReceiver:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         self._ae = ae
         self._apply_refusal()
-        handlers: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, self._on_connection_open), (evt.EVT_C_ECHO, self._on_echo),
-                    (evt.EVT_C_STORE, self._on_store)]
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_CONN_OPEN, self._on_connection_open),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
         self._stop_stalls.clear()
         self._server = ae.start_server((self.host, self.requested_port), block=False, evt_handlers=handlers)
         return self

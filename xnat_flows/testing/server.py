@@ -59,34 +59,64 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
             ("GET", re.compile(r"/xapi/schemas"), self.schema_list, True),
             ("GET", re.compile(r"/xapi/schemas/(?P<schema>.+)"), self.schema, True),
             ("GET", re.compile(r"/data/services/tokens/issue(?:/user/(?P<user>[^/]+))?"), self.issue_token, True),
-            ("GET", re.compile(r"/data/services/tokens/validate/(?P<alias>[^/]+)/(?P<secret>[^/]+)"),
-             self.validate_token, True),
-            ("GET", re.compile(r"/data/services/tokens/invalidate/(?P<alias>[^/]+)(?:/(?P<secret>[^/]+))?"),
-             self.invalidate_token, True),
+            (
+                "GET",
+                re.compile(r"/data/services/tokens/validate/(?P<alias>[^/]+)/(?P<secret>[^/]+)"),
+                self.validate_token,
+                True,
+            ),
+            (
+                "GET",
+                re.compile(r"/data/services/tokens/invalidate/(?P<alias>[^/]+)(?:/(?P<secret>[^/]+))?"),
+                self.invalidate_token,
+                True,
+            ),
             ("GET POST", re.compile(r"/xapi/siteConfig"), self.site_config, True),
             ("GET", re.compile(r"/xapi/dicomscp"), self.dicom_receivers, True),
             ("GET", re.compile(r"/data/search/elements(?:/[^/]+)?"), self.search_elements, True),
             ("GET", re.compile(r"/data/projects/(?P<project>[^/]+)/prearchive_code"), self.get_prearchive_code, True),
-            ("PUT POST", re.compile(r"/data/projects/(?P<project>[^/]+)/prearchive_code/(?P<code>[^/]+)"),
-             self.put_prearchive_code, True),
+            (
+                "PUT POST",
+                re.compile(r"/data/projects/(?P<project>[^/]+)/prearchive_code/(?P<code>[^/]+)"),
+                self.put_prearchive_code,
+                True,
+            ),
             # The whole archive (projects → subjects → experiments → scans/assessors/reconstructions →
             # resources → files) is one walk through the object model.
-            ("GET PUT POST DELETE", re.compile(r"/data(?:/archive)?(?P<tree>/(?:projects|subjects|experiments)(?:/.*)?)"),
-             self.archive_tree, True),
+            (
+                "GET PUT POST DELETE",
+                re.compile(r"/data(?:/archive)?(?P<tree>/(?:projects|subjects|experiments)(?:/.*)?)"),
+                self.archive_tree,
+                True,
+            ),
             ("GET", re.compile(r"/data(?:/archive)?/users"), self.list_users, True),
             ("POST", re.compile(r"/data(?:/archive)?/search"), self.search, True),
             ("POST PUT", re.compile(r"/data/services/refresh/catalog"), self.refresh_catalog, True),
             ("POST", re.compile(r"/data/services/import"), self.services_import, True),
             ("POST", re.compile(r"/data/services/archive"), self.services_archive, True),
-            ("POST", re.compile(r"/data/services/prearchive/(?P<action>delete|move|rebuild)"),
-             self.services_prearchive, True),
+            (
+                "POST",
+                re.compile(r"/data/services/prearchive/(?P<action>delete|move|rebuild)"),
+                self.services_prearchive,
+                True,
+            ),
             ("GET", re.compile(r"/data/prearchive(?:/projects)?"), self.list_prearchive, True),
             ("GET", re.compile(r"/data/prearchive/projects/(?P<projects>[^/]+)"), self.list_prearchive, True),
-            ("GET POST DELETE", re.compile(r"/data/prearchive/projects/(?P<project>[^/]+)/(?P<ts>[^/]+)/(?P<folder>[^/]+)(?P<rest>/.*)?"),
-             self.prearchive_session, True),
+            (
+                "GET POST DELETE",
+                re.compile(
+                    r"/data/prearchive/projects/(?P<project>[^/]+)/(?P<ts>[^/]+)/(?P<folder>[^/]+)(?P<rest>/.*)?"
+                ),
+                self.prearchive_session,
+                True,
+            ),
             ("POST", re.compile(r"/xapi/direct-archive"), self.direct_archive_list, True),
-            ("POST", re.compile(r"/xapi/direct-archive/(?P<project>[^/]+)/(?P<uid>[^/]+)/(?P<label>[^/]+)"),
-             self.direct_archive_commit, True),
+            (
+                "POST",
+                re.compile(r"/xapi/direct-archive/(?P<project>[^/]+)/(?P<uid>[^/]+)/(?P<label>[^/]+)"),
+                self.direct_archive_commit,
+                True,
+            ),
             ("GET", re.compile(r"/_emulator/stats"), self.control_stats, False),
             ("GET POST DELETE", re.compile(r"/_emulator/faults"), self.control_faults, False),
             ("POST", re.compile(r"/_emulator/rebuild"), self.control_rebuild, False),
@@ -251,7 +281,9 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         if rule.status is not None:
             headers = dict(rule.headers)
             if rule.retry_after is not None:
-                headers["Retry-After"] = str(int(rule.retry_after) if float(rule.retry_after).is_integer() else rule.retry_after)
+                headers["Retry-After"] = str(
+                    int(rule.retry_after) if float(rule.retry_after).is_integer() else rule.retry_after
+                )
             return Response(rule.status, (rule.message or f"Injected HTTP {rule.status}").encode(), headers=headers)
         return False
 

@@ -64,13 +64,32 @@ CREATE TABLE IF NOT EXISTS prearc_files(row_id INTEGER NOT NULL, scan_id TEXT NO
 
 # Prearchive statuses (xnat-web `PrearcUtils.PrearcStatus`) the emulator produces.
 RECEIVING, READY, ARCHIVING, CONFLICT, ERROR, QUEUED_ARCHIVING = (
-    "RECEIVING", "READY", "ARCHIVING", "CONFLICT", "ERROR", "QUEUED_ARCHIVING",
+    "RECEIVING",
+    "READY",
+    "ARCHIVING",
+    "CONFLICT",
+    "ERROR",
+    "QUEUED_ARCHIVING",
 )
 AUTOARCHIVE_NAMES = {0: "Manual", 4: "AutoArchive", 5: "AutoArchiveOverwrite"}
 
 _MODALITY_XSI = {
-    "MR": "mr", "CT": "ct", "PT": "pet", "US": "us", "NM": "nm", "CR": "cr", "DX": "dx", "MG": "mg",
-    "XA": "xa", "RF": "rf", "OP": "op", "IO": "io", "SR": "sr", "ECG": "ecg", "SM": "sm", "XC": "xc",
+    "MR": "mr",
+    "CT": "ct",
+    "PT": "pet",
+    "US": "us",
+    "NM": "nm",
+    "CR": "cr",
+    "DX": "dx",
+    "MG": "mg",
+    "XA": "xa",
+    "RF": "rf",
+    "OP": "op",
+    "IO": "io",
+    "SR": "sr",
+    "ECG": "ecg",
+    "SM": "sm",
+    "XC": "xc",
 }
 
 
@@ -88,7 +107,11 @@ def scan_xsi_type(modality: str) -> str:
 
 def now_text(with_millis: bool = True) -> str:
     stamp = dt.datetime.now()
-    return stamp.strftime("%Y-%m-%d %H:%M:%S.") + f"{stamp.microsecond // 1000:03d}" if with_millis else stamp.strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        stamp.strftime("%Y-%m-%d %H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
+        if with_millis
+        else stamp.strftime("%Y-%m-%d %H:%M:%S")
+    )
 
 
 @dataclass
@@ -117,17 +140,28 @@ class PrearcRow:
 
 def _row(record: sqlite3.Row) -> PrearcRow:
     return PrearcRow(
-        id=record["id"], project=record["project"], timestamp=record["timestamp"], folder=record["folder"],
-        name=record["name"] or "", subject=record["subject"] or "", tag=record["tag"] or "",
-        status=record["status"], scan_date=record["scan_date"] or "", scan_time=record["scan_time"] or "",
-        uploaded=record["uploaded"] or "", lastmod=record["lastmod"] or 0.0, modality=record["modality"] or "",
-        direct_archive=bool(record["direct_archive"]), params=json.loads(record["params"]),
+        id=record["id"],
+        project=record["project"],
+        timestamp=record["timestamp"],
+        folder=record["folder"],
+        name=record["name"] or "",
+        subject=record["subject"] or "",
+        tag=record["tag"] or "",
+        status=record["status"],
+        scan_date=record["scan_date"] or "",
+        scan_time=record["scan_time"] or "",
+        uploaded=record["uploaded"] or "",
+        lastmod=record["lastmod"] or 0.0,
+        modality=record["modality"] or "",
+        direct_archive=bool(record["direct_archive"]),
+        params=json.loads(record["params"]),
         log=json.loads(record["log"]),
     )
 
 
-def write_stream_to(path: Path, chunks: Iterator[bytes] | bytes, tmp_dir: Path,
-                    check_space: Callable[[], None] | None = None) -> tuple[int, str]:
+def write_stream_to(
+    path: Path, chunks: Iterator[bytes] | bytes, tmp_dir: Path, check_space: Callable[[], None] | None = None
+) -> tuple[int, str]:
     """Write bytes atomically (temp file + rename) and return (size, md5).
 
     ``check_space`` raises ENOSPC while a test simulates a full disk. A failed write removes its
@@ -253,8 +287,10 @@ class Store:
 
         alias, secret, now = str(uuid.uuid4()), secrets.token_urlsafe(48), time.time()
         with self.transaction() as db:
-            db.execute("INSERT INTO alias_tokens(alias, secret, username, created, expires) VALUES (?,?,?,?,?)",
-                       (alias, secret, username, now, now + lifetime))
+            db.execute(
+                "INSERT INTO alias_tokens(alias, secret, username, created, expires) VALUES (?,?,?,?,?)",
+                (alias, secret, username, now, now + lifetime),
+            )
         found = self.query_one("SELECT * FROM alias_tokens WHERE alias = ?", (alias,))
         assert found is not None
         return found
@@ -266,7 +302,9 @@ class Store:
     def create_jsession(self, username: str) -> str:
         token = secrets.token_hex(16).upper()
         with self.transaction() as db:
-            db.execute("INSERT INTO jsessions(token, username, created) VALUES (?, ?, ?)", (token, username, time.time()))
+            db.execute(
+                "INSERT INTO jsessions(token, username, created) VALUES (?, ?, ?)", (token, username, time.time())
+            )
         return token
 
     def delete_jsessions(self, tokens: list[str]) -> None:
@@ -327,8 +365,9 @@ class Store:
             rows = [r for r in rows if r.project in projects]
         return rows
 
-    def find_open_row(self, project: str, tag: str, label: str, direct_archive: bool, timestamp: str | None,
-                      folder: str | None) -> PrearcRow | None:
+    def find_open_row(
+        self, project: str, tag: str, label: str, direct_archive: bool, timestamp: str | None, folder: str | None
+    ) -> PrearcRow | None:
         """The session an instance appends to: same project + StudyInstanceUID
         (xnat-web `PrearcDatabase.eitherGetOrCreateSession`)."""
         sql = "SELECT * FROM prearc WHERE project = ? AND tag = ? AND direct_archive = ? AND status IN (?, ?, ?)"
@@ -431,8 +470,9 @@ class Store:
             (experiment_id, scan_id, label),
         )
 
-    def ensure_resource(self, experiment_id: str, scan_id: str, label: str, fmt: str = "", content: str = "",
-                        tags: str = "") -> tuple[sqlite3.Row, bool]:
+    def ensure_resource(
+        self, experiment_id: str, scan_id: str, label: str, fmt: str = "", content: str = "", tags: str = ""
+    ) -> tuple[sqlite3.Row, bool]:
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO resources(experiment_id, scan_id, label, format, content, tags) VALUES (?,?,?,?,?,?)",

@@ -112,9 +112,21 @@ def _image_shape(instance_kb: int) -> tuple[int, int]:
     return rows, columns
 
 
-def _series_template(*, modality: str, patient_id: str, patient_name: str, study_uid: str, study_date: str,
-                     study_id: str, series_uid: str, series_number: int, frame_uid: str, rows: int, columns: int,
-                     patient_comments: str | None) -> Dataset:
+def _series_template(
+    *,
+    modality: str,
+    patient_id: str,
+    patient_name: str,
+    study_uid: str,
+    study_date: str,
+    study_id: str,
+    series_uid: str,
+    series_number: int,
+    frame_uid: str,
+    rows: int,
+    columns: int,
+    patient_comments: str | None,
+) -> Dataset:
     sop_class = SOP_CLASS_BY_MODALITY[modality]
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
@@ -243,7 +255,7 @@ class _Phantom:
         image[brain] = self._brain[brain]
         image[brain & (self._ventricles < area)] = 250
         start = int(self._rng.integers(0, 3 * self._size))
-        image += self._noise[start:start + self._size].reshape(image.shape)
+        image += self._noise[start : start + self._size].reshape(image.shape)
         return image.astype("<u2").tobytes()
 
 
@@ -302,9 +314,17 @@ def write_studies(
             series_number = series_index + 1
             series_uid = new_uid()
             template = _series_template(
-                modality=modality, patient_id=pid, patient_name=f"Synthetic^{pid}", study_uid=study_uid,
-                study_date=study_date, study_id=f"{study_index + 1}", series_uid=series_uid,
-                series_number=series_number, frame_uid=frame_uid, rows=rows, columns=columns,
+                modality=modality,
+                patient_id=pid,
+                patient_name=f"Synthetic^{pid}",
+                study_uid=study_uid,
+                study_date=study_date,
+                study_id=f"{study_index + 1}",
+                series_uid=series_uid,
+                series_number=series_number,
+                frame_uid=frame_uid,
+                rows=rows,
+                columns=columns,
                 patient_comments=route.comment(study_index) if route else None,
             )
             header = _encode_header(template)
@@ -322,11 +342,17 @@ def write_studies(
                         handle.write(phantom.slice((instance_index + 0.5) / count))
                     else:
                         handle.write(pixel_rng.bytes(pixel_length))
-                manifest.files.append(SynthInstance(
-                    path=path, study_uid=study_uid, series_uid=series_uid, series_number=series_number,
-                    sop_instance_uid=sop_uid, sop_class_uid=SOP_CLASS_BY_MODALITY[modality],
-                    size=len(body) + len(pixel_element_header) + pixel_length,
-                ))
+                manifest.files.append(
+                    SynthInstance(
+                        path=path,
+                        study_uid=study_uid,
+                        series_uid=series_uid,
+                        series_number=series_number,
+                        sop_instance_uid=sop_uid,
+                        sop_class_uid=SOP_CLASS_BY_MODALITY[modality],
+                        size=len(body) + len(pixel_element_header) + pixel_length,
+                    )
+                )
     if junk:
         manifest.junk = _write_junk(root, manifest, new_uid)
     return manifest

@@ -24,15 +24,26 @@ STREAM_CHUNK = 1024 * 1024
 # Content types XNAT treats as a raw in-body file, and the file-name suffix it derives
 # (xnat-web `SecureResource.getFileWritersAndLoadParams`).
 _RAW_TYPES = {
-    "application/octet-stream": "", "application/zip": ".zip", "application/x-tar": ".tar",
-    "application/x-gtar": ".tar.gz", "application/x-gzip": ".gz", "application/dicom": ".dcm",
-    "application/xar": ".xar", "text/plain": ".txt", "text/xml": ".xml", "text/csv": ".csv",
+    "application/octet-stream": "",
+    "application/zip": ".zip",
+    "application/x-tar": ".tar",
+    "application/x-gtar": ".tar.gz",
+    "application/x-gzip": ".gz",
+    "application/dicom": ".dcm",
+    "application/xar": ".xar",
+    "text/plain": ".txt",
+    "text/xml": ".xml",
+    "text/csv": ".csv",
     "application/pdf": ".pdf",
 }
-_INBODY_MULTIPART = ("In-body File posts must include the file directly as the body of the message "
-                     "(not as part of multi-part form data).")
-_INBODY_EMPTY = ("In-body File posts must include the file directly as the body of the message. "
-                 "If you think you sent data, check that the request body is not empty.")
+_INBODY_MULTIPART = (
+    "In-body File posts must include the file directly as the body of the message "
+    "(not as part of multi-part form data)."
+)
+_INBODY_EMPTY = (
+    "In-body File posts must include the file directly as the body of the message. "
+    "If you think you sent data, check that the request body is not empty."
+)
 
 
 @dataclass
@@ -65,13 +76,23 @@ def json_body(req: Request, expected: type | tuple[type, ...] = dict, limit: int
         raise XnatRefusal(400, f"Malformed JSON in the request body: {exc}") from exc
     if not isinstance(value, expected):
         wanted = " or ".join(_JSON_NAMES.get(kind, kind.__name__) for kind in kinds)
-        raise XnatRefusal(400, f"Malformed request body: expected a JSON {wanted}, "
-                               f"got {_JSON_NAMES.get(type(value), type(value).__name__)}")
+        raise XnatRefusal(
+            400,
+            f"Malformed request body: expected a JSON {wanted}, "
+            f"got {_JSON_NAMES.get(type(value), type(value).__name__)}",
+        )
     return value
 
 
-_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-               type(None): "null"}
+_JSON_NAMES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 
 def json_response(body: bytes, status: int = 200) -> Response:
@@ -137,8 +158,13 @@ class HandlerBase:
         with open(handle, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for arcname, path in entries:
                 archive.write(path, arcname)
-        return Response(200, content_type="application/zip", file=Path(tmp_name), delete_file=True,
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            200,
+            content_type="application/zip",
+            file=Path(tmp_name),
+            delete_file=True,
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
 
 def request_uploads(req: Request, path_name: str | None, tmp_dir: Path) -> list[Upload]:

@@ -54,7 +54,9 @@ def content_type_for(fmt: ArchiveFormat) -> str:
     raise InputError(f"Unknown archive format {fmt!r}", hint="Use 'tar', 'tgz' or 'zip'")
 
 
-def iter_archive(files: Iterable[DicomFile], fmt: ArchiveFormat, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+def iter_archive(
+    files: Iterable[DicomFile], fmt: ArchiveFormat, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Iterator[bytes]:
     """The bytes of a tar, tgz or stored zip holding ``files``, in chunks of about ``chunk_size``."""
     content_type_for(fmt)  # validates fmt before anything is read
     writer = _zip_pieces(files, chunk_size) if fmt == "zip" else _tar_pieces(files, chunk_size)
@@ -123,7 +125,9 @@ def _dos_datetime(mtime_ns: int) -> tuple[int, int]:
     t = time.localtime(mtime_ns / 1e9)
     if t.tm_year < 1980:
         return 0, (0 << 9) | (1 << 5) | 1
-    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
+    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((t.tm_year - 1980) << 9) | (
+        t.tm_mon << 5
+    ) | t.tm_mday
 
 
 def _crc32(item: DicomFile, chunk_size: int) -> int:
@@ -143,10 +147,23 @@ def _zip_records(item: DicomFile, crc: int, offset: int) -> tuple[bytes, bytes]:
     size32 = _MARK32 if big else item.size
     local_extra = struct.pack("<HHQQ", 0x0001, 16, item.size, item.size) if big else b""
     local = struct.pack(
-        "<IHHHHHIIIHH", 0x04034B50, needed, _UTF8_FLAG, 0, dos_time, dos_date, crc, size32, size32, len(name), len(local_extra)
+        "<IHHHHHIIIHH",
+        0x04034B50,
+        needed,
+        _UTF8_FLAG,
+        0,
+        dos_time,
+        dos_date,
+        crc,
+        size32,
+        size32,
+        len(name),
+        len(local_extra),
     )
     zip64_fields = ([item.size, item.size] if big else []) + ([offset] if far else [])
-    central_extra = struct.pack(f"<HH{len(zip64_fields)}Q", 0x0001, 8 * len(zip64_fields), *zip64_fields) if zip64_fields else b""
+    central_extra = (
+        struct.pack(f"<HH{len(zip64_fields)}Q", 0x0001, 8 * len(zip64_fields), *zip64_fields) if zip64_fields else b""
+    )
     central = struct.pack(
         "<IHHHHHHIIIHHHHHII",
         0x02014B50,
@@ -193,7 +210,9 @@ def _zip_pieces(files: Iterable[DicomFile], chunk_size: int) -> Iterator[bytes]:
             check = zlib.crc32(piece, check)
             yield piece
         if check != crc:
-            raise InputError(f"{item.path} changed while being uploaded", hint="Wait until the export is complete, then re-run")
+            raise InputError(
+                f"{item.path} changed while being uploaded", hint="Wait until the export is complete, then re-run"
+            )
         central.append(record)
         offset += len(local) + item.size
     cd_size = sum(len(record) for record in central)

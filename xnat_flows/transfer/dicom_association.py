@@ -47,10 +47,14 @@ class Rejection:
 
     def describe(self) -> str:
         reasons = {
-            (1, 1): "no reason given", (1, 2): "application context name not supported",
-            (1, 3): "calling AE title not recognised", (1, 7): "called AE title not recognised",
-            (2, 1): "no reason given", (2, 2): "protocol version not supported",
-            (3, 1): "temporary congestion", (3, 2): "local limit exceeded",
+            (1, 1): "no reason given",
+            (1, 2): "application context name not supported",
+            (1, 3): "calling AE title not recognised",
+            (1, 7): "called AE title not recognised",
+            (2, 1): "no reason given",
+            (2, 2): "protocol version not supported",
+            (3, 1): "temporary congestion",
+            (3, 2): "local limit exceeded",
         }
         kind = {1: "permanent", 2: "transient"}.get(self.result, f"result {self.result}")
         return f"{kind}: {reasons.get((self.source, self.reason), f'source {self.source}, reason {self.reason}')}"
@@ -91,7 +95,7 @@ def decode_command(data: bytes) -> dict[int, bytes]:
     offset = 0
     while offset + 8 <= len(data):
         _group, element, length = struct.unpack_from("<HHI", data, offset)
-        fields[element] = data[offset + 8: offset + 8 + length]
+        fields[element] = data[offset + 8 : offset + 8 + length]
         offset += 8 + length
     return fields
 
@@ -100,8 +104,14 @@ def decode_command(data: bytes) -> dict[int, bytes]:
 class StorageAssociation:
     """``StorageAssociation.open(...)``, then ``store(...)`` per instance, then ``release()``."""
 
-    def __init__(self, sock: socket.socket, accepted: dict[tuple[str, str], int], peer_max_pdu: int,
-                 dimse_timeout: float, acse_timeout: float) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        accepted: dict[tuple[str, str], int],
+        peer_max_pdu: int,
+        dimse_timeout: float,
+        acse_timeout: float,
+    ) -> None:
         self._sock = sock
         self.accepted = accepted  # (SOP class, transfer syntax) -> presentation context ID
         self.peer_max_pdu = peer_max_pdu
@@ -111,9 +121,19 @@ class StorageAssociation:
         self.is_open = True
 
     @classmethod
-    def open(cls, host: str, port: int, *, called_aet: str, calling_aet: str,
-             pairs: list[tuple[str, str]], max_pdu: int = 131072, connect_timeout: float = 30.0,
-             acse_timeout: float = 30.0, dimse_timeout: float = 30.0) -> StorageAssociation:
+    def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        called_aet: str,
+        calling_aet: str,
+        pairs: list[tuple[str, str]],
+        max_pdu: int = 131072,
+        connect_timeout: float = 30.0,
+        acse_timeout: float = 30.0,
+        dimse_timeout: float = 30.0,
+    ) -> StorageAssociation:
         """Connect and negotiate one presentation context per (SOP class, transfer syntax) pair.
 
         Raises ``OSError`` for connection problems, ``AssociationRejected`` and ``UpperLayerError``.
@@ -145,10 +165,19 @@ class StorageAssociation:
     def _associate_request(called: str, calling: str, proposed: dict[int, tuple[str, str]], max_pdu: int) -> bytes:
         items = [_item(0x10, APPLICATION_CONTEXT.encode())]
         for context_id, (sop_class, transfer_syntax) in proposed.items():
-            items.append(_item(0x20, bytes([context_id, 0, 0, 0]) + _item(0x30, sop_class.encode())
-                               + _item(0x40, transfer_syntax.encode())))
-        user = (_item(0x51, struct.pack(">I", max_pdu)) + _item(0x52, IMPLEMENTATION_CLASS_UID.encode())
-                + _item(0x55, IMPLEMENTATION_VERSION.encode()))
+            items.append(
+                _item(
+                    0x20,
+                    bytes([context_id, 0, 0, 0])
+                    + _item(0x30, sop_class.encode())
+                    + _item(0x40, transfer_syntax.encode()),
+                )
+            )
+        user = (
+            _item(0x51, struct.pack(">I", max_pdu))
+            + _item(0x52, IMPLEMENTATION_CLASS_UID.encode())
+            + _item(0x55, IMPLEMENTATION_VERSION.encode())
+        )
         items.append(_item(0x50, user))
         body = struct.pack(">HH", 1, 0) + _ae(called) + _ae(calling) + bytes(32) + b"".join(items)
         return struct.pack(">BBI", _ASSOCIATE_RQ, 0, len(body)) + body
@@ -160,11 +189,11 @@ class StorageAssociation:
         offset = 68  # version, reserved, two AE titles, 32 reserved bytes
         while offset + 4 <= len(body):
             item_type, _, length = struct.unpack_from(">BBH", body, offset)
-            payload = body[offset + 4: offset + 4 + length]
+            payload = body[offset + 4 : offset + 4 + length]
             if item_type == 0x21:
                 context_id, result = payload[0], payload[2]
                 sub_type, _, sub_length = struct.unpack_from(">BBH", payload, 4)
-                syntax = payload[8: 8 + sub_length].rstrip(b"\x00 ").decode("ascii") if sub_type == 0x40 else ""
+                syntax = payload[8 : 8 + sub_length].rstrip(b"\x00 ").decode("ascii") if sub_type == 0x40 else ""
                 pair = proposed.get(context_id)
                 # accept only what we proposed, in the syntax we proposed (a file is sent as encoded)
                 if result == 0 and pair is not None and syntax == pair[1]:
@@ -203,7 +232,7 @@ class StorageAssociation:
         view = memoryview(dataset)
         for start in range(0, len(view), step):
             last = start + step >= len(view)
-            self._send_pdv(context_id, _LAST if last else 0, view[start:start + step])
+            self._send_pdv(context_id, _LAST if last else 0, view[start : start + step])
 
     def _await_status(self, message_id: int) -> int:
         """The Status of the response to ``message_id``."""
@@ -227,7 +256,7 @@ class StorageAssociation:
             offset = 0
             while offset + 6 <= len(body):
                 item_length, _context_id, control = struct.unpack_from(">IBB", body, offset)
-                fragment = body[offset + 6: offset + 4 + item_length]
+                fragment = body[offset + 6 : offset + 4 + item_length]
                 offset += 4 + item_length
                 if control & _COMMAND:
                     command += fragment
@@ -243,10 +272,14 @@ class StorageAssociation:
         if context_id is None:
             raise UpperLayerError("the peer did not accept the Verification SOP class")
         message_id = self._next_message_id()
-        command = encode_command([(0x0002, _uid_bytes(VERIFICATION_SOP_CLASS)),
-                                  (0x0100, struct.pack("<H", _C_ECHO_RQ)),
-                                  (0x0110, struct.pack("<H", message_id)),
-                                  (0x0800, struct.pack("<H", _NO_DATASET))])
+        command = encode_command(
+            [
+                (0x0002, _uid_bytes(VERIFICATION_SOP_CLASS)),
+                (0x0100, struct.pack("<H", _C_ECHO_RQ)),
+                (0x0110, struct.pack("<H", message_id)),
+                (0x0800, struct.pack("<H", _NO_DATASET)),
+            ]
+        )
         self._guarded_send(context_id, command, None)
         return self._await_status(message_id)
 
@@ -257,18 +290,23 @@ class StorageAssociation:
         """
         return self.await_status(self.send_store(sop_class, transfer_syntax, sop_instance_uid, dataset))
 
-    def send_store(self, sop_class: str, transfer_syntax: str, sop_instance_uid: str,
-                   dataset: bytes | memoryview) -> int:
+    def send_store(
+        self, sop_class: str, transfer_syntax: str, sop_instance_uid: str, dataset: bytes | memoryview
+    ) -> int:
         """The request half of ``store``: sends the C-STORE-RQ and returns its message ID, so the
         caller can prepare the next instance while the peer stores this one."""
         context_id = self.accepted[(sop_class, transfer_syntax)]
         message_id = self._next_message_id()
-        command = encode_command([(0x0002, _uid_bytes(sop_class)),
-                                  (0x0100, struct.pack("<H", _C_STORE_RQ)),
-                                  (0x0110, struct.pack("<H", message_id)),
-                                  (0x0700, struct.pack("<H", 0)),  # priority: medium
-                                  (0x0800, struct.pack("<H", _DATASET_PRESENT)),
-                                  (0x1000, _uid_bytes(sop_instance_uid))])
+        command = encode_command(
+            [
+                (0x0002, _uid_bytes(sop_class)),
+                (0x0100, struct.pack("<H", _C_STORE_RQ)),
+                (0x0110, struct.pack("<H", message_id)),
+                (0x0700, struct.pack("<H", 0)),  # priority: medium
+                (0x0800, struct.pack("<H", _DATASET_PRESENT)),
+                (0x1000, _uid_bytes(sop_instance_uid)),
+            ]
+        )
         self._guarded_send(context_id, command, dataset)
         return message_id
 
@@ -279,7 +317,7 @@ class StorageAssociation:
     def store_file(self, path: str | Path, sop_class: str, transfer_syntax: str, sop_instance_uid: str) -> int:
         """C-STORE a Part-10 file's dataset exactly as it is encoded on disk."""
         data = Path(path).read_bytes()
-        return self.store(sop_class, transfer_syntax, sop_instance_uid, memoryview(data)[dataset_offset(data):])
+        return self.store(sop_class, transfer_syntax, sop_instance_uid, memoryview(data)[dataset_offset(data) :])
 
     def _guarded_send(self, context_id: int, command: bytes, dataset: bytes | memoryview | None) -> None:
         if not self.is_open:

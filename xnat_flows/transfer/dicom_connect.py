@@ -48,14 +48,18 @@ def _explain_connect_failure(link: ReceiverLink, exc: OSError) -> PeerUnreachabl
         return PeerUnreachableError(
             f"Connection refused at {where}: nothing is listening on that port",
             hint="Check the port (XNAT's receiver is usually 8104, the DICOM standard port is 104) "
-                 "and that the receiver is running")
+            "and that the receiver is running",
+        )
     if isinstance(exc, (TimeoutError, socket.timeout)):
-        return PeerUnreachableError(f"Timed out connecting to {where}",
-                                    hint="Check the host name and port, and that no firewall drops DICOM traffic")
+        return PeerUnreachableError(
+            f"Timed out connecting to {where}",
+            hint="Check the host name and port, and that no firewall drops DICOM traffic",
+        )
     if isinstance(exc, socket.gaierror):
         return PeerUnreachableError(f"Cannot resolve host {link.host!r}: {exc.strerror}", hint="Check the host name")
-    return PeerUnreachableError(f"Cannot connect to {where}: {exc.strerror or exc}",
-                                hint="Check the host, the port and the network")
+    return PeerUnreachableError(
+        f"Cannot connect to {where}: {exc.strerror or exc}", hint="Check the host, the port and the network"
+    )
 
 
 def open_association(link: ReceiverLink, pairs: Sequence[SyntaxPair]) -> StorageAssociation:
@@ -63,38 +67,48 @@ def open_association(link: ReceiverLink, pairs: Sequence[SyntaxPair]) -> Storage
     where = f"{link.host}:{link.port}"
     try:
         assoc = StorageAssociation.open(
-            link.host, link.port, called_aet=link.called_aet, calling_aet=link.calling_aet, pairs=list(pairs),
-            max_pdu=link.max_pdu, connect_timeout=link.acse_timeout, acse_timeout=link.acse_timeout,
-            dimse_timeout=link.dimse_timeout)
+            link.host,
+            link.port,
+            called_aet=link.called_aet,
+            calling_aet=link.calling_aet,
+            pairs=list(pairs),
+            max_pdu=link.max_pdu,
+            connect_timeout=link.acse_timeout,
+            acse_timeout=link.acse_timeout,
+            dimse_timeout=link.dimse_timeout,
+        )
     except AssociationRejected as exc:
         rejection = exc.rejection
         if rejection.source == 1 and rejection.reason == _REJECT_REASON_CALLED_AET:
             raise CalledAETitleRejectedError(
                 f"{where} rejected the association: it does not answer to the called AE title {link.called_aet!r}",
-                hint="Use the receiver's own AE title (XNAT lists its receivers at /xapi/dicomscp; the default is XNAT)"
+                hint="Use the receiver's own AE title (XNAT lists its receivers at /xapi/dicomscp; the default is XNAT)",
             ) from None
         if rejection.source == 1 and rejection.reason == _REJECT_REASON_CALLING_AET:
             raise AssociationRejectedError(
                 f"{where} rejected the association: our calling AE title {link.calling_aet!r} is not allowed",
-                hint="Ask the receiver's administrator to allow this AE title, or use an allowed one") from None
+                hint="Ask the receiver's administrator to allow this AE title, or use an allowed one",
+            ) from None
         raise AssociationRejectedError(f"{where} rejected the association ({rejection.describe()})") from None
     except TimeoutError:
         raise DicomNetworkError(
             f"{where} did not answer the association request within {link.acse_timeout:g} s",
             hint="Is this the receiver's DICOM port? XNAT's is often 8104; a web port such as 8080 does not speak "
-                 "DICOM (XNAT: Administer > Site Administration > DICOM SCP lists its receivers)") from None
+            "DICOM (XNAT: Administer > Site Administration > DICOM SCP lists its receivers)",
+        ) from None
     except OSError as exc:
         raise _explain_connect_failure(link, exc) from None
     except UpperLayerError as exc:
-        raise AssociationRejectedError(f"{where}: {exc}",
-                                       hint="The receiver may be refusing connections or overloaded; check its log"
-                                       ) from None
+        raise AssociationRejectedError(
+            f"{where}: {exc}", hint="The receiver may be refusing connections or overloaded; check its log"
+        ) from None
     if not assoc.accepted:
         assoc.release()
         offered = ", ".join(f"{uid_name(s)} in {uid_name(t)}" for s, t in pairs)
         raise NoAcceptedContextError(
             f"{where} accepted the association but none of the presentation contexts: {offered}",
-            hint="The receiver does not store these SOP classes or transfer syntaxes; check its configuration")
+            hint="The receiver does not store these SOP classes or transfer syntaxes; check its configuration",
+        )
     return assoc
 
 
@@ -114,18 +128,27 @@ class EchoResult:
     seconds: float
 
 
-def echo(host: str, port: int, called_aet: str = "XNAT", calling_aet: str = "XNATFLOWS",
-         timeout: float = 10.0) -> EchoResult:
+def echo(
+    host: str, port: int, called_aet: str = "XNAT", calling_aet: str = "XNATFLOWS", timeout: float = 10.0
+) -> EchoResult:
     """Pre-flight C-ECHO; raises a ``DicomNetworkError`` subclass that says what to fix."""
-    link = ReceiverLink(host, int(port), validate_ae_title(called_aet, "called"),
-                        validate_ae_title(calling_aet, "calling"), acse_timeout=timeout, dimse_timeout=timeout,
-                        max_pdu=16384)
+    link = ReceiverLink(
+        host,
+        int(port),
+        validate_ae_title(called_aet, "called"),
+        validate_ae_title(calling_aet, "calling"),
+        acse_timeout=timeout,
+        dimse_timeout=timeout,
+        max_pdu=16384,
+    )
     started = time.perf_counter()
     try:
         assoc = open_association(link, [(VERIFICATION_SOP_CLASS, IMPLICIT_VR_LITTLE_ENDIAN)])
     except NoAcceptedContextError:
-        raise NoAcceptedContextError(f"{host}:{port} does not support C-ECHO (Verification SOP class)",
-                                     hint="Skip the pre-flight check for this receiver") from None
+        raise NoAcceptedContextError(
+            f"{host}:{port} does not support C-ECHO (Verification SOP class)",
+            hint="Skip the pre-flight check for this receiver",
+        ) from None
     try:
         status = assoc.echo()
     except UpperLayerError as exc:

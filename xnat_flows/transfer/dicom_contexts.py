@@ -25,8 +25,9 @@ class AssociationGroup:
     pairs: tuple[SyntaxPair, ...]
 
 
-def plan_association_groups(pairs: Iterable[SyntaxPair],
-                            max_contexts: int = MAX_CONTEXTS_PER_ASSOCIATION) -> list[AssociationGroup]:
+def plan_association_groups(
+    pairs: Iterable[SyntaxPair], max_contexts: int = MAX_CONTEXTS_PER_ASSOCIATION
+) -> list[AssociationGroup]:
     """Distinct pairs, in a stable order, packed into groups of at most ``max_contexts``.
 
     Pairs of the same SOP class stay together where possible so a group mixes few classes.
@@ -34,5 +35,7 @@ def plan_association_groups(pairs: Iterable[SyntaxPair],
     if not 1 <= max_contexts <= MAX_CONTEXTS_PER_ASSOCIATION:
         raise ValueError(f"max_contexts must be 1..{MAX_CONTEXTS_PER_ASSOCIATION}")
     distinct = sorted(set(pairs))
-    return [AssociationGroup(index=number, pairs=tuple(distinct[start:start + max_contexts]))
-            for number, start in enumerate(range(0, len(distinct), max_contexts))]
+    return [
+        AssociationGroup(index=number, pairs=tuple(distinct[start : start + max_contexts]))
+        for number, start in enumerate(range(0, len(distinct), max_contexts))
+    ]

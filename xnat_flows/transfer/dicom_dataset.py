@@ -17,12 +17,13 @@ def dataset_to_send(path: str, size: int, mtime_ns: int, routing_comment: str | 
     only the size is checked.
     """
     data, before, after = _read_whole(path, size)
-    if len(data) != size or after.st_mtime_ns != before.st_mtime_ns or (
-            mtime_ns and before.st_mtime_ns != mtime_ns):
-        raise ValueError(f"it changed since the scan ({size} bytes then, {after.st_size} now); "
-                         "wait until the export has finished writing, then re-run")
+    if len(data) != size or after.st_mtime_ns != before.st_mtime_ns or (mtime_ns and before.st_mtime_ns != mtime_ns):
+        raise ValueError(
+            f"it changed since the scan ({size} bytes then, {after.st_size} now); "
+            "wait until the export has finished writing, then re-run"
+        )
     if routing_comment is None:
-        return memoryview(data)[dataset_offset(data):]  # sent as encoded, never decoded
+        return memoryview(data)[dataset_offset(data) :]  # sent as encoded, never decoded
     return memoryview(with_patient_comments(data, routing_comment))
 
 
@@ -65,8 +66,9 @@ def with_patient_comments(part10: bytes, comment: str) -> bytes:
     encoding = little_endian_vr(meta.transfer_syntax)
     if encoding is not None:
         implicit = encoding == "implicit"
-        dataset = read_dataset(io.BytesIO(memoryview(part10)[meta.dataset_offset:]), is_implicit_VR=implicit,
-                               is_little_endian=True)
+        dataset = read_dataset(
+            io.BytesIO(memoryview(part10)[meta.dataset_offset :]), is_implicit_VR=implicit, is_little_endian=True
+        )
         dataset.PatientComments = comment
         buffer = DicomBytesIO()
         buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
@@ -77,4 +79,4 @@ def with_patient_comments(part10: bytes, comment: str) -> bytes:
     whole = io.BytesIO()
     dataset.save_as(whole, enforce_file_format=True)  # same transfer syntax as the file
     encoded = whole.getvalue()
-    return encoded[dataset_offset(encoded):]
+    return encoded[dataset_offset(encoded) :]

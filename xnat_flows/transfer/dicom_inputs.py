@@ -19,11 +19,13 @@ def validate_ae_title(title: str, role: str) -> str:
     if not stripped:
         raise InputError(f"The {role} AE title is empty or only spaces", hint=hint)
     if len(stripped) > AE_TITLE_MAX_LENGTH:
-        raise InputError(f"The {role} AE title {stripped!r} is {len(stripped)} characters long; the maximum is 16",
-                         hint=hint)
+        raise InputError(
+            f"The {role} AE title {stripped!r} is {len(stripped)} characters long; the maximum is 16", hint=hint
+        )
     if any(ch == "\\" or not 32 <= ord(ch) < 127 for ch in stripped):
-        raise InputError(f"The {role} AE title {stripped!r} contains a backslash or a non-printable character",
-                         hint=hint)
+        raise InputError(
+            f"The {role} AE title {stripped!r} contains a backslash or a non-printable character", hint=hint
+        )
     return stripped
 
 
@@ -40,8 +42,10 @@ class RoutingOverride:
     def __post_init__(self) -> None:
         for key, value in (("project", self.project), ("subject", self.subject), ("session", self.session)):
             if value is not None and not _ROUTING_VALUE.match(value):
-                raise InputError(f"Routing {key} {value!r} has characters XNAT's routing cannot read",
-                                 hint="Use only letters, digits, '_' and '-' (XNAT IDs and labels)")
+                raise InputError(
+                    f"Routing {key} {value!r} has characters XNAT's routing cannot read",
+                    hint="Use only letters, digits, '_' and '-' (XNAT IDs and labels)",
+                )
 
     def comment(self) -> str:
         parts = [("Project", self.project), ("Subject", self.subject), ("Session", self.session)]

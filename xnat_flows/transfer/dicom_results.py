@@ -93,9 +93,11 @@ class SendResult:
         return [o.path for o in self.failed + self.skipped]
 
     def summary(self) -> str:
-        return (f"{len(self.sent)} sent, {len(self.failed)} failed, {len(self.skipped)} skipped, "
-                f"{self.bytes_sent / 1e6:.1f} MB in {self.seconds:.1f} s ({self.instances_per_second:.0f} instances/s, "
-                f"{self.workers} association(s), {self.mode})")
+        return (
+            f"{len(self.sent)} sent, {len(self.failed)} failed, {len(self.skipped)} skipped, "
+            f"{self.bytes_sent / 1e6:.1f} MB in {self.seconds:.1f} s ({self.instances_per_second:.0f} instances/s, "
+            f"{self.workers} association(s), {self.mode})"
+        )
 
 
 Progress = Callable[[int, int], None]  # (instances finished, total)

@@ -57,8 +57,14 @@ class _JournalDeliveryLog:
 
 
 def store_instances_resumable(
-    files: list[DicomFile], journal: UploadJournal, *, host: str, port: int, called_aet: str = "XNAT",
-    routing: RoutingOverride | None = None, **options: Any,
+    files: list[DicomFile],
+    journal: UploadJournal,
+    *,
+    host: str,
+    port: int,
+    called_aet: str = "XNAT",
+    routing: RoutingOverride | None = None,
+    **options: Any,
 ) -> ResumedSend:
     """``store_instances`` that skips the instances an earlier run delivered to the same receiver
     (and routing), and records each instance in ``journal`` as it goes out and as it is confirmed.
@@ -70,17 +76,26 @@ def store_instances_resumable(
     pending = [f for f in files if digests[f.path] not in done]
     in_doubt = [f.path for f in pending if digests[f.path] in in_flight]
     with journal.open_log(key) as log:
-        result = store_instances(pending, host=host, port=port, called_aet=called_aet, routing=routing,
-                                 delivery_log=_JournalDeliveryLog(log, digests), **options)
+        result = store_instances(
+            pending,
+            host=host,
+            port=port,
+            called_aet=called_aet,
+            routing=routing,
+            delivery_log=_JournalDeliveryLog(log, digests),
+            **options,
+        )
     return ResumedSend(result, len(files) - len(pending), in_doubt, journal.path_for(key))
 
 
 def in_doubt_warning(in_doubt: list[Path]) -> str:
     """What to check, and do, when instances an interrupted run may have delivered were sent again."""
     examples = ", ".join(str(path) for path in in_doubt[:5]) + (", ..." if len(in_doubt) > 5 else "")
-    return (f"{len(in_doubt)} instance(s) were in flight when an earlier run stopped, so the receiver may already "
-            f"have held them; they were sent again ({examples}). If XNAT had archived that session before this "
-            "run, this run's instances wait in a prearchive entry in CONFLICT (\"Session already contains a scan "
-            "... with the same UID\"): find it with `xnat-flows prearchive list -P PROJECT` and archive it with "
-            "`xnat-flows prearchive archive PROJECT TIMESTAMP NAME --overwrite delete` (the copies are identical). "
-            "Otherwise there is nothing to do.")
+    return (
+        f"{len(in_doubt)} instance(s) were in flight when an earlier run stopped, so the receiver may already "
+        f"have held them; they were sent again ({examples}). If XNAT had archived that session before this "
+        "run, this run's instances wait in a prearchive entry in CONFLICT (\"Session already contains a scan "
+        '... with the same UID"): find it with `xnat-flows prearchive list -P PROJECT` and archive it with '
+        "`xnat-flows prearchive archive PROJECT TIMESTAMP NAME --overwrite delete` (the copies are identical). "
+        "Otherwise there is nothing to do."
+    )

@@ -58,9 +58,22 @@ from xnat_flows.transfer.dicom_worker import Chunk, InstanceReport, SendItem, Wo
 from xnat_flows.transfer.scan import DicomFile, ScanResult, scan_directory
 
 __all__ = [
-    "AssociationRejectedError", "AssociationSummary", "CalledAETitleRejectedError", "DeliveryLog",
-    "DicomNetworkError", "EchoResult", "InstanceOutcome", "NoAcceptedContextError", "PeerUnreachableError",
-    "Progress", "RoutingOverride", "SendResult", "echo", "is_stored", "status_meaning", "store_instances",
+    "AssociationRejectedError",
+    "AssociationSummary",
+    "CalledAETitleRejectedError",
+    "DeliveryLog",
+    "DicomNetworkError",
+    "EchoResult",
+    "InstanceOutcome",
+    "NoAcceptedContextError",
+    "PeerUnreachableError",
+    "Progress",
+    "RoutingOverride",
+    "SendResult",
+    "echo",
+    "is_stored",
+    "status_meaning",
+    "store_instances",
     "validate_ae_title",
 ]
 
@@ -94,8 +107,9 @@ def _as_dicom_files(files: ScanResult | Iterable[DicomFile] | str | os.PathLike[
 class _Collector:
     """Gathers the workers' reports (from their threads) into outcomes, progress and the log."""
 
-    def __init__(self, files: list[DicomFile], result: SendResult, progress: Progress | None,
-                 delivery_log: DeliveryLog | None) -> None:
+    def __init__(
+        self, files: list[DicomFile], result: SendResult, progress: Progress | None, delivery_log: DeliveryLog | None
+    ) -> None:
         self.files = files
         self.result = result
         self.progress = progress
@@ -148,14 +162,22 @@ def store_instances(
     (scanned here). Raises ``InputError`` for bad AE titles and, with ``preflight``, a
     ``DicomNetworkError`` subclass when the receiver cannot be reached or refuses us.
     """
-    link = ReceiverLink(host, int(port), validate_ae_title(called_aet, "called"),
-                        validate_ae_title(calling_aet, "calling"), acse_timeout=acse_timeout,
-                        dimse_timeout=dimse_timeout, max_pdu=max_pdu)
+    link = ReceiverLink(
+        host,
+        int(port),
+        validate_ae_title(called_aet, "called"),
+        validate_ae_title(calling_aet, "calling"),
+        acse_timeout=acse_timeout,
+        dimse_timeout=dimse_timeout,
+        max_pdu=max_pdu,
+    )
     if workers < 1 or max_attempts < 1 or chunk_size < 1:
         raise InputError("workers, max_attempts and chunk_size must be at least 1")
     dicom_files = _as_dicom_files(files)
-    items = [SendItem(i, str(f.path), f.sop_class_uid, f.transfer_syntax, f.sop_instance_uid, f.size, f.mtime_ns)
-             for i, f in enumerate(dicom_files)]
+    items = [
+        SendItem(i, str(f.path), f.sop_class_uid, f.transfer_syntax, f.sop_instance_uid, f.size, f.mtime_ns)
+        for i, f in enumerate(dicom_files)
+    ]
     result = SendResult(workers=workers, mode="threads")
     if not items:
         return result
@@ -165,8 +187,13 @@ def store_instances(
     groups = plan_association_groups((item.pair for item in items), max_contexts)
     group_of = {pair: group.index for group in groups for pair in group.pairs}
     chunks = _chunks(items, group_of, workers, chunk_size)
-    setup = WorkerSetup(link, {group.index: group.pairs for group in groups}, max_attempts,
-                        routing.comment() if routing else None, threading.Event())
+    setup = WorkerSetup(
+        link,
+        {group.index: group.pairs for group in groups},
+        max_attempts,
+        routing.comment() if routing else None,
+        threading.Event(),
+    )
     collector = _Collector(dicom_files, result, progress, delivery_log)
     started = time.perf_counter()
     _run_workers(min(workers, len(chunks)), chunks, setup, collector)
@@ -177,8 +204,17 @@ def store_instances(
         report = collector.reports.get(item.index)
         if report is None:  # a worker died before reporting it: it may or may not have arrived
             report = InstanceReport("failed", item, None, 0, "the sending worker ended before reporting this instance")
-        buckets[report.kind].append(InstanceOutcome(dicom_files[item.index].path, item.sop_instance_uid, item.size,
-                                                    report.status, report.attempts, report.reason, report.retryable))
+        buckets[report.kind].append(
+            InstanceOutcome(
+                dicom_files[item.index].path,
+                item.sop_instance_uid,
+                item.size,
+                report.status,
+                report.attempts,
+                report.reason,
+                report.retryable,
+            )
+        )
     log.info("C-STORE to %s:%s %s: %s", host, port, called_aet, result.summary())
     return result
 
@@ -191,7 +227,7 @@ def _chunks(items: list[SendItem], group_of: dict[SyntaxPair, int], workers: int
     chunks = []
     for group, members in sorted(by_group.items()):
         size = max(1, min(chunk_size, math.ceil(len(members) / workers)))
-        chunks += [Chunk(group, members[start:start + size]) for start in range(0, len(members), size)]
+        chunks += [Chunk(group, members[start : start + size]) for start in range(0, len(members), size)]
     return chunks
 
 
@@ -201,8 +237,10 @@ def _run_workers(count: int, chunks: list[Chunk], setup: WorkerSetup, collector:
     work: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
     for chunk in chunks:
         work.put(chunk)
-    threads = [threading.Thread(target=run_worker, name=f"cstore-{n}", daemon=True,
-                                args=(n, setup, work, collector)) for n in range(count)]
+    threads = [
+        threading.Thread(target=run_worker, name=f"cstore-{n}", daemon=True, args=(n, setup, work, collector))
+        for n in range(count)
+    ]
     for thread in threads:
         thread.start()
     try:

@@ -135,8 +135,11 @@ class _Worker:
             self.assoc.abort()
         else:
             self.assoc.release()
-        self.events.association(AssociationSummary(self.worker_id, self.assoc_group, self.sent, self.failed,
-                                                   time.perf_counter() - self.opened, ended))
+        self.events.association(
+            AssociationSummary(
+                self.worker_id, self.assoc_group, self.sent, self.failed, time.perf_counter() - self.opened, ended
+            )
+        )
         self.assoc = None
 
     def run(self, chunks: queue.SimpleQueue[Chunk]) -> None:
@@ -153,8 +156,15 @@ class _Worker:
         finally:
             self.close("released")
 
-    def report(self, kind: OutcomeKind, item: SendItem, status: int | None, attempts: int, reason: str = "",
-               retryable: bool = False) -> None:
+    def report(
+        self,
+        kind: OutcomeKind,
+        item: SendItem,
+        status: int | None,
+        attempts: int,
+        reason: str = "",
+        retryable: bool = False,
+    ) -> None:
         self.events.outcome(InstanceReport(kind, item, status, attempts, reason, retryable))
 
     def open(self, group: int) -> DicomNetworkError | None:
@@ -182,8 +192,9 @@ class _Worker:
                     # once the peer has failed max_attempts times in a row, later chunks get one try each
                     if chunk_open_failures >= setup.max_attempts or self.failures_in_a_row > setup.max_attempts:
                         for item in pending:
-                            self.report("failed", item, None, attempts.get(item.index, 0), str(error),
-                                        heals_with_time(error))
+                            self.report(
+                                "failed", item, None, attempts.get(item.index, 0), str(error), heals_with_time(error)
+                            )
                         pending.clear()
                     else:
                         setup.stop.wait(0.5 * chunk_open_failures)
@@ -193,12 +204,20 @@ class _Worker:
             item = pending.popleft()
             if item.pair not in assoc.accepted:
                 ready.pop(item.index, None)
-                self.report("skipped", item, None, 0,
-                            f"the peer did not accept {uid_name(item.sop_class)} in {uid_name(item.transfer_syntax)}")
+                self.report(
+                    "skipped",
+                    item,
+                    None,
+                    0,
+                    f"the peer did not accept {uid_name(item.sop_class)} in {uid_name(item.transfer_syntax)}",
+                )
                 continue
             try:
-                dataset = ready.pop(item.index) if item.index in ready else dataset_to_send(
-                    item.path, item.size, item.mtime_ns, setup.routing_comment)
+                dataset = (
+                    ready.pop(item.index)
+                    if item.index in ready
+                    else dataset_to_send(item.path, item.size, item.mtime_ns, setup.routing_comment)
+                )
             except (OSError, ValueError) as exc:  # vanished, unreadable or no longer DICOM: retrying will not help
                 self.report("failed", item, None, 0, f"cannot read the file: {exc}")
                 continue

@@ -85,7 +85,7 @@ def read_file_meta(part10: bytes | memoryview, file_size: int | None = None) -> 
         group, element = struct.unpack_from("<HH", part10, offset)
         if group != 0x0002:
             break
-        vr = bytes(part10[offset + 4: offset + 6])
+        vr = bytes(part10[offset + 4 : offset + 6])
         if not (vr.isalpha() and vr.isupper()):
             raise ValueError("file meta header is not in Explicit VR Little Endian")
         if vr in _LONG_LENGTH_VRS:
@@ -102,9 +102,15 @@ def read_file_meta(part10: bytes | memoryview, file_size: int | None = None) -> 
         if element in (_SOP_CLASS, _SOP_INSTANCE, _TRANSFER_SYNTAX):
             values[element] = bytes(part10[start:end])
         offset = end
-    missing = [name for element, name in ((_SOP_CLASS, "MediaStorageSOPClassUID"),
-                                          (_SOP_INSTANCE, "MediaStorageSOPInstanceUID"),
-                                          (_TRANSFER_SYNTAX, "TransferSyntaxUID")) if not values.get(element)]
+    missing = [
+        name
+        for element, name in (
+            (_SOP_CLASS, "MediaStorageSOPClassUID"),
+            (_SOP_INSTANCE, "MediaStorageSOPInstanceUID"),
+            (_TRANSFER_SYNTAX, "TransferSyntaxUID"),
+        )
+        if not values.get(element)
+    ]
     if missing:
         raise ValueError(f"file meta header lacks {', '.join(missing)}")
     try:
@@ -149,7 +155,9 @@ def pixel_data_reaches_end(head: bytes | memoryview, tail: bytes, meta: FileMeta
     header = 8 if implicit else 12
     position = data.find(_PIXEL_DATA_TAG_LE, meta.dataset_offset)
     while position != -1 and position + header <= len(data):
-        if implicit or (data[position + 4:position + 6] in _PIXEL_DATA_VRS and data[position + 6:position + 8] == b"\0\0"):
+        if implicit or (
+            data[position + 4 : position + 6] in _PIXEL_DATA_VRS and data[position + 6 : position + 8] == b"\0\0"
+        ):
             length = struct.unpack_from("<I", data, position + header - 4)[0]
             if length == _UNDEFINED_LENGTH:  # encapsulated: items, then a sequence delimiter at the very end
                 if tail == _SEQUENCE_DELIMITER:
@@ -201,8 +209,9 @@ def _skip_undefined(data: bytes, offset: int, implicit: bool, depth: int) -> int
     raise _NotConfirmed  # the sequence runs beyond the bytes read
 
 
-def _walk(data: bytes, offset: int, implicit: bool, depth: int, found: dict[int, bytes] | None,
-          until_item_end: bool = False) -> int:
+def _walk(
+    data: bytes, offset: int, implicit: bool, depth: int, found: dict[int, bytes] | None, until_item_end: bool = False
+) -> int:
     """Walk elements from ``offset``; at the top level (``found`` given) collect the key tags and
     stop past the Series Number. Returns the offset reached."""
     size = len(data)
@@ -219,7 +228,7 @@ def _walk(data: bytes, offset: int, implicit: bool, depth: int, found: dict[int,
             length = unpack("<I", data, offset + 4)[0]
             start = offset + 8
         else:
-            vr = data[offset + 4:offset + 6]
+            vr = data[offset + 4 : offset + 6]
             if vr in _LONG_LENGTH_VRS:
                 length = unpack("<I", data, offset + 8)[0]
                 start = offset + 12

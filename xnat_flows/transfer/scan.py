@@ -468,9 +468,15 @@ def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[D
         kept.append(chosen)
         for v in versions:
             if v is not chosen:
-                result.skipped.append(SkippedFile(v.path, (
-                    f"{CONFLICT}: same SOP Instance UID as {chosen.relpath}, different content; "
-                    f"sent the {'newer' if duplicates == 'newest' else 'older'} file by modification time")))
+                result.skipped.append(
+                    SkippedFile(
+                        v.path,
+                        (
+                            f"{CONFLICT}: same SOP Instance UID as {chosen.relpath}, different content; "
+                            f"sent the {'newer' if duplicates == 'newest' else 'older'} file by modification time"
+                        ),
+                    )
+                )
     if unresolved:
         raise InputError(
             f"{len(unresolved)} SOP Instance UIDs are each held by different files, e.g. {unresolved[0]}",

@@ -139,7 +139,9 @@ def plan_sessions(
     )
 
 
-def check_destination(client: XnatClient, target: UploadTarget, study_uid: str, *, allow_other_study: bool = False) -> UploadTarget:
+def check_destination(
+    client: XnatClient, target: UploadTarget, study_uid: str, *, allow_other_study: bool = False
+) -> UploadTarget:
     """Refuse to upload into an archived session that holds another study, unless ``allow_other_study``.
 
     XNAT merges an upload into an existing session of the same label; with ``overwrite=delete`` it
@@ -158,8 +160,13 @@ def check_destination(client: XnatClient, target: UploadTarget, study_uid: str, 
             hint="Choose a session label of its own (-E/--session, or --per-study), or, if the two studies must share "
             "one session, ask for it explicitly (allow_other_study=True; CLI --into-other-study)",
         )
-    log.warning("adding study %s to %s/%s, which holds study %s (asked for explicitly)", study_uid,
-                target.project, target.session, existing.uid)
+    log.warning(
+        "adding study %s to %s/%s, which holds study %s (asked for explicitly)",
+        study_uid,
+        target.project,
+        target.session,
+        existing.uid,
+    )
     return dataclasses.replace(target, overwrite="delete")
 
 
@@ -171,9 +178,14 @@ def delivered(client: XnatClient, journal: UploadJournal | None, target: UploadT
     key = resume_key(client.base_url, target.key)
     done = journal.done(key)
     if done and not _session_present(client, target, study_uid):
-        log.warning("the resume journal lists %d deliveries to %s/%s on %s, but XNAT has no such session "
-                    "(deleted, or never archived): sending everything again", len(done), target.project,
-                    target.session, client.base_url)
+        log.warning(
+            "the resume journal lists %d deliveries to %s/%s on %s, but XNAT has no such session "
+            "(deleted, or never archived): sending everything again",
+            len(done),
+            target.project,
+            target.session,
+            client.base_url,
+        )
         journal.clear(key)
         return set()
     return done
@@ -185,8 +197,10 @@ def _session_present(client: XnatClient, target: UploadTarget, study_uid: str) -
     found = find_archived(client, target.project, target.session)
     if found is not None and (not found.uid or found.uid == study_uid):
         return True
-    if any(row.get("tag") == study_uid and row.get("label") == target.session
-           for row in direct_archive_sessions(client, target.project)):
+    if any(
+        row.get("tag") == study_uid and row.get("label") == target.session
+        for row in direct_archive_sessions(client, target.project)
+    ):
         return True
     try:
         rows = list_sessions(client, target.project)
@@ -253,7 +267,14 @@ def upload_batches(
             report()
 
         result = send_batch(
-            client, batch, target, fmt, index=index, journal=journal, done=done, raise_on_error=False,
+            client,
+            batch,
+            target,
+            fmt,
+            index=index,
+            journal=journal,
+            done=done,
+            raise_on_error=False,
             on_streamed=streamed if progress is not None else None,
         )
         with lock:
@@ -295,8 +316,13 @@ def upload_instances(
     """
     done = delivered(client, journal, target, files[0].study_uid) if files else set()
     if not done and archived_complete(client, target, files):
-        log.info("%s/%s/%s already holds all %d instances in the archive: nothing sent", target.project,
-                 target.subject, target.session, len(files))
+        log.info(
+            "%s/%s/%s already holds all %d instances in the archive: nothing sent",
+            target.project,
+            target.subject,
+            target.session,
+            len(files),
+        )
         return GradualResult(total=len(files), resumed_count=len(files), already_archived=True)
     digests = {f.relpath: content_digest([f]) for f in files}
     pending = [f for f in files if digests[f.relpath] not in done]
@@ -336,8 +362,10 @@ def upload_session(
     plan = plan_sessions(scan, target, per_study=per_study)
     if target.direct_archive:
         client.require_direct_archive()
-    plan = [(check_destination(client, t, files[0].study_uid, allow_other_study=allow_other_study), files)
-             for t, files in plan]
+    plan = [
+        (check_destination(client, t, files[0].study_uid, allow_other_study=allow_other_study), files)
+        for t, files in plan
+    ]
     client.reserve_connections(workers)
 
     results = []
@@ -345,14 +373,22 @@ def upload_session(
         before = prearchive_snapshot(client, session_target.project) if verify else None
         study = StudyUploadResult(files[0].study_uid, session_target, len(files), sum(f.size for f in files))
         if gradual:
-            study.gradual = upload_instances(client, files, session_target, workers=workers, journal=journal, progress=progress)
+            study.gradual = upload_instances(
+                client, files, session_target, workers=workers, journal=journal, progress=progress
+            )
         else:
             study.batches = upload_batches(
                 client, files, session_target, workers=workers, fmt=fmt, journal=journal, progress=progress
             )
         if verify and study.uploaded:
-            study.verify = verify_session(client, session_target, files, wait_timeout=verify_timeout,
-                                          poll_interval=poll_interval, prearchive_before=before)
+            study.verify = verify_session(
+                client,
+                session_target,
+                files,
+                wait_timeout=verify_timeout,
+                poll_interval=poll_interval,
+                prearchive_before=before,
+            )
         if journal is not None and study.uploaded:
             # Everything was accepted: a later run starts afresh. (If verification then found
             # files missing, re-sending all of them is what the next run should do anyway.)

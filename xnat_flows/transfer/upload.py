@@ -111,8 +111,6 @@ class UploadTarget:
         }
 
 
-
-
 @dataclass(frozen=True)
 class BatchResult:
     index: int
@@ -204,7 +202,8 @@ def upload_archive_batch(
             IMPORT_PATH,
             params=target.dicom_zip_params(),
             content=body,
-            headers={"Content-Type": content_type_for(fmt)} | ({"Content-Length": str(length)} if length is not None else {}),
+            headers={"Content-Type": content_type_for(fmt)}
+            | ({"Content-Length": str(length)} if length is not None else {}),
             timeout=client.timeouts.upload(length if length is not None else size),
         )
         uris = import_answer_uris(client, response)
@@ -273,8 +272,7 @@ class _Breaker:
         return self.in_a_row >= self.stop_after
 
     def reason(self) -> str:
-        return (f"stopped after {self.in_a_row} instances in a row failed on XNAT's side "
-                f"(last: {self.last}); not sent")
+        return f"stopped after {self.in_a_row} instances in a row failed on XNAT's side (last: {self.last}); not sent"
 
 
 def _warmup_order(files: Sequence[DicomFile]) -> tuple[list[DicomFile], list[DicomFile]]:
@@ -324,8 +322,12 @@ def upload_gradual(
     breaker = _Breaker(workers)
     # One instance: the client's stall allowance, at most GRADUAL_TIMEOUT for the answer.
     limits = client.timeouts.upload(max((f.size for f in items), default=0))
-    gradual_timeout = httpx.Timeout(connect=limits.connect, read=min(t for t in (GRADUAL_TIMEOUT.read, limits.read) if t is not None),
-                                    write=limits.write, pool=limits.pool)
+    gradual_timeout = httpx.Timeout(
+        connect=limits.connect,
+        read=min(t for t in (GRADUAL_TIMEOUT.read, limits.read) if t is not None),
+        write=limits.write,
+        pool=limits.pool,
+    )
 
     def send(item: DicomFile) -> None:
         response = client.request(

@@ -56,11 +56,15 @@ class VerifyResult:
 
     def summary(self) -> str:
         if self.processing:
-            return ("XNAT was still processing this upload when the wait ran out; the files counted may be an "
-                    "earlier copy: check again later (xnat-flows prearchive list shows the session's status)")
+            return (
+                "XNAT was still processing this upload when the wait ran out; the files counted may be an "
+                "earlier copy: check again later (xnat-flows prearchive list shows the session's status)"
+            )
         if self.parked:
-            return (f"XNAT did not archive this upload: it parked it in the prearchive ({'; '.join(self.parked)}); "
-                    "what the archive holds is not this upload")
+            return (
+                f"XNAT did not archive this upload: it parked it in the prearchive ({'; '.join(self.parked)}); "
+                "what the archive holds is not this upload"
+            )
         if self.ok:
             where = self.experiment_id or self.uri
             return f"{self.found_count}/{self.expected_count} files in {len(self.scans)} scans ({where})"
@@ -88,7 +92,8 @@ def _expected_series(files: Iterable[DicomFile]) -> list[_Series]:
         instances.setdefault(f.series_uid, set()).add(f.sop_instance_uid)
         numbers[f.series_uid] = f.series_number
     return [
-        _Series(uid, str(numbers[uid]) if numbers[uid] is not None else "", len(sops)) for uid, sops in instances.items()
+        _Series(uid, str(numbers[uid]) if numbers[uid] is not None else "", len(sops))
+        for uid, sops in instances.items()
     ]
 
 
@@ -160,17 +165,22 @@ def prearchive_snapshot(client: XnatClient, project: str) -> frozenset[str]:
 
 def _processing(client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]) -> bool:
     """XNAT is still receiving or building this upload (Direct-Archive table or a new prearchive row)."""
-    if any(row.get("tag") in study_uids and row.get("label") == target.session
-           for row in direct_archive_sessions(client, target.project)):
+    if any(
+        row.get("tag") in study_uids and row.get("label") == target.session
+        for row in direct_archive_sessions(client, target.project)
+    ):
         return True
-    return any(row.tag in study_uids and row.url not in before and is_transient_status(row.status)
-               for row in _prearchive_rows(client, target.project))
+    return any(
+        row.tag in study_uids and row.url not in before and is_transient_status(row.status)
+        for row in _prearchive_rows(client, target.project)
+    )
 
 
 def _parked(client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]) -> list[str]:
     """This upload's prearchive rows that XNAT put in ERROR (or CONFLICT, after a merge was tried)."""
     return [
-        f"{row.url}: {row.status}" for row in _prearchive_rows(client, target.project)
+        f"{row.url}: {row.status}"
+        for row in _prearchive_rows(client, target.project)
         if row.tag in study_uids and row.status in (ERROR, CONFLICT) and row.url not in before
     ]
 
@@ -211,7 +221,9 @@ def verify_session(
             if session is not None:
                 # Another study under this label (a merge the user forced): its scans prove nothing.
                 same_study = not session.uid or session.uid in study_uids
-                result = _compare(client, expected, session.experiment_id, session.uri, session.scans, by_number=same_study)
+                result = _compare(
+                    client, expected, session.experiment_id, session.uri, session.scans, by_number=same_study
+                )
         processing = False
         if result.ok and prearchive_before is not None and not in_prearchive:
             # The counts may be an earlier copy's: done only once XNAT has finished with this upload.
@@ -234,7 +246,7 @@ def verify_session(
             break
         # quick first looks (XNAT often archives within a second of the last request), then
         # every poll_interval: the wait ends soon after the session is complete, not up to 2 s later
-        time.sleep(min(poll_interval, 0.1 * 2 ** polls))
+        time.sleep(min(poll_interval, 0.1 * 2**polls))
         polls += 1
     return dataclasses.replace(result, waited_seconds=time.monotonic() - started)
 
@@ -249,7 +261,9 @@ def archived_complete(client: XnatClient, target: UploadTarget, files: Iterable[
     session = find_archived(client, target.project, target.session)
     if session is None:
         return False
-    return _compare(client, _expected_series(files), session.experiment_id, session.uri, session.scans, by_number=False).ok
+    return _compare(
+        client, _expected_series(files), session.experiment_id, session.uri, session.scans, by_number=False
+    ).ok
 
 
 def _merge_conflicts(client: XnatClient, target: UploadTarget, study_uids: set[str]) -> bool:
@@ -265,14 +279,28 @@ def _merge_conflicts(client: XnatClient, target: UploadTarget, study_uids: set[s
         if row.status != CONFLICT or row.tag not in study_uids:
             continue
         log.info("merging prearchive CONFLICT %s into %s/%s", row.url, target.subject, target.session)
-        archive_session(client, target.project, row.timestamp, row.folder_name,
-                        subject=target.subject, label=target.session, overwrite="delete", wait_seconds=0)
+        archive_session(
+            client,
+            target.project,
+            row.timestamp,
+            row.folder_name,
+            subject=target.subject,
+            label=target.session,
+            overwrite="delete",
+            wait_seconds=0,
+        )
         merged = True
     return merged
 
 
-def _compare(client: XnatClient, expected: list[_Series], experiment_id: str | None, base: str,
-             scans: list[ArchivedScan], by_number: bool = True) -> VerifyResult:
+def _compare(
+    client: XnatClient,
+    expected: list[_Series],
+    experiment_id: str | None,
+    base: str,
+    scans: list[ArchivedScan],
+    by_number: bool = True,
+) -> VerifyResult:
     mapping = _match(expected, scans, by_number)
     counts: dict[str, tuple[int, int]] = {}
     missing: list[str] = []
