@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -106,18 +107,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def prefect_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``prefect server start`` on loopback (SQLite).
-
-    CI starts one and passes it in ``XNAT_FLOWS_TEST_PREFECT_API_URL``; elsewhere this fixture
-    starts its own and stops it at the end.
-    """
-    given = os.environ.get("XNAT_FLOWS_TEST_PREFECT_API_URL")
-    if given:
-        yield given
-        return
-    home = tmp_path_factory.mktemp("prefect-server-home")
+@contextlib.contextmanager
+def _own_prefect_server(home: Path) -> Iterator[str]:
+    """``prefect server start`` on a free loopback port with its own SQLite database under ``home``."""
     port = _free_port()
     env = {
         **os.environ,
@@ -152,3 +144,26 @@ def prefect_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``prefect server start`` on loopback (SQLite).
+
+    CI starts one and passes it in ``XNAT_FLOWS_TEST_PREFECT_API_URL``; elsewhere this fixture
+    starts its own and stops it at the end.
+    """
+    given = os.environ.get("XNAT_FLOWS_TEST_PREFECT_API_URL")
+    if given:
+        yield given
+        return
+    with _own_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as url:
+        yield url
+
+
+@pytest.fixture
+def private_prefect_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server of this test's own, for a test whose load would make SQLite answer
+    "database is locked" to the other modules sharing CI's server under xdist."""
+    with _own_prefect_server(tmp_path_factory.mktemp("private-prefect-server-home")) as url:
+        yield url

@@ -19,7 +19,7 @@ PASSWORD = "load-test-pw-2b9e"
 
 
 def test_twenty_flow_runs_share_four_upload_slots_and_all_land(
-    prefect_server_url: str, tmp_path: Path, xnat_emulator_factory
+    private_prefect_server_url: str, tmp_path: Path, xnat_emulator_factory
 ) -> None:
     manifests = [
         write_studies(tmp_path / "sources" / f"s{i:02d}", series=2, instances=6, instance_kb=8, seed=100 + i)
@@ -30,7 +30,7 @@ def test_twenty_flow_runs_share_four_upload_slots_and_all_land(
     xnat.faults.add(method="POST", path=r"/data/services/import", delay_ms=150, times=None)
     env = {
         **os.environ,
-        "PREFECT_API_URL": prefect_server_url,
+        "PREFECT_API_URL": private_prefect_server_url,
         "XNAT_PASS": PASSWORD,
         "XNAT_FLOWS_HOME": str(tmp_path / "profile"),
         "PREFECT_LOGGING_LEVEL": "WARNING",
