@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import PASSWORD, PROJECT, PYTHON, REPO, Emulator
+from bench_common import PASSWORD, PROJECT, PYTHON, REPO, Emulator
 
 
 def _proc_figures(pid: int) -> tuple[float, float]:

@@ -22,72 +22,18 @@ import json
 import os
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-PASSWORD = "bench-password"
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import PASSWORD, PROJECT, PYTHON, REPO, Emulator, free_port
 
 # -- helpers shared by the parent and the per-case child processes --------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Emulator:
-    """``xnat-flows emulator serve`` in its own process, so client and server each get a core."""
-
-    def __init__(self, data_dir: Path, latency_ms: int = 0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            PYTHON,
-            "-m",
-            "xnat_flows.cli.main",
-            "emulator",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(data_dir),
-            "--user",
-            "admin",
-            "--password",
-            PASSWORD,
-            "--project",
-            "BENCH",
-            "--latency-ms",
-            str(latency_ms),
-            "--rebuild-idle-seconds",
-            "3600",
-        ]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.process.stdout.readline()
-        if "ready" not in line:
-            raise RuntimeError(f"emulator did not start: {line}{self.process.stdout.read()}")
-        threading.Thread(target=self.process.stdout.read, daemon=True).start()
-
-    def close(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def run_case(case: dict) -> dict:
@@ -124,7 +70,7 @@ def case_dicom_zip(case: dict) -> dict:
     from xnat_flows.transfer.upload import UploadTarget
 
     files = _scan(case["source"]).files
-    target = UploadTarget("BENCH", "SUBJ", case["label"], direct_archive=True)
+    target = UploadTarget(PROJECT, "SUBJ", case["label"], direct_archive=True)
     with _client(case["url"]) as client:
         client.login()
         started = time.perf_counter()
@@ -152,7 +98,7 @@ def case_dicom_zip_floor(case: dict) -> dict:
             for chunk in iter_archive(batch, case["fmt"]):
                 out.write(chunk)
         archives.append(path)
-    params = UploadTarget("BENCH", "SUBJ", case["label"], direct_archive=True).dicom_zip_params()
+    params = UploadTarget(PROJECT, "SUBJ", case["label"], direct_archive=True).dicom_zip_params()
     headers = {"Content-Type": content_type_for(case["fmt"])}
 
     def post(path: Path) -> None:
@@ -179,7 +125,7 @@ def case_gradual(case: dict) -> dict:
     from xnat_flows.transfer.upload import UploadTarget, upload_gradual
 
     files = _scan(case["source"]).files[: case["limit"]]
-    target = UploadTarget("BENCH", "SUBJ", case["label"], direct_archive=True)
+    target = UploadTarget(PROJECT, "SUBJ", case["label"], direct_archive=True)
     with _client(case["url"]) as client:
         client.login()
         started = time.perf_counter()
@@ -196,7 +142,7 @@ def case_gradual_floor(case: dict) -> dict:
     from xnat_flows.transfer.upload import UploadTarget
 
     files = _scan(case["source"]).files[: case["limit"]]
-    params = UploadTarget("BENCH", "SUBJ", case["label"], direct_archive=True).gradual_params()
+    params = UploadTarget(PROJECT, "SUBJ", case["label"], direct_archive=True).gradual_params()
     token = httpx.post(f"{case['url']}/data/JSESSION", auth=("admin", PASSWORD)).text.strip()
     workers = case["workers"]
 
@@ -303,7 +249,6 @@ def main() -> None:
                         f"{ours['seconds'] / floor['seconds']:6.2f} {ours['bytes'] / 1e6 / ours['seconds']:7.0f} "
                         f"{ours['peak_rss_mb']:12.0f}"
                     )
-                    _reset_store(emulator)
 
             print("\ngradual-DICOM, files/s")
             print(f"{'workers':>7} {'ours':>8} {'bare loop':>10} {'ratio':>6} {'peak RSS MB':>12}")
@@ -357,10 +302,6 @@ def main() -> None:
             flow_overhead(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _reset_store(emulator: Emulator) -> None:
-    """Nothing to do: every case writes its own session label, so stores never merge."""
 
 
 def flow_overhead(work: Path) -> None:

@@ -1,0 +1,95 @@
+"""What the REST benchmarks share: the interpreter, the emulator's credentials, a free port, and
+``xnat-flows emulator serve`` in a process of its own (so client and server each get a core)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+PASSWORD = "bench-password"
+PROJECT = "BENCH"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Emulator:
+    """A fresh emulator process on its own data directory, removed when it is closed."""
+
+    def __init__(self, data_dir: Path, *, idle_seconds: float = 3600.0, latency_ms: int = 0) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            PYTHON,
+            "-m",
+            "xnat_flows.cli.main",
+            "emulator",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+            "--user",
+            "admin",
+            "--password",
+            PASSWORD,
+            "--project",
+            PROJECT,
+            "--latency-ms",
+            str(latency_ms),
+            "--rebuild-idle-seconds",
+            str(idle_seconds),
+        ]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if "ready" not in line:
+            raise RuntimeError(f"emulator did not start: {line}{self.process.stdout.read()}")
+        threading.Thread(target=self.process.stdout.read, daemon=True).start()
+
+    def _get(self, path: str) -> dict:
+        request = urllib.request.Request(
+            self.url + path, headers={"Authorization": "Basic " + b64encode(f"admin:{PASSWORD}".encode()).decode()}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def archived_files(self, label: str) -> int:
+        """Files in the archived session ``label`` of PROJECT, read through the REST API."""
+        experiments = self._get(f"/data/projects/{PROJECT}/experiments?format=json")["ResultSet"]["Result"]
+        found = [e["ID"] for e in experiments if e["label"] == label]
+        if not found:
+            return 0
+        scans = self._get(f"/data/experiments/{found[0]}/scans?format=json")["ResultSet"]["Result"]
+        return sum(
+            int(
+                self._get(f"/data/experiments/{found[0]}/scans/{s['ID']}/files?format=json")["ResultSet"][
+                    "totalRecords"
+                ]
+            )
+            for s in scans
+        )
+
+    def close(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
