@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import time
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from pydicom.uid import generate_uid
-from transfer_helpers import write_studies, write_study
+from transfer_helpers import connect, write_studies, write_study
 
-from xnat_flows.client.client import XnatClient
-from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.errors import AuthenticationError, ConflictError, InputError, PermanentUploadError
-from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.transfer import (
     UploadJournal,
@@ -30,13 +25,6 @@ from xnat_flows.transfer.session import study_label
 pytestmark = pytest.mark.e2e
 
 FAST = {"verify_timeout": 30.0, "poll_interval": 0.1}
-
-
-def connect(emulator: XnatEmulator, tmp_path: Path, password: str = "admin") -> XnatClient:
-    creds = Credentials(url=emulator.url, username=emulator.user, password=SecretStr(password))
-    # Real backoff, shortened: tests stay fast but retries still go through the policy.
-    policy = RetryPolicy(sleep=lambda seconds: time.sleep(min(seconds, 0.05)))
-    return XnatClient(creds, token_cache=TokenCache(tmp_path / "profile"), retry=policy)
 
 
 @pytest.fixture

@@ -12,12 +12,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydantic import SecretStr
-from transfer_helpers import write_study
+from transfer_helpers import connect, write_study
 
 from xnat_flows.client.client import Timeouts, XnatClient
-from xnat_flows.client.credentials import Credentials, TokenCache
+from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.errors import AuthenticationError, CancelledError, NoAnswerError
-from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
@@ -28,12 +27,6 @@ pytestmark = pytest.mark.e2e
 IMPORT = "/data/services/import"
 FAST = {"verify_timeout": 20.0, "poll_interval": 0.1}
 LOGIN_PAGE = "<html><head><title>XNAT - Login</title></head><body><form action='/login'>...</form></body></html>"
-
-
-def connect(emulator: XnatEmulator, tmp_path: Path, timeouts: Timeouts = Timeouts()) -> XnatClient:
-    creds = Credentials(url=emulator.url, username=emulator.user, password=SecretStr("admin"))
-    policy = RetryPolicy(sleep=lambda seconds: time.sleep(min(seconds, 0.05)))
-    return XnatClient(creds, token_cache=TokenCache(tmp_path / "profile"), retry=policy, timeouts=timeouts)
 
 
 @pytest.fixture
@@ -129,7 +122,7 @@ def test_two_series_with_one_series_number_verify(xnat_emulator, client, tmp_pat
 
 def test_a_stalled_dicom_zip_upload_ends_on_the_stall_timeout(xnat_emulator, tmp_path, export) -> None:
     xnat_emulator.faults.add(path=IMPORT, method="POST", times=None, delay_ms=6000)
-    with connect(xnat_emulator, tmp_path, Timeouts(stall=0.5)) as xnat:
+    with connect(xnat_emulator, tmp_path, timeouts=Timeouts(stall=0.5)) as xnat:
         started = time.monotonic()
         result = upload_session(xnat, export, UploadTarget("TEST", "S", "STALL"), workers=1, verify=False)
         took = time.monotonic() - started
@@ -226,7 +219,7 @@ def test_more_workers_than_sixteen_do_not_wait_on_the_connection_pool(xnat_emula
     root = tmp_path / "export"
     write_study(root, series=4, instances=6)
     xnat_emulator.faults.add(path=IMPORT, method="POST", times=None, delay_ms=1500)  # slow but healthy
-    with connect(xnat_emulator, tmp_path, Timeouts(pool=0.5)) as xnat:
+    with connect(xnat_emulator, tmp_path, timeouts=Timeouts(pool=0.5)) as xnat:
         result = upload_session(xnat, root, UploadTarget("TEST", "S", "WIDE"), workers=24, **FAST)
         assert xnat.max_connections >= 25
     assert result.ok, [b.error for b in result.sessions[0].batches if not b.ok]

@@ -5,10 +5,16 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pydicom
+from pydantic import SecretStr
 
+from xnat_flows.client.client import Timeouts, XnatClient
+from xnat_flows.client.credentials import Credentials, TokenCache
+from xnat_flows.client.retry import RetryPolicy
+from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.synth import write_studies as synth_write_studies
 
 # synth writes the same bytes for the same seed: a fresh seed per call gives fresh UIDs, as a new
@@ -48,3 +54,13 @@ def write_studies(out_dir: Path, *, studies: int = 1, series: int = 2, instances
         out_dir, studies=studies, series=series, instances=series * instances, instance_kb=16, seed=next(_seeds)
     )
     return list(manifest.study_uids)
+
+
+def connect(
+    emulator: XnatEmulator, tmp_path: Path, *, password: str = "admin", timeouts: Timeouts = Timeouts()
+) -> XnatClient:
+    """A client of ``emulator`` with its own token cache under ``tmp_path``."""
+    creds = Credentials(url=emulator.url, username=emulator.user, password=SecretStr(password))
+    # Real backoff, shortened: tests stay fast but retries still go through the policy.
+    policy = RetryPolicy(sleep=lambda seconds: time.sleep(min(seconds, 0.05)))
+    return XnatClient(creds, token_cache=TokenCache(tmp_path / "profile"), retry=policy, timeouts=timeouts)
