@@ -181,12 +181,14 @@ class UploadSessionResult(BaseModel):
 
     sessions: list[SessionOutcome]
     skipped: list[SkippedFile] = Field(default_factory=list)
-    unreadable: list[SkippedFile] = Field(
-        default_factory=list,
-        description="Files or folders that could not be read (also in skipped): not sent, a failure.",
-    )
     seconds: float  # the whole run: scan, upload, verify
     upload_seconds: float  # the transfer itself
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
+    @property
+    def unreadable(self) -> list[SkippedFile]:
+        """Files or folders that could not be read (also in skipped): not sent, a failure."""
+        return [s for s in self.skipped if s.unreadable]
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
     @property
@@ -317,15 +319,17 @@ class SendDicomResult(BaseModel):
     resumed: int
     failed: list[InstanceFailure]
     skipped: list[SkippedFile]
-    unreadable: list[SkippedFile] = Field(
-        default_factory=list,
-        description="Files or folders that could not be read (also in skipped): not sent, a failure.",
-    )
     bytes_sent: int
     seconds: float
     instances_per_second: float
     associations: list[dict]
     archived: list[ArchivedStudy] = Field(default_factory=list, description="With verify: where each study landed.")
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
+    @property
+    def unreadable(self) -> list[SkippedFile]:
+        """Files or folders that could not be read (also in skipped): not sent, a failure."""
+        return [s for s in self.skipped if s.unreadable]
 
     @property
     def ok(self) -> bool:

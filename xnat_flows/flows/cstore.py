@@ -108,7 +108,6 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
             for o in sent.failed + sent.skipped
         ],
         skipped=list(scan.skipped),
-        unreadable=list(scan.unreadable),
         bytes_sent=sent.bytes_sent,
         seconds=round(sent.seconds, 3),
         instances_per_second=round(sent.instances_per_second, 1),

@@ -163,7 +163,6 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     result = UploadSessionResult(
         sessions=outcomes,
         skipped=list(scan.skipped),
-        unreadable=list(scan.unreadable),
         seconds=round(time.perf_counter() - started, 3),
         upload_seconds=round(upload_seconds, 3),
     )
