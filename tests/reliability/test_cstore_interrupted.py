@@ -227,3 +227,22 @@ def test_ctrl_c_finishes_the_instances_in_flight_and_leaves_none_in_doubt(xnat: 
     _wait_settled(xnat, total)
     assert _archived_count(xnat) == total
     assert not [row for row in xnat.prearchive_sessions() if row["status"] == "CONFLICT"]
+
+
+def test_ctrl_c_while_the_only_association_waits_for_an_answer_still_awaits_it(
+    xnat: XnatEmulator, tmp_path: Path
+) -> None:
+    """Ctrl-C lands while the one worker waits for a slow answer (the receiver holds the 31st
+    instance for 2 s). The sender must wait for that answer and record it before exiting: an
+    interrupted ``Thread.join`` in CPython 3.11 marks a still-running thread as finished, so the
+    wait cannot rest on joining the thread."""
+    write_studies(tmp_path / "export", series=1, instances=40, instance_kb=4, seed=25)
+    xnat.dicom_receiver.set_faults(ScpFaults(stall_after_stores=30, stall_seconds=2))
+    sender = _start_sender(_command(xnat, tmp_path / "export", workers=1))
+    wait_until(lambda: xnat.dicom_receiver.stores_seen >= 31, 60, interval=0.01, what="C-STORE number 31")
+    sender.send_signal(signal.SIGINT)
+    output = sender.communicate(timeout=60)[0].decode()
+    assert sender.returncode == 130, output
+    journal, key = _journal(xnat)
+    assert len(journal.done(key)) == 30
+    assert journal.in_flight(key) == set(), output  # the slow answer (a refusal) was awaited and recorded

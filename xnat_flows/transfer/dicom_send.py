@@ -121,12 +121,13 @@ class _Collector:
         if self.delivery_log is not None:
             self.delivery_log.sending(self.files[item.index])
 
+    def refused(self, item: SendItem) -> None:
+        if self.delivery_log is not None:
+            self.delivery_log.refused(self.files[item.index])
+
     def outcome(self, report: InstanceReport) -> None:
-        if self.delivery_log is not None:  # first: a kill right after loses nothing
-            if report.kind == "sent":
-                self.delivery_log.stored(self.files[report.item.index])
-            elif report.kind == "failed" and report.status is not None:
-                self.delivery_log.refused(self.files[report.item.index])
+        if self.delivery_log is not None and report.kind == "sent":  # first: a kill right after loses nothing
+            self.delivery_log.stored(self.files[report.item.index])
         with self._lock:
             self.reports[report.item.index] = report
             if self.progress is not None:
@@ -233,23 +234,33 @@ def _chunks(items: list[SendItem], group_of: dict[SyntaxPair, int], workers: int
 
 def _run_workers(count: int, chunks: list[Chunk], setup: WorkerSetup, collector: _Collector) -> None:
     """Run ``count`` workers over ``chunks``; on Ctrl-C, let each finish its instance in flight
-    (so its confirmation is recorded), then re-raise."""
+    (so its confirmation is recorded), then re-raise.
+
+    The waits are on events the workers set as they end, not on ``Thread.join``: in CPython 3.11 a
+    join interrupted by Ctrl-C marks the still-running thread as finished (bpo-45274's fix releases
+    the live thread's state lock), so a second join would return at once and the process would
+    exit with that worker's instance unanswered.
+    """
     work: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
     for chunk in chunks:
         work.put(chunk)
-    threads = [
-        threading.Thread(target=run_worker, name=f"cstore-{n}", daemon=True, args=(n, setup, work, collector))
-        for n in range(count)
-    ]
-    for thread in threads:
-        thread.start()
+    ended = [threading.Event() for _ in range(count)]
+
+    def worker(n: int) -> None:
+        try:
+            run_worker(n, setup, work, collector)
+        finally:
+            ended[n].set()
+
+    for n in range(count):
+        threading.Thread(target=worker, name=f"cstore-{n}", daemon=True, args=(n,)).start()
     try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.5)  # a bounded join keeps the main thread responsive to Ctrl-C
+        for done in ended:
+            while not done.wait(0.5):  # a bounded wait keeps the main thread responsive to Ctrl-C
+                pass
     except KeyboardInterrupt:
         setup.stop.set()
         deadline = time.monotonic() + setup.link.dimse_timeout + _STOP_GRACE_SECONDS
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for done in ended:
+            done.wait(max(0.0, deadline - time.monotonic()))
         raise

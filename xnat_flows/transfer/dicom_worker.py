@@ -71,6 +71,11 @@ class WorkerEvents(Protocol):
 
     def sending(self, item: SendItem) -> None: ...
 
+    def refused(self, item: SendItem) -> None:
+        """The receiver answered this attempt with a failure status: it does not hold the instance
+        (a retry may follow, or Ctrl-C may end the run before one)."""
+        ...
+
     def outcome(self, report: InstanceReport) -> None: ...
 
     def association(self, summary: AssociationSummary) -> None: ...
@@ -238,6 +243,8 @@ class _Worker:
                 self.report("sent", item, status, attempts[item.index])
                 continue
             self.failed += 1
+            if status is not None:
+                self.events.refused(item)
             if status is None:
                 self.close(f"aborted: {error_text}", abort=True)  # a stalled association is not reused
             else:
