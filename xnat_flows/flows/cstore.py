@@ -17,6 +17,7 @@ from xnat_flows.events import (
     emit_upload_failed,
     public_base_url,
 )
+from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import (
     DicomReceiverTarget,
     InstanceFailure,
@@ -76,6 +77,8 @@ def send_dicom(
             exc,
             source=request.source_dir,
         )
+        if isinstance(exc, XnatError):
+            return failed_run(exc)  # the cause once, as the run's state; the caller still gets exc raised
         raise
 
 
