@@ -17,7 +17,7 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 
 from xnat_flows.client.errors import InputError, XnatError
-from xnat_flows.events import absolute_uri, emit_upload_failed, emit_upload_result, public_base_url
+from xnat_flows.events import absolute_uri, arrival, emit_upload_failed, emit_upload_result, public_base_url
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import (
     SessionOutcome,
@@ -169,13 +169,15 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     )
     _publish_batch_table(result)
     _publish_landing(result, server.url)
-    # Events carry project, subject, experiment ID and URI so deployments can chain processing.
+    # Events carry project, subject, experiment ID and URI so deployments can chain processing;
+    # "archived" once per arrival of these files (a re-run that finds them announced stays quiet).
     emit_upload_result(
         result,
         server.url,
         direct_archive=request.direct_archive,
         transport=request.transport,
         source=request.source_dir,
+        arrivals={target.session: arrival(files) for target, files in plans},
     )
     if not result.ok:
         raise UploadIncompleteError(_incomplete_message(result))
