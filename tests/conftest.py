@@ -92,6 +92,22 @@ def scripted_client(retry_sleeps: list[float]) -> Iterator[Callable[..., Any]]:
         client.close()
 
 
+@pytest.fixture
+def events_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Events go to Prefect's asserting client (kept in memory) instead of an API, also those of
+    flows run on the harness meanwhile: ``events_worker.wait_until_empty()``, then ``events_worker._client.events``."""
+    from prefect.events.clients import AssertingEventsClient
+    from prefect.events.worker import EventsWorker
+
+    monkeypatch.delenv("PREFECT_API_KEY", raising=False)
+    worker = EventsWorker.instance(AssertingEventsClient)
+    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
+    try:
+        yield worker
+    finally:
+        worker.drain()
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """Prefect's temporary API and database, once per test session (it costs ~10 s to start)."""

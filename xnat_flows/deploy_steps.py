@@ -4,8 +4,11 @@
       - xnat_flows.deploy_steps.site_values:
           id: site
 
-then ``{{ site.credentials_block }}``, ``{{ site.inbox_dir }}``, ``{{ site.inbox_project }}`` and
-``{{ site.inbox_active }}`` in the deployments. ``XNAT_CREDENTIALS_BLOCK`` is required (and must
+then ``{{ site.credentials_block }}``, ``{{ site.credentials_ref }}`` (``{"$ref": {"block_document_id":
+...}}``: the form the UI's Block picker shows as selected; a slug reference works at run time but
+shows an empty picker, and an id reference written in prefect.yaml itself is replaced by the Block's
+data when ``prefect deploy`` reads the file, so it must come from here), ``{{ site.inbox_dir }}``,
+``{{ site.inbox_project }}`` and ``{{ site.inbox_active }}`` in the deployments. ``XNAT_CREDENTIALS_BLOCK`` is required (and must
 name a saved ``xnat-credentials`` Block); without ``XNAT_INBOX_DIR``/``XNAT_INBOX_PROJECT`` the inbox
 schedule is created inactive instead of failing every few minutes, and the missing parameters are
 left out of the deployment (a run started by hand asks for them).
@@ -29,7 +32,7 @@ def site_values() -> dict[str, Any]:
             "XNAT_CREDENTIALS_BLOCK is not set: export the name of the xnat-credentials Block the deployments "
             "use (create it first, docs/deployments.md section 2), then run prefect deploy again"
         )
-    _require_block(block)
+    block_id = _require_block(block)
     inbox_dir = os.environ.get("XNAT_INBOX_DIR", "").strip()
     inbox_project = os.environ.get("XNAT_INBOX_PROJECT", "").strip()
     active = bool(inbox_dir and inbox_project)
@@ -42,7 +45,11 @@ def site_values() -> dict[str, Any]:
             "set them and deploy again to switch it on",
             file=sys.stderr,
         )
-    values: dict[str, Any] = {"credentials_block": block, "inbox_active": active}
+    values: dict[str, Any] = {
+        "credentials_block": block,
+        "credentials_ref": {"$ref": {"block_document_id": block_id}},
+        "inbox_active": active,
+    }
     # A value not given is left out: Prefect then drops the parameter (the run form asks for it)
     # instead of deploying an empty string that fails validation.
     if inbox_dir:
@@ -52,16 +59,19 @@ def site_values() -> dict[str, Any]:
     return values
 
 
-def _require_block(name: str) -> None:
-    """Fail the deploy now, not every run later, when the named Block does not exist."""
+def _require_block(name: str) -> str:
+    """The named Block's document id; fails the deploy now, not every run later, when it does not exist."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_block_document_by_name(name, block_type_slug="xnat-credentials", include_secrets=False)
+            document = client.read_block_document_by_name(
+                name, block_type_slug="xnat-credentials", include_secrets=False
+            )
         except ObjectNotFound:
             raise MissingSiteValue(
                 f"XNAT_CREDENTIALS_BLOCK={name}: no xnat-credentials Block of that name on this Prefect server; "
                 "create it (prefect block register -m xnat_flows.blocks, then the UI or docs/deployments.md section 2)"
             ) from None
+    return str(document.id)

@@ -4,7 +4,9 @@ Event names:
 
 * ``xnat.session.uploaded``: a session's files were sent and (when verified) found on the server.
 * ``xnat.session.archived``: a session is in the archive (Direct-Archive upload, or archived
-  from the prearchive). Processing triggers on this one: it fires once whichever path the data took.
+  from the prearchive). Processing triggers on this one: it fires once whichever path the data took,
+  and once per arrival of data (``announce_archived``): a run that finds the same files in the same
+  session again (a re-run whose data an earlier run delivered and announced) does not announce them twice.
 * ``xnat.upload.failed``: a session could not be uploaded (the payload says why).
 
 The resource names the session on its server, so triggers can match one project or server::
@@ -18,8 +20,10 @@ Nothing secret goes into an event: URLs lose any user-info and query, error text
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,8 @@ if TYPE_CHECKING:  # keep importing this module cheap: models are only needed fo
 
     from xnat_flows.client.prearchive import ArchiveOutcome
     from xnat_flows.models import SessionOutcome, UploadSessionResult
+    from xnat_flows.transfer.journal import UploadJournal
+    from xnat_flows.transfer.scan import DicomFile
 
 SESSION_UPLOADED = "xnat.session.uploaded"
 SESSION_ARCHIVED = "xnat.session.archived"
@@ -85,12 +91,81 @@ def session_resource(ref: SessionRef) -> dict[str, str]:
 
 
 def emit_session_event(
-    event: str, ref: SessionRef, payload: Mapping[str, Any] | None = None, follows: Event | None = None
+    event: str,
+    ref: SessionRef,
+    payload: Mapping[str, Any] | None = None,
+    follows: Event | None = None,
+    event_id: uuid.UUID | None = None,
 ) -> Event | None:
     """Emit one session event; returns it, or None where events are off (no API, or a bare ``.fn()`` call)."""
     from prefect.events import emit_event
 
-    return emit_event(event=event, resource=session_resource(ref), payload=dict(payload or {}), follows=follows)
+    return emit_event(
+        event=event, resource=session_resource(ref), payload=dict(payload or {}), follows=follows, id=event_id
+    )
+
+
+# The upload journal's record of announced arrivals, one per server (``resume_key(server, ANNOUNCED)``).
+ANNOUNCED = "xnat.session.archived"
+_ARRIVAL_NAMESPACE = uuid.UUID("6f1d2c1e-5b7a-4c39-9f0e-2a8d4b6c7e10")
+
+
+def arrival(files: Iterable[DicomFile]) -> str:
+    """What arrived in a session: the journal's content digest of its files (paths relative to the
+    source directory, sizes, modification times, SOP Instance UIDs), in a fixed order."""
+    from xnat_flows.transfer.journal import content_digest
+
+    return content_digest(sorted(files, key=lambda f: (f.relpath, f.sop_instance_uid)))
+
+
+def announce_archived(
+    ref: SessionRef,
+    arrived: str,
+    payload: Mapping[str, Any] | None = None,
+    follows: Event | None = None,
+    journal: UploadJournal | None = None,
+) -> Event | None:
+    """``xnat.session.archived`` once per arrival: ``arrived`` (``arrival(files)``) in this session.
+
+    A run that finds files in the archive which an earlier run delivered and already announced
+    (a re-run whose journal says everything was delivered, a re-upload of the same files) emits
+    nothing, so processing is not started twice for the same data; new or changed files are a new
+    arrival and are announced. The record is kept in the upload journal of this host. The event's
+    id is derived from the session and the arrival, so Prefect also stores (and its triggers
+    act on) one event where two hosts announce the same arrival.
+    """
+    from xnat_flows.transfer.journal import UploadJournal, resume_key
+
+    journal = journal if journal is not None else UploadJournal()
+    resource_id = session_resource(ref)["prefect.resource.id"]
+    record = resume_key(ref.server_url, ANNOUNCED)
+    mark = hashlib.sha256(f"{resource_id}\0{arrived}".encode()).hexdigest()
+    if mark in journal.done(record):
+        _run_logger().info(
+            "%s is in the archive with the same files an earlier run announced: xnat.session.archived not emitted again",
+            session_resource(ref)["prefect.resource.name"],
+        )
+        return None
+    event = emit_session_event(
+        SESSION_ARCHIVED,
+        ref,
+        payload,
+        follows=follows,
+        event_id=uuid.uuid5(_ARRIVAL_NAMESPACE, f"{resource_id}|{arrived}"),
+    )
+    if event is not None:
+        journal.record(record, mark)
+    return event
+
+
+def _run_logger() -> Any:
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_logger, get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("xnat_flows.events")
 
 
 def outcome_ref(outcome: SessionOutcome, server_url: str) -> SessionRef:
@@ -105,13 +180,19 @@ def outcome_ref(outcome: SessionOutcome, server_url: str) -> SessionRef:
 
 
 def emit_session_uploaded(
-    outcome: SessionOutcome, server_url: str, *, direct_archive: bool = True, transport: str | None = None
+    outcome: SessionOutcome,
+    server_url: str,
+    *,
+    direct_archive: bool = True,
+    transport: str | None = None,
+    arrived: str | None = None,
 ) -> list[Event]:
     """After one session of an upload succeeded: ``xnat.session.uploaded``, and also
     ``xnat.session.archived`` when verification found it in the archive with an experiment ID
     (Direct-Archive, or a prearchive upload that the project's auto-archive took in), so
     archive-triggered processing needs no second path. A session verification found only in the
-    prearchive gets its ``archived`` event from whatever archives it later."""
+    prearchive gets its ``archived`` event from whatever archives it later. With ``arrived``
+    (``arrival(files)``), ``archived`` is emitted once per arrival (``announce_archived``)."""
     ref = outcome_ref(outcome, server_url)
     payload = {
         "files_delivered": outcome.files_delivered,
@@ -125,7 +206,12 @@ def emit_session_uploaded(
     emitted = [e for e in [emit_session_event(SESSION_UPLOADED, ref, payload)] if e is not None]
     if outcome.verified and outcome.experiment_id:
         via = "direct-archive" if direct_archive else "auto-archive"
-        archived = emit_session_event(SESSION_ARCHIVED, ref, {"via": via}, follows=emitted[0] if emitted else None)
+        leader = emitted[0] if emitted else None
+        archived = (
+            announce_archived(ref, arrived, {"via": via}, follows=leader)
+            if arrived is not None
+            else emit_session_event(SESSION_ARCHIVED, ref, {"via": via}, follows=leader)
+        )
         if archived is not None:
             emitted.append(archived)
     return emitted
@@ -169,9 +255,11 @@ def emit_upload_result(
     direct_archive: bool,
     transport: str | None = None,
     source: str | None = None,
+    arrivals: Mapping[str, str] | None = None,
 ) -> list[Event]:
-    """All events of one ``upload-dicom-session`` run: per session, uploaded (+ archived), or failed
-    when files did not land or verification found some missing."""
+    """All events of one ``upload-dicom-session`` run: per session, uploaded (+ archived, once per
+    arrival: ``arrivals`` maps a session label to ``arrival(files)``), or failed when files did not
+    land or verification found some missing."""
     emitted: list[Event] = []
     for outcome in result.sessions:
         if outcome.failed_files or outcome.verified is False:
@@ -192,7 +280,13 @@ def emit_upload_result(
             )
             emitted += [event] if event is not None else []
         else:
-            emitted += emit_session_uploaded(outcome, server_url, direct_archive=direct_archive, transport=transport)
+            emitted += emit_session_uploaded(
+                outcome,
+                server_url,
+                direct_archive=direct_archive,
+                transport=transport,
+                arrived=(arrivals or {}).get(outcome.session),
+            )
     return emitted
 
 

@@ -79,12 +79,16 @@ def test_deploy_step_requires_the_block_and_leaves_unset_inbox_values_out(monkey
     monkeypatch.setenv("XNAT_CREDENTIALS_BLOCK", "no-such-block-here")
     with pytest.raises(deploy_steps.MissingSiteValue, match="no xnat-credentials Block of that name"):
         deploy_steps.site_values()
-    XnatCredentials(url="https://xnat.example.org", username="svc", password="p").save("site-step", overwrite=True)
+    block_id = XnatCredentials(url="https://xnat.example.org", username="svc", password="p").save(
+        "site-step", overwrite=True
+    )
     monkeypatch.setenv("XNAT_CREDENTIALS_BLOCK", "site-step")
     monkeypatch.delenv("XNAT_INBOX_DIR", raising=False)
     monkeypatch.setenv("XNAT_INBOX_PROJECT", "STUDY1")
     assert deploy_steps.site_values() == {
         "credentials_block": "site-step",
+        # Deployments reference the Block by id: the form the UI's Block picker shows as selected.
+        "credentials_ref": {"$ref": {"block_document_id": str(block_id)}},
         "inbox_active": False,
         "inbox_project": "STUDY1",
     }

@@ -205,3 +205,44 @@ def test_cli_upload_dicom_rerun_sends_only_what_was_not_stored(xnat, tmp_path: P
     assert second.exit_code == 0, second.output
     assert f"{len(manifest.files) - 3} instances were delivered by an earlier run" in second.output
     assert sorted(stored[len(manifest.files) - 3 :]) == sorted(refused)  # only those were sent again
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_send_dicom_verify_announces_an_archived_study_once(
+    xnat, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, events_worker
+) -> None:
+    """Issue 12: a re-run of send-dicom with verify whose journal says every instance was delivered
+    (0 sent) finds the study archived again; it must not emit ``xnat.session.archived`` again, or
+    processing would run twice. A run that sent the instances but did not announce them (no verify,
+    or its wait timed out) leaves the announcement to the next verifying run."""
+    from xnat_flows.events import SESSION_ARCHIVED
+    from xnat_flows.models import XnatConnection
+
+    monkeypatch.setenv("XNAT_PASS", "admin")
+    manifest = write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=18)
+    request = SendDicomRequest(
+        source_dir=str(tmp_path / "export"),
+        workers=1,
+        routing_project="CSTORE",
+        routing_subject="SUBJ_V",
+        routing_session="SESS_V",
+        verify_timeout_seconds=30,
+    )
+    receiver = DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT")
+    connection = XnatConnection(url=xnat.url, username="admin")
+
+    def archived_events() -> list[str]:
+        events_worker.wait_until_empty()
+        return [e.resource["xnat.experiment_id"] for e in events_worker._client.events if e.event == SESSION_ARCHIVED]
+
+    unverified = send_dicom(request, receiver, connection)
+    assert unverified.sent == len(manifest.files) and unverified.archived == []
+    verify = request.model_copy(update={"verify": True})
+    verified = send_dicom(verify, receiver, connection)
+    assert verified.sent == 0 and verified.resumed == len(manifest.files)
+    (study,) = verified.archived
+    assert archived_events() == [study.experiment_id]  # the first announcement of these instances
+
+    again = send_dicom(verify, receiver, connection)
+    assert again.sent == 0 and again.archived == verified.archived
+    assert archived_events() == [study.experiment_id]  # not twice

@@ -145,3 +145,45 @@ def test_a_session_label_holding_another_study_fails_the_run_before_sending(xnat
 
     result = upload_dicom_session(_request(tmp_path / "second", allow_other_study=True), connection)
     assert result.sessions[0].verified is True
+
+
+def test_archived_is_announced_once_per_arrival_of_files(
+    xnat, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, events_worker
+) -> None:
+    """Issue 12: ``xnat.session.archived`` once per archived session and arrival of files. A re-run
+    that finds the files an earlier run delivered does not announce them again (processing would run
+    twice); a re-upload of the same files neither; other files in the session are a new arrival."""
+    from xnat_flows.events import SESSION_ARCHIVED
+    from xnat_flows.flows import upload as upload_flow
+    from xnat_flows.testing.synth import write_studies as write
+
+    write(tmp_path / "export", series=1, instances=6, instance_kb=4, seed=21)
+    request = _request(tmp_path / "export", workers=2)
+    connection = XnatConnection(url=xnat.url, username="admin")
+
+    def archived_events() -> list[str]:
+        events_worker.wait_until_empty()
+        return [e.resource["xnat.experiment_id"] for e in events_worker._client.events if e.event == SESSION_ARCHIVED]
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("worker killed after the batches were delivered, before the session was announced")
+
+    with monkeypatch.context() as patch:  # the journal keeps what was delivered; nothing was announced
+        patch.setattr(upload_flow, "forget_delivered", killed)
+        with pytest.raises(RuntimeError):
+            upload_dicom_session(request, connection)
+    assert archived_events() == []
+
+    resumed = upload_dicom_session(request, connection)  # the journal says all was delivered: 0 sent
+    assert resumed.files_sent == 0 and resumed.sessions[0].verified is True
+    experiment = resumed.sessions[0].experiment_id
+    assert archived_events() == [experiment]  # announced by the run that found it archived
+
+    again = upload_dicom_session(request, connection)  # the same files sent again: no new arrival
+    assert again.files_sent == 6 and again.sessions[0].verified is True
+    assert archived_events() == [experiment]
+
+    write(tmp_path / "export" / "more", series=1, instances=1, instance_kb=4, seed=21)  # another file of the study
+    grown = upload_dicom_session(request, connection)
+    assert grown.sessions[0].verified is True and grown.sessions[0].experiment_id == experiment
+    assert archived_events() == [experiment, experiment]

@@ -182,9 +182,16 @@ def test_deploy_all_from_the_repository_root(
         models = {k: v for k, v in schema.get("definitions", {}).items() if "block_type_slug" not in v}
         assert not _secret_fields({**schema, "definitions": models}), deployment["name"]
         assert not _form_fields_without_description(schema), deployment["name"]
-        # The credentials field is a Block picker, and the deployment references the site's Block.
+        # The credentials field is a Block picker (a $ref to a definition with block_type_slug, as
+        # Prefect's integrations produce), and the deployment references the site's Block by its
+        # document id: the form the picker shows as selected (a slug reference shows an empty picker).
+        credentials = schema["definitions"]["XnatConnection"]["properties"]["credentials"]
+        assert {"$ref": "#/definitions/XnatCredentials"} in credentials["anyOf"]
         assert schema["definitions"]["XnatCredentials"]["block_type_slug"] == "xnat-credentials"
-        assert deployment["parameters"]["connection"] == _block_ref(), deployment["name"]
+        assert deployment["parameters"]["connection"] == _block_id_ref(api), deployment["name"]
+    receiver = deployed["send-dicom"]["parameter_openapi_schema"]["definitions"]
+    assert {"$ref": "#/definitions/DicomReceiver"} in receiver["DicomReceiverTarget"]["properties"]["block"]["anyOf"]
+    assert receiver["DicomReceiver"]["block_type_slug"] == "xnat-dicom-receiver"
     triggers = [a for a in api.automations() if a["name"] == "process-archived-xnat-sessions"]
     assert triggers and triggers[0]["trigger"]["expect"] == ["xnat.session.archived"]
     assert triggers[0]["actions"][0]["parameters"]["project"] == "{{ event.resource['xnat.project'] }}"
@@ -259,6 +266,13 @@ def _block_ref(name: str = BLOCK) -> dict:
     return {"credentials": {"$ref": {"block_document_slug": f"xnat-credentials/{name}"}}}
 
 
+def _block_id_ref(api: PrefectApi, name: str = BLOCK) -> dict:
+    """How a deployment references the site's Block: by document id (what the UI's picker shows)."""
+    document = api.http.get(f"block_types/slug/xnat-credentials/block_documents/name/{name}")
+    document.raise_for_status()
+    return {"credentials": {"$ref": {"block_document_id": document.json()["id"]}}}
+
+
 def _save_block(cli_env: dict[str, str], name: str, url: str) -> None:
     save = (
         "import sys; from pydantic import SecretStr; from xnat_flows.blocks import XnatCredentials;"
@@ -287,7 +301,7 @@ def test_unattended_inbox_and_send_dicom_chain_processing_with_a_block_only_work
     verify -> xnat.session.archived -> processing."""
     inbox = deployed["inbox-ingest"]
     assert inbox["parameters"]["inbox_dir"] == str(site_inbox) and inbox["parameters"]["project"] == "TEST"
-    assert inbox["parameters"]["connection"] == _block_ref()
+    assert inbox["parameters"]["connection"] == _block_id_ref(api)
 
     write_session(site_inbox / "scan-0001", patient_id="P001", study_date="20240115")
     (site_inbox / "scan-0001" / "xnat.json").write_text(json.dumps({"subject": "SUBJ001"}))
@@ -439,11 +453,11 @@ def test_docker_and_kubernetes_files_deploy(
     inbox = api.deployment("ingest-inbox", f"inbox-ingest-{suffix}")
     try:
         assert upload["work_pool_name"] == pool and variable in upload["job_variables"]
-        assert upload["parameters"]["connection"] == _block_ref()
+        assert upload["parameters"]["connection"] == _block_id_ref(api)
         assert upload["pull_steps"] == [
             {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/xnat-flows"}}
         ]
-        assert inbox["parameters"]["connection"] == _block_ref()
+        assert inbox["parameters"]["connection"] == _block_id_ref(api)
         assert [s["active"] for s in inbox["schedules"]] == [False] and "inbox_dir" not in inbox["parameters"]
     finally:
         # Leave only the process flavour on the server, so its trigger is the one that reacts to events.

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
-from prefect.events.clients import AssertingEventsClient
 from prefect.events.worker import EventsWorker
 
 from xnat_flows.events import (
@@ -14,6 +11,7 @@ from xnat_flows.events import (
     SESSION_UPLOADED,
     UPLOAD_FAILED,
     SessionRef,
+    announce_archived,
     emit_archive_outcome,
     emit_session_archived,
     emit_session_uploaded,
@@ -26,18 +24,6 @@ from xnat_flows.manage.prearchive import ArchiveOutcome
 from xnat_flows.models import SessionOutcome, UploadSessionResult
 
 SERVER = "https://svc:hunter2@xnat.example.org:8443/xnat/?token=abc"
-
-
-@pytest.fixture
-def events_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventsWorker]:
-    """Events go to Prefect's asserting client (kept in memory) instead of an API."""
-    monkeypatch.delenv("PREFECT_API_KEY", raising=False)
-    worker = EventsWorker.instance(AssertingEventsClient)
-    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
-    try:
-        yield worker
-    finally:
-        worker.drain()
 
 
 def _outcome(**changes) -> SessionOutcome:
@@ -163,3 +149,22 @@ def test_archive_outcome_of_the_prearchive_flow(events_worker: EventsWorker) -> 
     assert (
         event.resource["xnat.uri"] == "http://127.0.0.1:8080/data/archive/projects/TEST/subjects/S1/experiments/S1_MR"
     )
+
+
+def test_archived_is_announced_once_per_arrival(events_worker: EventsWorker, tmp_path) -> None:
+    """The same files found in the same session again (a re-run) are not announced twice; other
+    files are a new arrival. Two hosts announcing one arrival send one event id, which Prefect
+    stores (and its triggers act on) once."""
+    from xnat_flows.transfer.journal import UploadJournal
+
+    ref = SessionRef(SERVER, "TEST", "P001", "P001_MR", "XNAT_E00001")
+    journal = UploadJournal(tmp_path / "host-a")
+    first = announce_archived(ref, "a" * 64, {"via": "c-store"}, journal=journal)
+    again = announce_archived(ref, "a" * 64, {"via": "c-store"}, journal=journal)
+    changed = announce_archived(ref, "b" * 64, {"via": "c-store"}, journal=journal)
+    elsewhere = announce_archived(ref, "a" * 64, {"via": "c-store"}, journal=UploadJournal(tmp_path / "host-b"))
+
+    assert first is not None and first.event == SESSION_ARCHIVED and first.payload == {"via": "c-store"}
+    assert again is None
+    assert changed is not None and changed.id != first.id
+    assert elsewhere is not None and elsewhere.id == first.id

@@ -138,7 +138,9 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
             return ssl.create_default_context(cafile=verify)
         except (OSError, ssl.SSLError) as exc:
             raise InputError(
-                f"Cannot load the CA bundle {verify}: {exc}", hint="Point XNAT_CA_BUNDLE at a PEM file"
+                f"Cannot load the CA bundle {verify}: {exc}",
+                hint="Point XNAT_CA_BUNDLE at a PEM file",
+                flow_hint="Point the CA bundle of the run's xnat-credentials Block at a PEM file on the worker host",
             ) from None
     return verify
 
@@ -276,6 +278,8 @@ class XnatClient:
             raise AuthenticationError(
                 f"No valid XNAT session for {creds.url} and no password to log in",
                 hint="Set XNAT_USER and XNAT_PASS, pass --username/--password, or run `xnat-flows auth login`",
+                flow_hint="Pick an xnat-credentials Block (with user and password) in the run's connection parameter, "
+                "or give the Block of this deployment a user and password",
             )
         try:
             response = self._http.post(
@@ -557,6 +561,8 @@ class XnatClient:
                 f"Project {project!r} does not exist on {self.base_url} (or this account cannot see it)",
                 status=404,
                 hint="Check the project ID (case-sensitive), or ask an XNAT admin to create it",
+                flow_hint="Check the project in the run's parameters (case-sensitive), or ask an XNAT admin to "
+                "create it",
             ) from None
 
     def require_direct_archive(self) -> None:

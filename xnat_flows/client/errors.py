@@ -42,6 +42,7 @@ The tree (classes defined elsewhere are listed with their module)::
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the scanner and the C-STORE sender import these errors
@@ -88,15 +89,45 @@ PERMANENT_400_FRAGMENTS = (
 )
 
 
+# Who reads a hint. A person at the command line acts with flags, commands and environment
+# variables; the operator of a Prefect flow run acts on the run's xnat-credentials Block, its
+# parameters and its work pool. The Prefect layer installs the test (``tasks.connection``), so this
+# package needs no Prefect; until then every reader is the command line.
+def _never() -> bool:
+    return False
+
+
+_reading_in_flow_run: Callable[[], bool] = _never
+
+
+def set_flow_run_test(test: Callable[[], bool]) -> None:
+    """Install the test that tells whether a message is being rendered inside a flow run."""
+    global _reading_in_flow_run
+    _reading_in_flow_run = test
+
+
+def in_flow_run() -> bool:
+    return _reading_in_flow_run()
+
+
+def for_reader(cli: str, flow: str) -> str:
+    """``cli`` for the command line, ``flow`` inside a flow run (see ``set_flow_run_test``)."""
+    return flow if in_flow_run() else cli
+
+
 class XnatError(Exception):
     """Base class: something went wrong talking to XNAT.
 
     ``status`` is the HTTP status (``None`` when no answer arrived), ``server_message`` the
     server's text (trimmed), ``hint`` what the user can do about it, ``retryable`` whether the
-    same request may succeed later.
+    same request may succeed later. Where the command line's advice (flags, commands) means
+    nothing in a flow run, ``flow_hint`` (or the class's ``default_flow_hint``) says it in terms
+    of Blocks and parameters; ``hint`` is the one for whoever reads the error (rendered when read,
+    so an error raised in a task and shown by the flow speaks to the flow's operator).
     """
 
     default_hint = "Check the XNAT server's log (Administer > Site Administration > Logging) for the request"
+    default_flow_hint: str | None = None  # None: the hint reads the same in a flow run
     retryable = False
 
     def __init__(
@@ -106,14 +137,34 @@ class XnatError(Exception):
         status: int | None = None,
         server_message: str = "",
         hint: str | None = None,
+        flow_hint: str | None = None,
         retry_after: float | None = None,
     ) -> None:
         self.message = message
         self.status = status
         self.server_message = server_message
-        self.hint = hint if hint is not None else self.default_hint
+        self.cli_hint = hint if hint is not None else self.default_hint
+        # A hint given without a flow variant is the caller's own advice: keep it in flow runs too.
+        self.flow_hint = flow_hint if flow_hint is not None else (self._class_flow_hint() if hint is None else None)
         self.retry_after = retry_after
         super().__init__(message)
+
+    @classmethod
+    def _class_flow_hint(cls) -> str | None:
+        """The flow variant of ``default_hint``, from the class that wrote that hint (a subclass with
+        advice of its own does not inherit its parent's flow wording)."""
+        owner = next(klass for klass in cls.__mro__ if "default_hint" in vars(klass))
+        return vars(owner).get("default_flow_hint")
+
+    @property
+    def hint(self) -> str:
+        if self.flow_hint is not None and in_flow_run():
+            return self.flow_hint
+        return self.cli_hint
+
+    @hint.setter
+    def hint(self, value: str) -> None:
+        self.cli_hint = value
 
     def __str__(self) -> str:
         text = self.message
@@ -137,6 +188,10 @@ class AuthenticationError(XnatError):
     default_hint = (
         "Check the user name and password (XNAT_USER/XNAT_PASS or your profile); "
         "if the account has too many open sessions, ask an admin to end them"
+    )
+    default_flow_hint = (
+        "Check the user name and password in the xnat-credentials Block of the run's connection parameter "
+        "(Prefect UI: Blocks), or pick another Block; if the account has too many open sessions, ask an admin to end them"
     )
 
 
@@ -163,6 +218,10 @@ class XnatConnectionError(TransientError):
     """No HTTP answer: DNS, refused connection, TLS failure, dropped connection, timeout."""
 
     default_hint = "Check the XNAT URL, your network and (for TLS errors) the CA bundle"
+    default_flow_hint = (
+        "Check the URL in the run's xnat-credentials Block, the worker's network and (for TLS errors) the Block's "
+        "CA bundle"
+    )
 
     def __init__(self, message: str, *, retryable: bool = True, timed_out: bool = False, **kwargs) -> None:
         super().__init__(message, **kwargs)
@@ -191,6 +250,10 @@ class UnreachableError(XnatError):
     """Nothing answered at the given address (refused connection, unknown host, firewall): no data was sent."""
 
     default_hint = "Check the host name, the port, your network and (for TLS errors) the CA bundle"
+    default_flow_hint = (
+        "Check the URL in the run's xnat-credentials Block, the worker's network and (for TLS errors) the Block's "
+        "CA bundle"
+    )
 
 
 class PermanentUploadError(XnatError):
@@ -201,6 +264,7 @@ class PermanentUploadError(XnatError):
 
 class UnsupportedServerError(XnatError):
     default_hint = "Upgrade XNAT, or upload through the prearchive instead (--prearchive)"
+    default_flow_hint = "Upgrade XNAT, or upload through the prearchive instead (direct_archive: false in the request)"
 
 
 class CancelledError(XnatError):

@@ -276,6 +276,8 @@ def archive_session(
             raise WaitTimeoutError(
                 f"Prearchive session {session.src} is still {status} after {wait_seconds:g} s.",
                 hint="XNAT builds a session once no file has arrived for a while; wait longer (--wait-seconds) or check the upload.",
+                flow_hint="XNAT builds a session once no file has arrived for a while; give the run a longer "
+                "wait_seconds or check the upload.",
             )
         notice = (status, int((time.monotonic() - started) // _NOTIFY_EVERY_SECONDS))
         if notice != last_notice:  # say so when the status changes, and every half minute while it does not
@@ -299,6 +301,8 @@ def _raise_if_blocked(client: XnatClient, session: PrearchiveSession, overwrite:
             status=409,
             hint="Choose how to merge it: overwrite 'append' adds scans and files, 'delete' also replaces "
             "overlapping files (CLI: --overwrite append|delete)",
+            flow_hint="Choose how to merge it in the run's overwrite parameter: 'append' adds scans and files, "
+            "'delete' also replaces overlapping files",
         )
     if status not in (READY, CONFLICT) and not is_transient_status(status):
         raise XnatError(f"Prearchive session {session.src} has status {status!r}, which cannot be archived.")
@@ -364,6 +368,8 @@ def _already_archived(
             f"and project {project!r} has no archived session labelled {label!r}.",
             status=404,
             hint="List the prearchive (xnat-flows prearchive list --project P) for the right timestamp and name.",
+            flow_hint="Look up the right timestamp and folder name in the project's prearchive (XNAT: Upload > "
+            "Go To Prearchive) and give them in the run's session parameter.",
         )
     return ArchiveOutcome(
         project=project,

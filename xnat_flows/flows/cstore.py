@@ -10,13 +10,14 @@ from prefect.runtime import flow_run
 
 from xnat_flows.client.errors import InputError, XnatError
 from xnat_flows.events import (
-    SESSION_ARCHIVED,
     SessionRef,
     absolute_uri,
-    emit_session_event,
+    announce_archived,
+    arrival,
     emit_upload_failed,
     public_base_url,
 )
+from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import (
     DicomReceiverTarget,
     InstanceFailure,
@@ -76,6 +77,8 @@ def send_dicom(
             exc,
             source=request.source_dir,
         )
+        if isinstance(exc, XnatError):
+            return failed_run(exc)  # the cause once, as the run's state; the caller still gets exc raised
         raise
 
 
@@ -150,8 +153,12 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
                 f"[{study.experiment_id}]({web}) | {study.files_found} | {absolute_uri(server_url, study.uri)} |"
             )
             ref = SessionRef(server_url, study.project, study.subject, study.label, study.experiment_id, study.uri)
-            emit_session_event(
-                SESSION_ARCHIVED, ref, {"via": "c-store", "study_uid": study.study_uid, "files": study.files_found}
+            # Once per arrival: a re-run whose journal says everything was delivered (0 sent) finds
+            # the study archived again, and must not start its processing a second time.
+            announce_archived(
+                ref,
+                arrival(f for f in scan.files if f.study_uid == study.study_uid),
+                {"via": "c-store", "study_uid": study.study_uid, "files": study.files_found},
             )
         create_markdown_artifact(
             markdown="\n".join(lines),

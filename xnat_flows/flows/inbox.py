@@ -31,8 +31,10 @@ from xnat_flows.client.errors import (
     NotFoundError,
     PermissionDeniedError,
     TransientError,
+    XnatError,
 )
 from xnat_flows.events import emit_upload_failed, public_base_url, redact
+from xnat_flows.flows.failures import failed_run
 from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
 from xnat_flows.inbox import (
     FolderClaim,
@@ -45,7 +47,7 @@ from xnat_flows.inbox import (
     utc_now,
     write_json_atomic,
 )
-from xnat_flows.models import PROJECT_ID_PATTERN, UploadRequest, UploadSessionResult, XnatConnection
+from xnat_flows.models import PROJECT_ID_PATTERN, UploadRequest, XnatConnection
 from xnat_flows.routing import Route, RoutingError, route_folder
 from xnat_flows.tasks.connection import credentials_for, open_client, server_url_for_report
 from xnat_flows.tasks.policies import retry_unless_permanent
@@ -84,9 +86,12 @@ class InboxRunResult(BaseModel):
         return [item for item in self.items if item.status == "retry"]
 
 
-class InboxFolderFailed(Exception):
-    """Raised at the end of a run in which folders went to failed/ or could not be uploaded (kept
-    for the next run), so the run shows as Failed and alerting on failed runs fires."""
+class InboxFolderFailed(XnatError):
+    """The end of a run in which folders went to failed/ or could not be uploaded (kept for the
+    next run): the run shows as Failed, so alerting on failed runs fires. The message lists each
+    folder's fate and cause."""
+
+    default_hint = ""
 
 
 @task(
@@ -172,16 +177,20 @@ def ingest_inbox(
     """
     logger = get_run_logger()
     if not inbox_dir.strip() or not project.strip():
-        raise InputError(
-            "the inbox deployment has no inbox directory or project",
-            hint="Redeploy with XNAT_INBOX_DIR and XNAT_INBOX_PROJECT set (docs/deployments.md), or give inbox_dir "
-            "and project in this run's parameters",
+        return failed_run(
+            InputError(
+                "the inbox deployment has no inbox directory or project",
+                hint="Redeploy with XNAT_INBOX_DIR and XNAT_INBOX_PROJECT set (docs/deployments.md), or give "
+                "inbox_dir and project in this run's parameters",
+            )
         )
     try:
         server_url = credentials_for(connection).url
     except Exception as exc:
         # No Block, unknown Block, no credentials on the worker: nothing can be uploaded; say so as an upload failure.
         emit_upload_failed(server_url_for_report(connection), project, None, None, exc, source=inbox_dir)
+        if isinstance(exc, XnatError):
+            return failed_run(exc)
         raise
     layout = InboxLayout(Path(inbox_dir).expanduser().resolve())
     layout.ensure()
@@ -225,13 +234,23 @@ def ingest_inbox(
     _publish_summary(result)
     if result.waiting:
         logger.info("still within the %.0f s quiet period: %s", quiet_seconds, ", ".join(result.waiting))
-    problems = [f"{item.folder} moved to {layout.failed}: {item.error}" for item in result.failed]
-    problems += [
-        f"{item.folder} kept in {layout.processing} for the next run: {item.error}" for item in result.retrying
-    ]
-    if problems:
-        raise InboxFolderFailed(f"{len(problems)} folder(s) not uploaded: " + "; ".join(problems))
+    if result.failed or result.retrying:
+        return failed_run(InboxFolderFailed(_not_uploaded(result, layout)))
     return result
+
+
+def _not_uploaded(result: InboxRunResult, layout: InboxLayout) -> str:
+    """Each folder's fate with its cause; folders that failed alike share one mention of the cause
+    (an outage keeps every folder of the run for the same reason)."""
+    fates: dict[tuple[str, str], list[str]] = {}
+    for item in result.failed:
+        fates.setdefault((f"moved to {layout.failed}", item.error or ""), []).append(item.folder)
+    for item in result.retrying:
+        fates.setdefault((f"kept in {layout.processing} for the next run", item.error or ""), []).append(item.folder)
+    count = len(result.failed) + len(result.retrying)
+    return f"{count} folder(s) not uploaded: " + "; ".join(
+        f"{', '.join(folders)} {fate}: {error}" for (fate, error), folders in fates.items()
+    )
 
 
 def _last_attempt(path: Path) -> Path:
@@ -280,7 +299,7 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
             verify=True,
         )
         uploading = True  # from here on the upload flow announces its own failures
-        uploaded: UploadSessionResult = upload_dicom_session(request=request, connection=run.connection)
+        uploaded = upload_dicom_session(request=request, connection=run.connection)  # a failed run raises here
     except (TransientError, UploadIncompleteError) as exc:
         # The server is away or refused part of it (connection refused, 5xx after retries, batches
         # that did not land): keep the folder for the next run, which sends only what is missing.
@@ -297,7 +316,8 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
         report.update(status="retry", error=item.error, finished_at=utc_now())
         write_json_atomic(last_attempt, report)
         claim.release()
-        logger.warning("%s stays in processing/ for the next run: %s", claim.original_name, item.error)
+        # The cause is in the run's final state (and, from a task or the upload run, in their logs): said once.
+        logger.warning("%s stays in processing/ for the next run (%s)", claim.original_name, type(exc).__name__)
         return item
     except Exception as exc:  # noqa: BLE001 - any other failure is this folder's, reported and filed
         item.error = redact(f"{type(exc).__name__}: {exc}")
@@ -315,7 +335,7 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
                 item.error,
                 source=str(moved),
             )
-        logger.error("%s moved to failed/: %s", claim.original_name, item.error)
+        logger.error("%s moved to failed/ (%s; report %s)", claim.original_name, type(exc).__name__, report_path)
         return item
 
     sessions = [s.model_dump(mode="json") for s in uploaded.sessions]

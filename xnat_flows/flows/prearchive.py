@@ -10,8 +10,10 @@ from prefect import flow, tags
 from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
+from xnat_flows.client.errors import XnatError
 from xnat_flows.client.prearchive import ArchiveOutcome, Overwrite, prearchive_src
 from xnat_flows.events import emit_archive_outcome
+from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import credentials_for
 from xnat_flows.tasks.prearchive import (
@@ -69,37 +71,40 @@ def archive_prearchive_session(
         request: The prearchive session (project, timestamp, folder) and how to archive it.
         connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
     """
-    with tags(xnat_tag(connection)):
-        # The task may legitimately wait wait_seconds before archiving; its timeout must allow that.
-        outcome = archive_session_task.with_options(timeout_seconds=request.wait_seconds + 3600)(
-            connection,
-            request.project,
-            request.timestamp,
-            request.folder,
-            subject=request.subject,
-            label=request.label,
-            overwrite=request.overwrite,
-            wait_seconds=request.wait_seconds,
-            poll_seconds=request.poll_seconds,
+    try:
+        with tags(xnat_tag(connection)):
+            # The task may legitimately wait wait_seconds before archiving; its timeout must allow that.
+            outcome = archive_session_task.with_options(timeout_seconds=request.wait_seconds + 3600)(
+                connection,
+                request.project,
+                request.timestamp,
+                request.folder,
+                subject=request.subject,
+                label=request.label,
+                overwrite=request.overwrite,
+                wait_seconds=request.wait_seconds,
+                poll_seconds=request.poll_seconds,
+            )
+        if not outcome.already_archived and FlowRunContext.get() is not None:
+            # Chained processing deployments trigger on this event (see prefect.yaml); it names the
+            # experiment ID (looked up, bounded) so processing addresses the session unambiguously.
+            archived = wait_for_archive_task(
+                connection,
+                request.project,
+                outcome.label,
+                subject=outcome.subject,
+                timeout_seconds=min(request.wait_seconds, 120.0) or 10.0,
+            )
+            emit_archive_outcome(outcome, credentials_for(connection).url, experiment_id=archived.experiment_id or None)
+        verb = "was already archived" if outcome.already_archived else "archived"
+        publish_markdown(
+            f"**{request.project}/{request.timestamp}/{request.folder}** {verb}: `{outcome.archive_uri}` "
+            f"(label `{outcome.label}`, overwrite `{outcome.overwrite}`)",
+            description="Prearchive archive outcome",
         )
-    if not outcome.already_archived and FlowRunContext.get() is not None:
-        # Chained processing deployments trigger on this event (see prefect.yaml); it names the
-        # experiment ID (looked up, bounded) so processing addresses the session unambiguously.
-        archived = wait_for_archive_task(
-            connection,
-            request.project,
-            outcome.label,
-            subject=outcome.subject,
-            timeout_seconds=min(request.wait_seconds, 120.0) or 10.0,
-        )
-        emit_archive_outcome(outcome, credentials_for(connection).url, experiment_id=archived.experiment_id or None)
-    verb = "was already archived" if outcome.already_archived else "archived"
-    publish_markdown(
-        f"**{request.project}/{request.timestamp}/{request.folder}** {verb}: `{outcome.archive_uri}` "
-        f"(label `{outcome.label}`, overwrite `{outcome.overwrite}`)",
-        description="Prearchive archive outcome",
-    )
-    return outcome
+        return outcome
+    except XnatError as exc:
+        return failed_run(exc)  # the cause once, as the run's state; the caller still gets exc raised
 
 
 @flow(
@@ -116,13 +121,16 @@ def delete_prearchive_session(
         session: The prearchive session (project, timestamp, folder), as `xnat-flows prearchive list` shows it.
         connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
     """
-    with tags(xnat_tag(connection)):
-        delete_session_task(connection, session.project, session.timestamp, session.folder)
-    publish_markdown(
-        f"Deleted prearchive session `{prearchive_src(session.project, session.timestamp, session.folder)}`",
-        description="Prearchive delete outcome",
-    )
-    return DeleteOutcome(project=session.project, timestamp=session.timestamp, folder=session.folder)
+    try:
+        with tags(xnat_tag(connection)):
+            delete_session_task(connection, session.project, session.timestamp, session.folder)
+        publish_markdown(
+            f"Deleted prearchive session `{prearchive_src(session.project, session.timestamp, session.folder)}`",
+            description="Prearchive delete outcome",
+        )
+        return DeleteOutcome(project=session.project, timestamp=session.timestamp, folder=session.folder)
+    except XnatError as exc:
+        return failed_run(exc)  # the cause once, as the run's state; the caller still gets exc raised
 
 
 def publish_markdown(markdown: str, description: str) -> None:

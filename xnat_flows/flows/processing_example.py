@@ -16,6 +16,8 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
 from xnat_flows.client.archive import item_fields
+from xnat_flows.client.errors import XnatError
+from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import PROJECT_ID_PATTERN, XnatConnection
 from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.policies import retry_unless_permanent
@@ -90,26 +92,31 @@ def process_xnat_session(
         subject: Subject label (optional).
         connection: The xnat-credentials Block (the trigger passes the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
     """
-    subject = subject or None  # a trigger renders a missing event field as ""
-    session = read_session(connection, project, subject, experiment_id)
-    get_run_logger().info(
-        "%s/%s/%s (%s): %d scans, %d files",
-        project,
-        subject,
-        session.label,
-        session.experiment_id,
-        len(session.scans),
-        session.file_count,
-    )
-    if FlowRunContext.get() is not None:
-        from prefect.artifacts import create_markdown_artifact
+    try:
+        subject = subject or None  # a trigger renders a missing event field as ""
+        session = read_session(connection, project, subject, experiment_id)
+        get_run_logger().info(
+            "%s/%s/%s (%s): %d scans, %d files",
+            project,
+            subject,
+            session.label,
+            session.experiment_id,
+            len(session.scans),
+            session.file_count,
+        )
+        if FlowRunContext.get() is not None:
+            from prefect.artifacts import create_markdown_artifact
 
-        lines = [
-            f"**{project}/{subject or '?'}/{session.label}** (`{session.experiment_id}`)",
-            "",
-            "| scan | type | description | files |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| {s.id} | {s.type or ''} | {s.series_description or ''} | {s.files} |" for s in session.scans]
-        create_markdown_artifact(markdown="\n".join(lines), description="Session read back by the processing example")
-    return session
+            lines = [
+                f"**{project}/{subject or '?'}/{session.label}** (`{session.experiment_id}`)",
+                "",
+                "| scan | type | description | files |",
+                "|---|---|---|---|",
+            ]
+            lines += [f"| {s.id} | {s.type or ''} | {s.series_description or ''} | {s.files} |" for s in session.scans]
+            create_markdown_artifact(
+                markdown="\n".join(lines), description="Session read back by the processing example"
+            )
+        return session
+    except XnatError as exc:
+        return failed_run(exc)  # the cause once, as the run's state; the caller still gets exc raised

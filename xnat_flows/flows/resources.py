@@ -9,7 +9,8 @@ from __future__ import annotations
 from prefect import flow, tags
 from pydantic import BaseModel, Field
 
-from xnat_flows.client.errors import InputError
+from xnat_flows.client.errors import InputError, XnatError
+from xnat_flows.flows.failures import failed_run
 from xnat_flows.flows.prearchive import publish_markdown
 from xnat_flows.manage.resources import ResourceTarget, ResourceUploadResult
 from xnat_flows.models import XnatConnection
@@ -50,28 +51,33 @@ def attach_resource(
         request: What to attach (file or directory) and where (session or scan, resource label).
         connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
     """
-    target = ResourceTarget(
-        session=request.session, project=request.project, subject=request.subject, scan=request.scan
-    )
-    with tags(xnat_tag(connection)):
-        if request.wait_for_archive:
-            if not request.project:
-                raise InputError("wait_for_archive needs the project (and the session label) to look the session up.")
-            archived = wait_for_archive_task(
-                connection,
-                request.project,
-                request.session,
-                subject=request.subject,
-                timeout_seconds=request.wait_timeout_seconds,
-            )
-            if archived.experiment_id:  # the accession ID is unambiguous and spares a label look-up
-                target = ResourceTarget(session=archived.experiment_id, scan=request.scan)
-        result = upload_resource_task(connection, target, request.label, request.path, overwrite=request.overwrite)
-    lines = [f"Sent {len(result.files)} file(s), {result.bytes_sent / 1e6:.1f} MB, to `{result.resource_uri}`."]
-    if result.duplicates:
-        kept = ", ".join(f"`{d}`" for d in result.duplicates[:50])
-        lines.append(f"XNAT kept {len(result.duplicates)} existing file(s) (overwrite off): {kept}")
-    if result.skipped:
-        lines.append("Not sent: " + ", ".join(f"`{s.path}` ({s.reason})" for s in result.skipped[:50]))
-    publish_markdown("\n\n".join(lines), description="Resource upload outcome")
-    return result
+    try:
+        target = ResourceTarget(
+            session=request.session, project=request.project, subject=request.subject, scan=request.scan
+        )
+        with tags(xnat_tag(connection)):
+            if request.wait_for_archive:
+                if not request.project:
+                    raise InputError(
+                        "wait_for_archive needs the project (and the session label) to look the session up."
+                    )
+                archived = wait_for_archive_task(
+                    connection,
+                    request.project,
+                    request.session,
+                    subject=request.subject,
+                    timeout_seconds=request.wait_timeout_seconds,
+                )
+                if archived.experiment_id:  # the accession ID is unambiguous and spares a label look-up
+                    target = ResourceTarget(session=archived.experiment_id, scan=request.scan)
+            result = upload_resource_task(connection, target, request.label, request.path, overwrite=request.overwrite)
+        lines = [f"Sent {len(result.files)} file(s), {result.bytes_sent / 1e6:.1f} MB, to `{result.resource_uri}`."]
+        if result.duplicates:
+            kept = ", ".join(f"`{d}`" for d in result.duplicates[:50])
+            lines.append(f"XNAT kept {len(result.duplicates)} existing file(s) (overwrite off): {kept}")
+        if result.skipped:
+            lines.append("Not sent: " + ", ".join(f"`{s.path}` ({s.reason})" for s in result.skipped[:50]))
+        publish_markdown("\n\n".join(lines), description="Resource upload outcome")
+        return result
+    except XnatError as exc:
+        return failed_run(exc)  # the cause once, as the run's state; the caller still gets exc raised

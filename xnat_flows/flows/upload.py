@@ -17,7 +17,8 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 
 from xnat_flows.client.errors import InputError, XnatError
-from xnat_flows.events import absolute_uri, emit_upload_failed, emit_upload_result, public_base_url
+from xnat_flows.events import absolute_uri, arrival, emit_upload_failed, emit_upload_result, public_base_url
+from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import (
     SessionOutcome,
     UploadRequest,
@@ -64,22 +65,22 @@ def upload_dicom_session(request: UploadRequest, connection: XnatConnection = Xn
         _target(request)  # bad labels fail before anything else, with their own message
         server = check_server(connection, request.direct_archive, request.project)
         server_url = server.url
-        result = _upload(request, connection, server)
-    except UploadIncompleteError:
-        raise  # its xnat.upload.failed events are out, one per session that did not land
+        return _upload(request, connection, server)
     except Exception as exc:
-        # Failed before or while sending (server down, unknown project or Block, no DICOM files):
-        # an automation on xnat.upload.failed hears of it as of any other failed upload.
-        emit_upload_failed(
-            server_url or server_url_for_report(connection),
-            request.project,
-            request.subject,
-            request.session,
-            exc,
-            source=request.source_dir,
-        )
+        if not isinstance(exc, UploadIncompleteError):  # that one's events are out, one per session not landed
+            # Failed before or while sending (server down, unknown project or Block, no DICOM files):
+            # an automation on xnat.upload.failed hears of it as of any other failed upload.
+            emit_upload_failed(
+                server_url or server_url_for_report(connection),
+                request.project,
+                request.subject,
+                request.session,
+                exc,
+                source=request.source_dir,
+            )
+        if isinstance(exc, XnatError):
+            return failed_run(exc)  # the cause once, as the run's state; the caller still gets exc raised
         raise
-    return result
 
 
 def _upload(request: UploadRequest, connection: XnatConnection, server) -> UploadSessionResult:
@@ -168,13 +169,15 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     )
     _publish_batch_table(result)
     _publish_landing(result, server.url)
-    # Events carry project, subject, experiment ID and URI so deployments can chain processing.
+    # Events carry project, subject, experiment ID and URI so deployments can chain processing;
+    # "archived" once per arrival of these files (a re-run that finds them announced stays quiet).
     emit_upload_result(
         result,
         server.url,
         direct_archive=request.direct_archive,
         transport=request.transport,
         source=request.source_dir,
+        arrivals={target.session: arrival(files) for target, files in plans},
     )
     if not result.ok:
         raise UploadIncompleteError(_incomplete_message(result))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xnat_flows.client.errors import for_reader
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 from xnat_flows.transfer.dicom_results import SendResult
 from xnat_flows.transfer.dicom_send import store_instances
@@ -112,7 +113,12 @@ def in_doubt_warning(send: ResumedSend) -> str:
         f"{' and '.join(causes)}, so the receiver may already "
         f"have held them; they were sent again ({examples}). If XNAT had archived that session before they "
         'came again, they wait in a prearchive entry in CONFLICT ("Session already contains a scan '
-        '... with the same UID"): find it with `xnat-flows prearchive list -P PROJECT` and archive it with '
-        "`xnat-flows prearchive archive PROJECT TIMESTAMP NAME --overwrite delete` (the copies are identical). "
-        "Otherwise there is nothing to do."
+        '... with the same UID"): '
+        + for_reader(
+            "find it with `xnat-flows prearchive list -P PROJECT` and archive it with "
+            "`xnat-flows prearchive archive PROJECT TIMESTAMP NAME --overwrite delete`",
+            "find it in the project's prearchive (XNAT: Upload > Go To Prearchive) and archive it with the "
+            "archive-prearchive deployment, overwrite 'delete'",
+        )
+        + " (the copies are identical). Otherwise there is nothing to do."
     )

@@ -136,6 +136,8 @@ def plan_sessions(
         f"StudyInstanceUIDs: {listed}",
         hint=f"Upload each study as its own session with per_study=True (--per-study; labels get "
         f"{target.session}_ and 8 hex digits of the study's UID), or point at one study's directory",
+        flow_hint=f"Upload each study as its own session: set per_study in the request (labels get "
+        f"{target.session}_ and 8 hex digits of the study's UID), or point source_dir at one study's directory",
     )
 
 
@@ -159,6 +161,8 @@ def check_destination(
             status=409,
             hint="Choose a session label of its own (-E/--session, or --per-study), or, if the two studies must share "
             "one session, ask for it explicitly (allow_other_study=True; CLI --into-other-study)",
+            flow_hint="Choose a session label of its own (the request's session, or per_study), or, if the two studies "
+            "must share one session, set allow_other_study in the request",
         )
     log.warning(
         "adding study %s to %s/%s, which holds study %s (asked for explicitly)",

@@ -145,6 +145,8 @@ def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str
             status=response.status_code,
             hint="An authentication or proxy problem (a login page or single sign-on in front of XNAT): check the URL "
             "is XNAT's base URL and log in again (xnat-flows auth login)",
+            flow_hint="An authentication or proxy problem (a login page or single sign-on in front of XNAT): check "
+            "that the URL in the run's xnat-credentials Block is XNAT's base URL and that its user and password work",
         )
     uris = parse_uris(response.text)
     if uris:

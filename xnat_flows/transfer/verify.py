@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from xnat_flows.client.archive import ArchivedScan, find_archived
 from xnat_flows.client.client import XnatClient
-from xnat_flows.client.errors import NotFoundError, PermissionDeniedError
+from xnat_flows.client.errors import NotFoundError, PermissionDeniedError, for_reader
 from xnat_flows.client.prearchive import (
     CONFLICT,
     ERROR,
@@ -58,7 +58,10 @@ class VerifyResult:
         if self.processing:
             return (
                 "XNAT was still processing this upload when the wait ran out; the files counted may be an "
-                "earlier copy: check again later (xnat-flows prearchive list shows the session's status)"
+                + for_reader(
+                    "earlier copy: check again later (xnat-flows prearchive list shows the session's status)",
+                    "earlier copy: check again later (XNAT's prearchive page shows the session's status)",
+                )
             )
         if self.parked:
             return (
