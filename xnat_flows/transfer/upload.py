@@ -204,7 +204,7 @@ def upload_archive_batch(
             content=body,
             headers={"Content-Type": content_type_for(fmt)}
             | ({"Content-Length": str(length)} if length is not None else {}),
-            timeout=client.timeouts.upload(length if length is not None else size),
+            timeout=client.upload_timeout(length if length is not None else size),
         )
         uris = import_answer_uris(client, response)
     except XnatError as exc:
@@ -321,7 +321,7 @@ def upload_gradual(
     started = time.monotonic()
     breaker = _Breaker(workers)
     # One instance: the client's stall allowance, at most GRADUAL_TIMEOUT for the answer.
-    limits = client.timeouts.upload(max((f.size for f in items), default=0))
+    limits = client.upload_timeout(max((f.size for f in items), default=0))
     gradual_timeout = httpx.Timeout(
         connect=limits.connect,
         read=min(t for t in (GRADUAL_TIMEOUT.read, limits.read) if t is not None),
