@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import ConflictError, InputError, XnatError
 from xnat_flows.client.prearchive import ERROR, direct_archive_sessions, list_sessions
 from xnat_flows.transfer.archive import ArchiveFormat
-from xnat_flows.transfer.journal import UploadJournal, content_digest, resume_key
+from xnat_flows.transfer.journal import ResumeState, UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, scan_directory
 from xnat_flows.transfer.upload import (
@@ -170,14 +170,17 @@ def check_destination(
     return dataclasses.replace(target, overwrite="delete")
 
 
-def delivered(client: XnatClient, journal: UploadJournal | None, target: UploadTarget, study_uid: str) -> set[str]:
+def resume_state(
+    client: XnatClient, journal: UploadJournal | None, target: UploadTarget, files: Sequence[DicomFile]
+) -> ResumeState:
     """What the journal says an earlier run delivered to this server's ``target``, if XNAT still has
-    the session; else nothing (the entries are dropped): skipping must never rest on a stale record."""
-    if journal is None:
-        return set()
+    the session of ``files``' study; else nothing (the entries are dropped): skipping must never
+    rest on a stale record."""
     key = resume_key(client.base_url, target.key)
+    if journal is None or not files:
+        return ResumeState(journal, key, set())
     done = journal.done(key)
-    if done and not _session_present(client, target, study_uid):
+    if done and not _session_present(client, target, files[0].study_uid):
         log.warning(
             "the resume journal lists %d deliveries to %s/%s on %s, but XNAT has no such session "
             "(deleted, or never archived): sending everything again",
@@ -187,8 +190,8 @@ def delivered(client: XnatClient, journal: UploadJournal | None, target: UploadT
             client.base_url,
         )
         journal.clear(key)
-        return set()
-    return done
+        return ResumeState(journal, key, set())
+    return ResumeState(journal, key, done)
 
 
 def _session_present(client: XnatClient, target: UploadTarget, study_uid: str) -> bool:
@@ -217,23 +220,23 @@ def send_batch(
     *,
     index: int = 0,
     journal: UploadJournal | None = None,
-    done: set[str] | None = None,
+    resume: ResumeState | None = None,
     raise_on_error: bool = True,
     on_streamed: Callable[[int], None] | None = None,
 ) -> BatchResult:
     """One DICOM-zip batch with resume: a batch whose content digest the journal holds for this
-    destination was delivered by an earlier run and is not sent again."""
-    digest = content_digest(batch)
-    if done is None:
-        done = delivered(client, journal, target, batch[0].study_uid) if batch else set()
-    if digest in done:
+    destination was delivered by an earlier run and is not sent again. ``resume``: the state
+    already read for this destination (``upload_batches`` reads it once for all its batches)."""
+    if resume is None:
+        resume = resume_state(client, journal, target, batch)
+    if resume.holds(batch):
         relpaths = tuple(f.relpath for f in batch)
         return BatchResult(index, relpaths, sum(f.size for f in batch), 0.0, (), True, resumed=True)
     result = upload_archive_batch(
         client, batch, target, fmt, index=index, raise_on_error=raise_on_error, on_streamed=on_streamed
     )
-    if result.ok and journal is not None:
-        journal.record(resume_key(client.base_url, target.key), digest)
+    if result.ok:
+        resume.record(batch)
     return result
 
 
@@ -249,7 +252,7 @@ def upload_batches(
 ) -> list[BatchResult]:
     """DICOM-zip: ``workers`` byte-balanced batches sent in parallel; journaled batches are skipped."""
     batches = partition_by_bytes(files, workers)
-    done = delivered(client, journal, target, files[0].study_uid) if files else set()
+    resume = resume_state(client, journal, target, files)
     total_bytes = sum(f.size for f in files)
     lock = threading.Lock()
     counters = {"files": 0, "bytes": 0, "failed": 0}
@@ -272,8 +275,7 @@ def upload_batches(
             target,
             fmt,
             index=index,
-            journal=journal,
-            done=done,
+            resume=resume,
             raise_on_error=False,
             on_streamed=streamed if progress is not None else None,
         )
@@ -314,8 +316,8 @@ def upload_instances(
     cannot replace archived instances, so re-sending them would only park a CONFLICT copy in
     the prearchive (XNAT wiki: Using Direct-to-Archive Uploading). DICOM-zip with an overwrite policy replaces them.
     """
-    done = delivered(client, journal, target, files[0].study_uid) if files else set()
-    if not done and archived_complete(client, target, files):
+    resume = resume_state(client, journal, target, files)
+    if not resume.done and archived_complete(client, target, files):
         log.info(
             "%s/%s/%s already holds all %d instances in the archive: nothing sent",
             target.project,
@@ -324,11 +326,10 @@ def upload_instances(
             len(files),
         )
         return GradualResult(total=len(files), resumed_count=len(files), already_archived=True)
-    digests = {f.relpath: content_digest([f]) for f in files}
-    pending = [f for f in files if digests[f.relpath] not in done]
-    key = resume_key(client.base_url, target.key)
-    on_sent = (lambda f: journal.record(key, digests[f.relpath])) if journal is not None else None
-    result = upload_gradual(client, pending, target, workers=workers, progress=progress, on_sent=on_sent)
+    pending = resume.pending(files)
+    result = upload_gradual(
+        client, pending, target, workers=workers, progress=progress, on_sent=lambda f: resume.record([f])
+    )
     result.resumed_count = len(files) - len(pending)
     result.total += result.resumed_count
     return result
