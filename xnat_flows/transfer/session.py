@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from xnat_flows.client.prearchive import ERROR, direct_archive_sessions, list_se
 from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.journal import ResumeState, UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
+from xnat_flows.transfer.pool import interruptible_pool
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, scan_directory
 from xnat_flows.transfer.upload import (
     BatchResult,
@@ -287,16 +287,9 @@ def upload_batches(
         report()
         return result
 
-    pool = ThreadPoolExecutor(max_workers=max(1, len(batches)), thread_name_prefix="dicom-zip")
-    try:
-        results = list(pool.map(run, range(len(batches)), batches))
-    except BaseException as exc:
-        # Ctrl-C, SystemExit, a cancelled run: stop the streams instead of waiting for every batch
-        if not isinstance(exc, Exception):
-            client.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    with interruptible_pool(len(batches), "dicom-zip", on_interrupt=client.cancel) as pool:
+        futures = [pool.submit(run, index, batch) for index, batch in enumerate(batches)]
+        results = [future.result() for future in futures]
     client.check_cancelled()  # cancelled batches are not failures to report, but a stop
     return results
 

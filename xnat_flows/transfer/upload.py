@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,6 +34,7 @@ from xnat_flows.client.errors import (
     XnatError,
 )
 from xnat_flows.transfer.archive import ArchiveFormat, archive_size, content_type_for, iter_archive
+from xnat_flows.transfer.pool import interruptible_pool
 from xnat_flows.transfer.progress import Progress, ProgressCallback
 from xnat_flows.transfer.scan import DicomFile, read_exactly
 
@@ -391,8 +392,7 @@ def upload_gradual(
             return
         record(item, future.result())
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradual")
-    try:
+    with interruptible_pool(workers, "gradual", on_interrupt=client.cancel) as pool:
         for position, item in enumerate(rest):
             slots.acquire()
             if fatal or breaker.tripped:
@@ -402,13 +402,6 @@ def upload_gradual(
                 break
             future = pool.submit(attempt, item)
             future.add_done_callback(functools.partial(done, item))
-        pool.shutdown(wait=True)
-    except BaseException as exc:
-        # Ctrl-C, SystemExit, a cancelled run: stop the workers instead of waiting for every instance
-        if not isinstance(exc, Exception):
-            client.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
     if fatal:
         raise fatal[0]
     if stopped_at is not None:
