@@ -477,7 +477,7 @@ def test_cancel_cuts_a_backoff_short() -> None:
     assert answered.wait(5)  # the 503 is in: the client is (about to be) in its 120 s backoff
     client.cancel()
     worker.join(5)
-    assert not worker.is_alive() and time.monotonic() - started < 3
+    assert not worker.is_alive() and time.monotonic() - started < 10  # not the 120 s backoff
     assert isinstance(outcome[0], CancelledError) and client.cancelled
 
 

@@ -251,6 +251,35 @@ def test_dest_archive_is_synchronous(client):
     assert again.status_code == 400 and "Failed to archive 1 of 1 session(s)" in again.text
 
 
+def test_the_idle_rebuilder_does_not_take_a_session_its_import_request_is_still_building(client, emulator):
+    """A slow request (here: the rebuilder runs with no idle time just before the commit) must
+    still archive its own session instead of finding it gone ("Unknown prearchive session")."""
+    emulator.set_prearchive_code("AUTO", 4)  # auto-archive: the rebuilder would archive it itself
+    original_build = emulator.prearchive.build
+    ticks = []
+
+    def build_after_a_rebuilder_pass(row_id):
+        emulator.prearchive.rebuild_idle_seconds = 0
+        emulator.rebuild_now()
+        ticks.append(row_id)
+        return original_build(row_id)
+
+    emulator.prearchive.build = build_after_a_rebuilder_pass
+    response = dicom_zip(
+        client,
+        zip_bytes(members(make_study(1, 3))),
+        project="AUTO",
+        subject="S1",
+        session="HELD",
+        dest="/archive/projects/AUTO",
+    )
+    assert ticks, "the rebuilder pass ran inside the request"
+    assert response.status_code == 200, response.text
+    experiment = client.get(response.text.strip()).json()["items"][0]["data_fields"]
+    assert experiment["label"] == "HELD"
+    assert [row for row in emulator.prearchive_sessions() if row["name"] == "HELD"] == []
+
+
 def test_bad_dest_is_400(client):
     response = dicom_zip(client, zip_bytes(members(make_study(1, 1))), dest="/nowhere/x")
     assert response.status_code == 400 and "Parameter dest format error" in response.text

@@ -148,8 +148,11 @@ class RunOutcome:
     error: str = ""
     seconds: float = 0.0
     logins: int = 0
+    in_doubt: bool = False  # C-STORE: instances sent again after an attempt without an answer
 
     def describe(self) -> str:
+        if self.in_doubt and not self.listed:
+            return f"stored, {self.error}: told to check for CONFLICT"
         if self.ok and self.error:
             return self.error
         if self.ok:
@@ -263,7 +266,22 @@ def _run_cstore(h: Harness, case: FaultCase) -> RunOutcome:
     except XnatError as exc:
         return RunOutcome(False, set(), str(exc), time.monotonic() - started)
     listed = {Path(p).relative_to(h.source).as_posix() for p in result.unsent_paths}
-    return RunOutcome(result.ok, listed, "", time.monotonic() - started)
+    in_doubt = result.sent_again_after_no_answer
+    if in_doubt and not listed:
+        # Sent again after an attempt that got no answer: the run says the session may wait in
+        # CONFLICT and what to do (``in_doubt_warning``); it claims no complete delivery.
+        return RunOutcome(False, set(), f"{len(in_doubt)} in doubt", time.monotonic() - started, in_doubt=True)
+    return RunOutcome(result.ok and not in_doubt, listed, "", time.monotonic() - started, in_doubt=bool(in_doubt))
+
+
+def _follow_the_in_doubt_advice(h: Harness) -> None:
+    """What ``in_doubt_warning`` tells the user: archive the CONFLICT entry with ``--overwrite delete``."""
+    from xnat_flows.client.prearchive import archive_session, list_sessions
+
+    client = h.client()
+    for row in list_sessions(client, PROJECT):
+        if row.status == "CONFLICT":
+            archive_session(client, row.project, row.timestamp, row.folder_name or row.name, overwrite="delete")
 
 
 def run_upload(h: Harness, case: FaultCase, read_timeout: float) -> RunOutcome:
@@ -303,6 +321,8 @@ def run_case(case: FaultCase, workdir: Path) -> CaseResult:
         if run1.ok:
             rerun = RunOutcome(True, set(), "not needed")
         else:
+            if run1.in_doubt:
+                _follow_the_in_doubt_advice(h)
             rerun = run_upload(h, FaultCase(case.id, case.transport, case.fault, workers=case.workers), 30.0)
             h.settle()
         uids = h.archived_uids()

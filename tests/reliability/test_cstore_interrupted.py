@@ -246,3 +246,17 @@ def test_ctrl_c_while_the_only_association_waits_for_an_answer_still_awaits_it(
     journal, key = _journal(xnat)
     assert len(journal.done(key)) == 30
     assert journal.in_flight(key) == set(), output  # the slow answer (a refusal) was awaited and recorded
+
+
+def test_an_instance_sent_again_after_a_dropped_association_is_reported_in_doubt(
+    xnat: XnatEmulator, tmp_path: Path
+) -> None:
+    """The receiver aborts the association on the 11th instance: the sender cannot know whether it
+    was stored, sends it again, and says so (exit 6, what to check) instead of a plain success."""
+    total = len(write_studies(tmp_path / "export", series=1, instances=20, instance_kb=4, seed=26).files)
+    xnat.dicom_receiver.set_faults(ScpFaults(abort_after_stores=10))
+    run = CliRunner().invoke(app, _command(xnat, tmp_path / "export", workers=1))
+    assert run.exit_code == 6, run.output
+    assert f"{total} sent, 0 failed" in run.output
+    assert "1 instance(s) got no answer on an attempt in this run" in run.output
+    assert "prearchive archive PROJECT TIMESTAMP NAME --overwrite delete" in run.output

@@ -268,6 +268,21 @@ def test_an_aborted_association_is_retried_on_a_fresh_one(
     assert len(received.datasets) == 24
     assert any(a.ended.startswith("aborted") for a in result.associations)
     assert max(o.attempts for o in result.sent) == 2
+    # the aborted attempt went out whole and got no answer: the receiver may hold it twice
+    (retried,) = [o for o in result.sent if o.attempts == 2]
+    assert retried.unanswered_attempts == 1
+    assert result.sent_again_after_no_answer == [retried.path]
+
+
+def test_a_stall_answered_with_a_failure_status_is_not_in_doubt(
+    scp: DicomReceiver, received: Received, study_root: Path
+) -> None:
+    """An answer, even a refusal, says the receiver does not hold the instance: nothing to check."""
+    scp.set_faults(ScpFaults(stall_after_stores=3, stall_seconds=0.2))
+    result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=1, **FAST)
+    assert len(result.sent) == 24 and result.ok
+    assert max(o.attempts for o in result.sent) == 2
+    assert result.sent_again_after_no_answer == []
 
 
 def test_a_stalled_association_is_abandoned_after_the_dimse_timeout(

@@ -129,7 +129,7 @@ def test_a_stalled_dicom_zip_upload_ends_on_the_stall_timeout(xnat_emulator, tmp
         took = time.monotonic() - started
     (batch,) = result.sessions[0].batches
     assert not batch.ok and "sent no answer (2 attempts" in batch.error
-    assert took < 5.0, took  # not the six hours of the old read timeout
+    assert took < 10.0, took  # not the six hours of the old read timeout
 
 
 def test_cancel_stops_an_upload_blocked_in_send_within_seconds(xnat_emulator, tmp_path) -> None:
@@ -208,7 +208,7 @@ def test_a_server_that_never_answers_fails_a_command_in_bounded_time(tmp_path) -
         silent.close()
         for conn in accepted:
             conn.close()
-    assert took < 4.0, took  # was 6 attempts of 60 s
+    assert took < 15.0, took  # was 6 attempts of 60 s
     assert "took the connection but sent no answer (2 attempts" in str(info.value)
     assert info.value.status is None and not info.value.retryable  # the CLI maps it to exit 7
 

@@ -471,7 +471,7 @@ def upload_dicom(
             )
         typer.echo(result.summary())
     if send.in_doubt:
-        typer.echo(f"warning: {in_doubt_warning(send.in_doubt)}", err=True)
+        typer.echo(f"warning: {in_doubt_warning(send)}", err=True)
     if not result.ok or scan.unreadable:
         typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
         raise typer.Exit(EXIT_PARTIAL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -122,7 +123,9 @@ def send_instances(
         )
     result, resumed = send.result, send.resumed
     if send.in_doubt:
-        get_run_logger().warning(in_doubt_warning(send.in_doubt))
+        # the run's log; called as a plain function (.fn) there is no run: the module's logger
+        logger = get_run_logger() if task_run.id else logging.getLogger(__name__)
+        logger.warning(in_doubt_warning(send))
     retryable = result.retryable_failures
     if retryable and 1 <= task_run.run_count <= SEND_RETRIES:  # 0: called as a plain function (.fn)
         raise ReceiverInterrupted(

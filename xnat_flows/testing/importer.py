@@ -162,24 +162,25 @@ class Importer:
             if "Ignore-Unparsable" in params
             else params.get("action", "").lower() == "commit"
         )
-        with _PlacementPipeline(self.prearchive) as pipeline:
-            for entry_name, data in iter_archive(upload, self.store.tmp_dir):
-                try:
-                    header = read_header(data, entry_name)
-                except UnparsableDicom as exc:
-                    if ignore_unparsable:
-                        continue
-                    # Entries already imported stay where they are (partial session; XNAT wiki: Image
-                    # Session Import Service API, `Ignore-Unparsable`).
-                    pipeline.finish()
-                    raise XnatRefusal(400, str(exc)) from exc
-                pipeline.submit(header, data, self.placement_for(header, params))
-            rows = pipeline.finish()
-        if not rows:
-            raise XnatRefusal(400, "Upload did not include parseable files for session generation.")
-        if not commit or any(r.direct_archive for r in rows.values()):
-            return [self.session_uri(r) for r in rows.values()]
-        return self._commit(list(rows.values()), dest, params)
+        with self.prearchive.holding() as held:  # built and committed within this request
+            with _PlacementPipeline(self.prearchive, held) as pipeline:
+                for entry_name, data in iter_archive(upload, self.store.tmp_dir):
+                    try:
+                        header = read_header(data, entry_name)
+                    except UnparsableDicom as exc:
+                        if ignore_unparsable:
+                            continue
+                        # Entries already imported stay where they are (partial session; XNAT wiki: Image
+                        # Session Import Service API, `Ignore-Unparsable`).
+                        pipeline.finish()
+                        raise XnatRefusal(400, str(exc)) from exc
+                    pipeline.submit(header, data, self.placement_for(header, params))
+                rows = pipeline.finish()
+            if not rows:
+                raise XnatRefusal(400, "Upload did not include parseable files for session generation.")
+            if not commit or any(r.direct_archive for r in rows.values()):
+                return [self.session_uri(r) for r in rows.values()]
+            return self._commit(list(rows.values()), dest, params)
 
     def _commit(self, rows: list[PrearcRow], dest: Destination, params: dict[str, str]) -> list[str]:
         """DICOM-zip with `dest` / action=commit: build synchronously, archive if asked (xnat-web `DicomZipImporter`)."""
@@ -227,8 +228,9 @@ class _PlacementPipeline:
 
     _DONE = object()
 
-    def __init__(self, prearchive: Prearchive) -> None:
+    def __init__(self, prearchive: Prearchive, held: set[int]) -> None:
         self._prearchive = prearchive
+        self._held = held
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=16)
         self._rows: dict[int, PrearcRow] = {}
         self._error: BaseException | None = None
@@ -250,7 +252,8 @@ class _PlacementPipeline:
             if self._error is not None:
                 continue  # drain after a failure
             try:
-                row = self._prearchive.place_instance(*item)
+                header, data, where = item
+                row = self._prearchive.place_instance(header, data, where, held=self._held)
                 self._rows.setdefault(row.id, row)
             except BaseException as exc:  # noqa: BLE001 - surfaced to the request thread by finish()/submit()
                 self._error = exc

@@ -5,10 +5,12 @@ As xnat-web's `GradualDicomImporter`, `SessionXMLRebuilder`, `PrearcSessionArchi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from xnat_flows.testing.dicomhdr import InstanceHeader, anonymize_instance, xnat_file_name
@@ -110,10 +112,31 @@ class Prearchive:
         self.anonymize = anonymize
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._held: list[set[int]] = []  # rows of import requests still running (``holding``)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[set[int]]:
+        """Rows placed with the yielded set are kept from the idle rebuilder until the block ends.
+
+        XNAT's DICOM-zip importer builds (and with ``dest`` archives) what it received within the
+        request; the rebuilder must not take a session of that request half-way, however long the
+        request runs between its last instance and its commit.
+        """
+        held: set[int] = set()
+        with self.store.lock:
+            self._held.append(held)
+        try:
+            yield held
+        finally:
+            with self.store.lock:
+                self._held.remove(held)
 
     # -- placing instances -----------------------------------------------------------------------
-    def place_instance(self, header: InstanceHeader, data: bytes, where: Placement) -> PrearcRow:
-        """Store one instance in its prearchive session, creating session and scan as needed."""
+    def place_instance(
+        self, header: InstanceHeader, data: bytes, where: Placement, held: set[int] | None = None
+    ) -> PrearcRow:
+        """Store one instance in its prearchive session, creating session and scan as needed;
+        ``held`` (from ``holding``) keeps the session from the idle rebuilder."""
         store = self.store
         name = xnat_file_name(header)
         resource = "secondary" if header.derived_secondary else "DICOM"
@@ -127,6 +150,8 @@ class Prearchive:
         try:
             with store.lock:
                 row = self._open_row(header, where)
+                if held is not None:
+                    held.add(row.id)
                 scan_id = self._scan_for(row.id, header)
                 final = store.prearc_file_path(row.id, scan_id, resource, name)
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -432,7 +457,7 @@ class Prearchive:
             try:
                 with self.store.lock:  # re-read under the lock: an instance may just have arrived
                     row = self.store.prearc_row(candidate.id)
-                    if row is None:
+                    if row is None or any(row.id in held for held in self._held):
                         continue
                     if row.status == QUEUED_ARCHIVING:
                         self.archive_with_fallback(row, self.auto_archive_overwrite(row))

@@ -38,6 +38,9 @@ class InstanceOutcome:
     attempts: int
     reason: str = ""  # for skipped/failed: what went wrong, in words
     retryable: bool = False  # failed for a reason that may heal (receiver down, busy, dropped association)
+    # attempts that went out whole and got no answer (dropped association, restarted receiver): the
+    # receiver may hold a copy from one of them besides the one it confirmed
+    unanswered_attempts: int = 0
 
     @property
     def status_hex(self) -> str:
@@ -86,6 +89,17 @@ class SendResult:
         the association); the others fail the same way until the file or the receiver's
         configuration changes."""
         return [o for o in self.failed if o.retryable]
+
+    @property
+    def sent_again_after_no_answer(self) -> list[Path]:
+        """Instances confirmed on a retry after an attempt that went out whole and got no answer.
+
+        The receiver may have stored that attempt too. With XNAT this matters when it archived the
+        session in between: the retry then waits in a new prearchive entry in CONFLICT ("Session
+        already contains a scan ... with the same UID"), so such a send must be checked, not
+        reported as a plain success.
+        """
+        return [o.path for o in self.sent if o.unanswered_attempts]
 
     @property
     def unsent_paths(self) -> list[Path]:

@@ -36,8 +36,15 @@ class ResumedSend:
 
     result: SendResult
     resumed: int  # instances an earlier run delivered (confirmed by the receiver): not sent again
-    in_doubt: list[Path] = field(default_factory=list)  # sent again although an earlier run may have stored them
+    in_flight_before: list[Path] = field(default_factory=list)  # in flight when an earlier run stopped: sent again
     journal_path: Path | None = None
+
+    @property
+    def in_doubt(self) -> list[Path]:
+        """Instances the receiver may hold twice: in flight when an earlier run stopped, or sent
+        again in this run after an attempt that got no answer."""
+        earlier = set(self.in_flight_before)
+        return self.in_flight_before + [p for p in self.result.sent_again_after_no_answer if p not in earlier]
 
 
 class _JournalDeliveryLog:
@@ -87,13 +94,23 @@ def store_instances_resumable(
     return ResumedSend(result, len(files) - len(pending), in_doubt, journal.path_for(resume.destination))
 
 
-def in_doubt_warning(in_doubt: list[Path]) -> str:
-    """What to check, and do, when instances an interrupted run may have delivered were sent again."""
+def in_doubt_warning(send: ResumedSend) -> str:
+    """What to check, and do, when instances the receiver may already have held were sent again."""
+    in_doubt = send.in_doubt
     examples = ", ".join(str(path) for path in in_doubt[:5]) + (", ..." if len(in_doubt) > 5 else "")
+    again_now = len(in_doubt) - len(send.in_flight_before)
+    causes = []
+    if send.in_flight_before:
+        causes.append(f"{len(send.in_flight_before)} instance(s) were in flight when an earlier run stopped")
+    if again_now:
+        causes.append(
+            f"{again_now} instance(s) got no answer on an attempt in this run (the association dropped or "
+            "the receiver restarted)"
+        )
     return (
-        f"{len(in_doubt)} instance(s) were in flight when an earlier run stopped, so the receiver may already "
-        f"have held them; they were sent again ({examples}). If XNAT had archived that session before this "
-        "run, this run's instances wait in a prearchive entry in CONFLICT (\"Session already contains a scan "
+        f"{' and '.join(causes)}, so the receiver may already "
+        f"have held them; they were sent again ({examples}). If XNAT had archived that session before they "
+        'came again, they wait in a prearchive entry in CONFLICT ("Session already contains a scan '
         '... with the same UID"): find it with `xnat-flows prearchive list -P PROJECT` and archive it with '
         "`xnat-flows prearchive archive PROJECT TIMESTAMP NAME --overwrite delete` (the copies are identical). "
         "Otherwise there is nothing to do."

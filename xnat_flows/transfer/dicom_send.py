@@ -214,6 +214,7 @@ def store_instances(
                 report.attempts,
                 report.reason,
                 report.retryable,
+                report.unanswered,
             )
         )
     log.info("C-STORE to %s:%s %s: %s", host, port, called_aet, result.summary())

@@ -64,6 +64,7 @@ class InstanceReport(NamedTuple):
     attempts: int
     reason: str = ""
     retryable: bool = False
+    unanswered: int = 0  # attempts sent whole that got no answer: the receiver may hold a copy
 
 
 class WorkerEvents(Protocol):
@@ -132,6 +133,7 @@ class _Worker:
         self.failures_in_a_row = 0  # association attempts that failed, across chunks
         self.sent = self.failed = 0
         self.opened = 0.0
+        self.unanswered: dict[int, int] = {}  # item index -> attempts sent whole without an answer
 
     def close(self, ended: str, abort: bool = False) -> None:
         if self.assoc is None:
@@ -170,7 +172,8 @@ class _Worker:
         reason: str = "",
         retryable: bool = False,
     ) -> None:
-        self.events.outcome(InstanceReport(kind, item, status, attempts, reason, retryable))
+        unanswered = self.unanswered.pop(item.index, 0)
+        self.events.outcome(InstanceReport(kind, item, status, attempts, reason, retryable, unanswered))
 
     def open(self, group: int) -> DicomNetworkError | None:
         try:
@@ -232,12 +235,17 @@ class _Worker:
             self.events.sending(item)
             try:
                 message_id = assoc.send_store(item.sop_class, item.transfer_syntax, item.sop_instance_uid, dataset)
+            except UpperLayerError as exc:  # cut while sending: the receiver cannot have stored a partial message
+                error_text = str(exc)
+            else:
                 if pending and setup.routing_comment is None:
                     # read the next file while the receiver stores this one (one request in flight)
                     _read_ahead(pending[0], ready)
-                status = assoc.await_status(message_id)
-            except UpperLayerError as exc:  # NoResponse: stalled, aborted or dropped
-                error_text = str(exc)
+                try:
+                    status = assoc.await_status(message_id)
+                except UpperLayerError as exc:  # NoResponse: stalled, aborted or dropped after the whole message
+                    error_text = str(exc)
+                    self.unanswered[item.index] = self.unanswered.get(item.index, 0) + 1
             if status is not None and is_stored(status):
                 self.sent += 1
                 self.report("sent", item, status, attempts[item.index])

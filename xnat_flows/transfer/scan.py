@@ -144,8 +144,13 @@ def portable_relpath(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` as valid UTF-8 text: bytes of a name that are not UTF-8
     (an export from another locale) are written as ``\\xNN``, so archive member names, resume
     digests and reports never meet an undecodable name. ``DicomFile.path`` keeps the real name."""
-    relative = path.relative_to(root).as_posix()
-    return os.fsencode(relative).decode("utf-8", "backslashreplace")
+    text, base = os.fspath(path), os.fspath(root)
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    # string slicing, not Path.relative_to: this runs once per file of the scan
+    relative = text[len(prefix) :] if text.startswith(prefix) else path.relative_to(root).as_posix()
+    if os.sep != "/":
+        relative = relative.replace(os.sep, "/")
+    return relative if relative.isascii() else os.fsencode(relative).decode("utf-8", "backslashreplace")
 
 
 def is_dicom_part10(path: Path) -> bool:
@@ -209,7 +214,7 @@ def _walk(root: Path, skipped: list[SkippedFile]) -> list[tuple[Path, os.stat_re
                 continue
             linked = via_link or entry.is_symlink()
             try:
-                st = os.stat(path)  # follows symlinks
+                st = os.stat(entry.path)  # follows symlinks
             except OSError as exc:
                 reason = "broken symlink" if entry.is_symlink() else f"{CANNOT_STAT}: {exc.strerror or exc}"
                 skipped.append(SkippedFile(path, reason))
