@@ -36,7 +36,7 @@ from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.scan import ScanResult, scan_directory
 from xnat_flows.transfer.session import upload_session
-from xnat_flows.transfer.upload import UploadTarget
+from xnat_flows.transfer.target import UploadTarget
 
 Transport = Literal["dicom-zip", "gradual-dicom", "c-store"]
 PROJECT, SUBJECT, SESSION = "REL", "REL_S01", "REL_E01"

@@ -17,7 +17,8 @@ from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.errors import InputError, PermanentUploadError, PermissionDeniedError
 from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.transfer.scan import scan_directory
-from xnat_flows.transfer.upload import UploadTarget, parse_uris, upload_archive_batch, upload_gradual
+from xnat_flows.transfer.target import UploadTarget
+from xnat_flows.transfer.upload import parse_uris, upload_archive_batch, upload_gradual
 
 TARGET = UploadTarget("PROJ", "SUBJ", "SESS")
 

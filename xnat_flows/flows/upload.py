@@ -39,7 +39,8 @@ from xnat_flows.tasks.upload import (
 from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.session import StudyUploadResult, plan_sessions
-from xnat_flows.transfer.upload import BatchResult, UploadTarget
+from xnat_flows.transfer.target import UploadTarget
+from xnat_flows.transfer.upload import BatchResult
 
 
 class UploadIncompleteError(XnatError):

@@ -25,7 +25,8 @@ from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory
 from xnat_flows.transfer.session import check_destination, send_batch
 from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
-from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget, choose_archive_format
+from xnat_flows.transfer.target import UploadTarget
+from xnat_flows.transfer.upload import BatchResult, GradualResult, choose_archive_format
 from xnat_flows.transfer.verify import VerifyResult, prearchive_snapshot, verify_session
 
 # Inputs hold file lists and clients are built inside: hashing them for a cache buys nothing.

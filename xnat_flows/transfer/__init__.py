@@ -38,12 +38,14 @@ if TYPE_CHECKING:
         upload_instances,
         upload_session,
     )
+    from xnat_flows.transfer.target import (
+        UploadTarget,
+    )
     from xnat_flows.transfer.upload import (
         BatchResult,
         FileFailure,
         GradualResult,
         Progress,
-        UploadTarget,
         upload_archive_batch,
         upload_gradual,
     )
@@ -77,7 +79,7 @@ _EXPORTS = {
     "FileFailure": "xnat_flows.transfer.upload",
     "GradualResult": "xnat_flows.transfer.upload",
     "Progress": "xnat_flows.transfer.upload",
-    "UploadTarget": "xnat_flows.transfer.upload",
+    "UploadTarget": "xnat_flows.transfer.target",
     "upload_archive_batch": "xnat_flows.transfer.upload",
     "upload_gradual": "xnat_flows.transfer.upload",
     "VerifyResult": "xnat_flows.transfer.verify",
