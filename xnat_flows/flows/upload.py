@@ -33,7 +33,7 @@ from xnat_flows.tasks.upload import (
     partition_batches,
     scan_dicom_directory,
     upload_batch,
-    upload_instances,
+    upload_instances_task,
     verify_uploaded_session,
 )
 from xnat_flows.transfer.archive import ArchiveFormat
@@ -134,7 +134,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         upload_started = time.perf_counter()
         study = StudyUploadResult(files[0].study_uid, target, len(files), sum(f.size for f in files))
         if request.transport == "gradual-dicom":
-            study.gradual = upload_instances(connection, files, target, request.workers, server.concurrency_limit)
+            study.gradual = upload_instances_task(connection, files, target, request.workers, server.concurrency_limit)
             done_files += len(files)
             update_progress_artifact(progress_id, 100.0 * done_files / total_files)
         else:
