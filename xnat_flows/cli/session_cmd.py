@@ -205,13 +205,13 @@ class _progress_bar:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
-            Progress,
             TextColumn,
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
+        from rich.progress import Progress as RichProgress  # the bar; our Progress is the snapshot it shows
 
-        self._progress = Progress(
+        self._progress = RichProgress(
             TextColumn(f"[bold]{label}"),
             BarColumn(),
             TextColumn("{task.fields[files]}"),

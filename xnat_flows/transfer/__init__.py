@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from xnat_flows.transfer.partition import (
         partition_by_bytes,
     )
+    from xnat_flows.transfer.progress import (
+        Progress,
+    )
     from xnat_flows.transfer.scan import (
         DicomFile,
         ScanResult,
@@ -45,7 +48,6 @@ if TYPE_CHECKING:
         BatchResult,
         FileFailure,
         GradualResult,
-        Progress,
         upload_archive_batch,
         upload_gradual,
     )
@@ -78,7 +80,7 @@ _EXPORTS = {
     "BatchResult": "xnat_flows.transfer.upload",
     "FileFailure": "xnat_flows.transfer.upload",
     "GradualResult": "xnat_flows.transfer.upload",
-    "Progress": "xnat_flows.transfer.upload",
+    "Progress": "xnat_flows.transfer.progress",
     "UploadTarget": "xnat_flows.transfer.target",
     "upload_archive_batch": "xnat_flows.transfer.upload",
     "upload_gradual": "xnat_flows.transfer.upload",

@@ -25,13 +25,12 @@ from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.journal import ResumeState, UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.pool import interruptible_pool
+from xnat_flows.transfer.progress import Progress, ProgressCallback
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, scan_directory
 from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.upload import (
     BatchResult,
     GradualResult,
-    Progress,
-    ProgressCallback,
     upload_archive_batch,
     upload_gradual,
 )
