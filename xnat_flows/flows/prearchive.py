@@ -10,7 +10,7 @@ from prefect import flow, tags
 from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
-from xnat_flows.client.prearchive import ArchiveOutcome, Overwrite, prearchive_src
+from xnat_flows.client.prearchive import ArchiveOutcome, ArchiveOverwrite, prearchive_src
 from xnat_flows.events import emit_archive_outcome
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import credentials_for
@@ -35,7 +35,7 @@ class ArchiveRequest(PrearchiveSessionRef):
 
     subject: str | None = Field(default=None, description="Subject label in the archive (default: the one XNAT found).")
     label: str | None = Field(default=None, description="Session label in the archive (default: the prearchive name).")
-    overwrite: Overwrite | None = Field(
+    overwrite: ArchiveOverwrite | None = Field(
         default=None,
         description=(
             "When the session already exists in the archive: append (add scans/files) or delete "

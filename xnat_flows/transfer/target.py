@@ -11,7 +11,9 @@ from typing import Literal
 from xnat_flows.client.archive import is_valid_label
 from xnat_flows.client.errors import InputError
 
-Overwrite = Literal["none", "append", "delete"]
+# ``overwrite`` of the import service (POST /data/services/import): how an upload meets a session
+# already there. Archiving from the prearchive has its own, ``client.prearchive.ArchiveOverwrite``.
+ImportOverwrite = Literal["none", "append", "delete"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class UploadTarget:
     direct_archive: bool = True  # False: stage in the prearchive (dest=/prearchive/projects/P)
     # "append": XNAT merges into an existing session of the same study and refuses another study's
     # ("invalid modification of session UID"); "delete" skips that check, so it is never the default.
-    overwrite: Overwrite = "append"
+    overwrite: ImportOverwrite = "append"
 
     def __post_init__(self) -> None:
         for name in ("project", "subject", "session"):
