@@ -21,7 +21,7 @@ from xnat_flows.client.errors import AuthenticationError, CancelledError, NoAnsw
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
-from xnat_flows.transfer import UploadTarget, scan_directory, upload_archive_batch, upload_session
+from xnat_flows.transfer import UploadTarget, scan_directory, upload_batch, upload_session
 
 pytestmark = pytest.mark.e2e
 
@@ -144,7 +144,7 @@ def test_cancel_stops_an_upload_blocked_in_send_within_seconds(xnat_emulator, tm
 
         def run() -> None:
             try:
-                upload_archive_batch(xnat, files, UploadTarget("TEST", "S", "CANCEL"))
+                upload_batch(xnat, files, UploadTarget("TEST", "S", "CANCEL"))
                 outcome.append(None)
             except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 outcome.append(exc)

@@ -32,7 +32,7 @@ from xnat_flows.tasks.upload import (
     forget_delivered,
     partition_batches,
     scan_dicom_directory,
-    upload_batch,
+    upload_batch_task,
     upload_instances_task,
     verify_uploaded_session,
 )
@@ -140,7 +140,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         else:
             batches = partition_batches(files, request.workers)
             futures = {
-                upload_batch.submit(connection, batch, target, archive_format, index, server.concurrency_limit): (
+                upload_batch_task.submit(connection, batch, target, archive_format, index, server.concurrency_limit): (
                     index,
                     batch,
                 )

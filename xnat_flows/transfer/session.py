@@ -2,7 +2,7 @@
 
 This is the library-level orchestration (no Prefect): the CLI calls ``upload_session``
 directly, and the Prefect flow runs the same steps (``plan_sessions``, ``partition_by_bytes``,
-``upload_archive_batch`` / ``upload_gradual``, ``verify_session``) as tasks.
+``upload_batch`` / ``upload_gradual``, ``verify_session``) as tasks.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from xnat_flows.client.archive import find_archived
 from xnat_flows.client.client import XnatClient
@@ -31,7 +33,7 @@ from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.upload import (
     BatchResult,
     GradualResult,
-    upload_archive_batch,
+    upload_batch,
     upload_gradual,
 )
 from xnat_flows.transfer.verify import VerifyResult, archived_complete, prearchive_snapshot, verify_session
@@ -211,7 +213,7 @@ def _session_present(client: XnatClient, target: UploadTarget, study_uid: str) -
     return any(row.tag == study_uid and row.status != ERROR for row in rows)
 
 
-def send_batch(
+def upload_batch_resumable(
     client: XnatClient,
     batch: list[DicomFile],
     target: UploadTarget,
@@ -231,7 +233,7 @@ def send_batch(
     if resume.holds(batch):
         relpaths = tuple(f.relpath for f in batch)
         return BatchResult(index, relpaths, sum(f.size for f in batch), 0.0, (), True, resumed=True)
-    result = upload_archive_batch(
+    result = upload_batch(
         client, batch, target, fmt, index=index, raise_on_error=raise_on_error, on_streamed=on_streamed
     )
     if result.ok:
@@ -268,7 +270,7 @@ def upload_batches(
             streaming[index] = n
             report()
 
-        result = send_batch(
+        result = upload_batch_resumable(
             client,
             batch,
             target,
@@ -388,3 +390,12 @@ def upload_session(
             journal.clear(resume_key(client.base_url, session_target.key))
         results.append(study)
     return SessionUploadResult(results, list(scan.skipped), time.monotonic() - started)
+
+
+def __getattr__(name: str) -> Any:
+    # The resumable one-batch upload was called send_batch (docs showed it); the old name still
+    # works, with a warning.
+    if name == "send_batch":
+        warnings.warn("send_batch is now upload_batch_resumable", DeprecationWarning, stacklevel=2)
+        return upload_batch_resumable
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,10 +12,12 @@ import functools
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -92,7 +94,7 @@ def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str
     )
 
 
-def upload_archive_batch(
+def upload_batch(
     client: XnatClient,
     batch: Sequence[DicomFile],
     target: UploadTarget,
@@ -390,3 +392,12 @@ def choose_archive_format(client: XnatClient, probes: int = 3) -> tuple[ArchiveF
     if rtt >= SLOW_LINK_RTT_SECONDS:
         return "tgz", f"round trip {rtt * 1000:.0f} ms: a remote link, compressed to about half"
     return "tar", f"round trip {rtt * 1000:.1f} ms: a local link, sent uncompressed"
+
+
+def __getattr__(name: str) -> Any:
+    # The one-batch upload was also called upload_archive_batch (docs showed it); the old name
+    # still works, with a warning.
+    if name == "upload_archive_batch":
+        warnings.warn("upload_archive_batch is now upload_batch", DeprecationWarning, stacklevel=2)
+        return upload_batch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
