@@ -229,7 +229,7 @@ def test_gradual_salvages_transient_failures(study_dir: Path) -> None:
     assert result.ok and seen["flaky"] == 7
 
 
-def test_send_batch_skips_what_the_journal_holds(study_dir: Path, tmp_path: Path) -> None:
+def test_upload_batch_resumable_skips_what_the_journal_holds(study_dir: Path, tmp_path: Path) -> None:
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.session import upload_batch_resumable
 
