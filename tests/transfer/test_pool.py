@@ -70,10 +70,11 @@ def test_ctrl_c_while_waiting_at_the_end_still_waits_for_the_work_in_flight() ->
     shutdown, interrupted and called again as the uploads did, returns at once on CPython 3.11:
     the interrupted ``Thread.join`` marked the running thread as finished.)"""
     cancel = threading.Event()
+    body_left = threading.Event()
     recorded: list[str] = []
 
     def upload() -> None:
-        time.sleep(0.1)  # the main thread is waiting at the end of the block by now
+        assert body_left.wait(5)  # the main thread has left the block's body: it is at the final wait
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
         cancel.wait(5)
         time.sleep(0.2)  # what the upload still does after it was told to stop
@@ -84,6 +85,7 @@ def test_ctrl_c_while_waiting_at_the_end_still_waits_for_the_work_in_flight() ->
     try:
         with pytest.raises(KeyboardInterrupt), interruptible_pool(2, "test", on_interrupt=cancel.set) as pool:
             pool.submit(upload)
+            body_left.set()
     finally:
         signal.signal(signal.SIGINT, previous)
     assert cancel.is_set()

@@ -16,6 +16,7 @@ from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.errors import InputError, PermanentUploadError, PermissionDeniedError
 from xnat_flows.client.retry import RetryPolicy
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.transfer.scan import scan_directory
 from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.upload import parse_uris, upload_batch, upload_gradual
@@ -359,7 +360,7 @@ def test_cancel_stops_a_streaming_batch_at_the_next_chunk(tmp_path: Path) -> Non
 
     worker = threading.Thread(target=run)
     worker.start()
-    time.sleep(0.15)
+    wait_until(lambda: chunks_read, 10, interval=0.01, what="the batch's body to start streaming")
     client.cancel()
     worker.join(5)
     assert not worker.is_alive()
