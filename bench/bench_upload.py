@@ -67,7 +67,7 @@ def _scan(source: str):
 
 def case_dicom_zip(case: dict) -> dict:
     from xnat_flows.transfer.session import upload_batches
-    from xnat_flows.transfer.upload import UploadTarget
+    from xnat_flows.transfer.target import UploadTarget
 
     files = _scan(case["source"]).files
     target = UploadTarget(PROJECT, "SUBJ", case["label"], direct_archive=True)
@@ -86,7 +86,7 @@ def case_dicom_zip_floor(case: dict) -> dict:
 
     from xnat_flows.transfer.archive import content_type_for, iter_archive
     from xnat_flows.transfer.partition import partition_by_bytes
-    from xnat_flows.transfer.upload import UploadTarget
+    from xnat_flows.transfer.target import UploadTarget
 
     files = _scan(case["source"]).files
     batches = partition_by_bytes(files, case["workers"])
@@ -122,7 +122,8 @@ def _stream(body, chunk: int = 1 << 20):
 
 
 def case_gradual(case: dict) -> dict:
-    from xnat_flows.transfer.upload import UploadTarget, upload_gradual
+    from xnat_flows.transfer.target import UploadTarget
+    from xnat_flows.transfer.upload import upload_gradual
 
     files = _scan(case["source"]).files[: case["limit"]]
     target = UploadTarget(PROJECT, "SUBJ", case["label"], direct_archive=True)
@@ -139,7 +140,7 @@ def case_gradual_floor(case: dict) -> dict:
     """A bare httpx keep-alive POST loop: one client per thread, files split round-robin."""
     import httpx
 
-    from xnat_flows.transfer.upload import UploadTarget
+    from xnat_flows.transfer.target import UploadTarget
 
     files = _scan(case["source"]).files[: case["limit"]]
     params = UploadTarget(PROJECT, "SUBJ", case["label"], direct_archive=True).gradual_params()
@@ -337,7 +338,7 @@ def flow_overhead(work: Path) -> None:
                 "from xnat_flows.flows.upload import upload_dicom_session\n"
                 "from xnat_flows.models import UploadRequest, XnatConnection\n"
                 "from xnat_flows.transfer.session import upload_session\n"
-                "from xnat_flows.transfer.upload import UploadTarget\n"
+                "from xnat_flows.transfer.target import UploadTarget\n"
                 "from xnat_flows.client import XnatClient\n"
                 "from xnat_flows.tasks.connection import credentials_for\n"
                 "url, source = sys.argv[1], sys.argv[2]\n"

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from xnat_flows.cli.main import app
 from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
 
 pytestmark = pytest.mark.e2e
@@ -383,9 +384,9 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path, home: Path, xnat_emulator_fac
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while xnat.stats()["imports"] < 2 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
+    wait_until(
+        lambda: xnat.stats()["imports"] >= 2 or process.poll() is not None, 60, what="two instances to be imported"
+    )
     process.send_signal(2)  # SIGINT, as Ctrl-C
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr

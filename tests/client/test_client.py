@@ -530,3 +530,18 @@ def test_reserve_connections_sizes_the_pool_to_the_workers() -> None:
         assert client.max_connections == 41
         pool = client._http._transport._pool
         assert pool._max_connections == 41
+
+
+def test_timeout_is_httpxs_own_and_a_float_is_accepted() -> None:
+    """The client takes httpx's ``Timeout`` (or seconds for every phase) and narrows it for uploads
+    by ``stall`` and for queries by ``answer``, never beyond what the caller allowed."""
+    creds = Credentials(url="https://xnat.test", username="alice", password=SecretStr(PASSWORD))
+    with XnatClient(creds, token_cache=None, timeout=5.0, stall=1.0, answer=2.0) as client:
+        assert client.timeout == httpx.Timeout(5.0)
+        assert client._http.timeout == httpx.Timeout(5.0)
+        assert client.upload_timeout(2_000_000) == httpx.Timeout(connect=5.0, read=2.0, write=1.0, pool=5.0)
+        assert client.upload_timeout(100_000_000).read == 5.0  # stall + 50 s of storing, capped by read
+        assert client._query_timeout() == httpx.Timeout(2.0, connect=5.0, pool=5.0)
+    with XnatClient(creds, token_cache=None, timeout=httpx.Timeout(None, connect=3.0)) as client:
+        assert client.upload_timeout(2_000_000) == httpx.Timeout(connect=3.0, read=301.0, write=300.0, pool=None)
+        assert client._query_timeout().read == 60.0

@@ -41,7 +41,7 @@ def test_import_instance_refuses_garbage(emulator):
 
 def test_scp_port_without_receiver_module_is_a_clear_error(tmp_path, monkeypatch, xnat_emulator_factory):
     monkeypatch.setitem(sys.modules, "xnat_flows.testing.scp", None)  # makes the import fail
-    with pytest.raises(RuntimeError, match="DicomReceiver"):
+    with pytest.raises(RuntimeError, match="EmulatorDicomScp"):
         xnat_emulator_factory(tmp_path, scp_port=0)
 
 

@@ -12,7 +12,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
 from xnat_flows.testing.pytest_plugin import wait_until
-from xnat_flows.testing.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, DicomReceiver, ScpFaults
+from xnat_flows.testing.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, EmulatorDicomScp, ScpFaults
 from xnat_flows.testing.synth import write_studies
 
 PART10_DATASET_OFFSET_MARKER = b"DICM"
@@ -43,8 +43,8 @@ def ingest() -> RecordingIngest:
 
 
 @pytest.fixture
-def receiver(ingest: RecordingIngest) -> Iterator[DicomReceiver]:
-    with DicomReceiver(ingest, ae_title="XNAT") as scp:
+def receiver(ingest: RecordingIngest) -> Iterator[EmulatorDicomScp]:
+    with EmulatorDicomScp(ingest, ae_title="XNAT") as scp:
         yield scp
 
 
@@ -67,7 +67,7 @@ def _dataset_bytes(part10: bytes) -> bytes:
     return part10[144 + group_length :]
 
 
-def test_echo_succeeds_and_binds_the_requested_host(receiver: DicomReceiver) -> None:
+def test_echo_succeeds_and_binds_the_requested_host(receiver: EmulatorDicomScp) -> None:
     assert receiver.port > 0
     assoc = _associate(receiver.port)
     assert assoc.is_established
@@ -75,13 +75,13 @@ def test_echo_succeeds_and_binds_the_requested_host(receiver: DicomReceiver) -> 
     assoc.release()
 
 
-def test_wrong_called_ae_title_is_rejected(receiver: DicomReceiver) -> None:
+def test_wrong_called_ae_title_is_rejected(receiver: EmulatorDicomScp) -> None:
     assoc = _associate(receiver.port, called="NOTXNAT")
     assert assoc.is_rejected
     assert not assoc.is_established
 
 
-def test_c_store_delivers_the_sent_dataset_bytes(receiver: DicomReceiver, ingest: RecordingIngest, study) -> None:
+def test_c_store_delivers_the_sent_dataset_bytes(receiver: EmulatorDicomScp, ingest: RecordingIngest, study) -> None:
     assoc = _associate(receiver.port, calling="MYSCANNER")
     assert assoc.is_established
     for item in study.files:
@@ -97,7 +97,7 @@ def test_c_store_delivers_the_sent_dataset_bytes(receiver: DicomReceiver, ingest
 
 
 def test_ingest_refusal_and_error_become_failure_statuses(
-    receiver: DicomReceiver, ingest: RecordingIngest, study
+    receiver: EmulatorDicomScp, ingest: RecordingIngest, study
 ) -> None:
     assoc = _associate(receiver.port)
     ingest.refuse = True
@@ -109,7 +109,7 @@ def test_ingest_refusal_and_error_become_failure_statuses(
 
 
 def test_abort_fault_aborts_once_then_the_receiver_serves_again(
-    receiver: DicomReceiver, ingest: RecordingIngest, study
+    receiver: EmulatorDicomScp, ingest: RecordingIngest, study
 ) -> None:
     receiver.set_faults(ScpFaults(abort_after_stores=2))
     assoc = _associate(receiver.port)
@@ -126,7 +126,7 @@ def test_abort_fault_aborts_once_then_the_receiver_serves_again(
 
 
 def test_stall_fault_leaves_the_request_unanswered(ingest: RecordingIngest, study) -> None:
-    with DicomReceiver(ingest, faults=ScpFaults(stall_after_stores=1, stall_seconds=10)) as scp:
+    with EmulatorDicomScp(ingest, faults=ScpFaults(stall_after_stores=1, stall_seconds=10)) as scp:
         ae = AE(ae_title="TESTSCU")
         ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.1"])
         ae.dimse_timeout = 1
@@ -139,7 +139,7 @@ def test_stall_fault_leaves_the_request_unanswered(ingest: RecordingIngest, stud
         assert len(ingest.received) == 1
 
 
-def test_refusal_fault_rejects_associations_until_cleared(receiver: DicomReceiver) -> None:
+def test_refusal_fault_rejects_associations_until_cleared(receiver: EmulatorDicomScp) -> None:
     receiver.set_faults(ScpFaults(refuse_associations=True))
     assert _associate(receiver.port).is_rejected
     receiver.set_faults(ScpFaults())
@@ -149,8 +149,15 @@ def test_refusal_fault_rejects_associations_until_cleared(receiver: DicomReceive
 
 
 def test_stop_releases_the_port(ingest: RecordingIngest) -> None:
-    scp = DicomReceiver(ingest).start()
+    scp = EmulatorDicomScp(ingest).start()
     port = scp.port
     scp.stop()
     assoc = _associate(port)
     assert not assoc.is_established
+
+
+def test_the_old_name_of_the_emulators_scp_still_works_with_a_warning() -> None:
+    from xnat_flows.testing import scp
+
+    with pytest.warns(DeprecationWarning, match="EmulatorDicomScp"):
+        assert scp.DicomReceiver is scp.EmulatorDicomScp

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from xnat_flows.testing.scp import DicomReceiver
+from xnat_flows.testing.scp import EmulatorDicomScp
 from xnat_flows.testing.synth import write_studies
 
 pytestmark = [
@@ -35,7 +35,7 @@ def test_storescu_delivers_a_study_with_junk_and_echoscu_checks_the_ae_title(tmp
         return calling_aet
 
     env = {**os.environ, "TCP_NODELAY": "1"}
-    with DicomReceiver(ingest, ae_title="XNAT") as scp:
+    with EmulatorDicomScp(ingest, ae_title="XNAT") as scp:
         port = str(scp.port)
         ok = subprocess.run(["echoscu", "-aec", "XNAT", "127.0.0.1", port], env=env, capture_output=True, timeout=30)
         assert ok.returncode == 0, ok.stderr

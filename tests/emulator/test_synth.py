@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+from array import array
 from pathlib import Path
 
 import pydicom
@@ -165,6 +168,22 @@ def test_phantom_pixels_compress_as_real_images_and_random_ones_do_not(tmp_path:
         for f in write_studies(tmp_path / "p", series=1, instances=9, instance_kb=64).files[::4][:2]
     )
     assert first.PixelData != middle.PixelData  # the head's extent follows the slice position
-    assert first.pixel_array.max() <= 4095 and first.pixel_array[0, 0] < 200  # background: a noise floor, not tissue
+    pixels = array("H", first.PixelData)  # unsigned 16-bit, little-endian
+    if sys.byteorder == "big":
+        pixels.byteswap()
+    assert max(pixels) <= 4095 and pixels[0] < 200  # background: a noise floor, not tissue
     with pytest.raises(ValueError, match="pixels"):
         write_studies(tmp_path / "bad", instances=1, pixels="noise")  # type: ignore[arg-type]
+
+
+def test_synth_needs_no_numpy(tmp_path: Path) -> None:
+    """numpy is not a dependency: the phantom is built with the standard library."""
+    script = (
+        "import sys; sys.modules['numpy'] = None\n"  # any `import numpy` now raises ImportError
+        "from xnat_flows.testing.synth import write_studies\n"
+        f"m = write_studies({str(tmp_path)!r}, series=1, instances=3, instance_kb=16, junk=True)\n"
+        "print(len(m.files))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3"

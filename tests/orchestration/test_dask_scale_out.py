@@ -28,8 +28,8 @@ SCRIPT = textwrap.dedent(
     from xnat_flows.flows.upload import upload_dicom_session
     from xnat_flows.models import UploadRequest, XnatConnection
 
-    def batch_keys(dask_worker):  # Dask keys are named after the task function (upload_batch)
-        return sorted({str(entry[0]) for entry in dask_worker.state.log if str(entry[0]).startswith("upload_batch-")})
+    def batch_keys(dask_worker):  # Dask keys are named after the task function (upload_batch_task)
+        return sorted({str(entry[0]) for entry in dask_worker.state.log if str(entry[0]).startswith("upload_batch_task-")})
 
     if __name__ == "__main__":
         source, url = sys.argv[1], sys.argv[2]

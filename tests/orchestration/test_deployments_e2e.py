@@ -371,7 +371,7 @@ def test_archived_event_alone_triggers_processing(
     from xnat_flows.client.credentials import resolve_credentials
     from xnat_flows.transfer.scan import scan_directory
     from xnat_flows.transfer.session import upload_session
-    from xnat_flows.transfer.upload import UploadTarget
+    from xnat_flows.transfer.target import UploadTarget
 
     source = tmp_path / "export"
     write_session(source, patient_id="P004", series=1, instances=2)

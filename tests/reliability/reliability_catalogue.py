@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import pydicom
 
-from xnat_flows.client.client import Timeouts, XnatClient
+from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.errors import XnatError
 from xnat_flows.client.retry import RetryPolicy
@@ -35,7 +36,7 @@ from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.scan import ScanResult, scan_directory
 from xnat_flows.transfer.session import upload_session
-from xnat_flows.transfer.upload import UploadTarget
+from xnat_flows.transfer.target import UploadTarget
 
 Transport = Literal["dicom-zip", "gradual-dicom", "c-store"]
 PROJECT, SUBJECT, SESSION = "REL", "REL_S01", "REL_E01"
@@ -90,8 +91,8 @@ class Harness:
 
     def client(self, read_timeout: float = 30.0) -> XnatClient:
         creds = Credentials(url=self.emulator.url, username="admin", password=PASSWORD)
-        timeouts = Timeouts(connect=2.0, read=read_timeout, write=read_timeout, pool=10.0)
-        client = XnatClient(creds, timeouts=timeouts, retry=FAST_RETRY)
+        timeout = httpx.Timeout(connect=2.0, read=read_timeout, write=read_timeout, pool=10.0)
+        client = XnatClient(creds, timeout=timeout, retry=FAST_RETRY)
         self.clients.append(client)
         return client
 

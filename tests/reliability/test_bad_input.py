@@ -126,7 +126,7 @@ def _label_holds_another_study(xnat: XnatEmulator, label: str, tmp: Path) -> Non
     from xnat_flows.client.client import XnatClient
     from xnat_flows.client.credentials import Credentials
     from xnat_flows.transfer.session import upload_session
-    from xnat_flows.transfer.upload import UploadTarget
+    from xnat_flows.transfer.target import UploadTarget
 
     write_studies(tmp / "other", series=1, instances=2, instance_kb=2, seed=27)
     creds = Credentials(url=xnat.url, username="admin", password=SecretStr(PASSWORD))

@@ -14,7 +14,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from xnat_flows.client.errors import InputError
-from xnat_flows.testing.scp import DicomReceiver, ScpFaults
+from xnat_flows.testing.scp import EmulatorDicomScp, ScpFaults
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.dicom_send import (
     AssociationRejectedError,
@@ -59,8 +59,8 @@ def received() -> Received:
 
 
 @pytest.fixture
-def scp(received: Received) -> Iterator[DicomReceiver]:
-    with DicomReceiver(received, ae_title="XNAT") as receiver:
+def scp(received: Received) -> Iterator[EmulatorDicomScp]:
+    with EmulatorDicomScp(received, ae_title="XNAT") as receiver:
         yield receiver
 
 
@@ -82,7 +82,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_echo_reports_the_round_trip(scp: DicomReceiver) -> None:
+def test_echo_reports_the_round_trip(scp: EmulatorDicomScp) -> None:
     result = echo("127.0.0.1", scp.port, "XNAT", "XNATFLOWS", timeout=5)
     assert result.port == scp.port and result.seconds > 0
 
@@ -93,13 +93,13 @@ def test_echo_names_a_closed_port_as_refused() -> None:
     assert "8104" in info.value.hint
 
 
-def test_echo_names_a_wrong_called_ae_title(scp: DicomReceiver) -> None:
+def test_echo_names_a_wrong_called_ae_title(scp: EmulatorDicomScp) -> None:
     with pytest.raises(CalledAETitleRejectedError, match="'WRONGAE'") as info:
         echo("127.0.0.1", scp.port, called_aet="WRONGAE", timeout=5)
     assert "AE title" in info.value.hint
 
 
-def test_echo_reports_a_refused_calling_ae_title(scp: DicomReceiver) -> None:
+def test_echo_reports_a_refused_calling_ae_title(scp: EmulatorDicomScp) -> None:
     scp.set_faults(ScpFaults(refuse_associations=True))
     with pytest.raises(AssociationRejectedError, match="calling AE title 'XNATFLOWS'"):
         echo("127.0.0.1", scp.port, timeout=5)
@@ -135,7 +135,7 @@ def test_ae_title_padding_is_insignificant() -> None:
     assert validate_ae_title(" XNAT  ", "called") == "XNAT"
 
 
-def test_every_instance_arrives_byte_identical(scp: DicomReceiver, received: Received, study_root: Path) -> None:
+def test_every_instance_arrives_byte_identical(scp: EmulatorDicomScp, received: Received, study_root: Path) -> None:
     scan = scan_directory(study_root)
     seen: list[tuple[int, int]] = []
     result = store_instances(
@@ -159,14 +159,16 @@ def test_every_instance_arrives_byte_identical(scp: DicomReceiver, received: Rec
     assert all(a.ended == "released" for a in result.associations)
 
 
-def test_a_directory_is_scanned_and_junk_is_not_sent(scp: DicomReceiver, received: Received, study_root: Path) -> None:
+def test_a_directory_is_scanned_and_junk_is_not_sent(
+    scp: EmulatorDicomScp, received: Received, study_root: Path
+) -> None:
     result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=1, **FAST)
     assert len(result.sent) == 24 and not result.failed
     assert len(received.datasets) == 24
 
 
 def test_two_associations_in_threads_deliver_everything(
-    scp: DicomReceiver, received: Received, study_root: Path
+    scp: EmulatorDicomScp, received: Received, study_root: Path
 ) -> None:
     result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=2, **FAST)
     assert result.mode == "threads" and {a.worker for a in result.associations} == {0, 1}
@@ -188,7 +190,7 @@ def _mixed_files(tmp_path: Path) -> Path:
 
 
 def test_contexts_come_from_the_files_and_split_into_groups(
-    scp: DicomReceiver, received: Received, tmp_path: Path
+    scp: EmulatorDicomScp, received: Received, tmp_path: Path
 ) -> None:
     scan = scan_directory(_mixed_files(tmp_path))
     pairs = {(f.sop_class_uid, f.transfer_syntax) for f in scan.files}
@@ -260,7 +262,7 @@ def test_no_accepted_context_is_an_actionable_error(tmp_path: Path) -> None:
 
 
 def test_an_aborted_association_is_retried_on_a_fresh_one(
-    scp: DicomReceiver, received: Received, study_root: Path
+    scp: EmulatorDicomScp, received: Received, study_root: Path
 ) -> None:
     scp.set_faults(ScpFaults(abort_after_stores=5))
     result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=2, **FAST)
@@ -275,7 +277,7 @@ def test_an_aborted_association_is_retried_on_a_fresh_one(
 
 
 def test_a_stall_answered_with_a_failure_status_is_not_in_doubt(
-    scp: DicomReceiver, received: Received, study_root: Path
+    scp: EmulatorDicomScp, received: Received, study_root: Path
 ) -> None:
     """An answer, even a refusal, says the receiver does not hold the instance: nothing to check."""
     scp.set_faults(ScpFaults(stall_after_stores=3, stall_seconds=0.2))
@@ -286,7 +288,7 @@ def test_a_stall_answered_with_a_failure_status_is_not_in_doubt(
 
 
 def test_a_stalled_association_is_abandoned_after_the_dimse_timeout(
-    scp: DicomReceiver, received: Received, study_root: Path
+    scp: EmulatorDicomScp, received: Received, study_root: Path
 ) -> None:
     scp.set_faults(ScpFaults(stall_after_stores=3, stall_seconds=30))
     result = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=1, dimse_timeout=1, acse_timeout=5)
@@ -296,7 +298,7 @@ def test_a_stalled_association_is_abandoned_after_the_dimse_timeout(
 
 
 def test_without_retries_nothing_is_reported_sent_that_did_not_arrive_and_a_rerun_completes(
-    scp: DicomReceiver, received: Received, study_root: Path
+    scp: EmulatorDicomScp, received: Received, study_root: Path
 ) -> None:
     scp.set_faults(ScpFaults(abort_after_stores=7))
     first = store_instances(study_root, host="127.0.0.1", port=scp.port, workers=1, max_attempts=1, **FAST)
@@ -313,7 +315,7 @@ def test_without_retries_nothing_is_reported_sent_that_did_not_arrive_and_a_reru
 
 
 def test_a_failure_status_is_recorded_with_its_meaning(
-    scp: DicomReceiver, received: Received, study_root: Path
+    scp: EmulatorDicomScp, received: Received, study_root: Path
 ) -> None:
     received.fail = True
     files = scan_directory(study_root).files[:2]
@@ -338,7 +340,7 @@ def test_a_file_the_receiver_cannot_place_fails_once_with_the_reason(tmp_path: P
         ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(part10), stop_before_pixels=True)
         return "/prearchive/x" if "StudyInstanceUID" in ds else None
 
-    with DicomReceiver(importer, ae_title="XNAT") as receiver:
+    with EmulatorDicomScp(importer, ae_title="XNAT") as receiver:
         result = store_instances(tmp_path / "study", host="127.0.0.1", port=receiver.port, workers=1, **FAST)
     assert len(result.sent) == 2
     [failure] = result.failed
@@ -349,7 +351,7 @@ def test_a_file_the_receiver_cannot_place_fails_once_with_the_reason(tmp_path: P
     )
 
 
-def test_a_file_changed_after_the_scan_is_not_sent(scp: DicomReceiver, received: Received, tmp_path: Path) -> None:
+def test_a_file_changed_after_the_scan_is_not_sent(scp: EmulatorDicomScp, received: Received, tmp_path: Path) -> None:
     import os
 
     manifest = write_studies(tmp_path / "study", series=1, instances=4, instance_kb=8)
@@ -378,13 +380,15 @@ def test_receiver_down_fails_fast_in_preflight_and_records_failures_without_it(s
     assert all(o.retryable for o in result.failed)  # the receiver may come back
 
 
-def test_wrong_called_ae_title_fails_before_sending(scp: DicomReceiver, received: Received, study_root: Path) -> None:
+def test_wrong_called_ae_title_fails_before_sending(
+    scp: EmulatorDicomScp, received: Received, study_root: Path
+) -> None:
     with pytest.raises(CalledAETitleRejectedError):
         store_instances(study_root, host="127.0.0.1", port=scp.port, called_aet="NOTXNAT", **FAST)
     assert not received.datasets
 
 
-def test_routing_override_changes_the_sent_copy_only(scp: DicomReceiver, received: Received, tmp_path: Path) -> None:
+def test_routing_override_changes_the_sent_copy_only(scp: EmulatorDicomScp, received: Received, tmp_path: Path) -> None:
     manifest = write_studies(tmp_path / "routed", series=1, instances=3, instance_kb=8)
     before = {f.path: hashlib.sha256(f.path.read_bytes()).hexdigest() for f in manifest.files}
     result = store_instances(
@@ -414,7 +418,7 @@ def test_routing_values_xnat_cannot_parse_are_refused() -> None:
     assert RoutingOverride("P1").comment() == "Project:P1"
 
 
-def test_no_files_means_nothing_to_do(scp: DicomReceiver) -> None:
+def test_no_files_means_nothing_to_do(scp: EmulatorDicomScp) -> None:
     result = store_instances([], host="127.0.0.1", port=scp.port)
     assert (result.sent, result.failed, result.skipped) == ([], [], [])
 
@@ -453,7 +457,7 @@ def test_a_warning_status_counts_as_sent_and_keeps_its_code(study_root: Path) ->
 
 
 def test_the_upload_dicom_command_imports_no_heavy_library(
-    scp: DicomReceiver, received: Received, tmp_path: Path
+    scp: EmulatorDicomScp, received: Received, tmp_path: Path
 ) -> None:
     """The whole ``session upload-dicom`` run (argument parsing, echo, scan, send, journal) does
     without pydantic, pydicom, pynetdicom, httpx and prefect: start-up is part of its throughput

@@ -16,7 +16,7 @@ from xnat_flows.transfer import (
     UploadTarget,
     partition_by_bytes,
     scan_directory,
-    upload_archive_batch,
+    upload_batch,
     upload_session,
 )
 from xnat_flows.transfer.journal import resume_key
@@ -252,7 +252,7 @@ def test_permanent_rejection_raises_with_the_server_message(xnat_emulator, clien
     )
     batch = scan_directory(export).files
     with pytest.raises(PermanentUploadError, match="Unable to identify destination project"):
-        upload_archive_batch(client, batch, UploadTarget("TEST", "SUBJ01", "NOPE"))
+        upload_batch(client, batch, UploadTarget("TEST", "SUBJ01", "NOPE"))
     assert rule.fired == 1  # no retry of a permanent rejection
 
 
@@ -266,7 +266,7 @@ def test_single_batch_upload_api(xnat_emulator, client, export) -> None:
     files = scan_directory(export).files
     batches = partition_by_bytes(files, 3)
     results = [
-        upload_archive_batch(client, b, UploadTarget("TEST", "SUBJ01", "BATCHED"), "zip", index=i)
+        upload_batch(client, b, UploadTarget("TEST", "SUBJ01", "BATCHED"), "zip", index=i)
         for i, b in enumerate(batches)
     ]
     assert [r.index for r in results] == [0, 1, 2] and all(r.ok for r in results)

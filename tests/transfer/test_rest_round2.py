@@ -9,18 +9,19 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from pydantic import SecretStr
 from transfer_helpers import connect, write_study
 
-from xnat_flows.client.client import Timeouts, XnatClient
+from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.errors import AuthenticationError, CancelledError, NoAnswerError
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
-from xnat_flows.transfer import UploadTarget, scan_directory, upload_archive_batch, upload_session
+from xnat_flows.transfer import UploadTarget, scan_directory, upload_batch, upload_session
 
 pytestmark = pytest.mark.e2e
 
@@ -122,7 +123,7 @@ def test_two_series_with_one_series_number_verify(xnat_emulator, client, tmp_pat
 
 def test_a_stalled_dicom_zip_upload_ends_on_the_stall_timeout(xnat_emulator, tmp_path, export) -> None:
     xnat_emulator.faults.add(path=IMPORT, method="POST", times=None, delay_ms=6000)
-    with connect(xnat_emulator, tmp_path, timeouts=Timeouts(stall=0.5)) as xnat:
+    with connect(xnat_emulator, tmp_path, stall=0.5) as xnat:
         started = time.monotonic()
         result = upload_session(xnat, export, UploadTarget("TEST", "S", "STALL"), workers=1, verify=False)
         took = time.monotonic() - started
@@ -143,7 +144,7 @@ def test_cancel_stops_an_upload_blocked_in_send_within_seconds(xnat_emulator, tm
 
         def run() -> None:
             try:
-                upload_archive_batch(xnat, files, UploadTarget("TEST", "S", "CANCEL"))
+                upload_batch(xnat, files, UploadTarget("TEST", "S", "CANCEL"))
                 outcome.append(None)
             except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 outcome.append(exc)
@@ -197,7 +198,7 @@ def test_a_server_that_never_answers_fails_a_command_in_bounded_time(tmp_path) -
     threading.Thread(target=swallow, daemon=True).start()
     creds = Credentials(url=f"http://127.0.0.1:{silent.getsockname()[1]}", username="u", password=SecretStr("pw"))
     try:
-        with XnatClient(creds, token_cache=None, timeouts=Timeouts(answer=0.5)) as xnat:
+        with XnatClient(creds, token_cache=None, answer=0.5) as xnat:
             started = time.monotonic()
             with pytest.raises(NoAnswerError) as info:
                 xnat.whoami()
@@ -219,7 +220,7 @@ def test_more_workers_than_sixteen_do_not_wait_on_the_connection_pool(xnat_emula
     root = tmp_path / "export"
     write_study(root, series=4, instances=6)
     xnat_emulator.faults.add(path=IMPORT, method="POST", times=None, delay_ms=1500)  # slow but healthy
-    with connect(xnat_emulator, tmp_path, timeouts=Timeouts(pool=0.5)) as xnat:
+    with connect(xnat_emulator, tmp_path, timeout=httpx.Timeout(60.0, pool=0.5)) as xnat:
         result = upload_session(xnat, root, UploadTarget("TEST", "S", "WIDE"), workers=24, **FAST)
         assert xnat.max_connections >= 25
     assert result.ok, [b.error for b in result.sessions[0].batches if not b.ok]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from xnat_flows.testing.scp import DicomReceiver
+from xnat_flows.testing.scp import EmulatorDicomScp
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.archive import iter_archive
 from xnat_flows.transfer.journal import UploadJournal, content_digest
@@ -47,7 +47,7 @@ def test_undecodable_names_are_sent_by_c_store(tmp_path: Path) -> None:
         return "/prearchive/x"
 
     scan = scan_directory(tmp_path / "export", headers="file-meta")
-    with DicomReceiver(importer, ae_title="XNAT") as receiver:
+    with EmulatorDicomScp(importer, ae_title="XNAT") as receiver:
         send = store_instances_resumable(
             scan.files,
             UploadJournal(tmp_path / "journal"),

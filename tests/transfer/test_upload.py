@@ -16,8 +16,10 @@ from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.errors import InputError, PermanentUploadError, PermissionDeniedError
 from xnat_flows.client.retry import RetryPolicy
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.transfer.scan import scan_directory
-from xnat_flows.transfer.upload import UploadTarget, parse_uris, upload_archive_batch, upload_gradual
+from xnat_flows.transfer.target import UploadTarget
+from xnat_flows.transfer.upload import parse_uris, upload_batch, upload_gradual
 
 TARGET = UploadTarget("PROJ", "SUBJ", "SESS")
 
@@ -48,7 +50,7 @@ def test_dicom_zip_request_shape_direct_archive(study_dir: Path) -> None:
 
     files = scan_directory(study_dir).files
     with client_for(handler) as client:
-        result = upload_archive_batch(client, files, TARGET, "tar", index=3)
+        result = upload_batch(client, files, TARGET, "tar", index=3)
     (request,) = seen
     assert request.method == "POST" and request.url.path == "/data/services/import"
     assert dict(request.url.params) == {
@@ -84,7 +86,7 @@ def test_prearchive_destination_and_zip_content_type(study_dir: Path) -> None:
 
     target = UploadTarget("PROJ", "SUBJ", "SESS", direct_archive=False, overwrite="append")
     with client_for(handler) as client:
-        upload_archive_batch(client, scan_directory(study_dir).files, target, "zip")
+        upload_batch(client, scan_directory(study_dir).files, target, "zip")
     params = seen[0].url.params
     assert params["dest"] == "/prearchive/projects/PROJ" and "Direct-Archive" not in params
     assert params["overwrite"] == "append"
@@ -99,8 +101,8 @@ def test_batch_failure_raises_or_is_reported(study_dir: Path) -> None:
     files = scan_directory(study_dir).files
     with client_for(handler) as client:
         with pytest.raises(PermanentUploadError, match="Unable to identify subject"):
-            upload_archive_batch(client, files, TARGET)
-        result = upload_archive_batch(client, files, TARGET, raise_on_error=False)
+            upload_batch(client, files, TARGET)
+        result = upload_batch(client, files, TARGET, raise_on_error=False)
     assert not result.ok and "Unable to identify subject." in result.error and result.uris == ()
 
 
@@ -228,9 +230,9 @@ def test_gradual_salvages_transient_failures(study_dir: Path) -> None:
     assert result.ok and seen["flaky"] == 7
 
 
-def test_send_batch_skips_what_the_journal_holds(study_dir: Path, tmp_path: Path) -> None:
+def test_upload_batch_resumable_skips_what_the_journal_holds(study_dir: Path, tmp_path: Path) -> None:
     from xnat_flows.transfer.journal import UploadJournal
-    from xnat_flows.transfer.session import send_batch
+    from xnat_flows.transfer.session import upload_batch_resumable
 
     posts = []
     batch = scan_directory(study_dir).files
@@ -244,9 +246,9 @@ def test_send_batch_skips_what_the_journal_holds(study_dir: Path, tmp_path: Path
 
     journal = UploadJournal(tmp_path / "journal")
     with client_for(handler) as client:
-        first = send_batch(client, batch, TARGET, journal=journal)
-        again = send_batch(client, batch, TARGET, journal=journal)
-        elsewhere = send_batch(client, batch, TARGET.with_session("OTHER"), journal=journal)
+        first = upload_batch_resumable(client, batch, TARGET, journal=journal)
+        again = upload_batch_resumable(client, batch, TARGET, journal=journal)
+        elsewhere = upload_batch_resumable(client, batch, TARGET.with_session("OTHER"), journal=journal)
     assert first.ok and not first.resumed
     assert again.ok and again.resumed and again.uris == ()
     assert not elsewhere.resumed
@@ -256,7 +258,7 @@ def test_send_batch_skips_what_the_journal_holds(study_dir: Path, tmp_path: Path
 def test_the_journal_is_per_server_and_checked_against_what_xnat_still_holds(study_dir: Path, tmp_path: Path) -> None:
     """Issue 11.4: a batch delivered to server X is not skipped on server Y, nor on X once the session is gone."""
     from xnat_flows.transfer.journal import UploadJournal
-    from xnat_flows.transfer.session import send_batch
+    from xnat_flows.transfer.session import upload_batch_resumable
 
     batch = scan_directory(study_dir).files
     present = {"http://x.test": True, "http://y.test": True}
@@ -284,11 +286,11 @@ def test_the_journal_is_per_server_and_checked_against_what_xnat_still_holds(stu
 
     journal = UploadJournal(tmp_path / "journal")
     with client("http://x.test") as x, client("http://y.test") as y:
-        assert not send_batch(x, batch, TARGET, journal=journal).resumed
-        assert not send_batch(y, batch, TARGET, journal=journal).resumed  # same labels, another server
-        assert send_batch(x, batch, TARGET, journal=journal).resumed
+        assert not upload_batch_resumable(x, batch, TARGET, journal=journal).resumed
+        assert not upload_batch_resumable(y, batch, TARGET, journal=journal).resumed  # same labels, another server
+        assert upload_batch_resumable(x, batch, TARGET, journal=journal).resumed
         present["http://x.test"] = False  # the session was deleted on X meanwhile
-        assert not send_batch(x, batch, TARGET, journal=journal).resumed
+        assert not upload_batch_resumable(x, batch, TARGET, journal=journal).resumed
     assert posts == ["http://x.test", "http://y.test", "http://x.test"]
 
 
@@ -320,7 +322,7 @@ def test_batch_reports_streamed_bytes_and_restarts_on_a_retry(study_dir: Path) -
     size = sum(f.size for f in files)
     seen: list[int] = []
     with client_for(handler) as client:
-        assert upload_archive_batch(client, files, TARGET, on_streamed=seen.append).ok
+        assert upload_batch(client, files, TARGET, on_streamed=seen.append).ok
     assert seen[0] == 0 and seen[-1] == size
     assert seen.count(size) == 2  # streamed twice: the 502 and the resend
 
@@ -358,7 +360,7 @@ def test_cancel_stops_a_streaming_batch_at_the_next_chunk(tmp_path: Path) -> Non
 
     worker = threading.Thread(target=run)
     worker.start()
-    time.sleep(0.15)
+    wait_until(lambda: chunks_read, 10, interval=0.01, what="the batch's body to start streaming")
     client.cancel()
     worker.join(5)
     assert not worker.is_alive()
@@ -400,3 +402,15 @@ def test_ctrl_c_during_batches_stops_the_streams(tmp_path: Path) -> None:
         signal.signal(signal.SIGINT, previous)
     assert client.cancelled
     assert time.monotonic() - started < 4.0  # half a batch: the streams stopped, they did not finish
+
+
+def test_the_former_names_of_the_batch_uploads_still_work_with_a_warning() -> None:
+    from xnat_flows import transfer
+    from xnat_flows.transfer import session, upload
+
+    with pytest.warns(DeprecationWarning, match="upload_batch_resumable"):
+        assert session.send_batch is session.upload_batch_resumable
+    with pytest.warns(DeprecationWarning, match="upload_batch"):
+        assert upload.upload_archive_batch is upload.upload_batch
+    with pytest.warns(DeprecationWarning):
+        assert transfer.send_batch is session.upload_batch_resumable

@@ -13,7 +13,7 @@ from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.transfer.journal import UploadJournal, content_digest
 from xnat_flows.transfer.scan import DicomFile
-from xnat_flows.transfer.upload import UploadTarget
+from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.verify import verify_session
 
 TARGET = UploadTarget("P", "S", "E")

@@ -7,11 +7,12 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydantic import SecretStr
 
-from xnat_flows.client.client import Timeouts, XnatClient
+from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.testing import XnatEmulator
@@ -56,11 +57,10 @@ def write_studies(out_dir: Path, *, studies: int = 1, series: int = 2, instances
     return list(manifest.study_uids)
 
 
-def connect(
-    emulator: XnatEmulator, tmp_path: Path, *, password: str = "admin", timeouts: Timeouts = Timeouts()
-) -> XnatClient:
-    """A client of ``emulator`` with its own token cache under ``tmp_path``."""
+def connect(emulator: XnatEmulator, tmp_path: Path, *, password: str = "admin", **timeouts: Any) -> XnatClient:
+    """A client of ``emulator`` with its own token cache under ``tmp_path``; ``timeouts``: the client's
+    ``timeout``, ``stall`` and ``answer``."""
     creds = Credentials(url=emulator.url, username=emulator.user, password=SecretStr(password))
     # Real backoff, shortened: tests stay fast but retries still go through the policy.
     policy = RetryPolicy(sleep=lambda seconds: time.sleep(min(seconds, 0.05)))
-    return XnatClient(creds, token_cache=TokenCache(tmp_path / "profile"), retry=policy, timeouts=timeouts)
+    return XnatClient(creds, token_cache=TokenCache(tmp_path / "profile"), retry=policy, **timeouts)

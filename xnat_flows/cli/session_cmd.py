@@ -72,7 +72,8 @@ def upload(
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.scan import scan_directory
     from xnat_flows.transfer.session import plan_sessions, upload_session
-    from xnat_flows.transfer.upload import UploadTarget, choose_archive_format
+    from xnat_flows.transfer.target import UploadTarget
+    from xnat_flows.transfer.upload import choose_archive_format
 
     # Local input first: a bad label, path or study mix fails before anything is sent.
     target = UploadTarget(project=project, subject=subject, session=session, direct_archive=direct_archive)
@@ -204,13 +205,13 @@ class _progress_bar:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
-            Progress,
             TextColumn,
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
+        from rich.progress import Progress as RichProgress  # the bar; our Progress is the snapshot it shows
 
-        self._progress = Progress(
+        self._progress = RichProgress(
             TextColumn(f"[bold]{label}"),
             BarColumn(),
             TextColumn("{task.fields[files]}"),

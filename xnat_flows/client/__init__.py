@@ -11,7 +11,6 @@ from xnat_flows._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from xnat_flows.client.client import (
-        Timeouts,
         XnatClient,
     )
     from xnat_flows.client.credentials import (
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 # Loaded on first use (PEP 562): ``client.errors`` is imported by layers that never open an
 # HTTP connection (the scanner, the C-STORE sender), and httpx costs ~0.15 s to import.
 _EXPORTS = {
-    "Timeouts": "xnat_flows.client.client",
     "XnatClient": "xnat_flows.client.client",
     "Credentials": "xnat_flows.client.credentials",
     "TokenCache": "xnat_flows.client.credentials",
@@ -77,7 +75,6 @@ __all__ = [
     "PermissionDeniedError",
     "RetryPolicy",
     "StorageFullError",
-    "Timeouts",
     "TokenCache",
     "TransientError",
     "UnreachableError",

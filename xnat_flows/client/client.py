@@ -18,7 +18,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, TypeVar
 
@@ -80,28 +79,14 @@ _DEFAULT = object()
 _Error = TypeVar("_Error", bound=XnatError)  # _scrub hands back the error it was given
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds. Connect is short so an unreachable host fails fast. ``stall`` bounds an upload by
-    progress, not by size: no byte accepted by XNAT for that long (write), or no answer that long
-    after the body plus the time XNAT needs to store it (read), ends the attempt. ``answer`` is the
-    wait for a query's or a login's answer. ``pool`` is the wait for a free connection."""
+# Seconds. Connect is short so an unreachable host fails fast; read is the upper bound for an
+# upload's answer, whatever its size; pool is the wait for a free connection.
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=21600.0, write=300.0, pool=30.0)
 
-    connect: float = 10.0
-    read: float = 21600.0  # the upper bound for an upload's answer, whatever its size
-    write: float = 300.0
-    pool: float = 30.0
-    stall: float = 300.0
-    answer: float = 60.0
 
-    def to_httpx(self) -> httpx.Timeout:
-        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
-
-    def upload(self, size: int, store_rate: float = 2e6) -> httpx.Timeout:
-        """For one upload of ``size`` bytes: no byte moved for ``stall`` seconds ends it, and the answer
-        may take ``stall`` plus the time XNAT needs to store the files at ``store_rate`` bytes/s."""
-        read = min(self.read, self.stall + size / store_rate)
-        return httpx.Timeout(connect=self.connect, read=read, write=min(self.write, self.stall), pool=self.pool)
+def _at_most(limit: float | None, cap: float) -> float:
+    """``cap``, or ``limit`` when that is shorter (httpx's ``None``: no limit)."""
+    return cap if limit is None else min(limit, cap)
 
 
 class _ShutdownOnCancel(httpcore.SyncBackend):
@@ -152,14 +137,22 @@ class XnatClient:
         self,
         credentials: Credentials,
         *,
-        timeouts: Timeouts = Timeouts(),
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        stall: float = 300.0,
+        answer: float = 60.0,
         max_connections: int = 16,
         token_cache: TokenCache | None = _DEFAULT,  # type: ignore[assignment]
         retry: RetryPolicy = RetryPolicy(),
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.credentials = credentials
-        self.timeouts = timeouts
+        # httpx's Timeout bounds each phase of every request. Two bounds it has no notion of are
+        # ours: ``stall`` ends an upload when no byte moved for that long (so its read allowance
+        # grows with the body, ``upload_timeout``), and ``answer`` bounds a query's or a login's
+        # wait for an answer, far below an upload's.
+        self.timeout = httpx.Timeout(timeout)
+        self.stall = stall
+        self.answer = answer
         self.retry = retry
         self.token_cache: TokenCache | None = TokenCache() if token_cache is _DEFAULT else token_cache
         self._verify = _ssl_context(credentials.verify)
@@ -189,7 +182,7 @@ class XnatClient:
             transport=transport,
             verify=self._verify,  # also used for proxies taken from HTTPS_PROXY & co.
             limits=limits,
-            timeout=self.timeouts.to_httpx(),
+            timeout=self.timeout,
             headers={"User-Agent": f"xnat-flows/{__version__}"},
             # The token travels in an explicit Cookie header; a jar would keep stale ones.
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
@@ -285,7 +278,7 @@ class XnatClient:
             response = self._http.post(
                 "/data/JSESSION",
                 auth=httpx.BasicAuth(creds.username, creds.password.get_secret_value()),
-                timeout=httpx.Timeout(self.timeouts.answer, connect=self.timeouts.connect, pool=self.timeouts.pool),
+                timeout=httpx.Timeout(self.answer, connect=self.timeout.connect, pool=self.timeout.pool),
             )
         except httpx.HTTPError as exc:
             raise self._connection_error(exc) from None
@@ -498,11 +491,21 @@ class XnatClient:
 
     # -- conveniences ------------------------------------------------------------------------
 
+    def upload_timeout(self, size: int, store_rate: float = 2e6) -> httpx.Timeout:
+        """For one upload of ``size`` bytes: no byte moved for ``stall`` seconds ends it, and the answer
+        may take ``stall`` plus the time XNAT needs to store the files at ``store_rate`` bytes/s."""
+        return httpx.Timeout(
+            connect=self.timeout.connect,
+            read=_at_most(self.timeout.read, self.stall + size / store_rate),
+            write=_at_most(self.timeout.write, self.stall),
+            pool=self.timeout.pool,
+        )
+
     def _query_timeout(self) -> httpx.Timeout:
         # Read-backs get a minute, not the hours an upload may need: a stalled server should
         # fail a listing (and let the retries work) rather than hang it.
         return httpx.Timeout(
-            min(self.timeouts.read, self.timeouts.answer), connect=self.timeouts.connect, pool=self.timeouts.pool
+            _at_most(self.timeout.read, self.answer), connect=self.timeout.connect, pool=self.timeout.pool
         )
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:

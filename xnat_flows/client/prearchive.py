@@ -34,7 +34,9 @@ from xnat_flows.client.errors import (
 
 log = logging.getLogger(__name__)
 
-Overwrite = Literal["append", "delete"]
+# ``overwrite`` of archiving a prearchive session (POST /data/services/archive): what to do with an
+# archived session of the same label. The import service has its own, ``target.ImportOverwrite``.
+ArchiveOverwrite = Literal["append", "delete"]
 WaitCallback = Callable[[str], None]
 
 READY = "READY"
@@ -91,7 +93,7 @@ class ArchiveOutcome(BaseModel):
     already_archived: bool = Field(
         default=False, description="The session was not in the prearchive but is in the archive."
     )
-    overwrite: Overwrite | None = None
+    overwrite: ArchiveOverwrite | None = None
     status_before: str | None = Field(default=None, description="Prearchive status when the archive request was sent.")
     waited_seconds: float = 0.0
 
@@ -203,7 +205,7 @@ def archive_session(
     *,
     subject: str | None = None,
     label: str | None = None,
-    overwrite: Overwrite | None = None,
+    overwrite: ArchiveOverwrite | None = None,
     wait_seconds: float = 300.0,
     poll_seconds: float = 2.0,
     on_wait: WaitCallback | None = None,
@@ -286,7 +288,7 @@ def archive_session(
         time.sleep(min(poll_seconds, remaining))
 
 
-def _raise_if_blocked(client: XnatClient, session: PrearchiveSession, overwrite: Overwrite | None) -> None:
+def _raise_if_blocked(client: XnatClient, session: PrearchiveSession, overwrite: ArchiveOverwrite | None) -> None:
     """Raise for a session that waiting will not make archivable: ERROR, CONFLICT without a merge choice, unknown."""
     status = session.status
     if status == ERROR:
@@ -314,7 +316,7 @@ def _post_archive(
     *,
     subject: str | None,
     label: str | None,
-    overwrite: Overwrite | None,
+    overwrite: ArchiveOverwrite | None,
 ) -> str | None:
     form = {"src": session.src}
     if subject or label:
@@ -389,7 +391,7 @@ __all__ = [
     "READY",
     "ArchiveOutcome",
     "ArchivedSession",
-    "Overwrite",
+    "ArchiveOverwrite",
     "PrearchiveSession",
     "PrearchiveSessionFailed",
     "WaitCallback",

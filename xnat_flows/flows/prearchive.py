@@ -11,7 +11,7 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
 from xnat_flows.client.errors import XnatError
-from xnat_flows.client.prearchive import ArchiveOutcome, Overwrite, prearchive_src
+from xnat_flows.client.prearchive import ArchiveOutcome, ArchiveOverwrite, prearchive_src
 from xnat_flows.events import emit_archive_outcome
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import XnatConnection
@@ -37,7 +37,7 @@ class ArchiveRequest(PrearchiveSessionRef):
 
     subject: str | None = Field(default=None, description="Subject label in the archive (default: the one XNAT found).")
     label: str | None = Field(default=None, description="Session label in the archive (default: the prearchive name).")
-    overwrite: Overwrite | None = Field(
+    overwrite: ArchiveOverwrite | None = Field(
         default=None,
         description=(
             "When the session already exists in the archive: append (add scans/files) or delete "

@@ -33,14 +33,15 @@ from xnat_flows.tasks.upload import (
     forget_delivered,
     partition_batches,
     scan_dicom_directory,
-    upload_batch,
-    upload_instances,
+    upload_batch_task,
+    upload_instances_task,
     verify_uploaded_session,
 )
 from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.session import StudyUploadResult, plan_sessions
-from xnat_flows.transfer.upload import BatchResult, UploadTarget
+from xnat_flows.transfer.target import UploadTarget
+from xnat_flows.transfer.upload import BatchResult
 
 
 class UploadIncompleteError(XnatError):
@@ -134,13 +135,13 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         upload_started = time.perf_counter()
         study = StudyUploadResult(files[0].study_uid, target, len(files), sum(f.size for f in files))
         if request.transport == "gradual-dicom":
-            study.gradual = upload_instances(connection, files, target, request.workers, server.concurrency_limit)
+            study.gradual = upload_instances_task(connection, files, target, request.workers, server.concurrency_limit)
             done_files += len(files)
             update_progress_artifact(progress_id, 100.0 * done_files / total_files)
         else:
             batches = partition_batches(files, request.workers)
             futures = {
-                upload_batch.submit(connection, batch, target, archive_format, index, server.concurrency_limit): (
+                upload_batch_task.submit(connection, batch, target, archive_format, index, server.concurrency_limit): (
                     index,
                     batch,
                 )

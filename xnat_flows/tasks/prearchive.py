@@ -47,7 +47,7 @@ def archive_session_task(
     folder: str,
     subject: str | None = None,
     label: str | None = None,
-    overwrite: lib.Overwrite | None = None,
+    overwrite: lib.ArchiveOverwrite | None = None,
     wait_seconds: float = 300.0,
     poll_seconds: float = 5.0,
 ) -> lib.ArchiveOutcome:

@@ -23,9 +23,9 @@ from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory
-from xnat_flows.transfer.session import check_destination, send_batch
-from xnat_flows.transfer.session import upload_instances as upload_instances_resumable
-from xnat_flows.transfer.upload import BatchResult, GradualResult, UploadTarget, choose_archive_format
+from xnat_flows.transfer.session import check_destination, upload_batch_resumable, upload_instances
+from xnat_flows.transfer.target import UploadTarget
+from xnat_flows.transfer.upload import BatchResult, GradualResult, choose_archive_format
 from xnat_flows.transfer.verify import VerifyResult, prearchive_snapshot, verify_session
 
 # Inputs hold file lists and clients are built inside: hashing them for a cache buys nothing.
@@ -93,8 +93,8 @@ def partition_batches(files: list[DicomFile], workers: int) -> list[list[DicomFi
     return partition_by_bytes(files, workers)
 
 
-@task(name="upload-archive-batch", **_COMMON, **_RETRYING)
-def upload_batch(
+@task(name="upload-batch", **_COMMON, **_RETRYING)
+def upload_batch_task(
     connection: XnatConnection,
     batch: list[DicomFile],
     target: UploadTarget,
@@ -108,11 +108,11 @@ def upload_batch(
     is not sent again, so re-running a failed flow sends only what did not land.
     """
     with upload_slot(concurrency_limit), shared_client(connection) as client:
-        return send_batch(client, batch, target, archive_format, index=index, journal=UploadJournal())
+        return upload_batch_resumable(client, batch, target, archive_format, index=index, journal=UploadJournal())
 
 
 @task(name="upload-instances", **_COMMON)
-def upload_instances(
+def upload_instances_task(
     connection: XnatConnection,
     files: list[DicomFile],
     target: UploadTarget,
@@ -125,7 +125,7 @@ def upload_instances(
     failed instances are listed in the result, and re-running sends only those.
     """
     with upload_slot(concurrency_limit), open_client(connection) as client:
-        return upload_instances_resumable(client, files, target, workers=workers, journal=UploadJournal())
+        return upload_instances(client, files, target, workers=workers, journal=UploadJournal())
 
 
 @task(name="finish-session", **_COMMON)

@@ -101,13 +101,15 @@ class XnatEmulator:
 
     def _start_scp(self, port: int) -> None:
         try:
-            from xnat_flows.testing.scp import DicomReceiver
+            from xnat_flows.testing.scp import EmulatorDicomScp
         except ImportError as exc:
             self.stop()
             raise RuntimeError(
-                f"scp_port was given but xnat_flows.testing.scp (DicomReceiver) is not available: {exc}"
+                f"scp_port was given but xnat_flows.testing.scp (EmulatorDicomScp) is not available: {exc}"
             ) from exc
-        self._scp = DicomReceiver(ingest=self.import_instance_for_scp, host=self.host, port=port, ae_title=self.scp_aet)
+        self._scp = EmulatorDicomScp(
+            ingest=self.import_instance_for_scp, host=self.host, port=port, ae_title=self.scp_aet
+        )
         self._scp.start()
 
     def stop(self) -> None:
@@ -155,7 +157,7 @@ class XnatEmulator:
 
     @property
     def dicom_receiver(self) -> Any:
-        """The running ``xnat_flows.testing.scp.DicomReceiver`` (for its own fault knobs), or None."""
+        """The running ``xnat_flows.testing.scp.EmulatorDicomScp`` (for its own fault knobs), or None."""
         return self._scp
 
     # -- ingest from Python / the DICOM receiver ---------------------------------------------------

@@ -16,6 +16,7 @@ import errno
 import logging
 import socket
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,8 +55,8 @@ class ScpFaults:
     refuse_associations: bool = False
 
 
-class DicomReceiver:
-    """``DicomReceiver(ingest, port=0).start()``; ``.port`` is the bound port; ``.stop()`` ends it."""
+class EmulatorDicomScp:
+    """``EmulatorDicomScp(ingest, port=0).start()``; ``.port`` is the bound port; ``.stop()`` ends it."""
 
     def __init__(
         self,
@@ -80,7 +81,7 @@ class DicomReceiver:
         self._server: ThreadedAssociationServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> DicomReceiver:
+    def start(self) -> EmulatorDicomScp:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = self.max_pdu
         ae.require_called_aet = True  # XNAT rejects an association addressed to another AE title
@@ -111,7 +112,7 @@ class DicomReceiver:
             self._ae.shutdown()
             self._ae = None
 
-    def __enter__(self) -> DicomReceiver:
+    def __enter__(self) -> EmulatorDicomScp:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -181,3 +182,12 @@ class DicomReceiver:
                 faults.stall_after_stores = None
                 return "stall"
         return None
+
+
+def __getattr__(name: str) -> type[EmulatorDicomScp]:
+    # The class was named DicomReceiver, as the Prefect Block for a real receiver is
+    # (xnat_flows.blocks.DicomReceiver); the old name still works, with a warning.
+    if name == "DicomReceiver":
+        warnings.warn("xnat_flows.testing.scp.DicomReceiver is now EmulatorDicomScp", DeprecationWarning, stacklevel=2)
+        return EmulatorDicomScp
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

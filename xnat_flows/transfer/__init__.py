@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from xnat_flows.transfer.partition import (
         partition_by_bytes,
     )
+    from xnat_flows.transfer.progress import (
+        Progress,
+    )
     from xnat_flows.transfer.scan import (
         DicomFile,
         ScanResult,
@@ -33,18 +36,19 @@ if TYPE_CHECKING:
         SessionUploadResult,
         StudyUploadResult,
         plan_sessions,
-        send_batch,
+        upload_batch_resumable,
         upload_batches,
         upload_instances,
         upload_session,
+    )
+    from xnat_flows.transfer.target import (
+        UploadTarget,
     )
     from xnat_flows.transfer.upload import (
         BatchResult,
         FileFailure,
         GradualResult,
-        Progress,
-        UploadTarget,
-        upload_archive_batch,
+        upload_batch,
         upload_gradual,
     )
     from xnat_flows.transfer.verify import (
@@ -69,19 +73,22 @@ _EXPORTS = {
     "SessionUploadResult": "xnat_flows.transfer.session",
     "StudyUploadResult": "xnat_flows.transfer.session",
     "plan_sessions": "xnat_flows.transfer.session",
-    "send_batch": "xnat_flows.transfer.session",
+    "upload_batch_resumable": "xnat_flows.transfer.session",
     "upload_batches": "xnat_flows.transfer.session",
     "upload_instances": "xnat_flows.transfer.session",
     "upload_session": "xnat_flows.transfer.session",
     "BatchResult": "xnat_flows.transfer.upload",
     "FileFailure": "xnat_flows.transfer.upload",
     "GradualResult": "xnat_flows.transfer.upload",
-    "Progress": "xnat_flows.transfer.upload",
-    "UploadTarget": "xnat_flows.transfer.upload",
-    "upload_archive_batch": "xnat_flows.transfer.upload",
+    "Progress": "xnat_flows.transfer.progress",
+    "UploadTarget": "xnat_flows.transfer.target",
+    "upload_batch": "xnat_flows.transfer.upload",
     "upload_gradual": "xnat_flows.transfer.upload",
     "VerifyResult": "xnat_flows.transfer.verify",
     "verify_session": "xnat_flows.transfer.verify",
+    # former names, kept with a DeprecationWarning (not in __all__)
+    "send_batch": "xnat_flows.transfer.session",
+    "upload_archive_batch": "xnat_flows.transfer.upload",
 }
 
 
@@ -106,8 +113,8 @@ __all__ = [
     "partition_by_bytes",
     "plan_sessions",
     "scan_directory",
-    "send_batch",
-    "upload_archive_batch",
+    "upload_batch_resumable",
+    "upload_batch",
     "upload_batches",
     "upload_gradual",
     "upload_instances",

@@ -13,20 +13,26 @@ _ROUTING_VALUE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def validate_ae_title(title: str, role: str) -> str:
-    """The AE title without insignificant spaces, or an ``InputError`` naming what is wrong."""
-    stripped = title.strip(" ") if isinstance(title, str) else ""
+    """The AE title without its insignificant leading and trailing spaces, or an ``InputError``
+    naming what is wrong.
+
+    The rules are pynetdicom's (``pynetdicom._validators.validate_ae`` as applied by
+    ``utils.set_ae`` to an association's AE titles; ``tests/transfer/test_dicom_inputs.py``
+    checks both agree on a table of titles): not empty or only spaces, at most 16 characters as
+    given, ASCII without control characters or backslashes. They are repeated here rather than
+    called because importing pynetdicom (and the pydicom under it) costs ~0.25 s, and the
+    ``session upload-dicom`` path imports neither: its start-up is part of its throughput
+    (docs/performance.md, docs/cstore.md).
+    """
     hint = "AE titles are 1-16 printable ASCII characters without backslashes"
-    if not stripped:
+    if not isinstance(title, str) or not title.strip():
         raise InputError(f"The {role} AE title is empty or only spaces", hint=hint)
-    if len(stripped) > AE_TITLE_MAX_LENGTH:
-        raise InputError(
-            f"The {role} AE title {stripped!r} is {len(stripped)} characters long; the maximum is 16", hint=hint
-        )
-    if any(ch == "\\" or not 32 <= ord(ch) < 127 for ch in stripped):
-        raise InputError(
-            f"The {role} AE title {stripped!r} contains a backslash or a non-printable character", hint=hint
-        )
-    return stripped
+    if len(title) > AE_TITLE_MAX_LENGTH:
+        raise InputError(f"The {role} AE title {title!r} is {len(title)} characters long; the maximum is 16", hint=hint)
+    # ASCII's control characters are 0-31 and 127 (pynetdicom refuses Unicode category C)
+    if any(ch == "\\" or not 32 <= ord(ch) < 127 for ch in title):
+        raise InputError(f"The {role} AE title {title!r} contains a backslash or a non-printable character", hint=hint)
+    return title.strip(" ")
 
 
 @dataclass(frozen=True)

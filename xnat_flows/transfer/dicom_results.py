@@ -114,4 +114,6 @@ class SendResult:
         )
 
 
-Progress = Callable[[int, int], None]  # (instances finished, total)
+# C-STORE progress: called with (instances finished, total) as each instance is answered. (The REST
+# uploads report a fuller snapshot, transfer.progress.Progress.)
+InstanceCountCallback = Callable[[int, int], None]

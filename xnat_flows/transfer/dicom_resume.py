@@ -12,6 +12,7 @@ association: sent, not confirmed) are reported as *in doubt* when a re-run sends
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from xnat_flows.client.errors import for_reader
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 from xnat_flows.transfer.dicom_results import SendResult
 from xnat_flows.transfer.dicom_send import store_instances
-from xnat_flows.transfer.journal import UploadJournal, content_digest
+from xnat_flows.transfer.journal import InstanceLog, ResumeState, UploadJournal
 from xnat_flows.transfer.scan import DicomFile
 
 
@@ -50,18 +51,18 @@ class ResumedSend:
 class _JournalDeliveryLog:
     """``DeliveryLog`` onto an upload-journal log: digests of the files, written as they happen."""
 
-    def __init__(self, log: Any, digests: dict[Path, str]) -> None:
+    def __init__(self, log: InstanceLog, digest: Callable[[DicomFile], str]) -> None:
         self._log = log
-        self._digests = digests
+        self._digest = digest
 
     def sending(self, file: DicomFile) -> None:
-        self._log.sending(self._digests[file.path])
+        self._log.sending(self._digest(file))
 
     def stored(self, file: DicomFile) -> None:
-        self._log.stored(self._digests[file.path])
+        self._log.stored(self._digest(file))
 
     def refused(self, file: DicomFile) -> None:
-        self._log.refused(self._digests[file.path])
+        self._log.refused(self._digest(file))
 
 
 def store_instances_resumable(
@@ -77,23 +78,21 @@ def store_instances_resumable(
     """``store_instances`` that skips the instances an earlier run delivered to the same receiver
     (and routing), and records each instance in ``journal`` as it goes out and as it is confirmed.
     """
-    key = journal_key(host, port, called_aet, routing)
-    digests = {f.path: content_digest([f]) for f in files}
-    done = journal.done(key)
-    in_flight = journal.in_flight(key)
-    pending = [f for f in files if digests[f.path] not in done]
-    in_doubt = [f.path for f in pending if digests[f.path] in in_flight]
-    with journal.open_log(key) as log:
+    resume = ResumeState(journal, journal_key(host, port, called_aet, routing))
+    in_flight = journal.in_flight(resume.destination)
+    pending = resume.pending(files)
+    in_doubt = [f.path for f in pending if resume.digest(f) in in_flight]
+    with journal.open_log(resume.destination) as log:
         result = store_instances(
             pending,
             host=host,
             port=port,
             called_aet=called_aet,
             routing=routing,
-            delivery_log=_JournalDeliveryLog(log, digests),
+            delivery_log=_JournalDeliveryLog(log, resume.digest),
             **options,
         )
-    return ResumedSend(result, len(files) - len(pending), in_doubt, journal.path_for(key))
+    return ResumedSend(result, len(files) - len(pending), in_doubt, journal.path_for(resume.destination))
 
 
 def in_doubt_warning(send: ResumedSend) -> str:

@@ -48,8 +48,8 @@ from xnat_flows.transfer.dicom_errors import (
 from xnat_flows.transfer.dicom_inputs import RoutingOverride, validate_ae_title
 from xnat_flows.transfer.dicom_results import (
     AssociationSummary,
+    InstanceCountCallback,
     InstanceOutcome,
-    Progress,
     SendResult,
     is_stored,
     status_meaning,
@@ -67,7 +67,7 @@ __all__ = [
     "InstanceOutcome",
     "NoAcceptedContextError",
     "PeerUnreachableError",
-    "Progress",
+    "InstanceCountCallback",
     "RoutingOverride",
     "SendResult",
     "echo",
@@ -108,7 +108,11 @@ class _Collector:
     """Gathers the workers' reports (from their threads) into outcomes, progress and the log."""
 
     def __init__(
-        self, files: list[DicomFile], result: SendResult, progress: Progress | None, delivery_log: DeliveryLog | None
+        self,
+        files: list[DicomFile],
+        result: SendResult,
+        progress: InstanceCountCallback | None,
+        delivery_log: DeliveryLog | None,
     ) -> None:
         self.files = files
         self.result = result
@@ -153,7 +157,7 @@ def store_instances(
     max_contexts: int = 128,
     chunk_size: int = 64,
     preflight: bool = True,
-    progress: Progress | None = None,
+    progress: InstanceCountCallback | None = None,
     routing: RoutingOverride | None = None,
     delivery_log: DeliveryLog | None = None,
 ) -> SendResult:

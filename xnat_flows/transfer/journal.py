@@ -14,7 +14,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence, Set
 from pathlib import Path
 from types import TracebackType
 
@@ -92,6 +92,46 @@ class UploadJournal:
     def clear(self, destination: str) -> None:
         with self._lock:
             self._path(destination).unlink(missing_ok=True)
+
+
+class ResumeState:
+    """What earlier runs delivered to one destination, and the record of this run's deliveries:
+    the one resume step of every resumable send (DICOM-zip batches and gradual instances in
+    ``session``, C-STORE instances in ``dicom_resume``).
+
+    ``done`` is read from ``journal`` unless the caller passes what it has checked (the REST
+    uploads trust the journal only while XNAT still holds the session). Without a journal nothing
+    counts as delivered and nothing is recorded.
+    """
+
+    def __init__(self, journal: UploadJournal | None, destination: str, done: Set[str] | None = None) -> None:
+        self.journal = journal
+        self.destination = destination
+        if done is None:
+            done = journal.done(destination) if journal is not None else set()
+        self.done = frozenset(done)
+        self._digests: dict[Path, str] = {}
+
+    def digest(self, file: DicomFile) -> str:
+        """One instance's content digest (worked out once per file)."""
+        found = self._digests.get(file.path)
+        if found is None:
+            found = self._digests[file.path] = content_digest([file])
+        return found
+
+    def pending(self, files: Sequence[DicomFile]) -> list[DicomFile]:
+        """The instances no earlier run delivered here, in order."""
+        return [f for f in files if self.digest(f) not in self.done]
+
+    def holds(self, batch: Sequence[DicomFile]) -> bool:
+        """An earlier run delivered ``batch`` here as one request."""
+        return content_digest(batch) in self.done
+
+    def record(self, files: Sequence[DicomFile]) -> None:
+        """``files`` reached the destination: one instance, or a batch sent as one request."""
+        if self.journal is not None:
+            digest = self.digest(files[0]) if len(files) == 1 else content_digest(files)
+            self.journal.record(self.destination, digest)
 
 
 _SENDING, _REFUSED = ">", "x"  # line prefixes of InstanceLog; a bare digest is a delivery

@@ -2,7 +2,7 @@
 
 This is the library-level orchestration (no Prefect): the CLI calls ``upload_session``
 directly, and the Prefect flow runs the same steps (``plan_sessions``, ``partition_by_bytes``,
-``upload_archive_batch`` / ``upload_gradual``, ``verify_session``) as tasks.
+``upload_batch`` / ``upload_gradual``, ``verify_session``) as tasks.
 """
 
 from __future__ import annotations
@@ -13,26 +13,27 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from xnat_flows.client.archive import find_archived
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import ConflictError, InputError, XnatError
 from xnat_flows.client.prearchive import ERROR, direct_archive_sessions, list_sessions
 from xnat_flows.transfer.archive import ArchiveFormat
-from xnat_flows.transfer.journal import UploadJournal, content_digest, resume_key
+from xnat_flows.transfer.journal import ResumeState, UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
+from xnat_flows.transfer.pool import interruptible_pool
+from xnat_flows.transfer.progress import Progress, ProgressCallback
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, scan_directory
+from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.upload import (
     BatchResult,
     GradualResult,
-    Progress,
-    ProgressCallback,
-    UploadTarget,
-    upload_archive_batch,
+    upload_batch,
     upload_gradual,
 )
 from xnat_flows.transfer.verify import VerifyResult, archived_complete, prearchive_snapshot, verify_session
@@ -174,14 +175,17 @@ def check_destination(
     return dataclasses.replace(target, overwrite="delete")
 
 
-def delivered(client: XnatClient, journal: UploadJournal | None, target: UploadTarget, study_uid: str) -> set[str]:
+def resume_state(
+    client: XnatClient, journal: UploadJournal | None, target: UploadTarget, files: Sequence[DicomFile]
+) -> ResumeState:
     """What the journal says an earlier run delivered to this server's ``target``, if XNAT still has
-    the session; else nothing (the entries are dropped): skipping must never rest on a stale record."""
-    if journal is None:
-        return set()
+    the session of ``files``' study; else nothing (the entries are dropped): skipping must never
+    rest on a stale record."""
     key = resume_key(client.base_url, target.key)
+    if journal is None or not files:
+        return ResumeState(journal, key, set())
     done = journal.done(key)
-    if done and not _session_present(client, target, study_uid):
+    if done and not _session_present(client, target, files[0].study_uid):
         log.warning(
             "the resume journal lists %d deliveries to %s/%s on %s, but XNAT has no such session "
             "(deleted, or never archived): sending everything again",
@@ -191,8 +195,8 @@ def delivered(client: XnatClient, journal: UploadJournal | None, target: UploadT
             client.base_url,
         )
         journal.clear(key)
-        return set()
-    return done
+        return ResumeState(journal, key, set())
+    return ResumeState(journal, key, done)
 
 
 def _session_present(client: XnatClient, target: UploadTarget, study_uid: str) -> bool:
@@ -213,7 +217,7 @@ def _session_present(client: XnatClient, target: UploadTarget, study_uid: str) -
     return any(row.tag == study_uid and row.status != ERROR for row in rows)
 
 
-def send_batch(
+def upload_batch_resumable(
     client: XnatClient,
     batch: list[DicomFile],
     target: UploadTarget,
@@ -221,23 +225,23 @@ def send_batch(
     *,
     index: int = 0,
     journal: UploadJournal | None = None,
-    done: set[str] | None = None,
+    resume: ResumeState | None = None,
     raise_on_error: bool = True,
     on_streamed: Callable[[int], None] | None = None,
 ) -> BatchResult:
     """One DICOM-zip batch with resume: a batch whose content digest the journal holds for this
-    destination was delivered by an earlier run and is not sent again."""
-    digest = content_digest(batch)
-    if done is None:
-        done = delivered(client, journal, target, batch[0].study_uid) if batch else set()
-    if digest in done:
+    destination was delivered by an earlier run and is not sent again. ``resume``: the state
+    already read for this destination (``upload_batches`` reads it once for all its batches)."""
+    if resume is None:
+        resume = resume_state(client, journal, target, batch)
+    if resume.holds(batch):
         relpaths = tuple(f.relpath for f in batch)
         return BatchResult(index, relpaths, sum(f.size for f in batch), 0.0, (), True, resumed=True)
-    result = upload_archive_batch(
+    result = upload_batch(
         client, batch, target, fmt, index=index, raise_on_error=raise_on_error, on_streamed=on_streamed
     )
-    if result.ok and journal is not None:
-        journal.record(resume_key(client.base_url, target.key), digest)
+    if result.ok:
+        resume.record(batch)
     return result
 
 
@@ -253,7 +257,7 @@ def upload_batches(
 ) -> list[BatchResult]:
     """DICOM-zip: ``workers`` byte-balanced batches sent in parallel; journaled batches are skipped."""
     batches = partition_by_bytes(files, workers)
-    done = delivered(client, journal, target, files[0].study_uid) if files else set()
+    resume = resume_state(client, journal, target, files)
     total_bytes = sum(f.size for f in files)
     lock = threading.Lock()
     counters = {"files": 0, "bytes": 0, "failed": 0}
@@ -270,14 +274,13 @@ def upload_batches(
             streaming[index] = n
             report()
 
-        result = send_batch(
+        result = upload_batch_resumable(
             client,
             batch,
             target,
             fmt,
             index=index,
-            journal=journal,
-            done=done,
+            resume=resume,
             raise_on_error=False,
             on_streamed=streamed if progress is not None else None,
         )
@@ -289,16 +292,9 @@ def upload_batches(
         report()
         return result
 
-    pool = ThreadPoolExecutor(max_workers=max(1, len(batches)), thread_name_prefix="dicom-zip")
-    try:
-        results = list(pool.map(run, range(len(batches)), batches))
-    except BaseException as exc:
-        # Ctrl-C, SystemExit, a cancelled run: stop the streams instead of waiting for every batch
-        if not isinstance(exc, Exception):
-            client.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    with interruptible_pool(len(batches), "dicom-zip", on_interrupt=client.cancel) as pool:
+        futures = [pool.submit(run, index, batch) for index, batch in enumerate(batches)]
+        results = [future.result() for future in futures]
     client.check_cancelled()  # cancelled batches are not failures to report, but a stop
     return results
 
@@ -318,8 +314,8 @@ def upload_instances(
     cannot replace archived instances, so re-sending them would only park a CONFLICT copy in
     the prearchive (XNAT wiki: Using Direct-to-Archive Uploading). DICOM-zip with an overwrite policy replaces them.
     """
-    done = delivered(client, journal, target, files[0].study_uid) if files else set()
-    if not done and archived_complete(client, target, files):
+    resume = resume_state(client, journal, target, files)
+    if not resume.done and archived_complete(client, target, files):
         log.info(
             "%s/%s/%s already holds all %d instances in the archive: nothing sent",
             target.project,
@@ -328,11 +324,10 @@ def upload_instances(
             len(files),
         )
         return GradualResult(total=len(files), resumed_count=len(files), already_archived=True)
-    digests = {f.relpath: content_digest([f]) for f in files}
-    pending = [f for f in files if digests[f.relpath] not in done]
-    key = resume_key(client.base_url, target.key)
-    on_sent = (lambda f: journal.record(key, digests[f.relpath])) if journal is not None else None
-    result = upload_gradual(client, pending, target, workers=workers, progress=progress, on_sent=on_sent)
+    pending = resume.pending(files)
+    result = upload_gradual(
+        client, pending, target, workers=workers, progress=progress, on_sent=lambda f: resume.record([f])
+    )
     result.resumed_count = len(files) - len(pending)
     result.total += result.resumed_count
     return result
@@ -399,3 +394,12 @@ def upload_session(
             journal.clear(resume_key(client.base_url, session_target.key))
         results.append(study)
     return SessionUploadResult(results, list(scan.skipped), time.monotonic() - started)
+
+
+def __getattr__(name: str) -> Any:
+    # The resumable one-batch upload was called send_batch (docs showed it); the old name still
+    # works, with a warning.
+    if name == "send_batch":
+        warnings.warn("send_batch is now upload_batch_resumable", DeprecationWarning, stacklevel=2)
+        return upload_batch_resumable
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

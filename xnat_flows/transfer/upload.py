@@ -8,20 +8,19 @@ replaces itself instead of duplicating.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import httpx
 
-from xnat_flows.client.archive import is_valid_label
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import (
     AuthenticationError,
@@ -34,81 +33,16 @@ from xnat_flows.client.errors import (
     XnatError,
 )
 from xnat_flows.transfer.archive import ArchiveFormat, archive_size, content_type_for, iter_archive
+from xnat_flows.transfer.pool import interruptible_pool
 from xnat_flows.transfer.progress import Progress, ProgressCallback
 from xnat_flows.transfer.scan import DicomFile, read_exactly
+from xnat_flows.transfer.target import UploadTarget
 
 IMPORT_PATH = "/data/services/import"
 GRADUAL_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
-Overwrite = Literal["none", "append", "delete"]
 
 # Errors that every further request would hit too: stop instead of failing 100k files one by one.
 _FATAL = (AuthenticationError, PermissionDeniedError, UnsupportedServerError, CancelledError)
-
-
-@dataclass(frozen=True)
-class UploadTarget:
-    """Where a session goes. XNAT labels allow only letters, digits, ``_`` and ``-``."""
-
-    project: str
-    subject: str
-    session: str
-    direct_archive: bool = True  # False: stage in the prearchive (dest=/prearchive/projects/P)
-    # "append": XNAT merges into an existing session of the same study and refuses another study's
-    # ("invalid modification of session UID"); "delete" skips that check, so it is never the default.
-    overwrite: Overwrite = "append"
-
-    def __post_init__(self) -> None:
-        for name in ("project", "subject", "session"):
-            value = getattr(self, name)
-            if not is_valid_label(value):
-                raise InputError(
-                    f"Invalid XNAT {name} label {value!r}",
-                    hint="Use only letters, digits, '_' and '-' (XNAT would silently rewrite anything else)",
-                )
-        if self.overwrite not in ("none", "append", "delete"):
-            raise InputError(f"Invalid overwrite mode {self.overwrite!r}", hint="Use none, append or delete")
-
-    def with_session(self, session: str) -> UploadTarget:
-        return dataclasses.replace(self, session=session)
-
-    @property
-    def key(self) -> str:
-        """A stable name for the destination (used by the resume journal)."""
-        mode = "archive" if self.direct_archive else "prearchive"
-        return f"{self.project}/{self.subject}/{self.session}/{mode}"
-
-    def _destination(self) -> dict[str, str]:
-        if self.direct_archive:
-            return {"Direct-Archive": "true"}
-        return {"dest": f"/prearchive/projects/{self.project}"}
-
-    def dicom_zip_params(self) -> dict[str, str]:
-        return {
-            "import-handler": "DICOM-zip",
-            "inbody": "true",
-            "project": self.project,
-            "subject": self.subject,
-            "session": self.session,
-            "overwrite": self.overwrite,
-            "overwrite_files": "true",
-            "Ignore-Unparsable": "true",
-            "quarantine": "false",
-            "triggerPipelines": "true",
-            "rename": "false",
-            **self._destination(),
-        }
-
-    def gradual_params(self) -> dict[str, str]:
-        # gradual-DICOM reads only the upper-case keys; lower-case project/subject/session
-        # would be ignored and the data routed from the DICOM headers instead.
-        return {
-            "import-handler": "gradual-DICOM",
-            "inbody": "true",
-            "PROJECT_ID": self.project,
-            "SUBJECT_ID": self.subject,
-            "EXPT_LABEL": self.session,
-            **self._destination(),
-        }
 
 
 @dataclass(frozen=True)
@@ -162,7 +96,7 @@ def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str
     )
 
 
-def upload_archive_batch(
+def upload_batch(
     client: XnatClient,
     batch: Sequence[DicomFile],
     target: UploadTarget,
@@ -206,7 +140,7 @@ def upload_archive_batch(
             content=body,
             headers={"Content-Type": content_type_for(fmt)}
             | ({"Content-Length": str(length)} if length is not None else {}),
-            timeout=client.timeouts.upload(length if length is not None else size),
+            timeout=client.upload_timeout(length if length is not None else size),
         )
         uris = import_answer_uris(client, response)
     except XnatError as exc:
@@ -323,7 +257,7 @@ def upload_gradual(
     started = time.monotonic()
     breaker = _Breaker(workers)
     # One instance: the client's stall allowance, at most GRADUAL_TIMEOUT for the answer.
-    limits = client.timeouts.upload(max((f.size for f in items), default=0))
+    limits = client.upload_timeout(max((f.size for f in items), default=0))
     gradual_timeout = httpx.Timeout(
         connect=limits.connect,
         read=min(t for t in (GRADUAL_TIMEOUT.read, limits.read) if t is not None),
@@ -393,8 +327,7 @@ def upload_gradual(
             return
         record(item, future.result())
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradual")
-    try:
+    with interruptible_pool(workers, "gradual", on_interrupt=client.cancel) as pool:
         for position, item in enumerate(rest):
             slots.acquire()
             if fatal or breaker.tripped:
@@ -404,13 +337,6 @@ def upload_gradual(
                 break
             future = pool.submit(attempt, item)
             future.add_done_callback(functools.partial(done, item))
-        pool.shutdown(wait=True)
-    except BaseException as exc:
-        # Ctrl-C, SystemExit, a cancelled run: stop the workers instead of waiting for every instance
-        if not isinstance(exc, Exception):
-            client.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
     if fatal:
         raise fatal[0]
     if stopped_at is not None:
@@ -468,3 +394,12 @@ def choose_archive_format(client: XnatClient, probes: int = 3) -> tuple[ArchiveF
     if rtt >= SLOW_LINK_RTT_SECONDS:
         return "tgz", f"round trip {rtt * 1000:.0f} ms: a remote link, compressed to about half"
     return "tar", f"round trip {rtt * 1000:.1f} ms: a local link, sent uncompressed"
+
+
+def __getattr__(name: str) -> Any:
+    # The one-batch upload was also called upload_archive_batch (docs showed it); the old name
+    # still works, with a warning.
+    if name == "upload_archive_batch":
+        warnings.warn("upload_archive_batch is now upload_batch", DeprecationWarning, stacklevel=2)
+        return upload_batch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

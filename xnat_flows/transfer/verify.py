@@ -33,7 +33,7 @@ from xnat_flows.client.prearchive import (
     list_sessions,
 )
 from xnat_flows.transfer.scan import DicomFile
-from xnat_flows.transfer.upload import UploadTarget
+from xnat_flows.transfer.target import UploadTarget
 
 _DICOM_RESOURCES = ("DICOM", "secondary")
 

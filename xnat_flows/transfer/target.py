@@ -1,0 +1,82 @@
+"""Where an upload goes: ``UploadTarget`` (project, subject, session, Direct-Archive or the
+prearchive, and the import service's overwrite mode), with the import-service parameters of
+both REST handlers and the key the resume journal files its records under."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from xnat_flows.client.archive import is_valid_label
+from xnat_flows.client.errors import InputError
+
+# ``overwrite`` of the import service (POST /data/services/import): how an upload meets a session
+# already there. Archiving from the prearchive has its own, ``client.prearchive.ArchiveOverwrite``.
+ImportOverwrite = Literal["none", "append", "delete"]
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where a session goes. XNAT labels allow only letters, digits, ``_`` and ``-``."""
+
+    project: str
+    subject: str
+    session: str
+    direct_archive: bool = True  # False: stage in the prearchive (dest=/prearchive/projects/P)
+    # "append": XNAT merges into an existing session of the same study and refuses another study's
+    # ("invalid modification of session UID"); "delete" skips that check, so it is never the default.
+    overwrite: ImportOverwrite = "append"
+
+    def __post_init__(self) -> None:
+        for name in ("project", "subject", "session"):
+            value = getattr(self, name)
+            if not is_valid_label(value):
+                raise InputError(
+                    f"Invalid XNAT {name} label {value!r}",
+                    hint="Use only letters, digits, '_' and '-' (XNAT would silently rewrite anything else)",
+                )
+        if self.overwrite not in ("none", "append", "delete"):
+            raise InputError(f"Invalid overwrite mode {self.overwrite!r}", hint="Use none, append or delete")
+
+    def with_session(self, session: str) -> UploadTarget:
+        return dataclasses.replace(self, session=session)
+
+    @property
+    def key(self) -> str:
+        """A stable name for the destination (used by the resume journal)."""
+        mode = "archive" if self.direct_archive else "prearchive"
+        return f"{self.project}/{self.subject}/{self.session}/{mode}"
+
+    def _destination(self) -> dict[str, str]:
+        if self.direct_archive:
+            return {"Direct-Archive": "true"}
+        return {"dest": f"/prearchive/projects/{self.project}"}
+
+    def dicom_zip_params(self) -> dict[str, str]:
+        return {
+            "import-handler": "DICOM-zip",
+            "inbody": "true",
+            "project": self.project,
+            "subject": self.subject,
+            "session": self.session,
+            "overwrite": self.overwrite,
+            "overwrite_files": "true",
+            "Ignore-Unparsable": "true",
+            "quarantine": "false",
+            "triggerPipelines": "true",
+            "rename": "false",
+            **self._destination(),
+        }
+
+    def gradual_params(self) -> dict[str, str]:
+        # gradual-DICOM reads only the upper-case keys; lower-case project/subject/session
+        # would be ignored and the data routed from the DICOM headers instead.
+        return {
+            "import-handler": "gradual-DICOM",
+            "inbody": "true",
+            "PROJECT_ID": self.project,
+            "SUBJECT_ID": self.subject,
+            "EXPT_LABEL": self.session,
+            **self._destination(),
+        }
