@@ -98,6 +98,33 @@ def test_server_unreachable_keeps_the_folder_for_the_next_run(
     assert note["recovered_after_crash"] is False  # released for the outage, not left by a crash
 
 
+def test_refused_credentials_keep_every_folder_and_stop_at_the_first_refusal(
+    prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong password is the Block's fault, not the folders': they stay for the run after the Block
+    is fixed, and the run does not try one login per folder (XNAT locks accounts after failed logins)."""
+    monkeypatch.setenv("XNAT_PASS", "not-the-password")
+    for name in ("a-first", "b-second", "c-third"):
+        write_session(inbox / name, patient_id=f"P0{name[0]}")
+    state = ingest_inbox(
+        str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url=xnat_emulator.url), return_state=True
+    )
+    assert state.is_failed() and "AuthenticationError" in state.message
+    assert "not tried (left where they are)" in state.message
+    assert not (inbox / "failed").exists() or list((inbox / "failed").iterdir()) == []
+    assert (inbox / "processing" / "a-first" / "series1" / "IM0001").is_file()  # kept for the next run
+    # not claimed, so not tried: one refused login in the whole run
+    assert (inbox / "b-second" / "series1" / "IM0001").is_file() and (inbox / "c-third").is_dir()
+
+    monkeypatch.setenv("XNAT_PASS", "admin")  # the Block fixed: the next run uploads all three
+    result = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=XnatConnection(url=xnat_emulator.url))
+    assert sorted((i.folder, i.status) for i in result.items) == [
+        ("a-first", "done"),
+        ("b-second", "done"),
+        ("c-third", "done"),
+    ]
+
+
 def test_incomplete_upload_during_an_outage_keeps_the_folder(
     prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path
 ) -> None:

@@ -27,10 +27,13 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
 from xnat_flows.client.errors import (
+    AuthenticationError,
     InputError,
     NotFoundError,
     PermissionDeniedError,
+    StorageFullError,
     TransientError,
+    UnreachableError,
     XnatError,
 )
 from xnat_flows.events import emit_upload_failed, public_base_url, redact
@@ -76,6 +79,10 @@ class InboxRunResult(BaseModel):
     items: list[InboxItem] = Field(default_factory=list)
     waiting: list[str] = Field(default_factory=list, description="Folders still changing (inside the quiet period).")
     busy: list[str] = Field(default_factory=list, description="Folders held by another live run.")
+    untried: list[str] = Field(
+        default_factory=list,
+        description="Folders left where they were because the server refused the credentials earlier in the run.",
+    )
 
     @property
     def failed(self) -> list[InboxItem]:
@@ -134,6 +141,9 @@ class _InboxRun:
     connection: XnatConnection
     server_url: str
     project_problems: dict[str, str | None] = field(default_factory=dict)  # one look-up per project and run
+    # Set when the server refused the Block's credentials: every further folder would be refused
+    # alike, and each refused login counts towards XNAT locking the account.
+    credentials_refused: list[str] = field(default_factory=list)
 
     def project_problem(self, project: str) -> str | None:
         if project not in self.project_problems:
@@ -210,6 +220,9 @@ def ingest_inbox(
     result = InboxRunResult()
 
     for folder in orphaned_folders(layout):
+        if run.credentials_refused:
+            result.untried.append(folder.name)
+            continue
         claim = claim_orphan(folder)
         if claim is None:
             result.busy.append(folder.name)
@@ -225,6 +238,9 @@ def ingest_inbox(
         if not is_quiet(folder, quiet_seconds):
             result.waiting.append(folder.name)
             continue
+        if run.credentials_refused:
+            result.untried.append(folder.name)
+            continue
         claim = claim_new(layout, folder)
         if claim is None:
             result.busy.append(folder.name)
@@ -234,7 +250,7 @@ def ingest_inbox(
     _publish_summary(result)
     if result.waiting:
         logger.info("still within the %.0f s quiet period: %s", quiet_seconds, ", ".join(result.waiting))
-    if result.failed or result.retrying:
+    if result.failed or result.retrying or result.untried:
         return failed_run(InboxFolderFailed(_not_uploaded(result, layout)))
     return result
 
@@ -247,7 +263,9 @@ def _not_uploaded(result: InboxRunResult, layout: InboxLayout) -> str:
         fates.setdefault((f"moved to {layout.failed}", item.error or ""), []).append(item.folder)
     for item in result.retrying:
         fates.setdefault((f"kept in {layout.processing} for the next run", item.error or ""), []).append(item.folder)
-    count = len(result.failed) + len(result.retrying)
+    if result.untried:
+        fates[("not tried (left where they are)", "the server refused the credentials")] = result.untried
+    count = len(result.failed) + len(result.retrying) + len(result.untried)
     return f"{count} folder(s) not uploaded: " + "; ".join(
         f"{', '.join(folders)} {fate}: {error}" for (fate, error), folders in fates.items()
     )
@@ -255,6 +273,10 @@ def _not_uploaded(result: InboxRunResult, layout: InboxLayout) -> str:
 
 def _last_attempt(path: Path) -> Path:
     return path.with_name(path.name + ".last-attempt.json")
+
+
+# Failures of the server or of the run's credentials, not of a folder: the folder is kept.
+_NOT_THIS_FOLDERS_FAULT = (TransientError, AuthenticationError, UnreachableError, StorageFullError)
 
 
 def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
@@ -300,10 +322,13 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
         )
         uploading = True  # from here on the upload flow announces its own failures
         uploaded = upload_dicom_session(request=request, connection=run.connection)  # a failed run raises here
-    except (TransientError, UploadIncompleteError) as exc:
-        # The server is away or refused part of it (connection refused, 5xx after retries, batches
-        # that did not land): keep the folder for the next run, which sends only what is missing.
+    except (*_NOT_THIS_FOLDERS_FAULT, UploadIncompleteError) as exc:
+        # The server is away, full, refused the credentials or part of the upload (connection refused,
+        # 5xx after retries, batches that did not land): keep the folder for the next run, which
+        # sends only what is missing. Nothing about the folder itself was wrong.
         item.status, item.error = "retry", redact(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, AuthenticationError):
+            run.credentials_refused.append(item.error)
         if not uploading:
             emit_upload_failed(
                 run.server_url,
