@@ -226,30 +226,34 @@ class DicomReceiverTarget(BaseModel):
         title="DICOM receiver Block",
         description="An `xnat-dicom-receiver` Block; the fields below override it.",
     )
-    host: str | None = Field(
-        default=None,
+    # Plain defaults ("" and 0 mean "from the Block, else XNAT's default"), not ``None``: an optional
+    # field makes Prefect's form ask the operator to pick a type before typing.
+    host: str = Field(
+        default="",
         title="Host",
-        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$",
-        description="Receiver host name or IP address (no scheme, no port).",
+        pattern=r"^([A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?)?$",
+        description="Receiver host name or IP address (no scheme, no port). Empty: the Block's.",
     )
-    port: int | None = Field(
-        default=None, ge=1, le=65535, title="Port", description="Receiver port (XNAT's standard receiver: 8104)."
+    port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        title="Port",
+        description="Receiver port. 0: the Block's, else XNAT's standard receiver port 8104.",
     )
-    called_aet: str | None = Field(
-        default=None,
-        min_length=1,
+    called_aet: str = Field(
+        default="",
         max_length=16,
-        pattern=r"^[^\\]*\S[^\\]*$",
+        pattern=r"^([^\\]*\S[^\\]*)?$",
         title="Called AE title",
-        description="The receiver's AE title (default XNAT); up to 16 characters, no backslash.",
+        description="The receiver's AE title; up to 16 characters, no backslash. Empty: the Block's, else XNAT.",
     )
-    calling_aet: str | None = Field(
-        default=None,
-        min_length=1,
+    calling_aet: str = Field(
+        default="",
         max_length=16,
-        pattern=r"^[^\\]*\S[^\\]*$",
+        pattern=r"^([^\\]*\S[^\\]*)?$",
         title="Calling AE title",
-        description="Our AE title (default XNATFLOWS).",
+        description="Our AE title. Empty: the Block's, else XNATFLOWS.",
     )
 
     @model_validator(mode="before")

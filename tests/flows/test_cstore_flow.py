@@ -246,3 +246,17 @@ def test_send_dicom_verify_announces_an_archived_study_once(
     again = send_dicom(verify, receiver, connection)
     assert again.sent == 0 and again.archived == verified.archived
     assert archived_events() == [study.experiment_id]  # not twice
+
+
+def test_the_receiver_form_fields_take_a_value_without_picking_a_type_first() -> None:
+    """Optional (``X | None``) fields render in Prefect's form as "Property is type None" until the
+    operator picks a type; the receiver's fields have plain defaults instead."""
+    from prefect.utilities.callables import parameter_schema
+
+    from xnat_flows.flows.cstore import send_dicom
+
+    schema = parameter_schema(send_dicom).model_dump_for_openapi()
+    fields = schema["definitions"]["DicomReceiverTarget"]["properties"]
+    for name, kind in (("host", "string"), ("port", "integer"), ("called_aet", "string"), ("calling_aet", "string")):
+        assert "anyOf" not in fields[name] and fields[name]["type"] == kind, fields[name]
+        assert fields[name]["title"] and fields[name]["description"]

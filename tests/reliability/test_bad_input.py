@@ -457,9 +457,9 @@ def test_cstore_cli_rejects_bad_input(
     [
         ({"called_aet": "A" * 17}, "at most 16"),
         ({"calling_aet": "BAD\\AET"}, "backslash"),
-        ({"port": 0}, "greater than or equal to 1"),
+        ({"port": 70000}, "less than or equal to 65535"),
     ],
-    ids=["aet-17-chars", "aet-backslash", "port-zero"],
+    ids=["aet-17-chars", "aet-backslash", "port-out-of-range"],
 )
 def test_cstore_flow_fails_on_bad_receiver(receiver: dict, words: str, xnat: XnatEmulator, one_study: Path) -> None:
     from xnat_flows.flows.cstore import send_dicom
