@@ -328,6 +328,10 @@ class SendDicomResult(BaseModel):
     instances_per_second: float
     associations: list[dict]
     archived: list[ArchivedStudy] = Field(default_factory=list, description="With verify: where each study landed.")
+    in_doubt: list[str] = Field(
+        default_factory=list,
+        description="Sent again after an attempt without an answer: the receiver may hold two copies (see docs/cstore.md).",
+    )
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
     @property

@@ -260,3 +260,49 @@ def test_the_receiver_form_fields_take_a_value_without_picking_a_type_first() ->
     for name, kind in (("host", "string"), ("port", "integer"), ("called_aet", "string"), ("calling_aet", "string")):
         assert "anyOf" not in fields[name] and fields[name]["type"] == kind, fields[name]
         assert fields[name]["title"] and fields[name]["description"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_instances_in_doubt_fail_an_unverified_run_and_a_verified_run_checks_the_archive(
+    xnat, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver aborts the association on the 6th instance, which is then sent again: the
+    receiver may hold it twice. Without verify the run cannot call that delivered (Failed, saying
+    what to check); with verify it looks in the archive and completes when every instance is there."""
+    from xnat_flows.flows.cstore import SendInDoubtError
+    from xnat_flows.models import XnatConnection
+    from xnat_flows.testing.scp import ScpFaults
+
+    monkeypatch.setenv("XNAT_PASS", "admin")
+    write_studies(tmp_path / "export", series=1, instances=12, instance_kb=4, seed=19)
+    receiver = DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT")
+    request = SendDicomRequest(
+        source_dir=str(tmp_path / "export"),
+        workers=1,
+        routing_project="CSTORE",
+        routing_subject="S",
+        routing_session="D1",
+    )
+    xnat.dicom_receiver.set_faults(ScpFaults(abort_after_stores=5))
+    state = send_dicom(request, receiver, return_state=True)
+    assert state.is_failed() and "SendInDoubtError" in state.message and "got no answer" in state.message
+    with pytest.raises(SendInDoubtError):
+        state.result()
+
+    other = write_studies(tmp_path / "other", series=1, instances=12, instance_kb=4, seed=20)  # another study
+    xnat.dicom_receiver.set_faults(ScpFaults(abort_after_stores=xnat.dicom_receiver.stores_seen + 3))
+    verified = send_dicom(
+        request.model_copy(
+            update={
+                "source_dir": str(tmp_path / "other"),
+                "routing_session": "D2",
+                "verify": True,
+                "verify_timeout_seconds": 30,
+            }
+        ),
+        receiver,
+        XnatConnection(url=xnat.url, username="admin"),
+    )
+    assert len(verified.in_doubt) == 1 and verified.sent == len(other.files)
+    (study,) = verified.archived
+    assert study.label == "D2" and study.files_found == len(other.files)

@@ -260,13 +260,12 @@ def _run_cstore(h: Harness, case: FaultCase) -> RunOutcome:
     started = time.monotonic()
     try:
         # The task's own code (journal included), without a Prefect run around it.
-        result, _resumed = send_instances.fn(
-            receiver, scan.files, case.workers, RoutingOverride(PROJECT, SUBJECT, SESSION)
-        )
+        send = send_instances.fn(receiver, scan.files, case.workers, RoutingOverride(PROJECT, SUBJECT, SESSION))
     except XnatError as exc:
         return RunOutcome(False, set(), str(exc), time.monotonic() - started)
+    result = send.result
     listed = {Path(p).relative_to(h.source).as_posix() for p in result.unsent_paths}
-    in_doubt = result.sent_again_after_no_answer
+    in_doubt = send.in_doubt
     if in_doubt and not listed:
         # Sent again after an attempt that got no answer: the run says the session may wait in
         # CONFLICT and what to do (``in_doubt_warning``); it claims no complete delivery.

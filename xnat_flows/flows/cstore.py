@@ -35,10 +35,16 @@ from xnat_flows.tasks.cstore import (
 )
 from xnat_flows.tasks.upload import scan_dicom_directory
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
+from xnat_flows.transfer.dicom_resume import in_doubt_warning
 
 
 class SendIncompleteError(XnatError):
     """Some instances were not stored; the message lists them and a re-run sends only those."""
+
+
+class SendInDoubtError(XnatError):
+    """Every instance was stored, but some were sent again after an attempt without an answer, and
+    the run did not verify the archive (where XNAT may hold the second copy in CONFLICT)."""
 
 
 def _run_name() -> str:
@@ -102,8 +108,10 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     limit = check_receiver_limit(receiver)
     if limit is not None:
         logger.info("each association holds a slot of the concurrency limit %s (%d slots)", limit.name, limit.slots)
-    sent, resumed = send_instances(receiver, scan.files, request.workers, routing, limit)
+    send = send_instances(receiver, scan.files, request.workers, routing, limit)
+    sent, resumed = send.result, send.resumed
     result = SendDicomResult(
+        in_doubt=[str(path) for path in send.in_doubt],
         sent=len(sent.sent),
         resumed=resumed,
         failed=[
@@ -129,6 +137,12 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
         raise SendIncompleteError(
             f"{len(result.failed)} of {len(scan.files)} instances were not stored and {len(result.unreadable)} files or "
             f"folders could not be read ({examples}); re-run the same flow to send only those"
+        )
+    if send.in_doubt and not request.verify:
+        # Stored, but maybe twice: without looking at the archive this run cannot call it delivered.
+        raise SendInDoubtError(
+            in_doubt_warning(send),
+            hint="Run send-dicom with verify on: it checks that the archive holds every instance sent",
         )
     if request.verify and server_url is not None:
         instances = Counter(f.study_uid for f in scan.files)

@@ -15,8 +15,8 @@ from xnat_flows.client.errors import InputError, TransientError, XnatError
 from xnat_flows.models import ArchivedStudy, DicomReceiverTarget, XnatConnection
 from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.policies import ReceiverLimit, association_slots, existing_receiver_limit, retry_unless_permanent
-from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
-from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, SendResult, echo
+from xnat_flows.transfer.dicom_resume import ResumedSend, in_doubt_warning, store_instances_resumable
+from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, echo
 from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.scan import DicomFile
 
@@ -94,9 +94,10 @@ def send_instances(
     workers: int,
     routing: RoutingOverride | None,
     limit: ReceiverLimit | None = None,
-) -> tuple[SendResult, int]:
-    """C-STORE over ``workers`` long-lived associations; returns the result and how many instances
-    an earlier run or attempt had already delivered (recorded in the upload journal, not sent again).
+) -> ResumedSend:
+    """C-STORE over ``workers`` long-lived associations; returns this attempt's result, how many
+    instances an earlier run or attempt had already delivered (recorded in the upload journal, not
+    sent again) and which instances are in doubt (sent again after an attempt without an answer).
 
     Each association holds a slot of the receiver's limit. When instances fail for a reason that
     may heal, the task raises so Prefect retries it; the last attempt returns what it has.
@@ -122,7 +123,7 @@ def send_instances(
             preflight=False,
         )
     result, resumed = send.result, send.resumed
-    if send.in_doubt:
+    if send.in_doubt:  # said here too: a retry of this task would not know of them
         # the run's log; called as a plain function (.fn) there is no run: the module's logger
         logger = get_run_logger() if task_run.id else logging.getLogger(__name__)
         logger.warning(in_doubt_warning(send))
@@ -133,7 +134,7 @@ def send_instances(
             "retrying the rest",
             hint="A receiver that stays down fails the run after the retries",
         )
-    return result, resumed
+    return send
 
 
 @task(name="wait-for-archived-studies", cache_policy=NO_CACHE, persist_result=False)
