@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -94,23 +95,32 @@ class _ShutdownOnCancel(httpcore.SyncBackend):
 
     Closing a socket from another thread does not wake a thread blocked in ``send`` on it (a
     stalled upload); ``shutdown`` does, so Ctrl-C stops an upload within moments, not after the
-    write timeout.
+    write timeout. After ``shutdown_all`` it opens no new connection: a request that was waiting
+    for a free connection when the pools closed must not start sending.
     """
 
     def __init__(self) -> None:
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._shut = False
 
     def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        if self._shut:
+            raise httpcore.ConnectError("cancelled: no new connections")
         stream = super().connect_tcp(*args, **kwargs)
         sock = stream.get_extra_info("socket")
         if sock is not None:
             with self._lock:
                 self._sockets.add(sock)
+                shut = self._shut
+            if shut:  # shutdown_all ran while this connection was being opened
+                stream.close()
+                raise httpcore.ConnectError("cancelled: no new connections")
         return stream
 
     def shutdown_all(self) -> None:
         with self._lock:
+            self._shut = True
             sockets = list(self._sockets)
         for sock in sockets:
             with contextlib.suppress(OSError):  # already closed
@@ -128,6 +138,40 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
                 flow_hint="Point the CA bundle of the run's xnat-credentials Block at a PEM file on the worker host",
             ) from None
     return verify
+
+
+# httpcore's exceptions as the httpx ones of the same name (what httpx's own transport raises for
+# them), so that ``_connection_error`` classifies both send paths alike. Most specific first.
+_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.ProxyError, httpx.ProxyError),
+)
+_HTTPCORE_ERROR_TYPES = tuple(core for core, _ in _HTTPCORE_ERRORS)
+
+
+def _as_httpx_error(exc: Exception) -> httpx.TransportError:
+    for core, mapped in _HTTPCORE_ERRORS:
+        if isinstance(exc, core):
+            return mapped(str(exc))
+    return httpx.TransportError(str(exc))
+
+
+def _proxy_in_environment() -> bool:
+    """Whether HTTP(S)_PROXY/ALL_PROXY (or the system's settings) name a proxy: where httpx looks."""
+    found = urllib.request.getproxies()
+    return any(found.get(scheme) for scheme in ("http", "https", "all"))
 
 
 class XnatClient:
@@ -159,7 +203,16 @@ class XnatClient:
         self._custom_transport = transport
         self._backend = _ShutdownOnCancel()
         self.max_connections = max_connections
+        # The lean send path (``_send_lean``) needs the very connections httpx would make: only
+        # with httpx's own transport (tests' mock transports must see every request) and without a
+        # proxy in the environment. One TLS context, built by httpx, serves both paths.
+        self._tls: ssl.SSLContext | None = None
+        if transport is None and not _proxy_in_environment():
+            self._tls = httpx.create_ssl_context(verify=self._verify)
+        self._lean_urls: dict[tuple[str, str, tuple[tuple[str, Any], ...]], tuple[httpx.URL, httpcore.URL]] = {}
         self._http = self._new_http(max_connections)
+        self._lean = self._new_lean_pool(max_connections)
+        self._lean_headers = {name.lower(): value for name, value in self._http.headers.raw}
         self._auth_lock = threading.Lock()
         self._auth_state: tuple[int, str | None] = (0, None)  # (generation, JSESSIONID)
         self._auth_loaded = False
@@ -173,20 +226,33 @@ class XnatClient:
         transport = self._custom_transport
         if transport is None:
             # httpx retries failed connection attempts itself; everything else is our policy.
-            transport = httpx.HTTPTransport(verify=self._verify, limits=limits, retries=2)
+            transport = httpx.HTTPTransport(verify=self._tls or self._verify, limits=limits, retries=2)
             pool = getattr(transport, "_pool", None)
             if isinstance(pool, httpcore.ConnectionPool):  # not through a proxy: our socket backend
                 pool._network_backend = self._backend
         return httpx.Client(
             base_url=self.credentials.url,
             transport=transport,
-            verify=self._verify,  # also used for proxies taken from HTTPS_PROXY & co.
+            verify=self._verify,
             limits=limits,
             timeout=self.timeout,
             headers={"User-Agent": f"xnat-flows/{__version__}"},
             # The token travels in an explicit Cookie header; a jar would keep stale ones.
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             follow_redirects=False,
+        )
+
+    def _new_lean_pool(self, max_connections: int) -> httpcore.ConnectionPool | None:
+        """httpcore's pool as httpx's transport builds it (same limits, retries, TLS, sockets)."""
+        if self._tls is None:
+            return None
+        return httpcore.ConnectionPool(
+            ssl_context=self._tls,
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=httpx.Limits(max_connections=max_connections).keepalive_expiry,
+            retries=2,
+            network_backend=self._backend,
         )
 
     def reserve_connections(self, workers: int) -> None:
@@ -199,8 +265,11 @@ class XnatClient:
         if wanted <= self.max_connections or self._custom_transport is not None:
             return
         old, self._http = self._http, self._new_http(wanted)
+        old_lean, self._lean = self._lean, self._new_lean_pool(wanted)
         self.max_connections = wanted
         old.close()
+        if old_lean is not None:
+            old_lean.close()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -219,6 +288,8 @@ class XnatClient:
             except OSError as exc:
                 log.warning("could not update the token cache: %s", exc)
         self._http.close()
+        if self._lean is not None:
+            self._lean.close()
 
     @property
     def base_url(self) -> str:
@@ -234,6 +305,8 @@ class XnatClient:
         self._cancelled.set()
         self._backend.shutdown_all()
         self._http.close()
+        if self._lean is not None:
+            self._lean.close()
 
     @property
     def cancelled(self) -> bool:
@@ -349,11 +422,14 @@ class XnatClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | httpx.Timeout | None = None,
         retry: bool = True,
+        lean: bool = False,
     ) -> httpx.Response:
         """Send a request; return the response (status < 400) or raise the classified XnatError.
 
         A 401 causes one shared re-login and a resend. Transient failures are retried per
         ``self.retry``; a body given as a plain iterator cannot be resent and is tried once.
+        ``lean=True`` sends through httpcore directly where that is safe (``_send_lean``): for
+        many small requests, such as gradual-DICOM's one per instance.
         """
         policy = self.retry if retry else NO_RETRY
         single_use = content is not None and not isinstance(content, (bytes, str)) and not callable(content)
@@ -367,7 +443,10 @@ class XnatClient:
             try:
                 self.check_cancelled()
                 generation, token = self._session()  # a login that meets a busy server is retried too
-                response = self._send(method, path, params, content, headers, timeout, token)
+                if lean and self._lean is not None:
+                    response = self._send_lean(self._lean, method, path, params, content, headers, timeout, token)
+                else:
+                    response = self._send(method, path, params, content, headers, timeout, token)
                 if (
                     response.status_code == 401
                     and not relogged
@@ -469,6 +548,78 @@ class XnatClient:
             close = getattr(body, "close", None)
             if callable(close):  # stop a streaming generator (closes the open file)
                 close()
+
+    def _send_lean(
+        self,
+        pool: httpcore.ConnectionPool,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        content: Content,
+        headers: Mapping[str, str] | None,
+        timeout: float | httpx.Timeout | None,
+        token: str | None,
+    ) -> httpx.Response:
+        """``_send`` without httpx's request and response models, which cost half of a small request's
+        CPU: the same URL (built by httpx once per path and parameters), headers, timeouts and
+        connections (httpcore's pool, made as httpx's transport makes it), and httpx's errors and
+        ``Response`` for everything above."""
+        url, target = self._lean_url(method, path, params)
+        merged = dict(self._lean_headers)
+        for name, value in (headers or {}).items():
+            merged[name.lower().encode("ascii")] = value.encode("latin-1")
+        if token:
+            merged[b"cookie"] = f"JSESSIONID={token}".encode("ascii")
+        body = content() if callable(content) else content
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        limits = self.timeout if timeout is None else httpx.Timeout(timeout)
+        try:
+            answer = pool.request(
+                method,
+                target,
+                headers=list(merged.items()),
+                content=body if body is None or isinstance(body, bytes) else iter(body),
+                extensions={"timeout": limits.as_dict()},
+            )
+        except _HTTPCORE_ERROR_TYPES as exc:
+            raise self._connection_error(_as_httpx_error(exc), f"{method} {path}") from None
+        except Exception:
+            if self.cancelled:  # the pool was closed under this request by cancel()
+                raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
+            raise
+        finally:
+            close = getattr(body, "close", None)
+            if callable(close):  # stop a streaming generator (closes the open file)
+                close()
+        response = httpx.Response(
+            answer.status,
+            headers=answer.headers,
+            stream=httpx.ByteStream(answer.content),
+            request=httpx.Request(method, url),
+            extensions=answer.extensions,
+        )
+        response.read()  # decodes a Content-Encoding as httpx does
+        return response
+
+    def _lean_url(self, method: str, path: str, params: Mapping[str, Any] | None) -> tuple[httpx.URL, httpcore.URL]:
+        """The URL httpx would send to, and httpcore's form of it (as httpx's transport makes it).
+
+        Gradual-DICOM sends thousands of requests to one URL: it is built once."""
+        key = (method, path, tuple((params or {}).items()))
+        try:
+            known = self._lean_urls.get(key)
+            cacheable = True
+        except TypeError:  # an unhashable parameter value: build it every time
+            known, cacheable = None, False
+        if known is None:
+            url = self._http.build_request(method, path, params=params).url
+            known = (url, httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path))
+            if cacheable:
+                if len(self._lean_urls) >= 64:  # many distinct targets: keep the cache small
+                    self._lean_urls.clear()
+                self._lean_urls[key] = known
+        return known
 
     def _connection_error(self, exc: Exception, where: str | None = None) -> XnatConnectionError:
         where = where or self.credentials.url

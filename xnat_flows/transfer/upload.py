@@ -274,6 +274,7 @@ def upload_gradual(
             headers={"Content-Type": "application/dicom", "Content-Length": str(item.size)},
             timeout=gradual_timeout,
             retry=not breaker.open_soon,
+            lean=True,  # one small request per instance: httpx's models would cost half the client's CPU
         )
         answered = import_answer_uris(client, response)
         with lock:
