@@ -92,3 +92,20 @@ def test_ca_bundle_is_honoured_and_verification_is_on_by_default(https_server) -
         client.whoami()
     assert not info.value.retryable
     assert "CA bundle" in info.value.hint
+
+
+def test_the_lean_send_path_verifies_as_httpx_does(https_server) -> None:
+    url, cert = https_server
+    token = SecretStr("0123456789ABCDEF0123456789ABCDEF")  # no login: the lean send meets TLS first
+    trusted = Credentials(url=url, username="alice", token=token, verify=str(cert))
+    with XnatClient(trusted, token_cache=None) as client:
+        assert client._lean is not None
+        assert client.request("POST", "/data/services/import", content=b"x", lean=True).text == token.get_secret_value()
+
+    default = Credentials(url=url, username="alice", token=token)
+    with (
+        XnatClient(default, token_cache=None) as client,
+        pytest.raises(XnatConnectionError, match="CERTIFICATE_VERIFY_FAILED") as info,
+    ):
+        client.request("POST", "/data/services/import", content=b"x", lean=True)
+    assert not info.value.retryable
