@@ -6,9 +6,12 @@ cancel; and the path must only be taken where it sends what httpx would.
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import pytest
 from pydantic import SecretStr
 from transfer_helpers import connect, write_study
 
-from xnat_flows.client.client import XnatClient
+from xnat_flows.client.client import XnatClient, proxy_for
 from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.errors import CancelledError, XnatConnectionError
 from xnat_flows.client.retry import RetryPolicy
@@ -183,19 +186,108 @@ def test_a_mock_transport_sees_every_gradual_request(scripted_client: Callable[.
     assert lean_calls == []
 
 
-@pytest.mark.parametrize("variable", ["HTTP_PROXY", "https_proxy", "ALL_PROXY"])
-def test_a_proxy_in_the_environment_keeps_uploads_on_httpx(
+class _ForwardProxy(http.server.ThreadingHTTPServer):
+    """An HTTP forward proxy that reaches every host it is asked for at one local port (so the
+    test's made-up host name resolves only through it) and records what it forwarded."""
+
+    daemon_threads = True
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.seen: list[tuple[str, str, str]] = []
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _ForwardProxy
+
+    def _forward(self) -> None:
+        url = urllib.parse.urlsplit(self.path)  # a proxy gets the absolute form
+        self.server.seen.append((self.command, url.hostname or "", url.path))
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.target_port, timeout=30)
+        skip = {"proxy-connection", "connection", "host", "content-length"}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+        upstream.request(self.command, url.path + (f"?{url.query}" if url.query else ""), body=body, headers=headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        upstream.close()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
+def test_a_proxy_in_the_environment_carries_every_request_and_keeps_uploads_on_httpx(
     xnat_emulator: XnatEmulator, tmp_path, lean_calls, monkeypatch, variable
 ):
-    monkeypatch.setenv(variable, "http://127.0.0.1:9")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # so that either path reaches the emulator
+    """The XNAT host here resolves only through the proxy: the upload lands only if every request
+    (login, imports) went through it. httpx reads no proxy from the environment when given a
+    transport, so the client must find it itself."""
+    proxy = _ForwardProxy(xnat_emulator.port)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    for name in (
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.server_port}")
     root = tmp_path / "export"
     write_study(root, series=1, instances=2)
-    with connect(xnat_emulator, tmp_path) as client:
-        assert client._lean is None
-        result = gradual_upload(client, root, "PROXIED")
+    creds = Credentials(url=f"http://xnat.invalid:{xnat_emulator.port}", username="admin", password=SecretStr("admin"))
+    try:
+        with XnatClient(creds, token_cache=None) as client:
+            assert client.proxy == f"http://127.0.0.1:{proxy.server_port}" and client._lean is None
+            result = gradual_upload(client, root, "PROXIED")
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
     assert result.sent_count == 2 and not result.failures
     assert lean_calls == []
+    assert {host for _, host, _ in proxy.seen} == {"xnat.invalid"}
+    assert [path for _, _, path in proxy.seen].count(IMPORT) == 2
+
+
+def test_which_urls_a_proxy_in_the_environment_applies_to(monkeypatch) -> None:
+    for name in (
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert proxy_for("https://xnat.example.org") is None
+    monkeypatch.setenv("https_proxy", "proxy.site:3128")
+    assert proxy_for("https://xnat.example.org") == "http://proxy.site:3128"  # scheme added, as curl does
+    assert proxy_for("http://xnat.example.org") is None  # no proxy for plain http
+    monkeypatch.setenv("ALL_PROXY", "http://all.site:8080")
+    assert proxy_for("http://xnat.example.org") == "http://all.site:8080"
+    monkeypatch.setenv("NO_PROXY", "example.org,other.site")
+    assert proxy_for("https://xnat.example.org") is None  # covered by NO_PROXY
+    assert proxy_for("https://xnat.hospital.net") == "http://proxy.site:3128"
+    for local in ("http://127.0.0.1:8080", "http://localhost", "http://[::1]:80"):
+        assert proxy_for(local) is None  # loopback never goes through a proxy
 
 
 def test_the_lean_pool_is_sized_with_the_httpx_pool(xnat_emulator: XnatEmulator, tmp_path) -> None:

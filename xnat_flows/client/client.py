@@ -9,6 +9,7 @@ new token — eight threads seeing 401 cause one login, not eight.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -168,10 +170,30 @@ def _as_httpx_error(exc: Exception) -> httpx.TransportError:
     return httpx.TransportError(str(exc))
 
 
-def _proxy_in_environment() -> bool:
-    """Whether HTTP(S)_PROXY/ALL_PROXY (or the system's settings) name a proxy: where httpx looks."""
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url``: HTTPS_PROXY/HTTP_PROXY by scheme, else
+    ALL_PROXY, unless NO_PROXY covers the host (the variables httpx, curl and pip read).
+
+    A loopback host never goes through a proxy (as Go's net/http decides): a proxy elsewhere
+    cannot reach this machine's loopback, and an emulator on 127.0.0.1 must work on a host whose
+    environment names a proxy for the internet.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    host = parsed.hostname or ""
+    if host == "localhost" or _is_loopback(host):
+        return None
     found = urllib.request.getproxies()
-    return any(found.get(scheme) for scheme in ("http", "https", "all"))
+    proxy = found.get(parsed.scheme) or found.get("all")
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class XnatClient:
@@ -203,11 +225,14 @@ class XnatClient:
         self._custom_transport = transport
         self._backend = _ShutdownOnCancel()
         self.max_connections = max_connections
+        # httpx reads no proxy from the environment when it is given a transport, as it is here:
+        # the proxy is found here and given to the transport (``proxy_for``).
+        self.proxy = proxy_for(credentials.url) if transport is None else None
         # The lean send path (``_send_lean``) needs the very connections httpx would make: only
         # with httpx's own transport (tests' mock transports must see every request) and without a
-        # proxy in the environment. One TLS context, built by httpx, serves both paths.
+        # proxy. One TLS context, built by httpx, serves both paths.
         self._tls: ssl.SSLContext | None = None
-        if transport is None and not _proxy_in_environment():
+        if transport is None and self.proxy is None:
             self._tls = httpx.create_ssl_context(verify=self._verify)
         self._lean_urls: dict[tuple[str, str, tuple[tuple[str, Any], ...]], tuple[httpx.URL, httpcore.URL]] = {}
         self._http = self._new_http(max_connections)
@@ -226,9 +251,11 @@ class XnatClient:
         transport = self._custom_transport
         if transport is None:
             # httpx retries failed connection attempts itself; everything else is our policy.
-            transport = httpx.HTTPTransport(verify=self._tls or self._verify, limits=limits, retries=2)
+            transport = httpx.HTTPTransport(
+                verify=self._tls or self._verify, limits=limits, retries=2, proxy=self.proxy
+            )
             pool = getattr(transport, "_pool", None)
-            if isinstance(pool, httpcore.ConnectionPool):  # not through a proxy: our socket backend
+            if isinstance(pool, httpcore.ConnectionPool):  # also through a proxy (HTTPProxy): our socket backend
                 pool._network_backend = self._backend
         return httpx.Client(
             base_url=self.credentials.url,
