@@ -228,26 +228,25 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.fixture
+def no_proxy_in_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variable from the caller's shell: each test sets the ones it means."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
 def test_a_proxy_in_the_environment_carries_every_request_and_keeps_uploads_on_httpx(
-    xnat_emulator: XnatEmulator, tmp_path, lean_calls, monkeypatch, variable
+    xnat_emulator: XnatEmulator, tmp_path, lean_calls, no_proxy_in_environment, variable
 ):
+    monkeypatch = no_proxy_in_environment
     """The XNAT host here resolves only through the proxy: the upload lands only if every request
     (login, imports) went through it. httpx reads no proxy from the environment when given a
     transport, so the client must find it itself."""
     proxy = _ForwardProxy(xnat_emulator.port)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    for name in (
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ):
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.server_port}")
     root = tmp_path / "export"
     write_study(root, series=1, instances=2)
@@ -265,18 +264,8 @@ def test_a_proxy_in_the_environment_carries_every_request_and_keeps_uploads_on_h
     assert [path for _, _, path in proxy.seen].count(IMPORT) == 2
 
 
-def test_which_urls_a_proxy_in_the_environment_applies_to(monkeypatch) -> None:
-    for name in (
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ):
-        monkeypatch.delenv(name, raising=False)
+def test_which_urls_a_proxy_in_the_environment_applies_to(no_proxy_in_environment) -> None:
+    monkeypatch = no_proxy_in_environment
     assert proxy_for("https://xnat.example.org") is None
     monkeypatch.setenv("https_proxy", "proxy.site:3128")
     assert proxy_for("https://xnat.example.org") == "http://proxy.site:3128"  # scheme added, as curl does
