@@ -41,6 +41,13 @@ class ReceiverLink:
     dimse_timeout: float  # also bounds a send the peer stops reading
     max_pdu: int
 
+    def __post_init__(self) -> None:
+        """Every link checks its AE titles (``InputError`` saying what is wrong) and keeps them
+        without insignificant spaces; the port is an int whatever the caller passed."""
+        object.__setattr__(self, "port", int(self.port))
+        object.__setattr__(self, "called_aet", validate_ae_title(self.called_aet, "called"))
+        object.__setattr__(self, "calling_aet", validate_ae_title(self.calling_aet, "calling"))
+
 
 def _explain_connect_failure(link: ReceiverLink, exc: OSError) -> PeerUnreachableError:
     where = f"{link.host}:{link.port}"
@@ -138,9 +145,9 @@ def echo(
     """Pre-flight C-ECHO; raises a ``DicomNetworkError`` subclass that says what to fix."""
     link = ReceiverLink(
         host,
-        int(port),
-        validate_ae_title(called_aet, "called"),
-        validate_ae_title(calling_aet, "calling"),
+        port,
+        called_aet,
+        calling_aet,
         acse_timeout=timeout,
         dimse_timeout=timeout,
         max_pdu=16384,

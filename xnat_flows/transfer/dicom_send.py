@@ -169,9 +169,9 @@ def store_instances(
     """
     link = ReceiverLink(
         host,
-        int(port),
-        validate_ae_title(called_aet, "called"),
-        validate_ae_title(calling_aet, "calling"),
+        port,
+        called_aet,
+        calling_aet,
         acse_timeout=acse_timeout,
         dimse_timeout=dimse_timeout,
         max_pdu=max_pdu,
