@@ -275,6 +275,19 @@ def _last_attempt(path: Path) -> Path:
     return path.with_name(path.name + ".last-attempt.json")
 
 
+def _announce_failure(run: _InboxRun, route: Route | None, error: str, source: Path) -> None:
+    """``xnat.upload.failed`` for a folder whose upload flow never ran (so nobody else reports it):
+    routing, project check or the server before the first byte."""
+    emit_upload_failed(
+        run.server_url,
+        route.project if route else run.project,
+        route.subject if route else None,
+        route.session if route else None,
+        error,
+        source=str(source),
+    )
+
+
 # Failures of the server or of the run's credentials, not of a folder: the folder is kept.
 _NOT_THIS_FOLDERS_FAULT = (TransientError, AuthenticationError, UnreachableError, StorageFullError)
 
@@ -330,14 +343,7 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
         if isinstance(exc, AuthenticationError):
             run.credentials_refused.append(item.error)
         if not uploading:
-            emit_upload_failed(
-                run.server_url,
-                route.project if route else run.project,
-                route.subject if route else None,
-                route.session if route else None,
-                item.error,
-                source=str(claim.path),
-            )
+            _announce_failure(run, route, item.error, claim.path)
         report.update(status="retry", error=item.error, finished_at=utc_now())
         write_json_atomic(last_attempt, report)
         claim.release()
@@ -351,15 +357,7 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
         last_attempt.unlink(missing_ok=True)
         item.location, item.report = str(moved), str(report_path)
         if not uploading:
-            # The upload flow never ran, so nobody else reports this failure.
-            emit_upload_failed(
-                run.server_url,
-                route.project if route else run.project,
-                route.subject if route else None,
-                route.session if route else None,
-                item.error,
-                source=str(moved),
-            )
+            _announce_failure(run, route, item.error, moved)
         logger.error("%s moved to failed/ (%s; report %s)", claim.original_name, type(exc).__name__, report_path)
         return item
 
