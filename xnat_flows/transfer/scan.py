@@ -376,18 +376,31 @@ def _read_head(path: Path, st: os.stat_result) -> tuple[bytes, bytes, FileMeta] 
     return head, tail, meta
 
 
-def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
-    """``read_header``'s result, ~10x faster for the ordinary file: the UIDs are read from the
-    dataset's first bytes (``part10.read_series_keys``) and the file is confirmed whole by its
-    pixel data reaching the end. Anything this cannot confirm is read by pydicom."""
+def _whole_file_head(path: Path, root: Path, st: os.stat_result) -> tuple[bytes, FileMeta] | DicomFile | SkippedFile:
+    """The first bytes and file meta of a Part-10 file whose pixel data reaches its end; for junk,
+    an unreadable file, or anything these bytes cannot confirm (no image, trailing elements, cut
+    short, an unusual meta group), the verdict itself: skipped, or pydicom's ``read_header``."""
     read = _read_head(path, st)
     if read is None:
         return read_header(path, root, st)
     if isinstance(read, SkippedFile):
         return read
     head, tail, meta = read
+    if not pixel_data_reaches_end(head, tail, meta, st.st_size):
+        return read_header(path, root, st)
+    return head, meta
+
+
+def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
+    """``read_header``'s result, ~10x faster for the ordinary file: the UIDs are read from the
+    dataset's first bytes (``part10.read_series_keys``) and the file is confirmed whole by its
+    pixel data reaching the end. Anything this cannot confirm is read by pydicom."""
+    read = _whole_file_head(path, root, st)
+    if not isinstance(read, tuple):
+        return read
+    head, meta = read
     keys = read_series_keys(head, meta)
-    if keys is None or not pixel_data_reaches_end(head, tail, meta, st.st_size):
+    if keys is None:
         return read_header(path, root, st)
     return DicomFile(
         path=path,
@@ -406,14 +419,10 @@ def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | 
 def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
     """Classify one file from its file meta group, confirming its pixel data reaches the end of
     the file; anything this cannot confirm is classified by ``read_header`` (pydicom) instead."""
-    read = _read_head(path, st)
-    if read is None:
-        return read_header(path, root, st)
-    if isinstance(read, SkippedFile):
+    read = _whole_file_head(path, root, st)
+    if not isinstance(read, tuple):
         return read
-    head, tail, meta = read
-    if not pixel_data_reaches_end(head, tail, meta, st.st_size):
-        return read_header(path, root, st)  # no image, trailing elements, or cut short: pydicom decides
+    _, meta = read
     return DicomFile(
         path=path,
         relpath=portable_relpath(path, root),
