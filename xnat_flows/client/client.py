@@ -20,7 +20,7 @@ import time
 import urllib.parse
 import urllib.request
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, TypeVar
 
@@ -76,6 +76,20 @@ for _name in ("httpx", "httpcore", "httpcore.connection", "httpcore.http11", "ht
 # A request body: bytes, or a zero-argument callable returning a fresh iterable of bytes for
 # every attempt (so a streamed upload can be sent again after a retry or a re-login).
 Content = bytes | str | Callable[[], Iterable[bytes]] | None
+
+
+@contextlib.contextmanager
+def _opened(content: Content) -> Iterator[bytes | str | Iterable[bytes] | None]:
+    """The request body (a callable makes a fresh one for each attempt); a streaming generator is
+    closed afterwards, whatever happened, which closes the file it reads."""
+    body = content() if callable(content) else content
+    try:
+        yield body
+    finally:
+        close = getattr(body, "close", None)
+        if callable(close):
+            close()
+
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{8,512}")
 _DEFAULT = object()
@@ -555,26 +569,22 @@ class XnatClient:
         merged = dict(headers or {})
         if token:
             merged["Cookie"] = f"JSESSIONID={token}"
-        body = content() if callable(content) else content
-        try:
-            return self._http.request(
-                method,
-                path,
-                params=params,
-                content=body,
-                headers=merged,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-        except httpx.HTTPError as exc:
-            raise self._connection_error(exc, f"{method} {path}") from None
-        except RuntimeError:
-            if self.cancelled:  # the pool was closed under this request by cancel()
-                raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
-            raise
-        finally:
-            close = getattr(body, "close", None)
-            if callable(close):  # stop a streaming generator (closes the open file)
-                close()
+        with _opened(content) as body:
+            try:
+                return self._http.request(
+                    method,
+                    path,
+                    params=params,
+                    content=body,
+                    headers=merged,
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.HTTPError as exc:
+                raise self._connection_error(exc, f"{method} {path}") from None
+            except RuntimeError:
+                if self.cancelled:  # the pool was closed under this request by cancel()
+                    raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
+                raise
 
     def _send_lean(
         self,
@@ -597,28 +607,24 @@ class XnatClient:
             merged[name.lower().encode("ascii")] = value.encode("latin-1")
         if token:
             merged[b"cookie"] = f"JSESSIONID={token}".encode("ascii")
-        body = content() if callable(content) else content
-        if isinstance(body, str):
-            body = body.encode("utf-8")
         limits = self.timeout if timeout is None else httpx.Timeout(timeout)
-        try:
-            answer = pool.request(
-                method,
-                target,
-                headers=list(merged.items()),
-                content=body if body is None or isinstance(body, bytes) else iter(body),
-                extensions={"timeout": limits.as_dict()},
-            )
-        except _HTTPCORE_ERROR_TYPES as exc:
-            raise self._connection_error(_as_httpx_error(exc), f"{method} {path}") from None
-        except Exception:
-            if self.cancelled:  # the pool was closed under this request by cancel()
-                raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
-            raise
-        finally:
-            close = getattr(body, "close", None)
-            if callable(close):  # stop a streaming generator (closes the open file)
-                close()
+        with _opened(content) as body:
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            try:
+                answer = pool.request(
+                    method,
+                    target,
+                    headers=list(merged.items()),
+                    content=body if body is None or isinstance(body, bytes) else iter(body),
+                    extensions={"timeout": limits.as_dict()},
+                )
+            except _HTTPCORE_ERROR_TYPES as exc:
+                raise self._connection_error(_as_httpx_error(exc), f"{method} {path}") from None
+            except Exception:
+                if self.cancelled:  # the pool was closed under this request by cancel()
+                    raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
+                raise
         response = httpx.Response(
             answer.status,
             headers=answer.headers,
