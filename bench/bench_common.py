@@ -20,6 +20,29 @@ PASSWORD = "bench-password"
 PROJECT = "BENCH"
 
 
+def our_upload_command(source: Path, label: str, url: str, mode: str, workers: int) -> list[str]:
+    """``xnat-flows session upload`` as a user runs it: ``mode`` gradual, or an archive format."""
+    cmd = [
+        str(Path(PYTHON).parent / "xnat-flows"),
+        "session",
+        "upload",
+        str(source),
+        "-P",
+        PROJECT,
+        "-S",
+        "SUBJ",
+        "-E",
+        label,
+        "--url",
+        url,
+        "--username",
+        "admin",
+        "--workers",
+        str(workers),
+    ]
+    return cmd + (["--gradual"] if mode == "gradual" else ["--archive-format", mode])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

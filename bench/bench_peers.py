@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import PASSWORD, PROJECT, PYTHON, REPO, Emulator
+from bench_common import PASSWORD, PROJECT, REPO, Emulator, our_upload_command
 
 
 class ThrottlingProxy:
@@ -138,25 +138,7 @@ def one_run(tool: str, mode: str, source: Path, count: int, work: Path, args: ar
         "TERM": "dumb",
     }
     if tool == "ours":
-        cmd = [
-            str(Path(PYTHON).parent / "xnat-flows"),
-            "session",
-            "upload",
-            str(source),
-            "-P",
-            PROJECT,
-            "-S",
-            "SUBJ",
-            "-E",
-            label,
-            "--url",
-            url,
-            "--username",
-            "admin",
-            "--workers",
-            str(args.workers),
-        ]
-        cmd += ["--gradual"] if mode == "gradual" else ["--archive-format", mode]
+        cmd = our_upload_command(source, label, url, mode, args.workers)
     else:
         cmd = [
             args.xnatctl,

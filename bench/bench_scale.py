@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import PASSWORD, PROJECT, PYTHON, REPO, Emulator
+from bench_common import PASSWORD, REPO, Emulator, our_upload_command
 
 
 def _proc_figures(pid: int) -> tuple[float, float]:
@@ -40,25 +40,7 @@ def one_run(source: Path, count: int, mode: str, work: Path, workers: int, label
     emulator = Emulator(work / f"xnat-{label}", idle_seconds=1.0)
     home = work / f"home-{label}"
     env = {**os.environ, "HOME": str(home), "XNAT_FLOWS_HOME": str(home), "XNAT_PASS": PASSWORD, "TERM": "dumb"}
-    cmd = [
-        str(Path(PYTHON).parent / "xnat-flows"),
-        "session",
-        "upload",
-        str(source),
-        "-P",
-        PROJECT,
-        "-S",
-        "SUBJ",
-        "-E",
-        label,
-        "--url",
-        emulator.url,
-        "--username",
-        "admin",
-        "--workers",
-        str(workers),
-    ]
-    cmd += ["--gradual"] if mode == "gradual" else ["--archive-format", mode]
+    cmd = our_upload_command(source, label, emulator.url, mode, workers)
     try:
         server_cpu_before, _ = _proc_figures(emulator.process.pid)
         started = time.perf_counter()
