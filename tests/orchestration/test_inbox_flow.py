@@ -123,6 +123,8 @@ def test_refused_credentials_keep_every_folder_and_stop_at_the_first_refusal(
         ("b-second", "done"),
         ("c-third", "done"),
     ]
+    # each in the archive once, in its own session
+    assert _experiments(xnat_emulator) == {"P0a_20240115": "P0a", "P0b_20240115": "P0b", "P0c_20240115": "P0c"}
 
 
 def test_incomplete_upload_during_an_outage_keeps_the_folder(
