@@ -56,7 +56,12 @@ def _command(xnat: XnatEmulator, export: Path, workers: int) -> list[str]:
 
 
 def _start_sender(args: list[str]) -> subprocess.Popen:
-    code = "import sys\nfrom xnat_flows.cli.main import app\nsys.argv = ['xnat-flows', *sys.argv[1:]]\napp()"
+    # Ctrl-C handled as in a process started from a terminal: a suite started in the background
+    # (a shell's `&` ignores SIGINT, and children inherit that) must not make the sender ignore it.
+    code = (
+        "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from xnat_flows.cli.main import app\nsys.argv = ['xnat-flows', *sys.argv[1:]]\napp()"
+    )
     return subprocess.Popen(
         [sys.executable, "-c", code, *args], env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
