@@ -83,6 +83,11 @@ class UploadRequest(BaseModel):
     direct_archive: bool = Field(
         default=True, description="Direct-Archive (XNAT 1.8.3+); off stages into the prearchive."
     )
+    archive_when_complete: bool = Field(
+        default=True,
+        description="Direct-Archive: ask XNAT (1.8.4+) to archive the session once every file is in; "
+        "off leaves it to XNAT's idle interval (5 minutes by default).",
+    )
     per_study: bool = Field(
         default=False,
         description="Upload each StudyInstanceUID found as its own session (label suffixed with 8 hex digits of the study's UID).",

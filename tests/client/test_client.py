@@ -545,3 +545,27 @@ def test_timeout_is_httpxs_own_and_a_float_is_accepted() -> None:
     with XnatClient(creds, token_cache=None, timeout=httpx.Timeout(None, connect=3.0)) as client:
         assert client.upload_timeout(2_000_000) == httpx.Timeout(connect=3.0, read=301.0, write=300.0, pool=None)
         assert client._query_timeout().read == 60.0
+
+
+def test_posts_that_reached_xnat_unanswered_are_counted_in_doubt(make_client, retry_sleeps) -> None:
+    """An upload reads ``requests_in_doubt`` to know whether XNAT may still be working on a copy it
+    gave up on (then it does not ask XNAT to archive the session at once)."""
+    xnat = Recorder(
+        {
+            ("POST", IMPORT): [
+                httpx.ReadTimeout("timed out"),
+                httpx.RemoteProtocolError("peer closed connection"),
+                httpx.Response(504),
+                httpx.Response(200, text="/data/x\r\n"),
+            ],
+            ("POST", "/refused"): [httpx.ConnectError("Connection refused")],
+            ("GET", "/query"): [httpx.ReadTimeout("timed out"), httpx.Response(200, text="ok")],
+        }
+    )
+    client = make_client(xnat, token=TOKEN)
+    assert client.request("POST", IMPORT, content=b"zip").status_code == 200
+    assert client.requests_in_doubt == 3  # timed out, dropped, gateway gave up: each may have landed
+    with pytest.raises(XnatConnectionError):
+        client.request("POST", "/refused", content=b"x")  # never reached XNAT
+    client.request("GET", "/query")  # reads change nothing
+    assert client.requests_in_doubt == 3

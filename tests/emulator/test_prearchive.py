@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 from emulator_helpers import make_instance, make_study, members, zip_bytes
 
+from xnat_flows.testing.pytest_plugin import wait_until
+
 
 @pytest.fixture
 def manual(emulator, client):
@@ -211,6 +213,18 @@ def test_direct_archive_listing_and_commit(emulator, client):
     uri = response.text.strip()
     listed = client.post("/xapi/direct-archive", json={"filters": {"project": {"operator": "EQ", "value": "TEST"}}})
     assert [s["uri"] for s in listed.json()] == [uri]
+    [row] = [r for r in emulator.store.prearc_rows(["TEST"], include_direct=True) if r.name == "DAL"]
+    with emulator.prearchive.holding() as held:  # as while an import request still writes into it
+        held.add(row.id)
+        refused = client.post(uri)
+    assert refused.status_code == 400 and "still receiving new files" in refused.text
+    assert client.post("/xapi/direct-archive/TEST/1.2.3.4/DAL").status_code == 404
+
     committed = client.post(uri)
-    assert committed.status_code == 200 and committed.text.startswith("/data/archive/projects/TEST/")
+    # XNAT queues the session and answers at once (DirectArchiveSessionApi.triggerArchive):
+    # 200, no body; it is archived soon after, long before the idle interval (an hour here).
+    assert committed.status_code == 200 and committed.text == ""
+    wait_until(lambda: emulator.archived_experiments("TEST"), timeout=10)
     assert emulator.archived_experiments("TEST")[0]["label"] == "DAL"
+    listed = client.post("/xapi/direct-archive", json={"filters": {"project": {"operator": "EQ", "value": "TEST"}}})
+    assert listed.json() == []

@@ -36,6 +36,9 @@ def _request(source: Path, **overrides) -> UploadRequest:
     [("dicom-zip", "tar", 4), ("dicom-zip", "zip", 2), ("gradual-dicom", "tar", 4)],
 )
 def test_upload_lands_verified(xnat, tmp_path: Path, transport: str, archive_format: str, workers: int) -> None:
+    # XNAT's idle interval would archive the session only after an hour: the flow's archive-now
+    # task has it archived as soon as every file is in.
+    xnat.prearchive.rebuild_idle_seconds = 3600
     manifest = write_studies(tmp_path / "export", series=3, instances=24, instance_kb=8, seed=3)
     request = _request(tmp_path / "export", transport=transport, archive_format=archive_format, workers=workers)
 

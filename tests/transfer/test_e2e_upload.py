@@ -10,6 +10,7 @@ from pydicom.uid import generate_uid
 from transfer_helpers import connect, write_studies, write_study
 
 from xnat_flows.client.errors import AuthenticationError, ConflictError, InputError, PermanentUploadError
+from xnat_flows.client.prearchive import direct_archive_sessions
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.transfer import (
     UploadJournal,
@@ -280,3 +281,27 @@ def test_token_expiry_during_dicom_zip_batches(xnat_emulator, client, tmp_path) 
     result = upload_session(client, root, UploadTarget("TEST", "SUBJ01", "ZIPEXPIRY"), workers=4, **FAST)
     assert result.ok, result
     assert client.login_count == 2
+
+
+@pytest.mark.parametrize("gradual", [False, True], ids=["dicom-zip", "gradual"])
+def test_a_complete_upload_is_archived_at_once_not_after_the_idle_interval(
+    xnat_emulator_factory, tmp_path, export, gradual
+) -> None:
+    """XNAT waits its idle interval (5 min by default; an hour here) before it archives a
+    Direct-Archive session; once every file is in, the upload asks it to archive at once."""
+    emulator = xnat_emulator_factory(tmp_path / "xnat", rebuild_idle_seconds=3600)
+    with connect(emulator, tmp_path) as xnat:
+        result = upload_session(xnat, export, UploadTarget("TEST", "S", "NOW"), gradual=gradual, **FAST)
+        assert result.ok and result.sessions[0].verify.found_count == 12
+        assert result.sessions[0].verify.waited_seconds < 10
+        assert archived(emulator, "NOW")["scans"] == {"1": 4, "2": 4, "3": 4}
+
+        # Left to the idle interval on request: received, not archived.
+        waiting = UploadTarget("TEST", "S", "IDLE", archive_when_complete=False)
+        other = tmp_path / "other"
+        write_study(other, series=1, instances=2)
+        result = upload_session(xnat, other, waiting, gradual=gradual, verify=False)
+        assert result.sessions[0].uploaded
+        listed = direct_archive_sessions(xnat, "TEST")
+        assert [(row["label"], row["status"]) for row in listed] == [("IDLE", "RECEIVING")]
+        assert not [e for e in emulator.archived_experiments("TEST") if e["label"] == "IDLE"]

@@ -414,3 +414,35 @@ def test_the_former_names_of_the_batch_uploads_still_work_with_a_warning() -> No
         assert upload.upload_archive_batch is upload.upload_batch
     with pytest.warns(DeprecationWarning):
         assert transfer.send_batch is session.upload_batch_resumable
+
+
+def test_archive_now_asks_xnat_once_per_session_and_not_while_a_copy_may_be_on_its_way(scripted_client) -> None:
+    from xnat_flows.transfer.session import archive_now
+
+    seen: list[tuple[str, str]] = []
+
+    def xnat(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path))
+        if request.url.path.endswith("/GONE"):
+            return httpx.Response(404, text="No direct archive session found")
+        return httpx.Response(200)
+
+    client = scripted_client(xnat)
+    target = UploadTarget("PROJ", "SUBJ", "SESS")
+    uri = "/xapi/direct-archive/PROJ/1.2.3/SESS"
+    assert archive_now(client, target, "1.2.3", [uri, uri, "/data/prearchive/projects/PROJ/x/y"]) == [uri]
+    assert seen == [("POST", uri)]
+
+    seen.clear()  # every part delivered by an earlier run: no answer to read the URI from
+    assert archive_now(client, target, "1.2.3", []) == [uri]
+    assert seen == [("POST", uri)]
+
+    seen.clear()  # already archived by the idle timer (or an XNAT without the call): not an error
+    assert archive_now(client, target.with_session("GONE"), "1.2.3", []) == []
+    assert seen == [("POST", "/xapi/direct-archive/PROJ/1.2.3/GONE")]
+
+    seen.clear()
+    assert archive_now(client, target, "1.2.3", [uri], requests_in_doubt=1) == []
+    assert archive_now(client, UploadTarget("PROJ", "SUBJ", "SESS", archive_when_complete=False), "1.2.3", [uri]) == []
+    assert archive_now(client, UploadTarget("PROJ", "SUBJ", "SESS", direct_archive=False), "1.2.3", [uri]) == []
+    assert seen == []

@@ -45,6 +45,14 @@ def upload(
     direct_archive: Annotated[
         bool, typer.Option("--direct-archive/--prearchive", help="Archive directly (XNAT 1.8.3+) or stage.")
     ] = True,
+    archive_when_complete: Annotated[
+        bool,
+        typer.Option(
+            "--archive-when-complete/--archive-when-idle",
+            help="Direct-Archive: ask XNAT (1.8.4+) to archive the session once every file is in, "
+            "or leave it to XNAT's idle interval (5 min by default).",
+        ),
+    ] = True,
     gradual: Annotated[bool, typer.Option("--gradual", help="gradual-DICOM: one instance per request.")] = False,
     per_study: Annotated[
         bool, typer.Option("--per-study", help="One session per study found (SESSION_ + 8 hex digits of its UID).")
@@ -76,7 +84,13 @@ def upload(
     from xnat_flows.transfer.upload import choose_archive_format
 
     # Local input first: a bad label, path or study mix fails before anything is sent.
-    target = UploadTarget(project=project, subject=subject, session=session, direct_archive=direct_archive)
+    target = UploadTarget(
+        project=project,
+        subject=subject,
+        session=session,
+        direct_archive=direct_archive,
+        archive_when_complete=archive_when_complete,
+    )
     if flow:
         with connection.client(projects=(project,)) as client:
             credentials = client.credentials
@@ -162,6 +176,7 @@ def _upload_with_flow(
         workers=workers,
         archive_format=archive_format,
         direct_archive=target.direct_archive,
+        archive_when_complete=target.archive_when_complete,
         per_study=per_study,
         verify=verify,
         transport="gradual-dicom" if gradual else "dicom-zip",

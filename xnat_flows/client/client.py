@@ -184,6 +184,14 @@ def _as_httpx_error(exc: Exception) -> httpx.TransportError:
     return httpx.TransportError(str(exc))
 
 
+def _maybe_acted_on(error: XnatError) -> bool:
+    """The request reached XNAT and no answer says what became of it: the connection was made and
+    then timed out or dropped, or a gateway gave up waiting (504) while XNAT may still work on it."""
+    if isinstance(error, XnatConnectionError):
+        return error.retryable
+    return error.status == 504
+
+
 def proxy_for(url: str) -> str | None:
     """The proxy the environment names for ``url``: HTTPS_PROXY/HTTP_PROXY by scheme, else
     ALL_PROXY, unless NO_PROXY covers the host (the variables httpx, curl and pip read).
@@ -259,6 +267,10 @@ class XnatClient:
         self._version: str | None | object = _DEFAULT
         self._secrets = [s.get_secret_value() for s in (credentials.password, credentials.token) if s]
         self._cancelled = threading.Event()
+        # Attempts XNAT may have acted on without our hearing (``request``); read by uploads to
+        # tell whether a copy of what they sent may still be on its way into the session.
+        self.requests_in_doubt = 0
+        self._in_doubt_lock = threading.Lock()
 
     def _new_http(self, max_connections: int) -> httpx.Client:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
@@ -509,6 +521,9 @@ class XnatClient:
                     error_for_response(response, parse_retry_after(response.headers.get("Retry-After")))
                 )
             attempt += 1
+            if method in ("POST", "PUT") and _maybe_acted_on(error):
+                with self._in_doubt_lock:
+                    self.requests_in_doubt += 1
             if isinstance(error, XnatConnectionError) and error.timed_out:
                 unanswered += 1
                 if unanswered >= policy.unanswered_attempts:

@@ -157,6 +157,26 @@ def direct_archive_sessions(client: XnatClient, project: str) -> list[dict[str, 
     return [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows if isinstance(row, dict)]
 
 
+def trigger_direct_archive(client: XnatClient, uri: str) -> bool:
+    """Ask XNAT to build and archive a Direct-Archive session now rather than after its idle
+    interval: ``POST /xapi/direct-archive/{project}/{tag}/{label}`` (XNAT 1.8.4+,
+    ``DirectArchiveSessionApi.triggerArchive``; the archiving itself is asynchronous).
+
+    True when XNAT queued it. False, with the reason logged, when it did not: the session is
+    already archived or fell back to the prearchive (404), another request is still writing into
+    it (400), an older XNAT has no such call, or the call failed. XNAT then archives it after the
+    idle interval as usual, so this never fails an upload.
+    """
+    if not uri.startswith("/xapi/direct-archive/"):
+        raise ValueError(f"not a Direct-Archive session URI: {uri!r}")
+    try:
+        client.request("POST", uri)
+    except XnatError as exc:
+        log.info("XNAT did not archive %s at once (%s); it archives it after its idle interval", uri, exc)
+        return False
+    return True
+
+
 def session_logs(client: XnatClient, project: str, timestamp: str, folder: str) -> list[str]:
     """The session's log entries (why it is in ERROR or CONFLICT), oldest first; [] if unavailable."""
     try:
@@ -405,5 +425,6 @@ __all__ = [
     "prearchive_src",
     "session_logs",
     "session_path",
+    "trigger_direct_archive",
     "uri_from_success_body",
 ]

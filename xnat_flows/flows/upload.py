@@ -27,6 +27,7 @@ from xnat_flows.models import (
 )
 from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.tasks.upload import (
+    archive_now_task,
     check_destination_task,
     check_server,
     choose_format,
@@ -156,6 +157,8 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         upload_seconds += time.perf_counter() - upload_started
         if study.uploaded:
             forget_delivered(target, server.url)
+        if study.awaits_archiving:
+            archive_now_task(connection, target, study.study_uid, study.uris, study.requests_in_doubt)
             if request.verify:
                 study.verify = verify_uploaded_session(
                     connection, target, files, request.verify_timeout_seconds, before
@@ -245,6 +248,7 @@ def _target(request: UploadRequest) -> UploadTarget:
         subject=request.subject,
         session=request.session,
         direct_archive=request.direct_archive,
+        archive_when_complete=request.archive_when_complete,
     )
 
 

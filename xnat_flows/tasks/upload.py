@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
 from xnat_flows.models import XnatConnection
@@ -23,7 +25,7 @@ from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory
-from xnat_flows.transfer.session import check_destination, upload_batch_resumable, upload_instances
+from xnat_flows.transfer.session import archive_now, check_destination, upload_batch_resumable, upload_instances
 from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.upload import BatchResult, GradualResult, choose_archive_format
 from xnat_flows.transfer.verify import VerifyResult, prearchive_snapshot, verify_session
@@ -108,7 +110,10 @@ def upload_batch_task(
     is not sent again, so re-running a failed flow sends only what did not land.
     """
     with upload_slot(concurrency_limit), shared_client(connection) as client:
-        return upload_batch_resumable(client, batch, target, archive_format, index=index, journal=UploadJournal())
+        result = upload_batch_resumable(client, batch, target, archive_format, index=index, journal=UploadJournal())
+    # An earlier attempt of this task failed: it may have reached XNAT unanswered (see archive_now).
+    earlier_attempts = max(0, task_run.run_count - 1)
+    return dataclasses.replace(result, requests_in_doubt=result.requests_in_doubt + earlier_attempts)
 
 
 @task(name="upload-instances", **_COMMON)
@@ -132,6 +137,16 @@ def upload_instances_task(
 def forget_delivered(target: UploadTarget, server_url: str) -> None:
     """Everything of this session was accepted: a later, deliberate re-upload sends it all again."""
     UploadJournal().clear(resume_key(server_url, target.key))
+
+
+@task(name="archive-now", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
+def archive_now_task(
+    connection: XnatConnection, target: UploadTarget, study_uid: str, uris: list[str], requests_in_doubt: int
+) -> list[str]:
+    """Every file of the session is in: ask XNAT to archive its Direct-Archive session now rather
+    than after the idle interval (XNAT 1.8.4+; a server that does not archives it as usual)."""
+    with open_client(connection) as client:
+        return archive_now(client, target, study_uid, uris, requests_in_doubt=requests_in_doubt)
 
 
 @task(name="verify-session", **_COMMON, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent)

@@ -266,11 +266,10 @@ class PrearchiveHandlers(HandlerBase):
         return json_response(json.dumps(sessions).encode())
 
     def direct_archive_commit(self, req: Request, m: re.Match[str]) -> Response:
-        for row in self.store.prearc_rows([m["project"]], include_direct=True):
-            if row.direct_archive and row.tag == m["uid"] and row.name == m["label"]:
-                uri = self.emu.prearchive.archive_with_fallback(row, row.params.get("overwrite") or None)
-                return text(200, uri or "")
-        return text(404, "No direct-archive session matches")
+        """``POST /xapi/direct-archive/{project}/{tag}/{name}``: 200 with an empty body once the
+        session is queued; building and archiving follow asynchronously, as in XNAT."""
+        self.emu.prearchive.trigger_direct_archive(m["project"], m["uid"], m["label"])
+        return text(200, "")
 
 
 def _xml_name(modality: str) -> str:

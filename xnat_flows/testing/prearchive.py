@@ -20,6 +20,7 @@ from xnat_flows.testing.state import (
     CONFLICT,
     ERROR,
     QUEUED_ARCHIVING,
+    QUEUED_BUILDING,
     READY,
     RECEIVING,
     PrearcRow,
@@ -111,6 +112,7 @@ class Prearchive:
         self.rebuild_idle_seconds = rebuild_idle_seconds
         self.anonymize = anonymize
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a session was queued: the rebuilder takes it now
         self._thread: threading.Thread | None = None
         self._held: list[set[int]] = []  # rows of import requests still running (``holding``)
 
@@ -450,16 +452,40 @@ class Prearchive:
         else:
             self.store.update_prearc(row.id, status=READY)
 
+    def trigger_direct_archive(self, project: str, tag: str, label: str) -> None:
+        """Queue a Direct-Archive session for building and archiving now, not after the idle
+        interval (xnat-web `DirectArchiveSessionApi.triggerArchive`, XNAT 1.8.4+): refused while
+        a request is still writing into it; the archiving itself happens on the rebuilder."""
+        with self.store.lock:
+            rows = [
+                r
+                for r in self.store.prearc_rows([project], include_direct=True)
+                if r.direct_archive and r.tag == tag and r.name == label and r.status == RECEIVING
+            ]
+            if not rows:
+                raise XnatRefusal(404, f"No direct archive session found for {project}/{tag}/{label}")
+            row = rows[-1]
+            if any(row.id in held for held in self._held):
+                raise XnatRefusal(
+                    400,
+                    f"Refusing to trigger archive on DirectArchiveSession id={row.id} because it is "
+                    "still receiving new files or doesn't have an id",
+                )
+            self.store.update_prearc(row.id, status=QUEUED_BUILDING)
+        self._wake.set()
+
     def tick(self) -> None:
         for candidate in self.store.prearc_rows(include_direct=True):
-            if candidate.status not in (QUEUED_ARCHIVING, RECEIVING):
+            if candidate.status not in (QUEUED_ARCHIVING, QUEUED_BUILDING, RECEIVING):
                 continue
             try:
                 with self.store.lock:  # re-read under the lock: an instance may just have arrived
                     row = self.store.prearc_row(candidate.id)
                     if row is None or any(row.id in held for held in self._held):
                         continue
-                    if row.status == QUEUED_ARCHIVING:
+                    if row.status == QUEUED_BUILDING and row.direct_archive:
+                        self.finish_receiving(row)
+                    elif row.status == QUEUED_ARCHIVING:
                         self.archive_with_fallback(row, self.auto_archive_overwrite(row))
                     elif (
                         row.status == RECEIVING
@@ -478,13 +504,18 @@ class Prearchive:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
 
     def _run(self) -> None:
         interval = max(0.02, min(0.5, self.rebuild_idle_seconds / 5))
-        while not self._stop.wait(interval):
+        while True:
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.tick()
 
 

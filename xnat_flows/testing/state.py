@@ -63,13 +63,14 @@ CREATE TABLE IF NOT EXISTS prearc_files(row_id INTEGER NOT NULL, scan_id TEXT NO
 """
 
 # Prearchive statuses (xnat-web `PrearcUtils.PrearcStatus`) the emulator produces.
-RECEIVING, READY, ARCHIVING, CONFLICT, ERROR, QUEUED_ARCHIVING = (
+RECEIVING, READY, ARCHIVING, CONFLICT, ERROR, QUEUED_ARCHIVING, QUEUED_BUILDING = (
     "RECEIVING",
     "READY",
     "ARCHIVING",
     "CONFLICT",
     "ERROR",
     "QUEUED_ARCHIVING",
+    "QUEUED_BUILDING",
 )
 AUTOARCHIVE_NAMES = {0: "Manual", 4: "AutoArchive", 5: "AutoArchiveOverwrite"}
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from xnat_flows.transfer.session import (
         SessionUploadResult,
         StudyUploadResult,
+        archive_now,
         plan_sessions,
         upload_batch_resumable,
         upload_batches,
@@ -72,6 +73,7 @@ _EXPORTS = {
     "scan_directory": "xnat_flows.transfer.scan",
     "SessionUploadResult": "xnat_flows.transfer.session",
     "StudyUploadResult": "xnat_flows.transfer.session",
+    "archive_now": "xnat_flows.transfer.session",
     "plan_sessions": "xnat_flows.transfer.session",
     "upload_batch_resumable": "xnat_flows.transfer.session",
     "upload_batches": "xnat_flows.transfer.session",
@@ -107,6 +109,7 @@ __all__ = [
     "UploadJournal",
     "UploadTarget",
     "VerifyResult",
+    "archive_now",
     "content_digest",
     "content_type_for",
     "iter_archive",

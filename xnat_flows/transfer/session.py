@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from xnat_flows.client.archive import find_archived
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import ConflictError, InputError, XnatError
-from xnat_flows.client.prearchive import ERROR, direct_archive_sessions, list_sessions
+from xnat_flows.client.prearchive import ERROR, direct_archive_sessions, list_sessions, trigger_direct_archive
 from xnat_flows.transfer.archive import ArchiveFormat
 from xnat_flows.transfer.journal import ResumeState, UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
@@ -80,6 +80,19 @@ class StudyUploadResult:
         if self.gradual is not None:
             return self.gradual.ok
         return bool(self.batches) and all(b.ok for b in self.batches)
+
+    @property
+    def requests_in_doubt(self) -> int:
+        """Requests of this upload that reached XNAT without an answer (then sent again)."""
+        if self.gradual is not None:
+            return self.gradual.requests_in_doubt
+        return sum(b.requests_in_doubt for b in self.batches)
+
+    @property
+    def awaits_archiving(self) -> bool:
+        """Everything reached XNAT and it is not yet known archived (a gradual re-run that found
+        the session archived complete sent nothing, and nothing of it waits)."""
+        return self.uploaded and not (self.gradual is not None and self.gradual.already_archived)
 
     @property
     def ok(self) -> bool:
@@ -237,12 +250,14 @@ def upload_batch_resumable(
     if resume.holds(batch):
         relpaths = tuple(f.relpath for f in batch)
         return BatchResult(index, relpaths, sum(f.size for f in batch), 0.0, (), True, resumed=True)
+    in_doubt_before = client.requests_in_doubt
     result = upload_batch(
         client, batch, target, fmt, index=index, raise_on_error=raise_on_error, on_streamed=on_streamed
     )
     if result.ok:
         resume.record(batch)
-    return result
+    # Counted client-wide: batches sharing the client may each count another's (the safe side).
+    return dataclasses.replace(result, requests_in_doubt=client.requests_in_doubt - in_doubt_before)
 
 
 def upload_batches(
@@ -325,12 +340,43 @@ def upload_instances(
         )
         return GradualResult(total=len(files), resumed_count=len(files), already_archived=True)
     pending = resume.pending(files)
+    in_doubt_before = client.requests_in_doubt
     result = upload_gradual(
         client, pending, target, workers=workers, progress=progress, on_sent=lambda f: resume.record([f])
     )
+    result.requests_in_doubt = client.requests_in_doubt - in_doubt_before
     result.resumed_count = len(files) - len(pending)
     result.total += result.resumed_count
     return result
+
+
+def archive_now(
+    client: XnatClient, target: UploadTarget, study_uid: str, uris: Iterable[str], *, requests_in_doubt: int = 0
+) -> list[str]:
+    """Everything of this study is in: ask XNAT to archive its Direct-Archive session now instead
+    of after the idle interval (``target.archive_when_complete``); the sessions XNAT queued.
+
+    ``uris``: what the import service answered; a run whose every part an earlier run delivered
+    has none, and the session's URI is then the one XNAT gives such a session. A session XNAT
+    did not queue is archived by its idle timer as usual (``trigger_direct_archive``).
+
+    Not when ``requests_in_doubt``: a request that reached XNAT unanswered (and was sent again)
+    may still be on its way into the session. Archived now, that late copy would open a second
+    session that meets the archived one and parks in CONFLICT; the idle timer waits for it.
+    """
+    if not (target.direct_archive and target.archive_when_complete):
+        return []
+    if requests_in_doubt:
+        log.info(
+            "%d request(s) reached XNAT without an answer: leaving %s/%s to XNAT's idle interval, "
+            "in case a copy is still on its way in",
+            requests_in_doubt,
+            target.project,
+            target.session,
+        )
+        return []
+    sessions = [uri for uri in dict.fromkeys(uris) if uri.startswith("/xapi/direct-archive/")]
+    return [uri for uri in sessions or [target.direct_archive_uri(study_uid)] if trigger_direct_archive(client, uri)]
 
 
 def upload_session(
@@ -379,6 +425,8 @@ def upload_session(
             study.batches = upload_batches(
                 client, files, session_target, workers=workers, fmt=fmt, journal=journal, progress=progress
             )
+        if study.awaits_archiving:
+            archive_now(client, session_target, study.study_uid, study.uris, requests_in_doubt=study.requests_in_doubt)
         if verify and study.uploaded:
             study.verify = verify_session(
                 client,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote
 
 from xnat_flows.client.archive import is_valid_label
 from xnat_flows.client.errors import InputError
@@ -27,6 +28,9 @@ class UploadTarget:
     # "append": XNAT merges into an existing session of the same study and refuses another study's
     # ("invalid modification of session UID"); "delete" skips that check, so it is never the default.
     overwrite: ImportOverwrite = "append"
+    # Direct-Archive: once every file is in, ask XNAT (1.8.4+) to archive the session at once
+    # rather than after its idle interval (5 minutes by default); False leaves it to the timer.
+    archive_when_complete: bool = True
 
     def __post_init__(self) -> None:
         for name in ("project", "subject", "session"):
@@ -47,6 +51,11 @@ class UploadTarget:
         """A stable name for the destination (used by the resume journal)."""
         mode = "archive" if self.direct_archive else "prearchive"
         return f"{self.project}/{self.subject}/{self.session}/{mode}"
+
+    def direct_archive_uri(self, study_uid: str) -> str:
+        """The Direct-Archive session XNAT files this study under while receiving it (the URI its
+        import service answers with: ``/xapi/direct-archive/{project}/{StudyInstanceUID}/{label}``)."""
+        return f"/xapi/direct-archive/{self.project}/{quote(study_uid, safe='')}/{self.session}"
 
     def _destination(self) -> dict[str, str]:
         if self.direct_archive:

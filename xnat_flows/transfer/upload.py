@@ -55,6 +55,9 @@ class BatchResult:
     ok: bool
     error: str | None = None
     resumed: bool = False  # already uploaded by an earlier run (journal), not sent again
+    # attempts that reached XNAT and got no answer (``XnatClient.requests_in_doubt``): a copy of
+    # what they sent may still be on its way into the session
+    requests_in_doubt: int = 0
 
 
 def parse_uris(text: str) -> list[str]:
@@ -170,6 +173,7 @@ class GradualResult:
     failures: list[FileFailure] = field(default_factory=list)
     already_archived: bool = False  # nothing sent: XNAT's archive held every instance already
     stopped: str | None = None  # why the upload stopped early (circuit breaker); the unsent are in failures
+    requests_in_doubt: int = 0  # as BatchResult's
 
     @property
     def ok(self) -> bool:
