@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
 from pathlib import Path
 
@@ -115,6 +116,11 @@ def test_journal_records_per_destination_privately(tmp_path: Path) -> None:
     assert journal.done("P/S/E/archive") == {digest}
     journal.clear("P/S/E/archive")
     assert journal.done("P/S/E/archive") == set()
+
+    shutil.rmtree(journal.directory)  # removed while the journal is in use: made again, privately
+    journal.record("P/S/E/archive", digest)
+    assert journal.done("P/S/E/archive") == {digest}
+    assert stat.S_IMODE(journal.directory.stat().st_mode) == 0o700
 
 
 def test_digest_changes_when_a_file_changes() -> None:

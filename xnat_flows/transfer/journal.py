@@ -40,6 +40,7 @@ class UploadJournal:
 
         self.directory = Path(directory) if directory is not None else profile_dir() / "journal"
         self._lock = threading.Lock()
+        self._directory_ready = False
 
     def _path(self, destination: str) -> Path:
         return self.directory / f"{hashlib.sha256(destination.encode()).hexdigest()[:32]}.log"
@@ -83,11 +84,23 @@ class UploadJournal:
     def record(self, destination: str, digest: str) -> None:
         from xnat_flows.client.paths import ensure_private_dir
 
+        line = f"{digest}\n".encode("ascii")
+        path = self._path(destination)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         with self._lock:
-            ensure_private_dir(self.directory)
-            fd = os.open(self._path(destination), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            with os.fdopen(fd, "a", encoding="ascii") as handle:
-                handle.write(digest + "\n")
+            # gradual-DICOM records every instance: the directory is made once, not per record
+            if not self._directory_ready:
+                ensure_private_dir(self.directory)
+                self._directory_ready = True
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileNotFoundError:  # the directory was removed meanwhile
+                ensure_private_dir(self.directory)
+                fd = os.open(path, flags, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
 
     def clear(self, destination: str) -> None:
         with self._lock:
