@@ -1,4 +1,4 @@
-"""The lean send path (httpcore without httpx's models) against the emulator over real sockets.
+"""The lean send path (http.client connections, no httpx models) against the emulator over real sockets.
 
 Everything above the send must behave as on httpx's path: re-login, retries, error classes,
 cancel; and the path must only be taken where it sends what httpx would.
@@ -284,5 +284,64 @@ def test_the_lean_pool_is_sized_with_the_httpx_pool(xnat_emulator: XnatEmulator,
         first = client._lean
         client.reserve_connections(30)
         assert client._lean is not first and client._lean is not None
-        assert client._lean._max_connections == client._http._transport._pool._max_connections == 31
-        assert client._lean._ssl_context is client._http._transport._pool._ssl_context
+        assert client._lean.max_connections == client._http._transport._pool._max_connections == 31
+        assert client._lean.tls is None  # a plain-HTTP origin; an https one gets httpx's TLS context
+
+
+def test_https_origins_get_the_client_tls_context(tmp_path) -> None:
+    creds = Credentials(url="https://xnat.invalid:8443/xnat", username="u", token=SecretStr("TOKEN0123456789"))
+    with XnatClient(creds, token_cache=None) as client:
+        assert client._lean is not None and client._lean.tls is client._tls is not None
+        assert (client._lean.host, client._lean.port) == ("xnat.invalid", 8443)
+        assert client._lean_url("POST", IMPORT, {"a": "b"})[1] == "/xnat/data/services/import?a=b"
+
+
+def test_a_kept_connection_the_server_closed_meanwhile_is_replaced_not_failed(lean_calls) -> None:
+    """Servers close idle keep-alive connections on their own timer; the next request must open a
+    new connection rather than fail (or, worse, count as unanswered) on the dead one."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+    closed: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                peer, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            with peer:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += peer.recv(65536)
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = int(
+                    next(
+                        (
+                            line.split(b":")[1]
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length")
+                        ),
+                        b"0",
+                    )
+                )
+                while len(rest) < length:
+                    rest += peer.recv(65536)
+                # a keep-alive answer, then the server drops the idle connection
+                peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n")
+            closed.append(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    creds = Credentials(
+        url=f"http://127.0.0.1:{server.getsockname()[1]}", username="u", token=SecretStr("TOKEN0123456789")
+    )
+    try:
+        with XnatClient(creds, token_cache=None, retry=RetryPolicy(sleep=lambda _: None)) as client:
+            for sent in range(1, 4):
+                answer = client.request("POST", IMPORT, content=b"x" * 1000, lean=True)
+                assert answer.status_code == 200 and answer.text == "ok\n"
+                wait_until(lambda sent=sent: len(closed) == sent, 5, what="the server to drop the connection")
+            assert client.requests_in_doubt == 0
+    finally:
+        server.close()
+    assert lean_calls == [IMPORT] * 3 and len(accepted) == 3

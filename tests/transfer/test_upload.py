@@ -185,11 +185,11 @@ def test_gradual_aborts_on_an_error_every_request_would_hit(study_dir: Path) -> 
         return httpx.Response(200, text="/data/x") if n <= 2 else httpx.Response(403, text="no access")
 
     with client_for(handler) as client, pytest.raises(PermissionDeniedError):
-        upload_gradual(client, scan_directory(study_dir).files, TARGET, workers=1, window=1)
+        upload_gradual(client, scan_directory(study_dir).files, TARGET, workers=1)
     assert count["n"] == 3
 
 
-def test_gradual_in_flight_requests_stay_within_the_window(tmp_path: Path) -> None:
+def test_gradual_in_flight_requests_stay_within_the_workers(tmp_path: Path) -> None:
     from transfer_helpers import write_study
 
     write_study(tmp_path, series=1, instances=25)

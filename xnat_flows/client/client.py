@@ -40,6 +40,7 @@ from xnat_flows.client.errors import (
     XnatError,
     error_for_response,
 )
+from xnat_flows.client.lean import LeanPool
 from xnat_flows.client.retry import NO_RETRY, RetryPolicy, parse_retry_after
 from xnat_flows.client.version import DIRECT_ARCHIVE_MIN_VERSION, at_least, parse_version
 
@@ -125,14 +126,21 @@ class _ShutdownOnCancel(httpcore.SyncBackend):
             raise httpcore.ConnectError("cancelled: no new connections")
         stream = super().connect_tcp(*args, **kwargs)
         sock = stream.get_extra_info("socket")
-        if sock is not None:
-            with self._lock:
-                self._sockets.add(sock)
-                shut = self._shut
-            if shut:  # shutdown_all ran while this connection was being opened
-                stream.close()
-                raise httpcore.ConnectError("cancelled: no new connections")
+        if sock is not None and not self._remember(sock):
+            stream.close()
+            raise httpcore.ConnectError("cancelled: no new connections")
         return stream
+
+    def track(self, sock: socket.socket) -> None:
+        """Remember a socket of the lean send path (``lean.LeanPool``); refused once cancelled."""
+        if not self._remember(sock):
+            raise httpx.ConnectError("cancelled: no new connections")
+
+    def _remember(self, sock: socket.socket) -> bool:
+        """Remember ``sock``; False when ``shutdown_all`` ran (also while it was being opened)."""
+        with self._lock:
+            self._sockets.add(sock)
+            return not self._shut
 
     def shutdown_all(self) -> None:
         with self._lock:
@@ -154,34 +162,6 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
                 flow_hint="Point the CA bundle of the run's xnat-credentials Block at a PEM file on the worker host",
             ) from None
     return verify
-
-
-# httpcore's exceptions as the httpx ones of the same name (what httpx's own transport raises for
-# them), so that ``_connection_error`` classifies both send paths alike. Most specific first.
-_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.ProxyError, httpx.ProxyError),
-)
-_HTTPCORE_ERROR_TYPES = tuple(core for core, _ in _HTTPCORE_ERRORS)
-
-
-def _as_httpx_error(exc: Exception) -> httpx.TransportError:
-    for core, mapped in _HTTPCORE_ERRORS:
-        if isinstance(exc, core):
-            return mapped(str(exc))
-    return httpx.TransportError(str(exc))
 
 
 def _maybe_acted_on(error: XnatError) -> bool:
@@ -256,10 +236,10 @@ class XnatClient:
         self._tls: ssl.SSLContext | None = None
         if transport is None and self.proxy is None:
             self._tls = httpx.create_ssl_context(verify=self._verify)
-        self._lean_urls: dict[tuple[str, str, tuple[tuple[str, Any], ...]], tuple[httpx.URL, httpcore.URL]] = {}
+        self._lean_urls: dict[tuple[str, str, tuple[tuple[str, Any], ...]], tuple[httpx.URL, str]] = {}
         self._http = self._new_http(max_connections)
         self._lean = self._new_lean_pool(max_connections)
-        self._lean_headers = {name.lower(): value for name, value in self._http.headers.raw}
+        self._lean_headers = {name.lower(): value for name, value in self._http.headers.items()}
         self._auth_lock = threading.Lock()
         self._auth_state: tuple[int, str | None] = (0, None)  # (generation, JSESSIONID)
         self._auth_loaded = False
@@ -295,17 +275,18 @@ class XnatClient:
             follow_redirects=False,
         )
 
-    def _new_lean_pool(self, max_connections: int) -> httpcore.ConnectionPool | None:
-        """httpcore's pool as httpx's transport builds it (same limits, retries, TLS, sockets)."""
+    def _new_lean_pool(self, max_connections: int) -> LeanPool | None:
+        """The lean path's connections (``lean.LeanPool``): same origin, limits, TLS context and
+        connect retries as httpx's transport, sockets known to ``cancel()``."""
         if self._tls is None:
             return None
-        return httpcore.ConnectionPool(
-            ssl_context=self._tls,
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=httpx.Limits(max_connections=max_connections).keepalive_expiry,
-            retries=2,
-            network_backend=self._backend,
+        origin = httpx.URL(self.credentials.url)
+        scheme = origin.scheme
+        if scheme not in ("http", "https"):
+            return None
+        port = origin.port or (443 if scheme == "https" else 80)
+        return LeanPool(
+            origin.host, port, self._tls if scheme == "https" else None, max_connections, self._backend.track
         )
 
     def reserve_connections(self, workers: int) -> None:
@@ -481,7 +462,7 @@ class XnatClient:
 
         A 401 causes one shared re-login and a resend. Transient failures are retried per
         ``self.retry``; a body given as a plain iterator cannot be resent and is tried once.
-        ``lean=True`` sends through httpcore directly where that is safe (``_send_lean``): for
+        ``lean=True`` sends through ``lean.LeanPool`` (http.client) where that is safe (``_send_lean``): for
         many small requests, such as gradual-DICOM's one per instance.
         """
         policy = self.retry if retry else NO_RETRY
@@ -603,7 +584,7 @@ class XnatClient:
 
     def _send_lean(
         self,
-        pool: httpcore.ConnectionPool,
+        pool: LeanPool,
         method: str,
         path: str,
         params: Mapping[str, Any] | None,
@@ -612,46 +593,36 @@ class XnatClient:
         timeout: float | httpx.Timeout | None,
         token: str | None,
     ) -> httpx.Response:
-        """``_send`` without httpx's request and response models, which cost half of a small request's
-        CPU: the same URL (built by httpx once per path and parameters), headers, timeouts and
-        connections (httpcore's pool, made as httpx's transport makes it), and httpx's errors and
-        ``Response`` for everything above."""
+        """``_send`` through ``lean.LeanPool`` (http.client), for many small requests: about half
+        the CPU of httpx's path (docs/performance.md). The same URL (built by httpx once per path
+        and parameters), headers, timeouts and TLS context, and httpx's errors and ``Response``
+        for everything above."""
         url, target = self._lean_url(method, path, params)
         merged = dict(self._lean_headers)
         for name, value in (headers or {}).items():
-            merged[name.lower().encode("ascii")] = value.encode("latin-1")
+            merged[name.lower()] = value
         if token:
-            merged[b"cookie"] = f"JSESSIONID={token}".encode("ascii")
+            merged["cookie"] = f"JSESSIONID={token}"
         limits = self.timeout if timeout is None else httpx.Timeout(timeout)
         with _opened(content) as body:
             if isinstance(body, str):
                 body = body.encode("utf-8")
             try:
-                answer = pool.request(
-                    method,
-                    target,
-                    headers=list(merged.items()),
-                    content=body if body is None or isinstance(body, bytes) else iter(body),
-                    extensions={"timeout": limits.as_dict()},
-                )
-            except _HTTPCORE_ERROR_TYPES as exc:
-                raise self._connection_error(_as_httpx_error(exc), f"{method} {path}") from None
+                status, answer_headers, data = pool.request(method, target, merged, body, limits)
+            except httpx.TransportError as exc:
+                raise self._connection_error(exc, f"{method} {path}") from None
             except Exception:
-                if self.cancelled:  # the pool was closed under this request by cancel()
+                if self.cancelled:  # the sockets were shut under this request by cancel()
                     raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
                 raise
         response = httpx.Response(
-            answer.status,
-            headers=answer.headers,
-            stream=httpx.ByteStream(answer.content),
-            request=httpx.Request(method, url),
-            extensions=answer.extensions,
+            status, headers=answer_headers, stream=httpx.ByteStream(data), request=httpx.Request(method, url)
         )
         response.read()  # decodes a Content-Encoding as httpx does
         return response
 
-    def _lean_url(self, method: str, path: str, params: Mapping[str, Any] | None) -> tuple[httpx.URL, httpcore.URL]:
-        """The URL httpx would send to, and httpcore's form of it (as httpx's transport makes it).
+    def _lean_url(self, method: str, path: str, params: Mapping[str, Any] | None) -> tuple[httpx.URL, str]:
+        """The URL httpx would send to, and its request target (path and query) for the lean pool.
 
         Gradual-DICOM sends thousands of requests to one URL: it is built once."""
         key = (method, path, tuple((params or {}).items()))
@@ -662,7 +633,7 @@ class XnatClient:
             known, cacheable = None, False
         if known is None:
             url = self._http.build_request(method, path, params=params).url
-            known = (url, httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path))
+            known = (url, url.raw_path.decode("ascii"))
             if cacheable:
                 if len(self._lean_urls) >= 64:  # many distinct targets: keep the cache small
                     self._lean_urls.clear()

@@ -33,6 +33,7 @@ ArchiveFormat = Literal["zip", "tar", "tgz"]
 GZIP_LEVEL = 1  # ISA-L levels 0-3; level 1 gave the best size for its speed on MR/CT-like data
 
 DEFAULT_CHUNK_SIZE = 1 << 20
+_SEND_AS_IS = 64 << 10  # a piece this large is a send of its own
 _TAR_BLOCK = 512
 
 # Thresholds above which ZIP64 structures are needed (module constants so tests can lower them).
@@ -62,14 +63,26 @@ def iter_archive(
     writer = _zip_pieces(files, chunk_size) if fmt == "zip" else _tar_pieces(files, chunk_size)
     if fmt == "tgz":
         writer = _gzipped(writer)
-    buffer = bytearray()
+    # Small pieces (headers, padding) are gathered so each send carries enough; a file's data goes
+    # out as read, never copied: copying it into a buffer was a third of a tar upload's CPU.
+    small: list[bytes] = []
+    gathered = 0
     for piece in writer:
-        buffer += piece
-        if len(buffer) >= chunk_size:
-            yield bytes(buffer)
-            buffer.clear()
-    if buffer:
-        yield bytes(buffer)
+        if len(piece) >= _SEND_AS_IS:
+            if small:
+                yield b"".join(small)
+                small.clear()
+                gathered = 0
+            yield piece
+            continue
+        small.append(piece)
+        gathered += len(piece)
+        if gathered >= chunk_size:
+            yield b"".join(small)
+            small.clear()
+            gathered = 0
+    if small:
+        yield b"".join(small)
 
 
 def _gzipped(pieces: Iterable[bytes]) -> Iterator[bytes]:

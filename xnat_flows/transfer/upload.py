@@ -8,13 +8,11 @@ replaces itself instead of duplicating.
 
 from __future__ import annotations
 
-import functools
 import re
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,13 +244,15 @@ def upload_gradual(
 ) -> GradualResult:
     """Send each instance in its own gradual-DICOM request, ``workers`` at a time.
 
-    At most ``window`` (default ``2 * workers``) requests are queued or in flight, so memory
-    stays bounded for any number of files. Per-file failures are collected with XNAT's
-    message; errors every request would hit (401 after re-login, 403, ...) stop the upload.
-    ``on_sent`` is called (from worker threads) for every instance XNAT accepted.
+    At most ``workers`` requests are in flight (each worker takes the next instance when its
+    request is answered), so memory stays bounded for any number of files. Per-file failures are
+    collected with XNAT's message; errors every request would hit (401 after re-login, 403, ...)
+    stop the upload. ``on_sent`` is called (from worker threads) for every instance XNAT accepted.
+    ``window`` is no longer used (it bounded a queue that is gone).
     """
+    if window is not None:
+        warnings.warn("upload_gradual's window is no longer used", DeprecationWarning, stacklevel=2)
     items = list(files)
-    window = window or 2 * workers
     result = GradualResult(total=len(items))
     bytes_total = sum(f.size for f in items)
     lock = threading.Lock()
@@ -318,30 +318,39 @@ def upload_gradual(
         # Every scan's first instance failed the same way: the rest would too.
         raise warmup_errors[0]
 
+    # Each worker takes the next instance itself: no future, queue or hand-off per instance, which
+    # cost a tenth of the client's CPU in a 2,000-instance upload (py-spy).
     fatal: list[BaseException] = []
-    slots = threading.BoundedSemaphore(window)
+    pending = iter(rest)
+    taking = threading.Lock()
+    taken = 0
     stopped_at: int | None = None
 
-    def done(item: DicomFile, future: Future) -> None:
-        slots.release()
-        if future.cancelled():  # dropped by a cancel: neither sent nor failed
-            return
-        exc = future.exception()
-        if exc is not None and not isinstance(exc, XnatError) or isinstance(exc, _FATAL):
-            fatal.append(exc)
-            return
-        record(item, future.result())
+    def take() -> DicomFile | None:
+        nonlocal taken, stopped_at
+        with taking:
+            if fatal or client.cancelled:
+                return None
+            if breaker.tripped:
+                stopped_at = taken if stopped_at is None else stopped_at
+                return None
+            item = next(pending, None)
+            taken += item is not None
+            return item
+
+    def work() -> None:
+        while (item := take()) is not None:
+            try:
+                error = attempt(item)
+            except BaseException as exc:  # noqa: BLE001 - 401 after re-login, 403, a cancel: stops every worker
+                with taking:
+                    fatal.append(exc)
+                return
+            record(item, error)
 
     with interruptible_pool(workers, "gradual", on_interrupt=client.cancel) as pool:
-        for position, item in enumerate(rest):
-            slots.acquire()
-            if fatal or breaker.tripped:
-                slots.release()
-                if breaker.tripped:
-                    stopped_at = position
-                break
-            future = pool.submit(attempt, item)
-            future.add_done_callback(functools.partial(done, item))
+        for _ in range(min(workers, len(rest))):
+            pool.submit(work)
     if fatal:
         raise fatal[0]
     if stopped_at is not None:

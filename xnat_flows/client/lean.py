@@ -1,0 +1,170 @@
+"""Keep-alive HTTP/1.1 connections of the standard library's ``http.client``, for many small requests.
+
+gradual-DICOM sends one request per instance, thousands in a run. Through httpx (and even through
+httpcore directly) each costs ~0.5 ms of client CPU; ``http.client`` sends the same request for
+about half of that (docs/performance.md). ``XnatClient.request(..., lean=True)`` uses this pool
+for such requests; everything else goes through httpx. Failures are raised as the httpx exceptions
+of the same meaning, so the client classifies, retries and counts both paths alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+import httpx
+
+# httpx's transport retries a failed connection twice, the second time after 0.5 s (httpcore's
+# ``retries=2`` with its backoff); the same here.
+_CONNECT_RETRY_DELAYS = (0.0, 0.5)
+
+
+class LeanPool:
+    """Up to ``max_connections`` connections to one origin, reused while the server keeps them.
+
+    ``track(sock)`` is called with every new socket (``cancel()`` shuts them down); it raises to
+    refuse a new connection once the client is cancelled.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        max_connections: int,
+        track: Callable[[socket.socket], None],
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.max_connections = max_connections
+        self._track = track
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | Iterable[bytes] | None,
+        timeout: httpx.Timeout,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Send one request; its status, headers and whole body. A connection is returned to the
+        pool only after a complete answer that does not close it."""
+        if not self._slots.acquire(timeout=timeout.pool if timeout.pool is not None else -1):
+            raise httpx.PoolTimeout("no free connection in time")
+        try:
+            connection = self._idle_connection() or self._connect(timeout.connect)
+            try:
+                status, answer_headers, content, reusable = self._exchange(
+                    connection, method, target, headers, body, timeout
+                )
+            except BaseException:
+                connection.close()
+                raise
+            if not (reusable and self._keep(connection)):
+                connection.close()
+            return status, answer_headers, content
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def _keep(self, connection: http.client.HTTPConnection) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._idle.append(connection)
+            return True
+
+    def _idle_connection(self) -> http.client.HTTPConnection | None:
+        """The most recently used idle connection the server has not closed meanwhile."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                connection = self._idle.pop()
+            sock = connection.sock
+            # An idle connection with something to read has been closed by the server (or holds
+            # garbage): sending on it would fail half-way, so open another (as httpcore does).
+            if sock is not None and not select.select([sock], [], [], 0)[0]:
+                return connection
+            connection.close()
+
+    def _connect(self, connect_timeout: float | None) -> http.client.HTTPConnection:
+        for delay in (*_CONNECT_RETRY_DELAYS, None):
+            connection: http.client.HTTPConnection
+            if self.tls is not None:
+                connection = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=connect_timeout, context=self.tls
+                )
+            else:
+                connection = http.client.HTTPConnection(self.host, self.port, timeout=connect_timeout)
+            try:
+                connection.connect()
+            except TimeoutError as exc:
+                error: httpx.TransportError = httpx.ConnectTimeout(str(exc) or "timed out")
+            except (OSError, ssl.SSLError) as exc:
+                error = httpx.ConnectError(str(exc))
+            else:
+                assert connection.sock is not None
+                connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                try:
+                    self._track(connection.sock)
+                except BaseException:
+                    connection.close()
+                    raise
+                return connection
+            connection.close()
+            if delay is None:
+                raise error
+            if delay:
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _exchange(
+        connection: http.client.HTTPConnection,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | Iterable[bytes] | None,
+        timeout: httpx.Timeout,
+    ) -> tuple[int, list[tuple[str, str]], bytes, bool]:
+        sock = connection.sock
+        assert sock is not None
+        sock.settimeout(timeout.write)
+        try:
+            connection.request(method, target, body=body, headers=headers)
+        except TimeoutError as exc:
+            raise httpx.WriteTimeout(str(exc) or "timed out") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise httpx.WriteError(str(exc) or type(exc).__name__) from None
+        sock.settimeout(timeout.read)
+        try:
+            response = connection.getresponse()
+            content = response.read()
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(str(exc) or "timed out") from None
+        except http.client.HTTPException as exc:  # closed without an answer, a bad status line, cut short
+            raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from None
+        except OSError as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__) from None
+        reusable = not response.will_close
+        with contextlib.suppress(Exception):
+            response.close()
+        return response.status, response.getheaders(), content, reusable
