@@ -226,5 +226,5 @@ def test_direct_archive_listing_and_commit(emulator, client):
     assert committed.status_code == 200 and committed.text == ""
     wait_until(lambda: emulator.archived_experiments("TEST"), timeout=10)
     assert emulator.archived_experiments("TEST")[0]["label"] == "DAL"
-    listed = client.post("/xapi/direct-archive", json={"filters": {"project": {"operator": "EQ", "value": "TEST"}}})
-    assert listed.json() == []
+    query = {"filters": {"project": {"operator": "EQ", "value": "TEST"}}}
+    wait_until(lambda: client.post("/xapi/direct-archive", json=query).json() == [], timeout=10)
