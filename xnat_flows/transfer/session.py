@@ -250,14 +250,12 @@ def upload_batch_resumable(
     if resume.holds(batch):
         relpaths = tuple(f.relpath for f in batch)
         return BatchResult(index, relpaths, sum(f.size for f in batch), 0.0, (), True, resumed=True)
-    in_doubt_before = client.requests_in_doubt
     result = upload_batch(
         client, batch, target, fmt, index=index, raise_on_error=raise_on_error, on_streamed=on_streamed
     )
     if result.ok:
         resume.record(batch)
-    # Counted client-wide: batches sharing the client may each count another's (the safe side).
-    return dataclasses.replace(result, requests_in_doubt=client.requests_in_doubt - in_doubt_before)
+    return result
 
 
 def upload_batches(
@@ -340,11 +338,9 @@ def upload_instances(
         )
         return GradualResult(total=len(files), resumed_count=len(files), already_archived=True)
     pending = resume.pending(files)
-    in_doubt_before = client.requests_in_doubt
     result = upload_gradual(
         client, pending, target, workers=workers, progress=progress, on_sent=lambda f: resume.record([f])
     )
-    result.requests_in_doubt = client.requests_in_doubt - in_doubt_before
     result.resumed_count = len(files) - len(pending)
     result.total += result.resumed_count
     return result

@@ -54,7 +54,8 @@ class BatchResult:
     error: str | None = None
     resumed: bool = False  # already uploaded by an earlier run (journal), not sent again
     # attempts that reached XNAT and got no answer (``XnatClient.requests_in_doubt``): a copy of
-    # what they sent may still be on its way into the session
+    # what they sent may still be on its way into the session. Counted client-wide: batches sharing
+    # a client may each count another's (the safe side).
     requests_in_doubt: int = 0
 
 
@@ -133,6 +134,7 @@ def upload_batch(
     if on_streamed is not None:
         on_streamed(0)
     started = time.monotonic()
+    in_doubt_before = client.requests_in_doubt
     try:
         response = client.request(
             "POST",
@@ -143,12 +145,22 @@ def upload_batch(
             | ({"Content-Length": str(length)} if length is not None else {}),
             timeout=client.upload_timeout(length if length is not None else size),
         )
-        uris = import_answer_uris(client, response)
+        uris: list[str] = import_answer_uris(client, response)
+        error = None
     except XnatError as exc:
         if raise_on_error:
             raise
-        return BatchResult(index, relpaths, size, time.monotonic() - started, (), False, str(exc))
-    return BatchResult(index, relpaths, size, time.monotonic() - started, tuple(uris), True)
+        uris, error = [], str(exc)
+    return BatchResult(
+        index,
+        relpaths,
+        size,
+        time.monotonic() - started,
+        tuple(uris),
+        error is None,
+        error,
+        requests_in_doubt=client.requests_in_doubt - in_doubt_before,
+    )
 
 
 @dataclass(frozen=True)
@@ -259,6 +271,7 @@ def upload_gradual(
     uris: dict[str, None] = {}
     params = target.gradual_params()
     started = time.monotonic()
+    in_doubt_before = client.requests_in_doubt
     breaker = _Breaker(workers)
     # One instance: the client's stall allowance, at most GRADUAL_TIMEOUT for the answer.
     limits = client.upload_timeout(max((f.size for f in items), default=0))
@@ -357,13 +370,8 @@ def upload_gradual(
         result.stopped = breaker.reason()
         for item in rest[stopped_at:]:
             result.failures.append(FileFailure(item.relpath, item.path, result.stopped, None, True))
-        result.uris = list(uris)
-        result.seconds = time.monotonic() - started
-        return result
-
-    # Salvage: instances that failed for passing reasons get one more, sequential, chance.
-    retryable = [f for f in result.failures if f.retryable]
-    if retryable and len(retryable) <= 50:
+    elif (retryable := [f for f in result.failures if f.retryable]) and len(retryable) <= 50:
+        # Salvage: instances that failed for passing reasons get one more, sequential, chance.
         by_path = {f.relpath: f for f in items}
         for failure in retryable:
             item = by_path[failure.relpath]
@@ -377,6 +385,7 @@ def upload_gradual(
 
     result.uris = list(uris)
     result.seconds = time.monotonic() - started
+    result.requests_in_doubt = client.requests_in_doubt - in_doubt_before
     return result
 
 
