@@ -446,3 +446,26 @@ def test_archive_now_asks_xnat_once_per_session_and_not_while_a_copy_may_be_on_i
     assert archive_now(client, UploadTarget("PROJ", "SUBJ", "SESS", archive_when_complete=False), "1.2.3", [uri]) == []
     assert archive_now(client, UploadTarget("PROJ", "SUBJ", "SESS", direct_archive=False), "1.2.3", [uri]) == []
     assert seen == []
+
+
+def test_a_failure_to_record_a_sent_instance_stops_the_upload_with_that_error(tmp_path: Path) -> None:
+    """``on_sent`` records a delivery (the resume journal): if that fails (a full disk), the upload
+    stops with the error, rather than workers ending one by one and leaving instances neither
+    sent nor failed."""
+    from transfer_helpers import write_study
+
+    write_study(tmp_path, series=1, instances=12)
+    files = scan_directory(tmp_path).files
+    recorded: list[str] = []
+
+    def on_sent(item) -> None:
+        if len(recorded) == 5:
+            raise OSError(28, "No space left on device")
+        recorded.append(item.relpath)
+
+    with (
+        client_for(lambda request: httpx.Response(200, text="/data/x")) as client,
+        pytest.raises(OSError, match="No space"),
+    ):
+        upload_gradual(client, files, TARGET, workers=3, on_sent=on_sent)
+    assert len(recorded) == 5

@@ -354,12 +354,11 @@ def upload_gradual(
     def work() -> None:
         while (item := take()) is not None:
             try:
-                error = attempt(item)
-            except BaseException as exc:  # noqa: BLE001 - 401 after re-login, 403, a cancel: stops every worker
+                record(item, attempt(item))
+            except BaseException as exc:  # noqa: BLE001 - 401 after re-login, 403, a cancel, a failed record: stops every worker
                 with taking:
                     fatal.append(exc)
                 return
-            record(item, error)
 
     with interruptible_pool(workers, "gradual", on_interrupt=client.cancel) as pool:
         for _ in range(min(workers, len(rest))):
