@@ -9,7 +9,6 @@ of the same meaning, so the client classifies, retries and counts both paths ali
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import select
 import socket
@@ -106,35 +105,39 @@ class LeanPool:
             connection.close()
 
     def _connect(self, connect_timeout: float | None) -> http.client.HTTPConnection:
-        for delay in (*_CONNECT_RETRY_DELAYS, None):
-            connection: http.client.HTTPConnection
-            if self.tls is not None:
-                connection = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=connect_timeout, context=self.tls
-                )
-            else:
-                connection = http.client.HTTPConnection(self.host, self.port, timeout=connect_timeout)
+        for delay in _CONNECT_RETRY_DELAYS:
             try:
-                connection.connect()
-            except TimeoutError as exc:
-                error: httpx.TransportError = httpx.ConnectTimeout(str(exc) or "timed out")
-            except (OSError, ssl.SSLError) as exc:
-                error = httpx.ConnectError(str(exc))
-            else:
-                assert connection.sock is not None
-                connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                try:
-                    self._track(connection.sock)
-                except BaseException:
-                    connection.close()
-                    raise
-                return connection
-            connection.close()
-            if delay is None:
-                raise error
-            if delay:
+                connection = self._open(connect_timeout)
+                break
+            except httpx.TransportError:
                 time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        else:
+            connection = self._open(connect_timeout)
+        assert connection.sock is not None
+        try:
+            self._track(connection.sock)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _open(self, connect_timeout: float | None) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection
+        if self.tls is not None:
+            connection = http.client.HTTPSConnection(self.host, self.port, timeout=connect_timeout, context=self.tls)
+        else:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=connect_timeout)
+        try:
+            connection.connect()
+        except TimeoutError as exc:
+            connection.close()
+            raise httpx.ConnectTimeout(str(exc) or "timed out") from None
+        except OSError as exc:  # refused, unreachable, TLS (ssl.SSLError is an OSError)
+            connection.close()
+            raise httpx.ConnectError(str(exc)) from None
+        assert connection.sock is not None
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
 
     @staticmethod
     def _exchange(
@@ -164,7 +167,5 @@ class LeanPool:
             raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from None
         except OSError as exc:
             raise httpx.ReadError(str(exc) or type(exc).__name__) from None
-        reusable = not response.will_close
-        with contextlib.suppress(Exception):
-            response.close()
-        return response.status, response.getheaders(), content, reusable
+        # read() has consumed the whole answer and released the response
+        return response.status, response.getheaders(), content, not response.will_close
