@@ -133,6 +133,11 @@ class Prearchive:
             with self.store.lock:
                 self._held.remove(held)
 
+    def _is_held(self, row_id: int) -> bool:
+        """An import request still running placed instances in this row (``holding``); call under
+        the store's lock."""
+        return any(row_id in held for held in self._held)
+
     # -- placing instances -----------------------------------------------------------------------
     def place_instance(
         self, header: InstanceHeader, data: bytes, where: Placement, held: set[int] | None = None
@@ -465,7 +470,7 @@ class Prearchive:
             if not rows:
                 raise XnatRefusal(404, f"No direct archive session found for {project}/{tag}/{label}")
             row = rows[-1]
-            if any(row.id in held for held in self._held):
+            if self._is_held(row.id):
                 raise XnatRefusal(
                     400,
                     f"Refusing to trigger archive on DirectArchiveSession id={row.id} because it is "
@@ -481,7 +486,7 @@ class Prearchive:
             try:
                 with self.store.lock:  # re-read under the lock: an instance may just have arrived
                     row = self.store.prearc_row(candidate.id)
-                    if row is None or any(row.id in held for held in self._held):
+                    if row is None or self._is_held(row.id):
                         continue
                     if row.status == QUEUED_BUILDING and row.direct_archive:
                         self.finish_receiving(row)
