@@ -46,7 +46,7 @@ class XnatCredentials(CredentialsBlock):
     def get_client(self) -> XnatClient:
         """The process-wide ``XnatClient`` for these credentials (cached: tasks of one run share its
         login and connection pool, and one re-login serves all of them)."""
-        from xnat_flows.tasks.connection import cached_client
+        from xnat_flows.client.shared import cached_client
 
         return cached_client(self.to_credentials())
 

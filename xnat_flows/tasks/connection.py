@@ -6,8 +6,6 @@ Prefect's input hashing cannot serialise, and each task may run on another worke
 
 from __future__ import annotations
 
-import hashlib
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,7 +14,8 @@ from prefect.context import FlowRunContext, TaskRunContext
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials, resolve_credentials
 from xnat_flows.client.errors import InputError, set_flow_run_test
-from xnat_flows.events import public_base_url
+from xnat_flows.client.shared import cached_client
+from xnat_flows.client.urls import public_base_url
 from xnat_flows.models import XnatConnection
 
 
@@ -63,36 +62,6 @@ def server_url_for_report(connection: XnatConnection) -> str:
 
 def open_client(connection: XnatConnection, credentials: Credentials | None = None) -> XnatClient:
     return XnatClient(credentials or credentials_for(connection))
-
-
-_shared_clients: dict[tuple[str, str | None, str], XnatClient] = {}
-# Every upload task of a run shares the client: its pool must hold as many connections as a run may
-# have batches in flight (UploadRequest.workers is at most 64), or the batches beyond the pool's size
-# fail on the pool timeout although XNAT is healthy. httpx opens connections only when needed.
-_SHARED_POOL = 64 + 1
-_shared_lock = threading.Lock()
-
-
-def cached_client(credentials: Credentials) -> XnatClient:
-    """One ``XnatClient`` per server, user and secret for everything running in this process.
-
-    Concurrent upload tasks must share a client: when XNAT expires or evicts the session, the
-    client's single re-login is shared by all its threads. With a client per task, eight
-    batches seeing the same 401 logged in eight times, and on a server with a concurrent-session
-    limit those logins evict one another. The client is kept open for later tasks (it holds
-    only a connection pool and the session token).
-    """
-    secret = "\0".join(s.get_secret_value() for s in (credentials.password, credentials.token) if s)
-    key = (
-        credentials.url,
-        credentials.username,
-        hashlib.sha256(f"{secret}\0{credentials.verify}".encode()).hexdigest(),
-    )
-    with _shared_lock:
-        client = _shared_clients.get(key)
-        if client is None:
-            client = _shared_clients[key] = XnatClient(credentials, max_connections=_SHARED_POOL)
-    return client
 
 
 @contextmanager
