@@ -154,10 +154,3 @@ def test_stop_releases_the_port(ingest: RecordingIngest) -> None:
     scp.stop()
     assoc = _associate(port)
     assert not assoc.is_established
-
-
-def test_the_old_name_of_the_emulators_scp_still_works_with_a_warning() -> None:
-    from xnat_flows.testing import scp
-
-    with pytest.warns(DeprecationWarning, match="EmulatorDicomScp"):
-        assert scp.DicomReceiver is scp.EmulatorDicomScp

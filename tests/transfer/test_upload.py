@@ -404,18 +404,6 @@ def test_ctrl_c_during_batches_stops_the_streams(tmp_path: Path) -> None:
     assert time.monotonic() - started < 4.0  # half a batch: the streams stopped, they did not finish
 
 
-def test_the_former_names_of_the_batch_uploads_still_work_with_a_warning() -> None:
-    from xnat_flows import transfer
-    from xnat_flows.transfer import session, upload
-
-    with pytest.warns(DeprecationWarning, match="upload_batch_resumable"):
-        assert session.send_batch is session.upload_batch_resumable
-    with pytest.warns(DeprecationWarning, match="upload_batch"):
-        assert upload.upload_archive_batch is upload.upload_batch
-    with pytest.warns(DeprecationWarning):
-        assert transfer.send_batch is session.upload_batch_resumable
-
-
 def test_archive_now_asks_xnat_once_per_session_and_not_while_a_copy_may_be_on_its_way(scripted_client) -> None:
     from xnat_flows.transfer.session import archive_now
 

@@ -16,7 +16,6 @@ import errno
 import logging
 import socket
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -182,12 +181,3 @@ class EmulatorDicomScp:
                 faults.stall_after_stores = None
                 return "stall"
         return None
-
-
-def __getattr__(name: str) -> type[EmulatorDicomScp]:
-    # The class was named DicomReceiver, as the Prefect Block for a real receiver is
-    # (xnat_flows.blocks.DicomReceiver); the old name still works, with a warning.
-    if name == "DicomReceiver":
-        warnings.warn("xnat_flows.testing.scp.DicomReceiver is now EmulatorDicomScp", DeprecationWarning, stacklevel=2)
-        return EmulatorDicomScp
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

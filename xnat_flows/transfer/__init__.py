@@ -88,9 +88,6 @@ _EXPORTS = {
     "upload_gradual": "xnat_flows.transfer.upload",
     "VerifyResult": "xnat_flows.transfer.verify",
     "verify_session": "xnat_flows.transfer.verify",
-    # former names, kept with a DeprecationWarning (not in __all__)
-    "send_batch": "xnat_flows.transfer.session",
-    "upload_archive_batch": "xnat_flows.transfer.upload",
 }
 
 

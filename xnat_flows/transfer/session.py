@@ -13,11 +13,9 @@ import logging
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from xnat_flows.client.archive import find_archived
 from xnat_flows.client.client import XnatClient
@@ -438,12 +436,3 @@ def upload_session(
             journal.clear(resume_key(client.base_url, session_target.key))
         results.append(study)
     return SessionUploadResult(results, list(scan.skipped), time.monotonic() - started)
-
-
-def __getattr__(name: str) -> Any:
-    # The resumable one-batch upload was called send_batch (docs showed it); the old name still
-    # works, with a warning.
-    if name == "send_batch":
-        warnings.warn("send_batch is now upload_batch_resumable", DeprecationWarning, stacklevel=2)
-        return upload_batch_resumable
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,11 +11,9 @@ from __future__ import annotations
 import re
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -250,7 +248,6 @@ def upload_gradual(
     target: UploadTarget,
     *,
     workers: int = 4,
-    window: int | None = None,
     progress: ProgressCallback | None = None,
     on_sent: Callable[[DicomFile], None] | None = None,
 ) -> GradualResult:
@@ -260,10 +257,7 @@ def upload_gradual(
     request is answered), so memory stays bounded for any number of files. Per-file failures are
     collected with XNAT's message; errors every request would hit (401 after re-login, 403, ...)
     stop the upload. ``on_sent`` is called (from worker threads) for every instance XNAT accepted.
-    ``window`` is no longer used (it bounded a queue that is gone).
     """
-    if window is not None:
-        warnings.warn("upload_gradual's window is no longer used", DeprecationWarning, stacklevel=2)
     items = list(files)
     result = GradualResult(total=len(items))
     bytes_total = sum(f.size for f in items)
@@ -416,12 +410,3 @@ def choose_archive_format(client: XnatClient, probes: int = 3) -> tuple[ArchiveF
     if rtt >= SLOW_LINK_RTT_SECONDS:
         return "tgz", f"round trip {rtt * 1000:.0f} ms: a remote link, compressed to about half"
     return "tar", f"round trip {rtt * 1000:.1f} ms: a local link, sent uncompressed"
-
-
-def __getattr__(name: str) -> Any:
-    # The one-batch upload was also called upload_archive_batch (docs showed it); the old name
-    # still works, with a warning.
-    if name == "upload_archive_batch":
-        warnings.warn("upload_archive_batch is now upload_batch", DeprecationWarning, stacklevel=2)
-        return upload_batch
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
