@@ -528,7 +528,7 @@ def test_reserve_connections_sizes_the_pool_to_the_workers() -> None:
         assert client.max_connections == 16
         client.reserve_connections(40)
         assert client.max_connections == 41
-        pool = client._http._transport._pool
+        pool = client._sender.transport.http._pool
         assert pool._max_connections == 41
 
 
@@ -538,7 +538,7 @@ def test_timeout_is_httpxs_own_and_a_float_is_accepted() -> None:
     creds = Credentials(url="https://xnat.test", username="alice", password=SecretStr(PASSWORD))
     with XnatClient(creds, token_cache=None, timeout=5.0, stall=1.0, answer=2.0) as client:
         assert client.timeout == httpx.Timeout(5.0)
-        assert client._http.timeout == httpx.Timeout(5.0)
+        assert client._sender.timeout == httpx.Timeout(5.0)
         assert client.upload_timeout(2_000_000) == httpx.Timeout(connect=5.0, read=2.0, write=1.0, pool=5.0)
         assert client.upload_timeout(100_000_000).read == 5.0  # stall + 50 s of storing, capped by read
         assert client._query_timeout() == httpx.Timeout(2.0, connect=5.0, pool=5.0)

@@ -99,7 +99,7 @@ def test_the_lean_send_path_verifies_as_httpx_does(https_server) -> None:
     token = SecretStr("0123456789ABCDEF0123456789ABCDEF")  # no login: the lean send meets TLS first
     trusted = Credentials(url=url, username="alice", token=token, verify=str(cert))
     with XnatClient(trusted, token_cache=None) as client:
-        assert client._lean is not None
+        assert client._sender.transport.lean is not None
         assert client.request("POST", "/data/services/import", content=b"x", lean=True).text == token.get_secret_value()
 
     default = Credentials(url=url, username="alice", token=token)

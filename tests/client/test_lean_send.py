@@ -1,4 +1,4 @@
-"""The lean send path (http.client connections, no httpx models) against the emulator over real sockets.
+"""The lean send path (http.client connections behind httpx's transport interface) against the emulator over real sockets.
 
 Everything above the send must behave as on httpx's path: re-login, retries, error classes,
 cancel; and the path must only be taken where it sends what httpx would.
@@ -24,6 +24,7 @@ from transfer_helpers import connect, write_study
 from xnat_flows.client.client import XnatClient, proxy_for
 from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.errors import CancelledError, XnatConnectionError
+from xnat_flows.client.lean import LeanTransport
 from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.pytest_plugin import wait_until
@@ -36,15 +37,15 @@ IMPORT = "/data/services/import"
 
 @pytest.fixture
 def lean_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths sent through ``XnatClient._send_lean``, in order."""
+    """The paths sent through ``LeanTransport`` (the lean pool), in order."""
     calls: list[str] = []
-    original = XnatClient._send_lean
+    original = LeanTransport.handle_request
 
-    def counting(self: XnatClient, pool: Any, method: str, path: str, *args: Any) -> httpx.Response:
-        calls.append(path)
-        return original(self, pool, method, path, *args)
+    def counting(self: LeanTransport, request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return original(self, request)
 
-    monkeypatch.setattr(XnatClient, "_send_lean", counting)
+    monkeypatch.setattr(LeanTransport, "handle_request", counting)
     return calls
 
 
@@ -154,7 +155,7 @@ def test_cancel_stops_a_lean_request_blocked_on_the_server(xnat_emulator: XnatEm
         assert len(outcome) == 1 and isinstance(outcome[0], CancelledError)
         # A send that slipped past the cancel check opens no new connection.
         with pytest.raises(XnatConnectionError, match="cancelled"):
-            client._send_lean(client._lean, "GET", "/xapi/users/username", None, None, None, None, None)
+            client._sender.send("GET", "/xapi/users/username", lean=True)
 
 
 def gradual_upload(client: XnatClient, root: Path, label: str) -> Any:
@@ -253,7 +254,11 @@ def test_a_proxy_in_the_environment_carries_every_request_and_keeps_uploads_on_h
     creds = Credentials(url=f"http://xnat.invalid:{xnat_emulator.port}", username="admin", password=SecretStr("admin"))
     try:
         with XnatClient(creds, token_cache=None) as client:
-            assert client.proxy == f"http://127.0.0.1:{proxy.server_port}" and client._lean is None
+            assert (
+                client.proxy == f"http://127.0.0.1:{proxy.server_port}"
+                and client._sender.transport is not None
+                and client._sender.transport.lean is None
+            )
             result = gradual_upload(client, root, "PROXIED")
     finally:
         proxy.shutdown()
@@ -281,19 +286,32 @@ def test_which_urls_a_proxy_in_the_environment_applies_to(no_proxy_in_environmen
 
 def test_the_lean_pool_is_sized_with_the_httpx_pool(xnat_emulator: XnatEmulator, tmp_path) -> None:
     with connect(xnat_emulator, tmp_path) as client:
-        first = client._lean
+        first = client._sender.transport
         client.reserve_connections(30)
-        assert client._lean is not first and client._lean is not None
-        assert client._lean.max_connections == client._http._transport._pool._max_connections == 31
-        assert client._lean.tls is None  # a plain-HTTP origin; an https one gets httpx's TLS context
+        transport = client._sender.transport
+        assert transport is not first and transport is not None and transport.lean is not None
+        assert transport.lean.pool.max_connections == transport.http._pool._max_connections == 31
+        assert transport.lean.pool.tls is None  # a plain-HTTP origin; an https one gets httpx's TLS context
 
 
 def test_https_origins_get_the_client_tls_context(tmp_path) -> None:
     creds = Credentials(url="https://xnat.invalid:8443/xnat", username="u", token=SecretStr("TOKEN0123456789"))
     with XnatClient(creds, token_cache=None) as client:
-        assert client._lean is not None and client._lean.tls is client._tls is not None
-        assert (client._lean.host, client._lean.port) == ("xnat.invalid", 8443)
-        assert client._lean_url("POST", IMPORT, {"a": "b"})[1] == "/xnat/data/services/import?a=b"
+        transport = client._sender.transport
+        assert transport is not None and transport.lean is not None
+        assert transport.lean.pool.tls is transport.http._pool._ssl_context is not None
+        assert (transport.lean.pool.host, transport.lean.pool.port) == ("xnat.invalid", 8443)
+        # the URL is the one httpx.Client(base_url=...) builds, under the base URL's path
+        for path, params in (
+            (IMPORT, {"a": "b", "c": "d e/f"}),
+            ("data/projects", None),
+            ("/x?format=json", {"y": 1}),
+            ("/x?z=1", {}),
+            ("/x?z=1", None),
+        ):
+            with httpx.Client(base_url=creds.url) as reference:
+                assert client._sender.build_url(path, params) == reference.build_request("GET", path, params=params).url
+        assert client._sender.build_url(IMPORT, {"a": "b"}).raw_path == b"/xnat/data/services/import?a=b"
 
 
 def test_a_kept_connection_the_server_closed_meanwhile_is_replaced_not_failed(lean_calls) -> None:

@@ -1,69 +1,40 @@
 """A thread-safe XNAT REST client on httpx: JSESSION auth, one shared re-login, retries.
 
-One ``XnatClient`` is meant to be shared by all upload threads of a process: it keeps a
-connection pool, and when XNAT expires the session (idle timeout, concurrent-session
-eviction) the first thread to see the 401 logs in again while the others wait and reuse the
-new token — eight threads seeing 401 cause one login, not eight.
+One ``XnatClient`` is meant to be shared by all upload threads of a process. It composes three
+parts, each in its own module: ``auth.SessionAuth`` (the session token, the token cache, one shared
+re-login), ``request_loop.RequestLoop`` (retries, re-login on 401, cancel, requests in doubt) and
+``sender.Sender`` (one attempt through one ``httpx.Client`` on ``transport.XnatTransport``: httpx's
+own transport, and ``lean.LeanTransport`` for gradual-DICOM's many small requests).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import re
-import ssl
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
-import httpcore
 import httpx
 
-from xnat_flows import __version__
+from xnat_flows.client.auth import SessionAuth
 from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.errors import (
     AuthenticationError,
-    CancelledError,
-    NoAnswerError,
     NotFoundError,
     UnsupportedServerError,
-    XnatConnectionError,
     XnatError,
-    error_for_response,
 )
-from xnat_flows.client.lean import LeanPool
-from xnat_flows.client.retry import NO_RETRY, RetryPolicy, parse_retry_after
-from xnat_flows.client.transport import _ShutdownOnCancel, _ssl_context, proxy_for
+from xnat_flows.client.request_loop import RequestLoop
+from xnat_flows.client.retry import NO_RETRY, RetryPolicy
+from xnat_flows.client.sender import Content, Sender
+from xnat_flows.client.transport import proxy_for
 from xnat_flows.client.version import DIRECT_ARCHIVE_MIN_VERSION, at_least, parse_version
+
+__all__ = ["DEFAULT_TIMEOUT", "Content", "XnatClient", "proxy_for"]
 
 log = logging.getLogger("xnat_flows.client")
 
-
-# A request body: bytes, or a zero-argument callable returning a fresh iterable of bytes for
-# every attempt (so a streamed upload can be sent again after a retry or a re-login).
-Content = bytes | str | Callable[[], Iterable[bytes]] | None
-
-
-@contextlib.contextmanager
-def _opened(content: Content) -> Iterator[bytes | str | Iterable[bytes] | None]:
-    """The request body (a callable makes a fresh one for each attempt); a streaming generator is
-    closed afterwards, whatever happened, which closes the file it reads."""
-    body = content() if callable(content) else content
-    try:
-        yield body
-    finally:
-        close = getattr(body, "close", None)
-        if callable(close):
-            close()
-
-
-_TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{8,512}")
 _DEFAULT = object()
-_Error = TypeVar("_Error", bound=XnatError)  # _scrub hands back the error it was given
-
 
 # Seconds. Connect is short so an unreachable host fails fast; read is the upper bound for an
 # upload's answer, whatever its size; pool is the wait for a free connection.
@@ -73,14 +44,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=21600.0, write=300.0, pool=30
 def _at_most(limit: float | None, cap: float) -> float:
     """``cap``, or ``limit`` when that is shorter (httpx's ``None``: no limit)."""
     return cap if limit is None else min(limit, cap)
-
-
-def _maybe_acted_on(error: XnatError) -> bool:
-    """The request reached XNAT and no answer says what became of it: the connection was made and
-    then timed out or dropped, or a gateway gave up waiting (504) while XNAT may still work on it."""
-    if isinstance(error, XnatConnectionError):
-        return error.retryable
-    return error.status == 504
 
 
 class XnatClient:
@@ -108,71 +71,35 @@ class XnatClient:
         self.answer = answer
         self.retry = retry
         self.token_cache: TokenCache | None = TokenCache() if token_cache is _DEFAULT else token_cache
-        self._verify = _ssl_context(credentials.verify)
-        self._custom_transport = transport
-        self._backend = _ShutdownOnCancel()
-        self.max_connections = max_connections
-        # httpx reads no proxy from the environment when it is given a transport, as it is here:
-        # the proxy is found here and given to the transport (``proxy_for``).
-        self.proxy = proxy_for(credentials.url) if transport is None else None
-        # The lean send path (``_send_lean``) needs the very connections httpx would make: only
-        # with httpx's own transport (tests' mock transports must see every request) and without a
-        # proxy. One TLS context, built by httpx, serves both paths.
-        self._tls: ssl.SSLContext | None = None
-        if transport is None and self.proxy is None:
-            self._tls = httpx.create_ssl_context(verify=self._verify)
-        self._lean_urls: dict[tuple[str, str, tuple[tuple[str, Any], ...]], tuple[httpx.URL, str]] = {}
-        self._http = self._new_http(max_connections)
-        self._lean = self._new_lean_pool(max_connections)
-        self._lean_headers = {name.lower(): value for name, value in self._http.headers.items()}
-        self._auth_lock = threading.Lock()
-        self._auth_state: tuple[int, str | None] = (0, None)  # (generation, JSESSIONID)
-        self._auth_loaded = False
-        self.login_count = 0
+        self._sender = Sender(credentials.url, credentials.verify, self.timeout, max_connections, transport)
+        self._auth = SessionAuth(
+            credentials,
+            self._sender,
+            self.token_cache,
+            httpx.Timeout(answer, connect=self.timeout.connect, pool=self.timeout.pool),
+        )
+        self._loop = RequestLoop(self._sender, self._auth)
         self._version: str | None | object = _DEFAULT
-        self._secrets = [s.get_secret_value() for s in (credentials.password, credentials.token) if s]
-        self._cancelled = threading.Event()
-        # Attempts XNAT may have acted on without our hearing (``request``); read by uploads to
-        # tell whether a copy of what they sent may still be on its way into the session.
-        self.requests_in_doubt = 0
-        self._in_doubt_lock = threading.Lock()
 
-    def _new_http(self, max_connections: int) -> httpx.Client:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        transport = self._custom_transport
-        if transport is None:
-            # httpx retries failed connection attempts itself; everything else is our policy.
-            transport = httpx.HTTPTransport(
-                verify=self._tls or self._verify, limits=limits, retries=2, proxy=self.proxy
-            )
-            pool = getattr(transport, "_pool", None)
-            if isinstance(pool, httpcore.ConnectionPool):  # also through a proxy (HTTPProxy): our socket backend
-                pool._network_backend = self._backend
-        return httpx.Client(
-            base_url=self.credentials.url,
-            transport=transport,
-            verify=self._verify,
-            limits=limits,
-            timeout=self.timeout,
-            headers={"User-Agent": f"xnat-flows/{__version__}"},
-            # The token travels in an explicit Cookie header; a jar would keep stale ones.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-            follow_redirects=False,
-        )
+    @property
+    def proxy(self) -> str | None:
+        """The proxy the environment names for this server (``transport.proxy_for``), if any."""
+        return self._sender.proxy
 
-    def _new_lean_pool(self, max_connections: int) -> LeanPool | None:
-        """The lean path's connections (``lean.LeanPool``): same origin, limits, TLS context and
-        connect retries as httpx's transport, sockets known to ``cancel()``."""
-        if self._tls is None:
-            return None
-        origin = httpx.URL(self.credentials.url)
-        scheme = origin.scheme
-        if scheme not in ("http", "https"):
-            return None
-        port = origin.port or (443 if scheme == "https" else 80)
-        return LeanPool(
-            origin.host, port, self._tls if scheme == "https" else None, max_connections, self._backend.track
-        )
+    @property
+    def max_connections(self) -> int:
+        return self._sender.max_connections
+
+    @property
+    def login_count(self) -> int:
+        return self._auth.login_count
+
+    @property
+    def requests_in_doubt(self) -> int:
+        """Attempts XNAT may have acted on without our hearing (a POST or PUT that timed out or was
+        cut after it reached XNAT, or a 504): uploads read it to tell whether a copy of what they
+        sent may still be on its way into the session."""
+        return self._loop.requests_in_doubt
 
     def reserve_connections(self, workers: int) -> None:
         """Size the connection pool for ``workers`` parallel requests (plus one for read-backs).
@@ -180,15 +107,7 @@ class XnatClient:
         Call before starting the workers: with fewer connections than workers the extra
         requests wait for a free one and fail on the pool timeout although XNAT is healthy.
         """
-        wanted = workers + 1
-        if wanted <= self.max_connections or self._custom_transport is not None:
-            return
-        old, self._http = self._http, self._new_http(wanted)
-        old_lean, self._lean = self._lean, self._new_lean_pool(wanted)
-        self.max_connections = wanted
-        old.close()
-        if old_lean is not None:
-            old_lean.close()
+        self._sender.resize(workers + 1)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -200,15 +119,8 @@ class XnatClient:
 
     def close(self) -> None:
         """Close connections; the session stays valid (and cached) for the next process."""
-        token = self._auth_state[1]
-        if token and self.token_cache is not None:
-            try:
-                self.token_cache.touch(self.credentials.url, self.credentials.username)
-            except OSError as exc:
-                log.warning("could not update the token cache: %s", exc)
-        self._http.close()
-        if self._lean is not None:
-            self._lean.close()
+        self._auth.touch_cache()
+        self._sender.close()
 
     @property
     def base_url(self) -> str:
@@ -221,113 +133,25 @@ class XnatClient:
         so worker threads finish within moments with ``CancelledError``. The client cannot be
         used afterwards.
         """
-        self._cancelled.set()
-        self._backend.shutdown_all()
-        self._http.close()
-        if self._lean is not None:
-            self._lean.close()
+        self._sender.cancel()
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self._sender.cancelled
 
     def check_cancelled(self) -> None:
         """Raise ``CancelledError`` if ``cancel()`` was called (for long loops and body generators)."""
-        if self._cancelled.is_set():
-            raise CancelledError("Cancelled", hint=CancelledError.default_hint)
+        self._sender.check_cancelled()
 
     # -- authentication ----------------------------------------------------------------------
 
     def login(self) -> None:
         """Open a new JSESSION with HTTP Basic (username:password or alias:secret)."""
-        with self._auth_lock:
-            self._login_locked()
+        self._auth.login()
 
     def logout(self) -> None:
         """End the JSESSION on the server and forget it locally."""
-        with self._auth_lock:
-            token = self._auth_state[1]
-            self._auth_state = (self._auth_state[0] + 1, None)
-            self._auth_loaded = True
-        if self.token_cache is not None:
-            self.token_cache.delete(self.credentials.url, self.credentials.username)
-        if token:
-            try:
-                self._http.request("DELETE", "/data/JSESSION", headers={"Cookie": f"JSESSIONID={token}"})
-            except httpx.HTTPError as exc:  # the session dies on its own after the idle timeout
-                log.info("logout request failed: %s", exc)
-
-    def _login_locked(self) -> None:
-        creds = self.credentials
-        if not creds.username or creds.password is None:
-            raise AuthenticationError(
-                f"No valid XNAT session for {creds.url} and no password to log in",
-                hint="Set XNAT_USER and XNAT_PASS, pass --username/--password, or run `xnat-flows auth login`",
-                flow_hint="Pick an xnat-credentials Block (with user and password) in the run's connection parameter, "
-                "or give the Block of this deployment a user and password",
-            )
-        try:
-            response = self._http.post(
-                "/data/JSESSION",
-                auth=httpx.BasicAuth(creds.username, creds.password.get_secret_value()),
-                timeout=httpx.Timeout(self.answer, connect=self.timeout.connect, pool=self.timeout.pool),
-            )
-        except httpx.HTTPError as exc:
-            raise self._connection_error(exc) from None
-        if response.status_code in (401, 403):
-            raise AuthenticationError(
-                f"XNAT at {creds.url} refused the login for user {creds.username!r} (HTTP {response.status_code})",
-                status=response.status_code,
-            )
-        if response.status_code != 200:
-            raise self._scrub(error_for_response(response, parse_retry_after(response.headers.get("Retry-After"))))
-        # The body is the session id; a proxy that strips bodies still passes the cookie.
-        token = response.text.strip() or response.cookies.get("JSESSIONID") or ""
-        if "<html" in token[:1000].lower() or not _TOKEN_RE.fullmatch(token):
-            # Old or proxied XNATs answer a failed login with their HTML login page and 200.
-            raise AuthenticationError(
-                f"XNAT at {creds.url} answered the login for {creds.username!r} with a web page instead of a session id",
-                status=200,
-                hint="The user name or password is probably wrong; also check that the URL is XNAT's base URL",
-            )
-        self._auth_state = (self._auth_state[0] + 1, token)
-        self._auth_loaded = True
-        self.login_count += 1
-        log.info("logged in to %s as %s", creds.url, creds.username)
-        if self.token_cache is not None:
-            try:
-                self.token_cache.put(
-                    creds.url, creds.username, token, creds.password.get_secret_value() if creds.password else None
-                )
-            except OSError as exc:
-                log.warning("could not write the token cache: %s", exc)
-
-    def _session(self) -> tuple[int, str | None]:
-        """The current (generation, token), logging in first if there is nothing to reuse."""
-        if not self._auth_loaded:
-            with self._auth_lock:
-                if not self._auth_loaded:
-                    creds = self.credentials
-                    token = creds.token.get_secret_value() if creds.token else None
-                    if token is None and self.token_cache is not None:
-                        token = self.token_cache.get(
-                            creds.url, creds.username, creds.password.get_secret_value() if creds.password else None
-                        )
-                    if token is not None:
-                        self._auth_state = (self._auth_state[0] + 1, token)
-                        self._auth_loaded = True
-                    else:
-                        self._login_locked()
-        return self._auth_state
-
-    def _relogin(self, seen_generation: int) -> None:
-        """Replace the token that just got a 401, unless another thread already did."""
-        with self._auth_lock:
-            if self._auth_state[0] != seen_generation:
-                return
-            if self.token_cache is not None:
-                self.token_cache.delete(self.credentials.url, self.credentials.username)
-            self._login_locked()
+        self._auth.logout()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -347,202 +171,19 @@ class XnatClient:
 
         A 401 causes one shared re-login and a resend. Transient failures are retried per
         ``self.retry``; a body given as a plain iterator cannot be resent and is tried once.
-        ``lean=True`` sends through ``lean.LeanPool`` (http.client) where that is safe (``_send_lean``): for
-        many small requests, such as gradual-DICOM's one per instance.
+        ``lean=True`` asks for the lean pool (``lean.LeanTransport``, http.client) where it applies:
+        for many small requests, such as gradual-DICOM's one per instance.
         """
-        policy = self.retry if retry else NO_RETRY
-        single_use = content is not None and not isinstance(content, (bytes, str)) and not callable(content)
-        relogged = False
-        attempt = 0
-        slept = 0.0
-        unanswered = 0
-        started = time.monotonic()
-        generation = self._auth_state[0]
-        while True:
-            try:
-                self.check_cancelled()
-                generation, token = self._session()  # a login that meets a busy server is retried too
-                if lean and self._lean is not None:
-                    response = self._send_lean(self._lean, method, path, params, content, headers, timeout, token)
-                else:
-                    response = self._send(method, path, params, content, headers, timeout, token)
-                if (
-                    response.status_code == 401
-                    and not relogged
-                    and self.credentials.password is not None
-                    and not single_use
-                ):
-                    relogged = True
-                    log.info("%s %s: session expired (401); logging in again", method, path)
-                    self._relogin(generation)
-                    continue
-            except XnatError as exc:
-                if self.cancelled:  # whatever broke, the reason is the cancel
-                    raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
-                error = exc
-            else:
-                if response.status_code < 400:
-                    return response
-                error = self._scrub(
-                    error_for_response(response, parse_retry_after(response.headers.get("Retry-After")))
-                )
-            attempt += 1
-            if method in ("POST", "PUT") and _maybe_acted_on(error):
-                with self._in_doubt_lock:
-                    self.requests_in_doubt += 1
-            if isinstance(error, XnatConnectionError) and error.timed_out:
-                unanswered += 1
-                if unanswered >= policy.unanswered_attempts:
-                    # A server that swallowed the request this often will not answer the next one either.
-                    raise self._scrub(
-                        NoAnswerError(
-                            f"{method} {path}: {self.base_url} took the connection but sent no answer "
-                            f"({unanswered} attempts, {time.monotonic() - started:.0f} s in all)",
-                            retryable=False,
-                            timed_out=True,
-                        )
-                    )
-            if single_use or attempt >= policy.attempts or not policy.should_retry(error, method, path):
-                raise error
-            if isinstance(error, XnatConnectionError) and content is not None and not relogged:
-                relogged = self._revalidate(generation)
-            wait = policy.delay(attempt - 1, error.retry_after)
-            if slept + wait > policy.budget_seconds:
-                raise error
-            log.warning(
-                "%s %s: %s; retry %d/%d in %.1f s", method, path, error.message, attempt, policy.attempts - 1, wait
-            )
-            if policy.sleep is not None:
-                policy.sleep(wait)
-            elif self._cancelled.wait(wait):
-                self.check_cancelled()
-            slept += wait
-
-    def _revalidate(self, generation: int) -> bool:
-        """After a connection lost mid-body: was it an expired session? Then log in again.
-
-        Servers may refuse a request with a dead session by closing the connection while the
-        body is still being sent, so the client sees a broken pipe instead of the 401.
-        """
-        token = self._auth_state[1]
-        if token is None or self.credentials.password is None:
-            return False
-        try:
-            probe = self._http.get("/data/JSESSION", headers={"Cookie": f"JSESSIONID={token}"}, timeout=30.0)
-        except httpx.HTTPError:
-            return False
-        if probe.status_code != 401:
-            return False
-        log.info("session expired during an upload; logging in again")
-        self._relogin(generation)
-        return True
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None,
-        content: Content,
-        headers: Mapping[str, str] | None,
-        timeout: float | httpx.Timeout | None,
-        token: str | None,
-    ) -> httpx.Response:
-        merged = dict(headers or {})
-        if token:
-            merged["Cookie"] = f"JSESSIONID={token}"
-        with _opened(content) as body:
-            try:
-                return self._http.request(
-                    method,
-                    path,
-                    params=params,
-                    content=body,
-                    headers=merged,
-                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-                )
-            except httpx.HTTPError as exc:
-                raise self._connection_error(exc, f"{method} {path}") from None
-            except RuntimeError:
-                if self.cancelled:  # the pool was closed under this request by cancel()
-                    raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
-                raise
-
-    def _send_lean(
-        self,
-        pool: LeanPool,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None,
-        content: Content,
-        headers: Mapping[str, str] | None,
-        timeout: float | httpx.Timeout | None,
-        token: str | None,
-    ) -> httpx.Response:
-        """``_send`` through ``lean.LeanPool`` (http.client), for many small requests: about half
-        the CPU of httpx's path (docs/performance.md). The same URL (built by httpx once per path
-        and parameters), headers, timeouts and TLS context, and httpx's errors and ``Response``
-        for everything above."""
-        url, target = self._lean_url(method, path, params)
-        merged = dict(self._lean_headers)
-        for name, value in (headers or {}).items():
-            merged[name.lower()] = value
-        if token:
-            merged["cookie"] = f"JSESSIONID={token}"
-        limits = self.timeout if timeout is None else httpx.Timeout(timeout)
-        with _opened(content) as body:
-            if isinstance(body, str):
-                body = body.encode("utf-8")
-            try:
-                status, answer_headers, data = pool.request(method, target, merged, body, limits)
-            except httpx.TransportError as exc:
-                raise self._connection_error(exc, f"{method} {path}") from None
-            except Exception:
-                if self.cancelled:  # the sockets were shut under this request by cancel()
-                    raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
-                raise
-        response = httpx.Response(
-            status, headers=answer_headers, stream=httpx.ByteStream(data), request=httpx.Request(method, url)
+        return self._loop.request(
+            method,
+            path,
+            policy=self.retry if retry else NO_RETRY,
+            params=params,
+            content=content,
+            headers=headers,
+            timeout=timeout,
+            lean=lean,
         )
-        response.read()  # decodes a Content-Encoding as httpx does
-        return response
-
-    def _lean_url(self, method: str, path: str, params: Mapping[str, Any] | None) -> tuple[httpx.URL, str]:
-        """The URL httpx would send to, and its request target (path and query) for the lean pool.
-
-        Gradual-DICOM sends thousands of requests to one URL: it is built once."""
-        key = (method, path, tuple((params or {}).items()))
-        try:
-            known = self._lean_urls.get(key)
-            cacheable = True
-        except TypeError:  # an unhashable parameter value: build it every time
-            known, cacheable = None, False
-        if known is None:
-            url = self._http.build_request(method, path, params=params).url
-            known = (url, url.raw_path.decode("ascii"))
-            if cacheable:
-                if len(self._lean_urls) >= 64:  # many distinct targets: keep the cache small
-                    self._lean_urls.clear()
-                self._lean_urls[key] = known
-        return known
-
-    def _connection_error(self, exc: Exception, where: str | None = None) -> XnatConnectionError:
-        where = where or self.credentials.url
-        # A refused or timed-out connection after httpx's own connect retries means the host
-        # is down or unreachable: fail fast. A connection lost mid-request is worth a retry.
-        reachable = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol))
-        kind = type(exc).__name__
-        unanswered = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
-        detail = f"no byte moved for the timeout ({exc})" if unanswered else str(exc)
-        return self._scrub(XnatConnectionError(f"{where}: {kind}: {detail}", retryable=reachable, timed_out=unanswered))
-
-    def _scrub(self, error: _Error) -> _Error:
-        """Belt and braces: no password or token text in an error, whatever the server echoed."""
-        for secret in self._secrets + [self._auth_state[1] or ""]:
-            if secret and len(secret) >= 4:
-                error.message = error.message.replace(secret, "***")
-                error.server_message = error.server_message.replace(secret, "***")
-        error.args = (error.message,)
-        return error
 
     # -- conveniences ------------------------------------------------------------------------
 

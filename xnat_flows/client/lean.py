@@ -1,10 +1,12 @@
 """Keep-alive HTTP/1.1 connections of the standard library's ``http.client``, for many small requests.
 
-gradual-DICOM sends one request per instance, thousands in a run. Through httpx (and even through
-httpcore directly) each costs ~0.5 ms of client CPU; ``http.client`` sends the same request for
-about half of that (docs/performance.md). ``XnatClient.request(..., lean=True)`` uses this pool
-for such requests; everything else goes through httpx. Failures are raised as the httpx exceptions
-of the same meaning, so the client classifies, retries and counts both paths alike.
+gradual-DICOM sends one request per instance, thousands in a run. Through httpcore each costs
+~0.5 ms of client CPU; ``http.client`` sends the same request for about half of that
+(docs/performance.md). ``LeanTransport`` puts this pool behind httpx's transport interface
+(``httpx.BaseTransport.handle_request``, httpx's extension point), so the client builds, sends
+and reads every request through one ``httpx.Client``, whichever pool carries it:
+``XnatClient.request(..., lean=True)`` marks a request for this pool (``transport.XnatTransport``).
+Failures are raised as the httpx exceptions of the same meaning, as httpx's own transport does.
 """
 
 from __future__ import annotations
@@ -56,16 +58,18 @@ class LeanPool:
         headers: dict[str, str],
         body: bytes | Iterable[bytes] | None,
         timeout: httpx.Timeout,
+        chunked: bool = False,
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         """Send one request; its status, headers and whole body. A connection is returned to the
-        pool only after a complete answer that does not close it."""
+        pool only after a complete answer that does not close it. ``chunked``: ``body`` is sent
+        in chunked transfer encoding (its length is not known beforehand)."""
         if not self._slots.acquire(timeout=timeout.pool if timeout.pool is not None else -1):
             raise httpx.PoolTimeout("no free connection in time")
         try:
             connection = self._idle_connection() or self._connect(timeout.connect)
             try:
                 status, answer_headers, content, reusable = self._exchange(
-                    connection, method, target, headers, body, timeout
+                    connection, method, target, headers, body, timeout, chunked
                 )
             except BaseException:
                 connection.close()
@@ -147,12 +151,13 @@ class LeanPool:
         headers: dict[str, str],
         body: bytes | Iterable[bytes] | None,
         timeout: httpx.Timeout,
+        chunked: bool,
     ) -> tuple[int, list[tuple[str, str]], bytes, bool]:
         sock = connection.sock
         assert sock is not None
         sock.settimeout(timeout.write)
         try:
-            connection.request(method, target, body=body, headers=headers)
+            connection.request(method, target, body=body, headers=headers, encode_chunked=chunked)
         except TimeoutError as exc:
             raise httpx.WriteTimeout(str(exc) or "timed out") from None
         except (OSError, http.client.HTTPException) as exc:
@@ -169,3 +174,54 @@ class LeanPool:
             raise httpx.ReadError(str(exc) or type(exc).__name__) from None
         # read() has consumed the whole answer and released the response
         return response.status, response.getheaders(), content, not response.will_close
+
+
+class LeanTransport(httpx.BaseTransport):
+    """``LeanPool`` as an httpx transport: the request httpx built (URL, headers, body) goes out
+    on a kept ``http.client`` connection with the request's own timeouts; the answer comes back
+    as an ``httpx.Response`` that httpx reads and decodes as any other."""
+
+    def __init__(self, pool: LeanPool) -> None:
+        self.pool = pool
+
+    @classmethod
+    def for_origin(
+        cls, url: str, tls: ssl.SSLContext, max_connections: int, track: Callable[[socket.socket], None]
+    ) -> LeanTransport | None:
+        """The transport for ``url``'s origin; ``None`` for a scheme other than http(s)."""
+        origin = httpx.URL(url)
+        if origin.scheme not in ("http", "https"):
+            return None
+        https = origin.scheme == "https"
+        port = origin.port or (443 if https else 80)
+        return cls(LeanPool(origin.host, port, tls if https else None, max_connections, track))
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        timeout = httpx.Timeout(
+            None, **request.extensions.get("timeout", {})
+        )  # as httpx: a phase not given has no limit
+        headers = dict(request.headers)
+        body: bytes | Iterable[bytes] | None
+        try:
+            body = request.content  # bytes given to httpx: read already
+        except httpx.RequestNotRead:
+            body = request.stream  # type: ignore[assignment]  # a sync request's stream iterates bytes
+        if body == b"" and "content-length" not in headers:
+            body = None  # no body, and no "Content-Length: 0" httpx would not have sent
+        status, answer_headers, content = self.pool.request(
+            request.method,
+            request.url.raw_path.decode("ascii"),
+            headers,
+            body,
+            timeout,
+            chunked=headers.get("transfer-encoding") == "chunked",
+        )
+        return httpx.Response(
+            status,
+            headers=answer_headers,
+            stream=httpx.ByteStream(content),
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,5 +1,6 @@
-"""The HTTP stack under ``XnatClient``: its TLS context, the proxy the environment names, the
-sockets ``cancel()`` shuts down, and no secret in the stack's DEBUG trace."""
+"""The HTTP stack under ``XnatClient``: its one transport (httpx's, with the lean pool for
+gradual-DICOM), the sockets ``cancel()`` shuts down, the TLS context, the proxy the environment
+names, and no secret in the stack's DEBUG trace."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import httpcore
 import httpx
 
 from xnat_flows.client.errors import InputError
+from xnat_flows.client.lean import LeanTransport
 
 
 class _RedactSecrets(logging.Filter):
@@ -49,13 +51,17 @@ for _name in ("httpx", "httpcore", "httpcore.connection", "httpcore.http11", "ht
     logging.getLogger(_name).addFilter(_RedactSecrets())
 
 
-class _ShutdownOnCancel(httpcore.SyncBackend):
-    """httpcore's socket backend, remembering its sockets so ``cancel()`` can shut them down.
+class SocketRegistry:
+    """The sockets of a client's connections, so ``cancel()`` can shut them down.
 
     Closing a socket from another thread does not wake a thread blocked in ``send`` on it (a
     stalled upload); ``shutdown`` does, so Ctrl-C stops an upload within moments, not after the
-    write timeout. After ``shutdown_all`` it opens no new connection: a request that was waiting
+    write timeout. After ``shutdown_all`` no new connection opens: a request that was waiting
     for a free connection when the pools closed must not start sending.
+
+    httpx's connections are learnt through httpcore's ``trace`` request extension (public API:
+    ``connection.connect_tcp`` hands back the new stream, whose ``socket`` is an extra info);
+    the lean pool's through ``track``.
     """
 
     def __init__(self) -> None:
@@ -63,18 +69,21 @@ class _ShutdownOnCancel(httpcore.SyncBackend):
         self._lock = threading.Lock()
         self._shut = False
 
-    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        if self._shut:
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's ``trace`` extension: refuse a connection once cancelled, remember the others."""
+        if event == "connection.connect_tcp.started" and self._shut:
             raise httpcore.ConnectError("cancelled: no new connections")
-        stream = super().connect_tcp(*args, **kwargs)
-        sock = stream.get_extra_info("socket")
-        if sock is not None and not self._remember(sock):
-            stream.close()
-            raise httpcore.ConnectError("cancelled: no new connections")
-        return stream
+        if event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            if stream is None:
+                return
+            sock = stream.get_extra_info("socket")
+            if sock is not None and not self._remember(sock):
+                stream.close()
+                raise httpcore.ConnectError("cancelled: no new connections")
 
     def track(self, sock: socket.socket) -> None:
-        """Remember a socket of the lean send path (``lean.LeanPool``); refused once cancelled."""
+        """Remember a socket of the lean pool (``lean.LeanPool``); refused once cancelled."""
         if not self._remember(sock):
             raise httpx.ConnectError("cancelled: no new connections")
 
@@ -93,7 +102,49 @@ class _ShutdownOnCancel(httpcore.SyncBackend):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
+# A request extension asking ``XnatTransport`` for the lean pool (``XnatClient.request(lean=True)``);
+# other transports ignore it.
+LEAN = "xnat_flows.lean"
+
+
+class XnatTransport(httpx.BaseTransport):
+    """The client's transport: httpx's own (``httpx.HTTPTransport``) for every request, except
+    those marked ``LEAN`` (gradual-DICOM's one POST per instance), which go through
+    ``lean.LeanTransport`` (http.client) when no proxy applies. Both report their sockets to
+    ``sockets`` and share one TLS context, one pool size and httpx's two connect retries.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        verify: ssl.SSLContext | bool,
+        max_connections: int,
+        proxy: str | None,
+        sockets: SocketRegistry,
+    ) -> None:
+        tls = httpx.create_ssl_context(verify=verify)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # httpx retries failed connection attempts itself; everything else is the client's policy.
+        self.http = httpx.HTTPTransport(verify=tls, limits=limits, retries=2, proxy=proxy)
+        self.lean = None if proxy else LeanTransport.for_origin(url, tls, max_connections, sockets.track)
+        self.max_connections = max_connections
+        self._trace = sockets.trace
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.lean is not None and request.extensions.get(LEAN):
+            return self.lean.handle_request(request)
+        request.extensions = {**request.extensions, "trace": self._trace}
+        return self.http.handle_request(request)
+
+    def close(self) -> None:
+        self.http.close()
+        if self.lean is not None:
+            self.lean.close()
+
+
+def ssl_verify(verify: bool | str) -> ssl.SSLContext | bool:
+    """httpx's ``verify``: a CA bundle's path becomes a context (a bad bundle is the user's to fix)."""
     if isinstance(verify, str):
         try:
             return ssl.create_default_context(cafile=verify)

@@ -1,0 +1,194 @@
+"""One attempt at one request: ``Sender.send`` builds the ``httpx.Request``, hands it to the
+transport (``transport.XnatTransport``, or a test's) and turns httpx's failures into
+``XnatConnectionError``. No retry, no login here: that is ``request_loop`` and ``auth``.
+
+``cancel()`` ends every request of the sender from any thread: sockets shut down, pools closed,
+no new connection opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import httpx
+
+from xnat_flows import __version__
+from xnat_flows.client.errors import CancelledError, XnatConnectionError
+from xnat_flows.client.transport import LEAN, SocketRegistry, XnatTransport, proxy_for, ssl_verify
+
+# A request body: bytes, or a zero-argument callable returning a fresh iterable of bytes for
+# every attempt (so a streamed upload can be sent again after a retry or a re-login).
+Content = bytes | str | Callable[[], Iterable[bytes]] | None
+
+
+@contextlib.contextmanager
+def opened(content: Content) -> Iterator[bytes | str | Iterable[bytes] | None]:
+    """The request body (a callable makes a fresh one for each attempt); a streaming generator is
+    closed afterwards, whatever happened, which closes the file it reads."""
+    body = content() if callable(content) else content
+    try:
+        yield body
+    finally:
+        close = getattr(body, "close", None)
+        if callable(close):
+            close()
+
+
+def connection_error(exc: Exception, where: str) -> XnatConnectionError:
+    """httpx's failure as ours. A refused or timed-out connection after httpx's own connect retries
+    means the host is down or unreachable: fail fast. A connection lost mid-request is worth a retry."""
+    reachable = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol))
+    kind = type(exc).__name__
+    unanswered = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
+    detail = f"no byte moved for the timeout ({exc})" if unanswered else str(exc)
+    return XnatConnectionError(f"{where}: {kind}: {detail}", retryable=reachable, timed_out=unanswered)
+
+
+# What httpx.Client sends by default, with our User-Agent; encodings httpx decodes without extras.
+_DEFAULT_HEADERS = {
+    "accept": "*/*",
+    "accept-encoding": "gzip, deflate",
+    "connection": "keep-alive",
+    "user-agent": f"xnat-flows/{__version__}",
+}
+
+
+class Sender:
+    """The client's connections to one XNAT: ``XnatTransport`` (or ``transport``, a test's),
+    sized by ``resize``.
+
+    Every request is built here (``httpx.Request``: the URL under the base URL, default headers,
+    the session cookie, the timeouts as the ``timeout`` extension) and handed to the transport's
+    ``handle_request``, httpx's extension point; the answer is read as ``httpx.Client.send`` would.
+    Not through ``httpx.Client`` itself: its per-request work (merging headers, cookies, auth and
+    redirect machinery) costs more client CPU than gradual-DICOM's whole send
+    (docs/performance.md), and we use none of it: no cookie jar (the token travels in an explicit
+    Cookie header), no redirects, auth only for the login (``httpx.BasicAuth``'s own flow).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        verify: bool | str,
+        timeout: httpx.Timeout,
+        max_connections: int,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.verify = ssl_verify(verify)
+        self.custom_transport = transport
+        self.sockets = SocketRegistry()
+        # httpx reads no proxy from the environment when it is given a transport, as it is here:
+        # the proxy is found here and given to the transport (``proxy_for``).
+        self.proxy = proxy_for(url) if transport is None else None
+        self.max_connections = max_connections
+        self.transport: XnatTransport | None = None
+        self._transport = transport or self._new_transport(max_connections)
+        self._base = url.rstrip("/")
+        self._urls: dict[tuple[str, tuple[tuple[str, Any], ...] | None], httpx.URL] = {}
+        self._cancelled = threading.Event()
+
+    def _new_transport(self, max_connections: int) -> XnatTransport:
+        self.transport = XnatTransport(
+            self.url, verify=self.verify, max_connections=max_connections, proxy=self.proxy, sockets=self.sockets
+        )
+        return self.transport
+
+    def resize(self, max_connections: int) -> None:
+        """Connections for ``max_connections`` parallel requests (a test's transport is kept)."""
+        if max_connections <= self.max_connections or self.custom_transport is not None:
+            return
+        old, self._transport = self._transport, self._new_transport(max_connections)
+        self.max_connections = max_connections
+        old.close()
+
+    def build_url(self, path: str, params: Mapping[str, Any] | None = None) -> httpx.URL:
+        """``path`` under the base URL with ``params``, as ``httpx.Client(base_url=...)`` builds it.
+
+        Gradual-DICOM sends thousands of requests to one URL: it is built once."""
+        key = (path, None if params is None else tuple(params.items()))
+        try:
+            url = self._urls.get(key)
+            cacheable = True
+        except TypeError:  # an unhashable parameter value: build it every time
+            url, cacheable = None, False
+        if url is None:
+            joined = self._base + "/" + path.lstrip("/")
+            url = httpx.URL(joined) if params is None else httpx.URL(joined, params=params)
+            if cacheable:
+                if len(self._urls) >= 64:  # many distinct targets: keep the cache small
+                    self._urls.clear()
+                self._urls[key] = url
+        return url
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        content: Content = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        token: str | None = None,
+        auth: httpx.Auth | None = None,
+        lean: bool = False,
+        where: str | None = None,
+    ) -> httpx.Response:
+        """One attempt; any status is returned. httpx's failures raise ``XnatConnectionError``
+        naming ``where`` (default: the method and path)."""
+        merged = dict(_DEFAULT_HEADERS)
+        for name, value in (headers or {}).items():
+            merged[name.lower()] = value
+        if token:
+            merged["cookie"] = f"JSESSIONID={token}"
+        limits = self.timeout if timeout is None else httpx.Timeout(timeout)
+        extensions: dict[str, Any] = {"timeout": limits.as_dict()}
+        if lean:
+            extensions[LEAN] = True
+        with opened(content) as body:
+            try:
+                request = httpx.Request(
+                    method, self.build_url(path, params), headers=merged, content=body, extensions=extensions
+                )
+                if auth is not None:
+                    request = next(auth.sync_auth_flow(request))  # e.g. BasicAuth: the Authorization header
+                response = self._transport.handle_request(request)
+                response.request = request
+                try:
+                    response.read()  # the whole answer, decoded; releases the connection
+                except BaseException:
+                    response.close()
+                    raise
+                return response
+            except httpx.HTTPError as exc:
+                raise connection_error(exc, where or f"{method} {path}") from None
+            except Exception:
+                if self.cancelled:  # the pool was closed or the sockets shut under this request by cancel()
+                    raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
+                raise
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def check_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise CancelledError("Cancelled", hint=CancelledError.default_hint)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, cut short by ``cancel()`` (then ``CancelledError``)."""
+        if self._cancelled.wait(seconds):
+            self.check_cancelled()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self.sockets.shutdown_all()
+        self._transport.close()
+
+    def close(self) -> None:
+        self._transport.close()
