@@ -14,6 +14,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from xnat_flows.cli.hints import cli_hint
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.errors import (
@@ -27,6 +28,7 @@ from xnat_flows.client.errors import (
     XnatConnectionError,
     XnatError,
 )
+from xnat_flows.tasks.hints import operator_hint
 
 PASSWORD = "s3cret-Pa55word"
 TOKEN = "0123456789ABCDEF0123456789ABCDEF"
@@ -101,7 +103,11 @@ def test_no_password_and_no_token_says_how_to_log_in(make_client) -> None:
     client = make_client(Recorder(), password=None)
     with pytest.raises(AuthenticationError) as info:
         client.request("GET", "/data/projects")
-    assert "XNAT_PASS" in info.value.hint
+    # the fact, and advice in each reader's terms from the layer that speaks to that reader
+    assert info.value.reason == "no-password" and info.value.url == "https://xnat.test"
+    assert "XNAT_PASS" in cli_hint(info.value) and "--username" in cli_hint(info.value)
+    assert "xnat-credentials Block" in operator_hint(info.value)
+    assert "XNAT_PASS" not in info.value.hint and "Block" not in info.value.hint
 
 
 def test_eight_threads_seeing_401_cause_exactly_one_login(make_client) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from xnat_flows.cli.hints import cli_hint
 from xnat_flows.client.credentials import Credentials, resolve_credentials
 from xnat_flows.client.errors import InputError
 
@@ -71,7 +72,7 @@ def test_tls_settings_from_environment(home, tmp_path: Path) -> None:
 def test_missing_url_says_where_to_put_one(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="No XNAT URL") as info:
         resolve_credentials(environ={"XNAT_FLOWS_HOME": str(tmp_path)}, prompt=False)
-    assert "XNAT_URL" in info.value.hint
+    assert info.value.reason == "no-url" and "XNAT_URL" in cli_hint(info.value)
 
 
 def test_token_from_environment_and_secrets_never_printed(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ ERROR) and the flow run's final state (its message is what the runs list, the ru
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from pathlib import Path
@@ -19,6 +20,7 @@ from orchestration_helpers import write_session
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import Log
+from prefect.flow_engine import run_flow
 from prefect.logging.handlers import APILogHandler
 from pydantic import SecretStr
 
@@ -70,11 +72,18 @@ def _run_logs(flow_run_id: UUID) -> list[Log]:
     return wait_until(read, 30, interval=0.2, what=f"the final state's log line of flow run {flow_run_id}")
 
 
-def _assert_said_once_per_level(logs: list[Log], cause: str, *, task_level: bool = True) -> None:
-    said = [log for log in logs if cause in log.message]
-    assert sum(log.message.count(cause) for log in logs) == len(said), [log.message for log in said]
+def _assert_said_once_per_level(logs: list[Log], cause: str, *, task_level: bool = True, retries: int = 0) -> None:
+    """At ERROR, once by the task that met ``cause`` and once by the run's final state; before that,
+    ``retries`` of Prefect's "Retry n/m will start" notes at INFO."""
+    retried = [log for log in logs if cause in log.message and " - Retry " in log.message]
+    assert [log.level for log in retried] == [20] * retries, [log.message for log in retried]
+    said = [log for log in logs if cause in log.message and log not in retried]
+    assert sum(log.message.count(cause) for log in logs if log not in retried) == len(said), [
+        log.message for log in said
+    ]
     flow_level = [log for log in said if log.task_run_id is None]
     # At the flow level only the final state says it (no "Encountered exception ..." with a traceback).
+    assert all(log.level == 40 for log in flow_level)  # Prefect says it at INFO; a failed run is an ERROR
     assert [log.message.split("(", 1)[0] for log in flow_level] == ["Finished in state Failed"], [
         log.message for log in said
     ]
@@ -116,7 +125,8 @@ def test_a_bad_password_in_the_block_points_at_the_block(xnat, tmp_path: Path) -
     assert "xnat-credentials Block" in state.message and not CLI_WORDS.search(state.message)
     with pytest.raises(AuthenticationError) as raised:
         state.result()
-    assert "XNAT_USER/XNAT_PASS" in str(raised.value)  # read outside a flow run: the command line's advice
+    # the error a caller of the flow gets was worded for the run's operator, wherever it is read
+    assert "xnat-credentials Block" in str(raised.value) and not CLI_WORDS.search(str(raised.value))
     logs = _run_logs(state.state_details.flow_run_id)
     _assert_said_once_per_level(logs, "refused the login")
     assert not [log.message for log in logs if CLI_WORDS.search(log.message)]
@@ -126,9 +136,8 @@ def test_a_bad_password_in_the_block_points_at_the_block(xnat, tmp_path: Path) -
 def test_an_unreachable_xnat_fails_the_inbox_run_saying_why_once(xnat, tmp_path: Path) -> None:
     """The inbox run (a parent of upload runs) during an outage: the folder is kept, the cause is said
     by the task that met it and by the run's final state, not again by the flow."""
-    XnatCredentials(url=f"http://127.0.0.1:{_closed_port()}", username="admin", password=SecretStr(PASSWORD)).save(
-        "failures-down", overwrite=True
-    )
+    down = f"http://127.0.0.1:{_closed_port()}"
+    XnatCredentials(url=down, username="admin", password=SecretStr(PASSWORD)).save("failures-down", overwrite=True)
     inbox = tmp_path / "inbox"
     write_session(inbox / "scan-0001", patient_id="P03")
 
@@ -142,8 +151,12 @@ def test_an_unreachable_xnat_fails_the_inbox_run_saying_why_once(xnat, tmp_path:
 
     assert state.is_failed() and "scan-0001 kept in" in state.message
     assert "Block" in state.message and not CLI_WORDS.search(state.message)
+    # what failed, against which server and Block (issue 22): the URL, the Block's name, what to do
+    assert f"[XNAT {down}, xnat-credentials Block 'failures-down']" in state.message
+    assert "Check the URL in the run's xnat-credentials Block" in state.message
     logs = _run_logs(state.state_details.flow_run_id)
-    _assert_said_once_per_level(logs, "Connection refused")
+    # XNAT down is transient for a flow run: the task's retry policy (2 retries) ran before it failed
+    _assert_said_once_per_level(logs, "Connection refused", retries=2)
     assert [log.message for log in logs if "scan-0001 stays in processing/" in log.message]
 
 
@@ -160,3 +173,29 @@ def test_a_wrong_called_ae_title_names_the_receiver_parameter_once(xnat, tmp_pat
     assert "called_aet in the run's receiver parameter" in state.message and not CLI_WORDS.search(state.message)
     logs = _run_logs(state.state_details.flow_run_id)
     _assert_said_once_per_level(logs, "does not answer to the called AE title 'WRONGAET'")
+
+
+def test_a_worker_engine_does_not_repeat_the_failure_with_a_traceback(
+    xnat, block, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker runs a flow through Prefect's engine (``run_flow(..., error_logger=the run's logger)``),
+    which re-raises the error of a run that failed and logged it again with a ~70-line traceback
+    ("Engine execution exited with unexpected exception", issue 22). Not for our errors: the run's
+    state says it once."""
+    write_session(tmp_path / "export", patient_id="P05")
+    caplog.set_level(logging.INFO, logger="prefect")
+
+    with pytest.raises(NotFoundError) as raised:
+        run_flow(
+            upload_dicom_session,
+            parameters={"request": _upload(tmp_path / "export", project="NOPE"), "connection": block},
+            error_logger=logging.getLogger("prefect.flow_runs"),
+        )
+
+    assert not CLI_WORDS.search(str(raised.value)) and "project in the run's parameters" in str(raised.value)
+    runs = [r for r in caplog.records if r.name == "prefect.flow_runs"]
+    assert not [r.getMessage() for r in runs if "Engine execution exited" in r.getMessage()]
+    final = [r for r in runs if r.getMessage().startswith("Finished in state Failed")]
+    assert len(final) == 1 and final[0].levelno == logging.ERROR
+    assert f"[XNAT {xnat.url}, xnat-credentials Block 'failures-site']" in final[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info is not None]  # no traceback anywhere

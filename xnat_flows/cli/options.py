@@ -92,7 +92,9 @@ class XnatCommandGroup(TyperGroup):
             typer.secho(INTERRUPTED_MESSAGE, err=True, fg=typer.colors.YELLOW)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except XnatError as exc:
-            error(str(exc))
+            from xnat_flows.cli.hints import for_cli
+
+            error(str(for_cli(exc)))
             raise typer.Exit(exit_code_for(exc)) from None
         except OSError as exc:  # a local file vanished or became unreadable mid-command
             error(str(exc))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from xnat_flows.cli.hints import ARCHIVE_CONFLICT_WITH, STATUS_SHOWN_BY, for_cli
 from xnat_flows.cli.options import (
     EXIT_PARTIAL,
     Connection,
@@ -282,7 +283,7 @@ def _summary(result) -> dict:
                 else (study.uris[0] if study.uris else None),
                 "experiment_id": study.verify.experiment_id if study.verify else None,
                 "verified": study.verify.ok if study.verify else None,
-                "verify_summary": study.verify.summary() if study.verify else None,
+                "verify_summary": study.verify.summary(STATUS_SHOWN_BY) if study.verify else None,
                 "failed_files": study.failed_files,
                 "ok": study.ok,
             }
@@ -332,7 +333,7 @@ def _report(result) -> None:
                 "archived instances; DICOM-zip, the default transport, can)"
             )
         if study.verify is not None:
-            typer.echo(f"  verify: {study.verify.summary()}")
+            typer.echo(f"  verify: {study.verify.summary(STATUS_SHOWN_BY)}")
         for batch in study.batches:
             if not batch.ok:
                 typer.echo(f"  batch {batch.index} ({len(batch.files)} files) failed: {batch.error}", err=True)
@@ -487,7 +488,7 @@ def upload_dicom(
             )
         typer.echo(result.summary())
     if send.in_doubt:
-        typer.echo(f"warning: {in_doubt_warning(send)}", err=True)
+        typer.echo(f"warning: {in_doubt_warning(send, ARCHIVE_CONFLICT_WITH)}", err=True)
     if not result.ok or scan.unreadable:
         typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
         raise typer.Exit(EXIT_PARTIAL)
@@ -510,7 +511,9 @@ def _check_project_if_logged_in(connection: Connection, project: str) -> None:
         raise
     except (InputError, AuthenticationError, XnatError) as exc:
         reason = (
-            "not logged in: `xnat-flows auth login`" if isinstance(exc, (InputError, AuthenticationError)) else str(exc)
+            "not logged in: `xnat-flows auth login`"
+            if isinstance(exc, (InputError, AuthenticationError))
+            else str(for_cli(exc))
         )
         warn(
             f"could not check that project {project} exists ({reason}); "

@@ -152,9 +152,8 @@ def wait_for_archive(
         if remaining <= 0:
             raise WaitTimeoutError(
                 f"Session {label!r} did not appear in the archive of project {project!r} within {timeout:g} s.",
-                hint="Check the prearchive (xnat-flows prearchive list) for a session stuck in RECEIVING, CONFLICT or ERROR.",
-                flow_hint="Check the project's prearchive (XNAT: Upload > Go To Prearchive) for a session stuck in RECEIVING, "
-                "CONFLICT or ERROR, or give the run a longer verify timeout.",
+                hint="Check the project's prearchive for a session stuck in RECEIVING, CONFLICT or ERROR.",
+                reason="archive-wait-timeout",
             )
         notify(f"Waiting for {project}/{label} to appear in the archive ({remaining:.0f} s left)")
         time.sleep(min(interval, remaining))

@@ -91,9 +91,9 @@ class SessionAuth:
         if not creds.username or creds.password is None:
             raise AuthenticationError(
                 f"No valid XNAT session for {creds.url} and no password to log in",
-                hint="Set XNAT_USER and XNAT_PASS, pass --username/--password, or run `xnat-flows auth login`",
-                flow_hint="Pick an xnat-credentials Block (with user and password) in the run's connection parameter, "
-                "or give the Block of this deployment a user and password",
+                hint="Give a user name and password (or an alias token)",
+                reason="no-password",
+                url=creds.url,
             )
         response = self.sender.send(
             "POST",
@@ -106,6 +106,7 @@ class SessionAuth:
             raise AuthenticationError(
                 f"XNAT at {creds.url} refused the login for user {creds.username!r} (HTTP {response.status_code})",
                 status=response.status_code,
+                url=creds.url,
             )
         if response.status_code != 200:
             raise self.scrub(error_for_response(response, parse_retry_after(response.headers.get("Retry-After"))))

@@ -260,8 +260,8 @@ class XnatClient:
                 f"Project {project!r} does not exist on {self.base_url} (or this account cannot see it)",
                 status=404,
                 hint="Check the project ID (case-sensitive), or ask an XNAT admin to create it",
-                flow_hint="Check the project in the run's parameters (case-sensitive), or ask an XNAT admin to "
-                "create it",
+                reason="unknown-project",
+                url=self.base_url,
             ) from None
 
     def require_direct_archive(self) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 
-from xnat_flows.client.errors import InputError, for_reader
+from xnat_flows.client.errors import InputError
 from xnat_flows.client.settings import EnvSettings, ProfileConfig, ensure_private_dir, profile_dir
 
 
@@ -44,13 +44,7 @@ class Credentials(BaseModel):
             raise ValueError(f"XNAT URL must start with http:// or https:// (got {value!r})")
         if "@" in value.split("/", 3)[2]:
             # user:password@host would end up in logs and error messages
-            raise ValueError(
-                "XNAT URL must not contain credentials; "
-                + for_reader(
-                    "use XNAT_USER/XNAT_PASS or a profile",
-                    "put the user and password in the xnat-credentials Block's own fields",
-                )
-            )
+            raise ValueError("XNAT URL must not contain credentials; give the user and password on their own")
         return value
 
 
@@ -114,9 +108,8 @@ def resolve_credentials(
     if not resolved_url:
         raise InputError(
             "No XNAT URL given",
-            hint=f"Pass --url, set XNAT_URL, or add a profile with a url to config.toml in {profile_dir(environ)}",
-            flow_hint="Pick an xnat-credentials Block in the run's connection parameter (or redeploy with "
-            "XNAT_CREDENTIALS_BLOCK naming one)",
+            hint=f"Give the server's URL, or add a profile with a url to config.toml in {profile_dir(environ)}",
+            reason="no-url",
         )
     same_server = chosen is not None and chosen.url is not None and chosen.url.rstrip("/") == resolved_url.rstrip("/")
     from_profile = chosen if (chosen is not None and (same_server or chosen.url is None)) else None
@@ -154,8 +147,8 @@ def resolve_credentials(
     if isinstance(verify, str) and not Path(verify).expanduser().is_file():
         raise InputError(
             f"CA bundle {verify} does not exist",
-            hint="Point XNAT_CA_BUNDLE/ca_bundle at a PEM file",
-            flow_hint="Point the CA bundle of the run's xnat-credentials Block at a PEM file on the worker host",
+            hint="Point the CA bundle setting at a PEM file",
+            reason="ca-bundle",
         )
 
     try:

@@ -8,7 +8,7 @@ so a password or JSESSIONID cannot leak into a log or a Prefect UI.
 Whether an error is worth retrying is decided by one attribute, ``retryable``: the client's
 request retries (``client.retry``) and the Prefect task retries (``tasks.policies``) both read it.
 
-The tree (classes defined elsewhere are listed with their module)::
+The tree of the client's own errors (other layers subclass these: ``XnatError.__subclasses__()``)::
 
     XnatError                          retryable=False
     ├── AuthenticationError            401, refused login, no session and no password
@@ -20,29 +20,16 @@ The tree (classes defined elsewhere are listed with their module)::
     ├── StorageFullError               XNAT's disk or quota is full
     ├── CancelledError                 XnatClient.cancel() (Ctrl-C)
     ├── InputError                     bad local input, raised before anything is sent
-    │   └── routing.RoutingError
     ├── UnreachableError               nothing answered: check host, port, network, TLS
-    │   └── transfer.dicom_errors.PeerUnreachableError        retryable=True
-    ├── transfer.dicom_errors.DicomNetworkError
-    │   ├── transfer.dicom_errors.PeerUnreachableError
-    │   ├── transfer.dicom_errors.AssociationRejectedError
-    │   │   └── transfer.dicom_errors.CalledAETitleRejectedError
-    │   └── transfer.dicom_errors.NoAcceptedContextError
-    ├── client.prearchive.PrearchiveSessionFailed
-    ├── flows.upload.UploadIncompleteError
-    ├── flows.cstore.SendIncompleteError
     └── TransientError                 retryable=True: 423, 429, 5xx, XNAT's passing 400s
-        ├── XnatConnectionError        no HTTP answer; retryable=False when the host refused
-        │   │                          or is unknown (status None: unreachable)
-        │   └── NoAnswerError          connections taken, never answered: the wait is over
-        ├── client.archive.WaitTimeoutError
-        └── tasks.cstore.ReceiverInterrupted
+        └── XnatConnectionError        no HTTP answer; retryable=False when the host refused
+            │                          or is unknown (status None: unreachable; ``refused``)
+            └── NoAnswerError          connections taken, never answered: the wait is over
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the scanner and the C-STORE sender import these errors
@@ -89,45 +76,19 @@ PERMANENT_400_FRAGMENTS = (
 )
 
 
-# Who reads a hint. A person at the command line acts with flags, commands and environment
-# variables; the operator of a Prefect flow run acts on the run's xnat-credentials Block, its
-# parameters and its work pool. The Prefect layer installs the test (``tasks.connection``), so this
-# package needs no Prefect; until then every reader is the command line.
-def _never() -> bool:
-    return False
-
-
-_reading_in_flow_run: Callable[[], bool] = _never
-
-
-def set_flow_run_test(test: Callable[[], bool]) -> None:
-    """Install the test that tells whether a message is being rendered inside a flow run."""
-    global _reading_in_flow_run
-    _reading_in_flow_run = test
-
-
-def in_flow_run() -> bool:
-    return _reading_in_flow_run()
-
-
-def for_reader(cli: str, flow: str) -> str:
-    """``cli`` for the command line, ``flow`` inside a flow run (see ``set_flow_run_test``)."""
-    return flow if in_flow_run() else cli
-
-
 class XnatError(Exception):
     """Base class: something went wrong talking to XNAT.
 
-    ``status`` is the HTTP status (``None`` when no answer arrived), ``server_message`` the
-    server's text (trimmed), ``hint`` what the user can do about it, ``retryable`` whether the
-    same request may succeed later. Where the command line's advice (flags, commands) means
-    nothing in a flow run, ``flow_hint`` (or the class's ``default_flow_hint``) says it in terms
-    of Blocks and parameters; ``hint`` is the one for whoever reads the error (rendered when read,
-    so an error raised in a task and shown by the flow speaks to the flow's operator).
+    The facts: ``status`` is the HTTP status (``None`` when no answer arrived), ``server_message``
+    the server's text (trimmed), ``url`` the server or request it concerns, ``reason`` a stable name
+    for the condition where one class covers several (e.g. ``"no-password"``), ``retryable``
+    whether the same request may succeed later. ``hint`` says what to do in words any reader
+    understands; the command line and the Prefect layer replace it with advice in their reader's
+    terms (flags and commands; Blocks and run parameters), looked up by ``reason`` and class
+    (``cli.hints``, ``tasks.hints``).
     """
 
     default_hint = "Check the XNAT server's log (Administer > Site Administration > Logging) for the request"
-    default_flow_hint: str | None = None  # None: the hint reads the same in a flow run
     retryable = False
 
     def __init__(
@@ -137,34 +98,18 @@ class XnatError(Exception):
         status: int | None = None,
         server_message: str = "",
         hint: str | None = None,
-        flow_hint: str | None = None,
+        reason: str | None = None,
+        url: str | None = None,
         retry_after: float | None = None,
     ) -> None:
         self.message = message
         self.status = status
         self.server_message = server_message
-        self.cli_hint = hint if hint is not None else self.default_hint
-        # A hint given without a flow variant is the caller's own advice: keep it in flow runs too.
-        self.flow_hint = flow_hint if flow_hint is not None else (self._class_flow_hint() if hint is None else None)
+        self.hint = hint if hint is not None else self.default_hint
+        self.reason = reason
+        self.url = url
         self.retry_after = retry_after
         super().__init__(message)
-
-    @classmethod
-    def _class_flow_hint(cls) -> str | None:
-        """The flow variant of ``default_hint``, from the class that wrote that hint (a subclass with
-        advice of its own does not inherit its parent's flow wording)."""
-        owner = next(klass for klass in cls.__mro__ if "default_hint" in vars(klass))
-        return vars(owner).get("default_flow_hint")
-
-    @property
-    def hint(self) -> str:
-        if self.flow_hint is not None and in_flow_run():
-            return self.flow_hint
-        return self.cli_hint
-
-    @hint.setter
-    def hint(self, value: str) -> None:
-        self.cli_hint = value
 
     def __str__(self) -> str:
         text = self.message
@@ -186,12 +131,7 @@ def _rebuild(cls: type[XnatError], message: str) -> XnatError:
 
 class AuthenticationError(XnatError):
     default_hint = (
-        "Check the user name and password (XNAT_USER/XNAT_PASS or your profile); "
-        "if the account has too many open sessions, ask an admin to end them"
-    )
-    default_flow_hint = (
-        "Check the user name and password in the xnat-credentials Block of the run's connection parameter "
-        "(Prefect UI: Blocks), or pick another Block; if the account has too many open sessions, ask an admin to end them"
+        "Check the user name and password; if the account has too many open sessions, ask an admin to end them"
     )
 
 
@@ -218,15 +158,16 @@ class XnatConnectionError(TransientError):
     """No HTTP answer: DNS, refused connection, TLS failure, dropped connection, timeout."""
 
     default_hint = "Check the XNAT URL, your network and (for TLS errors) the CA bundle"
-    default_flow_hint = (
-        "Check the URL in the run's xnat-credentials Block, the worker's network and (for TLS errors) the Block's "
-        "CA bundle"
-    )
 
-    def __init__(self, message: str, *, retryable: bool = True, timed_out: bool = False, **kwargs) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, timed_out: bool = False, refused: bool = False, **kwargs
+    ) -> None:
         super().__init__(message, **kwargs)
         self.retryable = retryable
         self.timed_out = timed_out  # connected (or connecting), but no answer came in time
+        # Nothing listens at the address (XNAT down or restarting): not worth the client's quick
+        # request retries, but a flow run's task retries (minutes apart) may find it back up.
+        self.refused = refused
 
 
 class NoAnswerError(XnatConnectionError):
@@ -250,10 +191,6 @@ class UnreachableError(XnatError):
     """Nothing answered at the given address (refused connection, unknown host, firewall): no data was sent."""
 
     default_hint = "Check the host name, the port, your network and (for TLS errors) the CA bundle"
-    default_flow_hint = (
-        "Check the URL in the run's xnat-credentials Block, the worker's network and (for TLS errors) the Block's "
-        "CA bundle"
-    )
 
 
 class PermanentUploadError(XnatError):
@@ -263,8 +200,7 @@ class PermanentUploadError(XnatError):
 
 
 class UnsupportedServerError(XnatError):
-    default_hint = "Upgrade XNAT, or upload through the prearchive instead (--prearchive)"
-    default_flow_hint = "Upgrade XNAT, or upload through the prearchive instead (direct_archive: false in the request)"
+    default_hint = "Upgrade XNAT, or upload through the prearchive instead"
 
 
 class CancelledError(XnatError):

@@ -138,7 +138,7 @@ class LeanPool:
             raise httpx.ConnectTimeout(str(exc) or "timed out") from None
         except OSError as exc:  # refused, unreachable, TLS (ssl.SSLError is an OSError)
             connection.close()
-            raise httpx.ConnectError(str(exc)) from None
+            raise httpx.ConnectError(str(exc)) from exc  # the cause says which (e.g. ConnectionRefusedError)
         assert connection.sock is not None
         connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection

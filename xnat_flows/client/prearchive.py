@@ -297,9 +297,8 @@ def archive_session(
         if remaining <= 0:
             raise WaitTimeoutError(
                 f"Prearchive session {session.src} is still {status} after {wait_seconds:g} s.",
-                hint="XNAT builds a session once no file has arrived for a while; wait longer (--wait-seconds) or check the upload.",
-                flow_hint="XNAT builds a session once no file has arrived for a while; give the run a longer "
-                "wait_seconds or check the upload.",
+                hint="XNAT builds a session once no file has arrived for a while; wait longer or check the upload.",
+                reason="prearchive-still-building",
             )
         notice = (status, int((time.monotonic() - started) // _NOTIFY_EVERY_SECONDS))
         if notice != last_notice:  # say so when the status changes, and every half minute while it does not
@@ -322,9 +321,8 @@ def _raise_if_blocked(client: XnatClient, session: PrearchiveSession, overwrite:
             f"Prearchive session {session.src} conflicts with a session already in the archive.",
             status=409,
             hint="Choose how to merge it: overwrite 'append' adds scans and files, 'delete' also replaces "
-            "overlapping files (CLI: --overwrite append|delete)",
-            flow_hint="Choose how to merge it in the run's overwrite parameter: 'append' adds scans and files, "
-            "'delete' also replaces overlapping files",
+            "overlapping files",
+            reason="prearchive-conflict",
         )
     if status not in (READY, CONFLICT) and not is_transient_status(status):
         raise XnatError(f"Prearchive session {session.src} has status {status!r}, which cannot be archived.")
@@ -389,9 +387,8 @@ def _already_archived(
             f"Prearchive session {prearchive_src(project, timestamp, folder)} does not exist, "
             f"and project {project!r} has no archived session labelled {label!r}.",
             status=404,
-            hint="List the prearchive (xnat-flows prearchive list --project P) for the right timestamp and name.",
-            flow_hint="Look up the right timestamp and folder name in the project's prearchive (XNAT: Upload > "
-            "Go To Prearchive) and give them in the run's session parameter.",
+            hint="Look up the right timestamp and folder name in the project's prearchive.",
+            reason="prearchive-session-missing",
         )
     return ArchiveOutcome(
         project=project,

@@ -18,6 +18,7 @@ import httpx
 from xnat_flows import __version__
 from xnat_flows.client.errors import CancelledError, XnatConnectionError
 from xnat_flows.client.transport import LEAN, SocketRegistry, XnatTransport, proxy_for, ssl_verify
+from xnat_flows.client.urls import public_base_url
 
 # A request body: bytes, or a zero-argument callable returning a fresh iterable of bytes for
 # every attempt (so a streamed upload can be sent again after a retry or a re-login).
@@ -37,14 +38,35 @@ def opened(content: Content) -> Iterator[bytes | str | Iterable[bytes] | None]:
             close()
 
 
-def connection_error(exc: Exception, where: str) -> XnatConnectionError:
-    """httpx's failure as ours. A refused or timed-out connection after httpx's own connect retries
-    means the host is down or unreachable: fail fast. A connection lost mid-request is worth a retry."""
+def connection_error(exc: Exception, where: str, url: str | None = None) -> XnatConnectionError:
+    """httpx's failure as ours, with the facts: what was sent where (``where``, ``url``), and whether
+    the connection was refused. A refused or timed-out connection after httpx's own connect retries
+    means the host is down or unreachable: no quick request retries. A connection lost
+    mid-request is worth a retry."""
     reachable = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol))
     kind = type(exc).__name__
     unanswered = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
     detail = f"no byte moved for the timeout ({exc})" if unanswered else str(exc)
-    return XnatConnectionError(f"{where}: {kind}: {detail}", retryable=reachable, timed_out=unanswered)
+    return XnatConnectionError(
+        f"{where}: {kind}: {detail}",
+        retryable=reachable,
+        timed_out=unanswered,
+        refused=_caused_by(exc, ConnectionRefusedError),
+        url=url,
+    )
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """``exc`` or an exception it was raised from is a ``kind`` (httpx chains httpcore's, which
+    chains the socket's ``OSError``)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # What httpx.Client sends by default, with our User-Agent; encodings httpx decodes without extras.
@@ -166,7 +188,8 @@ class Sender:
                     raise
                 return response
             except httpx.HTTPError as exc:
-                raise connection_error(exc, where or f"{method} {path}") from None
+                url = public_base_url(self.url)
+                raise connection_error(exc, where or f"{method} {url}{path}", url) from None
             except Exception:
                 if self.cancelled:  # the pool was closed or the sockets shut under this request by cancel()
                     raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None

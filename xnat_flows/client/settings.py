@@ -121,8 +121,7 @@ class ProfileConfig(BaseModel):
                 raise InputError(
                     f"No profile named {name!r} (known: {known})",
                     hint=f"Add a [profiles.{name}] table to {CONFIG_FILE_NAME} in the xnat-flows profile directory",
-                    flow_hint="Pick an xnat-credentials Block in the run's connection parameter instead of a profile "
-                    f"(or add [profiles.{name}] to {CONFIG_FILE_NAME} on the worker host)",
+                    reason="unknown-profile",
                 )
             return self.profiles[name]
         default = self.default_profile or "default"

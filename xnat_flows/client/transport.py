@@ -151,8 +151,8 @@ def ssl_verify(verify: bool | str) -> ssl.SSLContext | bool:
         except (OSError, ssl.SSLError) as exc:
             raise InputError(
                 f"Cannot load the CA bundle {verify}: {exc}",
-                hint="Point XNAT_CA_BUNDLE at a PEM file",
-                flow_hint="Point the CA bundle of the run's xnat-credentials Block at a PEM file on the worker host",
+                hint="Point the CA bundle setting at a PEM file",
+                reason="ca-bundle",
             ) from None
     return verify
 

@@ -33,6 +33,7 @@ from xnat_flows.tasks.cstore import (
     send_instances,
     wait_for_archived_studies,
 )
+from xnat_flows.tasks.hints import ARCHIVE_CONFLICT_WITH
 from xnat_flows.tasks.upload import scan_dicom_directory
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 from xnat_flows.transfer.dicom_resume import in_doubt_warning
@@ -141,7 +142,7 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     if send.in_doubt and not request.verify:
         # Stored, but maybe twice: without looking at the archive this run cannot call it delivered.
         raise SendInDoubtError(
-            in_doubt_warning(send),
+            in_doubt_warning(send, ARCHIVE_CONFLICT_WITH),
             hint="Run send-dicom with verify on: it checks that the archive holds every instance sent",
         )
     if request.verify and server_url is not None:

@@ -53,6 +53,7 @@ from xnat_flows.inbox import (
 from xnat_flows.models import PROJECT_ID_PATTERN, UploadRequest, XnatConnection
 from xnat_flows.routing import Route, RoutingError, route_folder
 from xnat_flows.tasks.connection import credentials_for, open_client, server_url_for_report
+from xnat_flows.tasks.hints import speaks_to_operator
 from xnat_flows.tasks.policies import retry_unless_permanent
 
 Status = Literal["done", "failed", "retry"]
@@ -109,6 +110,7 @@ class InboxFolderFailed(XnatError):
     retry_delay_seconds=10,
     retry_condition_fn=retry_unless_permanent,
 )
+@speaks_to_operator
 def check_project(connection: XnatConnection, project: str) -> str | None:
     """None when the project exists and is readable; else why not.
 

@@ -20,6 +20,7 @@ from xnat_flows.client.errors import XnatError
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import PROJECT_ID_PATTERN, XnatConnection
 from xnat_flows.tasks.connection import open_client
+from xnat_flows.tasks.hints import speaks_to_operator
 from xnat_flows.tasks.policies import retry_unless_permanent
 
 
@@ -50,6 +51,7 @@ class ProcessedSession(BaseModel):
     retry_delay_seconds=10,
     retry_condition_fn=retry_unless_permanent,
 )
+@speaks_to_operator
 def read_session(connection: XnatConnection, project: str, subject: str | None, experiment_id: str) -> ProcessedSession:
     """The session's label and, per scan, its type, description and number of files."""
     with open_client(connection) as client:

@@ -9,23 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prefect.context import FlowRunContext, TaskRunContext
-
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials, resolve_credentials
-from xnat_flows.client.errors import InputError, set_flow_run_test
+from xnat_flows.client.errors import InputError
 from xnat_flows.client.shared import cached_client
 from xnat_flows.client.urls import public_base_url
 from xnat_flows.models import XnatConnection
-
-
-def in_prefect_run() -> bool:
-    """Inside a flow or task run: errors give the advice of a flow run's operator (Blocks,
-    parameters), not the command line's flags (``client.errors.XnatError.hint``)."""
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-set_flow_run_test(in_prefect_run)
 
 
 def credentials_for(connection: XnatConnection) -> Credentials:

@@ -14,6 +14,7 @@ from prefect.runtime import task_run
 from xnat_flows.client.errors import InputError, TransientError, XnatError
 from xnat_flows.models import ArchivedStudy, DicomReceiverTarget, XnatConnection
 from xnat_flows.tasks.connection import open_client
+from xnat_flows.tasks.hints import ARCHIVE_CONFLICT_WITH, speaks_to_operator
 from xnat_flows.tasks.policies import ReceiverLimit, association_slots, existing_receiver_limit, retry_unless_permanent
 from xnat_flows.transfer.dicom_resume import ResumedSend, in_doubt_warning, store_instances_resumable
 from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, echo
@@ -61,6 +62,7 @@ def resolve_receiver(target: DicomReceiverTarget) -> DicomReceiverTarget:
     retry_delay_seconds=5,
     retry_condition_fn=retry_unless_permanent,
 )
+@speaks_to_operator
 def echo_receiver(receiver: DicomReceiverTarget) -> EchoResult:
     """C-ECHO pre-flight: wrong host/port, wrong AE title and firewalls fail here, with advice."""
     return echo(*receiver_address(receiver))
@@ -75,6 +77,7 @@ class ReceiverInterrupted(TransientError):
 
 
 @task(name="check-receiver", cache_policy=NO_CACHE)
+@speaks_to_operator
 def check_receiver_limit(receiver: DicomReceiverTarget) -> ReceiverLimit | None:
     """The receiver's global concurrency limit ``xnat-cstore:HOST:PORT``, if the site created one."""
     address = receiver_address(receiver)
@@ -88,6 +91,7 @@ def check_receiver_limit(receiver: DicomReceiverTarget) -> ReceiverLimit | None:
     retry_delay_seconds=10,
     retry_condition_fn=retry_unless_permanent,
 )
+@speaks_to_operator
 def send_instances(
     receiver: DicomReceiverTarget,
     files: list[DicomFile],
@@ -126,7 +130,7 @@ def send_instances(
     if send.in_doubt:  # said here too: a retry of this task would not know of them
         # the run's log; called as a plain function (.fn) there is no run: the module's logger
         logger = get_run_logger() if task_run.id else logging.getLogger(__name__)
-        logger.warning(in_doubt_warning(send))
+        logger.warning(in_doubt_warning(send, ARCHIVE_CONFLICT_WITH))
     retryable = result.retryable_failures
     if retryable and 1 <= task_run.run_count <= SEND_RETRIES:  # 0: called as a plain function (.fn)
         raise ReceiverInterrupted(
@@ -138,6 +142,7 @@ def send_instances(
 
 
 @task(name="wait-for-archived-studies", cache_policy=NO_CACHE, persist_result=False)
+@speaks_to_operator
 def wait_for_archived_studies(
     connection: XnatConnection,
     instances: dict[str, int],

@@ -13,7 +13,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
-from xnat_flows.client.errors import XnatError
+from xnat_flows.client.errors import XnatConnectionError, XnatError
 from xnat_flows.client.urls import server_host
 
 
@@ -40,11 +40,16 @@ def retry_unless_permanent(task: Task[..., Any], task_run: TaskRun, state: State
     The error decides, through its ``retryable`` attribute (the same one the client's request
     retries read; see the tree in ``client/errors.py``). The library already retries each request
     with backoff; a task retry covers a longer outage. Permanent answers (bad labels, 403, 404,
-    XNAT's permanent 400 messages, bad local input, a refused connection or an unknown host) fail
-    at once with the server's message instead of burning retries.
+    XNAT's permanent 400 messages, bad local input, an unknown host) fail
+    at once with the server's message instead of burning retries; a refused connection (XNAT down)
+    is retried, as it is transient at the task's time scale.
     """
     try:
         state.result()
+    except XnatConnectionError as exc:
+        # A refused connection: XNAT down or restarting. The client does not retry it (a command
+        # fails at once); a task retry, seconds to minutes later, may find it back up.
+        return exc.retryable or exc.refused
     except XnatError as exc:
         return exc.retryable
     except Exception:  # noqa: BLE001 - any other failure is not worth a retry

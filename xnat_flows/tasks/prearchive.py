@@ -15,6 +15,7 @@ from xnat_flows.client.urls import server_host
 from xnat_flows.manage import prearchive as lib
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import credentials_for, open_client
+from xnat_flows.tasks.hints import speaks_to_operator
 from xnat_flows.tasks.policies import ResultOptions, RetryOptions, retry_unless_permanent
 
 # Side effects on the server: never answer from a cache.
@@ -33,6 +34,7 @@ def xnat_tag(connection: XnatConnection) -> str:
 
 
 @task(name="list-prearchive", timeout_seconds=300, **_COMMON, **_RETRYING)
+@speaks_to_operator
 def list_prearchive_task(connection: XnatConnection, project: str | None = None) -> list[lib.PrearchiveSession]:
     """Prearchive sessions, of one project or all."""
     with open_client(connection) as client:
@@ -40,6 +42,7 @@ def list_prearchive_task(connection: XnatConnection, project: str | None = None)
 
 
 @task(name="archive-prearchive-session", timeout_seconds=4 * 3600, **_COMMON, **_RETRYING)
+@speaks_to_operator
 def archive_session_task(
     connection: XnatConnection,
     project: str,
@@ -74,6 +77,7 @@ def archive_session_task(
 
 
 @task(name="delete-prearchive-session", timeout_seconds=600, **_COMMON, **_RETRYING)
+@speaks_to_operator
 def delete_session_task(connection: XnatConnection, project: str, timestamp: str, folder: str) -> None:
     with open_client(connection) as client:
         lib.delete_session(client, project, timestamp, folder)
@@ -81,6 +85,7 @@ def delete_session_task(connection: XnatConnection, project: str, timestamp: str
 
 
 @task(name="move-prearchive-session", timeout_seconds=600, **_COMMON, **_RETRYING)
+@speaks_to_operator
 def move_session_task(connection: XnatConnection, project: str, timestamp: str, folder: str, new_project: str) -> str:
     with open_client(connection) as client:
         uri = lib.move_session(client, project, timestamp, folder, new_project)
@@ -89,6 +94,7 @@ def move_session_task(connection: XnatConnection, project: str, timestamp: str, 
 
 
 @task(name="wait-for-archive", timeout_seconds=6 * 3600, **_COMMON, **_RETRYING)
+@speaks_to_operator
 def wait_for_archive_task(
     connection: XnatConnection,
     project: str,

@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from xnat_flows.manage import resources as lib
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import open_client
+from xnat_flows.tasks.hints import speaks_to_operator
 from xnat_flows.tasks.policies import retry_unless_permanent
 
 
@@ -21,6 +22,7 @@ from xnat_flows.tasks.policies import retry_unless_permanent
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_unless_permanent,
 )
+@speaks_to_operator
 def upload_resource_task(
     connection: XnatConnection, target: lib.ResourceTarget, label: str, path: str, overwrite: bool = False
 ) -> lib.ResourceUploadResult:

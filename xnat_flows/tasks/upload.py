@@ -13,6 +13,7 @@ from prefect.tasks import exponential_backoff
 
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import open_client, shared_client
+from xnat_flows.tasks.hints import speaks_to_operator
 from xnat_flows.tasks.policies import (
     ResultOptions,
     RetryOptions,
@@ -41,6 +42,7 @@ _RETRYING: RetryOptions = {
 
 
 @task(name="check-server", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
+@speaks_to_operator
 def check_server(connection: XnatConnection, direct_archive: bool, project: str | None = None) -> ServerCheck:
     """Prove the session once (the cached one from ``xnat-flows auth login``, else a login whose
     token is cached for the upload tasks), refuse Direct-Archive below 1.8.3, check that the
@@ -60,6 +62,7 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
 
 
 @task(name="choose-archive-format", **_COMMON)
+@speaks_to_operator
 def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
     """tgz over a slow (remote) link to XNAT >= 1.8.3, tar otherwise, with the reason."""
     with open_client(connection) as client:
@@ -67,6 +70,7 @@ def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
 
 
 @task(name="check-destination", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
+@speaks_to_operator
 def check_destination_task(
     connection: XnatConnection, target: UploadTarget, study_uid: str, allow_other_study: bool
 ) -> tuple[UploadTarget, frozenset[str]]:
@@ -78,6 +82,7 @@ def check_destination_task(
 
 
 @task(name="scan-dicom-directory", **_COMMON)
+@speaks_to_operator
 def scan_dicom_directory(
     source_dir: str, headers: ScanHeaders = "full", duplicates: Duplicates = "newest"
 ) -> ScanResult:
@@ -90,12 +95,14 @@ def scan_dicom_directory(
 
 
 @task(name="partition-batches", **_COMMON)
+@speaks_to_operator
 def partition_batches(files: list[DicomFile], workers: int) -> list[list[DicomFile]]:
     """Split into ``workers`` batches balanced by bytes, so no worker idles while another works."""
     return partition_by_bytes(files, workers)
 
 
 @task(name="upload-batch", **_COMMON, **_RETRYING)
+@speaks_to_operator
 def upload_batch_task(
     connection: XnatConnection,
     batch: list[DicomFile],
@@ -117,6 +124,7 @@ def upload_batch_task(
 
 
 @task(name="upload-instances", **_COMMON)
+@speaks_to_operator
 def upload_instances_task(
     connection: XnatConnection,
     files: list[DicomFile],
@@ -134,12 +142,14 @@ def upload_instances_task(
 
 
 @task(name="finish-session", **_COMMON)
+@speaks_to_operator
 def forget_delivered(target: UploadTarget, server_url: str) -> None:
     """Everything of this session was accepted: a later, deliberate re-upload sends it all again."""
     UploadJournal().clear(resume_key(server_url, target.key))
 
 
 @task(name="archive-now", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
+@speaks_to_operator
 def archive_now_task(
     connection: XnatConnection, target: UploadTarget, study_uid: str, uris: list[str], requests_in_doubt: int
 ) -> list[str]:
@@ -150,6 +160,7 @@ def archive_now_task(
 
 
 @task(name="verify-session", **_COMMON, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent)
+@speaks_to_operator
 def verify_uploaded_session(
     connection: XnatConnection,
     target: UploadTarget,

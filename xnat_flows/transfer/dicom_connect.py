@@ -56,8 +56,7 @@ def _explain_connect_failure(link: ReceiverLink, exc: OSError) -> PeerUnreachabl
             f"Connection refused at {where}: nothing is listening on that port",
             hint="Check the port (XNAT's receiver is usually 8104, the DICOM standard port is 104) "
             "and that the receiver is running",
-            flow_hint="Check the port in the run's receiver parameter or its xnat-dicom-receiver Block (XNAT's "
-            "receiver is usually 8104, the DICOM standard port is 104) and that the receiver is running",
+            reason="receiver-port",
         )
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return PeerUnreachableError(
@@ -92,8 +91,7 @@ def open_association(link: ReceiverLink, pairs: Sequence[SyntaxPair]) -> Storage
             raise CalledAETitleRejectedError(
                 f"{where} rejected the association: it does not answer to the called AE title {link.called_aet!r}",
                 hint="Use the receiver's own AE title (XNAT lists its receivers at /xapi/dicomscp; the default is XNAT)",
-                flow_hint="Set called_aet in the run's receiver parameter (or its xnat-dicom-receiver Block) to the "
-                "receiver's own AE title (XNAT lists its receivers at /xapi/dicomscp; the default is XNAT)",
+                reason="called-aet",
             ) from None
         if rejection.source == 1 and rejection.reason == _REJECT_REASON_CALLING_AET:
             raise AssociationRejectedError(
@@ -159,8 +157,7 @@ def echo(
         raise NoAcceptedContextError(
             f"{host}:{port} does not support C-ECHO (Verification SOP class)",
             hint="Skip the pre-flight check for this receiver",
-            flow_hint="The send-dicom flow checks the receiver with C-ECHO before sending: use a receiver that "
-            "answers it, or send from the command line without the check",
+            reason="no-echo",
         ) from None
     try:
         status = assoc.echo()

@@ -9,10 +9,6 @@ class DicomNetworkError(XnatError):
     """The DICOM peer could not be used; ``hint`` says what to check."""
 
     default_hint = "Check the receiver's host, port and AE title (XNAT: Administer > Site Administration > DICOM SCP)"
-    default_flow_hint = (
-        "Check the host, port and AE title in the run's receiver parameter or its xnat-dicom-receiver Block "
-        "(XNAT: Administer > Site Administration > DICOM SCP)"
-    )
 
 
 class PeerUnreachableError(DicomNetworkError, UnreachableError):

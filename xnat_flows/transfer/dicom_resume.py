@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xnat_flows.client.errors import for_reader
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 from xnat_flows.transfer.dicom_results import SendResult
 from xnat_flows.transfer.dicom_send import store_instances
@@ -95,8 +94,13 @@ def store_instances_resumable(
     return ResumedSend(result, len(files) - len(pending), in_doubt, journal.path_for(resume.destination))
 
 
-def in_doubt_warning(send: ResumedSend) -> str:
-    """What to check, and do, when instances the receiver may already have held were sent again."""
+def in_doubt_warning(
+    send: ResumedSend,
+    archive_with: str = "find it in the project's prearchive and archive it with overwrite 'delete'",
+) -> str:
+    """What to check, and do, when instances the receiver may already have held were sent again.
+    ``archive_with``: how the reader finds and archives a prearchive entry, in the reader's terms
+    (the CLI: its commands; a flow run: the prearchive page and deployment)."""
     in_doubt = send.in_doubt
     examples = ", ".join(str(path) for path in in_doubt[:5]) + (", ..." if len(in_doubt) > 5 else "")
     again_now = len(in_doubt) - len(send.in_flight_before)
@@ -112,12 +116,5 @@ def in_doubt_warning(send: ResumedSend) -> str:
         f"{' and '.join(causes)}, so the receiver may already "
         f"have held them; they were sent again ({examples}). If XNAT had archived that session before they "
         'came again, they wait in a prearchive entry in CONFLICT ("Session already contains a scan '
-        '... with the same UID"): '
-        + for_reader(
-            "find it with `xnat-flows prearchive list -P PROJECT` and archive it with "
-            "`xnat-flows prearchive archive PROJECT TIMESTAMP NAME --overwrite delete`",
-            "find it in the project's prearchive (XNAT: Upload > Go To Prearchive) and archive it with the "
-            "archive-prearchive deployment, overwrite 'delete'",
-        )
-        + " (the copies are identical). Otherwise there is nothing to do."
+        '... with the same UID"): ' + archive_with + " (the copies are identical). Otherwise there is nothing to do."
     )

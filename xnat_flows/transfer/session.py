@@ -146,10 +146,9 @@ def plan_sessions(
     raise InputError(
         f"{scan.root} holds {len(groups)} studies but one session label ({target.session}) was given; "
         f"StudyInstanceUIDs: {listed}",
-        hint=f"Upload each study as its own session with per_study=True (--per-study; labels get "
-        f"{target.session}_ and 8 hex digits of the study's UID), or point at one study's directory",
-        flow_hint=f"Upload each study as its own session: set per_study in the request (labels get "
-        f"{target.session}_ and 8 hex digits of the study's UID), or point source_dir at one study's directory",
+        hint=f"Upload each study as its own session (per study; labels get {target.session}_ and 8 hex digits "
+        "of the study's UID), or point at one study's directory",
+        reason="several-studies",
     )
 
 
@@ -171,10 +170,9 @@ def check_destination(
             f"Session {target.project}/{target.session} ({existing.experiment_id}) already holds another study "
             f"(StudyInstanceUID {existing.uid}); this upload is study {study_uid}: nothing was sent",
             status=409,
-            hint="Choose a session label of its own (-E/--session, or --per-study), or, if the two studies must share "
-            "one session, ask for it explicitly (allow_other_study=True; CLI --into-other-study)",
-            flow_hint="Choose a session label of its own (the request's session, or per_study), or, if the two studies "
-            "must share one session, set allow_other_study in the request",
+            hint="Choose a session label of its own (or one per study), or, if the two studies must share one "
+            "session, ask for it explicitly (allow_other_study=True)",
+            reason="other-study",
         )
     log.warning(
         "adding study %s to %s/%s, which holds study %s (asked for explicitly)",

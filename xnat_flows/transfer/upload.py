@@ -77,10 +77,10 @@ def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str
             f"The import endpoint answered HTTP {response.status_code}, a redirect to {location}, instead of accepting "
             f"the upload: nothing was stored ({where})",
             status=response.status_code,
-            hint="An authentication or proxy problem (a login page or single sign-on in front of XNAT): check the URL "
-            "is XNAT's base URL and log in again (xnat-flows auth login)",
-            flow_hint="An authentication or proxy problem (a login page or single sign-on in front of XNAT): check "
-            "that the URL in the run's xnat-credentials Block is XNAT's base URL and that its user and password work",
+            hint="An authentication or proxy problem (a login page or single sign-on in front of XNAT): check that "
+            "the URL is XNAT's base URL and that the user and password work",
+            reason="import-redirected",
+            url=where,
         )
     uris = parse_uris(response.text)
     if uris:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from xnat_flows.client.archive import ArchivedScan, find_archived
 from xnat_flows.client.client import XnatClient
-from xnat_flows.client.errors import NotFoundError, PermissionDeniedError, for_reader
+from xnat_flows.client.errors import NotFoundError, PermissionDeniedError
 from xnat_flows.client.prearchive import (
     CONFLICT,
     ERROR,
@@ -54,14 +54,13 @@ class VerifyResult:
     parked: list[str] = field(default_factory=list)  # prearchive rows of this upload XNAT did not archive
     processing: bool = False  # XNAT was still receiving or building this upload when the wait ran out
 
-    def summary(self) -> str:
+    def summary(self, status_shown_by: str = "the project's prearchive") -> str:
+        """One line for a person; ``status_shown_by`` names, in the reader's terms, where a session's
+        prearchive status is seen (the CLI: its ``prearchive list`` command)."""
         if self.processing:
             return (
                 "XNAT was still processing this upload when the wait ran out; the files counted may be an "
-                + for_reader(
-                    "earlier copy: check again later (xnat-flows prearchive list shows the session's status)",
-                    "earlier copy: check again later (XNAT's prearchive page shows the session's status)",
-                )
+                f"earlier copy: check again later ({status_shown_by} shows the session's status)"
             )
         if self.parked:
             return (
