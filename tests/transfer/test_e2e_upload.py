@@ -9,6 +9,7 @@ import pytest
 from pydicom.uid import generate_uid
 from transfer_helpers import connect, write_studies, write_study
 
+from xnat_flows.cli.hints import cli_hint
 from xnat_flows.client.errors import AuthenticationError, ConflictError, InputError, PermanentUploadError
 from xnat_flows.client.prearchive import direct_archive_sessions
 from xnat_flows.testing import XnatEmulator
@@ -214,7 +215,8 @@ def test_an_existing_session_of_another_study_is_refused_before_anything_is_sent
     imports = xnat_emulator.stats()["imports"]
     with pytest.raises(ConflictError, match="already holds another study") as info:
         upload_session(client, tmp_path / "two", target, **FAST)
-    assert "--into-other-study" in info.value.hint
+    assert "allow_other_study=True" in info.value.hint and info.value.reason == "other-study"
+    assert "--into-other-study" in cli_hint(info.value)  # the command line words it with its flag
     assert xnat_emulator.stats()["imports"] == imports  # nothing sent
     assert archived(xnat_emulator, "TAKEN")["scans"] == {"1": 2}
 

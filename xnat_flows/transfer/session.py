@@ -146,8 +146,8 @@ def plan_sessions(
     raise InputError(
         f"{scan.root} holds {len(groups)} studies but one session label ({target.session}) was given; "
         f"StudyInstanceUIDs: {listed}",
-        hint=f"Upload each study as its own session (per study; labels get {target.session}_ and 8 hex digits "
-        "of the study's UID), or point at one study's directory",
+        hint=f"Upload each study as its own session (per_study=True; labels get {target.session}_ and 8 hex "
+        "digits of the study's UID), or point at one study's directory",
         reason="several-studies",
     )
 
