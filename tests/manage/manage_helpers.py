@@ -93,7 +93,7 @@ def import_study(
 
 def stage_session(client, project: str, label: str, **options):
     """``import_study`` into a manual project, then return the session's prearchive row."""
-    from xnat_flows.manage.prearchive import list_sessions
+    from xnat_flows.client.prearchive import list_sessions
 
     import_study(client, project, label, **options)
     (row,) = [s for s in list_sessions(client, project) if s.name == label]

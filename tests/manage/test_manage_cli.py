@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from xnat_flows.cli.main import app
 from xnat_flows.cli.options import exit_code_for
 from xnat_flows.client import errors
-from xnat_flows.manage.prearchive import find_archived, list_sessions
+from xnat_flows.client.archive import find_archived
+from xnat_flows.client.prearchive import list_sessions
 
 pytestmark = pytest.mark.e2e
 

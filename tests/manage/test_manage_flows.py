@@ -10,12 +10,13 @@ import pytest
 from manage_helpers import archive_directly, import_study, stage_session
 from prefect.logging import disable_run_logger
 
+from xnat_flows.client.archive import WaitTimeoutError
 from xnat_flows.client.errors import ConflictError, NotFoundError
+from xnat_flows.client.prearchive import PrearchiveSessionFailed, list_sessions
 from xnat_flows.flows import prearchive as prearchive_flows
 from xnat_flows.flows import resources as resource_flows
 from xnat_flows.flows.prearchive import ArchiveRequest, PrearchiveSessionRef
 from xnat_flows.flows.resources import AttachResourceRequest
-from xnat_flows.manage.prearchive import PrearchiveSessionFailed, WaitTimeoutError, list_sessions
 from xnat_flows.manage.resources import ResourceTarget, list_resource_files
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.prearchive import archive_session_task, wait_for_archive_task

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from manage_helpers import dicom_zip, emulator_client, import_study, stage_session
 
+from xnat_flows.client import archive, prearchive
 from xnat_flows.client.errors import ConflictError, NotFoundError, XnatError
-from xnat_flows.manage import prearchive
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +20,7 @@ def test_list_then_archive_ready_session_under_new_subject_and_label(client):
 
     assert outcome.archive_uri and outcome.archive_uri.startswith("/data/archive/projects/TEST/subjects/")
     assert outcome.status_before == "READY" and not outcome.already_archived
-    found = prearchive.find_archived(client, "TEST", "NEWLABEL", subject="NEWSUB")
+    found = archive.find_archived(client, "TEST", "NEWLABEL", subject="NEWSUB")
     assert found is not None and outcome.archive_uri.endswith(found.experiment_id)
     assert prearchive.list_sessions(client, "TEST") == []
 
@@ -58,7 +58,7 @@ def test_receiving_wait_is_bounded(xnat_emulator_factory):
     with emulator_client(xnat) as client:
         client.request("PUT", "/data/projects/TEST/prearchive_code/0")
         staged = stage_session(client, "TEST", "S1", commit=False)
-        with pytest.raises(prearchive.WaitTimeoutError, match="still RECEIVING") as raised:
+        with pytest.raises(archive.WaitTimeoutError, match="still RECEIVING") as raised:
             prearchive.archive_session(client, "TEST", staged.timestamp, "S1", wait_seconds=0.3, poll_seconds=0.1)
     assert raised.value.retryable
 
@@ -112,7 +112,7 @@ def test_a_lost_or_busy_archive_answer_is_rechecked_not_reported(client, manual_
     rule = manual_xnat.faults.add(path="/data/services/archive", method="POST", **fault)
     outcome = prearchive.archive_session(client, "TEST", staged.timestamp, "S1", poll_seconds=0.05)
     assert rule.fired == 1
-    assert outcome.archive_uri and prearchive.find_archived(client, "TEST", "S1") is not None
+    assert outcome.archive_uri and archive.find_archived(client, "TEST", "S1") is not None
 
 
 def test_delete_failure_inside_a_200_body_is_detected(client, manual_xnat):
@@ -139,5 +139,5 @@ def test_move_then_delete(client):
 def test_wait_for_archive_follows_auto_archiving(client):
     client.request("PUT", "/data/projects/TEST/prearchive_code/4")
     import_study(client, "TEST", "AUTO", commit=False)  # archived by the idle rebuilder a moment later
-    found = prearchive.wait_for_archive(client, "TEST", "AUTO", timeout=30, poll=0.1)
+    found = archive.wait_for_archive(client, "TEST", "AUTO", timeout=30, poll=0.1)
     assert found.experiment_id and found.label == "AUTO"

@@ -11,8 +11,8 @@ import pytest
 from manage_helpers import experiment_document, prearchive_row, result_set
 
 from xnat_flows.client import archive as client_archive
+from xnat_flows.client import prearchive
 from xnat_flows.client.errors import ConflictError, NotFoundError, XnatError
-from xnat_flows.manage import prearchive
 
 SESSION_PATH = "/data/prearchive/projects/P/20240115_120000123/S1"
 LISTING_PATH = "/data/prearchive/projects/P"
@@ -163,7 +163,7 @@ def test_wait_for_archive_backs_off_until_the_session_appears(scripted_client, m
         return _json(experiment_document()) if status == 200 else httpx.Response(404)
 
     with scripted_client(handler) as client:
-        found = prearchive.wait_for_archive(client, "P", "S1", timeout=60, poll=1.0)
+        found = client_archive.wait_for_archive(client, "P", "S1", timeout=60, poll=1.0)
     assert found.experiment_id == "XNAT_E00001"
     assert sleeps == [1.0, 1.5]
 
@@ -171,9 +171,9 @@ def test_wait_for_archive_backs_off_until_the_session_appears(scripted_client, m
 def test_wait_for_archive_times_out_with_a_retryable_error(scripted_client):
     with (
         scripted_client(lambda request: httpx.Response(404)) as client,
-        pytest.raises(prearchive.WaitTimeoutError) as raised,
+        pytest.raises(client_archive.WaitTimeoutError) as raised,
     ):
-        prearchive.wait_for_archive(client, "P", "S1", timeout=0.05, poll=0.01)
+        client_archive.wait_for_archive(client, "P", "S1", timeout=0.05, poll=0.01)
     assert raised.value.retryable
 
 

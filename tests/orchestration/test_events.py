@@ -6,6 +6,7 @@ import json
 
 from prefect.events.worker import EventsWorker
 
+from xnat_flows.client.prearchive import ArchiveOutcome
 from xnat_flows.events import (
     SESSION_ARCHIVED,
     SESSION_UPLOADED,
@@ -20,7 +21,6 @@ from xnat_flows.events import (
     redact,
     session_resource,
 )
-from xnat_flows.manage.prearchive import ArchiveOutcome
 from xnat_flows.models import SessionOutcome, UploadSessionResult
 
 SERVER = "https://svc:hunter2@xnat.example.org:8443/xnat/?token=abc"

@@ -138,7 +138,7 @@ def delete_command(
     connection: Connection,
 ) -> None:
     """Delete a prearchive session and its files."""
-    from xnat_flows.manage.prearchive import delete_session, prearchive_src
+    from xnat_flows.client.prearchive import delete_session, prearchive_src
 
     src = prearchive_src(project, timestamp, name)
     if not yes:
@@ -159,7 +159,7 @@ def move_command(
     connection: Connection,
 ) -> None:
     """Move a prearchive session to another project's prearchive."""
-    from xnat_flows.manage.prearchive import move_session
+    from xnat_flows.client.prearchive import move_session
 
     with connection.client(projects=(project, new_project)) as client:
         uri = move_session(client, project, timestamp, name, new_project)

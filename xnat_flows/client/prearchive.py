@@ -1,7 +1,8 @@
-"""XNAT's prearchive, read side and archiving: list sessions, find one, archive one (status-aware).
+"""XNAT's prearchive, in one module: list sessions, find one, archive one (status-aware), delete
+and move one.
 
-The read model below transfer (the verifier merges CONFLICT rows with it); ``manage.prearchive``
-adds delete and move. XNAT behaviour followed here (docs/prearchive.md):
+The read model below transfer (the verifier merges CONFLICT rows with it). XNAT behaviour
+followed here (docs/prearchive.md):
 
 * a session can only be archived when ``READY`` (or ``CONFLICT`` with an explicit overwrite);
   ``RECEIVING``/``BUILDING``/``QUEUED_*``/``_*`` are transient and worth waiting for;
@@ -402,6 +403,32 @@ def _already_archived(
     )
 
 
+# ---------------------------------------------------------------------------------- delete, move
+
+
+def delete_session(client: XnatClient, project: str, timestamp: str, folder: str) -> None:
+    """Delete a prearchive session (``NotFoundError`` if it is not there)."""
+    response = client.request("DELETE", session_path(project, timestamp, folder))
+    uri_from_success_body(response.text, f"delete {prearchive_src(project, timestamp, folder)}")
+
+
+def move_session(client: XnatClient, project: str, timestamp: str, folder: str, new_project: str) -> str:
+    """Move a prearchive session to another project's prearchive; returns its new prearchive URI.
+
+    XNAT answers a successful move with 301 and the new URI as the body, not with 200.
+    """
+    response = client.request(
+        "POST",
+        session_path(project, timestamp, folder),
+        params={"action": "move", "newProject": new_project},
+    )
+    moved_uri = re.compile(r"(?:/data)?/prearchive/projects/" + re.escape(quote(new_project, safe="")) + r"/\S+")
+    uri = uri_from_success_body(
+        response.text, f"move {prearchive_src(project, timestamp, folder)} to {new_project}", moved_uri
+    )
+    return uri or response.headers.get("Location") or "/data" + prearchive_src(new_project, timestamp, folder)
+
+
 __all__ = [
     "CONFLICT",
     "ERROR",
@@ -414,11 +441,13 @@ __all__ = [
     "WaitCallback",
     "WaitTimeoutError",
     "archive_session",
+    "delete_session",
     "direct_archive_sessions",
     "find_archived",
     "get_session",
     "is_transient_status",
     "list_sessions",
+    "move_session",
     "prearchive_src",
     "session_logs",
     "session_path",

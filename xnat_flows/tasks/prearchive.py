@@ -1,4 +1,4 @@
-"""Prefect tasks over ``xnat_flows.manage.prearchive``: list, archive, delete, move, wait for archive.
+"""Prefect tasks over ``xnat_flows.client.prearchive``: list, archive, delete, move, wait for archive.
 
 Each task opens its own client from an ``XnatConnection`` (no secret in its inputs), retries only
 failures a later attempt can fix, and is tagged ``xnat:<host>`` by the flows so a tag concurrency
@@ -11,8 +11,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from xnat_flows.client import prearchive as lib
+from xnat_flows.client.archive import ArchivedSession, wait_for_archive
 from xnat_flows.client.urls import server_host
-from xnat_flows.manage import prearchive as lib
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import credentials_for, open_client
 from xnat_flows.tasks.hints import speaks_to_operator
@@ -102,11 +103,11 @@ def wait_for_archive_task(
     subject: str | None = None,
     timeout_seconds: float = 600.0,
     poll_seconds: float = 2.0,
-) -> lib.ArchivedSession:
+) -> ArchivedSession:
     """Wait until ``project``/``label`` is in the archive: chain it after an upload, before attaching resources."""
     logger = get_run_logger()
     with open_client(connection) as client:
-        found = lib.wait_for_archive(
+        found = wait_for_archive(
             client, project, label, subject=subject, timeout=timeout_seconds, poll=poll_seconds, on_wait=logger.info
         )
     logger.info("%s/%s is archived as %s", project, label, found.experiment_id or found.uri)
