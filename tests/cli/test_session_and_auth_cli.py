@@ -206,3 +206,13 @@ def test_file_names_that_are_not_utf8_upload(xnat, tmp_path: Path, extra: list[s
     assert "notes-" in result.stderr  # the junk file is named, undecodable bytes escaped
     (experiment,) = xnat.archived_experiments("CLI")
     assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files)
+
+
+def test_the_cstore_command_is_named_send_dicom_and_keeps_xnatctls_spelling_hidden(tmp_path: Path) -> None:
+    """``session send-dicom`` is C-STORE (as the ``send-dicom`` flow); ``upload-dicom`` (xnatctl's
+    guide) runs the same command but is not listed, so ``--help`` names each command by what it does."""
+    listed = run("session", "--help")
+    assert "send-dicom" in listed.output and "upload-dicom" not in listed.output
+    for spelling in ("send-dicom", "upload-dicom"):
+        refused = run("session", spelling, str(tmp_path), "--host", "127.0.0.1", "--port", "104", "--workers", "0")
+        assert refused.exit_code == 2 and "--workers" in refused.output, (spelling, refused.output)

@@ -1,4 +1,5 @@
-"""``xnat-flows session upload`` (REST Import API) and ``session upload-dicom`` (C-STORE)."""
+"""``xnat-flows session upload`` (REST Import API) and ``session send-dicom`` (C-STORE; named as the
+``send-dicom`` flow; ``upload-dicom``, the spelling of xnatctl's upload guide, stays as a hidden alias)."""
 
 from __future__ import annotations
 
@@ -352,9 +353,9 @@ def _report(result) -> None:
         typer.echo("Upload incomplete: run the same command again to send only what did not land.", err=True)
 
 
-@app.command("upload-dicom")
+@app.command("send-dicom")
 @with_connection
-def upload_dicom(
+def send_dicom(
     source: Annotated[Path, typer.Argument(help="Directory of DICOM files (scanned recursively).")],
     host: Annotated[str, typer.Option("--host", envvar="XNAT_DICOM_HOST", help="DICOM receiver host.")],
     port: Annotated[
@@ -519,3 +520,7 @@ def _check_project_if_logged_in(connection: Connection, project: str) -> None:
             f"could not check that project {project} exists ({reason}); "
             "XNAT files data for an unknown project under Unassigned in the prearchive"
         )
+
+
+# xnatctl's spelling (docs: uploading guide): the same command, not listed in --help.
+app.command("upload-dicom", hidden=True)(send_dicom)
