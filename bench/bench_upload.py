@@ -84,7 +84,7 @@ def case_dicom_zip_floor(case: dict) -> dict:
     """The same batches, archived beforehand, POSTed as raw streams with the same concurrency."""
     import httpx
 
-    from xnat_flows.transfer.archive import content_type_for, iter_archive
+    from xnat_flows.transfer.archive_stream import content_type_for, iter_archive
     from xnat_flows.transfer.partition import partition_by_bytes
     from xnat_flows.transfer.target import UploadTarget
 

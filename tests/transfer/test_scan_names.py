@@ -11,7 +11,7 @@ import pytest
 
 from xnat_flows.testing.scp import EmulatorDicomScp
 from xnat_flows.testing.synth import write_studies
-from xnat_flows.transfer.archive import iter_archive
+from xnat_flows.transfer.archive_stream import iter_archive
 from xnat_flows.transfer.journal import UploadJournal, content_digest
 from xnat_flows.transfer.scan import scan_directory
 

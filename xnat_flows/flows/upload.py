@@ -38,7 +38,7 @@ from xnat_flows.tasks.upload import (
     upload_instances_task,
     verify_uploaded_session,
 )
-from xnat_flows.transfer.archive import ArchiveFormat
+from xnat_flows.transfer.archive_stream import ArchiveFormat
 from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.session import StudyUploadResult, plan_sessions
 from xnat_flows.transfer.target import UploadTarget

@@ -79,7 +79,7 @@ class ResourceFile(BaseModel):
 
 @dataclass(frozen=True)
 class DirectoryMember:
-    """One file to send. Has the attributes ``transfer.archive.iter_archive`` reads from a
+    """One file to send. Has the attributes ``transfer.archive_stream.iter_archive`` reads from a
     ``DicomFile`` (path, relpath, size, mtime_ns), so the archive writer is shared."""
 
     path: Path
@@ -178,7 +178,7 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
 def _zip_chunks(members: list[DirectoryMember]) -> Iterator[bytes]:
     """A stored (uncompressed) zip of ``members``, streamed: DICOM and NIfTI barely compress, and
     deflate would cut throughput tenfold."""
-    from xnat_flows.transfer.archive import iter_archive
+    from xnat_flows.transfer.archive_stream import iter_archive
 
     # iter_archive is typed for DicomFile but reads only the attributes DirectoryMember has.
     yield from iter_archive(members, "zip")  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from xnat_flows.tasks.policies import (
     retry_unless_permanent,
     upload_slot,
 )
-from xnat_flows.transfer.archive import ArchiveFormat
+from xnat_flows.transfer.archive_stream import ArchiveFormat
 from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory

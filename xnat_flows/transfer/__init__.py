@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from xnat_flows._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from xnat_flows.transfer.archive import (
+    from xnat_flows.transfer.archive_stream import (
         ArchiveFormat,
         archive_size,
         content_type_for,
@@ -60,10 +60,10 @@ if TYPE_CHECKING:
 # Loaded on first use (PEP 562): the C-STORE sender imports ``transfer.dicom_send`` without
 # paying for httpx and the REST client, which start-up time shows (docs/cstore.md).
 _EXPORTS = {
-    "ArchiveFormat": "xnat_flows.transfer.archive",
-    "archive_size": "xnat_flows.transfer.archive",
-    "content_type_for": "xnat_flows.transfer.archive",
-    "iter_archive": "xnat_flows.transfer.archive",
+    "ArchiveFormat": "xnat_flows.transfer.archive_stream",
+    "archive_size": "xnat_flows.transfer.archive_stream",
+    "content_type_for": "xnat_flows.transfer.archive_stream",
+    "iter_archive": "xnat_flows.transfer.archive_stream",
     "UploadJournal": "xnat_flows.transfer.journal",
     "content_digest": "xnat_flows.transfer.journal",
     "partition_by_bytes": "xnat_flows.transfer.partition",

@@ -21,7 +21,7 @@ from xnat_flows.client.archive import find_archived
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import ConflictError, InputError, XnatError
 from xnat_flows.client.prearchive import ERROR, direct_archive_sessions, list_sessions, trigger_direct_archive
-from xnat_flows.transfer.archive import ArchiveFormat
+from xnat_flows.transfer.archive_stream import ArchiveFormat
 from xnat_flows.transfer.journal import ResumeState, UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.pool import interruptible_pool

@@ -28,7 +28,7 @@ from xnat_flows.client.errors import (
     UnsupportedServerError,
     XnatError,
 )
-from xnat_flows.transfer.archive import ArchiveFormat, archive_size, content_type_for, iter_archive
+from xnat_flows.transfer.archive_stream import ArchiveFormat, archive_size, content_type_for, iter_archive
 from xnat_flows.transfer.pool import interruptible_pool
 from xnat_flows.transfer.progress import Progress, ProgressCallback
 from xnat_flows.transfer.scan import DicomFile, read_exactly

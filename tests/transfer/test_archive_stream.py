@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import xnat_flows.transfer.archive as archive
+import xnat_flows.transfer.archive_stream as archive_stream
 from xnat_flows.client.errors import InputError
-from xnat_flows.transfer.archive import archive_size, content_type_for, iter_archive
+from xnat_flows.transfer.archive_stream import archive_size, content_type_for, iter_archive
 from xnat_flows.transfer.scan import DicomFile, scan_directory
 
 
@@ -69,8 +69,8 @@ def test_zip_entries_carry_crc_and_sizes_in_the_local_header(tmp_path: Path) -> 
 
 
 def test_zip64_records_when_limits_are_exceeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(archive, "ZIP64_LIMIT", 3000)  # pretend 3 kB is 4 GiB
-    monkeypatch.setattr(archive, "ZIP_MAX_ENTRIES", 3)
+    monkeypatch.setattr(archive_stream, "ZIP64_LIMIT", 3000)  # pretend 3 kB is 4 GiB
+    monkeypatch.setattr(archive_stream, "ZIP_MAX_ENTRIES", 3)
     files = random_files(tmp_path, [1000, 5000, 10, 4000])
     data = b"".join(iter_archive(files, "zip"))
     assert b"PK\x06\x06" in data and b"PK\x06\x07" in data  # ZIP64 end records
@@ -118,8 +118,8 @@ def test_archive_size_is_exact_without_reading(tmp_path: Path, fmt: str, monkeyp
     long_name.write_bytes(b"x" * 99)
     files.append(entry(long_name, "d/" + "n" * 150 + "/é-ü"))  # PAX header in tar, UTF-8 in zip
     assert archive_size(files, fmt) == len(b"".join(iter_archive(files, fmt)))
-    monkeypatch.setattr(archive, "ZIP64_LIMIT", 600)
-    monkeypatch.setattr(archive, "ZIP_MAX_ENTRIES", 2)
+    monkeypatch.setattr(archive_stream, "ZIP64_LIMIT", 600)
+    monkeypatch.setattr(archive_stream, "ZIP_MAX_ENTRIES", 2)
     assert archive_size(files, fmt) == len(b"".join(iter_archive(files, fmt)))
 
 
