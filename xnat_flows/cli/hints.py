@@ -8,7 +8,7 @@ direct answer (the flag to pass, the command to run). The Prefect layer has its 
 
 from __future__ import annotations
 
-from xnat_flows.client.errors import AuthenticationError, UnsupportedServerError, XnatError
+from xnat_flows.client.errors import AuthenticationError, UnsupportedServerError, XnatError, reworded
 
 # Where a prearchive session's status is seen, and how a CONFLICT entry is archived, from here.
 STATUS_SHOWN_BY = "xnat-flows prearchive list"
@@ -48,12 +48,7 @@ BY_CLASS: dict[type[XnatError], str] = {
 def cli_hint(exc: XnatError) -> str:
     """The hint for a person at the command line: by the error's reason, else by its class when the
     hint is the class's own, else the hint the error carries."""
-    if exc.reason in BY_REASON:
-        return BY_REASON[exc.reason]
-    owner = next(klass for klass in type(exc).__mro__ if "default_hint" in vars(klass))
-    if exc.hint == vars(owner)["default_hint"] and owner in BY_CLASS:  # the class's own advice, not the raiser's
-        return BY_CLASS[owner]
-    return exc.hint
+    return reworded(exc, BY_REASON, BY_CLASS)
 
 
 def for_cli(exc: XnatError) -> XnatError:

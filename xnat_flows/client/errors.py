@@ -30,6 +30,7 @@ The tree of the client's own errors (other layers subclass these: ``XnatError.__
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the scanner and the C-STORE sender import these errors
@@ -121,6 +122,18 @@ class XnatError(Exception):
 
     def __reduce__(self):  # picklable across Prefect/process boundaries despite keyword-only args
         return (_rebuild, (type(self), self.message), dict(self.__dict__))
+
+
+def reworded(exc: XnatError, by_reason: Mapping[str, str], by_class: Mapping[type[XnatError], str]) -> str:
+    """The hint a reader's layer gives for ``exc`` from its own tables: by the error's ``reason``,
+    else by its class when the hint is the class's own (not advice the raiser wrote), else the
+    hint the error carries. The tables hold the words (``cli.hints``, ``tasks.hints``)."""
+    if exc.reason is not None and exc.reason in by_reason:
+        return by_reason[exc.reason]
+    owner = next(klass for klass in type(exc).__mro__ if "default_hint" in vars(klass))
+    if exc.hint == vars(owner)["default_hint"] and owner in by_class:
+        return by_class[owner]
+    return exc.hint
 
 
 def _rebuild(cls: type[XnatError], message: str) -> XnatError:

@@ -23,6 +23,7 @@ from xnat_flows.client.errors import (
     UnsupportedServerError,
     XnatConnectionError,
     XnatError,
+    reworded,
 )
 from xnat_flows.transfer.dicom_errors import DicomNetworkError
 
@@ -83,12 +84,7 @@ BY_CLASS: dict[type[XnatError], str] = {
 def operator_hint(exc: XnatError) -> str:
     """The hint for a flow run's operator: by the error's reason, else by its class when the hint
     is the class's own, else the hint the error carries."""
-    if exc.reason in BY_REASON:
-        return BY_REASON[exc.reason]
-    owner = next(klass for klass in type(exc).__mro__ if "default_hint" in vars(klass))
-    if exc.hint == vars(owner)["default_hint"] and owner in BY_CLASS:  # the class's own advice, not the raiser's
-        return BY_CLASS[owner]
-    return exc.hint
+    return reworded(exc, BY_REASON, BY_CLASS)
 
 
 def for_operator(exc: XnatError) -> XnatError:
