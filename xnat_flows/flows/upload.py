@@ -31,7 +31,9 @@ from xnat_flows.tasks.upload import (
     check_destination_task,
     check_server,
     choose_format,
+    destination_slots,
     forget_delivered,
+    look_for_parked_task,
     partition_batches,
     scan_dicom_directory,
     upload_batch_task,
@@ -110,9 +112,16 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     for skipped in scan.skipped:
         (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
+    # One flow run at a time per destination label, from its check to its verification.
+    with destination_slots(server.url, [target for target, _ in plans], request.verify_timeout_seconds + 900):
+        return _send_planned(request, connection, server, scan, plans, started)
+
+
+def _send_planned(request: UploadRequest, connection: XnatConnection, server, scan, plans, started: float):
+    logger = get_run_logger()
     # Every session is checked before anything is sent: none may hold another study (unless asked).
     checked = [
-        check_destination_task(connection, target, files[0].study_uid, request.allow_other_study)
+        check_destination_task(connection, target, files[0].study_uid, request.allow_other_study, request.per_study)
         for target, files in plans
     ]
     plans = [(target, files) for (target, _), (_, files) in zip(checked, plans, strict=True)]
@@ -131,6 +140,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     done_files = 0
 
     outcomes: list[SessionOutcome] = []
+    studies: list[tuple[StudyUploadResult, frozenset[str]]] = []
     upload_seconds = 0.0
     for (target, files), before in zip(plans, prearchive_before, strict=True):
         upload_started = time.perf_counter()
@@ -163,6 +173,11 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
                 study.verify = verify_uploaded_session(
                     connection, target, files, request.verify_timeout_seconds, before
                 )
+        studies.append((study, before))
+    if not request.verify:  # one look at the prearchive: an upload XNAT parked is not a success
+        for study, before in studies:
+            study.parked = look_for_parked_task(connection, study.target, study.study_uid, before)
+    for study, _ in studies:
         outcomes.append(SessionOutcome.from_study(study))
 
     result = UploadSessionResult(
@@ -298,6 +313,8 @@ def _incomplete_message(result: UploadSessionResult) -> str:
             lines.append(
                 f"  {s.project}/{s.subject}/{s.session}: {len(s.failed_files)} files not sent, e.g. {s.failed_files[:3]}"
             )
-        if s.verified is False:
+        for parked in s.parked:
+            lines.append(f"  {s.project}/{s.subject}/{s.session}: XNAT did not archive this upload: {parked}")
+        if s.verified is False and not s.parked:
             lines.append(f"  {s.project}/{s.subject}/{s.session}: verification found missing {s.missing[:5]}")
     return "\n".join(lines)
