@@ -290,12 +290,12 @@ def _settle_closed_direct_archive(client: XnatClient, target: UploadTarget, stud
         if not announced:
             announced = True
             log.info(
-                "XNAT is archiving an earlier upload of this study into %s/%s (%s): waiting for it first",
+                "XNAT is archiving an upload of this study into %s/%s (%s): waiting for it to finish",
                 target.project,
                 target.session,
                 closed[0].get("status"),
             )
-        time.sleep(0.5)
+        time.sleep(0.25)
 
 
 def _refuse_study_archived_elsewhere(client: XnatClient, target: UploadTarget, study_uid: str) -> None:
@@ -590,10 +590,16 @@ def upload_session(
 
 
 def look_for_parked(
-    client: XnatClient, target: UploadTarget, study_uid: str, before: frozenset[str]
+    client: XnatClient, target: UploadTarget, study_uid: str, before: frozenset[str], *, settle_seconds: float = 60.0
 ) -> list[ParkedSession]:
     """One look at the prearchive after an upload that is not verified: this upload's rows XNAT
-    parked in CONFLICT or ERROR, each with what it conflicts with."""
+    parked in CONFLICT or ERROR, each with what it conflicts with.
+
+    XNAT decides when it archives: the look waits (at most ``settle_seconds``) while this upload's
+    Direct-Archive session is queued, building or archiving (``--archive-when-complete``), but not
+    while it is still receiving (XNAT's idle timer may take minutes: that is what verifying is for).
+    """
+    _settle_closed_direct_archive(client, target, study_uid, settle_seconds)
     return [parked_session(client, row) for row in parked_rows(client, target, {study_uid}, before)]
 
 
