@@ -28,6 +28,13 @@ from xnat_flows.transfer.verify import prearchive_snapshot, verify_session
 pytestmark = pytest.mark.e2e
 
 CLI = str(Path(sys.executable).with_name("xnat-flows"))
+IMPORT = "/data/services/import"
+
+
+def slow_imports(xnat: XnatEmulator, ms: int = 1500) -> None:
+    """Each import request answers ``ms`` later: two uploads started together overlap in XNAT
+    (a small study otherwise goes through in 0.1 s, before the other process has even started)."""
+    xnat.faults.add(path=IMPORT, method="POST", times=None, delay_ms=ms)
 
 
 def cli_env(xnat: XnatEmulator, home: Path) -> dict[str, str]:
@@ -66,6 +73,7 @@ def study_uid_of(folder: Path) -> str:
 
 def test_two_patients_uploaded_at_once_to_one_label_never_share_a_session(xnat_emulator, tmp_path) -> None:
     env = cli_env(xnat_emulator, tmp_path / "home")
+    slow_imports(xnat_emulator)
     for round_ in range(2):  # once started together, once the second a moment later
         a, b = tmp_path / f"a{round_}", tmp_path / f"b{round_}"
         write_study(a, series=3, instances=10)
@@ -232,6 +240,7 @@ def test_a_study_split_across_two_folders_ends_in_one_session_or_a_non_zero_exit
     xnat_emulator, tmp_path, together
 ) -> None:
     env = cli_env(xnat_emulator, tmp_path / "home")
+    slow_imports(xnat_emulator, 700)
     first, second, uid = _split(tmp_path)
     commands = [
         ["session", "upload", str(p), "-P", "TEST", "-S", "S", "-E", "SPLIT", "--no-verify"] for p in (first, second)
