@@ -131,7 +131,7 @@ def test_a_subject_typo_never_moves_an_archived_session(xnat_emulator, tmp_path)
     assert code == 0, text
     code, text = run_cli(["session", "upload", str(study), "-P", "TEST", "-S", "SUBJ_TYPO", "-E", "VISIT2"], env)
     assert code == 5, text
-    assert "under another subject than 'SUBJ_TYPO'" in text and "nothing was sent" in text
+    assert "under subject 'SUBJ_A', not 'SUBJ_TYPO'" in text and "nothing was sent" in text
     import httpx
 
     with httpx.Client(base_url=xnat_emulator.url, auth=("admin", "admin")) as http:

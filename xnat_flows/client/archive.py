@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
-from xnat_flows.client.errors import NotFoundError, TransientError
+from xnat_flows.client.errors import NotFoundError, TransientError, XnatError
 
 if TYPE_CHECKING:  # the label rule is used by layers that never open a connection (routing)
     from xnat_flows.client.client import XnatClient
@@ -124,6 +124,15 @@ def find_archived(client: XnatClient, project: str, label: str, subject: str | N
     except NotFoundError:
         return None
     return parse_session_document(document, project, label)
+
+
+def subject_label(client: XnatClient, project: str, subject_id: str) -> str:
+    """The label of subject ``subject_id`` (a session document names its subject by ID); '' if unknown."""
+    try:
+        document = client.get_json(f"/data/projects/{quote(project, safe='')}/subjects/{quote(subject_id, safe='')}")
+    except XnatError:
+        return ""
+    return item_fields(document).get("label", "")
 
 
 def experiment_id(client: XnatClient, project: str, label: str) -> str:

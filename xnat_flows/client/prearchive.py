@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xnat_flows.client.archive import ArchivedSession, WaitTimeoutError, find_archived, item_fields, study_label
+from xnat_flows.client.archive import ArchivedSession, WaitTimeoutError, find_archived, study_label, subject_label
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import (
     ConflictError,
@@ -235,15 +235,7 @@ class ParkedSession(BaseModel):
 def parked_session(client: XnatClient, session: PrearchiveSession) -> ParkedSession:
     """``session`` with XNAT's log of it and the archived session of its label (and that one's subject)."""
     existing = find_archived(client, session.project, session.name) if session.name else None
-    subject = ""
-    if existing is not None and existing.subject_id:
-        try:
-            document = client.get_json(
-                f"/data/projects/{quote(session.project, safe='')}/subjects/{quote(existing.subject_id, safe='')}"
-            )
-            subject = item_fields(document).get("label", "")
-        except XnatError:
-            pass
+    subject = subject_label(client, session.project, existing.subject_id) if existing and existing.subject_id else ""
     logs = session_logs(client, session.project, session.timestamp, session.folder_name)
     return ParkedSession(session=session, logs=logs, existing=existing, existing_subject=subject)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from xnat_flows.client.archive import find_archived, study_label
+from xnat_flows.client.archive import find_archived, study_label, subject_label
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import ConflictError, InputError, XnatError
 from xnat_flows.client.prearchive import (
@@ -214,8 +214,9 @@ def check_destination(
             f"Session {where} ({existing.experiment_id}) already holds another study (StudyInstanceUID {existing.uid})"
         )
     elif existing is not None and find_archived(client, target.project, target.session, target.subject) is None:
+        holder = subject_label(client, target.project, existing.subject_id) or existing.subject_id
         raise ConflictError(
-            f"Session {where} ({existing.experiment_id}) holds this study under another subject than "
+            f"Session {where} ({existing.experiment_id}) holds this study under subject {holder!r}, not "
             f"{target.subject!r}: nothing was sent (XNAT never moves a session to another subject)",
             status=409,
             hint=f"Check the subject: to add to that session, give its subject (-S); to keep this upload apart, "
@@ -314,11 +315,12 @@ def _refuse_study_archived_elsewhere(client: XnatClient, target: UploadTarget, s
         f"Study {study_uid} is already archived in {target.project} as session {label} ({elsewhere[0].get('ID', '?')})"
         f"{same_run}; this upload would archive it again as {target.session}: nothing was sent",
         status=409,
-        hint=(f"Run the same command with -E {prefix} to complete that session" if same_run else "")
-        + (" or " if same_run else "")
-        + f"give a label that is not in use for another copy only after looking at {label}",
-        flow_hint=(f"Set the request's session to {prefix} to complete that session, " if same_run else "")
-        + f"or look at {label} before archiving the study again",
+        hint=f"Run the same command with -E {prefix} to complete that session"
+        if same_run
+        else f"Look at {label} first: this upload would be a second copy of that study",
+        flow_hint=f"Set the request's session to {prefix} to complete that session"
+        if same_run
+        else f"Look at {label} first: this upload would be a second copy of that study",
     )
 
 
