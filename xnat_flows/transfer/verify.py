@@ -251,13 +251,15 @@ def verify_session(
         processing = False
         if prearchive_before is not None and not in_prearchive:
             # A row of this upload parked in ERROR or CONFLICT ends the wait at once, whatever the
-            # archive's counts say (they may be an earlier copy's): only our own late copy of the
-            # same study, for the same subject and patient, is merged (append), once.
-            parked = parked_rows(client, target, study_uids, prearchive_before)
-            fresh = [row for row in parked if row.url not in merge_tried]
+            # archive's counts say (they may be an earlier copy's). Only a late copy of the same
+            # study, subject, label and patient (of this upload, or of an earlier run of it that a
+            # re-run completes) is merged (append), each row once.
+            rows = parked_rows(client, target, study_uids, frozenset())
+            fresh = [row for row in rows if row.url not in merge_tried]
             merge_tried.update(row.url for row in fresh)
             if any([_merge_own_late_copy(client, target, row, files) for row in fresh]):
                 continue
+            parked = [row for row in rows if row.url not in prearchive_before]
             if parked:
                 result = parked_result(client, result, parked)
                 break
