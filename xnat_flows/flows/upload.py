@@ -16,7 +16,7 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 
-from xnat_flows.client.errors import InputError, XnatError
+from xnat_flows.client.errors import ConflictError, InputError, XnatError
 from xnat_flows.events import absolute_uri, arrival, emit_upload_failed, emit_upload_result, public_base_url
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import (
@@ -49,6 +49,13 @@ from xnat_flows.transfer.upload import BatchResult
 
 class UploadIncompleteError(XnatError):
     """Some files did not land; the message lists them and a re-run sends only those."""
+
+
+class UploadParkedError(UploadIncompleteError, ConflictError):
+    """XNAT parked (part of) the upload in CONFLICT: nothing was merged on its own; the message says
+    what it conflicts with and what a person can do after looking (the CLI exits 5)."""
+
+    default_hint = "Look at both sessions in XNAT, then archive the parked one under a label of its own or delete it"
 
 
 @flow(
@@ -199,7 +206,8 @@ def _send_planned(request: UploadRequest, connection: XnatConnection, server, sc
         arrivals={target.session: arrival(files) for target, files in plans},
     )
     if not result.ok:
-        raise UploadIncompleteError(_incomplete_message(result))
+        parked = any(s.in_conflict for s in result.sessions)
+        raise (UploadParkedError if parked else UploadIncompleteError)(_incomplete_message(result))
     logger.info(
         "uploaded %d files (%d sent by this run, %.1f MB) in %.1f s (%.1f MB/s); whole run %.1f s",
         result.files_delivered,
@@ -302,7 +310,11 @@ def _publish_batch_table(result: UploadSessionResult) -> None:
 
 
 def _incomplete_message(result: UploadSessionResult) -> str:
-    lines = ["upload incomplete; re-run the same upload to send what did not land:"]
+    lines = [
+        "XNAT parked this upload in the prearchive and nothing was merged on its own; look, then act as said below:"
+        if any(s.parked for s in result.sessions)
+        else "upload incomplete; re-run the same upload to send what did not land:"
+    ]
     if result.unreadable:
         lines.append(
             f"  {len(result.unreadable)} files or folders could not be read (make them readable), e.g. "
