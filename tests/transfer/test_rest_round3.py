@@ -316,3 +316,18 @@ def test_the_archive_request_is_resent_when_the_connection_is_closed_under_it(xn
         xnat_emulator.faults.add(path="/data/services/archive", method="POST", drop=True, times=1)
         outcome = archive_session(client, "TEST", row.timestamp, row.folder_name, wait_seconds=0)
     assert outcome.archive_uri and "HELD" in sessions(xnat_emulator)
+
+
+def test_even_a_forced_upload_is_refused_before_sending_when_it_names_another_subject(xnat_emulator, tmp_path) -> None:
+    """XNAT refuses to move a session to another subject under any overwrite: --into-other-study
+    does not change that, so the upload is refused before anything is sent."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_study(a, series=1, instances=3)
+    write_study(b, series=1, instances=3)
+    with connect(xnat_emulator, tmp_path) as client:
+        assert upload_session(client, a, UploadTarget("TEST", "S1", "KEEP"), verify_timeout=20).ok
+        imports = xnat_emulator.stats()["imports"]
+        with pytest.raises(ConflictError, match="holds another study under subject 'S1', not 'S2': nothing was sent"):
+            upload_session(client, b, UploadTarget("TEST", "S2", "KEEP"), allow_other_study=True)
+    assert xnat_emulator.stats()["imports"] == imports
+    assert sessions(xnat_emulator)["KEEP"]["subject"] == "S1"

@@ -209,14 +209,21 @@ def check_destination(
     _settle_closed_direct_archive(client, target, study_uid, settle_seconds)
     other: str | None = None
     existing = find_archived(client, target.project, target.session)
-    if existing is not None and existing.uid and existing.uid != study_uid:
+    same_study = existing is not None and (not existing.uid or existing.uid == study_uid)
+    if existing is not None and not same_study:
         other = (
             f"Session {where} ({existing.experiment_id}) already holds another study (StudyInstanceUID {existing.uid})"
         )
-    elif existing is not None and find_archived(client, target.project, target.session, target.subject) is None:
+    if (
+        existing is not None
+        and (same_study or allow_other_study)  # else the other study is the first thing to say
+        and find_archived(client, target.project, target.session, target.subject) is None
+    ):
+        # XNAT refuses to move a session to another subject whatever the overwrite mode
         holder = subject_label(client, target.project, existing.subject_id) or existing.subject_id
         raise ConflictError(
-            f"Session {where} ({existing.experiment_id}) holds this study under subject {holder!r}, not "
+            f"Session {where} ({existing.experiment_id}) holds {'this' if same_study else 'another'} study under "
+            f"subject {holder!r}, not "
             f"{target.subject!r}: nothing was sent (XNAT never moves a session to another subject)",
             status=409,
             hint=f"Check the subject: to add to that session, give its subject (-S); to keep this upload apart, "
