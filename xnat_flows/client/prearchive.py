@@ -222,11 +222,11 @@ class ParkedSession(BaseModel):
         keep = f"xnat-flows prearchive archive {where} -S {row.subject or 'SUBJECT'} -E {own_label}"
         drop = f"xnat-flows prearchive delete {where}"
         if row.status == ERROR:
-            cli = f"read XNAT's log of it, then delete it (`{drop}`) and upload again, or archive it (`{keep}`)"
+            cli = f"Read XNAT's log of it, then delete it (`{drop}`) and upload again, or archive it (`{keep}`)"
         else:
-            cli = f"after looking, keep it as a session of its own (`{keep}`) or delete this copy (`{drop}`)"
+            cli = f"After looking, keep it as a session of its own (`{keep}`) or delete this copy (`{drop}`)"
         flow = (
-            f"after looking, archive prearchive session {row.project}/{row.timestamp}/{row.folder_name} under a "
+            f"After looking, archive prearchive session {row.project}/{row.timestamp}/{row.folder_name} under a "
             f"label of its own (archive-prearchive-session, label {own_label}) or delete it in XNAT's prearchive"
         )
         return for_reader(cli, flow)
