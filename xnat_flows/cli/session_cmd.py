@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -15,13 +16,12 @@ from xnat_flows.cli.options import (
     Connection,
     JsonOption,
     command_group,
-    prove_session,
     warn,
     with_connection,
 )
 
 if TYPE_CHECKING:
-    pass
+    from xnat_flows.client.client import XnatClient
 
 app = command_group(help="Upload DICOM sessions (REST Import API or DICOM C-STORE).")
 
@@ -67,6 +67,13 @@ def upload(
             "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
         ),
     ] = "newest",
+    skip_truncated: Annotated[
+        bool,
+        typer.Option(
+            "--skip-truncated",
+            help="Send the other files when some are cut short (default: stop, exit 6: an export still being written).",
+        ),
+    ] = False,
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
     as_json: JsonOption = False,
     *,
@@ -107,9 +114,10 @@ def upload(
             as_json,
             into_other_study,
             duplicates,
+            skip_truncated,
         )
         return
-    scan = scan_directory(source, duplicates=duplicates)
+    scan = scan_directory(source, duplicates=duplicates, skip_truncated=skip_truncated)
     plan_sessions(scan, target, per_study=per_study)
     label = "gradual-DICOM" if gradual else "DICOM-zip"
     with connection.client(projects=(project,)) as client:
@@ -155,6 +163,7 @@ def _upload_with_flow(
     as_json,
     into_other_study,
     duplicates="newest",
+    skip_truncated=False,
 ) -> None:
     from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
@@ -182,6 +191,7 @@ def _upload_with_flow(
         transport="gradual-dicom" if gradual else "dicom-zip",
         allow_other_study=into_other_study,
         duplicates=duplicates,
+        skip_truncated=skip_truncated,
     )
     with ephemeral_server_dies_with_this_process():
         try:
@@ -382,20 +392,36 @@ def upload_dicom(
             "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
         ),
     ] = "newest",
+    skip_truncated: Annotated[
+        bool,
+        typer.Option(
+            "--skip-truncated",
+            help="Send the other files when some are cut short (default: stop, exit 6: an export still being written).",
+        ),
+    ] = False,
+    no_xnat_check: Annotated[
+        bool,
+        typer.Option(
+            "--no-xnat-check",
+            help="Send without a login to XNAT's REST API: --project is not checked, and instances an earlier run "
+            "delivered are sent again (reported in doubt).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
     *,
     connection: Connection,
 ) -> None:
     """Send a directory to a DICOM receiver (C-STORE).
 
-    Parallel associations. No login is needed; with one (`xnat-flows auth login`) --project is checked first.
+    Parallel associations. With a login (`xnat-flows auth login`) XNAT is asked first: --project must
+    exist, and a re-run skips what an earlier run delivered only while XNAT still holds that study.
+    --project needs the login (or --no-xnat-check).
     """
     from xnat_flows.client.errors import InputError
-    from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
+    from xnat_flows.transfer.dicom_resume import in_doubt_warning
     from xnat_flows.transfer.dicom_send import RoutingOverride, echo
-    from xnat_flows.transfer.journal import UploadJournal
-    from xnat_flows.transfer.progress import Progress
     from xnat_flows.transfer.scan import scan_directory
+    from xnat_flows.transfer.session import study_present
 
     if (subject or session) and not project:
         raise InputError("--subject and --session route only together with --project")
@@ -405,12 +431,96 @@ def upload_dicom(
             "no --project: XNAT routes by the DICOM headers (e.g. `Project:` in PatientComments); "
             "what it cannot route is filed under Unassigned in the prearchive"
         )
+    with contextlib.ExitStack() as stack:
+        client = None if no_xnat_check else _xnat_for_cstore(connection, project, stack)
+        held = None
+        if client is not None:
+
+            def held(study_uid: str) -> bool:
+                return study_present(client, study_uid, project=project, label=session)
+
+        elif no_xnat_check:
+            warn(
+                "--no-xnat-check: "
+                + (f"project {project} is not checked, and " if project else "")
+                + "instances an earlier run delivered are sent again (XNAT cannot be asked whether it holds them)"
+            )
+        echo(host, port, called_aet, calling_aet)
+        # all a C-STORE needs
+        scan = scan_directory(source, headers="file-meta", duplicates=duplicates, skip_truncated=skip_truncated)
+        if not scan.files:
+            raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
+        send = _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json)
+    result = send.result
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": result.ok and not send.in_doubt and not scan.unreadable,
+                    "sent": len(result.sent),
+                    "failed": len(result.failed),
+                    "skipped": len(result.skipped),
+                    "resumed": send.resumed,
+                    "in_doubt": len(send.in_doubt),
+                    "resent_unchecked": len(send.unchecked),
+                    "resent_not_in_xnat": send.forgotten,
+                    "stored_with_warning": [
+                        {"path": str(o.path), "status": o.status_hex, "meaning": o.meaning} for o in result.warnings
+                    ],
+                    "bytes_sent": result.bytes_sent,
+                    "seconds": round(result.seconds, 3),
+                    "instances_per_second": round(result.instances_per_second, 1),
+                    "not_stored": [
+                        {"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
+                        for o in result.failed + result.skipped
+                    ],
+                    "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped if not s.unreadable],
+                    "unreadable": [{"path": str(s.path), "reason": s.reason} for s in scan.unreadable],
+                    "conflicts": [[v.relpath for v in versions] for versions in scan.conflicts],
+                },
+                indent=2,
+            )
+        )
     else:
-        _check_project_if_logged_in(connection, project)
-    echo(host, port, called_aet, calling_aet)
-    scan = scan_directory(source, headers="file-meta", duplicates=duplicates)  # all a C-STORE needs
-    if not scan.files:
-        raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
+        _report_skipped(scan.skipped)
+        _report_conflicts(scan, duplicates)
+        for failed in result.failed + result.skipped:
+            typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
+        for warned in result.warnings:
+            typer.echo(f"stored with a warning: {warned.path}: {warned.status_hex} {warned.meaning}", err=True)
+        if send.forgotten:
+            typer.echo(
+                f"{send.forgotten} instances an earlier run delivered were sent again: XNAT no longer holds their study",
+                err=True,
+            )
+        if send.resumed:
+            typer.echo(
+                f"{send.resumed} instances were delivered by an earlier run (XNAT still holds their study) "
+                "and not sent again"
+                + (
+                    ""
+                    if result.sent or result.failed or result.skipped
+                    else f" (nothing left to send; to send them again anyway, delete {send.journal_path})"
+                )
+            )
+        typer.echo(result.summary())
+        if scan.skipped:
+            typer.echo(f"{len(scan.skipped)} other files under {source} were not sent (listed above)")
+    if send.in_doubt:
+        typer.echo(f"warning: {in_doubt_warning(send)}", err=True)
+    if not result.ok or scan.unreadable:
+        typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
+        raise typer.Exit(EXIT_PARTIAL)
+    if send.in_doubt:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json):
+    """The C-STORE itself, journaled, behind a progress bar on a terminal."""
+    from xnat_flows.transfer.dicom_resume import store_instances_resumable
+    from xnat_flows.transfer.journal import UploadJournal
+    from xnat_flows.transfer.progress import Progress
+
     # a progress bar only on a terminal: into a pipe or a log rich draws nothing useful, and its
     # import and refresh thread cost CPU a receiver on the same host would use (docs/cstore.md)
     with _progress_bar("C-STORE", enabled=not as_json) as progress:
@@ -437,6 +547,7 @@ def upload_dicom(
                 calling_aet=calling_aet,
                 workers=workers,
                 routing=routing,
+                held=held,
                 preflight=False,
                 progress=show if progress else None,
             )
@@ -446,73 +557,34 @@ def upload_dicom(
                 err=True,
             )
             raise  # the root command prints the interruption line and exits 130
-    result = send.result
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "ok": result.ok and not send.in_doubt and not scan.unreadable,
-                    "sent": len(result.sent),
-                    "failed": len(result.failed),
-                    "skipped": len(result.skipped),
-                    "resumed": send.resumed,
-                    "in_doubt": len(send.in_doubt),
-                    "bytes_sent": result.bytes_sent,
-                    "seconds": round(result.seconds, 3),
-                    "instances_per_second": round(result.instances_per_second, 1),
-                    "not_stored": [
-                        {"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
-                        for o in result.failed + result.skipped
-                    ],
-                    "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped if not s.unreadable],
-                    "unreadable": [{"path": str(s.path), "reason": s.reason} for s in scan.unreadable],
-                    "conflicts": [[v.relpath for v in versions] for versions in scan.conflicts],
-                },
-                indent=2,
-            )
-        )
-    else:
-        _report_skipped(scan.skipped)
-        _report_conflicts(scan, duplicates)
-        for failed in result.failed + result.skipped:
-            typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
-        if send.resumed:
-            typer.echo(
-                f"{send.resumed} instances were delivered by an earlier run and not sent again"
-                + (
-                    ""
-                    if result.sent or result.failed or result.skipped
-                    else f" (nothing left to send; to send them again anyway, delete {send.journal_path})"
-                )
-            )
-        typer.echo(result.summary())
-    if send.in_doubt:
-        typer.echo(f"warning: {in_doubt_warning(send)}", err=True)
-    if not result.ok or scan.unreadable:
-        typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
-        raise typer.Exit(EXIT_PARTIAL)
-    if send.in_doubt:
-        raise typer.Exit(EXIT_PARTIAL)
+    return send
 
 
-def _check_project_if_logged_in(connection: Connection, project: str) -> None:
-    """An unknown --project is an error (XNAT would file the data under Unassigned); without a
-    login to ask XNAT, a warning says so instead."""
-    from xnat_flows.client.client import XnatClient
-    from xnat_flows.client.errors import AuthenticationError, InputError, NotFoundError, XnatError
+def _xnat_for_cstore(connection: Connection, project: str | None, stack: contextlib.ExitStack) -> XnatClient | None:
+    """A logged-in client to ask XNAT before a C-STORE (``--project`` exists; what an earlier run
+    delivered is still there), kept open by ``stack``. With --project the login is required (XNAT
+    would file data for an unknown project under Unassigned); without, its absence is said and the
+    send goes on, re-sending what the journal alone cannot prove delivered."""
+    from xnat_flows.client.errors import AuthenticationError, InputError, XnatError
 
     try:
-        credentials = connection.credentials(prompt=False, password=connection.password_given())
-        with XnatClient(credentials) as client:
-            prove_session(client)
-            client.require_project(project)
-    except NotFoundError:
-        raise
-    except (InputError, AuthenticationError, XnatError) as exc:
-        reason = (
-            "not logged in: `xnat-flows auth login`" if isinstance(exc, (InputError, AuthenticationError)) else str(exc)
-        )
+        client = stack.enter_context(connection.client(projects=(project,)))
+    except (InputError, AuthenticationError) as exc:
+        if project is not None:
+            raise AuthenticationError(
+                f"not logged in to XNAT ({exc.message}): upload-dicom --project checks the project and what earlier "
+                "runs delivered over XNAT's REST API first; nothing was sent",
+                hint="Run `xnat-flows auth login` (or give --url/--username with --password-stdin), or pass "
+                "--no-xnat-check to send without these checks",
+            ) from None
         warn(
-            f"could not check that project {project} exists ({reason}); "
-            "XNAT files data for an unknown project under Unassigned in the prearchive"
+            f"not logged in to XNAT ({exc.message}): instances an earlier run delivered cannot be checked and are "
+            "sent again; `xnat-flows auth login` lets the next run check them"
         )
+        return None
+    except XnatError as exc:
+        if project is not None:
+            raise
+        warn(f"could not ask XNAT ({exc.message}): instances an earlier run delivered are sent again")
+        return None
+    return client

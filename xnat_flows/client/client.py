@@ -499,7 +499,9 @@ class XnatClient:
                 if response.status_code < 400:
                     return response
                 error = self._scrub(
-                    error_for_response(response, parse_retry_after(response.headers.get("Retry-After")))
+                    self._session_ended(method, path)
+                    if response.status_code == 401 and self.credentials.password is None
+                    else error_for_response(response, parse_retry_after(response.headers.get("Retry-After")))
                 )
             attempt += 1
             if method in ("POST", "PUT") and _maybe_acted_on(error):
@@ -532,6 +534,17 @@ class XnatClient:
             elif self._cancelled.wait(wait):
                 self.check_cancelled()
             slept += wait
+
+    def _session_ended(self, method: str, path: str) -> AuthenticationError:
+        """A 401 to a client holding only a session token (no password): that session has ended."""
+        creds = self.credentials
+        who = f"{creds.username}@{creds.url}" if creds.username else creds.url
+        return AuthenticationError(
+            f"{method} {path}: the XNAT session for {who} has ended (HTTP 401) and there is no password to log in again",
+            status=401,
+            hint="Run `xnat-flows auth login` (in a script: `... | xnat-flows auth login --password-stdin`)",
+            flow_hint="Give the run's xnat-credentials Block a user and password, so the run can log in again",
+        )
 
     def _revalidate(self, generation: int) -> bool:
         """After a connection lost mid-body: was it an expired session? Then log in again.
