@@ -67,7 +67,12 @@ def scp(received: Received) -> Iterator[EmulatorDicomScp]:
 @pytest.fixture(scope="module")
 def study_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cstore-study")
-    write_studies(root, series=3, instances=24, instance_kb=24, seed=3, junk=True)
+    manifest = write_studies(root, series=3, instances=24, instance_kb=24, seed=3, junk=True)
+    for (
+        path
+    ) in manifest.junk:  # cut-short files fail a scan (an export still being written): tests/transfer/test_scan.py
+        if path.name.startswith("IM9"):
+            path.unlink()
     return root
 
 

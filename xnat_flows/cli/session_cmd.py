@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -421,7 +422,6 @@ def upload_dicom(
     from xnat_flows.transfer.dicom_resume import in_doubt_warning
     from xnat_flows.transfer.dicom_send import RoutingOverride, echo
     from xnat_flows.transfer.scan import scan_directory
-    from xnat_flows.transfer.session import study_present
 
     if (subject or session) and not project:
         raise InputError("--subject and --session route only together with --project")
@@ -432,19 +432,15 @@ def upload_dicom(
             "what it cannot route is filed under Unassigned in the prearchive"
         )
     with contextlib.ExitStack() as stack:
-        client = None if no_xnat_check else _xnat_for_cstore(connection, project, stack)
-        held = None
-        if client is not None:
-
-            def held(study_uid: str) -> bool:
-                return study_present(client, study_uid, project=project, label=session)
-
-        elif no_xnat_check:
+        if no_xnat_check:
+            held = None
             warn(
                 "--no-xnat-check: "
                 + (f"project {project} is not checked, and " if project else "")
                 + "instances an earlier run delivered are sent again (XNAT cannot be asked whether it holds them)"
             )
+        else:
+            held = _xnat_study_check(connection, project, session, stack)
         echo(host, port, called_aet, calling_aet)
         # all a C-STORE needs
         scan = scan_directory(source, headers="file-meta", duplicates=duplicates, skip_truncated=skip_truncated)
@@ -560,31 +556,36 @@ def _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, hel
     return send
 
 
-def _xnat_for_cstore(connection: Connection, project: str | None, stack: contextlib.ExitStack) -> XnatClient | None:
-    """A logged-in client to ask XNAT before a C-STORE (``--project`` exists; what an earlier run
-    delivered is still there), kept open by ``stack``. With --project the login is required (XNAT
-    would file data for an unknown project under Unassigned); without, its absence is said and the
-    send goes on, re-sending what the journal alone cannot prove delivered."""
-    from xnat_flows.client.errors import AuthenticationError, InputError, XnatError
+def _xnat_study_check(
+    connection: Connection, project: str | None, session: str | None, stack: contextlib.ExitStack
+) -> Callable[[str], bool]:
+    """Whether XNAT holds a study, for the C-STORE journal (``transfer.session.study_present``),
+    over a client ``stack`` keeps open. With --project the login is required now (XNAT files data
+    for an unknown project under Unassigned, so the project is checked first); without, the client
+    is opened only if the journal lists deliveries to check, so a plain send needs no login (and
+    loads no HTTP stack)."""
+    from xnat_flows.client.errors import AuthenticationError, InputError
 
-    try:
-        client = stack.enter_context(connection.client(projects=(project,)))
-    except (InputError, AuthenticationError) as exc:
-        if project is not None:
+    clients: list[XnatClient] = []
+
+    def client() -> XnatClient:
+        if not clients:
+            clients.append(stack.enter_context(connection.client(projects=(project,))))
+        return clients[0]
+
+    def held(study_uid: str) -> bool:
+        from xnat_flows.transfer.session import study_present
+
+        return study_present(client(), study_uid, project=project, label=session)
+
+    if project is not None:
+        try:
+            client()
+        except (InputError, AuthenticationError) as exc:
             raise AuthenticationError(
-                f"not logged in to XNAT ({exc.message}): upload-dicom --project checks the project and what earlier "
-                "runs delivered over XNAT's REST API first; nothing was sent",
+                f"not logged in to XNAT ({exc.message}): upload-dicom --project checks the project, and what "
+                "earlier runs delivered, over XNAT's REST API first; nothing was sent",
                 hint="Run `xnat-flows auth login` (or give --url/--username with --password-stdin), or pass "
                 "--no-xnat-check to send without these checks",
             ) from None
-        warn(
-            f"not logged in to XNAT ({exc.message}): instances an earlier run delivered cannot be checked and are "
-            "sent again; `xnat-flows auth login` lets the next run check them"
-        )
-        return None
-    except XnatError as exc:
-        if project is not None:
-            raise
-        warn(f"could not ask XNAT ({exc.message}): instances an earlier run delivered are sent again")
-        return None
-    return client
+    return held

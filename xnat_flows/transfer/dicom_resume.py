@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xnat_flows.client.errors import for_reader
+from xnat_flows.client.errors import XnatError, for_reader
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 from xnat_flows.transfer.dicom_results import SendResult
 from xnat_flows.transfer.dicom_send import store_instances
@@ -53,6 +53,7 @@ class ResumedSend:
     journal_path: Path | None = None
     # journaled as delivered, sent again since XNAT could not be asked whether it still holds them
     unchecked: list[Path] = field(default_factory=list)
+    unchecked_reason: str = ""  # why XNAT could not be asked
     # journaled as delivered, sent again since XNAT no longer holds their study (deleted, or another XNAT)
     forgotten: int = 0
 
@@ -98,13 +99,15 @@ def store_instances_resumable(
     (and routing) while XNAT still holds their study, and records each instance in ``journal`` as
     it goes out and as it is confirmed.
 
-    ``held``: asks XNAT whether it holds a study (``transfer.session.study_present``). None: XNAT
-    cannot be asked, so the journal is not trusted: its instances are sent again, in doubt.
+    ``held``: asks XNAT whether it holds a study (``transfer.session.study_present``); it is called
+    only when the journal lists deliveries. None, or an ``XnatError`` from it: XNAT cannot be asked,
+    so the journal is not trusted: its instances are sent again, in doubt.
     """
     destination = journal_key(host, port, called_aet, routing)
     resume = ResumeState(journal, destination)
     delivered = [f for f in files if resume.digest(f) in resume.done]
     unchecked: list[Path] = []
+    unchecked_reason = "no login"
     forgotten = 0
     if delivered and held is None:
         log.warning(
@@ -116,8 +119,13 @@ def store_instances_resumable(
         unchecked = [f.path for f in delivered]
         resume = ResumeState(journal, destination, set())
     elif delivered and held is not None:
-        gone = _not_held(delivered, held)
-        if gone:
+        try:
+            gone = _not_held(delivered, held)
+        except XnatError as exc:  # not logged in, XNAT's REST API away: the journal alone is no proof
+            log.warning("cannot ask XNAT whether it still holds what the journal lists (%s): sending it again", exc)
+            unchecked, unchecked_reason = [f.path for f in delivered], exc.message
+            resume = ResumeState(journal, destination, set())
+        else:
             forgotten = len(gone)
             resume = ResumeState(journal, destination, resume.done - {resume.digest(f) for f in gone})
     in_flight = journal.in_flight(resume.destination)
@@ -134,7 +142,13 @@ def store_instances_resumable(
             **options,
         )
     return ResumedSend(
-        result, len(files) - len(pending), in_doubt, journal.path_for(resume.destination), unchecked, forgotten
+        result,
+        len(files) - len(pending),
+        in_doubt,
+        journal.path_for(resume.destination),
+        unchecked,
+        unchecked_reason if unchecked else "",
+        forgotten,
     )
 
 
@@ -174,8 +188,9 @@ def in_doubt_warning(send: ResumedSend) -> str:
     causes = []
     if send.unchecked:
         causes.append(
-            f"{len(send.unchecked)} instance(s) an earlier run delivered could not be checked in XNAT (no login: "
-            + for_reader("`xnat-flows auth login`", "the run has no XNAT credentials")
+            f"{len(send.unchecked)} instance(s) an earlier run delivered could not be checked in XNAT "
+            f"({send.unchecked_reason}; "
+            + for_reader("`xnat-flows auth login` lets a re-run check them", "give the run XNAT credentials")
             + ")"
         )
     if send.in_flight_before:

@@ -292,6 +292,24 @@ def _truncated_pixel_data(ds: pydicom.Dataset, path: Path, file_size: int, trans
     return None
 
 
+def _dataset_end(path: Path) -> int | None:
+    """Where the dataset's last top-level element ends, by its own length: short of the file's
+    size (a partial element after it) or beyond it (a value cut short) when the file was cut
+    inside its header; None when that cannot be told (undefined lengths, a deflated dataset)."""
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+
+    try:
+        ds = pydicom.dcmread(path, defer_size=256)
+    except Exception:  # noqa: BLE001 - pydicom raises many types; the caller has its verdict already
+        return None
+    tags = list(ds.keys())
+    last = ds.get_item(tags[-1], keep_deferred=True) if tags else None
+    if not isinstance(last, RawDataElement) or last.value_tell is None or last.length == UNDEFINED_LENGTH:
+        return None
+    return int(last.value_tell) + int(last.length)
+
+
 def _inflated_length(path: Path) -> int | None:
     """Length of a deflated file's dataset once inflated; None when the stream is cut short."""
     with open(path, "rb") as handle:
@@ -349,6 +367,8 @@ def _classify(path: Path, root: Path, st: os.stat_result, ds: pydicom.Dataset) -
     series = str(ds.get("SeriesInstanceUID", "") or "")
     for name, value in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop_instance)):
         if not value:
+            if _dataset_end(path) not in (None, st.st_size):  # pydicom stops silently at a cut element
+                return SkippedFile(path, f"{TRUNCATED}: the DICOM header ends before its {name}")
             return SkippedFile(path, f"DICOM without {name}: XNAT cannot place it")
     transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta else ""
     truncated = _truncated_pixel_data(ds, path, st.st_size, transfer_syntax)
