@@ -453,6 +453,7 @@ def test_twenty_thousand_tiny_files_scan_fast_and_bounded(tmp_path: Path) -> Non
         (["--called-aet", "NOT_XNAT"], 1, ("does not answer to the called AE title",)),
         (["--port", "CLOSED"], EXIT_UNREACHABLE, ("Connection refused", "nothing is listening")),
         (["--workers", "0"], EXIT_USAGE, ("Invalid value for '--workers'",)),
+        (["--project", "BADIN"], EXIT_AUTH, ("not logged in", "xnat-flows auth login", "--no-xnat-check")),
     ],
     ids=[
         "aet-17-chars",
@@ -463,6 +464,7 @@ def test_twenty_thousand_tiny_files_scan_fast_and_bounded(tmp_path: Path) -> Non
         "wrong-called-aet",
         "closed-port",
         "workers-zero",
+        "project-without-login",
     ],
 )
 def test_cstore_cli_rejects_bad_input(
