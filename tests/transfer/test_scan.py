@@ -426,3 +426,17 @@ def test_two_different_files_for_one_instance_send_the_newest_and_say_so(study_d
     assert "a_corrected/IM0001 and series2/IM0001" in str(info.value)
     meta = scan_directory(study_dir, headers="file-meta")
     assert sent.path in {f.path for f in meta.files} and len(meta.conflicts) == 1
+
+
+@pytest.mark.parametrize("duplicates", ["newest", "oldest"])
+def test_two_versions_with_the_same_mtime_are_not_sent_as_the_newer_one(study_dir: Path, duplicates: str) -> None:
+    """Issue 20 item 7: with equal modification times newest/oldest cannot tell the versions apart;
+    the scan refuses (naming both) instead of sending the first by path as "the newer file"."""
+    original = study_dir / "series2" / "IM0001"
+    copy = study_dir / "a_copy" / "IM0001"
+    copy.parent.mkdir()
+    same = original.stat().st_mtime_ns
+    _rewrite_with(original, copy, same, PatientComments="another version")
+    with pytest.raises(InputError, match="same modification time") as info:
+        scan_directory(study_dir, duplicates=duplicates)  # type: ignore[arg-type]
+    assert "a_copy/IM0001 and series2/IM0001" in str(info.value) and "Remove the wrong copies" in str(info.value)

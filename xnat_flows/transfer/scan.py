@@ -509,6 +509,7 @@ def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[D
         groups.setdefault(f.sop_instance_uid, []).append(f)
     kept: list[DicomFile] = []
     unresolved: list[str] = []
+    tied: list[str] = []
     for group in groups.values():
         versions = [group[0]]
         for f in group[1:]:
@@ -524,8 +525,12 @@ def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[D
         if duplicates == "stop":
             unresolved.append(" and ".join(v.relpath for v in versions))
             continue
-        # ties go to the first by path (max and min return the first extreme)
         chosen = (max if duplicates == "newest" else min)(versions, key=lambda v: v.mtime_ns)
+        if sum(1 for v in versions if v.mtime_ns == chosen.mtime_ns) > 1:
+            # the modification times cannot tell which is the newer (a copy that kept its times):
+            # choosing by path would be a guess between two versions of a patient's image
+            tied.append(" and ".join(v.relpath for v in versions if v.mtime_ns == chosen.mtime_ns))
+            continue
         kept.append(chosen)
         for v in versions:
             if v is not chosen:
@@ -538,6 +543,12 @@ def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[D
                         ),
                     )
                 )
+    if tied:
+        raise InputError(
+            f"{len(tied)} SOP Instance UIDs are each held by different files with the same modification time, so "
+            f"{duplicates} cannot tell which to send, e.g. {tied[0]}",
+            hint="Remove the wrong copies (or touch the right one) and run again",
+        )
     if unresolved:
         raise InputError(
             f"{len(unresolved)} SOP Instance UIDs are each held by different files, e.g. {unresolved[0]}",
