@@ -190,23 +190,35 @@ def test_files_that_arrive_during_the_upload_are_sent_before_the_folder_is_done(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(item.path, target)
     real_upload = inbox_flow.upload_dicom_session
+    import xnat_flows.tasks.upload as upload_tasks
+
+    real_scan = upload_tasks.scan_directory
+    scanned = threading.Event()
+
+    def scan_then_signal(*args, **kwargs):
+        result = real_scan(*args, **kwargs)
+        scanned.set()
+        return result
+
+    monkeypatch.setattr(upload_tasks, "scan_directory", scan_then_signal)
 
     def upload_while_files_arrive(**kwargs):
         folder = Path(kwargs["request"].source_dir)  # in processing/ now
 
         def exporter() -> None:
+            scanned.wait(60)  # the 50 arrive after the upload scanned the folder, while it sends
             for item in late:
                 target = folder / item.path.relative_to(tmp_path / "export")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(item.path, target)
 
         writer = threading.Thread(target=exporter)
-        xnat_emulator.faults.add(method="POST", path=r"/data/services/import", delay_ms=500, times=1)
-        writer.start()  # while the import request is under way
+        xnat_emulator.faults.add(method="POST", path=r"/data/services/import", delay_ms=1000, times=1)
+        writer.start()
         try:
             return real_upload(**kwargs)
         finally:
-            writer.join(30)
+            writer.join(60)
 
     monkeypatch.setattr(inbox_flow, "upload_dicom_session", upload_while_files_arrive)
     connection = XnatConnection(url=xnat_emulator.url)
@@ -220,6 +232,7 @@ def test_files_that_arrive_during_the_upload_are_sent_before_the_folder_is_done(
     assert len(on_disk) == 200
 
     monkeypatch.setattr(inbox_flow, "upload_dicom_session", real_upload)
+    monkeypatch.setattr(upload_tasks, "scan_directory", real_scan)
     waiting = ingest_inbox(str(inbox), "TEST", quiet_seconds=3600, connection=connection)
     assert waiting.waiting == ["arriving"] and waiting.items == []  # changed just now: not quiet yet
     second = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=connection, workers=2)
