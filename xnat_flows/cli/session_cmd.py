@@ -24,6 +24,21 @@ from xnat_flows.cli.options import (
 if TYPE_CHECKING:
     from xnat_flows.client.client import XnatClient
 
+# Options of both uploads' scan (the same scanner for REST and C-STORE)
+DuplicatesOption = Annotated[
+    Literal["newest", "oldest", "stop"],
+    typer.Option(
+        "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
+    ),
+]
+SkipTruncatedOption = Annotated[
+    bool,
+    typer.Option(
+        "--skip-truncated",
+        help="Send the other files when some are cut short (default: stop, exit 6: an export still being written).",
+    ),
+]
+
 app = command_group(help="Upload DICOM sessions (REST Import API or DICOM C-STORE).")
 
 
@@ -62,19 +77,8 @@ def upload(
         bool, typer.Option("--into-other-study", help="Upload even into a session holding another study.")
     ] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare.")] = True,
-    duplicates: Annotated[
-        Literal["newest", "oldest", "stop"],
-        typer.Option(
-            "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
-        ),
-    ] = "newest",
-    skip_truncated: Annotated[
-        bool,
-        typer.Option(
-            "--skip-truncated",
-            help="Send the other files when some are cut short (default: stop, exit 6: an export still being written).",
-        ),
-    ] = False,
+    duplicates: DuplicatesOption = "newest",
+    skip_truncated: SkipTruncatedOption = False,
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
     as_json: JsonOption = False,
     *,
@@ -387,19 +391,8 @@ def upload_dicom(
     session: Annotated[
         str | None, typer.Option("--session", "-E", help="With --project: route to this session label.")
     ] = None,
-    duplicates: Annotated[
-        Literal["newest", "oldest", "stop"],
-        typer.Option(
-            "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
-        ),
-    ] = "newest",
-    skip_truncated: Annotated[
-        bool,
-        typer.Option(
-            "--skip-truncated",
-            help="Send the other files when some are cut short (default: stop, exit 6: an export still being written).",
-        ),
-    ] = False,
+    duplicates: DuplicatesOption = "newest",
+    skip_truncated: SkipTruncatedOption = False,
     no_xnat_check: Annotated[
         bool,
         typer.Option(
