@@ -109,21 +109,20 @@ def store_instances_resumable(
     unchecked: list[Path] = []
     unchecked_reason = "no login"
     forgotten = 0
-    if delivered and held is None:
-        log.warning(
-            "%d instances are journaled as delivered to %s, but XNAT cannot be asked whether it still holds "
-            "them (no login): sending them again",
-            len(delivered),
-            destination,
-        )
-        unchecked = [f.path for f in delivered]
-        resume = ResumeState(journal, destination, set())
-    elif delivered and held is not None:
+    if delivered:
         try:
-            gone = _not_held(delivered, held)
-        except XnatError as exc:  # not logged in, XNAT's REST API away: the journal alone is no proof
-            log.warning("cannot ask XNAT whether it still holds what the journal lists (%s): sending it again", exc)
-            unchecked, unchecked_reason = [f.path for f in delivered], exc.message
+            gone = _not_held(delivered, held) if held is not None else None
+        except XnatError as exc:  # not logged in, XNAT's REST API away
+            gone, unchecked_reason = None, exc.message
+        if gone is None:  # XNAT cannot be asked: the journal alone is no proof of delivery
+            log.warning(
+                "%d instances are journaled as delivered to %s, but XNAT cannot be asked whether it still "
+                "holds them (%s): sending them again",
+                len(delivered),
+                destination,
+                unchecked_reason,
+            )
+            unchecked = [f.path for f in delivered]
             resume = ResumeState(journal, destination, set())
         else:
             forgotten = len(gone)
