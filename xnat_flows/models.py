@@ -100,6 +100,11 @@ class UploadRequest(BaseModel):
         default="newest",
         description="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.",
     )
+    skip_truncated: bool = Field(
+        default=False,
+        description="Send the other files when some DICOM files are cut short; off (the default) the run fails "
+        "before sending anything, since such a folder is an export still being written.",
+    )
     verify: bool = Field(
         default=True, description="Read back the session and compare scans and file counts with what was sent."
     )
@@ -298,6 +303,11 @@ class SendDicomRequest(BaseModel):
     )
     routing_subject: str = Field(default="", description="With routing_project: `Subject:` routing.")
     routing_session: str = Field(default="", description="With routing_project: `Session:` routing.")
+    skip_truncated: bool = Field(
+        default=False,
+        description="Send the other files when some DICOM files are cut short; off (the default) the run fails "
+        "before sending anything, since such a folder is an export still being written.",
+    )
     verify: bool = Field(
         default=False,
         title="Wait and verify",

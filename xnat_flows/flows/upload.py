@@ -105,7 +105,9 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         request.source_dir,
         f" (holding slots of concurrency limit {server.concurrency_limit})" if server.concurrency_limit else "",
     )
-    scan = scan_dicom_directory(request.source_dir, duplicates=request.duplicates)
+    scan = scan_dicom_directory(
+        request.source_dir, duplicates=request.duplicates, skip_truncated=request.skip_truncated
+    )
     if scan.conflicts:
         logger.warning(
             "%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
