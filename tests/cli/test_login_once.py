@@ -6,6 +6,7 @@ emulator over real sockets.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
@@ -14,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -143,10 +145,27 @@ def test_expired_session_without_a_terminal_names_auth_login_and_password_stdin(
     assert status.exit_code == 3 and "expired or ended" in status.output
 
 
+def _take_stdin_as_controlling_terminal() -> None:  # in the child, after setsid, before exec
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def _run_on_terminal(args: list[str], env: dict[str, str], answer: str, timeout: float = 60.0) -> tuple[int, str]:
-    """Run the CLI on a pseudo-terminal; answer the password prompt; return (exit code, output)."""
+    """Run the CLI on a pseudo-terminal of its own; answer the password prompt; return (exit code, output).
+
+    The CLI runs in a new session whose controlling terminal is that pseudo-terminal, so its
+    /dev/tty (where getpass prompts and reads) is the test's, never the terminal `make test` runs in.
+    """
     controller, terminal = pty.openpty()
-    process = subprocess.Popen(CLI + args, stdin=terminal, stdout=terminal, stderr=terminal, env=env, close_fds=True)
+    process = subprocess.Popen(
+        CLI + args,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=env,
+        close_fds=True,
+        start_new_session=True,  # setsid: no controlling terminal inherited from the test run
+        preexec_fn=_take_stdin_as_controlling_terminal,
+    )
     os.close(terminal)
     output, answered, deadline = b"", False, time.monotonic() + timeout
     try:
