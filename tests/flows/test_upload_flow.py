@@ -190,3 +190,23 @@ def test_archived_is_announced_once_per_arrival_of_files(
     grown = upload_dicom_session(request, connection)
     assert grown.sessions[0].verified is True and grown.sessions[0].experiment_id == experiment
     assert archived_events() == [experiment, experiment]
+
+
+def test_landing_log_line_keeps_its_urls_apart_from_punctuation(xnat, tmp_path: Path) -> None:
+    """The UI (and the demo's terminal) make links of URLs: a comma glued to one is a 404."""
+    import re
+
+    write_studies(tmp_path / "export", series=1, instances=3, instance_kb=4, seed=9)
+    result = upload_dicom_session(
+        _request(tmp_path / "export", session="LINKS01"), XnatConnection(url=xnat.url, username="admin")
+    )
+    experiment = result.sessions[0].experiment_id
+    with get_client(sync_client=True) as client:
+        lines = [
+            log.message for log in client.read_logs() if "FLOWS/SUBJ01/LINKS01 landed in the archive" in log.message
+        ]
+    (line,) = lines
+    urls = re.findall(r"https?://\S+", line)
+    assert f"{xnat.url}/data/experiments/{experiment}" in urls
+    assert f"{xnat.url}/data/experiments/{experiment}?format=html" in urls
+    assert all(url[-1].isalnum() or url[-1] in "/=" for url in urls), urls

@@ -226,17 +226,14 @@ def _publish_landing(result: UploadSessionResult, server_url: str) -> None:
             f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {where['uri'] or ''} "
             f"| {where['prearchive_timestamp'] or ''} |"
         )
-        logger.info(
-            "%s/%s/%s landed in the %s: experiment %s, %s%s%s",
-            s.project,
-            s.subject,
-            s.session,
-            where["where"],
-            where["experiment_id"] or "-",
-            where["uri"] or "no URI",
-            f", web page {where['web_url']}" if where["web_url"] else "",
-            f", prearchive timestamp {where['prearchive_timestamp']}" if where["prearchive_timestamp"] else "",
-        )
+        # Each URL stands between spaces: the UI and terminals make links of URLs, and a comma
+        # or bracket glued to one becomes part of the link.
+        facts = [f"experiment {where['experiment_id'] or '-'}", f"URI {where['uri'] or '(none)'}"]
+        if where["web_url"]:
+            facts.append(f"web page {where['web_url']}")
+        if where["prearchive_timestamp"]:
+            facts.append(f"prearchive timestamp {where['prearchive_timestamp']}")
+        logger.info("%s/%s/%s landed in the %s: %s", s.project, s.subject, s.session, where["where"], " | ".join(facts))
     create_markdown_artifact(
         markdown="\n".join(lines), key="xnat-upload-landing", description="Where the uploaded data landed in XNAT"
     )
