@@ -203,6 +203,15 @@ def ingest_inbox(
             return failed_run(exc)
         raise
     layout = InboxLayout(Path(inbox_dir).expanduser().resolve())
+    if not layout.root.is_dir():
+        # A deployment's folder gone (unmounted, renamed) or a run started with a typo: one line, no traceback.
+        return failed_run(
+            InputError(
+                f"the inbox folder {layout.root} does not exist on this worker's host (or is not a folder)",
+                hint="Create it, or mount it where the worker runs, or start the run with the inbox_dir of an "
+                "existing folder; to change the deployment's folder, redeploy with XNAT_INBOX_DIR",
+            )
+        )
     layout.ensure()
     run = _InboxRun(
         layout=layout,
