@@ -6,6 +6,7 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import subprocess
 import termios
 import time
@@ -15,6 +16,9 @@ from pathlib import Path
 
 def _take_stdin_as_controlling_terminal() -> None:  # in the child, after setsid, before exec
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # As in a shell's foreground job: Ctrl-C interrupts, even when the test run ignores SIGINT
+    # (a background job, or a CI runner, passes SIG_IGN on to its children).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_on_terminal(
