@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import cast
+from typing import Annotated, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -24,6 +24,7 @@ from xnat_flows.models import (
     UploadRequest,
     UploadSessionResult,
     XnatConnection,
+    ui_title,
 )
 from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.tasks.upload import (
@@ -55,7 +56,10 @@ class UploadIncompleteError(XnatError):
     validate_parameters=True,
     flow_run_name="upload {request.project}/{request.subject}/{request.session}",
 )
-def upload_dicom_session(request: UploadRequest, connection: XnatConnection = XnatConnection()) -> UploadSessionResult:
+def upload_dicom_session(
+    request: Annotated[UploadRequest, ui_title("What to upload, and where")],
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
+) -> UploadSessionResult:
     """Upload a directory of DICOM files to one XNAT session through the REST Import API.
 
     Args:
