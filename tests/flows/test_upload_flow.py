@@ -10,6 +10,7 @@ from prefect.client.orchestration import get_client
 from xnat_flows.client.errors import ConflictError, InputError
 from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
 from xnat_flows.models import UploadRequest, XnatConnection
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.session import study_label
 
@@ -201,10 +202,13 @@ def test_landing_log_line_keeps_its_urls_apart_from_punctuation(xnat, tmp_path: 
         _request(tmp_path / "export", session="LINKS01"), XnatConnection(url=xnat.url, username="admin")
     )
     experiment = result.sessions[0].experiment_id
-    with get_client(sync_client=True) as client:
-        lines = [
-            log.message for log in client.read_logs() if "FLOWS/SUBJ01/LINKS01 landed in the archive" in log.message
-        ]
+
+    def landing_lines() -> list[str]:
+        with get_client(sync_client=True) as client:  # logs reach the API in batches, a moment later
+            return [m.message for m in client.read_logs() if "FLOWS/SUBJ01/LINKS01 landed in the archive" in m.message]
+
+    wait_until(lambda: landing_lines(), 30, what="the landing log line to reach the API")
+    lines = landing_lines()
     (line,) = lines
     urls = re.findall(r"https?://\S+", line)
     assert f"{xnat.url}/data/experiments/{experiment}" in urls
