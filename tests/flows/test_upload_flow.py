@@ -214,3 +214,23 @@ def test_landing_log_line_keeps_its_urls_apart_from_punctuation(xnat, tmp_path: 
     assert f"{xnat.url}/data/experiments/{experiment}" in urls
     assert f"{xnat.url}/data/experiments/{experiment}?format=html" in urls
     assert all(url[-1].isalnum() or url[-1] in "/=" for url in urls), urls
+
+
+def test_landing_table_fits_the_artifact_page(xnat, tmp_path: Path) -> None:
+    """No empty column (prearchive timestamp for an archive landing), and no long cell: a URL is
+    shown by its path and linked in full."""
+    import re
+
+    write_studies(tmp_path / "export", series=1, instances=3, instance_kb=4, seed=10)
+    upload_dicom_session(
+        _request(tmp_path / "export", session="TABLE01"), XnatConnection(url=xnat.url, username="admin")
+    )
+    with get_client(sync_client=True) as client:
+        (artifact,) = [
+            a for a in client.read_artifacts() if a.key == "xnat-upload-landing" and "TABLE01" in str(a.data)
+        ]
+    header, _, row = str(artifact.data).splitlines()
+    assert header.count("|") == 5 and "prearchive" not in header
+    cells = [re.sub(r"\[([^]]*)\]\([^)]*\)", r"\1", cell).strip() for cell in row.strip("|").split("|")]
+    assert all(cells) and max(len(cell) for cell in cells) <= 40, cells
+    assert f"({xnat.url}/data/experiments/" in row  # the full URI is the link's target

@@ -222,14 +222,22 @@ _PREARCHIVE_URI = re.compile(r"/prearchive/projects/[^/]+/(?P<timestamp>[^/]+)/"
 
 def _publish_landing(result: UploadSessionResult, server_url: str) -> None:
     logger = get_run_logger()
-    lines = ["| session | where | experiment | URI | timestamp (prearchive) |", "|---|---|---|---|---|"]
-    for s in result.sessions:
-        where = landing(s, server_url)
+    landings = [(s, landing(s, server_url)) for s in result.sessions]
+    # Narrow enough for the artifact page: the URI shown by its path (linked in full), and the
+    # prearchive timestamp column only when a session landed there.
+    staged = any(where["prearchive_timestamp"] for _, where in landings)
+    lines = [
+        "| session | landed in | experiment (web page) | REST URI |" + (" prearchive timestamp |" if staged else ""),
+        "|---|---|---|---|" + ("---|" if staged else ""),
+    ]
+    for s, where in landings:
         page = f"[{where['experiment_id']}]({where['web_url']})" if where["web_url"] else ""
+        uri = f"[{s.session_uri}]({where['uri']})" if where["uri"] and s.session_uri else (where["uri"] or "")
         lines.append(
-            f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {where['uri'] or ''} "
-            f"| {where['prearchive_timestamp'] or ''} |"
+            f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {uri} |"
+            + (f" {where['prearchive_timestamp'] or ''} |" if staged else "")
         )
+    for s, where in landings:
         # Each URL stands between spaces: the UI and terminals make links of URLs, and a comma
         # or bracket glued to one becomes part of the link.
         facts = [f"experiment {where['experiment_id'] or '-'}", f"URI {where['uri'] or '(none)'}"]
