@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from xnat_flows.client.errors import ConflictError, InputError
 from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
@@ -198,16 +199,19 @@ def test_landing_log_line_keeps_its_urls_apart_from_punctuation(xnat, tmp_path: 
     import re
 
     write_studies(tmp_path / "export", series=1, instances=3, instance_kb=4, seed=9)
-    result = upload_dicom_session(
-        _request(tmp_path / "export", session="LINKS01"), XnatConnection(url=xnat.url, username="admin")
+    state = upload_dicom_session(
+        _request(tmp_path / "export", session="LINKS01"),
+        XnatConnection(url=xnat.url, username="admin"),
+        return_state=True,
     )
-    experiment = result.sessions[0].experiment_id
+    experiment = state.result().sessions[0].experiment_id
+    run_logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
 
     def landing_lines() -> list[str]:
         with get_client(sync_client=True) as client:  # logs reach the API in batches, a moment later
-            return [m.message for m in client.read_logs() if "FLOWS/SUBJ01/LINKS01 landed in the archive" in m.message]
+            return [m.message for m in client.read_logs(log_filter=run_logs) if "landed in the archive" in m.message]
 
-    wait_until(lambda: landing_lines(), 30, what="the landing log line to reach the API")
+    wait_until(lambda: landing_lines(), 60, what="the landing log line to reach the API")
     lines = landing_lines()
     (line,) = lines
     urls = re.findall(r"https?://\S+", line)
