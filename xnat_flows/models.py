@@ -184,6 +184,12 @@ class SessionOutcome(BaseModel):
     batches: list[BatchOutcome] = Field(default_factory=list)
     verified: bool | None = None
     missing: list[str] = Field(default_factory=list)
+    parked: list[str] = Field(
+        default_factory=list,
+        description="Prearchive rows of this upload XNAT parked (CONFLICT, ERROR): what each conflicts with, "
+        "and what a person can do after looking.",
+    )
+    in_conflict: bool = Field(default=False, description="XNAT parked (part of) this upload in CONFLICT.")
 
     @classmethod
     def from_study(cls, study: StudyUploadResult) -> SessionOutcome:
@@ -218,6 +224,10 @@ class SessionOutcome(BaseModel):
             ],
             verified=verify.ok if verify is not None else None,
             missing=list(verify.missing) if verify is not None else [],
+            parked=[f"{what}. {step}" for what, step in zip(verify.parked, verify.next_steps, strict=False)]
+            if verify is not None
+            else [f"{p.describe()}. {p.next_steps()}" for p in study.parked],
+            in_conflict=study.in_conflict,
         )
 
 
@@ -259,7 +269,8 @@ class UploadSessionResult(BaseModel):
     @property
     def ok(self) -> bool:
         return not self.unreadable and all(
-            not s.failed_files and s.verified is not False and all(b.ok for b in s.batches) for s in self.sessions
+            not s.failed_files and s.verified is not False and not s.parked and all(b.ok for b in s.batches)
+            for s in self.sessions
         )
 
 

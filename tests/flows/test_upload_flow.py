@@ -238,3 +238,53 @@ def test_landing_table_fits_the_artifact_page(xnat, tmp_path: Path) -> None:
     cells = [re.sub(r"\[([^]]*)\]\([^)]*\)", r"\1", cell).strip() for cell in row.strip("|").split("|")]
     assert all(cells) and max(len(cell) for cell in cells) <= 40, cells
     assert f"({xnat.url}/data/experiments/" in row  # the full URI is the link's target
+
+
+def test_two_flow_runs_to_one_label_at_once_never_share_a_session(xnat, tmp_path: Path) -> None:
+    """Issue 20.1 in the flow: a concurrency slot per label (limit 1) serialises the two runs from
+    the destination check to verification, so the second one's check sees the first one's study."""
+    import threading
+
+    from prefect.client.orchestration import get_client as prefect_client
+
+    for name, seed in (("a", 51), ("b", 52)):
+        write_studies(tmp_path / name, series=2, instances=6, instance_kb=4, seed=seed)
+    connection = XnatConnection(url=xnat.url, username="admin")
+    xnat.faults.add(path="/data/services/import", method="POST", times=None, delay_ms=800)  # let them overlap
+    outcomes: list[object] = []
+
+    def run(name: str) -> None:
+        try:
+            outcomes.append(upload_dicom_session(_request(tmp_path / name, workers=2), connection).ok)
+        except ConflictError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert True in outcomes and len(outcomes) == 2, outcomes
+    (refused,) = [o for o in outcomes if isinstance(o, ConflictError)]
+    assert "another study" in str(refused) and "nothing was sent" in str(refused)
+    (experiment,) = xnat.archived_experiments("FLOWS")
+    assert experiment["scans"] == {"1": 3, "2": 3}  # one study's series (6 instances), none renamed N-MR1
+    host = xnat.url.split("://", 1)[1]
+    with prefect_client(sync_client=True) as prefect:
+        limit = prefect.read_global_concurrency_limit_by_name(f"xnat-session:{host}:FLOWS:SESS01")
+    assert limit.limit == 1 and limit.active_slots == 0
+
+
+def test_a_flow_run_whose_upload_xnat_parked_fails_saying_what_to_do(xnat, tmp_path: Path) -> None:
+    """Issue 20.5 in the flow: without verification, one look at the prearchive at the end; a
+    CONFLICT is a conflict (the CLI's --flow exits 5), worded for the flow's operator."""
+    write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=61)
+    connection = XnatConnection(url=xnat.url, username="admin")
+    upload_dicom_session(_request(tmp_path / "export"), connection)
+    xnat.faults.force_next_session("CONFLICT")
+
+    with pytest.raises(ConflictError) as raised:
+        upload_dicom_session(_request(tmp_path / "export", verify=False), connection)
+    message = str(raised.value)
+    assert "is CONFLICT" in message and "conflicts with FLOWS/SUBJ01/SESS01" in message
+    assert "archive-prearchive-session" in message and "xnat-flows prearchive" not in message

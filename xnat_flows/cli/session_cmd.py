@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from xnat_flows.cli.options import (
+    EXIT_CONFLICT,
     EXIT_PARTIAL,
     Connection,
     JsonOption,
@@ -142,6 +143,8 @@ def upload(
     else:
         _report(result, bar.sending_seconds)
         _report_conflicts(scan, duplicates)
+    if result.in_conflict:
+        raise typer.Exit(EXIT_CONFLICT)  # nothing is lost: it waits in the prearchive for a person
     if not result.ok:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -304,6 +307,10 @@ def _summary(result, sending_seconds: float | None = None) -> dict:
                 "verified": study.verify.ok if study.verify else None,
                 "verify_summary": study.verify.summary() if study.verify else None,
                 "failed_files": study.failed_files,
+                "parked": (study.verify.parked if study.verify else []) + [p.describe() for p in study.parked],
+                "next_steps": (study.verify.next_steps if study.verify else [])
+                + [p.next_steps() for p in study.parked],
+                "in_conflict": study.in_conflict,
                 "ok": study.ok,
             }
             for study in result.sessions
@@ -352,7 +359,9 @@ def _report(result, sending_seconds: float | None = None) -> None:
                 "archived instances; DICOM-zip, the default transport, can)"
             )
         if study.verify is not None:
-            typer.echo(f"  verify: {study.verify.summary()}")
+            typer.echo(f"  verify: {study.verify.summary()}", err=not study.verify.ok)
+        for parked in study.parked:
+            typer.echo(f"  XNAT did not archive this upload: {parked.describe()}. {parked.next_steps()}", err=True)
         for batch in study.batches:
             if not batch.ok:
                 typer.echo(f"  batch {batch.index} ({len(batch.files)} files) failed: {batch.error}", err=True)
@@ -367,7 +376,13 @@ def _report(result, sending_seconds: float | None = None) -> None:
         f"{counted(result.files_sent, 'file')}, {result.bytes_sent / 1e6:.1f} MB sent in {transfer_seconds:.1f} s ({rate:.1f} MB/s)"
         + (f"; verified in {verify_seconds:.1f} s" if verify_seconds else "")
     )
-    if not result.ok:
+    if result.in_conflict:
+        typer.echo(
+            "XNAT parked this upload in CONFLICT (listed above, with what it conflicts with): nothing was merged "
+            "on its own; look at both sessions, then run one of the commands above.",
+            err=True,
+        )
+    elif not result.ok:
         typer.echo("Upload incomplete: run the same command again to send only what did not land.", err=True)
 
 

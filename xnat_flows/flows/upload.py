@@ -16,7 +16,7 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 
-from xnat_flows.client.errors import InputError, XnatError
+from xnat_flows.client.errors import ConflictError, InputError, XnatError
 from xnat_flows.events import absolute_uri, arrival, emit_upload_failed, emit_upload_result, public_base_url
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import (
@@ -32,7 +32,9 @@ from xnat_flows.tasks.upload import (
     check_destination_task,
     check_server,
     choose_format,
+    destination_slots,
     forget_delivered,
+    look_for_parked_task,
     partition_batches,
     scan_dicom_directory,
     upload_batch_task,
@@ -48,6 +50,13 @@ from xnat_flows.transfer.upload import BatchResult
 
 class UploadIncompleteError(XnatError):
     """Some files did not land; the message lists them and a re-run sends only those."""
+
+
+class UploadParkedError(UploadIncompleteError, ConflictError):
+    """XNAT parked (part of) the upload in CONFLICT: nothing was merged on its own; the message says
+    what it conflicts with and what a person can do after looking (the CLI exits 5)."""
+
+    default_hint = "Look at both sessions in XNAT, then archive the parked one under a label of its own or delete it"
 
 
 @flow(
@@ -114,9 +123,16 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     for skipped in scan.skipped:
         (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
+    # One flow run at a time per destination label, from its check to its verification.
+    with destination_slots(server.url, [target for target, _ in plans], request.verify_timeout_seconds + 900):
+        return _send_planned(request, connection, server, scan, plans, started)
+
+
+def _send_planned(request: UploadRequest, connection: XnatConnection, server, scan, plans, started: float):
+    logger = get_run_logger()
     # Every session is checked before anything is sent: none may hold another study (unless asked).
     checked = [
-        check_destination_task(connection, target, files[0].study_uid, request.allow_other_study)
+        check_destination_task(connection, target, files[0].study_uid, request.allow_other_study, request.per_study)
         for target, files in plans
     ]
     plans = [(target, files) for (target, _), (_, files) in zip(checked, plans, strict=True)]
@@ -135,6 +151,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     done_files = 0
 
     outcomes: list[SessionOutcome] = []
+    studies: list[tuple[StudyUploadResult, frozenset[str]]] = []
     upload_seconds = 0.0
     for (target, files), before in zip(plans, prearchive_before, strict=True):
         upload_started = time.perf_counter()
@@ -167,6 +184,11 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
                 study.verify = verify_uploaded_session(
                     connection, target, files, request.verify_timeout_seconds, before
                 )
+        studies.append((study, before))
+    if not request.verify:  # one look at the prearchive: an upload XNAT parked is not a success
+        for study, before in studies:
+            study.parked = look_for_parked_task(connection, study.target, study.study_uid, before)
+    for study, _ in studies:
         outcomes.append(SessionOutcome.from_study(study))
 
     result = UploadSessionResult(
@@ -188,7 +210,8 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         arrivals={target.session: arrival(files) for target, files in plans},
     )
     if not result.ok:
-        raise UploadIncompleteError(_incomplete_message(result))
+        parked = any(s.in_conflict for s in result.sessions)
+        raise (UploadParkedError if parked else UploadIncompleteError)(_incomplete_message(result))
     logger.info(
         "uploaded %d files (%d sent by this run, %.1f MB) in %.1f s (%.1f MB/s); whole run %.1f s",
         result.files_delivered,
@@ -296,7 +319,11 @@ def _publish_batch_table(result: UploadSessionResult) -> None:
 
 
 def _incomplete_message(result: UploadSessionResult) -> str:
-    lines = ["upload incomplete; re-run the same upload to send what did not land:"]
+    lines = [
+        "XNAT parked this upload in the prearchive and nothing was merged on its own; look, then act as said below:"
+        if any(s.parked for s in result.sessions)
+        else "upload incomplete; re-run the same upload to send what did not land:"
+    ]
     if result.unreadable:
         lines.append(
             f"  {len(result.unreadable)} files or folders could not be read (make them readable), e.g. "
@@ -307,6 +334,8 @@ def _incomplete_message(result: UploadSessionResult) -> str:
             lines.append(
                 f"  {s.project}/{s.subject}/{s.session}: {len(s.failed_files)} files not sent, e.g. {s.failed_files[:3]}"
             )
-        if s.verified is False:
+        for parked in s.parked:
+            lines.append(f"  {s.project}/{s.subject}/{s.session}: XNAT did not archive this upload: {parked}")
+        if s.verified is False and not s.parked:
             lines.append(f"  {s.project}/{s.subject}/{s.session}: verification found missing {s.missing[:5]}")
     return "\n".join(lines)
