@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import socket
 import stat
 import subprocess
@@ -18,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_on_terminal
 from typer.testing import CliRunner
 
 from xnat_flows.cli.main import app
@@ -143,44 +142,15 @@ def test_expired_session_without_a_terminal_names_auth_login_and_password_stdin(
     assert status.exit_code == 3 and "expired or ended" in status.output
 
 
-def _run_on_terminal(args: list[str], env: dict[str, str], answer: str, timeout: float = 60.0) -> tuple[int, str]:
-    """Run the CLI on a pseudo-terminal; answer the password prompt; return (exit code, output)."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(CLI + args, stdin=terminal, stdout=terminal, stderr=terminal, env=env, close_fds=True)
-    os.close(terminal)
-    output, answered, deadline = b"", False, time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(controller, 4096)
-                except OSError:  # the terminal closed: the process ended
-                    break
-                if not chunk:
-                    break
-                output += chunk
-                if not answered and b"Password for" in output:
-                    os.write(controller, answer.encode() + b"\n")
-                    answered = True
-            elif process.poll() is not None:
-                break
-        return process.wait(timeout=max(1.0, deadline - time.monotonic())), output.decode(errors="replace")
-    finally:
-        if process.poll() is None:
-            process.kill()
-        os.close(controller)
-
-
 def test_expired_session_on_a_terminal_asks_for_the_password_again(xnat, home: Path) -> None:
     login(xnat)
     xnat.sessions.invalidate_user("admin")
     env = {k: v for k, v in os.environ.items() if not k.startswith("XNAT_")} | {"HOME": str(home)}
-    code, output = _run_on_terminal(["whoami"], env, PASSWORD)
+    code, output = run_on_terminal(CLI + ["whoami"], env, {"Password for": PASSWORD})
     assert code == 0, output
     assert "has ended; log in again" in output and output.rstrip().endswith("admin")
     # A second `auth login` on a terminal prompts too (a cached session is no reason to refuse).
-    code, output = _run_on_terminal(["auth", "login"], env, PASSWORD)
+    code, output = run_on_terminal(CLI + ["auth", "login"], env, {"Password for": PASSWORD})
     assert code == 0, output
     assert "Password for admin@" in output and "Logged in" in output
     assert_no_password_under(home)

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from xnat_flows.client.errors import ConflictError, InputError
 from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
 from xnat_flows.models import UploadRequest, XnatConnection
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.session import study_label
 
@@ -190,6 +192,52 @@ def test_archived_is_announced_once_per_arrival_of_files(
     grown = upload_dicom_session(request, connection)
     assert grown.sessions[0].verified is True and grown.sessions[0].experiment_id == experiment
     assert archived_events() == [experiment, experiment]
+
+
+def test_landing_log_line_keeps_its_urls_apart_from_punctuation(xnat, tmp_path: Path) -> None:
+    """The UI (and the demo's terminal) make links of URLs: a comma glued to one is a 404."""
+    import re
+
+    write_studies(tmp_path / "export", series=1, instances=3, instance_kb=4, seed=9)
+    state = upload_dicom_session(
+        _request(tmp_path / "export", session="LINKS01"),
+        XnatConnection(url=xnat.url, username="admin"),
+        return_state=True,
+    )
+    experiment = state.result().sessions[0].experiment_id
+    run_logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+
+    def landing_lines() -> list[str]:
+        with get_client(sync_client=True) as client:  # logs reach the API in batches, a moment later
+            return [m.message for m in client.read_logs(log_filter=run_logs) if "landed in the archive" in m.message]
+
+    wait_until(lambda: landing_lines(), 60, what="the landing log line to reach the API")
+    lines = landing_lines()
+    (line,) = lines
+    urls = re.findall(r"https?://\S+", line)
+    assert f"{xnat.url}/data/experiments/{experiment}" in urls
+    assert f"{xnat.url}/data/experiments/{experiment}?format=html" in urls
+    assert all(url[-1].isalnum() or url[-1] in "/=" for url in urls), urls
+
+
+def test_landing_table_fits_the_artifact_page(xnat, tmp_path: Path) -> None:
+    """No empty column (prearchive timestamp for an archive landing), and no long cell: a URL is
+    shown by its path and linked in full."""
+    import re
+
+    write_studies(tmp_path / "export", series=1, instances=3, instance_kb=4, seed=10)
+    upload_dicom_session(
+        _request(tmp_path / "export", session="TABLE01"), XnatConnection(url=xnat.url, username="admin")
+    )
+    with get_client(sync_client=True) as client:
+        (artifact,) = [
+            a for a in client.read_artifacts() if a.key == "xnat-upload-landing" and "TABLE01" in str(a.data)
+        ]
+    header, _, row = str(artifact.data).splitlines()
+    assert header.count("|") == 5 and "prearchive" not in header
+    cells = [re.sub(r"\[([^]]*)\]\([^)]*\)", r"\1", cell).strip() for cell in row.strip("|").split("|")]
+    assert all(cells) and max(len(cell) for cell in cells) <= 40, cells
+    assert f"({xnat.url}/data/experiments/" in row  # the full URI is the link's target
 
 
 def test_two_flow_runs_to_one_label_at_once_never_share_a_session(xnat, tmp_path: Path) -> None:

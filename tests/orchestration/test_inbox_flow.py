@@ -241,3 +241,22 @@ def test_files_that_arrive_during_the_upload_are_sent_before_the_folder_is_done(
     (experiment,) = xnat_emulator.archived_experiments("TEST")
     assert len(xnat_emulator.archived_files(experiment["ID"])) == 200
     assert len([p for p in (inbox / "done" / "arriving").rglob("*") if p.is_file()]) == 200
+
+
+def test_a_missing_inbox_folder_is_one_line_that_says_what_to_do(
+    prefect_harness: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "unmounted" / "inbox"
+    with caplog.at_level("INFO"):
+        state = ingest_inbox(
+            str(missing),
+            "TEST",
+            quiet_seconds=0,
+            connection=XnatConnection(url="http://127.0.0.1:9"),
+            return_state=True,
+        )
+    assert state.is_failed()
+    assert f"the inbox folder {missing} does not exist on this worker's host" in state.message
+    assert "XNAT_INBOX_DIR" in state.message and "\n" not in state.message
+    assert "Traceback" not in caplog.text
+    assert not missing.exists()  # a run never creates the inbox: a typo would swallow the drops elsewhere

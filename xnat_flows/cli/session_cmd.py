@@ -18,6 +18,8 @@ from xnat_flows.cli.options import (
     Connection,
     JsonOption,
     command_group,
+    counted,
+    sends_data,
     warn,
     with_connection,
 )
@@ -96,6 +98,7 @@ def upload(
     from xnat_flows.transfer.target import UploadTarget
     from xnat_flows.transfer.upload import choose_archive_format
 
+    sends_data()
     # Local input first: a bad label, path or study mix fails before anything is sent.
     target = UploadTarget(
         project=project,
@@ -131,7 +134,8 @@ def upload(
             archive_format, why = choose_archive_format(client)
             if not as_json:
                 typer.echo(f"archive format: {archive_format} ({why})")
-        with _progress_bar(label, enabled=not as_json) as progress:
+        bar = _progress_bar(label, enabled=not as_json, timed=True)
+        with bar as progress:
             result = upload_session(
                 client,
                 scan,
@@ -146,11 +150,11 @@ def upload(
                 allow_other_study=into_other_study,
             )
     if as_json:
-        summary = _summary(result)
+        summary = _summary(result, bar.sending_seconds)
         summary["conflicts"] = [[v.relpath for v in versions] for versions in scan.conflicts]
         typer.echo(json.dumps(summary, indent=2))
     else:
-        _report(result)
+        _report(result, bar.sending_seconds)
         _report_conflicts(scan, duplicates)
     if result.in_conflict:
         raise typer.Exit(EXIT_CONFLICT)  # nothing is lost: it waits in the prearchive for a person
@@ -228,20 +232,21 @@ def _upload_with_flow(
 
 class _progress_bar:
     """A rich progress bar fed by the library's thread-safe progress callback; nothing at all when
-    stdout is not a terminal (a pipe or a log gets the per-session lines of the report instead)."""
+    stdout is not a terminal (a pipe or a log gets the per-session lines of the report instead).
 
-    def __init__(self, label: str, *, enabled: bool = True) -> None:
+    ``timed``: the callback is taken even without a bar, to time the sending (from the start to
+    the last report, when XNAT answered the last batch or instance): the bar's rate and the
+    summary's are that one measure, bytes / sending seconds, so they end equal."""
+
+    def __init__(self, label: str, *, enabled: bool = True, timed: bool = False) -> None:
         self._progress: Any = None  # a rich Progress when stdout is a terminal
         self._task: Any = None
+        self._timed = timed
+        self._started = 0.0
+        self._last_report_at: float | None = None
         if not (enabled and sys.stdout.isatty()):
             return
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress  # the bar; our Progress is the snapshot it shows
 
         self._progress = RichProgress(
@@ -249,14 +254,20 @@ class _progress_bar:
             BarColumn(),
             TextColumn("{task.fields[files]}"),
             DownloadColumn(),
-            TransferSpeedColumn(),
+            TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             transient=False,
         )
 
+    @property
+    def sending_seconds(self) -> float | None:
+        """From the start of the upload to its last report; None when nothing was reported."""
+        return None if self._last_report_at is None else self._last_report_at - self._started
+
     def __enter__(self):
+        self._started = time.monotonic()
         if self._progress is None:
-            return None
+            return self._update if self._timed else None
         self._progress.start()
         return self._update
 
@@ -265,21 +276,30 @@ class _progress_bar:
             self._progress.stop()
 
     def _update(self, snapshot) -> None:
+        now = self._last_report_at = time.monotonic()
+        if self._progress is None:
+            return
         if self._task is None:
-            self._task = self._progress.add_task("upload", total=snapshot.bytes_total, files="")
+            self._task = self._progress.add_task("upload", total=snapshot.bytes_total, files="", rate="")
         files = f"{snapshot.done}/{snapshot.total} files" + (f", {snapshot.failed} failed" if snapshot.failed else "")
-        self._progress.update(self._task, completed=snapshot.bytes_done, total=snapshot.bytes_total, files=files)
+        rate = f"{snapshot.bytes_done / 1e6 / (now - self._started):.1f} MB/s" if now > self._started else ""
+        self._progress.update(
+            self._task, completed=snapshot.bytes_done, total=snapshot.bytes_total, files=files, rate=rate
+        )
 
 
-def _timing(result) -> tuple[float, float]:
-    """(transfer seconds, verification seconds): throughput is over the transfer only."""
+def _timing(result, sending_seconds: float | None = None) -> tuple[float, float]:
+    """(transfer seconds, verification seconds): throughput is over the transfer only, timed as
+    the progress bar times it when it was (``sending_seconds``)."""
     verify_seconds = sum(s.verify.waited_seconds for s in result.sessions if s.verify is not None)
+    if sending_seconds:
+        return sending_seconds, verify_seconds
     return max(result.seconds - verify_seconds, 0.0), verify_seconds
 
 
-def _summary(result) -> dict:
+def _summary(result, sending_seconds: float | None = None) -> dict:
     """The --json form of an upload's result (what a script needs to act on it)."""
-    transfer_seconds, verify_seconds = _timing(result)
+    transfer_seconds, verify_seconds = _timing(result, sending_seconds)
     return {
         "ok": result.ok,
         "files_sent": result.files_sent,
@@ -340,7 +360,7 @@ def _report_conflicts(scan, duplicates: str) -> None:
         )
 
 
-def _report(result) -> None:
+def _report(result, sending_seconds: float | None = None) -> None:
     _report_skipped(result.skipped)
     for study in result.sessions:
         t = study.target
@@ -365,10 +385,10 @@ def _report(result) -> None:
             typer.echo(f"  not sent: {relpath}" + (f": {errors[relpath]}" if relpath in errors else ""), err=True)
         if len(study.failed_files) > 20:
             typer.echo(f"  ... and {len(study.failed_files) - 20} more", err=True)
-    transfer_seconds, verify_seconds = _timing(result)
+    transfer_seconds, verify_seconds = _timing(result, sending_seconds)
     rate = result.bytes_sent / 1e6 / transfer_seconds if transfer_seconds > 0 else 0.0
     typer.echo(
-        f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB sent in {transfer_seconds:.1f} s ({rate:.1f} MB/s)"
+        f"{counted(result.files_sent, 'file')}, {result.bytes_sent / 1e6:.1f} MB sent in {transfer_seconds:.1f} s ({rate:.1f} MB/s)"
         + (f"; verified in {verify_seconds:.1f} s" if verify_seconds else "")
     )
     if result.in_conflict:
@@ -431,6 +451,7 @@ def upload_dicom(
     from xnat_flows.transfer.dicom_send import RoutingOverride, echo
     from xnat_flows.transfer.scan import scan_directory
 
+    sends_data()
     if (subject or session) and not project:
         raise InputError("--subject and --session route only together with --project")
     routing = RoutingOverride(project, subject, session) if project else None

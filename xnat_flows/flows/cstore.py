@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -24,6 +25,7 @@ from xnat_flows.models import (
     SendDicomRequest,
     SendDicomResult,
     XnatConnection,
+    ui_title,
 )
 from xnat_flows.tasks.connection import credentials_for, server_url_for_report
 from xnat_flows.tasks.cstore import (
@@ -59,7 +61,9 @@ def _run_name() -> str:
 
 @flow(name="send-dicom", validate_parameters=True, flow_run_name=_run_name)
 def send_dicom(
-    request: SendDicomRequest, receiver: DicomReceiverTarget, connection: XnatConnection = XnatConnection()
+    request: Annotated[SendDicomRequest, ui_title("What to send")],
+    receiver: Annotated[DicomReceiverTarget, ui_title("DICOM receiver")],
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
 ) -> SendDicomResult:
     """Send every DICOM instance under a directory to a DICOM receiver over parallel associations;
     with ``request.verify``, wait until XNAT has archived what was sent and announce each session.

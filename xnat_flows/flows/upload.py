@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import cast
+from typing import Annotated, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -24,6 +24,7 @@ from xnat_flows.models import (
     UploadRequest,
     UploadSessionResult,
     XnatConnection,
+    ui_title,
 )
 from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.tasks.upload import (
@@ -66,7 +67,10 @@ class UploadParkedError(ConflictError):
     validate_parameters=True,
     flow_run_name="upload {request.project}/{request.subject}/{request.session}",
 )
-def upload_dicom_session(request: UploadRequest, connection: XnatConnection = XnatConnection()) -> UploadSessionResult:
+def upload_dicom_session(
+    request: Annotated[UploadRequest, ui_title("What to upload, and where")],
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
+) -> UploadSessionResult:
     """Upload a directory of DICOM files to one XNAT session through the REST Import API.
 
     Args:
@@ -245,25 +249,30 @@ _PREARCHIVE_URI = re.compile(r"/prearchive/projects/[^/]+/(?P<timestamp>[^/]+)/"
 
 def _publish_landing(result: UploadSessionResult, server_url: str) -> None:
     logger = get_run_logger()
-    lines = ["| session | where | experiment | URI | timestamp (prearchive) |", "|---|---|---|---|---|"]
-    for s in result.sessions:
-        where = landing(s, server_url)
+    landings = [(s, landing(s, server_url)) for s in result.sessions]
+    # Narrow enough for the artifact page: the URI shown by its path (linked in full), and the
+    # prearchive timestamp column only when a session landed there.
+    staged = any(where["prearchive_timestamp"] for _, where in landings)
+    lines = [
+        "| session | landed in | experiment (web page) | REST URI |" + (" prearchive timestamp |" if staged else ""),
+        "|---|---|---|---|" + ("---|" if staged else ""),
+    ]
+    for s, where in landings:
         page = f"[{where['experiment_id']}]({where['web_url']})" if where["web_url"] else ""
+        uri = f"[{s.session_uri}]({where['uri']})" if where["uri"] and s.session_uri else (where["uri"] or "")
         lines.append(
-            f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {where['uri'] or ''} "
-            f"| {where['prearchive_timestamp'] or ''} |"
+            f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {uri} |"
+            + (f" {where['prearchive_timestamp'] or ''} |" if staged else "")
         )
-        logger.info(
-            "%s/%s/%s landed in the %s: experiment %s, %s%s%s",
-            s.project,
-            s.subject,
-            s.session,
-            where["where"],
-            where["experiment_id"] or "-",
-            where["uri"] or "no URI",
-            f", web page {where['web_url']}" if where["web_url"] else "",
-            f", prearchive timestamp {where['prearchive_timestamp']}" if where["prearchive_timestamp"] else "",
-        )
+    for s, where in landings:
+        # Each URL stands between spaces: the UI and terminals make links of URLs, and a comma
+        # or bracket glued to one becomes part of the link.
+        facts = [f"experiment {where['experiment_id'] or '-'}", f"URI {where['uri'] or '(none)'}"]
+        if where["web_url"]:
+            facts.append(f"web page {where['web_url']}")
+        if where["prearchive_timestamp"]:
+            facts.append(f"prearchive timestamp {where['prearchive_timestamp']}")
+        logger.info("%s/%s/%s landed in the %s: %s", s.project, s.subject, s.session, where["where"], " | ".join(facts))
     create_markdown_artifact(
         markdown="\n".join(lines), key="xnat-upload-landing", description="Where the uploaded data landed in XNAT"
     )
