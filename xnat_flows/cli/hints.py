@@ -9,6 +9,7 @@ direct answer (the flag to pass, the command to run). The Prefect layer has its 
 from __future__ import annotations
 
 from xnat_flows.client.errors import AuthenticationError, UnsupportedServerError, XnatError, reworded
+from xnat_flows.transfer.scan import IncompleteExportError
 
 # Where a prearchive session's status is seen, and how a CONFLICT entry is archived, from here.
 STATUS_SHOWN_BY = "xnat-flows prearchive list"
@@ -17,8 +18,11 @@ ARCHIVE_CONFLICT_WITH = (
     "`xnat-flows prearchive archive PROJECT TIMESTAMP NAME --overwrite delete`"
 )
 
+CHECK_DELIVERED_WITH = "`xnat-flows auth login` lets a re-run check them"
+
 BY_REASON: dict[str, str] = {
     "no-password": "Set XNAT_USER and XNAT_PASS, pass --username/--password, or run `xnat-flows auth login`",
+    "session-ended": "Run `xnat-flows auth login` (in a script: `... | xnat-flows auth login --password-stdin`)",
     "no-url": "Pass --url, set XNAT_URL, or add a profile with a url to config.toml in the xnat-flows profile "
     "directory",
     "ca-bundle": "Point XNAT_CA_BUNDLE/ca_bundle at a PEM file",
@@ -34,6 +38,10 @@ BY_REASON: dict[str, str] = {
     "check the URL is XNAT's base URL and log in again (xnat-flows auth login)",
     "several-studies": "Upload each study as its own session with --per-study (labels get the session label, _ "
     "and 8 hex digits of the study's UID), or point at one study's directory",
+    "other-subject": "Check the subject: to add to that session, give its subject (-S); to keep this upload apart, "
+    "give it a label of its own (-E). `xnat-flows prearchive list -P PROJECT` and XNAT's session page show which "
+    "subject holds the session",
+    "other-subject-receiving": "Check the subject (-S), or give this upload a label of its own (-E)",
     "other-study": "Choose a session label of its own (-E/--session, or --per-study), or, if the two studies must "
     "share one session, ask for it explicitly (allow_other_study=True; CLI --into-other-study)",
 }
@@ -42,6 +50,8 @@ BY_CLASS: dict[type[XnatError], str] = {
     AuthenticationError: "Check the user name and password (XNAT_USER/XNAT_PASS or your profile); if the account "
     "has too many open sessions, ask an admin to end them",
     UnsupportedServerError: "Upgrade XNAT, or upload through the prearchive instead (--prearchive)",
+    IncompleteExportError: "Wait until the export has finished writing and run the same command again; to send the "
+    "other files without the cut ones, pass --skip-truncated",
 }
 
 

@@ -177,6 +177,18 @@ class SessionAuth:
         self.relogin(generation)
         return True
 
+    def session_ended(self, method: str, path: str) -> AuthenticationError:
+        """A 401 to a client holding only a session token (no password): that session has ended."""
+        creds = self.credentials
+        who = f"{creds.username}@{creds.url}" if creds.username else creds.url
+        return AuthenticationError(
+            f"{method} {path}: the XNAT session for {who} has ended (HTTP 401) and there is no password to log in again",
+            status=401,
+            hint="Log in again with a user and password",
+            reason="session-ended",
+            url=creds.url,
+        )
+
     def scrub(self, error: _Error) -> _Error:
         """Belt and braces: no password or token text in an error, whatever the server echoed."""
         for secret in self._secrets + [self._state[1] or ""]:

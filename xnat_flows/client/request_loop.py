@@ -28,7 +28,7 @@ def _maybe_acted_on(error: XnatError) -> bool:
     """The request reached XNAT and no answer says what became of it: the connection was made and
     then timed out or dropped, or a gateway gave up waiting (504) while XNAT may still work on it."""
     if isinstance(error, XnatConnectionError):
-        return error.retryable
+        return error.retryable or error.timed_out
     return error.status == 504
 
 
@@ -91,7 +91,11 @@ class RequestLoop:
             else:
                 if response.status_code < 400:
                     return response
-                error = auth.scrub(error_for_response(response, parse_retry_after(response.headers.get("Retry-After"))))
+                error = auth.scrub(
+                    auth.session_ended(method, path)
+                    if response.status_code == 401 and not auth.can_login
+                    else error_for_response(response, parse_retry_after(response.headers.get("Retry-After")))
+                )
             attempt += 1
             if method in ("POST", "PUT") and _maybe_acted_on(error):
                 with self._in_doubt_lock:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
 from xnat_flows import __version__
-from xnat_flows.client.errors import CancelledError, XnatConnectionError
+from xnat_flows.client.errors import CancelledError, NoAnswerError, XnatConnectionError
+from xnat_flows.client.lean import AnswerTooSlow, answer_deadline, read_answer
 from xnat_flows.client.transport import LEAN, SocketRegistry, XnatTransport, proxy_for, ssl_verify
 from xnat_flows.client.urls import public_base_url
 
@@ -44,6 +46,15 @@ def connection_error(exc: Exception, where: str, url: str | None = None) -> Xnat
     means the host is down or unreachable: no quick request retries. A connection lost
     mid-request is worth a retry."""
     reachable = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol))
+    if isinstance(exc, AnswerTooSlow):  # answered, slowly: a second attempt would drip as long
+        return NoAnswerError(
+            f"{where}: {exc}",
+            retryable=False,
+            timed_out=True,
+            hint="XNAT (or a proxy in front of it) sends its answers far too slowly: check the server's load "
+            "and the network or proxy between",
+            url=url,
+        )
     kind = type(exc).__name__
     unanswered = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
     detail = f"no byte moved for the timeout ({exc})" if unanswered else str(exc)
@@ -172,7 +183,15 @@ class Sender:
         extensions: dict[str, Any] = {"timeout": limits.as_dict()}
         if lean:
             extensions[LEAN] = True
+        sent_at = [time.monotonic()]
+
+        def noting_the_end(chunks: Iterable[bytes]) -> Iterator[bytes]:
+            yield from chunks
+            sent_at[0] = time.monotonic()  # the answer's allowance counts from the end of the body
+
         with opened(content) as body:
+            if body is not None and not isinstance(body, (bytes, str)):
+                body = noting_the_end(body)
             try:
                 request = httpx.Request(
                     method, self.build_url(path, params), headers=merged, content=body, extensions=extensions
@@ -181,12 +200,19 @@ class Sender:
                     request = next(auth.sync_auth_flow(request))  # e.g. BasicAuth: the Authorization header
                 response = self._transport.handle_request(request)
                 response.request = request
+                if response.is_stream_consumed:  # handed over read: the lean pool (deadline kept there), a mock
+                    return response
+                # The whole answer is bounded too: the read timeout is also a deadline on its last byte.
                 try:
-                    response.read()  # the whole answer, decoded; releases the connection
-                except BaseException:
+                    deadline, allowance = answer_deadline(limits)
+                    deadline -= time.monotonic() - sent_at[0]
+                    raw = read_answer(response.iter_raw(), deadline, allowance)
+                finally:
                     response.close()
-                    raise
-                return response
+                # read (and a Content-Encoding decoded) by httpx on construction
+                return httpx.Response(
+                    response.status_code, headers=response.headers, stream=httpx.ByteStream(raw), request=request
+                )
             except httpx.HTTPError as exc:
                 url = public_base_url(self.url)
                 raise connection_error(exc, where or f"{method} {url}{path}", url) from None

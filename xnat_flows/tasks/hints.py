@@ -26,6 +26,7 @@ from xnat_flows.client.errors import (
     reworded,
 )
 from xnat_flows.transfer.dicom_errors import DicomNetworkError
+from xnat_flows.transfer.scan import IncompleteExportError
 
 # Where a prearchive session's status is seen, and how a CONFLICT entry is archived, from a run.
 STATUS_SHOWN_BY = "XNAT's prearchive page (Upload > Go To Prearchive)"
@@ -33,6 +34,8 @@ ARCHIVE_CONFLICT_WITH = (
     "find it in the project's prearchive (XNAT: Upload > Go To Prearchive) and archive it with the "
     "archive-prearchive deployment, overwrite 'delete'"
 )
+
+CHECK_DELIVERED_WITH = "give the run XNAT credentials"
 
 _BLOCK_URL = (
     "Check the URL in the run's xnat-credentials Block, the worker's network and (for TLS errors) the Block's CA bundle"
@@ -42,6 +45,7 @@ BY_REASON: dict[str, str] = {
     "unknown-project": "Check the project in the run's parameters (case-sensitive), or ask an XNAT admin to create it",
     "no-password": "Pick an xnat-credentials Block (with user and password) in the run's connection parameter, or "
     "give the Block of this deployment a user and password",
+    "session-ended": "Give the run's xnat-credentials Block a user and password, so the run can log in again",
     "no-url": "Pick an xnat-credentials Block in the run's connection parameter (or redeploy with "
     "XNAT_CREDENTIALS_BLOCK naming one)",
     "ca-bundle": "Point the CA bundle of the run's xnat-credentials Block at a PEM file on the worker host",
@@ -58,6 +62,9 @@ BY_REASON: dict[str, str] = {
     "check that the URL in the run's xnat-credentials Block is XNAT's base URL and that its user and password work",
     "several-studies": "Upload each study as its own session: set per_study in the request, or point source_dir at "
     "one study's directory",
+    "other-subject": "Check the request's subject: to add to that session give its subject, to keep this upload "
+    "apart give it a session label of its own",
+    "other-subject-receiving": "Check the request's subject, or give this upload a session label of its own",
     "other-study": "Choose a session label of its own (the request's session, or per_study), or, if the two studies "
     "must share one session, set allow_other_study in the request",
     "receiver-port": "Check the port in the run's receiver parameter or its xnat-dicom-receiver Block (XNAT's "
@@ -76,6 +83,8 @@ BY_CLASS: dict[type[XnatError], str] = {
     UnreachableError: _BLOCK_URL,
     UnsupportedServerError: "Upgrade XNAT, or upload through the prearchive instead (direct_archive: false in the "
     "request)",
+    IncompleteExportError: "Wait until the export has finished writing and run again; to send the other files "
+    "without the cut ones, set skip_truncated in the request",
     DicomNetworkError: "Check the host, port and AE title in the run's receiver parameter or its "
     "xnat-dicom-receiver Block (XNAT: Administer > Site Administration > DICOM SCP)",
 }

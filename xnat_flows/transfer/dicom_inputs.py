@@ -21,7 +21,7 @@ def validate_ae_title(title: str, role: str) -> str:
     checks both agree on a table of titles): not empty or only spaces, at most 16 characters as
     given, ASCII without control characters or backslashes. They are repeated here rather than
     called because importing pynetdicom (and the pydicom under it) costs ~0.25 s, and the
-    ``session upload-dicom`` path imports neither: its start-up is part of its throughput
+    ``session send-dicom`` path imports neither: its start-up is part of its throughput
     (docs/performance.md, docs/cstore.md).
     """
     hint = "AE titles are 1-16 printable ASCII characters without backslashes"
