@@ -200,7 +200,12 @@ class Sender:
                     request = next(auth.sync_auth_flow(request))  # e.g. BasicAuth: the Authorization header
                 response = self._transport.handle_request(request)
                 response.request = request
-                if response.is_stream_consumed:  # handed over read: the lean pool (deadline kept there), a mock
+                if response.is_stream_consumed:  # handed over read (a mock transport's answer)
+                    return response
+                if isinstance(
+                    response.stream, httpx.ByteStream
+                ):  # in memory: the lean pool read it, under the deadline
+                    response.read()  # decodes a Content-Encoding
                     return response
                 # The whole answer is bounded too: the read timeout is also a deadline on its last byte.
                 try:
@@ -209,10 +214,11 @@ class Sender:
                     raw = read_answer(response.iter_raw(), deadline, allowance)
                 finally:
                     response.close()
-                # read (and a Content-Encoding decoded) by httpx on construction
-                return httpx.Response(
+                answer = httpx.Response(
                     response.status_code, headers=response.headers, stream=httpx.ByteStream(raw), request=request
                 )
+                answer.read()  # decodes a Content-Encoding, as httpx's own read would
+                return answer
             except httpx.HTTPError as exc:
                 url = public_base_url(self.url)
                 raise connection_error(exc, where or f"{method} {url}{path}", url) from None
