@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from xnat_flows.client.archive import archived_studies, find_archived, study_label, subject_label
 from xnat_flows.client.client import XnatClient
@@ -308,18 +307,14 @@ def _settle_closed_direct_archive(client: XnatClient, target: UploadTarget, stud
 
 def _refuse_study_archived_elsewhere(client: XnatClient, target: UploadTarget, study_uid: str) -> None:
     """A ``--per-study`` upload of a study the project already holds under another label."""
-    rows = client.get_rows(
-        f"/data/projects/{quote(target.project, safe='')}/experiments",
-        params={"columns": "ID,label,UID", "UID": study_uid},
-    )
-    elsewhere = [r for r in rows if r.get("UID") == study_uid and r.get("label") and r["label"] != target.session]
-    if not elsewhere:
+    found = archived_studies(client, target.project).get(study_uid)
+    if found is None or not found.get("label") or found["label"] == target.session:
         return
-    label = elsewhere[0]["label"]
+    label = found["label"]
     prefix, _, digits = label.rpartition("_")
     same_run = f" (the --per-study labels of -E {prefix})" if prefix and label == study_label(prefix, study_uid) else ""
     raise ConflictError(
-        f"Study {study_uid} is already archived in {target.project} as session {label} ({elsewhere[0].get('ID', '?')})"
+        f"Study {study_uid} is already archived in {target.project} as session {label} ({found.get('ID', '?')})"
         f"{same_run}; this upload would archive it again as {target.session}: nothing was sent",
         status=409,
         hint=f"Run the same command with -E {prefix} to complete that session"
