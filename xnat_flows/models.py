@@ -135,6 +135,12 @@ class UploadRequest(BaseModel):
         title="Duplicate instances",
         description="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.",
     )
+    skip_truncated: bool = Field(
+        default=False,
+        title="Skip cut-short files",
+        description="Send the other files when some DICOM files are cut short; off (the default) the run fails "
+        "before sending anything, since such a folder is an export still being written.",
+    )
     verify: bool = Field(
         default=True,
         title="Verify",
@@ -343,6 +349,12 @@ class SendDicomRequest(BaseModel):
     )
     routing_session: str = Field(
         default="", title="Route to session", description="With a project to route to: `Session:` routing."
+    )
+    skip_truncated: bool = Field(
+        default=False,
+        title="Skip cut-short files",
+        description="Send the other files when some DICOM files are cut short; off (the default) the run fails "
+        "before sending anything, since such a folder is an export still being written.",
     )
     verify: bool = Field(
         default=False,

@@ -213,6 +213,7 @@ def test_conflict_advice_matches_the_overwrite_chosen(xnat, home: Path, tmp_path
 
 def test_http_port_for_cstore_names_the_port_not_a_timeout(xnat, home: Path, tmp_path: Path) -> None:
     write_studies(tmp_path / "export", series=1, instances=1, instance_kb=4, seed=43)
+    login(xnat)  # -P needs it
     result = run(
         "session",
         "upload-dicom",
@@ -238,8 +239,10 @@ def test_cstore_project_routing_warns_or_checks(xnat, home: Path, tmp_path: Path
     unrouted = run(*base)
     assert unrouted.exit_code == 0, unrouted.output
     assert "no --project" in unrouted.stderr and "Unassigned" in unrouted.stderr
-    unchecked = run(*base, "-P", "NOPE")  # no login: cannot ask XNAT, so say what may happen
-    assert "could not check that project NOPE exists" in unchecked.stderr and "Unassigned" in unchecked.stderr
+    unchecked = run(*base, "-P", "NOPE")  # no login: cannot ask XNAT, so nothing is sent
+    assert unchecked.exit_code == 3, unchecked.output
+    assert "not logged in" in unchecked.stderr and "xnat-flows auth login" in unchecked.stderr
+    assert "--no-xnat-check" in unchecked.stderr and " sent, " not in unchecked.output
     login(xnat)
     unknown = run(*base, "-P", "NOPE")
     assert unknown.exit_code == 4, unknown.output
@@ -462,3 +465,14 @@ def test_flow_run_without_a_prefect_server_sends_no_telemetry(xnat, tmp_path: Pa
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verified: True" in done.stdout
     assert "telemetry" not in (done.stdout + done.stderr).lower()
+
+
+def test_a_session_that_ends_mid_command_tells_a_token_only_user_to_log_in(xnat, home: Path) -> None:
+    """Issue 20 item 7: logged in once (no password kept), the session ends between the command's
+    first request and the next one: the advice is `auth login`, not XNAT_USER/XNAT_PASS."""
+    login(xnat)
+    xnat.faults.add(path=r"/data/prearchive", evict_token=True, times=1)
+    result = run("prearchive", "list", "-P", "CLI")
+    assert result.exit_code == 3, result.output
+    assert "has ended (HTTP 401)" in result.stderr and "xnat-flows auth login" in result.stderr
+    assert "XNAT_USER" not in result.stderr

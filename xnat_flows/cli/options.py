@@ -57,9 +57,12 @@ def exit_code_for(exc: BaseException) -> int:
         UnreachableError,
         XnatConnectionError,
     )
+    from xnat_flows.transfer.scan import IncompleteExportError
 
     if isinstance(exc, CancelledError):
         return EXIT_INTERRUPTED
+    if isinstance(exc, IncompleteExportError):  # files still being written: run again once they are whole
+        return EXIT_PARTIAL
     if isinstance(exc, InputError):
         return EXIT_USAGE
     if isinstance(exc, (AuthenticationError, PermissionDeniedError)):

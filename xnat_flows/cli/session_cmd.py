@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -17,14 +19,28 @@ from xnat_flows.cli.options import (
     JsonOption,
     command_group,
     counted,
-    prove_session,
     sends_data,
     warn,
     with_connection,
 )
 
 if TYPE_CHECKING:
-    pass
+    from xnat_flows.client.client import XnatClient
+
+# Options of both uploads' scan (the same scanner for REST and C-STORE)
+DuplicatesOption = Annotated[
+    Literal["newest", "oldest", "stop"],
+    typer.Option(
+        "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
+    ),
+]
+SkipTruncatedOption = Annotated[
+    bool,
+    typer.Option(
+        "--skip-truncated",
+        help="Send the other files when some are cut short (default: stop, exit 6: an export still being written).",
+    ),
+]
 
 app = command_group(help="Upload DICOM sessions (REST Import API or DICOM C-STORE).")
 
@@ -64,12 +80,8 @@ def upload(
         bool, typer.Option("--into-other-study", help="Upload even into a session holding another study.")
     ] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare.")] = True,
-    duplicates: Annotated[
-        Literal["newest", "oldest", "stop"],
-        typer.Option(
-            "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
-        ),
-    ] = "newest",
+    duplicates: DuplicatesOption = "newest",
+    skip_truncated: SkipTruncatedOption = False,
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
     as_json: JsonOption = False,
     *,
@@ -111,9 +123,10 @@ def upload(
             as_json,
             into_other_study,
             duplicates,
+            skip_truncated,
         )
         return
-    scan = scan_directory(source, duplicates=duplicates)
+    scan = scan_directory(source, duplicates=duplicates, skip_truncated=skip_truncated)
     plan_sessions(scan, target, per_study=per_study)
     label = "gradual-DICOM" if gradual else "DICOM-zip"
     with connection.client(projects=(project,)) as client:
@@ -162,6 +175,7 @@ def _upload_with_flow(
     as_json,
     into_other_study,
     duplicates="newest",
+    skip_truncated=False,
 ) -> None:
     from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
@@ -189,6 +203,7 @@ def _upload_with_flow(
         transport="gradual-dicom" if gradual else "dicom-zip",
         allow_other_study=into_other_study,
         duplicates=duplicates,
+        skip_truncated=skip_truncated,
     )
     with ephemeral_server_dies_with_this_process():
         try:
@@ -411,25 +426,29 @@ def upload_dicom(
     session: Annotated[
         str | None, typer.Option("--session", "-E", help="With --project: route to this session label.")
     ] = None,
-    duplicates: Annotated[
-        Literal["newest", "oldest", "stop"],
+    duplicates: DuplicatesOption = "newest",
+    skip_truncated: SkipTruncatedOption = False,
+    no_xnat_check: Annotated[
+        bool,
         typer.Option(
-            "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
+            "--no-xnat-check",
+            help="Send without a login to XNAT's REST API: --project is not checked, and instances an earlier run "
+            "delivered are sent again (reported in doubt).",
         ),
-    ] = "newest",
+    ] = False,
     as_json: JsonOption = False,
     *,
     connection: Connection,
 ) -> None:
     """Send a directory to a DICOM receiver (C-STORE).
 
-    Parallel associations. No login is needed; with one (`xnat-flows auth login`) --project is checked first.
+    Parallel associations. With a login (`xnat-flows auth login`) XNAT is asked first: --project must
+    exist, and a re-run skips what an earlier run delivered only while XNAT still holds that study.
+    --project needs the login (or --no-xnat-check).
     """
     from xnat_flows.client.errors import InputError
-    from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
+    from xnat_flows.transfer.dicom_resume import in_doubt_warning
     from xnat_flows.transfer.dicom_send import RoutingOverride, echo
-    from xnat_flows.transfer.journal import UploadJournal
-    from xnat_flows.transfer.progress import Progress
     from xnat_flows.transfer.scan import scan_directory
 
     sends_data()
@@ -441,12 +460,92 @@ def upload_dicom(
             "no --project: XNAT routes by the DICOM headers (e.g. `Project:` in PatientComments); "
             "what it cannot route is filed under Unassigned in the prearchive"
         )
+    with contextlib.ExitStack() as stack:
+        if no_xnat_check:
+            held = None
+            warn(
+                "--no-xnat-check: "
+                + (f"project {project} is not checked, and " if project else "")
+                + "instances an earlier run delivered are sent again (XNAT cannot be asked whether it holds them)"
+            )
+        else:
+            held = _xnat_study_check(connection, project, session, stack)
+        echo(host, port, called_aet, calling_aet)
+        # all a C-STORE needs
+        scan = scan_directory(source, headers="file-meta", duplicates=duplicates, skip_truncated=skip_truncated)
+        if not scan.files:
+            raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
+        send = _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json)
+    result = send.result
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": result.ok and not send.in_doubt and not scan.unreadable,
+                    "sent": len(result.sent),
+                    "failed": len(result.failed),
+                    "skipped": len(result.skipped),
+                    "resumed": send.resumed,
+                    "in_doubt": len(send.in_doubt),
+                    "resent_unchecked": len(send.unchecked),
+                    "resent_not_in_xnat": send.forgotten,
+                    "stored_with_warning": [
+                        {"path": str(o.path), "status": o.status_hex, "meaning": o.meaning} for o in result.warnings
+                    ],
+                    "bytes_sent": result.bytes_sent,
+                    "seconds": round(result.seconds, 3),
+                    "instances_per_second": round(result.instances_per_second, 1),
+                    "not_stored": [
+                        {"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
+                        for o in result.failed + result.skipped
+                    ],
+                    "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped if not s.unreadable],
+                    "unreadable": [{"path": str(s.path), "reason": s.reason} for s in scan.unreadable],
+                    "conflicts": [[v.relpath for v in versions] for versions in scan.conflicts],
+                },
+                indent=2,
+            )
+        )
     else:
-        _check_project_if_logged_in(connection, project)
-    echo(host, port, called_aet, calling_aet)
-    scan = scan_directory(source, headers="file-meta", duplicates=duplicates)  # all a C-STORE needs
-    if not scan.files:
-        raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
+        _report_skipped(scan.skipped)
+        _report_conflicts(scan, duplicates)
+        for failed in result.failed + result.skipped:
+            typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
+        for warned in result.warnings:
+            typer.echo(f"stored with a warning: {warned.path}: {warned.status_hex} {warned.meaning}", err=True)
+        if send.forgotten:
+            typer.echo(
+                f"{send.forgotten} instances an earlier run delivered were sent again: XNAT no longer holds their study",
+                err=True,
+            )
+        if send.resumed:
+            typer.echo(
+                f"{send.resumed} instances were delivered by an earlier run (XNAT still holds their study) "
+                "and not sent again"
+                + (
+                    ""
+                    if result.sent or result.failed or result.skipped
+                    else f" (nothing left to send; to send them again anyway, delete {send.journal_path})"
+                )
+            )
+        typer.echo(result.summary())
+        if scan.skipped:
+            typer.echo(f"{len(scan.skipped)} other files under {source} were not sent (listed above)")
+    if send.in_doubt:
+        typer.echo(f"warning: {in_doubt_warning(send)}", err=True)
+    if not result.ok or scan.unreadable:
+        typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
+        raise typer.Exit(EXIT_PARTIAL)
+    if send.in_doubt:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json):
+    """The C-STORE itself, journaled, behind a progress bar on a terminal."""
+    from xnat_flows.transfer.dicom_resume import store_instances_resumable
+    from xnat_flows.transfer.journal import UploadJournal
+    from xnat_flows.transfer.progress import Progress
+
     # a progress bar only on a terminal: into a pipe or a log rich draws nothing useful, and its
     # import and refresh thread cost CPU a receiver on the same host would use (docs/cstore.md)
     with _progress_bar("C-STORE", enabled=not as_json) as progress:
@@ -473,6 +572,7 @@ def upload_dicom(
                 calling_aet=calling_aet,
                 workers=workers,
                 routing=routing,
+                held=held,
                 preflight=False,
                 progress=show if progress else None,
             )
@@ -482,73 +582,39 @@ def upload_dicom(
                 err=True,
             )
             raise  # the root command prints the interruption line and exits 130
-    result = send.result
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "ok": result.ok and not send.in_doubt and not scan.unreadable,
-                    "sent": len(result.sent),
-                    "failed": len(result.failed),
-                    "skipped": len(result.skipped),
-                    "resumed": send.resumed,
-                    "in_doubt": len(send.in_doubt),
-                    "bytes_sent": result.bytes_sent,
-                    "seconds": round(result.seconds, 3),
-                    "instances_per_second": round(result.instances_per_second, 1),
-                    "not_stored": [
-                        {"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
-                        for o in result.failed + result.skipped
-                    ],
-                    "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped if not s.unreadable],
-                    "unreadable": [{"path": str(s.path), "reason": s.reason} for s in scan.unreadable],
-                    "conflicts": [[v.relpath for v in versions] for versions in scan.conflicts],
-                },
-                indent=2,
-            )
-        )
-    else:
-        _report_skipped(scan.skipped)
-        _report_conflicts(scan, duplicates)
-        for failed in result.failed + result.skipped:
-            typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
-        if send.resumed:
-            typer.echo(
-                f"{send.resumed} instances were delivered by an earlier run and not sent again"
-                + (
-                    ""
-                    if result.sent or result.failed or result.skipped
-                    else f" (nothing left to send; to send them again anyway, delete {send.journal_path})"
-                )
-            )
-        typer.echo(result.summary())
-    if send.in_doubt:
-        typer.echo(f"warning: {in_doubt_warning(send)}", err=True)
-    if not result.ok or scan.unreadable:
-        typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
-        raise typer.Exit(EXIT_PARTIAL)
-    if send.in_doubt:
-        raise typer.Exit(EXIT_PARTIAL)
+    return send
 
 
-def _check_project_if_logged_in(connection: Connection, project: str) -> None:
-    """An unknown --project is an error (XNAT would file the data under Unassigned); without a
-    login to ask XNAT, a warning says so instead."""
-    from xnat_flows.client.client import XnatClient
-    from xnat_flows.client.errors import AuthenticationError, InputError, NotFoundError, XnatError
+def _xnat_study_check(
+    connection: Connection, project: str | None, session: str | None, stack: contextlib.ExitStack
+) -> Callable[[str], bool]:
+    """Whether XNAT holds a study, for the C-STORE journal (``transfer.session.study_present``),
+    over a client ``stack`` keeps open. With --project the login is required now (XNAT files data
+    for an unknown project under Unassigned, so the project is checked first); without, the client
+    is opened only if the journal lists deliveries to check, so a plain send needs no login (and
+    loads no HTTP stack)."""
+    from xnat_flows.client.errors import AuthenticationError, InputError
 
-    try:
-        credentials = connection.credentials(prompt=False, password=connection.password_given())
-        with XnatClient(credentials) as client:
-            prove_session(client)
-            client.require_project(project)
-    except NotFoundError:
-        raise
-    except (InputError, AuthenticationError, XnatError) as exc:
-        reason = (
-            "not logged in: `xnat-flows auth login`" if isinstance(exc, (InputError, AuthenticationError)) else str(exc)
-        )
-        warn(
-            f"could not check that project {project} exists ({reason}); "
-            "XNAT files data for an unknown project under Unassigned in the prearchive"
-        )
+    clients: list[XnatClient] = []
+
+    def client() -> XnatClient:
+        if not clients:
+            clients.append(stack.enter_context(connection.client(projects=(project,))))
+        return clients[0]
+
+    def held(study_uid: str) -> bool:
+        from xnat_flows.transfer.session import study_present
+
+        return study_present(client(), study_uid, project=project, label=session)
+
+    if project is not None:
+        try:
+            client()
+        except (InputError, AuthenticationError) as exc:
+            raise AuthenticationError(
+                f"not logged in to XNAT ({exc.message}): upload-dicom --project checks the project, and what "
+                "earlier runs delivered, over XNAT's REST API first; nothing was sent",
+                hint="Run `xnat-flows auth login` (or give --url/--username with --password-stdin), or pass "
+                "--no-xnat-check to send without these checks",
+            ) from None
+    return held

@@ -126,6 +126,21 @@ def find_archived(client: XnatClient, project: str, label: str, subject: str | N
     return parse_session_document(document, project, label)
 
 
+def archived_studies(client: XnatClient, project: str | None = None) -> dict[str, dict[str, str]]:
+    """The archived sessions of ``project`` (every project the account sees when None), each by its
+    StudyInstanceUID: the experiment listing's row (ID, label, project, subject_label, UID, URI).
+    A C-STORE names no session label (XNAT's routing picks it), so its sessions are found this way."""
+    path = f"/data/projects/{quote(project, safe='')}/experiments" if project else "/data/experiments"
+    found: dict[str, dict[str, str]] = {}
+    for row in client.get_rows(path, params={"columns": "ID,label,project,subject_label,UID,URI"}):
+        uid = row.get("UID")
+        if uid is None:  # a listing without the UID column: the session document has it
+            uid = item_fields(client.get_json(f"/data/experiments/{row.get('ID')}")).get("UID", "")
+        if uid:
+            found[uid] = row
+    return found
+
+
 def subject_label(client: XnatClient, project: str, subject_id: str) -> str:
     """The label of subject ``subject_id`` (a session document names its subject by ID); '' if unknown."""
     try:

@@ -98,7 +98,9 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     server_url = credentials_for(connection).url if request.verify else None  # no Block/credentials: fail now
     echo_receiver(receiver)
     # Verifying needs each file's StudyInstanceUID (in the dataset, not the file meta).
-    scan = scan_dicom_directory(request.source_dir, headers="full" if request.verify else "file-meta")
+    scan = scan_dicom_directory(
+        request.source_dir, headers="full" if request.verify else "file-meta", skip_truncated=request.skip_truncated
+    )
     if not scan.files:
         raise InputError(
             f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
@@ -112,7 +114,7 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     limit = check_receiver_limit(receiver)
     if limit is not None:
         logger.info("each association holds a slot of the concurrency limit %s (%d slots)", limit.name, limit.slots)
-    send = send_instances(receiver, scan.files, request.workers, routing, limit)
+    send = send_instances(receiver, scan.files, request.workers, routing, limit, connection)
     sent, resumed = send.result, send.resumed
     result = SendDicomResult(
         in_doubt=[str(path) for path in send.in_doubt],

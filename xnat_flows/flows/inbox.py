@@ -43,8 +43,10 @@ from xnat_flows.inbox import (
     FolderClaim,
     InboxLayout,
     candidate_folders,
+    changes,
     claim_new,
     claim_orphan,
+    folder_state,
     is_quiet,
     orphaned_folders,
     utc_now,
@@ -233,6 +235,9 @@ def ingest_inbox(
         if run.credentials_refused:
             result.untried.append(folder.name)
             continue
+        if not is_quiet(folder, quiet_seconds):  # still being written to (e.g. files arrived during its upload)
+            result.waiting.append(folder.name)
+            continue
         claim = claim_orphan(folder)
         if claim is None:
             result.busy.append(folder.name)
@@ -298,6 +303,11 @@ def _announce_failure(run: _InboxRun, route: Route | None, error: str, source: P
     )
 
 
+class FolderChangedError(XnatError):
+    """Files of the folder were added, changed or removed while it was uploaded: filing it as done
+    would leave what arrived late unsent. It is kept for the next run, which sends it again."""
+
+
 # Failures of the server or of the run's credentials, not of a folder: the folder is kept.
 _NOT_THIS_FOLDERS_FAULT = (TransientError, AuthenticationError, UnreachableError, StorageFullError)
 
@@ -344,8 +354,14 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
             verify=True,
         )
         uploading = True  # from here on the upload flow announces its own failures
+        before = folder_state(claim.path)
         uploaded = upload_dicom_session(request=request, connection=run.connection)  # a failed run raises here
-    except (*_NOT_THIS_FOLDERS_FAULT, UploadIncompleteError) as exc:
+        if changed := changes(before, folder_state(claim.path)):
+            raise FolderChangedError(
+                f"{claim.original_name} changed while it was uploaded ({changed}): what was sent is in XNAT, "
+                "the folder stays in processing/ and is sent again once it has been quiet"
+            )
+    except (*_NOT_THIS_FOLDERS_FAULT, UploadIncompleteError, FolderChangedError) as exc:
         # The server is away, full, refused the credentials or part of the upload (connection refused,
         # 5xx after retries, batches that did not land): keep the folder for the next run, which
         # sends only what is missing. Nothing about the folder itself was wrong.

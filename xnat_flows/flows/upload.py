@@ -52,9 +52,11 @@ class UploadIncompleteError(XnatError):
     """Some files did not land; the message lists them and a re-run sends only those."""
 
 
-class UploadParkedError(UploadIncompleteError, ConflictError):
+class UploadParkedError(ConflictError):
     """XNAT parked (part of) the upload in CONFLICT: nothing was merged on its own; the message says
-    what it conflicts with and what a person can do after looking (the CLI exits 5)."""
+    what it conflicts with and what a person can do after looking (the CLI exits 5). Not an
+    ``UploadIncompleteError``: running the same upload again does not help (the inbox files the
+    folder under failed/ with this report instead of retrying it)."""
 
     default_hint = "Look at both sessions in XNAT, then archive the parked one under a label of its own or delete it"
 
@@ -82,7 +84,7 @@ def upload_dicom_session(
         server_url = server.url
         return _upload(request, connection, server)
     except Exception as exc:
-        if not isinstance(exc, UploadIncompleteError):  # that one's events are out, one per session not landed
+        if not isinstance(exc, (UploadIncompleteError, UploadParkedError)):  # their events are out, one per session
             # Failed before or while sending (server down, unknown project or Block, no DICOM files):
             # an automation on xnat.upload.failed hears of it as of any other failed upload.
             emit_upload_failed(
@@ -107,7 +109,9 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         request.source_dir,
         f" (holding slots of concurrency limit {server.concurrency_limit})" if server.concurrency_limit else "",
     )
-    scan = scan_dicom_directory(request.source_dir, duplicates=request.duplicates)
+    scan = scan_dicom_directory(
+        request.source_dir, duplicates=request.duplicates, skip_truncated=request.skip_truncated
+    )
     if scan.conflicts:
         logger.warning(
             "%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "

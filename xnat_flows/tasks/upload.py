@@ -125,14 +125,15 @@ def look_for_parked_task(
 
 @task(name="scan-dicom-directory", **_COMMON)
 def scan_dicom_directory(
-    source_dir: str, headers: ScanHeaders = "full", duplicates: Duplicates = "newest"
+    source_dir: str, headers: ScanHeaders = "full", duplicates: Duplicates = "newest", skip_truncated: bool = False
 ) -> ScanResult:
     """Find every DICOM file under ``source_dir`` (by content, extensionless included).
 
     ``headers="file-meta"`` reads only what a C-STORE needs; ``duplicates``: which of two
-    different files with one SOP Instance UID to send (see ``transfer.scan``).
+    different files with one SOP Instance UID to send; ``skip_truncated``: send the rest when
+    files are cut short instead of failing (see ``transfer.scan``).
     """
-    return scan_directory(Path(source_dir), headers=headers, duplicates=duplicates)
+    return scan_directory(Path(source_dir), headers=headers, duplicates=duplicates, skip_truncated=skip_truncated)
 
 
 @task(name="partition-batches", **_COMMON)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from xnat_flows.client.archive import find_archived, study_label, subject_label
+from xnat_flows.client.archive import archived_studies, find_archived, study_label, subject_label
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import ConflictError, InputError, XnatError
 from xnat_flows.client.prearchive import (
@@ -356,18 +356,27 @@ def resume_state(
 
 
 def _session_present(client: XnatClient, target: UploadTarget, study_uid: str) -> bool:
-    """The target session of this study is archived, being received by Direct-Archive, or held in
-    the prearchive (not in ERROR)."""
-    found = find_archived(client, target.project, target.session)
-    if found is not None and (not found.uid or found.uid == study_uid):
+    return study_present(client, study_uid, project=target.project, label=target.session)
+
+
+def study_present(client: XnatClient, study_uid: str, *, project: str | None = None, label: str | None = None) -> bool:
+    """XNAT holds study ``study_uid``: archived (as session ``label`` of ``project`` when they are
+    given, else as any session of ``project``, or of any project), being received by Direct-Archive,
+    or held in the prearchive (not in ERROR). What a resume journal's record is checked against
+    before it is trusted (REST uploads, and C-STORE in ``dicom_resume``)."""
+    if project and label:
+        found = find_archived(client, project, label)
+        if found is not None and (not found.uid or found.uid == study_uid):
+            return True
+    elif study_uid in archived_studies(client, project):
         return True
-    if any(
-        row.get("tag") == study_uid and row.get("label") == target.session
-        for row in direct_archive_sessions(client, target.project)
+    if project and any(
+        row.get("tag") == study_uid and (label is None or row.get("label") == label)
+        for row in direct_archive_sessions(client, project)
     ):
         return True
     try:
-        rows = list_sessions(client, target.project)
+        rows = list_sessions(client, project)
     except XnatError:  # a prearchive this account cannot read: only the archive tells
         return False
     return any(row.tag == study_uid and row.status != ERROR for row in rows)
