@@ -12,17 +12,20 @@ association: sent, not confirmed) are reported as *in doubt* when a re-run sends
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xnat_flows.client.errors import for_reader
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 from xnat_flows.transfer.dicom_results import SendResult
-from xnat_flows.transfer.dicom_send import store_instances
+from xnat_flows.transfer.dicom_send import deidentify_for_send, routing_variables, store_instances
 from xnat_flows.transfer.journal import InstanceLog, ResumeState, UploadJournal
 from xnat_flows.transfer.scan import DicomFile
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.deidentify import Anonymizer
 
 
 def journal_key(host: str, port: int, called_aet: str, routing: RoutingOverride | None = None) -> str:
@@ -73,11 +76,16 @@ def store_instances_resumable(
     port: int,
     called_aet: str = "XNAT",
     routing: RoutingOverride | None = None,
+    anonymizer: Anonymizer | None = None,
+    anon_variables: Mapping[str, str] | None = None,
     **options: Any,
 ) -> ResumedSend:
     """``store_instances`` that skips the instances an earlier run delivered to the same receiver
     (and routing), and records each instance in ``journal`` as it goes out and as it is confirmed.
+    With ``anonymizer`` the journal records the de-identified instances (``store_instances``).
     """
+    variables = anon_variables if anon_variables is not None else routing_variables(routing)
+    files, refused = deidentify_for_send(files, anonymizer, variables)
     resume = ResumeState(journal, journal_key(host, port, called_aet, routing))
     in_flight = journal.in_flight(resume.destination)
     pending = resume.pending(files)
@@ -92,6 +100,7 @@ def store_instances_resumable(
             delivery_log=_JournalDeliveryLog(log, resume.digest),
             **options,
         )
+    result.failed += refused
     return ResumedSend(result, len(files) - len(pending), in_doubt, journal.path_for(resume.destination))
 
 

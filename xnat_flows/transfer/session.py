@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xnat_flows.client.archive import find_archived
 from xnat_flows.client.client import XnatClient
@@ -37,6 +37,9 @@ from xnat_flows.transfer.upload import (
     upload_gradual,
 )
 from xnat_flows.transfer.verify import VerifyResult, archived_complete, prearchive_snapshot, verify_session
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.deidentify import Anonymizer
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,8 @@ class SessionUploadResult:
     sessions: list[StudyUploadResult]
     skipped: list[SkippedFile]
     seconds: float
+    # files the de-identification script could not be applied to: listed, not sent (a failure)
+    refused: list[SkippedFile] = field(default_factory=list)
 
     @property
     def files_sent(self) -> int:
@@ -124,7 +129,7 @@ class SessionUploadResult:
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.sessions) and not self.unreadable
+        return all(s.ok for s in self.sessions) and not self.unreadable and not self.refused
 
 
 def study_label(session: str, study_uid: str) -> str:
@@ -390,17 +395,27 @@ def upload_session(
     verify_timeout: float = 600.0,
     poll_interval: float = 2.0,
     allow_other_study: bool = False,
+    anonymizer: Anonymizer | None = None,
 ) -> SessionUploadResult:
     """Scan (unless given a ``ScanResult``), upload every planned session, verify each.
 
     Before anything is sent every planned session is checked: one that XNAT already holds with
     another StudyInstanceUID stops the upload (``ConflictError``) unless ``allow_other_study``.
+    ``anonymizer``: de-identify every file as it streams out (``transfer.deidentify``) with the
+    session's project, subject and label as the script's variables; checks, journal and
+    verification then work on the rewritten instances, and files the script cannot be applied to
+    are listed in ``refused``, not sent.
     """
     if workers < 1:
         raise InputError(f"workers must be at least 1 (got {workers})")
     started = time.monotonic()
     scan = root_or_scan if isinstance(root_or_scan, ScanResult) else scan_directory(Path(root_or_scan))
     plan = plan_sessions(scan, target, per_study=per_study)
+    refused: list[SkippedFile] = []
+    if anonymizer is not None:
+        from xnat_flows.transfer.deidentify import deidentify_plan
+
+        plan, refused = deidentify_plan(plan, anonymizer)
     if target.direct_archive:
         client.require_direct_archive()
     plan = [
@@ -437,7 +452,7 @@ def upload_session(
             # files missing, re-sending all of them is what the next run should do anyway.)
             journal.clear(resume_key(client.base_url, session_target.key))
         results.append(study)
-    return SessionUploadResult(results, list(scan.skipped), time.monotonic() - started)
+    return SessionUploadResult(results, list(scan.skipped), time.monotonic() - started, refused)
 
 
 def __getattr__(name: str) -> Any:

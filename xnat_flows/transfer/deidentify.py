@@ -1,0 +1,237 @@
+"""De-identification on the way out: every file is rewritten by a DicomEdit script (or the
+Basic Profile) as it streams into a request, for every transport — DICOM-zip, gradual-DICOM,
+C-STORE and the inbox — through the one file source they share (``scan.read_exactly``; the
+C-STORE sender's ``dicom_dataset.dataset_to_send``).
+
+The originals are never modified and no copy of the study is written: ``deidentify_files``
+applies the script once to every file before anything is sent (a dry run, in memory, one file
+at a time) and returns ``DicomFile`` entries that describe the *rewritten* instance — its size
+and its SOP, series and study UIDs as the script makes them — each carrying a ``Rewrite`` that
+tells the file source how to make those bytes again from the original while it streams.
+Grouping into sessions, the destination check, the resume journal and verification therefore
+all work on what is sent, not on what is on disk.
+
+The script is applied twice per file (once here, once while sending): the engine is
+deterministic (the same script, variables and input give the same bytes; ``hashUID`` rather than
+random UIDs), and a second application that gives other bytes stops the request before its
+last chunk (``read_exactly``), so a torn or mixed instance never reaches XNAT.
+
+A file the script cannot be applied to is listed (``Deidentified.refused``) and never sent —
+neither rewritten nor, above all, as its original — and the upload then ends as a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from xnat_flows.client.errors import InputError
+from xnat_flows.transfer.part10 import read_file_meta, read_series_keys
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.scan import DicomFile, SkippedFile
+    from xnat_flows.transfer.target import UploadTarget
+
+NOT_DEIDENTIFIED = "not de-identified, not sent"
+_KEYS_HEAD = 65536  # the UIDs sit in the dataset's first bytes; the rest is read only if not
+
+
+class Anonymizer(Protocol):
+    """What the transports need of an anonymizer (``xnat_flows.anon.Anonymizer`` is one)."""
+
+    @property
+    def digest(self) -> str:
+        """A stable identity of the rules: equal digests rewrite equal inputs to equal bytes."""
+        ...
+
+    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ChainedAnonymizer:
+    """Several anonymizers applied in turn (XNAT's site script, then the project's)."""
+
+    steps: tuple[Anonymizer, ...]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256("\n".join(step.digest for step in self.steps).encode()).hexdigest()
+
+    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
+        for step in self.steps:
+            part10 = step.apply_bytes(part10, variables)
+        return part10
+
+
+def chain(anonymizers: Iterable[Anonymizer | None]) -> Anonymizer | None:
+    """One anonymizer applying ``anonymizers`` (Nones left out) in order; None when there are none."""
+    steps = tuple(a for a in anonymizers if a is not None)
+    if not steps:
+        return None
+    return steps[0] if len(steps) == 1 else ChainedAnonymizer(steps)
+
+
+def xnat_variables(target: UploadTarget) -> dict[str, str]:
+    """The variables XNAT passes a site or project script when it imports a file for ``target``
+    (xnat-web ``MizerService.anonymize(file, project, subject, session label, ...)``)."""
+    return {"project": target.project, "subject": target.subject, "session": target.session}
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """How a sent file's bytes are made: the original's (``original_size`` bytes on disk),
+    rewritten by ``anonymizer`` with ``variables``."""
+
+    anonymizer: Anonymizer
+    variables: tuple[tuple[str, str], ...]
+    original_size: int
+
+    @property
+    def digest(self) -> str:
+        """Rules and variables: part of the resume journal's record of a sent file, so a re-run
+        with another script (or another subject label) sends again rather than skipping."""
+        text = self.anonymizer.digest + "".join(f"\0{k}={v}" for k, v in self.variables)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def apply(self, original: bytes) -> bytes:
+        return self.anonymizer.apply_bytes(original, dict(self.variables))
+
+
+@dataclass
+class Deidentified:
+    """The files to send (each describing its rewritten instance) and the files refused."""
+
+    files: list[DicomFile] = field(default_factory=list)
+    refused: list[SkippedFile] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Keys:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    series_number: int | None
+    transfer_syntax: str
+
+
+def _keys_of(part10: bytes) -> _Keys:
+    """The UIDs of a rewritten instance: from its first bytes, else (an odd encoding) by pydicom."""
+    meta = read_file_meta(part10)
+    keys = read_series_keys(memoryview(part10)[:_KEYS_HEAD], meta)
+    if keys is None and len(part10) > _KEYS_HEAD:
+        keys = read_series_keys(part10, meta)
+    if keys is not None:
+        return _Keys(
+            keys.sop_class_uid,
+            keys.sop_instance_uid,
+            keys.study_uid,
+            keys.series_uid,
+            keys.series_number,
+            meta.transfer_syntax,
+        )
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True)
+    number = ds.get("SeriesNumber")
+    try:
+        series_number = int(number) if number not in (None, "") else None
+    except (TypeError, ValueError):
+        series_number = None
+    return _Keys(
+        str(ds.get("SOPClassUID", "") or meta.sop_class_uid),
+        str(ds.get("SOPInstanceUID", "") or meta.sop_instance_uid),
+        str(ds.get("StudyInstanceUID", "") or ""),
+        str(ds.get("SeriesInstanceUID", "") or ""),
+        series_number,
+        meta.transfer_syntax,
+    )
+
+
+def _refusal(path: Path, why: str) -> SkippedFile:
+    from xnat_flows.transfer.scan import SkippedFile
+
+    return SkippedFile(path, f"{NOT_DEIDENTIFIED}: {why}")
+
+
+def deidentify_files(files: Sequence[DicomFile], anonymizer: Anonymizer, variables: Mapping[str, str]) -> Deidentified:
+    """Apply ``anonymizer`` to every file in memory (nothing is written) and describe what will be
+    sent: one ``DicomFile`` per rewritten instance, whose bytes ``read_exactly`` makes again while
+    sending. Files the script cannot be applied to, or whose rewritten instance would lose a UID
+    XNAT needs or share its SOP Instance UID with another, are refused with the reason."""
+    import dataclasses
+
+    from xnat_flows.transfer.scan import read_exactly
+
+    frozen_variables = tuple(sorted(variables.items()))
+    result = Deidentified()
+    by_sop: dict[str, DicomFile] = {}
+    for original in files:
+        if original.rewrite is not None:
+            raise InputError(f"{original.relpath} is de-identified already", hint="De-identify a file list once")
+        try:
+            rewritten = anonymizer.apply_bytes(b"".join(read_exactly(original)), variables)
+            keys = _keys_of(rewritten)
+        except Exception as exc:  # noqa: BLE001 - whatever the script or the file did, this file is not sent
+            result.refused.append(_refusal(original.path, f"{type(exc).__name__}: {exc}"))
+            continue
+        missing = [
+            name
+            for name, value in (
+                ("StudyInstanceUID", keys.study_uid),
+                ("SeriesInstanceUID", keys.series_uid),
+                ("SOPInstanceUID", keys.sop_instance_uid),
+            )
+            if not value
+        ]
+        if missing:
+            result.refused.append(_refusal(original.path, f"the script leaves it without {', '.join(missing)}"))
+            continue
+        if keys.sop_instance_uid in by_sop:
+            other = by_sop[keys.sop_instance_uid]
+            result.refused.append(
+                _refusal(original.path, f"the script gives it the SOP Instance UID of {other.relpath}")
+            )
+            continue
+        sent = dataclasses.replace(
+            original,
+            size=len(rewritten),
+            study_uid=keys.study_uid,
+            series_uid=keys.series_uid,
+            series_number=keys.series_number,
+            sop_instance_uid=keys.sop_instance_uid,
+            sop_class_uid=keys.sop_class_uid,
+            transfer_syntax=keys.transfer_syntax,
+            rewrite=Rewrite(anonymizer, frozen_variables, original.size),
+        )
+        by_sop[keys.sop_instance_uid] = sent
+        result.files.append(sent)
+    return result
+
+
+def deidentify_plan(
+    plan: Sequence[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
+) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
+    """``deidentify_files`` for each planned session, with that session's XNAT variables. A study
+    the script splits into several StudyInstanceUIDs stops the upload (one session, one study);
+    a session left with no file to send is dropped (its files are in the refused list)."""
+    planned: list[tuple[UploadTarget, list[DicomFile]]] = []
+    refused: list[SkippedFile] = []
+    for target, files in plan:
+        done = deidentify_files(files, anonymizer, xnat_variables(target))
+        refused += done.refused
+        studies = sorted({f.study_uid for f in done.files})
+        if len(studies) > 1:
+            raise InputError(
+                f"The de-identification script turns the study of {target.project}/{target.session} into "
+                f"{len(studies)} StudyInstanceUIDs ({', '.join(studies[:3])}): nothing was sent",
+                hint="Check the script's StudyInstanceUID rule: it must map one study to one UID "
+                "(hashUID of the original, not a value that differs per file)",
+            )
+        if done.files:
+            planned.append((target, done.files))
+    return planned, refused
