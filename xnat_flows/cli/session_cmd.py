@@ -10,6 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from xnat_flows.cli.anon_options import (
+    AnonFromServerOption,
+    AnonProfileOption,
+    AnonScriptOption,
+    anonymizer_from_options,
+)
 from xnat_flows.cli.options import (
     EXIT_PARTIAL,
     Connection,
@@ -68,6 +74,9 @@ def upload(
         ),
     ] = "newest",
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
+    anon_script: AnonScriptOption = None,
+    anon_profile: AnonProfileOption = None,
+    anon_from_server: AnonFromServerOption = False,
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -75,7 +84,8 @@ def upload(
     """Upload a directory through the REST Import API.
 
     DICOM-zip by default (--gradual: gradual-DICOM). Needs no connection options after
-    `xnat-flows auth login`.
+    `xnat-flows auth login`. --anon-script/--anon-profile/--anon-from-server de-identify every
+    file as it is sent (docs/anonymization.md).
     """
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.scan import scan_directory
@@ -90,6 +100,7 @@ def upload(
         session=session,
         direct_archive=direct_archive,
         archive_when_complete=archive_when_complete,
+        prevent_anon=anon_from_server,
     )
     if flow:
         with connection.client(projects=(project,)) as client:
@@ -107,8 +118,17 @@ def upload(
             as_json,
             into_other_study,
             duplicates,
+            anon=(anon_script, anon_profile, anon_from_server),
         )
         return
+    # Scripts compile before anything is read or sent: an error stops here (exit 2, line:column).
+    anonymizer = anonymizer_from_options(
+        anon_script,
+        anon_profile,
+        anon_from_server,
+        project=project,
+        open_client=lambda: connection.client(projects=(project,)),
+    )
     scan = scan_directory(source, duplicates=duplicates)
     plan_sessions(scan, target, per_study=per_study)
     label = "gradual-DICOM" if gradual else "DICOM-zip"
@@ -130,6 +150,7 @@ def upload(
                 progress=progress,
                 verify=verify,
                 allow_other_study=into_other_study,
+                anonymizer=anonymizer,
             )
     if as_json:
         summary = _summary(result)
@@ -155,6 +176,7 @@ def _upload_with_flow(
     as_json,
     into_other_study,
     duplicates="newest",
+    anon=(None, None, False),
 ) -> None:
     from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
@@ -182,6 +204,7 @@ def _upload_with_flow(
         transport="gradual-dicom" if gradual else "dicom-zip",
         allow_other_study=into_other_study,
         duplicates=duplicates,
+        deidentify=_deidentification(anon),
     )
     with ephemeral_server_dies_with_this_process():
         try:
@@ -206,6 +229,19 @@ def _upload_with_flow(
         )
     if not result.ok:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _deidentification(anon: tuple[Path | None, str | None, bool]) -> Any:
+    """The --anon-* options as a flow request's ``deidentify`` (the script's text travels, not its path)."""
+    from xnat_flows.client.errors import InputError
+    from xnat_flows.models import Deidentification
+
+    script, profile, from_server = anon
+    try:
+        text = script.read_text(encoding="utf-8") if script is not None else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Cannot read the script {script}: {exc}") from None
+    return Deidentification(script=text, profile=profile or "", from_server=from_server)
 
 
 class _progress_bar:
@@ -290,6 +326,7 @@ def _summary(result) -> dict:
         ],
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped if not s.unreadable],
         "unreadable": [{"path": str(s.path), "reason": s.reason} for s in result.skipped if s.unreadable],
+        "not_deidentified": [{"path": str(s.path), "reason": s.reason} for s in result.refused],
     }
 
 
@@ -318,8 +355,21 @@ def _report_conflicts(scan, duplicates: str) -> None:
         )
 
 
+def _report_refused(refused: list) -> None:
+    """Files the de-identification could not be applied to: listed, never sent (a failure)."""
+    for item in refused:
+        typer.echo(f"{item.path}: {item.reason}", err=True)
+    if refused:
+        typer.echo(
+            f"{len(refused)} files could not be de-identified and were not sent (nor their originals): "
+            "check them with `xnat-flows anon check`.",
+            err=True,
+        )
+
+
 def _report(result) -> None:
     _report_skipped(result.skipped)
+    _report_refused(result.refused)
     for study in result.sessions:
         t = study.target
         where = study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else "?")
@@ -382,6 +432,9 @@ def upload_dicom(
             "--duplicates", help="Different files with one SOP Instance UID: send the newest/oldest by mtime, or stop."
         ),
     ] = "newest",
+    anon_script: AnonScriptOption = None,
+    anon_profile: AnonProfileOption = None,
+    anon_from_server: AnonFromServerOption = False,
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -389,6 +442,8 @@ def upload_dicom(
     """Send a directory to a DICOM receiver (C-STORE).
 
     Parallel associations. No login is needed; with one (`xnat-flows auth login`) --project is checked first.
+    --anon-script/--anon-profile/--anon-from-server de-identify every file as it is sent; a script's
+    project, subject and session variables are --project, --subject and --session.
     """
     from xnat_flows.client.errors import InputError
     from xnat_flows.transfer.dicom_resume import in_doubt_warning, store_instances_resumable
@@ -407,6 +462,14 @@ def upload_dicom(
         )
     else:
         _check_project_if_logged_in(connection, project)
+    # Scripts compile before anything is read or sent: an error stops here (exit 2, line:column).
+    anonymizer = anonymizer_from_options(
+        anon_script,
+        anon_profile,
+        anon_from_server,
+        project=project,
+        open_client=lambda: connection.client(projects=(project,)),
+    )
     echo(host, port, called_aet, calling_aet)
     scan = scan_directory(source, headers="file-meta", duplicates=duplicates)  # all a C-STORE needs
     if not scan.files:
@@ -439,6 +502,7 @@ def upload_dicom(
                 routing=routing,
                 preflight=False,
                 progress=show if progress else None,
+                anonymizer=anonymizer,
             )
         except KeyboardInterrupt:
             typer.echo(

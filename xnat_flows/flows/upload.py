@@ -26,6 +26,7 @@ from xnat_flows.models import (
     XnatConnection,
 )
 from xnat_flows.tasks.connection import server_url_for_report
+from xnat_flows.tasks.deidentify import deidentify_sessions, prepare_anonymizer
 from xnat_flows.tasks.upload import (
     archive_now_task,
     check_destination_task,
@@ -39,7 +40,7 @@ from xnat_flows.tasks.upload import (
     verify_uploaded_session,
 )
 from xnat_flows.transfer.archive import ArchiveFormat
-from xnat_flows.transfer.scan import DicomFile
+from xnat_flows.transfer.scan import DicomFile, SkippedFile
 from xnat_flows.transfer.session import StudyUploadResult, plan_sessions
 from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.upload import BatchResult
@@ -94,6 +95,8 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         request.source_dir,
         f" (holding slots of concurrency limit {server.concurrency_limit})" if server.concurrency_limit else "",
     )
+    # Scripts compile (and XNAT's are fetched) before anything is read or sent.
+    anonymizer = prepare_anonymizer(connection, request.deidentify, request.project)
     scan = scan_dicom_directory(request.source_dir, duplicates=request.duplicates)
     if scan.conflicts:
         logger.warning(
@@ -110,6 +113,11 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     for skipped in scan.skipped:
         (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
+    refused: list[SkippedFile] = []
+    if anonymizer is not None:
+        plans, refused = deidentify_sessions(plans, anonymizer)
+        for item in refused:
+            logger.error("not de-identified, not sent: %s: %s", item.path, item.reason)
     # Every session is checked before anything is sent: none may hold another study (unless asked).
     checked = [
         check_destination_task(connection, target, files[0].study_uid, request.allow_other_study)
@@ -127,7 +135,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
 
     # A sync flow gets the UUID itself; async_dispatch types the call as "UUID or its coroutine".
     progress_id = cast(UUID, create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)"))
-    total_files = len(scan.files)
+    total_files = sum(len(files) for _, files in plans) or 1
     done_files = 0
 
     outcomes: list[SessionOutcome] = []
@@ -170,6 +178,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         skipped=list(scan.skipped),
         seconds=round(time.perf_counter() - started, 3),
         upload_seconds=round(upload_seconds, 3),
+        not_deidentified=refused,
     )
     _publish_batch_table(result)
     _publish_landing(result, server.url)
@@ -249,6 +258,7 @@ def _target(request: UploadRequest) -> UploadTarget:
         session=request.session,
         direct_archive=request.direct_archive,
         archive_when_complete=request.archive_when_complete,
+        prevent_anon=request.deidentify.from_server,  # XNAT's scripts were applied here: not again
     )
 
 
@@ -288,6 +298,11 @@ def _publish_batch_table(result: UploadSessionResult) -> None:
 
 def _incomplete_message(result: UploadSessionResult) -> str:
     lines = ["upload incomplete; re-run the same upload to send what did not land:"]
+    if result.not_deidentified:
+        lines.append(
+            f"  {len(result.not_deidentified)} files could not be de-identified and were not sent, e.g. "
+            + "; ".join(f"{s.path}: {s.reason}" for s in result.not_deidentified[:3])
+        )
     if result.unreadable:
         lines.append(
             f"  {len(result.unreadable)} files or folders could not be read (make them readable), e.g. "

@@ -61,6 +61,10 @@ class ChainedAnonymizer:
     def digest(self) -> str:
         return hashlib.sha256("\n".join(step.digest for step in self.steps).encode()).hexdigest()
 
+    @property
+    def required_variables(self) -> frozenset[str]:
+        return frozenset().union(*(getattr(step, "required_variables", frozenset()) for step in self.steps))
+
     def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
         for step in self.steps:
             part10 = step.apply_bytes(part10, variables)
@@ -222,7 +226,9 @@ def deidentify_plan(
     planned: list[tuple[UploadTarget, list[DicomFile]]] = []
     refused: list[SkippedFile] = []
     for target, files in plan:
-        done = deidentify_files(files, anonymizer, xnat_variables(target))
+        variables = xnat_variables(target)
+        require_variables(anonymizer, variables, "a REST upload")
+        done = deidentify_files(files, anonymizer, variables)
         refused += done.refused
         studies = sorted({f.study_uid for f in done.files})
         if len(studies) > 1:
@@ -235,3 +241,71 @@ def deidentify_plan(
         if done.files:
             planned.append((target, done.files))
     return planned, refused
+
+
+PROFILE_NAME = "basic"
+
+
+def parse_profile(spec: str) -> tuple[str, ...]:
+    """``basic[,option...]`` (the CLI's ``--anon-profile``) as the Basic Profile's option names."""
+    from xnat_flows.anon import PROFILE_OPTIONS
+
+    name, *options = [part.strip() for part in spec.split(",")]
+    if name != PROFILE_NAME:
+        raise InputError(
+            f"Unknown de-identification profile {name!r}",
+            hint=f"Use {PROFILE_NAME!r}, optionally with options: basic,{','.join(PROFILE_OPTIONS[:2])},...",
+        )
+    unknown = [option for option in options if option not in PROFILE_OPTIONS]
+    if unknown:
+        raise InputError(
+            f"Unknown Basic Profile option(s) {', '.join(unknown)}", hint=f"Known: {', '.join(PROFILE_OPTIONS)}"
+        )
+    return tuple(options)
+
+
+def compile_or_explain(text: str, source: str) -> Anonymizer:
+    """``compile_script`` with a script error as an ``InputError`` naming line and column, so
+    nothing is sent with a broken script (the CLI exits 2)."""
+    from xnat_flows.anon import ScriptError, compile_script
+
+    try:
+        return compile_script(text, source=source)
+    except ScriptError as exc:
+        raise InputError(
+            f"{exc.source}:{exc.line}:{exc.column}: {exc.message}",
+            hint="Fix the script (`xnat-flows anon check` tries it on your files); nothing was sent",
+        ) from None
+
+
+def build_anonymizer(
+    *,
+    server_scripts: Sequence[tuple[str, str]] = (),
+    script: tuple[str, str] | None = None,
+    profile: str | None = None,
+) -> Anonymizer | None:
+    """The de-identification an upload applies, in order: XNAT's own scripts (``(name, text)``:
+    the site's, then the project's), the user's script (``(source, text)``), then the Basic
+    Profile (``basic[,option...]``); None when none is asked for. Every script is compiled here,
+    before anything is read or sent."""
+    from xnat_flows.anon import basic_profile
+
+    steps: list[Anonymizer] = [compile_or_explain(text, name) for name, text in server_scripts]
+    if script is not None:
+        source, text = script
+        steps.append(compile_or_explain(text, source))
+    if profile is not None:
+        steps.append(basic_profile(parse_profile(profile)))
+    return chain(steps)
+
+
+def require_variables(anonymizer: Anonymizer, variables: Mapping[str, str], where: str) -> None:
+    """Stop before sending when the script reads a variable this upload cannot give it."""
+    needed: frozenset[str] = getattr(anonymizer, "required_variables", frozenset())
+    missing = sorted(name for name in needed if name not in variables)
+    if missing:
+        raise InputError(
+            f"The de-identification script needs the variable(s) {', '.join(missing)}, which {where} does not give"
+            f" (it gives: {', '.join(sorted(variables)) or 'none'}); nothing was sent",
+            hint="For C-STORE give --project, --subject and --session; or set the variable in the script",
+        )

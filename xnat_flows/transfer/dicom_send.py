@@ -106,8 +106,9 @@ def deidentify_for_send(
     ``failed`` for each file the script could not be applied to: listed, never sent."""
     if anonymizer is None:
         return files, []
-    from xnat_flows.transfer.deidentify import deidentify_files
+    from xnat_flows.transfer.deidentify import deidentify_files, require_variables
 
+    require_variables(anonymizer, variables or {}, "this C-STORE (its routing)")
     done = deidentify_files(files, anonymizer, variables or {})
     return done.files, [InstanceOutcome(s.path, "", 0, None, 0, s.reason) for s in done.refused]
 
