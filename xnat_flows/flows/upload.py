@@ -50,6 +50,11 @@ class UploadIncompleteError(XnatError):
     """Some files did not land; the message lists them and a re-run sends only those."""
 
 
+class NotDeidentifiedError(UploadIncompleteError):
+    """Files the de-identification could not be applied to were not sent; a re-run with the same
+    script fails on them again (the rest landed)."""
+
+
 @flow(
     name="upload-dicom-session",
     log_prints=False,
@@ -193,7 +198,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         arrivals={target.session: arrival(files) for target, files in plans},
     )
     if not result.ok:
-        raise UploadIncompleteError(_incomplete_message(result))
+        raise (NotDeidentifiedError if result.not_deidentified else UploadIncompleteError)(_incomplete_message(result))
     logger.info(
         "uploaded %d files (%d sent by this run, %.1f MB) in %.1f s (%.1f MB/s); whole run %.1f s",
         result.files_delivered,
