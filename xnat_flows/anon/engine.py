@@ -8,12 +8,16 @@ header back, copying every untouched element, the pixel data and the transfer sy
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Mapping
 from typing import Protocol
 
 import pydicom
 
+from xnat_flows.anon import rawds
 from xnat_flows.anon.errors import AnonError
+from xnat_flows.anon.rawds import Node
+from xnat_flows.anon.runtime import Context
 
 
 class MappingRecorder(Protocol):
@@ -25,7 +29,7 @@ class MappingRecorder(Protocol):
 class Program(Protocol):
     """What a compiled script or a profile is to the engine."""
 
-    def run(self, dataset: object, context: object) -> None: ...
+    def run(self, dataset: Node, context: Context) -> None: ...
 
 
 class Anonymizer:
@@ -59,11 +63,11 @@ class Anonymizer:
         Raises :class:`AnonError` when the bytes are not DICOM, a required variable is missing,
         or ``alterPixels`` meets compressed pixel data. Never returns the input unchanged on error.
         """
-        from xnat_flows.anon import rawds
-        from xnat_flows.anon.runtime import Context
-
         context = Context(self._check_variables(variables), mapping)
-        instance = rawds.parse_part10(part10)
+        try:
+            instance = rawds.parse_part10(part10)
+        except (struct.error, ValueError, IndexError) as exc:  # malformed beyond what the parser names
+            raise AnonError(f"not a readable DICOM file: {exc}") from exc
         self._program.run(instance.dataset, context)
         return rawds.write_part10(instance, pixel_edits=context.pixel_edits)
 
