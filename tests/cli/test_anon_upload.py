@@ -180,3 +180,35 @@ def test_a_file_the_script_cannot_take_is_listed_not_sent_and_the_run_fails(xnat
     xnat.rebuild_now()
     archived = {str(pydicom.dcmread(p).SOPInstanceUID) for p in xnat.archived_files("REFUSED").values()}
     assert len(archived) == 3 and hash_uid(refused_uid) not in archived and refused_uid not in archived
+
+
+def test_xnats_own_scripts_are_applied_once_before_sending_and_only_when_enabled(xnat, tmp_path) -> None:
+    import httpx
+
+    root, originals = export(tmp_path, seed=15, instances=4)
+    with httpx.Client(base_url=xnat.url, auth=("admin", PASSWORD)) as admin:
+        admin.put("/data/config/anon/script", params={"status": "disabled"}, content=SCRIPT)
+        args = ["session", "upload", str(root), "-P", "ANON", "-S", "SRV", "-E", "FROM_SERVER", "--anon-from-server"]
+        off = run(*args)
+        assert off.exit_code == 2 and "no enabled anonymization script" in off.stderr
+        assert xnat.stats()["imports"] == 0
+        admin.put("/data/config/anon/script", params={"status": "enabled"})
+        # hashUID applied twice would give other UIDs: the archive shows the script ran once, here,
+        # and XNAT (told prevent_anon) did not run it again on import
+        done = run(*args)
+    assert done.exit_code == 0, done.output
+    assert_archive_holds_exactly_the_scripts_changes(xnat, "FROM_SERVER", originals, ("ANON", "SRV", "FROM_SERVER"))
+
+
+def test_without_prevent_anon_xnat_applies_its_site_script_on_import_too(xnat, script, tmp_path) -> None:
+    """What the docs warn about: a client-side script and XNAT's own site script both apply."""
+    import httpx
+
+    root, originals = export(tmp_path, seed=16, instances=2)
+    with httpx.Client(base_url=xnat.url, auth=("admin", PASSWORD)) as admin:
+        admin.put("/data/config/anon/script", content='version "6.1"\n(0008,1030) := "SITE SCRIPT WAS HERE"\n')
+    result = run("session", "upload", str(root), "-P", "ANON", "-S", "S", "-E", "TWICE", "--anon-script", str(script))
+    assert result.exit_code == 0, result.output
+    stored = [pydicom.dcmread(p) for p in xnat.archived_files("TWICE").values()]
+    assert {ds.StudyDescription for ds in stored} == {"SITE SCRIPT WAS HERE"}
+    assert {ds.PatientID for ds in stored} == {"TWICE"}  # and the client's script's changes are there
