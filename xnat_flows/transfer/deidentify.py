@@ -11,10 +11,15 @@ tells the file source how to make those bytes again from the original while it s
 Grouping into sessions, the destination check, the resume journal and verification therefore
 all work on what is sent, not on what is on disk.
 
-The script is applied twice per file (once here, once while sending): the engine is
-deterministic (the same script, variables and input give the same bytes; ``hashUID`` rather than
-random UIDs), and a second application that gives other bytes stops the request before its
-last chunk (``read_exactly``), so a torn or mixed instance never reaches XNAT.
+While sending, a file's bytes are made again from the original without running the script a
+second time: the dry run keeps the rewritten header (``Rewrite.head``, the bytes before the tail the
+rewritten file shares with the original — the pixel data, which the engine copies verbatim) and the
+send joins it to the original's tail, read anew and checked unchanged (size, modification time).
+The headers kept are bounded (``HEAD_CACHE_BYTES``); beyond that the script runs again while
+sending, which is as good because the engine is deterministic (the same script, variables and
+input give the same bytes; ``hashUID``, never a random UID) — and a second application that gives
+other bytes stops the request before its last chunk (``read_exactly``), so a torn or mixed
+instance never reaches XNAT.
 
 A file the script cannot be applied to is listed (``Deidentified.refused``) and never sent —
 neither rewritten nor, above all, as its original — and the upload then ends as a failure.
@@ -38,6 +43,8 @@ if TYPE_CHECKING:
 
 NOT_DEIDENTIFIED = "not de-identified, not sent"
 _KEYS_HEAD = 65536  # the UIDs sit in the dataset's first bytes; the rest is read only if not
+HEAD_CACHE_BYTES = 256 << 20  # rewritten headers kept per dry run (~40,000 files of ~6 KB)
+_TAIL_STEPS = (65536, 4096, 256)  # the shared tail is found in 64 KB, 4 KB, then 256-byte steps
 
 
 class Anonymizer(Protocol):
@@ -93,6 +100,9 @@ class Rewrite:
     anonymizer: Anonymizer
     variables: tuple[tuple[str, str], ...]
     original_size: int
+    # the rewritten file is ``head`` + the original from ``tail_start`` on (None: run the script again)
+    head: bytes | None = None
+    tail_start: int = 0
 
     @property
     def digest(self) -> str:
@@ -102,7 +112,25 @@ class Rewrite:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def apply(self, original: bytes) -> bytes:
+        if self.head is not None:
+            return b"".join((self.head, memoryview(original)[self.tail_start :]))
         return self.anonymizer.apply_bytes(original, dict(self.variables))
+
+
+def shared_tail(original: bytes, rewritten: bytes) -> int:
+    """The length of a tail ``rewritten`` shares with ``original`` (a multiple of 256 bytes, at most the
+    longest): what the engine copied verbatim, the pixel data above all."""
+    shared = 0
+    limit = min(len(original), len(rewritten))
+    a_end, b_end = len(original), len(rewritten)
+    view = memoryview(rewritten)
+    for step in _TAIL_STEPS:
+        # startswith at an offset with a memoryview: a memcmp, neither side copied
+        while shared + step <= limit and original.startswith(
+            view[b_end - shared - step : b_end - shared], a_end - shared - step
+        ):
+            shared += step
+    return shared
 
 
 @dataclass
@@ -162,11 +190,18 @@ def _refusal(path: Path, why: str) -> SkippedFile:
     return SkippedFile(path, f"{NOT_DEIDENTIFIED}: {why}")
 
 
-def deidentify_files(files: Sequence[DicomFile], anonymizer: Anonymizer, variables: Mapping[str, str]) -> Deidentified:
+def deidentify_files(
+    files: Sequence[DicomFile],
+    anonymizer: Anonymizer,
+    variables: Mapping[str, str],
+    *,
+    head_cache_bytes: int = HEAD_CACHE_BYTES,
+) -> Deidentified:
     """Apply ``anonymizer`` to every file in memory (nothing is written) and describe what will be
     sent: one ``DicomFile`` per rewritten instance, whose bytes ``read_exactly`` makes again while
-    sending. Files the script cannot be applied to, or whose rewritten instance would lose a UID
-    XNAT needs or share its SOP Instance UID with another, are refused with the reason."""
+    sending (from the rewritten headers kept, up to ``head_cache_bytes``; then by the script again).
+    Files the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs
+    or share its SOP Instance UID with another, are refused with the reason."""
     import dataclasses
 
     from xnat_flows.transfer.scan import read_exactly
@@ -174,11 +209,13 @@ def deidentify_files(files: Sequence[DicomFile], anonymizer: Anonymizer, variabl
     frozen_variables = tuple(sorted(variables.items()))
     result = Deidentified()
     by_sop: dict[str, DicomFile] = {}
+    cache_left = head_cache_bytes
     for original in files:
         if original.rewrite is not None:
             raise InputError(f"{original.relpath} is de-identified already", hint="De-identify a file list once")
         try:
-            rewritten = anonymizer.apply_bytes(b"".join(read_exactly(original)), variables)
+            data = b"".join(read_exactly(original))
+            rewritten = anonymizer.apply_bytes(data, variables)
             keys = _keys_of(rewritten)
         except Exception as exc:  # noqa: BLE001 - whatever the script or the file did, this file is not sent
             result.refused.append(_refusal(original.path, f"{type(exc).__name__}: {exc}"))
@@ -201,6 +238,12 @@ def deidentify_files(files: Sequence[DicomFile], anonymizer: Anonymizer, variabl
                 _refusal(original.path, f"the script gives it the SOP Instance UID of {other.relpath}")
             )
             continue
+        rewrite = Rewrite(anonymizer, frozen_variables, original.size)
+        shared = shared_tail(data, rewritten) if cache_left > 0 else 0
+        if cache_left >= len(rewritten) - shared:
+            head = rewritten[: len(rewritten) - shared]
+            rewrite = dataclasses.replace(rewrite, head=head, tail_start=len(data) - shared)
+            cache_left -= len(head)
         sent = dataclasses.replace(
             original,
             size=len(rewritten),
@@ -210,7 +253,7 @@ def deidentify_files(files: Sequence[DicomFile], anonymizer: Anonymizer, variabl
             sop_instance_uid=keys.sop_instance_uid,
             sop_class_uid=keys.sop_class_uid,
             transfer_syntax=keys.transfer_syntax,
-            rewrite=Rewrite(anonymizer, frozen_variables, original.size),
+            rewrite=rewrite,
         )
         by_sop[keys.sop_instance_uid] = sent
         result.files.append(sent)
