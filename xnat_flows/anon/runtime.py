@@ -176,7 +176,7 @@ def assign(node: Node, tag: int, text: str, context: Context) -> None:
     if mapping is not None and tag in IDENTIFYING_TAGS:
         before = node.string(tag)
         node.put(tag, text)
-        if before and before != text:
+        if before and text and before != text:
             mapping.record(keyword_of(tag), before, text)  # type: ignore[attr-defined]
         return
     node.put(tag, text)
