@@ -255,6 +255,10 @@ class _Compiler:
             return TagValue(self.path(children[0]))
         if kind == "variable":
             name = str(children[0])
+            if name.lower() in STATEMENT_FUNCTIONS:
+                raise self.error(children[0], f"{name} is a statement of its own, not a value")
+            if name.lower() in VALUE_FUNCTIONS:
+                raise self.error(children[0], f"{name} is a function: call it as {name}[...]")
             if name not in self.assigns:
                 self.reads.add(name)
             return Variable(name)
