@@ -31,6 +31,10 @@ def make_dataset(*, rows: int = 8, columns: int = 8) -> Dataset:
     ds.ReferencedStudySequence[0].ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.9.1"
     ds.ReferencedStudySequence[1].ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
     ds.ReferencedStudySequence[1].ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.9.2"
+    image = Dataset()
+    image.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    image.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1.1.0"
+    ds.ReferencedImageSequence = Sequence([image])
     ds.PatientName = "Doe^Jane"
     ds.PatientID = "MRN0001"
     ds.PatientBirthDate = "19800101"

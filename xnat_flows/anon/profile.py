@@ -12,7 +12,7 @@ change them as PS3.15 E.3 defines:
 
 Where the table gives an IOD-dependent action, the engine (which does not know each IOD's module
 types) takes the one that keeps a valid object: Z/D, X/D, X/Z/D -> D; X/Z -> Z; X/Z/U* -> U for
-UIDs, else Z. D replaces the value with a dummy of the same VR; U with the attribute's
+UIDs, the sequence kept for one (its UIDs are then U), else Z. D replaces the value with a dummy of the same VR; U with the attribute's
 ``hashUID`` (the same UID XNAT's DicomEdit gives it, so references stay consistent across files
 and sites); Z empties it (a sequence loses its items); X removes it. Private attributes (odd
 groups) are removed, and so are curves (50xx) and overlay data and comments (60xx,3000/4000).
@@ -93,7 +93,8 @@ def _resolve(action: str, vr: str) -> str:
     if action == "X/Z":
         return "Z"
     if action == "X/Z/U*":
-        return "U" if vr == "UI" else "Z"
+        # U* on a sequence: keep it; the UIDs inside are replaced by their own U action
+        return "U" if vr == "UI" else "K" if vr == "SQ" else "Z"
     return action
 
 
