@@ -183,3 +183,25 @@ def basic_profile(options: Iterable[str] = ()) -> Anonymizer:
     digest = hashlib.sha256(identity.encode()).hexdigest()
     title = "basic profile" + (f" ({', '.join(o for o in PROFILE_OPTIONS if o in chosen)})" if chosen else "")
     return Anonymizer(ProfileProgram(chosen, digest), digest=digest, required_variables=frozenset(), description=title)
+
+
+PROFILES = ("basic",)
+
+
+def anonymizer_for(
+    *, script: str | None = None, source: str = "<script>", profile: str | None = None, options: Iterable[str] = ()
+) -> Anonymizer:
+    """The one way callers (CLI, flows, tasks) turn their choice into an :class:`Anonymizer`:
+    a DicomEdit 6 ``script`` text, or a ``profile`` name (``basic``) with profile ``options``.
+    Exactly one of the two; ``ValueError`` otherwise, ``ScriptError`` for a script that cannot run."""
+    if (script is None) == (profile is None):
+        raise ValueError("choose one: a DicomEdit script or a profile (basic)")
+    if script is not None:
+        if options:
+            raise ValueError("profile options apply to a profile, not to a script")
+        from xnat_flows.anon.script import compile_script
+
+        return compile_script(script, source=source)
+    if profile is None or profile.strip().lower() not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    return basic_profile(options)
