@@ -130,33 +130,37 @@ class ProfileProgram:
 
     def _clean(self, node: Node, context: Context) -> None:
         actions = self.actions
-        for element in node:
-            tag = element.tag
+        doomed = []
+        for tag in list(node.elements):
             group = tag >> 16
             if group & 1:  # private
-                node.delete(tag)
+                doomed.append(tag)
                 continue
             if group & 0xFF00 == 0x5000 or (group & 0xFF00 == 0x6000 and tag & 0xFFFF in (0x3000, 0x4000)):
-                node.delete(tag)  # curve data; overlay data and comments (Table E.1-1)
+                doomed.append(tag)  # curve data; overlay data and comments (Table E.1-1)
                 continue
             action = actions.get(tag, "K")
+            if action == "K" and not node.is_sequence(tag):
+                continue
             if action == "X":
-                node.delete(tag)
-            elif element.is_sequence:
+                doomed.append(tag)
+            elif node.is_sequence(tag):
+                element = node.get(tag)
+                assert element is not None
+                items = node.items(element)
                 if action in ("Z", "D"):
-                    items = node.items(element)
                     if items:
                         items.clear()
                         element.changed = True
                         node.changed = True
                 else:
-                    for item in node.items(element):
+                    for item in items:
                         self._clean(item, context)
             elif action == "Z":
-                if element.value:
+                if node.has_value(tag):
                     node.put(tag, "")
             elif action == "D":
-                vr = element.vr
+                vr = node.vr(tag)
                 if vr == "UI":
                     self._hash(node, tag, context)
                 elif vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN", "AT"):
@@ -165,6 +169,7 @@ class ProfileProgram:
                     assign(node, tag, _DUMMIES.get(vr, "ANONYMIZED"), context)
             elif action == "U":
                 self._hash(node, tag, context)
+        node.delete_many(doomed)
 
     def _hash(self, node: Node, tag: int, context: Context) -> None:
         value = node.string(tag)

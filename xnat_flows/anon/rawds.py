@@ -237,6 +237,31 @@ class Node:
     def __contains__(self, tag: int) -> bool:
         return tag in self.elements
 
+    def is_sequence(self, tag: int) -> bool:
+        """Whether the element ``tag`` (present) is a sequence, without building its Element."""
+        entry = self.elements[tag]
+        if isinstance(entry, tuple):
+            return entry[6] is not None and tag != PIXEL_DATA
+        return entry.is_sequence
+
+    def vr(self, tag: int) -> str:
+        entry = self.elements[tag]
+        return entry[0] if isinstance(entry, tuple) else entry.vr
+
+    def has_value(self, tag: int) -> bool:
+        entry = self.elements[tag]
+        if isinstance(entry, tuple):
+            return entry[4] - (8 if entry[5] else 0) > entry[3]
+        return len(entry.value) > 0
+
+    def delete_many(self, tags: list[int]) -> None:
+        for tag in tags:
+            del self.elements[tag]
+        if tags:
+            self.changed = True
+            if SPECIFIC_CHARACTER_SET in tags:
+                self.charsets = None
+
     def items(self, element: Element) -> list[Node]:
         """The items of one of this dataset's sequences (they inherit its character set)."""
         return element.items(self.encodings())
@@ -381,8 +406,21 @@ def parse_dataset(
     short_vrs = _SHORT_VR_NAMES
     if end - pos < 8 and pos < end:
         raise _truncated(0, pos)
+    short_unpack = short.unpack_from
+    short_vr_of = short_vrs.get
     while pos < end:
         start = pos
+        if not implicit:
+            # Fast path, most elements: a short explicit VR (never a sequence) before Pixel Data.
+            group, elem, raw_vr, length = short_unpack(data, pos)
+            vr = short_vr_of(raw_vr)
+            if vr is not None and group < 0x7FE0:
+                value_end = pos + 8 + length
+                if value_end + 8 > end and value_end != end:
+                    raise _truncated(group << 16 | elem, start)
+                elements[group << 16 | elem] = (vr, data, pos, pos + 8, value_end, False, None)
+                pos = value_end
+                continue
         if implicit:
             group, elem, length = implicit_struct.unpack_from(data, pos)
             tag = group << 16 | elem
@@ -391,7 +429,7 @@ def parse_dataset(
         else:
             group, elem, raw_vr, length = short.unpack_from(data, pos)
             tag = group << 16 | elem
-            vr = short_vrs.get(raw_vr)  # type: ignore[assignment]
+            vr = short_vrs.get(raw_vr)
             if vr is not None:
                 value_start = pos + 8
             elif group == 0xFFFE:
