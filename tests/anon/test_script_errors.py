@@ -50,3 +50,10 @@ def test_digest_is_stable_and_follows_the_text() -> None:
     text = 'version "6.1"\n(0010,0010) := subject\n'
     assert compile_script(text).digest == compile_script(text, source="other").digest
     assert compile_script(text).digest != compile_script(text + "-(0010,0030)\n").digest
+
+
+@pytest.mark.parametrize("statement", ['(0002,0013) := "x"', "-(0002,0010)", "-(7FE0,0010)", '(7FE0,0010) := "x"'])
+def test_file_meta_and_pixel_data_are_not_script_targets(statement: str) -> None:
+    with pytest.raises(ScriptError) as caught:
+        compile_script(f'version "6.1"\n{statement}')
+    assert caught.value.line == 2

@@ -320,6 +320,14 @@ class _Compiler:
                 steps.append(TagStep(pattern, index))
         if isinstance(steps[-1], Levels):
             raise self.error(tree, "a path cannot end in * or +")
+        first = steps[0]
+        if len(steps) == 1 and isinstance(first, TagStep) and first.pattern.exact is not None:
+            if first.pattern.exact >> 16 == 0x0002:
+                raise self.error(
+                    tree, "File Meta Information (0002,xxxx) is not edited by scripts (it follows the dataset)"
+                )
+            if first.pattern.exact == 0x7FE00010:
+                raise self.error(tree, "Pixel Data is not assigned or deleted by scripts; use alterPixels")
         text = "/".join(
             ("*" if s.minimum == 0 else "+")
             if isinstance(s, Levels)
