@@ -157,12 +157,14 @@ def _walk(node: Node, steps: tuple[Step, ...], create: bool) -> Iterator[tuple[N
     step = steps[0]
     rest = steps[1:]
     if isinstance(step, Levels):
+        # A `*` or `+` path changes attributes where they exist; it never creates them in every
+        # dataset it passes through.
         if step.minimum == 0:
-            yield from _walk(node, rest, create)
+            yield from _walk(node, rest, False)
         for element in node:
             if element.is_sequence:
                 for item in node.items(element):
-                    yield from _walk(item, (Levels(0), *rest), create)
+                    yield from _walk(item, (Levels(0), *rest), False)
         return
     if not rest:
         tags = step.pattern.tags_in(node)

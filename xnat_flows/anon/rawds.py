@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -127,11 +127,27 @@ def dictionary_vr(tag: int) -> str:
     return vr.split(" or ")[0] if vr else "UN"
 
 
+# An element not yet looked at: (vr, source, start, value_start, end, undefined, item_encoding).
+Span = tuple[str, bytes, int, int, int, bool, "Encoding | None"]
+
+
 class Element:
     """One data element: its original bytes (``source[start:end]``, header included) until a
     program changes it; then ``value`` (encoded bytes) or ``items`` hold the new content."""
 
-    __slots__ = ("_items", "changed", "end", "item_encoding", "source", "start", "tag", "undefined", "value", "vr")
+    __slots__ = (
+        "_items",
+        "_value",
+        "changed",
+        "end",
+        "item_encoding",
+        "source",
+        "start",
+        "tag",
+        "undefined",
+        "value_start",
+        "vr",
+    )
 
     def __init__(
         self,
@@ -151,10 +167,17 @@ class Element:
         self.end = end
         self.undefined = undefined
         self.item_encoding = item_encoding  # set for sequences (SQ, or UN of undefined length)
-        # For an unchanged element ``value`` is the original value's span; decoded lazily.
-        self.value: bytes | memoryview = memoryview(source)[value_start : end - (8 if undefined else 0)]
+        self.value_start = value_start
+        self._value: bytes | None = None  # the new encoded value, once a program set one
         self._items: list[Node] | None = None
         self.changed = False
+
+    @property
+    def value(self) -> bytes | memoryview:
+        """The encoded value: the original span until a program set a new one."""
+        if self._value is not None:
+            return self._value
+        return memoryview(self.source)[self.value_start : self.end - (8 if self.undefined else 0)]
 
     @property
     def is_sequence(self) -> bool:
@@ -175,7 +198,7 @@ class Element:
         return self.changed or (self._items is not None and any(item.subtree_changed() for item in self._items))
 
     def set_value(self, encoded: bytes, vr: str | None = None) -> None:
-        self.value = encoded
+        self._value = encoded
         if vr is not None:
             self.vr = vr
         self.changed = True
@@ -187,24 +210,57 @@ class Element:
 class Node:
     """A dataset (the top level or one sequence item): elements by tag, in file order."""
 
-    __slots__ = ("changed", "charsets", "elements", "encoding", "parent_charsets")
+    __slots__ = ("added", "changed", "charsets", "elements", "encoding", "parent_charsets")
 
-    def __init__(self, elements: dict[int, Element], encoding: Encoding, parent_charsets: list[str] | None) -> None:
+    def __init__(
+        self, elements: dict[int, Element | Span], encoding: Encoding, parent_charsets: list[str] | None
+    ) -> None:
         self.elements = elements
         self.encoding = encoding
         self.changed = False
+        self.added = False  # an element was created: tags are no longer in file order
         self.parent_charsets = parent_charsets
         self.charsets: list[str] | None = None
 
     # --- reading -----------------------------------------------------------------------------
     def get(self, tag: int) -> Element | None:
-        return self.elements.get(tag)
+        entry = self.elements.get(tag)
+        if entry is None or isinstance(entry, Element):
+            return entry
+        element = Element(tag, *entry)  # first use of an element: from its span
+        self.elements[tag] = element
+        return element
 
     def __iter__(self) -> Iterator[Element]:
-        return iter(list(self.elements.values()))
+        return iter([element for tag in list(self.elements) if (element := self.get(tag)) is not None])
 
     def __contains__(self, tag: int) -> bool:
         return tag in self.elements
+
+    def is_sequence(self, tag: int) -> bool:
+        """Whether the element ``tag`` (present) is a sequence, without building its Element."""
+        entry = self.elements[tag]
+        if isinstance(entry, tuple):
+            return entry[6] is not None and tag != PIXEL_DATA
+        return entry.is_sequence
+
+    def vr(self, tag: int) -> str:
+        entry = self.elements[tag]
+        return entry[0] if isinstance(entry, tuple) else entry.vr
+
+    def has_value(self, tag: int) -> bool:
+        entry = self.elements[tag]
+        if isinstance(entry, tuple):
+            return entry[4] - (8 if entry[5] else 0) > entry[3]
+        return len(entry.value) > 0
+
+    def delete_many(self, tags: list[int]) -> None:
+        for tag in tags:
+            del self.elements[tag]
+        if tags:
+            self.changed = True
+            if SPECIFIC_CHARACTER_SET in tags:
+                self.charsets = None
 
     def items(self, element: Element) -> list[Node]:
         """The items of one of this dataset's sequences (they inherit its character set)."""
@@ -213,7 +269,7 @@ class Node:
     def encodings(self) -> list[str]:
         """Python codecs for this dataset's Specific Character Set (an item inherits its parent's)."""
         if self.charsets is None:
-            element = self.elements.get(SPECIFIC_CHARACTER_SET)
+            element = self.get(SPECIFIC_CHARACTER_SET)
             if element is None:
                 self.charsets = self.parent_charsets or ["iso8859"]
             else:
@@ -224,7 +280,7 @@ class Node:
     def string(self, tag: int) -> str | None:
         """The element's value as DicomEdit sees it: text (multiple values joined by backslash),
         numbers as decimal text; ``None`` if the element is absent."""
-        element = self.elements.get(tag)
+        element = self.get(tag)
         if element is None:
             return None
         return decode_value(element, self.encoding, self.encodings())
@@ -232,7 +288,7 @@ class Node:
     # --- changing ----------------------------------------------------------------------------
     def put(self, tag: int, text: str, vr: str | None = None) -> None:
         """Set the element's value from text (creating it, with the dictionary's VR, if absent)."""
-        element = self.elements.get(tag)
+        element = self.get(tag)
         if element is not None and element.is_sequence:
             raise AnonError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is a sequence; a script cannot assign text to it")
         target_vr = element.vr if element is not None else (vr or _creation_vr(tag))
@@ -242,6 +298,7 @@ class Node:
         if element is None:
             element = Element(tag, target_vr, b"", 0, 0, 0, False, None)
             self.elements[tag] = element
+            self.added = True
         if element.changed is False and bytes(element.value) == encoded and element.vr == target_vr:
             return  # same bytes: leave the original span (keeps untouched files byte-identical)
         element.set_value(encoded, target_vr)
@@ -259,7 +316,8 @@ class Node:
 
     def subtree_changed(self) -> bool:
         return self.changed or any(
-            element._items is not None and element.subtree_changed() for element in self.elements.values()
+            isinstance(element, Element) and element._items is not None and element.subtree_changed()
+            for element in self.elements.values()
         )
 
     # --- private blocks (PS3.5 section 7.8.1) ----------------------------------------------------
@@ -267,7 +325,7 @@ class Node:
         """The block byte ``nn`` that ``creator`` reserved in ``group`` ((gggg,00nn) = creator)."""
         wanted = creator.strip()
         for nn in range(0x10, 0x100):
-            element = self.elements.get((group << 16) | nn)
+            element = self.get((group << 16) | nn)
             if element is not None and bytes(element.value).decode("latin-1").strip(" \0") == wanted:
                 return nn
         return None
@@ -296,6 +354,7 @@ class Instance:
     pixel_offset: int = -1  # where Pixel Data starts inside pixel_tail (0 when present), -1 if absent
     meta_sop_before: tuple[str | None, str | None] = field(default=(None, None))
     source: bytes | None = None  # the input file, returned as is when a program changed nothing
+    has_trailing: bool = False  # elements followed Pixel Data (trailing padding, signatures)
 
 
 def _creation_vr(tag: int) -> str:
@@ -315,6 +374,9 @@ _TAG_BE = struct.Struct(">HH")
 _EXPLICIT_SHORT_LE = struct.Struct("<HH2sH")
 _EXPLICIT_SHORT_BE = struct.Struct(">HH2sH")
 _IMPLICIT_LE = struct.Struct("<HHL")
+_IMPLICIT_BE = struct.Struct(">HHL")
+_SHORT_VR_NAMES = {vr.encode("ascii"): vr for vr in KNOWN_VRS - LONG_VRS}
+_LONG_VR_NAMES = {vr.encode("ascii"): vr for vr in LONG_VRS}
 
 
 def _truncated(tag: int, where: int) -> AnonError:
@@ -334,42 +396,56 @@ def parse_dataset(
     """Index the elements of ``data[pos:end]``. Returns the node and where parsing stopped: at
     Pixel Data (``stop_at_pixels``), after an Item Delimitation Item (``until_item_end``), or at
     ``end``."""
-    elements: dict[int, Element] = {}
+    elements: dict[int, Element | Span] = {}
     little = encoding.little
     implicit = encoding.implicit
-    tag_struct = _TAG_LE if little else _TAG_BE
     ul = _UL_LE if little else _UL_BE
     short = _EXPLICIT_SHORT_LE if little else _EXPLICIT_SHORT_BE
+    implicit_struct = _IMPLICIT_LE if little else _IMPLICIT_BE
     vr_of = dictionary_vr
+    short_vrs = _SHORT_VR_NAMES
+    if end - pos < 8 and pos < end:
+        raise _truncated(0, pos)
+    short_unpack = short.unpack_from
+    short_vr_of = short_vrs.get
     while pos < end:
         start = pos
-        if pos + 8 > end:
-            raise _truncated(0, pos)
-        group, elem = tag_struct.unpack_from(data, pos)
-        tag = group << 16 | elem
-        if tag == ITEM_END and until_item_end:
-            return Node(elements, encoding, parent_charsets), pos + 8
-        if stop_at_pixels and tag == PIXEL_DATA:
-            break
-        if implicit or group == 0xFFFE:
-            length = ul.unpack_from(data, pos + 4)[0]
+        if not implicit:
+            # Fast path, most elements: a short explicit VR (never a sequence) before Pixel Data.
+            group, elem, raw_vr, length = short_unpack(data, pos)
+            vr = short_vr_of(raw_vr)
+            if vr is not None and group < 0x7FE0:
+                value_end = pos + 8 + length
+                if value_end + 8 > end and value_end != end:
+                    raise _truncated(group << 16 | elem, start)
+                elements[group << 16 | elem] = (vr, data, pos, pos + 8, value_end, False, None)
+                pos = value_end
+                continue
+        if implicit:
+            group, elem, length = implicit_struct.unpack_from(data, pos)
+            tag = group << 16 | elem
             vr = vr_of(tag) if group != 0xFFFE else "NONE"
             value_start = pos + 8
         else:
-            _, _, raw_vr, length = short.unpack_from(data, pos)
-            try:
-                vr = raw_vr.decode("ascii")
-            except UnicodeDecodeError:
-                vr = "??"
-            if vr in LONG_VRS or vr not in KNOWN_VRS:
+            group, elem, raw_vr, length = short.unpack_from(data, pos)
+            tag = group << 16 | elem
+            vr = short_vrs.get(raw_vr)
+            if vr is not None:
+                value_start = pos + 8
+            elif group == 0xFFFE:
+                length = ul.unpack_from(data, pos + 4)[0]
+                vr = "NONE"
+                value_start = pos + 8
+            else:
+                vr = _LONG_VR_NAMES.get(raw_vr, "UN")
                 if pos + 12 > end:
                     raise _truncated(tag, pos)
                 length = ul.unpack_from(data, pos + 8)[0]
                 value_start = pos + 12
-                if vr not in KNOWN_VRS:
-                    vr = "UN"
-            else:
-                value_start = pos + 8
+        if tag == ITEM_END and until_item_end:
+            return Node(elements, encoding, parent_charsets), pos + 8
+        if stop_at_pixels and tag == PIXEL_DATA:
+            break
         item_encoding: Encoding | None = None
         if length == UNDEFINED:
             if vr == "UN" and not implicit:
@@ -380,17 +456,14 @@ def parse_dataset(
                 vr = "SQ" if implicit else vr
                 item_encoding = encoding
             value_end = _skip_sequence(data, value_start, end, item_encoding, tag)
-            element = Element(tag, vr, data, start, value_start, value_end, True, item_encoding)
+            elements[tag] = (vr, data, start, value_start, value_end, True, item_encoding)
             pos = value_end
         else:
             value_end = value_start + length
-            if value_end > end:
+            if value_end > end or (value_end + 8 > end and value_end != end):
                 raise _truncated(tag, start)
-            if vr == "SQ":
-                item_encoding = encoding
-            element = Element(tag, vr, data, start, value_start, value_end, False, item_encoding)
+            elements[tag] = (vr, data, start, value_start, value_end, False, encoding if vr == "SQ" else None)
             pos = value_end
-        elements[tag] = element
     if until_item_end:
         raise AnonError("a sequence item ends without its Item Delimitation Item")
     return Node(elements, encoding, parent_charsets), pos
@@ -533,10 +606,13 @@ def _check_tail(instance: Instance, body: bytes, stop: int) -> None:
     """Elements after Pixel Data (Data Set Trailing Padding, signatures) are parsed too, so a
     program sees and can delete them; the tail is then Pixel Data alone plus those elements."""
     node, _ = parse_dataset(body, stop, len(body), instance.body_encoding)
-    pixel = node.elements.pop(PIXEL_DATA)
+    pixel = node.get(PIXEL_DATA)
+    assert pixel is not None
+    del node.elements[PIXEL_DATA]
     instance.pixel_tail = body[pixel.start : pixel.end]
     for tag, element in node.elements.items():
         instance.dataset.elements[tag] = element
+        instance.has_trailing = True
 
 
 # --- values ----------------------------------------------------------------------------------------
@@ -609,31 +685,35 @@ def _item_header(tag: int, length: int, encoding: Encoding) -> bytes:
     return struct.pack(f"{encoding.prefix}HHL", tag >> 16, tag & 0xFFFF, length)
 
 
-def encode_node(node: Node, out: list[bytes | memoryview]) -> None:
+def encode_node(node: Node, out: list[bytes | memoryview], only: Callable[[int], bool] | None = None) -> None:
     """Append the encoded elements of ``node`` to ``out``: untouched runs as original slices."""
     encoding = node.encoding
-    tags = list(node.elements)
+    tags = sorted(node.elements) if node.added else list(node.elements)
+    if only is not None:
+        tags = [tag for tag in tags if only(tag)]
     changed = node.changed
-    if changed and any(tags[i] > tags[i + 1] for i in range(len(tags) - 1)):
-        tags.sort()
     run_source: bytes | None = None
     run_start = run_end = 0
     for tag in tags:
-        element = node.elements[tag]
+        entry = node.elements[tag]
         if changed and tag & 0xFFFF == 0 and tag >> 16 != 0x0002:
             continue  # a stale group length in a dataset that changed (retired element)
-        if not element.changed and not (element._items is not None and element.subtree_changed()):
-            if run_source is element.source and run_end == element.start:
-                run_end = element.end
-            else:
-                if run_source is not None:
-                    out.append(memoryview(run_source)[run_start:run_end])
-                run_source, run_start, run_end = element.source, element.start, element.end
+        if isinstance(entry, tuple):
+            source, start, end = entry[1], entry[2], entry[4]
+        elif not entry.changed and not (entry._items is not None and entry.subtree_changed()):
+            source, start, end = entry.source, entry.start, entry.end
+        else:
+            if run_source is not None:
+                out.append(memoryview(run_source)[run_start:run_end])
+                run_source = None
+            _encode_element(entry, encoding, out)
             continue
-        if run_source is not None:
-            out.append(memoryview(run_source)[run_start:run_end])
-            run_source = None
-        _encode_element(element, encoding, out)
+        if run_source is source and run_end == start:
+            run_end = end
+        else:
+            if run_source is not None:
+                out.append(memoryview(run_source)[run_start:run_end])
+            run_source, run_start, run_end = source, start, end
     if run_source is not None:
         out.append(memoryview(run_source)[run_start:run_end])
 
@@ -695,7 +775,7 @@ def write_part10(instance: Instance, *, pixel_edits: list[PixelEdit] | None = No
     else:
         out.append(instance.preamble)
     body: list[bytes | memoryview] = []
-    encode_node(dataset, body)
+    encode_node(dataset, body, (lambda tag: tag < PIXEL_DATA) if instance.has_trailing else None)
     tail: bytes | memoryview = instance.pixel_tail
     if pixel_edits:
         from xnat_flows.anon.pixels import apply_pixel_edits
@@ -715,18 +795,12 @@ def write_part10(instance: Instance, *, pixel_edits: list[PixelEdit] | None = No
 
 
 def _join_body(dataset: Node, body: list[bytes | memoryview], tail: bytes | memoryview) -> bytes:
-    after = [tag for tag in dataset.elements if tag > PIXEL_DATA]
-    if not after:
+    if not any(tag > PIXEL_DATA for tag in dataset.elements):
         return b"".join([*body, tail])
-    # Rare (trailing padding, digital signatures): re-encode the two halves around Pixel Data.
-    before_node = Node({t: e for t, e in dataset.elements.items() if t < PIXEL_DATA}, dataset.encoding, None)
-    after_node = Node({t: e for t, e in dataset.elements.items() if t > PIXEL_DATA}, dataset.encoding, None)
-    before_node.changed = after_node.changed = dataset.changed
-    first: list[bytes | memoryview] = []
+    # Rare (trailing padding, digital signatures): the two halves around Pixel Data.
     second: list[bytes | memoryview] = []
-    encode_node(before_node, first)
-    encode_node(after_node, second)
-    return b"".join([*first, tail, *second])
+    encode_node(dataset, second, lambda tag: tag > PIXEL_DATA)
+    return b"".join([*body, tail, *second])
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ def assign(node: Node, tag: int, text: str, context: Context) -> None:
     if mapping is not None and tag in IDENTIFYING_TAGS:
         before = node.string(tag)
         node.put(tag, text)
-        if before and before != text:
+        if before and text and before != text:
             mapping.record(keyword_of(tag), before, text)  # type: ignore[attr-defined]
         return
     node.put(tag, text)
@@ -222,11 +222,11 @@ def remove_private(node: Node, keep: tuple[TagPattern, ...]) -> None:
     for pattern in keep:
         kept.update(pattern.tags_in(node))
     creators = {(tag & 0xFFFF0000) | (tag >> 8 & 0xFF) for tag in kept if tag & 0xFFFF >= 0x1000}
-    for element in node:
-        tag = element.tag
-        if tag >> 16 & 1 and tag not in kept and tag not in creators:
-            node.delete(tag)
-        elif element.is_sequence:
+    node.delete_many([tag for tag in node.elements if tag >> 16 & 1 and tag not in kept and tag not in creators])
+    for tag in list(node.elements):
+        if node.is_sequence(tag):
+            element = node.get(tag)
+            assert element is not None
             for item in node.items(element):
                 remove_private(item, keep)
 

@@ -255,6 +255,10 @@ class _Compiler:
             return TagValue(self.path(children[0]))
         if kind == "variable":
             name = str(children[0])
+            if name.lower() in STATEMENT_FUNCTIONS:
+                raise self.error(children[0], f"{name} is a statement of its own, not a value")
+            if name.lower() in VALUE_FUNCTIONS:
+                raise self.error(children[0], f"{name} is a function: call it as {name}[...]")
             if name not in self.assigns:
                 self.reads.add(name)
             return Variable(name)
@@ -316,6 +320,14 @@ class _Compiler:
                 steps.append(TagStep(pattern, index))
         if isinstance(steps[-1], Levels):
             raise self.error(tree, "a path cannot end in * or +")
+        first = steps[0]
+        if len(steps) == 1 and isinstance(first, TagStep) and first.pattern.exact is not None:
+            if first.pattern.exact >> 16 == 0x0002:
+                raise self.error(
+                    tree, "File Meta Information (0002,xxxx) is not edited by scripts (it follows the dataset)"
+                )
+            if first.pattern.exact == 0x7FE00010:
+                raise self.error(tree, "Pixel Data is not assigned or deleted by scripts; use alterPixels")
         text = "/".join(
             ("*" if s.minimum == 0 else "+")
             if isinstance(s, Levels)

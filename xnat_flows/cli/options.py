@@ -45,6 +45,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def exit_code_for(exc: BaseException) -> int:
     """The process exit code for an error raised by the library (the one place that decides)."""
+    from xnat_flows.anon.errors import ScriptError
     from xnat_flows.client.errors import (
         AuthenticationError,
         CancelledError,
@@ -58,7 +59,7 @@ def exit_code_for(exc: BaseException) -> int:
 
     if isinstance(exc, CancelledError):
         return EXIT_INTERRUPTED
-    if isinstance(exc, InputError):
+    if isinstance(exc, (InputError, ScriptError)):  # a script that cannot run: nothing was sent
         return EXIT_USAGE
     if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
         return EXIT_AUTH
