@@ -286,38 +286,25 @@ def deidentify_plan(
     return planned, refused
 
 
-PROFILE_NAME = "basic"
-
-
-def parse_profile(spec: str) -> tuple[str, ...]:
-    """``basic[,option...]`` (the CLI's ``--anon-profile``) as the Basic Profile's option names."""
-    from xnat_flows.anon import PROFILE_OPTIONS
-
-    name, *options = [part.strip() for part in spec.split(",")]
-    if name != PROFILE_NAME:
-        raise InputError(
-            f"Unknown de-identification profile {name!r}",
-            hint=f"Use {PROFILE_NAME!r}, optionally with options: basic,{','.join(PROFILE_OPTIONS[:2])},...",
-        )
-    unknown = [option for option in options if option not in PROFILE_OPTIONS]
-    if unknown:
-        raise InputError(
-            f"Unknown Basic Profile option(s) {', '.join(unknown)}", hint=f"Known: {', '.join(PROFILE_OPTIONS)}"
-        )
-    return tuple(options)
-
-
-def compile_or_explain(text: str, source: str) -> Anonymizer:
-    """``compile_script`` with a script error as an ``InputError`` naming line and column, so
-    nothing is sent with a broken script (the CLI exits 2)."""
-    from xnat_flows.anon import ScriptError, compile_script
+def _compiled(script: str | None = None, source: str = "<script>", profile: str | None = None) -> Anonymizer:
+    """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as
+    ``InputError``: a script error names file, line and column, so nothing is sent with a broken
+    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``)."""
+    from xnat_flows.anon import ScriptError, anonymizer_for
 
     try:
-        return compile_script(text, source=source)
+        if profile is not None:
+            name, *options = [part.strip() for part in profile.split(",")]
+            return anonymizer_for(profile=name, options=options)
+        return anonymizer_for(script=script, source=source)
     except ScriptError as exc:
         raise InputError(
             f"{exc.source}:{exc.line}:{exc.column}: {exc.message}",
             hint="Fix the script (`xnat-flows anon check` tries it on your files); nothing was sent",
+        ) from None
+    except ValueError as exc:
+        raise InputError(
+            f"De-identification profile {profile!r}: {exc}", hint="e.g. basic or basic,retain-uids"
         ) from None
 
 
@@ -331,14 +318,11 @@ def build_anonymizer(
     the site's, then the project's), the user's script (``(source, text)``), then the Basic
     Profile (``basic[,option...]``); None when none is asked for. Every script is compiled here,
     before anything is read or sent."""
-    from xnat_flows.anon import basic_profile
-
-    steps: list[Anonymizer] = [compile_or_explain(text, name) for name, text in server_scripts]
+    steps = [_compiled(text, name) for name, text in server_scripts]
     if script is not None:
-        source, text = script
-        steps.append(compile_or_explain(text, source))
+        steps.append(_compiled(script[1], script[0]))
     if profile is not None:
-        steps.append(basic_profile(parse_profile(profile)))
+        steps.append(_compiled(profile=profile))
     return chain(steps)
 
 
