@@ -172,8 +172,9 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     delivering a torn or mixed instance. A de-identified file (``item.rewrite``) is read whole
     and rewritten in memory; its bytes must come out as long as they did before sending.
     """
-    if item.rewrite is not None:
-        yield from _rewritten(item, item.rewrite, chunk_size)
+    rewrite = getattr(item, "rewrite", None)  # resource uploads stream members of their own through here
+    if rewrite is not None:
+        yield from _rewritten(item, rewrite, chunk_size)
         return
     remaining = item.size
     held: bytes = b""
@@ -201,6 +202,7 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 
 
 def _rewritten(item: DicomFile, rewrite: Rewrite, chunk_size: int) -> Iterator[bytes]:
+    """``read_exactly`` of a de-identified file: the original read and checked, then rewritten."""
     import dataclasses
 
     original = dataclasses.replace(item, size=rewrite.original_size, rewrite=None)
