@@ -85,32 +85,27 @@ def _contenders() -> dict[str, Callable[[bytes], bytes]]:
         "xnat_flows, Basic Profile": profile.apply_bytes,
         "pydicom dcmread + save_as only": pydicom_round_trip,
     }
-    try:
-        from dicomanonymizer import anonymize_dataset
 
-        def dicom_anonymizer(data: bytes) -> bytes:
+    def via_pydicom(anonymize: Callable[[pydicom.Dataset], object]) -> Callable[[bytes], bytes]:
+        def run(data: bytes) -> bytes:
             ds = pydicom.dcmread(io.BytesIO(data))
-            anonymize_dataset(ds)
+            anonymize(ds)
             out = io.BytesIO()
             ds.save_as(out)
             return out.getvalue()
 
-        contenders["dicom-anonymizer (pydicom), Basic Profile"] = dicom_anonymizer
+        return run
+
+    try:
+        from dicomanonymizer import anonymize_dataset
+
+        contenders["dicom-anonymizer (pydicom), Basic Profile"] = via_pydicom(anonymize_dataset)
     except ImportError:
         print("dicom-anonymizer not installed: skipped")
     try:
         import dicognito.anonymizer
 
-        peer = dicognito.anonymizer.Anonymizer(seed="bench")
-
-        def dicognito_anonymize(data: bytes) -> bytes:
-            ds = pydicom.dcmread(io.BytesIO(data))
-            peer.anonymize(ds)
-            out = io.BytesIO()
-            ds.save_as(out)
-            return out.getvalue()
-
-        contenders["dicognito (pydicom)"] = dicognito_anonymize
+        contenders["dicognito (pydicom)"] = via_pydicom(dicognito.anonymizer.Anonymizer(seed="bench").anonymize)
     except ImportError:
         print("dicognito not installed (pip install dicognito): skipped")
     return contenders

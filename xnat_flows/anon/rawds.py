@@ -469,12 +469,25 @@ def parse_dataset(
     return Node(elements, encoding, parent_charsets), pos
 
 
-def _skip_sequence(data: bytes, pos: int, end: int, encoding: Encoding, tag: int) -> int:
-    """Offset just past the Sequence Delimitation Item of an undefined-length value at ``pos``."""
+def _walk_items(
+    data: bytes,
+    pos: int,
+    end: int,
+    encoding: Encoding,
+    tag: int,
+    *,
+    items: list[Node] | None = None,
+    charsets: list[str] | None = None,
+    until_delimiter: bool = True,
+) -> int:
+    """Walk the items of a sequence value from ``pos``: with ``items``, parse each into a Node
+    appended to it. Returns the offset after the Sequence Delimitation Item (an undefined-length
+    value: ``until_delimiter``), or ``end``. An undefined-length item is parsed even when only
+    skipped: only its elements tell where it ends."""
     little = encoding.little
     tag_struct = _TAG_LE if little else _TAG_BE
     ul = _UL_LE if little else _UL_BE
-    while True:
+    while pos < end:
         if pos + 8 > end:
             raise _truncated(tag, pos)
         group, elem = tag_struct.unpack_from(data, pos)
@@ -487,37 +500,34 @@ def _skip_sequence(data: bytes, pos: int, end: int, encoding: Encoding, tag: int
             raise AnonError(
                 f"malformed sequence ({tag >> 16:04X},{tag & 0xFFFF:04X}): expected an item at byte {pos - 8}"
             )
+        node: Node | None
         if length == UNDEFINED:
-            _, pos = parse_dataset(data, pos, end, encoding, until_item_end=True)
+            node, pos = parse_dataset(data, pos, end, encoding, until_item_end=True, parent_charsets=charsets)
         else:
+            if pos + length > end:
+                raise _truncated(tag, pos - 8)
+            node = (
+                parse_dataset(data, pos, pos + length, encoding, parent_charsets=charsets)[0]
+                if items is not None
+                else None
+            )
             pos += length
+        if items is not None and node is not None:
+            items.append(node)
+    if until_delimiter:
+        raise _truncated(tag, pos)
+    return pos
+
+
+def _skip_sequence(data: bytes, pos: int, end: int, encoding: Encoding, tag: int) -> int:
+    """Offset just past the Sequence Delimitation Item of an undefined-length value at ``pos``."""
+    return _walk_items(data, pos, end, encoding, tag)
 
 
 def _parse_items(value: bytes, encoding: Encoding, tag: int, parent_charsets: list[str] | None = None) -> list[Node]:
     """The items of a sequence value (without its Sequence Delimitation Item)."""
     items: list[Node] = []
-    little = encoding.little
-    tag_struct = _TAG_LE if little else _TAG_BE
-    ul = _UL_LE if little else _UL_BE
-    pos = 0
-    end = len(value)
-    while pos < end:
-        if pos + 8 > end:
-            raise _truncated(tag, pos)
-        group, elem = tag_struct.unpack_from(value, pos)
-        item_tag = group << 16 | elem
-        length = ul.unpack_from(value, pos + 4)[0]
-        pos += 8
-        if item_tag == SEQUENCE_END:
-            break
-        if item_tag != ITEM:
-            raise AnonError(f"malformed sequence ({tag >> 16:04X},{tag & 0xFFFF:04X}): expected an item")
-        if length == UNDEFINED:
-            node, pos = parse_dataset(value, pos, end, encoding, until_item_end=True, parent_charsets=parent_charsets)
-        else:
-            node, _ = parse_dataset(value, pos, pos + length, encoding, parent_charsets=parent_charsets)
-            pos += length
-        items.append(node)
+    _walk_items(value, 0, len(value), encoding, tag, items=items, charsets=parent_charsets, until_delimiter=False)
     return items
 
 
