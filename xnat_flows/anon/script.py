@@ -64,7 +64,19 @@ _TOKEN_NAMES = {
     "NAME": "a name",
     "NUMBER": "a number",
     "OP": "a comparison (=, !=, ~, !~)",
-    "__ANON_0": ":=",
+    "__ANON_0": "':='",
+    "PLUS": "'+'",
+    "STAR": "'*'",
+    "MINUS": "'-'",
+    "RSQB": "']'",
+    "LSQB": "'['",
+    "COMMA": "','",
+    "SLASH": "'/'",
+    "QMARK": "'?'",
+    "COLON": "':'",
+    "NEW": "new",
+    "ECHO": "echo",
+    "REMOVEALLPRIVATETAGS": "removeAllPrivateTags",
 }
 
 
