@@ -355,6 +355,7 @@ class Instance:
     meta_sop_before: tuple[str | None, str | None] = field(default=(None, None))
     source: bytes | None = None  # the input file, returned as is when a program changed nothing
     has_trailing: bool = False  # elements followed Pixel Data (trailing padding, signatures)
+    partial: bool = False  # parsed only up to a tag: ``pixel_tail`` starts with unindexed elements
 
 
 def _creation_vr(tag: int) -> str:
@@ -390,12 +391,14 @@ def parse_dataset(
     encoding: Encoding,
     *,
     stop_at_pixels: bool = False,
+    stop_after: int | None = None,
     until_item_end: bool = False,
     parent_charsets: list[str] | None = None,
 ) -> tuple[Node, int]:
     """Index the elements of ``data[pos:end]``. Returns the node and where parsing stopped: at
-    Pixel Data (``stop_at_pixels``), after an Item Delimitation Item (``until_item_end``), or at
-    ``end``."""
+    Pixel Data (``stop_at_pixels``), at the first tag above ``stop_after``, after an Item
+    Delimitation Item (``until_item_end``), or at ``end``."""
+    last_tag = 0xFFFFFFFF if stop_after is None else stop_after
     elements: dict[int, Element | Span] = {}
     little = encoding.little
     implicit = encoding.implicit
@@ -414,7 +417,7 @@ def parse_dataset(
             # Fast path, most elements: a short explicit VR (never a sequence) before Pixel Data.
             group, elem, raw_vr, length = short_unpack(data, pos)
             vr = short_vr_of(raw_vr)
-            if vr is not None and group < 0x7FE0:
+            if vr is not None and group < 0x7FE0 and (group << 16 | elem) <= last_tag:
                 value_end = pos + 8 + length
                 if value_end + 8 > end and value_end != end:
                     raise _truncated(group << 16 | elem, start)
@@ -444,7 +447,7 @@ def parse_dataset(
                 value_start = pos + 12
         if tag == ITEM_END and until_item_end:
             return Node(elements, encoding, parent_charsets), pos + 8
-        if stop_at_pixels and tag == PIXEL_DATA:
+        if (stop_at_pixels and tag == PIXEL_DATA) or tag > last_tag:
             break
         item_encoding: Encoding | None = None
         if length == UNDEFINED:
@@ -546,8 +549,12 @@ def _guess_encoding(data: bytes, pos: int) -> Encoding:
     return IMPLICIT
 
 
-def parse_part10(data: bytes) -> Instance:
-    """Index a DICOM file (Part 10, or a bare dataset as some scanners export) for rewriting."""
+def parse_part10(data: bytes, *, up_to: int | None = None) -> Instance:
+    """Index a DICOM file (Part 10, or a bare dataset as some scanners export) for rewriting.
+
+    ``up_to``: the highest top-level tag the program can read or write. Elements above it are not
+    indexed: from the first of them to the end, the file is copied as one verbatim tail (a script
+    that touches groups 0008-0010 reads a few dozen elements, not the whole header)."""
     data = bytes(data)
     preamble = b""
     pos = 0
@@ -589,7 +596,9 @@ def parse_part10(data: bytes) -> Instance:
         encoding = (
             IMPLICIT if encoding.little else encoding
         )  # File Meta says explicit, the dataset is implicit (pydicom copes too)
-    dataset, stop = parse_dataset(body, body_start, len(body), encoding, stop_at_pixels=True)
+    if up_to is not None:
+        up_to = max(up_to, SOP_INSTANCE_UID)  # the File Meta follows the SOP UIDs
+    dataset, stop = parse_dataset(body, body_start, len(body), encoding, stop_at_pixels=True, stop_after=up_to)
     tail = body[stop:]
     instance = Instance(
         preamble=preamble,
@@ -602,9 +611,15 @@ def parse_part10(data: bytes) -> Instance:
         source=data,
     )
     instance.meta_sop_before = (dataset.string(SOP_CLASS_UID), dataset.string(SOP_INSTANCE_UID))
-    if tail:
+    if tail and up_to is not None and not tail.startswith(_pixel_tag(encoding)):
+        instance.partial = True  # the tail holds unindexed elements, then Pixel Data: copied verbatim
+    elif tail:
         _check_tail(instance, body, stop)
     return instance
+
+
+def _pixel_tag(encoding: Encoding) -> bytes:
+    return struct.pack(f"{encoding.prefix}HH", 0x7FE0, 0x0010)
 
 
 def _looks_like_dataset(data: bytes) -> bool:
