@@ -809,18 +809,19 @@ def write_part10(instance: Instance, *, pixel_edits: list[PixelEdit] | None = No
     # Elements that followed Pixel Data in the input (trailing padding...) are in ``dataset`` and
     # sorted after it by tag: split the body there.
     if instance.transfer_syntax == DEFLATED_LE:
-        plain = _join_body(dataset, body, tail)
+        plain = _join_body(instance, body, tail)
         compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
         out.append(compressor.compress(plain) + compressor.flush())
         if len(out[-1]) % 2:
             out.append(b"\0")
     else:
-        out.append(_join_body(dataset, body, tail))
+        out.append(_join_body(instance, body, tail))
     return b"".join(out)
 
 
-def _join_body(dataset: Node, body: list[bytes | memoryview], tail: bytes | memoryview) -> bytes:
-    if not any(tag > PIXEL_DATA for tag in dataset.elements):
+def _join_body(instance: Instance, body: list[bytes | memoryview], tail: bytes | memoryview) -> bytes:
+    dataset = instance.dataset
+    if not instance.has_trailing:
         return b"".join([*body, tail])
     # Rare (trailing padding, digital signatures): the two halves around Pixel Data.
     second: list[bytes | memoryview] = []
