@@ -1,7 +1,7 @@
 """De-identification engine speed, side by side with pydicom-based anonymizers. Prints figures;
 asserts nothing.
 
-    .venv/bin/python bench/bench_anon.py [--files 2000] [--instance-kb 64] [--workers 2] [--rounds 3]
+    .venv/bin/python bench/bench_anon.py [--files 2000] [--instance-kb 64] [--workers 2] [--rounds 3] [--peer-files 400]
 
 Each contender turns the bytes of a DICOM file into the bytes of its de-identified copy, on files
 already in memory (so the disk is not measured), in ``--workers`` processes sharing the files:
@@ -10,7 +10,8 @@ already in memory (so the disk is not measured), in ``--workers`` processes shar
   DICOM Basic Profile (``xnat_flows.anon``: header rewritten from the original bytes);
 * pydicom-based peers from PyPI on the same files: ``dicognito`` and ``dicom-anonymizer`` (read
   with ``dcmread``, anonymize the Dataset, write with ``save_as``), and pydicom's read + write
-  alone, the floor for any tool built that way. dicognito is not a project dependency:
+  alone, the floor for any tool built that way (on the first ``--peer-files`` files: they are
+  20-60x slower, and per-file figures do not need more). dicognito is not a project dependency:
   ``pip install dicognito`` to include it.
 
 Two corpora: the synthetic MR series of ``xnat_flows.testing.synth`` (~55 header elements) and
@@ -85,45 +86,40 @@ def _contenders() -> dict[str, Callable[[bytes], bytes]]:
         "xnat_flows, Basic Profile": profile.apply_bytes,
         "pydicom dcmread + save_as only": pydicom_round_trip,
     }
-    try:
-        from dicomanonymizer import anonymize_dataset
 
-        def dicom_anonymizer(data: bytes) -> bytes:
+    def via_pydicom(anonymize: Callable[[pydicom.Dataset], object]) -> Callable[[bytes], bytes]:
+        def run(data: bytes) -> bytes:
             ds = pydicom.dcmread(io.BytesIO(data))
-            anonymize_dataset(ds)
+            anonymize(ds)
             out = io.BytesIO()
             ds.save_as(out)
             return out.getvalue()
 
-        contenders["dicom-anonymizer (pydicom), Basic Profile"] = dicom_anonymizer
+        return run
+
+    try:
+        from dicomanonymizer import anonymize_dataset
+
+        contenders["dicom-anonymizer (pydicom), Basic Profile"] = via_pydicom(anonymize_dataset)
     except ImportError:
         print("dicom-anonymizer not installed: skipped")
     try:
         import dicognito.anonymizer
 
-        peer = dicognito.anonymizer.Anonymizer(seed="bench")
-
-        def dicognito_anonymize(data: bytes) -> bytes:
-            ds = pydicom.dcmread(io.BytesIO(data))
-            peer.anonymize(ds)
-            out = io.BytesIO()
-            ds.save_as(out)
-            return out.getvalue()
-
-        contenders["dicognito (pydicom)"] = dicognito_anonymize
+        contenders["dicognito (pydicom)"] = via_pydicom(dicognito.anonymizer.Anonymizer(seed="bench").anonymize)
     except ImportError:
         print("dicognito not installed (pip install dicognito): skipped")
     return contenders
 
 
-def _work(task: tuple[str, int, int]) -> tuple[float, int]:
-    """Run one contender over a share of the files; (CPU seconds, files done)."""
-    name, start, step = task
+def _work(task: tuple[str, int, int, int]) -> tuple[float, int]:
+    """Run one contender over a share of the first ``count`` files; (CPU seconds, files done)."""
+    name, start, step, count = task
     warnings.simplefilter("ignore")
     function = _contenders_cache()[name]
     started = time.process_time()
     done = 0
-    for data in _FILES[start::step]:
+    for data in _FILES[start:count:step]:
         function(data)
         done += 1
     return time.process_time() - started, done
@@ -138,10 +134,10 @@ def _contenders_cache() -> dict[str, Callable[[bytes], bytes]]:
     return _CACHE
 
 
-def _measure(pool: multiprocessing.pool.Pool, name: str, workers: int) -> tuple[float, float]:
+def _measure(pool: multiprocessing.pool.Pool, name: str, workers: int, count: int) -> tuple[float, float]:
     """(files per second of wall time, CPU microseconds per file) with ``workers`` processes."""
     started = time.perf_counter()
-    results = pool.map(_work, [(name, index, workers) for index in range(workers)])
+    results = pool.map(_work, [(name, index, workers, count) for index in range(workers)])
     wall = time.perf_counter() - started
     cpu = sum(r[0] for r in results)
     files = sum(r[1] for r in results)
@@ -168,24 +164,35 @@ def main() -> None:
     parser.add_argument("--instance-kb", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--peer-files",
+        type=int,
+        default=400,
+        help="files the pydicom-based contenders process (they are 20-60x slower)",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
     print(f"cores: {os.cpu_count()}, workers: {args.workers}, load average before: {os.getloadavg()}")
+    print("CPU us/file is the CPU the workers used per file; files/s is wall time, which a loaded machine lowers")
     work = Path(tempfile.mkdtemp(prefix="bench-anon-"))
     try:
         for kind in ("synthetic MR", "CT_small.dcm"):
             _FILES[:] = _corpus(kind, args.files, args.instance_kb, work / kind.split()[0])
             sample = _FILES[0]
             names = list(_contenders_cache())
-            print(f"\n{kind}: {len(_FILES)} files of {len(sample) // 1024} KiB, {args.rounds} interleaved rounds")
+            print(
+                f"\n{kind}: {len(_FILES)} files of {len(sample) // 1024} KiB ({min(args.peer_files, len(_FILES))} for the "
+                f"pydicom-based contenders), {args.rounds} interleaved rounds"
+            )
             figures: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
             ctx = multiprocessing.get_context("fork")
             with ctx.Pool(args.workers) as pool:
-                pool.map(_work, [(names[0], 0, len(_FILES))] * args.workers)  # warm the workers' imports
+                pool.map(_work, [(names[0], 0, len(_FILES), len(_FILES))] * args.workers)  # warm the imports
                 for _ in range(args.rounds):
                     for name in names:
-                        figures[name].append(_measure(pool, name, args.workers))
+                        count = len(_FILES) if name.startswith("xnat_flows") else min(args.peer_files, len(_FILES))
+                        figures[name].append(_measure(pool, name, args.workers, count))
             width = max(len(name) for name in names)
             print(f"  {'contender':<{width}}  {'files/s':>9}  {'CPU us/file':>11}")
             for name in names:

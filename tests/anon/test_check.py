@@ -135,3 +135,20 @@ def test_cli_hide_values(folder: Path, tmp_path: Path) -> None:
 
 def test_cli_needs_one_of_script_or_profile(folder: Path) -> None:
     assert cli(str(folder)).exit_code == 2
+
+
+def test_a_file_removed_during_the_check_is_listed_not_fatal(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xnat_flows.transfer import scan
+
+    real = scan.scan_directory
+
+    def scan_then_remove(root: Path):  # the folder changes between the scan and the read
+        result = real(root)
+        (folder / "series1" / "IM1").unlink()
+        return result
+
+    monkeypatch.setattr(scan, "scan_directory", scan_then_remove)
+    report = check_folder(basic_profile(), folder)
+    assert report.files == 3
+    assert [path for path, _ in report.failures] == ["series1/IM1"]
+    assert not report.ok

@@ -132,3 +132,29 @@ def test_property_pixel_data_bytes_never_change(pixels: bytes, name: str, implic
     out = anonymizer.apply_bytes(data, VARIABLES)
     assert out.endswith(data[data.index(b"\xe0\x7f\x10\x00") :])
     assert _read(out).PixelData == pixels
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_a_script_on_low_groups_indexes_only_those_and_gives_the_full_result(name: str) -> None:
+    """A script naming only groups up to 0010 leaves the rest of the header unindexed (copied
+    verbatim): the result is the same dataset a whole-header parse gives."""
+    from xnat_flows.anon import rawds
+    from xnat_flows.anon.runtime import Context
+
+    data = Path(_path(name)).read_bytes()
+    script = compile_script('version "6.1"\n(0010,0010) := subject\n-(0010,0030)\n(0008,0050) := "A1"')
+    program = script._program
+    assert program.up_to == 0x00100030
+    partial = rawds.parse_part10(data, up_to=program.up_to)
+    assert max(partial.dataset.elements) <= 0x00100030
+    program.run(partial.dataset, Context(dict(VARIABLES)))
+    full = rawds.parse_part10(data)
+    program.run(full.dataset, Context(dict(VARIABLES)))
+
+    def without_group_lengths(ds: pydicom.Dataset) -> dict[int, object]:
+        return {element.tag: element.value for element in ds if element.tag.element != 0}
+
+    from_partial = _read(rawds.write_part10(partial))
+    from_full = _read(rawds.write_part10(full))
+    assert without_group_lengths(from_partial) == without_group_lengths(from_full)
+    assert from_partial.PatientName == "SUBJ01"

@@ -217,8 +217,12 @@ def check_folder(
     report.not_dicom = len(scan.skipped)
     files = scan.files[:limit] if limit else scan.files
     for item in files:
-        data = Path(item.path).read_bytes()
         report.files += 1
+        try:
+            data = Path(item.path).read_bytes()
+        except OSError as exc:  # removed or made unreadable since the scan
+            report.failures.append((item.relpath, f"cannot be read: {exc.strerror or exc}"))
+            continue
         try:
             out = anonymizer.apply_bytes(data, given)
         except AnonError as exc:

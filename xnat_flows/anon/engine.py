@@ -31,6 +31,10 @@ class Program(Protocol):
 
     def run(self, dataset: Node, context: Context) -> None: ...
 
+    @property
+    def up_to(self) -> int | None:
+        """The highest top-level tag the program reads or writes; ``None``: any."""
+
 
 class Anonymizer:
     """A compiled, validated de-identification program. Immutable and thread-safe: one instance
@@ -65,7 +69,7 @@ class Anonymizer:
         """
         context = Context(self._check_variables(variables), mapping)
         try:
-            instance = rawds.parse_part10(part10)
+            instance = rawds.parse_part10(part10, up_to=self._program.up_to)
         except (struct.error, ValueError, IndexError) as exc:  # malformed beyond what the parser names
             raise AnonError(f"not a readable DICOM file: {exc}") from exc
         self._program.run(instance.dataset, context)

@@ -133,6 +133,15 @@ class Path:
     steps: tuple[Step, ...]
 
     @property
+    def exact_tag(self) -> int | None:
+        """The tag of a one-step path naming one public tag (most of a script's paths)."""
+        if len(self.steps) == 1:
+            step = self.steps[0]
+            if isinstance(step, TagStep) and step.index is None:
+                return step.pattern.exact
+        return None
+
+    @property
     def last(self) -> TagStep:
         step = self.steps[-1]
         assert isinstance(step, TagStep)

@@ -33,6 +33,8 @@ def _int(instance: Instance, tag: int, default: int | None = None) -> int:
 def apply_pixel_edits(instance: Instance, edits: list[PixelEdit]) -> bytes:
     """The Pixel Data element with every rectangle of ``edits`` filled, as bytes."""
     tail = instance.pixel_tail
+    if instance.partial:
+        raise AnonError("internal: alterPixels needs the whole header parsed")  # the compiler asks for it
     if not tail:
         raise AnonError("alterPixels: this file has no Pixel Data")
     encoding = instance.body_encoding

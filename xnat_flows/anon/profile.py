@@ -123,6 +123,8 @@ class ProfileProgram:
         titles = ["Basic Profile", *(_OPTION_TITLES[o] for o in PROFILE_OPTIONS if o in options)]
         self.method = "\\".join(titles)
 
+    up_to = None  # the profile looks at every attribute
+
     def run(self, dataset: Node, context: Context) -> None:
         self._clean(dataset, context)
         dataset.put(PATIENT_IDENTITY_REMOVED, "YES")

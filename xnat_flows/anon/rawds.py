@@ -355,6 +355,7 @@ class Instance:
     meta_sop_before: tuple[str | None, str | None] = field(default=(None, None))
     source: bytes | None = None  # the input file, returned as is when a program changed nothing
     has_trailing: bool = False  # elements followed Pixel Data (trailing padding, signatures)
+    partial: bool = False  # parsed only up to a tag: ``pixel_tail`` starts with unindexed elements
 
 
 def _creation_vr(tag: int) -> str:
@@ -390,12 +391,14 @@ def parse_dataset(
     encoding: Encoding,
     *,
     stop_at_pixels: bool = False,
+    stop_after: int | None = None,
     until_item_end: bool = False,
     parent_charsets: list[str] | None = None,
 ) -> tuple[Node, int]:
     """Index the elements of ``data[pos:end]``. Returns the node and where parsing stopped: at
-    Pixel Data (``stop_at_pixels``), after an Item Delimitation Item (``until_item_end``), or at
-    ``end``."""
+    Pixel Data (``stop_at_pixels``), at the first tag above ``stop_after``, after an Item
+    Delimitation Item (``until_item_end``), or at ``end``."""
+    last_tag = 0xFFFFFFFF if stop_after is None else stop_after
     elements: dict[int, Element | Span] = {}
     little = encoding.little
     implicit = encoding.implicit
@@ -414,7 +417,7 @@ def parse_dataset(
             # Fast path, most elements: a short explicit VR (never a sequence) before Pixel Data.
             group, elem, raw_vr, length = short_unpack(data, pos)
             vr = short_vr_of(raw_vr)
-            if vr is not None and group < 0x7FE0:
+            if vr is not None and group < 0x7FE0 and (group << 16 | elem) <= last_tag:
                 value_end = pos + 8 + length
                 if value_end + 8 > end and value_end != end:
                     raise _truncated(group << 16 | elem, start)
@@ -444,7 +447,7 @@ def parse_dataset(
                 value_start = pos + 12
         if tag == ITEM_END and until_item_end:
             return Node(elements, encoding, parent_charsets), pos + 8
-        if stop_at_pixels and tag == PIXEL_DATA:
+        if (stop_at_pixels and tag == PIXEL_DATA) or tag > last_tag:
             break
         item_encoding: Encoding | None = None
         if length == UNDEFINED:
@@ -469,12 +472,25 @@ def parse_dataset(
     return Node(elements, encoding, parent_charsets), pos
 
 
-def _skip_sequence(data: bytes, pos: int, end: int, encoding: Encoding, tag: int) -> int:
-    """Offset just past the Sequence Delimitation Item of an undefined-length value at ``pos``."""
+def _walk_items(
+    data: bytes,
+    pos: int,
+    end: int,
+    encoding: Encoding,
+    tag: int,
+    *,
+    items: list[Node] | None = None,
+    charsets: list[str] | None = None,
+    until_delimiter: bool = True,
+) -> int:
+    """Walk the items of a sequence value from ``pos``: with ``items``, parse each into a Node
+    appended to it. Returns the offset after the Sequence Delimitation Item (an undefined-length
+    value: ``until_delimiter``), or ``end``. An undefined-length item is parsed even when only
+    skipped: only its elements tell where it ends."""
     little = encoding.little
     tag_struct = _TAG_LE if little else _TAG_BE
     ul = _UL_LE if little else _UL_BE
-    while True:
+    while pos < end:
         if pos + 8 > end:
             raise _truncated(tag, pos)
         group, elem = tag_struct.unpack_from(data, pos)
@@ -487,37 +503,34 @@ def _skip_sequence(data: bytes, pos: int, end: int, encoding: Encoding, tag: int
             raise AnonError(
                 f"malformed sequence ({tag >> 16:04X},{tag & 0xFFFF:04X}): expected an item at byte {pos - 8}"
             )
+        node: Node | None
         if length == UNDEFINED:
-            _, pos = parse_dataset(data, pos, end, encoding, until_item_end=True)
+            node, pos = parse_dataset(data, pos, end, encoding, until_item_end=True, parent_charsets=charsets)
         else:
+            if pos + length > end:
+                raise _truncated(tag, pos - 8)
+            node = (
+                parse_dataset(data, pos, pos + length, encoding, parent_charsets=charsets)[0]
+                if items is not None
+                else None
+            )
             pos += length
+        if items is not None and node is not None:
+            items.append(node)
+    if until_delimiter:
+        raise _truncated(tag, pos)
+    return pos
+
+
+def _skip_sequence(data: bytes, pos: int, end: int, encoding: Encoding, tag: int) -> int:
+    """Offset just past the Sequence Delimitation Item of an undefined-length value at ``pos``."""
+    return _walk_items(data, pos, end, encoding, tag)
 
 
 def _parse_items(value: bytes, encoding: Encoding, tag: int, parent_charsets: list[str] | None = None) -> list[Node]:
     """The items of a sequence value (without its Sequence Delimitation Item)."""
     items: list[Node] = []
-    little = encoding.little
-    tag_struct = _TAG_LE if little else _TAG_BE
-    ul = _UL_LE if little else _UL_BE
-    pos = 0
-    end = len(value)
-    while pos < end:
-        if pos + 8 > end:
-            raise _truncated(tag, pos)
-        group, elem = tag_struct.unpack_from(value, pos)
-        item_tag = group << 16 | elem
-        length = ul.unpack_from(value, pos + 4)[0]
-        pos += 8
-        if item_tag == SEQUENCE_END:
-            break
-        if item_tag != ITEM:
-            raise AnonError(f"malformed sequence ({tag >> 16:04X},{tag & 0xFFFF:04X}): expected an item")
-        if length == UNDEFINED:
-            node, pos = parse_dataset(value, pos, end, encoding, until_item_end=True, parent_charsets=parent_charsets)
-        else:
-            node, _ = parse_dataset(value, pos, pos + length, encoding, parent_charsets=parent_charsets)
-            pos += length
-        items.append(node)
+    _walk_items(value, 0, len(value), encoding, tag, items=items, charsets=parent_charsets, until_delimiter=False)
     return items
 
 
@@ -536,8 +549,12 @@ def _guess_encoding(data: bytes, pos: int) -> Encoding:
     return IMPLICIT
 
 
-def parse_part10(data: bytes) -> Instance:
-    """Index a DICOM file (Part 10, or a bare dataset as some scanners export) for rewriting."""
+def parse_part10(data: bytes, *, up_to: int | None = None) -> Instance:
+    """Index a DICOM file (Part 10, or a bare dataset as some scanners export) for rewriting.
+
+    ``up_to``: the highest top-level tag the program can read or write. Elements above it are not
+    indexed: from the first of them to the end, the file is copied as one verbatim tail (a script
+    that touches groups 0008-0010 reads a few dozen elements, not the whole header)."""
     data = bytes(data)
     preamble = b""
     pos = 0
@@ -579,7 +596,9 @@ def parse_part10(data: bytes) -> Instance:
         encoding = (
             IMPLICIT if encoding.little else encoding
         )  # File Meta says explicit, the dataset is implicit (pydicom copes too)
-    dataset, stop = parse_dataset(body, body_start, len(body), encoding, stop_at_pixels=True)
+    if up_to is not None:
+        up_to = max(up_to, SOP_INSTANCE_UID)  # the File Meta follows the SOP UIDs
+    dataset, stop = parse_dataset(body, body_start, len(body), encoding, stop_at_pixels=True, stop_after=up_to)
     tail = body[stop:]
     instance = Instance(
         preamble=preamble,
@@ -592,9 +611,15 @@ def parse_part10(data: bytes) -> Instance:
         source=data,
     )
     instance.meta_sop_before = (dataset.string(SOP_CLASS_UID), dataset.string(SOP_INSTANCE_UID))
-    if tail:
+    if tail and up_to is not None and not tail.startswith(_pixel_tag(encoding)):
+        instance.partial = True  # the tail holds unindexed elements, then Pixel Data: copied verbatim
+    elif tail:
         _check_tail(instance, body, stop)
     return instance
+
+
+def _pixel_tag(encoding: Encoding) -> bytes:
+    return struct.pack(f"{encoding.prefix}HH", 0x7FE0, 0x0010)
 
 
 def _looks_like_dataset(data: bytes) -> bool:
@@ -784,18 +809,19 @@ def write_part10(instance: Instance, *, pixel_edits: list[PixelEdit] | None = No
     # Elements that followed Pixel Data in the input (trailing padding...) are in ``dataset`` and
     # sorted after it by tag: split the body there.
     if instance.transfer_syntax == DEFLATED_LE:
-        plain = _join_body(dataset, body, tail)
+        plain = _join_body(instance, body, tail)
         compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
         out.append(compressor.compress(plain) + compressor.flush())
         if len(out[-1]) % 2:
             out.append(b"\0")
     else:
-        out.append(_join_body(dataset, body, tail))
+        out.append(_join_body(instance, body, tail))
     return b"".join(out)
 
 
-def _join_body(dataset: Node, body: list[bytes | memoryview], tail: bytes | memoryview) -> bytes:
-    if not any(tag > PIXEL_DATA for tag in dataset.elements):
+def _join_body(instance: Instance, body: list[bytes | memoryview], tail: bytes | memoryview) -> bytes:
+    dataset = instance.dataset
+    if not instance.has_trailing:
         return b"".join([*body, tail])
     # Rare (trailing padding, digital signatures): the two halves around Pixel Data.
     second: list[bytes | memoryview] = []

@@ -53,6 +53,10 @@ class Literal:
 @dataclass(frozen=True)
 class TagValue:
     path: Path
+    tag: int | None = None  # the path's exact_tag, computed once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", self.path.exact_tag)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,10 @@ class AssignTag:
     path: Path
     value: Value
     position: Position
+    tag: int | None = None  # the path's exact_tag, computed once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", self.path.exact_tag)
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,10 @@ class AssignVariable:
 @dataclass(frozen=True)
 class Delete:
     path: Path
+    tag: int | None = None  # the path's exact_tag, computed once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", self.path.exact_tag)
 
 
 @dataclass(frozen=True)
@@ -143,6 +155,9 @@ def evaluate(value: Value, node: Node, context: Context) -> str | None:
             raise AnonError(f"the script reads variable {value.name!r}, which is neither given nor assigned")
         return context.variables[value.name]
     if isinstance(value, TagValue):
+        exact = value.tag
+        if exact is not None:
+            return node.string(exact)
         for target, tag in value.path.targets(node):
             return target.string(tag)
         return None
@@ -185,11 +200,17 @@ def assign(node: Node, tag: int, text: str, context: Context) -> None:
 def execute(statement: Statement, node: Node, context: Context) -> None:
     if isinstance(statement, AssignTag):
         text = evaluate(statement.value, node, context) or ""
+        if statement.tag is not None:
+            assign(node, statement.tag, text, context)
+            return
         for target, tag in list(statement.path.targets(node, create=True)):
             assign(target, tag, text, context)
     elif isinstance(statement, AssignVariable):
         context.variables[statement.name] = evaluate(statement.value, node, context) or ""
     elif isinstance(statement, Delete):
+        if statement.tag is not None:
+            node.delete(statement.tag)
+            return
         last = statement.path.last
         if last.index is not None:
             for parent, tag, index in reversed(list(statement.path.items_named(node))):

@@ -64,7 +64,19 @@ _TOKEN_NAMES = {
     "NAME": "a name",
     "NUMBER": "a number",
     "OP": "a comparison (=, !=, ~, !~)",
-    "__ANON_0": ":=",
+    "__ANON_0": "':='",
+    "PLUS": "'+'",
+    "STAR": "'*'",
+    "MINUS": "'-'",
+    "RSQB": "']'",
+    "LSQB": "'['",
+    "COMMA": "','",
+    "SLASH": "'/'",
+    "QMARK": "'?'",
+    "COLON": "':'",
+    "NEW": "new",
+    "ECHO": "echo",
+    "REMOVEALLPRIVATETAGS": "removeAllPrivateTags",
 }
 
 
@@ -108,6 +120,8 @@ class _Compiler:
         self.version: str | None = None
         self.reads: set[str] = set()
         self.assigns: set[str] = set()
+        self.highest_tag = 0  # the highest top-level tag a path names
+        self.whole_header = False  # a statement may touch any attribute (*, +, private tag removal, pixels)
 
     def error(self, where: Tree | Token, message: str) -> ScriptError:
         position = _position(where)
@@ -173,6 +187,7 @@ class _Compiler:
         if kind == "echo":
             return Echo(self.value(children[0]))
         if kind == "remove_private":
+            self.whole_header = True
             return RemoveAllPrivate()
         if kind == "call":
             return self.statement_call(children[0])
@@ -199,6 +214,7 @@ class _Compiler:
         name, minimum, maximum = STATEMENT_FUNCTIONS[key]
         if not minimum <= len(args) <= maximum:
             raise self.error(name_token, f"{name} takes {_arity(minimum, maximum)}, got {len(args)}")
+        self.whole_header = True
         if key == "removeallprivatetags":
             return RemoveAllPrivate()
         if key == "retainprivatetags":
@@ -321,6 +337,14 @@ class _Compiler:
         if isinstance(steps[-1], Levels):
             raise self.error(tree, "a path cannot end in * or +")
         first = steps[0]
+        if isinstance(first, Levels):
+            self.whole_header = True
+        else:
+            pattern = first.pattern
+            highest = pattern.value | (~pattern.mask & 0xFFFFFFFF) | pattern.odd
+            if pattern.creator is not None:
+                highest |= 0xFF00  # whichever block the creator reserved
+            self.highest_tag = max(self.highest_tag, highest)
         if len(steps) == 1 and isinstance(first, TagStep) and first.pattern.exact is not None:
             if first.pattern.exact >> 16 == 0x0002:
                 raise self.error(
@@ -359,11 +383,14 @@ def _key_values(text: str) -> dict[str, int] | None:
 
 
 class ScriptProgram:
-    """A compiled script: its statements, run on the dataset of each file."""
+    """A compiled script: its statements, run on the dataset of each file. ``up_to``: the highest
+    top-level tag it reads or writes (``None``: it may touch any), so the engine indexes no more
+    of each header than that."""
 
-    def __init__(self, statements: tuple[Statement, ...], digest: str) -> None:
+    def __init__(self, statements: tuple[Statement, ...], digest: str, up_to: int | None) -> None:
         self.statements = statements
         self.digest = digest
+        self.up_to = up_to
 
     def run(self, dataset: Node, context: Context) -> None:
         context.digest = self.digest
@@ -383,7 +410,7 @@ def compile_script(text: str, *, source: str = "<script>") -> Anonymizer:
     statements = compiler.statements(tree)
     digest = hashlib.sha256(f"dicomedit6\0engine {ENGINE_VERSION}\0{text}".encode()).hexdigest()
     return Anonymizer(
-        ScriptProgram(statements, digest),
+        ScriptProgram(statements, digest, None if compiler.whole_header else compiler.highest_tag),
         digest=digest,
         required_variables=frozenset(compiler.reads),
         description=source,
