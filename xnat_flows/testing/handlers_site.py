@@ -177,6 +177,10 @@ class SiteHandlers(HandlerBase):
         }
         return json_response(json.dumps([receiver]).encode())
 
+    def config_anon(self, req: Request, m: re.Match[str]) -> Response:
+        """XNAT's configuration service for the tool ``anon``: site and project anonymization scripts."""
+        return self.emu.anon_scripts.handle(req, m, lambda project: self.store.project(project) is not None)
+
     def search_elements(self, req: Request, m: re.Match[str]) -> Response:
         """The search-element catalogue xnatpy reads at connect; the emulator offers no search fields."""
         return table(req, [], "Elements")

@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from xnat_flows.testing.dicomhdr import (
     InstanceHeader,
     UnparsableDicom,
-    anonymize_instance,
     read_header,
     xnat_file_name,
 )
@@ -36,6 +36,9 @@ from xnat_flows.testing.state import (
     session_xsi_type,
     write_stream_to,
 )
+
+if TYPE_CHECKING:
+    from xnat_flows.testing.anon_config import AnonScripts
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +115,17 @@ def _overwrite_mode(value: str | None) -> str | None:
 
 
 class Prearchive:
-    def __init__(self, store: Store, faults: Faults, rebuild_idle_seconds: float, anonymize: bool = False) -> None:
+    def __init__(
+        self, store: Store, faults: Faults, rebuild_idle_seconds: float, anon_scripts: AnonScripts | None = None
+    ) -> None:
         self.store = store
         self.faults = faults
         self.rebuild_idle_seconds = rebuild_idle_seconds
-        self.anonymize = anonymize
+        if anon_scripts is None:
+            from xnat_flows.testing.anon_config import AnonScripts
+
+            anon_scripts = AnonScripts()
+        self.anon_scripts = anon_scripts
         self._stop = threading.Event()
         self._wake = threading.Event()  # a session was queued: the rebuilder takes it now
         self._thread: threading.Thread | None = None
@@ -153,8 +162,9 @@ class Prearchive:
         store = self.store
         name = xnat_file_name(header)
         resource = "secondary" if header.derived_secondary else "DICOM"
-        if self.anonymize and not is_true(where.params.get("prevent_anon")):
-            data = anonymize_instance(data)
+        data = self.anon_scripts.deidentify_on_import(
+            data, where.project, where.subject, where.label, is_true(where.params.get("prevent_anon"))
+        )
         # Write the bytes before taking the lock; the rename into place happens under it.
         tmp_path = store.tmp_dir / f"inst-{threading.get_ident()}-{time.monotonic_ns()}"
         size, md5 = write_stream_to(

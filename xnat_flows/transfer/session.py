@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xnat_flows.client.archive import archived_studies, find_archived, study_label, subject_label
 from xnat_flows.client.client import XnatClient
@@ -52,6 +52,9 @@ from xnat_flows.transfer.verify import (
     prearchive_snapshot,
     verify_session,
 )
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.deidentify import Anonymizer
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,8 @@ class SessionUploadResult:
     sessions: list[StudyUploadResult]
     skipped: list[SkippedFile]
     seconds: float
+    # files the de-identification script could not be applied to: listed, not sent (a failure)
+    refused: list[SkippedFile] = field(default_factory=list)
 
     @property
     def files_sent(self) -> int:
@@ -152,7 +157,7 @@ class SessionUploadResult:
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.sessions) and not self.unreadable
+        return all(s.ok for s in self.sessions) and not self.unreadable and not self.refused
 
 
 def plan_sessions(
@@ -538,6 +543,7 @@ def upload_session(
     poll_interval: float = 2.0,
     allow_other_study: bool = False,
     claim_wait: float = DEFAULT_CLAIM_WAIT_SECONDS,
+    anonymizer: Anonymizer | None = None,
 ) -> SessionUploadResult:
     """Scan (unless given a ``ScanResult``), upload every planned session, verify each.
 
@@ -546,12 +552,21 @@ def upload_session(
     before anything is sent (``check_destination``: another study or subject under the label stops
     the upload with ``ConflictError``). Without ``verify``, the prearchive is looked at once at the
     end: a row of this upload that XNAT parked (CONFLICT, ERROR) fails the result.
+    ``anonymizer``: de-identify every file as it streams out (``transfer.deidentify``) with the
+    session's project, subject and label as the script's variables; checks, journal and
+    verification then work on the rewritten instances, and files the script cannot be applied to
+    are listed in ``refused``, not sent.
     """
     if workers < 1:
         raise InputError(f"workers must be at least 1 (got {workers})")
     started = time.monotonic()
     scan = root_or_scan if isinstance(root_or_scan, ScanResult) else scan_directory(Path(root_or_scan))
     plan = plan_sessions(scan, target, per_study=per_study)
+    refused: list[SkippedFile] = []
+    if anonymizer is not None:
+        from xnat_flows.transfer.deidentify import deidentify_plan
+
+        plan, refused = deidentify_plan(plan, anonymizer)
     if target.direct_archive:
         client.require_direct_archive()
     names = [destination_name(client.base_url, t.project, t.session) for t, _ in plan]
@@ -599,7 +614,7 @@ def upload_session(
         if not verify:
             for study, before in results:
                 study.parked = look_for_parked(client, study.target, study.study_uid, before)
-    return SessionUploadResult([study for study, _ in results], list(scan.skipped), time.monotonic() - started)
+    return SessionUploadResult([study for study, _ in results], list(scan.skipped), time.monotonic() - started, refused)
 
 
 def look_for_parked(
