@@ -351,7 +351,6 @@ class Instance:
     transfer_syntax: str
     body_encoding: Encoding
     pixel_tail: bytes  # the Pixel Data element and anything after it, verbatim
-    pixel_offset: int = -1  # where Pixel Data starts inside pixel_tail (0 when present), -1 if absent
     meta_sop_before: tuple[str | None, str | None] = field(default=(None, None))
     source: bytes | None = None  # the input file, returned as is when a program changed nothing
     has_trailing: bool = False  # elements followed Pixel Data (trailing padding, signatures)
@@ -607,7 +606,6 @@ def parse_part10(data: bytes, *, up_to: int | None = None) -> Instance:
         transfer_syntax=transfer_syntax,
         body_encoding=encoding,
         pixel_tail=tail,
-        pixel_offset=0 if tail else -1,
         source=data,
     )
     instance.meta_sop_before = (dataset.string(SOP_CLASS_UID), dataset.string(SOP_INSTANCE_UID))

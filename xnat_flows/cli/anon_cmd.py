@@ -9,7 +9,7 @@ import typer
 
 from xnat_flows.cli.options import EXIT_FAILURE, EXIT_USAGE, command_group, error
 
-app = command_group(help="De-identification: check a DicomEdit 6 script or the DICOM Basic Profile on your data.")
+app = command_group(help="De-identify: check a DicomEdit script or a profile on your data.")
 
 
 def parse_variables(pairs: list[str]) -> dict[str, str]:
@@ -59,8 +59,9 @@ def check(
         bool, typer.Option("--hide-values", help="Do not print original values (for a shared screen or a log).")
     ] = False,
 ) -> None:
-    """Apply a script or profile in memory (nothing is written or sent) and show per attribute
-    what changed, the identifying attributes that survive, and files flagged Burned In Annotation.
+    """Check a DicomEdit 6 script or the Basic Profile against a folder.
+
+    Applies it in memory (nothing is written or sent) and shows per attribute what changed, the identifying attributes that survive, and files flagged Burned In Annotation.
     Exit 0 when no identifier survives (beyond --allow) and every file can be de-identified,
     1 otherwise, 2 for a script that cannot run (its line and column are named)."""
     from xnat_flows.anon import ScriptError, anonymizer_for

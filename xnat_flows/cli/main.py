@@ -11,16 +11,8 @@ import gc
 
 import typer
 
-from xnat_flows.cli import (
-    anon_cmd,
-    auth_cmd,
-    demo_cmd,
-    emulator_cmd,
-    prearchive_cmd,
-    resource_cmd,
-    session_cmd,
-    synth_cmd,
-)
+import xnat_flows.cli.anon_cmd as anon_cmd
+from xnat_flows.cli import auth_cmd, demo_cmd, emulator_cmd, prearchive_cmd, resource_cmd, session_cmd, synth_cmd
 from xnat_flows.cli.options import XnatCommandGroup
 
 app = typer.Typer(
