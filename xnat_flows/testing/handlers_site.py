@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 from xnat_flows.testing.auth import parse_basic
-from xnat_flows.testing.render import table
 from xnat_flows.testing.web import HandlerBase, Request, Response, json_body, json_response, text
 
 
@@ -176,10 +175,6 @@ class SiteHandlers(HandlerBase):
             "timestamp": 0,
         }
         return json_response(json.dumps([receiver]).encode())
-
-    def search_elements(self, req: Request, m: re.Match[str]) -> Response:
-        """The search-element catalogue xnatpy reads at connect; the emulator offers no search fields."""
-        return table(req, [], "Elements")
 
     # -- control endpoints (unauthenticated; tests drive faults from another process) --------------
     def control_stats(self, req: Request, m: re.Match[str]) -> Response:

@@ -1,0 +1,242 @@
+"""Experiments (image sessions and assessors), scans and reconstructions: listings, creation and
+documents.
+
+As XNAT's REST API documentation (Experiment, Image Scan and Image Assessor API pages, "Get All
+Experiments") and xnat-web's ``ExperimentResource``, ``ScanResource`` and their list resources answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xnat_flows.testing import readback
+from xnat_flows.testing.archive_base import ArchiveBase
+from xnat_flows.testing.model import Obj, is_a
+from xnat_flows.testing.prearchive import XnatRefusal
+from xnat_flows.testing.render import item, table
+from xnat_flows.testing.web import Request, Response, text
+
+NEEDS_XSI_TYPE = "A new experiment needs its data type: add ?xsiType=xnat:mrSessionData (or another)."
+
+
+class ExperimentHandlers(ArchiveBase):
+    # -- listings ------------------------------------------------------------------------------------
+    def list_experiments(self, req: Request, parent: Obj | None) -> Response:
+        """Site-wide, a project's (its own and shared into it) or a subject's experiments."""
+        store = self.store
+        if parent is None:
+            return self._experiments(req, store.query("SELECT * FROM experiments ORDER BY id"), "")
+        if parent.kind == "project":
+            own = store.query("SELECT * FROM experiments WHERE project = ? ORDER BY id", (parent.id,))
+            shared = store.query(
+                "SELECT t.* FROM experiments t JOIN shares s ON s.owner = t.id WHERE s.project = ? ORDER BY t.id",
+                (parent.id,),
+            )
+            return self._experiments(req, [*own, *shared], parent.id)
+        return self._experiments(
+            req,
+            store.query("SELECT * FROM experiments WHERE subject_id = ? ORDER BY id", (parent.id,)),
+            parent.project,
+        )
+
+    def list_assessors(self, req: Request, session: Obj) -> Response:
+        rows = self.store.query("SELECT * FROM experiments WHERE session_id = ? ORDER BY id", (session.id,))
+        return self._experiments(req, rows, session.project, assessors=True)
+
+    def _experiments(self, req: Request, rows: list[Any], project: str, assessors: bool = False) -> Response:
+        wanted = req.param("xsiType")
+        chosen = []
+        for row in rows:
+            if wanted:
+                if not is_a(row["xsi_type"], wanted):
+                    continue
+            elif bool(row["session_id"]) != assessors:
+                continue  # listings of experiments show sessions; assessors are listed under their session
+            chosen.append(self.experiment_row(row, project))
+        return table(req, chosen, "Assessors" if assessors else "Experiments")
+
+    def list_scans(self, req: Request, session: Obj, only: list[Any] | None = None) -> Response:
+        scans = (
+            only
+            if only is not None
+            else self.store.query("SELECT * FROM scans WHERE experiment_id = ? ORDER BY rowid", (session.id,))
+        )
+        return table(req, [readback.scan_row(session.id, s) for s in scans], "Scans")
+
+    def list_reconstructions(self, req: Request, session: Obj) -> Response:
+        recons = self.store.query("SELECT * FROM reconstructions WHERE experiment_id = ? ORDER BY rowid", (session.id,))
+        rows = [
+            {
+                "ID": r["recon_id"],
+                "type": r["type"] or "",
+                "xsiType": "xnat:reconstructedImageData",
+                "URI": f"{self.uri(session)}/reconstructions/{r['recon_id']}",
+            }
+            for r in recons
+        ]
+        return table(req, rows, "Reconstructions")
+
+    def experiment_row(self, experiment: Any, project: str) -> dict[str, Any]:
+        obj = Obj("assessor" if experiment["session_id"] else "experiment", experiment, None, project)
+        subject = self.archive.subject_row(experiment["subject_id"])
+        uri = (
+            f"/data/experiments/{experiment['session_id']}/assessors/{experiment['id']}"
+            if experiment["session_id"]
+            else f"/data/experiments/{experiment['id']}"
+        )
+        row = {
+            "ID": experiment["id"],
+            "URI": uri,
+            "date": experiment["date"],
+            "insert_date": experiment["insert_date"],
+            "label": self.label_in(obj),
+            "project": experiment["project"],
+            "xsiType": experiment["xsi_type"],
+            "subject_ID": experiment["subject_id"],
+            "subject_label": subject["label"] if subject else "",
+            "UID": experiment["uid"],
+            "modality": experiment["modality"],
+        }
+        if experiment["session_id"]:
+            row["session_ID"] = experiment["session_id"]
+        return row
+
+    # -- creation ------------------------------------------------------------------------------------
+    def create_experiment(self, req: Request, parent: Obj, name: str) -> Response:
+        xsi_type = req.param("xsiType")
+        if not xsi_type:
+            return text(400, NEEDS_XSI_TYPE)
+        fields = self.fields_of(req, "experiment")
+        label = self._new_label(req, xsi_type, name)
+        if self.store.query_one("SELECT 1 FROM experiments WHERE project = ? AND label = ?", (parent.project, label)):
+            return text(409, f"An experiment labelled {label} already exists in project {parent.project}.")
+        subject = parent.row if parent.kind == "subject" else self._subject_for(req, parent, xsi_type)
+        row = self.archive.create_experiment(parent.project, subject, label, xsi_type)
+        self.store_fields(Obj("experiment", row, parent, parent.project), fields)
+        return text(201, row["id"])
+
+    def create_assessor(self, req: Request, session: Obj, name: str) -> Response:
+        xsi_type = req.param("xsiType")
+        if not xsi_type:
+            return text(400, "A new assessor needs its data type: add ?xsiType=xnat:qcAssessmentData (or another).")
+        fields = self.fields_of(req, "assessor")
+        label = self._new_label(req, xsi_type, name)
+        subject = self.archive.subject_row(session.row["subject_id"])
+        row = self.archive.create_experiment(session.row["project"], subject, label, xsi_type, session_id=session.id)
+        self.store_fields(Obj("assessor", row, session, session.project), fields)
+        return text(201, row["id"])
+
+    def create_scan(self, req: Request, session: Obj, name: str) -> Response:
+        """xnat-web ``ScanResource.handlePut``."""
+        xsi_type = req.param("xsiType")
+        if not xsi_type:
+            return text(417, "Need PUT Contents")
+        if xsi_type.lower() == "xnat:imagescandata" or not is_a(xsi_type, "xnat:imageScanData"):
+            return text(
+                400,
+                "Multiple scan modalities can be associated here.  Please retry with the "
+                "specification of a particular modality (i.e. ?xsiType=xnat:mrScanData).",
+            )
+        fields = self.fields_of(req, "scan")
+        row = self.archive.create_scan(session, name, xsi_type)
+        self.store_fields(Obj("scan", row, session, session.project), fields)
+        return text(200, "")
+
+    def create_reconstruction(self, req: Request, session: Obj, name: str) -> Response:
+        fields = self.fields_of(req, "reconstruction")
+        row = self.archive.create_reconstruction(session, name, req.param("type"))
+        self.store_fields(Obj("reconstruction", row, session, session.project), fields)
+        return text(201, name)
+
+    def _subject_for(self, req: Request, project: Obj, xsi_type: str):
+        ref = (
+            req.param(f"{xsi_type}/subject_ID")
+            or req.param("subject_ID")
+            or req.param("xnat:subjectAssessorData/subject_ID")
+        )
+        if not ref:
+            raise XnatRefusal(
+                400,
+                "A new experiment needs a subject: create it under /subjects/{subject}/experiments or pass subject_ID.",
+            )
+        row, _ = self.archive.create_subject(project.id, ref)
+        return row
+
+    @staticmethod
+    def _new_label(req: Request, xsi_type: str, name: str) -> str:
+        return req.param(f"{xsi_type}/label") or req.param("label") or name
+
+    # -- documents -----------------------------------------------------------------------------------
+    def experiment_document(self, obj: Obj, fields: dict[str, str], children: list[dict[str, Any]]) -> dict[str, Any]:
+        row = obj.row
+        if obj.kind == "assessor":
+            base = {
+                "ID": obj.id,
+                "label": row["label"],
+                "project": row["project"],
+                "date": row["date"],
+                "imageSession_ID": row["session_id"],
+                "id": obj.id,
+            }
+            return item(
+                row["xsi_type"],
+                {**base, **fields},
+                children + self.resource_children(obj, "out/file") + self.sharing(obj),
+                {"start_date": row["insert_date"]},
+            )
+        base = {
+            "ID": obj.id,
+            "label": self.label_in(obj),
+            "project": row["project"],
+            "subject_ID": row["subject_id"],
+            "UID": row["uid"],
+            "date": row["date"],
+            "time": row["time"],
+            "modality": row["modality"],
+            "id": obj.id,
+        }
+        store = self.store
+        scans = [
+            Obj("scan", s, obj, obj.project)
+            for s in store.query("SELECT * FROM scans WHERE experiment_id = ? ORDER BY rowid", (obj.id,))
+        ]
+        if scans:
+            children.append({"field": "scans/scan", "items": [self.document(s) for s in scans]})
+        recons = [
+            Obj("reconstruction", r, obj, obj.project)
+            for r in store.query("SELECT * FROM reconstructions WHERE experiment_id = ? ORDER BY rowid", (obj.id,))
+        ]
+        if recons:
+            children.append(
+                {"field": "reconstructions/reconstructedImage", "items": [self.document(r) for r in recons]}
+            )
+        assessors = [
+            Obj("assessor", a, obj, obj.project)
+            for a in store.query("SELECT * FROM experiments WHERE session_id = ? ORDER BY id", (obj.id,))
+        ]
+        if assessors:
+            children.append({"field": "assessors/assessor", "items": [self.document(a) for a in assessors]})
+        children += self.resource_children(obj, "resources/resource") + self.sharing(obj)
+        return item(row["xsi_type"], {**base, **fields}, children, {"start_date": row["insert_date"]})
+
+    def scan_document(self, obj: Obj, fields: dict[str, str], children: list[dict[str, Any]]) -> dict[str, Any]:
+        row = obj.row
+        base = {
+            "ID": obj.id,
+            "type": row["type"],
+            "UID": row["series_uid"],
+            "series_description": row["series_description"],
+            "quality": "usable",
+            "image_session_ID": row["experiment_id"],
+            "modality": row["modality"],
+            "xnat_imagescandata_id": f"{row['experiment_id']}:{obj.id}",
+        }
+        return item(row["xsi_type"], {**base, **fields}, children + self.resource_children(obj, "file"))
+
+    def reconstruction_document(
+        self, obj: Obj, fields: dict[str, str], children: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        base = {"ID": obj.id, "type": obj.row["type"] or ""}
+        return item(
+            "xnat:reconstructedImageData", {**base, **fields}, children + self.resource_children(obj, "out/file")
+        )
