@@ -173,8 +173,19 @@ class PrearchiveHandlers(HandlerBase):
         base = f"/data{row.url}/scans/{scan_id}/resources/{label}/files"
         chosen = [f for f in files if f["resource"] == label]
         if len(rest) == 4 or (len(rest) == 5 and rest[4] == "files"):
+            digests = self.store.digests(
+                "prearc_files",
+                {"row_id": row.id, "scan_id": scan_id, "resource": label},
+                {f["name"]: self.store.prearc_file_path(row.id, scan_id, label, f["name"]) for f in chosen},
+            )
             rows = [
-                {"Name": f["name"], "Size": f["size"], "URI": f"{base}/{f['name']}", "digest": f["md5"]} for f in chosen
+                {
+                    "Name": f["name"],
+                    "Size": f["size"],
+                    "URI": f"{base}/{f['name']}",
+                    "digest": digests.get(f["name"], ""),
+                }
+                for f in chosen
             ]
             return table(req, rows, "Files")
         name = "/".join(rest[5:])

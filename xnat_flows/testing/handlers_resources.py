@@ -109,6 +109,7 @@ class ResourceHandlers(ArchiveBase):
                 _ARCHIVE_SUFFIXES[fmt],
             )
         rows = []
+        digests = self._digests(entries)
         for resource, f in entries:
             base = f"{self.uri(resource.parent)}/resources/{resource.label}" if resource.parent else ""
             rows.append(
@@ -121,11 +122,22 @@ class ResourceHandlers(ArchiveBase):
                     "file_format": resource.row["format"] or "",
                     "file_content": resource.row["content"] or "",
                     "cat_ID": resource.row["id"],
-                    "digest": f["md5"],
+                    "digest": digests.get((resource.row["id"], f["path"]), ""),
                     "path": f["path"],
                 }
             )
         return table(req, rows, "Files", FILE_COLUMNS, fixed_columns=True)
+
+    def _digests(self, entries: list[tuple[Obj, Any]]) -> dict[tuple[int, str], str]:
+        """(resource id, path) -> MD5, computed for files whose catalog entry has none yet."""
+        store, out = self.store, {}
+        for resource_id in {resource.row["id"] for resource, _ in entries}:
+            paths = {
+                f["path"]: store.resource_dir(resource_id) / f["path"] for r, f in entries if r.row["id"] == resource_id
+            }
+            for path, md5 in store.digests("files", {"resource_id": resource_id}, paths).items():
+                out[(resource_id, path)] = md5
+        return out
 
     def zip_path(self, resource: Obj, path: str) -> str:
         """XNAT's layout in every download zip: {session}/scans/{id}/resources/{label}/files/{path}."""
