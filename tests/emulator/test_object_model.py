@@ -94,8 +94,17 @@ def test_columns_select_names_and_xpaths(client):
     rows = results(
         client.get("/data/experiments", params={"columns": "label,xnat:imageSessionData/modality,subject_label"})
     )
+    # xnat-web QueryOrganizerResource.formatHeaders: the xpath column carries its shortcut name; the
+    # listing is rooted at xnat:imageSessionData, no data type of its own: xsiType and project are added.
     assert rows == [
-        {"label": "S1", "xnat:imageSessionData/modality": "CT", "subject_label": "SUBJ", "URI": rows[0]["URI"]}
+        {
+            "label": "S1",
+            "modality": "CT",
+            "subject_label": "SUBJ",
+            "xsiType": "xnat:ctSessionData",
+            "project": "TEST",
+            "URI": rows[0]["URI"],
+        }
     ]
     as_csv = client.get("/data/projects/TEST/experiments", params={"format": "csv", "columns": "ID,label"})
     assert next(csv.reader(io.StringIO(as_csv.text))) == ["ID", "label", "URI"]

@@ -7,6 +7,7 @@ Experiments") and xnat-web's ``ExperimentResource``, ``ScanResource`` and their 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from xnat_flows.testing import readback
@@ -18,6 +19,39 @@ from xnat_flows.testing.web import Request, Response, text
 
 NEEDS_XSI_TYPE = "A new experiment needs its data type: add ?xsiType=xnat:mrSessionData (or another)."
 
+# xnat-web XMLPathShortcuts (EXPERIMENT_DATA): the xpaths a listing column may be asked by, and the
+# shortcut name the column then carries (QueryOrganizerResource.formatHeaders).
+_EXPERIMENT_SHORTCUTS = {
+    "xnat:experimentdata/id": "ID",
+    "xnat:experimentdata/visit_id": "visit_id",
+    "xnat:experimentdata/date": "date",
+    "xnat:experimentdata/time": "time",
+    "xnat:experimentdata/note": "note",
+    "xnat:experimentdata/project": "project",
+    "xnat:experimentdata/label": "label",
+    "xnat:imagesessiondata/scanner": "scanner",
+    "xnat:imagesessiondata/operator": "operator",
+    "xnat:imagesessiondata/session_type": "session_type",
+    "xnat:imagesessiondata/modality": "modality",
+    "xnat:imagesessiondata/uid": "UID",
+    "xnat:subjectassessordata/subject_id": "subject_ID",
+    "xnat:subjectdata/label": "subject_label",
+    "xnat:imagesessiondata/id": "session_ID",
+    "xnat:imagesessiondata/label": "session_label",
+    "xnat:experimentdata/meta/insert_date": "insert_date",
+    "xnat:experimentdata/meta/insert_user/login": "insert_user",
+    "xnat:experimentdata/extension_item/element_name": "xsiType",
+}
+# Types a listing may be rooted at that are no data type of their own (not secured elements): XNAT
+# adds the xsiType and project columns to such a listing (ExperimentListResource).
+_ABSTRACT_ROOTS = {
+    "xnat:experimentdata",
+    "xnat:subjectassessordata",
+    "xnat:imagesessiondata",
+    "xnat:imageassessordata",
+    "xnat:deriveddata",
+}
+
 
 class ExperimentHandlers(ArchiveBase):
     # -- listings ------------------------------------------------------------------------------------
@@ -25,7 +59,7 @@ class ExperimentHandlers(ArchiveBase):
         """Site-wide, a project's (its own and shared into it) or a subject's experiments."""
         store = self.store
         if parent is None:
-            return self._experiments(req, store.query("SELECT * FROM experiments ORDER BY id"), "")
+            return self._experiments(req, store.query("SELECT * FROM experiments ORDER BY id"), "", site=True)
         if parent.kind == "project":
             own = store.query("SELECT * FROM experiments WHERE project = ? ORDER BY id", (parent.id,))
             shared = store.query(
@@ -43,8 +77,14 @@ class ExperimentHandlers(ArchiveBase):
         rows = self.store.query("SELECT * FROM experiments WHERE session_id = ? ORDER BY id", (session.id,))
         return self._experiments(req, rows, session.project, assessors=True)
 
-    def _experiments(self, req: Request, rows: list[Any], project: str, assessors: bool = False) -> Response:
+    def _experiments(
+        self, req: Request, rows: list[Any], project: str, assessors: bool = False, site: bool = False
+    ) -> Response:
+        columns = [c.strip() for c in req.param("columns").split(",") if c.strip()]
         wanted = req.param("xsiType")
+        if site and not wanted:  # a column or filter naming a type roots the listing there
+            root = _root_of(req, columns)
+            wanted = "" if root == "xnat:experimentData" else root
         chosen = []
         for row in rows:
             if wanted:
@@ -52,8 +92,50 @@ class ExperimentHandlers(ArchiveBase):
                     continue
             elif bool(row["session_id"]) != assessors:
                 continue  # listings of experiments show sessions; assessors are listed under their session
-            chosen.append(self.experiment_row(row, project))
-        return table(req, chosen, "Assessors" if assessors else "Experiments")
+            chosen.append(row)
+        title = "Assessors" if assessors else "Experiments"
+        if columns and [c.upper() for c in columns] != ["DEFAULT"]:
+            picked = [self._picked(req, row, project, columns, site) for row in chosen]
+            return table(req, picked, title, fixed_columns=True)
+        if site:  # xnat-web ExperimentListResource.getDefaultFields for the listing's root type
+            root = _root_of(req, [])
+            return table(req, [self._default_fields(row, root) for row in chosen], title, fixed_columns=True)
+        return table(req, [self.experiment_row(row, project) for row in chosen], title)
+
+    def _default_fields(self, experiment: Any, root: str) -> dict[str, Any]:
+        full = self.experiment_row(experiment, "")
+        names = ["ID", "project", "date", "xsiType", "label", "insert_date"]
+        if is_a(root, "xnat:subjectAssessorData"):
+            names += ["subject_ID", "subject_label"]
+        if is_a(root, "xnat:imageAssessorData"):
+            names += ["session_ID", "session_label"]
+        return {**{name: full.get(name, "") for name in names}, "URI": full["URI"]}
+
+    def _picked(self, req: Request, experiment: Any, project: str, columns: list[str], site: bool) -> dict[str, Any]:
+        """The columns asked for, xpaths named by their shortcut (xnat-web
+        ``QueryOrganizerResource.formatHeaders``); a site-wide listing rooted at an abstract type
+        also carries xsiType and project (``ExperimentListResource``)."""
+        full = self.experiment_row(experiment, project)
+        attrs = self.archive.attrs(experiment["id"])
+        picked: dict[str, Any] = {}
+        for column in columns:
+            name = _EXPERIMENT_SHORTCUTS.get(column.lower(), column) if "/" in column else column
+            picked[name] = self._column_value(full, attrs, column, name)
+        if site and _root_of(req, columns).lower() in _ABSTRACT_ROOTS:
+            picked.setdefault("xsiType", full["xsiType"])
+            picked.setdefault("project", full["project"])
+        picked["URI"] = full["URI"]
+        return picked
+
+    @staticmethod
+    def _column_value(full: dict[str, Any], attrs: dict[str, str], column: str, name: str) -> Any:
+        if name in full:
+            return full[name]
+        path = column.split("/", 1)[1] if "/" in column and ":" in column.split("/", 1)[0] else column
+        custom = re.fullmatch(r"fields/field\[name=([^\]]+)\]/field", path)
+        if custom:
+            return attrs.get(f"fields/{custom[1]}", "")
+        return attrs.get(path, attrs.get(name, ""))
 
     def list_scans(self, req: Request, session: Obj, only: list[Any] | None = None) -> Response:
         scans = (
@@ -240,3 +322,19 @@ class ExperimentHandlers(ArchiveBase):
         return item(
             "xnat:reconstructedImageData", {**base, **fields}, children + self.resource_children(obj, "out/file")
         )
+
+
+def _root_of(req: Request, columns: list[str]) -> str:
+    """The type a site-wide experiment listing is rooted at (xnat-web
+    ``QueryOrganizerResource.getRootElementName``): ``xsiType=`` when it names one type, else
+    xnat:experimentData, narrowed to an experiment type an xpath column or filter names."""
+    asked = req.param("xsiType")
+    if asked and "," not in asked:
+        return asked
+    root = "xnat:experimentData"
+    for path in [*columns, *req.multi]:
+        head = path.split("/", 1)[0] if "/" in path else ""
+        other = head.lower() in ("xnat:subjectdata", "xnat:projectdata", root.lower())
+        if ":" in head and not other and is_a(head, root):
+            root = head
+    return root

@@ -16,11 +16,102 @@ from xnat_flows.testing.model import is_a
 from xnat_flows.testing.render import table
 from xnat_flows.testing.web import Request, Response, text
 
+# Search (display) fields per kind of data type: (FIELD_ID, HEADER, TYPE); ``POST /data/search``
+# answers each of them (``_lookup_field``). A subset of XNAT's display documents.
+_FIELDS = {
+    "project": [
+        ("ID", "ID", "string"),
+        ("SECONDARY_ID", "Secondary ID", "string"),
+        ("NAME", "Title", "string"),
+        ("DESCRIPTION", "Description", "string"),
+        ("INSERT_DATE", "Inserted", "date"),
+    ],
+    "subject": [
+        ("SUBJECT_ID", "Subject", "string"),
+        ("SUBJECT_LABEL", "Label", "string"),
+        ("PROJECT", "Project", "string"),
+        ("GENDER", "Gender", "string"),
+        ("INSERT_DATE", "Inserted", "date"),
+    ],
+    "experiment": [
+        ("SESSION_ID", "Session", "string"),
+        ("LABEL", "Label", "string"),
+        ("PROJECT", "Project", "string"),
+        ("DATE", "Date", "date"),
+        ("SUBJECT_ID", "Subject", "string"),
+        ("SUBJECT_LABEL", "Subject Label", "string"),
+        ("MODALITY", "Modality", "string"),
+        ("UID", "Study UID", "string"),
+        ("INSERT_DATE", "Inserted", "date"),
+    ],
+}
+
 
 class SearchHandlers(ArchiveBase):
     def search_elements(self, req: Request, m: re.Match[str]) -> Response:
-        """The search-element catalogue xnatpy reads at connect; the emulator offers no search fields."""
-        return table(req, [], "Elements")
+        """The data types (xnat-web ``SearchElementListResource``: ELEMENT_NAME, SINGULAR, PLURAL,
+        SECURED, COUNT; ``?used``: only those with data), or one type's search fields
+        (``/data/search/elements/{type}``, ``SearchFieldListResource``)."""
+        name = req.path.rstrip("/").rsplit("/", 1)[-1]
+        types = self._data_types()
+        if name != "elements":
+            return self._search_fields(req, name, types)
+        rows = [
+            {"ELEMENT_NAME": t, "SINGULAR": singular, "PLURAL": plural, "SECURED": "true", "COUNT": count}
+            for t, (singular, plural, count) in types.items()
+            if count or "used" not in req.multi
+        ]
+        return table(req, rows, "Data-Types", fixed_columns=True)
+
+    def _data_types(self) -> dict[str, tuple[str, str, int]]:
+        """xsiType → (singular, plural, count) for every data type of the emulator's schema."""
+        from xnat_flows.testing.render import schema_elements
+
+        store = self.store
+        counts: dict[str, int] = {
+            "xnat:projectData": len(store.query("SELECT id FROM projects")),
+            "xnat:subjectData": len(store.query("SELECT id FROM subjects")),
+        }
+        for row in store.query("SELECT xsi_type, COUNT(*) AS n FROM experiments GROUP BY xsi_type"):
+            counts[row["xsi_type"]] = row["n"]
+        types: dict[str, tuple[str, str, int]] = {}
+        for xsi_type, element in schema_elements().items():
+            if xsi_type.endswith("sessiondata") or xsi_type.endswith(("assessmentdata", "assessordata")):
+                words = re.sub(r"(Session|Assessment|Assessor)$", r" \1", element).replace("Manual", " Manual")
+                singular = words.strip()
+            elif xsi_type in ("xnat:projectdata", "xnat:subjectdata"):
+                singular = element
+            else:
+                continue
+            proper = next((t for t in counts if t.lower() == xsi_type), _proper_type(xsi_type, element))
+            types[proper] = (singular, singular + "s", counts.get(proper, 0))
+        return types
+
+    def _search_fields(self, req: Request, name: str, types: dict[str, tuple[str, str, int]]) -> Response:
+        found = [t for t in types if t.lower() == name.lower()]
+        if not found:
+            return text(400, f"Unknown data type {name}")
+        [element] = found
+        kind = (
+            "project" if element == "xnat:projectData" else "subject" if element == "xnat:subjectData" else "experiment"
+        )
+        rows = [
+            {
+                "FIELD_ID": field_id,
+                "HEADER": header,
+                "SUMMARY": header,
+                "TYPE": field_type,
+                "REQUIRES_VALUE": "false",
+                "DESC": header,
+                "ELEMENT_NAME": element,
+                "SRC": "0",
+                "VISIBLE": "true",
+                "SEARCHABLE": "true",
+                "VALUE": "",
+            }
+            for field_id, header, field_type in _FIELDS[kind]
+        ]
+        return table(req, rows, "Search Fields", fixed_columns=True)
 
     def list_users(self, req: Request, m: re.Match[str]) -> Response:
         rows = [
@@ -95,12 +186,32 @@ class SearchHandlers(ArchiveBase):
         ]
 
 
+def _proper_type(xsi_type: str, element: str) -> str:
+    """``xnat:mrsessiondata`` → ``xnat:mrSessionData`` (from the element name ``MRSession``)."""
+    prefix, _, rest = xsi_type.partition(":")
+    for suffix in ("sessiondata", "assessmentdata", "assessordata", "scandata"):
+        if rest.endswith(suffix):
+            head = rest[: -len(suffix)]
+            tail = {"sessiondata": "SessionData", "assessmentdata": "AssessmentData", "assessordata": "AssessorData"}
+            return f"{prefix}:{head}{tail.get(suffix, 'ScanData')}"
+    return f"{prefix}:{element[0].lower()}{element[1:]}Data"
+
+
 def _lookup_field(row: dict[str, Any], field: str) -> str | None:
     """A search field (``LABEL``, ``xnat:mrSessionData/label``, ``xnat:mrSessionData.PROJECT``) of a row."""
     name = re.split(r"[/.]", field)[-1].lower()
-    aliases = {"subject_label": "subject_label", "subject_id": "subject_ID", "session_id": "ID"}
-    for key, value in row.items():
-        if key.lower() == name or key == aliases.get(name):
+    # Display-field IDs (``_FIELDS``) → the row keys that hold them, first found wins.
+    aliases = {
+        "subject_label": ("subject_label", "label"),
+        "subject_id": ("subject_ID", "ID"),
+        "session_id": ("ID",),
+        "expt_id": ("ID",),
+        "gender": ("gender",),
+    }
+    lowered = {key.lower(): value for key, value in row.items()}
+    for key in aliases.get(name, (name,)):
+        if key.lower() in lowered:
+            value = lowered[key.lower()]
             return "" if value is None else str(value)
     return None
 

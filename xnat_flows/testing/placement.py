@@ -66,7 +66,8 @@ class _OpenSession:
     scans: dict[str, str]  # SeriesInstanceUID -> scan ID
     lock: threading.Condition = field(default_factory=threading.Condition)
     writers: int = 0
-    closed: bool = False
+    closed: bool = False  # archived or replaced: placements look the session up again
+    stale: bool = False  # the row changed in the database: checked again before the next file
     touched: float = field(default_factory=time.time)
     new_scans: list[tuple[Any, ...]] = field(default_factory=list)
     files: list[tuple[Any, ...]] = field(default_factory=list)
@@ -81,7 +82,7 @@ class Held:
 
     def __init__(self) -> None:
         self.rows: set[int] = set()
-        self.sessions: dict[int, _OpenSession] = {}
+        self.sessions: dict[int, _OpenSession] = {}  # by id(): every session object this request wrote into
         self.placed = 0
 
 
@@ -188,14 +189,14 @@ class Placements:
         while True:
             with self._lock:
                 session = self._open.get(key)
-                if session is not None:
+                if session is not None and not session.stale:
                     held.rows.add(session.row.id)
-            if session is None:
+            if session is None or session.stale:
                 session = self._open_session(key, header, where, held)
             with session.lock:
                 if session.closed:
                     continue  # being archived or changed meanwhile: look it up again
-                held.sessions[session.row.id] = session
+                held.sessions[id(session)] = session
                 scan_id = session.scans.get(header.series_uid)
                 if scan_id is None:
                     scan_id = next_free_scan_id(
@@ -216,19 +217,27 @@ class Placements:
                 return session, scan_id
 
     def _open_session(self, key: tuple[Any, ...], header: InstanceHeader, where: Placement, held: Held) -> _OpenSession:
-        """Find or create the row in the database (once per session; the store's lock, then ours)."""
+        """Find or create the row in the database (once per session, and again after the row
+        changed; the store's lock, then ours)."""
         store = self.store
         with store.lock:
             with self._lock:
-                session = self._open.get(key)
-                if session is not None:
-                    held.rows.add(session.row.id)
-                    return session
+                known = self._open.get(key)
+                if known is not None and not known.stale:
+                    held.rows.add(known.row.id)
+                    return known
             row = store.find_open_row(
                 where.project, header.study_uid, where.label, where.direct_archive, where.timestamp, where.folder
             )
             if row is None:
                 row = self._new_row(header, where)
+            with self._lock:
+                if known is not None and known.row.id == row.id:  # still the row files go to
+                    known.row, known.stale = row, False
+                    held.rows.add(row.id)
+                    return known
+                if known is not None:
+                    known.closed = True
             scans = {str(s["series_uid"]): str(s["scan_id"]) for s in store.prearc_scans(row.id)}
             session = _OpenSession(row, scans)
             with self._lock:
@@ -312,11 +321,11 @@ class Placements:
         self._commit(sessions)
 
     def forget(self, row_id: int) -> None:
-        """The row changed in the database (status, project, deleted): look it up again next time."""
+        """The row changed in the database (status, project, deleted): check it before the next file."""
         with self._lock:
-            for key in [k for k, s in self._open.items() if s.row.id == row_id]:
-                session = self._open.pop(key)
-                session.closed = True
+            for session in self._open.values():
+                if session.row.id == row_id:
+                    session.stale = True
 
 
 def _format_date(value: str) -> str:

@@ -280,6 +280,11 @@ _ELEMENT_ATTRIBUTES = {  # attributes only on some types (UID is an element of s
 }
 
 
+def schema_elements() -> dict[str, str]:
+    """xsiType (lower-case) → XNAT's global element name, for every type of the emulator's schema."""
+    return dict(_element_names())
+
+
 @lru_cache(maxsize=1)
 def _element_names() -> dict[str, str]:
     """xsiType (lower-case) → XNAT's global element name, read from the schema the emulator serves."""

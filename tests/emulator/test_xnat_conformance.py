@@ -1,0 +1,187 @@
+"""Behaviour checked against xnat-web's source, through plain REST and through xnatpy (xnat 0.8.1):
+what pipelines written for a real XNAT read back. Each test names the xnat-web class it follows."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from emulator_helpers import make_study, members, zip_bytes
+
+from xnat_flows.testing.pytest_plugin import wait_until
+
+xnat = pytest.importorskip("xnat")
+
+
+@pytest.fixture
+def held(emulator, client):
+    """One READY prearchive session (a manual project holds it): its prearchive URI."""
+    emulator.set_prearchive_code("TEST", 0)
+    answer = client.post(
+        "/data/services/import",
+        params={"import-handler": "DICOM-zip", "project": "TEST", "subject": "S", "session": "HELD"},
+        content=zip_bytes(members(make_study(2, 2))),
+        headers={"Content-Type": "application/zip"},
+    )
+    assert answer.status_code == 200, answer.text
+    wait_until(lambda: [s for s in emulator.prearchive_sessions() if s["status"] == "READY"])
+    return answer.text.strip()
+
+
+def test_prearchive_scan_resources_list_label_count_size_whatever_columns_asked(client, held):
+    """xnat-web PrearcScanResourceList: columns label, file_count, file_size; columns= not applied."""
+    listed = client.get(f"{held}/scans/1/resources", params={"format": "json", "columns": "ID,URI,label"}).json()
+    assert listed["ResultSet"]["Result"] == [
+        {"label": "DICOM", "file_count": "2", "file_size": listed["ResultSet"]["Result"][0]["file_size"]}
+    ]
+    files = client.get(f"{held}/scans/1/resources/DICOM/files", params={"columns": "ID"}).json()["ResultSet"]["Result"]
+    assert [sorted(f) for f in files] == [["Name", "Size", "URI"]] * 2  # PrearcSessionResourceFiles
+    assert client.get(f"{held}/scans/1/resources/DICOM/files/nope.dcm").status_code == 400
+
+
+def test_xnatpy_sees_the_resources_and_files_of_a_prearchive_scan(emulator, held):
+    with xnat.connect(emulator.url, user="admin", password="admin", loglevel="ERROR") as session:
+        [prearchived] = session.prearchive.sessions()
+        scan = prearchived.scans[0]
+        assert list(scan.resources.keys()) == ["DICOM"]
+        assert scan.resources["DICOM"].file_count == 2
+        assert len(scan.files) == 2
+
+
+def test_batch_prearchive_services_answer_in_the_format_asked(client, held):
+    """xnat-web BatchPrearchiveActionsA.updatedStatusRepresentation renders the status table with format=."""
+    src = held.removeprefix("/data")
+    answer = client.post("/data/services/prearchive/rebuild", params={"src": src, "format": "csv"})
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
+    [row] = list(csv.DictReader(io.StringIO(answer.text)))
+    assert row["folderName"] == "HELD" and row["project"] == "TEST"
+    client.put("/data/projects/OTHER")
+    moved = client.post("/data/services/prearchive/move", params={"src": src, "newProject": "OTHER", "format": "xml"})
+    assert moved.status_code == 200 and "<ResultSet" in moved.text and "OTHER" in moved.text
+
+
+@pytest.fixture
+def archived(emulator, client):
+    """One archived CT session EXP1 (subject S1) in TEST: its accession ID."""
+    answer = client.post(  # dest=/archive: archived within the request
+        "/data/services/import",
+        params={
+            "import-handler": "DICOM-zip",
+            "project": "TEST",
+            "subject": "S1",
+            "session": "EXP1",
+            "dest": "/archive/projects/TEST",
+        },
+        content=zip_bytes(members(make_study(1, 1))),
+        headers={"Content-Type": "application/zip"},
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.text.strip().rsplit("/", 1)[-1]
+
+
+def test_site_experiment_listing_default_columns(client, archived):
+    """xnat-web ExperimentListResource.getDefaultFields: the default root xnat:experimentData has no
+    subject columns; a subject-assessor root adds subject_ID and subject_label."""
+    [row] = client.get("/data/experiments", params={"format": "json"}).json()["ResultSet"]["Result"]
+    assert list(row) == ["ID", "project", "date", "xsiType", "label", "insert_date", "URI"]
+    [row] = client.get("/data/experiments", params={"xsiType": "xnat:ctSessionData"}).json()["ResultSet"]["Result"]
+    assert list(row) == [
+        "ID",
+        "project",
+        "date",
+        "xsiType",
+        "label",
+        "insert_date",
+        "subject_ID",
+        "subject_label",
+        "URI",
+    ]
+    assert row["subject_label"] == "S1" and row["URI"] == f"/data/experiments/{archived}"
+
+
+def test_site_experiment_listing_columns_name_xpaths_by_shortcut_and_add_type_and_project(client, archived):
+    """QueryOrganizerResource.formatHeaders names an xpath column by its shortcut; an abstract root
+    (not a secured data type) gets xsiType and project (ExperimentListResource)."""
+    rows = client.get("/data/experiments", params={"columns": "ID,xnat:experimentData/label"}).json()
+    [row] = rows["ResultSet"]["Result"]
+    assert row == {
+        "ID": archived,
+        "label": "EXP1",
+        "xsiType": "xnat:ctSessionData",
+        "project": "TEST",
+        "URI": f"/data/experiments/{archived}",
+    }
+    [row] = client.get("/data/experiments", params={"columns": "ID,label", "xsiType": "xnat:ctSessionData"}).json()[
+        "ResultSet"
+    ]["Result"]
+    assert list(row) == ["ID", "label", "URI"]  # a concrete type: nothing added
+
+
+def test_note_and_custom_field_columns_read_back_what_was_set(client, archived):
+    """The EXPERIMENT_DATA shortcut `note` (xnat:experimentData/note) and a custom field's xpath
+    are listing columns with the values a PUT set."""
+    put = client.put(
+        f"/data/experiments/{archived}",
+        params={"note": "motion in run 2", "xnat:ctSessionData/fields/field[name=visit]/field": "v1"},
+    )
+    assert put.status_code == 200, put.text
+    column = "xnat:ctSessionData/fields/field[name=visit]/field"
+    for path in ("/data/experiments", "/data/projects/TEST/experiments"):
+        [row] = client.get(path, params={"columns": f"ID,note,{column}"}).json()["ResultSet"]["Result"]
+        assert row["note"] == "motion in run 2" and row[column] == "v1", (path, row)
+
+
+def test_search_elements_list_the_data_types_with_counts(client, archived):
+    """xnat-web SearchElementListResource: ELEMENT_NAME, SINGULAR, PLURAL, SECURED, COUNT; ?used
+    keeps the types that have data."""
+    listed = client.get("/data/search/elements", params={"format": "json"}).json()["ResultSet"]
+    assert listed["title"] == "Data-Types"
+    rows = {r["ELEMENT_NAME"]: r for r in listed["Result"]}
+    assert set(rows["xnat:ctSessionData"]) == {"ELEMENT_NAME", "SINGULAR", "PLURAL", "SECURED", "COUNT"}
+    assert rows["xnat:ctSessionData"]["COUNT"] == "1" and rows["xnat:mrSessionData"]["COUNT"] == "0"
+    assert rows["xnat:subjectData"]["SINGULAR"] == "Subject" and rows["xnat:subjectData"]["PLURAL"] == "Subjects"
+    used = client.get("/data/search/elements", params={"used": "true"}).json()["ResultSet"]["Result"]
+    assert {r["ELEMENT_NAME"] for r in used} == {"xnat:projectData", "xnat:subjectData", "xnat:ctSessionData"}
+
+
+def test_search_fields_of_a_data_type_answer_a_search(client, archived):
+    """xnat-web SearchFieldListResource columns; every field listed is one POST /data/search answers."""
+    fields = client.get("/data/search/elements/xnat:subjectData").json()["ResultSet"]
+    assert fields["title"] == "Search Fields"
+    assert set(fields["Result"][0]) == {
+        "FIELD_ID",
+        "HEADER",
+        "SUMMARY",
+        "TYPE",
+        "REQUIRES_VALUE",
+        "DESC",
+        "ELEMENT_NAME",
+        "SRC",
+        "VISIBLE",
+        "SEARCHABLE",
+        "VALUE",
+    }
+    ids = [f["FIELD_ID"] for f in fields["Result"]]
+    assert "SUBJECT_LABEL" in ids
+    search = (
+        '<xdat:search xmlns:xdat="http://nrg.wustl.edu/security"><xdat:root_element_name>xnat:subjectData'
+        "</xdat:root_element_name>"
+        + "".join(
+            f"<xdat:search_field><xdat:element_name>xnat:subjectData</xdat:element_name><xdat:field_ID>{i}"
+            "</xdat:field_ID></xdat:search_field>"
+            for i in ids
+        )
+        + "<xdat:search_where method='AND'><xdat:criteria><xdat:schema_field>xnat:subjectData.SUBJECT_LABEL"
+        "</xdat:schema_field><xdat:comparison_type>=</xdat:comparison_type><xdat:value>S1</xdat:value>"
+        "</xdat:criteria></xdat:search_where></xdat:search>"
+    )
+    [row] = client.post("/data/search", content=search, params={"format": "json"}).json()["ResultSet"]["Result"]
+    assert row["subject_label"] == "S1" and row["project"] == "TEST" and row["subject_id"].startswith("XNAT_S")
+
+
+def test_xnatpy_finds_data_types_and_search_fields(emulator, archived):
+    with xnat.connect(emulator.url, user="admin", password="admin", loglevel="ERROR") as session:
+        assert "xnat:ctSessionData" in session.inspect.datatypes()
+        assert "xnat:ctSessionData/LABEL" in session.inspect.datafields("xnat:ctSessionData")
+        assert hasattr(session.classes.SubjectData, "SUBJECT_LABEL")  # injected search field
