@@ -194,7 +194,9 @@ def test_put_creates_experiment_subject_and_scan(client):
     document = client.get(f"/data/experiments/{experiment}").json()["items"][0]
     assert document["meta"]["xsi:type"] == "xnat:mrSessionData"
     assert document["data_fields"]["date"] == "2024-03-04"
-    assert client.put("/data/projects/TEST/subjects/X/experiments/NOTYPE").status_code == 400
+    # xnat-web SubjAssessmentResource.handlePut: neither xsiType nor a document → 417 "Need PUT Contents".
+    no_type = client.put("/data/projects/TEST/subjects/X/experiments/NOTYPE")
+    assert no_type.status_code == 417 and "Need PUT Contents" in no_type.text
     assert client.get("/data/projects/TEST/subjects/X").status_code == 404  # no subject left behind
     refused = client.put(
         "/data/projects/TEST/subjects/NEWSUBJ/experiments/BADDATE",

@@ -185,3 +185,139 @@ def test_xnatpy_finds_data_types_and_search_fields(emulator, archived):
         assert "xnat:ctSessionData" in session.inspect.datatypes()
         assert "xnat:ctSessionData/LABEL" in session.inspect.datafields("xnat:ctSessionData")
         assert hasattr(session.classes.SubjectData, "SUBJECT_LABEL")  # injected search field
+
+
+def test_put_of_a_new_experiment_without_type_or_document_is_417(client):
+    """xnat-web SubjAssessmentResource.handlePut: no xsiType and no document → 417 Need PUT Contents."""
+    client.put("/data/projects/TEST/subjects/S9")
+    refused = client.put("/data/projects/TEST/subjects/S9/experiments/E9")
+    assert refused.status_code == 417 and "Need PUT Contents" in refused.text
+    assert client.get("/data/projects/TEST/experiments/E9").status_code == 404
+
+
+SUBJECT_XML = b"""<?xml version="1.0" encoding="UTF-8"?>
+<xnat:Subject xmlns:xnat="http://nrg.wustl.edu/xnat" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+    project="TEST" label="XS1">
+  <xnat:demographics xsi:type="xnat:demographicData"><xnat:gender>female</xnat:gender><xnat:handedness>left</xnat:handedness></xnat:demographics>
+</xnat:Subject>"""
+SESSION_XML = b"""<xnat:MRSession xmlns:xnat="http://nrg.wustl.edu/xnat" project="TEST" label="XE1">
+  <xnat:date>2021-05-06</xnat:date>
+  <xnat:note>from an XML document</xnat:note>
+  <xnat:fields><xnat:field name="visit">baseline</xnat:field></xnat:fields>
+  <xnat:subject_ID>XS1</xnat:subject_ID>
+</xnat:MRSession>"""
+
+
+def test_xml_documents_in_put_bodies_set_fields(client):
+    """xnat-web SecureResource.loadItem reads an XML document body (pyxnat's create(xml=...))."""
+    headers = {"Content-Type": "text/xml"}
+    created = client.put("/data/projects/TEST/subjects/XS1", content=SUBJECT_XML, headers=headers)
+    assert created.status_code == 201, created.text
+    subject = client.get("/data/projects/TEST/subjects/XS1").json()["items"][0]
+    [demographics] = [c for c in subject["children"] if c["field"] == "demographics"]
+    assert demographics["items"][0]["data_fields"]["gender"] == "female"
+
+    session = client.put("/data/projects/TEST/experiments/XE1", content=SESSION_XML, headers=headers)
+    assert session.status_code == 201, session.text  # the type comes from the document's element
+    document = client.get("/data/projects/TEST/experiments/XE1").json()["items"][0]
+    assert document["meta"]["xsi:type"] == "xnat:mrSessionData"
+    assert document["data_fields"]["date"] == "2021-05-06" and document["data_fields"]["note"] == "from an XML document"
+    [row] = client.get(
+        "/data/projects/TEST/experiments",
+        params={"columns": "label,subject_label,xnat:mrSessionData/fields/field[name=visit]/field"},
+    ).json()["ResultSet"]["Result"]
+    assert row["subject_label"] == "XS1" and row["xnat:mrSessionData/fields/field[name=visit]/field"] == "baseline"
+    # SubjectResource.handlePut answers a SAXParseException with 422
+    assert client.put("/data/projects/TEST/subjects/XS2", content=b"<broken", headers=headers).status_code == 422
+
+
+def test_sharing_refuses_what_is_already_there(client, archived):
+    """xnat-web SubjectResource/SubjAssessmentResource.handlePut on …/projects/Q."""
+    client.put("/data/projects/OTHER")
+    subject = "/data/projects/TEST/subjects/S1"
+    experiment = f"/data/experiments/{archived}"
+    assert client.put(f"{subject}/projects/NOPE").status_code == 404
+    own = client.put(f"{subject}/projects/TEST")
+    assert own.status_code == 409 and "Already assigned to project:TEST" in own.text
+    assert client.put(f"{subject}/projects/OTHER", params={"label": "S1_OTHER"}).status_code == 200
+    again = client.put(f"{subject}/projects/OTHER")
+    assert again.status_code == 409 and "Already assigned to project:OTHER" in again.text
+    assert client.put(f"{experiment}/projects/OTHER", params={"label": "E_OTHER"}).status_code == 200
+    assert client.put(f"{experiment}/projects/OTHER").status_code == 409
+    client.put("/data/projects/OTHER/subjects/TAKEN")
+    client.put("/data/projects/TEST/subjects/S2")
+    taken = client.put("/data/projects/TEST/subjects/S2/projects/OTHER", params={"label": "TAKEN"})
+    assert taken.status_code == 409 and "Label already in use:TAKEN" in taken.text
+    labels = {r["label"] for r in client.get("/data/projects/OTHER/subjects").json()["ResultSet"]["Result"]}
+    assert labels == {"S1_OTHER", "TAKEN"}
+
+
+def test_post_on_subject_and_scan_listings_creates(client, archived):
+    """xnat-web ProjectSubjectList.handlePost and ScanList.handlePost: 201 + ID, 409 when it exists."""
+    created = client.post("/data/projects/TEST/subjects", params={"label": "POSTED"})
+    assert created.status_code == 201 and created.text.startswith("XNAT_S")
+    assert client.get("/data/projects/TEST/subjects/POSTED").json()["items"][0]["data_fields"]["ID"] == created.text
+    exists = client.post("/data/projects/TEST/subjects", params={"label": "POSTED"})
+    assert exists.status_code == 409 and "Subject already exists." in exists.text
+
+    scans = f"/data/experiments/{archived}/scans"
+    added = client.post(scans, params={"type": "LOCALIZER"})
+    assert added.status_code == 201 and added.text == "2"  # scan 1 came with the upload: the next free number
+    assert client.post(scans, params={"ID": "7", "xsiType": "xnat:ctScanData"}).status_code == 201
+    assert client.post(scans, params={"ID": "7"}).status_code == 409
+    rows = {r["ID"]: r for r in client.get(scans).json()["ResultSet"]["Result"]}
+    assert (
+        set(rows) == {"1", "2", "7"} and rows["2"]["xsiType"] == "xnat:ctScanData" and rows["2"]["type"] == "LOCALIZER"
+    )
+
+
+def test_dicom_dump_of_a_scan_through_xnatpy_and_rest(emulator, client, archived):
+    """XNAT wiki: DICOM Dump Service API (xnatpy's scan.dicom_dump())."""
+    with xnat.connect(emulator.url, user="admin", password="admin", loglevel="ERROR") as session:
+        rows = session.experiments[archived].scans["1"].dicom_dump(fields=["StudyInstanceUID", "00080060"])
+    assert [(r["tag1"], r["desc"]) for r in rows] == [
+        ("(0008,0060)", "Modality"),
+        ("(0020,000D)", "Study Instance UID"),
+    ]
+    assert rows[0]["value"] == "CT" and rows[0]["vr"] == "CS"
+    whole = client.get(
+        "/data/services/dicomdump", params={"src": "/archive/projects/TEST/subjects/S1/experiments/EXP1"}
+    )
+    assert whole.status_code == 200 and len(whole.json()["ResultSet"]["Result"]) > 20
+    assert (
+        client.get("/data/services/dicomdump", params={"src": "/archive/projects/TEST/experiments/NOPE"}).status_code
+        == 404
+    )
+
+
+def test_project_users_accessibility_saved_searches_and_user_profiles(client):
+    """xnat-web ProjectUserListResource, ProjectAccessibilityResource, SavedSearchListResource; XAPI users/profiles."""
+    [member] = client.get("/data/projects/TEST/users").json()["ResultSet"]["Result"]
+    assert member["login"] == "admin" and member["GROUP_ID"] == "TEST_owner"
+    assert set(member) == {"GROUP_ID", "displayname", "login", "firstname", "lastname", "email"}
+    assert client.get("/data/projects/NOPE/users").status_code == 404
+    assert client.get("/data/projects/TEST/accessibility").text == "private"
+    assert client.put("/data/projects/TEST/accessibility/protected").text == "protected"
+    assert client.get("/data/projects/TEST/accessibility").text == "protected"
+    saved = client.get("/data/search/saved").json()["ResultSet"]
+    assert saved["title"] == "Stored Searches" and saved["Result"] == []
+    [profile] = client.get("/xapi/users/profiles").json()
+    assert profile["username"] == "admin" and profile["enabled"] is True
+
+
+def test_schema_has_the_experiment_age_and_mr_scan_parameters(emulator, client, archived):
+    schema = client.get("/xapi/schemas/xnat").text
+    assert '<xs:element name="age"' in schema and '<xs:element name="parameters"' in schema
+    client.put(
+        f"/data/experiments/{archived}/scans/9",
+        params={"xsiType": "xnat:mrScanData", "xnat:mrScanData/parameters/tr": "2.5"},
+    )
+    [parameters] = [
+        c
+        for c in client.get(f"/data/experiments/{archived}/scans/9").json()["items"][0]["children"]
+        if c["field"] == "parameters"
+    ]
+    assert parameters["items"][0]["data_fields"]["tr"] == "2.5"
+    with xnat.connect(emulator.url, user="admin", password="admin", loglevel="ERROR") as session:
+        session.experiments[archived].age = 42.5
+        assert session.experiments[archived].age == 42.5

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from xnat_flows.testing.fields import Fields, parse_fields
+from xnat_flows.testing.fields import Fields, document_fields, is_xml_body, parse_fields, split_values
 from xnat_flows.testing.model import Archive, Obj, ResourceSet, ScanSet
 from xnat_flows.testing.prearchive import XnatRefusal
-from xnat_flows.testing.render import item
+from xnat_flows.testing.render import item, schema_types
 from xnat_flows.testing.web import HandlerBase, Request
 
 
@@ -46,7 +46,27 @@ class ArchiveBase(HandlerBase):
 
     # -- metadata ------------------------------------------------------------------------------------
     def fields_of(self, req: Request, kind: str) -> Fields:
-        return parse_fields(req.params, kind)
+        """The fields a PUT sets: an XML document in the body (xnat-web ``loadItem``), then the
+        query string's xpaths and shortcuts over it."""
+        body = self.body_document(req)
+        if body is None:
+            return parse_fields(req.params, kind)
+        _, values, _ = body
+        columns, attrs = split_values(values, kind)
+        query_columns, query_attrs = parse_fields(req.params, kind)
+        return {**columns, **query_columns}, {**attrs, **query_attrs}
+
+    def body_document(self, req: Request) -> tuple[str, dict[str, str], dict[str, str]] | None:
+        """(xsiType, fields, identity) of an XML document sent as the body, or None; read once."""
+        if not hasattr(req, "xml_document"):
+            document = None
+            if not req.body.is_empty() and req.content_type not in ("multipart/form-data",):
+                raw = req.body.read_up_to(5 * 1024 * 1024)
+                if raw.strip() and is_xml_body(req.content_type, raw[:64]):
+                    types = {name.lower(): xsi for xsi, name in schema_types().items()}
+                    document = document_fields(raw, types)
+            req.xml_document = document  # type: ignore[attr-defined]
+        return req.xml_document  # type: ignore[attr-defined]
 
     def apply_fields(self, req: Request, obj: Obj) -> None:
         self.store_fields(obj, self.fields_of(req, obj.kind))

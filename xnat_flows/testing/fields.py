@@ -166,3 +166,64 @@ def split_attrs(attrs: dict[str, str]) -> tuple[dict[str, str], list[dict[str, A
     for head, values in nested.items():
         children.append({"field": head, "items": [item(child_types.get(head, "xnat:" + head), values)]})
     return fields, children
+
+
+# Parts of an XML document that are objects of their own (created through their own URIs), and
+# attributes that name the object rather than set a field.
+_CHILD_COLLECTIONS = {
+    "scans",
+    "sharing",
+    "resources",
+    "experiments",
+    "assessors",
+    "reconstructions",
+    "out",
+    "in",
+    "file",
+}
+_IDENTITY = {"ID", "project", "subject_ID", "image_session_ID", "imageSession_ID", "version", "original"}
+_XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
+
+
+def document_fields(raw: bytes, element_types: dict[str, str]) -> tuple[str, dict[str, str], dict[str, str]]:
+    """An XNAT XML document in a PUT/POST body (``<xnat:Subject>``, ``<xnat:MRSession>``…), as
+    xnat-web's ``SecureResource.loadItem`` reads it: (xsiType, field paths → values, identity
+    attributes such as ID/project/subject_ID). ``element_types``: element name (lower case) → xsiType.
+    422 for a body that is not well-formed XML."""
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(raw)
+    except ElementTree.ParseError as exc:
+        raise XnatRefusal(422, f"Malformed XML document in the request body: {exc}") from exc  # SAXParseException
+    local = root.tag.rsplit("}", 1)[-1]
+    xsi_type = root.get(_XSI_TYPE) or element_types.get(local.lower(), "")
+    values: dict[str, str] = {}
+    identity: dict[str, str] = {}
+    for name, value in root.attrib.items():
+        if name.startswith("{"):
+            continue
+        (identity if name in _IDENTITY else values)[name] = value
+
+    def walk(element: Any, prefix: str) -> None:
+        for child in element:
+            name = child.tag.rsplit("}", 1)[-1]
+            if not prefix and name in _CHILD_COLLECTIONS:
+                continue
+            if name == "field" and child.get("name") is not None:  # custom fields
+                values[f"{prefix}field[name={child.get('name')}]/field"] = (child.text or "").strip()
+                continue
+            path = f"{prefix}{name}"
+            if len(child):
+                walk(child, path + "/")
+            elif not prefix and name in _IDENTITY:
+                identity[name] = (child.text or "").strip()
+            else:
+                values[path] = (child.text or "").strip()
+
+    walk(root, "")
+    return xsi_type, values, identity
+
+
+def is_xml_body(content_type: str, head: bytes) -> bool:
+    return content_type in ("text/xml", "application/xml") or head.lstrip()[:1] == b"<"

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from xnat_flows.testing.fields import split_attrs
-from xnat_flows.testing.handlers_experiments import NEEDS_XSI_TYPE, ExperimentHandlers
+from xnat_flows.testing.handlers_experiments import NEED_PUT_CONTENTS, ExperimentHandlers
 from xnat_flows.testing.handlers_projects import ProjectHandlers
 from xnat_flows.testing.handlers_resources import ResourceHandlers
 from xnat_flows.testing.handlers_search import SearchHandlers
@@ -86,8 +86,8 @@ class ArchiveHandlers(ProjectHandlers, ExperimentHandlers, ResourceHandlers, Sea
             if obj.kind == "resource":
                 return text(409, f"Resource {obj.label} already exists.")
             if obj.kind == "share":
-                self.archive.share(obj.parent, obj.project, req.param("label") or obj.row["label"])  # type: ignore[arg-type]
-                return text(200, "")
+                assert obj.parent is not None
+                return self.share_into(req, obj.parent, obj.project)
             self.apply_fields(req, obj)
             return text(200, obj.id)
         return text(405, f"Method {req.method} not allowed")
@@ -102,6 +102,12 @@ class ArchiveHandlers(ProjectHandlers, ExperimentHandlers, ResourceHandlers, Sea
             if req.method != "GET":
                 return text(405, f"Method {req.method} not allowed")
             return self.list_files(req, parent)
+        if req.method == "POST" and isinstance(parent, Obj):
+            # Creation through a listing: ProjectSubjectList.handlePost, ScanList.handlePost.
+            if collection == "subjects" and parent.kind == "project":
+                return self.post_subject(req, parent)
+            if collection == "scans" and parent.kind == "experiment":
+                return self.post_scan(req, parent)
         if req.method != "GET":
             return text(405, f"Method {req.method} not allowed on a listing")
         if isinstance(parent, ScanSet):
@@ -140,8 +146,8 @@ class ArchiveHandlers(ProjectHandlers, ExperimentHandlers, ResourceHandlers, Sea
             if not creatable or parent is None:
                 return text(404, f"{_SINGULAR.get(collection or '', 'Object')} {name} not found")
             if collection == "subjects":
-                if len(rest) == 2 and req.method == "PUT" and not req.param("xsiType"):
-                    return text(400, NEEDS_XSI_TYPE)  # refused before the subject is made
+                if len(rest) == 2 and req.method == "PUT" and not (req.param("xsiType") or self.body_document(req)):
+                    return text(417, NEED_PUT_CONTENTS)  # refused before the subject is made
                 self.archive.create_subject(parent.id, name)
             else:
                 owner, scan_id = parent.resource_parent()

@@ -17,7 +17,7 @@ from xnat_flows.testing.prearchive import XnatRefusal
 from xnat_flows.testing.render import item, table
 from xnat_flows.testing.web import Request, Response, text
 
-NEEDS_XSI_TYPE = "A new experiment needs its data type: add ?xsiType=xnat:mrSessionData (or another)."
+NEED_PUT_CONTENTS = "Need PUT Contents"
 
 # xnat-web XMLPathShortcuts (EXPERIMENT_DATA): the xpaths a listing column may be asked by, and the
 # shortcut name the column then carries (QueryOrganizerResource.formatHeaders).
@@ -185,9 +185,12 @@ class ExperimentHandlers(ArchiveBase):
 
     # -- creation ------------------------------------------------------------------------------------
     def create_experiment(self, req: Request, parent: Obj, name: str) -> Response:
-        xsi_type = req.param("xsiType")
+        """xnat-web ``SubjAssessmentResource.handlePut``: the type from ``xsiType=`` or the XML
+        document in the body; with neither, 417 "Need PUT Contents"."""
+        document = self.body_document(req)
+        xsi_type = req.param("xsiType") or (document[0] if document else "")
         if not xsi_type:
-            return text(400, NEEDS_XSI_TYPE)
+            return text(417, NEED_PUT_CONTENTS)
         fields = self.fields_of(req, "experiment")
         label = self._new_label(req, xsi_type, name)
         if self.store.query_one("SELECT 1 FROM experiments WHERE project = ? AND label = ?", (parent.project, label)):
@@ -210,9 +213,10 @@ class ExperimentHandlers(ArchiveBase):
 
     def create_scan(self, req: Request, session: Obj, name: str) -> Response:
         """xnat-web ``ScanResource.handlePut``."""
-        xsi_type = req.param("xsiType")
+        document = self.body_document(req)
+        xsi_type = req.param("xsiType") or (document[0] if document else "")
         if not xsi_type:
-            return text(417, "Need PUT Contents")
+            return text(417, NEED_PUT_CONTENTS)
         if xsi_type.lower() == "xnat:imagescandata" or not is_a(xsi_type, "xnat:imageScanData"):
             return text(
                 400,
@@ -224,6 +228,35 @@ class ExperimentHandlers(ArchiveBase):
         self.store_fields(Obj("scan", row, session, session.project), fields)
         return text(200, "")
 
+    def post_scan(self, req: Request, session: Obj) -> Response:
+        """``POST …/scans``: xnat-web ``ScanList.handlePost`` — the scan type from the session's
+        modality (or ``xsiType=``, or the XML body), its ID from the request or the first free
+        number; 409 when it exists, 201 + ID."""
+        document = self.body_document(req)
+        modality_type = session.row["xsi_type"].replace("SessionData", "ScanData")
+        known = modality_type if is_a(modality_type, "xnat:imageScanData") and "otherDicom" not in modality_type else ""
+        xsi_type = (document[0] if document else "") or req.param("xsiType") or known
+        if not xsi_type:
+            return text(417, "Need POST Contents")
+        scan_id = (
+            (document[2].get("ID", "") if document else "")
+            or req.param(f"{xsi_type}/ID")
+            or req.param("xnat:imageScanData/ID")
+            or req.param("ID")
+        )
+        taken = {
+            str(s["scan_id"])
+            for s in self.store.query("SELECT scan_id FROM scans WHERE experiment_id = ?", (session.id,))
+        }
+        if scan_id in taken:
+            return text(409, "Specified scan already exists.")
+        if not scan_id:
+            scan_id = str(next(i for i in range(1, len(taken) + 2) if str(i) not in taken))
+        fields = self.fields_of(req, "scan")
+        row = self.archive.create_scan(session, scan_id, xsi_type)
+        self.store_fields(Obj("scan", row, session, session.project), fields)
+        return text(201, scan_id)
+
     def create_reconstruction(self, req: Request, session: Obj, name: str) -> Response:
         fields = self.fields_of(req, "reconstruction")
         row = self.archive.create_reconstruction(session, name, req.param("type"))
@@ -231,10 +264,12 @@ class ExperimentHandlers(ArchiveBase):
         return text(201, name)
 
     def _subject_for(self, req: Request, project: Obj, xsi_type: str):
+        document = self.body_document(req)
         ref = (
             req.param(f"{xsi_type}/subject_ID")
             or req.param("subject_ID")
             or req.param("xnat:subjectAssessorData/subject_ID")
+            or (document[2].get("subject_ID", "") if document else "")
         )
         if not ref:
             raise XnatRefusal(
@@ -244,9 +279,9 @@ class ExperimentHandlers(ArchiveBase):
         row, _ = self.archive.create_subject(project.id, ref)
         return row
 
-    @staticmethod
-    def _new_label(req: Request, xsi_type: str, name: str) -> str:
-        return req.param(f"{xsi_type}/label") or req.param("label") or name
+    def _new_label(self, req: Request, xsi_type: str, name: str) -> str:
+        document = self.body_document(req)
+        return req.param(f"{xsi_type}/label") or req.param("label") or (document and document[1].get("label")) or name
 
     # -- documents -----------------------------------------------------------------------------------
     def experiment_document(self, obj: Obj, fields: dict[str, str], children: list[dict[str, Any]]) -> dict[str, Any]:

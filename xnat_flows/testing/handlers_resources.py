@@ -258,6 +258,65 @@ class ResourceHandlers(ArchiveBase):
             return Response(200, json.dumps({"duplicates": duplicates}).encode(), "text/html")
         return text(200, "")
 
+    def dicom_dump(self, req: Request, m: re.Match[str]) -> Response:
+        """``GET /data/services/dicomdump?src=…[&field=…]`` (XNAT wiki: DICOM Dump Service API): the
+        header of one DICOM file of a session or scan, archived or in the prearchive, one row per
+        element (tag1, tag2, vr, value, desc); ``field`` keeps elements by keyword or GGGGEEEE."""
+        src = req.param("src").strip()
+        if not src:
+            return text(400, "Specify the session or scan to dump: ?src=/archive/projects/P/experiments/E")
+        path = self._first_dicom(src)
+        if path is None:
+            return text(404, f"No DICOM file found for {src}")
+        import pydicom  # lazy: keeps the pytest plugin import cheap
+
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same 500
+            return text(500, f"Unable to read {src}: {exc}")
+        wanted = {f.strip().lower() for value in req.multi.get("field", []) for f in value.split(",") if f.strip()}
+        rows = []
+        for element in [*dataset.file_meta, *dataset]:
+            tag = f"{element.tag.group:04X}{element.tag.element:04X}"
+            if wanted and tag.lower() not in wanted and element.keyword.lower() not in wanted:
+                continue
+            value = "" if element.VR == "SQ" else str(element.value)
+            rows.append(
+                {
+                    "tag1": f"({element.tag.group:04X},{element.tag.element:04X})",
+                    "tag2": "",
+                    "vr": element.VR,
+                    "value": value[:1024],
+                    "desc": element.name,
+                }
+            )
+        return table(req, rows, "", fixed_columns=True, filter_rows=False)
+
+    def _first_dicom(self, src: str) -> Path | None:
+        parts = [p for p in src.split("/") if p]
+        if parts[:1] == ["data"]:
+            parts = parts[1:]
+        if parts[:1] == ["prearchive"] and len(parts) >= 5 and parts[1] == "projects":
+            row = self.store.prearc_by_url(parts[2], parts[3], parts[4])
+            if row is None:
+                return None
+            scan = parts[6] if len(parts) > 6 and parts[5] == "scans" else None
+            files = self.store.prearc_files(row.id, scan)
+            chosen = next(iter(files), None)
+            if chosen is None:
+                return None
+            return self.store.prearc_file_path(row.id, chosen["scan_id"], chosen["resource"], chosen["name"])
+        parts = parts[1:] if parts[:1] == ["archive"] else parts
+        target = self.archive.resolve(parts)
+        if target is not None and isinstance(target.obj, Obj) and target.obj.kind == "experiment":
+            target = self.archive.resolve([*parts, "scans", "ALL"])  # a session: any of its scans' files
+        if target is None or target.name is not None or target.obj is None:
+            return None
+        for resource, f in self.files_below(target.obj):
+            if resource.label in ("DICOM", "secondary"):
+                return self.store.resource_dir(resource.row["id"]) / f["path"]
+        return None
+
     def refresh_catalog(self, req: Request, m: re.Match[str]) -> Response:
         """POST /data/services/refresh/catalog?resource=/archive/projects/...: the catalogs are always
         current here (files are recorded as they are written), so only the named resources are checked."""

@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 from xnat_flows.testing import readback
 from xnat_flows.testing.archive_base import ArchiveBase
 from xnat_flows.testing.model import is_a
-from xnat_flows.testing.render import table
+from xnat_flows.testing.render import schema_types, table
 from xnat_flows.testing.web import Request, Response, text
 
 # Search (display) fields per kind of data type: (FIELD_ID, HEADER, TYPE); ``POST /data/search``
@@ -65,8 +65,6 @@ class SearchHandlers(ArchiveBase):
 
     def _data_types(self) -> dict[str, tuple[str, str, int]]:
         """xsiType → (singular, plural, count) for every data type of the emulator's schema."""
-        from xnat_flows.testing.render import schema_elements
-
         store = self.store
         counts: dict[str, int] = {
             "xnat:projectData": len(store.query("SELECT id FROM projects")),
@@ -75,15 +73,15 @@ class SearchHandlers(ArchiveBase):
         for row in store.query("SELECT xsi_type, COUNT(*) AS n FROM experiments GROUP BY xsi_type"):
             counts[row["xsi_type"]] = row["n"]
         types: dict[str, tuple[str, str, int]] = {}
-        for xsi_type, element in schema_elements().items():
-            if xsi_type.endswith("sessiondata") or xsi_type.endswith(("assessmentdata", "assessordata")):
+        for proper, element in schema_types().items():
+            xsi_type = proper.lower()
+            if xsi_type.endswith(("sessiondata", "assessmentdata", "assessordata")):
                 words = re.sub(r"(Session|Assessment|Assessor)$", r" \1", element).replace("Manual", " Manual")
                 singular = words.strip()
             elif xsi_type in ("xnat:projectdata", "xnat:subjectdata"):
                 singular = element
             else:
                 continue
-            proper = next((t for t in counts if t.lower() == xsi_type), _proper_type(xsi_type, element))
             types[proper] = (singular, singular + "s", counts.get(proper, 0))
         return types
 
@@ -112,6 +110,10 @@ class SearchHandlers(ArchiveBase):
             for field_id, header, field_type in _FIELDS[kind]
         ]
         return table(req, rows, "Search Fields", fixed_columns=True)
+
+    def saved_searches(self, req: Request, m: re.Match[str]) -> Response:
+        """xnat-web ``SavedSearchListResource``: the stored searches (the emulator keeps none)."""
+        return table(req, [], "Stored Searches")
 
     def list_users(self, req: Request, m: re.Match[str]) -> Response:
         rows = [
@@ -184,17 +186,6 @@ class SearchHandlers(ArchiveBase):
             for e in store.query("SELECT * FROM experiments ORDER BY id")
             if is_a(e["xsi_type"], element)
         ]
-
-
-def _proper_type(xsi_type: str, element: str) -> str:
-    """``xnat:mrsessiondata`` → ``xnat:mrSessionData`` (from the element name ``MRSession``)."""
-    prefix, _, rest = xsi_type.partition(":")
-    for suffix in ("sessiondata", "assessmentdata", "assessordata", "scandata"):
-        if rest.endswith(suffix):
-            head = rest[: -len(suffix)]
-            tail = {"sessiondata": "SessionData", "assessmentdata": "AssessmentData", "assessordata": "AssessorData"}
-            return f"{prefix}:{head}{tail.get(suffix, 'ScanData')}"
-    return f"{prefix}:{element[0].lower()}{element[1:]}Data"
 
 
 def _lookup_field(row: dict[str, Any], field: str) -> str | None:

@@ -78,15 +78,12 @@ class SiteHandlers(HandlerBase):
         name = m["user"]
         if self.store.query_one("SELECT 1 FROM users WHERE username = ?", (name,)) is None:
             return text(404, f"User {name} not found")
-        user = {
-            "username": name,
-            "firstName": name,
-            "lastName": "",
-            "email": f"{name}@example.org",
-            "enabled": True,
-            "verified": True,
-        }
-        return json_response(json.dumps(user).encode())
+        return json_response(json.dumps(_user(name)).encode())
+
+    def user_profiles(self, req: Request, m: re.Match[str]) -> Response:
+        """``GET /xapi/users/profiles``: every user's profile, as ``/xapi/users/{user}`` shows one."""
+        names = [r["username"] for r in self.store.query("SELECT username FROM users ORDER BY username")]
+        return json_response(json.dumps([{"id": i, **_user(n)} for i, n in enumerate(names, start=1)]).encode())
 
     def kill_sessions(self, req: Request, m: re.Match[str]) -> Response:
         self.emu.sessions.invalidate_user(m["user"])
@@ -200,3 +197,14 @@ class SiteHandlers(HandlerBase):
     def control_rebuild(self, req: Request, m: re.Match[str]) -> Response:
         self.emu.prearchive.tick()
         return text(200, "")
+
+
+def _user(name: str) -> dict[str, object]:
+    return {
+        "username": name,
+        "firstName": name,
+        "lastName": "",
+        "email": f"{name}@example.org",
+        "enabled": True,
+        "verified": True,
+    }
