@@ -321,3 +321,19 @@ def test_schema_has_the_experiment_age_and_mr_scan_parameters(emulator, client, 
     with xnat.connect(emulator.url, user="admin", password="admin", loglevel="ERROR") as session:
         session.experiments[archived].age = 42.5
         assert session.experiments[archived].age == 42.5
+
+
+def test_file_digests_follow_the_sites_checksums_setting(client, archived):
+    """XNAT's site setting `checksums` (on in xnat-web's site-config.properties): the catalog's MD5s,
+    computed here when first listed (XNAT: when the session's catalog is built)."""
+    import hashlib
+
+    files = f"/data/experiments/{archived}/scans/1/resources/DICOM/files"
+    [listed] = client.get(files).json()["ResultSet"]["Result"]
+    body = client.get(f"{files}/{listed['Name']}").content
+    assert listed["digest"] == hashlib.md5(body).hexdigest()
+    assert client.get("/xapi/siteConfig").json()["checksums"] is True
+    assert client.post("/xapi/siteConfig", json={"checksums": False}).status_code == 200
+    client.put(f"/data/experiments/{archived}/resources/NOTES/files/a.txt", content=b"x", params={"inbody": "true"})
+    [note] = client.get(f"/data/experiments/{archived}/resources/NOTES/files").json()["ResultSet"]["Result"]
+    assert note["digest"] == ""  # checksums off: catalog entries carry none

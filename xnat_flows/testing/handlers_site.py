@@ -128,7 +128,8 @@ class SiteHandlers(HandlerBase):
         return text(200, "")
 
     def site_config(self, req: Request, m: re.Match[str]) -> Response:
-        """Accepted so set-up code that tunes a real XNAT runs unchanged; only the rebuilder interval is used."""
+        """Accepted so set-up code that tunes a real XNAT runs unchanged; the rebuilder interval and
+        ``checksums`` are used."""
         if req.method == "POST":
             settings = json_body(req)
             if "sessionXmlRebuilderInterval" in settings:  # minutes on XNAT; kept as seconds here for speed
@@ -139,6 +140,10 @@ class SiteHandlers(HandlerBase):
                     self.emu.prearchive.rebuild_idle_seconds = float(interval)
                 except ValueError:
                     return text(400, f"sessionXmlRebuilderInterval must be a number, not {interval!r}")
+            if "checksums" in settings:  # XNAT's site setting: catalogs carry MD5 digests
+                if not isinstance(settings["checksums"], bool):
+                    return text(400, "checksums must be true or false")
+                self.store.checksums = settings["checksums"]
             return text(200, "")
         config = {
             "siteId": self.emu.site_id,
@@ -146,6 +151,7 @@ class SiteHandlers(HandlerBase):
             "enableCsrfToken": False,
             "sessionXmlRebuilderInterval": self.emu.prearchive.rebuild_idle_seconds,
             "sessionXmlRebuilderRepeat": 60000,
+            "checksums": self.store.checksums,
         }
         return json_response(json.dumps(config).encode())
 
