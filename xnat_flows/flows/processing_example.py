@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from xnat_flows.client.archive import item_fields
 from xnat_flows.client.errors import XnatError
 from xnat_flows.flows.failures import failed_run
-from xnat_flows.models import PROJECT_ID_PATTERN, XnatConnection
+from xnat_flows.models import PROJECT_ID_PATTERN, XnatConnection, ui_title
 from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.policies import retry_unless_permanent
 
@@ -79,10 +79,10 @@ def read_session(connection: XnatConnection, project: str, subject: str | None, 
 
 @flow(name="process-xnat-session", validate_parameters=True, flow_run_name="process {project}/{experiment_id}")
 def process_xnat_session(
-    project: Annotated[str, Field(pattern=PROJECT_ID_PATTERN)],
-    experiment_id: Annotated[str, Field(min_length=1)],
-    subject: str | None = None,
-    connection: XnatConnection = XnatConnection(),
+    project: Annotated[str, ui_title("Project ID", pattern=PROJECT_ID_PATTERN)],
+    experiment_id: Annotated[str, ui_title("Experiment", min_length=1)],
+    subject: Annotated[str | None, ui_title("Subject label")] = None,
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
 ) -> ProcessedSession:
     """Read an archived session back from XNAT and publish what it holds (the place to start a pipeline).
 
