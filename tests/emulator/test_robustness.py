@@ -187,6 +187,7 @@ def _write_urls(emulator, client) -> list[tuple[str, str]]:
         ("POST", "/xapi/siteConfig"),
         ("PUT", "/data/projects/TEST/prearchive_code/4"),
         ("POST", "/data/projects/TEST/prearchive_code/4"),
+        ("PUT", "/data/projects/TEST/accessibility/protected"),
         ("PUT", "/data/projects/NEWP"),
         ("PUT", "/data/projects/TEST/subjects/NS"),
         ("PUT", f"/data/projects/TEST/experiments/{experiment}"),
