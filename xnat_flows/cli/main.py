@@ -11,7 +11,16 @@ import gc
 
 import typer
 
-from xnat_flows.cli import auth_cmd, demo_cmd, emulator_cmd, prearchive_cmd, resource_cmd, session_cmd, synth_cmd
+from xnat_flows.cli import (
+    auth_cmd,
+    demo_cmd,
+    download_cmd,
+    emulator_cmd,
+    prearchive_cmd,
+    resource_cmd,
+    session_cmd,
+    synth_cmd,
+)
 from xnat_flows.cli.options import XnatCommandGroup
 
 app = typer.Typer(
@@ -25,6 +34,7 @@ app = typer.Typer(
 )
 app.add_typer(emulator_cmd.app, name="emulator")
 app.add_typer(session_cmd.app, name="session")
+session_cmd.app.command("download")(download_cmd.download)
 app.add_typer(prearchive_cmd.app, name="prearchive", help="List, archive, delete and move prearchive sessions.")
 app.add_typer(resource_cmd.app, name="resource", help="Upload non-DICOM files to session or scan resources.")
 app.add_typer(auth_cmd.app, name="auth")
