@@ -371,7 +371,11 @@ def _fetch_file(client: XnatClient, root: Path, planned: PlannedFile, stop: thre
             if not retry or attempt == _ATTEMPTS or isinstance(exc, (LocalDiskFullError, CancelledError)):
                 raise
             log.warning("%s: %s; fetching it again (%d/%d)", planned.local, exc.message, attempt, _ATTEMPTS - 1)
-            time.sleep(min(2.0**attempt, 10.0))
+            wait = client.retry.delay(attempt - 1, exc.retry_after)
+            if client.retry.sleep is not None:
+                client.retry.sleep(wait)
+            elif stop.wait(wait):
+                raise CancelledError("Stopped: another file failed", hint="") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
