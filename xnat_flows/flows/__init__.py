@@ -3,7 +3,7 @@
 from xnat_flows.flows.cstore import send_dicom
 from xnat_flows.flows.inbox import ingest_inbox
 from xnat_flows.flows.prearchive import archive_prearchive_session, delete_prearchive_session
-from xnat_flows.flows.processing_example import process_xnat_session
+from xnat_flows.flows.processing import process_xnat_session
 from xnat_flows.flows.resources import attach_resource
 from xnat_flows.flows.upload import upload_dicom_session
 

@@ -271,3 +271,11 @@ def duplicates_in(body: str) -> list[str]:
 def list_resource_files(client: XnatClient, target: ResourceTarget, label: str) -> list[ResourceFile]:
     """Files of a resource as XNAT lists them."""
     return list_files(client, resource_parent(client, target), label)
+
+
+def delete_resource_files(client: XnatClient, target: ResourceTarget, label: str, paths: list[str]) -> None:
+    """Remove files from resource ``label`` (``DELETE …/resources/{label}/files/{path}``), e.g. the
+    outputs of an earlier run that a re-run with new names replaced."""
+    parent = resource_parent(client, target)
+    for path in paths:
+        client.request("DELETE", f"{parent}/resources/{quote(label, safe='')}/files/{quote(path, safe='/')}")
