@@ -50,9 +50,10 @@ def download(
     *,
     connection: Connection,
 ) -> None:
-    """Download a session's scans: each file checked against XNAT's catalog (size, MD5).
+    """Download a session's files, checked against XNAT's catalog.
 
-    A re-run skips files already in place and verified, so an interrupted download resumes.
+    Each file's size and MD5 are compared with what XNAT lists. A re-run skips files already in
+    place and verified, so an interrupted download resumes.
     """
     from xnat_flows.transfer.download import download_session
 

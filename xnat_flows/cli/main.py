@@ -33,7 +33,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: readable at 80 columns (see options.command_group)
 )
 app.add_typer(emulator_cmd.app, name="emulator")
-app.add_typer(session_cmd.app, name="session")
+app.add_typer(session_cmd.app, name="session", help="Upload DICOM sessions (REST or C-STORE); download sessions.")
 session_cmd.app.command("download")(download_cmd.download)
 app.add_typer(prearchive_cmd.app, name="prearchive", help="List, archive, delete and move prearchive sessions.")
 app.add_typer(resource_cmd.app, name="resource", help="Upload non-DICOM files to session or scan resources.")
