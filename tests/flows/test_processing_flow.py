@@ -154,3 +154,34 @@ def test_download_flow_fetches_the_session(xnat: XnatEmulator, session: str, tmp
     )
     assert result.ok and result.files == 5 and result.digests_checked == 5
     assert len(list((tmp_path / "dl" / "SUB01_MR1" / "2").iterdir())) == 5
+
+
+def test_each_scan_holds_a_slot_of_the_servers_processing_limit(
+    xnat: XnatEmulator, session: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from xnat_flows.tasks import policies
+
+    name = "xnat-processing:" + xnat.url.split("://", 1)[1]
+    held: list[tuple[str, int]] = []
+    real = policies.concurrency
+
+    def recording(names, occupy, strict):
+        held.append((names, occupy))
+        return real(names, occupy=occupy, strict=strict)
+
+    monkeypatch.setattr(policies, "concurrency", recording)
+    process_xnat_session("PROC", session, "SUB01", _connection(xnat), ProcessingOptions(scans=["1"]))
+    assert held == []  # no limit created by the site: processing is not capped
+    with get_client(sync_client=True) as prefect:
+        prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        try:
+            result = process_xnat_session(
+                "PROC", session, "SUB01", _connection(xnat), ProcessingOptions(scans=["1", "2"], replace=True)
+            )
+        finally:
+            prefect.delete_global_concurrency_limit_by_name(name)
+    assert [s.status for s in result.scans] == ["converted", "converted"]
+    assert held == [(name, 1), (name, 1)]  # one slot per scan's download, conversion and upload

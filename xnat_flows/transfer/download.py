@@ -365,7 +365,7 @@ def _fetch_file(client: XnatClient, root: Path, planned: PlannedFile, stop: thre
             raise CancelledError("Stopped: another file failed", hint="")
         try:
             with client.download(planned.url_path) as response:
-                return True, _write_verified(response.iter_bytes(_CHUNK), target, planned)
+                return True, _write_verified(response.iter_bytes(), target, planned)
         except (DownloadVerificationError, XnatError) as exc:
             retry = isinstance(exc, DownloadVerificationError) or exc.retryable
             if not retry or attempt == _ATTEMPTS or isinstance(exc, (LocalDiskFullError, CancelledError)):
@@ -401,7 +401,7 @@ def _fetch_zip(client: XnatClient, root: Path, files: list[PlannedFile], stop: t
     try:
         try:
             with client.download(resource_url, params={"format": "zip"}) as response, open(archive, "wb") as out:
-                for chunk in response.iter_bytes(_CHUNK):
+                for chunk in response.iter_bytes():
                     out.write(chunk)
         except OSError as exc:
             raise _disk_full(exc, archive) or exc from None
