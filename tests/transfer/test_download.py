@@ -174,3 +174,13 @@ def test_a_file_that_differs_from_the_catalog_is_listed_and_not_kept(
     assert len(result.failed) == 1 and "differs from XNAT's catalog" in result.failed[0].error
     assert not (tmp_path / "dl" / "SESS1" / result.failed[0].local).exists()
     assert not [p for p in (tmp_path / "dl").rglob("*") if p.name.endswith(".part")]
+
+
+def test_a_local_path_that_cannot_be_written_fails_those_files_only(archived: dict[str, Any], tmp_path: Path) -> None:
+    blocker = tmp_path / "dl" / "SESS1" / "scans" / "1"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where scan 1's folder would go")
+    result = download_session(archived["client"], archived["experiment"], tmp_path / "dl")
+    assert not result.ok and result.downloaded == 8  # scans 2 and 3
+    assert len(result.failed) == 4 and all(f.local.startswith("scans/1/") for f in result.failed)
+    assert all("Error" in f.error for f in result.failed)

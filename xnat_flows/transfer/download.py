@@ -50,7 +50,7 @@ Layout = Literal["xnat", "flat"]
 Via = Literal["files", "zip"]
 _CHUNK = 256 * 1024
 _ATTEMPTS = 3  # per file: a body cut short or a digest that differs is fetched again, twice
-_SPACE_MARGIN = 16 * 1024 * 1024  # free space kept beyond what the files need (file system metadata)
+_BLOCK = 4096  # file system block: what a file's size is rounded up to on disk
 
 
 class LocalDiskFullError(XnatError):
@@ -299,7 +299,7 @@ def file_matches(target: Path, planned: PlannedFile) -> bool | None:
     try:
         if target.stat().st_size != planned.size:
             return False
-    except FileNotFoundError:
+    except OSError:  # missing, or a file where a folder of its path should be: not there
         return False
     if not planned.digest:
         return None
@@ -446,14 +446,14 @@ def check_free_space(plan: DownloadPlan) -> None:
         try:
             if (root / planned.local).stat().st_size == planned.size:
                 continue
-        except FileNotFoundError:
+        except OSError:
             pass
-        needed += planned.size
+        needed += -(-planned.size // _BLOCK) * _BLOCK  # a file takes whole blocks of the file system
     probe = root
     while not probe.exists():
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    if needed + _SPACE_MARGIN > free:
+    if needed > free:
         raise LocalDiskFullError(
             f"{root} needs {needed / 1e6:.1f} MB for the files still to download, and its device has "
             f"{free / 1e6:.1f} MB free",
@@ -475,12 +475,20 @@ def download_plan(
     that failed otherwise are listed in the result (``ok`` is False)."""
     started = time.monotonic()
     root = Path(plan.root)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _disk_full(exc, root) or exc from None
     check_free_space(plan)
     tally = _Tally(plan, progress)
     stop = threading.Event()
     fatal: list[BaseException] = []
     client.reserve_connections(workers)
+
+    def stop_all(exc: XnatError) -> None:
+        if not stop.is_set():
+            fatal.append(exc)
+        stop.set()
 
     def one_file(planned: PlannedFile) -> None:
         if stop.is_set():
@@ -488,11 +496,15 @@ def download_plan(
         try:
             fetched, checked = _fetch_file(client, root, planned, stop)
         except (LocalDiskFullError, CancelledError) as exc:
-            if not stop.is_set():
-                fatal.append(exc)
-            stop.set()
+            stop_all(exc)
         except XnatError as exc:
             tally.failure(planned, exc.message)
+        except OSError as exc:  # a folder that cannot be made, a file that cannot be written
+            full = _disk_full(exc, root / planned.local)
+            if full is not None:
+                stop_all(full)
+            else:
+                tally.failure(planned, f"{type(exc).__name__}: {exc}")
         else:
             tally.finished(planned, fetched, checked)
 
@@ -502,10 +514,12 @@ def download_plan(
         try:
             _fetch_zip(client, root, files, stop, tally)
         except (LocalDiskFullError, CancelledError) as exc:
-            if not stop.is_set():
-                fatal.append(exc)
-            stop.set()
-        except (XnatError, zipfile.BadZipFile) as exc:
+            stop_all(exc)
+        except (XnatError, zipfile.BadZipFile, OSError) as exc:
+            full = _disk_full(exc, root) if isinstance(exc, OSError) else None
+            if full is not None:
+                stop_all(full)
+                return
             for planned in files:
                 if not (root / planned.local).exists():
                     tally.failure(planned, str(exc))
