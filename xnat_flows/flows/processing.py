@@ -176,7 +176,8 @@ def process_xnat_session(
                 return result
             pending = []
             for scan in chosen:
-                if scan.resources.get(options.resource) and not options.replace:
+                # An empty result resource (a run stopped between creating it and uploading) is not a result.
+                if scan.has_files(options.resource) and not options.replace:
                     logger.info("scan %s already has %s: skipped (replace: false)", scan.id, options.resource)
                     result.scans.append(
                         ScanOutcome(

@@ -58,7 +58,13 @@ class ScanInfo(BaseModel):
     series_description: str = ""
     modality: str = ""
     frames: int | None = Field(default=None, description="Frames XNAT counted (else the DICOM resource's file count)")
-    resources: dict[str, int] = Field(default_factory=dict, description="Resource label -> number of files")
+    resources: dict[str, int | None] = Field(
+        default_factory=dict, description="Resource label -> number of files (None: XNAT did not say)"
+    )
+
+    def has_files(self, resource: str) -> bool:
+        """Whether the scan has ``resource`` with files (a resource whose count XNAT left empty counts)."""
+        return resource in self.resources and self.resources[resource] != 0
 
 
 class SessionScans(BaseModel):
@@ -92,7 +98,7 @@ def read_session_scans(connection: XnatConnection, session: str, subject: str | 
         scans = []
         for scan in found.scans:
             resources = list_resources(client, dl.scan_url(found.experiment_id, scan.id))
-            counts = {r.label: r.file_count or 0 for r in resources}
+            counts = {r.label: r.file_count for r in resources}
             scans.append(
                 ScanInfo(
                     id=scan.id,
@@ -123,7 +129,7 @@ def choose_scans(
     picked = [s for s in session.scans if s.id in named]
     if resource is None:
         return picked, []
-    return [s for s in picked if s.resources.get(resource)], [s for s in picked if not s.resources.get(resource)]
+    return [s for s in picked if s.has_files(resource)], [s for s in picked if not s.has_files(resource)]
 
 
 @task(name="download-scan", timeout_seconds=6 * 3600, **_COMMON, **_RETRYING)
