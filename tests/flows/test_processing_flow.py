@@ -157,7 +157,7 @@ def test_download_flow_fetches_the_session(xnat: XnatEmulator, session: str, tmp
 
 
 def test_each_scan_holds_a_slot_of_the_servers_processing_limit(
-    xnat: XnatEmulator, session: str, monkeypatch: pytest.MonkeyPatch
+    xnat: XnatEmulator, client: XnatClient, session: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -173,7 +173,10 @@ def test_each_scan_holds_a_slot_of_the_servers_processing_limit(
         return real(names, occupy=occupy, strict=strict)
 
     monkeypatch.setattr(policies, "concurrency", recording)
-    process_xnat_session("PROC", session, "SUB01", _connection(xnat), ProcessingOptions(scans=["1"]))
+    # An empty NIFTI resource (a run stopped between creating it and uploading) is no result: converted.
+    client.request("PUT", f"/data/experiments/{session}/scans/1/resources/NIFTI")
+    first = process_xnat_session("PROC", session, "SUB01", _connection(xnat), ProcessingOptions(scans=["1"]))
+    assert [(s.scan, s.status) for s in first.scans] == [("1", "converted")]
     assert held == []  # no limit created by the site: processing is not capped
     with get_client(sync_client=True) as prefect:
         prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))

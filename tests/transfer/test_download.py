@@ -44,7 +44,11 @@ def archived(xnat_emulator: XnatEmulator, tmp_path: Path) -> dict[str, Any]:
     client.close()
 
 
-def test_whole_session_in_xnat_layout_verified_by_md5(archived: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_whole_up_to", [dl._WHOLE_BODY_MAX, 0], ids=["small-files-whole", "streamed"])
+def test_whole_session_in_xnat_layout_verified_by_md5(
+    archived: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_whole_up_to: int
+) -> None:
+    monkeypatch.setattr(dl, "_WHOLE_BODY_MAX", read_whole_up_to)
     result = download_session(archived["client"], archived["experiment"], tmp_path / "dl")
     assert result.ok and result.files == 12 and result.downloaded == 12 and result.already_present == 0
     assert result.digests_checked == 12  # the emulator lists an MD5 for every file, as XNAT does
@@ -133,9 +137,11 @@ class _FillingDisk:
         return Limited()
 
 
+@pytest.mark.parametrize("read_whole_up_to", [dl._WHOLE_BODY_MAX, 0], ids=["small-files-whole", "streamed"])
 def test_disk_full_stops_with_a_clear_error_and_leaves_only_complete_files(
-    archived: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    archived: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_whole_up_to: int
 ) -> None:
+    monkeypatch.setattr(dl, "_WHOLE_BODY_MAX", read_whole_up_to)
     client = archived["client"]
     dest = tmp_path / "dl"
     monkeypatch.setattr(dl, "open", _FillingDisk(5 * 16 * 1024), raising=False)
