@@ -6,7 +6,8 @@
 One emulator (``xnat-flows emulator serve`` in its own process) holds one session of
 ``--instances`` synthetic files, uploaded once. Every round then runs each tool as a fresh
 process into an empty directory, in an order that rotates per round, and times it from start to
-exit; client CPU (user+sys) and peak RSS come from ``os.wait4``. Afterwards the files on disk
+exit; client CPU (user+sys) and peak RSS come from ``os.wait4``, the emulator's CPU for the run
+from ``/proc`` (on a saturated machine the wall time follows the two CPU figures together). Afterwards the files on disk
 are counted and compared with what was uploaded, so a tool that lost files shows.
 
 * ``ours``: ``xnat-flows session download ID DEST --workers N`` (one request per file).
@@ -61,6 +62,12 @@ def run_tool(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, 
         code,
         output.decode(errors="replace")[-1500:],
     )
+
+
+def process_cpu(pid: int) -> float:
+    """User+sys CPU seconds of a running process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def command(tool: str, experiment: str, dest: Path, url: str, workers: int, xnatctl: str | None) -> list[str]:
@@ -153,14 +160,17 @@ def main() -> None:
             for tool in order:
                 dest = work / f"out-{tool}-{round_index}"
                 dest.mkdir()
+                server_before = process_cpu(emulator.process.pid)
                 wall, cpu, rss, code, tail = run_tool(
                     command(tool, experiment, dest, emulator.url, args.workers, args.xnatctl), env
                 )
+                server = process_cpu(emulator.process.pid) - server_before
                 got, size = files_under(dest)
                 seconds[tool] = wall
                 print(
                     f"round {round_index + 1} {tool:9} {wall:6.2f} s  {total / 1e6 / wall:6.1f} MB/s  "
-                    f"CPU {cpu:6.2f} s  peak RSS {rss:6.0f} MB  files {got}/{count}  exit {code}",
+                    f"CPU {cpu:6.2f} s (emulator {server:5.2f} s)  peak RSS {rss:6.0f} MB  files {got}/{count}  "
+                    f"exit {code}  load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
                 if code != 0 or got != count or size != total:

@@ -13,10 +13,9 @@ and only then renamed into place: a file under its own name is always complete a
 * **Bounded memory.** Files up to 4 MB (most DICOM instances) are read whole, larger ones written
   as they arrive (``XnatClient.download``): at most 4 MB per worker in memory, whatever the size
   of a file or a session.
-* **Two ways to fetch** (``via``): ``files``, one request per file (the default: measured faster,
-  docs/performance.md), or ``zip``, one archive per scan resource as XNAT builds it
-  (``…/resources/{label}/files?format=zip``), saved beside the destination and unpacked with the
-  same checks.
+* **Two ways to fetch** (``via``): ``files``, one request per file, or ``zip``, one archive per scan
+  resource as XNAT builds it (``…/resources/{label}/files?format=zip``), unpacked as it arrives
+  with the same checks (docs/performance.md compares them).
 * **Layouts**: ``xnat`` is XNAT's own zip layout, ``{session}/scans/{id}/resources/{label}/files/…``;
   ``flat`` puts each scan's files in ``{session}/{id}/…``.
 """
@@ -30,13 +29,13 @@ import os
 import shutil
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import IO, Literal
+from typing import Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, Field
+from stream_unzip import UnzipError
 
 from xnat_flows.client.archive import ArchivedScan, ArchivedSession, resolve_session
 from xnat_flows.client.catalog import ResourceFile, list_files, list_resources
@@ -390,56 +389,60 @@ def _fetch_file(client: XnatClient, root: Path, planned: PlannedFile, stop: thre
 # --------------------------------------------------------------------------------- per-resource zip
 
 
-def _fetch_zip(client: XnatClient, root: Path, files: list[PlannedFile], stop: threading.Event, tally: _Tally) -> None:
-    """One scan resource as XNAT's zip: saved next to the files (never in memory), unpacked with
-    the same checks as single files, removed. Skipped when every file is already in place."""
+def _fetch_zip(
+    client: XnatClient,
+    root: Path,
+    files: list[PlannedFile],
+    stop: threading.Event,
+    done: dict[str, tuple[bool, bool]],
+    failed: dict[str, str],
+) -> None:
+    """One scan resource as XNAT's zip, unpacked as it arrives (stream-unzip: no copy of the zip on
+    disk or in memory), each member written and checked as a single file is. Fills ``done``
+    (local path -> fetched, digest compared) and ``failed`` (local path -> why); files already in
+    place are not asked for, and nothing is when every file is."""
+    from stream_unzip import stream_unzip
+
+    failed.clear()
     pending = []
     for planned in files:
+        if planned.local in done:
+            continue
         matched = file_matches(root / planned.local, planned)
         if matched is False:
             pending.append(planned)
         else:
-            tally.finished(planned, fetched=False, checked=matched is True)
+            done[planned.local] = (False, matched is True)
     if not pending or stop.is_set():
         return
-    first = files[0]
+    first = pending[0]
     resource_url = first.url_path.rsplit("/files/", 1)[0] + "/files"
-    archive = root / f".scan-{first.scan}-{first.resource}.zip.part"
-    root.mkdir(parents=True, exist_ok=True)
+    by_path = {f.path: f for f in pending}
+    marker = f"/resources/{first.resource}/files/"
+    with client.download(resource_url, params={"format": "zip"}) as response:
+        for raw_name, _size, chunks in stream_unzip(response.iter_bytes(), chunk_size=_CHUNK):
+            name = _member_name(raw_name)
+            wanted = by_path.pop(name.split(marker, 1)[1], None) if marker in name else None
+            if wanted is None or stop.is_set():
+                for _ in chunks:  # members must be read through to reach the next one
+                    pass
+                continue
+            target = root / wanted.local
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                done[wanted.local] = (True, _write_verified(chunks, target, wanted))
+            except DownloadVerificationError as exc:
+                failed[wanted.local] = exc.message
+    for planned in by_path.values():
+        failed[planned.local] = "not in XNAT's zip of its resource"
+
+
+def _member_name(raw: bytes) -> str:
+    """A zip member's name: UTF-8 (what XNAT writes), else the zip format's old default, CP437."""
     try:
-        try:
-            with client.download(resource_url, params={"format": "zip"}) as response, open(archive, "wb") as out:
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
-        except OSError as exc:
-            raise _disk_full(exc, archive) or exc from None
-        by_path = {f.path: f for f in pending}
-        marker = f"/resources/{first.resource}/files/"
-        with zipfile.ZipFile(archive) as bundle:
-            for info in bundle.infolist():
-                name = info.filename
-                inner = name.split(marker, 1)[1] if marker in name else None
-                wanted = by_path.pop(inner, None) if inner is not None else None
-                if wanted is None or info.is_dir():
-                    continue
-                target = root / wanted.local
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    with bundle.open(info) as member:
-                        checked = _write_verified(_read_chunks(member), target, wanted)
-                except DownloadVerificationError as exc:
-                    tally.failure(wanted, exc.message)
-                    continue
-                tally.finished(wanted, fetched=True, checked=checked)
-        for planned in by_path.values():
-            tally.failure(planned, "not in XNAT's zip of its resource")
-    finally:
-        archive.unlink(missing_ok=True)
-
-
-def _read_chunks(handle: IO[bytes]) -> Iterable[bytes]:
-    while chunk := handle.read(_CHUNK):
-        yield chunk
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp437")
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -517,20 +520,35 @@ def download_plan(
             tally.finished(planned, fetched, checked)
 
     def one_resource(files: list[PlannedFile]) -> None:
+        done: dict[str, tuple[bool, bool]] = {}
+        failed: dict[str, str] = {}
+        error = ""
+        for attempt in range(1, _ATTEMPTS + 1):
+            if stop.is_set():
+                return
+            try:
+                _fetch_zip(client, root, files, stop, done, failed)
+                error = ""
+                break
+            except (LocalDiskFullError, CancelledError) as exc:
+                stop_all(exc)
+                return
+            except (XnatError, OSError, UnzipError) as exc:
+                full = _disk_full(exc, root) if isinstance(exc, OSError) else None
+                if full is not None:
+                    stop_all(full)
+                    return
+                error = exc.message if isinstance(exc, XnatError) else f"{type(exc).__name__}: {exc}"
+                if not (isinstance(exc, XnatError) and exc.retryable) or attempt == _ATTEMPTS:
+                    break
+                log.warning("%s: %s; fetching it again (%d/%d)", files[0].scan, error, attempt, _ATTEMPTS - 1)
         if stop.is_set():
             return
-        try:
-            _fetch_zip(client, root, files, stop, tally)
-        except (LocalDiskFullError, CancelledError) as exc:
-            stop_all(exc)
-        except (XnatError, zipfile.BadZipFile, OSError) as exc:
-            full = _disk_full(exc, root) if isinstance(exc, OSError) else None
-            if full is not None:
-                stop_all(full)
-                return
-            for planned in files:
-                if not (root / planned.local).exists():
-                    tally.failure(planned, str(exc))
+        for planned in files:
+            if planned.local in done:
+                tally.finished(planned, *done[planned.local])
+            else:
+                tally.failure(planned, failed.get(planned.local) or error or "not fetched")
 
     with interruptible_pool(workers, "download", on_interrupt=client.cancel) as pool:
         if via == "zip":
