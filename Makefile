@@ -11,14 +11,17 @@ TEST_WORKERS ?= 4
 
 .PHONY: demo test clean
 
+# One line per step; pip's own output only when something goes wrong (errors are never hidden).
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "Installing xnat-flows and its test dependencies into $(VENV)/ (first run only, about a minute)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+	@echo "Installed: $(BIN)/xnat-flows"
 
 demo: $(STAMP)
-	$(BIN)/xnat-flows demo
+	@$(BIN)/xnat-flows demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

@@ -18,6 +18,11 @@ import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Prefect servers the suite starts (the test harness's, `prefect server start`, a CLI --flow
+    # run's temporary one) inherit this: no telemetry attempts, whose failures (no network) print
+    # lines into the test run's terminal. A value set by the caller wins.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     # CI installs dcmtk and sets this, so the C-STORE tests against a peer nobody here wrote
     # cannot silently skip there; elsewhere they skip with a reason when dcmtk is missing.
     if os.environ.get("XNAT_FLOWS_REQUIRE_DCMTK") and not (shutil.which("storescp") and shutil.which("storescu")):

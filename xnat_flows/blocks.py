@@ -9,11 +9,13 @@ parameter, so the Prefect UI offers a Block picker and the password never enters
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
-from pydantic import Field, HttpUrl, SecretStr
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 from xnat_flows.client.credentials import Credentials
 
@@ -21,26 +23,74 @@ if TYPE_CHECKING:
     from xnat_flows.client.client import XnatClient
 
 
+# XNAT's own pages (the repository's docs/deployments.md explains how the flows use the Blocks).
+ALIAS_TOKEN_DOCS = (
+    "https://wiki.xnat.org/documentation/how-to-use-xnat/generating-an-alias-token-for-scripted-authentication"
+)
+DICOM_RECEIVER_DOCS = (
+    "https://wiki.xnat.org/documentation/xnat-administration/connecting-xnat-to-dicom-scanners-and-pacs/"
+    "dicom-scp-receiver-configuration"
+)
+XNAT_LOGO = "https://github.com/NrgXnat.png"  # XNAT's (the NRG's) organisation picture: square
+
+
 class XnatCredentials(CredentialsBlock):
     """Where an XNAT server is and how to log in to it. Secrets are stored encrypted by Prefect."""
 
     _block_type_name = "XNAT Credentials"
     _block_type_slug = "xnat-credentials"
-    _description = "URL, user and password (or alias token) of an XNAT server."
-    _documentation_url = HttpUrl("https://github.com/xnat-flows/xnat-flows/blob/main/docs/deployments.md")
+    _logo_url = HttpUrl(XNAT_LOGO)
+    _description = (
+        "The address of an XNAT server and the account uploads log in with (a user and password, "
+        "or an alias token). Name the Block after both, e.g. xnat-example-org-svc-uploader: the "
+        "upload forms pick Blocks by name."
+    )
+    _documentation_url = HttpUrl(ALIAS_TOKEN_DOCS)
 
-    url: str = Field(title="XNAT URL", description="XNAT base URL, e.g. https://xnat.example.org")
-    username: str | None = Field(default=None, title="User", description="User name, or an alias token's alias.")
-    password: SecretStr | None = Field(
-        default=None, title="Password", description="Password, or an alias token's secret."
+    # Every field is a plain text box in the Block form: required fields, or "" for "not given"
+    # (an optional field makes Prefect's form ask for a type first, and a password one a visible box).
+    url: str = Field(
+        title="XNAT URL",
+        min_length=1,
+        description="The XNAT server's address as opened in a browser (https://xnat.example.org for example).",
     )
-    verify_tls: bool = Field(default=True, title="Verify TLS", description="Verify the server's TLS certificate.")
-    ca_bundle: str | None = Field(
-        default=None, title="CA bundle", description="Path of a PEM CA bundle on the worker host."
+    username: str = Field(
+        title="User",
+        min_length=1,
+        description="The XNAT user the uploads run as, or the alias of an alias token.",
     )
+    password: SecretStr = Field(
+        title="Password",
+        description="The user's password, or the secret of an alias token. Stored encrypted, never shown again.",
+    )
+    verify_tls: bool = Field(
+        default=True,
+        title="Check the server's certificate",
+        description="Turn off only for a test server with a self-signed certificate.",
+    )
+    ca_bundle: str = Field(
+        default="",
+        title="Certificate authority file",
+        description="Path, on the worker's host, of a PEM file of the authorities that signed the server's "
+        "certificate. Empty: the system's.",
+    )
+
+    @field_validator("ca_bundle", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: object) -> object:
+        return "" if value is None else value  # Blocks saved when the field was optional
+
+    @property
+    def default_name(self) -> str:
+        """A Block name that tells Blocks apart in a picker: server host and user, e.g.
+        ``xnat-example-org-svc-uploader`` (Prefect's Block names: lower-case letters, digits, dashes)."""
+        host = urlsplit(self.url).hostname or self.url
+        port = urlsplit(self.url).port
+        raw = f"{host}{f'-{port}' if port else ''}-{self.username}".lower()
+        return re.sub(r"[^a-z0-9]+", "-", raw).strip("-")
 
     def to_credentials(self) -> Credentials:
-        verify: bool | str = self.ca_bundle if self.ca_bundle else self.verify_tls
+        verify: bool | str = self.ca_bundle or self.verify_tls
         return Credentials(url=self.url, username=self.username, password=self.password, verify=verify)
 
     def get_client(self) -> XnatClient:
@@ -56,9 +106,20 @@ class DicomReceiver(Block):
 
     _block_type_name = "XNAT DICOM Receiver"
     _block_type_slug = "xnat-dicom-receiver"
-    _description = "Host, port and AE titles of an XNAT DICOM receiver for C-STORE uploads."
+    _logo_url = HttpUrl(XNAT_LOGO)
+    _description = (
+        "Host, port and AE titles of an XNAT DICOM receiver, for C-STORE uploads (send-dicom). "
+        "Name the Block after the host and AE title: the forms pick Blocks by name."
+    )
+    _documentation_url = HttpUrl(DICOM_RECEIVER_DOCS)
 
-    host: str = Field(description="Receiver host name or address.")
-    port: int = Field(default=8104, ge=1, le=65535, description="Receiver port (XNAT's default receiver: 8104).")
-    called_aet: str = Field(default="XNAT", max_length=16, description="The receiver's AE title.")
-    calling_aet: str = Field(default="XNATFLOWS", max_length=16, description="Our AE title.")
+    host: str = Field(title="Host", description="The receiver's host name or IP address (no scheme, no port).")
+    port: int = Field(
+        default=8104, ge=1, le=65535, title="Port", description="The receiver's port (XNAT's default receiver: 8104)."
+    )
+    called_aet: str = Field(
+        default="XNAT", max_length=16, title="Called AE title", description="The receiver's AE title."
+    )
+    calling_aet: str = Field(
+        default="XNATFLOWS", max_length=16, title="Calling AE title", description="The AE title these uploads send as."
+    )

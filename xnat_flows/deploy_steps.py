@@ -11,13 +11,17 @@ data when ``prefect deploy`` reads the file, so it must come from here), ``{{ si
 ``{{ site.inbox_project }}`` and ``{{ site.inbox_active }}`` in the deployments. ``XNAT_CREDENTIALS_BLOCK`` is required (and must
 name a saved ``xnat-credentials`` Block); without ``XNAT_INBOX_DIR``/``XNAT_INBOX_PROJECT`` the inbox
 schedule is created inactive instead of failing every few minutes, and the missing parameters are
-left out of the deployment (a run started by hand asks for them).
+left out of the deployment (a run started by hand asks for them). An ``XNAT_INBOX_DIR`` that does
+not exist stops the deploy (the schedule would fail every 5 minutes), unless ``XNAT_INBOX_CREATE=1``
+asks for it to be created. The check is made where ``prefect deploy`` runs: for a process worker on
+this host (prefect.yaml's pool), the worker's folder.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -53,10 +57,31 @@ def site_values() -> dict[str, Any]:
     # A value not given is left out: Prefect then drops the parameter (the run form asks for it)
     # instead of deploying an empty string that fails validation.
     if inbox_dir:
-        values["inbox_dir"] = inbox_dir
+        values["inbox_dir"] = _require_inbox(inbox_dir)
     if inbox_project:
         values["inbox_project"] = inbox_project
     return values
+
+
+def _require_inbox(inbox_dir: str) -> str:
+    """The inbox folder as given; stops the deploy when it does not exist (unless the operator
+    opted in to creating it with XNAT_INBOX_CREATE=1) or is not a folder."""
+    path = Path(inbox_dir).expanduser()
+    if path.is_dir():
+        return inbox_dir
+    if path.exists():
+        raise MissingSiteValue(f"XNAT_INBOX_DIR={inbox_dir} is not a folder: name the folder sessions are dropped into")
+    if os.environ.get("XNAT_INBOX_CREATE", "").strip().lower() in ("1", "true", "yes"):
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise MissingSiteValue(f"XNAT_INBOX_DIR={inbox_dir} could not be created: {exc.strerror or exc}") from None
+        print(f"xnat-flows: created the inbox folder {inbox_dir} (XNAT_INBOX_CREATE=1)", file=sys.stderr)
+        return inbox_dir
+    raise MissingSiteValue(
+        f"XNAT_INBOX_DIR={inbox_dir} does not exist: create it (mkdir -p {inbox_dir}, writable by the worker's user), "
+        "or deploy again with XNAT_INBOX_CREATE=1 to have it created, then run prefect deploy again"
+    )
 
 
 def _require_block(name: str) -> str:

@@ -97,8 +97,42 @@ def last_change(folder: Path) -> float:
 
 
 def is_quiet(folder: Path, quiet_seconds: float, now: float | None = None) -> bool:
-    """True when nothing in the folder changed for ``quiet_seconds`` (the export is complete)."""
+    """True when nothing in the folder changed for ``quiet_seconds`` (the export is complete):
+    no file or folder anywhere in it was written, added, removed or renamed for that long."""
     return ((now if now is not None else time.time()) - last_change(folder)) >= quiet_seconds
+
+
+FolderState = dict[str, tuple[int, int, int]]
+
+
+def folder_state(folder: Path) -> FolderState:
+    """Every file in the tree, by its path inside ``folder``: (size, mtime, ctime) in ns. Taken
+    before an upload and compared after it (``changes``), since files may still arrive or change
+    while the folder is being sent, quiet period or not. Renaming the folder itself (into
+    ``processing/``) changes none of it."""
+    state: FolderState = {}
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:  # removed while we looked: missing from the state, so a change
+                continue
+            state[os.path.relpath(path, folder)] = (info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return state
+
+
+def changes(before: FolderState, after: FolderState) -> str | None:
+    """What differs between two ``folder_state``s, in words (None: nothing)."""
+    added = sorted(after.keys() - before.keys())
+    removed = sorted(before.keys() - after.keys())
+    changed = sorted(name for name in before.keys() & after.keys() if before[name] != after[name])
+    parts = [
+        f"{len(names)} {what} (e.g. {names[0]})"
+        for names, what in ((added, "new"), (changed, "changed"), (removed, "removed"))
+        if names
+    ]
+    return ", ".join(parts) or None
 
 
 def unique_path(directory: Path, name: str) -> Path:

@@ -18,6 +18,17 @@ from xnat_flows.transfer.session import StudyUploadResult
 # XNAT project IDs: letters, digits, underscore and hyphen (XNAT refuses others when a project is created).
 PROJECT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 
+# Where a flow's folders are: the run reads them on the host where it runs, not the browser's.
+ON_THE_WORKER = "on the host where the flow runs (the worker's), not the computer of this browser"
+
+
+def ui_title(title: str, **field: Any) -> Any:
+    """A flow parameter's label in the Prefect UI's run form, as ``Annotated[T, ui_title(...)]``.
+
+    Prefect labels a flow's parameters by their Python names (``inbox_dir``); a title given in
+    ``json_schema_extra`` is the one the form shows. Fields of models take ``Field(title=...)``."""
+    return Field(json_schema_extra={"title": title}, **field)
+
 
 class XnatConnection(BaseModel):
     """Which XNAT and which credentials: an ``xnat-credentials`` Block (picked in the UI), else
@@ -65,46 +76,81 @@ class UploadRequest(BaseModel):
     """What to upload and where: the form of the ``upload-dicom-session`` deployment."""
 
     source_dir: str = Field(
-        description="Directory holding the DICOM files (scanned recursively; extensionless files included)."
+        title="DICOM folder (on the worker's host)",
+        description=f"Folder holding the DICOM files, {ON_THE_WORKER}; scanned recursively, extensionless files included.",
     )
     # The pattern goes to the form (the UI checks it as the operator types); the validator below
     # gives the run's error the words of the CLI's.
-    project: str = Field(json_schema_extra={"pattern": PROJECT_ID_PATTERN}, description="XNAT project ID.")
-    subject: str = Field(json_schema_extra={"pattern": PROJECT_ID_PATTERN}, description="Subject label.")
-    session: str = Field(json_schema_extra={"pattern": PROJECT_ID_PATTERN}, description="Session (experiment) label.")
-    transport: Literal["dicom-zip", "gradual-dicom"] = Field(
-        default="dicom-zip", description="DICOM-zip: one archive per batch. gradual-DICOM: one instance per request."
+    project: str = Field(
+        title="Project ID", json_schema_extra={"pattern": PROJECT_ID_PATTERN}, description="XNAT project ID."
     )
-    workers: int = Field(default=4, ge=1, le=64, description="Parallel uploads; DICOM-zip sends this many batches.")
+    subject: str = Field(
+        title="Subject label", json_schema_extra={"pattern": PROJECT_ID_PATTERN}, description="Subject label."
+    )
+    session: str = Field(
+        title="Session label",
+        json_schema_extra={"pattern": PROJECT_ID_PATTERN},
+        description="Session (experiment) label.",
+    )
+    transport: Literal["dicom-zip", "gradual-dicom"] = Field(
+        default="dicom-zip",
+        title="Transport",
+        description="DICOM-zip: one archive per batch. gradual-DICOM: one instance per request.",
+    )
+    workers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        title="Parallel uploads",
+        description="Parallel uploads; DICOM-zip sends this many batches.",
+    )
     archive_format: Literal["auto", "tar", "tgz", "zip"] = Field(
         default="auto",
+        title="Archive format",
         description="Archive format of each DICOM-zip batch; auto: tgz over a slow (remote) link to XNAT >= 1.8.3, else tar.",
     )
     direct_archive: bool = Field(
-        default=True, description="Direct-Archive (XNAT 1.8.3+); off stages into the prearchive."
+        default=True,
+        title="Direct-Archive",
+        description="Direct-Archive (XNAT 1.8.3+); off stages into the prearchive.",
     )
     archive_when_complete: bool = Field(
         default=True,
+        title="Archive when complete",
         description="Direct-Archive: ask XNAT (1.8.4+) to archive the session once every file is in; "
         "off leaves it to XNAT's idle interval (5 minutes by default).",
     )
     per_study: bool = Field(
         default=False,
+        title="One session per study",
         description="Upload each StudyInstanceUID found as its own session (label suffixed with 8 hex digits of the study's UID).",
     )
     allow_other_study: bool = Field(
         default=False,
+        title="Allow another study in the session",
         description="Upload even into an existing session that holds another StudyInstanceUID (refused otherwise).",
     )
     duplicates: Literal["newest", "oldest", "stop"] = Field(
         default="newest",
+        title="Duplicate instances",
         description="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.",
     )
+    skip_truncated: bool = Field(
+        default=False,
+        title="Skip cut-short files",
+        description="Send the other files when some DICOM files are cut short; off (the default) the run fails "
+        "before sending anything, since such a folder is an export still being written.",
+    )
     verify: bool = Field(
-        default=True, description="Read back the session and compare scans and file counts with what was sent."
+        default=True,
+        title="Verify",
+        description="Read back the session and compare scans and file counts with what was sent.",
     )
     verify_timeout_seconds: float = Field(
-        default=600.0, gt=0, description="How long to wait for the session to appear in the archive."
+        default=600.0,
+        gt=0,
+        title="Verify timeout (s)",
+        description="How long to wait for the session to appear in the archive.",
     )
 
     @field_validator("project", "subject", "session")
@@ -144,6 +190,12 @@ class SessionOutcome(BaseModel):
     batches: list[BatchOutcome] = Field(default_factory=list)
     verified: bool | None = None
     missing: list[str] = Field(default_factory=list)
+    parked: list[str] = Field(
+        default_factory=list,
+        description="Prearchive rows of this upload XNAT parked (CONFLICT, ERROR): what each conflicts with, "
+        "and what a person can do after looking.",
+    )
+    in_conflict: bool = Field(default=False, description="XNAT parked (part of) this upload in CONFLICT.")
 
     @classmethod
     def from_study(cls, study: StudyUploadResult) -> SessionOutcome:
@@ -178,6 +230,10 @@ class SessionOutcome(BaseModel):
             ],
             verified=verify.ok if verify is not None else None,
             missing=list(verify.missing) if verify is not None else [],
+            parked=[f"{what}. {step}" for what, step in zip(verify.parked, verify.next_steps, strict=False)]
+            if verify is not None
+            else [f"{p.describe()}. {p.next_steps()}" for p in study.parked],
+            in_conflict=study.in_conflict,
         )
 
 
@@ -219,7 +275,8 @@ class UploadSessionResult(BaseModel):
     @property
     def ok(self) -> bool:
         return not self.unreadable and all(
-            not s.failed_files and s.verified is not False and all(b.ok for b in s.batches) for s in self.sessions
+            not s.failed_files and s.verified is not False and not s.parked and all(b.ok for b in s.batches)
+            for s in self.sessions
         )
 
 
@@ -277,16 +334,28 @@ class SendDicomRequest(BaseModel):
     """What to send by C-STORE: the form of the ``send-dicom`` deployment."""
 
     source_dir: str = Field(
-        description="Directory holding the DICOM files (scanned recursively, same scanner as REST uploads)."
+        title="DICOM folder (on the worker's host)",
+        description=f"Folder holding the DICOM files, {ON_THE_WORKER}; scanned recursively, as for REST uploads.",
     )
-    workers: int = Field(default=4, ge=1, le=32, description="Parallel associations.")
+    workers: int = Field(default=4, ge=1, le=32, title="Parallel uploads", description="Parallel DICOM associations.")
     routing_project: str = Field(
         default="",
         pattern=r"^([A-Za-z0-9_-]+)?$",
+        title="Route to project",
         description="Set `Project:` routing in PatientComments on the sent copy (your files are not changed). Empty: XNAT's own routing.",
     )
-    routing_subject: str = Field(default="", description="With routing_project: `Subject:` routing.")
-    routing_session: str = Field(default="", description="With routing_project: `Session:` routing.")
+    routing_subject: str = Field(
+        default="", title="Route to subject", description="With a project to route to: `Subject:` routing."
+    )
+    routing_session: str = Field(
+        default="", title="Route to session", description="With a project to route to: `Session:` routing."
+    )
+    skip_truncated: bool = Field(
+        default=False,
+        title="Skip cut-short files",
+        description="Send the other files when some DICOM files are cut short; off (the default) the run fails "
+        "before sending anything, since such a folder is an export still being written.",
+    )
     verify: bool = Field(
         default=False,
         title="Wait and verify",

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import socket
 import stat
 import subprocess
@@ -18,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_on_terminal
 from typer.testing import CliRunner
 
 from xnat_flows.cli.main import app
@@ -143,44 +142,15 @@ def test_expired_session_without_a_terminal_names_auth_login_and_password_stdin(
     assert status.exit_code == 3 and "expired or ended" in status.output
 
 
-def _run_on_terminal(args: list[str], env: dict[str, str], answer: str, timeout: float = 60.0) -> tuple[int, str]:
-    """Run the CLI on a pseudo-terminal; answer the password prompt; return (exit code, output)."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(CLI + args, stdin=terminal, stdout=terminal, stderr=terminal, env=env, close_fds=True)
-    os.close(terminal)
-    output, answered, deadline = b"", False, time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([controller], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(controller, 4096)
-                except OSError:  # the terminal closed: the process ended
-                    break
-                if not chunk:
-                    break
-                output += chunk
-                if not answered and b"Password for" in output:
-                    os.write(controller, answer.encode() + b"\n")
-                    answered = True
-            elif process.poll() is not None:
-                break
-        return process.wait(timeout=max(1.0, deadline - time.monotonic())), output.decode(errors="replace")
-    finally:
-        if process.poll() is None:
-            process.kill()
-        os.close(controller)
-
-
 def test_expired_session_on_a_terminal_asks_for_the_password_again(xnat, home: Path) -> None:
     login(xnat)
     xnat.sessions.invalidate_user("admin")
     env = {k: v for k, v in os.environ.items() if not k.startswith("XNAT_")} | {"HOME": str(home)}
-    code, output = _run_on_terminal(["whoami"], env, PASSWORD)
+    code, output = run_on_terminal(CLI + ["whoami"], env, {"Password for": PASSWORD})
     assert code == 0, output
     assert "has ended; log in again" in output and output.rstrip().endswith("admin")
     # A second `auth login` on a terminal prompts too (a cached session is no reason to refuse).
-    code, output = _run_on_terminal(["auth", "login"], env, PASSWORD)
+    code, output = run_on_terminal(CLI + ["auth", "login"], env, {"Password for": PASSWORD})
     assert code == 0, output
     assert "Password for admin@" in output and "Logged in" in output
     assert_no_password_under(home)
@@ -243,6 +213,7 @@ def test_conflict_advice_matches_the_overwrite_chosen(xnat, home: Path, tmp_path
 
 def test_http_port_for_cstore_names_the_port_not_a_timeout(xnat, home: Path, tmp_path: Path) -> None:
     write_studies(tmp_path / "export", series=1, instances=1, instance_kb=4, seed=43)
+    login(xnat)  # -P needs it
     result = run(
         "session",
         "upload-dicom",
@@ -268,8 +239,10 @@ def test_cstore_project_routing_warns_or_checks(xnat, home: Path, tmp_path: Path
     unrouted = run(*base)
     assert unrouted.exit_code == 0, unrouted.output
     assert "no --project" in unrouted.stderr and "Unassigned" in unrouted.stderr
-    unchecked = run(*base, "-P", "NOPE")  # no login: cannot ask XNAT, so say what may happen
-    assert "could not check that project NOPE exists" in unchecked.stderr and "Unassigned" in unchecked.stderr
+    unchecked = run(*base, "-P", "NOPE")  # no login: cannot ask XNAT, so nothing is sent
+    assert unchecked.exit_code == 3, unchecked.output
+    assert "not logged in" in unchecked.stderr and "xnat-flows auth login" in unchecked.stderr
+    assert "--no-xnat-check" in unchecked.stderr and " sent, " not in unchecked.output
     login(xnat)
     unknown = run(*base, "-P", "NOPE")
     assert unknown.exit_code == 4, unknown.output
@@ -498,3 +471,14 @@ def test_flow_run_without_a_prefect_server_sends_no_telemetry(xnat, tmp_path: Pa
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verified: True" in done.stdout
     assert "telemetry" not in (done.stdout + done.stderr).lower()
+
+
+def test_a_session_that_ends_mid_command_tells_a_token_only_user_to_log_in(xnat, home: Path) -> None:
+    """Issue 20 item 7: logged in once (no password kept), the session ends between the command's
+    first request and the next one: the advice is `auth login`, not XNAT_USER/XNAT_PASS."""
+    login(xnat)
+    xnat.faults.add(path=r"/data/prearchive", evict_token=True, times=1)
+    result = run("prearchive", "list", "-P", "CLI")
+    assert result.exit_code == 3, result.output
+    assert "has ended (HTTP 401)" in result.stderr and "xnat-flows auth login" in result.stderr
+    assert "XNAT_USER" not in result.stderr

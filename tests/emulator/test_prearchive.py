@@ -145,6 +145,31 @@ def test_uid_change_needs_override(client, manual):
     assert archive(client, src, overwrite="delete").status_code == 200
 
 
+def test_no_overwrite_mode_moves_a_session_to_another_subject(client, manual, emulator):
+    """xnat-web `PrearcSessionArchiver.checkForConflicts`: the subject check holds under delete too;
+    delete skips only the study UID check (issue 20: a subject typo moved an archived session)."""
+    study = make_study(1, 2)
+    archive(client, ready(client, upload(client, study[:1], session="MOVE", subject="SUBJ_A")))
+    src = ready(client, upload(client, study[1:], session="MOVE", subject="SUBJ_TYPO"))
+    for overwrite in ("append", "delete"):
+        refused = archive(client, src, overwrite=overwrite)
+        assert refused.status_code == 409, overwrite
+        assert "Invalid modification of session subject via archive process.: MOVE Already Exists" in refused.text
+    assert client.get(f"/data{src}").json()["ResultSet"]["Result"][0]["status"] == "CONFLICT"
+    (session,) = emulator.archived_experiments("TEST")
+    assert client.get("/data/projects/TEST/subjects/SUBJ_A/experiments/MOVE").status_code == 200
+    assert session["scans"] == {"1": 1}
+
+
+def test_an_archived_session_keeps_its_dicom_patient(client, manual):
+    archive(
+        client,
+        ready(client, upload(client, make_study(1, 1, patient_id="PID7", patient_name="Roe^Rick"), session="PAT")),
+    )
+    fields = client.get("/data/projects/TEST/experiments/PAT").json()["items"][0]["data_fields"]
+    assert fields["dcmPatientId"] == "PID7" and fields["dcmPatientName"] == "Roe^Rick"
+
+
 def test_archive_dest_sets_subject_and_label(client, manual):
     src = ready(client, upload(client, make_study(1, 1), session="ORIG"))
     response = archive(client, src, dest="/archive/projects/TEST/subjects/NEWSUBJ/experiments/NEWLABEL")

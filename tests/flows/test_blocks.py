@@ -69,7 +69,9 @@ def test_a_blocks_password_goes_only_to_its_own_server() -> None:
     assert "block-secret-44" not in str(refused.value)
 
 
-def test_deploy_step_requires_the_block_and_leaves_unset_inbox_values_out(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deploy_step_requires_the_block_and_leaves_unset_inbox_values_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from xnat_flows import deploy_steps
     from xnat_flows.blocks import XnatCredentials
 
@@ -92,5 +94,34 @@ def test_deploy_step_requires_the_block_and_leaves_unset_inbox_values_out(monkey
         "inbox_active": False,
         "inbox_project": "STUDY1",
     }
-    monkeypatch.setenv("XNAT_INBOX_DIR", "/srv/inbox")
+    (tmp_path / "inbox").mkdir()
+    monkeypatch.setenv("XNAT_INBOX_DIR", str(tmp_path / "inbox"))
     assert deploy_steps.site_values()["inbox_active"] is True
+
+
+def test_deploy_step_stops_at_an_inbox_that_does_not_exist_unless_asked_to_create_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xnat_flows import deploy_steps
+    from xnat_flows.blocks import XnatCredentials
+
+    XnatCredentials(url="https://xnat.example.org", username="svc", password="p").save("site-inbox", overwrite=True)
+    inbox = tmp_path / "srv" / "xnat-inbox"
+    monkeypatch.setenv("XNAT_CREDENTIALS_BLOCK", "site-inbox")
+    monkeypatch.setenv("XNAT_INBOX_PROJECT", "STUDY1")
+    monkeypatch.setenv("XNAT_INBOX_DIR", str(inbox))
+    monkeypatch.delenv("XNAT_INBOX_CREATE", raising=False)
+    with pytest.raises(deploy_steps.MissingSiteValue, match="does not exist") as refused:
+        deploy_steps.site_values()
+    assert f"mkdir -p {inbox}" in str(refused.value) and "XNAT_INBOX_CREATE=1" in str(refused.value)
+    assert not inbox.exists()
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("XNAT_INBOX_DIR", str(tmp_path / "a-file"))
+    with pytest.raises(deploy_steps.MissingSiteValue, match="is not a folder"):
+        deploy_steps.site_values()
+
+    monkeypatch.setenv("XNAT_INBOX_DIR", str(inbox))
+    monkeypatch.setenv("XNAT_INBOX_CREATE", "1")
+    assert deploy_steps.site_values()["inbox_dir"] == str(inbox)
+    assert inbox.is_dir() and "created the inbox folder" in capsys.readouterr().err

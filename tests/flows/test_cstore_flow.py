@@ -88,7 +88,12 @@ def test_cli_upload_dicom(xnat, tmp_path: Path) -> None:
             "SUBJ_CLI",
             "-E",
             "SESS_CLI",
+            "--url",
+            xnat.url,
+            "--username",
+            "admin",
         ],
+        env={"XNAT_PASS": "admin"},  # -P needs a login: the project is checked first
     )
     assert outcome.exit_code == 0, outcome.output
     assert f"{len(manifest.files)} sent, 0 failed" in outcome.output
@@ -194,14 +199,18 @@ def test_cli_upload_dicom_rerun_sends_only_what_was_not_stored(xnat, tmp_path: P
         "SUBJ_R",
         "-E",
         "SESS_R",
+        "--url",
+        xnat.url,
+        "--username",
+        "admin",
     ]
-    first = CliRunner().invoke(app, args)
+    first = CliRunner().invoke(app, args, env={"XNAT_PASS": "admin"})
     assert first.exit_code == 6, first.output
     assert "0xA700" in first.output and "run the same command again" in first.output
     assert len(stored) == len(manifest.files) - 3
 
     refusing = False
-    second = CliRunner().invoke(app, args)
+    second = CliRunner().invoke(app, args, env={"XNAT_PASS": "admin"})
     assert second.exit_code == 0, second.output
     assert f"{len(manifest.files) - 3} instances were delivered by an earlier run" in second.output
     assert sorted(stored[len(manifest.files) - 3 :]) == sorted(refused)  # only those were sent again

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from xnat_flows.client.errors import ConflictError, InputError
 from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
 from xnat_flows.models import UploadRequest, XnatConnection
+from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.session import study_label
 
@@ -190,3 +192,99 @@ def test_archived_is_announced_once_per_arrival_of_files(
     grown = upload_dicom_session(request, connection)
     assert grown.sessions[0].verified is True and grown.sessions[0].experiment_id == experiment
     assert archived_events() == [experiment, experiment]
+
+
+def test_landing_log_line_keeps_its_urls_apart_from_punctuation(xnat, tmp_path: Path) -> None:
+    """The UI (and the demo's terminal) make links of URLs: a comma glued to one is a 404."""
+    import re
+
+    write_studies(tmp_path / "export", series=1, instances=3, instance_kb=4, seed=9)
+    state = upload_dicom_session(
+        _request(tmp_path / "export", session="LINKS01"),
+        XnatConnection(url=xnat.url, username="admin"),
+        return_state=True,
+    )
+    experiment = state.result().sessions[0].experiment_id
+    run_logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+
+    def landing_lines() -> list[str]:
+        with get_client(sync_client=True) as client:  # logs reach the API in batches, a moment later
+            return [m.message for m in client.read_logs(log_filter=run_logs) if "landed in the archive" in m.message]
+
+    wait_until(lambda: landing_lines(), 60, what="the landing log line to reach the API")
+    lines = landing_lines()
+    (line,) = lines
+    urls = re.findall(r"https?://\S+", line)
+    assert f"{xnat.url}/data/experiments/{experiment}" in urls
+    assert f"{xnat.url}/data/experiments/{experiment}?format=html" in urls
+    assert all(url[-1].isalnum() or url[-1] in "/=" for url in urls), urls
+
+
+def test_landing_table_fits_the_artifact_page(xnat, tmp_path: Path) -> None:
+    """No empty column (prearchive timestamp for an archive landing), and no long cell: a URL is
+    shown by its path and linked in full."""
+    import re
+
+    write_studies(tmp_path / "export", series=1, instances=3, instance_kb=4, seed=10)
+    upload_dicom_session(
+        _request(tmp_path / "export", session="TABLE01"), XnatConnection(url=xnat.url, username="admin")
+    )
+    with get_client(sync_client=True) as client:
+        (artifact,) = [
+            a for a in client.read_artifacts() if a.key == "xnat-upload-landing" and "TABLE01" in str(a.data)
+        ]
+    header, _, row = str(artifact.data).splitlines()
+    assert header.count("|") == 5 and "prearchive" not in header
+    cells = [re.sub(r"\[([^]]*)\]\([^)]*\)", r"\1", cell).strip() for cell in row.strip("|").split("|")]
+    assert all(cells) and max(len(cell) for cell in cells) <= 40, cells
+    assert f"({xnat.url}/data/experiments/" in row  # the full URI is the link's target
+
+
+def test_two_flow_runs_to_one_label_at_once_never_share_a_session(xnat, tmp_path: Path) -> None:
+    """Issue 20.1 in the flow: a concurrency slot per label (limit 1) serialises the two runs from
+    the destination check to verification, so the second one's check sees the first one's study."""
+    import threading
+
+    from prefect.client.orchestration import get_client as prefect_client
+
+    for name, seed in (("a", 51), ("b", 52)):
+        write_studies(tmp_path / name, series=2, instances=6, instance_kb=4, seed=seed)
+    connection = XnatConnection(url=xnat.url, username="admin")
+    xnat.faults.add(path="/data/services/import", method="POST", times=None, delay_ms=800)  # let them overlap
+    outcomes: list[object] = []
+
+    def run(name: str) -> None:
+        try:
+            outcomes.append(upload_dicom_session(_request(tmp_path / name, workers=2), connection).ok)
+        except ConflictError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert True in outcomes and len(outcomes) == 2, outcomes
+    (refused,) = [o for o in outcomes if isinstance(o, ConflictError)]
+    assert "another study" in str(refused) and "nothing was sent" in str(refused)
+    (experiment,) = xnat.archived_experiments("FLOWS")
+    assert experiment["scans"] == {"1": 3, "2": 3}  # one study's series (6 instances), none renamed N-MR1
+    host = xnat.url.split("://", 1)[1]
+    with prefect_client(sync_client=True) as prefect:
+        limit = prefect.read_global_concurrency_limit_by_name(f"xnat-session:{host}:FLOWS:SESS01")
+    assert limit.limit == 1 and limit.active_slots == 0
+
+
+def test_a_flow_run_whose_upload_xnat_parked_fails_saying_what_to_do(xnat, tmp_path: Path) -> None:
+    """Issue 20.5 in the flow: without verification, one look at the prearchive at the end; a
+    CONFLICT is a conflict (the CLI's --flow exits 5), worded for the flow's operator."""
+    write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=61)
+    connection = XnatConnection(url=xnat.url, username="admin")
+    upload_dicom_session(_request(tmp_path / "export"), connection)
+    xnat.faults.force_next_session("CONFLICT")
+
+    with pytest.raises(ConflictError) as raised:
+        upload_dicom_session(_request(tmp_path / "export", verify=False), connection)
+    message = str(raised.value)
+    assert "is CONFLICT" in message and "conflicts with FLOWS/SUBJ01/SESS01" in message
+    assert "archive-prearchive-session" in message and "xnat-flows prearchive" not in message

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from manage_helpers import archive_directly
 
-from xnat_flows.client.errors import NotFoundError
+from xnat_flows.client.errors import InputError, NotFoundError
 from xnat_flows.manage.resources import ResourceTarget, list_resource_files, upload_resource
 
 pytestmark = pytest.mark.e2e
@@ -92,3 +92,24 @@ def test_unknown_session_is_not_found(client, tmp_path):
     note.write_text("x")
     with pytest.raises(NotFoundError):
         upload_resource(client, ResourceTarget(session="NOPE", project="TEST"), "MISC", note)
+
+
+@pytest.mark.parametrize("as_directory", [False, True])
+def test_a_file_name_that_is_not_utf8_is_refused_before_the_resource_is_made(
+    client, experiment_id, tmp_path, as_directory: bool
+):
+    """Issue 20 item 7: a name from another locale crashed the upload after the resource was
+    created (an empty resource left behind). It is refused first, naming the file."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "fine.txt").write_bytes(b"ok")
+    odd = Path(os.fsdecode(bytes(folder) + b"/r\xe9sum\xe9.txt"))
+    odd.write_bytes(b"latin-1 name")
+    target = ResourceTarget(session=experiment_id)
+
+    with pytest.raises(InputError) as info:
+        upload_resource(client, target, "NOTES", folder if as_directory else odd)
+
+    assert "not valid UTF-8" in str(info.value) and "r\\xe9sum\\xe9.txt" in str(info.value)
+    assert "nothing was sent" in str(info.value) and "convmv" in str(info.value)
+    assert not client.get_rows(f"/data/experiments/{experiment_id}/resources")  # no empty resource left

@@ -102,7 +102,9 @@ def xnat(tmp_path_factory: pytest.TempPathFactory, free_tcp_port_factory: Callab
 
 @pytest.fixture(scope="module")
 def site_inbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("site") / "inbox"
+    inbox = tmp_path_factory.mktemp("site") / "inbox"
+    inbox.mkdir()  # the deploy refuses an inbox that does not exist
+    return inbox
 
 
 @pytest.fixture(scope="module")

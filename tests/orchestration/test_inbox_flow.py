@@ -169,3 +169,94 @@ def test_unknown_project_is_refused_before_anything_is_sent(
     assert "does not exist" in report["error"]  # checked first: XNAT would file it under Unassigned
     assert (inbox / "failed" / "wrong-project" / "xnat.json").is_file()
     assert xnat_emulator.stats()["imports"] == 0
+
+
+def test_files_that_arrive_during_the_upload_are_sent_before_the_folder_is_done(
+    prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20 item 4: 150 of 200 files are in the folder when it is claimed; the other 50 arrive
+    (from a thread) while it is uploaded. The folder is not filed as done with 150 delivered: it
+    stays in processing/, and once quiet the next run sends it again, so done/ means all 200."""
+    import shutil
+    import threading
+
+    from xnat_flows.testing.synth import write_studies
+
+    manifest = write_studies(tmp_path / "export", series=4, instances=200, instance_kb=2, seed=49)
+    assert len(manifest.files) == 200
+    late = manifest.files[150:]
+    for item in manifest.files[:150]:
+        target = inbox / "arriving" / item.path.relative_to(tmp_path / "export")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(item.path, target)
+    real_upload = inbox_flow.upload_dicom_session
+    import xnat_flows.tasks.upload as upload_tasks
+
+    real_scan = upload_tasks.scan_directory
+    scanned = threading.Event()
+
+    def scan_then_signal(*args, **kwargs):
+        result = real_scan(*args, **kwargs)
+        scanned.set()
+        return result
+
+    monkeypatch.setattr(upload_tasks, "scan_directory", scan_then_signal)
+
+    def upload_while_files_arrive(**kwargs):
+        folder = Path(kwargs["request"].source_dir)  # in processing/ now
+
+        def exporter() -> None:
+            scanned.wait(60)  # the 50 arrive after the upload scanned the folder, while it sends
+            for item in late:
+                target = folder / item.path.relative_to(tmp_path / "export")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(item.path, target)
+
+        writer = threading.Thread(target=exporter)
+        xnat_emulator.faults.add(method="POST", path=r"/data/services/import", delay_ms=1000, times=1)
+        writer.start()
+        try:
+            return real_upload(**kwargs)
+        finally:
+            writer.join(60)
+
+    monkeypatch.setattr(inbox_flow, "upload_dicom_session", upload_while_files_arrive)
+    connection = XnatConnection(url=xnat_emulator.url)
+    first = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=connection, workers=1, return_state=True)
+
+    assert (
+        first.is_failed() and "arriving kept in" in first.message and "changed while it was uploaded" in first.message
+    )
+    assert not (inbox / "done" / "arriving").exists()
+    on_disk = [p for p in (inbox / "processing" / "arriving").rglob("*") if p.is_file()]
+    assert len(on_disk) == 200
+
+    monkeypatch.setattr(inbox_flow, "upload_dicom_session", real_upload)
+    monkeypatch.setattr(upload_tasks, "scan_directory", real_scan)
+    waiting = ingest_inbox(str(inbox), "TEST", quiet_seconds=3600, connection=connection)
+    assert waiting.waiting == ["arriving"] and waiting.items == []  # changed just now: not quiet yet
+    second = ingest_inbox(str(inbox), "TEST", quiet_seconds=0, connection=connection, workers=2)
+    assert [(i.folder, i.status) for i in second.items] == [("arriving", "done")]
+    assert second.items[0].files_delivered == 200
+    (experiment,) = xnat_emulator.archived_experiments("TEST")
+    assert len(xnat_emulator.archived_files(experiment["ID"])) == 200
+    assert len([p for p in (inbox / "done" / "arriving").rglob("*") if p.is_file()]) == 200
+
+
+def test_a_missing_inbox_folder_is_one_line_that_says_what_to_do(
+    prefect_harness: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "unmounted" / "inbox"
+    with caplog.at_level("INFO"):
+        state = ingest_inbox(
+            str(missing),
+            "TEST",
+            quiet_seconds=0,
+            connection=XnatConnection(url="http://127.0.0.1:9"),
+            return_state=True,
+        )
+    assert state.is_failed()
+    assert f"the inbox folder {missing} does not exist on this worker's host" in state.message
+    assert "XNAT_INBOX_DIR" in state.message and "\n" not in state.message
+    assert "Traceback" not in caplog.text
+    assert not missing.exists()  # a run never creates the inbox: a typo would swallow the drops elsewhere

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from unittest import mock
 
 import httpx
 import pydicom
@@ -249,7 +250,7 @@ def _run_rest(h: Harness, case: FaultCase, client: XnatClient) -> RunOutcome:
 
 
 def _run_cstore(h: Harness, case: FaultCase) -> RunOutcome:
-    from xnat_flows.models import DicomReceiverTarget
+    from xnat_flows.models import DicomReceiverTarget, XnatConnection
     from xnat_flows.tasks.cstore import send_instances
     from xnat_flows.transfer.dicom_send import RoutingOverride
 
@@ -259,8 +260,13 @@ def _run_cstore(h: Harness, case: FaultCase) -> RunOutcome:
     receiver = DicomReceiverTarget(host="127.0.0.1", port=h.emulator.scp_port, called_aet="XNAT", calling_aet="RELTEST")
     started = time.monotonic()
     try:
-        # The task's own code (journal included), without a Prefect run around it.
-        send = send_instances.fn(receiver, scan.files, case.workers, RoutingOverride(PROJECT, SUBJECT, SESSION))
+        # The task's own code (journal included), without a Prefect run around it; with the XNAT
+        # behind the receiver, which the journal is checked against (the worker's XNAT_PASS).
+        connection = XnatConnection(url=h.emulator.url, username="admin")
+        with mock.patch.dict(os.environ, {"XNAT_PASS": PASSWORD}):
+            send = send_instances.fn(
+                receiver, scan.files, case.workers, RoutingOverride(PROJECT, SUBJECT, SESSION), connection=connection
+            )
     except XnatError as exc:
         return RunOutcome(False, set(), str(exc), time.monotonic() - started)
     result = send.result

@@ -8,6 +8,7 @@ cases use a FIFO (opening it would block) and a directory named like a DICOM fil
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,15 @@ import pytest
 from typer.testing import CliRunner
 
 from xnat_flows.cli.main import app
-from xnat_flows.cli.options import EXIT_AUTH, EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from xnat_flows.cli.options import (
+    EXIT_AUTH,
+    EXIT_CONFLICT,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer.session import study_label
@@ -83,6 +92,15 @@ def _truncated_only(tmp: Path, study: Path) -> Path:
     return out
 
 
+def _truncated_among_good(tmp: Path, study: Path) -> Path:
+    """A good study with one instance cut short beside it: an export still being written."""
+    out = tmp / "partly"
+    shutil.copytree(study, out)
+    victim = next(p for p in sorted(out.rglob("IM*")) if p.is_file())
+    victim.write_bytes(victim.read_bytes()[:-1000])
+    return out
+
+
 def _fifo_only(tmp: Path, study: Path) -> Path:
     out = tmp / "fifo"
     out.mkdir()
@@ -141,7 +159,20 @@ CASES = [
     Case("empty-dir", _empty, words=("No DICOM files found", "it is empty"), flow={}),
     Case("path-is-a-file", _a_file, words=("is not a directory",), flow={}),
     Case("no-dicom", _text_only, words=("No DICOM files found", "not DICOM", "DICM at byte 128"), flow={}),
-    Case("only-truncated-dicom", _truncated_only, words=("No DICOM files found", "files skipped: truncated"), flow={}),
+    Case(
+        "only-truncated-dicom",
+        _truncated_only,
+        exit_code=EXIT_PARTIAL,
+        words=("2 DICOM files", "cut short", "nothing was sent", "IM0", "IM1", "skip"),
+        flow={},
+    ),
+    Case(
+        "truncated-among-good",
+        _truncated_among_good,
+        exit_code=EXIT_PARTIAL,
+        words=("1 DICOM files", "cut short", "nothing was sent", "--skip-truncated"),
+        flow={},
+    ),
     Case("only-a-fifo", _fifo_only, words=("No DICOM files found", "not a regular file")),
     Case("only-symlink-loops", _symlink_loop_only, words=("No DICOM files found", "broken symlink")),
     Case("mixed-studies", _mixed_studies, words=("holds 2 studies", "--per-study"), flow={}),
@@ -354,6 +385,10 @@ def test_upload_skips_what_it_cannot_read_and_says_why(
         xnat.url,
     ]
 
+    if reason == "truncated":  # a file cut short fails the upload unless the user says to skip it
+        refused = CliRunner().invoke(app, command, env={"XNAT_USER": "admin", "XNAT_PASS": PASSWORD})
+        assert refused.exit_code == EXIT_PARTIAL and "--skip-truncated" in refused.output, refused.output
+        command.append("--skip-truncated")
     outcome = CliRunner().invoke(app, command, env={"XNAT_USER": "admin", "XNAT_PASS": PASSWORD})
 
     assert outcome.exit_code == EXIT_OK, outcome.output
@@ -418,6 +453,7 @@ def test_twenty_thousand_tiny_files_scan_fast_and_bounded(tmp_path: Path) -> Non
         (["--called-aet", "NOT_XNAT"], 1, ("does not answer to the called AE title",)),
         (["--port", "CLOSED"], EXIT_UNREACHABLE, ("Connection refused", "nothing is listening")),
         (["--workers", "0"], EXIT_USAGE, ("Invalid value for '--workers'",)),
+        (["--project", "BADIN"], EXIT_AUTH, ("not logged in", "xnat-flows auth login", "--no-xnat-check")),
     ],
     ids=[
         "aet-17-chars",
@@ -428,6 +464,7 @@ def test_twenty_thousand_tiny_files_scan_fast_and_bounded(tmp_path: Path) -> Non
         "wrong-called-aet",
         "closed-port",
         "workers-zero",
+        "project-without-login",
     ],
 )
 def test_cstore_cli_rejects_bad_input(

@@ -34,10 +34,15 @@ ROUTE = ["-P", "CSTORE", "-S", "SUBJ_K", "-E", "SESS_K"]
 
 
 @pytest.fixture
-def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
-    return xnat_emulator_factory(
+def xnat(tmp_path: Path, xnat_emulator_factory, monkeypatch: pytest.MonkeyPatch) -> XnatEmulator:
+    emulator = xnat_emulator_factory(
         tmp_path / "xnat", projects=("CSTORE",), scp_port=0, scp_aet="XNAT", rebuild_idle_seconds=0.3
     )
+    # -P needs a login: the sender checks the project, and what its journal says XNAT holds (also
+    # in the subprocess senders, which inherit the environment)
+    for name, value in (("XNAT_URL", emulator.url), ("XNAT_USER", "admin"), ("XNAT_PASS", "admin")):
+        monkeypatch.setenv(name, value)
+    return emulator
 
 
 def _command(xnat: XnatEmulator, export: Path, workers: int) -> list[str]:

@@ -42,7 +42,7 @@ def test_reports_every_skipped_file_with_a_reason(study_dir: Path) -> None:
     (study_dir / "truncated_pixels").write_bytes(data[: len(data) - 5000])
     os.symlink(study_dir / "missing", study_dir / "dangling")
 
-    result = scan_directory(study_dir)
+    result = scan_directory(study_dir, skip_truncated=True)
     got = reasons(result)
     assert len(result.files) == 6
     assert got[".DS_Store"] == "hidden file"
@@ -125,7 +125,7 @@ def test_bad_roots_raise_input_error_saying_what_to_do(tmp_path: Path) -> None:
 def test_synthetic_export_with_junk(tmp_path: Path) -> None:
     synth = pytest.importorskip("xnat_flows.testing.synth")
     manifest = synth.write_studies(tmp_path, studies=2, series=2, instances=3, instance_kb=8, seed=3, junk=True)
-    result = scan_directory(tmp_path)
+    result = scan_directory(tmp_path, skip_truncated=True)
     assert sorted(f.sop_instance_uid for f in result.files) == sorted(f.sop_instance_uid for f in manifest.files)
     assert sorted(result.study_uids) == sorted(manifest.study_uids)
     skipped = {s.path for s in result.skipped}
@@ -147,7 +147,7 @@ def test_garbage_after_the_dicm_marker_is_skipped_not_fatal(study_dir: Path) -> 
 
     (study_dir / "garbage").write_bytes(b"\0" * 128 + b"DICM" + _os.urandom(4000))
     (study_dir / "meta_only").write_bytes(b"\0" * 128 + b"DICM")
-    result = scan_directory(study_dir)
+    result = scan_directory(study_dir, skip_truncated=True)
     assert len(result.files) == 6
     got = reasons(result)
     assert {"garbage", "meta_only"} <= set(got)
@@ -163,8 +163,8 @@ def _comparable(result) -> list[tuple]:
 def test_file_meta_scan_finds_what_the_full_scan_finds(tmp_path: Path) -> None:
     synth = pytest.importorskip("xnat_flows.testing.synth")
     manifest = synth.write_studies(tmp_path, studies=2, series=2, instances=3, instance_kb=8, seed=3, junk=True)
-    full = scan_directory(tmp_path)
-    meta = scan_directory(tmp_path, headers="file-meta")
+    full = scan_directory(tmp_path, skip_truncated=True)
+    meta = scan_directory(tmp_path, headers="file-meta", skip_truncated=True)
     assert meta.headers == "file-meta" and full.headers == "full"
     assert _comparable(meta) == _comparable(full)
     assert reasons(meta) == reasons(full)
@@ -182,7 +182,10 @@ def test_file_meta_scan_gives_the_same_reasons_for_junk(study_dir: Path) -> None
     (study_dir / "garbage").write_bytes(b"\0" * 128 + b"DICM" + os.urandom(4000))
     (study_dir / "meta_only").write_bytes(b"\0" * 128 + b"DICM")
     (study_dir / ".DS_Store").write_bytes(b"junk")
-    full, meta = scan_directory(study_dir), scan_directory(study_dir, headers="file-meta")
+    full, meta = (
+        scan_directory(study_dir, skip_truncated=True),
+        scan_directory(study_dir, headers="file-meta", skip_truncated=True),
+    )
     assert reasons(meta) == reasons(full)
     assert _comparable(meta) == _comparable(full)
 
@@ -360,7 +363,7 @@ def test_deflated_files_are_found_and_a_cut_one_is_skipped(tmp_path: Path, heade
     data = Path(get_testdata_file("image_dfl.dcm")).read_bytes()
     (tmp_path / "image_dfl.dcm").write_bytes(data)
     (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 600])
-    result = scan_directory(tmp_path, headers=headers)
+    result = scan_directory(tmp_path, headers=headers, skip_truncated=True)
     assert [f.relpath for f in result.files] == ["image_dfl.dcm"]
     assert result.files[0].transfer_syntax == "1.2.840.10008.1.2.1.99"
     assert "truncated" in reasons(result)["cut.dcm"]
@@ -423,3 +426,17 @@ def test_two_different_files_for_one_instance_send_the_newest_and_say_so(study_d
     assert "a_corrected/IM0001 and series2/IM0001" in str(info.value)
     meta = scan_directory(study_dir, headers="file-meta")
     assert sent.path in {f.path for f in meta.files} and len(meta.conflicts) == 1
+
+
+@pytest.mark.parametrize("duplicates", ["newest", "oldest"])
+def test_two_versions_with_the_same_mtime_are_not_sent_as_the_newer_one(study_dir: Path, duplicates: str) -> None:
+    """Issue 20 item 7: with equal modification times newest/oldest cannot tell the versions apart;
+    the scan refuses (naming both) instead of sending the first by path as "the newer file"."""
+    original = study_dir / "series2" / "IM0001"
+    copy = study_dir / "a_copy" / "IM0001"
+    copy.parent.mkdir()
+    same = original.stat().st_mtime_ns
+    _rewrite_with(original, copy, same, PatientComments="another version")
+    with pytest.raises(InputError, match="same modification time") as info:
+        scan_directory(study_dir, duplicates=duplicates)  # type: ignore[arg-type]
+    assert "a_copy/IM0001 and series2/IM0001" in str(info.value) and "Remove the wrong copies" in str(info.value)

@@ -32,6 +32,7 @@ def demo(
         work = Path(tmp)
         # A private profile: the demo's token must not land in (or come from) the user's own.
         os.environ["XNAT_FLOWS_HOME"] = str(work / "profile")
+        isolate_prefect(work / "prefect")
         from xnat_flows.cli.prefect_server import quiet_prefect_for_cli_runs
 
         quiet_prefect_for_cli_runs()
@@ -67,6 +68,10 @@ def demo(
                 workers=workers,
                 archive_format=archive_format,
             )
+            typer.echo(
+                "Starting Prefect's temporary API server for the flow run (its own database in "
+                f"{work / 'prefect'}; 10-30 s)..."
+            )
             with ephemeral_server_dies_with_this_process():
                 result = upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))
 
@@ -81,5 +86,26 @@ def demo(
             f"  throughput  {result.bytes_sent / 1e6:.1f} MB in {result.upload_seconds:.2f} s = {result.throughput_mb_s:.1f} MB/s "
             f"({transport}, {workers} workers, {archive_format}); whole flow run {result.seconds:.1f} s"
         )
+        typer.echo(
+            f"The XNAT emulator and Prefect's temporary server have stopped; their data (archive, prearchive, "
+            f"flow-run database) was in {work} and is removed with it."
+        )
+        typer.echo(
+            "Next: your own XNAT (README, 'From the demo to your XNAT'), or `xnat-flows emulator serve` to keep one running."
+        )
         if not result.ok:
             raise typer.Exit(6)
+
+
+def isolate_prefect(home: Path) -> None:
+    """The demo's flow run goes to a Prefect home and temporary server of its own, never to the
+    user's ~/.prefect database or configured server (where a run against an emulator that is gone
+    would stay listed). Its console shows the flow run's own lines, not every task's or the
+    temporary server's (set before Prefect is imported: it configures logging then)."""
+    for name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        os.environ.pop(name, None)
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"  # "Starting temporary server ..." and the like
+    os.environ["PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL"] = "INFO"
+    os.environ["PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL"] = "WARNING"
+    os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "WARNING"

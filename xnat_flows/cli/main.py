@@ -32,6 +32,25 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,  # plain help: readable at 80 columns (see options.command_group)
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"xnat-flows {version('xnat-flows')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version of xnat-flows and exit."
+    ),
+) -> None:
+    pass
+
+
 app.add_typer(emulator_cmd.app, name="emulator")
 app.add_typer(session_cmd.app, name="session", help="Upload DICOM sessions (REST or C-STORE); download sessions.")
 session_cmd.app.command("download")(download_cmd.download)

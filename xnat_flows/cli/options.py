@@ -28,7 +28,9 @@ EXIT_PARTIAL = 6  # some files did not land; re-running the same command sends o
 EXIT_UNREACHABLE = 7  # no answer from the server or receiver: check URL/host, port, network, TLS
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 
-INTERRUPTED_MESSAGE = "interrupted: re-run the same command to send the rest"
+INTERRUPTED_MESSAGE = "interrupted: re-run the same command to send the rest"  # commands that send data
+INTERRUPTED_ELSEWHERE = "interrupted"  # a prompt, a listing: nothing was half-sent
+_SENDS_DATA = "xnat_flows.sends_data"  # click context meta: the command resumes by re-running
 RELOGIN_HINT = (
     "Run `xnat-flows auth login` (in a script: `... | xnat-flows auth login --password-stdin`), or set XNAT_PASS"
 )
@@ -55,9 +57,12 @@ def exit_code_for(exc: BaseException) -> int:
         UnreachableError,
         XnatConnectionError,
     )
+    from xnat_flows.transfer.scan import IncompleteExportError
 
     if isinstance(exc, CancelledError):
         return EXIT_INTERRUPTED
+    if isinstance(exc, IncompleteExportError):  # files still being written: run again once they are whole
+        return EXIT_PARTIAL
     if isinstance(exc, InputError):
         return EXIT_USAGE
     if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
@@ -75,28 +80,96 @@ def error(message: str) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
 
 
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 study``, ``2 studies``, ``0 files``."""
+    if count == 1:
+        return f"{count} {singular}"
+    if plural is None:
+        plural = singular[:-1] + "ies" if singular.endswith("y") and singular[-2:-1] not in "aeiou" else singular + "s"
+    return f"{count} {plural}"
+
+
+def sends_data() -> None:
+    """Mark the running command as one that sends data: Ctrl-C then says a re-run sends the rest."""
+    from typer._click.globals import get_current_context  # the click typer ships and runs on
+
+    get_current_context().meta[_SENDS_DATA] = True
+
+
 def warn(message: str) -> None:
     typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
 
 
+# `xnat-flows --help` lists the commands in the order a new user needs them.
+COMMAND_ORDER = ("auth", "whoami", "session", "prearchive", "resource", "emulator", "synth", "demo")
+
+
 class XnatCommandGroup(TyperGroup):
-    """The root command: turns library errors and Ctrl-C into one line and an exit code, for
-    every sub-command (so commands raise ``XnatError`` instead of catching it)."""
+    """The root command: turns library errors, usage errors and Ctrl-C into one ``error:`` line
+    and an exit code, for every sub-command (so commands raise ``XnatError`` instead of catching
+    it); lists the commands in ``COMMAND_ORDER``; gives every parameter a plain metavar."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_metavars(self)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: index for index, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda name: rank.get(name, len(rank)))
 
     def invoke(self, ctx: Any) -> Any:  # typer's own click Context
+        from typer._click.exceptions import UsageError  # the click typer ships and runs on
+
         from xnat_flows.client.errors import CancelledError, XnatError
 
         try:
             return super().invoke(ctx)
         except (KeyboardInterrupt, CancelledError):
-            typer.secho(INTERRUPTED_MESSAGE, err=True, fg=typer.colors.YELLOW)
+            if sys.stderr.isatty():
+                typer.echo("", err=True)  # off the line of a prompt interrupted mid-way
+            message = INTERRUPTED_MESSAGE if ctx.meta.get(_SENDS_DATA) else INTERRUPTED_ELSEWHERE
+            typer.secho(message, err=True, fg=typer.colors.YELLOW)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except UsageError as exc:  # click would print "Error: ..."; one style for every error
+            if exc.ctx is not None:
+                typer.echo(exc.ctx.get_usage(), err=True)
+                typer.echo(f"Try '{exc.ctx.command_path} --help' for help.\n", err=True)
+            error(exc.format_message())
+            raise typer.Exit(exc.exit_code) from None
         except XnatError as exc:
             error(str(exc))
             raise typer.Exit(exit_code_for(exc)) from None
         except OSError as exc:  # a local file vanished or became unreadable mid-command
             error(str(exc))
             raise typer.Exit(EXIT_FAILURE) from None
+
+
+def _plain_metavars(group: Any) -> None:
+    """Every parameter shown by a plain name: ``SOURCE``, ``--project PROJECT``,
+    ``--archive-format [auto|tar|tgz|zip]``, instead of click's and typer's ``{source}``,
+    ``<str>`` and ``<int range>``."""
+    for command in group.commands.values():
+        if hasattr(command, "commands"):  # a sub-group
+            _plain_metavars(command)
+            continue
+        for param in command.params:
+            if param.metavar is not None or getattr(param, "is_flag", False):
+                continue
+            is_argument = param.param_type_name == "argument"
+            if choices := getattr(param.type, "choices", None):
+                param.metavar = "[" + "|".join(str(choice) for choice in choices) + "]"
+            elif is_argument:
+                param.metavar = (param.name or "value").upper()
+            else:
+                param.metavar = max(param.opts, key=len).lstrip("-").upper()
+            if is_argument:
+                # typer wraps a required argument's metavar in braces in the usage line
+                param.make_metavar = functools.partial(_argument_metavar, param)
+
+
+def _argument_metavar(param: Any, ctx: Any = None, *, usage: bool = False) -> str:
+    return param.metavar if param.required or not usage else f"[{param.metavar}]"
 
 
 # -- connection options, declared once -------------------------------------------------------------

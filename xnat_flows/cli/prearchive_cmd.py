@@ -48,7 +48,12 @@ def list_command(
     elif rows:
         print_table(rows, _LIST_COLUMNS)
     else:
-        typer.echo("The prearchive is empty" + (f" for project {project}." if project else "."))
+        typer.echo(
+            "The prearchive is empty"
+            + (f" for project {project}" if project else "")
+            + ": Direct-Archive uploads (the default of `xnat-flows session upload`) go straight to the archive "
+            "and never pass through it; upload with --prearchive to stage a session here for review."
+        )
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from xnat_flows.cli.options import EXIT_CONFLICT, Connection, JsonOption, command_group, with_connection
+from xnat_flows.cli.options import EXIT_CONFLICT, Connection, JsonOption, command_group, counted, with_connection
 
 app = command_group(help="Upload non-DICOM files and directories to session or scan resources.")
 
@@ -56,13 +56,13 @@ def upload_command(
     else:
         how = "zipped and extracted by XNAT" if result.extracted else "as is"
         typer.echo(
-            f"Sent {len(result.files)} file(s), {result.bytes_sent / 1e6:.2f} MB ({how}), to {result.resource_uri}"
+            f"Sent {counted(len(result.files), 'file')}, {result.bytes_sent / 1e6:.2f} MB ({how}), to {result.resource_uri}"
         )
         for item in result.skipped:
             typer.echo(f"  not sent: {item.path} ({item.reason})", err=True)
     if result.duplicates:
         typer.secho(
-            f"{len(result.duplicates)} file(s) already existed and were kept: {', '.join(result.duplicates[:20])}"
+            f"{counted(len(result.duplicates), 'file')} already in XNAT, kept as they were: {', '.join(result.duplicates[:20])}"
             + (" ..." if len(result.duplicates) > 20 else "")
             + "\nRe-run with --overwrite to replace them.",
             err=True,

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 import typer
 
+from xnat_flows.cli.options import counted
+
 
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the studies into (created if missing).")],
@@ -57,6 +59,6 @@ def synth(
     )
     seconds = time.perf_counter() - started
     typer.echo(
-        f"wrote {len(manifest.files)} instances in {len(manifest.study_uids)} studies, "
-        f"{manifest.total_bytes / 1e6:.1f} MB, {len(manifest.junk)} junk files to {out_dir} in {seconds:.1f} s"
+        f"wrote {counted(len(manifest.files), 'instance')} in {counted(len(manifest.study_uids), 'study')}, "
+        f"{manifest.total_bytes / 1e6:.1f} MB, {counted(len(manifest.junk), 'junk file')} to {out_dir} in {seconds:.1f} s"
     )

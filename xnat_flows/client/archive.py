@@ -7,6 +7,7 @@ flows and the CLI), so the document shape ``{"items": [{"data_fields": {...}, "c
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -16,7 +17,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
-from xnat_flows.client.errors import NotFoundError, TransientError
+from xnat_flows.client.errors import NotFoundError, TransientError, XnatError
 
 if TYPE_CHECKING:  # the label rule is used by layers that never open a connection (routing)
     from xnat_flows.client.client import XnatClient
@@ -36,6 +37,12 @@ def is_valid_label(value: object) -> bool:
 def clean_label(value: str) -> str:
     """XNAT's own rewriting of labels: every character outside ``[A-Za-z0-9_-]`` becomes ``_``."""
     return NOT_LABEL_CHAR.sub("_", value.strip())
+
+
+def study_label(session: str, study_uid: str) -> str:
+    """The session label of one study of a ``--per-study`` upload: ``SESSION_`` and 8 hex digits
+    derived from the StudyInstanceUID, so a study keeps its label whatever else the folder holds."""
+    return f"{session}_{hashlib.sha256(study_uid.encode()).hexdigest()[:8]}"
 
 
 class WaitTimeoutError(TransientError):
@@ -77,6 +84,7 @@ class ArchivedSession(BaseModel):
     experiment_id: str = ""
     subject_id: str = ""
     uid: str = Field(default="", description="StudyInstanceUID")
+    patient_id: str = Field(default="", description="DICOM PatientID XNAT recorded (dcmPatientId), '' if none")
     uri: str = ""
     scans: list[ArchivedScan] = Field(default_factory=list)
 
@@ -113,6 +121,7 @@ def parse_session_document(document: object, project: str, label: str) -> Archiv
         experiment_id=experiment_id,
         subject_id=fields.get("subject_ID", ""),
         uid=fields.get("UID", ""),
+        patient_id=fields.get("dcmPatientId", ""),
         uri=f"/data/experiments/{experiment_id}",
         scans=scans,
     )
@@ -133,6 +142,30 @@ def find_archived(client: XnatClient, project: str, label: str, subject: str | N
     except NotFoundError:
         return None
     return parse_session_document(document, project, label)
+
+
+def archived_studies(client: XnatClient, project: str | None = None) -> dict[str, dict[str, str]]:
+    """The archived sessions of ``project`` (every project the account sees when None), each by its
+    StudyInstanceUID: the experiment listing's row (ID, label, project, subject_label, UID, URI).
+    A C-STORE names no session label (XNAT's routing picks it), so its sessions are found this way."""
+    path = f"/data/projects/{quote(project, safe='')}/experiments" if project else "/data/experiments"
+    found: dict[str, dict[str, str]] = {}
+    for row in client.get_rows(path, params={"columns": "ID,label,project,subject_label,UID,URI"}):
+        uid = row.get("UID")
+        if uid is None:  # a listing without the UID column: the session document has it
+            uid = item_fields(client.get_json(f"/data/experiments/{row.get('ID')}")).get("UID", "")
+        if uid:
+            found[uid] = row
+    return found
+
+
+def subject_label(client: XnatClient, project: str, subject_id: str) -> str:
+    """The label of subject ``subject_id`` (a session document names its subject by ID); '' if unknown."""
+    try:
+        document = client.get_json(f"/data/projects/{quote(project, safe='')}/subjects/{quote(subject_id, safe='')}")
+    except XnatError:
+        return ""
+    return item_fields(document).get("label", "")
 
 
 def experiment_id(client: XnatClient, project: str, label: str) -> str:

@@ -40,7 +40,7 @@ from xnat_flows.client.errors import (
     XnatError,
     error_for_response,
 )
-from xnat_flows.client.lean import LeanPool
+from xnat_flows.client.lean import AnswerTooSlow, LeanPool, answer_deadline, read_answer
 from xnat_flows.client.retry import NO_RETRY, RetryPolicy, parse_retry_after
 from xnat_flows.client.version import DIRECT_ARCHIVE_MIN_VERSION, at_least, parse_version
 
@@ -168,7 +168,7 @@ def _maybe_acted_on(error: XnatError) -> bool:
     """The request reached XNAT and no answer says what became of it: the connection was made and
     then timed out or dropped, or a gateway gave up waiting (504) while XNAT may still work on it."""
     if isinstance(error, XnatConnectionError):
-        return error.retryable
+        return error.retryable or error.timed_out
     return error.status == 504
 
 
@@ -504,7 +504,9 @@ class XnatClient:
                 if response.status_code < 400:
                     return response
                 error = self._scrub(
-                    error_for_response(response, parse_retry_after(response.headers.get("Retry-After")))
+                    self._session_ended(method, path)
+                    if response.status_code == 401 and self.credentials.password is None
+                    else error_for_response(response, parse_retry_after(response.headers.get("Retry-After")))
                 )
             attempt += 1
             if method in ("POST", "PUT") and _maybe_acted_on(error):
@@ -537,6 +539,17 @@ class XnatClient:
             elif self._cancelled.wait(wait):
                 self.check_cancelled()
             slept += wait
+
+    def _session_ended(self, method: str, path: str) -> AuthenticationError:
+        """A 401 to a client holding only a session token (no password): that session has ended."""
+        creds = self.credentials
+        who = f"{creds.username}@{creds.url}" if creds.username else creds.url
+        return AuthenticationError(
+            f"{method} {path}: the XNAT session for {who} has ended (HTTP 401) and there is no password to log in again",
+            status=401,
+            hint="Run `xnat-flows auth login` (in a script: `... | xnat-flows auth login --password-stdin`)",
+            flow_hint="Give the run's xnat-credentials Block a user and password, so the run can log in again",
+        )
 
     def _revalidate(self, generation: int) -> bool:
         """After a connection lost mid-body: was it an expired session? Then log in again.
@@ -571,17 +584,36 @@ class XnatClient:
         merged = dict(headers or {})
         if token:
             merged["Cookie"] = f"JSESSIONID={token}"
+        limits = self.timeout if timeout is None else httpx.Timeout(timeout)
+        sent_at = [time.monotonic()]
+
+        def noting_the_end(chunks: Iterable[bytes]) -> Iterator[bytes]:
+            yield from chunks
+            sent_at[0] = time.monotonic()  # the answer's allowance counts from the end of the body
+
         with _opened(content) as body:
+            if body is not None and not isinstance(body, (bytes, str)):
+                body = noting_the_end(body)
             try:
                 request = self._http.build_request(
-                    method,
-                    path,
-                    params=params,
-                    content=body,
-                    headers=merged,
-                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                    method, path, params=params, content=body, headers=merged, timeout=limits
                 )
-                return self._http.send(request, stream=stream)
+                response = self._http.send(request, stream=True)
+                if stream:  # the caller reads the body as it arrives (``download``)
+                    return response
+                try:
+                    if response.is_stream_consumed:  # a transport that hands answers read (httpx.MockTransport)
+                        return response
+                    deadline, allowance = answer_deadline(limits)
+                    deadline -= time.monotonic() - sent_at[0]
+                    raw = read_answer(response.iter_raw(), deadline, allowance)
+                finally:
+                    response.close()
+                answer = httpx.Response(
+                    response.status_code, headers=response.headers, stream=httpx.ByteStream(raw), request=request
+                )
+                answer.read()  # decodes a Content-Encoding, as httpx's own read would
+                return answer
             except httpx.HTTPError as exc:
                 raise self._connection_error(exc, f"{method} {path}") from None
             except RuntimeError:
@@ -652,6 +684,16 @@ class XnatClient:
         # A refused or timed-out connection after httpx's own connect retries means the host
         # is down or unreachable: fail fast. A connection lost mid-request is worth a retry.
         reachable = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol))
+        if isinstance(exc, AnswerTooSlow):  # answered, slowly: a second attempt would drip as long
+            return self._scrub(
+                NoAnswerError(
+                    f"{where}: {exc}",
+                    retryable=False,
+                    timed_out=True,
+                    hint="XNAT (or a proxy in front of it) sends its answers far too slowly: check the server's load "
+                    "and the network or proxy between",
+                )
+            )
         kind = type(exc).__name__
         unanswered = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
         detail = f"no byte moved for the timeout ({exc})" if unanswered else str(exc)

@@ -19,6 +19,34 @@ from collections.abc import Callable, Iterable
 
 import httpx
 
+
+class AnswerTooSlow(httpx.ReadTimeout):
+    """The answer kept coming, a few bytes at a time, past its deadline: httpx's read timeout
+    bounds each read, not the whole answer, so a server (or proxy) dripping it would hold the
+    request for as long as it likes."""
+
+
+def read_answer(chunks: Iterable[bytes], deadline: float, allowance: float | None) -> bytes:
+    """The whole answer body from ``chunks``, or ``AnswerTooSlow`` once ``deadline`` (monotonic)
+    passes before its end: one bound on the whole answer, for both send paths."""
+    parts: list[bytes] = []
+    for chunk in chunks:
+        parts.append(chunk)
+        if time.monotonic() > deadline:
+            raise AnswerTooSlow(
+                f"the answer was still arriving {allowance:.3g} s after the request "
+                f"({sum(len(p) for p in parts)} bytes so far)"
+            )
+    return b"".join(parts)
+
+
+def answer_deadline(timeout: httpx.Timeout) -> tuple[float, float | None]:
+    """From now (the request sent): the monotonic time by which its whole answer must be in, and
+    the allowance itself; ``timeout.read`` is that allowance (httpx's ``None``: no bound)."""
+    allowance = timeout.read
+    return (time.monotonic() + allowance if allowance is not None else float("inf")), allowance
+
+
 # httpx's transport retries a failed connection twice, the second time after 0.5 s (httpcore's
 # ``retries=2`` with its backoff); the same here.
 _CONNECT_RETRY_DELAYS = (0.0, 0.5)
@@ -158,9 +186,11 @@ class LeanPool:
         except (OSError, http.client.HTTPException) as exc:
             raise httpx.WriteError(str(exc) or type(exc).__name__) from None
         sock.settimeout(timeout.read)
+        deadline, allowance = answer_deadline(timeout)
         try:
             response = connection.getresponse()
-            content = response.read()
+            content = read_answer(iter(lambda: response.read1(65536), b""), deadline, allowance)
+            response.read()  # nothing left: marks the answer complete, so the connection can be reused
         except TimeoutError as exc:
             raise httpx.ReadTimeout(str(exc) or "timed out") from None
         except http.client.HTTPException as exc:  # closed without an answer, a bad status line, cut short

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xnat_flows.client.archive import ArchivedSession, WaitTimeoutError, find_archived
+from xnat_flows.client.archive import ArchivedSession, WaitTimeoutError, find_archived, study_label, subject_label
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import (
     ConflictError,
@@ -30,6 +30,7 @@ from xnat_flows.client.errors import (
     PermissionDeniedError,
     TransientError,
     XnatError,
+    for_reader,
 )
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,59 @@ def session_logs(client: XnatClient, project: str, timestamp: str, folder: str) 
     return [row.get("entry", "") for row in rows if row.get("entry")]
 
 
+class ParkedSession(BaseModel):
+    """A prearchive session XNAT did not archive (CONFLICT: it meets an archived session it may not
+    join on its own; ERROR: building or archiving failed), with what it meets: the archived
+    session of its label and that session's subject, and XNAT's log of the session."""
+
+    session: PrearchiveSession
+    logs: list[str] = Field(default_factory=list)
+    existing: ArchivedSession | None = None
+    existing_subject: str = Field(default="", description="Subject label of the archived session ('' if unknown)")
+
+    def describe(self) -> str:
+        """The facts: the row, what it conflicts with, and XNAT's last log line."""
+        row = self.session
+        text = f"{row.src} is {row.status} (study {row.tag or '?'}, subject {row.subject or '?'}, label {row.name})"
+        existing = self.existing
+        if existing is not None:
+            study = "the same study" if existing.uid and existing.uid == row.tag else f"study {existing.uid or '?'}"
+            subject = self.existing_subject or existing.subject_id
+            patient = f", patient {existing.patient_id}" if existing.patient_id else ""
+            text += (
+                f"; it conflicts with {existing.project}/{subject}/{existing.label} ({existing.experiment_id}), "
+                f"which holds {study}{patient}"
+            )
+        if self.logs:
+            text += f"; XNAT's log: {self.logs[-1]}"
+        return text
+
+    def next_steps(self) -> str:
+        """What a person can do after looking, as commands (CLI) or the prearchive flow's parameters."""
+        row = self.session
+        where = f"{row.project} {row.timestamp} {row.folder_name}"
+        own_label = study_label(row.name, row.tag) if row.tag else f"{row.name}_2"
+        keep = f"xnat-flows prearchive archive {where} -S {row.subject or 'SUBJECT'} -E {own_label}"
+        drop = f"xnat-flows prearchive delete {where}"
+        if row.status == ERROR:
+            cli = f"Read XNAT's log of it, then delete it (`{drop}`) and upload again, or archive it (`{keep}`)"
+        else:
+            cli = f"After looking, keep it as a session of its own (`{keep}`) or delete this copy (`{drop}`)"
+        flow = (
+            f"After looking, archive prearchive session {row.project}/{row.timestamp}/{row.folder_name} under a "
+            f"label of its own (archive-prearchive-session, label {own_label}) or delete it in XNAT's prearchive"
+        )
+        return for_reader(cli, flow)
+
+
+def parked_session(client: XnatClient, session: PrearchiveSession) -> ParkedSession:
+    """``session`` with XNAT's log of it and the archived session of its label (and that one's subject)."""
+    existing = find_archived(client, session.project, session.name) if session.name else None
+    subject = subject_label(client, session.project, existing.subject_id) if existing and existing.subject_id else ""
+    logs = session_logs(client, session.project, session.timestamp, session.folder_name)
+    return ParkedSession(session=session, logs=logs, existing=existing, existing_subject=subject)
+
+
 # ------------------------------------------------------------------------- 200 bodies with errors
 
 # What a successful archive answers: the archived experiment's URI.
@@ -226,6 +280,7 @@ def archive_session(
     subject: str | None = None,
     label: str | None = None,
     overwrite: ArchiveOverwrite | None = None,
+    overwrite_files: bool = False,
     wait_seconds: float = 300.0,
     poll_seconds: float = 2.0,
     on_wait: WaitCallback | None = None,
@@ -234,7 +289,9 @@ def archive_session(
 
     READY is archived at once; transient statuses are waited for (at most ``wait_seconds``,
     announced through ``on_wait``); CONFLICT needs ``overwrite`` (``append`` merges, ``delete``
-    replaces overlapping files); ERROR raises ``PrearchiveSessionFailed`` with the session's logs.
+    replaces overlapping files; ``overwrite_files`` lets ``append`` re-write files the session
+    already holds, keeping its study and subject checks); ERROR raises ``PrearchiveSessionFailed``
+    with the session's logs.
     A session already gone from the prearchive but present in the archive is reported as
     ``already_archived`` (re-running an archive is then harmless).
     """
@@ -252,7 +309,14 @@ def archive_session(
         status = session.status
         if status in (READY, CONFLICT):
             try:
-                uri = _post_archive(client, session, subject=subject or None, label=label or None, overwrite=overwrite)
+                uri = _post_archive(
+                    client,
+                    session,
+                    subject=subject or None,
+                    label=label or None,
+                    overwrite=overwrite,
+                    overwrite_files=overwrite_files,
+                )
             except PermissionDeniedError as exc:
                 # XNAT answers 403 "Operation already in progress" while another archive runs: wait it out.
                 if "in progress" not in str(exc).lower():
@@ -337,6 +401,7 @@ def _post_archive(
     subject: str | None,
     label: str | None,
     overwrite: ArchiveOverwrite | None,
+    overwrite_files: bool = False,
 ) -> str | None:
     form = {"src": session.src}
     if subject or label:
@@ -350,6 +415,8 @@ def _post_archive(
         form["dest"] = dest
     if overwrite:
         form["overwrite"] = overwrite
+    if overwrite_files:
+        form["overwrite_files"] = "true"
     response = client.request(
         "POST",
         "/data/services/archive",
@@ -412,6 +479,7 @@ __all__ = [
     "ArchiveOutcome",
     "ArchivedSession",
     "ArchiveOverwrite",
+    "ParkedSession",
     "PrearchiveSession",
     "PrearchiveSessionFailed",
     "WaitCallback",
@@ -422,6 +490,7 @@ __all__ = [
     "get_session",
     "is_transient_status",
     "list_sessions",
+    "parked_session",
     "prearchive_src",
     "session_logs",
     "session_path",

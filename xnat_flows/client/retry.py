@@ -15,6 +15,11 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # POSTs that may be sent again: the import service names files after their UIDs and the
 # uploads use overwrite semantics, so a resent batch or instance replaces itself.
 RESENDABLE_POST_PATHS = ("/data/services/import", "/REST/services/import")
+# POSTs that may be sent again when the connection failed under them (no answer at all): the
+# archive service acts on a prearchive session once, and sent again after it did, it answers 404
+# for the session that is gone; ``prearchive.archive_session`` then finds it in the archive. An
+# answer (a 500) says XNAT tried; that one is for the caller to look at, not to repeat.
+RESENDABLE_AFTER_CONNECTION_LOSS = ("/data/services/archive", "/REST/services/archive")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -57,9 +62,9 @@ class RetryPolicy:
             return False
         if method.upper() in IDEMPOTENT_METHODS or path.rstrip("/").endswith(RESENDABLE_POST_PATHS):
             return True
-        # Other POSTs: only when the server certainly did not act on them.
+        # Other POSTs: only when the server certainly did not act on them, or acting twice is harmless.
         if isinstance(error, XnatConnectionError):
-            return False
+            return path.rstrip("/").endswith(RESENDABLE_AFTER_CONNECTION_LOSS)
         return error.status in (429, 503)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -24,6 +25,7 @@ from xnat_flows.models import (
     SendDicomRequest,
     SendDicomResult,
     XnatConnection,
+    ui_title,
 )
 from xnat_flows.tasks.connection import credentials_for, server_url_for_report
 from xnat_flows.tasks.cstore import (
@@ -59,7 +61,9 @@ def _run_name() -> str:
 
 @flow(name="send-dicom", validate_parameters=True, flow_run_name=_run_name)
 def send_dicom(
-    request: SendDicomRequest, receiver: DicomReceiverTarget, connection: XnatConnection = XnatConnection()
+    request: Annotated[SendDicomRequest, ui_title("What to send")],
+    receiver: Annotated[DicomReceiverTarget, ui_title("DICOM receiver")],
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
 ) -> SendDicomResult:
     """Send every DICOM instance under a directory to a DICOM receiver over parallel associations;
     with ``request.verify``, wait until XNAT has archived what was sent and announce each session.
@@ -94,7 +98,9 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     server_url = credentials_for(connection).url if request.verify else None  # no Block/credentials: fail now
     echo_receiver(receiver)
     # Verifying needs each file's StudyInstanceUID (in the dataset, not the file meta).
-    scan = scan_dicom_directory(request.source_dir, headers="full" if request.verify else "file-meta")
+    scan = scan_dicom_directory(
+        request.source_dir, headers="full" if request.verify else "file-meta", skip_truncated=request.skip_truncated
+    )
     if not scan.files:
         raise InputError(
             f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
@@ -108,7 +114,7 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     limit = check_receiver_limit(receiver)
     if limit is not None:
         logger.info("each association holds a slot of the concurrency limit %s (%d slots)", limit.name, limit.slots)
-    send = send_instances(receiver, scan.files, request.workers, routing, limit)
+    send = send_instances(receiver, scan.files, request.workers, routing, limit, connection)
     sent, resumed = send.result, send.resumed
     result = SendDicomResult(
         in_doubt=[str(path) for path in send.in_doubt],

@@ -7,7 +7,7 @@ renamed when complete; a re-run (or a task retry) fetches only what is missing.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow, tags
 from pydantic import BaseModel, Field
@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from xnat_flows.client.errors import XnatError
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.flows.prearchive import publish_markdown
-from xnat_flows.models import XnatConnection
+from xnat_flows.models import ON_THE_WORKER, XnatConnection, ui_title
 from xnat_flows.tasks.prearchive import xnat_tag
 from xnat_flows.tasks.processing import download_session_task
 from xnat_flows.transfer.download import DownloadResult
@@ -24,19 +24,32 @@ from xnat_flows.transfer.download import DownloadResult
 class DownloadRequest(BaseModel):
     """What to download, and where on the worker."""
 
-    session: str = Field(description="Experiment accession ID (XNAT_E00001), or PROJECT/SUBJECT/SESSION labels.")
-    dest: str = Field(description="Directory on the worker; the session gets a folder there (its label).")
-    scans: list[str] = Field(default_factory=list, description="Scan IDs or types; empty: every scan.")
-    resources: list[str] = Field(default_factory=list, description="Resource labels (e.g. DICOM); empty: all.")
+    session: str = Field(
+        title="Session", description="Experiment accession ID (XNAT_E00001), or PROJECT/SUBJECT/SESSION labels."
+    )
+    dest: str = Field(
+        title="Destination folder (on the worker's host)",
+        description=f"Folder to download into, {ON_THE_WORKER}; the session gets a folder there (its label).",
+    )
+    scans: list[str] = Field(default_factory=list, title="Scans", description="Scan IDs or types; empty: every scan.")
+    resources: list[str] = Field(
+        default_factory=list, title="Resource labels", description="Resource labels (e.g. DICOM); empty: all."
+    )
     layout: Literal["xnat", "flat"] = Field(
         default="xnat",
+        title="Layout",
         description="xnat: SESSION/scans/ID/resources/LABEL/files/... (XNAT's zip); flat: SESSION/ID/...",
     )
-    workers: int = Field(default=4, ge=1, le=64, description="Files fetched in parallel.")
+    parallel_downloads: int = Field(
+        default=4, ge=1, le=64, title="Parallel downloads", description="Files fetched at once."
+    )
 
 
 @flow(name="download-xnat-session", validate_parameters=True, flow_run_name="download {request.session}")
-def download_xnat_session(request: DownloadRequest, connection: XnatConnection = XnatConnection()) -> DownloadResult:
+def download_xnat_session(
+    request: Annotated[DownloadRequest, ui_title("What to download, and where")],
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
+) -> DownloadResult:
     """Download a session's scans to the worker, each file verified against XNAT's catalog.
 
     Args:
@@ -52,7 +65,7 @@ def download_xnat_session(request: DownloadRequest, connection: XnatConnection =
                 scans=request.scans or None,
                 resources=request.resources or None,
                 layout=request.layout,
-                workers=request.workers,
+                workers=request.parallel_downloads,
             )
         publish_markdown(
             f"`{result.project}/{result.label}` ({result.experiment_id}): {result.files} file(s) in `{result.root}`; "

@@ -43,14 +43,16 @@ from xnat_flows.inbox import (
     FolderClaim,
     InboxLayout,
     candidate_folders,
+    changes,
     claim_new,
     claim_orphan,
+    folder_state,
     is_quiet,
     orphaned_folders,
     utc_now,
     write_json_atomic,
 )
-from xnat_flows.models import PROJECT_ID_PATTERN, UploadRequest, XnatConnection
+from xnat_flows.models import PROJECT_ID_PATTERN, UploadRequest, XnatConnection, ui_title
 from xnat_flows.routing import Route, RoutingError, route_folder
 from xnat_flows.tasks.connection import credentials_for, open_client, server_url_for_report
 from xnat_flows.tasks.policies import retry_unless_permanent
@@ -153,17 +155,17 @@ class _InboxRun:
 
 @flow(name="ingest-inbox", validate_parameters=True, flow_run_name="inbox {inbox_dir} -> {project}")
 def ingest_inbox(
-    inbox_dir: str,
-    project: Annotated[str, Field(pattern=PROJECT_ID_PATTERN)],
-    subject_template: str = "{PatientID}",
-    session_template: str = "{PatientID}_{StudyDate}",
-    quiet_seconds: Annotated[float, Field(ge=0, le=86400)] = 60.0,
-    transport: Literal["dicom-zip", "gradual-dicom"] = "dicom-zip",
-    workers: Annotated[int, Field(ge=1, le=64)] = 4,
-    connection: XnatConnection = XnatConnection(),
-    sidecar_name: str = "xnat.json",
-    direct_archive: bool = True,
-    per_study: bool = False,
+    inbox_dir: Annotated[str, ui_title("Inbox folder (on the worker's host)")],
+    project: Annotated[str, ui_title("Project ID", pattern=PROJECT_ID_PATTERN)],
+    subject_template: Annotated[str, ui_title("Subject label template")] = "{PatientID}",
+    session_template: Annotated[str, ui_title("Session label template")] = "{PatientID}_{StudyDate}",
+    quiet_seconds: Annotated[float, ui_title("Quiet period (s)", ge=0, le=86400)] = 60.0,
+    transport: Annotated[Literal["dicom-zip", "gradual-dicom"], ui_title("Transport")] = "dicom-zip",
+    workers: Annotated[int, ui_title("Parallel uploads", ge=1, le=64)] = 4,
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
+    sidecar_name: Annotated[str, ui_title("Sidecar file name")] = "xnat.json",
+    direct_archive: Annotated[bool, ui_title("Direct-Archive")] = True,
+    per_study: Annotated[bool, ui_title("One session per study")] = False,
 ) -> InboxRunResult:
     """Upload each completed session folder of ``inbox_dir`` and file it under done/ or failed/.
 
@@ -171,8 +173,9 @@ def ingest_inbox(
     processing/ for the next run, and the run ends Failed so that alerting on failed runs fires.
 
     Args:
-        inbox_dir: Directory on the worker host where session folders are dropped (done/, failed/ and
-            processing/ are made inside). Set at deploy time from XNAT_INBOX_DIR.
+        inbox_dir: Folder where session folders are dropped, on the host where the flow runs (the worker's), not
+            the computer of this browser; done/, failed/ and processing/ are made inside. Set at deploy time from
+            XNAT_INBOX_DIR.
         project: XNAT project ID for folders whose sidecar names none. Set at deploy time from XNAT_INBOX_PROJECT.
         subject_template: Subject label: a Python format string over DICOM keywords of the folder's first
             DICOM file, plus {folder}, e.g. {PatientID}.
@@ -203,6 +206,15 @@ def ingest_inbox(
             return failed_run(exc)
         raise
     layout = InboxLayout(Path(inbox_dir).expanduser().resolve())
+    if not layout.root.is_dir():
+        # A deployment's folder gone (unmounted, renamed) or a run started with a typo: one line, no traceback.
+        return failed_run(
+            InputError(
+                f"the inbox folder {layout.root} does not exist on this worker's host (or is not a folder)",
+                hint="Create it, or mount it where the worker runs, or start the run with the inbox_dir of an "
+                "existing folder; to change the deployment's folder, redeploy with XNAT_INBOX_DIR",
+            )
+        )
     layout.ensure()
     run = _InboxRun(
         layout=layout,
@@ -222,6 +234,9 @@ def ingest_inbox(
     for folder in orphaned_folders(layout):
         if run.credentials_refused:
             result.untried.append(folder.name)
+            continue
+        if not is_quiet(folder, quiet_seconds):  # still being written to (e.g. files arrived during its upload)
+            result.waiting.append(folder.name)
             continue
         claim = claim_orphan(folder)
         if claim is None:
@@ -288,6 +303,11 @@ def _announce_failure(run: _InboxRun, route: Route | None, error: str, source: P
     )
 
 
+class FolderChangedError(XnatError):
+    """Files of the folder were added, changed or removed while it was uploaded: filing it as done
+    would leave what arrived late unsent. It is kept for the next run, which sends it again."""
+
+
 # Failures of the server or of the run's credentials, not of a folder: the folder is kept.
 _NOT_THIS_FOLDERS_FAULT = (TransientError, AuthenticationError, UnreachableError, StorageFullError)
 
@@ -334,8 +354,14 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
             verify=True,
         )
         uploading = True  # from here on the upload flow announces its own failures
+        before = folder_state(claim.path)
         uploaded = upload_dicom_session(request=request, connection=run.connection)  # a failed run raises here
-    except (*_NOT_THIS_FOLDERS_FAULT, UploadIncompleteError) as exc:
+        if changed := changes(before, folder_state(claim.path)):
+            raise FolderChangedError(
+                f"{claim.original_name} changed while it was uploaded ({changed}): what was sent is in XNAT, "
+                "the folder stays in processing/ and is sent again once it has been quiet"
+            )
+    except (*_NOT_THIS_FOLDERS_FAULT, UploadIncompleteError, FolderChangedError) as exc:
         # The server is away, full, refused the credentials or part of the upload (connection refused,
         # 5xx after retries, batches that did not land): keep the folder for the next run, which
         # sends only what is missing. Nothing about the folder itself was wrong.

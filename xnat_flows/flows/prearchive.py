@@ -6,6 +6,8 @@ Block, a profile or a user, never a password.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, tags
 from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
@@ -14,7 +16,7 @@ from xnat_flows.client.errors import XnatError
 from xnat_flows.client.prearchive import ArchiveOutcome, ArchiveOverwrite, prearchive_src
 from xnat_flows.events import emit_archive_outcome
 from xnat_flows.flows.failures import failed_run
-from xnat_flows.models import XnatConnection
+from xnat_flows.models import XnatConnection, ui_title
 from xnat_flows.tasks.connection import credentials_for
 from xnat_flows.tasks.prearchive import (
     archive_session_task,
@@ -27,27 +29,39 @@ from xnat_flows.tasks.prearchive import (
 class PrearchiveSessionRef(BaseModel):
     """One prearchive session, as ``xnat-flows prearchive list`` shows it."""
 
-    project: str = Field(description="Project ID whose prearchive holds the session.")
-    timestamp: str = Field(description="Prearchive timestamp, e.g. 20240115_120000123.")
-    folder: str = Field(description="The session's folder name in the prearchive (usually its label).")
+    project: str = Field(title="Project ID", description="Project ID whose prearchive holds the session.")
+    timestamp: str = Field(title="Prearchive timestamp", description="Prearchive timestamp, e.g. 20240115_120000123.")
+    folder: str = Field(
+        title="Session folder", description="The session's folder name in the prearchive (usually its label)."
+    )
 
 
 class ArchiveRequest(PrearchiveSessionRef):
     """Archive a prearchive session, optionally under another subject and label."""
 
-    subject: str | None = Field(default=None, description="Subject label in the archive (default: the one XNAT found).")
-    label: str | None = Field(default=None, description="Session label in the archive (default: the prearchive name).")
+    subject: str | None = Field(
+        default=None, title="Subject label", description="Subject label in the archive (default: the one XNAT found)."
+    )
+    label: str | None = Field(
+        default=None, title="Session label", description="Session label in the archive (default: the prearchive name)."
+    )
     overwrite: ArchiveOverwrite | None = Field(
         default=None,
+        title="If the session exists",
         description=(
             "When the session already exists in the archive: append (add scans/files) or delete "
             "(replace overlapping files). Unset: fail on such a conflict."
         ),
     )
     wait_seconds: float = Field(
-        default=300.0, ge=0, description="How long to wait while XNAT is still receiving or building the session."
+        default=300.0,
+        ge=0,
+        title="Wait (s)",
+        description="How long to wait while XNAT is still receiving or building the session.",
     )
-    poll_seconds: float = Field(default=5.0, gt=0, description="Interval between status checks while waiting.")
+    poll_seconds: float = Field(
+        default=5.0, gt=0, title="Poll interval (s)", description="Interval between status checks while waiting."
+    )
 
 
 class DeleteOutcome(BaseModel):
@@ -63,7 +77,8 @@ class DeleteOutcome(BaseModel):
     flow_run_name="archive {request.project}/{request.timestamp}/{request.folder}",
 )
 def archive_prearchive_session(
-    request: ArchiveRequest, connection: XnatConnection = XnatConnection()
+    request: Annotated[ArchiveRequest, ui_title("Session to archive")],
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
 ) -> ArchiveOutcome:
     """Move a session from the prearchive into the archive (idempotent: already archived is success).
 
@@ -113,7 +128,8 @@ def archive_prearchive_session(
     flow_run_name="delete prearchive {session.project}/{session.timestamp}/{session.folder}",
 )
 def delete_prearchive_session(
-    session: PrearchiveSessionRef, connection: XnatConnection = XnatConnection()
+    session: Annotated[PrearchiveSessionRef, ui_title("Session to delete")],
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
 ) -> DeleteOutcome:
     """Delete a session from the prearchive (its files are removed by XNAT).
 

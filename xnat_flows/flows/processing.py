@@ -35,7 +35,7 @@ from xnat_flows.events import SessionRef, emit_session_processed
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.flows.prearchive import publish_markdown
 from xnat_flows.manage.resources import ResourceTarget, delete_resource_files, list_resource_files
-from xnat_flows.models import PROJECT_ID_PATTERN, XnatConnection
+from xnat_flows.models import ON_THE_WORKER, PROJECT_ID_PATTERN, XnatConnection, ui_title
 from xnat_flows.processing import nifti
 from xnat_flows.processing.scratch import ToolFailedError, scratch_directory
 from xnat_flows.tasks.connection import credentials_for, open_client
@@ -62,19 +62,29 @@ class ProcessingOptions(BaseModel):
     """How to process: which scans, where the results go, what to do with earlier results."""
 
     scans: list[str] = Field(
-        default_factory=list, description="Scan IDs or types to convert; empty: every scan with DICOM files."
+        default_factory=list,
+        title="Scans",
+        description="Scan IDs or types to convert; empty: every scan with DICOM files.",
     )
     resource: str = Field(
-        default="NIFTI", pattern=r"^[A-Za-z0-9_-]+$", description="Label of the scan resource the results go to."
+        default="NIFTI",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        title="Result resource label",
+        description="Label of the scan resource the results go to.",
     )
     replace: bool = Field(
         default=False,
+        title="Replace earlier results",
         description="Convert scans that already have the resource again and replace its files; off: skip them.",
     )
     scratch_dir: str = Field(
-        default="", description="Where the scratch directory is made on the worker; empty: the system's temp dir."
+        default="",
+        title="Scratch folder (on the worker's host)",
+        description=f"Where the scratch directory is made, {ON_THE_WORKER}; empty: the system's temp directory.",
     )
-    timeout_seconds: float = Field(default=3600.0, gt=0, description="Longest dcm2niix may take for one scan.")
+    timeout_seconds: float = Field(
+        default=3600.0, gt=0, title="Timeout per scan (s)", description="Longest dcm2niix may take for one scan."
+    )
 
 
 class ScanOutcome(BaseModel):
@@ -137,11 +147,11 @@ def _convert_one(
 
 @flow(name="process-xnat-session", validate_parameters=True, flow_run_name="process {project}/{experiment_id}")
 def process_xnat_session(
-    project: Annotated[str, Field(pattern=PROJECT_ID_PATTERN)],
-    experiment_id: Annotated[str, Field(min_length=1)],
-    subject: str | None = None,
-    connection: XnatConnection = XnatConnection(),
-    options: ProcessingOptions = ProcessingOptions(),
+    project: Annotated[str, ui_title("Project ID", pattern=PROJECT_ID_PATTERN)],
+    experiment_id: Annotated[str, ui_title("Experiment", min_length=1)],
+    subject: Annotated[str | None, ui_title("Subject label")] = None,
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
+    options: Annotated[ProcessingOptions, ui_title("Processing options")] = ProcessingOptions(),
 ) -> ProcessingResult:
     """Convert an archived session's DICOM scans to NIfTI (dcm2niix) and attach them to each scan.
 

@@ -6,6 +6,8 @@ archive (uploads and archiving are asynchronous in XNAT), then attaches the file
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, tags
 from pydantic import BaseModel, Field
 
@@ -13,7 +15,7 @@ from xnat_flows.client.errors import InputError, XnatError
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.flows.prearchive import publish_markdown
 from xnat_flows.manage.resources import ResourceTarget, ResourceUploadResult
-from xnat_flows.models import XnatConnection
+from xnat_flows.models import ON_THE_WORKER, XnatConnection, ui_title
 from xnat_flows.tasks.prearchive import wait_for_archive_task, xnat_tag
 from xnat_flows.tasks.resources import upload_resource_task
 
@@ -21,29 +23,40 @@ from xnat_flows.tasks.resources import upload_resource_task
 class AttachResourceRequest(BaseModel):
     """What to attach, and where."""
 
-    session: str = Field(description="Experiment accession ID (XNAT_E00001), or its label when `project` is given.")
-    project: str | None = Field(default=None, description="Project ID (needed when `session` is a label).")
-    subject: str | None = Field(default=None, description="Subject label (optional).")
-    scan: str | None = Field(
-        default=None, description="Scan ID: attach to the scan's resource instead of the session's."
+    session: str = Field(
+        title="Session", description="Experiment accession ID (XNAT_E00001), or its label when a project is given."
     )
-    label: str = Field(description="Resource label, e.g. BIDS, NIFTI, SNAPSHOTS.")
-    path: str = Field(description="File, or directory (zipped on the fly and extracted by XNAT with its sub-folders).")
+    project: str | None = Field(
+        default=None, title="Project ID", description="Project ID (needed when the session is given by label)."
+    )
+    subject: str | None = Field(default=None, title="Subject label", description="Subject label (optional).")
+    scan: str | None = Field(
+        default=None, title="Scan ID", description="Scan ID: attach to the scan's resource instead of the session's."
+    )
+    label: str = Field(title="Resource label", description="Resource label, e.g. BIDS, NIFTI, SNAPSHOTS.")
+    path: str = Field(
+        title="File or folder (on the worker's host)",
+        description=f"A file, or a folder (zipped on the fly and extracted by XNAT with its sub-folders), {ON_THE_WORKER}.",
+    )
     overwrite: bool = Field(
-        default=False, description="Replace files XNAT already has; off: they are kept and reported as duplicates."
+        default=False,
+        title="Overwrite",
+        description="Replace files XNAT already has; off: they are kept and reported as duplicates.",
     )
     wait_for_archive: bool = Field(
         default=False,
+        title="Wait for the archive",
         description="First wait until the session (project + label) appears in the archive, e.g. right after an upload.",
     )
     wait_timeout_seconds: float = Field(
-        default=600.0, gt=0, description="How long to wait for the session in the archive."
+        default=600.0, gt=0, title="Wait timeout (s)", description="How long to wait for the session in the archive."
     )
 
 
 @flow(name="attach-resource", validate_parameters=True, flow_run_name="attach {request.label} to {request.session}")
 def attach_resource(
-    request: AttachResourceRequest, connection: XnatConnection = XnatConnection()
+    request: Annotated[AttachResourceRequest, ui_title("What to attach, and where")],
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
 ) -> ResourceUploadResult:
     """Attach non-DICOM files to a session or scan resource (the resource is created when missing).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import cast
+from typing import Annotated, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -16,7 +16,7 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 
-from xnat_flows.client.errors import InputError, XnatError
+from xnat_flows.client.errors import ConflictError, InputError, XnatError
 from xnat_flows.events import absolute_uri, arrival, emit_upload_failed, emit_upload_result, public_base_url
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import (
@@ -24,6 +24,7 @@ from xnat_flows.models import (
     UploadRequest,
     UploadSessionResult,
     XnatConnection,
+    ui_title,
 )
 from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.tasks.upload import (
@@ -31,7 +32,9 @@ from xnat_flows.tasks.upload import (
     check_destination_task,
     check_server,
     choose_format,
+    destination_slots,
     forget_delivered,
+    look_for_parked_task,
     partition_batches,
     scan_dicom_directory,
     upload_batch_task,
@@ -49,13 +52,25 @@ class UploadIncompleteError(XnatError):
     """Some files did not land; the message lists them and a re-run sends only those."""
 
 
+class UploadParkedError(ConflictError):
+    """XNAT parked (part of) the upload in CONFLICT: nothing was merged on its own; the message says
+    what it conflicts with and what a person can do after looking (the CLI exits 5). Not an
+    ``UploadIncompleteError``: running the same upload again does not help (the inbox files the
+    folder under failed/ with this report instead of retrying it)."""
+
+    default_hint = "Look at both sessions in XNAT, then archive the parked one under a label of its own or delete it"
+
+
 @flow(
     name="upload-dicom-session",
     log_prints=False,
     validate_parameters=True,
     flow_run_name="upload {request.project}/{request.subject}/{request.session}",
 )
-def upload_dicom_session(request: UploadRequest, connection: XnatConnection = XnatConnection()) -> UploadSessionResult:
+def upload_dicom_session(
+    request: Annotated[UploadRequest, ui_title("What to upload, and where")],
+    connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
+) -> UploadSessionResult:
     """Upload a directory of DICOM files to one XNAT session through the REST Import API.
 
     Args:
@@ -69,7 +84,7 @@ def upload_dicom_session(request: UploadRequest, connection: XnatConnection = Xn
         server_url = server.url
         return _upload(request, connection, server)
     except Exception as exc:
-        if not isinstance(exc, UploadIncompleteError):  # that one's events are out, one per session not landed
+        if not isinstance(exc, (UploadIncompleteError, UploadParkedError)):  # their events are out, one per session
             # Failed before or while sending (server down, unknown project or Block, no DICOM files):
             # an automation on xnat.upload.failed hears of it as of any other failed upload.
             emit_upload_failed(
@@ -94,7 +109,9 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         request.source_dir,
         f" (holding slots of concurrency limit {server.concurrency_limit})" if server.concurrency_limit else "",
     )
-    scan = scan_dicom_directory(request.source_dir, duplicates=request.duplicates)
+    scan = scan_dicom_directory(
+        request.source_dir, duplicates=request.duplicates, skip_truncated=request.skip_truncated
+    )
     if scan.conflicts:
         logger.warning(
             "%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
@@ -110,9 +127,16 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     for skipped in scan.skipped:
         (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
+    # One flow run at a time per destination label, from its check to its verification.
+    with destination_slots(server.url, [target for target, _ in plans], request.verify_timeout_seconds + 900):
+        return _send_planned(request, connection, server, scan, plans, started)
+
+
+def _send_planned(request: UploadRequest, connection: XnatConnection, server, scan, plans, started: float):
+    logger = get_run_logger()
     # Every session is checked before anything is sent: none may hold another study (unless asked).
     checked = [
-        check_destination_task(connection, target, files[0].study_uid, request.allow_other_study)
+        check_destination_task(connection, target, files[0].study_uid, request.allow_other_study, request.per_study)
         for target, files in plans
     ]
     plans = [(target, files) for (target, _), (_, files) in zip(checked, plans, strict=True)]
@@ -131,6 +155,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     done_files = 0
 
     outcomes: list[SessionOutcome] = []
+    studies: list[tuple[StudyUploadResult, frozenset[str]]] = []
     upload_seconds = 0.0
     for (target, files), before in zip(plans, prearchive_before, strict=True):
         upload_started = time.perf_counter()
@@ -163,6 +188,11 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
                 study.verify = verify_uploaded_session(
                     connection, target, files, request.verify_timeout_seconds, before
                 )
+        studies.append((study, before))
+    if not request.verify:  # one look at the prearchive: an upload XNAT parked is not a success
+        for study, before in studies:
+            study.parked = look_for_parked_task(connection, study.target, study.study_uid, before)
+    for study, _ in studies:
         outcomes.append(SessionOutcome.from_study(study))
 
     result = UploadSessionResult(
@@ -184,7 +214,8 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         arrivals={target.session: arrival(files) for target, files in plans},
     )
     if not result.ok:
-        raise UploadIncompleteError(_incomplete_message(result))
+        parked = any(s.in_conflict for s in result.sessions)
+        raise (UploadParkedError if parked else UploadIncompleteError)(_incomplete_message(result))
     logger.info(
         "uploaded %d files (%d sent by this run, %.1f MB) in %.1f s (%.1f MB/s); whole run %.1f s",
         result.files_delivered,
@@ -218,25 +249,30 @@ _PREARCHIVE_URI = re.compile(r"/prearchive/projects/[^/]+/(?P<timestamp>[^/]+)/"
 
 def _publish_landing(result: UploadSessionResult, server_url: str) -> None:
     logger = get_run_logger()
-    lines = ["| session | where | experiment | URI | timestamp (prearchive) |", "|---|---|---|---|---|"]
-    for s in result.sessions:
-        where = landing(s, server_url)
+    landings = [(s, landing(s, server_url)) for s in result.sessions]
+    # Narrow enough for the artifact page: the URI shown by its path (linked in full), and the
+    # prearchive timestamp column only when a session landed there.
+    staged = any(where["prearchive_timestamp"] for _, where in landings)
+    lines = [
+        "| session | landed in | experiment (web page) | REST URI |" + (" prearchive timestamp |" if staged else ""),
+        "|---|---|---|---|" + ("---|" if staged else ""),
+    ]
+    for s, where in landings:
         page = f"[{where['experiment_id']}]({where['web_url']})" if where["web_url"] else ""
+        uri = f"[{s.session_uri}]({where['uri']})" if where["uri"] and s.session_uri else (where["uri"] or "")
         lines.append(
-            f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {where['uri'] or ''} "
-            f"| {where['prearchive_timestamp'] or ''} |"
+            f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {uri} |"
+            + (f" {where['prearchive_timestamp'] or ''} |" if staged else "")
         )
-        logger.info(
-            "%s/%s/%s landed in the %s: experiment %s, %s%s%s",
-            s.project,
-            s.subject,
-            s.session,
-            where["where"],
-            where["experiment_id"] or "-",
-            where["uri"] or "no URI",
-            f", web page {where['web_url']}" if where["web_url"] else "",
-            f", prearchive timestamp {where['prearchive_timestamp']}" if where["prearchive_timestamp"] else "",
-        )
+    for s, where in landings:
+        # Each URL stands between spaces: the UI and terminals make links of URLs, and a comma
+        # or bracket glued to one becomes part of the link.
+        facts = [f"experiment {where['experiment_id'] or '-'}", f"URI {where['uri'] or '(none)'}"]
+        if where["web_url"]:
+            facts.append(f"web page {where['web_url']}")
+        if where["prearchive_timestamp"]:
+            facts.append(f"prearchive timestamp {where['prearchive_timestamp']}")
+        logger.info("%s/%s/%s landed in the %s: %s", s.project, s.subject, s.session, where["where"], " | ".join(facts))
     create_markdown_artifact(
         markdown="\n".join(lines), key="xnat-upload-landing", description="Where the uploaded data landed in XNAT"
     )
@@ -287,7 +323,11 @@ def _publish_batch_table(result: UploadSessionResult) -> None:
 
 
 def _incomplete_message(result: UploadSessionResult) -> str:
-    lines = ["upload incomplete; re-run the same upload to send what did not land:"]
+    lines = [
+        "XNAT parked this upload in the prearchive and nothing was merged on its own; look, then act as said below:"
+        if any(s.parked for s in result.sessions)
+        else "upload incomplete; re-run the same upload to send what did not land:"
+    ]
     if result.unreadable:
         lines.append(
             f"  {len(result.unreadable)} files or folders could not be read (make them readable), e.g. "
@@ -298,6 +338,8 @@ def _incomplete_message(result: UploadSessionResult) -> str:
             lines.append(
                 f"  {s.project}/{s.subject}/{s.session}: {len(s.failed_files)} files not sent, e.g. {s.failed_files[:3]}"
             )
-        if s.verified is False:
+        for parked in s.parked:
+            lines.append(f"  {s.project}/{s.subject}/{s.session}: XNAT did not archive this upload: {parked}")
+        if s.verified is False and not s.parked:
             lines.append(f"  {s.project}/{s.subject}/{s.session}: verification found missing {s.missing[:5]}")
     return "\n".join(lines)

@@ -196,6 +196,8 @@ def upload_resource(
     source = Path(path)
     if not source.exists():
         raise InputError(f"{source} does not exist.")
+    if not source.is_dir():
+        _refuse_names_xnat_cannot_take([source.name])
     parent = resource_parent(client, target)
     resource_uri = f"{parent}/resources/{quote(label, safe='')}"
     params = {"inbody": "true"}
@@ -211,6 +213,7 @@ def upload_resource(
             raise InputError(
                 f"{source} holds no file to upload.", hint="Hidden files and outside symlinks are never sent."
             )
+        _refuse_names_xnat_cannot_take([m.relpath for m in members])
         created = ensure_resource(client, parent, label)
         files = [m.relpath for m in members]
         size = sum(m.size for m in members)
@@ -253,6 +256,26 @@ def upload_resource(
         duplicates=duplicates,
         resource_created=created,
     )
+
+
+def _refuse_names_xnat_cannot_take(names: list[str]) -> None:
+    """File names whose bytes are not UTF-8 (an export from another locale) cannot be named in an
+    XNAT URL or a zip member as they are: refused before the resource is created, so nothing is
+    left half-made. (DICOM uploads need no names; resources are found by them.)"""
+    bad = [os.fsencode(name).decode("utf-8", "backslashreplace") for name in names if not _is_utf8(name)]
+    if bad:
+        raise InputError(
+            f"{len(bad)} file names are not valid UTF-8, e.g. '{bad[0]}'; nothing was sent",
+            hint="Rename them to UTF-8 (e.g. `convmv -f latin1 -t utf-8 -r --notest DIR`) and run again",
+        )
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as surrogate escapes
+        return False
+    return True
 
 
 def duplicates_in(body: str) -> list[str]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
-from urllib.parse import quote
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
+from xnat_flows.client.archive import archived_studies
 from xnat_flows.client.errors import InputError, TransientError, XnatError
 from xnat_flows.models import ArchivedStudy, DicomReceiverTarget, XnatConnection
 from xnat_flows.tasks.connection import open_client
@@ -19,6 +21,7 @@ from xnat_flows.transfer.dicom_resume import ResumedSend, in_doubt_warning, stor
 from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, echo
 from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.scan import DicomFile
+from xnat_flows.transfer.session import study_present
 
 
 class ReceiverAddress(NamedTuple):
@@ -94,6 +97,7 @@ def send_instances(
     workers: int,
     routing: RoutingOverride | None,
     limit: ReceiverLimit | None = None,
+    connection: XnatConnection | None = None,
 ) -> ResumedSend:
     """C-STORE over ``workers`` long-lived associations; returns this attempt's result, how many
     instances an earlier run or attempt had already delivered (recorded in the upload journal, not
@@ -101,9 +105,12 @@ def send_instances(
 
     Each association holds a slot of the receiver's limit. When instances fail for a reason that
     may heal, the task raises so Prefect retries it; the last attempt returns what it has.
+    ``connection``: the XNAT behind the receiver, asked whether it still holds what the journal
+    says an earlier run delivered; without it (or when it cannot be asked) those are sent again.
     """
     address = receiver_address(receiver)
-    with association_slots(limit, workers) as associations:
+    with contextlib.ExitStack() as stack, association_slots(limit, workers) as associations:
+        held = _study_check(connection, routing, stack)
         if limit is not None and associations < workers:
             get_run_logger().info(
                 "the receiver's limit %s has %d slots: sending over %d associations",
@@ -120,6 +127,7 @@ def send_instances(
             calling_aet=address.calling_aet,
             workers=associations,
             routing=routing,
+            held=held,
             preflight=False,
         )
     result, resumed = send.result, send.resumed
@@ -137,6 +145,24 @@ def send_instances(
     return send
 
 
+def _study_check(
+    connection: XnatConnection | None, routing: RoutingOverride | None, stack: contextlib.ExitStack
+) -> Callable[[str], bool] | None:
+    """``study_present`` on the XNAT of ``connection`` for the C-STORE journal, or None when it
+    cannot be asked (no credentials on the worker, XNAT's REST API unreachable)."""
+    if connection is None:
+        return None
+    try:
+        client = stack.enter_context(open_client(connection))
+        client.whoami()
+    except (XnatError, ValueError) as exc:
+        logger = get_run_logger() if task_run.id else logging.getLogger(__name__)
+        logger.warning("cannot ask XNAT what earlier runs delivered (%s): they are sent again", exc)
+        return None
+    project, label = (routing.project, routing.session) if routing else (None, None)
+    return lambda study_uid: study_present(client, study_uid, project=project, label=label)
+
+
 @task(name="wait-for-archived-studies", cache_policy=NO_CACHE, persist_result=False)
 def wait_for_archived_studies(
     connection: XnatConnection,
@@ -149,11 +175,10 @@ def wait_for_archived_studies(
     as instances were sent, found by StudyInstanceUID (a C-STORE names no session: XNAT's routing
     rules decide the project and labels). ``project``: look only there (the routing project)."""
     logger = get_run_logger()
-    path = f"/data/projects/{quote(project, safe='')}/experiments" if project else "/data/experiments"
     deadline = time.monotonic() + timeout_seconds
     with open_client(connection) as client:
         while True:
-            found = _archived_studies(client, path, instances)
+            found = _archived_studies(client, project, instances)
             complete = [s for s in found.values() if s.files_found >= s.instances_sent]
             if len(complete) == len(instances):
                 return sorted(complete, key=lambda s: s.label)
@@ -179,13 +204,9 @@ class ArchiveWaitTimeout(XnatError):
     """The sent studies did not all reach the archive in time."""
 
 
-def _archived_studies(client, path: str, instances: dict[str, int]) -> dict[str, ArchivedStudy]:
+def _archived_studies(client, project: str | None, instances: dict[str, int]) -> dict[str, ArchivedStudy]:
     found: dict[str, ArchivedStudy] = {}
-    for row in client.get_rows(path, params={"columns": "ID,label,project,subject_label,UID,URI"}):
-        uid = row.get("UID")
-        if uid is None:  # a listing without the UID column: the session document has it
-            document = client.get_json(f"/data/experiments/{row.get('ID')}", params={"format": "json"})
-            uid = ((document.get("items") or [{}])[0].get("data_fields") or {}).get("UID")
+    for uid, row in archived_studies(client, project).items():
         if uid not in instances:
             continue
         experiment_id = row.get("ID") or ""

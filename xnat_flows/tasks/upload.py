@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from prefect import task
+from prefect import get_client, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
+from xnat_flows.client.prearchive import ParkedSession
 from xnat_flows.models import XnatConnection
 from xnat_flows.tasks.connection import open_client, shared_client
 from xnat_flows.tasks.policies import (
@@ -22,10 +29,17 @@ from xnat_flows.tasks.policies import (
     upload_slot,
 )
 from xnat_flows.transfer.archive import ArchiveFormat
+from xnat_flows.transfer.claim import DestinationBusyError, destination_name
 from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory
-from xnat_flows.transfer.session import archive_now, check_destination, upload_batch_resumable, upload_instances
+from xnat_flows.transfer.session import (
+    archive_now,
+    check_destination,
+    look_for_parked,
+    upload_batch_resumable,
+    upload_instances,
+)
 from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.upload import BatchResult, GradualResult, choose_archive_format
 from xnat_flows.transfer.verify import VerifyResult, prearchive_snapshot, verify_session
@@ -68,25 +82,58 @@ def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
 
 @task(name="check-destination", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 def check_destination_task(
-    connection: XnatConnection, target: UploadTarget, study_uid: str, allow_other_study: bool
+    connection: XnatConnection, target: UploadTarget, study_uid: str, allow_other_study: bool, per_study: bool = False
 ) -> tuple[UploadTarget, frozenset[str]]:
-    """Refuse a session label that holds another study (unless allowed); note the prearchive's rows
-    before the upload, so verification can tell this upload's outcome from older rows."""
+    """Refuse a session label that holds, receives or stages another study (unless allowed), or this
+    study under another subject; with ``per_study``, a study the project holds under another label.
+    Note the prearchive's rows before the upload, so verification can tell this upload's outcome
+    from older rows."""
     with open_client(connection) as client:
-        checked = check_destination(client, target, study_uid, allow_other_study=allow_other_study)
+        checked = check_destination(client, target, study_uid, allow_other_study=allow_other_study, per_study=per_study)
         return checked, prearchive_snapshot(client, target.project)
+
+
+@contextmanager
+def destination_slots(server_url: str, targets: list[UploadTarget], timeout_seconds: float) -> Iterator[None]:
+    """Hold the one slot of each destination's concurrency limit (``xnat-session:HOST:PORT:P:E``,
+    limit 1, created on first use) from the destination check to the end of verification: two
+    flow runs uploading to one session label, on any workers, run one after the other, and the
+    second one's check sees what the first one left. Waits at most ``timeout_seconds``."""
+    names = sorted({destination_name(server_url, t.project, t.session) for t in targets})
+    with get_client(sync_client=True) as prefect:
+        for name in names:
+            with contextlib.suppress(ObjectAlreadyExists):
+                prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    try:
+        with concurrency(names, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+            yield
+    except TimeoutError:
+        raise DestinationBusyError(
+            f"Another flow run kept uploading to {', '.join(t.session for t in targets)} for more than "
+            f"{timeout_seconds:g} s (concurrency limit {names[0]}): nothing was sent"
+        ) from None
+
+
+@task(name="look-for-parked", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
+def look_for_parked_task(
+    connection: XnatConnection, target: UploadTarget, study_uid: str, prearchive_before: frozenset[str]
+) -> list[ParkedSession]:
+    """Without verification: one look at the prearchive for this upload's rows XNAT parked."""
+    with open_client(connection) as client:
+        return look_for_parked(client, target, study_uid, prearchive_before)
 
 
 @task(name="scan-dicom-directory", **_COMMON)
 def scan_dicom_directory(
-    source_dir: str, headers: ScanHeaders = "full", duplicates: Duplicates = "newest"
+    source_dir: str, headers: ScanHeaders = "full", duplicates: Duplicates = "newest", skip_truncated: bool = False
 ) -> ScanResult:
     """Find every DICOM file under ``source_dir`` (by content, extensionless included).
 
     ``headers="file-meta"`` reads only what a C-STORE needs; ``duplicates``: which of two
-    different files with one SOP Instance UID to send (see ``transfer.scan``).
+    different files with one SOP Instance UID to send; ``skip_truncated``: send the rest when
+    files are cut short instead of failing (see ``transfer.scan``).
     """
-    return scan_directory(Path(source_dir), headers=headers, duplicates=duplicates)
+    return scan_directory(Path(source_dir), headers=headers, duplicates=duplicates, skip_truncated=skip_truncated)
 
 
 @task(name="partition-batches", **_COMMON)

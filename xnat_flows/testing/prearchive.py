@@ -13,7 +13,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from xnat_flows.testing.dicomhdr import InstanceHeader, anonymize_instance, xnat_file_name
+from xnat_flows.testing.dicomhdr import (
+    InstanceHeader,
+    UnparsableDicom,
+    anonymize_instance,
+    read_header,
+    xnat_file_name,
+)
 from xnat_flows.testing.faults import Faults
 from xnat_flows.testing.state import (
     ARCHIVING,
@@ -298,13 +304,17 @@ class Prearchive:
         if mode is None:
             raise XnatRefusal(409, "Session already exists, retry with overwrite enabled")
         override = mode == "override"
+        # xnat-web `PrearcSessionArchiver.checkForConflicts`: a merge never moves a session to another
+        # subject, whatever the overwrite mode; only the study UID check is skipped by delete/override.
+        archived_subject = store.subject(existing["subject_id"])
+        if archived_subject is not None and archived_subject["label"].lower() != subject_label.lower():
+            raise XnatRefusal(
+                409,
+                f"Invalid modification of session subject via archive process.: {existing['label']} "
+                "Already Exists for another Subject",
+            )
         if not override:
-            archived_subject = store.subject(existing["subject_id"])
-            for what, old, new in (
-                ("UID", existing["uid"], row.tag),
-                ("subject", archived_subject["label"] if archived_subject else "", subject_label),
-                ("modality", existing["modality"], row.modality),
-            ):
+            for what, old, new in (("UID", existing["uid"], row.tag), ("modality", existing["modality"], row.modality)):
                 if old and new and old != new:
                     raise XnatRefusal(409, f"Invalid modification of session {what} via archive process.")
         archived = {
@@ -368,11 +378,9 @@ class Prearchive:
                         now_text(),
                     ),
                 )
-        else:
+            self._record_patient(row, experiment_id)
+        else:  # same subject: ``_plan_scans`` refuses a merge that would move the session
             experiment_id = existing["id"]
-            if existing["subject_id"] != subject_row["id"]:
-                with store.transaction() as db:
-                    db.execute("UPDATE experiments SET subject_id = ? WHERE id = ?", (subject_row["id"], experiment_id))
         scans = {str(s["scan_id"]): s for s in store.prearc_scans(row.id)}
         with store.transaction() as db:
             for source_id, target_id in scan_targets.items():
@@ -408,6 +416,26 @@ class Prearchive:
             db.executemany("INSERT OR REPLACE INTO files(resource_id, path, size, md5) VALUES (?, ?, ?, ?)", records)
         store.delete_prearc_row(row.id)
         return archive_uri(row.project, subject_row["id"], experiment_id)
+
+    def _record_patient(self, row: PrearcRow, experiment_id: str) -> None:
+        """XNAT keeps the DICOM patient of a session (``dcmPatientId``, ``dcmPatientName``), read
+        from its files; a client compares them before merging into it."""
+        first = next(iter(self.store.prearc_files(row.id)), None)
+        if first is None:
+            return
+        path = self.store.prearc_file_path(row.id, first["scan_id"], first["resource"], first["name"])
+        try:
+            header = read_header(path.read_bytes(), first["name"])
+        except (OSError, UnparsableDicom):
+            return
+        values = {"dcmPatientId": header.patient_id, "dcmPatientName": header.patient_name}
+        with self.store.transaction() as db:
+            for name, value in values.items():
+                if value:
+                    db.execute(
+                        "INSERT OR REPLACE INTO attrs(owner, path, value) VALUES (?, ?, ?)",
+                        (experiment_id, name, value),
+                    )
 
     def _fail(self, row: PrearcRow, status: str, reason: str) -> None:
         entry = f"Attempt to direct-archive failed: {reason}" if row.direct_archive else reason

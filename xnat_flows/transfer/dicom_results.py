@@ -102,13 +102,22 @@ class SendResult:
         return [o.path for o in self.sent if o.unanswered_attempts]
 
     @property
+    def warnings(self) -> list[InstanceOutcome]:
+        """Instances the receiver stored with a Warning status (PS3.4 Annex B: e.g. 0xB000
+        coercion of data elements, 0xB006 elements discarded, 0xB007 data set does not match the
+        SOP class): stored, but perhaps not as sent, so said apart."""
+        return [o for o in self.sent if o.status not in (None, 0x0000)]
+
+    @property
     def unsent_paths(self) -> list[Path]:
         """What a re-run has to send: failed and skipped instances."""
         return [o.path for o in self.failed + self.skipped]
 
     def summary(self) -> str:
+        warned = f" ({len(self.warnings)} with a warning status)" if self.warnings else ""
         return (
-            f"{len(self.sent)} sent, {len(self.failed)} failed, {len(self.skipped)} skipped, "
+            f"{len(self.sent)} sent{warned}, {len(self.failed)} failed, "
+            f"{len(self.skipped)} not accepted by the receiver (SOP class or transfer syntax), "
             f"{self.bytes_sent / 1e6:.1f} MB in {self.seconds:.1f} s ({self.instances_per_second:.0f} instances/s, "
             f"{self.workers} association(s), {self.mode})"
         )

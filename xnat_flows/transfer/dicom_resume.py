@@ -8,21 +8,33 @@ refuses to merge ("Session already contains a scan ... with the same UID and num
 leaves in CONFLICT. So confirmed instances are never sent again, also after a complete send (the
 journal keeps them), and instances that were in flight when a run died (at most one per
 association: sent, not confirmed) are reported as *in doubt* when a re-run sends them again.
+
+The journal is trusted only while XNAT still holds the study (``held``: the REST check of
+``transfer.session.study_present``): after the session was deleted, or against a fresh XNAT at the
+same address, its records are dropped and the instances sent again. Without a way to ask XNAT (no
+login), the journaled instances are sent again too, and reported in doubt: a re-run never ends in
+success on the strength of a record nobody could check.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xnat_flows.client.errors import for_reader
+from xnat_flows.client.errors import XnatError, for_reader
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 from xnat_flows.transfer.dicom_results import SendResult
 from xnat_flows.transfer.dicom_send import store_instances
 from xnat_flows.transfer.journal import InstanceLog, ResumeState, UploadJournal
-from xnat_flows.transfer.scan import DicomFile
+from xnat_flows.transfer.scan import DicomFile, read_file_header
+
+log = logging.getLogger(__name__)
+
+# StudyInstanceUID -> XNAT holds that study (archive, Direct-Archive or prearchive)
+StudyHeldCheck = Callable[[str], bool]
 
 
 def journal_key(host: str, port: int, called_aet: str, routing: RoutingOverride | None = None) -> str:
@@ -39,13 +51,20 @@ class ResumedSend:
     resumed: int  # instances an earlier run delivered (confirmed by the receiver): not sent again
     in_flight_before: list[Path] = field(default_factory=list)  # in flight when an earlier run stopped: sent again
     journal_path: Path | None = None
+    # journaled as delivered, sent again since XNAT could not be asked whether it still holds them
+    unchecked: list[Path] = field(default_factory=list)
+    unchecked_reason: str = ""  # why XNAT could not be asked
+    # journaled as delivered, sent again since XNAT no longer holds their study (deleted, or another XNAT)
+    forgotten: int = 0
 
     @property
     def in_doubt(self) -> list[Path]:
-        """Instances the receiver may hold twice: in flight when an earlier run stopped, or sent
-        again in this run after an attempt that got no answer."""
-        earlier = set(self.in_flight_before)
-        return self.in_flight_before + [p for p in self.result.sent_again_after_no_answer if p not in earlier]
+        """Instances the receiver may hold twice: in flight when an earlier run stopped, journaled
+        as delivered without XNAT to confirm it, or sent again in this run after an attempt that
+        got no answer."""
+        earlier = list(dict.fromkeys(self.in_flight_before + self.unchecked))
+        seen = set(earlier)
+        return earlier + [p for p in self.result.sent_again_after_no_answer if p not in seen]
 
 
 class _JournalDeliveryLog:
@@ -73,34 +92,106 @@ def store_instances_resumable(
     port: int,
     called_aet: str = "XNAT",
     routing: RoutingOverride | None = None,
+    held: StudyHeldCheck | None = None,
     **options: Any,
 ) -> ResumedSend:
     """``store_instances`` that skips the instances an earlier run delivered to the same receiver
-    (and routing), and records each instance in ``journal`` as it goes out and as it is confirmed.
+    (and routing) while XNAT still holds their study, and records each instance in ``journal`` as
+    it goes out and as it is confirmed.
+
+    ``held``: asks XNAT whether it holds a study (``transfer.session.study_present``); it is called
+    only when the journal lists deliveries. None, or an ``XnatError`` from it: XNAT cannot be asked,
+    so the journal is not trusted: its instances are sent again, in doubt.
     """
-    resume = ResumeState(journal, journal_key(host, port, called_aet, routing))
+    destination = journal_key(host, port, called_aet, routing)
+    resume = ResumeState(journal, destination)
+    delivered = [f for f in files if resume.digest(f) in resume.done]
+    unchecked: list[Path] = []
+    unchecked_reason = "no login"
+    forgotten = 0
+    if delivered:
+        try:
+            gone = _not_held(delivered, held) if held is not None else None
+        except XnatError as exc:  # not logged in, XNAT's REST API away
+            gone, unchecked_reason = None, exc.message
+        if gone is None:  # XNAT cannot be asked: the journal alone is no proof of delivery
+            log.warning(
+                "%d instances are journaled as delivered to %s, but XNAT cannot be asked whether it still "
+                "holds them (%s): sending them again",
+                len(delivered),
+                destination,
+                unchecked_reason,
+            )
+            unchecked = [f.path for f in delivered]
+            resume = ResumeState(journal, destination, set())
+        else:
+            forgotten = len(gone)
+            resume = ResumeState(journal, destination, resume.done - {resume.digest(f) for f in gone})
     in_flight = journal.in_flight(resume.destination)
     pending = resume.pending(files)
     in_doubt = [f.path for f in pending if resume.digest(f) in in_flight]
-    with journal.open_log(resume.destination) as log:
+    with journal.open_log(resume.destination) as instance_log:
         result = store_instances(
             pending,
             host=host,
             port=port,
             called_aet=called_aet,
             routing=routing,
-            delivery_log=_JournalDeliveryLog(log, resume.digest),
+            delivery_log=_JournalDeliveryLog(instance_log, resume.digest),
             **options,
         )
-    return ResumedSend(result, len(files) - len(pending), in_doubt, journal.path_for(resume.destination))
+    return ResumedSend(
+        result,
+        len(files) - len(pending),
+        in_doubt,
+        journal.path_for(resume.destination),
+        unchecked,
+        unchecked_reason if unchecked else "",
+        forgotten,
+    )
+
+
+def _not_held(delivered: list[DicomFile], held: StudyHeldCheck) -> list[DicomFile]:
+    """The journaled instances whose study XNAT no longer holds (asked once per study)."""
+    by_study: dict[str, list[DicomFile]] = {}
+    for f in delivered:
+        study = f.study_uid or _study_of(f)  # a file-meta scan leaves the study UID empty
+        by_study.setdefault(study, []).append(f)
+    gone: list[DicomFile] = []
+    for study, instances in by_study.items():
+        if not study or not held(study):
+            log.warning(
+                "the journal lists %d instances of study %s as delivered, but XNAT does not hold that study "
+                "(deleted, or another XNAT at this address): sending them again",
+                len(instances),
+                study or "(unknown)",
+            )
+            gone.extend(instances)
+    return gone
+
+
+def _study_of(file: DicomFile) -> str:
+    try:
+        found = read_file_header(file.path, file.path.parent, file.path.stat())
+    except OSError:
+        return ""
+    return found.study_uid if isinstance(found, DicomFile) else ""
 
 
 def in_doubt_warning(send: ResumedSend) -> str:
     """What to check, and do, when instances the receiver may already have held were sent again."""
     in_doubt = send.in_doubt
     examples = ", ".join(str(path) for path in in_doubt[:5]) + (", ..." if len(in_doubt) > 5 else "")
-    again_now = len(in_doubt) - len(send.in_flight_before)
+    earlier = {*send.in_flight_before, *send.unchecked}
+    again_now = sum(1 for path in in_doubt if path not in earlier)
     causes = []
+    if send.unchecked:
+        causes.append(
+            f"{len(send.unchecked)} instance(s) an earlier run delivered could not be checked in XNAT "
+            f"({send.unchecked_reason}; "
+            + for_reader("`xnat-flows auth login` lets a re-run check them", "give the run XNAT credentials")
+            + ")"
+        )
     if send.in_flight_before:
         causes.append(f"{len(send.in_flight_before)} instance(s) were in flight when an earlier run stopped")
     if again_now:

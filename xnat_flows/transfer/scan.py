@@ -20,8 +20,9 @@ Two depths of reading, one walk and one set of skip reasons:
   the one thing not caught before sending: the receiver refuses it, and ``dicom_send`` then
   reads it to say why.
 
-What is not sent is either junk (not DICOM, hidden, DICOMDIR, a copy, a corrupt or truncated
-file) or unreadable (a file or folder the OS would not let us read: ``SkippedFile.unreadable``,
+What is not sent is either junk (not DICOM, hidden, DICOMDIR, a copy, a corrupt file), cut short
+(``SkippedFile.truncated``: a file still being written, so the export is incomplete and the scan
+fails with ``IncompleteExportError`` before anything is sent, unless ``skip_truncated``) or unreadable (a file or folder the OS would not let us read: ``SkippedFile.unreadable``,
 ``ScanResult.unreadable``), which may hold DICOM and is a failure of the upload. Two different
 files holding one SOP Instance UID (a corrected re-export beside the original) are a conflict:
 the newest by modification time is sent by default (``duplicates``), and ``ScanResult.conflicts``
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from xnat_flows.client.errors import InputError
+from xnat_flows.client.errors import InputError, TransientError
 from xnat_flows.transfer.part10 import (
     HEAD_BYTES,
     META_START,
@@ -70,6 +71,7 @@ _HEADER_TAGS = [
     "SeriesNumber",
     "PixelData",  # deferred: only its position and length are read
 ]
+TRUNCATED = "truncated"
 UNREADABLE = "unreadable"
 UNREADABLE_PERMISSION = f"{UNREADABLE}: permission denied"
 UNREADABLE_DIRECTORY = "unreadable directory"
@@ -108,6 +110,30 @@ class SkippedFile:
         """A file or folder that could not be read, so may hold DICOM that is not sent: a failure
         of the upload (a re-run after fixing it completes it), not junk."""
         return self.reason.startswith(_UNREADABLE_PREFIXES)
+
+    @property
+    def truncated(self) -> bool:
+        """A DICOM file cut short (its pixel data, or its header, ends early): in a folder being
+        written, a file not yet whole. ``scan_directory`` fails on it unless told to skip it."""
+        return self.reason.startswith(TRUNCATED) or _HEADER_CUT in self.reason
+
+
+class IncompleteExportError(TransientError):
+    """DICOM files of the folder are cut short: an export still being written (or copied). Nothing
+    was sent, so the study is never split between a run that sent part of it and a later one."""
+
+    default_hint = (
+        "Wait until the export has finished writing and run the same command again; to send the "
+        "other files without the cut ones, pass --skip-truncated"
+    )
+    default_flow_hint = (
+        "Wait until the export has finished writing and run again; to send the other files "
+        "without the cut ones, set skip_truncated in the request"
+    )
+
+    def __init__(self, message: str, *, truncated: list[SkippedFile], **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.truncated = truncated
 
 
 @dataclass
@@ -266,6 +292,24 @@ def _truncated_pixel_data(ds: pydicom.Dataset, path: Path, file_size: int, trans
     return None
 
 
+def _dataset_end(path: Path) -> int | None:
+    """Where the dataset's last top-level element ends, by its own length: short of the file's
+    size (a partial element after it) or beyond it (a value cut short) when the file was cut
+    inside its header; None when that cannot be told (undefined lengths, a deflated dataset)."""
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+
+    try:
+        ds = pydicom.dcmread(path, defer_size=256)
+    except Exception:  # noqa: BLE001 - pydicom raises many types; the caller has its verdict already
+        return None
+    tags = list(ds.keys())
+    last = ds.get_item(tags[-1], keep_deferred=True) if tags else None
+    if not isinstance(last, RawDataElement) or last.value_tell is None or last.length == UNDEFINED_LENGTH:
+        return None
+    return int(last.value_tell) + int(last.length)
+
+
 def _inflated_length(path: Path) -> int | None:
     """Length of a deflated file's dataset once inflated; None when the stream is cut short."""
     with open(path, "rb") as handle:
@@ -282,7 +326,8 @@ def _inflated_length(path: Path) -> int | None:
 
 _NOT_DICOM = "not DICOM (no DICM marker at byte 128)"
 _DICOMDIR = "DICOMDIR (a media index, not an image)"
-_NOTHING_AFTER_META = "truncated: nothing after the DICOM file meta header"
+_NOTHING_AFTER_META = f"{TRUNCATED}: nothing after the DICOM file meta header"
+_HEADER_CUT = "(truncated or corrupt)"
 
 
 def _is_dicomdir(path: Path, sop_class: str) -> bool:
@@ -303,7 +348,7 @@ def read_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | Skipp
     except OSError as exc:
         return SkippedFile(path, f"{UNREADABLE}: {exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; one bad file must not stop a scan
-        return SkippedFile(path, f"unreadable DICOM header (truncated or corrupt): {type(exc).__name__}: {exc}")
+        return SkippedFile(path, f"unreadable DICOM header {_HEADER_CUT}: {type(exc).__name__}: {exc}")
     try:
         return _classify(path, root, st, ds)
     except Exception as exc:  # noqa: BLE001 - values are decoded lazily, so corrupt ones surface here
@@ -322,6 +367,8 @@ def _classify(path: Path, root: Path, st: os.stat_result, ds: pydicom.Dataset) -
     series = str(ds.get("SeriesInstanceUID", "") or "")
     for name, value in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop_instance)):
         if not value:
+            if _dataset_end(path) not in (None, st.st_size):  # pydicom stops silently at a cut element
+                return SkippedFile(path, f"{TRUNCATED}: the DICOM header ends before its {name}")
             return SkippedFile(path, f"DICOM without {name}: XNAT cannot place it")
     transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta else ""
     truncated = _truncated_pixel_data(ds, path, st.st_size, transfer_syntax)
@@ -462,6 +509,7 @@ def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[D
         groups.setdefault(f.sop_instance_uid, []).append(f)
     kept: list[DicomFile] = []
     unresolved: list[str] = []
+    tied: list[str] = []
     for group in groups.values():
         versions = [group[0]]
         for f in group[1:]:
@@ -477,8 +525,12 @@ def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[D
         if duplicates == "stop":
             unresolved.append(" and ".join(v.relpath for v in versions))
             continue
-        # ties go to the first by path (max and min return the first extreme)
         chosen = (max if duplicates == "newest" else min)(versions, key=lambda v: v.mtime_ns)
+        if sum(1 for v in versions if v.mtime_ns == chosen.mtime_ns) > 1:
+            # the modification times cannot tell which is the newer (a copy that kept its times):
+            # choosing by path would be a guess between two versions of a patient's image
+            tied.append(" and ".join(v.relpath for v in versions if v.mtime_ns == chosen.mtime_ns))
+            continue
         kept.append(chosen)
         for v in versions:
             if v is not chosen:
@@ -491,6 +543,12 @@ def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[D
                         ),
                     )
                 )
+    if tied:
+        raise InputError(
+            f"{len(tied)} SOP Instance UIDs are each held by different files with the same modification time, so "
+            f"{duplicates} cannot tell which to send, e.g. {tied[0]}",
+            hint="Remove the wrong copies (or touch the right one) and run again",
+        )
     if unresolved:
         raise InputError(
             f"{len(unresolved)} SOP Instance UIDs are each held by different files, e.g. {unresolved[0]}",
@@ -500,13 +558,19 @@ def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[D
 
 
 def scan_directory(
-    root: str | os.PathLike[str], headers: ScanHeaders = "full", duplicates: Duplicates = "newest"
+    root: str | os.PathLike[str],
+    headers: ScanHeaders = "full",
+    duplicates: Duplicates = "newest",
+    *,
+    skip_truncated: bool = False,
 ) -> ScanResult:
     """Every DICOM instance under ``root`` (recursive, sorted by relative path) and every skip.
 
     ``headers``: how much of each file to read, ``"full"`` or ``"file-meta"`` (module docstring).
     ``duplicates``: which file to send when two different files hold one SOP Instance UID:
     ``"newest"`` or ``"oldest"`` by modification time, or ``"stop"`` (``InputError``).
+    ``skip_truncated``: list DICOM files cut short as skipped instead of failing the scan with
+    ``IncompleteExportError`` (the default: such a folder is an export still being written).
     """
     if headers not in ("full", "file-meta"):
         raise InputError(f"Unknown header depth {headers!r}", hint="Use 'full' or 'file-meta'")
@@ -529,6 +593,15 @@ def scan_directory(
             result.files.append(outcome)
         else:
             result.skipped.append(outcome)
+    truncated = sorted((s for s in result.skipped if s.truncated), key=lambda s: str(s.path))
+    if truncated and not skip_truncated:
+        shown = "; ".join(f"{s.path}: {s.reason}" for s in truncated[:10])
+        more = f"; and {len(truncated) - 10} more" if len(truncated) > 10 else ""
+        raise IncompleteExportError(
+            f"{len(truncated)} DICOM files under {root_path} are cut short (an export still being written?), "
+            f"so nothing was sent: {shown}{more}",
+            truncated=truncated,
+        )
     result.files.sort(key=lambda f: f.relpath)
     result.files = _one_file_per_instance(result, duplicates)
     result.skipped.sort(key=lambda s: str(s.path))

@@ -8,7 +8,6 @@ directly, and the Prefect flow runs the same steps (``plan_sessions``, ``partiti
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import threading
@@ -18,12 +17,23 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from xnat_flows.client.archive import find_archived
+from xnat_flows.client.archive import archived_studies, find_archived, study_label, subject_label
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import ConflictError, InputError, XnatError
-from xnat_flows.client.prearchive import ERROR, direct_archive_sessions, list_sessions, trigger_direct_archive
+from xnat_flows.client.prearchive import (
+    CONFLICT,
+    ERROR,
+    ParkedSession,
+    PrearchiveSession,
+    direct_archive_sessions,
+    list_sessions,
+    parked_session,
+    trigger_direct_archive,
+)
 from xnat_flows.transfer.archive import ArchiveFormat
+from xnat_flows.transfer.claim import DEFAULT_CLAIM_WAIT_SECONDS, DestinationClaim, destination_name
 from xnat_flows.transfer.journal import ResumeState, UploadJournal, resume_key
 from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.pool import interruptible_pool
@@ -36,7 +46,13 @@ from xnat_flows.transfer.upload import (
     upload_batch,
     upload_gradual,
 )
-from xnat_flows.transfer.verify import VerifyResult, archived_complete, prearchive_snapshot, verify_session
+from xnat_flows.transfer.verify import (
+    VerifyResult,
+    archived_complete,
+    parked_rows,
+    prearchive_snapshot,
+    verify_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +66,8 @@ class StudyUploadResult:
     batches: list[BatchResult] = field(default_factory=list)
     gradual: GradualResult | None = None
     verify: VerifyResult | None = None
+    # without verification: this upload's rows XNAT parked, found by one look at the prearchive at the end
+    parked: list[ParkedSession] = field(default_factory=list)
 
     @property
     def uris(self) -> list[str]:
@@ -95,8 +113,15 @@ class StudyUploadResult:
         return self.uploaded and not (self.gradual is not None and self.gradual.already_archived)
 
     @property
+    def in_conflict(self) -> bool:
+        """XNAT parked (part of) this upload in CONFLICT: it meets a session it may not join on its own."""
+        return (self.verify is not None and self.verify.conflict) or any(
+            p.session.status == CONFLICT for p in self.parked
+        )
+
+    @property
     def ok(self) -> bool:
-        return self.uploaded and (self.verify is None or self.verify.ok)
+        return self.uploaded and (self.verify is None or self.verify.ok) and not self.parked
 
 
 @dataclass
@@ -123,14 +148,12 @@ class SessionUploadResult:
         return [s for s in self.skipped if s.unreadable]
 
     @property
+    def in_conflict(self) -> bool:
+        return any(s.in_conflict for s in self.sessions)
+
+    @property
     def ok(self) -> bool:
         return all(s.ok for s in self.sessions) and not self.unreadable
-
-
-def study_label(session: str, study_uid: str) -> str:
-    """The session label of one study of a ``--per-study`` upload: ``SESSION_`` and 8 hex digits
-    derived from the StudyInstanceUID, so a study keeps its label whatever else the folder holds."""
-    return f"{session}_{hashlib.sha256(study_uid.encode()).hexdigest()[:8]}"
 
 
 def plan_sessions(
@@ -156,36 +179,156 @@ def plan_sessions(
 
 
 def check_destination(
-    client: XnatClient, target: UploadTarget, study_uid: str, *, allow_other_study: bool = False
+    client: XnatClient,
+    target: UploadTarget,
+    study_uid: str,
+    *,
+    allow_other_study: bool = False,
+    per_study: bool = False,
+    settle_seconds: float = 300.0,
 ) -> UploadTarget:
-    """Refuse to upload into an archived session that holds another study, unless ``allow_other_study``.
+    """Refuse, before anything is sent, an upload that XNAT would park in CONFLICT or merge wrongly.
 
-    XNAT merges an upload into an existing session of the same label; with ``overwrite=delete`` it
-    does not even compare the StudyInstanceUIDs, so two patients could end up in one session.
+    Looks at the archive and at what XNAT is still receiving (Direct-Archive) or holds in the
+    prearchive for this label:
+
+    * the label holds, receives or stages another study: refused unless ``allow_other_study``
+      (XNAT merges an upload into an existing session of the same label, and with
+      ``overwrite=delete`` it does not compare the StudyInstanceUIDs);
+    * the label holds this study under another subject: refused (XNAT refuses to move a session to
+      another subject; ours would park in CONFLICT);
+    * ``per_study``: the study is archived in the project under another label (a re-run with
+      ``-E`` spelled differently would archive it a second time): refused, naming that label.
+
+    A Direct-Archive session of this study and label that an earlier upload closed (archiving
+    now) is waited for, at most ``settle_seconds``: files sent into it meanwhile would be parked.
     Returns the target to use: with ``allow_other_study`` its overwrite becomes ``delete`` (XNAT
     refuses a change of study UID under ``append``).
     """
+    where = f"{target.project}/{target.session}"
+    _settle_closed_direct_archive(client, target, study_uid, settle_seconds)
+    other: str | None = None
     existing = find_archived(client, target.project, target.session)
-    if existing is None or not existing.uid or existing.uid == study_uid:
+    same_study = existing is not None and (not existing.uid or existing.uid == study_uid)
+    if existing is not None and not same_study:
+        other = (
+            f"Session {where} ({existing.experiment_id}) already holds another study (StudyInstanceUID {existing.uid})"
+        )
+    if (
+        existing is not None
+        and (same_study or allow_other_study)  # else the other study is the first thing to say
+        and find_archived(client, target.project, target.session, target.subject) is None
+    ):
+        # XNAT refuses to move a session to another subject whatever the overwrite mode
+        holder = subject_label(client, target.project, existing.subject_id) or existing.subject_id
+        raise ConflictError(
+            f"Session {where} ({existing.experiment_id}) holds {'this' if same_study else 'another'} study under "
+            f"subject {holder!r}, not "
+            f"{target.subject!r}: nothing was sent (XNAT never moves a session to another subject)",
+            status=409,
+            hint=f"Check the subject: to add to that session, give its subject (-S); to keep this upload apart, "
+            f"give it a label of its own (-E). `xnat-flows prearchive list -P {target.project}` and XNAT's "
+            f"session page show which subject holds {target.session}",
+            flow_hint="Check the request's subject: to add to that session give its subject, to keep this upload "
+            "apart give it a session label of its own",
+        )
+    for row in direct_archive_sessions(client, target.project):
+        if row.get("label") != target.session:
+            continue
+        if row.get("tag") != study_uid and other is None:
+            other = f"XNAT is receiving another study (StudyInstanceUID {row.get('tag')}) into {where}"
+        elif row.get("tag") == study_uid and row.get("subject") and row["subject"] != target.subject:
+            raise ConflictError(
+                f"XNAT is receiving this study into {where} for subject {row['subject']!r}, not {target.subject!r}: "
+                "nothing was sent",
+                status=409,
+                hint="Check the subject (-S), or give this upload a label of its own (-E)",
+                flow_hint="Check the request's subject, or give this upload a session label of its own",
+            )
+    if other is None:
+        rows = _prearchive_rows_or_none(client, target.project)
+        # rows XNAT may still archive into this label (parked ones, CONFLICT and ERROR, wait for a person)
+        staged = [
+            r
+            for r in rows
+            if r.name == target.session and r.tag and r.tag != study_uid and r.status not in (CONFLICT, ERROR)
+        ]
+        if staged:
+            other = (
+                f"The prearchive holds another study (StudyInstanceUID {staged[0].tag}) for {where} "
+                f"({staged[0].src}, {staged[0].status})"
+            )
+    if per_study:
+        _refuse_study_archived_elsewhere(client, target, study_uid)
+    if other is None:
         return target
     if not allow_other_study:
         raise ConflictError(
-            f"Session {target.project}/{target.session} ({existing.experiment_id}) already holds another study "
-            f"(StudyInstanceUID {existing.uid}); this upload is study {study_uid}: nothing was sent",
+            f"{other}; this upload is study {study_uid}: nothing was sent",
             status=409,
             hint="Choose a session label of its own (-E/--session, or --per-study), or, if the two studies must share "
             "one session, ask for it explicitly (allow_other_study=True; CLI --into-other-study)",
             flow_hint="Choose a session label of its own (the request's session, or per_study), or, if the two studies "
             "must share one session, set allow_other_study in the request",
         )
-    log.warning(
-        "adding study %s to %s/%s, which holds study %s (asked for explicitly)",
-        study_uid,
-        target.project,
-        target.session,
-        existing.uid,
-    )
+    log.warning("adding study %s to %s, which holds another study (asked for explicitly): %s", study_uid, where, other)
     return dataclasses.replace(target, overwrite="delete")
+
+
+def _prearchive_rows_or_none(client: XnatClient, project: str) -> list[PrearchiveSession]:
+    try:
+        return list_sessions(client, project)
+    except XnatError:  # a prearchive this account cannot read: the archive and Direct-Archive tell
+        return []
+
+
+def _settle_closed_direct_archive(client: XnatClient, target: UploadTarget, study_uid: str, timeout: float) -> None:
+    """Wait (at most ``timeout``) while a Direct-Archive session of this study and label is closed
+    but not yet archived: XNAT takes no more files into it, and files sent meanwhile are parked."""
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        closed = [
+            row
+            for row in direct_archive_sessions(client, target.project)
+            if row.get("label") == target.session and row.get("tag") == study_uid and row.get("status") != "RECEIVING"
+        ]
+        if not closed or time.monotonic() >= deadline:
+            return
+        if not announced:
+            announced = True
+            log.info(
+                "XNAT is archiving an upload of this study into %s/%s (%s): waiting for it to finish",
+                target.project,
+                target.session,
+                closed[0].get("status"),
+            )
+        time.sleep(0.25)
+
+
+def _refuse_study_archived_elsewhere(client: XnatClient, target: UploadTarget, study_uid: str) -> None:
+    """A ``--per-study`` upload of a study the project already holds under another label."""
+    rows = client.get_rows(
+        f"/data/projects/{quote(target.project, safe='')}/experiments",
+        params={"columns": "ID,label,UID", "UID": study_uid},
+    )
+    elsewhere = [r for r in rows if r.get("UID") == study_uid and r.get("label") and r["label"] != target.session]
+    if not elsewhere:
+        return
+    label = elsewhere[0]["label"]
+    prefix, _, digits = label.rpartition("_")
+    same_run = f" (the --per-study labels of -E {prefix})" if prefix and label == study_label(prefix, study_uid) else ""
+    raise ConflictError(
+        f"Study {study_uid} is already archived in {target.project} as session {label} ({elsewhere[0].get('ID', '?')})"
+        f"{same_run}; this upload would archive it again as {target.session}: nothing was sent",
+        status=409,
+        hint=f"Run the same command with -E {prefix} to complete that session"
+        if same_run
+        else f"Look at {label} first: this upload would be a second copy of that study",
+        flow_hint=f"Set the request's session to {prefix} to complete that session"
+        if same_run
+        else f"Look at {label} first: this upload would be a second copy of that study",
+    )
 
 
 def resume_state(
@@ -213,18 +356,27 @@ def resume_state(
 
 
 def _session_present(client: XnatClient, target: UploadTarget, study_uid: str) -> bool:
-    """The target session of this study is archived, being received by Direct-Archive, or held in
-    the prearchive (not in ERROR)."""
-    found = find_archived(client, target.project, target.session)
-    if found is not None and (not found.uid or found.uid == study_uid):
+    return study_present(client, study_uid, project=target.project, label=target.session)
+
+
+def study_present(client: XnatClient, study_uid: str, *, project: str | None = None, label: str | None = None) -> bool:
+    """XNAT holds study ``study_uid``: archived (as session ``label`` of ``project`` when they are
+    given, else as any session of ``project``, or of any project), being received by Direct-Archive,
+    or held in the prearchive (not in ERROR). What a resume journal's record is checked against
+    before it is trusted (REST uploads, and C-STORE in ``dicom_resume``)."""
+    if project and label:
+        found = find_archived(client, project, label)
+        if found is not None and (not found.uid or found.uid == study_uid):
+            return True
+    elif study_uid in archived_studies(client, project):
         return True
-    if any(
-        row.get("tag") == study_uid and row.get("label") == target.session
-        for row in direct_archive_sessions(client, target.project)
+    if project and any(
+        row.get("tag") == study_uid and (label is None or row.get("label") == label)
+        for row in direct_archive_sessions(client, project)
     ):
         return True
     try:
-        rows = list_sessions(client, target.project)
+        rows = list_sessions(client, project)
     except XnatError:  # a prearchive this account cannot read: only the archive tells
         return False
     return any(row.tag == study_uid and row.status != ERROR for row in rows)
@@ -390,11 +542,15 @@ def upload_session(
     verify_timeout: float = 600.0,
     poll_interval: float = 2.0,
     allow_other_study: bool = False,
+    claim_wait: float = DEFAULT_CLAIM_WAIT_SECONDS,
 ) -> SessionUploadResult:
     """Scan (unless given a ``ScanResult``), upload every planned session, verify each.
 
-    Before anything is sent every planned session is checked: one that XNAT already holds with
-    another StudyInstanceUID stops the upload (``ConflictError``) unless ``allow_other_study``.
+    The destinations are claimed first (``DestinationClaim``: one upload at a time per session
+    label on this machine, waiting at most ``claim_wait``), then every planned session is checked
+    before anything is sent (``check_destination``: another study or subject under the label stops
+    the upload with ``ConflictError``). Without ``verify``, the prearchive is looked at once at the
+    end: a row of this upload that XNAT parked (CONFLICT, ERROR) fails the result.
     """
     if workers < 1:
         raise InputError(f"workers must be at least 1 (got {workers})")
@@ -403,41 +559,66 @@ def upload_session(
     plan = plan_sessions(scan, target, per_study=per_study)
     if target.direct_archive:
         client.require_direct_archive()
-    plan = [
-        (check_destination(client, t, files[0].study_uid, allow_other_study=allow_other_study), files)
-        for t, files in plan
-    ]
-    client.reserve_connections(workers)
-
-    results = []
-    for session_target, files in plan:
-        before = prearchive_snapshot(client, session_target.project) if verify else None
-        study = StudyUploadResult(files[0].study_uid, session_target, len(files), sum(f.size for f in files))
-        if gradual:
-            study.gradual = upload_instances(
-                client, files, session_target, workers=workers, journal=journal, progress=progress
-            )
-        else:
-            study.batches = upload_batches(
-                client, files, session_target, workers=workers, fmt=fmt, journal=journal, progress=progress
-            )
-        if study.awaits_archiving:
-            archive_now(client, session_target, study.study_uid, study.uris, requests_in_doubt=study.requests_in_doubt)
-        if verify and study.uploaded:
-            study.verify = verify_session(
-                client,
-                session_target,
+    names = [destination_name(client.base_url, t.project, t.session) for t, _ in plan]
+    with DestinationClaim(names, wait_seconds=claim_wait, on_wait=log.warning):
+        plan = [
+            (
+                check_destination(
+                    client, t, files[0].study_uid, allow_other_study=allow_other_study, per_study=per_study
+                ),
                 files,
-                wait_timeout=verify_timeout,
-                poll_interval=poll_interval,
-                prearchive_before=before,
             )
-        if journal is not None and study.uploaded:
-            # Everything was accepted: a later run starts afresh. (If verification then found
-            # files missing, re-sending all of them is what the next run should do anyway.)
-            journal.clear(resume_key(client.base_url, session_target.key))
-        results.append(study)
-    return SessionUploadResult(results, list(scan.skipped), time.monotonic() - started)
+            for t, files in plan
+        ]
+        client.reserve_connections(workers)
+        results = []
+        for session_target, files in plan:
+            before = prearchive_snapshot(client, session_target.project)
+            study = StudyUploadResult(files[0].study_uid, session_target, len(files), sum(f.size for f in files))
+            if gradual:
+                study.gradual = upload_instances(
+                    client, files, session_target, workers=workers, journal=journal, progress=progress
+                )
+            else:
+                study.batches = upload_batches(
+                    client, files, session_target, workers=workers, fmt=fmt, journal=journal, progress=progress
+                )
+            if study.awaits_archiving:
+                archive_now(
+                    client, session_target, study.study_uid, study.uris, requests_in_doubt=study.requests_in_doubt
+                )
+            if verify and study.uploaded:
+                study.verify = verify_session(
+                    client,
+                    session_target,
+                    files,
+                    wait_timeout=verify_timeout,
+                    poll_interval=poll_interval,
+                    prearchive_before=before,
+                )
+            if journal is not None and study.uploaded:
+                # Everything was accepted: a later run starts afresh. (If verification then found
+                # files missing, re-sending all of them is what the next run should do anyway.)
+                journal.clear(resume_key(client.base_url, session_target.key))
+            results.append((study, before))
+        if not verify:
+            for study, before in results:
+                study.parked = look_for_parked(client, study.target, study.study_uid, before)
+    return SessionUploadResult([study for study, _ in results], list(scan.skipped), time.monotonic() - started)
+
+
+def look_for_parked(
+    client: XnatClient, target: UploadTarget, study_uid: str, before: frozenset[str], *, settle_seconds: float = 60.0
+) -> list[ParkedSession]:
+    """One look at the prearchive after an upload that is not verified: this upload's rows XNAT
+    parked in CONFLICT or ERROR, each with what it conflicts with.
+
+    XNAT decides when it archives: the look waits (at most ``settle_seconds``) while this upload's
+    Direct-Archive session is queued, building or archiving (``--archive-when-complete``), but not
+    while it is still receiving (XNAT's idle timer may take minutes: that is what verifying is for).
+    """
+    _settle_closed_direct_archive(client, target, study_uid, settle_seconds)
+    return [parked_session(client, row) for row in parked_rows(client, target, {study_uid}, before)]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from xnat_flows.client.archive import ArchivedScan, find_archived
 from xnat_flows.client.client import XnatClient
-from xnat_flows.client.errors import NotFoundError, PermissionDeniedError, for_reader
+from xnat_flows.client.errors import NotFoundError, PermissionDeniedError, XnatError, for_reader
 from xnat_flows.client.prearchive import (
     CONFLICT,
     ERROR,
@@ -31,6 +31,7 @@ from xnat_flows.client.prearchive import (
     direct_archive_sessions,
     is_transient_status,
     list_sessions,
+    parked_session,
 )
 from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.target import UploadTarget
@@ -53,6 +54,8 @@ class VerifyResult:
     waited_seconds: float = 0.0
     parked: list[str] = field(default_factory=list)  # prearchive rows of this upload XNAT did not archive
     processing: bool = False  # XNAT was still receiving or building this upload when the wait ran out
+    next_steps: list[str] = field(default_factory=list)  # what a person can do about each parked row
+    conflict: bool = False  # a parked row is in CONFLICT: it meets a session it may not join on its own
 
     def summary(self) -> str:
         if self.processing:
@@ -66,7 +69,7 @@ class VerifyResult:
         if self.parked:
             return (
                 f"XNAT did not archive this upload: it parked it in the prearchive ({'; '.join(self.parked)}); "
-                "what the archive holds is not this upload"
+                "what the archive holds is not this upload" + "".join(f". {step}" for step in self.next_steps)
             )
         if self.ok:
             where = self.experiment_id or self.uri
@@ -179,13 +182,31 @@ def _processing(client: XnatClient, target: UploadTarget, study_uids: set[str], 
     )
 
 
-def _parked(client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]) -> list[str]:
-    """This upload's prearchive rows that XNAT put in ERROR (or CONFLICT, after a merge was tried)."""
+def parked_rows(
+    client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]
+) -> list[PrearchiveSession]:
+    """This upload's prearchive rows that XNAT parked: in ERROR, or in CONFLICT (it would merge into
+    an archived session it may not join on its own). Rows there before the upload are not its."""
     return [
-        f"{row.url}: {row.status}"
+        row
         for row in _prearchive_rows(client, target.project)
-        if row.tag in study_uids and row.status in (ERROR, CONFLICT) and row.url not in before
+        if row.tag in study_uids
+        and row.status in (ERROR, CONFLICT)
+        and row.url not in before
+        and row.name in (target.session, "")
     ]
+
+
+def parked_result(client: XnatClient, result: VerifyResult, rows: list[PrearchiveSession]) -> VerifyResult:
+    """``result`` failed for ``rows``, each described with what it conflicts with and what to do."""
+    described = [parked_session(client, row) for row in rows]
+    return dataclasses.replace(
+        result,
+        ok=False,
+        parked=[p.describe() for p in described],
+        next_steps=[p.next_steps() for p in described],
+        conflict=any(row.status == CONFLICT for row in rows),
+    )
 
 
 def verify_session(
@@ -212,7 +233,7 @@ def verify_session(
     nothing_found = {s.label: (s.count, 0) for s in expected}
     result = VerifyResult(False, None, None, expected_total, 0, nothing_found, list(nothing_found))
     polls = 0
-    merge_tried = False
+    merge_tried: set[str] = set()
     while True:
         if in_prearchive:
             base = _locate_prearchived(client, target, study_uids)
@@ -228,21 +249,25 @@ def verify_session(
                     client, expected, session.experiment_id, session.uri, session.scans, by_number=same_study
                 )
         processing = False
-        if result.ok and prearchive_before is not None and not in_prearchive:
-            # The counts may be an earlier copy's: done only once XNAT has finished with this upload.
-            processing = _processing(client, target, study_uids, prearchive_before)
-            parked = [] if processing else _parked(client, target, study_uids, prearchive_before)
-            if parked and not merge_tried and target.direct_archive:
-                merge_tried = True
-                if _merge_conflicts(client, target, study_uids):
-                    continue
+        if prearchive_before is not None and not in_prearchive:
+            # A row of this upload parked in ERROR or CONFLICT ends the wait at once, whatever the
+            # archive's counts say (they may be an earlier copy's). Only a late copy of the same
+            # study, subject, label and patient (of this upload, or of an earlier run of it that a
+            # re-run completes) is merged (append), each row once.
+            rows = parked_rows(client, target, study_uids, frozenset())
+            fresh = [row for row in rows if row.url not in merge_tried]
+            merge_tried.update(row.url for row in fresh)
+            if any([_merge_own_late_copy(client, target, row, files) for row in fresh]):
+                continue
+            parked = [row for row in rows if row.url not in prearchive_before]
             if parked:
-                result = dataclasses.replace(result, ok=False, parked=parked)
+                result = parked_result(client, result, parked)
                 break
+            if result.ok:
+                # The counts may be an earlier copy's: done only once XNAT has finished with this upload.
+                processing = _processing(client, target, study_uids, prearchive_before)
         if result.ok and not processing:
             break
-        if result.uri is not None and target.direct_archive:
-            _merge_conflicts(client, target, study_uids)
         if time.monotonic() - started >= wait_timeout:
             if processing:
                 result = dataclasses.replace(result, ok=False, processing=True)
@@ -269,19 +294,29 @@ def archived_complete(client: XnatClient, target: UploadTarget, files: Iterable[
     ).ok
 
 
-def _merge_conflicts(client: XnatClient, target: UploadTarget, study_uids: set[str]) -> bool:
-    """Archive what XNAT parked in the prearchive as CONFLICT for this session and study; True if any.
+def _merge_own_late_copy(
+    client: XnatClient, target: UploadTarget, row: PrearchiveSession, files: list[DicomFile]
+) -> bool:
+    """Archive ``row`` into the target session with ``append`` if it is this upload's own late copy:
+    True when XNAT took it.
 
-    Instances re-sent by Direct-Archive to a session that XNAT has archived meanwhile (a resumed
-    gradual-DICOM upload) do not merge on their own: XNAT falls back to the prearchive and marks
-    the row CONFLICT (docs/reliability.md). Only rows of the upload's own StudyInstanceUID are
-    merged, so ``delete`` (replace the overlapping files) cannot mix two studies.
+    A copy of the upload that reached XNAT after the session was archived (a resumed or retried
+    request) cannot join it on its own: XNAT parks it in CONFLICT (XNAT wiki: *Using
+    Direct-to-Archive Uploading*). It is merged only when it is the same study (StudyInstanceUID),
+    for the same subject and label, and the archived session records the same DICOM patient; and
+    only with ``append``, under which XNAT still refuses another study or subject
+    (xnat-web ``PrearcSessionArchiver.checkForConflicts``). Anything else is for a person to look at.
     """
-    merged = False
-    for row in _prearchive_rows(client, target.project):
-        if row.status != CONFLICT or row.tag not in study_uids:
-            continue
-        log.info("merging prearchive CONFLICT %s into %s/%s", row.url, target.subject, target.session)
+    if row.status != CONFLICT or row.name != target.session or row.subject.lower() != target.subject.lower():
+        return False
+    existing = find_archived(client, target.project, target.session, subject=target.subject)
+    if existing is None or not existing.uid or existing.uid != row.tag:
+        return False
+    patient = _patient_id(files)
+    if existing.patient_id and patient is not None and existing.patient_id != patient:
+        return False
+    log.info("merging this upload's late copy %s into %s/%s (append)", row.url, target.subject, target.session)
+    try:
         archive_session(
             client,
             target.project,
@@ -289,11 +324,27 @@ def _merge_conflicts(client: XnatClient, target: UploadTarget, study_uids: set[s
             row.folder_name,
             subject=target.subject,
             label=target.session,
-            overwrite="delete",
+            overwrite="append",
+            overwrite_files=True,  # the late copy repeats instances the session already holds
             wait_seconds=0,
         )
-        merged = True
-    return merged
+    except XnatError as exc:  # XNAT refused the merge: the row stays for a person to look at
+        log.warning("XNAT did not merge %s into %s: %s", row.url, target.session, exc)
+        return False
+    return True
+
+
+def _patient_id(files: list[DicomFile]) -> str | None:
+    """The PatientID of the upload (read from its first file), None when it cannot be read."""
+    import pydicom  # lazy, as in transfer.scan
+
+    if not files:
+        return None
+    try:
+        dataset = pydicom.dcmread(files[0].path, stop_before_pixels=True, specific_tags=["PatientID"])
+    except (OSError, pydicom.errors.InvalidDicomError):
+        return None
+    return str(dataset.get("PatientID", "") or "")
 
 
 def _compare(
