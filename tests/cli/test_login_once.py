@@ -337,7 +337,13 @@ def test_help_is_readable_at_80_columns(home: Path) -> None:
         assert listing.exit_code == 0
         summaries = [line for line in listing.output.splitlines() if line.startswith("  ")]
         assert summaries and not [line for line in summaries if line.endswith("...")], listing.output  # none cut short
-    for command in (["session", "upload"], ["session", "upload-dicom"], ["auth", "login"], ["prearchive", "archive"]):
+    for command in (
+        ["session", "upload"],
+        ["session", "upload-dicom"],
+        ["session", "download"],
+        ["auth", "login"],
+        ["prearchive", "archive"],
+    ):
         result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
         assert result.exit_code == 0
         assert "<bool>" not in result.output and "…" not in result.output

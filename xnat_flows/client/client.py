@@ -457,13 +457,15 @@ class XnatClient:
         timeout: float | httpx.Timeout | None = None,
         retry: bool = True,
         lean: bool = False,
+        stream: bool = False,
     ) -> httpx.Response:
         """Send a request; return the response (status < 400) or raise the classified XnatError.
 
         A 401 causes one shared re-login and a resend. Transient failures are retried per
         ``self.retry``; a body given as a plain iterator cannot be resent and is tried once.
         ``lean=True`` sends through ``lean.LeanPool`` (http.client) where that is safe (``_send_lean``): for
-        many small requests, such as gradual-DICOM's one per instance.
+        many small requests, such as gradual-DICOM's one per instance. ``stream=True`` returns the
+        response with its body unread (``download`` reads it); retries end once the headers arrived.
         """
         policy = self.retry if retry else NO_RETRY
         single_use = content is not None and not isinstance(content, (bytes, str)) and not callable(content)
@@ -480,7 +482,10 @@ class XnatClient:
                 if lean and self._lean is not None:
                     response = self._send_lean(self._lean, method, path, params, content, headers, timeout, token)
                 else:
-                    response = self._send(method, path, params, content, headers, timeout, token)
+                    response = self._send(method, path, params, content, headers, timeout, token, stream)
+                if stream and response.status_code >= 400:
+                    response.read()  # an error's body is short, and the error quotes it
+                    response.close()
                 if (
                     response.status_code == 401
                     and not relogged
@@ -574,6 +579,7 @@ class XnatClient:
         headers: Mapping[str, str] | None,
         timeout: float | httpx.Timeout | None,
         token: str | None,
+        stream: bool = False,
     ) -> httpx.Response:
         merged = dict(headers or {})
         if token:
@@ -593,6 +599,8 @@ class XnatClient:
                     method, path, params=params, content=body, headers=merged, timeout=limits
                 )
                 response = self._http.send(request, stream=True)
+                if stream:  # the caller reads the body as it arrives (``download``)
+                    return response
                 try:
                     if response.is_stream_consumed:  # a transport that hands answers read (httpx.MockTransport)
                         return response
@@ -718,6 +726,35 @@ class XnatClient:
         return httpx.Timeout(
             _at_most(self.timeout.read, self.answer), connect=self.timeout.connect, pool=self.timeout.pool
         )
+
+    @contextlib.contextmanager
+    def download(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[httpx.Response]:
+        """``with client.download(path) as response: for chunk in response.iter_bytes(): ...``
+
+        A GET whose body is read as it arrives (a file, a zip), never held whole. Login, 401 and
+        retries are ``request``'s until the answer's headers arrive; a failure while the body is
+        read (connection lost, nothing received for ``stall`` seconds) raises the classified
+        ``XnatConnectionError``, for the caller to start that body again.
+        """
+        limits = httpx.Timeout(
+            connect=self.timeout.connect,
+            read=_at_most(self.timeout.read, self.stall),
+            write=self.timeout.write,
+            pool=self.timeout.pool,
+        )
+        response = self.request("GET", path, params=params, timeout=limits, stream=True)
+        try:
+            yield response
+        except httpx.HTTPError as exc:
+            if self.cancelled:
+                raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
+            raise self._connection_error(exc, f"GET {path}") from None
+        except RuntimeError:
+            if self.cancelled:  # the pool was closed under this response by cancel()
+                raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
+            raise
+        finally:
+            response.close()
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         response = self.request("GET", path, params={"format": "json", **(params or {})}, timeout=self._query_timeout())
