@@ -1,163 +1,208 @@
-"""Benchmark: DICOM-zip ingestion into the XNAT emulator vs. raw loopback HTTP throughput.
+"""Benchmark: how fast the XNAT emulator ingests DICOM-zip, against extracting the same tar to disk.
 
-Writes a synthetic session (~1 GB by default), then POSTs the same bytes twice with httpx as a
-tar streamed on the fly: once into a stdlib HTTP server that discards the body (the loopback
-floor) and once into the emulator's ``/data/services/import`` (DICOM-zip, dest=/archive, so the
-number includes parsing, placing and archiving every instance). Not a test; run it by hand:
+Writes one synthetic session (2,000 x 256 KB by default), packs it as one tar and as four tars
+(round-robin, as a 4-worker upload splits it), then per round, interleaved:
 
-    .venv/bin/python bench/bench_emulator_ingest.py [--mb 1024] [--instance-kb 512] [--keep DIR]
+* extract: the one tar to disk with the standard library (``tarfile.extractall``), the floor;
+* one upload: the one tar POSTed to a fresh emulator process (``/data/services/import``,
+  DICOM-zip, Direct-Archive, as ``xnat-flows session upload`` sends it), timed to the answer;
+* four uploads: the four tars POSTed at once into the same session of a fresh emulator;
+* dest=/archive: the one tar with ``dest=/archive/projects/P`` (the answer waits for archiving).
+
+The client is curl in processes of its own (``-T``: the body streamed from the file), so the
+figures are the emulator's, not the client's. Every upload is checked: the session is archived
+with every instance. Not a test; run it by hand:
+
+    .venv/bin/python bench/bench_emulator_ingest.py [--instances 2000] [--instance-kb 256] [--rounds 3]
+        [--work-dir /dev/shm]
+
+Targets (issue 25): one upload at most 2x the extract; four uploads at least 1.5x one.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import os
 import shutil
+import statistics
+import subprocess
 import tarfile
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import urllib.parse
+import urllib.request
+from base64 import b64encode
 from pathlib import Path
 
-import httpx
+from bench_common import PASSWORD, PROJECT, Emulator
 
-from xnat_flows.testing import XnatEmulator
-
-CHUNK = 1024 * 1024
+LABEL = "INGEST"
 
 
-def write_session(out_dir: Path, total_mb: int, instance_kb: int) -> list[Path]:
-    """Synthetic DICOM files: synth.write_studies when available, else CT_small padded to size."""
-    instances = max(1, total_mb * 1024 // instance_kb)
+def write_session(out_dir: Path, instances: int, instance_kb: int) -> list[Path]:
+    from xnat_flows.testing.synth import write_studies
+
     series = max(1, min(10, instances // 100))
-    try:
-        from xnat_flows.testing.synth import write_studies
-    except ImportError:
-        return _write_padded_ct(out_dir, instances, series, instance_kb)
     manifest = write_studies(out_dir, studies=1, series=series, instances=instances, instance_kb=instance_kb)
-    return [Path(item.path) for item in manifest.files]
+    return sorted(Path(item.path) for item in manifest.files)
 
 
-def _write_padded_ct(out_dir: Path, instances: int, series: int, instance_kb: int) -> list[Path]:
-    import os
-
-    import pydicom
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
-
-    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    study_uid = generate_uid()
-    series_uids = [generate_uid() for _ in range(series)]
-    pad = max(0, instance_kb * 1024 - 40 * 1024)
-    paths = []
-    for index in range(instances):
-        ds = copy.deepcopy(template)
-        ds.StudyInstanceUID = study_uid
-        number = index % series
-        ds.SeriesInstanceUID = series_uids[number]
-        ds.SeriesNumber = number + 1
-        ds.InstanceNumber = index // series + 1
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.add_new(0x00091010, "OB", os.urandom(pad))  # private padding to reach the target size
-        path = out_dir / f"s{number + 1}" / f"{index:06d}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+def pack(paths: list[Path], root: Path, target: Path) -> Path:
+    with tarfile.open(target, "w") as archive:
+        for path in paths:
+            archive.add(path, str(path.relative_to(root)))
+    return target
 
 
-def stream_tar(paths: list[Path], root: Path) -> Iterator[bytes]:
-    """An uncompressed tar built on the fly, yielded in ~1 MB pieces (header + data + padding per file)."""
-    pending: list[bytes] = []
-    size = 0
-    now = int(time.time())
-    for path in paths:
-        data = path.read_bytes()
-        info = tarfile.TarInfo(str(path.relative_to(root)))
-        info.size, info.mtime, info.mode = len(data), now, 0o644
-        pending += [info.tobuf(tarfile.GNU_FORMAT), data, b"\0" * (-len(data) % tarfile.BLOCKSIZE)]
-        size += len(data)
-        if size >= CHUNK:
-            yield b"".join(pending)
-            pending, size = [], 0
-    pending.append(b"\0" * (2 * tarfile.BLOCKSIZE))
-    yield b"".join(pending)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class _Discard(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args) -> None:
-        return
-
-    def do_POST(self) -> None:
-        from xnat_flows.testing.httpbody import RequestBody
-
-        length = self.headers.get("Content-Length")
-        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "")
-        RequestBody(self.rfile, int(length) if length else 0, chunked).drain()
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+def extract_seconds(tar_path: Path, work: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of extracting the tar to disk."""
+    out = Path(tempfile.mkdtemp(prefix="extract-", dir=work))
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        with tarfile.open(tar_path) as archive:
+            archive.extractall(out, filter="data")
+        return time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
-def time_post(url: str, body: Iterator[bytes], **kwargs) -> tuple[float, httpx.Response]:
+def curl_post(url: str, tar_path: Path, params: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            "-T",
+            str(tar_path),
+            "-u",
+            f"admin:{PASSWORD}",
+            "-H",
+            "Content-Type: application/x-tar",
+            "-H",
+            "Expect:",
+            "-w",
+            "\n%{http_code}",
+            f"{url}/data/services/import?{urllib.parse.urlencode(params)}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def upload_seconds(emulator: Emulator, tars: list[Path], params: dict[str, str]) -> tuple[float, list[str]]:
     started = time.perf_counter()
-    with httpx.Client(timeout=None) as client:
-        response = client.post(url, content=body, **kwargs)
-    return time.perf_counter() - started, response
+    running = [curl_post(emulator.url, tar, params) for tar in tars]
+    answers = [process.communicate(timeout=600)[0] for process in running]
+    seconds = time.perf_counter() - started
+    for answer in answers:
+        body, _, status = answer.rpartition("\n")
+        if status != "200":
+            raise RuntimeError(f"upload failed: HTTP {status}: {body[:300]}")
+    return seconds, sorted({a.rpartition("\n")[0].strip() for a in answers})
+
+
+def archive_now(emulator: Emulator, uri: str) -> None:
+    request = urllib.request.Request(
+        emulator.url + uri,
+        method="POST",
+        headers={"Authorization": "Basic " + b64encode(f"admin:{PASSWORD}".encode()).decode()},
+    )
+    urllib.request.urlopen(request, timeout=60).close()
+
+
+def wait_archived(emulator: Emulator, expected: int, timeout: float = 300) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if emulator.archived_files(LABEL) == expected:
+            return time.perf_counter() - started
+        time.sleep(0.2)
+    raise RuntimeError(f"session {LABEL} not archived with {expected} files within {timeout} s")
+
+
+def one_run(work: Path, tars: list[Path], expected: int, dest_archive: bool = False) -> tuple[float, float]:
+    """(wall, emulator CPU) seconds of the uploads, to the last answer; then checks the archive."""
+    emulator = Emulator(Path(tempfile.mkdtemp(prefix="xnat-", dir=work)))
+    try:
+        params = {"import-handler": "DICOM-zip", "project": PROJECT, "subject": "SUBJ", "session": LABEL}
+        params |= {"dest": f"/archive/projects/{PROJECT}"} if dest_archive else {"Direct-Archive": "true"}
+        cpu = cpu_seconds(emulator.process.pid)
+        seconds, uris = upload_seconds(emulator, tars, params)
+        cpu = cpu_seconds(emulator.process.pid) - cpu
+        if not dest_archive:
+            [uri] = uris
+            archive_now(emulator, uri)
+        wait_archived(emulator, expected)
+        return seconds, cpu
+    finally:
+        emulator.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=int, default=1024, help="session size in MB")
-    parser.add_argument("--instance-kb", type=int, default=512, help="size of one instance")
+    parser.add_argument("--instances", type=int, default=2000)
+    parser.add_argument("--instance-kb", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="reuse/keep the synthetic data in this directory")
+    parser.add_argument(
+        "--work-dir", type=Path, help="where the tars, extracts and emulator data go (e.g. /dev/shm: no disk noise)"
+    )
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-emulator-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=args.work_dir))
     data_dir = args.keep or work / "dicom"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         paths = sorted(p for p in data_dir.rglob("*") if p.is_file()) or write_session(
-            data_dir, args.mb, args.instance_kb
+            data_dir, args.instances, args.instance_kb
         )
         total = sum(p.stat().st_size for p in paths)
-        print(f"session: {len(paths)} instances, {total / 1e6:.0f} MB")
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Discard)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        seconds, _ = time_post(f"http://127.0.0.1:{server.server_address[1]}/", stream_tar(paths, data_dir))
-        server.shutdown()
-        print(f"raw loopback (httpx tar stream -> stdlib discard): {total / 1e6 / seconds:7.0f} MB/s ({seconds:.1f} s)")
-
-        with XnatEmulator(work / "xnat", rebuild_idle_seconds=3600) as xnat:
-            params = {
-                "import-handler": "DICOM-zip",
-                "project": "TEST",
-                "subject": "BENCH",
-                "session": "BENCH",
-                "dest": "/archive/projects/TEST",
-                "overwrite": "delete",
-                "inbody": "true",
+        one = pack(paths, data_dir, work / "one.tar")
+        parts = [pack(paths[i::4], data_dir, work / f"part{i}.tar") for i in range(4)]
+        print(f"session: {len(paths)} instances, {total / 1e6:.0f} MB; {args.rounds} interleaved rounds")
+        figures: dict[str, list[float]] = {}
+        for round_number in range(1, args.rounds + 1):
+            runs = {
+                "extract": extract_seconds(one, work),
+                "one": one_run(work, [one], len(paths)),
+                "four": one_run(work, parts, len(paths)),
+                "archive": one_run(work, [one], len(paths), dest_archive=True),
             }
-            seconds, response = time_post(
-                f"{xnat.url}/data/services/import",
-                stream_tar(paths, data_dir),
-                params=params,
-                auth=(xnat.user, xnat.password),
-                headers={"Content-Type": "application/x-tar"},
+            for name, (wall, cpu) in runs.items():
+                figures.setdefault(name, []).append(wall)
+                figures.setdefault(f"{name}_cpu", []).append(cpu)
+            print(
+                f"round {round_number} (wall / CPU s): extract {runs['extract'][0]:.2f} / {runs['extract'][1]:.2f}, "
+                f"one upload {runs['one'][0]:.2f} / {runs['one'][1]:.2f}, "
+                f"four uploads {runs['four'][0]:.2f} / {runs['four'][1]:.2f}, "
+                f"dest=/archive {runs['archive'][0]:.2f} / {runs['archive'][1]:.2f}",
+                flush=True,
             )
-            assert response.status_code == 200, response.text
-            archived = sum(xnat.archived_experiments("TEST")[0]["scans"].values())
-            assert archived == len(paths), (archived, len(paths))
+        median = {name: statistics.median(values) for name, values in figures.items()}
+        ratios = [o / e for o, e in zip(figures["one"], figures["extract"], strict=True)]
+        cpu_ratios = [o / e for o, e in zip(figures["one_cpu"], figures["extract_cpu"], strict=True)]
+        scaling = [o / f for o, f in zip(figures["one"], figures["four"], strict=True)]
         print(
-            f"emulator DICOM-zip (tar, dest=/archive):           {total / 1e6 / seconds:7.0f} MB/s "
-            f"({seconds:.1f} s, {len(paths) / seconds:.0f} instances/s)"
+            json.dumps(
+                {
+                    "median_seconds": {k: round(v, 2) for k, v in median.items()},
+                    "one_upload_MB_per_s": round(total / 1e6 / median["one"]),
+                    "one_upload_over_extract_wall": [round(r, 2) for r in ratios],
+                    "one_upload_over_extract_cpu": [round(r, 2) for r in cpu_ratios],
+                    "target_one_over_extract_at_most": 2.0,
+                    "four_uploads_speedup_over_one_wall": [round(s, 2) for s in scaling],
+                    "target_four_speedup_at_least": 1.5,
+                },
+                indent=1,
+            )
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

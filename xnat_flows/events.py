@@ -8,6 +8,8 @@ Event names:
   and once per arrival of data (``announce_archived``): a run that finds the same files in the same
   session again (a re-run whose data an earlier run delivered and announced) does not announce them twice.
 * ``xnat.upload.failed``: a session could not be uploaded (the payload says why).
+* ``xnat.session.processed``: processing attached results to a session (the payload names the
+  resources and files it produced); emitted by the ``process-xnat-session`` flow.
 
 The resource names the session on its server, so triggers can match one project or server::
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:  # keep importing this module cheap: models are only needed fo
 SESSION_UPLOADED = "xnat.session.uploaded"
 SESSION_ARCHIVED = "xnat.session.archived"
 UPLOAD_FAILED = "xnat.upload.failed"
+SESSION_PROCESSED = "xnat.session.processed"
 RESOURCE_PREFIX = "xnat.session"
 
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
@@ -302,3 +305,9 @@ def emit_archive_outcome(outcome: ArchiveOutcome, server_url: str, experiment_id
         uri=outcome.archive_uri,
         via="prearchive",
     )
+
+
+def emit_session_processed(ref: SessionRef, payload: Mapping[str, Any], follows: Event | None = None) -> Event | None:
+    """``xnat.session.processed``: processing produced results and attached them to the session
+    (``payload`` names them, e.g. ``{"produced": {"1": ["sub-..._T1w.nii.gz", ...]}, "resource": "NIFTI"}``)."""
+    return emit_session_event(SESSION_PROCESSED, ref, payload, follows=follows)

@@ -332,12 +332,18 @@ def test_json_summary_and_no_progress_bar_into_a_pipe(xnat, home: Path, tmp_path
 
 
 def test_help_is_readable_at_80_columns(home: Path) -> None:
-    for group in ([], ["session"], ["auth"], ["prearchive"], ["resource"], ["emulator"]):
+    for group in ([], ["session"], ["auth"], ["prearchive"], ["resource"], ["emulator"], ["anon"]):
         listing = CliRunner().invoke(app, [*group, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
         assert listing.exit_code == 0
         summaries = [line for line in listing.output.splitlines() if line.startswith("  ")]
         assert summaries and not [line for line in summaries if line.endswith("...")], listing.output  # none cut short
-    for command in (["session", "upload"], ["session", "upload-dicom"], ["auth", "login"], ["prearchive", "archive"]):
+    for command in (
+        ["session", "upload"],
+        ["session", "upload-dicom"],
+        ["session", "download"],
+        ["auth", "login"],
+        ["prearchive", "archive"],
+    ):
         result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
         assert result.exit_code == 0
         assert "<bool>" not in result.output and "…" not in result.output

@@ -189,6 +189,33 @@ def test_ignore_unparsable_skips_junk(client, manual):
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize("tar_format", ["gnu", "pax"])
+def test_tar_long_names_directories_and_truncation(client, manual, tar_format):
+    """The tar stream reader: GNU long names and pax records name the next member, directories and
+    empty files are skipped or kept as tarfile does, a truncated member is refused."""
+    import io
+    import tarfile
+
+    study = make_study(series=1, instances=3)
+    buffer = io.BytesIO()
+    chosen = tarfile.GNU_FORMAT if tar_format == "gnu" else tarfile.PAX_FORMAT
+    with tarfile.open(fileobj=buffer, mode="w", format=chosen) as archive:
+        folder = tarfile.TarInfo("export/" + "deep/" * 30)
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+        for index, instance in enumerate(study):
+            info = tarfile.TarInfo(folder.name + f"é{index}-" + "x" * 120)
+            info.size = len(instance.data)
+            archive.addfile(info, io.BytesIO(instance.data))
+    body = buffer.getvalue()
+    response = dicom_zip(client, body, "application/x-tar", project=manual, session="LONG")
+    assert response.status_code == 200, response.text
+    files = client.get(f"{response.text.strip()}/scans/1/resources/DICOM/files").json()["ResultSet"]["Result"]
+    assert len(files) == 3
+    truncated = dicom_zip(client, body[: len(body) // 2], "application/x-tar", project=manual, session="CUT")
+    assert truncated.status_code == 400 and "unable to read data from file" in truncated.text
+
+
 def test_zip_slip_members_are_refused(client, manual):
     instance = make_study(1, 1)[0]
     response = dicom_zip(client, zip_bytes([("../evil.dcm", instance.data)]), project=manual)

@@ -94,8 +94,17 @@ def test_columns_select_names_and_xpaths(client):
     rows = results(
         client.get("/data/experiments", params={"columns": "label,xnat:imageSessionData/modality,subject_label"})
     )
+    # xnat-web QueryOrganizerResource.formatHeaders: the xpath column carries its shortcut name; the
+    # listing is rooted at xnat:imageSessionData, no data type of its own: xsiType and project are added.
     assert rows == [
-        {"label": "S1", "xnat:imageSessionData/modality": "CT", "subject_label": "SUBJ", "URI": rows[0]["URI"]}
+        {
+            "label": "S1",
+            "modality": "CT",
+            "subject_label": "SUBJ",
+            "xsiType": "xnat:ctSessionData",
+            "project": "TEST",
+            "URI": rows[0]["URI"],
+        }
     ]
     as_csv = client.get("/data/projects/TEST/experiments", params={"format": "csv", "columns": "ID,label"})
     assert next(csv.reader(io.StringIO(as_csv.text))) == ["ID", "label", "URI"]
@@ -185,7 +194,9 @@ def test_put_creates_experiment_subject_and_scan(client):
     document = client.get(f"/data/experiments/{experiment}").json()["items"][0]
     assert document["meta"]["xsi:type"] == "xnat:mrSessionData"
     assert document["data_fields"]["date"] == "2024-03-04"
-    assert client.put("/data/projects/TEST/subjects/X/experiments/NOTYPE").status_code == 400
+    # xnat-web SubjAssessmentResource.handlePut: neither xsiType nor a document → 417 "Need PUT Contents".
+    no_type = client.put("/data/projects/TEST/subjects/X/experiments/NOTYPE")
+    assert no_type.status_code == 417 and "Need PUT Contents" in no_type.text
     assert client.get("/data/projects/TEST/subjects/X").status_code == 404  # no subject left behind
     refused = client.put(
         "/data/projects/TEST/subjects/NEWSUBJ/experiments/BADDATE",

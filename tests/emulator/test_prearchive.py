@@ -240,7 +240,7 @@ def test_direct_archive_listing_and_commit(emulator, client):
     assert [s["uri"] for s in listed.json()] == [uri]
     [row] = [r for r in emulator.store.prearc_rows(["TEST"], include_direct=True) if r.name == "DAL"]
     with emulator.prearchive.holding() as held:  # as while an import request still writes into it
-        held.add(row.id)
+        held.rows.add(row.id)
         refused = client.post(uri)
     assert refused.status_code == 400 and "still receiving new files" in refused.text
     assert client.post("/xapi/direct-archive/TEST/1.2.3.4/DAL").status_code == 404

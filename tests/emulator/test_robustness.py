@@ -187,6 +187,7 @@ def _write_urls(emulator, client) -> list[tuple[str, str]]:
         ("POST", "/xapi/siteConfig"),
         ("PUT", "/data/projects/TEST/prearchive_code/4"),
         ("POST", "/data/projects/TEST/prearchive_code/4"),
+        ("PUT", "/data/projects/TEST/accessibility/protected"),
         ("PUT", "/data/projects/NEWP"),
         ("PUT", "/data/projects/TEST/subjects/NS"),
         ("PUT", f"/data/projects/TEST/experiments/{experiment}"),
@@ -207,6 +208,7 @@ def _write_urls(emulator, client) -> list[tuple[str, str]]:
         ("POST", "/xapi/direct-archive/TEST/1.2.3/L"),
         ("POST", "/_emulator/faults"),
         ("POST", "/_emulator/rebuild"),
+        ("PUT", "/data/config/anon/script"),  # last: a garbage site script would refuse later imports, as in XNAT
     ]
 
 

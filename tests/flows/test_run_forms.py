@@ -11,6 +11,7 @@ from xnat_flows.flows import (
     archive_prearchive_session,
     attach_resource,
     delete_prearchive_session,
+    download_xnat_session,
     ingest_inbox,
     process_xnat_session,
     send_dicom,
@@ -25,6 +26,7 @@ FLOWS = [
     delete_prearchive_session,
     attach_resource,
     process_xnat_session,
+    download_xnat_session,
 ]
 
 
@@ -58,9 +60,9 @@ def test_folder_fields_say_they_are_read_on_the_workers_host() -> None:
         (flow.name, name): prop
         for flow in FLOWS
         for _, name, prop in _fields(parameter_schema(flow).model_dump())
-        if name in ("source_dir", "inbox_dir", "path")
+        if name in ("source_dir", "inbox_dir", "path", "dest", "scratch_dir")
     }
-    assert len(fields) == 4  # upload, send-dicom, inbox, attach-resource
+    assert len(fields) == 6  # upload, send-dicom, inbox, attach-resource, download, processing
     for where, prop in fields.items():
         assert "worker's host" in prop["title"], where
         assert "worker" in prop["description"] and "browser" in prop["description"], where

@@ -410,6 +410,46 @@ def test_archived_event_alone_triggers_processing(
     }
 
 
+def test_upload_to_nifti_in_xnat_read_back_through_xnatpy(
+    deployed: dict[str, dict], api: PrefectApi, worker: Path, xnat: XnatEmulator, tmp_path: Path
+) -> None:
+    """docs/processing.md, end to end: the upload deployment on the Block-only worker -> xnat.session.archived
+    -> the process-session deployment converts every scan with dcm2niix -> a NIFTI resource on each scan,
+    read back through xnatpy's object API; xnat.session.processed names the files; a second
+    processing run changes nothing and announces nothing."""
+    import xnat as xnatpy
+
+    from xnat_flows.testing.synth import write_studies
+
+    write_studies(tmp_path / "export", series=2, instances=8, instance_kb=16, seed=61)
+    request = {"source_dir": str(tmp_path / "export"), "project": "TEST", "subject": "NII01", "session": "NII01_MR"}
+    _wait_completed(api, api.run_deployment(deployed["upload-session"]["id"], {"request": request}), worker)
+    experiment_id = _experiments(xnat)["NII01_MR"]["ID"]
+    runs = _processing_runs(api, deployed["process-session"], xnat, experiment_id, timeout=180)
+    assert any(r["state_type"] == "COMPLETED" for r in runs), (
+        f"{[(r['parameters'], r['state']) for r in runs]}\n--- worker log ---\n{worker.read_text()[-4000:]}"
+    )
+    with xnatpy.connect(xnat.url, user="admin", password="admin", loglevel="ERROR") as connection:
+        scans = connection.experiments[experiment_id].scans
+        assert sorted(scans.keys()) == ["1", "2"]
+        for scan_id, scan in scans.items():
+            names = sorted(scan.resources["NIFTI"].files.keys())
+            stem = f"sub-NII01_ses-NII01MR_acq-T1MPRAGE{scan_id}_run-{scan_id}_T1w"
+            assert names == [f"{stem}.json", f"{stem}.nii.gz"], names
+
+    def processed() -> list[dict]:
+        found = _wait_for_events(api, "xnat.session.processed", xnat, count=1, timeout=30)
+        return [e for e in found if e["resource"].get("xnat.experiment_id") == experiment_id]
+
+    (event,) = processed()
+    assert sorted(event["payload"]["produced"]) == ["1", "2"] and event["payload"]["resource"] == "NIFTI"
+    again = {"project": "TEST", "experiment_id": experiment_id, "connection": {"url": xnat.url, **_block_ref()}}
+    rerun = _wait_completed(api, api.run_deployment(deployed["process-session"]["id"], again), worker)
+    assert rerun["state_type"] == "COMPLETED"
+    time.sleep(2)  # an event, were one emitted, would be stored by now
+    assert len(processed()) == 1
+
+
 def test_blocks_register_and_keep_the_password_secret(cli_env: dict[str, str], api: PrefectApi) -> None:
     registered = run_cli(["block", "register", "-m", "xnat_flows.blocks"], cli_env)
     assert registered.returncode == 0, registered.stdout + registered.stderr

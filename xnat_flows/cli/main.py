@@ -11,7 +11,17 @@ import gc
 
 import typer
 
-from xnat_flows.cli import auth_cmd, demo_cmd, emulator_cmd, prearchive_cmd, resource_cmd, session_cmd, synth_cmd
+from xnat_flows.cli import (
+    anon_cmd,
+    auth_cmd,
+    demo_cmd,
+    download_cmd,
+    emulator_cmd,
+    prearchive_cmd,
+    resource_cmd,
+    session_cmd,
+    synth_cmd,
+)
 from xnat_flows.cli.options import XnatCommandGroup
 
 app = typer.Typer(
@@ -43,10 +53,12 @@ def _root(
 
 
 app.add_typer(emulator_cmd.app, name="emulator")
-app.add_typer(session_cmd.app, name="session")
+app.add_typer(session_cmd.app, name="session", help="Upload DICOM sessions (REST or C-STORE); download sessions.")
+session_cmd.app.command("download")(download_cmd.download)
 app.add_typer(prearchive_cmd.app, name="prearchive", help="List, archive, delete and move prearchive sessions.")
 app.add_typer(resource_cmd.app, name="resource", help="Upload non-DICOM files to session or scan resources.")
 app.add_typer(auth_cmd.app, name="auth")
+app.add_typer(anon_cmd.app, name="anon")
 app.command("whoami")(auth_cmd.whoami)
 app.command("synth")(synth_cmd.synth)
 app.command("demo")(demo_cmd.demo)

@@ -71,6 +71,9 @@ class ArchivedScan(BaseModel):
     id: str = Field(description="XNAT's scan ID: the SeriesNumber, or e.g. '5-MR1' for a second series numbered 5")
     uid: str = Field(default="", description="SeriesInstanceUID ('' when XNAT did not record one)")
     type: str = ""
+    series_description: str = ""
+    frames: int | None = Field(default=None, description="Number of frames (images) XNAT counted in the scan")
+    modality: str = ""
 
 
 class ArchivedSession(BaseModel):
@@ -101,7 +104,14 @@ def parse_session_document(document: object, project: str, label: str) -> Archiv
         return None
     item = document["items"][0]  # type: ignore[index]
     scans = [
-        ArchivedScan(id=str(f.get("ID", "")), uid=str(f.get("UID") or ""), type=str(f.get("type") or ""))
+        ArchivedScan(
+            id=str(f.get("ID", "")),
+            uid=str(f.get("UID") or ""),
+            type=str(f.get("type") or ""),
+            series_description=str(f.get("series_description") or ""),
+            frames=_count(f.get("frames")),
+            modality=str(f.get("modality") or ""),
+        )
         for f in (s.get("data_fields") or {} for s in _children(item, "scans/scan"))
         if f.get("ID") not in (None, "")
     ]
@@ -115,6 +125,14 @@ def parse_session_document(document: object, project: str, label: str) -> Archiv
         uri=f"/data/experiments/{experiment_id}",
         scans=scans,
     )
+
+
+def _count(value: object) -> int | None:
+    """A count XNAT may give as a number, a string, or not at all."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
 
 
 def find_archived(client: XnatClient, project: str, label: str, subject: str | None = None) -> ArchivedSession | None:
@@ -191,3 +209,40 @@ def wait_for_archive(
         notify(f"Waiting for {project}/{label} to appear in the archive ({remaining:.0f} s left)")
         time.sleep(min(interval, remaining))
         interval = min(interval * 1.5, max_poll)
+
+
+def get_session(client: XnatClient, experiment_id: str) -> ArchivedSession:
+    """The archived session of accession ID ``experiment_id``; ``NotFoundError`` if there is none."""
+    path = f"/data/experiments/{quote(experiment_id, safe='')}"
+    found = parse_session_document(client.get_json(path), "", experiment_id)
+    if found is None:
+        raise NotFoundError(f"No session {experiment_id!r} on {client.base_url}.", status=404)
+    return found
+
+
+def resolve_session(client: XnatClient, ref: str) -> ArchivedSession:
+    """A session named as users name it: an accession ID (``XNAT_E00001``), ``PROJECT/LABEL`` or
+    ``PROJECT/SUBJECT/LABEL``; ``NotFoundError`` (with what to check) if there is none."""
+    parts = [part for part in ref.strip().split("/") if part]
+    if len(parts) == 1:
+        try:
+            return get_session(client, parts[0])
+        except NotFoundError:
+            raise NotFoundError(
+                f"No session with accession ID {parts[0]!r} on {client.base_url}.",
+                status=404,
+                hint="Give the experiment's accession ID (e.g. XNAT_E00001), or PROJECT/SUBJECT/SESSION with labels",
+            ) from None
+    if len(parts) in (2, 3):
+        project, label = parts[0], parts[-1]
+        subject = parts[1] if len(parts) == 3 else None
+        found = find_archived(client, project, label, subject)
+        if found is None:
+            where = f"{project}/{subject}" if subject else project
+            raise NotFoundError(
+                f"No archived session {label!r} in {where} on {client.base_url}.",
+                status=404,
+                hint="Check the labels (case-sensitive), or look in the prearchive: it is not archived yet",
+            )
+        return found
+    raise NotFoundError(f"{ref!r} names no session: give an accession ID or PROJECT/SUBJECT/SESSION.", status=404)

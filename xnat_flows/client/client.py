@@ -9,9 +9,10 @@ own transport, and ``lean.LeanTransport`` for gradual-DICOM's many small request
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -20,14 +21,16 @@ from xnat_flows.client.auth import SessionAuth
 from xnat_flows.client.credentials import Credentials, TokenCache
 from xnat_flows.client.errors import (
     AuthenticationError,
+    CancelledError,
     NotFoundError,
     UnsupportedServerError,
     XnatError,
 )
 from xnat_flows.client.request_loop import RequestLoop
 from xnat_flows.client.retry import NO_RETRY, RetryPolicy
-from xnat_flows.client.sender import Content, Sender
+from xnat_flows.client.sender import Content, Sender, connection_error
 from xnat_flows.client.transport import proxy_for
+from xnat_flows.client.urls import public_base_url
 from xnat_flows.client.version import DIRECT_ARCHIVE_MIN_VERSION, at_least, parse_version
 
 __all__ = ["DEFAULT_TIMEOUT", "Content", "XnatClient", "proxy_for"]
@@ -166,13 +169,15 @@ class XnatClient:
         timeout: float | httpx.Timeout | None = None,
         retry: bool = True,
         lean: bool = False,
+        stream: bool = False,
     ) -> httpx.Response:
         """Send a request; return the response (status < 400) or raise the classified XnatError.
 
         A 401 causes one shared re-login and a resend. Transient failures are retried per
         ``self.retry``; a body given as a plain iterator cannot be resent and is tried once.
         ``lean=True`` asks for the lean pool (``lean.LeanTransport``, http.client) where it applies:
-        for many small requests, such as gradual-DICOM's one per instance.
+        for many small requests, such as gradual-DICOM's one per instance. ``stream=True`` returns the
+        response with its body unread (``download`` reads it); retries end once the headers arrived.
         """
         return self._loop.request(
             method,
@@ -183,6 +188,7 @@ class XnatClient:
             headers=headers,
             timeout=timeout,
             lean=lean,
+            stream=stream,
         )
 
     # -- conveniences ------------------------------------------------------------------------
@@ -203,6 +209,36 @@ class XnatClient:
         return httpx.Timeout(
             _at_most(self.timeout.read, self.answer), connect=self.timeout.connect, pool=self.timeout.pool
         )
+
+    @contextlib.contextmanager
+    def download(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[httpx.Response]:
+        """``with client.download(path) as response: for chunk in response.iter_bytes(): ...``
+
+        A GET whose body is read as it arrives (a file, a zip), never held whole. Login, 401 and
+        retries are ``request``'s until the answer's headers arrive; a failure while the body is
+        read (connection lost, nothing received for ``stall`` seconds) raises the classified
+        ``XnatConnectionError``, for the caller to start that body again.
+        """
+        limits = httpx.Timeout(
+            connect=self.timeout.connect,
+            read=_at_most(self.timeout.read, self.stall),
+            write=self.timeout.write,
+            pool=self.timeout.pool,
+        )
+        response = self.request("GET", path, params=params, timeout=limits, stream=True)
+        try:
+            yield response
+        except httpx.HTTPError as exc:
+            if self.cancelled:
+                raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
+            url = public_base_url(self.base_url)
+            raise self._auth.scrub(connection_error(exc, f"GET {url}{path}", url)) from None
+        except RuntimeError:
+            if self.cancelled:  # the pool was closed under this response by cancel()
+                raise CancelledError("Cancelled", hint=CancelledError.default_hint) from None
+            raise
+        finally:
+            response.close()
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         response = self.request("GET", path, params={"format": "json", **(params or {})}, timeout=self._query_timeout())

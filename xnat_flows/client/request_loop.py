@@ -54,9 +54,11 @@ class RequestLoop:
         headers: Mapping[str, str] | None = None,
         timeout: float | httpx.Timeout | None = None,
         lean: bool = False,
+        stream: bool = False,
     ) -> httpx.Response:
         """The response (status < 400), or the classified ``XnatError``. A body given as a plain
-        iterator cannot be sent again and is tried once."""
+        iterator cannot be sent again and is tried once. ``stream=True``: a successful response's
+        body is left unread, for the caller to read (and close)."""
         sender, auth = self.sender, self.auth
         single_use = content is not None and not isinstance(content, (bytes, str)) and not callable(content)
         relogged = False
@@ -78,7 +80,11 @@ class RequestLoop:
                     timeout=timeout,
                     token=token,
                     lean=lean,
+                    stream=stream,
                 )
+                if stream and response.status_code >= 400:
+                    response.read()  # an error's body is short, and the error quotes it
+                    response.close()
                 if response.status_code == 401 and not relogged and auth.can_login and not single_use:
                     relogged = True
                     log.info("%s %s: session expired (401); logging in again", method, path)

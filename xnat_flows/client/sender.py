@@ -171,9 +171,11 @@ class Sender:
         auth: httpx.Auth | None = None,
         lean: bool = False,
         where: str | None = None,
+        stream: bool = False,
     ) -> httpx.Response:
         """One attempt; any status is returned. httpx's failures raise ``XnatConnectionError``
-        naming ``where`` (default: the method and path)."""
+        naming ``where`` (default: the method and path). ``stream=True`` returns the answer with
+        its body unread (``XnatClient.download`` reads it as it arrives)."""
         merged = dict(_DEFAULT_HEADERS)
         for name, value in (headers or {}).items():
             merged[name.lower()] = value
@@ -200,6 +202,8 @@ class Sender:
                     request = next(auth.sync_auth_flow(request))  # e.g. BasicAuth: the Authorization header
                 response = self._transport.handle_request(request)
                 response.request = request
+                if stream:  # the caller reads the body as it arrives
+                    return response
                 if response.is_stream_consumed:  # handed over read (a mock transport's answer)
                     return response
                 if isinstance(

@@ -15,11 +15,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
 from xnat_flows.client.archive import experiment_id
+from xnat_flows.client.catalog import ResourceFile, list_files
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.errors import ConflictError, InputError
 
@@ -67,14 +68,6 @@ class ResourceUploadResult(BaseModel):
     def complete(self) -> bool:
         """Everything sent was stored (XNAT refused no duplicate)."""
         return not self.duplicates
-
-
-class ResourceFile(BaseModel):
-    name: str = Field(description="File name (XNAT's `Name`: no folders).")
-    path: str = Field(description="Path inside the resource, sub-folders included.")
-    size: int
-    uri: str
-    digest: str = Field(default="", description="MD5, when XNAT computed it.")
 
 
 @dataclass(frozen=True)
@@ -300,16 +293,12 @@ def duplicates_in(body: str) -> list[str]:
 
 def list_resource_files(client: XnatClient, target: ResourceTarget, label: str) -> list[ResourceFile]:
     """Files of a resource as XNAT lists them."""
+    return list_files(client, resource_parent(client, target), label)
+
+
+def delete_resource_files(client: XnatClient, target: ResourceTarget, label: str, paths: list[str]) -> None:
+    """Remove files from resource ``label`` (``DELETE …/resources/{label}/files/{path}``), e.g. the
+    outputs of an earlier run that a re-run with new names replaced."""
     parent = resource_parent(client, target)
-    rows = client.get_rows(f"{parent}/resources/{quote(label, safe='')}/files")
-    return [
-        ResourceFile(
-            name=row.get("Name", ""),
-            # XNAT's Name drops the folders; the URI ends with the full path after /files/.
-            path=row.get("path") or unquote(row.get("URI", "").split("/files/", 1)[-1]),
-            size=int(row.get("Size") or 0),
-            uri=row.get("URI", ""),
-            digest=row.get("digest", ""),
-        )
-        for row in rows
-    ]
+    for path in paths:
+        client.request("DELETE", f"{parent}/resources/{quote(label, safe='')}/files/{quote(path, safe='/')}")

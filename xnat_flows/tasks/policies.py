@@ -126,3 +126,14 @@ def association_slots(limit: ReceiverLimit | None, workers: int) -> Iterator[int
     occupy = max(1, min(workers, limit.slots))
     with concurrency(limit.name, occupy=occupy, strict=True):
         yield occupy
+
+
+def processing_limit_name(url: str) -> str:
+    """Global concurrency limit that caps concurrent processing steps (download, tool, attach) on one XNAT server."""
+    return f"xnat-processing:{server_host(url)}"
+
+
+def existing_processing_limit(url: str) -> str | None:
+    """The name of the server's processing limit if the site created one (``prefect gcl create``)."""
+    name = processing_limit_name(url)
+    return name if _existing_limit(name) is not None else None

@@ -158,7 +158,7 @@ class PrearchiveHandlers(HandlerBase):
         files = self.store.prearc_files(row.id, scan_id)
         if len(rest) == 2 or rest[2] != "resources":
             return text(404, "Not found")
-        if len(rest) == 3:
+        if len(rest) == 3:  # xnat-web PrearcScanResourceList: exactly these columns, columns= not applied
             labels = sorted({f["resource"] for f in files})
             rows = [
                 {
@@ -168,18 +168,16 @@ class PrearchiveHandlers(HandlerBase):
                 }
                 for lab in labels
             ]
-            return table(req, rows, "Resources")
+            return table(req, rows, "Resources", fixed_columns=True)
         label = rest[3]
         base = f"/data{row.url}/scans/{scan_id}/resources/{label}/files"
         chosen = [f for f in files if f["resource"] == label]
-        if len(rest) == 4 or (len(rest) == 5 and rest[4] == "files"):
-            rows = [
-                {"Name": f["name"], "Size": f["size"], "URI": f"{base}/{f['name']}", "digest": f["md5"]} for f in chosen
-            ]
-            return table(req, rows, "Files")
+        if len(rest) == 4 or (len(rest) == 5 and rest[4] == "files"):  # xnat-web PrearcSessionResourceFiles
+            rows = [{"Name": f["name"], "Size": f["size"], "URI": f"{base}/{f['name']}"} for f in chosen]
+            return table(req, rows, "Files", fixed_columns=True)
         name = "/".join(rest[5:])
         if not any(f["name"] == name for f in chosen):
-            return text(404, f"File {name} not found")
+            return text(400, f"Unable to access the file at: {name}")
         return Response(
             200, content_type="application/octet-stream", file=self.store.prearc_file_path(row.id, scan_id, label, name)
         )
@@ -235,7 +233,8 @@ class PrearchiveHandlers(HandlerBase):
             updated = self.store.prearc_row(row.id)
             if updated is not None:
                 rows.append(readback.prearchive_row(self.store, updated))
-        return json_response(readback.result_set(rows, "Prearchive"))
+        # xnat-web BatchPrearchiveActionsA.updatedStatusRepresentation: the table in the format asked for.
+        return table(req, rows, "Prearchive", filter_rows=False, fixed_columns=True)
 
     def direct_archive_list(self, req: Request, m: re.Match[str]) -> Response:
         """Direct-Archive sessions not yet built (XNAT's row shape is uncertain): a JSON array."""

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 from xnat_flows.testing.auth import parse_basic
-from xnat_flows.testing.render import table
 from xnat_flows.testing.web import HandlerBase, Request, Response, json_body, json_response, text
 
 
@@ -79,15 +78,12 @@ class SiteHandlers(HandlerBase):
         name = m["user"]
         if self.store.query_one("SELECT 1 FROM users WHERE username = ?", (name,)) is None:
             return text(404, f"User {name} not found")
-        user = {
-            "username": name,
-            "firstName": name,
-            "lastName": "",
-            "email": f"{name}@example.org",
-            "enabled": True,
-            "verified": True,
-        }
-        return json_response(json.dumps(user).encode())
+        return json_response(json.dumps(_user(name)).encode())
+
+    def user_profiles(self, req: Request, m: re.Match[str]) -> Response:
+        """``GET /xapi/users/profiles``: every user's profile, as ``/xapi/users/{user}`` shows one."""
+        names = [r["username"] for r in self.store.query("SELECT username FROM users ORDER BY username")]
+        return json_response(json.dumps([{"id": i, **_user(n)} for i, n in enumerate(names, start=1)]).encode())
 
     def kill_sessions(self, req: Request, m: re.Match[str]) -> Response:
         self.emu.sessions.invalidate_user(m["user"])
@@ -132,7 +128,8 @@ class SiteHandlers(HandlerBase):
         return text(200, "")
 
     def site_config(self, req: Request, m: re.Match[str]) -> Response:
-        """Accepted so set-up code that tunes a real XNAT runs unchanged; only the rebuilder interval is used."""
+        """Accepted so set-up code that tunes a real XNAT runs unchanged; the rebuilder interval and
+        ``checksums`` are used."""
         if req.method == "POST":
             settings = json_body(req)
             if "sessionXmlRebuilderInterval" in settings:  # minutes on XNAT; kept as seconds here for speed
@@ -143,6 +140,10 @@ class SiteHandlers(HandlerBase):
                     self.emu.prearchive.rebuild_idle_seconds = float(interval)
                 except ValueError:
                     return text(400, f"sessionXmlRebuilderInterval must be a number, not {interval!r}")
+            if "checksums" in settings:  # XNAT's site setting: catalogs carry MD5 digests
+                if not isinstance(settings["checksums"], bool):
+                    return text(400, "checksums must be true or false")
+                self.store.checksums = settings["checksums"]
             return text(200, "")
         config = {
             "siteId": self.emu.site_id,
@@ -150,6 +151,7 @@ class SiteHandlers(HandlerBase):
             "enableCsrfToken": False,
             "sessionXmlRebuilderInterval": self.emu.prearchive.rebuild_idle_seconds,
             "sessionXmlRebuilderRepeat": 60000,
+            "checksums": self.store.checksums,
         }
         return json_response(json.dumps(config).encode())
 
@@ -177,9 +179,9 @@ class SiteHandlers(HandlerBase):
         }
         return json_response(json.dumps([receiver]).encode())
 
-    def search_elements(self, req: Request, m: re.Match[str]) -> Response:
-        """The search-element catalogue xnatpy reads at connect; the emulator offers no search fields."""
-        return table(req, [], "Elements")
+    def config_anon(self, req: Request, m: re.Match[str]) -> Response:
+        """XNAT's configuration service for the tool ``anon``: site and project anonymization scripts."""
+        return self.emu.anon_scripts.handle(req, m, lambda project: self.store.project(project) is not None)
 
     # -- control endpoints (unauthenticated; tests drive faults from another process) --------------
     def control_stats(self, req: Request, m: re.Match[str]) -> Response:
@@ -205,3 +207,14 @@ class SiteHandlers(HandlerBase):
     def control_rebuild(self, req: Request, m: re.Match[str]) -> Response:
         self.emu.prearchive.tick()
         return text(200, "")
+
+
+def _user(name: str) -> dict[str, object]:
+    return {
+        "username": name,
+        "firstName": name,
+        "lastName": "",
+        "email": f"{name}@example.org",
+        "enabled": True,
+        "verified": True,
+    }

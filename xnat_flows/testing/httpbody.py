@@ -116,6 +116,18 @@ class RequestBody:
         self.bytes_read += len(data)
         return data
 
+    def read_up_to(self, limit: int) -> bytes:
+        """The whole body, or its first ``limit`` bytes (``read`` may return less than asked)."""
+        parts: list[bytes] = []
+        left = limit
+        while left > 0:
+            part = self.read(min(left, _CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+
     def drain(self) -> None:
         while self.read(_CHUNK):
             pass

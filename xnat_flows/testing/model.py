@@ -405,6 +405,7 @@ class Archive:
                 db.execute("DELETE FROM subjects WHERE id = ?", (obj.id,))
             elif obj.kind == "project":
                 db.execute("DELETE FROM projects WHERE id = ?", (obj.id,))
+                store.projects_changed()
                 db.execute("DELETE FROM shares WHERE project = ?", (obj.id,))
             db.execute("DELETE FROM attrs WHERE owner = ?", (obj.owner,))
             db.execute("DELETE FROM shares WHERE owner = ?", (obj.owner,))

@@ -10,17 +10,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from xnat_flows.testing.dicomhdr import (
-    InstanceHeader,
-    UnparsableDicom,
-    anonymize_instance,
-    read_header,
-    xnat_file_name,
-)
+from xnat_flows.testing.dicomhdr import InstanceHeader, UnparsableDicom, read_header
 from xnat_flows.testing.faults import Faults
+from xnat_flows.testing.placement import Held, Placement, Placements, next_free_scan_id
 from xnat_flows.testing.state import (
     ARCHIVING,
     CONFLICT,
@@ -34,25 +28,14 @@ from xnat_flows.testing.state import (
     now_text,
     scan_xsi_type,
     session_xsi_type,
-    write_stream_to,
 )
+
+if TYPE_CHECKING:
+    from xnat_flows.testing.anon_config import AnonScripts
 
 log = logging.getLogger(__name__)
 
 UNASSIGNED = "Unassigned"
-# Row parameters remembered from the import request (used later by the rebuilder / archiver).
-REMEMBERED_PARAMS = (
-    "overwrite",
-    "overwrite_files",
-    "SOURCE",
-    "prevent_auto_commit",
-    "prevent_anon",
-    "VISIT",
-    "PROTOCOL",
-    "TIMEZONE",
-    "Sender-AE-Title",
-    "AA",
-)
 
 
 class XnatRefusal(Exception):
@@ -62,19 +45,6 @@ class XnatRefusal(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-@dataclass
-class Placement:
-    """Where an instance goes: resolved project/subject/label plus prearchive options."""
-
-    project: str
-    subject: str
-    label: str
-    direct_archive: bool = False
-    timestamp: str | None = None
-    folder: str | None = None
-    params: dict[str, str] = field(default_factory=dict)
 
 
 def is_true(value: str | None) -> bool:
@@ -93,16 +63,6 @@ def direct_archive_uri(row: PrearcRow) -> str:
     return f"/xapi/direct-archive/{row.project}/{row.tag}/{row.name}"
 
 
-def _format_date(value: str) -> str:
-    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) >= 8 and value[:8].isdigit() else ""
-
-
-def _format_time(value: str) -> str:
-    if len(value) >= 6 and value[:6].isdigit():
-        return f"{value[:2]}:{value[2:4]}:{value[4:6]}" + (value[6:10] if value[6:7] == "." else "")
-    return ""
-
-
 def _overwrite_mode(value: str | None) -> str | None:
     """None (fail if exists), 'append' or 'override' (xnat-web
     `Importer.parseOverrideValue`: any unknown value acts as append)."""
@@ -112,123 +72,33 @@ def _overwrite_mode(value: str | None) -> str | None:
 
 
 class Prearchive:
-    def __init__(self, store: Store, faults: Faults, rebuild_idle_seconds: float, anonymize: bool = False) -> None:
+    def __init__(
+        self, store: Store, faults: Faults, rebuild_idle_seconds: float, anon_scripts: AnonScripts | None = None
+    ) -> None:
         self.store = store
         self.faults = faults
         self.rebuild_idle_seconds = rebuild_idle_seconds
-        self.anonymize = anonymize
+        if anon_scripts is None:
+            from xnat_flows.testing.anon_config import AnonScripts
+
+            anon_scripts = AnonScripts()
+        self.anon_scripts = anon_scripts
         self._stop = threading.Event()
         self._wake = threading.Event()  # a session was queued: the rebuilder takes it now
         self._thread: threading.Thread | None = None
-        self._held: list[set[int]] = []  # rows of import requests still running (``holding``)
+        self.placements = Placements(store)
 
-    @contextlib.contextmanager
-    def holding(self) -> Iterator[set[int]]:
-        """Rows placed with the yielded set are kept from the idle rebuilder until the block ends.
-
-        XNAT's DICOM-zip importer builds (and with ``dest`` archives) what it received within the
-        request; the rebuilder must not take a session of that request half-way, however long the
-        request runs between its last instance and its commit.
-        """
-        held: set[int] = set()
-        with self.store.lock:
-            self._held.append(held)
-        try:
-            yield held
-        finally:
-            with self.store.lock:
-                self._held.remove(held)
+    def holding(self) -> contextlib.AbstractContextManager[Held]:
+        """An import request's placements, kept from the idle rebuilder until it ends (``placement``)."""
+        return self.placements.holding()
 
     def _is_held(self, row_id: int) -> bool:
-        """An import request still running placed instances in this row (``holding``); call under
-        the store's lock."""
-        return any(row_id in held for held in self._held)
+        """An import request still running places instances in this row (``holding``)."""
+        return self.placements.is_held(row_id)
 
-    # -- placing instances -----------------------------------------------------------------------
-    def place_instance(
-        self, header: InstanceHeader, data: bytes, where: Placement, held: set[int] | None = None
-    ) -> PrearcRow:
-        """Store one instance in its prearchive session, creating session and scan as needed;
-        ``held`` (from ``holding``) keeps the session from the idle rebuilder."""
-        store = self.store
-        name = xnat_file_name(header)
-        resource = "secondary" if header.derived_secondary else "DICOM"
-        if self.anonymize and not is_true(where.params.get("prevent_anon")):
-            data = anonymize_instance(data)
-        # Write the bytes before taking the lock; the rename into place happens under it.
-        tmp_path = store.tmp_dir / f"inst-{threading.get_ident()}-{time.monotonic_ns()}"
-        size, md5 = write_stream_to(
-            tmp_path, data, store.tmp_dir, store.check_space
-        )  # temp name, then renamed under the lock
-        try:
-            with store.lock:
-                row = self._open_row(header, where)
-                if held is not None:
-                    held.add(row.id)
-                scan_id = self._scan_for(row.id, header)
-                final = store.prearc_file_path(row.id, scan_id, resource, name)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp_path, final)
-                with store.transaction() as db:
-                    db.execute(
-                        "INSERT OR REPLACE INTO prearc_files(row_id, scan_id, resource, name, size, md5, sop_uid) "
-                        "VALUES (?,?,?,?,?,?,?)",
-                        (row.id, scan_id, resource, name, size, md5, header.sop_instance_uid),
-                    )
-                    db.execute(
-                        "UPDATE prearc SET lastmod = ?, status = CASE WHEN status = ? THEN ? ELSE status END WHERE id = ?",
-                        (time.time(), READY, RECEIVING, row.id),
-                    )
-                return row
-        finally:
-            tmp_path.unlink(missing_ok=True)
-
-    def _open_row(self, header: InstanceHeader, where: Placement) -> PrearcRow:
-        store = self.store
-        row = store.find_open_row(
-            where.project, header.study_uid, where.label, where.direct_archive, where.timestamp, where.folder
-        )
-        if row is not None:
-            return row
-        if where.timestamp and where.folder:
-            clash = store.prearc_by_url(where.project, where.timestamp, where.folder)
-            if clash is not None:
-                raise XnatRefusal(
-                    400,
-                    f"The destination prearchive session {clash.url} holds a different "
-                    "StudyInstanceUID; cannot merge this upload into it.",
-                )
-        remembered = {k: v for k, v in where.params.items() if k in REMEMBERED_PARAMS}
-        return store.insert_prearc_row(
-            project=where.project,
-            timestamp=where.timestamp or store.new_timestamp(),
-            folder=where.folder or where.label,
-            name=where.label,
-            subject=where.subject,
-            tag=header.study_uid,
-            status=RECEIVING,
-            scan_date=_format_date(header.study_date),
-            scan_time=_format_time(header.study_time),
-            modality=header.modality,
-            direct_archive=where.direct_archive,
-            params=remembered,
-        )
-
-    def _scan_for(self, row_id: int, header: InstanceHeader) -> str:
-        """Scan ID from SeriesNumber, `N-MODn` when another series already owns that number."""
-        scans = self.store.prearc_scans(row_id)
-        for scan in scans:
-            if scan["series_uid"] == header.series_uid:
-                return str(scan["scan_id"])
-        taken = {str(s["scan_id"]) for s in scans}
-        scan_id = next_free_scan_id(header.series_number or "0", header.modality, taken)
-        with self.store.transaction() as db:
-            db.execute(
-                "INSERT INTO prearc_scans(row_id, scan_id, series_uid, series_number, modality, series_description) "
-                "VALUES (?,?,?,?,?,?)",
-                (row_id, scan_id, header.series_uid, header.series_number, header.modality, header.series_description),
-            )
-        return scan_id
+    def place_instance(self, header: InstanceHeader, data: bytes, where: Placement, held: Held) -> PrearcRow:
+        """Store one instance in its prearchive session, creating session and scan as needed."""
+        return self.placements.place(header, data, where, held)
 
     # -- building and archiving ------------------------------------------------------------------
     def build(self, row_id: int) -> PrearcRow:
@@ -255,6 +125,7 @@ class Prearchive:
         """Move a prearchive session into the archive, applying XNAT's merge rules (xnat-web `PrearcSessionArchiver`)."""
         store = self.store
         with store.lock:
+            self.placements.quiesce(row_id)  # files still being written into it are in, no new ones
             row = store.prearc_row(row_id)
             if row is None:
                 raise XnatRefusal(404, "Unknown prearchive session.")
@@ -522,7 +393,7 @@ class Prearchive:
                         self.archive_with_fallback(row, self.auto_archive_overwrite(row))
                     elif (
                         row.status == RECEIVING
-                        and time.time() - row.lastmod >= self.rebuild_idle_seconds
+                        and time.time() - self.placements.last_touched(row) >= self.rebuild_idle_seconds
                         and not is_true(row.params.get("prevent_auto_commit"))
                         and row.params.get("SOURCE", "").lower() != "uploader"
                     ):
@@ -550,12 +421,3 @@ class Prearchive:
             if self._stop.is_set():
                 return
             self.tick()
-
-
-def next_free_scan_id(series_number: str, modality: str, taken: set[str]) -> str:
-    if series_number not in taken:
-        return series_number
-    index = 1
-    while f"{series_number}-{modality}{index}" in taken:
-        index += 1
-    return f"{series_number}-{modality}{index}"

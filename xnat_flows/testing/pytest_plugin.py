@@ -1,7 +1,7 @@
 """pytest fixtures for testing against the XNAT emulator (registered via the ``pytest11`` entry point).
 
-Kept cheap to import (no prefect, no pydicom): every pytest run in an environment with xnat_flows
-installed loads this module.
+Kept cheap to import: every pytest run in an environment with xnat_flows installed loads this
+module, so the emulator itself is imported only when a test asks for one of its fixtures.
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pytest
 
-from xnat_flows.testing.emulator import XnatEmulator
+if TYPE_CHECKING:
+    from xnat_flows.testing.emulator import XnatEmulator
 
 T = TypeVar("T")
 
@@ -61,6 +62,8 @@ def xnat_emulator_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         if data_dir is None:
             data_dir = tmp_path_factory.mktemp("xnat-emulator")
         options.setdefault("rebuild_idle_seconds", TEST_REBUILD_IDLE_SECONDS)
+        from xnat_flows.testing.emulator import XnatEmulator
+
         emulator = XnatEmulator(data_dir, **options)
         started.append(emulator)
         return emulator.start()
@@ -79,6 +82,8 @@ def xnat_emulator(xnat_emulator_factory: XnatEmulatorFactory) -> XnatEmulator:
 @pytest.fixture(scope="session")
 def xnat_emulator_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XnatEmulator]:
     """One emulator shared by the whole test session (state accumulates; use unique labels)."""
+    from xnat_flows.testing.emulator import XnatEmulator
+
     with XnatEmulator(
         tmp_path_factory.mktemp("xnat-emulator-session"), rebuild_idle_seconds=TEST_REBUILD_IDLE_SECONDS
     ) as emulator:

@@ -281,14 +281,21 @@ _ELEMENT_ATTRIBUTES = {  # attributes only on some types (UID is an element of s
 
 
 @lru_cache(maxsize=1)
-def _element_names() -> dict[str, str]:
-    """xsiType (lower-case) → XNAT's global element name, read from the schema the emulator serves."""
+def schema_types() -> dict[str, str]:
+    """xsiType as XNAT spells it (``xnat:mrSessionData``) → its global element name (``MRSession``),
+    read from the schema the emulator serves."""
     path = Path(__file__).with_name("schemas") / "xnat.xsd"
     tree = ElementTree.parse(path)
     names = {}
     for element in tree.getroot().findall("{http://www.w3.org/2001/XMLSchema}element"):
-        names[element.get("type", "").lower()] = element.get("name", "")
+        names[element.get("type", "")] = element.get("name", "")
     return names
+
+
+@lru_cache(maxsize=1)
+def _element_names() -> dict[str, str]:
+    """xsiType (lower-case) → XNAT's global element name."""
+    return {xsi_type.lower(): name for xsi_type, name in schema_types().items()}
 
 
 def _is_attribute(name: str, xsi_type: str) -> bool:

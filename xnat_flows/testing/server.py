@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from xnat_flows.testing.anon_config import ROUTE as ANON_CONFIG_ROUTE
 from xnat_flows.testing.auth import parse_basic
 from xnat_flows.testing.bandwidth import ThrottledReader, ThrottledWriter
 from xnat_flows.testing.handlers_archive import ArchiveHandlers
@@ -54,6 +55,7 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
             ("GET", re.compile(r"/xapi/siteConfig/buildInfo/version"), self.version, False),
             ("GET", re.compile(r"/xapi/siteConfig/buildInfo"), self.build_info, False),
             ("GET", re.compile(r"/xapi/users/username"), self.username, True),
+            ("GET", re.compile(r"/xapi/users/profiles"), self.user_profiles, True),
             ("GET", re.compile(r"/xapi/users/(?P<user>[^/]+)"), self.user_info, True),
             ("DELETE", re.compile(r"/xapi/users/active/(?P<user>[^/]+)"), self.kill_sessions, True),
             ("GET", re.compile(r"/xapi/schemas"), self.schema_list, True),
@@ -75,12 +77,22 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
             ("GET", re.compile(r"/xapi/dicomscp"), self.dicom_receivers, True),
             ("GET", re.compile(r"/data/search/elements(?:/[^/]+)?"), self.search_elements, True),
             ("GET", re.compile(r"/data/projects/(?P<project>[^/]+)/prearchive_code"), self.get_prearchive_code, True),
+            ("GET", re.compile(r"/data(?:/archive)?/projects/(?P<project>[^/]+)/users"), self.project_users, True),
+            (
+                "GET PUT",
+                re.compile(r"/data(?:/archive)?/projects/(?P<project>[^/]+)/accessibility(?:/(?P<level>[^/]+))?"),
+                self.project_accessibility,
+                True,
+            ),
+            ("GET", re.compile(r"/data/search/saved"), self.saved_searches, True),
+            ("GET", re.compile(r"/data/services/dicomdump"), self.dicom_dump, True),
             (
                 "PUT POST",
                 re.compile(r"/data/projects/(?P<project>[^/]+)/prearchive_code/(?P<code>[^/]+)"),
                 self.put_prearchive_code,
                 True,
             ),
+            ("GET PUT DELETE", ANON_CONFIG_ROUTE, self.config_anon, True),  # before the archive's /data/projects
             # The whole archive (projects → subjects → experiments → scans/assessors/reconstructions →
             # resources → files) is one walk through the object model.
             (

@@ -2,7 +2,8 @@
 
 Every mutation commits before the HTTP answer goes out, so a restart loses nothing acknowledged.
 One connection guarded by one re-entrant lock: the emulator's load is small metadata writes, and
-the bytes themselves move outside the lock (written to a temp file, then renamed into place).
+the bytes themselves move outside the lock (written to a temp file, then renamed into place);
+the per-file import path (``placement``) writes its rows in batches, not per file.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def write_stream_to(
     path.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.md5()
     size = 0
-    fd, tmp_name = _tempfile(tmp_dir)
+    fd, tmp_name = fresh_temp_file(tmp_dir)
     try:
         with os.fdopen(fd, "wb") as out:
             for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
@@ -196,7 +197,7 @@ def is_disk_full(exc: BaseException) -> bool:
 _temp_counter = itertools.count()
 
 
-def _tempfile(tmp_dir: Path) -> tuple[int, str]:
+def fresh_temp_file(tmp_dir: Path) -> tuple[int, str]:
     """A fresh temp file; cheaper than mkstemp's random names (one per DICOM instance)."""
     name = str(tmp_dir / f"part-{os.getpid()}-{threading.get_ident()}-{next(_temp_counter)}")
     try:
@@ -226,6 +227,11 @@ class Store:
         self._migrate()
         self._last_stamp = ""
         self.check_space: Callable[[], None] | None = None  # the emulator's simulated-disk-full check
+        # Called with a prearchive row's id when the row changes or goes (the per-file path's cache).
+        self.on_prearc_change: Callable[[int], None] | None = None
+        # XNAT's site setting `checksums` (on in xnat-web's site-config.properties): catalogs carry MD5s.
+        self.checksums = True
+        self._project_ids: frozenset[str] | None = None
 
     def _migrate(self) -> None:
         """Columns added after the first release, for data dirs made by an older emulator."""
@@ -323,13 +329,22 @@ class Store:
                 "INSERT OR IGNORE INTO projects(id, name, description, prearchive_code, insert_date) VALUES (?,?,?,?,?)",
                 (project_id, project_id, "", prearchive_code, now_text()),
             )
+            self._project_ids = None
             return cursor.rowcount == 1
 
     def project(self, project_id: str) -> sqlite3.Row | None:
         return self.query_one("SELECT * FROM projects WHERE id = ?", (project_id,))
 
-    def project_ids(self) -> set[str]:
-        return {r["id"] for r in self.query("SELECT id FROM projects")}
+    def project_ids(self) -> frozenset[str]:
+        """Every project's ID; kept in memory (an import asks for every file) until projects change."""
+        known = self._project_ids
+        if known is None:
+            with self.lock:
+                known = self._project_ids = frozenset(r["id"] for r in self.query("SELECT id FROM projects"))
+        return known
+
+    def projects_changed(self) -> None:
+        self._project_ids = None
 
     def set_prearchive_code(self, project_id: str, code: int) -> None:
         with self.transaction() as db:
@@ -409,6 +424,11 @@ class Store:
         assignments = ", ".join(f"{k} = ?" for k in fields)
         with self.transaction() as db:
             db.execute(f"UPDATE prearc SET {assignments} WHERE id = ?", (*fields.values(), row_id))
+            self._prearc_changed(row_id)
+
+    def _prearc_changed(self, row_id: int) -> None:
+        if self.on_prearc_change is not None:
+            self.on_prearc_change(row_id)
 
     def append_prearc_log(self, row_id: int, entry: str) -> None:
         row = self.prearc_row(row_id)
@@ -420,6 +440,7 @@ class Store:
             db.execute("DELETE FROM prearc WHERE id = ?", (row_id,))
             db.execute("DELETE FROM prearc_scans WHERE row_id = ?", (row_id,))
             db.execute("DELETE FROM prearc_files WHERE row_id = ?", (row_id,))
+            self._prearc_changed(row_id)
         shutil.rmtree(self.prearc_dir / str(row_id), ignore_errors=True)
 
     def prearc_scans(self, row_id: int) -> list[sqlite3.Row]:
@@ -496,3 +517,37 @@ class Store:
 
     def files(self, resource_id: int) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM files WHERE resource_id = ? ORDER BY path", (resource_id,))
+
+    def digests(self, table: str, key: dict[str, Any], names: dict[str, Path]) -> dict[str, str]:
+        """MD5s of the files ``names`` (name -> path) in ``table`` (``files`` or ``prearc_files``,
+        rows picked by ``key``), computed and stored the first time they are asked for; empty
+        when the site's ``checksums`` setting is off.
+
+        XNAT computes them when it builds a session's catalog; the emulator when they are first
+        listed: the same values, without hashing every file of an import on its way in."""
+        if not self.checksums or not names:
+            return {}
+        name_column = "path" if table == "files" else "name"
+        where = " AND ".join(f"{column} = ?" for column in key)
+        known = {
+            r[name_column]: r["md5"]
+            for r in self.query(f"SELECT {name_column}, md5 FROM {table} WHERE {where}", tuple(key.values()))
+        }
+        missing = {n: p for n, p in names.items() if not known.get(n)}
+        computed = {}
+        for name, path in missing.items():
+            digest = hashlib.md5()
+            try:
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(1024 * 1024):
+                        digest.update(chunk)
+            except OSError:
+                continue
+            computed[name] = digest.hexdigest()
+        if computed:
+            with self.transaction() as db:
+                db.executemany(
+                    f"UPDATE {table} SET md5 = ? WHERE {where} AND {name_column} = ?",
+                    [(md5, *key.values(), name) for name, md5 in computed.items()],
+                )
+        return {n: known.get(n) or computed.get(n, "") for n in names}
