@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from xnat_flows.models import Deidentification, XnatConnection
 from xnat_flows.tasks.connection import open_client
+from xnat_flows.tasks.hints import speaks_to_operator
 from xnat_flows.transfer.deidentify import Anonymizer, build_anonymizer, deidentify_plan
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 from xnat_flows.transfer.dicom_results import InstanceOutcome
@@ -18,6 +19,7 @@ from xnat_flows.transfer.target import UploadTarget
 
 
 @task(name="prepare-deidentification", cache_policy=NO_CACHE, persist_result=False)
+@speaks_to_operator
 def prepare_anonymizer(
     connection: XnatConnection, deidentify: Deidentification, project: str | None
 ) -> Anonymizer | None:

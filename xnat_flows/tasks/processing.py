@@ -26,6 +26,7 @@ from xnat_flows.models import XnatConnection
 from xnat_flows.processing import nifti
 from xnat_flows.processing.scratch import ToolRun, run_tool
 from xnat_flows.tasks.connection import credentials_for, open_client
+from xnat_flows.tasks.hints import speaks_to_operator
 from xnat_flows.tasks.policies import (
     ResultOptions,
     RetryOptions,
@@ -83,6 +84,7 @@ def processing_slot(connection: XnatConnection) -> Iterator[None]:
 
 
 @task(name="read-session-scans", timeout_seconds=300, **_COMMON, **_RETRYING)
+@speaks_to_operator
 def read_session_scans(connection: XnatConnection, session: str, subject: str | None = None) -> SessionScans:
     """The session (accession ID, P/E or P/S/E) with each scan's type, series description, frames
     and resources (label -> file count)."""
@@ -133,6 +135,7 @@ def choose_scans(
 
 
 @task(name="download-scan", timeout_seconds=6 * 3600, **_COMMON, **_RETRYING)
+@speaks_to_operator
 def download_scan_task(
     connection: XnatConnection,
     experiment_id: str,
@@ -148,6 +151,7 @@ def download_scan_task(
 
 
 @task(name="download-session", timeout_seconds=12 * 3600, **_COMMON, **_RETRYING)
+@speaks_to_operator
 def download_session_task(
     connection: XnatConnection,
     session: str,
