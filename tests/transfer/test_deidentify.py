@@ -9,11 +9,11 @@ import pydicom
 import pytest
 from deid_helpers import HashingAnonymizer, hashed_uid, mark_refused, tree_hashes
 from transfer_helpers import connect, write_study
-from xnat_flows.transfer.archive_stream import archive_size, iter_archive
 
 from xnat_flows.client.errors import InputError
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.transfer import UploadJournal, UploadTarget, scan_directory, upload_session
+from xnat_flows.transfer.archive_stream import archive_size, iter_archive
 from xnat_flows.transfer.deidentify import NOT_DEIDENTIFIED, deidentify_files, deidentify_plan
 from xnat_flows.transfer.journal import content_digest
 from xnat_flows.transfer.scan import read_exactly
