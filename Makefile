@@ -13,7 +13,7 @@ TEST_WORKERS ?= 4
 
 # One line per step; pip's own output only when something goes wrong (errors are never hidden).
 $(STAMP): pyproject.toml
-	@echo "Installing xnat-flows and its test dependencies into $(VENV)/ (first run only, about a minute)..."
+	@echo "Installing xnat-flows and its test dependencies into $(VENV)/ (first run only: a few minutes)."
 	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@$(BIN)/python -m pip install --quiet -e '.[dev]'

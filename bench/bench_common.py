@@ -52,7 +52,9 @@ def free_port() -> int:
 class Emulator:
     """A fresh emulator process on its own data directory, removed when it is closed."""
 
-    def __init__(self, data_dir: Path, *, idle_seconds: float = 3600.0, latency_ms: int = 0) -> None:
+    def __init__(
+        self, data_dir: Path, *, idle_seconds: float = 3600.0, latency_ms: int = 0, scp_port: int | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -78,7 +80,7 @@ class Emulator:
             str(latency_ms),
             "--rebuild-idle-seconds",
             str(idle_seconds),
-        ]
+        ] + (["--scp-port", str(scp_port)] if scp_port is not None else [])
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()

@@ -101,6 +101,21 @@ class XnatCredentials(CredentialsBlock):
         return cached_client(self.to_credentials())
 
 
+class DicomEditScript(Block):
+    """A DicomEdit 6 de-identification script, applied to every file as an upload sends it (as
+    prefect-aws keeps an S3 bucket's settings in a Block: flows take the Block as a parameter).
+    No secret: a script is configuration, readable by whoever runs the flow."""
+
+    _block_type_name = "DicomEdit Script"
+    _block_type_slug = "dicomedit-script"
+    _description = "A DicomEdit 6 script (XNAT's anonymization language) applied to each file before it is sent."
+
+    script: str = Field(
+        description="The script text, as XNAT's site or project anonymization script would hold it "
+        '(starts with `version "6.x"`; see docs/anonymization.md).'
+    )
+
+
 class DicomReceiver(Block):
     """An XNAT DICOM receiver (C-STORE SCP): host, port and AE titles."""
 

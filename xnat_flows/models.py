@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, computed_field, field_validator, model_validator
 
-from xnat_flows.blocks import DicomReceiver, XnatCredentials
+from xnat_flows.blocks import DicomEditScript, DicomReceiver, XnatCredentials
 from xnat_flows.client.archive import is_valid_label
 from xnat_flows.transfer.scan import SkippedFile
 from xnat_flows.transfer.session import StudyUploadResult
@@ -70,6 +70,43 @@ class XnatConnection(BaseModel):
         elif isinstance(values, dict) and "credentials_block" in values:
             values = {k: v for k, v in values.items() if k != "credentials_block"}
         return values
+
+
+class Deidentification(BaseModel):
+    """How an upload de-identifies each file as it sends it (docs/anonymization.md): a DicomEdit
+    script (a ``dicomedit-script`` Block, or its text), DICOM's Basic Profile, XNAT's own scripts,
+    applied in the order: XNAT's, the script, the profile. All empty: files are sent as they are."""
+
+    script_block: DicomEditScript | None = Field(
+        default=None, title="DicomEdit script Block", description="A `dicomedit-script` Block to apply."
+    )
+    script: str = Field(
+        default="", title="DicomEdit script", description="Script text to apply (instead of a Block). Empty: none."
+    )
+    profile: str = Field(
+        default="",
+        pattern=r"^(basic(,[a-z-]+)*)?$",
+        title="Basic Profile",
+        description="`basic` or `basic,option,...` (e.g. basic,retain-uids): DICOM PS3.15 Annex E. Empty: none.",
+    )
+    from_server: bool = Field(
+        default=False,
+        title="XNAT's own scripts",
+        description="Apply XNAT's enabled site and project anonymization scripts before sending (XNAT is asked "
+        "not to apply them again).",
+    )
+
+    def script_text(self) -> tuple[str, str] | None:
+        """(source, text) of the script asked for, if any."""
+        if self.script.strip():
+            return "script", self.script
+        if self.script_block is not None:
+            return "dicomedit-script Block", self.script_block.script
+        return None
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.script_text() or self.profile or self.from_server)
 
 
 class UploadRequest(BaseModel):
@@ -151,6 +188,11 @@ class UploadRequest(BaseModel):
         gt=0,
         title="Verify timeout (s)",
         description="How long to wait for the session to appear in the archive.",
+    )
+    deidentify: Deidentification = Field(
+        default_factory=Deidentification,
+        title="De-identification",
+        description="De-identify each file as it is sent (the originals are not changed).",
     )
 
     @field_validator("project", "subject", "session")
@@ -244,6 +286,8 @@ class UploadSessionResult(BaseModel):
     skipped: list[SkippedFile] = Field(default_factory=list)
     seconds: float  # the whole run: scan, upload, verify
     upload_seconds: float  # the transfer itself
+    # files the de-identification could not be applied to: listed, not sent (a failure)
+    not_deidentified: list[SkippedFile] = Field(default_factory=list)
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
     @property
@@ -274,9 +318,13 @@ class UploadSessionResult(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return not self.unreadable and all(
-            not s.failed_files and s.verified is not False and not s.parked and all(b.ok for b in s.batches)
-            for s in self.sessions
+        return (
+            not self.unreadable
+            and not self.not_deidentified
+            and all(
+                not s.failed_files and s.verified is not False and not s.parked and all(b.ok for b in s.batches)
+                for s in self.sessions
+            )
         )
 
 
@@ -368,6 +416,12 @@ class SendDicomRequest(BaseModel):
         le=86400,
         title="Verify timeout (s)",
         description="How long to wait for the archive (XNAT archives C-STORE sessions after its session-idle interval).",
+    )
+    deidentify: Deidentification = Field(
+        default_factory=Deidentification,
+        title="De-identification",
+        description="De-identify each file as it is sent (the originals are not changed); a script's project, "
+        "subject and session variables are the routing's.",
     )
 
 

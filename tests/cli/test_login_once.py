@@ -332,7 +332,7 @@ def test_json_summary_and_no_progress_bar_into_a_pipe(xnat, home: Path, tmp_path
 
 
 def test_help_is_readable_at_80_columns(home: Path) -> None:
-    for group in ([], ["session"], ["auth"], ["prearchive"], ["resource"], ["emulator"]):
+    for group in ([], ["session"], ["auth"], ["prearchive"], ["resource"], ["emulator"], ["anon"]):
         listing = CliRunner().invoke(app, [*group, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
         assert listing.exit_code == 0
         summaries = [line for line in listing.output.splitlines() if line.startswith("  ")]

@@ -208,6 +208,7 @@ def _write_urls(emulator, client) -> list[tuple[str, str]]:
         ("POST", "/xapi/direct-archive/TEST/1.2.3/L"),
         ("POST", "/_emulator/faults"),
         ("POST", "/_emulator/rebuild"),
+        ("PUT", "/data/config/anon/script"),  # last: a garbage site script would refuse later imports, as in XNAT
     ]
 
 

@@ -171,6 +171,38 @@ def test_unknown_project_is_refused_before_anything_is_sent(
     assert xnat_emulator.stats()["imports"] == 0
 
 
+def test_inbox_deidentifies_and_files_a_folder_the_script_cannot_take_under_failed(
+    prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path
+) -> None:
+    import pydicom
+
+    from xnat_flows.models import Deidentification
+
+    write_session(inbox / "clean", patient_id="P020", study_date="20240104")
+    unreadable_for_script = write_session(inbox / "report", patient_id="P021", study_date="20240105")
+    ds = pydicom.dcmread(unreadable_for_script[0])
+    del ds.PixelData  # alterPixels has nothing to blank in it
+    ds.save_as(unreadable_for_script[0], enforce_file_format=True)
+    script = 'version "6.1"\n(0010,0010) := subject\n(0010,0020) := session\n- (0010,0030)\n'
+    script += 'alterPixels["rectangle", "l=0, t=0, r=4, b=4", "solid", "v=0"]\n'
+
+    state = ingest_inbox(
+        str(inbox),
+        "TEST",
+        quiet_seconds=0,
+        connection=XnatConnection(url=xnat_emulator.url),
+        deidentify=Deidentification(script=script),
+        return_state=True,
+    )
+    assert state.is_failed() and "report moved to" in state.message
+    stored = [pydicom.dcmread(p) for p in xnat_emulator.archived_files("P020_20240104").values()]
+    assert len(stored) == 4 and {str(d.PatientName) for d in stored} == {"P020"}
+    assert {d.PatientID for d in stored} == {"P020_20240104"} and all("PatientBirthDate" not in d for d in stored)
+    failed = json.loads((inbox / "failed" / "report.report.json").read_text())
+    assert "NotDeidentifiedError" in failed["error"] and "not de-identified" in failed["error"]
+    assert (inbox / "failed" / "report" / "series1" / "IM0001").is_file()  # the original, untouched
+
+
 def test_files_that_arrive_during_the_upload_are_sent_before_the_folder_is_done(
     prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -42,7 +42,9 @@ def serve(
     ),
     rebuild_idle_seconds: float = typer.Option(1.0, help="Idle seconds before a RECEIVING session is built/archived."),
     session_idle_timeout: float = typer.Option(900.0, help="JSESSION idle expiry in seconds."),
-    anonymize: bool = typer.Option(False, help="Rewrite DICOM headers on import, like XNAT's default anonymization."),
+    anonymize: bool = typer.Option(
+        False, help="Enable XNAT's default site anonymization script (applied on import; see docs/emulator.md)."
+    ),
 ) -> None:
     """Serve the emulator until SIGINT/SIGTERM."""
     from xnat_flows.testing.emulator import XnatEmulator

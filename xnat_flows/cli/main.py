@@ -11,6 +11,7 @@ import gc
 
 import typer
 
+import xnat_flows.cli.anon_cmd as anon_cmd
 from xnat_flows.cli import auth_cmd, demo_cmd, emulator_cmd, prearchive_cmd, resource_cmd, session_cmd, synth_cmd
 from xnat_flows.cli.options import XnatCommandGroup
 
@@ -47,6 +48,7 @@ app.add_typer(session_cmd.app, name="session")
 app.add_typer(prearchive_cmd.app, name="prearchive", help="List, archive, delete and move prearchive sessions.")
 app.add_typer(resource_cmd.app, name="resource", help="Upload non-DICOM files to session or scan resources.")
 app.add_typer(auth_cmd.app, name="auth")
+app.add_typer(anon_cmd.app, name="anon")
 app.command("whoami")(auth_cmd.whoami)
 app.command("synth")(synth_cmd.synth)
 app.command("demo")(demo_cmd.demo)

@@ -47,6 +47,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 def exit_code_for(exc: BaseException) -> int:
     """The process exit code for an error raised by the library (the one place that decides)."""
+    from xnat_flows.anon.errors import ScriptError
     from xnat_flows.client.errors import (
         AuthenticationError,
         CancelledError,
@@ -63,7 +64,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(exc, IncompleteExportError):  # files still being written: run again once they are whole
         return EXIT_PARTIAL
-    if isinstance(exc, InputError):
+    if isinstance(exc, (InputError, ScriptError)):  # a script that cannot run: nothing was sent
         return EXIT_USAGE
     if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
         return EXIT_AUTH

@@ -12,6 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from xnat_flows.cli.anon_options import (
+    AnonFromServerOption,
+    AnonProfileOption,
+    AnonScriptOption,
+    anonymizer_from_options,
+)
 from xnat_flows.cli.options import (
     EXIT_CONFLICT,
     EXIT_PARTIAL,
@@ -83,6 +89,9 @@ def upload(
     duplicates: DuplicatesOption = "newest",
     skip_truncated: SkipTruncatedOption = False,
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
+    anon_script: AnonScriptOption = None,
+    anon_profile: AnonProfileOption = None,
+    anon_from_server: AnonFromServerOption = False,
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -90,7 +99,8 @@ def upload(
     """Upload a directory through the REST Import API.
 
     DICOM-zip by default (--gradual: gradual-DICOM). Needs no connection options after
-    `xnat-flows auth login`.
+    `xnat-flows auth login`. --anon-script/--anon-profile/--anon-from-server de-identify every
+    file as it is sent (docs/anonymization.md).
     """
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.scan import scan_directory
@@ -106,6 +116,7 @@ def upload(
         session=session,
         direct_archive=direct_archive,
         archive_when_complete=archive_when_complete,
+        prevent_anon=anon_from_server,
     )
     if flow:
         with connection.client(projects=(project,)) as client:
@@ -124,8 +135,17 @@ def upload(
             into_other_study,
             duplicates,
             skip_truncated,
+            anon=(anon_script, anon_profile, anon_from_server),
         )
         return
+    # Scripts compile before anything is read or sent: an error stops here (exit 2, line:column).
+    anonymizer = anonymizer_from_options(
+        anon_script,
+        anon_profile,
+        anon_from_server,
+        project=project,
+        open_client=lambda: connection.client(projects=(project,)),
+    )
     scan = scan_directory(source, duplicates=duplicates, skip_truncated=skip_truncated)
     plan_sessions(scan, target, per_study=per_study)
     label = "gradual-DICOM" if gradual else "DICOM-zip"
@@ -148,6 +168,7 @@ def upload(
                 progress=progress,
                 verify=verify,
                 allow_other_study=into_other_study,
+                anonymizer=anonymizer,
             )
     if as_json:
         summary = _summary(result, bar.sending_seconds)
@@ -176,6 +197,7 @@ def _upload_with_flow(
     into_other_study,
     duplicates="newest",
     skip_truncated=False,
+    anon=(None, None, False),
 ) -> None:
     from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
@@ -204,6 +226,7 @@ def _upload_with_flow(
         allow_other_study=into_other_study,
         duplicates=duplicates,
         skip_truncated=skip_truncated,
+        deidentify=_deidentification(anon),
     )
     with ephemeral_server_dies_with_this_process():
         try:
@@ -228,6 +251,19 @@ def _upload_with_flow(
         )
     if not result.ok:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _deidentification(anon: tuple[Path | None, str | None, bool]) -> Any:
+    """The --anon-* options as a flow request's ``deidentify`` (the script's text travels, not its path)."""
+    from xnat_flows.client.errors import InputError
+    from xnat_flows.models import Deidentification
+
+    script, profile, from_server = anon
+    try:
+        text = script.read_text(encoding="utf-8") if script is not None else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Cannot read the script {script}: {exc}") from None
+    return Deidentification(script=text, profile=profile or "", from_server=from_server)
 
 
 class _progress_bar:
@@ -332,6 +368,7 @@ def _summary(result, sending_seconds: float | None = None) -> dict:
         ],
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped if not s.unreadable],
         "unreadable": [{"path": str(s.path), "reason": s.reason} for s in result.skipped if s.unreadable],
+        "not_deidentified": [{"path": str(s.path), "reason": s.reason} for s in result.refused],
     }
 
 
@@ -360,8 +397,21 @@ def _report_conflicts(scan, duplicates: str) -> None:
         )
 
 
+def _report_refused(refused: list) -> None:
+    """Files the de-identification could not be applied to: listed, never sent (a failure)."""
+    for item in refused:
+        typer.echo(f"{item.path}: {item.reason}", err=True)
+    if refused:
+        typer.echo(
+            f"{len(refused)} files could not be de-identified and were not sent (nor their originals): "
+            "check them with `xnat-flows anon check`.",
+            err=True,
+        )
+
+
 def _report(result, sending_seconds: float | None = None) -> None:
     _report_skipped(result.skipped)
+    _report_refused(result.refused)
     for study in result.sessions:
         t = study.target
         where = study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else "?")
@@ -436,6 +486,9 @@ def upload_dicom(
             "delivered are sent again (reported in doubt).",
         ),
     ] = False,
+    anon_script: AnonScriptOption = None,
+    anon_profile: AnonProfileOption = None,
+    anon_from_server: AnonFromServerOption = False,
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -445,6 +498,8 @@ def upload_dicom(
     Parallel associations. With a login (`xnat-flows auth login`) XNAT is asked first: --project must
     exist, and a re-run skips what an earlier run delivered only while XNAT still holds that study.
     --project needs the login (or --no-xnat-check).
+    --anon-script/--anon-profile/--anon-from-server de-identify every file as it is sent; a script's
+    project, subject and session variables are --project, --subject and --session.
     """
     from xnat_flows.client.errors import InputError
     from xnat_flows.transfer.dicom_resume import in_doubt_warning
@@ -470,12 +525,20 @@ def upload_dicom(
             )
         else:
             held = _xnat_study_check(connection, project, session, stack)
+        # Scripts compile before anything is read or sent: an error stops here (exit 2, line:column).
+        anonymizer = anonymizer_from_options(
+            anon_script,
+            anon_profile,
+            anon_from_server,
+            project=project,
+            open_client=lambda: connection.client(projects=(project,)),
+        )
         echo(host, port, called_aet, calling_aet)
         # all a C-STORE needs
         scan = scan_directory(source, headers="file-meta", duplicates=duplicates, skip_truncated=skip_truncated)
         if not scan.files:
             raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
-        send = _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json)
+        send = _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json, anonymizer)
     result = send.result
     if as_json:
         typer.echo(
@@ -540,7 +603,7 @@ def upload_dicom(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json):
+def _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json, anonymizer=None):
     """The C-STORE itself, journaled, behind a progress bar on a terminal."""
     from xnat_flows.transfer.dicom_resume import store_instances_resumable
     from xnat_flows.transfer.journal import UploadJournal
@@ -575,6 +638,7 @@ def _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, hel
                 held=held,
                 preflight=False,
                 progress=show if progress else None,
+                anonymizer=anonymizer,
             )
         except KeyboardInterrupt:
             typer.echo(

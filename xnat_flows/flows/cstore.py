@@ -35,6 +35,7 @@ from xnat_flows.tasks.cstore import (
     send_instances,
     wait_for_archived_studies,
 )
+from xnat_flows.tasks.deidentify import deidentify_instances, prepare_anonymizer
 from xnat_flows.tasks.upload import scan_dicom_directory
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 from xnat_flows.transfer.dicom_resume import in_doubt_warning
@@ -97,6 +98,8 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     receiver = resolve_receiver(receiver)
     server_url = credentials_for(connection).url if request.verify else None  # no Block/credentials: fail now
     echo_receiver(receiver)
+    # Scripts compile (and XNAT's are fetched) before anything is read or sent.
+    anonymizer = prepare_anonymizer(connection, request.deidentify, request.routing_project or None)
     # Verifying needs each file's StudyInstanceUID (in the dataset, not the file meta).
     scan = scan_dicom_directory(
         request.source_dir, headers="full" if request.verify else "file-meta", skip_truncated=request.skip_truncated
@@ -114,8 +117,10 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
     limit = check_receiver_limit(receiver)
     if limit is not None:
         logger.info("each association holds a slot of the concurrency limit %s (%d slots)", limit.name, limit.slots)
-    send = send_instances(receiver, scan.files, request.workers, routing, limit, connection)
+    files, refused = deidentify_instances(scan.files, anonymizer, routing) if anonymizer else (scan.files, [])
+    send = send_instances(receiver, files, request.workers, routing, limit, connection)
     sent, resumed = send.result, send.resumed
+    sent.failed += refused
     result = SendDicomResult(
         in_doubt=[str(path) for path in send.in_doubt],
         sent=len(sent.sent),
@@ -151,7 +156,7 @@ def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: 
             hint="Run send-dicom with verify on: it checks that the archive holds every instance sent",
         )
     if request.verify and server_url is not None:
-        instances = Counter(f.study_uid for f in scan.files)
+        instances = Counter(f.study_uid for f in files)  # as sent: de-identified UIDs
         result.archived = wait_for_archived_studies(
             connection, dict(instances), request.routing_project or None, request.verify_timeout_seconds
         )

@@ -38,7 +38,7 @@ from xnat_flows.client.errors import (
 )
 from xnat_flows.events import emit_upload_failed, public_base_url, redact
 from xnat_flows.flows.failures import failed_run
-from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
+from xnat_flows.flows.upload import NotDeidentifiedError, UploadIncompleteError, upload_dicom_session
 from xnat_flows.inbox import (
     FolderClaim,
     InboxLayout,
@@ -52,7 +52,7 @@ from xnat_flows.inbox import (
     utc_now,
     write_json_atomic,
 )
-from xnat_flows.models import PROJECT_ID_PATTERN, UploadRequest, XnatConnection, ui_title
+from xnat_flows.models import PROJECT_ID_PATTERN, Deidentification, UploadRequest, XnatConnection, ui_title
 from xnat_flows.routing import Route, RoutingError, route_folder
 from xnat_flows.tasks.connection import credentials_for, open_client, server_url_for_report
 from xnat_flows.tasks.policies import retry_unless_permanent
@@ -142,6 +142,7 @@ class _InboxRun:
     per_study: bool
     connection: XnatConnection
     server_url: str
+    deidentify: Deidentification = field(default_factory=Deidentification)
     project_problems: dict[str, str | None] = field(default_factory=dict)  # one look-up per project and run
     # Set when the server refused the Block's credentials: every further folder would be refused
     # alike, and each refused login counts towards XNAT locking the account.
@@ -166,6 +167,7 @@ def ingest_inbox(
     sidecar_name: Annotated[str, ui_title("Sidecar file name")] = "xnat.json",
     direct_archive: Annotated[bool, ui_title("Direct-Archive")] = True,
     per_study: Annotated[bool, ui_title("One session per study")] = False,
+    deidentify: Annotated[Deidentification, ui_title("De-identification")] = Deidentification(),
 ) -> InboxRunResult:
     """Upload each completed session folder of ``inbox_dir`` and file it under done/ or failed/.
 
@@ -187,6 +189,8 @@ def ingest_inbox(
         sidecar_name: Name of a JSON file in a folder ({"project", "subject", "session"}) whose keys win over the templates.
         direct_archive: Straight into the archive (XNAT 1.8.3+); off: into the prearchive.
         per_study: A folder holding several studies becomes one session per study (label + 8 hex digits of its StudyInstanceUID).
+        deidentify: De-identify each file as it is sent (a dicomedit-script Block or script text, the Basic
+            Profile, XNAT's own scripts); a folder with files the script cannot take goes to failed/.
     """
     logger = get_run_logger()
     if not inbox_dir.strip() or not project.strip():
@@ -228,6 +232,7 @@ def ingest_inbox(
         per_study=per_study,
         connection=connection,
         server_url=server_url,
+        deidentify=deidentify,
     )
     result = InboxRunResult()
 
@@ -352,6 +357,7 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
             direct_archive=run.direct_archive,
             per_study=run.per_study,
             verify=True,
+            deidentify=run.deidentify,
         )
         uploading = True  # from here on the upload flow announces its own failures
         before = folder_state(claim.path)
@@ -361,6 +367,8 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
                 f"{claim.original_name} changed while it was uploaded ({changed}): what was sent is in XNAT, "
                 "the folder stays in processing/ and is sent again once it has been quiet"
             )
+    except NotDeidentifiedError as exc:  # the same files fail the same way next run: the folder is filed
+        return _file_failed(run, claim, item, report, route, uploading, exc)
     except (*_NOT_THIS_FOLDERS_FAULT, UploadIncompleteError, FolderChangedError) as exc:
         # The server is away, full, refused the credentials or part of the upload (connection refused,
         # 5xx after retries, batches that did not land): keep the folder for the next run, which
@@ -377,15 +385,7 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
         logger.warning("%s stays in processing/ for the next run (%s)", claim.original_name, type(exc).__name__)
         return item
     except Exception as exc:  # noqa: BLE001 - any other failure is this folder's, reported and filed
-        item.error = redact(f"{type(exc).__name__}: {exc}")
-        report.update(status="failed", error=item.error, hint=getattr(exc, "hint", None) or None, finished_at=utc_now())
-        moved, report_path = claim.finish(run.layout.failed, report)
-        last_attempt.unlink(missing_ok=True)
-        item.location, item.report = str(moved), str(report_path)
-        if not uploading:
-            _announce_failure(run, route, item.error, moved)
-        logger.error("%s moved to failed/ (%s; report %s)", claim.original_name, type(exc).__name__, report_path)
-        return item
+        return _file_failed(run, claim, item, report, route, uploading, exc)
 
     sessions = [s.model_dump(mode="json") for s in uploaded.sessions]
     report.update(
@@ -411,6 +411,28 @@ def _ingest(run: _InboxRun, claim: FolderClaim) -> InboxItem:
         item.session,
         item.experiment_id or "not verified",
     )
+    return item
+
+
+def _file_failed(
+    run: _InboxRun,
+    claim: FolderClaim,
+    item: InboxItem,
+    report: dict[str, Any],
+    route: Route | None,
+    uploading: bool,
+    exc: Exception,
+) -> InboxItem:
+    """File a folder whose failure is its own under failed/, with its report."""
+    item.error = redact(f"{type(exc).__name__}: {exc}")
+    report.update(status="failed", error=item.error, hint=getattr(exc, "hint", None) or None, finished_at=utc_now())
+    last_attempt = _last_attempt(claim.path)
+    moved, report_path = claim.finish(run.layout.failed, report)
+    last_attempt.unlink(missing_ok=True)
+    item.location, item.report = str(moved), str(report_path)
+    if not uploading:
+        _announce_failure(run, route, item.error, moved)
+    get_run_logger().error("%s moved to failed/ (%s; report %s)", claim.original_name, type(exc).__name__, report_path)
     return item
 
 

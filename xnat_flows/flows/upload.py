@@ -27,6 +27,7 @@ from xnat_flows.models import (
     ui_title,
 )
 from xnat_flows.tasks.connection import server_url_for_report
+from xnat_flows.tasks.deidentify import deidentify_sessions, prepare_anonymizer
 from xnat_flows.tasks.upload import (
     archive_now_task,
     check_destination_task,
@@ -42,7 +43,7 @@ from xnat_flows.tasks.upload import (
     verify_uploaded_session,
 )
 from xnat_flows.transfer.archive import ArchiveFormat
-from xnat_flows.transfer.scan import DicomFile
+from xnat_flows.transfer.scan import DicomFile, SkippedFile
 from xnat_flows.transfer.session import StudyUploadResult, plan_sessions
 from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.upload import BatchResult
@@ -50,6 +51,11 @@ from xnat_flows.transfer.upload import BatchResult
 
 class UploadIncompleteError(XnatError):
     """Some files did not land; the message lists them and a re-run sends only those."""
+
+
+class NotDeidentifiedError(UploadIncompleteError):
+    """Files the de-identification could not be applied to were not sent; a re-run with the same
+    script fails on them again (the rest landed)."""
 
 
 class UploadParkedError(ConflictError):
@@ -109,6 +115,8 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         request.source_dir,
         f" (holding slots of concurrency limit {server.concurrency_limit})" if server.concurrency_limit else "",
     )
+    # Scripts compile (and XNAT's are fetched) before anything is read or sent.
+    anonymizer = prepare_anonymizer(connection, request.deidentify, request.project)
     scan = scan_dicom_directory(
         request.source_dir, duplicates=request.duplicates, skip_truncated=request.skip_truncated
     )
@@ -127,12 +135,25 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
     for skipped in scan.skipped:
         (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, _target(request), per_study=request.per_study)
+    refused: list[SkippedFile] = []
+    if anonymizer is not None:
+        plans, refused = deidentify_sessions(plans, anonymizer)
+        for item in refused:
+            logger.error("not de-identified, not sent: %s: %s", item.path, item.reason)
     # One flow run at a time per destination label, from its check to its verification.
     with destination_slots(server.url, [target for target, _ in plans], request.verify_timeout_seconds + 900):
-        return _send_planned(request, connection, server, scan, plans, started)
+        return _send_planned(request, connection, server, scan, plans, started, refused)
 
 
-def _send_planned(request: UploadRequest, connection: XnatConnection, server, scan, plans, started: float):
+def _send_planned(
+    request: UploadRequest,
+    connection: XnatConnection,
+    server,
+    scan,
+    plans,
+    started: float,
+    refused: list[SkippedFile],
+):
     logger = get_run_logger()
     # Every session is checked before anything is sent: none may hold another study (unless asked).
     checked = [
@@ -151,7 +172,7 @@ def _send_planned(request: UploadRequest, connection: XnatConnection, server, sc
 
     # A sync flow gets the UUID itself; async_dispatch types the call as "UUID or its coroutine".
     progress_id = cast(UUID, create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)"))
-    total_files = len(scan.files)
+    total_files = sum(len(files) for _, files in plans) or 1
     done_files = 0
 
     outcomes: list[SessionOutcome] = []
@@ -200,6 +221,7 @@ def _send_planned(request: UploadRequest, connection: XnatConnection, server, sc
         skipped=list(scan.skipped),
         seconds=round(time.perf_counter() - started, 3),
         upload_seconds=round(upload_seconds, 3),
+        not_deidentified=refused,
     )
     _publish_batch_table(result)
     _publish_landing(result, server.url)
@@ -215,7 +237,9 @@ def _send_planned(request: UploadRequest, connection: XnatConnection, server, sc
     )
     if not result.ok:
         parked = any(s.in_conflict for s in result.sessions)
-        raise (UploadParkedError if parked else UploadIncompleteError)(_incomplete_message(result))
+        raise (
+            UploadParkedError if parked else NotDeidentifiedError if result.not_deidentified else UploadIncompleteError
+        )(_incomplete_message(result))
     logger.info(
         "uploaded %d files (%d sent by this run, %.1f MB) in %.1f s (%.1f MB/s); whole run %.1f s",
         result.files_delivered,
@@ -285,6 +309,7 @@ def _target(request: UploadRequest) -> UploadTarget:
         session=request.session,
         direct_archive=request.direct_archive,
         archive_when_complete=request.archive_when_complete,
+        prevent_anon=request.deidentify.from_server,  # XNAT's scripts were applied here: not again
     )
 
 
@@ -328,6 +353,11 @@ def _incomplete_message(result: UploadSessionResult) -> str:
         if any(s.parked for s in result.sessions)
         else "upload incomplete; re-run the same upload to send what did not land:"
     ]
+    if result.not_deidentified:
+        lines.append(
+            f"  {len(result.not_deidentified)} files could not be de-identified and were not sent, e.g. "
+            + "; ".join(f"{s.path}: {s.reason}" for s in result.not_deidentified[:3])
+        )
     if result.unreadable:
         lines.append(
             f"  {len(result.unreadable)} files or folders could not be read (make them readable), e.g. "

@@ -277,25 +277,6 @@ def route_session(header: InstanceHeader) -> str:
     return header.assignment("Session") or header.patient_id
 
 
-def anonymize_instance(data: bytes) -> bytes:
-    """Stand-in for XNAT's default site anonymization: header bytes change, pixel data does not.
-
-    Sets PatientIdentityRemoved / DeidentificationMethod and drops PatientBirthDate, so that
-    byte-equality checks fail exactly as they do against a real XNAT, whose site anonymization
-    script is on by default.
-    """
-    import pydicom
-
-    ds = pydicom.dcmread(io.BytesIO(data))
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "XNAT emulator site anonymization"
-    if "PatientBirthDate" in ds:
-        del ds.PatientBirthDate
-    out = io.BytesIO()
-    ds.save_as(out)
-    return out.getvalue()
-
-
 def java_string_hash(text: str) -> int:
     """Java's String.hashCode, as XNAT's file namer uses for the SOP hash part."""
     value = 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from xnat_flows.testing.anon_config import DEFAULT_SITE_SCRIPT, AnonScripts
 from xnat_flows.testing.auth import Sessions
 from xnat_flows.testing.bandwidth import TokenBucket
 from xnat_flows.testing.faults import Faults
@@ -66,7 +67,11 @@ class XnatEmulator:
         self.max_sessions_per_user = max_sessions_per_user
         self.login_failure_mode = login_failure_mode  # "401" or "html200" (older/proxied XNATs)
         self.prearchive_codes = dict(prearchive_codes or {})
-        self.anonymize = anonymize  # rewrite headers on import like XNAT's default anonymization script
+        self.anonymize = anonymize  # XNAT's default site anonymization script, enabled
+        # site and project anonymization scripts, set at XNAT's configuration endpoints or here
+        self.anon_scripts = AnonScripts()
+        if anonymize:
+            self.anon_scripts.set_site_script(DEFAULT_SITE_SCRIPT)
         self.faults = Faults()
         self.store: Store | None = None
         self._server: EmulatorHTTPServer | None = None
@@ -86,7 +91,7 @@ class XnatEmulator:
             self.store.ensure_project(project)
             self.store.set_prearchive_code(project, code)
         self.sessions = Sessions(self.store, self.session_idle_timeout, self.max_sessions_per_user)
-        self.prearchive = Prearchive(self.store, self.faults, self.rebuild_idle_seconds, self.anonymize)
+        self.prearchive = Prearchive(self.store, self.faults, self.rebuild_idle_seconds, self.anon_scripts)
         self.importer = Importer(self.prearchive)
         self.api = Api(self)
         self._server = make_server(self.api, self.host, self._requested_port)

@@ -179,6 +179,10 @@ class SiteHandlers(HandlerBase):
         }
         return json_response(json.dumps([receiver]).encode())
 
+    def config_anon(self, req: Request, m: re.Match[str]) -> Response:
+        """XNAT's configuration service for the tool ``anon``: site and project anonymization scripts."""
+        return self.emu.anon_scripts.handle(req, m, lambda project: self.store.project(project) is not None)
+
     # -- control endpoints (unauthenticated; tests drive faults from another process) --------------
     def control_stats(self, req: Request, m: re.Match[str]) -> Response:
         return json_response(json.dumps(self.emu.stats()).encode())

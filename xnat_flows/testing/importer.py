@@ -16,7 +16,6 @@ from typing import BinaryIO
 from xnat_flows.testing.dicomhdr import (
     InstanceHeader,
     UnparsableDicom,
-    anonymize_instance,
     clean_label,
     read_header,
     route_project,
@@ -130,11 +129,11 @@ class Importer:
         )
 
     def transform(self, data: bytes, where: Placement) -> bytes:
-        """What the site does to an instance's bytes before they are stored: XNAT runs its site
-        anonymization script (DicomEdit) unless ``prevent_anon``; here the ``anonymize`` stand-in."""
-        if self.prearchive.anonymize and not is_true(where.params.get("prevent_anon")):
-            return anonymize_instance(data)
-        return data
+        """What the site does to an instance's bytes before they are stored: XNAT runs its enabled
+        site and project anonymization scripts (DicomEdit) unless ``prevent_anon``."""
+        return self.prearchive.anon_scripts.deidentify_on_import(
+            data, where.project, where.subject, where.label, is_true(where.params.get("prevent_anon"))
+        )
 
     def import_one(self, data: bytes, params: dict[str, str], name: str) -> PrearcRow:
         """One gradual-DICOM instance (or C-STORE): placed and in the database when this returns."""

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from xnat_flows.testing.dicomhdr import InstanceHeader, UnparsableDicom, read_header
 from xnat_flows.testing.faults import Faults
@@ -28,6 +29,9 @@ from xnat_flows.testing.state import (
     scan_xsi_type,
     session_xsi_type,
 )
+
+if TYPE_CHECKING:
+    from xnat_flows.testing.anon_config import AnonScripts
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +72,17 @@ def _overwrite_mode(value: str | None) -> str | None:
 
 
 class Prearchive:
-    def __init__(self, store: Store, faults: Faults, rebuild_idle_seconds: float, anonymize: bool = False) -> None:
+    def __init__(
+        self, store: Store, faults: Faults, rebuild_idle_seconds: float, anon_scripts: AnonScripts | None = None
+    ) -> None:
         self.store = store
         self.faults = faults
         self.rebuild_idle_seconds = rebuild_idle_seconds
-        self.anonymize = anonymize
+        if anon_scripts is None:
+            from xnat_flows.testing.anon_config import AnonScripts
+
+            anon_scripts = AnonScripts()
+        self.anon_scripts = anon_scripts
         self._stop = threading.Event()
         self._wake = threading.Event()  # a session was queued: the rebuilder takes it now
         self._thread: threading.Thread | None = None

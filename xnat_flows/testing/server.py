@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from xnat_flows.testing.anon_config import ROUTE as ANON_CONFIG_ROUTE
 from xnat_flows.testing.auth import parse_basic
 from xnat_flows.testing.bandwidth import ThrottledReader, ThrottledWriter
 from xnat_flows.testing.handlers_archive import ArchiveHandlers
@@ -91,6 +92,7 @@ class Api(SiteHandlers, ArchiveHandlers, PrearchiveHandlers):
                 self.put_prearchive_code,
                 True,
             ),
+            ("GET PUT DELETE", ANON_CONFIG_ROUTE, self.config_anon, True),  # before the archive's /data/projects
             # The whole archive (projects → subjects → experiments → scans/assessors/reconstructions →
             # resources → files) is one walk through the object model.
             (

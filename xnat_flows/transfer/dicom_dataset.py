@@ -1,27 +1,48 @@
-"""The bytes a C-STORE sends for one file: its dataset exactly as encoded on disk, or (with a
-routing override) an in-memory copy with PatientComments set. The user's files are never written."""
+"""The bytes a C-STORE sends for one file: its dataset exactly as encoded on disk, or an in-memory
+copy — de-identified (``transfer.deidentify``) and/or, with a routing override, with PatientComments
+set. The user's files are never written."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from xnat_flows.transfer.part10 import dataset_offset, little_endian_vr, read_file_meta
 
+if TYPE_CHECKING:
+    from xnat_flows.transfer.deidentify import Rewrite
 
-def dataset_to_send(path: str, size: int, mtime_ns: int, routing_comment: str | None) -> memoryview:
+
+def dataset_to_send(
+    path: str, size: int, mtime_ns: int, routing_comment: str | None, rewrite: Rewrite | None = None
+) -> memoryview:
     """The dataset to send: the file's own encoded bytes, or an edited in-memory copy.
+
+    ``rewrite``: the file is de-identified; ``size`` is then the rewritten instance's (as the
+    dry run before sending found it) and the file on disk holds ``rewrite.original_size`` bytes.
 
     Raises ``ValueError`` when the file is not the one scanned (size or modification time
     changed, also while it was being read): an export still being written must not be sent
     half-done, and what the scan listed is what the result reports. ``mtime_ns`` 0: not known,
     only the size is checked.
     """
-    data, before, after = _read_whole(path, size)
-    if len(data) != size or after.st_mtime_ns != before.st_mtime_ns or (mtime_ns and before.st_mtime_ns != mtime_ns):
+    on_disk = size if rewrite is None else rewrite.original_size
+    data, before, after = _read_whole(path, on_disk)
+    if len(data) != on_disk or after.st_mtime_ns != before.st_mtime_ns or (mtime_ns and before.st_mtime_ns != mtime_ns):
         raise ValueError(
-            f"it changed since the scan ({size} bytes then, {after.st_size} now); "
+            f"it changed since the scan ({on_disk} bytes then, {after.st_size} now); "
             "wait until the export has finished writing, then re-run"
         )
+    if rewrite is not None:
+        try:
+            data = rewrite.apply(data)
+        except Exception as exc:  # noqa: BLE001 - the script failed on a second pass: the file is not sent
+            raise ValueError(f"the de-identification script failed on it: {type(exc).__name__}: {exc}") from None
+        if len(data) != size:
+            raise ValueError(
+                f"it was de-identified to {len(data)} bytes while sending, {size} before (a script that is not "
+                "deterministic: use hashUID, not a new random UID)"
+            )
     if routing_comment is None:
         return memoryview(data)[dataset_offset(data) :]  # sent as encoded, never decoded
     return memoryview(with_patient_comments(data, routing_comment))

@@ -19,15 +19,15 @@ success on the strength of a record nobody could check.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xnat_flows.client.errors import XnatError, for_reader
 from xnat_flows.transfer.dicom_inputs import RoutingOverride
 from xnat_flows.transfer.dicom_results import SendResult
-from xnat_flows.transfer.dicom_send import store_instances
+from xnat_flows.transfer.dicom_send import deidentify_for_send, routing_variables, store_instances
 from xnat_flows.transfer.journal import InstanceLog, ResumeState, UploadJournal
 from xnat_flows.transfer.scan import DicomFile, read_file_header
 
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # StudyInstanceUID -> XNAT holds that study (archive, Direct-Archive or prearchive)
 StudyHeldCheck = Callable[[str], bool]
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.deidentify import Anonymizer
 
 
 def journal_key(host: str, port: int, called_aet: str, routing: RoutingOverride | None = None) -> str:
@@ -93,16 +96,21 @@ def store_instances_resumable(
     called_aet: str = "XNAT",
     routing: RoutingOverride | None = None,
     held: StudyHeldCheck | None = None,
+    anonymizer: Anonymizer | None = None,
+    anon_variables: Mapping[str, str] | None = None,
     **options: Any,
 ) -> ResumedSend:
     """``store_instances`` that skips the instances an earlier run delivered to the same receiver
     (and routing) while XNAT still holds their study, and records each instance in ``journal`` as
-    it goes out and as it is confirmed.
+    it goes out and as it is confirmed. With ``anonymizer`` the journal records the de-identified
+    instances (``store_instances``).
 
     ``held``: asks XNAT whether it holds a study (``transfer.session.study_present``); it is called
     only when the journal lists deliveries. None, or an ``XnatError`` from it: XNAT cannot be asked,
     so the journal is not trusted: its instances are sent again, in doubt.
     """
+    variables = anon_variables if anon_variables is not None else routing_variables(routing)
+    files, refused = deidentify_for_send(files, anonymizer, variables)
     destination = journal_key(host, port, called_aet, routing)
     resume = ResumeState(journal, destination)
     delivered = [f for f in files if resume.digest(f) in resume.done]
@@ -140,6 +148,7 @@ def store_instances_resumable(
             delivery_log=_JournalDeliveryLog(instance_log, resume.digest),
             **options,
         )
+    result.failed += refused
     return ResumedSend(
         result,
         len(files) - len(pending),

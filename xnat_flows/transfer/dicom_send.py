@@ -32,8 +32,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from xnat_flows.client.errors import InputError
 from xnat_flows.transfer.dicom_connect import EchoResult, ReceiverLink, echo
@@ -56,6 +56,9 @@ from xnat_flows.transfer.dicom_results import (
 )
 from xnat_flows.transfer.dicom_worker import Chunk, InstanceReport, SendItem, WorkerSetup, run_worker
 from xnat_flows.transfer.scan import DicomFile, ScanResult, scan_directory
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.deidentify import Anonymizer
 
 __all__ = [
     "AssociationRejectedError",
@@ -94,6 +97,29 @@ class DeliveryLog(Protocol):
     def stored(self, file: DicomFile) -> None: ...
 
     def refused(self, file: DicomFile) -> None: ...
+
+
+def deidentify_for_send(
+    files: list[DicomFile], anonymizer: Anonymizer | None, variables: Mapping[str, str] | None
+) -> tuple[list[DicomFile], list[InstanceOutcome]]:
+    """The files to send, de-identified by ``anonymizer`` (``transfer.deidentify``), and an outcome
+    ``failed`` for each file the script could not be applied to: listed, never sent."""
+    if anonymizer is None:
+        return files, []
+    from xnat_flows.transfer.deidentify import deidentify_files, require_variables
+
+    require_variables(anonymizer, variables or {}, "this C-STORE (its routing)")
+    done = deidentify_files(files, anonymizer, variables or {})
+    return done.files, [InstanceOutcome(s.path, "", 0, None, 0, s.reason) for s in done.refused]
+
+
+def routing_variables(routing: RoutingOverride | None) -> dict[str, str]:
+    """The XNAT variables (project, subject, session) a script applied before a C-STORE knows: the
+    routing's, the only labels a C-STORE names."""
+    if routing is None:
+        return {}
+    found = {"project": routing.project, "subject": routing.subject, "session": routing.session}
+    return {key: value for key, value in found.items() if value}
 
 
 def _as_dicom_files(files: ScanResult | Iterable[DicomFile] | str | os.PathLike[str]) -> list[DicomFile]:
@@ -160,12 +186,17 @@ def store_instances(
     progress: InstanceCountCallback | None = None,
     routing: RoutingOverride | None = None,
     delivery_log: DeliveryLog | None = None,
+    anonymizer: Anonymizer | None = None,
+    anon_variables: Mapping[str, str] | None = None,
 ) -> SendResult:
     """C-STORE every instance; never raises for a single instance, always records its outcome.
 
     ``files``: a ``ScanResult``, ``DicomFile`` items from ``scan_directory``, or a directory
     (scanned here). Raises ``InputError`` for bad AE titles and, with ``preflight``, a
     ``DicomNetworkError`` subclass when the receiver cannot be reached or refuses us.
+    ``anonymizer``: de-identify every instance as it is read (``transfer.deidentify``) with
+    ``anon_variables`` (default: the routing's project, subject and session); a file the script
+    cannot be applied to is a failed outcome, never sent.
     """
     link = ReceiverLink(
         host,
@@ -178,12 +209,13 @@ def store_instances(
     )
     if workers < 1 or max_attempts < 1 or chunk_size < 1:
         raise InputError("workers, max_attempts and chunk_size must be at least 1")
-    dicom_files = _as_dicom_files(files)
+    variables = anon_variables if anon_variables is not None else routing_variables(routing)
+    dicom_files, refused = deidentify_for_send(_as_dicom_files(files), anonymizer, variables)
     items = [
-        SendItem(i, str(f.path), f.sop_class_uid, f.transfer_syntax, f.sop_instance_uid, f.size, f.mtime_ns)
+        SendItem(i, str(f.path), f.sop_class_uid, f.transfer_syntax, f.sop_instance_uid, f.size, f.mtime_ns, f.rewrite)
         for i, f in enumerate(dicom_files)
     ]
-    result = SendResult(workers=workers, mode="threads")
+    result = SendResult(workers=workers, mode="threads", failed=refused)
     if not items:
         return result
     if preflight:

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from xnat_flows.transfer.dicom_association import StorageAssociation, UpperLayerError
 from xnat_flows.transfer.dicom_connect import ReceiverLink, open_association, uid_name
@@ -25,6 +25,9 @@ from xnat_flows.transfer.dicom_dataset import dataset_to_send
 from xnat_flows.transfer.dicom_errors import DicomNetworkError, heals_with_time
 from xnat_flows.transfer.dicom_results import RECEIVER_BUSY_STATUSES, AssociationSummary, is_stored, status_meaning
 from xnat_flows.transfer.scan import SkippedFile, read_header
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.deidentify import Rewrite
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class SendItem:
     sop_instance_uid: str
     size: int
     mtime_ns: int = 0  # as scanned; 0: not known, only the size is checked
+    rewrite: Rewrite | None = None  # de-identified as it is read (``transfer.deidentify``)
 
     @property
     def pair(self) -> SyntaxPair:
@@ -106,7 +110,7 @@ def _read_ahead(item: SendItem, ready: dict[int, memoryview]) -> None:
     """Put ``item``'s dataset in ``ready``; a file that cannot be read is left for the normal
     path, which reports it."""
     with contextlib.suppress(OSError, ValueError):
-        ready[item.index] = dataset_to_send(item.path, item.size, item.mtime_ns, None)
+        ready[item.index] = dataset_to_send(item.path, item.size, item.mtime_ns, None, item.rewrite)
 
 
 def _why_unsendable(item: SendItem) -> str:
@@ -224,7 +228,7 @@ class _Worker:
                 dataset = (
                     ready.pop(item.index)
                     if item.index in ready
-                    else dataset_to_send(item.path, item.size, item.mtime_ns, setup.routing_comment)
+                    else dataset_to_send(item.path, item.size, item.mtime_ns, setup.routing_comment, item.rewrite)
                 )
             except (OSError, ValueError) as exc:  # vanished, unreadable or no longer DICOM: retrying will not help
                 self.report("failed", item, None, 0, f"cannot read the file: {exc}")

@@ -1,7 +1,7 @@
 """Resume support: remember which batches (or instances) already reached a destination.
 
 An entry is keyed by the destination (server URL and session, ``resume_key``) and a content digest of what was sent (relative paths,
-sizes, modification times, SOP Instance UIDs: cheap, no file reads), so a re-run after a
+sizes, modification times, SOP Instance UIDs, the de-identification rules: cheap, no file reads), so a re-run after a
 failure sends only what did not land, and a file changed since then is sent again. The
 journal lives in the profile directory (``journal/``, mode 0600) and is cleared once a
 session has been uploaded (and verified) completely. C-STORE writes per-instance records as
@@ -22,9 +22,13 @@ from xnat_flows.transfer.scan import DicomFile
 
 
 def content_digest(files: Iterable[DicomFile]) -> str:
+    """What was sent: each file's name, size, modification time and SOP Instance UID, and for a
+    de-identified file the script and variables that rewrote it (``Rewrite.digest``), so a re-run
+    with another script sends again, whatever the sizes and UIDs."""
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f"{f.relpath}\0{f.size}\0{f.mtime_ns}\0{f.sop_instance_uid}\n".encode())
+        rules = f"\0{f.rewrite.digest}" if f.rewrite is not None else ""
+        digest.update(f"{f.relpath}\0{f.size}\0{f.mtime_ns}\0{f.sop_instance_uid}{rules}\n".encode())
     return digest.hexdigest()
 
 

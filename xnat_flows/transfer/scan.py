@@ -56,6 +56,8 @@ from xnat_flows.transfer.part10 import (
 if TYPE_CHECKING:
     import pydicom
 
+    from xnat_flows.transfer.deidentify import Rewrite
+
 ScanHeaders = Literal["full", "file-meta"]
 Duplicates = Literal["newest", "oldest", "stop"]
 CONFLICT = "conflicting copy"
@@ -93,6 +95,9 @@ class DicomFile:
     sop_class_uid: str
     transfer_syntax: str
     mtime_ns: int = 0  # for the resume digest: a changed file is sent again
+    # De-identified on the way out (``transfer.deidentify``): ``path`` holds the original, and the
+    # other fields describe the rewritten instance that ``read_exactly`` makes from it.
+    rewrite: Rewrite | None = None
 
     def __post_init__(self) -> None:
         # study, series, class and syntax UIDs repeat across a session's files: keep one copy each
@@ -190,8 +195,13 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 
     The last chunk is held back until that check has passed: a request whose header already
     announced the scanned size is then cut short and refused by the server, instead of
-    delivering a torn or mixed instance.
+    delivering a torn or mixed instance. A de-identified file (``item.rewrite``) is read whole
+    and rewritten in memory; its bytes must come out as long as they did before sending.
     """
+    rewrite = getattr(item, "rewrite", None)  # resource uploads stream members of their own through here
+    if rewrite is not None:
+        yield from _rewritten(item, rewrite, chunk_size)
+        return
     remaining = item.size
     held: bytes = b""
     try:
@@ -215,6 +225,30 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         )
     if held:
         yield held
+
+
+def _rewritten(item: DicomFile, rewrite: Rewrite, chunk_size: int) -> Iterator[bytes]:
+    """``read_exactly`` of a de-identified file: the original read and checked, then rewritten."""
+    import dataclasses
+
+    original = dataclasses.replace(item, size=rewrite.original_size, rewrite=None)
+    try:
+        data = rewrite.apply(b"".join(read_exactly(original, chunk_size)))
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the script failed on a second pass: nothing of this file is sent
+        raise InputError(
+            f"{item.path} could not be de-identified while sending: {type(exc).__name__}: {exc}",
+            hint="Check the file with `xnat-flows anon check`, then re-run",
+        ) from None
+    if len(data) != item.size:
+        raise InputError(
+            f"{item.path} was de-identified to {len(data)} bytes while sending, {item.size} before: the script "
+            "is not deterministic or the file changed",
+            hint="Use hashUID rather than a new random UID in the script, then re-run",
+        )
+    for start in range(0, len(data), chunk_size):
+        yield data if len(data) <= chunk_size else data[start : start + chunk_size]
 
 
 def _walk(root: Path, skipped: list[SkippedFile]) -> list[tuple[Path, os.stat_result]]:

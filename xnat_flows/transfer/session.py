@@ -16,8 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
 
 from xnat_flows.client.archive import archived_studies, find_archived, study_label, subject_label
 from xnat_flows.client.client import XnatClient
@@ -53,6 +52,9 @@ from xnat_flows.transfer.verify import (
     prearchive_snapshot,
     verify_session,
 )
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.deidentify import Anonymizer
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,8 @@ class SessionUploadResult:
     sessions: list[StudyUploadResult]
     skipped: list[SkippedFile]
     seconds: float
+    # files the de-identification script could not be applied to: listed, not sent (a failure)
+    refused: list[SkippedFile] = field(default_factory=list)
 
     @property
     def files_sent(self) -> int:
@@ -153,7 +157,7 @@ class SessionUploadResult:
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.sessions) and not self.unreadable
+        return all(s.ok for s in self.sessions) and not self.unreadable and not self.refused
 
 
 def plan_sessions(
@@ -308,18 +312,14 @@ def _settle_closed_direct_archive(client: XnatClient, target: UploadTarget, stud
 
 def _refuse_study_archived_elsewhere(client: XnatClient, target: UploadTarget, study_uid: str) -> None:
     """A ``--per-study`` upload of a study the project already holds under another label."""
-    rows = client.get_rows(
-        f"/data/projects/{quote(target.project, safe='')}/experiments",
-        params={"columns": "ID,label,UID", "UID": study_uid},
-    )
-    elsewhere = [r for r in rows if r.get("UID") == study_uid and r.get("label") and r["label"] != target.session]
-    if not elsewhere:
+    found = archived_studies(client, target.project).get(study_uid)
+    if found is None or not found.get("label") or found["label"] == target.session:
         return
-    label = elsewhere[0]["label"]
+    label = found["label"]
     prefix, _, digits = label.rpartition("_")
     same_run = f" (the --per-study labels of -E {prefix})" if prefix and label == study_label(prefix, study_uid) else ""
     raise ConflictError(
-        f"Study {study_uid} is already archived in {target.project} as session {label} ({elsewhere[0].get('ID', '?')})"
+        f"Study {study_uid} is already archived in {target.project} as session {label} ({found.get('ID', '?')})"
         f"{same_run}; this upload would archive it again as {target.session}: nothing was sent",
         status=409,
         hint=f"Run the same command with -E {prefix} to complete that session"
@@ -543,6 +543,7 @@ def upload_session(
     poll_interval: float = 2.0,
     allow_other_study: bool = False,
     claim_wait: float = DEFAULT_CLAIM_WAIT_SECONDS,
+    anonymizer: Anonymizer | None = None,
 ) -> SessionUploadResult:
     """Scan (unless given a ``ScanResult``), upload every planned session, verify each.
 
@@ -551,12 +552,21 @@ def upload_session(
     before anything is sent (``check_destination``: another study or subject under the label stops
     the upload with ``ConflictError``). Without ``verify``, the prearchive is looked at once at the
     end: a row of this upload that XNAT parked (CONFLICT, ERROR) fails the result.
+    ``anonymizer``: de-identify every file as it streams out (``transfer.deidentify``) with the
+    session's project, subject and label as the script's variables; checks, journal and
+    verification then work on the rewritten instances, and files the script cannot be applied to
+    are listed in ``refused``, not sent.
     """
     if workers < 1:
         raise InputError(f"workers must be at least 1 (got {workers})")
     started = time.monotonic()
     scan = root_or_scan if isinstance(root_or_scan, ScanResult) else scan_directory(Path(root_or_scan))
     plan = plan_sessions(scan, target, per_study=per_study)
+    refused: list[SkippedFile] = []
+    if anonymizer is not None:
+        from xnat_flows.transfer.deidentify import deidentify_plan
+
+        plan, refused = deidentify_plan(plan, anonymizer)
     if target.direct_archive:
         client.require_direct_archive()
     names = [destination_name(client.base_url, t.project, t.session) for t, _ in plan]
@@ -604,7 +614,7 @@ def upload_session(
         if not verify:
             for study, before in results:
                 study.parked = look_for_parked(client, study.target, study.study_uid, before)
-    return SessionUploadResult([study for study, _ in results], list(scan.skipped), time.monotonic() - started)
+    return SessionUploadResult([study for study, _ in results], list(scan.skipped), time.monotonic() - started, refused)
 
 
 def look_for_parked(

@@ -31,6 +31,10 @@ class UploadTarget:
     # Direct-Archive: once every file is in, ask XNAT (1.8.4+) to archive the session at once
     # rather than after its idle interval (5 minutes by default); False leaves it to the timer.
     archive_when_complete: bool = True
+    # The files were de-identified with XNAT's own site and project scripts before sending: XNAT
+    # applies neither again (its ``prevent_anon``, as the Upload Assistant sends; xnat-web
+    # GradualDicomImporter for the site script, DirectArchiveSessionServiceImpl for the project's).
+    prevent_anon: bool = False
 
     def __post_init__(self) -> None:
         for name in ("project", "subject", "session"):
@@ -58,9 +62,10 @@ class UploadTarget:
         return f"/xapi/direct-archive/{self.project}/{quote(study_uid, safe='')}/{self.session}"
 
     def _destination(self) -> dict[str, str]:
+        anon = {"prevent_anon": "true"} if self.prevent_anon else {}
         if self.direct_archive:
-            return {"Direct-Archive": "true"}
-        return {"dest": f"/prearchive/projects/{self.project}"}
+            return {"Direct-Archive": "true", **anon}
+        return {"dest": f"/prearchive/projects/{self.project}", **anon}
 
     def dicom_zip_params(self) -> dict[str, str]:
         return {

@@ -1,0 +1,154 @@
+"""``anon check``: the report, the CLI (exit codes) and the Prefect task used as a gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from anon_helpers import make_dataset, to_part10
+from typer.testing import CliRunner
+
+from xnat_flows.anon import basic_profile, compile_script
+from xnat_flows.anon.check import check_folder
+from xnat_flows.cli.main import app
+
+DEFAULT = (Path(__file__).parent / "fixtures" / "xnat_default_id.das").read_text()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "export"
+    (root / "series1").mkdir(parents=True)
+    for number in range(3):
+        ds = make_dataset()
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.1.1.{number + 10}"
+        ds.InstanceNumber = number + 1
+        if number == 2:
+            ds.BurnedInAnnotation = "YES"
+        (root / "series1" / f"IM{number}").write_bytes(to_part10(ds))  # extensionless, as scanners write
+    (root / "notes.txt").write_text("not DICOM")
+    return root
+
+
+def test_report_counts_changes_and_lists_survivors(folder: Path) -> None:
+    report = check_folder(compile_script(DEFAULT), folder, {"project": "P1", "subject": "S1", "session": "S1_MR1"})
+    assert report.files == 3 and report.not_dicom == 1
+    assert report.changes["PatientName"].changed == 3
+    assert (report.changes["PatientName"].example_before, report.changes["PatientName"].example_after) == (
+        "Doe^Jane",
+        "S1",
+    )
+    assert set(report.changes) == {"PatientName", "PatientID", "StudyDescription"}
+    assert {"PatientBirthDate", "AccessionNumber", "StudyInstanceUID", "private attributes"} <= set(report.survivors)
+    assert report.survivors["PatientBirthDate"].files == 3
+    assert report.burned_in == ["series1/IM2"]
+    assert not report.ok
+
+
+def test_identifiers_inside_sequences_are_found(folder: Path) -> None:
+    report = check_folder(compile_script('version "6.1"\n-(0010,0010)'), folder, {})
+    assert report.changes["PatientName"].removed == 3
+    # the one in RequestAttributesSequence/ScheduledProtocolCodeSequence survives
+    assert "PatientName" in report.survivors
+
+
+def test_profile_leaves_no_identifier(folder: Path) -> None:
+    report = check_folder(basic_profile(), folder)
+    assert report.survivors == {}
+    assert report.ok
+    assert "PatientIdentityRemoved" in report.changes
+
+
+def test_allow_accepts_keywords_tags_private_and_options(folder: Path) -> None:
+    report = check_folder(
+        basic_profile(["retain-uids", "retain-longitudinal-full-dates"]),
+        folder,
+        allow=["retain-uids", "StudyDate", "(0008,0030)", "PatientBirthDate"],
+    )
+    assert report.ok, report.to_text()
+    assert {"StudyInstanceUID", "StudyDate", "StudyTime", "PatientBirthDate"} <= set(report.allowed)
+
+
+def test_placeholders_for_variables_not_given(folder: Path) -> None:
+    report = check_folder(compile_script(DEFAULT), folder, {"project": "P1"})
+    assert report.placeholders == ["session", "subject"]
+    assert report.changes["PatientName"].example_after == "SUBJECT"
+
+
+def test_markdown_hides_original_values(folder: Path) -> None:
+    report = check_folder(compile_script(DEFAULT), folder, {"project": "P1", "subject": "S1", "session": "X"})
+    markdown = report.to_markdown()
+    assert "Doe^Jane" not in markdown and "MRN0001" not in markdown and "19800101" not in markdown
+    assert "PatientName" in markdown and "PatientBirthDate" in markdown
+    assert "Doe^Jane" in report.to_text()
+
+
+def test_files_the_program_cannot_apply_to_are_listed(folder: Path) -> None:
+    import warnings
+
+    from pydicom.data import get_testdata_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        jpeg = Path(str(get_testdata_file("JPEG2000.dcm")))
+    (folder / "compressed.dcm").write_bytes(jpeg.read_bytes())
+    script = compile_script('version "6.1"\nalterPixels["rectangle", "l=0, t=0, r=4, b=4", "solid", "v=0"]')
+    report = check_folder(script, folder, allow=["private"])
+    assert [path for path, _ in report.failures] == ["compressed.dcm"]
+    assert "compressed" in report.failures[0][1]
+    assert not report.ok
+    assert "cannot be de-identified" in report.to_text()
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, ["anon", "check", *args])
+
+
+def test_cli_exit_codes(folder: Path, tmp_path: Path) -> None:
+    script = tmp_path / "id.das"
+    script.write_text(DEFAULT)
+    survived = cli(
+        str(folder), "--script", str(script), "--var", "subject=S1", "--var", "session=S1_MR1", "--var", "project=P"
+    )
+    assert survived.exit_code == 1, survived.output
+    assert "PatientName: 3 changed; e.g. Doe^Jane -> S1" in survived.output
+    assert "Burned In Annotation = YES" in survived.output and "series1/IM2" in survived.output
+    clean = cli(str(folder), "--profile", "basic")
+    assert clean.exit_code == 0, clean.output
+    assert clean.output.rstrip().endswith("OK")
+
+
+def test_cli_script_error_exits_2_with_line_and_column(folder: Path, tmp_path: Path) -> None:
+    script = tmp_path / "bad.das"
+    script.write_text('version "6.1"\n(0010,0010) := nosuch[(0010,0010)]\n')
+    result = cli(str(folder), "--script", str(script))
+    assert result.exit_code == 2
+    assert f"{script}:2:16: unknown function nosuch" in result.output
+
+
+def test_cli_hide_values(folder: Path, tmp_path: Path) -> None:
+    script = tmp_path / "id.das"
+    script.write_text(DEFAULT)
+    result = cli(str(folder), "--script", str(script), "--hide-values")
+    assert "Doe^Jane" not in result.output and "MRN0001" not in result.output
+
+
+def test_cli_needs_one_of_script_or_profile(folder: Path) -> None:
+    assert cli(str(folder)).exit_code == 2
+
+
+def test_a_file_removed_during_the_check_is_listed_not_fatal(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xnat_flows.transfer import scan
+
+    real = scan.scan_directory
+
+    def scan_then_remove(root: Path):  # the folder changes between the scan and the read
+        result = real(root)
+        (folder / "series1" / "IM1").unlink()
+        return result
+
+    monkeypatch.setattr(scan, "scan_directory", scan_then_remove)
+    report = check_folder(basic_profile(), folder)
+    assert report.files == 3
+    assert [path for path, _ in report.failures] == ["series1/IM1"]
+    assert not report.ok

@@ -1,0 +1,64 @@
+"""The engine's contract beyond the language: character sets, threads, apply_dataset, no-op."""
+
+from __future__ import annotations
+
+import threading
+
+from anon_helpers import VARIABLES, make_dataset, read, to_part10
+
+from xnat_flows.anon import basic_profile, compile_script
+
+SCRIPT = compile_script(
+    'version "6.1"\n(0010,0010) := format["{0}^{1}", subject, (0010,0010)]\n(0008,0018) := hashUID[(0008,0018)]'
+)
+
+
+def test_non_ascii_values_in_the_dataset_character_set() -> None:
+    for charset, encoding in (("ISO_IR 100", "latin-1"), ("ISO_IR 192", "utf-8")):
+        ds = make_dataset()
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = "Müller^Jürgen"
+        data = to_part10(ds)
+        assert "Müller".encode(encoding) in data
+        out = compile_script('version "6.1"\n(0010,0010) ~ "Müller.*" ? (0008,1030) := "Zoë"').apply_bytes(data, {})
+        after = read(out)
+        assert after.StudyDescription == "Zoë"
+        assert "Zoë".encode(encoding) in out
+
+
+def test_threads_share_one_anonymizer_and_get_serial_results() -> None:
+    files = []
+    for number in range(16):
+        ds = make_dataset()
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.1.7.{number}"
+        ds.PatientName = f"Patient^{number}"
+        files.append(to_part10(ds))
+    expected = [SCRIPT.apply_bytes(data, VARIABLES) for data in files]
+    results: dict[int, bytes] = {}
+
+    def work(index: int) -> None:
+        for _ in range(20):
+            results[index] = SCRIPT.apply_bytes(files[index], VARIABLES)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(len(files))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [results[index] for index in range(len(files))] == expected
+    assert len(set(expected)) == len(files)
+
+
+def test_apply_dataset_in_place() -> None:
+    ds = make_dataset()
+    ds.file_meta = read(to_part10(make_dataset())).file_meta
+    basic_profile().apply_dataset(ds)
+    assert ds.PatientName == "" and ds.PatientIdentityRemoved == "YES"
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert ds.PixelData == make_dataset().PixelData
+
+
+def test_a_program_that_changes_nothing_returns_the_same_bytes() -> None:
+    data = to_part10(make_dataset())
+    unchanged = compile_script('version "6.1"\n(0008,0060) = "CT" ? -(0010,0010)\n(0010,0040) := "F"')
+    assert unchanged.apply_bytes(data, {}) == data

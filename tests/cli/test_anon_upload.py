@@ -1,0 +1,214 @@
+"""De-identification on upload, as a user runs it: `session upload` (DICOM-zip, gradual-DICOM) and
+`session upload-dicom` (C-STORE) with --anon-script into the emulator; the archive is read back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from xnat_flows.anon.functions import hash_uid
+from xnat_flows.cli.main import app
+from xnat_flows.testing import XnatEmulator
+from xnat_flows.testing.pytest_plugin import wait_until
+from xnat_flows.testing.synth import write_studies
+
+pytestmark = pytest.mark.e2e
+PASSWORD = "anon-upload-password-3c1d"
+SCRIPT = """version "6.1"
+// the labels XNAT files the session under replace the identifiers; UIDs hashed as XNAT does
+(0010,0010) := subject
+(0010,0020) := session
+(0008,1030) := project
+- (0010,0030)
+(0020,000D) := hashUID[(0020,000D)]
+(0020,000E) := hashUID[(0020,000E)]
+(0008,0018) := hashUID[(0008,0018)]
+"""
+_PIXEL_DATA = 0x7FE00010
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XNAT_FLOWS_HOME", raising=False)
+    return home
+
+
+@pytest.fixture
+def xnat(tmp_path: Path, xnat_emulator_factory, home: Path) -> XnatEmulator:
+    emulator = xnat_emulator_factory(
+        tmp_path / "xnat", projects=("ANON",), password=PASSWORD, rebuild_idle_seconds=0.3, scp_port=0
+    )
+    login = run("auth", "login", "--url", emulator.url, "--username", "admin", "--password-stdin", input=PASSWORD)
+    assert login.exit_code == 0, login.output
+    return emulator
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "site.das"
+    path.write_text(SCRIPT)
+    return path
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def export(tmp_path: Path, seed: int, instances: int = 6) -> tuple[Path, list[Path]]:
+    manifest = write_studies(tmp_path / "export", series=2, instances=instances, instance_kb=8, seed=seed)
+    return tmp_path / "export", [f.path for f in manifest.files]
+
+
+def expected(original: Path, project: str, subject: str, session: str, routed: bool) -> dict[int, object]:
+    """The original's elements with exactly the script's changes (and a C-STORE's routing comment)."""
+    ds = pydicom.dcmread(original)
+    if routed:
+        ds.PatientComments = f"Project:{project} Subject:{subject} Session:{session}"
+    ds.PatientName, ds.PatientID, ds.StudyDescription = subject, session, project
+    del ds.PatientBirthDate
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        setattr(ds, keyword, hash_uid(str(getattr(ds, keyword))))
+    return {int(e.tag): e.value for e in ds}
+
+
+def assert_archive_holds_exactly_the_scripts_changes(
+    xnat: XnatEmulator, label: str, originals: list[Path], labels, routed: bool = False
+):
+    archived = {}
+    for path in xnat.archived_files(label).values():
+        ds = pydicom.dcmread(path)
+        archived[str(ds.SOPInstanceUID)] = ds
+    assert len(archived) == len(originals)
+    for original in originals:
+        want = expected(original, *labels, routed)
+        got = archived[str(want[0x00080018])]
+        assert {int(e.tag): e.value for e in got if int(e.tag) != _PIXEL_DATA} == {
+            tag: value for tag, value in want.items() if tag != _PIXEL_DATA
+        }
+        assert got.PixelData == pydicom.dcmread(original).PixelData  # byte-identical pixel data
+
+
+@pytest.mark.parametrize("mode", [[], ["--gradual"], ["--archive-format", "zip"]], ids=["tar", "gradual", "zip"])
+def test_rest_upload_lands_with_exactly_the_scripts_changes_originals_unchanged_rerun_sends_nothing_new(
+    xnat, script, tmp_path, mode
+) -> None:
+    root, originals = export(tmp_path, seed=11)
+    before = tree_hashes(root)
+    args = ["session", "upload", str(root), "-P", "ANON", "-S", "SUBJ", "-E", "SESS", "--anon-script", str(script)]
+    first = run(*args, *mode, "--json")
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert summary["ok"] and summary["files_sent"] == 6 and summary["sessions"][0]["verified"] is True
+    assert summary["sessions"][0]["study_uid"] == hash_uid(str(pydicom.dcmread(originals[0]).StudyInstanceUID))
+    assert_archive_holds_exactly_the_scripts_changes(xnat, "SESS", originals, ("ANON", "SUBJ", "SESS"))
+    assert tree_hashes(root) == before  # the originals are never modified
+
+    again = run(*args, *mode, "--json")
+    assert again.exit_code == 0, again.output
+    if mode == ["--gradual"]:
+        assert json.loads(again.stdout)["files_sent"] == 0  # the archive holds every rewritten instance
+    assert_archive_holds_exactly_the_scripts_changes(xnat, "SESS", originals, ("ANON", "SUBJ", "SESS"))
+    assert [e["label"] for e in xnat.archived_experiments("ANON")] == ["SESS"]
+
+
+def test_cstore_lands_with_exactly_the_scripts_changes_and_a_rerun_sends_nothing(xnat, script, tmp_path) -> None:
+    root, originals = export(tmp_path, seed=12)
+    before = tree_hashes(root)
+    args = ["session", "upload-dicom", str(root), "--host", "127.0.0.1", "--port", str(xnat.scp_port)]
+    args += ["-P", "ANON", "-S", "CSUBJ", "-E", "CSESS", "--anon-script", str(script), "--json"]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["sent"] == 6
+    xnat.rebuild_now()
+    wait_until(lambda: [e for e in xnat.archived_experiments("ANON") if e["label"] == "CSESS"], timeout=30)
+    wait_until(lambda: len(xnat.archived_files("CSESS")) == 6, timeout=30)
+    assert_archive_holds_exactly_the_scripts_changes(xnat, "CSESS", originals, ("ANON", "CSUBJ", "CSESS"), True)
+    assert tree_hashes(root) == before
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["sent"] == 0 and json.loads(again.stdout)["resumed"] == 6
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('version "6.1"\n(0010,0010) := subject\n(0010,0020 := session\n', "bad.das:3:"),
+        ('version "6.1"\n(0010,0010) := nosuchfunction[subject]\n', "bad.das:2:16: unknown function"),
+    ],
+    ids=["syntax", "unknown-function"],
+)
+def test_a_script_error_stops_before_anything_is_sent(xnat, tmp_path, text, where) -> None:
+    root, _ = export(tmp_path, seed=13, instances=2)
+    bad = tmp_path / "bad.das"
+    bad.write_text(text)
+    for args in (
+        ["session", "upload", str(root), "-P", "ANON", "-S", "S", "-E", "E"],
+        ["session", "upload", str(root), "-P", "ANON", "-S", "S", "-E", "E", "--gradual"],
+        ["session", "upload-dicom", str(root), "--host", "127.0.0.1", "--port", str(xnat.scp_port), "-P", "ANON"],
+    ):
+        result = run(*args, "--anon-script", str(bad))
+        assert result.exit_code == 2, result.output
+        assert where.replace("bad.das", str(bad)) in result.stderr
+    assert xnat.stats()["imports"] == 0 and not xnat.prearchive_sessions(include_direct_archive=True)
+
+
+def test_a_file_the_script_cannot_take_is_listed_not_sent_and_the_run_fails(xnat, tmp_path) -> None:
+    root, originals = export(tmp_path, seed=14, instances=4)
+    ds = pydicom.dcmread(originals[1])
+    del ds.PixelData  # e.g. a report among the images: alterPixels cannot blank what it does not have
+    ds.save_as(originals[1], enforce_file_format=True)
+    script = tmp_path / "burned-in.das"
+    script.write_text(SCRIPT + 'alterPixels["rectangle", "l=0, t=0, r=8, b=4", "solid", "v=0"]\n')
+    cstore = ["session", "upload-dicom", str(root), "--host", "127.0.0.1", "--port", str(xnat.scp_port)]
+    for args in (["session", "upload", str(root)], cstore):
+        result = run(*args, "-P", "ANON", "-S", "S", "-E", "REFUSED", "--anon-script", str(script))
+        assert result.exit_code == 6, result.output
+        assert str(originals[1]) in result.stderr and "not de-identified, not sent" in result.stderr
+    refused_uid = str(pydicom.dcmread(originals[1]).SOPInstanceUID)
+    xnat.rebuild_now()
+    archived = {str(pydicom.dcmread(p).SOPInstanceUID) for p in xnat.archived_files("REFUSED").values()}
+    assert len(archived) == 3 and hash_uid(refused_uid) not in archived and refused_uid not in archived
+
+
+def test_xnats_own_scripts_are_applied_once_before_sending_and_only_when_enabled(xnat, tmp_path) -> None:
+    import httpx
+
+    root, originals = export(tmp_path, seed=15, instances=4)
+    with httpx.Client(base_url=xnat.url, auth=("admin", PASSWORD)) as admin:
+        admin.put("/data/config/anon/script", params={"status": "disabled"}, content=SCRIPT)
+        args = ["session", "upload", str(root), "-P", "ANON", "-S", "SRV", "-E", "FROM_SERVER", "--anon-from-server"]
+        off = run(*args)
+        assert off.exit_code == 2 and "no enabled anonymization script" in off.stderr
+        assert xnat.stats()["imports"] == 0
+        admin.put("/data/config/anon/script", params={"status": "enabled"})
+        # hashUID applied twice would give other UIDs: the archive shows the script ran once, here,
+        # and XNAT (told prevent_anon) did not run it again on import
+        done = run(*args)
+    assert done.exit_code == 0, done.output
+    assert_archive_holds_exactly_the_scripts_changes(xnat, "FROM_SERVER", originals, ("ANON", "SRV", "FROM_SERVER"))
+
+
+def test_without_prevent_anon_xnat_applies_its_site_script_on_import_too(xnat, script, tmp_path) -> None:
+    """What the docs warn about: a client-side script and XNAT's own site script both apply."""
+    import httpx
+
+    root, originals = export(tmp_path, seed=16, instances=2)
+    with httpx.Client(base_url=xnat.url, auth=("admin", PASSWORD)) as admin:
+        admin.put("/data/config/anon/script", content='version "6.1"\n(0008,1030) := "SITE SCRIPT WAS HERE"\n')
+    result = run("session", "upload", str(root), "-P", "ANON", "-S", "S", "-E", "TWICE", "--anon-script", str(script))
+    assert result.exit_code == 0, result.output
+    stored = [pydicom.dcmread(p) for p in xnat.archived_files("TWICE").values()]
+    assert {ds.StudyDescription for ds in stored} == {"SITE SCRIPT WAS HERE"}
+    assert {ds.PatientID for ds in stored} == {"TWICE"}  # and the client's script's changes are there

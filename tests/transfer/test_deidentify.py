@@ -1,0 +1,235 @@
+"""De-identification as files stream out (transfer.deidentify): the one hook every transport reads
+through, against the emulator over real sockets for DICOM-zip and gradual-DICOM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from deid_helpers import HashingAnonymizer, hashed_uid, mark_refused, tree_hashes
+from transfer_helpers import connect, write_study
+
+from xnat_flows.client.errors import InputError
+from xnat_flows.testing import XnatEmulator
+from xnat_flows.transfer import UploadJournal, UploadTarget, scan_directory, upload_session
+from xnat_flows.transfer.archive import archive_size, iter_archive
+from xnat_flows.transfer.deidentify import NOT_DEIDENTIFIED, deidentify_files, deidentify_plan
+from xnat_flows.transfer.journal import content_digest
+from xnat_flows.transfer.scan import read_exactly
+
+VARIABLES = {"project": "TEST", "subject": "ANON01", "session": "ANON01_MR"}
+FAST = {"verify_timeout": 30.0, "poll_interval": 0.1}
+
+
+def test_deidentified_entries_describe_the_rewritten_instance(study_dir: Path) -> None:
+    scan = scan_directory(study_dir)
+    before = tree_hashes(study_dir)
+    done = deidentify_files(scan.files, HashingAnonymizer(), VARIABLES)
+    assert not done.refused and len(done.files) == len(scan.files)
+    for original, sent in zip(scan.files, done.files, strict=True):
+        assert sent.path == original.path and sent.relpath == original.relpath
+        assert sent.sop_instance_uid == hashed_uid(original.sop_instance_uid)
+        assert sent.study_uid == hashed_uid(original.study_uid)
+        assert sent.series_uid == hashed_uid(original.series_uid)
+        data = b"".join(read_exactly(sent, chunk_size=1000))  # several chunks
+        assert len(data) == sent.size
+        ds = pydicom.dcmread(__import__("io").BytesIO(data))
+        assert str(ds.PatientName) == "ANON01" and ds.PatientID == "ANON01_MR" and "PatientBirthDate" not in ds
+        assert ds.SOPInstanceUID == sent.sop_instance_uid
+    assert tree_hashes(study_dir) == before  # nothing written next to or over the originals
+
+
+def test_a_file_the_script_cannot_take_is_refused_never_sent_as_original(study_dir: Path) -> None:
+    scan = scan_directory(study_dir)
+    mark_refused(scan.files[0].path)
+    scan = scan_directory(study_dir)
+    done = deidentify_files(scan.files, HashingAnonymizer(), VARIABLES)
+    assert [s.path for s in done.refused] == [scan.files[0].path]
+    assert done.refused[0].reason.startswith(NOT_DEIDENTIFIED) and "AnonError" in done.refused[0].reason
+    assert scan.files[0].path not in {f.path for f in done.files}
+
+
+def test_two_files_rewritten_to_one_sop_instance_uid_are_not_both_sent(study_dir: Path) -> None:
+    class SameUid(HashingAnonymizer):
+        def apply_bytes(self, part10, variables=None):
+            ds = pydicom.dcmread(__import__("io").BytesIO(super().apply_bytes(part10, variables)))
+            ds.SOPInstanceUID = "1.2.3.4"
+            out = __import__("io").BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            return out.getvalue()
+
+    scan = scan_directory(study_dir)
+    done = deidentify_files(scan.files, SameUid(), VARIABLES)
+    assert len(done.files) == 1 and len(done.refused) == len(scan.files) - 1
+    assert "SOP Instance UID of" in done.refused[0].reason
+
+
+def test_a_script_splitting_one_study_stops_before_sending(study_dir: Path) -> None:
+    class PerFileStudy(HashingAnonymizer):
+        def apply_bytes(self, part10, variables=None):
+            ds = pydicom.dcmread(__import__("io").BytesIO(super().apply_bytes(part10, variables)))
+            ds.StudyInstanceUID = ds.SOPInstanceUID + ".9"
+            out = __import__("io").BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            return out.getvalue()
+
+    scan = scan_directory(study_dir)
+    with pytest.raises(InputError, match="StudyInstanceUIDs"):
+        deidentify_plan([(UploadTarget("TEST", "S", "E"), scan.files)], PerFileStudy())
+
+
+def test_a_second_pass_giving_other_bytes_stops_the_stream(study_dir: Path) -> None:
+    class Drifting(HashingAnonymizer):
+        def apply_bytes(self, part10, variables=None):
+            out = super().apply_bytes(part10, variables)
+            return out + b"\0\0" * (self.applied > 1)
+
+    # without the rewritten headers kept (a session too large for them), the script runs again
+    files = deidentify_files(scan_directory(study_dir).files[:1], Drifting(), VARIABLES, head_cache_bytes=0).files
+    with pytest.raises(InputError, match="not deterministic"):
+        b"".join(read_exactly(files[0]))
+
+
+@pytest.mark.parametrize("cache", [0, 1 << 20])
+def test_the_bytes_sent_are_the_scripts_output_with_or_without_the_headers_kept(study_dir: Path, cache: int) -> None:
+    anonymizer = HashingAnonymizer()
+    scan = scan_directory(study_dir)
+    files = deidentify_files(scan.files, anonymizer, VARIABLES, head_cache_bytes=cache).files
+    applied = anonymizer.applied
+    for original, sent in zip(scan.files, files, strict=True):
+        expected = HashingAnonymizer().apply_bytes(original.path.read_bytes(), VARIABLES)
+        assert b"".join(read_exactly(sent, chunk_size=777)) == expected
+        assert (sent.rewrite.head is not None) == bool(cache)
+    assert anonymizer.applied == applied + (0 if cache else len(files))  # kept headers: the script ran once
+
+
+def test_archives_of_deidentified_files_have_the_announced_length(study_dir: Path) -> None:
+    files = deidentify_files(scan_directory(study_dir).files, HashingAnonymizer(), VARIABLES).files
+    for fmt in ("tar", "zip"):
+        assert len(b"".join(iter_archive(files, fmt))) == archive_size(files, fmt)
+
+
+def test_the_journal_record_depends_on_the_script_and_the_variables(study_dir: Path) -> None:
+    files = scan_directory(study_dir).files
+    one = deidentify_files(files, HashingAnonymizer("v1"), VARIABLES).files
+    other_script = deidentify_files(files, HashingAnonymizer("v2"), VARIABLES).files
+    other_subject = deidentify_files(files, HashingAnonymizer("v1"), {**VARIABLES, "subject": "ANON02"}).files
+    assert len({content_digest(one), content_digest(other_script), content_digest(other_subject)}) == 3
+    assert content_digest(one) == content_digest(deidentify_files(files, HashingAnonymizer("v1"), VARIABLES).files)
+
+
+# -- end to end: the emulator's archive holds exactly the script's changes --------------------------------
+
+
+@pytest.fixture
+def client(xnat_emulator: XnatEmulator, tmp_path: Path):
+    with connect(xnat_emulator, tmp_path) as xnat:
+        yield xnat
+
+
+def _archived_headers(emulator: XnatEmulator, label: str) -> dict[str, pydicom.Dataset]:
+    return {
+        str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(path) for path in emulator.archived_files(label).values())
+    }
+
+
+def _expected(original: Path, variables: dict[str, str]) -> pydicom.Dataset:
+    ds = pydicom.dcmread(original)
+    ds.PatientName, ds.PatientID, ds.StudyDescription = variables["subject"], variables["session"], variables["project"]
+    del ds.PatientBirthDate
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        setattr(ds, keyword, hashed_uid(str(getattr(ds, keyword))))
+    return ds
+
+
+def _assert_exactly_the_scripts_changes(emulator: XnatEmulator, label: str, originals: list[Path], variables) -> None:
+    archived = _archived_headers(emulator, label)
+    assert len(archived) == len(originals)
+    for path in originals:
+        expected = _expected(path, variables)
+        got = archived[str(expected.SOPInstanceUID)]
+        assert {e.tag: e.value for e in got if e.tag != 0x7FE00010} == {
+            e.tag: e.value for e in expected if e.tag != 0x7FE00010
+        }
+        assert got.PixelData == expected.PixelData
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["tar", "zip", "gradual"])
+def test_an_upload_lands_with_exactly_the_scripts_changes_and_the_originals_unchanged(
+    xnat_emulator, client, tmp_path, mode
+) -> None:
+    export = tmp_path / "export"
+    originals = write_study(export, series=2, instances=3)
+    before = tree_hashes(export)
+    target = UploadTarget("TEST", "ANON01", f"ANON_{mode}")
+    anonymizer = HashingAnonymizer()
+    result = upload_session(
+        client,
+        export,
+        target,
+        workers=2,
+        fmt="zip" if mode == "zip" else "tar",
+        gradual=mode == "gradual",
+        journal=UploadJournal(tmp_path / "journal"),
+        anonymizer=anonymizer,
+        **FAST,
+    )
+    assert result.ok, result
+    (study,) = result.sessions
+    assert study.study_uid == hashed_uid(pydicom.dcmread(originals[0]).StudyInstanceUID)
+    assert study.verify.ok and study.verify.found_count == 6  # verified on the rewritten UIDs
+    variables = {"project": "TEST", "subject": "ANON01", "session": f"ANON_{mode}"}
+    _assert_exactly_the_scripts_changes(xnat_emulator, f"ANON_{mode}", originals, variables)
+    assert tree_hashes(export) == before
+
+    again = upload_session(
+        client,
+        export,
+        target,
+        workers=2,
+        gradual=mode == "gradual",
+        journal=UploadJournal(tmp_path / "journal"),
+        anonymizer=HashingAnonymizer(),
+        **FAST,
+    )
+    assert again.ok, again
+    if mode == "gradual":  # the archive holds every rewritten instance: nothing is sent
+        assert again.files_sent == 0 and again.sessions[0].gradual.already_archived
+    _assert_exactly_the_scripts_changes(xnat_emulator, f"ANON_{mode}", originals, variables)  # nothing new
+
+
+@pytest.mark.e2e
+def test_an_interrupted_deidentified_upload_resumes_sending_only_the_rest(xnat_emulator, client, tmp_path) -> None:
+    export = tmp_path / "export"
+    write_study(export, series=2, instances=3)
+    target = UploadTarget("TEST", "ANON01", "RESUME")
+    journal = UploadJournal(tmp_path / "journal")
+    files = scan_directory(export)
+    from xnat_flows.transfer.session import plan_sessions, upload_instances
+
+    ((_, planned),) = deidentify_plan(plan_sessions(files, target), HashingAnonymizer())[0]
+    first = upload_instances(client, planned[:4], target, workers=2, journal=journal)  # "interrupted" after 4
+    assert first.sent_count == 4
+    result = upload_session(
+        client, export, target, gradual=True, journal=journal, anonymizer=HashingAnonymizer(), **FAST
+    )
+    assert result.ok, result
+    assert result.sessions[0].gradual.resumed_count == 4 and result.files_sent == 2
+
+
+@pytest.mark.e2e
+def test_a_file_the_script_cannot_take_is_listed_not_sent_and_the_upload_fails(xnat_emulator, client, tmp_path) -> None:
+    export = tmp_path / "export"
+    originals = write_study(export, series=1, instances=3)
+    mark_refused(originals[1])
+    result = upload_session(
+        client, export, UploadTarget("TEST", "ANON01", "REFUSED"), anonymizer=HashingAnonymizer(), **FAST
+    )
+    assert not result.ok
+    assert [r.path for r in result.refused] == [originals[1]]
+    assert result.files_sent == 2
+    sent = _archived_headers(xnat_emulator, "REFUSED")
+    refused_uid = str(pydicom.dcmread(originals[1]).SOPInstanceUID)
+    assert len(sent) == 2 and refused_uid not in sent and hashed_uid(refused_uid) not in sent

@@ -1,0 +1,279 @@
+"""``anon check``: apply a script or profile in memory to a folder and say what it did.
+
+For each file found the way an upload finds them (:func:`xnat_flows.transfer.scan.scan_directory`),
+the program is applied in memory (nothing is written) and the header before and after compared:
+
+* per attribute (a path through sequences, ``ReferencedImageSequence/ReferencedSOPInstanceUID``):
+  how many files had it changed, removed or added, with one example;
+* identifying attributes of the Basic Profile (PS3.15 Table E.1-1) and private attributes that
+  survive unchanged, with the number of files; ``allow`` names those a site keeps on purpose
+  (a keyword, a tag ``(gggg,eeee)``, ``private``, or a profile option such as ``retain-uids``);
+* files whose Burned In Annotation (0028,0301) is YES: their pixels need a person's review;
+* files the program cannot be applied to (:class:`AnonError`): they would not be sent.
+
+The report's ``ok`` is False when identifiers survive that were not allowed, or a file failed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from xnat_flows.anon.engine import Anonymizer
+from xnat_flows.anon.errors import AnonError
+from xnat_flows.anon.identifiers import basic_profile_actions, keyword_of
+
+BURNED_IN_ANNOTATION = 0x00280301
+_ITEM_INDEX = re.compile(r"\[\d+\]")
+PRIVATE = "private attributes"
+
+
+@dataclass
+class AttributeChange:
+    attribute: str
+    changed: int = 0
+    removed: int = 0
+    added: int = 0
+    example_before: str = ""
+    example_after: str = ""
+
+
+@dataclass
+class Survivor:
+    attribute: str
+    files: int = 0
+    example: str = ""
+
+
+@dataclass
+class CheckReport:
+    program: str
+    digest: str
+    files: int = 0
+    not_dicom: int = 0
+    changes: dict[str, AttributeChange] = field(default_factory=dict)
+    survivors: dict[str, Survivor] = field(default_factory=dict)
+    allowed: dict[str, Survivor] = field(default_factory=dict)
+    burned_in: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    placeholders: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.survivors and not self.failures
+
+    def to_text(self, *, show_values: bool = True) -> str:
+        return "\n".join(_lines(self, show_values=show_values, markdown=False))
+
+    def to_markdown(self, *, show_values: bool = False) -> str:
+        """For a Prefect artifact: original values are not shown unless asked (an artifact is
+        stored on the server; the values before de-identification are what it must not keep)."""
+        return "\n".join(_lines(self, show_values=show_values, markdown=True))
+
+
+def _short(value: str, limit: int = 48) -> str:
+    value = value.replace("\n", " ")
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _lines(report: CheckReport, *, show_values: bool, markdown: bool) -> list[str]:
+    hidden = "(hidden)"
+    lines = [
+        f"{'# ' if markdown else ''}anon check: {report.program}",
+        "",
+        f"{report.files} DICOM file(s) checked in memory (nothing written)"
+        + (f", {report.not_dicom} other file(s) ignored" if report.not_dicom else "")
+        + f"; program digest {report.digest[:12]}",
+    ]
+    if report.placeholders:
+        lines.append(f"variables not given, shown as placeholders: {', '.join(report.placeholders)}")
+    lines.append("")
+    lines.append(f"{'## ' if markdown else ''}Changes per attribute")
+    if markdown:
+        lines += ["", "| attribute | changed | removed | added | example |", "|---|---|---|---|---|"]
+    for change in sorted(report.changes.values(), key=lambda c: c.attribute):
+        before = _short(change.example_before) if show_values else hidden
+        example = f"{before} -> {_short(change.example_after)}" if change.changed else ""
+        if change.removed and not change.changed:
+            example = f"{before} -> (removed)"
+        if change.added and not change.changed and not change.removed:
+            example = f"(absent) -> {_short(change.example_after)}"
+        if markdown:
+            lines.append(f"| {change.attribute} | {change.changed} | {change.removed} | {change.added} | {example} |")
+        else:
+            counts = ", ".join(
+                f"{n} {what}"
+                for n, what in ((change.changed, "changed"), (change.removed, "removed"), (change.added, "added"))
+                if n
+            )
+            lines.append(f"  {change.attribute}: {counts}; e.g. {example}")
+    if not report.changes:
+        lines.append("  (no attribute changed)")
+    lines.append("")
+    lines.append(f"{'## ' if markdown else ''}Identifying attributes that survive (PS3.15 Table E.1-1)")
+    for title, group in (("", report.survivors), ("allowed: ", report.allowed)):
+        for survivor in sorted(group.values(), key=lambda s: s.attribute):
+            example = f" e.g. {_short(survivor.example)}" if show_values and survivor.example else ""
+            lines.append(
+                f"{'- ' if markdown else '  '}{title}{survivor.attribute} in {survivor.files} file(s){example}"
+            )
+    if not report.survivors and not report.allowed:
+        lines.append(f"{'- ' if markdown else '  '}none")
+    if report.burned_in:
+        lines.append("")
+        lines.append(f"{'## ' if markdown else ''}Burned In Annotation = YES (review the pixels)")
+        lines += [f"{'- ' if markdown else '  '}{path}" for path in report.burned_in]
+    if report.failures:
+        lines.append("")
+        lines.append(f"{'## ' if markdown else ''}Files the program cannot be applied to (they would not be sent)")
+        lines += [f"{'- ' if markdown else '  '}{path}: {reason}" for path, reason in report.failures]
+    lines.append("")
+    verdict = "OK" if report.ok else "NOT OK"
+    reasons = []
+    if report.survivors:
+        reasons.append(f"{len(report.survivors)} identifying attribute(s) survive (allow them with --allow NAME)")
+    if report.failures:
+        reasons.append(f"{len(report.failures)} file(s) cannot be de-identified")
+    lines.append(
+        f"{'**' if markdown else ''}{verdict}{'**' if markdown else ''}"
+        + (f": {'; '.join(reasons)}" if reasons else "")
+    )
+    return lines
+
+
+def _flatten(ds: Dataset, prefix: str = "") -> Iterable[tuple[str, int, str]]:
+    """(attribute path, tag, value text) of every element, into sequences."""
+    for element in ds:
+        name = prefix + (element.keyword or f"({element.tag.group:04X},{element.tag.element:04X})")
+        if element.VR == "SQ":
+            yield name, element.tag, f"{len(element.value)} item(s)"
+            for index, item in enumerate(element.value):
+                yield from _flatten(item, f"{name}[{index}]/")
+        else:
+            try:
+                value = element.value
+                text = "" if value is None else str(value) if not isinstance(value, bytes) else f"<{len(value)} bytes>"
+            except (ValueError, TypeError, KeyError, AttributeError, UnicodeError):  # pydicom cannot decode it
+                text = "<undecodable>"
+            yield name, element.tag, text
+
+
+def _allowed_tags(allow: Iterable[str]) -> tuple[set[int], set[str], bool]:
+    """(tags, attribute names, private allowed) from --allow values."""
+    from xnat_flows.anon.profile import PROFILE_OPTIONS, ProfileProgram
+
+    tags: set[int] = set()
+    names: set[str] = set()
+    private = False
+    for raw in allow:
+        item = raw.strip()
+        if not item:
+            continue
+        if item.lower() in ("private", PRIVATE):
+            private = True
+        elif item.lower() in PROFILE_OPTIONS:
+            program = ProfileProgram(frozenset({item.lower()}), "")
+            tags.update(tag for tag, action in program.actions.items() if action == "K")
+        elif item.startswith("("):
+            group, _, element = item.strip("()").partition(",")
+            tags.add(int(group, 16) << 16 | int(element, 16))
+        else:
+            tag = pydicom.datadict.tag_for_keyword(item)
+            if tag is None:
+                raise ValueError(
+                    f"--allow {item}: not a DICOM keyword, a tag (gggg,eeee), 'private' or a profile option"
+                )
+            tags.add(tag)
+            names.add(item)
+    return tags, names, private
+
+
+def check_folder(
+    anonymizer: Anonymizer,
+    folder: str | os.PathLike[str],
+    variables: Mapping[str, str] | None = None,
+    *,
+    allow: Iterable[str] = (),
+    limit: int | None = None,
+) -> CheckReport:
+    """Apply ``anonymizer`` in memory to the DICOM files under ``folder`` and report (module doc)."""
+    from xnat_flows.transfer.scan import scan_directory
+
+    given = dict(variables or {})
+    report = CheckReport(anonymizer.description, anonymizer.digest)
+    for name in sorted(anonymizer.required_variables - given.keys()):
+        given[name] = name.upper()
+        report.placeholders.append(name)
+    allowed_tags, _, allow_private = _allowed_tags(allow)
+    actions = basic_profile_actions()
+    scan = scan_directory(folder)
+    report.not_dicom = len(scan.skipped)
+    files = scan.files[:limit] if limit else scan.files
+    for item in files:
+        report.files += 1
+        try:
+            data = Path(item.path).read_bytes()
+        except OSError as exc:  # removed or made unreadable since the scan
+            report.failures.append((item.relpath, f"cannot be read: {exc.strerror or exc}"))
+            continue
+        try:
+            out = anonymizer.apply_bytes(data, given)
+        except AnonError as exc:
+            report.failures.append((item.relpath, exc.reason))
+            continue
+        before = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        after = pydicom.dcmread(io.BytesIO(out), stop_before_pixels=True, force=True)
+        if str(before.get(BURNED_IN_ANNOTATION, "") and before[BURNED_IN_ANNOTATION].value).upper() == "YES":
+            report.burned_in.append(item.relpath)
+        _compare(report, before, after, actions, allowed_tags, allow_private)
+    return report
+
+
+def _compare(
+    report: CheckReport,
+    before: Dataset,
+    after: Dataset,
+    actions: dict[int, str],
+    allowed_tags: set[int],
+    allow_private: bool,
+) -> None:
+    old = {path: (tag, value) for path, tag, value in _flatten(before)}
+    new = {path: (tag, value) for path, tag, value in _flatten(after)}
+    seen_survivors: set[str] = set()
+    for path in sorted(old.keys() | new.keys()):
+        was, now = old.get(path), new.get(path)
+        if was != now:
+            attribute = _ITEM_INDEX.sub("", path)
+            change = report.changes.setdefault(attribute, AttributeChange(attribute))
+            if was is not None and now is not None:
+                change.changed += 1
+            elif was is not None:
+                change.removed += 1
+            else:
+                change.added += 1
+            if not change.example_before and not change.example_after:
+                change.example_before = was[1] if was else ""
+                change.example_after = now[1] if now else ""
+        if now is None or was is None or was[1] != now[1] or not now[1] or now[1].endswith("item(s)"):
+            continue  # removed, replaced, empty, or a sequence (its contents are checked one by one)
+        tag = now[0]
+        private = bool(tag >> 16 & 1)
+        if not private and tag not in actions:
+            continue
+        name = PRIVATE if private else keyword_of(tag)
+        if name in seen_survivors:
+            continue
+        seen_survivors.add(name)
+        kept = allow_private if private else tag in allowed_tags
+        target = report.allowed if kept else report.survivors
+        survivor = target.setdefault(name, Survivor(name))
+        survivor.files += 1
+        if not survivor.example:
+            survivor.example = now[1]

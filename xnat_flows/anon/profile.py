@@ -1,0 +1,214 @@
+"""DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile, with its named options.
+
+Actions per attribute come from Table E.1-1 (:mod:`xnat_flows.anon.identifiers`); the options
+change them as PS3.15 E.3 defines:
+
+* ``retain-uids`` (E.3.9): every U attribute is kept;
+* ``retain-longitudinal-full-dates`` (E.3.6): every date, time and date-time attribute is kept;
+* ``retain-patient-characteristics`` (E.3.4), ``retain-device-identity`` (E.3.5),
+  ``retain-institution-identity`` (E.3.11), ``clean-descriptors`` (E.3.3): the attributes their
+  Table E.1-1 column marks K or C are kept (``annex_e_options.csv``). C ("clean") means the value
+  is kept for a person to clean: ``anon check`` lists what survives.
+
+Where the table gives an IOD-dependent action, the engine (which does not know each IOD's module
+types) takes the one that keeps a valid object: Z/D, X/D, X/Z/D -> D; X/Z -> Z; X/Z/U* -> U for
+UIDs, the sequence kept for one (its UIDs are then U), else Z. D replaces the value with a dummy of the same VR; U with the attribute's
+``hashUID`` (the same UID XNAT's DicomEdit gives it, so references stay consistent across files
+and sites); Z empties it (a sequence loses its items); X removes it. Private attributes (odd
+groups) are removed, and so are curves (50xx) and overlay data and comments (60xx,3000/4000).
+Patient Identity Removed (0012,0062) is set to YES and De-identification Method (0012,0063) names
+the profile and options.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Iterable
+from functools import lru_cache
+from importlib import resources
+
+from xnat_flows.anon.engine import Anonymizer
+from xnat_flows.anon.functions import hash_uid
+from xnat_flows.anon.identifiers import TABLE_EDITION, basic_profile_actions
+from xnat_flows.anon.rawds import Node, dictionary_vr
+from xnat_flows.anon.runtime import Context, assign
+
+# Option names as the CLI and flows spell them (PS3.15 Table E.1-1 column headings).
+PROFILE_OPTIONS: tuple[str, ...] = (
+    "retain-uids",
+    "retain-longitudinal-full-dates",
+    "retain-patient-characteristics",
+    "retain-device-identity",
+    "retain-institution-identity",
+    "clean-descriptors",
+)
+_OPTION_TITLES = {
+    "retain-uids": "Retain UIDs",
+    "retain-longitudinal-full-dates": "Retain Longitudinal Full Dates",
+    "retain-patient-characteristics": "Retain Patient Characteristics",
+    "retain-device-identity": "Retain Device Identity",
+    "retain-institution-identity": "Retain Institution Identity",
+    "clean-descriptors": "Clean Descriptors",
+}
+PROFILE_VERSION = "1"  # bumped when the profile's output changes for the same input
+DATE_TIME_VRS = frozenset({"DA", "DT", "TM"})
+PATIENT_IDENTITY_REMOVED = 0x00120062
+DEIDENTIFICATION_METHOD = 0x00120063
+
+# Dummy values for D, by VR: valid DICOM, and obviously not a patient's.
+_DUMMIES = {
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000Y",
+    "DS": "0",
+    "IS": "0",
+    "US": "0",
+    "SS": "0",
+    "UL": "0",
+    "SL": "0",
+    "FL": "0",
+    "FD": "0",
+    "UV": "0",
+    "SV": "0",
+}
+
+
+@lru_cache(maxsize=1)
+def option_tags() -> dict[str, frozenset[int]]:
+    """Option name -> the attributes its Table E.1-1 column keeps or cleans."""
+    text = resources.files("xnat_flows.anon").joinpath("annex_e_options.csv").read_text(encoding="utf-8")
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    found: dict[str, set[int]] = {}
+    for row in rows:
+        found.setdefault(row["option"], set()).add(int(row["tag"], 16))
+    return {option: frozenset(tags) for option, tags in found.items()}
+
+
+def _resolve(action: str, vr: str) -> str:
+    """One action for the IOD-dependent codes (see the module docstring)."""
+    if action in ("Z/D", "X/D", "X/Z/D"):
+        return "D"
+    if action == "X/Z":
+        return "Z"
+    if action == "X/Z/U*":
+        # U* on a sequence: keep it; the UIDs inside are replaced by their own U action
+        return "U" if vr == "UI" else "K" if vr == "SQ" else "Z"
+    return action
+
+
+class ProfileProgram:
+    def __init__(self, options: frozenset[str], digest: str) -> None:
+        self.options = options
+        self.digest = digest
+        actions = basic_profile_actions()
+        kept: set[int] = set()
+        for option, tags in option_tags().items():
+            if option in options:
+                kept.update(tags)
+        self.actions: dict[int, str] = {}
+        for tag, code in actions.items():
+            vr = dictionary_vr(tag)
+            action = _resolve(code, vr)
+            if (
+                tag in kept
+                or "retain-uids" in options
+                and action == "U"
+                or "retain-longitudinal-full-dates" in options
+                and vr in DATE_TIME_VRS
+            ):
+                action = "K"
+            self.actions[tag] = action
+        titles = ["Basic Profile", *(_OPTION_TITLES[o] for o in PROFILE_OPTIONS if o in options)]
+        self.method = "\\".join(titles)
+
+    up_to = None  # the profile looks at every attribute
+
+    def run(self, dataset: Node, context: Context) -> None:
+        self._clean(dataset, context)
+        dataset.put(PATIENT_IDENTITY_REMOVED, "YES")
+        dataset.put(DEIDENTIFICATION_METHOD, self.method)
+
+    def _clean(self, node: Node, context: Context) -> None:
+        actions = self.actions
+        doomed = []
+        for tag in list(node.elements):
+            group = tag >> 16
+            if group & 1:  # private
+                doomed.append(tag)
+                continue
+            if group & 0xFF00 == 0x5000 or (group & 0xFF00 == 0x6000 and tag & 0xFFFF in (0x3000, 0x4000)):
+                doomed.append(tag)  # curve data; overlay data and comments (Table E.1-1)
+                continue
+            action = actions.get(tag, "K")
+            if action == "K" and not node.is_sequence(tag):
+                continue
+            if action == "X":
+                doomed.append(tag)
+            elif node.is_sequence(tag):
+                element = node.get(tag)
+                assert element is not None
+                items = node.items(element)
+                if action in ("Z", "D"):
+                    if items:
+                        items.clear()
+                        element.changed = True
+                        node.changed = True
+                else:
+                    for item in items:
+                        self._clean(item, context)
+            elif action == "Z":
+                if node.has_value(tag):
+                    node.put(tag, "")
+            elif action == "D":
+                vr = node.vr(tag)
+                if vr == "UI":
+                    self._hash(node, tag, context)
+                elif vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN", "AT"):
+                    node.put(tag, "")
+                else:
+                    assign(node, tag, _DUMMIES.get(vr, "ANONYMIZED"), context)
+            elif action == "U":
+                self._hash(node, tag, context)
+        node.delete_many(doomed)
+
+    def _hash(self, node: Node, tag: int, context: Context) -> None:
+        value = node.string(tag)
+        if value:
+            assign(node, tag, "\\".join(hash_uid(uid.strip()) for uid in value.split("\\")), context)
+
+
+def basic_profile(options: Iterable[str] = ()) -> Anonymizer:
+    """The Basic Profile with the named options (see :data:`PROFILE_OPTIONS`); ``ValueError``
+    names an option that is not one of them."""
+    chosen = frozenset(option.strip().lower() for option in options)
+    unknown = sorted(chosen - set(PROFILE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown profile option(s) {', '.join(unknown)}; known: {', '.join(PROFILE_OPTIONS)}")
+    identity = "\0".join(["basic-profile", PROFILE_VERSION, TABLE_EDITION, *sorted(chosen)])
+    digest = hashlib.sha256(identity.encode()).hexdigest()
+    title = "basic profile" + (f" ({', '.join(o for o in PROFILE_OPTIONS if o in chosen)})" if chosen else "")
+    return Anonymizer(ProfileProgram(chosen, digest), digest=digest, required_variables=frozenset(), description=title)
+
+
+PROFILES = ("basic",)
+
+
+def anonymizer_for(
+    *, script: str | None = None, source: str = "<script>", profile: str | None = None, options: Iterable[str] = ()
+) -> Anonymizer:
+    """The one way callers (CLI, flows, tasks) turn their choice into an :class:`Anonymizer`:
+    a DicomEdit 6 ``script`` text, or a ``profile`` name (``basic``) with profile ``options``.
+    Exactly one of the two; ``ValueError`` otherwise, ``ScriptError`` for a script that cannot run."""
+    if (script is None) == (profile is None):
+        raise ValueError("choose one: a DicomEdit script or a profile (basic)")
+    if script is not None:
+        if options:
+            raise ValueError("profile options apply to a profile, not to a script")
+        from xnat_flows.anon.script import compile_script
+
+        return compile_script(script, source=source)
+    if profile is None or profile.strip().lower() not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    return basic_profile(options)

@@ -1,0 +1,75 @@
+"""Prefect task of de-identification: ``anon check`` as a gate before an upload flow.
+
+The task applies the script or profile in memory to the folder (nothing is written or sent),
+publishes the report as a markdown artifact and, with ``fail_on_survivors`` (the default), fails
+when identifying attributes survive or a file cannot be de-identified, so the upload that would
+follow does not run. The artifact and the returned summary carry attribute names and counts,
+never the original values (an artifact is stored on the Prefect server).
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+
+class AnonCheckSummary(BaseModel):
+    program: str
+    digest: str
+    files: int
+    ok: bool
+    surviving: list[str]
+    allowed: list[str]
+    burned_in_files: int
+    failed_files: int
+
+
+class IdentifiersSurvive(Exception):
+    """The check found identifiers the program leaves, or files it cannot be applied to."""
+
+
+@task(name="anon-check", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def anon_check(
+    folder: str,
+    script: str | None = None,
+    profile: str | None = None,
+    options: list[str] | None = None,
+    variables: dict[str, str] | None = None,
+    allow: list[str] | None = None,
+    fail_on_survivors: bool = True,
+    artifact_key: str | None = "anon-check",
+) -> AnonCheckSummary:
+    """Check ``script`` (DicomEdit 6 text) or ``profile`` (``basic`` + ``options``) against
+    ``folder``. A script that cannot run raises ``ScriptError`` (line and column) at once."""
+    from xnat_flows.anon import anonymizer_for
+    from xnat_flows.anon.check import check_folder
+
+    anonymizer = anonymizer_for(script=script, source="script", profile=profile, options=options or ())
+    report = check_folder(anonymizer, folder, variables or {}, allow=allow or ())
+    create_markdown_artifact(
+        markdown=report.to_markdown(show_values=False),
+        key=artifact_key,
+        description=f"anon check of {anonymizer.description}",
+    )
+    summary = AnonCheckSummary(
+        program=report.program,
+        digest=report.digest,
+        files=report.files,
+        ok=report.ok,
+        surviving=sorted(report.survivors),
+        allowed=sorted(report.allowed),
+        burned_in_files=len(report.burned_in),
+        failed_files=len(report.failures),
+    )
+    if fail_on_survivors and not report.ok:
+        parts = []
+        if report.survivors:
+            parts.append(f"identifying attributes survive: {', '.join(sorted(report.survivors))}")
+        if report.failures:
+            parts.append(f"{len(report.failures)} file(s) cannot be de-identified")
+        raise IdentifiersSurvive(
+            f"{anonymizer.description}: {'; '.join(parts)} (see the anon-check artifact; allow what the site keeps on purpose)"
+        )
+    return summary

@@ -1,0 +1,52 @@
+"""Prefect tasks of de-identification on upload: build the anonymizer a request asks for (XNAT's
+own scripts fetched with the run's credentials), and rewrite the planned sessions' file lists
+(``transfer.deidentify``; the bytes are rewritten later, as each file is sent)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from xnat_flows.models import Deidentification, XnatConnection
+from xnat_flows.tasks.connection import open_client
+from xnat_flows.transfer.deidentify import Anonymizer, build_anonymizer, deidentify_plan
+from xnat_flows.transfer.dicom_inputs import RoutingOverride
+from xnat_flows.transfer.dicom_results import InstanceOutcome
+from xnat_flows.transfer.dicom_send import deidentify_for_send, routing_variables
+from xnat_flows.transfer.scan import DicomFile, SkippedFile
+from xnat_flows.transfer.target import UploadTarget
+
+
+@task(name="prepare-deidentification", cache_policy=NO_CACHE, persist_result=False)
+def prepare_anonymizer(
+    connection: XnatConnection, deidentify: Deidentification, project: str | None
+) -> Anonymizer | None:
+    """Compile what ``deidentify`` asks for (a script error fails here, before anything is sent);
+    None when it asks for nothing."""
+    server_scripts: list[tuple[str, str]] = []
+    if deidentify.from_server:
+        from xnat_flows.client.anon_scripts import scripts_to_apply
+
+        with open_client(connection) as client:
+            server_scripts = scripts_to_apply(client, project)
+    return build_anonymizer(
+        server_scripts=server_scripts, script=deidentify.script_text(), profile=deidentify.profile or None
+    )
+
+
+@task(name="deidentify-files", cache_policy=NO_CACHE, persist_result=False)
+def deidentify_sessions(
+    plans: list[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
+) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
+    """Apply the anonymizer to every planned file in memory: the files as they will be sent, and
+    those it cannot be applied to (listed, never sent)."""
+    return deidentify_plan(plans, anonymizer)
+
+
+@task(name="deidentify-instances", cache_policy=NO_CACHE, persist_result=False)
+def deidentify_instances(
+    files: list[DicomFile], anonymizer: Anonymizer, routing: RoutingOverride | None
+) -> tuple[list[DicomFile], list[InstanceOutcome]]:
+    """C-STORE: the files as they will be sent (with the routing's labels as the script's
+    variables), and a failed outcome for each the script cannot be applied to."""
+    return deidentify_for_send(files, anonymizer, routing_variables(routing))

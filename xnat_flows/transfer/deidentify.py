@@ -1,0 +1,338 @@
+"""De-identification on the way out: every file is rewritten by a DicomEdit script (or the
+Basic Profile) as it streams into a request, for every transport — DICOM-zip, gradual-DICOM,
+C-STORE and the inbox — through the one file source they share (``scan.read_exactly``; the
+C-STORE sender's ``dicom_dataset.dataset_to_send``).
+
+The originals are never modified and no copy of the study is written: ``deidentify_files``
+applies the script once to every file before anything is sent (a dry run, in memory, one file
+at a time) and returns ``DicomFile`` entries that describe the *rewritten* instance — its size
+and its SOP, series and study UIDs as the script makes them — each carrying a ``Rewrite`` that
+tells the file source how to make those bytes again from the original while it streams.
+Grouping into sessions, the destination check, the resume journal and verification therefore
+all work on what is sent, not on what is on disk.
+
+While sending, a file's bytes are made again from the original without running the script a
+second time: the dry run keeps the rewritten header (``Rewrite.head``, the bytes before the tail the
+rewritten file shares with the original — the pixel data, which the engine copies verbatim) and the
+send joins it to the original's tail, read anew and checked unchanged (size, modification time).
+The headers kept are bounded (``HEAD_CACHE_BYTES``); beyond that the script runs again while
+sending, which is as good because the engine is deterministic (the same script, variables and
+input give the same bytes; ``hashUID``, never a random UID) — and a second application that gives
+other bytes stops the request before its last chunk (``read_exactly``), so a torn or mixed
+instance never reaches XNAT.
+
+A file the script cannot be applied to is listed (``Deidentified.refused``) and never sent —
+neither rewritten nor, above all, as its original — and the upload then ends as a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from xnat_flows.client.errors import InputError
+from xnat_flows.transfer.part10 import read_file_meta, read_series_keys
+
+if TYPE_CHECKING:
+    from xnat_flows.transfer.scan import DicomFile, SkippedFile
+    from xnat_flows.transfer.target import UploadTarget
+
+NOT_DEIDENTIFIED = "not de-identified, not sent"
+_KEYS_HEAD = 65536  # the UIDs sit in the dataset's first bytes; the rest is read only if not
+HEAD_CACHE_BYTES = 256 << 20  # rewritten headers kept per dry run (~40,000 files of ~6 KB)
+_TAIL_STEPS = (65536, 4096, 256)  # the shared tail is found in 64 KB, 4 KB, then 256-byte steps
+
+
+class Anonymizer(Protocol):
+    """What the transports need of an anonymizer (``xnat_flows.anon.Anonymizer`` is one)."""
+
+    @property
+    def digest(self) -> str:
+        """A stable identity of the rules: equal digests rewrite equal inputs to equal bytes."""
+        ...
+
+    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ChainedAnonymizer:
+    """Several anonymizers applied in turn (XNAT's site script, then the project's)."""
+
+    steps: tuple[Anonymizer, ...]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256("\n".join(step.digest for step in self.steps).encode()).hexdigest()
+
+    @property
+    def required_variables(self) -> frozenset[str]:
+        return frozenset().union(*(getattr(step, "required_variables", frozenset()) for step in self.steps))
+
+    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
+        for step in self.steps:
+            part10 = step.apply_bytes(part10, variables)
+        return part10
+
+
+def chain(anonymizers: Iterable[Anonymizer | None]) -> Anonymizer | None:
+    """One anonymizer applying ``anonymizers`` (Nones left out) in order; None when there are none."""
+    steps = tuple(a for a in anonymizers if a is not None)
+    if not steps:
+        return None
+    return steps[0] if len(steps) == 1 else ChainedAnonymizer(steps)
+
+
+def xnat_variables(target: UploadTarget) -> dict[str, str]:
+    """The variables XNAT passes a site or project script when it imports a file for ``target``
+    (xnat-web ``MizerService.anonymize(file, project, subject, session label, ...)``)."""
+    return {"project": target.project, "subject": target.subject, "session": target.session}
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """How a sent file's bytes are made: the original's (``original_size`` bytes on disk),
+    rewritten by ``anonymizer`` with ``variables``."""
+
+    anonymizer: Anonymizer
+    variables: tuple[tuple[str, str], ...]
+    original_size: int
+    # the rewritten file is ``head`` + the original from ``tail_start`` on (None: run the script again)
+    head: bytes | None = None
+    tail_start: int = 0
+
+    @property
+    def digest(self) -> str:
+        """Rules and variables: part of the resume journal's record of a sent file, so a re-run
+        with another script (or another subject label) sends again rather than skipping."""
+        text = self.anonymizer.digest + "".join(f"\0{k}={v}" for k, v in self.variables)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def apply(self, original: bytes) -> bytes:
+        if self.head is not None:
+            return b"".join((self.head, memoryview(original)[self.tail_start :]))
+        return self.anonymizer.apply_bytes(original, dict(self.variables))
+
+
+def shared_tail(original: bytes, rewritten: bytes) -> int:
+    """The length of a tail ``rewritten`` shares with ``original`` (a multiple of 256 bytes, at most the
+    longest): what the engine copied verbatim, the pixel data above all."""
+    shared = 0
+    limit = min(len(original), len(rewritten))
+    a_end, b_end = len(original), len(rewritten)
+    view = memoryview(rewritten)
+    for step in _TAIL_STEPS:
+        # startswith at an offset with a memoryview: a memcmp, neither side copied
+        while shared + step <= limit and original.startswith(
+            view[b_end - shared - step : b_end - shared], a_end - shared - step
+        ):
+            shared += step
+    return shared
+
+
+@dataclass
+class Deidentified:
+    """The files to send (each describing its rewritten instance) and the files refused."""
+
+    files: list[DicomFile] = field(default_factory=list)
+    refused: list[SkippedFile] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Keys:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    series_number: int | None
+    transfer_syntax: str
+
+
+def _keys_of(part10: bytes) -> _Keys:
+    """The UIDs of a rewritten instance: from its first bytes, else (an odd encoding) by pydicom."""
+    meta = read_file_meta(part10)
+    keys = read_series_keys(memoryview(part10)[:_KEYS_HEAD], meta)
+    if keys is None and len(part10) > _KEYS_HEAD:
+        keys = read_series_keys(part10, meta)
+    if keys is not None:
+        return _Keys(
+            keys.sop_class_uid,
+            keys.sop_instance_uid,
+            keys.study_uid,
+            keys.series_uid,
+            keys.series_number,
+            meta.transfer_syntax,
+        )
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True)
+    number = ds.get("SeriesNumber")
+    try:
+        series_number = int(number) if number not in (None, "") else None
+    except (TypeError, ValueError):
+        series_number = None
+    return _Keys(
+        str(ds.get("SOPClassUID", "") or meta.sop_class_uid),
+        str(ds.get("SOPInstanceUID", "") or meta.sop_instance_uid),
+        str(ds.get("StudyInstanceUID", "") or ""),
+        str(ds.get("SeriesInstanceUID", "") or ""),
+        series_number,
+        meta.transfer_syntax,
+    )
+
+
+def _refusal(path: Path, why: str) -> SkippedFile:
+    from xnat_flows.transfer.scan import SkippedFile
+
+    return SkippedFile(path, f"{NOT_DEIDENTIFIED}: {why}")
+
+
+def deidentify_files(
+    files: Sequence[DicomFile],
+    anonymizer: Anonymizer,
+    variables: Mapping[str, str],
+    *,
+    head_cache_bytes: int = HEAD_CACHE_BYTES,
+) -> Deidentified:
+    """Apply ``anonymizer`` to every file in memory (nothing is written) and describe what will be
+    sent: one ``DicomFile`` per rewritten instance, whose bytes ``read_exactly`` makes again while
+    sending (from the rewritten headers kept, up to ``head_cache_bytes``; then by the script again).
+    Files the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs
+    or share its SOP Instance UID with another, are refused with the reason."""
+    import dataclasses
+
+    from xnat_flows.transfer.scan import read_exactly
+
+    frozen_variables = tuple(sorted(variables.items()))
+    result = Deidentified()
+    by_sop: dict[str, DicomFile] = {}
+    cache_left = head_cache_bytes
+    for original in files:
+        if original.rewrite is not None:
+            raise InputError(f"{original.relpath} is de-identified already", hint="De-identify a file list once")
+        try:
+            data = b"".join(read_exactly(original))
+            rewritten = anonymizer.apply_bytes(data, variables)
+            keys = _keys_of(rewritten)
+        except Exception as exc:  # noqa: BLE001 - whatever the script or the file did, this file is not sent
+            result.refused.append(_refusal(original.path, f"{type(exc).__name__}: {exc}"))
+            continue
+        missing = [
+            name
+            for name, value in (
+                ("StudyInstanceUID", keys.study_uid),
+                ("SeriesInstanceUID", keys.series_uid),
+                ("SOPInstanceUID", keys.sop_instance_uid),
+            )
+            if not value
+        ]
+        if missing:
+            result.refused.append(_refusal(original.path, f"the script leaves it without {', '.join(missing)}"))
+            continue
+        if keys.sop_instance_uid in by_sop:
+            other = by_sop[keys.sop_instance_uid]
+            result.refused.append(
+                _refusal(original.path, f"the script gives it the SOP Instance UID of {other.relpath}")
+            )
+            continue
+        rewrite = Rewrite(anonymizer, frozen_variables, original.size)
+        shared = shared_tail(data, rewritten) if cache_left > 0 else 0
+        if cache_left >= len(rewritten) - shared:
+            head = rewritten[: len(rewritten) - shared]
+            rewrite = dataclasses.replace(rewrite, head=head, tail_start=len(data) - shared)
+            cache_left -= len(head)
+        sent = dataclasses.replace(
+            original,
+            size=len(rewritten),
+            study_uid=keys.study_uid,
+            series_uid=keys.series_uid,
+            series_number=keys.series_number,
+            sop_instance_uid=keys.sop_instance_uid,
+            sop_class_uid=keys.sop_class_uid,
+            transfer_syntax=keys.transfer_syntax,
+            rewrite=rewrite,
+        )
+        by_sop[keys.sop_instance_uid] = sent
+        result.files.append(sent)
+    return result
+
+
+def deidentify_plan(
+    plan: Sequence[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
+) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
+    """``deidentify_files`` for each planned session, with that session's XNAT variables. A study
+    the script splits into several StudyInstanceUIDs stops the upload (one session, one study);
+    a session left with no file to send is dropped (its files are in the refused list)."""
+    planned: list[tuple[UploadTarget, list[DicomFile]]] = []
+    refused: list[SkippedFile] = []
+    for target, files in plan:
+        variables = xnat_variables(target)
+        require_variables(anonymizer, variables, "a REST upload")
+        done = deidentify_files(files, anonymizer, variables)
+        refused += done.refused
+        studies = sorted({f.study_uid for f in done.files})
+        if len(studies) > 1:
+            raise InputError(
+                f"The de-identification script turns the study of {target.project}/{target.session} into "
+                f"{len(studies)} StudyInstanceUIDs ({', '.join(studies[:3])}): nothing was sent",
+                hint="Check the script's StudyInstanceUID rule: it must map one study to one UID "
+                "(hashUID of the original, not a value that differs per file)",
+            )
+        if done.files:
+            planned.append((target, done.files))
+    return planned, refused
+
+
+def _compiled(script: str | None = None, source: str = "<script>", profile: str | None = None) -> Anonymizer:
+    """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as
+    ``InputError``: a script error names file, line and column, so nothing is sent with a broken
+    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``)."""
+    from xnat_flows.anon import ScriptError, anonymizer_for
+
+    try:
+        if profile is not None:
+            name, *options = [part.strip() for part in profile.split(",")]
+            return anonymizer_for(profile=name, options=options)
+        return anonymizer_for(script=script, source=source)
+    except ScriptError as exc:
+        raise InputError(
+            f"{exc.source}:{exc.line}:{exc.column}: {exc.message}",
+            hint="Fix the script (`xnat-flows anon check` tries it on your files); nothing was sent",
+        ) from None
+    except ValueError as exc:
+        raise InputError(
+            f"De-identification profile {profile!r}: {exc}", hint="e.g. basic or basic,retain-uids"
+        ) from None
+
+
+def build_anonymizer(
+    *,
+    server_scripts: Sequence[tuple[str, str]] = (),
+    script: tuple[str, str] | None = None,
+    profile: str | None = None,
+) -> Anonymizer | None:
+    """The de-identification an upload applies, in order: XNAT's own scripts (``(name, text)``:
+    the site's, then the project's), the user's script (``(source, text)``), then the Basic
+    Profile (``basic[,option...]``); None when none is asked for. Every script is compiled here,
+    before anything is read or sent."""
+    steps = [_compiled(text, name) for name, text in server_scripts]
+    if script is not None:
+        steps.append(_compiled(script[1], script[0]))
+    if profile is not None:
+        steps.append(_compiled(profile=profile))
+    return chain(steps)
+
+
+def require_variables(anonymizer: Anonymizer, variables: Mapping[str, str], where: str) -> None:
+    """Stop before sending when the script reads a variable this upload cannot give it."""
+    needed: frozenset[str] = getattr(anonymizer, "required_variables", frozenset())
+    missing = sorted(name for name in needed if name not in variables)
+    if missing:
+        raise InputError(
+            f"The de-identification script needs the variable(s) {', '.join(missing)}, which {where} does not give"
+            f" (it gives: {', '.join(sorted(variables)) or 'none'}); nothing was sent",
+            hint="For C-STORE give --project, --subject and --session; or set the variable in the script",
+        )
