@@ -31,6 +31,7 @@ DICOM_RECEIVER_DOCS = (
     "https://wiki.xnat.org/documentation/xnat-administration/connecting-xnat-to-dicom-scanners-and-pacs/"
     "dicom-scp-receiver-configuration"
 )
+DICOMEDIT_DOCS = "https://wiki.xnat.org/xnat-tools/dicomedit-6-language-reference"
 XNAT_LOGO = "https://github.com/NrgXnat.png"  # XNAT's (the NRG's) organisation picture: square
 
 
@@ -109,6 +110,8 @@ class DicomEditScript(Block):
     _block_type_name = "DicomEdit Script"
     _block_type_slug = "dicomedit-script"
     _description = "A DicomEdit 6 script (XNAT's anonymization language) applied to each file before it is sent."
+    _logo_url = HttpUrl(XNAT_LOGO)
+    _documentation_url = HttpUrl(DICOMEDIT_DOCS)
 
     script: str = Field(
         description="The script text, as XNAT's site or project anonymization script would hold it "

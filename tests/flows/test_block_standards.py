@@ -17,8 +17,8 @@ def find_module_blocks() -> list[type[Block]]:
     return [block for block in blocks.values() if to_qualified_name(block).startswith("xnat_flows")]
 
 
-def test_the_package_has_its_two_blocks() -> None:
-    assert {block.__name__ for block in find_module_blocks()} == {"XnatCredentials", "DicomReceiver"}
+def test_the_package_has_its_three_blocks() -> None:
+    assert {block.__name__ for block in find_module_blocks()} == {"XnatCredentials", "DicomReceiver", "DicomEditScript"}
 
 
 @pytest.mark.parametrize("block", find_module_blocks())

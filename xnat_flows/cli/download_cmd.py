@@ -21,13 +21,9 @@ INTERRUPTED = "interrupted: run the same command again to fetch the rest (comple
 def download(
     session: Annotated[
         str,
-        typer.Argument(
-            metavar="EXPERIMENT|P/S/E", help="Accession ID (XNAT_E00001), or PROJECT/SUBJECT/SESSION labels."
-        ),
+        typer.Argument(help="Accession ID (XNAT_E00001), or PROJECT/SUBJECT/SESSION labels."),
     ],
-    dest: Annotated[
-        Path, typer.Argument(metavar="DEST", help="Directory to download into (the session gets a folder there).")
-    ],
+    dest: Annotated[Path, typer.Argument(help="Directory to download into (the session gets a folder there).")],
     scans: Annotated[
         str, typer.Option("--scans", help="Scan IDs or types, comma-separated (1,2 or T1w), or ALL.")
     ] = "ALL",
