@@ -80,38 +80,20 @@ def test_ctrl_c_then_the_same_command_completes(xnat: XnatEmulator, tmp_path: Pa
 def test_text_report_and_exit_codes(xnat: XnatEmulator, tmp_path: Path) -> None:
     base = ["--url", xnat.url, "-u", "admin"]
     env = _env(tmp_path)
-    ok = subprocess.run(
-        CLI + ["session", "download", "CLI/S1/S1_MR", str(tmp_path / "a"), "--scans", "1", "--layout", "flat", *base],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def download(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            CLI + ["session", "download", *args, *base], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    ok = download("CLI/S1/S1_MR", str(tmp_path / "a"), "--scans", "1", "--layout", "flat")
     assert ok.returncode == 0, ok.stderr
     assert "CLI/S1_MR (XNAT_E00001): 1 scan(s), 15 file(s)" in ok.stdout
     assert "MD5 checked against XNAT's catalog: 15" in ok.stdout
     assert len(_files(tmp_path / "a" / "S1_MR" / "1")) == 15
-    missing = subprocess.run(
-        CLI + ["session", "download", "CLI/S1/NOPE", str(tmp_path / "b"), *base],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = download("CLI/S1/NOPE", str(tmp_path / "b"))
     assert missing.returncode == 4 and "No archived session 'NOPE' in CLI/S1" in missing.stderr
-    no_scan = subprocess.run(
-        CLI + ["session", "download", "XNAT_E00001", str(tmp_path / "c"), "--scans", "T2w", *base],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    no_scan = download("XNAT_E00001", str(tmp_path / "c"), "--scans", "T2w")
     assert no_scan.returncode == 2 and "No scan with ID or type 'T2w'" in no_scan.stderr
-    no_nifti = subprocess.run(
-        CLI + ["session", "download", "XNAT_E00001", str(tmp_path / "d"), "--resources", "NIFTI", *base],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    no_nifti = download("XNAT_E00001", str(tmp_path / "d"), "--resources", "NIFTI")
     assert no_nifti.returncode == 0 and "scan(s) without NIFTI files: 1, 2" in no_nifti.stderr

@@ -438,8 +438,15 @@ def test_upload_to_nifti_in_xnat_read_back_through_xnatpy(
             assert names == [f"{stem}.json", f"{stem}.nii.gz"], names
 
     def processed() -> list[dict]:
-        found = _wait_for_events(api, "xnat.session.processed", xnat, count=1, timeout=30)
-        return [e for e in found if e["resource"].get("xnat.experiment_id") == experiment_id]
+        """This session's processed events, once the first is stored (Prefect stores events a moment
+        after the run emitted them; other sessions' events of this module may already be there)."""
+        deadline = time.monotonic() + 60
+        while True:
+            found = _wait_for_events(api, "xnat.session.processed", xnat, count=1, timeout=30)
+            mine = [e for e in found if e["resource"].get("xnat.experiment_id") == experiment_id]
+            if mine or time.monotonic() > deadline:
+                return mine
+            time.sleep(1)
 
     (event,) = processed()
     assert sorted(event["payload"]["produced"]) == ["1", "2"] and event["payload"]["resource"] == "NIFTI"

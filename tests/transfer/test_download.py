@@ -170,7 +170,10 @@ def test_not_enough_free_space_is_said_before_anything_is_fetched(
 def test_a_file_that_differs_from_the_catalog_is_listed_and_not_kept(
     archived: dict[str, Any], xnat_emulator: XnatEmulator, tmp_path: Path
 ) -> None:
-    stored = sorted(p for p in xnat_emulator.store.archive_dir.rglob("*") if p.is_file())
+    # The emulator records a file's MD5 the first time a listing asks for it (its catalog build):
+    # list once, so the catalog holds the digest of what was archived before the file is damaged.
+    assert download_session(archived["client"], archived["experiment"], tmp_path / "first").ok
+    stored = sorted(p for p in xnat_emulator.store.archive_dir.rglob("*") if p.is_file() and p.suffix == ".dcm")
     victim = stored[0]
     data = bytearray(victim.read_bytes())
     data[200] ^= 0xFF  # XNAT's catalog keeps the MD5 of what was archived
