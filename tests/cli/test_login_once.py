@@ -474,7 +474,7 @@ def test_flow_run_without_a_prefect_server_sends_no_telemetry(xnat, tmp_path: Pa
 
 
 def test_a_session_that_ends_mid_command_tells_a_token_only_user_to_log_in(xnat, home: Path) -> None:
-    """Issue 20 item 7: logged in once (no password kept), the session ends between the command's
+    """Logged in once (no password kept), the session ends between the command's
     first request and the next one: the advice is `auth login`, not XNAT_USER/XNAT_PASS."""
     login(xnat)
     xnat.faults.add(path=r"/data/prearchive", evict_token=True, times=1)

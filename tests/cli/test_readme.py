@@ -4,7 +4,7 @@ Each ``$ `` line (with its ``\\`` continuations) runs in bash on a pseudo-termin
 person would type it; password prompts are answered there. What differs from a person's run is
 this mapping, and nothing else:
 
-- ``make demo`` / ``make test``: not run here (``test_demo.py`` runs the demo; CI runs ``make test``).
+- ``make demo`` / ``make test``: not run here (``test_demo_cmd.py`` runs the demo; CI runs ``make test``).
 - ``.venv/bin/``: the virtual environment running these tests.
 - ``https://xnat.example.org``: the emulator's URL, as the README says to rehearse; its user
   ``me`` is the emulator's ``admin`` (password ``admin``), as the README says. In the deployments

@@ -487,7 +487,7 @@ def test_cancel_cuts_a_backoff_short() -> None:
     assert isinstance(outcome[0], CancelledError) and client.cancelled
 
 
-# -- issue 11.16: hints match the cause; only passing conditions are retried ---------------------------
+# -- hints match the cause; only passing conditions are retried ---------------------------
 
 
 def test_an_unrecognised_import_400_is_not_retried_as_busy(make_client, retry_sleeps) -> None:

@@ -1,4 +1,4 @@
-"""XNAT's object model over REST, item by item of the emulator's list of differences (issue 13).
+"""XNAT's object model over REST, item by item of the emulator's list of differences.
 
 Sources: XNAT's REST API documentation (Experiment API, Image Scan Resource API, Subject Resource
 API, "How To Download Files via the XNAT REST API", "REST Enhanced Listing Options") and xnat-web's

@@ -147,7 +147,7 @@ def test_uid_change_needs_override(client, manual):
 
 def test_no_overwrite_mode_moves_a_session_to_another_subject(client, manual, emulator):
     """xnat-web `PrearcSessionArchiver.checkForConflicts`: the subject check holds under delete too;
-    delete skips only the study UID check (issue 20: a subject typo moved an archived session)."""
+    delete skips only the study UID check (a subject typo once moved an archived session)."""
     study = make_study(1, 2)
     archive(client, ready(client, upload(client, study[:1], session="MOVE", subject="SUBJ_A")))
     src = ready(client, upload(client, study[1:], session="MOVE", subject="SUBJ_TYPO"))

@@ -220,7 +220,7 @@ def test_cli_upload_dicom_rerun_sends_only_what_was_not_stored(xnat, tmp_path: P
 def test_send_dicom_verify_announces_an_archived_study_once(
     xnat, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, events_worker
 ) -> None:
-    """Issue 12: a re-run of send-dicom with verify whose journal says every instance was delivered
+    """A re-run of send-dicom with verify whose journal says every instance was delivered
     (0 sent) finds the study archived again; it must not emit ``xnat.session.archived`` again, or
     processing would run twice. A run that sent the instances but did not announce them (no verify,
     or its wait timed out) leaves the announcement to the next verifying run."""

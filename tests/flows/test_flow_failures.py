@@ -151,7 +151,7 @@ def test_an_unreachable_xnat_fails_the_inbox_run_saying_why_once(xnat, tmp_path:
 
     assert state.is_failed() and "scan-0001 kept in" in state.message
     assert "Block" in state.message and not CLI_WORDS.search(state.message)
-    # what failed, against which server and Block (issue 22): the URL, the Block's name, what to do
+    # what failed, against which server and Block: the URL, the Block's name, what to do
     assert f"[XNAT {down}, xnat-credentials Block 'failures-down']" in state.message
     assert "Check the URL in the run's xnat-credentials Block" in state.message
     logs = _run_logs(state.state_details.flow_run_id)
@@ -180,7 +180,7 @@ def test_a_worker_engine_does_not_repeat_the_failure_with_a_traceback(
 ) -> None:
     """A worker runs a flow through Prefect's engine (``run_flow(..., error_logger=the run's logger)``),
     which re-raises the error of a run that failed and logged it again with a ~70-line traceback
-    ("Engine execution exited with unexpected exception", issue 22). Not for our errors: the run's
+    ("Engine execution exited with unexpected exception"). Not for our errors: the run's
     state says it once."""
     write_session(tmp_path / "export", patient_id="P05")
     caplog.set_level(logging.INFO, logger="prefect")

@@ -137,7 +137,7 @@ def test_no_password_in_flow_run_parameters_logs_or_artifacts(xnat, tmp_path: Pa
 
 
 def test_a_session_label_holding_another_study_fails_the_run_before_sending(xnat, tmp_path: Path) -> None:
-    """Issue 11.1 in the flow: no upload into a session of another study unless asked for."""
+    """In the flow: no upload into a session of another study unless asked for."""
     write_studies(tmp_path / "first", series=1, instances=3, instance_kb=4, seed=41)
     write_studies(tmp_path / "second", series=1, instances=3, instance_kb=4, seed=42)
     connection = XnatConnection(url=xnat.url, username="admin")
@@ -155,7 +155,7 @@ def test_a_session_label_holding_another_study_fails_the_run_before_sending(xnat
 def test_archived_is_announced_once_per_arrival_of_files(
     xnat, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, events_worker
 ) -> None:
-    """Issue 12: ``xnat.session.archived`` once per archived session and arrival of files. A re-run
+    """``xnat.session.archived`` once per archived session and arrival of files. A re-run
     that finds the files an earlier run delivered does not announce them again (processing would run
     twice); a re-upload of the same files neither; other files in the session are a new arrival."""
     from xnat_flows.events import SESSION_ARCHIVED
@@ -241,7 +241,7 @@ def test_landing_table_fits_the_artifact_page(xnat, tmp_path: Path) -> None:
 
 
 def test_two_flow_runs_to_one_label_at_once_never_share_a_session(xnat, tmp_path: Path) -> None:
-    """Issue 20.1 in the flow: a concurrency slot per label (limit 1) serialises the two runs from
+    """In the flow: a concurrency slot per label (limit 1) serialises the two runs from
     the destination check to verification, so the second one's check sees the first one's study."""
     import threading
 
@@ -276,7 +276,7 @@ def test_two_flow_runs_to_one_label_at_once_never_share_a_session(xnat, tmp_path
 
 
 def test_a_flow_run_whose_upload_xnat_parked_fails_saying_what_to_do(xnat, tmp_path: Path) -> None:
-    """Issue 20.5 in the flow: without verification, one look at the prearchive at the end; a
+    """In the flow: without verification, one look at the prearchive at the end; a
     CONFLICT is a conflict (the CLI's --flow exits 5), worded for the flow's operator."""
     write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=61)
     connection = XnatConnection(url=xnat.url, username="admin")

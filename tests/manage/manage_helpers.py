@@ -1,8 +1,14 @@
-"""Canned XNAT answers shared by the scripted (MockTransport) tests."""
+"""Canned XNAT answers for the scripted (MockTransport) tests, and an emulator with manual archiving for
+the prearchive and resource tests (fixtures ``manual_xnat`` and ``client``, imported by the conftests of
+tests/client and tests/manage)."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 
 def result_set(*rows: dict[str, str]) -> dict:
@@ -124,3 +130,24 @@ def emulator_client(xnat):
 
     credentials = resolve_credentials(url=xnat.url, username="admin", password="admin", prompt=False)
     return XnatClient(credentials, token_cache=None, retry=RetryPolicy(sleep=lambda s: None))
+
+
+@pytest.fixture
+def manual_xnat(xnat_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The emulator with project TEST on prearchive code 0 (sessions stay in the prearchive) and a
+    project OTHER to move sessions to; XNAT_* variables point flows and the CLI at it."""
+    with emulator_client(xnat_emulator) as client:
+        client.request("PUT", "/data/projects/OTHER")
+        client.request("PUT", "/data/projects/OTHER/prearchive_code/0")
+        client.request("PUT", "/data/projects/TEST/prearchive_code/0")
+    monkeypatch.setenv("XNAT_URL", xnat_emulator.url)
+    monkeypatch.setenv("XNAT_USER", "admin")
+    monkeypatch.setenv("XNAT_PASS", "admin")
+    return xnat_emulator
+
+
+@pytest.fixture
+def client(manual_xnat: Any) -> Iterator[Any]:
+    """A client logged in to ``manual_xnat`` as admin."""
+    with emulator_client(manual_xnat) as xnat:
+        yield xnat

@@ -206,7 +206,7 @@ def test_inbox_deidentifies_and_files_a_folder_the_script_cannot_take_under_fail
 def test_files_that_arrive_during_the_upload_are_sent_before_the_folder_is_done(
     prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 20 item 4: 150 of 200 files are in the folder when it is claimed; the other 50 arrive
+    """150 of 200 files are in the folder when it is claimed; the other 50 arrive
     (from a thread) while it is uploaded. The folder is not filed as done with 150 delivered: it
     stays in processing/, and once quiet the next run sends it again, so done/ means all 200."""
     import shutil

@@ -499,7 +499,7 @@ def _rest_cases(transport: Transport) -> list[FaultCase]:
         FaultCase(
             "changed", transport, "file rewritten between scan and send", after_scan=_rewrite_one, known_bug=None
         ),
-        # Issue 11: answers that are not XNAT's import service, servers that never answer or fail everything.
+        # Answers that are not XNAT's import service, servers that never answer or fail everything.
         FaultCase(
             "login302",
             transport,

@@ -1,6 +1,6 @@
 """Folders that change while they are read, and C-STORE re-runs against an XNAT that lost the data.
 
-Issue 20 items 3 and 6, against the emulator over real sockets (REST and its DICOM receiver):
+Against the emulator over real sockets (REST and its DICOM receiver):
 
 * an export with files still being written (a thread finishes them while the CLI runs) is not
   sent in part and reported a success, in any transport: the scan fails (exit 6) naming the

@@ -430,7 +430,7 @@ def test_two_different_files_for_one_instance_send_the_newest_and_say_so(study_d
 
 @pytest.mark.parametrize("duplicates", ["newest", "oldest"])
 def test_two_versions_with_the_same_mtime_are_not_sent_as_the_newer_one(study_dir: Path, duplicates: str) -> None:
-    """Issue 20 item 7: with equal modification times newest/oldest cannot tell the versions apart;
+    """With equal modification times newest/oldest cannot tell the versions apart;
     the scan refuses (naming both) instead of sending the first by path as "the newer file"."""
     original = study_dir / "series2" / "IM0001"
     copy = study_dir / "a_copy" / "IM0001"

@@ -256,7 +256,7 @@ def test_upload_batch_resumable_skips_what_the_journal_holds(study_dir: Path, tm
 
 
 def test_the_journal_is_per_server_and_checked_against_what_xnat_still_holds(study_dir: Path, tmp_path: Path) -> None:
-    """Issue 11.4: a batch delivered to server X is not skipped on server Y, nor on X once the session is gone."""
+    """A batch delivered to server X is not skipped on server Y, nor on X once the session is gone."""
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.session import upload_batch_resumable
 

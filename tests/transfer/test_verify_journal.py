@@ -133,7 +133,7 @@ def test_digest_changes_when_a_file_changes() -> None:
 
 
 def test_two_series_sharing_a_number_match_5_and_5_mr1_without_uids() -> None:
-    """Issue 11.8: XNAT names the second series numbered 5 '5-MR1'; without UIDs in the document each
+    """XNAT names the second series numbered 5 '5-MR1'; without UIDs in the document each
     of the two series takes one of those scans instead of both claiming scan 5."""
     routes = {
         "/data/projects/P/experiments/E": experiment({"ID": "5"}, {"ID": "5-MR1"}),
@@ -147,7 +147,7 @@ def test_two_series_sharing_a_number_match_5_and_5_mr1_without_uids() -> None:
 
 
 def test_a_session_of_another_study_is_never_matched_by_number() -> None:
-    """Issue 11.7: the label holds another study whose scans carry no UIDs: numbers prove nothing."""
+    """The label holds another study whose scans carry no UIDs: numbers prove nothing."""
     document = experiment({"ID": "1"})
     document["items"][0]["data_fields"]["UID"] = "9.9.9"  # the archived session's StudyInstanceUID
     routes = {

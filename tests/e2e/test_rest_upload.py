@@ -185,7 +185,7 @@ def test_multi_study_input_needs_per_study(xnat_emulator, client, tmp_path) -> N
 
 
 def test_adding_a_study_that_sorts_first_keeps_every_label_on_its_study(xnat_emulator, client, tmp_path) -> None:
-    """Issue 11.1: --per-study labels followed path order, so a new study sorting first shifted every
+    """--per-study labels once followed path order, so a new study sorting first shifted every
     label and each re-run merged one study into another's session (exit 0, "verified")."""
     root = tmp_path / "export"
     b_uid, a_uid = generate_uid(), generate_uid()
@@ -204,7 +204,7 @@ def test_adding_a_study_that_sorts_first_keeps_every_label_on_its_study(xnat_emu
 def test_an_existing_session_of_another_study_is_refused_before_anything_is_sent(
     xnat_emulator, client, tmp_path
 ) -> None:
-    """Issue 11.1: uploading into a label that holds another study merged the two (overwrite=delete
+    """Uploading into a label that holds another study once merged the two (overwrite=delete
     skips XNAT's UID check). Now refused with the reason unless asked for, and the default overwrite
     (append) lets XNAT refuse it too."""
     write_study(tmp_path / "one", series=1, instances=2)

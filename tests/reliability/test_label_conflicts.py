@@ -1,7 +1,7 @@
-"""Issue 20 part A: never resolve XNAT's conflicts by overriding its checks; uploads to one label at once.
+"""Never resolve XNAT's conflicts by overriding its checks; uploads to one label at once.
 
-Scenario numbers are the issue's. The CLI tests run ``xnat-flows`` as subprocesses (a fresh HOME,
-nothing cached) against the emulator over real sockets, as the issue's user did.
+The CLI tests run ``xnat-flows`` as subprocesses (a fresh HOME,
+nothing cached) against the emulator over real sockets, as a user runs them.
 """
 
 from __future__ import annotations

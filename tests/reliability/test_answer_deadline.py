@@ -1,4 +1,4 @@
-"""Issue 20 item 7: an answer dripped a few bytes a second is bounded as a whole, not per read.
+"""An answer dripped a few bytes a second is bounded as a whole, not per read.
 
 httpx's read timeout bounds each read, so a server (or proxy) sending its answer at 2 bytes/s held
 ``prearchive list`` for 129 s and an import for as long as the drip lasted. Against the emulator

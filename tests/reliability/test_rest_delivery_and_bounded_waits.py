@@ -1,4 +1,4 @@
-"""Issue 11 (REST): paths where an upload said "sent"/"verified" while the data was not in the archive,
+"""REST uploads: paths where an upload once said "sent"/"verified" while the data was not in the archive,
 and waits that were not bounded. Each test reproduces the condition with the emulator's faults."""
 
 from __future__ import annotations
