@@ -25,6 +25,14 @@ ENABLED = "enabled"
 
 
 def project_script_path(project: str) -> str:
+    """Where XNAT's configuration service keeps ``project``'s anonymization script.
+
+    Args:
+        project: The project's ID.
+
+    Returns:
+        The REST path (xnat-web ``DicomEdit.buildScriptPath``).
+    """
     project = quote(project, safe="")
     return f"/data/projects/{project}/config/anon/projects/{project}"
 
@@ -64,26 +72,62 @@ def _read(client: XnatClient, path: str, scope: Literal["site", "project"], proj
 
 
 def site_script(client: XnatClient) -> ServerScript | None:
-    """The site-wide script (enabled or not), or None when the site has none."""
+    """The site-wide script (enabled or not), or None when the site has none.
+
+    Args:
+        client: A client on the server.
+
+    Returns:
+        The script, or None.
+    """
     return _read(client, SITE_SCRIPT_PATH, "site", None)
 
 
 def project_script(client: XnatClient, project: str) -> ServerScript | None:
-    """``project``'s script (enabled or not), or None when the project has none."""
+    """``project``'s script (enabled or not), or None when the project has none.
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+
+    Returns:
+        The script, or None.
+    """
     return _read(client, project_script_path(project), "project", project)
 
 
 def enabled_scripts(client: XnatClient, project: str | None) -> list[ServerScript]:
-    """The scripts XNAT would apply to a file for ``project``, in XNAT's order: the site script
-    (on receipt, xnat-web ``GradualDicomImporter``), then the project's (on archiving,
-    ``ProjectAnonymizer``). Disabled and empty scripts are left out."""
+    """The scripts XNAT would apply to a file for ``project``, in XNAT's order.
+
+    The site script (on receipt, xnat-web ``GradualDicomImporter``), then the project's (on
+    archiving, ``ProjectAnonymizer``). Disabled and empty scripts are left out.
+
+    Args:
+        client: A client on the server.
+        project: The project's ID, or None for the site script only.
+
+    Returns:
+        The enabled scripts, site first.
+    """
     found = [site_script(client)] + ([project_script(client, project)] if project else [])
     return [script for script in found if script is not None and script.enabled and script.contents.strip()]
 
 
 def scripts_to_apply(client: XnatClient, project: str | None) -> list[tuple[str, str]]:
-    """(name, text) of the scripts XNAT would apply (``enabled_scripts``); none is an error: an
-    upload asked to be de-identified by XNAT's scripts must not go out as it is."""
+    """(name, text) of the scripts XNAT would apply (``enabled_scripts``).
+
+    None is an error: an upload asked to be de-identified by XNAT's scripts must not go out as it is.
+
+    Args:
+        client: A client on the server.
+        project: The project's ID, or None for the site script only.
+
+    Returns:
+        Each script's name (as messages name it) and text, in XNAT's order.
+
+    Raises:
+        InputError: The server has no enabled script for the site or the project.
+    """
     found = enabled_scripts(client, project)
     if not found:
         raise InputError(

@@ -31,17 +31,35 @@ NOT_LABEL_CHAR = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def is_valid_label(value: object) -> bool:
+    """Whether ``value`` is a label XNAT keeps as it is (``[A-Za-z0-9_-]+``)."""
     return isinstance(value, str) and LABEL_RE.fullmatch(value) is not None
 
 
 def clean_label(value: str) -> str:
-    """XNAT's own rewriting of labels: every character outside ``[A-Za-z0-9_-]`` becomes ``_``."""
+    """XNAT's own rewriting of labels: every character outside ``[A-Za-z0-9_-]`` becomes ``_``.
+
+    Args:
+        value: A label as given.
+
+    Returns:
+        The label XNAT would store.
+    """
     return NOT_LABEL_CHAR.sub("_", value.strip())
 
 
 def study_label(session: str, study_uid: str) -> str:
-    """The session label of one study of a ``--per-study`` upload: ``SESSION_`` and 8 hex digits
-    derived from the StudyInstanceUID, so a study keeps its label whatever else the folder holds."""
+    """The session label of one study of a ``--per-study`` upload.
+
+    ``SESSION_`` and 8 hex digits derived from the StudyInstanceUID, so a study keeps its label
+    whatever else the folder holds.
+
+    Args:
+        session: The label given for the upload (``-E``).
+        study_uid: The study's StudyInstanceUID.
+
+    Returns:
+        The study's session label.
+    """
     return f"{session}_{hashlib.sha256(study_uid.encode()).hexdigest()[:8]}"
 
 
@@ -50,7 +68,14 @@ class WaitTimeoutError(TransientError):
 
 
 def item_fields(document: object) -> dict[str, str]:
-    """``data_fields`` of XNAT's ``{"items": [{"data_fields": {...}}]}`` single-object shape ({} if absent)."""
+    """``data_fields`` of XNAT's ``{"items": [{"data_fields": {...}}]}`` single-object shape.
+
+    Args:
+        document: XNAT's JSON document of one object.
+
+    Returns:
+        The fields, or {} if absent.
+    """
     try:
         return {str(k): "" if v is None else str(v) for k, v in document["items"][0]["data_fields"].items()}  # type: ignore[index]
     except (KeyError, IndexError, TypeError, AttributeError):
@@ -90,6 +115,16 @@ class ArchivedSession(BaseModel):
 
 
 def experiment_path(project: str, label: str, subject: str | None = None) -> str:
+    """The REST path of session ``label`` of ``project`` (under ``subject`` when given).
+
+    Args:
+        project: The project's ID.
+        label: The session's label.
+        subject: The subject's label, if the path should name it.
+
+    Returns:
+        The path, each part quoted.
+    """
     base = f"/data/projects/{quote(project, safe='')}"
     if subject:
         base += f"/subjects/{quote(subject, safe='')}"
@@ -97,7 +132,16 @@ def experiment_path(project: str, label: str, subject: str | None = None) -> str
 
 
 def parse_session_document(document: object, project: str, label: str) -> ArchivedSession | None:
-    """The session (with its scans and their SeriesInstanceUIDs) from XNAT's document, or None."""
+    """The session (with its scans and their SeriesInstanceUIDs) from XNAT's document.
+
+    Args:
+        document: XNAT's JSON document of the session.
+        project: The project it was asked for under.
+        label: The label it was asked for by.
+
+    Returns:
+        The session, or None when the document holds none.
+    """
     fields = item_fields(document)
     experiment_id = fields.get("ID", "")
     if not experiment_id:
@@ -136,7 +180,17 @@ def _count(value: object) -> int | None:
 
 
 def find_archived(client: XnatClient, project: str, label: str, subject: str | None = None) -> ArchivedSession | None:
-    """The archived session labelled ``label`` in ``project`` (and ``subject`` if given), or None."""
+    """The archived session labelled ``label`` in ``project`` (and ``subject`` if given).
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+        label: The session's label.
+        subject: The subject's label, if it must match.
+
+    Returns:
+        The session, or None.
+    """
     try:
         document = client.get_json(experiment_path(project, label, subject))
     except NotFoundError:
@@ -145,9 +199,17 @@ def find_archived(client: XnatClient, project: str, label: str, subject: str | N
 
 
 def archived_studies(client: XnatClient, project: str | None = None) -> dict[str, dict[str, str]]:
-    """The archived sessions of ``project`` (every project the account sees when None), each by its
-    StudyInstanceUID: the experiment listing's row (ID, label, project, subject_label, UID, URI).
-    A C-STORE names no session label (XNAT's routing picks it), so its sessions are found this way."""
+    """The archived sessions of ``project``, each by its StudyInstanceUID.
+
+    A C-STORE names no session label (XNAT's routing picks it), so its sessions are found this way.
+
+    Args:
+        client: A client on the server.
+        project: The project's ID; every project the account sees when None.
+
+    Returns:
+        The experiment listing's row (ID, label, project, subject_label, UID, URI) by StudyInstanceUID.
+    """
     path = f"/data/projects/{quote(project, safe='')}/experiments" if project else "/data/experiments"
     found: dict[str, dict[str, str]] = {}
     for row in client.get_rows(path, params={"columns": "ID,label,project,subject_label,UID,URI"}):
@@ -160,7 +222,16 @@ def archived_studies(client: XnatClient, project: str | None = None) -> dict[str
 
 
 def subject_label(client: XnatClient, project: str, subject_id: str) -> str:
-    """The label of subject ``subject_id`` (a session document names its subject by ID); '' if unknown."""
+    """The label of subject ``subject_id`` (a session document names its subject by ID).
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+        subject_id: The subject's accession ID.
+
+    Returns:
+        The label, or '' if unknown.
+    """
     try:
         document = client.get_json(f"/data/projects/{quote(project, safe='')}/subjects/{quote(subject_id, safe='')}")
     except XnatError:
@@ -169,7 +240,19 @@ def subject_label(client: XnatClient, project: str, subject_id: str) -> str:
 
 
 def experiment_id(client: XnatClient, project: str, label: str) -> str:
-    """The accession ID (``XNAT_E00001``) of session ``label``; ``NotFoundError`` if there is none."""
+    """The accession ID (``XNAT_E00001``) of session ``label``.
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+        label: The session's label.
+
+    Returns:
+        The accession ID.
+
+    Raises:
+        NotFoundError: There is no such session.
+    """
     found = find_archived(client, project, label)
     if found is None:
         raise NotFoundError(f"Project {project!r} has no session {label!r}.", status=404)
@@ -191,6 +274,22 @@ def wait_for_archive(
 
     Imports and archiving are asynchronous in XNAT (the upload answers before the session is
     queryable), so anything that follows an upload should wait here first.
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+        label: The session's label.
+        subject: The subject's label, if it must match.
+        timeout: Seconds to wait at most.
+        poll: The first wait between looks, in seconds.
+        max_poll: The longest wait between looks.
+        on_wait: Told what is awaited at each look (the log by default).
+
+    Returns:
+        The archived session.
+
+    Raises:
+        WaitTimeoutError: The session did not appear within ``timeout``.
     """
     notify = on_wait or log.info
     deadline = time.monotonic() + timeout
@@ -212,7 +311,18 @@ def wait_for_archive(
 
 
 def get_session(client: XnatClient, experiment_id: str) -> ArchivedSession:
-    """The archived session of accession ID ``experiment_id``; ``NotFoundError`` if there is none."""
+    """The archived session of accession ID ``experiment_id``.
+
+    Args:
+        client: A client on the server.
+        experiment_id: The session's accession ID.
+
+    Returns:
+        The session.
+
+    Raises:
+        NotFoundError: There is no such session.
+    """
     path = f"/data/experiments/{quote(experiment_id, safe='')}"
     found = parse_session_document(client.get_json(path), "", experiment_id)
     if found is None:
@@ -221,8 +331,18 @@ def get_session(client: XnatClient, experiment_id: str) -> ArchivedSession:
 
 
 def resolve_session(client: XnatClient, ref: str) -> ArchivedSession:
-    """A session named as users name it: an accession ID (``XNAT_E00001``), ``PROJECT/LABEL`` or
-    ``PROJECT/SUBJECT/LABEL``; ``NotFoundError`` (with what to check) if there is none."""
+    """A session named as users name it.
+
+    Args:
+        client: A client on the server.
+        ref: An accession ID (``XNAT_E00001``), ``PROJECT/LABEL`` or ``PROJECT/SUBJECT/LABEL``.
+
+    Returns:
+        The session.
+
+    Raises:
+        NotFoundError: There is none (the message says what to check).
+    """
     parts = [part for part in ref.strip().split("/") if part]
     if len(parts) == 1:
         try:

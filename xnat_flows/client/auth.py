@@ -1,5 +1,7 @@
-"""XNAT's JSESSION for one client: the token (given, cached in the profile, or from a login with
-HTTP Basic), one shared re-login when it expires, and no secret in an error.
+"""XNAT's JSESSION for one client.
+
+The token (given, cached in the profile, or from a login with HTTP Basic), one shared re-login
+when it expires, and no secret in an error.
 
 Every thread of a client shares one ``SessionAuth``: when XNAT expires the session (idle timeout,
 concurrent-session eviction) the first thread to see the 401 logs in again while the others wait
@@ -27,8 +29,11 @@ _Error = TypeVar("_Error", bound=XnatError)  # scrub hands back the error it was
 
 
 class SessionAuth:
-    """The session token of ``credentials`` on ``sender``'s server. ``login_timeout`` bounds a
-    login's wait for an answer."""
+    """The session token of ``credentials`` on ``sender``'s server.
+
+    ``login_timeout`` bounds a
+    login's wait for an answer.
+    """
 
     def __init__(
         self,
@@ -49,14 +54,17 @@ class SessionAuth:
 
     @property
     def token(self) -> str | None:
+        """The current JSESSIONID, or None before a login or a cached token."""
         return self._state[1]
 
     @property
     def generation(self) -> int:
+        """How many tokens were taken so far: a request that saw a 401 passes it to ``relogin``."""
         return self._state[0]
 
     @property
     def can_login(self) -> bool:
+        """Whether there is a password to log in (again) with."""
         return self.credentials.password is not None
 
     def login(self) -> None:
@@ -132,7 +140,11 @@ class SessionAuth:
                 log.warning("could not write the token cache: %s", exc)
 
     def session(self) -> tuple[int, str | None]:
-        """The current (generation, token), logging in first if there is nothing to reuse."""
+        """The current (generation, token), logging in first if there is nothing to reuse.
+
+        Returns:
+            The token's generation and the token (None only for a server that needs no login).
+        """
         if not self._loaded:
             with self._lock:
                 if not self._loaded:
@@ -150,7 +162,11 @@ class SessionAuth:
         return self._state
 
     def relogin(self, seen_generation: int) -> None:
-        """Replace the token that just got a 401, unless another thread already did."""
+        """Replace the token that just got a 401, unless another thread already did.
+
+        Args:
+            seen_generation: The generation of the token the 401 answered.
+        """
         with self._lock:
             if self._state[0] != seen_generation:
                 return
@@ -163,6 +179,12 @@ class SessionAuth:
 
         Servers may refuse a request with a dead session by closing the connection while the
         body is still being sent, so the client sees a broken pipe instead of the 401.
+
+        Args:
+            generation: The generation of the token the lost request carried.
+
+        Returns:
+            True when the session had expired and a new one was opened (the request may be sent again).
         """
         token = self._state[1]
         if token is None or self.credentials.password is None:
@@ -178,7 +200,15 @@ class SessionAuth:
         return True
 
     def session_ended(self, method: str, path: str) -> AuthenticationError:
-        """A 401 to a client holding only a session token (no password): that session has ended."""
+        """A 401 to a client holding only a session token (no password): that session has ended.
+
+        Args:
+            method: The refused request's method.
+            path: The refused request's path.
+
+        Returns:
+            The error to raise, saying to log in again.
+        """
         creds = self.credentials
         who = f"{creds.username}@{creds.url}" if creds.username else creds.url
         return AuthenticationError(
@@ -190,7 +220,14 @@ class SessionAuth:
         )
 
     def scrub(self, error: _Error) -> _Error:
-        """Belt and braces: no password or token text in an error, whatever the server echoed."""
+        """Belt and braces: no password or token text in an error, whatever the server echoed.
+
+        Args:
+            error: The error about to be raised.
+
+        Returns:
+            ``error``, its message and server message with each secret replaced by ``***``.
+        """
         for secret in self._secrets + [self._state[1] or ""]:
             if secret and len(secret) >= 4:
                 error.message = error.message.replace(secret, "***")

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 
 class ResourceFile(BaseModel):
+    """One file of a resource as XNAT's catalog lists it."""
+
     name: str = Field(description="File name (XNAT's `Name`: no folders).")
     path: str = Field(description="Path inside the resource, sub-folders included.")
     size: int
@@ -27,6 +29,8 @@ class ResourceFile(BaseModel):
 
 
 class ResourceSummary(BaseModel):
+    """One resource folder of a session or scan as XNAT lists it (counts when XNAT gives them)."""
+
     label: str
     file_count: int | None = None
     file_size: int | None = None
@@ -41,7 +45,15 @@ def _int(value: str) -> int | None:
 
 
 def list_resources(client: XnatClient, parent: str) -> list[ResourceSummary]:
-    """Resources of ``parent`` (``/data/experiments/{ID}`` or ``…/scans/{id}``), as XNAT lists them."""
+    """Resources of ``parent`` (``/data/experiments/{ID}`` or ``…/scans/{id}``), as XNAT lists them.
+
+    Args:
+        client: A client on the server.
+        parent: The REST path of the session or scan.
+
+    Returns:
+        One summary per labelled resource.
+    """
     return [
         ResourceSummary(
             label=row.get("label", ""),
@@ -55,7 +67,16 @@ def list_resources(client: XnatClient, parent: str) -> list[ResourceSummary]:
 
 
 def list_files(client: XnatClient, parent: str, label: str) -> list[ResourceFile]:
-    """Files of resource ``label`` of ``parent``, as XNAT's catalog lists them."""
+    """Files of resource ``label`` of ``parent``, as XNAT's catalog lists them.
+
+    Args:
+        client: A client on the server.
+        parent: The REST path of the session or scan.
+        label: The resource's label, e.g. ``DICOM``.
+
+    Returns:
+        The files, each with its path inside the resource, size, URI and MD5 when known.
+    """
     rows = client.get_rows(f"{parent}/resources/{quote(label, safe='')}/files")
     return [
         ResourceFile(

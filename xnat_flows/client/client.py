@@ -50,7 +50,20 @@ def _at_most(limit: float | None, cap: float) -> float:
 
 
 class XnatClient:
-    """``with XnatClient(creds) as xnat: xnat.get_rows("/data/projects")``."""
+    """A client of one XNAT: login and token cache, retries, cancel, and the send paths.
+
+    ``with XnatClient(creds) as xnat: xnat.get_rows("/data/projects")``.
+
+    Args:
+        credentials: Server, user and password or token.
+        timeout: Httpx's per-phase timeouts of every request.
+        stall: An upload ends when no byte moved for this many seconds.
+        answer: A query's or a login's wait for an answer, in seconds.
+        max_connections: Parallel connections (``reserve_connections`` raises it).
+        token_cache: Where session tokens are kept (the profile's by default; None: none).
+        retry: Which failures are retried, how often and after what wait.
+        transport: An httpx transport to use instead of the network (tests).
+    """
 
     def __init__(
         self,
@@ -91,17 +104,21 @@ class XnatClient:
 
     @property
     def max_connections(self) -> int:
+        """Connections the pool holds at most."""
         return self._sender.max_connections
 
     @property
     def login_count(self) -> int:
+        """Logins this client made (a shared re-login counts once)."""
         return self._auth.login_count
 
     @property
     def requests_in_doubt(self) -> int:
-        """Attempts XNAT may have acted on without our hearing (a POST or PUT that timed out or was
-        cut after it reached XNAT, or a 504): uploads read it to tell whether a copy of what they
-        sent may still be on its way into the session."""
+        """Attempts XNAT may have acted on without our hearing.
+
+        A POST or PUT that timed out or was cut after it reached XNAT, or a 504: uploads read it
+        to tell whether a copy of what they sent may still be on its way into the session.
+        """
         return self._loop.requests_in_doubt
 
     def reserve_connections(self, workers: int) -> None:
@@ -109,6 +126,9 @@ class XnatClient:
 
         Call before starting the workers: with fewer connections than workers the extra
         requests wait for a free one and fail on the pool timeout although XNAT is healthy.
+
+        Args:
+            workers: Parallel requests about to start.
         """
         self._sender.resize(workers + 1)
 
@@ -127,6 +147,7 @@ class XnatClient:
 
     @property
     def base_url(self) -> str:
+        """The server's URL, as given."""
         return self.credentials.url
 
     def cancel(self) -> None:
@@ -140,6 +161,7 @@ class XnatClient:
 
     @property
     def cancelled(self) -> bool:
+        """Whether ``cancel()`` was called."""
         return self._sender.cancelled
 
     def check_cancelled(self) -> None:
@@ -175,9 +197,22 @@ class XnatClient:
 
         A 401 causes one shared re-login and a resend. Transient failures are retried per
         ``self.retry``; a body given as a plain iterator cannot be resent and is tried once.
-        ``lean=True`` asks for the lean pool (``lean.LeanTransport``, http.client) where it applies:
-        for many small requests, such as gradual-DICOM's one per instance. ``stream=True`` returns the
-        response with its body unread (``download`` reads it); retries end once the headers arrived.
+
+        Args:
+            method: HTTP method.
+            path: Path on the server (``/data/...``).
+            params: Query parameters.
+            content: The body: bytes, text, a callable making a fresh body per attempt, or an iterator.
+            headers: Extra request headers.
+            timeout: This request's timeouts (the client's when None).
+            retry: False for one attempt only (the client's policy otherwise).
+            lean: Use the lean pool (``lean.LeanTransport``, http.client) where it applies: for many
+                small requests, such as gradual-DICOM's one per instance.
+            stream: Return the response with its body unread (``download`` reads it); retries end once
+                the headers arrived.
+
+        Returns:
+            The response, status below 400.
         """
         return self._loop.request(
             method,
@@ -194,8 +229,18 @@ class XnatClient:
     # -- conveniences ------------------------------------------------------------------------
 
     def upload_timeout(self, size: int, store_rate: float = 2e6) -> httpx.Timeout:
-        """For one upload of ``size`` bytes: no byte moved for ``stall`` seconds ends it, and the answer
-        may take ``stall`` plus the time XNAT needs to store the files at ``store_rate`` bytes/s."""
+        """The timeouts of one upload of ``size`` bytes.
+
+        No byte moved for ``stall`` seconds ends it, and the answer may take ``stall`` plus the time
+        XNAT needs to store the files at ``store_rate`` bytes/s.
+
+        Args:
+            size: The body's size in bytes.
+            store_rate: The rate, in bytes per second, at which XNAT is assumed to store what it received.
+
+        Returns:
+            The timeouts for the upload's request.
+        """
         return httpx.Timeout(
             connect=self.timeout.connect,
             read=_at_most(self.timeout.read, self.stall + size / store_rate),
@@ -212,12 +257,19 @@ class XnatClient:
 
     @contextlib.contextmanager
     def download(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[httpx.Response]:
-        """``with client.download(path) as response: for chunk in response.iter_bytes(): ...``
+        """A GET whose body is read as it arrives (a file, a zip), never held whole.
 
-        A GET whose body is read as it arrives (a file, a zip), never held whole. Login, 401 and
-        retries are ``request``'s until the answer's headers arrive; a failure while the body is
-        read (connection lost, nothing received for ``stall`` seconds) raises the classified
+        ``with client.download(path) as response: for chunk in response.iter_bytes(): ...``. Login,
+        401 and retries are ``request``'s until the answer's headers arrive; a failure while the body
+        is read (connection lost, nothing received for ``stall`` seconds) raises the classified
         ``XnatConnectionError``, for the caller to start that body again.
+
+        Args:
+            path: Path on the server.
+            params: Query parameters.
+
+        Yields:
+            The response, its body unread.
         """
         limits = httpx.Timeout(
             connect=self.timeout.connect,
@@ -241,6 +293,18 @@ class XnatClient:
             response.close()
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """GET ``path`` with ``format=json``.
+
+        Args:
+            path: Path on the server.
+            params: Query parameters (``format=json`` is added).
+
+        Returns:
+            The decoded JSON.
+
+        Raises:
+            XnatError: The answer is not JSON (a login page or a proxy's page).
+        """
         response = self.request("GET", path, params={"format": "json", **(params or {})}, timeout=self._query_timeout())
         try:
             return response.json()
@@ -252,7 +316,15 @@ class XnatClient:
             ) from None
 
     def get_rows(self, path: str, params: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
-        """Rows of an XNAT ResultSet listing, every value as a string ("" for null)."""
+        """Rows of an XNAT ResultSet listing, every value as a string ("" for null).
+
+        Args:
+            path: Path of the listing.
+            params: Query parameters.
+
+        Returns:
+            The rows.
+        """
         data = self.get_json(path, params)
         try:
             rows = data["ResultSet"]["Result"]
@@ -261,14 +333,27 @@ class XnatClient:
         return [{str(k): _cell(v) for k, v in row.items()} for row in rows]
 
     def get_text(self, path: str, params: Mapping[str, Any] | None = None) -> str:
-        """A plain-text answer (e.g. a prearchive code, a version), stripped."""
+        """A plain-text answer (e.g. a prearchive code, a version), stripped.
+
+        Args:
+            path: Path on the server.
+            params: Query parameters.
+
+        Returns:
+            The text.
+        """
         return self.request("GET", path, params=params, timeout=self._query_timeout()).text.strip()
 
     def whoami(self) -> str:
+        """The user name the session belongs to (``/xapi/users/username``)."""
         return self.get_text("/xapi/users/username")
 
     def server_version(self) -> str | None:
-        """XNAT's version string, read once; ``None`` when the server does not say."""
+        """XNAT's version string, read once.
+
+        Returns:
+            The version, or None when the server does not say.
+        """
         if self._version is _DEFAULT:
             version: str | None = None
             try:
@@ -288,6 +373,9 @@ class XnatClient:
 
         Checked before uploading: XNAT files data for an unknown project under *Unassigned* in the
         prearchive instead of refusing it.
+
+        Args:
+            project: The project's ID.
         """
         try:
             self.get_json(f"/data/projects/{project}")

@@ -62,7 +62,13 @@ _process_passwords_lock = threading.Lock()
 
 
 def keep_password_in_process(url: str, username: str | None, password: SecretStr) -> None:
-    """Offer ``password`` to later resolutions for this URL and user in this process only."""
+    """Offer ``password`` to later resolutions for this URL and user in this process only.
+
+    Args:
+        url: The server's URL.
+        username: The user the password belongs to.
+        password: The password, kept in this process's memory (never the environment).
+    """
     with _process_passwords_lock:
         _process_passwords[TokenCache._key(url, username)] = password
 
@@ -73,8 +79,18 @@ def _process_password(url: str, username: str | None) -> SecretStr | None:
 
 
 def chosen_profile_name(profile: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The profile a command uses: ``--profile``, else ``$XNAT_PROFILE``, else the file's
-    ``default_profile``, else ``default`` (the one ``xnat-flows auth login`` writes)."""
+    """The profile a command uses.
+
+    ``--profile``, else ``$XNAT_PROFILE``, else the file's ``default_profile``, else ``default``
+    (the one ``xnat-flows auth login`` writes).
+
+    Args:
+        profile: The name given on the command line, if any.
+        environ: The environment to read (``os.environ`` when None).
+
+    Returns:
+        The profile's name.
+    """
     environ = os.environ if environ is None else environ
     if profile:
         return profile
@@ -96,7 +112,21 @@ def resolve_credentials(
 
     A missing password is not an error here: the client may still hold a cached session
     token for this URL and user, and reports a clear ``AuthenticationError`` otherwise.
-    ``new_profile``: an unknown ``profile`` is one about to be written (``auth login``), not an error.
+
+    Args:
+        url: The server's URL (wins over the environment and the profile).
+        username: The user (likewise).
+        password: The password (likewise).
+        profile: The profile to read (else ``$XNAT_PROFILE`` or the default one).
+        prompt: Ask on a terminal for what is still missing.
+        environ: The environment to read (``os.environ`` when None).
+        new_profile: An unknown ``profile`` is one about to be written (``auth login``), not an error.
+
+    Returns:
+        The credentials (the password may be None).
+
+    Raises:
+        InputError: No URL, a CA bundle that does not exist, or a URL that is not one.
     """
     environ = os.environ if environ is None else environ
     env = EnvSettings.from_environ(environ)
@@ -159,8 +189,11 @@ def resolve_credentials(
 
 
 def _password_check(token: str, password: str) -> str:
-    """Ties a cached session to the password it was opened with, without storing the password:
-    a slow salted hash (PBKDF2, ~40 ms), salted with the session id itself."""
+    """Ties a cached session to the password it was opened with, without storing the password.
+
+    Returns:
+        A slow salted hash (PBKDF2, ~40 ms) of the password, salted with the session id itself.
+    """
     return hashlib.pbkdf2_hmac("sha256", password.encode(), token.encode(), 100_000).hex()
 
 
@@ -207,7 +240,17 @@ class TokenCache:
             raise
 
     def get(self, url: str, username: str | None, password: str | None = None, *, any_age: bool = False) -> str | None:
-        """The cached session, if fresh (or ``any_age``) and, when ``password`` is given, opened with it."""
+        """The cached session, if fresh (or ``any_age``) and, when ``password`` is given, opened with it.
+
+        Args:
+            url: The server's URL.
+            username: The user.
+            password: The password of this command; a session opened with another one is not offered.
+            any_age: Offer the session however long it was idle.
+
+        Returns:
+            The JSESSIONID, or None.
+        """
         entry = self._read().get(self._key(url, username))
         if not isinstance(entry, dict) or not entry.get("token"):
             return None
@@ -221,6 +264,14 @@ class TokenCache:
         return token
 
     def put(self, url: str, username: str | None, token: str, password: str | None = None) -> None:
+        """Keep ``token`` for this URL and user, with a check of the password it was opened with.
+
+        Args:
+            url: The server's URL.
+            username: The user.
+            token: The JSESSIONID.
+            password: The password the session was opened with (a salted hash of it is kept, never it).
+        """
         entry: dict[str, object] = {"token": token, "last_used": time.time()}
         if password is not None:
             entry["password_check"] = _password_check(token, password)
@@ -230,7 +281,12 @@ class TokenCache:
             self._write(data)
 
     def touch(self, url: str, username: str | None) -> None:
-        """Record that the token was just used (XNAT's expiry is idle-based)."""
+        """Record that the token was just used (XNAT's expiry is idle-based).
+
+        Args:
+            url: The server's URL.
+            username: The user.
+        """
         with self._lock:
             data = self._read()
             entry = data.get(self._key(url, username))
@@ -239,6 +295,12 @@ class TokenCache:
                 self._write(data)
 
     def delete(self, url: str, username: str | None) -> None:
+        """Forget the session of this URL and user.
+
+        Args:
+            url: The server's URL.
+            username: The user.
+        """
         with self._lock:
             data = self._read()
             if data.pop(self._key(url, username), None) is not None:

@@ -125,9 +125,20 @@ class XnatError(Exception):
 
 
 def reworded(exc: XnatError, by_reason: Mapping[str, str], by_class: Mapping[type[XnatError], str]) -> str:
-    """The hint a reader's layer gives for ``exc`` from its own tables: by the error's ``reason``,
-    else by its class when the hint is the class's own (not advice the raiser wrote), else the
-    hint the error carries. The tables hold the words (``cli.hints``, ``tasks.hints``)."""
+    """The hint a reader's layer gives for ``exc`` from its own tables.
+
+    By the error's ``reason``, else by its class when the hint is the class's own (not advice the
+    raiser wrote), else the hint the error carries. The tables hold the words (``cli.hints``,
+    ``tasks.hints``).
+
+    Args:
+        exc: The error to word.
+        by_reason: Hints by the error's ``reason``.
+        by_class: Hints by error class, used only where the error carries its class's default hint.
+
+    Returns:
+        The hint for this reader.
+    """
     if exc.reason is not None and exc.reason in by_reason:
         return by_reason[exc.reason]
     owner = next(klass for klass in type(exc).__mro__ if "default_hint" in vars(klass))
@@ -143,20 +154,28 @@ def _rebuild(cls: type[XnatError], message: str) -> XnatError:
 
 
 class AuthenticationError(XnatError):
+    """XNAT did not accept the credentials, or the session ended with no password to log in again."""
+
     default_hint = (
         "Check the user name and password; if the account has too many open sessions, ask an admin to end them"
     )
 
 
 class PermissionDeniedError(XnatError):
+    """The account may not do this (HTTP 403)."""
+
     default_hint = "The account is logged in but lacks rights on this project; ask the project owner for member access"
 
 
 class NotFoundError(XnatError):
+    """What the request names does not exist on the server (HTTP 404)."""
+
     default_hint = "Check the project, subject and session identifiers (labels are case-sensitive)"
 
 
 class ConflictError(XnatError):
+    """XNAT refuses because of what it already holds (HTTP 409, or a session in CONFLICT)."""
+
     default_hint = "It already exists in XNAT: choose how to merge into it (overwrite), or use another label"
 
 
@@ -213,6 +232,8 @@ class PermanentUploadError(XnatError):
 
 
 class UnsupportedServerError(XnatError):
+    """The server's XNAT version cannot do what was asked (e.g. Direct-Archive before 1.8.3)."""
+
     default_hint = "Upgrade XNAT, or upload through the prearchive instead"
 
 
@@ -242,7 +263,14 @@ _UNRECOGNISED_400_HINT = (
 
 
 def server_message(response: httpx.Response) -> str:
-    """The useful part of an error body: plain text, or the <title>/<h1> of a Tomcat error page."""
+    """The useful part of an error body: plain text, or the <title>/<h1> of a Tomcat error page.
+
+    Args:
+        response: The server's answer.
+
+    Returns:
+        The text, whitespace collapsed and trimmed; empty when the body cannot be read.
+    """
     try:
         text = response.text
     except Exception:  # noqa: BLE001 - undecodable or unread streaming body: the status alone must do
@@ -261,15 +289,39 @@ def _matches(message: str, fragments: tuple[str, ...]) -> bool:
 
 
 def is_transient_400(message: str) -> bool:
+    """Whether a 400's message names a passing condition (retried).
+
+    Args:
+        message: The server's message.
+
+    Returns:
+        True for a message of ``TRANSIENT_400_FRAGMENTS``.
+    """
     return _matches(message, TRANSIENT_400_FRAGMENTS)
 
 
 def is_permanent_400(message: str) -> bool:
+    """Whether a 400's message names a refusal that a retry will not change.
+
+    Args:
+        message: The server's message.
+
+    Returns:
+        True for a message of ``PERMANENT_400_FRAGMENTS``.
+    """
     return _matches(message, PERMANENT_400_FRAGMENTS)
 
 
 def error_for_response(response: httpx.Response, retry_after: float | None = None) -> XnatError:
-    """Classify a non-success answer into the exception a caller can act on."""
+    """Classify a non-success answer into the exception a caller can act on.
+
+    Args:
+        response: The server's answer (status 400 or above).
+        retry_after: Seconds from the answer's ``Retry-After``, if any.
+
+    Returns:
+        The error, with the status, the server's message and the hint.
+    """
     status = response.status_code
     text = server_message(response)
     where = f"{response.request.method} {response.request.url.path}"

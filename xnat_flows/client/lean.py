@@ -23,14 +23,27 @@ import httpx
 
 
 class AnswerTooSlow(httpx.ReadTimeout):
-    """The answer kept coming, a few bytes at a time, past its deadline: httpx's read timeout
-    bounds each read, not the whole answer, so a server (or proxy) dripping it would hold the
-    request for as long as it likes."""
+    """The answer kept coming, a few bytes at a time, past its deadline.
+
+    httpx's read timeout bounds each read, not the whole answer, so a server (or proxy) dripping
+    it would hold the request for as long as it likes.
+    """
 
 
 def read_answer(chunks: Iterable[bytes], deadline: float, allowance: float | None) -> bytes:
-    """The whole answer body from ``chunks``, or ``AnswerTooSlow`` once ``deadline`` (monotonic)
-    passes before its end: one bound on the whole answer, for both send paths."""
+    """The whole answer body from ``chunks``; one bound on the whole answer, for both send paths.
+
+    Args:
+        chunks: The body as it arrives.
+        deadline: The monotonic time by which the whole body must be in (None: no bound).
+        allowance: The allowance in seconds, for the error's message.
+
+    Returns:
+        The body.
+
+    Raises:
+        AnswerTooSlow: ``deadline`` passed before the body's end.
+    """
     parts: list[bytes] = []
     for chunk in chunks:
         parts.append(chunk)
@@ -43,8 +56,14 @@ def read_answer(chunks: Iterable[bytes], deadline: float, allowance: float | Non
 
 
 def answer_deadline(timeout: httpx.Timeout) -> tuple[float, float | None]:
-    """From now (the request sent): the monotonic time by which its whole answer must be in, and
-    the allowance itself; ``timeout.read`` is that allowance (httpx's ``None``: no bound)."""
+    """The bound on a whole answer, from now (the request sent).
+
+    Args:
+        timeout: The request's timeouts; ``timeout.read`` is the allowance (httpx's None: no bound).
+
+    Returns:
+        The monotonic time by which the whole answer must be in (None: no bound), and the allowance.
+    """
     allowance = timeout.read
     return (time.monotonic() + allowance if allowance is not None else float("inf")), allowance
 
@@ -88,9 +107,21 @@ class LeanPool:
         timeout: httpx.Timeout,
         chunked: bool = False,
     ) -> tuple[int, list[tuple[str, str]], bytes]:
-        """Send one request; its status, headers and whole body. A connection is returned to the
-        pool only after a complete answer that does not close it. ``chunked``: ``body`` is sent
-        in chunked transfer encoding (its length is not known beforehand)."""
+        """Send one request; its status, headers and whole body.
+
+        A connection is returned to the pool only after a complete answer that does not close it.
+
+        Args:
+            method: HTTP method.
+            target: The request target (path and query).
+            headers: Request headers.
+            body: The body: bytes, an iterable of chunks, or None.
+            timeout: Connect, write and read timeouts; the read timeout bounds the whole answer.
+            chunked: Send ``body`` in chunked transfer encoding (its length is not known beforehand).
+
+        Returns:
+            The status, the headers and the body.
+        """
         if not self._slots.acquire(timeout=timeout.pool if timeout.pool is not None else -1):
             raise httpx.PoolTimeout("no free connection in time")
         try:
@@ -109,6 +140,7 @@ class LeanPool:
             self._slots.release()
 
     def close(self) -> None:
+        """Close every idle connection; later requests are refused."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -207,9 +239,12 @@ class LeanPool:
 
 
 class LeanTransport(httpx.BaseTransport):
-    """``LeanPool`` as an httpx transport: the request httpx built (URL, headers, body) goes out
-    on a kept ``http.client`` connection with the request's own timeouts; the answer comes back
-    as an ``httpx.Response`` that httpx reads and decodes as any other."""
+    """``LeanPool`` as an httpx transport.
+
+    The request httpx built (URL, headers, body) goes out on a kept ``http.client`` connection
+    with the request's own timeouts; the answer comes back as an ``httpx.Response`` that httpx
+    reads and decodes as any other.
+    """
 
     def __init__(self, pool: LeanPool) -> None:
         self.pool = pool
@@ -218,7 +253,17 @@ class LeanTransport(httpx.BaseTransport):
     def for_origin(
         cls, url: str, tls: ssl.SSLContext, max_connections: int, track: Callable[[socket.socket], None]
     ) -> LeanTransport | None:
-        """The transport for ``url``'s origin; ``None`` for a scheme other than http(s)."""
+        """The transport for ``url``'s origin; ``None`` for a scheme other than http(s).
+
+        Args:
+            url: Any URL on the server.
+            tls: The TLS context for https.
+            max_connections: Connections kept at most.
+            track: Called with every new socket (``cancel()`` shuts them down).
+
+        Returns:
+            The transport, or None.
+        """
         origin = httpx.URL(url)
         if origin.scheme not in ("http", "https"):
             return None
@@ -227,6 +272,14 @@ class LeanTransport(httpx.BaseTransport):
         return cls(LeanPool(origin.host, port, tls if https else None, max_connections, track))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` on a kept connection (httpx's transport interface).
+
+        Args:
+            request: The request httpx built.
+
+        Returns:
+            The answer, its body read whole.
+        """
         timeout = httpx.Timeout(
             None, **request.extensions.get("timeout", {})
         )  # as httpx: a phase not given has no limit
@@ -254,4 +307,5 @@ class LeanTransport(httpx.BaseTransport):
         )
 
     def close(self) -> None:
+        """Close the pool's connections."""
         self.pool.close()

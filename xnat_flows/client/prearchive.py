@@ -1,5 +1,6 @@
-"""XNAT's prearchive, in one module: list sessions, find one, archive one (status-aware), delete
-and move one.
+"""XNAT's prearchive, in one module.
+
+List sessions, find one, archive one (status-aware), delete and move one.
 
 The read model below transfer (the verifier merges CONFLICT rows with it). XNAT behaviour
 followed here (docs/prearchive.md):
@@ -52,7 +53,14 @@ _NOTIFY_EVERY_SECONDS = 30  # while waiting, repeat the notice this often (and o
 
 
 def is_transient_status(status: str) -> bool:
-    """True for statuses that change without us: wait rather than act."""
+    """True for statuses that change without us: wait rather than act.
+
+    Args:
+        status: A prearchive status (READY, RECEIVING, BUILDING, ...).
+
+    Returns:
+        True for a status XNAT is still working on.
+    """
     return status in _TRANSIENT or status.startswith(("QUEUED_", "_"))
 
 
@@ -73,12 +81,21 @@ class PrearchiveSession(BaseModel):
 
     @classmethod
     def from_row(cls, row: dict[str, str]) -> PrearchiveSession:
+        """One row of XNAT's prearchive listing (null cells as "").
+
+        Args:
+            row: The listing's row.
+
+        Returns:
+            The session; its folder name falls back to ``name`` (as xnatctl learnt).
+        """
         session = cls.model_validate({k: v if v is not None else "" for k, v in row.items()})
         # xnatctl learnt the hard way that the path segment is folderName, with name as fallback.
         return session if session.folder_name else session.model_copy(update={"folder_name": session.name})
 
     @property
     def src(self) -> str:
+        """The session's ``/prearchive/projects/P/TS/F`` URI (the form the archive service takes)."""
         return prearchive_src(self.project, self.timestamp, self.folder_name)
 
 
@@ -112,11 +129,30 @@ class PrearchiveSessionFailed(XnatError):
 
 
 def prearchive_src(project: str, timestamp: str, folder: str) -> str:
-    """``/prearchive/projects/P/TS/F`` with each segment URL-encoded (the form the archive service takes)."""
+    """``/prearchive/projects/P/TS/F`` with each segment URL-encoded (the form the archive service takes).
+
+    Args:
+        project: The project's ID.
+        timestamp: The session's prearchive timestamp folder.
+        folder: The session's folder name.
+
+    Returns:
+        The URI.
+    """
     return "/prearchive/projects/" + "/".join(quote(part, safe="") for part in (project, timestamp, folder))
 
 
 def session_path(project: str, timestamp: str, folder: str) -> str:
+    """The REST path of a prearchive session (``/data/prearchive/projects/P/TS/F``).
+
+    Args:
+        project: The project's ID.
+        timestamp: The session's prearchive timestamp folder.
+        folder: The session's folder name.
+
+    Returns:
+        The path, each segment URL-encoded.
+    """
     return "/data" + prearchive_src(project, timestamp, folder)
 
 
@@ -124,16 +160,36 @@ def session_path(project: str, timestamp: str, folder: str) -> str:
 
 
 def list_sessions(client: XnatClient, project: str | None = None) -> list[PrearchiveSession]:
-    """All prearchive sessions the user can see, or those of one project."""
+    """All prearchive sessions the user can see, or those of one project.
+
+    Args:
+        client: A client on the server.
+        project: The project's ID, or None for every project.
+
+    Returns:
+        The sessions.
+    """
     path = f"/data/prearchive/projects/{quote(project, safe='')}" if project else "/data/prearchive"
     return [PrearchiveSession.from_row(row) for row in client.get_rows(path)]
 
 
 def get_session(client: XnatClient, project: str, timestamp: str, folder: str) -> PrearchiveSession:
-    """One prearchive session; ``NotFoundError`` when it is not (or no longer) in the prearchive.
+    """One prearchive session.
 
     Read from the project's listing rather than the session's own URL: XNAT does not serve a
     RECEIVING session singly (xnatpy notes it), but lists it with its status.
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+        timestamp: The session's prearchive timestamp folder.
+        folder: The session's folder name.
+
+    Returns:
+        The session.
+
+    Raises:
+        NotFoundError: It is not (or no longer) in the prearchive.
     """
     for session in list_sessions(client, project):
         if session.timestamp == timestamp and session.folder_name == folder:
@@ -142,9 +198,18 @@ def get_session(client: XnatClient, project: str, timestamp: str, folder: str) -
 
 
 def direct_archive_sessions(client: XnatClient, project: str) -> list[dict[str, str]]:
-    """Direct-Archive sessions of ``project`` still being received (XNAT >= 1.8.3's direct-archive
-    table, ``POST /xapi/direct-archive``): each with ``tag`` (StudyInstanceUID), ``label``, ``status``.
-    [] when the server has no such table or refuses the listing (older XNAT, another body shape)."""
+    """Direct-Archive sessions of ``project`` still being received.
+
+    XNAT >= 1.8.3's direct-archive table (``POST /xapi/direct-archive``).
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+
+    Returns:
+        Each with ``tag`` (StudyInstanceUID), ``label`` and ``status``; [] when the server has no
+        such table or refuses the listing (older XNAT, another body shape).
+    """
     body = json.dumps({"filters": {"project": {"operator": "EQ", "value": project}}}).encode()
     try:
         response = client.request(
@@ -159,14 +224,21 @@ def direct_archive_sessions(client: XnatClient, project: str) -> list[dict[str, 
 
 
 def trigger_direct_archive(client: XnatClient, uri: str) -> bool:
-    """Ask XNAT to build and archive a Direct-Archive session now rather than after its idle
-    interval: ``POST /xapi/direct-archive/{project}/{tag}/{label}`` (XNAT 1.8.4+,
-    ``DirectArchiveSessionApi.triggerArchive``; the archiving itself is asynchronous).
+    """Ask XNAT to build and archive a Direct-Archive session now rather than after its idle interval.
 
-    True when XNAT queued it. False, with the reason logged, when it did not: the session is
-    already archived or fell back to the prearchive (404), another request is still writing into
-    it (400), an older XNAT has no such call, or the call failed. XNAT then archives it after the
-    idle interval as usual, so this never fails an upload.
+    ``POST /xapi/direct-archive/{project}/{tag}/{label}`` (XNAT 1.8.4+,
+    ``DirectArchiveSessionApi.triggerArchive``; the archiving itself is asynchronous). When XNAT
+    does not queue it, it archives the session after the idle interval as usual, so this never
+    fails an upload.
+
+    Args:
+        client: A client on the server.
+        uri: The Direct-Archive session's URI, as the import answered it.
+
+    Returns:
+        True when XNAT queued it. False, with the reason logged, when it did not: the session is
+        already archived or fell back to the prearchive (404), another request is still writing
+        into it (400), an older XNAT has no such call, or the call failed.
     """
     if not uri.startswith("/xapi/direct-archive/"):
         raise ValueError(f"not a Direct-Archive session URI: {uri!r}")
@@ -179,7 +251,17 @@ def trigger_direct_archive(client: XnatClient, uri: str) -> bool:
 
 
 def session_logs(client: XnatClient, project: str, timestamp: str, folder: str) -> list[str]:
-    """The session's log entries (why it is in ERROR or CONFLICT), oldest first; [] if unavailable."""
+    """The session's log entries (why it is in ERROR or CONFLICT), oldest first.
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+        timestamp: The session's prearchive timestamp folder.
+        folder: The session's folder name.
+
+    Returns:
+        The entries; [] if unavailable.
+    """
     try:
         rows = client.get_rows(session_path(project, timestamp, folder) + "/logs")
     except XnatError:
@@ -188,9 +270,12 @@ def session_logs(client: XnatClient, project: str, timestamp: str, folder: str) 
 
 
 class ParkedSession(BaseModel):
-    """A prearchive session XNAT did not archive (CONFLICT: it meets an archived session it may not
-    join on its own; ERROR: building or archiving failed), with what it meets: the archived
-    session of its label and that session's subject, and XNAT's log of the session."""
+    """A prearchive session XNAT did not archive, with what it meets.
+
+    CONFLICT: it meets an archived session it may not join on its own; ERROR: building or
+    archiving failed. With it: the archived session of its label and that session's subject, and
+    XNAT's log of the session.
+    """
 
     session: PrearchiveSession
     logs: list[str] = Field(default_factory=list)
@@ -198,7 +283,11 @@ class ParkedSession(BaseModel):
     existing_subject: str = Field(default="", description="Subject label of the archived session ('' if unknown)")
 
     def describe(self) -> str:
-        """The facts: the row, what it conflicts with, and XNAT's last log line."""
+        """The facts: the row, what it conflicts with, and XNAT's last log line.
+
+        Returns:
+            One paragraph of text.
+        """
         row = self.session
         text = f"{row.src} is {row.status} (study {row.tag or '?'}, subject {row.subject or '?'}, label {row.name})"
         existing = self.existing
@@ -215,8 +304,15 @@ class ParkedSession(BaseModel):
         return text
 
     def next_steps(self, for_flow_run: bool = False) -> str:
-        """What a person can do after looking: the CLI's commands, or (``for_flow_run``, chosen by
-        the Prefect layer that calls it) the prearchive flow's parameters."""
+        """What a person can do after looking.
+
+        Args:
+            for_flow_run: Word it as the prearchive flow's parameters (chosen by the Prefect layer that
+                calls it) instead of the CLI's commands.
+
+        Returns:
+            The commands (or parameters) that archive the session into its label or delete it.
+        """
         row = self.session
         where = f"{row.project} {row.timestamp} {row.folder_name}"
         own_label = study_label(row.name, row.tag) if row.tag else f"{row.name}_2"
@@ -234,7 +330,15 @@ class ParkedSession(BaseModel):
 
 
 def parked_session(client: XnatClient, session: PrearchiveSession) -> ParkedSession:
-    """``session`` with XNAT's log of it and the archived session of its label (and that one's subject)."""
+    """``session`` with XNAT's log of it and the archived session of its label (and that one's subject).
+
+    Args:
+        client: A client on the server.
+        session: The prearchive session XNAT did not archive.
+
+    Returns:
+        The session with what it meets.
+    """
     existing = find_archived(client, session.project, session.name) if session.name else None
     subject = subject_label(client, session.project, existing.subject_id) if existing and existing.subject_id else ""
     logs = session_logs(client, session.project, session.timestamp, session.folder_name)
@@ -255,6 +359,18 @@ def uri_from_success_body(body: str, action: str, success_uri: re.Pattern[str] |
     XNAT answers some failed prearchive actions with HTTP 200 and an error message as the body.
     A body naming the expected kind of URI is a success (an error message may quote the
     *source* URI, so any URI would not do); otherwise error-shaped text is a failure.
+
+    Args:
+        body: The answer's body.
+        action: What was asked (for the error's message).
+        success_uri: A pattern matching the URI a success names.
+
+    Returns:
+        The URI, or None when the body names none and reports no failure.
+
+    Raises:
+        ConflictError: The body says XNAT refused for a conflict.
+        XnatError: The body reports another failure.
     """
     text = body.strip()
     match = success_uri.search(text) if success_uri else None
@@ -288,13 +404,31 @@ def archive_session(
 ) -> ArchiveOutcome:
     """Archive one prearchive session, optionally to ``subject``/``label``.
 
-    READY is archived at once; transient statuses are waited for (at most ``wait_seconds``,
-    announced through ``on_wait``); CONFLICT needs ``overwrite`` (``append`` merges, ``delete``
-    replaces overlapping files; ``overwrite_files`` lets ``append`` re-write files the session
-    already holds, keeping its study and subject checks); ERROR raises ``PrearchiveSessionFailed``
-    with the session's logs.
-    A session already gone from the prearchive but present in the archive is reported as
-    ``already_archived`` (re-running an archive is then harmless).
+    READY is archived at once; transient statuses are waited for; ERROR raises
+    ``PrearchiveSessionFailed`` with the session's logs. A session already gone from the
+    prearchive but present in the archive is reported as ``already_archived`` (re-running an
+    archive is then harmless).
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+        timestamp: The session's prearchive timestamp folder.
+        folder: The session's folder name.
+        subject: The subject to archive it under (XNAT's choice when None).
+        label: The session label to archive it as (XNAT's choice when None).
+        overwrite: What CONFLICT needs: ``append`` merges, ``delete`` replaces overlapping files.
+        overwrite_files: Let ``append`` re-write files the session already holds, keeping its
+            study and subject checks.
+        wait_seconds: How long to wait at most for a transient status to end.
+        poll_seconds: The wait between looks at the status.
+        on_wait: Told what is awaited at each look.
+
+    Returns:
+        What was done: where the session is archived, its status before, the wait.
+
+    Raises:
+        PrearchiveSessionFailed: The session is in ERROR.
+        ConflictError: The session is in CONFLICT and no ``overwrite`` was given.
     """
     notify = on_wait or log.info
     started = time.monotonic()
@@ -442,6 +576,9 @@ def _already_archived(
 
     When the study UID is known, the archived session must carry it: the same label on another
     study is not "our" session having been archived.
+
+    Returns:
+        The outcome, ``already_archived``.
     """
     found = find_archived(client, project, label)
     if found is not None and expected_uid and found.uid and found.uid != expected_uid:
@@ -474,15 +611,32 @@ def _already_archived(
 
 
 def delete_session(client: XnatClient, project: str, timestamp: str, folder: str) -> None:
-    """Delete a prearchive session (``NotFoundError`` if it is not there)."""
+    """Delete a prearchive session (``NotFoundError`` if it is not there).
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+        timestamp: The session's prearchive timestamp folder.
+        folder: The session's folder name.
+    """
     response = client.request("DELETE", session_path(project, timestamp, folder))
     uri_from_success_body(response.text, f"delete {prearchive_src(project, timestamp, folder)}")
 
 
 def move_session(client: XnatClient, project: str, timestamp: str, folder: str, new_project: str) -> str:
-    """Move a prearchive session to another project's prearchive; returns its new prearchive URI.
+    """Move a prearchive session to another project's prearchive.
 
     XNAT answers a successful move with 301 and the new URI as the body, not with 200.
+
+    Args:
+        client: A client on the server.
+        project: The project's ID.
+        timestamp: The session's prearchive timestamp folder.
+        folder: The session's folder name.
+        new_project: The project to move it to.
+
+    Returns:
+        The session's new prearchive URI.
     """
     response = client.request(
         "POST",

@@ -25,8 +25,12 @@ log = logging.getLogger("xnat_flows.client")
 
 
 def _maybe_acted_on(error: XnatError) -> bool:
-    """The request reached XNAT and no answer says what became of it: the connection was made and
-    then timed out or dropped, or a gateway gave up waiting (504) while XNAT may still work on it."""
+    """Whether the request reached XNAT and no answer says what became of it.
+
+    Returns:
+        True when the connection was made and then timed out or dropped, or a gateway gave up
+        waiting (504) while XNAT may still work on it.
+    """
     if isinstance(error, XnatConnectionError):
         return error.retryable or error.timed_out
     return error.status == 504
@@ -56,9 +60,27 @@ class RequestLoop:
         lean: bool = False,
         stream: bool = False,
     ) -> httpx.Response:
-        """The response (status < 400), or the classified ``XnatError``. A body given as a plain
-        iterator cannot be sent again and is tried once. ``stream=True``: a successful response's
-        body is left unread, for the caller to read (and close)."""
+        """Send one request with retries, re-login and cancel; the response, or the classified error.
+
+        A body given as a plain iterator cannot be sent again and is tried once.
+
+        Args:
+            method: HTTP method.
+            path: Path on the server (``/data/...``).
+            policy: Which failures are retried, how often and after what wait.
+            params: Query parameters.
+            content: The body: bytes, text, a callable making a fresh body per attempt, or an iterator.
+            headers: Extra request headers.
+            timeout: The request's timeout, overriding the client's.
+            lean: Send through the lean transport (the gradual-DICOM path).
+            stream: Leave a successful response's body unread, for the caller to read and close.
+
+        Returns:
+            The response, status below 400.
+
+        Raises:
+            XnatError: The classified failure once retries are spent or not allowed.
+        """
         sender, auth = self.sender, self.auth
         single_use = content is not None and not isinstance(content, (bytes, str)) and not callable(content)
         relogged = False

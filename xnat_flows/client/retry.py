@@ -23,7 +23,14 @@ RESENDABLE_AFTER_CONNECTION_LOSS = ("/data/services/archive", "/REST/services/ar
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
+
+    Args:
+        value: The header's value, or ``None`` when absent.
+
+    Returns:
+        Seconds (0 for a date in the past), or ``None`` when absent or unreadable.
+    """
     if not value:
         return None
     value = value.strip()
@@ -58,6 +65,19 @@ class RetryPolicy:
     sleep: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
 
     def should_retry(self, error: XnatError, method: str, path: str) -> bool:
+        """Whether a failed request may be sent again.
+
+        Idempotent methods and the resendable POSTs retry on any retryable error; other POSTs only
+        when the server certainly did not act on them, or acting twice is harmless.
+
+        Args:
+            error: The classified failure of the attempt.
+            method: The request's HTTP method.
+            path: The request's path.
+
+        Returns:
+            True when another attempt may be made.
+        """
         if not error.retryable:
             return False
         if method.upper() in IDEMPOTENT_METHODS or path.rstrip("/").endswith(RESENDABLE_POST_PATHS):
@@ -68,7 +88,15 @@ class RetryPolicy:
         return error.status in (429, 503)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        """Seconds to wait before retry number ``attempt`` (0-based).
+
+        Args:
+            attempt: How many retries came before this one.
+            retry_after: The server's ``Retry-After`` in seconds, which wins (capped) when given.
+
+        Returns:
+            The wait in seconds.
+        """
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.retry_after_max)
         ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))

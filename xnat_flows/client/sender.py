@@ -1,5 +1,7 @@
-"""One attempt at one request: ``Sender.send`` builds the ``httpx.Request``, hands it to the
-transport (``transport.XnatTransport``, or a test's) and turns httpx's failures into
+"""One attempt at one request.
+
+``Sender.send`` builds the ``httpx.Request``, hands it to the transport
+(``transport.XnatTransport``, or a test's) and turns httpx's failures into
 ``XnatConnectionError``. No retry, no login here: that is ``request_loop`` and ``auth``.
 
 ``cancel()`` ends every request of the sender from any thread: sockets shut down, pools closed,
@@ -29,8 +31,16 @@ Content = bytes | str | Callable[[], Iterable[bytes]] | None
 
 @contextlib.contextmanager
 def opened(content: Content) -> Iterator[bytes | str | Iterable[bytes] | None]:
-    """The request body (a callable makes a fresh one for each attempt); a streaming generator is
-    closed afterwards, whatever happened, which closes the file it reads."""
+    """The request body of one attempt; a streaming generator is closed afterwards.
+
+    Closing it, whatever happened, closes the file it reads.
+
+    Args:
+        content: The body, or a callable making a fresh one for each attempt.
+
+    Yields:
+        The body to send.
+    """
     body = content() if callable(content) else content
     try:
         yield body
@@ -41,10 +51,19 @@ def opened(content: Content) -> Iterator[bytes | str | Iterable[bytes] | None]:
 
 
 def connection_error(exc: Exception, where: str, url: str | None = None) -> XnatConnectionError:
-    """httpx's failure as ours, with the facts: what was sent where (``where``, ``url``), and whether
-    the connection was refused. A refused or timed-out connection after httpx's own connect retries
-    means the host is down or unreachable: no quick request retries. A connection lost
-    mid-request is worth a retry."""
+    """Httpx's failure as ours, with the facts.
+
+    A refused or timed-out connection after httpx's own connect retries means the host is down
+    or unreachable: no quick request retries. A connection lost mid-request is worth a retry.
+
+    Args:
+        exc: Httpx's exception.
+        where: What was sent (method and path).
+        url: The server's URL.
+
+    Returns:
+        The error, saying whether the connection was refused.
+    """
     reachable = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol))
     if isinstance(exc, AnswerTooSlow):  # answered, slowly: a second attempt would drip as long
         return NoAnswerError(
@@ -68,8 +87,11 @@ def connection_error(exc: Exception, where: str, url: str | None = None) -> Xnat
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """``exc`` or an exception it was raised from is a ``kind`` (httpx chains httpcore's, which
-    chains the socket's ``OSError``)."""
+    """Whether ``exc`` or an exception it was raised from is a ``kind``.
+
+    Returns:
+        True when one of the chain is (httpx chains httpcore's, which chains the socket's ``OSError``).
+    """
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
@@ -90,8 +112,9 @@ _DEFAULT_HEADERS = {
 
 
 class Sender:
-    """The client's connections to one XNAT: ``XnatTransport`` (or ``transport``, a test's),
-    sized by ``resize``.
+    """The client's connections to one XNAT.
+
+    ``XnatTransport`` (or ``transport``, a test's), sized by ``resize``.
 
     Every request is built here (``httpx.Request``: the URL under the base URL, default headers,
     the session cookie, the timeouts as the ``timeout`` extension) and handed to the transport's
@@ -132,7 +155,11 @@ class Sender:
         return self.transport
 
     def resize(self, max_connections: int) -> None:
-        """Connections for ``max_connections`` parallel requests (a test's transport is kept)."""
+        """Connections for ``max_connections`` parallel requests (a test's transport is kept).
+
+        Args:
+            max_connections: Parallel requests to allow for.
+        """
         if max_connections <= self.max_connections or self.custom_transport is not None:
             return
         old, self._transport = self._transport, self._new_transport(max_connections)
@@ -142,7 +169,15 @@ class Sender:
     def build_url(self, path: str, params: Mapping[str, Any] | None = None) -> httpx.URL:
         """``path`` under the base URL with ``params``, as ``httpx.Client(base_url=...)`` builds it.
 
-        Gradual-DICOM sends thousands of requests to one URL: it is built once."""
+        Gradual-DICOM sends thousands of requests to one URL: it is built once.
+
+        Args:
+            path: Path on the server.
+            params: Query parameters.
+
+        Returns:
+            The full URL.
+        """
         key = (path, None if params is None else tuple(params.items()))
         try:
             url = self._urls.get(key)
@@ -173,9 +208,27 @@ class Sender:
         where: str | None = None,
         stream: bool = False,
     ) -> httpx.Response:
-        """One attempt; any status is returned. httpx's failures raise ``XnatConnectionError``
-        naming ``where`` (default: the method and path). ``stream=True`` returns the answer with
-        its body unread (``XnatClient.download`` reads it as it arrives)."""
+        """One attempt; any status is returned.
+
+        Args:
+            method: HTTP method.
+            path: Path on the server.
+            params: Query parameters.
+            content: The body (see ``opened``).
+            headers: Extra request headers.
+            timeout: The request's timeouts (the client's when None).
+            token: The session token, sent as the JSESSIONID cookie.
+            auth: Httpx auth for this request (the login's Basic auth).
+            lean: Send through the lean transport.
+            where: How errors name the request (default: the method and path).
+            stream: Return the answer with its body unread (``XnatClient.download`` reads it as it arrives).
+
+        Returns:
+            The answer, whatever its status.
+
+        Raises:
+            XnatConnectionError: No answer (refused, lost connection, timeout).
+        """
         merged = dict(_DEFAULT_HEADERS)
         for name, value in (headers or {}).items():
             merged[name.lower()] = value
@@ -233,21 +286,29 @@ class Sender:
 
     @property
     def cancelled(self) -> bool:
+        """Whether ``cancel()`` was called."""
         return self._cancelled.is_set()
 
     def check_cancelled(self) -> None:
+        """Raise ``CancelledError`` once ``cancel()`` was called."""
         if self._cancelled.is_set():
             raise CancelledError("Cancelled", hint=CancelledError.default_hint)
 
     def wait(self, seconds: float) -> None:
-        """Sleep ``seconds``, cut short by ``cancel()`` (then ``CancelledError``)."""
+        """Sleep ``seconds``, cut short by ``cancel()`` (then ``CancelledError``).
+
+        Args:
+            seconds: How long to wait.
+        """
         if self._cancelled.wait(seconds):
             self.check_cancelled()
 
     def cancel(self) -> None:
+        """Stop: shut every connection down (a blocked send ends) and refuse new requests."""
         self._cancelled.set()
         self.sockets.shutdown_all()
         self._transport.close()
 
     def close(self) -> None:
+        """Close the transport and its connections."""
         self._transport.close()

@@ -55,6 +55,17 @@ class EnvSettings(BaseSettings):
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> EnvSettings:
+        """Read the ``XNAT_*`` variables of ``environ``.
+
+        Args:
+            environ: The environment to read (``os.environ`` when None).
+
+        Returns:
+            The settings; unset and empty variables are None.
+
+        Raises:
+            InputError: A variable that does not parse, named without its value (it may be a secret).
+        """
         try:
             if environ is None or environ is os.environ:
                 return cls()  # type: ignore[call-arg]  # every field has a default; mypy sees the aliases
@@ -92,6 +103,8 @@ class Profile(BaseModel):
 
 
 class ProfileConfig(BaseModel):
+    """``config.toml`` of the profile directory: the default profile's name and every profile."""
+
     model_config = ConfigDict(extra="ignore")
 
     default_profile: str | None = None
@@ -99,6 +112,17 @@ class ProfileConfig(BaseModel):
 
     @classmethod
     def load(cls, directory: Path) -> ProfileConfig:
+        """Read ``config.toml`` from ``directory`` (no file: no profiles).
+
+        Args:
+            directory: The profile directory.
+
+        Returns:
+            The file's profiles.
+
+        Raises:
+            InputError: The file cannot be read or is not valid TOML of this shape.
+        """
         path = directory / CONFIG_FILE_NAME
         if not path.is_file():
             return cls()
@@ -111,8 +135,18 @@ class ProfileConfig(BaseModel):
             ) from None
 
     def select(self, name: str | None, *, missing_ok: bool = False) -> Profile | None:
-        """The named profile (an unknown explicit name is an error unless ``missing_ok``: a login
-        creating it), else the default one."""
+        """The named profile, else the default one.
+
+        Args:
+            name: The profile asked for, if any.
+            missing_ok: An unknown ``name`` is one a login is about to create, not an error.
+
+        Returns:
+            The profile, or None when there is none to use.
+
+        Raises:
+            InputError: ``name`` is unknown and ``missing_ok`` is false.
+        """
         if name:
             if name not in self.profiles and missing_ok:
                 return None
@@ -129,9 +163,23 @@ class ProfileConfig(BaseModel):
 
 
 def save_profile(directory: Path, name: str, *, url: str, username: str | None) -> Path:
-    """Record ``url`` and ``username`` as profile ``name`` in ``config.toml`` (other keys and
-    profiles are kept). The file is written atomically, mode 0600; it never holds a password
-    unless the user put one there."""
+    """Record ``url`` and ``username`` as profile ``name`` in ``config.toml``.
+
+    Other keys and profiles are kept. The file is written atomically, mode 0600; it never holds a
+    password unless the user put one there.
+
+    Args:
+        directory: The profile directory.
+        name: The profile's name.
+        url: The server's URL.
+        username: The user, if any.
+
+    Returns:
+        The path of ``config.toml``.
+
+    Raises:
+        InputError: The existing file cannot be read.
+    """
     path = directory / CONFIG_FILE_NAME
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -28,6 +28,12 @@ def cached_client(credentials: Credentials) -> XnatClient:
     batches seeing the same 401 logged in eight times, and on a server with a concurrent-session
     limit those logins evict one another. The client is kept open for later tasks (it holds
     only a connection pool and the session token).
+
+    Args:
+        credentials: Server, user and password or token.
+
+    Returns:
+        The process's client for those credentials (created on first use).
     """
     secret = "\0".join(s.get_secret_value() for s in (credentials.password, credentials.token) if s)
     key = (

@@ -1,6 +1,9 @@
-"""The HTTP stack under ``XnatClient``: its one transport (httpx's, with the lean pool for
-gradual-DICOM), the sockets ``cancel()`` shuts down, the TLS context, the proxy the environment
-names, and no secret in the stack's DEBUG trace."""
+"""The HTTP stack under ``XnatClient``.
+
+Its one transport (httpx's, with the lean pool for gradual-DICOM), the sockets ``cancel()``
+shuts down, the TLS context, the proxy the environment names, and no secret in the stack's
+DEBUG trace.
+"""
 
 from __future__ import annotations
 
@@ -70,7 +73,12 @@ class SocketRegistry:
         self._shut = False
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's ``trace`` extension: refuse a connection once cancelled, remember the others."""
+        """Httpcore's ``trace`` extension: refuse a connection once cancelled, remember the others.
+
+        Args:
+            event: Httpcore's event name.
+            info: The event's details (``return_value`` holds the new stream).
+        """
         if event == "connection.connect_tcp.started" and self._shut:
             raise httpcore.ConnectError("cancelled: no new connections")
         if event == "connection.connect_tcp.complete":
@@ -83,7 +91,11 @@ class SocketRegistry:
                 raise httpcore.ConnectError("cancelled: no new connections")
 
     def track(self, sock: socket.socket) -> None:
-        """Remember a socket of the lean pool (``lean.LeanPool``); refused once cancelled."""
+        """Remember a socket of the lean pool (``lean.LeanPool``); refused once cancelled.
+
+        Args:
+            sock: The new connection's socket.
+        """
         if not self._remember(sock):
             raise httpx.ConnectError("cancelled: no new connections")
 
@@ -94,6 +106,7 @@ class SocketRegistry:
             return not self._shut
 
     def shutdown_all(self) -> None:
+        """Shut every known socket down and refuse new connections from now on."""
         with self._lock:
             self._shut = True
             sockets = list(self._sockets)
@@ -108,9 +121,11 @@ LEAN = "xnat_flows.lean"
 
 
 class XnatTransport(httpx.BaseTransport):
-    """The client's transport: httpx's own (``httpx.HTTPTransport``) for every request, except
-    those marked ``LEAN`` (gradual-DICOM's one POST per instance), which go through
-    ``lean.LeanTransport`` (http.client) when no proxy applies. Both report their sockets to
+    """The client's transport: httpx's own, or the lean pool for gradual-DICOM.
+
+    ``httpx.HTTPTransport`` for every request, except those marked ``LEAN`` (gradual-DICOM's one
+    POST per instance), which go through ``lean.LeanTransport`` (http.client) when no proxy
+    applies. Both report their sockets to
     ``sockets`` and share one TLS context, one pool size and httpx's two connect retries.
     """
 
@@ -132,19 +147,35 @@ class XnatTransport(httpx.BaseTransport):
         self._trace = sockets.trace
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the lean pool (``LEAN`` requests) or httpx's transport.
+
+        Args:
+            request: The request httpx built.
+
+        Returns:
+            The answer.
+        """
         if self.lean is not None and request.extensions.get(LEAN):
             return self.lean.handle_request(request)
         request.extensions = {**request.extensions, "trace": self._trace}
         return self.http.handle_request(request)
 
     def close(self) -> None:
+        """Close both transports."""
         self.http.close()
         if self.lean is not None:
             self.lean.close()
 
 
 def ssl_verify(verify: bool | str) -> ssl.SSLContext | bool:
-    """httpx's ``verify``: a CA bundle's path becomes a context (a bad bundle is the user's to fix)."""
+    """Httpx's ``verify``: a CA bundle's path becomes a context (a bad bundle is the user's to fix).
+
+    Args:
+        verify: True/False, or the path of a CA bundle.
+
+    Returns:
+        An SSL context for a bundle, else ``verify``.
+    """
     if isinstance(verify, str):
         try:
             return ssl.create_default_context(cafile=verify)
@@ -158,12 +189,18 @@ def ssl_verify(verify: bool | str) -> ssl.SSLContext | bool:
 
 
 def proxy_for(url: str) -> str | None:
-    """The proxy the environment names for ``url``: HTTPS_PROXY/HTTP_PROXY by scheme, else
-    ALL_PROXY, unless NO_PROXY covers the host (the variables httpx, curl and pip read).
+    """The proxy the environment names for ``url``.
 
-    A loopback host never goes through a proxy (as Go's net/http decides): a proxy elsewhere
-    cannot reach this machine's loopback, and an emulator on 127.0.0.1 must work on a host whose
-    environment names a proxy for the internet.
+    HTTPS_PROXY/HTTP_PROXY by scheme, else ALL_PROXY, unless NO_PROXY covers the host (the
+    variables httpx, curl and pip read). A loopback host never goes through a proxy (as Go's
+    net/http decides): a proxy elsewhere cannot reach this machine's loopback, and an emulator on
+    127.0.0.1 must work on a host whose environment names a proxy for the internet.
+
+    Args:
+        url: The server's URL.
+
+    Returns:
+        The proxy's URL, or None.
     """
     parsed = urllib.parse.urlsplit(url)
     host = parsed.hostname or ""

@@ -42,7 +42,8 @@ def credentials_for(connection: XnatConnection) -> Credentials:
 
 def server_url_for_report(connection: XnatConnection) -> str:
     """The server to name in an ``xnat.upload.failed`` event, even when resolving the credentials
-    is what failed (no Block, no credentials on the worker): then the URL given, or "unknown"."""
+    is what failed (no Block, no credentials on the worker): then the URL given, or "unknown".
+    """
     try:
         return credentials_for(connection).url
     except Exception:  # noqa: BLE001 - the failure being reported may be exactly this one

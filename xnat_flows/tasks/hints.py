@@ -94,7 +94,8 @@ BY_CLASS: dict[type[XnatError], str] = {
 
 def operator_hint(exc: XnatError) -> str:
     """The hint for a flow run's operator: by the error's reason, else by its class when the hint
-    is the class's own, else the hint the error carries."""
+    is the class's own, else the hint the error carries.
+    """
     return reworded(exc, BY_REASON, BY_CLASS)
 
 
@@ -132,7 +133,8 @@ _filter_lock = threading.Lock()
 
 def say_failures_once() -> None:
     """Install ``_SayFailuresOnce`` on Prefect's task-run and flow-run loggers (once per process;
-    called where one of our errors first meets Prefect: a task's boundary, a flow's final state)."""
+    called where one of our errors first meets Prefect: a task's boundary, a flow's final state).
+    """
     with _filter_lock:
         for name in ("prefect.task_runs", "prefect.flow_runs"):
             logger = logging.getLogger(name)
@@ -146,7 +148,8 @@ _R = TypeVar("_R")
 
 def speaks_to_operator(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """A task body whose ``XnatError`` leaves worded for the flow run's operator (``for_operator``):
-    Prefect logs and stores the message as the task's state when the exception leaves the task."""
+    Prefect logs and stores the message as the task's state when the exception leaves the task.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:

@@ -19,7 +19,8 @@ from xnat_flows.client.urls import server_host
 
 class ResultOptions(TypedDict):
     """``@task`` options on caching and results, typed so that ``@task(**options)`` matches
-    Prefect's signature (kept apart from ``RetryOptions`` so that the two combine)."""
+    Prefect's signature (kept apart from ``RetryOptions`` so that the two combine).
+    """
 
     cache_policy: CachePolicy
     persist_result: bool

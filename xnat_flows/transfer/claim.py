@@ -29,7 +29,8 @@ DEFAULT_CLAIM_WAIT_SECONDS = 900.0
 
 def destination_name(server_url: str, project: str, session: str) -> str:
     """The name of one destination: XNAT's session labels are unique within a project, whatever
-    the subject, so two uploads to P/S1/E and P/S2/E claim the same one."""
+    the subject, so two uploads to P/S1/E and P/S2/E claim the same one.
+    """
     host = server_url.split("://", 1)[-1].rstrip("/").replace("/", ":")
     return f"xnat-session:{host}:{project}:{session}"
 
@@ -42,7 +43,8 @@ class DestinationBusyError(ConflictError):
 
 class DestinationClaim:
     """Hold the claim of every ``names`` (sorted, so two uploads never wait on each other in a circle),
-    waiting at most ``wait_seconds`` for another process that holds one."""
+    waiting at most ``wait_seconds`` for another process that holds one.
+    """
 
     def __init__(
         self,

@@ -123,7 +123,8 @@ def parse_scan_selection(value: str | Sequence[str] | None) -> list[str] | None:
 def choose_scans(scans: Iterable[ArchivedScan], wanted: str | Sequence[str] | None) -> list[ArchivedScan]:
     """The scans named by ID or by type (as XNAT's ``scans/{list}`` does); every one for ``ALL``.
 
-    A name that matches no scan is an ``InputError`` listing what the session has."""
+    A name that matches no scan is an ``InputError`` listing what the session has.
+    """
     scans = list(scans)
     names = parse_scan_selection(wanted)
     if names is None:
@@ -296,8 +297,11 @@ def _md5() -> hashlib._Hash:
 
 
 def file_matches(target: Path, planned: PlannedFile) -> bool | None:
-    """Is ``target`` the catalog's file? True/False; None when only its size could be compared
-    (XNAT lists no digest) and it matched."""
+    """Is ``target`` the catalog's file?
+
+    True/False; None when only its size could be compared
+    (XNAT lists no digest) and it matched.
+    """
     try:
         if target.stat().st_size != planned.size:
             return False
@@ -314,7 +318,8 @@ def file_matches(target: Path, planned: PlannedFile) -> bool | None:
 
 def _part_name(target: Path) -> Path:
     """The temporary name a file is written under: hidden, next to its place, the same on every run
-    (a file left by a killed run is simply overwritten by the next)."""
+    (a file left by a killed run is simply overwritten by the next).
+    """
     return target.with_name(f".{target.name}.part")
 
 
@@ -325,8 +330,11 @@ def _disk_full(exc: OSError, where: Path) -> LocalDiskFullError | None:
 
 
 def _write_verified(chunks: Iterable[bytes], target: Path, planned: PlannedFile) -> bool:
-    """Write ``chunks`` under the part name, check size and digest, rename into place. Returns
-    whether a digest was compared. The part file is removed whatever happens."""
+    """Write ``chunks`` under the part name, check size and digest, rename into place.
+
+    Returns
+    whether a digest was compared. The part file is removed whatever happens.
+    """
     part = _part_name(target)
     digest = _md5()
     size = 0
@@ -400,7 +408,8 @@ def _fetch_zip(
     """One scan resource as XNAT's zip, unpacked as it arrives (stream-unzip: no copy of the zip on
     disk or in memory), each member written and checked as a single file is. Fills ``done``
     (local path -> fetched, digest compared) and ``failed`` (local path -> why); files already in
-    place are not asked for, and nothing is when every file is."""
+    place are not asked for, and nothing is when every file is.
+    """
     from stream_unzip import stream_unzip
 
     failed.clear()
@@ -450,7 +459,8 @@ def _member_name(raw: bytes) -> str:
 
 def check_free_space(plan: DownloadPlan) -> None:
     """Refuse to start when the destination cannot hold what is still missing (by size: files in
-    place with the catalog's size are counted as present)."""
+    place with the catalog's size are counted as present).
+    """
     root = Path(plan.root)
     needed = 0
     for planned in plan.files:
@@ -483,7 +493,8 @@ def download_plan(
 
     Raises ``LocalDiskFullError`` when the disk fills (part files removed, complete files kept),
     ``CancelledError`` on Ctrl-C (after the workers stopped and removed their part files). Files
-    that failed otherwise are listed in the result (``ok`` is False)."""
+    that failed otherwise are listed in the result (``ok`` is False).
+    """
     started = time.monotonic()
     root = Path(plan.root)
     try:
@@ -595,7 +606,8 @@ def download_session(
     on_plan: Callable[[DownloadPlan], None] | None = None,
 ) -> DownloadResult:
     """Download a session (an accession ID, ``P/S/E``, ``P/E`` or an ``ArchivedSession``) into
-    ``dest/{label}``: ``plan_download`` then ``download_plan``."""
+    ``dest/{label}``: ``plan_download`` then ``download_plan``.
+    """
     found = resolve_session(client, session) if isinstance(session, str) else session
     plan = plan_download(client, found, dest, scans=scans, resources=resources, layout=layout)
     if on_plan is not None:

@@ -99,7 +99,8 @@ def interruptible_pool(
 ) -> Iterator[InterruptiblePool]:
     """``with interruptible_pool(4, "gradual", on_interrupt=client.cancel) as pool: pool.submit(...)``;
     leaving the block waits for everything submitted and its done callbacks (the module's
-    docstring says what Ctrl-C does)."""
+    docstring says what Ctrl-C does).
+    """
     pool = InterruptiblePool(workers, name)
     try:
         pool.start()

@@ -1,6 +1,7 @@
 """Where an upload goes: ``UploadTarget`` (project, subject, session, Direct-Archive or the
 prearchive, and the import service's overwrite mode), with the import-service parameters of
-both REST handlers and the key the resume journal files its records under."""
+both REST handlers and the key the resume journal files its records under.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ class UploadTarget:
 
     def direct_archive_uri(self, study_uid: str) -> str:
         """The Direct-Archive session XNAT files this study under while receiving it (the URI its
-        import service answers with: ``/xapi/direct-archive/{project}/{StudyInstanceUID}/{label}``)."""
+        import service answers with: ``/xapi/direct-archive/{project}/{StudyInstanceUID}/{label}``).
+        """
         return f"/xapi/direct-archive/{self.project}/{quote(study_uid, safe='')}/{self.session}"
 
     def _destination(self) -> dict[str, str]:
