@@ -45,7 +45,17 @@ _UTF8_FLAG = 0x0800
 
 
 def content_type_for(fmt: ArchiveFormat) -> str:
-    """The Content-Type XNAT needs to recognise the in-body archive format."""
+    """The Content-Type XNAT needs to recognise the in-body archive format.
+
+    Args:
+        fmt: ``tar``, ``tgz`` or ``zip``.
+
+    Returns:
+        The media type.
+
+    Raises:
+        InputError: An unknown format.
+    """
     if fmt == "zip":
         return "application/zip"
     if fmt == "tar":
@@ -58,7 +68,16 @@ def content_type_for(fmt: ArchiveFormat) -> str:
 def iter_archive(
     files: Iterable[DicomFile], fmt: ArchiveFormat, *, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> Iterator[bytes]:
-    """The bytes of a tar, tgz or stored zip holding ``files``, in chunks of about ``chunk_size``."""
+    """The bytes of a tar, tgz or stored zip holding ``files``, in chunks of about ``chunk_size``.
+
+    Args:
+        files: The files, each under its relative path.
+        fmt: ``tar``, ``tgz`` or ``zip``.
+        chunk_size: The chunk size in bytes.
+
+    Yields:
+        The archive's bytes.
+    """
     content_type_for(fmt)  # validates fmt before anything is read
     writer = _zip_pieces(files, chunk_size) if fmt == "zip" else _tar_pieces(files, chunk_size)
     if fmt == "tgz":
@@ -97,10 +116,16 @@ def _gzipped(pieces: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def archive_size(files: Iterable[DicomFile], fmt: ArchiveFormat) -> int | None:
-    """The exact byte length ``iter_archive`` will produce, computed without reading the files;
-    None for ``tgz``, whose length is known only once it is compressed.
+    """The exact byte length ``iter_archive`` will produce, computed without reading the files.
 
     Sent as Content-Length: some proxies in front of XNAT refuse chunked request bodies.
+
+    Args:
+        files: The files.
+        fmt: ``tar``, ``tgz`` or ``zip``.
+
+    Returns:
+        The length, or None for ``tgz``, whose length is known only once it is compressed.
     """
     content_type_for(fmt)
     if fmt == "tgz":

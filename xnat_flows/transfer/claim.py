@@ -28,8 +28,18 @@ DEFAULT_CLAIM_WAIT_SECONDS = 900.0
 
 
 def destination_name(server_url: str, project: str, session: str) -> str:
-    """The name of one destination: XNAT's session labels are unique within a project, whatever
-    the subject, so two uploads to P/S1/E and P/S2/E claim the same one.
+    """The name of one destination.
+
+    XNAT's session labels are unique within a project, whatever the subject, so two uploads to
+    P/S1/E and P/S2/E claim the same one.
+
+    Args:
+        server_url: The server's URL.
+        project: The project's ID.
+        session: The session label.
+
+    Returns:
+        The claim's name.
     """
     host = server_url.split("://", 1)[-1].rstrip("/").replace("/", ":")
     return f"xnat-session:{host}:{project}:{session}"
@@ -42,8 +52,16 @@ class DestinationBusyError(ConflictError):
 
 
 class DestinationClaim:
-    """Hold the claim of every ``names`` (sorted, so two uploads never wait on each other in a circle),
-    waiting at most ``wait_seconds`` for another process that holds one.
+    """Hold the claim of every ``names``, waiting a bounded time for another process that holds one.
+
+    Names are taken in sorted order, so two uploads never wait on each other in a circle.
+
+    Args:
+        names: The destinations' names (``destination_name``).
+        wait_seconds: How long to wait at most for another holder.
+        poll_seconds: The wait between tries.
+        directory: Where the lock files live (the profile's by default).
+        on_wait: Told once who holds a claim this one waits for.
     """
 
     def __init__(

@@ -14,6 +14,13 @@ def partition_by_bytes(files: Sequence[DicomFile], n: int) -> list[list[DicomFil
     Greedy: largest file first into the currently lightest batch, so the slowest batch (which
     decides when the upload ends) is as small as possible. Within a batch the files keep
     their path order, and batch order is deterministic for the same input.
+
+    Args:
+        files: The files to send.
+        n: The number of batches wanted (the workers).
+
+    Returns:
+        The batches.
     """
     if n < 1:
         raise ValueError("n must be at least 1")

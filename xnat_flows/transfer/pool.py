@@ -41,6 +41,7 @@ class InterruptiblePool(Executor):
         self._ended: list[threading.Event] = []
 
     def start(self) -> None:
+        """Start the worker threads."""
         for n in range(self._workers):
             ended = threading.Event()
             threading.Thread(target=self._worker, args=(ended,), name=f"{self._name}-{n}", daemon=True).start()
@@ -49,6 +50,16 @@ class InterruptiblePool(Executor):
             self._ended.append(ended)
 
     def submit(self, fn: Callable[..., _Result], /, *args: Any, **kwargs: Any) -> Future[_Result]:
+        """Queue ``fn(*args, **kwargs)`` for a worker, as ``Executor.submit``.
+
+        Args:
+            fn: The callable to run.
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            The future of its result.
+        """
         future: Future[_Result] = Future()
         with self._lock:  # tracked before it is queued: an interrupt cannot lose it
             self._unfinished.add(future)
@@ -76,7 +87,13 @@ class InterruptiblePool(Executor):
             ended.set()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None) -> None:
-        """As ``Executor.shutdown``; ``wait`` waits on the workers' end events (at most ``timeout``)."""
+        """As ``Executor.shutdown``; ``wait`` waits on the workers' end events (at most ``timeout``).
+
+        Args:
+            wait: Wait until every worker has ended.
+            cancel_futures: Drop what is queued and not yet running.
+            timeout: The longest wait, in seconds (None: no bound).
+        """
         if cancel_futures:
             with self._lock:
                 unfinished = list(self._unfinished)
@@ -97,9 +114,19 @@ class InterruptiblePool(Executor):
 def interruptible_pool(
     workers: int, name: str, *, on_interrupt: Callable[[], None], stop_timeout: float = 60.0
 ) -> Iterator[InterruptiblePool]:
-    """``with interruptible_pool(4, "gradual", on_interrupt=client.cancel) as pool: pool.submit(...)``;
-    leaving the block waits for everything submitted and its done callbacks (the module's
-    docstring says what Ctrl-C does).
+    """A pool whose block waits for everything submitted and its done callbacks.
+
+    ``with interruptible_pool(4, "gradual", on_interrupt=client.cancel) as pool: pool.submit(...)``;
+    the module's docstring says what Ctrl-C does.
+
+    Args:
+        workers: Worker threads.
+        name: The threads' name prefix.
+        on_interrupt: Called on Ctrl-C (or another BaseException) before queued work is dropped.
+        stop_timeout: How long to wait for the work in flight after an interrupt.
+
+    Yields:
+        The started pool.
     """
     pool = InterruptiblePool(workers, name)
     try:

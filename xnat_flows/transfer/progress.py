@@ -1,5 +1,7 @@
-"""The progress snapshot the REST uploads report (DICOM-zip batches, gradual instances), and
-the CLI's progress bar shows for every transfer (it builds one from C-STORE's instance counts,
+"""The progress snapshot of an upload.
+
+The REST uploads report it (DICOM-zip batches, gradual instances), and the CLI's progress bar
+shows it for every transfer (it builds one from C-STORE's instance counts,
 ``dicom_results.InstanceCountCallback``).
 
 Its own module so that the C-STORE path and the CLI can use it without importing the HTTP

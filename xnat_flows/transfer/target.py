@@ -1,6 +1,8 @@
-"""Where an upload goes: ``UploadTarget`` (project, subject, session, Direct-Archive or the
-prearchive, and the import service's overwrite mode), with the import-service parameters of
-both REST handlers and the key the resume journal files its records under.
+"""Where an upload goes.
+
+``UploadTarget`` (project, subject, session, Direct-Archive or the prearchive, and the import
+service's overwrite mode), with the import-service parameters of both REST handlers and the key
+the resume journal files its records under.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ class UploadTarget:
             raise InputError(f"Invalid overwrite mode {self.overwrite!r}", hint="Use none, append or delete")
 
     def with_session(self, session: str) -> UploadTarget:
+        """The same destination under another session label.
+
+        Args:
+            session: The label.
+
+        Returns:
+            A copy with that label.
+        """
         return dataclasses.replace(self, session=session)
 
     @property
@@ -58,8 +68,16 @@ class UploadTarget:
         return f"{self.project}/{self.subject}/{self.session}/{mode}"
 
     def direct_archive_uri(self, study_uid: str) -> str:
-        """The Direct-Archive session XNAT files this study under while receiving it (the URI its
-        import service answers with: ``/xapi/direct-archive/{project}/{StudyInstanceUID}/{label}``).
+        """The Direct-Archive session XNAT files this study under while receiving it.
+
+        The URI its import service answers with:
+        ``/xapi/direct-archive/{project}/{StudyInstanceUID}/{label}``.
+
+        Args:
+            study_uid: The study's StudyInstanceUID.
+
+        Returns:
+            The URI.
         """
         return f"/xapi/direct-archive/{self.project}/{quote(study_uid, safe='')}/{self.session}"
 
@@ -70,6 +88,11 @@ class UploadTarget:
         return {"dest": f"/prearchive/projects/{self.project}", **anon}
 
     def dicom_zip_params(self) -> dict[str, str]:
+        """The import service's query parameters for a DICOM-zip upload to this destination.
+
+        Returns:
+            The parameters (Direct-Archive or prearchive, overwrite mode, labels).
+        """
         return {
             "import-handler": "DICOM-zip",
             "inbody": "true",
@@ -86,8 +109,14 @@ class UploadTarget:
         }
 
     def gradual_params(self) -> dict[str, str]:
-        # gradual-DICOM reads only the upper-case keys; lower-case project/subject/session
-        # would be ignored and the data routed from the DICOM headers instead.
+        """The import service's query parameters for a gradual-DICOM upload to this destination.
+
+        gradual-DICOM reads only the upper-case keys; lower-case project/subject/session would be
+        ignored and the data routed from the DICOM headers instead.
+
+        Returns:
+            The parameters.
+        """
         return {
             "import-handler": "gradual-DICOM",
             "inbody": "true",
