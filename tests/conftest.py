@@ -29,6 +29,45 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("XNAT_FLOWS_REQUIRE_DCMTK is set but dcmtk (storescp/storescu) is not on PATH")
 
 
+# The modules that take longest (``--durations=0`` of a whole run, summed per module), started first.
+# Under ``--dist loadfile`` a module runs whole on one worker, so a long one started late ends the
+# suite alone while the other workers idle; pytest's addopts keep this order (--no-loadscope-reorder,
+# instead of xdist's "most tests first"). Then the other modules with a slow test, then the rest.
+RUN_FIRST = (
+    "orchestration/test_deployments_e2e.py",
+    "flows/test_upload_flow.py",
+    "cli/test_login_once.py",
+    "orchestration/test_inbox_flow.py",
+    "reliability/test_secrets.py",
+    "reliability/test_load.py",
+    "cli/test_demo_cmd.py",
+    "cli/test_readme.py",
+    "orchestration/test_dask_scale_out.py",
+    "reliability/test_bad_input.py",
+    "reliability/test_faults.py",
+    "flows/test_cstore_flow.py",
+)
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest modules first (``RUN_FIRST``), then modules with a slow test; each module's tests stay
+    together and in order (a stable sort by a per-module key), so module-scoped fixtures are shared as before."""
+    first = {name: rank for rank, name in enumerate(RUN_FIRST)}
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        try:
+            name = item.path.resolve().relative_to(_TESTS).as_posix()
+        except ValueError:  # a test file outside tests/ given on the command line
+            return (2, 0)
+        if name in first:
+            return (0, first[name])
+        return (1, 0) if item.path in slow_modules else (2, 0)
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(autouse=True)
 def isolated_profile(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own xnat-flows profile dir and no XNAT_* variables from the caller's shell."""
