@@ -22,6 +22,12 @@ def credentials_for(connection: XnatConnection) -> Credentials:
 
     Never prompts: a flow run has no terminal. A Block's password goes only to the Block's own
     server: a run (or an event-started run) naming another URL is refused.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+
+    Returns:
+        The credentials.
     """
     if connection.credentials is not None:
         credentials = connection.credentials.to_credentials()
@@ -41,8 +47,15 @@ def credentials_for(connection: XnatConnection) -> Credentials:
 
 
 def server_url_for_report(connection: XnatConnection) -> str:
-    """The server to name in an ``xnat.upload.failed`` event, even when resolving the credentials
-    is what failed (no Block, no credentials on the worker): then the URL given, or "unknown".
+    """The server to name in an ``xnat.upload.failed`` event.
+
+    Also when resolving the credentials is what failed (no Block, no credentials on the worker).
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+
+    Returns:
+        The server's URL, else the URL given, or "unknown".
     """
     try:
         return credentials_for(connection).url
@@ -51,10 +64,26 @@ def server_url_for_report(connection: XnatConnection) -> str:
 
 
 def open_client(connection: XnatConnection, credentials: Credentials | None = None) -> XnatClient:
+    """A new client for ``connection`` (the caller closes it).
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+        credentials: Already resolved credentials, if any.
+
+    Returns:
+        The client.
+    """
     return XnatClient(credentials or credentials_for(connection))
 
 
 @contextmanager
 def shared_client(connection: XnatConnection) -> Iterator[XnatClient]:
-    """The cached client of this connection's credentials (see ``cached_client``)."""
+    """The cached client of this connection's credentials (see ``cached_client``).
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+
+    Yields:
+        The process's client for those credentials (not closed on exit: later tasks reuse it).
+    """
     yield cached_client(credentials_for(connection))

@@ -30,14 +30,29 @@ _RETRYING: RetryOptions = {
 
 
 def xnat_tag(connection: XnatConnection) -> str:
-    """``xnat:<host[:port]>`` — the tag that groups every task talking to one XNAT server."""
+    """``xnat:<host[:port]>`` — the tag that groups every task talking to one XNAT server.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+
+    Returns:
+        The tag.
+    """
     return f"xnat:{server_host(credentials_for(connection).url)}"
 
 
 @task(name="list-prearchive", timeout_seconds=300, **_COMMON, **_RETRYING)
 @speaks_to_operator
 def list_prearchive_task(connection: XnatConnection, project: str | None = None) -> list[lib.PrearchiveSession]:
-    """Prearchive sessions, of one project or all."""
+    """Prearchive sessions, of one project or all.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+        project: The project's ID, or None for every project.
+
+    Returns:
+        The sessions.
+    """
     with open_client(connection) as client:
         return lib.list_sessions(client, project)
 
@@ -55,7 +70,22 @@ def archive_session_task(
     wait_seconds: float = 300.0,
     poll_seconds: float = 5.0,
 ) -> lib.ArchiveOutcome:
-    """Archive one prearchive session, waiting (bounded) while XNAT is still receiving or building it."""
+    """Archive one prearchive session, waiting (bounded) while XNAT is still receiving or building it.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+        project: The project's ID.
+        timestamp: The session's prearchive timestamp folder.
+        folder: The session's folder name.
+        subject: The subject to archive it under (XNAT's choice when None).
+        label: The session label to archive it as (XNAT's choice when None).
+        overwrite: What a CONFLICT needs: ``append`` merges, ``delete`` replaces overlapping files.
+        wait_seconds: How long to wait at most for a transient status to end.
+        poll_seconds: The wait between looks at the status.
+
+    Returns:
+        What was done (``lib.archive_session``).
+    """
     logger = get_run_logger()
     with open_client(connection) as client:
         outcome = lib.archive_session(
@@ -80,6 +110,14 @@ def archive_session_task(
 @task(name="delete-prearchive-session", timeout_seconds=600, **_COMMON, **_RETRYING)
 @speaks_to_operator
 def delete_session_task(connection: XnatConnection, project: str, timestamp: str, folder: str) -> None:
+    """Delete a prearchive session.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+        project: The project's ID.
+        timestamp: The session's prearchive timestamp folder.
+        folder: The session's folder name.
+    """
     with open_client(connection) as client:
         lib.delete_session(client, project, timestamp, folder)
     get_run_logger().info("deleted prearchive session %s", lib.prearchive_src(project, timestamp, folder))
@@ -88,6 +126,18 @@ def delete_session_task(connection: XnatConnection, project: str, timestamp: str
 @task(name="move-prearchive-session", timeout_seconds=600, **_COMMON, **_RETRYING)
 @speaks_to_operator
 def move_session_task(connection: XnatConnection, project: str, timestamp: str, folder: str, new_project: str) -> str:
+    """Move a prearchive session to another project's prearchive.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+        project: The project's ID.
+        timestamp: The session's prearchive timestamp folder.
+        folder: The session's folder name.
+        new_project: The project to move it to.
+
+    Returns:
+        The session's new prearchive URI.
+    """
     with open_client(connection) as client:
         uri = lib.move_session(client, project, timestamp, folder, new_project)
     get_run_logger().info("moved prearchive session to %s", uri)
@@ -104,7 +154,19 @@ def wait_for_archive_task(
     timeout_seconds: float = 600.0,
     poll_seconds: float = 2.0,
 ) -> ArchivedSession:
-    """Wait until ``project``/``label`` is in the archive: chain it after an upload, before attaching resources."""
+    """Wait until ``project``/``label`` is in the archive: chain it after an upload, before attaching resources.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+        project: The project's ID.
+        label: The session's label.
+        subject: The subject's label, if it must match.
+        timeout_seconds: How long to wait at most.
+        poll_seconds: The first wait between looks.
+
+    Returns:
+        The archived session.
+    """
     logger = get_run_logger()
     with open_client(connection) as client:
         found = wait_for_archive(

@@ -26,7 +26,18 @@ from xnat_flows.tasks.policies import retry_unless_permanent
 def upload_resource_task(
     connection: XnatConnection, target: lib.ResourceTarget, label: str, path: str, overwrite: bool = False
 ) -> lib.ResourceUploadResult:
-    """Upload ``path`` (file, or directory zipped on the fly and extracted by XNAT) to resource ``label``."""
+    """Upload ``path`` (file, or directory zipped on the fly and extracted by XNAT) to resource ``label``.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+        target: The session or scan the resource belongs to.
+        label: The resource's label.
+        path: The file or directory to upload.
+        overwrite: Replace files XNAT already has under the same names.
+
+    Returns:
+        What was sent, skipped and already there.
+    """
     logger = get_run_logger()
     with open_client(connection) as client:
         result = lib.upload_resource(client, target, label, path, overwrite=overwrite)
