@@ -93,21 +93,37 @@ BY_CLASS: dict[type[XnatError], str] = {
 
 
 def operator_hint(exc: XnatError) -> str:
-    """The hint for a flow run's operator: by the error's reason, else by its class when the hint
-    is the class's own, else the hint the error carries.
+    """The hint for a flow run's operator.
+
+    By the error's reason, else by its class when the hint is the class's own, else the hint the
+    error carries.
+
+    Args:
+        exc: The error.
+
+    Returns:
+        The hint in the terms of a run's Blocks and parameters.
     """
     return reworded(exc, BY_REASON, BY_CLASS)
 
 
 def for_operator(exc: XnatError) -> XnatError:
-    """``exc`` with its hint in a flow run operator's terms (the same error, for raising on)."""
+    """``exc`` with its hint in a flow run operator's terms (the same error, for raising on).
+
+    Args:
+        exc: The error.
+
+    Returns:
+        ``exc``, its hint replaced.
+    """
     exc.hint = operator_hint(exc)
     return exc
 
 
 class _SayFailuresOnce(logging.Filter):
-    """Prefect's lines that repeat or bury the failure of one of our errors, which the task's and
-    the run's final state already say in one line each:
+    """Prefect's lines that repeat or bury the failure of one of our errors.
+
+    The task's and the run's final state already say it in one line each:
 
     * the final "Finished in state Failed(...)" of a flow run is raised to ERROR (Prefect logs it
       at INFO: a log view filtered to errors showed nothing of a failed run);
@@ -132,8 +148,10 @@ _filter_lock = threading.Lock()
 
 
 def say_failures_once() -> None:
-    """Install ``_SayFailuresOnce`` on Prefect's task-run and flow-run loggers (once per process;
-    called where one of our errors first meets Prefect: a task's boundary, a flow's final state).
+    """Install ``_SayFailuresOnce`` on Prefect's task-run and flow-run loggers.
+
+    Once per process; called where one of our errors first meets Prefect: a task's boundary, a
+    flow's final state.
     """
     with _filter_lock:
         for name in ("prefect.task_runs", "prefect.flow_runs"):
@@ -147,8 +165,15 @@ _R = TypeVar("_R")
 
 
 def speaks_to_operator(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """A task body whose ``XnatError`` leaves worded for the flow run's operator (``for_operator``):
+    """A task body whose ``XnatError`` leaves worded for the flow run's operator (``for_operator``).
+
     Prefect logs and stores the message as the task's state when the exception leaves the task.
+
+    Args:
+        fn: The task's function.
+
+    Returns:
+        The wrapped function.
     """
 
     @functools.wraps(fn)
