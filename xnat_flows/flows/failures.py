@@ -32,8 +32,7 @@ def failed_run(exc: BaseException) -> Any:
     parameters), and what to do, in the operator's terms.
 
     Typed ``Any`` so that a flow keeps its result type: whoever calls the flow gets the result or,
-    from this state, ``exc`` raised (only ``return_state=True`` callers see the state itself).
-    """
+    from this state, ``exc`` raised (only ``return_state=True`` callers see the state itself)."""
     say_failures_once()
     if not isinstance(exc, XnatError):
         return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
@@ -52,8 +51,7 @@ def failed_run(exc: BaseException) -> Any:
 
 def _against(exc: XnatError) -> str:
     """The server (and Block) the run worked against, from its parameters: the DICOM receiver for a
-    C-STORE error, else the XNAT of its connection.
-    """
+    C-STORE error, else the XNAT of its connection."""
     context = FlowRunContext.get()
     parameters: dict[str, Any] = dict(context.parameters or {}) if context is not None else {}
     try:

@@ -42,8 +42,7 @@ def anon_check(
     artifact_key: str | None = "anon-check",
 ) -> AnonCheckSummary:
     """Check ``script`` (DicomEdit 6 text) or ``profile`` (``basic`` + ``options``) against
-    ``folder``. A script that cannot run raises ``ScriptError`` (line and column) at once.
-    """
+    ``folder``. A script that cannot run raises ``ScriptError`` (line and column) at once."""
     from xnat_flows.anon import anonymizer_for
     from xnat_flows.anon.check import check_folder
 

@@ -1,7 +1,6 @@
 """Prefect tasks of de-identification on upload: build the anonymizer a request asks for (XNAT's
 own scripts fetched with the run's credentials), and rewrite the planned sessions' file lists
-(``transfer.deidentify``; the bytes are rewritten later, as each file is sent).
-"""
+(``transfer.deidentify``; the bytes are rewritten later, as each file is sent)."""
 
 from __future__ import annotations
 
@@ -25,8 +24,7 @@ def prepare_anonymizer(
     connection: XnatConnection, deidentify: Deidentification, project: str | None
 ) -> Anonymizer | None:
     """Compile what ``deidentify`` asks for (a script error fails here, before anything is sent);
-    None when it asks for nothing.
-    """
+    None when it asks for nothing."""
     server_scripts: list[tuple[str, str]] = []
     if deidentify.from_server:
         from xnat_flows.client.anon_scripts import scripts_to_apply
@@ -43,8 +41,7 @@ def deidentify_sessions(
     plans: list[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
 ) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
     """Apply the anonymizer to every planned file in memory: the files as they will be sent, and
-    those it cannot be applied to (listed, never sent).
-    """
+    those it cannot be applied to (listed, never sent)."""
     return deidentify_plan(plans, anonymizer)
 
 
@@ -53,6 +50,5 @@ def deidentify_instances(
     files: list[DicomFile], anonymizer: Anonymizer, routing: RoutingOverride | None
 ) -> tuple[list[DicomFile], list[InstanceOutcome]]:
     """C-STORE: the files as they will be sent (with the routing's labels as the script's
-    variables), and a failed outcome for each the script cannot be applied to.
-    """
+    variables), and a failed outcome for each the script cannot be applied to."""
     return deidentify_for_send(files, anonymizer, routing_variables(routing))

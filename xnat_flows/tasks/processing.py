@@ -87,8 +87,7 @@ def processing_slot(connection: XnatConnection) -> Iterator[None]:
 @speaks_to_operator
 def read_session_scans(connection: XnatConnection, session: str, subject: str | None = None) -> SessionScans:
     """The session (accession ID, P/E or P/S/E) with each scan's type, series description, frames
-    and resources (label -> file count).
-    """
+    and resources (label -> file count)."""
     with open_client(connection) as client:
         found = resolve_session(client, session)
         if not subject and found.subject_id:
@@ -125,8 +124,7 @@ def choose_scans(
     session: SessionScans, scans: str | Sequence[str] | None = None, *, resource: str | None = "DICOM"
 ) -> tuple[list[ScanInfo], list[ScanInfo]]:
     """(chosen, without the resource): the scans named by ID or type (``None``/``ALL``: every one)
-    that hold files in ``resource``, and those named that do not. An unknown name is an ``InputError``.
-    """
+    that hold files in ``resource``, and those named that do not. An unknown name is an ``InputError``."""
     from xnat_flows.client.archive import ArchivedScan
 
     named = {s.id for s in dl.choose_scans([ArchivedScan(id=s.id, type=s.type) for s in session.scans], scans)}
@@ -148,8 +146,7 @@ def download_scan_task(
     workers: int = 4,
 ) -> dl.DownloadResult:
     """Download one scan's resources (default: DICOM) into ``dest/{session label}``, verified against
-    XNAT's catalog; a retry fetches only what is missing.
-    """
+    XNAT's catalog; a retry fetches only what is missing."""
     return _download(connection, experiment_id, dest, scan, resources, layout, workers)
 
 
@@ -200,8 +197,7 @@ def _download(
 @task(name="run-tool", **_COMMON)
 def run_tool_task(args: list[str], cwd: str, timeout_seconds: float = 3600.0) -> ToolRun:
     """Run a command-line tool in ``cwd`` (e.g. a scratch directory); Failed with the end of its
-    output when it exits non-zero or runs past ``timeout_seconds``.
-    """
+    output when it exits non-zero or runs past ``timeout_seconds``."""
     run = run_tool(args, cwd, timeout=timeout_seconds)
     get_run_logger().info("%s finished in %.1f s", Path(args[0]).name, run.seconds)
     return run

@@ -88,16 +88,14 @@ def chain(anonymizers: Iterable[Anonymizer | None]) -> Anonymizer | None:
 
 def xnat_variables(target: UploadTarget) -> dict[str, str]:
     """The variables XNAT passes a site or project script when it imports a file for ``target``
-    (xnat-web ``MizerService.anonymize(file, project, subject, session label, ...)``).
-    """
+    (xnat-web ``MizerService.anonymize(file, project, subject, session label, ...)``)."""
     return {"project": target.project, "subject": target.subject, "session": target.session}
 
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
     """How a sent file's bytes are made: the original's (``original_size`` bytes on disk),
-    rewritten by ``anonymizer`` with ``variables``.
-    """
+    rewritten by ``anonymizer`` with ``variables``."""
 
     anonymizer: Anonymizer
     variables: tuple[tuple[str, str], ...]
@@ -109,8 +107,7 @@ class Rewrite:
     @property
     def digest(self) -> str:
         """Rules and variables: part of the resume journal's record of a sent file, so a re-run
-        with another script (or another subject label) sends again rather than skipping.
-        """
+        with another script (or another subject label) sends again rather than skipping."""
         text = self.anonymizer.digest + "".join(f"\0{k}={v}" for k, v in self.variables)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -122,8 +119,7 @@ class Rewrite:
 
 def shared_tail(original: bytes, rewritten: bytes) -> int:
     """The length of a tail ``rewritten`` shares with ``original`` (a multiple of 256 bytes, at most the
-    longest): what the engine copied verbatim, the pixel data above all.
-    """
+    longest): what the engine copied verbatim, the pixel data above all."""
     shared = 0
     limit = min(len(original), len(rewritten))
     a_end, b_end = len(original), len(rewritten)
@@ -205,8 +201,7 @@ def deidentify_files(
     sent: one ``DicomFile`` per rewritten instance, whose bytes ``read_exactly`` makes again while
     sending (from the rewritten headers kept, up to ``head_cache_bytes``; then by the script again).
     Files the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs
-    or share its SOP Instance UID with another, are refused with the reason.
-    """
+    or share its SOP Instance UID with another, are refused with the reason."""
     import dataclasses
 
     from xnat_flows.transfer.scan import read_exactly
@@ -268,12 +263,9 @@ def deidentify_files(
 def deidentify_plan(
     plan: Sequence[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
 ) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
-    """``deidentify_files`` for each planned session, with that session's XNAT variables.
-
-    A study
+    """``deidentify_files`` for each planned session, with that session's XNAT variables. A study
     the script splits into several StudyInstanceUIDs stops the upload (one session, one study);
-    a session left with no file to send is dropped (its files are in the refused list).
-    """
+    a session left with no file to send is dropped (its files are in the refused list)."""
     planned: list[tuple[UploadTarget, list[DicomFile]]] = []
     refused: list[SkippedFile] = []
     for target, files in plan:
@@ -297,8 +289,7 @@ def deidentify_plan(
 def _compiled(script: str | None = None, source: str = "<script>", profile: str | None = None) -> Anonymizer:
     """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as
     ``InputError``: a script error names file, line and column, so nothing is sent with a broken
-    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``).
-    """
+    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``)."""
     from xnat_flows.anon import ScriptError, anonymizer_for
 
     try:
@@ -326,8 +317,7 @@ def build_anonymizer(
     """The de-identification an upload applies, in order: XNAT's own scripts (``(name, text)``:
     the site's, then the project's), the user's script (``(source, text)``), then the Basic
     Profile (``basic[,option...]``); None when none is asked for. Every script is compiled here,
-    before anything is read or sent.
-    """
+    before anything is read or sent."""
     steps = [_compiled(text, name) for name, text in server_scripts]
     if script is not None:
         steps.append(_compiled(script[1], script[0]))

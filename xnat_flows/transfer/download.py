@@ -95,6 +95,8 @@ class ScanChoice(BaseModel):
 
 
 class DownloadPlan(BaseModel):
+    """What to download of one session: the scans chosen, each file of the catalog and where it goes."""
+
     experiment_id: str
     label: str
     project: str
@@ -106,11 +108,19 @@ class DownloadPlan(BaseModel):
 
     @property
     def total_bytes(self) -> int:
+        """The size of every planned file, in bytes."""
         return sum(f.size for f in self.files)
 
 
 def parse_scan_selection(value: str | Sequence[str] | None) -> list[str] | None:
-    """``None``/``ALL`` -> every scan; ``"1,2"``/``"T1w"``/``["1", "T1w"]`` -> those IDs or types."""
+    """A scan selection as users give it.
+
+    Args:
+        value: ``None``/``ALL``; ``"1,2"``, ``"T1w"`` or ``["1", "T1w"]``.
+
+    Returns:
+        The IDs or types named, or None for every scan.
+    """
     if value is None:
         return None
     items = [value] if isinstance(value, str) else list(value)
@@ -123,7 +133,15 @@ def parse_scan_selection(value: str | Sequence[str] | None) -> list[str] | None:
 def choose_scans(scans: Iterable[ArchivedScan], wanted: str | Sequence[str] | None) -> list[ArchivedScan]:
     """The scans named by ID or by type (as XNAT's ``scans/{list}`` does); every one for ``ALL``.
 
-    A name that matches no scan is an ``InputError`` listing what the session has.
+    Args:
+        scans: The session's scans.
+        wanted: The selection (``parse_scan_selection``).
+
+    Returns:
+        The chosen scans, in the session's order.
+
+    Raises:
+        InputError: A name matches no scan (the message lists what the session has).
     """
     scans = list(scans)
     names = parse_scan_selection(wanted)
@@ -149,7 +167,17 @@ def _safe_relative(path: str) -> PurePosixPath:
 
 
 def local_path(layout: Layout, scan: str, resource: str, path: str) -> str:
-    """Where a scan resource's file goes below the session's folder."""
+    """Where a scan resource's file goes below the session's folder.
+
+    Args:
+        layout: ``xnat`` (scans/ID/resources/LABEL/files/...) or ``flat`` (ID/...).
+        scan: The scan's ID.
+        resource: The resource's label.
+        path: The file's path inside the resource.
+
+    Returns:
+        The relative path (no part may leave the session's folder).
+    """
     inner = _safe_relative(path)
     scan_dir = _safe_relative(scan).as_posix()
     if layout == "flat":
@@ -158,6 +186,15 @@ def local_path(layout: Layout, scan: str, resource: str, path: str) -> str:
 
 
 def scan_url(experiment_id: str, scan: str) -> str:
+    """The REST path of scan ``scan`` of session ``experiment_id``.
+
+    Args:
+        experiment_id: The session's accession ID.
+        scan: The scan's ID.
+
+    Returns:
+        The path, each part quoted.
+    """
     return f"/data/experiments/{quote(experiment_id, safe='')}/scans/{quote(scan, safe='')}"
 
 
@@ -170,7 +207,19 @@ def plan_download(
     resources: Sequence[str] | None = None,
     layout: Layout = "xnat",
 ) -> DownloadPlan:
-    """What to download of ``session`` (scans chosen by ID/type, resources by label; None: all)."""
+    """What to download of ``session``: the scans chosen, each file of XNAT's catalog and its place.
+
+    Args:
+        client: A client on the server.
+        session: The archived session.
+        dest: The folder the session's folder goes under.
+        scans: Scans by ID or type (``ALL`` or None: every one).
+        resources: Resource labels to fetch (None: every one).
+        layout: ``xnat`` (scans/ID/resources/LABEL/files/...) or ``flat`` (ID/...).
+
+    Returns:
+        The plan.
+    """
     chosen = choose_scans(session.scans, scans)
     wanted = {r.strip() for r in resources or () if r.strip()} or None
     plan = DownloadPlan(
@@ -228,6 +277,8 @@ def _planned(
 
 
 class FailedFile(BaseModel):
+    """A file that could not be fetched or checked, and why."""
+
     local: str
     error: str
 
@@ -253,6 +304,7 @@ class DownloadResult(BaseModel):
 
     @property
     def ok(self) -> bool:
+        """Every file of the plan is in place and verified."""
         return not self.failed and self.downloaded + self.already_present == self.files
 
 
@@ -299,8 +351,12 @@ def _md5() -> hashlib._Hash:
 def file_matches(target: Path, planned: PlannedFile) -> bool | None:
     """Is ``target`` the catalog's file?
 
-    True/False; None when only its size could be compared
-    (XNAT lists no digest) and it matched.
+    Args:
+        target: The local file.
+        planned: The catalog's entry (size and MD5, when XNAT lists one).
+
+    Returns:
+        True/False; None when only its size could be compared (XNAT lists no digest) and it matched.
     """
     try:
         if target.stat().st_size != planned.size:
@@ -317,8 +373,13 @@ def file_matches(target: Path, planned: PlannedFile) -> bool | None:
 
 
 def _part_name(target: Path) -> Path:
-    """The temporary name a file is written under: hidden, next to its place, the same on every run
-    (a file left by a killed run is simply overwritten by the next).
+    """The temporary name a file is written under.
+
+    Hidden, next to its place, the same on every run (a file left by a killed run is simply
+    overwritten by the next).
+
+    Returns:
+        The part file's path.
     """
     return target.with_name(f".{target.name}.part")
 
@@ -332,8 +393,10 @@ def _disk_full(exc: OSError, where: Path) -> LocalDiskFullError | None:
 def _write_verified(chunks: Iterable[bytes], target: Path, planned: PlannedFile) -> bool:
     """Write ``chunks`` under the part name, check size and digest, rename into place.
 
-    Returns
-    whether a digest was compared. The part file is removed whatever happens.
+    The part file is removed whatever happens.
+
+    Returns:
+        Whether a digest was compared.
     """
     part = _part_name(target)
     digest = _md5()
@@ -405,8 +468,10 @@ def _fetch_zip(
     done: dict[str, tuple[bool, bool]],
     failed: dict[str, str],
 ) -> None:
-    """One scan resource as XNAT's zip, unpacked as it arrives (stream-unzip: no copy of the zip on
-    disk or in memory), each member written and checked as a single file is. Fills ``done``
+    """One scan resource as XNAT's zip, unpacked as it arrives.
+
+    Stream-unzip: no copy of the zip on disk or in memory; each member is written and checked as a
+    single file is. Fills ``done``
     (local path -> fetched, digest compared) and ``failed`` (local path -> why); files already in
     place are not asked for, and nothing is when every file is.
     """
@@ -458,8 +523,15 @@ def _member_name(raw: bytes) -> str:
 
 
 def check_free_space(plan: DownloadPlan) -> None:
-    """Refuse to start when the destination cannot hold what is still missing (by size: files in
-    place with the catalog's size are counted as present).
+    """Refuse to start when the destination cannot hold what is still missing.
+
+    By size: files in place with the catalog's size are counted as present.
+
+    Args:
+        plan: The download's plan.
+
+    Raises:
+        LocalDiskFullError: The destination's free space is smaller than what is missing.
     """
     root = Path(plan.root)
     needed = 0
@@ -491,9 +563,21 @@ def download_plan(
 ) -> DownloadResult:
     """Fetch what ``plan`` lists that is not already in place; verify everything.
 
-    Raises ``LocalDiskFullError`` when the disk fills (part files removed, complete files kept),
-    ``CancelledError`` on Ctrl-C (after the workers stopped and removed their part files). Files
-    that failed otherwise are listed in the result (``ok`` is False).
+    Files that failed otherwise are listed in the result (``ok`` is False).
+
+    Args:
+        client: A client on the server.
+        plan: What to fetch (``plan_download``).
+        workers: Parallel downloads.
+        via: ``files`` (one request per file) or ``zip`` (one zip per scan resource, unpacked as it arrives).
+        progress: Told of the bytes and files done.
+
+    Returns:
+        What was found, fetched and checked.
+
+    Raises:
+        LocalDiskFullError: The disk filled (part files removed, complete files kept).
+        CancelledError: Ctrl-C (after the workers stopped and removed their part files).
     """
     started = time.monotonic()
     root = Path(plan.root)
@@ -605,8 +689,22 @@ def download_session(
     progress: ProgressCallback | None = None,
     on_plan: Callable[[DownloadPlan], None] | None = None,
 ) -> DownloadResult:
-    """Download a session (an accession ID, ``P/S/E``, ``P/E`` or an ``ArchivedSession``) into
-    ``dest/{label}``: ``plan_download`` then ``download_plan``.
+    """Download a session into ``dest/{label}``: ``plan_download`` then ``download_plan``.
+
+    Args:
+        client: A client on the server.
+        session: An accession ID, ``P/S/E``, ``P/E`` or an ``ArchivedSession``.
+        dest: The folder the session's folder goes under.
+        scans: Scans by ID or type (``ALL`` or None: every one).
+        resources: Resource labels to fetch (None: every one).
+        layout: ``xnat`` (scans/ID/resources/LABEL/files/...) or ``flat`` (ID/...).
+        workers: Parallel downloads.
+        via: ``files`` (one request per file) or ``zip`` (one zip per scan resource, unpacked as it arrives).
+        progress: Told of the bytes and files done.
+        on_plan: Told the plan before anything is fetched.
+
+    Returns:
+        What was found, fetched and checked.
     """
     found = resolve_session(client, session) if isinstance(session, str) else session
     plan = plan_download(client, found, dest, scans=scans, resources=resources, layout=layout)

@@ -24,8 +24,7 @@ from xnat_flows.transfer.scan import DicomFile
 def content_digest(files: Iterable[DicomFile]) -> str:
     """What was sent: each file's name, size, modification time and SOP Instance UID, and for a
     de-identified file the script and variables that rewrote it (``Rewrite.digest``), so a re-run
-    with another script sends again, whatever the sizes and UIDs.
-    """
+    with another script sends again, whatever the sizes and UIDs."""
     digest = hashlib.sha256()
     for f in files:
         rules = f"\0{f.rewrite.digest}" if f.rewrite is not None else ""
@@ -35,8 +34,7 @@ def content_digest(files: Iterable[DicomFile]) -> str:
 
 def resume_key(server_url: str, destination: str) -> str:
     """The journal's name for a destination on one server: the same labels on another XNAT are
-    another destination, and what was delivered to one was not delivered to the other.
-    """
+    another destination, and what was delivered to one was not delivered to the other."""
     return f"{server_url.rstrip('/')}|{destination}"
 
 
@@ -65,8 +63,7 @@ class UploadJournal:
 
     def in_flight(self, destination: str) -> set[str]:
         """Digests that went out to ``destination`` without an answer (``InstanceLog.sending`` with
-        neither ``stored`` nor ``refused`` after it): the receiver may or may not hold them.
-        """
+        neither ``stored`` nor ``refused`` after it): the receiver may or may not hold them."""
         try:
             lines = self._path(destination).read_text(encoding="ascii").splitlines()
         except (OSError, UnicodeDecodeError):
