@@ -1,6 +1,8 @@
-"""Prefect building blocks for processing pipelines: read a session's scans and choose some,
-download a scan or a whole session, run a tool in a scratch directory, convert DICOM to NIfTI.
-Attaching results is ``tasks.resources.upload_resource_task``.
+"""Prefect building blocks for processing pipelines.
+
+Read a session's scans and choose some, download a scan or a whole session, run a tool in a
+scratch directory, convert DICOM to NIfTI. Attaching results is
+``tasks.resources.upload_resource_task``.
 
 Each task opens its own client from an ``XnatConnection`` (no secret in its inputs) and retries
 only failures a later attempt can fix. Steps that load the server or the worker hold a slot of
@@ -64,11 +66,20 @@ class ScanInfo(BaseModel):
     )
 
     def has_files(self, resource: str) -> bool:
-        """Whether the scan has ``resource`` with files (a resource whose count XNAT left empty counts)."""
+        """Whether the scan has ``resource`` with files (a resource whose count XNAT left empty counts).
+
+        Args:
+            resource: The resource's label.
+
+        Returns:
+            True when it has files, or XNAT did not say how many.
+        """
         return resource in self.resources and self.resources[resource] != 0
 
 
 class SessionScans(BaseModel):
+    """A session and each of its scans (``read_session_scans``)."""
+
     project: str
     subject: str = Field(default="", description="Subject label")
     experiment_id: str
@@ -78,7 +89,14 @@ class SessionScans(BaseModel):
 
 @contextmanager
 def processing_slot(connection: XnatConnection) -> Iterator[None]:
-    """Hold one slot of ``xnat-processing:<host:port>`` while a step runs, when the site created that limit."""
+    """Hold one slot of ``xnat-processing:<host:port>`` while a step runs, when the site created that limit.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+
+    Yields:
+        Nothing: the slot is held until the block ends.
+    """
     with upload_slot(existing_processing_limit(credentials_for(connection).url)):
         yield
 
@@ -86,8 +104,16 @@ def processing_slot(connection: XnatConnection) -> Iterator[None]:
 @task(name="read-session-scans", timeout_seconds=300, **_COMMON, **_RETRYING)
 @speaks_to_operator
 def read_session_scans(connection: XnatConnection, session: str, subject: str | None = None) -> SessionScans:
-    """The session (accession ID, P/E or P/S/E) with each scan's type, series description, frames
-    and resources (label -> file count)."""
+    """The session with each scan's type, series description, frames and resources.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+        session: An accession ID, ``P/E`` or ``P/S/E``.
+        subject: The subject's label, when known (else read from XNAT).
+
+    Returns:
+        The session and its scans (resource label -> file count).
+    """
     with open_client(connection) as client:
         found = resolve_session(client, session)
         if not subject and found.subject_id:
@@ -123,8 +149,19 @@ def read_session_scans(connection: XnatConnection, session: str, subject: str | 
 def choose_scans(
     session: SessionScans, scans: str | Sequence[str] | None = None, *, resource: str | None = "DICOM"
 ) -> tuple[list[ScanInfo], list[ScanInfo]]:
-    """(chosen, without the resource): the scans named by ID or type (``None``/``ALL``: every one)
-    that hold files in ``resource``, and those named that do not. An unknown name is an ``InputError``."""
+    """The scans named by ID or type that hold files in ``resource``, and those named that do not.
+
+    Args:
+        session: The session's scans (``read_session_scans``).
+        scans: Scan IDs or types (``None``/``ALL``: every one).
+        resource: The resource a chosen scan must hold files in (None: no condition).
+
+    Returns:
+        (chosen, without the resource).
+
+    Raises:
+        InputError: A name matches no scan.
+    """
     from xnat_flows.client.archive import ArchivedScan
 
     named = {s.id for s in dl.choose_scans([ArchivedScan(id=s.id, type=s.type) for s in session.scans], scans)}
@@ -145,8 +182,22 @@ def download_scan_task(
     layout: dl.Layout = "flat",
     workers: int = 4,
 ) -> dl.DownloadResult:
-    """Download one scan's resources (default: DICOM) into ``dest/{session label}``, verified against
-    XNAT's catalog; a retry fetches only what is missing."""
+    """Download one scan's resources into ``dest/{session label}``, verified against XNAT's catalog.
+
+    A retry fetches only what is missing.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+        experiment_id: The session's accession ID.
+        scan: The scan's ID.
+        dest: The folder the session's folder goes under.
+        resources: Resource labels to fetch (default: DICOM; None: every one).
+        layout: ``flat`` (ID/...) or ``xnat`` (scans/ID/resources/LABEL/files/...).
+        workers: Parallel downloads.
+
+    Returns:
+        What was found, fetched and checked.
+    """
     return _download(connection, experiment_id, dest, scan, resources, layout, workers)
 
 
@@ -161,7 +212,20 @@ def download_session_task(
     layout: dl.Layout = "xnat",
     workers: int = 4,
 ) -> dl.DownloadResult:
-    """Download a session's scans (IDs or types; None: all) and resources (None: all) into ``dest``."""
+    """Download a session's scans and resources into ``dest``, verified against XNAT's catalog.
+
+    Args:
+        connection: The XNAT server and how to log in (a Block, or fields).
+        session: An accession ID, ``P/E`` or ``P/S/E``.
+        dest: The folder the session's folder goes under.
+        scans: Scan IDs or types (None: every one).
+        resources: Resource labels (None: every one).
+        layout: ``xnat`` (scans/ID/resources/LABEL/files/...) or ``flat`` (ID/...).
+        workers: Parallel downloads.
+
+    Returns:
+        What was found, fetched and checked.
+    """
     return _download(connection, session, dest, scans, resources, layout, workers)
 
 
@@ -196,8 +260,19 @@ def _download(
 
 @task(name="run-tool", **_COMMON)
 def run_tool_task(args: list[str], cwd: str, timeout_seconds: float = 3600.0) -> ToolRun:
-    """Run a command-line tool in ``cwd`` (e.g. a scratch directory); Failed with the end of its
-    output when it exits non-zero or runs past ``timeout_seconds``."""
+    """Run a command-line tool in ``cwd`` (e.g. a scratch directory).
+
+    The task fails with the end of the tool's output when it exits non-zero or runs past
+    ``timeout_seconds``.
+
+    Args:
+        args: The command and its arguments.
+        cwd: The working directory.
+        timeout_seconds: How long it may run.
+
+    Returns:
+        The run: its arguments, exit code, output (the end of it when long) and duration.
+    """
     run = run_tool(args, cwd, timeout=timeout_seconds)
     get_run_logger().info("%s finished in %.1f s", Path(args[0]).name, run.seconds)
     return run
@@ -207,7 +282,18 @@ def run_tool_task(args: list[str], cwd: str, timeout_seconds: float = 3600.0) ->
 def convert_scan_task(
     dicom_dir: str, out_dir: str, stem: str, suffix: str, timeout_seconds: float = 3600.0
 ) -> nifti.ConvertedScan:
-    """dcm2niix on one scan's DICOM folder; outputs named ``{stem}_{suffix}`` (.nii.gz, .json, ...)."""
+    """dcm2niix on one scan's DICOM folder; outputs named ``{stem}_{suffix}`` (.nii.gz, .json, ...).
+
+    Args:
+        dicom_dir: The scan's DICOM files.
+        out_dir: Where the outputs go.
+        stem: The outputs' name stem (BIDS-style entities).
+        suffix: The BIDS suffix, e.g. ``T1w``.
+        timeout_seconds: How long dcm2niix may run.
+
+    Returns:
+        The files written.
+    """
     converted = nifti.convert_series(Path(dicom_dir), Path(out_dir), stem=stem, suffix=suffix, timeout=timeout_seconds)
     get_run_logger().info("dcm2niix wrote %s", ", ".join(converted.files))
     return converted
