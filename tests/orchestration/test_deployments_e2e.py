@@ -297,7 +297,7 @@ def _wait_state(api: PrefectApi, run_id: str, state: str, log: Path, timeout: fl
 def test_unattended_inbox_and_send_dicom_chain_processing_with_a_block_only_worker(
     deployed: dict[str, dict], api: PrefectApi, worker: Path, xnat: XnatEmulator, site_inbox: Path, tmp_path: Path
 ) -> None:
-    """The issue's walk-through: the inbox deployment as deployed (its parameters from the deploy-time
+    """The unattended walk-through: the inbox deployment as deployed (its parameters from the deploy-time
     environment, credentials from the Block), the processing deployment started by the event; then
     XNAT down -> the inbox run Failed, the folder kept, xnat.upload.failed; then send-dicom with
     verify -> xnat.session.archived -> processing."""

@@ -190,7 +190,7 @@ def test_a_file_rewritten_during_the_upload_is_not_stored_torn(
     wait_until(lambda: _archived(xnat, label) == 12, 60, interval=0.05, what="12 archived files")
 
 
-# -- item 6: the C-STORE journal is checked against XNAT ------------------------------------------------
+# -- the C-STORE journal is checked against XNAT ------------------------------------------------
 
 
 def test_a_cstore_rerun_after_the_session_was_deleted_sends_everything_again(
