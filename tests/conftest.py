@@ -28,12 +28,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # cannot silently skip there; elsewhere they skip with a reason when dcmtk is missing.
     if os.environ.get("XNAT_FLOWS_REQUIRE_DCMTK") and not (shutil.which("storescp") and shutil.which("storescu")):
         raise pytest.UsageError("XNAT_FLOWS_REQUIRE_DCMTK is set but dcmtk (storescp/storescu) is not on PATH")
+    # Under -n with --dist loadfile, modules start in the order pytest_collection_modifyitems gives them
+    # (longest first), not in xdist's default "most tests first" (its --no-loadscope-reorder).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 # The modules that take longest (``--durations=0`` of a whole run, summed per module), started first.
 # Under ``--dist loadfile`` a module runs whole on one worker, so a long one started late ends the
-# suite alone while the other workers idle; pytest's addopts keep this order (--no-loadscope-reorder,
-# instead of xdist's "most tests first"). Then the other modules with a slow test, then the rest.
+# suite alone while the other workers idle; pytest_configure turns xdist's own reordering off so this
+# order is kept. Then the other modules with a slow test, then the rest.
 RUN_FIRST = (
     "orchestration/test_deployments_e2e.py",
     "flows/test_upload_flow.py",
