@@ -400,6 +400,27 @@ class Store:
         record = self.query_one(sql + " ORDER BY id DESC", tuple(args))
         return _row(record) if record else None
 
+    def find_direct_archive_row(self, project: str, tag: str, label: str) -> PrearcRow | None:
+        """The Direct-Archive session of this project, StudyInstanceUID and label, whatever its status
+        (xnat-web `DirectArchiveSessionDao.findByProjectTagName`)."""
+        record = self.query_one(
+            "SELECT * FROM prearc WHERE project = ? AND tag = ? AND name = ? AND direct_archive = 1 ORDER BY id DESC",
+            (project, tag, label),
+        )
+        return _row(record) if record else None
+
+    def archive_folder_taken(self, project: str, folder: str) -> bool:
+        """The project's archive has a session directory of this name: an archived session labelled so,
+        or a Direct-Archive session writing into it."""
+        return (
+            self.query_one(
+                "SELECT 1 FROM experiments WHERE project = ? AND label = ? UNION ALL "
+                "SELECT 1 FROM prearc WHERE project = ? AND folder = ? AND direct_archive = 1",
+                (project, folder, project, folder),
+            )
+            is not None
+        )
+
     def insert_prearc_row(self, **fields: Any) -> PrearcRow:
         fields.setdefault("uploaded", now_text())
         fields.setdefault("lastmod", time.time())
