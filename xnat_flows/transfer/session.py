@@ -26,6 +26,7 @@ from xnat_flows.client.prearchive import (
     ParkedSession,
     PrearchiveSession,
     direct_archive_sessions,
+    is_transient_status,
     list_sessions,
     parked_session,
     trigger_direct_archive,
@@ -618,7 +619,42 @@ def look_for_parked(
 
     XNAT decides when it archives: the look waits (at most ``settle_seconds``) while this upload's
     Direct-Archive session is queued, building or archiving (``--archive-when-complete``), but not
-    while it is still receiving (XNAT's idle timer may take minutes: that is what verifying is for).
+    while it is still receiving (XNAT's idle timer may take minutes: that is what verifying is for);
+    and, as long, while XNAT holds this Direct-Archive upload in its prearchive instead (the label
+    was archived already), where nothing can ask XNAT to archive it sooner.
     """
     _settle_closed_direct_archive(client, target, study_uid, settle_seconds)
+    if target.direct_archive:
+        _settle_prearchive_route(client, target, study_uid, before, settle_seconds)
     return [parked_session(client, row) for row in parked_rows(client, target, {study_uid}, before)]
+
+
+def _settle_prearchive_route(
+    client: XnatClient, target: UploadTarget, study_uid: str, before: frozenset[str], timeout: float
+) -> None:
+    """Wait (at most ``timeout``) while XNAT holds a Direct-Archive upload in its prearchive,
+    receiving or building: XNAT takes an upload through the prearchive when Direct-Archive would
+    write into an archived session (xnat-web ``DirectArchiveSessionServiceImpl.getOrCreate``), and
+    the project's setting then archives it or parks it."""
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        held = [
+            row
+            for row in _prearchive_rows_or_none(client, target.project)
+            if row.tag == study_uid
+            and row.url not in before
+            and row.name == target.session
+            and is_transient_status(row.status)
+        ]
+        if not held or time.monotonic() >= deadline:
+            return
+        if not announced:
+            announced = True
+            log.info(
+                "XNAT took this upload into its prearchive (%s, %s), not straight into the archive: "
+                "waiting for it to be archived or parked",
+                held[0].src,
+                held[0].status,
+            )
+        time.sleep(0.25)
