@@ -75,7 +75,7 @@ class _OpenSession:
     touched: float = field(default_factory=time.time)
     new_scans: list[tuple[Any, ...]] = field(default_factory=list)
     files: list[tuple[Any, ...]] = field(default_factory=list)
-    dirs: set[str] = field(default_factory=set)
+    dirs: dict[tuple[str, str], str] = field(default_factory=dict)  # (scan, resource) -> its directory
 
     def no_writers(self) -> bool:
         return self.writers == 0
@@ -153,12 +153,12 @@ class Placements:
         session, scan_id = self._enter(header, where, held)
         written = False
         try:
-            directory = f"{scan_id}/{resource}"
-            final = self.store.prearc_file_path(session.row.id, scan_id, resource, name)
-            if directory not in session.dirs:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                session.dirs.add(directory)
-            self._write(final, data)
+            directory = session.dirs.get((scan_id, resource))
+            if directory is None:  # once per scan and resource: path objects cost more than the write
+                path = self.store.prearc_file_path(session.row.id, scan_id, resource, name).parent
+                path.mkdir(parents=True, exist_ok=True)
+                directory = session.dirs.setdefault((scan_id, resource), str(path))
+            self._write(f"{directory}/{name}", data)
             written = True
         finally:
             with session.lock:
@@ -174,7 +174,7 @@ class Placements:
             self.flush(held)
         return session.row
 
-    def _write(self, final: os.PathLike[str], data: bytes) -> None:
+    def _write(self, final: str, data: bytes) -> None:
         """One write of the file, under a temp name renamed into place (a file read meanwhile is
         whole, the old one or the new); a failed write leaves no temp file behind."""
         fd, tmp_name = fresh_temp_file(self.store.tmp_dir)

@@ -199,7 +199,7 @@ _temp_counter = itertools.count()
 
 def fresh_temp_file(tmp_dir: Path) -> tuple[int, str]:
     """A fresh temp file; cheaper than mkstemp's random names (one per DICOM instance)."""
-    name = str(tmp_dir / f"part-{os.getpid()}-{threading.get_ident()}-{next(_temp_counter)}")
+    name = f"{tmp_dir}/part-{os.getpid()}-{threading.get_ident()}-{next(_temp_counter)}"
     try:
         return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), name
     except FileNotFoundError:
