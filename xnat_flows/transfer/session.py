@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from xnat_flows.client.archive import archived_studies, find_archived, study_label, subject_label
 from xnat_flows.client.client import XnatClient
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from xnat_flows.transfer.deidentify import Anonymizer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -286,24 +287,33 @@ def _prearchive_rows_or_none(client: XnatClient, project: str) -> list[Prearchiv
 def _settle_closed_direct_archive(client: XnatClient, target: UploadTarget, study_uid: str, timeout: float) -> None:
     """Wait (at most ``timeout``) while a Direct-Archive session of this study and label is closed
     but not yet archived: XNAT takes no more files into it, and files sent meanwhile are parked."""
-    deadline = time.monotonic() + timeout
-    announced = False
-    while True:
-        closed = [
+    _wait_while(
+        lambda: [
             row
             for row in direct_archive_sessions(client, target.project)
             if row.get("label") == target.session and row.get("tag") == study_uid and row.get("status") != "RECEIVING"
-        ]
-        if not closed or time.monotonic() >= deadline:
+        ],
+        timeout,
+        lambda row: log.info(
+            "XNAT is archiving an upload of this study into %s/%s (%s): waiting for it to finish",
+            target.project,
+            target.session,
+            row.get("status"),
+        ),
+    )
+
+
+def _wait_while(rows: Callable[[], Sequence[T]], timeout: float, notice: Callable[[T], object]) -> None:
+    """Poll ``rows`` until it finds none or ``timeout`` has passed; ``notice`` the first row found, once."""
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        found = rows()
+        if not found or time.monotonic() >= deadline:
             return
         if not announced:
             announced = True
-            log.info(
-                "XNAT is archiving an upload of this study into %s/%s (%s): waiting for it to finish",
-                target.project,
-                target.session,
-                closed[0].get("status"),
-            )
+            notice(found[0])
         time.sleep(0.25)
 
 
@@ -636,25 +646,20 @@ def _settle_prearchive_route(
     receiving or building: XNAT takes an upload through the prearchive when Direct-Archive would
     write into an archived session (xnat-web ``DirectArchiveSessionServiceImpl.getOrCreate``), and
     the project's setting then archives it or parks it."""
-    deadline = time.monotonic() + timeout
-    announced = False
-    while True:
-        held = [
+    _wait_while(
+        lambda: [
             row
             for row in _prearchive_rows_or_none(client, target.project)
             if row.tag == study_uid
             and row.url not in before
             and row.name == target.session
             and is_transient_status(row.status)
-        ]
-        if not held or time.monotonic() >= deadline:
-            return
-        if not announced:
-            announced = True
-            log.info(
-                "XNAT took this upload into its prearchive (%s, %s), not straight into the archive: "
-                "waiting for it to be archived or parked",
-                held[0].src,
-                held[0].status,
-            )
-        time.sleep(0.25)
+        ],
+        timeout,
+        lambda row: log.info(
+            "XNAT took this upload into its prearchive (%s, %s), not straight into the archive: "
+            "waiting for it to be archived or parked",
+            row.src,
+            row.status,
+        ),
+    )
