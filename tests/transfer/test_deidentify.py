@@ -104,6 +104,34 @@ def test_the_bytes_sent_are_the_scripts_output_with_or_without_the_headers_kept(
     assert anonymizer.applied == applied + (0 if cache else len(files))  # kept headers: the script ran once
 
 
+def test_large_files_are_rewritten_from_their_header_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dry run reads a file's first bytes only (the pixel data is neither read nor copied) and
+    runs the script once; the bytes sent are still exactly the script's output for the whole file."""
+    from xnat_flows.anon import basic_profile, compile_script
+    from xnat_flows.testing.synth import write_studies
+    from xnat_flows.transfer import scan as scan_module
+    from xnat_flows.transfer.deidentify import HEAD_BYTES, chain
+
+    write_studies(tmp_path / "study", series=2, instances=4, instance_kb=256, seed=5, pixels="random")
+    scan = scan_directory(tmp_path / "study")
+    assert all(f.size > HEAD_BYTES for f in scan.files)
+    script = compile_script(
+        'version "6.1"\n(0010,0010) := subject\n(0020,000D) := hashUID[(0020,000D)]\n'
+        "(0020,000E) := hashUID[(0020,000E)]\n(0008,0018) := hashUID[(0008,0018)]\n-(0010,0030)\n"
+    )
+    for anonymizer in (script, chain([script, basic_profile(["retain-uids"])])):
+        with monkeypatch.context() as patched:
+            patched.setattr(scan_module, "read_exactly", lambda *a, **k: pytest.fail("the dry run read a whole file"))
+            done = deidentify_files(scan.files, anonymizer, VARIABLES)
+        assert not done.refused
+        for original, sent in zip(scan.files, done.files, strict=True):
+            expected = anonymizer.apply_bytes(original.path.read_bytes(), VARIABLES)
+            assert sent.rewrite is not None and sent.rewrite.head is not None and len(sent.rewrite.head) < 16384
+            assert sent.size == len(expected)
+            assert b"".join(read_exactly(sent, chunk_size=65536)) == expected
+            assert sent.sop_instance_uid == pydicom.dcmread(__import__("io").BytesIO(expected)).SOPInstanceUID
+
+
 def test_archives_of_deidentified_files_have_the_announced_length(study_dir: Path) -> None:
     files = deidentify_files(scan_directory(study_dir).files, HashingAnonymizer(), VARIABLES).files
     for fmt in ("tar", "zip"):
