@@ -9,7 +9,9 @@ fresh client process. The time is the library call a CLI upload makes (``upload_
 the scan, without the read-back; ``store_instances`` for C-STORE): with the script it includes the
 dry run over every file before sending and the rewrite of every file as it streams. Medians of
 ``--repeats`` runs and the ratio de-identified / plain are printed, with the dry run alone (timed
-again after each de-identified run) and the load average (the machine is shared).
+again after each de-identified run) and the load average (the machine is shared). ``--whole`` adds
+a third run of each kind whose dry run reads and rewrites every file whole, as before
+``Anonymizer.rewrite_head`` (the same load for before and after).
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ def _anonymizer(case: dict):
     if not case["anon"]:
         return None
     from xnat_flows.anon import compile_script
+
+    if case.get("whole"):
+        # the dry run as it was before rewrite_head: every file read and rewritten whole
+        from xnat_flows.transfer import deidentify
+
+        deidentify.HEAD_BYTES = 1 << 62
 
     return compile_script(SCRIPT, source="bench.das")
 
@@ -138,6 +146,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--modes", default="dicom-zip,gradual,cstore")
+    parser.add_argument(
+        "--whole", action="store_true", help="also time the dry run reading every file whole (before rewrite_head)"
+    )
     parser.add_argument("--scratch", default=str(REPO / ".bench-data"))
     args = parser.parse_args()
     if args.case:
@@ -163,12 +174,13 @@ def main() -> None:
         emulator = Emulator(work / "xnat", scp_port=scp_port)
         labels = iter(range(10**6))
         try:
-            print(f"\n{'mode':10} {'plain s':>8} {'anon s':>8} {'ratio':>6} {'dry run s':>9}   runs (plain / anon)")
+            kinds = ["plain", "anon", *(["whole"] if args.whole else [])]
+            print(f"\n{'mode':10} {'run':6} {'median s':>8} {'ratio':>6} {'dry run s':>9}   runs   (load average)")
             for mode in args.modes.split(","):
-                times: dict[bool, list[float]] = {False: [], True: []}
-                dry: list[float] = []
+                times: dict[str, list[float]] = {kind: [] for kind in kinds}
+                dry: dict[str, list[float]] = {kind: [] for kind in kinds}
                 for _ in range(args.repeats):
-                    for anon in (False, True):
+                    for kind in kinds:
                         figures = run_case(
                             {
                                 "kind": mode,
@@ -177,17 +189,20 @@ def main() -> None:
                                 "source": str(work / "study"),
                                 "label": f"B{next(labels)}",
                                 "workers": args.workers,
-                                "anon": anon,
+                                "anon": kind != "plain",
+                                "whole": kind == "whole",
                             }
                         )
-                        times[anon].append(figures["seconds"])
-                        if anon:
-                            dry.append(figures["dry_run_seconds"])
-                plain, anon_s = statistics.median(times[False]), statistics.median(times[True])
-                runs = " ".join(f"{p:.2f}/{a:.2f}" for p, a in zip(times[False], times[True], strict=True))
-                print(
-                    f"{mode:10} {plain:8.2f} {anon_s:8.2f} {anon_s / plain:6.2f} {statistics.median(dry):9.2f}   {runs}"
-                )
+                        times[kind].append(figures["seconds"])
+                        dry[kind].append(figures.get("dry_run_seconds", 0.0))
+                plain = statistics.median(times["plain"])
+                for kind in kinds:
+                    median = statistics.median(times[kind])
+                    runs = " ".join(f"{t:.2f}" for t in times[kind])
+                    print(
+                        f"{mode:10} {kind:6} {median:8.2f} {median / plain:6.2f} {statistics.median(dry[kind]):9.2f}"
+                        f"   {runs}   ({os.getloadavg()[0]:.1f})"
+                    )
         finally:
             emulator.close()
         print(f"\nload average after: {os.getloadavg()}")

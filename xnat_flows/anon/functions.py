@@ -34,6 +34,30 @@ def derived_uid(*parts: str) -> str:
     return hash_uid("\x00".join(parts))
 
 
+UID_MAX = 64  # PS3.5 9.1: a UID is at most 64 characters
+_UID_ROOT = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")
+MAPPED_UID_DIGITS = 20  # the least room a mapReferencedUIDs prefix must leave (about 66 bits)
+
+
+def check_uid_prefix(prefix: str) -> str | None:
+    """Why ``prefix`` cannot root ``mapReferencedUIDs``' UIDs, or None when it can."""
+    if not _UID_ROOT.fullmatch(prefix):
+        return f"{prefix!r} is not a UID root (digits and dots, no leading zeros)"
+    if len(prefix) + 1 + MAPPED_UID_DIGITS > UID_MAX:
+        return f"UID root {prefix!r} is too long: at most {UID_MAX - 1 - MAPPED_UID_DIGITS} characters leave room for the mapped part"
+    return None
+
+
+def mapped_uid(prefix: str, uid: str) -> str:
+    """``mapReferencedUIDs``' UID for ``uid`` under ``prefix``: ``prefix.N``, N from SHA-256 of both,
+    as many digits as fit in 64 characters (at most 39, as a UUID's integer). DicomEdit draws a
+    random UID under the prefix and remembers it for the run (dicom-edit6 ``MapReferencedUIDsMethod``:
+    ``UIDUtils.createUID(prefix)`` kept in a map); deriving it keeps every reference to one UID
+    consistent across files, runs and resumed uploads, as there."""
+    digits = str(int.from_bytes(hashlib.sha256(f"{prefix}\0{uid}".encode()).digest(), "big"))
+    return f"{prefix}.{digits[: min(39, UID_MAX - len(prefix) - 1)]}"
+
+
 def _text(value: str | None) -> str:
     return "" if value is None else value
 
@@ -175,10 +199,8 @@ STATEMENT_FUNCTIONS: dict[str, tuple[str, int, int]] = {
     "removeallprivatetags": ("removeAllPrivateTags", 0, 0),
     "retainprivatetags": ("retainPrivateTags", 1, 256),
     "alterpixels": ("alterPixels", 4, 4),
+    "mapreferenceduids": ("mapReferencedUIDs", 2, 256),
 }
 
-# Functions DicomEdit defines that this engine refuses, with the reason a user reads.
-UNSUPPORTED_FUNCTIONS: dict[str, str] = {
-    "geturl": "getURL fetches a URL while de-identifying; not supported: set the value as a variable instead",
-    "mapreferenceduids": "mapReferencedUIDs is not supported by this engine yet; use hashUID on each reference",
-}
+# getURL (a value from a web service) is compiled apart: only with the user's UrlAccess (anon.urls).
+URL_FUNCTION = "geturl"
