@@ -33,6 +33,7 @@ from xnat_flows.anon.functions import hash_uid
 from xnat_flows.anon.identifiers import TABLE_EDITION, basic_profile_actions
 from xnat_flows.anon.rawds import Node, dictionary_vr
 from xnat_flows.anon.runtime import Context, assign
+from xnat_flows.anon.urls import UrlAccess
 
 # Option names as the CLI and flows spell them (PS3.15 Table E.1-1 column headings).
 PROFILE_OPTIONS: tuple[str, ...] = (
@@ -196,11 +197,17 @@ PROFILES = ("basic",)
 
 
 def anonymizer_for(
-    *, script: str | None = None, source: str = "<script>", profile: str | None = None, options: Iterable[str] = ()
+    *,
+    script: str | None = None,
+    source: str = "<script>",
+    profile: str | None = None,
+    options: Iterable[str] = (),
+    url_access: UrlAccess | None = None,
 ) -> Anonymizer:
     """The one way callers (CLI, flows, tasks) turn their choice into an :class:`Anonymizer`:
     a DicomEdit 6 ``script`` text, or a ``profile`` name (``basic``) with profile ``options``.
-    Exactly one of the two; ``ValueError`` otherwise, ``ScriptError`` for a script that cannot run."""
+    Exactly one of the two; ``ValueError`` otherwise, ``ScriptError`` for a script that cannot run.
+    ``url_access``: the URLs a script's ``getURL`` may fetch (``anon.urls``)."""
     if (script is None) == (profile is None):
         raise ValueError("choose one: a DicomEdit script or a profile (basic)")
     if script is not None:
@@ -208,7 +215,7 @@ def anonymizer_for(
             raise ValueError("profile options apply to a profile, not to a script")
         from xnat_flows.anon.script import compile_script
 
-        return compile_script(script, source=source)
+        return compile_script(script, source=source, url_access=url_access)
     if profile is None or profile.strip().lower() not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     return basic_profile(options)

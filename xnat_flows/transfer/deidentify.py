@@ -41,6 +41,7 @@ from xnat_flows.client.errors import InputError
 from xnat_flows.transfer.part10 import read_file_meta, read_series_keys
 
 if TYPE_CHECKING:
+    from xnat_flows.anon import UrlAccess
     from xnat_flows.transfer.scan import DicomFile, SkippedFile
     from xnat_flows.transfer.target import UploadTarget
 
@@ -373,17 +374,20 @@ def deidentify_plan(
     return planned, refused
 
 
-def _compiled(script: str | None = None, source: str = "<script>", profile: str | None = None) -> Anonymizer:
+def _compiled(
+    script: str | None = None, source: str = "<script>", profile: str | None = None, url_access: UrlAccess | None = None
+) -> Anonymizer:
     """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as
     ``InputError``: a script error names file, line and column, so nothing is sent with a broken
-    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``)."""
+    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``);
+    ``url_access``: an ``anon.UrlAccess``, the URLs a script's ``getURL`` may fetch."""
     from xnat_flows.anon import ScriptError, anonymizer_for
 
     try:
         if profile is not None:
             name, *options = [part.strip() for part in profile.split(",")]
             return anonymizer_for(profile=name, options=options)
-        return anonymizer_for(script=script, source=source)
+        return anonymizer_for(script=script, source=source, url_access=url_access)
     except ScriptError as exc:
         raise InputError(
             f"{exc.source}:{exc.line}:{exc.column}: {exc.message}",
@@ -400,14 +404,24 @@ def build_anonymizer(
     server_scripts: Sequence[tuple[str, str]] = (),
     script: tuple[str, str] | None = None,
     profile: str | None = None,
+    allowed_urls: Sequence[str] = (),
 ) -> Anonymizer | None:
     """The de-identification an upload applies, in order: XNAT's own scripts (``(name, text)``:
     the site's, then the project's), the user's script (``(source, text)``), then the Basic
     Profile (``basic[,option...]``); None when none is asked for. Every script is compiled here,
-    before anything is read or sent."""
-    steps = [_compiled(text, name) for name, text in server_scripts]
+    before anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may
+    fetch (none: a script calling it is refused)."""
+    url_access = None
+    if allowed_urls:
+        from xnat_flows.anon import UrlAccess
+
+        try:
+            url_access = UrlAccess(tuple(allowed_urls))
+        except ValueError as exc:
+            raise InputError(f"--anon-allow-url: {exc}", hint="e.g. --anon-allow-url https://ids.site.local/") from None
+    steps = [_compiled(text, name, url_access=url_access) for name, text in server_scripts]
     if script is not None:
-        steps.append(_compiled(script[1], script[0]))
+        steps.append(_compiled(script[1], script[0], url_access=url_access))
     if profile is not None:
         steps.append(_compiled(profile=profile))
     return chain(steps)
