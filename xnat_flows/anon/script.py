@@ -49,7 +49,7 @@ from xnat_flows.anon.urls import UrlAccess, UrlFetcher
 
 # Bumped whenever a change to the engine changes what a script produces: part of every digest,
 # so a resume journal never mistakes bytes of an older engine for this one's.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 SUPPORTED_VERSIONS = re.compile(r"6(\.\d+)?")
 
 
