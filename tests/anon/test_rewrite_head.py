@@ -3,12 +3,8 @@ tail, exactly what ``apply_bytes`` of the whole file gives — or says it needs 
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-
 import pytest
-from anon_helpers import VARIABLES, make_dataset, to_part10
-from pydicom.data import get_testdata_file
+from anon_helpers import VARIABLES, make_dataset, pydicom_testdata, to_part10
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from xnat_flows.anon import AnonError, basic_profile, compile_script
@@ -39,15 +35,6 @@ FILES = [
 ]
 
 
-def _testdata(name: str) -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"pydicom test file {name} not available")
-    return Path(str(path)).read_bytes()
-
-
 def _check_every_prefix(anonymizer, data: bytes, step: int) -> int:
     """For prefixes of every length (in ``step``s): None, or the same bytes as the whole file gives.
     Returns how many prefixes decided it."""
@@ -67,7 +54,7 @@ def _check_every_prefix(anonymizer, data: bytes, step: int) -> int:
 @pytest.mark.parametrize("name", FILES)
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
 def test_every_prefix_gives_the_whole_files_bytes_or_none(name: str, program: str) -> None:
-    data = _testdata(name)
+    data = pydicom_testdata(name)
     decided = _check_every_prefix(PROGRAMS[program], data, step=97)
     if name in ("CT_small.dcm", "MR_small_implicit.dcm") and program in ("labels", "unchanged"):
         assert decided > 0  # native pixel data, a script reading the first groups: its header decides it

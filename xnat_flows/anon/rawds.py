@@ -355,7 +355,7 @@ class Instance:
     source: bytes | None = None  # the input file, returned as is when a program changed nothing
     has_trailing: bool = False  # elements followed Pixel Data (trailing padding, signatures)
     partial: bool = False  # parsed only up to a tag: ``pixel_tail`` starts with unindexed elements
-    tail_start: int = 0  # parsed from a prefix (``parse_part10_head``): where the verbatim tail begins
+    tail_start: int = 0  # where the verbatim tail begins in the (undeflated) input
 
 
 def _creation_vr(tag: int) -> str:
@@ -604,8 +604,8 @@ def parse_part10(data: bytes, *, up_to: int | None = None, file_size: int | None
         up_to = max(up_to, SOP_INSTANCE_UID)  # the File Meta follows the SOP UIDs
     dataset, stop = parse_dataset(body, body_start, len(body), encoding, stop_at_pixels=True, stop_after=up_to)
     if file_size is not None:
-        return _head_instance(preamble, meta, dataset, transfer_syntax, encoding, body, stop, up_to, file_size)
-    tail = body[stop:]
+        _check_head(body, stop, encoding, up_to, file_size)
+    tail = body[stop:] if file_size is None else b""
     instance = Instance(
         preamble=preamble,
         meta=meta,
@@ -613,10 +613,13 @@ def parse_part10(data: bytes, *, up_to: int | None = None, file_size: int | None
         transfer_syntax=transfer_syntax,
         body_encoding=encoding,
         pixel_tail=tail,
-        source=data,
+        source=data if file_size is None else None,
+        tail_start=stop,
     )
     instance.meta_sop_before = (dataset.string(SOP_CLASS_UID), dataset.string(SOP_INSTANCE_UID))
-    if tail and up_to is not None and not tail.startswith(_pixel_tag(encoding)):
+    if file_size is not None:
+        instance.partial = not body.startswith(_pixel_tag(encoding), stop)
+    elif tail and up_to is not None and not tail.startswith(_pixel_tag(encoding)):
         instance.partial = True  # the tail holds unindexed elements, then Pixel Data: copied verbatim
     elif tail:
         _check_tail(instance, body, stop)
@@ -654,36 +657,15 @@ def _pixel_element_reaches(body: bytes, stop: int, encoding: Encoding, size: int
     return length != UNDEFINED and stop + header + length == size
 
 
-def _head_instance(
-    preamble: bytes,
-    meta: Node | None,
-    dataset: Node,
-    transfer_syntax: str,
-    encoding: Encoding,
-    prefix: bytes,
-    stop: int,
-    up_to: int | None,
-    size: int,
-) -> Instance:
-    """The instance ``parse_part10`` makes of a file's first bytes (see ``parse_part10_head``)."""
+def _check_head(prefix: bytes, stop: int, encoding: Encoding, up_to: int | None, size: int) -> None:
+    """Whether a file's first bytes decide its rewrite (``parse_part10_head``): the first element
+    not indexed is within them, and a parse that stopped at Pixel Data under a program reading
+    everything would index nothing after it."""
     if stop + 12 > len(prefix):
         raise _NeedWholeFile  # the parse ran to the prefix's end: what follows is not known
     stopped_at_pixels = prefix.startswith(_pixel_tag(encoding), stop)
     if (up_to is None or stopped_at_pixels) and not _pixel_element_reaches(prefix, stop, encoding, size):
         raise _NeedWholeFile  # a whole-file parse would index what follows Pixel Data
-    instance = Instance(
-        preamble=preamble,
-        meta=meta,
-        dataset=dataset,
-        transfer_syntax=transfer_syntax,
-        body_encoding=encoding,
-        pixel_tail=b"",
-        source=None,
-        partial=not stopped_at_pixels,
-        tail_start=stop,
-    )
-    instance.meta_sop_before = (dataset.string(SOP_CLASS_UID), dataset.string(SOP_INSTANCE_UID))
-    return instance
 
 
 def _pixel_tag(encoding: Encoding) -> bytes:
