@@ -8,8 +8,9 @@ DICOM-zip (tar), gradual-DICOM and C-STORE, alternating plain and de-identified 
 fresh client process. The time is the library call a CLI upload makes (``upload_session`` with
 the scan, without the read-back; ``store_instances`` for C-STORE): with the script it includes the
 dry run over every file before sending and the rewrite of every file as it streams. Medians of
-``--repeats`` runs and the ratio de-identified / plain are printed, with the dry run alone (timed
-again after each de-identified run) and the load average (the machine is shared). ``--whole`` adds
+``--repeats`` runs and the ratio de-identified / plain are printed, with the client process's CPU
+time (what de-identifying adds, less sensitive than wall time to a shared machine's load), the dry
+run alone (timed again after each de-identified run) and the load average. ``--whole`` adds
 a third run of each kind whose dry run reads and rewrites every file whole, as before
 ``Anonymizer.rewrite_head`` (the same load for before and after).
 """
@@ -63,6 +64,12 @@ def run_case(case: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this client process and of the worker processes it waited for (C-STORE)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def _anonymizer(case: dict):
     if not case["anon"]:
         return None
@@ -89,7 +96,7 @@ def case_rest(case: dict) -> dict:
     target = UploadTarget(PROJECT, "SUBJ", case["label"], archive_when_complete=False)
     with XnatClient(credentials, token_cache=None) as client:
         client.login()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         result = upload_session(
             client,
             case["source"],
@@ -99,9 +106,10 @@ def case_rest(case: dict) -> dict:
             verify=False,
             anonymizer=anonymizer,
         )
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     assert result.ok and not result.refused, result
-    return {"seconds": seconds, "files": result.files_sent, "bytes": result.bytes_sent, **_dry_run(case, anonymizer)}
+    figures = {"seconds": seconds, "cpu": cpu, "files": result.files_sent, "bytes": result.bytes_sent}
+    return {**figures, **_dry_run(case, anonymizer)}
 
 
 def _dry_run(case: dict, anonymizer) -> dict:
@@ -121,7 +129,7 @@ def case_cstore(case: dict) -> dict:
     from xnat_flows.transfer.dicom_send import RoutingOverride, store_instances
 
     anonymizer = _anonymizer(case)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     result = store_instances(
         case["source"],
         host="127.0.0.1",
@@ -130,9 +138,10 @@ def case_cstore(case: dict) -> dict:
         routing=RoutingOverride(PROJECT, "SUBJ", case["label"]),
         anonymizer=anonymizer,
     )
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     assert result.ok, result.summary()
-    return {"seconds": seconds, "files": len(result.sent), "bytes": result.bytes_sent, **_dry_run(case, anonymizer)}
+    figures = {"seconds": seconds, "cpu": cpu, "files": len(result.sent), "bytes": result.bytes_sent}
+    return {**figures, **_dry_run(case, anonymizer)}
 
 
 CASES = {"dicom-zip": case_rest, "gradual": case_rest, "cstore": case_cstore}
@@ -175,9 +184,13 @@ def main() -> None:
         labels = iter(range(10**6))
         try:
             kinds = ["plain", "anon", *(["whole"] if args.whole else [])]
-            print(f"\n{'mode':10} {'run':6} {'median s':>8} {'ratio':>6} {'dry run s':>9}   runs   (load average)")
+            print(
+                f"\n{'mode':10} {'run':6} {'median s':>8} {'ratio':>6} {'client CPU s':>12} {'CPU ratio':>9}"
+                f" {'dry run s':>9}   runs   (load average)"
+            )
             for mode in args.modes.split(","):
                 times: dict[str, list[float]] = {kind: [] for kind in kinds}
+                cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
                 dry: dict[str, list[float]] = {kind: [] for kind in kinds}
                 for _ in range(args.repeats):
                     for kind in kinds:
@@ -194,13 +207,15 @@ def main() -> None:
                             }
                         )
                         times[kind].append(figures["seconds"])
+                        cpu[kind].append(figures["cpu"])
                         dry[kind].append(figures.get("dry_run_seconds", 0.0))
-                plain = statistics.median(times["plain"])
+                plain, plain_cpu = statistics.median(times["plain"]), statistics.median(cpu["plain"])
                 for kind in kinds:
-                    median = statistics.median(times[kind])
+                    median, median_cpu = statistics.median(times[kind]), statistics.median(cpu[kind])
                     runs = " ".join(f"{t:.2f}" for t in times[kind])
                     print(
-                        f"{mode:10} {kind:6} {median:8.2f} {median / plain:6.2f} {statistics.median(dry[kind]):9.2f}"
+                        f"{mode:10} {kind:6} {median:8.2f} {median / plain:6.2f} {median_cpu:12.2f}"
+                        f" {median_cpu / plain_cpu:9.2f} {statistics.median(dry[kind]):9.2f}"
                         f"   {runs}   ({os.getloadavg()[0]:.1f})"
                     )
         finally:
