@@ -261,3 +261,17 @@ def test_a_file_the_script_cannot_take_is_listed_not_sent_and_the_upload_fails(x
     sent = _archived_headers(xnat_emulator, "REFUSED")
     refused_uid = str(pydicom.dcmread(originals[1]).SOPInstanceUID)
     assert len(sent) == 2 and refused_uid not in sent and hashed_uid(refused_uid) not in sent
+
+
+def test_build_anonymizer_compiles_get_url_only_with_allowed_urls() -> None:
+    from xnat_flows.models import Deidentification
+    from xnat_flows.transfer.deidentify import build_anonymizer
+
+    script = ("lookup.das", 'version "6.1"\n(0008,0050) := getURL["https://ids.site.local/acc"]\n')
+    with pytest.raises(InputError, match=r"lookup.das:2:16: getURL asks a web service"):
+        build_anonymizer(script=script)
+    assert build_anonymizer(script=script, allowed_urls=["https://ids.site.local/"]) is not None
+    with pytest.raises(InputError, match="not an http"):
+        build_anonymizer(script=script, allowed_urls=["ids.site.local"])
+    request = Deidentification(script=script[1], allowed_urls=["https://ids.site.local/"])
+    assert build_anonymizer(script=request.script_text(), allowed_urls=request.allowed_urls) is not None
