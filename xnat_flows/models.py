@@ -96,6 +96,13 @@ class Deidentification(BaseModel):
         "not to apply them again).",
     )
 
+    allowed_urls: list[str] = Field(
+        default_factory=list,
+        title="URLs getURL may reach",
+        description="URL prefixes (e.g. https://ids.site.local/) a script's getURL may fetch a value from; a "
+        "request carries what its URL holds. Empty: a script calling getURL is refused.",
+    )
+
     def script_text(self) -> tuple[str, str] | None:
         """(source, text) of the script asked for, if any."""
         if self.script.strip():

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from xnat_flows.cli.anon_options import (
+    AnonAllowUrlOption,
     AnonFromServerOption,
     AnonProfileOption,
     AnonScriptOption,
@@ -94,6 +95,7 @@ def upload(
     anon_script: AnonScriptOption = None,
     anon_profile: AnonProfileOption = None,
     anon_from_server: AnonFromServerOption = False,
+    anon_allow_url: AnonAllowUrlOption = None,
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -137,7 +139,7 @@ def upload(
             into_other_study,
             duplicates,
             skip_truncated,
-            anon=(anon_script, anon_profile, anon_from_server),
+            anon=(anon_script, anon_profile, anon_from_server, anon_allow_url or []),
         )
         return
     # Scripts compile before anything is read or sent: an error stops here (exit 2, line:column).
@@ -145,6 +147,7 @@ def upload(
         anon_script,
         anon_profile,
         anon_from_server,
+        allowed_urls=anon_allow_url,
         project=project,
         open_client=lambda: connection.client(projects=(project,)),
     )
@@ -199,7 +202,7 @@ def _upload_with_flow(
     into_other_study,
     duplicates="newest",
     skip_truncated=False,
-    anon=(None, None, False),
+    anon=(None, None, False, []),
 ) -> None:
     from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
@@ -255,17 +258,17 @@ def _upload_with_flow(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _deidentification(anon: tuple[Path | None, str | None, bool]) -> Any:
+def _deidentification(anon: tuple[Path | None, str | None, bool, list[str]]) -> Any:
     """The --anon-* options as a flow request's ``deidentify`` (the script's text travels, not its path)."""
     from xnat_flows.client.errors import InputError
     from xnat_flows.models import Deidentification
 
-    script, profile, from_server = anon
+    script, profile, from_server, allowed_urls = anon
     try:
         text = script.read_text(encoding="utf-8") if script is not None else ""
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"Cannot read the script {script}: {exc}") from None
-    return Deidentification(script=text, profile=profile or "", from_server=from_server)
+    return Deidentification(script=text, profile=profile or "", from_server=from_server, allowed_urls=allowed_urls)
 
 
 class _progress_bar:
@@ -491,6 +494,7 @@ def send_dicom(
     anon_script: AnonScriptOption = None,
     anon_profile: AnonProfileOption = None,
     anon_from_server: AnonFromServerOption = False,
+    anon_allow_url: AnonAllowUrlOption = None,
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -532,6 +536,7 @@ def send_dicom(
             anon_script,
             anon_profile,
             anon_from_server,
+            allowed_urls=anon_allow_url,
             project=project,
             open_client=lambda: connection.client(projects=(project,)),
         )

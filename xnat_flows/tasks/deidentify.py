@@ -32,7 +32,10 @@ def prepare_anonymizer(
         with open_client(connection) as client:
             server_scripts = scripts_to_apply(client, project)
     return build_anonymizer(
-        server_scripts=server_scripts, script=deidentify.script_text(), profile=deidentify.profile or None
+        server_scripts=server_scripts,
+        script=deidentify.script_text(),
+        profile=deidentify.profile or None,
+        allowed_urls=deidentify.allowed_urls,
     )
 
 
