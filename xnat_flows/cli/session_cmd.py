@@ -504,8 +504,9 @@ def send_dicom(
     project, subject and session variables are --project, --subject and --session.
     """
     from xnat_flows.client.errors import InputError
-    from xnat_flows.transfer.dicom_resume import in_doubt_warning
-    from xnat_flows.transfer.dicom_send import RoutingOverride, echo
+    from xnat_flows.transfer.cstore.connect import echo
+    from xnat_flows.transfer.cstore.inputs import RoutingOverride
+    from xnat_flows.transfer.cstore.resume import in_doubt_warning
     from xnat_flows.transfer.scan import scan_directory
 
     sends_data()
@@ -607,7 +608,7 @@ def send_dicom(
 
 def _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json, anonymizer=None):
     """The C-STORE itself, journaled, behind a progress bar on a terminal."""
-    from xnat_flows.transfer.dicom_resume import store_instances_resumable
+    from xnat_flows.transfer.cstore.resume import store_instances_resumable
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.progress import Progress
 

@@ -38,8 +38,8 @@ from xnat_flows.tasks.cstore import (
 from xnat_flows.tasks.deidentify import deidentify_instances, prepare_anonymizer
 from xnat_flows.tasks.hints import ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH
 from xnat_flows.tasks.upload import scan_dicom_directory
-from xnat_flows.transfer.dicom_inputs import RoutingOverride
-from xnat_flows.transfer.dicom_resume import in_doubt_warning
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.resume import in_doubt_warning
 
 
 class SendIncompleteError(XnatError):

@@ -18,8 +18,9 @@ from xnat_flows.models import ArchivedStudy, DicomReceiverTarget, XnatConnection
 from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.hints import ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH, speaks_to_operator
 from xnat_flows.tasks.policies import ReceiverLimit, association_slots, existing_receiver_limit, retry_unless_permanent
-from xnat_flows.transfer.dicom_resume import ResumedSend, in_doubt_warning, store_instances_resumable
-from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, echo
+from xnat_flows.transfer.cstore.connect import EchoResult, echo
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.resume import ResumedSend, in_doubt_warning, store_instances_resumable
 from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.session import study_present

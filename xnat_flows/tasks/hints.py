@@ -25,7 +25,7 @@ from xnat_flows.client.errors import (
     XnatError,
     reworded,
 )
-from xnat_flows.transfer.dicom_errors import DicomNetworkError
+from xnat_flows.transfer.cstore.errors import DicomNetworkError
 from xnat_flows.transfer.scan import IncompleteExportError
 
 # Where a prearchive session's status is seen, and how a CONFLICT entry is archived, from a run.

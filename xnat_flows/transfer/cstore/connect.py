@@ -8,21 +8,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xnat_flows.transfer.dicom_association import (
+from xnat_flows.transfer.cstore.association import (
     VERIFICATION_SOP_CLASS,
     AssociationRejected,
     StorageAssociation,
     UpperLayerError,
 )
-from xnat_flows.transfer.dicom_contexts import SyntaxPair
-from xnat_flows.transfer.dicom_errors import (
+from xnat_flows.transfer.cstore.contexts import SyntaxPair
+from xnat_flows.transfer.cstore.errors import (
     AssociationRejectedError,
     CalledAETitleRejectedError,
     DicomNetworkError,
     NoAcceptedContextError,
     PeerUnreachableError,
 )
-from xnat_flows.transfer.dicom_inputs import validate_ae_title
+from xnat_flows.transfer.cstore.inputs import validate_ae_title
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _REJECT_REASON_CALLED_AET = 7  # A-ASSOCIATE-RJ from the service user: called AE title not recognised

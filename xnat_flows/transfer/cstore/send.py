@@ -2,16 +2,16 @@
 
 Design (measurements in docs/cstore.md):
 
-* ``workers`` long-lived associations, each in a thread (``dicom_worker``). A message costs the
+* ``workers`` long-lived associations, each in a thread (``worker``). A message costs the
   lean SCU little Python CPU and the sockets release the GIL, so threads keep the receiver busy
   without the ~0.3 s each spawned process costs.
 * TCP_NODELAY on every association socket (Nagle otherwise adds ~40 ms per instance).
-* The sending association is ``dicom_association.StorageAssociation``, a lean blocking SCU, not
+* The sending association is ``association.StorageAssociation``, a lean blocking SCU, not
   pynetdicom's: pynetdicom costs ~4 ms CPU per message and sometimes stalls mid-message under
   CPU contention. A file's dataset goes out exactly as encoded on disk, never decoded. Only a
   routing override parses a file, changes PatientComments on an in-memory copy and sends that
-  copy (``dicom_dataset``); the user's files are never written.
-* Presentation contexts come from the files (``dicom_contexts``): a file is only sent in its
+  copy (``dataset``); the user's files are never written.
+* Presentation contexts come from the files (``contexts``): a file is only sent in its
   own transfer syntax, and an instance whose context the peer refused is recorded as skipped.
 * A failure status, a dropped association or a stalled one (no response within
   ``dimse_timeout``) sends the instance again on a fresh association, up to ``max_attempts``.
@@ -19,9 +19,8 @@ Design (measurements in docs/cstore.md):
 * Ctrl-C stops the workers after the instance each has in flight (bounded by the DIMSE
   timeout), so every instance the receiver confirmed is reported before ``KeyboardInterrupt``
   propagates. ``DeliveryLog`` hears of each instance as it goes out and as it is confirmed
-  (the resume journal, ``dicom_resume``).
+  (the resume journal, ``resume``).
 
-This module is the C-STORE API: it re-exports the errors, inputs, results and ``echo``.
 """
 
 from __future__ import annotations
@@ -36,49 +35,16 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from xnat_flows.client.errors import InputError
-from xnat_flows.transfer.dicom_connect import EchoResult, ReceiverLink, echo
-from xnat_flows.transfer.dicom_contexts import SyntaxPair, plan_association_groups
-from xnat_flows.transfer.dicom_errors import (
-    AssociationRejectedError,
-    CalledAETitleRejectedError,
-    DicomNetworkError,
-    NoAcceptedContextError,
-    PeerUnreachableError,
-)
-from xnat_flows.transfer.dicom_inputs import RoutingOverride, validate_ae_title
-from xnat_flows.transfer.dicom_results import (
-    AssociationSummary,
-    InstanceCountCallback,
-    InstanceOutcome,
-    SendResult,
-    is_stored,
-    status_meaning,
-)
-from xnat_flows.transfer.dicom_worker import Chunk, InstanceReport, SendItem, WorkerSetup, run_worker
+from xnat_flows.transfer.cstore.connect import ReceiverLink, echo
+from xnat_flows.transfer.cstore.contexts import SyntaxPair, plan_association_groups
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.results import AssociationSummary, InstanceCountCallback, InstanceOutcome, SendResult
+from xnat_flows.transfer.cstore.worker import Chunk, InstanceReport, SendItem, WorkerSetup, run_worker
 from xnat_flows.transfer.scan import DicomFile, ScanResult, scan_directory
 
 if TYPE_CHECKING:
     from xnat_flows.transfer.deidentify import Anonymizer
 
-__all__ = [
-    "AssociationRejectedError",
-    "AssociationSummary",
-    "CalledAETitleRejectedError",
-    "DeliveryLog",
-    "DicomNetworkError",
-    "EchoResult",
-    "InstanceOutcome",
-    "NoAcceptedContextError",
-    "PeerUnreachableError",
-    "InstanceCountCallback",
-    "RoutingOverride",
-    "SendResult",
-    "echo",
-    "is_stored",
-    "status_meaning",
-    "store_instances",
-    "validate_ae_title",
-]
 
 log = logging.getLogger(__name__)
 

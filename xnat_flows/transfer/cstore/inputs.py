@@ -17,7 +17,7 @@ def validate_ae_title(title: str, role: str) -> str:
     naming what is wrong.
 
     The rules are pynetdicom's (``pynetdicom._validators.validate_ae`` as applied by
-    ``utils.set_ae`` to an association's AE titles; ``tests/transfer/test_dicom_inputs.py``
+    ``utils.set_ae`` to an association's AE titles; ``tests/transfer/cstore/test_inputs.py``
     checks both agree on a table of titles): not empty or only spaces, at most 16 characters as
     given, ASCII without control characters or backslashes. They are repeated here rather than
     called because importing pynetdicom (and the pydicom under it) costs ~0.25 s, and the

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xnat_flows.client.errors import XnatError
-from xnat_flows.transfer.dicom_inputs import RoutingOverride
-from xnat_flows.transfer.dicom_results import SendResult
-from xnat_flows.transfer.dicom_send import deidentify_for_send, routing_variables, store_instances
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.results import SendResult
+from xnat_flows.transfer.cstore.send import deidentify_for_send, routing_variables, store_instances
 from xnat_flows.transfer.journal import InstanceLog, ResumeState, UploadJournal
 from xnat_flows.transfer.scan import DicomFile, read_file_header
 
