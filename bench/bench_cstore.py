@@ -225,11 +225,11 @@ def main() -> None:
             if workers == max(args.workers):  # what a user types: the CLI, with its progress bar
                 plans.append(
                     (
-                        f"CLI upload-dicom, {workers} assoc",
+                        f"CLI send-dicom, {workers} assoc",
                         [
                             str(Path(sys.executable).with_name("xnat-flows")),
                             "session",
-                            "upload-dicom",
+                            "send-dicom",
                             str(study),
                             "--host",
                             "127.0.0.1",

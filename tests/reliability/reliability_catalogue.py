@@ -269,7 +269,7 @@ def _run_cstore(h: Harness, case: FaultCase) -> RunOutcome:
             )
     except XnatError as exc:
         return RunOutcome(False, set(), str(exc), time.monotonic() - started)
-    result = send.result
+    result = send
     listed = {Path(p).relative_to(h.source).as_posix() for p in result.unsent_paths}
     in_doubt = send.in_doubt
     if in_doubt and not listed:

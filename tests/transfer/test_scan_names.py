@@ -56,5 +56,5 @@ def test_undecodable_names_are_sent_by_c_store(tmp_path: Path) -> None:
             called_aet="XNAT",
             workers=2,
         )
-    assert send.result.ok and send.resumed == 0
+    assert send.ok and send.resumed == 0
     assert sorted(stored) == sorted(f.sop_instance_uid for f in scan.files) and len(stored) == count

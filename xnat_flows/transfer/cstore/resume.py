@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,30 +43,6 @@ def journal_key(host: str, port: int, called_aet: str, routing: RoutingOverride 
     """Where a send goes, for the upload journal: the receiver, and the routing if any (the same
     files routed elsewhere are a different delivery)."""
     return f"dicom://{called_aet}@{host}:{port}" + (f"#{routing.comment()}" if routing else "")
-
-
-@dataclass
-class ResumedSend:
-    """A resumable send: this run's result, what earlier runs had delivered, and what is in doubt."""
-
-    result: SendResult
-    resumed: int  # instances an earlier run delivered (confirmed by the receiver): not sent again
-    in_flight_before: list[Path] = field(default_factory=list)  # in flight when an earlier run stopped: sent again
-    journal_path: Path | None = None
-    # journaled as delivered, sent again since XNAT could not be asked whether it still holds them
-    unchecked: list[Path] = field(default_factory=list)
-    unchecked_reason: str = ""  # why XNAT could not be asked
-    # journaled as delivered, sent again since XNAT no longer holds their study (deleted, or another XNAT)
-    forgotten: int = 0
-
-    @property
-    def in_doubt(self) -> list[Path]:
-        """Instances the receiver may hold twice: in flight when an earlier run stopped, journaled
-        as delivered without XNAT to confirm it, or sent again in this run after an attempt that
-        got no answer."""
-        earlier = list(dict.fromkeys(self.in_flight_before + self.unchecked))
-        seen = set(earlier)
-        return earlier + [p for p in self.result.sent_again_after_no_answer if p not in seen]
 
 
 class _JournalDeliveryLog:
@@ -99,7 +74,7 @@ def store_instances_resumable(
     anonymizer: Anonymizer | None = None,
     anon_variables: Mapping[str, str] | None = None,
     **options: Any,
-) -> ResumedSend:
+) -> SendResult:
     """``store_instances`` that skips the instances an earlier run delivered to the same receiver
     (and routing) while XNAT still holds their study, and records each instance in ``journal`` as
     it goes out and as it is confirmed. With ``anonymizer`` the journal records the de-identified
@@ -149,15 +124,13 @@ def store_instances_resumable(
             **options,
         )
     result.failed += refused
-    return ResumedSend(
-        result,
-        len(files) - len(pending),
-        in_doubt,
-        journal.path_for(resume.destination),
-        unchecked,
-        unchecked_reason if unchecked else "",
-        forgotten,
-    )
+    result.resumed = len(files) - len(pending)
+    result.in_flight_before = in_doubt
+    result.journal_path = journal.path_for(resume.destination)
+    result.unchecked = unchecked
+    result.unchecked_reason = unchecked_reason if unchecked else ""
+    result.forgotten = forgotten
+    return result
 
 
 def _not_held(delivered: list[DicomFile], held: StudyHeldCheck) -> list[DicomFile]:
@@ -188,7 +161,7 @@ def _study_of(file: DicomFile) -> str:
 
 
 def in_doubt_warning(
-    send: ResumedSend,
+    send: SendResult,
     archive_with: str = "find it in the project's prearchive and archive it with overwrite 'delete'",
     check_with: str = "XNAT credentials let a re-run check them",
 ) -> str:
