@@ -23,6 +23,16 @@ def validate_ae_title(title: str, role: str) -> str:
     called because importing pynetdicom (and the pydicom under it) costs ~0.25 s, and the
     ``session send-dicom`` path imports neither: its start-up is part of its throughput
     (docs/performance.md, docs/cstore.md).
+
+    Args:
+        title: The AE title as given.
+        role: Whose it is, for the message ("called", "calling").
+
+    Returns:
+        The title without its leading and trailing spaces.
+
+    Raises:
+        InputError: The title breaks a rule; the message says which.
     """
     hint = "AE titles are 1-16 printable ASCII characters without backslashes"
     if not isinstance(title, str) or not title.strip():

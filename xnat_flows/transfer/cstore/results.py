@@ -18,8 +18,15 @@ RECEIVER_BUSY_STATUSES = (0xA700, 0xA7FF)  # Refused: Out of Resources (PS3.4 An
 
 
 def is_stored(status: int) -> bool:
-    """Success or Warning (PS3.4 Annex B: the instance was stored); checked per instance, so the
-    common 0x0000 is answered without importing pynetdicom."""
+    """Whether a C-STORE status means the instance was stored; checked per instance, so the common
+    0x0000 is answered without importing pynetdicom.
+
+    Args:
+        status: The DIMSE status of the C-STORE response.
+
+    Returns:
+        True for Success or Warning (PS3.4 Annex B), else False.
+    """
     if status == 0x0000:
         return True
     from pynetdicom.status import code_to_category
@@ -28,7 +35,14 @@ def is_stored(status: int) -> bool:
 
 
 def status_meaning(status: int | None) -> str:
-    """Category and text of a C-STORE status (PS3.4 Annex B), or why there was none."""
+    """A C-STORE status in words.
+
+    Args:
+        status: The DIMSE status, or None when no response came.
+
+    Returns:
+        Its category and text (PS3.4 Annex B), or why there was no status.
+    """
     if status is None:
         return "no response: association aborted, dropped, or no answer within the DIMSE timeout"
     from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category

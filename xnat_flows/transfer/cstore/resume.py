@@ -40,8 +40,18 @@ if TYPE_CHECKING:
 
 
 def journal_key(host: str, port: int, called_aet: str, routing: RoutingOverride | None = None) -> str:
-    """Where a send goes, for the upload journal: the receiver, and the routing if any (the same
-    files routed elsewhere are a different delivery)."""
+    """Where a send goes, for the upload journal (the same files routed elsewhere are a different
+    delivery).
+
+    Args:
+        host: The receiver's host.
+        port: The receiver's port.
+        called_aet: The receiver's AE title.
+        routing: The routing override, if any.
+
+    Returns:
+        The journal's destination key, ``dicom://AET@HOST:PORT`` plus ``#`` and the routing.
+    """
     return f"dicom://{called_aet}@{host}:{port}" + (f"#{routing.comment()}" if routing else "")
 
 
@@ -80,9 +90,23 @@ def store_instances_resumable(
     it goes out and as it is confirmed. With ``anonymizer`` the journal records the de-identified
     instances (``store_instances``).
 
-    ``held``: asks XNAT whether it holds a study (``transfer.session.study_present``); it is called
-    only when the journal lists deliveries. None, or an ``XnatError`` from it: XNAT cannot be asked,
-    so the journal is not trusted: its instances are sent again, in doubt.
+    Args:
+        files: The instances to send (from ``scan_directory``).
+        journal: The upload journal (``UploadJournal()``: the profile's).
+        host: The receiver's host.
+        port: The receiver's port.
+        called_aet: The receiver's AE title.
+        routing: The routing override, if any (part of the journal's destination).
+        held: Asks XNAT whether it holds a study (``transfer.session.study_present``); called only
+            when the journal lists deliveries. None, or an ``XnatError`` from it: XNAT cannot be
+            asked, so the journal is not trusted: its instances are sent again, in doubt.
+        anonymizer: De-identify each instance as it is sent, or None.
+        anon_variables: The script's variables (default: the routing's labels).
+        **options: More ``store_instances`` options (calling_aet, workers, timeouts, progress...).
+
+    Returns:
+        The send's result with the resume's facts: ``resumed``, ``in_flight_before``,
+        ``unchecked``, ``forgotten``, ``journal_path``.
     """
     variables = anon_variables if anon_variables is not None else routing_variables(routing)
     files, refused = deidentify_for_send(files, anonymizer, variables)
@@ -166,9 +190,16 @@ def in_doubt_warning(
     check_with: str = "XNAT credentials let a re-run check them",
 ) -> str:
     """What to check, and do, when instances the receiver may already have held were sent again.
-    ``archive_with``: how the reader finds and archives a prearchive entry, and ``check_with`` how
-    a re-run gets to check deliveries, in the reader's terms (the CLI: its commands; a flow run:
-    the prearchive page, deployments, credentials)."""
+
+    Args:
+        send: The send's result (its ``in_doubt`` instances and why each is in doubt).
+        archive_with: How the reader finds and archives a prearchive entry, in the reader's terms
+            (the CLI: its commands; a flow run: the prearchive page, deployments).
+        check_with: How a re-run gets to check deliveries, in the reader's terms.
+
+    Returns:
+        The warning: the causes, up to five paths, and what to do.
+    """
     in_doubt = send.in_doubt
     examples = ", ".join(str(path) for path in in_doubt[:5]) + (", ..." if len(in_doubt) > 5 else "")
     earlier = {*send.in_flight_before, *send.unchecked}

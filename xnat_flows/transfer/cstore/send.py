@@ -68,8 +68,20 @@ class DeliveryLog(Protocol):
 def deidentify_for_send(
     files: list[DicomFile], anonymizer: Anonymizer | None, variables: Mapping[str, str] | None
 ) -> tuple[list[DicomFile], list[InstanceOutcome]]:
-    """The files to send, de-identified by ``anonymizer`` (``transfer.deidentify``), and an outcome
-    ``failed`` for each file the script could not be applied to: listed, never sent."""
+    """The files to send, de-identified in memory (``transfer.deidentify``).
+
+    Args:
+        files: The scanned files.
+        anonymizer: The script or profile to apply; None sends the files as they are.
+        variables: The script's variables (project, subject, session).
+
+    Returns:
+        The files as they will be sent, and a failed outcome for each file the script could not
+        be applied to: listed, never sent.
+
+    Raises:
+        InputError: The script needs a variable ``variables`` does not give.
+    """
     if anonymizer is None:
         return files, []
     from xnat_flows.transfer.deidentify import deidentify_files, require_variables
@@ -80,8 +92,15 @@ def deidentify_for_send(
 
 
 def routing_variables(routing: RoutingOverride | None) -> dict[str, str]:
-    """The XNAT variables (project, subject, session) a script applied before a C-STORE knows: the
-    routing's, the only labels a C-STORE names."""
+    """The XNAT variables a script applied before a C-STORE knows: the routing's, the only labels a
+    C-STORE names.
+
+    Args:
+        routing: The routing override, or None.
+
+    Returns:
+        ``project``, ``subject`` and ``session`` where the routing gives them.
+    """
     if routing is None:
         return {}
     found = {"project": routing.project, "subject": routing.subject, "session": routing.session}
@@ -157,12 +176,35 @@ def store_instances(
 ) -> SendResult:
     """C-STORE every instance; never raises for a single instance, always records its outcome.
 
-    ``files``: a ``ScanResult``, ``DicomFile`` items from ``scan_directory``, or a directory
-    (scanned here). Raises ``InputError`` for bad AE titles and, with ``preflight``, a
-    ``DicomNetworkError`` subclass when the receiver cannot be reached or refuses us.
-    ``anonymizer``: de-identify every instance as it is read (``transfer.deidentify``) with
-    ``anon_variables`` (default: the routing's project, subject and session); a file the script
-    cannot be applied to is a failed outcome, never sent.
+    Args:
+        files: A ``ScanResult``, ``DicomFile`` items from ``scan_directory``, or a directory
+            (scanned here).
+        host: The receiver's host.
+        port: The receiver's port.
+        called_aet: The receiver's AE title.
+        calling_aet: Ours.
+        workers: Parallel associations, each in a thread.
+        dimse_timeout: Seconds to wait for each response; an instance without one is sent again.
+        acse_timeout: Seconds to wait for an association to open or release.
+        max_pdu: The largest PDU we receive.
+        max_attempts: Attempts per instance (a failure status, a dropped or stalled association).
+        max_contexts: Presentation contexts per association (at most 128).
+        chunk_size: Instances a worker takes at a time.
+        preflight: C-ECHO the receiver before sending.
+        progress: Called with (instances finished, total) as each is answered.
+        routing: Set PatientComments routing on the copy sent (the files are not changed).
+        delivery_log: Hears of each instance as it goes out and as it is answered (the journal).
+        anonymizer: De-identify every instance as it is read (``transfer.deidentify``); a file the
+            script cannot be applied to is a failed outcome, never sent.
+        anon_variables: The script's variables (default: the routing's project, subject, session).
+
+    Returns:
+        Every instance's outcome (sent, failed, skipped) and one summary per association.
+
+    Raises:
+        InputError: Bad AE titles or counts.
+        DicomNetworkError: With ``preflight``: a subclass when the receiver cannot be reached or
+            refuses us.
     """
     link = ReceiverLink(
         host,

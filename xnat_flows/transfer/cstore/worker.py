@@ -99,7 +99,14 @@ class WorkerSetup:
 
 def run_worker(worker_id: int, setup: WorkerSetup, chunks: queue.SimpleQueue[Chunk], events: WorkerEvents) -> None:
     """Send chunks from ``chunks`` until it is empty or ``setup.stop`` is set; report every instance
-    it took. A bug ends this worker only: the sender records its unreported instances as failed."""
+    it took. A bug ends this worker only: the sender records its unreported instances as failed.
+
+    Args:
+        worker_id: This worker's number, in its reports.
+        setup: The receiver, the association groups, attempts, routing and the stop event.
+        chunks: The work queue shared by the workers.
+        events: Where each instance and association is reported (from this thread).
+    """
     try:
         _Worker(worker_id, setup, events).run(chunks)
     except Exception:
