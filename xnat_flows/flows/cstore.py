@@ -66,12 +66,19 @@ def send_dicom(
 ) -> SendResult:
     """Send every DICOM instance under a directory to a DICOM receiver over parallel associations;
     with ``request.verify``, wait until XNAT has archived what was sent and announce each session.
+    The sequence is the library's (``transfer.cstore.sequence.send_cstore``), its steps this
+    flow's tasks.
 
     Args:
         request: What to send (source directory), routing, parallelism, and whether to wait for the archive.
         receiver: The DICOM receiver: an xnat-dicom-receiver Block, or host, port and AE titles.
-        connection: With verify: the xnat-credentials Block of the XNAT behind the receiver (the deployment's
-            default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+        connection: The xnat-credentials Block of the XNAT behind the receiver (the deployment's
+            default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time): it is asked that the
+            routing project exists and what earlier runs delivered, and, with verify, for the archive.
+
+    Returns:
+        The C-STORE's result (``transfer.cstore.results.SendResult``); a send that did not store
+        everything, or left instances in doubt without verify, fails the run instead.
     """
     try:
         return _send(request, receiver, connection)
