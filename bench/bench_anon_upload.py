@@ -126,7 +126,8 @@ def _dry_run(case: dict, anonymizer) -> dict:
 
 
 def case_cstore(case: dict) -> dict:
-    from xnat_flows.transfer.dicom_send import RoutingOverride, store_instances
+    from xnat_flows.transfer.cstore.inputs import RoutingOverride
+    from xnat_flows.transfer.cstore.send import store_instances
 
     anonymizer = _anonymizer(case)
     started, cpu = time.perf_counter(), _cpu_seconds()

@@ -1,7 +1,7 @@
 """De-identification on the way out: every file is rewritten by a DicomEdit script (or the
 Basic Profile) as it streams into a request, for every transport — DICOM-zip, gradual-DICOM,
 C-STORE and the inbox — through the one file source they share (``scan.read_exactly``; the
-C-STORE sender's ``dicom_dataset.dataset_to_send``).
+C-STORE sender's ``cstore.dataset.dataset_to_send``).
 
 The originals are never modified and no copy of the study is written: ``deidentify_files``
 applies the script once to every file before anything is sent (a dry run, in memory, one file

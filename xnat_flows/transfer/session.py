@@ -367,7 +367,7 @@ def study_present(client: XnatClient, study_uid: str, *, project: str | None = N
     """XNAT holds study ``study_uid``: archived (as session ``label`` of ``project`` when they are
     given, else as any session of ``project``, or of any project), being received by Direct-Archive,
     or held in the prearchive (not in ERROR). What a resume journal's record is checked against
-    before it is trusted (REST uploads, and C-STORE in ``dicom_resume``)."""
+    before it is trusted (REST uploads, and C-STORE in ``cstore.resume``)."""
     if project and label:
         found = find_archived(client, project, label)
         if found is not None and (not found.uid or found.uid == study_uid):
