@@ -8,8 +8,11 @@ DICOM-zip (tar), gradual-DICOM and C-STORE, alternating plain and de-identified 
 fresh client process. The time is the library call a CLI upload makes (``upload_session`` with
 the scan, without the read-back; ``store_instances`` for C-STORE): with the script it includes the
 dry run over every file before sending and the rewrite of every file as it streams. Medians of
-``--repeats`` runs and the ratio de-identified / plain are printed, with the dry run alone (timed
-again after each de-identified run) and the load average (the machine is shared).
+``--repeats`` runs and the ratio de-identified / plain are printed, with the client process's CPU
+time (what de-identifying adds, less sensitive than wall time to a shared machine's load), the dry
+run alone (timed again after each de-identified run) and the load average. ``--whole`` adds
+a third run of each kind whose dry run reads and rewrites every file whole, as before
+``Anonymizer.rewrite_head`` (the same load for before and after).
 """
 
 from __future__ import annotations
@@ -61,10 +64,22 @@ def run_case(case: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this client process and of the worker processes it waited for (C-STORE)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def _anonymizer(case: dict):
     if not case["anon"]:
         return None
     from xnat_flows.anon import compile_script
+
+    if case.get("whole"):
+        # the dry run as it was before rewrite_head: every file read and rewritten whole
+        from xnat_flows.transfer import deidentify
+
+        deidentify.HEAD_BYTES = 1 << 62
 
     return compile_script(SCRIPT, source="bench.das")
 
@@ -81,7 +96,7 @@ def case_rest(case: dict) -> dict:
     target = UploadTarget(PROJECT, "SUBJ", case["label"], archive_when_complete=False)
     with XnatClient(credentials, token_cache=None) as client:
         client.login()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         result = upload_session(
             client,
             case["source"],
@@ -91,9 +106,10 @@ def case_rest(case: dict) -> dict:
             verify=False,
             anonymizer=anonymizer,
         )
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     assert result.ok and not result.refused, result
-    return {"seconds": seconds, "files": result.files_sent, "bytes": result.bytes_sent, **_dry_run(case, anonymizer)}
+    figures = {"seconds": seconds, "cpu": cpu, "files": result.files_sent, "bytes": result.bytes_sent}
+    return {**figures, **_dry_run(case, anonymizer)}
 
 
 def _dry_run(case: dict, anonymizer) -> dict:
@@ -110,10 +126,11 @@ def _dry_run(case: dict, anonymizer) -> dict:
 
 
 def case_cstore(case: dict) -> dict:
-    from xnat_flows.transfer.dicom_send import RoutingOverride, store_instances
+    from xnat_flows.transfer.cstore.inputs import RoutingOverride
+    from xnat_flows.transfer.cstore.send import store_instances
 
     anonymizer = _anonymizer(case)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     result = store_instances(
         case["source"],
         host="127.0.0.1",
@@ -122,9 +139,10 @@ def case_cstore(case: dict) -> dict:
         routing=RoutingOverride(PROJECT, "SUBJ", case["label"]),
         anonymizer=anonymizer,
     )
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     assert result.ok, result.summary()
-    return {"seconds": seconds, "files": len(result.sent), "bytes": result.bytes_sent, **_dry_run(case, anonymizer)}
+    figures = {"seconds": seconds, "cpu": cpu, "files": len(result.sent), "bytes": result.bytes_sent}
+    return {**figures, **_dry_run(case, anonymizer)}
 
 
 CASES = {"dicom-zip": case_rest, "gradual": case_rest, "cstore": case_cstore}
@@ -138,6 +156,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--modes", default="dicom-zip,gradual,cstore")
+    parser.add_argument(
+        "--whole", action="store_true", help="also time the dry run reading every file whole (before rewrite_head)"
+    )
     parser.add_argument("--scratch", default=str(REPO / ".bench-data"))
     args = parser.parse_args()
     if args.case:
@@ -163,12 +184,17 @@ def main() -> None:
         emulator = Emulator(work / "xnat", scp_port=scp_port)
         labels = iter(range(10**6))
         try:
-            print(f"\n{'mode':10} {'plain s':>8} {'anon s':>8} {'ratio':>6} {'dry run s':>9}   runs (plain / anon)")
+            kinds = ["plain", "anon", *(["whole"] if args.whole else [])]
+            print(
+                f"\n{'mode':10} {'run':6} {'median s':>8} {'ratio':>6} {'client CPU s':>12} {'CPU ratio':>9}"
+                f" {'dry run s':>9}   runs   (load average)"
+            )
             for mode in args.modes.split(","):
-                times: dict[bool, list[float]] = {False: [], True: []}
-                dry: list[float] = []
+                times: dict[str, list[float]] = {kind: [] for kind in kinds}
+                cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
+                dry: dict[str, list[float]] = {kind: [] for kind in kinds}
                 for _ in range(args.repeats):
-                    for anon in (False, True):
+                    for kind in kinds:
                         figures = run_case(
                             {
                                 "kind": mode,
@@ -177,17 +203,22 @@ def main() -> None:
                                 "source": str(work / "study"),
                                 "label": f"B{next(labels)}",
                                 "workers": args.workers,
-                                "anon": anon,
+                                "anon": kind != "plain",
+                                "whole": kind == "whole",
                             }
                         )
-                        times[anon].append(figures["seconds"])
-                        if anon:
-                            dry.append(figures["dry_run_seconds"])
-                plain, anon_s = statistics.median(times[False]), statistics.median(times[True])
-                runs = " ".join(f"{p:.2f}/{a:.2f}" for p, a in zip(times[False], times[True], strict=True))
-                print(
-                    f"{mode:10} {plain:8.2f} {anon_s:8.2f} {anon_s / plain:6.2f} {statistics.median(dry):9.2f}   {runs}"
-                )
+                        times[kind].append(figures["seconds"])
+                        cpu[kind].append(figures["cpu"])
+                        dry[kind].append(figures.get("dry_run_seconds", 0.0))
+                plain, plain_cpu = statistics.median(times["plain"]), statistics.median(cpu["plain"])
+                for kind in kinds:
+                    median, median_cpu = statistics.median(times[kind]), statistics.median(cpu[kind])
+                    runs = " ".join(f"{t:.2f}" for t in times[kind])
+                    print(
+                        f"{mode:10} {kind:6} {median:8.2f} {median / plain:6.2f} {median_cpu:12.2f}"
+                        f" {median_cpu / plain_cpu:9.2f} {statistics.median(dry[kind]):9.2f}"
+                        f"   {runs}   ({os.getloadavg()[0]:.1f})"
+                    )
         finally:
             emulator.close()
         print(f"\nload average after: {os.getloadavg()}")

@@ -53,15 +53,28 @@ class Emulator:
     """A fresh emulator process on its own data directory, removed when it is closed."""
 
     def __init__(
-        self, data_dir: Path, *, idle_seconds: float = 3600.0, latency_ms: int = 0, scp_port: int | None = None
+        self,
+        data_dir: Path,
+        *,
+        idle_seconds: float = 3600.0,
+        latency_ms: int = 0,
+        scp_port: int | None = None,
+        switch_interval: float | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # switch_interval: the emulator interpreter's sys.setswitchinterval (how long a thread that
+        # wants the GIL waits before asking the holder for it; CPython's default is 5 ms)
+        start = ["-m", "xnat_flows.cli.main"]
+        if switch_interval is not None:
+            start = [
+                "-c",
+                f"import sys; sys.setswitchinterval({switch_interval}); from xnat_flows.cli.main import main; main()",
+            ]
         cmd = [
             PYTHON,
-            "-m",
-            "xnat_flows.cli.main",
+            *start,
             "emulator",
             "serve",
             "--host",

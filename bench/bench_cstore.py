@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = """
 import json, sys, time
-from xnat_flows.transfer.dicom_send import RoutingOverride, store_instances
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.send import store_instances
 from xnat_flows.transfer.scan import scan_directory
 if __name__ == "__main__":
     scan = scan_directory(sys.argv[1], headers="file-meta")
@@ -224,11 +225,11 @@ def main() -> None:
             if workers == max(args.workers):  # what a user types: the CLI, with its progress bar
                 plans.append(
                     (
-                        f"CLI upload-dicom, {workers} assoc",
+                        f"CLI send-dicom, {workers} assoc",
                         [
                             str(Path(sys.executable).with_name("xnat-flows")),
                             "session",
-                            "upload-dicom",
+                            "send-dicom",
                             str(study),
                             "--host",
                             "127.0.0.1",

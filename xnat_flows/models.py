@@ -96,6 +96,13 @@ class Deidentification(BaseModel):
         "not to apply them again).",
     )
 
+    allowed_urls: list[str] = Field(
+        default_factory=list,
+        title="URLs getURL may reach",
+        description="URL prefixes (e.g. https://ids.site.local/) a script's getURL may fetch a value from; a "
+        "request carries what its URL holds. Empty: a script calling getURL is refused.",
+    )
+
     def script_text(self) -> tuple[str, str] | None:
         """(source, text) of the script asked for, if any."""
         if self.script.strip():
@@ -423,50 +430,3 @@ class SendDicomRequest(BaseModel):
         description="De-identify each file as it is sent (the originals are not changed); a script's project, "
         "subject and session variables are the routing's.",
     )
-
-
-class ArchivedStudy(BaseModel):
-    """A session in the archive that holds the instances of one sent study."""
-
-    study_uid: str
-    project: str
-    subject: str | None = None
-    label: str
-    experiment_id: str
-    uri: str
-    instances_sent: int
-    files_found: int
-
-
-class InstanceFailure(BaseModel):
-    path: str
-    status: str
-    meaning: str
-
-
-class SendDicomResult(BaseModel):
-    """What the ``send-dicom`` flow returns."""
-
-    sent: int
-    resumed: int
-    failed: list[InstanceFailure]
-    skipped: list[SkippedFile]
-    bytes_sent: int
-    seconds: float
-    instances_per_second: float
-    associations: list[dict]
-    archived: list[ArchivedStudy] = Field(default_factory=list, description="With verify: where each study landed.")
-    in_doubt: list[str] = Field(
-        default_factory=list,
-        description="Sent again after an attempt without an answer: the receiver may hold two copies (see docs/cstore.md).",
-    )
-
-    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
-    @property
-    def unreadable(self) -> list[SkippedFile]:
-        """Files or folders that could not be read (also in skipped): not sent, a failure."""
-        return [s for s in self.skipped if s.unreadable]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.unreadable

@@ -95,3 +95,19 @@ def read(data: bytes) -> Dataset:
     import pydicom
 
     return pydicom.dcmread(io.BytesIO(data))
+
+
+def pydicom_testdata(name: str) -> bytes:
+    """The bytes of one of pydicom's test files (the test is skipped where it is not installed)."""
+    import warnings
+    from pathlib import Path
+
+    import pytest
+    from pydicom.data import get_testdata_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} not available")
+    return Path(str(path)).read_bytes()

@@ -66,7 +66,8 @@ def test_allow_accepts_keywords_tags_private_and_options(folder: Path) -> None:
         allow=["retain-uids", "StudyDate", "(0008,0030)", "PatientBirthDate"],
     )
     assert report.ok, report.to_text()
-    assert {"StudyInstanceUID", "StudyDate", "StudyTime", "PatientBirthDate"} <= set(report.allowed)
+    assert {"StudyInstanceUID", "StudyDate", "StudyTime"} <= set(report.allowed)
+    assert "PatientBirthDate" not in report.allowed  # Retain Longitudinal dates keeps no birth date
 
 
 def test_placeholders_for_variables_not_given(folder: Path) -> None:

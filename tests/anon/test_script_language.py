@@ -204,6 +204,39 @@ def test_value_functions(expression: str, expected: str) -> None:
     assert run(f"(0008,1030) := {expression}").StudyDescription == expected
 
 
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        # dicom-edit6 DefaultDicomDateTimeShifter: a partial value is shifted from its midpoint (a
+        # date is noon, a month its middle day, an hour half past) and keeps its precision
+        ('shiftDateByIncrement[(0008,0020), 13, "hours"]', "20240201"),
+        ('shiftDateByIncrement[(0008,0020), 11, "hours"]', "20240131"),
+        ('shiftDateByIncrement[(0008,0020), 1, "years"]', "20250130"),  # 365 days
+        ('shiftDateByIncrement[(0008,0020), "2"]', "20240202"),  # days by default
+        ('shiftDateTimeByIncrement["20240131101500", 90]', "20240131101630"),  # seconds by default
+        ('shiftDateTimeByIncrement["202401", 16, "days"]', "202402"),  # from the 16th, noon
+        ('shiftDateTimeByIncrement["2024013110", 45, "minutes"]', "2024013111"),  # from 10:30
+        ('shiftDateTimeByIncrement["20240131235959.123+0100", 1, "seconds"]', "20240201000000.123+0100"),
+        ('shiftDateTimeByIncrement[(0008,0020), -1, "days"]', "20240130"),  # a DA value too
+        ("shiftDateByIncrement[(0008,0021), 5]", ""),  # absent: stays empty
+    ],
+)
+def test_shift_functions_follow_dicom_edit6(expression: str, expected: str) -> None:
+    assert run(f"(0008,1030) := {expression}").StudyDescription == expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "words"),
+    [
+        ('shiftDateByIncrement[(0008,0020), 1, "day"]', "unknown unit 'day'"),  # DicomEdit: plural only
+        ('shiftDateTimeByIncrement["2024-01-31", 1, "days"]', "not a DICOM date"),
+    ],
+)
+def test_shift_functions_refuse_what_dicom_edit6_refuses(expression: str, words: str) -> None:
+    with pytest.raises(AnonError, match=words):
+        run(f"(0008,1030) := {expression}")
+
+
 def test_alter_pixels_fills_the_rectangle_only() -> None:
     before = read(part10())
     ds = run('alterPixels["rectangle", "l=2, t=1, r=4, b=3", "solid", "v=0"]')

@@ -4,15 +4,12 @@ explicit VR, big endian, deflated, JPEG and other encapsulated syntaxes, nested 
 from __future__ import annotations
 
 import io
-import warnings
-from pathlib import Path
 
 import pydicom
 import pytest
-from anon_helpers import VARIABLES, make_dataset, to_part10
+from anon_helpers import VARIABLES, make_dataset, pydicom_testdata, to_part10
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.data import get_testdata_file
 from pydicom.uid import ImplicitVRLittleEndian
 
 from xnat_flows.anon import AnonError, basic_profile, compile_script
@@ -40,15 +37,6 @@ FILES = {
 }
 
 
-def _path(name: str) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"pydicom test file {name} not available")
-    return str(path)
-
-
 def _read(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data), force=True)
 
@@ -56,7 +44,7 @@ def _read(data: bytes) -> pydicom.Dataset:
 @pytest.mark.parametrize("name", sorted(FILES))
 @pytest.mark.parametrize("anonymizer", [SCRIPT, basic_profile()], ids=["script", "profile"])
 def test_pixel_data_and_transfer_syntax_are_unchanged(name: str, anonymizer) -> None:
-    data = Path(_path(name)).read_bytes()
+    data = pydicom_testdata(name)
     before = _read(data)
     assert before.file_meta.TransferSyntaxUID == FILES[name]
     after = _read(anonymizer.apply_bytes(data, VARIABLES))
@@ -75,14 +63,14 @@ def test_pixel_data_and_transfer_syntax_are_unchanged(name: str, anonymizer) -> 
 
 def test_pixel_bytes_in_the_file_are_the_same_bytes() -> None:
     """Not only the same decoded value: the encoded Pixel Data element is copied verbatim."""
-    data = Path(_path("JPEG2000.dcm")).read_bytes()
+    data = pydicom_testdata("JPEG2000.dcm")
     out = SCRIPT.apply_bytes(data, VARIABLES)
     start = data.index(b"\xe0\x7f\x10\x00")
     assert data[start:] in out
 
 
 def test_nested_sequences_are_rewritten_inside() -> None:
-    data = Path(_path("rtplan.dcm")).read_bytes()
+    data = pydicom_testdata("rtplan.dcm")
     anonymizer = compile_script('version "6.1"\n*/(300A,00C2) := "BEAM"')
     after = _read(anonymizer.apply_bytes(data, {}))
     names = [beam.BeamName for beam in after.BeamSequence]
@@ -91,14 +79,14 @@ def test_nested_sequences_are_rewritten_inside() -> None:
 
 
 def test_same_script_and_input_give_the_same_bytes() -> None:
-    data = Path(_path("CT_small.dcm")).read_bytes()
+    data = pydicom_testdata("CT_small.dcm")
     assert SCRIPT.apply_bytes(data, VARIABLES) == SCRIPT.apply_bytes(data, VARIABLES)
     profile = basic_profile()
     assert profile.apply_bytes(data) == basic_profile().apply_bytes(data)
 
 
 def test_alter_pixels_refuses_compressed_pixel_data() -> None:
-    data = Path(_path("JPEG2000.dcm")).read_bytes()
+    data = pydicom_testdata("JPEG2000.dcm")
     anonymizer = compile_script('version "6.1"\nalterPixels["rectangle", "l=0, t=0, r=4, b=4", "solid", "v=0"]')
     with pytest.raises(AnonError, match="compressed"):
         anonymizer.apply_bytes(data, {})
@@ -106,7 +94,7 @@ def test_alter_pixels_refuses_compressed_pixel_data() -> None:
 
 @pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])
 def test_truncated_files_are_refused_not_passed_through(name: str) -> None:
-    data = Path(_path(name)).read_bytes()
+    data = pydicom_testdata(name)
     with pytest.raises(AnonError):
         SCRIPT.apply_bytes(data, VARIABLES)
 
@@ -141,7 +129,7 @@ def test_a_script_on_low_groups_indexes_only_those_and_gives_the_full_result(nam
     from xnat_flows.anon import rawds
     from xnat_flows.anon.runtime import Context
 
-    data = Path(_path(name)).read_bytes()
+    data = pydicom_testdata(name)
     script = compile_script('version "6.1"\n(0010,0010) := subject\n-(0010,0030)\n(0008,0050) := "A1"')
     program = script._program
     assert program.up_to == 0x00100030

@@ -146,8 +146,9 @@ def test_cstore_lands_with_exactly_the_scripts_changes_and_a_rerun_sends_nothing
     [
         ('version "6.1"\n(0010,0010) := subject\n(0010,0020 := session\n', "bad.das:3:"),
         ('version "6.1"\n(0010,0010) := nosuchfunction[subject]\n', "bad.das:2:16: unknown function"),
+        ('version "6.1"\n(0008,0050) := getURL["http://127.0.0.1:9/id"]\n', "bad.das:2:16: getURL asks a web service"),
     ],
-    ids=["syntax", "unknown-function"],
+    ids=["syntax", "unknown-function", "get-url-not-allowed"],
 )
 def test_a_script_error_stops_before_anything_is_sent(xnat, tmp_path, text, where) -> None:
     root, _ = export(tmp_path, seed=13, instances=2)
@@ -162,6 +163,48 @@ def test_a_script_error_stops_before_anything_is_sent(xnat, tmp_path, text, wher
         assert result.exit_code == 2, result.output
         assert where.replace("bad.das", str(bad)) in result.stderr
     assert xnat.stats()["imports"] == 0 and not xnat.prearchive_sessions(include_direct_archive=True)
+
+
+def test_get_url_asks_an_allowed_service_once_per_url_and_its_answer_lands(xnat, tmp_path) -> None:
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Lookup(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = b"ACC-" + hashlib.sha256(self.path.encode()).hexdigest()[:8].upper().encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Lookup)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        root, originals = export(tmp_path, seed=15, instances=3)
+        lookup = tmp_path / "lookup.das"
+        lookup.write_text(f'version "6.1"\n(0008,0050) := getURL[format["{base}/accession/{{0}}", (0010,0020)]]\n')
+        args = ["session", "upload", str(root), "-P", "ANON", "-S", "S", "-E", "GETURL", "--anon-script", str(lookup)]
+        assert run(*args).exit_code == 2  # not allowed: nothing asked, nothing sent
+        assert asked == [] and xnat.stats()["imports"] == 0
+        result = run(*args, "--anon-allow-url", base + "/accession/", "--json")
+        assert result.exit_code == 0, result.output
+    finally:
+        server.shutdown()
+        server.server_close()
+    patient_ids = {str(pydicom.dcmread(p).PatientID) for p in originals}
+    assert sorted(asked) == sorted(f"/accession/{pid}" for pid in patient_ids)  # one request per distinct URL
+    archived = [pydicom.dcmread(p) for p in xnat.archived_files("GETURL").values()]
+    assert len(archived) == len(originals)
+    assert {str(ds.AccessionNumber) for ds in archived} == {
+        "ACC-" + hashlib.sha256(f"/accession/{pid}".encode()).hexdigest()[:8].upper() for pid in patient_ids
+    }
 
 
 def test_a_file_the_script_cannot_take_is_listed_not_sent_and_the_run_fails(xnat, tmp_path) -> None:

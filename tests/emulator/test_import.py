@@ -216,6 +216,58 @@ def test_tar_long_names_directories_and_truncation(client, manual, tar_format):
     assert truncated.status_code == 400 and "unable to read data from file" in truncated.text
 
 
+def test_ustar_headers_read_without_tarinfo_give_what_frombuf_gives():
+    """The tar reader's shortcut for plain ustar headers: same name, size and type as tarfile's
+    TarInfo.frombuf for every header it takes, and it leaves the rest (V7, GNU, prefixes, base-256
+    sizes, directories, a bad checksum) to frombuf."""
+    import tarfile
+
+    from xnat_flows.testing.importer import _ustar_fields
+
+    headers = []
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        for name, kind, size in [
+            ("a/b.dcm", tarfile.REGTYPE, 5),
+            ("dir/", tarfile.DIRTYPE, 0),
+            ("x" * 99, tarfile.REGTYPE, 0),
+            ("p/" * 60 + "f.dcm", tarfile.REGTYPE, 1),  # ustar: a prefix; gnu/pax: a long-name member
+            ("é.dcm", tarfile.REGTYPE, 7),
+            ("big.dcm", tarfile.REGTYPE, 9 * 8**11),  # past 8 GB: base-256 (gnu) or a pax size
+            ("link", tarfile.SYMTYPE, 0),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.linkname = kind, size, "target" if kind == tarfile.SYMTYPE else ""
+            try:
+                block = info.tobuf(fmt, tarfile.ENCODING, "surrogateescape")
+            except ValueError:
+                continue  # the format cannot hold it
+            headers += [block[i : i + 512] for i in range(0, len(block), 512)]
+    taken = 0
+    for header in headers:
+        fields = _ustar_fields(header)
+        if fields is None:
+            continue
+        taken += 1
+        info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+        assert fields == (info.name, info.size, info.type), header[:100]
+        damaged = bytearray(header)
+        damaged[0] ^= 1
+        assert _ustar_fields(bytes(damaged)) is None  # the checksum no longer holds: frombuf refuses it
+        try:
+            tarfile.TarInfo.frombuf(bytes(damaged), tarfile.ENCODING, "surrogateescape")
+        except tarfile.HeaderError:
+            pass
+        else:
+            raise AssertionError("frombuf took a header whose checksum is wrong")
+    assert taken >= 10
+    v7 = bytearray(tarfile.TarInfo("v7.dcm").tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "strict"))
+    v7[257:265] = bytes(8)  # no magic: an old V7 header
+    v7[148:156] = b"        "
+    v7[148:155] = b"%06o\0" % sum(v7)
+    assert tarfile.TarInfo.frombuf(bytes(v7), tarfile.ENCODING, "strict").name == "v7.dcm"
+    assert _ustar_fields(bytes(v7)) is None
+
+
 def test_zip_slip_members_are_refused(client, manual):
     instance = make_study(1, 1)[0]
     response = dicom_zip(client, zip_bytes([("../evil.dcm", instance.data)]), project=manual)

@@ -67,9 +67,13 @@ def test_code_5_overwrites(emulator, client):
 def test_direct_archive_conflict_falls_back_to_prearchive(emulator, client):
     study = make_study(1, 1)
     upload(client, study, project="TEST", subject="S", session="DAC", dest="/archive/projects/TEST")
-    upload(client, make_study(1, 1), **{"project": "TEST", "subject": "S", "session": "DAC", "Direct-Archive": "true"})
-    rows = wait_until(lambda: client.get("/data/prearchive/projects/TEST").json()["ResultSet"]["Result"])
-    assert rows[0]["status"] == "CONFLICT"
+    # another study under an archived label: through the prearchive (xnat-web
+    # DirectArchiveSessionServiceImpl.getOrCreate), auto-archived (code 4), refused: CONFLICT
+    uri = upload(
+        client, make_study(1, 1), **{"project": "TEST", "subject": "S", "session": "DAC", "Direct-Archive": "true"}
+    )
+    assert uri.startswith("/data/prearchive/projects/TEST/")
+    wait_until(lambda: status_of(client, uri) == "CONFLICT")
 
 
 def test_forced_error_for_next_session(emulator, client):

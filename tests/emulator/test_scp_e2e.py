@@ -11,7 +11,10 @@ import pytest
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import SynthRouting, write_studies
-from xnat_flows.transfer.dicom_send import CalledAETitleRejectedError, RoutingOverride, echo, store_instances
+from xnat_flows.transfer.cstore.connect import echo
+from xnat_flows.transfer.cstore.errors import CalledAETitleRejectedError
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.send import store_instances
 from xnat_flows.transfer.scan import scan_directory
 
 pytestmark = pytest.mark.e2e

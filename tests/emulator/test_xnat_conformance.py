@@ -337,3 +337,88 @@ def test_file_digests_follow_the_sites_checksums_setting(client, archived):
     client.put(f"/data/experiments/{archived}/resources/NOTES/files/a.txt", content=b"x", params={"inbody": "true"})
     [note] = client.get(f"/data/experiments/{archived}/resources/NOTES/files").json()["ResultSet"]["Result"]
     assert note["digest"] == ""  # checksums off: catalog entries carry none
+
+
+def _direct_archive(client, study, label, **extra):
+    answer = client.post(
+        "/data/services/import",
+        params={
+            "import-handler": "DICOM-zip",
+            "project": "TEST",
+            "subject": "S1",
+            "session": label,
+            "Direct-Archive": "true",
+            **extra,
+        },
+        content=zip_bytes(members(study)),
+        headers={"Content-Type": "application/zip"},
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.text.strip()
+
+
+def test_direct_archive_onto_an_archived_session_goes_through_the_prearchive(emulator, client, archived):
+    """xnat-web DirectArchiveSessionServiceImpl.getOrCreate refuses a new Direct-Archive session whose
+    archive directory exists ("data already exists"), and GradualDicomImporter.eitherGetOrCreateSession
+    then takes the instance through the prearchive: nothing is merged into the archived session by
+    Direct-Archive; the project's prearchive setting decides (here manual: it stays READY)."""
+    emulator.set_prearchive_code("TEST", 0)
+    before = emulator.archived_experiments("TEST")
+    uri = _direct_archive(client, make_study(1, 2), "EXP1")
+    assert uri.startswith("/data/prearchive/projects/TEST/") and uri.endswith("/EXP1"), uri
+    assert emulator.prearchive_sessions(include_direct_archive=True) == emulator.prearchive_sessions()
+    wait_until(lambda: [r for r in emulator.prearchive_sessions() if r["status"] == "READY"])
+    assert emulator.archived_experiments("TEST") == before  # the archived session is untouched
+
+
+def test_direct_archive_onto_an_archived_session_is_auto_archived_by_the_projects_rule(emulator, client, archived):
+    """Through the prearchive the project's auto-archive applies (code 4: append), and the archiver's
+    checks with it: another study under the label parks in CONFLICT (xnat-web PrearcSessionArchiver)."""
+    uri = _direct_archive(client, make_study(1, 1), "EXP1")
+    assert uri.startswith("/data/prearchive/projects/TEST/"), uri
+    wait_until(lambda: client.get(uri).json()["ResultSet"]["Result"][0]["status"] == "CONFLICT")
+    [experiment] = emulator.archived_experiments("TEST")
+    assert experiment["scans"] == {"1": 1}
+
+
+def test_direct_archive_into_a_label_another_study_is_receiving_goes_through_the_prearchive(emulator, client):
+    """A second study's Direct-Archive session would write into the first one's archive directory:
+    xnat-web's getOrCreate finds no session of its (project, StudyInstanceUID, label), sees the
+    directory and refuses; the second study goes through the prearchive."""
+    emulator.set_prearchive_code("TEST", 0)
+    first, second = make_study(1, 1), make_study(1, 1)
+    assert _direct_archive(client, first, "SHARED", prevent_auto_commit="true").startswith("/xapi/direct-archive/")
+    assert _direct_archive(client, second, "SHARED").startswith("/data/prearchive/projects/TEST/")
+    # the same study again joins its own Direct-Archive session, which is still receiving
+    assert _direct_archive(client, first, "SHARED") == f"/xapi/direct-archive/TEST/{first[0].study_uid}/SHARED"
+
+
+def test_gradual_direct_archive_after_the_session_closed_goes_through_the_prearchive(emulator, client):
+    """An instance for a Direct-Archive session no longer receiving (queued for archiving by
+    ``POST /xapi/direct-archive/...``): getOrCreate refuses ("no longer in receiving state"), the
+    instance goes through the prearchive (xnat-web DirectArchiveSessionServiceImpl.triggerArchive:
+    "this will be handled by sending the later files to the prearchive")."""
+    emulator.set_prearchive_code("TEST", 0)
+    study = make_study(1, 2)
+    params = {"PROJECT_ID": "TEST", "SUBJECT_ID": "S1", "EXPT_LABEL": "LATE", "Direct-Archive": "true"}
+
+    def send(instance):
+        answer = client.post(
+            "/data/services/import",
+            params={"import-handler": "gradual-DICOM", "inbody": "true", **params},
+            content=instance.data,
+            headers={"Content-Type": "application/dicom"},
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.text.strip()
+
+    da_uri = send(study[0])
+    emulator.prearchive.stop()  # the rebuilder waits: the session stays queued while the late file comes
+    try:
+        assert client.post(da_uri).status_code == 200
+        late = send(study[1])
+    finally:
+        emulator.prearchive.start()
+    assert late.startswith("/data/prearchive/projects/TEST/") and late.endswith("/LATE"), late
+    wait_until(lambda: emulator.archived_experiments("TEST"))
+    assert emulator.archived_experiments("TEST")[0]["scans"] == {"1": 1}

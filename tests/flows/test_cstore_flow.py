@@ -47,7 +47,7 @@ def test_send_dicom_flow_routes_to_project_and_archives_every_instance(xnat, tmp
         ),
         DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT"),
     )
-    assert result.sent == len(manifest.files) and result.failed == []
+    assert len(result.sent) == len(manifest.files) and result.failed == []
     (experiment,) = _wait_archived(xnat, "CSTORE")
     assert experiment["label"] == "SESS_C"
     assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files)
@@ -137,7 +137,7 @@ def test_a_receiver_that_recovers_is_completed_by_a_task_retry(xnat, tmp_path: P
         SendDicomRequest(source_dir=str(tmp_path / "export"), workers=1, routing_project="CSTORE"),
         DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT"),
     )
-    assert result.failed == [] and result.sent == len(manifest.files) and result.resumed == 0
+    assert result.failed == [] and len(result.sent) == len(manifest.files) and result.resumed == 0
     assert calls.count(False) == 12 and calls.count(True) == len(manifest.files)
 
 
@@ -157,8 +157,8 @@ def test_associations_hold_slots_of_the_receivers_concurrency_limit(xnat, tmp_pa
             SendDicomRequest(source_dir=str(tmp_path / "export"), workers=4, routing_project="CSTORE"),
             DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT"),
         )
-        assert result.sent == len(manifest.files)
-        assert {a["worker"] for a in result.associations} <= {0, 1}  # 4 asked, the limit holds 2
+        assert len(result.sent) == len(manifest.files)
+        assert {a.worker for a in result.associations} <= {0, 1}  # 4 asked, the limit holds 2
         with get_client(sync_client=True) as client:
             assert client.read_global_concurrency_limit_by_name(name).active_slots == 0  # all released
     finally:
@@ -245,15 +245,15 @@ def test_send_dicom_verify_announces_an_archived_study_once(
         return [e.resource["xnat.experiment_id"] for e in events_worker._client.events if e.event == SESSION_ARCHIVED]
 
     unverified = send_dicom(request, receiver, connection)
-    assert unverified.sent == len(manifest.files) and unverified.archived == []
+    assert len(unverified.sent) == len(manifest.files) and unverified.archived == []
     verify = request.model_copy(update={"verify": True})
     verified = send_dicom(verify, receiver, connection)
-    assert verified.sent == 0 and verified.resumed == len(manifest.files)
+    assert verified.sent == [] and verified.resumed == len(manifest.files)
     (study,) = verified.archived
     assert archived_events() == [study.experiment_id]  # the first announcement of these instances
 
     again = send_dicom(verify, receiver, connection)
-    assert again.sent == 0 and again.archived == verified.archived
+    assert again.sent == [] and again.archived == verified.archived
     assert archived_events() == [study.experiment_id]  # not twice
 
 
@@ -312,6 +312,28 @@ def test_instances_in_doubt_fail_an_unverified_run_and_a_verified_run_checks_the
         receiver,
         XnatConnection(url=xnat.url, username="admin"),
     )
-    assert len(verified.in_doubt) == 1 and verified.sent == len(other.files)
+    assert len(verified.in_doubt) == 1 and len(verified.sent) == len(other.files)
     (study,) = verified.archived
     assert study.label == "D2" and study.files_found == len(other.files)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_unknown_routing_project_is_refused_before_anything_is_sent(
+    xnat, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """XNAT files the instances of a project it does not know under Unassigned in its prearchive.
+    The CLI asked XNAT first and refused; the flow sent them. One sequence now: the flow too asks
+    the XNAT of its connection, before reading or sending anything."""
+    from xnat_flows.models import XnatConnection
+
+    monkeypatch.setenv("XNAT_PASS", "admin")
+    write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=21)
+    with pytest.raises(XnatError) as raised:
+        send_dicom(
+            SendDicomRequest(source_dir=str(tmp_path / "export"), routing_project="NOSUCH"),
+            DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT"),
+            XnatConnection(url=xnat.url, username="admin"),
+        )
+    assert "NOSUCH" in str(raised.value) and "does not exist" in str(raised.value)
+    assert xnat.dicom_receiver.stores_seen == 0
+    assert xnat.prearchive_sessions(include_direct_archive=True) == [] and xnat.archived_experiments() == []

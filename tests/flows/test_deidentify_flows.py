@@ -97,7 +97,7 @@ def test_send_dicom_flow_deidentifies_and_verifies_the_rewritten_study(xnat, tmp
         DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT"),
         XnatConnection(url=xnat.url, username="admin"),
     )
-    assert result.sent == 4 and result.failed == []
+    assert len(result.sent) == 4 and result.failed == []
     (study,) = result.archived
     assert study.study_uid == hash_uid(manifest.files[0].study_uid) and study.files_found == 4
     assert {str(ds.PatientName) for ds in _archived(xnat, "CSESS")} == {"CSUBJ"}

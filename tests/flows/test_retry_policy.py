@@ -17,7 +17,7 @@ from xnat_flows.client.errors import (
 from xnat_flows.models import DicomReceiverTarget
 from xnat_flows.tasks import cstore as cstore_tasks
 from xnat_flows.tasks.policies import retry_unless_permanent
-from xnat_flows.transfer.dicom_send import PeerUnreachableError
+from xnat_flows.transfer.cstore.errors import PeerUnreachableError
 
 
 class _FailedState:

@@ -252,7 +252,7 @@ def _run_rest(h: Harness, case: FaultCase, client: XnatClient) -> RunOutcome:
 def _run_cstore(h: Harness, case: FaultCase) -> RunOutcome:
     from xnat_flows.models import DicomReceiverTarget, XnatConnection
     from xnat_flows.tasks.cstore import send_instances
-    from xnat_flows.transfer.dicom_send import RoutingOverride
+    from xnat_flows.transfer.cstore.inputs import RoutingOverride
 
     scan = scan_directory(h.source)
     if case.after_scan is not None:
@@ -269,7 +269,7 @@ def _run_cstore(h: Harness, case: FaultCase) -> RunOutcome:
             )
     except XnatError as exc:
         return RunOutcome(False, set(), str(exc), time.monotonic() - started)
-    result = send.result
+    result = send
     listed = {Path(p).relative_to(h.source).as_posix() for p in result.unsent_paths}
     in_doubt = send.in_doubt
     if in_doubt and not listed:

@@ -24,7 +24,7 @@ from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.scp import ScpFaults
 from xnat_flows.testing.synth import write_studies
-from xnat_flows.transfer.dicom_resume import journal_key
+from xnat_flows.transfer.cstore.resume import journal_key
 from xnat_flows.transfer.journal import UploadJournal, content_digest
 from xnat_flows.transfer.scan import scan_directory
 
@@ -73,7 +73,7 @@ def _start_sender(args: list[str]) -> subprocess.Popen:
 
 
 def _journal(xnat: XnatEmulator) -> tuple[UploadJournal, str]:
-    from xnat_flows.transfer.dicom_inputs import RoutingOverride
+    from xnat_flows.transfer.cstore.inputs import RoutingOverride
 
     return UploadJournal(), journal_key(
         "127.0.0.1", xnat.scp_port, "XNAT", RoutingOverride("CSTORE", "SUBJ_K", "SESS_K")

@@ -37,7 +37,7 @@ def test_undecodable_names_get_an_escaped_relpath_and_a_real_path(tmp_path: Path
 
 
 def test_undecodable_names_are_sent_by_c_store(tmp_path: Path) -> None:
-    from xnat_flows.transfer.dicom_resume import store_instances_resumable
+    from xnat_flows.transfer.cstore.resume import store_instances_resumable
 
     count = _export_with_latin1_names(tmp_path / "export")
     stored: list[str] = []
@@ -56,5 +56,5 @@ def test_undecodable_names_are_sent_by_c_store(tmp_path: Path) -> None:
             called_aet="XNAT",
             workers=2,
         )
-    assert send.result.ok and send.resumed == 0
+    assert send.ok and send.resumed == 0
     assert sorted(stored) == sorted(f.sop_instance_uid for f in scan.files) and len(stored) == count

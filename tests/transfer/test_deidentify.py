@@ -104,6 +104,34 @@ def test_the_bytes_sent_are_the_scripts_output_with_or_without_the_headers_kept(
     assert anonymizer.applied == applied + (0 if cache else len(files))  # kept headers: the script ran once
 
 
+def test_large_files_are_rewritten_from_their_header_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dry run reads a file's first bytes only (the pixel data is neither read nor copied) and
+    runs the script once; the bytes sent are still exactly the script's output for the whole file."""
+    from xnat_flows.anon import basic_profile, compile_script
+    from xnat_flows.testing.synth import write_studies
+    from xnat_flows.transfer import scan as scan_module
+    from xnat_flows.transfer.deidentify import HEAD_BYTES, chain
+
+    write_studies(tmp_path / "study", series=2, instances=4, instance_kb=256, seed=5, pixels="random")
+    scan = scan_directory(tmp_path / "study")
+    assert all(f.size > HEAD_BYTES for f in scan.files)
+    script = compile_script(
+        'version "6.1"\n(0010,0010) := subject\n(0020,000D) := hashUID[(0020,000D)]\n'
+        "(0020,000E) := hashUID[(0020,000E)]\n(0008,0018) := hashUID[(0008,0018)]\n-(0010,0030)\n"
+    )
+    for anonymizer in (script, chain([script, basic_profile(["retain-uids"])])):
+        with monkeypatch.context() as patched:
+            patched.setattr(scan_module, "read_exactly", lambda *a, **k: pytest.fail("the dry run read a whole file"))
+            done = deidentify_files(scan.files, anonymizer, VARIABLES)
+        assert not done.refused
+        for original, sent in zip(scan.files, done.files, strict=True):
+            expected = anonymizer.apply_bytes(original.path.read_bytes(), VARIABLES)
+            assert sent.rewrite is not None and sent.rewrite.head is not None and len(sent.rewrite.head) < 16384
+            assert sent.size == len(expected)
+            assert b"".join(read_exactly(sent, chunk_size=65536)) == expected
+            assert sent.sop_instance_uid == pydicom.dcmread(__import__("io").BytesIO(expected)).SOPInstanceUID
+
+
 def test_archives_of_deidentified_files_have_the_announced_length(study_dir: Path) -> None:
     files = deidentify_files(scan_directory(study_dir).files, HashingAnonymizer(), VARIABLES).files
     for fmt in ("tar", "zip"):
@@ -233,3 +261,17 @@ def test_a_file_the_script_cannot_take_is_listed_not_sent_and_the_upload_fails(x
     sent = _archived_headers(xnat_emulator, "REFUSED")
     refused_uid = str(pydicom.dcmread(originals[1]).SOPInstanceUID)
     assert len(sent) == 2 and refused_uid not in sent and hashed_uid(refused_uid) not in sent
+
+
+def test_build_anonymizer_compiles_get_url_only_with_allowed_urls() -> None:
+    from xnat_flows.models import Deidentification
+    from xnat_flows.transfer.deidentify import build_anonymizer
+
+    script = ("lookup.das", 'version "6.1"\n(0008,0050) := getURL["https://ids.site.local/acc"]\n')
+    with pytest.raises(InputError, match=r"lookup.das:2:16: getURL asks a web service"):
+        build_anonymizer(script=script)
+    assert build_anonymizer(script=script, allowed_urls=["https://ids.site.local/"]) is not None
+    with pytest.raises(InputError, match="not an http"):
+        build_anonymizer(script=script, allowed_urls=["ids.site.local"])
+    request = Deidentification(script=script[1], allowed_urls=["https://ids.site.local/"])
+    assert build_anonymizer(script=request.script_text(), allowed_urls=request.allowed_urls) is not None

@@ -24,6 +24,7 @@ from xnat_flows.anon.errors import AnonError, ScriptError
 from xnat_flows.anon.mapping import MappingCsv
 from xnat_flows.anon.profile import PROFILE_OPTIONS, PROFILES, anonymizer_for, basic_profile
 from xnat_flows.anon.script import compile_script
+from xnat_flows.anon.urls import UrlAccess
 
 __all__ = [
     "PROFILES",
@@ -33,6 +34,7 @@ __all__ = [
     "MappingCsv",
     "MappingRecorder",
     "ScriptError",
+    "UrlAccess",
     "anonymizer_for",
     "basic_profile",
     "compile_script",

@@ -75,6 +75,29 @@ class Anonymizer:
         self._program.run(instance.dataset, context)
         return rawds.write_part10(instance, pixel_edits=context.pixel_edits)
 
+    def rewrite_head(
+        self, prefix: bytes, size: int, variables: Mapping[str, str] | None = None
+    ) -> tuple[bytes, int] | None:
+        """``apply_bytes`` of a file of ``size`` bytes from its first bytes, ``prefix``, without
+        reading the rest: ``(head, tail_start)`` such that the de-identified file is ``head`` followed
+        by the original from ``tail_start`` on — the same bytes ``apply_bytes`` of the whole file
+        gives. None when ``prefix`` does not decide it (the header reaches beyond it, deflated or
+        encapsulated data, ``alterPixels``): use ``apply_bytes`` on the whole file then.
+
+        Raises :class:`AnonError` as ``apply_bytes`` does (a missing variable, a script that
+        cannot be applied to this file)."""
+        context = Context(self._check_variables(variables), None)
+        parsed = rawds.parse_part10_head(prefix, size, up_to=self._program.up_to)
+        if parsed is None:
+            return None
+        instance, tail_start = parsed
+        self._program.run(instance.dataset, context)
+        if context.pixel_edits:
+            return None
+        if rawds.unchanged(instance):
+            return b"", 0
+        return rawds.write_part10(instance), tail_start
+
     def apply_dataset(
         self,
         ds: pydicom.Dataset,

@@ -7,6 +7,7 @@ on the dataset and live in :mod:`xnat_flows.anon.runtime`.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import hashlib
 import re
@@ -32,6 +33,30 @@ def hash_uid(value: str) -> str:
 def derived_uid(*parts: str) -> str:
     """A ``2.25.`` UID derived from ``parts`` (for ``new UID``, kept deterministic on purpose)."""
     return hash_uid("\x00".join(parts))
+
+
+UID_MAX = 64  # PS3.5 9.1: a UID is at most 64 characters
+_UID_ROOT = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")
+MAPPED_UID_DIGITS = 20  # the least room a mapReferencedUIDs prefix must leave (about 66 bits)
+
+
+def check_uid_prefix(prefix: str) -> str | None:
+    """Why ``prefix`` cannot root ``mapReferencedUIDs``' UIDs, or None when it can."""
+    if not _UID_ROOT.fullmatch(prefix):
+        return f"{prefix!r} is not a UID root (digits and dots, no leading zeros)"
+    if len(prefix) + 1 + MAPPED_UID_DIGITS > UID_MAX:
+        return f"UID root {prefix!r} is too long: at most {UID_MAX - 1 - MAPPED_UID_DIGITS} characters leave room for the mapped part"
+    return None
+
+
+def mapped_uid(prefix: str, uid: str) -> str:
+    """``mapReferencedUIDs``' UID for ``uid`` under ``prefix``: ``prefix.N``, N from SHA-256 of both,
+    as many digits as fit in 64 characters (at most 39, as a UUID's integer). DicomEdit draws a
+    random UID under the prefix and remembers it for the run (dicom-edit6 ``MapReferencedUIDsMethod``:
+    ``UIDUtils.createUID(prefix)`` kept in a map); deriving it keeps every reference to one UID
+    consistent across files, runs and resumed uploads, as there."""
+    digits = str(int.from_bytes(hashlib.sha256(f"{prefix}\0{uid}".encode()).digest(), "big"))
+    return f"{prefix}.{digits[: min(39, UID_MAX - len(prefix) - 1)]}"
 
 
 def _text(value: str | None) -> str:
@@ -107,42 +132,66 @@ def fn_url_encode(value: str | None) -> str:
     return urllib.parse.quote_plus(_text(value), safe="*-._")
 
 
-def fn_shift_date(value: str | None, days: str | None) -> str:
-    """``shiftDateByIncrement[date, days]``: a DA value (YYYYMMDD) moved by whole days."""
+# dicom-edit6 DicomDateTimeShifter.toSeconds: these unit names only (a year is 365 days).
+_UNITS = {"years": 365 * 86400, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+_DICOM_DATETIME = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?")
+
+
+def _midpoint(fields: list[int | None]) -> dt.datetime:
+    """The moment a DICOM date-time of partial precision stands for, as dicom-edit6 computes it
+    (``MidPointDateTimeFactory``): each missing field is the middle of its range — a date without a
+    time is noon, a month without a day its middle day, an hour without minutes half past."""
+    year, month, day, hour, minute, second = fields
+    assert year is not None
+    if month is None:
+        return dt.datetime(year, 7, 1)
+    days_in_month = calendar.monthrange(year, month)[1]
+    if day is None:
+        return dt.datetime(year, month, days_in_month // 2 + 1, 0 if days_in_month % 2 == 0 else 12)
+    if hour is None:
+        return dt.datetime(year, month, day, 12)
+    if minute is None:
+        return dt.datetime(year, month, day, hour, 30)
+    return dt.datetime(year, month, day, hour, minute, 30 if second is None else second)
+
+
+def shift_datetime(text: str, amount: int, unit: str, function: str) -> str:
+    """A DICOM DA or DT value moved by ``amount`` ``unit`` (dicom-edit6 ``DefaultDicomDateTimeShifter``):
+    shifted from its midpoint, written back with the precision it had; fraction and offset kept."""
+    factor = _UNITS.get(unit.strip().lower())
+    if factor is None:
+        raise FunctionError(f"{function}: unknown unit {unit!r} (years, days, hours, minutes, seconds)")
+    match = _DICOM_DATETIME.fullmatch(text)
+    if match is None:
+        raise FunctionError(f"{function}: {text!r} is not a DICOM date or date-time")
+    parts = match.groups()[:6]
+    try:
+        moment = _midpoint([int(g) if g else None for g in parts]) + dt.timedelta(seconds=amount * factor)
+    except (ValueError, OverflowError) as exc:
+        raise FunctionError(f"{function}: {text!r} cannot be shifted: {exc}") from exc
+    digits = 4 + 2 * (sum(1 for g in parts if g) - 1)
+    return (
+        f"{moment.year:04d}{moment.strftime('%m%d%H%M%S')}"[:digits] + (match.group(7) or "") + (match.group(8) or "")
+    )
+
+
+def fn_shift_date(value: str | None, amount: str | None, unit: str | None = "days") -> str:
+    """``shiftDateByIncrement[date, increment, units]``: units default to days (dicom-edit6
+    ``ShiftDateByIncrementFunction``). An absent or empty date stays empty (DicomEdit fails the file)."""
     text = _text(value).strip()
     if not text:
         return ""
-    try:
-        date = dt.datetime.strptime(text[:8], "%Y%m%d")
-    except ValueError as exc:
-        raise FunctionError(f"shiftDateByIncrement: {text!r} is not a DICOM date (YYYYMMDD)") from exc
-    return (date + dt.timedelta(days=_int(days, "shiftDateByIncrement increment"))).strftime("%Y%m%d")
-
-
-_UNITS = {"days": 86400, "day": 86400, "hours": 3600, "hour": 3600, "minutes": 60, "minute": 60}
-_UNITS.update({"seconds": 1, "second": 1})
+    return shift_datetime(text, _int(amount, "shiftDateByIncrement increment"), _text(unit), "shiftDateByIncrement")
 
 
 def fn_shift_datetime(value: str | None, amount: str | None, unit: str | None = "seconds") -> str:
-    """``shiftDateTimeByIncrement[datetime, amount, unit]``: a DT value (YYYYMMDDHHMMSS[.F])
-    moved by ``amount`` ``unit`` (days, hours, minutes, seconds); fraction and offset kept."""
+    """``shiftDateTimeByIncrement[datetime, increment, units]``: units default to seconds (dicom-edit6
+    ``ShiftDateTimeByIncrementFunction``); a DA or a DT value."""
     text = _text(value).strip()
     if not text:
         return ""
-    factor = _UNITS.get(_text(unit).strip().lower())
-    if factor is None:
-        raise FunctionError(f"shiftDateTimeByIncrement: unknown unit {unit!r} (days, hours, minutes, seconds)")
-    match = re.fullmatch(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?", text)
-    if match is None:
-        raise FunctionError(f"shiftDateTimeByIncrement: {text!r} is not a DICOM date-time")
-    fields = [int(g) if g else d for g, d in zip(match.groups()[:6], (0, 1, 1, 0, 0, 0), strict=True)]
-    year, month, day, hour, minute, second = fields
-    moment = dt.datetime(year, month, day, hour, minute, second) + dt.timedelta(
-        seconds=_int(amount, "shiftDateTimeByIncrement amount") * factor
-    )
-    digits = sum(1 for g in match.groups()[:6] if g)
-    full = moment.strftime("%Y%m%d%H%M%S")
-    return full[: 4 + 2 * (digits - 1)] + (match.group(7) or "") + (match.group(8) or "")
+    amount_value = _int(amount, "shiftDateTimeByIncrement increment")
+    return shift_datetime(text, amount_value, _text(unit), "shiftDateTimeByIncrement")
 
 
 @dataclass(frozen=True)
@@ -165,7 +214,7 @@ VALUE_FUNCTIONS: dict[str, Function] = {
         Function("match", 3, 3, fn_match, regex_argument=1),
         Function("hashUID", 1, 1, fn_hash_uid),
         Function("urlEncode", 1, 1, fn_url_encode),
-        Function("shiftDateByIncrement", 2, 2, fn_shift_date),
+        Function("shiftDateByIncrement", 2, 3, fn_shift_date),
         Function("shiftDateTimeByIncrement", 2, 3, fn_shift_datetime),
     )
 }
@@ -175,10 +224,8 @@ STATEMENT_FUNCTIONS: dict[str, tuple[str, int, int]] = {
     "removeallprivatetags": ("removeAllPrivateTags", 0, 0),
     "retainprivatetags": ("retainPrivateTags", 1, 256),
     "alterpixels": ("alterPixels", 4, 4),
+    "mapreferenceduids": ("mapReferencedUIDs", 2, 256),
 }
 
-# Functions DicomEdit defines that this engine refuses, with the reason a user reads.
-UNSUPPORTED_FUNCTIONS: dict[str, str] = {
-    "geturl": "getURL fetches a URL while de-identifying; not supported: set the value as a variable instead",
-    "mapreferenceduids": "mapReferencedUIDs is not supported by this engine yet; use hashUID on each reference",
-}
+# getURL (a value from a web service) is compiled apart: only with the user's UrlAccess (anon.urls).
+URL_FUNCTION = "geturl"

@@ -1,14 +1,18 @@
 """DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile, with its named options.
 
-Actions per attribute come from Table E.1-1 (:mod:`xnat_flows.anon.identifiers`); the options
-change them as PS3.15 E.3 defines:
+Actions per attribute come from Table E.1-1 (:mod:`xnat_flows.anon.identifiers`); an option
+keeps the attributes its Table E.1-1 column marks K or C (``annex_e_options.csv``, every row of
+the column): ``retain-uids`` (E.3.9), ``retain-longitudinal-full-dates`` (E.3.6),
+``retain-patient-characteristics`` (E.3.4), ``retain-device-identity`` (E.3.5),
+``retain-institution-identity`` (E.3.11), ``clean-descriptors`` (E.3.3), ``clean-structured-content``
+(E.3.2), ``clean-graphics`` (E.3.1, curves and overlays too). C ("clean") means the value is kept
+for a person to clean — the engine cannot tell an identifying phrase in free text, a structured
+report or an annotation from a harmless one: ``anon check`` lists what survives.
 
-* ``retain-uids`` (E.3.9): every U attribute is kept;
-* ``retain-longitudinal-full-dates`` (E.3.6): every date, time and date-time attribute is kept;
-* ``retain-patient-characteristics`` (E.3.4), ``retain-device-identity`` (E.3.5),
-  ``retain-institution-identity`` (E.3.11), ``clean-descriptors`` (E.3.3): the attributes their
-  Table E.1-1 column marks K or C are kept (``annex_e_options.csv``). C ("clean") means the value
-  is kept for a person to clean: ``anon check`` lists what survives.
+The options that need knowledge the engine does not have are refused with the reason
+(:data:`REFUSED_OPTIONS`): Retain Safe Private (Table E.3.10-1's safe private attributes),
+Retain Longitudinal Temporal Information with Modified Dates (a per-subject date offset the user
+keeps), Clean Pixel Data and Clean Recognizable Visual Features (what the pixels show).
 
 Where the table gives an IOD-dependent action, the engine (which does not know each IOD's module
 types) takes the one that keeps a valid object: Z/D, X/D, X/Z/D -> D; X/Z -> Z; X/Z/U* -> U for
@@ -33,6 +37,7 @@ from xnat_flows.anon.functions import hash_uid
 from xnat_flows.anon.identifiers import TABLE_EDITION, basic_profile_actions
 from xnat_flows.anon.rawds import Node, dictionary_vr
 from xnat_flows.anon.runtime import Context, assign
+from xnat_flows.anon.urls import UrlAccess
 
 # Option names as the CLI and flows spell them (PS3.15 Table E.1-1 column headings).
 PROFILE_OPTIONS: tuple[str, ...] = (
@@ -42,6 +47,8 @@ PROFILE_OPTIONS: tuple[str, ...] = (
     "retain-device-identity",
     "retain-institution-identity",
     "clean-descriptors",
+    "clean-structured-content",
+    "clean-graphics",
 )
 _OPTION_TITLES = {
     "retain-uids": "Retain UIDs",
@@ -50,9 +57,24 @@ _OPTION_TITLES = {
     "retain-device-identity": "Retain Device Identity",
     "retain-institution-identity": "Retain Institution Identity",
     "clean-descriptors": "Clean Descriptors",
+    "clean-structured-content": "Clean Structured Content",
+    "clean-graphics": "Clean Graphics",
 }
-PROFILE_VERSION = "1"  # bumped when the profile's output changes for the same input
-DATE_TIME_VRS = frozenset({"DA", "DT", "TM"})
+# PS3.15 options this engine cannot apply, with what a user should do instead.
+REFUSED_OPTIONS: dict[str, str] = {
+    "retain-safe-private": "Retain Safe Private needs PS3.15 Table E.3.10-1 (the private attributes known to be "
+    "safe), which this engine does not ship; keep the private elements you know are safe with a DicomEdit script's "
+    "retainPrivateTags[...]",
+    "retain-longitudinal-modified-dates": "Retain Longitudinal Temporal Information with Modified Dates needs a "
+    "per-subject date offset that you choose and keep secret; shift dates in a DicomEdit script "
+    "(shiftDateByIncrement[(0008,0020), OFFSET]) or use retain-longitudinal-full-dates",
+    "clean-pixel-data": "Clean Pixel Data needs to know where identifying text is burned into the pixels; "
+    "`xnat-flows anon check` lists files with Burned In Annotation = YES, and a DicomEdit script's alterPixels "
+    "blanks a region you name",
+    "clean-recognizable-visual-features": "Clean Recognizable Visual Features (faces in the pixels) needs image "
+    "processing this engine does not do (e.g. defacing before upload)",
+}
+PROFILE_VERSION = "2"  # bumped when the profile's output changes for the same input
 PATIENT_IDENTITY_REMOVED = 0x00120062
 DEIDENTIFICATION_METHOD = 0x00120063
 
@@ -77,7 +99,7 @@ _DUMMIES = {
 
 @lru_cache(maxsize=1)
 def option_tags() -> dict[str, frozenset[int]]:
-    """Option name -> the attributes its Table E.1-1 column keeps or cleans."""
+    """Option name -> the attributes its Table E.1-1 column keeps (K) or leaves to clean (C)."""
     text = resources.files("xnat_flows.anon").joinpath("annex_e_options.csv").read_text(encoding="utf-8")
     rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
     found: dict[str, set[int]] = {}
@@ -109,17 +131,8 @@ class ProfileProgram:
                 kept.update(tags)
         self.actions: dict[int, str] = {}
         for tag, code in actions.items():
-            vr = dictionary_vr(tag)
-            action = _resolve(code, vr)
-            if (
-                tag in kept
-                or "retain-uids" in options
-                and action == "U"
-                or "retain-longitudinal-full-dates" in options
-                and vr in DATE_TIME_VRS
-            ):
-                action = "K"
-            self.actions[tag] = action
+            self.actions[tag] = "K" if tag in kept else _resolve(code, dictionary_vr(tag))
+        self.keep_graphics = "clean-graphics" in options  # curves and overlays: kept to clean
         titles = ["Basic Profile", *(_OPTION_TITLES[o] for o in PROFILE_OPTIONS if o in options)]
         self.method = "\\".join(titles)
 
@@ -139,7 +152,8 @@ class ProfileProgram:
                 doomed.append(tag)
                 continue
             if group & 0xFF00 == 0x5000 or (group & 0xFF00 == 0x6000 and tag & 0xFFFF in (0x3000, 0x4000)):
-                doomed.append(tag)  # curve data; overlay data and comments (Table E.1-1)
+                if not self.keep_graphics:
+                    doomed.append(tag)  # curve data; overlay data and comments (Table E.1-1)
                 continue
             action = actions.get(tag, "K")
             if action == "K" and not node.is_sequence(tag):
@@ -183,6 +197,9 @@ def basic_profile(options: Iterable[str] = ()) -> Anonymizer:
     """The Basic Profile with the named options (see :data:`PROFILE_OPTIONS`); ``ValueError``
     names an option that is not one of them."""
     chosen = frozenset(option.strip().lower() for option in options)
+    refused = sorted(chosen & set(REFUSED_OPTIONS))
+    if refused:
+        raise ValueError("; ".join(f"{name}: {REFUSED_OPTIONS[name]}" for name in refused))
     unknown = sorted(chosen - set(PROFILE_OPTIONS))
     if unknown:
         raise ValueError(f"unknown profile option(s) {', '.join(unknown)}; known: {', '.join(PROFILE_OPTIONS)}")
@@ -196,11 +213,17 @@ PROFILES = ("basic",)
 
 
 def anonymizer_for(
-    *, script: str | None = None, source: str = "<script>", profile: str | None = None, options: Iterable[str] = ()
+    *,
+    script: str | None = None,
+    source: str = "<script>",
+    profile: str | None = None,
+    options: Iterable[str] = (),
+    url_access: UrlAccess | None = None,
 ) -> Anonymizer:
     """The one way callers (CLI, flows, tasks) turn their choice into an :class:`Anonymizer`:
     a DicomEdit 6 ``script`` text, or a ``profile`` name (``basic``) with profile ``options``.
-    Exactly one of the two; ``ValueError`` otherwise, ``ScriptError`` for a script that cannot run."""
+    Exactly one of the two; ``ValueError`` otherwise, ``ScriptError`` for a script that cannot run.
+    ``url_access``: the URLs a script's ``getURL`` may fetch (``anon.urls``)."""
     if (script is None) == (profile is None):
         raise ValueError("choose one: a DicomEdit script or a profile (basic)")
     if script is not None:
@@ -208,7 +231,7 @@ def anonymizer_for(
             raise ValueError("profile options apply to a profile, not to a script")
         from xnat_flows.anon.script import compile_script
 
-        return compile_script(script, source=source)
+        return compile_script(script, source=source, url_access=url_access)
     if profile is None or profile.strip().lower() not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     return basic_profile(options)

@@ -355,6 +355,7 @@ class Instance:
     source: bytes | None = None  # the input file, returned as is when a program changed nothing
     has_trailing: bool = False  # elements followed Pixel Data (trailing padding, signatures)
     partial: bool = False  # parsed only up to a tag: ``pixel_tail`` starts with unindexed elements
+    tail_start: int = 0  # where the verbatim tail begins in the (undeflated) input
 
 
 def _creation_vr(tag: int) -> str:
@@ -548,12 +549,14 @@ def _guess_encoding(data: bytes, pos: int) -> Encoding:
     return IMPLICIT
 
 
-def parse_part10(data: bytes, *, up_to: int | None = None) -> Instance:
+def parse_part10(data: bytes, *, up_to: int | None = None, file_size: int | None = None) -> Instance:
     """Index a DICOM file (Part 10, or a bare dataset as some scanners export) for rewriting.
 
     ``up_to``: the highest top-level tag the program can read or write. Elements above it are not
     indexed: from the first of them to the end, the file is copied as one verbatim tail (a script
-    that touches groups 0008-0010 reads a few dozen elements, not the whole header)."""
+    that touches groups 0008-0010 reads a few dozen elements, not the whole header).
+    ``file_size``: ``data`` is only the first bytes of a file that long (``parse_part10_head``):
+    the instance's ``pixel_tail`` is then empty and ``tail_start`` says where the tail begins."""
     data = bytes(data)
     preamble = b""
     pos = 0
@@ -580,6 +583,8 @@ def parse_part10(data: bytes, *, up_to: int | None = None) -> Instance:
         raise AnonError("not a DICOM file (no DICM preamble and no dataset at its start)")
     body = data
     body_start = pos
+    if transfer_syntax == DEFLATED_LE and file_size is not None:
+        raise _NeedWholeFile  # the deflated dataset is rewritten as a whole
     if transfer_syntax == DEFLATED_LE:
         try:
             body = zlib.decompress(data[pos:], -15)
@@ -598,7 +603,9 @@ def parse_part10(data: bytes, *, up_to: int | None = None) -> Instance:
     if up_to is not None:
         up_to = max(up_to, SOP_INSTANCE_UID)  # the File Meta follows the SOP UIDs
     dataset, stop = parse_dataset(body, body_start, len(body), encoding, stop_at_pixels=True, stop_after=up_to)
-    tail = body[stop:]
+    if file_size is not None:
+        _check_head(body, stop, encoding, up_to, file_size)
+    tail = body[stop:] if file_size is None else b""
     instance = Instance(
         preamble=preamble,
         meta=meta,
@@ -606,14 +613,59 @@ def parse_part10(data: bytes, *, up_to: int | None = None) -> Instance:
         transfer_syntax=transfer_syntax,
         body_encoding=encoding,
         pixel_tail=tail,
-        source=data,
+        source=data if file_size is None else None,
+        tail_start=stop,
     )
     instance.meta_sop_before = (dataset.string(SOP_CLASS_UID), dataset.string(SOP_INSTANCE_UID))
-    if tail and up_to is not None and not tail.startswith(_pixel_tag(encoding)):
+    if file_size is not None:
+        instance.partial = not body.startswith(_pixel_tag(encoding), stop)
+    elif tail and up_to is not None and not tail.startswith(_pixel_tag(encoding)):
         instance.partial = True  # the tail holds unindexed elements, then Pixel Data: copied verbatim
     elif tail:
         _check_tail(instance, body, stop)
     return instance
+
+
+def parse_part10_head(prefix: bytes, size: int, *, up_to: int | None = None) -> tuple[Instance, int] | None:
+    """``parse_part10`` of a file of ``size`` bytes from its first bytes, ``prefix``: the instance
+    (its dataset the elements before the verbatim tail) and the offset of that tail in the file.
+    The file rewritten is then ``write_part10(instance)`` + the file from that offset, the same
+    bytes ``parse_part10`` of the whole file gives, without reading or copying the pixel data.
+
+    None when ``prefix`` does not decide it: a deflated dataset, the elements the program reads
+    reaching beyond ``prefix``, or Pixel Data that is encapsulated or followed by other elements
+    (which a whole-file parse indexes). The caller then reads the whole file."""
+    if len(prefix) >= size:
+        return None
+    try:
+        instance = parse_part10(prefix, up_to=up_to, file_size=size)
+    except (_NeedWholeFile, AnonError, struct.error, ValueError, IndexError):
+        return None
+    return instance, instance.tail_start
+
+
+class _NeedWholeFile(Exception):
+    """``parse_part10`` of a prefix: the prefix cannot decide how the file is rewritten."""
+
+
+def _pixel_element_reaches(body: bytes, stop: int, encoding: Encoding, size: int) -> bool:
+    """The element at ``stop`` is Pixel Data of a defined length ending exactly at ``size``."""
+    header = 8 if encoding.implicit else 12
+    if stop + header > len(body):
+        return False
+    length = (_UL_LE if encoding.little else _UL_BE).unpack_from(body, stop + header - 4)[0]
+    return length != UNDEFINED and stop + header + length == size
+
+
+def _check_head(prefix: bytes, stop: int, encoding: Encoding, up_to: int | None, size: int) -> None:
+    """Whether a file's first bytes decide its rewrite (``parse_part10_head``): the first element
+    not indexed is within them, and a parse that stopped at Pixel Data under a program reading
+    everything would index nothing after it."""
+    if stop + 12 > len(prefix):
+        raise _NeedWholeFile  # the parse ran to the prefix's end: what follows is not known
+    stopped_at_pixels = prefix.startswith(_pixel_tag(encoding), stop)
+    if (up_to is None or stopped_at_pixels) and not _pixel_element_reaches(prefix, stop, encoding, size):
+        raise _NeedWholeFile  # a whole-file parse would index what follows Pixel Data
 
 
 def _pixel_tag(encoding: Encoding) -> bytes:
@@ -770,10 +822,8 @@ def write_part10(instance: Instance, *, pixel_edits: list[PixelEdit] | None = No
     """Encode ``instance`` back into a file: same preamble, File Meta (SOP UIDs synchronised),
     transfer syntax and pixel data (unless ``pixel_edits``)."""
     dataset = instance.dataset
-    if not pixel_edits and instance.source is not None and not dataset.subtree_changed():
-        sop = (dataset.string(SOP_CLASS_UID), dataset.string(SOP_INSTANCE_UID))
-        if sop == instance.meta_sop_before and (instance.meta is None or not instance.meta.changed):
-            return instance.source  # nothing changed: the input, byte for byte (deflated too)
+    if not pixel_edits and instance.source is not None and unchanged(instance):
+        return instance.source  # nothing changed: the input, byte for byte (deflated too)
     out: list[bytes | memoryview] = []
     if instance.meta is not None:
         meta = instance.meta
@@ -815,6 +865,14 @@ def write_part10(instance: Instance, *, pixel_edits: list[PixelEdit] | None = No
     else:
         out.append(_join_body(instance, body, tail))
     return b"".join(out)
+
+
+def unchanged(instance: Instance) -> bool:
+    """The program changed nothing: the file is sent as it is."""
+    if instance.dataset.subtree_changed():
+        return False
+    sop = (instance.dataset.string(SOP_CLASS_UID), instance.dataset.string(SOP_INSTANCE_UID))
+    return sop == instance.meta_sop_before and (instance.meta is None or not instance.meta.changed)
 
 
 def _join_body(instance: Instance, body: list[bytes | memoryview], tail: bytes | memoryview) -> bytes:

@@ -18,10 +18,11 @@ import re
 from dataclasses import dataclass, field
 
 from xnat_flows.anon.errors import AnonError
-from xnat_flows.anon.functions import VALUE_FUNCTIONS, FunctionError, derived_uid
+from xnat_flows.anon.functions import VALUE_FUNCTIONS, FunctionError, check_uid_prefix, derived_uid, mapped_uid
 from xnat_flows.anon.identifiers import IDENTIFYING_TAGS, keyword_of
 from xnat_flows.anon.paths import Path, TagPattern
 from xnat_flows.anon.rawds import SOP_INSTANCE_UID, Node, PixelEdit
+from xnat_flows.anon.urls import UrlFetcher
 
 
 @dataclass
@@ -77,7 +78,16 @@ class Call:
     position: Position
 
 
-Value = Literal | TagValue | Variable | NewValue | Call
+@dataclass(frozen=True)
+class Fetch:
+    """``getURL[url]``: the answer of a web service the user allowed (``anon.urls``)."""
+
+    url: Value
+    position: Position
+    fetcher: UrlFetcher = field(compare=False)
+
+
+Value = Literal | TagValue | Variable | NewValue | Call | Fetch
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,15 @@ class AlterPixels:
 
 
 @dataclass(frozen=True)
+class MapReferencedUids:
+    """``mapReferencedUIDs[prefix, "path", ...]``: every UID the paths name, mapped under ``prefix``."""
+
+    prefix: Value
+    paths: tuple[Path, ...]
+    position: Position
+
+
+@dataclass(frozen=True)
 class Echo:
     value: Value
 
@@ -141,7 +160,17 @@ class Conditional:
     otherwise: Statement | None
 
 
-Statement = AssignTag | AssignVariable | Delete | RemoveAllPrivate | RetainPrivate | AlterPixels | Echo | Conditional
+Statement = (
+    AssignTag
+    | AssignVariable
+    | Delete
+    | RemoveAllPrivate
+    | RetainPrivate
+    | AlterPixels
+    | MapReferencedUids
+    | Echo
+    | Conditional
+)
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -163,6 +192,8 @@ def evaluate(value: Value, node: Node, context: Context) -> str | None:
         return None
     if isinstance(value, NewValue):
         return derived_uid(context.digest, f"{value.position.line}:{value.position.column}", context.original_uid)
+    if isinstance(value, Fetch):
+        return value.fetcher.fetch((evaluate(value.url, node, context) or "").strip(), value.position.line)
     args = [evaluate(arg, node, context) for arg in value.args]
     try:
         return VALUE_FUNCTIONS[value.name].call(*args)
@@ -232,8 +263,34 @@ def execute(statement: Statement, node: Node, context: Context) -> None:
         remove_private(node, statement.patterns)
     elif isinstance(statement, AlterPixels):
         context.pixel_edits.append(statement.edit)
+    elif isinstance(statement, MapReferencedUids):
+        map_referenced_uids(statement, node, context)
     elif isinstance(statement, Echo):
         evaluate(statement.value, node, context)  # evaluated for its errors; never printed
+
+
+def map_referenced_uids(statement: MapReferencedUids, node: Node, context: Context) -> None:
+    """Each attribute a path names, at whatever depth, gets its UID mapped under the prefix; an
+    attribute two paths name is mapped once (dicom-edit6 visits each element once, first matching
+    path). Each value of a multi-valued attribute is mapped; an empty one stays empty."""
+    prefix = (evaluate(statement.prefix, node, context) or "").strip()
+    problem = check_uid_prefix(prefix)
+    if problem is not None:
+        raise AnonError(f"line {statement.position.line}: mapReferencedUIDs: {problem}")
+    done: set[tuple[int, int]] = set()
+    for path in statement.paths:
+        for target, tag in list(path.targets(node)):
+            if (id(target), tag) in done:
+                continue
+            done.add((id(target), tag))
+            text = target.string(tag)
+            if text:
+                assign(
+                    target,
+                    tag,
+                    "\\".join(mapped_uid(prefix, v.strip()) if v.strip() else "" for v in text.split("\\")),
+                    context,
+                )
 
 
 def remove_private(node: Node, keep: tuple[TagPattern, ...]) -> None:

@@ -19,7 +19,7 @@ from lark import Token, Tree
 
 from xnat_flows.anon.engine import Anonymizer
 from xnat_flows.anon.errors import ScriptError
-from xnat_flows.anon.functions import STATEMENT_FUNCTIONS, UNSUPPORTED_FUNCTIONS, VALUE_FUNCTIONS
+from xnat_flows.anon.functions import STATEMENT_FUNCTIONS, URL_FUNCTION, VALUE_FUNCTIONS, check_uid_prefix
 from xnat_flows.anon.paths import Levels, Path, TagPattern, TagStep
 from xnat_flows.anon.rawds import Node, PixelEdit
 from xnat_flows.anon.runtime import (
@@ -32,7 +32,9 @@ from xnat_flows.anon.runtime import (
     Context,
     Delete,
     Echo,
+    Fetch,
     Literal,
+    MapReferencedUids,
     NewValue,
     Position,
     RemoveAllPrivate,
@@ -43,17 +45,21 @@ from xnat_flows.anon.runtime import (
     Variable,
     run,
 )
+from xnat_flows.anon.urls import UrlAccess, UrlFetcher
 
 # Bumped whenever a change to the engine changes what a script produces: part of every digest,
 # so a resume journal never mistakes bytes of an older engine for this one's.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 SUPPORTED_VERSIONS = re.compile(r"6(\.\d+)?")
 
 
 @lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
     grammar = resources.files("xnat_flows.anon").joinpath("dicomedit6.lark").read_text(encoding="utf-8")
-    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False)
+    # "path" too: mapReferencedUIDs names its tag paths in strings
+    return lark.Lark(
+        grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False, start=["start", "path"]
+    )
 
 
 _TOKEN_NAMES = {
@@ -115,8 +121,10 @@ def _unquote(token: Token) -> str:
 class _Compiler:
     """Turns the parse tree into the interpreter's statements, validating as it goes."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, url_access: UrlAccess | None = None) -> None:
         self.source = source
+        self.url_access = url_access
+        self.fetcher = UrlFetcher(url_access) if url_access is not None else None
         self.version: str | None = None
         self.reads: set[str] = set()
         self.assigns: set[str] = set()
@@ -203,10 +211,8 @@ class _Compiler:
         assert isinstance(name_token, Token)
         args = [child for child in tree.children[1:] if child is not None]
         key = str(name_token).lower()
-        if key in UNSUPPORTED_FUNCTIONS:
-            raise self.error(name_token, UNSUPPORTED_FUNCTIONS[key])
         if key not in STATEMENT_FUNCTIONS:
-            if key in VALUE_FUNCTIONS:
+            if key in VALUE_FUNCTIONS or key == URL_FUNCTION:
                 raise self.error(
                     name_token, f"{name_token} returns a value: assign it, e.g. (gggg,eeee) := {name_token}[...]"
                 )
@@ -214,6 +220,8 @@ class _Compiler:
         name, minimum, maximum = STATEMENT_FUNCTIONS[key]
         if not minimum <= len(args) <= maximum:
             raise self.error(name_token, f"{name} takes {_arity(minimum, maximum)}, got {len(args)}")
+        if key == "mapreferenceduids":
+            return self.map_referenced_uids(name_token, args)
         self.whole_header = True
         if key == "removeallprivatetags":
             return RemoveAllPrivate()
@@ -226,6 +234,27 @@ class _Compiler:
                 patterns.append(value.path.last.pattern)
             return RetainPrivate(tuple(patterns))
         return AlterPixels(self.alter_pixels(name_token, [self.value(arg) for arg in args]))
+
+    def map_referenced_uids(self, where: Token, args: list[Any]) -> MapReferencedUids:
+        """mapReferencedUIDs[prefix, "(3006,0010)/(3006,0012)/(0008,1155)", ...]: the prefix any
+        value; the paths literal strings in DicomEdit's tag path syntax, parsed here."""
+        prefix = self.value(args[0])
+        if isinstance(prefix, Literal) and (problem := check_uid_prefix(prefix.text.strip())):
+            raise self.error(args[0], f"mapReferencedUIDs: {problem}")
+        paths = []
+        for arg in args[1:]:
+            value = self.value(arg)
+            if not isinstance(value, Literal):
+                raise self.error(arg, 'mapReferencedUIDs takes its tag paths as strings, e.g. "(0008,1155)"')
+            try:
+                tree = _parser().parse(value.text, start="path")
+            except lark.exceptions.UnexpectedInput:
+                raise self.error(arg, f"mapReferencedUIDs: {value.text!r} is not a tag path") from None
+            try:
+                paths.append(self.path(tree))
+            except ScriptError as exc:
+                raise self.error(arg, f"mapReferencedUIDs: {exc.message}") from None
+        return MapReferencedUids(prefix, tuple(paths), _position(where))
 
     def alter_pixels(self, where: Token, args: list[Value]) -> PixelEdit:
         """alterPixels["rectangle", "l=100, t=100, r=200, b=200", "solid", "v=100"]: literal
@@ -273,7 +302,7 @@ class _Compiler:
             name = str(children[0])
             if name.lower() in STATEMENT_FUNCTIONS:
                 raise self.error(children[0], f"{name} is a statement of its own, not a value")
-            if name.lower() in VALUE_FUNCTIONS:
+            if name.lower() in VALUE_FUNCTIONS or name.lower() == URL_FUNCTION:
                 raise self.error(children[0], f"{name} is a function: call it as {name}[...]")
             if name not in self.assigns:
                 self.reads.add(name)
@@ -287,12 +316,12 @@ class _Compiler:
             return self.value_call(item)
         raise self.error(item, f"unexpected value {kind}")
 
-    def value_call(self, tree: Tree) -> Call:
+    def value_call(self, tree: Tree) -> Call | Fetch:
         name_token = tree.children[0]
         assert isinstance(name_token, Token)
         key = str(name_token).lower()
-        if key in UNSUPPORTED_FUNCTIONS:
-            raise self.error(name_token, UNSUPPORTED_FUNCTIONS[key])
+        if key == URL_FUNCTION:
+            return self.get_url(name_token, tree)
         function = VALUE_FUNCTIONS.get(key)
         if function is None:
             if key in STATEMENT_FUNCTIONS:
@@ -313,6 +342,27 @@ class _Compiler:
                     name_token, f"{function.name}: invalid regular expression {literal.text!r}: {exc}"
                 ) from exc
         return Call(key, args, _position(name_token))
+
+    def get_url(self, name_token: Token, tree: Tree) -> Fetch:
+        """getURL[url]: a request to a web service, carrying what the URL holds; only to URLs the
+        user allowed (``UrlAccess``), since a script could otherwise send identifiers anywhere."""
+        if self.fetcher is None or self.url_access is None:
+            raise self.error(
+                name_token,
+                "getURL asks a web service for a value while de-identifying, sending what its URL holds (often a "
+                "patient's ID): refused unless you name the URLs it may reach (CLI --anon-allow-url PREFIX; "
+                "library compile_script(url_access=UrlAccess((PREFIX,))))",
+            )
+        args = [child for child in tree.children[1:] if child is not None]
+        if len(args) != 1:
+            raise self.error(name_token, f"getURL takes 1 argument, got {len(args)}")
+        url = self.value(args[0])
+        if isinstance(url, Literal) and not self.url_access.allows(url.text.strip()):
+            raise self.error(
+                args[0],
+                f"getURL: {url.text!r} is not under the allowed prefixes ({', '.join(self.url_access.prefixes)})",
+            )
+        return Fetch(url, _position(name_token), self.fetcher)
 
     def path(self, tree: Any) -> Path:
         steps: list[TagStep | Levels] = []
@@ -397,16 +447,17 @@ class ScriptProgram:
         run(self.statements, dataset, context)
 
 
-def compile_script(text: str, *, source: str = "<script>") -> Anonymizer:
+def compile_script(text: str, *, source: str = "<script>", url_access: UrlAccess | None = None) -> Anonymizer:
     """Parse and validate a DicomEdit 6 script; raise :class:`ScriptError` (line, column) if it
-    cannot run. Nothing is applied here."""
+    cannot run. Nothing is applied here. ``url_access``: the URLs ``getURL`` may fetch (without it,
+    a script calling ``getURL`` is refused; ``anon.urls``)."""
     if text.startswith("\ufeff"):
         text = text[1:]  # a byte-order mark from a Windows editor
     try:
-        tree = _parser().parse(text)
+        tree = _parser().parse(text, start="start")
     except lark.exceptions.UnexpectedInput as exc:
         raise _syntax_error(exc, source) from None
-    compiler = _Compiler(source)
+    compiler = _Compiler(source, url_access)
     statements = compiler.statements(tree)
     digest = hashlib.sha256(f"dicomedit6\0engine {ENGINE_VERSION}\0{text}".encode()).hexdigest()
     return Anonymizer(

@@ -54,6 +54,15 @@ def check(
             "a tag (0008,0020), 'private', or a profile option (retain-uids).",
         ),
     ] = [],  # noqa: B006
+    allow_url: Annotated[
+        list[str],
+        typer.Option(
+            "--allow-url",
+            metavar="PREFIX",
+            help="Let the script's getURL fetch values from URLs starting with PREFIX (repeatable): the check "
+            "then sends those requests.",
+        ),
+    ] = [],  # noqa: B006
     limit: Annotated[int | None, typer.Option(min=1, help="Check only the first N files.")] = None,
     hide_values: Annotated[
         bool, typer.Option("--hide-values", help="Do not print original values (for a shared screen or a log).")
@@ -64,7 +73,7 @@ def check(
     Applies it in memory (nothing is written or sent) and shows per attribute what changed, the identifying attributes that survive, and files flagged Burned In Annotation.
     Exit 0 when no identifier survives (beyond --allow) and every file can be de-identified,
     1 otherwise, 2 for a script that cannot run (its line and column are named)."""
-    from xnat_flows.anon import ScriptError, anonymizer_for
+    from xnat_flows.anon import ScriptError, UrlAccess, anonymizer_for
     from xnat_flows.anon.check import check_folder
 
     if (script is None) == (profile is None):
@@ -75,6 +84,7 @@ def check(
             source=str(script) if script else "<script>",
             profile=profile,
             options=option,
+            url_access=UrlAccess(tuple(allow_url)) if allow_url else None,
         )
         report = check_folder(anonymizer, folder, parse_variables(var), allow=allow, limit=limit)
     except ScriptError as exc:

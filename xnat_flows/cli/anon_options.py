@@ -41,12 +41,23 @@ AnonFromServerOption = Annotated[
     ),
 ]
 
+AnonAllowUrlOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--anon-allow-url",
+        metavar="PREFIX",
+        help="Let a script's getURL fetch values from URLs starting with PREFIX (repeatable); a request "
+        "carries what its URL holds. Without it a script calling getURL is refused.",
+    ),
+]
+
 
 def anonymizer_from_options(
     script: Path | None,
     profile: str | None,
     from_server: bool,
     *,
+    allowed_urls: list[str] | None = None,
     project: str | None,
     open_client: Callable[[], AbstractContextManager[XnatClient]],
 ) -> Anonymizer | None:
@@ -67,4 +78,6 @@ def anonymizer_from_options(
             user_script = (str(script), script.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"Cannot read the script {script}: {exc}") from None
-    return build_anonymizer(server_scripts=server_scripts, script=user_script, profile=profile)
+    return build_anonymizer(
+        server_scripts=server_scripts, script=user_script, profile=profile, allowed_urls=allowed_urls or ()
+    )

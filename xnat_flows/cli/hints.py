@@ -44,6 +44,7 @@ BY_REASON: dict[str, str] = {
     "other-subject-receiving": "Check the subject (-S), or give this upload a label of its own (-E)",
     "other-study": "Choose a session label of its own (-E/--session, or --per-study), or, if the two studies must "
     "share one session, ask for it explicitly (allow_other_study=True; CLI --into-other-study)",
+    "no-dicom-files": "Give the folder that holds the DICOM export",
     "no-anon-script": "Drop --anon-from-server to send as XNAT would receive it, or name a script (--anon-script) "
     "or the Basic Profile (--anon-profile basic)",
 }

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from xnat_flows.cli.anon_options import (
+    AnonAllowUrlOption,
     AnonFromServerOption,
     AnonProfileOption,
     AnonScriptOption,
@@ -34,6 +35,9 @@ from xnat_flows.cli.options import (
 
 if TYPE_CHECKING:
     from xnat_flows.client.client import XnatClient
+    from xnat_flows.transfer.cstore.results import SendResult
+    from xnat_flows.transfer.cstore.sequence import DirectSteps
+    from xnat_flows.transfer.scan import ScanResult
 
 # Options of both uploads' scan (the same scanner for REST and C-STORE)
 DuplicatesOption = Annotated[
@@ -94,6 +98,7 @@ def upload(
     anon_script: AnonScriptOption = None,
     anon_profile: AnonProfileOption = None,
     anon_from_server: AnonFromServerOption = False,
+    anon_allow_url: AnonAllowUrlOption = None,
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -137,7 +142,7 @@ def upload(
             into_other_study,
             duplicates,
             skip_truncated,
-            anon=(anon_script, anon_profile, anon_from_server),
+            anon=(anon_script, anon_profile, anon_from_server, anon_allow_url or []),
         )
         return
     # Scripts compile before anything is read or sent: an error stops here (exit 2, line:column).
@@ -145,6 +150,7 @@ def upload(
         anon_script,
         anon_profile,
         anon_from_server,
+        allowed_urls=anon_allow_url,
         project=project,
         open_client=lambda: connection.client(projects=(project,)),
     )
@@ -199,7 +205,7 @@ def _upload_with_flow(
     into_other_study,
     duplicates="newest",
     skip_truncated=False,
-    anon=(None, None, False),
+    anon=(None, None, False, []),
 ) -> None:
     from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
@@ -255,17 +261,17 @@ def _upload_with_flow(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _deidentification(anon: tuple[Path | None, str | None, bool]) -> Any:
+def _deidentification(anon: tuple[Path | None, str | None, bool, list[str]]) -> Any:
     """The --anon-* options as a flow request's ``deidentify`` (the script's text travels, not its path)."""
     from xnat_flows.client.errors import InputError
     from xnat_flows.models import Deidentification
 
-    script, profile, from_server = anon
+    script, profile, from_server, allowed_urls = anon
     try:
         text = script.read_text(encoding="utf-8") if script is not None else ""
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"Cannot read the script {script}: {exc}") from None
-    return Deidentification(script=text, profile=profile or "", from_server=from_server)
+    return Deidentification(script=text, profile=profile or "", from_server=from_server, allowed_urls=allowed_urls)
 
 
 class _progress_bar:
@@ -390,7 +396,7 @@ def _report_skipped(skipped: list) -> None:
         )
 
 
-def _report_conflicts(scan, duplicates: str) -> None:
+def _report_conflicts(scan: ScanResult | SendResult, duplicates: str) -> None:
     if scan.conflicts:
         typer.echo(
             f"{len(scan.conflicts)} SOP Instance UIDs are held by different files (listed as conflicting copy): "
@@ -491,6 +497,7 @@ def send_dicom(
     anon_script: AnonScriptOption = None,
     anon_profile: AnonProfileOption = None,
     anon_from_server: AnonFromServerOption = False,
+    anon_allow_url: AnonAllowUrlOption = None,
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -504,9 +511,9 @@ def send_dicom(
     project, subject and session variables are --project, --subject and --session.
     """
     from xnat_flows.client.errors import InputError
-    from xnat_flows.transfer.dicom_resume import in_doubt_warning
-    from xnat_flows.transfer.dicom_send import RoutingOverride, echo
-    from xnat_flows.transfer.scan import scan_directory
+    from xnat_flows.transfer.cstore.inputs import RoutingOverride
+    from xnat_flows.transfer.cstore.resume import in_doubt_warning
+    from xnat_flows.transfer.cstore.sequence import DirectSteps
 
     sends_data()
     if (subject or session) and not project:
@@ -518,103 +525,109 @@ def send_dicom(
             "what it cannot route is filed under Unassigned in the prearchive"
         )
     with contextlib.ExitStack() as stack:
+        held, project_check = None, None
         if no_xnat_check:
-            held = None
             warn(
                 "--no-xnat-check: "
                 + (f"project {project} is not checked, and " if project else "")
                 + "instances an earlier run delivered are sent again (XNAT cannot be asked whether it holds them)"
             )
         else:
-            held = _xnat_study_check(connection, project, session, stack)
+            held, project_check = _xnat_study_check(connection, project, session, stack)
         # Scripts compile before anything is read or sent: an error stops here (exit 2, line:column).
         anonymizer = anonymizer_from_options(
             anon_script,
             anon_profile,
             anon_from_server,
+            allowed_urls=anon_allow_url,
             project=project,
             open_client=lambda: connection.client(projects=(project,)),
         )
-        echo(host, port, called_aet, calling_aet)
-        # all a C-STORE needs
-        scan = scan_directory(source, headers="file-meta", duplicates=duplicates, skip_truncated=skip_truncated)
-        if not scan.files:
-            raise InputError(f"no DICOM files found under {source} ({len(scan.skipped)} other files skipped)")
-        send = _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json, anonymizer)
-    result = send.result
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "ok": result.ok and not send.in_doubt and not scan.unreadable,
-                    "sent": len(result.sent),
-                    "failed": len(result.failed),
-                    "skipped": len(result.skipped),
-                    "resumed": send.resumed,
-                    "in_doubt": len(send.in_doubt),
-                    "resent_unchecked": len(send.unchecked),
-                    "resent_not_in_xnat": send.forgotten,
-                    "stored_with_warning": [
-                        {"path": str(o.path), "status": o.status_hex, "meaning": o.meaning} for o in result.warnings
-                    ],
-                    "bytes_sent": result.bytes_sent,
-                    "seconds": round(result.seconds, 3),
-                    "instances_per_second": round(result.instances_per_second, 1),
-                    "not_stored": [
-                        {"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
-                        for o in result.failed + result.skipped
-                    ],
-                    "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in scan.skipped if not s.unreadable],
-                    "unreadable": [{"path": str(s.path), "reason": s.reason} for s in scan.unreadable],
-                    "conflicts": [[v.relpath for v in versions] for versions in scan.conflicts],
-                },
-                indent=2,
-            )
+        steps = DirectSteps(
+            source,
+            host,
+            port,
+            called_aet,
+            calling_aet,
+            workers,
+            routing,
+            duplicates=duplicates,
+            skip_truncated=skip_truncated,
+            anonymizer=anonymizer,
+            held=held,
+            project_check=project_check,
         )
+        result = _send_dicom(steps, as_json)
+    if as_json:
+        typer.echo(json.dumps(_cstore_json(result), indent=2))
     else:
-        _report_skipped(scan.skipped)
-        _report_conflicts(scan, duplicates)
+        _report_skipped(result.not_sent)
+        _report_conflicts(result, duplicates)
         for failed in result.failed + result.skipped:
             typer.echo(f"not stored: {failed.path}: {failed.status_hex} {failed.reason or failed.meaning}", err=True)
         for warned in result.warnings:
             typer.echo(f"stored with a warning: {warned.path}: {warned.status_hex} {warned.meaning}", err=True)
-        if send.forgotten:
+        if result.forgotten:
             typer.echo(
-                f"{send.forgotten} instances an earlier run delivered were sent again: XNAT no longer holds their study",
+                f"{result.forgotten} instances an earlier run delivered were sent again: XNAT no longer holds their study",
                 err=True,
             )
-        if send.resumed:
+        if result.resumed:
             typer.echo(
-                f"{send.resumed} instances were delivered by an earlier run (XNAT still holds their study) "
+                f"{result.resumed} instances were delivered by an earlier run (XNAT still holds their study) "
                 "and not sent again"
                 + (
                     ""
                     if result.sent or result.failed or result.skipped
-                    else f" (nothing left to send; to send them again anyway, delete {send.journal_path})"
+                    else f" (nothing left to send; to send them again anyway, delete {result.journal_path})"
                 )
             )
         typer.echo(result.summary())
-        if scan.skipped:
-            typer.echo(f"{len(scan.skipped)} other files under {source} were not sent (listed above)")
-    if send.in_doubt:
-        typer.echo(f"warning: {in_doubt_warning(send, ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH)}", err=True)
-    if not result.ok or scan.unreadable:
+        if result.not_sent:
+            typer.echo(f"{len(result.not_sent)} other files under {source} were not sent (listed above)")
+    if result.in_doubt:
+        typer.echo(f"warning: {in_doubt_warning(result, ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH)}", err=True)
+    if result.failed or result.skipped or result.unreadable:
         typer.echo("Not everything was stored: run the same command again to send only the rest.", err=True)
-        raise typer.Exit(EXIT_PARTIAL)
-    if send.in_doubt:
+    if not result.ok:
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, held, as_json, anonymizer=None):
-    """The C-STORE itself, journaled, behind a progress bar on a terminal."""
-    from xnat_flows.transfer.dicom_resume import store_instances_resumable
-    from xnat_flows.transfer.journal import UploadJournal
+def _cstore_json(result: SendResult) -> dict[str, Any]:
+    """``send-dicom --json``: the result's facts under the names scripts read."""
+    return {
+        "ok": result.ok,
+        "sent": len(result.sent),
+        "failed": len(result.failed),
+        "skipped": len(result.skipped),
+        "resumed": result.resumed,
+        "in_doubt": len(result.in_doubt),
+        "resent_unchecked": len(result.unchecked),
+        "resent_not_in_xnat": result.forgotten,
+        "stored_with_warning": [
+            {"path": str(o.path), "status": o.status_hex, "meaning": o.meaning} for o in result.warnings
+        ],
+        "bytes_sent": result.bytes_sent,
+        "seconds": round(result.seconds, 3),
+        "instances_per_second": round(result.instances_per_second, 1),
+        "not_stored": [
+            {"path": str(o.path), "status": o.status_hex, "reason": o.reason or o.meaning}
+            for o in result.failed + result.skipped
+        ],
+        "not_dicom": [{"path": str(s.path), "reason": s.reason} for s in result.not_sent if not s.unreadable],
+        "unreadable": [{"path": str(s.path), "reason": s.reason} for s in result.unreadable],
+        "conflicts": result.conflicts,
+    }
+
+
+def _send_dicom(steps: DirectSteps, as_json: bool) -> SendResult:
+    """The C-STORE sequence (``transfer.cstore.sequence``), behind a progress bar on a terminal."""
+    from xnat_flows.transfer.cstore.sequence import send_cstore
     from xnat_flows.transfer.progress import Progress
 
     # a progress bar only on a terminal: into a pipe or a log rich draws nothing useful, and its
     # import and refresh thread cost CPU a receiver on the same host would use (docs/cstore.md)
     with _progress_bar("C-STORE", enabled=not as_json) as progress:
-        total_bytes = scan.total_bytes
         shown_at = [0.0]
 
         def show(done: int, total: int) -> None:
@@ -624,41 +637,29 @@ def _send_dicom(scan, host, port, called_aet, calling_aet, workers, routing, hel
             if done < total and now - shown_at[0] < 0.1:
                 return
             shown_at[0] = now
+            total_bytes = steps.scanned_bytes
             progress(Progress(done, total, total_bytes * done // max(total, 1), total_bytes))
 
+        steps.progress = show if progress else None
         try:
             # every instance is journaled as the receiver confirms it: a re-run sends only the rest
-            send = store_instances_resumable(
-                scan.files,
-                UploadJournal(),
-                host=host,
-                port=port,
-                called_aet=called_aet,
-                calling_aet=calling_aet,
-                workers=workers,
-                routing=routing,
-                held=held,
-                preflight=False,
-                progress=show if progress else None,
-                anonymizer=anonymizer,
-            )
+            return send_cstore(steps, source=steps.source)
         except KeyboardInterrupt:
             typer.echo(
                 "Every instance the receiver confirmed is recorded: run the same command again to send the rest.",
                 err=True,
             )
             raise  # the root command prints the interruption line and exits 130
-    return send
 
 
 def _xnat_study_check(
     connection: Connection, project: str | None, session: str | None, stack: contextlib.ExitStack
-) -> Callable[[str], bool]:
+) -> tuple[Callable[[str], bool], Callable[[], None]]:
     """Whether XNAT holds a study, for the C-STORE journal (``transfer.session.study_present``),
-    over a client ``stack`` keeps open. With --project the login is required now (XNAT files data
-    for an unknown project under Unassigned, so the project is checked first); without, the client
-    is opened only if the journal lists deliveries to check, so a plain send needs no login (and
-    loads no HTTP stack)."""
+    over a client ``stack`` keeps open, and the destination check the sequence runs first. With
+    --project the login is required then (XNAT files data for an unknown project under Unassigned,
+    so the project is checked first); without, the client is opened only if the journal lists
+    deliveries to check, so a plain send needs no login (and loads no HTTP stack)."""
     from xnat_flows.client.errors import AuthenticationError, InputError
 
     clients: list[XnatClient] = []
@@ -673,7 +674,9 @@ def _xnat_study_check(
 
         return study_present(client(), study_uid, project=project, label=session)
 
-    if project is not None:
+    def check_project() -> None:
+        if project is None:
+            return
         try:
             client()
         except (InputError, AuthenticationError) as exc:
@@ -683,7 +686,8 @@ def _xnat_study_check(
                 hint="Run `xnat-flows auth login` (or give --url/--username with --password-stdin), or pass "
                 "--no-xnat-check to send without these checks",
             ) from None
-    return held
+
+    return held, check_project
 
 
 # xnatctl's spelling (docs: uploading guide): the same command, not listed in --help.

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from xnat_flows.client.errors import InputError, XnatError
+from xnat_flows.client.errors import XnatError
 from xnat_flows.events import (
     SessionRef,
     absolute_uri,
@@ -19,27 +18,25 @@ from xnat_flows.events import (
     public_base_url,
 )
 from xnat_flows.flows.failures import failed_run
-from xnat_flows.models import (
-    DicomReceiverTarget,
-    InstanceFailure,
-    SendDicomRequest,
-    SendDicomResult,
-    XnatConnection,
-    ui_title,
-)
+from xnat_flows.models import DicomReceiverTarget, SendDicomRequest, XnatConnection, ui_title
 from xnat_flows.tasks.connection import credentials_for, server_url_for_report
 from xnat_flows.tasks.cstore import (
+    check_destination,
     check_receiver_limit,
     echo_receiver,
     resolve_receiver,
     send_instances,
-    wait_for_archived_studies,
+    wait_for_archived_studies_task,
 )
 from xnat_flows.tasks.deidentify import deidentify_instances, prepare_anonymizer
 from xnat_flows.tasks.hints import ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH
 from xnat_flows.tasks.upload import scan_dicom_directory
-from xnat_flows.transfer.dicom_inputs import RoutingOverride
-from xnat_flows.transfer.dicom_resume import in_doubt_warning
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.results import ArchivedStudy, InstanceOutcome, SendResult
+from xnat_flows.transfer.cstore.resume import in_doubt_warning
+from xnat_flows.transfer.cstore.sequence import send_cstore
+from xnat_flows.transfer.deidentify import Anonymizer
+from xnat_flows.transfer.scan import DicomFile, ScanHeaders, ScanResult
 
 
 class SendIncompleteError(XnatError):
@@ -66,15 +63,22 @@ def send_dicom(
     request: Annotated[SendDicomRequest, ui_title("What to send")],
     receiver: Annotated[DicomReceiverTarget, ui_title("DICOM receiver")],
     connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
-) -> SendDicomResult:
+) -> SendResult:
     """Send every DICOM instance under a directory to a DICOM receiver over parallel associations;
     with ``request.verify``, wait until XNAT has archived what was sent and announce each session.
+    The sequence is the library's (``transfer.cstore.sequence.send_cstore``), its steps this
+    flow's tasks.
 
     Args:
         request: What to send (source directory), routing, parallelism, and whether to wait for the archive.
         receiver: The DICOM receiver: an xnat-dicom-receiver Block, or host, port and AE titles.
-        connection: With verify: the xnat-credentials Block of the XNAT behind the receiver (the deployment's
-            default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+        connection: The xnat-credentials Block of the XNAT behind the receiver (the deployment's
+            default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time): it is asked that the
+            routing project exists and what earlier runs delivered, and, with verify, for the archive.
+
+    Returns:
+        The C-STORE's result (``transfer.cstore.results.SendResult``); a send that did not store
+        everything, or left instances in doubt without verify, fails the run instead.
     """
     try:
         return _send(request, receiver, connection)
@@ -94,97 +98,120 @@ def send_dicom(
         raise
 
 
-def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: XnatConnection) -> SendDicomResult:
-    logger = get_run_logger()
+class _TaskSteps:
+    """The C-STORE sequence's steps (``transfer.cstore.sequence``) as this flow's Prefect tasks: the
+    run shows each task with its retries, and the associations hold the receiver's limit."""
+
+    def __init__(
+        self,
+        request: SendDicomRequest,
+        receiver: DicomReceiverTarget,
+        connection: XnatConnection,
+        server_url: str | None,
+    ) -> None:
+        self.request = request
+        self.receiver = receiver
+        self.connection = connection
+        self.server_url = server_url
+        self.routing = (
+            RoutingOverride(request.routing_project, request.routing_subject or None, request.routing_session or None)
+            if request.routing_project
+            else None
+        )
+        self.anonymizer: Anonymizer | None = None
+        self.scanned: list[DicomFile] = []
+
+    def check_destination(self) -> None:
+        check_destination(self.connection, self.routing)
+
+    def check_receiver(self) -> None:
+        echo_receiver(self.receiver)
+
+    def scan(self, headers: ScanHeaders) -> ScanResult:
+        scan = scan_dicom_directory(
+            self.request.source_dir, headers=headers, skip_truncated=self.request.skip_truncated
+        )
+        self.scanned = list(scan.files)
+        return scan
+
+    def deidentify(self, files: list[DicomFile]) -> tuple[list[DicomFile], list[InstanceOutcome]]:
+        if self.anonymizer is None:
+            return files, []
+        return deidentify_instances(files, self.anonymizer, self.routing)
+
+    def send(self, files: list[DicomFile]) -> SendResult:
+        limit = check_receiver_limit(self.receiver)
+        if limit is not None:
+            get_run_logger().info(
+                "each association holds a slot of the concurrency limit %s (%d slots)", limit.name, limit.slots
+            )
+        result = send_instances(self.receiver, files, self.request.workers, self.routing, limit, self.connection)
+        create_table_artifact(
+            table=[vars(a) for a in result.associations] or [{"sent": 0}],
+            description=f"C-STORE to {self.receiver.called_aet}@{self.receiver.host}:{self.receiver.port}: "
+            "per-association summary",
+        )
+        get_run_logger().info("%s (%d delivered by an earlier run)", result.summary(), result.resumed)
+        return result
+
+    def wait_for_archive(self, instances: dict[str, int]) -> list[ArchivedStudy]:
+        return wait_for_archived_studies_task(
+            self.connection, instances, self.request.routing_project or None, self.request.verify_timeout_seconds
+        )
+
+    def landed(self, study: ArchivedStudy, files: list[DicomFile]) -> None:
+        assert self.server_url is not None  # verify asked for the connection's URL first
+        web = f"{public_base_url(self.server_url)}/data/experiments/{study.experiment_id}?format=html"
+        get_run_logger().info(
+            "study %s archived as %s/%s/%s (%s, %d files): %s",
+            study.study_uid,
+            study.project,
+            study.subject,
+            study.label,
+            study.experiment_id,
+            study.files_found,
+            web,
+        )
+        ref = SessionRef(self.server_url, study.project, study.subject, study.label, study.experiment_id, study.uri)
+        # Once per arrival: a re-run whose journal says everything was delivered (0 sent) finds
+        # the study archived again, and must not start its processing a second time.
+        announce_archived(
+            ref,
+            arrival(f for f in self.scanned if f.study_uid == study.study_uid),
+            {"via": "c-store", "study_uid": study.study_uid, "files": study.files_found},
+        )
+
+
+def _send(request: SendDicomRequest, receiver: DicomReceiverTarget, connection: XnatConnection) -> SendResult:
     receiver = resolve_receiver(receiver)
     server_url = credentials_for(connection).url if request.verify else None  # no Block/credentials: fail now
-    echo_receiver(receiver)
+    steps = _TaskSteps(request, receiver, connection, server_url)
     # Scripts compile (and XNAT's are fetched) before anything is read or sent.
-    anonymizer = prepare_anonymizer(connection, request.deidentify, request.routing_project or None)
-    # Verifying needs each file's StudyInstanceUID (in the dataset, not the file meta).
-    scan = scan_dicom_directory(
-        request.source_dir, headers="full" if request.verify else "file-meta", skip_truncated=request.skip_truncated
-    )
-    if not scan.files:
-        raise InputError(
-            f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
-            "point the request's source_dir at the folder that holds the DICOM export"
-        )
-    routing = (
-        RoutingOverride(request.routing_project, request.routing_subject or None, request.routing_session or None)
-        if request.routing_project
-        else None
-    )
-    limit = check_receiver_limit(receiver)
-    if limit is not None:
-        logger.info("each association holds a slot of the concurrency limit %s (%d slots)", limit.name, limit.slots)
-    files, refused = deidentify_instances(scan.files, anonymizer, routing) if anonymizer else (scan.files, [])
-    send = send_instances(receiver, files, request.workers, routing, limit, connection)
-    sent, resumed = send.result, send.resumed
-    sent.failed += refused
-    result = SendDicomResult(
-        in_doubt=[str(path) for path in send.in_doubt],
-        sent=len(sent.sent),
-        resumed=resumed,
-        failed=[
-            InstanceFailure(path=str(o.path), status=o.status_hex, meaning=o.reason or o.meaning)
-            for o in sent.failed + sent.skipped
-        ],
-        skipped=list(scan.skipped),
-        bytes_sent=sent.bytes_sent,
-        seconds=round(sent.seconds, 3),
-        instances_per_second=round(sent.instances_per_second, 1),
-        associations=[vars(a) for a in sent.associations],
-    )
-    create_table_artifact(
-        table=[vars(a) for a in sent.associations] or [{"sent": 0}],
-        description=f"C-STORE to {receiver.called_aet}@{receiver.host}:{receiver.port}: per-association summary",
-    )
-    logger.info("%s (%d delivered by an earlier run)", sent.summary(), resumed)
-    if not result.ok:
+    steps.anonymizer = prepare_anonymizer(connection, request.deidentify, request.routing_project or None)
+    result = send_cstore(steps, source=request.source_dir, verify=request.verify)
+    if result.failed or result.skipped or result.unreadable:
         examples = "; ".join(
-            [f"{f.path}: {f.status} {f.meaning}" for f in result.failed[:5]]
+            [f"{o.path}: {o.status_hex} {o.reason or o.meaning}" for o in (result.failed + result.skipped)[:5]]
             + [f"{u.path}: {u.reason}" for u in result.unreadable[:5]]
         )
+        not_stored = len(result.failed) + len(result.skipped)
         raise SendIncompleteError(
-            f"{len(result.failed)} of {len(scan.files)} instances were not stored and {len(result.unreadable)} files or "
+            f"{not_stored} of {len(steps.scanned)} instances were not stored and {len(result.unreadable)} files or "
             f"folders could not be read ({examples}); re-run the same flow to send only those"
         )
-    if send.in_doubt and not request.verify:
+    if not result.ok:
         # Stored, but maybe twice: without looking at the archive this run cannot call it delivered.
         raise SendInDoubtError(
-            in_doubt_warning(send, ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH),
+            in_doubt_warning(result, ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH),
             hint="Run send-dicom with verify on: it checks that the archive holds every instance sent",
         )
-    if request.verify and server_url is not None:
-        instances = Counter(f.study_uid for f in files)  # as sent: de-identified UIDs
-        result.archived = wait_for_archived_studies(
-            connection, dict(instances), request.routing_project or None, request.verify_timeout_seconds
-        )
+    if result.archived and server_url is not None:
         lines = ["| study | session | experiment | files | URI |", "|---|---|---|---|---|"]
         for study in result.archived:
             web = f"{public_base_url(server_url)}/data/experiments/{study.experiment_id}?format=html"
-            logger.info(
-                "study %s archived as %s/%s/%s (%s, %d files): %s",
-                study.study_uid,
-                study.project,
-                study.subject,
-                study.label,
-                study.experiment_id,
-                study.files_found,
-                web,
-            )
             lines.append(
                 f"| {study.study_uid} | {study.project}/{study.subject}/{study.label} | "
                 f"[{study.experiment_id}]({web}) | {study.files_found} | {absolute_uri(server_url, study.uri)} |"
-            )
-            ref = SessionRef(server_url, study.project, study.subject, study.label, study.experiment_id, study.uri)
-            # Once per arrival: a re-run whose journal says everything was delivered (0 sent) finds
-            # the study archived again, and must not start its processing a second time.
-            announce_archived(
-                ref,
-                arrival(f for f in scan.files if f.study_uid == study.study_uid),
-                {"via": "c-store", "study_uid": study.study_uid, "files": study.files_found},
             )
         create_markdown_artifact(
             markdown="\n".join(lines),

@@ -23,7 +23,7 @@ from prefect.states import Failed, State
 from xnat_flows.client.errors import XnatError
 from xnat_flows.client.urls import public_base_url
 from xnat_flows.tasks.hints import for_operator, say_failures_once
-from xnat_flows.transfer.dicom_errors import DicomNetworkError
+from xnat_flows.transfer.cstore.errors import DicomNetworkError
 
 
 def failed_run(exc: BaseException) -> Any:

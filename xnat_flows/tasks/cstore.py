@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -12,14 +11,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from xnat_flows.client.archive import archived_studies
 from xnat_flows.client.errors import InputError, TransientError, XnatError
-from xnat_flows.models import ArchivedStudy, DicomReceiverTarget, XnatConnection
+from xnat_flows.models import DicomReceiverTarget, XnatConnection
 from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.hints import ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH, speaks_to_operator
 from xnat_flows.tasks.policies import ReceiverLimit, association_slots, existing_receiver_limit, retry_unless_permanent
-from xnat_flows.transfer.dicom_resume import ResumedSend, in_doubt_warning, store_instances_resumable
-from xnat_flows.transfer.dicom_send import EchoResult, RoutingOverride, echo
+from xnat_flows.transfer.cstore.archived import wait_for_archived_studies
+from xnat_flows.transfer.cstore.connect import EchoResult, echo
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.results import ArchivedStudy, SendResult
+from xnat_flows.transfer.cstore.resume import in_doubt_warning, store_instances_resumable
 from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.session import study_present
@@ -102,7 +103,7 @@ def send_instances(
     routing: RoutingOverride | None,
     limit: ReceiverLimit | None = None,
     connection: XnatConnection | None = None,
-) -> ResumedSend:
+) -> SendResult:
     """C-STORE over ``workers`` long-lived associations; returns this attempt's result, how many
     instances an earlier run or attempt had already delivered (recorded in the upload journal, not
     sent again) and which instances are in doubt (sent again after an attempt without an answer).
@@ -134,15 +135,14 @@ def send_instances(
             held=held,
             preflight=False,
         )
-    result, resumed = send.result, send.resumed
     if send.in_doubt:  # said here too: a retry of this task would not know of them
         # the run's log; called as a plain function (.fn) there is no run: the module's logger
         logger = get_run_logger() if task_run.id else logging.getLogger(__name__)
         logger.warning(in_doubt_warning(send, ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH))
-    retryable = result.retryable_failures
+    retryable = send.retryable_failures
     if retryable and 1 <= task_run.run_count <= SEND_RETRIES:  # 0: called as a plain function (.fn)
         raise ReceiverInterrupted(
-            f"{len(retryable)} of {len(files) - resumed} instances not stored yet ({retryable[0].reason or retryable[0].meaning}); "
+            f"{len(retryable)} of {len(files) - send.resumed} instances not stored yet ({retryable[0].reason or retryable[0].meaning}); "
             "retrying the rest",
             hint="A receiver that stays down fails the run after the retries",
         )
@@ -167,9 +167,41 @@ def _study_check(
     return lambda study_uid: study_present(client, study_uid, project=project, label=label)
 
 
+@task(name="check-destination", cache_policy=NO_CACHE)
+@speaks_to_operator
+def check_destination(connection: XnatConnection | None, routing: RoutingOverride | None) -> None:
+    """The routing project exists in the XNAT behind the receiver: XNAT files the instances of an
+    unknown project under Unassigned, so it is refused before anything is read or sent.
+
+    Args:
+        connection: The XNAT behind the receiver. When it cannot be asked (no credentials on the
+            worker, its REST API away) the run goes on and says so, as the journal check does.
+        routing: The routing override; None routes by the DICOM headers, nothing to check.
+    """
+    if routing is None or connection is None:
+        return
+    logger = get_run_logger() if task_run.id else logging.getLogger(__name__)
+    try:
+        client = open_client(connection)
+    except (XnatError, ValueError) as exc:  # no credentials on the worker
+        logger.warning(
+            "cannot ask XNAT whether project %s exists (%s): sending without the check", routing.project, exc
+        )
+        return
+    with client:
+        try:
+            client.whoami()
+        except XnatError as exc:  # not logged in, XNAT's REST API away
+            logger.warning(
+                "cannot ask XNAT whether project %s exists (%s): sending without the check", routing.project, exc
+            )
+            return
+        client.require_project(routing.project)
+
+
 @task(name="wait-for-archived-studies", cache_policy=NO_CACHE, persist_result=False)
 @speaks_to_operator
-def wait_for_archived_studies(
+def wait_for_archived_studies_task(
     connection: XnatConnection,
     instances: dict[str, int],
     project: str | None,
@@ -177,57 +209,18 @@ def wait_for_archived_studies(
     poll_seconds: float = 2.0,
 ) -> list[ArchivedStudy]:
     """Wait (bounded) until every sent study is an archived session holding at least as many files
-    as instances were sent, found by StudyInstanceUID (a C-STORE names no session: XNAT's routing
-    rules decide the project and labels). ``project``: look only there (the routing project)."""
+    as instances were sent (``transfer.cstore.archived``).
+
+    Args:
+        connection: The XNAT behind the receiver.
+        instances: Instances sent per StudyInstanceUID.
+        project: Look only there (the routing project); None: every project.
+        timeout_seconds: How long to wait in all.
+        poll_seconds: The pause between two looks.
+
+    Returns:
+        The archived sessions, one per study.
+    """
     logger = get_run_logger()
-    deadline = time.monotonic() + timeout_seconds
     with open_client(connection) as client:
-        while True:
-            found = _archived_studies(client, project, instances)
-            complete = [s for s in found.values() if s.files_found >= s.instances_sent]
-            if len(complete) == len(instances):
-                return sorted(complete, key=lambda s: s.label)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                missing = {uid: n for uid, n in instances.items() if uid not in {s.study_uid for s in complete}}
-                shown = "; ".join(
-                    f"{uid}: {found[uid].files_found}/{n} files in {found[uid].experiment_id}"
-                    if uid in found
-                    else f"{uid}: no archived session"
-                    for uid, n in list(missing.items())[:5]
-                )
-                raise ArchiveWaitTimeout(
-                    f"{len(missing)} of {len(instances)} sent studies not complete in the archive after "
-                    f"{timeout_seconds:g} s ({shown})",
-                    hint="Look in the prearchive for the session (CONFLICT or ERROR), or raise verify_timeout_seconds",
-                )
-            logger.info("%d of %d studies archived; waiting (%.0f s left)", len(complete), len(instances), remaining)
-            time.sleep(min(poll_seconds, remaining))
-
-
-class ArchiveWaitTimeout(XnatError):
-    """The sent studies did not all reach the archive in time."""
-
-
-def _archived_studies(client, project: str | None, instances: dict[str, int]) -> dict[str, ArchivedStudy]:
-    found: dict[str, ArchivedStudy] = {}
-    for uid, row in archived_studies(client, project).items():
-        if uid not in instances:
-            continue
-        experiment_id = row.get("ID") or ""
-        files = sum(
-            int(resource.get("file_count") or 0)
-            for scan in client.get_rows(f"/data/experiments/{experiment_id}/scans")
-            for resource in client.get_rows(f"/data/experiments/{experiment_id}/scans/{scan.get('ID')}/resources")
-        )
-        found[uid] = ArchivedStudy(
-            study_uid=uid,
-            project=row.get("project") or "",
-            subject=row.get("subject_label") or None,
-            label=row.get("label") or experiment_id,
-            experiment_id=experiment_id,
-            uri=f"/data/experiments/{experiment_id}",
-            instances_sent=instances[uid],
-            files_found=files,
-        )
-    return found
+        return wait_for_archived_studies(client, instances, project, timeout_seconds, poll_seconds, logger.info)

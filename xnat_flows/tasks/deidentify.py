@@ -10,10 +10,10 @@ from prefect.cache_policies import NO_CACHE
 from xnat_flows.models import Deidentification, XnatConnection
 from xnat_flows.tasks.connection import open_client
 from xnat_flows.tasks.hints import speaks_to_operator
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.results import InstanceOutcome
+from xnat_flows.transfer.cstore.send import deidentify_for_send, routing_variables
 from xnat_flows.transfer.deidentify import Anonymizer, build_anonymizer, deidentify_plan
-from xnat_flows.transfer.dicom_inputs import RoutingOverride
-from xnat_flows.transfer.dicom_results import InstanceOutcome
-from xnat_flows.transfer.dicom_send import deidentify_for_send, routing_variables
 from xnat_flows.transfer.scan import DicomFile, SkippedFile
 from xnat_flows.transfer.target import UploadTarget
 
@@ -32,7 +32,10 @@ def prepare_anonymizer(
         with open_client(connection) as client:
             server_scripts = scripts_to_apply(client, project)
     return build_anonymizer(
-        server_scripts=server_scripts, script=deidentify.script_text(), profile=deidentify.profile or None
+        server_scripts=server_scripts,
+        script=deidentify.script_text(),
+        profile=deidentify.profile or None,
+        allowed_urls=deidentify.allowed_urls,
     )
 
 

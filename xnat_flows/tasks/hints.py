@@ -25,7 +25,7 @@ from xnat_flows.client.errors import (
     XnatError,
     reworded,
 )
-from xnat_flows.transfer.dicom_errors import DicomNetworkError
+from xnat_flows.transfer.cstore.errors import DicomNetworkError
 from xnat_flows.transfer.scan import IncompleteExportError
 
 # Where a prearchive session's status is seen, and how a CONFLICT entry is archived, from a run.
@@ -73,6 +73,7 @@ BY_REASON: dict[str, str] = {
     "receiver's own AE title (XNAT lists its receivers at /xapi/dicomscp; the default is XNAT)",
     "no-echo": "The send-dicom flow checks the receiver with C-ECHO before sending: use a receiver that answers it, "
     "or send from the command line without the check",
+    "no-dicom-files": "Point the request's source_dir at the folder that holds the DICOM export",
     "no-anon-script": "Turn off the request's de-identification 'XNAT's own scripts', or give a script or the "
     "Basic Profile",
 }

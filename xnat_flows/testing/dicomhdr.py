@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import struct
@@ -57,12 +58,19 @@ class InstanceHeader:
 
     def assignment(self, key: str) -> str:
         """`Key: value` from the comment tags, first match wins (XNAT's fixed extractors)."""
-        pattern = re.compile(_ASSIGNMENT.format(key=re.escape(key)), re.IGNORECASE | re.DOTALL)
+        if not any(self.comment_fields):
+            return ""
+        pattern = _assignment_pattern(key)
         for text in self.comment_fields:
             match = pattern.match(text)
             if match and match.group(1):
                 return match.group(1)
         return ""
+
+
+@functools.lru_cache(maxsize=16)
+def _assignment_pattern(key: str) -> re.Pattern[str]:
+    return re.compile(_ASSIGNMENT.format(key=re.escape(key)), re.IGNORECASE | re.DOTALL)
 
 
 def clean_label(value: str) -> str:
@@ -194,6 +202,10 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
+# one unpack per element header: tag, VR and 2-byte length (explicit VR), tag and 4-byte length (implicit)
+_EXPLICIT_HEADER = struct.Struct("<HH2sH").unpack_from
+_IMPLICIT_HEADER = struct.Struct("<HHI").unpack_from
+_LONG_LENGTH = struct.Struct("<I").unpack_from
 
 
 def _read_until_stop(data: bytes) -> dict[int, str]:
@@ -213,14 +225,18 @@ def _elements(data: bytes, position: int, explicit: bool, values: dict[int, str]
     """Walk elements from ``position`` until ``stop`` (or an item delimiter, or the end); keep the
     wanted ones in ``values`` (None inside sequences); return where the walk ended."""
     end = len(data)
-    unpack = struct.unpack_from
+    unpack_explicit, unpack_implicit, unpack_long = _EXPLICIT_HEADER, _IMPLICIT_HEADER, _LONG_LENGTH
+    vr = b""
     while position + 8 <= end:
-        group, element = unpack("<HH", data, position)
+        if explicit:
+            group, element, vr, length = unpack_explicit(data, position)
+        else:
+            group, element, length = unpack_implicit(data, position)
         tag = group << 16 | element
         if tag >= stop and values is not None:
             return position
         if group == 0xFFFE:  # item or delimiter inside a sequence: no VR
-            length = unpack("<I", data, position + 4)[0]
+            length = unpack_long(data, position + 4)[0]
             position += 8
             if tag in (_ITEM_END, _SEQUENCE_END):
                 return position
@@ -228,20 +244,17 @@ def _elements(data: bytes, position: int, explicit: bool, values: dict[int, str]
                 raise _NeedsPydicom
             position = _elements(data, position, explicit, None, _STOP) if length == _UNDEFINED else position + length
             continue
-        if explicit:
-            vr = data[position + 4 : position + 6]
-            if vr in _LONG_VRS:
-                length = unpack("<I", data, position + 8)[0]
-                position += 12
-            elif vr.isalpha() and vr.isupper():
-                length = unpack("<H", data, position + 6)[0]
-                position += 8
-            else:
-                raise _NeedsPydicom
-        else:
-            vr = b""
-            length = unpack("<I", data, position + 4)[0]
+        if not explicit:
             position += 8
+        elif vr in _LONG_VRS:
+            if position + 12 > end:
+                raise _NeedsPydicom
+            length = unpack_long(data, position + 8)[0]
+            position += 12
+        elif vr.isalpha() and vr.isupper():
+            position += 8
+        else:
+            raise _NeedsPydicom
         if length == _UNDEFINED:
             if explicit and vr == b"UN":
                 raise _NeedsPydicom  # its items are implicit VR: not worth a second code path

@@ -11,7 +11,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from xnat_flows.testing.dicomhdr import (
     InstanceHeader,
@@ -148,15 +148,29 @@ class Importer:
         held: Held,
         projects: frozenset[str] | None = None,
         header: InstanceHeader | None = None,
+        routes: dict[tuple[Any, ...], Placement] | None = None,
     ) -> PrearcRow:
         """The per-file path, as xnat-web's `GradualDicomImporter.call`: the header read up to what
-        routing needs, the destination decided, the site's transform applied, one write."""
+        routing needs, the destination decided, the site's transform applied, one write.
+
+        ``routes``: the placements a request already decided, by the header fields routing reads
+        (one request's entries mostly share them)."""
         if header is None:
             try:
                 header = read_header(data, name)
             except UnparsableDicom as exc:
                 raise XnatRefusal(400, str(exc)) from exc
-        where = self.placement_for(header, params, projects)
+        if routes is None:
+            where = self.placement_for(header, params, projects)
+        else:
+            key = (
+                header.comment_fields,
+                header.study_description,
+                header.accession_number,
+                header.patient_name,
+                header.patient_id,
+            )
+            where = routes.get(key) or routes.setdefault(key, self.placement_for(header, params, projects))
         return self.prearchive.place_instance(header, self.transform(data, where), where, held)
 
     @staticmethod
@@ -190,6 +204,7 @@ class Importer:
         projects = self.store.project_ids()  # once per request, as XNAT's project cache
         with self.prearchive.holding() as held:  # built and committed within this request
             rows: dict[int, PrearcRow] = {}
+            routes: dict[tuple[Any, ...], Placement] = {}
             try:
                 for entry_name, data in iter_archive(upload, self.store.tmp_dir):
                     try:
@@ -200,7 +215,7 @@ class Importer:
                         # Entries already imported stay where they are (partial session; XNAT wiki: Image
                         # Session Import Service API, `Ignore-Unparsable`).
                         raise XnatRefusal(400, str(exc)) from exc
-                    row = self.place(data, entry_name, params, held, projects, header)
+                    row = self.place(data, entry_name, params, held, projects, header, routes)
                     rows.setdefault(row.id, row)
             finally:
                 self.prearchive.placements.flush(held)  # in the database before the answer
@@ -249,6 +264,8 @@ class Importer:
 
 
 def _check_entry_name(name: str) -> None:
+    if "\\" not in name and name[:1] != "/" and ".." not in name and name[1:2] != ":":
+        return  # the common case, without building a path (one per archive entry)
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or re.match(r"^[A-Za-z]:", name):
         raise XnatRefusal(400, f"Invalid archive entry name: {name}")
@@ -304,9 +321,10 @@ _BLOCK = tarfile.BLOCKSIZE
 def _iter_tar_stream(read: Callable[[int], bytes]) -> Iterator[tuple[str, bytes]]:
     """Regular files of a tar read front to back from ``read`` (a request body, a gzip stream):
     each member's data in one read, not through tarfile's stream buffer, which copies every byte
-    three or four times (a third of the emulator's CPU per upload). Headers are tarfile's own
-    (``TarInfo.frombuf``: checksum checked); GNU long names and pax ``path``/``size`` records apply
-    to the next member, as tarfile applies them."""
+    three or four times (a third of the emulator's CPU per upload). Headers are read as
+    ``TarInfo.frombuf`` reads them (checksum checked; plain ustar headers without building a
+    TarInfo, ``_ustar_fields``); GNU long names and pax ``path``/``size`` records apply to the next
+    member, as tarfile applies them."""
     long_name = ""
     pax: dict[str, str] = {}
     while True:
@@ -315,19 +333,23 @@ def _iter_tar_stream(read: Callable[[int], bytes]) -> Iterator[tuple[str, bytes]
             return  # a tar without its two end blocks: what was read stands
         if header == b"\0" * _BLOCK:
             return
-        info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
-        size = int(pax.get("size", info.size))
+        fields = _ustar_fields(header)
+        if fields is None:
+            info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+            fields = info.name, info.size, info.type
+        member_name, member_size, member_type = fields
+        size = int(pax.get("size", member_size))
         padded = size + (-size % _BLOCK)
-        if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGLINK):
+        if member_type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGLINK):
             data = _read_exactly(read, padded)[:size]
-            if info.type == tarfile.GNUTYPE_LONGNAME:
+            if member_type == tarfile.GNUTYPE_LONGNAME:
                 long_name = data.rstrip(b"\0").decode(tarfile.ENCODING, "surrogateescape")
-            elif info.type == tarfile.XHDTYPE:
+            elif member_type == tarfile.XHDTYPE:
                 pax.update(_pax_records(data))
             continue
-        name = pax.get("path") or long_name or info.name
+        name = pax.get("path") or long_name or member_name
         long_name, pax = "", {}
-        if info.type not in tarfile.REGULAR_TYPES:
+        if member_type not in tarfile.REGULAR_TYPES:
             _read_exactly(read, padded)  # directories, links…: their data (if any) skipped
             continue
         _check_entry_name(name)
@@ -337,6 +359,30 @@ def _iter_tar_stream(read: Callable[[int], bytes]) -> Iterator[tuple[str, bytes]
         if padded > size:
             _read_exactly(read, padded - size)
         yield name, data
+
+
+def _ustar_fields(header: bytes) -> tuple[str, int, bytes] | None:
+    """(name, size, type) of a ustar header without a name prefix whose checksum holds: the values
+    ``TarInfo.frombuf`` gives, without building a TarInfo (most of the tar reader's CPU). None for
+    anything else (V7 or base-256 fields, a prefix, a directory named with a slash, a sparse file,
+    a bad checksum): ``frombuf`` then reads or refuses it."""
+    member_type = header[156:157]
+    if header[257:262] != b"ustar" or header[345] != 0 or member_type == tarfile.GNUTYPE_SPARSE:
+        return None
+    size_field, checksum_field = header[124:136], header[148:156]
+    if size_field[0] in (0o200, 0o377):
+        return None
+    try:
+        size = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
+        checksum = int(checksum_field.split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return None
+    if checksum != 256 + sum(header) - sum(checksum_field):  # unsigned; frombuf also tries signed
+        return None
+    name = header[:100].split(b"\0", 1)[0].decode(tarfile.ENCODING, "surrogateescape")
+    if name.endswith("/"):
+        return None
+    return name, size, member_type
 
 
 def _read_exactly(read: Callable[[int], bytes], size: int) -> bytes:

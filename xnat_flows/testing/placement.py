@@ -19,6 +19,8 @@ goes into it, and the files being written are in the database before it is read.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import os
 import threading
 import time
@@ -28,6 +30,8 @@ from typing import Any
 
 from xnat_flows.testing.dicomhdr import InstanceHeader, xnat_file_name
 from xnat_flows.testing.state import READY, RECEIVING, PrearcRow, Store, fresh_temp_file
+
+log = logging.getLogger(__name__)
 
 # Row parameters remembered from the import request (used later by the rebuilder / archiver).
 REMEMBERED_PARAMS = (
@@ -71,7 +75,7 @@ class _OpenSession:
     touched: float = field(default_factory=time.time)
     new_scans: list[tuple[Any, ...]] = field(default_factory=list)
     files: list[tuple[Any, ...]] = field(default_factory=list)
-    dirs: set[str] = field(default_factory=set)
+    dirs: dict[tuple[str, str], str] = field(default_factory=dict)  # (scan, resource) -> its directory
 
     def no_writers(self) -> bool:
         return self.writers == 0
@@ -149,12 +153,12 @@ class Placements:
         session, scan_id = self._enter(header, where, held)
         written = False
         try:
-            directory = f"{scan_id}/{resource}"
-            final = self.store.prearc_file_path(session.row.id, scan_id, resource, name)
-            if directory not in session.dirs:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                session.dirs.add(directory)
-            self._write(final, data)
+            directory = session.dirs.get((scan_id, resource))
+            if directory is None:  # once per scan and resource: path objects cost more than the write
+                path = self.store.prearc_file_path(session.row.id, scan_id, resource, name).parent
+                path.mkdir(parents=True, exist_ok=True)
+                directory = session.dirs.setdefault((scan_id, resource), str(path))
+            self._write(f"{directory}/{name}", data)
             written = True
         finally:
             with session.lock:
@@ -170,7 +174,7 @@ class Placements:
             self.flush(held)
         return session.row
 
-    def _write(self, final: os.PathLike[str], data: bytes) -> None:
+    def _write(self, final: str, data: bytes) -> None:
         """One write of the file, under a temp name renamed into place (a file read meanwhile is
         whole, the old one or the new); a failed write leaves no temp file behind."""
         fd, tmp_name = fresh_temp_file(self.store.tmp_dir)
@@ -226,6 +230,22 @@ class Placements:
                 if known is not None and not known.stale:
                     held.rows.add(known.row.id)
                     return known
+            if where.direct_archive:
+                refused = self._direct_archive_refused(header, where)
+                if refused is not None:
+                    # xnat-web `GradualDicomImporter.eitherGetOrCreateSession`: "Unable to directly archive
+                    # session, will proceed through prearchive" (the project's auto-archive setting applies).
+                    log.info(
+                        "Direct-Archive of %s/%s not possible (%s): through the prearchive",
+                        where.project,
+                        where.label,
+                        refused,
+                    )
+                    through = dataclasses.replace(where, direct_archive=False)
+                    session = self._open_session(_session_key(header, through), header, through, held)
+                    with self._lock:
+                        self._open[key] = session  # this key's next files go there without asking again
+                    return session
             row = store.find_open_row(
                 where.project, header.study_uid, where.label, where.direct_archive, where.timestamp, where.folder
             )
@@ -244,6 +264,20 @@ class Placements:
                 self._open[key] = session
                 held.rows.add(row.id)
             return session
+
+    def _direct_archive_refused(self, header: InstanceHeader, where: Placement) -> str | None:
+        """Why XNAT would not take this instance by Direct-Archive, or None (xnat-web
+        `DirectArchiveSessionServiceImpl.getOrCreate`): its Direct-Archive session (project,
+        StudyInstanceUID, label) no longer receives, or there is none and the archive directory it
+        would write into already exists (an archived session of that label, or another study's
+        Direct-Archive session receiving into it)."""
+        row = self.store.find_direct_archive_row(where.project, header.study_uid, where.label)
+        if row is not None:
+            return None if row.status == RECEIVING else f"it is no longer in receiving state ({row.status})"
+        folder = where.folder or where.label
+        if self.store.archive_folder_taken(where.project, folder):
+            return f"data already exists in the archive under {where.project}/{folder}"
+        return None
 
     def _new_row(self, header: InstanceHeader, where: Placement) -> PrearcRow:
         from xnat_flows.testing.prearchive import XnatRefusal  # prearchive builds on this module

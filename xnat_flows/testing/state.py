@@ -199,7 +199,7 @@ _temp_counter = itertools.count()
 
 def fresh_temp_file(tmp_dir: Path) -> tuple[int, str]:
     """A fresh temp file; cheaper than mkstemp's random names (one per DICOM instance)."""
-    name = str(tmp_dir / f"part-{os.getpid()}-{threading.get_ident()}-{next(_temp_counter)}")
+    name = f"{tmp_dir}/part-{os.getpid()}-{threading.get_ident()}-{next(_temp_counter)}"
     try:
         return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), name
     except FileNotFoundError:
@@ -399,6 +399,27 @@ class Store:
             args.append(label)
         record = self.query_one(sql + " ORDER BY id DESC", tuple(args))
         return _row(record) if record else None
+
+    def find_direct_archive_row(self, project: str, tag: str, label: str) -> PrearcRow | None:
+        """The Direct-Archive session of this project, StudyInstanceUID and label, whatever its status
+        (xnat-web `DirectArchiveSessionDao.findByProjectTagName`)."""
+        record = self.query_one(
+            "SELECT * FROM prearc WHERE project = ? AND tag = ? AND name = ? AND direct_archive = 1 ORDER BY id DESC",
+            (project, tag, label),
+        )
+        return _row(record) if record else None
+
+    def archive_folder_taken(self, project: str, folder: str) -> bool:
+        """The project's archive has a session directory of this name: an archived session labelled so,
+        or a Direct-Archive session writing into it."""
+        return (
+            self.query_one(
+                "SELECT 1 FROM experiments WHERE project = ? AND label = ? UNION ALL "
+                "SELECT 1 FROM prearc WHERE project = ? AND folder = ? AND direct_archive = 1",
+                (project, folder, project, folder),
+            )
+            is not None
+        )
 
     def insert_prearc_row(self, **fields: Any) -> PrearcRow:
         fields.setdefault("uploaded", now_text())

@@ -1,6 +1,6 @@
 """Getting DICOM into XNAT over REST: scan, partition, stream archives, upload, verify, resume.
 
-Plain Python on ``xnat_flows.client`` (no Prefect). C-STORE lives in ``dicom_send``.
+Plain Python on ``xnat_flows.client`` (no Prefect). C-STORE lives in the ``cstore`` package.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
         verify_session,
     )
 
-# Loaded on first use (PEP 562): the C-STORE sender imports ``transfer.dicom_send`` without
+# Loaded on first use (PEP 562): the C-STORE sender imports ``transfer.cstore.send`` without
 # paying for httpx and the REST client, which start-up time shows (docs/cstore.md).
 _EXPORTS = {
     "ArchiveFormat": "xnat_flows.transfer.archive_stream",

@@ -1,11 +1,13 @@
 """De-identification on the way out: every file is rewritten by a DicomEdit script (or the
 Basic Profile) as it streams into a request, for every transport — DICOM-zip, gradual-DICOM,
 C-STORE and the inbox — through the one file source they share (``scan.read_exactly``; the
-C-STORE sender's ``dicom_dataset.dataset_to_send``).
+C-STORE sender's ``cstore.dataset.dataset_to_send``).
 
 The originals are never modified and no copy of the study is written: ``deidentify_files``
 applies the script once to every file before anything is sent (a dry run, in memory, one file
-at a time) and returns ``DicomFile`` entries that describe the *rewritten* instance — its size
+at a time) — to the file's first bytes only (``HEAD_BYTES``) when they hold the whole header
+the script reads (``anon.Anonymizer.rewrite_head``), the pixel data neither read nor copied then,
+else to the whole file — and returns ``DicomFile`` entries that describe the *rewritten* instance — its size
 and its SOP, series and study UIDs as the script makes them — each carrying a ``Rewrite`` that
 tells the file source how to make those bytes again from the original while it streams.
 Grouping into sessions, the destination check, the resume journal and verification therefore
@@ -29,20 +31,23 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from xnat_flows.client.errors import InputError
 from xnat_flows.transfer.part10 import read_file_meta, read_series_keys
 
 if TYPE_CHECKING:
+    from xnat_flows.anon import UrlAccess
     from xnat_flows.transfer.scan import DicomFile, SkippedFile
     from xnat_flows.transfer.target import UploadTarget
 
 NOT_DEIDENTIFIED = "not de-identified, not sent"
 _KEYS_HEAD = 65536  # the UIDs sit in the dataset's first bytes; the rest is read only if not
+HEAD_BYTES = 65536  # the dry run reads a file's first bytes; the whole file only if its header is longer
 HEAD_CACHE_BYTES = 256 << 20  # rewritten headers kept per dry run (~40,000 files of ~6 KB)
 _TAIL_STEPS = (65536, 4096, 256)  # the shared tail is found in 64 KB, 4 KB, then 256-byte steps
 
@@ -56,6 +61,14 @@ class Anonymizer(Protocol):
         ...
 
     def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes: ...
+
+
+@runtime_checkable
+class HeadRewriter(Protocol):
+    """An anonymizer that can rewrite a file from its first bytes (``anon.Anonymizer.rewrite_head``):
+    ``(head, tail_start)``, the file sent being ``head`` + the original from ``tail_start`` on."""
+
+    def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None: ...
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,23 @@ class ChainedAnonymizer:
         for step in self.steps:
             part10 = step.apply_bytes(part10, variables)
         return part10
+
+    def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None:
+        """Each step's ``rewrite_head`` on the first bytes the step before made; None as soon as one
+        step needs the whole file."""
+        head, tail_start = b"", 0  # the file so far: head + the original from tail_start on
+        for step in self.steps:
+            if not isinstance(step, HeadRewriter):
+                return None
+            done = step.rewrite_head(head + prefix[tail_start:], len(head) + size - tail_start, variables)
+            if done is None:
+                return None
+            step_head, step_start = done
+            if step_start >= len(head):  # the step's tail lies in the original
+                head, tail_start = step_head, tail_start + step_start - len(head)
+            else:  # the step keeps part of the head the steps before made
+                head = step_head + head[step_start:]
+        return head, tail_start
 
 
 def chain(anonymizers: Iterable[Anonymizer | None]) -> Anonymizer | None:
@@ -151,22 +181,32 @@ class _Keys:
     transfer_syntax: str
 
 
+def _window_keys(first_bytes: bytes) -> _Keys | None:
+    """The UIDs of a rewritten instance from its first bytes; None when they are not all there."""
+    meta = read_file_meta(first_bytes)
+    keys = read_series_keys(memoryview(first_bytes)[:_KEYS_HEAD], meta)
+    if keys is None and len(first_bytes) > _KEYS_HEAD:
+        keys = read_series_keys(first_bytes, meta)
+    if keys is None:
+        return None
+    return _Keys(
+        keys.sop_class_uid,
+        keys.sop_instance_uid,
+        keys.study_uid,
+        keys.series_uid,
+        keys.series_number,
+        meta.transfer_syntax,
+    )
+
+
 def _keys_of(part10: bytes) -> _Keys:
     """The UIDs of a rewritten instance: from its first bytes, else (an odd encoding) by pydicom."""
-    meta = read_file_meta(part10)
-    keys = read_series_keys(memoryview(part10)[:_KEYS_HEAD], meta)
-    if keys is None and len(part10) > _KEYS_HEAD:
-        keys = read_series_keys(part10, meta)
+    keys = _window_keys(part10)
     if keys is not None:
-        return _Keys(
-            keys.sop_class_uid,
-            keys.sop_instance_uid,
-            keys.study_uid,
-            keys.series_uid,
-            keys.series_number,
-            meta.transfer_syntax,
-        )
+        return keys
     import pydicom
+
+    meta = read_file_meta(part10)
 
     ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True)
     number = ds.get("SeriesNumber")
@@ -182,6 +222,54 @@ def _keys_of(part10: bytes) -> _Keys:
         series_number,
         meta.transfer_syntax,
     )
+
+
+def _read_head(item: DicomFile) -> bytes:
+    """The file's first ``HEAD_BYTES``; fails as ``read_exactly`` does if it changed since the scan."""
+    try:
+        with open(item.path, "rb") as handle:
+            prefix = handle.read(HEAD_BYTES)
+            now = os.fstat(handle.fileno())
+    except OSError as exc:
+        raise InputError(f"Cannot read {item.path}: {exc.strerror or exc}", hint="Check the file and re-run") from None
+    if now.st_size != item.size or (item.mtime_ns and now.st_mtime_ns != item.mtime_ns):
+        raise InputError(
+            f"{item.path} changed while being uploaded (scanned {item.size} bytes)",
+            hint="Wait until the export has finished writing, then re-run",
+        )
+    return prefix
+
+
+def _rewrite_from_head(
+    item: DicomFile, anonymizer: Anonymizer, variables: Mapping[str, str]
+) -> tuple[bytes, int, _Keys] | None:
+    """The file rewritten from its first bytes alone (``HeadRewriter``): the rewritten header, where
+    the original's verbatim tail starts, the rewritten instance's UIDs. None: read the whole file."""
+    if not isinstance(anonymizer, HeadRewriter) or item.size <= HEAD_BYTES:
+        return None
+    prefix = _read_head(item)
+    done = anonymizer.rewrite_head(prefix, item.size, variables)
+    if done is None:
+        return None
+    head, tail_start = done
+    keys = _window_keys(head + prefix[tail_start:])
+    return None if keys is None else (head, tail_start, keys)
+
+
+def _rewrite_whole(
+    item: DicomFile, anonymizer: Anonymizer, variables: Mapping[str, str], *, keep_head: bool
+) -> tuple[bytes | None, int, int, _Keys]:
+    """The whole file read and rewritten: the rewritten bytes before the tail they share with the
+    original (when ``keep_head``), where that tail starts, the rewritten size, the UIDs."""
+    from xnat_flows.transfer.scan import read_exactly
+
+    data = b"".join(read_exactly(item))
+    rewritten = anonymizer.apply_bytes(data, variables)
+    keys = _keys_of(rewritten)
+    if not keep_head:
+        return None, 0, len(rewritten), keys
+    shared = shared_tail(data, rewritten)
+    return rewritten[: len(rewritten) - shared], len(data) - shared, len(rewritten), keys
 
 
 def _refusal(path: Path, why: str) -> SkippedFile:
@@ -204,8 +292,6 @@ def deidentify_files(
     or share its SOP Instance UID with another, are refused with the reason."""
     import dataclasses
 
-    from xnat_flows.transfer.scan import read_exactly
-
     frozen_variables = tuple(sorted(variables.items()))
     result = Deidentified()
     by_sop: dict[str, DicomFile] = {}
@@ -214,9 +300,13 @@ def deidentify_files(
         if original.rewrite is not None:
             raise InputError(f"{original.relpath} is de-identified already", hint="De-identify a file list once")
         try:
-            data = b"".join(read_exactly(original))
-            rewritten = anonymizer.apply_bytes(data, variables)
-            keys = _keys_of(rewritten)
+            from_head = _rewrite_from_head(original, anonymizer, variables)
+            if from_head is not None:
+                head: bytes | None = from_head[0]
+                tail_start, keys = from_head[1], from_head[2]
+                size = len(from_head[0]) + original.size - tail_start
+            else:
+                head, tail_start, size, keys = _rewrite_whole(original, anonymizer, variables, keep_head=cache_left > 0)
         except Exception as exc:  # noqa: BLE001 - whatever the script or the file did, this file is not sent
             result.refused.append(_refusal(original.path, f"{type(exc).__name__}: {exc}"))
             continue
@@ -239,14 +329,12 @@ def deidentify_files(
             )
             continue
         rewrite = Rewrite(anonymizer, frozen_variables, original.size)
-        shared = shared_tail(data, rewritten) if cache_left > 0 else 0
-        if cache_left >= len(rewritten) - shared:
-            head = rewritten[: len(rewritten) - shared]
-            rewrite = dataclasses.replace(rewrite, head=head, tail_start=len(data) - shared)
+        if head is not None and cache_left >= len(head):
+            rewrite = dataclasses.replace(rewrite, head=head, tail_start=tail_start)
             cache_left -= len(head)
         sent = dataclasses.replace(
             original,
-            size=len(rewritten),
+            size=size,
             study_uid=keys.study_uid,
             series_uid=keys.series_uid,
             series_number=keys.series_number,
@@ -286,17 +374,20 @@ def deidentify_plan(
     return planned, refused
 
 
-def _compiled(script: str | None = None, source: str = "<script>", profile: str | None = None) -> Anonymizer:
+def _compiled(
+    script: str | None = None, source: str = "<script>", profile: str | None = None, url_access: UrlAccess | None = None
+) -> Anonymizer:
     """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as
     ``InputError``: a script error names file, line and column, so nothing is sent with a broken
-    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``)."""
+    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``);
+    ``url_access``: an ``anon.UrlAccess``, the URLs a script's ``getURL`` may fetch."""
     from xnat_flows.anon import ScriptError, anonymizer_for
 
     try:
         if profile is not None:
             name, *options = [part.strip() for part in profile.split(",")]
             return anonymizer_for(profile=name, options=options)
-        return anonymizer_for(script=script, source=source)
+        return anonymizer_for(script=script, source=source, url_access=url_access)
     except ScriptError as exc:
         raise InputError(
             f"{exc.source}:{exc.line}:{exc.column}: {exc.message}",
@@ -313,14 +404,24 @@ def build_anonymizer(
     server_scripts: Sequence[tuple[str, str]] = (),
     script: tuple[str, str] | None = None,
     profile: str | None = None,
+    allowed_urls: Sequence[str] = (),
 ) -> Anonymizer | None:
     """The de-identification an upload applies, in order: XNAT's own scripts (``(name, text)``:
     the site's, then the project's), the user's script (``(source, text)``), then the Basic
     Profile (``basic[,option...]``); None when none is asked for. Every script is compiled here,
-    before anything is read or sent."""
-    steps = [_compiled(text, name) for name, text in server_scripts]
+    before anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may
+    fetch (none: a script calling it is refused)."""
+    url_access = None
+    if allowed_urls:
+        from xnat_flows.anon import UrlAccess
+
+        try:
+            url_access = UrlAccess(tuple(allowed_urls))
+        except ValueError as exc:
+            raise InputError(f"--anon-allow-url: {exc}", hint="e.g. --anon-allow-url https://ids.site.local/") from None
+    steps = [_compiled(text, name, url_access=url_access) for name, text in server_scripts]
     if script is not None:
-        steps.append(_compiled(script[1], script[0]))
+        steps.append(_compiled(script[1], script[0], url_access=url_access))
     if profile is not None:
         steps.append(_compiled(profile=profile))
     return chain(steps)

@@ -5,7 +5,7 @@ sizes, modification times, SOP Instance UIDs, the de-identification rules: cheap
 failure sends only what did not land, and a file changed since then is sent again. The
 journal lives in the profile directory (``journal/``, mode 0600) and is cleared once a
 session has been uploaded (and verified) completely. C-STORE writes per-instance records as
-they happen (``InstanceLog``) and keeps them (``dicom_resume`` says why).
+they happen (``InstanceLog``) and keeps them (``cstore.resume`` says why).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class UploadJournal:
 class ResumeState:
     """What earlier runs delivered to one destination, and the record of this run's deliveries:
     the one resume step of every resumable send (DICOM-zip batches and gradual instances in
-    ``session``, C-STORE instances in ``dicom_resume``).
+    ``session``, C-STORE instances in ``cstore.resume``).
 
     ``done`` is read from ``journal`` unless the caller passes what it has checked (the REST
     uploads trust the journal only while XNAT still holds the session). Without a journal nothing

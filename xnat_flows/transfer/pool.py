@@ -13,7 +13,7 @@ with ``Thread.join``, and in CPython 3.11 a join interrupted by Ctrl-C marks the
 thread as finished (bpo-45274's fix), so the next join returns while it is still uploading; and
 it starts its threads inside ``submit``, where a Ctrl-C loses the future of work that will run.
 Here the threads start up front and each sets an event as it ends, which is what the pool waits
-on (as ``dicom_send._run_workers`` does for the C-STORE associations).
+on (as ``cstore.send._run_workers`` does for the C-STORE associations).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The REST uploads report it (DICOM-zip batches, gradual instances), and the CLI's progress bar
 shows it for every transfer (it builds one from C-STORE's instance counts,
-``dicom_results.InstanceCountCallback``).
+``cstore.results.InstanceCountCallback``).
 
 Its own module so that the C-STORE path and the CLI can use it without importing the HTTP
 upload code (httpx and the REST client cost ~0.1 s of start-up).

@@ -17,7 +17,7 @@ Two depths of reading, one walk and one set of skip reasons:
 * ``headers="file-meta"`` (the C-STORE path): the Part-10 file meta group, which holds all a
   C-STORE needs, and the same pixel-data check (~25,000 files/s, no pydicom import); study
   and series UIDs stay empty for the confirmed files. A file without a Study Instance UID is
-  the one thing not caught before sending: the receiver refuses it, and ``dicom_send`` then
+  the one thing not caught before sending: the receiver refuses it, and ``cstore.send`` then
   reads it to say why.
 
 What is not sent is either junk (not DICOM, hidden, DICOMDIR, a copy, a corrupt file), cut short

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from xnat_flows.client.archive import archived_studies, find_archived, study_label, subject_label
 from xnat_flows.client.client import XnatClient
@@ -26,6 +26,7 @@ from xnat_flows.client.prearchive import (
     ParkedSession,
     PrearchiveSession,
     direct_archive_sessions,
+    is_transient_status,
     list_sessions,
     parked_session,
     trigger_direct_archive,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from xnat_flows.transfer.deidentify import Anonymizer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -285,24 +287,33 @@ def _prearchive_rows_or_none(client: XnatClient, project: str) -> list[Prearchiv
 def _settle_closed_direct_archive(client: XnatClient, target: UploadTarget, study_uid: str, timeout: float) -> None:
     """Wait (at most ``timeout``) while a Direct-Archive session of this study and label is closed
     but not yet archived: XNAT takes no more files into it, and files sent meanwhile are parked."""
-    deadline = time.monotonic() + timeout
-    announced = False
-    while True:
-        closed = [
+    _wait_while(
+        lambda: [
             row
             for row in direct_archive_sessions(client, target.project)
             if row.get("label") == target.session and row.get("tag") == study_uid and row.get("status") != "RECEIVING"
-        ]
-        if not closed or time.monotonic() >= deadline:
+        ],
+        timeout,
+        lambda row: log.info(
+            "XNAT is archiving an upload of this study into %s/%s (%s): waiting for it to finish",
+            target.project,
+            target.session,
+            row.get("status"),
+        ),
+    )
+
+
+def _wait_while(rows: Callable[[], Sequence[T]], timeout: float, notice: Callable[[T], object]) -> None:
+    """Poll ``rows`` until it finds none or ``timeout`` has passed; ``notice`` the first row found, once."""
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        found = rows()
+        if not found or time.monotonic() >= deadline:
             return
         if not announced:
             announced = True
-            log.info(
-                "XNAT is archiving an upload of this study into %s/%s (%s): waiting for it to finish",
-                target.project,
-                target.session,
-                closed[0].get("status"),
-            )
+            notice(found[0])
         time.sleep(0.25)
 
 
@@ -356,7 +367,7 @@ def study_present(client: XnatClient, study_uid: str, *, project: str | None = N
     """XNAT holds study ``study_uid``: archived (as session ``label`` of ``project`` when they are
     given, else as any session of ``project``, or of any project), being received by Direct-Archive,
     or held in the prearchive (not in ERROR). What a resume journal's record is checked against
-    before it is trusted (REST uploads, and C-STORE in ``dicom_resume``)."""
+    before it is trusted (REST uploads, and C-STORE in ``cstore.resume``)."""
     if project and label:
         found = find_archived(client, project, label)
         if found is not None and (not found.uid or found.uid == study_uid):
@@ -618,7 +629,37 @@ def look_for_parked(
 
     XNAT decides when it archives: the look waits (at most ``settle_seconds``) while this upload's
     Direct-Archive session is queued, building or archiving (``--archive-when-complete``), but not
-    while it is still receiving (XNAT's idle timer may take minutes: that is what verifying is for).
+    while it is still receiving (XNAT's idle timer may take minutes: that is what verifying is for);
+    and, as long, while XNAT holds this Direct-Archive upload in its prearchive instead (the label
+    was archived already), where nothing can ask XNAT to archive it sooner.
     """
     _settle_closed_direct_archive(client, target, study_uid, settle_seconds)
+    if target.direct_archive:
+        _settle_prearchive_route(client, target, study_uid, before, settle_seconds)
     return [parked_session(client, row) for row in parked_rows(client, target, {study_uid}, before)]
+
+
+def _settle_prearchive_route(
+    client: XnatClient, target: UploadTarget, study_uid: str, before: frozenset[str], timeout: float
+) -> None:
+    """Wait (at most ``timeout``) while XNAT holds a Direct-Archive upload in its prearchive,
+    receiving or building: XNAT takes an upload through the prearchive when Direct-Archive would
+    write into an archived session (xnat-web ``DirectArchiveSessionServiceImpl.getOrCreate``), and
+    the project's setting then archives it or parks it."""
+    _wait_while(
+        lambda: [
+            row
+            for row in _prearchive_rows_or_none(client, target.project)
+            if row.tag == study_uid
+            and row.url not in before
+            and row.name == target.session
+            and is_transient_status(row.status)
+        ],
+        timeout,
+        lambda row: log.info(
+            "XNAT took this upload into its prearchive (%s, %s), not straight into the archive: "
+            "waiting for it to be archived or parked",
+            row.src,
+            row.status,
+        ),
+    )

@@ -1,4 +1,10 @@
-"""What a C-STORE reports: per instance, per association, and for the whole send."""
+"""What a C-STORE reports: per instance, per association, and for the whole send.
+
+One type per concept, each a plain dataclass: the sending threads build them, and the send path
+imports no pydantic (its start-up is part of C-STORE throughput, docs/cstore.md). pydantic still
+validates and serialises them (``pydantic.TypeAdapter``), which is what Prefect's JSON result
+serializer does with a flow's return value; pickle, Prefect's default, needs nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xnat_flows.transfer.scan import SkippedFile
+
 RECEIVER_BUSY_STATUSES = (0xA700, 0xA7FF)  # Refused: Out of Resources (PS3.4 Annex B)
 
 
 def is_stored(status: int) -> bool:
-    """Success or Warning (PS3.4 Annex B: the instance was stored); checked per instance, so the
-    common 0x0000 is answered without importing pynetdicom."""
+    """Whether a C-STORE status means the instance was stored; checked per instance, so the common
+    0x0000 is answered without importing pynetdicom.
+
+    Args:
+        status: The DIMSE status of the C-STORE response.
+
+    Returns:
+        True for Success or Warning (PS3.4 Annex B), else False.
+    """
     if status == 0x0000:
         return True
     from pynetdicom.status import code_to_category
@@ -20,7 +35,14 @@ def is_stored(status: int) -> bool:
 
 
 def status_meaning(status: int | None) -> str:
-    """Category and text of a C-STORE status (PS3.4 Annex B), or why there was none."""
+    """A C-STORE status in words.
+
+    Args:
+        status: The DIMSE status, or None when no response came.
+
+    Returns:
+        Its category and text (PS3.4 Annex B), or why there was no status.
+    """
     if status is None:
         return "no response: association aborted, dropped, or no answer within the DIMSE timeout"
     from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
@@ -31,6 +53,8 @@ def status_meaning(status: int | None) -> str:
 
 @dataclass(frozen=True)
 class InstanceOutcome:
+    """One instance's fate: sent (the receiver answered Success or Warning), failed or skipped."""
+
     path: Path
     sop_instance_uid: str
     size: int
@@ -44,15 +68,19 @@ class InstanceOutcome:
 
     @property
     def status_hex(self) -> str:
+        """The status as ``0xC000``, or ``none`` when no response came."""
         return "none" if self.status is None else f"0x{self.status:04X}"
 
     @property
     def meaning(self) -> str:
+        """The status in words (PS3.4 Annex B)."""
         return status_meaning(self.status)
 
 
 @dataclass(frozen=True)
 class AssociationSummary:
+    """What one association carried, and how it ended."""
+
     worker: int
     group: int
     sent: int
@@ -61,15 +89,52 @@ class AssociationSummary:
     ended: str  # "released", "aborted (no response)", "released after failure status", "refused: ..."
 
 
+@dataclass(frozen=True)
+class ArchivedStudy:
+    """A session in XNAT's archive that holds the instances of one sent study (a C-STORE names no
+    session: XNAT's routing decides the project and labels, so it is found by StudyInstanceUID)."""
+
+    study_uid: str
+    project: str
+    subject: str | None
+    label: str
+    experiment_id: str
+    uri: str
+    instances_sent: int
+    files_found: int
+
+
 @dataclass
 class SendResult:
+    """The result of a C-STORE: what ``send.store_instances`` did over its associations, what an
+    earlier run had delivered (``resume.store_instances_resumable``), what the folder held besides
+    DICOM and, when asked, where the studies landed in XNAT (``sequence.send_cstore``). The CLI
+    prints it (text and ``--json``) and the ``send-dicom`` flow returns it."""
+
     sent: list[InstanceOutcome] = field(default_factory=list)
     failed: list[InstanceOutcome] = field(default_factory=list)
-    skipped: list[InstanceOutcome] = field(default_factory=list)
+    skipped: list[InstanceOutcome] = field(default_factory=list)  # contexts the receiver did not accept
     associations: list[AssociationSummary] = field(default_factory=list)
     seconds: float = 0.0
     workers: int = 1
     mode: str = "in-process"
+    # the resume journal (``resume``)
+    resumed: int = 0  # instances an earlier run delivered (confirmed by the receiver): not sent again
+    in_flight_before: list[Path] = field(default_factory=list)  # in flight when an earlier run stopped: sent again
+    journal_path: Path | None = None
+    # journaled as delivered, sent again since XNAT could not be asked whether it still holds them
+    unchecked: list[Path] = field(default_factory=list)
+    unchecked_reason: str = ""  # why XNAT could not be asked
+    # journaled as delivered, sent again since XNAT no longer holds their study (deleted, or another XNAT)
+    forgotten: int = 0
+    # the folder (``sequence``): files found that are not sent (not DICOM, or unreadable)
+    not_sent: list[SkippedFile] = field(default_factory=list)
+    conflicts: list[list[str]] = field(
+        default_factory=list
+    )  # relative paths of different files of one SOP Instance UID
+    # the archive (``sequence`` with verify): where each study landed; ``verified`` once every one did
+    archived: list[ArchivedStudy] = field(default_factory=list)
+    verified: bool = False
 
     @property
     def bytes_sent(self) -> int:
@@ -80,8 +145,27 @@ class SendResult:
         return len(self.sent) / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def unreadable(self) -> list[SkippedFile]:
+        """Files or folders under the source that could not be read: they may hold DICOM that was
+        not sent, so they fail the send (a re-run after fixing them completes it)."""
+        return [s for s in self.not_sent if s.unreadable]
+
+    @property
+    def in_doubt(self) -> list[Path]:
+        """Instances the receiver may hold twice: in flight when an earlier run stopped, journaled
+        as delivered without XNAT to confirm it, or sent again in this run after an attempt that
+        got no answer."""
+        earlier = list(dict.fromkeys(self.in_flight_before + self.unchecked))
+        seen = set(earlier)
+        return earlier + [p for p in self.sent_again_after_no_answer if p not in seen]
+
+    @property
     def ok(self) -> bool:
-        return not self.failed and not self.skipped
+        """Every instance stored, every file read, and none in doubt unless the archive was
+        verified to hold every instance sent: the one formula of the CLI's exit code, its
+        ``--json`` ``ok`` and the flow's success."""
+        stored = not self.failed and not self.skipped and not self.unreadable
+        return stored and (not self.in_doubt or self.verified)
 
     @property
     def retryable_failures(self) -> list[InstanceOutcome]:
@@ -114,6 +198,7 @@ class SendResult:
         return [o.path for o in self.failed + self.skipped]
 
     def summary(self) -> str:
+        """One line: counts, bytes, time, rate and associations."""
         warned = f" ({len(self.warnings)} with a warning status)" if self.warnings else ""
         return (
             f"{len(self.sent)} sent{warned}, {len(self.failed)} failed, "

@@ -16,18 +16,17 @@ from pydicom.data import get_testdata_file
 from xnat_flows.client.errors import InputError
 from xnat_flows.testing.scp import EmulatorDicomScp, ScpFaults
 from xnat_flows.testing.synth import write_studies
-from xnat_flows.transfer.dicom_send import (
+from xnat_flows.transfer.cstore.connect import echo
+from xnat_flows.transfer.cstore.errors import (
     AssociationRejectedError,
     CalledAETitleRejectedError,
     DicomNetworkError,
     NoAcceptedContextError,
     PeerUnreachableError,
-    RoutingOverride,
-    echo,
-    status_meaning,
-    store_instances,
-    validate_ae_title,
 )
+from xnat_flows.transfer.cstore.inputs import RoutingOverride, validate_ae_title
+from xnat_flows.transfer.cstore.results import status_meaning
+from xnat_flows.transfer.cstore.send import store_instances
 from xnat_flows.transfer.part10 import dataset_offset
 from xnat_flows.transfer.scan import scan_directory
 
@@ -557,3 +556,22 @@ def test_warning_statuses_are_reported_in_text_and_json(tmp_path: Path) -> None:
         assert report["sent"] == len(manifest.files)
     finally:
         server.shutdown()
+
+
+def test_the_send_path_imports_no_heavy_library() -> None:
+    """Start-up is part of C-STORE throughput (docs/cstore.md): scanning and sending a directory
+    must not import pydicom, pynetdicom, httpx, prefect or pydantic (0.03-0.3 s each)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from xnat_flows.transfer.cstore.send import store_instances\n"
+        "from xnat_flows.transfer.cstore.resume import store_instances_resumable\n"
+        "from xnat_flows.transfer.scan import scan_directory\n"
+        "from xnat_flows.transfer.progress import Progress\n"
+        "print(sorted(m for m in ('pydicom', 'pynetdicom', 'httpx', 'prefect', 'pydantic')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -31,6 +31,16 @@ def plan_association_groups(
     """Distinct pairs, in a stable order, packed into groups of at most ``max_contexts``.
 
     Pairs of the same SOP class stay together where possible so a group mixes few classes.
+
+    Args:
+        pairs: The (SOP class, transfer syntax) pair of every file to send; repeats are fine.
+        max_contexts: Contexts per association, 1 to 128 (PS3.8: context IDs are odd, 1-255).
+
+    Returns:
+        The association groups, numbered from 0.
+
+    Raises:
+        ValueError: ``max_contexts`` out of range.
     """
     if not 1 <= max_contexts <= MAX_CONTEXTS_PER_ASSOCIATION:
         raise ValueError(f"max_contexts must be 1..{MAX_CONTEXTS_PER_ASSOCIATION}")

@@ -17,12 +17,22 @@ def validate_ae_title(title: str, role: str) -> str:
     naming what is wrong.
 
     The rules are pynetdicom's (``pynetdicom._validators.validate_ae`` as applied by
-    ``utils.set_ae`` to an association's AE titles; ``tests/transfer/test_dicom_inputs.py``
+    ``utils.set_ae`` to an association's AE titles; ``tests/transfer/cstore/test_inputs.py``
     checks both agree on a table of titles): not empty or only spaces, at most 16 characters as
     given, ASCII without control characters or backslashes. They are repeated here rather than
     called because importing pynetdicom (and the pydicom under it) costs ~0.25 s, and the
     ``session send-dicom`` path imports neither: its start-up is part of its throughput
     (docs/performance.md, docs/cstore.md).
+
+    Args:
+        title: The AE title as given.
+        role: Whose it is, for the message ("called", "calling").
+
+    Returns:
+        The title without its leading and trailing spaces.
+
+    Raises:
+        InputError: The title breaks a rule; the message says which.
     """
     hint = "AE titles are 1-16 printable ASCII characters without backslashes"
     if not isinstance(title, str) or not title.strip():

@@ -1,4 +1,4 @@
-"""Our AE-title check keeps pynetdicom's rules without importing pynetdicom (dicom_inputs.py says why)."""
+"""Our AE-title check keeps pynetdicom's rules without importing pynetdicom (cstore/inputs.py says why)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from pynetdicom.utils import set_ae
 
 from xnat_flows.client.errors import InputError
-from xnat_flows.transfer.dicom_inputs import validate_ae_title
+from xnat_flows.transfer.cstore.inputs import validate_ae_title
 
 TITLES = [
     "XNAT",

@@ -30,6 +30,12 @@ class NoAcceptedContextError(DicomNetworkError):
 
 
 def heals_with_time(exc: DicomNetworkError) -> bool:
-    """An association that could not be opened: worth another try later unless the receiver
-    refused who we are or what we offer."""
+    """Whether an association that could not be opened is worth another try later.
+
+    Args:
+        exc: Why it could not be opened.
+
+    Returns:
+        False when the receiver refused who we are or what we offer (it will again), else True.
+    """
     return not isinstance(exc, (AssociationRejectedError, NoAcceptedContextError))

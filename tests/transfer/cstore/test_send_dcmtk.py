@@ -26,7 +26,9 @@ from pydicom.errors import InvalidDicomError
 
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
-from xnat_flows.transfer.dicom_send import PeerUnreachableError, echo, store_instances
+from xnat_flows.transfer.cstore.connect import echo
+from xnat_flows.transfer.cstore.errors import PeerUnreachableError
+from xnat_flows.transfer.cstore.send import store_instances
 from xnat_flows.transfer.scan import scan_directory
 
 pytestmark = [

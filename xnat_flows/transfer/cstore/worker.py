@@ -1,6 +1,6 @@
 """One sending association's loop: take chunks of instances, send each, report each outcome.
 
-A worker runs in a thread of the sender (``dicom_send``) and reports through ``WorkerEvents``:
+A worker runs in a thread of the sender (``send``) and reports through ``WorkerEvents``:
 ``sending`` just before an instance goes out, ``outcome`` once its fate is known (sent, failed,
 skipped), ``association`` when an association ends. An instance is reported sent only after
 the receiver answered Success or Warning.
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
-from xnat_flows.transfer.dicom_association import StorageAssociation, UpperLayerError
-from xnat_flows.transfer.dicom_connect import ReceiverLink, open_association, uid_name
-from xnat_flows.transfer.dicom_contexts import SyntaxPair
-from xnat_flows.transfer.dicom_dataset import dataset_to_send
-from xnat_flows.transfer.dicom_errors import DicomNetworkError, heals_with_time
-from xnat_flows.transfer.dicom_results import RECEIVER_BUSY_STATUSES, AssociationSummary, is_stored, status_meaning
+from xnat_flows.transfer.cstore.association import StorageAssociation, UpperLayerError
+from xnat_flows.transfer.cstore.connect import ReceiverLink, open_association, uid_name
+from xnat_flows.transfer.cstore.contexts import SyntaxPair
+from xnat_flows.transfer.cstore.dataset import dataset_to_send
+from xnat_flows.transfer.cstore.errors import DicomNetworkError, heals_with_time
+from xnat_flows.transfer.cstore.results import RECEIVER_BUSY_STATUSES, AssociationSummary, is_stored, status_meaning
 from xnat_flows.transfer.scan import SkippedFile, read_header
 
 if TYPE_CHECKING:
@@ -99,7 +99,14 @@ class WorkerSetup:
 
 def run_worker(worker_id: int, setup: WorkerSetup, chunks: queue.SimpleQueue[Chunk], events: WorkerEvents) -> None:
     """Send chunks from ``chunks`` until it is empty or ``setup.stop`` is set; report every instance
-    it took. A bug ends this worker only: the sender records its unreported instances as failed."""
+    it took. A bug ends this worker only: the sender records its unreported instances as failed.
+
+    Args:
+        worker_id: This worker's number, in its reports.
+        setup: The receiver, the association groups, attempts, routing and the stop event.
+        chunks: The work queue shared by the workers.
+        events: Where each instance and association is reported (from this thread).
+    """
     try:
         _Worker(worker_id, setup, events).run(chunks)
     except Exception:

@@ -85,12 +85,28 @@ def _implicit_element(group: int, element: int, value: bytes) -> bytes:
 
 
 def encode_command(fields: list[tuple[int, bytes]]) -> bytes:
-    """A group-0000 command set in Implicit VR Little Endian, with its group length first."""
+    """A group-0000 command set in Implicit VR Little Endian, with its group length first.
+
+    Args:
+        fields: (element, value) pairs of group 0000, in any order; values already encoded.
+
+    Returns:
+        The encoded command set, elements in ascending order after the group length.
+    """
     body = b"".join(_implicit_element(0x0000, element, value) for element, value in sorted(fields))
     return _implicit_element(0x0000, 0x0000, struct.pack("<I", len(body))) + body
 
 
 def decode_command(data: bytes) -> dict[int, bytes]:
+    """The elements of a group-0000 command set in Implicit VR Little Endian (``encode_command``'s
+    inverse).
+
+    Args:
+        data: The command set's bytes, as received.
+
+    Returns:
+        Each element's value bytes by element number (group length included).
+    """
     fields: dict[int, bytes] = {}
     offset = 0
     while offset + 8 <= len(data):

@@ -2,16 +2,16 @@
 
 Design (measurements in docs/cstore.md):
 
-* ``workers`` long-lived associations, each in a thread (``dicom_worker``). A message costs the
+* ``workers`` long-lived associations, each in a thread (``worker``). A message costs the
   lean SCU little Python CPU and the sockets release the GIL, so threads keep the receiver busy
   without the ~0.3 s each spawned process costs.
 * TCP_NODELAY on every association socket (Nagle otherwise adds ~40 ms per instance).
-* The sending association is ``dicom_association.StorageAssociation``, a lean blocking SCU, not
+* The sending association is ``association.StorageAssociation``, a lean blocking SCU, not
   pynetdicom's: pynetdicom costs ~4 ms CPU per message and sometimes stalls mid-message under
   CPU contention. A file's dataset goes out exactly as encoded on disk, never decoded. Only a
   routing override parses a file, changes PatientComments on an in-memory copy and sends that
-  copy (``dicom_dataset``); the user's files are never written.
-* Presentation contexts come from the files (``dicom_contexts``): a file is only sent in its
+  copy (``dataset``); the user's files are never written.
+* Presentation contexts come from the files (``contexts``): a file is only sent in its
   own transfer syntax, and an instance whose context the peer refused is recorded as skipped.
 * A failure status, a dropped association or a stalled one (no response within
   ``dimse_timeout``) sends the instance again on a fresh association, up to ``max_attempts``.
@@ -19,9 +19,8 @@ Design (measurements in docs/cstore.md):
 * Ctrl-C stops the workers after the instance each has in flight (bounded by the DIMSE
   timeout), so every instance the receiver confirmed is reported before ``KeyboardInterrupt``
   propagates. ``DeliveryLog`` hears of each instance as it goes out and as it is confirmed
-  (the resume journal, ``dicom_resume``).
+  (the resume journal, ``resume``).
 
-This module is the C-STORE API: it re-exports the errors, inputs, results and ``echo``.
 """
 
 from __future__ import annotations
@@ -36,49 +35,16 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from xnat_flows.client.errors import InputError
-from xnat_flows.transfer.dicom_connect import EchoResult, ReceiverLink, echo
-from xnat_flows.transfer.dicom_contexts import SyntaxPair, plan_association_groups
-from xnat_flows.transfer.dicom_errors import (
-    AssociationRejectedError,
-    CalledAETitleRejectedError,
-    DicomNetworkError,
-    NoAcceptedContextError,
-    PeerUnreachableError,
-)
-from xnat_flows.transfer.dicom_inputs import RoutingOverride, validate_ae_title
-from xnat_flows.transfer.dicom_results import (
-    AssociationSummary,
-    InstanceCountCallback,
-    InstanceOutcome,
-    SendResult,
-    is_stored,
-    status_meaning,
-)
-from xnat_flows.transfer.dicom_worker import Chunk, InstanceReport, SendItem, WorkerSetup, run_worker
+from xnat_flows.transfer.cstore.connect import ReceiverLink, echo
+from xnat_flows.transfer.cstore.contexts import SyntaxPair, plan_association_groups
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.results import AssociationSummary, InstanceCountCallback, InstanceOutcome, SendResult
+from xnat_flows.transfer.cstore.worker import Chunk, InstanceReport, SendItem, WorkerSetup, run_worker
 from xnat_flows.transfer.scan import DicomFile, ScanResult, scan_directory
 
 if TYPE_CHECKING:
     from xnat_flows.transfer.deidentify import Anonymizer
 
-__all__ = [
-    "AssociationRejectedError",
-    "AssociationSummary",
-    "CalledAETitleRejectedError",
-    "DeliveryLog",
-    "DicomNetworkError",
-    "EchoResult",
-    "InstanceOutcome",
-    "NoAcceptedContextError",
-    "PeerUnreachableError",
-    "InstanceCountCallback",
-    "RoutingOverride",
-    "SendResult",
-    "echo",
-    "is_stored",
-    "status_meaning",
-    "store_instances",
-    "validate_ae_title",
-]
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +68,20 @@ class DeliveryLog(Protocol):
 def deidentify_for_send(
     files: list[DicomFile], anonymizer: Anonymizer | None, variables: Mapping[str, str] | None
 ) -> tuple[list[DicomFile], list[InstanceOutcome]]:
-    """The files to send, de-identified by ``anonymizer`` (``transfer.deidentify``), and an outcome
-    ``failed`` for each file the script could not be applied to: listed, never sent."""
+    """The files to send, de-identified in memory (``transfer.deidentify``).
+
+    Args:
+        files: The scanned files.
+        anonymizer: The script or profile to apply; None sends the files as they are.
+        variables: The script's variables (project, subject, session).
+
+    Returns:
+        The files as they will be sent, and a failed outcome for each file the script could not
+        be applied to: listed, never sent.
+
+    Raises:
+        InputError: The script needs a variable ``variables`` does not give.
+    """
     if anonymizer is None:
         return files, []
     from xnat_flows.transfer.deidentify import deidentify_files, require_variables
@@ -114,8 +92,15 @@ def deidentify_for_send(
 
 
 def routing_variables(routing: RoutingOverride | None) -> dict[str, str]:
-    """The XNAT variables (project, subject, session) a script applied before a C-STORE knows: the
-    routing's, the only labels a C-STORE names."""
+    """The XNAT variables a script applied before a C-STORE knows: the routing's, the only labels a
+    C-STORE names.
+
+    Args:
+        routing: The routing override, or None.
+
+    Returns:
+        ``project``, ``subject`` and ``session`` where the routing gives them.
+    """
     if routing is None:
         return {}
     found = {"project": routing.project, "subject": routing.subject, "session": routing.session}
@@ -191,12 +176,35 @@ def store_instances(
 ) -> SendResult:
     """C-STORE every instance; never raises for a single instance, always records its outcome.
 
-    ``files``: a ``ScanResult``, ``DicomFile`` items from ``scan_directory``, or a directory
-    (scanned here). Raises ``InputError`` for bad AE titles and, with ``preflight``, a
-    ``DicomNetworkError`` subclass when the receiver cannot be reached or refuses us.
-    ``anonymizer``: de-identify every instance as it is read (``transfer.deidentify``) with
-    ``anon_variables`` (default: the routing's project, subject and session); a file the script
-    cannot be applied to is a failed outcome, never sent.
+    Args:
+        files: A ``ScanResult``, ``DicomFile`` items from ``scan_directory``, or a directory
+            (scanned here).
+        host: The receiver's host.
+        port: The receiver's port.
+        called_aet: The receiver's AE title.
+        calling_aet: Ours.
+        workers: Parallel associations, each in a thread.
+        dimse_timeout: Seconds to wait for each response; an instance without one is sent again.
+        acse_timeout: Seconds to wait for an association to open or release.
+        max_pdu: The largest PDU we receive.
+        max_attempts: Attempts per instance (a failure status, a dropped or stalled association).
+        max_contexts: Presentation contexts per association (at most 128).
+        chunk_size: Instances a worker takes at a time.
+        preflight: C-ECHO the receiver before sending.
+        progress: Called with (instances finished, total) as each is answered.
+        routing: Set PatientComments routing on the copy sent (the files are not changed).
+        delivery_log: Hears of each instance as it goes out and as it is answered (the journal).
+        anonymizer: De-identify every instance as it is read (``transfer.deidentify``); a file the
+            script cannot be applied to is a failed outcome, never sent.
+        anon_variables: The script's variables (default: the routing's project, subject, session).
+
+    Returns:
+        Every instance's outcome (sent, failed, skipped) and one summary per association.
+
+    Raises:
+        InputError: Bad AE titles or counts.
+        DicomNetworkError: With ``preflight``: a subclass when the receiver cannot be reached or
+            refuses us.
     """
     link = ReceiverLink(
         host,

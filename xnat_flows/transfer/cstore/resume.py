@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xnat_flows.client.errors import XnatError
-from xnat_flows.transfer.dicom_inputs import RoutingOverride
-from xnat_flows.transfer.dicom_results import SendResult
-from xnat_flows.transfer.dicom_send import deidentify_for_send, routing_variables, store_instances
+from xnat_flows.transfer.cstore.inputs import RoutingOverride
+from xnat_flows.transfer.cstore.results import SendResult
+from xnat_flows.transfer.cstore.send import deidentify_for_send, routing_variables, store_instances
 from xnat_flows.transfer.journal import InstanceLog, ResumeState, UploadJournal
 from xnat_flows.transfer.scan import DicomFile, read_file_header
 
@@ -41,33 +40,19 @@ if TYPE_CHECKING:
 
 
 def journal_key(host: str, port: int, called_aet: str, routing: RoutingOverride | None = None) -> str:
-    """Where a send goes, for the upload journal: the receiver, and the routing if any (the same
-    files routed elsewhere are a different delivery)."""
+    """Where a send goes, for the upload journal (the same files routed elsewhere are a different
+    delivery).
+
+    Args:
+        host: The receiver's host.
+        port: The receiver's port.
+        called_aet: The receiver's AE title.
+        routing: The routing override, if any.
+
+    Returns:
+        The journal's destination key, ``dicom://AET@HOST:PORT`` plus ``#`` and the routing.
+    """
     return f"dicom://{called_aet}@{host}:{port}" + (f"#{routing.comment()}" if routing else "")
-
-
-@dataclass
-class ResumedSend:
-    """A resumable send: this run's result, what earlier runs had delivered, and what is in doubt."""
-
-    result: SendResult
-    resumed: int  # instances an earlier run delivered (confirmed by the receiver): not sent again
-    in_flight_before: list[Path] = field(default_factory=list)  # in flight when an earlier run stopped: sent again
-    journal_path: Path | None = None
-    # journaled as delivered, sent again since XNAT could not be asked whether it still holds them
-    unchecked: list[Path] = field(default_factory=list)
-    unchecked_reason: str = ""  # why XNAT could not be asked
-    # journaled as delivered, sent again since XNAT no longer holds their study (deleted, or another XNAT)
-    forgotten: int = 0
-
-    @property
-    def in_doubt(self) -> list[Path]:
-        """Instances the receiver may hold twice: in flight when an earlier run stopped, journaled
-        as delivered without XNAT to confirm it, or sent again in this run after an attempt that
-        got no answer."""
-        earlier = list(dict.fromkeys(self.in_flight_before + self.unchecked))
-        seen = set(earlier)
-        return earlier + [p for p in self.result.sent_again_after_no_answer if p not in seen]
 
 
 class _JournalDeliveryLog:
@@ -99,15 +84,29 @@ def store_instances_resumable(
     anonymizer: Anonymizer | None = None,
     anon_variables: Mapping[str, str] | None = None,
     **options: Any,
-) -> ResumedSend:
+) -> SendResult:
     """``store_instances`` that skips the instances an earlier run delivered to the same receiver
     (and routing) while XNAT still holds their study, and records each instance in ``journal`` as
     it goes out and as it is confirmed. With ``anonymizer`` the journal records the de-identified
     instances (``store_instances``).
 
-    ``held``: asks XNAT whether it holds a study (``transfer.session.study_present``); it is called
-    only when the journal lists deliveries. None, or an ``XnatError`` from it: XNAT cannot be asked,
-    so the journal is not trusted: its instances are sent again, in doubt.
+    Args:
+        files: The instances to send (from ``scan_directory``).
+        journal: The upload journal (``UploadJournal()``: the profile's).
+        host: The receiver's host.
+        port: The receiver's port.
+        called_aet: The receiver's AE title.
+        routing: The routing override, if any (part of the journal's destination).
+        held: Asks XNAT whether it holds a study (``transfer.session.study_present``); called only
+            when the journal lists deliveries. None, or an ``XnatError`` from it: XNAT cannot be
+            asked, so the journal is not trusted: its instances are sent again, in doubt.
+        anonymizer: De-identify each instance as it is sent, or None.
+        anon_variables: The script's variables (default: the routing's labels).
+        **options: More ``store_instances`` options (calling_aet, workers, timeouts, progress...).
+
+    Returns:
+        The send's result with the resume's facts: ``resumed``, ``in_flight_before``,
+        ``unchecked``, ``forgotten``, ``journal_path``.
     """
     variables = anon_variables if anon_variables is not None else routing_variables(routing)
     files, refused = deidentify_for_send(files, anonymizer, variables)
@@ -149,15 +148,13 @@ def store_instances_resumable(
             **options,
         )
     result.failed += refused
-    return ResumedSend(
-        result,
-        len(files) - len(pending),
-        in_doubt,
-        journal.path_for(resume.destination),
-        unchecked,
-        unchecked_reason if unchecked else "",
-        forgotten,
-    )
+    result.resumed = len(files) - len(pending)
+    result.in_flight_before = in_doubt
+    result.journal_path = journal.path_for(resume.destination)
+    result.unchecked = unchecked
+    result.unchecked_reason = unchecked_reason if unchecked else ""
+    result.forgotten = forgotten
+    return result
 
 
 def _not_held(delivered: list[DicomFile], held: StudyHeldCheck) -> list[DicomFile]:
@@ -188,14 +185,21 @@ def _study_of(file: DicomFile) -> str:
 
 
 def in_doubt_warning(
-    send: ResumedSend,
+    send: SendResult,
     archive_with: str = "find it in the project's prearchive and archive it with overwrite 'delete'",
     check_with: str = "XNAT credentials let a re-run check them",
 ) -> str:
     """What to check, and do, when instances the receiver may already have held were sent again.
-    ``archive_with``: how the reader finds and archives a prearchive entry, and ``check_with`` how
-    a re-run gets to check deliveries, in the reader's terms (the CLI: its commands; a flow run:
-    the prearchive page, deployments, credentials)."""
+
+    Args:
+        send: The send's result (its ``in_doubt`` instances and why each is in doubt).
+        archive_with: How the reader finds and archives a prearchive entry, in the reader's terms
+            (the CLI: its commands; a flow run: the prearchive page, deployments).
+        check_with: How a re-run gets to check deliveries, in the reader's terms.
+
+    Returns:
+        The warning: the causes, up to five paths, and what to do.
+    """
     in_doubt = send.in_doubt
     examples = ", ".join(str(path) for path in in_doubt[:5]) + (", ..." if len(in_doubt) > 5 else "")
     earlier = {*send.in_flight_before, *send.unchecked}

@@ -8,21 +8,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xnat_flows.transfer.dicom_association import (
+from xnat_flows.transfer.cstore.association import (
     VERIFICATION_SOP_CLASS,
     AssociationRejected,
     StorageAssociation,
     UpperLayerError,
 )
-from xnat_flows.transfer.dicom_contexts import SyntaxPair
-from xnat_flows.transfer.dicom_errors import (
+from xnat_flows.transfer.cstore.contexts import SyntaxPair
+from xnat_flows.transfer.cstore.errors import (
     AssociationRejectedError,
     CalledAETitleRejectedError,
     DicomNetworkError,
     NoAcceptedContextError,
     PeerUnreachableError,
 )
-from xnat_flows.transfer.dicom_inputs import validate_ae_title
+from xnat_flows.transfer.cstore.inputs import validate_ae_title
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _REJECT_REASON_CALLED_AET = 7  # A-ASSOCIATE-RJ from the service user: called AE title not recognised
@@ -71,7 +71,19 @@ def _explain_connect_failure(link: ReceiverLink, exc: OSError) -> PeerUnreachabl
 
 
 def open_association(link: ReceiverLink, pairs: Sequence[SyntaxPair]) -> StorageAssociation:
-    """An established association (TCP_NODELAY set) that accepted at least one pair."""
+    """An established association (TCP_NODELAY set) that accepted at least one pair.
+
+    Args:
+        link: The receiver: address, AE titles, timeouts and PDU size.
+        pairs: The (SOP class, transfer syntax) pairs to propose, one presentation context each.
+
+    Returns:
+        The open association.
+
+    Raises:
+        DicomNetworkError: A subclass saying what to fix: unreachable, rejected (which AE title),
+            not speaking DICOM, or no pair accepted.
+    """
     where = f"{link.host}:{link.port}"
     try:
         assoc = StorageAssociation.open(
@@ -122,7 +134,14 @@ def open_association(link: ReceiverLink, pairs: Sequence[SyntaxPair]) -> Storage
 
 
 def uid_name(uid: str) -> str:
-    """A UID's registered name (``MR Image Storage``), or the UID itself."""
+    """A UID's registered name, for messages.
+
+    Args:
+        uid: A SOP class or transfer syntax UID.
+
+    Returns:
+        Its name in the DICOM registry (``MR Image Storage``), or the UID itself when it has none.
+    """
     from pydicom.uid import UID
 
     name = UID(uid).name
@@ -140,7 +159,21 @@ class EchoResult:
 def echo(
     host: str, port: int, called_aet: str = "XNAT", calling_aet: str = "XNATFLOWS", timeout: float = 10.0
 ) -> EchoResult:
-    """Pre-flight C-ECHO; raises a ``DicomNetworkError`` subclass that says what to fix."""
+    """Pre-flight C-ECHO: the receiver answers, to these AE titles, before anything is sent.
+
+    Args:
+        host: The receiver's host.
+        port: The receiver's port (XNAT's receiver is usually 8104).
+        called_aet: The receiver's AE title.
+        calling_aet: Ours.
+        timeout: Seconds for the association and the echo's answer each.
+
+    Returns:
+        Where it answered, and how long the echo took.
+
+    Raises:
+        DicomNetworkError: A subclass that says what to fix (port, AE title, a firewall, no C-ECHO).
+    """
     link = ReceiverLink(
         host,
         port,

@@ -21,10 +21,20 @@ def dataset_to_send(
     ``rewrite``: the file is de-identified; ``size`` is then the rewritten instance's (as the
     dry run before sending found it) and the file on disk holds ``rewrite.original_size`` bytes.
 
-    Raises ``ValueError`` when the file is not the one scanned (size or modification time
-    changed, also while it was being read): an export still being written must not be sent
-    half-done, and what the scan listed is what the result reports. ``mtime_ns`` 0: not known,
-    only the size is checked.
+    Args:
+        path: The file on disk.
+        size: Its size when scanned (the rewritten instance's with ``rewrite``).
+        mtime_ns: Its modification time when scanned; 0: not known, only the size is checked.
+        routing_comment: PatientComments to set on the copy sent (``RoutingOverride.comment``), or None.
+        rewrite: How the file is de-identified, or None.
+
+    Returns:
+        The dataset's bytes after the file meta information, as they go out.
+
+    Raises:
+        ValueError: The file is not the one scanned (size or modification time changed, also
+            while it was being read): an export still being written must not be sent half-done,
+            and what the scan listed is what the result reports.
     """
     on_disk = size if rewrite is None else rewrite.original_size
     data, before, after = _read_whole(path, on_disk)
@@ -75,6 +85,13 @@ def with_patient_comments(part10: bytes, comment: str) -> bytes:
     Little-endian, non-deflated datasets (nearly all) are read and written as a bare dataset:
     pydicom keeps untouched elements as raw bytes, so only PatientComments changes, at twice
     the speed of a whole-file round trip. Deflated and big-endian data take that round trip.
+
+    Args:
+        part10: The whole Part 10 file.
+        comment: The PatientComments value (XNAT's ``Project:X Subject:Y Session:Z`` routing).
+
+    Returns:
+        The dataset's bytes (without the file meta information), in the file's transfer syntax.
     """
     import io
 
