@@ -92,7 +92,7 @@ def case_rest(case: dict) -> dict:
             anonymizer=anonymizer,
         )
         seconds = time.perf_counter() - started
-    assert result.ok and not result.refused, result
+    assert result.ok and not result.not_deidentified, result
     return {"seconds": seconds, "files": result.files_sent, "bytes": result.bytes_sent, **_dry_run(case, anonymizer)}
 
 

@@ -12,8 +12,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
@@ -28,33 +26,19 @@ from xnat_flows.client.errors import (
     UnsupportedServerError,
     XnatError,
 )
+from xnat_flows.client.request_loop import InDoubtCount
 from xnat_flows.transfer.archive_stream import ArchiveFormat, archive_size, content_type_for, iter_archive
 from xnat_flows.transfer.pool import interruptible_pool
 from xnat_flows.transfer.progress import Progress, ProgressCallback
 from xnat_flows.transfer.scan import DicomFile, read_exactly
 from xnat_flows.transfer.target import UploadTarget
+from xnat_flows.transfer.upload_result import BatchResult, FileFailure, GradualResult
 
 IMPORT_PATH = "/data/services/import"
 GRADUAL_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
 # Errors that every further request would hit too: stop instead of failing 100k files one by one.
 _FATAL = (AuthenticationError, PermissionDeniedError, UnsupportedServerError, CancelledError)
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    index: int
-    files: tuple[str, ...]  # relpaths of the batch's members
-    bytes: int
-    seconds: float
-    uris: tuple[str, ...]
-    ok: bool
-    error: str | None = None
-    resumed: bool = False  # already uploaded by an earlier run (journal), not sent again
-    # attempts that reached XNAT and got no answer (``XnatClient.requests_in_doubt``): a copy of
-    # what they sent may still be on its way into the session. Counted client-wide: batches sharing
-    # a client may each count another's (the safe side).
-    requests_in_doubt: int = 0
 
 
 def parse_uris(text: str) -> list[str]:
@@ -132,7 +116,7 @@ def upload_batch(
     if on_streamed is not None:
         on_streamed(0)
     started = time.monotonic()
-    in_doubt_before = client.requests_in_doubt
+    in_doubt = InDoubtCount()  # this batch's own: parallel batches share the client
     try:
         response = client.request(
             "POST",
@@ -142,6 +126,7 @@ def upload_batch(
             headers={"Content-Type": content_type_for(fmt)}
             | ({"Content-Length": str(length)} if length is not None else {}),
             timeout=client.upload_timeout(length if length is not None else size),
+            in_doubt=in_doubt,
         )
         uris: list[str] = import_answer_uris(client, response)
         error = None
@@ -150,42 +135,15 @@ def upload_batch(
             raise
         uris, error = [], str(exc)
     return BatchResult(
-        index,
-        relpaths,
-        size,
-        time.monotonic() - started,
-        tuple(uris),
-        error is None,
-        error,
-        requests_in_doubt=client.requests_in_doubt - in_doubt_before,
+        index=index,
+        files=relpaths,
+        bytes=size,
+        seconds=time.monotonic() - started,
+        uris=tuple(uris),
+        ok=error is None,
+        error=error,
+        requests_in_doubt=in_doubt.value,
     )
-
-
-@dataclass(frozen=True)
-class FileFailure:
-    relpath: str
-    path: Path
-    error: str
-    status: int | None = None
-    retryable: bool = False
-
-
-@dataclass
-class GradualResult:
-    total: int
-    sent_count: int = 0
-    bytes_sent: int = 0
-    resumed_count: int = 0  # delivered by an earlier run (journal), not sent again
-    seconds: float = 0.0
-    uris: list[str] = field(default_factory=list)
-    failures: list[FileFailure] = field(default_factory=list)
-    already_archived: bool = False  # nothing sent: XNAT's archive held every instance already
-    stopped: str | None = None  # why the upload stopped early (circuit breaker); the unsent are in failures
-    requests_in_doubt: int = 0  # as BatchResult's
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and self.sent_count + self.resumed_count == self.total
 
 
 class _Breaker:
@@ -265,7 +223,7 @@ def upload_gradual(
     uris: dict[str, None] = {}
     params = target.gradual_params()
     started = time.monotonic()
-    in_doubt_before = client.requests_in_doubt
+    in_doubt = InDoubtCount()  # this upload's own requests, whoever else shares the client
     breaker = _Breaker(workers)
     # One instance: the client's stall allowance, at most GRADUAL_TIMEOUT for the answer.
     limits = client.upload_timeout(max((f.size for f in items), default=0))
@@ -286,6 +244,7 @@ def upload_gradual(
             timeout=gradual_timeout,
             retry=not breaker.open_soon,
             lean=True,  # one small request per instance: httpx's models would cost half the client's CPU
+            in_doubt=in_doubt,
         )
         answered = import_answer_uris(client, response)
         with lock:
@@ -298,7 +257,15 @@ def upload_gradual(
                 result.sent_count += 1
                 result.bytes_sent += item.size
             else:
-                result.failures.append(FileFailure(item.relpath, item.path, str(error), error.status, error.retryable))
+                result.failures.append(
+                    FileFailure(
+                        relpath=item.relpath,
+                        path=item.path,
+                        error=str(error),
+                        status=error.status,
+                        retryable=error.retryable,
+                    )
+                )
             if progress is not None:  # under the lock: the callback sees progress in order
                 done = result.sent_count + len(result.failures)
                 progress(Progress(done, result.total, result.bytes_sent, bytes_total, len(result.failures)))
@@ -362,7 +329,9 @@ def upload_gradual(
     if stopped_at is not None:
         result.stopped = breaker.reason()
         for item in rest[stopped_at:]:
-            result.failures.append(FileFailure(item.relpath, item.path, result.stopped, None, True))
+            result.failures.append(
+                FileFailure(relpath=item.relpath, path=item.path, error=result.stopped, retryable=True)
+            )
     elif (retryable := [f for f in result.failures if f.retryable]) and len(retryable) <= 50:
         # Salvage: instances that failed for passing reasons get one more, sequential, chance.
         by_path = {f.relpath: f for f in items}
@@ -378,7 +347,7 @@ def upload_gradual(
 
     result.uris = list(uris)
     result.seconds = time.monotonic() - started
-    result.requests_in_doubt = client.requests_in_doubt - in_doubt_before
+    result.requests_in_doubt = in_doubt.value
     return result
 
 
