@@ -152,7 +152,7 @@ def test_an_unreachable_xnat_fails_the_inbox_run_saying_why_once(xnat, tmp_path:
     assert state.is_failed() and "scan-0001 kept in" in state.message
     assert "Block" in state.message and not CLI_WORDS.search(state.message)
     # what failed, against which server and Block (issue 22): the URL, the Block's name, what to do
-    assert f"[XNAT {down}, xnat-credentials Block 'failures-down']" in state.message
+    assert f"[XNAT {down} via xnat-credentials Block 'failures-down']" in state.message
     assert "Check the URL in the run's xnat-credentials Block" in state.message
     logs = _run_logs(state.state_details.flow_run_id)
     # XNAT down is transient for a flow run: the task's retry policy (2 retries) ran before it failed
@@ -197,5 +197,5 @@ def test_a_worker_engine_does_not_repeat_the_failure_with_a_traceback(
     assert not [r.getMessage() for r in runs if "Engine execution exited" in r.getMessage()]
     final = [r for r in runs if r.getMessage().startswith("Finished in state Failed")]
     assert len(final) == 1 and final[0].levelno == logging.ERROR
-    assert f"[XNAT {xnat.url}, xnat-credentials Block 'failures-site']" in final[0].getMessage()
+    assert f"[XNAT {xnat.url} via xnat-credentials Block 'failures-site']" in final[0].getMessage()
     assert not [r for r in caplog.records if r.exc_info is not None]  # no traceback anywhere

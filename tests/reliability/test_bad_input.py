@@ -307,6 +307,7 @@ def test_cli_rejects_bad_input(case: Case, xnat: XnatEmulator, one_study: Path, 
 
 FLOW_WORDS = {
     "--per-study": "set per_study in the request",
+    "--skip-truncated": "set skip_truncated in the request",
     "Check the XNAT URL": "Check the URL in the run's xnat-credentials Block",
 }
 

@@ -59,7 +59,8 @@ def connection_error(exc: Exception, where: str, url: str | None = None) -> Xnat
     unanswered = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
     detail = f"no byte moved for the timeout ({exc})" if unanswered else str(exc)
     return XnatConnectionError(
-        f"{where}: {kind}: {detail}",
+        # A space after the URL: a log viewer that links URLs (Prefect's UI) would take a colon along.
+        f"{where} — {kind}: {detail}",
         retryable=reachable,
         timed_out=unanswered,
         refused=_caused_by(exc, ConnectionRefusedError),

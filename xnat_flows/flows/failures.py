@@ -67,10 +67,10 @@ def _xnat(connection: Any, url: str | None) -> str:
     if block is not None:
         name = getattr(block, "_block_document_name", None)
         named = f"xnat-credentials Block {name!r}" if name else "an unsaved xnat-credentials Block"
-        return f"XNAT {public_base_url(block.url)}, {named}"
+        return f"XNAT {public_base_url(block.url)} via {named}"
     given = getattr(connection, "url", "") or url
     if given:
-        return f"XNAT {public_base_url(given)}, credentials from the worker's environment or profile (no Block)"
+        return f"XNAT {public_base_url(given)} with credentials from the worker's environment or profile (no Block)"
     return "no xnat-credentials Block in the run's connection parameter"
 
 
