@@ -139,3 +139,19 @@ def test_the_library_and_the_flow_supply_the_same_steps() -> None:
     wanted = {name for name in dir(UploadSteps) if not name.startswith("_")}
     for steps in (ClientSteps, TaskSteps, Recorder):
         assert wanted <= set(dir(steps)), steps
+
+
+def test_the_result_round_trips_through_json_as_a_prefect_result_does() -> None:
+    """The flow returns the library's ``UploadResult``: Prefect persists it, the CLI prints ``--json``."""
+    from xnat_flows.transfer.scan import SkippedFile
+    from xnat_flows.transfer.upload_result import UploadResult
+
+    sessions = sequence_upload(Recorder(), [(TARGET, _files())])
+    result = UploadResult(
+        sessions=sessions, skipped=[SkippedFile(Path("/x/notes.txt"), "not DICOM")], seconds=2.0, upload_seconds=1.0
+    )
+    again = UploadResult.model_validate_json(result.model_dump_json())
+    assert again == result and again.ok and again.files_sent == 4 and again.sessions[0].target == TARGET
+    dumped = result.model_dump(mode="json")
+    assert dumped["sessions"][0]["verified"] is True and dumped["sessions"][0]["experiment_id"] == "XNAT_E00001"
+    assert dumped["ok"] is True and dumped["throughput_mb_s"] == 0.0
