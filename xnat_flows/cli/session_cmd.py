@@ -108,7 +108,6 @@ def upload(
     `xnat-flows auth login`. --anon-script/--anon-profile/--anon-from-server de-identify every
     file as it is sent (docs/anonymization.md).
     """
-    from xnat_flows.models import Deidentification, UploadRequest
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.scan import scan_directory
     from xnat_flows.transfer.session import plan_sessions, upload_session
@@ -117,30 +116,38 @@ def upload(
 
     sends_data()
     # Local input first: a bad label, path or study mix fails before anything is sent.
-    UploadTarget(project=project, subject=subject, session=session)
-    # One request model for both ways of running the upload (the flow's form, the library's arguments).
-    request = UploadRequest(
-        source_dir=str(source),
+    target = UploadTarget(
         project=project,
         subject=subject,
         session=session,
-        workers=workers,
-        archive_format=archive_format,
         direct_archive=direct_archive,
         archive_when_complete=archive_when_complete,
-        per_study=per_study,
-        verify=verify,
-        transport="gradual-dicom" if gradual else "dicom-zip",
-        allow_other_study=into_other_study,
-        duplicates=duplicates,
-        skip_truncated=skip_truncated,
-        # the target tells XNAT not to apply its scripts again; the flow also gets the script's text
-        deidentify=Deidentification(from_server=anon_from_server),
+        prevent_anon=anon_from_server,
     )
     if flow:
+        # The flow's own request model (its run form), imported only here: it imports Prefect,
+        # which costs an upload without --flow a second of CPU (bench/bench_peers.py).
+        from xnat_flows.models import UploadRequest
+
+        request = UploadRequest(
+            source_dir=str(source),
+            project=project,
+            subject=subject,
+            session=session,
+            workers=workers,
+            archive_format=archive_format,
+            direct_archive=direct_archive,
+            archive_when_complete=archive_when_complete,
+            per_study=per_study,
+            verify=verify,
+            transport="gradual-dicom" if gradual else "dicom-zip",
+            allow_other_study=into_other_study,
+            duplicates=duplicates,
+            skip_truncated=skip_truncated,
+            deidentify=_deidentification((anon_script, anon_profile, anon_from_server)),
+        )
         with connection.client(projects=(project,)) as client:
             credentials = client.credentials
-        request.deidentify = _deidentification((anon_script, anon_profile, anon_from_server))
         _print_result(_upload_with_flow(request, credentials, connection.profile), as_json=as_json)
         return
     # Scripts compile before anything is read or sent: an error stops here (exit 2, line:column).
@@ -151,31 +158,28 @@ def upload(
         project=project,
         open_client=lambda: connection.client(projects=(project,)),
     )
-    target = request.target()
     scan = scan_directory(source, duplicates=duplicates, skip_truncated=skip_truncated)
     plan_sessions(scan, target, per_study=per_study)
     label = "gradual-DICOM" if gradual else "DICOM-zip"
     with connection.client(projects=(project,)) as client:
-        fmt = request.archive_format
-        if fmt == "auto" and not gradual:
-            fmt, why = choose_archive_format(client)
+        if archive_format == "auto" and not gradual:
+            archive_format, why = choose_archive_format(client)
             if not as_json:
-                typer.echo(f"archive format: {fmt} ({why})")
+                typer.echo(f"archive format: {archive_format} ({why})")
         bar = _progress_bar(label, enabled=not as_json, timed=True)
         with bar as progress:
             result = upload_session(
                 client,
                 scan,
                 target,
-                workers=request.workers,
-                fmt=fmt if fmt != "auto" else "tar",
+                workers=workers,
+                fmt=archive_format if archive_format != "auto" else "tar",
                 gradual=gradual,
-                per_study=request.per_study,
+                per_study=per_study,
                 journal=UploadJournal(),
                 progress=progress,
-                verify=request.verify,
-                verify_timeout=request.verify_timeout_seconds,
-                allow_other_study=request.allow_other_study,
+                verify=verify,
+                allow_other_study=into_other_study,
                 anonymizer=anonymizer,
             )
     _print_result(result, as_json=as_json, sending_seconds=bar.sending_seconds, scan=scan, duplicates=duplicates)
