@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -146,6 +147,17 @@ def upload_batch(
     )
 
 
+@dataclass
+class _GradualTally:
+    """What ``upload_gradual``'s workers count as they go."""
+
+    total: int
+    sent_count: int = 0
+    bytes_sent: int = 0
+    failures: list[FileFailure] = field(default_factory=list)
+    stopped: str | None = None
+
+
 class _Breaker:
     """Counts instances failing in a row on the server's side (5xx, no answer, storage full).
 
@@ -217,7 +229,9 @@ def upload_gradual(
     stop the upload. ``on_sent`` is called (from worker threads) for every instance XNAT accepted.
     """
     items = list(files)
-    result = GradualResult(total=len(items))
+    # Counted in a plain object while the workers run (the hot path, once per instance); the
+    # pydantic result is built once at the end.
+    result = _GradualTally(total=len(items))
     bytes_total = sum(f.size for f in items)
     lock = threading.Lock()
     uris: dict[str, None] = {}
@@ -345,10 +359,16 @@ def upload_gradual(
                 if on_sent is not None:
                     on_sent(item)
 
-    result.uris = list(uris)
-    result.seconds = time.monotonic() - started
-    result.requests_in_doubt = in_doubt.value
-    return result
+    return GradualResult(
+        total=result.total,
+        sent_count=result.sent_count,
+        bytes_sent=result.bytes_sent,
+        seconds=time.monotonic() - started,
+        uris=list(uris),
+        failures=result.failures,
+        stopped=result.stopped,
+        requests_in_doubt=in_doubt.value,
+    )
 
 
 # A round trip this long means the server is not on this machine or its LAN: the link's bandwidth,
