@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -27,6 +28,25 @@ def pytest_configure(config: pytest.Config) -> None:
     # cannot silently skip there; elsewhere they skip with a reason when dcmtk is missing.
     if os.environ.get("XNAT_FLOWS_REQUIRE_DCMTK") and not (shutil.which("storescp") and shutil.which("storescu")):
         raise pytest.UsageError("XNAT_FLOWS_REQUIRE_DCMTK is set but dcmtk (storescp/storescu) is not on PATH")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop Prefect's temporary API servers (a flow run without PREFECT_API_URL starts one) while
+    pytest's streams are still open: Prefect's own exit handler stops them later and its "Stopping
+    temporary server" line then meets a closed stream ("--- Logging error --- ValueError: I/O
+    operation on closed file" at the end of the run)."""
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is None:
+        return
+    logger = server_module.subprocess_server_logger
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # its "Stopping temporary server" line is noise at the end of a run
+    try:
+        for server in list(server_module.SubprocessASGIServer._instances.values()):
+            server.stop()
+    finally:
+        logger.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
