@@ -26,7 +26,7 @@ from xnat_flows.client.errors import (
     UnsupportedServerError,
     XnatError,
 )
-from xnat_flows.client.request_loop import RequestLoop
+from xnat_flows.client.request_loop import InDoubtCount, RequestLoop
 from xnat_flows.client.retry import NO_RETRY, RetryPolicy
 from xnat_flows.client.sender import Content, Sender, connection_error
 from xnat_flows.client.transport import proxy_for
@@ -170,6 +170,7 @@ class XnatClient:
         retry: bool = True,
         lean: bool = False,
         stream: bool = False,
+        in_doubt: InDoubtCount | None = None,
     ) -> httpx.Response:
         """Send a request; return the response (status < 400) or raise the classified XnatError.
 
@@ -178,6 +179,8 @@ class XnatClient:
         ``lean=True`` asks for the lean pool (``lean.LeanTransport``, http.client) where it applies:
         for many small requests, such as gradual-DICOM's one per instance. ``stream=True`` returns the
         response with its body unread (``download`` reads it); retries end once the headers arrived.
+        ``in_doubt``: the caller's own count of this request's attempts that reached XNAT unanswered
+        (``requests_in_doubt`` counts every request of the client).
         """
         return self._loop.request(
             method,
@@ -189,6 +192,7 @@ class XnatClient:
             timeout=timeout,
             lean=lean,
             stream=stream,
+            in_doubt=in_doubt,
         )
 
     # -- conveniences ------------------------------------------------------------------------

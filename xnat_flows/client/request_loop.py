@@ -32,6 +32,29 @@ def _maybe_acted_on(error: XnatError) -> bool:
     return error.status == 504
 
 
+class InDoubtCount:
+    """One caller's count of attempts XNAT may have acted on without our hearing (thread-safe).
+
+    A caller gives its own to ``request(..., in_doubt=)``: parallel uploads sharing one client
+    (DICOM-zip batches) each learn of their own requests only, which a before/after difference
+    of the client-wide count cannot tell apart.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        """Count one more attempt in doubt."""
+        with self._lock:
+            self._count += 1
+
+    @property
+    def value(self) -> int:
+        """The attempts counted so far."""
+        return self._count
+
+
 class RequestLoop:
     """Requests through ``sender`` with ``auth``'s session."""
 
@@ -55,10 +78,12 @@ class RequestLoop:
         timeout: float | httpx.Timeout | None = None,
         lean: bool = False,
         stream: bool = False,
+        in_doubt: InDoubtCount | None = None,
     ) -> httpx.Response:
         """The response (status < 400), or the classified ``XnatError``. A body given as a plain
         iterator cannot be sent again and is tried once. ``stream=True``: a successful response's
-        body is left unread, for the caller to read (and close)."""
+        body is left unread, for the caller to read (and close). ``in_doubt``: the caller's own
+        count of this request's attempts XNAT may have acted on unanswered (besides the client's)."""
         sender, auth = self.sender, self.auth
         single_use = content is not None and not isinstance(content, (bytes, str)) and not callable(content)
         relogged = False
@@ -106,6 +131,8 @@ class RequestLoop:
             if method in ("POST", "PUT") and _maybe_acted_on(error):
                 with self._in_doubt_lock:
                     self.requests_in_doubt += 1
+                if in_doubt is not None:
+                    in_doubt.add()
             if isinstance(error, XnatConnectionError) and error.timed_out:
                 unanswered += 1
                 if unanswered >= policy.unanswered_attempts:
