@@ -107,7 +107,7 @@ def case_rest(case: dict) -> dict:
             anonymizer=anonymizer,
         )
         seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
-    assert result.ok and not result.refused, result
+    assert result.ok and not result.not_deidentified, result
     figures = {"seconds": seconds, "cpu": cpu, "files": result.files_sent, "bytes": result.bytes_sent}
     return {**figures, **_dry_run(case, anonymizer)}
 

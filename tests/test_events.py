@@ -21,24 +21,39 @@ from xnat_flows.events import (
     redact,
     session_resource,
 )
-from xnat_flows.models import SessionOutcome, UploadSessionResult
+from xnat_flows.transfer.target import UploadTarget
+from xnat_flows.transfer.upload_result import BatchResult, SessionResult, UploadResult
+from xnat_flows.transfer.verify import VerifyResult
 
 SERVER = "https://svc:hunter2@xnat.example.org:8443/xnat/?token=abc"
 
 
-def _outcome(**changes) -> SessionOutcome:
-    fields = {
-        "project": "TEST",
-        "subject": "P001",
-        "session": "P001_20240115",
-        "study_uid": "1.2.3",
-        "session_uri": "/data/experiments/XNAT_E00001",
-        "experiment_id": "XNAT_E00001",
-        "files_sent": 4,
-        "bytes_sent": 1000,
-        "verified": True,
-    }
-    return SessionOutcome(**{**fields, **changes})
+def _outcome(
+    *,
+    session: str = "P001_20240115",
+    session_uri: str = "/data/experiments/XNAT_E00001",
+    experiment_id: str | None = "XNAT_E00001",
+    verified: bool | None = True,
+    failed_files: tuple[str, ...] = (),
+) -> SessionResult:
+    """A session of 4 files sent (1000 bytes) in one batch, plus a failed batch of ``failed_files``;
+    verified (or not) as said."""
+    batches = [BatchResult(index=0, files=("a", "b", "c", "d"), bytes=1000, seconds=1.0, uris=(session_uri,), ok=True)]
+    if failed_files:
+        batches.append(BatchResult(index=1, files=failed_files, bytes=10, seconds=1.0, ok=False, error="refused"))
+    verify = (
+        None
+        if verified is None
+        else VerifyResult(ok=verified, experiment_id=experiment_id, uri=session_uri, expected_count=4, found_count=4)
+    )
+    return SessionResult(
+        study_uid="1.2.3",
+        target=UploadTarget("TEST", "P001", session),
+        files=4 + len(failed_files),
+        bytes=1000,
+        batches=batches,
+        verify=verify,
+    )
 
 
 def test_session_resource_names_the_session_on_its_server_without_credentials() -> None:
@@ -121,10 +136,8 @@ def test_no_secret_in_any_emitted_event(events_worker: EventsWorker) -> None:
 
 def test_upload_result_reports_each_session_by_its_outcome(events_worker: EventsWorker) -> None:
     good = _outcome()
-    partial = _outcome(session="P001_2", experiment_id=None, verified=None, failed_files=["s1/IM1", "s1/IM2"])
-    result = UploadSessionResult(
-        sessions=[good, partial], files_sent=6, bytes_sent=10, seconds=1.0, upload_seconds=1.0, throughput_mb_s=0.0
-    )
+    partial = _outcome(session="P001_2", experiment_id=None, verified=None, failed_files=("s1/IM1", "s1/IM2"))
+    result = UploadResult(sessions=[good, partial], seconds=1.0, upload_seconds=1.0)
     emitted = emit_upload_result(result, SERVER, direct_archive=True, transport="dicom-zip", source="/data/x")
     assert [(e.event, e.resource["xnat.session_label"]) for e in emitted] == [
         (SESSION_UPLOADED, "P001_20240115"),

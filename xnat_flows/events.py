@@ -35,9 +35,9 @@ if TYPE_CHECKING:  # keep importing this module cheap: models are only needed fo
     from prefect.events import Event
 
     from xnat_flows.client.prearchive import ArchiveOutcome
-    from xnat_flows.models import SessionOutcome, UploadSessionResult
     from xnat_flows.transfer.journal import UploadJournal
     from xnat_flows.transfer.scan import DicomFile
+    from xnat_flows.transfer.upload_result import SessionResult, UploadResult
 
 SESSION_UPLOADED = "xnat.session.uploaded"
 SESSION_ARCHIVED = "xnat.session.archived"
@@ -171,7 +171,7 @@ def _run_logger() -> Any:
         return get_logger("xnat_flows.events")
 
 
-def outcome_ref(outcome: SessionOutcome, server_url: str) -> SessionRef:
+def outcome_ref(outcome: SessionResult, server_url: str) -> SessionRef:
     return SessionRef(
         server_url=server_url,
         project=outcome.project,
@@ -183,7 +183,7 @@ def outcome_ref(outcome: SessionOutcome, server_url: str) -> SessionRef:
 
 
 def emit_session_uploaded(
-    outcome: SessionOutcome,
+    outcome: SessionResult,
     server_url: str,
     *,
     direct_archive: bool = True,
@@ -252,7 +252,7 @@ def emit_upload_failed(
 
 
 def emit_upload_result(
-    result: UploadSessionResult,
+    result: UploadResult,
     server_url: str,
     *,
     direct_archive: bool,

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, computed_field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from xnat_flows.blocks import DicomEditScript, DicomReceiver, XnatCredentials
 from xnat_flows.client.archive import is_valid_label
-from xnat_flows.transfer.scan import SkippedFile
-from xnat_flows.transfer.session import StudyUploadResult
+from xnat_flows.transfer.target import UploadTarget
 
 # XNAT project IDs: letters, digits, underscore and hyphen (XNAT refuses others when a project is created).
 PROJECT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -209,129 +208,19 @@ class UploadRequest(BaseModel):
             raise ValueError(f"Invalid XNAT {info.field_name} label {value!r}: use only letters, digits, '_' and '-'")
         return value
 
+    def target(self) -> UploadTarget:
+        """Where this upload goes, as the library takes it.
 
-class BatchOutcome(BaseModel):
-    index: int
-    files: int
-    bytes: int
-    seconds: float
-    ok: bool
-    resumed: bool = False
-    error: str | None = None
-
-
-class SessionOutcome(BaseModel):
-    """One session of an upload. Two counts, two meanings: ``files_delivered`` are in XNAT after
-    this run (sent now, or by an earlier run per the resume journal); ``files_sent``/``bytes_sent``
-    went over the wire in this run (what throughput is computed from)."""
-
-    project: str
-    subject: str
-    session: str
-    study_uid: str
-    files: int = Field(default=0, description="DICOM files of this session in the source directory.")
-    files_delivered: int = Field(default=0, description="Files XNAT accepted, in this run or an earlier one (resume).")
-    files_sent: int = Field(default=0, description="Files sent by this run (resumed files excluded).")
-    bytes_sent: int = Field(default=0, description="Bytes sent by this run.")
-    session_uri: str | None = None
-    experiment_id: str | None = None
-    failed_files: list[str] = Field(default_factory=list)
-    batches: list[BatchOutcome] = Field(default_factory=list)
-    verified: bool | None = None
-    missing: list[str] = Field(default_factory=list)
-    parked: list[str] = Field(
-        default_factory=list,
-        description="Prearchive rows of this upload XNAT parked (CONFLICT, ERROR): what each conflicts with, "
-        "and what a person can do after looking.",
-    )
-    in_conflict: bool = Field(default=False, description="XNAT parked (part of) this upload in CONFLICT.")
-
-    @classmethod
-    def from_study(cls, study: StudyUploadResult) -> SessionOutcome:
-        """The library's result (``transfer.session.StudyUploadResult``) is the one place the
-        counts are derived; this only copies them into a form Prefect can persist and show."""
-        failed = study.failed_files
-        verify = study.verify
-        uri = verify.uri if verify is not None and verify.uri else (study.uris[0] if study.uris else None)
-        return cls(
-            project=study.target.project,
-            subject=study.target.subject,
-            session=study.target.session,
-            study_uid=study.study_uid,
-            files=study.files,
-            files_delivered=study.files - len(failed),
-            files_sent=study.files_sent,
-            bytes_sent=study.bytes_sent,
-            session_uri=uri,
-            experiment_id=verify.experiment_id if verify is not None else None,
-            failed_files=failed,
-            batches=[
-                BatchOutcome(
-                    index=b.index,
-                    files=len(b.files),
-                    bytes=b.bytes,
-                    seconds=round(b.seconds, 3),
-                    ok=b.ok,
-                    resumed=b.resumed,
-                    error=b.error,
-                )
-                for b in study.batches
-            ],
-            verified=verify.ok if verify is not None else None,
-            missing=list(verify.missing) if verify is not None else [],
-            parked=[f"{what}. {step}" for what, step in zip(verify.parked, verify.next_steps, strict=False)]
-            if verify is not None
-            else [f"{p.describe()}. {p.next_steps(for_flow_run=True)}" for p in study.parked],
-            in_conflict=study.in_conflict,
-        )
-
-
-class UploadSessionResult(BaseModel):
-    """What the ``upload-dicom-session`` flow returns (and the CLI prints); totals are derived."""
-
-    sessions: list[SessionOutcome]
-    skipped: list[SkippedFile] = Field(default_factory=list)
-    seconds: float  # the whole run: scan, upload, verify
-    upload_seconds: float  # the transfer itself
-    # files the de-identification could not be applied to: listed, not sent (a failure)
-    not_deidentified: list[SkippedFile] = Field(default_factory=list)
-
-    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
-    @property
-    def unreadable(self) -> list[SkippedFile]:
-        """Files or folders that could not be read (also in skipped): not sent, a failure."""
-        return [s for s in self.skipped if s.unreadable]
-
-    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
-    @property
-    def files_delivered(self) -> int:
-        return sum(s.files_delivered for s in self.sessions)
-
-    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
-    @property
-    def files_sent(self) -> int:
-        return sum(s.files_sent for s in self.sessions)
-
-    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
-    @property
-    def bytes_sent(self) -> int:
-        return sum(s.bytes_sent for s in self.sessions)
-
-    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form; mypy cannot follow it
-    @property
-    def throughput_mb_s(self) -> float:
-        """Bytes sent by this run / upload time (resumed files moved no bytes and take no time)."""
-        return round(self.bytes_sent / 1e6 / self.upload_seconds, 2) if self.upload_seconds else 0.0
-
-    @property
-    def ok(self) -> bool:
-        return (
-            not self.unreadable
-            and not self.not_deidentified
-            and all(
-                not s.failed_files and s.verified is not False and not s.parked and all(b.ok for b in s.batches)
-                for s in self.sessions
-            )
+        Returns:
+            The request's destination (with ``per_study``: the label each study's label starts with).
+        """
+        return UploadTarget(
+            project=self.project,
+            subject=self.subject,
+            session=self.session,
+            direct_archive=self.direct_archive,
+            archive_when_complete=self.archive_when_complete,
+            prevent_anon=self.deidentify.from_server,  # XNAT's scripts were applied here: not again
         )
 
 

@@ -113,7 +113,7 @@ def test_failed_batch_fails_the_run_and_a_rerun_sends_only_the_rest(xnat, tmp_pa
     # all files are in XNAT now, and this run sent only the two batches the first run did not land.
     resent = [b for b in result.sessions[0].batches if not b.resumed]
     assert result.sessions[0].files_delivered == result.files_delivered == len(manifest.files)
-    assert result.files_sent == sum(b.files for b in resent) < len(manifest.files)
+    assert result.files_sent == sum(len(b.files) for b in resent) < len(manifest.files)
     assert result.bytes_sent == sum(b.bytes for b in resent)
     assert result.throughput_mb_s == round(result.bytes_sent / 1e6 / result.upload_seconds, 2)
 
@@ -192,6 +192,48 @@ def test_archived_is_announced_once_per_arrival_of_files(
     grown = upload_dicom_session(request, connection)
     assert grown.sessions[0].verified is True and grown.sessions[0].experiment_id == experiment
     assert archived_events() == [experiment, experiment]
+
+
+def test_a_run_stopped_while_verifying_leaves_the_journal_for_the_rerun(
+    xnat, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's record of a session is forgotten only after verification (the library's order,
+    now the flow's too): a run stopped while verifying is completed by a re-run that sends nothing
+    again. (The flow forgot it before verifying, and the re-run sent every file a second time.)"""
+    from xnat_flows.flows import upload as upload_flow
+
+    manifest = write_studies(tmp_path / "export", series=1, instances=6, instance_kb=4, seed=23)
+    request = _request(tmp_path / "export", workers=2)
+    connection = XnatConnection(url=xnat.url, username="admin")
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("worker stopped while verifying")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(upload_flow, "verify_uploaded_session", stopped)
+        with pytest.raises(RuntimeError):
+            upload_dicom_session(request, connection)
+    imports = xnat.stats()["imports"]
+
+    rerun = upload_dicom_session(request, connection)
+    assert rerun.files_sent == 0 and xnat.stats()["imports"] == imports
+    assert rerun.files_delivered == len(manifest.files) and rerun.sessions[0].verified is True
+
+
+def test_a_gradual_rerun_that_finds_the_session_archived_verifies_it(xnat, tmp_path: Path) -> None:
+    """A re-run that finds every instance archived sends nothing, and still reads the session back
+    before it reports it (the flow verified only what it had just sent: ``verified`` stayed None)."""
+    manifest = write_studies(tmp_path / "export", series=1, instances=6, instance_kb=4, seed=24)
+    request = _request(tmp_path / "export", transport="gradual-dicom", workers=2)
+    connection = XnatConnection(url=xnat.url, username="admin")
+    first = upload_dicom_session(request, connection)
+    assert first.sessions[0].verified is True
+
+    again = upload_dicom_session(request, connection)
+    (session,) = again.sessions
+    assert session.verified is True and session.experiment_id == first.sessions[0].experiment_id
+    assert again.files_sent == 0 and session.files_delivered == len(manifest.files)
+    assert session.gradual is not None and session.gradual.already_archived
 
 
 def test_landing_log_line_keeps_its_urls_apart_from_punctuation(xnat, tmp_path: Path) -> None:

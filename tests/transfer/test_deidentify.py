@@ -256,7 +256,7 @@ def test_a_file_the_script_cannot_take_is_listed_not_sent_and_the_upload_fails(x
         client, export, UploadTarget("TEST", "ANON01", "REFUSED"), anonymizer=HashingAnonymizer(), **FAST
     )
     assert not result.ok
-    assert [r.path for r in result.refused] == [originals[1]]
+    assert [r.path for r in result.not_deidentified] == [originals[1]]
     assert result.files_sent == 2
     sent = _archived_headers(xnat_emulator, "REFUSED")
     refused_uid = str(pydicom.dcmread(originals[1]).SOPInstanceUID)

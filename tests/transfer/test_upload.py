@@ -457,3 +457,41 @@ def test_a_failure_to_record_a_sent_instance_stops_the_upload_with_that_error(tm
     ):
         upload_gradual(client, files, TARGET, workers=3, on_sent=on_sent)
     assert len(recorded) == 5
+
+
+def test_a_request_in_doubt_is_counted_on_its_own_batch_only(study_dir: Path) -> None:
+    """Parallel batches share one client: the request that reached XNAT unanswered is counted on
+    the batch that sent it, not on a batch whose request merely overlapped it in time (the
+    client-wide counter's before/after difference counted it on both)."""
+    from xnat_flows.transfer.partition import partition_by_bytes
+    from xnat_flows.transfer.session import upload_batches
+    from xnat_flows.transfer.upload_result import SessionResult
+
+    files = scan_directory(study_dir).files
+    doubtful = {f.relpath for f in partition_by_bytes(files, 2)[0]}
+    dropped = threading.Event()
+    lock = threading.Lock()
+    drops = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        with tarfile.open(fileobj=io.BytesIO(request.read())) as tf:
+            members = set(tf.getnames())
+        if members == doubtful:
+            with lock:
+                first = not drops
+                drops.append(1)
+            if first:
+                dropped.set()
+                raise httpx.ReadTimeout("timed out after the body was sent")  # XNAT may have it
+        else:
+            assert dropped.wait(10)  # this batch's request is in flight while the other one is dropped
+        return httpx.Response(200, text="/xapi/direct-archive/PROJ/1.2.3/SESS\r\n")
+
+    with client_for(handler) as client:
+        client.reserve_connections(2)
+        batches = upload_batches(client, files, TARGET, workers=2)
+        assert client.requests_in_doubt == 1
+    assert [b.ok for b in batches] == [True, True]
+    assert [b.requests_in_doubt for b in batches] == [1, 0]
+    session = SessionResult(study_uid="1.2.3", target=TARGET, files=len(files), bytes=0, batches=batches)
+    assert session.requests_in_doubt == 1

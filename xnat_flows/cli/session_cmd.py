@@ -35,9 +35,12 @@ from xnat_flows.cli.options import (
 
 if TYPE_CHECKING:
     from xnat_flows.client.client import XnatClient
+    from xnat_flows.client.credentials import Credentials
+    from xnat_flows.models import UploadRequest
     from xnat_flows.transfer.cstore.results import SendResult
     from xnat_flows.transfer.cstore.sequence import DirectSteps
     from xnat_flows.transfer.scan import ScanResult
+    from xnat_flows.transfer.upload_result import UploadResult
 
 # Options of both uploads' scan (the same scanner for REST and C-STORE)
 DuplicatesOption = Annotated[
@@ -126,24 +129,30 @@ def upload(
         prevent_anon=anon_from_server,
     )
     if flow:
+        # The flow's own request model (its run form), imported only here: it imports Prefect,
+        # which costs an upload without --flow a second of CPU (bench/bench_peers.py).
+        from xnat_flows.models import UploadRequest
+
+        request = UploadRequest(
+            source_dir=str(source),
+            project=project,
+            subject=subject,
+            session=session,
+            workers=workers,
+            archive_format=archive_format,
+            direct_archive=direct_archive,
+            archive_when_complete=archive_when_complete,
+            per_study=per_study,
+            verify=verify,
+            transport="gradual-dicom" if gradual else "dicom-zip",
+            allow_other_study=into_other_study,
+            duplicates=duplicates,
+            skip_truncated=skip_truncated,
+            deidentify=_deidentification((anon_script, anon_profile, anon_from_server, anon_allow_url or [])),
+        )
         with connection.client(projects=(project,)) as client:
             credentials = client.credentials
-        _upload_with_flow(
-            source,
-            target,
-            workers,
-            archive_format,
-            gradual,
-            per_study,
-            verify,
-            credentials,
-            connection.profile,
-            as_json,
-            into_other_study,
-            duplicates,
-            skip_truncated,
-            anon=(anon_script, anon_profile, anon_from_server, anon_allow_url or []),
-        )
+        _print_result(_upload_with_flow(request, credentials, connection.profile), as_json=as_json)
         return
     # Scripts compile before anything is read or sent: an error stops here (exit 2, line:column).
     anonymizer = anonymizer_from_options(
@@ -178,85 +187,56 @@ def upload(
                 allow_other_study=into_other_study,
                 anonymizer=anonymizer,
             )
-    if as_json:
-        summary = _summary(result, bar.sending_seconds)
-        summary["conflicts"] = [[v.relpath for v in versions] for versions in scan.conflicts]
-        typer.echo(json.dumps(summary, indent=2))
-    else:
-        _report(result, bar.sending_seconds)
-        _report_conflicts(scan, duplicates)
-    if result.in_conflict:
-        raise typer.Exit(EXIT_CONFLICT)  # nothing is lost: it waits in the prearchive for a person
-    if not result.ok:
-        raise typer.Exit(EXIT_PARTIAL)
+    _print_result(result, as_json=as_json, sending_seconds=bar.sending_seconds, scan=scan, duplicates=duplicates)
 
 
-def _upload_with_flow(
-    source,
-    target,
-    workers,
-    archive_format,
-    gradual,
-    per_study,
-    verify,
-    credentials,
-    profile,
-    as_json,
-    into_other_study,
-    duplicates="newest",
-    skip_truncated=False,
-    anon=(None, None, False, []),
-) -> None:
+def _upload_with_flow(request: UploadRequest, credentials: Credentials, profile: str | None) -> UploadResult:
+    """``upload --flow``: the same request run as the ``upload-dicom-session`` flow, in this process,
+    on Prefect's temporary server; the flow's result is the library's, printed by the same printer."""
     from xnat_flows.cli.prefect_server import ephemeral_server_dies_with_this_process, quiet_prefect_for_cli_runs
     from xnat_flows.client.credentials import keep_password_in_process
     from xnat_flows.client.errors import XnatError
 
     quiet_prefect_for_cli_runs()
     from xnat_flows.flows.upload import upload_dicom_session
-    from xnat_flows.models import UploadRequest, XnatConnection
+    from xnat_flows.models import XnatConnection
 
     if credentials.password is not None:
         # The flow runs in this process: it finds the password here (for a re-login when the
         # session expires mid-run). Never the environment, which Prefect's server child inherits.
         keep_password_in_process(credentials.url, credentials.username, credentials.password)
-    request = UploadRequest(
-        source_dir=str(source),
-        project=target.project,
-        subject=target.subject,
-        session=target.session,
-        workers=workers,
-        archive_format=archive_format,
-        direct_archive=target.direct_archive,
-        archive_when_complete=target.archive_when_complete,
-        per_study=per_study,
-        verify=verify,
-        transport="gradual-dicom" if gradual else "dicom-zip",
-        allow_other_study=into_other_study,
-        duplicates=duplicates,
-        skip_truncated=skip_truncated,
-        deidentify=_deidentification(anon),
-    )
     with ephemeral_server_dies_with_this_process():
         try:
-            result = upload_dicom_session(
-                request, XnatConnection(url=credentials.url, username=credentials.username, profile=profile)
+            return upload_dicom_session(
+                request, XnatConnection(url=credentials.url, username=credentials.username or "", profile=profile or "")
             )
         except XnatError:
             raise
         except Exception as exc:  # noqa: BLE001 - any flow failure becomes one CLI error
             raise XnatError(f"the flow run failed: {exc}", hint="See the flow run's logs in Prefect") from None
+
+
+def _print_result(
+    result: UploadResult,
+    *,
+    as_json: bool,
+    sending_seconds: float | None = None,
+    scan: ScanResult | None = None,
+    duplicates: str = "newest",
+) -> None:
+    """The one printer of a REST upload's result (run by the library or by the flow): text or --json,
+    then the exit code (5: XNAT parked it in CONFLICT; 3: not everything is in XNAT)."""
     if as_json:
-        typer.echo(result.model_dump_json(indent=2))
+        summary = _summary(result, sending_seconds)
+        if scan is not None:
+            summary["conflicts"] = [[v.relpath for v in versions] for versions in scan.conflicts]
+        typer.echo(json.dumps(summary, indent=2))
     else:
-        for s in result.sessions:
-            typer.echo(
-                f"{s.project}/{s.subject}/{s.session}: {s.files_sent} files -> {s.session_uri or '?'} "
-                f"(experiment {s.experiment_id or '?'}), verified: {s.verified}"
-            )
-        typer.echo(
-            f"{result.files_sent} files, {result.bytes_sent / 1e6:.1f} MB sent in {result.upload_seconds:.1f} s "
-            f"({result.throughput_mb_s:.1f} MB/s); whole run {result.seconds:.1f} s"
-        )
+        _report(result, sending_seconds)
+        if scan is not None:
+            _report_conflicts(scan, duplicates)
+    if result.in_conflict:
+        raise typer.Exit(EXIT_CONFLICT)  # nothing is lost: it waits in the prearchive for a person
     if not result.ok:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -332,7 +312,7 @@ class _progress_bar:
         )
 
 
-def _timing(result, sending_seconds: float | None = None) -> tuple[float, float]:
+def _timing(result: UploadResult, sending_seconds: float | None = None) -> tuple[float, float]:
     """(transfer seconds, verification seconds): throughput is over the transfer only, timed as
     the progress bar times it when it was (``sending_seconds``)."""
     verify_seconds = sum(s.verify.waited_seconds for s in result.sessions if s.verify is not None)
@@ -341,7 +321,7 @@ def _timing(result, sending_seconds: float | None = None) -> tuple[float, float]
     return max(result.seconds - verify_seconds, 0.0), verify_seconds
 
 
-def _summary(result, sending_seconds: float | None = None) -> dict:
+def _summary(result: UploadResult, sending_seconds: float | None = None) -> dict:
     """The --json form of an upload's result (what a script needs to act on it)."""
     transfer_seconds, verify_seconds = _timing(result, sending_seconds)
     return {
@@ -359,11 +339,9 @@ def _summary(result, sending_seconds: float | None = None) -> dict:
                 "study_uid": study.study_uid,
                 "files": study.files,
                 "files_sent": study.files_sent,
-                "uri": study.verify.uri
-                if study.verify and study.verify.uri
-                else (study.uris[0] if study.uris else None),
-                "experiment_id": study.verify.experiment_id if study.verify else None,
-                "verified": study.verify.ok if study.verify else None,
+                "uri": study.session_uri,
+                "experiment_id": study.experiment_id,
+                "verified": study.verified,
                 "verify_summary": study.verify.summary(STATUS_SHOWN_BY) if study.verify else None,
                 "failed_files": study.failed_files,
                 "parked": (study.verify.parked if study.verify else []) + [p.describe() for p in study.parked],
@@ -376,7 +354,7 @@ def _summary(result, sending_seconds: float | None = None) -> dict:
         ],
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped if not s.unreadable],
         "unreadable": [{"path": str(s.path), "reason": s.reason} for s in result.skipped if s.unreadable],
-        "not_deidentified": [{"path": str(s.path), "reason": s.reason} for s in result.refused],
+        "not_deidentified": [{"path": str(s.path), "reason": s.reason} for s in result.not_deidentified],
     }
 
 
@@ -417,12 +395,12 @@ def _report_refused(refused: list) -> None:
         )
 
 
-def _report(result, sending_seconds: float | None = None) -> None:
+def _report(result: UploadResult, sending_seconds: float | None = None) -> None:
     _report_skipped(result.skipped)
-    _report_refused(result.refused)
+    _report_refused(result.not_deidentified)
     for study in result.sessions:
         t = study.target
-        where = study.verify.uri if study.verify and study.verify.uri else (study.uris[0] if study.uris else "?")
+        where = study.session_uri or "?"
         typer.echo(f"{t.project}/{t.subject}/{t.session}: {study.files_sent}/{study.files} files -> {where}")
         if study.gradual is not None and study.gradual.stopped:
             typer.echo(f"  {study.gradual.stopped}", err=True)

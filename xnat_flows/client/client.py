@@ -26,7 +26,7 @@ from xnat_flows.client.errors import (
     UnsupportedServerError,
     XnatError,
 )
-from xnat_flows.client.request_loop import RequestLoop
+from xnat_flows.client.request_loop import InDoubtCount, RequestLoop
 from xnat_flows.client.retry import NO_RETRY, RetryPolicy
 from xnat_flows.client.sender import Content, Sender, connection_error
 from xnat_flows.client.transport import proxy_for
@@ -192,6 +192,7 @@ class XnatClient:
         retry: bool = True,
         lean: bool = False,
         stream: bool = False,
+        in_doubt: InDoubtCount | None = None,
     ) -> httpx.Response:
         """Send a request; return the response (status < 400) or raise the classified XnatError.
 
@@ -210,6 +211,8 @@ class XnatClient:
                 small requests, such as gradual-DICOM's one per instance.
             stream: Return the response with its body unread (``download`` reads it); retries end once
                 the headers arrived.
+            in_doubt: The caller's own count of this request's attempts that reached XNAT unanswered
+                (``requests_in_doubt`` counts every request of the client).
 
         Returns:
             The response, status below 400.
@@ -224,6 +227,7 @@ class XnatClient:
             timeout=timeout,
             lean=lean,
             stream=stream,
+            in_doubt=in_doubt,
         )
 
     # -- conveniences ------------------------------------------------------------------------

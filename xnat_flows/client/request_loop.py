@@ -36,6 +36,29 @@ def _maybe_acted_on(error: XnatError) -> bool:
     return error.status == 504
 
 
+class InDoubtCount:
+    """One caller's count of attempts XNAT may have acted on without our hearing (thread-safe).
+
+    A caller gives its own to ``request(..., in_doubt=)``: parallel uploads sharing one client
+    (DICOM-zip batches) each learn of their own requests only, which a before/after difference
+    of the client-wide count cannot tell apart.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        """Count one more attempt in doubt."""
+        with self._lock:
+            self._count += 1
+
+    @property
+    def value(self) -> int:
+        """The attempts counted so far."""
+        return self._count
+
+
 class RequestLoop:
     """Requests through ``sender`` with ``auth``'s session."""
 
@@ -59,6 +82,7 @@ class RequestLoop:
         timeout: float | httpx.Timeout | None = None,
         lean: bool = False,
         stream: bool = False,
+        in_doubt: InDoubtCount | None = None,
     ) -> httpx.Response:
         """Send one request with retries, re-login and cancel; the response, or the classified error.
 
@@ -74,6 +98,8 @@ class RequestLoop:
             timeout: The request's timeout, overriding the client's.
             lean: Send through the lean transport (the gradual-DICOM path).
             stream: Leave a successful response's body unread, for the caller to read and close.
+            in_doubt: The caller's own count of this request's attempts XNAT may have acted on
+                unanswered (besides the client's).
 
         Returns:
             The response, status below 400.
@@ -128,6 +154,8 @@ class RequestLoop:
             if method in ("POST", "PUT") and _maybe_acted_on(error):
                 with self._in_doubt_lock:
                     self.requests_in_doubt += 1
+                if in_doubt is not None:
+                    in_doubt.add()
             if isinstance(error, XnatConnectionError) and error.timed_out:
                 unanswered += 1
                 if unanswered >= policy.unanswered_attempts:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Annotated, cast
 from uuid import UUID
 
@@ -17,17 +19,13 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 
 from xnat_flows.client.errors import ConflictError, InputError, XnatError
+from xnat_flows.client.prearchive import ParkedSession
 from xnat_flows.events import absolute_uri, arrival, emit_upload_failed, emit_upload_result, public_base_url
 from xnat_flows.flows.failures import failed_run
-from xnat_flows.models import (
-    SessionOutcome,
-    UploadRequest,
-    UploadSessionResult,
-    XnatConnection,
-    ui_title,
-)
+from xnat_flows.models import UploadRequest, XnatConnection, ui_title
 from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.tasks.deidentify import deidentify_sessions, prepare_anonymizer
+from xnat_flows.tasks.policies import ServerCheck
 from xnat_flows.tasks.upload import (
     archive_now_task,
     check_destination_task,
@@ -44,9 +42,11 @@ from xnat_flows.tasks.upload import (
 )
 from xnat_flows.transfer.archive_stream import ArchiveFormat
 from xnat_flows.transfer.scan import DicomFile, SkippedFile
-from xnat_flows.transfer.session import StudyUploadResult, plan_sessions
+from xnat_flows.transfer.sequence import sequence_upload
+from xnat_flows.transfer.session import plan_sessions
 from xnat_flows.transfer.target import UploadTarget
-from xnat_flows.transfer.upload import BatchResult
+from xnat_flows.transfer.upload_result import BatchResult, GradualResult, SessionResult, UploadResult
+from xnat_flows.transfer.verify import VerifyResult
 
 
 class UploadIncompleteError(XnatError):
@@ -76,7 +76,7 @@ class UploadParkedError(ConflictError):
 def upload_dicom_session(
     request: Annotated[UploadRequest, ui_title("What to upload, and where")],
     connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
-) -> UploadSessionResult:
+) -> UploadResult:
     """Upload a directory of DICOM files to one XNAT session through the REST Import API.
 
     Args:
@@ -85,7 +85,7 @@ def upload_dicom_session(
     """
     server_url: str | None = None
     try:
-        _target(request)  # bad labels fail before anything else, with their own message
+        request.target()  # bad labels fail before anything else, with their own message
         server = check_server(connection, request.direct_archive, request.project)
         server_url = server.url
         return _upload(request, connection, server)
@@ -106,7 +106,7 @@ def upload_dicom_session(
         raise
 
 
-def _upload(request: UploadRequest, connection: XnatConnection, server) -> UploadSessionResult:
+def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCheck) -> UploadResult:
     logger = get_run_logger()
     started = time.perf_counter()
     logger.info(
@@ -134,94 +134,27 @@ def _upload(request: UploadRequest, connection: XnatConnection, server) -> Uploa
         )
     for skipped in scan.skipped:
         (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
-    plans = plan_sessions(scan, _target(request), per_study=request.per_study)
+    plans = plan_sessions(scan, request.target(), per_study=request.per_study)
     refused: list[SkippedFile] = []
     if anonymizer is not None:
         plans, refused = deidentify_sessions(plans, anonymizer)
         for item in refused:
             logger.error("not de-identified, not sent: %s: %s", item.path, item.reason)
-    # One flow run at a time per destination label, from its check to its verification.
-    with destination_slots(server.url, [target for target, _ in plans], request.verify_timeout_seconds + 900):
-        return _send_planned(request, connection, server, scan, plans, started, refused)
-
-
-def _send_planned(
-    request: UploadRequest,
-    connection: XnatConnection,
-    server,
-    scan,
-    plans,
-    started: float,
-    refused: list[SkippedFile],
-):
-    logger = get_run_logger()
-    # Every session is checked before anything is sent: none may hold another study (unless asked).
-    checked = [
-        check_destination_task(connection, target, files[0].study_uid, request.allow_other_study, request.per_study)
-        for target, files in plans
-    ]
-    plans = [(target, files) for (target, _), (_, files) in zip(checked, plans, strict=True)]
-    prearchive_before = [before for _, before in checked]
-    archive_format: ArchiveFormat = "zip"  # gradual-DICOM sends no archive
-    if request.transport == "dicom-zip":
-        if request.archive_format == "auto":
-            archive_format, why = choose_format(connection)
-            logger.info("archive format %s (%s)", archive_format, why)
-        else:
-            archive_format = request.archive_format
-
-    # A sync flow gets the UUID itself; async_dispatch types the call as "UUID or its coroutine".
-    progress_id = cast(UUID, create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)"))
-    total_files = sum(len(files) for _, files in plans) or 1
-    done_files = 0
-
-    outcomes: list[SessionOutcome] = []
-    studies: list[tuple[StudyUploadResult, frozenset[str]]] = []
-    upload_seconds = 0.0
-    for (target, files), before in zip(plans, prearchive_before, strict=True):
-        upload_started = time.perf_counter()
-        study = StudyUploadResult(files[0].study_uid, target, len(files), sum(f.size for f in files))
-        if request.transport == "gradual-dicom":
-            study.gradual = upload_instances_task(connection, files, target, request.workers, server.concurrency_limit)
-            done_files += len(files)
-            update_progress_artifact(progress_id, 100.0 * done_files / total_files)
-        else:
-            batches = partition_batches(files, request.workers)
-            futures = {
-                upload_batch_task.submit(connection, batch, target, archive_format, index, server.concurrency_limit): (
-                    index,
-                    batch,
-                )
-                for index, batch in enumerate(batches)
-            }
-            for future in as_completed(list(futures)):
-                index, batch = futures[future]
-                study.batches.append(_batch_result(future, index, batch))
-                done_files += len(batch)
-                update_progress_artifact(progress_id, 100.0 * done_files / total_files)
-            study.batches.sort(key=lambda b: b.index)
-        upload_seconds += time.perf_counter() - upload_started
-        if study.uploaded:
-            forget_delivered(target, server.url)
-        if study.awaits_archiving:
-            archive_now_task(connection, target, study.study_uid, study.uris, study.requests_in_doubt)
-            if request.verify:
-                study.verify = verify_uploaded_session(
-                    connection, target, files, request.verify_timeout_seconds, before
-                )
-        studies.append((study, before))
-    if not request.verify:  # one look at the prearchive: an upload XNAT parked is not a success
-        for study, before in studies:
-            study.parked = look_for_parked_task(connection, study.target, study.study_uid, before)
-    for study, _ in studies:
-        outcomes.append(SessionOutcome.from_study(study))
-
-    result = UploadSessionResult(
-        sessions=outcomes,
+    # The library's one sequence of a REST upload, with this flow's tasks as its steps.
+    sessions = sequence_upload(
+        TaskSteps(request, connection, server, total_files=sum(len(files) for _, files in plans)),
+        plans,
+        gradual=request.transport == "gradual-dicom",
+        verify=request.verify,
+        allow_other_study=request.allow_other_study,
+        per_study=request.per_study,
+    )
+    result = UploadResult(
+        sessions=sessions,
         skipped=list(scan.skipped),
-        seconds=round(time.perf_counter() - started, 3),
-        upload_seconds=round(upload_seconds, 3),
         not_deidentified=refused,
+        seconds=round(time.perf_counter() - started, 3),
+        upload_seconds=round(sum(s.seconds for s in sessions), 3),
     )
     _publish_batch_table(result)
     _publish_landing(result, server.url)
@@ -236,7 +169,7 @@ def _send_planned(
         arrivals={target.session: arrival(files) for target, files in plans},
     )
     if not result.ok:
-        parked = any(s.in_conflict for s in result.sessions)
+        parked = result.in_conflict
         raise (
             UploadParkedError if parked else NotDeidentifiedError if result.not_deidentified else UploadIncompleteError
         )(_incomplete_message(result))
@@ -252,7 +185,106 @@ def _send_planned(
     return result
 
 
-def landing(outcome: SessionOutcome, server_url: str) -> dict[str, str | None]:
+class TaskSteps:
+    """The steps of the REST upload's one sequence (``transfer.sequence.sequence_upload``), each a
+    task of this module's (``tasks.upload``): the UI shows every task run with its retries, the
+    server's upload concurrency limit, and the per-label slot held from check to verification.
+
+    Args:
+        request: The flow run's request.
+        connection: The flow run's XNAT connection (each task builds its own client from it).
+        server: What ``check-server`` found (URL, version, the upload concurrency limit).
+        total_files: Files of all planned sessions, for the progress artifact.
+    """
+
+    def __init__(
+        self, request: UploadRequest, connection: XnatConnection, server: ServerCheck, *, total_files: int
+    ) -> None:
+        self.request = request
+        self.connection = connection
+        self.server = server
+        self.total_files = total_files or 1
+        self.done_files = 0
+        self._progress_id: UUID | None = None
+        self._archive_format: ArchiveFormat | None = None
+
+    def claim(self, targets: Sequence[UploadTarget]) -> AbstractContextManager[None]:
+        """One flow run at a time per destination label (``destination_slots``), from its check to its verification."""
+        return destination_slots(self.server.url, list(targets), self.request.verify_timeout_seconds + 900)
+
+    def check_destination(
+        self, target: UploadTarget, study_uid: str, allow_other_study: bool, per_study: bool
+    ) -> tuple[UploadTarget, frozenset[str]]:
+        """The ``check-destination`` task."""
+        return check_destination_task(self.connection, target, study_uid, allow_other_study, per_study)
+
+    def send_batches(self, target: UploadTarget, files: list[DicomFile]) -> list[BatchResult]:
+        """An ``upload-batch`` task per batch, submitted together (each retried on its own)."""
+        archive_format = self._format()
+        batches = partition_batches(files, self.request.workers)
+        futures = {
+            upload_batch_task.submit(
+                self.connection, batch, target, archive_format, index, self.server.concurrency_limit
+            ): (index, batch)
+            for index, batch in enumerate(batches)
+        }
+        results = []
+        for future in as_completed(list(futures)):
+            index, batch = futures[future]
+            results.append(_batch_result(future, index, batch))
+            self._advance(len(batch))
+        return results
+
+    def send_instances(self, target: UploadTarget, files: list[DicomFile]) -> GradualResult:
+        """The ``upload-instances`` task."""
+        self._advance(0)
+        result = upload_instances_task(
+            self.connection, files, target, self.request.workers, self.server.concurrency_limit
+        )
+        self._advance(len(files))
+        return result
+
+    def archive_now(self, target: UploadTarget, study_uid: str, uris: list[str], requests_in_doubt: int) -> list[str]:
+        """The ``archive-now`` task."""
+        return archive_now_task(self.connection, target, study_uid, uris, requests_in_doubt)
+
+    def verify(self, target: UploadTarget, files: list[DicomFile], prearchive_before: frozenset[str]) -> VerifyResult:
+        """The ``verify-session`` task."""
+        return verify_uploaded_session(
+            self.connection, target, files, self.request.verify_timeout_seconds, prearchive_before
+        )
+
+    def forget_delivered(self, target: UploadTarget) -> None:
+        """The ``finish-session`` task."""
+        forget_delivered(target, self.server.url)
+
+    def look_for_parked(
+        self, target: UploadTarget, study_uid: str, prearchive_before: frozenset[str]
+    ) -> list[ParkedSession]:
+        """The ``look-for-parked`` task."""
+        return look_for_parked_task(self.connection, target, study_uid, prearchive_before)
+
+    def _format(self) -> ArchiveFormat:
+        if self._archive_format is None:
+            if self.request.archive_format == "auto":
+                self._archive_format, why = choose_format(self.connection)
+                get_run_logger().info("archive format %s (%s)", self._archive_format, why)
+            else:
+                self._archive_format = self.request.archive_format
+        return self._archive_format
+
+    def _advance(self, files: int) -> None:
+        if self._progress_id is None:
+            # A sync flow gets the UUID itself; async_dispatch types the call as "UUID or its coroutine".
+            self._progress_id = cast(
+                UUID, create_progress_artifact(progress=0.0, key=None, description="Files uploaded (%)")
+            )
+        if files:
+            self.done_files += files
+            update_progress_artifact(self._progress_id, 100.0 * self.done_files / self.total_files)
+
+
+def landing(outcome: SessionResult, server_url: str) -> dict[str, str | None]:
     """Where a session landed: experiment ID, archive or prearchive URI, the session's XNAT web page,
     and for a prearchive landing the timestamp folder (what archiving it needs)."""
     base = public_base_url(server_url)
@@ -271,7 +303,7 @@ def landing(outcome: SessionOutcome, server_url: str) -> dict[str, str | None]:
 _PREARCHIVE_URI = re.compile(r"/prearchive/projects/[^/]+/(?P<timestamp>[^/]+)/")
 
 
-def _publish_landing(result: UploadSessionResult, server_url: str) -> None:
+def _publish_landing(result: UploadResult, server_url: str) -> None:
     logger = get_run_logger()
     landings = [(s, landing(s, server_url)) for s in result.sessions]
     # Narrow enough for the artifact page: the URI shown by its path (linked in full), and the
@@ -302,32 +334,26 @@ def _publish_landing(result: UploadSessionResult, server_url: str) -> None:
     )
 
 
-def _target(request: UploadRequest) -> UploadTarget:
-    return UploadTarget(
-        project=request.project,
-        subject=request.subject,
-        session=request.session,
-        direct_archive=request.direct_archive,
-        archive_when_complete=request.archive_when_complete,
-        prevent_anon=request.deidentify.from_server,  # XNAT's scripts were applied here: not again
-    )
-
-
 def _batch_result(future, index: int, batch: list[DicomFile]) -> BatchResult:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - the batch failed for good; report, do not hide it
         return BatchResult(
-            index, tuple(f.relpath for f in batch), sum(f.size for f in batch), 0.0, (), False, error=str(exc)
+            index=index,
+            files=tuple(f.relpath for f in batch),
+            bytes=sum(f.size for f in batch),
+            seconds=0.0,
+            ok=False,
+            error=str(exc),
         )
 
 
-def _publish_batch_table(result: UploadSessionResult) -> None:
+def _publish_batch_table(result: UploadResult) -> None:
     rows = [
         {
             "session": f"{s.project}/{s.subject}/{s.session}",
             "batch": b.index,
-            "files": b.files,
+            "files": len(b.files),
             "MB": round(b.bytes / 1e6, 2),
             "seconds": b.seconds,
             "outcome": "ok" if b.ok else f"failed: {b.error}",
@@ -347,10 +373,10 @@ def _publish_batch_table(result: UploadSessionResult) -> None:
     create_table_artifact(table=rows, description="Per-batch outcome of the DICOM upload")
 
 
-def _incomplete_message(result: UploadSessionResult) -> str:
+def _incomplete_message(result: UploadResult) -> str:
     lines = [
         "XNAT parked this upload in the prearchive and nothing was merged on its own; look, then act as said below:"
-        if any(s.parked for s in result.sessions)
+        if any(s.parked_descriptions() for s in result.sessions)
         else "upload incomplete; re-run the same upload to send what did not land:"
     ]
     if result.not_deidentified:
@@ -368,8 +394,9 @@ def _incomplete_message(result: UploadSessionResult) -> str:
             lines.append(
                 f"  {s.project}/{s.subject}/{s.session}: {len(s.failed_files)} files not sent, e.g. {s.failed_files[:3]}"
             )
-        for parked in s.parked:
-            lines.append(f"  {s.project}/{s.subject}/{s.session}: XNAT did not archive this upload: {parked}")
-        if s.verified is False and not s.parked:
+        parked = s.parked_descriptions(for_flow_run=True)
+        for what in parked:
+            lines.append(f"  {s.project}/{s.subject}/{s.session}: XNAT did not archive this upload: {what}")
+        if s.verified is False and not parked:
             lines.append(f"  {s.project}/{s.subject}/{s.session}: verification found missing {s.missing[:5]}")
     return "\n".join(lines)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +41,8 @@ from xnat_flows.transfer.session import (
     upload_instances,
 )
 from xnat_flows.transfer.target import UploadTarget
-from xnat_flows.transfer.upload import BatchResult, GradualResult, choose_archive_format
+from xnat_flows.transfer.upload import choose_archive_format
+from xnat_flows.transfer.upload_result import BatchResult, GradualResult
 from xnat_flows.transfer.verify import VerifyResult, prearchive_snapshot, verify_session
 
 # Inputs hold file lists and clients are built inside: hashing them for a cache buys nothing.
@@ -167,7 +167,7 @@ def upload_batch_task(
         result = upload_batch_resumable(client, batch, target, archive_format, index=index, journal=UploadJournal())
     # An earlier attempt of this task failed: it may have reached XNAT unanswered (see archive_now).
     earlier_attempts = max(0, task_run.run_count - 1)
-    return dataclasses.replace(result, requests_in_doubt=result.requests_in_doubt + earlier_attempts)
+    return result.model_copy(update={"requests_in_doubt": result.requests_in_doubt + earlier_attempts})
 
 
 @task(name="upload-instances", **_COMMON)

@@ -32,9 +32,12 @@ if TYPE_CHECKING:
         SkippedFile,
         scan_directory,
     )
+    from xnat_flows.transfer.sequence import (
+        UploadSteps,
+        sequence_upload,
+    )
     from xnat_flows.transfer.session import (
-        SessionUploadResult,
-        StudyUploadResult,
+        ClientSteps,
         archive_now,
         plan_sessions,
         upload_batch_resumable,
@@ -46,11 +49,15 @@ if TYPE_CHECKING:
         UploadTarget,
     )
     from xnat_flows.transfer.upload import (
+        upload_batch,
+        upload_gradual,
+    )
+    from xnat_flows.transfer.upload_result import (
         BatchResult,
         FileFailure,
         GradualResult,
-        upload_batch,
-        upload_gradual,
+        SessionResult,
+        UploadResult,
     )
     from xnat_flows.transfer.verify import (
         VerifyResult,
@@ -71,17 +78,20 @@ _EXPORTS = {
     "ScanResult": "xnat_flows.transfer.scan",
     "SkippedFile": "xnat_flows.transfer.scan",
     "scan_directory": "xnat_flows.transfer.scan",
-    "SessionUploadResult": "xnat_flows.transfer.session",
-    "StudyUploadResult": "xnat_flows.transfer.session",
+    "UploadSteps": "xnat_flows.transfer.sequence",
+    "sequence_upload": "xnat_flows.transfer.sequence",
+    "ClientSteps": "xnat_flows.transfer.session",
     "archive_now": "xnat_flows.transfer.session",
     "plan_sessions": "xnat_flows.transfer.session",
     "upload_batch_resumable": "xnat_flows.transfer.session",
     "upload_batches": "xnat_flows.transfer.session",
     "upload_instances": "xnat_flows.transfer.session",
     "upload_session": "xnat_flows.transfer.session",
-    "BatchResult": "xnat_flows.transfer.upload",
-    "FileFailure": "xnat_flows.transfer.upload",
-    "GradualResult": "xnat_flows.transfer.upload",
+    "BatchResult": "xnat_flows.transfer.upload_result",
+    "FileFailure": "xnat_flows.transfer.upload_result",
+    "GradualResult": "xnat_flows.transfer.upload_result",
+    "SessionResult": "xnat_flows.transfer.upload_result",
+    "UploadResult": "xnat_flows.transfer.upload_result",
     "Progress": "xnat_flows.transfer.progress",
     "UploadTarget": "xnat_flows.transfer.target",
     "upload_batch": "xnat_flows.transfer.upload",
@@ -100,9 +110,12 @@ __all__ = [
     "GradualResult",
     "Progress",
     "ScanResult",
-    "SessionUploadResult",
+    "SessionResult",
+    "ClientSteps",
     "SkippedFile",
-    "StudyUploadResult",
+    "UploadResult",
+    "UploadSteps",
+    "sequence_upload",
     "UploadJournal",
     "UploadTarget",
     "VerifyResult",

@@ -1,8 +1,8 @@
 """Upload a directory of DICOM as XNAT session(s): scan, plan, send, verify, resume.
 
-This is the library-level orchestration (no Prefect): the CLI calls ``upload_session``
-directly, and the Prefect flow runs the same steps (``plan_sessions``, ``partition_by_bytes``,
-``upload_batch`` / ``upload_gradual``, ``verify_session``) as tasks.
+This is the library-level upload (no Prefect): the CLI calls ``upload_session``, which runs the
+one sequence of a REST upload (``sequence.sequence_upload``) with the steps on a client
+(``ClientSteps``); the Prefect flow runs the same sequence with its tasks as the steps.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -38,13 +37,10 @@ from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.pool import interruptible_pool
 from xnat_flows.transfer.progress import Progress, ProgressCallback
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, scan_directory
+from xnat_flows.transfer.sequence import sequence_upload
 from xnat_flows.transfer.target import UploadTarget
-from xnat_flows.transfer.upload import (
-    BatchResult,
-    GradualResult,
-    upload_batch,
-    upload_gradual,
-)
+from xnat_flows.transfer.upload import upload_batch, upload_gradual
+from xnat_flows.transfer.upload_result import BatchResult, GradualResult, UploadResult
 from xnat_flows.transfer.verify import (
     VerifyResult,
     archived_complete,
@@ -58,107 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class StudyUploadResult:
-    study_uid: str
-    target: UploadTarget
-    files: int
-    bytes: int
-    batches: list[BatchResult] = field(default_factory=list)
-    gradual: GradualResult | None = None
-    verify: VerifyResult | None = None
-    # without verification: this upload's rows XNAT parked, found by one look at the prearchive at the end
-    parked: list[ParkedSession] = field(default_factory=list)
-
-    @property
-    def uris(self) -> list[str]:
-        found = [uri for b in self.batches for uri in b.uris] + (self.gradual.uris if self.gradual else [])
-        return list(dict.fromkeys(found))
-
-    @property
-    def failed_files(self) -> list[str]:
-        if self.gradual is not None:
-            return [f.relpath for f in self.gradual.failures]
-        return [relpath for b in self.batches if not b.ok for relpath in b.files]
-
-    @property
-    def files_sent(self) -> int:
-        if self.gradual is not None:
-            return self.gradual.sent_count
-        return sum(len(b.files) for b in self.batches if b.ok and not b.resumed)
-
-    @property
-    def bytes_sent(self) -> int:
-        if self.gradual is not None:
-            return self.gradual.bytes_sent
-        return sum(b.bytes for b in self.batches if b.ok and not b.resumed)
-
-    @property
-    def uploaded(self) -> bool:
-        """Everything reached XNAT (in this run or, per the journal, an earlier one)."""
-        if self.gradual is not None:
-            return self.gradual.ok
-        return bool(self.batches) and all(b.ok for b in self.batches)
-
-    @property
-    def requests_in_doubt(self) -> int:
-        """Requests of this upload that reached XNAT without an answer (then sent again)."""
-        if self.gradual is not None:
-            return self.gradual.requests_in_doubt
-        return sum(b.requests_in_doubt for b in self.batches)
-
-    @property
-    def awaits_archiving(self) -> bool:
-        """Everything reached XNAT and it is not yet known archived (a gradual re-run that found
-        the session archived complete sent nothing, and nothing of it waits)."""
-        return self.uploaded and not (self.gradual is not None and self.gradual.already_archived)
-
-    @property
-    def in_conflict(self) -> bool:
-        """XNAT parked (part of) this upload in CONFLICT: it meets a session it may not join on its own."""
-        return (self.verify is not None and self.verify.conflict) or any(
-            p.session.status == CONFLICT for p in self.parked
-        )
-
-    @property
-    def ok(self) -> bool:
-        return self.uploaded and (self.verify is None or self.verify.ok) and not self.parked
-
-
-@dataclass
-class SessionUploadResult:
-    sessions: list[StudyUploadResult]
-    skipped: list[SkippedFile]
-    seconds: float
-    # files the de-identification script could not be applied to: listed, not sent (a failure)
-    refused: list[SkippedFile] = field(default_factory=list)
-
-    @property
-    def files_sent(self) -> int:
-        return sum(s.files_sent for s in self.sessions)
-
-    @property
-    def bytes_sent(self) -> int:
-        return sum(s.bytes_sent for s in self.sessions)
-
-    @property
-    def throughput_mb_s(self) -> float:
-        return self.bytes_sent / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def unreadable(self) -> list[SkippedFile]:
-        """Files and folders that could not be read: what they hold was not sent."""
-        return [s for s in self.skipped if s.unreadable]
-
-    @property
-    def in_conflict(self) -> bool:
-        return any(s.in_conflict for s in self.sessions)
-
-    @property
-    def ok(self) -> bool:
-        return all(s.ok for s in self.sessions) and not self.unreadable and not self.refused
 
 
 def plan_sessions(
@@ -405,7 +300,9 @@ def upload_batch_resumable(
         resume = resume_state(client, journal, target, batch)
     if resume.holds(batch):
         relpaths = tuple(f.relpath for f in batch)
-        return BatchResult(index, relpaths, sum(f.size for f in batch), 0.0, (), True, resumed=True)
+        return BatchResult(
+            index=index, files=relpaths, bytes=sum(f.size for f in batch), seconds=0.0, ok=True, resumed=True
+        )
     result = upload_batch(
         client, batch, target, fmt, index=index, raise_on_error=raise_on_error, on_streamed=on_streamed
     )
@@ -531,6 +428,102 @@ def archive_now(
     return [uri for uri in sessions or [target.direct_archive_uri(study_uid)] if trigger_direct_archive(client, uri)]
 
 
+class ClientSteps:
+    """The steps of ``sequence.sequence_upload`` run directly on one client (the library, the CLI).
+
+    Args:
+        client: The XNAT client every step uses.
+        workers: Parallel requests (DICOM-zip: batches).
+        fmt: Archive format of each DICOM-zip batch.
+        journal: The resume journal (None: no resume).
+        progress: Called with a ``Progress`` snapshot as files are sent.
+        verify_timeout: How long verification waits for the session in the archive (seconds).
+        poll_interval: Verification's longest pause between looks (seconds).
+        claim_wait: How long the claim of a destination waits for another upload to it (seconds).
+    """
+
+    def __init__(
+        self,
+        client: XnatClient,
+        *,
+        workers: int = 4,
+        fmt: ArchiveFormat = "tar",
+        journal: UploadJournal | None = None,
+        progress: ProgressCallback | None = None,
+        verify_timeout: float = 600.0,
+        poll_interval: float = 2.0,
+        claim_wait: float = DEFAULT_CLAIM_WAIT_SECONDS,
+    ) -> None:
+        self.client = client
+        self.workers = workers
+        self.fmt: ArchiveFormat = fmt
+        self.journal = journal
+        self.progress = progress
+        self.verify_timeout = verify_timeout
+        self.poll_interval = poll_interval
+        self.claim_wait = claim_wait
+
+    def claim(self, targets: Sequence[UploadTarget]) -> DestinationClaim:
+        """One upload at a time per session label on this machine (``claim.DestinationClaim``)."""
+        names = [destination_name(self.client.base_url, t.project, t.session) for t in targets]
+        return DestinationClaim(names, wait_seconds=self.claim_wait, on_wait=log.warning)
+
+    def check_destination(
+        self, target: UploadTarget, study_uid: str, allow_other_study: bool, per_study: bool
+    ) -> tuple[UploadTarget, frozenset[str]]:
+        """``check_destination``, then the prearchive's rows before anything is sent."""
+        checked = check_destination(
+            self.client, target, study_uid, allow_other_study=allow_other_study, per_study=per_study
+        )
+        return checked, prearchive_snapshot(self.client, target.project)
+
+    def send_batches(self, target: UploadTarget, files: list[DicomFile]) -> list[BatchResult]:
+        """``upload_batches``."""
+        self.client.reserve_connections(self.workers)
+        return upload_batches(
+            self.client,
+            files,
+            target,
+            workers=self.workers,
+            fmt=self.fmt,
+            journal=self.journal,
+            progress=self.progress,
+        )
+
+    def send_instances(self, target: UploadTarget, files: list[DicomFile]) -> GradualResult:
+        """``upload_instances``."""
+        self.client.reserve_connections(self.workers)
+        return upload_instances(
+            self.client, files, target, workers=self.workers, journal=self.journal, progress=self.progress
+        )
+
+    def archive_now(self, target: UploadTarget, study_uid: str, uris: list[str], requests_in_doubt: int) -> list[str]:
+        """``archive_now``."""
+        return archive_now(self.client, target, study_uid, uris, requests_in_doubt=requests_in_doubt)
+
+    def verify(self, target: UploadTarget, files: list[DicomFile], prearchive_before: frozenset[str]) -> VerifyResult:
+        """``verify.verify_session``."""
+        return verify_session(
+            self.client,
+            target,
+            files,
+            wait_timeout=self.verify_timeout,
+            poll_interval=self.poll_interval,
+            prearchive_before=prearchive_before,
+        )
+
+    def forget_delivered(self, target: UploadTarget) -> None:
+        """Clear the journal's record of this destination."""
+        if self.journal is not None:
+            self.journal.clear(resume_key(self.client.base_url, target.key))
+
+    def look_for_parked(
+        self, target: UploadTarget, study_uid: str, prearchive_before: frozenset[str]
+    ) -> list[ParkedSession]:
+        """``look_for_parked``."""
+        return look_for_parked(self.client, target, study_uid, prearchive_before)
+
+
 def upload_session(
     client: XnatClient,
     root_or_scan: str | os.PathLike[str] | ScanResult,
@@ -548,18 +541,42 @@ def upload_session(
     allow_other_study: bool = False,
     claim_wait: float = DEFAULT_CLAIM_WAIT_SECONDS,
     anonymizer: Anonymizer | None = None,
-) -> SessionUploadResult:
+) -> UploadResult:
     """Scan (unless given a ``ScanResult``), upload every planned session, verify each.
 
-    The destinations are claimed first (``DestinationClaim``: one upload at a time per session
-    label on this machine, waiting at most ``claim_wait``), then every planned session is checked
-    before anything is sent (``check_destination``: another study or subject under the label stops
-    the upload with ``ConflictError``). Without ``verify``, the prearchive is looked at once at the
-    end: a row of this upload that XNAT parked (CONFLICT, ERROR) fails the result.
-    ``anonymizer``: de-identify every file as it streams out (``transfer.deidentify``) with the
-    session's project, subject and label as the script's variables; checks, journal and
-    verification then work on the rewritten instances, and files the script cannot be applied to
-    are listed in ``refused``, not sent.
+    The steps run in ``sequence.sequence_upload``'s order on ``client`` (``ClientSteps``): the
+    destinations are claimed first (``DestinationClaim``: one upload at a time per session label
+    on this machine, waiting at most ``claim_wait``), then every planned session is checked
+    before anything is sent (``check_destination``: another study or subject under the label
+    stops the upload with ``ConflictError``). Without ``verify``, the prearchive is looked at once
+    at the end: a row of this upload that XNAT parked (CONFLICT, ERROR) fails the result.
+
+    Args:
+        client: The XNAT client.
+        root_or_scan: The folder to scan, or a scan already made.
+        target: Where the upload goes (with ``per_study``: the label each study's label starts with).
+        workers: Parallel requests (DICOM-zip: batches).
+        fmt: Archive format of each DICOM-zip batch.
+        gradual: gradual-DICOM (one instance per request) instead of DICOM-zip.
+        per_study: one session per StudyInstanceUID, labelled by ``study_label``.
+        journal: The resume journal: what an earlier run delivered is not sent again.
+        progress: Called with a ``Progress`` snapshot as files are sent.
+        verify: Read every session back and compare it with what was sent.
+        verify_timeout: How long verification waits for a session in the archive (seconds).
+        poll_interval: Verification's longest pause between looks (seconds).
+        allow_other_study: Upload into a label that holds another study (asked for explicitly).
+        claim_wait: How long to wait for another upload to the same label (seconds).
+        anonymizer: De-identify every file as it streams out (``transfer.deidentify``) with the
+            session's project, subject and label as the script's variables; checks, journal and
+            verification then work on the rewritten instances, and files the script cannot be
+            applied to are listed in ``not_deidentified``, not sent.
+
+    Returns:
+        The upload's result: ``ok`` only when every file is in XNAT (verified when asked).
+
+    Raises:
+        InputError: bad arguments, or several studies without ``per_study``.
+        ConflictError: a destination holds another study or subject; nothing was sent.
     """
     if workers < 1:
         raise InputError(f"workers must be at least 1 (got {workers})")
@@ -573,52 +590,26 @@ def upload_session(
         plan, refused = deidentify_plan(plan, anonymizer)
     if target.direct_archive:
         client.require_direct_archive()
-    names = [destination_name(client.base_url, t.project, t.session) for t, _ in plan]
-    with DestinationClaim(names, wait_seconds=claim_wait, on_wait=log.warning):
-        plan = [
-            (
-                check_destination(
-                    client, t, files[0].study_uid, allow_other_study=allow_other_study, per_study=per_study
-                ),
-                files,
-            )
-            for t, files in plan
-        ]
-        client.reserve_connections(workers)
-        results = []
-        for session_target, files in plan:
-            before = prearchive_snapshot(client, session_target.project)
-            study = StudyUploadResult(files[0].study_uid, session_target, len(files), sum(f.size for f in files))
-            if gradual:
-                study.gradual = upload_instances(
-                    client, files, session_target, workers=workers, journal=journal, progress=progress
-                )
-            else:
-                study.batches = upload_batches(
-                    client, files, session_target, workers=workers, fmt=fmt, journal=journal, progress=progress
-                )
-            if study.awaits_archiving:
-                archive_now(
-                    client, session_target, study.study_uid, study.uris, requests_in_doubt=study.requests_in_doubt
-                )
-            if verify and study.uploaded:
-                study.verify = verify_session(
-                    client,
-                    session_target,
-                    files,
-                    wait_timeout=verify_timeout,
-                    poll_interval=poll_interval,
-                    prearchive_before=before,
-                )
-            if journal is not None and study.uploaded:
-                # Everything was accepted: a later run starts afresh. (If verification then found
-                # files missing, re-sending all of them is what the next run should do anyway.)
-                journal.clear(resume_key(client.base_url, session_target.key))
-            results.append((study, before))
-        if not verify:
-            for study, before in results:
-                study.parked = look_for_parked(client, study.target, study.study_uid, before)
-    return SessionUploadResult([study for study, _ in results], list(scan.skipped), time.monotonic() - started, refused)
+    steps = ClientSteps(
+        client,
+        workers=workers,
+        fmt=fmt,
+        journal=journal,
+        progress=progress,
+        verify_timeout=verify_timeout,
+        poll_interval=poll_interval,
+        claim_wait=claim_wait,
+    )
+    sessions = sequence_upload(
+        steps, plan, gradual=gradual, verify=verify, allow_other_study=allow_other_study, per_study=per_study
+    )
+    return UploadResult(
+        sessions=sessions,
+        skipped=list(scan.skipped),
+        not_deidentified=refused,
+        seconds=time.monotonic() - started,
+        upload_seconds=sum(s.seconds for s in sessions),
+    )
 
 
 def look_for_parked(

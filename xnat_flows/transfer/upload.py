@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
@@ -28,33 +27,19 @@ from xnat_flows.client.errors import (
     UnsupportedServerError,
     XnatError,
 )
+from xnat_flows.client.request_loop import InDoubtCount
 from xnat_flows.transfer.archive_stream import ArchiveFormat, archive_size, content_type_for, iter_archive
 from xnat_flows.transfer.pool import interruptible_pool
 from xnat_flows.transfer.progress import Progress, ProgressCallback
 from xnat_flows.transfer.scan import DicomFile, read_exactly
 from xnat_flows.transfer.target import UploadTarget
+from xnat_flows.transfer.upload_result import BatchResult, FileFailure, GradualResult
 
 IMPORT_PATH = "/data/services/import"
 GRADUAL_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
 # Errors that every further request would hit too: stop instead of failing 100k files one by one.
 _FATAL = (AuthenticationError, PermissionDeniedError, UnsupportedServerError, CancelledError)
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    index: int
-    files: tuple[str, ...]  # relpaths of the batch's members
-    bytes: int
-    seconds: float
-    uris: tuple[str, ...]
-    ok: bool
-    error: str | None = None
-    resumed: bool = False  # already uploaded by an earlier run (journal), not sent again
-    # attempts that reached XNAT and got no answer (``XnatClient.requests_in_doubt``): a copy of
-    # what they sent may still be on its way into the session. Counted client-wide: batches sharing
-    # a client may each count another's (the safe side).
-    requests_in_doubt: int = 0
 
 
 def parse_uris(text: str) -> list[str]:
@@ -132,7 +117,7 @@ def upload_batch(
     if on_streamed is not None:
         on_streamed(0)
     started = time.monotonic()
-    in_doubt_before = client.requests_in_doubt
+    in_doubt = InDoubtCount()  # this batch's own: parallel batches share the client
     try:
         response = client.request(
             "POST",
@@ -142,6 +127,7 @@ def upload_batch(
             headers={"Content-Type": content_type_for(fmt)}
             | ({"Content-Length": str(length)} if length is not None else {}),
             timeout=client.upload_timeout(length if length is not None else size),
+            in_doubt=in_doubt,
         )
         uris: list[str] = import_answer_uris(client, response)
         error = None
@@ -150,42 +136,26 @@ def upload_batch(
             raise
         uris, error = [], str(exc)
     return BatchResult(
-        index,
-        relpaths,
-        size,
-        time.monotonic() - started,
-        tuple(uris),
-        error is None,
-        error,
-        requests_in_doubt=client.requests_in_doubt - in_doubt_before,
+        index=index,
+        files=relpaths,
+        bytes=size,
+        seconds=time.monotonic() - started,
+        uris=tuple(uris),
+        ok=error is None,
+        error=error,
+        requests_in_doubt=in_doubt.value,
     )
 
 
-@dataclass(frozen=True)
-class FileFailure:
-    relpath: str
-    path: Path
-    error: str
-    status: int | None = None
-    retryable: bool = False
-
-
 @dataclass
-class GradualResult:
+class _GradualTally:
+    """What ``upload_gradual``'s workers count as they go."""
+
     total: int
     sent_count: int = 0
     bytes_sent: int = 0
-    resumed_count: int = 0  # delivered by an earlier run (journal), not sent again
-    seconds: float = 0.0
-    uris: list[str] = field(default_factory=list)
     failures: list[FileFailure] = field(default_factory=list)
-    already_archived: bool = False  # nothing sent: XNAT's archive held every instance already
-    stopped: str | None = None  # why the upload stopped early (circuit breaker); the unsent are in failures
-    requests_in_doubt: int = 0  # as BatchResult's
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and self.sent_count + self.resumed_count == self.total
+    stopped: str | None = None
 
 
 class _Breaker:
@@ -259,13 +229,15 @@ def upload_gradual(
     stop the upload. ``on_sent`` is called (from worker threads) for every instance XNAT accepted.
     """
     items = list(files)
-    result = GradualResult(total=len(items))
+    # Counted in a plain object while the workers run (the hot path, once per instance); the
+    # pydantic result is built once at the end.
+    result = _GradualTally(total=len(items))
     bytes_total = sum(f.size for f in items)
     lock = threading.Lock()
     uris: dict[str, None] = {}
     params = target.gradual_params()
     started = time.monotonic()
-    in_doubt_before = client.requests_in_doubt
+    in_doubt = InDoubtCount()  # this upload's own requests, whoever else shares the client
     breaker = _Breaker(workers)
     # One instance: the client's stall allowance, at most GRADUAL_TIMEOUT for the answer.
     limits = client.upload_timeout(max((f.size for f in items), default=0))
@@ -286,6 +258,7 @@ def upload_gradual(
             timeout=gradual_timeout,
             retry=not breaker.open_soon,
             lean=True,  # one small request per instance: httpx's models would cost half the client's CPU
+            in_doubt=in_doubt,
         )
         answered = import_answer_uris(client, response)
         with lock:
@@ -298,7 +271,15 @@ def upload_gradual(
                 result.sent_count += 1
                 result.bytes_sent += item.size
             else:
-                result.failures.append(FileFailure(item.relpath, item.path, str(error), error.status, error.retryable))
+                result.failures.append(
+                    FileFailure(
+                        relpath=item.relpath,
+                        path=item.path,
+                        error=str(error),
+                        status=error.status,
+                        retryable=error.retryable,
+                    )
+                )
             if progress is not None:  # under the lock: the callback sees progress in order
                 done = result.sent_count + len(result.failures)
                 progress(Progress(done, result.total, result.bytes_sent, bytes_total, len(result.failures)))
@@ -362,7 +343,9 @@ def upload_gradual(
     if stopped_at is not None:
         result.stopped = breaker.reason()
         for item in rest[stopped_at:]:
-            result.failures.append(FileFailure(item.relpath, item.path, result.stopped, None, True))
+            result.failures.append(
+                FileFailure(relpath=item.relpath, path=item.path, error=result.stopped, retryable=True)
+            )
     elif (retryable := [f for f in result.failures if f.retryable]) and len(retryable) <= 50:
         # Salvage: instances that failed for passing reasons get one more, sequential, chance.
         by_path = {f.relpath: f for f in items}
@@ -376,10 +359,16 @@ def upload_gradual(
                 if on_sent is not None:
                     on_sent(item)
 
-    result.uris = list(uris)
-    result.seconds = time.monotonic() - started
-    result.requests_in_doubt = client.requests_in_doubt - in_doubt_before
-    return result
+    return GradualResult(
+        total=result.total,
+        sent_count=result.sent_count,
+        bytes_sent=result.bytes_sent,
+        seconds=time.monotonic() - started,
+        uris=list(uris),
+        failures=result.failures,
+        stopped=result.stopped,
+        requests_in_doubt=in_doubt.value,
+    )
 
 
 # A round trip this long means the server is not on this machine or its LAN: the link's bandwidth,
