@@ -45,6 +45,7 @@ BY_REASON: dict[str, str] = {
     "other-study": "Choose a session label of its own (-E/--session, or --per-study), or, if the two studies must "
     "share one session, ask for it explicitly (allow_other_study=True; CLI --into-other-study)",
     "no-dicom-files": "Give the folder that holds the DICOM export",
+    "per-study-other-label": "Upload again with -E {label} --per-study to complete that session",
     "no-anon-script": "Drop --anon-from-server to send as XNAT would receive it, or name a script (--anon-script) "
     "or the Basic Profile (--anon-profile basic)",
 }

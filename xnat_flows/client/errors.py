@@ -83,7 +83,7 @@ class XnatError(Exception):
     The facts: ``status`` is the HTTP status (``None`` when no answer arrived), ``server_message``
     the server's text (trimmed), ``url`` the server or request it concerns, ``reason`` a stable name
     for the condition where one class covers several (e.g. ``"no-password"``), ``retryable``
-    whether the same request may succeed later. ``hint`` says what to do in words any reader
+    whether the same request may succeed later, ``facts`` named values the hint tables may quote. ``hint`` says what to do in words any reader
     understands; the command line and the Prefect layer replace it with advice in their reader's
     terms (flags and commands; Blocks and run parameters), looked up by ``reason`` and class
     (``cli.hints``, ``tasks.hints``).
@@ -102,8 +102,12 @@ class XnatError(Exception):
         reason: str | None = None,
         url: str | None = None,
         retry_after: float | None = None,
+        facts: Mapping[str, str] | None = None,
     ) -> None:
         self.message = message
+        # Named values a reader's hint table may put into its words (``{label}``), e.g. the label
+        # that completes a session.
+        self.facts = dict(facts or {})
         self.status = status
         self.server_message = server_message
         self.hint = hint if hint is not None else self.default_hint
@@ -140,7 +144,8 @@ def reworded(exc: XnatError, by_reason: Mapping[str, str], by_class: Mapping[typ
         The hint for this reader.
     """
     if exc.reason is not None and exc.reason in by_reason:
-        return by_reason[exc.reason]
+        words = by_reason[exc.reason]
+        return words.format_map(exc.facts) if exc.facts else words
     owner = next(klass for klass in type(exc).__mro__ if "default_hint" in vars(klass))
     if exc.hint == vars(owner)["default_hint"] and owner in by_class:
         return by_class[owner]

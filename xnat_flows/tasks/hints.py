@@ -64,6 +64,7 @@ BY_REASON: dict[str, str] = {
     "one study's directory",
     "other-subject": "Check the request's subject: to add to that session give its subject, to keep this upload "
     "apart give it a session label of its own",
+    "per-study-other-label": "Set the request's session to {label} (with per_study) to complete that session",
     "other-subject-receiving": "Check the request's subject, or give this upload a session label of its own",
     "other-study": "Choose a session label of its own (the request's session, or per_study), or, if the two studies "
     "must share one session, set allow_other_study in the request",

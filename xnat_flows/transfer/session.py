@@ -219,12 +219,15 @@ def _refuse_study_archived_elsewhere(client: XnatClient, target: UploadTarget, s
         return
     label = found["label"]
     prefix, _, digits = label.rpartition("_")
-    same_run = f" (the --per-study labels of -E {prefix})" if prefix and label == study_label(prefix, study_uid) else ""
+    same_run = bool(prefix) and label == study_label(prefix, study_uid)
     raise ConflictError(
         f"Study {study_uid} is already archived in {target.project} as session {label} ({found.get('ID', '?')})"
-        f"{same_run}; this upload would archive it again as {target.session}: nothing was sent",
+        f"{f' (a per-study label of the session label {prefix})' if same_run else ''}; this upload would "
+        f"archive it again as {target.session}: nothing was sent",
         status=409,
-        hint=f"Upload again with the session label {prefix} to complete that session"
+        reason="per-study-other-label" if same_run else None,
+        facts={"label": prefix} if same_run else None,
+        hint=f"Upload again per study with the session label {prefix} to complete that session"
         if same_run
         else f"Look at {label} first: this upload would be a second copy of that study",
     )
