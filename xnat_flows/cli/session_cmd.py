@@ -130,7 +130,11 @@ def upload(
     )
     if flow:
         # The flow's own request model (its run form), imported only here: it imports Prefect,
-        # which costs an upload without --flow a second of CPU (bench/bench_peers.py).
+        # which costs an upload without --flow a second of CPU (bench/bench_peers.py). Prefect
+        # reads its settings when first imported, so the CLI's settings for it come first.
+        from xnat_flows.cli.prefect_server import quiet_prefect_for_cli_runs
+
+        quiet_prefect_for_cli_runs()
         from xnat_flows.models import UploadRequest
 
         request = UploadRequest(
