@@ -40,6 +40,15 @@ class Context:
 # --- the program's tree --------------------------------------------------------------------------
 
 
+class _ExactTagOnce:
+    """For a node with a ``path`` and a ``tag`` field: the path's exact_tag, computed once at construction."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", self.path.exact_tag)
+
+
 @dataclass(frozen=True)
 class Position:
     line: int
@@ -52,12 +61,9 @@ class Literal:
 
 
 @dataclass(frozen=True)
-class TagValue:
+class TagValue(_ExactTagOnce):
     path: Path
     tag: int | None = None  # the path's exact_tag, computed once
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tag", self.path.exact_tag)
 
 
 @dataclass(frozen=True)
@@ -91,14 +97,11 @@ Value = Literal | TagValue | Variable | NewValue | Call | Fetch
 
 
 @dataclass(frozen=True)
-class AssignTag:
+class AssignTag(_ExactTagOnce):
     path: Path
     value: Value
     position: Position
     tag: int | None = None  # the path's exact_tag, computed once
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tag", self.path.exact_tag)
 
 
 @dataclass(frozen=True)
@@ -108,12 +111,9 @@ class AssignVariable:
 
 
 @dataclass(frozen=True)
-class Delete:
+class Delete(_ExactTagOnce):
     path: Path
     tag: int | None = None  # the path's exact_tag, computed once
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tag", self.path.exact_tag)
 
 
 @dataclass(frozen=True)
