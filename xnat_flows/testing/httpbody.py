@@ -6,6 +6,7 @@ DICOM-zip uploads can be gigabytes.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from email.message import Message
@@ -229,3 +230,10 @@ def _parse_parts(body: RequestBody, boundary: str, tmp_dir: Path, form: Multipar
                 sink.close()
         if sink is None:
             form.fields.setdefault(params.get("name", ""), []).append(value.decode("utf-8", "replace"))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to the file ``fd`` (``os.write`` may write less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
