@@ -110,15 +110,10 @@ class AnonScripts:
                 self._compiled[key] = found
         return found
 
-    def may_change(self, prevent_anon: bool) -> bool:
-        """Whether ``deidentify_on_import`` may rewrite an instance: a script is configured and the
-        request does not prevent it (otherwise an instance's bytes need not pass through Python)."""
-        return not prevent_anon and bool(self._configs)
-
     def deidentify_on_import(self, data: bytes, project: str, subject: str, session: str, prevent_anon: bool) -> bytes:
         """``data`` as XNAT stores it: the enabled site, then project, scripts applied (none with
         ``prevent_anon``). Raises ``XnatRefusal`` 500 when a script fails on the file."""
-        if not self.may_change(prevent_anon):
+        if prevent_anon or not self._configs:
             return data
         from xnat_flows.anon import AnonError, ScriptError
         from xnat_flows.testing.prearchive import XnatRefusal

@@ -88,29 +88,12 @@ def read_header(data: bytes, name: str = "upload.dcm") -> InstanceHeader:
     where one value is expected, a malformed element) goes through pydicom.
     """
     try:
-        values, _ = _read_until_stop(data)
+        values = _read_until_stop(data)
     except _NeedsPydicom:
         return _read_header_pydicom(data, name)
-    return _header_from_values(values, name, len(data))
-
-
-def read_header_head(head: bytes, size: int, name: str = "upload.dcm") -> InstanceHeader | None:
-    """``read_header`` of a ``size``-byte object from its first bytes, when everything routing
-    reads lies within them (the walk reached the stop tag); None when the object is needed whole.
-    Lets the importer move the rest of the object to its file without reading it."""
-    try:
-        values, end = _read_until_stop(head)
-    except _NeedsPydicom:
-        return None
-    if end + 8 > len(head):  # the walk ran into the end of the head, not to the stop tag
-        return None
-    return _header_from_values(values, name, size)
-
-
-def _header_from_values(values: dict[int, str], name: str, size: int) -> InstanceHeader:
     return _header_from(
         name,
-        size,
+        len(data),
         study_uid=values.get(_STUDY_UID, ""),
         sop_class=values.get(_SOP_CLASS, "") or values.get(_META_SOP_CLASS, ""),
         sop_instance=values.get(_SOP_INSTANCE, "") or values.get(_META_SOP_INSTANCE, ""),
@@ -225,9 +208,8 @@ _IMPLICIT_HEADER = struct.Struct("<HHI").unpack_from
 _LONG_LENGTH = struct.Struct("<I").unpack_from
 
 
-def _read_until_stop(data: bytes) -> tuple[dict[int, str], int]:
-    """Values of the wanted elements of a little-endian Part-10 object, up to the stop tag, and
-    where the walk ended (at the stop tag, or at the end of ``data``)."""
+def _read_until_stop(data: bytes) -> dict[int, str]:
+    """Values of the wanted elements of a little-endian Part-10 object, up to the stop tag."""
     if len(data) < 144 or data[128:132] != b"DICM":
         raise _NeedsPydicom
     values: dict[int, str] = {}
@@ -235,7 +217,8 @@ def _read_until_stop(data: bytes) -> tuple[dict[int, str], int]:
     syntax = values.get(_META_TRANSFER_SYNTAX, "")
     if syntax in (_EXPLICIT_BE, _DEFLATED) or not syntax:
         raise _NeedsPydicom
-    return values, _elements(data, position, syntax != _IMPLICIT_LE, values, stop=_STOP)
+    _elements(data, position, syntax != _IMPLICIT_LE, values, stop=_STOP)
+    return values
 
 
 def _elements(data: bytes, position: int, explicit: bool, values: dict[int, str] | None, stop: int) -> int:

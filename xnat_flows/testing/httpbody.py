@@ -6,8 +6,6 @@ DICOM-zip uploads can be gigabytes.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,7 +14,6 @@ from pathlib import Path
 from typing import Protocol
 
 _CHUNK = 1024 * 1024
-_PIPE_SIZE = 1024 * 1024  # a 256 KB instance in one pair of splices (Linux's default pipe holds 64 KB)
 
 
 class BodyError(Exception):
@@ -38,19 +35,12 @@ class LineReader(Protocol):
 class RequestBody:
     """A readable view of one request body, honouring Content-Length or chunked framing."""
 
-    def __init__(
-        self, rfile: LineReader, content_length: int | None, chunked: bool, socket_fd: int | None = None
-    ) -> None:
-        """``socket_fd``: the connection's descriptor, given when ``rfile`` is its plain buffered
-        reader on a blocking socket; a Content-Length body can then move bytes straight from the
-        socket to a file (``splice_into``)."""
+    def __init__(self, rfile: LineReader, content_length: int | None, chunked: bool) -> None:
         self._rfile = rfile
         self._chunked = chunked
         self._remaining = content_length or 0  # bytes left in the body (or current chunk)
         self._done = not chunked and self._remaining == 0
         self._pushback = b""
-        self._socket_fd = socket_fd if not chunked and hasattr(os, "splice") else None
-        self._pipe: tuple[int, int] | None = None
         self.bytes_read = 0
 
     def readable(self) -> bool:
@@ -142,74 +132,6 @@ class RequestBody:
     def drain(self) -> None:
         while self.read(_CHUNK):
             pass
-
-    @property
-    def can_splice(self) -> bool:
-        """``splice_into`` moves bytes in the kernel (else it reads and writes them)."""
-        return self._socket_fd is not None
-
-    def splice_into(self, fd: int, size: int) -> int:
-        """Write the body's next ``size`` bytes (fewer at its end) to the file ``fd``; return how many.
-
-        With a socket to splice from (Linux), bytes go socket -> pipe -> file inside the kernel:
-        no copy through Python and the GIL released for the whole move, which is most of what a
-        DICOM-zip upload costs the emulator (docs/performance.md). Bytes already in the reader's
-        buffer are written first. A failed write (a full disk) consumes what was taken from the
-        socket, so the body stays in step with its framing."""
-        written = 0
-        if self._pushback or self._socket_fd is None:
-            while written < size:
-                data = self.read(min(size - written, _CHUNK))
-                if not data:
-                    return written
-                write_all(fd, data)
-                written += len(data)
-            return written
-        buffered = self._rfile.peek(1)[: min(size, self._remaining)] if self._remaining else b""  # type: ignore[attr-defined]
-        if buffered:
-            write_all(fd, self.read(len(buffered)))
-            written += len(buffered)
-        left = min(size - written, self._remaining)
-        while left > 0:
-            pipe_out, pipe_in = self._pipe or self._open_pipe()
-            moved = os.splice(self._socket_fd, pipe_in, min(left, _PIPE_SIZE))
-            if moved == 0:
-                raise BodyError("connection closed inside body")
-            self._remaining -= moved
-            self.bytes_read += moved
-            left -= moved
-            if self._remaining == 0:
-                self._done = True
-            try:
-                pending = moved
-                while pending:
-                    pending -= os.splice(pipe_out, fd, pending)
-            except BaseException:
-                self.close()  # the pipe may hold bytes that belong nowhere now
-                raise
-            written += moved
-        return written
-
-    def _open_pipe(self) -> tuple[int, int]:
-        pipe_out, pipe_in = os.pipe2(os.O_CLOEXEC)
-        with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: the default size works too
-            fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        self._pipe = pipe_out, pipe_in
-        return self._pipe
-
-    def close(self) -> None:
-        """Give back the splice pipe (the body itself belongs to the connection)."""
-        pipe, self._pipe = self._pipe, None
-        for end in pipe or ():
-            with contextlib.suppress(OSError):
-                os.close(end)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """All of ``data`` to the file ``fd`` (``os.write`` may write less than it is given)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 @dataclass
@@ -308,3 +230,10 @@ def _parse_parts(body: RequestBody, boundary: str, tmp_dir: Path, form: Multipar
                 sink.close()
         if sink is None:
             form.fields.setdefault(params.get("name", ""), []).append(value.decode("utf-8", "replace"))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to the file ``fd`` (``os.write`` may write less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

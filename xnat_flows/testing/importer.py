@@ -11,19 +11,17 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, overload
+from typing import Any, BinaryIO
 
 from xnat_flows.testing.dicomhdr import (
     InstanceHeader,
     UnparsableDicom,
     clean_label,
     read_header,
-    read_header_head,
     route_project,
     route_session,
     route_subject,
 )
-from xnat_flows.testing.httpbody import RequestBody, write_all
 from xnat_flows.testing.placement import Held, Placement
 from xnat_flows.testing.prearchive import (
     UNASSIGNED,
@@ -130,15 +128,12 @@ class Importer:
             params=params,
         )
 
-    def transform(self, data: bytes | StreamedMember, where: Placement) -> bytes | StreamedMember:
+    def transform(self, data: bytes, where: Placement) -> bytes:
         """What the site does to an instance's bytes before they are stored: XNAT runs its enabled
         site and project anonymization scripts (DicomEdit) unless ``prevent_anon``."""
-        scripts, prevent = self.prearchive.anon_scripts, is_true(where.params.get("prevent_anon"))
-        if isinstance(data, StreamedMember):
-            if not scripts.may_change(prevent):
-                return data  # moved to its file untouched, in the kernel
-            data = data.read_all()
-        return scripts.deidentify_on_import(data, where.project, where.subject, where.label, prevent)
+        return self.prearchive.anon_scripts.deidentify_on_import(
+            data, where.project, where.subject, where.label, is_true(where.params.get("prevent_anon"))
+        )
 
     def import_one(self, data: bytes, params: dict[str, str], name: str) -> PrearcRow:
         """One gradual-DICOM instance (or C-STORE): placed and in the database when this returns."""
@@ -147,7 +142,7 @@ class Importer:
 
     def place(
         self,
-        data: bytes | StreamedMember,
+        data: bytes,
         name: str,
         params: dict[str, str],
         held: Held,
@@ -162,7 +157,7 @@ class Importer:
         (one request's entries mostly share them)."""
         if header is None:
             try:
-                header = read_header(data if isinstance(data, bytes) else data.read_all(), name)
+                header = read_header(data, name)
             except UnparsableDicom as exc:
                 raise XnatRefusal(400, str(exc)) from exc
         if routes is None:
@@ -213,7 +208,7 @@ class Importer:
             try:
                 for entry_name, data in iter_archive(upload, self.store.tmp_dir):
                     try:
-                        header = read_entry_header(data, entry_name)
+                        header = read_header(data, entry_name)
                     except UnparsableDicom as exc:
                         if ignore_unparsable:
                             continue
@@ -268,46 +263,6 @@ class Importer:
         return uris
 
 
-def read_entry_header(data: bytes | StreamedMember, name: str) -> InstanceHeader:
-    """An archive entry's header: from a streamed member's first bytes when routing's fields lie
-    within them, else from the whole entry."""
-    if isinstance(data, bytes):
-        return read_header(data, name)
-    return read_header_head(data.head, data.size, name) or read_header(data.read_all(), name)
-
-
-class StreamedMember:
-    """A tar member of a request body, of which only the first bytes are read: the rest goes to
-    its file with ``splice`` (``RequestBody.splice_into``), or is read when the whole is needed
-    (a header past the head, a de-identifying script, a nested archive)."""
-
-    def __init__(self, head: bytes, size: int, body: RequestBody) -> None:
-        self.head, self.size, self._body = head, size, body
-        self._rest_taken = len(head) >= size
-
-    def read_all(self) -> bytes:
-        if not self._rest_taken:
-            self._rest_taken = True
-            rest = _read_exactly(self._body.read, self.size - len(self.head))
-            self.head += rest
-            if len(self.head) < self.size:
-                raise XnatRefusal(400, "unable to read data from file")  # as iter_members refuses a short tar
-        return self.head
-
-    def write_to(self, fd: int) -> None:
-        write_all(fd, self.head)
-        if not self._rest_taken:
-            self._rest_taken = True
-            wanted = self.size - len(self.head)
-            if self._body.splice_into(fd, wanted) < wanted:
-                raise XnatRefusal(400, "unable to read data from file")
-
-    def skip_rest(self) -> None:
-        """Past the member in the body, whatever the importer took of it."""
-        if not self._rest_taken:
-            self.read_all()
-
-
 def _check_entry_name(name: str) -> None:
     if "\\" not in name and name[:1] != "/" and ".." not in name and name[1:2] != ":":
         return  # the common case, without building a path (one per archive entry)
@@ -327,33 +282,21 @@ def archive_format(name: str) -> str:
     raise XnatRefusal(400, f"Unsupported format {name}")
 
 
-def iter_archive(upload: Upload, tmp_dir: Path) -> Iterator[tuple[str, bytes | StreamedMember]]:
-    """Yield (entry name, bytes or a streamed member) for every regular file, recursing into
-    nested archives.
+def iter_archive(upload: Upload, tmp_dir: Path) -> Iterator[tuple[str, bytes]]:
+    """Yield (entry name, bytes) for every regular file, recursing into nested archives.
 
     Tar/tgz are read as a stream; zip needs its central directory, so a non-seekable body is
-    first spooled to a temp file under the data dir. The members of a plain tar that is the
-    request body itself come as ``StreamedMember`` where the body can splice.
+    first spooled to a temp file under the data dir.
     """
-    for name, data in iter_members(upload, tmp_dir, stream_members=True):
+    for name, data in iter_members(upload, tmp_dir):
         if name.lower().endswith(_ARCHIVE_SUFFIXES):
-            whole = data if isinstance(data, bytes) else data.read_all()
-            yield from iter_archive(Upload(name, io.BytesIO(whole)), tmp_dir)
+            yield from iter_archive(Upload(name, io.BytesIO(data)), tmp_dir)
         else:
             yield name, data
 
 
-@overload
-def iter_members(upload: Upload, tmp_dir: Path) -> Iterator[tuple[str, bytes]]: ...
-@overload
-def iter_members(
-    upload: Upload, tmp_dir: Path, *, stream_members: bool
-) -> Iterator[tuple[str, bytes | StreamedMember]]: ...
-def iter_members(
-    upload: Upload, tmp_dir: Path, *, stream_members: bool = False
-) -> Iterator[tuple[str, bytes | StreamedMember]]:
-    """Regular-file entries of one zip/tar/tgz (no recursion), entry names checked for zip-slip.
-    ``stream_members``: a plain tar body's large members may come as ``StreamedMember``."""
+def iter_members(upload: Upload, tmp_dir: Path) -> Iterator[tuple[str, bytes]]:
+    """Regular-file entries of one zip/tar/tgz (no recursion), entry names checked for zip-slip."""
     kind = archive_format(upload.name)
     try:
         if kind == "zip":
@@ -367,10 +310,7 @@ def iter_members(
                 from isal import igzip
 
                 source = igzip.IGzipFile(fileobj=_ReadInto(upload.stream))
-            body = (
-                upload.stream if stream_members and kind == "tar" and isinstance(upload.stream, RequestBody) else None
-            )
-            yield from _iter_tar_stream(source.read, body if body is not None and body.can_splice else None)
+            yield from _iter_tar_stream(source.read)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise XnatRefusal(400, "unable to read data from file") from exc
 
@@ -378,21 +318,13 @@ def iter_members(
 _BLOCK = tarfile.BLOCKSIZE
 
 
-_SPLICE_ABOVE = 64 * 1024  # members this large are spliced past their head; smaller ones read whole
-_HEAD = 32 * 1024  # what routing reads lies within this in the files we know (else the rest is read)
-
-
-def _iter_tar_stream(
-    read: Callable[[int], bytes], splice_from: RequestBody | None = None
-) -> Iterator[tuple[str, bytes | StreamedMember]]:
+def _iter_tar_stream(read: Callable[[int], bytes]) -> Iterator[tuple[str, bytes]]:
     """Regular files of a tar read front to back from ``read`` (a request body, a gzip stream):
     each member's data in one read, not through tarfile's stream buffer, which copies every byte
     three or four times (a third of the emulator's CPU per upload). Headers are read as
     ``TarInfo.frombuf`` reads them (checksum checked; plain ustar headers without building a
     TarInfo, ``_ustar_fields``); GNU long names and pax ``path``/``size`` records apply to the next
-    member, as tarfile applies them. With ``splice_from`` (``read`` is that body's), members above
-    ``_SPLICE_ABOVE`` come as ``StreamedMember``: their head read, the rest left in the body for the
-    importer to move to the file in the kernel."""
+    member, as tarfile applies them."""
     long_name = ""
     pax: dict[str, str] = {}
     while True:
@@ -421,20 +353,12 @@ def _iter_tar_stream(
             _read_exactly(read, padded)  # directories, links…: their data (if any) skipped
             continue
         _check_entry_name(name)
-        if splice_from is not None and size > _SPLICE_ABOVE:
-            head = _read_exactly(read, _HEAD)
-            if len(head) < _HEAD:
-                raise tarfile.ReadError(f"unexpected end of data in {name}")
-            member = StreamedMember(head, size, splice_from)
-            yield name, member
-            member.skip_rest()
-        else:
-            data = _read_exactly(read, size)
-            if len(data) < size:
-                raise tarfile.ReadError(f"unexpected end of data in {name}")
-            yield name, data
+        data = _read_exactly(read, size)
+        if len(data) < size:
+            raise tarfile.ReadError(f"unexpected end of data in {name}")
         if padded > size:
             _read_exactly(read, padded - size)
+        yield name, data
 
 
 def _ustar_fields(header: bytes) -> tuple[str, int, bytes] | None:

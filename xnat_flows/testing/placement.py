@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from xnat_flows.testing.dicomhdr import InstanceHeader, xnat_file_name
 from xnat_flows.testing.httpbody import write_all
@@ -48,14 +48,6 @@ REMEMBERED_PARAMS = (
     "AA",
 )
 _FLUSH_EVERY = 256  # files a request keeps in memory before it writes their rows
-
-
-class StreamedContent(Protocol):
-    """An instance whose bytes are still in the request body: its size, and a way to write them."""
-
-    size: int
-
-    def write_to(self, fd: int) -> None: ...
 
 
 @dataclass
@@ -153,7 +145,7 @@ class Placements:
         return max([row.lastmod, *(s.touched for s in sessions)])
 
     # -- the per-file path ---------------------------------------------------------------------------
-    def place(self, header: InstanceHeader, data: bytes | StreamedContent, where: Placement, held: Held) -> PrearcRow:
+    def place(self, header: InstanceHeader, data: bytes, where: Placement, held: Held) -> PrearcRow:
         """Write one instance into its prearchive session, creating session and scan as needed."""
         name = xnat_file_name(header)
         resource = "secondary" if header.derived_secondary else "DICOM"
@@ -161,7 +153,6 @@ class Placements:
             self.store.check_space()
         session, scan_id = self._enter(header, where, held)
         written = False
-        size = len(data) if isinstance(data, bytes) else data.size
         try:
             directory = session.dirs.get((scan_id, resource))
             if directory is None:  # once per scan and resource: path objects cost more than the write
@@ -174,7 +165,9 @@ class Placements:
             with session.lock:
                 session.writers -= 1
                 if written:
-                    session.files.append((session.row.id, scan_id, resource, name, size, None, header.sop_instance_uid))
+                    session.files.append(
+                        (session.row.id, scan_id, resource, name, len(data), None, header.sop_instance_uid)
+                    )
                     session.touched = time.time()
                 session.lock.notify_all()
         held.placed += 1
@@ -182,16 +175,13 @@ class Placements:
             self.flush(held)
         return session.row
 
-    def _write(self, final: str, data: bytes | StreamedContent) -> None:
+    def _write(self, final: str, data: bytes) -> None:
         """One write of the file, under a temp name renamed into place (a file read meanwhile is
         whole, the old one or the new); a failed write leaves no temp file behind."""
         fd, tmp_name = fresh_temp_file(self.store.tmp_dir)
         try:
             try:  # os.write, not a file object: fdopen's fstat, isatty ioctl and lseek cost three
-                if isinstance(data, bytes):  # syscalls per file, each a turn of the GIL (strace -c)
-                    write_all(fd, data)
-                else:
-                    data.write_to(fd)
+                write_all(fd, data)  # syscalls per file, each a turn of the GIL (strace -c)
             finally:
                 os.close(fd)
             os.replace(tmp_name, final)

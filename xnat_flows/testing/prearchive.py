@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from xnat_flows.testing.dicomhdr import InstanceHeader, UnparsableDicom, read_header
 from xnat_flows.testing.faults import Faults
-from xnat_flows.testing.placement import Held, Placement, Placements, StreamedContent, next_free_scan_id
+from xnat_flows.testing.placement import Held, Placement, Placements, next_free_scan_id
 from xnat_flows.testing.state import (
     ARCHIVING,
     CONFLICT,
@@ -96,9 +96,7 @@ class Prearchive:
         """An import request still running places instances in this row (``holding``)."""
         return self.placements.is_held(row_id)
 
-    def place_instance(
-        self, header: InstanceHeader, data: bytes | StreamedContent, where: Placement, held: Held
-    ) -> PrearcRow:
+    def place_instance(self, header: InstanceHeader, data: bytes, where: Placement, held: Held) -> PrearcRow:
         """Store one instance in its prearchive session, creating session and scan as needed."""
         return self.placements.place(header, data, where, held)
 

@@ -212,16 +212,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             content_length = int(length_header) if length_header and not chunked else 0
         except ValueError:
             content_length = 0
-        # the socket itself when nothing stands between it and the body (no bandwidth cap, no
-        # timeout making it non-blocking): tar members then go to their files with splice
-        plain = isinstance(self.rfile, io.BufferedReader) and self.connection.gettimeout() is None
-        body = RequestBody(self.rfile, content_length, chunked, self.connection.fileno() if plain else None)
-        try:
-            self._respond(body)
-        finally:
-            body.close()
-
-    def _respond(self, body: RequestBody) -> None:
+        body = RequestBody(self.rfile, content_length, chunked)
         # HEAD is a GET whose body _send leaves out (it looks at self.command).
         req = Request("GET" if self.command == "HEAD" else self.command, self.path, self.headers, body)
         try:
