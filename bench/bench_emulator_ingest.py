@@ -13,8 +13,9 @@ What is timed: wall time from starting the first client to the last answer (the 
 listening, its start-up not counted); CPU (user+sys) of the emulator process over the same span,
 read from /proc; CPU of the clients (curl, in processes of their own: ``-T`` streams the body
 from the file, so the figures are the emulator's, not a Python client's), from the rusage of the
-reaped children. The 1-minute load average is read before each run: on a shared machine a figure
-means little without it. Every upload is checked: the session is archived with every instance.
+reaped children; the whole machine's idle CPU over the run (/proc/stat: 0 means no core was
+ever free, so more threads could only take a share from other processes). The 1-minute load
+average is read before each run: on a shared machine a figure means little without it. Every upload is checked: the session is archived with every instance.
 The summary gives, per figure, the median and the spread (min-max) over the rounds, and the
 ratios per round. Not a test; run it by hand:
 
@@ -69,6 +70,12 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def machine_idle_seconds() -> float:
+    """Idle (+ iowait) CPU-seconds of the whole machine so far, over all cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[3] + fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def children_cpu_seconds() -> float:
     """User + system CPU of the reaped child processes so far (the curl clients)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -82,6 +89,7 @@ class Run:
     client_cpu: float  # the clients' user+sys (curl); 0 for extract
     load: float  # 1-minute load average when the run started
     server_user: float = 0.0  # of server_cpu, in user space: Python, under the GIL (one core at a time)
+    machine_idle: float = 0.0  # CPU-seconds no process used over the run (all cores): 0 = no free core
 
 
 def extract_run(tar_path: Path, work: Path) -> Run:
@@ -89,12 +97,20 @@ def extract_run(tar_path: Path, work: Path) -> Run:
     out = Path(tempfile.mkdtemp(prefix="extract-", dir=work))
     try:
         load = os.getloadavg()[0]
+        idle = machine_idle_seconds()
         started, cpu, before = time.perf_counter(), time.process_time(), os.times()
         with tarfile.open(tar_path) as archive:
             archive.extractall(out, filter="data")
         times = os.times()
         user = times.user - before.user
-        return Run(time.perf_counter() - started, time.process_time() - cpu, 0.0, load, server_user=user)
+        return Run(
+            time.perf_counter() - started,
+            time.process_time() - cpu,
+            0.0,
+            load,
+            server_user=user,
+            machine_idle=machine_idle_seconds() - idle,
+        )
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -128,6 +144,7 @@ def upload(emulator: Emulator, tars: list[Path], params: dict[str, str]) -> tupl
     """POST the tars at once (one curl each); the run's figures and the answered session URIs."""
     load = os.getloadavg()[0]
     (user, system), client_cpu = cpu_seconds(emulator.process.pid), children_cpu_seconds()
+    idle = machine_idle_seconds()
     started = time.perf_counter()
     running = [curl_post(emulator.url, tar, params) for tar in tars]
     answers = [process.communicate(timeout=600)[0] for process in running]
@@ -139,6 +156,7 @@ def upload(emulator: Emulator, tars: list[Path], params: dict[str, str]) -> tupl
         children_cpu_seconds() - client_cpu,
         load,
         server_user=user_after - user,
+        machine_idle=machine_idle_seconds() - idle,
     )
     for answer in answers:
         body, _, status = answer.rpartition("\n")
@@ -231,7 +249,8 @@ def main() -> None:
                 runs[case].append(run)
                 print(
                     f"round {round_number} {case:>7}: wall {run.wall:6.2f} s, server CPU {run.server_cpu:5.2f} s, "
-                    f"(user {run.server_user:4.2f}), client CPU {run.client_cpu:5.2f} s, load {run.load:5.2f}",
+                    f"(user {run.server_user:4.2f}), client CPU {run.client_cpu:5.2f} s, load {run.load:5.2f}, "
+                    f"machine idle {run.machine_idle:4.2f} CPU-s",
                     flush=True,
                 )
         summary: dict[str, object] = {
@@ -241,6 +260,7 @@ def main() -> None:
                 "server_user_s": spread([r.server_user for r in runs[case]]),
                 "client_cpu_s": spread([r.client_cpu for r in runs[case]]),
                 "load": spread([r.load for r in runs[case]]),
+                "machine_idle_cpu_s": spread([r.machine_idle for r in runs[case]]),
             }
             for case in cases
         }
