@@ -123,7 +123,7 @@ def sequence_upload(
                 steps.archive_now(target, session.study_uid, session.uris, session.requests_in_doubt)
             if verify and session.uploaded:
                 session.verify = steps.verify(target, files, before)
-            if session.uploaded:
+            if session.uploaded and not _verification_pending(session.verify):
                 # Everything was accepted: a later run starts afresh. (If verification found files
                 # missing, sending all of them again is what the next run should do anyway.)
                 steps.forget_delivered(target)
@@ -132,3 +132,12 @@ def sequence_upload(
             for session, _, before in sessions:
                 session.parked = steps.look_for_parked(session.target, session.study_uid, before)
     return [session for session, _, _ in sessions]
+
+
+def _verification_pending(verify: VerifyResult | None) -> bool:
+    """Verification ran out of time while XNAT was still receiving, building or archiving the
+    session: what was sent is in XNAT, so the journal stays and a re-run sends nothing again and
+    verifies. (Forgotten, the re-run would send every file again, and after XNAT archived the
+    session meanwhile the copies would park in the prearchive.) The re-run trusts the journal only
+    if XNAT still holds the study (``session.resume_state``)."""
+    return verify is not None and not verify.ok and (verify.processing or verify.uri is None) and not verify.parked
