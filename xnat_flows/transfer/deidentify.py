@@ -8,7 +8,8 @@ applies the script once to every file before anything is sent (a dry run, in mem
 at a time) — to the file's first bytes only (``HEAD_BYTES``) when they hold the whole header
 the script reads (``anon.Anonymizer.rewrite_head``), the pixel data neither read nor copied then,
 else to the whole file — and returns ``DicomFile`` entries that describe the *rewritten* instance — its size
-and its SOP, series and study UIDs as the script makes them — each carrying a ``Rewrite`` that
+and its SOP, series and study UIDs as the script makes them (``anon.Anonymizer.rewrite_head_reading``
+gives them from the dataset it rewrote; the rewritten bytes are not parsed again) — each carrying a ``Rewrite`` that
 tells the file source how to make those bytes again from the original while it streams.
 Grouping into sessions, the destination check, the resume journal and verification therefore
 all work on what is sent, not on what is on disk.
@@ -16,7 +17,8 @@ all work on what is sent, not on what is on disk.
 While sending, a file's bytes are made again from the original without running the script a
 second time: the dry run keeps the rewritten header (``Rewrite.head``, the bytes before the tail the
 rewritten file shares with the original — the pixel data, which the engine copies verbatim) and the
-send joins it to the original's tail, read anew and checked unchanged (size, modification time).
+send streams it, then the original's tail, read anew from where it starts (not the header before it,
+which the dry run read) and checked unchanged (size, modification time) before its last chunk.
 The headers kept are bounded (``HEAD_CACHE_BYTES``); beyond that the script runs again while
 sending, which is as good because the engine is deterministic (the same script, variables and
 input give the same bytes; ``hashUID``, never a random UID) — and a second application that gives
@@ -380,10 +382,11 @@ def deidentify_files(
                 _refusal(original.path, f"the script gives it the SOP Instance UID of {other.relpath}")
             )
             continue
-        rewrite = Rewrite(anonymizer, frozen_variables, original.size)
         if head is not None and cache_left >= len(head):
-            rewrite = dataclasses.replace(rewrite, head=head, tail_start=tail_start)
+            rewrite = Rewrite(anonymizer, frozen_variables, original.size, head, tail_start)
             cache_left -= len(head)
+        else:
+            rewrite = Rewrite(anonymizer, frozen_variables, original.size)
         sent = dataclasses.replace(
             original,
             size=size,
