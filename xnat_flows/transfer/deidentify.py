@@ -8,7 +8,8 @@ applies the script once to every file before anything is sent (a dry run, in mem
 at a time) — to the file's first bytes only (``HEAD_BYTES``) when they hold the whole header
 the script reads (``anon.Anonymizer.rewrite_head``), the pixel data neither read nor copied then,
 else to the whole file — and returns ``DicomFile`` entries that describe the *rewritten* instance — its size
-and its SOP, series and study UIDs as the script makes them — each carrying a ``Rewrite`` that
+and its SOP, series and study UIDs as the script makes them (``anon.Anonymizer.rewrite_head_reading``
+gives them from the dataset it rewrote; the rewritten bytes are not parsed again) — each carrying a ``Rewrite`` that
 tells the file source how to make those bytes again from the original while it streams.
 Grouping into sessions, the destination check, the resume journal and verification therefore
 all work on what is sent, not on what is on disk.
@@ -16,7 +17,8 @@ all work on what is sent, not on what is on disk.
 While sending, a file's bytes are made again from the original without running the script a
 second time: the dry run keeps the rewritten header (``Rewrite.head``, the bytes before the tail the
 rewritten file shares with the original — the pixel data, which the engine copies verbatim) and the
-send joins it to the original's tail, read anew and checked unchanged (size, modification time).
+send streams it, then the original's tail, read anew from where it starts (not the header before it,
+which the dry run read) and checked unchanged (size, modification time) before its last chunk.
 The headers kept are bounded (``HEAD_CACHE_BYTES``); beyond that the script runs again while
 sending, which is as good because the engine is deterministic (the same script, variables and
 input give the same bytes; ``hashUID``, never a random UID) — and a second application that gives
@@ -32,16 +34,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from xnat_flows.client.errors import InputError
-from xnat_flows.transfer.part10 import read_file_meta, read_series_keys
+from xnat_flows.transfer.part10 import (
+    SERIES_KEY_TAGS,
+    FileMeta,
+    SeriesKeys,
+    read_file_meta,
+    read_series_keys,
+    series_keys,
+)
 
 if TYPE_CHECKING:
     from xnat_flows.anon import UrlAccess
+    from xnat_flows.anon.engine import HeadRewrite
     from xnat_flows.transfer.scan import DicomFile, SkippedFile
     from xnat_flows.transfer.target import UploadTarget
 
@@ -69,6 +79,16 @@ class HeadRewriter(Protocol):
     ``(head, tail_start)``, the file sent being ``head`` + the original from ``tail_start`` on."""
 
     def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None: ...
+
+
+@runtime_checkable
+class HeadReader(Protocol):
+    """A ``HeadRewriter`` that also gives the rewritten values of top-level elements
+    (``anon.Anonymizer.rewrite_head_reading``), so the dry run need not parse its output again."""
+
+    def rewrite_head_reading(
+        self, prefix: bytes, size: int, variables: Mapping[str, str], tags: Collection[int]
+    ) -> HeadRewrite | None: ...
 
 
 @dataclass(frozen=True)
@@ -187,8 +207,10 @@ def _window_keys(first_bytes: bytes) -> _Keys | None:
     keys = read_series_keys(memoryview(first_bytes)[:_KEYS_HEAD], meta)
     if keys is None and len(first_bytes) > _KEYS_HEAD:
         keys = read_series_keys(first_bytes, meta)
-    if keys is None:
-        return None
+    return None if keys is None else _keys(keys, meta)
+
+
+def _keys(keys: SeriesKeys, meta: FileMeta) -> _Keys:
     return _Keys(
         keys.sop_class_uid,
         keys.sop_instance_uid,
@@ -240,19 +262,50 @@ def _read_head(item: DicomFile) -> bytes:
     return prefix
 
 
-def _rewrite_from_head(
-    item: DicomFile, anonymizer: Anonymizer, variables: Mapping[str, str]
-) -> tuple[bytes, int, _Keys] | None:
-    """The file rewritten from its first bytes alone (``HeadRewriter``): the rewritten header, where
-    the original's verbatim tail starts, the rewritten instance's UIDs. None: read the whole file."""
-    if not isinstance(anonymizer, HeadRewriter) or item.size <= HEAD_BYTES:
+# A file's first bytes and size in; the rewritten header, where the original's tail starts and the
+# rewritten values of the series keys (None: not read) out; None: the whole file is needed.
+_HeadStep = Callable[[bytes, int], "tuple[bytes, int, dict[int, bytes] | None] | None"]
+
+
+def _head_step(anonymizer: Anonymizer, variables: Mapping[str, str]) -> _HeadStep | None:
+    """How the dry run rewrites a file from its first bytes with ``anonymizer``, chosen once per
+    run (a Protocol ``isinstance`` costs microseconds a file); None: it cannot."""
+    if isinstance(anonymizer, HeadReader):
+        reading = anonymizer.rewrite_head_reading
+
+        def from_head_reading(prefix: bytes, size: int) -> tuple[bytes, int, dict[int, bytes] | None] | None:
+            done = reading(prefix, size, variables, SERIES_KEY_TAGS)
+            return None if done is None else (done.head, done.tail_start, done.values)
+
+        return from_head_reading
+    if isinstance(anonymizer, HeadRewriter):
+        rewrite_head = anonymizer.rewrite_head
+
+        def from_head(prefix: bytes, size: int) -> tuple[bytes, int, dict[int, bytes] | None] | None:
+            done = rewrite_head(prefix, size, variables)
+            return None if done is None else (*done, None)
+
+        return from_head
+    return None
+
+
+def _rewrite_from_head(item: DicomFile, step: _HeadStep) -> tuple[bytes, int, _Keys] | None:
+    """The file rewritten from its first bytes alone: the rewritten header, where the original's
+    verbatim tail starts, the rewritten instance's UIDs (from the dataset the engine rewrote when
+    it gives them, else read from the rewritten bytes). None: read the whole file."""
+    if item.size <= HEAD_BYTES:
         return None
     prefix = _read_head(item)
-    done = anonymizer.rewrite_head(prefix, item.size, variables)
+    done = step(prefix, item.size)
     if done is None:
         return None
-    head, tail_start = done
-    keys = _window_keys(head + prefix[tail_start:])
+    head, tail_start, values = done
+    keys = None
+    if values is not None and (found := series_keys(values)) is not None:
+        # the File Meta (transfer syntax, checked as a scanned file's is) leads the rewritten head
+        keys = _keys(found, read_file_meta(head or prefix))
+    if keys is None:
+        keys = _window_keys(head + prefix[tail_start:])
     return None if keys is None else (head, tail_start, keys)
 
 
@@ -296,11 +349,12 @@ def deidentify_files(
     result = Deidentified()
     by_sop: dict[str, DicomFile] = {}
     cache_left = head_cache_bytes
+    head_step = _head_step(anonymizer, variables)
     for original in files:
         if original.rewrite is not None:
             raise InputError(f"{original.relpath} is de-identified already", hint="De-identify a file list once")
         try:
-            from_head = _rewrite_from_head(original, anonymizer, variables)
+            from_head = _rewrite_from_head(original, head_step) if head_step is not None else None
             if from_head is not None:
                 head: bytes | None = from_head[0]
                 tail_start, keys = from_head[1], from_head[2]
@@ -328,10 +382,11 @@ def deidentify_files(
                 _refusal(original.path, f"the script gives it the SOP Instance UID of {other.relpath}")
             )
             continue
-        rewrite = Rewrite(anonymizer, frozen_variables, original.size)
         if head is not None and cache_left >= len(head):
-            rewrite = dataclasses.replace(rewrite, head=head, tail_start=tail_start)
+            rewrite = Rewrite(anonymizer, frozen_variables, original.size, head, tail_start)
             cache_left -= len(head)
+        else:
+            rewrite = Rewrite(anonymizer, frozen_variables, original.size)
         sent = dataclasses.replace(
             original,
             size=size,

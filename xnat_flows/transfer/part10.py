@@ -15,6 +15,7 @@ ever confirms, and a file it cannot confirm is read by pydicom, which decides.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -276,6 +277,16 @@ def read_series_keys(head: bytes | memoryview, meta: FileMeta) -> SeriesKeys | N
         return None
     if reached + 8 > len(data) and _SERIES_NUMBER_TAG not in found:
         return None  # the head ended before the Series Number's place: it may come later
+    return series_keys(found)
+
+
+SERIES_KEY_TAGS = tuple(sorted(_KEY_TAGS))  # SOP class and instance, study, series UIDs; Series Number
+
+
+def series_keys(found: Mapping[int, bytes]) -> SeriesKeys | None:
+    """``SeriesKeys`` from the values of a dataset's top-level key elements (``SERIES_KEY_TAGS``,
+    the encoded bytes by tag; an absent element is left out); None when one is missing or odd
+    (read the file with pydicom then)."""
     try:
         uids = [_uid(found[tag]) for tag in (_SOP_CLASS_TAG, _SOP_INSTANCE_TAG, _STUDY_TAG, _SERIES_TAG)]
         number_text = found[_SERIES_NUMBER_TAG].strip(b"\x00 ").decode("ascii") if _SERIES_NUMBER_TAG in found else ""

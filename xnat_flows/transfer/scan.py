@@ -191,18 +191,35 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 
     The last chunk is held back until that check has passed: a request whose header already
     announced the scanned size is then cut short and refused by the server, instead of
-    delivering a torn or mixed instance. A de-identified file (``item.rewrite``) is read whole
-    and rewritten in memory; its bytes must come out as long as they did before sending.
+    delivering a torn or mixed instance. A de-identified file (``item.rewrite``) comes out as
+    the rewritten header its dry run kept followed by the original's tail, read and checked the
+    same way (or, without a kept header, read whole and rewritten again in memory); its bytes
+    must come out as long as they did in the dry run.
     """
     rewrite = getattr(item, "rewrite", None)  # resource uploads stream members of their own through here
-    if rewrite is not None:
+    if rewrite is None:
+        yield from _checked_chunks(item.path, item.size, item.mtime_ns, 0, chunk_size)
+    elif rewrite.head is not None:
+        if len(rewrite.head) + rewrite.original_size - rewrite.tail_start != item.size:
+            raise _not_deterministic(item, len(rewrite.head) + rewrite.original_size - rewrite.tail_start)
+        if rewrite.head:
+            yield rewrite.head
+        # only the tail: the header bytes before it were read (and checked) by the dry run
+        yield from _checked_chunks(item.path, rewrite.original_size, item.mtime_ns, rewrite.tail_start, chunk_size)
+    else:
         yield from _rewritten(item, rewrite, chunk_size)
-        return
-    remaining = item.size
+
+
+def _checked_chunks(path: Path, size: int, mtime_ns: int, start: int, chunk_size: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``size`` of the file in chunks, the last held back until the file is
+    known to be ``size`` bytes long and (``mtime_ns``) not modified since it was scanned."""
+    remaining = size - start
     held: bytes = b""
     try:
-        with open(item.path, "rb") as handle:
-            while remaining:
+        with open(path, "rb") as handle:
+            if start:
+                handle.seek(start)
+            while remaining > 0:
                 piece = handle.read(min(chunk_size, remaining))
                 if not piece:
                     break
@@ -211,38 +228,39 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
                     yield held
                 held = piece
             grew = handle.read(1)
-            rewritten = bool(item.mtime_ns) and os.fstat(handle.fileno()).st_mtime_ns != item.mtime_ns
+            rewritten = bool(mtime_ns) and os.fstat(handle.fileno()).st_mtime_ns != mtime_ns
     except OSError as exc:
-        raise InputError(f"Cannot read {item.path}: {exc.strerror or exc}", hint="Check the file and re-run") from None
+        raise InputError(f"Cannot read {path}: {exc.strerror or exc}", hint="Check the file and re-run") from None
     if remaining or grew or rewritten:
         raise InputError(
-            f"{item.path} changed while being uploaded (scanned {item.size} bytes)",
+            f"{path} changed while being uploaded (scanned {size} bytes)",
             hint="Wait until the export has finished writing, then re-run",
         )
     if held:
         yield held
 
 
-def _rewritten(item: DicomFile, rewrite: Rewrite, chunk_size: int) -> Iterator[bytes]:
-    """``read_exactly`` of a de-identified file: the original read and checked, then rewritten."""
-    import dataclasses
+def _not_deterministic(item: DicomFile, size: int) -> InputError:
+    return InputError(
+        f"{item.path} was de-identified to {size} bytes while sending, {item.size} before: the script "
+        "is not deterministic or the file changed",
+        hint="Use hashUID rather than a new random UID in the script, then re-run",
+    )
 
-    original = dataclasses.replace(item, size=rewrite.original_size, rewrite=None)
+
+def _rewritten(item: DicomFile, rewrite: Rewrite, chunk_size: int) -> Iterator[bytes]:
+    """``read_exactly`` of a de-identified file without a kept header: the original read whole and
+    checked, then rewritten again by the script."""
+    original = b"".join(_checked_chunks(item.path, rewrite.original_size, item.mtime_ns, 0, chunk_size))
     try:
-        data = rewrite.apply(b"".join(read_exactly(original, chunk_size)))
-    except InputError:
-        raise
+        data = rewrite.apply(original)
     except Exception as exc:  # noqa: BLE001 - the script failed on a second pass: nothing of this file is sent
         raise InputError(
             f"{item.path} could not be de-identified while sending: {type(exc).__name__}: {exc}",
             hint="Check the file with `xnat-flows anon check`, then re-run",
         ) from None
     if len(data) != item.size:
-        raise InputError(
-            f"{item.path} was de-identified to {len(data)} bytes while sending, {item.size} before: the script "
-            "is not deterministic or the file changed",
-            hint="Use hashUID rather than a new random UID in the script, then re-run",
-        )
+        raise _not_deterministic(item, len(data))
     for start in range(0, len(data), chunk_size):
         yield data if len(data) <= chunk_size else data[start : start + chunk_size]
 
