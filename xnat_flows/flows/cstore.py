@@ -45,7 +45,8 @@ class SendIncompleteError(XnatError):
 
 class SendInDoubtError(XnatError):
     """Every instance was stored, but some were sent again after an attempt without an answer, and
-    the run did not verify the archive (where XNAT may hold the second copy in CONFLICT)."""
+    the run did not verify the archive (where XNAT may hold the second copy in CONFLICT).
+    """
 
 
 def _run_name() -> str:
@@ -64,10 +65,11 @@ def send_dicom(
     receiver: Annotated[DicomReceiverTarget, ui_title("DICOM receiver")],
     connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
 ) -> SendResult:
-    """Send every DICOM instance under a directory to a DICOM receiver over parallel associations;
-    with ``request.verify``, wait until XNAT has archived what was sent and announce each session.
-    The sequence is the library's (``transfer.cstore.sequence.send_cstore``), its steps this
-    flow's tasks.
+    """Send every DICOM instance under a directory to a DICOM receiver over parallel associations.
+
+    With ``request.verify``, wait until XNAT has archived what was sent and announce each session.
+    The sequence is the library's (``transfer.cstore.sequence.send_cstore``), its steps this flow's
+    tasks.
 
     Args:
         request: What to send (source directory), routing, parallelism, and whether to wait for the archive.
@@ -99,8 +101,10 @@ def send_dicom(
 
 
 class _TaskSteps:
-    """The C-STORE sequence's steps (``transfer.cstore.sequence``) as this flow's Prefect tasks: the
-    run shows each task with its retries, and the associations hold the receiver's limit."""
+    """The C-STORE sequence's steps (``transfer.cstore.sequence``) as this flow's Prefect tasks.
+
+    The run shows each task with its retries, and the associations hold the receiver's limit.
+    """
 
     def __init__(
         self,

@@ -97,9 +97,11 @@ class InboxRunResult(BaseModel):
 
 
 class InboxFolderFailed(XnatError):
-    """The end of a run in which folders went to failed/ or could not be uploaded (kept for the
-    next run): the run shows as Failed, so alerting on failed runs fires. The message lists each
-    folder's fate and cause."""
+    """The end of a run in which folders went to failed/ or could not be uploaded (kept for the next run).
+
+    The run shows as Failed, so alerting on failed runs fires. The message lists each folder's fate
+    and cause.
+    """
 
     default_hint = ""
 
@@ -278,8 +280,11 @@ def ingest_inbox(
 
 
 def _not_uploaded(result: InboxRunResult, layout: InboxLayout) -> str:
-    """Each folder's fate with its cause; folders that failed alike share one mention of the cause
-    (an outage keeps every folder of the run for the same reason)."""
+    """Each folder's fate with its cause.
+
+    Folders that failed alike share one mention of the cause (an outage keeps every folder of the
+    run for the same reason).
+    """
     fates: dict[tuple[str, str], list[str]] = {}
     for item in result.failed:
         fates.setdefault((f"moved to {layout.failed}", item.error or ""), []).append(item.folder)
@@ -298,8 +303,10 @@ def _last_attempt(path: Path) -> Path:
 
 
 def _announce_failure(run: _InboxRun, route: Route | None, error: str, source: Path) -> None:
-    """``xnat.upload.failed`` for a folder whose upload flow never ran (so nobody else reports it):
-    routing, project check or the server before the first byte."""
+    """``xnat.upload.failed`` for a folder whose upload flow never ran (so nobody else reports it).
+
+    Routing, project check or the server before the first byte.
+    """
     emit_upload_failed(
         run.server_url,
         route.project if route else run.project,
@@ -311,8 +318,11 @@ def _announce_failure(run: _InboxRun, route: Route | None, error: str, source: P
 
 
 class FolderChangedError(XnatError):
-    """Files of the folder were added, changed or removed while it was uploaded: filing it as done
-    would leave what arrived late unsent. It is kept for the next run, which sends it again."""
+    """Files of the folder were added, changed or removed while it was uploaded.
+
+    Filing it as done would leave what arrived late unsent. It is kept for the next run, which sends
+    it again.
+    """
 
 
 # Failures of the server or of the run's credentials, not of a folder: the folder is kept.

@@ -54,15 +54,19 @@ class UploadIncompleteError(XnatError):
 
 
 class NotDeidentifiedError(UploadIncompleteError):
-    """Files the de-identification could not be applied to were not sent; a re-run with the same
-    script fails on them again (the rest landed)."""
+    """Files the de-identification could not be applied to were not sent.
+
+    A re-run with the same script fails on them again (the rest landed).
+    """
 
 
 class UploadParkedError(ConflictError):
-    """XNAT parked (part of) the upload in CONFLICT: nothing was merged on its own; the message says
-    what it conflicts with and what a person can do after looking (the CLI exits 5). Not an
-    ``UploadIncompleteError``: running the same upload again does not help (the inbox files the
-    folder under failed/ with this report instead of retrying it)."""
+    """XNAT parked (part of) the upload in CONFLICT: nothing was merged on its own.
+
+    The message says what it conflicts with and what a person can do after looking (the CLI exits
+    5). Not an ``UploadIncompleteError``: running the same upload again does not help (the inbox
+    files the folder under failed/ with this report instead of retrying it).
+    """
 
     default_hint = "Look at both sessions in XNAT, then archive the parked one under a label of its own or delete it"
 
@@ -285,8 +289,11 @@ class TaskSteps:
 
 
 def landing(outcome: SessionResult, server_url: str) -> dict[str, str | None]:
-    """Where a session landed: experiment ID, archive or prearchive URI, the session's XNAT web page,
-    and for a prearchive landing the timestamp folder (what archiving it needs)."""
+    """Where a session landed.
+
+    Experiment ID, archive or prearchive URI, the session's XNAT web page, and for a prearchive
+    landing the timestamp folder (what archiving it needs).
+    """
     base = public_base_url(server_url)
     uri = absolute_uri(server_url, outcome.session_uri)
     match = _PREARCHIVE_URI.search(outcome.session_uri or "")

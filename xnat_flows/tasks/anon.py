@@ -41,8 +41,10 @@ def anon_check(
     fail_on_survivors: bool = True,
     artifact_key: str | None = "anon-check",
 ) -> AnonCheckSummary:
-    """Check ``script`` (DicomEdit 6 text) or ``profile`` (``basic`` + ``options``) against
-    ``folder``. A script that cannot run raises ``ScriptError`` (line and column) at once."""
+    """Check ``script`` (DicomEdit 6 text) or ``profile`` (``basic`` + ``options``) against ``folder``.
+
+    A script that cannot run raises ``ScriptError`` (line and column) at once.
+    """
     from xnat_flows.anon import anonymizer_for
     from xnat_flows.anon.check import check_folder
 

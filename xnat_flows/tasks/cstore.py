@@ -76,8 +76,10 @@ SEND_RETRIES = 2
 
 
 class ReceiverInterrupted(TransientError):
-    """Some instances were not stored for a reason that may heal (receiver down, busy, dropped
-    associations); Prefect retries the task, which sends only what is still missing."""
+    """Some instances were not stored for a reason that may heal (receiver down, busy, dropped associations).
+
+    Prefect retries the task, which sends only what is still missing.
+    """
 
 
 @task(name="check-receiver", cache_policy=NO_CACHE)
@@ -104,9 +106,11 @@ def send_instances(
     limit: ReceiverLimit | None = None,
     connection: XnatConnection | None = None,
 ) -> SendResult:
-    """C-STORE over ``workers`` long-lived associations; returns this attempt's result, how many
-    instances an earlier run or attempt had already delivered (recorded in the upload journal, not
-    sent again) and which instances are in doubt (sent again after an attempt without an answer).
+    """C-STORE over ``workers`` long-lived associations.
+
+    Returns this attempt's result, how many instances an earlier run or attempt had already
+    delivered (recorded in the upload journal, not sent again) and which instances are in doubt
+    (sent again after an attempt without an answer).
 
     Each association holds a slot of the receiver's limit. When instances fail for a reason that
     may heal, the task raises so Prefect retries it; the last attempt returns what it has.
@@ -153,7 +157,8 @@ def _study_check(
     connection: XnatConnection | None, routing: RoutingOverride | None, stack: contextlib.ExitStack
 ) -> Callable[[str], bool] | None:
     """``study_present`` on the XNAT of ``connection`` for the C-STORE journal, or None when it
-    cannot be asked (no credentials on the worker, XNAT's REST API unreachable)."""
+    cannot be asked (no credentials on the worker, XNAT's REST API unreachable).
+    """
     if connection is None:
         return None
     try:
@@ -170,8 +175,10 @@ def _study_check(
 @task(name="check-destination", cache_policy=NO_CACHE)
 @speaks_to_operator
 def check_destination(connection: XnatConnection | None, routing: RoutingOverride | None) -> None:
-    """The routing project exists in the XNAT behind the receiver: XNAT files the instances of an
-    unknown project under Unassigned, so it is refused before anything is read or sent.
+    """The routing project exists in the XNAT behind the receiver.
+
+    XNAT files the instances of an unknown project under Unassigned, so it is refused before
+    anything is read or sent.
 
     Args:
         connection: The XNAT behind the receiver. When it cannot be asked (no credentials on the

@@ -1,5 +1,8 @@
-"""Prefect tasks of the REST upload: scan, partition, upload a DICOM-zip batch, upload instances
-(gradual-DICOM), verify. Each wraps one library call; the flow composes them."""
+"""Prefect tasks of the REST upload.
+
+Scan, partition, upload a DICOM-zip batch, upload instances (gradual-DICOM), verify. Each wraps one
+library call; the flow composes them.
+"""
 
 from __future__ import annotations
 
@@ -61,7 +64,8 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
     """Prove the session once (the cached one from ``xnat-flows auth login``, else a login whose
     token is cached for the upload tasks), refuse Direct-Archive below 1.8.3, check that the
     project exists (XNAT would otherwise file the data under Unassigned), and find the server's
-    upload concurrency limit if the site defined one."""
+    upload concurrency limit if the site defined one.
+    """
     with open_client(connection) as client:
         client.whoami()
         if project is not None:
@@ -78,7 +82,7 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
 @task(name="choose-archive-format", **_COMMON)
 @speaks_to_operator
 def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
-    """tgz over a slow (remote) link to XNAT >= 1.8.3, tar otherwise, with the reason."""
+    """Tgz over a slow (remote) link to XNAT >= 1.8.3, tar otherwise, with the reason."""
     with open_client(connection) as client:
         return choose_archive_format(client)
 
@@ -91,7 +95,8 @@ def check_destination_task(
     """Refuse a session label that holds, receives or stages another study (unless allowed), or this
     study under another subject; with ``per_study``, a study the project holds under another label.
     Note the prearchive's rows before the upload, so verification can tell this upload's outcome
-    from older rows."""
+    from older rows.
+    """
     with open_client(connection) as client:
         checked = check_destination(client, target, study_uid, allow_other_study=allow_other_study, per_study=per_study)
         return checked, prearchive_snapshot(client, target.project)
@@ -102,7 +107,8 @@ def destination_slots(server_url: str, targets: list[UploadTarget], timeout_seco
     """Hold the one slot of each destination's concurrency limit (``xnat-session:HOST:PORT:P:E``,
     limit 1, created on first use) from the destination check to the end of verification: two
     flow runs uploading to one session label, on any workers, run one after the other, and the
-    second one's check sees what the first one left. Waits at most ``timeout_seconds``."""
+    second one's check sees what the first one left. Waits at most ``timeout_seconds``.
+    """
     names = sorted({destination_name(server_url, t.project, t.session) for t in targets})
     with get_client(sync_client=True) as prefect:
         for name in names:
@@ -200,8 +206,11 @@ def forget_delivered(target: UploadTarget, server_url: str) -> None:
 def archive_now_task(
     connection: XnatConnection, target: UploadTarget, study_uid: str, uris: list[str], requests_in_doubt: int
 ) -> list[str]:
-    """Every file of the session is in: ask XNAT to archive its Direct-Archive session now rather
-    than after the idle interval (XNAT 1.8.4+; a server that does not archives it as usual)."""
+    """Every file of the session is in.
+
+    Ask XNAT to archive its Direct-Archive session now rather than after the idle interval (XNAT
+    1.8.4+; a server that does not archives it as usual).
+    """
     with open_client(connection) as client:
         return archive_now(client, target, study_uid, uris, requests_in_doubt=requests_in_doubt)
 

@@ -1,7 +1,8 @@
-"""De-identification on the way out: every file is rewritten by a DicomEdit script (or the
-Basic Profile) as it streams into a request, for every transport — DICOM-zip, gradual-DICOM,
-C-STORE and the inbox — through the one file source they share (``scan.read_exactly``; the
-C-STORE sender's ``cstore.dataset.dataset_to_send``).
+"""De-identification on the way out.
+
+Every file is rewritten by a DicomEdit script (or the Basic Profile) as it streams into a request,
+for every transport — DICOM-zip, gradual-DICOM, C-STORE and the inbox — through the one file source
+they share (``scan.read_exactly``; the C-STORE sender's ``cstore.dataset.dataset_to_send``).
 
 The originals are never modified and no copy of the study is written: ``deidentify_files``
 applies the script once to every file before anything is sent (a dry run, in memory, one file
@@ -65,8 +66,10 @@ class Anonymizer(Protocol):
 
 @runtime_checkable
 class HeadRewriter(Protocol):
-    """An anonymizer that can rewrite a file from its first bytes (``anon.Anonymizer.rewrite_head``):
-    ``(head, tail_start)``, the file sent being ``head`` + the original from ``tail_start`` on."""
+    """An anonymizer that can rewrite a file from its first bytes (``anon.Anonymizer.rewrite_head``).
+
+    ``(head, tail_start)``, the file sent being ``head`` + the original from ``tail_start`` on.
+    """
 
     def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None: ...
 
@@ -91,8 +94,10 @@ class ChainedAnonymizer:
         return part10
 
     def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None:
-        """Each step's ``rewrite_head`` on the first bytes the step before made; None as soon as one
-        step needs the whole file."""
+        """Each step's ``rewrite_head`` on the first bytes the step before made.
+
+        None as soon as one step needs the whole file.
+        """
         head, tail_start = b"", 0  # the file so far: head + the original from tail_start on
         for step in self.steps:
             if not isinstance(step, HeadRewriter):
@@ -118,14 +123,18 @@ def chain(anonymizers: Iterable[Anonymizer | None]) -> Anonymizer | None:
 
 def xnat_variables(target: UploadTarget) -> dict[str, str]:
     """The variables XNAT passes a site or project script when it imports a file for ``target``
-    (xnat-web ``MizerService.anonymize(file, project, subject, session label, ...)``)."""
+    (xnat-web ``MizerService.anonymize(file, project, subject, session label, ...)``).
+    """
     return {"project": target.project, "subject": target.subject, "session": target.session}
 
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
-    """How a sent file's bytes are made: the original's (``original_size`` bytes on disk),
-    rewritten by ``anonymizer`` with ``variables``."""
+    """How a sent file's bytes are made.
+
+    The original's (``original_size`` bytes on disk), rewritten by ``anonymizer`` with
+    ``variables``.
+    """
 
     anonymizer: Anonymizer
     variables: tuple[tuple[str, str], ...]
@@ -136,8 +145,11 @@ class Rewrite:
 
     @property
     def digest(self) -> str:
-        """Rules and variables: part of the resume journal's record of a sent file, so a re-run
-        with another script (or another subject label) sends again rather than skipping."""
+        """Rules and variables.
+
+        Part of the resume journal's record of a sent file, so a re-run with another script (or
+        another subject label) sends again rather than skipping.
+        """
         text = self.anonymizer.digest + "".join(f"\0{k}={v}" for k, v in self.variables)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -148,8 +160,10 @@ class Rewrite:
 
 
 def shared_tail(original: bytes, rewritten: bytes) -> int:
-    """The length of a tail ``rewritten`` shares with ``original`` (a multiple of 256 bytes, at most the
-    longest): what the engine copied verbatim, the pixel data above all."""
+    """The length of a tail ``rewritten`` shares with ``original`` (a multiple of 256 bytes, at most the longest).
+
+    What the engine copied verbatim, the pixel data above all.
+    """
     shared = 0
     limit = min(len(original), len(rewritten))
     a_end, b_end = len(original), len(rewritten)
@@ -243,8 +257,11 @@ def _read_head(item: DicomFile) -> bytes:
 def _rewrite_from_head(
     item: DicomFile, anonymizer: Anonymizer, variables: Mapping[str, str]
 ) -> tuple[bytes, int, _Keys] | None:
-    """The file rewritten from its first bytes alone (``HeadRewriter``): the rewritten header, where
-    the original's verbatim tail starts, the rewritten instance's UIDs. None: read the whole file."""
+    """The file rewritten from its first bytes alone (``HeadRewriter``).
+
+    The rewritten header, where the original's verbatim tail starts, the rewritten instance's UIDs.
+    None: read the whole file.
+    """
     if not isinstance(anonymizer, HeadRewriter) or item.size <= HEAD_BYTES:
         return None
     prefix = _read_head(item)
@@ -259,8 +276,11 @@ def _rewrite_from_head(
 def _rewrite_whole(
     item: DicomFile, anonymizer: Anonymizer, variables: Mapping[str, str], *, keep_head: bool
 ) -> tuple[bytes | None, int, int, _Keys]:
-    """The whole file read and rewritten: the rewritten bytes before the tail they share with the
-    original (when ``keep_head``), where that tail starts, the rewritten size, the UIDs."""
+    """The whole file read and rewritten.
+
+    The rewritten bytes before the tail they share with the original (when ``keep_head``), where
+    that tail starts, the rewritten size, the UIDs.
+    """
     from xnat_flows.transfer.scan import read_exactly
 
     data = b"".join(read_exactly(item))
@@ -285,11 +305,13 @@ def deidentify_files(
     *,
     head_cache_bytes: int = HEAD_CACHE_BYTES,
 ) -> Deidentified:
-    """Apply ``anonymizer`` to every file in memory (nothing is written) and describe what will be
-    sent: one ``DicomFile`` per rewritten instance, whose bytes ``read_exactly`` makes again while
-    sending (from the rewritten headers kept, up to ``head_cache_bytes``; then by the script again).
-    Files the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs
-    or share its SOP Instance UID with another, are refused with the reason."""
+    """Apply ``anonymizer`` to every file in memory (nothing is written) and describe what will be sent.
+
+    One ``DicomFile`` per rewritten instance, whose bytes ``read_exactly`` makes again while sending
+    (from the rewritten headers kept, up to ``head_cache_bytes``; then by the script again). Files
+    the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs or
+    share its SOP Instance UID with another, are refused with the reason.
+    """
     import dataclasses
 
     frozen_variables = tuple(sorted(variables.items()))
@@ -351,9 +373,11 @@ def deidentify_files(
 def deidentify_plan(
     plan: Sequence[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
 ) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
-    """``deidentify_files`` for each planned session, with that session's XNAT variables. A study
-    the script splits into several StudyInstanceUIDs stops the upload (one session, one study);
-    a session left with no file to send is dropped (its files are in the refused list)."""
+    """``deidentify_files`` for each planned session, with that session's XNAT variables.
+
+    A study the script splits into several StudyInstanceUIDs stops the upload (one session, one
+    study); a session left with no file to send is dropped (its files are in the refused list).
+    """
     planned: list[tuple[UploadTarget, list[DicomFile]]] = []
     refused: list[SkippedFile] = []
     for target, files in plan:
@@ -377,10 +401,12 @@ def deidentify_plan(
 def _compiled(
     script: str | None = None, source: str = "<script>", profile: str | None = None, url_access: UrlAccess | None = None
 ) -> Anonymizer:
-    """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as
-    ``InputError``: a script error names file, line and column, so nothing is sent with a broken
-    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``);
-    ``url_access``: an ``anon.UrlAccess``, the URLs a script's ``getURL`` may fetch."""
+    """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as ``InputError``.
+
+    A script error names file, line and column, so nothing is sent with a broken script (the CLI
+    exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``); ``url_access``:
+    an ``anon.UrlAccess``, the URLs a script's ``getURL`` may fetch.
+    """
     from xnat_flows.anon import ScriptError, anonymizer_for
 
     try:
@@ -406,11 +432,13 @@ def build_anonymizer(
     profile: str | None = None,
     allowed_urls: Sequence[str] = (),
 ) -> Anonymizer | None:
-    """The de-identification an upload applies, in order: XNAT's own scripts (``(name, text)``:
-    the site's, then the project's), the user's script (``(source, text)``), then the Basic
-    Profile (``basic[,option...]``); None when none is asked for. Every script is compiled here,
-    before anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may
-    fetch (none: a script calling it is refused)."""
+    """The de-identification an upload applies, in order: XNAT's own scripts (``(name, text)``.
+
+    The site's, then the project's), the user's script (``(source, text)``), then the Basic Profile
+    (``basic[,option...]``); None when none is asked for. Every script is compiled here, before
+    anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may fetch (none:
+    a script calling it is refused).
+    """
     url_access = None
     if allowed_urls:
         from xnat_flows.anon import UrlAccess

@@ -22,9 +22,12 @@ from xnat_flows.transfer.scan import DicomFile
 
 
 def content_digest(files: Iterable[DicomFile]) -> str:
-    """What was sent: each file's name, size, modification time and SOP Instance UID, and for a
-    de-identified file the script and variables that rewrote it (``Rewrite.digest``), so a re-run
-    with another script sends again, whatever the sizes and UIDs."""
+    """What was sent.
+
+    Each file's name, size, modification time and SOP Instance UID, and for a de-identified file the
+    script and variables that rewrote it (``Rewrite.digest``), so a re-run with another script sends
+    again, whatever the sizes and UIDs.
+    """
     digest = hashlib.sha256()
     for f in files:
         rules = f"\0{f.rewrite.digest}" if f.rewrite is not None else ""
@@ -33,8 +36,11 @@ def content_digest(files: Iterable[DicomFile]) -> str:
 
 
 def resume_key(server_url: str, destination: str) -> str:
-    """The journal's name for a destination on one server: the same labels on another XNAT are
-    another destination, and what was delivered to one was not delivered to the other."""
+    """The journal's name for a destination on one server.
+
+    The same labels on another XNAT are another destination, and what was delivered to one was not
+    delivered to the other.
+    """
     return f"{server_url.rstrip('/')}|{destination}"
 
 
@@ -63,7 +69,8 @@ class UploadJournal:
 
     def in_flight(self, destination: str) -> set[str]:
         """Digests that went out to ``destination`` without an answer (``InstanceLog.sending`` with
-        neither ``stored`` nor ``refused`` after it): the receiver may or may not hold them."""
+        neither ``stored`` nor ``refused`` after it): the receiver may or may not hold them.
+        """
         try:
             lines = self._path(destination).read_text(encoding="ascii").splitlines()
         except (OSError, UnicodeDecodeError):
@@ -112,8 +119,9 @@ class UploadJournal:
 
 
 class ResumeState:
-    """What earlier runs delivered to one destination, and the record of this run's deliveries:
-    the one resume step of every resumable send (DICOM-zip batches and gradual instances in
+    """What earlier runs delivered to one destination, and the record of this run's deliveries.
+
+    The one resume step of every resumable send (DICOM-zip batches and gradual instances in
     ``session``, C-STORE instances in ``cstore.resume``).
 
     ``done`` is read from ``journal`` unless the caller passes what it has checked (the REST
@@ -155,8 +163,10 @@ _SENDING, _REFUSED = ">", "x"  # line prefixes of InstanceLog; a bare digest is 
 
 
 class InstanceLog:
-    """Per-instance records, written as they happen: ``sending`` before an instance goes out,
-    ``stored`` once the receiver confirmed it, ``refused`` when it answered a failure.
+    """Per-instance records, written as they happen.
+
+    ``sending`` before an instance goes out, ``stored`` once the receiver confirmed it, ``refused``
+    when it answered a failure.
 
     Each record is one ``write`` to the file (O_APPEND), so it is in the kernel's hands at once:
     killing the process (kill -9, Ctrl-C) loses nothing written. ``fsync`` runs at most every

@@ -127,9 +127,11 @@ def dataset_offset(part10: bytes | memoryview) -> int:
 
 
 def little_endian_vr(transfer_syntax: str) -> Literal["implicit", "explicit"] | None:
-    """How a dataset in this syntax is encoded when it is plain little-endian bytes: Implicit or
-    Explicit VR Little Endian, and every encapsulated syntax (its dataset is Explicit VR LE).
-    None for deflated, big-endian and unknown (private) syntaxes: leave those to pydicom."""
+    """How a dataset in this syntax is encoded when it is plain little-endian bytes.
+
+    Implicit or Explicit VR Little Endian, and every encapsulated syntax (its dataset is Explicit VR
+    LE). None for deflated, big-endian and unknown (private) syntaxes: leave those to pydicom.
+    """
     if transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN:
         return "implicit"
     if transfer_syntax == _EXPLICIT_VR_LITTLE_ENDIAN or transfer_syntax.startswith(_ENCAPSULATED_PREFIXES):
@@ -217,10 +219,13 @@ _U32 = struct.Struct("<I").unpack_from
 def _walk(
     data: bytes, offset: int, implicit: bool, depth: int, found: dict[int, bytes] | None, until_item_end: bool = False
 ) -> int:
-    """Walk elements from ``offset``; at the top level (``found`` given) collect the key tags and
-    stop past the Series Number. Returns the offset reached.
+    """Walk elements from ``offset``.
 
-    One ``unpack`` per element header (this loop is most of the REST scan's time per file)."""
+    At the top level (``found`` given) collect the key tags and stop past the Series Number. Returns
+    the offset reached.
+
+    One ``unpack`` per element header (this loop is most of the REST scan's time per file).
+    """
     size = len(data)
     while offset + 8 <= size:
         if implicit:

@@ -112,20 +112,28 @@ class SkippedFile:
 
     @property
     def unreadable(self) -> bool:
-        """A file or folder that could not be read, so may hold DICOM that is not sent: a failure
-        of the upload (a re-run after fixing it completes it), not junk."""
+        """A file or folder that could not be read, so may hold DICOM that is not sent.
+
+        A failure of the upload (a re-run after fixing it completes it), not junk.
+        """
         return self.reason.startswith(_UNREADABLE_PREFIXES)
 
     @property
     def truncated(self) -> bool:
-        """A DICOM file cut short (its pixel data, or its header, ends early): in a folder being
-        written, a file not yet whole. ``scan_directory`` fails on it unless told to skip it."""
+        """A DICOM file cut short (its pixel data, or its header, ends early).
+
+        In a folder being written, a file not yet whole. ``scan_directory`` fails on it unless told
+        to skip it.
+        """
         return self.reason.startswith(TRUNCATED) or _HEADER_CUT in self.reason
 
 
 class IncompleteExportError(TransientError):
-    """DICOM files of the folder are cut short: an export still being written (or copied). Nothing
-    was sent, so the study is never split between a run that sent part of it and a later one."""
+    """DICOM files of the folder are cut short: an export still being written (or copied).
+
+    Nothing was sent, so the study is never split between a run that sent part of it and a later
+    one.
+    """
 
     default_hint = (
         "Wait until the export has finished writing and run again; to send the other files without the cut "
@@ -168,9 +176,12 @@ class ScanResult:
 
 
 def portable_relpath(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` as valid UTF-8 text: bytes of a name that are not UTF-8
-    (an export from another locale) are written as ``\\xNN``, so archive member names, resume
-    digests and reports never meet an undecodable name. ``DicomFile.path`` keeps the real name."""
+    """``path`` relative to ``root`` as valid UTF-8 text.
+
+    Bytes of a name that are not UTF-8 (an export from another locale) are written as ``\\xNN``, so
+    archive member names, resume digests and reports never meet an undecodable name.
+    ``DicomFile.path`` keeps the real name.
+    """
     text, base = os.fspath(path), os.fspath(root)
     prefix = base if base.endswith(os.sep) else base + os.sep
     # string slicing, not Path.relative_to: this runs once per file of the scan
@@ -323,9 +334,12 @@ def _truncated_pixel_data(ds: pydicom.Dataset, path: Path, file_size: int, trans
 
 
 def _dataset_end(path: Path) -> int | None:
-    """Where the dataset's last top-level element ends, by its own length: short of the file's
-    size (a partial element after it) or beyond it (a value cut short) when the file was cut
-    inside its header; None when that cannot be told (undefined lengths, a deflated dataset)."""
+    """Where the dataset's last top-level element ends, by its own length.
+
+    Short of the file's size (a partial element after it) or beyond it (a value cut short) when the
+    file was cut inside its header; None when that cannot be told (undefined lengths, a deflated
+    dataset).
+    """
     import pydicom
     from pydicom.dataelem import RawDataElement
 
@@ -423,8 +437,10 @@ def _classify(path: Path, root: Path, st: os.stat_result, ds: pydicom.Dataset) -
 
 
 def _read_head(path: Path, st: os.stat_result) -> tuple[bytes, bytes, FileMeta] | SkippedFile | None:
-    """The file's first bytes, last 8 bytes and file meta; a ``SkippedFile`` for junk and
-    unreadable files; None when the meta group is unusual (pydicom reads it and says why)."""
+    """The file's first bytes, last 8 bytes and file meta; a ``SkippedFile`` for junk and unreadable files.
+
+    None when the meta group is unusual (pydicom reads it and says why).
+    """
     try:
         with open(path, "rb") as handle:
             head = handle.read(_FILE_META_HEAD_BYTES)
@@ -454,9 +470,12 @@ def _read_head(path: Path, st: os.stat_result) -> tuple[bytes, bytes, FileMeta] 
 
 
 def _whole_file_head(path: Path, root: Path, st: os.stat_result) -> tuple[bytes, FileMeta] | DicomFile | SkippedFile:
-    """The first bytes and file meta of a Part-10 file whose pixel data reaches its end; for junk,
-    an unreadable file, or anything these bytes cannot confirm (no image, trailing elements, cut
-    short, an unusual meta group), the verdict itself: skipped, or pydicom's ``read_header``."""
+    """The first bytes and file meta of a Part-10 file whose pixel data reaches its end.
+
+    For junk, an unreadable file, or anything these bytes cannot confirm (no image, trailing
+    elements, cut short, an unusual meta group), the verdict itself: skipped, or pydicom's
+    ``read_header``.
+    """
     read = _read_head(path, st)
     if read is None:
         return read_header(path, root, st)
@@ -469,9 +488,12 @@ def _whole_file_head(path: Path, root: Path, st: os.stat_result) -> tuple[bytes,
 
 
 def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
-    """``read_header``'s result, ~10x faster for the ordinary file: the UIDs are read from the
-    dataset's first bytes (``part10.read_series_keys``) and the file is confirmed whole by its
-    pixel data reaching the end. Anything this cannot confirm is read by pydicom."""
+    """``read_header``'s result, ~10x faster for the ordinary file.
+
+    The UIDs are read from the dataset's first bytes (``part10.read_series_keys``) and the file is
+    confirmed whole by its pixel data reaching the end. Anything this cannot confirm is read by
+    pydicom.
+    """
     read = _whole_file_head(path, root, st)
     if not isinstance(read, tuple):
         return read
@@ -494,8 +516,10 @@ def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | 
 
 
 def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
-    """Classify one file from its file meta group, confirming its pixel data reaches the end of
-    the file; anything this cannot confirm is classified by ``read_header`` (pydicom) instead."""
+    """Classify one file from its file meta group, confirming its pixel data reaches the end of the file.
+
+    Anything this cannot confirm is classified by ``read_header`` (pydicom) instead.
+    """
     read = _whole_file_head(path, root, st)
     if not isinstance(read, tuple):
         return read
@@ -530,10 +554,13 @@ def _same_content(a: DicomFile, b: DicomFile) -> bool:
 
 
 def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[DicomFile]:
-    """XNAT stores one file per SOP Instance UID; sending a copy twice (possibly in two parallel
-    batches) only invites "Concurrent file sends of the same data" refusals. Identical copies are
-    junk; different files claiming one instance (a corrected re-export beside the original) are a
-    conflict, resolved by ``duplicates`` and recorded in ``result.conflicts``."""
+    """XNAT stores one file per SOP Instance UID.
+
+    Sending a copy twice (possibly in two parallel batches) only invites "Concurrent file sends of
+    the same data" refusals. Identical copies are junk; different files claiming one instance (a
+    corrected re-export beside the original) are a conflict, resolved by ``duplicates`` and recorded
+    in ``result.conflicts``.
+    """
     groups: dict[str, list[DicomFile]] = {}
     for f in result.files:  # sorted by path
         groups.setdefault(f.sop_instance_uid, []).append(f)

@@ -45,8 +45,10 @@ class UploadSteps(Protocol):
     def check_destination(
         self, target: UploadTarget, study_uid: str, allow_other_study: bool, per_study: bool
     ) -> tuple[UploadTarget, frozenset[str]]:
-        """Refuse a destination XNAT would park or merge wrongly (``session.check_destination``);
-        the target to use and the prearchive's rows before sending (``verify.prearchive_snapshot``)."""
+        """Refuse a destination XNAT would park or merge wrongly (``session.check_destination``).
+
+        The target to use and the prearchive's rows before sending (``verify.prearchive_snapshot``).
+        """
         ...
 
     def send_batches(self, target: UploadTarget, files: list[DicomFile]) -> list[BatchResult]:

@@ -59,9 +59,12 @@ T = TypeVar("T")
 def plan_sessions(
     scan: ScanResult, target: UploadTarget, *, per_study: bool = False
 ) -> list[tuple[UploadTarget, list[DicomFile]]]:
-    """(target, files) per session: one per StudyInstanceUID. Several studies need ``per_study``
-    (each becomes its own session, labelled by ``study_label`` — even when the folder holds one study
-    today — so a study keeps its label whatever is added or removed beside it)."""
+    """(target, files) per session: one per StudyInstanceUID.
+
+    Several studies need ``per_study`` (each becomes its own session, labelled by ``study_label`` —
+    even when the folder holds one study today — so a study keeps its label whatever is added or
+    removed beside it).
+    """
     groups = scan.by_study()
     if per_study:
         return [(target.with_session(study_label(target.session, uid)), files) for uid, files in groups.items()]
@@ -180,8 +183,10 @@ def _prearchive_rows_or_none(client: XnatClient, project: str) -> list[Prearchiv
 
 
 def _settle_closed_direct_archive(client: XnatClient, target: UploadTarget, study_uid: str, timeout: float) -> None:
-    """Wait (at most ``timeout``) while a Direct-Archive session of this study and label is closed
-    but not yet archived: XNAT takes no more files into it, and files sent meanwhile are parked."""
+    """Wait (at most ``timeout``) while a Direct-Archive session of this study and label is closed but not yet archived.
+
+    XNAT takes no more files into it, and files sent meanwhile are parked.
+    """
     _wait_while(
         lambda: [
             row
@@ -238,7 +243,8 @@ def resume_state(
 ) -> ResumeState:
     """What the journal says an earlier run delivered to this server's ``target``, if XNAT still has
     the session of ``files``' study; else nothing (the entries are dropped): skipping must never
-    rest on a stale record."""
+    rest on a stale record.
+    """
     key = resume_key(client.base_url, target.key)
     if journal is None or not files:
         return ResumeState(journal, key, set())
@@ -262,10 +268,13 @@ def _session_present(client: XnatClient, target: UploadTarget, study_uid: str) -
 
 
 def study_present(client: XnatClient, study_uid: str, *, project: str | None = None, label: str | None = None) -> bool:
-    """XNAT holds study ``study_uid``: archived (as session ``label`` of ``project`` when they are
-    given, else as any session of ``project``, or of any project), being received by Direct-Archive,
-    or held in the prearchive (not in ERROR). What a resume journal's record is checked against
-    before it is trusted (REST uploads, and C-STORE in ``cstore.resume``)."""
+    """XNAT holds study ``study_uid``.
+
+    Archived (as session ``label`` of ``project`` when they are given, else as any session of
+    ``project``, or of any project), being received by Direct-Archive, or held in the prearchive
+    (not in ERROR). What a resume journal's record is checked against before it is trusted (REST
+    uploads, and C-STORE in ``cstore.resume``).
+    """
     if project and label:
         found = find_archived(client, project, label)
         if found is not None and (not found.uid or found.uid == study_uid):
@@ -296,9 +305,12 @@ def upload_batch_resumable(
     raise_on_error: bool = True,
     on_streamed: Callable[[int], None] | None = None,
 ) -> BatchResult:
-    """One DICOM-zip batch with resume: a batch whose content digest the journal holds for this
-    destination was delivered by an earlier run and is not sent again. ``resume``: the state
-    already read for this destination (``upload_batches`` reads it once for all its batches)."""
+    """One DICOM-zip batch with resume.
+
+    A batch whose content digest the journal holds for this destination was delivered by an earlier
+    run and is not sent again. ``resume``: the state already read for this destination
+    (``upload_batches`` reads it once for all its batches).
+    """
     if resume is None:
         resume = resume_state(client, journal, target, batch)
     if resume.holds(batch):
@@ -405,8 +417,10 @@ def upload_instances(
 def archive_now(
     client: XnatClient, target: UploadTarget, study_uid: str, uris: Iterable[str], *, requests_in_doubt: int = 0
 ) -> list[str]:
-    """Everything of this study is in: ask XNAT to archive its Direct-Archive session now instead
-    of after the idle interval (``target.archive_when_complete``); the sessions XNAT queued.
+    """Everything of this study is in.
+
+    Ask XNAT to archive its Direct-Archive session now instead of after the idle interval
+    (``target.archive_when_complete``); the sessions XNAT queued.
 
     ``uris``: what the import service answered; a run whose every part an earlier run delivered
     has none, and the session's URI is then the one XNAT gives such a session. A session XNAT
@@ -618,8 +632,9 @@ def upload_session(
 def look_for_parked(
     client: XnatClient, target: UploadTarget, study_uid: str, before: frozenset[str], *, settle_seconds: float = 60.0
 ) -> list[ParkedSession]:
-    """One look at the prearchive after an upload that is not verified: this upload's rows XNAT
-    parked in CONFLICT or ERROR, each with what it conflicts with.
+    """One look at the prearchive after an upload that is not verified.
+
+    This upload's rows XNAT parked in CONFLICT or ERROR, each with what it conflicts with.
 
     XNAT decides when it archives: the look waits (at most ``settle_seconds``) while this upload's
     Direct-Archive session is queued, building or archiving (``--archive-when-complete``), but not
@@ -636,10 +651,12 @@ def look_for_parked(
 def _settle_prearchive_route(
     client: XnatClient, target: UploadTarget, study_uid: str, before: frozenset[str], timeout: float
 ) -> None:
-    """Wait (at most ``timeout``) while XNAT holds a Direct-Archive upload in its prearchive,
-    receiving or building: XNAT takes an upload through the prearchive when Direct-Archive would
-    write into an archived session (xnat-web ``DirectArchiveSessionServiceImpl.getOrCreate``), and
-    the project's setting then archives it or parks it."""
+    """Wait (at most ``timeout``) while XNAT holds a Direct-Archive upload in its prearchive, receiving or building.
+
+    XNAT takes an upload through the prearchive when Direct-Archive would write into an archived
+    session (xnat-web ``DirectArchiveSessionServiceImpl.getOrCreate``), and the project's setting
+    then archives it or parks it.
+    """
     _wait_while(
         lambda: [
             row

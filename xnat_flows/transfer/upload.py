@@ -53,8 +53,11 @@ _SESSION_URI = re.compile(r"/(?:data|REST|xapi)/[^\s<>\"']+")
 
 
 def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str]:
-    """The session URIs of an import answer; any other answer raises, because it is not XNAT's import
-    service that answered (a login page, a proxy, a redirect) and nothing may count as delivered."""
+    """The session URIs of an import answer.
+
+    Any other answer raises, because it is not XNAT's import service that answered (a login page, a
+    proxy, a redirect) and nothing may count as delivered.
+    """
     where = f"{client.base_url}{IMPORT_PATH}"
     if response.is_redirect:
         location = response.headers.get("Location", "(no Location)")
@@ -378,9 +381,10 @@ TGZ_MIN_VERSION = "1.8.3"  # DICOM-zip reads gzipped tar from this version (spec
 
 
 def choose_archive_format(client: XnatClient, probes: int = 5) -> tuple[ArchiveFormat, str]:
-    """``tgz`` for a slow (remote) link to a server that reads it, ``tar`` otherwise; with the
-    reason in words. The link is measured by the shortest of ``probes`` round trips of a tiny
-    request (the version), which the server answers without work.
+    """``tgz`` for a slow (remote) link to a server that reads it, ``tar`` otherwise; with the reason in words.
+
+    The link is measured by the shortest of ``probes`` round trips of a tiny request (the version),
+    which the server answers without work.
 
     Compressing costs client CPU and, on a fast link, time (docs/performance.md: tgz on
     loopback); on a remote link it halves the bytes of MR/CT-like data.

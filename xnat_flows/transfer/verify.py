@@ -58,8 +58,11 @@ class VerifyResult:
     conflict: bool = False  # a parked row is in CONFLICT: it meets a session it may not join on its own
 
     def summary(self, status_shown_by: str = "the project's prearchive") -> str:
-        """One line for a person; ``status_shown_by`` names, in the reader's terms, where a session's
-        prearchive status is seen (the CLI: its ``prearchive list`` command)."""
+        """One line for a person.
+
+        ``status_shown_by`` names, in the reader's terms, where a session's prearchive status is
+        seen (the CLI: its ``prearchive list`` command).
+        """
         if self.processing:
             return (
                 "XNAT was still processing this upload when the wait ran out; the files counted may be an "
@@ -108,8 +111,11 @@ def _numbered(scan_id: str, number: str) -> bool:
 
 
 def _match(expected: list[_Series], scans: list[ArchivedScan], by_number: bool = True) -> dict[str, str]:
-    """series UID -> XNAT scan ID: by SeriesInstanceUID; a scan XNAT recorded without a UID may be
-    matched by number (``by_number``), each such scan to one series at most."""
+    """Series UID -> XNAT scan ID: by SeriesInstanceUID.
+
+    A scan XNAT recorded without a UID may be matched by number (``by_number``), each such scan to
+    one series at most.
+    """
     by_uid = {scan.uid: scan.id for scan in scans if scan.uid}
     uid_less = [scan.id for scan in scans if not scan.uid]
     mapping = {}
@@ -163,8 +169,10 @@ def _holds_in_prearchive(client: XnatClient, target: UploadTarget) -> bool:
 
 
 def prearchive_snapshot(client: XnatClient, project: str) -> frozenset[str]:
-    """The prearchive rows of ``project`` (by URL) before an upload: rows that were there already are
-    not this upload's."""
+    """The prearchive rows of ``project`` (by URL) before an upload.
+
+    Rows that were there already are not this upload's.
+    """
     return frozenset(row.url for row in _prearchive_rows(client, project))
 
 
@@ -184,8 +192,11 @@ def _processing(client: XnatClient, target: UploadTarget, study_uids: set[str], 
 def parked_rows(
     client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]
 ) -> list[PrearchiveSession]:
-    """This upload's prearchive rows that XNAT parked: in ERROR, or in CONFLICT (it would merge into
-    an archived session it may not join on its own). Rows there before the upload are not its."""
+    """This upload's prearchive rows that XNAT parked.
+
+    In ERROR, or in CONFLICT (it would merge into an archived session it may not join on its own).
+    Rows there before the upload are not its.
+    """
     return [
         row
         for row in _prearchive_rows(client, target.project)
@@ -200,7 +211,8 @@ def parked_result(
     client: XnatClient, result: VerifyResult, rows: list[PrearchiveSession], for_flow_run: bool = False
 ) -> VerifyResult:
     """``result`` failed for ``rows``, each described with what it conflicts with and what to do
-    (in a flow run operator's terms with ``for_flow_run``)."""
+    (in a flow run operator's terms with ``for_flow_run``).
+    """
     described = [parked_session(client, row) for row in rows]
     return dataclasses.replace(
         result,
@@ -300,7 +312,8 @@ def archived_complete(client: XnatClient, target: UploadTarget, files: Iterable[
 def _merge_own_late_copy(
     client: XnatClient, target: UploadTarget, row: PrearchiveSession, files: list[DicomFile]
 ) -> bool:
-    """Archive ``row`` into the target session with ``append`` if it is this upload's own late copy:
+    """Archive ``row`` into the target session with ``append`` if it is this upload's own late copy.
+
     True when XNAT took it.
 
     A copy of the upload that reached XNAT after the session was archived (a resumed or retried

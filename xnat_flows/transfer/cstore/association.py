@@ -98,8 +98,7 @@ def encode_command(fields: list[tuple[int, bytes]]) -> bytes:
 
 
 def decode_command(data: bytes) -> dict[int, bytes]:
-    """The elements of a group-0000 command set in Implicit VR Little Endian (``encode_command``'s
-    inverse).
+    """The elements of a group-0000 command set in Implicit VR Little Endian (``encode_command``'s inverse).
 
     Args:
         data: The command set's bytes, as received.
@@ -309,8 +308,11 @@ class StorageAssociation:
     def send_store(
         self, sop_class: str, transfer_syntax: str, sop_instance_uid: str, dataset: bytes | memoryview
     ) -> int:
-        """The request half of ``store``: sends the C-STORE-RQ and returns its message ID, so the
-        caller can prepare the next instance while the peer stores this one."""
+        """The request half of ``store``.
+
+        Sends the C-STORE-RQ and returns its message ID, so the caller can prepare the next instance
+        while the peer stores this one.
+        """
         context_id = self.accepted[(sop_class, transfer_syntax)]
         message_id = self._next_message_id()
         command = encode_command(

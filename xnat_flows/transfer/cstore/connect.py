@@ -1,5 +1,6 @@
 """Opening a storage association to a receiver, and the C-ECHO pre-flight, with errors that say
-what to fix (wrong port, AE title, a firewall, an HTTP port)."""
+what to fix (wrong port, AE title, a firewall, an HTTP port).
+"""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ class ReceiverLink:
 
     def __post_init__(self) -> None:
         """Every link checks its AE titles (``InputError`` saying what is wrong) and keeps them
-        without insignificant spaces; the port is an int whatever the caller passed."""
+        without insignificant spaces; the port is an int whatever the caller passed.
+        """
         object.__setattr__(self, "port", int(self.port))
         object.__setattr__(self, "called_aet", validate_ae_title(self.called_aet, "called"))
         object.__setattr__(self, "calling_aet", validate_ae_title(self.calling_aet, "calling"))

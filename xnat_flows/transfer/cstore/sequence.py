@@ -31,7 +31,8 @@ class CStoreSteps(Protocol):
 
     def check_destination(self) -> None:
         """Ask XNAT, where it can be asked, that the routing project exists (XNAT files data for an
-        unknown project under Unassigned), before anything is read or sent."""
+        unknown project under Unassigned), before anything is read or sent.
+        """
 
     def check_receiver(self) -> None:
         """The C-ECHO pre-flight: a wrong host, port or AE title fails here."""
@@ -40,8 +41,7 @@ class CStoreSteps(Protocol):
         """Every DICOM file under the source folder, read to ``headers``."""
 
     def deidentify(self, files: list[DicomFile]) -> tuple[list[DicomFile], list[InstanceOutcome]]:
-        """The files as they will be sent, and a failed outcome for each that cannot be
-        de-identified (never sent)."""
+        """The files as they will be sent, and a failed outcome for each that cannot be de-identified (never sent)."""
 
     def send(self, files: list[DicomFile]) -> SendResult:
         """C-STORE the files, journaled: what an earlier run delivered is not sent again."""

@@ -77,8 +77,10 @@ class WorkerEvents(Protocol):
     def sending(self, item: SendItem) -> None: ...
 
     def refused(self, item: SendItem) -> None:
-        """The receiver answered this attempt with a failure status: it does not hold the instance
-        (a retry may follow, or Ctrl-C may end the run before one)."""
+        """The receiver answered this attempt with a failure status.
+
+        It does not hold the instance (a retry may follow, or Ctrl-C may end the run before one).
+        """
         ...
 
     def outcome(self, report: InstanceReport) -> None: ...
@@ -98,8 +100,9 @@ class WorkerSetup:
 
 
 def run_worker(worker_id: int, setup: WorkerSetup, chunks: queue.SimpleQueue[Chunk], events: WorkerEvents) -> None:
-    """Send chunks from ``chunks`` until it is empty or ``setup.stop`` is set; report every instance
-    it took. A bug ends this worker only: the sender records its unreported instances as failed.
+    """Send chunks from ``chunks`` until it is empty or ``setup.stop`` is set; report every instance it took.
+
+    A bug ends this worker only: the sender records its unreported instances as failed.
 
     Args:
         worker_id: This worker's number, in its reports.
@@ -114,8 +117,7 @@ def run_worker(worker_id: int, setup: WorkerSetup, chunks: queue.SimpleQueue[Chu
 
 
 def _read_ahead(item: SendItem, ready: dict[int, memoryview]) -> None:
-    """Put ``item``'s dataset in ``ready``; a file that cannot be read is left for the normal
-    path, which reports it."""
+    """Put ``item``'s dataset in ``ready``; a file that cannot be read is left for the normal path, which reports it."""
     with contextlib.suppress(OSError, ValueError):
         ready[item.index] = dataset_to_send(item.path, item.size, item.mtime_ns, None, item.rewrite)
 
