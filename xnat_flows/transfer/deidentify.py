@@ -61,7 +61,9 @@ class Anonymizer(Protocol):
         """A stable identity of the rules: equal digests rewrite equal inputs to equal bytes."""
         ...
 
-    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes: ...
+    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
+        """``part10`` (a whole Part 10 file) rewritten, with XNAT's ``variables`` (project, subject, session)."""
+        ...
 
 
 @runtime_checkable
@@ -71,7 +73,9 @@ class HeadRewriter(Protocol):
     ``(head, tail_start)``, the file sent being ``head`` + the original from ``tail_start`` on.
     """
 
-    def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None: ...
+    def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None:
+        """The file of ``size`` bytes rewritten from its first bytes ``prefix``; None when it needs them all."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -82,13 +86,16 @@ class ChainedAnonymizer:
 
     @property
     def digest(self) -> str:
+        """A stable identity of the chain: the steps' digests, in order."""
         return hashlib.sha256("\n".join(step.digest for step in self.steps).encode()).hexdigest()
 
     @property
     def required_variables(self) -> frozenset[str]:
+        """The variables any step's script needs (``anon.Anonymizer.required_variables``)."""
         return frozenset().union(*(getattr(step, "required_variables", frozenset()) for step in self.steps))
 
     def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
+        """``part10`` rewritten by each step in turn."""
         for step in self.steps:
             part10 = step.apply_bytes(part10, variables)
         return part10
@@ -97,6 +104,9 @@ class ChainedAnonymizer:
         """Each step's ``rewrite_head`` on the first bytes the step before made.
 
         None as soon as one step needs the whole file.
+
+        Returns:
+            The rewritten head and where the original's tail starts, or None.
         """
         head, tail_start = b"", 0  # the file so far: head + the original from tail_start on
         for step in self.steps:
@@ -122,8 +132,12 @@ def chain(anonymizers: Iterable[Anonymizer | None]) -> Anonymizer | None:
 
 
 def xnat_variables(target: UploadTarget) -> dict[str, str]:
-    """The variables XNAT passes a site or project script when it imports a file for ``target``
-    (xnat-web ``MizerService.anonymize(file, project, subject, session label, ...)``).
+    """The variables XNAT passes a site or project script when it imports a file for ``target``.
+
+    As xnat-web's ``MizerService.anonymize(file, project, subject, session label, ...)``.
+
+    Returns:
+        ``project``, ``subject`` and ``session``.
     """
     return {"project": target.project, "subject": target.subject, "session": target.session}
 
@@ -154,6 +168,7 @@ class Rewrite:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def apply(self, original: bytes) -> bytes:
+        """The rewritten instance made from ``original``, the file's bytes on disk."""
         if self.head is not None:
             return b"".join((self.head, memoryview(original)[self.tail_start :]))
         return self.anonymizer.apply_bytes(original, dict(self.variables))
@@ -163,6 +178,9 @@ def shared_tail(original: bytes, rewritten: bytes) -> int:
     """The length of a tail ``rewritten`` shares with ``original`` (a multiple of 256 bytes, at most the longest).
 
     What the engine copied verbatim, the pixel data above all.
+
+    Returns:
+        The number of shared bytes.
     """
     shared = 0
     limit = min(len(original), len(rewritten))
@@ -259,8 +277,9 @@ def _rewrite_from_head(
 ) -> tuple[bytes, int, _Keys] | None:
     """The file rewritten from its first bytes alone (``HeadRewriter``).
 
-    The rewritten header, where the original's verbatim tail starts, the rewritten instance's UIDs.
-    None: read the whole file.
+    Returns:
+        The rewritten header, where the original's verbatim tail starts, the rewritten instance's
+        UIDs; or None: read the whole file.
     """
     if not isinstance(anonymizer, HeadRewriter) or item.size <= HEAD_BYTES:
         return None
@@ -278,8 +297,9 @@ def _rewrite_whole(
 ) -> tuple[bytes | None, int, int, _Keys]:
     """The whole file read and rewritten.
 
-    The rewritten bytes before the tail they share with the original (when ``keep_head``), where
-    that tail starts, the rewritten size, the UIDs.
+    Returns:
+        The rewritten bytes before the tail they share with the original (when ``keep_head``), where
+        that tail starts, the rewritten size, the UIDs.
     """
     from xnat_flows.transfer.scan import read_exactly
 
@@ -311,6 +331,9 @@ def deidentify_files(
     (from the rewritten headers kept, up to ``head_cache_bytes``; then by the script again). Files
     the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs or
     share its SOP Instance UID with another, are refused with the reason.
+
+    Returns:
+        The rewritten instances and the files refused, each with the reason.
     """
     import dataclasses
 
@@ -377,6 +400,9 @@ def deidentify_plan(
 
     A study the script splits into several StudyInstanceUIDs stops the upload (one session, one
     study); a session left with no file to send is dropped (its files are in the refused list).
+
+    Returns:
+        The plan with each session's files de-identified, and the files refused.
     """
     planned: list[tuple[UploadTarget, list[DicomFile]]] = []
     refused: list[SkippedFile] = []
@@ -406,6 +432,9 @@ def _compiled(
     A script error names file, line and column, so nothing is sent with a broken script (the CLI
     exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``); ``url_access``:
     an ``anon.UrlAccess``, the URLs a script's ``getURL`` may fetch.
+
+    Returns:
+        The compiled anonymizer.
     """
     from xnat_flows.anon import ScriptError, anonymizer_for
 
@@ -432,12 +461,16 @@ def build_anonymizer(
     profile: str | None = None,
     allowed_urls: Sequence[str] = (),
 ) -> Anonymizer | None:
-    """The de-identification an upload applies, in order: XNAT's own scripts (``(name, text)``.
+    """The de-identification an upload applies, in order.
 
-    The site's, then the project's), the user's script (``(source, text)``), then the Basic Profile
-    (``basic[,option...]``); None when none is asked for. Every script is compiled here, before
-    anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may fetch (none:
+    XNAT's own scripts (``(name, text)``: the site's, then the project's), the user's script
+    (``(source, text)``), then the Basic Profile (``basic[,option...]``).
+
+    Every script is compiled here, before anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may fetch (none:
     a script calling it is refused).
+
+    Returns:
+        The chained anonymizer, or None when none is asked for.
     """
     url_access = None
     if allowed_urls:

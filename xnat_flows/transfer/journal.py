@@ -27,6 +27,9 @@ def content_digest(files: Iterable[DicomFile]) -> str:
     Each file's name, size, modification time and SOP Instance UID, and for a de-identified file the
     script and variables that rewrote it (``Rewrite.digest``), so a re-run with another script sends
     again, whatever the sizes and UIDs.
+
+    Returns:
+        A SHA-256 hex digest of ``files`` in that order.
     """
     digest = hashlib.sha256()
     for f in files:
@@ -40,11 +43,19 @@ def resume_key(server_url: str, destination: str) -> str:
 
     The same labels on another XNAT are another destination, and what was delivered to one was not
     delivered to the other.
+
+    Returns:
+        ``server_url`` without a trailing slash and ``destination``, joined by ``|``.
     """
     return f"{server_url.rstrip('/')}|{destination}"
 
 
 class UploadJournal:
+    """The resume journal: per destination, the digests of what reached it, one file each.
+
+    Args: directory: Where the files live; by default ``journal/`` in the profile directory (mode
+    0600).
+    """
     def __init__(self, directory: Path | None = None) -> None:
         from xnat_flows.client.paths import profile_dir  # not client.settings: no pydantic on the C-STORE path
 
@@ -68,8 +79,13 @@ class UploadJournal:
         return {line for line in lines if len(line) == 64}
 
     def in_flight(self, destination: str) -> set[str]:
-        """Digests that went out to ``destination`` without an answer (``InstanceLog.sending`` with
-        neither ``stored`` nor ``refused`` after it): the receiver may or may not hold them.
+        """Digests that went out to ``destination`` without an answer.
+
+        Each has an ``InstanceLog.sending`` record with neither ``stored`` nor ``refused`` after it:
+        the receiver may or may not hold them.
+
+        Returns:
+            The digests in doubt; empty when there is no journal file.
         """
         try:
             lines = self._path(destination).read_text(encoding="ascii").splitlines()
@@ -93,6 +109,7 @@ class UploadJournal:
         return InstanceLog(self._path(destination))
 
     def record(self, destination: str, digest: str) -> None:
+        """Append ``digest`` to ``destination``'s records (one write, so a crash loses nothing written)."""
         from xnat_flows.client.paths import ensure_private_dir
 
         line = f"{digest}\n".encode("ascii")
@@ -114,6 +131,7 @@ class UploadJournal:
                 os.close(fd)
 
     def clear(self, destination: str) -> None:
+        """Forget every delivery to ``destination`` (once it is uploaded and verified)."""
         with self._lock:
             self._path(destination).unlink(missing_ok=True)
 
@@ -182,12 +200,15 @@ class InstanceLog:
         self._lock = threading.Lock()
 
     def sending(self, digest: str) -> None:
+        """``digest`` is about to go out."""
         self._write(f"{_SENDING}{digest}\n")
 
     def stored(self, digest: str) -> None:
+        """The receiver confirmed ``digest``."""
         self._write(f"{digest}\n")
 
     def refused(self, digest: str) -> None:
+        """The receiver answered a failure for ``digest``: it was not stored."""
         self._write(f"{_REFUSED}{digest}\n")
 
     def _write(self, line: str) -> None:
@@ -201,6 +222,7 @@ class InstanceLog:
             os.fsync(self._fd)
 
     def close(self) -> None:
+        """Sync the records to disk and close the file (a second call does nothing)."""
         with self._lock:
             if self._fd < 0:
                 return

@@ -45,6 +45,7 @@ class MetaTooShort(ValueError):
 
 @dataclass(frozen=True)
 class FileMeta:
+    """The file meta group's facts an upload needs, read without pydicom."""
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
@@ -65,6 +66,9 @@ def read_file_meta(part10: bytes | memoryview, file_size: int | None = None) -> 
 
     Raises ``MetaTooShort`` when ``part10`` stops inside the group and the file (``file_size``,
     if given) is longer, ``ValueError`` when the bytes are not a well-formed meta group.
+
+    Returns:
+        The SOP class and instance UIDs, the transfer syntax and where the dataset starts.
     """
     if not has_magic(part10):
         raise ValueError("not a DICOM Part-10 file (no DICM marker)")
@@ -131,6 +135,9 @@ def little_endian_vr(transfer_syntax: str) -> Literal["implicit", "explicit"] | 
 
     Implicit or Explicit VR Little Endian, and every encapsulated syntax (its dataset is Explicit VR
     LE). None for deflated, big-endian and unknown (private) syntaxes: leave those to pydicom.
+
+    Returns:
+        ``"implicit"`` or ``"explicit"``, or None when pydicom must read the dataset.
     """
     if transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN:
         return "implicit"
@@ -140,14 +147,18 @@ def little_endian_vr(transfer_syntax: str) -> Literal["implicit", "explicit"] | 
 
 
 def pixel_data_reaches_end(head: bytes | memoryview, tail: bytes, meta: FileMeta, file_size: int) -> bool:
-    """True when ``head`` (the first bytes of the file) shows a Pixel Data element that ends
-    exactly at the end of the file, so the file is whole. ``tail``: the file's last 8 bytes,
+    """True when ``head`` shows a Pixel Data element that ends exactly at the end of the file.
+
+    ``head`` is the first bytes of the file; a whole file passes. ``tail``: the file's last 8 bytes,
     where encapsulated (compressed) pixel data ends with a sequence delimiter.
 
     False means "not confirmed" (pixel data starts beyond ``head``, elements follow it, a
     big-endian or deflated dataset, or a file really cut short): read it with pydicom then.
     Bytes inside another value that merely look like a Pixel Data header do not confirm a file:
     their declared length would have to land exactly on the file's last byte.
+
+    Returns:
+        True when the file is confirmed whole.
     """
     encoding = little_endian_vr(meta.transfer_syntax)
     if encoding is None:
@@ -221,10 +232,12 @@ def _walk(
 ) -> int:
     """Walk elements from ``offset``.
 
-    At the top level (``found`` given) collect the key tags and stop past the Series Number. Returns
-    the offset reached.
+    At the top level (``found`` given) collect the key tags and stop past the Series Number.
 
     One ``unpack`` per element header (this loop is most of the REST scan's time per file).
+
+    Returns:
+        The offset reached.
     """
     size = len(data)
     while offset + 8 <= size:
@@ -265,10 +278,14 @@ def _walk(
 
 
 def read_series_keys(head: bytes | memoryview, meta: FileMeta) -> SeriesKeys | None:
-    """SOP, study and series UIDs and the Series Number from the first bytes of a Part-10 file
-    whose dataset is little-endian (Implicit/Explicit VR or encapsulated; see
-    ``little_endian_vr``). None when they cannot be confirmed from these bytes (a key missing or
-    beyond ``head``, another syntax, an odd encoding): read the file with pydicom then.
+    """SOP, study and series UIDs and the Series Number from the first bytes of a Part-10 file.
+
+    The dataset must be little-endian (Implicit/Explicit VR or encapsulated; see
+    ``little_endian_vr``).
+
+    Returns:
+        The keys, or None when they cannot be confirmed from these bytes (a key missing or beyond
+        ``head``, another syntax, an odd encoding): read the file with pydicom then.
     """
     encoding = little_endian_vr(meta.transfer_syntax)
     if encoding is None:

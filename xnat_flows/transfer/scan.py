@@ -85,6 +85,7 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 
 @dataclass(frozen=True, slots=True)  # slots: ~100k of them in a big session
 class DicomFile:
+    """One DICOM instance found by the scan: its file and the UIDs an upload plans and verifies with."""
     path: Path
     relpath: str  # POSIX path relative to the scanned root: the member name in archives
     size: int
@@ -107,6 +108,7 @@ class DicomFile:
 
 @dataclass(frozen=True)
 class SkippedFile:
+    """A file the scan does not send, with the reason why (junk, unreadable, cut short, a duplicate)."""
     path: Path
     reason: str
 
@@ -147,6 +149,7 @@ class IncompleteExportError(TransientError):
 
 @dataclass
 class ScanResult:
+    """What ``scan_directory`` found under ``root``: the instances to send and every file skipped."""
     root: Path
     files: list[DicomFile] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
@@ -156,6 +159,7 @@ class ScanResult:
 
     @property
     def total_bytes(self) -> int:
+        """The size of all ``files``, in bytes."""
         return sum(f.size for f in self.files)
 
     @property
@@ -169,6 +173,7 @@ class ScanResult:
         return [s for s in self.skipped if s.unreadable]
 
     def by_study(self) -> dict[str, list[DicomFile]]:
+        """``files`` grouped by StudyInstanceUID, in the order the studies first appear."""
         groups: dict[str, list[DicomFile]] = {}
         for f in self.files:
             groups.setdefault(f.study_uid, []).append(f)
@@ -176,11 +181,14 @@ class ScanResult:
 
 
 def portable_relpath(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` as valid UTF-8 text.
+    r"""``path`` relative to ``root`` as valid UTF-8 text.
 
-    Bytes of a name that are not UTF-8 (an export from another locale) are written as ``\\xNN``, so
+    Bytes of a name that are not UTF-8 (an export from another locale) are written as ``\xNN``, so
     archive member names, resume digests and reports never meet an undecodable name.
     ``DicomFile.path`` keeps the real name.
+
+    Returns:
+        The relative POSIX path, with undecodable bytes escaped.
     """
     text, base = os.fspath(path), os.fspath(root)
     prefix = base if base.endswith(os.sep) else base + os.sep
@@ -204,6 +212,9 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     announced the scanned size is then cut short and refused by the server, instead of
     delivering a torn or mixed instance. A de-identified file (``item.rewrite``) is read whole
     and rewritten in memory; its bytes must come out as long as they did before sending.
+
+    Yields:
+        The file's bytes (rewritten when ``item.rewrite`` is set), ``chunk_size`` at most each.
     """
     rewrite = getattr(item, "rewrite", None)  # resource uploads stream members of their own through here
     if rewrite is not None:
@@ -262,6 +273,9 @@ def _walk(root: Path, skipped: list[SkippedFile]) -> list[tuple[Path, os.stat_re
     """Regular files under ``root``, following symlinks without looping or listing a file twice.
 
     When two paths lead to the same file, the one reached without a symlink is kept.
+
+    Returns:
+        Each file's path and ``stat`` result, in the order found.
     """
     seen_dirs = {(root.stat().st_dev, root.stat().st_ino)}
     found: dict[tuple[int, int], tuple[Path, os.stat_result, bool]] = {}
@@ -339,6 +353,9 @@ def _dataset_end(path: Path) -> int | None:
     Short of the file's size (a partial element after it) or beyond it (a value cut short) when the
     file was cut inside its header; None when that cannot be told (undefined lengths, a deflated
     dataset).
+
+    Returns:
+        The offset of the last element's end, or None.
     """
     import pydicom
     from pydicom.dataelem import RawDataElement
@@ -440,6 +457,9 @@ def _read_head(path: Path, st: os.stat_result) -> tuple[bytes, bytes, FileMeta] 
     """The file's first bytes, last 8 bytes and file meta; a ``SkippedFile`` for junk and unreadable files.
 
     None when the meta group is unusual (pydicom reads it and says why).
+
+    Returns:
+        The head, the tail and the file meta; a ``SkippedFile``; or None.
     """
     try:
         with open(path, "rb") as handle:
@@ -475,6 +495,9 @@ def _whole_file_head(path: Path, root: Path, st: os.stat_result) -> tuple[bytes,
     For junk, an unreadable file, or anything these bytes cannot confirm (no image, trailing
     elements, cut short, an unusual meta group), the verdict itself: skipped, or pydicom's
     ``read_header``.
+
+    Returns:
+        The head and file meta, or the file's verdict.
     """
     read = _read_head(path, st)
     if read is None:
@@ -493,6 +516,9 @@ def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | 
     The UIDs are read from the dataset's first bytes (``part10.read_series_keys``) and the file is
     confirmed whole by its pixel data reaching the end. Anything this cannot confirm is read by
     pydicom.
+
+    Returns:
+        The instance, or why it is skipped.
     """
     read = _whole_file_head(path, root, st)
     if not isinstance(read, tuple):
@@ -519,6 +545,9 @@ def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFi
     """Classify one file from its file meta group, confirming its pixel data reaches the end of the file.
 
     Anything this cannot confirm is classified by ``read_header`` (pydicom) instead.
+
+    Returns:
+        The instance (study and series UIDs left empty), or why it is skipped.
     """
     read = _whole_file_head(path, root, st)
     if not isinstance(read, tuple):
@@ -560,6 +589,9 @@ def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[D
     the same data" refusals. Identical copies are junk; different files claiming one instance (a
     corrected re-export beside the original) are a conflict, resolved by ``duplicates`` and recorded
     in ``result.conflicts``.
+
+    Returns:
+        The files to send, one per SOP Instance UID, in path order.
     """
     groups: dict[str, list[DicomFile]] = {}
     for f in result.files:  # sorted by path
@@ -628,6 +660,9 @@ def scan_directory(
     ``"newest"`` or ``"oldest"`` by modification time, or ``"stop"`` (``InputError``).
     ``skip_truncated``: list DICOM files cut short as skipped instead of failing the scan with
     ``IncompleteExportError`` (the default: such a folder is an export still being written).
+
+    Returns:
+        The instances to send and the files skipped.
     """
     if headers not in ("full", "file-meta"):
         raise InputError(f"Unknown header depth {headers!r}", hint="Use 'full' or 'file-meta'")

@@ -64,6 +64,9 @@ def plan_sessions(
     Several studies need ``per_study`` (each becomes its own session, labelled by ``study_label`` —
     even when the folder holds one study today — so a study keeps its label whatever is added or
     removed beside it).
+
+    Returns:
+        The session's target and its files, one pair per session.
     """
     groups = scan.by_study()
     if per_study:
@@ -104,8 +107,10 @@ def check_destination(
 
     A Direct-Archive session of this study and label that an earlier upload closed (archiving
     now) is waited for, at most ``settle_seconds``: files sent into it meanwhile would be parked.
-    Returns the target to use: with ``allow_other_study`` its overwrite becomes ``delete`` (XNAT
-    refuses a change of study UID under ``append``).
+
+    Returns:
+        The target to use: with ``allow_other_study`` its overwrite becomes ``delete`` (XNAT refuses
+        a change of study UID under ``append``).
     """
     where = f"{target.project}/{target.session}"
     _settle_closed_direct_archive(client, target, study_uid, settle_seconds)
@@ -241,9 +246,13 @@ def _refuse_study_archived_elsewhere(client: XnatClient, target: UploadTarget, s
 def resume_state(
     client: XnatClient, journal: UploadJournal | None, target: UploadTarget, files: Sequence[DicomFile]
 ) -> ResumeState:
-    """What the journal says an earlier run delivered to this server's ``target``, if XNAT still has
-    the session of ``files``' study; else nothing (the entries are dropped): skipping must never
-    rest on a stale record.
+    """What the journal says an earlier run delivered to this server's ``target``.
+
+    Only if XNAT still has the session of ``files``' study; else nothing (the entries are dropped):
+    skipping must never rest on a stale record.
+
+    Returns:
+        The resume state for this destination.
     """
     key = resume_key(client.base_url, target.key)
     if journal is None or not files:
@@ -274,6 +283,9 @@ def study_present(client: XnatClient, study_uid: str, *, project: str | None = N
     ``project``, or of any project), being received by Direct-Archive, or held in the prearchive
     (not in ERROR). What a resume journal's record is checked against before it is trusted (REST
     uploads, and C-STORE in ``cstore.resume``).
+
+    Returns:
+        True when XNAT holds the study in one of those places.
     """
     if project and label:
         found = find_archived(client, project, label)
@@ -310,6 +322,9 @@ def upload_batch_resumable(
     A batch whose content digest the journal holds for this destination was delivered by an earlier
     run and is not sent again. ``resume``: the state already read for this destination
     (``upload_batches`` reads it once for all its batches).
+
+    Returns:
+        The batch's result; ``resumed`` when an earlier run delivered it.
     """
     if resume is None:
         resume = resume_state(client, journal, target, batch)
@@ -394,6 +409,9 @@ def upload_instances(
     A fresh run whose session XNAT has already archived complete sends nothing: gradual-DICOM
     cannot replace archived instances, so re-sending them would only park a CONFLICT copy in
     the prearchive (XNAT wiki: Using Direct-to-Archive Uploading). DICOM-zip with an overwrite policy replaces them.
+
+    Returns:
+        The gradual upload's result, counting the instances resumed.
     """
     resume = resume_state(client, journal, target, files)
     if not resume.done and archived_complete(client, target, files):
@@ -429,6 +447,9 @@ def archive_now(
     Not when ``requests_in_doubt``: a request that reached XNAT unanswered (and was sent again)
     may still be on its way into the session. Archived now, that late copy would open a second
     session that meets the archived one and parks in CONFLICT; the idle timer waits for it.
+
+    Returns:
+        The Direct-Archive sessions XNAT queued for archiving; none when it was not asked.
     """
     if not (target.direct_archive and target.archive_when_complete):
         return []
@@ -641,6 +662,9 @@ def look_for_parked(
     while it is still receiving (XNAT's idle timer may take minutes: that is what verifying is for);
     and, as long, while XNAT holds this Direct-Archive upload in its prearchive instead (the label
     was archived already), where nothing can ask XNAT to archive it sooner.
+
+    Returns:
+        The parked sessions, each with what it conflicts with; empty when none.
     """
     _settle_closed_direct_archive(client, target, study_uid, settle_seconds)
     if target.direct_archive:

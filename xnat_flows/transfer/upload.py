@@ -57,6 +57,9 @@ def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str
 
     Any other answer raises, because it is not XNAT's import service that answered (a login page, a
     proxy, a redirect) and nothing may count as delivered.
+
+    Returns:
+        The session URIs XNAT answered (at least one).
     """
     where = f"{client.base_url}{IMPORT_PATH}"
     if response.is_redirect:
@@ -101,6 +104,9 @@ def upload_batch(
     ``raise_on_error=False``, comes back as ``ok=False`` with the message in ``error``.
     ``on_streamed(n)`` reports the file bytes streamed so far in the current attempt (it
     restarts at 0 when a retry starts), for byte-level progress.
+
+    Returns:
+        The batch's result: its files, bytes and time, and the session URIs XNAT answered.
     """
     if not batch:
         raise InputError("Cannot upload an empty batch")
@@ -201,6 +207,9 @@ def _warmup_order(files: Sequence[DicomFile]) -> tuple[list[DicomFile], list[Dic
 
     Many parallel first requests for a new session race XNAT's creation of the session and
     scan rows (transient 400s); creating each scan once, sequentially, avoids the race.
+
+    Returns:
+        The leading instances and the rest.
     """
     by_series: dict[str, list[DicomFile]] = {}
     for f in files:
@@ -230,6 +239,10 @@ def upload_gradual(
     request is answered), so memory stays bounded for any number of files. Per-file failures are
     collected with XNAT's message; errors every request would hit (401 after re-login, 403, ...)
     stop the upload. ``on_sent`` is called (from worker threads) for every instance XNAT accepted.
+
+    Returns:
+        Counts of instances sent, failed and resumed, with XNAT's message for each failure and the
+        session URIs.
     """
     items = list(files)
     # Counted in a plain object while the workers run (the hot path, once per instance); the
@@ -388,6 +401,9 @@ def choose_archive_format(client: XnatClient, probes: int = 5) -> tuple[ArchiveF
 
     Compressing costs client CPU and, on a fast link, time (docs/performance.md: tgz on
     loopback); on a remote link it halves the bytes of MR/CT-like data.
+
+    Returns:
+        The format and the reason for it.
     """
     from xnat_flows.client.version import at_least
 

@@ -191,8 +191,10 @@ class SessionResult(BaseModel):
 
     @property
     def awaits_archiving(self) -> bool:
-        """Everything reached XNAT and it is not yet known archived (a gradual re-run that found
-        the session archived complete sent nothing, and nothing of it waits).
+        """Everything reached XNAT and it is not yet known archived.
+
+        A gradual re-run that found the session archived complete sent nothing, and nothing of it
+        waits.
         """
         return self.uploaded and not (self.gradual is not None and self.gradual.already_archived)
 

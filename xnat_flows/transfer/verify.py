@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """What verifying an upload found: per-scan file counts sent and archived, and what XNAT parked."""
     ok: bool
     experiment_id: str | None
     uri: str | None
@@ -62,6 +63,9 @@ class VerifyResult:
 
         ``status_shown_by`` names, in the reader's terms, where a session's prearchive status is
         seen (the CLI: its ``prearchive list`` command).
+
+        Returns:
+            The sentence.
         """
         if self.processing:
             return (
@@ -115,6 +119,9 @@ def _match(expected: list[_Series], scans: list[ArchivedScan], by_number: bool =
 
     A scan XNAT recorded without a UID may be matched by number (``by_number``), each such scan to
     one series at most.
+
+    Returns:
+        Series UID to XNAT scan ID, for the series matched.
     """
     by_uid = {scan.uid: scan.id for scan in scans if scan.uid}
     uid_less = [scan.id for scan in scans if not scan.uid]
@@ -172,6 +179,9 @@ def prearchive_snapshot(client: XnatClient, project: str) -> frozenset[str]:
     """The prearchive rows of ``project`` (by URL) before an upload.
 
     Rows that were there already are not this upload's.
+
+    Returns:
+        The URLs of the project's prearchive rows.
     """
     return frozenset(row.url for row in _prearchive_rows(client, project))
 
@@ -196,6 +206,9 @@ def parked_rows(
 
     In ERROR, or in CONFLICT (it would merge into an archived session it may not join on its own).
     Rows there before the upload are not its.
+
+    Returns:
+        The parked rows.
     """
     return [
         row
@@ -210,8 +223,12 @@ def parked_rows(
 def parked_result(
     client: XnatClient, result: VerifyResult, rows: list[PrearchiveSession], for_flow_run: bool = False
 ) -> VerifyResult:
-    """``result`` failed for ``rows``, each described with what it conflicts with and what to do
-    (in a flow run operator's terms with ``for_flow_run``).
+    """``result`` failed for ``rows``, each described with what it conflicts with and what to do.
+
+    In a flow run operator's terms with ``for_flow_run``.
+
+    Returns:
+        A copy of ``result`` with ``ok`` false and the parked rows and next steps filled in.
     """
     described = [parked_session(client, row) for row in rows]
     return dataclasses.replace(
@@ -238,6 +255,10 @@ def verify_session(
     ``prearchive_before`` (``prearchive_snapshot`` taken before the upload) lets verification tell
     this upload's prearchive rows from older ones: a row of this study that XNAT parked in ERROR,
     or in CONFLICT that merging could not clear, fails the verification whatever the archive holds.
+
+    Returns:
+        The counts found per scan, ``ok`` when every scan holds at least what was sent and nothing
+        of this upload is parked.
     """
     files = list(expected_files)
     study_uids = {f.study_uid for f in files}
@@ -295,9 +316,13 @@ def verify_session(
 
 
 def archived_complete(client: XnatClient, target: UploadTarget, files: Iterable[DicomFile]) -> bool:
-    """True when the archived target session already holds every series of ``files`` with at
-    least as many instances, each series matched by its SeriesInstanceUID (never by number
+    """True when the archived target session already holds every series of ``files``.
+
+    Each series with at least as many instances, matched by its SeriesInstanceUID (never by number
     alone, so another study under the same label cannot pass). Checked once, without waiting.
+
+    Returns:
+        True when the archive holds it all.
     """
     if _holds_in_prearchive(client, target):
         return False
@@ -314,14 +339,15 @@ def _merge_own_late_copy(
 ) -> bool:
     """Archive ``row`` into the target session with ``append`` if it is this upload's own late copy.
 
-    True when XNAT took it.
-
     A copy of the upload that reached XNAT after the session was archived (a resumed or retried
     request) cannot join it on its own: XNAT parks it in CONFLICT (XNAT wiki: *Using
     Direct-to-Archive Uploading*). It is merged only when it is the same study (StudyInstanceUID),
     for the same subject and label, and the archived session records the same DICOM patient; and
     only with ``append``, under which XNAT still refuses another study or subject
     (xnat-web ``PrearcSessionArchiver.checkForConflicts``). Anything else is for a person to look at.
+
+    Returns:
+        True when XNAT took it.
     """
     if row.status != CONFLICT or row.name != target.session or row.subject.lower() != target.subject.lower():
         return False

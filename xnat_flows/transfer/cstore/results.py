@@ -92,9 +92,10 @@ class AssociationSummary:
 
 @dataclass(frozen=True)
 class ArchivedStudy:
-    """A session in XNAT's archive that holds the instances of one sent study (a C-STORE names no session.
+    """A session in XNAT's archive that holds the instances of one sent study.
 
-    XNAT's routing decides the project and labels, so it is found by StudyInstanceUID).
+    A C-STORE names no session: XNAT's routing decides the project and labels, so it is found by
+    StudyInstanceUID.
     """
 
     study_uid: str
@@ -200,10 +201,10 @@ class SendResult:
 
     @property
     def warnings(self) -> list[InstanceOutcome]:
-        """Instances the receiver stored with a Warning status (PS3.4 Annex B.
+        """Instances the receiver stored with a Warning status: stored, but perhaps not as sent, so said apart.
 
-        E.g. 0xB000 coercion of data elements, 0xB006 elements discarded, 0xB007 data set does not
-        match the SOP class): stored, but perhaps not as sent, so said apart.
+        PS3.4 Annex B, e.g. 0xB000 coercion of data elements, 0xB006 elements discarded, 0xB007 data
+        set does not match the SOP class.
         """
         return [o for o in self.sent if o.status not in (None, 0x0000)]
 
