@@ -56,6 +56,7 @@ class UploadJournal:
     Args: directory: Where the files live; by default ``journal/`` in the profile directory (mode
     0600).
     """
+
     def __init__(self, directory: Path | None = None) -> None:
         from xnat_flows.client.paths import profile_dir  # not client.settings: no pydantic on the C-STORE path
 

@@ -46,6 +46,7 @@ class MetaTooShort(ValueError):
 @dataclass(frozen=True)
 class FileMeta:
     """The file meta group's facts an upload needs, read without pydicom."""
+
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str

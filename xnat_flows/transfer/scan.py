@@ -86,6 +86,7 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 @dataclass(frozen=True, slots=True)  # slots: ~100k of them in a big session
 class DicomFile:
     """One DICOM instance found by the scan: its file and the UIDs an upload plans and verifies with."""
+
     path: Path
     relpath: str  # POSIX path relative to the scanned root: the member name in archives
     size: int
@@ -109,6 +110,7 @@ class DicomFile:
 @dataclass(frozen=True)
 class SkippedFile:
     """A file the scan does not send, with the reason why (junk, unreadable, cut short, a duplicate)."""
+
     path: Path
     reason: str
 
@@ -150,6 +152,7 @@ class IncompleteExportError(TransientError):
 @dataclass
 class ScanResult:
     """What ``scan_directory`` found under ``root``: the instances to send and every file skipped."""
+
     root: Path
     files: list[DicomFile] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)

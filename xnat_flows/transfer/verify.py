@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class VerifyResult:
     """What verifying an upload found: per-scan file counts sent and archived, and what XNAT parked."""
+
     ok: bool
     experiment_id: str | None
     uri: str | None

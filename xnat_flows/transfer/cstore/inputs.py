@@ -65,5 +65,6 @@ class RoutingOverride:
                 )
 
     def comment(self) -> str:
+        """The PatientComments value, e.g. ``Project:P Subject:S Session:E`` (fields left out when not given)."""
         parts = [("Project", self.project), ("Subject", self.subject), ("Session", self.session)]
         return " ".join(f"{key}:{value}" for key, value in parts if value)

@@ -145,10 +145,12 @@ class SendResult:
 
     @property
     def bytes_sent(self) -> int:
+        """Bytes of the instances stored."""
         return sum(o.size for o in self.sent)
 
     @property
     def instances_per_second(self) -> float:
+        """Instances stored per second of the send."""
         return len(self.sent) / self.seconds if self.seconds > 0 else 0.0
 
     @property
@@ -173,9 +175,10 @@ class SendResult:
 
     @property
     def ok(self) -> bool:
-        """Every instance stored, every file read, and none in doubt unless the archive was
-        verified to hold every instance sent: the one formula of the CLI's exit code, its
-        ``--json`` ``ok`` and the flow's success.
+        """Every instance stored, every file read, and none in doubt unless the archive holds every one.
+
+        Instances in doubt pass only once the archive was verified to hold every instance sent. The
+        one formula of the CLI's exit code, its ``--json`` ``ok`` and the flow's success.
         """
         stored = not self.failed and not self.skipped and not self.unreadable
         return stored and (not self.in_doubt or self.verified)

@@ -86,10 +86,11 @@ def store_instances_resumable(
     anon_variables: Mapping[str, str] | None = None,
     **options: Any,
 ) -> SendResult:
-    """``store_instances`` that skips the instances an earlier run delivered to the same receiver
-    (and routing) while XNAT still holds their study, and records each instance in ``journal`` as
-    it goes out and as it is confirmed. With ``anonymizer`` the journal records the de-identified
-    instances (``store_instances``).
+    """``store_instances`` that skips the instances an earlier run delivered to the same receiver.
+
+    It skips them, for the same routing, while XNAT still holds their study, and records each
+    instance in ``journal`` as it goes out and as it is confirmed. With ``anonymizer`` the journal
+    records the de-identified instances (``store_instances``).
 
     Args:
         files: The instances to send (from ``scan_directory``).

@@ -60,11 +60,17 @@ class DeliveryLog(Protocol):
     Called from the sending threads; implementations serialise what they share.
     """
 
-    def sending(self, file: DicomFile) -> None: ...
+    def sending(self, file: DicomFile) -> None:
+        """``file`` is about to go out."""
+        ...
 
-    def stored(self, file: DicomFile) -> None: ...
+    def stored(self, file: DicomFile) -> None:
+        """The receiver stored ``file`` (Success or Warning)."""
+        ...
 
-    def refused(self, file: DicomFile) -> None: ...
+    def refused(self, file: DicomFile) -> None:
+        """The receiver answered a failure status for ``file``: it does not hold it."""
+        ...
 
 
 def deidentify_for_send(

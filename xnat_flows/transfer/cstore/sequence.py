@@ -30,8 +30,9 @@ class CStoreSteps(Protocol):
     """The steps of a C-STORE upload, in the order ``send_cstore`` runs them."""
 
     def check_destination(self) -> None:
-        """Ask XNAT, where it can be asked, that the routing project exists (XNAT files data for an
-        unknown project under Unassigned), before anything is read or sent.
+        """Ask XNAT, where it can be asked, that the routing project exists, before anything is read or sent.
+
+        XNAT files data for an unknown project under Unassigned.
         """
 
     def check_receiver(self) -> None:

@@ -49,6 +49,7 @@ class SendItem:
 
     @property
     def pair(self) -> SyntaxPair:
+        """The (SOP class, transfer syntax) pair this instance needs a presentation context for."""
         return self.sop_class, self.transfer_syntax
 
 
@@ -74,7 +75,9 @@ class InstanceReport(NamedTuple):
 class WorkerEvents(Protocol):
     """Called from the worker threads; implementations serialise what they share."""
 
-    def sending(self, item: SendItem) -> None: ...
+    def sending(self, item: SendItem) -> None:
+        """``item`` is about to go out on this worker's association."""
+        ...
 
     def refused(self, item: SendItem) -> None:
         """The receiver answered this attempt with a failure status.
@@ -83,9 +86,13 @@ class WorkerEvents(Protocol):
         """
         ...
 
-    def outcome(self, report: InstanceReport) -> None: ...
+    def outcome(self, report: InstanceReport) -> None:
+        """The final outcome of one instance, once its attempts are over."""
+        ...
 
-    def association(self, summary: AssociationSummary) -> None: ...
+    def association(self, summary: AssociationSummary) -> None:
+        """One association closed, with what it negotiated and carried."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,9 @@ def _why_unsendable(item: SendItem) -> str:
 
     The file-meta scan does not read datasets; when a receiver refuses an instance or drops the
     association over it, the full header check tells a corrupt file from a receiver problem.
+
+    Returns:
+        The reason, or "" when the file looks fine.
     """
     path = Path(item.path)
     try:
