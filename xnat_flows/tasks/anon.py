@@ -16,6 +16,8 @@ from pydantic import BaseModel
 
 
 class AnonCheckSummary(BaseModel):
+    """What ``anon check`` found, as a flow's result: counts and names only, never a value from the files."""
+
     program: str
     digest: str
     files: int
@@ -44,6 +46,9 @@ def anon_check(
     """Check ``script`` (DicomEdit 6 text) or ``profile`` (``basic`` + ``options``) against ``folder``.
 
     A script that cannot run raises ``ScriptError`` (line and column) at once.
+
+    Returns:
+        The summary; the full report is the markdown artifact (values hidden).
     """
     from xnat_flows.anon import anonymizer_for
     from xnat_flows.anon.check import check_folder

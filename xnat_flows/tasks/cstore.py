@@ -27,6 +27,8 @@ from xnat_flows.transfer.session import study_present
 
 
 class ReceiverAddress(NamedTuple):
+    """Where to send: the receiver's host, port and AE titles."""
+
     host: str
     port: int
     called_aet: str
@@ -116,6 +118,9 @@ def send_instances(
     may heal, the task raises so Prefect retries it; the last attempt returns what it has.
     ``connection``: the XNAT behind the receiver, asked whether it still holds what the journal
     says an earlier run delivered; without it (or when it cannot be asked) those are sent again.
+
+    Returns:
+        The send's result with the resume's facts.
     """
     address = receiver_address(receiver)
     with contextlib.ExitStack() as stack, association_slots(limit, workers) as associations:
@@ -156,8 +161,12 @@ def send_instances(
 def _study_check(
     connection: XnatConnection | None, routing: RoutingOverride | None, stack: contextlib.ExitStack
 ) -> Callable[[str], bool] | None:
-    """``study_present`` on the XNAT of ``connection`` for the C-STORE journal, or None when it
-    cannot be asked (no credentials on the worker, XNAT's REST API unreachable).
+    """``study_present`` on the XNAT of ``connection`` for the C-STORE journal.
+
+    None when it cannot be asked (no credentials on the worker, XNAT's REST API unreachable).
+
+    Returns:
+        The check, or None.
     """
     if connection is None:
         return None
@@ -215,8 +224,10 @@ def wait_for_archived_studies_task(
     timeout_seconds: float,
     poll_seconds: float = 2.0,
 ) -> list[ArchivedStudy]:
-    """Wait (bounded) until every sent study is an archived session holding at least as many files
-    as instances were sent (``transfer.cstore.archived``).
+    """Wait (bounded) until every sent study is an archived session with all its instances.
+
+    Each session must hold at least as many files as instances were sent
+    (``transfer.cstore.archived``).
 
     Args:
         connection: The XNAT behind the receiver.

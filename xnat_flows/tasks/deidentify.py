@@ -28,7 +28,8 @@ def prepare_anonymizer(
 ) -> Anonymizer | None:
     """Compile what ``deidentify`` asks for (a script error fails here, before anything is sent).
 
-    None when it asks for nothing.
+    Returns:
+        The anonymizer, or None when ``deidentify`` asks for nothing.
     """
     server_scripts: list[tuple[str, str]] = []
     if deidentify.from_server:
@@ -50,7 +51,8 @@ def deidentify_sessions(
 ) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
     """Apply the anonymizer to every planned file in memory.
 
-    The files as they will be sent, and those it cannot be applied to (listed, never sent).
+    Returns:
+        The files as they will be sent, and those it cannot be applied to (listed, never sent).
     """
     return deidentify_plan(plans, anonymizer)
 
@@ -59,9 +61,12 @@ def deidentify_sessions(
 def deidentify_instances(
     files: list[DicomFile], anonymizer: Anonymizer, routing: RoutingOverride | None
 ) -> tuple[list[DicomFile], list[InstanceOutcome]]:
-    """C-STORE.
+    """De-identify the files of a C-STORE.
 
-    The files as they will be sent (with the routing's labels as the script's variables), and a
-    failed outcome for each the script cannot be applied to.
+    The routing's labels are the script's variables.
+
+    Returns:
+        The files as they will be sent, and a failed outcome for each the script cannot be applied
+        to.
     """
     return deidentify_for_send(files, anonymizer, routing_variables(routing))

@@ -61,10 +61,15 @@ _RETRYING: RetryOptions = {
 @task(name="check-server", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 @speaks_to_operator
 def check_server(connection: XnatConnection, direct_archive: bool, project: str | None = None) -> ServerCheck:
-    """Prove the session once (the cached one from ``xnat-flows auth login``, else a login whose
-    token is cached for the upload tasks), refuse Direct-Archive below 1.8.3, check that the
-    project exists (XNAT would otherwise file the data under Unassigned), and find the server's
-    upload concurrency limit if the site defined one.
+    """Check the server before an upload.
+
+    Prove the session once (the cached one from ``xnat-flows auth login``, else a login whose token
+    is cached for the upload tasks), refuse Direct-Archive below 1.8.3, check that the project
+    exists (XNAT would otherwise file the data under Unassigned), and find the server's upload
+    concurrency limit if the site defined one.
+
+    Returns:
+        The server's URL, version and upload concurrency limit (None when the site defined none).
     """
     with open_client(connection) as client:
         client.whoami()
@@ -92,10 +97,14 @@ def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
 def check_destination_task(
     connection: XnatConnection, target: UploadTarget, study_uid: str, allow_other_study: bool, per_study: bool = False
 ) -> tuple[UploadTarget, frozenset[str]]:
-    """Refuse a session label that holds, receives or stages another study (unless allowed), or this
-    study under another subject; with ``per_study``, a study the project holds under another label.
-    Note the prearchive's rows before the upload, so verification can tell this upload's outcome
-    from older rows.
+    """Refuse a destination that XNAT would park in CONFLICT or merge wrongly (``transfer.session``).
+
+    A session label that holds, receives or stages another study (unless allowed), or this study
+    under another subject; with ``per_study``, a study the project holds under another label.
+
+    Returns:
+        The target to use, and the prearchive's rows before the upload (so verification can tell
+        this upload's outcome from older rows).
     """
     with open_client(connection) as client:
         checked = check_destination(client, target, study_uid, allow_other_study=allow_other_study, per_study=per_study)
@@ -104,10 +113,11 @@ def check_destination_task(
 
 @contextmanager
 def destination_slots(server_url: str, targets: list[UploadTarget], timeout_seconds: float) -> Iterator[None]:
-    """Hold the one slot of each destination's concurrency limit (``xnat-session:HOST:PORT:P:E``,
-    limit 1, created on first use) from the destination check to the end of verification: two
-    flow runs uploading to one session label, on any workers, run one after the other, and the
-    second one's check sees what the first one left. Waits at most ``timeout_seconds``.
+    """Hold the one slot of each destination's concurrency limit, waiting at most ``timeout_seconds``.
+
+    The limit is ``xnat-session:HOST:PORT:P:E``, limit 1, created on first use; it is held from the
+    destination check to the end of verification: two flow runs uploading to one session label, on
+    any workers, run one after the other, and the second one's check sees what the first one left.
     """
     names = sorted({destination_name(server_url, t.project, t.session) for t in targets})
     with get_client(sync_client=True) as prefect:
@@ -143,6 +153,9 @@ def scan_dicom_directory(
     ``headers="file-meta"`` reads only what a C-STORE needs; ``duplicates``: which of two
     different files with one SOP Instance UID to send; ``skip_truncated``: send the rest when
     files are cut short instead of failing (see ``transfer.scan``).
+
+    Returns:
+        The instances found and the files skipped.
     """
     return scan_directory(Path(source_dir), headers=headers, duplicates=duplicates, skip_truncated=skip_truncated)
 
@@ -168,6 +181,9 @@ def upload_batch_task(
 
     A batch that an earlier run already delivered (the upload journal knows its content digest)
     is not sent again, so re-running a failed flow sends only what did not land.
+
+    Returns:
+        The batch's result; ``requests_in_doubt`` counts this task's earlier attempts too.
     """
     with upload_slot(concurrency_limit), shared_client(connection) as client:
         result = upload_batch_resumable(client, batch, target, archive_format, index=index, journal=UploadJournal())
@@ -189,6 +205,9 @@ def upload_instances_task(
 
     One task for the whole set (a task per instance would cost more than the request itself);
     failed instances are listed in the result, and re-running sends only those.
+
+    Returns:
+        The counts of instances sent, failed and resumed.
     """
     with upload_slot(concurrency_limit), open_client(connection) as client:
         return upload_instances(client, files, target, workers=workers, journal=UploadJournal())
@@ -210,6 +229,9 @@ def archive_now_task(
 
     Ask XNAT to archive its Direct-Archive session now rather than after the idle interval (XNAT
     1.8.4+; a server that does not archives it as usual).
+
+    Returns:
+        The Direct-Archive sessions XNAT queued.
     """
     with open_client(connection) as client:
         return archive_now(client, target, study_uid, uris, requests_in_doubt=requests_in_doubt)

@@ -159,7 +159,7 @@ class Rewrite:
 
     @property
     def digest(self) -> str:
-        """Rules and variables.
+        """A digest of the rules and variables.
 
         Part of the resume journal's record of a sent file, so a re-run with another script (or
         another subject label) sends again rather than skipping.

@@ -435,10 +435,9 @@ def upload_instances(
 def archive_now(
     client: XnatClient, target: UploadTarget, study_uid: str, uris: Iterable[str], *, requests_in_doubt: int = 0
 ) -> list[str]:
-    """Everything of this study is in.
+    """Ask XNAT to archive this study's Direct-Archive session now: everything of it is in.
 
-    Ask XNAT to archive its Direct-Archive session now instead of after the idle interval
-    (``target.archive_when_complete``); the sessions XNAT queued.
+    Now instead of after the idle interval (``target.archive_when_complete``).
 
     ``uris``: what the import service answered; a run whose every part an earlier run delivered
     has none, and the session's URI is then the one XNAT gives such a session. A session XNAT
