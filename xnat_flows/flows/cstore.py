@@ -44,8 +44,9 @@ class SendIncompleteError(XnatError):
 
 
 class SendInDoubtError(XnatError):
-    """Every instance was stored, but some were sent again after an attempt without an answer, and
-    the run did not verify the archive (where XNAT may hold the second copy in CONFLICT).
+    """Every instance was stored, but some were sent again after an attempt without an answer.
+
+    The run did not verify the archive, where XNAT may hold the second copy in CONFLICT.
     """
 
 

@@ -35,6 +35,10 @@ def failed_run(exc: BaseException) -> Any:
 
     Typed ``Any`` so that a flow keeps its result type: whoever calls the flow gets the result or,
     from this state, ``exc`` raised (only ``return_state=True`` callers see the state itself).
+
+    Returns:
+        A Failed state carrying ``exc`` and the line for the operator (any exception that is not an
+        ``XnatError``: its type and message).
     """
     say_failures_once()
     if not isinstance(exc, XnatError):
@@ -56,6 +60,9 @@ def _against(exc: XnatError) -> str:
     """The server (and Block) the run worked against, from its parameters.
 
     The DICOM receiver for a C-STORE error, else the XNAT of its connection.
+
+    Returns:
+        The server and Block in words, or "" when they cannot be told.
     """
     context = FlowRunContext.get()
     parameters: dict[str, Any] = dict(context.parameters or {}) if context is not None else {}

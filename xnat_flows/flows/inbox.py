@@ -79,6 +79,8 @@ class InboxItem(BaseModel):
 
 
 class InboxRunResult(BaseModel):
+    """One inbox run: what became of each folder taken, and the folders left for another run."""
+
     items: list[InboxItem] = Field(default_factory=list)
     waiting: list[str] = Field(default_factory=list, description="Folders still changing (inside the quiet period).")
     busy: list[str] = Field(default_factory=list, description="Folders held by another live run.")
@@ -89,10 +91,12 @@ class InboxRunResult(BaseModel):
 
     @property
     def failed(self) -> list[InboxItem]:
+        """Folders moved to failed/."""
         return [item for item in self.items if item.status == "failed"]
 
     @property
     def retrying(self) -> list[InboxItem]:
+        """Folders kept in processing/ for the next run."""
         return [item for item in self.items if item.status == "retry"]
 
 
@@ -120,6 +124,9 @@ def check_project(connection: XnatConnection, project: str) -> str | None:
 
     Checked before uploading because XNAT files a session for an unknown project under
     "Unassigned" in the prearchive instead of refusing it.
+
+    Returns:
+        None, or the reason in words.
     """
     with open_client(connection) as client:
         try:
@@ -195,6 +202,10 @@ def ingest_inbox(
         per_study: A folder holding several studies becomes one session per study (label + 8 hex digits of its StudyInstanceUID).
         deidentify: De-identify each file as it is sent (a dicomedit-script Block or script text, the Basic
             Profile, XNAT's own scripts); a folder with files the script cannot take goes to failed/.
+
+    Returns:
+        Each folder taken and its fate (done, failed, retry), and the folders not taken; the run
+        ends Failed when any folder was not uploaded.
     """
     logger = get_run_logger()
     if not inbox_dir.strip() or not project.strip():
@@ -284,6 +295,9 @@ def _not_uploaded(result: InboxRunResult, layout: InboxLayout) -> str:
 
     Folders that failed alike share one mention of the cause (an outage keeps every folder of the
     run for the same reason).
+
+    Returns:
+        One line naming every folder not uploaded, with its fate and cause.
     """
     fates: dict[tuple[str, str], list[str]] = {}
     for item in result.failed:

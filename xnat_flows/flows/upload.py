@@ -86,6 +86,10 @@ def upload_dicom_session(
     Args:
         request: What to upload (source directory) and where (project, subject, session), and how.
         connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+
+    Returns:
+        Every session's result (where it landed, what was sent or failed, what verifying found),
+        the files skipped, and the time taken.
     """
     server_url: str | None = None
     try:
@@ -190,9 +194,11 @@ def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCh
 
 
 class TaskSteps:
-    """The steps of the REST upload's one sequence (``transfer.sequence.sequence_upload``), each a
-    task of this module's (``tasks.upload``): the UI shows every task run with its retries, the
-    server's upload concurrency limit, and the per-label slot held from check to verification.
+    """The steps of the REST upload's one sequence (``transfer.sequence.sequence_upload``) as tasks.
+
+    Each is a task of this module's (``tasks.upload``): the UI shows every task run with its
+    retries, the server's upload concurrency limit, and the per-label slot held from check to
+    verification.
 
     Args:
         request: The flow run's request.
@@ -289,10 +295,14 @@ class TaskSteps:
 
 
 def landing(outcome: SessionResult, server_url: str) -> dict[str, str | None]:
-    """Where a session landed.
+    """Where a session landed, for the run's report and events.
 
     Experiment ID, archive or prearchive URI, the session's XNAT web page, and for a prearchive
     landing the timestamp folder (what archiving it needs).
+
+    Returns:
+        ``experiment_id``, ``uri``, ``web_url``, ``prearchive_timestamp`` and ``where`` (archive,
+        prearchive or unknown).
     """
     base = public_base_url(server_url)
     uri = absolute_uri(server_url, outcome.session_uri)
