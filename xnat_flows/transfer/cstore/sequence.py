@@ -120,6 +120,7 @@ class DirectSteps:
     progress: InstanceCountCallback | None = None
     options: Mapping[str, Any] = field(default_factory=dict)  # more ``store_instances`` options
     scanned_bytes: int = 0  # the DICOM files' bytes, once scanned (a progress bar's total)
+    sent: SendResult | None = None  # the send's result, once sent: what to report when the archive wait fails
 
     def check_destination(self) -> None:
         """The routing project exists (``project_check``), when given."""
@@ -153,7 +154,7 @@ class DirectSteps:
         from xnat_flows.transfer.cstore.resume import store_instances_resumable
         from xnat_flows.transfer.journal import UploadJournal
 
-        return store_instances_resumable(
+        self.sent = store_instances_resumable(
             files,
             UploadJournal(),
             host=self.host,
@@ -167,6 +168,7 @@ class DirectSteps:
             progress=self.progress,
             **self.options,
         )
+        return self.sent
 
     def wait_for_archive(self, instances: dict[str, int]) -> list[ArchivedStudy]:
         """Poll XNAT's archive (``archived.wait_for_archived_studies``)."""
