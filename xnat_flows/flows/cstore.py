@@ -73,7 +73,8 @@ def send_dicom(
     tasks.
 
     Args:
-        request: What to send (source directory), routing, parallelism, and whether to wait for the archive.
+        request: What to send (source directory, which of two files holding one instance), routing,
+            parallelism, de-identification, and whether to wait for the archive.
         receiver: The DICOM receiver: an xnat-dicom-receiver Block, or host, port and AE titles.
         connection: The xnat-credentials Block of the XNAT behind the receiver (the deployment's
             default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time): it is asked that the
@@ -134,7 +135,10 @@ class _TaskSteps:
 
     def scan(self, headers: ScanHeaders) -> ScanResult:
         scan = scan_dicom_directory(
-            self.request.source_dir, headers=headers, skip_truncated=self.request.skip_truncated
+            self.request.source_dir,
+            headers=headers,
+            duplicates=self.request.duplicates,
+            skip_truncated=self.request.skip_truncated,
         )
         self.scanned = list(scan.files)
         return scan

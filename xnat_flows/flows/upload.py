@@ -128,13 +128,6 @@ def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCh
     scan = scan_dicom_directory(
         request.source_dir, duplicates=request.duplicates, skip_truncated=request.skip_truncated
     )
-    if scan.conflicts:
-        logger.warning(
-            "%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
-            "(the others are listed as skipped, 'conflicting copy')",
-            len(scan.conflicts),
-            request.duplicates,
-        )
     if not scan.files:
         raise InputError(
             f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prefect import get_client, task
+from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
@@ -152,12 +152,21 @@ def scan_dicom_directory(
 
     ``headers="file-meta"`` reads only what a C-STORE needs; ``duplicates``: which of two
     different files with one SOP Instance UID to send; ``skip_truncated``: send the rest when
-    files are cut short instead of failing (see ``transfer.scan``).
+    files are cut short instead of failing (see ``transfer.scan``). Different files holding one
+    SOP Instance UID are logged as a warning, with the choice made.
 
     Returns:
         The instances found and the files skipped.
     """
-    return scan_directory(Path(source_dir), headers=headers, duplicates=duplicates, skip_truncated=skip_truncated)
+    scan = scan_directory(Path(source_dir), headers=headers, duplicates=duplicates, skip_truncated=skip_truncated)
+    if scan.conflicts:
+        get_run_logger().warning(
+            "%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
+            "(the others are listed as skipped, 'conflicting copy')",
+            len(scan.conflicts),
+            duplicates,
+        )
+    return scan
 
 
 @task(name="partition-batches", **_COMMON)
