@@ -23,15 +23,6 @@ PASSWORD = "send-dicom-verify-password-5c1e"
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("XNAT_FLOWS_HOME", raising=False)
-    return home
-
-
-@pytest.fixture
 def xnat(tmp_path: Path, xnat_emulator_factory) -> XnatEmulator:
     return xnat_emulator_factory(
         tmp_path / "xnat",

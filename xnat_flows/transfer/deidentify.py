@@ -332,6 +332,12 @@ def deidentify_files(
     the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs or
     share its SOP Instance UID with another, are refused with the reason.
 
+    Args:
+        files: The scanned instances (none de-identified yet).
+        anonymizer: The rules to apply.
+        variables: The script's variables (``xnat_variables``).
+        head_cache_bytes: How many bytes of rewritten headers to keep for the send.
+
     Returns:
         The rewritten instances and the files refused, each with the reason.
     """
@@ -401,6 +407,10 @@ def deidentify_plan(
     A study the script splits into several StudyInstanceUIDs stops the upload (one session, one
     study); a session left with no file to send is dropped (its files are in the refused list).
 
+    Args:
+        plan: The planned sessions and their files (``plan_sessions``).
+        anonymizer: The rules to apply.
+
     Returns:
         The plan with each session's files de-identified, and the files refused.
     """
@@ -468,6 +478,12 @@ def build_anonymizer(
 
     Every script is compiled here, before anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may fetch (none:
     a script calling it is refused).
+
+    Args:
+        server_scripts: XNAT's enabled scripts as ``(name, text)``, site first.
+        script: The user's script as ``(source, text)``, or None.
+        profile: ``basic[,option...]``, or None.
+        allowed_urls: URL prefixes a script's ``getURL`` may fetch.
 
     Returns:
         The chained anonymizer, or None when none is asked for.

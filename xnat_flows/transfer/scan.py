@@ -658,11 +658,14 @@ def scan_directory(
 ) -> ScanResult:
     """Every DICOM instance under ``root`` (recursive, sorted by relative path) and every skip.
 
-    ``headers``: how much of each file to read, ``"full"`` or ``"file-meta"`` (module docstring).
-    ``duplicates``: which file to send when two different files hold one SOP Instance UID:
-    ``"newest"`` or ``"oldest"`` by modification time, or ``"stop"`` (``InputError``).
-    ``skip_truncated``: list DICOM files cut short as skipped instead of failing the scan with
-    ``IncompleteExportError`` (the default: such a folder is an export still being written).
+    Args:
+        root: The folder.
+        headers: How much of each file to read: ``"full"``, or ``"file-meta"`` (what a C-STORE
+            needs; study and series UIDs left empty; module docstring).
+        duplicates: Which of two different files holding one SOP Instance UID to send: ``"newest"``
+            or ``"oldest"`` by modification time, or ``"stop"`` (``InputError``).
+        skip_truncated: List DICOM files cut short as skipped instead of failing the scan with
+            ``IncompleteExportError`` (the default: such a folder is an export still being written).
 
     Returns:
         The instances to send and the files skipped.

@@ -65,6 +65,11 @@ def plan_sessions(
     even when the folder holds one study today — so a study keeps its label whatever is added or
     removed beside it).
 
+    Args:
+        scan: The scanned folder.
+        target: Where the upload goes (the session label of a single study).
+        per_study: One session per StudyInstanceUID, each label suffixed by ``study_label``.
+
     Returns:
         The session's target and its files, one pair per session.
     """
@@ -107,6 +112,14 @@ def check_destination(
 
     A Direct-Archive session of this study and label that an earlier upload closed (archiving
     now) is waited for, at most ``settle_seconds``: files sent into it meanwhile would be parked.
+
+    Args:
+        client: A logged-in client.
+        target: The planned destination.
+        study_uid: The StudyInstanceUID being sent.
+        allow_other_study: Upload even into a session that holds another study.
+        per_study: The upload labels each study itself (``plan_sessions``).
+        settle_seconds: The longest wait for a closed Direct-Archive session of this label.
 
     Returns:
         The target to use: with ``allow_other_study`` its overwrite becomes ``delete`` (XNAT refuses
@@ -251,6 +264,12 @@ def resume_state(
     Only if XNAT still has the session of ``files``' study; else nothing (the entries are dropped):
     skipping must never rest on a stale record.
 
+    Args:
+        client: A client of the server the journal's records are for.
+        journal: The upload journal, or None for none.
+        target: The destination.
+        files: What is being sent there (their study is looked up).
+
     Returns:
         The resume state for this destination.
     """
@@ -283,6 +302,12 @@ def study_present(client: XnatClient, study_uid: str, *, project: str | None = N
     ``project``, or of any project), being received by Direct-Archive, or held in the prearchive
     (not in ERROR). What a resume journal's record is checked against before it is trusted (REST
     uploads, and C-STORE in ``cstore.resume``).
+
+    Args:
+        client: A logged-in client.
+        study_uid: The StudyInstanceUID.
+        project: Look only in this project.
+        label: With ``project``: look only for this session label.
 
     Returns:
         True when XNAT holds the study in one of those places.
@@ -323,6 +348,17 @@ def upload_batch_resumable(
     run and is not sent again. ``resume``: the state already read for this destination
     (``upload_batches`` reads it once for all its batches).
 
+    Args:
+        client: A logged-in client.
+        batch: The batch's files.
+        target: The destination session.
+        fmt: The archive format (tar, tgz or zip).
+        index: The batch's number, for the result.
+        journal: The upload journal, or None for no resume.
+        resume: The state already read for this destination, else read here.
+        raise_on_error: Raise a permanent rejection; False: return it as ``ok=False``.
+        on_streamed: Told the bytes streamed so far in the current attempt.
+
     Returns:
         The batch's result; ``resumed`` when an earlier run delivered it.
     """
@@ -351,7 +387,20 @@ def upload_batches(
     journal: UploadJournal | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[BatchResult]:
-    """DICOM-zip: ``workers`` byte-balanced batches sent in parallel; journaled batches are skipped."""
+    """DICOM-zip: ``workers`` byte-balanced batches sent in parallel; journaled batches are skipped.
+
+    Args:
+        client: A logged-in client.
+        files: The session's files.
+        target: The destination session.
+        workers: How many batches, sent in parallel.
+        fmt: The archive format of each batch.
+        journal: The upload journal, or None for no resume.
+        progress: Told of the bytes and files sent as they go.
+
+    Returns:
+        Each batch's result, in batch order.
+    """
     batches = partition_by_bytes(files, workers)
     resume = resume_state(client, journal, target, files)
     total_bytes = sum(f.size for f in files)
@@ -410,6 +459,14 @@ def upload_instances(
     cannot replace archived instances, so re-sending them would only park a CONFLICT copy in
     the prearchive (XNAT wiki: Using Direct-to-Archive Uploading). DICOM-zip with an overwrite policy replaces them.
 
+    Args:
+        client: A logged-in client.
+        files: The session's instances.
+        target: The destination session.
+        workers: Requests in flight at once.
+        journal: The upload journal, or None for no resume.
+        progress: Told of the instances sent as they go.
+
     Returns:
         The gradual upload's result, counting the instances resumed.
     """
@@ -446,6 +503,13 @@ def archive_now(
     Not when ``requests_in_doubt``: a request that reached XNAT unanswered (and was sent again)
     may still be on its way into the session. Archived now, that late copy would open a second
     session that meets the archived one and parks in CONFLICT; the idle timer waits for it.
+
+    Args:
+        client: A logged-in client.
+        target: The destination session.
+        study_uid: The study sent.
+        uris: The session URIs the import service answered.
+        requests_in_doubt: Requests of this upload that reached XNAT without an answer.
 
     Returns:
         The Direct-Archive sessions XNAT queued for archiving; none when it was not asked.
@@ -661,6 +725,13 @@ def look_for_parked(
     while it is still receiving (XNAT's idle timer may take minutes: that is what verifying is for);
     and, as long, while XNAT holds this Direct-Archive upload in its prearchive instead (the label
     was archived already), where nothing can ask XNAT to archive it sooner.
+
+    Args:
+        client: A logged-in client.
+        target: The destination session.
+        study_uid: The study sent.
+        before: The prearchive's rows before the upload (``prearchive_snapshot``).
+        settle_seconds: The longest wait for XNAT to finish archiving.
 
     Returns:
         The parked sessions, each with what it conflicts with; empty when none.

@@ -58,6 +58,10 @@ def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str
     Any other answer raises, because it is not XNAT's import service that answered (a login page, a
     proxy, a redirect) and nothing may count as delivered.
 
+    Args:
+        client: The client that sent the request (its URL is named in an error).
+        response: The import service's answer.
+
     Returns:
         The session URIs XNAT answered (at least one).
     """
@@ -104,6 +108,15 @@ def upload_batch(
     ``raise_on_error=False``, comes back as ``ok=False`` with the message in ``error``.
     ``on_streamed(n)`` reports the file bytes streamed so far in the current attempt (it
     restarts at 0 when a retry starts), for byte-level progress.
+
+    Args:
+        client: A logged-in client.
+        batch: The files of the batch.
+        target: The destination session and its import options.
+        fmt: The archive format.
+        index: The batch's number, for the result.
+        raise_on_error: Raise a permanent rejection; False: return it as ``ok=False``.
+        on_streamed: Told the bytes streamed so far in the current attempt.
 
     Returns:
         The batch's result: its files, bytes and time, and the session URIs XNAT answered.
@@ -239,6 +252,14 @@ def upload_gradual(
     request is answered), so memory stays bounded for any number of files. Per-file failures are
     collected with XNAT's message; errors every request would hit (401 after re-login, 403, ...)
     stop the upload. ``on_sent`` is called (from worker threads) for every instance XNAT accepted.
+
+    Args:
+        client: A logged-in client.
+        files: The instances.
+        target: The destination session and its import options.
+        workers: Requests in flight at once.
+        progress: Told of the instances sent as they go.
+        on_sent: Called for every instance XNAT accepted.
 
     Returns:
         Counts of instances sent, failed and resumed, with XNAT's message for each failure and the
@@ -401,6 +422,10 @@ def choose_archive_format(client: XnatClient, probes: int = 5) -> tuple[ArchiveF
 
     Compressing costs client CPU and, on a fast link, time (docs/performance.md: tgz on
     loopback); on a remote link it halves the bytes of MR/CT-like data.
+
+    Args:
+        client: A logged-in client.
+        probes: How many round trips to measure.
 
     Returns:
         The format and the reason for it.

@@ -208,6 +208,12 @@ def parked_rows(
     In ERROR, or in CONFLICT (it would merge into an archived session it may not join on its own).
     Rows there before the upload are not its.
 
+    Args:
+        client: A logged-in client.
+        target: The destination session.
+        study_uids: The studies this upload sent.
+        before: The project's prearchive rows before the upload (``prearchive_snapshot``).
+
     Returns:
         The parked rows.
     """
@@ -227,6 +233,12 @@ def parked_result(
     """``result`` failed for ``rows``, each described with what it conflicts with and what to do.
 
     In a flow run operator's terms with ``for_flow_run``.
+
+    Args:
+        client: A logged-in client (each row's conflict is looked up).
+        result: The verification so far.
+        rows: The parked rows (``parked_rows``).
+        for_flow_run: Word the next steps for a flow run's operator instead of the CLI's user.
 
     Returns:
         A copy of ``result`` with ``ok`` false and the parked rows and next steps filled in.
@@ -256,6 +268,15 @@ def verify_session(
     ``prearchive_before`` (``prearchive_snapshot`` taken before the upload) lets verification tell
     this upload's prearchive rows from older ones: a row of this study that XNAT parked in ERROR,
     or in CONFLICT that merging could not clear, fails the verification whatever the archive holds.
+
+    Args:
+        client: A logged-in client.
+        target: The destination session.
+        expected_files: What was sent.
+        wait_timeout: The longest wait for the session, in seconds.
+        poll_interval: The pause between two looks.
+        prearchive_before: The project's prearchive rows before the upload, or None.
+        for_flow_run: Word the next steps for a flow run's operator instead of the CLI's user.
 
     Returns:
         The counts found per scan, ``ok`` when every scan holds at least what was sent and nothing
@@ -321,6 +342,11 @@ def archived_complete(client: XnatClient, target: UploadTarget, files: Iterable[
 
     Each series with at least as many instances, matched by its SeriesInstanceUID (never by number
     alone, so another study under the same label cannot pass). Checked once, without waiting.
+
+    Args:
+        client: A logged-in client.
+        target: The destination session.
+        files: What would be sent.
 
     Returns:
         True when the archive holds it all.
