@@ -36,6 +36,9 @@ def failed_run(exc: BaseException) -> Any:
     Typed ``Any`` so that a flow keeps its result type: whoever calls the flow gets the result or,
     from this state, ``exc`` raised (only ``return_state=True`` callers see the state itself).
 
+    Args:
+        exc: What stopped the run.
+
     Returns:
         A Failed state carrying ``exc`` and the line for the operator (any exception that is not an
         ``XnatError``: its type and message).

@@ -125,6 +125,10 @@ def check_project(connection: XnatConnection, project: str) -> str | None:
     Checked before uploading because XNAT files a session for an unknown project under
     "Unassigned" in the prearchive instead of refusing it.
 
+    Args:
+        connection: The XNAT and its credentials.
+        project: The project ID.
+
     Returns:
         None, or the reason in words.
     """

@@ -293,6 +293,10 @@ def landing(outcome: SessionResult, server_url: str) -> dict[str, str | None]:
     Experiment ID, archive or prearchive URI, the session's XNAT web page, and for a prearchive
     landing the timestamp folder (what archiving it needs).
 
+    Args:
+        outcome: One session's result.
+        server_url: The XNAT's URL, for the absolute URIs.
+
     Returns:
         ``experiment_id``, ``uri``, ``web_url``, ``prearchive_timestamp`` and ``where`` (archive,
         prearchive or unknown).

@@ -47,6 +47,17 @@ def anon_check(
 
     A script that cannot run raises ``ScriptError`` (line and column) at once.
 
+    Args:
+        folder: The folder of DICOM files to try the rules on, on the worker's host.
+        script: DicomEdit 6 script text, or None.
+        profile: ``basic``, or None.
+        options: The Basic Profile's options (e.g. ``retain-uids``).
+        variables: The script's variables (project, subject, session).
+        allow: Attributes the site keeps on purpose: listed apart, not failures.
+        fail_on_survivors: Raise ``IdentifiersSurvive`` when identifiers survive or a file cannot be
+            de-identified.
+        artifact_key: The markdown artifact's key.
+
     Returns:
         The summary; the full report is the markdown artifact (values hidden).
     """

@@ -110,17 +110,23 @@ def send_instances(
 ) -> SendResult:
     """C-STORE over ``workers`` long-lived associations.
 
-    Returns this attempt's result, how many instances an earlier run or attempt had already
-    delivered (recorded in the upload journal, not sent again) and which instances are in doubt
-    (sent again after an attempt without an answer).
-
     Each association holds a slot of the receiver's limit. When instances fail for a reason that
     may heal, the task raises so Prefect retries it; the last attempt returns what it has.
     ``connection``: the XNAT behind the receiver, asked whether it still holds what the journal
     says an earlier run delivered; without it (or when it cannot be asked) those are sent again.
 
+    Args:
+        receiver: The receiver, every field resolved (``resolve_receiver``).
+        files: The instances to send.
+        workers: Parallel associations.
+        routing: The routing written into PatientComments of the sent copy, or None.
+        limit: The receiver's concurrency limit (``check_receiver_limit``), or None.
+        connection: The XNAT behind the receiver, or None.
+
     Returns:
-        The send's result with the resume's facts.
+        This attempt's result, how many instances an earlier run or attempt had already delivered
+        (recorded in the upload journal, not sent again) and which instances are in doubt (sent
+        again after an attempt without an answer).
     """
     address = receiver_address(receiver)
     with contextlib.ExitStack() as stack, association_slots(limit, workers) as associations:

@@ -28,6 +28,11 @@ def prepare_anonymizer(
 ) -> Anonymizer | None:
     """Compile what ``deidentify`` asks for (a script error fails here, before anything is sent).
 
+    Args:
+        connection: The XNAT whose site and project scripts ``deidentify.from_server`` fetches.
+        deidentify: What the request asks for (script or Block, profile, XNAT's own scripts).
+        project: The project whose script XNAT would apply, or None.
+
     Returns:
         The anonymizer, or None when ``deidentify`` asks for nothing.
     """
@@ -51,6 +56,10 @@ def deidentify_sessions(
 ) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
     """Apply the anonymizer to every planned file in memory.
 
+    Args:
+        plans: The planned sessions and their files.
+        anonymizer: The compiled rules (``prepare_anonymizer``).
+
     Returns:
         The files as they will be sent, and those it cannot be applied to (listed, never sent).
     """
@@ -64,6 +73,11 @@ def deidentify_instances(
     """De-identify the files of a C-STORE.
 
     The routing's labels are the script's variables.
+
+    Args:
+        files: The instances to send.
+        anonymizer: The compiled rules (``prepare_anonymizer``).
+        routing: The routing, whose labels are the script's variables, or None.
 
     Returns:
         The files as they will be sent, and a failed outcome for each the script cannot be applied

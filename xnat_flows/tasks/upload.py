@@ -68,6 +68,11 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
     exists (XNAT would otherwise file the data under Unassigned), and find the server's upload
     concurrency limit if the site defined one.
 
+    Args:
+        connection: The XNAT and its credentials.
+        direct_archive: The upload goes straight to the archive (needs XNAT 1.8.3+).
+        project: The project that must exist, or None.
+
     Returns:
         The server's URL, version and upload concurrency limit (None when the site defined none).
     """
@@ -102,6 +107,13 @@ def check_destination_task(
     A session label that holds, receives or stages another study (unless allowed), or this study
     under another subject; with ``per_study``, a study the project holds under another label.
 
+    Args:
+        connection: The XNAT and its credentials.
+        target: The planned destination.
+        study_uid: The StudyInstanceUID being sent.
+        allow_other_study: Upload even into a session that holds another study.
+        per_study: The upload labels each study itself.
+
     Returns:
         The target to use, and the prearchive's rows before the upload (so verification can tell
         this upload's outcome from older rows).
@@ -118,6 +130,11 @@ def destination_slots(server_url: str, targets: list[UploadTarget], timeout_seco
     The limit is ``xnat-session:HOST:PORT:P:E``, limit 1, created on first use; it is held from the
     destination check to the end of verification: two flow runs uploading to one session label, on
     any workers, run one after the other, and the second one's check sees what the first one left.
+
+    Args:
+        server_url: The XNAT's URL (part of each limit's name).
+        targets: The run's destination sessions.
+        timeout_seconds: The longest wait for the slots.
     """
     names = sorted({destination_name(server_url, t.project, t.session) for t in targets})
     with get_client(sync_client=True) as prefect:
@@ -138,7 +155,17 @@ def destination_slots(server_url: str, targets: list[UploadTarget], timeout_seco
 def look_for_parked_task(
     connection: XnatConnection, target: UploadTarget, study_uid: str, prearchive_before: frozenset[str]
 ) -> list[ParkedSession]:
-    """Without verification: one look at the prearchive for this upload's rows XNAT parked."""
+    """Without verification: one look at the prearchive for this upload's rows XNAT parked.
+
+    Args:
+        connection: The XNAT and its credentials.
+        target: The destination session.
+        study_uid: The study sent.
+        prearchive_before: The project's prearchive rows before the upload.
+
+    Returns:
+        The parked sessions, each with what it conflicts with (``transfer.session.look_for_parked``).
+    """
     with open_client(connection) as client:
         return look_for_parked(client, target, study_uid, prearchive_before)
 
@@ -154,6 +181,14 @@ def scan_dicom_directory(
     different files with one SOP Instance UID to send; ``skip_truncated``: send the rest when
     files are cut short instead of failing (see ``transfer.scan``). Different files holding one
     SOP Instance UID are logged as a warning, with the choice made.
+
+    Args:
+        source_dir: The folder, on the worker's host.
+        headers: ``"full"``, or ``"file-meta"`` (what a C-STORE needs).
+        duplicates: Which of two different files with one SOP Instance UID to send: ``newest``,
+            ``oldest`` or ``stop``.
+        skip_truncated: Send the rest when files are cut short instead of failing (see
+            ``transfer.scan``).
 
     Returns:
         The instances found and the files skipped.
@@ -191,6 +226,15 @@ def upload_batch_task(
     A batch that an earlier run already delivered (the upload journal knows its content digest)
     is not sent again, so re-running a failed flow sends only what did not land.
 
+    Args:
+        connection: The XNAT and its credentials.
+        batch: The files of the batch.
+        target: The destination session.
+        archive_format: tar, tgz or zip.
+        index: The batch's number.
+        concurrency_limit: The server's upload concurrency limit whose slot the request holds, or
+            None.
+
     Returns:
         The batch's result; ``requests_in_doubt`` counts this task's earlier attempts too.
     """
@@ -215,6 +259,13 @@ def upload_instances_task(
     One task for the whole set (a task per instance would cost more than the request itself);
     failed instances are listed in the result, and re-running sends only those.
 
+    Args:
+        connection: The XNAT and its credentials.
+        files: The session's instances.
+        target: The destination session.
+        workers: Requests in flight at once.
+        concurrency_limit: The server's upload concurrency limit whose slot the task holds, or None.
+
     Returns:
         The counts of instances sent, failed and resumed.
     """
@@ -234,10 +285,18 @@ def forget_delivered(target: UploadTarget, server_url: str) -> None:
 def archive_now_task(
     connection: XnatConnection, target: UploadTarget, study_uid: str, uris: list[str], requests_in_doubt: int
 ) -> list[str]:
-    """Every file of the session is in.
+    """Ask XNAT to archive this upload's Direct-Archive session now: every file of it is in.
 
-    Ask XNAT to archive its Direct-Archive session now rather than after the idle interval (XNAT
-    1.8.4+; a server that does not archives it as usual).
+    Now rather than after the idle interval (XNAT 1.8.4+; a server that does not archives it as
+    usual; ``transfer.session.archive_now``).
+
+    Args:
+        connection: The XNAT and its credentials.
+        target: The destination session.
+        study_uid: The study sent.
+        uris: The session URIs the import service answered.
+        requests_in_doubt: Requests that reached XNAT without an answer (then archiving is left to
+            XNAT's idle timer).
 
     Returns:
         The Direct-Archive sessions XNAT queued.
@@ -255,7 +314,19 @@ def verify_uploaded_session(
     timeout_seconds: float,
     prearchive_before: frozenset[str] | None = None,
 ) -> VerifyResult:
-    """Wait for the session in the archive and compare scans and file counts with what was sent."""
+    """Wait for the session in the archive and compare scans and file counts with what was sent.
+
+    Args:
+        connection: The XNAT and its credentials.
+        target: The destination session.
+        expected: What was sent.
+        timeout_seconds: The longest wait for the session.
+        prearchive_before: The project's prearchive rows before the upload, or None.
+
+    Returns:
+        The counts found per scan, with what XNAT parked and what to do about it (in a flow run
+        operator's terms).
+    """
     with open_client(connection) as client:
         return verify_session(
             client,

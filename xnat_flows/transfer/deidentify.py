@@ -179,6 +179,10 @@ def shared_tail(original: bytes, rewritten: bytes) -> int:
 
     What the engine copied verbatim, the pixel data above all.
 
+    Args:
+        original: The file as read.
+        rewritten: The file as de-identified.
+
     Returns:
         The number of shared bytes.
     """
@@ -505,7 +509,13 @@ def build_anonymizer(
 
 
 def require_variables(anonymizer: Anonymizer, variables: Mapping[str, str], where: str) -> None:
-    """Stop before sending when the script reads a variable this upload cannot give it."""
+    """Stop before sending when the script reads a variable this upload cannot give it.
+
+    Args:
+        anonymizer: The compiled rules.
+        variables: The variables this upload gives (``xnat_variables``, or the C-STORE routing's).
+        where: The upload, in words for the error (e.g. ``a REST upload``).
+    """
     needed: frozenset[str] = getattr(anonymizer, "required_variables", frozenset())
     missing = sorted(name for name in needed if name not in variables)
     if missing:

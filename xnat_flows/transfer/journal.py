@@ -28,6 +28,9 @@ def content_digest(files: Iterable[DicomFile]) -> str:
     script and variables that rewrote it (``Rewrite.digest``), so a re-run with another script sends
     again, whatever the sizes and UIDs.
 
+    Args:
+        files: The files sent, in the order sent.
+
     Returns:
         A SHA-256 hex digest of ``files`` in that order.
     """
@@ -43,6 +46,10 @@ def resume_key(server_url: str, destination: str) -> str:
 
     The same labels on another XNAT are another destination, and what was delivered to one was not
     delivered to the other.
+
+    Args:
+        server_url: The XNAT's or the receiver's address.
+        destination: The session (or receiver and routing) within it.
 
     Returns:
         ``server_url`` without a trailing slash and ``destination``, joined by ``|``.

@@ -68,6 +68,10 @@ def read_file_meta(part10: bytes | memoryview, file_size: int | None = None) -> 
     Raises ``MetaTooShort`` when ``part10`` stops inside the group and the file (``file_size``,
     if given) is longer, ``ValueError`` when the bytes are not a well-formed meta group.
 
+    Args:
+        part10: The file's first bytes.
+        file_size: The whole file's size, if known.
+
     Returns:
         The SOP class and instance UIDs, the transfer syntax and where the dataset starts.
     """
@@ -157,6 +161,12 @@ def pixel_data_reaches_end(head: bytes | memoryview, tail: bytes, meta: FileMeta
     big-endian or deflated dataset, or a file really cut short): read it with pydicom then.
     Bytes inside another value that merely look like a Pixel Data header do not confirm a file:
     their declared length would have to land exactly on the file's last byte.
+
+    Args:
+        head: The file's first bytes.
+        tail: The file's last 8 bytes.
+        meta: The file meta read from ``head``.
+        file_size: The whole file's size.
 
     Returns:
         True when the file is confirmed whole.
@@ -283,6 +293,10 @@ def read_series_keys(head: bytes | memoryview, meta: FileMeta) -> SeriesKeys | N
 
     The dataset must be little-endian (Implicit/Explicit VR or encapsulated; see
     ``little_endian_vr``).
+
+    Args:
+        head: The file's first bytes.
+        meta: The file meta read from ``head``.
 
     Returns:
         The keys, or None when they cannot be confirmed from these bytes (a key missing or beyond

@@ -190,6 +190,10 @@ def portable_relpath(path: Path, root: Path) -> str:
     archive member names, resume digests and reports never meet an undecodable name.
     ``DicomFile.path`` keeps the real name.
 
+    Args:
+        path: A file under ``root``.
+        root: The scanned folder.
+
     Returns:
         The relative POSIX path, with undecodable bytes escaped.
     """
@@ -215,6 +219,10 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     announced the scanned size is then cut short and refused by the server, instead of
     delivering a torn or mixed instance. A de-identified file (``item.rewrite``) is read whole
     and rewritten in memory; its bytes must come out as long as they did before sending.
+
+    Args:
+        item: The scanned file.
+        chunk_size: The largest chunk, in bytes.
 
     Yields:
         The file's bytes (rewritten when ``item.rewrite`` is set), ``chunk_size`` at most each.
@@ -520,6 +528,11 @@ def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | 
     confirmed whole by its pixel data reaching the end. Anything this cannot confirm is read by
     pydicom.
 
+    Args:
+        path: The file.
+        root: The scanned folder (for the relative path).
+        st: The file's ``stat`` result, from the walk.
+
     Returns:
         The instance, or why it is skipped.
     """
@@ -548,6 +561,11 @@ def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFi
     """Classify one file from its file meta group, confirming its pixel data reaches the end of the file.
 
     Anything this cannot confirm is classified by ``read_header`` (pydicom) instead.
+
+    Args:
+        path: The file.
+        root: The scanned folder (for the relative path).
+        st: The file's ``stat`` result, from the walk.
 
     Returns:
         The instance (study and series UIDs left empty), or why it is skipped.
