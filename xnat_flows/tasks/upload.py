@@ -92,7 +92,7 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
 @task(name="choose-archive-format", **_COMMON)
 @speaks_to_operator
 def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
-    """Tgz over a slow (remote) link to XNAT >= 1.8.3, tar otherwise, with the reason."""
+    """``tgz`` over a slow (remote) link to XNAT >= 1.8.3, ``tar`` otherwise, with the reason."""
     with open_client(connection) as client:
         return choose_archive_format(client)
 

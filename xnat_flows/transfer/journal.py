@@ -22,7 +22,7 @@ from xnat_flows.transfer.scan import DicomFile
 
 
 def content_digest(files: Iterable[DicomFile]) -> str:
-    """What was sent.
+    """The content digest of ``files``: what was sent, told without reading the files.
 
     Each file's name, size, modification time and SOP Instance UID, and for a de-identified file the
     script and variables that rewrote it (``Rewrite.digest``), so a re-run with another script sends
