@@ -489,6 +489,7 @@ def send_dicom(
         float,
         typer.Option(
             "--verify-timeout",
+            metavar="SECONDS",
             min=1,
             max=86400,
             help="Seconds --verify waits for the archive (XNAT archives a C-STORE session after its idle interval).",
