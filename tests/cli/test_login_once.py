@@ -30,15 +30,6 @@ CLI = [sys.executable, "-m", "xnat_flows.cli.main"]
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("XNAT_FLOWS_HOME", raising=False)
-    return home
-
-
-@pytest.fixture
 def xnat(tmp_path: Path, xnat_emulator_factory):
     return xnat_emulator_factory(
         tmp_path / "xnat",

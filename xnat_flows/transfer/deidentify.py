@@ -1,7 +1,8 @@
-"""De-identification on the way out: every file is rewritten by a DicomEdit script (or the
-Basic Profile) as it streams into a request, for every transport — DICOM-zip, gradual-DICOM,
-C-STORE and the inbox — through the one file source they share (``scan.read_exactly``; the
-C-STORE sender's ``cstore.dataset.dataset_to_send``).
+"""De-identification on the way out.
+
+Every file is rewritten by a DicomEdit script (or the Basic Profile) as it streams into a request,
+for every transport — DICOM-zip, gradual-DICOM, C-STORE and the inbox — through the one file source
+they share (``scan.read_exactly``; the C-STORE sender's ``cstore.dataset.dataset_to_send``).
 
 The originals are never modified and no copy of the study is written: ``deidentify_files``
 applies the script once to every file before anything is sent (a dry run, in memory, one file
@@ -70,25 +71,35 @@ class Anonymizer(Protocol):
         """A stable identity of the rules: equal digests rewrite equal inputs to equal bytes."""
         ...
 
-    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes: ...
+    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
+        """``part10`` (a whole Part 10 file) rewritten, with XNAT's ``variables`` (project, subject, session)."""
+        ...
 
 
 @runtime_checkable
 class HeadRewriter(Protocol):
-    """An anonymizer that can rewrite a file from its first bytes (``anon.Anonymizer.rewrite_head``):
-    ``(head, tail_start)``, the file sent being ``head`` + the original from ``tail_start`` on."""
+    """An anonymizer that can rewrite a file from its first bytes (``anon.Anonymizer.rewrite_head``).
 
-    def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None: ...
+    ``(head, tail_start)``, the file sent being ``head`` + the original from ``tail_start`` on.
+    """
+
+    def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None:
+        """The file of ``size`` bytes rewritten from its first bytes ``prefix``; None when it needs them all."""
+        ...
 
 
 @runtime_checkable
 class HeadReader(Protocol):
-    """A ``HeadRewriter`` that also gives the rewritten values of top-level elements
-    (``anon.Anonymizer.rewrite_head_reading``), so the dry run need not parse its output again."""
+    """A ``HeadRewriter`` that also gives the rewritten values of top-level elements.
+
+    ``anon.Anonymizer.rewrite_head_reading``: the dry run need not parse its output again.
+    """
 
     def rewrite_head_reading(
         self, prefix: bytes, size: int, variables: Mapping[str, str], tags: Collection[int]
-    ) -> HeadRewrite | None: ...
+    ) -> HeadRewrite | None:
+        """The file's header rewritten from ``prefix`` with the rewritten values of ``tags``; None: whole file needed."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -99,20 +110,28 @@ class ChainedAnonymizer:
 
     @property
     def digest(self) -> str:
+        """A stable identity of the chain: the steps' digests, in order."""
         return hashlib.sha256("\n".join(step.digest for step in self.steps).encode()).hexdigest()
 
     @property
     def required_variables(self) -> frozenset[str]:
+        """The variables any step's script needs (``anon.Anonymizer.required_variables``)."""
         return frozenset().union(*(getattr(step, "required_variables", frozenset()) for step in self.steps))
 
     def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
+        """``part10`` rewritten by each step in turn."""
         for step in self.steps:
             part10 = step.apply_bytes(part10, variables)
         return part10
 
     def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None:
-        """Each step's ``rewrite_head`` on the first bytes the step before made; None as soon as one
-        step needs the whole file."""
+        """Each step's ``rewrite_head`` on the first bytes the step before made.
+
+        None as soon as one step needs the whole file.
+
+        Returns:
+            The rewritten head and where the original's tail starts, or None.
+        """
         head, tail_start = b"", 0  # the file so far: head + the original from tail_start on
         for step in self.steps:
             if not isinstance(step, HeadRewriter):
@@ -137,15 +156,23 @@ def chain(anonymizers: Iterable[Anonymizer | None]) -> Anonymizer | None:
 
 
 def xnat_variables(target: UploadTarget) -> dict[str, str]:
-    """The variables XNAT passes a site or project script when it imports a file for ``target``
-    (xnat-web ``MizerService.anonymize(file, project, subject, session label, ...)``)."""
+    """The variables XNAT passes a site or project script when it imports a file for ``target``.
+
+    As xnat-web's ``MizerService.anonymize(file, project, subject, session label, ...)``.
+
+    Returns:
+        ``project``, ``subject`` and ``session``.
+    """
     return {"project": target.project, "subject": target.subject, "session": target.session}
 
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
-    """How a sent file's bytes are made: the original's (``original_size`` bytes on disk),
-    rewritten by ``anonymizer`` with ``variables``."""
+    """How a sent file's bytes are made.
+
+    The original's (``original_size`` bytes on disk), rewritten by ``anonymizer`` with
+    ``variables``.
+    """
 
     anonymizer: Anonymizer
     variables: tuple[tuple[str, str], ...]
@@ -156,20 +183,33 @@ class Rewrite:
 
     @property
     def digest(self) -> str:
-        """Rules and variables: part of the resume journal's record of a sent file, so a re-run
-        with another script (or another subject label) sends again rather than skipping."""
+        """A digest of the rules and variables.
+
+        Part of the resume journal's record of a sent file, so a re-run with another script (or
+        another subject label) sends again rather than skipping.
+        """
         text = self.anonymizer.digest + "".join(f"\0{k}={v}" for k, v in self.variables)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def apply(self, original: bytes) -> bytes:
+        """The rewritten instance made from ``original``, the file's bytes on disk."""
         if self.head is not None:
             return b"".join((self.head, memoryview(original)[self.tail_start :]))
         return self.anonymizer.apply_bytes(original, dict(self.variables))
 
 
 def shared_tail(original: bytes, rewritten: bytes) -> int:
-    """The length of a tail ``rewritten`` shares with ``original`` (a multiple of 256 bytes, at most the
-    longest): what the engine copied verbatim, the pixel data above all."""
+    """The length of a tail ``rewritten`` shares with ``original`` (a multiple of 256 bytes, at most the longest).
+
+    What the engine copied verbatim, the pixel data above all.
+
+    Args:
+        original: The file as read.
+        rewritten: The file as de-identified.
+
+    Returns:
+        The number of shared bytes.
+    """
     shared = 0
     limit = min(len(original), len(rewritten))
     a_end, b_end = len(original), len(rewritten)
@@ -268,8 +308,13 @@ _HeadStep = Callable[[bytes, int], "tuple[bytes, int, dict[int, bytes] | None] |
 
 
 def _head_step(anonymizer: Anonymizer, variables: Mapping[str, str]) -> _HeadStep | None:
-    """How the dry run rewrites a file from its first bytes with ``anonymizer``, chosen once per
-    run (a Protocol ``isinstance`` costs microseconds a file); None: it cannot."""
+    """How the dry run rewrites a file from its first bytes with ``anonymizer``.
+
+    Chosen once per run: a Protocol ``isinstance`` costs microseconds a file.
+
+    Returns:
+        The step; None when the anonymizer cannot rewrite from a file's first bytes.
+    """
     if isinstance(anonymizer, HeadReader):
         reading = anonymizer.rewrite_head_reading
 
@@ -290,9 +335,13 @@ def _head_step(anonymizer: Anonymizer, variables: Mapping[str, str]) -> _HeadSte
 
 
 def _rewrite_from_head(item: DicomFile, step: _HeadStep) -> tuple[bytes, int, _Keys] | None:
-    """The file rewritten from its first bytes alone: the rewritten header, where the original's
-    verbatim tail starts, the rewritten instance's UIDs (from the dataset the engine rewrote when
-    it gives them, else read from the rewritten bytes). None: read the whole file."""
+    """The file rewritten from its first bytes alone.
+
+    Returns:
+        The rewritten header, where the original's verbatim tail starts, the rewritten instance's
+        UIDs (from the dataset the engine rewrote when it gives them, else read from the rewritten
+        bytes); or None: read the whole file.
+    """
     if item.size <= HEAD_BYTES:
         return None
     prefix = _read_head(item)
@@ -312,8 +361,12 @@ def _rewrite_from_head(item: DicomFile, step: _HeadStep) -> tuple[bytes, int, _K
 def _rewrite_whole(
     item: DicomFile, anonymizer: Anonymizer, variables: Mapping[str, str], *, keep_head: bool
 ) -> tuple[bytes | None, int, int, _Keys]:
-    """The whole file read and rewritten: the rewritten bytes before the tail they share with the
-    original (when ``keep_head``), where that tail starts, the rewritten size, the UIDs."""
+    """The whole file read and rewritten.
+
+    Returns:
+        The rewritten bytes before the tail they share with the original (when ``keep_head``), where
+        that tail starts, the rewritten size, the UIDs.
+    """
     from xnat_flows.transfer.scan import read_exactly
 
     data = b"".join(read_exactly(item))
@@ -338,11 +391,22 @@ def deidentify_files(
     *,
     head_cache_bytes: int = HEAD_CACHE_BYTES,
 ) -> Deidentified:
-    """Apply ``anonymizer`` to every file in memory (nothing is written) and describe what will be
-    sent: one ``DicomFile`` per rewritten instance, whose bytes ``read_exactly`` makes again while
-    sending (from the rewritten headers kept, up to ``head_cache_bytes``; then by the script again).
-    Files the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs
-    or share its SOP Instance UID with another, are refused with the reason."""
+    """Apply ``anonymizer`` to every file in memory (nothing is written) and describe what will be sent.
+
+    One ``DicomFile`` per rewritten instance, whose bytes ``read_exactly`` makes again while sending
+    (from the rewritten headers kept, up to ``head_cache_bytes``; then by the script again). Files
+    the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs or
+    share its SOP Instance UID with another, are refused with the reason.
+
+    Args:
+        files: The scanned instances (none de-identified yet).
+        anonymizer: The rules to apply.
+        variables: The script's variables (``xnat_variables``).
+        head_cache_bytes: How many bytes of rewritten headers to keep for the send.
+
+    Returns:
+        The rewritten instances and the files refused, each with the reason.
+    """
     import dataclasses
 
     frozen_variables = tuple(sorted(variables.items()))
@@ -406,9 +470,18 @@ def deidentify_files(
 def deidentify_plan(
     plan: Sequence[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
 ) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
-    """``deidentify_files`` for each planned session, with that session's XNAT variables. A study
-    the script splits into several StudyInstanceUIDs stops the upload (one session, one study);
-    a session left with no file to send is dropped (its files are in the refused list)."""
+    """``deidentify_files`` for each planned session, with that session's XNAT variables.
+
+    A study the script splits into several StudyInstanceUIDs stops the upload (one session, one
+    study); a session left with no file to send is dropped (its files are in the refused list).
+
+    Args:
+        plan: The planned sessions and their files (``plan_sessions``).
+        anonymizer: The rules to apply.
+
+    Returns:
+        The plan with each session's files de-identified, and the files refused.
+    """
     planned: list[tuple[UploadTarget, list[DicomFile]]] = []
     refused: list[SkippedFile] = []
     for target, files in plan:
@@ -432,10 +505,15 @@ def deidentify_plan(
 def _compiled(
     script: str | None = None, source: str = "<script>", profile: str | None = None, url_access: UrlAccess | None = None
 ) -> Anonymizer:
-    """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as
-    ``InputError``: a script error names file, line and column, so nothing is sent with a broken
-    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``);
-    ``url_access``: an ``anon.UrlAccess``, the URLs a script's ``getURL`` may fetch."""
+    """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as ``InputError``.
+
+    A script error names file, line and column, so nothing is sent with a broken script (the CLI
+    exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``); ``url_access``:
+    an ``anon.UrlAccess``, the URLs a script's ``getURL`` may fetch.
+
+    Returns:
+        The compiled anonymizer.
+    """
     from xnat_flows.anon import ScriptError, anonymizer_for
 
     try:
@@ -461,11 +539,23 @@ def build_anonymizer(
     profile: str | None = None,
     allowed_urls: Sequence[str] = (),
 ) -> Anonymizer | None:
-    """The de-identification an upload applies, in order: XNAT's own scripts (``(name, text)``:
-    the site's, then the project's), the user's script (``(source, text)``), then the Basic
-    Profile (``basic[,option...]``); None when none is asked for. Every script is compiled here,
-    before anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may
-    fetch (none: a script calling it is refused)."""
+    """The de-identification an upload applies, in order.
+
+    XNAT's own scripts (``(name, text)``: the site's, then the project's), the user's script
+    (``(source, text)``), then the Basic Profile (``basic[,option...]``).
+
+    Every script is compiled here, before anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may fetch (none:
+    a script calling it is refused).
+
+    Args:
+        server_scripts: XNAT's enabled scripts as ``(name, text)``, site first.
+        script: The user's script as ``(source, text)``, or None.
+        profile: ``basic[,option...]``, or None.
+        allowed_urls: URL prefixes a script's ``getURL`` may fetch.
+
+    Returns:
+        The chained anonymizer, or None when none is asked for.
+    """
     url_access = None
     if allowed_urls:
         from xnat_flows.anon import UrlAccess
@@ -483,7 +573,13 @@ def build_anonymizer(
 
 
 def require_variables(anonymizer: Anonymizer, variables: Mapping[str, str], where: str) -> None:
-    """Stop before sending when the script reads a variable this upload cannot give it."""
+    """Stop before sending when the script reads a variable this upload cannot give it.
+
+    Args:
+        anonymizer: The compiled rules.
+        variables: The variables this upload gives (``xnat_variables``, or the C-STORE routing's).
+        where: The upload, in words for the error (e.g. ``a REST upload``).
+    """
     needed: frozenset[str] = getattr(anonymizer, "required_variables", frozenset())
     missing = sorted(name for name in needed if name not in variables)
     if missing:

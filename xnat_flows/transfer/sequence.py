@@ -45,8 +45,10 @@ class UploadSteps(Protocol):
     def check_destination(
         self, target: UploadTarget, study_uid: str, allow_other_study: bool, per_study: bool
     ) -> tuple[UploadTarget, frozenset[str]]:
-        """Refuse a destination XNAT would park or merge wrongly (``session.check_destination``);
-        the target to use and the prearchive's rows before sending (``verify.prearchive_snapshot``)."""
+        """Refuse a destination XNAT would park or merge wrongly (``session.check_destination``).
+
+        The target to use and the prearchive's rows before sending (``verify.prearchive_snapshot``).
+        """
         ...
 
     def send_batches(self, target: UploadTarget, files: list[DicomFile]) -> list[BatchResult]:
@@ -135,9 +137,14 @@ def sequence_upload(
 
 
 def _verification_pending(verify: VerifyResult | None) -> bool:
-    """Verification ran out of time while XNAT was still receiving, building or archiving the
-    session: what was sent is in XNAT, so the journal stays and a re-run sends nothing again and
-    verifies. (Forgotten, the re-run would send every file again, and after XNAT archived the
-    session meanwhile the copies would park in the prearchive.) The re-run trusts the journal only
-    if XNAT still holds the study (``session.resume_state``)."""
+    """Verification ran out of time while XNAT was still at work on the session.
+
+    XNAT was still receiving, building or archiving what was sent, so the journal stays and a re-run
+    sends nothing again and verifies. (Forgotten, the re-run would send every file again, and after
+    XNAT archived the session meanwhile the copies would park in the prearchive.) The re-run trusts
+    the journal only if XNAT still holds the study (``session.resume_state``).
+
+    Returns:
+        True when the journal must be kept for the re-run.
+    """
     return verify is not None and not verify.ok and (verify.processing or verify.uri is None) and not verify.parked
