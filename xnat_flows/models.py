@@ -6,12 +6,13 @@ environment (``XNAT_USER``/``XNAT_PASS``) or the user's profile, never from flow
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from xnat_flows.blocks import DicomEditScript, DicomReceiver, XnatCredentials
 from xnat_flows.client.archive import is_valid_label
+from xnat_flows.transfer.scan import Duplicates
 from xnat_flows.transfer.target import UploadTarget
 
 # XNAT project IDs: letters, digits, underscore and hyphen (XNAT refuses others when a project is created).
@@ -19,6 +20,25 @@ PROJECT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 # Where a flow's folders are: the run reads them on the host where it runs, not the browser's.
 ON_THE_WORKER = "on the host where the flow runs (the worker's), not the computer of this browser"
+
+
+# The scan's choices, one form field each for every flow that scans a folder (the REST upload and
+# C-STORE run the same scanner, transfer.scan.scan_directory).
+DuplicateInstances = Annotated[
+    Duplicates,
+    Field(
+        title="Duplicate instances",
+        description="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.",
+    ),
+]
+SkipTruncated = Annotated[
+    bool,
+    Field(
+        title="Skip cut-short files",
+        description="Send the other files when some DICOM files are cut short; off (the default) the run fails "
+        "before sending anything, since such a folder is an export still being written.",
+    ),
+]
 
 
 def ui_title(title: str, **field: Any) -> Any:
@@ -173,17 +193,8 @@ class UploadRequest(BaseModel):
         title="Allow another study in the session",
         description="Upload even into an existing session that holds another StudyInstanceUID (refused otherwise).",
     )
-    duplicates: Literal["newest", "oldest", "stop"] = Field(
-        default="newest",
-        title="Duplicate instances",
-        description="Two different files with one SOP Instance UID: send the newest or oldest by modification time, or stop.",
-    )
-    skip_truncated: bool = Field(
-        default=False,
-        title="Skip cut-short files",
-        description="Send the other files when some DICOM files are cut short; off (the default) the run fails "
-        "before sending anything, since such a folder is an export still being written.",
-    )
+    duplicates: DuplicateInstances = "newest"
+    skip_truncated: SkipTruncated = False
     verify: bool = Field(
         default=True,
         title="Verify",
@@ -294,12 +305,8 @@ class SendDicomRequest(BaseModel):
     routing_session: str = Field(
         default="", title="Route to session", description="With a project to route to: `Session:` routing."
     )
-    skip_truncated: bool = Field(
-        default=False,
-        title="Skip cut-short files",
-        description="Send the other files when some DICOM files are cut short; off (the default) the run fails "
-        "before sending anything, since such a folder is an export still being written.",
-    )
+    duplicates: DuplicateInstances = "newest"
+    skip_truncated: SkipTruncated = False
     verify: bool = Field(
         default=False,
         title="Wait and verify",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from anon_helpers import VARIABLES, make_dataset, read, to_part10
 
 from xnat_flows.anon import basic_profile, compile_script
@@ -62,3 +63,35 @@ def test_a_program_that_changes_nothing_returns_the_same_bytes() -> None:
     data = to_part10(make_dataset())
     unchanged = compile_script('version "6.1"\n(0008,0060) = "CT" ? -(0010,0010)\n(0010,0040) := "F"')
     assert unchanged.apply_bytes(data, {}) == data
+
+
+@pytest.mark.filterwarnings("ignore:Failed to encode value")  # text a character set cannot hold: both replace
+def test_text_is_encoded_as_pydicom_encodes_it_in_every_character_set() -> None:
+    """The engine's shortcut for ASCII text gives pydicom's bytes, and non-ASCII text still goes
+    through pydicom's character set support."""
+    from pydicom import charset
+
+    from xnat_flows.anon.rawds import EXPLICIT, encode_value
+
+    for specific in ("", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6\\ISO 2022 IR 87", "ISO_IR 13", "GB18030"):
+        encodings = charset.convert_encodings(specific.split("\\"))
+        for text in ("Doe^John", "SUBJ01_MR1", "Müller^Jürgen", "山田^太郎"):
+            try:
+                expected = charset.encode_string(text, encodings)
+            except UnicodeError:
+                continue
+            expected += b" " * (len(expected) % 2)
+            assert encode_value(text, "PN", EXPLICIT, encodings) == expected, (specific, text)
+
+
+def test_a_value_read_then_changed_reads_as_changed() -> None:
+    """Text read from an element is remembered until a program sets the element."""
+    from xnat_flows.anon import rawds
+
+    instance = rawds.parse_part10(to_part10(make_dataset()))
+    node = instance.dataset
+    before = node.string(rawds.SOP_INSTANCE_UID)
+    assert before and node.string(rawds.SOP_INSTANCE_UID) == before
+    node.put(rawds.SOP_INSTANCE_UID, "1.2.3.4")
+    assert node.string(rawds.SOP_INSTANCE_UID) == "1.2.3.4"
+    assert read(rawds.write_part10(instance)).SOPInstanceUID == "1.2.3.4"

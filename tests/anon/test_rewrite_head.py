@@ -90,3 +90,43 @@ def test_a_missing_variable_is_an_error_from_the_head_too() -> None:
     data = to_part10(make_dataset(rows=64, columns=64), ExplicitVRLittleEndian)
     with pytest.raises(AnonError, match="subject"):
         LABELS.rewrite_head(data[:4096], len(data), {"project": "P"})
+
+
+KEY_TAGS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00200011)
+
+
+def _values_in(part10: bytes) -> dict[int, bytes]:
+    """The key elements' values of a whole file, parsed again from its bytes."""
+    from xnat_flows.anon import rawds
+
+    dataset = rawds.parse_part10(part10).dataset
+    return {tag: bytes(element.value) for tag in KEY_TAGS if (element := dataset.get(tag)) is not None}
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("program", sorted(set(PROGRAMS) - {"chain"}))
+def test_the_values_read_with_the_head_are_the_rewritten_files(name: str, program: str) -> None:
+    """``rewrite_head_reading`` gives the key elements as the rewritten file holds them (what the dry
+    run groups and checks by), or None; never another value."""
+    anonymizer = PROGRAMS[program]
+    data = pydicom_testdata(name)
+    expected = _values_in(anonymizer.apply_bytes(data, VARIABLES))
+    for cut in range(1, len(data), 97):
+        done = anonymizer.rewrite_head_reading(data[:cut], len(data), VARIABLES, KEY_TAGS)
+        if done is not None and done.values is not None:
+            assert done.values == expected, f"prefix of {cut} bytes"
+
+
+def test_values_beyond_what_the_script_touches_are_read_from_the_verbatim_tail() -> None:
+    data = to_part10(make_dataset(rows=256, columns=256), ExplicitVRLittleEndian)
+    pixel_start = data.index(b"\xe0\x7f\x10\x00")
+    done = LABELS.rewrite_head_reading(data[: pixel_start + 12], len(data), VARIABLES, KEY_TAGS)  # up to (0020,000D)
+    assert done is not None and done.values is not None
+    whole = LABELS.apply_bytes(data, VARIABLES)
+    assert done.values == _values_in(whole)
+    assert done.values[0x0020000D] != _values_in(data)[0x0020000D]  # rewritten by the script
+    assert done.values[0x0020000E] == _values_in(data)[0x0020000E]  # beyond it: the original's
+    # a prefix ending before the Series Instance UID cannot tell it
+    cut = data.index(b"\x20\x00\x0e\x00")
+    short = LABELS.rewrite_head_reading(data[: cut + 2], len(data), VARIABLES, KEY_TAGS)
+    assert short is None or short.values is None

@@ -2,7 +2,9 @@
 
 fixtures/xnat_default_id.das is the script xnat-web ships as its default
 (``DefaultAnonUtils.getDefaultScript()`` reads ``META-INF/xnat/defaults/**/id.das``; XNAT serves
-it at ``GET /xapi/anonymize/default``).
+it at ``GET /xapi/anonymize/default``) in its DicomEdit 6 form: comments and statements as in
+xnat-web's ``src/main/resources/META-INF/xnat/defaults/id.das``, plus ``version "6.1"``
+(docs/anonymization.md, "Not verified against XNAT's sources", says which copy was compared).
 """
 
 from __future__ import annotations

@@ -33,15 +33,6 @@ _PIXEL_DATA = 0x7FE00010
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("XNAT_FLOWS_HOME", raising=False)
-    return home
-
-
-@pytest.fixture
 def xnat(tmp_path: Path, xnat_emulator_factory, home: Path) -> XnatEmulator:
     emulator = xnat_emulator_factory(
         tmp_path / "xnat", projects=("ANON",), password=PASSWORD, rebuild_idle_seconds=0.3, scp_port=0

@@ -30,15 +30,6 @@ CLI = [sys.executable, "-m", "xnat_flows.cli.main"]
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("XNAT_FLOWS_HOME", raising=False)
-    return home
-
-
-@pytest.fixture
 def xnat(tmp_path: Path, xnat_emulator_factory):
     return xnat_emulator_factory(
         tmp_path / "xnat",
@@ -389,14 +380,14 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
 def test_flow_password_stays_out_of_prefects_server_and_the_server_dies_with_the_cli(
-    tmp_path: Path, home: Path, xnat_emulator_factory
+    tmp_path: Path, home: Path, xnat_emulator_factory, seeded_prefect_home: Path
 ) -> None:
     """`--flow --password-stdin` without a Prefect server: Prefect starts a temporary API server
     child. The password must not be in its environment, and killing the CLI must not leave it running."""
     xnat = xnat_emulator_factory(tmp_path / "slow", projects=("CLI",), password=PASSWORD, latency_ms=300)
     write_studies(tmp_path / "export", series=2, instances=30, instance_kb=4, seed=47)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
-    env |= {"HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env |= {"HOME": str(home), "PREFECT_HOME": str(seeded_prefect_home)}
     process = subprocess.Popen(
         CLI
         + [
@@ -455,13 +446,15 @@ def test_flow_password_stays_out_of_prefects_server_and_the_server_dies_with_the
 
 
 @pytest.mark.slow
-def test_flow_run_without_a_prefect_server_sends_no_telemetry(xnat, tmp_path: Path, home: Path) -> None:
+def test_flow_run_without_a_prefect_server_sends_no_telemetry(
+    xnat, tmp_path: Path, home: Path, seeded_prefect_home: Path
+) -> None:
     """Prefect's temporary server reports telemetry by default and logs an ERROR when that fails
     (no network): a `--flow` run started by the CLI turns it off."""
     login(xnat)
     write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=48)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
-    env |= {"HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env |= {"HOME": str(home), "PREFECT_HOME": str(seeded_prefect_home)}
     done = subprocess.run(
         CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "T", "-E", "T_MR1", "--flow"],
         env=env,

@@ -337,3 +337,57 @@ def test_an_unknown_routing_project_is_refused_before_anything_is_sent(
     assert "NOSUCH" in str(raised.value) and "does not exist" in str(raised.value)
     assert xnat.dicom_receiver.stores_seen == 0
     assert xnat.prearchive_sessions(include_direct_archive=True) == [] and xnat.archived_experiments() == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_duplicates_chooses_which_of_two_files_of_one_instance_is_sent(xnat, tmp_path: Path) -> None:
+    """The request's ``duplicates`` is the scan's choice, as for the REST upload: of two different
+    files holding one SOP Instance UID (a corrected re-export beside the original) the newest (the
+    default) or the oldest by modification time is sent, or nothing at all with ``stop``."""
+    import os
+
+    import pydicom
+
+    manifest = write_studies(tmp_path / "export", series=1, instances=3, instance_kb=4, seed=19)
+    original = manifest.files[1].path
+    corrected = tmp_path / "export" / "zz_corrected" / "IM1"
+    corrected.parent.mkdir()
+    ds = pydicom.dcmread(original)
+    ds.ImageComments = "corrected re-export"  # PatientComments carries the routing on the sent copy
+    ds.save_as(corrected, enforce_file_format=True)
+    stamp = original.stat().st_mtime_ns + 10**9
+    os.utime(corrected, ns=(stamp, stamp))
+    receiver = DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT")
+
+    def send(label: str, **choice: str):
+        request = SendDicomRequest(
+            source_dir=str(tmp_path / "export"),
+            workers=1,
+            routing_project="CSTORE",
+            routing_subject="SUBJ_D",
+            routing_session=label,
+            **choice,
+        )
+        return send_dicom(request, receiver)
+
+    def archived_comments(label: str) -> list[str]:
+        (experiment,) = wait_until(
+            lambda: [e for e in xnat.archived_experiments("CSTORE") if e["label"] == label],
+            20.0,
+            interval=0.2,
+            what=lambda: f"session {label} archived: prearchive={xnat.prearchive_sessions()}",
+        )
+        files = xnat.archived_files(experiment["ID"]).values()
+        return sorted(str(pydicom.dcmread(p, stop_before_pixels=True).get("ImageComments", "")) for p in files)
+
+    newest = send("SESS_NEWEST")
+    assert len(newest.sent) == len(manifest.files)
+    assert newest.conflicts == [[original.relative_to(tmp_path / "export").as_posix(), "zz_corrected/IM1"]]
+    assert archived_comments("SESS_NEWEST") == ["", "", "corrected re-export"]
+    oldest = send("SESS_OLDEST", duplicates="oldest")
+    assert len(oldest.sent) == len(manifest.files)
+    assert archived_comments("SESS_OLDEST") == ["", "", ""]
+    with pytest.raises(XnatError, match="held by different files"):
+        send("SESS_STOP", duplicates="stop")
+    assert [e for e in xnat.archived_experiments("CSTORE") if e["label"] == "SESS_STOP"] == []
+    assert xnat.prearchive_sessions() == []  # refused before anything was sent

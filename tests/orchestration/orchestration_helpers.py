@@ -133,6 +133,36 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
     )
 
 
+# The site's names in prefect.yaml's deployments: the process work pool and the credentials Block
+# the deploying shell names in XNAT_CREDENTIALS_BLOCK.
+POOL = "xnat-process"
+BLOCK = "e2e-site-xnat"
+
+
+def block_ref(name: str = BLOCK) -> dict[str, Any]:
+    """A flow run's ``connection`` parameter naming an ``xnat-credentials`` Block by its slug."""
+    return {"credentials": {"$ref": {"block_document_slug": f"xnat-credentials/{name}"}}}
+
+
+def block_id_ref(api: PrefectApi, name: str = BLOCK) -> dict[str, Any]:
+    """How a deployment references the site's Block: by document id (what the UI's picker shows)."""
+    document = api.http.get(f"block_types/slug/xnat-credentials/block_documents/name/{name}")
+    document.raise_for_status()
+    return {"credentials": {"$ref": {"block_document_id": document.json()["id"]}}}
+
+
+def save_block(cli_env: dict[str, str], name: str, url: str) -> None:
+    """Save an ``xnat-credentials`` Block (user admin) in a child process, as a site's admin would."""
+    save = (
+        "import sys; from pydantic import SecretStr; from xnat_flows.blocks import XnatCredentials;"
+        "XnatCredentials(url=sys.argv[1], username='admin', password=SecretStr('admin')).save(sys.argv[2], overwrite=True)"
+    )
+    saved = subprocess.run(
+        [sys.executable, "-c", save, url, name], env=cli_env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert saved.returncode == 0, saved.stderr[-3000:]
+
+
 def write_session(
     folder: Path, *, patient_id: str = "P001", study_date: str = "20240115", series: int = 2, instances: int = 2
 ) -> list[Path]:

@@ -22,10 +22,15 @@ import httpx
 import pytest
 import yaml
 from orchestration_helpers import (
+    BLOCK,
+    POOL,
     REPO_ROOT,
     PrefectApi,
+    block_id_ref,
+    block_ref,
     prefect_cli,
     run_cli,
+    save_block,
     start_group,
     stop_group,
     write_session,
@@ -35,7 +40,6 @@ from xnat_flows.testing import XnatEmulator
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
 
-POOL = "xnat-process"
 PRESENT_FLOWS = {  # deployment name -> entry point file
     entry["name"]: entry["entrypoint"].split(":")[0]
     for entry in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]
@@ -83,9 +87,6 @@ def api(prefect_server_url: str) -> Iterator[PrefectApi]:
     client.close()
 
 
-BLOCK = "e2e-site-xnat"
-
-
 @pytest.fixture(scope="module")
 def xnat(tmp_path_factory: pytest.TempPathFactory, free_tcp_port_factory: Callable[[], int]) -> Iterator[XnatEmulator]:
     """Fixed ports and a kept data directory, so the test can stop XNAT and start it again as it was."""
@@ -113,19 +114,7 @@ def deployed(cli_env: dict[str, str], api: PrefectApi, xnat: XnatEmulator, site_
     prefect.yaml deployed with the three site values from the deploying shell's environment."""
     registered = run_cli(["block", "register", "-m", "xnat_flows.blocks"], cli_env)
     assert registered.returncode == 0, registered.stdout + registered.stderr
-    save = (
-        "import sys; from pydantic import SecretStr; from xnat_flows.blocks import XnatCredentials;"
-        "XnatCredentials(url=sys.argv[1], username='admin', password=SecretStr('admin')).save(sys.argv[2], overwrite=True)"
-    )
-    saved = subprocess.run(
-        [sys.executable, "-c", save, xnat.url, BLOCK],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert saved.returncode == 0, saved.stderr[-3000:]
+    save_block(cli_env, BLOCK, xnat.url)
     created = run_cli(["work-pool", "create", POOL, "--type", "process", "--overwrite"], cli_env)
     assert created.returncode == 0, created.stdout + created.stderr
     missing = _missing_entry_points()
@@ -190,14 +179,14 @@ def test_deploy_all_from_the_repository_root(
         credentials = schema["definitions"]["XnatConnection"]["properties"]["credentials"]
         assert {"$ref": "#/definitions/XnatCredentials"} in credentials["anyOf"]
         assert schema["definitions"]["XnatCredentials"]["block_type_slug"] == "xnat-credentials"
-        assert deployment["parameters"]["connection"] == _block_id_ref(api), deployment["name"]
+        assert deployment["parameters"]["connection"] == block_id_ref(api), deployment["name"]
     receiver = deployed["send-dicom"]["parameter_openapi_schema"]["definitions"]
     assert {"$ref": "#/definitions/DicomReceiver"} in receiver["DicomReceiverTarget"]["properties"]["block"]["anyOf"]
     assert receiver["DicomReceiver"]["block_type_slug"] == "xnat-dicom-receiver"
     triggers = [a for a in api.automations() if a["name"] == "process-archived-xnat-sessions"]
     assert triggers and triggers[0]["trigger"]["expect"] == ["xnat.session.archived"]
     assert triggers[0]["actions"][0]["parameters"]["project"] == "{{ event.resource['xnat.project'] }}"
-    assert json.dumps(_block_ref()["credentials"]) in json.dumps(triggers[0]["actions"][0]["parameters"])
+    assert json.dumps(block_ref()["credentials"]) in json.dumps(triggers[0]["actions"][0]["parameters"])
     if missing:
         pytest.skip(
             f"deployed all but the flows not written yet: {', '.join(missing)} (prefect deploy --all needs them)"
@@ -264,28 +253,6 @@ def _processing_runs(
         time.sleep(2)
 
 
-def _block_ref(name: str = BLOCK) -> dict:
-    return {"credentials": {"$ref": {"block_document_slug": f"xnat-credentials/{name}"}}}
-
-
-def _block_id_ref(api: PrefectApi, name: str = BLOCK) -> dict:
-    """How a deployment references the site's Block: by document id (what the UI's picker shows)."""
-    document = api.http.get(f"block_types/slug/xnat-credentials/block_documents/name/{name}")
-    document.raise_for_status()
-    return {"credentials": {"$ref": {"block_document_id": document.json()["id"]}}}
-
-
-def _save_block(cli_env: dict[str, str], name: str, url: str) -> None:
-    save = (
-        "import sys; from pydantic import SecretStr; from xnat_flows.blocks import XnatCredentials;"
-        "XnatCredentials(url=sys.argv[1], username='admin', password=SecretStr('admin')).save(sys.argv[2], overwrite=True)"
-    )
-    saved = subprocess.run(
-        [sys.executable, "-c", save, url, name], env=cli_env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert saved.returncode == 0, saved.stderr[-3000:]
-
-
 def _wait_state(api: PrefectApi, run_id: str, state: str, log: Path, timeout: float = 240) -> dict:
     run = api.wait_for(run_id, timeout)
     assert run["state_type"] == state, (
@@ -303,7 +270,7 @@ def test_unattended_inbox_and_send_dicom_chain_processing_with_a_block_only_work
     verify -> xnat.session.archived -> processing."""
     inbox = deployed["inbox-ingest"]
     assert inbox["parameters"]["inbox_dir"] == str(site_inbox) and inbox["parameters"]["project"] == "TEST"
-    assert inbox["parameters"]["connection"] == _block_id_ref(api)
+    assert inbox["parameters"]["connection"] == block_id_ref(api)
 
     write_session(site_inbox / "scan-0001", patient_id="P001", study_date="20240115")
     (site_inbox / "scan-0001" / "xnat.json").write_text(json.dumps({"subject": "SUBJ001"}))
@@ -406,7 +373,7 @@ def test_archived_event_alone_triggers_processing(
         "project": "TEST",
         "subject": "P004",
         "experiment_id": experiment_id,
-        "connection": {"url": xnat.url, **_block_ref()},
+        "connection": {"url": xnat.url, **block_ref()},
     }
 
 
@@ -450,67 +417,11 @@ def test_upload_to_nifti_in_xnat_read_back_through_xnatpy(
 
     (event,) = processed()
     assert sorted(event["payload"]["produced"]) == ["1", "2"] and event["payload"]["resource"] == "NIFTI"
-    again = {"project": "TEST", "experiment_id": experiment_id, "connection": {"url": xnat.url, **_block_ref()}}
+    again = {"project": "TEST", "experiment_id": experiment_id, "connection": {"url": xnat.url, **block_ref()}}
     rerun = _wait_completed(api, api.run_deployment(deployed["process-session"]["id"], again), worker)
     assert rerun["state_type"] == "COMPLETED"
     time.sleep(2)  # an event, were one emitted, would be stored by now
     assert len(processed()) == 1
-
-
-def test_blocks_register_and_keep_the_password_secret(cli_env: dict[str, str], api: PrefectApi) -> None:
-    registered = run_cli(["block", "register", "-m", "xnat_flows.blocks"], cli_env)
-    assert registered.returncode == 0, registered.stdout + registered.stderr
-    save = (
-        "from pydantic import SecretStr; from xnat_flows.blocks import XnatCredentials;"
-        "XnatCredentials(url='https://xnat.example.org', username='svc', password=SecretStr('s3cret-e2e'))"
-        ".save('e2e-xnat', overwrite=True);"
-        "assert XnatCredentials.load('e2e-xnat').to_credentials().password.get_secret_value() == 's3cret-e2e'"
-    )
-    saved = subprocess.run(
-        [sys.executable, "-c", save], env=cli_env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert saved.returncode == 0, saved.stderr[-3000:]
-    document = api.http.get("block_types/slug/xnat-credentials/block_documents/name/e2e-xnat")
-    document.raise_for_status()
-    assert document.json()["data"]["username"] == "svc"
-    assert "s3cret-e2e" not in document.text  # the API shows the secret obfuscated
-
-
-@pytest.mark.parametrize(
-    ("flavour", "pool_type", "pool", "suffix", "variable"),
-    [
-        ("docker", "docker", "xnat-docker", "docker", "volumes"),
-        ("kubernetes", "kubernetes", "xnat-k8s", "k8s", "namespace"),
-    ],
-)
-def test_docker_and_kubernetes_files_deploy(
-    flavour: str, pool_type: str, pool: str, suffix: str, variable: str, cli_env: dict[str, str], api: PrefectApi
-) -> None:
-    """The container flavours deploy as they are (running them needs Docker or a cluster, not tested here)."""
-    created = run_cli(["work-pool", "create", pool, "--type", pool_type, "--overwrite"], cli_env)
-    assert created.returncode == 0, created.stdout + created.stderr
-    prefect_file = REPO_ROOT / "deployments" / flavour / "prefect.yaml"
-    entries = yaml.safe_load(prefect_file.read_text())["deployments"]
-    names = [e["name"] for e in entries if (REPO_ROOT / e["entrypoint"].split(":")[0]).is_file()]
-    # The Block named, the inbox values not: the inbox schedule is created inactive.
-    result = run_cli(
-        ["--no-prompt", "deploy", "--prefect-file", str(prefect_file), *[a for n in names for a in ("-n", n)]],
-        {**cli_env, "XNAT_CREDENTIALS_BLOCK": BLOCK},
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    upload = api.deployment("upload-dicom-session", f"upload-session-{suffix}")
-    inbox = api.deployment("ingest-inbox", f"inbox-ingest-{suffix}")
-    try:
-        assert upload["work_pool_name"] == pool and variable in upload["job_variables"]
-        assert upload["parameters"]["connection"] == _block_id_ref(api)
-        assert upload["pull_steps"] == [
-            {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/xnat-flows"}}
-        ]
-        assert inbox["parameters"]["connection"] == _block_id_ref(api)
-        assert [s["active"] for s in inbox["schedules"]] == [False] and "inbox_dir" not in inbox["parameters"]
-    finally:
-        # Leave only the process flavour on the server, so its trigger is the one that reacts to events.
-        api.delete_deployments(names)
 
 
 def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
@@ -532,7 +443,7 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
         xnat = xnat_emulator_factory(projects=("TEST",), rebuild_idle_seconds=0.5)
         xnat.faults.add(path="/data/services/import", delay_ms=1000, times=None)  # imports take a second
         limit = "xnat-uploads:" + xnat.url.split("://", 1)[1]
-        _save_block(cli_env, "e2e-gcl", xnat.url)
+        save_block(cli_env, "e2e-gcl", xnat.url)
         created = run_cli(["gcl", "create", limit, "--limit", "1"], cli_env)
         assert created.returncode == 0, created.stdout + created.stderr
         try:
@@ -549,7 +460,7 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
                 }
                 runs.append(
                     api.run_deployment(
-                        deployed["upload-session"]["id"], {"request": request, "connection": _block_ref("e2e-gcl")}
+                        deployed["upload-session"]["id"], {"request": request, "connection": block_ref("e2e-gcl")}
                     )
                 )
             for run_id in runs:
@@ -560,25 +471,3 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
             api.http.delete(f"v2/concurrency_limits/{limit}")
     finally:
         stop_group(second_worker)
-
-
-def test_deploy_without_site_values_says_what_is_missing(
-    deployed: dict[str, dict], api: PrefectApi, cli_env: dict[str, str], site_inbox: Path
-) -> None:
-    no_block = run_cli(["--no-prompt", "deploy", "-n", "inbox-ingest"], cli_env)
-    assert no_block.returncode != 0 and "XNAT_CREDENTIALS_BLOCK is not set" in no_block.stdout + no_block.stderr
-    unknown = run_cli(
-        ["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, "XNAT_CREDENTIALS_BLOCK": "no-such-block"}
-    )
-    assert unknown.returncode != 0 and "no xnat-credentials Block of that name" in unknown.stdout + unknown.stderr
-
-    # Block named, inbox values not: deployed, with the schedule inactive (it would fail every 5 minutes).
-    without_inbox = run_cli(
-        ["--no-prompt", "deploy", "-n", "inbox-ingest"], {**cli_env, "XNAT_CREDENTIALS_BLOCK": BLOCK}
-    )
-    assert without_inbox.returncode == 0, (without_inbox.stdout + without_inbox.stderr)[-3000:]
-    assert "schedule is created INACTIVE" in without_inbox.stdout + without_inbox.stderr
-    inbox = api.deployment("ingest-inbox", "inbox-ingest")
-    assert [s["active"] for s in inbox["schedules"]] == [False]
-    assert not api.flow_runs(inbox["id"]) or all(r["state_type"] != "SCHEDULED" for r in api.flow_runs(inbox["id"]))
-    # Last in this module: the inbox deployment now lacks the values the tests above relied on.

@@ -46,6 +46,7 @@ IMPORT = r"/data/services/import"
 # XNAT archives a session once no instance arrived for this long (5 min on a real server). The
 # faults' waits stay below it, except where a case is about a retry arriving after it.
 REBUILD_IDLE = 1.5
+RESTARTED_IDLE = 30.0  # see Harness.restart
 READ_TIMEOUT = 0.4  # seconds; "slow response" faults delay longer than this
 LOGIN_PAGE = "<html><head><title>XNAT - Login</title></head><body><form action='/login'></form></body></html>"
 FAST_RETRY = RetryPolicy(attempts=6, backoff_base=0.05, backoff_max=0.3, retry_after_max=5.0, budget_seconds=30.0)
@@ -68,22 +69,28 @@ class Harness:
         self.emulator = self._new_emulator(port=0, scp_port=0 if scp else None)
         self.clients: list[XnatClient] = []
 
-    def _new_emulator(self, port: int, scp_port: int | None) -> XnatEmulator:
+    def _new_emulator(self, port: int, scp_port: int | None, idle: float = REBUILD_IDLE) -> XnatEmulator:
         return XnatEmulator(
             self.workdir / "xnat",
             port=port,
             projects=(PROJECT,),
             password=PASSWORD,
             scp_port=scp_port,
-            rebuild_idle_seconds=REBUILD_IDLE,
+            rebuild_idle_seconds=idle,
         ).start()
 
     def restart(self, down_seconds: float = 0.3) -> None:
-        """Stop the server (cutting open connections) and start it again on the same state and ports."""
+        """Stop the server (cutting open connections) and start it again on the same state and ports.
+
+        The restarted server's idle interval is long: XNAT's is minutes, far longer than the client's
+        retries after a restart, and the compressed 1.5 s could end during the restart itself on a
+        loaded machine, archiving the session before the retries of the requests the restart cut
+        arrive (they then go to the prearchive, as they would on XNAT after its idle interval).
+        ``settle`` runs the rebuilder at the end whatever the interval."""
         port, scp_port = self.emulator.port, self.emulator.scp_port
         self.emulator.stop()
         time.sleep(down_seconds)
-        self.emulator = self._new_emulator(port=port, scp_port=scp_port)
+        self.emulator = self._new_emulator(port=port, scp_port=scp_port, idle=RESTARTED_IDLE)
 
     def close(self) -> None:
         for client in self.clients:

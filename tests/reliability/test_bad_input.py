@@ -424,7 +424,9 @@ def test_mixed_studies_rerun_with_per_study_finishes(xnat: XnatEmulator, tmp_pat
 
 
 @pytest.mark.slow
-def test_twenty_thousand_tiny_files_scan_fast_and_bounded(tmp_path: Path) -> None:
+def test_twenty_thousand_tiny_files_are_skipped_in_bounded_memory(tmp_path: Path) -> None:
+    """A folder of 20,000 small non-DICOM files beside five instances: every one is listed as
+    skipped and the scan's memory stays bounded. (Its speed is a benchmark's: bench/bench_scan.py.)"""
     import tracemalloc
 
     from xnat_flows.transfer.scan import scan_directory
@@ -437,14 +439,11 @@ def test_twenty_thousand_tiny_files_scan_fast_and_bounded(tmp_path: Path) -> Non
             (sub / f"f{i:04d}.txt").write_bytes(b"x" * 16)
 
     tracemalloc.start()
-    started = time.monotonic()
     result = scan_directory(tmp_path / "big")
-    seconds = time.monotonic() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 
     assert len(result.files) == 5 and len(result.skipped) == 20_000
-    assert seconds < 20, f"scanning 20,005 files took {seconds:.1f} s"
     assert peak < 64 * 1024 * 1024, f"scan peaked at {peak / 1e6:.0f} MB"
 
 

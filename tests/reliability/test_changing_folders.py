@@ -199,7 +199,8 @@ def test_a_cstore_rerun_after_the_session_was_deleted_sends_everything_again(
     manifest = write_studies(tmp_path / "export", series=2, instances=30, instance_kb=4, seed=44)
     total = len(manifest.files)
     command = _command(xnat, "c-store", tmp_path / "export", "DEL")
-    assert CliRunner().invoke(app, command).exit_code == 0
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
     wait_until(lambda: _archived(xnat, "DEL") == total, 60, interval=0.05, what="the first delivery archived")
     (experiment,) = xnat.archived_experiments(PROJECT)
     xnat_delete(xnat, experiment["ID"])
@@ -234,7 +235,8 @@ def test_a_cstore_rerun_against_a_fresh_xnat_at_the_same_address_sends_everythin
     )
     _log_in_by_environment(first_xnat, monkeypatch)
     command = _command(first_xnat, "c-store", tmp_path / "export", "FRESH")
-    assert CliRunner().invoke(app, command).exit_code == 0
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
     wait_until(lambda: _archived(first_xnat, "FRESH") == total, 60, interval=0.05, what="the first delivery")
     http_port, scp_port = int(first_xnat.url.rsplit(":", 1)[1]), first_xnat.scp_port
     first_xnat.stop()
@@ -260,7 +262,8 @@ def test_a_cstore_rerun_without_a_login_resends_and_does_not_claim_success(
     manifest = write_studies(tmp_path / "export", series=1, instances=12, instance_kb=4, seed=46)
     total = len(manifest.files)
     send = ["session", "upload-dicom", str(tmp_path / "export"), "--host", "127.0.0.1", "--port", str(xnat.scp_port)]
-    assert CliRunner().invoke(app, [*send, "-P", PROJECT, "-S", "NL", "-E", "NL"]).exit_code == 0
+    first = CliRunner().invoke(app, [*send, "-P", PROJECT, "-S", "NL", "-E", "NL"])
+    assert first.exit_code == 0, first.output
     for name in ("XNAT_URL", "XNAT_USER", "XNAT_PASS"):
         monkeypatch.delenv(name)
 

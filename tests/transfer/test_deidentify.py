@@ -132,6 +132,66 @@ def test_large_files_are_rewritten_from_their_header_alone(tmp_path: Path, monke
             assert sent.sop_instance_uid == pydicom.dcmread(__import__("io").BytesIO(expected)).SOPInstanceUID
 
 
+def test_the_dry_run_takes_the_rewritten_uids_from_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dry run groups by the UIDs of the dataset the script rewrote, without parsing the
+    rewritten bytes again; they are the UIDs of the bytes sent."""
+    from xnat_flows.anon import compile_script
+    from xnat_flows.testing.synth import write_studies
+    from xnat_flows.transfer import deidentify
+
+    write_studies(tmp_path / "study", series=2, instances=3, instance_kb=128, seed=7, pixels="random")
+    scan = scan_directory(tmp_path / "study")
+    scripts = (
+        'version "6.1"\n(0010,0010) := subject\n(0020,000D) := hashUID[(0020,000D)]\n',  # series: the original's
+        'version "6.1"\n(0020,000E) := hashUID[(0020,000E)]\n(0020,0011) := "77"\n(0032,1032) := ""\n',
+    )
+    for text in scripts:
+        with monkeypatch.context() as patched:
+            patched.setattr(deidentify, "_window_keys", lambda *a: pytest.fail("the rewritten bytes were parsed again"))
+            done = deidentify_files(scan.files, compile_script(text), VARIABLES)
+        assert not done.refused
+        for sent in done.files:
+            ds = pydicom.dcmread(__import__("io").BytesIO(b"".join(read_exactly(sent))))
+            assert (sent.study_uid, sent.series_uid, sent.sop_instance_uid, sent.sop_class_uid) == (
+                ds.StudyInstanceUID,
+                ds.SeriesInstanceUID,
+                ds.SOPInstanceUID,
+                ds.SOPClassUID,
+            )
+            assert sent.series_number == ds.SeriesNumber and sent.transfer_syntax == ds.file_meta.TransferSyntaxUID
+
+
+@pytest.mark.parametrize("change", ["tail", "header", "length"])
+def test_a_file_changed_after_the_dry_run_stops_its_stream_before_the_last_chunk(tmp_path: Path, change: str) -> None:
+    """Sending joins the kept rewritten header to the original's tail read anew: a file modified
+    since it was scanned (in its tail, in the header the dry run read, or grown) is not sent whole."""
+    import os
+
+    from xnat_flows.anon import compile_script
+    from xnat_flows.testing.synth import write_studies
+
+    write_studies(tmp_path / "study", series=1, instances=1, instance_kb=256, seed=3, pixels="random")
+    scan = scan_directory(tmp_path / "study")
+    script = compile_script('version "6.1"\n(0010,0010) := subject\n(0020,000D) := hashUID[(0020,000D)]\n')
+    sent = deidentify_files(scan.files, script, VARIABLES).files[0]
+    assert sent.rewrite is not None and sent.rewrite.head
+    path, stat = sent.path, sent.path.stat()
+    with open(path, "r+b") as handle:
+        if change == "length":
+            handle.seek(0, 2)
+            handle.write(b"\0\0")
+        else:
+            handle.seek(stat.st_size - 10 if change == "tail" else 200)
+            handle.write(b"X")
+    if change != "length":
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    pieces = []
+    with pytest.raises(InputError, match="changed while being uploaded"):
+        for piece in read_exactly(sent, chunk_size=65536):
+            pieces.append(piece)
+    assert sum(map(len, pieces)) < sent.size  # the request is cut short: XNAT refuses it
+
+
 def test_archives_of_deidentified_files_have_the_announced_length(study_dir: Path) -> None:
     files = deidentify_files(scan_directory(study_dir).files, HashingAnonymizer(), VARIABLES).files
     for fmt in ("tar", "zip"):

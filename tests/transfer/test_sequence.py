@@ -28,11 +28,19 @@ def _files(count: int = 4) -> list[DicomFile]:
 class Recorder:
     """Steps that say what they were asked, in order; ``verify_fails`` stops the run at verification."""
 
-    def __init__(self, *, batch_ok: bool = True, already_archived: bool = False, verify_fails: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        batch_ok: bool = True,
+        already_archived: bool = False,
+        verify_fails: bool = False,
+        verified: VerifyResult | None = None,
+    ) -> None:
         self.calls: list[str] = []
         self.batch_ok = batch_ok
         self.already_archived = already_archived
         self.verify_fails = verify_fails
+        self.verified = verified
 
     @contextlib.contextmanager
     def claim(self, targets: Sequence[UploadTarget]) -> Iterator[None]:
@@ -72,6 +80,8 @@ class Recorder:
         self.calls.append("verify")
         if self.verify_fails:
             raise RuntimeError("the worker stopped while verifying")
+        if self.verified is not None:
+            return self.verified
         return VerifyResult(True, "XNAT_E00001", "/data/experiments/XNAT_E00001", len(files), len(files))
 
     def forget_delivered(self, target: UploadTarget) -> None:
@@ -106,6 +116,24 @@ def test_the_journal_is_forgotten_only_after_verification() -> None:
     with pytest.raises(RuntimeError):
         sequence_upload(steps, [(TARGET, _files())])
     assert "forget" not in steps.calls and steps.calls[-1] == "release"
+
+
+@pytest.mark.parametrize(
+    ("verified", "forgotten"),
+    [
+        (VerifyResult(False, None, "/xapi/direct-archive/P/1.2.3/SESS", 4, 0, processing=True), False),
+        (VerifyResult(False, None, None, 4, 0), False),  # not in the archive yet when the wait ran out
+        (VerifyResult(False, "XNAT_E00001", "/data/experiments/XNAT_E00001", 4, 3, missing=["1"]), True),
+        (VerifyResult(False, None, None, 4, 0, parked=["/prearchive/P/x/SESS"]), True),
+    ],
+    ids=["still-processing", "not-there-yet", "files-missing", "parked"],
+)
+def test_a_verification_that_ran_out_of_time_keeps_the_journal(verified: VerifyResult, forgotten: bool) -> None:
+    """Inconclusive (XNAT still at work on what was sent): the re-run must not send it all again.
+    Conclusive failures (files missing, parked elsewhere): the next run sends everything anew."""
+    steps = Recorder(verified=verified)
+    sequence_upload(steps, [(TARGET, _files())])
+    assert ("forget" in steps.calls) is forgotten
 
 
 def test_a_session_found_archived_already_is_verified_not_archived_again() -> None:

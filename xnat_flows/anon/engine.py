@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import pydicom
@@ -34,6 +35,51 @@ class Program(Protocol):
     @property
     def up_to(self) -> int | None:
         """The highest top-level tag the program reads or writes; ``None``: any."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeadRewrite:
+    """``Anonymizer.rewrite_head_reading``'s answer: the file rewritten is ``head`` followed by
+    the original from ``tail_start`` on; ``values``: the encoded values of the elements asked for
+    (absent ones left out), None when the first bytes do not hold them all (read the file then)."""
+
+    head: bytes
+    tail_start: int
+    values: dict[int, bytes] | None
+
+
+def _top_level_values(
+    instance: rawds.Instance, prefix: bytes, tags: Collection[int], up_to: int | None
+) -> dict[int, bytes] | None:
+    """The rewritten dataset's values of ``tags`` (top level, none a sequence); None when they are not
+    all known from ``prefix``. Tags beyond ``up_to`` (those the program neither reads nor writes) are
+    not in the dataset the program ran on but in the verbatim tail: they are read from there."""
+    reach = None if up_to is None else max(up_to, rawds.SOP_INSTANCE_UID)
+    nodes = {tag: instance.dataset for tag in tags}
+    if reach is not None and max(tags) > reach:
+        try:
+            rest, stop = rawds.parse_dataset(
+                prefix,
+                instance.tail_start,
+                len(prefix),
+                instance.body_encoding,
+                stop_at_pixels=True,
+                stop_after=max(tags),
+            )
+        except (AnonError, struct.error):
+            return None
+        if stop >= len(prefix):
+            return None  # the tags asked for may come after the bytes read
+        nodes.update({tag: rest for tag in tags if tag > reach})
+    values: dict[int, bytes] = {}
+    for tag, node in nodes.items():
+        element = node.get(tag)
+        if element is None:
+            continue
+        if element.is_sequence or element.undefined:
+            return None
+        values[tag] = bytes(element.value)
+    return values
 
 
 class Anonymizer:
@@ -86,6 +132,14 @@ class Anonymizer:
 
         Raises :class:`AnonError` as ``apply_bytes`` does (a missing variable, a script that
         cannot be applied to this file)."""
+        done = self.rewrite_head_reading(prefix, size, variables)
+        return None if done is None else (done.head, done.tail_start)
+
+    def rewrite_head_reading(
+        self, prefix: bytes, size: int, variables: Mapping[str, str] | None = None, tags: Collection[int] = ()
+    ) -> HeadRewrite | None:
+        """``rewrite_head``, and the values of the top-level elements ``tags`` as the rewritten file
+        holds them, read from the dataset the program ran on (not parsed again from the bytes)."""
         context = Context(self._check_variables(variables), None)
         parsed = rawds.parse_part10_head(prefix, size, up_to=self._program.up_to)
         if parsed is None:
@@ -94,9 +148,10 @@ class Anonymizer:
         self._program.run(instance.dataset, context)
         if context.pixel_edits:
             return None
+        values = _top_level_values(instance, prefix, tags, self._program.up_to) if tags else None
         if rawds.unchanged(instance):
-            return b"", 0
-        return rawds.write_part10(instance), tail_start
+            return HeadRewrite(b"", 0, values)
+        return HeadRewrite(rawds.write_part10(instance), tail_start, values)
 
     def apply_dataset(
         self,

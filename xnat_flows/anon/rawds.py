@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -97,6 +97,9 @@ TEXT_VRS = frozenset(
 )
 # Text whose value is decoded with the Specific Character Set (the others are ASCII by definition).
 CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+# Python codecs for a Specific Character Set (pydicom's names) whose first code table is ASCII, with
+# no code extensions: text that is ASCII encodes to the same bytes in them.
+_ASCII_FIRST = frozenset({"iso8859", "latin_1", "UTF8", "utf_8"})
 NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 
 
@@ -137,6 +140,7 @@ class Element:
 
     __slots__ = (
         "_items",
+        "_text",
         "_value",
         "changed",
         "end",
@@ -170,6 +174,7 @@ class Element:
         self.value_start = value_start
         self._value: bytes | None = None  # the new encoded value, once a program set one
         self._items: list[Node] | None = None
+        self._text: str | None = None  # the value as text, once read (not for CHARSET_VRS: see Node.string)
         self.changed = False
 
     @property
@@ -199,6 +204,7 @@ class Element:
 
     def set_value(self, encoded: bytes, vr: str | None = None) -> None:
         self._value = encoded
+        self._text = None
         if vr is not None:
             self.vr = vr
         self.changed = True
@@ -283,7 +289,13 @@ class Node:
         element = self.get(tag)
         if element is None:
             return None
-        return decode_value(element, self.encoding, self.encodings())
+        if element._text is not None:
+            return element._text
+        if element.vr in CHARSET_VRS:  # its text depends on the Specific Character Set, which may change
+            return decode_value(element, self.encoding, self.encodings())
+        # UIDs, dates, codes, numbers: read several times a run (the SOP UIDs by the engine itself)
+        element._text = decode_value(element, self.encoding, ())
+        return element._text
 
     # --- changing ----------------------------------------------------------------------------
     def put(self, tag: int, text: str, vr: str | None = None) -> None:
@@ -693,7 +705,7 @@ def _check_tail(instance: Instance, body: bytes, stop: int) -> None:
 # --- values ----------------------------------------------------------------------------------------
 
 
-def decode_value(element: Element, encoding: Encoding, encodings: list[str]) -> str:
+def decode_value(element: Element, encoding: Encoding, encodings: Sequence[str]) -> str:
     vr = element.vr
     raw = bytes(element.value)
     if element.is_sequence:
@@ -725,7 +737,12 @@ def _number_text(value: float) -> str:
 
 def encode_value(text: str, vr: str, encoding: Encoding, encodings: list[str]) -> bytes:
     if vr in TEXT_VRS:
-        raw = dicom_charset.encode_string(text, encodings) if vr in CHARSET_VRS else text.encode("ascii", "replace")
+        if vr not in CHARSET_VRS:
+            raw = text.encode("ascii", "replace")
+        elif text.isascii() and encodings[0] in _ASCII_FIRST:
+            raw = text.encode("ascii")  # what pydicom's encode_string gives for it, without its dispatch
+        else:
+            raw = dicom_charset.encode_string(text, encodings)
         if len(raw) % 2:
             raw += b"\0" if vr == "UI" else b" "
         return raw

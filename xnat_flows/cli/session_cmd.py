@@ -20,7 +20,7 @@ from xnat_flows.cli.anon_options import (
     AnonScriptOption,
     anonymizer_from_options,
 )
-from xnat_flows.cli.hints import ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH, STATUS_SHOWN_BY
+from xnat_flows.cli.hints import ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH, STATUS_SHOWN_BY, cli_hint
 from xnat_flows.cli.options import (
     EXIT_CONFLICT,
     EXIT_PARTIAL,
@@ -36,6 +36,7 @@ from xnat_flows.cli.options import (
 if TYPE_CHECKING:
     from xnat_flows.client.client import XnatClient
     from xnat_flows.client.credentials import Credentials
+    from xnat_flows.client.errors import XnatError
     from xnat_flows.models import UploadRequest
     from xnat_flows.transfer.cstore.results import SendResult
     from xnat_flows.transfer.cstore.sequence import DirectSteps
@@ -476,6 +477,24 @@ def send_dicom(
             "delivered are sent again (reported in doubt).",
         ),
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Wait until XNAT's archive holds every instance sent (needs the login); exit 6 if it does not "
+            "within --verify-timeout. Off (the default, as the send-dicom flow): the receiver's answers only.",
+        ),
+    ] = False,
+    verify_timeout: Annotated[
+        float,
+        typer.Option(
+            "--verify-timeout",
+            metavar="SECONDS",
+            min=1,
+            max=86400,
+            help="Seconds --verify waits for the archive (XNAT archives a C-STORE session after its idle interval).",
+        ),
+    ] = 600.0,
     anon_script: AnonScriptOption = None,
     anon_profile: AnonProfileOption = None,
     anon_from_server: AnonFromServerOption = False,
@@ -488,7 +507,8 @@ def send_dicom(
 
     Parallel associations. With a login (`xnat-flows auth login`) XNAT is asked first: --project must
     exist, and a re-run skips what an earlier run delivered only while XNAT still holds that study.
-    --project needs the login (or --no-xnat-check).
+    --project and --verify need the login (--project without it: --no-xnat-check).
+    --verify then waits until XNAT has archived every instance sent, found by StudyInstanceUID.
     --anon-script/--anon-profile/--anon-from-server de-identify every file as it is sent; a script's
     project, subject and session variables are --project, --subject and --session.
     """
@@ -500,6 +520,11 @@ def send_dicom(
     sends_data()
     if (subject or session) and not project:
         raise InputError("--subject and --session route only together with --project")
+    if verify and no_xnat_check:
+        raise InputError(
+            "--verify reads XNAT's archive over its REST API, which --no-xnat-check leaves alone",
+            hint="Log in (`xnat-flows auth login`) and drop --no-xnat-check, or send with --no-verify",
+        )
     routing = RoutingOverride(project, subject, session) if project else None
     if project is None:
         warn(
@@ -507,7 +532,7 @@ def send_dicom(
             "what it cannot route is filed under Unassigned in the prearchive"
         )
     with contextlib.ExitStack() as stack:
-        held, project_check = None, None
+        held, project_check, client = None, None, None
         if no_xnat_check:
             warn(
                 "--no-xnat-check: "
@@ -515,7 +540,7 @@ def send_dicom(
                 + "instances an earlier run delivered are sent again (XNAT cannot be asked whether it holds them)"
             )
         else:
-            held, project_check = _xnat_study_check(connection, project, session, stack)
+            held, project_check, client = _xnat_study_check(connection, project, session, stack, verify=verify)
         # Scripts compile before anything is read or sent: an error stops here (exit 2, line:column).
         anonymizer = anonymizer_from_options(
             anon_script,
@@ -538,10 +563,12 @@ def send_dicom(
             anonymizer=anonymizer,
             held=held,
             project_check=project_check,
+            client=client if verify else None,
+            verify_timeout_seconds=verify_timeout,
         )
-        result = _send_dicom(steps, as_json)
+        result, not_verified = _send_dicom(steps, as_json, verify=verify)
     if as_json:
-        typer.echo(json.dumps(_cstore_json(result), indent=2))
+        typer.echo(json.dumps(_cstore_json(result, not_verified), indent=2))
     else:
         _report_skipped(result.not_sent)
         _report_conflicts(result, duplicates)
@@ -567,6 +594,19 @@ def send_dicom(
         typer.echo(result.summary())
         if result.not_sent:
             typer.echo(f"{len(result.not_sent)} other files under {source} were not sent (listed above)")
+        for study in result.archived:
+            typer.echo(
+                f"verified: study {study.study_uid} archived as {study.project}/{study.subject}/{study.label} "
+                f"({study.experiment_id}, {study.files_found} files for {study.instances_sent} instances sent)"
+            )
+    if not_verified is not None:
+        typer.echo(f"not verified: {not_verified.message}. {cli_hint(not_verified)}", err=True)
+        typer.echo(
+            "The receiver stored what was sent, but XNAT's archive does not hold it all: run the same command "
+            "again to look again (what was delivered is not sent twice).",
+            err=True,
+        )
+        raise typer.Exit(EXIT_PARTIAL)
     if result.in_doubt:
         typer.echo(f"warning: {in_doubt_warning(result, ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH)}", err=True)
     if result.failed or result.skipped or result.unreadable:
@@ -575,10 +615,24 @@ def send_dicom(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _cstore_json(result: SendResult) -> dict[str, Any]:
+def _cstore_json(result: SendResult, not_verified: XnatError | None = None) -> dict[str, Any]:
     """``send-dicom --json``: the result's facts under the names scripts read."""
     return {
-        "ok": result.ok,
+        "ok": result.ok and not_verified is None,
+        "verified": result.verified,
+        "not_verified": not_verified.message if not_verified is not None else None,
+        "archived": [
+            {
+                "study_uid": s.study_uid,
+                "project": s.project,
+                "subject": s.subject,
+                "label": s.label,
+                "experiment_id": s.experiment_id,
+                "uri": s.uri,
+                "files": s.files_found,
+            }
+            for s in result.archived
+        ],
         "sent": len(result.sent),
         "failed": len(result.failed),
         "skipped": len(result.skipped),
@@ -602,9 +656,19 @@ def _cstore_json(result: SendResult) -> dict[str, Any]:
     }
 
 
-def _send_dicom(steps: DirectSteps, as_json: bool) -> SendResult:
-    """The C-STORE sequence (``transfer.cstore.sequence``), behind a progress bar on a terminal."""
+def _send_dicom(steps: DirectSteps, as_json: bool, *, verify: bool) -> tuple[SendResult, XnatError | None]:
+    """The C-STORE sequence (``transfer.cstore.sequence``), behind a progress bar on a terminal.
+
+    With ``verify``, a wait for the archive that runs out is returned beside what was sent (the
+    report says both; the exit code is then 6), never taken for success.
+    """
     from xnat_flows.transfer.cstore.sequence import send_cstore
+
+    archive_wait: tuple[type[XnatError], ...] = ()  # without verify: client.archive would load pydantic for nothing
+    if verify:
+        from xnat_flows.client.archive import WaitTimeoutError
+
+        archive_wait = (WaitTimeoutError,)
     from xnat_flows.transfer.progress import Progress
 
     # a progress bar only on a terminal: into a pipe or a log rich draws nothing useful, and its
@@ -625,7 +689,11 @@ def _send_dicom(steps: DirectSteps, as_json: bool) -> SendResult:
         steps.progress = show if progress else None
         try:
             # every instance is journaled as the receiver confirms it: a re-run sends only the rest
-            return send_cstore(steps, source=steps.source)
+            return send_cstore(steps, source=steps.source, verify=verify), None
+        except archive_wait as exc:
+            if steps.sent is None:
+                raise
+            return steps.sent, exc
         except KeyboardInterrupt:
             typer.echo(
                 "Every instance the receiver confirmed is recorded: run the same command again to send the rest.",
@@ -635,12 +703,13 @@ def _send_dicom(steps: DirectSteps, as_json: bool) -> SendResult:
 
 
 def _xnat_study_check(
-    connection: Connection, project: str | None, session: str | None, stack: contextlib.ExitStack
-) -> tuple[Callable[[str], bool], Callable[[], None]]:
+    connection: Connection, project: str | None, session: str | None, stack: contextlib.ExitStack, *, verify: bool
+) -> tuple[Callable[[str], bool], Callable[[], None], Callable[[], XnatClient]]:
     """Whether XNAT holds a study, for the C-STORE journal (``transfer.session.study_present``),
-    over a client ``stack`` keeps open, and the destination check the sequence runs first. With
-    --project the login is required then (XNAT files data for an unknown project under Unassigned,
-    so the project is checked first); without, the client is opened only if the journal lists
+    over a client ``stack`` keeps open, the destination check the sequence runs first, and that
+    client for ``verify``. With --project or --verify the login is required then (XNAT files data
+    for an unknown project under Unassigned, so the project is checked first; verifying reads the
+    archive), before anything is sent; without, the client is opened only if the journal lists
     deliveries to check, so a plain send needs no login (and loads no HTTP stack)."""
     from xnat_flows.client.errors import AuthenticationError, InputError
 
@@ -657,11 +726,18 @@ def _xnat_study_check(
         return study_present(client(), study_uid, project=project, label=session)
 
     def check_project() -> None:
-        if project is None:
+        if project is None and not verify:
             return
         try:
             client()
         except (InputError, AuthenticationError) as exc:
+            if project is None:
+                raise AuthenticationError(
+                    f"not logged in to XNAT ({exc.message}): send-dicom --verify reads XNAT's archive over its "
+                    "REST API; nothing was sent",
+                    hint="Run `xnat-flows auth login` (or give --url/--username with --password-stdin), or send "
+                    "with --no-verify",
+                ) from None
             raise AuthenticationError(
                 f"not logged in to XNAT ({exc.message}): send-dicom --project checks the project, and what "
                 "earlier runs delivered, over XNAT's REST API first; nothing was sent",
@@ -669,7 +745,7 @@ def _xnat_study_check(
                 "--no-xnat-check to send without these checks",
             ) from None
 
-    return held, check_project
+    return held, check_project, client
 
 
 # xnatctl's spelling (docs: uploading guide): the same command, not listed in --help.

@@ -44,8 +44,10 @@ class SendIncompleteError(XnatError):
 
 
 class SendInDoubtError(XnatError):
-    """Every instance was stored, but some were sent again after an attempt without an answer, and
-    the run did not verify the archive (where XNAT may hold the second copy in CONFLICT)."""
+    """Every instance was stored, but some were sent again after an attempt without an answer.
+
+    The run did not verify the archive, where XNAT may hold the second copy in CONFLICT.
+    """
 
 
 def _run_name() -> str:
@@ -64,13 +66,15 @@ def send_dicom(
     receiver: Annotated[DicomReceiverTarget, ui_title("DICOM receiver")],
     connection: Annotated[XnatConnection, ui_title("XNAT connection")] = XnatConnection(),
 ) -> SendResult:
-    """Send every DICOM instance under a directory to a DICOM receiver over parallel associations;
-    with ``request.verify``, wait until XNAT has archived what was sent and announce each session.
-    The sequence is the library's (``transfer.cstore.sequence.send_cstore``), its steps this
-    flow's tasks.
+    """Send every DICOM instance under a directory to a DICOM receiver over parallel associations.
+
+    With ``request.verify``, wait until XNAT has archived what was sent and announce each session.
+    The sequence is the library's (``transfer.cstore.sequence.send_cstore``), its steps this flow's
+    tasks.
 
     Args:
-        request: What to send (source directory), routing, parallelism, and whether to wait for the archive.
+        request: What to send (source directory, which of two files holding one instance), routing,
+            parallelism, de-identification, and whether to wait for the archive.
         receiver: The DICOM receiver: an xnat-dicom-receiver Block, or host, port and AE titles.
         connection: The xnat-credentials Block of the XNAT behind the receiver (the deployment's
             default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time): it is asked that the
@@ -99,8 +103,10 @@ def send_dicom(
 
 
 class _TaskSteps:
-    """The C-STORE sequence's steps (``transfer.cstore.sequence``) as this flow's Prefect tasks: the
-    run shows each task with its retries, and the associations hold the receiver's limit."""
+    """The C-STORE sequence's steps (``transfer.cstore.sequence``) as this flow's Prefect tasks.
+
+    The run shows each task with its retries, and the associations hold the receiver's limit.
+    """
 
     def __init__(
         self,
@@ -129,7 +135,10 @@ class _TaskSteps:
 
     def scan(self, headers: ScanHeaders) -> ScanResult:
         scan = scan_dicom_directory(
-            self.request.source_dir, headers=headers, skip_truncated=self.request.skip_truncated
+            self.request.source_dir,
+            headers=headers,
+            duplicates=self.request.duplicates,
+            skip_truncated=self.request.skip_truncated,
         )
         self.scanned = list(scan.files)
         return scan

@@ -55,6 +55,10 @@ def download_xnat_session(
     Args:
         request: Which session, scans and resources; where to, in which layout.
         connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+
+    Returns:
+        What the download found and checked: the scans chosen, the files fetched by this run and
+        those found in place and verified.
     """
     try:
         with tags(xnat_tag(connection)):

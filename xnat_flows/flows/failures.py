@@ -1,5 +1,6 @@
-"""How our flows fail: what failed, against which server and Block, and what to do — said once, at
-ERROR, with no traceback for errors we know.
+"""How our flows fail: what failed, against which server and Block, and what to do.
+
+Said once, at ERROR, with no traceback for errors we know.
 
 Prefect logs an exception that leaves a flow function with its traceback ("Encountered exception
 during execution"), and again as the final state; the task that raised it has already logged it,
@@ -27,12 +28,21 @@ from xnat_flows.transfer.cstore.errors import DicomNetworkError
 
 
 def failed_run(exc: BaseException) -> Any:
-    """The final state of a flow run stopped by ``exc``: Failed, with one line saying what failed,
-    against which server and Block (read from the run's ``connection`` and ``receiver``
-    parameters), and what to do, in the operator's terms.
+    """The final state of a flow run stopped by ``exc``.
+
+    Failed, with one line saying what failed, against which server and Block (read from the run's
+    ``connection`` and ``receiver`` parameters), and what to do, in the operator's terms.
 
     Typed ``Any`` so that a flow keeps its result type: whoever calls the flow gets the result or,
-    from this state, ``exc`` raised (only ``return_state=True`` callers see the state itself)."""
+    from this state, ``exc`` raised (only ``return_state=True`` callers see the state itself).
+
+    Args:
+        exc: What stopped the run.
+
+    Returns:
+        A Failed state carrying ``exc`` and the line for the operator (any exception that is not an
+        ``XnatError``: its type and message).
+    """
     say_failures_once()
     if not isinstance(exc, XnatError):
         return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
@@ -50,8 +60,13 @@ def failed_run(exc: BaseException) -> Any:
 
 
 def _against(exc: XnatError) -> str:
-    """The server (and Block) the run worked against, from its parameters: the DICOM receiver for a
-    C-STORE error, else the XNAT of its connection."""
+    """The server (and Block) the run worked against, from its parameters.
+
+    The DICOM receiver for a C-STORE error, else the XNAT of its connection.
+
+    Returns:
+        The server and Block in words, or "" when they cannot be told.
+    """
     context = FlowRunContext.get()
     parameters: dict[str, Any] = dict(context.parameters or {}) if context is not None else {}
     try:

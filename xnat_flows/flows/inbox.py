@@ -79,6 +79,8 @@ class InboxItem(BaseModel):
 
 
 class InboxRunResult(BaseModel):
+    """One inbox run: what became of each folder taken, and the folders left for another run."""
+
     items: list[InboxItem] = Field(default_factory=list)
     waiting: list[str] = Field(default_factory=list, description="Folders still changing (inside the quiet period).")
     busy: list[str] = Field(default_factory=list, description="Folders held by another live run.")
@@ -89,17 +91,21 @@ class InboxRunResult(BaseModel):
 
     @property
     def failed(self) -> list[InboxItem]:
+        """Folders moved to failed/."""
         return [item for item in self.items if item.status == "failed"]
 
     @property
     def retrying(self) -> list[InboxItem]:
+        """Folders kept in processing/ for the next run."""
         return [item for item in self.items if item.status == "retry"]
 
 
 class InboxFolderFailed(XnatError):
-    """The end of a run in which folders went to failed/ or could not be uploaded (kept for the
-    next run): the run shows as Failed, so alerting on failed runs fires. The message lists each
-    folder's fate and cause."""
+    """The end of a run in which folders went to failed/ or could not be uploaded (kept for the next run).
+
+    The run shows as Failed, so alerting on failed runs fires. The message lists each folder's fate
+    and cause.
+    """
 
     default_hint = ""
 
@@ -118,6 +124,13 @@ def check_project(connection: XnatConnection, project: str) -> str | None:
 
     Checked before uploading because XNAT files a session for an unknown project under
     "Unassigned" in the prearchive instead of refusing it.
+
+    Args:
+        connection: The XNAT and its credentials.
+        project: The project ID.
+
+    Returns:
+        None, or the reason in words.
     """
     with open_client(connection) as client:
         try:
@@ -193,6 +206,10 @@ def ingest_inbox(
         per_study: A folder holding several studies becomes one session per study (label + 8 hex digits of its StudyInstanceUID).
         deidentify: De-identify each file as it is sent (a dicomedit-script Block or script text, the Basic
             Profile, XNAT's own scripts); a folder with files the script cannot take goes to failed/.
+
+    Returns:
+        Each folder taken and its fate (done, failed, retry), and the folders not taken; the run
+        ends Failed when any folder was not uploaded.
     """
     logger = get_run_logger()
     if not inbox_dir.strip() or not project.strip():
@@ -278,8 +295,14 @@ def ingest_inbox(
 
 
 def _not_uploaded(result: InboxRunResult, layout: InboxLayout) -> str:
-    """Each folder's fate with its cause; folders that failed alike share one mention of the cause
-    (an outage keeps every folder of the run for the same reason)."""
+    """Each folder's fate with its cause.
+
+    Folders that failed alike share one mention of the cause (an outage keeps every folder of the
+    run for the same reason).
+
+    Returns:
+        One line naming every folder not uploaded, with its fate and cause.
+    """
     fates: dict[tuple[str, str], list[str]] = {}
     for item in result.failed:
         fates.setdefault((f"moved to {layout.failed}", item.error or ""), []).append(item.folder)
@@ -298,8 +321,10 @@ def _last_attempt(path: Path) -> Path:
 
 
 def _announce_failure(run: _InboxRun, route: Route | None, error: str, source: Path) -> None:
-    """``xnat.upload.failed`` for a folder whose upload flow never ran (so nobody else reports it):
-    routing, project check or the server before the first byte."""
+    """``xnat.upload.failed`` for a folder whose upload flow never ran (so nobody else reports it).
+
+    Routing, project check or the server before the first byte.
+    """
     emit_upload_failed(
         run.server_url,
         route.project if route else run.project,
@@ -311,8 +336,11 @@ def _announce_failure(run: _InboxRun, route: Route | None, error: str, source: P
 
 
 class FolderChangedError(XnatError):
-    """Files of the folder were added, changed or removed while it was uploaded: filing it as done
-    would leave what arrived late unsent. It is kept for the next run, which sends it again."""
+    """Files of the folder were added, changed or removed while it was uploaded.
+
+    Filing it as done would leave what arrived late unsent. It is kept for the next run, which sends
+    it again.
+    """
 
 
 # Failures of the server or of the run's credentials, not of a folder: the folder is kept.

@@ -65,6 +65,8 @@ class ArchiveRequest(PrearchiveSessionRef):
 
 
 class DeleteOutcome(BaseModel):
+    """A prearchive session deleted by ``delete-prearchive-session``."""
+
     project: str
     timestamp: str
     folder: str
@@ -85,6 +87,9 @@ def archive_prearchive_session(
     Args:
         request: The prearchive session (project, timestamp, folder) and how to archive it.
         connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+
+    Returns:
+        What archiving did: the session's label, subject and archive URI.
     """
     try:
         with tags(xnat_tag(connection)):
@@ -136,6 +141,9 @@ def delete_prearchive_session(
     Args:
         session: The prearchive session (project, timestamp, folder), as `xnat-flows prearchive list` shows it.
         connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+
+    Returns:
+        The session deleted.
     """
     try:
         with tags(xnat_tag(connection)):

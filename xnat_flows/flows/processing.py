@@ -88,6 +88,8 @@ class ProcessingOptions(BaseModel):
 
 
 class ScanOutcome(BaseModel):
+    """What became of one scan: converted (with the files attached), skipped, or failed (with why)."""
+
     scan: str
     type: str = ""
     series_description: str = ""
@@ -97,6 +99,8 @@ class ScanOutcome(BaseModel):
 
 
 class ProcessingResult(BaseModel):
+    """One processed session: each chosen scan's outcome, and the chosen scans without DICOM files."""
+
     project: str
     subject: str
     experiment_id: str
@@ -106,6 +110,7 @@ class ProcessingResult(BaseModel):
     without_dicom: list[str] = Field(default_factory=list, description="Chosen scans with no DICOM files")
 
     def with_status(self, status: str) -> list[ScanOutcome]:
+        """The scans whose outcome is ``status`` (converted, skipped or failed)."""
         return [s for s in self.scans if s.status == status]
 
 
@@ -161,6 +166,9 @@ def process_xnat_session(
         subject: Subject label (optional; read from XNAT when empty). Used in the BIDS-style file names.
         connection: The xnat-credentials Block (the trigger passes the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
         options: Which scans, the result resource's label, replace or skip earlier results, scratch place, timeout.
+
+    Returns:
+        Each chosen scan's outcome; the run ends Failed when a scan failed.
     """
     logger = get_run_logger()
     try:

@@ -63,6 +63,10 @@ def attach_resource(
     Args:
         request: What to attach (file or directory) and where (session or scan, resource label).
         connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+
+    Returns:
+        What was sent and what XNAT kept: the resource's URI, the files and bytes sent, the local
+        files not sent.
     """
     try:
         target = ResourceTarget(

@@ -54,15 +54,19 @@ class UploadIncompleteError(XnatError):
 
 
 class NotDeidentifiedError(UploadIncompleteError):
-    """Files the de-identification could not be applied to were not sent; a re-run with the same
-    script fails on them again (the rest landed)."""
+    """Files the de-identification could not be applied to were not sent.
+
+    A re-run with the same script fails on them again (the rest landed).
+    """
 
 
 class UploadParkedError(ConflictError):
-    """XNAT parked (part of) the upload in CONFLICT: nothing was merged on its own; the message says
-    what it conflicts with and what a person can do after looking (the CLI exits 5). Not an
-    ``UploadIncompleteError``: running the same upload again does not help (the inbox files the
-    folder under failed/ with this report instead of retrying it)."""
+    """XNAT parked (part of) the upload in CONFLICT: nothing was merged on its own.
+
+    The message says what it conflicts with and what a person can do after looking (the CLI exits
+    5). Not an ``UploadIncompleteError``: running the same upload again does not help (the inbox
+    files the folder under failed/ with this report instead of retrying it).
+    """
 
     default_hint = "Look at both sessions in XNAT, then archive the parked one under a label of its own or delete it"
 
@@ -82,6 +86,10 @@ def upload_dicom_session(
     Args:
         request: What to upload (source directory) and where (project, subject, session), and how.
         connection: The xnat-credentials Block to use (the deployment's default is the one named by XNAT_CREDENTIALS_BLOCK at deploy time).
+
+    Returns:
+        Every session's result (where it landed, what was sent or failed, what verifying found),
+        the files skipped, and the time taken.
     """
     server_url: str | None = None
     try:
@@ -120,13 +128,6 @@ def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCh
     scan = scan_dicom_directory(
         request.source_dir, duplicates=request.duplicates, skip_truncated=request.skip_truncated
     )
-    if scan.conflicts:
-        logger.warning(
-            "%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
-            "(the others are listed as skipped, 'conflicting copy')",
-            len(scan.conflicts),
-            request.duplicates,
-        )
     if not scan.files:
         raise InputError(
             f"no DICOM files found under {request.source_dir} ({len(scan.skipped)} other files skipped); "
@@ -186,9 +187,11 @@ def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCh
 
 
 class TaskSteps:
-    """The steps of the REST upload's one sequence (``transfer.sequence.sequence_upload``), each a
-    task of this module's (``tasks.upload``): the UI shows every task run with its retries, the
-    server's upload concurrency limit, and the per-label slot held from check to verification.
+    """The steps of the REST upload's one sequence (``transfer.sequence.sequence_upload``) as tasks.
+
+    Each is a task of this module's (``tasks.upload``): the UI shows every task run with its
+    retries, the server's upload concurrency limit, and the per-label slot held from check to
+    verification.
 
     Args:
         request: The flow run's request.
@@ -285,8 +288,19 @@ class TaskSteps:
 
 
 def landing(outcome: SessionResult, server_url: str) -> dict[str, str | None]:
-    """Where a session landed: experiment ID, archive or prearchive URI, the session's XNAT web page,
-    and for a prearchive landing the timestamp folder (what archiving it needs)."""
+    """Where a session landed, for the run's report and events.
+
+    Experiment ID, archive or prearchive URI, the session's XNAT web page, and for a prearchive
+    landing the timestamp folder (what archiving it needs).
+
+    Args:
+        outcome: One session's result.
+        server_url: The XNAT's URL, for the absolute URIs.
+
+    Returns:
+        ``experiment_id``, ``uri``, ``web_url``, ``prearchive_timestamp`` and ``where`` (archive,
+        prearchive or unknown).
+    """
     base = public_base_url(server_url)
     uri = absolute_uri(server_url, outcome.session_uri)
     match = _PREARCHIVE_URI.search(outcome.session_uri or "")

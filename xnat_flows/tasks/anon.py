@@ -16,6 +16,8 @@ from pydantic import BaseModel
 
 
 class AnonCheckSummary(BaseModel):
+    """What ``anon check`` found, as a flow's result: counts and names only, never a value from the files."""
+
     program: str
     digest: str
     files: int
@@ -41,8 +43,24 @@ def anon_check(
     fail_on_survivors: bool = True,
     artifact_key: str | None = "anon-check",
 ) -> AnonCheckSummary:
-    """Check ``script`` (DicomEdit 6 text) or ``profile`` (``basic`` + ``options``) against
-    ``folder``. A script that cannot run raises ``ScriptError`` (line and column) at once."""
+    """Check ``script`` (DicomEdit 6 text) or ``profile`` (``basic`` + ``options``) against ``folder``.
+
+    A script that cannot run raises ``ScriptError`` (line and column) at once.
+
+    Args:
+        folder: The folder of DICOM files to try the rules on, on the worker's host.
+        script: DicomEdit 6 script text, or None.
+        profile: ``basic``, or None.
+        options: The Basic Profile's options (e.g. ``retain-uids``).
+        variables: The script's variables (project, subject, session).
+        allow: Attributes the site keeps on purpose: listed apart, not failures.
+        fail_on_survivors: Raise ``IdentifiersSurvive`` when identifiers survive or a file cannot be
+            de-identified.
+        artifact_key: The markdown artifact's key.
+
+    Returns:
+        The summary; the full report is the markdown artifact (values hidden).
+    """
     from xnat_flows.anon import anonymizer_for
     from xnat_flows.anon.check import check_folder
 

@@ -27,6 +27,8 @@ from xnat_flows.transfer.session import study_present
 
 
 class ReceiverAddress(NamedTuple):
+    """Where to send: the receiver's host, port and AE titles."""
+
     host: str
     port: int
     called_aet: str
@@ -76,8 +78,10 @@ SEND_RETRIES = 2
 
 
 class ReceiverInterrupted(TransientError):
-    """Some instances were not stored for a reason that may heal (receiver down, busy, dropped
-    associations); Prefect retries the task, which sends only what is still missing."""
+    """Some instances were not stored for a reason that may heal (receiver down, busy, dropped associations).
+
+    Prefect retries the task, which sends only what is still missing.
+    """
 
 
 @task(name="check-receiver", cache_policy=NO_CACHE)
@@ -104,14 +108,25 @@ def send_instances(
     limit: ReceiverLimit | None = None,
     connection: XnatConnection | None = None,
 ) -> SendResult:
-    """C-STORE over ``workers`` long-lived associations; returns this attempt's result, how many
-    instances an earlier run or attempt had already delivered (recorded in the upload journal, not
-    sent again) and which instances are in doubt (sent again after an attempt without an answer).
+    """C-STORE over ``workers`` long-lived associations.
 
     Each association holds a slot of the receiver's limit. When instances fail for a reason that
     may heal, the task raises so Prefect retries it; the last attempt returns what it has.
     ``connection``: the XNAT behind the receiver, asked whether it still holds what the journal
     says an earlier run delivered; without it (or when it cannot be asked) those are sent again.
+
+    Args:
+        receiver: The receiver, every field resolved (``resolve_receiver``).
+        files: The instances to send.
+        workers: Parallel associations.
+        routing: The routing written into PatientComments of the sent copy, or None.
+        limit: The receiver's concurrency limit (``check_receiver_limit``), or None.
+        connection: The XNAT behind the receiver, or None.
+
+    Returns:
+        This attempt's result, how many instances an earlier run or attempt had already delivered
+        (recorded in the upload journal, not sent again) and which instances are in doubt (sent
+        again after an attempt without an answer).
     """
     address = receiver_address(receiver)
     with contextlib.ExitStack() as stack, association_slots(limit, workers) as associations:
@@ -152,8 +167,13 @@ def send_instances(
 def _study_check(
     connection: XnatConnection | None, routing: RoutingOverride | None, stack: contextlib.ExitStack
 ) -> Callable[[str], bool] | None:
-    """``study_present`` on the XNAT of ``connection`` for the C-STORE journal, or None when it
-    cannot be asked (no credentials on the worker, XNAT's REST API unreachable)."""
+    """``study_present`` on the XNAT of ``connection`` for the C-STORE journal.
+
+    None when it cannot be asked (no credentials on the worker, XNAT's REST API unreachable).
+
+    Returns:
+        The check, or None.
+    """
     if connection is None:
         return None
     try:
@@ -170,8 +190,10 @@ def _study_check(
 @task(name="check-destination", cache_policy=NO_CACHE)
 @speaks_to_operator
 def check_destination(connection: XnatConnection | None, routing: RoutingOverride | None) -> None:
-    """The routing project exists in the XNAT behind the receiver: XNAT files the instances of an
-    unknown project under Unassigned, so it is refused before anything is read or sent.
+    """The routing project exists in the XNAT behind the receiver.
+
+    XNAT files the instances of an unknown project under Unassigned, so it is refused before
+    anything is read or sent.
 
     Args:
         connection: The XNAT behind the receiver. When it cannot be asked (no credentials on the
@@ -208,8 +230,10 @@ def wait_for_archived_studies_task(
     timeout_seconds: float,
     poll_seconds: float = 2.0,
 ) -> list[ArchivedStudy]:
-    """Wait (bounded) until every sent study is an archived session holding at least as many files
-    as instances were sent (``transfer.cstore.archived``).
+    """Wait (bounded) until every sent study is an archived session with all its instances.
+
+    Each session must hold at least as many files as instances were sent
+    (``transfer.cstore.archived``).
 
     Args:
         connection: The XNAT behind the receiver.

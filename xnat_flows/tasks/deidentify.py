@@ -1,6 +1,9 @@
-"""Prefect tasks of de-identification on upload: build the anonymizer a request asks for (XNAT's
-own scripts fetched with the run's credentials), and rewrite the planned sessions' file lists
-(``transfer.deidentify``; the bytes are rewritten later, as each file is sent)."""
+"""Prefect tasks of de-identification on upload.
+
+Build the anonymizer a request asks for (XNAT's own scripts fetched with the run's credentials), and
+rewrite the planned sessions' file lists (``transfer.deidentify``; the bytes are rewritten later, as
+each file is sent).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +26,16 @@ from xnat_flows.transfer.target import UploadTarget
 def prepare_anonymizer(
     connection: XnatConnection, deidentify: Deidentification, project: str | None
 ) -> Anonymizer | None:
-    """Compile what ``deidentify`` asks for (a script error fails here, before anything is sent);
-    None when it asks for nothing."""
+    """Compile what ``deidentify`` asks for (a script error fails here, before anything is sent).
+
+    Args:
+        connection: The XNAT whose site and project scripts ``deidentify.from_server`` fetches.
+        deidentify: What the request asks for (script or Block, profile, XNAT's own scripts).
+        project: The project whose script XNAT would apply, or None.
+
+    Returns:
+        The anonymizer, or None when ``deidentify`` asks for nothing.
+    """
     server_scripts: list[tuple[str, str]] = []
     if deidentify.from_server:
         from xnat_flows.client.anon_scripts import scripts_to_apply
@@ -43,8 +54,15 @@ def prepare_anonymizer(
 def deidentify_sessions(
     plans: list[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
 ) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
-    """Apply the anonymizer to every planned file in memory: the files as they will be sent, and
-    those it cannot be applied to (listed, never sent)."""
+    """Apply the anonymizer to every planned file in memory.
+
+    Args:
+        plans: The planned sessions and their files.
+        anonymizer: The compiled rules (``prepare_anonymizer``).
+
+    Returns:
+        The files as they will be sent, and those it cannot be applied to (listed, never sent).
+    """
     return deidentify_plan(plans, anonymizer)
 
 
@@ -52,6 +70,17 @@ def deidentify_sessions(
 def deidentify_instances(
     files: list[DicomFile], anonymizer: Anonymizer, routing: RoutingOverride | None
 ) -> tuple[list[DicomFile], list[InstanceOutcome]]:
-    """C-STORE: the files as they will be sent (with the routing's labels as the script's
-    variables), and a failed outcome for each the script cannot be applied to."""
+    """De-identify the files of a C-STORE.
+
+    The routing's labels are the script's variables.
+
+    Args:
+        files: The instances to send.
+        anonymizer: The compiled rules (``prepare_anonymizer``).
+        routing: The routing, whose labels are the script's variables, or None.
+
+    Returns:
+        The files as they will be sent, and a failed outcome for each the script cannot be applied
+        to.
+    """
     return deidentify_for_send(files, anonymizer, routing_variables(routing))

@@ -1,5 +1,8 @@
-"""Prefect tasks of the REST upload: scan, partition, upload a DICOM-zip batch, upload instances
-(gradual-DICOM), verify. Each wraps one library call; the flow composes them."""
+"""Prefect tasks of the REST upload.
+
+Scan, partition, upload a DICOM-zip batch, upload instances (gradual-DICOM), verify. Each wraps one
+library call; the flow composes them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prefect import get_client, task
+from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
@@ -58,10 +61,21 @@ _RETRYING: RetryOptions = {
 @task(name="check-server", **_COMMON, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 @speaks_to_operator
 def check_server(connection: XnatConnection, direct_archive: bool, project: str | None = None) -> ServerCheck:
-    """Prove the session once (the cached one from ``xnat-flows auth login``, else a login whose
-    token is cached for the upload tasks), refuse Direct-Archive below 1.8.3, check that the
-    project exists (XNAT would otherwise file the data under Unassigned), and find the server's
-    upload concurrency limit if the site defined one."""
+    """Check the server before an upload.
+
+    Prove the session once (the cached one from ``xnat-flows auth login``, else a login whose token
+    is cached for the upload tasks), refuse Direct-Archive below 1.8.3, check that the project
+    exists (XNAT would otherwise file the data under Unassigned), and find the server's upload
+    concurrency limit if the site defined one.
+
+    Args:
+        connection: The XNAT and its credentials.
+        direct_archive: The upload goes straight to the archive (needs XNAT 1.8.3+).
+        project: The project that must exist, or None.
+
+    Returns:
+        The server's URL, version and upload concurrency limit (None when the site defined none).
+    """
     with open_client(connection) as client:
         client.whoami()
         if project is not None:
@@ -78,7 +92,7 @@ def check_server(connection: XnatConnection, direct_archive: bool, project: str 
 @task(name="choose-archive-format", **_COMMON)
 @speaks_to_operator
 def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
-    """tgz over a slow (remote) link to XNAT >= 1.8.3, tar otherwise, with the reason."""
+    """``tgz`` over a slow (remote) link to XNAT >= 1.8.3, ``tar`` otherwise, with the reason."""
     with open_client(connection) as client:
         return choose_archive_format(client)
 
@@ -88,10 +102,22 @@ def choose_format(connection: XnatConnection) -> tuple[ArchiveFormat, str]:
 def check_destination_task(
     connection: XnatConnection, target: UploadTarget, study_uid: str, allow_other_study: bool, per_study: bool = False
 ) -> tuple[UploadTarget, frozenset[str]]:
-    """Refuse a session label that holds, receives or stages another study (unless allowed), or this
-    study under another subject; with ``per_study``, a study the project holds under another label.
-    Note the prearchive's rows before the upload, so verification can tell this upload's outcome
-    from older rows."""
+    """Refuse a destination that XNAT would park in CONFLICT or merge wrongly (``transfer.session``).
+
+    A session label that holds, receives or stages another study (unless allowed), or this study
+    under another subject; with ``per_study``, a study the project holds under another label.
+
+    Args:
+        connection: The XNAT and its credentials.
+        target: The planned destination.
+        study_uid: The StudyInstanceUID being sent.
+        allow_other_study: Upload even into a session that holds another study.
+        per_study: The upload labels each study itself.
+
+    Returns:
+        The target to use, and the prearchive's rows before the upload (so verification can tell
+        this upload's outcome from older rows).
+    """
     with open_client(connection) as client:
         checked = check_destination(client, target, study_uid, allow_other_study=allow_other_study, per_study=per_study)
         return checked, prearchive_snapshot(client, target.project)
@@ -99,10 +125,17 @@ def check_destination_task(
 
 @contextmanager
 def destination_slots(server_url: str, targets: list[UploadTarget], timeout_seconds: float) -> Iterator[None]:
-    """Hold the one slot of each destination's concurrency limit (``xnat-session:HOST:PORT:P:E``,
-    limit 1, created on first use) from the destination check to the end of verification: two
-    flow runs uploading to one session label, on any workers, run one after the other, and the
-    second one's check sees what the first one left. Waits at most ``timeout_seconds``."""
+    """Hold the one slot of each destination's concurrency limit, waiting at most ``timeout_seconds``.
+
+    The limit is ``xnat-session:HOST:PORT:P:E``, limit 1, created on first use; it is held from the
+    destination check to the end of verification: two flow runs uploading to one session label, on
+    any workers, run one after the other, and the second one's check sees what the first one left.
+
+    Args:
+        server_url: The XNAT's URL (part of each limit's name).
+        targets: The run's destination sessions.
+        timeout_seconds: The longest wait for the slots.
+    """
     names = sorted({destination_name(server_url, t.project, t.session) for t in targets})
     with get_client(sync_client=True) as prefect:
         for name in names:
@@ -122,7 +155,17 @@ def destination_slots(server_url: str, targets: list[UploadTarget], timeout_seco
 def look_for_parked_task(
     connection: XnatConnection, target: UploadTarget, study_uid: str, prearchive_before: frozenset[str]
 ) -> list[ParkedSession]:
-    """Without verification: one look at the prearchive for this upload's rows XNAT parked."""
+    """Without verification: one look at the prearchive for this upload's rows XNAT parked.
+
+    Args:
+        connection: The XNAT and its credentials.
+        target: The destination session.
+        study_uid: The study sent.
+        prearchive_before: The project's prearchive rows before the upload.
+
+    Returns:
+        The parked sessions, each with what it conflicts with (``transfer.session.look_for_parked``).
+    """
     with open_client(connection) as client:
         return look_for_parked(client, target, study_uid, prearchive_before)
 
@@ -136,9 +179,29 @@ def scan_dicom_directory(
 
     ``headers="file-meta"`` reads only what a C-STORE needs; ``duplicates``: which of two
     different files with one SOP Instance UID to send; ``skip_truncated``: send the rest when
-    files are cut short instead of failing (see ``transfer.scan``).
+    files are cut short instead of failing (see ``transfer.scan``). Different files holding one
+    SOP Instance UID are logged as a warning, with the choice made.
+
+    Args:
+        source_dir: The folder, on the worker's host.
+        headers: ``"full"``, or ``"file-meta"`` (what a C-STORE needs).
+        duplicates: Which of two different files with one SOP Instance UID to send: ``newest``,
+            ``oldest`` or ``stop``.
+        skip_truncated: Send the rest when files are cut short instead of failing (see
+            ``transfer.scan``).
+
+    Returns:
+        The instances found and the files skipped.
     """
-    return scan_directory(Path(source_dir), headers=headers, duplicates=duplicates, skip_truncated=skip_truncated)
+    scan = scan_directory(Path(source_dir), headers=headers, duplicates=duplicates, skip_truncated=skip_truncated)
+    if scan.conflicts:
+        get_run_logger().warning(
+            "%d SOP Instance UIDs are held by different files: sent the %s of each by modification time "
+            "(the others are listed as skipped, 'conflicting copy')",
+            len(scan.conflicts),
+            duplicates,
+        )
+    return scan
 
 
 @task(name="partition-batches", **_COMMON)
@@ -162,6 +225,18 @@ def upload_batch_task(
 
     A batch that an earlier run already delivered (the upload journal knows its content digest)
     is not sent again, so re-running a failed flow sends only what did not land.
+
+    Args:
+        connection: The XNAT and its credentials.
+        batch: The files of the batch.
+        target: The destination session.
+        archive_format: tar, tgz or zip.
+        index: The batch's number.
+        concurrency_limit: The server's upload concurrency limit whose slot the request holds, or
+            None.
+
+    Returns:
+        The batch's result; ``requests_in_doubt`` counts this task's earlier attempts too.
     """
     with upload_slot(concurrency_limit), shared_client(connection) as client:
         result = upload_batch_resumable(client, batch, target, archive_format, index=index, journal=UploadJournal())
@@ -183,6 +258,16 @@ def upload_instances_task(
 
     One task for the whole set (a task per instance would cost more than the request itself);
     failed instances are listed in the result, and re-running sends only those.
+
+    Args:
+        connection: The XNAT and its credentials.
+        files: The session's instances.
+        target: The destination session.
+        workers: Requests in flight at once.
+        concurrency_limit: The server's upload concurrency limit whose slot the task holds, or None.
+
+    Returns:
+        The counts of instances sent, failed and resumed.
     """
     with upload_slot(concurrency_limit), open_client(connection) as client:
         return upload_instances(client, files, target, workers=workers, journal=UploadJournal())
@@ -200,8 +285,22 @@ def forget_delivered(target: UploadTarget, server_url: str) -> None:
 def archive_now_task(
     connection: XnatConnection, target: UploadTarget, study_uid: str, uris: list[str], requests_in_doubt: int
 ) -> list[str]:
-    """Every file of the session is in: ask XNAT to archive its Direct-Archive session now rather
-    than after the idle interval (XNAT 1.8.4+; a server that does not archives it as usual)."""
+    """Ask XNAT to archive this upload's Direct-Archive session now: every file of it is in.
+
+    Now rather than after the idle interval (XNAT 1.8.4+; a server that does not archives it as
+    usual; ``transfer.session.archive_now``).
+
+    Args:
+        connection: The XNAT and its credentials.
+        target: The destination session.
+        study_uid: The study sent.
+        uris: The session URIs the import service answered.
+        requests_in_doubt: Requests that reached XNAT without an answer (then archiving is left to
+            XNAT's idle timer).
+
+    Returns:
+        The Direct-Archive sessions XNAT queued.
+    """
     with open_client(connection) as client:
         return archive_now(client, target, study_uid, uris, requests_in_doubt=requests_in_doubt)
 
@@ -215,7 +314,19 @@ def verify_uploaded_session(
     timeout_seconds: float,
     prearchive_before: frozenset[str] | None = None,
 ) -> VerifyResult:
-    """Wait for the session in the archive and compare scans and file counts with what was sent."""
+    """Wait for the session in the archive and compare scans and file counts with what was sent.
+
+    Args:
+        connection: The XNAT and its credentials.
+        target: The destination session.
+        expected: What was sent.
+        timeout_seconds: The longest wait for the session.
+        prearchive_before: The project's prearchive rows before the upload, or None.
+
+    Returns:
+        The counts found per scan, with what XNAT parked and what to do about it (in a flow run
+        operator's terms).
+    """
     with open_client(connection) as client:
         return verify_session(
             client,

@@ -1,14 +1,16 @@
-"""De-identification on the way out: every file is rewritten by a DicomEdit script (or the
-Basic Profile) as it streams into a request, for every transport — DICOM-zip, gradual-DICOM,
-C-STORE and the inbox — through the one file source they share (``scan.read_exactly``; the
-C-STORE sender's ``cstore.dataset.dataset_to_send``).
+"""De-identification on the way out.
+
+Every file is rewritten by a DicomEdit script (or the Basic Profile) as it streams into a request,
+for every transport — DICOM-zip, gradual-DICOM, C-STORE and the inbox — through the one file source
+they share (``scan.read_exactly``; the C-STORE sender's ``cstore.dataset.dataset_to_send``).
 
 The originals are never modified and no copy of the study is written: ``deidentify_files``
 applies the script once to every file before anything is sent (a dry run, in memory, one file
 at a time) — to the file's first bytes only (``HEAD_BYTES``) when they hold the whole header
 the script reads (``anon.Anonymizer.rewrite_head``), the pixel data neither read nor copied then,
 else to the whole file — and returns ``DicomFile`` entries that describe the *rewritten* instance — its size
-and its SOP, series and study UIDs as the script makes them — each carrying a ``Rewrite`` that
+and its SOP, series and study UIDs as the script makes them (``anon.Anonymizer.rewrite_head_reading``
+gives them from the dataset it rewrote; the rewritten bytes are not parsed again) — each carrying a ``Rewrite`` that
 tells the file source how to make those bytes again from the original while it streams.
 Grouping into sessions, the destination check, the resume journal and verification therefore
 all work on what is sent, not on what is on disk.
@@ -16,7 +18,8 @@ all work on what is sent, not on what is on disk.
 While sending, a file's bytes are made again from the original without running the script a
 second time: the dry run keeps the rewritten header (``Rewrite.head``, the bytes before the tail the
 rewritten file shares with the original — the pixel data, which the engine copies verbatim) and the
-send joins it to the original's tail, read anew and checked unchanged (size, modification time).
+send streams it, then the original's tail, read anew from where it starts (not the header before it,
+which the dry run read) and checked unchanged (size, modification time) before its last chunk.
 The headers kept are bounded (``HEAD_CACHE_BYTES``); beyond that the script runs again while
 sending, which is as good because the engine is deterministic (the same script, variables and
 input give the same bytes; ``hashUID``, never a random UID) — and a second application that gives
@@ -32,16 +35,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from xnat_flows.client.errors import InputError
-from xnat_flows.transfer.part10 import read_file_meta, read_series_keys
+from xnat_flows.transfer.part10 import (
+    SERIES_KEY_TAGS,
+    FileMeta,
+    SeriesKeys,
+    read_file_meta,
+    read_series_keys,
+    series_keys,
+)
 
 if TYPE_CHECKING:
     from xnat_flows.anon import UrlAccess
+    from xnat_flows.anon.engine import HeadRewrite
     from xnat_flows.transfer.scan import DicomFile, SkippedFile
     from xnat_flows.transfer.target import UploadTarget
 
@@ -60,15 +71,35 @@ class Anonymizer(Protocol):
         """A stable identity of the rules: equal digests rewrite equal inputs to equal bytes."""
         ...
 
-    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes: ...
+    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
+        """``part10`` (a whole Part 10 file) rewritten, with XNAT's ``variables`` (project, subject, session)."""
+        ...
 
 
 @runtime_checkable
 class HeadRewriter(Protocol):
-    """An anonymizer that can rewrite a file from its first bytes (``anon.Anonymizer.rewrite_head``):
-    ``(head, tail_start)``, the file sent being ``head`` + the original from ``tail_start`` on."""
+    """An anonymizer that can rewrite a file from its first bytes (``anon.Anonymizer.rewrite_head``).
 
-    def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None: ...
+    ``(head, tail_start)``, the file sent being ``head`` + the original from ``tail_start`` on.
+    """
+
+    def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None:
+        """The file of ``size`` bytes rewritten from its first bytes ``prefix``; None when it needs them all."""
+        ...
+
+
+@runtime_checkable
+class HeadReader(Protocol):
+    """A ``HeadRewriter`` that also gives the rewritten values of top-level elements.
+
+    ``anon.Anonymizer.rewrite_head_reading``: the dry run need not parse its output again.
+    """
+
+    def rewrite_head_reading(
+        self, prefix: bytes, size: int, variables: Mapping[str, str], tags: Collection[int]
+    ) -> HeadRewrite | None:
+        """The file's header rewritten from ``prefix`` with the rewritten values of ``tags``; None: whole file needed."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -79,20 +110,28 @@ class ChainedAnonymizer:
 
     @property
     def digest(self) -> str:
+        """A stable identity of the chain: the steps' digests, in order."""
         return hashlib.sha256("\n".join(step.digest for step in self.steps).encode()).hexdigest()
 
     @property
     def required_variables(self) -> frozenset[str]:
+        """The variables any step's script needs (``anon.Anonymizer.required_variables``)."""
         return frozenset().union(*(getattr(step, "required_variables", frozenset()) for step in self.steps))
 
     def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
+        """``part10`` rewritten by each step in turn."""
         for step in self.steps:
             part10 = step.apply_bytes(part10, variables)
         return part10
 
     def rewrite_head(self, prefix: bytes, size: int, variables: Mapping[str, str]) -> tuple[bytes, int] | None:
-        """Each step's ``rewrite_head`` on the first bytes the step before made; None as soon as one
-        step needs the whole file."""
+        """Each step's ``rewrite_head`` on the first bytes the step before made.
+
+        None as soon as one step needs the whole file.
+
+        Returns:
+            The rewritten head and where the original's tail starts, or None.
+        """
         head, tail_start = b"", 0  # the file so far: head + the original from tail_start on
         for step in self.steps:
             if not isinstance(step, HeadRewriter):
@@ -117,15 +156,23 @@ def chain(anonymizers: Iterable[Anonymizer | None]) -> Anonymizer | None:
 
 
 def xnat_variables(target: UploadTarget) -> dict[str, str]:
-    """The variables XNAT passes a site or project script when it imports a file for ``target``
-    (xnat-web ``MizerService.anonymize(file, project, subject, session label, ...)``)."""
+    """The variables XNAT passes a site or project script when it imports a file for ``target``.
+
+    As xnat-web's ``MizerService.anonymize(file, project, subject, session label, ...)``.
+
+    Returns:
+        ``project``, ``subject`` and ``session``.
+    """
     return {"project": target.project, "subject": target.subject, "session": target.session}
 
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
-    """How a sent file's bytes are made: the original's (``original_size`` bytes on disk),
-    rewritten by ``anonymizer`` with ``variables``."""
+    """How a sent file's bytes are made.
+
+    The original's (``original_size`` bytes on disk), rewritten by ``anonymizer`` with
+    ``variables``.
+    """
 
     anonymizer: Anonymizer
     variables: tuple[tuple[str, str], ...]
@@ -136,20 +183,33 @@ class Rewrite:
 
     @property
     def digest(self) -> str:
-        """Rules and variables: part of the resume journal's record of a sent file, so a re-run
-        with another script (or another subject label) sends again rather than skipping."""
+        """A digest of the rules and variables.
+
+        Part of the resume journal's record of a sent file, so a re-run with another script (or
+        another subject label) sends again rather than skipping.
+        """
         text = self.anonymizer.digest + "".join(f"\0{k}={v}" for k, v in self.variables)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def apply(self, original: bytes) -> bytes:
+        """The rewritten instance made from ``original``, the file's bytes on disk."""
         if self.head is not None:
             return b"".join((self.head, memoryview(original)[self.tail_start :]))
         return self.anonymizer.apply_bytes(original, dict(self.variables))
 
 
 def shared_tail(original: bytes, rewritten: bytes) -> int:
-    """The length of a tail ``rewritten`` shares with ``original`` (a multiple of 256 bytes, at most the
-    longest): what the engine copied verbatim, the pixel data above all."""
+    """The length of a tail ``rewritten`` shares with ``original`` (a multiple of 256 bytes, at most the longest).
+
+    What the engine copied verbatim, the pixel data above all.
+
+    Args:
+        original: The file as read.
+        rewritten: The file as de-identified.
+
+    Returns:
+        The number of shared bytes.
+    """
     shared = 0
     limit = min(len(original), len(rewritten))
     a_end, b_end = len(original), len(rewritten)
@@ -187,8 +247,10 @@ def _window_keys(first_bytes: bytes) -> _Keys | None:
     keys = read_series_keys(memoryview(first_bytes)[:_KEYS_HEAD], meta)
     if keys is None and len(first_bytes) > _KEYS_HEAD:
         keys = read_series_keys(first_bytes, meta)
-    if keys is None:
-        return None
+    return None if keys is None else _keys(keys, meta)
+
+
+def _keys(keys: SeriesKeys, meta: FileMeta) -> _Keys:
     return _Keys(
         keys.sop_class_uid,
         keys.sop_instance_uid,
@@ -240,27 +302,71 @@ def _read_head(item: DicomFile) -> bytes:
     return prefix
 
 
-def _rewrite_from_head(
-    item: DicomFile, anonymizer: Anonymizer, variables: Mapping[str, str]
-) -> tuple[bytes, int, _Keys] | None:
-    """The file rewritten from its first bytes alone (``HeadRewriter``): the rewritten header, where
-    the original's verbatim tail starts, the rewritten instance's UIDs. None: read the whole file."""
-    if not isinstance(anonymizer, HeadRewriter) or item.size <= HEAD_BYTES:
+# A file's first bytes and size in; the rewritten header, where the original's tail starts and the
+# rewritten values of the series keys (None: not read) out; None: the whole file is needed.
+_HeadStep = Callable[[bytes, int], "tuple[bytes, int, dict[int, bytes] | None] | None"]
+
+
+def _head_step(anonymizer: Anonymizer, variables: Mapping[str, str]) -> _HeadStep | None:
+    """How the dry run rewrites a file from its first bytes with ``anonymizer``.
+
+    Chosen once per run: a Protocol ``isinstance`` costs microseconds a file.
+
+    Returns:
+        The step; None when the anonymizer cannot rewrite from a file's first bytes.
+    """
+    if isinstance(anonymizer, HeadReader):
+        reading = anonymizer.rewrite_head_reading
+
+        def from_head_reading(prefix: bytes, size: int) -> tuple[bytes, int, dict[int, bytes] | None] | None:
+            done = reading(prefix, size, variables, SERIES_KEY_TAGS)
+            return None if done is None else (done.head, done.tail_start, done.values)
+
+        return from_head_reading
+    if isinstance(anonymizer, HeadRewriter):
+        rewrite_head = anonymizer.rewrite_head
+
+        def from_head(prefix: bytes, size: int) -> tuple[bytes, int, dict[int, bytes] | None] | None:
+            done = rewrite_head(prefix, size, variables)
+            return None if done is None else (*done, None)
+
+        return from_head
+    return None
+
+
+def _rewrite_from_head(item: DicomFile, step: _HeadStep) -> tuple[bytes, int, _Keys] | None:
+    """The file rewritten from its first bytes alone.
+
+    Returns:
+        The rewritten header, where the original's verbatim tail starts, the rewritten instance's
+        UIDs (from the dataset the engine rewrote when it gives them, else read from the rewritten
+        bytes); or None: read the whole file.
+    """
+    if item.size <= HEAD_BYTES:
         return None
     prefix = _read_head(item)
-    done = anonymizer.rewrite_head(prefix, item.size, variables)
+    done = step(prefix, item.size)
     if done is None:
         return None
-    head, tail_start = done
-    keys = _window_keys(head + prefix[tail_start:])
+    head, tail_start, values = done
+    keys = None
+    if values is not None and (found := series_keys(values)) is not None:
+        # the File Meta (transfer syntax, checked as a scanned file's is) leads the rewritten head
+        keys = _keys(found, read_file_meta(head or prefix))
+    if keys is None:
+        keys = _window_keys(head + prefix[tail_start:])
     return None if keys is None else (head, tail_start, keys)
 
 
 def _rewrite_whole(
     item: DicomFile, anonymizer: Anonymizer, variables: Mapping[str, str], *, keep_head: bool
 ) -> tuple[bytes | None, int, int, _Keys]:
-    """The whole file read and rewritten: the rewritten bytes before the tail they share with the
-    original (when ``keep_head``), where that tail starts, the rewritten size, the UIDs."""
+    """The whole file read and rewritten.
+
+    Returns:
+        The rewritten bytes before the tail they share with the original (when ``keep_head``), where
+        that tail starts, the rewritten size, the UIDs.
+    """
     from xnat_flows.transfer.scan import read_exactly
 
     data = b"".join(read_exactly(item))
@@ -285,22 +391,34 @@ def deidentify_files(
     *,
     head_cache_bytes: int = HEAD_CACHE_BYTES,
 ) -> Deidentified:
-    """Apply ``anonymizer`` to every file in memory (nothing is written) and describe what will be
-    sent: one ``DicomFile`` per rewritten instance, whose bytes ``read_exactly`` makes again while
-    sending (from the rewritten headers kept, up to ``head_cache_bytes``; then by the script again).
-    Files the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs
-    or share its SOP Instance UID with another, are refused with the reason."""
+    """Apply ``anonymizer`` to every file in memory (nothing is written) and describe what will be sent.
+
+    One ``DicomFile`` per rewritten instance, whose bytes ``read_exactly`` makes again while sending
+    (from the rewritten headers kept, up to ``head_cache_bytes``; then by the script again). Files
+    the script cannot be applied to, or whose rewritten instance would lose a UID XNAT needs or
+    share its SOP Instance UID with another, are refused with the reason.
+
+    Args:
+        files: The scanned instances (none de-identified yet).
+        anonymizer: The rules to apply.
+        variables: The script's variables (``xnat_variables``).
+        head_cache_bytes: How many bytes of rewritten headers to keep for the send.
+
+    Returns:
+        The rewritten instances and the files refused, each with the reason.
+    """
     import dataclasses
 
     frozen_variables = tuple(sorted(variables.items()))
     result = Deidentified()
     by_sop: dict[str, DicomFile] = {}
     cache_left = head_cache_bytes
+    head_step = _head_step(anonymizer, variables)
     for original in files:
         if original.rewrite is not None:
             raise InputError(f"{original.relpath} is de-identified already", hint="De-identify a file list once")
         try:
-            from_head = _rewrite_from_head(original, anonymizer, variables)
+            from_head = _rewrite_from_head(original, head_step) if head_step is not None else None
             if from_head is not None:
                 head: bytes | None = from_head[0]
                 tail_start, keys = from_head[1], from_head[2]
@@ -328,10 +446,11 @@ def deidentify_files(
                 _refusal(original.path, f"the script gives it the SOP Instance UID of {other.relpath}")
             )
             continue
-        rewrite = Rewrite(anonymizer, frozen_variables, original.size)
         if head is not None and cache_left >= len(head):
-            rewrite = dataclasses.replace(rewrite, head=head, tail_start=tail_start)
+            rewrite = Rewrite(anonymizer, frozen_variables, original.size, head, tail_start)
             cache_left -= len(head)
+        else:
+            rewrite = Rewrite(anonymizer, frozen_variables, original.size)
         sent = dataclasses.replace(
             original,
             size=size,
@@ -351,9 +470,18 @@ def deidentify_files(
 def deidentify_plan(
     plan: Sequence[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
 ) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
-    """``deidentify_files`` for each planned session, with that session's XNAT variables. A study
-    the script splits into several StudyInstanceUIDs stops the upload (one session, one study);
-    a session left with no file to send is dropped (its files are in the refused list)."""
+    """``deidentify_files`` for each planned session, with that session's XNAT variables.
+
+    A study the script splits into several StudyInstanceUIDs stops the upload (one session, one
+    study); a session left with no file to send is dropped (its files are in the refused list).
+
+    Args:
+        plan: The planned sessions and their files (``plan_sessions``).
+        anonymizer: The rules to apply.
+
+    Returns:
+        The plan with each session's files de-identified, and the files refused.
+    """
     planned: list[tuple[UploadTarget, list[DicomFile]]] = []
     refused: list[SkippedFile] = []
     for target, files in plan:
@@ -377,10 +505,15 @@ def deidentify_plan(
 def _compiled(
     script: str | None = None, source: str = "<script>", profile: str | None = None, url_access: UrlAccess | None = None
 ) -> Anonymizer:
-    """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as
-    ``InputError``: a script error names file, line and column, so nothing is sent with a broken
-    script (the CLI exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``);
-    ``url_access``: an ``anon.UrlAccess``, the URLs a script's ``getURL`` may fetch."""
+    """``anon.anonymizer_for`` (the one way choices become an anonymizer) with its errors as ``InputError``.
+
+    A script error names file, line and column, so nothing is sent with a broken script (the CLI
+    exits 2); ``profile`` is ``basic[,option...]`` (the CLI's ``--anon-profile``); ``url_access``:
+    an ``anon.UrlAccess``, the URLs a script's ``getURL`` may fetch.
+
+    Returns:
+        The compiled anonymizer.
+    """
     from xnat_flows.anon import ScriptError, anonymizer_for
 
     try:
@@ -406,11 +539,23 @@ def build_anonymizer(
     profile: str | None = None,
     allowed_urls: Sequence[str] = (),
 ) -> Anonymizer | None:
-    """The de-identification an upload applies, in order: XNAT's own scripts (``(name, text)``:
-    the site's, then the project's), the user's script (``(source, text)``), then the Basic
-    Profile (``basic[,option...]``); None when none is asked for. Every script is compiled here,
-    before anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may
-    fetch (none: a script calling it is refused)."""
+    """The de-identification an upload applies, in order.
+
+    XNAT's own scripts (``(name, text)``: the site's, then the project's), the user's script
+    (``(source, text)``), then the Basic Profile (``basic[,option...]``).
+
+    Every script is compiled here, before anything is read or sent. ``allowed_urls``: URL prefixes a script's ``getURL`` may fetch (none:
+    a script calling it is refused).
+
+    Args:
+        server_scripts: XNAT's enabled scripts as ``(name, text)``, site first.
+        script: The user's script as ``(source, text)``, or None.
+        profile: ``basic[,option...]``, or None.
+        allowed_urls: URL prefixes a script's ``getURL`` may fetch.
+
+    Returns:
+        The chained anonymizer, or None when none is asked for.
+    """
     url_access = None
     if allowed_urls:
         from xnat_flows.anon import UrlAccess
@@ -428,7 +573,13 @@ def build_anonymizer(
 
 
 def require_variables(anonymizer: Anonymizer, variables: Mapping[str, str], where: str) -> None:
-    """Stop before sending when the script reads a variable this upload cannot give it."""
+    """Stop before sending when the script reads a variable this upload cannot give it.
+
+    Args:
+        anonymizer: The compiled rules.
+        variables: The variables this upload gives (``xnat_variables``, or the C-STORE routing's).
+        where: The upload, in words for the error (e.g. ``a REST upload``).
+    """
     needed: frozenset[str] = getattr(anonymizer, "required_variables", frozenset())
     missing = sorted(name for name in needed if name not in variables)
     if missing:

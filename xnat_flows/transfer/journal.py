@@ -22,9 +22,18 @@ from xnat_flows.transfer.scan import DicomFile
 
 
 def content_digest(files: Iterable[DicomFile]) -> str:
-    """What was sent: each file's name, size, modification time and SOP Instance UID, and for a
-    de-identified file the script and variables that rewrote it (``Rewrite.digest``), so a re-run
-    with another script sends again, whatever the sizes and UIDs."""
+    """The content digest of ``files``: what was sent, told without reading the files.
+
+    Each file's name, size, modification time and SOP Instance UID, and for a de-identified file the
+    script and variables that rewrote it (``Rewrite.digest``), so a re-run with another script sends
+    again, whatever the sizes and UIDs.
+
+    Args:
+        files: The files sent, in the order sent.
+
+    Returns:
+        A SHA-256 hex digest of ``files`` in that order.
+    """
     digest = hashlib.sha256()
     for f in files:
         rules = f"\0{f.rewrite.digest}" if f.rewrite is not None else ""
@@ -33,12 +42,28 @@ def content_digest(files: Iterable[DicomFile]) -> str:
 
 
 def resume_key(server_url: str, destination: str) -> str:
-    """The journal's name for a destination on one server: the same labels on another XNAT are
-    another destination, and what was delivered to one was not delivered to the other."""
+    """The journal's name for a destination on one server.
+
+    The same labels on another XNAT are another destination, and what was delivered to one was not
+    delivered to the other.
+
+    Args:
+        server_url: The XNAT's or the receiver's address.
+        destination: The session (or receiver and routing) within it.
+
+    Returns:
+        ``server_url`` without a trailing slash and ``destination``, joined by ``|``.
+    """
     return f"{server_url.rstrip('/')}|{destination}"
 
 
 class UploadJournal:
+    """The resume journal: per destination, the digests of what reached it, one file each.
+
+    Args: directory: Where the files live; by default ``journal/`` in the profile directory (mode
+    0600).
+    """
+
     def __init__(self, directory: Path | None = None) -> None:
         from xnat_flows.client.paths import profile_dir  # not client.settings: no pydantic on the C-STORE path
 
@@ -62,8 +87,14 @@ class UploadJournal:
         return {line for line in lines if len(line) == 64}
 
     def in_flight(self, destination: str) -> set[str]:
-        """Digests that went out to ``destination`` without an answer (``InstanceLog.sending`` with
-        neither ``stored`` nor ``refused`` after it): the receiver may or may not hold them."""
+        """Digests that went out to ``destination`` without an answer.
+
+        Each has an ``InstanceLog.sending`` record with neither ``stored`` nor ``refused`` after it:
+        the receiver may or may not hold them.
+
+        Returns:
+            The digests in doubt; empty when there is no journal file.
+        """
         try:
             lines = self._path(destination).read_text(encoding="ascii").splitlines()
         except (OSError, UnicodeDecodeError):
@@ -86,6 +117,7 @@ class UploadJournal:
         return InstanceLog(self._path(destination))
 
     def record(self, destination: str, digest: str) -> None:
+        """Append ``digest`` to ``destination``'s records (one write, so a crash loses nothing written)."""
         from xnat_flows.client.paths import ensure_private_dir
 
         line = f"{digest}\n".encode("ascii")
@@ -107,13 +139,15 @@ class UploadJournal:
                 os.close(fd)
 
     def clear(self, destination: str) -> None:
+        """Forget every delivery to ``destination`` (once it is uploaded and verified)."""
         with self._lock:
             self._path(destination).unlink(missing_ok=True)
 
 
 class ResumeState:
-    """What earlier runs delivered to one destination, and the record of this run's deliveries:
-    the one resume step of every resumable send (DICOM-zip batches and gradual instances in
+    """What earlier runs delivered to one destination, and the record of this run's deliveries.
+
+    The one resume step of every resumable send (DICOM-zip batches and gradual instances in
     ``session``, C-STORE instances in ``cstore.resume``).
 
     ``done`` is read from ``journal`` unless the caller passes what it has checked (the REST
@@ -155,8 +189,10 @@ _SENDING, _REFUSED = ">", "x"  # line prefixes of InstanceLog; a bare digest is 
 
 
 class InstanceLog:
-    """Per-instance records, written as they happen: ``sending`` before an instance goes out,
-    ``stored`` once the receiver confirmed it, ``refused`` when it answered a failure.
+    """Per-instance records, written as they happen.
+
+    ``sending`` before an instance goes out, ``stored`` once the receiver confirmed it, ``refused``
+    when it answered a failure.
 
     Each record is one ``write`` to the file (O_APPEND), so it is in the kernel's hands at once:
     killing the process (kill -9, Ctrl-C) loses nothing written. ``fsync`` runs at most every
@@ -172,12 +208,15 @@ class InstanceLog:
         self._lock = threading.Lock()
 
     def sending(self, digest: str) -> None:
+        """``digest`` is about to go out."""
         self._write(f"{_SENDING}{digest}\n")
 
     def stored(self, digest: str) -> None:
+        """The receiver confirmed ``digest``."""
         self._write(f"{digest}\n")
 
     def refused(self, digest: str) -> None:
+        """The receiver answered a failure for ``digest``: it was not stored."""
         self._write(f"{_REFUSED}{digest}\n")
 
     def _write(self, line: str) -> None:
@@ -191,6 +230,7 @@ class InstanceLog:
             os.fsync(self._fd)
 
     def close(self) -> None:
+        """Sync the records to disk and close the file (a second call does nothing)."""
         with self._lock:
             if self._fd < 0:
                 return

@@ -15,6 +15,7 @@ ever confirms, and a file it cannot confirm is read by pydicom, which decides.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +46,8 @@ class MetaTooShort(ValueError):
 
 @dataclass(frozen=True)
 class FileMeta:
+    """The file meta group's facts an upload needs, read without pydicom."""
+
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
@@ -65,6 +68,13 @@ def read_file_meta(part10: bytes | memoryview, file_size: int | None = None) -> 
 
     Raises ``MetaTooShort`` when ``part10`` stops inside the group and the file (``file_size``,
     if given) is longer, ``ValueError`` when the bytes are not a well-formed meta group.
+
+    Args:
+        part10: The file's first bytes.
+        file_size: The whole file's size, if known.
+
+    Returns:
+        The SOP class and instance UIDs, the transfer syntax and where the dataset starts.
     """
     if not has_magic(part10):
         raise ValueError("not a DICOM Part-10 file (no DICM marker)")
@@ -127,9 +137,14 @@ def dataset_offset(part10: bytes | memoryview) -> int:
 
 
 def little_endian_vr(transfer_syntax: str) -> Literal["implicit", "explicit"] | None:
-    """How a dataset in this syntax is encoded when it is plain little-endian bytes: Implicit or
-    Explicit VR Little Endian, and every encapsulated syntax (its dataset is Explicit VR LE).
-    None for deflated, big-endian and unknown (private) syntaxes: leave those to pydicom."""
+    """How a dataset in this syntax is encoded when it is plain little-endian bytes.
+
+    Implicit or Explicit VR Little Endian, and every encapsulated syntax (its dataset is Explicit VR
+    LE). None for deflated, big-endian and unknown (private) syntaxes: leave those to pydicom.
+
+    Returns:
+        ``"implicit"`` or ``"explicit"``, or None when pydicom must read the dataset.
+    """
     if transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN:
         return "implicit"
     if transfer_syntax == _EXPLICIT_VR_LITTLE_ENDIAN or transfer_syntax.startswith(_ENCAPSULATED_PREFIXES):
@@ -138,14 +153,24 @@ def little_endian_vr(transfer_syntax: str) -> Literal["implicit", "explicit"] | 
 
 
 def pixel_data_reaches_end(head: bytes | memoryview, tail: bytes, meta: FileMeta, file_size: int) -> bool:
-    """True when ``head`` (the first bytes of the file) shows a Pixel Data element that ends
-    exactly at the end of the file, so the file is whole. ``tail``: the file's last 8 bytes,
+    """True when ``head`` shows a Pixel Data element that ends exactly at the end of the file.
+
+    ``head`` is the first bytes of the file; a whole file passes. ``tail``: the file's last 8 bytes,
     where encapsulated (compressed) pixel data ends with a sequence delimiter.
 
     False means "not confirmed" (pixel data starts beyond ``head``, elements follow it, a
     big-endian or deflated dataset, or a file really cut short): read it with pydicom then.
     Bytes inside another value that merely look like a Pixel Data header do not confirm a file:
     their declared length would have to land exactly on the file's last byte.
+
+    Args:
+        head: The file's first bytes.
+        tail: The file's last 8 bytes.
+        meta: The file meta read from ``head``.
+        file_size: The whole file's size.
+
+    Returns:
+        True when the file is confirmed whole.
     """
     encoding = little_endian_vr(meta.transfer_syntax)
     if encoding is None:
@@ -217,10 +242,15 @@ _U32 = struct.Struct("<I").unpack_from
 def _walk(
     data: bytes, offset: int, implicit: bool, depth: int, found: dict[int, bytes] | None, until_item_end: bool = False
 ) -> int:
-    """Walk elements from ``offset``; at the top level (``found`` given) collect the key tags and
-    stop past the Series Number. Returns the offset reached.
+    """Walk elements from ``offset``.
 
-    One ``unpack`` per element header (this loop is most of the REST scan's time per file)."""
+    At the top level (``found`` given) collect the key tags and stop past the Series Number.
+
+    One ``unpack`` per element header (this loop is most of the REST scan's time per file).
+
+    Returns:
+        The offset reached.
+    """
     size = len(data)
     while offset + 8 <= size:
         if implicit:
@@ -260,10 +290,18 @@ def _walk(
 
 
 def read_series_keys(head: bytes | memoryview, meta: FileMeta) -> SeriesKeys | None:
-    """SOP, study and series UIDs and the Series Number from the first bytes of a Part-10 file
-    whose dataset is little-endian (Implicit/Explicit VR or encapsulated; see
-    ``little_endian_vr``). None when they cannot be confirmed from these bytes (a key missing or
-    beyond ``head``, another syntax, an odd encoding): read the file with pydicom then.
+    """SOP, study and series UIDs and the Series Number from the first bytes of a Part-10 file.
+
+    The dataset must be little-endian (Implicit/Explicit VR or encapsulated; see
+    ``little_endian_vr``).
+
+    Args:
+        head: The file's first bytes.
+        meta: The file meta read from ``head``.
+
+    Returns:
+        The keys, or None when they cannot be confirmed from these bytes (a key missing or beyond
+        ``head``, another syntax, an odd encoding): read the file with pydicom then.
     """
     encoding = little_endian_vr(meta.transfer_syntax)
     if encoding is None:
@@ -276,6 +314,21 @@ def read_series_keys(head: bytes | memoryview, meta: FileMeta) -> SeriesKeys | N
         return None
     if reached + 8 > len(data) and _SERIES_NUMBER_TAG not in found:
         return None  # the head ended before the Series Number's place: it may come later
+    return series_keys(found)
+
+
+SERIES_KEY_TAGS = tuple(sorted(_KEY_TAGS))  # SOP class and instance, study, series UIDs; Series Number
+
+
+def series_keys(found: Mapping[int, bytes]) -> SeriesKeys | None:
+    """``SeriesKeys`` from the values of a dataset's top-level key elements.
+
+    Args:
+        found: The encoded bytes of ``SERIES_KEY_TAGS`` by tag; an absent element is left out.
+
+    Returns:
+        The keys; None when one is missing or odd (read the file with pydicom then).
+    """
     try:
         uids = [_uid(found[tag]) for tag in (_SOP_CLASS_TAG, _SOP_INSTANCE_TAG, _STUDY_TAG, _SERIES_TAG)]
         number_text = found[_SERIES_NUMBER_TAG].strip(b"\x00 ").decode("ascii") if _SERIES_NUMBER_TAG in found else ""

@@ -85,6 +85,8 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 
 @dataclass(frozen=True, slots=True)  # slots: ~100k of them in a big session
 class DicomFile:
+    """One DICOM instance found by the scan: its file and the UIDs an upload plans and verifies with."""
+
     path: Path
     relpath: str  # POSIX path relative to the scanned root: the member name in archives
     size: int
@@ -107,25 +109,35 @@ class DicomFile:
 
 @dataclass(frozen=True)
 class SkippedFile:
+    """A file the scan does not send, with the reason why (junk, unreadable, cut short, a duplicate)."""
+
     path: Path
     reason: str
 
     @property
     def unreadable(self) -> bool:
-        """A file or folder that could not be read, so may hold DICOM that is not sent: a failure
-        of the upload (a re-run after fixing it completes it), not junk."""
+        """A file or folder that could not be read, so may hold DICOM that is not sent.
+
+        A failure of the upload (a re-run after fixing it completes it), not junk.
+        """
         return self.reason.startswith(_UNREADABLE_PREFIXES)
 
     @property
     def truncated(self) -> bool:
-        """A DICOM file cut short (its pixel data, or its header, ends early): in a folder being
-        written, a file not yet whole. ``scan_directory`` fails on it unless told to skip it."""
+        """A DICOM file cut short (its pixel data, or its header, ends early).
+
+        In a folder being written, a file not yet whole. ``scan_directory`` fails on it unless told
+        to skip it.
+        """
         return self.reason.startswith(TRUNCATED) or _HEADER_CUT in self.reason
 
 
 class IncompleteExportError(TransientError):
-    """DICOM files of the folder are cut short: an export still being written (or copied). Nothing
-    was sent, so the study is never split between a run that sent part of it and a later one."""
+    """DICOM files of the folder are cut short: an export still being written (or copied).
+
+    Nothing was sent, so the study is never split between a run that sent part of it and a later
+    one.
+    """
 
     default_hint = (
         "Wait until the export has finished writing and run again; to send the other files without the cut "
@@ -139,6 +151,8 @@ class IncompleteExportError(TransientError):
 
 @dataclass
 class ScanResult:
+    """What ``scan_directory`` found under ``root``: the instances to send and every file skipped."""
+
     root: Path
     files: list[DicomFile] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
@@ -148,6 +162,7 @@ class ScanResult:
 
     @property
     def total_bytes(self) -> int:
+        """The size of all ``files``, in bytes."""
         return sum(f.size for f in self.files)
 
     @property
@@ -161,6 +176,7 @@ class ScanResult:
         return [s for s in self.skipped if s.unreadable]
 
     def by_study(self) -> dict[str, list[DicomFile]]:
+        """``files`` grouped by StudyInstanceUID, in the order the studies first appear."""
         groups: dict[str, list[DicomFile]] = {}
         for f in self.files:
             groups.setdefault(f.study_uid, []).append(f)
@@ -168,9 +184,19 @@ class ScanResult:
 
 
 def portable_relpath(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` as valid UTF-8 text: bytes of a name that are not UTF-8
-    (an export from another locale) are written as ``\\xNN``, so archive member names, resume
-    digests and reports never meet an undecodable name. ``DicomFile.path`` keeps the real name."""
+    r"""``path`` relative to ``root`` as valid UTF-8 text.
+
+    Bytes of a name that are not UTF-8 (an export from another locale) are written as ``\xNN``, so
+    archive member names, resume digests and reports never meet an undecodable name.
+    ``DicomFile.path`` keeps the real name.
+
+    Args:
+        path: A file under ``root``.
+        root: The scanned folder.
+
+    Returns:
+        The relative POSIX path, with undecodable bytes escaped.
+    """
     text, base = os.fspath(path), os.fspath(root)
     prefix = base if base.endswith(os.sep) else base + os.sep
     # string slicing, not Path.relative_to: this runs once per file of the scan
@@ -191,18 +217,48 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 
     The last chunk is held back until that check has passed: a request whose header already
     announced the scanned size is then cut short and refused by the server, instead of
-    delivering a torn or mixed instance. A de-identified file (``item.rewrite``) is read whole
-    and rewritten in memory; its bytes must come out as long as they did before sending.
+    delivering a torn or mixed instance. A de-identified file (``item.rewrite``) comes out as
+    the rewritten header its dry run kept followed by the original's tail, read and checked the
+    same way (or, without a kept header, read whole and rewritten again in memory); its bytes
+    must come out as long as they did in the dry run.
+
+    Args:
+        item: The scanned file.
+        chunk_size: The largest chunk, in bytes.
+
+    Yields:
+        The file's bytes (rewritten when ``item.rewrite`` is set), ``chunk_size`` at most each.
     """
     rewrite = getattr(item, "rewrite", None)  # resource uploads stream members of their own through here
-    if rewrite is not None:
+    if rewrite is None:
+        yield from _checked_chunks(item.path, item.size, item.mtime_ns, 0, chunk_size)
+    elif rewrite.head is not None:
+        if len(rewrite.head) + rewrite.original_size - rewrite.tail_start != item.size:
+            raise _not_deterministic(item, len(rewrite.head) + rewrite.original_size - rewrite.tail_start)
+        if rewrite.head:
+            yield rewrite.head
+        # only the tail: the header bytes before it were read (and checked) by the dry run
+        yield from _checked_chunks(item.path, rewrite.original_size, item.mtime_ns, rewrite.tail_start, chunk_size)
+    else:
         yield from _rewritten(item, rewrite, chunk_size)
-        return
-    remaining = item.size
+
+
+def _checked_chunks(path: Path, size: int, mtime_ns: int, start: int, chunk_size: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``size`` of the file in chunks.
+
+    The last is held back until the file is known to be ``size`` bytes long and (``mtime_ns``) not
+    modified since it was scanned.
+
+    Yields:
+        The file's bytes, ``chunk_size`` at most each.
+    """
+    remaining = size - start
     held: bytes = b""
     try:
-        with open(item.path, "rb") as handle:
-            while remaining:
+        with open(path, "rb") as handle:
+            if start:
+                handle.seek(start)
+            while remaining > 0:
                 piece = handle.read(min(chunk_size, remaining))
                 if not piece:
                     break
@@ -211,38 +267,44 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
                     yield held
                 held = piece
             grew = handle.read(1)
-            rewritten = bool(item.mtime_ns) and os.fstat(handle.fileno()).st_mtime_ns != item.mtime_ns
+            rewritten = bool(mtime_ns) and os.fstat(handle.fileno()).st_mtime_ns != mtime_ns
     except OSError as exc:
-        raise InputError(f"Cannot read {item.path}: {exc.strerror or exc}", hint="Check the file and re-run") from None
+        raise InputError(f"Cannot read {path}: {exc.strerror or exc}", hint="Check the file and re-run") from None
     if remaining or grew or rewritten:
         raise InputError(
-            f"{item.path} changed while being uploaded (scanned {item.size} bytes)",
+            f"{path} changed while being uploaded (scanned {size} bytes)",
             hint="Wait until the export has finished writing, then re-run",
         )
     if held:
         yield held
 
 
-def _rewritten(item: DicomFile, rewrite: Rewrite, chunk_size: int) -> Iterator[bytes]:
-    """``read_exactly`` of a de-identified file: the original read and checked, then rewritten."""
-    import dataclasses
+def _not_deterministic(item: DicomFile, size: int) -> InputError:
+    return InputError(
+        f"{item.path} was de-identified to {size} bytes while sending, {item.size} before: the script "
+        "is not deterministic or the file changed",
+        hint="Use hashUID rather than a new random UID in the script, then re-run",
+    )
 
-    original = dataclasses.replace(item, size=rewrite.original_size, rewrite=None)
+
+def _rewritten(item: DicomFile, rewrite: Rewrite, chunk_size: int) -> Iterator[bytes]:
+    """``read_exactly`` of a de-identified file without a kept header.
+
+    The original is read whole and checked, then rewritten again by the script.
+
+    Yields:
+        The rewritten file's bytes, ``chunk_size`` at most each.
+    """
+    original = b"".join(_checked_chunks(item.path, rewrite.original_size, item.mtime_ns, 0, chunk_size))
     try:
-        data = rewrite.apply(b"".join(read_exactly(original, chunk_size)))
-    except InputError:
-        raise
+        data = rewrite.apply(original)
     except Exception as exc:  # noqa: BLE001 - the script failed on a second pass: nothing of this file is sent
         raise InputError(
             f"{item.path} could not be de-identified while sending: {type(exc).__name__}: {exc}",
             hint="Check the file with `xnat-flows anon check`, then re-run",
         ) from None
     if len(data) != item.size:
-        raise InputError(
-            f"{item.path} was de-identified to {len(data)} bytes while sending, {item.size} before: the script "
-            "is not deterministic or the file changed",
-            hint="Use hashUID rather than a new random UID in the script, then re-run",
-        )
+        raise _not_deterministic(item, len(data))
     for start in range(0, len(data), chunk_size):
         yield data if len(data) <= chunk_size else data[start : start + chunk_size]
 
@@ -251,6 +313,9 @@ def _walk(root: Path, skipped: list[SkippedFile]) -> list[tuple[Path, os.stat_re
     """Regular files under ``root``, following symlinks without looping or listing a file twice.
 
     When two paths lead to the same file, the one reached without a symlink is kept.
+
+    Returns:
+        Each file's path and ``stat`` result, in the order found.
     """
     seen_dirs = {(root.stat().st_dev, root.stat().st_ino)}
     found: dict[tuple[int, int], tuple[Path, os.stat_result, bool]] = {}
@@ -323,9 +388,15 @@ def _truncated_pixel_data(ds: pydicom.Dataset, path: Path, file_size: int, trans
 
 
 def _dataset_end(path: Path) -> int | None:
-    """Where the dataset's last top-level element ends, by its own length: short of the file's
-    size (a partial element after it) or beyond it (a value cut short) when the file was cut
-    inside its header; None when that cannot be told (undefined lengths, a deflated dataset)."""
+    """Where the dataset's last top-level element ends, by its own length.
+
+    Short of the file's size (a partial element after it) or beyond it (a value cut short) when the
+    file was cut inside its header; None when that cannot be told (undefined lengths, a deflated
+    dataset).
+
+    Returns:
+        The offset of the last element's end, or None.
+    """
     import pydicom
     from pydicom.dataelem import RawDataElement
 
@@ -423,8 +494,13 @@ def _classify(path: Path, root: Path, st: os.stat_result, ds: pydicom.Dataset) -
 
 
 def _read_head(path: Path, st: os.stat_result) -> tuple[bytes, bytes, FileMeta] | SkippedFile | None:
-    """The file's first bytes, last 8 bytes and file meta; a ``SkippedFile`` for junk and
-    unreadable files; None when the meta group is unusual (pydicom reads it and says why)."""
+    """The file's first bytes, last 8 bytes and file meta; a ``SkippedFile`` for junk and unreadable files.
+
+    None when the meta group is unusual (pydicom reads it and says why).
+
+    Returns:
+        The head, the tail and the file meta; a ``SkippedFile``; or None.
+    """
     try:
         with open(path, "rb") as handle:
             head = handle.read(_FILE_META_HEAD_BYTES)
@@ -454,9 +530,15 @@ def _read_head(path: Path, st: os.stat_result) -> tuple[bytes, bytes, FileMeta] 
 
 
 def _whole_file_head(path: Path, root: Path, st: os.stat_result) -> tuple[bytes, FileMeta] | DicomFile | SkippedFile:
-    """The first bytes and file meta of a Part-10 file whose pixel data reaches its end; for junk,
-    an unreadable file, or anything these bytes cannot confirm (no image, trailing elements, cut
-    short, an unusual meta group), the verdict itself: skipped, or pydicom's ``read_header``."""
+    """The first bytes and file meta of a Part-10 file whose pixel data reaches its end.
+
+    For junk, an unreadable file, or anything these bytes cannot confirm (no image, trailing
+    elements, cut short, an unusual meta group), the verdict itself: skipped, or pydicom's
+    ``read_header``.
+
+    Returns:
+        The head and file meta, or the file's verdict.
+    """
     read = _read_head(path, st)
     if read is None:
         return read_header(path, root, st)
@@ -469,9 +551,20 @@ def _whole_file_head(path: Path, root: Path, st: os.stat_result) -> tuple[bytes,
 
 
 def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
-    """``read_header``'s result, ~10x faster for the ordinary file: the UIDs are read from the
-    dataset's first bytes (``part10.read_series_keys``) and the file is confirmed whole by its
-    pixel data reaching the end. Anything this cannot confirm is read by pydicom."""
+    """``read_header``'s result, ~10x faster for the ordinary file.
+
+    The UIDs are read from the dataset's first bytes (``part10.read_series_keys``) and the file is
+    confirmed whole by its pixel data reaching the end. Anything this cannot confirm is read by
+    pydicom.
+
+    Args:
+        path: The file.
+        root: The scanned folder (for the relative path).
+        st: The file's ``stat`` result, from the walk.
+
+    Returns:
+        The instance, or why it is skipped.
+    """
     read = _whole_file_head(path, root, st)
     if not isinstance(read, tuple):
         return read
@@ -494,8 +587,18 @@ def read_file_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | 
 
 
 def read_file_meta_header(path: Path, root: Path, st: os.stat_result) -> DicomFile | SkippedFile:
-    """Classify one file from its file meta group, confirming its pixel data reaches the end of
-    the file; anything this cannot confirm is classified by ``read_header`` (pydicom) instead."""
+    """Classify one file from its file meta group, confirming its pixel data reaches the end of the file.
+
+    Anything this cannot confirm is classified by ``read_header`` (pydicom) instead.
+
+    Args:
+        path: The file.
+        root: The scanned folder (for the relative path).
+        st: The file's ``stat`` result, from the walk.
+
+    Returns:
+        The instance (study and series UIDs left empty), or why it is skipped.
+    """
     read = _whole_file_head(path, root, st)
     if not isinstance(read, tuple):
         return read
@@ -530,10 +633,16 @@ def _same_content(a: DicomFile, b: DicomFile) -> bool:
 
 
 def _one_file_per_instance(result: ScanResult, duplicates: Duplicates) -> list[DicomFile]:
-    """XNAT stores one file per SOP Instance UID; sending a copy twice (possibly in two parallel
-    batches) only invites "Concurrent file sends of the same data" refusals. Identical copies are
-    junk; different files claiming one instance (a corrected re-export beside the original) are a
-    conflict, resolved by ``duplicates`` and recorded in ``result.conflicts``."""
+    """XNAT stores one file per SOP Instance UID.
+
+    Sending a copy twice (possibly in two parallel batches) only invites "Concurrent file sends of
+    the same data" refusals. Identical copies are junk; different files claiming one instance (a
+    corrected re-export beside the original) are a conflict, resolved by ``duplicates`` and recorded
+    in ``result.conflicts``.
+
+    Returns:
+        The files to send, one per SOP Instance UID, in path order.
+    """
     groups: dict[str, list[DicomFile]] = {}
     for f in result.files:  # sorted by path
         groups.setdefault(f.sop_instance_uid, []).append(f)
@@ -596,11 +705,17 @@ def scan_directory(
 ) -> ScanResult:
     """Every DICOM instance under ``root`` (recursive, sorted by relative path) and every skip.
 
-    ``headers``: how much of each file to read, ``"full"`` or ``"file-meta"`` (module docstring).
-    ``duplicates``: which file to send when two different files hold one SOP Instance UID:
-    ``"newest"`` or ``"oldest"`` by modification time, or ``"stop"`` (``InputError``).
-    ``skip_truncated``: list DICOM files cut short as skipped instead of failing the scan with
-    ``IncompleteExportError`` (the default: such a folder is an export still being written).
+    Args:
+        root: The folder.
+        headers: How much of each file to read: ``"full"``, or ``"file-meta"`` (what a C-STORE
+            needs; study and series UIDs left empty; module docstring).
+        duplicates: Which of two different files holding one SOP Instance UID to send: ``"newest"``
+            or ``"oldest"`` by modification time, or ``"stop"`` (``InputError``).
+        skip_truncated: List DICOM files cut short as skipped instead of failing the scan with
+            ``IncompleteExportError`` (the default: such a folder is an export still being written).
+
+    Returns:
+        The instances to send and the files skipped.
     """
     if headers not in ("full", "file-meta"):
         raise InputError(f"Unknown header depth {headers!r}", hint="Use 'full' or 'file-meta'")

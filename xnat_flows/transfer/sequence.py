@@ -45,8 +45,10 @@ class UploadSteps(Protocol):
     def check_destination(
         self, target: UploadTarget, study_uid: str, allow_other_study: bool, per_study: bool
     ) -> tuple[UploadTarget, frozenset[str]]:
-        """Refuse a destination XNAT would park or merge wrongly (``session.check_destination``);
-        the target to use and the prearchive's rows before sending (``verify.prearchive_snapshot``)."""
+        """Refuse a destination XNAT would park or merge wrongly (``session.check_destination``).
+
+        The target to use and the prearchive's rows before sending (``verify.prearchive_snapshot``).
+        """
         ...
 
     def send_batches(self, target: UploadTarget, files: list[DicomFile]) -> list[BatchResult]:
@@ -123,7 +125,7 @@ def sequence_upload(
                 steps.archive_now(target, session.study_uid, session.uris, session.requests_in_doubt)
             if verify and session.uploaded:
                 session.verify = steps.verify(target, files, before)
-            if session.uploaded:
+            if session.uploaded and not _verification_pending(session.verify):
                 # Everything was accepted: a later run starts afresh. (If verification found files
                 # missing, sending all of them again is what the next run should do anyway.)
                 steps.forget_delivered(target)
@@ -132,3 +134,17 @@ def sequence_upload(
             for session, _, before in sessions:
                 session.parked = steps.look_for_parked(session.target, session.study_uid, before)
     return [session for session, _, _ in sessions]
+
+
+def _verification_pending(verify: VerifyResult | None) -> bool:
+    """Verification ran out of time while XNAT was still at work on the session.
+
+    XNAT was still receiving, building or archiving what was sent, so the journal stays and a re-run
+    sends nothing again and verifies. (Forgotten, the re-run would send every file again, and after
+    XNAT archived the session meanwhile the copies would park in the prearchive.) The re-run trusts
+    the journal only if XNAT still holds the study (``session.resume_state``).
+
+    Returns:
+        True when the journal must be kept for the re-run.
+    """
+    return verify is not None and not verify.ok and (verify.processing or verify.uri is None) and not verify.parked

@@ -59,9 +59,20 @@ T = TypeVar("T")
 def plan_sessions(
     scan: ScanResult, target: UploadTarget, *, per_study: bool = False
 ) -> list[tuple[UploadTarget, list[DicomFile]]]:
-    """(target, files) per session: one per StudyInstanceUID. Several studies need ``per_study``
-    (each becomes its own session, labelled by ``study_label`` — even when the folder holds one study
-    today — so a study keeps its label whatever is added or removed beside it)."""
+    """(target, files) per session: one per StudyInstanceUID.
+
+    Several studies need ``per_study`` (each becomes its own session, labelled by ``study_label`` —
+    even when the folder holds one study today — so a study keeps its label whatever is added or
+    removed beside it).
+
+    Args:
+        scan: The scanned folder.
+        target: Where the upload goes (the session label of a single study).
+        per_study: One session per StudyInstanceUID, each label suffixed by ``study_label``.
+
+    Returns:
+        The session's target and its files, one pair per session.
+    """
     groups = scan.by_study()
     if per_study:
         return [(target.with_session(study_label(target.session, uid)), files) for uid, files in groups.items()]
@@ -101,8 +112,18 @@ def check_destination(
 
     A Direct-Archive session of this study and label that an earlier upload closed (archiving
     now) is waited for, at most ``settle_seconds``: files sent into it meanwhile would be parked.
-    Returns the target to use: with ``allow_other_study`` its overwrite becomes ``delete`` (XNAT
-    refuses a change of study UID under ``append``).
+
+    Args:
+        client: A logged-in client.
+        target: The planned destination.
+        study_uid: The StudyInstanceUID being sent.
+        allow_other_study: Upload even into a session that holds another study.
+        per_study: The upload labels each study itself (``plan_sessions``).
+        settle_seconds: The longest wait for a closed Direct-Archive session of this label.
+
+    Returns:
+        The target to use: with ``allow_other_study`` its overwrite becomes ``delete`` (XNAT refuses
+        a change of study UID under ``append``).
     """
     where = f"{target.project}/{target.session}"
     _settle_closed_direct_archive(client, target, study_uid, settle_seconds)
@@ -180,8 +201,10 @@ def _prearchive_rows_or_none(client: XnatClient, project: str) -> list[Prearchiv
 
 
 def _settle_closed_direct_archive(client: XnatClient, target: UploadTarget, study_uid: str, timeout: float) -> None:
-    """Wait (at most ``timeout``) while a Direct-Archive session of this study and label is closed
-    but not yet archived: XNAT takes no more files into it, and files sent meanwhile are parked."""
+    """Wait (at most ``timeout``) while a Direct-Archive session of this study and label is closed but not yet archived.
+
+    XNAT takes no more files into it, and files sent meanwhile are parked.
+    """
     _wait_while(
         lambda: [
             row
@@ -236,9 +259,20 @@ def _refuse_study_archived_elsewhere(client: XnatClient, target: UploadTarget, s
 def resume_state(
     client: XnatClient, journal: UploadJournal | None, target: UploadTarget, files: Sequence[DicomFile]
 ) -> ResumeState:
-    """What the journal says an earlier run delivered to this server's ``target``, if XNAT still has
-    the session of ``files``' study; else nothing (the entries are dropped): skipping must never
-    rest on a stale record."""
+    """What the journal says an earlier run delivered to this server's ``target``.
+
+    Only if XNAT still has the session of ``files``' study; else nothing (the entries are dropped):
+    skipping must never rest on a stale record.
+
+    Args:
+        client: A client of the server the journal's records are for.
+        journal: The upload journal, or None for none.
+        target: The destination.
+        files: What is being sent there (their study is looked up).
+
+    Returns:
+        The resume state for this destination.
+    """
     key = resume_key(client.base_url, target.key)
     if journal is None or not files:
         return ResumeState(journal, key, set())
@@ -262,10 +296,22 @@ def _session_present(client: XnatClient, target: UploadTarget, study_uid: str) -
 
 
 def study_present(client: XnatClient, study_uid: str, *, project: str | None = None, label: str | None = None) -> bool:
-    """XNAT holds study ``study_uid``: archived (as session ``label`` of ``project`` when they are
-    given, else as any session of ``project``, or of any project), being received by Direct-Archive,
-    or held in the prearchive (not in ERROR). What a resume journal's record is checked against
-    before it is trusted (REST uploads, and C-STORE in ``cstore.resume``)."""
+    """XNAT holds study ``study_uid``.
+
+    Archived (as session ``label`` of ``project`` when they are given, else as any session of
+    ``project``, or of any project), being received by Direct-Archive, or held in the prearchive
+    (not in ERROR). What a resume journal's record is checked against before it is trusted (REST
+    uploads, and C-STORE in ``cstore.resume``).
+
+    Args:
+        client: A logged-in client.
+        study_uid: The StudyInstanceUID.
+        project: Look only in this project.
+        label: With ``project``: look only for this session label.
+
+    Returns:
+        True when XNAT holds the study in one of those places.
+    """
     if project and label:
         found = find_archived(client, project, label)
         if found is not None and (not found.uid or found.uid == study_uid):
@@ -296,9 +342,26 @@ def upload_batch_resumable(
     raise_on_error: bool = True,
     on_streamed: Callable[[int], None] | None = None,
 ) -> BatchResult:
-    """One DICOM-zip batch with resume: a batch whose content digest the journal holds for this
-    destination was delivered by an earlier run and is not sent again. ``resume``: the state
-    already read for this destination (``upload_batches`` reads it once for all its batches)."""
+    """One DICOM-zip batch with resume.
+
+    A batch whose content digest the journal holds for this destination was delivered by an earlier
+    run and is not sent again. ``resume``: the state already read for this destination
+    (``upload_batches`` reads it once for all its batches).
+
+    Args:
+        client: A logged-in client.
+        batch: The batch's files.
+        target: The destination session.
+        fmt: The archive format (tar, tgz or zip).
+        index: The batch's number, for the result.
+        journal: The upload journal, or None for no resume.
+        resume: The state already read for this destination, else read here.
+        raise_on_error: Raise a permanent rejection; False: return it as ``ok=False``.
+        on_streamed: Told the bytes streamed so far in the current attempt.
+
+    Returns:
+        The batch's result; ``resumed`` when an earlier run delivered it.
+    """
     if resume is None:
         resume = resume_state(client, journal, target, batch)
     if resume.holds(batch):
@@ -324,7 +387,20 @@ def upload_batches(
     journal: UploadJournal | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[BatchResult]:
-    """DICOM-zip: ``workers`` byte-balanced batches sent in parallel; journaled batches are skipped."""
+    """DICOM-zip: ``workers`` byte-balanced batches sent in parallel; journaled batches are skipped.
+
+    Args:
+        client: A logged-in client.
+        files: The session's files.
+        target: The destination session.
+        workers: How many batches, sent in parallel.
+        fmt: The archive format of each batch.
+        journal: The upload journal, or None for no resume.
+        progress: Told of the bytes and files sent as they go.
+
+    Returns:
+        Each batch's result, in batch order.
+    """
     batches = partition_by_bytes(files, workers)
     resume = resume_state(client, journal, target, files)
     total_bytes = sum(f.size for f in files)
@@ -382,6 +458,17 @@ def upload_instances(
     A fresh run whose session XNAT has already archived complete sends nothing: gradual-DICOM
     cannot replace archived instances, so re-sending them would only park a CONFLICT copy in
     the prearchive (XNAT wiki: Using Direct-to-Archive Uploading). DICOM-zip with an overwrite policy replaces them.
+
+    Args:
+        client: A logged-in client.
+        files: The session's instances.
+        target: The destination session.
+        workers: Requests in flight at once.
+        journal: The upload journal, or None for no resume.
+        progress: Told of the instances sent as they go.
+
+    Returns:
+        The gradual upload's result, counting the instances resumed.
     """
     resume = resume_state(client, journal, target, files)
     if not resume.done and archived_complete(client, target, files):
@@ -405,8 +492,9 @@ def upload_instances(
 def archive_now(
     client: XnatClient, target: UploadTarget, study_uid: str, uris: Iterable[str], *, requests_in_doubt: int = 0
 ) -> list[str]:
-    """Everything of this study is in: ask XNAT to archive its Direct-Archive session now instead
-    of after the idle interval (``target.archive_when_complete``); the sessions XNAT queued.
+    """Ask XNAT to archive this study's Direct-Archive session now: everything of it is in.
+
+    Now instead of after the idle interval (``target.archive_when_complete``).
 
     ``uris``: what the import service answered; a run whose every part an earlier run delivered
     has none, and the session's URI is then the one XNAT gives such a session. A session XNAT
@@ -415,6 +503,16 @@ def archive_now(
     Not when ``requests_in_doubt``: a request that reached XNAT unanswered (and was sent again)
     may still be on its way into the session. Archived now, that late copy would open a second
     session that meets the archived one and parks in CONFLICT; the idle timer waits for it.
+
+    Args:
+        client: A logged-in client.
+        target: The destination session.
+        study_uid: The study sent.
+        uris: The session URIs the import service answered.
+        requests_in_doubt: Requests of this upload that reached XNAT without an answer.
+
+    Returns:
+        The Direct-Archive sessions XNAT queued for archiving; none when it was not asked.
     """
     if not (target.direct_archive and target.archive_when_complete):
         return []
@@ -618,14 +716,25 @@ def upload_session(
 def look_for_parked(
     client: XnatClient, target: UploadTarget, study_uid: str, before: frozenset[str], *, settle_seconds: float = 60.0
 ) -> list[ParkedSession]:
-    """One look at the prearchive after an upload that is not verified: this upload's rows XNAT
-    parked in CONFLICT or ERROR, each with what it conflicts with.
+    """One look at the prearchive after an upload that is not verified.
+
+    This upload's rows XNAT parked in CONFLICT or ERROR, each with what it conflicts with.
 
     XNAT decides when it archives: the look waits (at most ``settle_seconds``) while this upload's
     Direct-Archive session is queued, building or archiving (``--archive-when-complete``), but not
     while it is still receiving (XNAT's idle timer may take minutes: that is what verifying is for);
     and, as long, while XNAT holds this Direct-Archive upload in its prearchive instead (the label
     was archived already), where nothing can ask XNAT to archive it sooner.
+
+    Args:
+        client: A logged-in client.
+        target: The destination session.
+        study_uid: The study sent.
+        before: The prearchive's rows before the upload (``prearchive_snapshot``).
+        settle_seconds: The longest wait for XNAT to finish archiving.
+
+    Returns:
+        The parked sessions, each with what it conflicts with; empty when none.
     """
     _settle_closed_direct_archive(client, target, study_uid, settle_seconds)
     if target.direct_archive:
@@ -636,10 +745,12 @@ def look_for_parked(
 def _settle_prearchive_route(
     client: XnatClient, target: UploadTarget, study_uid: str, before: frozenset[str], timeout: float
 ) -> None:
-    """Wait (at most ``timeout``) while XNAT holds a Direct-Archive upload in its prearchive,
-    receiving or building: XNAT takes an upload through the prearchive when Direct-Archive would
-    write into an archived session (xnat-web ``DirectArchiveSessionServiceImpl.getOrCreate``), and
-    the project's setting then archives it or parks it."""
+    """Wait (at most ``timeout``) while XNAT holds a Direct-Archive upload in its prearchive, receiving or building.
+
+    XNAT takes an upload through the prearchive when Direct-Archive would write into an archived
+    session (xnat-web ``DirectArchiveSessionServiceImpl.getOrCreate``), and the project's setting
+    then archives it or parks it.
+    """
     _wait_while(
         lambda: [
             row

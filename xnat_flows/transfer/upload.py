@@ -53,8 +53,18 @@ _SESSION_URI = re.compile(r"/(?:data|REST|xapi)/[^\s<>\"']+")
 
 
 def import_answer_uris(client: XnatClient, response: httpx.Response) -> list[str]:
-    """The session URIs of an import answer; any other answer raises, because it is not XNAT's import
-    service that answered (a login page, a proxy, a redirect) and nothing may count as delivered."""
+    """The session URIs of an import answer.
+
+    Any other answer raises, because it is not XNAT's import service that answered (a login page, a
+    proxy, a redirect) and nothing may count as delivered.
+
+    Args:
+        client: The client that sent the request (its URL is named in an error).
+        response: The import service's answer.
+
+    Returns:
+        The session URIs XNAT answered (at least one).
+    """
     where = f"{client.base_url}{IMPORT_PATH}"
     if response.is_redirect:
         location = response.headers.get("Location", "(no Location)")
@@ -98,6 +108,18 @@ def upload_batch(
     ``raise_on_error=False``, comes back as ``ok=False`` with the message in ``error``.
     ``on_streamed(n)`` reports the file bytes streamed so far in the current attempt (it
     restarts at 0 when a retry starts), for byte-level progress.
+
+    Args:
+        client: A logged-in client.
+        batch: The files of the batch.
+        target: The destination session and its import options.
+        fmt: The archive format.
+        index: The batch's number, for the result.
+        raise_on_error: Raise a permanent rejection; False: return it as ``ok=False``.
+        on_streamed: Told the bytes streamed so far in the current attempt.
+
+    Returns:
+        The batch's result: its files, bytes and time, and the session URIs XNAT answered.
     """
     if not batch:
         raise InputError("Cannot upload an empty batch")
@@ -198,6 +220,9 @@ def _warmup_order(files: Sequence[DicomFile]) -> tuple[list[DicomFile], list[Dic
 
     Many parallel first requests for a new session race XNAT's creation of the session and
     scan rows (transient 400s); creating each scan once, sequentially, avoids the race.
+
+    Returns:
+        The leading instances and the rest.
     """
     by_series: dict[str, list[DicomFile]] = {}
     for f in files:
@@ -227,6 +252,18 @@ def upload_gradual(
     request is answered), so memory stays bounded for any number of files. Per-file failures are
     collected with XNAT's message; errors every request would hit (401 after re-login, 403, ...)
     stop the upload. ``on_sent`` is called (from worker threads) for every instance XNAT accepted.
+
+    Args:
+        client: A logged-in client.
+        files: The instances.
+        target: The destination session and its import options.
+        workers: Requests in flight at once.
+        progress: Told of the instances sent as they go.
+        on_sent: Called for every instance XNAT accepted.
+
+    Returns:
+        Counts of instances sent, failed and resumed, with XNAT's message for each failure and the
+        session URIs.
     """
     items = list(files)
     # Counted in a plain object while the workers run (the hot path, once per instance); the
@@ -378,12 +415,20 @@ TGZ_MIN_VERSION = "1.8.3"  # DICOM-zip reads gzipped tar from this version (spec
 
 
 def choose_archive_format(client: XnatClient, probes: int = 5) -> tuple[ArchiveFormat, str]:
-    """``tgz`` for a slow (remote) link to a server that reads it, ``tar`` otherwise; with the
-    reason in words. The link is measured by the shortest of ``probes`` round trips of a tiny
-    request (the version), which the server answers without work.
+    """``tgz`` for a slow (remote) link to a server that reads it, ``tar`` otherwise; with the reason in words.
+
+    The link is measured by the shortest of ``probes`` round trips of a tiny request (the version),
+    which the server answers without work.
 
     Compressing costs client CPU and, on a fast link, time (docs/performance.md: tgz on
     loopback); on a remote link it halves the bytes of MR/CT-like data.
+
+    Args:
+        client: A logged-in client.
+        probes: How many round trips to measure.
+
+    Returns:
+        The format and the reason for it.
     """
     from xnat_flows.client.version import at_least
 

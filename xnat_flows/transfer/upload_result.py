@@ -73,9 +73,12 @@ class GradualResult(BaseModel):
 
 
 class SessionResult(BaseModel):
-    """One session of an upload (one study under one label). Two counts, two meanings:
-    ``files_delivered`` are in XNAT after this run (sent now, or by an earlier run per the resume
-    journal); ``files_sent``/``bytes_sent`` went over the wire in this run."""
+    """One session of an upload (one study under one label).
+
+    Two counts, two meanings: ``files_delivered`` are in XNAT after this run (sent now, or by an
+    earlier run per the resume journal); ``files_sent``/``bytes_sent`` went over the wire in this
+    run.
+    """
 
     study_uid: str
     target: UploadTarget
@@ -188,8 +191,11 @@ class SessionResult(BaseModel):
 
     @property
     def awaits_archiving(self) -> bool:
-        """Everything reached XNAT and it is not yet known archived (a gradual re-run that found
-        the session archived complete sent nothing, and nothing of it waits)."""
+        """Everything reached XNAT and it is not yet known archived.
+
+        A gradual re-run that found the session archived complete sent nothing, and nothing of it
+        waits.
+        """
         return self.uploaded and not (self.gradual is not None and self.gradual.already_archived)
 
     @computed_field  # type: ignore[prop-decorator]

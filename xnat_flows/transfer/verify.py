@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """What verifying an upload found: per-scan file counts sent and archived, and what XNAT parked."""
+
     ok: bool
     experiment_id: str | None
     uri: str | None
@@ -58,8 +60,14 @@ class VerifyResult:
     conflict: bool = False  # a parked row is in CONFLICT: it meets a session it may not join on its own
 
     def summary(self, status_shown_by: str = "the project's prearchive") -> str:
-        """One line for a person; ``status_shown_by`` names, in the reader's terms, where a session's
-        prearchive status is seen (the CLI: its ``prearchive list`` command)."""
+        """One line for a person.
+
+        ``status_shown_by`` names, in the reader's terms, where a session's prearchive status is
+        seen (the CLI: its ``prearchive list`` command).
+
+        Returns:
+            The sentence.
+        """
         if self.processing:
             return (
                 "XNAT was still processing this upload when the wait ran out; the files counted may be an "
@@ -108,8 +116,14 @@ def _numbered(scan_id: str, number: str) -> bool:
 
 
 def _match(expected: list[_Series], scans: list[ArchivedScan], by_number: bool = True) -> dict[str, str]:
-    """series UID -> XNAT scan ID: by SeriesInstanceUID; a scan XNAT recorded without a UID may be
-    matched by number (``by_number``), each such scan to one series at most."""
+    """Series UID -> XNAT scan ID: by SeriesInstanceUID.
+
+    A scan XNAT recorded without a UID may be matched by number (``by_number``), each such scan to
+    one series at most.
+
+    Returns:
+        Series UID to XNAT scan ID, for the series matched.
+    """
     by_uid = {scan.uid: scan.id for scan in scans if scan.uid}
     uid_less = [scan.id for scan in scans if not scan.uid]
     mapping = {}
@@ -163,8 +177,13 @@ def _holds_in_prearchive(client: XnatClient, target: UploadTarget) -> bool:
 
 
 def prearchive_snapshot(client: XnatClient, project: str) -> frozenset[str]:
-    """The prearchive rows of ``project`` (by URL) before an upload: rows that were there already are
-    not this upload's."""
+    """The prearchive rows of ``project`` (by URL) before an upload.
+
+    Rows that were there already are not this upload's.
+
+    Returns:
+        The URLs of the project's prearchive rows.
+    """
     return frozenset(row.url for row in _prearchive_rows(client, project))
 
 
@@ -184,8 +203,20 @@ def _processing(client: XnatClient, target: UploadTarget, study_uids: set[str], 
 def parked_rows(
     client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]
 ) -> list[PrearchiveSession]:
-    """This upload's prearchive rows that XNAT parked: in ERROR, or in CONFLICT (it would merge into
-    an archived session it may not join on its own). Rows there before the upload are not its."""
+    """This upload's prearchive rows that XNAT parked.
+
+    In ERROR, or in CONFLICT (it would merge into an archived session it may not join on its own).
+    Rows there before the upload are not its.
+
+    Args:
+        client: A logged-in client.
+        target: The destination session.
+        study_uids: The studies this upload sent.
+        before: The project's prearchive rows before the upload (``prearchive_snapshot``).
+
+    Returns:
+        The parked rows.
+    """
     return [
         row
         for row in _prearchive_rows(client, target.project)
@@ -199,8 +230,19 @@ def parked_rows(
 def parked_result(
     client: XnatClient, result: VerifyResult, rows: list[PrearchiveSession], for_flow_run: bool = False
 ) -> VerifyResult:
-    """``result`` failed for ``rows``, each described with what it conflicts with and what to do
-    (in a flow run operator's terms with ``for_flow_run``)."""
+    """``result`` failed for ``rows``, each described with what it conflicts with and what to do.
+
+    In a flow run operator's terms with ``for_flow_run``.
+
+    Args:
+        client: A logged-in client (each row's conflict is looked up).
+        result: The verification so far.
+        rows: The parked rows (``parked_rows``).
+        for_flow_run: Word the next steps for a flow run's operator instead of the CLI's user.
+
+    Returns:
+        A copy of ``result`` with ``ok`` false and the parked rows and next steps filled in.
+    """
     described = [parked_session(client, row) for row in rows]
     return dataclasses.replace(
         result,
@@ -226,6 +268,19 @@ def verify_session(
     ``prearchive_before`` (``prearchive_snapshot`` taken before the upload) lets verification tell
     this upload's prearchive rows from older ones: a row of this study that XNAT parked in ERROR,
     or in CONFLICT that merging could not clear, fails the verification whatever the archive holds.
+
+    Args:
+        client: A logged-in client.
+        target: The destination session.
+        expected_files: What was sent.
+        wait_timeout: The longest wait for the session, in seconds.
+        poll_interval: The pause between two looks.
+        prearchive_before: The project's prearchive rows before the upload, or None.
+        for_flow_run: Word the next steps for a flow run's operator instead of the CLI's user.
+
+    Returns:
+        The counts found per scan, ``ok`` when every scan holds at least what was sent and nothing
+        of this upload is parked.
     """
     files = list(expected_files)
     study_uids = {f.study_uid for f in files}
@@ -283,9 +338,18 @@ def verify_session(
 
 
 def archived_complete(client: XnatClient, target: UploadTarget, files: Iterable[DicomFile]) -> bool:
-    """True when the archived target session already holds every series of ``files`` with at
-    least as many instances, each series matched by its SeriesInstanceUID (never by number
+    """True when the archived target session already holds every series of ``files``.
+
+    Each series with at least as many instances, matched by its SeriesInstanceUID (never by number
     alone, so another study under the same label cannot pass). Checked once, without waiting.
+
+    Args:
+        client: A logged-in client.
+        target: The destination session.
+        files: What would be sent.
+
+    Returns:
+        True when the archive holds it all.
     """
     if _holds_in_prearchive(client, target):
         return False
@@ -300,8 +364,7 @@ def archived_complete(client: XnatClient, target: UploadTarget, files: Iterable[
 def _merge_own_late_copy(
     client: XnatClient, target: UploadTarget, row: PrearchiveSession, files: list[DicomFile]
 ) -> bool:
-    """Archive ``row`` into the target session with ``append`` if it is this upload's own late copy:
-    True when XNAT took it.
+    """Archive ``row`` into the target session with ``append`` if it is this upload's own late copy.
 
     A copy of the upload that reached XNAT after the session was archived (a resumed or retried
     request) cannot join it on its own: XNAT parks it in CONFLICT (XNAT wiki: *Using
@@ -309,6 +372,9 @@ def _merge_own_late_copy(
     for the same subject and label, and the archived session records the same DICOM patient; and
     only with ``append``, under which XNAT still refuses another study or subject
     (xnat-web ``PrearcSessionArchiver.checkForConflicts``). Anything else is for a person to look at.
+
+    Returns:
+        True when XNAT took it.
     """
     if row.status != CONFLICT or row.name != target.session or row.subject.lower() != target.subject.lower():
         return False

@@ -1,5 +1,6 @@
-"""DICOM C-STORE to a receiver (XNAT's DICOM SCP, dcmtk's storescp, a PACS): a module per
-protocol concept, as pynetdicom has them. No Prefect here.
+"""DICOM C-STORE to a receiver (XNAT's DICOM SCP, dcmtk's storescp, a PACS).
+
+A module per protocol concept, as pynetdicom has them. No Prefect here.
 
 * ``association`` — the lean upper layer (PS3.8 PDUs, PS3.7 command sets): associate, C-ECHO,
   C-STORE, release, abort.

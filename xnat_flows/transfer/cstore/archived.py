@@ -1,6 +1,9 @@
-"""Where C-STORE'd studies landed in XNAT's archive: found by StudyInstanceUID, since a C-STORE
-names no session (XNAT's routing decides the project, subject and label), and complete once the
-session holds at least as many files as instances were sent."""
+"""Where C-STORE'd studies landed in XNAT's archive.
+
+Found by StudyInstanceUID, since a C-STORE names no session (XNAT's routing decides the project,
+subject and label), and complete once the session holds at least as many files as instances were
+sent.
+"""
 
 from __future__ import annotations
 

@@ -46,6 +46,7 @@ class Rejection:
     reason: int
 
     def describe(self) -> str:
+        """The rejection in words, e.g. ``permanent: called AE title not recognised``."""
         reasons = {
             (1, 1): "no reason given",
             (1, 2): "application context name not supported",
@@ -61,6 +62,8 @@ class Rejection:
 
 
 class AssociationRejected(UpperLayerError):
+    """The receiver rejected the association (A-ASSOCIATE-RJ); ``rejection`` says why."""
+
     def __init__(self, rejection: Rejection) -> None:
         self.rejection = rejection
         super().__init__(f"association rejected ({rejection.describe()})")
@@ -98,8 +101,7 @@ def encode_command(fields: list[tuple[int, bytes]]) -> bytes:
 
 
 def decode_command(data: bytes) -> dict[int, bytes]:
-    """The elements of a group-0000 command set in Implicit VR Little Endian (``encode_command``'s
-    inverse).
+    """The elements of a group-0000 command set in Implicit VR Little Endian (``encode_command``'s inverse).
 
     Args:
         data: The command set's bytes, as received.
@@ -153,6 +155,9 @@ class StorageAssociation:
         """Connect and negotiate one presentation context per (SOP class, transfer syntax) pair.
 
         Raises ``OSError`` for connection problems, ``AssociationRejected`` and ``UpperLayerError``.
+
+        Returns:
+            The open association, with the contexts the peer accepted.
         """
         if not 1 <= len(pairs) <= 128:
             raise ValueError("an association carries 1..128 presentation contexts")
@@ -284,6 +289,7 @@ class StorageAssociation:
                             return struct.unpack("<H", fields[0x0900])[0]
 
     def echo(self) -> int:
+        """C-ECHO on the Verification context (the peer must have accepted it); returns the DIMSE status."""
         context_id = next((cid for (sop, _), cid in self.accepted.items() if sop == VERIFICATION_SOP_CLASS), None)
         if context_id is None:
             raise UpperLayerError("the peer did not accept the Verification SOP class")
@@ -303,14 +309,23 @@ class StorageAssociation:
         """C-STORE one encoded dataset (no file meta); returns the DIMSE status.
 
         Raises ``KeyError`` if the pair was not accepted, ``NoResponse`` when no answer came.
+
+        Returns:
+            The DIMSE status (0x0000 Success; 0xBxxx Warning; anything else a failure).
         """
         return self.await_status(self.send_store(sop_class, transfer_syntax, sop_instance_uid, dataset))
 
     def send_store(
         self, sop_class: str, transfer_syntax: str, sop_instance_uid: str, dataset: bytes | memoryview
     ) -> int:
-        """The request half of ``store``: sends the C-STORE-RQ and returns its message ID, so the
-        caller can prepare the next instance while the peer stores this one."""
+        """The request half of ``store``.
+
+        Sends the C-STORE-RQ and returns its message ID, so the caller can prepare the next instance
+        while the peer stores this one.
+
+        Returns:
+            The request's message ID, for ``await_status``.
+        """
         context_id = self.accepted[(sop_class, transfer_syntax)]
         message_id = self._next_message_id()
         command = encode_command(
@@ -347,6 +362,7 @@ class StorageAssociation:
 
     # -- ending -----------------------------------------------------------------------------------
     def release(self) -> None:
+        """Release the association politely, then close the socket (a closed association is left alone)."""
         if not self.is_open:
             return
         try:
@@ -362,6 +378,7 @@ class StorageAssociation:
             self._close()
 
     def abort(self) -> None:
+        """Abort the association (A-ABORT) and close the socket, for when no orderly release is possible."""
         if not self.is_open:
             return
         try:

@@ -1,5 +1,7 @@
-"""Opening a storage association to a receiver, and the C-ECHO pre-flight, with errors that say
-what to fix (wrong port, AE title, a firewall, an HTTP port)."""
+"""Opening a storage association to a receiver, and the C-ECHO pre-flight.
+
+Their errors say what to fix (wrong port, AE title, a firewall, an HTTP port).
+"""
 
 from __future__ import annotations
 
@@ -42,8 +44,10 @@ class ReceiverLink:
     max_pdu: int
 
     def __post_init__(self) -> None:
-        """Every link checks its AE titles (``InputError`` saying what is wrong) and keeps them
-        without insignificant spaces; the port is an int whatever the caller passed."""
+        """Every link checks its AE titles and keeps them without insignificant spaces.
+
+        An ``InputError`` says what is wrong; the port is an int whatever the caller passed.
+        """
         object.__setattr__(self, "port", int(self.port))
         object.__setattr__(self, "called_aet", validate_ae_title(self.called_aet, "called"))
         object.__setattr__(self, "calling_aet", validate_ae_title(self.calling_aet, "calling"))
@@ -150,6 +154,8 @@ def uid_name(uid: str) -> str:
 
 @dataclass(frozen=True)
 class EchoResult:
+    """A C-ECHO answered: which receiver, and how long the round trip took."""
+
     host: str
     port: int
     called_aet: str

@@ -1,6 +1,8 @@
-"""The bytes a C-STORE sends for one file: its dataset exactly as encoded on disk, or an in-memory
-copy — de-identified (``transfer.deidentify``) and/or, with a routing override, with PatientComments
-set. The user's files are never written."""
+"""The bytes a C-STORE sends for one file: its dataset exactly as encoded on disk, or an in-memory copy.
+
+De-identified (``transfer.deidentify``) and/or, with a routing override, with PatientComments set.
+The user's files are never written.
+"""
 
 from __future__ import annotations
 
@@ -59,9 +61,14 @@ def dataset_to_send(
 
 
 def _read_whole(path: str, size: int) -> tuple[bytes, os.stat_result, os.stat_result]:
-    """The file's bytes (at most ``size + 1``: enough to see it grew) with its status before and
-    after reading. Plain ``os`` calls: a buffered ``open`` costs ~8 µs more per file (a tty check,
-    the buffer), which shows at thousands of instances."""
+    """The file's bytes (at most ``size + 1``: enough to see it grew) with its status before and after reading.
+
+    Plain ``os`` calls: a buffered ``open`` costs ~8 µs more per file (a tty check, the buffer),
+    which shows at thousands of instances.
+
+    Returns:
+        The bytes read, and the file's status before and after.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         before = os.fstat(fd)

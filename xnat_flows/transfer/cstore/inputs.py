@@ -13,8 +13,7 @@ _ROUTING_VALUE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def validate_ae_title(title: str, role: str) -> str:
-    """The AE title without its insignificant leading and trailing spaces, or an ``InputError``
-    naming what is wrong.
+    """The AE title without its insignificant leading and trailing spaces, or an ``InputError`` naming what is wrong.
 
     The rules are pynetdicom's (``pynetdicom._validators.validate_ae`` as applied by
     ``utils.set_ae`` to an association's AE titles; ``tests/transfer/cstore/test_inputs.py``
@@ -47,9 +46,11 @@ def validate_ae_title(title: str, role: str) -> str:
 
 @dataclass(frozen=True)
 class RoutingOverride:
-    """Written into PatientComments as ``Project:X Subject:Y Session:Z``: XNAT's default routing
-    reads PatientComments first (docs/cstore.md, "Where the data lands"), so it decides where
-    the data lands."""
+    """Written into PatientComments as ``Project:X Subject:Y Session:Z``.
+
+    XNAT's default routing reads PatientComments first (docs/cstore.md, "Where the data lands"), so
+    it decides where the data lands.
+    """
 
     project: str
     subject: str | None = None
@@ -64,5 +65,6 @@ class RoutingOverride:
                 )
 
     def comment(self) -> str:
+        """The PatientComments value, e.g. ``Project:P Subject:S Session:E`` (fields left out when not given)."""
         parts = [("Project", self.project), ("Subject", self.subject), ("Session", self.session)]
         return " ".join(f"{key}:{value}" for key, value in parts if value)

@@ -18,8 +18,9 @@ RECEIVER_BUSY_STATUSES = (0xA700, 0xA7FF)  # Refused: Out of Resources (PS3.4 An
 
 
 def is_stored(status: int) -> bool:
-    """Whether a C-STORE status means the instance was stored; checked per instance, so the common
-    0x0000 is answered without importing pynetdicom.
+    """Whether a C-STORE status means the instance was stored.
+
+    Checked per instance, so the common 0x0000 is answered without importing pynetdicom.
 
     Args:
         status: The DIMSE status of the C-STORE response.
@@ -91,8 +92,11 @@ class AssociationSummary:
 
 @dataclass(frozen=True)
 class ArchivedStudy:
-    """A session in XNAT's archive that holds the instances of one sent study (a C-STORE names no
-    session: XNAT's routing decides the project and labels, so it is found by StudyInstanceUID)."""
+    """A session in XNAT's archive that holds the instances of one sent study.
+
+    A C-STORE names no session: XNAT's routing decides the project and labels, so it is found by
+    StudyInstanceUID.
+    """
 
     study_uid: str
     project: str
@@ -106,10 +110,13 @@ class ArchivedStudy:
 
 @dataclass
 class SendResult:
-    """The result of a C-STORE: what ``send.store_instances`` did over its associations, what an
-    earlier run had delivered (``resume.store_instances_resumable``), what the folder held besides
-    DICOM and, when asked, where the studies landed in XNAT (``sequence.send_cstore``). The CLI
-    prints it (text and ``--json``) and the ``send-dicom`` flow returns it."""
+    """The result of a C-STORE.
+
+    What ``send.store_instances`` did over its associations, what an earlier run had delivered
+    (``resume.store_instances_resumable``), what the folder held besides DICOM and, when asked,
+    where the studies landed in XNAT (``sequence.send_cstore``). The CLI prints it (text and
+    ``--json``) and the ``send-dicom`` flow returns it.
+    """
 
     sent: list[InstanceOutcome] = field(default_factory=list)
     failed: list[InstanceOutcome] = field(default_factory=list)
@@ -138,40 +145,50 @@ class SendResult:
 
     @property
     def bytes_sent(self) -> int:
+        """Bytes of the instances stored."""
         return sum(o.size for o in self.sent)
 
     @property
     def instances_per_second(self) -> float:
+        """Instances stored per second of the send."""
         return len(self.sent) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def unreadable(self) -> list[SkippedFile]:
-        """Files or folders under the source that could not be read: they may hold DICOM that was
-        not sent, so they fail the send (a re-run after fixing them completes it)."""
+        """Files or folders under the source that could not be read.
+
+        They may hold DICOM that was not sent, so they fail the send (a re-run after fixing them
+        completes it).
+        """
         return [s for s in self.not_sent if s.unreadable]
 
     @property
     def in_doubt(self) -> list[Path]:
-        """Instances the receiver may hold twice: in flight when an earlier run stopped, journaled
-        as delivered without XNAT to confirm it, or sent again in this run after an attempt that
-        got no answer."""
+        """Instances the receiver may hold twice.
+
+        In flight when an earlier run stopped, journaled as delivered without XNAT to confirm it, or
+        sent again in this run after an attempt that got no answer.
+        """
         earlier = list(dict.fromkeys(self.in_flight_before + self.unchecked))
         seen = set(earlier)
         return earlier + [p for p in self.sent_again_after_no_answer if p not in seen]
 
     @property
     def ok(self) -> bool:
-        """Every instance stored, every file read, and none in doubt unless the archive was
-        verified to hold every instance sent: the one formula of the CLI's exit code, its
-        ``--json`` ``ok`` and the flow's success."""
+        """Every instance stored, every file read, and none in doubt unless the archive holds every one.
+
+        Instances in doubt pass only once the archive was verified to hold every instance sent. The
+        one formula of the CLI's exit code, its ``--json`` ``ok`` and the flow's success.
+        """
         stored = not self.failed and not self.skipped and not self.unreadable
         return stored and (not self.in_doubt or self.verified)
 
     @property
     def retryable_failures(self) -> list[InstanceOutcome]:
-        """Failed instances a later attempt may deliver (the receiver was down, busy or dropped
-        the association); the others fail the same way until the file or the receiver's
-        configuration changes."""
+        """Failed instances a later attempt may deliver (the receiver was down, busy or dropped the association).
+
+        The others fail the same way until the file or the receiver's configuration changes.
+        """
         return [o for o in self.failed if o.retryable]
 
     @property
@@ -187,9 +204,11 @@ class SendResult:
 
     @property
     def warnings(self) -> list[InstanceOutcome]:
-        """Instances the receiver stored with a Warning status (PS3.4 Annex B: e.g. 0xB000
-        coercion of data elements, 0xB006 elements discarded, 0xB007 data set does not match the
-        SOP class): stored, but perhaps not as sent, so said apart."""
+        """Instances the receiver stored with a Warning status: stored, but perhaps not as sent, so said apart.
+
+        PS3.4 Annex B, e.g. 0xB000 coercion of data elements, 0xB006 elements discarded, 0xB007 data
+        set does not match the SOP class.
+        """
         return [o for o in self.sent if o.status not in (None, 0x0000)]
 
     @property

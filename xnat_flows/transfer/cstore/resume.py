@@ -1,6 +1,8 @@
-"""C-STORE with resume: each instance is recorded in the upload journal as the receiver
-confirms it, so an interrupted send (Ctrl-C, kill -9, a crash) is completed by running it again,
-which sends only what was not confirmed.
+"""C-STORE with resume.
+
+Each instance is recorded in the upload journal as the receiver confirms it, so an interrupted send
+(Ctrl-C, kill -9, a crash) is completed by running it again, which sends only what was not
+confirmed.
 
 Why this matters with XNAT: instances that reached XNAT may already be archived when the re-run
 comes. Sending one of them again puts the whole re-run into a new prearchive entry that XNAT
@@ -40,8 +42,7 @@ if TYPE_CHECKING:
 
 
 def journal_key(host: str, port: int, called_aet: str, routing: RoutingOverride | None = None) -> str:
-    """Where a send goes, for the upload journal (the same files routed elsewhere are a different
-    delivery).
+    """Where a send goes, for the upload journal (the same files routed elsewhere are a different delivery).
 
     Args:
         host: The receiver's host.
@@ -85,10 +86,11 @@ def store_instances_resumable(
     anon_variables: Mapping[str, str] | None = None,
     **options: Any,
 ) -> SendResult:
-    """``store_instances`` that skips the instances an earlier run delivered to the same receiver
-    (and routing) while XNAT still holds their study, and records each instance in ``journal`` as
-    it goes out and as it is confirmed. With ``anonymizer`` the journal records the de-identified
-    instances (``store_instances``).
+    """``store_instances`` that skips the instances an earlier run delivered to the same receiver.
+
+    It skips them, for the same routing, while XNAT still holds their study, and records each
+    instance in ``journal`` as it goes out and as it is confirmed. With ``anonymizer`` the journal
+    records the de-identified instances (``store_instances``).
 
     Args:
         files: The instances to send (from ``scan_directory``).

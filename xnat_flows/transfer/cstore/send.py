@@ -52,17 +52,25 @@ _STOP_GRACE_SECONDS = 5.0  # beyond the DIMSE timeout, for releasing the associa
 
 
 class DeliveryLog(Protocol):
-    """Hears of each instance just before it goes out, and when the receiver answered for it:
+    """Hears of each instance just before it goes out, and when the receiver answered for it.
+
     ``stored`` (Success or Warning) or ``refused`` (a failure status: it does not hold it). An
     instance sent without an answer gets neither: the receiver may or may not hold it.
 
-    Called from the sending threads; implementations serialise what they share."""
+    Called from the sending threads; implementations serialise what they share.
+    """
 
-    def sending(self, file: DicomFile) -> None: ...
+    def sending(self, file: DicomFile) -> None:
+        """``file`` is about to go out."""
+        ...
 
-    def stored(self, file: DicomFile) -> None: ...
+    def stored(self, file: DicomFile) -> None:
+        """The receiver stored ``file`` (Success or Warning)."""
+        ...
 
-    def refused(self, file: DicomFile) -> None: ...
+    def refused(self, file: DicomFile) -> None:
+        """The receiver answered a failure status for ``file``: it does not hold it."""
+        ...
 
 
 def deidentify_for_send(
@@ -92,8 +100,7 @@ def deidentify_for_send(
 
 
 def routing_variables(routing: RoutingOverride | None) -> dict[str, str]:
-    """The XNAT variables a script applied before a C-STORE knows: the routing's, the only labels a
-    C-STORE names.
+    """The XNAT variables a script applied before a C-STORE knows: the routing's, the only labels a C-STORE names.
 
     Args:
         routing: The routing override, or None.
@@ -278,8 +285,10 @@ def _chunks(items: list[SendItem], group_of: dict[SyntaxPair, int], workers: int
 
 
 def _run_workers(count: int, chunks: list[Chunk], setup: WorkerSetup, collector: _Collector) -> None:
-    """Run ``count`` workers over ``chunks``; on Ctrl-C, let each finish its instance in flight
-    (so its confirmation is recorded), then re-raise.
+    """Run ``count`` workers over ``chunks``.
+
+    On Ctrl-C, let each finish its instance in flight (so its confirmation is recorded), then
+    re-raise.
 
     The waits are on events the workers set as they end, not on ``Thread.join``: in CPython 3.11 a
     join interrupted by Ctrl-C marks the still-running thread as finished (bpo-45274's fix releases

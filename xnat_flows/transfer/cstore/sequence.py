@@ -30,8 +30,10 @@ class CStoreSteps(Protocol):
     """The steps of a C-STORE upload, in the order ``send_cstore`` runs them."""
 
     def check_destination(self) -> None:
-        """Ask XNAT, where it can be asked, that the routing project exists (XNAT files data for an
-        unknown project under Unassigned), before anything is read or sent."""
+        """Ask XNAT, where it can be asked, that the routing project exists, before anything is read or sent.
+
+        XNAT files data for an unknown project under Unassigned.
+        """
 
     def check_receiver(self) -> None:
         """The C-ECHO pre-flight: a wrong host, port or AE title fails here."""
@@ -40,8 +42,7 @@ class CStoreSteps(Protocol):
         """Every DICOM file under the source folder, read to ``headers``."""
 
     def deidentify(self, files: list[DicomFile]) -> tuple[list[DicomFile], list[InstanceOutcome]]:
-        """The files as they will be sent, and a failed outcome for each that cannot be
-        de-identified (never sent)."""
+        """The files as they will be sent, and a failed outcome for each that cannot be de-identified (never sent)."""
 
     def send(self, files: list[DicomFile]) -> SendResult:
         """C-STORE the files, journaled: what an earlier run delivered is not sent again."""
@@ -119,6 +120,7 @@ class DirectSteps:
     progress: InstanceCountCallback | None = None
     options: Mapping[str, Any] = field(default_factory=dict)  # more ``store_instances`` options
     scanned_bytes: int = 0  # the DICOM files' bytes, once scanned (a progress bar's total)
+    sent: SendResult | None = None  # the send's result, once sent: what to report when the archive wait fails
 
     def check_destination(self) -> None:
         """The routing project exists (``project_check``), when given."""
@@ -152,7 +154,7 @@ class DirectSteps:
         from xnat_flows.transfer.cstore.resume import store_instances_resumable
         from xnat_flows.transfer.journal import UploadJournal
 
-        return store_instances_resumable(
+        self.sent = store_instances_resumable(
             files,
             UploadJournal(),
             host=self.host,
@@ -166,6 +168,7 @@ class DirectSteps:
             progress=self.progress,
             **self.options,
         )
+        return self.sent
 
     def wait_for_archive(self, instances: dict[str, int]) -> list[ArchivedStudy]:
         """Poll XNAT's archive (``archived.wait_for_archived_studies``)."""

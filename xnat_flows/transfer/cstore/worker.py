@@ -49,6 +49,7 @@ class SendItem:
 
     @property
     def pair(self) -> SyntaxPair:
+        """The (SOP class, transfer syntax) pair this instance needs a presentation context for."""
         return self.sop_class, self.transfer_syntax
 
 
@@ -74,16 +75,24 @@ class InstanceReport(NamedTuple):
 class WorkerEvents(Protocol):
     """Called from the worker threads; implementations serialise what they share."""
 
-    def sending(self, item: SendItem) -> None: ...
-
-    def refused(self, item: SendItem) -> None:
-        """The receiver answered this attempt with a failure status: it does not hold the instance
-        (a retry may follow, or Ctrl-C may end the run before one)."""
+    def sending(self, item: SendItem) -> None:
+        """``item`` is about to go out on this worker's association."""
         ...
 
-    def outcome(self, report: InstanceReport) -> None: ...
+    def refused(self, item: SendItem) -> None:
+        """The receiver answered this attempt with a failure status.
 
-    def association(self, summary: AssociationSummary) -> None: ...
+        It does not hold the instance (a retry may follow, or Ctrl-C may end the run before one).
+        """
+        ...
+
+    def outcome(self, report: InstanceReport) -> None:
+        """The final outcome of one instance, once its attempts are over."""
+        ...
+
+    def association(self, summary: AssociationSummary) -> None:
+        """One association closed, with what it negotiated and carried."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,9 @@ class WorkerSetup:
 
 
 def run_worker(worker_id: int, setup: WorkerSetup, chunks: queue.SimpleQueue[Chunk], events: WorkerEvents) -> None:
-    """Send chunks from ``chunks`` until it is empty or ``setup.stop`` is set; report every instance
-    it took. A bug ends this worker only: the sender records its unreported instances as failed.
+    """Send chunks from ``chunks`` until it is empty or ``setup.stop`` is set; report every instance it took.
+
+    A bug ends this worker only: the sender records its unreported instances as failed.
 
     Args:
         worker_id: This worker's number, in its reports.
@@ -114,8 +124,7 @@ def run_worker(worker_id: int, setup: WorkerSetup, chunks: queue.SimpleQueue[Chu
 
 
 def _read_ahead(item: SendItem, ready: dict[int, memoryview]) -> None:
-    """Put ``item``'s dataset in ``ready``; a file that cannot be read is left for the normal
-    path, which reports it."""
+    """Put ``item``'s dataset in ``ready``; a file that cannot be read is left for the normal path, which reports it."""
     with contextlib.suppress(OSError, ValueError):
         ready[item.index] = dataset_to_send(item.path, item.size, item.mtime_ns, None, item.rewrite)
 
@@ -125,6 +134,9 @@ def _why_unsendable(item: SendItem) -> str:
 
     The file-meta scan does not read datasets; when a receiver refuses an instance or drops the
     association over it, the full header check tells a corrupt file from a receiver problem.
+
+    Returns:
+        The reason, or "" when the file looks fine.
     """
     path = Path(item.path)
     try:
