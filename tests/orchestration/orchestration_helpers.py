@@ -133,6 +133,20 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
     )
 
 
+def cli_environment(server_url: str, tmp_path_factory: Any) -> dict[str, str]:
+    """Environment of a test's subprocesses: the Prefect server at ``server_url``, a private
+    PREFECT_HOME and xnat-flows home, no XNAT_* or PREFECT_* of the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
+    env.update(
+        PREFECT_API_URL=server_url,
+        PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-cli-home")),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        XNAT_FLOWS_HOME=str(tmp_path_factory.mktemp("xnat-flows-home")),
+    )
+    return env
+
+
 # The site's names in prefect.yaml's deployments: the process work pool and the credentials Block
 # the deploying shell names in XNAT_CREDENTIALS_BLOCK.
 POOL = "xnat-process"

@@ -9,15 +9,13 @@ test_deployments_e2e.py runs on the shared server meanwhile.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
-from orchestration_helpers import BLOCK, POOL, REPO_ROOT, PrefectApi, block_id_ref, run_cli, save_block
+from orchestration_helpers import BLOCK, POOL, REPO_ROOT, PrefectApi, block_id_ref, cli_environment, run_cli, save_block
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
 
@@ -25,15 +23,7 @@ pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def cli_env(module_prefect_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment of every subprocess: this module's server, a private PREFECT_HOME, no XNAT_* of the caller."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
-    env.update(
-        PREFECT_API_URL=module_prefect_server_url,
-        PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-cli-home")),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        XNAT_FLOWS_HOME=str(tmp_path_factory.mktemp("xnat-flows-home")),
-    )
-    return env
+    return cli_environment(module_prefect_server_url, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

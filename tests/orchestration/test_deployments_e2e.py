@@ -11,7 +11,6 @@ reach the flows only through the Block, never through parameters or the worker's
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from orchestration_helpers import (
     PrefectApi,
     block_id_ref,
     block_ref,
+    cli_environment,
     prefect_cli,
     run_cli,
     save_block,
@@ -68,16 +68,7 @@ def _missing_entry_points() -> list[str]:
 @pytest.fixture(scope="module")
 def cli_env(prefect_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment of every subprocess: the real server, a private PREFECT_HOME, no XNAT_* of the caller."""
-    home = tmp_path_factory.mktemp("prefect-cli-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
-    env.update(
-        PREFECT_API_URL=prefect_server_url,
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        XNAT_FLOWS_HOME=str(tmp_path_factory.mktemp("xnat-flows-home")),
-    )
-    return env
+    return cli_environment(prefect_server_url, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
