@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials
-from xnat_flows.client.errors import InputError, PermanentUploadError, PermissionDeniedError
+from xnat_flows.client.errors import InputError, NoAnswerError, PermanentUploadError, PermissionDeniedError
 from xnat_flows.client.retry import RetryPolicy
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.transfer.scan import scan_directory
@@ -169,6 +169,21 @@ def test_gradual_stops_when_every_first_instance_fails_alike(study_dir: Path) ->
         return httpx.Response(400, text="Unable to identify destination project")
 
     with client_for(handler) as client, pytest.raises(PermanentUploadError, match="destination project"):
+        upload_gradual(client, scan_directory(study_dir).files, TARGET, workers=2)
+    assert len(calls) == 2  # one per series, then stop
+
+
+def test_gradual_stops_when_first_instances_fail_alike_in_different_words(study_dir: Path) -> None:
+    # Two dripped answers cut at their deadline read a different number of bytes: one failure.
+    from xnat_flows.client.lean import AnswerTooSlow
+
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.read())
+        raise AnswerTooSlow(f"the answer was still arriving 3 s after the request ({len(calls)} bytes so far)")
+
+    with client_for(handler) as client, pytest.raises(NoAnswerError, match="still arriving"):
         upload_gradual(client, scan_directory(study_dir).files, TARGET, workers=2)
     assert len(calls) == 2  # one per series, then stop
 

@@ -237,6 +237,18 @@ def _warmup_order(files: Sequence[DicomFile]) -> tuple[list[DicomFile], list[Dic
     return firsts, rest
 
 
+def _failure_kind(error: XnatError) -> tuple[object, ...]:
+    """What makes two failures "the same": their facts, not their wording.
+
+    The message carries per-request details (bytes received, seconds waited), so two requests
+    failing alike may differ in it: a dripped answer read 2 bytes in one and 3 in the other.
+
+    Returns:
+        The error's class, status, condition name and XNAT's own message.
+    """
+    return type(error), error.status, error.reason, error.server_message
+
+
 def upload_gradual(
     client: XnatClient,
     files: Iterable[DicomFile],
@@ -339,7 +351,7 @@ def upload_gradual(
         record(item, error)
         if error is not None:
             warmup_errors.append(error)
-    if firsts and len(warmup_errors) == len(firsts) and len({e.message + e.server_message for e in warmup_errors}) == 1:
+    if firsts and len(warmup_errors) == len(firsts) and len({_failure_kind(e) for e in warmup_errors}) == 1:
         # Every scan's first instance failed the same way: the rest would too.
         raise warmup_errors[0]
 
