@@ -18,6 +18,7 @@ from transfer_helpers import connect, write_study
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.errors import AuthenticationError, CancelledError, NoAnswerError
+from xnat_flows.client.prearchive import list_sessions
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
@@ -91,6 +92,13 @@ def test_an_upload_parked_in_error_is_not_verified_by_the_old_session(xnat_emula
     (study,) = result.sessions
     assert study.uploaded and not study.verify.ok and not result.ok
     assert study.verify.found_count == 0  # the old study's scans 1 and 2 are not the new series
+    # That session is done (parked) before the next outcome is forced: on a loaded machine it could
+    # still be receiving here, and would then take the next forced ERROR meant for the upload below.
+    wait_until(
+        lambda: not [row for row in list_sessions(client, "TEST") if row.status == "RECEIVING"],
+        timeout=30,
+        what="the parked upload's session to leave RECEIVING",
+    )
 
     # The same study again, parked in ERROR: the archive still holds the earlier copy, but this upload
     # did not land, and verification says so instead of counting the files that were there before.
