@@ -109,6 +109,28 @@ def test_an_upload_parked_in_error_is_not_verified_by_the_old_session(xnat_emula
     assert "parked it in the prearchive" in study.verify.summary() and "ERROR" in study.verify.summary()
 
 
+def test_files_waiting_in_the_prearchive_when_the_wait_ends_are_in_progress_not_missing(
+    xnat_emulator_factory, tmp_path
+) -> None:
+    """A label XNAT already archived takes a re-run through the prearchive, where it waits for XNAT's
+    idle timer: verification that runs out meanwhile says XNAT is still at work, not "short"."""
+    xnat_emulator = xnat_emulator_factory(rebuild_idle_seconds=60.0)  # XNAT's is minutes
+    paths = write_study(tmp_path / "all", series=2, instances=4)
+    part = tmp_path / "part"
+    for path in paths:
+        if path.name != "IM0004":  # an earlier run that sent 3 of each series' 4 instances
+            (part / path.parent.name).mkdir(parents=True, exist_ok=True)
+            (part / path.parent.name / path.name).write_bytes(path.read_bytes())
+    target = UploadTarget("TEST", "S", "PENDING")
+    with connect(xnat_emulator, tmp_path) as client:
+        assert upload_session(client, part, target, **FAST).ok
+        result = upload_session(client, tmp_path / "all", target, verify_timeout=1.0, poll_interval=0.1)
+    (study,) = result.sessions
+    assert not result.ok and study.verify.processing and not study.verify.parked
+    assert study.verify.summary().startswith("XNAT was still processing this upload when the wait ran out (6/8 files")
+    assert "short" not in study.verify.summary()
+
+
 # -- 8: two series sharing a SeriesNumber ------------------------------------------------------------
 
 
