@@ -330,3 +330,25 @@ def test_a_flow_run_whose_upload_xnat_parked_fails_saying_what_to_do(xnat, tmp_p
     message = str(raised.value)
     assert "is CONFLICT" in message and "conflicts with FLOWS/SUBJ01/SESS01" in message
     assert "archive-prearchive-session" in message and "xnat-flows prearchive" not in message
+
+
+def test_a_run_whose_verification_outwaits_xnats_idle_timer_says_xnat_is_still_archiving(xnat, tmp_path: Path) -> None:
+    """A label XNAT already archived takes a re-run through its prearchive (archived after XNAT's
+    idle interval): the run fails as not verified yet, worded for the flow's operator, not as files missing."""
+    xnat.prearchive.rebuild_idle_seconds = 3600
+    manifest = write_studies(tmp_path / "export", series=2, instances=8, instance_kb=4, seed=63)
+    earlier = tmp_path / "earlier"  # an earlier run delivered 6 of the 8 instances
+    for f in manifest.files[:6]:
+        relative = f.path.relative_to(tmp_path / "export")
+        (earlier / relative).parent.mkdir(parents=True, exist_ok=True)
+        (earlier / relative).write_bytes(f.path.read_bytes())
+    connection = XnatConnection(url=xnat.url, username="admin")
+    assert upload_dicom_session(_request(earlier), connection).ok
+
+    with pytest.raises(UploadIncompleteError) as raised:
+        upload_dicom_session(_request(tmp_path / "export", verify_timeout_seconds=1), connection)
+    message = str(raised.value)
+    assert message.startswith("not verified yet: XNAT was still archiving what was sent"), message
+    assert "XNAT was still processing this upload when the wait ran out (6/8 files" in message
+    assert "XNAT's prearchive page" in message and "xnat-flows prearchive" not in message
+    assert "verification found missing" not in message

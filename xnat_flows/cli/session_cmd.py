@@ -451,7 +451,7 @@ def _report(result: UploadResult, sending_seconds: float | None = None) -> None:
             "on its own; look at both sessions, then run one of the commands above.",
             err=True,
         )
-    elif not result.ok and _only_still_processing(result):
+    elif result.still_archiving:
         typer.echo(
             "Not verified yet: XNAT is still archiving what was sent. Run the same command again later to check "
             "(files already delivered are not sent again).",
@@ -459,17 +459,6 @@ def _report(result: UploadResult, sending_seconds: float | None = None) -> None:
         )
     elif not result.ok:
         typer.echo("Upload incomplete: run the same command again to send only what did not land.", err=True)
-
-
-def _only_still_processing(result: UploadResult) -> bool:
-    """Everything was sent and the only shortfall is XNAT still at work on it (its verification ran out meanwhile)."""
-    return all(
-        not study.failed_files
-        and all(batch.ok for batch in study.batches)
-        and not study.parked
-        and (study.verify is None or study.verify.ok or study.verify.processing)
-        for study in result.sessions
-    ) and any(study.verify is not None and study.verify.processing for study in result.sessions)
 
 
 @app.command("send-dicom")

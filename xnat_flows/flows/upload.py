@@ -25,6 +25,7 @@ from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import UploadRequest, XnatConnection, ui_title
 from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.tasks.deidentify import deidentify_sessions, prepare_anonymizer
+from xnat_flows.tasks.hints import STATUS_SHOWN_BY
 from xnat_flows.tasks.policies import ServerCheck
 from xnat_flows.tasks.upload import (
     archive_now_task,
@@ -388,11 +389,18 @@ def _publish_batch_table(result: UploadResult) -> None:
 
 
 def _incomplete_message(result: UploadResult) -> str:
-    lines = [
-        "XNAT parked this upload in the prearchive and nothing was merged on its own; look, then act as said below:"
-        if any(s.parked_descriptions() for s in result.sessions)
-        else "upload incomplete; re-run the same upload to send what did not land:"
-    ]
+    if result.still_archiving:
+        header = (
+            "not verified yet: XNAT was still archiving what was sent when verification's wait ran out; run the "
+            "same upload again later to check (nothing already delivered is sent again):"
+        )
+    elif any(s.parked_descriptions() for s in result.sessions):
+        header = (
+            "XNAT parked this upload in the prearchive and nothing was merged on its own; look, then act as said below:"
+        )
+    else:
+        header = "upload incomplete; re-run the same upload to send what did not land:"
+    lines = [header]
     if result.not_deidentified:
         lines.append(
             f"  {len(result.not_deidentified)} files could not be de-identified and were not sent, e.g. "
@@ -411,6 +419,8 @@ def _incomplete_message(result: UploadResult) -> str:
         parked = s.parked_descriptions(for_flow_run=True)
         for what in parked:
             lines.append(f"  {s.project}/{s.subject}/{s.session}: XNAT did not archive this upload: {what}")
-        if s.verified is False and not parked:
+        if s.still_archiving and s.verify is not None:
+            lines.append(f"  {s.project}/{s.subject}/{s.session}: {s.verify.summary(STATUS_SHOWN_BY)}")
+        elif s.verified is False and not parked:
             lines.append(f"  {s.project}/{s.subject}/{s.session}: verification found missing {s.missing[:5]}")
     return "\n".join(lines)

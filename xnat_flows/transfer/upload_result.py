@@ -212,6 +212,11 @@ class SessionResult(BaseModel):
         """Everything is in XNAT: delivered, verified when asked, and nothing of it parked."""
         return self.uploaded and (self.verify is None or self.verify.ok) and not self.parked
 
+    @property
+    def still_archiving(self) -> bool:
+        """Everything reached XNAT, nothing of it is parked, and verification ran out while XNAT was still at work on it."""
+        return self.uploaded and not self.parked and self.verify is not None and self.verify.processing
+
     def parked_descriptions(self, for_flow_run: bool = False) -> list[str]:
         """What XNAT parked of this upload, each with what a person can do after looking.
 
@@ -275,6 +280,20 @@ class UploadResult(BaseModel):
     def in_conflict(self) -> bool:
         """XNAT parked (part of) a session of this upload in CONFLICT."""
         return any(s.in_conflict for s in self.sessions)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def still_archiving(self) -> bool:
+        """Not ok only because XNAT was still archiving what this run delivered when verification's wait ran out.
+
+        Running the same upload later sends nothing again (the journal keeps what was delivered) and verifies.
+        """
+        return (
+            not self.ok
+            and not self.unreadable
+            and not self.not_deidentified
+            and all(s.ok or s.still_archiving for s in self.sessions)
+        )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
