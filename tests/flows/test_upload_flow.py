@@ -334,7 +334,8 @@ def test_a_flow_run_whose_upload_xnat_parked_fails_saying_what_to_do(xnat, tmp_p
 
 def test_a_run_whose_verification_outwaits_xnats_idle_timer_says_xnat_is_still_archiving(xnat, tmp_path: Path) -> None:
     """A label XNAT already archived takes a re-run through its prearchive (archived after XNAT's
-    idle interval): the run fails as not verified yet, worded for the flow's operator, not as files missing."""
+    idle interval): the run fails as not verified yet, worded for the flow's operator, not as files
+    missing, and its log does not say the upload landed."""
     xnat.prearchive.rebuild_idle_seconds = 3600
     manifest = write_studies(tmp_path / "export", series=2, instances=8, instance_kb=4, seed=63)
     earlier = tmp_path / "earlier"  # an earlier run delivered 6 of the 8 instances
@@ -345,10 +346,21 @@ def test_a_run_whose_verification_outwaits_xnats_idle_timer_says_xnat_is_still_a
     connection = XnatConnection(url=xnat.url, username="admin")
     assert upload_dicom_session(_request(earlier), connection).ok
 
-    with pytest.raises(UploadIncompleteError) as raised:
-        upload_dicom_session(_request(tmp_path / "export", verify_timeout_seconds=1), connection)
-    message = str(raised.value)
+    state = upload_dicom_session(_request(tmp_path / "export", verify_timeout_seconds=1), connection, return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, UploadIncompleteError)
+    message = str(error)
     assert message.startswith("not verified yet: XNAT was still archiving what was sent"), message
     assert "XNAT was still processing this upload when the wait ran out (6/8 files" in message
     assert "XNAT's prearchive page" in message and "xnat-flows prearchive" not in message
     assert "verification found missing" not in message
+    assert "give the run a longer verify timeout" in message  # what the operator can change
+    run_logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+
+    def session_lines() -> list[str]:
+        with get_client(sync_client=True) as client:  # logs reach the API in batches, a moment later
+            return [m.message for m in client.read_logs(log_filter=run_logs) if "FLOWS/SUBJ01/SESS01 " in m.message]
+
+    (line,) = wait_until(session_lines, 60, what="the landing log line to reach the API")
+    assert "is not verified in the archive" in line and "landed" not in line, line

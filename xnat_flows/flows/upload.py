@@ -170,6 +170,8 @@ def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCh
         source=request.source_dir,
         arrivals={target.session: arrival(files) for target, files in plans},
     )
+    if result.still_archiving:
+        raise UploadIncompleteError(_incomplete_message(result), reason="archive-wait-timeout")
     if not result.ok:
         parked = result.in_conflict
         raise (
@@ -332,8 +334,8 @@ def _publish_landing(result: UploadResult, server_url: str) -> None:
         page = f"[{where['experiment_id']}]({where['web_url']})" if where["web_url"] else ""
         uri = f"[{s.session_uri}]({where['uri']})" if where["uri"] and s.session_uri else (where["uri"] or "")
         lines.append(
-            f"| {s.project}/{s.subject}/{s.session} | {where['where']} | {page} | {uri} |"
-            + (f" {where['prearchive_timestamp'] or ''} |" if staged else "")
+            f"| {s.project}/{s.subject}/{s.session} | {where['where']}{'' if s.ok else ' (not verified)'} "
+            f"| {page} | {uri} |" + (f" {where['prearchive_timestamp'] or ''} |" if staged else "")
         )
     for s, where in landings:
         # Each URL stands between spaces: the UI and terminals make links of URLs, and a comma
@@ -343,7 +345,10 @@ def _publish_landing(result: UploadResult, server_url: str) -> None:
             facts.append(f"web page {where['web_url']}")
         if where["prearchive_timestamp"]:
             facts.append(f"prearchive timestamp {where['prearchive_timestamp']}")
-        logger.info("%s/%s/%s landed in the %s: %s", s.project, s.subject, s.session, where["where"], " | ".join(facts))
+        # "Landed" only for what is all there: a session found but short of this upload (or still being
+        # archived) is named where it is, without the claim.
+        verdict = "landed in the" if s.ok else "is not verified in the"
+        logger.info("%s/%s/%s %s %s: %s", s.project, s.subject, s.session, verdict, where["where"], " | ".join(facts))
     create_markdown_artifact(
         markdown="\n".join(lines), key="xnat-upload-landing", description="Where the uploaded data landed in XNAT"
     )
