@@ -100,6 +100,7 @@ CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 # Python codecs for a Specific Character Set (pydicom's names) whose first code table is ASCII, with
 # no code extensions: text that is ASCII encodes to the same bytes in them.
 _ASCII_FIRST = frozenset({"iso8859", "latin_1", "UTF8", "utf_8"})
+_NO_CODECS: list[str] = []  # what ``encode_value`` is given for a value outside the Specific Character Set
 NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 
 
@@ -306,12 +307,15 @@ class Node:
         target_vr = element.vr if element is not None else (vr or _creation_vr(tag))
         if target_vr == "SQ":
             raise AnonError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is a sequence; a script cannot assign text to it")
-        encoded = encode_value(text, target_vr, self.encoding, self.encodings())
+        # only text in the Specific Character Set needs the dataset's codecs
+        encodings = self.encodings() if target_vr in CHARSET_VRS else _NO_CODECS
+        encoded = encode_value(text, target_vr, self.encoding, encodings)
         if element is None:
             element = Element(tag, target_vr, b"", 0, 0, 0, False, None)
             self.elements[tag] = element
             self.added = True
-        if element.changed is False and bytes(element.value) == encoded and element.vr == target_vr:
+        # a memoryview of the original compares with the bytes without copying them
+        if element.changed is False and element.vr == target_vr and element.value == encoded:
             return  # same bytes: leave the original span (keeps untouched files byte-identical)
         element.set_value(encoded, target_vr)
         if tag == SPECIFIC_CHARACTER_SET:
@@ -780,17 +784,16 @@ def _item_header(tag: int, length: int, encoding: Encoding) -> bytes:
 def encode_node(node: Node, out: list[bytes | memoryview], only: Callable[[int], bool] | None = None) -> None:
     """Append the encoded elements of ``node`` to ``out``: untouched runs as original slices."""
     encoding = node.encoding
-    tags = sorted(node.elements) if node.added else list(node.elements)
+    entries = sorted(node.elements.items()) if node.added else list(node.elements.items())
     if only is not None:
-        tags = [tag for tag in tags if only(tag)]
+        entries = [(tag, entry) for tag, entry in entries if only(tag)]
     changed = node.changed
     run_source: bytes | None = None
     run_start = run_end = 0
-    for tag in tags:
-        entry = node.elements[tag]
-        if changed and tag & 0xFFFF == 0 and tag >> 16 != 0x0002:
+    for tag, entry in entries:
+        if changed and not tag & 0xFFFF and tag >> 16 != 0x0002:
             continue  # a stale group length in a dataset that changed (retired element)
-        if isinstance(entry, tuple):
+        if isinstance(entry, tuple):  # never looked at: its original span
             source, start, end = entry[1], entry[2], entry[4]
         elif not entry.changed and not (entry._items is not None and entry.subtree_changed()):
             source, start, end = entry.source, entry.start, entry.end
