@@ -185,6 +185,12 @@ class Element:
             return self._value
         return memoryview(self.source)[self.value_start : self.end - (8 if self.undefined else 0)]
 
+    def raw(self) -> bytes:
+        """``value`` as bytes: one copy of the original span, not a view then a copy."""
+        if self._value is not None:
+            return self._value
+        return self.source[self.value_start : self.end - (8 if self.undefined else 0)]
+
     @property
     def is_sequence(self) -> bool:
         return self.item_encoding is not None and self.tag != PIXEL_DATA
@@ -197,7 +203,7 @@ class Element:
                 self._items = []
             else:
                 assert self.item_encoding is not None
-                self._items = _parse_items(bytes(self.value), self.item_encoding, self.tag, charsets)
+                self._items = _parse_items(self.raw(), self.item_encoding, self.tag, charsets)
         return self._items
 
     def subtree_changed(self) -> bool:
@@ -280,7 +286,7 @@ class Node:
             if element is None:
                 self.charsets = self.parent_charsets or ["iso8859"]
             else:
-                names = bytes(element.value).decode("ascii", "replace").strip(" \0").split("\\")
+                names = element.raw().decode("ascii", "replace").strip(" \0").split("\\")
                 self.charsets = dicom_charset.convert_encodings([n.strip() for n in names] or [""])
         return self.charsets
 
@@ -342,7 +348,7 @@ class Node:
         wanted = creator.strip()
         for nn in range(0x10, 0x100):
             element = self.get((group << 16) | nn)
-            if element is not None and bytes(element.value).decode("latin-1").strip(" \0") == wanted:
+            if element is not None and element.raw().decode("latin-1").strip(" \0") == wanted:
                 return nn
         return None
 
@@ -584,7 +590,7 @@ def parse_part10(data: bytes, *, up_to: int | None = None, file_size: int | None
     if len(data) >= pos + 6 and data[pos : pos + 2] == b"\x02\x00":
         meta_end = pos
         # File Meta is explicit VR little endian and ends where group 0002 ends.
-        while meta_end + 8 <= len(data) and data[meta_end : meta_end + 2] == b"\x02\x00":
+        while meta_end + 8 <= len(data) and data.startswith(b"\x02\x00", meta_end):
             vr = data[meta_end + 4 : meta_end + 6].decode("latin-1")
             if vr in LONG_VRS:
                 meta_end += 12 + _UL_LE.unpack_from(data, meta_end + 8)[0]
@@ -711,7 +717,7 @@ def _check_tail(instance: Instance, body: bytes, stop: int) -> None:
 
 def decode_value(element: Element, encoding: Encoding, encodings: Sequence[str]) -> str:
     vr = element.vr
-    raw = bytes(element.value)
+    raw = element.raw()
     if element.is_sequence:
         return ""
     if vr in TEXT_VRS:
