@@ -434,18 +434,20 @@ def parse_dataset(
     short_unpack = short.unpack_from
     short_vr_of = short_vrs.get
     while pos < end:
-        start = pos
         if not implicit:
             # Fast path, most elements: a short explicit VR (never a sequence) before Pixel Data.
             group, elem, raw_vr, length = short_unpack(data, pos)
             vr = short_vr_of(raw_vr)
-            if vr is not None and group < 0x7FE0 and (group << 16 | elem) <= last_tag:
-                value_end = pos + 8 + length
-                if value_end + 8 > end and value_end != end:
-                    raise _truncated(group << 16 | elem, start)
-                elements[group << 16 | elem] = (vr, data, pos, pos + 8, value_end, False, None)
-                pos = value_end
-                continue
+            if vr is not None and group < 0x7FE0:
+                tag = group << 16 | elem
+                if tag <= last_tag:
+                    value_end = pos + 8 + length
+                    if value_end + 8 > end and value_end != end:
+                        raise _truncated(tag, pos)
+                    elements[tag] = (vr, data, pos, pos + 8, value_end, False, None)
+                    pos = value_end
+                    continue
+        start = pos
         if implicit:
             group, elem, length = implicit_struct.unpack_from(data, pos)
             tag = group << 16 | elem
@@ -690,8 +692,11 @@ def _check_head(prefix: bytes, stop: int, encoding: Encoding, up_to: int | None,
         raise _NeedWholeFile  # a whole-file parse would index what follows Pixel Data
 
 
+_PIXEL_TAG = {True: struct.pack("<HH", 0x7FE0, 0x0010), False: struct.pack(">HH", 0x7FE0, 0x0010)}
+
+
 def _pixel_tag(encoding: Encoding) -> bytes:
-    return struct.pack(f"{encoding.prefix}HH", 0x7FE0, 0x0010)
+    return _PIXEL_TAG[encoding.little]
 
 
 def _looks_like_dataset(data: bytes) -> bool:

@@ -347,7 +347,11 @@ def _compile_assign(statement: AssignTag) -> Action:
             return put
 
         def put_recorded(node: Node, context: Context) -> None:
-            assign(node, exact, value(node, context) or "", context)
+            text = value(node, context) or ""
+            if context.mapping is None:
+                node.put(exact, text)
+            else:
+                assign(node, exact, text, context)
 
         return put_recorded
     path = statement.path
