@@ -776,16 +776,25 @@ def encode_value(text: str, vr: str, encoding: Encoding, encodings: list[str]) -
 # --- writing ---------------------------------------------------------------------------------------
 
 
+# element headers by byte order: implicit VR, explicit with a 4-byte length, explicit with a 2-byte one
+_HEADERS = {
+    little: (struct.Struct(f"{order}HHL"), struct.Struct(f"{order}HH2s2xL"), struct.Struct(f"{order}HH2sH"))
+    for little, order in ((True, "<"), (False, ">"))
+}
+_VR_BYTES = {vr: vr.encode("ascii") for vr in KNOWN_VRS}
+
+
 def _header(tag: int, vr: str, length: int, encoding: Encoding) -> bytes:
-    prefix = encoding.prefix
+    implicit, long_form, short_form = _HEADERS[encoding.little]
     group, elem = tag >> 16, tag & 0xFFFF
     if encoding.implicit:
-        return struct.pack(f"{prefix}HHL", group, elem, length)
+        return implicit.pack(group, elem, length)
+    vr_bytes = _VR_BYTES.get(vr) or vr.encode("ascii")
     if vr in LONG_VRS:
-        return struct.pack(f"{prefix}HH2s2xL", group, elem, vr.encode("ascii"), length)
+        return long_form.pack(group, elem, vr_bytes, length)
     if length > 0xFFFF:
         raise AnonError(f"value of ({group:04X},{elem:04X}) is too long for VR {vr} ({length} bytes)")
-    return struct.pack(f"{prefix}HH2sH", group, elem, vr.encode("ascii"), length)
+    return short_form.pack(group, elem, vr_bytes, length)
 
 
 def _item_header(tag: int, length: int, encoding: Encoding) -> bytes:
