@@ -6,7 +6,7 @@ they share (``scan.read_exactly``; the C-STORE sender's ``cstore.dataset.dataset
 
 The originals are never modified and no copy of the study is written: ``deidentify_files``
 applies the script once to every file before anything is sent (a dry run, in memory, one file
-at a time) — to the file's first bytes only (``HEAD_BYTES``) when they hold the whole header
+at a time) — to the file's first bytes only (``HEAD_PROBE``, then ``HEAD_BYTES``) when they hold the whole header
 the script reads (``anon.Anonymizer.rewrite_head``), the pixel data neither read nor copied then,
 else to the whole file — and returns ``DicomFile`` entries that describe the *rewritten* instance — its size
 and its SOP, series and study UIDs as the script makes them (``anon.Anonymizer.rewrite_head_reading``
