@@ -80,7 +80,7 @@ def api(prefect_server_url: str) -> Iterator[PrefectApi]:
 
 @pytest.fixture(scope="module")
 def xnat(tmp_path_factory: pytest.TempPathFactory, free_tcp_port_factory: Callable[[], int]) -> Iterator[XnatEmulator]:
-    """Fixed ports and a kept data directory, so the test can stop XNAT and start it again as it was."""
+    """The site's XNAT: its REST API and its DICOM receiver."""
     emulator = XnatEmulator(
         tmp_path_factory.mktemp("xnat-data"),
         projects=("TEST",),
@@ -190,7 +190,7 @@ def worker(
 ) -> Iterator[Path]:
     """A process worker whose environment holds no XNAT_* credentials: the Block is all it has."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    env = {**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
     assert not [name for name in env if name.startswith("XNAT_") and name != "XNAT_FLOWS_HOME"]
     process = start_group([prefect_cli(), "worker", "start", "--pool", POOL, "--limit", "4"], env, log)
     try:
@@ -253,45 +253,29 @@ def _wait_state(api: PrefectApi, run_id: str, state: str, log: Path, timeout: fl
 
 
 def test_unattended_inbox_and_send_dicom_chain_processing_with_a_block_only_worker(
-    deployed: dict[str, dict], api: PrefectApi, worker: Path, xnat: XnatEmulator, site_inbox: Path, tmp_path: Path
+    deployed: dict[str, dict],
+    api: PrefectApi,
+    worker: Path,
+    xnat: XnatEmulator,
+    cli_env: dict[str, str],
+    site_inbox: Path,
+    tmp_path: Path,
+    free_tcp_port_factory: Callable[[], int],
 ) -> None:
     """The unattended walk-through: the inbox deployment as deployed (its parameters from the deploy-time
-    environment, credentials from the Block), the processing deployment started by the event; then
-    XNAT down -> the inbox run Failed, the folder kept, xnat.upload.failed; then send-dicom with
-    verify -> xnat.session.archived -> processing."""
+    environment, credentials from the Block) and send-dicom with verify, side by side on the worker,
+    each archived session starting the processing deployment by its event; then an inbox run whose
+    XNAT is down -> the run Failed, the folder kept, xnat.upload.failed.
+
+    Independent runs go to the worker together (its limit is 4), as a site's would: the test waits
+    for the slowest chain, not for the sum of them."""
     inbox = deployed["inbox-ingest"]
     assert inbox["parameters"]["inbox_dir"] == str(site_inbox) and inbox["parameters"]["project"] == "TEST"
     assert inbox["parameters"]["connection"] == block_id_ref(api)
 
     write_session(site_inbox / "scan-0001", patient_id="P001", study_date="20240115")
     (site_inbox / "scan-0001" / "xnat.json").write_text(json.dumps({"subject": "SUBJ001"}))
-    run = _wait_state(api, api.run_deployment(inbox["id"], {"quiet_seconds": 0}), "COMPLETED", worker)
-    assert run["name"] == f"inbox {site_inbox} -> TEST"
-    experiments = _experiments(xnat)
-    assert experiments["P001_20240115"]["subject_label"] == "SUBJ001"
-    report = json.loads((site_inbox / "done" / "scan-0001.report.json").read_text())
-    assert report["status"] == "done" and report["recovered_after_crash"] is False
-    assert report["sessions"][0]["experiment_id"] == experiments["P001_20240115"]["ID"]
-    runs = _processing_runs(api, deployed["process-session"], xnat, experiments["P001_20240115"]["ID"], timeout=120)
-    assert any(r["state_type"] == "COMPLETED" for r in runs), [(r["parameters"], r["state"]) for r in runs]
-    archived = _wait_for_events(api, "xnat.session.archived", xnat, count=1, timeout=30)
-    assert [e["resource"]["xnat.session_label"] for e in archived].count("P001_20240115") == 1  # exactly once
-
-    # XNAT down: the run is Failed (an automation on failed runs fires), the folder waits, the event is out.
-    url = xnat.url
-    xnat.stop()
-    try:
-        write_session(site_inbox / "scan-0002", patient_id="P002", study_date="20240301")
-        _wait_state(api, api.run_deployment(inbox["id"], {"quiet_seconds": 0}), "FAILED", worker)
-        assert (site_inbox / "processing" / "scan-0002" / "series1" / "IM0001").is_file()
-        assert not (site_inbox / "failed").exists() or not list((site_inbox / "failed").iterdir())
-        failed = _wait_for_events(api, "xnat.upload.failed", url, count=1, timeout=30)
-        assert failed and failed[0]["resource"]["xnat.project"] == "TEST"
-        assert "admin" not in json.dumps(failed[0]["payload"])
-    finally:
-        xnat.start()
-    # (The next run uploads the kept folder and does not call it a crash: test_inbox_flow.py, in-process.)
-
+    inbox_run = api.run_deployment(inbox["id"], {"quiet_seconds": 0})
     # C-STORE with wait-and-verify: the archived session is announced and processing chained.
     source = tmp_path / "cstore"
     write_session(source, patient_id="P003", study_date="20240401")
@@ -305,16 +289,40 @@ def test_unattended_inbox_and_send_dicom_chain_processing_with_a_block_only_work
         "verify_timeout_seconds": 90,
     }
     receiver = {"host": "127.0.0.1", "port": xnat.scp_port, "called_aet": "XNAT"}
-    sent = _wait_state(
-        api,
-        api.run_deployment(deployed["send-dicom"]["id"], {"request": request, "receiver": receiver}),
-        "COMPLETED",
-        worker,
-    )
+    send_run = api.run_deployment(deployed["send-dicom"]["id"], {"request": request, "receiver": receiver})
+
+    run = _wait_state(api, inbox_run, "COMPLETED", worker)
+    assert run["name"] == f"inbox {site_inbox} -> TEST"
+    experiments = _experiments(xnat)
+    assert experiments["P001_20240115"]["subject_label"] == "SUBJ001"
+    report = json.loads((site_inbox / "done" / "scan-0001.report.json").read_text())
+    assert report["status"] == "done" and report["recovered_after_crash"] is False
+    assert report["sessions"][0]["experiment_id"] == experiments["P001_20240115"]["ID"]
+
+    # XNAT down for the next inbox run (the inbox deployment runs one at a time): a Block for a
+    # server that does not answer, so the real one stays up for the processing runs meanwhile.
+    down = f"http://127.0.0.1:{free_tcp_port_factory()}"
+    save_block(cli_env, "e2e-down", down)
+    write_session(site_inbox / "scan-0002", patient_id="P002", study_date="20240301")
+    down_run = api.run_deployment(inbox["id"], {"quiet_seconds": 0, "connection": block_ref("e2e-down")})
+
+    sent = _wait_state(api, send_run, "COMPLETED", worker)
     assert sent["name"] == f"send-dicom 127.0.0.1:{xnat.scp_port}"
-    experiment_id = _experiments(xnat)["P003_CS"]["ID"]
-    runs = _processing_runs(api, deployed["process-session"], xnat, experiment_id, timeout=120)
-    assert any(r["state_type"] == "COMPLETED" for r in runs), [(r["parameters"], r["state"]) for r in runs]
+    for label in ("P001_20240115", "P003_CS"):
+        experiment_id = _experiments(xnat)[label]["ID"]
+        runs = _processing_runs(api, deployed["process-session"], xnat, experiment_id, timeout=120)
+        assert any(r["state_type"] == "COMPLETED" for r in runs), [(r["parameters"], r["state"]) for r in runs]
+    archived = _wait_for_events(api, "xnat.session.archived", xnat, count=2, timeout=30)
+    assert [e["resource"]["xnat.session_label"] for e in archived].count("P001_20240115") == 1  # exactly once
+
+    # The run is Failed (an automation on failed runs fires), the folder waits, the event is out.
+    _wait_state(api, down_run, "FAILED", worker)
+    assert (site_inbox / "processing" / "scan-0002" / "series1" / "IM0001").is_file()
+    assert not (site_inbox / "failed").exists() or not list((site_inbox / "failed").iterdir())
+    failed = _wait_for_events(api, "xnat.upload.failed", down, count=1, timeout=30)
+    assert failed and failed[0]["resource"]["xnat.project"] == "TEST"
+    assert "admin" not in json.dumps(failed[0]["payload"])
+    # (The next run uploads the kept folder and does not call it a crash: test_inbox_flow.py, in-process.)
 
 
 def test_archived_event_alone_triggers_processing(
@@ -425,9 +433,13 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
 ) -> None:
     """Two workers, three upload runs of two batches each, and `xnat-uploads:<host:port>` at 1:
     the server never sees two imports at once."""
+    # Processing the three sessions is not what this test is about (it is the other tests'): the
+    # trigger is paused meanwhile, so the workers run the uploads alone.
+    (trigger,) = [a for a in api.automations() if a["name"] == "process-archived-xnat-sessions"]
+    api.http.patch(f"automations/{trigger['id']}", json={"enabled": False}).raise_for_status()
     second_worker = start_group(
         [prefect_cli(), "worker", "start", "--pool", POOL, "--limit", "4"],
-        {**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "2"},
+        {**cli_env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
         tmp_path / "second-worker.log",
     )
     try:
@@ -462,3 +474,4 @@ def test_global_limit_caps_uploads_to_one_server_across_runs_and_workers(
             api.http.delete(f"v2/concurrency_limits/{limit}")
     finally:
         stop_group(second_worker)
+        api.http.patch(f"automations/{trigger['id']}", json={"enabled": True}).raise_for_status()

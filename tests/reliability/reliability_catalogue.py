@@ -335,6 +335,10 @@ def run_case(case: FaultCase, workdir: Path) -> CaseResult:
         else:
             if run1.in_doubt:
                 _follow_the_in_doubt_advice(h)
+            # A restart's long idle interval was for run 1's retries; the re-run meets the usual
+            # (compressed) one: a re-run to an archived label goes through the prearchive, and its
+            # session would otherwise outwait the re-run's verification.
+            h.emulator.prearchive.rebuild_idle_seconds = REBUILD_IDLE
             rerun = run_upload(h, FaultCase(case.id, case.transport, case.fault, workers=case.workers), 30.0)
             h.settle()
         uids = h.archived_uids()

@@ -18,6 +18,7 @@ from transfer_helpers import connect, write_study
 from xnat_flows.client.client import XnatClient
 from xnat_flows.client.credentials import Credentials
 from xnat_flows.client.errors import AuthenticationError, CancelledError, NoAnswerError
+from xnat_flows.client.prearchive import list_sessions
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
@@ -91,6 +92,13 @@ def test_an_upload_parked_in_error_is_not_verified_by_the_old_session(xnat_emula
     (study,) = result.sessions
     assert study.uploaded and not study.verify.ok and not result.ok
     assert study.verify.found_count == 0  # the old study's scans 1 and 2 are not the new series
+    # That session is done (parked) before the next outcome is forced: on a loaded machine it could
+    # still be receiving here, and would then take the next forced ERROR meant for the upload below.
+    wait_until(
+        lambda: not [row for row in list_sessions(client, "TEST") if row.status == "RECEIVING"],
+        timeout=30,
+        what="the parked upload's session to leave RECEIVING",
+    )
 
     # The same study again, parked in ERROR: the archive still holds the earlier copy, but this upload
     # did not land, and verification says so instead of counting the files that were there before.
@@ -99,6 +107,28 @@ def test_an_upload_parked_in_error_is_not_verified_by_the_old_session(xnat_emula
     (study,) = again.sessions
     assert not study.verify.ok and study.verify.parked
     assert "parked it in the prearchive" in study.verify.summary() and "ERROR" in study.verify.summary()
+
+
+def test_files_waiting_in_the_prearchive_when_the_wait_ends_are_in_progress_not_missing(
+    xnat_emulator_factory, tmp_path
+) -> None:
+    """A label XNAT already archived takes a re-run through the prearchive, where it waits for XNAT's
+    idle timer: verification that runs out meanwhile says XNAT is still at work, not "short"."""
+    xnat_emulator = xnat_emulator_factory(rebuild_idle_seconds=60.0)  # XNAT's is minutes
+    paths = write_study(tmp_path / "all", series=2, instances=4)
+    part = tmp_path / "part"
+    for path in paths:
+        if path.name != "IM0004":  # an earlier run that sent 3 of each series' 4 instances
+            (part / path.parent.name).mkdir(parents=True, exist_ok=True)
+            (part / path.parent.name / path.name).write_bytes(path.read_bytes())
+    target = UploadTarget("TEST", "S", "PENDING")
+    with connect(xnat_emulator, tmp_path) as client:
+        assert upload_session(client, part, target, **FAST).ok
+        result = upload_session(client, tmp_path / "all", target, verify_timeout=1.0, poll_interval=0.1)
+    (study,) = result.sessions
+    assert not result.ok and study.verify.processing and not study.verify.parked
+    assert study.verify.summary().startswith("XNAT was still processing this upload when the wait ran out (6/8 files")
+    assert "short" not in study.verify.summary()
 
 
 # -- 8: two series sharing a SeriesNumber ------------------------------------------------------------

@@ -70,8 +70,9 @@ class VerifyResult:
         """
         if self.processing:
             return (
-                "XNAT was still processing this upload when the wait ran out; the files counted may be an "
-                f"earlier copy: check again later ({status_shown_by} shows the session's status)"
+                f"XNAT was still processing this upload when the wait ran out ({self.found_count}/"
+                f"{self.expected_count} files in the archive so far, which may be an earlier copy's): check again "
+                f"later ({status_shown_by} shows the session's status)"
             )
         if self.parked:
             return (
@@ -327,6 +328,10 @@ def verify_session(
         if result.ok and not processing:
             break
         if time.monotonic() - started >= wait_timeout:
+            if not processing and not result.ok and prearchive_before is not None and not in_prearchive:
+                # Short counts while XNAT still holds this upload in the prearchive (a label already
+                # archived sends it there, to wait for the idle timer): not files missing, work in progress.
+                processing = _processing(client, target, study_uids, prearchive_before)
             if processing:
                 result = dataclasses.replace(result, ok=False, processing=True)
             break
