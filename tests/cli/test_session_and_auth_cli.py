@@ -92,6 +92,38 @@ def test_partial_upload_exits_6_and_rerun_completes(xnat, tmp_path: Path) -> Non
     assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files)
 
 
+def test_a_verification_that_outwaits_xnats_idle_timer_says_so_and_the_rerun_sends_nothing(
+    tmp_path: Path, home: Path, xnat_emulator_factory
+) -> None:
+    """A label XNAT already archived takes the re-run through its prearchive, archived after the idle
+    timer (minutes on XNAT): exit 6, but "still archiving", not "incomplete"; once XNAT has archived,
+    the same command verifies and sends nothing again."""
+    xnat = xnat_emulator_factory(tmp_path / "xnat", projects=("CLI",), password=PASSWORD, rebuild_idle_seconds=60.0)
+    manifest = write_studies(tmp_path / "export", series=2, instances=8, instance_kb=4, seed=25)
+    earlier = tmp_path / "earlier"  # an earlier upload of 6 of the 8 instances
+    for f in manifest.files[::4][:2] + manifest.files[1::4] + manifest.files[2::4]:
+        relative = f.path.relative_to(tmp_path / "export")
+        (earlier / relative).parent.mkdir(parents=True, exist_ok=True)
+        (earlier / relative).write_bytes(f.path.read_bytes())
+    env = {"XNAT_PASS": PASSWORD}
+    assert run(*upload_args(xnat, earlier), env=env).exit_code == 0
+
+    waiting = run(*upload_args(xnat, tmp_path / "export", "--verify-timeout", "1"), env=env)
+    assert waiting.exit_code == 6, waiting.output
+    assert "XNAT was still processing this upload when the wait ran out" in waiting.stderr
+    assert "Not verified yet: XNAT is still archiving" in waiting.stderr
+    assert "Upload incomplete" not in waiting.stderr
+
+    xnat.prearchive.rebuild_idle_seconds = 0.0  # XNAT's idle timer has passed
+    xnat.rebuild_now()
+    imports_before = xnat.stats()["imports"]
+    done = run(*upload_args(xnat, tmp_path / "export", "--verify-timeout", "30"), env=env)
+    assert done.exit_code == 0, done.output
+    assert xnat.stats()["imports"] == imports_before, done.output
+    (experiment,) = xnat.archived_experiments("CLI")
+    assert len(xnat.archived_files(experiment["ID"])) == len(manifest.files)
+
+
 def test_bad_label_is_a_usage_error(xnat, tmp_path: Path) -> None:
     write_studies(tmp_path / "export", series=1, instances=2, instance_kb=4, seed=23)
     result = run(

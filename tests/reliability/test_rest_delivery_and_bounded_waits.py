@@ -23,6 +23,7 @@ from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
 from xnat_flows.transfer import UploadTarget, scan_directory, upload_batch, upload_session
+from xnat_flows.transfer.journal import UploadJournal
 
 pytestmark = pytest.mark.e2e
 
@@ -122,13 +123,21 @@ def test_files_waiting_in_the_prearchive_when_the_wait_ends_are_in_progress_not_
             (part / path.parent.name).mkdir(parents=True, exist_ok=True)
             (part / path.parent.name / path.name).write_bytes(path.read_bytes())
     target = UploadTarget("TEST", "S", "PENDING")
+    journal = UploadJournal()
     with connect(xnat_emulator, tmp_path) as client:
         assert upload_session(client, part, target, **FAST).ok
-        result = upload_session(client, tmp_path / "all", target, verify_timeout=1.0, poll_interval=0.1)
-    (study,) = result.sessions
-    assert not result.ok and study.verify.processing and not study.verify.parked
-    assert study.verify.summary().startswith("XNAT was still processing this upload when the wait ran out (6/8 files")
-    assert "short" not in study.verify.summary()
+        result = upload_session(
+            client, tmp_path / "all", target, journal=journal, verify_timeout=1.0, poll_interval=0.1
+        )
+        # Run again before XNAT's timer: nothing to send, and still XNAT's work in progress.
+        again = upload_session(client, tmp_path / "all", target, journal=journal, verify_timeout=1.0, poll_interval=0.1)
+    for run in (result, again):
+        (study,) = run.sessions
+        assert not run.ok and study.verify.processing and not study.verify.parked
+        summary = study.verify.summary()
+        assert summary.startswith("XNAT was still processing this upload when the wait ran out (6/8 files"), summary
+        assert "short" not in summary
+    assert again.sessions[0].files_sent == 0
 
 
 # -- 8: two series sharing a SeriesNumber ------------------------------------------------------------

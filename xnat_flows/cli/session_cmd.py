@@ -96,6 +96,17 @@ def upload(
         bool, typer.Option("--into-other-study", help="Upload even into a session holding another study.")
     ] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare.")] = True,
+    verify_timeout: Annotated[
+        float,
+        typer.Option(
+            "--verify-timeout",
+            metavar="SECONDS",
+            min=1,
+            max=86400,
+            help="Seconds --verify waits for the archive (a session XNAT routes through its prearchive is "
+            "archived after XNAT's idle interval).",
+        ),
+    ] = 600.0,
     duplicates: DuplicatesOption = "newest",
     skip_truncated: SkipTruncatedOption = False,
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
@@ -149,6 +160,7 @@ def upload(
             archive_when_complete=archive_when_complete,
             per_study=per_study,
             verify=verify,
+            verify_timeout_seconds=verify_timeout,
             transport="gradual-dicom" if gradual else "dicom-zip",
             allow_other_study=into_other_study,
             duplicates=duplicates,
@@ -189,6 +201,7 @@ def upload(
                 journal=UploadJournal(),
                 progress=progress,
                 verify=verify,
+                verify_timeout=verify_timeout,
                 allow_other_study=into_other_study,
                 anonymizer=anonymizer,
             )
@@ -438,8 +451,25 @@ def _report(result: UploadResult, sending_seconds: float | None = None) -> None:
             "on its own; look at both sessions, then run one of the commands above.",
             err=True,
         )
+    elif not result.ok and _only_still_processing(result):
+        typer.echo(
+            "Not verified yet: XNAT is still archiving what was sent. Run the same command again later to check "
+            "(files already delivered are not sent again).",
+            err=True,
+        )
     elif not result.ok:
         typer.echo("Upload incomplete: run the same command again to send only what did not land.", err=True)
+
+
+def _only_still_processing(result: UploadResult) -> bool:
+    """Everything was sent and the only shortfall is XNAT still at work on it (its verification ran out meanwhile)."""
+    return all(
+        not study.failed_files
+        and all(batch.ok for batch in study.batches)
+        and not study.parked
+        and (study.verify is None or study.verify.ok or study.verify.processing)
+        for study in result.sessions
+    ) and any(study.verify is not None and study.verify.processing for study in result.sessions)
 
 
 @app.command("send-dicom")

@@ -329,9 +329,10 @@ def verify_session(
             break
         if time.monotonic() - started >= wait_timeout:
             if not processing and not result.ok and prearchive_before is not None and not in_prearchive:
-                # Short counts while XNAT still holds this upload in the prearchive (a label already
-                # archived sends it there, to wait for the idle timer): not files missing, work in progress.
-                processing = _processing(client, target, study_uids, prearchive_before)
+                # Short counts while XNAT still holds this study in the prearchive (a label already
+                # archived sends it there, to wait for the idle timer): not files missing, work in
+                # progress, also when an earlier run of this upload put it there.
+                processing = _processing(client, target, study_uids, frozenset())
             if processing:
                 result = dataclasses.replace(result, ok=False, processing=True)
             break
