@@ -264,3 +264,25 @@ def test_statements_apply_top_to_bottom() -> None:
 def test_assigning_a_value_to_a_sequence_is_refused() -> None:
     with pytest.raises(AnonError, match="sequence"):
         run('(0008,1110) := "x"')
+
+
+def test_a_call_with_literal_arguments_only_gives_its_value_and_its_errors_per_file() -> None:
+    """Such a call is worked out once when the script compiles; one its function refuses still
+    compiles and fails each file it is applied to, naming the line, as any other call does."""
+    assert run('(0010,1010) := format["{0}Y", "042"]').PatientAge == "042Y"
+    anonymizer = compile_script('version "6.1"\n(0010,0010) := substring["ABC", "x"]\n')
+    for _ in range(2):
+        with pytest.raises(AnonError, match="line 2: substring begin must be a number"):
+            anonymizer.apply_bytes(part10(), VARIABLES)
+
+
+def test_new_uid_derives_from_the_original_sop_instance_uid_even_after_the_script_changed_it() -> None:
+    """The original SOP Instance UID is read before the first statement when a script uses new UID."""
+    from xnat_flows.anon.functions import derived_uid
+
+    data = part10()
+    original = read(data).SOPInstanceUID
+    anonymizer = compile_script('version "6.1"\n(0008,0018) := hashUID[(0008,0018)]\n(0020,000D) := new UID\n')
+    ds = read(anonymizer.apply_bytes(data, VARIABLES))
+    assert ds.SOPInstanceUID == hash_uid(original)
+    assert ds.StudyInstanceUID == derived_uid(anonymizer.digest, "3:16", original)

@@ -132,6 +132,50 @@ def test_large_files_are_rewritten_from_their_header_alone(tmp_path: Path, monke
             assert sent.sop_instance_uid == pydicom.dcmread(__import__("io").BytesIO(expected)).SOPInstanceUID
 
 
+def test_the_dry_run_reads_more_first_bytes_only_when_a_header_needs_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headers that fit in HEAD_PROBE bytes are rewritten from those; once one does not (a long private
+    block), the run reads HEAD_BYTES, still without reading whole files, and the bytes sent are the
+    script's output for the whole file."""
+    from xnat_flows.anon import compile_script
+    from xnat_flows.testing.synth import write_studies
+    from xnat_flows.transfer import deidentify
+    from xnat_flows.transfer import scan as scan_module
+
+    write_studies(tmp_path / "study", series=1, instances=4, instance_kb=256, seed=9, pixels="random")
+    paths = sorted(p for p in (tmp_path / "study").rglob("IM*") if p.is_file())  # one series: no suffix
+    for path in paths[1:3]:  # two files of the study carry a 30 KB private block before the UIDs
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00190010, "LO", "XNAT_FLOWS TEST")
+        ds.add_new(0x00191000, "OB", b"\x01" * 30000)
+        ds.save_as(path)
+    scan = scan_directory(tmp_path / "study")
+    script = compile_script('version "6.1"\n(0010,0010) := subject\n(0020,000D) := hashUID[(0020,000D)]\n')
+    reads: list[int] = []
+    real_read_head = deidentify._read_head
+
+    def counting(item, count):  # type: ignore[no-untyped-def]
+        reads.append(count)
+        return real_read_head(item, count)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(deidentify, "_read_head", counting)
+        patched.setattr(scan_module, "read_exactly", lambda *a, **k: pytest.fail("the dry run read a whole file"))
+        done = deidentify_files(scan.files, script, VARIABLES)
+    assert not done.refused and len(done.files) == 4
+    long_first = next(i for i, f in enumerate(scan.files) if f.path in paths[1:3])
+    probe, whole_head = deidentify.HEAD_PROBE, deidentify.HEAD_BYTES
+    # short headers before the first long one: one probe each; then the long one needs a second read,
+    # and every file after it is read to HEAD_BYTES at once
+    assert reads == [probe] * long_first + [probe, whole_head] + [whole_head] * (3 - long_first)
+    for original, sent in zip(scan.files, done.files, strict=True):
+        expected = script.apply_bytes(original.path.read_bytes(), VARIABLES)
+        assert sent.rewrite is not None and sent.rewrite.head is not None
+        assert b"".join(read_exactly(sent)) == expected
+        assert sent.study_uid == pydicom.dcmread(__import__("io").BytesIO(expected)).StudyInstanceUID
+
+
 def test_the_dry_run_takes_the_rewritten_uids_from_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The dry run groups by the UIDs of the dataset the script rewrote, without parsing the
     rewritten bytes again; they are the UIDs of the bytes sent."""

@@ -78,7 +78,7 @@ def _top_level_values(
             continue
         if element.is_sequence or element.undefined:
             return None
-        values[tag] = bytes(element.value)
+        values[tag] = element.raw()
     return values
 
 
@@ -172,7 +172,9 @@ class Anonymizer:
             ds.file_meta = result.file_meta
 
     def _check_variables(self, variables: Mapping[str, str] | None) -> dict[str, str]:
-        given = dict(variables or {})
+        given = dict(variables or {})  # a copy: the script may assign variables of its own
+        if self.required_variables <= given.keys():
+            return given
         missing = sorted(name for name in self.required_variables if name not in given)
         if missing:
             raise AnonError(f"{self.description} needs the variable(s) {', '.join(missing)}, which were not given")

@@ -14,10 +14,12 @@ import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 UUID_ROOT = "2.25"
 
 
+@lru_cache(maxsize=1024)  # a study's and a series' UIDs recur in each of their files: hashed once
 def hash_uid(value: str) -> str:
     """DicomEdit's ``hashUID``: a ``2.25.`` UID (PS3.5 B.2) from a name-based (version 5,
     SHA-1) UUID of the value's UTF-8 bytes with an empty namespace, so every site hashing the same

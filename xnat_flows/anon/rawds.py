@@ -100,6 +100,7 @@ CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 # Python codecs for a Specific Character Set (pydicom's names) whose first code table is ASCII, with
 # no code extensions: text that is ASCII encodes to the same bytes in them.
 _ASCII_FIRST = frozenset({"iso8859", "latin_1", "UTF8", "utf_8"})
+_NO_CODECS: list[str] = []  # what ``encode_value`` is given for a value outside the Specific Character Set
 NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 
 
@@ -184,6 +185,12 @@ class Element:
             return self._value
         return memoryview(self.source)[self.value_start : self.end - (8 if self.undefined else 0)]
 
+    def raw(self) -> bytes:
+        """``value`` as bytes: one copy of the original span, not a view then a copy."""
+        if self._value is not None:
+            return self._value
+        return self.source[self.value_start : self.end - (8 if self.undefined else 0)]
+
     @property
     def is_sequence(self) -> bool:
         return self.item_encoding is not None and self.tag != PIXEL_DATA
@@ -196,7 +203,7 @@ class Element:
                 self._items = []
             else:
                 assert self.item_encoding is not None
-                self._items = _parse_items(bytes(self.value), self.item_encoding, self.tag, charsets)
+                self._items = _parse_items(self.raw(), self.item_encoding, self.tag, charsets)
         return self._items
 
     def subtree_changed(self) -> bool:
@@ -279,7 +286,7 @@ class Node:
             if element is None:
                 self.charsets = self.parent_charsets or ["iso8859"]
             else:
-                names = bytes(element.value).decode("ascii", "replace").strip(" \0").split("\\")
+                names = element.raw().decode("ascii", "replace").strip(" \0").split("\\")
                 self.charsets = dicom_charset.convert_encodings([n.strip() for n in names] or [""])
         return self.charsets
 
@@ -306,12 +313,15 @@ class Node:
         target_vr = element.vr if element is not None else (vr or _creation_vr(tag))
         if target_vr == "SQ":
             raise AnonError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is a sequence; a script cannot assign text to it")
-        encoded = encode_value(text, target_vr, self.encoding, self.encodings())
+        # only text in the Specific Character Set needs the dataset's codecs
+        encodings = self.encodings() if target_vr in CHARSET_VRS else _NO_CODECS
+        encoded = encode_value(text, target_vr, self.encoding, encodings)
         if element is None:
             element = Element(tag, target_vr, b"", 0, 0, 0, False, None)
             self.elements[tag] = element
             self.added = True
-        if element.changed is False and bytes(element.value) == encoded and element.vr == target_vr:
+        # a memoryview of the original compares with the bytes without copying them
+        if element.changed is False and element.vr == target_vr and element.value == encoded:
             return  # same bytes: leave the original span (keeps untouched files byte-identical)
         element.set_value(encoded, target_vr)
         if tag == SPECIFIC_CHARACTER_SET:
@@ -338,7 +348,7 @@ class Node:
         wanted = creator.strip()
         for nn in range(0x10, 0x100):
             element = self.get((group << 16) | nn)
-            if element is not None and bytes(element.value).decode("latin-1").strip(" \0") == wanted:
+            if element is not None and element.raw().decode("latin-1").strip(" \0") == wanted:
                 return nn
         return None
 
@@ -424,18 +434,20 @@ def parse_dataset(
     short_unpack = short.unpack_from
     short_vr_of = short_vrs.get
     while pos < end:
-        start = pos
         if not implicit:
             # Fast path, most elements: a short explicit VR (never a sequence) before Pixel Data.
             group, elem, raw_vr, length = short_unpack(data, pos)
             vr = short_vr_of(raw_vr)
-            if vr is not None and group < 0x7FE0 and (group << 16 | elem) <= last_tag:
-                value_end = pos + 8 + length
-                if value_end + 8 > end and value_end != end:
-                    raise _truncated(group << 16 | elem, start)
-                elements[group << 16 | elem] = (vr, data, pos, pos + 8, value_end, False, None)
-                pos = value_end
-                continue
+            if vr is not None and group < 0x7FE0:
+                tag = group << 16 | elem
+                if tag <= last_tag:
+                    value_end = pos + 8 + length
+                    if value_end + 8 > end and value_end != end:
+                        raise _truncated(tag, pos)
+                    elements[tag] = (vr, data, pos, pos + 8, value_end, False, None)
+                    pos = value_end
+                    continue
+        start = pos
         if implicit:
             group, elem, length = implicit_struct.unpack_from(data, pos)
             tag = group << 16 | elem
@@ -580,7 +592,7 @@ def parse_part10(data: bytes, *, up_to: int | None = None, file_size: int | None
     if len(data) >= pos + 6 and data[pos : pos + 2] == b"\x02\x00":
         meta_end = pos
         # File Meta is explicit VR little endian and ends where group 0002 ends.
-        while meta_end + 8 <= len(data) and data[meta_end : meta_end + 2] == b"\x02\x00":
+        while meta_end + 8 <= len(data) and data.startswith(b"\x02\x00", meta_end):
             vr = data[meta_end + 4 : meta_end + 6].decode("latin-1")
             if vr in LONG_VRS:
                 meta_end += 12 + _UL_LE.unpack_from(data, meta_end + 8)[0]
@@ -680,8 +692,11 @@ def _check_head(prefix: bytes, stop: int, encoding: Encoding, up_to: int | None,
         raise _NeedWholeFile  # a whole-file parse would index what follows Pixel Data
 
 
+_PIXEL_TAG = {True: struct.pack("<HH", 0x7FE0, 0x0010), False: struct.pack(">HH", 0x7FE0, 0x0010)}
+
+
 def _pixel_tag(encoding: Encoding) -> bytes:
-    return struct.pack(f"{encoding.prefix}HH", 0x7FE0, 0x0010)
+    return _PIXEL_TAG[encoding.little]
 
 
 def _looks_like_dataset(data: bytes) -> bool:
@@ -707,7 +722,7 @@ def _check_tail(instance: Instance, body: bytes, stop: int) -> None:
 
 def decode_value(element: Element, encoding: Encoding, encodings: Sequence[str]) -> str:
     vr = element.vr
-    raw = bytes(element.value)
+    raw = element.raw()
     if element.is_sequence:
         return ""
     if vr in TEXT_VRS:
@@ -761,16 +776,25 @@ def encode_value(text: str, vr: str, encoding: Encoding, encodings: list[str]) -
 # --- writing ---------------------------------------------------------------------------------------
 
 
+# element headers by byte order: implicit VR, explicit with a 4-byte length, explicit with a 2-byte one
+_HEADERS = {
+    little: (struct.Struct(f"{order}HHL"), struct.Struct(f"{order}HH2s2xL"), struct.Struct(f"{order}HH2sH"))
+    for little, order in ((True, "<"), (False, ">"))
+}
+_VR_BYTES = {vr: vr.encode("ascii") for vr in KNOWN_VRS}
+
+
 def _header(tag: int, vr: str, length: int, encoding: Encoding) -> bytes:
-    prefix = encoding.prefix
+    implicit, long_form, short_form = _HEADERS[encoding.little]
     group, elem = tag >> 16, tag & 0xFFFF
     if encoding.implicit:
-        return struct.pack(f"{prefix}HHL", group, elem, length)
+        return implicit.pack(group, elem, length)
+    vr_bytes = _VR_BYTES.get(vr) or vr.encode("ascii")
     if vr in LONG_VRS:
-        return struct.pack(f"{prefix}HH2s2xL", group, elem, vr.encode("ascii"), length)
+        return long_form.pack(group, elem, vr_bytes, length)
     if length > 0xFFFF:
         raise AnonError(f"value of ({group:04X},{elem:04X}) is too long for VR {vr} ({length} bytes)")
-    return struct.pack(f"{prefix}HH2sH", group, elem, vr.encode("ascii"), length)
+    return short_form.pack(group, elem, vr_bytes, length)
 
 
 def _item_header(tag: int, length: int, encoding: Encoding) -> bytes:
@@ -780,17 +804,16 @@ def _item_header(tag: int, length: int, encoding: Encoding) -> bytes:
 def encode_node(node: Node, out: list[bytes | memoryview], only: Callable[[int], bool] | None = None) -> None:
     """Append the encoded elements of ``node`` to ``out``: untouched runs as original slices."""
     encoding = node.encoding
-    tags = sorted(node.elements) if node.added else list(node.elements)
+    entries = sorted(node.elements.items()) if node.added else list(node.elements.items())
     if only is not None:
-        tags = [tag for tag in tags if only(tag)]
+        entries = [(tag, entry) for tag, entry in entries if only(tag)]
     changed = node.changed
     run_source: bytes | None = None
     run_start = run_end = 0
-    for tag in tags:
-        entry = node.elements[tag]
-        if changed and tag & 0xFFFF == 0 and tag >> 16 != 0x0002:
+    for tag, entry in entries:
+        if changed and not tag & 0xFFFF and tag >> 16 != 0x0002:
             continue  # a stale group length in a dataset that changed (retired element)
-        if isinstance(entry, tuple):
+        if isinstance(entry, tuple):  # never looked at: its original span
             source, start, end = entry[1], entry[2], entry[4]
         elif not entry.changed and not (entry._items is not None and entry.subtree_changed()):
             source, start, end = entry.source, entry.start, entry.end

@@ -15,6 +15,7 @@ Semantics follow XNAT's DicomEdit 6 Language Reference; where it is silent, the 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xnat_flows.anon.errors import AnonError
@@ -173,47 +174,104 @@ Statement = (
 )
 
 
-# --- evaluation ---------------------------------------------------------------------------------
+# --- compiled form ------------------------------------------------------------------------------
+# A script's statements are turned once into Python closures (``compile_program``), so a file's run
+# is a call per statement: no walk of the program's tree and no dispatch on node types per file.
+
+Getter = Callable[[Node, Context], "str | None"]
+Action = Callable[[Node, Context], None]
 
 
-def evaluate(value: Value, node: Node, context: Context) -> str | None:
+def compile_value(value: Value) -> Getter:
+    """``value`` as a function of the dataset and the file's context."""
     if isinstance(value, Literal):
-        return value.text
+        text = value.text
+        return lambda node, context: text
     if isinstance(value, Variable):
-        if value.name not in context.variables:
-            raise AnonError(f"the script reads variable {value.name!r}, which is neither given nor assigned")
-        return context.variables[value.name]
+        name = value.name
+
+        def variable(node: Node, context: Context) -> str | None:
+            try:
+                return context.variables[name]
+            except KeyError:
+                raise AnonError(f"the script reads variable {name!r}, which is neither given nor assigned") from None
+
+        return variable
     if isinstance(value, TagValue):
         exact = value.tag
         if exact is not None:
-            return node.string(exact)
-        for target, tag in value.path.targets(node):
-            return target.string(tag)
-        return None
+            return lambda node, context: node.string(exact)
+        path = value.path
+
+        def first_target(node: Node, context: Context) -> str | None:
+            for target, tag in path.targets(node):
+                return target.string(tag)
+            return None
+
+        return first_target
     if isinstance(value, NewValue):
-        return derived_uid(context.digest, f"{value.position.line}:{value.position.column}", context.original_uid)
+        where = f"{value.position.line}:{value.position.column}"
+        return lambda node, context: derived_uid(context.digest, where, context.original_uid)
     if isinstance(value, Fetch):
-        return value.fetcher.fetch((evaluate(value.url, node, context) or "").strip(), value.position.line)
-    args = [evaluate(arg, node, context) for arg in value.args]
-    try:
-        return VALUE_FUNCTIONS[value.name].call(*args)
-    except FunctionError as exc:
-        raise AnonError(f"line {value.position.line}: {exc}") from exc
+        url, fetcher, line = compile_value(value.url), value.fetcher, value.position.line
+        return lambda node, context: fetcher.fetch((url(node, context) or "").strip(), line)
+    return _compile_call(value)
 
 
-def _holds(condition: Condition, node: Node, context: Context) -> bool:
-    left = evaluate(condition.left, node, context) or ""
+def _compile_call(value: Call) -> Getter:
+    function = VALUE_FUNCTIONS[value.name].call
+    line = value.position.line
+    if all(isinstance(arg, Literal) for arg in value.args):
+        # the functions are pure: literal arguments give one value, worked out here once (an
+        # argument the function refuses fails each file, as it would without this)
+        try:
+            folded = function(*(arg.text for arg in value.args if isinstance(arg, Literal)))
+        except FunctionError:
+            pass
+        else:
+            return lambda node, context: folded
+    args = tuple(compile_value(arg) for arg in value.args)
+
+    def call(node: Node, context: Context) -> str | None:
+        try:
+            return function(*[arg(node, context) for arg in args])
+        except FunctionError as exc:
+            raise AnonError(f"line {line}: {exc}") from exc
+
+    if len(args) == 1:  # most calls (hashUID, uppercase...): no argument list built
+        (only,) = args
+
+        def call_one(node: Node, context: Context) -> str | None:
+            try:
+                return function(only(node, context))
+            except FunctionError as exc:
+                raise AnonError(f"line {line}: {exc}") from exc
+
+        return call_one
+    return call
+
+
+def _compile_condition(condition: Condition) -> Callable[[Node, Context], bool]:
+    left = compile_value(condition.left)
+    right = compile_value(condition.right)
     op = condition.op
     if op in ("=", "!="):
-        right = evaluate(condition.right, node, context) or ""
-        return (left == right) == (op == "=")
+        equal = op == "="
+        return lambda node, context: ((left(node, context) or "") == (right(node, context) or "")) == equal
+    matches = op == "~"
     regex = condition.regex
-    if regex is None:
+    if regex is not None:
+        return lambda node, context: (regex.fullmatch(left(node, context) or "") is not None) == matches
+
+    def holds(node: Node, context: Context) -> bool:
+        text = left(node, context) or ""
         try:
-            regex = re.compile(evaluate(condition.right, node, context) or "")
+            pattern = re.compile(right(node, context) or "")
         except re.error as exc:
             raise AnonError(f"invalid regular expression in a condition: {exc}") from exc
-    return (regex.fullmatch(left) is not None) == (op == "~")
+        return (pattern.fullmatch(text) is not None) == matches
+
+    return holds
 
 
 def assign(node: Node, tag: int, text: str, context: Context) -> None:
@@ -228,57 +286,160 @@ def assign(node: Node, tag: int, text: str, context: Context) -> None:
     node.put(tag, text)
 
 
-def execute(statement: Statement, node: Node, context: Context) -> None:
+def compile_statement(statement: Statement) -> Action:
+    """``statement`` as a function applied to the dataset with the file's context."""
     if isinstance(statement, AssignTag):
-        text = evaluate(statement.value, node, context) or ""
-        if statement.tag is not None:
-            assign(node, statement.tag, text, context)
-            return
-        for target, tag in list(statement.path.targets(node, create=True)):
+        return _compile_assign(statement)
+    if isinstance(statement, AssignVariable):
+        name, value = statement.name, compile_value(statement.value)
+
+        def assign_variable(node: Node, context: Context) -> None:
+            context.variables[name] = value(node, context) or ""
+
+        return assign_variable
+    if isinstance(statement, Delete):
+        return _compile_delete(statement)
+    if isinstance(statement, Conditional):
+        holds = _compile_condition(statement.condition)
+        then = compile_statement(statement.then)
+        if statement.otherwise is None:
+
+            def when(node: Node, context: Context) -> None:
+                if holds(node, context):
+                    then(node, context)
+
+            return when
+        otherwise = compile_statement(statement.otherwise)
+
+        def either(node: Node, context: Context) -> None:
+            (then if holds(node, context) else otherwise)(node, context)
+
+        return either
+    if isinstance(statement, RemoveAllPrivate):
+        return lambda node, context: remove_private(node, ())
+    if isinstance(statement, RetainPrivate):
+        patterns = statement.patterns
+        return lambda node, context: remove_private(node, patterns)
+    if isinstance(statement, AlterPixels):
+        edit = statement.edit
+        return lambda node, context: context.pixel_edits.append(edit)
+    if isinstance(statement, MapReferencedUids):
+        prefix = compile_value(statement.prefix)
+        paths, line = statement.paths, statement.position.line
+        return lambda node, context: map_referenced_uids(prefix, paths, line, node, context)
+    value = compile_value(statement.value)  # echo: evaluated for its errors; never printed
+
+    def echo(node: Node, context: Context) -> None:
+        value(node, context)
+
+    return echo
+
+
+def _compile_assign(statement: AssignTag) -> Action:
+    value = compile_value(statement.value)
+    exact = statement.tag
+    if exact is not None:
+        if exact not in IDENTIFYING_TAGS:  # never recorded in a mapping: put directly
+
+            def put(node: Node, context: Context) -> None:
+                node.put(exact, value(node, context) or "")
+
+            return put
+
+        def put_recorded(node: Node, context: Context) -> None:
+            text = value(node, context) or ""
+            if context.mapping is None:
+                node.put(exact, text)
+            else:
+                assign(node, exact, text, context)
+
+        return put_recorded
+    path = statement.path
+
+    def put_each(node: Node, context: Context) -> None:
+        text = value(node, context) or ""
+        for target, tag in list(path.targets(node, create=True)):
             assign(target, tag, text, context)
-    elif isinstance(statement, AssignVariable):
-        context.variables[statement.name] = evaluate(statement.value, node, context) or ""
-    elif isinstance(statement, Delete):
-        if statement.tag is not None:
-            node.delete(statement.tag)
-            return
-        last = statement.path.last
-        if last.index is not None:
-            for parent, tag, index in reversed(list(statement.path.items_named(node))):
+
+    return put_each
+
+
+def _compile_delete(statement: Delete) -> Action:
+    exact = statement.tag
+    if exact is not None:
+
+        def delete(node: Node, context: Context) -> None:
+            node.delete(exact)
+
+        return delete
+    path = statement.path
+    if path.last.index is not None:
+
+        def delete_items(node: Node, context: Context) -> None:
+            for parent, tag, index in reversed(list(path.items_named(node))):
                 element = parent.get(tag)
                 assert element is not None
                 del parent.items(element)[index]
                 element.changed = True
-        else:
-            for target, tag in list(statement.path.targets(node)):
-                target.delete(tag)
-    elif isinstance(statement, Conditional):
-        if _holds(statement.condition, node, context):
-            execute(statement.then, node, context)
-        elif statement.otherwise is not None:
-            execute(statement.otherwise, node, context)
-    elif isinstance(statement, RemoveAllPrivate):
-        remove_private(node, ())
-    elif isinstance(statement, RetainPrivate):
-        remove_private(node, statement.patterns)
-    elif isinstance(statement, AlterPixels):
-        context.pixel_edits.append(statement.edit)
-    elif isinstance(statement, MapReferencedUids):
-        map_referenced_uids(statement, node, context)
-    elif isinstance(statement, Echo):
-        evaluate(statement.value, node, context)  # evaluated for its errors; never printed
+
+        return delete_items
+
+    def delete_each(node: Node, context: Context) -> None:
+        for target, tag in list(path.targets(node)):
+            target.delete(tag)
+
+    return delete_each
 
 
-def map_referenced_uids(statement: MapReferencedUids, node: Node, context: Context) -> None:
+def _uses_new_uid(value: Value) -> bool:
+    if isinstance(value, NewValue):
+        return True
+    if isinstance(value, Call):
+        return any(_uses_new_uid(arg) for arg in value.args)
+    if isinstance(value, Fetch):
+        return _uses_new_uid(value.url)
+    return False
+
+
+def _statement_values(statement: Statement) -> list[Value]:
+    if isinstance(statement, (AssignTag, AssignVariable, Echo)):
+        return [statement.value]
+    if isinstance(statement, MapReferencedUids):
+        return [statement.prefix]
+    if isinstance(statement, Conditional):
+        found = [statement.condition.left, statement.condition.right, *_statement_values(statement.then)]
+        return found + (_statement_values(statement.otherwise) if statement.otherwise is not None else [])
+    return []
+
+
+def compile_program(statements: tuple[Statement, ...]) -> Action:
+    """The statements as one function: each applied in turn to the dataset with the file's context.
+
+    ``new UID`` derives from the instance's original SOP Instance UID, read before the first
+    statement (only when the program has one).
+    """
+    actions = tuple(compile_statement(statement) for statement in statements)
+    needs_original_uid = any(_uses_new_uid(v) for statement in statements for v in _statement_values(statement))
+
+    def run(node: Node, context: Context) -> None:
+        if needs_original_uid:
+            context.original_uid = node.string(SOP_INSTANCE_UID) or ""
+        for action in actions:
+            action(node, context)
+
+    return run
+
+
+def map_referenced_uids(prefix_value: Getter, paths: tuple[Path, ...], line: int, node: Node, context: Context) -> None:
     """Each attribute a path names, at whatever depth, gets its UID mapped under the prefix; an
     attribute two paths name is mapped once (dicom-edit6 visits each element once, first matching
     path). Each value of a multi-valued attribute is mapped; an empty one stays empty."""
-    prefix = (evaluate(statement.prefix, node, context) or "").strip()
+    prefix = (prefix_value(node, context) or "").strip()
     problem = check_uid_prefix(prefix)
     if problem is not None:
-        raise AnonError(f"line {statement.position.line}: mapReferencedUIDs: {problem}")
+        raise AnonError(f"line {line}: mapReferencedUIDs: {problem}")
     done: set[tuple[int, int]] = set()
-    for path in statement.paths:
+    for path in paths:
         for target, tag in list(path.targets(node)):
             if (id(target), tag) in done:
                 continue
@@ -307,9 +468,3 @@ def remove_private(node: Node, keep: tuple[TagPattern, ...]) -> None:
             assert element is not None
             for item in node.items(element):
                 remove_private(item, keep)
-
-
-def run(statements: tuple[Statement, ...], node: Node, context: Context) -> None:
-    context.original_uid = node.string(SOP_INSTANCE_UID) or ""
-    for statement in statements:
-        execute(statement, node, context)

@@ -43,7 +43,7 @@ from xnat_flows.anon.runtime import (
     TagValue,
     Value,
     Variable,
-    run,
+    compile_program,
 )
 from xnat_flows.anon.urls import UrlAccess, UrlFetcher
 
@@ -441,10 +441,11 @@ class ScriptProgram:
         self.statements = statements
         self.digest = digest
         self.up_to = up_to
+        self._run = compile_program(statements)  # closures built once, called per file
 
     def run(self, dataset: Node, context: Context) -> None:
         context.digest = self.digest
-        run(self.statements, dataset, context)
+        self._run(dataset, context)
 
 
 def compile_script(text: str, *, source: str = "<script>", url_access: UrlAccess | None = None) -> Anonymizer:

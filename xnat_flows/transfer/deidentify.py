@@ -6,7 +6,7 @@ they share (``scan.read_exactly``; the C-STORE sender's ``cstore.dataset.dataset
 
 The originals are never modified and no copy of the study is written: ``deidentify_files``
 applies the script once to every file before anything is sent (a dry run, in memory, one file
-at a time) — to the file's first bytes only (``HEAD_BYTES``) when they hold the whole header
+at a time) — to the file's first bytes only (``HEAD_PROBE``, then ``HEAD_BYTES``) when they hold the whole header
 the script reads (``anon.Anonymizer.rewrite_head``), the pixel data neither read nor copied then,
 else to the whole file — and returns ``DicomFile`` entries that describe the *rewritten* instance — its size
 and its SOP, series and study UIDs as the script makes them (``anon.Anonymizer.rewrite_head_reading``
@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from xnat_flows.client.errors import InputError
 from xnat_flows.transfer.part10 import (
     SERIES_KEY_TAGS,
-    FileMeta,
     SeriesKeys,
+    has_magic,
     read_file_meta,
     read_series_keys,
     series_keys,
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 NOT_DEIDENTIFIED = "not de-identified, not sent"
 _KEYS_HEAD = 65536  # the UIDs sit in the dataset's first bytes; the rest is read only if not
 HEAD_BYTES = 65536  # the dry run reads a file's first bytes; the whole file only if its header is longer
+HEAD_PROBE = 16384  # read first: most headers fit; after one that does not, a run reads HEAD_BYTES
 HEAD_CACHE_BYTES = 256 << 20  # rewritten headers kept per dry run (~40,000 files of ~6 KB)
 _TAIL_STEPS = (65536, 4096, 256)  # the shared tail is found in 64 KB, 4 KB, then 256-byte steps
 
@@ -247,17 +248,17 @@ def _window_keys(first_bytes: bytes) -> _Keys | None:
     keys = read_series_keys(memoryview(first_bytes)[:_KEYS_HEAD], meta)
     if keys is None and len(first_bytes) > _KEYS_HEAD:
         keys = read_series_keys(first_bytes, meta)
-    return None if keys is None else _keys(keys, meta)
+    return None if keys is None else _keys(keys, meta.transfer_syntax)
 
 
-def _keys(keys: SeriesKeys, meta: FileMeta) -> _Keys:
+def _keys(keys: SeriesKeys, transfer_syntax: str) -> _Keys:
     return _Keys(
         keys.sop_class_uid,
         keys.sop_instance_uid,
         keys.study_uid,
         keys.series_uid,
         keys.series_number,
-        meta.transfer_syntax,
+        transfer_syntax,
     )
 
 
@@ -286,11 +287,11 @@ def _keys_of(part10: bytes) -> _Keys:
     )
 
 
-def _read_head(item: DicomFile) -> bytes:
-    """The file's first ``HEAD_BYTES``; fails as ``read_exactly`` does if it changed since the scan."""
+def _read_head(item: DicomFile, count: int) -> bytes:
+    """The file's first ``count`` bytes; fails as ``read_exactly`` does if it changed since the scan."""
     try:
         with open(item.path, "rb") as handle:
-            prefix = handle.read(HEAD_BYTES)
+            prefix = handle.read(count)
             now = os.fstat(handle.fileno())
     except OSError as exc:
         raise InputError(f"Cannot read {item.path}: {exc.strerror or exc}", hint="Check the file and re-run") from None
@@ -334,28 +335,45 @@ def _head_step(anonymizer: Anonymizer, variables: Mapping[str, str]) -> _HeadSte
     return None
 
 
-def _rewrite_from_head(item: DicomFile, step: _HeadStep) -> tuple[bytes, int, _Keys] | None:
-    """The file rewritten from its first bytes alone.
+def _rewrite_from_head(item: DicomFile, step: _HeadStep, first_read: int) -> tuple[bytes, int, _Keys, int] | None:
+    """The file rewritten from its first bytes alone: ``first_read`` of them, else ``HEAD_BYTES``.
 
     Returns:
         The rewritten header, where the original's verbatim tail starts, the rewritten instance's
         UIDs (from the dataset the engine rewrote when it gives them, else read from the rewritten
-        bytes); or None: read the whole file.
+        bytes), how many first bytes it took; or None: read the whole file.
     """
     if item.size <= HEAD_BYTES:
         return None
-    prefix = _read_head(item)
-    done = step(prefix, item.size)
-    if done is None:
-        return None
-    head, tail_start, values = done
-    keys = None
-    if values is not None and (found := series_keys(values)) is not None:
-        # the File Meta (transfer syntax, checked as a scanned file's is) leads the rewritten head
-        keys = _keys(found, read_file_meta(head or prefix))
-    if keys is None:
-        keys = _window_keys(head + prefix[tail_start:])
-    return None if keys is None else (head, tail_start, keys)
+    for count in (first_read, HEAD_BYTES) if first_read < HEAD_BYTES else (HEAD_BYTES,):
+        prefix = _read_head(item, count)
+        done = step(prefix, item.size)
+        if done is None:
+            continue  # the header reaches beyond these bytes (or no first bytes decide it)
+        head, tail_start, values = done
+        keys = None
+        if values is not None and (found := series_keys(values)) is not None:
+            keys = _keys(found, _rewritten_transfer_syntax(item, head or prefix))
+        if keys is None:
+            keys = _window_keys(head + prefix[tail_start:])
+        if keys is not None:
+            return head, tail_start, keys, count
+    return None
+
+
+def _rewritten_transfer_syntax(item: DicomFile, first_bytes: bytes) -> str:
+    """The transfer syntax of a file rewritten from ``item`` whose first bytes are ``first_bytes``.
+
+    A script's program runs on the dataset, never on the File Meta (the engine only makes its Media
+    Storage SOP UIDs follow the dataset's): a Part 10 file keeps the transfer syntax its scan read,
+    and its meta is not parsed again. Anything else is read (and checked) from the bytes.
+
+    Returns:
+        The Transfer Syntax UID.
+    """
+    if item.transfer_syntax and has_magic(first_bytes):
+        return item.transfer_syntax
+    return read_file_meta(first_bytes).transfer_syntax
 
 
 def _rewrite_whole(
@@ -414,11 +432,14 @@ def deidentify_files(
     by_sop: dict[str, DicomFile] = {}
     cache_left = head_cache_bytes
     head_step = _head_step(anonymizer, variables)
+    first_read = HEAD_PROBE  # HEAD_BYTES once a file's header did not fit: the files of a study are alike
     for original in files:
         if original.rewrite is not None:
             raise InputError(f"{original.relpath} is de-identified already", hint="De-identify a file list once")
         try:
-            from_head = _rewrite_from_head(original, head_step) if head_step is not None else None
+            from_head = _rewrite_from_head(original, head_step, first_read) if head_step is not None else None
+            if from_head is None or from_head[3] > first_read:
+                first_read = HEAD_BYTES
             if from_head is not None:
                 head: bytes | None = from_head[0]
                 tail_start, keys = from_head[1], from_head[2]
