@@ -43,6 +43,17 @@ def command_group(**settings: Any) -> typer.Typer:
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+VerifyTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--verify-timeout",
+        metavar="SECONDS",
+        min=1,
+        max=86400,
+        help="Seconds --verify waits for the archive (XNAT archives a session that arrives by C-STORE, or "
+        "through its prearchive, after its idle interval).",
+    ),
+]
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -26,6 +26,7 @@ from xnat_flows.cli.options import (
     EXIT_PARTIAL,
     Connection,
     JsonOption,
+    VerifyTimeoutOption,
     command_group,
     counted,
     sends_data,
@@ -96,17 +97,7 @@ def upload(
         bool, typer.Option("--into-other-study", help="Upload even into a session holding another study.")
     ] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Read the session back and compare.")] = True,
-    verify_timeout: Annotated[
-        float,
-        typer.Option(
-            "--verify-timeout",
-            metavar="SECONDS",
-            min=1,
-            max=86400,
-            help="Seconds --verify waits for the archive (a session XNAT routes through its prearchive is "
-            "archived after XNAT's idle interval).",
-        ),
-    ] = 600.0,
+    verify_timeout: VerifyTimeoutOption = 600.0,
     duplicates: DuplicatesOption = "newest",
     skip_truncated: SkipTruncatedOption = False,
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow upload-dicom-session.")] = False,
@@ -504,16 +495,7 @@ def send_dicom(
             "within --verify-timeout. Off (the default, as the send-dicom flow): the receiver's answers only.",
         ),
     ] = False,
-    verify_timeout: Annotated[
-        float,
-        typer.Option(
-            "--verify-timeout",
-            metavar="SECONDS",
-            min=1,
-            max=86400,
-            help="Seconds --verify waits for the archive (XNAT archives a C-STORE session after its idle interval).",
-        ),
-    ] = 600.0,
+    verify_timeout: VerifyTimeoutOption = 600.0,
     anon_script: AnonScriptOption = None,
     anon_profile: AnonProfileOption = None,
     anon_from_server: AnonFromServerOption = False,
