@@ -31,25 +31,40 @@ def prefect_cli() -> str:
     return shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
 
 
+class _RetryWhileBusyTransport(httpx.HTTPTransport):
+    """A Prefect server on SQLite answers 503 while its database is busy (the whole suite shares one
+    server in CI); that is load, not a failure of what is being tested. Prefect's own client retries
+    such answers too (`PREFECT_CLIENT_MAX_RETRIES`); every call here does, with a bounded backoff."""
+
+    ATTEMPTS = 6
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(self.ATTEMPTS):
+            response = super().handle_request(request)
+            if response.status_code != 503 or attempt == self.ATTEMPTS - 1:
+                return response
+            response.read()
+            response.close()
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+
 class PrefectApi:
     def __init__(self, api_url: str) -> None:
         # No keep-alive: the server drops idle connections after a few seconds, and the tests pause
         # longer than that (deploys, flow runs) between calls.
+        limits = httpx.Limits(max_keepalive_connections=0)
         self.http = httpx.Client(
-            base_url=api_url.rstrip("/") + "/", timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+            base_url=api_url.rstrip("/") + "/",
+            timeout=30,
+            transport=_RetryWhileBusyTransport(limits=limits),
         )
 
     def close(self) -> None:
         self.http.close()
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        # A Prefect server on SQLite answers 503 while its database is busy (the whole suite
-        # shares one server in CI); that is load, not a failure of what is being tested.
-        for attempt in range(6):
-            response = self.http.request(method, path, **kwargs)
-            if response.status_code != 503 or attempt == 5:
-                break
-            time.sleep(0.5 * 2**attempt)
+        response = self.http.request(method, path, **kwargs)
         response.raise_for_status()
         return response.json() if response.content else None
 
