@@ -101,6 +101,15 @@ class Anonymizer:
         self.required_variables = required_variables
         self.description = description
 
+    @property
+    def study_uid_follows_original(self) -> bool:
+        """The rewritten StudyInstanceUID depends on the original one and the given variables alone.
+
+        Decided from the program before any file is read (``anon.analysis``): the files of one
+        study keep one study, which the first file shows.
+        """
+        return bool(getattr(self._program, "study_uid_follows_original", False))
+
     def apply_bytes(
         self,
         part10: bytes,

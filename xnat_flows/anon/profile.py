@@ -137,6 +137,8 @@ class ProfileProgram:
         self.method = "\\".join(titles)
 
     up_to = None  # the profile looks at every attribute
+    # StudyInstanceUID is kept (retain-uids) or replaced by hashUID of itself (action U)
+    study_uid_follows_original = True
 
     def run(self, dataset: Node, context: Context) -> None:
         self._clean(dataset, context)

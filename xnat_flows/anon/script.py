@@ -17,6 +17,7 @@ from typing import Any
 import lark
 from lark import Token, Tree
 
+from xnat_flows.anon.analysis import study_uid_follows_original
 from xnat_flows.anon.engine import Anonymizer
 from xnat_flows.anon.errors import ScriptError
 from xnat_flows.anon.functions import STATEMENT_FUNCTIONS, URL_FUNCTION, VALUE_FUNCTIONS, check_uid_prefix
@@ -441,6 +442,7 @@ class ScriptProgram:
         self.statements = statements
         self.digest = digest
         self.up_to = up_to
+        self.study_uid_follows_original = study_uid_follows_original(statements)
         self._run = compile_program(statements)  # closures built once, called per file
 
     def run(self, dataset: Node, context: Context) -> None:
