@@ -46,6 +46,14 @@ class HashingAnonymizer:
         return out.getvalue()
 
 
+class StreamingHashingAnonymizer(HashingAnonymizer):
+    """``HashingAnonymizer`` declaring what it does: its StudyInstanceUID is hashUID of the original
+    alone (``anon.Anonymizer.study_uid_follows_original``), so a DICOM-zip upload rewrites a session
+    batch by batch as it is sent (``transfer.deidentify.StreamedDeidentification``)."""
+
+    study_uid_follows_original = True
+
+
 def mark_refused(path) -> None:
     ds = pydicom.dcmread(path)
     ds.PatientComments = REFUSE_MARK

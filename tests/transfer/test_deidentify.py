@@ -3,11 +3,12 @@ through, against the emulator over real sockets for DICOM-zip and gradual-DICOM.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from deid_helpers import HashingAnonymizer, hashed_uid, mark_refused, tree_hashes
+from deid_helpers import HashingAnonymizer, StreamingHashingAnonymizer, hashed_uid, mark_refused, tree_hashes
 from transfer_helpers import connect, write_study
 
 from xnat_flows.client.errors import InputError
@@ -288,15 +289,19 @@ def _assert_exactly_the_scripts_changes(emulator: XnatEmulator, label: str, orig
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("mode", ["tar", "zip", "gradual"])
+@pytest.mark.parametrize("mode", ["tar", "zip", "gradual", "streamed"])
 def test_an_upload_lands_with_exactly_the_scripts_changes_and_the_originals_unchanged(
-    xnat_emulator, client, tmp_path, mode
+    xnat_emulator, client, tmp_path, mode, mocker
 ) -> None:
+    """``streamed``: DICOM-zip (tar) with a script whose study follows the original, rewritten batch by batch."""
+    from xnat_flows.transfer.deidentify import StreamedDeidentification
+
     export = tmp_path / "export"
     originals = write_study(export, series=2, instances=3)
     before = tree_hashes(export)
     target = UploadTarget("TEST", "ANON01", f"ANON_{mode}")
-    anonymizer = HashingAnonymizer()
+    anonymizer = StreamingHashingAnonymizer() if mode == "streamed" else HashingAnonymizer()
+    batch_rewrites = mocker.spy(StreamedDeidentification, "rewrite")
     result = upload_session(
         client,
         export,
@@ -309,6 +314,8 @@ def test_an_upload_lands_with_exactly_the_scripts_changes_and_the_originals_unch
         **FAST,
     )
     assert result.ok, result
+    # streamed: each of the 2 batches rewritten just before its request, then the files verified
+    assert batch_rewrites.call_count == (3 if mode == "streamed" else 0)
     (study,) = result.sessions
     assert study.study_uid == hashed_uid(pydicom.dcmread(originals[0]).StudyInstanceUID)
     assert study.verify.ok and study.verify.found_count == 6  # verified on the rewritten UIDs
@@ -323,7 +330,7 @@ def test_an_upload_lands_with_exactly_the_scripts_changes_and_the_originals_unch
         workers=2,
         gradual=mode == "gradual",
         journal=UploadJournal(tmp_path / "journal"),
-        anonymizer=HashingAnonymizer(),
+        anonymizer=type(anonymizer)(),
         **FAST,
     )
     assert again.ok, again
@@ -352,17 +359,19 @@ def test_an_interrupted_deidentified_upload_resumes_sending_only_the_rest(xnat_e
 
 
 @pytest.mark.e2e
-def test_a_file_the_script_cannot_take_is_listed_not_sent_and_the_upload_fails(xnat_emulator, client, tmp_path) -> None:
+@pytest.mark.parametrize("anonymizer", [HashingAnonymizer, StreamingHashingAnonymizer])
+def test_a_file_the_script_cannot_take_is_listed_not_sent_and_the_upload_fails(
+    xnat_emulator, client, tmp_path, anonymizer
+) -> None:
     export = tmp_path / "export"
     originals = write_study(export, series=1, instances=3)
     mark_refused(originals[1])
-    result = upload_session(
-        client, export, UploadTarget("TEST", "ANON01", "REFUSED"), anonymizer=HashingAnonymizer(), **FAST
-    )
+    label = f"REFUSED_{anonymizer.__name__[:9]}"
+    result = upload_session(client, export, UploadTarget("TEST", "ANON01", label), anonymizer=anonymizer(), **FAST)
     assert not result.ok
     assert [r.path for r in result.not_deidentified] == [originals[1]]
-    assert result.files_sent == 2
-    sent = _archived_headers(xnat_emulator, "REFUSED")
+    assert result.files_sent == 2 and result.sessions[0].files == 2
+    sent = _archived_headers(xnat_emulator, label)
     refused_uid = str(pydicom.dcmread(originals[1]).SOPInstanceUID)
     assert len(sent) == 2 and refused_uid not in sent and hashed_uid(refused_uid) not in sent
 
@@ -379,3 +388,119 @@ def test_build_anonymizer_compiles_get_url_only_with_allowed_urls() -> None:
         build_anonymizer(script=script, allowed_urls=["ids.site.local"])
     request = Deidentification(script=script[1], allowed_urls=["https://ids.site.local/"])
     assert build_anonymizer(script=request.script_text(), allowed_urls=request.allowed_urls) is not None
+
+
+# -- a session rewritten batch by batch as it is sent (StreamedDeidentification) ---------------------------
+
+STREAM_VARIABLES = {"project": "TEST", "subject": "S", "session": "E"}
+
+
+def _streamed_plan(study_dir: Path, anonymizer):
+    from xnat_flows.transfer.session import plan_sessions
+
+    target = UploadTarget("TEST", "S", "E")
+    return deidentify_plan(plan_sessions(scan_directory(study_dir), target), anonymizer, streamed=True)
+
+
+def test_a_streamed_session_rewrites_as_a_whole_dry_run_would_whichever_batch_asks_first(study_dir: Path) -> None:
+    from xnat_flows.transfer.deidentify import as_sent, streamed_session
+    from xnat_flows.transfer.partition import partition_in_order
+
+    mark_refused(sorted(study_dir.rglob("IM*"))[2])
+    ((_, pending),), refused_early = _streamed_plan(study_dir, StreamingHashingAnonymizer())
+    whole = deidentify_files(scan_directory(study_dir).files, HashingAnonymizer(), STREAM_VARIABLES)
+    session = streamed_session(pending)
+    assert session is not None and not refused_early
+    # the destination is checked with the rewritten study, known from the first file
+    assert {f.study_uid for f in pending} == {whole.files[0].study_uid} == {session.study_uid}
+    with pytest.raises(RuntimeError, match="before it was rewritten"):
+        content_digest(pending[:1])  # a pending file can be neither journaled ...
+    with pytest.raises(RuntimeError, match="before it was rewritten"):
+        b"".join(read_exactly(pending[0]))  # ... nor sent as it is
+    batches = partition_in_order(pending, 3)
+    kept = {f.relpath for f in whole.files}
+    # the last batch asks first: the files before it are rewritten too, in the session's order
+    assert [f.relpath for f in session.rewrite(batches[-1])] == [f.relpath for f in batches[-1] if f.relpath in kept]
+    sent = as_sent(pending)
+    assert [(f.relpath, f.size, f.study_uid, f.sop_instance_uid) for f in sent] == [
+        (f.relpath, f.size, f.study_uid, f.sop_instance_uid) for f in whole.files
+    ]
+    assert content_digest(sent) == content_digest(whole.files)  # the same journal records
+    assert [r.path for r in session.refused] == [r.path for r in whole.refused]
+    for mine, theirs in zip(sent, whole.files, strict=True):
+        assert b"".join(read_exactly(mine)) == b"".join(read_exactly(theirs))
+
+
+def test_a_script_not_shown_to_keep_the_study_is_rewritten_whole_before_sending(study_dir: Path) -> None:
+    from xnat_flows.transfer.deidentify import streamed_session
+
+    ((_, files),), _ = _streamed_plan(study_dir, HashingAnonymizer())
+    assert streamed_session(files) is None
+    assert all(f.rewrite is not None and f.rewrite.head is not None for f in files)
+
+
+def test_a_streamed_session_whose_every_file_is_refused_is_dropped_with_them_listed(study_dir: Path) -> None:
+    paths = sorted(study_dir.rglob("IM*"))
+    for path in paths:
+        mark_refused(path)
+    planned, refused = _streamed_plan(study_dir, StreamingHashingAnonymizer())
+    assert planned == [] and sorted(r.path for r in refused) == paths
+
+
+class _SplitsLateStudies(StreamingHashingAnonymizer):
+    """Claims its study follows the original, yet gives series 2 another study:
+    what a wrong analysis would let through, for the check each streamed file meets before its request."""
+
+    def apply_bytes(self, part10, variables=None):
+        import io
+
+        ds = pydicom.dcmread(io.BytesIO(super().apply_bytes(part10, variables)))
+        if int(ds.SeriesNumber) == 2:
+            ds.StudyInstanceUID = ds.StudyInstanceUID + ".9"
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            return out.getvalue()
+        return super().apply_bytes(part10, variables)
+
+
+@pytest.mark.e2e
+def test_a_streamed_file_rewritten_to_another_study_stops_the_upload_unsent(xnat_emulator, client, tmp_path) -> None:
+    export = tmp_path / "export"
+    originals = write_study(export, series=2, instances=3)  # batches of 2 workers: series 1, series 2
+    with pytest.raises(InputError, match=r"series2/IM0001 StudyInstanceUID .* the upload stopped before sending it"):
+        upload_session(
+            client, export, UploadTarget("TEST", "ANON01", "SPLIT"), workers=2, anonymizer=_SplitsLateStudies(), **FAST
+        )
+    time.sleep(0.5)
+    xnat_emulator.rebuild_now()  # what was received is archived (Direct-Archive), as XNAT's idle timer would
+    sent = _archived_headers(xnat_emulator, "SPLIT")
+    studies = {str(ds.StudyInstanceUID) for ds in sent.values()}
+    first_study = hashed_uid(str(pydicom.dcmread(originals[0]).StudyInstanceUID))
+    assert studies <= {first_study}  # nothing of another study reached the session
+    assert len(sent) <= 3, sorted(sent)  # at most the first batch (series 1), never a file of series 2
+
+
+@pytest.mark.e2e
+def test_an_interrupted_streamed_upload_resumes_sending_only_the_batches_not_delivered(
+    xnat_emulator, client, tmp_path
+) -> None:
+    from xnat_flows.transfer.deidentify import streamed_session
+    from xnat_flows.transfer.partition import partition_in_order
+    from xnat_flows.transfer.session import plan_sessions, upload_batch_resumable
+
+    export = tmp_path / "export"
+    write_study(export, series=2, instances=3)
+    target = UploadTarget("TEST", "ANON01", "STREAM_RESUME")
+    journal = UploadJournal(tmp_path / "journal")
+    ((_, pending),), _ = deidentify_plan(
+        plan_sessions(scan_directory(export), target), StreamingHashingAnonymizer(), streamed=True
+    )
+    first = partition_in_order(pending, 2)[0]
+    done = upload_batch_resumable(client, streamed_session(pending).rewrite(first), target, journal=journal)
+    assert done.ok  # "interrupted" after the first of 2 batches
+    result = upload_session(
+        client, export, target, workers=2, journal=journal, anonymizer=StreamingHashingAnonymizer(), **FAST
+    )
+    assert result.ok, result
+    assert [b.resumed for b in result.sessions[0].batches] == [True, False]
+    assert result.files_sent == 6 - len(first) and result.sessions[0].verify.found_count == 6

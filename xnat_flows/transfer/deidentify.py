@@ -49,11 +49,11 @@ from xnat_flows.transfer.part10 import (
     read_series_keys,
     series_keys,
 )
+from xnat_flows.transfer.scan import DicomFile, SkippedFile
 
 if TYPE_CHECKING:
     from xnat_flows.anon import UrlAccess
     from xnat_flows.anon.engine import HeadRewrite
-    from xnat_flows.transfer.scan import DicomFile, SkippedFile
     from xnat_flows.transfer.target import UploadTarget
 
 NOT_DEIDENTIFIED = "not de-identified, not sent"
@@ -119,6 +119,11 @@ class ChainedAnonymizer:
         """The variables any step's script needs (``anon.Anonymizer.required_variables``)."""
         return frozenset().union(*(getattr(step, "required_variables", frozenset()) for step in self.steps))
 
+    @property
+    def study_uid_follows_original(self) -> bool:
+        """Every step's rewritten StudyInstanceUID follows the one it is given (``anon.analysis``)."""
+        return all(getattr(step, "study_uid_follows_original", False) for step in self.steps)
+
     def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
         """``part10`` rewritten by each step in turn."""
         for step in self.steps:
@@ -181,6 +186,9 @@ class Rewrite:
     # the rewritten file is ``head`` + the original from ``tail_start`` on (None: run the script again)
     head: bytes | None = None
     tail_start: int = 0
+
+    def check_ready(self) -> None:
+        """Nothing to do: a ``Rewrite`` knows its bytes (a ``PendingRewrite`` does not yet)."""
 
     @property
     def digest(self) -> str:
@@ -397,9 +405,78 @@ def _rewrite_whole(
 
 
 def _refusal(path: Path, why: str) -> SkippedFile:
-    from xnat_flows.transfer.scan import SkippedFile
-
     return SkippedFile(path, f"{NOT_DEIDENTIFIED}: {why}")
+
+
+class _DryRun:
+    """One session's dry run, file by file, with the state its checks across files need.
+
+    The SOP Instance UIDs given so far (two files rewritten to one are not both sent), the rewritten
+    headers' budget and how many first bytes a file's header takes in this session.
+    """
+
+    def __init__(self, anonymizer: Anonymizer, variables: Mapping[str, str], head_cache_bytes: int) -> None:
+        self.anonymizer = anonymizer
+        self.variables = variables
+        self.frozen_variables = tuple(sorted(variables.items()))
+        self.by_sop: dict[str, DicomFile] = {}
+        self.cache_left = head_cache_bytes
+        self.head_step = _head_step(anonymizer, variables)
+        self.first_read = HEAD_PROBE  # HEAD_BYTES once a file's header did not fit: the files of a study are alike
+
+    def rewrite(self, original: DicomFile) -> DicomFile | SkippedFile:
+        """``original`` described as the script rewrites it, or refused with the reason."""
+        import dataclasses
+
+        if original.rewrite is not None:
+            raise InputError(f"{original.relpath} is de-identified already", hint="De-identify a file list once")
+        try:
+            head_step = self.head_step
+            from_head = _rewrite_from_head(original, head_step, self.first_read) if head_step is not None else None
+            if from_head is None or from_head[3] > self.first_read:
+                self.first_read = HEAD_BYTES
+            if from_head is not None:
+                head: bytes | None = from_head[0]
+                tail_start, keys = from_head[1], from_head[2]
+                size = len(from_head[0]) + original.size - tail_start
+            else:
+                head, tail_start, size, keys = _rewrite_whole(
+                    original, self.anonymizer, self.variables, keep_head=self.cache_left > 0
+                )
+        except Exception as exc:  # noqa: BLE001 - whatever the script or the file did, this file is not sent
+            return _refusal(original.path, f"{type(exc).__name__}: {exc}")
+        missing = [
+            name
+            for name, value in (
+                ("StudyInstanceUID", keys.study_uid),
+                ("SeriesInstanceUID", keys.series_uid),
+                ("SOPInstanceUID", keys.sop_instance_uid),
+            )
+            if not value
+        ]
+        if missing:
+            return _refusal(original.path, f"the script leaves it without {', '.join(missing)}")
+        if keys.sop_instance_uid in self.by_sop:
+            other = self.by_sop[keys.sop_instance_uid]
+            return _refusal(original.path, f"the script gives it the SOP Instance UID of {other.relpath}")
+        if head is not None and self.cache_left >= len(head):
+            rewrite = Rewrite(self.anonymizer, self.frozen_variables, original.size, head, tail_start)
+            self.cache_left -= len(head)
+        else:
+            rewrite = Rewrite(self.anonymizer, self.frozen_variables, original.size)
+        sent = dataclasses.replace(
+            original,
+            size=size,
+            study_uid=keys.study_uid,
+            series_uid=keys.series_uid,
+            series_number=keys.series_number,
+            sop_instance_uid=keys.sop_instance_uid,
+            sop_class_uid=keys.sop_class_uid,
+            transfer_syntax=keys.transfer_syntax,
+            rewrite=rewrite,
+        )
+        self.by_sop[keys.sop_instance_uid] = sent
+        return sent
 
 
 def deidentify_files(
@@ -425,89 +502,204 @@ def deidentify_files(
     Returns:
         The rewritten instances and the files refused, each with the reason.
     """
-    import dataclasses
-
-    frozen_variables = tuple(sorted(variables.items()))
+    dry_run = _DryRun(anonymizer, variables, head_cache_bytes)
     result = Deidentified()
-    by_sop: dict[str, DicomFile] = {}
-    cache_left = head_cache_bytes
-    head_step = _head_step(anonymizer, variables)
-    first_read = HEAD_PROBE  # HEAD_BYTES once a file's header did not fit: the files of a study are alike
     for original in files:
-        if original.rewrite is not None:
-            raise InputError(f"{original.relpath} is de-identified already", hint="De-identify a file list once")
-        try:
-            from_head = _rewrite_from_head(original, head_step, first_read) if head_step is not None else None
-            if from_head is None or from_head[3] > first_read:
-                first_read = HEAD_BYTES
-            if from_head is not None:
-                head: bytes | None = from_head[0]
-                tail_start, keys = from_head[1], from_head[2]
-                size = len(from_head[0]) + original.size - tail_start
-            else:
-                head, tail_start, size, keys = _rewrite_whole(original, anonymizer, variables, keep_head=cache_left > 0)
-        except Exception as exc:  # noqa: BLE001 - whatever the script or the file did, this file is not sent
-            result.refused.append(_refusal(original.path, f"{type(exc).__name__}: {exc}"))
-            continue
-        missing = [
-            name
-            for name, value in (
-                ("StudyInstanceUID", keys.study_uid),
-                ("SeriesInstanceUID", keys.series_uid),
-                ("SOPInstanceUID", keys.sop_instance_uid),
-            )
-            if not value
-        ]
-        if missing:
-            result.refused.append(_refusal(original.path, f"the script leaves it without {', '.join(missing)}"))
-            continue
-        if keys.sop_instance_uid in by_sop:
-            other = by_sop[keys.sop_instance_uid]
-            result.refused.append(
-                _refusal(original.path, f"the script gives it the SOP Instance UID of {other.relpath}")
-            )
-            continue
-        if head is not None and cache_left >= len(head):
-            rewrite = Rewrite(anonymizer, frozen_variables, original.size, head, tail_start)
-            cache_left -= len(head)
+        done = dry_run.rewrite(original)
+        if isinstance(done, SkippedFile):
+            result.refused.append(done)
         else:
-            rewrite = Rewrite(anonymizer, frozen_variables, original.size)
-        sent = dataclasses.replace(
-            original,
-            size=size,
-            study_uid=keys.study_uid,
-            series_uid=keys.series_uid,
-            series_number=keys.series_number,
-            sop_instance_uid=keys.sop_instance_uid,
-            sop_class_uid=keys.sop_class_uid,
-            transfer_syntax=keys.transfer_syntax,
-            rewrite=rewrite,
-        )
-        by_sop[keys.sop_instance_uid] = sent
-        result.files.append(sent)
+            result.files.append(done)
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class PendingRewrite(Rewrite):
+    """A file of a streamed session that is not rewritten yet (``StreamedDeidentification``).
+
+    Its bytes cannot be sent, nor its record journaled: the session's ``rewrite`` makes the
+    ``Rewrite`` that can, just before the file's request.
+    """
+
+    session: StreamedDeidentification | None = None
+
+    @property
+    def digest(self) -> str:
+        """Never: what is journaled is the rewritten file's record."""
+        raise RuntimeError("a file of a streamed de-identification is journaled before it was rewritten")
+
+    def check_ready(self) -> None:
+        """Refuse: neither the original nor anything else is sent in place of the rewritten file."""
+        raise RuntimeError("a file of a streamed de-identification is sent before it was rewritten")
+
+    def apply(self, original: bytes) -> bytes:
+        """Never (``check_ready``)."""
+        self.check_ready()
+        return original  # unreachable
+
+
+_STREAM_STEP = 32  # files rewritten per hold of the session's lock: the batch waiting next gets a turn
+
+
+class StreamedDeidentification:
+    """One session's dry run, made batch by batch just before each batch's request (DICOM-zip).
+
+    For a script whose rewritten StudyInstanceUID provably depends on the original one and the
+    variables alone (``anon.Anonymizer.study_uid_follows_original``): the session's files share one
+    original study, so they share one rewritten study, which the first file shows — the destination
+    is checked with it before anything is sent, as after a whole dry run. The other files are then
+    rewritten while earlier batches stream and XNAT imports them, instead of all before the first
+    request.
+
+    Every guarantee of the whole dry run holds: files are rewritten in the session's order whichever
+    batch asks first (so the same files are refused, and the same SOP Instance UID wins, as in a
+    dry run of the whole session); a batch's files are all rewritten before its request (its size,
+    its journal record); and each file's rewritten StudyInstanceUID is compared with the session's
+    before it may be sent — a difference (none, when the analysis is right) stops the upload with
+    that file unsent, so two studies never meet in one session.
+
+    Args:
+        originals: The session's scanned files, in the plan's order.
+        anonymizer: The rules to apply.
+        variables: The script's variables (``xnat_variables``).
+        head_cache_bytes: How many bytes of rewritten headers to keep for the send.
+    """
+
+    def __init__(
+        self,
+        originals: Sequence[DicomFile],
+        anonymizer: Anonymizer,
+        variables: Mapping[str, str],
+        *,
+        head_cache_bytes: int = HEAD_CACHE_BYTES,
+    ) -> None:
+        import threading
+
+        self._originals = list(originals)
+        self._position = {f.path: i for i, f in enumerate(self._originals)}
+        self._done: list[DicomFile | SkippedFile] = []  # the first len(_done) files, rewritten or refused
+        self._dry_run = _DryRun(anonymizer, variables, head_cache_bytes)
+        self._lock = threading.Lock()
+        self.study_uid: str | None = None
+
+    def start(self) -> list[DicomFile]:
+        """Rewrite files in order until one is accepted: its study is the session's.
+
+        Returns:
+            The session's files as the plan carries them — each original with the session's
+            rewritten StudyInstanceUID and a ``PendingRewrite`` — or none when every file was refused.
+        """
+        import dataclasses
+
+        with self._lock:
+            while self.study_uid is None and len(self._done) < len(self._originals):
+                self._advance()
+        if self.study_uid is None:
+            return []
+        pending = PendingRewrite(self._dry_run.anonymizer, self._dry_run.frozen_variables, 0, session=self)
+        return [dataclasses.replace(f, study_uid=self.study_uid, rewrite=pending) for f in self._originals]
+
+    def _advance(self) -> None:
+        """Rewrite the next file in order (the lock held)."""
+        original = self._originals[len(self._done)]
+        done = self._dry_run.rewrite(original)
+        if not isinstance(done, SkippedFile):
+            if self.study_uid is None:
+                self.study_uid = done.study_uid
+            elif done.study_uid != self.study_uid:
+                # the file stays unrewritten: every later ask stops here again, nothing of it is sent
+                del self._dry_run.by_sop[done.sop_instance_uid]
+                raise InputError(
+                    f"The de-identification script gave {original.relpath} StudyInstanceUID {done.study_uid}, "
+                    f"not the session's {self.study_uid}: the upload stopped before sending it",
+                    hint="Check the script's StudyInstanceUID rule; the files sent before it are one study",
+                )
+        self._done.append(done)
+
+    def rewrite(self, batch: Sequence[DicomFile]) -> list[DicomFile]:
+        """The batch's files rewritten, in the batch's order, those refused left out.
+
+        Files are rewritten in the session's order (earlier batches' too, when this batch asks
+        first), ``_STREAM_STEP`` at a time under the lock.
+
+        Returns:
+            The rewritten files to send.
+        """
+        if not batch:
+            return []
+        positions = [self._position[f.path] for f in batch]
+        last = max(positions)
+        while True:
+            with self._lock:
+                if len(self._done) > last:
+                    break
+                for _ in range(min(_STREAM_STEP, last + 1 - len(self._done))):
+                    self._advance()
+        return [done for i in positions if not isinstance(done := self._done[i], SkippedFile)]
+
+    def files(self) -> list[DicomFile]:
+        """Every file of the session as sent (the rest rewritten now), in the plan's order."""
+        return self.rewrite(self._originals)
+
+    @property
+    def refused(self) -> list[SkippedFile]:
+        """The files refused so far, with the reason."""
+        with self._lock:
+            return [done for done in self._done if isinstance(done, SkippedFile)]
+
+
+def streamed_session(files: Sequence[DicomFile]) -> StreamedDeidentification | None:
+    """The streamed de-identification a session's planned files belong to, or None (sent as planned)."""
+    rewrite = files[0].rewrite if files else None
+    return rewrite.session if isinstance(rewrite, PendingRewrite) else None
+
+
+def as_sent(files: list[DicomFile]) -> list[DicomFile]:
+    """A session's files as sent: a streamed session's rewritten files, else ``files`` themselves."""
+    session = streamed_session(files)
+    return files if session is None else session.files()
+
+
+def streamed_refusals(plan: Iterable[tuple[UploadTarget, list[DicomFile]]]) -> list[SkippedFile]:
+    """The files the streamed sessions of ``plan`` refused (those a whole dry run would have), once sent."""
+    return [skipped for _, files in plan if (session := streamed_session(files)) for skipped in session.refused]
+
+
 def deidentify_plan(
-    plan: Sequence[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
+    plan: Sequence[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer, *, streamed: bool = False
 ) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
     """``deidentify_files`` for each planned session, with that session's XNAT variables.
 
     A study the script splits into several StudyInstanceUIDs stops the upload (one session, one
     study); a session left with no file to send is dropped (its files are in the refused list).
 
+    With ``streamed`` (DICOM-zip batches sent by ``session.upload_batches``) and a script whose
+    rewritten StudyInstanceUID provably follows the original one, each session is a
+    ``StreamedDeidentification``: its first file is rewritten here, the others batch by batch as
+    they are sent; the files it refuses are then in ``streamed_refusals(plan)`` after the upload.
+
     Args:
         plan: The planned sessions and their files (``plan_sessions``).
         anonymizer: The rules to apply.
+        streamed: Let a session be rewritten as it is sent, where the script allows it.
 
     Returns:
-        The plan with each session's files de-identified, and the files refused.
+        The plan with each session's files de-identified (or pending, streamed), and the files refused.
     """
     planned: list[tuple[UploadTarget, list[DicomFile]]] = []
     refused: list[SkippedFile] = []
+    streams = streamed and bool(getattr(anonymizer, "study_uid_follows_original", False))
     for target, files in plan:
         variables = xnat_variables(target)
         require_variables(anonymizer, variables, "a REST upload")
+        if streams:
+            session = StreamedDeidentification(files, anonymizer, variables)
+            pending = session.start()
+            if pending:
+                planned.append((target, pending))
+            else:
+                refused += session.refused
+            continue
         done = deidentify_files(files, anonymizer, variables)
         refused += done.refused
         studies = sorted({f.study_uid for f in done.files})

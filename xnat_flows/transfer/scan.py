@@ -232,7 +232,9 @@ def read_exactly(item: DicomFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     rewrite = getattr(item, "rewrite", None)  # resource uploads stream members of their own through here
     if rewrite is None:
         yield from _checked_chunks(item.path, item.size, item.mtime_ns, 0, chunk_size)
-    elif rewrite.head is not None:
+        return
+    rewrite.check_ready()  # a file of a session rewritten as it is sent, before its turn: never sent as is
+    if rewrite.head is not None:
         if len(rewrite.head) + rewrite.original_size - rewrite.tail_start != item.size:
             raise _not_deterministic(item, len(rewrite.head) + rewrite.original_size - rewrite.tail_start)
         if rewrite.head:

@@ -13,6 +13,8 @@ Who runs a step is the caller's business (``UploadSteps``): the library runs eac
 every task run with its retries and concurrency limits. The order and its conditions are here only:
 
 * archive now only when everything is in and not yet known archived (``awaits_archiving``);
+* a DICOM-zip session de-identified as it is sent (``deidentify.StreamedDeidentification``) is
+  checked with the study its first file was rewritten to, and verified on the files as sent;
 * verify whenever everything reached XNAT, also when a re-run found it archived already: no
   upload is reported verified, or complete, without XNAT saying so;
 * forget the resume journal's record of a session only after verification: a run stopped while
@@ -27,6 +29,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from xnat_flows.client.prearchive import ParkedSession
+from xnat_flows.transfer.deidentify import as_sent
 from xnat_flows.transfer.scan import DicomFile
 from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.upload_result import BatchResult, GradualResult, SessionResult
@@ -120,6 +123,10 @@ def sequence_upload(
                 session.gradual = steps.send_instances(target, files)
             else:
                 session.batches = sorted(steps.send_batches(target, files), key=lambda b: b.index)
+                # A session de-identified as it was sent (``deidentify.StreamedDeidentification``):
+                # from here on, its files are the rewritten instances sent, less those refused.
+                files = as_sent(files)
+                session.files, session.bytes = len(files), sum(f.size for f in files)
             session.seconds = time.monotonic() - started
             if session.awaits_archiving:
                 steps.archive_now(target, session.study_uid, session.uris, session.requests_in_doubt)

@@ -32,8 +32,9 @@ from xnat_flows.client.prearchive import (
 )
 from xnat_flows.transfer.archive_stream import ArchiveFormat
 from xnat_flows.transfer.claim import DEFAULT_CLAIM_WAIT_SECONDS, DestinationClaim, destination_name
+from xnat_flows.transfer.deidentify import streamed_refusals, streamed_session
 from xnat_flows.transfer.journal import ResumeState, UploadJournal, resume_key
-from xnat_flows.transfer.partition import partition_by_bytes
+from xnat_flows.transfer.partition import partition_by_bytes, partition_in_order
 from xnat_flows.transfer.pool import interruptible_pool
 from xnat_flows.transfer.progress import Progress, ProgressCallback
 from xnat_flows.transfer.scan import DicomFile, ScanResult, SkippedFile, scan_directory
@@ -401,7 +402,9 @@ def upload_batches(
     Returns:
         Each batch's result, in batch order.
     """
-    batches = partition_by_bytes(files, workers)
+    # A session de-identified as it is sent: consecutive batches, each rewritten just before its request
+    streamed = streamed_session(files)
+    batches = partition_in_order(files, workers) if streamed is not None else partition_by_bytes(files, workers)
     resume = resume_state(client, journal, target, files)
     total_bytes = sum(f.size for f in files)
     lock = threading.Lock()
@@ -415,10 +418,14 @@ def upload_batches(
                 progress(Progress(counters["files"], len(files), bytes_done, total_bytes, counters["failed"]))
 
     def run(index: int, batch: list[DicomFile]) -> BatchResult:
-        def streamed(n: int) -> None:
+        def streamed_bytes(n: int) -> None:
             streaming[index] = n
             report()
 
+        if streamed is not None:
+            batch = streamed.rewrite(batch)
+            if not batch:  # every file refused (listed by the streamed session): nothing to send
+                return BatchResult(index=index, files=(), bytes=0, seconds=0.0, ok=True)
         result = upload_batch_resumable(
             client,
             batch,
@@ -427,7 +434,7 @@ def upload_batches(
             index=index,
             resume=resume,
             raise_on_error=False,
-            on_streamed=streamed if progress is not None else None,
+            on_streamed=streamed_bytes if progress is not None else None,
         )
         with lock:
             streaming[index] = 0
@@ -688,7 +695,8 @@ def upload_session(
     if anonymizer is not None:
         from xnat_flows.transfer.deidentify import deidentify_plan
 
-        plan, refused = deidentify_plan(plan, anonymizer)
+        # DICOM-zip: rewritten batch by batch while earlier batches stream, where the script allows
+        plan, refused = deidentify_plan(plan, anonymizer, streamed=not gradual)
     if target.direct_archive:
         client.require_direct_archive()
     steps = ClientSteps(
@@ -707,7 +715,7 @@ def upload_session(
     return UploadResult(
         sessions=sessions,
         skipped=list(scan.skipped),
-        not_deidentified=refused,
+        not_deidentified=refused + streamed_refusals(plan),
         seconds=time.monotonic() - started,
         upload_seconds=sum(s.seconds for s in sessions),
     )
