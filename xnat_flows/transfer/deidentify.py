@@ -28,6 +28,16 @@ instance never reaches XNAT.
 
 A file the script cannot be applied to is listed (``Deidentified.refused``) and never sent —
 neither rewritten nor, above all, as its original — and the upload then ends as a failure.
+
+DICOM-zip, when the script's rewritten StudyInstanceUID provably depends on the original one and
+XNAT's variables alone (``anon.analysis``; XNAT's default site script, the Basic Profile and most
+site scripts): the dry run is not made for the whole session before the first request but batch by
+batch, each batch's just before its request, while the earlier batches stream and XNAT imports them
+(``StreamedDeidentification``). The session's study comes from its first file, before anything is
+sent, and each file's is compared with it before its request; the files are rewritten in the
+session's order whichever batch asks first, so the same files are refused, with the same journal
+records, as by a whole dry run. gradual-DICOM, C-STORE and the flows' ``deidentify-sessions`` task
+make the whole dry run first.
 """
 
 from __future__ import annotations
