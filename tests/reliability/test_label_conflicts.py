@@ -190,6 +190,21 @@ def test_verification_never_moves_a_session_to_another_subject(xnat_emulator, tm
         assert client.get_rows("/data/projects/TEST/subjects/SUBJ_A/experiments")[0]["label"] == "VISIT2"
 
 
+def test_another_subjects_session_under_the_label_never_verifies_this_upload(xnat_emulator, tmp_path) -> None:
+    """Before XNAT has parked the copy (still receiving it), the label's archived session of the same
+    study and counts is another subject's: not this upload's, whatever its counts say."""
+    study = tmp_path / "study"
+    write_study(study, series=2, instances=5)
+    with connect(xnat_emulator, tmp_path) as client:
+        assert upload_session(client, study, UploadTarget("TEST", "SUBJ_A", "VISIT3"), verify_timeout=20).ok
+        typo = UploadTarget("TEST", "SUBJ_TYPO", "VISIT3")
+        files = scan_directory(study).files
+        before = prearchive_snapshot(client, typo.project)
+        assert all(b.ok for b in upload_batches(client, files, typo, workers=2))  # not archived yet
+        result = verify_session(client, typo, files, wait_timeout=1, poll_interval=0.1, prearchive_before=before)
+    assert not result.ok and result.experiment_id is None and result.found_count == 0
+
+
 def test_this_uploads_own_late_copy_is_merged_with_append(xnat_emulator, tmp_path) -> None:
     """A copy of the same study, subject and patient that XNAT parked in CONFLICT is merged (append)."""
     study = tmp_path / "study"

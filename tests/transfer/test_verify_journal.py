@@ -18,6 +18,7 @@ from xnat_flows.transfer.target import UploadTarget
 from xnat_flows.transfer.verify import verify_session
 
 TARGET = UploadTarget("P", "S", "E")
+SESSION_PATH = "/data/projects/P/subjects/S/experiments/E"  # verification looks under the subject
 
 
 def instance(series_uid: str, number: int | None, sop: str, relpath: str = "") -> DicomFile:
@@ -60,7 +61,7 @@ def test_waits_for_the_session_then_compares_per_scan_counts() -> None:
     appearances = iter([None, None, EXPERIMENT])
     hits: list[str] = []
     routes = {
-        "/data/projects/P/experiments/E": lambda: next(appearances, EXPERIMENT),
+        SESSION_PATH: lambda: next(appearances, EXPERIMENT),
         # series 1.1 is matched by UID even though XNAT renamed its scan; 1.2 (no UID recorded) by SeriesNumber
         "/data/experiments/XNAT_E00007/scans/4-MR1/resources": rows({"label": "DICOM", "file_count": "2"}),
         "/data/experiments/XNAT_E00007/scans/5/resources": rows({"label": "DICOM", "file_count": "1"}),
@@ -76,13 +77,13 @@ def test_waits_for_the_session_then_compares_per_scan_counts() -> None:
     assert result.ok and result.experiment_id == "XNAT_E00007" and result.uri == "/data/experiments/XNAT_E00007"
     assert result.scans == {"4-MR1": (2, 2), "5": (1, 1)}  # the duplicate SOP counts once
     assert result.expected_count == result.found_count == 3
-    assert hits.count("/data/projects/P/experiments/E") == 3
+    assert hits.count(SESSION_PATH) == 3
     assert "3/3 files" in result.summary()
 
 
 def test_reports_short_scans_when_the_wait_runs_out() -> None:
     routes = {
-        "/data/projects/P/experiments/E": experiment({"ID": "1"}),
+        SESSION_PATH: experiment({"ID": "1"}),
         "/data/experiments/XNAT_E00007/scans/1/resources": rows({"label": "DICOM", "file_count": "1"}),
     }
     expected = [instance("1.1", 1, "a"), instance("1.1", 1, "b"), instance("1.2", 2, "c")]
@@ -136,7 +137,7 @@ def test_two_series_sharing_a_number_match_5_and_5_mr1_without_uids() -> None:
     """XNAT names the second series numbered 5 '5-MR1'; without UIDs in the document each
     of the two series takes one of those scans instead of both claiming scan 5."""
     routes = {
-        "/data/projects/P/experiments/E": experiment({"ID": "5"}, {"ID": "5-MR1"}),
+        SESSION_PATH: experiment({"ID": "5"}, {"ID": "5-MR1"}),
         "/data/experiments/XNAT_E00007/scans/5/resources": rows({"label": "DICOM", "file_count": "2"}),
         "/data/experiments/XNAT_E00007/scans/5-MR1/resources": rows({"label": "DICOM", "file_count": "1"}),
     }
@@ -151,7 +152,7 @@ def test_a_session_of_another_study_is_never_matched_by_number() -> None:
     document = experiment({"ID": "1"})
     document["items"][0]["data_fields"]["UID"] = "9.9.9"  # the archived session's StudyInstanceUID
     routes = {
-        "/data/projects/P/experiments/E": document,
+        SESSION_PATH: document,
         "/data/experiments/XNAT_E00007/scans/1/resources": rows({"label": "DICOM", "file_count": "5"}),
     }
     with client_for(routes) as client:

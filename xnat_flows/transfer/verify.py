@@ -300,7 +300,9 @@ def verify_session(
                 scans = [ArchivedScan(id=r["ID"], uid=r.get("UID", "")) for r in client.get_rows(f"{base}/scans")]
                 result = _compare(client, expected, None, base, scans)
         else:
-            session = find_archived(client, target.project, target.session)
+            # Under the target's subject only: the label under another subject is another patient's
+            # session (XNAT parks this upload in CONFLICT), whatever its counts say.
+            session = find_archived(client, target.project, target.session, target.subject)
             if session is not None:
                 # Another study under this label (a merge the user forced): its scans prove nothing.
                 same_study = not session.uid or session.uid in study_uids
