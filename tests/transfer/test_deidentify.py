@@ -504,3 +504,19 @@ def test_an_interrupted_streamed_upload_resumes_sending_only_the_batches_not_del
     assert result.ok, result
     assert [b.resumed for b in result.sessions[0].batches] == [True, False]
     assert result.files_sent == 6 - len(first) and result.sessions[0].verify.found_count == 6
+
+
+@pytest.mark.e2e
+def test_a_deidentified_uploads_own_late_copy_is_merged_by_its_rewritten_patient(
+    xnat_emulator, client, tmp_path
+) -> None:
+    """XNAT parked a late copy in CONFLICT: it is merged when its patient is the archived session's —
+    the PatientID the script wrote, not the original's."""
+    export = tmp_path / "export"
+    write_study(export, series=2, instances=3)
+    target = UploadTarget("TEST", "ANON01", "ANON_LATE")
+    assert upload_session(client, export, target, anonymizer=HashingAnonymizer(), **FAST).ok
+    xnat_emulator.faults.force_next_session("CONFLICT")
+    again = upload_session(client, export, target, anonymizer=HashingAnonymizer(), **FAST)
+    assert again.ok, again.sessions[0].verify
+    assert len(_archived_headers(xnat_emulator, "ANON_LATE")) == 6

@@ -158,3 +158,25 @@ def test_a_session_of_another_study_is_never_matched_by_number() -> None:
     with client_for(routes) as client:
         result = verify_session(client, TARGET, [instance("1.1", 1, "a")], wait_timeout=0.05, poll_interval=0.01)
     assert not result.ok and result.found_count == 0
+
+
+def test_a_row_turning_from_receiving_to_conflict_between_two_looks_is_never_missed() -> None:
+    """The archive holds an earlier copy, complete; this upload's copy is RECEIVING at the first look at
+    the prearchive and CONFLICT from the next on. Verification reads the prearchive once per look, so
+    it sees the row in progress, then parked — never "not parked" then "not in progress"."""
+    session = experiment({"ID": "1", "UID": "1.1"})
+    session["items"][0]["data_fields"]["UID"] = "1.2.3"
+    statuses = iter(["RECEIVING"])
+    row = {"project": "P", "timestamp": "20261204_000000000", "name": "E", "folderName": "E", "subject": "S"}
+    row |= {"url": "/prearchive/projects/P/20261204_000000000/E", "tag": "1.2.3"}
+    routes = {
+        SESSION_PATH: session,
+        "/data/experiments/XNAT_E00007/scans/1/resources": rows({"label": "DICOM", "file_count": "1"}),
+        "/xapi/direct-archive": [],
+        "/data/prearchive/projects/P": lambda: rows({**row, "status": next(statuses, "CONFLICT")}),
+    }
+    with client_for(routes) as client:
+        result = verify_session(
+            client, TARGET, [instance("1.1", 1, "a")], wait_timeout=5, poll_interval=0.01, prearchive_before=frozenset()
+        )
+    assert not result.ok and result.parked and "CONFLICT" in result.parked[0]

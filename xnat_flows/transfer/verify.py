@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from xnat_flows.client.archive import ArchivedScan, find_archived
@@ -190,19 +190,30 @@ def prearchive_snapshot(client: XnatClient, project: str) -> frozenset[str]:
 
 def _processing(client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]) -> bool:
     """XNAT is still receiving or building this upload (Direct-Archive table or a new prearchive row)."""
-    if any(
+    # the Direct-Archive table first: a session leaves it for the prearchive, never the other way
+    receiving = _receiving_direct(client, target, study_uids)
+    return receiving or _building(_prearchive_rows(client, target.project), study_uids, before)
+
+
+def _receiving_direct(client: XnatClient, target: UploadTarget, study_uids: set[str]) -> bool:
+    """XNAT's Direct-Archive table holds this upload's study under the label."""
+    return any(
         row.get("tag") in study_uids and row.get("label") == target.session
         for row in direct_archive_sessions(client, target.project)
-    ):
-        return True
-    return any(
-        row.tag in study_uids and row.url not in before and is_transient_status(row.status)
-        for row in _prearchive_rows(client, target.project)
     )
 
 
+def _building(rows: Iterable[PrearchiveSession], study_uids: set[str], before: frozenset[str]) -> bool:
+    """A prearchive row of this upload (not in ``before``) XNAT is still receiving or building."""
+    return any(row.tag in study_uids and row.url not in before and is_transient_status(row.status) for row in rows)
+
+
 def parked_rows(
-    client: XnatClient, target: UploadTarget, study_uids: set[str], before: frozenset[str]
+    client: XnatClient,
+    target: UploadTarget,
+    study_uids: set[str],
+    before: frozenset[str],
+    rows: Sequence[PrearchiveSession] | None = None,
 ) -> list[PrearchiveSession]:
     """This upload's prearchive rows that XNAT parked.
 
@@ -214,13 +225,14 @@ def parked_rows(
         target: The destination session.
         study_uids: The studies this upload sent.
         before: The project's prearchive rows before the upload (``prearchive_snapshot``).
+        rows: The project's prearchive rows already read, else read here.
 
     Returns:
         The parked rows.
     """
     return [
         row
-        for row in _prearchive_rows(client, target.project)
+        for row in (_prearchive_rows(client, target.project) if rows is None else rows)
         if row.tag in study_uids
         and row.status in (ERROR, CONFLICT)
         and row.url not in before
@@ -315,7 +327,11 @@ def verify_session(
             # archive's counts say (they may be an earlier copy's). Only a late copy of the same
             # study, subject, label and patient (of this upload, or of an earlier run of it that a
             # re-run completes) is merged (append), each row once.
-            rows = parked_rows(client, target, study_uids, frozenset())
+            # One look at the prearchive for both questions below, after the Direct-Archive table:
+            # two looks would miss a row that turned from RECEIVING to CONFLICT between them.
+            receiving = _receiving_direct(client, target, study_uids)
+            snapshot = _prearchive_rows(client, target.project)
+            rows = parked_rows(client, target, study_uids, frozenset(), rows=snapshot)
             fresh = [row for row in rows if row.url not in merge_tried]
             merge_tried.update(row.url for row in fresh)
             if any([_merge_own_late_copy(client, target, row, files) for row in fresh]):
@@ -326,7 +342,7 @@ def verify_session(
                 break
             if result.ok:
                 # The counts may be an earlier copy's: done only once XNAT has finished with this upload.
-                processing = _processing(client, target, study_uids, prearchive_before)
+                processing = receiving or _building(snapshot, study_uids, prearchive_before)
         if result.ok and not processing:
             break
         if time.monotonic() - started >= wait_timeout:
@@ -412,14 +428,25 @@ def _merge_own_late_copy(
 
 
 def _patient_id(files: list[DicomFile]) -> str | None:
-    """The PatientID of the upload (read from its first file), None when it cannot be read."""
+    """The PatientID the upload sent, read from its first file.
+
+    A de-identified file's as sent (its rewritten bytes), not the original's on disk.
+
+    Returns:
+        The PatientID ('' when none), or None when the file cannot be read.
+    """
+    import io
+
     import pydicom  # lazy, as in transfer.scan
+
+    from xnat_flows.transfer.scan import read_exactly
 
     if not files:
         return None
     try:
-        dataset = pydicom.dcmread(files[0].path, stop_before_pixels=True, specific_tags=["PatientID"])
-    except (OSError, pydicom.errors.InvalidDicomError):
+        source = files[0].path if files[0].rewrite is None else io.BytesIO(b"".join(read_exactly(files[0])))
+        dataset = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["PatientID"])
+    except (OSError, XnatError, pydicom.errors.InvalidDicomError):
         return None
     return str(dataset.get("PatientID", "") or "")
 
