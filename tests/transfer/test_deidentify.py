@@ -431,6 +431,31 @@ def test_a_streamed_session_rewrites_as_a_whole_dry_run_would_whichever_batch_as
         assert b"".join(read_exactly(mine)) == b"".join(read_exactly(theirs))
 
 
+def test_a_batch_is_ready_after_its_own_files_and_those_before_it_while_others_wait(study_dir: Path) -> None:
+    """What lets the first request start early: asking for a batch rewrites the files up to its last
+    one, not the files of the batches after it; several threads asking at once get the same files."""
+    import threading
+
+    from xnat_flows.transfer.deidentify import streamed_session
+    from xnat_flows.transfer.partition import partition_in_order
+
+    anonymizer = StreamingHashingAnonymizer()
+    ((_, pending),), _ = _streamed_plan(study_dir, anonymizer)
+    session = streamed_session(pending)
+    batches = partition_in_order(pending, 3)
+    assert anonymizer.applied == 1  # the first file, for the session's study
+    session.rewrite(batches[0])
+    assert anonymizer.applied == len(batches[0])
+    results: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: session.rewrite(batches[i])})) for i in (2, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert anonymizer.applied == len(pending)  # each file rewritten once, whoever asked
+    assert [f.relpath for i in (1, 2) for f in results[i]] == [f.relpath for b in batches[1:] for f in b]
+
+
 def test_a_script_not_shown_to_keep_the_study_is_rewritten_whole_before_sending(study_dir: Path) -> None:
     from xnat_flows.transfer.deidentify import streamed_session
 

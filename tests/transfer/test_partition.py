@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from xnat_flows.transfer.partition import partition_by_bytes
+from xnat_flows.transfer.partition import partition_by_bytes, partition_in_order
 from xnat_flows.transfer.scan import DicomFile
 
 
@@ -50,3 +50,17 @@ def test_deterministic_and_path_ordered_within_a_batch() -> None:
 def test_rejects_zero_workers() -> None:
     with pytest.raises(ValueError):
         partition_by_bytes([fake("a", 1)], 0)
+
+
+def test_in_order_batches_are_consecutive_balanced_and_deterministic() -> None:
+
+    sizes = [9, 1, 1, 1, 5, 5, 2, 2, 2, 2, 4, 6]
+    files = [fake(f"f{i:02d}", size) for i, size in enumerate(sizes)]
+    batches = partition_in_order(files, 3)
+    assert [f for batch in batches for f in batch] == files  # consecutive, in order, every file once
+    assert [sum(f.size for f in batch) for batch in batches] == [17, 11, 12]
+    assert partition_in_order(files, 3) == batches
+    assert [len(b) for b in partition_in_order(files[:2], 4)] == [1, 1]  # never an empty batch
+    assert partition_in_order([], 4) == []
+    with pytest.raises(ValueError):
+        partition_in_order(files, 0)

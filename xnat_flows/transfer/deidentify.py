@@ -589,7 +589,11 @@ class StreamedDeidentification:
         self._position = {f.path: i for i, f in enumerate(self._originals)}
         self._done: list[DicomFile | SkippedFile] = []  # the first len(_done) files, rewritten or refused
         self._dry_run = _DryRun(anonymizer, variables, head_cache_bytes)
-        self._lock = threading.Lock()
+        # One thread rewrites at a time (``_busy``), a chunk of files per turn, outside the lock; the
+        # others wait for the chunk and send as soon as their own files are done — not after the
+        # files of every batch that asked before them.
+        self._changed = threading.Condition()
+        self._busy = False
         self.study_uid: str | None = None
 
     def start(self) -> list[DicomFile]:
@@ -601,17 +605,35 @@ class StreamedDeidentification:
         """
         import dataclasses
 
-        with self._lock:
-            while self.study_uid is None and len(self._done) < len(self._originals):
-                self._advance()
+        while self.study_uid is None and len(self._done) < len(self._originals):
+            self._rewrite_through(len(self._done))
         if self.study_uid is None:
             return []
         pending = PendingRewrite(self._dry_run.anonymizer, self._dry_run.frozen_variables, 0, session=self)
         return [dataclasses.replace(f, study_uid=self.study_uid, rewrite=pending) for f in self._originals]
 
-    def _advance(self) -> None:
-        """Rewrite the next file in order (the lock held)."""
-        original = self._originals[len(self._done)]
+    def _rewrite_through(self, last: int) -> None:
+        """Rewrite the session's files in order until file ``last`` is done, by this thread or another."""
+        while True:
+            with self._changed:
+                while self._busy and len(self._done) <= last:
+                    self._changed.wait(1.0)  # the rewriting thread notifies after each chunk, even on error
+                if len(self._done) > last:
+                    return
+                self._busy = True
+                first = len(self._done)
+            chunk: list[DicomFile | SkippedFile] = []
+            try:
+                for original in self._originals[first : min(first + _STREAM_STEP, last + 1)]:
+                    chunk.append(self._rewrite_one(original))
+            finally:
+                with self._changed:
+                    self._done.extend(chunk)
+                    self._busy = False
+                    self._changed.notify_all()
+
+    def _rewrite_one(self, original: DicomFile) -> DicomFile | SkippedFile:
+        """The next file in order rewritten (by the one thread rewriting), its study checked."""
         done = self._dry_run.rewrite(original)
         if not isinstance(done, SkippedFile):
             if self.study_uid is None:
@@ -624,13 +646,13 @@ class StreamedDeidentification:
                     f"not the session's {self.study_uid}: the upload stopped before sending it",
                     hint="Check the script's StudyInstanceUID rule; the files sent before it are one study",
                 )
-        self._done.append(done)
+        return done
 
     def rewrite(self, batch: Sequence[DicomFile]) -> list[DicomFile]:
         """The batch's files rewritten, in the batch's order, those refused left out.
 
         Files are rewritten in the session's order (earlier batches' too, when this batch asks
-        first), ``_STREAM_STEP`` at a time under the lock.
+        first), ``_STREAM_STEP`` at a time by one thread.
 
         Returns:
             The rewritten files to send.
@@ -638,13 +660,7 @@ class StreamedDeidentification:
         if not batch:
             return []
         positions = [self._position[f.path] for f in batch]
-        last = max(positions)
-        while True:
-            with self._lock:
-                if len(self._done) > last:
-                    break
-                for _ in range(min(_STREAM_STEP, last + 1 - len(self._done))):
-                    self._advance()
+        self._rewrite_through(max(positions))
         return [done for i in positions if not isinstance(done := self._done[i], SkippedFile)]
 
     def files(self) -> list[DicomFile]:
@@ -654,7 +670,7 @@ class StreamedDeidentification:
     @property
     def refused(self) -> list[SkippedFile]:
         """The files refused so far, with the reason."""
-        with self._lock:
+        with self._changed:
             return [done for done in self._done if isinstance(done, SkippedFile)]
 
 
