@@ -545,3 +545,69 @@ def test_a_deidentified_uploads_own_late_copy_is_merged_by_its_rewritten_patient
     again = upload_session(client, export, target, anonymizer=HashingAnonymizer(), **FAST)
     assert again.ok, again.sessions[0].verify
     assert len(_archived_headers(xnat_emulator, "ANON_LATE")) == 6
+
+
+@pytest.mark.e2e
+def test_a_file_rewritten_while_a_streamed_upload_runs_is_not_sent_and_a_rerun_completes(
+    xnat_emulator, client, tmp_path, monkeypatch
+) -> None:
+    """The export changes under a streamed upload: a file of the second batch is rewritten by the
+    scanner after the first file gave the session's study. It is listed, not sent (neither its old nor
+    its new bytes), the upload fails; once the export is still, a re-run sends the rest and verifies."""
+    from xnat_flows.transfer import deidentify
+
+    export = tmp_path / "export"
+    originals = write_study(export, series=2, instances=3)
+    changing = originals[4]  # series2/IM0002: in the second of 2 batches
+    real_start = deidentify.StreamedDeidentification.start
+
+    def start_then_the_scanner_writes(self):
+        pending = real_start(self)
+        ds = pydicom.dcmread(changing)
+        ds.ImageComments = "rewritten by the scanner after the scan"
+        ds.save_as(changing, enforce_file_format=True)
+        return pending
+
+    monkeypatch.setattr(deidentify.StreamedDeidentification, "start", start_then_the_scanner_writes)
+    target = UploadTarget("TEST", "ANON01", "CHANGING")
+    journal = UploadJournal(tmp_path / "journal")
+    first = upload_session(
+        client, export, target, workers=2, journal=journal, anonymizer=StreamingHashingAnonymizer(), **FAST
+    )
+    assert not first.ok
+    assert [r.path for r in first.not_deidentified] == [changing]
+    assert "changed while being uploaded" in first.not_deidentified[0].reason
+    assert hashed_uid(str(pydicom.dcmread(changing).SOPInstanceUID)) not in _archived_headers(xnat_emulator, "CHANGING")
+    monkeypatch.undo()
+    again = upload_session(
+        client, export, target, workers=2, journal=journal, anonymizer=StreamingHashingAnonymizer(), **FAST
+    )
+    assert again.ok, again
+    assert len(_archived_headers(xnat_emulator, "CHANGING")) == 6
+
+
+@pytest.mark.e2e
+def test_two_streamed_uploads_at_once_each_land_whole_in_their_own_session(xnat_emulator, client, tmp_path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    exports = [tmp_path / "a", tmp_path / "b"]
+    for export in exports:
+        write_study(export, series=2, instances=4)
+
+    def upload(index: int):
+        return upload_session(
+            client,
+            exports[index],
+            UploadTarget("TEST", f"ANON0{index}", f"TWICE_{index}"),
+            workers=3,
+            anonymizer=StreamingHashingAnonymizer(),
+            **FAST,
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(upload, [0, 1]))
+    for index, result in enumerate(results):
+        assert result.ok, result
+        archived = _archived_headers(xnat_emulator, f"TWICE_{index}")
+        assert len(archived) == 8 and {str(ds.PatientName) for ds in archived.values()} == {f"ANON0{index}"}
+        assert {str(ds.StudyInstanceUID) for ds in archived.values()} == {result.sessions[0].study_uid}
