@@ -30,6 +30,14 @@ def test_assignment_creates_an_absent_attribute_with_the_dictionary_vr() -> None
     assert ds["DeidentificationMethod"].VR == "LO"
 
 
+def test_an_empty_assignment_creates_an_absent_attribute_empty_and_leaves_an_empty_one_untouched() -> None:
+    ds = run('(0008,1050) := ""')  # Performing Physician's Name: not in the test file
+    assert "PerformingPhysicianName" in ds and ds["PerformingPhysicianName"].VR == "PN"
+    assert str(ds.PerformingPhysicianName) == ""
+    emptied = compile_script('version "6.1"\n(0008,0090) := ""\n').apply_bytes(part10(), {})
+    assert compile_script('version "6.1"\n(0008,0090) := ""\n').apply_bytes(emptied, {}) == emptied
+
+
 def test_assignment_from_another_attribute() -> None:
     assert run("(0008,1030) := (0008,103E)").StudyDescription == "T1 MPRAGE"
 

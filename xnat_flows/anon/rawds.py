@@ -316,12 +316,14 @@ class Node:
         # only text in the Specific Character Set needs the dataset's codecs
         encodings = self.encodings() if target_vr in CHARSET_VRS else _NO_CODECS
         encoded = encode_value(text, target_vr, self.encoding, encodings)
+        created = element is None
         if element is None:
             element = Element(tag, target_vr, b"", 0, 0, 0, False, None)
             self.elements[tag] = element
             self.added = True
-        # a memoryview of the original compares with the bytes without copying them
-        if element.changed is False and element.vr == target_vr and element.value == encoded:
+        # a memoryview of the original compares with the bytes without copying them; an element
+        # just created is a change even when empty (``(0008,1050) := ""`` on a file without it)
+        if not created and element.changed is False and element.vr == target_vr and element.value == encoded:
             return  # same bytes: leave the original span (keeps untouched files byte-identical)
         element.set_value(encoded, target_vr)
         if tag == SPECIFIC_CHARACTER_SET:
