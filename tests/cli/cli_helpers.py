@@ -72,3 +72,25 @@ def run_on_terminal(
         if process.poll() is None:
             process.kill()
         os.close(controller)
+
+
+def run_watched(argv: list[str], env: Mapping[str, str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` of a command that may start Prefect's temporary server, with a diagnosis
+    when it outlasts ``timeout``: Python's faulthandler dumps every thread of the child (SIGABRT)
+    into the failure, instead of pytest-timeout's dump of the test process, which waited."""
+    process = subprocess.Popen(
+        argv, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        try:
+            out, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+        raise AssertionError(
+            f"{' '.join(argv[-8:])} still ran after {timeout:g} s; its threads:\n{err[-12000:]}\n{out[-2000:]}"
+        ) from None
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import run_on_terminal
+from cli_helpers import run_on_terminal, run_watched
 from typer.testing import CliRunner
 
 from xnat_flows.cli.main import app
@@ -455,12 +455,10 @@ def test_flow_run_without_a_prefect_server_sends_no_telemetry(
     write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=48)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
     env |= {"HOME": str(home), "PREFECT_HOME": str(seeded_prefect_home)}
-    done = subprocess.run(
+    done = run_watched(
         CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "T", "-E", "T_MR1", "--flow"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        env,
+        timeout=240,  # under pytest-timeout's 300 s: a hang is diagnosed from the CLI's own threads
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verify: 4/4 files" in done.stdout  # the one printer of an upload's result, as without --flow

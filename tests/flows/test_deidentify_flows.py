@@ -45,7 +45,11 @@ def _archived(xnat, label: str) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(p) for p in xnat.archived_files(label).values()]
 
 
-def test_upload_flow_applies_a_saved_dicomedit_script_block(xnat, tmp_path: Path) -> None:
+def test_upload_flow_applies_a_saved_dicomedit_script_block(xnat, tmp_path: Path, mocker) -> None:
+    """The script keeps one study per study: its upload-batch tasks rewrite the session batch by batch."""
+    from xnat_flows.transfer.deidentify import StreamedDeidentification
+
+    batch_rewrites = mocker.spy(StreamedDeidentification, "rewrite")
     manifest = write_studies(tmp_path / "export", series=2, instances=6, instance_kb=4, seed=21)
     DicomEditScript(script=SCRIPT).save("site-deid", overwrite=True)
     request = UploadRequest(
@@ -62,6 +66,12 @@ def test_upload_flow_applies_a_saved_dicomedit_script_block(xnat, tmp_path: Path
     stored = _archived(xnat, "FSESS")
     assert {str(ds.PatientName) for ds in stored} == {"FSUBJ"} and {ds.PatientID for ds in stored} == {"FSESS"}
     assert {str(ds.SOPInstanceUID) for ds in stored} == {hash_uid(f.sop_instance_uid) for f in manifest.files}
+    # each upload-batch task rewrote its own batch (the other calls ask for the whole session as sent)
+    asked = [call.args[1] for call in batch_rewrites.call_args_list if len(call.args[1]) < len(manifest.files)]
+    assert len(asked) == len(session.batches) > 1
+    assert sorted(f.relpath for batch in asked for f in batch) == sorted(
+        relpath for b in session.batches for relpath in b.files
+    )
 
 
 def test_upload_flow_stops_on_a_script_error_and_fails_on_a_file_it_cannot_take(xnat, tmp_path: Path) -> None:

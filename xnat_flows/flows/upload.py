@@ -42,6 +42,7 @@ from xnat_flows.tasks.upload import (
     verify_uploaded_session,
 )
 from xnat_flows.transfer.archive_stream import ArchiveFormat
+from xnat_flows.transfer.deidentify import as_sent, streamed_refusals
 from xnat_flows.transfer.scan import DicomFile, SkippedFile
 from xnat_flows.transfer.sequence import sequence_upload
 from xnat_flows.transfer.session import plan_sessions
@@ -139,7 +140,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCh
     plans = plan_sessions(scan, request.target(), per_study=request.per_study)
     refused: list[SkippedFile] = []
     if anonymizer is not None:
-        plans, refused = deidentify_sessions(plans, anonymizer)
+        plans, refused = deidentify_sessions(plans, anonymizer, streamed=_streams_batches(request))
         for item in refused:
             logger.error("not de-identified, not sent: %s: %s", item.path, item.reason)
     # The library's one sequence of a REST upload, with this flow's tasks as its steps.
@@ -151,10 +152,12 @@ def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCh
         allow_other_study=request.allow_other_study,
         per_study=request.per_study,
     )
+    for item in (late := streamed_refusals(plans)):  # refused by the batch tasks of a streamed session
+        logger.error("not de-identified, not sent: %s: %s", item.path, item.reason)
     result = UploadResult(
         sessions=sessions,
         skipped=list(scan.skipped),
-        not_deidentified=refused,
+        not_deidentified=refused + late,
         seconds=round(time.perf_counter() - started, 3),
         upload_seconds=round(sum(s.seconds for s in sessions), 3),
     )
@@ -168,7 +171,7 @@ def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCh
         direct_archive=request.direct_archive,
         transport=request.transport,
         source=request.source_dir,
-        arrivals={target.session: arrival(files) for target, files in plans},
+        arrivals={target.session: arrival(as_sent(files)) for target, files in plans},
     )
     if result.still_archiving:
         raise UploadIncompleteError(_incomplete_message(result), reason="archive-wait-timeout")
@@ -187,6 +190,24 @@ def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCh
         result.seconds,
     )
     return result
+
+
+def _streams_batches(request: UploadRequest) -> bool:
+    """DICOM-zip batches may rewrite a de-identified session as they are sent.
+
+    Only when this flow run's tasks run in its own threads (the default ``ThreadPoolTaskRunner``):
+    they share the session's ``StreamedDeidentification``. A process-based runner (Dask) gets
+    each session rewritten whole first.
+
+    Returns:
+        True for a DICOM-zip upload whose tasks run in this process's threads.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    context = FlowRunContext.get()
+    threads = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
+    return request.transport == "dicom-zip" and threads
 
 
 class TaskSteps:

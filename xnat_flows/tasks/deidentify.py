@@ -52,18 +52,24 @@ def prepare_anonymizer(
 
 @task(name="deidentify-files", cache_policy=NO_CACHE, persist_result=False)
 def deidentify_sessions(
-    plans: list[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer
+    plans: list[tuple[UploadTarget, list[DicomFile]]], anonymizer: Anonymizer, streamed: bool = False
 ) -> tuple[list[tuple[UploadTarget, list[DicomFile]]], list[SkippedFile]]:
     """Apply the anonymizer to every planned file in memory.
+
+    With ``streamed`` (DICOM-zip, its batch tasks in this process's threads) a session whose script
+    keeps one study per study is rewritten batch by batch in the ``upload-batch`` tasks instead
+    (``transfer.deidentify.StreamedDeidentification``): here only its first file.
 
     Args:
         plans: The planned sessions and their files.
         anonymizer: The compiled rules (``prepare_anonymizer``).
+        streamed: Let a session be rewritten as it is sent, where the script allows it.
 
     Returns:
-        The files as they will be sent, and those it cannot be applied to (listed, never sent).
+        The files as they will be sent (or pending, streamed), and those it cannot be applied to
+        (listed, never sent).
     """
-    return deidentify_plan(plans, anonymizer)
+    return deidentify_plan(plans, anonymizer, streamed=streamed)
 
 
 @task(name="deidentify-instances", cache_policy=NO_CACHE, persist_result=False)

@@ -34,13 +34,13 @@ from xnat_flows.tasks.policies import (
 from xnat_flows.transfer.archive_stream import ArchiveFormat
 from xnat_flows.transfer.claim import DestinationBusyError, destination_name
 from xnat_flows.transfer.journal import UploadJournal, resume_key
-from xnat_flows.transfer.partition import partition_by_bytes
 from xnat_flows.transfer.scan import DicomFile, Duplicates, ScanHeaders, ScanResult, scan_directory
 from xnat_flows.transfer.session import (
     archive_now,
     check_destination,
     look_for_parked,
     upload_batch_resumable,
+    upload_batches_of,
     upload_instances,
 )
 from xnat_flows.transfer.target import UploadTarget
@@ -207,8 +207,14 @@ def scan_dicom_directory(
 @task(name="partition-batches", **_COMMON)
 @speaks_to_operator
 def partition_batches(files: list[DicomFile], workers: int) -> list[list[DicomFile]]:
-    """Split into ``workers`` batches balanced by bytes, so no worker idles while another works."""
-    return partition_by_bytes(files, workers)
+    """Split into ``workers`` batches balanced by bytes, so no worker idles while another works.
+
+    A session de-identified as it is sent: consecutive batches (``session.upload_batches_of``).
+
+    Returns:
+        The batches.
+    """
+    return upload_batches_of(files, workers)
 
 
 @task(name="upload-batch", **_COMMON, **_RETRYING)

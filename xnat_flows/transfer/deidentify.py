@@ -36,8 +36,9 @@ batch, each batch's just before its request, while the earlier batches stream an
 (``StreamedDeidentification``). The session's study comes from its first file, before anything is
 sent, and each file's is compared with it before its request; the files are rewritten in the
 session's order whichever batch asks first, so the same files are refused, with the same journal
-records, as by a whole dry run. gradual-DICOM, C-STORE and the flows' ``deidentify-sessions`` task
-make the whole dry run first.
+records, as by a whole dry run. ``session.upload_batch_resumable`` rewrites a batch, for the library's
+threads and the flow's ``upload-batch`` tasks alike (which then must share this process: a Dask task
+runner gets the whole dry run). gradual-DICOM and C-STORE make the whole dry run first.
 """
 
 from __future__ import annotations

@@ -363,6 +363,11 @@ def upload_batch_resumable(
     Returns:
         The batch's result; ``resumed`` when an earlier run delivered it.
     """
+    streamed = streamed_session(batch)
+    if streamed is not None:  # a session de-identified as it is sent: this batch's files, rewritten now
+        batch = streamed.rewrite(batch)
+        if not batch:  # every file refused (the streamed session lists them): nothing to send
+            return BatchResult(index=index, files=(), bytes=0, seconds=0.0, ok=True)
     if resume is None:
         resume = resume_state(client, journal, target, batch)
     if resume.holds(batch):
@@ -376,6 +381,21 @@ def upload_batch_resumable(
     if result.ok:
         resume.record(batch)
     return result
+
+
+def upload_batches_of(files: Sequence[DicomFile], workers: int) -> list[list[DicomFile]]:
+    """A session's DICOM-zip batches, one per worker.
+
+    Balanced by bytes (``partition_by_bytes``); a session de-identified as it is sent
+    (``deidentify.StreamedDeidentification``) in consecutive batches (``partition_in_order``), each
+    rewritten just before its request (``upload_batch_resumable``).
+
+    Returns:
+        The batches.
+    """
+    if streamed_session(files) is not None:
+        return partition_in_order(files, workers)
+    return partition_by_bytes(files, workers)
 
 
 def upload_batches(
@@ -402,9 +422,7 @@ def upload_batches(
     Returns:
         Each batch's result, in batch order.
     """
-    # A session de-identified as it is sent: consecutive batches, each rewritten just before its request
-    streamed = streamed_session(files)
-    batches = partition_in_order(files, workers) if streamed is not None else partition_by_bytes(files, workers)
+    batches = upload_batches_of(files, workers)
     resume = resume_state(client, journal, target, files)
     total_bytes = sum(f.size for f in files)
     lock = threading.Lock()
@@ -422,10 +440,6 @@ def upload_batches(
             streaming[index] = n
             report()
 
-        if streamed is not None:
-            batch = streamed.rewrite(batch)
-            if not batch:  # every file refused (listed by the streamed session): nothing to send
-                return BatchResult(index=index, files=(), bytes=0, seconds=0.0, ok=True)
         result = upload_batch_resumable(
             client,
             batch,
