@@ -28,10 +28,8 @@ from xnat_flows.anon.runtime import (
     Conditional,
     Delete,
     Echo,
-    Fetch,
     Literal,
     MapReferencedUids,
-    NewValue,
     RemoveAllPrivate,
     RetainPrivate,
     Statement,
@@ -111,6 +109,6 @@ def _per_study(value: Value, per_file: set[str]) -> bool:
         return value.tag == STUDY_INSTANCE_UID
     if isinstance(value, Call):  # the functions are pure (anon.functions)
         return all(_per_study(arg, per_file) for arg in value.args)
-    if isinstance(value, (NewValue, Fetch)):
-        return False  # new UID derives from each instance's UID; a web service may answer anything
+    # NewValue derives from each instance's UID; Fetch's web service may answer anything; anything
+    # else this analysis does not know: not shown
     return False

@@ -43,9 +43,11 @@ runner gets the whole dry run). gradual-DICOM and C-STORE make the whole dry run
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -437,8 +439,6 @@ class _DryRun:
 
     def rewrite(self, original: DicomFile) -> DicomFile | SkippedFile:
         """``original`` described as the script rewrites it, or refused with the reason."""
-        import dataclasses
-
         if original.rewrite is not None:
             raise InputError(f"{original.relpath} is de-identified already", hint="De-identify a file list once")
         try:
@@ -584,8 +584,6 @@ class StreamedDeidentification:
         *,
         head_cache_bytes: int = HEAD_CACHE_BYTES,
     ) -> None:
-        import threading
-
         self._originals = list(originals)
         self._position = {f.path: i for i, f in enumerate(self._originals)}
         self._done: list[DicomFile | SkippedFile] = []  # the first len(_done) files, rewritten or refused
@@ -604,8 +602,6 @@ class StreamedDeidentification:
             The session's files as the plan carries them — each original with the session's
             rewritten StudyInstanceUID and a ``PendingRewrite`` — or none when every file was refused.
         """
-        import dataclasses
-
         while self.study_uid is None and len(self._done) < len(self._originals):
             self._rewrite_through(len(self._done))
         if self.study_uid is None:
