@@ -132,3 +132,41 @@ def test_tgz_is_a_gzip_stream_about_half_the_tar_for_mr_like_pixels(tmp_path: Pa
     assert extract(tgz, "tgz") == extract(tar, "tar")
     assert 1.5 < len(tar) / len(tgz) < 3.0
     assert archive_size(files, "tgz") is None  # sent chunked: the length is known only once compressed
+
+
+@pytest.mark.parametrize(
+    ("relpath", "blocks"),
+    [
+        ("SCANS/IM0001", 1),  # a scanner export's name: the ustar block built here
+        ("d/" + "n" * 98, 1),  # 100 bytes fill the ustar name field: still one block
+        ("d/" + "n" * 99, 3),  # longer: tarfile's PAX header (extended header + member)
+        ("séries/IM1", 3),  # non-ASCII: tarfile's PAX header carries the UTF-8 path
+    ],
+)
+def test_tar_member_headers_read_back_as_tarfile_reads_them(tmp_path: Path, relpath: str, blocks: int) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"DICM" * 100)
+    os.utime(path, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    item = entry(path, relpath)
+    header = archive_stream._tar_header(item)
+    assert len(header) == blocks * 512
+    with tarfile.open(fileobj=io.BytesIO(b"".join(iter_archive([item], "tar"))), mode="r:") as tf:
+        (member,) = tf.getmembers()
+        assert (member.name, member.size, member.mtime, member.mode, member.type) == (
+            relpath,
+            400,
+            1_700_000_000,
+            0o644,
+            tarfile.REGTYPE,
+        )
+        assert tf.extractfile(member).read() == b"DICM" * 100  # type: ignore[union-attr]
+    reference = tarfile.TarInfo(relpath)
+    reference.size, reference.mtime, reference.mode = 400, 1_700_000_000, 0o644
+    expected = reference.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+    # the same bytes as tarfile's, but for devmajor/devminor (329-344, and so the checksum, 148-155),
+    # which some Python versions write as zeros for a regular file and others leave empty
+    def without_device_fields(block: bytes) -> bytes:
+        return block[:148] + block[156:329] + block[345:]
+
+    assert without_device_fields(header) == without_device_fields(expected)
