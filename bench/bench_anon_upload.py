@@ -17,6 +17,9 @@ kind whose DICOM-zip makes the whole dry run before the first request, as before
 ``transfer.deidentify.StreamedDeidentification`` (for DICOM-zip with the bench's script, whose
 StudyInstanceUID follows the original, the "anon" run rewrites batch by batch as it sends; its
 "dry run s" column is then the whole dry run timed on its own, not a wait before the first request).
+``--cli`` adds, for DICOM-zip, the command a user runs (``xnat-flows session upload --archive-format
+tar``, with ``--anon-script`` for the de-identified run) timed whole in a fresh HOME: interpreter
+start, login, scan, dry run, send and the read-back that checks the archive holds every file.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import PASSWORD, PROJECT, PYTHON, REPO, Emulator, free_port
+from bench_common import PASSWORD, PROJECT, PYTHON, REPO, Emulator, free_port, our_upload_command
 
 # A site de-identification script of the usual shape: labels, dates, UIDs, deletions, a condition.
 SCRIPT = """version "6.1"
@@ -155,7 +158,29 @@ def case_cstore(case: dict) -> dict:
     return {**figures, **_dry_run(case, anonymizer)}
 
 
-CASES = {"dicom-zip": case_rest, "gradual": case_rest, "cstore": case_cstore}
+def case_cli(case: dict) -> dict:
+    """``xnat-flows session upload`` as a user runs it, with its read-back; the process timed whole."""
+    home = Path(tempfile.mkdtemp(prefix="bench-anon-home-"))
+    try:
+        cmd = our_upload_command(Path(case["source"]), case["label"], case["url"], "tar", case["workers"])
+        if case["anon"]:
+            script = home / "site.das"
+            script.write_text(SCRIPT)
+            cmd += ["--anon-script", str(script)]
+        env = {**os.environ, "HOME": str(home), "XNAT_FLOWS_HOME": str(home / "xnat-flows"), "XNAT_PASS": PASSWORD}
+        env |= {"NO_COLOR": "1", "TERM": "dumb"}
+        started, before = time.perf_counter(), os.times()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=600)
+        seconds, after = time.perf_counter() - started, os.times()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"exit {done.returncode}: {(done.stdout + done.stderr)[-2000:]}")
+    cpu = after.children_user + after.children_system - before.children_user - before.children_system
+    return {"seconds": seconds, "cpu": cpu}
+
+
+CASES = {"dicom-zip": case_rest, "gradual": case_rest, "cstore": case_cstore, "cli": case_cli}
 
 
 def _settle(source: Path) -> None:
@@ -191,6 +216,11 @@ def main() -> None:
         action="store_true",
         help="also time DICOM-zip with the whole dry run before the first request (before the streamed dry run)",
     )
+    parser.add_argument(
+        "--cli",
+        action="store_true",
+        help="also time DICOM-zip as the CLI command a user runs, read-back included (mode 'cli')",
+    )
     parser.add_argument("--scratch", default=str(REPO / ".bench-data"))
     args = parser.parse_args()
     if args.case:
@@ -221,12 +251,12 @@ def main() -> None:
                 f"\n{'mode':10} {'run':6} {'median s':>8} {'ratio':>6} {'client CPU s':>12} {'CPU ratio':>9}"
                 f" {'dry run s':>9}   runs   (load average)"
             )
-            for mode in args.modes.split(","):
+            for mode in args.modes.split(",") + (["cli"] if args.cli else []):
                 times: dict[str, list[float]] = {kind: [] for kind in kinds}
                 cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
                 dry: dict[str, list[float]] = {kind: [] for kind in kinds}
                 for _ in range(args.repeats):
-                    for kind in kinds:
+                    for kind in kinds if mode != "cli" else ["plain", "anon"]:
                         _settle(work / "study")
                         figures = run_case(
                             {
@@ -245,7 +275,7 @@ def main() -> None:
                         cpu[kind].append(figures["cpu"])
                         dry[kind].append(figures.get("dry_run_seconds", 0.0))
                 plain, plain_cpu = statistics.median(times["plain"]), statistics.median(cpu["plain"])
-                for kind in kinds:
+                for kind in kinds if mode != "cli" else ["plain", "anon"]:
                     median, median_cpu = statistics.median(times[kind]), statistics.median(cpu[kind])
                     runs = " ".join(f"{t:.2f}" for t in times[kind])
                     print(
