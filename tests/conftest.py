@@ -57,9 +57,11 @@ RUN_FIRST = (
     "flows/test_cstore_flow.py",
 )
 # Twenty flow runs on a Prefect server of their own: started among the longest e2e modules (each
-# with its own server) it passed in 81 s alone but outran its 240 s bound once in CI; last, it runs
-# while the other workers finish light modules.
-RUN_LAST = ("reliability/test_load.py",)
+# with its own server) it passed in 81 s alone but outran its 240 s bound once in CI. Handed out
+# after the longest and the slow modules, it starts once the servers of those are up and runs beside
+# light modules; handed out last it ran alone at the end, ~60 s of the suite's wall time
+# (bench/suite_schedule.py on a --durations=0 log of 2026-12-04: 394 s last, 333 s here).
+RUN_AFTER_SLOW = ("reliability/test_load.py",)
 _TESTS = Path(__file__).resolve().parent
 
 
@@ -74,8 +76,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             name = item.path.resolve().relative_to(_TESTS).as_posix()
         except ValueError:  # a test file outside tests/ given on the command line
             return (2, 0)
-        if name in RUN_LAST:
-            return (3, 0)
+        if name in RUN_AFTER_SLOW:
+            return (1, 1)
         if name in first:
             return (0, first[name])
         return (1, 0) if item.path in slow_modules else (2, 0)

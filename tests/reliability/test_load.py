@@ -49,7 +49,7 @@ def test_twenty_flow_runs_share_four_upload_slots_and_all_land(
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=270,  # under pytest-timeout's 300 s, with the private server's start
     )
     assert child.returncode == 0, child.stderr[-3000:]
     report = json.loads(child.stdout.strip().splitlines()[-1])
