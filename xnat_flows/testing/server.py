@@ -187,6 +187,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
     sys_version = ""
     disable_nagle_algorithm = True  # one file per request: 23 -> ~1000 requests/s (docs/performance.md)
     api: Api  # set on the subclass made per server
+    server: EmulatorHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests run many requests
         return
@@ -267,7 +268,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             if faulted is not False:
                 return faulted  # type: ignore[return-value]
         if api.emu.latency_ms:
-            time.sleep(api.emu.latency_ms / 1000)
+            self.server.stopped.wait(api.emu.latency_ms / 1000)
         if needs_auth and not api.authenticate(req):
             return text(401, "Unauthorized: login required")
         return handler(req, match)
@@ -275,7 +276,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
     def _apply_fault(self, req: Request, rule) -> Response | None | bool:
         """Apply a fault rule; False means "carry on normally" (a delay or a throttled answer)."""
         if rule.delay_ms:
-            time.sleep(rule.delay_ms / 1000)
+            self.server.stopped.wait(rule.delay_ms / 1000)  # a stopping emulator does not wait it out
         if rule.bytes_per_second:
             req.throttle_bytes_per_s = int(rule.bytes_per_second)
         if rule.drop:
@@ -340,6 +341,8 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         self._connections_lock = threading.Lock()
         self._all_done = threading.Condition(self._connections_lock)  # no connection being served
         self._stopping = False
+        # Set when the emulator stops: an injected delay ends then, so stopping never waits it out.
+        self.stopped = threading.Event()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
@@ -360,6 +363,7 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         with self._connections_lock:
             self._stopping = True
             connections = list(self._connections)
+        self.stopped.set()
         for connection in connections:
             with suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
