@@ -10,7 +10,7 @@ import signal
 import subprocess
 import termios
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -74,16 +74,25 @@ def run_on_terminal(
         os.close(controller)
 
 
-def run_watched(argv: list[str], env: Mapping[str, str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+def run_watched(
+    argv: list[str], env: Mapping[str, str], *, timeout: float, diagnose: Callable[[], str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``subprocess.run`` of a command that may start Prefect's temporary server, with a diagnosis
     when it outlasts ``timeout``: Python's faulthandler dumps every thread of the child (SIGABRT)
-    into the failure, instead of pytest-timeout's dump of the test process, which waited."""
+    into the failure, instead of pytest-timeout's dump of the test process, which waited; and
+    ``diagnose()``, taken before the child is stopped, says what the other side (an emulator) holds."""
     process = subprocess.Popen(
         argv, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        other_side = ""
+        if diagnose is not None:
+            try:
+                other_side = f"\nmeanwhile: {diagnose()}"
+            except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the hang
+                other_side = f"\nmeanwhile: (diagnosis failed: {exc!r})"
         process.send_signal(signal.SIGABRT)
         try:
             out, err = process.communicate(timeout=30)
@@ -91,6 +100,6 @@ def run_watched(argv: list[str], env: Mapping[str, str], *, timeout: float) -> s
             process.kill()
             out, err = process.communicate()
         raise AssertionError(
-            f"{' '.join(argv[-8:])} still ran after {timeout:g} s; its threads:\n{err[-12000:]}\n{out[-2000:]}"
+            f"{' '.join(argv[-8:])} still ran after {timeout:g} s{other_side}\nits threads:\n{err[-12000:]}\n{out[-2000:]}"
         ) from None
     return subprocess.CompletedProcess(argv, process.returncode, out, err)

@@ -459,6 +459,10 @@ def test_flow_run_without_a_prefect_server_sends_no_telemetry(
         CLI + ["session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "T", "-E", "T_MR1", "--flow"],
         env,
         timeout=240,  # under pytest-timeout's 300 s: a hang is diagnosed from the CLI's own threads
+        diagnose=lambda: (
+            f"emulator rebuilder running: {xnat.prearchive.running}; prearchive and Direct-Archive rows: "
+            f"{xnat.prearchive_sessions(include_direct_archive=True)}; archived: {xnat.archived_experiments('CLI')}"
+        ),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verify: 4/4 files" in done.stdout  # the one printer of an upload's result, as without --flow

@@ -201,3 +201,24 @@ def test_stopping_with_requests_in_flight_is_quiet_and_waits_for_them(tmp_path, 
     assert outcomes, "the senders should have been cut off"
     err = capfd.readouterr().err
     assert "Traceback" not in err and "closed database" not in err
+
+
+def test_a_failed_rebuilder_pass_does_not_stop_the_rebuilder(emulator, client, monkeypatch):
+    # A pass whose own query fails (a busy database, say) used to end the rebuilder's thread: every
+    # session after it stayed RECEIVING, and a client verifying the upload waited for ever.
+    store = emulator.prearchive.store
+    real_rows = store.prearc_rows
+    failures = []
+
+    def failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("database is locked")
+        return real_rows(*args, **kwargs)
+
+    monkeypatch.setattr(store, "prearc_rows", failing_once)
+    wait_until(lambda: failures, what="a rebuilder pass to fail")
+    assert emulator.prearchive.running
+    uri = upload(client, make_study(3, 2), project="TEST", subject="S", session="AFTER")
+    wait_until(lambda: status_of(client, uri) is None, what="the session to be archived")
+    assert [e["label"] for e in emulator.archived_experiments()] == ["AFTER"]

@@ -406,6 +406,11 @@ class Prearchive:
         self._thread = threading.Thread(target=self._run, name="xnat-emulator-rebuilder", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """The idle rebuilder's thread is alive (a stopped one leaves every session as it is)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -420,4 +425,7 @@ class Prearchive:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # the pass's own query failed (e.g. a busy database): try again next pass
+                log.exception("rebuilder pass failed")
