@@ -219,6 +219,31 @@ def test_this_uploads_own_late_copy_is_merged_with_append(xnat_emulator, tmp_pat
     assert sessions(xnat_emulator)["LATE"]["scans"] == {"1": 5, "2": 5}
 
 
+def test_a_batch_that_arrives_after_the_direct_archive_session_was_archived_is_merged_not_waited_on(
+    xnat_emulator_factory, tmp_path
+) -> None:
+    """A batch whose request reaches XNAT after the idle timer archived the Direct-Archive session goes
+    through the prearchive; a project that archives by hand keeps it READY there. Verification waited
+    out its whole timeout for it (a CLI --flow run, whose batches are task runs started seconds apart
+    under load, hung so); it is this upload's own late copy, merged with append."""
+    xnat = xnat_emulator_factory(
+        tmp_path / "xnat", projects=("TEST",), rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0}
+    )
+    study = tmp_path / "study"
+    write_study(study, series=2, instances=4)
+    # the first batch's request is taken 2 s late: the other batch lands, the session goes idle and is archived
+    xnat.faults.add(path=IMPORT, method="POST", times=1, delay_ms=2000)
+    target = UploadTarget("TEST", "S", "LATEBATCH")
+    with connect(xnat, tmp_path) as client:
+        started = time.monotonic()
+        result = upload_session(client, study, target, workers=2, verify_timeout=60, poll_interval=0.1)
+        took = time.monotonic() - started
+    assert result.ok, result.sessions[0].verify
+    assert took < 20, took  # not the verification's 60 s
+    assert prearchive_rows(xnat) == []
+    assert sessions(xnat)["LATEBATCH"]["scans"] == {"1": 4, "2": 4}
+
+
 def test_a_forced_upload_parked_in_error_stops_the_wait_at_once_naming_the_row(xnat_emulator, tmp_path) -> None:
     """7: an upload forced into another study's label waited the full 600 s and said "0/30 arrived"."""
     a, b = tmp_path / "a", tmp_path / "b"

@@ -273,7 +273,7 @@ class ParkedSession(BaseModel):
     """A prearchive session XNAT did not archive, with what it meets.
 
     CONFLICT: it meets an archived session it may not join on its own; ERROR: building or
-    archiving failed. With it: the archived session of its label and that session's subject, and
+    archiving failed; READY: a project that archives by hand keeps it for a person. With it: the archived session of its label and that session's subject, and
     XNAT's log of the session.
     """
 
@@ -295,8 +295,9 @@ class ParkedSession(BaseModel):
             study = "the same study" if existing.uid and existing.uid == row.tag else f"study {existing.uid or '?'}"
             subject = self.existing_subject or existing.subject_id
             patient = f", patient {existing.patient_id}" if existing.patient_id else ""
+            meets = "it waits beside" if row.status == READY else "it conflicts with"
             text += (
-                f"; it conflicts with {existing.project}/{subject}/{existing.label} ({existing.experiment_id}), "
+                f"; {meets} {existing.project}/{subject}/{existing.label} ({existing.experiment_id}), "
                 f"which holds {study}{patient}"
             )
         if self.logs:

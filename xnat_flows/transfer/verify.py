@@ -217,8 +217,11 @@ def parked_rows(
 ) -> list[PrearchiveSession]:
     """This upload's prearchive rows that XNAT parked.
 
-    In ERROR, or in CONFLICT (it would merge into an archived session it may not join on its own).
-    Rows there before the upload are not its.
+    In ERROR, or in CONFLICT (it would merge into an archived session it may not join on its own);
+    for a Direct-Archive upload also READY: a part that reached XNAT after its Direct-Archive
+    session was archived went through the prearchive (xnat-web ``DirectArchiveSessionServiceImpl``:
+    the session no longer receives) of a project that archives by hand, and waits there for a
+    person. Rows there before the upload are not its.
 
     Args:
         client: A logged-in client.
@@ -230,11 +233,12 @@ def parked_rows(
     Returns:
         The parked rows.
     """
+    statuses = (ERROR, CONFLICT, READY) if target.direct_archive else (ERROR, CONFLICT)
     return [
         row
         for row in (_prearchive_rows(client, target.project) if rows is None else rows)
         if row.tag in study_uids
-        and row.status in (ERROR, CONFLICT)
+        and row.status in statuses
         and row.url not in before
         and row.name in (target.session, "")
     ]
@@ -391,8 +395,9 @@ def _merge_own_late_copy(
     """Archive ``row`` into the target session with ``append`` if it is this upload's own late copy.
 
     A copy of the upload that reached XNAT after the session was archived (a resumed or retried
-    request) cannot join it on its own: XNAT parks it in CONFLICT (XNAT wiki: *Using
-    Direct-to-Archive Uploading*). It is merged only when it is the same study (StudyInstanceUID),
+    request, a batch that started late) cannot join it on its own: XNAT parks it in CONFLICT (XNAT
+    wiki: *Using Direct-to-Archive Uploading*), or in READY where the project archives by hand
+    (``parked_rows``). It is merged only when it is the same study (StudyInstanceUID),
     for the same subject and label, and the archived session records the same DICOM patient; and
     only with ``append``, under which XNAT still refuses another study or subject
     (xnat-web ``PrearcSessionArchiver.checkForConflicts``). Anything else is for a person to look at.
@@ -400,7 +405,11 @@ def _merge_own_late_copy(
     Returns:
         True when XNAT took it.
     """
-    if row.status != CONFLICT or row.name != target.session or row.subject.lower() != target.subject.lower():
+    if (
+        row.status not in (CONFLICT, READY)
+        or row.name != target.session
+        or row.subject.lower() != target.subject.lower()
+    ):
         return False
     existing = find_archived(client, target.project, target.session, subject=target.subject)
     if existing is None or not existing.uid or existing.uid != row.tag:
