@@ -41,23 +41,6 @@ def xnat(tmp_path: Path, xnat_emulator_factory):
     )  # staged sessions stay staged
 
 
-@pytest.fixture
-def flow_xnat(tmp_path: Path, xnat_emulator_factory):
-    """``xnat`` for a ``--flow`` upload: its batches are Prefect task runs, which under load start
-    seconds apart. With the 0.3 s idle timer a batch arriving after the Direct-Archive session was
-    archived went through the prearchive of this manual project and stayed READY there, and the
-    run's verification waited out its 600 s (seen once in a CI-style run). XNAT's own timer is
-    minutes; the flow's archive-now step archives the session after its last batch anyway."""
-    return xnat_emulator_factory(
-        tmp_path / "xnat",
-        projects=("CLI",),
-        password=PASSWORD,
-        rebuild_idle_seconds=30,
-        scp_port=0,
-        prearchive_codes={"CLI": 0},
-    )
-
-
 def run(*args: str, input: str | None = None):
     return CliRunner().invoke(app, list(args), input=input)
 
@@ -122,8 +105,8 @@ def test_login_once_then_every_command_needs_nothing(xnat, home: Path, tmp_path:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_login_once_then_upload_with_flow_needs_nothing(flow_xnat, home: Path, tmp_path: Path) -> None:
-    login(flow_xnat)
+def test_login_once_then_upload_with_flow_needs_nothing(xnat, home: Path, tmp_path: Path) -> None:
+    login(xnat)
     manifest = write_studies(tmp_path / "export", series=1, instances=6, instance_kb=4, seed=32)
     result = run("session", "upload", str(tmp_path / "export"), "-P", "CLI", "-S", "F1", "-E", "F1_MR1", "--flow")
     assert result.exit_code == 0, result.output
@@ -464,11 +447,10 @@ def test_flow_password_stays_out_of_prefects_server_and_the_server_dies_with_the
 
 @pytest.mark.slow
 def test_flow_run_without_a_prefect_server_sends_no_telemetry(
-    flow_xnat, tmp_path: Path, home: Path, seeded_prefect_home: Path
+    xnat, tmp_path: Path, home: Path, seeded_prefect_home: Path
 ) -> None:
     """Prefect's temporary server reports telemetry by default and logs an ERROR when that fails
     (no network): a `--flow` run started by the CLI turns it off."""
-    xnat = flow_xnat
     login(xnat)
     write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=48)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XNAT_", "PREFECT_"))}
