@@ -273,8 +273,8 @@ class ParkedSession(BaseModel):
     """A prearchive session XNAT did not archive, with what it meets.
 
     CONFLICT: it meets an archived session it may not join on its own; ERROR: building or
-    archiving failed; READY: a project that archives by hand keeps it for a person. With it: the archived session of its label and that session's subject, and
-    XNAT's log of the session.
+    archiving failed; READY: a project that archives by hand keeps it for a person. With it: the
+    archived session of its label and that session's subject, and XNAT's log of the session.
     """
 
     session: PrearchiveSession
