@@ -108,8 +108,8 @@ def test_rest_upload_lands_with_exactly_the_scripts_changes_originals_unchanged_
 
     again = run(*args, *mode, "--json")
     assert again.exit_code == 0, again.output
-    if mode == ["--gradual"]:
-        assert json.loads(again.stdout)["files_sent"] == 0  # the archive holds every rewritten instance
+    assert json.loads(again.stdout)["files_sent"] == 0  # nothing new: the journal lists it, XNAT holds it
+    assert json.loads(again.stdout)["sessions"][0]["verified"] is True  # and the session was read back again
     assert_archive_holds_exactly_the_scripts_changes(xnat, "SESS", originals, ("ANON", "SUBJ", "SESS"))
     assert [e["label"] for e in xnat.archived_experiments("ANON")] == ["SESS"]
 

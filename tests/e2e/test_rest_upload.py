@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,18 @@ def test_resume_after_a_failure_halfway_sends_only_what_did_not_land(xnat_emulat
     assert sorted(b.resumed for b in study.batches) == [False, False, True, True]
     assert second.files_sent == sum(len(b.files) for b in failed)
     assert archived(xnat_emulator, "RESUME")["scans"] == {"1": 4, "2": 4, "3": 4}
-    assert journal.done(key) == set()  # complete: the journal starts afresh
+    assert len(journal.done(key)) == 4  # verified: the journal keeps what was delivered
+
+    third = upload_session(client, export, target, workers=4, journal=journal, **FAST)
+    assert third.ok and third.files_sent == 0 and third.sessions[0].verified  # nothing new: nothing sent
+
+    changed = min(p for p in export.rglob("*") if p.is_file())
+    os.utime(changed, (changed.stat().st_atime, changed.stat().st_mtime + 60))  # touched since: a new batch
+    fourth = upload_session(client, export, target, workers=4, journal=journal, **FAST)
+    (study,) = fourth.sessions
+    (resent,) = [b for b in study.batches if not b.resumed]
+    assert fourth.ok and study.verified and changed.relative_to(export).as_posix() in resent.files
+    assert fourth.files_sent == len(resent.files) < 12
 
 
 def test_gradual_resume_skips_instances_that_landed(xnat_emulator, client, export, tmp_path) -> None:

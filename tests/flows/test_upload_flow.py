@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
 from xnat_flows.models import UploadRequest, XnatConnection
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.testing.synth import write_studies
+from xnat_flows.transfer.journal import UploadJournal
 from xnat_flows.transfer.session import study_label
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
@@ -171,10 +173,10 @@ def test_archived_is_announced_once_per_arrival_of_files(
         return [e.resource["xnat.experiment_id"] for e in events_worker._client.events if e.event == SESSION_ARCHIVED]
 
     def killed(*args, **kwargs):
-        raise RuntimeError("worker killed after the batches were delivered, before the session was announced")
+        raise RuntimeError("worker killed after the session was verified, before it was announced")
 
     with monkeypatch.context() as patch:  # the journal keeps what was delivered; nothing was announced
-        patch.setattr(upload_flow, "forget_delivered", killed)
+        patch.setattr(upload_flow, "emit_upload_result", killed)
         with pytest.raises(RuntimeError):
             upload_dicom_session(request, connection)
     assert archived_events() == []
@@ -184,8 +186,8 @@ def test_archived_is_announced_once_per_arrival_of_files(
     experiment = resumed.sessions[0].experiment_id
     assert archived_events() == [experiment]  # announced by the run that found it archived
 
-    again = upload_dicom_session(request, connection)  # the same files sent again: no new arrival
-    assert again.files_sent == 6 and again.sessions[0].verified is True
+    again = upload_dicom_session(request, connection)  # the same files: nothing sent, no new arrival
+    assert again.files_sent == 0 and again.sessions[0].verified is True
     assert archived_events() == [experiment]
 
     write(tmp_path / "export" / "more", series=1, instances=1, instance_kb=4, seed=21)  # another file of the study
@@ -229,10 +231,16 @@ def test_a_gradual_rerun_that_finds_the_session_archived_verifies_it(xnat, tmp_p
     first = upload_dicom_session(request, connection)
     assert first.sessions[0].verified is True
 
-    again = upload_dicom_session(request, connection)
+    again = upload_dicom_session(request, connection)  # the journal lists every instance as delivered
     (session,) = again.sessions
     assert session.verified is True and session.experiment_id == first.sessions[0].experiment_id
-    assert again.files_sent == 0 and session.files_delivered == len(manifest.files)
+    assert again.files_sent == 0 and session.gradual is not None and session.gradual.resumed_count == 6
+
+    shutil.rmtree(UploadJournal().directory)  # a host that never sent them: the archive holds them all
+    elsewhere = upload_dicom_session(request, connection)
+    (session,) = elsewhere.sessions
+    assert session.verified is True and session.experiment_id == first.sessions[0].experiment_id
+    assert elsewhere.files_sent == 0 and session.files_delivered == len(manifest.files)
     assert session.gradual is not None and session.gradual.already_archived
 
 
@@ -323,6 +331,7 @@ def test_a_flow_run_whose_upload_xnat_parked_fails_saying_what_to_do(xnat, tmp_p
     write_studies(tmp_path / "export", series=1, instances=4, instance_kb=4, seed=61)
     connection = XnatConnection(url=xnat.url, username="admin")
     upload_dicom_session(_request(tmp_path / "export"), connection)
+    shutil.rmtree(UploadJournal().directory)  # the same study sent from a host that did not send it
     xnat.faults.force_next_session("CONFLICT")
 
     with pytest.raises(ConflictError) as raised:

@@ -35,12 +35,14 @@ class Recorder:
         already_archived: bool = False,
         verify_fails: bool = False,
         verified: VerifyResult | None = None,
+        parked: list[ParkedSession] | None = None,
     ) -> None:
         self.calls: list[str] = []
         self.batch_ok = batch_ok
         self.already_archived = already_archived
         self.verify_fails = verify_fails
         self.verified = verified
+        self.parked = parked or []
 
     @contextlib.contextmanager
     def claim(self, targets: Sequence[UploadTarget]) -> Iterator[None]:
@@ -91,7 +93,7 @@ class Recorder:
         self, target: UploadTarget, study_uid: str, prearchive_before: frozenset[str]
     ) -> list[ParkedSession]:
         self.calls.append("look_for_parked")
-        return []
+        return self.parked
 
 
 def test_every_destination_is_checked_under_the_claim_before_anything_is_sent() -> None:
@@ -102,7 +104,7 @@ def test_every_destination_is_checked_under_the_claim_before_anything_is_sent() 
         "claim",
         "check",
         "check",
-        *["send_batches", "archive_now", "verify", "forget"] * 2,
+        *["send_batches", "archive_now", "verify"] * 2,  # verified: the journal's record stays
         "release",
     ]
     assert [s.session for s in sessions] == ["SESS", "SESS2"]
@@ -128,9 +130,10 @@ def test_the_journal_is_forgotten_only_after_verification() -> None:
     ],
     ids=["still-processing", "not-there-yet", "files-missing", "parked"],
 )
-def test_a_verification_that_ran_out_of_time_keeps_the_journal(verified: VerifyResult, forgotten: bool) -> None:
-    """Inconclusive (XNAT still at work on what was sent): the re-run must not send it all again.
-    Conclusive failures (files missing, parked elsewhere): the next run sends everything anew."""
+def test_the_journal_is_forgotten_only_when_verification_disproves_it(verified: VerifyResult, forgotten: bool) -> None:
+    """Verified (``test_every_destination_...``) or inconclusive (XNAT still at work on what was
+    sent): the record stays, and the re-run sends nothing again. Disproved (files missing, parked
+    elsewhere): the next run sends everything anew."""
     steps = Recorder(verified=verified)
     sequence_upload(steps, [(TARGET, _files())])
     assert ("forget" in steps.calls) is forgotten
@@ -140,7 +143,7 @@ def test_a_session_found_archived_already_is_verified_not_archived_again() -> No
     """Nothing is reported complete without XNAT saying so, also when a re-run sent nothing."""
     steps = Recorder(already_archived=True)
     (session,) = sequence_upload(steps, [(TARGET, _files())], gradual=True)
-    assert steps.calls == ["claim", "check", "send_instances", "verify", "forget", "release"]
+    assert steps.calls == ["claim", "check", "send_instances", "verify", "release"]
     assert session.verified is True and session.files_sent == 0 and session.ok
 
 
@@ -149,6 +152,21 @@ def test_an_incomplete_upload_is_neither_archived_nor_verified_nor_forgotten() -
     (session,) = sequence_upload(steps, [(TARGET, _files())])
     assert steps.calls == ["claim", "check", "send_batches", "release"]
     assert not session.ok and session.verified is None and len(session.failed_files) == 4
+
+
+def test_without_verification_what_xnat_parked_is_forgotten() -> None:
+    from xnat_flows.client.prearchive import PrearchiveSession
+
+    row = PrearchiveSession(project="P", timestamp="20261204_120000000", name="SESS", status="CONFLICT", tag="1.2.3")
+    steps = Recorder(parked=[ParkedSession(session=row)])
+    sequence_upload(steps, [(TARGET, _files()), (TARGET.with_session("SESS2"), _files())], verify=False)
+    assert steps.calls[-5:] == ["look_for_parked", "forget", "look_for_parked", "forget", "release"]
+    assert "forget" not in sequence_calls(Recorder(), verify=False)  # nothing parked: the record stays
+
+
+def sequence_calls(steps: Recorder, **options: bool) -> list[str]:
+    sequence_upload(steps, [(TARGET, _files())], **options)
+    return steps.calls
 
 
 def test_without_verification_the_prearchive_is_looked_at_once_per_session() -> None:

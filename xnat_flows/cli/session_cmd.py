@@ -418,6 +418,8 @@ def _report(result: UploadResult, sending_seconds: float | None = None) -> None:
                 "  already complete in XNAT's archive: nothing sent (gradual-DICOM cannot replace "
                 "archived instances; DICOM-zip, the default transport, can)"
             )
+        elif (earlier := study.files_delivered - study.files_sent) > 0:
+            typer.echo(f"  {counted(earlier, 'file')} delivered by an earlier run (resume journal): not sent again")
         if study.verify is not None:
             typer.echo(f"  verify: {study.verify.summary(STATUS_SHOWN_BY)}", err=not study.verify.ok)
         for parked in study.parked:
@@ -432,10 +434,14 @@ def _report(result: UploadResult, sending_seconds: float | None = None) -> None:
             typer.echo(f"  ... and {len(study.failed_files) - 20} more", err=True)
     transfer_seconds, verify_seconds = _timing(result, sending_seconds)
     rate = result.bytes_sent / 1e6 / transfer_seconds if transfer_seconds > 0 else 0.0
-    typer.echo(
-        f"{counted(result.files_sent, 'file')}, {result.bytes_sent / 1e6:.1f} MB sent in {transfer_seconds:.1f} s ({rate:.1f} MB/s)"
-        + (f"; verified in {verify_seconds:.1f} s" if verify_seconds else "")
-    )
+    verified = f"; verified in {verify_seconds:.1f} s" if verify_seconds else ""
+    if result.files_sent == 0 and result.files_delivered and not any(s.failed_files for s in result.sessions):
+        typer.echo(f"nothing new to send: XNAT has all {counted(result.files_delivered, 'file')}" + verified)
+    else:
+        typer.echo(
+            f"{counted(result.files_sent, 'file')}, {result.bytes_sent / 1e6:.1f} MB sent in "
+            f"{transfer_seconds:.1f} s ({rate:.1f} MB/s)" + verified
+        )
     if result.in_conflict:
         typer.echo(
             "XNAT parked this upload in CONFLICT (listed above, with what it conflicts with): nothing was merged "

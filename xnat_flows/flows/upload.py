@@ -282,7 +282,7 @@ class TaskSteps:
         )
 
     def forget_delivered(self, target: UploadTarget) -> None:
-        """The ``finish-session`` task."""
+        """The ``forget-delivered`` task."""
         forget_delivered(target, self.server.url)
 
     def look_for_parked(

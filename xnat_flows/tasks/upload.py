@@ -279,10 +279,13 @@ def upload_instances_task(
         return upload_instances(client, files, target, workers=workers, journal=UploadJournal())
 
 
-@task(name="finish-session", **_COMMON)
+@task(name="forget-delivered", **_COMMON)
 @speaks_to_operator
 def forget_delivered(target: UploadTarget, server_url: str) -> None:
-    """Everything of this session was accepted: a later, deliberate re-upload sends it all again."""
+    """Forget the journal's record of this session: verification disproved it (files missing, or parked).
+
+    The next run sends it all again.
+    """
     UploadJournal().clear(resume_key(server_url, target.key))
 
 

@@ -4,7 +4,7 @@ For every planned session (one study under one label)::
 
     claim every destination ─ check every destination ─┐  (nothing is sent before all are checked)
     ┌──────────────────────────────────────────────────┘
-    └─ per session: send (batches | instances) ─ archive now ─ verify ─ forget the journal
+    └─ per session: send (batches | instances) ─ archive now ─ verify ─ (disproved:) forget the journal
     └─ without verification: one look at the prearchive for what XNAT parked
 
 Who runs a step is the caller's business (``UploadSteps``): the library runs each on an
@@ -17,8 +17,10 @@ every task run with its retries and concurrency limits. The order and its condit
   checked with the study its first file was rewritten to, and verified on the files as sent;
 * verify whenever everything reached XNAT, also when a re-run found it archived already: no
   upload is reported verified, or complete, without XNAT saying so;
-* forget the resume journal's record of a session only after verification: a run stopped while
-  archiving or verifying leaves the record, and the re-run sends nothing again and verifies.
+* forget the resume journal's record of a session only when verification (or, without it, the
+  look at the prearchive) disproves it: files missing, or parked. A verified session keeps it, so
+  a re-run of the same files sends nothing new and verifies; so does a run stopped while
+  archiving or verifying.
 """
 
 from __future__ import annotations
@@ -132,26 +134,30 @@ def sequence_upload(
                 steps.archive_now(target, session.study_uid, session.uris, session.requests_in_doubt)
             if verify and session.uploaded:
                 session.verify = steps.verify(target, files, before)
-            if session.uploaded and not _verification_pending(session.verify):
-                # Everything was accepted: a later run starts afresh. (If verification found files
-                # missing, sending all of them again is what the next run should do anyway.)
-                steps.forget_delivered(target)
+                if _delivery_disproved(session.verify):
+                    steps.forget_delivered(target)
             sessions.append((session, files, before))
         if not verify:
             for session, _, before in sessions:
                 session.parked = steps.look_for_parked(session.target, session.study_uid, before)
+                if session.parked:  # what the journal lists is parked, not in the session
+                    steps.forget_delivered(session.target)
     return [session for session, _, _ in sessions]
 
 
-def _verification_pending(verify: VerifyResult | None) -> bool:
-    """Verification ran out of time while XNAT was still at work on the session.
+def _delivery_disproved(verify: VerifyResult) -> bool:
+    """Verification found the session short of what the journal lists as delivered, or parked.
 
-    XNAT was still receiving, building or archiving what was sent, so the journal stays and a re-run
-    sends nothing again and verifies. (Forgotten, the re-run would send every file again, and after
-    XNAT archived the session meanwhile the copies would park in the prearchive.) The re-run trusts
-    the journal only if XNAT still holds the study (``session.resume_state``).
+    Then the journal's record goes and the next run sends every file again. Otherwise it stays:
+    verified, a re-run of the same files sends nothing new and verifies again (as a C-STORE
+    re-run does); still at work when the wait ran out (XNAT receiving, building or archiving what
+    was sent), the re-run sends nothing again and verifies — forgotten, it would send every file
+    again, and after XNAT archived the session meanwhile the copies would park in the prearchive.
+    Either way the re-run trusts the journal only while XNAT still holds the study
+    (``session.resume_state``), and a file changed since is sent again.
 
     Returns:
-        True when the journal must be kept for the re-run.
+        True when the journal's record of the session must be forgotten.
     """
-    return verify is not None and not verify.ok and (verify.processing or verify.uri is None) and not verify.parked
+    still_at_work = verify.processing or verify.uri is None
+    return not verify.ok and (bool(verify.parked) or not still_at_work)

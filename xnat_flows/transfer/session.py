@@ -476,7 +476,8 @@ def upload_instances(
 ) -> GradualResult:
     """gradual-DICOM with resume: instances journaled by an earlier run are not sent again.
 
-    A fresh run whose session XNAT has already archived complete sends nothing: gradual-DICOM
+    A run with instances the journal does not list (a fresh host, or the same session sent before
+    as DICOM-zip) whose session XNAT has already archived complete sends nothing: gradual-DICOM
     cannot replace archived instances, so re-sending them would only park a CONFLICT copy in
     the prearchive (XNAT wiki: Using Direct-to-Archive Uploading). DICOM-zip with an overwrite policy replaces them.
 
@@ -492,7 +493,8 @@ def upload_instances(
         The gradual upload's result, counting the instances resumed.
     """
     resume = resume_state(client, journal, target, files)
-    if not resume.done and archived_complete(client, target, files):
+    pending = resume.pending(files)
+    if pending and archived_complete(client, target, files):
         log.info(
             "%s/%s/%s already holds all %d instances in the archive: nothing sent",
             target.project,
@@ -501,7 +503,6 @@ def upload_instances(
             len(files),
         )
         return GradualResult(total=len(files), resumed_count=len(files), already_archived=True)
-    pending = resume.pending(files)
     result = upload_gradual(
         client, pending, target, workers=workers, progress=progress, on_sent=lambda f: resume.record([f])
     )
