@@ -64,7 +64,11 @@ def test_repeating_a_gradual_upload_says_nothing_was_sent(xnat, tmp_path: Path) 
     imports_before = xnat.stats()["imports"]
     again = run(*args, env={"XNAT_PASS": PASSWORD})
     assert again.exit_code == 0, again.output
-    assert "already complete in XNAT's archive: nothing sent" in again.output
+    assert "6 files delivered by an earlier run (resume journal): not sent again" in again.output
+    assert "nothing new to send: XNAT has all 6 files; verified in" in again.output
+    elsewhere = run(*args, env={"XNAT_PASS": PASSWORD, "XNAT_FLOWS_HOME": str(tmp_path / "another-host")})
+    assert elsewhere.exit_code == 0, elsewhere.output  # no journal: the archive is asked
+    assert "already complete in XNAT's archive: nothing sent" in elsewhere.output
     assert xnat.stats()["imports"] == imports_before
 
 

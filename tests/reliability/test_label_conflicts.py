@@ -22,6 +22,7 @@ from xnat_flows.client.prearchive import archive_session, list_sessions
 from xnat_flows.testing import XnatEmulator
 from xnat_flows.testing.pytest_plugin import wait_until
 from xnat_flows.transfer import UploadTarget, scan_directory, upload_session
+from xnat_flows.transfer.journal import UploadJournal, resume_key
 from xnat_flows.transfer.session import archive_now, study_label, upload_batches
 from xnat_flows.transfer.verify import prearchive_snapshot, verify_session
 
@@ -244,6 +245,32 @@ def test_a_batch_that_arrives_after_the_direct_archive_session_was_archived_is_m
     assert sessions(xnat)["LATEBATCH"]["scans"] == {"1": 4, "2": 4}
 
 
+def test_without_verification_a_batch_kept_ready_after_the_session_was_archived_is_reported_parked(
+    xnat_emulator_factory, tmp_path
+) -> None:
+    """The same late batch without verification: nothing merges it, so the one look at the
+    prearchive reports it (READY, waiting for a person in a project that archives by hand) and the
+    upload is not reported complete; the journal forgets the session, so a re-run sends it all."""
+    xnat = xnat_emulator_factory(
+        tmp_path / "xnat", projects=("TEST",), rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0}
+    )
+    study = tmp_path / "study"
+    write_study(study, series=2, instances=4)
+    xnat.faults.add(path=IMPORT, method="POST", times=1, delay_ms=2000)
+    target = UploadTarget("TEST", "S", "LATENOVERIFY")
+    journal = UploadJournal(tmp_path / "journal")
+    with connect(xnat, tmp_path) as client:
+        result = upload_session(client, study, target, workers=2, verify=False, journal=journal)
+        key = resume_key(client.base_url, target.key)
+    (session,) = result.sessions
+    assert not result.ok and not result.in_conflict
+    (parked,) = session.parked
+    assert parked.session.status == "READY" and parked.session.name == "LATENOVERIFY"
+    assert "it waits beside" in parked.describe()
+    assert [row["status"] for row in prearchive_rows(xnat)] == ["READY"]  # kept for a person, not lost
+    assert journal.done(key) == set()
+
+
 def test_a_forced_upload_parked_in_error_stops_the_wait_at_once_naming_the_row(xnat_emulator, tmp_path) -> None:
     """7: an upload forced into another study's label waited the full 600 s and said "0/30 arrived"."""
     a, b = tmp_path / "a", tmp_path / "b"
@@ -314,8 +341,10 @@ def test_no_verify_never_exits_0_while_its_upload_sits_in_conflict(xnat_emulator
     args = ["session", "upload", str(study), "-P", "TEST", "-S", "S", "-E", "NOVERIFY", "--no-verify"]
     assert run_cli(args, env)[0] == 0
     wait_until(lambda: "NOVERIFY" in sessions(xnat_emulator), timeout=30)
+    code, text = run_cli(args, env)  # its journal lists every batch: nothing new to send
+    assert code == 0 and "not read back" in text, text
     xnat_emulator.faults.force_next_session("CONFLICT")
-    code, text = run_cli(args, env)
+    code, text = run_cli(args, cli_env(xnat_emulator, tmp_path / "another-host"))  # sent again, and parked
     assert code == 5, text
     assert "XNAT did not archive this upload" in text and "is CONFLICT" in text
     assert "xnat-flows prearchive archive TEST" in text and "nothing was merged" in text

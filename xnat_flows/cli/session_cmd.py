@@ -435,8 +435,13 @@ def _report(result: UploadResult, sending_seconds: float | None = None) -> None:
     transfer_seconds, verify_seconds = _timing(result, sending_seconds)
     rate = result.bytes_sent / 1e6 / transfer_seconds if transfer_seconds > 0 else 0.0
     verified = f"; verified in {verify_seconds:.1f} s" if verify_seconds else ""
-    if result.files_sent == 0 and result.files_delivered and not any(s.failed_files for s in result.sessions):
+    nothing_new = result.files_sent == 0 and result.ok and result.files_delivered
+    if nothing_new and all(s.verify is not None for s in result.sessions):
         typer.echo(f"nothing new to send: XNAT has all {counted(result.files_delivered, 'file')}" + verified)
+    elif nothing_new:
+        typer.echo(
+            f"nothing new to send: all {counted(result.files_delivered, 'file')} were delivered before (not read back)"
+        )
     else:
         typer.echo(
             f"{counted(result.files_sent, 'file')}, {result.bytes_sent / 1e6:.1f} MB sent in "
