@@ -21,6 +21,8 @@ from unittest import mock
 import httpx
 import pytest
 
+_RUN_PREFECT_HOME = [""]  # the PREFECT_HOME pytest_configure made for this process, removed at its end
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Prefect servers the suite starts (the test harness's, `prefect server start`, a CLI --flow
@@ -28,6 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # lines into the test run's terminal. A value set by the caller wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Prefect's home for this run (flow results, the memo store, a CLI's database): never the
+    # developer's own ~/.prefect, which the in-process flow runs filled with pickled results.
+    # Set before anything imports prefect, whose settings are read then; each xdist worker gets its own.
+    if "prefect" not in sys.modules:
+        os.environ["PREFECT_HOME"] = _RUN_PREFECT_HOME[0] = tempfile.mkdtemp(prefix="xnat-flows-tests-prefect-home-")
     # CI installs dcmtk and sets this, so the C-STORE tests against a peer nobody here wrote
     # cannot silently skip there; elsewhere they skip with a reason when dcmtk is missing.
     if os.environ.get("XNAT_FLOWS_REQUIRE_DCMTK") and not (shutil.which("storescp") and shutil.which("storescu")):
@@ -90,7 +97,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop Prefect's temporary API servers (a flow run without PREFECT_API_URL starts one) while
     pytest's streams are still open: Prefect's own exit handler stops them later and its "Stopping
     temporary server" line then meets a closed stream ("--- Logging error --- ValueError: I/O
-    operation on closed file" at the end of the run)."""
+    operation on closed file" at the end of the run). Then the run's PREFECT_HOME goes."""
+    try:
+        _stop_temporary_prefect_servers()
+    finally:
+        if _RUN_PREFECT_HOME[0]:
+            shutil.rmtree(_RUN_PREFECT_HOME[0], ignore_errors=True)
+
+
+def _stop_temporary_prefect_servers() -> None:
     server_module = sys.modules.get("prefect.server.api.server")
     if server_module is None:
         return
