@@ -193,14 +193,20 @@ def events_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     flows run on the harness meanwhile: ``events_worker.wait_until_empty()``, then ``events_worker._client.events``."""
     from prefect.events.clients import AssertingEventsClient
     from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     monkeypatch.delenv("PREFECT_API_KEY", raising=False)
-    worker = EventsWorker.instance(AssertingEventsClient)
-    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
-    try:
-        yield worker
-    finally:
-        worker.drain()
+    with contextlib.ExitStack() as stack:
+        if PREFECT_API_URL.value() is None:
+            # No API (no harness in this test): the worker still opens an orchestration client, and
+            # without an API URL that starts Prefect's temporary server (~14 s), never used here.
+            stack.enter_context(temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}))
+        worker = EventsWorker.instance(AssertingEventsClient)
+        monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
+        try:
+            yield worker
+        finally:
+            worker.drain()
 
 
 @pytest.fixture(scope="session")
