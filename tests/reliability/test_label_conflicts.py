@@ -220,6 +220,18 @@ def test_this_uploads_own_late_copy_is_merged_with_append(xnat_emulator, tmp_pat
     assert sessions(xnat_emulator)["LATE"]["scans"] == {"1": 5, "2": 5}
 
 
+def _a_batch_arrives_late(xnat_emulator_factory, tmp_path: Path) -> tuple[XnatEmulator, Path]:
+    """An XNAT whose project archives by hand, and a study of two batches (``workers=2``) whose first
+    request is taken 2 s late: the other batch lands, the session goes idle and is archived."""
+    xnat = xnat_emulator_factory(
+        tmp_path / "xnat", projects=("TEST",), rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0}
+    )
+    study = tmp_path / "study"
+    write_study(study, series=2, instances=4)
+    xnat.faults.add(path=IMPORT, method="POST", times=1, delay_ms=2000)
+    return xnat, study
+
+
 def test_a_batch_that_arrives_after_the_direct_archive_session_was_archived_is_merged_not_waited_on(
     xnat_emulator_factory, tmp_path
 ) -> None:
@@ -227,13 +239,7 @@ def test_a_batch_that_arrives_after_the_direct_archive_session_was_archived_is_m
     through the prearchive; a project that archives by hand keeps it READY there. Verification waited
     out its whole timeout for it (a CLI --flow run, whose batches are task runs started seconds apart
     under load, hung so); it is this upload's own late copy, merged with append."""
-    xnat = xnat_emulator_factory(
-        tmp_path / "xnat", projects=("TEST",), rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0}
-    )
-    study = tmp_path / "study"
-    write_study(study, series=2, instances=4)
-    # the first batch's request is taken 2 s late: the other batch lands, the session goes idle and is archived
-    xnat.faults.add(path=IMPORT, method="POST", times=1, delay_ms=2000)
+    xnat, study = _a_batch_arrives_late(xnat_emulator_factory, tmp_path)
     target = UploadTarget("TEST", "S", "LATEBATCH")
     with connect(xnat, tmp_path) as client:
         started = time.monotonic()
@@ -251,12 +257,7 @@ def test_without_verification_a_batch_kept_ready_after_the_session_was_archived_
     """The same late batch without verification: nothing merges it, so the one look at the
     prearchive reports it (READY, waiting for a person in a project that archives by hand) and the
     upload is not reported complete; the journal forgets the session, so a re-run sends it all."""
-    xnat = xnat_emulator_factory(
-        tmp_path / "xnat", projects=("TEST",), rebuild_idle_seconds=0.3, prearchive_codes={"TEST": 0}
-    )
-    study = tmp_path / "study"
-    write_study(study, series=2, instances=4)
-    xnat.faults.add(path=IMPORT, method="POST", times=1, delay_ms=2000)
+    xnat, study = _a_batch_arrives_late(xnat_emulator_factory, tmp_path)
     target = UploadTarget("TEST", "S", "LATENOVERIFY")
     journal = UploadJournal(tmp_path / "journal")
     with connect(xnat, tmp_path) as client:
