@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
 
 from xnat_flows.client.errors import ConflictError, InputError
 from xnat_flows.flows.upload import UploadIncompleteError, upload_dicom_session
@@ -107,8 +108,14 @@ def test_failed_batch_fails_the_run_and_a_rerun_sends_only_the_rest(xnat, tmp_pa
 
     xnat.faults.clear()
     imports_before = xnat.stats()["imports"]
-    result = upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"))
+    state = upload_dicom_session(request, XnatConnection(url=xnat.url, username="admin"), return_state=True)
+    result = state.result()
     assert sum(1 for b in result.sessions[0].batches if b.resumed) == 2
+    this_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:  # the operator's per-batch table says which were sent now
+        (table,) = [a for a in client.read_artifacts(artifact_filter=this_run) if a.type == "table"]
+    outcomes = sorted(row["outcome"] for row in json.loads(str(table.data)))
+    assert outcomes == ["delivered by an earlier run: not sent again"] * 2 + ["sent"] * 2
     assert xnat.stats()["imports"] - imports_before == 2
     assert result.sessions[0].verified is True
     # Two meanings, one result (issue: the flow counted resumed files as sent, inflating throughput):

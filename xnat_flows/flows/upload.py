@@ -397,7 +397,7 @@ def _publish_batch_table(result: UploadResult) -> None:
             "files": len(b.files),
             "MB": round(b.bytes / 1e6, 2),
             "seconds": b.seconds,
-            "outcome": "ok" if b.ok else f"failed: {b.error}",
+            "outcome": _batch_outcome(b),
         }
         for s in result.sessions
         for b in s.batches
@@ -412,6 +412,12 @@ def _publish_batch_table(result: UploadResult) -> None:
         for s in result.sessions
     ]
     create_table_artifact(table=rows, description="Per-batch outcome of the DICOM upload")
+
+
+def _batch_outcome(batch: BatchResult) -> str:
+    if not batch.ok:
+        return f"failed: {batch.error}"
+    return "delivered by an earlier run: not sent again" if batch.resumed else "sent"
 
 
 def _incomplete_message(result: UploadResult) -> str:

@@ -15,7 +15,7 @@ from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
@@ -139,8 +139,13 @@ def destination_slots(server_url: str, targets: list[UploadTarget], timeout_seco
     names = sorted({destination_name(server_url, t.project, t.session) for t in targets})
     with get_client(sync_client=True) as prefect:
         for name in names:
-            with contextlib.suppress(ObjectAlreadyExists):
-                prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            # Looked up first: creating one that exists (every later run to the label) is refused, and
+            # the Prefect server logs each refusal with a traceback. Two first runs at once: one creates.
+            try:
+                prefect.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):
+                    prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
     try:
         with concurrency(names, occupy=1, timeout_seconds=timeout_seconds, strict=True):
             yield
