@@ -396,7 +396,7 @@ def _publish_batch_table(result: UploadResult) -> None:
             "batch": b.index,
             "files": len(b.files),
             "MB": round(b.bytes / 1e6, 2),
-            "seconds": b.seconds,
+            "seconds": round(b.seconds, 2),
             "outcome": _batch_outcome(b),
         }
         for s in result.sessions
