@@ -161,12 +161,9 @@ def test_without_verification_what_xnat_parked_is_forgotten() -> None:
     steps = Recorder(parked=[ParkedSession(session=row)])
     sequence_upload(steps, [(TARGET, _files()), (TARGET.with_session("SESS2"), _files())], verify=False)
     assert steps.calls[-5:] == ["look_for_parked", "forget", "look_for_parked", "forget", "release"]
-    assert "forget" not in sequence_calls(Recorder(), verify=False)  # nothing parked: the record stays
-
-
-def sequence_calls(steps: Recorder, **options: bool) -> list[str]:
-    sequence_upload(steps, [(TARGET, _files())], **options)
-    return steps.calls
+    nothing_parked = Recorder()
+    sequence_upload(nothing_parked, [(TARGET, _files())], verify=False)
+    assert "forget" not in nothing_parked.calls  # the record stays
 
 
 def test_without_verification_the_prearchive_is_looked_at_once_per_session() -> None:
