@@ -17,6 +17,8 @@ kind whose DICOM-zip makes the whole dry run before the first request, as before
 ``transfer.deidentify.StreamedDeidentification`` (for DICOM-zip with the bench's script, whose
 StudyInstanceUID follows the original, the "anon" run rewrites batch by batch as it sends; its
 "dry run s" column is then the whole dry run timed on its own, not a wait before the first request).
+The emulator's CPU time per run is printed beside the client's (``--each``: every run as it ends,
+the emulator's user and system time apart).
 ``--cli`` adds, for DICOM-zip, the command a user runs (``xnat-flows session upload --archive-format
 tar``, with ``--anon-script`` for the de-identified run) timed whole in a fresh HOME: interpreter
 start, login, scan, dry run, send and the read-back that checks the archive holds every file.
@@ -203,6 +205,7 @@ def _settle(source: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--each", action="store_true", help="print every run's figures as it ends")
     parser.add_argument("--instances", type=int, default=2000)
     parser.add_argument("--kb", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
@@ -249,15 +252,18 @@ def main() -> None:
             kinds = ["plain", "anon", *(["whole"] if args.whole else []), *(["upfront"] if args.upfront else [])]
             print(
                 f"\n{'mode':10} {'run':6} {'median s':>8} {'ratio':>6} {'client CPU s':>12} {'CPU ratio':>9}"
-                f" {'dry run s':>9}   runs   (load average)"
+                f" {'dry run s':>9} {'server CPU s':>12}   runs   (load average)"
             )
             for mode in args.modes.split(",") + (["cli"] if args.cli else []):
-                times: dict[str, list[float]] = {kind: [] for kind in kinds}
-                cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
-                dry: dict[str, list[float]] = {kind: [] for kind in kinds}
+                mode_kinds = kinds if mode != "cli" else ["plain", "anon"]
+                times: dict[str, list[float]] = {kind: [] for kind in mode_kinds}
+                cpu: dict[str, list[float]] = {kind: [] for kind in mode_kinds}
+                dry: dict[str, list[float]] = {kind: [] for kind in mode_kinds}
+                server: dict[str, list[float]] = {kind: [] for kind in mode_kinds}
                 for _ in range(args.repeats):
-                    for kind in kinds if mode != "cli" else ["plain", "anon"]:
+                    for kind in mode_kinds:
                         _settle(work / "study")
+                        server_cpu = emulator.cpu_seconds()
                         figures = run_case(
                             {
                                 "kind": mode,
@@ -274,13 +280,23 @@ def main() -> None:
                         times[kind].append(figures["seconds"])
                         cpu[kind].append(figures["cpu"])
                         dry[kind].append(figures.get("dry_run_seconds", 0.0))
+                        (user_before, system_before), (user_after, system_after) = server_cpu, emulator.cpu_seconds()
+                        server_user, server_system = user_after - user_before, system_after - system_before
+                        server[kind].append(server_user + server_system)
+                        if args.each:
+                            print(
+                                f"  {mode} {kind}: {figures['seconds']:.2f} s,"
+                                f" client CPU {figures['cpu']:.2f} s,"
+                                f" server CPU {server_user:.2f} user + {server_system:.2f} system"
+                            )
                 plain, plain_cpu = statistics.median(times["plain"]), statistics.median(cpu["plain"])
-                for kind in kinds if mode != "cli" else ["plain", "anon"]:
+                for kind in mode_kinds:
                     median, median_cpu = statistics.median(times[kind]), statistics.median(cpu[kind])
                     runs = " ".join(f"{t:.2f}" for t in times[kind])
                     print(
                         f"{mode:10} {kind:6} {median:8.2f} {median / plain:6.2f} {median_cpu:12.2f}"
                         f" {median_cpu / plain_cpu:9.2f} {statistics.median(dry[kind]):9.2f}"
+                        f" {statistics.median(server[kind]):12.2f}"
                         f"   {runs}   ({os.getloadavg()[0]:.1f})"
                     )
         finally:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -100,6 +101,11 @@ class Emulator:
         if "ready" not in line:
             raise RuntimeError(f"emulator did not start: {line}{self.process.stdout.read()}")
         threading.Thread(target=self.process.stdout.read, daemon=True).start()
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time (user, system) the emulator process has used so far, from /proc (Linux)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
     def _get(self, path: str) -> dict:
         request = urllib.request.Request(
