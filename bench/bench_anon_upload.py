@@ -18,7 +18,8 @@ kind whose DICOM-zip makes the whole dry run before the first request, as before
 StudyInstanceUID follows the original, the "anon" run rewrites batch by batch as it sends; its
 "dry run s" column is then the whole dry run timed on its own, not a wait before the first request).
 The emulator's CPU time per run is printed beside the client's (``--each``: every run as it ends,
-the emulator's user and system time apart).
+the emulator's user and system time apart). ``--prefault-mb N`` touches and frees N MB of memory
+just before each timed run (``bench_common.prefault_free_memory``).
 ``--cli`` adds, for DICOM-zip, the command a user runs (``xnat-flows session upload --archive-format
 tar``, with ``--anon-script`` for the de-identified run) timed whole in a fresh HOME: interpreter
 start, login, scan, dry run, send and the read-back that checks the archive holds every file.
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import PASSWORD, PROJECT, PYTHON, REPO, Emulator, free_port, our_upload_command
+from bench_common import PASSWORD, PROJECT, PYTHON, REPO, Emulator, free_port, our_upload_command, prefault_free_memory
 
 # A site de-identification script of the usual shape: labels, dates, UIDs, deletions, a condition.
 SCRIPT = """version "6.1"
@@ -111,6 +112,7 @@ def case_rest(case: dict) -> dict:
     target = UploadTarget(PROJECT, "SUBJ", case["label"], archive_when_complete=False)
     with XnatClient(credentials, token_cache=None) as client:
         client.login()
+        prefault_free_memory(case["prefault_mb"])
         started, cpu = time.perf_counter(), _cpu_seconds()
         result = upload_session(
             client,
@@ -145,6 +147,7 @@ def case_cstore(case: dict) -> dict:
     from xnat_flows.transfer.cstore.send import store_instances
 
     anonymizer = _anonymizer(case)
+    prefault_free_memory(case["prefault_mb"])
     started, cpu = time.perf_counter(), _cpu_seconds()
     result = store_instances(
         case["source"],
@@ -171,6 +174,7 @@ def case_cli(case: dict) -> dict:
             cmd += ["--anon-script", str(script)]
         env = {**os.environ, "HOME": str(home), "XNAT_FLOWS_HOME": str(home / "xnat-flows"), "XNAT_PASS": PASSWORD}
         env |= {"NO_COLOR": "1", "TERM": "dumb"}
+        prefault_free_memory(case["prefault_mb"])
         started, before = time.perf_counter(), os.times()
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=600)
         seconds, after = time.perf_counter() - started, os.times()
@@ -224,6 +228,12 @@ def main() -> None:
         action="store_true",
         help="also time DICOM-zip as the CLI command a user runs, read-back included (mode 'cli')",
     )
+    parser.add_argument(
+        "--prefault-mb",
+        type=int,
+        default=0,
+        help="MB of memory touched and freed just before each timed run (bench_common.prefault_free_memory)",
+    )
     parser.add_argument("--scratch", default=str(REPO / ".bench-data"))
     args = parser.parse_args()
     if args.case:
@@ -275,6 +285,7 @@ def main() -> None:
                                 "anon": kind != "plain",
                                 "whole": kind == "whole",
                                 "upfront": kind == "upfront",
+                                "prefault_mb": args.prefault_mb,
                             }
                         )
                         times[kind].append(figures["seconds"])

@@ -50,6 +50,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def prefault_free_memory(megabytes: int) -> None:
+    """Touch ``megabytes`` of fresh memory and give it back, just before a timed run.
+
+    These VMs (Firecracker, free page reporting at order 11: see ``/proc/cmdline``) hand memory that
+    stays free for a few seconds back to the host; writing into it again faults it in, a cost that
+    falls on whichever process writes first (in an upload bench, the emulator writing the archive).
+    Touching memory just before a run leaves it backed when the run needs it. docs/performance.md
+    (2026-12-04 afternoon) has what it changed: nothing the spread between readings does not cover.
+    """
+    if megabytes <= 0:
+        return
+    import mmap
+
+    block = bytes(1 << 20)
+    with mmap.mmap(-1, megabytes << 20) as memory:
+        for _ in range(megabytes):
+            memory.write(block)
+
+
 class Emulator:
     """A fresh emulator process on its own data directory, removed when it is closed."""
 

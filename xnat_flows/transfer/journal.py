@@ -3,9 +3,13 @@
 An entry is keyed by the destination (server URL and session, ``resume_key``) and a content digest of what was sent (relative paths,
 sizes, modification times, SOP Instance UIDs, the de-identification rules: cheap, no file reads), so a re-run after a
 failure sends only what did not land, and a file changed since then is sent again. The
-journal lives in the profile directory (``journal/``, mode 0600) and is cleared once a
-session has been uploaded (and verified) completely. C-STORE writes per-instance records as
-they happen (``InstanceLog``) and keeps them (``cstore.resume`` says why).
+journal lives in the profile directory (``journal/``, mode 0600). A session's record stays after
+a complete upload, so running the same upload again sends nothing; it is forgotten when
+verification finds the session short of it or parked in the prearchive (``transfer.sequence``),
+and trusted only while XNAT holds the study (``transfer.session.resume_state``). C-STORE writes
+per-instance records as they happen (``InstanceLog``) and keeps them (``cstore.resume`` says why).
+Nothing prunes the journal: a file per destination, 65 bytes per instance for gradual-DICOM (131
+for C-STORE: sent, then confirmed), per batch for DICOM-zip (docs/reliability.md says what deleting records means).
 """
 
 from __future__ import annotations
@@ -139,7 +143,7 @@ class UploadJournal:
                 os.close(fd)
 
     def clear(self, destination: str) -> None:
-        """Forget every delivery to ``destination`` (once it is uploaded and verified)."""
+        """Forget every delivery to ``destination``: the next upload there sends everything again."""
         with self._lock:
             self._path(destination).unlink(missing_ok=True)
 
