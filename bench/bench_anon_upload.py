@@ -19,7 +19,8 @@ StudyInstanceUID follows the original, the "anon" run rewrites batch by batch as
 "dry run s" column is then the whole dry run timed on its own, not a wait before the first request).
 The emulator's CPU time per run is printed beside the client's (``--each``: every run as it ends,
 the emulator's user and system time apart). ``--prefault-mb N`` touches and frees N MB of memory
-just before each timed run (``bench_common.prefault_free_memory``).
+just before each timed run (``bench_common.prefault_free_memory``). ``--pin`` runs the emulator on
+core 1 and each client on core 0 (each side a core of its own, as with a server on another machine).
 ``--cli`` adds, for DICOM-zip, the command a user runs (``xnat-flows session upload --archive-format
 tar``, with ``--anon-script`` for the de-identified run) timed whole in a fresh HOME: interpreter
 start, login, scan, dry run, send and the read-back that checks the archive holds every file.
@@ -69,7 +70,14 @@ project != "Unassigned" ? (0008,1030) := project
 
 
 def run_case(case: dict) -> dict:
-    out = subprocess.run([PYTHON, __file__, "--case", json.dumps(case)], capture_output=True, text=True, check=False)
+    cpus = case.get("client_cpus")
+    out = subprocess.run(
+        [PYTHON, __file__, "--case", json.dumps(case)],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, set(cpus)),
+    )
     if out.returncode != 0:
         raise RuntimeError(f"case {case['kind']} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -234,6 +242,11 @@ def main() -> None:
         default=0,
         help="MB of memory touched and freed just before each timed run (bench_common.prefault_free_memory)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the emulator on core 1 and the client on core 0, as if each had a machine (a core) of its own",
+    )
     parser.add_argument("--scratch", default=str(REPO / ".bench-data"))
     args = parser.parse_args()
     if args.case:
@@ -256,7 +269,7 @@ def main() -> None:
         )
         print(f"machine: {os.cpu_count()} cores, load average before: {os.getloadavg()}")
         scp_port = free_port()
-        emulator = Emulator(work / "xnat", scp_port=scp_port)
+        emulator = Emulator(work / "xnat", scp_port=scp_port, cpus={1} if args.pin else None)
         labels = iter(range(10**6))
         try:
             kinds = ["plain", "anon", *(["whole"] if args.whole else []), *(["upfront"] if args.upfront else [])]
@@ -286,6 +299,7 @@ def main() -> None:
                                 "whole": kind == "whole",
                                 "upfront": kind == "upfront",
                                 "prefault_mb": args.prefault_mb,
+                                "client_cpus": [0] if args.pin else None,
                             }
                         )
                         times[kind].append(figures["seconds"])

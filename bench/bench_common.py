@@ -80,6 +80,7 @@ class Emulator:
         latency_ms: int = 0,
         scp_port: int | None = None,
         switch_interval: float | None = None,
+        cpus: set[int] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -114,7 +115,14 @@ class Emulator:
             "--rebuild-idle-seconds",
             str(idle_seconds),
         ] + (["--scp-port", str(scp_port)] if scp_port is not None else [])
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # cpus: the cores the emulator may run on (all of its threads), as a server of its own would
+        self.process = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+        )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if "ready" not in line:
