@@ -122,9 +122,11 @@ def test_cli_exit_codes(folder: Path, tmp_path: Path) -> None:
 def test_cli_script_error_exits_2_with_line_and_column(folder: Path, tmp_path: Path) -> None:
     script = tmp_path / "bad.das"
     script.write_text('version "6.1"\n(0010,0010) := nosuch[(0010,0010)]\n')
-    result = cli(str(folder), "--script", str(script))
-    assert result.exit_code == 2
-    assert f"{script}:2:16: unknown function nosuch" in result.output
+    for spelling in ("--script", "--anon-script"):  # anon check's own, and session upload's
+        result = cli(str(folder), spelling, str(script))
+        assert result.exit_code == 2
+        assert f"{script}:2:16: unknown function nosuch" in result.output
+        assert "nothing was checked (fix the script and run the check again)" in result.output
 
 
 def test_cli_hide_values(folder: Path, tmp_path: Path) -> None:
@@ -138,18 +140,36 @@ def test_cli_needs_one_of_script_or_profile(folder: Path) -> None:
     assert cli(str(folder)).exit_code == 2
 
 
-def test_a_file_removed_during_the_check_is_listed_not_fatal(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from xnat_flows.transfer import scan
+def test_cli_takes_the_uploads_options_and_labels(folder: Path, tmp_path: Path) -> None:
+    """What `session upload --anon-script F -P -S -E` would apply, checked with the same words."""
+    script = tmp_path / "id.das"
+    script.write_text(DEFAULT)
+    result = cli(str(folder), "--anon-script", str(script), "-P", "P1", "-S", "S1", "-E", "S1_MR1")
+    assert result.exit_code == 1, result.output  # the default script leaves dates and UIDs
+    assert "PatientName: 3 changed; e.g. Doe^Jane -> S1" in result.output
+    assert "PatientID: 3 changed; e.g. MRN0001 -> S1_MR1" in result.output
+    assert "StudyDescription: 3 changed" in result.output and "-> P1" in result.output
+    assert "placeholder" not in result.output  # every variable the script reads was given
+    overridden = cli(str(folder), "--anon-script", str(script), "-S", "S1", "--var", "subject=S2")
+    assert "Doe^Jane -> S2" in overridden.output  # --var has the last word
 
-    real = scan.scan_directory
 
-    def scan_then_remove(root: Path):  # the folder changes between the scan and the read
-        result = real(root)
-        (folder / "series1" / "IM1").unlink()
-        return result
+def test_cli_profile_options_in_either_form_give_the_same_rules(folder: Path) -> None:
+    listed = cli(str(folder), "--anon-profile", "basic,retain-uids")
+    repeated = cli(str(folder), "--profile", "basic", "--option", "retain-uids")
+    digest = [line for line in listed.output.splitlines() if "program digest" in line]
+    assert digest and digest == [line for line in repeated.output.splitlines() if "program digest" in line]
+    assert listed.exit_code == repeated.exit_code == 1  # the UIDs it retains are identifying
+    assert cli(str(folder), "--anon-profile", "basic,retain-uids", "--allow", "retain-uids").exit_code == 0
+    alone = cli(str(folder), "--option", "retain-uids")
+    assert alone.exit_code == 2 and "--option goes with --profile basic" in alone.output
+    unknown = cli(str(folder), "--anon-profile", "basic,keep-everything")
+    assert unknown.exit_code == 2 and "nothing was checked" in unknown.output
 
-    monkeypatch.setattr(scan, "scan_directory", scan_then_remove)
-    report = check_folder(basic_profile(), folder)
-    assert report.files == 3
-    assert [path for path, _ in report.failures] == ["series1/IM1"]
-    assert not report.ok
+
+def test_cli_checks_a_script_and_the_profile_together_in_the_uploads_order(folder: Path, tmp_path: Path) -> None:
+    script = tmp_path / "id.das"
+    script.write_text(DEFAULT)
+    result = cli(str(folder), "--anon-script", str(script), "--anon-profile", "basic", "-S", "S1", "-E", "E1")
+    assert result.exit_code == 0, result.output  # the profile after the script leaves no identifier
+    assert result.output.startswith(f"anon check: {script}, then basic profile")

@@ -234,6 +234,32 @@ def test_xnats_own_scripts_are_applied_once_before_sending_and_only_when_enabled
     assert_archive_holds_exactly_the_scripts_changes(xnat, "FROM_SERVER", originals, ("ANON", "SRV", "FROM_SERVER"))
 
 
+def test_anon_check_tries_xnats_own_scripts_as_the_upload_would_apply_them(xnat, tmp_path) -> None:
+    """`anon check --anon-from-server -P` fetches the same enabled scripts `session upload
+    --anon-from-server` applies, and refuses the same way when none is enabled."""
+    import httpx
+
+    root, _ = export(tmp_path, seed=17, instances=2)
+    check = ["anon", "check", str(root), "--anon-from-server", "-P", "ANON", "-S", "SRV", "-E", "CHECKED"]
+    with httpx.Client(base_url=xnat.url, auth=("admin", PASSWORD)) as admin:
+        admin.put("/data/config/anon/script", params={"status": "disabled"}, content=SCRIPT)
+        off = run(*check)
+        assert off.exit_code == 2 and "no enabled anonymization script" in off.stderr
+        assert "nothing was checked" in off.stderr
+        admin.put("/data/config/anon/script", params={"status": "enabled"})
+        admin.put(
+            "/data/projects/ANON/config/anon/projects/ANON",  # XNAT's path of a project script
+            params={"status": "enabled"},
+            content='version "6.1"\n(0008,0080) := "PROJECT SCRIPT"\n',
+        )
+        on = run(*check)
+    assert on.exit_code == 1, on.output  # the site script keeps the dates: they are listed as survivors
+    assert on.output.splitlines()[0] == "anon check: site script v1, then project ANON script v1"  # XNAT's order
+    assert "PatientID: 2 changed" in on.output and "-> CHECKED" in on.output  # the site script, with -E
+    assert "InstitutionName: 2 changed" in on.output and "-> PROJECT SCRIPT" in on.output
+    assert xnat.stats()["imports"] == 0  # a check sends nothing
+
+
 def test_without_prevent_anon_xnat_applies_its_site_script_on_import_too(xnat, script, tmp_path) -> None:
     """What the docs warn about: a client-side script and XNAT's own site script both apply."""
     import httpx

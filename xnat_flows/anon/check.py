@@ -22,11 +22,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
 
-from xnat_flows.anon.engine import Anonymizer
 from xnat_flows.anon.errors import AnonError
 from xnat_flows.anon.identifiers import basic_profile_actions, keyword_of
 
@@ -195,8 +195,24 @@ def _allowed_tags(allow: Iterable[str]) -> tuple[set[int], set[str], bool]:
     return tags, names, private
 
 
+class CheckedRules(Protocol):
+    """What the check needs of the rules: an ``anon.Anonymizer``, or several applied in turn
+    (``transfer.deidentify.ChainedAnonymizer``: XNAT's scripts, the user's, a profile)."""
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def required_variables(self) -> frozenset[str]: ...
+
+    def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes: ...
+
+
 def check_folder(
-    anonymizer: Anonymizer,
+    anonymizer: CheckedRules,
     folder: str | os.PathLike[str],
     variables: Mapping[str, str] | None = None,
     *,

@@ -27,10 +27,22 @@ def check(
     folder: Annotated[Path, typer.Argument(help="Folder of DICOM files (searched recursively, as an upload is).")],
     script: Annotated[
         Path | None,
-        typer.Option("--script", help="A DicomEdit 6 script (XNAT's site or project anonymization script)."),
+        typer.Option(
+            "--script",
+            "--anon-script",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="A DicomEdit 6 script (XNAT's site or project anonymization script).",
+        ),
     ] = None,
     profile: Annotated[
-        str | None, typer.Option("--profile", help="A built-in profile: basic (DICOM PS3.15 Annex E).")
+        str | None,
+        typer.Option(
+            "--profile",
+            "--anon-profile",
+            help="DICOM's Basic Profile (PS3.15 Annex E): basic[,option...] (e.g. basic,retain-uids).",
+        ),
     ] = None,
     option: Annotated[
         list[str],
@@ -40,6 +52,24 @@ def check(
             "retain-patient-characteristics, retain-device-identity, retain-institution-identity, clean-descriptors.",
         ),
     ] = [],  # noqa: B006 - typer reads the default
+    from_server: Annotated[
+        bool,
+        typer.Option(
+            "--anon-from-server",
+            help="XNAT's enabled site and project scripts, fetched from the server (what `session upload "
+            "--anon-from-server` applies; -P names the project).",
+        ),
+    ] = False,
+    project: Annotated[
+        str | None,
+        typer.Option("--project", "-P", help="The project the upload goes to: its script, and the variable project."),
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option("--subject", "-S", help="The subject label: the variable subject.")
+    ] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", "-E", help="The session label: the variable session.")
+    ] = None,
     var: Annotated[
         list[str],
         typer.Option(
@@ -58,6 +88,7 @@ def check(
         list[str],
         typer.Option(
             "--allow-url",
+            "--anon-allow-url",
             metavar="PREFIX",
             help="Let the script's getURL fetch values from URLs starting with PREFIX (repeatable): the check "
             "then sends those requests.",
@@ -67,28 +98,59 @@ def check(
     hide_values: Annotated[
         bool, typer.Option("--hide-values", help="Do not print original values (for a shared screen or a log).")
     ] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="XNAT base URL, for --anon-from-server [default: $XNAT_URL or the profile]",
+            rich_help_panel="Connection",
+        ),
+    ] = None,
 ) -> None:
-    """Check a DicomEdit 6 script or the Basic Profile against a folder.
+    """Check what an upload's de-identification does to a folder, before it runs.
 
-    Applies it in memory (nothing is written or sent) and shows per attribute what changed, the identifying attributes that survive, and files flagged Burned In Annotation.
+    The same options as `session upload` (--anon-script, --anon-profile, --anon-from-server, -P/-S/-E
+    for XNAT's variables), applied in the same order: XNAT's scripts, the script, the profile. Applies
+    them in memory (nothing is written or sent) and shows per attribute what changed, the identifying
+    attributes that survive, and files flagged Burned In Annotation.
     Exit 0 when no identifier survives (beyond --allow) and every file can be de-identified,
     1 otherwise, 2 for a script that cannot run (its line and column are named)."""
-    from xnat_flows.anon import ScriptError, UrlAccess, anonymizer_for
     from xnat_flows.anon.check import check_folder
+    from xnat_flows.cli.anon_options import anonymizer_from_options
+    from xnat_flows.cli.options import Connection
+    from xnat_flows.client.errors import InputError
+    from xnat_flows.transfer.deidentify import SCRIPT_ERROR
 
-    if (script is None) == (profile is None):
-        raise typer.BadParameter("give --script FILE or --profile basic", param_hint="--script/--profile")
+    if option and profile is None:
+        raise typer.BadParameter("--option goes with --profile basic", param_hint="--option")
+    profile_asked = ",".join([profile, *option]) if profile is not None else None
+    variables = {
+        name: value for name, value in (("project", project), ("subject", subject), ("session", session)) if value
+    }
+    variables |= parse_variables(var)
+    connection = Connection(url=url)
     try:
-        anonymizer = anonymizer_for(
-            script=script.read_text(encoding="utf-8") if script else None,
-            source=str(script) if script else "<script>",
-            profile=profile,
-            options=option,
-            url_access=UrlAccess(tuple(allow_url)) if allow_url else None,
+        anonymizer = anonymizer_from_options(
+            script,
+            profile_asked,
+            from_server,
+            allowed_urls=allow_url,
+            project=project,
+            open_client=lambda: connection.client(projects=(project,) if project else ()),
         )
-        report = check_folder(anonymizer, folder, parse_variables(var), allow=allow, limit=limit)
-    except ScriptError as exc:
-        error(f"{exc} — nothing was checked; fix the script and run again")
+        if anonymizer is None:
+            raise typer.BadParameter(
+                "give --anon-script FILE, --anon-profile basic or --anon-from-server",
+                param_hint="--anon-script/--anon-profile/--anon-from-server",
+            )
+        report = check_folder(anonymizer, folder, variables, allow=allow, limit=limit)
+    except InputError as exc:  # a script that does not compile (line:column), a profile option unknown
+        hint = {
+            SCRIPT_ERROR: "fix the script and run the check again",
+            "no-anon-script": "XNAT would apply none: enable its site or project script, or check your own "
+            "with --anon-script",
+        }.get(exc.reason or "", exc.hint)
+        error(f"{exc.message} — nothing was checked" + (f" ({hint})" if hint else ""))
         raise typer.Exit(EXIT_USAGE) from None
     except (ValueError, OSError) as exc:
         error(str(exc))

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from xnat_flows.transfer.target import UploadTarget
 
 NOT_DEIDENTIFIED = "not de-identified, not sent"
+SCRIPT_ERROR = "anon-script-error"  # InputError.reason of a script that does not compile (line:column)
 _KEYS_HEAD = 65536  # the UIDs sit in the dataset's first bytes; the rest is read only if not
 HEAD_BYTES = 65536  # the dry run reads a file's first bytes; the whole file only if its header is longer
 HEAD_PROBE = 16384  # read first: most headers fit; after one that does not, a run reads HEAD_BYTES
@@ -83,6 +84,16 @@ class Anonymizer(Protocol):
     @property
     def digest(self) -> str:
         """A stable identity of the rules: equal digests rewrite equal inputs to equal bytes."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """What the rules are, for messages and reports (``site script``, ``DICOM Basic Profile``...)."""
+        ...
+
+    @property
+    def required_variables(self) -> frozenset[str]:
+        """The variables the rules read (project, subject, session...), which an upload must give."""
         ...
 
     def apply_bytes(self, part10: bytes, variables: Mapping[str, str]) -> bytes:
@@ -121,6 +132,11 @@ class ChainedAnonymizer:
     """Several anonymizers applied in turn (XNAT's site script, then the project's)."""
 
     steps: tuple[Anonymizer, ...]
+
+    @property
+    def description(self) -> str:
+        """The steps' descriptions, in the order they apply."""
+        return ", then ".join(getattr(step, "description", type(step).__name__) for step in self.steps)
 
     @property
     def digest(self) -> str:
@@ -761,6 +777,7 @@ def _compiled(
         raise InputError(
             f"{exc.source}:{exc.line}:{exc.column}: {exc.message}",
             hint="Fix the script (`xnat-flows anon check` tries it on your files); nothing was sent",
+            reason=SCRIPT_ERROR,
         ) from None
     except ValueError as exc:
         raise InputError(
