@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from anon_helpers import make_dataset, to_part10
 from prefect import flow
 
 from xnat_flows.anon import ScriptError
+from xnat_flows.blocks import XnatCredentials
+from xnat_flows.models import Deidentification, XnatConnection
 from xnat_flows.tasks.anon import AnonCheckSummary, IdentifiersSurvive, anon_check
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness")]
@@ -74,3 +77,34 @@ def test_a_broken_script_fails_at_once(folder: Path) -> None:
 
     with pytest.raises(ScriptError, match="2:16"):
         check_broken()
+
+
+def test_gate_checks_what_an_upload_flow_given_the_same_deidentify_applies(folder: Path, xnat_emulator) -> None:
+    """``deidentify`` + ``connection``: XNAT's enabled site script, then the request's profile,
+    fetched and chained as ``prepare_anonymizer`` does for the upload flow."""
+    with httpx.Client(base_url=xnat_emulator.url, auth=("admin", xnat_emulator.password)) as admin:
+        admin.put("/data/config/anon/script", params={"status": "enabled"}, content=DEFAULT)
+    connection = XnatConnection(
+        credentials=XnatCredentials(url=xnat_emulator.url, username="admin", password=xnat_emulator.password)
+    )
+
+    @flow
+    def check_request(deidentify: Deidentification) -> AnonCheckSummary:
+        return anon_check(
+            str(folder),
+            deidentify=deidentify,
+            connection=connection,
+            project="TEST",
+            variables={"subject": "S", "session": "S_MR1"},
+            fail_on_survivors=False,
+            artifact_key="request-check",
+        )
+
+    site_only = check_request(Deidentification(from_server=True))
+    assert site_only.program == "site script v1" and not site_only.ok
+    assert "PatientBirthDate" in site_only.surviving  # XNAT's default script keeps it
+    both = check_request(Deidentification(from_server=True, profile="basic"))
+    assert both.program == "site script v1, then basic profile" and both.ok and both.surviving == []
+    assert both.digest != site_only.digest
+    with pytest.raises(ValueError, match="not both"):
+        anon_check.fn(str(folder), profile="basic", deidentify=Deidentification(profile="basic"))

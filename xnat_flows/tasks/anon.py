@@ -14,6 +14,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from xnat_flows.models import Deidentification, XnatConnection
+
 
 class AnonCheckSummary(BaseModel):
     """What ``anon check`` found, as a flow's result: counts and names only, never a value from the files."""
@@ -42,10 +44,18 @@ def anon_check(
     allow: list[str] | None = None,
     fail_on_survivors: bool = True,
     artifact_key: str | None = "anon-check",
+    deidentify: Deidentification | None = None,
+    connection: XnatConnection | None = None,
+    project: str | None = None,
 ) -> AnonCheckSummary:
     """Check ``script`` (DicomEdit 6 text) or ``profile`` (``basic`` + ``options``) against ``folder``.
 
-    A script that cannot run raises ``ScriptError`` (line and column) at once.
+    Or, with ``deidentify``, exactly what an upload flow given the same ``deidentify`` applies
+    (XNAT's enabled scripts fetched with ``connection`` for ``project``, the script or its Block, the
+    profile, in that order).
+
+    A script that cannot run raises ``ScriptError`` (``InputError`` through ``deidentify``; line and
+    column) at once.
 
     Args:
         folder: The folder of DICOM files to try the rules on, on the worker's host.
@@ -57,15 +67,29 @@ def anon_check(
         fail_on_survivors: Raise ``IdentifiersSurvive`` when identifiers survive or a file cannot be
             de-identified.
         artifact_key: The markdown artifact's key.
+        deidentify: An upload request's de-identification, instead of ``script``/``profile``.
+        connection: The XNAT whose scripts ``deidentify.from_server`` fetches.
+        project: The project those scripts are for; also the variable ``project`` unless
+            ``variables`` gives it.
 
     Returns:
         The summary; the full report is the markdown artifact (values hidden).
     """
     from xnat_flows.anon import anonymizer_for
-    from xnat_flows.anon.check import check_folder
+    from xnat_flows.anon.check import CheckedRules, check_folder
+    from xnat_flows.tasks.deidentify import anonymizer_for_request
 
-    anonymizer = anonymizer_for(script=script, source="script", profile=profile, options=options or ())
-    report = check_folder(anonymizer, folder, variables or {}, allow=allow or ())
+    anonymizer: CheckedRules | None
+    if deidentify is None:
+        anonymizer = anonymizer_for(script=script, source="script", profile=profile, options=options or ())
+    elif script is not None or profile is not None or options:
+        raise ValueError("give deidentify, or script/profile/options, not both")
+    else:
+        anonymizer = anonymizer_for_request(connection, deidentify, project)
+        if anonymizer is None:
+            raise ValueError("deidentify asks for nothing: no script, Block, profile or XNAT's own scripts")
+    given = ({"project": project} if project else {}) | (variables or {})
+    report = check_folder(anonymizer, folder, given, allow=allow or ())
     create_markdown_artifact(
         markdown=report.to_markdown(show_values=False),
         key=artifact_key,

@@ -36,10 +36,34 @@ def prepare_anonymizer(
     Returns:
         The anonymizer, or None when ``deidentify`` asks for nothing.
     """
+    return anonymizer_for_request(connection, deidentify, project)
+
+
+def anonymizer_for_request(
+    connection: XnatConnection | None, deidentify: Deidentification, project: str | None
+) -> Anonymizer | None:
+    """The rules a request's ``deidentify`` asks for, as an upload applies them.
+
+    XNAT's enabled scripts, fetched with ``connection``, then the script, then the profile: for
+    ``prepare_anonymizer``, and for ``tasks.anon.anon_check`` checking them.
+
+    Args:
+        connection: The XNAT whose site and project scripts ``deidentify.from_server`` fetches.
+        deidentify: What the request asks for.
+        project: The project whose script XNAT would apply, or None.
+
+    Returns:
+        The anonymizer, or None when ``deidentify`` asks for nothing.
+
+    Raises:
+        ValueError: ``deidentify.from_server`` without a connection to fetch XNAT's scripts with.
+    """
     server_scripts: list[tuple[str, str]] = []
     if deidentify.from_server:
         from xnat_flows.client.anon_scripts import scripts_to_apply
 
+        if connection is None:
+            raise ValueError("deidentify.from_server needs the XNAT connection whose scripts to fetch")
         with open_client(connection) as client:
             server_scripts = scripts_to_apply(client, project)
     return build_anonymizer(
