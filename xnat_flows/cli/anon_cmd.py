@@ -107,7 +107,7 @@ def check(
         ),
     ] = None,
 ) -> None:
-    """Check what an upload's de-identification does to a folder, before it runs.
+    """Check what an upload's de-identification does, before it runs.
 
     The same options as `session upload` (--anon-script, --anon-profile, --anon-from-server, -P/-S/-E
     for XNAT's variables), applied in the same order: XNAT's scripts, the script, the profile. Applies
