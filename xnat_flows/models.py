@@ -122,6 +122,21 @@ class Deidentification(BaseModel):
         "request carries what its URL holds. Empty: a script calling getURL is refused.",
     )
 
+    require_clean: bool = Field(
+        default=False,
+        title="Stop if identifiers survive",
+        description="Before sending, try the rules on every file (as `xnat-flows anon check` does, ~2 ms a "
+        "file) and fail the run, sending nothing, if an identifying attribute of DICOM's Basic Profile survives "
+        "them (other than those allowed below) or a file cannot be de-identified. The anon-check artifact "
+        "lists what survives.",
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        title="Identifying attributes kept on purpose",
+        description="With 'Stop if identifiers survive': attributes the site keeps on purpose, not a reason to "
+        "stop: a keyword (StudyDate), a tag (0008,0020), 'private', or a profile option (retain-uids).",
+    )
+
     def script_text(self) -> tuple[str, str] | None:
         """(source, text) of the script asked for, if any."""
         if self.script.strip():

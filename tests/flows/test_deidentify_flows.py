@@ -111,3 +111,32 @@ def test_send_dicom_flow_deidentifies_and_verifies_the_rewritten_study(xnat, tmp
     (study,) = result.archived
     assert study.study_uid == hash_uid(manifest.files[0].study_uid) and study.files_found == 4
     assert {str(ds.PatientName) for ds in _archived(xnat, "CSESS")} == {"CSUBJ"}
+
+
+def test_the_gate_stops_an_upload_whose_rules_leave_identifiers_and_lets_a_clean_one_through(
+    xnat, tmp_path: Path
+) -> None:
+    """``deidentify.require_clean``: every planned file is tried first; a survivor means nothing is
+    sent (upload-dicom-session and send-dicom alike), and what the site keeps on purpose is allowed."""
+    from xnat_flows.tasks.anon import IdentifiersSurvive
+
+    write_studies(tmp_path / "export", series=1, instances=3, instance_kb=4, seed=24)
+    fields = dict(source_dir=str(tmp_path / "export"), project="FLOWS", subject="GSUBJ")
+    connection = XnatConnection(url=xnat.url, username="admin")
+    leaky = Deidentification(script=SCRIPT, require_clean=True)  # keeps birth date, dates, accession number...
+    with pytest.raises(IdentifiersSurvive, match="PatientBirthDate") as stopped:
+        upload_dicom_session(UploadRequest(**fields, session="GATED", deidentify=leaky), connection)
+    assert "nothing was sent" in str(stopped.value) and "deidentify.allow" in str(stopped.value)
+    receiver = DicomReceiverTarget(host="127.0.0.1", port=xnat.scp_port, called_aet="XNAT")
+    cstore = dict(source_dir=str(tmp_path / "export"), routing_project="FLOWS", routing_subject="GSUBJ")
+    with pytest.raises(IdentifiersSurvive, match="PatientBirthDate"):
+        send_dicom(SendDicomRequest(**cstore, routing_session="GATED_C", deidentify=leaky), receiver, connection)
+    xnat.rebuild_now()  # a C-STORE delivery would now be in the archive or the prearchive
+    stats = xnat.stats()
+    assert stats["imports"] == 0 and stats["experiments"] == 0 and stats["prearchive"] == 0
+
+    clean = Deidentification(script=SCRIPT, profile="basic,retain-uids", require_clean=True, allow=["retain-uids"])
+    result = upload_dicom_session(UploadRequest(**fields, session="CLEAN", deidentify=clean), connection)
+    assert result.ok and result.sessions[0].verified is True
+    stored = _archived(xnat, "CLEAN")
+    assert len(stored) == 3 and {ds.get("PatientBirthDate", "") for ds in stored} == {""}  # the profile ran too

@@ -203,6 +203,29 @@ def test_inbox_deidentifies_and_files_a_folder_the_script_cannot_take_under_fail
     assert (inbox / "failed" / "report" / "series1" / "IM0001").is_file()  # the original, untouched
 
 
+def test_the_deidentification_gate_files_a_folder_whose_identifiers_survive_under_failed_unsent(
+    prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path
+) -> None:
+    from xnat_flows.models import Deidentification
+
+    write_session(inbox / "leaky", patient_id="P030", study_date="20240106")
+    script = 'version "6.1"\n(0010,0010) := subject\n(0010,0020) := session\n'  # dates, UIDs... stay
+    state = ingest_inbox(
+        str(inbox),
+        "TEST",
+        quiet_seconds=0,
+        connection=XnatConnection(url=xnat_emulator.url),
+        deidentify=Deidentification(script=script, require_clean=True, allow=["StudyDate"]),
+        return_state=True,
+    )
+    assert state.is_failed() and "identifying attributes survive: AcquisitionDate" in state.message
+    assert "nothing was sent" in state.message and "StudyDate" not in state.message  # allowed: kept on purpose
+    failed = json.loads((inbox / "failed" / "leaky.report.json").read_text())
+    assert failed["error"].startswith("IdentifiersSurvive: script: identifying attributes survive")
+    assert xnat_emulator.stats()["imports"] == 0
+    assert (inbox / "failed" / "leaky" / "series1" / "IM0001").is_file()  # the original, untouched
+
+
 def test_files_that_arrive_during_the_upload_are_sent_before_the_folder_is_done(
     prefect_harness: None, xnat_emulator: XnatEmulator, inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -222,32 +222,48 @@ def check_folder(
     """Apply ``anonymizer`` in memory to the DICOM files under ``folder`` and report (module doc)."""
     from xnat_flows.transfer.scan import scan_directory
 
+    scan = scan_directory(folder)
+    files = scan.files[:limit] if limit else scan.files
+    report = check_files(anonymizer, [(item.relpath, item.path) for item in files], variables, allow=allow)
+    report.not_dicom = len(scan.skipped)
+    return report
+
+
+def check_files(
+    anonymizer: CheckedRules,
+    files: Iterable[tuple[str, str | os.PathLike[str]]],
+    variables: Mapping[str, str] | None = None,
+    *,
+    allow: Iterable[str] = (),
+    into: CheckReport | None = None,
+) -> CheckReport:
+    """``check_folder`` on given files, each as (the name the report gives it, its path): the files
+    an upload has planned, for instance. ``into``: a report to add to (several sessions, each with
+    its own variables, in one report)."""
     given = dict(variables or {})
-    report = CheckReport(anonymizer.description, anonymizer.digest)
+    report = into if into is not None else CheckReport(anonymizer.description, anonymizer.digest)
     for name in sorted(anonymizer.required_variables - given.keys()):
         given[name] = name.upper()
-        report.placeholders.append(name)
+        if name not in report.placeholders:
+            report.placeholders.append(name)
     allowed_tags, _, allow_private = _allowed_tags(allow)
     actions = basic_profile_actions()
-    scan = scan_directory(folder)
-    report.not_dicom = len(scan.skipped)
-    files = scan.files[:limit] if limit else scan.files
-    for item in files:
+    for relpath, path in files:
         report.files += 1
         try:
-            data = Path(item.path).read_bytes()
+            data = Path(path).read_bytes()
         except OSError as exc:  # removed or made unreadable since the scan
-            report.failures.append((item.relpath, f"cannot be read: {exc.strerror or exc}"))
+            report.failures.append((relpath, f"cannot be read: {exc.strerror or exc}"))
             continue
         try:
             out = anonymizer.apply_bytes(data, given)
         except AnonError as exc:
-            report.failures.append((item.relpath, exc.reason))
+            report.failures.append((relpath, exc.reason))
             continue
         before = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
         after = pydicom.dcmread(io.BytesIO(out), stop_before_pixels=True, force=True)
         if str(before.get(BURNED_IN_ANNOTATION, "") and before[BURNED_IN_ANNOTATION].value).upper() == "YES":
-            report.burned_in.append(item.relpath)
+            report.burned_in.append(relpath)
         _compare(report, before, after, actions, allowed_tags, allow_private)
     return report
 

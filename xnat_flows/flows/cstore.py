@@ -19,6 +19,7 @@ from xnat_flows.events import (
 )
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import DicomReceiverTarget, SendDicomRequest, XnatConnection, ui_title
+from xnat_flows.tasks.anon import check_before_sending
 from xnat_flows.tasks.connection import credentials_for, server_url_for_report
 from xnat_flows.tasks.cstore import (
     check_destination,
@@ -34,6 +35,7 @@ from xnat_flows.tasks.upload import scan_dicom_directory
 from xnat_flows.transfer.cstore.inputs import RoutingOverride
 from xnat_flows.transfer.cstore.results import ArchivedStudy, InstanceOutcome, SendResult
 from xnat_flows.transfer.cstore.resume import in_doubt_warning
+from xnat_flows.transfer.cstore.send import routing_variables
 from xnat_flows.transfer.cstore.sequence import send_cstore
 from xnat_flows.transfer.deidentify import Anonymizer
 from xnat_flows.transfer.scan import DicomFile, ScanHeaders, ScanResult
@@ -146,6 +148,10 @@ class _TaskSteps:
     def deidentify(self, files: list[DicomFile]) -> tuple[list[DicomFile], list[InstanceOutcome]]:
         if self.anonymizer is None:
             return files, []
+        if self.request.deidentify.require_clean:  # the gate: nothing leaves if it fails
+            check_before_sending(
+                self.anonymizer, [(routing_variables(self.routing), files)], self.request.deidentify.allow
+            )
         return deidentify_instances(files, self.anonymizer, self.routing)
 
     def send(self, files: list[DicomFile]) -> SendResult:

@@ -23,6 +23,7 @@ from xnat_flows.client.prearchive import ParkedSession
 from xnat_flows.events import absolute_uri, arrival, emit_upload_failed, emit_upload_result, public_base_url
 from xnat_flows.flows.failures import failed_run
 from xnat_flows.models import UploadRequest, XnatConnection, ui_title
+from xnat_flows.tasks.anon import check_before_sending
 from xnat_flows.tasks.connection import server_url_for_report
 from xnat_flows.tasks.deidentify import deidentify_sessions, prepare_anonymizer
 from xnat_flows.tasks.hints import STATUS_SHOWN_BY
@@ -42,7 +43,7 @@ from xnat_flows.tasks.upload import (
     verify_uploaded_session,
 )
 from xnat_flows.transfer.archive_stream import ArchiveFormat
-from xnat_flows.transfer.deidentify import as_sent, streamed_refusals
+from xnat_flows.transfer.deidentify import as_sent, streamed_refusals, xnat_variables
 from xnat_flows.transfer.scan import DicomFile, SkippedFile
 from xnat_flows.transfer.sequence import sequence_upload
 from xnat_flows.transfer.session import plan_sessions
@@ -139,6 +140,10 @@ def _upload(request: UploadRequest, connection: XnatConnection, server: ServerCh
         (logger.warning if skipped.unreadable else logger.info)("skipped %s: %s", skipped.path, skipped.reason)
     plans = plan_sessions(scan, request.target(), per_study=request.per_study)
     refused: list[SkippedFile] = []
+    if anonymizer is not None and request.deidentify.require_clean:  # the gate: nothing leaves if it fails
+        check_before_sending(
+            anonymizer, [(xnat_variables(target), files) for target, files in plans], request.deidentify.allow
+        )
     if anonymizer is not None:
         plans, refused = deidentify_sessions(plans, anonymizer, streamed=_streams_batches(request))
         for item in refused:

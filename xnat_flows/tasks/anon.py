@@ -9,12 +9,18 @@ never the original values (an artifact is stored on the Prefect server).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from xnat_flows.models import Deidentification, XnatConnection
+from xnat_flows.transfer.scan import DicomFile
+
+if TYPE_CHECKING:
+    from xnat_flows.anon.check import CheckedRules, CheckReport
 
 
 class AnonCheckSummary(BaseModel):
@@ -76,7 +82,7 @@ def anon_check(
         The summary; the full report is the markdown artifact (values hidden).
     """
     from xnat_flows.anon import anonymizer_for
-    from xnat_flows.anon.check import CheckedRules, check_folder
+    from xnat_flows.anon.check import check_folder
     from xnat_flows.tasks.deidentify import anonymizer_for_request
 
     anonymizer: CheckedRules | None
@@ -90,10 +96,70 @@ def anon_check(
             raise ValueError("deidentify asks for nothing: no script, Block, profile or XNAT's own scripts")
     given = ({"project": project} if project else {}) | (variables or {})
     report = check_folder(anonymizer, folder, given, allow=allow or ())
+    return _published(report, artifact_key, fail_on_survivors)
+
+
+@task(name="check-before-sending", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def check_before_sending(
+    anonymizer: CheckedRules,
+    sessions: list[tuple[dict[str, str], list[DicomFile]]],
+    allow: list[str] | None = None,
+    artifact_key: str | None = "anon-check",
+) -> AnonCheckSummary:
+    """An upload's gate (``Deidentification.require_clean``), before anything is sent.
+
+    The rules tried on every planned file, with each session's own XNAT variables.
+
+    Args:
+        anonymizer: The compiled rules the upload applies (``prepare-deidentification``).
+        sessions: The planned sessions: the variables XNAT passes a script for each
+            (``transfer.deidentify.xnat_variables``; a C-STORE's routing), and its files.
+        allow: Attributes the site keeps on purpose: listed apart, not a reason to stop.
+        artifact_key: The markdown artifact's key.
+
+    Returns:
+        The summary, when nothing identifying survives.
+
+    Raises:
+        IdentifiersSurvive: Something identifying survives, or a file cannot be de-identified:
+            the upload that follows does not run.
+    """
+    from xnat_flows.anon.check import check_files
+
+    report: CheckReport | None = None
+    for variables, files in sessions:
+        report = check_files(
+            anonymizer, [(f.relpath, f.path) for f in files], variables, allow=allow or (), into=report
+        )
+    if report is None:
+        raise ValueError("no session to check")
+    return _published(
+        report,
+        artifact_key,
+        fail_on_survivors=True,
+        advice="nothing was sent; see the anon-check artifact, then change the rules or list what the site keeps "
+        "on purpose in the request's deidentify.allow",
+    )
+
+
+def _published(
+    report: CheckReport,
+    artifact_key: str | None,
+    fail_on_survivors: bool,
+    advice: str = "see the anon-check artifact; allow what the site keeps on purpose",
+) -> AnonCheckSummary:
+    """The report as a markdown artifact (values hidden), and its summary.
+
+    Returns:
+        The summary.
+
+    Raises:
+        IdentifiersSurvive: The report is not ok and ``fail_on_survivors``.
+    """
     create_markdown_artifact(
         markdown=report.to_markdown(show_values=False),
         key=artifact_key,
-        description=f"anon check of {anonymizer.description}",
+        description=f"anon check of {report.program}",
     )
     summary = AnonCheckSummary(
         program=report.program,
@@ -111,7 +177,5 @@ def anon_check(
             parts.append(f"identifying attributes survive: {', '.join(sorted(report.survivors))}")
         if report.failures:
             parts.append(f"{len(report.failures)} file(s) cannot be de-identified")
-        raise IdentifiersSurvive(
-            f"{anonymizer.description}: {'; '.join(parts)} (see the anon-check artifact; allow what the site keeps on purpose)"
-        )
+        raise IdentifiersSurvive(f"{report.program}: {'; '.join(parts)} ({advice})")
     return summary
