@@ -138,7 +138,9 @@ def _lines(report: CheckReport, *, show_values: bool, markdown: bool) -> list[st
     verdict = "OK" if report.ok else "NOT OK"
     reasons = []
     if report.survivors:
-        reasons.append(f"{len(report.survivors)} identifying attribute(s) survive (allow them with --allow NAME)")
+        # the text is the CLI's report, the markdown a flow run's artifact: each says where "allowed" is set
+        how = "the allowed attributes: the task's allow, a request's deidentify.allow" if markdown else "--allow NAME"
+        reasons.append(f"{len(report.survivors)} identifying attribute(s) survive (allow those kept on purpose: {how})")
     if report.failures:
         reasons.append(f"{len(report.failures)} file(s) cannot be de-identified")
     lines.append(
@@ -188,7 +190,7 @@ def _allowed_tags(allow: Iterable[str]) -> tuple[set[int], set[str], bool]:
             tag = pydicom.datadict.tag_for_keyword(item)
             if tag is None:
                 raise ValueError(
-                    f"--allow {item}: not a DICOM keyword, a tag (gggg,eeee), 'private' or a profile option"
+                    f"allowed attribute {item!r}: not a DICOM keyword, a tag (gggg,eeee), 'private' or a profile option"
                 )
             tags.add(tag)
             names.add(item)
