@@ -260,6 +260,31 @@ def test_anon_check_tries_xnats_own_scripts_as_the_upload_would_apply_them(xnat,
     assert xnat.stats()["imports"] == 0  # a check sends nothing
 
 
+def test_anon_require_clean_sends_nothing_while_identifiers_survive(xnat, script, tmp_path) -> None:
+    """--anon-require-clean: every file is tried first (REST and C-STORE); a survivor stops the
+    command before anything is sent, exit 2, the survivors named; what the site keeps on purpose
+    is allowed with --anon-allow, and a clean set of rules goes through."""
+    root, originals = export(tmp_path, seed=18, instances=2)
+    labels = ["-P", "ANON", "-S", "S", "-E", "GATE"]
+    cstore = ["session", "upload-dicom", str(root), "--host", "127.0.0.1", "--port", str(xnat.scp_port)]
+    for command in (["session", "upload", str(root)], cstore):
+        stopped = run(*command, *labels, "--anon-script", str(script), "--anon-require-clean")
+        assert stopped.exit_code == 2, stopped.output
+        assert "identifying attributes survive: AccessionNumber" in stopped.stderr
+        assert "nothing was sent" in stopped.stderr and "--anon-allow NAME" in stopped.stderr
+    xnat.rebuild_now()
+    stats = xnat.stats()
+    assert stats["imports"] == 0 and stats["prearchive"] == 0 and stats["experiments"] == 0
+    allowed = ["--anon-allow", "retain-uids", "--anon-allow", "StudyDescription"]
+    clean = run(
+        "session", "upload", str(root), *labels, "--anon-profile", "basic,retain-uids", "--anon-require-clean", *allowed
+    )
+    assert clean.exit_code == 0, clean.output
+    assert len(xnat.archived_files("GATE")) == len(originals)
+    no_rules = run("session", "upload", str(root), *labels, "--anon-require-clean")
+    assert no_rules.exit_code == 2 and "none were given" in no_rules.stderr
+
+
 def test_without_prevent_anon_xnat_applies_its_site_script_on_import_too(xnat, script, tmp_path) -> None:
     """What the docs warn about: a client-side script and XNAT's own site script both apply."""
     import httpx

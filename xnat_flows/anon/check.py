@@ -69,6 +69,15 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.survivors and not self.failures
 
+    def problems(self) -> str:
+        """What makes the report not ok, in one line (names and counts, never a value); empty when ok."""
+        parts = []
+        if self.survivors:
+            parts.append(f"identifying attributes survive: {', '.join(sorted(self.survivors))}")
+        if self.failures:
+            parts.append(f"{len(self.failures)} file(s) cannot be de-identified")
+        return "; ".join(parts)
+
     def to_text(self, *, show_values: bool = True) -> str:
         return "\n".join(_lines(self, show_values=show_values, markdown=False))
 
@@ -267,6 +276,32 @@ def check_files(
         if str(before.get(BURNED_IN_ANNOTATION, "") and before[BURNED_IN_ANNOTATION].value).upper() == "YES":
             report.burned_in.append(relpath)
         _compare(report, before, after, actions, allowed_tags, allow_private)
+    return report
+
+
+class PlannedFile(Protocol):
+    """A file an upload has planned (``transfer.scan.DicomFile``): its name in the report, its path."""
+
+    @property
+    def relpath(self) -> str: ...
+
+    @property
+    def path(self) -> Path: ...
+
+
+def check_sessions(
+    anonymizer: CheckedRules,
+    sessions: Iterable[tuple[Mapping[str, str], Iterable[PlannedFile]]],
+    *,
+    allow: Iterable[str] = (),
+) -> CheckReport:
+    """One report over an upload's planned sessions, each file rewritten with its session's XNAT
+    variables (``transfer.deidentify.xnat_variables``; a C-STORE's routing): the gate of
+    ``--anon-require-clean`` and of the flows' ``deidentify.require_clean``."""
+    allowed = list(allow)
+    report = CheckReport(anonymizer.description, anonymizer.digest)
+    for variables, files in sessions:
+        report = check_files(anonymizer, [(f.relpath, f.path) for f in files], variables, allow=allowed, into=report)
     return report
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from xnat_flows.anon.check import CheckReport
     from xnat_flows.client.client import XnatClient
     from xnat_flows.transfer.deidentify import Anonymizer
 
@@ -50,6 +51,41 @@ AnonAllowUrlOption = Annotated[
         "carries what its URL holds. Without it a script calling getURL is refused.",
     ),
 ]
+
+AnonRequireCleanOption = Annotated[
+    bool,
+    typer.Option(
+        "--anon-require-clean",
+        help="Before sending, try the rules on every file (as `xnat-flows anon check`) and send nothing if an "
+        "identifying attribute survives them or a file cannot be de-identified.",
+    ),
+]
+AnonAllowOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--anon-allow",
+        metavar="NAME",
+        help="With --anon-require-clean: an identifying attribute the site keeps on purpose (repeatable): a "
+        "keyword (StudyDate), a tag (0008,0020), 'private', or a profile option (retain-uids).",
+    ),
+]
+
+
+def require_clean(report: CheckReport) -> None:
+    """The gate of ``--anon-require-clean``: nothing is sent unless ``report`` (``anon.check``) is ok.
+
+    Raises:
+        InputError: Identifying attributes survive, or files cannot be de-identified (exit 2).
+    """
+    from xnat_flows.client.errors import InputError
+
+    if not report.ok:
+        raise InputError(
+            f"{report.program}: {report.problems()}; nothing was sent",
+            hint="`xnat-flows anon check` with the same options shows each one with an example; change the rules, "
+            "or name what the site keeps on purpose with --anon-allow NAME",
+            reason="identifiers-survive",
+        )
 
 
 def anonymizer_from_options(

@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from xnat_flows.cli.anon_options import (
+    AnonAllowOption,
     AnonAllowUrlOption,
     AnonFromServerOption,
     AnonProfileOption,
+    AnonRequireCleanOption,
     AnonScriptOption,
     anonymizer_from_options,
+    require_clean,
 )
 from xnat_flows.cli.hints import ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH, STATUS_SHOWN_BY, cli_hint
 from xnat_flows.cli.options import (
@@ -105,6 +108,8 @@ def upload(
     anon_profile: AnonProfileOption = None,
     anon_from_server: AnonFromServerOption = False,
     anon_allow_url: AnonAllowUrlOption = None,
+    anon_require_clean: AnonRequireCleanOption = False,
+    anon_allow: AnonAllowOption = None,
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -156,7 +161,11 @@ def upload(
             allow_other_study=into_other_study,
             duplicates=duplicates,
             skip_truncated=skip_truncated,
-            deidentify=_deidentification((anon_script, anon_profile, anon_from_server, anon_allow_url or [])),
+            deidentify=_deidentification(
+                (anon_script, anon_profile, anon_from_server, anon_allow_url or []),
+                require_clean=anon_require_clean,
+                allow=anon_allow or [],
+            ),
         )
         with connection.client(projects=(project,)) as client:
             credentials = client.credentials
@@ -171,8 +180,15 @@ def upload(
         project=project,
         open_client=lambda: connection.client(projects=(project,)),
     )
+    _gate_needs_rules(anon_require_clean, anonymizer)
     scan = scan_directory(source, duplicates=duplicates, skip_truncated=skip_truncated)
-    plan_sessions(scan, target, per_study=per_study)
+    plans = plan_sessions(scan, target, per_study=per_study)
+    if anon_require_clean and anonymizer is not None:  # nothing leaves unless the rules leave no identifier
+        from xnat_flows.anon.check import check_sessions
+        from xnat_flows.transfer.deidentify import xnat_variables
+
+        sessions = [(xnat_variables(planned), files) for planned, files in plans]
+        require_clean(check_sessions(anonymizer, sessions, allow=anon_allow or []))
     label = "gradual-DICOM" if gradual else "DICOM-zip"
     with connection.client(projects=(project,)) as client:
         if archive_format == "auto" and not gradual:
@@ -250,7 +266,19 @@ def _print_result(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _deidentification(anon: tuple[Path | None, str | None, bool, list[str]]) -> Any:
+def _gate_needs_rules(require_clean: bool, anonymizer: object | None) -> None:
+    from xnat_flows.client.errors import InputError
+
+    if require_clean and anonymizer is None:
+        raise InputError(
+            "--anon-require-clean checks de-identification rules, and none were given",
+            hint="Add --anon-script FILE, --anon-profile basic or --anon-from-server",
+        )
+
+
+def _deidentification(
+    anon: tuple[Path | None, str | None, bool, list[str]], *, require_clean: bool, allow: list[str]
+) -> Any:
     """The --anon-* options as a flow request's ``deidentify`` (the script's text travels, not its path)."""
     from xnat_flows.client.errors import InputError
     from xnat_flows.models import Deidentification
@@ -260,7 +288,14 @@ def _deidentification(anon: tuple[Path | None, str | None, bool, list[str]]) -> 
         text = script.read_text(encoding="utf-8") if script is not None else ""
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"Cannot read the script {script}: {exc}") from None
-    return Deidentification(script=text, profile=profile or "", from_server=from_server, allowed_urls=allowed_urls)
+    return Deidentification(
+        script=text,
+        profile=profile or "",
+        from_server=from_server,
+        allowed_urls=allowed_urls,
+        require_clean=require_clean,
+        allow=allow,
+    )
 
 
 class _progress_bar:
@@ -511,6 +546,8 @@ def send_dicom(
     anon_profile: AnonProfileOption = None,
     anon_from_server: AnonFromServerOption = False,
     anon_allow_url: AnonAllowUrlOption = None,
+    anon_require_clean: AnonRequireCleanOption = False,
+    anon_allow: AnonAllowOption = None,
     as_json: JsonOption = False,
     *,
     connection: Connection,
@@ -562,6 +599,12 @@ def send_dicom(
             project=project,
             open_client=lambda: connection.client(projects=(project,)),
         )
+        _gate_needs_rules(anon_require_clean, anonymizer)
+        if anon_require_clean and anonymizer is not None:  # every DICOM file of the folder, before any is sent
+            from xnat_flows.anon.check import check_folder
+            from xnat_flows.transfer.cstore.send import routing_variables
+
+            require_clean(check_folder(anonymizer, source, routing_variables(routing), allow=anon_allow or []))
         steps = DirectSteps(
             source,
             host,

@@ -124,15 +124,9 @@ def check_before_sending(
         IdentifiersSurvive: Something identifying survives, or a file cannot be de-identified:
             the upload that follows does not run.
     """
-    from xnat_flows.anon.check import check_files
+    from xnat_flows.anon.check import check_sessions
 
-    report: CheckReport | None = None
-    for variables, files in sessions:
-        report = check_files(
-            anonymizer, [(f.relpath, f.path) for f in files], variables, allow=allow or (), into=report
-        )
-    if report is None:
-        raise ValueError("no session to check")
+    report = check_sessions(anonymizer, sessions, allow=allow or ())
     return _published(
         report,
         artifact_key,
@@ -172,10 +166,5 @@ def _published(
         failed_files=len(report.failures),
     )
     if fail_on_survivors and not report.ok:
-        parts = []
-        if report.survivors:
-            parts.append(f"identifying attributes survive: {', '.join(sorted(report.survivors))}")
-        if report.failures:
-            parts.append(f"{len(report.failures)} file(s) cannot be de-identified")
-        raise IdentifiersSurvive(f"{report.program}: {'; '.join(parts)} ({advice})")
+        raise IdentifiersSurvive(f"{report.program}: {report.problems()} ({advice})")
     return summary
