@@ -149,6 +149,15 @@ class Deidentification(BaseModel):
     def wanted(self) -> bool:
         return bool(self.script_text() or self.profile or self.from_server)
 
+    @model_validator(mode="after")
+    def _a_gate_needs_rules(self) -> Deidentification:
+        if self.require_clean and not self.wanted:
+            raise ValueError(
+                "require_clean checks de-identification rules, and none were given: add a script, a "
+                "dicomedit-script Block, a profile or from_server"
+            )
+        return self
+
 
 class UploadRequest(BaseModel):
     """What to upload and where: the form of the ``upload-dicom-session`` deployment."""

@@ -140,3 +140,5 @@ def test_the_gate_stops_an_upload_whose_rules_leave_identifiers_and_lets_a_clean
     assert result.ok and result.sessions[0].verified is True
     stored = _archived(xnat, "CLEAN")
     assert len(stored) == 3 and {ds.get("PatientBirthDate", "") for ds in stored} == {""}  # the profile ran too
+    with pytest.raises(ValueError, match="require_clean checks de-identification rules"):
+        Deidentification(require_clean=True)  # a gate with nothing to check is refused in the run's form
