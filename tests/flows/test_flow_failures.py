@@ -112,6 +112,25 @@ def test_an_unknown_project_is_said_once_per_level_in_flow_words(xnat, block, tm
     assert not [log.message for log in logs if CLI_WORDS.search(log.message)]
 
 
+def test_a_task_without_retries_says_our_error_once_without_a_traceback(xnat, block, tmp_path: Path) -> None:
+    """The de-identification gate (``check-before-sending``, no retries): Prefect's own "Task run failed
+    with exception" line and its traceback are the repeat the task's final state already says."""
+    from xnat_flows.models import Deidentification
+
+    write_session(tmp_path / "export", patient_id="P05")
+    request = _upload(tmp_path / "export").model_copy(
+        update={"deidentify": Deidentification(script='version "6.1"\n(0010,0010) := subject\n', require_clean=True)}
+    )
+
+    state = upload_dicom_session(request, block, return_state=True)
+
+    assert state.is_failed() and state.message.startswith("IdentifiersSurvive:")
+    assert "deidentify.allow" in state.message and not CLI_WORDS.search(state.message)
+    logs = _run_logs(state.state_details.flow_run_id)
+    _assert_said_once_per_level(logs, "identifying attributes survive")
+    assert xnat.stats()["imports"] == 0
+
+
 def test_a_bad_password_in_the_block_points_at_the_block(xnat, tmp_path: Path) -> None:
     XnatCredentials(url=xnat.url, username="admin", password=SecretStr("not-the-password")).save(
         "failures-bad-password", overwrite=True

@@ -75,17 +75,12 @@ def require_clean(report: CheckReport) -> None:
     """The gate of ``--anon-require-clean``: nothing is sent unless ``report`` (``anon.check``) is ok.
 
     Raises:
-        InputError: Identifying attributes survive, or files cannot be de-identified (exit 2).
+        IdentifiersSurvive: Identifying attributes survive, or files cannot be de-identified (exit 2).
     """
-    from xnat_flows.client.errors import InputError
+    from xnat_flows.transfer.deidentify import IdentifiersSurvive
 
     if not report.ok:
-        raise InputError(
-            f"{report.program}: {report.problems()}; nothing was sent",
-            hint="`xnat-flows anon check` with the same options shows each one with an example; change the rules, "
-            "or name what the site keeps on purpose with --anon-allow NAME",
-            reason="identifiers-survive",
-        )
+        raise IdentifiersSurvive(f"{report.program}: {report.problems()}; nothing was sent")
 
 
 def anonymizer_from_options(

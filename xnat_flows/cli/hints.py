@@ -48,6 +48,8 @@ BY_REASON: dict[str, str] = {
     "per-study-other-label": "Upload again with -E {label} --per-study to complete that session",
     "no-anon-script": "Drop --anon-from-server to send as XNAT would receive it, or name a script (--anon-script) "
     "or the Basic Profile (--anon-profile basic)",
+    "identifiers-survive": "`xnat-flows anon check` with the same options shows each one with an example; change "
+    "the rules, or name what the site keeps on purpose with --anon-allow NAME",
 }
 
 BY_CLASS: dict[type[XnatError], str] = {

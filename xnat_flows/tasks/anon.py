@@ -17,7 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from xnat_flows.models import Deidentification, XnatConnection
+from xnat_flows.tasks.hints import speaks_to_operator
+from xnat_flows.transfer.deidentify import IdentifiersSurvive
 from xnat_flows.transfer.scan import DicomFile
+
+__all__ = ["AnonCheckSummary", "IdentifiersSurvive", "anon_check", "check_before_sending"]
 
 if TYPE_CHECKING:
     from xnat_flows.anon.check import CheckedRules, CheckReport
@@ -36,11 +40,8 @@ class AnonCheckSummary(BaseModel):
     failed_files: int
 
 
-class IdentifiersSurvive(Exception):
-    """The check found identifiers the program leaves, or files it cannot be applied to."""
-
-
 @task(name="anon-check", cache_policy=NO_CACHE, persist_result=False, retries=0)
+@speaks_to_operator
 def anon_check(
     folder: str,
     script: str | None = None,
@@ -100,6 +101,7 @@ def anon_check(
 
 
 @task(name="check-before-sending", cache_policy=NO_CACHE, persist_result=False, retries=0)
+@speaks_to_operator
 def check_before_sending(
     anonymizer: CheckedRules,
     sessions: list[tuple[dict[str, str], list[DicomFile]]],
@@ -127,20 +129,11 @@ def check_before_sending(
     from xnat_flows.anon.check import check_sessions
 
     report = check_sessions(anonymizer, sessions, allow=allow or ())
-    return _published(
-        report,
-        artifact_key,
-        fail_on_survivors=True,
-        advice="nothing was sent; see the anon-check artifact, then change the rules or list what the site keeps "
-        "on purpose in the request's deidentify.allow",
-    )
+    return _published(report, artifact_key, fail_on_survivors=True, stopped=True)
 
 
 def _published(
-    report: CheckReport,
-    artifact_key: str | None,
-    fail_on_survivors: bool,
-    advice: str = "see the anon-check artifact; allow what the site keeps on purpose",
+    report: CheckReport, artifact_key: str | None, fail_on_survivors: bool, stopped: bool = False
 ) -> AnonCheckSummary:
     """The report as a markdown artifact (values hidden), and its summary.
 
@@ -148,7 +141,8 @@ def _published(
         The summary.
 
     Raises:
-        IdentifiersSurvive: The report is not ok and ``fail_on_survivors``.
+        IdentifiersSurvive: The report is not ok and ``fail_on_survivors`` (``stopped``: an upload's gate,
+            which sent nothing).
     """
     create_markdown_artifact(
         markdown=report.to_markdown(show_values=False),
@@ -166,5 +160,5 @@ def _published(
         failed_files=len(report.failures),
     )
     if fail_on_survivors and not report.ok:
-        raise IdentifiersSurvive(f"{report.program}: {report.problems()} ({advice})")
+        raise IdentifiersSurvive(f"{report.program}: {report.problems()}" + ("; nothing was sent" if stopped else ""))
     return summary

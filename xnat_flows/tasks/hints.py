@@ -77,6 +77,8 @@ BY_REASON: dict[str, str] = {
     "no-dicom-files": "Point the request's source_dir at the folder that holds the DICOM export",
     "no-anon-script": "Turn off the request's de-identification 'XNAT's own scripts', or give a script or the "
     "Basic Profile",
+    "identifiers-survive": "The run's anon-check artifact lists what survives: change the rules, or list what the "
+    "site keeps on purpose in the request's deidentify.allow (the anon-check task: its allow)",
 }
 
 BY_CLASS: dict[type[XnatError], str] = {
@@ -129,9 +131,9 @@ class _SayFailuresOnce(logging.Filter):
 
     * the final "Finished in state Failed(...)" of a flow run is raised to ERROR (Prefect logs it
       at INFO: a log view filtered to errors showed nothing of a failed run);
-    * "Task run failed with exception ... - Retries are exhausted" and its traceback: the task's
-      "Finished in state Failed(...)" line says the same, at ERROR, and the "Retry n/m" lines before
-      it show the retries;
+    * "Task run failed with exception ... - Retries are exhausted" (or, for a task without retries,
+      "Task run failed with exception ...") and its traceback: the task's "Finished in state
+      Failed(...)" line says the same, at ERROR, and the "Retry n/m" lines before it show the retries;
     * "Engine execution exited with unexpected exception" and its ~70-line traceback, which a
       worker's engine logs when it re-raises the error of a run that already failed with it.
     """
@@ -141,7 +143,9 @@ class _SayFailuresOnce(logging.Filter):
         if record.levelno < logging.ERROR and message.startswith("Finished in state Failed"):
             record.levelno, record.levelname = logging.ERROR, logging.getLevelName(logging.ERROR)
         known = record.exc_info is not None and isinstance(record.exc_info[1], XnatError)
-        repeat = message == "Engine execution exited with unexpected exception" or "Retries are exhausted" in message
+        repeat = message == "Engine execution exited with unexpected exception" or message.startswith(
+            "Task run failed with "
+        )
         return not (known and repeat)
 
 

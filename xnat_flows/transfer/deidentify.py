@@ -71,11 +71,25 @@ if TYPE_CHECKING:
 
 NOT_DEIDENTIFIED = "not de-identified, not sent"
 SCRIPT_ERROR = "anon-script-error"  # InputError.reason of a script that does not compile (line:column)
+IDENTIFIERS_SURVIVE = "identifiers-survive"  # IdentifiersSurvive.reason: each reader words its own hint
 _KEYS_HEAD = 65536  # the UIDs sit in the dataset's first bytes; the rest is read only if not
 HEAD_BYTES = 65536  # the dry run reads a file's first bytes; the whole file only if its header is longer
 HEAD_PROBE = 16384  # read first: most headers fit; after one that does not, a run reads HEAD_BYTES
 HEAD_CACHE_BYTES = 256 << 20  # rewritten headers kept per dry run (~40,000 files of ~6 KB)
 _TAIL_STEPS = (65536, 4096, 256)  # the shared tail is found in 64 KB, 4 KB, then 256-byte steps
+
+
+class IdentifiersSurvive(InputError):
+    """De-identification rules leave identifying attributes, or files they cannot take (``anon check``).
+
+    Raised by a gate before anything is sent (``--anon-require-clean``, ``deidentify.require_clean``)
+    and by the ``anon-check`` task.
+    """
+
+    default_hint = "`xnat-flows anon check` shows each surviving attribute with an example"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason=IDENTIFIERS_SURVIVE)
 
 
 class Anonymizer(Protocol):
