@@ -136,6 +136,25 @@ def test_cli_hide_values(folder: Path, tmp_path: Path) -> None:
     assert "Doe^Jane" not in result.output and "MRN0001" not in result.output
 
 
+def test_cli_json_for_scripts_that_gate_on_it(folder: Path, tmp_path: Path) -> None:
+    import json
+
+    script = tmp_path / "id.das"
+    script.write_text(DEFAULT)
+    args = [str(folder), "--anon-script", str(script), "-P", "P1", "-S", "S1", "-E", "S1_MR1", "--json"]
+    shown = cli(*args)
+    assert shown.exit_code == 1  # the same exit codes as the text report
+    report = json.loads(shown.output)
+    assert report["ok"] is False and report["files"] == 3 and report["not_dicom"] == 1
+    name = next(c for c in report["changes"] if c["attribute"] == "PatientName")
+    assert (name["changed"], name["example_before"], name["example_after"]) == (3, "Doe^Jane", "S1")
+    assert {"PatientBirthDate", "AccessionNumber"} <= {v["attribute"] for v in report["survivors"]}
+    assert report["burned_in"] == ["series1/IM2"] and report["placeholders"] == []
+    hidden = cli(*args, "--hide-values")
+    assert "Doe^Jane" not in hidden.output and "MRN0001" not in hidden.output  # no value, before or after
+    assert json.loads(hidden.output)["survivors"] == [{**v, "example": None} for v in report["survivors"]]
+
+
 def test_cli_needs_one_of_script_or_profile(folder: Path) -> None:
     assert cli(str(folder)).exit_code == 2
 

@@ -78,6 +78,43 @@ class CheckReport:
             parts.append(f"{len(self.failures)} file(s) cannot be de-identified")
         return "; ".join(parts)
 
+    def to_dict(self, *, show_values: bool = True) -> dict[str, object]:
+        """The report as plain data (``anon check --json``); without ``show_values`` no value from the
+        files, before or after, only names and counts."""
+
+        def shown(value: str) -> str | None:
+            return value if show_values else None
+
+        return {
+            "program": self.program,
+            "digest": self.digest,
+            "ok": self.ok,
+            "files": self.files,
+            "not_dicom": self.not_dicom,
+            "placeholders": list(self.placeholders),
+            "changes": [
+                {
+                    "attribute": c.attribute,
+                    "changed": c.changed,
+                    "removed": c.removed,
+                    "added": c.added,
+                    "example_before": shown(c.example_before),
+                    "example_after": shown(c.example_after),
+                }
+                for c in sorted(self.changes.values(), key=lambda c: c.attribute)
+            ],
+            "survivors": [
+                {"attribute": v.attribute, "files": v.files, "example": shown(v.example)}
+                for v in sorted(self.survivors.values(), key=lambda v: v.attribute)
+            ],
+            "allowed": [
+                {"attribute": v.attribute, "files": v.files, "example": shown(v.example)}
+                for v in sorted(self.allowed.values(), key=lambda v: v.attribute)
+            ],
+            "burned_in": list(self.burned_in),
+            "failures": [{"file": path, "reason": reason} for path, reason in self.failures],
+        }
+
     def to_text(self, *, show_values: bool = True) -> str:
         return "\n".join(_lines(self, show_values=show_values, markdown=False))
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from xnat_flows.cli.options import EXIT_FAILURE, EXIT_USAGE, command_group, error
+from xnat_flows.cli.options import EXIT_FAILURE, EXIT_USAGE, JsonOption, command_group, error
 
 app = command_group(help="De-identify: check a DicomEdit script or a profile on your data.")
 
@@ -98,6 +99,7 @@ def check(
     hide_values: Annotated[
         bool, typer.Option("--hide-values", help="Do not print original values (for a shared screen or a log).")
     ] = False,
+    as_json: JsonOption = False,
     url: Annotated[
         str | None,
         typer.Option(
@@ -155,6 +157,9 @@ def check(
     except (ValueError, OSError) as exc:
         error(str(exc))
         raise typer.Exit(EXIT_USAGE) from None
-    typer.echo(report.to_text(show_values=not hide_values))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(show_values=not hide_values), indent=2))
+    else:
+        typer.echo(report.to_text(show_values=not hide_values))
     if not report.ok:
         raise typer.Exit(EXIT_FAILURE)
