@@ -152,10 +152,9 @@ class Deidentification(BaseModel):
     @model_validator(mode="after")
     def _a_gate_needs_rules(self) -> Deidentification:
         if self.require_clean and not self.wanted:
-            raise ValueError(
-                "require_clean checks de-identification rules, and none were given: add a script, a "
-                "dicomedit-script Block, a profile or from_server"
-            )
+            from xnat_flows.transfer.deidentify import GATE_WITHOUT_RULES
+
+            raise ValueError(f"{GATE_WITHOUT_RULES}: add a script, a dicomedit-script Block, a profile or from_server")
         return self
 
 

@@ -281,8 +281,9 @@ def test_anon_require_clean_sends_nothing_while_identifiers_survive(xnat, script
     )
     assert clean.exit_code == 0, clean.output
     assert len(xnat.archived_files("GATE")) == len(originals)
-    no_rules = run("session", "upload", str(root), *labels, "--anon-require-clean")
-    assert no_rules.exit_code == 2 and "none were given" in no_rules.stderr
+    for flow in ([], ["--flow"]):  # said in the command line's words, also before a flow run's request
+        no_rules = run("session", "upload", str(root), *labels, "--anon-require-clean", *flow)
+        assert no_rules.exit_code == 2 and "--anon-require-clean checks de-identification rules" in no_rules.stderr
 
 
 def test_without_prevent_anon_xnat_applies_its_site_script_on_import_too(xnat, script, tmp_path) -> None:

@@ -377,6 +377,23 @@ def test_a_file_the_script_cannot_take_is_listed_not_sent_and_the_upload_fails(
     assert len(sent) == 2 and refused_uid not in sent and hashed_uid(refused_uid) not in sent
 
 
+@pytest.mark.e2e
+def test_the_library_gate_sends_nothing_while_identifiers_survive(xnat_emulator, client, tmp_path) -> None:
+    """``upload_session(require_clean=True)``: the gate the CLI's --anon-require-clean uses."""
+    from xnat_flows.anon import compile_script
+    from xnat_flows.transfer.deidentify import GATE_WITHOUT_RULES, IdentifiersSurvive
+
+    export = tmp_path / "export"
+    write_study(export, series=1, instances=2)
+    leaky = compile_script('version "6.1"\n(0010,0010) := subject\n')
+    target = UploadTarget("TEST", "ANON01", "LIBGATE")
+    with pytest.raises(IdentifiersSurvive, match="identifying attributes survive: .*; nothing was sent"):
+        upload_session(client, export, target, anonymizer=leaky, require_clean=True, **FAST)
+    with pytest.raises(InputError, match=GATE_WITHOUT_RULES):
+        upload_session(client, export, target, require_clean=True, **FAST)
+    assert xnat_emulator.stats()["imports"] == 0
+
+
 def test_build_anonymizer_compiles_get_url_only_with_allowed_urls() -> None:
     from xnat_flows.models import Deidentification
     from xnat_flows.transfer.deidentify import build_anonymizer

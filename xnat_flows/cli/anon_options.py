@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from xnat_flows.anon.check import CheckReport
     from xnat_flows.client.client import XnatClient
     from xnat_flows.transfer.deidentify import Anonymizer
 
@@ -69,18 +68,6 @@ AnonAllowOption = Annotated[
         "keyword (StudyDate), a tag (0008,0020), 'private', or a profile option (retain-uids).",
     ),
 ]
-
-
-def require_clean(report: CheckReport) -> None:
-    """The gate of ``--anon-require-clean``: nothing is sent unless ``report`` (``anon.check``) is ok.
-
-    Raises:
-        IdentifiersSurvive: Identifying attributes survive, or files cannot be de-identified (exit 2).
-    """
-    from xnat_flows.transfer.deidentify import IdentifiersSurvive
-
-    if not report.ok:
-        raise IdentifiersSurvive(f"{report.program}: {report.problems()}; nothing was sent")
 
 
 def anonymizer_from_options(

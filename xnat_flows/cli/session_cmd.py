@@ -21,7 +21,6 @@ from xnat_flows.cli.anon_options import (
     AnonRequireCleanOption,
     AnonScriptOption,
     anonymizer_from_options,
-    require_clean,
 )
 from xnat_flows.cli.hints import ARCHIVE_CONFLICT_WITH, CHECK_DELIVERED_WITH, STATUS_SHOWN_BY, cli_hint
 from xnat_flows.cli.options import (
@@ -127,6 +126,7 @@ def upload(
     from xnat_flows.transfer.upload import choose_archive_format
 
     sends_data()
+    _gate_needs_rules(anon_require_clean, anon_script, anon_profile, anon_from_server)
     # Local input first: a bad label, path or study mix fails before anything is sent.
     target = UploadTarget(
         project=project,
@@ -180,15 +180,8 @@ def upload(
         project=project,
         open_client=lambda: connection.client(projects=(project,)),
     )
-    _gate_needs_rules(anon_require_clean, anonymizer)
     scan = scan_directory(source, duplicates=duplicates, skip_truncated=skip_truncated)
-    plans = plan_sessions(scan, target, per_study=per_study)
-    if anon_require_clean and anonymizer is not None:  # nothing leaves unless the rules leave no identifier
-        from xnat_flows.anon.check import check_sessions
-        from xnat_flows.transfer.deidentify import xnat_variables
-
-        sessions = [(xnat_variables(planned), files) for planned, files in plans]
-        require_clean(check_sessions(anonymizer, sessions, allow=anon_allow or []))
+    plan_sessions(scan, target, per_study=per_study)
     label = "gradual-DICOM" if gradual else "DICOM-zip"
     with connection.client(projects=(project,)) as client:
         if archive_format == "auto" and not gradual:
@@ -211,6 +204,8 @@ def upload(
                 verify_timeout=verify_timeout,
                 allow_other_study=into_other_study,
                 anonymizer=anonymizer,
+                require_clean=anon_require_clean,
+                allow=anon_allow or (),
             )
     _print_result(result, as_json=as_json, sending_seconds=bar.sending_seconds, scan=scan, duplicates=duplicates)
 
@@ -266,10 +261,12 @@ def _print_result(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _gate_needs_rules(require_clean: bool, anonymizer: object | None) -> None:
+def _gate_needs_rules(require_clean: bool, *rules: object) -> None:
+    """--anon-require-clean without rules: said in the command line's words before anything else
+    (the library and the flow request refuse it too, in theirs)."""
     from xnat_flows.client.errors import InputError
 
-    if require_clean and anonymizer is None:
+    if require_clean and not any(rules):
         raise InputError(
             "--anon-require-clean checks de-identification rules, and none were given",
             hint="Add --anon-script FILE, --anon-profile basic or --anon-from-server",
@@ -567,6 +564,7 @@ def send_dicom(
     from xnat_flows.transfer.cstore.sequence import DirectSteps
 
     sends_data()
+    _gate_needs_rules(anon_require_clean, anon_script, anon_profile, anon_from_server)
     if (subject or session) and not project:
         raise InputError("--subject and --session route only together with --project")
     if verify and no_xnat_check:
@@ -599,12 +597,6 @@ def send_dicom(
             project=project,
             open_client=lambda: connection.client(projects=(project,)),
         )
-        _gate_needs_rules(anon_require_clean, anonymizer)
-        if anon_require_clean and anonymizer is not None:  # every DICOM file of the folder, before any is sent
-            from xnat_flows.anon.check import check_folder
-            from xnat_flows.transfer.cstore.send import routing_variables
-
-            require_clean(check_folder(anonymizer, source, routing_variables(routing), allow=anon_allow or []))
         steps = DirectSteps(
             source,
             host,
@@ -616,6 +608,8 @@ def send_dicom(
             duplicates=duplicates,
             skip_truncated=skip_truncated,
             anonymizer=anonymizer,
+            require_clean=anon_require_clean,
+            allow=anon_allow or (),
             held=held,
             project_check=project_check,
             client=client if verify else None,

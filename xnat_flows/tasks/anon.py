@@ -160,5 +160,5 @@ def _published(
         failed_files=len(report.failures),
     )
     if fail_on_survivors and not report.ok:
-        raise IdentifiersSurvive(f"{report.program}: {report.problems()}" + ("; nothing was sent" if stopped else ""))
+        raise IdentifiersSurvive.of(report, nothing_sent=stopped)
     return summary

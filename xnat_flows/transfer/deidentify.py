@@ -66,6 +66,7 @@ from xnat_flows.transfer.scan import DicomFile, SkippedFile
 
 if TYPE_CHECKING:
     from xnat_flows.anon import UrlAccess
+    from xnat_flows.anon.check import CheckReport
     from xnat_flows.anon.engine import HeadRewrite
     from xnat_flows.transfer.target import UploadTarget
 
@@ -90,6 +91,38 @@ class IdentifiersSurvive(InputError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, reason=IDENTIFIERS_SURVIVE)
+
+    @classmethod
+    def of(cls, report: CheckReport, *, nothing_sent: bool) -> IdentifiersSurvive:
+        """The error for a report that is not ok (``anon.check``); ``nothing_sent``: a gate stopped an upload."""
+        return cls(f"{report.program}: {report.problems()}" + ("; nothing was sent" if nothing_sent else ""))
+
+
+GATE_WITHOUT_RULES = "require_clean checks de-identification rules, and none were given"
+
+
+def require_clean(
+    anonymizer: Anonymizer | None,
+    sessions: Iterable[tuple[Mapping[str, str], Sequence[DicomFile]]],
+    allow: Iterable[str] = (),
+) -> None:
+    """The gate before anything is sent (``--anon-require-clean``).
+
+    The rules tried on every planned file, each with its session's XNAT variables (``xnat_variables``;
+    a C-STORE's routing). The flows' ``deidentify.require_clean`` run the ``check-before-sending``
+    task instead, for its artifact.
+
+    Raises:
+        InputError: No rules to check (``GATE_WITHOUT_RULES``).
+        IdentifiersSurvive: Identifying attributes survive, or files cannot be de-identified.
+    """
+    from xnat_flows.anon.check import check_sessions
+
+    if anonymizer is None:
+        raise InputError(GATE_WITHOUT_RULES, reason="gate-without-rules")
+    report = check_sessions(anonymizer, sessions, allow=allow)
+    if not report.ok:
+        raise IdentifiersSurvive.of(report, nothing_sent=True)
 
 
 class Anonymizer(Protocol):

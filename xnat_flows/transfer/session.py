@@ -664,6 +664,8 @@ def upload_session(
     allow_other_study: bool = False,
     claim_wait: float = DEFAULT_CLAIM_WAIT_SECONDS,
     anonymizer: Anonymizer | None = None,
+    require_clean: bool = False,
+    allow: Sequence[str] = (),
 ) -> UploadResult:
     """Scan (unless given a ``ScanResult``), upload every planned session, verify each.
 
@@ -693,6 +695,9 @@ def upload_session(
             session's project, subject and label as the script's variables; checks, journal and
             verification then work on the rewritten instances, and files the script cannot be
             applied to are listed in ``not_deidentified``, not sent.
+        require_clean: Before anything is sent, try ``anonymizer`` on every planned file and stop
+            (``IdentifiersSurvive``) if an identifying attribute survives (``deidentify.require_clean``).
+        allow: With ``require_clean``: the attributes the site keeps on purpose.
 
     Returns:
         The upload's result: ``ok`` only when every file is in XNAT (verified when asked).
@@ -706,6 +711,11 @@ def upload_session(
     started = time.monotonic()
     scan = root_or_scan if isinstance(root_or_scan, ScanResult) else scan_directory(Path(root_or_scan))
     plan = plan_sessions(scan, target, per_study=per_study)
+    if require_clean:
+        from xnat_flows.transfer.deidentify import require_clean as gate
+        from xnat_flows.transfer.deidentify import xnat_variables
+
+        gate(anonymizer, [(xnat_variables(planned), files) for planned, files in plan], allow)
     refused: list[SkippedFile] = []
     if anonymizer is not None:
         from xnat_flows.transfer.deidentify import deidentify_plan

@@ -10,7 +10,7 @@ shows each task with its retries and concurrency limits, and neither repeats thi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -113,6 +113,8 @@ class DirectSteps:
     duplicates: Duplicates = "newest"
     skip_truncated: bool = False
     anonymizer: Anonymizer | None = None
+    require_clean: bool = False  # the gate (``deidentify.require_clean``): nothing sent if identifiers survive
+    allow: Sequence[str] = ()  # with require_clean: the attributes the site keeps on purpose
     held: StudyHeldCheck | None = None
     project_check: Callable[[], None] | None = None
     client: Callable[[], XnatClient] | None = None
@@ -144,9 +146,13 @@ class DirectSteps:
         return scan
 
     def deidentify(self, files: list[DicomFile]) -> tuple[list[DicomFile], list[InstanceOutcome]]:
-        """Apply the anonymizer, with the routing's labels as its variables."""
+        """Apply the anonymizer, with the routing's labels as its variables (first the gate, if asked)."""
         from xnat_flows.transfer.cstore.send import deidentify_for_send, routing_variables
 
+        if self.require_clean:
+            from xnat_flows.transfer.deidentify import require_clean
+
+            require_clean(self.anonymizer, [(routing_variables(self.routing), files)], self.allow)
         return deidentify_for_send(files, self.anonymizer, routing_variables(self.routing))
 
     def send(self, files: list[DicomFile]) -> SendResult:
