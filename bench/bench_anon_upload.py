@@ -8,7 +8,9 @@ DICOM-zip (tar), gradual-DICOM and C-STORE, alternating plain and de-identified 
 fresh client process. The time is the library call a CLI upload makes (``upload_session`` with
 the scan, without the read-back; ``store_instances`` for C-STORE): with the script it includes the
 dry run over every file before sending and the rewrite of every file as it streams. Medians of
-``--repeats`` runs and the ratio de-identified / plain are printed, with the client process's CPU
+``--repeats`` runs and the ratio de-identified / plain are printed (``ratio``: of the medians;
+``paired``: the median of each round's ratio, a round being one run of each kind in turn, which
+cancels the machine's drift between rounds), with the client process's CPU
 time (what de-identifying adds, less sensitive than wall time to a shared machine's load), the dry
 run alone (timed again after each de-identified run) and the load average. ``--whole`` adds
 a third run of each kind whose dry run reads and rewrites every file whole, as before
@@ -274,7 +276,7 @@ def main() -> None:
         try:
             kinds = ["plain", "anon", *(["whole"] if args.whole else []), *(["upfront"] if args.upfront else [])]
             print(
-                f"\n{'mode':10} {'run':6} {'median s':>8} {'ratio':>6} {'client CPU s':>12} {'CPU ratio':>9}"
+                f"\n{'mode':10} {'run':6} {'median s':>8} {'ratio':>6} {'paired':>6} {'client CPU s':>12} {'CPU ratio':>9}"
                 f" {'dry run s':>9} {'server CPU s':>12}   runs   (load average)"
             )
             for mode in args.modes.split(",") + (["cli"] if args.cli else []):
@@ -318,8 +320,10 @@ def main() -> None:
                 for kind in mode_kinds:
                     median, median_cpu = statistics.median(times[kind]), statistics.median(cpu[kind])
                     runs = " ".join(f"{t:.2f}" for t in times[kind])
+                    # each run against the plain run of the same round: drift between rounds cancels
+                    paired = statistics.median(t / p for t, p in zip(times[kind], times["plain"], strict=True))
                     print(
-                        f"{mode:10} {kind:6} {median:8.2f} {median / plain:6.2f} {median_cpu:12.2f}"
+                        f"{mode:10} {kind:6} {median:8.2f} {median / plain:6.2f} {paired:6.2f} {median_cpu:12.2f}"
                         f" {median_cpu / plain_cpu:9.2f} {statistics.median(dry[kind]):9.2f}"
                         f" {statistics.median(server[kind]):12.2f}"
                         f"   {runs}   ({os.getloadavg()[0]:.1f})"
