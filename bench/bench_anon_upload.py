@@ -23,7 +23,9 @@ The emulator's CPU time per run is printed beside the client's (``--each``: ever
 the emulator's user and system time apart). ``--prefault-mb N`` touches and frees N MB of memory
 just before each timed run (``bench_common.prefault_free_memory``). ``--pin`` runs the emulator on
 core 1 and each client on core 0 (each side a core of its own, as with a server on another machine).
-``--cli`` adds, for DICOM-zip, the command a user runs (``xnat-flows session upload --archive-format
+``--untimed`` adds a run of each kind whose dry run is made before the clock starts (a diagnostic:
+the upload as if de-identifying cost the client's interpreter nothing, each file's rewritten header
+still streamed before its original tail). ``--cli`` adds, for DICOM-zip, the command a user runs (``xnat-flows session upload --archive-format
 tar``, with ``--anon-script`` for the de-identified run) timed whole in a fresh HOME: interpreter
 start, login, scan, dry run, send and the read-back that checks the archive holds every file.
 """
@@ -122,6 +124,8 @@ def case_rest(case: dict) -> dict:
     target = UploadTarget(PROJECT, "SUBJ", case["label"], archive_when_complete=False)
     with XnatClient(credentials, token_cache=None) as client:
         client.login()
+        if case.get("untimed"):
+            _dry_run_before_the_clock(case, anonymizer)
         prefault_free_memory(case["prefault_mb"])
         started, cpu = time.perf_counter(), _cpu_seconds()
         result = upload_session(
@@ -139,10 +143,26 @@ def case_rest(case: dict) -> dict:
     return {**figures, **_dry_run(case, anonymizer)}
 
 
+def _dry_run_before_the_clock(case: dict, anonymizer) -> None:
+    """Make the session's dry run now, and have the timed upload take its results as they are.
+
+    A diagnostic (``--untimed``), not a mode of the product: what the upload would take were
+    de-identifying free on the client's interpreter (as if made by another process on a core with
+    time to spare), the rewrite of every file as it streams still timed.
+    """
+    from xnat_flows.transfer import deidentify
+    from xnat_flows.transfer.scan import scan_directory
+
+    variables = {"project": PROJECT, "subject": "SUBJ", "session": case["label"]}
+    before = deidentify._DryRun(anonymizer, variables, deidentify.HEAD_CACHE_BYTES)
+    done = {original.path: before.rewrite(original) for original in scan_directory(case["source"]).files}
+    deidentify._DryRun.rewrite = lambda self, original: done[original.path]  # type: ignore[method-assign]
+
+
 def _dry_run(case: dict, anonymizer) -> dict:
     """The de-identified run's share that is the dry run over every file, timed again on its own."""
-    if anonymizer is None:
-        return {}
+    if anonymizer is None or case.get("untimed"):
+        return {}  # (--untimed: the dry run of this process answers from what it made before the clock)
     from xnat_flows.transfer.deidentify import deidentify_files
     from xnat_flows.transfer.scan import scan_directory
 
@@ -234,6 +254,12 @@ def main() -> None:
         help="also time DICOM-zip with the whole dry run before the first request (before the streamed dry run)",
     )
     parser.add_argument(
+        "--untimed",
+        action="store_true",
+        help="also time DICOM-zip with the dry run made before the clock starts (what de-identifying costs"
+        " the upload when its CPU is not on the client's interpreter)",
+    )
+    parser.add_argument(
         "--cli",
         action="store_true",
         help="also time DICOM-zip as the CLI command a user runs, read-back included (mode 'cli')",
@@ -274,7 +300,13 @@ def main() -> None:
         emulator = Emulator(work / "xnat", scp_port=scp_port, cpus={1} if args.pin else None)
         labels = iter(range(10**6))
         try:
-            kinds = ["plain", "anon", *(["whole"] if args.whole else []), *(["upfront"] if args.upfront else [])]
+            kinds = [
+                "plain",
+                "anon",
+                *(["whole"] if args.whole else []),
+                *(["upfront"] if args.upfront else []),
+                *(["untimed"] if args.untimed else []),
+            ]
             print(
                 f"\n{'mode':10} {'run':6} {'median s':>8} {'ratio':>6} {'paired':>6} {'client CPU s':>12} {'CPU ratio':>9}"
                 f" {'dry run s':>9} {'server CPU s':>12}   runs   (load average)"
@@ -300,6 +332,7 @@ def main() -> None:
                                 "anon": kind != "plain",
                                 "whole": kind == "whole",
                                 "upfront": kind == "upfront",
+                                "untimed": kind == "untimed",
                                 "prefault_mb": args.prefault_mb,
                                 "client_cpus": [0] if args.pin else None,
                             }
