@@ -11,6 +11,10 @@ CPU time per file:
   before its first request: read each file's first bytes, the engine, the rewritten UIDs, the
   entries to send).
 
+* ``check`` (``--check``): ``anon.check.check_files`` over the session, what ``anon check`` and the
+  gate of ``--anon-require-clean`` take (each file read whole and rewritten, both headers read by
+  pydicom, compared); at most 3 rounds.
+
 Minimum and median of ``--rounds`` rounds (the minimum is the least disturbed by a shared machine).
 To compare with another revision, run it with ``PYTHONPATH`` naming that revision's tree, from a
 directory outside this one (``git archive REV xnat_flows | tar -x -C DIR``).
@@ -41,6 +45,11 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=2000)
     parser.add_argument("--kb", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="also time anon check over the session (what --anon-require-clean adds before sending)",
+    )
     parser.add_argument("--scratch", default=str(REPO / ".bench-data"))
     args = parser.parse_args()
 
@@ -75,9 +84,20 @@ def main() -> None:
             started = time.process_time()
             deidentify_files(files, anonymizer, variables)
             dry_run.append((time.process_time() - started) / len(files) * 1e6)
+        check: list[float] = []
+        if args.check:
+            from xnat_flows.anon.check import check_files
+
+            named = [(item.relpath, item.path) for item in files]
+            for _ in range(min(args.rounds, 3) + 1):
+                started = time.process_time()
+                check_files(anonymizer, named, variables)
+                check.append((time.process_time() - started) / len(files) * 1e6)
         print(f"{len(files)} files of {args.kb} KB, {args.rounds} rounds, process CPU:")
         _figures("engine", engine[1:])
         _figures("dry run", dry_run[1:])
+        if check:
+            _figures("check", check[1:])
         print(f"load average after: {os.getloadavg()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

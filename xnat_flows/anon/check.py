@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Protocol
 
 import pydicom
+from pydicom.datadict import dictionary_has_tag, dictionary_keyword, dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from xnat_flows.anon.errors import AnonError
@@ -196,21 +198,59 @@ def _lines(report: CheckReport, *, show_values: bool, markdown: bool) -> list[st
     return lines
 
 
-def _flatten(ds: Dataset, prefix: str = "") -> Iterable[tuple[str, int, str]]:
-    """(attribute path, tag, value text) of every element, into sequences."""
-    for element in ds:
-        name = prefix + (element.keyword or f"({element.tag.group:04X},{element.tag.element:04X})")
-        if element.VR == "SQ":
-            yield name, element.tag, f"{len(element.value)} item(s)"
-            for index, item in enumerate(element.value):
-                yield from _flatten(item, f"{name}[{index}]/")
-        else:
+# One element of a header, flattened: (tag, value as read, the dataset holding it). The value as read
+# is the raw bytes while pydicom has not decoded them (equal bytes are equal values: nothing is
+# decoded for them), a sequence's "N item(s)".
+_Flat = tuple[int, object, "Dataset | None"]
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _flatten(ds: Dataset, prefix: str = "") -> Iterable[tuple[str, _Flat]]:
+    """(attribute path, element) of every element, into sequences; values decoded only for sequences."""
+    for tag in ds.keys():  # noqa: SIM118 - iterating the dataset itself decodes every element
+        raw = ds.get_item(tag)
+        known = dictionary_has_tag(tag)
+        name = prefix + (dictionary_keyword(tag) if known else f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        vr = getattr(raw, "VR", None)
+        maybe_sequence = (
+            vr in ("SQ", "UN")  # UN: pydicom reads it with the dictionary's VR, SQ perhaps
+            or getattr(raw, "length", 0) == _UNDEFINED_LENGTH
+            or (vr is None and (not known or tag >> 16 & 1 or dictionary_VR(tag) == "SQ"))  # implicit VR
+        )
+        if maybe_sequence:
             try:
-                value = element.value
-                text = "" if value is None else str(value) if not isinstance(value, bytes) else f"<{len(value)} bytes>"
-            except (ValueError, TypeError, KeyError, AttributeError, UnicodeError):  # pydicom cannot decode it
-                text = "<undecodable>"
-            yield name, element.tag, text
+                element = ds[tag]
+            except (ValueError, TypeError, KeyError, AttributeError, UnicodeError, NotImplementedError):
+                yield name, (tag, getattr(raw, "value", None), ds)  # pydicom cannot decode it: compared as read
+                continue
+            if element.VR == "SQ":
+                yield name, (tag, f"{len(element.value)} item(s)", None)
+                for index, item in enumerate(element.value):
+                    yield from _flatten(item, f"{name}[{index}]/")
+                continue
+            raw = ds.get_item(tag)
+        yield name, (tag, getattr(raw, "value", None) if isinstance(raw, RawDataElement) else raw, ds)
+
+
+def _text(flat: _Flat) -> str:
+    """The element's value as the report shows it (pydicom's decoding)."""
+    tag, value, ds = flat
+    if ds is None:
+        return str(value)  # a sequence's "N item(s)"
+    try:
+        decoded = ds[tag].value
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeError, NotImplementedError):
+        return "<undecodable>"  # pydicom cannot decode it
+    if decoded is None:
+        return ""
+    return f"<{len(decoded)} bytes>" if isinstance(decoded, bytes) else str(decoded)
+
+
+def _same(was: _Flat, now: _Flat) -> bool:
+    """The element has the same value before and after: the same bytes, else the same decoded text."""
+    if was[1] == now[1] and type(was[1]) is type(now[1]):
+        return True
+    return was[0] == now[0] and _text(was) == _text(now)
 
 
 def _allowed_tags(allow: Iterable[str]) -> tuple[set[int], set[str], bool]:
@@ -310,10 +350,20 @@ def check_files(
             continue
         before = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
         after = pydicom.dcmread(io.BytesIO(out), stop_before_pixels=True, force=True)
-        if str(before.get(BURNED_IN_ANNOTATION, "") and before[BURNED_IN_ANNOTATION].value).upper() == "YES":
+        if _burned_in(before):
             report.burned_in.append(relpath)
         _compare(report, before, after, actions, allowed_tags, allow_private)
     return report
+
+
+def _burned_in(ds: Dataset) -> bool:
+    """Burned In Annotation (0028,0301) is YES, read without decoding the rest of the header."""
+    element = ds.get_item(BURNED_IN_ANNOTATION)
+    if element is None:
+        return False
+    value = element.value
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
+    return text.strip(" \0").upper() == "YES"
 
 
 class PlannedFile(Protocol):
@@ -350,12 +400,13 @@ def _compare(
     allowed_tags: set[int],
     allow_private: bool,
 ) -> None:
-    old = {path: (tag, value) for path, tag, value in _flatten(before)}
-    new = {path: (tag, value) for path, tag, value in _flatten(after)}
+    old = dict(_flatten(before))
+    new = dict(_flatten(after))
     seen_survivors: set[str] = set()
     for path in sorted(old.keys() | new.keys()):
         was, now = old.get(path), new.get(path)
-        if was != now:
+        same = was is not None and now is not None and _same(was, now)
+        if not same:
             attribute = _ITEM_INDEX.sub("", path)
             change = report.changes.setdefault(attribute, AttributeChange(attribute))
             if was is not None and now is not None:
@@ -365,21 +416,26 @@ def _compare(
             else:
                 change.added += 1
             if not change.example_before and not change.example_after:
-                change.example_before = was[1] if was else ""
-                change.example_after = now[1] if now else ""
-        if now is None or was is None or was[1] != now[1] or not now[1] or now[1].endswith("item(s)"):
-            continue  # removed, replaced, empty, or a sequence (its contents are checked one by one)
+                change.example_before = _text(was) if was else ""
+                change.example_after = _text(now) if now else ""
+            continue  # removed, added or replaced
+        assert now is not None
         tag = now[0]
+        if now[2] is None:
+            continue  # a sequence: its contents are checked one by one
         private = bool(tag >> 16 & 1)
         if not private and tag not in actions:
             continue
         name = PRIVATE if private else keyword_of(tag)
         if name in seen_survivors:
             continue
+        text = _text(now)
+        if not text:
+            continue  # empty
         seen_survivors.add(name)
         kept = allow_private if private else tag in allowed_tags
         target = report.allowed if kept else report.survivors
         survivor = target.setdefault(name, Survivor(name))
         survivor.files += 1
         if not survivor.example:
-            survivor.example = now[1]
+            survivor.example = text
