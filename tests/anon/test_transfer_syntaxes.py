@@ -107,7 +107,8 @@ def test_not_dicom_is_refused() -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     pixels=st.binary(min_size=2, max_size=512).filter(lambda b: len(b) % 2 == 0),
-    name=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126, exclude_characters="\\"), max_size=40),
+    # no "\\" (a second value) nor "=" (a PN has at most 3 component groups; pydicom warns at a 4th)
+    name=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126, exclude_characters="\\="), max_size=40),
     implicit=st.booleans(),
     profile=st.booleans(),
 )
