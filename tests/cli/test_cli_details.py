@@ -107,6 +107,30 @@ def test_progress_bar_rate_and_summary_rate_are_one_figure(tmp_path: Path, xnat_
     assert drawn[-1] == summary, output
 
 
+def test_the_rate_is_timed_from_the_first_request_and_what_came_before_apart(monkeypatch, capsys) -> None:
+    """The library reports once as sending starts: the rate is bytes over the time from that report to
+    the last, and a long wait before it (a --anon-require-clean check of every file) is said apart."""
+    from types import SimpleNamespace
+
+    from xnat_flows.cli import session_cmd
+    from xnat_flows.transfer.progress import Progress
+    from xnat_flows.transfer.upload_result import UploadResult
+
+    clock = iter([10.0, 12.0, 12.5, 13.0])  # entered; first report (nothing sent); half; all
+    monkeypatch.setattr(session_cmd, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    bar = session_cmd._progress_bar("DICOM-zip", enabled=False, timed=True)
+    with bar as progress:
+        progress(Progress(0, 2, 0, 200_000_000))
+        progress(Progress(1, 2, 100_000_000, 200_000_000))
+        progress(Progress(2, 2, 200_000_000, 200_000_000))
+    assert (bar.seconds_before_sending, bar.sending_seconds) == (2.0, 1.0)
+    result = UploadResult(sessions=[], skipped=[], seconds=3.0, upload_seconds=1.0)
+    session_cmd._report(result, bar.sending_seconds, bar.seconds_before_sending)
+    assert "sent in 1.0 s (0.0 MB/s) after 2.0 s of planning and checks" in capsys.readouterr().out
+    summary = session_cmd._summary(result, bar.sending_seconds, bar.seconds_before_sending)
+    assert (summary["transfer_seconds"], summary["seconds_before_sending"]) == (1.0, 2.0)
+
+
 @pytest.mark.e2e
 def test_ctrl_c_at_a_password_prompt_does_not_talk_of_sending(tmp_path: Path, xnat_emulator_factory) -> None:
     xnat = xnat_emulator_factory(tmp_path / "xnat", projects=("CLI",), password=PASSWORD)

@@ -55,6 +55,7 @@ def test_dicom_zip_direct_archive_lands_and_verifies(xnat_emulator, client, expo
     result = upload_session(client, export, target, workers=2, fmt=fmt, progress=seen.append, **FAST)
     assert result.ok, result
     assert seen[-1].done == 12 and seen[-1].bytes_done == seen[-1].bytes_total == result.bytes_sent
+    assert (seen[0].done, seen[0].bytes_done) == (0, 0)  # sending starts: reported before the first request
     assert all(a.bytes_done <= b.bytes_done for a, b in itertools.pairwise(seen))
     (study,) = result.sessions
     assert len(study.batches) == 2 and all(b.ok for b in study.batches)
@@ -75,6 +76,7 @@ def test_gradual_direct_archive(xnat_emulator, client, export) -> None:
     (study,) = result.sessions
     assert study.gradual.sent_count == 12 and not study.gradual.failures
     assert seen[-1].done == 12 and seen[-1].bytes_done == seen[-1].bytes_total
+    assert (seen[0].done, seen[0].bytes_done, len(seen)) == (0, 0, 13)  # sending starts, then each instance
     assert archived(xnat_emulator, "GRAD")["scans"] == {"1": 4, "2": 4, "3": 4}
 
 

@@ -207,7 +207,14 @@ def upload(
                 require_clean=anon_require_clean,
                 allow=anon_allow or (),
             )
-    _print_result(result, as_json=as_json, sending_seconds=bar.sending_seconds, scan=scan, duplicates=duplicates)
+    _print_result(
+        result,
+        as_json=as_json,
+        sending_seconds=bar.sending_seconds,
+        before_sending=bar.seconds_before_sending,
+        scan=scan,
+        duplicates=duplicates,
+    )
 
 
 def _upload_with_flow(request: UploadRequest, credentials: Credentials, profile: str | None) -> UploadResult:
@@ -241,18 +248,19 @@ def _print_result(
     *,
     as_json: bool,
     sending_seconds: float | None = None,
+    before_sending: float | None = None,
     scan: ScanResult | None = None,
     duplicates: str = "newest",
 ) -> None:
     """The one printer of a REST upload's result (run by the library or by the flow): text or --json,
     then the exit code (5: XNAT parked it in CONFLICT; 3: not everything is in XNAT)."""
     if as_json:
-        summary = _summary(result, sending_seconds)
+        summary = _summary(result, sending_seconds, before_sending)
         if scan is not None:
             summary["conflicts"] = [[v.relpath for v in versions] for versions in scan.conflicts]
         typer.echo(json.dumps(summary, indent=2))
     else:
-        _report(result, sending_seconds)
+        _report(result, sending_seconds, before_sending)
         if scan is not None:
             _report_conflicts(scan, duplicates)
     if result.in_conflict:
@@ -299,15 +307,19 @@ class _progress_bar:
     """A rich progress bar fed by the library's thread-safe progress callback; nothing at all when
     stdout is not a terminal (a pipe or a log gets the per-session lines of the report instead).
 
-    ``timed``: the callback is taken even without a bar, to time the sending (from the start to
-    the last report, when XNAT answered the last batch or instance): the bar's rate and the
-    summary's are that one measure, bytes / sending seconds, so they end equal."""
+    ``timed``: the callback is taken even without a bar, to time the sending (from the first report,
+    which the library makes as sending starts, to the last, when XNAT answered the last batch or
+    instance): the bar's rate and the summary's are that one measure, bytes / sending seconds, so
+    they end equal. What came before the first request (the plan, the de-identification check of
+    ``--anon-require-clean``, gradual-DICOM's de-identification, the destination check) is timed
+    apart (``seconds_before_sending``), not in the rate."""
 
     def __init__(self, label: str, *, enabled: bool = True, timed: bool = False) -> None:
         self._progress: Any = None  # a rich Progress when stdout is a terminal
         self._task: Any = None
         self._timed = timed
         self._started = 0.0
+        self._first_report_at: float | None = None
         self._last_report_at: float | None = None
         if not (enabled and sys.stdout.isatty()):
             return
@@ -326,8 +338,15 @@ class _progress_bar:
 
     @property
     def sending_seconds(self) -> float | None:
-        """From the start of the upload to its last report; None when nothing was reported."""
-        return None if self._last_report_at is None else self._last_report_at - self._started
+        """From the first report (sending starts) to the last; None when nothing was reported."""
+        if self._first_report_at is None or self._last_report_at is None:
+            return None
+        return self._last_report_at - self._first_report_at
+
+    @property
+    def seconds_before_sending(self) -> float | None:
+        """From the start of the upload to the first report; None when nothing was reported."""
+        return None if self._first_report_at is None else self._first_report_at - self._started
 
     def __enter__(self):
         self._started = time.monotonic()
@@ -342,12 +361,15 @@ class _progress_bar:
 
     def _update(self, snapshot) -> None:
         now = self._last_report_at = time.monotonic()
+        if self._first_report_at is None:
+            self._first_report_at = now
         if self._progress is None:
             return
         if self._task is None:
             self._task = self._progress.add_task("upload", total=snapshot.bytes_total, files="", rate="")
         files = f"{snapshot.done}/{snapshot.total} files" + (f", {snapshot.failed} failed" if snapshot.failed else "")
-        rate = f"{snapshot.bytes_done / 1e6 / (now - self._started):.1f} MB/s" if now > self._started else ""
+        sending = now - self._first_report_at
+        rate = f"{snapshot.bytes_done / 1e6 / sending:.1f} MB/s" if sending > 0 else ""
         self._progress.update(
             self._task, completed=snapshot.bytes_done, total=snapshot.bytes_total, files=files, rate=rate
         )
@@ -355,20 +377,24 @@ class _progress_bar:
 
 def _timing(result: UploadResult, sending_seconds: float | None = None) -> tuple[float, float]:
     """(transfer seconds, verification seconds): throughput is over the transfer only, timed as
-    the progress bar times it when it was (``sending_seconds``)."""
+    the progress bar times it when it was (``sending_seconds``), else the sessions' own sending
+    time (``upload --flow``)."""
     verify_seconds = sum(s.verify.waited_seconds for s in result.sessions if s.verify is not None)
     if sending_seconds:
         return sending_seconds, verify_seconds
+    if result.upload_seconds > 0:
+        return result.upload_seconds, verify_seconds
     return max(result.seconds - verify_seconds, 0.0), verify_seconds
 
 
-def _summary(result: UploadResult, sending_seconds: float | None = None) -> dict:
+def _summary(result: UploadResult, sending_seconds: float | None = None, before_sending: float | None = None) -> dict:
     """The --json form of an upload's result (what a script needs to act on it)."""
     transfer_seconds, verify_seconds = _timing(result, sending_seconds)
     return {
         "ok": result.ok,
         "files_sent": result.files_sent,
         "bytes_sent": result.bytes_sent,
+        "seconds_before_sending": None if before_sending is None else round(before_sending, 3),
         "transfer_seconds": round(transfer_seconds, 3),
         "verify_seconds": round(verify_seconds, 3),
         "throughput_mb_s": round(result.bytes_sent / 1e6 / transfer_seconds, 3) if transfer_seconds > 0 else 0.0,
@@ -436,7 +462,7 @@ def _report_refused(refused: list) -> None:
         )
 
 
-def _report(result: UploadResult, sending_seconds: float | None = None) -> None:
+def _report(result: UploadResult, sending_seconds: float | None = None, before_sending: float | None = None) -> None:
     _report_skipped(result.skipped)
     _report_refused(result.not_deidentified)
     for study in result.sessions:
@@ -475,9 +501,11 @@ def _report(result: UploadResult, sending_seconds: float | None = None) -> None:
             f"nothing new to send: all {counted(result.files_delivered, 'file')} were delivered before (not read back)"
         )
     else:
+        # what came before the first request, when it counts (a de-identification check of every file)
+        after = f" after {before_sending:.1f} s of planning and checks" if (before_sending or 0) >= 0.5 else ""
         typer.echo(
             f"{counted(result.files_sent, 'file')}, {result.bytes_sent / 1e6:.1f} MB sent in "
-            f"{transfer_seconds:.1f} s ({rate:.1f} MB/s)" + verified
+            f"{transfer_seconds:.1f} s ({rate:.1f} MB/s)" + after + verified
         )
     if result.in_conflict:
         typer.echo(

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Progress:
-    """Reported as DICOM-zip batches stream and finish, or after every gradual instance.
+    """Reported as a session's sending starts, as DICOM-zip batches stream and finish, or per instance.
+
+    The first report of a session comes before its first request (nothing done yet); DICOM-zip then
+    reports as its batches stream and finish, gradual-DICOM after every instance.
 
     The callback runs in worker threads, one call at a time and in order: keep it quick.
     """

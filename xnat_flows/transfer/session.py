@@ -458,6 +458,7 @@ def upload_batches(
         report()
         return result
 
+    report()  # sending starts: a first report, nothing sent yet (the CLI times the sending from it)
     with interruptible_pool(len(batches), "dicom-zip", on_interrupt=client.cancel) as pool:
         futures = [pool.submit(run, index, batch) for index, batch in enumerate(batches)]
         results = [future.result() for future in futures]

@@ -344,6 +344,8 @@ def upload_gradual(
             return exc
         return None
 
+    if progress is not None:  # sending starts: a first report, nothing sent yet (the CLI times the sending from it)
+        progress(Progress(0, result.total, 0, bytes_total, 0))
     firsts, rest = _warmup_order(items)
     warmup_errors = []
     for item in firsts:
