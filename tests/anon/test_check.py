@@ -81,6 +81,12 @@ def test_comparing_bytes_first_gives_the_report_decoding_every_value_gives(rules
     assert fast == slow
 
 
+def test_progress_is_told_after_each_file(folder: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    report = check_folder(basic_profile(), folder, progress=lambda checked, total: seen.append((checked, total)))
+    assert report.files == 3 and seen == [(1, 3), (2, 3), (3, 3)]
+
+
 def test_identifiers_inside_sequences_are_found(folder: Path) -> None:
     report = check_folder(compile_script('version "6.1"\n-(0010,0010)'), folder, {})
     assert report.changes["PatientName"].removed == 3

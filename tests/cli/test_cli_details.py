@@ -107,6 +107,17 @@ def test_progress_bar_rate_and_summary_rate_are_one_figure(tmp_path: Path, xnat_
     assert drawn[-1] == summary, output
 
 
+def test_anon_check_shows_a_bar_on_a_terminal_and_only_the_report_elsewhere(tmp_path: Path) -> None:
+    write_studies(tmp_path / "export", series=1, instances=12, instance_kb=4, seed=72)
+    args = ["anon", "check", str(tmp_path / "export"), "--anon-profile", "basic"]
+    code, output = run_on_terminal(CLI + args, _fresh_env(tmp_path / "home"), {}, timeout=120)
+    assert code == 0, output
+    assert "checking" in output and "12/12" in output, output  # the bar, then the report
+    assert output.rstrip().endswith("OK"), output
+    piped = run(*args)
+    assert piped.exit_code == 0 and "checking" not in piped.output and piped.output.rstrip().endswith("OK")
+
+
 def test_the_rate_is_timed_from_the_first_request_and_what_came_before_apart(monkeypatch, capsys) -> None:
     """The library reports once as sending starts: the rate is bytes over the time from that report to
     the last, and a long wait before it (a --anon-require-clean check of every file) is said apart."""

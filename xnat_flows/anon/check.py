@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -306,13 +306,17 @@ def check_folder(
     *,
     allow: Iterable[str] = (),
     limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
-    """Apply ``anonymizer`` in memory to the DICOM files under ``folder`` and report (module doc)."""
+    """Apply ``anonymizer`` in memory to the DICOM files under ``folder`` and report (module doc).
+
+    ``progress``: told (files checked, files to check) after each file."""
     from xnat_flows.transfer.scan import scan_directory
 
     scan = scan_directory(folder)
     files = scan.files[:limit] if limit else scan.files
-    report = check_files(anonymizer, [(item.relpath, item.path) for item in files], variables, allow=allow)
+    named = [(item.relpath, item.path) for item in files]
+    report = check_files(anonymizer, named, variables, allow=allow, progress=progress)
     report.not_dicom = len(scan.skipped)
     return report
 
@@ -324,10 +328,12 @@ def check_files(
     *,
     allow: Iterable[str] = (),
     into: CheckReport | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
     """``check_folder`` on given files, each as (the name the report gives it, its path): the files
     an upload has planned, for instance. ``into``: a report to add to (several sessions, each with
-    its own variables, in one report)."""
+    its own variables, in one report). ``progress``: told (files checked, files to check) after each file."""
+    files = list(files)
     given = dict(variables or {})
     report = into if into is not None else CheckReport(anonymizer.description, anonymizer.digest)
     for name in sorted(anonymizer.required_variables - given.keys()):
@@ -336,24 +342,38 @@ def check_files(
             report.placeholders.append(name)
     allowed_tags, _, allow_private = _allowed_tags(allow)
     actions = basic_profile_actions()
-    for relpath, path in files:
+    for checked, (relpath, path) in enumerate(files, 1):
         report.files += 1
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:  # removed or made unreadable since the scan
-            report.failures.append((relpath, f"cannot be read: {exc.strerror or exc}"))
-            continue
-        try:
-            out = anonymizer.apply_bytes(data, given)
-        except AnonError as exc:
-            report.failures.append((relpath, exc.reason))
-            continue
-        before = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-        after = pydicom.dcmread(io.BytesIO(out), stop_before_pixels=True, force=True)
-        if _burned_in(before):
-            report.burned_in.append(relpath)
-        _compare(report, before, after, actions, allowed_tags, allow_private)
+        _check_one(report, anonymizer, given, relpath, path, (actions, allowed_tags, allow_private))
+        if progress is not None:
+            progress(checked, len(files))
     return report
+
+
+def _check_one(
+    report: CheckReport,
+    anonymizer: CheckedRules,
+    variables: Mapping[str, str],
+    relpath: str,
+    path: str | os.PathLike[str],
+    rules: tuple[dict[int, str], set[int], bool],
+) -> None:
+    """One file into ``report``: rewritten in memory, both headers read by pydicom and compared."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:  # removed or made unreadable since the scan
+        report.failures.append((relpath, f"cannot be read: {exc.strerror or exc}"))
+        return
+    try:
+        out = anonymizer.apply_bytes(data, variables)
+    except AnonError as exc:
+        report.failures.append((relpath, exc.reason))
+        return
+    before = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    after = pydicom.dcmread(io.BytesIO(out), stop_before_pixels=True, force=True)
+    if _burned_in(before):
+        report.burned_in.append(relpath)
+    _compare(report, before, after, *rules)
 
 
 def _burned_in(ds: Dataset) -> bool:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -145,7 +148,8 @@ def check(
                 "give --anon-script FILE, --anon-profile basic or --anon-from-server",
                 param_hint="--anon-script/--anon-profile/--anon-from-server",
             )
-        report = check_folder(anonymizer, folder, variables, allow=allow, limit=limit)
+        with _checking_bar(enabled=not as_json) as progress:
+            report = check_folder(anonymizer, folder, variables, allow=allow, limit=limit, progress=progress)
     except InputError as exc:  # a script that does not compile (line:column), a profile option unknown
         hint = {
             SCRIPT_ERROR: "fix the script and run the check again",
@@ -163,3 +167,28 @@ def check(
         typer.echo(report.to_text(show_values=not hide_values))
     if not report.ok:
         raise typer.Exit(EXIT_FAILURE)
+
+
+@contextlib.contextmanager
+def _checking_bar(*, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A transient bar while the files are checked (~1 ms a file), on a terminal only: a pipe or a
+    log gets the report alone."""
+    if not (enabled and sys.stdout.isatty()):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]checking"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files"),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("check", total=None)
+
+        def advance(checked: int, total: int) -> None:
+            bar.update(task, completed=checked, total=total)
+
+        yield advance
