@@ -272,6 +272,7 @@ def test_anon_require_clean_sends_nothing_while_identifiers_survive(xnat, script
         assert stopped.exit_code == 2, stopped.output
         assert "identifying attributes survive: AccessionNumber" in stopped.stderr
         assert "nothing was sent" in stopped.stderr and "--anon-allow NAME" in stopped.stderr
+        assert "checking the de-identification of" in stopped.stdout  # said before the wait
     xnat.rebuild_now()
     stats = xnat.stats()
     assert stats["imports"] == 0 and stats["prearchive"] == 0 and stats["experiments"] == 0
@@ -280,6 +281,7 @@ def test_anon_require_clean_sends_nothing_while_identifiers_survive(xnat, script
         "session", "upload", str(root), *labels, "--anon-profile", "basic,retain-uids", "--anon-require-clean", *allowed
     )
     assert clean.exit_code == 0, clean.output
+    assert f"checking the de-identification of {len(originals)} files before sending" in clean.output
     assert len(xnat.archived_files("GATE")) == len(originals)
     for flow in ([], ["--flow"]):  # said in the command line's words, also before a flow run's request
         no_rules = run("session", "upload", str(root), *labels, "--anon-require-clean", *flow)

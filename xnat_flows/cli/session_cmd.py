@@ -188,6 +188,8 @@ def upload(
             archive_format, why = choose_archive_format(client)
             if not as_json:
                 typer.echo(f"archive format: {archive_format} ({why})")
+        if anon_require_clean and not as_json:  # ~1 ms a file before the first request: say why it waits
+            typer.echo(f"checking the de-identification of {counted(len(scan.files), 'file')} before sending")
         bar = _progress_bar(label, enabled=not as_json, timed=True)
         with bar as progress:
             result = upload_session(
@@ -625,6 +627,8 @@ def send_dicom(
             project=project,
             open_client=lambda: connection.client(projects=(project,)),
         )
+        if anon_require_clean and not as_json:  # ~1 ms a file before the first association: say why it waits
+            typer.echo("checking the de-identification of every file before sending")
         steps = DirectSteps(
             source,
             host,
