@@ -125,7 +125,7 @@ class Deidentification(BaseModel):
     require_clean: bool = Field(
         default=False,
         title="Stop if identifiers survive",
-        description="Before sending, try the rules on every file (as `xnat-flows anon check` does, ~2 ms a "
+        description="Before sending, try the rules on every file (as `xnat-flows anon check` does, ~1 ms a "
         "file) and fail the run, sending nothing, if an identifying attribute of DICOM's Basic Profile survives "
         "them (other than those allowed below) or a file cannot be de-identified. The anon-check artifact "
         "lists what survives.",
