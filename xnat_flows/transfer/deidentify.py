@@ -183,7 +183,7 @@ class ChainedAnonymizer:
     @property
     def description(self) -> str:
         """The steps' descriptions, in the order they apply."""
-        return ", then ".join(getattr(step, "description", type(step).__name__) for step in self.steps)
+        return ", then ".join(step.description for step in self.steps)
 
     @property
     def digest(self) -> str:
